@@ -1,0 +1,367 @@
+"""The ``portwatch`` command line.
+
+Owns: parsing flags into validated settings, turning bad input into one clear
+line and exit code 2 (never a traceback), the progress bar and the end-of-scan
+screen. The work itself is done by the runner, the store and the stages.
+
+Exit codes: 0 success, 1 runtime failure (store busy, engine error), 2 bad
+input (target, port spec, inventory, store URL, settings), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from portwatch.settings import Settings, SettingsError
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class PortwatchError(Exception):
+    """An error for the user: one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    raise PortwatchError(message, code)
+
+
+def _store(url: str | None, *, create: bool = True):  # type: ignore[no-untyped-def]
+    from stream_processors.store import Store, StoreBusy, StoreError, UnknownStoreScheme
+
+    try:
+        return Store.from_url(url or None, create=create)
+    except UnknownStoreScheme as exc:
+        fail(str(exc), EXIT_USAGE)
+    except StoreBusy as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    except StoreError as exc:
+        fail(str(exc), EXIT_USAGE if "URL" in str(exc) else EXIT_RUNTIME)
+
+
+def _check_store_url(url: str | None) -> None:
+    """Validate the URL before anything is scanned: bad input writes nothing."""
+    from stream_processors.store import StoreError, StoreLocation, default_store_url
+
+    try:
+        StoreLocation.parse(url or default_store_url())
+    except StoreError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+STORE_OPTION = click.option(
+    "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
+    help="Where findings live: chdb:///path (embedded, default under your data dir) or "
+         "clickhouse://user@host:8123/db (password in PORTWATCH_CLICKHOUSE_PASSWORD).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="portwatch")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """portwatch: what is open on your assets, what runs there, and how risky it is.
+
+    \b
+    Typical use:
+      portwatch scan 127.0.0.1                  # all 65,535 TCP ports, embedded store
+      portwatch scan --inventory assets.csv     # targets with organization and asset name
+      portwatch report summary                  # one row per target, risk score and grade
+      portwatch report list --color red         # every risky open port
+      portwatch report products                 # what software runs where
+      portwatch report list --product nginx     # drill down into one product
+
+    Scan only what you own or are allowed to test.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="portwatch: %(levelname)s: %(message)s",
+                        stream=sys.stderr)
+
+
+# -- scan -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, metavar="TARGET...")
+@click.option("-p", "--ports", default=None, metavar="SPEC",
+              help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all).")
+@click.option("--org", "organization", default="", metavar="NAME",
+              help="Organization the command-line targets belong to.")
+@click.option("--asset", default="", metavar="NAME", help="Asset name for the command-line targets.")
+@click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="CSV (target,organization,asset) or YAML inventory of targets.")
+@click.option("--exclude", multiple=True, metavar="CIDR",
+              help="Never scan this address or block (repeatable).")
+@click.option("--exclude-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="File of addresses/blocks never to scan, one per line.")
+@click.option("--allow-large", is_flag=True,
+              help="Allow targets larger than a /16 (65,536 addresses).")
+@STORE_OPTION
+@click.option("-c", "--concurrency", type=int, default=None,
+              help="Sockets in flight for discovery (default 2000, capped by the fd limit).")
+@click.option("-t", "--timeout", type=float, default=None,
+              help="Seconds to wait for a port to answer before retrying it (default 1.0).")
+@click.option("--retries", type=int, default=None, help="Retries for ports that timed out (1).")
+@click.option("--banner-wait", type=float, default=None,
+              help="Seconds to wait for a service to speak first (default 2.0).")
+@click.option("--tarpit-threshold", type=int, default=None,
+              help="Open ports per host beyond which it 'answers on every port' (1000).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
+def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
+         inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
+         allow_large: bool, store: str | None, concurrency: int | None, timeout: float | None,
+         retries: int | None, banner_wait: float | None, tarpit_threshold: int | None,
+         quiet: bool) -> None:
+    """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames).
+
+    Finds every open TCP port, identifies the service, product and version,
+    colours each port by risk, and stores the findings; then shows a summary.
+    A rescan updates "last seen" and keeps "first detected".
+
+    \b
+    Examples:
+      portwatch scan 127.0.0.1
+      portwatch scan --ports 1-1024 --org "Example Corp" 127.0.0.1 ::1
+      portwatch scan --inventory assets.yaml --exclude 127.0.0.2
+    """
+    from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
+    from producers.targets import resolve_targets as resolve
+
+    try:
+        settings = Settings.from_env(ports=ports, concurrency=concurrency, timeout=timeout,
+                                     retries=retries, banner_wait=banner_wait,
+                                     tarpit_threshold=tarpit_threshold, store=store)
+    except SettingsError as exc:
+        fail(str(exc))
+    try:
+        specs = [TargetSpec(t, organization, asset) for t in targets]
+        if inventory:
+            specs += read_inventory(inventory)
+        if not specs:
+            fail("no targets: give TARGET... or --inventory FILE (see portwatch scan --help)")
+        tcp_ports = parse_ports(settings.ports)
+        scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
+        resolved = resolve(specs, scope)
+    except TargetError as exc:
+        fail(str(exc))
+    _check_store_url(settings.store)
+    db = _store(settings.store)
+    try:
+        stats = asyncio.run(_run_scan(db, settings, resolved, tcp_ports, quiet))
+        if not quiet:
+            _end_screen(db, stats, resolved)
+    finally:
+        db.close()
+    if stats.interrupted:
+        raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
+
+
+async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
+                    quiet: bool) -> Any:
+    from probers.discovery.connect import ConnectEngine
+    from probers.service.engine import Settings as IdentifySettings
+    from portwatch.runner import EmbeddedRunner, install_interrupt
+    from stream_processors.stages import StageContext
+
+    engine = ConnectEngine(concurrency=settings.concurrency, timeout=settings.timeout,
+                           retries=settings.retries)
+    ctx = StageContext(
+        identify=IdentifySettings(banner_wait=settings.banner_wait,
+                                  budget=settings.identify_budget),
+        per_host_connections=settings.per_host_connections,
+    )
+    runner = EmbeddedRunner(db, engine, ctx, identify_workers=settings.identify_concurrency,
+                            tarpit_threshold=settings.tarpit_threshold,
+                            batch_size=settings.batch_size, batch_seconds=settings.batch_seconds)
+    view = ProgressView(enabled=not quiet)
+    undo = install_interrupt(runner)
+    try:
+        with view:
+            return await runner.run(targets, tcp_ports, on_stats=view.update)
+    finally:
+        undo()
+
+
+class ProgressView:
+    """A live bar on a terminal; a plain line every 5 s otherwise (CI logs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.is_live = enabled and err_console.is_terminal
+        self._last_line = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressView:
+        if self.is_live:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]scanning"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
+                TextColumn("[bold]{task.fields[open]}[/] open"),
+                TextColumn("{task.fields[rate]:,.0f} ports/s"),
+                TextColumn("ETA"), TimeRemainingColumn(),
+                console=err_console, transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, stats: Any) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(stats.elapsed, 1e-6)
+        rate = stats.probes_done / elapsed
+        if self._bar is not None:
+            self._bar.update(self._task, total=max(stats.probes_total, 1),
+                             completed=stats.probes_done, open=stats.open_found, rate=rate)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 5 or stats.finished:
+            self._last_line = now
+            total = max(stats.probes_total, 1)
+            eta = (total - stats.probes_done) / rate if rate > 0 else 0
+            err_console.print(
+                f"progress: {stats.probes_done:,}/{total:,} ports "
+                f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "
+                f"{rate:,.0f} ports/s, ETA {eta:.0f}s", markup=False)
+
+
+def _end_screen(db: Any, stats: Any, targets: Any) -> None:
+    from portwatch.render import to_table
+
+    out = Console(highlight=False)
+    state = "interrupted" if stats.interrupted else "done"
+    out.print(Text(
+        f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
+        f"{stats.probes_done:,} ports probed, {stats.open_found} open, "
+        f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
+    for note in [*stats.notes, *stats.errors]:
+        out.print(Text(f"note: {note}"))
+    for ip in stats.tarpits:
+        out.print(Text(f"note: {ip} answers on every port; only identified services kept",
+                       style="yellow"))
+    if len(targets) <= 20:
+        for t in {t.ip for t in targets}:
+            to_table(db.report("summary", {"target": t}), out, title=f"Summary: {t}")
+    else:
+        to_table(db.report("summary", {}, limit=20), out, title="Summary (top 20 by risk)")
+
+
+# -- report -----------------------------------------------------------------------------
+
+REPORT_NAMES = ("summary", "list", "products", "ciphers")
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(REPORT_NAMES), metavar="{summary|list|products|ciphers}")
+@click.option("--target", default="", help="Only this target (as written, address or hostname).")
+@click.option("--org", default="", help="Only this organization.")
+@click.option("--product", default="", help="Only this product (list: the Products drill-down).")
+@click.option("--version", "product_version", default="", help="With --product: only this version.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
+@click.option("--color", type=click.Choice(["", "green", "yellow", "red"]), default="",
+              help="Only ports (list) or targets (summary) with this risk colour.")
+@click.option("--prevalence", default="",
+              type=click.Choice(["", "very common", "somewhat common", "less common", "rare"]),
+              help="list: only ports in this prevalence bucket.")
+@click.option("--history", is_flag=True, help="list: include ports not seen in the latest scan.")
+@click.option("--grade", default="", type=click.Choice(["", "weak", "medium", "strong"]),
+              help="ciphers: only ports with this TLS grade.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              default="table", help="Output format.")
+@STORE_OPTION
+def report(name: str, target: str, org: str, product: str, product_version: str, port: int,
+           color: str, prevalence: str, history: bool, grade: str, limit: int, fmt: str,
+           store: str | None) -> None:
+    """Show one of the four reports.
+
+    \b
+      summary   one row per target: organization, open ports by colour, risk score,
+                grade and its parts, last scanned
+      list      every open port: service, product, version, risk, prevalence,
+                CDN verdict, first detected, last seen
+      products  product and version with instance and target counts
+      ciphers   per TLS port: versions, suites with grades, certificate facts
+
+    Filters that do not apply to a report are ignored for it.
+    """
+    from portwatch.render import render
+    from schemas import report_parameters
+
+    given = {"target": target, "org": org, "product": product, "version": product_version,
+             "port": port, "color": color, "prevalence": prevalence, "history": int(history),
+             "grade": grade}
+    wanted = report_parameters(name)
+    filters = {k: v for k, v in given.items() if k in wanted}
+    _check_store_url(store)
+    db = _store(store, create=True)
+    try:
+        result = db.report(name, filters, limit=limit)
+    finally:
+        db.close()
+    render(result, fmt, Console(highlight=False, soft_wrap=fmt != "table"))
+
+
+@cli.command("settings")
+def show_settings() -> None:
+    """List every setting with its environment variable, default and why."""
+    out = Console(highlight=False)
+    for name, env, default, why in Settings.describe():
+        out.print(Text(f"{name:22} {env:34} default {default!r}: {why}"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("portwatch: aborted", markup=False)
+        return EXIT_INTERRUPTED
+    except click.UsageError as exc:
+        err_console.print(f"portwatch: error: {exc.format_message()}", markup=False)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        err_console.print(f"portwatch: error: {exc.format_message()}", markup=False)
+        return exc.exit_code
+    except PortwatchError as exc:
+        err_console.print(f"portwatch: {'error: ' if exc.code != 130 else ''}{exc}",
+                          markup=False)
+        return exc.code
+    except KeyboardInterrupt:
+        err_console.print("portwatch: interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Rendering reports for people and programs: table (terminal), json, csv.
+
+Owns: turning a ``Report`` (columns + rows from the store) into text. Every
+value that came from the network (banners, products, hostnames, certificate
+fields) is printed escaped: terminal tables use rich ``Text`` cells (no markup
+interpretation) after ``sanitize_text`` removes control characters, so a
+hostile banner cannot move the cursor or recolour the screen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from stream_processors.store import Report
+
+COLOR_STYLE = {"green": "bold green", "yellow": "bold yellow", "red": "bold red"}
+FORMATS = ("table", "json", "csv")
+
+# Columns shown in the terminal table per report (json/csv carry every column).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "summary": ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
+                "grade", "score_parts", "is_tarpit", "last_scanned"),
+    "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
+             "prevalence", "cdn_provider", "first_seen", "last_seen"),
+    "products": ("product", "version", "services", "instances", "targets", "colors"),
+    "ciphers": ("target", "ip", "port", "status", "versions", "grade", "suites", "cert_subject",
+                "cert_not_after", "cert_self_signed", "cert_expired"),
+}
+HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
+           "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
+           "score_parts": "score parts", "open_ports": "open", "risk_score": "score"}
+
+
+def sanitize_text(value: str, limit: int = 200) -> str:
+    """Drop terminal control characters (ESC, CSI, BEL...) from text we print."""
+    cleaned = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _port_chip(item: Sequence[Any]) -> str:
+    port, proto, color, is_cdn_expected = item[0], item[1], item[2], item[3]
+    suffix = ",cdn" if is_cdn_expected else ""
+    return f"{port}/{proto}:{color}{suffix}"
+
+
+def _suite_line(item: Sequence[Any]) -> str:
+    return f"{item[0]} {item[1]} ({item[3]})" if len(item) > 3 else str(item)
+
+
+def cell_text(report: str, column: str, value: Any) -> str:
+    if column == "ports" and isinstance(value, list | tuple):
+        return " ".join(_port_chip(v) for v in value)
+    if column == "suites" and isinstance(value, list | tuple):
+        return "; ".join(_suite_line(v) for v in value)
+    if column == "versions" and isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    if column == "is_tarpit":
+        return "answers on every port" if value else ""
+    if column in ("cert_self_signed", "cert_expired", "is_cdn_expected"):
+        return "yes" if value else ""
+    if column == "cdn_provider":
+        return str(value or "")
+    plain = _plain(value)
+    return sanitize_text("" if plain is None else str(plain))
+
+
+def to_json(report: Report) -> str:
+    rows = [{k: _plain(v) for k, v in row.items()} for row in report.dicts()]
+    return json.dumps(rows, indent=2, ensure_ascii=True)
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(report.columns)
+    for row in report.rows:
+        writer.writerow([cell_text(report.name, c, v) for c, v in zip(report.columns, row,
+                                                                          strict=True)])
+    return buf.getvalue()
+
+
+def _styled(report: str, column: str, value: Any) -> Text:
+    if column == "ports" and isinstance(value, list | tuple):
+        text = Text()
+        for i, item in enumerate(value):
+            if i:
+                text.append(" ")
+            label = f"{item[0]}/{item[1]}" + (" cdn" if item[3] else "")
+            text.append(label, style=COLOR_STYLE.get(str(item[2]), ""))
+        return text
+    plain = cell_text(report, column, value)
+    if column in ("risk_color", "color") and plain in COLOR_STYLE:
+        return Text(plain, style=COLOR_STYLE[plain])
+    if column == "grade":
+        style = {"A": "green", "B": "green", "C": "yellow", "D": "red", "F": "bold red"}
+        return Text(plain, style=style.get(plain, ""))
+    return Text(plain)
+
+
+def to_table(report: Report, console: Console, *, title: str = "") -> None:
+    wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
+                  header_style="bold", expand=False)
+    for column in wanted:
+        table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold")
+    index = {c: i for i, c in enumerate(report.columns)}
+    for row in report.rows:
+        table.add_row(*(_styled(report.name, c, row[index[c]]) for c in wanted))
+    if not report.rows:
+        console.print(Text(f"{report.name}: no rows (nothing stored matches the filters)"))
+        return
+    console.print(table)
+
+
+def render(report: Report, fmt: str, console: Console) -> None:
+    if fmt == "json":
+        console.print(to_json(report), markup=False, highlight=False, soft_wrap=True)
+    elif fmt == "csv":
+        console.file.write(to_csv(report))
+    else:
+        to_table(report, console)

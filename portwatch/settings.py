@@ -1,0 +1,82 @@
+"""Settings: declared once, typed, each with its environment variable and a reason.
+
+Owns: every tunable of portwatch with its default (Faust's settings module and
+naabu's ``default.go`` pattern, STYLE.md). Values come from CLI flags, then the
+environment, then these defaults; they are validated once at start, then each
+component receives only the narrow options it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def setting(default: Any, env: str, why: str) -> Any:
+    return field(default=default, metadata={"env": env, "why": why})
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str = setting("", "PORTWATCH_STORE",
+                         "empty = chdb store under the user's data dir; or chdb:///path, "
+                         "clickhouse://user@host:8123/db")
+    ports: str = setting("1-65535", "PORTWATCH_PORTS",
+                         "all TCP ports: services hide on high ports")
+    concurrency: int = setting(2000, "PORTWATCH_CONCURRENCY",
+                               "sockets in flight per discovery engine; capped by the fd limit")
+    timeout: float = setting(1.0, "PORTWATCH_TIMEOUT",
+                             "seconds to wait for a SYN-ACK/RST before retrying a port")
+    retries: int = setting(1, "PORTWATCH_RETRIES",
+                           "timed-out ports are probed once more: a single pass loses ports")
+    identify_concurrency: int = setting(64, "PORTWATCH_IDENTIFY_CONCURRENCY",
+                                        "open ports identified at once")
+    per_host_connections: int = setting(4, "PORTWATCH_PER_HOST_CONNECTIONS",
+                                        "probe connections in flight per address: politeness")
+    banner_wait: float = setting(2.0, "PORTWATCH_BANNER_WAIT",
+                                 "seconds to wait for a first-speaker banner (SSH, SMTP...)")
+    identify_budget: float = setting(10.0, "PORTWATCH_IDENTIFY_BUDGET",
+                                     "seconds per port for all identification probes")
+    tarpit_threshold: int = setting(1000, "PORTWATCH_TARPIT_THRESHOLD",
+                                    "open ports per host beyond which it 'answers on every port'")
+    batch_size: int = setting(500, "PORTWATCH_BATCH_SIZE", "findings per store insert")
+    batch_seconds: float = setting(1.0, "PORTWATCH_BATCH_SECONDS",
+                                   "longest a finding waits before it is written")
+    kafka: str = setting("127.0.0.1:9092", "PORTWATCH_KAFKA", "bootstrap servers (distributed)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                try:
+                    values[f.name] = type(f.default)(raw)
+                except ValueError:
+                    raise SettingsError(f"{f.metadata['env']}={raw!r} is not a valid "
+                                        f"{type(f.default).__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("concurrency", "identify_concurrency", "per_host_connections", "batch_size",
+                    "tarpit_threshold")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("timeout", "banner_wait", "identify_budget", "batch_seconds"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 3600 s")
+        if self.retries < 0 or self.retries > 10:
+            raise SettingsError("--retries must be between 0 and 10")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        return [(f.name, f.metadata["env"], f.default, f.metadata["why"]) for f in fields(cls)]

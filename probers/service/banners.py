@@ -1,0 +1,286 @@
+"""Banner and response parsers: bytes a service sent -> service, product, version.
+
+Owns: portwatch's own recognisers for the common services (SSH, SMTP, FTP, HTTP,
+MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, VNC, telnet) and the sanitizing of
+untrusted bytes for storage and display. Pure functions over recorded bytes:
+no sockets here (probers/service/engine.py sends and reads).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from schemas.records import ServiceInfo
+
+BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
+
+
+def sanitize(data: bytes, limit: int = BANNER_EXCERPT) -> str:
+    """Printable ASCII kept; everything else (escape sequences, NUL, binary) as \\xNN.
+
+    The result is safe to store and to print on a terminal; it is capped at
+    ``limit`` characters with a trailing ellipsis when cut.
+    """
+    out: list[str] = []
+    size = 0
+    for byte in data:
+        if byte == 0x5C:
+            piece = "\\\\"
+        elif 0x20 <= byte < 0x7F:
+            piece = chr(byte)
+        elif byte == 0x0A:
+            piece = "\\n"
+        elif byte == 0x0D:
+            piece = "\\r"
+        elif byte == 0x09:
+            piece = "\\t"
+        else:
+            piece = f"\\x{byte:02x}"
+        size += len(piece)
+        if size > limit:
+            out.append("...")
+            break
+        out.append(piece)
+    return "".join(out)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+def _cpe(vendor: str, product: str, version: str = "") -> str:
+    cpe = f"cpe:/a:{vendor}:{product}"
+    return f"{cpe}:{version.lower()}" if version else cpe
+
+
+# -- SSH ---------------------------------------------------------------------------------
+
+_SSH = re.compile(rb"^SSH-(\d+\.\d+)-([^\s\r\n]+)(?:[ \t]+([^\r\n]*))?")
+_SSH_SOFTWARE: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"^OpenSSH_([\w.]+)"), "OpenSSH", "openbsd", "openssh"),
+    (re.compile(r"^dropbear_([\w.]+)"), "Dropbear sshd", "matt_johnston", "dropbear_ssh_server"),
+    (re.compile(r"^libssh[_-]([\w.]+)"), "libssh", "libssh", "libssh"),
+    (re.compile(r"^Cisco-([\w.]+)"), "Cisco SSH", "cisco", "ssh"),
+)
+
+
+def parse_ssh(data: bytes) -> ServiceInfo | None:
+    m = _SSH.match(data)
+    if not m:
+        return None
+    proto_version, software = m.group(1).decode(), _text(m.group(2))
+    comment = _text(m.group(3) or b"").strip()
+    extra = f"protocol {proto_version}" + (f"; {comment}" if comment else "")
+    for pattern, product, vendor, cpe_name in _SSH_SOFTWARE:
+        sm = pattern.match(software)
+        if sm:
+            version = sm.group(1)
+            return ServiceInfo(service="ssh", product=product, version=version, extra_info=extra,
+                               cpe=_cpe(vendor, cpe_name, version), method="banner:ssh",
+                               confidence=10)
+    return ServiceInfo(service="ssh", product=software.split("_")[0], extra_info=extra,
+                       method="banner:ssh", confidence=8)
+
+
+# -- SMTP / FTP / POP3 / IMAP (line-based greetings) -------------------------------------
+
+_SMTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"ESMTP Postfix", re.I), "Postfix smtpd", "postfix", "postfix"),
+    (re.compile(r"ESMTP Exim ([\d.]+)", re.I), "Exim smtpd", "exim", "exim"),
+    (re.compile(r"Sendmail ([\d.]+)", re.I), "Sendmail", "sendmail", "sendmail"),
+    (re.compile(r"Microsoft ESMTP MAIL Service(?:, Version: ([\d.]+))?", re.I),
+     "Microsoft ESMTP", "microsoft", "exchange_server"),
+    (re.compile(r"OpenSMTPD", re.I), "OpenSMTPD", "openbsd", "opensmtpd"),
+)
+_FTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"\(vsFTPd ([\d.]+)\)", re.I), "vsftpd", "beasts", "vsftpd"),
+    (re.compile(r"ProFTPD ([\d.]+\w*)", re.I), "ProFTPD", "proftpd", "proftpd"),
+    (re.compile(r"Pure-FTPd", re.I), "Pure-FTPd", "pureftpd", "pure-ftpd"),
+    (re.compile(r"FileZilla Server(?: version)? ([\d.]+\w*)", re.I),
+     "FileZilla ftpd", "filezilla-project", "filezilla_server"),
+    (re.compile(r"Microsoft FTP Service", re.I), "Microsoft ftpd", "microsoft", "ftp_service"),
+)
+
+
+def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str], ...],
+                  service: str, method: str) -> ServiceInfo:
+    for pattern, product, vendor, cpe_name in table:
+        m = pattern.search(text)
+        if m:
+            version = (m.group(1) or "") if m.groups() else ""
+            return ServiceInfo(service=service, product=product, version=version,
+                               cpe=_cpe(vendor, cpe_name, version), method=method,
+                               confidence=10)
+    return ServiceInfo(service=service, method=method, confidence=6)
+
+
+def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
+    text = _text(data.split(b"\n", 1)[0]).strip()
+    if text.startswith("220"):
+        upper = text.upper()
+        is_smtp = "SMTP" in upper or "MAIL" in upper or port_hint == "smtp"
+        if "FTP" in upper or (port_hint == "ftp" and not is_smtp):
+            return _product_from(text, _FTP_PRODUCTS, "ftp", "banner:ftp")
+        if is_smtp:
+            return _product_from(text, _SMTP_PRODUCTS, "smtp", "banner:smtp")
+        return None
+    if text.startswith("+OK"):
+        product = "Dovecot pop3d" if "Dovecot" in text else ""
+        return ServiceInfo(service="pop3", product=product, method="banner:pop3", confidence=8)
+    if text.startswith("* OK"):
+        product = "Dovecot imapd" if "Dovecot" in text else ""
+        return ServiceInfo(service="imap", product=product, method="banner:imap", confidence=8)
+    return None
+
+
+# -- MySQL / MariaDB handshake -----------------------------------------------------------
+
+_MARIADB = re.compile(r"^(?:5\.5\.5-)?([\d.]+)-MariaDB(.*)$")
+_MYSQL = re.compile(r"^([\d.]+)(.*)$")
+
+
+def parse_mysql(data: bytes) -> ServiceInfo | None:
+    """MySQL protocol: 3-byte length, sequence id, then protocol 10 + NUL-terminated
+    server version, or an error packet (0xff, code, message)."""
+    if len(data) < 5:
+        return None
+    length = int.from_bytes(data[:3], "little")
+    if data[3] != 0 or length < 2 or length > 1 << 16:
+        return None
+    body = data[4:4 + length]
+    if body[:1] == b"\xff" and len(body) > 3:
+        message = _text(body[3:]).lstrip("#")
+        if "mysql" in message.lower() or "mariadb" in message.lower() or "host" in message.lower():
+            return ServiceInfo(service="mysql", extra_info=f"refused: {sanitize(body[3:], 120)}",
+                               method="banner:mysql-error", confidence=7)
+        return None
+    if body[:1] != b"\x0a" or b"\x00" not in body[1:64]:
+        return None
+    version_text = _text(body[1:body.index(b"\x00", 1)])
+    m = _MARIADB.match(version_text)
+    if m:
+        return ServiceInfo(service="mysql", product="MariaDB", version=m.group(1),
+                           extra_info=m.group(2).lstrip("-"),
+                           cpe=_cpe("mariadb", "mariadb", m.group(1)),
+                           method="banner:mysql-greeting", confidence=10)
+    m = _MYSQL.match(version_text)
+    if not m:
+        return None
+    return ServiceInfo(service="mysql", product="MySQL", version=m.group(1),
+                       extra_info=m.group(2).lstrip("-"), cpe=_cpe("mysql", "mysql", m.group(1)),
+                       method="banner:mysql-greeting", confidence=10)
+
+
+# -- other first-speakers ----------------------------------------------------------------
+
+
+def parse_misc(data: bytes) -> ServiceInfo | None:
+    if data.startswith(b"RFB 0"):
+        return ServiceInfo(service="vnc", extra_info=f"protocol {_text(data[4:11])}",
+                           method="banner:vnc", confidence=10)
+    if data[:1] == b"\xff" and len(data) >= 3 and data[1] in (0xFB, 0xFC, 0xFD, 0xFE):
+        return ServiceInfo(service="telnet", method="banner:telnet-iac", confidence=8)
+    return None
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+_STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) (\d{3})")
+_SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"^nginx(?:/([\d.]+))?", re.I), "nginx", "f5", "nginx"),
+    (re.compile(r"^Apache(?:/([\d.]+))?", re.I), "Apache httpd", "apache", "http_server"),
+    (re.compile(r"^Microsoft-IIS(?:/([\d.]+))?", re.I), "Microsoft IIS httpd", "microsoft",
+     "internet_information_services"),
+    (re.compile(r"^lighttpd(?:/([\d.]+))?", re.I), "lighttpd", "lighttpd", "lighttpd"),
+    (re.compile(r"^openresty(?:/([\d.]+))?", re.I), "OpenResty web app server", "openresty",
+     "openresty"),
+    (re.compile(r"^Caddy", re.I), "Caddy httpd", "caddyserver", "caddy"),
+    (re.compile(r"^cloudflare", re.I), "cloudflare", "cloudflare", "cloudflare"),
+    (re.compile(r"^SimpleHTTP(?:/([\d.]+))?", re.I), "SimpleHTTPServer", "python",
+     "simplehttpserver"),
+    (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I), "Gunicorn", "gunicorn", "gunicorn"),
+    (re.compile(r"^Jetty\(([\d.]+)", re.I), "Jetty", "eclipse", "jetty"),
+)
+
+
+def parse_http_headers(data: bytes) -> tuple[tuple[str, str], ...]:
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    headers: list[tuple[str, str]] = []
+    for line in head.split(b"\n")[1:64]:
+        if b":" in line:
+            name, value = line.split(b":", 1)
+            headers.append((sanitize(name.strip(), 64).lower(), sanitize(value.strip(), 256)))
+    return tuple(headers)
+
+
+def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
+    status = _STATUS.match(data)
+    if not status:
+        return None
+    headers = parse_http_headers(data)
+    server = next((v for k, v in headers if k == "server"), "")
+    powered = next((v for k, v in headers if k == "x-powered-by"), "")
+    service = "https" if is_tls else "http"
+    extra = f"status {status.group(2).decode()}" + (f"; X-Powered-By: {powered}" if powered else "")
+    for pattern, product, vendor, cpe_name in _SERVER_PRODUCTS:
+        m = pattern.match(server)
+        if m:
+            version = (m.group(1) or "") if m.groups() else ""
+            rest = server[m.end():].strip(" ()")
+            if rest:
+                extra += f"; {rest}"
+            return ServiceInfo(service=service, product=product, version=version,
+                               extra_info=extra, cpe=_cpe(vendor, cpe_name, version),
+                               is_tls=is_tls, method="http:server-header", confidence=10,
+                               headers=headers)
+    return ServiceInfo(service=service, product=server.split("/")[0] if server else "",
+                       version=server.split("/", 1)[1].split(" ")[0] if "/" in server else "",
+                       extra_info=extra, is_tls=is_tls,
+                       method="http:server-header" if server else "http:status-line",
+                       confidence=8 if server else 6, headers=headers)
+
+
+# -- Redis / PostgreSQL (answers to our probes) ------------------------------------------
+
+_REDIS_VERSION = re.compile(rb"redis_version:([\d.]+)")
+
+
+def parse_redis(data: bytes) -> ServiceInfo | None:
+    m = _REDIS_VERSION.search(data)
+    if m:
+        version = m.group(1).decode()
+        return ServiceInfo(service="redis", product="Redis key-value store", version=version,
+                           cpe=_cpe("redis", "redis", version), method="probe:redis-info",
+                           confidence=10)
+    if data.startswith((b"-NOAUTH", b"-DENIED", b"-ERR operation not permitted")):
+        return ServiceInfo(service="redis", product="Redis key-value store",
+                           extra_info="authentication required", method="probe:redis-info",
+                           confidence=9)
+    return None
+
+
+def parse_postgres_ssl_reply(data: bytes) -> ServiceInfo | None:
+    """Answer to an SSLRequest: exactly one byte, 'S' (will do TLS) or 'N' (will not)."""
+    if data in (b"S", b"N"):
+        return ServiceInfo(service="postgresql", product="PostgreSQL DB",
+                           extra_info="TLS offered" if data == b"S" else "TLS not offered",
+                           cpe="cpe:/a:postgresql:postgresql", method="probe:postgres-sslrequest",
+                           confidence=8)
+    if data.startswith(b"E") and b"SFATAL" in data:
+        return ServiceInfo(service="postgresql", product="PostgreSQL DB",
+                           cpe="cpe:/a:postgresql:postgresql", method="probe:postgres-error",
+                           confidence=8)
+    return None
+
+
+BannerParser = Callable[[bytes], ServiceInfo | None]
+
+
+def parse_banner(data: bytes, port_hint: str = "") -> ServiceInfo | None:
+    """Try every first-speaker recogniser on what a service sent unasked."""
+    for parser in (parse_ssh, parse_mysql, parse_misc):
+        info = parser(data)
+        if info:
+            return info
+    return parse_greeting(data, port_hint)

@@ -1,0 +1,1 @@
+"""probers/tls package."""

@@ -1,0 +1,467 @@
+"""Event records: the one definition of what travels on every arrow of DESIGN.md.
+
+Owns: the frozen dataclasses for targets, shards, open-port events, identified
+services, TLS results and findings, plus their JSON wire form (``to_dict`` /
+``from_dict``) with a ``v`` schema version so Kafka consumers can refuse what
+they do not understand.
+
+Must not touch: the network, storage, Kafka, or any other portwatch package
+(``schemas`` imports nothing of ours).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Self, TypeVar
+
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record on the wire is malformed (missing field, wrong type, bad version)."""
+
+
+class Proto(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class PortState(StrEnum):
+    OPEN = "open"
+    # UDP: no reply and no ICMP port-unreachable. Stored as such, never coloured red.
+    OPEN_FILTERED = "open|filtered"
+
+
+class RiskColor(StrEnum):
+    GREEN = "green"
+    YELLOW = "yellow"
+    RED = "red"
+
+
+class ProbeStatus(StrEnum):
+    """sslyze-style attempt status: failures are data, not missing rows."""
+
+    COMPLETED = "completed"
+    ERROR = "error"  # could not test (timeout, reset, stalled handshake)
+    NOT_SCHEDULED = "not_scheduled"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise RecordError(f"bad timestamp {value!r}") from exc
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise RecordError(f"bad timestamp {value!r}")
+
+
+def normalize_ip(value: str) -> str:
+    """Canonical text form of an address; raises RecordError when it is not one."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise RecordError(f"not an IP address: {value!r}") from exc
+
+
+def check_port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise RecordError(f"port out of range: {value!r}")
+    return value
+
+
+T = TypeVar("T", bound="Record")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Base: JSON wire form with a schema version."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": SCHEMA_VERSION}
+        for f in fields(self):
+            out[f.name] = _encode(getattr(self, f.name))
+        return out
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(f"{cls.__name__}: not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RecordError(f"{cls.__name__}: expected a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        version = data.get("v", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise RecordError(f"{cls.__name__}: unsupported schema version {version!r}")
+        try:
+            return cls._decode(data)
+        except RecordError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RecordError(f"{cls.__name__}: malformed record: {exc!r}") from exc
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Record):
+        d = value.to_dict()
+        d.pop("v")
+        return d
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Target(Record):
+    """One address to scan, with what the user said about it."""
+
+    ip: str
+    target: str  # what the user wrote: hostname, CIDR, range or address
+    hostname: str = ""
+    organization: str = ""
+    asset: str = ""
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            ip=normalize_ip(data["ip"]),
+            target=str(data["target"]),
+            hostname=str(data.get("hostname", "")),
+            organization=str(data.get("organization", "")),
+            asset=str(data.get("asset", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange(Record):
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        check_port(self.first)
+        check_port(self.last)
+        if self.first > self.last:
+            raise RecordError(f"empty port range {self.first}-{self.last}")
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(self.first, self.last + 1))
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(first=data["first"], last=data["last"])
+
+
+@dataclass(frozen=True, slots=True)
+class Shard(Record):
+    """A unit of discovery work: some hosts x some ports of one protocol.
+
+    ``seed`` and ``index`` place the shard in the producer's deterministic walk,
+    so a checkpoint (seed, index) resumes an interrupted scan exactly.
+    """
+
+    scan_id: str
+    shard_id: str
+    targets: tuple[Target, ...]
+    ports: tuple[PortRange, ...]
+    proto: Proto = Proto.TCP
+    seed: int = 0
+    index: int = 0
+    total: int = 1  # shards in this scan, for progress
+    created_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise RecordError("shard without targets")
+        if not self.ports:
+            raise RecordError("shard without ports")
+
+    @property
+    def port_count(self) -> int:
+        return sum(len(r) for r in self.ports)
+
+    @property
+    def probe_count(self) -> int:
+        return self.port_count * len(self.targets)
+
+    def port_list(self) -> list[int]:
+        return [p for r in self.ports for p in r]
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            scan_id=str(data["scan_id"]),
+            shard_id=str(data["shard_id"]),
+            targets=tuple(Target.from_dict(t) for t in data["targets"]),
+            ports=tuple(PortRange.from_dict(p) for p in data["ports"]),
+            proto=Proto(data.get("proto", "tcp")),
+            seed=int(data.get("seed", 0)),
+            index=int(data.get("index", 0)),
+            total=int(data.get("total", 1)),
+            created_at=_ts(data.get("created_at", utcnow())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPort(Record):
+    """Discovery's output: a port that answered."""
+
+    scan_id: str
+    target: Target
+    port: int
+    proto: Proto = Proto.TCP
+    state: PortState = PortState.OPEN
+    engine: str = "connect"
+    reason: str = ""  # syn-ack, udp-response, ...
+    observed_at: datetime = field(default_factory=utcnow)
+    # UDP: the payload answer discovery already holds, so identify need not ask again.
+    response: str = ""
+
+    def __post_init__(self) -> None:
+        check_port(self.port)
+
+    @property
+    def key(self) -> str:
+        """Partition key: all events of one host land on one partition."""
+        return self.target.ip
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            scan_id=str(data["scan_id"]),
+            target=Target.from_dict(data["target"]),
+            port=check_port(data["port"]),
+            proto=Proto(data.get("proto", "tcp")),
+            state=PortState(data.get("state", "open")),
+            engine=str(data.get("engine", "")),
+            reason=str(data.get("reason", "")),
+            observed_at=_ts(data["observed_at"]),
+            response=str(data.get("response", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo(Record):
+    """What identification concluded about one port, and how."""
+
+    service: str = ""
+    product: str = ""
+    version: str = ""
+    extra_info: str = ""
+    cpe: str = ""
+    is_tls: bool = False
+    banner: str = ""  # sanitized, capped excerpt
+    method: str = ""  # e.g. "banner:ssh", "http:server-header", "nmap:match NULL line 42"
+    confidence: int = 0  # 0-10, nmap's scale: 10 = hard match
+    tried: tuple[str, ...] = ()  # probes sent, for "unidentified ports say what was tried"
+    headers: tuple[tuple[str, str], ...] = ()  # HTTP response headers (for CDN signatures)
+
+    @property
+    def is_identified(self) -> bool:
+        return bool(self.service)
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            service=str(data.get("service", "")),
+            product=str(data.get("product", "")),
+            version=str(data.get("version", "")),
+            extra_info=str(data.get("extra_info", "")),
+            cpe=str(data.get("cpe", "")),
+            is_tls=bool(data.get("is_tls", False)),
+            banner=str(data.get("banner", "")),
+            method=str(data.get("method", "")),
+            confidence=int(data.get("confidence", 0)),
+            tried=tuple(str(t) for t in data.get("tried", ())),
+            headers=tuple((str(k), str(v)) for k, v in data.get("headers", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CipherSuite(Record):
+    tls_version: str  # "SSLv3", "TLSv1.0" ... "TLSv1.3"
+    iana_name: str
+    openssl_name: str = ""
+    strength: str = ""  # weak / medium / strong
+    reason: str = ""
+    kex_group: str = ""
+    kex_bits: int = 0
+    preference: int = 0  # 1 = the server's first choice within this version
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate(Record):
+    subject: str = ""
+    sans: tuple[str, ...] = ()
+    issuer: str = ""
+    not_before: str = ""
+    not_after: str = ""
+    key_type: str = ""
+    key_bits: int = 0
+    signature_algorithm: str = ""
+    is_self_signed: bool = False
+    is_expired: bool = False
+    is_hostname_match: bool = False
+    sha256: str = ""
+    chain_position: int = 0
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if "sans" in values:
+            values["sans"] = tuple(values["sans"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsResult(Record):
+    status: ProbeStatus = ProbeStatus.NOT_SCHEDULED
+    error: str = ""
+    versions: tuple[str, ...] = ()
+    suites: tuple[CipherSuite, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    grade: str = ""  # weak / medium / strong for the port
+    grade_reason: str = ""
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            status=ProbeStatus(data.get("status", "not_scheduled")),
+            error=str(data.get("error", "")),
+            versions=tuple(data.get("versions", ())),
+            suites=tuple(CipherSuite.from_dict(s) for s in data.get("suites", ())),
+            certificates=tuple(Certificate.from_dict(c) for c in data.get("certificates", ())),
+            grade=str(data.get("grade", "")),
+            grade_reason=str(data.get("grade_reason", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CdnVerdict(Record):
+    provider: str = ""
+    source: str = ""  # "range:cloudflare (file date)" / "header:cf-ray"
+    is_expected_port: bool = False
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            provider=str(data.get("provider", "")),
+            source=str(data.get("source", "")),
+            is_expected_port=bool(data.get("is_expected_port", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding(Record):
+    """An open port with everything the stages learnt about it: what the sink stores."""
+
+    port: OpenPort
+    service: ServiceInfo = field(default_factory=ServiceInfo)
+    tls: TlsResult = field(default_factory=TlsResult)
+    cdn: CdnVerdict = field(default_factory=CdnVerdict)
+    risk_color: RiskColor = RiskColor.YELLOW
+    risk_reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.port.key
+
+    def with_(self, **changes: Any) -> Finding:
+        return replace(self, **changes)
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            port=OpenPort.from_dict(data["port"]),
+            service=ServiceInfo.from_dict(data.get("service", {})),
+            tls=TlsResult.from_dict(data.get("tls", {})),
+            cdn=CdnVerdict.from_dict(data.get("cdn", {})),
+            risk_color=RiskColor(data.get("risk_color", "yellow")),
+            risk_reason=str(data.get("risk_reason", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostScan(Record):
+    """One target address scanned in one scan: lets a target with no open ports,
+    an interrupted scan or a tarpit host show up in the Summary."""
+
+    scan_id: str
+    target: Target
+    started_at: datetime
+    finished_at: datetime
+    ports_scanned: int
+    open_ports: int
+    status: str = "completed"  # completed / interrupted / error
+    is_tarpit: bool = False  # "answers on every port"
+    note: str = ""
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            scan_id=str(data["scan_id"]),
+            target=Target.from_dict(data["target"]),
+            started_at=_ts(data["started_at"]),
+            finished_at=_ts(data["finished_at"]),
+            ports_scanned=int(data["ports_scanned"]),
+            open_ports=int(data["open_ports"]),
+            status=str(data.get("status", "completed")),
+            is_tarpit=bool(data.get("is_tarpit", False)),
+            note=str(data.get("note", "")),
+        )
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CdnVerdict",
+    "Certificate",
+    "CipherSuite",
+    "Finding",
+    "HostScan",
+    "OpenPort",
+    "PortRange",
+    "PortState",
+    "ProbeStatus",
+    "Proto",
+    "Record",
+    "RecordError",
+    "RiskColor",
+    "ServiceInfo",
+    "Shard",
+    "Target",
+    "TlsResult",
+    "utcnow",
+]

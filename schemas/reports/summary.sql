@@ -1,0 +1,85 @@
+-- Summary report: one row per target address: asset name, organization, open
+-- ports with their colours, risk score with its parts and grade, last scanned.
+--
+-- Risk score (DESIGN.md "Risk"; stream_processors/risk.py holds the same formula
+-- and a test proves both agree):
+--   raw   = 10 x red + 3 x yellow + 1 x green   (open ports of the latest scan;
+--           CDN-expected ports and unconfirmed UDP open|filtered count zero)
+--   score = round(100 x (1 - exp(-raw / 40)), 1)        -- bounded in [0, 100)
+--   grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
+-- Adding an open port never lowers raw, so the score is monotonic.
+WITH
+    scans AS (
+        SELECT target, ip,
+               argMax(scan_id, finished_at) AS last_scan_id,
+               max(finished_at) AS last_scanned,
+               argMax(hostname, finished_at) AS hostname,
+               argMax(organization, finished_at) AS organization,
+               argMax(asset, finished_at) AS asset
+        FROM host_scans GROUP BY target, ip
+    ),
+    scan_totals AS (
+        SELECT target, ip, scan_id,
+               sum(ports_scanned) AS ports_scanned,
+               max(is_tarpit) AS is_tarpit,
+               if(min(status = 'completed'), 'completed', 'interrupted') AS status
+        FROM host_scans FINAL GROUP BY target, ip, scan_id
+    ),
+    cur AS (
+        SELECT target, ip, proto, port,
+               argMaxMerge(last_scan_id) AS last_scan_id, argMaxMerge(latest) AS l
+        FROM findings GROUP BY target, ip, proto, port
+    ),
+    ports AS (
+        SELECT cur.target AS target, cur.ip AS ip, cur.port AS port, cur.proto AS proto,
+               cur.l.risk_color AS color, cur.l.is_cdn_expected AS is_cdn_expected,
+               cur.l.state AS state, cur.l.product AS product,
+               (cur.l.is_cdn_expected = 0 AND cur.l.state = 'open') AS is_scored
+        FROM cur INNER JOIN scans ON scans.target = cur.target AND scans.ip = cur.ip
+        WHERE cur.last_scan_id = scans.last_scan_id
+    ),
+    per_host AS (
+        SELECT target, ip,
+               count() AS open_ports,
+               countIf(is_scored AND color = 'red') AS red,
+               countIf(is_scored AND color = 'yellow') AS yellow,
+               countIf(is_scored AND color = 'green') AS green,
+               countIf(is_cdn_expected = 1) AS cdn_expected,
+               arraySort(x -> (x.2, x.1), groupArray((port, proto, color, is_cdn_expected))) AS port_list,
+               groupUniqArray(lower(product)) AS products
+        FROM ports GROUP BY target, ip
+    )
+SELECT
+    scans.target AS target,
+    scans.ip AS ip,
+    scans.hostname AS hostname,
+    scans.asset AS asset,
+    scans.organization AS organization,
+    per_host.open_ports AS open_ports,
+    per_host.port_list AS ports,
+    per_host.red AS red,
+    per_host.yellow AS yellow,
+    per_host.green AS green,
+    per_host.cdn_expected AS cdn_expected,
+    10 * red + 3 * yellow + green AS raw_score,
+    round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score,
+    multiIf(risk_score < 10, 'A', risk_score < 25, 'B', risk_score < 50, 'C',
+            risk_score < 75, 'D', 'F') AS grade,
+    format('10x{} red + 3x{} yellow + 1x{} green = {} -> {}', toString(red), toString(yellow),
+           toString(green), toString(raw_score), toString(risk_score)) AS score_parts,
+    scan_totals.is_tarpit AS is_tarpit,
+    scan_totals.status AS scan_status,
+    scan_totals.ports_scanned AS ports_scanned,
+    scans.last_scanned AS last_scanned
+FROM scans
+LEFT JOIN per_host ON per_host.target = scans.target AND per_host.ip = scans.ip
+LEFT JOIN scan_totals ON scan_totals.target = scans.target AND scan_totals.ip = scans.ip
+                     AND scan_totals.scan_id = scans.last_scan_id
+WHERE ({target:String} = '' OR scans.target = {target:String} OR scans.ip = {target:String}
+       OR scans.hostname = {target:String})
+  AND ({org:String} = '' OR scans.organization = {org:String})
+  AND ({port:UInt16} = 0 OR arrayExists(x -> x.1 = {port:UInt16}, per_host.port_list))
+  AND ({color:String} = '' OR arrayExists(x -> x.3 = {color:String}, per_host.port_list))
+  AND ({product:String} = '' OR has(per_host.products, lower({product:String})))
+ORDER BY risk_score DESC, target, ip
+LIMIT {limit:UInt64} OFFSET {offset:UInt64}

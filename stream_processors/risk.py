@@ -1,0 +1,131 @@
+"""Risk: a colour per open port and a bounded, monotonic score per target.
+
+Owns: loading the risk catalogue (schemas/data/risk_catalogue.yaml), the colour
+of one finding, the score formula and the letter grade. The Summary report's SQL
+(schemas/reports/summary.sql) computes the same score in ClickHouse; a test
+proves both agree. Must not touch the network or the store.
+
+Formula (documented in README and ARCHITECTURE.md):
+    raw   = 10 * red + 3 * yellow + 1 * green    (CDN-expected ports and UDP
+            open|filtered ports count zero)
+    score = round(100 * (1 - exp(-raw / 40)), 1)   in [0, 100): bounded
+    grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
+One more open port never lowers raw, and score is increasing in raw: monotonic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import yaml
+
+from schemas import data_path
+from schemas.records import Finding, PortState, RiskColor
+
+log = logging.getLogger(__name__)
+
+WEIGHTS: dict[RiskColor, int] = {RiskColor.RED: 10, RiskColor.YELLOW: 3, RiskColor.GREEN: 1}
+SCALE = 40.0
+GRADES: tuple[tuple[float, str], ...] = ((10, "A"), (25, "B"), (50, "C"), (75, "D"))
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    color: RiskColor
+    reason: str
+
+
+@cache
+def load_catalogue(path: str | None = None) -> dict[str, CatalogueEntry]:
+    file = path or data_path("risk_catalogue.yaml")
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data: dict[str, Any] = yaml.safe_load(fh)
+    except OSError as exc:
+        log.warning("risk catalogue %s unreadable (%s): every port will be yellow; "
+                    "reinstall portwatch to restore schemas/data", file, exc.strerror)
+        return {}
+    return {
+        name.lower(): CatalogueEntry(RiskColor(entry["color"]), str(entry["reason"]))
+        for name, entry in (data.get("services") or {}).items()
+    }
+
+
+def _base_service(service: str) -> str:
+    """``ssl/http`` -> ``http``; ``http-proxy`` stays; nmap's ``?`` suffix dropped."""
+    name = service.lower().rstrip("?")
+    return name.split("/", 1)[1] if name.startswith(("ssl/", "tls/")) else name
+
+
+def color_for(finding: Finding) -> tuple[RiskColor, str]:
+    """Colour of one port from its identified service, never from the port number."""
+    if finding.cdn.is_expected_port:
+        return RiskColor.GREEN, f"expected open on {finding.cdn.provider} edge; no risk"
+    service = finding.service
+    if finding.port.state is PortState.OPEN_FILTERED:
+        return RiskColor.YELLOW, "no UDP reply: open|filtered, unconfirmed"
+    if not service.service:
+        return RiskColor.YELLOW, "service not identified"
+    name = _base_service(service.service)
+    catalogue = load_catalogue()
+    entry = catalogue.get(name)
+    if entry is None and service.is_tls and name in ("http", "www"):
+        entry = catalogue.get("https")
+    if entry is None:
+        return RiskColor.YELLOW, f"service {name!r} not catalogued"
+    color, reason = entry.color, entry.reason
+    # Weak TLS raises the colour (issue: "weak suites raise the port's colour").
+    if finding.tls.grade == "weak" and color is RiskColor.GREEN:
+        return RiskColor.YELLOW, f"{reason}; weak TLS: {finding.tls.grade_reason}"
+    return color, reason
+
+
+def assess(finding: Finding) -> Finding:
+    """Risk stage: set the finding's colour and reason."""
+    color, reason = color_for(finding)
+    return finding.with_(risk_color=color, risk_reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    red: int
+    yellow: int
+    green: int
+    raw: int
+    score: float
+    grade: str
+
+    @property
+    def parts(self) -> str:
+        return (f"10x{self.red} red + 3x{self.yellow} yellow + 1x{self.green} green = "
+                f"{self.raw} -> {self.score}")
+
+
+def score_counts(red: int, yellow: int, green: int) -> Score:
+    if min(red, yellow, green) < 0:
+        raise ValueError("counts cannot be negative")
+    raw = (WEIGHTS[RiskColor.RED] * red + WEIGHTS[RiskColor.YELLOW] * yellow
+           + WEIGHTS[RiskColor.GREEN] * green)
+    value = round(100 * (1 - math.exp(-raw / SCALE)), 1)
+    return Score(red, yellow, green, raw, value, grade_for(value))
+
+
+def grade_for(score: float) -> str:
+    return next((letter for limit, letter in GRADES if score < limit), "F")
+
+
+def is_scored(finding: Finding) -> bool:
+    return not finding.cdn.is_expected_port and finding.port.state is PortState.OPEN
+
+
+def score_findings(findings: Iterable[Finding]) -> Score:
+    counts = dict.fromkeys(RiskColor, 0)
+    for f in findings:
+        if is_scored(f):
+            counts[f.risk_color] += 1
+    return score_counts(counts[RiskColor.RED], counts[RiskColor.YELLOW], counts[RiskColor.GREEN])
