@@ -102,7 +102,8 @@ def cli(verbose: int) -> None:
               help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all).")
 @click.option("--org", "organization", default="", metavar="NAME",
               help="Organization the command-line targets belong to.")
-@click.option("--asset", default="", metavar="NAME", help="Asset name for the command-line targets.")
+@click.option("--asset", default="", metavar="NAME",
+              help="Asset name for the command-line targets.")
 @click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="CSV (target,organization,asset) or YAML inventory of targets.")
 @click.option("--exclude", multiple=True, metavar="CIDR",
@@ -173,9 +174,9 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
 
 async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
                     quiet: bool) -> Any:
+    from portwatch.runner import EmbeddedRunner, install_interrupt
     from probers.discovery.connect import ConnectEngine
     from probers.service.engine import Settings as IdentifySettings
-    from portwatch.runner import EmbeddedRunner, install_interrupt
     from stream_processors.stages import StageContext
 
     engine = ConnectEngine(concurrency=settings.concurrency, timeout=settings.timeout,

@@ -56,7 +56,8 @@ class Settings:
             raw = os.environ.get(f.metadata["env"])
             if raw is not None and raw != "":
                 try:
-                    values[f.name] = type(f.default)(raw)
+                    kind: type[Any] = type(f.default)
+                    values[f.name] = kind(raw)
                 except ValueError:
                     raise SettingsError(f"{f.metadata['env']}={raw!r} is not a valid "
                                         f"{type(f.default).__name__}") from None

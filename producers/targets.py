@@ -165,7 +165,7 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
             raise TargetError(f"bad CIDR block {text!r}") from None
         _check_size(text, net.num_addresses, allow_large=allow_large)
         hosts = [net.network_address] if net.num_addresses == 1 else list(net)
-        return [make(ip) for ip in hosts]
+        return [make(str(ip)) for ip in hosts]
     try:
         return [make(ipaddress.ip_address(text.strip("[]")))]
     except ValueError:

@@ -158,7 +158,8 @@ class Store:
                     "use another --store, or run a ClickHouse server"
                 ) from exc
             where = location.path or f"{location.host}:{location.port}"
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            first_line = text.splitlines()[0] if text else type(exc).__name__
             raise StoreError(f"cannot open the store at {where}: {first_line}") from exc
         if create:
             self.ensure_schema()
@@ -255,12 +256,13 @@ class Store:
                 params[key] = "" if value is None else str(value)
         with self._lock:
             result = self._client.query(report_sql(name), parameters=params)
-        return Report(name, tuple(result.column_names), list(result.result_rows))
+        return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read-only helper for tests and tools; parameters bound server-side."""
         with self._lock:
-            return list(self._client.query(sql, parameters=dict(parameters or {})).result_rows)
+            rows = self._client.query(sql, parameters=dict(parameters or {})).result_rows
+        return [tuple(r) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -98,7 +98,8 @@ async def read_bounded(reader: asyncio.StreamReader, *, timeout: float, cap: int
 
 @contextlib.asynccontextmanager
 async def _connect(ep: Endpoint, timeout: float, tls: ssl.SSLContext | None = None,
-                   server_hostname: str | None = None):  # type: ignore[no-untyped-def]
+                   server_hostname: str | None = None,
+                   ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(ep.ip, ep.port, ssl=tls,
                                 server_hostname=server_hostname if tls else None,

@@ -1,0 +1,82 @@
+# portwatch — every command a developer or CI needs. `make help` lists them.
+# `make test` is exactly what CI runs (.ci/run calls it): it installs what it needs.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+STAMPS := .cache/stamps
+
+# Debian packages: scanners to compare with and drive (masscan, nmap, sslscan), the
+# nmap data files read at run time (nmap-common), network-namespace tools for test
+# hosts (iproute2, nftables, iptables), and the real services the tests scan.
+APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
+	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
+	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMPS):
+	@mkdir -p $@
+
+.PHONY: apt
+apt: $(STAMPS)/apt ## Install the Debian packages (masscan, nmap, servers for tests)
+$(STAMPS)/apt: Makefile | $(STAMPS)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMPS)/venv ## Create the virtualenv and install portwatch with dev tools
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
+	@$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: apt venv ## Everything portwatch needs (Debian packages + virtualenv)
+
+.PHONY: scan
+scan: install ## Scan 127.0.0.1 (all TCP ports, embedded store), then show Summary and List
+	$(VENV)/bin/portwatch scan 127.0.0.1
+	$(VENV)/bin/portwatch report summary
+	$(VENV)/bin/portwatch report list
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check portwatch producers probers stream_processors schemas tests bench
+	$(VENV)/bin/mypy
+
+include deploy/local/kafka/kafka.mk
+
+# pytest exits 5 when it collected no test: that is a failure for us, never a pass.
+.PHONY: test
+test: install ## Lint, then every test (brings the Kafka broker up and down)
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory kafka-up
+	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	  $(MAKE) --no-print-directory kafka-down; \
+	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+.PHONY: check
+check: test ## Same as test: exactly what CI runs
+
+.PHONY: bench
+bench: install ## Benchmarks side by side with nmap/masscan (see BENCHMARKS.md)
+	$(PY) -m bench.connect_sweep
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

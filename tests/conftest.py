@@ -1,0 +1,62 @@
+"""Shared test set-up.
+
+Safety fence: every test process refuses to scan outside loopback and the
+198.18.0.0/15 test-host range (PORTWATCH_SCOPE_ALLOW), whatever a test asks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ["PORTWATCH_SCOPE_ALLOW"] = "127.0.0.0/8,::1/128,198.18.0.0/15"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, store: str | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> CliResult:
+    """Run the real ``portwatch`` command in its own process (chdb: one process per store)."""
+    full_env = {**os.environ, **(env or {}), "COLUMNS": "250"}
+    if store:
+        full_env["PORTWATCH_STORE"] = store
+    proc = subprocess.run([sys.executable, "-m", "portwatch", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=REPO)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"chdb://{tmp_path / 'store'}"
+
+
+@pytest.fixture(scope="session")
+def shared_chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """chdb opens one path per process: in-process store tests share this one path
+    and isolate themselves with a database each."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def store(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
+    from stream_processors.store import Store
+
+    db = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
+    yield db
+
+
+# Real-broker fixtures (skip without a broker; fail under CI=true, where one must run).
+from tests.kafka_fixtures import kafka_bootstrap, unique_group_id, unique_topic  # noqa: E402,F401

@@ -1,0 +1,206 @@
+"""End to end: real loopback listeners, scanned by the real CLI into a real chdb
+store, then each of the four reports checked for the exact rows expected."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stream_processors.risk import score_counts
+from tests import loopback
+from tests.conftest import run_cli
+
+ADDRESSES = ("127.0.0.1", "127.0.0.2")
+FAST = {"PORTWATCH_IDENTIFY_BUDGET": "6", "PORTWATCH_BANNER_WAIT": "1"}
+
+
+def mariadb_greeting(version: bytes) -> bytes:
+    body = b"\x0a" + version + b"\x00" + b"\x08\x00\x00\x00" + b"abcdefgh\x00" + b"\xff\xf7"
+    return len(body).to_bytes(3, "little") + b"\x00" + body
+
+
+@dataclass
+class Services:
+    ports: dict[str, int]
+
+    @property
+    def spec(self) -> str:
+        return ",".join(str(p) for p in sorted(self.ports.values()))
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    handlers = {
+        "ssh": loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"),
+        "smtp": loopback.banner(b"220 mail.example.test ESMTP Postfix (Debian/GNU)\r\n"),
+        "ftp": loopback.banner(b"220 (vsFTPd 3.0.3)\r\n"),
+        "mysql": loopback.banner(mariadb_greeting(b"5.5.5-10.11.6-MariaDB-0+deb12u1")),
+        "http": loopback.http_handler("nginx/1.22.1"),
+        "endless": loopback.endless(),
+        "junk": loopback.banner(b"\x1b[2J\x1b[31mHACKED\x07\x00\xff\xfe[bold]x[/bold]\r\n"),
+        "silent": loopback.silent(),
+    }
+    with contextlib.ExitStack() as stack:
+        ports = {name: stack.enter_context(loopback.listen(h, ADDRESSES)).port
+                 for name, h in handlers.items()}
+        ports["https"] = stack.enter_context(loopback.tls_http_server(
+            tmp_path_factory.mktemp("tls"), "Apache/2.4.57 (Debian)", ADDRESSES)).port
+        yield Services(ports)
+
+
+EXPECTED = {
+    # name: (service, product, version, colour)
+    "ssh": ("ssh", "OpenSSH", "9.2p1", "green"),
+    "smtp": ("smtp", "Postfix smtpd", "", "green"),
+    "ftp": ("ftp", "vsftpd", "3.0.3", "red"),
+    "mysql": ("mysql", "MariaDB", "10.11.6", "red"),
+    "http": ("http", "nginx", "1.22.1", "green"),
+    "https": ("https", "Apache httpd", "2.4.57", "green"),
+    "endless": ("", "", "", "yellow"),
+    "junk": ("", "", "", "yellow"),
+    "silent": ("", "", "", "yellow"),
+}
+
+
+def report(store: str, name: str, *args: str) -> list[dict[str, object]]:
+    result = run_cli("report", name, "--format", "json", *args, store=store)
+    assert result.code == 0, result.stderr
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def scanned(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Given the listeners, when 127.0.0.1 is scanned from an inventory, then rescanned,
+    and 127.0.0.2 is scanned once."""
+    root = tmp_path_factory.mktemp("scan")
+    store = f"chdb://{root / 'store'}"
+    inventory = root / "assets.yaml"
+    inventory.write_text("Example Corp:\n  - target: 127.0.0.1\n    asset: web-1\n")
+    first = run_cli("scan", "--inventory", str(inventory), "--ports", services.spec,
+                    store=store, env=FAST)
+    assert first.code == 0, first.stderr
+    list_after_first = report(store, "list")
+    time.sleep(1.1)
+    second = run_cli("scan", "--inventory", str(inventory), "--ports", services.spec,
+                     store=store, env=FAST)
+    assert second.code == 0, second.stderr
+    other = run_cli("scan", "127.0.0.2", "--org", "Other Org", "--asset", "web-2",
+                    "--ports", services.spec, store=store, env=FAST)
+    assert other.code == 0, other.stderr
+    return {"store": store, "first_list": list_after_first, "first": first}
+
+
+def _by_port(rows: list[dict[str, object]], ip: str) -> dict[int, dict[str, object]]:
+    return {int(r["port"]): r for r in rows if r["ip"] == ip}  # type: ignore[call-overload]
+
+
+def test_list_report_names_every_service_exactly(services: Services, scanned: dict) -> None:
+    rows = _by_port(report(scanned["store"], "list"), "127.0.0.1")
+    got = {name: (rows[port]["service"], rows[port]["product"], rows[port]["version"],
+                  rows[port]["risk_color"]) for name, port in services.ports.items()}
+    assert got == EXPECTED
+    assert set(rows) == set(services.ports.values())
+    assert {r["organization"] for r in rows.values()} == {"Example Corp"}
+    assert {r["proto"] for r in rows.values()} == {"tcp"}
+
+
+def test_first_seen_stays_fixed_and_last_seen_moves_on_rescan(services: Services,
+                                                             scanned: dict) -> None:
+    before = _by_port(scanned["first_list"], "127.0.0.1")
+    after = _by_port(report(scanned["store"], "list"), "127.0.0.1")
+    for port in services.ports.values():
+        assert after[port]["first_seen"] == before[port]["first_seen"]
+        assert after[port]["last_seen"] > before[port]["last_seen"]  # type: ignore[operator]
+    # a rescan never duplicates a finding
+    assert len(after) == len(before) == len(services.ports)
+
+
+def test_prevalence_counts_instances_across_scans(services: Services, scanned: dict) -> None:
+    rows = report(scanned["store"], "list")
+    ours = [r for r in rows if r["port"] in services.ports.values()]
+    assert {r["instances"] for r in ours} == {2}  # 127.0.0.1 and 127.0.0.2, rescans not counted
+    assert {r["prevalence"] for r in ours} == {"rare"}
+    first = [r for r in scanned["first_list"] if r["port"] in services.ports.values()]
+    assert {r["instances"] for r in first} == {1}
+
+
+def test_summary_row_with_organization_score_parts_and_grade(scanned: dict) -> None:
+    rows = {r["ip"]: r for r in report(scanned["store"], "summary")}
+    row = rows["127.0.0.1"]
+    expected = score_counts(red=2, yellow=3, green=4)
+    assert (row["organization"], row["asset"]) == ("Example Corp", "web-1")
+    assert (row["red"], row["yellow"], row["green"], row["cdn_expected"]) == (2, 3, 4, 0)
+    assert row["open_ports"] == 9
+    assert row["risk_score"] == expected.score
+    assert row["grade"] == expected.grade
+    assert row["score_parts"] == expected.parts
+    assert row["scan_status"] == "completed"
+    assert rows["127.0.0.2"]["organization"] == "Other Org"
+
+
+def test_products_report_counts_instances_and_targets(scanned: dict) -> None:
+    rows = {(r["product"], r["version"]): r for r in report(scanned["store"], "products")}
+    assert rows[("nginx", "1.22.1")]["instances"] == 2
+    assert rows[("nginx", "1.22.1")]["targets"] == 2
+    assert rows[("OpenSSH", "9.2p1")]["services"] == "ssh"
+    drill = report(scanned["store"], "list", "--product", "nginx")
+    assert sorted(r["ip"] for r in drill) == ["127.0.0.1", "127.0.0.2"]
+    assert {r["product"] for r in drill} == {"nginx"}
+
+
+def test_filters_by_color_port_and_org(services: Services, scanned: dict) -> None:
+    red = report(scanned["store"], "list", "--color", "red", "--target", "127.0.0.1")
+    assert sorted(r["port"] for r in red) == sorted([services.ports["ftp"],
+                                                     services.ports["mysql"]])
+    one = report(scanned["store"], "list", "--port", str(services.ports["ssh"]))
+    assert [r["ip"] for r in one] == ["127.0.0.1", "127.0.0.2"]
+    org = report(scanned["store"], "summary", "--org", "Other Org")
+    assert [r["ip"] for r in org] == ["127.0.0.2"]
+
+
+def test_hostile_banners_are_capped_and_escaped(services: Services, scanned: dict) -> None:
+    rows = _by_port(report(scanned["store"], "list"), "127.0.0.1")
+    endless_banner = str(rows[services.ports["endless"]]["banner"])
+    assert 0 < len(endless_banner) <= 1024
+    junk = str(rows[services.ports["junk"]]["banner"])
+    assert junk.startswith("\\x1b[2J\\x1b[31mHACKED\\x07\\x00\\xff\\xfe")
+    table = run_cli("report", "list", "--target", "127.0.0.1", store=scanned["store"])
+    assert table.code == 0
+    assert "\x1b" not in table.stdout and "\x07" not in table.stdout
+
+
+def test_unidentified_ports_say_what_was_tried(services: Services, scanned: dict) -> None:
+    rows = _by_port(report(scanned["store"], "list"), "127.0.0.1")
+    silent = rows[services.ports["silent"]]
+    assert silent["method"] == "unidentified"
+    assert silent["risk_color"] == "yellow"
+
+
+def test_ciphers_report_runs_on_the_store(scanned: dict) -> None:
+    rows = report(scanned["store"], "ciphers")
+    assert isinstance(rows, list)
+
+
+def test_table_output_and_end_screen(scanned: dict) -> None:
+    out = str(scanned["first"].stdout)
+    assert "done" in out and "9 open" in out
+    summary = run_cli("report", "summary", store=scanned["store"])
+    assert "Example Corp" in summary.stdout and "127.0.0.2" in summary.stdout
+
+
+@pytest.mark.slow
+def test_full_sweep_of_all_65535_ports_finds_every_listener(services: Services,
+                                                            tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    result = run_cli("scan", "127.0.0.1", store=store, env=FAST)
+    assert result.code == 0, result.stderr
+    assert "65,535 ports probed" in result.stdout
+    found = {r["port"] for r in report(store, "list")}
+    assert set(services.ports.values()) <= found
