@@ -1,1 +1,16 @@
-"""probers/tls package."""
+"""TLS prober: versions, cipher suites, server order, key exchange, certificates, grades.
+
+Owns the ``probers/tls`` package. Public API:
+
+- ``probe_tls(ip, port, *, server_name=None, timeout=3.0, budget=30.0) -> TlsResult``
+- ``detect_tls(ip, port, timeout=3.0) -> bool`` (for the identification stage)
+- ``ScanCommand`` / ``IMPLEMENTATIONS``: the explicit table of TLS scan commands.
+
+Must not touch: Kafka, storage, other stages. Everything network-facing is bounded per
+attempt and per probe; failures come back as data (``ProbeStatus.ERROR``), never raised.
+"""
+
+from probers.tls.commands import IMPLEMENTATIONS, ScanCommand
+from probers.tls.probe import detect_tls, probe_tls
+
+__all__ = ["IMPLEMENTATIONS", "ScanCommand", "detect_tls", "probe_tls"]

@@ -1,0 +1,144 @@
+"""Certificate facts: what a served chain says, as ``schemas.records.Certificate`` values.
+
+Owns: parsing DER certificates (cryptography), hostname matching (RFC 6125: SANs first,
+wildcards only as the whole left-most label, IP addresses only against IP SANs; the
+subject CN only when the certificate has no SAN extension at all), and the facts the
+records carry: subject, SANs ("DNS:name" / "IP:address"), issuer, validity (ISO 8601 UTC),
+key type and size, signature algorithm, self-signed, expired, SHA-256 fingerprint and
+chain position (0 = leaf, as served).
+
+Must not touch: the network. Nothing here verifies trust: a chain is described, not
+validated against a trust store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from schemas.records import Certificate
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _key_facts(cert: x509.Certificate) -> tuple[str, int]:
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError):  # unsupported key algorithm
+        return "unknown", 0
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}", key.key_size
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    return type(key).__name__, 0
+
+
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[_Address], bool]:
+    """(DNS names, IP addresses, whether a SAN extension exists)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return [], [], False
+    except ValueError:  # malformed extension: treat as present but unusable
+        return [], [], True
+    names = ext.value.get_values_for_type(x509.DNSName)
+    addresses = ext.value.get_values_for_type(x509.IPAddress)
+    return (
+        list(names),
+        [a for a in addresses if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)],
+        True,
+    )
+
+
+def _dns_match(pattern: str, hostname: str) -> bool:
+    pattern = pattern.rstrip(".").lower()
+    hostname = hostname.rstrip(".").lower()
+    if not pattern or not hostname:
+        return False
+    if pattern.startswith("*."):
+        # RFC 6125 6.4.3: the wildcard stands for exactly one whole left-most label.
+        head, _, rest = hostname.partition(".")
+        return bool(head) and rest == pattern[2:] and "*" not in rest
+    return "*" not in pattern and pattern == hostname
+
+
+def hostname_matches(cert: x509.Certificate, name: str) -> bool:
+    """Does the certificate cover ``name`` (a hostname or an IP address literal)?"""
+    names, addresses, has_san = _sans(cert)
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in addresses
+    if has_san:
+        return any(_dns_match(pattern, name) for pattern in names)
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return any(_dns_match(str(attr.value), name) for attr in common_names)
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def describe_certificate(der: bytes, *, position: int, hostname: str, now: datetime) -> Certificate:
+    """Facts about one certificate; an unparseable one still gets a row, saying so."""
+    fingerprint = hashes.Hash(hashes.SHA256())
+    fingerprint.update(der)
+    sha256 = fingerprint.finalize().hex()
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        return Certificate(subject=f"unparseable certificate: {exc}", sha256=sha256,
+                           chain_position=position)  # fmt: skip
+    names, addresses, _ = _sans(cert)
+    key_type, key_bits = _key_facts(cert)
+    oid = cert.signature_algorithm_oid
+    not_after = cert.not_valid_after_utc
+    return Certificate(
+        subject=cert.subject.rfc4514_string(),
+        sans=tuple([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses]),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=cert.not_valid_before_utc.isoformat(),
+        not_after=not_after.isoformat(),
+        key_type=key_type,
+        key_bits=key_bits,
+        signature_algorithm=getattr(oid, "_name", "") or oid.dotted_string,
+        is_self_signed=_is_self_signed(cert),
+        is_expired=now > not_after,
+        # Only the leaf is presented for a name; intermediates never "match".
+        is_hostname_match=position == 0 and hostname_matches(cert, hostname),
+        sha256=sha256,
+        chain_position=position,
+    )
+
+
+def describe_chain(
+    chain: Sequence[bytes], *, hostname: str, now: datetime
+) -> tuple[Certificate, ...]:
+    return tuple(
+        describe_certificate(der, position=i, hostname=hostname, now=now)
+        for i, der in enumerate(chain)
+    )
+
+
+__all__ = ["describe_certificate", "describe_chain", "hostname_matches"]

@@ -1,0 +1,303 @@
+"""TLS scan commands: the explicit table, their implementations, and the one fold.
+
+Owns: ``ScanCommand`` (every test the TLS prober runs), ``IMPLEMENTATIONS`` (the table
+mapping each command to the plugin that runs it), ``ScanSession`` (the only way a plugin
+reaches the network: one job = one blocking function = at most one connection, run in a
+worker thread under the per-host concurrency limit, the per-attempt timeout and the
+overall budget) and ``fold`` (every command's result -> one frozen ``TlsResult``).
+
+Shape follows sslyze's plugins (STYLE.md): a command plans jobs, a job uses at most one
+connection, one function folds. Enumeration is adaptive (the next offer depends on the
+last pick), so a plugin plans its next job from its state machine in ``enumeration.py``.
+
+Versions are not a command of their own: a version is supported when its suites command
+found at least one suite. The server's preference order is measured by each suites
+command for its version (``ServerOrderProbe``).
+
+Must not touch: Kafka, storage, identification; records are only built in ``fold``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from probers.tls.certs import describe_chain
+from probers.tls.enumeration import ServerOrderProbe, SuiteEnumeration
+from probers.tls.grading import Grade, SuiteFacts, grade_port, grade_suite
+from probers.tls.handshake import HandshakeSpec, full_handshake, tls13_spec
+from probers.tls.hello import HelloOutcome, HelloSpec, OutcomeKind, exchange_hello
+from probers.tls.suites import SuiteInfo, TlsVersion, describe, offer_list
+from schemas.records import CipherSuite, ProbeStatus, TlsResult
+
+# A job is one blocking attempt: given the seconds it may take, it opens at most one
+# connection and returns what happened. Never raises for network trouble.
+Job = Callable[[float], HelloOutcome]
+
+
+class ScanCommand(StrEnum):
+    SSL_3_0_SUITES = "ssl_3_0_suites"
+    TLS_1_0_SUITES = "tls_1_0_suites"
+    TLS_1_1_SUITES = "tls_1_1_suites"
+    TLS_1_2_SUITES = "tls_1_2_suites"
+    TLS_1_3_SUITES = "tls_1_3_suites"
+    CERTIFICATE = "certificate"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsTarget:
+    ip: str
+    port: int
+    server_name: str | None = None
+
+    @property
+    def name_to_match(self) -> str:
+        """What the certificate must cover: the name asked for, else the address."""
+        return self.server_name or self.ip
+
+
+class ScanSession:
+    """Runs jobs for one (ip, port): concurrency limit, per-attempt timeout, budget."""
+
+    def __init__(
+        self, target: TlsTarget, *, timeout: float, budget: float, max_parallel: int = 2
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.budget = budget
+        self._deadline = time.monotonic() + budget
+        self._slots = asyncio.Semaphore(max_parallel)
+        self.connections = 0
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    async def run(self, job: Job) -> HelloOutcome:
+        async with self._slots:
+            allowance = min(self.timeout, self.remaining())
+            if allowance <= 0.05:
+                return HelloOutcome(
+                    OutcomeKind.TIMEOUT, f"scan budget of {self.budget:g}s exhausted"
+                )
+            self.connections += 1
+            return await asyncio.to_thread(job, allowance)
+
+    def raw_hello(self, spec: HelloSpec) -> Job:
+        ip, port = self.target.ip, self.target.port
+        return lambda allowance: exchange_hello(ip, port, spec, allowance)
+
+    def handshake(self, spec: HandshakeSpec) -> Job:
+        ip, port = self.target.ip, self.target.port
+        return lambda allowance: full_handshake(ip, port, spec, allowance)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedSuite:
+    code: int
+    kex_group: str = ""
+    kex_bits: int = 0
+    preference: int = 0  # 1 = server's first choice; 0 = the server has no order of its own
+    openssl_name: str = ""  # as the handshake reported it, when the catalogue has none
+
+
+@dataclass(frozen=True, slots=True)
+class SuitesResult:
+    command: ScanCommand
+    version: TlsVersion
+    status: ProbeStatus
+    error: str = ""  # set when the enumeration could not finish (suites may be partial)
+    suites: tuple[AcceptedSuite, ...] = ()
+    is_server_order: bool | None = None
+    chain: tuple[bytes, ...] = ()  # certificates seen on the way (fallback for CERTIFICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateResult:
+    command: ScanCommand
+    status: ProbeStatus
+    error: str = ""
+    chain: tuple[bytes, ...] = ()
+
+
+CommandResult = SuitesResult | CertificateResult
+
+
+class ScanCommandImplementation(ABC):
+    """A plugin: plans its jobs, runs each through the session, returns one result."""
+
+    command: ScanCommand
+
+    @abstractmethod
+    async def execute(self, session: ScanSession) -> CommandResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SuitesPlugin(ScanCommandImplementation):
+    """Suites of one version: raw ClientHellos below TLS 1.3, pyOpenSSL for TLS 1.3."""
+
+    command: ScanCommand
+    version: TlsVersion
+
+    def _job(self, session: ScanSession, offered: tuple[int, ...]) -> Job:
+        name = session.target.server_name
+        if self.version is TlsVersion.TLS_1_3:
+            # A TLS 1.3 ServerHello is followed by encrypted records only: a full handshake
+            # is what tells us the group and shows the certificate.
+            return session.handshake(tls13_spec(name, offered))
+        return session.raw_hello(HelloSpec(self.version, offered, name))
+
+    async def execute(self, session: ScanSession) -> CommandResult:
+        enumeration = SuiteEnumeration(offer_list(self.version))
+        while (offer := enumeration.next_offer()) is not None:
+            enumeration.record(offer, await session.run(self._job(session, offer)))
+        order = ServerOrderProbe(enumeration)
+        while (offer := order.next_offer()) is not None:
+            order.record(offer, await session.run(self._job(session, offer)))
+        if enumeration.failure and not enumeration.picks:
+            return SuitesResult(self.command, self.version, ProbeStatus.ERROR, enumeration.failure)
+        rank = {code: i + 1 for i, code in enumerate(order.order)}
+        has_order = order.is_server_order is True or len(enumeration.picks) == 1
+        suites = tuple(
+            AcceptedSuite(
+                pick.code,
+                pick.outcome.kex_group,
+                pick.outcome.kex_bits,
+                rank.get(pick.code, 0) if has_order else 0,
+                pick.outcome.detail,
+            )
+            for pick in enumeration.picks
+        )
+        if has_order:
+            suites = tuple(sorted(suites, key=lambda s: s.preference or 1 << 16))
+        chain = next(
+            (p.outcome.certificates for p in enumeration.picks if p.outcome.certificates), ()
+        )
+        return SuitesResult(
+            self.command,
+            self.version,
+            ProbeStatus.COMPLETED,
+            # Picks made before a failure are real; the list may miss some: say so.
+            error=f"incomplete: {enumeration.failure}" if enumeration.failure else "",
+            suites=suites,
+            is_server_order=order.is_server_order,
+            chain=chain,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePlugin(ScanCommandImplementation):
+    """The served chain, from one full pyOpenSSL handshake with the name asked for."""
+
+    command: ScanCommand = ScanCommand.CERTIFICATE
+
+    async def execute(self, session: ScanSession) -> CommandResult:
+        outcome = await session.run(session.handshake(HandshakeSpec(session.target.server_name)))
+        if outcome.kind is OutcomeKind.ACCEPTED and outcome.certificates:
+            return CertificateResult(
+                self.command, ProbeStatus.COMPLETED, chain=outcome.certificates
+            )
+        detail = outcome.detail or "no certificate sent"
+        return CertificateResult(self.command, ProbeStatus.ERROR, detail)
+
+
+IMPLEMENTATIONS: Mapping[ScanCommand, ScanCommandImplementation] = {
+    ScanCommand.SSL_3_0_SUITES: SuitesPlugin(ScanCommand.SSL_3_0_SUITES, TlsVersion.SSL_3_0),
+    ScanCommand.TLS_1_0_SUITES: SuitesPlugin(ScanCommand.TLS_1_0_SUITES, TlsVersion.TLS_1_0),
+    ScanCommand.TLS_1_1_SUITES: SuitesPlugin(ScanCommand.TLS_1_1_SUITES, TlsVersion.TLS_1_1),
+    ScanCommand.TLS_1_2_SUITES: SuitesPlugin(ScanCommand.TLS_1_2_SUITES, TlsVersion.TLS_1_2),
+    ScanCommand.TLS_1_3_SUITES: SuitesPlugin(ScanCommand.TLS_1_3_SUITES, TlsVersion.TLS_1_3),
+    ScanCommand.CERTIFICATE: CertificatePlugin(),
+}
+
+
+def _cipher_suite_record(
+    version: TlsVersion, accepted: AcceptedSuite
+) -> tuple[CipherSuite, tuple[TlsVersion, SuiteInfo, Grade]]:
+    info = describe(accepted.code)
+    grade = grade_suite(SuiteFacts(version, info, accepted.kex_bits))
+    record = CipherSuite(
+        tls_version=version.label,
+        iana_name=info.iana_name,
+        openssl_name=info.openssl_name or accepted.openssl_name,
+        strength=grade.strength.value,
+        reason=grade.reason,
+        kex_group=accepted.kex_group,
+        kex_bits=accepted.kex_bits,
+        preference=accepted.preference,
+    )
+    return record, (version, info, grade)
+
+
+def fold(
+    target: TlsTarget, results: Mapping[ScanCommand, CommandResult], now: datetime
+) -> TlsResult:
+    """Every command's result -> the port's ``TlsResult``.
+
+    - No suite accepted at any version is never reported as "no ciphers": it is ERROR
+      "could not test: ..." with the reasons.
+    - Suites found while some command failed: COMPLETED, with ``error`` starting
+      "partial:" and naming what could not be tested.
+    - Certificates: the CERTIFICATE command's chain; if its handshake failed (e.g. a server
+      speaking only suites the local OpenSSL lacks), the chain a raw hello saw.
+    """
+    suite_results = [r for r in results.values() if isinstance(r, SuitesResult)]
+    suite_results.sort(key=lambda r: list(TlsVersion).index(r.version))
+    problems = [f"{r.version.label}: {r.error}" for r in suite_results if r.error]
+    graded: list[tuple[TlsVersion, SuiteInfo, Grade]] = []
+    records: list[CipherSuite] = []
+    versions: list[TlsVersion] = []
+    for result in suite_results:
+        if result.suites:
+            versions.append(result.version)
+        for accepted in result.suites:
+            record, grading = _cipher_suite_record(result.version, accepted)
+            records.append(record)
+            graded.append(grading)
+    cert_result = results.get(ScanCommand.CERTIFICATE)
+    chain: tuple[bytes, ...] = ()
+    if isinstance(cert_result, CertificateResult):
+        chain = cert_result.chain
+        if cert_result.status is ProbeStatus.ERROR and not any(r.chain for r in suite_results):
+            problems.append(f"certificate: {cert_result.error}")
+    if not chain:
+        chain = next((r.chain for r in suite_results if r.chain), ())
+    certificates = describe_chain(chain, hostname=target.name_to_match, now=now)
+    if not records:
+        reason = "; ".join(problems) or "the server refused every suite offered at every version"
+        return TlsResult(
+            status=ProbeStatus.ERROR,
+            error=f"could not test: {reason}",
+            certificates=certificates,
+        )
+    port_grade = grade_port(versions, graded)
+    return TlsResult(
+        status=ProbeStatus.COMPLETED,
+        error=f"partial: {'; '.join(problems)}" if problems else "",
+        versions=tuple(v.label for v in versions),
+        suites=tuple(records),
+        certificates=certificates,
+        grade=port_grade.strength.value if port_grade else "",
+        grade_reason=port_grade.reason if port_grade else "",
+    )
+
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "AcceptedSuite",
+    "CertificatePlugin",
+    "CertificateResult",
+    "CommandResult",
+    "Job",
+    "ScanCommand",
+    "ScanCommandImplementation",
+    "ScanSession",
+    "SuitesPlugin",
+    "SuitesResult",
+    "TlsTarget",
+    "fold",
+]

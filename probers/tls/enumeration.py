@@ -1,0 +1,119 @@
+"""The suite-enumeration and server-order algorithms, as pure state machines.
+
+Owns: ``SuiteEnumeration`` (nmap's method: offer up to 64 suites, record the one the
+server picks, remove it, offer again; a refused offer retires every suite in it) and
+``ServerOrderProbe`` (the server's preference order, and whether it honours the client's
+order instead). Each asks for the next offer and is told the outcome; neither knows how
+an offer travels, so both are unit-tested against plain functions standing in for a
+server's choice, and driven for real by ``commands.py``.
+
+Server order, precisely: offer the accepted suites all at once, record the pick, remove
+it, repeat; the picks come out in the server's order *if* it enforces one. Then offer the
+top two in reverse: if the server still picks its first choice it enforces its own order;
+if it picks our first, it follows the client's order and has no order of its own to
+report. When the enumeration's own picks were each made from an offer holding every
+later pick (the usual case: all accepted suites in one 64-suite window), they already are
+that ordered pass and are reused, saving connections.
+
+Must not touch: sockets, records, asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from probers.tls.hello import HelloOutcome, OutcomeKind
+
+WINDOW = 64  # suites per ClientHello, as nmap's ssl-enum-ciphers offers
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    code: int
+    offered: tuple[int, ...]
+    outcome: HelloOutcome
+
+
+class SuiteEnumeration:
+    """Which of ``candidates`` the server accepts, one pick per connection."""
+
+    def __init__(self, candidates: Sequence[int], window: int = WINDOW) -> None:
+        self._remaining = list(dict.fromkeys(candidates))
+        self._window = window
+        self.picks: list[Pick] = []
+        self.failure = ""  # why the enumeration could not finish ("" = it did)
+        self.version_refused = ""  # set when the server will not speak this version
+        self.attempts = 0
+
+    def next_offer(self) -> tuple[int, ...] | None:
+        if self.failure or self.version_refused or not self._remaining:
+            return None
+        return tuple(self._remaining[: self._window])
+
+    def record(self, offered: tuple[int, ...], outcome: HelloOutcome) -> None:
+        self.attempts += 1
+        if outcome.kind is OutcomeKind.ACCEPTED:
+            if outcome.suite not in offered or outcome.suite not in self._remaining:
+                self.failure = f"server picked suite 0x{outcome.suite:04x}, not in the offer"
+                return
+            self.picks.append(Pick(outcome.suite, offered, outcome))
+            self._remaining.remove(outcome.suite)
+        elif outcome.kind is OutcomeKind.WRONG_VERSION:
+            self.version_refused = outcome.detail
+        elif outcome.kind.is_refusal:
+            offered_set = set(offered)
+            self._remaining = [code for code in self._remaining if code not in offered_set]
+        else:
+            self.failure = outcome.detail or outcome.kind.value
+
+    @property
+    def accepted(self) -> tuple[int, ...]:
+        return tuple(pick.code for pick in self.picks)
+
+    @property
+    def picks_show_server_order(self) -> bool:
+        """Was every pick made from an offer that also held every later pick?"""
+        return all(
+            set(self.accepted[i + 1 :]) <= set(pick.offered) for i, pick in enumerate(self.picks)
+        )
+
+
+class ServerOrderProbe:
+    """The order in which the server picks among ``accepted``, and whether it is its own."""
+
+    def __init__(self, enumeration: SuiteEnumeration, window: int = WINDOW) -> None:
+        self._window = window
+        self.order: list[int] = []
+        self.is_server_order: bool | None = None  # None = unknown (failure or < 2 suites)
+        self.failure = ""
+        self._done = len(enumeration.accepted) < 2
+        if enumeration.picks_show_server_order:
+            self.order = list(enumeration.accepted)
+            self._remaining: list[int] = []
+        else:
+            self._remaining = list(enumeration.accepted)
+
+    def next_offer(self) -> tuple[int, ...] | None:
+        if self._done or self.failure:
+            return None
+        if len(self._remaining) > 1:
+            return tuple(self._remaining[: self._window])
+        if self._remaining:  # the last one left is the server's last choice
+            self.order.append(self._remaining.pop())
+        return (self.order[1], self.order[0])
+
+    def record(self, offered: tuple[int, ...], outcome: HelloOutcome) -> None:
+        if outcome.kind is not OutcomeKind.ACCEPTED or outcome.suite not in offered:
+            self.failure = outcome.detail or outcome.kind.value
+            return
+        if self._remaining:
+            self.order.append(outcome.suite)
+            self._remaining.remove(outcome.suite)
+            return
+        # The reversed pair: the server kept its first choice, or it followed ours.
+        self.is_server_order = outcome.suite == self.order[0]
+        self._done = True
+
+
+__all__ = ["WINDOW", "Pick", "ServerOrderProbe", "SuiteEnumeration"]

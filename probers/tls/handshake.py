@@ -1,0 +1,150 @@
+"""Full TLS handshakes with pyOpenSSL: TLS 1.3 suite picks and the certificate chain.
+
+Owns: ``full_handshake``, one blocking connection driven by pyOpenSSL under a hard
+deadline (non-blocking socket + select, so a stalled peer cannot hold the thread past
+``timeout``). One ``SSL.Context`` per call: a Context cannot be changed once a Connection
+was made from it (NOTES.md). Certificates are not verified: we describe them, we do not
+trust them.
+
+Must not touch: records, grading, asyncio; raw ClientHellos live in ``hello.py``.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+
+from probers.tls.hello import (
+    MAX_CHAIN_LENGTH,
+    HelloOutcome,
+    OutcomeKind,
+    group_bits,
+    is_ip_literal,
+)
+from probers.tls.suites import SUITES, TLS13_CODES, TlsVersion
+
+_TLS13_BY_NAME = {SUITES[code].iana_name: code for code in TLS13_CODES}
+# Everything the bundled OpenSSL can still speak below TLS 1.3. TLS 1.0/1.1 need
+# security level 0 with OpenSSL >= 3 (NOTES.md); SSLv3 is compiled out entirely.
+_LEGACY_CIPHER_LIST = b"ALL:COMPLEMENTOFALL:@SECLEVEL=0"
+_VERSION_LABELS = {
+    "TLSv1": TlsVersion.TLS_1_0,
+    "TLSv1.1": TlsVersion.TLS_1_1,
+    "TLSv1.2": TlsVersion.TLS_1_2,
+    "TLSv1.3": TlsVersion.TLS_1_3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeSpec:
+    """What one full handshake offers. ``tls13_suites`` set = a TLS 1.3-only handshake
+    offering exactly those suites, in that order; empty = every version and suite the
+    local OpenSSL speaks (the certificate handshake)."""
+
+    server_name: str | None = None
+    tls13_suites: tuple[int, ...] = ()
+
+
+def _make_context(spec: HandshakeSpec) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)
+    if spec.tls13_suites:
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        context.set_max_proto_version(SSL.TLS1_3_VERSION)
+        names = ":".join(SUITES[code].iana_name for code in spec.tls13_suites)
+        context.set_tls13_ciphersuites(names.encode())
+    else:
+        context.set_min_proto_version(SSL.TLS1_VERSION)
+        context.set_cipher_list(_LEGACY_CIPHER_LIST)
+        names = ":".join(SUITES[code].iana_name for code in TLS13_CODES)
+        context.set_tls13_ciphersuites(names.encode())
+    return context
+
+
+def _wait(sock: socket.socket, *, for_write: bool, deadline: float) -> bool:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    readable, writable, _ = select.select(
+        [] if for_write else [sock], [sock] if for_write else [], [], left
+    )
+    return bool(readable or writable)
+
+
+def _chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    return tuple(cert.public_bytes(Encoding.DER) for cert in chain[:MAX_CHAIN_LENGTH])
+
+
+def _error_text(exc: SSL.Error) -> str:
+    reasons = [str(part[2]) for part in exc.args[0] if isinstance(part, tuple) and len(part) > 2]
+    return "; ".join(reasons) or "handshake failed"
+
+
+def full_handshake(ip: str, port: int, spec: HandshakeSpec, timeout: float) -> HelloOutcome:
+    """One pyOpenSSL handshake on one connection, bounded by ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    context = _make_context(spec)
+    try:
+        sock = socket.create_connection((ip, port), timeout=timeout)
+    except TimeoutError:
+        return HelloOutcome(OutcomeKind.TIMEOUT, f"TCP connect timed out after {timeout:g}s")
+    except OSError as exc:
+        return HelloOutcome(OutcomeKind.CONNECT_FAILED, f"TCP connect failed: {exc.strerror}")
+    sock.setblocking(False)
+    connection = SSL.Connection(context, sock)
+    if spec.server_name and not is_ip_literal(spec.server_name):
+        connection.set_tlsext_host_name(spec.server_name.encode("idna"))
+    connection.set_connect_state()
+    try:
+        while True:
+            try:
+                connection.do_handshake()
+                break
+            except SSL.WantReadError:
+                if not _wait(sock, for_write=False, deadline=deadline):
+                    return HelloOutcome(
+                        OutcomeKind.TIMEOUT, f"handshake stalled: no answer within {timeout:g}s"
+                    )
+            except SSL.WantWriteError:
+                if not _wait(sock, for_write=True, deadline=deadline):
+                    return HelloOutcome(OutcomeKind.TIMEOUT, "handshake stalled on send")
+        version = _VERSION_LABELS.get(connection.get_protocol_version_name())
+        cipher = connection.get_cipher_name() or ""
+        code = _TLS13_BY_NAME.get(cipher, 0)
+        if version is TlsVersion.TLS_1_3 and not code:
+            return HelloOutcome(OutcomeKind.PROTOCOL_ERROR, f"unknown TLS 1.3 suite {cipher}")
+        group = connection.get_group_name() or ""
+        return HelloOutcome(
+            OutcomeKind.ACCEPTED,
+            detail=cipher,  # OpenSSL's name of the suite, for handshakes below TLS 1.3
+            suite=code,
+            version=version,
+            kex_group=group,
+            kex_bits=group_bits(group),
+            certificates=_chain_der(connection),
+            is_tls_answer=True,
+        )
+    except (SSL.ZeroReturnError, SSL.SysCallError) as exc:
+        return HelloOutcome(OutcomeKind.CLOSED, f"connection closed during handshake: {exc}")
+    except SSL.Error as exc:
+        # An alert from the peer, or our own refusal of its answer (e.g. it picked TLS 1.2
+        # when only 1.3 was offered): either way the offer was not accepted.
+        return HelloOutcome(OutcomeKind.ALERT, _error_text(exc), is_tls_answer=True)
+    except OSError as exc:
+        return HelloOutcome(OutcomeKind.CLOSED, f"socket error: {exc.strerror or exc}")
+    finally:
+        sock.close()
+
+
+def tls13_spec(server_name: str | None, suites: Sequence[int]) -> HandshakeSpec:
+    return HandshakeSpec(server_name=server_name, tls13_suites=tuple(suites))
+
+
+__all__ = ["HandshakeSpec", "full_handshake", "tls13_spec"]

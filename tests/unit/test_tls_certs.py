@@ -1,0 +1,92 @@
+"""Certificate facts and RFC 6125 hostname matching, on certificates built in the test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from probers.tls.certs import describe_certificate, describe_chain, hostname_matches
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+END = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def build(
+    cn: str, sans: list[x509.GeneralName] | None, issuer_cn: str | None = None
+) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn or cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(KEY.public_key())
+        .serial_number(1)
+        .not_valid_before(START)
+        .not_valid_after(END)
+    )
+    if sans is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(KEY, hashes.SHA256())
+
+
+WILDCARD = build("ignored.test", [x509.DNSName("*.example.test"), x509.DNSName("exact.test"),
+                                  x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])  # fmt: skip
+CN_ONLY = build("legacy.test", None)
+
+
+@pytest.mark.parametrize(
+    ("cert", "name", "expected"),
+    [
+        (WILDCARD, "www.example.test", True),
+        (WILDCARD, "WWW.Example.Test.", True),  # case and trailing dot do not matter
+        (WILDCARD, "example.test", False),  # the wildcard needs a label
+        (WILDCARD, "a.b.example.test", False),  # and only one
+        (WILDCARD, "exact.test", True),
+        (WILDCARD, "ignored.test", False),  # CN is ignored when SANs exist
+        (WILDCARD, "127.0.0.1", True),
+        (WILDCARD, "127.0.0.2", False),
+        (CN_ONLY, "legacy.test", True),  # no SAN extension: CN fallback
+        (CN_ONLY, "127.0.0.1", False),  # an address never matches a CN
+    ],
+)
+def test_hostname_matching(cert: x509.Certificate, name: str, expected: bool) -> None:
+    assert hostname_matches(cert, name) is expected
+
+
+def test_describe_leaf() -> None:
+    der = WILDCARD.public_bytes(serialization.Encoding.DER)
+    facts = describe_certificate(der, position=0, hostname="www.example.test",
+                                 now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))  # fmt: skip
+    assert facts.subject == "CN=ignored.test"
+    assert facts.sans == ("DNS:*.example.test", "DNS:exact.test", "IP:127.0.0.1")
+    assert (facts.key_type, facts.key_bits) == ("EC secp256r1", 256)
+    assert facts.signature_algorithm == "ecdsa-with-SHA256"
+    assert facts.not_before == "2024-01-01T00:00:00+00:00"
+    assert facts.is_expired is True
+    assert facts.is_self_signed is True
+    assert facts.is_hostname_match is True
+    assert facts.sha256 == WILDCARD.fingerprint(hashes.SHA256()).hex()
+
+
+def test_issuer_differs_is_not_self_signed_and_only_the_leaf_matches() -> None:
+    issued = build("www.example.test", [x509.DNSName("www.example.test")], issuer_cn="Some CA")
+    chain = [issued.public_bytes(serialization.Encoding.DER)] * 2
+    leaf, second = describe_chain(chain, hostname="www.example.test", now=START)
+    assert leaf.is_self_signed is False and leaf.issuer == "CN=Some CA"
+    assert (leaf.chain_position, second.chain_position) == (0, 1)
+    assert leaf.is_hostname_match is True and second.is_hostname_match is False
+    assert leaf.is_expired is False
+
+
+def test_garbage_still_gets_a_row() -> None:
+    facts = describe_certificate(b"not a certificate", position=0, hostname="x", now=START)
+    assert facts.subject.startswith("unparseable certificate")
+    assert len(facts.sha256) == 64

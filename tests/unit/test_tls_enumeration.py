@@ -1,0 +1,127 @@
+"""The enumeration and server-order state machines, driven by simulated server choices.
+
+The "servers" here are plain functions from an offer to a pick: the algorithms are pure
+and never see a socket. Real servers drive them in tests/integration/test_tls_probe.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from probers.tls.enumeration import ServerOrderProbe, SuiteEnumeration
+from probers.tls.hello import HelloOutcome, OutcomeKind
+
+Chooser = Callable[[tuple[int, ...]], HelloOutcome]
+
+
+def server_order(preferred: Sequence[int]) -> Chooser:
+    """Picks its own favourite among what is offered; handshake_failure if none."""
+
+    def choose(offered: tuple[int, ...]) -> HelloOutcome:
+        for code in preferred:
+            if code in offered:
+                return HelloOutcome(OutcomeKind.ACCEPTED, suite=code)
+        return HelloOutcome(OutcomeKind.ALERT, "handshake_failure")
+
+    return choose
+
+
+def client_order(supported: set[int]) -> Chooser:
+    """Picks the first offered suite it supports; closes the connection if none."""
+
+    def choose(offered: tuple[int, ...]) -> HelloOutcome:
+        for code in offered:
+            if code in supported:
+                return HelloOutcome(OutcomeKind.ACCEPTED, suite=code)
+        return HelloOutcome(OutcomeKind.CLOSED, "connection closed without an answer")
+
+    return choose
+
+
+def run(
+    candidates: Sequence[int], chooser: Chooser, window: int = 64
+) -> tuple[SuiteEnumeration, ServerOrderProbe, list[tuple[int, ...]]]:
+    offers: list[tuple[int, ...]] = []
+    enumeration = SuiteEnumeration(candidates, window)
+    while (offer := enumeration.next_offer()) is not None:
+        offers.append(offer)
+        enumeration.record(offer, chooser(offer))
+    order = ServerOrderProbe(enumeration, window)
+    while (offer := order.next_offer()) is not None:
+        offers.append(offer)
+        order.record(offer, chooser(offer))
+    return enumeration, order, offers
+
+
+CANDIDATES = list(range(1, 201))  # 200 suites: four windows of 64
+
+
+def test_finds_every_accepted_suite_across_windows_and_the_server_order() -> None:
+    # Given a server that prefers 150, then 3, then 70 (spread over three windows)
+    enumeration, order, offers = run(CANDIDATES, server_order([150, 3, 70]))
+    # Then all three are found, and the order pass recovers the server's order
+    assert set(enumeration.accepted) == {150, 3, 70}
+    assert enumeration.failure == ""
+    assert order.order == [150, 3, 70]
+    assert order.is_server_order is True
+    assert len(offers) == len(enumeration.picks) + 4 + 2 + 1  # picks, 4 refusals, order, check
+
+
+def test_client_order_server_has_no_order_of_its_own() -> None:
+    enumeration, order, _ = run(CANDIDATES, client_order({10, 20, 30}))
+    assert enumeration.accepted == (10, 20, 30)
+    assert order.is_server_order is False
+
+
+def test_picks_from_one_window_are_reused_as_the_order() -> None:
+    enumeration, order, offers = run(CANDIDATES, server_order([40, 5, 60]))
+    assert enumeration.picks_show_server_order is True
+    assert order.order == [40, 5, 60]
+    assert offers[-1] == (5, 40)  # only the reversed-pair check was needed
+    assert order.is_server_order is True
+
+
+def test_a_refused_window_retires_all_its_suites() -> None:
+    enumeration, _, offers = run(CANDIDATES, server_order([]))
+    assert enumeration.accepted == ()
+    assert [len(o) for o in offers] == [64, 64, 64, 8]
+
+
+def test_a_timeout_stops_the_enumeration_and_is_remembered() -> None:
+    calls = 0
+
+    def flaky(offered: tuple[int, ...]) -> HelloOutcome:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            return HelloOutcome(OutcomeKind.TIMEOUT, "handshake stalled: no answer within 3s")
+        return server_order([7, 8])(offered)
+
+    enumeration, order, _ = run(CANDIDATES, flaky)
+    assert enumeration.accepted == (7,)
+    assert enumeration.failure == "handshake stalled: no answer within 3s"
+    assert order.is_server_order is None
+
+
+def test_wrong_version_means_the_version_is_not_spoken() -> None:
+    def older(offered: tuple[int, ...]) -> HelloOutcome:
+        return HelloOutcome(OutcomeKind.WRONG_VERSION, "server answered with version 3.1")
+
+    enumeration, _, offers = run(CANDIDATES, older)
+    assert enumeration.version_refused == "server answered with version 3.1"
+    assert enumeration.accepted == () and len(offers) == 1
+
+
+def test_a_pick_outside_the_offer_is_a_failure_not_a_loop() -> None:
+    enumeration, _, offers = run(
+        CANDIDATES, lambda offered: HelloOutcome(OutcomeKind.ACCEPTED, suite=999)
+    )
+    assert enumeration.failure.startswith("server picked suite 0x03e7")
+    assert len(offers) == 1
+
+
+def test_single_suite_needs_no_order_check() -> None:
+    enumeration, order, offers = run(CANDIDATES, server_order([42]))
+    assert enumeration.accepted == (42,)
+    assert order.is_server_order is None
+    assert len(offers) == 1 + 4  # the pick, then the four refused windows
