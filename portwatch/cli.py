@@ -339,6 +339,23 @@ def show_settings() -> None:
         out.print(Text(f"{name:22} {env:34} default {default!r}: {why}"))
 
 
+def _register_optional_commands() -> None:
+    """Commands of the distributed shape and the web reports live in their own modules."""
+    import importlib
+
+    for module in ("portwatch.distributed_cli", "portwatch.web.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            continue
+        mod.register(cli)
+
+
+_register_optional_commands()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",

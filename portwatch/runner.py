@@ -25,15 +25,14 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
+from probers.discovery.base import DiscoveryEngine, Progress
 from producers.shards import ShardPlan
 from schemas.records import (
     Finding,
-    HostScan,
     OpenPort,
     PortRange,
     Proto,
@@ -43,19 +42,16 @@ from schemas.records import (
     utcnow,
 )
 from stream_processors import cdn, risk
-from stream_processors.stages import StageContext, process
+from stream_processors.stages import (
+    ShardOutcome,
+    StageContext,
+    discover_shard,
+    keeps,
+    process,
+)
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
-
-# Ports worth identifying on a host that answers on every port (a SYN proxy or
-# tarpit): well-known service ports, where a real service is likely behind the noise.
-TARPIT_CANDIDATES: frozenset[int] = frozenset({
-    21, 22, 23, 25, 53, 80, 81, 110, 111, 135, 139, 143, 389, 443, 445, 465, 587, 636, 993,
-    995, 1080, 1433, 1521, 2049, 2375, 2376, 3000, 3306, 3389, 5000, 5432, 5601, 5900, 5985,
-    6379, 6443, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9090, 9200, 9443, 10250, 11211, 27017,
-})
-
 
 def new_scan_id() -> str:
     return f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -110,16 +106,6 @@ class ScanStats:
         return (self.finished or time.monotonic()) - self.started
 
 
-@dataclass
-class _HostState:
-    target: Target
-    started_at: datetime
-    ports_scanned: int = 0
-    open_ports: int = 0
-    is_tarpit: bool = False
-    error: str = ""
-
-
 _DONE = object()
 
 
@@ -140,6 +126,7 @@ class EmbeddedRunner:
         self._stop_discovery = asyncio.Event()
         self._stop_identify = asyncio.Event()
         self._interrupts = 0
+        self._outcomes: list[ShardOutcome] = []
 
     # -- control ------------------------------------------------------------------------
 
@@ -158,7 +145,7 @@ class EmbeddedRunner:
                   ) -> ScanStats:
         scan_id = scan_id or new_scan_id()
         stats = ScanStats(scan_id, len(targets))
-        hosts = {t.ip: _HostState(t, utcnow()) for t in targets}
+        self._outcomes = []
         plans = []
         if tcp_ports:
             plans.append((self.engine, ShardPlan(scan_id, tuple(targets), tuple(tcp_ports),
@@ -172,13 +159,16 @@ class EmbeddedRunner:
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
 
+        planned: dict[str, Shard] = {}
+
         async def discovery() -> None:
             try:
                 for engine, plan in plans:
                     for shard in plan.shards():
+                        planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
-                            return
-                        await self._discover_shard(engine, shard, hosts, open_q, stats)
+                            continue  # recorded as interrupted, never as a silent gap
+                        await self._discover_shard(engine, shard, open_q, stats)
             finally:
                 for _ in range(self.identify_workers):
                     await open_q.put(_DONE)
@@ -202,21 +192,12 @@ class EmbeddedRunner:
         report_task = asyncio.create_task(reporter())
         workers = [asyncio.create_task(identify_worker()) for _ in range(self.identify_workers)]
         discovery_task = asyncio.create_task(discovery())
-        stop_waiter = asyncio.create_task(self._stop_discovery.wait())
         try:
-            await asyncio.wait({discovery_task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not discovery_task.done():
-                discovery_task.cancel()
-                stats.interrupted = True
-                with contextlib.suppress(asyncio.CancelledError):
-                    await discovery_task
-                for _ in range(self.identify_workers):
-                    await open_q.put(_DONE)
-            elif discovery_task.exception() is not None:
-                raise discovery_task.exception()  # type: ignore[misc]
+            # On Ctrl-C discover_shard stops its engine and returns what it found, so
+            # the discovery task always ends by itself, quickly.
+            await discovery_task
             await asyncio.gather(*workers)
         finally:
-            stop_waiter.cancel()
             for w in workers:
                 w.cancel()
             # What identification did not reach is kept, unidentified, rather than lost.
@@ -229,43 +210,27 @@ class EmbeddedRunner:
             report_task.cancel()
             stats.interrupted = stats.interrupted or self._stop_discovery.is_set()
             stats.finished = time.monotonic()
-            await self._record_hosts(hosts, stats)
+            await self._record_hosts(planned, stats)
             if on_stats is not None:
                 on_stats(stats)
         return stats
 
     async def _discover_shard(self, engine: DiscoveryEngine, shard: Shard,
-                              hosts: dict[str, _HostState],
                               open_q: asyncio.Queue[OpenPort | object], stats: ScanStats) -> None:
-        held: dict[str, list[OpenPort]] = {t.ip: [] for t in shard.targets}
-        counts = dict.fromkeys(held, 0)
         progress = stats.shard_started()
         try:
-            async for found in _guarded(engine.scan(shard, progress)):
-                ip = found.target.ip
-                counts[ip] = counts.get(ip, 0) + 1
-                if counts[ip] <= self.tarpit_threshold or found.port in TARPIT_CANDIDATES:
-                    held.setdefault(ip, []).append(found)
-        except DiscoveryError as exc:
-            note = f"{engine.name}: {exc}"
-            stats.errors.append(note)
-            for t in shard.targets:
-                hosts[t.ip].error = note
-            log.warning("shard %s failed: %s", shard.shard_id, exc)
+            outcome = await discover_shard(engine, shard, progress,
+                                           tarpit_threshold=self.tarpit_threshold,
+                                           stop=self._stop_discovery)
         finally:
             stats.shard_finished(progress)
-            for t in shard.targets:
-                hosts[t.ip].ports_scanned += shard.port_count
-        for ip, ports in held.items():
-            state = hosts[ip]
-            if counts.get(ip, 0) > self.tarpit_threshold:
-                state.is_tarpit = True
-                stats.tarpits.append(ip)
-                ports = [p for p in ports if p.port in TARPIT_CANDIDATES]
-                ports = [replace(p, reason="tarpit-candidate") for p in ports]
-            state.open_ports += len(ports)
-            for p in ports:
-                await open_q.put(p)
+        if outcome.error:
+            stats.errors.append(outcome.error)
+            log.warning("shard %s failed: %s", shard.shard_id, outcome.error)
+        stats.tarpits.extend(outcome.tarpit_notes)
+        self._outcomes.append(outcome)
+        for port in outcome.ports:
+            await open_q.put(port)
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
         if self._stop_identify.is_set():
@@ -286,7 +251,7 @@ class EmbeddedRunner:
         except Exception as exc:  # noqa: BLE001 - one bad port must not stop the scan
             log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
             return self._unidentified(port, f"identification error: {type(exc).__name__}")
-        if port.reason == "tarpit-candidate" and not finding.service.is_identified:
+        if not keeps(finding):
             return None  # a tarpit's noise: only identified services are kept
         if finding.service.is_identified:
             stats.identified += 1
@@ -318,35 +283,19 @@ class EmbeddedRunner:
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
 
-    async def _record_hosts(self, hosts: dict[str, _HostState], stats: ScanStats) -> None:
-        finished = utcnow()
+    async def _record_hosts(self, shards_planned: dict[str, Shard], stats: ScanStats) -> None:
+        """One HostScan per (host, shard): finished shards as they ended, shards an
+        interrupt never reached as "interrupted", so a partial scan never reads complete."""
         rows = []
-        for state in hosts.values():
-            status = "completed"
-            if state.error:
-                status = "error"
-            elif stats.interrupted:
-                status = "interrupted"
-            rows.append(HostScan(
-                scan_id=stats.scan_id, target=state.target, started_at=state.started_at,
-                finished_at=finished, ports_scanned=state.ports_scanned,
-                open_ports=state.open_ports, status=status, is_tarpit=state.is_tarpit,
-                note=state.error or ("answers on every port" if state.is_tarpit else ""),
-            ))
+        done = set()
+        for outcome in self._outcomes:
+            done.add(outcome.shard.shard_id)
+            rows.extend(outcome.host_scans())
+        now = utcnow()
+        for shard_id, shard in shards_planned.items():
+            if shard_id not in done:
+                rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         await asyncio.to_thread(self.store.insert_host_scans, rows)
-
-
-async def _guarded(gen: AsyncIterator[OpenPort]) -> AsyncIterator[OpenPort]:
-    """Iterate an engine and always close it (sockets, processes) on the way out."""
-    try:
-        async for item in gen:
-            yield item
-    finally:
-        aclose = getattr(gen, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
-
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""

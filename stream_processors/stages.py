@@ -6,18 +6,36 @@ functions over records. The embedded runner binds them to in-process queues;
 the Faust agents (stream_processors/app.py) bind the same functions to Kafka
 topics. A stage never knows which transport feeds it (DESIGN.md).
 
+Also the discovery stage (shard -> open ports, with tarpit holding), shared by
+the embedded runner and the Kafka discovery workers.
+
 Must not touch storage or Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
+from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
+from probers.discovery.tarpit import TarpitDetector
 from probers.service.engine import Endpoint, Fallback, identify
 from probers.service.engine import Settings as IdentifySettings
-from schemas.records import Finding, OpenPort, PortState, Proto, ServiceInfo, TlsResult
+from schemas.records import (
+    Finding,
+    HostScan,
+    OpenPort,
+    PortState,
+    Proto,
+    ServiceInfo,
+    Shard,
+    TlsResult,
+    utcnow,
+)
 from stream_processors import cdn, risk
 
 TlsProbe = Callable[[str, int, str], Awaitable[TlsResult]]
@@ -77,3 +95,111 @@ async def process(port: OpenPort, ctx: StageContext) -> Finding:
     finding = await tls_stage(finding, ctx)
     return risk.assess(cdn.classify(finding))
 
+
+
+# -- discovery stage (shard -> open ports) -----------------------------------------------
+
+# Ports worth identifying on a host that answers on every port (a SYN proxy or
+# tarpit): well-known service ports, where a real service is likely behind the noise.
+TARPIT_CANDIDATES: frozenset[int] = frozenset({
+    21, 22, 23, 25, 53, 80, 81, 110, 111, 135, 139, 143, 389, 443, 445, 465, 587, 636, 993,
+    995, 1080, 1433, 1521, 2049, 2375, 2376, 3000, 3306, 3389, 5000, 5432, 5601, 5900, 5985,
+    6379, 6443, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9090, 9200, 9443, 10250, 11211, 27017,
+})
+TARPIT_REASON = "tarpit-candidate"
+
+
+@dataclass
+class ShardOutcome:
+    """What discovery of one shard produced: the ports to identify, and per host
+    the facts a HostScan record needs. Failures are data (``error``)."""
+
+    shard: Shard
+    started_at: datetime
+    finished_at: datetime | None = None
+    ports: list[OpenPort] = field(default_factory=list)
+    open_seen: dict[str, int] = field(default_factory=dict)
+    tarpit_notes: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    is_interrupted: bool = False
+
+    def host_scans(self, status: str = "") -> list[HostScan]:
+        finished = self.finished_at or utcnow()
+        kept = collections.Counter(p.target.ip for p in self.ports)
+        state = status or ("error" if self.error else
+                           "interrupted" if self.is_interrupted else "completed")
+        return [
+            HostScan(scan_id=self.shard.scan_id, target=t, started_at=self.started_at,
+                     finished_at=finished, ports_scanned=self.shard.port_count,
+                     open_ports=kept[t.ip], status=state,
+                     is_tarpit=t.ip in self.tarpit_notes,
+                     note=self.error or self.tarpit_notes.get(t.ip, ""))
+            for t in self.shard.targets
+        ]
+
+
+async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progress, *,
+                         tarpit_threshold: int = 1000,
+                         stop: asyncio.Event | None = None) -> ShardOutcome:
+    """Run one shard through an engine; hold each host's ports until the shard ends.
+
+    Holding until the end is what keeps a SYN proxy's thousands of fake ports out
+    of identification: a host flagged by ``TarpitDetector`` keeps only its
+    well-known candidate ports, marked so that identify keeps them only when a
+    service is named. Engines raise DiscoveryError rather than leave a silent
+    gap; that error is recorded on the outcome (the shard is retried upstream).
+    ``stop`` (Ctrl-C) ends the engine early and keeps what it had found.
+    """
+    outcome = ShardOutcome(shard, utcnow())
+    detector = TarpitDetector(tarpit_threshold, max_held=0)
+    admitted: list[OpenPort] = []
+    candidates: list[OpenPort] = []
+    scan = engine.scan(shard, progress)
+    stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(scan))
+            if stopped is not None:
+                await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    outcome.is_interrupted = True
+                    break
+            try:
+                found = await step
+            except StopAsyncIteration:
+                break
+            if detector.admit(found):
+                admitted.append(found)
+            elif detector.is_tarpit(found.target.ip) and found.port in TARPIT_CANDIDATES:
+                candidates.append(found)
+    except DiscoveryError as exc:
+        outcome.error = f"{engine.name}: {exc}"
+    finally:
+        if stopped is not None:
+            stopped.cancel()
+        aclose = getattr(scan, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+        outcome.finished_at = utcnow()
+    for t in shard.targets:
+        outcome.open_seen[t.ip] = detector.open_count(t.ip)
+    for verdict in detector.flagged_hosts():
+        outcome.tarpit_notes[verdict.ip] = (
+            f"answers on every port ({verdict.open_seen} open ports reported); "
+            "only identified services on well-known ports kept")
+    for port in admitted + candidates:
+        if detector.is_tarpit(port.target.ip):
+            if port.port in TARPIT_CANDIDATES:
+                outcome.ports.append(replace(port, reason=TARPIT_REASON))
+        else:
+            outcome.ports.append(port)
+    return outcome
+
+
+def keeps(finding: Finding) -> bool:
+    """A tarpit's candidate port is kept only when identification named a service."""
+    return finding.port.reason != TARPIT_REASON or finding.service.is_identified
