@@ -30,6 +30,13 @@ EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True, highlight=False)
 
 
+def out_console(*, soft_wrap: bool = False) -> Console:
+    """Stdout console; when piped (no terminal) tables get a wide page, not 80 columns."""
+    probe = Console(highlight=False)
+    width = None if probe.is_terminal else 200
+    return Console(highlight=False, width=width, soft_wrap=soft_wrap)
+
+
 class PortwatchError(Exception):
     """An error for the user: one line, with an exit code."""
 
@@ -122,12 +129,17 @@ def cli(verbose: int) -> None:
               help="Seconds to wait for a service to speak first (default 2.0).")
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
+@click.option("--tls/--no-tls", "tls", default=None,
+              help="Enumerate TLS versions, cipher suites and certificates on TLS ports "
+                   "(default: on).")
+@click.option("--nmap-probes/--no-nmap-probes", "nmap_probes", default=None,
+              help="Fall back to nmap's service probes from nmap-common (default: on).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
 def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
          inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
          allow_large: bool, store: str | None, concurrency: int | None, timeout: float | None,
          retries: int | None, banner_wait: float | None, tarpit_threshold: int | None,
-         quiet: bool) -> None:
+         tls: bool | None, nmap_probes: bool | None, quiet: bool) -> None:
     """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames).
 
     Finds every open TCP port, identifies the service, product and version,
@@ -146,7 +158,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     try:
         settings = Settings.from_env(ports=ports, concurrency=concurrency, timeout=timeout,
                                      retries=retries, banner_wait=banner_wait,
-                                     tarpit_threshold=tarpit_threshold, store=store)
+                                     tarpit_threshold=tarpit_threshold, store=store,
+                                     tls=tls, nmap_probes=nmap_probes)
     except SettingsError as exc:
         fail(str(exc))
     try:
@@ -176,15 +189,15 @@ async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
                     quiet: bool) -> Any:
     from portwatch.runner import EmbeddedRunner, install_interrupt
     from probers.discovery.connect import ConnectEngine
-    from probers.service.engine import Settings as IdentifySettings
-    from stream_processors.stages import StageContext
+    from stream_processors.stages import make_context
 
     engine = ConnectEngine(concurrency=settings.concurrency, timeout=settings.timeout,
                            retries=settings.retries)
-    ctx = StageContext(
-        identify=IdentifySettings(banner_wait=settings.banner_wait,
-                                  budget=settings.identify_budget),
+    ctx = make_context(
+        banner_wait=settings.banner_wait, identify_budget=settings.identify_budget,
         per_host_connections=settings.per_host_connections,
+        use_nmap_probes=settings.nmap_probes, tls_enumeration=settings.tls,
+        tls_timeout=settings.tls_timeout, tls_budget=settings.tls_budget,
     )
     runner = EmbeddedRunner(db, engine, ctx, identify_workers=settings.identify_concurrency,
                             tarpit_threshold=settings.tarpit_threshold,
@@ -257,7 +270,7 @@ class ProgressView:
 def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     from portwatch.render import to_table
 
-    out = Console(highlight=False)
+    out = out_console()
     state = "interrupted" if stats.interrupted else "done"
     out.print(Text(
         f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
@@ -328,13 +341,13 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
         result = db.report(name, filters, limit=limit)
     finally:
         db.close()
-    render(result, fmt, Console(highlight=False, soft_wrap=fmt != "table"))
+    render(result, fmt, out_console(soft_wrap=fmt != "table"))
 
 
 @cli.command("settings")
 def show_settings() -> None:
     """List every setting with its environment variable, default and why."""
-    out = Console(highlight=False)
+    out = out_console()
     for name, env, default, why in Settings.describe():
         out.print(Text(f"{name:22} {env:34} default {default!r}: {why}"))
 

@@ -17,6 +17,15 @@ class SettingsError(ValueError):
     pass
 
 
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def setting(default: Any, env: str, why: str) -> Any:
     return field(default=default, metadata={"env": env, "why": why})
 
@@ -42,6 +51,15 @@ class Settings:
                                  "seconds to wait for a first-speaker banner (SSH, SMTP...)")
     identify_budget: float = setting(10.0, "PORTWATCH_IDENTIFY_BUDGET",
                                      "seconds per port for all identification probes")
+    nmap_probes: bool = setting(True, "PORTWATCH_NMAP_PROBES",
+                                "use nmap-service-probes from nmap-common when our probes "
+                                "name nothing")
+    tls: bool = setting(True, "PORTWATCH_TLS",
+                        "enumerate versions, suites and certificates on every TLS port")
+    tls_timeout: float = setting(3.0, "PORTWATCH_TLS_TIMEOUT",
+                                 "seconds per TLS handshake attempt: stalled handshakes end")
+    tls_budget: float = setting(30.0, "PORTWATCH_TLS_BUDGET",
+                                "seconds per port for the whole TLS enumeration")
     tarpit_threshold: int = setting(1000, "PORTWATCH_TARPIT_THRESHOLD",
                                     "open ports per host beyond which it 'answers on every port'")
     batch_size: int = setting(500, "PORTWATCH_BATCH_SIZE", "findings per store insert")
@@ -57,7 +75,7 @@ class Settings:
             if raw is not None and raw != "":
                 try:
                     kind: type[Any] = type(f.default)
-                    values[f.name] = kind(raw)
+                    values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
                 except ValueError:
                     raise SettingsError(f"{f.metadata['env']}={raw!r} is not a valid "
                                         f"{type(f.default).__name__}") from None
@@ -72,7 +90,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("timeout", "banner_wait", "identify_budget", "batch_seconds"):
+        for name in ("timeout", "banner_wait", "identify_budget", "batch_seconds",
+                     "tls_timeout", "tls_budget"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 3600 s")
         if self.retries < 0 or self.retries > 10:

@@ -53,7 +53,10 @@ class CdnCatalogue:
                 net = ipaddress.ip_network(cidr, strict=False)
                 spans[net.version].append(
                     (int(net.network_address), int(net.broadcast_address), p.name))
-        self._spans = {v: sorted(s) for v, s in spans.items()}
+        # Equal starts: the wider range first, so that the walk back from the right
+        # meets the most specific (innermost) range first: longest-prefix match.
+        self._spans = {v: sorted(s, key=lambda t: (t[0], -t[1], t[2]))
+                       for v, s in spans.items()}
         self._starts = {v: [s[0] for s in spans_] for v, spans_ in self._spans.items()}
         # Running maximum of range ends: lets a lookup walk back over nested ranges
         # and stop as soon as no earlier range can still cover the address.

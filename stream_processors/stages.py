@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
 from probers.discovery.tarpit import TarpitDetector
@@ -37,6 +39,8 @@ from schemas.records import (
     utcnow,
 )
 from stream_processors import cdn, risk
+
+log = logging.getLogger(__name__)
 
 TlsProbe = Callable[[str, int, str], Awaitable[TlsResult]]
 
@@ -203,3 +207,70 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
 def keeps(finding: Finding) -> bool:
     """A tarpit's candidate port is kept only when identification named a service."""
     return finding.port.reason != TARPIT_REASON or finding.service.is_identified
+
+
+# -- building the context ----------------------------------------------------------------
+
+
+class NmapFallback:
+    """The nmap-service-probes engine as identify's fallback, loaded once, lazily.
+
+    The database is the user's nmap installation (Nmap Public Source License:
+    read at run time, never shipped). Missing: one warning, own probes only.
+    """
+
+    def __init__(self, path: str | None = None, max_rarity: int = 7) -> None:
+        self.path = path
+        self.max_rarity = max_rarity
+        self._db: Any = None
+        self._unavailable = False
+        self._lock = asyncio.Lock()
+
+    async def _load(self) -> Any:
+        async with self._lock:
+            if self._db is None and not self._unavailable:
+                from probers.nmapdata import NmapDataError, NmapDataUnavailable
+                from probers.nmapdata.service_probes import ProbeDB
+
+                try:
+                    self._db = await asyncio.to_thread(ProbeDB.shared, self.path)
+                except (NmapDataUnavailable, NmapDataError, OSError) as exc:
+                    self._unavailable = True
+                    log.warning("nmap service probes unavailable (%s): identifying with "
+                                "portwatch's own probes only; install nmap-common for more",
+                                str(exc).splitlines()[0])
+            return self._db
+
+    async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes,
+                       remaining: float) -> ServiceInfo | None:
+        db = await self._load()
+        if db is None:
+            return None
+        from probers.service.nmap_engine import nmap_identify
+
+        info: ServiceInfo = await nmap_identify(
+            ep.ip, ep.port, "tcp", db, tls=is_tls, budget=remaining,
+            max_rarity=self.max_rarity, first_response=first_data or None)
+        return info if info.is_identified else None
+
+
+def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
+                 per_host_connections: int = 4, use_nmap_probes: bool = True,
+                 tls_enumeration: bool = True, tls_timeout: float = 3.0,
+                 tls_budget: float = 30.0) -> StageContext:
+    """The stage context both transports use, from the narrow options it needs."""
+    tls_probe: TlsProbe | None = None
+    if tls_enumeration:
+        from probers.tls import probe_tls
+
+        async def tls_probe_fn(ip: str, port: int, hostname: str) -> TlsResult:
+            return await probe_tls(ip, port, server_name=hostname or None,
+                                   timeout=tls_timeout, budget=tls_budget)
+
+        tls_probe = tls_probe_fn
+    return StageContext(
+        identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget),
+        per_host_connections=per_host_connections,
+        fallback=NmapFallback() if use_nmap_probes else None,
+        tls_probe=tls_probe,
+    )

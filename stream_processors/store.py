@@ -17,6 +17,7 @@ chdb allows one process per database path (a file lock): a second process gets
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,45 @@ class Report:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
+# chdb paths this process has opened: chdb keeps one engine per process, so a second
+# Store on the same path shares it and must not mistake its own lock for another's.
+_OPENED_CHDB_PATHS: set[str] = set()
+
+
+def _is_held_by_another_process(path: str) -> bool:
+    """True when another process runs the embedded engine on ``path``.
+
+    The engine holds ``flock(LOCK_EX | LOCK_NB)`` on ``<path>/status`` while it runs and
+    removes the file on a clean exit. chdb reports a held lock only as "Error
+    initializing EmbeddedServer" (the real reason goes straight to fd 2), so look first.
+    """
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(path, "status"), os.O_RDONLY)
+    except OSError:
+        return False  # no engine has it open (or never had)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fd closes
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def _busy_error(path: str) -> StoreBusy:
+    return StoreBusy(
+        f"the store at {path} is in use by another portwatch process "
+        "(embedded stores allow one process at a time): wait for it to finish, "
+        "use another --store, or run a ClickHouse server"
+    )
+
+
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc)
     return "Cannot lock file" in text or "already running" in text or "already initialized" in text
@@ -139,24 +179,26 @@ class Store:
         try:
             if location.scheme == "chdb":
                 Path(location.path).mkdir(parents=True, exist_ok=True)
+                resolved = str(Path(location.path).resolve())
+                if resolved not in _OPENED_CHDB_PATHS and _is_held_by_another_process(resolved):
+                    raise _busy_error(location.path)
                 bootstrap = clickhouse_connect.get_client(interface="chdb", path=location.path)
                 bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{location.database}`")
                 self._client = clickhouse_connect.get_client(
                     interface="chdb", path=location.path, database=location.database
                 )
+                _OPENED_CHDB_PATHS.add(resolved)
             else:
                 self._client = clickhouse_connect.get_client(
                     interface="https" if location.scheme == "clickhouses" else "http",
                     host=location.host, port=location.port, username=location.username,
                     password=os.environ.get(PASSWORD_ENV, ""), database=location.database,
                 )
+        except StoreBusy:
+            raise
         except Exception as exc:  # the drivers raise many types; translate to one line
             if _is_lock_error(exc):
-                raise StoreBusy(
-                    f"the store at {location.path} is in use by another portwatch process "
-                    "(embedded stores allow one process at a time): wait for it to finish, "
-                    "use another --store, or run a ClickHouse server"
-                ) from exc
+                raise _busy_error(location.path) from exc
             where = location.path or f"{location.host}:{location.port}"
             text = str(exc).strip()
             first_line = text.splitlines()[0] if text else type(exc).__name__

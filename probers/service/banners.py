@@ -37,10 +37,10 @@ def sanitize(data: bytes, limit: int = BANNER_EXCERPT) -> str:
             piece = "\\t"
         else:
             piece = f"\\x{byte:02x}"
-        size += len(piece)
-        if size > limit:
-            out.append("...")
+        if size + len(piece) > limit:
+            out.append("..." if size + 3 <= limit else "")
             break
+        size += len(piece)
         out.append(piece)
     return "".join(out)
 

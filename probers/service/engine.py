@@ -31,6 +31,7 @@ from probers.service.banners import (
     parse_redis,
     sanitize,
 )
+from probers.service.nmap_engine import tls_client_context
 from schemas.records import ServiceInfo
 
 READ_CAP = 16_384  # bytes read from any one answer: endless banners stop here
@@ -121,18 +122,6 @@ def _http_request(ep: Endpoint) -> bytes:
             "Accept: */*\r\nConnection: close\r\n\r\n").encode()
 
 
-def _permissive_tls() -> ssl.SSLContext:
-    """Identification only: accept any certificate and old protocols, so that
-    legacy servers are still identified (their weakness is the TLS probe's job)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with contextlib.suppress(ValueError, ssl.SSLError):
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-    return ctx
-
-
 # Handshake failures that mean "the peer does not speak TLS at all".
 _NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF", "RECORD_LAYER_FAILURE",
                     "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
@@ -158,7 +147,7 @@ async def probe_http(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 
 async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     try:
-        async with _connect(ep, s.probe_timeout, _permissive_tls(),
+        async with _connect(ep, s.probe_timeout, tls_client_context(),
                             ep.hostname or None) as (reader, writer):
             data = await read_bounded(reader, timeout=min(1.0, s.banner_wait))
             info = parse_banner(data, port_hint) if data else None
@@ -236,7 +225,8 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
-Fallback = Callable[[Endpoint, bool, float], Awaitable[ServiceInfo | None]]
+# (endpoint, speaks TLS, what the port already sent, seconds left) -> identification
+Fallback = Callable[[Endpoint, bool, bytes, float], Awaitable[ServiceInfo | None]]
 
 
 async def identify(ep: Endpoint, settings: Settings | None = None,
@@ -277,7 +267,8 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if remaining > 0.5:
             tried.append("nmap-service-probes")
             try:
-                extra = await asyncio.wait_for(fallback(ep, is_tls, remaining), remaining)
+                extra = await asyncio.wait_for(fallback(ep, is_tls, first_data, remaining),
+                                               remaining)
             except (TimeoutError, OSError) as exc:
                 notes.append(f"nmap: {type(exc).__name__}")
                 extra = None

@@ -36,6 +36,7 @@ from probers.nmapdata.service_probes import (
     Probe,
     ProbeDB,
 )
+from probers.service.banners import sanitize as sanitize_banner
 from schemas.records import ServiceInfo
 
 READ_CAP = 16 * 1024  # bytes kept per probe response (nmap-service-probes banners are short)
@@ -46,19 +47,6 @@ DEFAULT_WAIT_CAP = 3.0  # seconds, per probe, unless the caller says otherwise
 CONFIDENCE_HARD = 10
 CONFIDENCE_TCPWRAPPED = 8
 CONFIDENCE_SOFT = 5
-
-
-def sanitize_banner(data: bytes, cap: int = BANNER_CAP) -> str:
-    """Printable ASCII kept, everything else (and the backslash) as ``\\xNN``; capped."""
-    out: list[str] = []
-    size = 0
-    for b in data:
-        piece = chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
-        if size + len(piece) > cap:
-            break
-        out.append(piece)
-        size += len(piece)
-    return "".join(out)
 
 
 def tls_client_context() -> ssl.SSLContext:

@@ -183,9 +183,19 @@ def test_unidentified_ports_say_what_was_tried(services: Services, scanned: dict
     assert silent["risk_color"] == "yellow"
 
 
-def test_ciphers_report_runs_on_the_store(scanned: dict) -> None:
-    rows = report(scanned["store"], "ciphers")
-    assert isinstance(rows, list)
+def test_ciphers_report_shows_the_tls_port(services: Services, scanned: dict) -> None:
+    rows = report(scanned["store"], "ciphers", "--target", "127.0.0.1")
+    assert [r["port"] for r in rows] == [services.ports["https"]]
+    row = rows[0]
+    assert row["status"] == "completed"
+    # Python's ssl server with OpenSSL defaults: TLS 1.2 and 1.3, never SSLv3/TLS 1.0.
+    assert set(row["versions"]) == {"TLSv1.2", "TLSv1.3"}
+    suites = {(s[0], s[1]) for s in row["suites"]}
+    assert ("TLSv1.3", "TLS_AES_256_GCM_SHA384") in suites
+    assert ("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384") in suites
+    assert row["cert_subject"] == "CN=localhost"
+    assert row["cert_self_signed"] == 1 and row["cert_expired"] == 0
+    assert row["grade"] in ("strong", "medium")
 
 
 def test_table_output_and_end_screen(scanned: dict) -> None:

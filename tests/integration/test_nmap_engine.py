@@ -165,7 +165,7 @@ def test_null_probe_banner_is_a_hard_match(own_db: ProbeDB) -> None:
     assert info.method == f"nmap:NULL line {_line_of(b'match myproto')}"
     assert info.confidence == 10
     assert info.tried == ("NULL",)
-    assert info.banner == "HELLO v1.2.3\\x0d\\x0a"
+    assert info.banner == "HELLO v1.2.3\\r\\n"
     assert not info.is_tls
 
 
@@ -292,7 +292,7 @@ def test_udp_discovery_answer_matches_no_payload_probe(own_db: ProbeDB) -> None:
 
 
 def test_sanitize_banner_escapes_and_caps() -> None:
-    assert sanitize_banner(b"ok\\\r\n\xff") == "ok\\x5c\\x0d\\x0a\\xff"
+    assert sanitize_banner(b"ok\\\r\n\xff") == "ok\\\\\\r\\n\\xff"
     assert len(sanitize_banner(b"\x00" * 1000)) <= 512
 
 

@@ -1,0 +1,334 @@
+"""The Starlette app: four report pages, the JSON API, static assets, security headers.
+
+Owns: routing, rendering (Jinja2 with autoescape on: every value that came from the
+network, banners, products, certificate fields, hostnames, is escaped), authentication
+by token when the server listens beyond loopback, the Host-header check that keeps DNS
+rebinding away from a loopback-only server, and the security headers (a
+Content-Security-Policy that allows no script at all, inline or not).
+
+A bad filter value is a 400 with the reason (``query.BadRequest``), never a 500.
+
+Must not write to the store or reach any network.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from http import HTTPStatus
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from portwatch.web import charts
+from portwatch.web.query import (
+    COLORS,
+    DIRECTIONS,
+    GRADES,
+    LIST_SORTS,
+    PAGE_SIZES,
+    PREVALENCE,
+    BadRequest,
+    ReportQuery,
+    filter_names,
+    parse_query,
+)
+from portwatch.web.service import Page, ReportService
+from schemas import REPORTS
+
+log = logging.getLogger("portwatch.web")
+
+COOKIE = "portwatch_token"
+CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
+       "font-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+}
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+PAGE_PATHS = {"summary": "/", "list": "/list", "products": "/products", "ciphers": "/ciphers"}
+PAGE_TITLES = {"summary": "Summary", "list": "Open ports", "products": "Products",
+               "ciphers": "TLS ciphers"}
+SORT_LABELS = {"target": "Target", "organization": "Organization", "port": "Port",
+               "service": "Service", "product": "Product", "risk": "Risk",
+               "prevalence": "Prevalence", "first_seen": "First detected",
+               "last_seen": "Last seen"}
+FILTER_LABELS = {"org": "Organization", "target": "Target", "color": "Risk colour",
+                 "port": "Port", "product": "Product", "version": "Version",
+                 "prevalence": "Prevalence", "grade": "TLS grade", "history": "History"}
+COLOR_WORDS = {"red": "red", "yellow": "yellow", "green": "green"}
+STATIC_DIR = Path(str(resources.files("portwatch.web").joinpath("static")))
+
+
+# -- values for people and programs ---------------------------------------------------
+
+
+def jsonable(column: str, value: Any) -> Any:
+    """A report value as JSON: ISO times, objects for port and suite tuples."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if column == "ports" and isinstance(value, list | tuple):
+        return [{"port": p[0], "proto": p[1], "color": p[2], "is_cdn_expected": bool(p[3])}
+                for p in value]
+    if column == "suites" and isinstance(value, list | tuple):
+        keys = ("tls_version", "iana_name", "openssl_name", "strength", "reason",
+                "kex_group", "kex_bits", "preference")
+        return [dict(zip(keys, s, strict=False)) for s in value]
+    if isinstance(value, list | tuple):
+        return [jsonable(column, v) for v in value]
+    return value
+
+
+def when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return "" if value is None else str(value)
+
+
+def when_iso(value: Any) -> str:
+    return str(jsonable("", value)) if isinstance(value, datetime) else ""
+
+
+def number(value: Any) -> str:
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def score(value: Any) -> str:
+    try:
+        return f"{float(value):.1f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("portwatch.web", "templates"),
+                      autoescape=select_autoescape(["html", "svg"], default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(when=when, when_iso=when_iso, number=number, score=score)
+    env.globals.update(COLORS=COLORS, PREVALENCE=PREVALENCE, GRADES=GRADES,
+                       PAGE_SIZES=PAGE_SIZES, PAGE_PATHS=PAGE_PATHS, PAGE_TITLES=PAGE_TITLES,
+                       SORT_LABELS=SORT_LABELS, FILTER_LABELS=FILTER_LABELS,
+                       LIST_SORTS=LIST_SORTS, DIRECTIONS=DIRECTIONS)
+    return env
+
+
+# -- security middleware --------------------------------------------------------------
+
+
+class Guard(BaseHTTPMiddleware):
+    """Host check (loopback mode), token check (token mode), security headers."""
+
+    def __init__(self, app: Any, *, token: str, allowed_hosts: frozenset[str]) -> None:
+        super().__init__(app)
+        self.token = token
+        self.allowed_hosts = allowed_hosts
+
+    def _has_token(self, request: Request) -> bool:
+        given = ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        given = given or request.cookies.get(COOKIE, "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def dispatch(self, request: Request,
+                       call_next: Callable[[Request], Awaitable[StarletteResponse]],
+                       ) -> StarletteResponse:
+        response = await self._guarded(request, call_next)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    async def _guarded(self, request: Request,
+                       call_next: Callable[[Request], Awaitable[StarletteResponse]],
+                       ) -> StarletteResponse:
+        if self.allowed_hosts:
+            host = request.headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.lower() not in self.allowed_hosts:
+                return PlainTextResponse("portwatch: this server answers to loopback names "
+                                         "only (Host header refused)\n", status_code=421)
+        if not self.token or request.url.path in ("/healthz",) \
+                or request.url.path.startswith("/static/"):
+            return await call_next(request)
+        offered = request.query_params.get("token", "")
+        if offered and hmac.compare_digest(offered.encode(), self.token.encode()):
+            # First visit with ?token=: keep it in an HttpOnly cookie, drop it from the URL
+            # (so it does not linger in history, logs or Referer headers).
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+            redirect = RedirectResponse(target, status_code=303)
+            redirect.set_cookie(COOKIE, self.token, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https", path="/")
+            return redirect
+        if not self._has_token(request):
+            message = ("portwatch: a token is required (Authorization: Bearer <token>, "
+                       "or open the page once with ?token=<token>)")
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"error": message}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return PlainTextResponse(message + "\n", status_code=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
+# -- the app --------------------------------------------------------------------------
+
+
+class WebApp:
+    """Handlers bound to one report service and one template environment."""
+
+    def __init__(self, service: ReportService) -> None:
+        self.service = service
+        self.env = _environment()
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status)
+
+    def error_page(self, status: int, message: str, report: str = "") -> HTMLResponse:
+        return self.render("error.html", status=status, status_code=status,
+                           reason=HTTPStatus(status).phrase, message=message,
+                           active=report, page_title=HTTPStatus(status).phrase)
+
+    def _common(self, query: ReportQuery, page: Page) -> dict[str, Any]:
+        def link(path: str | None = None, **overrides: Any) -> str:
+            params = query.link_params(**overrides)
+            base = path or PAGE_PATHS[query.report]
+            return base + (f"?{urlencode(params)}" if params else "")
+
+        return {"q": query, "page": page, "rows": page.rows, "link": link,
+                "active": query.report, "page_title": PAGE_TITLES[query.report],
+                "filter_names": filter_names(query.report),
+                "organizations": self.service.organizations(),
+                "generated": datetime.now(UTC)}
+
+    def report_page(self, report: str) -> Callable[[Request], HTMLResponse]:
+        def handler(request: Request) -> HTMLResponse:
+            try:
+                query = parse_query(report, request.query_params.multi_items())
+            except BadRequest as exc:
+                return self.error_page(400, str(exc), report)
+            page = self.service.page(query)
+            context = self._common(query, page)
+            if report == "summary":
+                context["colour_chart"] = charts.colour_bars(
+                    totals := self.service.colour_totals(query.filters))
+                context["totals"] = totals
+                context["risk_chart"] = charts.risk_line(
+                    self.service.risk_history(query.filters, days=90))
+            return self.render(f"{report}.html", **context)
+
+        return handler
+
+    def api(self, request: Request) -> JSONResponse:
+        report = request.path_params["report"]
+        try:
+            query = parse_query(report, request.query_params.multi_items(), is_api=True)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        page = self.service.page(query)
+        rows = [{c: jsonable(c, v) for c, v in row.items()} for row in page.rows]
+        return JSONResponse({
+            "report": report, "filters": dict(query.filters),
+            "sort": query.sort or ("target" if report == "list" else ""),
+            "direction": query.direction, "page": query.page, "per_page": query.per_page,
+            "total": page.total, "pages": page.pages, "columns": list(page.columns),
+            "rows": rows,
+        })
+
+    def api_index(self, request: Request) -> JSONResponse:
+        return JSONResponse({"reports": {
+            name: {"path": f"/api/v1/{name}", "filters": list(filter_names(name)),
+                   "sort": list(LIST_SORTS) if name == "list" else [],
+                   "paging": ["page", "per_page"]}
+            for name in REPORTS}})
+
+    def summary_chart_data(self, request: Request) -> JSONResponse:
+        try:
+            query = parse_query("summary", request.query_params.multi_items(), is_api=True)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        totals = self.service.colour_totals(query.filters)
+        history = self.service.risk_history(query.filters, days=90)
+        return JSONResponse({
+            "colours": {"red": totals.red, "yellow": totals.yellow, "green": totals.green,
+                        "cdn_expected": totals.cdn_expected, "targets": totals.targets},
+            "risk_over_time": [{"day": p.day.isoformat(), "average": p.average,
+                                "worst": p.worst, "targets": p.targets} for p in history]})
+
+
+def create_app(service: ReportService, *, token: str = "",
+               loopback_only: bool = True, extra_hosts: frozenset[str] = frozenset(),
+               ) -> Starlette:
+    """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names."""
+    web = WebApp(service)
+
+    async def not_found(request: Request, exc: Exception) -> StarletteResponse:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "no such endpoint"}, status_code=404)
+        return web.error_page(404, "There is no page here.")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> StarletteResponse:
+        return PlainTextResponse("read-only: GET and HEAD only\n", status_code=405)
+
+    async def server_error(request: Request, exc: Exception) -> StarletteResponse:
+        log.exception("error serving %s", request.url.path, exc_info=exc)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "internal error (see the server log)"},
+                                status_code=500)
+        return web.error_page(500, "Something went wrong reading the store; the server log "
+                                   "has the details.")
+
+    def healthz(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    def favicon(request: Request) -> StarletteResponse:
+        return RedirectResponse("/static/favicon.svg", status_code=308)
+
+    routes: list[BaseRoute] = [Route(path, web.report_page(name), methods=["GET", "HEAD"])
+              for name, path in PAGE_PATHS.items()]
+    routes += [
+        Route("/api/v1", web.api_index, methods=["GET", "HEAD"]),
+        Route("/api/v1/summary/charts", web.summary_chart_data, methods=["GET", "HEAD"]),
+        Route("/api/v1/{report}", web.api, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only else frozenset()
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, token=token, allowed_hosts=allowed)],
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    )
+
+
+__all__ = ["Markup", "create_app", "jsonable"]

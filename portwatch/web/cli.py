@@ -1,0 +1,103 @@
+"""``portwatch serve``: the web reports on 127.0.0.1 by default.
+
+Owns: the bind-address policy (loopback needs nothing; any other address needs a token
+from ``--token`` or PORTWATCH_WEB_TOKEN and refuses to start without one), opening the
+store in this process (an embedded store allows one process: the server owns it), and
+running uvicorn. Registered on the main CLI by ``register(cli)``.
+
+Must not touch: any network but the listening socket; the store is only read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import sys
+
+import click
+
+TOKEN_ENV = "PORTWATCH_WEB_TOKEN"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+MIN_TOKEN_LENGTH = 16
+
+
+class BindError(ValueError):
+    """The bind address and token do not make a safe server; the message says why."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def check_bind(host: str, token: str) -> None:
+    """Loopback: fine without a token. Anything else: a token of 16+ characters."""
+    if is_loopback(host):
+        return
+    if not token:
+        raise BindError(
+            f"refusing to serve on {host}: any address other than loopback needs a token "
+            f"(--token or {TOKEN_ENV}); for example {TOKEN_ENV}={secrets.token_urlsafe(24)}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise BindError(f"the token is too short ({len(token)} characters): use at least "
+                        f"{MIN_TOKEN_LENGTH}, for example {secrets.token_urlsafe(24)}")
+
+
+@click.command("serve")
+@click.option("--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
+              help="Where findings live: chdb:///path or clickhouse://user@host:8123/db.")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on. Anything but loopback requires a token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+              show_default=True, help="TCP port to listen on.")
+@click.option("--token", envvar=TOKEN_ENV, default="", metavar="TOKEN", show_envvar=True,
+              help="Require this token (Authorization: Bearer, or ?token= once per browser).")
+@click.option("--no-cache", is_flag=True, help="Run every report query on every request.")
+def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -> None:
+    """Serve the four reports as web pages and a JSON API.
+
+    \b
+    Pages:  /  (Summary)   /list   /products   /ciphers
+    API:    /api/v1/summary  /api/v1/list  /api/v1/products  /api/v1/ciphers
+            (same filters as `portwatch report`, plus sort, direction, page, per_page)
+
+    Listens on 127.0.0.1 by default. Binding any other address requires a token.
+    """
+    import uvicorn
+
+    from portwatch.cli import EXIT_USAGE, _check_store_url, _store, fail
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+
+    try:
+        check_bind(host, token)
+    except BindError as exc:
+        fail(str(exc), EXIT_USAGE)
+    _check_store_url(store)
+    db = _store(store, create=True)
+    try:
+        loopback = is_loopback(host) and not token
+        app = create_app(ReportService(db, use_cache=not no_cache), token=token,
+                         loopback_only=loopback)
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"portwatch: serving the reports on http://{shown}:{port}/ "
+                   f"({'token required' if token else 'loopback only'}); Ctrl-C stops",
+                   err=True)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning",
+                    access_log=False, server_header=False, proxy_headers=False,
+                    timeout_graceful_shutdown=2)
+    finally:
+        db.close()
+    sys.stderr.flush()
+
+
+def register(cli: click.Group) -> None:
+    """Add ``serve`` to the main command group (called by portwatch.cli)."""
+    cli.add_command(serve)

@@ -1,0 +1,182 @@
+"""Validation of web and API requests: query string -> ``ReportQuery`` or ``BadRequest``.
+
+Owns: which filters each report takes (read from the report's SQL parameters, so the
+web and the CLI can never disagree), the allow-lists for colours, prevalence buckets,
+TLS grades, sort keys and page sizes, and the one-line messages of a 400. Every value
+that reaches the store has passed through here; values are bound as query parameters
+by the store, never formatted into SQL.
+
+Must not touch: the store, HTTP objects (it takes a list of (name, value) pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import REPORTS, report_parameters
+
+COLORS = ("red", "yellow", "green")
+PREVALENCE = ("very common", "somewhat common", "less common", "rare")
+GRADES = ("weak", "medium", "strong")
+# List sort keys (schemas/reports/list.sql ORDER BY); '' = by target, address, port.
+LIST_SORTS = ("target", "organization", "port", "service", "product", "risk", "prevalence",
+              "first_seen", "last_seen")
+DIRECTIONS = ("asc", "desc")
+PAGE_SIZES = (25, 50, 100, 200)
+DEFAULT_PER_PAGE = 50
+MAX_API_PER_PAGE = 1000
+MAX_PAGE = 1_000_000
+MAX_TEXT = 255
+TRUE_WORDS = ("1", "true", "on", "yes")
+FALSE_WORDS = ("0", "false", "off", "no")
+
+# Parameters of the SQL that are not user filters.
+_PAGING = frozenset({"limit", "offset", "sort", "direction", "days"})
+# Query-string names that are not report filters.
+CONTROL = frozenset({"sort", "direction", "page", "per_page"})
+# Accepted and ignored: the token that authenticates a first visit (app strips it).
+IGNORED = frozenset({"token"})
+
+
+class BadRequest(ValueError):
+    """A request the user must fix: the message is one line, shown with a 400."""
+
+
+def filter_names(report: str) -> tuple[str, ...]:
+    """The filters a report takes, in a stable order (its SQL's parameters)."""
+    order = ("org", "target", "color", "port", "product", "version", "prevalence", "grade",
+             "history")
+    names = report_parameters(report) - _PAGING
+    return tuple(n for n in order if n in names) + tuple(sorted(names - set(order)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportQuery:
+    """One validated request for one report page."""
+
+    report: str
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    sort: str = ""
+    direction: str = "asc"
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+    def store_filters(self) -> dict[str, Any]:
+        """Filters and sort as the store binds them (unset = neutral value)."""
+        params = dict(self.filters)
+        wanted = report_parameters(self.report)
+        if "sort" in wanted:
+            params["sort"] = self.sort
+            params["direction"] = self.direction
+        return params
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.report, tuple(sorted(self.filters.items())), self.sort, self.direction,
+                self.page, self.per_page)
+
+    def link_params(self, **overrides: Any) -> dict[str, str]:
+        """The query-string form of this query (for links), with overrides; empties dropped."""
+        values: dict[str, Any] = {**self.filters}
+        if self.sort:
+            values["sort"] = self.sort
+            values["direction"] = self.direction
+        if self.page != 1:
+            values["page"] = self.page
+        if self.per_page != DEFAULT_PER_PAGE:
+            values["per_page"] = self.per_page
+        values.update(overrides)
+        return {k: str(v) for k, v in values.items() if v not in ("", None, 0)}
+
+
+def _text(name: str, value: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise BadRequest(f"{name} is too long ({len(value)} characters; at most {MAX_TEXT})")
+    if any(not ch.isprintable() for ch in value):
+        raise BadRequest(f"{name} contains control characters")
+    return value.strip()
+
+
+def _int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {value[:40]!r}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}, not {number}")
+    return number
+
+
+def _choice(name: str, value: str, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if value not in options:
+        raise BadRequest(f"{name} must be one of {', '.join(options)}; got {value[:40]!r}")
+    return value
+
+
+def _filter_value(name: str, value: str) -> Any:
+    if name == "port":
+        return _int("port", value, 1, 65535)
+    if name == "color":
+        return _choice("color", value, COLORS)
+    if name == "prevalence":
+        return _choice("prevalence", value, PREVALENCE)
+    if name == "grade":
+        return _choice("grade", value, GRADES)
+    if name == "history":
+        lowered = value.lower()
+        if lowered in TRUE_WORDS:
+            return 1
+        if lowered in FALSE_WORDS:
+            return 0
+        raise BadRequest(f"history must be 1 or 0, not {value[:40]!r}")
+    return _text(name, value)
+
+
+def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
+                is_api: bool = False) -> ReportQuery:
+    """Validate a query string for one report; raises BadRequest with the reason."""
+    if report not in REPORTS:
+        raise BadRequest(f"unknown report {report!r}: choose one of {', '.join(REPORTS)}")
+    allowed = filter_names(report)
+    sortable = "sort" in report_parameters(report)
+    seen: dict[str, str] = {}
+    for name, value in pairs:
+        if name in IGNORED:
+            continue
+        if name in seen:
+            raise BadRequest(f"{name} is given more than once")
+        if name not in allowed and name not in CONTROL:
+            accepted = ", ".join((*allowed, *sorted(CONTROL)))
+            raise BadRequest(f"{report} has no parameter {name[:40]!r}; it accepts {accepted}")
+        seen[name] = value
+    filters: dict[str, Any] = {}
+    for name in allowed:
+        raw = seen.get(name, "")
+        if raw.strip() == "":
+            continue
+        value = _filter_value(name, raw.strip())
+        if value not in ("", 0):
+            filters[name] = value
+    sort = seen.get("sort", "")
+    direction = seen.get("direction", "") or "asc"
+    if sort:
+        if not sortable:
+            raise BadRequest(f"{report} cannot be sorted; its order is fixed")
+        _choice("sort", sort, LIST_SORTS)
+    _choice("direction", direction, DIRECTIONS)
+    if sort == "target":
+        sort = ""  # the SQL's own default order
+    page = _int("page", seen["page"], 1, MAX_PAGE) if seen.get("page") else 1
+    per_page = DEFAULT_PER_PAGE
+    if seen.get("per_page"):
+        if is_api:
+            per_page = _int("per_page", seen["per_page"], 1, MAX_API_PER_PAGE)
+        else:
+            per_page = int(_choice("per_page", seen["per_page"], map(str, PAGE_SIZES)))
+    return ReportQuery(report, filters, sort, direction, page, per_page)
