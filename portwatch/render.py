@@ -102,7 +102,8 @@ def _styled(report: str, column: str, value: Any) -> Text:
         for i, item in enumerate(value):
             if i:
                 text.append(" ")
-            label = f"{item[0]}/{item[1]}" + (" cdn" if item[3] else "")
+            # the colour's word too: colour is never the only signal
+            label = f"{item[0]}/{item[1]}:{item[2]}" + (",cdn" if item[3] else "")
             text.append(label, style=COLOR_STYLE.get(str(item[2]), ""))
         return text
     plain = cell_text(report, column, value)

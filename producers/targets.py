@@ -48,6 +48,14 @@ class TargetSpec:
 # -- ports ------------------------------------------------------------------------------
 
 
+def _port_number(text: str) -> int:
+    """ASCII digits only: ``int()`` alone would take "8_0", "+22" and non-ASCII digits."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_ports(spec: str) -> tuple[PortRange, ...]:
     """``"22,80,8000-8100"``, ``"-"`` or ``"all"`` (1-65535) -> merged, sorted ranges."""
     text = spec.strip().lower()
@@ -61,10 +69,10 @@ def parse_ports(spec: str) -> tuple[PortRange, ...]:
         try:
             if "-" in part:
                 lo_s, hi_s = part.split("-", 1)
-                lo = int(lo_s) if lo_s else 1
-                hi = int(hi_s) if hi_s else 65535
+                lo = _port_number(lo_s) if lo_s.strip() else 1
+                hi = _port_number(hi_s) if hi_s.strip() else 65535
             else:
-                lo = hi = int(part)
+                lo = hi = _port_number(part)
         except ValueError:
             raise TargetError(f"bad port spec {spec!r}: {part!r} is not a port or range") from None
         if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
@@ -135,7 +143,8 @@ def resolve_hostname(name: str) -> list[str]:
 
     Names under ``.invalid`` fail at once without a query (RFC 6761 section 6.4).
     """
-    if name.lower().rstrip(".").endswith(".invalid") or name.lower() == "invalid":
+    bare = name.lower().rstrip(".")
+    if bare == "invalid" or bare.endswith(".invalid"):
         raise TargetError(f"cannot resolve {name!r}: .invalid names never resolve (RFC 6761)")
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
@@ -222,6 +231,8 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
             data = data["targets"]
         if isinstance(data, dict):
             for org, entries in data.items():
+                if isinstance(entries, str | dict):
+                    entries = [entries]  # "Org: 127.0.0.1": one target, not its characters
                 for i, entry in enumerate(entries or []):
                     where = f"{file.name}: {org}[{i}]"
                     if isinstance(entry, dict):

@@ -23,3 +23,37 @@ HOST_SCANS = Topic("portwatch.host-scans", 4, "HostScan records (per-target scan
 DEAD_LETTER = Topic("portwatch.dead-letter", 1, "poison messages with the reason")
 
 ALL_TOPICS: tuple[Topic, ...] = (SHARDS, OPEN_PORTS, FINDINGS, HOST_SCANS, DEAD_LETTER)
+
+# -- per-deployment prefix -----------------------------------------------------------
+
+TOPIC_PREFIX_ENV = "PORTWATCH_TOPIC_PREFIX"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSet:
+    """The five topics of one deployment (or one test): the names above behind a prefix.
+
+    A prefix lets two pipelines (two test runs, staging and production) share one
+    broker without seeing each other's events. Partition counts never change with it.
+    """
+
+    prefix: str
+    shards: Topic
+    open_ports: Topic
+    findings: Topic
+    host_scans: Topic
+    dead_letter: Topic
+
+    @property
+    def all(self) -> tuple[Topic, ...]:
+        return (self.shards, self.open_ports, self.findings, self.host_scans, self.dead_letter)
+
+
+def topic_names(prefix: str = "") -> TopicSet:
+    """The topics with ``prefix`` put before each name (``""``: the names above)."""
+
+    def named(topic: Topic) -> Topic:
+        return Topic(f"{prefix}{topic.name}", topic.partitions, topic.doc)
+
+    return TopicSet(prefix, named(SHARDS), named(OPEN_PORTS), named(FINDINGS),
+                    named(HOST_SCANS), named(DEAD_LETTER))

@@ -3,6 +3,12 @@
 -- prevalence bucket, CDN verdict, first detected, last seen.
 -- By default only ports seen in the host's latest scan ("current"); history = 1
 -- adds ports no longer seen. Filters: empty string / 0 = no filter.
+-- Sorting (web pages and API): {sort} names one allow-listed key ('' = by target);
+-- {direction} is 'asc' (or '') / 'desc'. Any other value sorts by target: the key is
+-- chosen with multiIf over bound values, never formatted into the SQL. Every key is
+-- rendered as a string that sorts like the value (zero-padded numbers, ISO times);
+-- ties always fall back to target, address, protocol, port. The key is an ORDER BY
+-- alias only: the report's columns do not change.
 WITH
     cur AS (
         SELECT target, ip, proto, port,
@@ -61,5 +67,17 @@ WHERE ({history:UInt8} = 1 OR is_current)
   AND ({port:UInt16} = 0 OR cur.port = {port:UInt16})
   AND ({color:String} = '' OR cur.l.risk_color = {color:String})
   AND ({prevalence:String} = '' OR prevalence = {prevalence:String})
-ORDER BY target, ip, proto, port
+ORDER BY
+    if({direction:String} = 'desc', '',
+       multiIf({sort:String} = 'port', leftPad(toString(port), 5, '0'),
+               {sort:String} = 'service', lower(service),
+               {sort:String} = 'product', lower(concat(product, ' ', version)),
+               {sort:String} = 'risk', toString(indexOf(['green', 'yellow', 'red'], risk_color)),
+               {sort:String} = 'prevalence', leftPad(toString(instances), 12, '0'),
+               {sort:String} = 'first_seen', toString(first_seen),
+               {sort:String} = 'last_seen', toString(last_seen),
+               {sort:String} = 'organization', lower(organization),
+               '') AS sort_key) ASC,
+    if({direction:String} = 'desc', sort_key, '') DESC,
+    target, ip, proto, port
 LIMIT {limit:UInt64} OFFSET {offset:UInt64}
