@@ -120,6 +120,15 @@ def cli(verbose: int) -> None:
 @click.option("--allow-large", is_flag=True,
               help="Allow targets larger than a /16 (65,536 addresses).")
 @STORE_OPTION
+@click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
+              help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
+                   "like 53,123,161.")
+@click.option("-e", "--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
+              help="TCP discovery: masscan (raw SYN, needs root and an Ethernet path), connect "
+                   "(works everywhere, loopback included), auto (default: masscan when it "
+                   "can run, else connect, and says why).")
+@click.option("--rate", type=int, default=None,
+              help="Packets per second for masscan and UDP (default: 10,000 / 500).")
 @click.option("-c", "--concurrency", type=int, default=None,
               help="Sockets in flight for discovery (default 2000, capped by the fd limit).")
 @click.option("-t", "--timeout", type=float, default=None,
@@ -137,7 +146,8 @@ def cli(verbose: int) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
 def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
          inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
-         allow_large: bool, store: str | None, concurrency: int | None, timeout: float | None,
+         allow_large: bool, store: str | None, udp: str | None, engine: str | None,
+         rate: int | None, concurrency: int | None, timeout: float | None,
          retries: int | None, banner_wait: float | None, tarpit_threshold: int | None,
          tls: bool | None, nmap_probes: bool | None, quiet: bool) -> None:
     """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames).
@@ -159,7 +169,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
         settings = Settings.from_env(ports=ports, concurrency=concurrency, timeout=timeout,
                                      retries=retries, banner_wait=banner_wait,
                                      tarpit_threshold=tarpit_threshold, store=store,
-                                     tls=tls, nmap_probes=nmap_probes)
+                                     tls=tls, nmap_probes=nmap_probes, udp=udp,
+                                     engine=engine, rate=rate)
     except SettingsError as exc:
         fail(str(exc))
     try:
@@ -169,6 +180,7 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
         if not specs:
             fail("no targets: give TARGET... or --inventory FILE (see portwatch scan --help)")
         tcp_ports = parse_ports(settings.ports)
+        udp_ports = _udp_ports(settings.udp)
         scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
         resolved = resolve(specs, scope)
     except TargetError as exc:
@@ -176,7 +188,7 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     _check_store_url(settings.store)
     db = _store(settings.store)
     try:
-        stats = asyncio.run(_run_scan(db, settings, resolved, tcp_ports, quiet))
+        stats = asyncio.run(_run_scan(db, settings, resolved, tcp_ports, udp_ports, quiet))
         if not quiet:
             _end_screen(db, stats, resolved)
     finally:
@@ -185,8 +197,30 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
 
 
+def _udp_ports(spec: str) -> tuple[Any, ...]:
+    """``top1000`` / ``topN`` (from the user's nmap-services), ``none``, or a port spec."""
+    from probers.discovery.base import EngineUnavailable
+    from probers.discovery.udp import udp_top_ports
+    from producers.targets import TargetError, parse_ports
+    from schemas.records import PortRange
+
+    text = spec.strip().lower()
+    if text in ("none", "no", "off", ""):
+        return ()
+    if text.startswith("top"):
+        try:
+            count = int(text[3:] or "1000")
+            ports = sorted(udp_top_ports(count))
+        except ValueError:
+            raise TargetError(f"bad --udp {spec!r}: use top1000, none or a port spec") from None
+        except EngineUnavailable as exc:
+            raise TargetError(str(exc)) from None
+        return tuple(PortRange(p, p) for p in ports)
+    return parse_ports(text)
+
+
 async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
-                    quiet: bool) -> Any:
+                    udp_ports: Any, quiet: bool) -> Any:
     from portwatch.runner import EmbeddedRunner, install_interrupt
     from probers.discovery.connect import ConnectEngine
     from stream_processors.stages import make_context
@@ -199,14 +233,20 @@ async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
         use_nmap_probes=settings.nmap_probes, tls_enumeration=settings.tls,
         tls_timeout=settings.tls_timeout, tls_budget=settings.tls_budget,
     )
-    runner = EmbeddedRunner(db, engine, ctx, identify_workers=settings.identify_concurrency,
+    udp_engine = None
+    if udp_ports:
+        from probers.discovery.udp import UdpEngine, UdpOptions
+
+        udp_engine = UdpEngine(UdpOptions(rate=float(settings.rate or 500)))
+    runner = EmbeddedRunner(db, engine, ctx, udp_engine=udp_engine,
+                            identify_workers=settings.identify_concurrency,
                             tarpit_threshold=settings.tarpit_threshold,
                             batch_size=settings.batch_size, batch_seconds=settings.batch_seconds)
     view = ProgressView(enabled=not quiet)
     undo = install_interrupt(runner)
     try:
         with view:
-            return await runner.run(targets, tcp_ports, on_stats=view.update)
+            return await runner.run(targets, tcp_ports, udp_ports, on_stats=view.update)
     finally:
         undo()
 

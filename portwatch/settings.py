@@ -37,6 +37,12 @@ class Settings:
                          "clickhouse://user@host:8123/db")
     ports: str = setting("1-65535", "PORTWATCH_PORTS",
                          "all TCP ports: services hide on high ports")
+    udp: str = setting("top1000", "PORTWATCH_UDP",
+                       "top1000 = nmap's 1,000 most often open UDP ports; none; or a port spec")
+    engine: str = setting("auto", "PORTWATCH_ENGINE",
+                          "auto = masscan when it can run (root, Ethernet path), else connect")
+    rate: int = setting(0, "PORTWATCH_RATE",
+                        "packets/s for masscan and UDP; 0 = engine default (10,000 / 500)")
     concurrency: int = setting(2000, "PORTWATCH_CONCURRENCY",
                                "sockets in flight per discovery engine; capped by the fd limit")
     timeout: float = setting(1.0, "PORTWATCH_TIMEOUT",
@@ -94,6 +100,10 @@ class Settings:
                      "tls_timeout", "tls_budget"):
             if not 0 < getattr(self, name) <= 3600:
                 raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 3600 s")
+        if self.engine not in ("auto", "masscan", "connect"):
+            raise SettingsError(f"--engine must be auto, masscan or connect, not {self.engine!r}")
+        if self.rate < 0:
+            raise SettingsError("--rate must be 0 (engine default) or more packets/s")
         if self.retries < 0 or self.retries > 10:
             raise SettingsError("--retries must be between 0 and 10")
 

@@ -84,15 +84,15 @@ def scanned(services: Services, tmp_path_factory: pytest.TempPathFactory) -> dic
     inventory = root / "assets.yaml"
     inventory.write_text("Example Corp:\n  - target: 127.0.0.1\n    asset: web-1\n")
     first = run_cli("scan", "--inventory", str(inventory), "--ports", services.spec,
-                    store=store, env=FAST)
+                    "--udp", "none", store=store, env=FAST)
     assert first.code == 0, first.stderr
     list_after_first = report(store, "list")
     time.sleep(1.1)
     second = run_cli("scan", "--inventory", str(inventory), "--ports", services.spec,
-                     store=store, env=FAST)
+                     "--udp", "none", store=store, env=FAST)
     assert second.code == 0, second.stderr
     other = run_cli("scan", "127.0.0.2", "--org", "Other Org", "--asset", "web-2",
-                    "--ports", services.spec, store=store, env=FAST)
+                    "--ports", services.spec, "--udp", "none", store=store, env=FAST)
     assert other.code == 0, other.stderr
     return {"store": store, "first_list": list_after_first, "first": first}
 
@@ -209,8 +209,59 @@ def test_table_output_and_end_screen(scanned: dict) -> None:
 def test_full_sweep_of_all_65535_ports_finds_every_listener(services: Services,
                                                             tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
-    result = run_cli("scan", "127.0.0.1", store=store, env=FAST)
+    result = run_cli("scan", "127.0.0.1", "--udp", "none", store=store, env=FAST)
     assert result.code == 0, result.stderr
     assert "65,535 ports probed" in result.stdout
     found = {r["port"] for r in report(store, "list")}
     assert set(services.ports.values()) <= found
+
+
+def test_udp_ports_are_scanned_with_replies_open_and_silence_open_filtered(
+        tmp_path: Path) -> None:
+    """Given a UDP service that answers and one that never does, on loopback."""
+    import socket
+    import threading
+
+    responder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    responder.bind(("127.0.0.1", 0))
+    responder.settimeout(0.2)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = responder.recvfrom(2048)
+            except TimeoutError:
+                continue
+            responder.sendto(b"pong:" + data[:16], peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    store = f"chdb://{tmp_path / 'store'}"
+    open_port, silent_port = responder.getsockname()[1], silent.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        closed_port = gone.getsockname()[1]  # answers ICMP port-unreachable once closed
+    try:
+        # When the three ports are scanned over UDP (a closed one shows the host's stack
+        # answers, so silence means something and is listed as open|filtered)
+        result = run_cli("scan", "127.0.0.1", "--ports", "1", "--udp",
+                         f"{open_port},{silent_port},{closed_port}", store=store, env=FAST)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        responder.close()
+        silent.close()
+    assert result.code == 0, result.stderr
+    # Then the answering port is open and the silent one open|filtered, never red
+    rows = {r["port"]: r for r in report(store, "list") if r["proto"] == "udp"}
+    assert rows[open_port]["state"] == "open"
+    assert str(rows[open_port]["banner"]).startswith("pong:")
+    assert rows[silent_port]["state"] == "open|filtered"
+    assert rows[silent_port]["risk_color"] == "yellow"
+    assert closed_port not in rows
+    summary = report(store, "summary")[0]
+    assert summary["open_ports"] == 2
+    assert summary["yellow"] == 1  # open|filtered is listed but not scored

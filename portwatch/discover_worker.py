@@ -1,0 +1,248 @@
+"""The discovery worker of the distributed shape: shards in, open ports and host scans out.
+
+Owns: one kafka-python consumer-group member on the shards topic that takes one
+shard at a time, runs the shared discovery stage on it
+(``stages.discover_shard``: engine, tarpit holding), publishes the shard's open
+ports (framed per host, keyed by host) and its host scans, waits until the broker
+acknowledged all of them, and only then commits the shard's offset.
+
+Guarantees, and how:
+
+* at-least-once: the commit follows the acknowledgements. A worker that dies
+  mid-shard never committed it; after its session times out the group hands its
+  partitions to another member, which runs the shard again;
+* a failed engine run is retried (``shard_attempts``); a shard still failing is
+  recorded, never silently dropped: its host scans say ``error`` with the reason;
+* idempotence downstream: a re-run shard publishes the same (scan, ip, proto, port)
+  keys with new ``observed_at``; the store keeps min/max per key (first_seen does not
+  move) and its reports group by key (no duplicate rows);
+* poison shards (undecodable) go to the dead-letter topic with the reason, and are
+  committed: retrying them cannot help;
+* a broker outage is waited out: publishing retries until acknowledged, and a
+  commit that fails is logged (the shard will be replayed: harmless).
+
+Stopping (SIGTERM/SIGINT through ``stop()``): the current shard's engine is
+stopped, nothing of it is published or committed (another worker redoes it), the
+consumer leaves the group at once so the partitions move without waiting for the
+session timeout.
+
+Must not touch: the store (the sink owns it), Faust, scope decisions (the producer
+made them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from probers.discovery.base import DiscoveryEngine, Progress
+from producers.kafka_io import KafkaUnavailable, PublishError, make_consumer, make_producer
+from producers.publish import dead_letter, publish_framed
+from schemas.records import RecordError, Shard
+from schemas.topics import TopicSet
+from stream_processors.stages import ShardOutcome, discover_shard
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Shard], DiscoveryEngine]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    bootstrap: str
+    topics: TopicSet
+    group_id: str = "portwatch-discover"
+    tarpit_threshold: int = 1000
+    shard_attempts: int = 2  # engine runs per shard before it is recorded as failed
+    max_shards: int = 0  # stop after this many shards (0: never)
+    idle_exit: float = 0.0  # stop after this many seconds without a shard (0: never)
+    session_timeout_ms: int = 10_000  # a dead worker's shards move after this long
+    publish_retry_seconds: float = 600.0  # give up publishing a shard's events after this
+    poll_timeout_ms: int = 500
+
+
+@dataclass
+class WorkerStats:
+    shards: int = 0
+    retried: int = 0
+    failed: int = 0
+    open_ports: int = 0
+    host_scans: int = 0
+    poison: int = 0
+    commit_failures: int = 0
+    last_shard: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+class DiscoveryWorker:
+    def __init__(self, options: WorkerOptions, engine_for: EngineFactory,
+                 on_shard: Callable[[str, Shard], None] | None = None) -> None:
+        self.options = options
+        self.engine_for = engine_for
+        self.on_shard = on_shard  # ("started" | "done", shard): progress lines, tests
+        self.stats = WorkerStats()
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_shard: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Signal-safe: end the current shard (unpublished, uncommitted) and exit."""
+        self._stopping.set()
+        loop, event = self._loop, self._stop_shard
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> WorkerStats:
+        """Consume shards until stopped (or ``max_shards`` / ``idle_exit``)."""
+        o = self.options
+        producer = make_producer(o.bootstrap, client_id="portwatch-discover")
+        consumer = None
+        try:
+            consumer = make_consumer(
+                o.bootstrap, o.topics.shards.name, o.group_id,
+                client_id="portwatch-discover", max_poll_records=1,
+                session_timeout_ms=o.session_timeout_ms,
+                heartbeat_interval_ms=max(500, o.session_timeout_ms // 4))
+            with asyncio.Runner() as runner:
+                self._loop = runner.get_loop()
+                self._consume(consumer, producer, runner)
+        finally:
+            self._loop = None
+            if consumer is not None:
+                consumer.close(autocommit=False)  # leaves the group: partitions move now
+            producer.close(timeout=10)
+        return self.stats
+
+    def _consume(self, consumer: Any, producer: Any, runner: asyncio.Runner) -> None:
+        o = self.options
+        idle_since = time.monotonic()
+        while not self.is_stopping:
+            if o.max_shards and self.stats.shards >= o.max_shards:
+                return
+            try:
+                batch = consumer.poll(timeout_ms=o.poll_timeout_ms, max_records=1)
+            except KafkaUnavailable:
+                time.sleep(1.0)
+                continue
+            records = [r for rs in batch.values() for r in rs]
+            if not records:
+                if o.idle_exit and time.monotonic() - idle_since >= o.idle_exit:
+                    return
+                continue
+            for record in records:
+                if self.is_stopping:
+                    return
+                if not self._handle(record, producer, runner):
+                    return  # stopped mid-shard: not committed
+                self._commit(consumer, record)
+            idle_since = time.monotonic()
+
+    def _handle(self, record: Any, producer: Any, runner: asyncio.Runner) -> bool:
+        """Process one shards-topic record; False when stopped before it was done."""
+        o = self.options
+        try:
+            shard = Shard.from_json(record.value) if record.value is not None else None
+            if shard is None:
+                raise RecordError("empty message (no value)")
+        except RecordError as exc:
+            self.stats.poison += 1
+            envelope = dead_letter(record.topic, record.partition, record.offset, str(exc),
+                                   record.value or b"", stage="discover")
+            log.warning("dead letter: shard at %s[%d]@%d: %s", record.topic,
+                        record.partition, record.offset, exc)
+            return self._publish_until_acked(producer, o.topics.dead_letter.name,
+                                             [_Raw(envelope)])
+        if self.on_shard is not None:
+            self.on_shard("started", shard)
+        outcome = self._discover(shard, runner)
+        if outcome is None:
+            return False
+        scans = [replace(h, shard_id=shard.shard_id) for h in outcome.host_scans()]
+        if not self._publish_until_acked(producer, o.topics.open_ports.name, outcome.ports):
+            return False
+        if not self._publish_until_acked(producer, o.topics.host_scans.name, scans):
+            return False
+        self.stats.shards += 1
+        self.stats.open_ports += len(outcome.ports)
+        self.stats.host_scans += len(scans)
+        self.stats.last_shard = shard.shard_id
+        if self.on_shard is not None:
+            self.on_shard("done", shard)
+        return True
+
+    def _discover(self, shard: Shard, runner: asyncio.Runner) -> ShardOutcome | None:
+        o = self.options
+        outcome: ShardOutcome | None = None
+        for attempt in range(1, max(1, o.shard_attempts) + 1):
+            self._stop_shard = asyncio.Event()
+            if self.is_stopping:
+                return None
+            engine = self.engine_for(shard)
+            outcome = runner.run(discover_shard(engine, shard, Progress(),
+                                                tarpit_threshold=o.tarpit_threshold,
+                                                stop=self._stop_shard))
+            if outcome.is_interrupted or self.is_stopping:
+                return None
+            if not outcome.error:
+                return outcome
+            log.warning("shard %s attempt %d/%d failed: %s", shard.shard_id, attempt,
+                        o.shard_attempts, outcome.error)
+            if attempt < o.shard_attempts:
+                self.stats.retried += 1
+        assert outcome is not None
+        self.stats.failed += 1
+        self.stats.errors.append(f"{shard.shard_id}: {outcome.error}")
+        return outcome  # published with status "error": the gap is recorded, not hidden
+
+    def _publish_until_acked(self, producer: Any, topic: str, records: Any) -> bool:
+        deadline = time.monotonic() + self.options.publish_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                if records and isinstance(records[0], _Raw):
+                    for r in records:
+                        producer.send(topic, value=r.value).get(timeout=60)
+                else:
+                    publish_framed(producer, topic, records)
+                return True
+            except (PublishError, KafkaUnavailable, Exception) as exc:  # noqa: BLE001
+                if self.is_stopping or time.monotonic() >= deadline:
+                    log.error("giving up publishing to %s: %s", topic, exc)
+                    return False
+                log.warning("publishing to %s failed (%s); retrying in %.1fs", topic, exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _commit(self, consumer: Any, record: Any) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        tp = TopicPartition(record.topic, record.partition)
+        offsets = {tp: OffsetAndMetadata(record.offset + 1, "", -1)}
+        for attempt in range(3):
+            try:
+                consumer.commit(offsets)
+                return
+            except Exception as exc:  # noqa: BLE001 - CommitFailed, broker gone: replay later
+                if attempt == 2 or self.is_stopping:
+                    self.stats.commit_failures += 1
+                    log.warning("commit of %s@%d failed (%s): the shard will be replayed, "
+                                "which is harmless", tp, record.offset, exc)
+                    return
+                self._stopping.wait(1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    value: bytes
+
+
+__all__ = ["DiscoveryWorker", "EngineFactory", "WorkerOptions", "WorkerStats"]
