@@ -61,9 +61,13 @@ lint: venv ## ruff and mypy
 
 include deploy/local/kafka/kafka.mk
 
+.PHONY: helm
+helm: ## Build helm from the Go module proxy into .cache/bin (for the chart test)
+	@deploy/helm/install-helm.sh
+
 # pytest exits 5 when it collected no test: that is a failure for us, never a pass.
 .PHONY: test
-test: install ## Lint, then every test (brings the Kafka broker up and down)
+test: install helm ## Lint, then every test (brings the Kafka broker up and down)
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory kafka-up
 	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \

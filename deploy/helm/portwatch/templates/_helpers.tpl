@@ -1,0 +1,204 @@
+{{/*
+Names, labels and the pieces every portwatch pod shares: image, settings ConfigMap, writable
+scratch volumes (the root filesystem is read-only), pod security context.
+*/}}
+
+{{- define "portwatch.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped base name; component names add a suffix, so keep room for it (63 - 9). */}}
+{{- define "portwatch.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "portwatch.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "portwatch.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "portwatch.labels" -}}
+helm.sh/chart: {{ include "portwatch.chart" . }}
+{{ include "portwatch.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: portwatch
+{{- end }}
+
+{{/* Labels of one component: pass (dict "root" $ "component" "discover"). */}}
+{{- define "portwatch.componentLabels" -}}
+{{ include "portwatch.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "portwatch.componentSelectorLabels" -}}
+{{ include "portwatch.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "portwatch.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "portwatch.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.configMapName" -}}
+{{- printf "%s-settings" (include "portwatch.fullname" .) }}
+{{- end }}
+
+{{- define "portwatch.secretName" -}}
+{{- if .Values.clickhouse.existingSecret }}
+{{- .Values.clickhouse.existingSecret }}
+{{- else }}
+{{- printf "%s-clickhouse" (include "portwatch.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.inventoryConfigMapName" -}}
+{{- if .Values.produce.existingInventoryConfigMap }}
+{{- .Values.produce.existingInventoryConfigMap }}
+{{- else }}
+{{- printf "%s-inventory" (include "portwatch.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* File name of the inventory inside its mount: its suffix picks the parser (YAML or CSV). */}}
+{{- define "portwatch.inventoryKey" -}}
+{{- if .Values.produce.existingInventoryConfigMap }}
+{{- .Values.produce.existingInventoryKey }}
+{{- else }}
+{{- "inventory.yaml" }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the producer has something to scan, "" otherwise. */}}
+{{- define "portwatch.hasTargets" -}}
+{{- if or .Values.produce.targets .Values.produce.inventory .Values.produce.existingInventoryConfigMap }}true{{- end }}
+{{- end }}
+
+{{- define "portwatch.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* clickhouse://user@host:port/database; the password comes from the Secret, never the URL. */}}
+{{- define "portwatch.storeUrl" -}}
+{{- $ch := .Values.clickhouse }}
+{{- printf "clickhouse://%s@%s:%v/%s" $ch.user $ch.host $ch.port $ch.database }}
+{{- end }}
+
+{{/*
+Settings ConfigMap data as a dict, validated: keys must be PORTWATCH_* names; the addresses,
+the scope fence and the discovery engine and rate come from their own values (the engine is
+tied to discover.netRaw); a password here would leak into a ConfigMap.
+*/}}
+{{- define "portwatch.settingsData" -}}
+{{- $data := dict "PORTWATCH_KAFKA" (required "kafka.bootstrapServers is required" .Values.kafka.bootstrapServers) "PORTWATCH_STORE" (include "portwatch.storeUrl" .) }}
+{{- if .Values.scopeAllow }}
+{{- $_ := set $data "PORTWATCH_SCOPE_ALLOW" .Values.scopeAllow }}
+{{- end }}
+{{- range $key, $value := .Values.settings }}
+{{- if not (regexMatch "^PORTWATCH_[A-Z0-9_]+$" $key) }}
+{{- fail (printf "settings.%s: keys are PORTWATCH_* environment variables (see `portwatch settings`)" $key) }}
+{{- end }}
+{{- $owned := dict "PORTWATCH_KAFKA" "kafka.bootstrapServers" "PORTWATCH_STORE" "clickhouse.*" "PORTWATCH_SCOPE_ALLOW" "scopeAllow" "PORTWATCH_ENGINE" "discover.engine" "PORTWATCH_RATE" "discover.rate" }}
+{{- if hasKey $owned $key }}
+{{- fail (printf "settings.%s: the chart sets it from %s" $key (get $owned $key)) }}
+{{- end }}
+{{- if regexMatch "PASSWORD|SECRET|TOKEN" $key }}
+{{- fail (printf "settings.%s: secrets do not go in the ConfigMap; use clickhouse.existingSecret" $key) }}
+{{- end }}
+{{- $_ := set $data $key (toString $value) }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
+{{/* Pod annotations: a settings change rolls the pods (env is read once at start). */}}
+{{- define "portwatch.podAnnotations" -}}
+checksum/settings: {{ include "portwatch.settingsData" .root | sha256sum }}
+{{- with .root.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Container security context. Pass (dict "netRaw" bool). Everything is dropped; with netRaw the
+container keeps NET_RAW for masscan, whose file capability only takes effect when
+no_new_privs is off (allowPrivilegeEscalation: true); the bounding set still caps it at NET_RAW.
+*/}}
+{{- define "portwatch.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+privileged: false
+allowPrivilegeEscalation: {{ .netRaw }}
+capabilities:
+  drop: ["ALL"]
+  {{- if .netRaw }}
+  add: ["NET_RAW"]
+  {{- end }}
+{{- end }}
+
+{{/* Environment shared by every container: the settings ConfigMap and a writable HOME. */}}
+{{- define "portwatch.envFrom" -}}
+- configMapRef:
+    name: {{ include "portwatch.configMapName" . }}
+{{- end }}
+
+{{- define "portwatch.baseEnv" -}}
+- name: HOME
+  value: /var/lib/portwatch
+- name: TMPDIR
+  value: /tmp
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- end }}
+
+{{/* Writable scratch: the working directory (Faust data, masscan's paused.conf) and /tmp. */}}
+{{- define "portwatch.scratchVolumeMounts" -}}
+- name: work
+  mountPath: /var/lib/portwatch
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{- define "portwatch.scratchVolumes" -}}
+- name: work
+  emptyDir: {}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+
+{{/* Pod spec fields every component shares. */}}
+{{- define "portwatch.podCommon" -}}
+serviceAccountName: {{ include "portwatch.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}

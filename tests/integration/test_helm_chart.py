@@ -1,0 +1,452 @@
+"""The Helm chart (deploy/helm/portwatch): `helm lint`, then assertions on what `helm template`
+renders with the default values and with overrides.
+
+Owns: checks of the chart's rendered Kubernetes objects. Needs the helm binary, which
+``deploy/helm/install-helm.sh`` builds from the Go module proxy into ``.cache/bin``; without it
+the tests skip, except under ``CI=true`` where a missing helm is a broken pipeline and fails.
+Must not touch: any cluster (``helm template`` and ``helm lint`` render offline).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from portwatch.settings import Settings
+from producers.targets import SCOPE_ALLOW_ENV, read_inventory
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "portwatch"
+LOCAL_HELM = REPO / ".cache" / "bin" / "helm"
+RELEASE = "pw"
+BASE = f"{RELEASE}-portwatch"
+NAMESPACE = "scans"
+SETTINGS_ENVS = {env for _name, env, _default, _why in Settings.describe()}
+# Settings the chart sets from its own values (addresses; the engine is tied to discover.netRaw).
+FROM_VALUES = {"PORTWATCH_KAFKA", "PORTWATCH_STORE", "PORTWATCH_ENGINE", "PORTWATCH_RATE"}
+
+Objects = dict[tuple[str, str], dict[str, Any]]
+
+
+def _is_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    found = str(LOCAL_HELM) if os.access(LOCAL_HELM, os.X_OK) else shutil.which("helm")
+    if found is None:
+        reason = "helm not found at .cache/bin/helm or on PATH: run deploy/helm/install-helm.sh"
+        if _is_ci():
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return found
+
+
+def _run(helm: str, *args: str, tmp_path: Path, values: dict[str, Any] | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    extra: list[str] = []
+    if values is not None:
+        values_file = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+        values_file.write_text(yaml.safe_dump(values), encoding="utf-8")
+        extra = ["--values", str(values_file)]
+    # HELM_* homes in tmp_path: helm must not read or write the user's helm configuration.
+    env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+           "HELM_DATA_HOME": str(tmp_path / "helm-data")}
+    return subprocess.run([helm, *args, *extra], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
+
+
+def render(helm: str, tmp_path: Path, values: dict[str, Any] | None = None) -> Objects:
+    """`helm template`, parsed: (kind, name) -> object."""
+    proc = _run(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                tmp_path=tmp_path, values=values)
+    assert proc.returncode == 0, proc.stderr
+    objects: Objects = {}
+    for doc in yaml.safe_load_all(proc.stdout):
+        if doc:
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objects, f"rendered twice: {key}"
+            objects[key] = doc
+    return objects
+
+
+def render_error(helm: str, tmp_path: Path, values: dict[str, Any]) -> str:
+    proc = _run(helm, "template", RELEASE, str(CHART), tmp_path=tmp_path, values=values)
+    assert proc.returncode != 0, "rendering should have been refused"
+    return proc.stderr
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec(obj)["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def effective_env(objects: Objects, ctr: dict[str, Any]) -> dict[str, Any]:
+    """The environment the kubelet would give the container: envFrom ConfigMaps, then env
+    (later wins); a secretKeyRef stays a ("secret", name, key) reference."""
+    env: dict[str, Any] = {}
+    for source in ctr.get("envFrom", []):
+        cm = objects[("ConfigMap", source["configMapRef"]["name"])]
+        env.update(cm["data"])
+    for var in ctr.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = ("secret", ref["name"], ref["key"])
+    return env
+
+
+def expanded_args(objects: Objects, ctr: dict[str, Any]) -> list[str]:
+    """args after the kubelet's $(VAR) expansion; an unresolvable reference fails the test
+    (Kubernetes would pass it through literally)."""
+    env = effective_env(objects, ctr)
+
+    def expand(match: re.Match[str]) -> str:
+        value = env.get(match.group(1))
+        assert isinstance(value, str), f"$({match.group(1)}) is not in the container's env"
+        return value
+
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", expand, arg) for arg in ctr["args"]]
+
+
+def chart_app_version() -> str:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    return str(chart["appVersion"])
+
+
+WORKLOADS = [("Deployment", f"{BASE}-discover"), ("Deployment", f"{BASE}-process"),
+             ("CronJob", f"{BASE}-produce")]
+INVENTORY = [{"targets": ["vpn.example.internal", "mail.example.internal"],
+              "organization": "Example Corp", "asset": "office"}]
+
+
+# -- lint -------------------------------------------------------------------------------------
+
+
+def test_helm_lint_passes_with_default_and_full_values(helm: str, tmp_path: Path) -> None:
+    # Given the chart, with its defaults and with every optional branch switched on
+    full = {"produce": {"inventory": INVENTORY, "ports": "1-1024", "timeZone": "Europe/Paris"},
+            "clickhouse": {"existingSecret": "ch"}, "scopeAllow": "198.18.0.0/15",
+            "discover": {"hostNetwork": True}, "settings": {"PORTWATCH_TIMEOUT": "2"}}
+    for values in (None, full):
+        # When helm lints it strictly (warnings are failures)
+        proc = _run(helm, "lint", "--strict", str(CHART), tmp_path=tmp_path, values=values)
+        # Then it passes
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+# -- what is rendered -------------------------------------------------------------------------
+
+
+def test_default_render_has_every_component(helm: str, tmp_path: Path) -> None:
+    # Given the default values / When rendered
+    objects = render(helm, tmp_path)
+    # Then exactly these objects exist (no inventory ConfigMap: no inventory given)
+    assert set(objects) == {
+        ("ServiceAccount", BASE), ("ConfigMap", f"{BASE}-settings"),
+        ("Secret", f"{BASE}-clickhouse"), *WORKLOADS,
+    }
+    # And every pod runs the chart's image with the component's command, as the service
+    # account, without an API token
+    for key in WORKLOADS:
+        ctr = container(objects[key])
+        assert ctr["image"] == f"portwatch:{chart_app_version()}"
+        assert ctr["command"] == ["portwatch"]
+        assert ctr["args"][0] == key[1].rsplit("-", 1)[1]
+        spec = pod_spec(objects[key])
+        assert spec["serviceAccountName"] == BASE
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert objects[("ServiceAccount", BASE)]["automountServiceAccountToken"] is False
+
+
+def test_disabled_components_are_not_rendered(helm: str, tmp_path: Path) -> None:
+    # Given process and produce disabled / When rendered
+    objects = render(helm, tmp_path, {"process": {"enabled": False},
+                                      "produce": {"enabled": False}})
+    # Then neither they nor the password Secret (only process pods use it) exist
+    assert {kind_name for kind_name in objects if kind_name[0] != "ServiceAccount"} == {
+        ("ConfigMap", f"{BASE}-settings"), ("Deployment", f"{BASE}-discover")}
+
+
+def test_image_tag_and_digest_from_values(helm: str, tmp_path: Path) -> None:
+    # Given an image repository and tag, then a digest
+    tagged = render(helm, tmp_path, {"image": {"repository": "registry.example/pw",
+                                               "tag": "1.2.3"}})
+    pinned = render(helm, tmp_path, {"image": {"digest": "sha256:" + "a" * 64}})
+    # Then every container uses it, the digest winning over the tag
+    for key in WORKLOADS:
+        assert container(tagged[key])["image"] == "registry.example/pw:1.2.3"
+        assert container(pinned[key])["image"] == "portwatch@sha256:" + "a" * 64
+
+
+# -- discovery: NET_RAW and nothing else -------------------------------------------------------
+
+
+def test_discover_keeps_exactly_net_raw(helm: str, tmp_path: Path) -> None:
+    # Given the default values (masscan allowed) / When rendered
+    objects = render(helm, tmp_path)
+    ctr = container(objects[("Deployment", f"{BASE}-discover")])
+    sc = ctr["securityContext"]
+    # Then the worker is non-root with a read-only root, every capability dropped but NET_RAW
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    # And no_new_privs is off: masscan's file capability (cap_net_raw+ep) is ignored under
+    # no_new_privs when its parent, the unprivileged worker, holds no capability itself
+    assert sc["allowPrivilegeEscalation"] is True
+    assert ctr["args"][ctr["args"].index("--engine") + 1] == "auto"
+    assert "--rate" not in ctr["args"]  # portwatch's engine default
+    spec = pod_spec(objects[("Deployment", f"{BASE}-discover")])
+    assert "hostNetwork" not in spec
+    # And the other components keep no capability at all
+    for key in WORKLOADS[1:]:
+        other = container(objects[key])["securityContext"]
+        assert other["capabilities"] == {"drop": ["ALL"]}
+        assert other["allowPrivilegeEscalation"] is False
+        assert other["readOnlyRootFilesystem"] is True
+
+
+def test_net_raw_off_drops_everything_and_uses_connect(helm: str, tmp_path: Path) -> None:
+    # Given NET_RAW switched off / When rendered
+    objects = render(helm, tmp_path, {"discover": {"netRaw": False, "replicas": 4,
+                                                   "rate": 300}})
+    deployment = objects[("Deployment", f"{BASE}-discover")]
+    ctr = container(deployment)
+    # Then no capability remains, no privilege escalation, and discovery is connect()-only
+    assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
+    assert ctr["securityContext"]["runAsNonRoot"] is True
+    assert ctr["args"][ctr["args"].index("--engine") + 1] == "connect"
+    assert ctr["args"][ctr["args"].index("--rate") + 1] == "300"
+    assert deployment["spec"]["replicas"] == 4
+
+
+def test_masscan_without_net_raw_is_refused(helm: str, tmp_path: Path) -> None:
+    # Given masscan asked for without the capability it needs / When rendered
+    stderr = render_error(helm, tmp_path, {"discover": {"netRaw": False, "engine": "masscan"}})
+    # Then helm refuses with the reason
+    assert "discover.engine=masscan needs discover.netRaw=true" in stderr
+
+
+def test_host_network_keeps_cluster_dns(helm: str, tmp_path: Path) -> None:
+    # Given discovery on the node's network / When rendered
+    objects = render(helm, tmp_path, {"discover": {"hostNetwork": True}})
+    spec = pod_spec(objects[("Deployment", f"{BASE}-discover")])
+    # Then the pod still resolves Kafka's service name
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+
+
+# -- process ---------------------------------------------------------------------------------
+
+
+def test_process_replicas_resources_and_probes_from_values(helm: str, tmp_path: Path) -> None:
+    # Given replicas and resources for the Faust workers
+    resources = {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "6Gi"}}
+    objects = render(helm, tmp_path, {"process": {"replicas": 7, "resources": resources,
+                                                  "webPort": 6070}})
+    deployment = objects[("Deployment", f"{BASE}-process")]
+    ctr = container(deployment)
+    # Then they are rendered as given
+    assert deployment["spec"]["replicas"] == 7
+    assert ctr["resources"] == resources
+    # And the probes check Faust's web port
+    assert ctr["ports"] == [{"name": "web", "containerPort": 6070, "protocol": "TCP"}]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert ctr[probe]["tcpSocket"] == {"port": "web"}
+
+
+def test_probes_can_be_disabled(helm: str, tmp_path: Path) -> None:
+    # Given two probes set to null (helm merges maps: {} would keep the defaults)
+    objects = render(helm, tmp_path, {"process": {"livenessProbe": None, "startupProbe": None}})
+    # Then they are gone and the third stays
+    ctr = container(objects[("Deployment", f"{BASE}-process")])
+    assert "livenessProbe" not in ctr and "startupProbe" not in ctr
+    assert "readinessProbe" in ctr
+
+
+# -- produce ---------------------------------------------------------------------------------
+
+
+def test_cronjob_defaults_forbid_overlap_and_stay_suspended_without_targets(
+        helm: str, tmp_path: Path) -> None:
+    # Given the default values (no target) / When rendered
+    cron = render(helm, tmp_path)[("CronJob", f"{BASE}-produce")]
+    # Then runs never overlap, and nothing is scanned until targets are configured
+    assert cron["spec"]["schedule"] == "0 */6 * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["suspend"] is True
+    assert "--inventory" not in container(cron)["args"]
+
+
+def test_cronjob_schedule_and_inventory_from_values(helm: str, tmp_path: Path) -> None:
+    # Given a schedule, a port spec and an inventory
+    objects = render(helm, tmp_path, {"produce": {"schedule": "*/30 * * * *", "ports": "1-1024",
+                                                  "inventory": INVENTORY}})
+    cron = objects[("CronJob", f"{BASE}-produce")]
+    ctr = container(cron)
+    spec = pod_spec(cron)
+    # Then the CronJob runs on that schedule, one run at a time, bounded in time
+    assert cron["spec"]["schedule"] == "*/30 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["suspend"] is False
+    assert cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 3600
+    assert spec["restartPolicy"] == "OnFailure"
+    args = expanded_args(objects, ctr)
+    assert args[args.index("--ports") + 1] == "1-1024"
+    assert args[args.index("--checkpoint") + 1] == "/var/lib/portwatch/produce.checkpoint"
+    # And the inventory is a mounted ConfigMap file the producer's own reader parses
+    inventory_path = Path(args[args.index("--inventory") + 1])
+    mount = next(m for m in ctr["volumeMounts"] if m["name"] == "inventory")
+    assert inventory_path.parent == Path(mount["mountPath"])
+    volume = next(v for v in spec["volumes"] if v["name"] == "inventory")
+    cm = objects[("ConfigMap", volume["configMap"]["name"])]
+    assert [item["path"] for item in volume["configMap"]["items"]] == [inventory_path.name]
+    local = tmp_path / inventory_path.name
+    local.write_text(cm["data"][inventory_path.name], encoding="utf-8")
+    specs = read_inventory(local)
+    assert [(s.text, s.organization, s.asset) for s in specs] == [
+        ("vpn.example.internal", "Example Corp", "office"),
+        ("mail.example.internal", "Example Corp", "office")]
+    # And the checkpoint's directory is writable scratch (the root filesystem is read-only)
+    assert {"name": "work", "mountPath": "/var/lib/portwatch"} in ctr["volumeMounts"]
+
+
+def test_cronjob_targets_and_existing_inventory(helm: str, tmp_path: Path) -> None:
+    # Given command-line targets
+    objects = render(helm, tmp_path, {"produce": {"targets": ["db.example.internal"]}})
+    args = container(objects[("CronJob", f"{BASE}-produce")])["args"]
+    # Then they follow "--", so none is ever read as a flag
+    assert args[-2:] == ["--", "db.example.internal"]
+    # Given an existing CSV inventory ConfigMap
+    objects = render(helm, tmp_path, {"produce": {"existingInventoryConfigMap": "assets",
+                                                  "existingInventoryKey": "assets.csv"}})
+    cron = objects[("CronJob", f"{BASE}-produce")]
+    args = container(cron)["args"]
+    # Then the chart mounts it (keeping the key's suffix, which picks the parser) and
+    # renders no inventory of its own
+    assert args[args.index("--inventory") + 1] == "/etc/portwatch/inventory/assets.csv"
+    volume = next(v for v in pod_spec(cron)["volumes"] if v["name"] == "inventory")
+    assert volume["configMap"]["name"] == "assets"
+    assert ("ConfigMap", f"{BASE}-inventory") not in objects
+
+
+def test_targets_and_inventory_together_are_refused(helm: str, tmp_path: Path) -> None:
+    stderr = render_error(helm, tmp_path, {"produce": {"targets": ["db.example.internal"],
+                                                       "inventory": INVENTORY}})
+    assert "not both" in stderr
+
+
+# -- settings, addresses and the password ----------------------------------------------------
+
+
+def test_configmap_keys_are_settings_env_vars(helm: str, tmp_path: Path) -> None:
+    # Given the defaults, then every setting overridden and a scope fence
+    defaults = render(helm, tmp_path)[("ConfigMap", f"{BASE}-settings")]["data"]
+    overrides = {env: "7" for env in SETTINGS_ENVS - FROM_VALUES}
+    full = render(helm, tmp_path, {"settings": overrides, "scopeAllow": "198.18.0.0/15"})
+    data = full[("ConfigMap", f"{BASE}-settings")]["data"]
+    # Then the defaults set only the addresses, and every key is a portwatch setting
+    assert set(defaults) == {"PORTWATCH_KAFKA", "PORTWATCH_STORE"}
+    assert set(data) == (SETTINGS_ENVS - FROM_VALUES) | {"PORTWATCH_KAFKA", "PORTWATCH_STORE",
+                                                          SCOPE_ALLOW_ENV}
+    assert all(isinstance(value, str) for value in data.values())
+    assert data[SCOPE_ALLOW_ENV] == "198.18.0.0/15"
+    assert {data[env] for env in overrides} == {"7"}
+
+
+def test_values_file_documents_every_setting() -> None:
+    # Given portwatch's settings / Then values.yaml names each one (drift check)
+    documented = (CHART / "values.yaml").read_text(encoding="utf-8")
+    assert sorted(env for env in SETTINGS_ENVS if env not in documented) == []
+
+
+@pytest.mark.parametrize("key", ["PORTWATCH_CLICKHOUSE_PASSWORD", "TIMEOUT", "PORTWATCH_KAFKA",
+                                 "PORTWATCH_ENGINE"])
+def test_settings_refuses_secrets_foreign_and_owned_keys(helm: str, tmp_path: Path,
+                                                         key: str) -> None:
+    stderr = render_error(helm, tmp_path, {"settings": {key: "x"}})
+    assert f"settings.{key}" in stderr
+
+
+def test_settings_change_rolls_the_pods(helm: str, tmp_path: Path) -> None:
+    before = render(helm, tmp_path)
+    after = render(helm, tmp_path, {"settings": {"PORTWATCH_TIMEOUT": "3"}})
+    for key in WORKLOADS:
+        def checksum(objects: Objects, key: tuple[str, str] = key) -> str:
+            obj = objects[key]
+            template = (obj["spec"]["jobTemplate"]["spec"]["template"] if key[0] == "CronJob"
+                        else obj["spec"]["template"])
+            return str(template["metadata"]["annotations"]["checksum/settings"])
+        assert checksum(before) != checksum(after)
+
+
+def test_addresses_from_values_reach_every_container(helm: str, tmp_path: Path) -> None:
+    # Given Kafka and ClickHouse addresses
+    bootstrap = "kafka-0.mq.svc:9093,kafka-1.mq.svc:9093"
+    objects = render(helm, tmp_path, {
+        "kafka": {"bootstrapServers": bootstrap},
+        "clickhouse": {"host": "ch.db.svc", "port": 8124, "database": "scans", "user": "writer"}})
+    store = "clickhouse://writer@ch.db.svc:8124/scans"
+    # Then every container has Kafka's address in its environment and its --kafka argument
+    for key in WORKLOADS:
+        ctr = container(objects[key])
+        env = effective_env(objects, ctr)
+        assert env["PORTWATCH_KAFKA"] == bootstrap
+        assert env["PORTWATCH_STORE"] == store
+        args = expanded_args(objects, ctr)
+        assert args[args.index("--kafka") + 1] == bootstrap
+    # And the Faust workers get the store URL, without a password in it
+    args = expanded_args(objects, container(objects[("Deployment", f"{BASE}-process")]))
+    assert args[args.index("--store") + 1] == store
+
+
+def test_clickhouse_password_comes_from_the_chart_secret(helm: str, tmp_path: Path) -> None:
+    # Given a password in the values
+    password = "s3cret-Only-In-The-Secret"
+    objects = render(helm, tmp_path, {"clickhouse": {"password": password}})
+    # When the process container's environment is resolved
+    env = effective_env(objects, container(objects[("Deployment", f"{BASE}-process")]))
+    # Then PORTWATCH_CLICKHOUSE_PASSWORD references the Secret's key, which holds the password
+    kind, name, key = env["PORTWATCH_CLICKHOUSE_PASSWORD"]
+    assert (kind, name, key) == ("secret", f"{BASE}-clickhouse", "clickhouse-password")
+    secret = objects[("Secret", name)]
+    assert base64.b64decode(secret["data"][key]).decode() == password
+    # And the password appears nowhere else, and only the process pods receive it
+    elsewhere = [obj for k, obj in objects.items() if k[0] != "Secret"]
+    assert password not in yaml.safe_dump_all(elsewhere)
+    for other in WORKLOADS[0], WORKLOADS[2]:
+        assert "PORTWATCH_CLICKHOUSE_PASSWORD" not in effective_env(objects,
+                                                                    container(objects[other]))
+
+
+def test_existing_secret_is_referenced_not_created(helm: str, tmp_path: Path) -> None:
+    # Given an existing Secret and key
+    objects = render(helm, tmp_path, {"clickhouse": {"existingSecret": "ch-creds",
+                                                     "passwordKey": "pw"}})
+    env = effective_env(objects, container(objects[("Deployment", f"{BASE}-process")]))
+    # Then the process container reads it, and the chart renders no Secret of its own
+    assert env["PORTWATCH_CLICKHOUSE_PASSWORD"] == ("secret", "ch-creds", "pw")
+    assert [k for k in objects if k[0] == "Secret"] == []
