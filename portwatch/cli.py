@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -138,6 +139,11 @@ def cli(verbose: int) -> None:
               help="Seconds to wait for a service to speak first (default 2.0).")
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Record progress in FILE after every shard; run the same command with the "
+                   "same FILE to resume an interrupted scan where it stopped.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the pseudo-random shard and port order (default: random).")
 @click.option("--tls/--no-tls", "tls", default=None,
               help="Enumerate TLS versions, cipher suites and certificates on TLS ports "
                    "(default: on).")
@@ -149,8 +155,10 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
          allow_large: bool, store: str | None, udp: str | None, engine: str | None,
          rate: int | None, concurrency: int | None, timeout: float | None,
          retries: int | None, banner_wait: float | None, tarpit_threshold: int | None,
-         tls: bool | None, nmap_probes: bool | None, quiet: bool) -> None:
-    """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames).
+         checkpoint: str | None, seed: int | None, tls: bool | None,
+         nmap_probes: bool | None, quiet: bool) -> None:
+    """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames;
+    "-" reads targets from standard input, one per line).
 
     Finds every open TCP port, identifies the service, product and version,
     colours each port by risk, and stores the findings; then shows a summary.
@@ -174,7 +182,7 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     except SettingsError as exc:
         fail(str(exc))
     try:
-        specs = [TargetSpec(t, organization, asset) for t in targets]
+        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)
         if not specs:
@@ -188,7 +196,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     _check_store_url(settings.store)
     db = _store(settings.store)
     try:
-        stats = asyncio.run(_run_scan(db, settings, resolved, tcp_ports, udp_ports, quiet))
+        stats = asyncio.run(_run_scan(db, settings, resolved, tcp_ports, udp_ports, quiet,
+                                      checkpoint=checkpoint, seed=seed))
         if not quiet:
             _end_screen(db, stats, resolved)
     finally:
@@ -219,8 +228,20 @@ def _udp_ports(spec: str) -> tuple[Any, ...]:
     return parse_ports(text)
 
 
+def _expand_stdin(targets: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for t in targets:
+        if t == "-":
+            out += [line.split("#", 1)[0].strip() for line in sys.stdin]
+            out = [x for x in out if x]
+        else:
+            out.append(t)
+    return out
+
+
 async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
-                    udp_ports: Any, quiet: bool) -> Any:
+                    udp_ports: Any, quiet: bool, *, checkpoint: str | None = None,
+                    seed: int | None = None) -> Any:
     from portwatch.runner import EmbeddedRunner, install_interrupt
     from probers.discovery.connect import ConnectEngine
     from stream_processors.stages import make_context
@@ -241,12 +262,15 @@ async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
     runner = EmbeddedRunner(db, engine, ctx, udp_engine=udp_engine,
                             identify_workers=settings.identify_concurrency,
                             tarpit_threshold=settings.tarpit_threshold,
-                            batch_size=settings.batch_size, batch_seconds=settings.batch_seconds)
+                            batch_size=settings.batch_size, batch_seconds=settings.batch_seconds,
+                            shard_ports=settings.shard_ports, shard_hosts=settings.shard_hosts)
     view = ProgressView(enabled=not quiet)
     undo = install_interrupt(runner)
     try:
         with view:
-            return await runner.run(targets, tcp_ports, udp_ports, on_stats=view.update)
+            return await runner.run(targets, tcp_ports, udp_ports, on_stats=view.update,
+                                    checkpoint=checkpoint,
+                                    seed=seed if seed is not None else random.randrange(2**31))
     finally:
         undo()
 
@@ -316,6 +340,8 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
         f"{stats.probes_done:,} ports probed, {stats.open_found} open, "
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
+    if stats.resumed_shards:
+        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {note}"))
     for ip in stats.tarpits:

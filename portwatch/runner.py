@@ -28,9 +28,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from probers.discovery.base import DiscoveryEngine, Progress
-from producers.shards import ShardPlan
+from producers.shards import Checkpoint, ShardPlan
 from schemas.records import (
     Finding,
     OpenPort,
@@ -71,6 +72,7 @@ class ScanStats:
     interrupted: bool = False
     tarpits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    resumed_shards: int = 0  # shards a checkpoint said were already done
 
     _done_shards: Progress = field(default_factory=Progress)
     _active: list[Progress] = field(default_factory=list)
@@ -113,7 +115,9 @@ class EmbeddedRunner:
     def __init__(self, store: Store, engine: DiscoveryEngine, ctx: StageContext, *,
                  udp_engine: DiscoveryEngine | None = None, identify_workers: int = 64,
                  tarpit_threshold: int = 1000, batch_size: int = 500,
-                 batch_seconds: float = 1.0, queue_size: int = 1000) -> None:
+                 batch_seconds: float = 1.0, queue_size: int = 1000,
+                 shard_retries: int = 1, shard_ports: int = 65_535,
+                 shard_hosts: int = 16) -> None:
         self.store = store
         self.engine = engine
         self.udp_engine = udp_engine
@@ -123,6 +127,9 @@ class EmbeddedRunner:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.queue_size = queue_size
+        self.shard_retries = shard_retries
+        self.shard_ports = shard_ports
+        self.shard_hosts = shard_hosts
         self._stop_discovery = asyncio.Event()
         self._stop_identify = asyncio.Event()
         self._interrupts = 0
@@ -142,17 +149,31 @@ class EmbeddedRunner:
     async def run(self, targets: Sequence[Target], tcp_ports: Sequence[PortRange],
                   udp_ports: Sequence[PortRange] = (), *, scan_id: str | None = None,
                   seed: int = 0, on_stats: Callable[[ScanStats], None] | None = None,
-                  ) -> ScanStats:
+                  checkpoint: str | None = None) -> ScanStats:
+        """Scan the targets; with ``checkpoint`` (a file), resume where it stopped.
+
+        The checkpoint records (scan_id, seed, next shard index) after every finished
+        shard; a run given an existing checkpoint continues that scan (same scan_id,
+        same seeded walk) from the first shard not done, so nothing is scanned twice
+        and nothing is skipped.
+        """
+        resume_from = 0
+        if checkpoint is not None:
+            saved = Checkpoint.load(checkpoint)
+            if saved is not None:
+                scan_id, seed, resume_from = saved.scan_id, saved.seed, saved.next_index
         scan_id = scan_id or new_scan_id()
         stats = ScanStats(scan_id, len(targets))
         self._outcomes = []
         plans = []
         if tcp_ports:
             plans.append((self.engine, ShardPlan(scan_id, tuple(targets), tuple(tcp_ports),
-                                                 Proto.TCP, seed)))
+                                                 Proto.TCP, seed, self.shard_hosts,
+                                                 self.shard_ports)))
         if udp_ports and self.udp_engine is not None:
             plans.append((self.udp_engine, ShardPlan(scan_id, tuple(targets), tuple(udp_ports),
-                                                     Proto.UDP, seed)))
+                                                     Proto.UDP, seed, self.shard_hosts,
+                                                     self.shard_ports)))
         stats.probes_total = sum(sum(len(r) for r in plan.ports) * len(targets)
                                  for _engine, plan in plans)
 
@@ -163,12 +184,21 @@ class EmbeddedRunner:
 
         async def discovery() -> None:
             try:
+                offset = 0  # shard indexes run on across the TCP and the UDP plan
                 for engine, plan in plans:
                     for shard in plan.shards():
+                        position = offset + shard.index
+                        if position < resume_from:
+                            stats.resumed_shards += 1
+                            stats.probes_total -= shard.probe_count
+                            continue
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
-                        await self._discover_shard(engine, shard, open_q, stats)
+                        done = await self._discover_shard(engine, shard, open_q, stats)
+                        if done and checkpoint is not None:
+                            Checkpoint(scan_id, seed, position + 1).save(checkpoint)
+                    offset += len(plan)
             finally:
                 for _ in range(self.identify_workers):
                     await open_q.put(_DONE)
@@ -211,26 +241,39 @@ class EmbeddedRunner:
             stats.interrupted = stats.interrupted or self._stop_discovery.is_set()
             stats.finished = time.monotonic()
             await self._record_hosts(planned, stats)
+            if checkpoint is not None and not stats.interrupted and not stats.errors:
+                Path(checkpoint).unlink(missing_ok=True)  # the scan is complete
             if on_stats is not None:
                 on_stats(stats)
         return stats
 
     async def _discover_shard(self, engine: DiscoveryEngine, shard: Shard,
-                              open_q: asyncio.Queue[OpenPort | object], stats: ScanStats) -> None:
-        progress = stats.shard_started()
-        try:
-            outcome = await discover_shard(engine, shard, progress,
-                                           tarpit_threshold=self.tarpit_threshold,
-                                           stop=self._stop_discovery)
-        finally:
-            stats.shard_finished(progress)
+                              open_q: asyncio.Queue[OpenPort | object], stats: ScanStats) -> bool:
+        """Discover one shard, retrying it when the engine failed (a crashed masscan
+        is retried, never a silent gap); True when the shard completed."""
+        found: dict[tuple[str, str, int], OpenPort] = {}
+        for attempt in range(1 + self.shard_retries):
+            progress = stats.shard_started()
+            try:
+                outcome = await discover_shard(engine, shard, progress,
+                                               tarpit_threshold=self.tarpit_threshold,
+                                               stop=self._stop_discovery)
+            finally:
+                stats.shard_finished(progress)
+            for port in outcome.ports:  # what a failed attempt found is kept
+                found.setdefault((port.target.ip, port.proto.value, port.port), port)
+            if not outcome.error or outcome.is_interrupted:
+                break
+            log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt + 1,
+                        1 + self.shard_retries, outcome.error)
+        outcome.ports = list(found.values())
         if outcome.error:
             stats.errors.append(outcome.error)
-            log.warning("shard %s failed: %s", shard.shard_id, outcome.error)
         stats.tarpits.extend(outcome.tarpit_notes)
         self._outcomes.append(outcome)
         for port in outcome.ports:
             await open_q.put(port)
+        return not outcome.error and not outcome.is_interrupted
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
         if self._stop_identify.is_set():

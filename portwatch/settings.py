@@ -68,6 +68,10 @@ class Settings:
                                 "seconds per port for the whole TLS enumeration")
     tarpit_threshold: int = setting(1000, "PORTWATCH_TARPIT_THRESHOLD",
                                     "open ports per host beyond which it 'answers on every port'")
+    shard_ports: int = setting(65_535, "PORTWATCH_SHARD_PORTS",
+                               "ports per shard: a whole host sweep, so tarpits are judged whole")
+    shard_hosts: int = setting(16, "PORTWATCH_SHARD_HOSTS",
+                               "hosts per shard: enough to keep masscan busy, small to retry")
     batch_size: int = setting(500, "PORTWATCH_BATCH_SIZE", "findings per store insert")
     batch_seconds: float = setting(1.0, "PORTWATCH_BATCH_SECONDS",
                                    "longest a finding waits before it is written")
@@ -92,7 +96,7 @@ class Settings:
 
     def validate(self) -> None:
         positive = ("concurrency", "identify_concurrency", "per_host_connections", "batch_size",
-                    "tarpit_threshold")
+                    "tarpit_threshold", "shard_ports", "shard_hosts")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")

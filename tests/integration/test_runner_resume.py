@@ -1,0 +1,104 @@
+"""The embedded runner: checkpoint/resume and shard retry, on real loopback sockets
+and a real chdb store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+from portwatch.runner import EmbeddedRunner
+from probers.discovery.base import DiscoveryError, Progress
+from probers.discovery.connect import ConnectEngine
+from producers.shards import Checkpoint
+from schemas.records import OpenPort, PortRange, Shard, Target
+from stream_processors.stages import make_context
+from tests import loopback
+
+TARGET = Target(ip="127.0.0.1", target="127.0.0.1")
+
+
+def _runner(store, engine=None) -> EmbeddedRunner:  # type: ignore[no-untyped-def]
+    ctx = make_context(banner_wait=0.5, identify_budget=2, use_nmap_probes=False,
+                       tls_enumeration=False)
+    return EmbeddedRunner(store, engine or ConnectEngine(), ctx, identify_workers=4,
+                          shard_ports=1000, batch_seconds=0.2)
+
+
+def _open_ports(store) -> set[int]:  # type: ignore[no-untyped-def]
+    return {r["port"] for r in store.report("list", {"history": 1}).dicts()}
+
+
+class StopsAfterFirstShard(EmbeddedRunner):
+    """Ctrl-C, delivered exactly when the first shard has finished."""
+
+    async def _discover_shard(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        done = await super()._discover_shard(*args, **kwargs)
+        self.interrupt()
+        return done
+
+
+def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Path) -> None:
+    # Given listeners spread over a 3,000-port range cut into 3 shards of 1,000 ports
+    with contextlib.ExitStack() as stack:
+        ports = []
+        while len(ports) < 3:
+            lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n")))
+            ports.append(lst.port)
+        lo = min(ports)
+        span = (PortRange(lo, lo + 2999),)
+        checkpoint = tmp_path / "scan.checkpoint"
+        # When a first run is stopped after its first shard
+        runner = _runner(store)
+        runner.__class__ = StopsAfterFirstShard
+        first = asyncio.run(runner.run([TARGET], span, seed=7, checkpoint=str(checkpoint)))
+        saved = Checkpoint.load(checkpoint)
+        # Then the checkpoint names the scan, its seed and the next shard
+        assert first.interrupted
+        assert saved is not None and saved.scan_id == first.scan_id and saved.seed == 7
+        assert saved.next_index == 1
+        # When the same command runs again with the same checkpoint
+        second = asyncio.run(_runner(store).run([TARGET], span, checkpoint=str(checkpoint)))
+        # Then it continues the same scan from the next shard and completes it
+        assert second.scan_id == first.scan_id
+        assert second.resumed_shards == saved.next_index
+        assert not second.interrupted
+        assert not checkpoint.exists()
+        found = _open_ports(store)
+        assert set(ports) <= found
+        assert all(lo <= p <= lo + 2999 for p in found)
+
+
+class FaultInjectingEngine:
+    """Named fake for a fault we cannot cause on demand with the connect engine:
+    the engine crashes mid-shard on its first attempt (like a killed masscan)."""
+
+    name = "fault-injecting-connect"
+
+    def __init__(self) -> None:
+        self.inner = ConnectEngine()
+        self.attempts = 0
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
+        self.attempts += 1
+        async for port in self.inner.scan(shard, progress):
+            yield port
+            if self.attempts == 1:
+                raise DiscoveryError("engine died mid-shard (injected)")
+
+
+def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
+    # Given two listeners and an engine that crashes after its first open port
+    with loopback.listen(loopback.banner(b"a\r\n")) as a, \
+            loopback.listen(loopback.banner(b"b\r\n")) as b:
+        engine = FaultInjectingEngine()
+        span = tuple(PortRange(p, p) for p in sorted((a.port, b.port)))
+        # When the runner scans them
+        stats = asyncio.run(_runner(store, engine).run([TARGET], span))
+    # Then the shard was retried and both ports were found; the scan completed
+    assert engine.attempts == 2
+    assert stats.errors == []
+    assert _open_ports(store) == {a.port, b.port}
+    summary = store.report("summary").dicts()
+    assert summary[0]["scan_status"] == "completed"
