@@ -1,0 +1,241 @@
+"""MasscanEngine against real namespace test hosts (root only; skips otherwise).
+
+Every target is a 198.18.x.y address inside a namespace built by ``tests/netns.py``
+(veth pair, verified route, always torn down). masscan is given the helper's
+unused ``scanner_ip`` as ``--adapter-ip`` so the root kernel does not RST its
+SYN-ACKs; the next hop and adapter are found by the engine itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from probers.discovery.base import DiscoveryError, EngineUnavailable, Progress
+from probers.discovery.connect import ConnectEngine
+from probers.discovery.masscan import MasscanEngine, MasscanPath, choose_engine, resolve_path
+from probers.discovery.tarpit import TarpitDetector
+from schemas.records import OpenPort, PortRange, Proto, Shard, Target
+
+try:
+    from tests import netns
+except ModuleNotFoundError:  # tests/ is not on sys.path: load the helper by path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import netns  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.netns
+
+INDEX = 63  # 198.18.63.0/24, unused by the other netns tests
+ALL_PORTS = (PortRange(1, 65535),)
+BANNERS = {
+    22: b"SSH-2.0-OpenSSH_9.2p1\r\n",
+    25: b"220 mail ESMTP\r\n",
+    80: b"",
+    3306: b"",
+    47001: b"hello\r\n",
+}
+
+
+def _shard(ips: list[str], ports: tuple[PortRange, ...], proto: Proto = Proto.TCP) -> Shard:
+    return Shard(
+        scan_id="scan-masscan",
+        shard_id="shard-masscan",
+        targets=tuple(Target(ip=ip, target=ip) for ip in ips),
+        ports=ports,
+        proto=proto,
+    )
+
+
+def _scan(engine: MasscanEngine, shard: Shard) -> tuple[list[OpenPort], Progress, float]:
+    progress = Progress()
+    started = time.monotonic()
+
+    async def collect() -> list[OpenPort]:
+        return [event async for event in engine.scan(shard, progress)]
+
+    found = asyncio.run(collect())
+    return found, progress, time.monotonic() - started
+
+
+def _require_masscan() -> None:
+    netns.require_root()
+    try:
+        MasscanEngine().check_usable([])
+    except EngineUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_engine_finds_the_path_to_a_namespace_host_by_itself() -> None:
+    _require_masscan()
+    with netns.test_host(INDEX, tcp_banners={22: b"x"}) as host:
+        # When the path to the target is resolved with nothing but the target
+        path = resolve_path(host.address)
+    # Then it leaves through the host's veth, from the host address, to the peer's MAC
+    assert path == MasscanPath(host.host_ifname, host.host_ip, router_mac=host.peer_mac)
+
+
+@pytest.mark.slow
+def test_full_sweep_finds_exactly_the_listening_ports_twice_in_a_row() -> None:
+    _require_masscan()
+    # Given a host with 5 banner services
+    with netns.test_host(INDEX, tcp_banners=BANNERS) as host:
+        engine = MasscanEngine(rate=30_000, adapter_ip=host.scanner_ip)
+        for _run in range(2):
+            # When all 65,535 TCP ports are swept
+            found, progress, _elapsed = _scan(engine, _shard([host.address], ALL_PORTS))
+            # Then exactly the listeners are reported, confirmed, once each
+            assert sorted(o.port for o in found) == sorted(BANNERS)
+            assert {(o.engine, o.reason, o.target.ip) for o in found} == {
+                ("masscan", "syn-ack+connect", host.address)
+            }
+            assert progress.open_found == len(BANNERS)
+            assert progress.probes_done == progress.probes_total == 2 * 65535
+            assert progress.errors == 0
+
+
+def test_a_masscan_that_will_not_exit_is_killed_at_the_deadline_and_results_are_kept() -> None:
+    _require_masscan()
+    # Given masscan told to wait 60 s after sending (it stays alive, like a 1.3.2
+    # hang after 100%) and a 8 s shard deadline
+    with netns.test_host(INDEX, tcp_banners=BANNERS) as host:
+        engine = MasscanEngine(
+            rate=20_000, adapter_ip=host.scanner_ip, wait=60, deadline=8.0, passes=1
+        )
+        # When 1-50000 is scanned
+        found, progress, elapsed = _scan(engine, _shard([host.address], (PortRange(1, 50000),)))
+    # Then the engine returns soon after the deadline with every port it saw
+    assert elapsed < 8.0 + 3.0
+    assert sorted(o.port for o in found) == sorted(p for p in BANNERS if p <= 50000)
+    assert any("killed at its deadline after 100% done" in n for n in progress.notes)
+
+
+def test_masscan_killed_mid_run_raises_discovery_error_after_yielding_what_it_saw() -> None:
+    _require_masscan()
+    with netns.test_host(INDEX, tcp_banners=BANNERS) as host:
+        # Given a slow full sweep (about 13 s at 5,000 packets/s)
+        engine = MasscanEngine(rate=5_000, adapter_ip=host.scanner_ip, passes=1)
+        shard = _shard([host.address], ALL_PORTS)
+        progress = Progress()
+        found: list[OpenPort] = []
+        killed_pid: list[int] = []
+
+        async def killer() -> None:
+            # When someone else SIGKILLs masscan's process group 2 s into the run
+            while engine.current_run is None or engine.current_run.pid is None:
+                await asyncio.sleep(0.05)
+            pid = engine.current_run.pid
+            await asyncio.sleep(2.0)
+            os.killpg(pid, signal.SIGKILL)
+            killed_pid.append(pid)
+
+        async def run() -> None:
+            task = asyncio.create_task(killer())
+            try:
+                async for event in engine.scan(shard, progress):
+                    found.append(event)
+            finally:
+                await task
+
+        # Then the shard fails loudly (it must be retried), never a silent gap
+        with pytest.raises(DiscoveryError, match="killed by signal 9"):
+            asyncio.run(run())
+    assert killed_pid
+    assert progress.errors == 1
+    assert {o.port for o in found} <= set(BANNERS)  # what it did see was real
+
+
+def test_loopback_targets_make_the_engine_unavailable_and_auto_falls_back() -> None:
+    _require_masscan()
+    loopback = _shard(["127.0.0.1"], (PortRange(1, 10),))
+    # When masscan is asked to scan loopback, Then it refuses in one line, sending nothing
+    with pytest.raises(EngineUnavailable, match="cannot scan loopback") as info:
+        _scan(MasscanEngine(), loopback)
+    assert "\n" not in str(info.value)
+    # And --engine auto falls back to the connect engine and says why
+    engine, note = choose_engine("auto", loopback.targets)
+    assert isinstance(engine, ConnectEngine)
+    assert note == "masscan unavailable: masscan cannot scan loopback (127.0.0.1); " \
+        "using the connect engine"
+    # And --engine masscan does not fall back
+    with pytest.raises(EngineUnavailable):
+        choose_engine("masscan", loopback.targets)
+
+
+def test_auto_picks_masscan_for_a_namespace_host() -> None:
+    _require_masscan()
+    with netns.test_host(INDEX) as host:
+        engine, note = choose_engine("auto", [Target(ip=host.address, target=host.address)])
+    assert isinstance(engine, MasscanEngine)
+    assert note == ""
+
+
+def test_confirm_pass_drops_syn_acks_that_do_not_accept_a_connect() -> None:
+    _require_masscan()
+    # Given a host where 8081 and 8443 SYN-ACK masscan's source but reset a real
+    # connect from the host (a SYN-ACK with no service behind it for us)
+    with netns.test_host(INDEX, tcp_banners={22: b"x", 80: b""}, raw_only_ports=[8081, 8443]) as h:
+        shard = _shard([h.address], (PortRange(1, 10000),))
+        # When scanned without and with the confirm pass
+        raw, _, _ = _scan(MasscanEngine(rate=20_000, adapter_ip=h.scanner_ip, confirm=False), shard)
+        confirmed, progress, _ = _scan(MasscanEngine(rate=20_000, adapter_ip=h.scanner_ip), shard)
+    # Then masscan saw all four SYN-ACKs, and only the two real services are yielded
+    assert sorted(o.port for o in raw) == [22, 80, 8081, 8443]
+    assert sorted(o.port for o in confirmed) == [22, 80]
+    assert any(
+        "2 SYN-ACKs not confirmed and dropped: 2 refused a connect (RST)" in n
+        for n in progress.notes
+    )
+
+
+def test_udp_shard_finds_dns_responders_with_masscan_and_nmap_payloads() -> None:
+    _require_masscan()
+    if not Path("/usr/share/nmap/nmap-payloads").is_file():
+        pytest.skip("nmap-common is not installed (/usr/share/nmap/nmap-payloads)")
+    # Given DNS responders on 53 (masscan's own payload) and 5353 (nmap's payload)
+    with netns.test_host(INDEX, udp_dns_ports=[53, 5353]) as host:
+        engine = MasscanEngine(rate=2_000, adapter_ip=host.scanner_ip)
+        shard = _shard([host.address], (PortRange(50, 60), PortRange(5353, 5353)), Proto.UDP)
+        # When the UDP shard is scanned
+        found, _progress, _ = _scan(engine, shard)
+    # Then both answer as open UDP ports
+    assert sorted((o.port, o.proto, o.reason) for o in found) == [
+        (53, Proto.UDP, "udp-response"),
+        (5353, Proto.UDP, "udp-response"),
+    ]
+
+
+def test_a_host_answering_on_every_port_is_flagged_by_the_tarpit_detector() -> None:
+    _require_masscan()
+    # Given a host where every TCP port SYN-ACKs and accepts
+    with netns.test_host(INDEX, tcp_banners={22: b"SSH-2.0-x\r\n"}, syn_ack_all=True) as host:
+        # 3,000 SYN-ACKs in a burst: at 20,000 packets/s a third of them are lost on
+        # the veth (a busy link), so this test stays at 2,000/s.
+        engine = MasscanEngine(rate=2_000, adapter_ip=host.scanner_ip, passes=1)
+        detector = TarpitDetector(threshold=1000, max_held=500)
+        shard = _shard([host.address], (PortRange(1, 3000),))
+        progress = Progress()
+        passed: list[OpenPort] = []
+
+        async def run() -> None:
+            # When the engine's stream is fed through the detector
+            async for event in engine.scan(shard, progress):
+                if detector.admit(event):
+                    passed.append(event)
+
+        asyncio.run(run())
+    # Then the host is flagged, 1000 ports went downstream and the rest were held/bounded
+    assert detector.is_tarpit(host.address)
+    verdict = detector.verdict(host.address)
+    assert verdict is not None
+    assert len(passed) == verdict.admitted == 1000
+    # (a few of 3,000 burst SYN-ACKs may be lost on the veth even at 2,000/s: the
+    # count is what the stream carried, and every port is accounted for)
+    assert 1500 < verdict.open_seen <= 3000
+    assert verdict.held == 500
+    assert verdict.admitted + verdict.held + verdict.dropped == verdict.open_seen
