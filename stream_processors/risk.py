@@ -8,7 +8,7 @@ proves both agree. Must not touch the network or the store.
 Formula (documented in README and ARCHITECTURE.md):
     raw   = 10 * red + 3 * yellow + 1 * green    (CDN-expected ports and UDP
             open|filtered ports count zero)
-    score = round(100 * (1 - exp(-raw / 40)), 1)   in [0, 100): bounded
+    score = round(100 * (1 - exp(-raw / 40)), 1)   in [0, 100]: bounded (100.0 from raw 305)
     grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
 One more open port never lowers raw, and score is increasing in raw: monotonic.
 """

@@ -5,7 +5,7 @@
 -- and a test proves both agree):
 --   raw   = 10 x red + 3 x yellow + 1 x green   (open ports of the latest scan;
 --           CDN-expected ports and unconfirmed UDP open|filtered count zero)
---   score = round(100 x (1 - exp(-raw / 40)), 1)        -- bounded in [0, 100)
+--   score = round(100 x (1 - exp(-raw / 40)), 1)        -- bounded in [0, 100] (rounded)
 --   grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
 -- Adding an open port never lowers raw, so the score is monotonic.
 WITH
@@ -65,8 +65,10 @@ SELECT
     round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score,
     multiIf(risk_score < 10, 'A', risk_score < 25, 'B', risk_score < 50, 'C',
             risk_score < 75, 'D', 'F') AS grade,
+    -- printf, not toString: toString(24.0) gives '24', Python's Score.parts says '24.0'
     format('10x{} red + 3x{} yellow + 1x{} green = {} -> {}', toString(red), toString(yellow),
-           toString(green), toString(raw_score), toString(risk_score)) AS score_parts,
+           toString(green), toString(raw_score),
+           printf('%.1f', risk_score)) AS score_parts,
     scan_totals.is_tarpit AS is_tarpit,
     scan_totals.status AS scan_status,
     scan_totals.ports_scanned AS ports_scanned,

@@ -1,0 +1,207 @@
+"""Bad input through the real ``portwatch`` command: one clear line on stderr that
+starts with "portwatch: error:", exit code 2, no traceback, and nothing written (the
+store directory is not even created). A second process on a busy embedded store gets
+one clear line and exit code 1.
+
+Nothing here is scanned: every case is refused before discovery starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, CliResult, run_cli
+
+
+def assert_refused(result: CliResult, message: str, *, code: int = 2) -> None:
+    """Exit code, exactly one stderr line with the message, no traceback, no output."""
+    assert result.code == code, (result.code, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("portwatch: error: "), lines[0]
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """Where the store would go: each test checks it was never created."""
+    return tmp_path / "store"
+
+
+SCAN_CASES = [
+    pytest.param(["bad target!"], "not an address, CIDR block, range or hostname: 'bad target!'",
+                 id="unknown-target"),
+    pytest.param(["127.0.0.1/33"], "bad CIDR block '127.0.0.1/33'", id="malformed-cidr"),
+    pytest.param(["127.0.0.300"], "not an address, CIDR block, range or hostname",
+                 id="malformed-address"),
+    pytest.param(["127.0.0.9-1"], "the end comes before the start", id="backwards-range"),
+    pytest.param(["--ports", "0", "127.0.0.1"], "bad port spec '0': ports are 1-65535",
+                 id="port-zero"),
+    pytest.param(["--ports", "22,http", "127.0.0.1"],
+                 "bad port spec '22,http': 'http' is not a port or range", id="port-name"),
+    pytest.param(["--ports", "90-80", "127.0.0.1"], "range 90-80 is backwards",
+                 id="port-backwards"),
+    pytest.param(["--ports", "1-70000", "127.0.0.1"], "ports are 1-65535", id="port-too-high"),
+    pytest.param(["nosuchhost.invalid"], "cannot resolve 'nosuchhost.invalid'",
+                 id="unresolvable-hostname"),
+    pytest.param(["127.0.0.0/15"], "127.0.0.0/15 covers 131,072 addresses, more than a /16 "
+                 "(65,536): pass --allow-large if you really mean it", id="larger-than-16"),
+    pytest.param(["127.0.0.0-127.1.0.0"], "more than a /16", id="large-dash-range"),
+    pytest.param([], "no targets: give TARGET... or --inventory FILE", id="no-targets"),
+    pytest.param(["--inventory", "/nonexistent/assets.csv"], "cannot read inventory",
+                 id="missing-inventory"),
+    pytest.param(["--exclude", "not-a-net", "127.0.0.1"], "bad exclusion 'not-a-net'",
+                 id="bad-exclusion"),
+    pytest.param(["--exclude", "127.0.0.0/8", "127.0.0.1"], "nothing to scan",
+                 id="everything-excluded"),
+    pytest.param(["--concurrency", "0", "127.0.0.1"], "--concurrency must be at least 1",
+                 id="bad-setting-flag"),
+    pytest.param(["--retries", "many", "127.0.0.1"], "Invalid value for '--retries'",
+                 id="bad-flag-type"),
+    pytest.param(["--no-such-flag", "127.0.0.1"], "No such option: --no-such-flag",
+                 id="unknown-flag"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SCAN_CASES)
+def test_bad_scan_input_is_refused_before_anything_is_written(store_dir: Path, args: list[str],
+                                                              message: str) -> None:
+    # Given bad input, when `portwatch scan` runs
+    result = run_cli("scan", *args, store=f"chdb://{store_dir}", timeout=60)
+    # Then one clear line, exit code 2, and no store directory
+    assert_refused(result, message)
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///tmp/portwatch.db", "unknown store URL 'sqlite:///tmp/portwatch.db': use "
+         "chdb:///path or clickhouse://user@host:8123/database"),
+        ("chdb://", "store URL 'chdb://' has no path"),
+        ("clickhouse:///db", "store URL 'clickhouse:///db' has no host"),
+    ],
+)
+@pytest.mark.parametrize("command", [["scan", "--ports", "22", "127.0.0.1"],
+                                     ["report", "summary"]])
+def test_bad_store_url_is_refused(url: str, message: str, command: list[str]) -> None:
+    # Given a bad --store URL, when scan or report runs, then refused before any work
+    assert_refused(run_cli(*command, "--store", url, timeout=60), message)
+
+
+def test_bad_store_url_from_the_environment_is_refused() -> None:
+    result = run_cli("scan", "--ports", "22", "127.0.0.1", store="mongodb://127.0.0.1/db",
+                     timeout=60)
+    assert_refused(result, "unknown store URL 'mongodb://127.0.0.1/db'")
+
+
+def test_bad_setting_in_the_environment_is_refused(store_dir: Path) -> None:
+    result = run_cli("scan", "127.0.0.1", store=f"chdb://{store_dir}",
+                     env={"PORTWATCH_TIMEOUT": "soon"}, timeout=60)
+    assert_refused(result, "PORTWATCH_TIMEOUT='soon' is not a valid float")
+    assert not store_dir.exists()
+
+
+def test_targets_outside_the_scope_fence_are_refused(store_dir: Path) -> None:
+    # Given a fence narrower than the target, when scanned, then refused and nothing written
+    result = run_cli("scan", "--ports", "22", "127.0.0.0/30", store=f"chdb://{store_dir}",
+                     env={"PORTWATCH_SCOPE_ALLOW": "127.0.0.1/32"}, timeout=60)
+    assert_refused(result, "127.0.0.0 (127.0.0.0/30) is outside the allowed scope 127.0.0.1/32")
+    assert not store_dir.exists()
+
+
+def test_bad_inventory_is_refused(tmp_path: Path, store_dir: Path) -> None:
+    inventory = tmp_path / "assets.yaml"
+    inventory.write_text("- {organization: Example Corp}\n")
+    result = run_cli("scan", "--inventory", str(inventory), store=f"chdb://{store_dir}",
+                     timeout=60)
+    assert_refused(result, "assets.yaml: entry 1: no target column")
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "Invalid value for '{summary|list|products|ciphers}'"),
+        (["list", "--color", "purple"], "Invalid value for '--color'"),
+        (["list", "--port", "70000"], "Invalid value for '--port'"),
+        (["list", "--format", "xml"], "Invalid value for '-f' / '--format'"),
+    ],
+)
+def test_bad_report_arguments_are_refused(store_dir: Path, args: list[str], message: str) -> None:
+    result = run_cli("report", *args, store=f"chdb://{store_dir}", timeout=60)
+    assert_refused(result, message)
+    assert not store_dir.exists()
+
+
+def test_a_long_error_stays_on_one_line(store_dir: Path) -> None:
+    # Given a target longer than the terminal (run_cli sets COLUMNS=250)
+    result = run_cli("scan", "x" * 300 + "!", store=f"chdb://{store_dir}", timeout=60)
+    # Then the error is still one line
+    assert_refused(result, "not an address, CIDR block, range or hostname")
+
+
+# -- a busy embedded store -----------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from stream_processors.store import Store
+    store = Store.from_url(sys.argv[1])
+    print("READY", flush=True)
+    sys.stdin.read()  # hold the store until the test closes our stdin
+    store.close()
+""")
+
+
+@contextlib.contextmanager
+def store_held_by_another_process(url: str) -> Iterator[None]:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url], cwd=REPO, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "READY"
+        yield
+    finally:
+        try:
+            holder.communicate(input="", timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.communicate()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short path, so that the busy message fits the 250 columns run_cli gives the CLI
+    (see test_a_long_error_stays_on_one_line for why that matters today)."""
+    path = Path(tempfile.mkdtemp(prefix="pw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", [["report", "summary"], ["scan", "--ports", "1", "127.0.0.1"]])
+def test_a_busy_store_is_one_clear_line_not_a_lock_traceback(short_dir: Path,
+                                                             command: list[str]) -> None:
+    # Given an embedded store another process holds open
+    url = f"chdb://{short_dir / 'st'}"
+    with store_held_by_another_process(url):
+        # When a second portwatch process wants it
+        result = run_cli(*command, store=url, timeout=120)
+    # Then it says so in one line, with what to do, and exits 1 (not bad input)
+    assert_refused(result, f"the store at {short_dir / 'st'} is in use by another portwatch "
+                   "process", code=1)
+    assert "use another --store, or run a ClickHouse server" in result.stderr
+    assert "Cannot lock file" not in result.stderr

@@ -1,0 +1,547 @@
+"""The store (stream_processors/store.py) on a real embedded ClickHouse (chdb).
+
+URL parsing for every scheme; idempotent writes (a replay never double-counts);
+first_seen fixed and last_seen moving across scans; host scans in the Summary;
+report filters and errors; the Summary SQL's risk score equal to Python's for
+hundreds of (red, yellow, green) combinations; and StoreBusy when another process
+holds the path.
+
+chdb opens one path per process: in-process tests use the session-wide path of
+tests/conftest.py with a fresh database each (fixture ``store``); anything that needs
+another path runs in a subprocess. The addresses below are data, never scanned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.records import (
+    CdnVerdict,
+    Certificate,
+    CipherSuite,
+    Finding,
+    HostScan,
+    OpenPort,
+    PortState,
+    ProbeStatus,
+    Proto,
+    RiskColor,
+    ServiceInfo,
+    Target,
+    TlsResult,
+)
+from stream_processors.risk import score_counts, score_findings
+from stream_processors.store import (
+    DEFAULT_DATABASE,
+    Store,
+    StoreBusy,
+    StoreError,
+    StoreLocation,
+    UnknownStoreScheme,
+)
+from tests.conftest import REPO
+
+T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+T1 = T0 + timedelta(days=1)
+
+
+def naive_utc(dt: datetime) -> datetime:
+    """chdb hands DateTime64(3, 'UTC') back naive or aware depending on the driver."""
+    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+def target(ip: str = "127.0.0.1", *, org: str = "Example Corp", asset: str = "web",
+           text: str | None = None, hostname: str = "") -> Target:
+    return Target(ip=ip, target=text or ip, hostname=hostname, organization=org, asset=asset)
+
+
+def make_finding(t: Target, port: int, color: RiskColor = RiskColor.GREEN, *,
+                 scan_id: str = "scan-1", when: datetime = T0, service: str = "",
+                 product: str = "", version: str = "", proto: Proto = Proto.TCP,
+                 state: PortState = PortState.OPEN, is_cdn_expected: bool = False,
+                 tls: TlsResult | None = None) -> Finding:
+    return Finding(
+        port=OpenPort(scan_id=scan_id, target=t, port=port, proto=proto, state=state,
+                      observed_at=when),
+        service=ServiceInfo(service=service, product=product, version=version),
+        tls=tls or TlsResult(),
+        cdn=CdnVerdict(provider="cloudflare" if is_cdn_expected else "",
+                       is_expected_port=is_cdn_expected),
+        risk_color=color, risk_reason=f"{color.value} for the test",
+    )
+
+
+def host_scan(t: Target, *, scan_id: str = "scan-1", when: datetime = T0, open_ports: int = 0,
+              ports_scanned: int = 1000, status: str = "completed",
+              is_tarpit: bool = False) -> HostScan:
+    return HostScan(scan_id=scan_id, target=t, started_at=when - timedelta(seconds=5),
+                    finished_at=when, ports_scanned=ports_scanned, open_ports=open_ports,
+                    status=status, is_tarpit=is_tarpit)
+
+
+def store_scan(store: Store, t: Target, findings: list[Finding], *, scan_id: str = "scan-1",
+               when: datetime = T0, **kw: Any) -> None:
+    store.insert_findings(findings)
+    store.insert_host_scans([host_scan(t, scan_id=scan_id, when=when,
+                                       open_ports=len(findings), **kw)])
+
+
+def rows(store: Store, report: str, **filters: Any) -> list[dict[str, Any]]:
+    limit = filters.pop("limit", 0)
+    offset = filters.pop("offset", 0)
+    return store.report(report, filters, limit=limit, offset=offset).dicts()
+
+
+# -- URLs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("chdb:///var/lib/portwatch/store",
+         StoreLocation("chdb", path="/var/lib/portwatch/store", database=DEFAULT_DATABASE)),
+        ("chdb:///tmp/s?database=t_1", StoreLocation("chdb", path="/tmp/s", database="t_1")),
+        ("CHDB:///tmp/s", StoreLocation("chdb", path="/tmp/s")),
+        ("chdb://relative/dir", StoreLocation("chdb", path="relative/dir")),
+        ("chdb:///tmp/with%20space", StoreLocation("chdb", path="/tmp/with space")),
+        ("chdb://~/pw-store", StoreLocation("chdb", path=os.path.expanduser("~/pw-store"))),
+        ("clickhouse://127.0.0.1",
+         StoreLocation("clickhouse", host="127.0.0.1", port=8123, username="default",
+                       database="portwatch")),
+        ("clickhouse://writer@127.0.0.1:9123/scans",
+         StoreLocation("clickhouse", host="127.0.0.1", port=9123, username="writer",
+                       database="scans")),
+        ("clickhouses://ops%40corp@localhost/db",
+         StoreLocation("clickhouses", host="localhost", port=8443, username="ops@corp",
+                       database="db")),
+        ("clickhouse://[::1]:8124/", StoreLocation("clickhouse", host="::1", port=8124)),
+    ],
+)
+def test_store_url_parsing(url: str, expected: StoreLocation) -> None:
+    assert StoreLocation.parse(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "message"),
+    [
+        ("sqlite:///tmp/x", UnknownStoreScheme,
+         "unknown store URL 'sqlite:///tmp/x': use chdb:///path or "
+         "clickhouse://user@host:8123/database"),
+        ("/just/a/path", UnknownStoreScheme, "unknown store URL '/just/a/path'"),
+        ("", UnknownStoreScheme, "unknown store URL ''"),
+        ("http://127.0.0.1:8123", UnknownStoreScheme, "unknown store URL"),
+        ("chdb://", StoreError, "store URL 'chdb://' has no path: use chdb:///path/to/store"),
+        ("clickhouse:///db", StoreError, "store URL 'clickhouse:///db' has no host"),
+        ("clickhouse://127.0.0.1:99999/db", StoreError, "store URL 'clickhouse://127.0.0.1:99999/db'"),
+        ("clickhouse://127.0.0.1:port/db", StoreError, "store URL"),
+    ],
+)
+def test_bad_store_urls_are_one_line_errors(url: str, error: type[StoreError],
+                                            message: str) -> None:
+    with pytest.raises(error) as err:
+        StoreLocation.parse(url)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_unopenable_chdb_path_is_a_store_error(tmp_path: Path) -> None:
+    # Given a store path below a regular file (the directory cannot be made; chdb is
+    # never reached, so this process still holds only its one chdb path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=r"^cannot open the store at .*file/store: ") as err:
+        Store.from_url(f"chdb://{tmp_path / 'file' / 'store'}")
+    assert not isinstance(err.value, StoreBusy)
+    assert "\n" not in str(err.value)
+
+
+def test_unreachable_server_is_a_store_error() -> None:
+    # Given a ClickHouse URL on a loopback port where nothing listens
+    # (port 1: tcpmux, reserved and unused here)
+    with pytest.raises(StoreError, match=r"^cannot open the store at 127\.0\.0\.1:1: ") as err:
+        Store.from_url("clickhouse://127.0.0.1:1/db")
+    assert "\n" not in str(err.value)
+
+
+# -- idempotent writes, first/last seen ----------------------------------------------------
+
+
+def test_schema_creation_is_idempotent(store: Store) -> None:
+    store.ensure_schema()
+    store.ensure_schema()
+    tables = {r[0] for r in store.query("SHOW TABLES")}
+    assert {"port_observations", "findings", "host_scans", "port_prevalence", "tls_probes",
+            "tls_ciphers", "certificates"} <= tables
+
+
+def test_replaying_a_scan_never_duplicates_a_finding(store: Store) -> None:
+    # Given one scan with three open ports
+    t = target()
+    findings = [make_finding(t, 22, service="ssh", product="OpenSSH", version="9.2p1"),
+                make_finding(t, 3306, RiskColor.RED, service="mysql", product="MariaDB"),
+                make_finding(t, 9999, RiskColor.YELLOW)]
+    # When the same findings and host scan are written twice (a replayed partition)
+    for _ in range(2):
+        assert store.insert_findings(findings) == 3
+        store.insert_host_scans([host_scan(t, open_ports=3)])
+    # Then every report counts each port once
+    listed = rows(store, "list")
+    assert [(r["port"], r["risk_color"]) for r in listed] == [
+        (22, "green"), (3306, "red"), (9999, "yellow")]
+    assert {r["instances"] for r in listed} == {1}
+    (summary,) = rows(store, "summary")
+    assert (summary["open_ports"], summary["red"], summary["yellow"], summary["green"]) == (
+        3, 1, 1, 1)
+    assert summary["risk_score"] == score_counts(1, 1, 1).score
+    assert summary["ports_scanned"] == 1000
+    assert {(r["product"], r["instances"]) for r in rows(store, "products")} == {
+        ("OpenSSH", 1), ("MariaDB", 1)}
+
+
+def test_rescan_moves_last_seen_and_keeps_first_seen(store: Store) -> None:
+    # Given a port seen in scan-1 at T0
+    t = target()
+    store_scan(store, t, [make_finding(t, 22, service="ssh", product="OpenSSH",
+                                       version="9.2p1")])
+    # When a rescan at T1 sees it again (with a newer version)
+    store_scan(store, t, [make_finding(t, 22, scan_id="scan-2", when=T1, service="ssh",
+                                       product="OpenSSH", version="9.6p1")],
+               scan_id="scan-2", when=T1)
+    # Then one row: first detected T0, last seen T1, the latest identification
+    (row,) = rows(store, "list")
+    assert (naive_utc(row["first_seen"]), naive_utc(row["last_seen"])) == (
+        naive_utc(T0), naive_utc(T1))
+    assert row["version"] == "9.6p1"
+    # And replaying the old scan afterwards moves neither time nor the identification
+    store_scan(store, t, [make_finding(t, 22, service="ssh", product="OpenSSH",
+                                       version="9.2p1")])
+    (row,) = rows(store, "list")
+    assert (naive_utc(row["first_seen"]), naive_utc(row["last_seen"])) == (
+        naive_utc(T0), naive_utc(T1))
+    assert row["version"] == "9.6p1"
+    assert [r["product"] for r in rows(store, "products")] == ["OpenSSH"]
+
+
+def test_a_port_gone_in_the_latest_scan_is_history(store: Store) -> None:
+    # Given ports 22 and 8080 in scan-1, and only 22 in scan-2
+    t = target()
+    store_scan(store, t, [make_finding(t, 22), make_finding(t, 8080, RiskColor.YELLOW)])
+    store_scan(store, t, [make_finding(t, 22, scan_id="scan-2", when=T1)], scan_id="scan-2",
+               when=T1)
+    # Then the list shows the current port, history adds the gone one, and the
+    # summary scores the latest scan only
+    assert [r["port"] for r in rows(store, "list")] == [22]
+    history = rows(store, "list", history=1)
+    assert [(r["port"], r["is_current"]) for r in history] == [(22, 1), (8080, 0)]
+    (summary,) = rows(store, "summary")
+    assert (summary["open_ports"], summary["yellow"], summary["green"]) == (1, 0, 1)
+
+
+def test_host_scans_show_targets_without_open_ports_and_tarpits(store: Store) -> None:
+    # Given a host with nothing open, and a tarpit whose scan was interrupted
+    quiet, tarpit = target("127.0.0.2", org="Quiet"), target("127.0.0.3", org="Pit")
+    store.insert_host_scans([host_scan(quiet),
+                             host_scan(tarpit, status="interrupted", is_tarpit=True)])
+    store.insert_findings([make_finding(tarpit, 22, service="ssh")])
+    # When the summary is read
+    by_ip = {r["ip"]: r for r in rows(store, "summary")}
+    # Then both are there, the empty one scoring zero
+    assert (by_ip["127.0.0.2"]["open_ports"], by_ip["127.0.0.2"]["risk_score"],
+            by_ip["127.0.0.2"]["grade"]) == (0, 0.0, "A")
+    assert (by_ip["127.0.0.3"]["is_tarpit"], by_ip["127.0.0.3"]["scan_status"]) == (
+        1, "interrupted")
+    assert naive_utc(by_ip["127.0.0.2"]["last_scanned"]) == naive_utc(T0)
+
+
+def test_shards_of_one_scan_add_up_in_the_summary(store: Store) -> None:
+    # Given one host scanned in two shards (two port halves) of the same scan
+    t = target()
+    store.insert_host_scans([host_scan(t, ports_scanned=32768)], shard_id="scan-1:tcp:0")
+    store.insert_host_scans([host_scan(t, ports_scanned=32767)], shard_id="scan-1:tcp:1")
+    # When replayed, then the total still counts each shard once
+    store.insert_host_scans([host_scan(t, ports_scanned=32767)], shard_id="scan-1:tcp:1")
+    (summary,) = rows(store, "summary")
+    assert summary["ports_scanned"] == 65535
+
+
+def test_tls_results_reach_the_ciphers_report_and_failures_say_could_not_test(
+        store: Store) -> None:
+    t = target()
+    good = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.2",), grade="weak",
+                     grade_reason="RC4", suites=(
+                         CipherSuite("TLSv1.2", "TLS_RSA_WITH_RC4_128_SHA", "RC4-SHA", "weak",
+                                     preference=1),
+                         CipherSuite("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                                     "ECDHE-RSA-AES128-GCM-SHA256", "strong", preference=2)),
+                     certificates=(Certificate(subject="CN=localhost", is_self_signed=True),))
+    failed = TlsResult(status=ProbeStatus.ERROR, error="handshake timed out")
+    findings = [make_finding(t, 443, service="https", tls=good),
+                make_finding(t, 8443, tls=failed)]
+    for _ in range(2):  # replayed: suites are not doubled
+        store_scan(store, t, findings)
+    ciphers = {r["port"]: r for r in rows(store, "ciphers")}
+    assert (ciphers[443]["status"], ciphers[443]["grade"], ciphers[443]["weak_suites"],
+            len(ciphers[443]["suites"]), ciphers[443]["cert_subject"]) == (
+        "completed", "weak", 1, 2, "CN=localhost")
+    assert (ciphers[8443]["status"], ciphers[8443]["error"]) == ("error", "handshake timed out")
+    assert [r["port"] for r in rows(store, "ciphers", grade="weak")] == [443]
+
+
+# -- report filters ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(shared_chdb_path: Path) -> Store:
+    """Two organizations, three hosts, a spread of colours and products (read-only: one
+    database for the module keeps the many filter cases fast)."""
+    store = Store.from_url(f"chdb://{shared_chdb_path}?database=t_fleet_{uuid.uuid4().hex[:8]}")
+    a = target("127.0.0.1", org="Alpha", text="localhost", hostname="localhost")
+    b = target("127.0.0.2", org="Alpha", asset="db")
+    c = target("127.0.0.3", org="Beta", asset="cache")
+    store_scan(store, a, [make_finding(a, 22, service="ssh", product="OpenSSH", version="9.2p1"),
+                          make_finding(a, 80, service="http", product="nginx",
+                                       version="1.22.1")])
+    store_scan(store, b, [make_finding(b, 22, service="ssh", product="OpenSSH", version="9.6p1"),
+                          make_finding(b, 3306, RiskColor.RED, service="mysql",
+                                       product="MariaDB", version="10.11.6")])
+    store_scan(store, c, [make_finding(c, 6379, RiskColor.RED, service="redis",
+                                       product="Redis key-value store", version="7.0.15"),
+                          make_finding(c, 4444, RiskColor.YELLOW)])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        # ordered by target as written ("localhost" after "127.0.0.x"), address, port
+        ({}, [("127.0.0.2", 22), ("127.0.0.2", 3306), ("127.0.0.3", 4444), ("127.0.0.3", 6379),
+              ("127.0.0.1", 22), ("127.0.0.1", 80)]),
+        ({"target": "localhost"}, [("127.0.0.1", 22), ("127.0.0.1", 80)]),  # as written
+        ({"target": "127.0.0.2"}, [("127.0.0.2", 22), ("127.0.0.2", 3306)]),  # by address
+        ({"org": "Beta"}, [("127.0.0.3", 4444), ("127.0.0.3", 6379)]),
+        ({"port": 22}, [("127.0.0.2", 22), ("127.0.0.1", 22)]),
+        ({"color": "red"}, [("127.0.0.2", 3306), ("127.0.0.3", 6379)]),
+        ({"product": "openssh"}, [("127.0.0.2", 22), ("127.0.0.1", 22)]),  # any case
+        ({"product": "OpenSSH", "version": "9.6p1"}, [("127.0.0.2", 22)]),
+        ({"org": "Alpha", "color": "red"}, [("127.0.0.2", 3306)]),
+        ({"prevalence": "rare", "port": 6379}, [("127.0.0.3", 6379)]),
+        ({"prevalence": "very common"}, []),
+        ({"org": "Nobody"}, []),
+    ],
+)
+def test_list_filters(fleet: Store, filters: dict[str, Any],
+                      expected: list[tuple[str, int]]) -> None:
+    assert [(r["ip"], r["port"]) for r in rows(fleet, "list", **filters)] == expected
+
+
+def test_prevalence_counts_distinct_addresses(fleet: Store) -> None:
+    by_port = {r["port"]: (r["instances"], r["prevalence"]) for r in rows(fleet, "list")}
+    assert by_port[22] == (2, "rare")
+    assert by_port[6379] == (1, "rare")
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["127.0.0.3", "127.0.0.2", "127.0.0.1"]),  # by risk score, highest first
+        ({"org": "Alpha"}, ["127.0.0.2", "127.0.0.1"]),
+        ({"color": "red"}, ["127.0.0.3", "127.0.0.2"]),
+        ({"port": 80}, ["127.0.0.1"]),
+        ({"product": "mariadb"}, ["127.0.0.2"]),
+        ({"target": "localhost"}, ["127.0.0.1"]),
+    ],
+)
+def test_summary_filters(fleet: Store, filters: dict[str, Any], expected: list[str]) -> None:
+    assert [r["ip"] for r in rows(fleet, "summary", **filters)] == expected
+
+
+def test_products_report_and_its_filters(fleet: Store) -> None:
+    products = {(r["product"], r["version"]): (r["instances"], r["targets"])
+                for r in rows(fleet, "products")}
+    assert products == {("OpenSSH", "9.2p1"): (1, 1), ("OpenSSH", "9.6p1"): (1, 1),
+                        ("nginx", "1.22.1"): (1, 1), ("MariaDB", "10.11.6"): (1, 1),
+                        ("Redis key-value store", "7.0.15"): (1, 1)}
+    assert [r["product"] for r in rows(fleet, "products", color="red", org="Beta")] == [
+        "Redis key-value store"]
+    assert {r["version"] for r in rows(fleet, "products", product="openssh")} == {
+        "9.2p1", "9.6p1"}
+
+
+def test_limit_and_offset_page_through_a_report(fleet: Store) -> None:
+    everything = [(r["ip"], r["port"]) for r in rows(fleet, "list")]
+    page1 = [(r["ip"], r["port"]) for r in rows(fleet, "list", limit=4)]
+    page2 = [(r["ip"], r["port"]) for r in rows(fleet, "list", limit=4, offset=4)]
+    assert page1 + page2 == everything
+    assert len(page1) == 4
+
+
+def test_unknown_report_and_unknown_filter_are_one_line_errors(store: Store) -> None:
+    with pytest.raises(StoreError, match="^unknown report 'nope': choose one of summary, list, "
+                                         "products, ciphers$"):
+        store.report("nope")
+    with pytest.raises(StoreError, match="^report ciphers has no filter color, product$"):
+        store.report("ciphers", {"color": "red", "product": "x"})
+
+
+def test_filter_values_are_bound_not_formatted_into_sql(fleet: Store) -> None:
+    # A filter value that would break (or widen) a formatted query matches nothing
+    hostile = "x' OR '1'='1"
+    for report in ("summary", "list", "products"):
+        assert rows(fleet, report, org=hostile, target=hostile) == []
+
+
+# -- the Summary SQL computes the same score as risk.py --------------------------------------
+
+SMALL = range(7)
+EXTRA = [(40, 0, 0), (0, 0, 305), (0, 0, 304), (3, 17, 2), (31, 2, 7), (0, 102, 0)]
+
+
+def combos() -> Iterator[tuple[int, int, int]]:
+    yield from itertools.product(SMALL, SMALL, SMALL)
+    yield from EXTRA
+
+
+def test_summary_sql_score_equals_python_for_every_combination(store: Store) -> None:
+    # Given one target per (red, yellow, green) combination, each also carrying a
+    # CDN-expected port and an unconfirmed UDP port (both must count zero)
+    expected: dict[str, tuple[int, int, int, Any]] = {}
+    findings: list[Finding] = []
+    scans: list[HostScan] = []
+    for n, (red, yellow, green) in enumerate(combos()):
+        t = target(f"127.{n // 65536 + 10}.{n // 256 % 256}.{n % 256}", org="Grid")
+        colours = ([RiskColor.RED] * red + [RiskColor.YELLOW] * yellow
+                   + [RiskColor.GREEN] * green)
+        mine = [make_finding(t, 1000 + i, c) for i, c in enumerate(colours)]
+        mine.append(make_finding(t, 443, RiskColor.GREEN, is_cdn_expected=True))
+        mine.append(make_finding(t, 161, RiskColor.RED, proto=Proto.UDP,
+                                 state=PortState.OPEN_FILTERED))
+        py = score_findings(mine)
+        assert (py.red, py.yellow, py.green) == (red, yellow, green)
+        expected[t.ip] = (red, yellow, green, py)
+        findings += mine
+        scans.append(host_scan(t, open_ports=len(mine)))
+    store.insert_findings(findings)
+    store.insert_host_scans(scans)
+    # When the Summary report is read
+    got = {r["ip"]: r for r in rows(store, "summary", org="Grid")}
+    # Then for every target the SQL's counts, raw score, score, grade and parts equal Python's
+    assert set(got) == set(expected)
+    mismatches = []
+    for ip, (red, yellow, green, py) in expected.items():
+        row = got[ip]
+        sql = (row["red"], row["yellow"], row["green"], row["raw_score"], row["risk_score"],
+               row["grade"], row["score_parts"], row["cdn_expected"], row["open_ports"])
+        want = (red, yellow, green, py.raw, py.score, py.grade, py.parts, 1,
+                red + yellow + green + 2)
+        if sql != want:
+            mismatches.append((ip, sql, want))
+    assert mismatches == [], "\n".join(map(str, mismatches[:5]))
+    # And the ordering is by score, highest first
+    scores = [r["risk_score"] for r in rows(store, "summary", org="Grid")]
+    assert scores == sorted(scores, reverse=True)
+    assert max(scores) == 100.0
+
+
+# -- one process per embedded store ------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from stream_processors.store import Store
+    store = Store.from_url(sys.argv[1])
+    print("READY", flush=True)
+    sys.stdin.read()  # hold the store until the test closes our stdin
+    store.close()
+""")
+
+CONTENDER = textwrap.dedent("""
+    import json, sys
+    from stream_processors.store import Store, StoreBusy, StoreError
+    try:
+        Store.from_url(sys.argv[1]).close()
+        print(json.dumps({"opened": True}))
+    except StoreError as exc:
+        print(json.dumps({"opened": False, "busy": isinstance(exc, StoreBusy),
+                          "message": str(exc)}))
+""")
+
+
+def python(code: str, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            **kw)
+
+
+@pytest.fixture
+def held_store(tmp_path: Path) -> Iterator[str]:
+    """A chdb store held open by another process until the test ends."""
+    url = f"chdb://{tmp_path / 'busy'}"
+    holder = python(HOLDER, url, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        assert line.strip() == "READY", holder.stderr.read() if holder.stderr else line
+        yield url
+    finally:
+        release(holder)
+
+
+def release(holder: subprocess.Popen[str]) -> int:
+    """Let the holder close its store and exit; kill it if it does not within a minute."""
+    try:
+        holder.communicate(input="", timeout=60)
+    except subprocess.TimeoutExpired:
+        holder.kill()
+        holder.communicate()
+    return holder.returncode
+
+
+def contend(url: str) -> tuple[dict[str, Any], str]:
+    import json
+
+    proc = python(CONTENDER, url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    return json.loads(out), err
+
+
+def test_a_second_process_gets_store_busy_not_a_lock_traceback(held_store: str) -> None:
+    # Given a store held by another process, when a second process opens it
+    result, stderr = contend(held_store)
+    # Then it gets StoreBusy with a message that says what to do, and chdb prints nothing
+    assert result["opened"] is False and result["busy"] is True
+    assert result["message"].startswith(f"the store at {held_store[len('chdb://'):]} is in use "
+                                        "by another portwatch process")
+    assert "wait for it to finish, use another --store, or run a ClickHouse server" in (
+        result["message"])
+    assert "\n" not in result["message"]
+    assert "Traceback" not in stderr and "Cannot lock file" not in stderr
+
+
+def test_the_store_opens_again_once_the_other_process_is_gone(tmp_path: Path) -> None:
+    # Given a store that another process opened and closed
+    url = f"chdb://{tmp_path / 'reused'}"
+    holder = python(HOLDER, url, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "READY"
+    assert release(holder) == 0
+    # When a new process opens it, then it is not (falsely) busy
+    assert contend(url)[0] == {"opened": True}
+
+
+def test_one_process_may_open_its_own_store_twice(shared_chdb_path: Path) -> None:
+    # Given this process's own chdb path (its engine holds the lock), when opened again
+    # with two databases, then it is not mistaken for another process's lock
+    first = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
+    second = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
+    assert first.report("summary").rows == second.report("summary").rows == []

@@ -1,0 +1,158 @@
+"""Rendering (portwatch/render.py): text from the network is printed escaped (no ESC,
+BEL or rich markup reaches the terminal), JSON keeps every column with plain values,
+CSV is one header plus one line per row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+
+import pytest
+from rich.console import Console
+
+from portwatch.render import cell_text, render, sanitize_text, to_csv, to_json, to_table
+from stream_processors.store import Report
+
+HOSTILE = "\x1b[2J\x1b[31mHACKED\x07\x00[bold]x[/bold]"
+WHEN = datetime(2025, 3, 4, 5, 6, 7)
+
+LIST = Report(
+    name="list",
+    columns=("target", "ip", "port", "service", "product", "version", "risk_color",
+             "prevalence", "cdn_provider", "first_seen", "last_seen", "banner"),
+    rows=[
+        ("127.0.0.1", "127.0.0.1", 22, "ssh", "OpenSSH", "9.2p1", "green", "rare", "", WHEN,
+         WHEN, "SSH-2.0-OpenSSH_9.2p1"),
+        ("127.0.0.1", "127.0.0.1", 4444, "", HOSTILE, "", "yellow", "rare", None, WHEN, WHEN,
+         HOSTILE),
+    ],
+)
+SUMMARY = Report(
+    name="summary",
+    columns=("target", "ip", "ports", "risk_score", "grade", "is_tarpit"),
+    rows=[("127.0.0.1", "127.0.0.1", [(22, "tcp", "green", 0), (443, "tcp", "green", 1),
+                                      (6379, "tcp", "red", 0)], 22.1, "B", 1)],
+)
+
+
+def no_control_characters(text: str) -> bool:
+    return not any(c in text for c in ("\x1b", "\x07", "\x00", "\x9b"))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "plain"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("bell\x07", "bell\\x07"),
+        ("nul\x00", "nul\\x00"),
+        ("csi\x9b2J", "csi\\x9b2J"),  # the 8-bit CSI too
+        ("tab\tnew\nline\r", "tab\\x09new\\x0aline\\x0d"),
+        ("café ünï", "café ünï"),  # printable non-ASCII stays readable
+        ("", ""),
+    ],
+)
+def test_sanitize_text_escapes_control_characters(value: str, expected: str) -> None:
+    out = sanitize_text(value)
+    assert out == expected
+    assert no_control_characters(out)
+
+
+def test_sanitize_text_caps_long_values() -> None:
+    assert sanitize_text("a" * 300) == "a" * 197 + "..."
+    assert sanitize_text("a" * 200) == "a" * 200
+    assert len(sanitize_text("\x1b" * 100, limit=50)) == 50
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("ports", [(22, "tcp", "green", 0), (443, "tcp", "green", 1)],
+         "22/tcp:green 443/tcp:green,cdn"),
+        ("versions", ["TLSv1.2", "TLSv1.3"], "TLSv1.2,TLSv1.3"),
+        ("suites", [("TLSv1.2", "TLS_RSA_WITH_RC4_128_SHA", "RC4-SHA", "weak")],
+         "TLSv1.2 TLS_RSA_WITH_RC4_128_SHA (weak)"),
+        ("is_tarpit", 1, "answers on every port"),
+        ("is_tarpit", 0, ""),
+        ("cert_expired", 1, "yes"),
+        ("is_cdn_expected", 0, ""),
+        ("cdn_provider", None, ""),
+        ("first_seen", WHEN, "2025-03-04 05:06:07"),
+        ("product", None, ""),
+        ("product", HOSTILE, "\\x1b[2J\\x1b[31mHACKED\\x07\\x00[bold]x[/bold]"),
+    ],
+)
+def test_cell_text(column: str, value: object, expected: str) -> None:
+    assert cell_text("list", column, value) == expected
+
+
+def test_json_keeps_every_column_with_plain_values() -> None:
+    # Given a report with times and hostile text, when rendered as JSON
+    out = to_json(LIST)
+    rows = json.loads(out)
+    # Then every column is there, times are text, the hostile text round-trips exactly,
+    # and the JSON itself carries no raw control character (ensure_ascii escapes it)
+    assert [list(r) for r in rows] == [list(LIST.columns)] * 2
+    assert rows[0]["first_seen"] == "2025-03-04 05:06:07"
+    assert rows[0]["port"] == 22
+    assert rows[1]["banner"] == HOSTILE
+    assert rows[1]["cdn_provider"] is None
+    assert no_control_characters(out)
+    assert json.loads(to_json(SUMMARY))[0]["ports"] == [[22, "tcp", "green", 0],
+                                                         [443, "tcp", "green", 1],
+                                                         [6379, "tcp", "red", 0]]
+
+
+def test_csv_has_a_header_and_one_escaped_line_per_row() -> None:
+    out = to_csv(LIST)
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == list(LIST.columns)
+    assert len(rows) == 3
+    assert rows[1][:4] == ["127.0.0.1", "127.0.0.1", "22", "ssh"]
+    assert rows[2][4] == "\\x1b[2J\\x1b[31mHACKED\\x07\\x00[bold]x[/bold]"
+    assert no_control_characters(out)
+    summary = list(csv.reader(io.StringIO(to_csv(SUMMARY))))
+    assert summary[1][2] == "22/tcp:green 443/tcp:green,cdn 6379/tcp:red"
+    assert summary[1][5] == "answers on every port"
+
+
+def console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=250, color_system=None, force_terminal=False,
+                   highlight=False), buf
+
+
+def test_table_prints_hostile_text_escaped_and_markup_literally() -> None:
+    out, buf = console()
+    to_table(LIST, out)
+    text = buf.getvalue()
+    assert no_control_characters(text)
+    assert "\\x1b[2J" in text
+    assert "[bold]x[/bold]" in text  # not interpreted as rich markup
+    assert "first detected" in text and "2025-03-04 05:06:07" in text
+    assert "banner" not in text  # the table shows the chosen columns only
+
+
+def test_table_summary_ports_carry_the_colour_word() -> None:
+    out, buf = console()
+    to_table(SUMMARY, out)
+    text = buf.getvalue()
+    assert "22/tcp:green" in text and "443/tcp:green,cdn" in text and "6379/tcp:red" in text
+    assert "answers on every port" in text
+
+
+def test_empty_report_says_so() -> None:
+    out, buf = console()
+    to_table(Report("list", LIST.columns, []), out)
+    assert buf.getvalue().strip() == "list: no rows (nothing stored matches the filters)"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_render_dispatches_machine_formats(fmt: str) -> None:
+    out, buf = console()
+    render(LIST, fmt, out)
+    text = buf.getvalue()
+    expected = to_json(LIST) if fmt == "json" else to_csv(LIST)
+    assert text.strip() == expected.strip()

@@ -1,0 +1,123 @@
+"""Settings (portwatch/settings.py): every field names its environment variable and a
+reason; values come from flags, then the environment, then defaults; bad values are a
+one-line SettingsError naming the variable or the flag."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from portwatch.settings import Settings, SettingsError
+
+ENV_VARS = [f.metadata["env"] for f in fields(Settings)]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the defaults, whatever the calling shell exported."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    # Given no environment, when settings are read, then the declared defaults apply
+    settings = Settings.from_env()
+    assert settings == Settings()
+    assert (settings.ports, settings.concurrency, settings.timeout, settings.retries) == (
+        "1-65535", 2000, 1.0, 1)
+    # And every field has its own PORTWATCH_ variable and a reason
+    described = Settings.describe()
+    assert [d[0] for d in described] == [f.name for f in fields(Settings)]
+    assert len(set(ENV_VARS)) == len(ENV_VARS)
+    for name, env, _default, why in described:
+        assert env == f"PORTWATCH_{name.upper()}"
+        assert why.strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "raw", "field", "value"),
+    [
+        ("PORTWATCH_CONCURRENCY", "500", "concurrency", 500),
+        ("PORTWATCH_TIMEOUT", "0.25", "timeout", 0.25),
+        ("PORTWATCH_TIMEOUT", " 2 ", "timeout", 2.0),
+        ("PORTWATCH_RETRIES", "0", "retries", 0),
+        ("PORTWATCH_PORTS", "22,80", "ports", "22,80"),
+        ("PORTWATCH_STORE", "chdb:///tmp/x", "store", "chdb:///tmp/x"),
+        ("PORTWATCH_BATCH_SECONDS", "3600", "batch_seconds", 3600.0),
+        ("PORTWATCH_TARPIT_THRESHOLD", "1", "tarpit_threshold", 1),
+    ],
+)
+def test_environment_values_are_parsed_to_the_field_type(
+        monkeypatch: pytest.MonkeyPatch, env: str, raw: str, field: str,
+        value: object) -> None:
+    monkeypatch.setenv(env, raw)
+    got = getattr(Settings.from_env(), field)
+    assert got == value
+    assert type(got) is type(value)
+
+
+def test_empty_environment_value_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORTWATCH_CONCURRENCY", "")
+    assert Settings.from_env().concurrency == 2000
+
+
+def test_flags_override_the_environment_and_none_means_unset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an environment value and a flag for the same setting
+    monkeypatch.setenv("PORTWATCH_CONCURRENCY", "100")
+    monkeypatch.setenv("PORTWATCH_TIMEOUT", "3")
+    # When the flag is given for one and left unset (None) for the other
+    settings = Settings.from_env(concurrency=50, timeout=None)
+    # Then the flag wins where given, the environment elsewhere
+    assert (settings.concurrency, settings.timeout) == (50, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "raw", "message"),
+    [
+        ("PORTWATCH_CONCURRENCY", "lots", "PORTWATCH_CONCURRENCY='lots' is not a valid int"),
+        ("PORTWATCH_CONCURRENCY", "1.5", "PORTWATCH_CONCURRENCY='1.5' is not a valid int"),
+        ("PORTWATCH_TIMEOUT", "fast", "PORTWATCH_TIMEOUT='fast' is not a valid float"),
+        ("PORTWATCH_CONCURRENCY", "0", "--concurrency must be at least 1"),
+        ("PORTWATCH_IDENTIFY_CONCURRENCY", "-3", "--identify-concurrency must be at least 1"),
+        ("PORTWATCH_PER_HOST_CONNECTIONS", "0", "--per-host-connections must be at least 1"),
+        ("PORTWATCH_BATCH_SIZE", "0", "--batch-size must be at least 1"),
+        ("PORTWATCH_TARPIT_THRESHOLD", "0", "--tarpit-threshold must be at least 1"),
+        ("PORTWATCH_TIMEOUT", "0", "--timeout must be between 0 and 3600 s"),
+        ("PORTWATCH_TIMEOUT", "-1", "--timeout must be between 0 and 3600 s"),
+        ("PORTWATCH_TIMEOUT", "3600.5", "--timeout must be between 0 and 3600 s"),
+        ("PORTWATCH_TIMEOUT", "nan", "--timeout must be between 0 and 3600 s"),
+        ("PORTWATCH_TIMEOUT", "inf", "--timeout must be between 0 and 3600 s"),
+        ("PORTWATCH_BANNER_WAIT", "0", "--banner-wait must be between 0 and 3600 s"),
+        ("PORTWATCH_IDENTIFY_BUDGET", "1e9", "--identify-budget must be between 0 and 3600 s"),
+        ("PORTWATCH_BATCH_SECONDS", "0", "--batch-seconds must be between 0 and 3600 s"),
+        ("PORTWATCH_RETRIES", "-1", "--retries must be between 0 and 10"),
+        ("PORTWATCH_RETRIES", "11", "--retries must be between 0 and 10"),
+    ],
+)
+def test_bad_environment_values_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, env: str,
+                                                    raw: str, message: str) -> None:
+    monkeypatch.setenv(env, raw)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env()
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"concurrency": 0}, "--concurrency must be at least 1"),
+        ({"timeout": 0.0}, "--timeout must be between 0 and 3600 s"),
+        ({"retries": 99}, "--retries must be between 0 and 10"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{message}$"):
+        Settings.from_env(**overrides)
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings.from_env()
+    with pytest.raises(AttributeError):
+        settings.concurrency = 1  # type: ignore[misc]

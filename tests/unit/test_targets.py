@@ -1,0 +1,397 @@
+"""Target parsing and scope (producers/targets.py): port specs, address expressions,
+hostnames (``localhost`` and ``.invalid`` only: nothing leaves the machine),
+inventories, exclusions and the PORTWATCH_SCOPE_ALLOW fence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producers.targets import (
+    MAX_ADDRESSES,
+    SCOPE_ALLOW_ENV,
+    Scope,
+    TargetError,
+    TargetSpec,
+    expand,
+    parse_ports,
+    read_inventory,
+    resolve_hostname,
+    resolve_targets,
+)
+from schemas.records import PortRange
+
+# -- ports ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("22", [(22, 22)]),
+        ("22,80,443", [(22, 22), (80, 80), (443, 443)]),
+        ("443,22,80", [(22, 22), (80, 80), (443, 443)]),
+        ("8000-8100", [(8000, 8100)]),
+        ("1-10,5-20", [(1, 20)]),  # overlapping ranges merge
+        ("1-10,11-20", [(1, 20)]),  # adjacent ranges merge
+        ("22,22,22", [(22, 22)]),  # duplicates collapse
+        ("-1024", [(1, 1024)]),  # open start = 1
+        ("60000-", [(60000, 65535)]),  # open end = 65535
+        ("-", [(1, 65535)]),
+        ("all", [(1, 65535)]),
+        ("ALL", [(1, 65535)]),
+        ("*", [(1, 65535)]),
+        (" 22 , 80 - 90 ", [(22, 22), (80, 90)]),  # whitespace tolerated
+        ("1,65535", [(1, 1), (65535, 65535)]),
+    ],
+)
+def test_parse_ports_gives_merged_sorted_ranges(spec: str, expected: list[tuple[int, int]]) -> None:
+    # Given a port spec, when it is parsed
+    ranges = parse_ports(spec)
+    # Then it becomes the sorted, merged ranges it names
+    assert ranges == tuple(PortRange(lo, hi) for lo, hi in expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty port spec"),
+        ("   ", "empty port spec"),
+        ("0", "ports are 1-65535"),
+        ("65536", "ports are 1-65535"),
+        ("1-70000", "ports are 1-65535"),
+        ("90-80", "is backwards"),
+        ("http", "is not a port or range"),
+        ("22,,80", "is not a port or range"),
+        ("1-2-3", "is not a port or range"),
+        ("22;80", "is not a port or range"),
+        ("8_0", "is not a port or range"),  # int() alone would read 80
+        ("+22", "is not a port or range"),
+        ("\uff12\uff12", "is not a port or range"),  # full-width digits
+        ("U:53", "is not a port or range"),
+    ],
+)
+def test_bad_port_spec_is_one_line_target_error(spec: str, message: str) -> None:
+    # Given a malformed port spec, when it is parsed, then a one-line TargetError says why
+    with pytest.raises(TargetError, match=message) as err:
+        parse_ports(spec)
+    assert "\n" not in str(err.value)
+
+
+# -- addresses --------------------------------------------------------------------------
+
+
+def ips(spec: str, **kw: bool) -> list[str]:
+    return [t.ip for t in expand(TargetSpec(spec), **kw)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("127.0.0.1", ["127.0.0.1"]),
+        ("::1", ["::1"]),
+        ("[::1]", ["::1"]),
+        ("0:0:0:0:0:0:0:1", ["::1"]),  # canonical text form
+        ("127.0.0.1/32", ["127.0.0.1"]),
+        ("127.0.0.0/31", ["127.0.0.0", "127.0.0.1"]),
+        ("127.0.0.5/30", ["127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"]),  # not strict
+        ("127.0.0.1-3", ["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+        ("127.0.0.1-127.0.0.3", ["127.0.0.1", "127.0.0.2", "127.0.0.3"]),
+        ("127.0.0.255-127.0.1.1", ["127.0.0.255", "127.0.1.0", "127.0.1.1"]),
+        ("127.0.0.9-9", ["127.0.0.9"]),
+        ("::1-::3", ["::1", "::2", "::3"]),
+        ("::1/127", ["::", "::1"]),
+    ],
+)
+def test_expand_names_every_address(spec: str, expected: list[str]) -> None:
+    # Given an address expression, when expanded, then every address it names, in order
+    assert ips(spec) == expected
+
+
+def test_expand_keeps_what_the_user_wrote_and_the_labels() -> None:
+    # Given a range with organization and asset labels
+    spec = TargetSpec("127.0.0.1-2", organization="Example Corp", asset="web")
+    # When it is expanded
+    targets = expand(spec)
+    # Then each address carries the expression and the labels
+    assert [(t.ip, t.target, t.organization, t.asset, t.hostname) for t in targets] == [
+        ("127.0.0.1", "127.0.0.1-2", "Example Corp", "web", ""),
+        ("127.0.0.2", "127.0.0.1-2", "Example Corp", "web", ""),
+    ]
+
+
+def test_a_slash_16_is_allowed_but_one_address_more_is_not() -> None:
+    # Given a /16 (the limit) and a /15 (twice the limit)
+    # When expanded without --allow-large
+    assert len(ips("127.0.0.0/16")) == MAX_ADDRESSES
+    # Then the /15 is refused with a hint at the flag
+    with pytest.raises(TargetError, match="--allow-large"):
+        expand(TargetSpec("127.0.0.0/15"))
+
+
+def test_a_dash_range_larger_than_a_slash_16_is_refused() -> None:
+    # Given a dash range of 65,537 addresses, when expanded, then it is refused
+    with pytest.raises(TargetError, match="65,537 addresses"):
+        expand(TargetSpec("127.0.0.0-127.1.0.0"))
+
+
+def test_allow_large_lifts_the_size_limit() -> None:
+    # Given a /15 and --allow-large, when expanded, then all 131,072 addresses come out
+    assert len(ips("127.0.0.0/15", allow_large=True)) == 2 * MAX_ADDRESSES
+
+
+def test_even_allow_large_has_a_hard_ceiling_checked_before_expansion() -> None:
+    # Given an IPv6 /64 and --allow-large: listing 2**64 addresses must never start
+    with pytest.raises(TargetError, match="split it into smaller blocks"):
+        expand(TargetSpec("::1/64"), allow_large=True)
+
+
+def test_an_ipv6_block_larger_than_a_slash_16_is_refused_before_expansion() -> None:
+    # Given a /64 (2**64 addresses): refusing must not try to list them first
+    with pytest.raises(TargetError, match="--allow-large"):
+        expand(TargetSpec("::1/64"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty target"),
+        ("   ", "empty target"),
+        ("127.0.0.1/33", "bad CIDR block"),
+        ("127.0.0.1/abc", "bad CIDR block"),
+        ("127.0.0.300", "not an address, CIDR block, range or hostname"),
+        ("999.1.1.1", "not an address, CIDR block, range or hostname"),
+        ("bad target!", "not an address, CIDR block, range or hostname"),
+        ("-leading-dash", "not an address, CIDR block, range or hostname"),
+        ("a" * 64 + ".example", "not an address, CIDR block, range or hostname"),
+        ("127.0.0.5-1", "the end comes before the start"),
+        ("127.0.0.1-300", "bad address range"),
+        ("127.0.0.1-::1", "the end comes before the start"),  # mixed families
+        ("::1-5", "bad address range"),  # last-octet shorthand is IPv4 only
+    ],
+)
+def test_malformed_target_is_one_line_target_error(spec: str, message: str) -> None:
+    # Given a malformed target, when expanded, then a one-line TargetError says why
+    with pytest.raises(TargetError, match=message) as err:
+        expand(TargetSpec(spec))
+    assert "\n" not in str(err.value)
+
+
+# -- hostnames (loopback names only) -----------------------------------------------------
+
+
+def test_localhost_resolves_to_loopback_ipv4_first() -> None:
+    # Given the name localhost, when resolved through the system resolver
+    addresses = resolve_hostname("localhost")
+    # Then it names loopback addresses, IPv4 before IPv6, without duplicates
+    assert addresses[0] == "127.0.0.1"
+    assert set(addresses) <= {"127.0.0.1", "::1"}
+    assert len(addresses) == len(set(addresses))
+
+
+def test_hostname_target_keeps_the_name() -> None:
+    # Given a hostname target, when expanded
+    targets = expand(TargetSpec("LocalHost", organization="Org"))
+    # Then the addresses carry the normalized name and the label
+    assert targets[0].ip == "127.0.0.1"
+    assert {(t.hostname, t.target, t.organization) for t in targets} == {
+        ("localhost", "LocalHost", "Org")}
+
+
+@pytest.mark.parametrize("name", ["nosuchhost.invalid", "NOSUCHHOST.INVALID.", "invalid",
+                                  "invalid.", "a-b.c.invalid"])
+def test_invalid_names_fail_without_a_query(name: str) -> None:
+    # Given a name under .invalid (RFC 6761: never resolves), when resolved or expanded
+    # Then a TargetError says so (the check comes before any resolver call)
+    with pytest.raises(TargetError, match="never resolve"):
+        resolve_hostname(name)
+    with pytest.raises(TargetError, match="never resolve"):
+        expand(TargetSpec(name))
+
+
+# -- inventory --------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_inventory_with_labels_and_comments(tmp_path: Path) -> None:
+    # Given a CSV with a header (any case, any column order) and a comment line
+    path = write(tmp_path, "assets.csv",
+                 "# owned assets\n"
+                 "Organization,Target,Asset\n"
+                 "Example Corp,127.0.0.1,web\n"
+                 "Other Org,127.0.0.0/31,\n")
+    # When it is read
+    specs = read_inventory(path)
+    # Then each row is one spec with its labels
+    assert specs == [TargetSpec("127.0.0.1", "Example Corp", "web"),
+                     TargetSpec("127.0.0.0/31", "Other Org", "")]
+
+
+@pytest.mark.parametrize("column", ["target", "address", "host", "hostname", "ip", "cidr"])
+def test_csv_target_column_aliases(tmp_path: Path, column: str) -> None:
+    # Given a CSV whose target column uses one of the accepted names, with org/name aliases
+    path = write(tmp_path, "a.csv", f"{column},org,name\n127.0.0.1,Org,db\n")
+    # When read, then the target and labels are found
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org", "db")]
+
+
+def test_yaml_inventory_list_of_mappings(tmp_path: Path) -> None:
+    # Given a YAML list mixing mappings, a "targets" list and a bare string
+    path = write(tmp_path, "assets.yaml", """
+- {target: 127.0.0.1, organization: Example Corp, asset: web}
+- organization: Other
+  asset: lab
+  targets: [127.0.0.2, "::1"]
+- 127.0.0.3
+""")
+    # When read, then every target keeps its labels
+    assert read_inventory(path) == [
+        TargetSpec("127.0.0.1", "Example Corp", "web"),
+        TargetSpec("127.0.0.2", "Other", "lab"),
+        TargetSpec("::1", "Other", "lab"),
+        TargetSpec("127.0.0.3", "", ""),
+    ]
+
+
+def test_yaml_inventory_mapping_by_organization(tmp_path: Path) -> None:
+    # Given a YAML mapping organization -> targets, including a single scalar target
+    path = write(tmp_path, "assets.yml", """
+Example Corp:
+  - 127.0.0.1
+  - {target: 127.0.0.2, asset: db}
+Solo Org: 127.0.0.3
+""")
+    # When read
+    specs = read_inventory(path)
+    # Then the organization labels every target (a scalar is one target, not its characters)
+    assert specs == [
+        TargetSpec("127.0.0.1", "Example Corp", ""),
+        TargetSpec("127.0.0.2", "Example Corp", "db"),
+        TargetSpec("127.0.0.3", "Solo Org", ""),
+    ]
+
+
+def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "assets.yaml", "targets:\n  - {ip: 127.0.0.1, org: O}\n")
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "O", "")]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.csv", "", "is empty"),
+        ("a.csv", "target,organization\n", "lists no targets"),
+        ("a.csv", "organization,asset\nOrg,web\n", "line 2: no target column"),
+        ("a.yaml", "[unclosed", "is not valid YAML"),
+        ("a.yaml", "just a string", "expected a list or a mapping"),
+        ("a.yaml", "[]", "lists no targets"),
+        ("a.yaml", "- 42\n", "entry 1 is not a target"),
+        ("a.yaml", "- {organization: O}\n", "entry 1: no target column"),
+    ],
+)
+def test_bad_inventory_is_one_line_target_error(tmp_path: Path, name: str, text: str,
+                                                message: str) -> None:
+    # Given a malformed inventory, when read, then a one-line TargetError says why
+    path = write(tmp_path, name, text)
+    with pytest.raises(TargetError, match=message) as err:
+        read_inventory(path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_or_binary_inventory(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match="cannot read inventory"):
+        read_inventory(tmp_path / "missing.csv")
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"target\n\xff\xfe\x00\n")
+    with pytest.raises(TargetError, match="is not UTF-8 text"):
+        read_inventory(binary)
+
+
+# -- scope ------------------------------------------------------------------------------
+
+
+def test_scope_build_reads_exclusions_and_exclude_file(tmp_path: Path) -> None:
+    # Given inline exclusions and a file with comments and blank lines
+    exclude_file = write(tmp_path, "exclude.txt", "# never\n127.0.0.9\n\n::1 # v6 too\n")
+    # When the scope is built with an explicit (empty) allow-list
+    scope = Scope.build(["127.0.1.0/24"], exclude_file=str(exclude_file), allow=[])
+    # Then every exclusion is a network and exclusions refuse their addresses
+    assert [str(n) for n in scope.exclude] == ["127.0.1.0/24", "127.0.0.9/32", "::1/128"]
+    assert scope.permits("127.0.0.1")
+    assert not scope.permits("127.0.1.77")
+    assert not scope.permits("127.0.0.9")
+    assert not scope.permits("::1")
+
+
+def test_scope_allow_list_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given PORTWATCH_SCOPE_ALLOW, when no allow-list is passed, then it is the fence
+    monkeypatch.setenv(SCOPE_ALLOW_ENV, "127.0.0.0/30, ::1")
+    scope = Scope.build()
+    assert [str(n) for n in scope.allow] == ["127.0.0.0/30", "::1/128"]
+    assert scope.permits("127.0.0.3")
+    assert not scope.permits("127.0.0.4")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"exclude": ["not-a-net"]}, "bad exclusion 'not-a-net'"),
+        ({"allow": ["127.0.0.0/40"]}, "bad allowed network '127.0.0.0/40'"),
+        ({"exclude_file": "/nonexistent/portwatch-exclude"}, "cannot read exclude file"),
+    ],
+)
+def test_bad_scope_input(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(TargetError, match=message):
+        Scope.build(**kwargs)  # type: ignore[arg-type]
+
+
+def test_resolve_targets_applies_exclusions_and_deduplicates() -> None:
+    # Given overlapping specs with different labels and one excluded address
+    specs = [TargetSpec("127.0.0.1-3", "First"), TargetSpec("127.0.0.0/30", "Second")]
+    scope = Scope.build(["127.0.0.2"], allow=[])
+    # When resolved
+    targets = resolve_targets(specs, scope)
+    # Then each address appears once, first label wins, the excluded one is gone
+    assert [(t.ip, t.organization) for t in targets] == [
+        ("127.0.0.1", "First"), ("127.0.0.3", "First"), ("127.0.0.0", "Second")]
+
+
+def test_resolve_targets_refuses_addresses_outside_the_fence() -> None:
+    # Given an allow-list fence and a target partly outside it
+    scope = Scope.build(allow=["127.0.0.0/31"])
+    # When resolved, then it is refused loudly (never silently narrowed)
+    with pytest.raises(TargetError, match=r"127\.0\.0\.2 \(127\.0\.0\.0/30\) is outside"):
+        resolve_targets([TargetSpec("127.0.0.0/30")], scope)
+
+
+def test_test_session_fence_is_in_force() -> None:
+    # Given the fence conftest.py sets for every test process, when a scope is built
+    # Then it allows exactly loopback and the 198.18.0.0/15 test-host range
+    scope = Scope.build()
+    assert [str(n) for n in scope.allow] == ["127.0.0.0/8", "::1/128", "198.18.0.0/15"]
+    assert scope.permits("198.19.255.255")
+    assert not scope.permits("::2")  # one past ::1/128: outside the fence
+
+
+def test_resolve_targets_when_exclusions_cover_everything() -> None:
+    scope = Scope.build(["127.0.0.0/8"], allow=[])
+    with pytest.raises(TargetError, match="nothing to scan: the exclusions cover all 2"):
+        resolve_targets([TargetSpec("127.0.0.1-2")], scope)
+
+
+def test_resolve_targets_total_size_limit_across_specs() -> None:
+    # Given two /16s (each allowed alone), when resolved together, then the total is refused
+    specs = [TargetSpec("127.0.0.0/16"), TargetSpec("127.1.0.0/16")]
+    with pytest.raises(TargetError, match="131,072 addresses in all"):
+        resolve_targets(specs, Scope.build(allow=[]))
+
+
+def test_resolve_targets_with_hostname_inside_the_fence() -> None:
+    targets = resolve_targets([TargetSpec("localhost", "Org", "laptop")])
+    assert targets[0].ip == "127.0.0.1"
+    assert targets[0].hostname == "localhost"
