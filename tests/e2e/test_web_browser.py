@@ -188,7 +188,7 @@ def test_list_shows_every_port_with_words_for_colours(page: Any,
     assert set(column(page, "Prevalence")) == {"rare"}
     shoot(page, "list")
 
-    page.get_by_role("link", name="Port").first.click()  # sort by port
+    page.get_by_role("link", name="Port", exact=True).click()  # sort by port
     page.wait_for_url("**sort=port**")
     ordered = [int(p.split("/")[0]) for p in column(page, "Port")]
     assert ordered == sorted(ordered)
@@ -218,7 +218,7 @@ def test_ciphers_page_shows_the_tls_port(page: Any, ports: dict[str, int]) -> No
 def test_hostile_banner_is_shown_as_text_and_runs_nothing(page: Any,
                                                          ports: dict[str, int]) -> None:
     page.goto(f"/list?port={ports['xss']}")
-    banners = page.locator("details.banner code").all_inner_texts()
+    banners = page.locator("details.banner code").all_text_contents()
     assert any("<script>window.__pwned=1</script>" in b for b in banners), banners
     page.locator("details.banner summary").first.click()
     assert page.evaluate("typeof window.__pwned") == "undefined"

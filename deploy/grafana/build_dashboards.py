@@ -1,0 +1,174 @@
+"""Build the Grafana dashboard from the report SQL: ``python -m deploy.grafana.build_dashboards``.
+
+The panels of deploy/grafana/dashboards/portwatch.json are generated, never hand-edited:
+each report panel runs the report's own SQL (schemas/reports/*.sql, the SQL the CLI and
+the web pages run), with its ``{org:String}`` and ``{target:String}`` parameters bound to
+the dashboard variables ``${org:sqlstring}`` / ``${target:sqlstring}`` (their "All"
+value is ``''``, which the SQL reads as "no filter") and every other parameter at its
+neutral value. tests/integration/test_grafana_sql.py runs every panel on chdb against
+the real DDL and checks this file is what the builder writes.
+
+Datasource: the ClickHouse plugin ``grafana-clickhouse-datasource`` (uid ``portwatch``,
+provisioned by provisioning/datasources.yaml).
+
+Owns: the dashboard JSON. Touches no network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from schemas import report_sql
+
+HERE = Path(__file__).resolve().parent
+DASHBOARD = HERE / "dashboards" / "portwatch.json"
+DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "portwatch"}
+ROW_LIMIT = 1000
+# Grafana variables: an "All" that means "no filter" to the report SQL.
+VARIABLE_FOR = {"org": "${org:sqlstring}", "target": "${target:sqlstring}"}
+NEUTRAL = {"String": "''", "UInt8": "0", "UInt16": "0", "UInt32": "0"}
+FORMAT_TIMESERIES, FORMAT_TABLE = 0, 1
+
+
+def grafana_sql(sql: str) -> str:
+    """Report SQL -> panel SQL: filters become dashboard variables, the rest neutral."""
+    def bind(match: re.Match[str]) -> str:
+        name, kind = match.group(1), match.group(2)
+        if name in VARIABLE_FOR:
+            return VARIABLE_FOR[name]
+        if name == "limit":
+            return str(ROW_LIMIT)
+        if name == "offset":
+            return "0"
+        return NEUTRAL[kind]
+
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return re.sub(r"\{(\w+):(\w+)\}", bind, body).strip()
+
+
+def _web_sql(name: str) -> str:
+    return resources.files("schemas").joinpath("web", f"{name}.sql").read_text("utf-8")
+
+
+RISK_OVER_TIME = """SELECT toDateTime(day) AS time,
+       round(avg(risk_score), 1) AS `average score`,
+       max(risk_score) AS `worst score`
+FROM (
+{history}
+)
+WHERE $__timeFilter(time)
+GROUP BY time
+ORDER BY time"""
+
+NEW_PORTS_PER_DAY = """SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
+FROM (
+    SELECT target, ip, proto, port, min(first_seen) AS first_seen,
+           argMaxMerge(latest) AS l
+    FROM findings
+    GROUP BY target, ip, proto, port
+)
+WHERE $__timeFilter(first_seen)
+  AND (${org:sqlstring} = '' OR l.organization = ${org:sqlstring})
+  AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
+       OR l.hostname = ${target:sqlstring})
+GROUP BY time
+ORDER BY time"""
+
+ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM host_scans "
+                "WHERE organization != '' ORDER BY 1")
+TARGET_VARIABLE = ("SELECT DISTINCT ip FROM host_scans "
+                   "WHERE (${org:sqlstring} = '' OR organization = ${org:sqlstring}) ORDER BY 1")
+
+
+def _target(sql: str, fmt: int) -> dict[str, Any]:
+    return {"refId": "A", "datasource": DATASOURCE, "editorType": "sql", "format": fmt,
+            "queryType": "timeseries" if fmt == FORMAT_TIMESERIES else "table",
+            "rawSql": sql}
+
+
+def _panel(pid: int, title: str, kind: str, sql: str, grid: tuple[int, int, int, int],
+           description: str, fmt: int = FORMAT_TABLE, **extra: Any) -> dict[str, Any]:
+    x, y, w, h = grid
+    return {"id": pid, "type": kind, "title": title, "description": description,
+            "datasource": DATASOURCE, "gridPos": {"x": x, "y": y, "w": w, "h": h},
+            "targets": [_target(sql, fmt)], **extra}
+
+
+def _colour_overrides() -> dict[str, Any]:
+    """Risk colour column: coloured text, and the word itself stays (never colour alone)."""
+    mapping = {"red": "red", "yellow": "yellow", "green": "green"}
+    return {"defaults": {}, "overrides": [{
+        "matcher": {"id": "byName", "options": "risk_color"},
+        "properties": [
+            {"id": "mappings", "value": [{"type": "value", "options": {
+                word: {"text": word, "color": colour, "index": i}
+                for i, (word, colour) in enumerate(mapping.items())}}]},
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}]}
+
+
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
+            "query": query, "definition": query, "refresh": 2, "includeAll": True,
+            "allValue": "''", "multi": False, "sort": 1,
+            "current": {"selected": True, "text": "All", "value": "$__all"}}
+
+
+def dashboard() -> dict[str, Any]:
+    history = grafana_sql(_web_sql("risk_history"))
+    panels = [
+        _panel(1, "Risk score over time", "timeseries",
+               RISK_OVER_TIME.format(history=history), (0, 0, 12, 8),
+               "Average and worst score of the selected targets, per day (same formula as "
+               "the Summary report).", FORMAT_TIMESERIES,
+               fieldConfig={"defaults": {"min": 0, "max": 100, "unit": "none"},
+                            "overrides": []}),
+        _panel(2, "New open ports per day", "barchart", NEW_PORTS_PER_DAY, (12, 0, 12, 8),
+               "Open ports by the day they were first detected.", FORMAT_TABLE,
+               options={"xTickLabelRotation": -45, "showValue": "auto"}),
+        _panel(3, "Summary", "table", grafana_sql(report_sql("summary")), (0, 8, 24, 10),
+               "One row per target: open ports by colour, risk score, grade and its parts."),
+        _panel(4, "Open ports (List)", "table", grafana_sql(report_sql("list")),
+               (0, 18, 24, 12),
+               "Every open port: service, product, version, risk colour, prevalence, CDN "
+               "verdict, first detected, last seen.", fieldConfig=_colour_overrides()),
+        _panel(5, "Products", "table", grafana_sql(report_sql("products")), (0, 30, 12, 10),
+               "Product and version with instance and target counts."),
+        _panel(6, "TLS ciphers", "table", grafana_sql(report_sql("ciphers")), (12, 30, 12, 10),
+               "TLS ports: status, versions, grade, suites, certificate facts."),
+    ]
+    return {
+        "uid": "portwatch-reports", "title": "portwatch: exposed ports and risk",
+        "tags": ["portwatch", "security"], "timezone": "utc", "schemaVersion": 39,
+        "version": 1, "editable": True, "refresh": "5m",
+        "time": {"from": "now-30d", "to": "now"},
+        "templating": {"list": [_variable("org", "Organization", ORG_VARIABLE),
+                                _variable("target", "Target", TARGET_VARIABLE)]},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if DASHBOARD.read_text(encoding="utf-8") != text:
+            print(f"{DASHBOARD} is out of date: run python -m deploy.grafana.build_dashboards",
+                  file=sys.stderr)
+            return 1
+        return 0
+    DASHBOARD.parent.mkdir(parents=True, exist_ok=True)
+    DASHBOARD.write_text(text, encoding="utf-8")
+    print(f"wrote {DASHBOARD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

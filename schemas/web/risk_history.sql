@@ -1,0 +1,49 @@
+-- Risk score over time, per target address and day: the score of the address's last
+-- scan of each day, with the same formula as the Summary report (summary.sql:
+-- raw = 10 x red + 3 x yellow + 1 x green over the scan's open ports, CDN-expected
+-- ports and unconfirmed UDP open|filtered count zero; score = 100 x (1 - exp(-raw/40))).
+-- A scan with no open port scores 0 (it comes from host_scans, not observations).
+-- Filters as in Summary: {target} (target, address or hostname) and {org};
+-- {days} bounds the window (0 = everything stored).
+WITH
+    scans AS (
+        SELECT target, ip, scan_id,
+               max(finished_at) AS scan_finished_at,
+               argMax(organization, finished_at) AS organization,
+               argMax(hostname, finished_at) AS hostname
+        FROM host_scans FINAL
+        GROUP BY target, ip, scan_id
+    ),
+    counts AS (
+        SELECT target, ip, scan_id,
+               countIf(is_scored AND risk_color = 'red') AS red,
+               countIf(is_scored AND risk_color = 'yellow') AS yellow,
+               countIf(is_scored AND risk_color = 'green') AS green
+        FROM (
+            SELECT target, ip, scan_id, toString(risk_color) AS risk_color,
+                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
+            FROM port_observations FINAL
+        )
+        GROUP BY target, ip, scan_id
+    ),
+    per_scan AS (
+        SELECT scans.target AS target, scans.ip AS ip, scans.scan_finished_at AS finished_at,
+               toDate(scans.scan_finished_at) AS day,
+               10 * counts.red + 3 * counts.yellow + counts.green AS raw_score
+        FROM scans
+        LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
+                        AND counts.scan_id = scans.scan_id
+        WHERE ({target:String} = '' OR scans.target = {target:String}
+               OR scans.ip = {target:String} OR scans.hostname = {target:String})
+          AND ({org:String} = '' OR scans.organization = {org:String})
+          AND ({days:UInt16} = 0
+               OR scans.scan_finished_at >= now() - toIntervalDay({days:UInt16}))
+    )
+SELECT
+    day,
+    target,
+    ip,
+    round(100 * (1 - exp(-argMax(raw_score, finished_at) / 40)), 1) AS risk_score
+FROM per_scan
+GROUP BY day, target, ip
+ORDER BY day, target, ip

@@ -1,0 +1,339 @@
+"""The web JSON API and pages over a real store and a real HTTP server on loopback.
+
+Given a store filled with known findings (three targets, 69 open ports, one TLS port),
+the app served by uvicorn on 127.0.0.1 in this process, when the API is asked with
+filters, sorting and paging, then the rows are exactly the expected ones; a bad value is
+a 400 with a message; the security headers, the Host check and the token work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.records import (
+    Certificate,
+    CipherSuite,
+    Finding,
+    HostScan,
+    OpenPort,
+    ProbeStatus,
+    RiskColor,
+    ServiceInfo,
+    Target,
+    TlsResult,
+)
+from tests.conftest import run_cli
+from tests.loopback import free_port
+
+uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+pytest.importorskip("jinja2")
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+WEB1 = Target(ip="127.0.0.1", target="127.0.0.1", hostname="web-1.example.test",
+              organization="Example Corp", asset="web-1")
+WEB2 = Target(ip="127.0.0.2", target="127.0.0.2", organization="Other Org", asset="web-2")
+DB1 = Target(ip="127.0.0.3", target="127.0.0.3", organization="Example Corp", asset="db-1")
+EXTRA_PORTS = range(10000, 10060)  # 60 unidentified ports on db-1, for paging
+TOTAL_PORTS = 4 + 4 + 1 + len(EXTRA_PORTS)
+
+
+def finding(target: Target, port: int, service: str, product: str, version: str,
+            color: RiskColor, *, tls: TlsResult | None = None,
+            when: datetime = NOW) -> Finding:
+    return Finding(
+        port=OpenPort(scan_id="s1", target=target, port=port, observed_at=when),
+        service=ServiceInfo(service=service, product=product, version=version,
+                            banner=f"{product} {version}".strip(), method="test",
+                            is_tls=tls is not None),
+        tls=tls or TlsResult(), risk_color=color, risk_reason="test")
+
+
+def dataset() -> tuple[list[Finding], list[HostScan]]:
+    tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.2", "TLSv1.3"),
+                    grade="strong",
+                    suites=(CipherSuite("TLSv1.3", "TLS_AES_128_GCM_SHA256", strength="strong"),),
+                    certificates=(Certificate(subject="CN=web-2.example.test",
+                                              issuer="CN=Test CA", not_after="2030-01-01",
+                                              key_type="EC", key_bits=256),))
+    rows = [
+        finding(WEB1, 22, "ssh", "OpenSSH", "9.2p1", RiskColor.GREEN),
+        finding(WEB1, 80, "http", "nginx", "1.22.1", RiskColor.GREEN),
+        finding(WEB1, 3306, "mysql", "MariaDB", "10.11.6", RiskColor.RED),
+        finding(WEB1, 9000, "", "", "", RiskColor.YELLOW),
+        finding(WEB2, 22, "ssh", "OpenSSH", "9.2p1", RiskColor.GREEN),
+        finding(WEB2, 80, "http", "nginx", "1.22.1", RiskColor.GREEN),
+        finding(WEB2, 443, "https", "nginx", "1.22.1", RiskColor.GREEN, tls=tls),
+        finding(WEB2, 6379, "redis", "Redis key-value store", "7.0.15", RiskColor.RED),
+        finding(DB1, 5432, "postgresql", "PostgreSQL DB", "15.5", RiskColor.RED),
+    ]
+    rows += [finding(DB1, p, "", "", "", RiskColor.YELLOW) for p in EXTRA_PORTS]
+    scans = [HostScan(scan_id="s1", target=t, started_at=NOW - timedelta(minutes=1),
+                      finished_at=NOW, ports_scanned=65535, open_ports=n)
+             for t, n in ((WEB1, 4), (WEB2, 4), (DB1, 61))]
+    return rows, scans
+
+
+class Served:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def get(self, path: str, headers: dict[str, str] | None = None,
+            method: str = "GET") -> tuple[int, dict[str, str], str]:
+        request = urllib.request.Request(self.base + path, headers=headers or {},
+                                         method=method)
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+            exc.close()
+            return exc.code, dict(exc.headers), body
+
+    def api(self, path: str) -> dict[str, Any]:
+        status, _, body = self.get(path)
+        assert status == 200, body
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[Served]:
+    """A real uvicorn server on a free loopback port, in a thread of this process."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
+    from stream_processors.store import Store
+
+    store = Store.from_url(f"chdb://{shared_chdb_path}?database=web_{uuid.uuid4().hex[:10]}")
+    rows, scans = dataset()
+    store.insert_findings(rows)
+    store.insert_host_scans(scans)
+    return store
+
+
+@pytest.fixture(scope="module")
+def web(db: Any) -> Iterator[Served]:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+
+    with serve(create_app(ReportService(db))) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def web_with_token(db: Any) -> Iterator[Served]:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+
+    app = create_app(ReportService(db), token="t" * 24, loopback_only=False)
+    with serve(app) as served:
+        yield served
+
+
+# -- filters ----------------------------------------------------------------------------
+
+
+def test_list_filter_by_product_is_the_products_drill_down(web: Served) -> None:
+    data = web.api("/api/v1/list?product=nginx&version=1.22.1")
+    assert data["total"] == 3
+    assert sorted((r["ip"], r["port"]) for r in data["rows"]) == [
+        ("127.0.0.1", 80), ("127.0.0.2", 80), ("127.0.0.2", 443)]
+    assert {r["product"] for r in data["rows"]} == {"nginx"}
+
+
+def test_list_filters_by_colour_org_port_target_and_prevalence(web: Served) -> None:
+    red = web.api("/api/v1/list?color=red")
+    assert sorted(r["port"] for r in red["rows"]) == [3306, 5432, 6379]
+    org = web.api("/api/v1/list?org=Other+Org")
+    assert {r["ip"] for r in org["rows"]} == {"127.0.0.2"} and org["total"] == 4
+    port = web.api("/api/v1/list?port=22")
+    assert [r["ip"] for r in port["rows"]] == ["127.0.0.1", "127.0.0.2"]
+    target = web.api("/api/v1/list?target=web-1.example.test")
+    assert sorted(r["port"] for r in target["rows"]) == [22, 80, 3306, 9000]
+    rare = web.api("/api/v1/list?prevalence=rare&per_page=1000")
+    assert rare["total"] == TOTAL_PORTS
+    assert web.api("/api/v1/list?prevalence=very+common")["rows"] == []
+
+
+def test_summary_products_and_ciphers_answer_with_their_filters(web: Served) -> None:
+    summary = web.api("/api/v1/summary?org=Example+Corp")
+    assert [r["ip"] for r in summary["rows"]] == ["127.0.0.3", "127.0.0.1"]  # by risk
+    web1 = summary["rows"][1]
+    assert (web1["red"], web1["yellow"], web1["green"]) == (1, 1, 2)
+    assert {"port": 3306, "proto": "tcp", "color": "red", "is_cdn_expected": False} \
+        in web1["ports"]
+    products = {(r["product"], r["version"]): r for r in web.api("/api/v1/products")["rows"]}
+    assert (products[("nginx", "1.22.1")]["instances"],
+            products[("nginx", "1.22.1")]["targets"]) == (3, 2)
+    ciphers = web.api("/api/v1/ciphers")["rows"]
+    assert [(r["ip"], r["port"], r["grade"]) for r in ciphers] == [("127.0.0.2", 443, "strong")]
+    assert ciphers[0]["suites"][0]["iana_name"] == "TLS_AES_128_GCM_SHA256"
+    assert ciphers[0]["cert_subject"] == "CN=web-2.example.test"
+
+
+# -- sorting and paging -----------------------------------------------------------------
+
+
+def test_list_sorts_by_each_allowed_key_both_ways(web: Served) -> None:
+    desc = web.api("/api/v1/list?sort=port&direction=desc&per_page=3")
+    assert [r["port"] for r in desc["rows"]] == [10059, 10058, 10057]
+    asc = web.api("/api/v1/list?sort=port&direction=asc&per_page=3")
+    assert [r["port"] for r in asc["rows"]] == [22, 22, 80]
+    risky = web.api("/api/v1/list?sort=risk&direction=desc&per_page=3")
+    assert {r["risk_color"] for r in risky["rows"]} == {"red"}
+    products = web.api("/api/v1/list?sort=product&per_page=1000&color=green")
+    names = [r["product"].lower() for r in products["rows"]]
+    assert names == sorted(names)
+    default = web.api("/api/v1/list?per_page=2")
+    assert default["sort"] == "target"
+    assert [(r["ip"], r["port"]) for r in default["rows"]] == [("127.0.0.1", 22),
+                                                                ("127.0.0.1", 80)]
+
+
+def test_pagination_covers_every_row_once(web: Served) -> None:
+    seen: list[tuple[str, int]] = []
+    first = web.api("/api/v1/list?per_page=10&sort=port")
+    assert (first["total"], first["pages"]) == (TOTAL_PORTS, 7)
+    for page in range(1, first["pages"] + 1):
+        data = web.api(f"/api/v1/list?per_page=10&sort=port&page={page}")
+        assert data["page"] == page and data["total"] == TOTAL_PORTS
+        seen += [(r["ip"], r["port"]) for r in data["rows"]]
+    assert len(seen) == len(set(seen)) == TOTAL_PORTS
+    beyond = web.api("/api/v1/list?per_page=10&page=99")
+    assert beyond["rows"] == []
+
+
+# -- 400 paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("/api/v1/list?port=abc", "port must be a whole number"),
+    ("/api/v1/list?port=70000", "port must be between 1 and 65535"),
+    ("/api/v1/list?port=0", "port must be between 1 and 65535"),
+    ("/api/v1/list?color=purple", "color must be one of red, yellow, green"),
+    ("/api/v1/list?prevalence=everywhere", "prevalence must be one of"),
+    ("/api/v1/list?sort=banner", "sort must be one of"),
+    ("/api/v1/list?sort=port&direction=sideways", "direction must be one of asc, desc"),
+    ("/api/v1/list?page=0", "page must be between 1"),
+    ("/api/v1/list?page=x", "page must be a whole number"),
+    ("/api/v1/list?per_page=5000", "per_page must be between 1 and 1000"),
+    ("/api/v1/list?banner=x", "list has no parameter 'banner'"),
+    ("/api/v1/list?port=22&port=80", "port is given more than once"),
+    ("/api/v1/list?product=" + "a" * 300, "product is too long"),
+    ("/api/v1/list?target=%00%1b", "target contains control characters"),
+    ("/api/v1/summary?sort=port", "summary cannot be sorted"),
+    ("/api/v1/ciphers?grade=excellent", "grade must be one of weak, medium, strong"),
+    ("/api/v1/nosuch", "unknown report 'nosuch'"),
+])
+def test_bad_values_are_a_400_with_the_reason(web: Served, query: str, message: str) -> None:
+    status, headers, body = web.get(query)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    assert message in json.loads(body)["error"]
+
+
+def test_pages_answer_bad_values_with_a_400_page_that_says_why(web: Served) -> None:
+    status, _, body = web.get("/list?port=%3Cscript%3E")
+    assert status == 400
+    assert "port must be a whole number, not &#39;&lt;script&gt;&#39;" in body
+    assert "<script>" not in body
+
+
+# -- security ---------------------------------------------------------------------------
+
+
+def test_every_answer_carries_a_csp_that_forbids_scripts(web: Served) -> None:
+    for path in ("/", "/list", "/products", "/ciphers", "/api/v1/list", "/list?port=x"):
+        _, headers, _ = web.get(path)
+        csp = headers["content-security-policy"]
+        assert "script-src 'none'" in csp and "default-src 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+
+
+def test_pages_render_for_every_report_with_charts(web: Served) -> None:
+    status, _, summary = web.get("/?org=Example+Corp")
+    assert status == 200
+    assert 'aria-labelledby="bars-title bars-desc"' in summary  # the SVG chart
+    assert "Red: risky when exposed: 2" in summary  # 3306 and 5432
+    assert "/list?target=127.0.0.3" in summary  # the drill-down link
+    _, _, products = web.get("/products")
+    assert "/list?product=nginx&amp;version=1.22.1" in products
+    _, _, ciphers = web.get("/ciphers")
+    assert "TLS_AES_128_GCM_SHA256" in ciphers
+
+
+def test_the_store_is_read_only_over_http(web: Served) -> None:
+    status, _, _ = web.get("/api/v1/list", method="POST")
+    assert status == 405
+
+
+def test_loopback_server_refuses_foreign_host_headers(web: Served) -> None:
+    """DNS rebinding: a page on evil.example must not read a loopback-only server."""
+    status, _, body = web.get("/api/v1/list", headers={"Host": "evil.example:8765"})
+    assert status == 421 and "loopback names only" in body
+    ok, _, _ = web.get("/api/v1/list", headers={"Host": "localhost"})
+    assert ok == 200
+
+
+def test_token_is_required_beyond_loopback(web_with_token: Served) -> None:
+    status, headers, body = web_with_token.get("/api/v1/list")
+    assert status == 401 and "token is required" in body
+    assert headers["www-authenticate"] == "Bearer"
+    wrong, _, _ = web_with_token.get("/api/v1/list",
+                                     headers={"Authorization": "Bearer " + "x" * 24})
+    assert wrong == 401
+    ok, _, body = web_with_token.get("/api/v1/list",
+                                     headers={"Authorization": "Bearer " + "t" * 24})
+    assert ok == 200 and json.loads(body)["total"] == TOTAL_PORTS
+    # first visit in a browser: ?token= becomes an HttpOnly cookie and leaves the URL
+    status, headers, _ = web_with_token.get("/list?token=" + "t" * 24 + "&port=22")
+    assert status == 303 and headers["location"] == "/list?port=22"
+    assert "HttpOnly" in headers["set-cookie"] and "SameSite=strict" in headers["set-cookie"]
+    cookie = headers["set-cookie"].split(";")[0]
+    ok, _, _ = web_with_token.get("/list?port=22", headers={"Cookie": cookie})
+    assert ok == 200
+
+
+def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
+    result = run_cli("serve", "--host", "0.0.0.0", "--store", f"chdb://{tmp_path / 's'}",
+                     env={"PORTWATCH_WEB_TOKEN": ""})
+    assert result.code == 2
+    assert "refusing to serve on 0.0.0.0" in result.stderr
+    short = run_cli("serve", "--host", "0.0.0.0", "--token", "short",
+                    "--store", f"chdb://{tmp_path / 's'}")
+    assert short.code == 2 and "token is too short" in short.stderr
