@@ -14,7 +14,7 @@ STAMPS := .cache/stamps
 # hosts (iproute2, nftables, iptables), and the real services the tests scan.
 APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
-	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven
+	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium
 
 .PHONY: help
 help: ## List the targets
@@ -56,7 +56,8 @@ scan: install ## Scan 127.0.0.1 (all TCP ports, embedded store), then show Summa
 
 .PHONY: lint
 lint: venv ## ruff and mypy
-	$(VENV)/bin/ruff check portwatch producers probers stream_processors schemas tests bench
+	$(VENV)/bin/ruff check portwatch producers probers stream_processors schemas tests bench deploy
+	$(PY) -m deploy.grafana.build_dashboards --check
 	$(VENV)/bin/mypy
 
 include deploy/local/kafka/kafka.mk
@@ -77,9 +78,27 @@ test: install helm ## Lint, then every test (brings the Kafka broker up and down
 .PHONY: check
 check: test ## Same as test: exactly what CI runs
 
-.PHONY: bench
-bench: install ## Benchmarks side by side with nmap/masscan (see BENCHMARKS.md)
-	$(PY) -m bench.connect_sweep
+.PHONY: serve
+serve: install ## Serve the four reports on http://127.0.0.1:8765
+	$(VENV)/bin/portwatch serve
+
+.PHONY: grafana
+grafana: venv ## Regenerate the Grafana dashboards under deploy/grafana
+	$(PY) -m deploy.grafana.build_dashboards
+
+.PHONY: bench bench-connect bench-discovery bench-identify bench-web bench-pipeline
+bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery ## All benchmarks (BENCHMARKS.md)
+bench-connect: install ## Full TCP sweep of 127.0.0.1 vs nmap -sT
+	$(PY) -m bench.connect_sweep --runs 5
+bench-discovery: install ## masscan engine vs nmap -sS vs masscan on namespace hosts (root)
+	$(PY) -m bench.discovery
+bench-identify: install ## Identification of real services vs nmap -sV
+	$(PY) -m bench.identify
+bench-web: install ## Pages and API on 100,000 findings
+	$(PY) -m bench.web
+bench-pipeline: install ## Kafka -> Faust -> chdb throughput vs the embedded runner
+	$(MAKE) --no-print-directory kafka-up
+	$(PY) -m bench.pipeline
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -28,7 +28,8 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: an error stays on one line whatever the terminal width
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console(*, soft_wrap: bool = False) -> Console:
@@ -228,6 +229,21 @@ def _udp_ports(spec: str) -> tuple[Any, ...]:
     return parse_ports(text)
 
 
+def _choose_engine(settings: Settings, targets: Any) -> tuple[Any, str]:
+    """--engine auto|masscan|connect -> (engine, one-line note when auto fell back)."""
+    from types import SimpleNamespace
+
+    from probers.discovery.base import EngineUnavailable
+    from probers.discovery.masscan import choose_engine
+
+    options = SimpleNamespace(concurrency=settings.concurrency, timeout=settings.timeout,
+                              retries=settings.retries, masscan_rate=settings.rate or 10_000)
+    try:
+        return choose_engine(settings.engine, targets, options)
+    except EngineUnavailable as exc:
+        fail(f"--engine masscan: {str(exc).strip().splitlines()[0]}", EXIT_USAGE)
+
+
 def _expand_stdin(targets: Sequence[str]) -> list[str]:
     out: list[str] = []
     for t in targets:
@@ -243,11 +259,11 @@ async def _run_scan(db: Any, settings: Settings, targets: Any, tcp_ports: Any,
                     udp_ports: Any, quiet: bool, *, checkpoint: str | None = None,
                     seed: int | None = None) -> Any:
     from portwatch.runner import EmbeddedRunner, install_interrupt
-    from probers.discovery.connect import ConnectEngine
     from stream_processors.stages import make_context
 
-    engine = ConnectEngine(concurrency=settings.concurrency, timeout=settings.timeout,
-                           retries=settings.retries)
+    engine, note = _choose_engine(settings, targets)
+    if note and not quiet:
+        err_console.print(f"portwatch: {note}", markup=False)
     ctx = make_context(
         banner_wait=settings.banner_wait, identify_budget=settings.identify_budget,
         per_host_connections=settings.per_host_connections,
@@ -338,7 +354,9 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     state = "interrupted" if stats.interrupted else "done"
     out.print(Text(
         f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
-        f"{stats.probes_done:,} ports probed, {stats.open_found} open, "
+        f"{min(stats.probes_done, stats.planned_probes):,} ports scanned"
+        + (f" ({stats.probes_done:,} probes)" if stats.probes_done > stats.planned_probes else "")
+        + f", {stats.open_found} open, "
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
     if stats.resumed_shards:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))

@@ -64,7 +64,7 @@ class ScanStats:
 
     scan_id: str
     hosts: int
-    probes_total: int = 0
+    planned_probes: int = 0  # ports x hosts of the whole scan, one pass each
     started: float = field(default_factory=time.monotonic)
     finished: float = 0.0
     identified: int = 0
@@ -76,6 +76,13 @@ class ScanStats:
 
     _done_shards: Progress = field(default_factory=Progress)
     _active: list[Progress] = field(default_factory=list)
+    _extra_probes: int = 0  # engines that make several passes (masscan) probe more
+    _expected: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def probes_total(self) -> int:
+        live = sum(max(0, p.probes_total - self._expected.get(id(p), 0)) for p in self._active)
+        return self.planned_probes + self._extra_probes + live
 
     @property
     def probes_done(self) -> int:
@@ -89,13 +96,16 @@ class ScanStats:
     def notes(self) -> list[str]:
         return [*self._done_shards.notes, *(n for p in self._active for n in p.notes)]
 
-    def shard_started(self) -> Progress:
+    def shard_started(self, expected_probes: int) -> Progress:
         progress = Progress()
         self._active.append(progress)
+        self._expected[id(progress)] = expected_probes
         return progress
 
     def shard_finished(self, progress: Progress) -> None:
         self._active.remove(progress)
+        expected = self._expected.pop(id(progress), 0)
+        self._extra_probes += max(0, progress.probes_total - expected)
         done = self._done_shards
         done.probes_done += progress.probes_done
         done.open_found += progress.open_found
@@ -174,8 +184,8 @@ class EmbeddedRunner:
             plans.append((self.udp_engine, ShardPlan(scan_id, tuple(targets), tuple(udp_ports),
                                                      Proto.UDP, seed, self.shard_hosts,
                                                      self.shard_ports)))
-        stats.probes_total = sum(sum(len(r) for r in plan.ports) * len(targets)
-                                 for _engine, plan in plans)
+        stats.planned_probes = sum(sum(len(r) for r in plan.ports) * len(targets)
+                                   for _engine, plan in plans)
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
@@ -190,7 +200,7 @@ class EmbeddedRunner:
                         position = offset + shard.index
                         if position < resume_from:
                             stats.resumed_shards += 1
-                            stats.probes_total -= shard.probe_count
+                            stats.planned_probes -= shard.probe_count
                             continue
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
@@ -253,7 +263,7 @@ class EmbeddedRunner:
         is retried, never a silent gap); True when the shard completed."""
         found: dict[tuple[str, str, int], OpenPort] = {}
         for attempt in range(1 + self.shard_retries):
-            progress = stats.shard_started()
+            progress = stats.shard_started(shard.probe_count)
             try:
                 outcome = await discover_shard(engine, shard, progress,
                                                tarpit_threshold=self.tarpit_threshold,

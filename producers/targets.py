@@ -28,6 +28,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A /16 is the largest block scanned without --allow-large (65,536 addresses).
 MAX_ADDRESSES = 65_536
+# Even with --allow-large, one run expands at most a /8 (16.7 M addresses): beyond
+# that (an IPv6 /64...) the list itself would exhaust memory; split the work.
+HARD_MAX_ADDRESSES = 2**24
 # Safety net: when set (comma-separated CIDRs), nothing outside is ever scanned.
 SCOPE_ALLOW_ENV = "PORTWATCH_SCOPE_ALLOW"
 
@@ -93,8 +96,9 @@ def parse_ports(spec: str) -> tuple[PortRange, ...]:
 # -- addresses --------------------------------------------------------------------------
 
 
-def _parse_range(text: str) -> Iterator[IPAddress] | None:
-    """``10.0.0.1-10.0.0.9`` or ``10.0.0.1-9`` (last octet); None when not a range."""
+def _parse_range(text: str) -> tuple[int, Iterator[IPAddress]] | None:
+    """``10.0.0.1-10.0.0.9`` or ``10.0.0.1-9`` (last octet) -> (count, addresses);
+    None when the text is not a range. Nothing is expanded before the size check."""
     if "-" not in text or "/" in text:
         return None
     left, right = text.split("-", 1)
@@ -116,8 +120,8 @@ def _parse_range(text: str) -> Iterator[IPAddress] | None:
     if first.version != last.version or int(last) < int(first):
         raise TargetError(f"bad address range {text!r}: the end comes before the start")
     count = int(last) - int(first) + 1
-    return (ipaddress.ip_address(int(first) + i) if first.version == 4
-            else ipaddress.IPv6Address(int(first) + i) for i in range(count))
+    return count, (ipaddress.ip_address(int(first) + i) if first.version == 4
+                   else ipaddress.IPv6Address(int(first) + i) for i in range(count))
 
 
 def _check_size(text: str, count: int, *, allow_large: bool) -> None:
@@ -126,6 +130,9 @@ def _check_size(text: str, count: int, *, allow_large: bool) -> None:
             f"{text} covers {count:,} addresses, more than a /16 ({MAX_ADDRESSES:,}): "
             "pass --allow-large if you really mean it"
         )
+    if count > HARD_MAX_ADDRESSES:
+        raise TargetError(f"{text} covers {count:,} addresses, more than one run expands "
+                          f"({HARD_MAX_ADDRESSES:,}, a /8): split it into smaller blocks")
 
 
 def _looks_like_hostname(text: str) -> bool:
@@ -179,11 +186,11 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
         return [make(ipaddress.ip_address(text.strip("[]")))]
     except ValueError:
         pass
-    addresses = _parse_range(text)
-    if addresses is not None:
-        items = list(addresses)
-        _check_size(text, len(items), allow_large=allow_large)
-        return [make(ip) for ip in items]
+    parsed = _parse_range(text)
+    if parsed is not None:
+        count, addresses = parsed
+        _check_size(text, count, allow_large=allow_large)
+        return [make(ip) for ip in addresses]
     if _looks_like_hostname(text):
         return [make(ip, hostname=text.rstrip(".").lower()) for ip in resolve_hostname(text)]
     raise TargetError(f"not an address, CIDR block, range or hostname: {text!r}")

@@ -211,7 +211,7 @@ def test_full_sweep_of_all_65535_ports_finds_every_listener(services: Services,
     store = f"chdb://{tmp_path / 'store'}"
     result = run_cli("scan", "127.0.0.1", "--udp", "none", store=store, env=FAST)
     assert result.code == 0, result.stderr
-    assert "65,535 ports probed" in result.stdout
+    assert "65,535 ports scanned" in result.stdout
     found = {r["port"] for r in report(store, "list")}
     assert set(services.ports.values()) <= found
 

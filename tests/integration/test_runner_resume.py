@@ -42,11 +42,20 @@ class StopsAfterFirstShard(EmbeddedRunner):
 def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Path) -> None:
     # Given listeners spread over a 3,000-port range cut into 3 shards of 1,000 ports
     with contextlib.ExitStack() as stack:
+        lo = loopback.free_port()
+        lo = min(lo, 60000)
         ports = []
-        while len(ports) < 3:
-            lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n")))
-            ports.append(lst.port)
-        lo = min(ports)
+        for offset in (10, 1010, 2010):  # one listener in each 1,000-port shard
+            for shift in range(200):
+                candidate = lo + offset + shift
+                try:
+                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
+                                                              port=candidate))
+                except OSError:
+                    continue
+                ports.append(lst.port)
+                break
+        assert len(ports) == 3
         span = (PortRange(lo, lo + 2999),)
         checkpoint = tmp_path / "scan.checkpoint"
         # When a first run is stopped after its first shard
