@@ -6,8 +6,8 @@
 -- contains the dedup key (scan_id, ip, proto, port [, ...]); replaying a Kafka
 -- partition re-inserts identical rows that merge away, and report SQL never
 -- counts raw rows without de-duplicating them (uniqExact / FINAL / GROUP BY key).
--- The materialized views only keep min / max / argMax / uniqExact states, which
--- are insensitive to duplicates: a replayed block cannot move first_seen.
+-- The materialized views only keep min / max / last-written / uniqExact values,
+-- which are insensitive to duplicates: a replayed block cannot move first_seen.
 
 -- One row per (scan, target, ip, proto, port) seen open. Ordered for the List report.
 CREATE TABLE IF NOT EXISTS port_observations
@@ -44,23 +44,39 @@ ENGINE = ReplacingMergeTree(observed_at)
 ORDER BY (target, ip, proto, port, scan_id);
 
 -- Current state per (target, ip, proto, port): first_seen = min, last_seen = max,
--- latest identification = argMax by observation time. "First detected" lives here.
+-- and every other field = its value in the latest observation, kept as
+-- max((observed_at, value)): argMax semantics (a replayed older scan never wins),
+-- but stored as plain columns, so a report reads only the columns it needs with
+-- FINAL; a filter on one field never materializes the others (on 100,000 findings
+-- the List query drops from ~350 ms with a tuple argMax state to ~50 ms).
+-- "First detected" lives here. Read it through the current_findings view.
 CREATE TABLE IF NOT EXISTS findings
 (
-    target        String,
-    ip            String,
-    proto         LowCardinality(String),
-    port          UInt16,
-    first_seen    SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
-    last_seen     SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
-    last_scan_id  AggregateFunction(argMax, String, DateTime64(3, 'UTC')),
-    latest        AggregateFunction(argMax, Tuple(
-                      hostname String, organization String, asset String, state String,
-                      service String, product String, version String, extra_info String,
-                      cpe String, banner String, method String, is_tls UInt8,
-                      tls_grade String, cdn_provider String, cdn_source String,
-                      is_cdn_expected UInt8, risk_color String, risk_reason String),
-                      DateTime64(3, 'UTC'))
+    target           String,
+    ip               String,
+    proto            LowCardinality(String),
+    port             UInt16,
+    first_seen       SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_seen        SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    last_scan_id     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    hostname         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    organization     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    asset            SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    state            SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    service          SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    product          SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    version          SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    extra_info       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    cpe              SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    banner           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    method           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    is_tls           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
+    tls_grade        SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    cdn_provider     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    cdn_source       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    is_cdn_expected  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
+    risk_color       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    risk_reason      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (target, ip, proto, port);
@@ -68,17 +84,54 @@ ORDER BY (target, ip, proto, port);
 CREATE MATERIALIZED VIEW IF NOT EXISTS findings_mv TO findings AS
 SELECT
     target, ip, proto, port,
-    min(observed_at) AS first_seen,
-    max(observed_at) AS last_seen,
-    argMaxState(scan_id, observed_at) AS last_scan_id,
-    argMaxState(CAST(tuple(
-        hostname, toString(organization), asset, toString(state), toString(service), product,
-        version, extra_info, cpe, banner, method, is_tls, toString(tls_grade),
-        toString(cdn_provider), cdn_source, is_cdn_expected, toString(risk_color), risk_reason),
-        'Tuple(hostname String, organization String, asset String, state String, service String, product String, version String, extra_info String, cpe String, banner String, method String, is_tls UInt8, tls_grade String, cdn_provider String, cdn_source String, is_cdn_expected UInt8, risk_color String, risk_reason String)'),
-        observed_at) AS latest
-FROM port_observations
-GROUP BY target, ip, proto, port;
+    observed_at AS first_seen,
+    observed_at AS last_seen,
+    (observed_at, scan_id) AS last_scan_id,
+    (observed_at, toString(hostname)) AS hostname,
+    (observed_at, toString(organization)) AS organization,
+    (observed_at, toString(asset)) AS asset,
+    (observed_at, toString(state)) AS state,
+    (observed_at, toString(service)) AS service,
+    (observed_at, toString(product)) AS product,
+    (observed_at, toString(version)) AS version,
+    (observed_at, toString(extra_info)) AS extra_info,
+    (observed_at, toString(cpe)) AS cpe,
+    (observed_at, toString(banner)) AS banner,
+    (observed_at, toString(method)) AS method,
+    (observed_at, is_tls) AS is_tls,
+    (observed_at, toString(tls_grade)) AS tls_grade,
+    (observed_at, toString(cdn_provider)) AS cdn_provider,
+    (observed_at, toString(cdn_source)) AS cdn_source,
+    (observed_at, is_cdn_expected) AS is_cdn_expected,
+    (observed_at, toString(risk_color)) AS risk_color,
+    (observed_at, toString(risk_reason)) AS risk_reason
+FROM port_observations;
+
+-- The merged current state, one row per (target, ip, proto, port), plain values.
+-- Views are inlined: a query reads only the columns it uses.
+CREATE VIEW IF NOT EXISTS current_findings AS
+SELECT
+    target, ip, proto, port, first_seen, last_seen,
+    tupleElement(last_scan_id, 2) AS last_scan_id,
+    tupleElement(hostname, 2) AS hostname,
+    tupleElement(organization, 2) AS organization,
+    tupleElement(asset, 2) AS asset,
+    tupleElement(state, 2) AS state,
+    tupleElement(service, 2) AS service,
+    tupleElement(product, 2) AS product,
+    tupleElement(version, 2) AS version,
+    tupleElement(extra_info, 2) AS extra_info,
+    tupleElement(cpe, 2) AS cpe,
+    tupleElement(banner, 2) AS banner,
+    tupleElement(method, 2) AS method,
+    tupleElement(is_tls, 2) AS is_tls,
+    tupleElement(tls_grade, 2) AS tls_grade,
+    tupleElement(cdn_provider, 2) AS cdn_provider,
+    tupleElement(cdn_source, 2) AS cdn_source,
+    tupleElement(is_cdn_expected, 2) AS is_cdn_expected,
+    tupleElement(risk_color, 2) AS risk_color,
+    tupleElement(risk_reason, 2) AS risk_reason
+FROM findings FINAL;
 
 -- Distinct instances (addresses) per (proto, port) across every scan ever stored.
 CREATE TABLE IF NOT EXISTS port_prevalence
@@ -177,3 +230,11 @@ CREATE TABLE IF NOT EXISTS certificates
 )
 ENGINE = ReplacingMergeTree(observed_at)
 ORDER BY (target, ip, port, scan_id, chain_position);
+
+-- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
+CREATE TABLE IF NOT EXISTS schema_version
+(
+    version  UInt32
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version;

@@ -34,6 +34,7 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
+SCHEMA_VERSION = 3  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -213,9 +214,26 @@ class Store:
     # -- schema -------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
+        """Create what is missing; refuse a store laid out by another portwatch version
+        (the DDL is idempotent, so an old table would otherwise stay, silently wrong)."""
         with self._lock:
+            existing = {r[0] for r in self._client.query(
+                "SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+            if "findings" in existing:
+                found = 0
+                if "schema_version" in existing:
+                    rows = self._client.query("SELECT max(version) FROM schema_version")
+                    found = int(rows.result_rows[0][0] or 0)
+                if found != SCHEMA_VERSION:
+                    where = self.location.path or f"{self.location.host}/{self.location.database}"
+                    raise StoreError(
+                        f"the store at {where} has layout version {found or 'unknown'}, this "
+                        f"portwatch needs {SCHEMA_VERSION}: use a new --store (or another "
+                        "database) and rescan")
             for statement in ddl_statements():
                 self._client.command(statement)
+            if "findings" not in existing:
+                self._client.command(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
 
     # -- writes -------------------------------------------------------------------------
 
@@ -260,9 +278,11 @@ class Store:
         self._insert("certificates", CERTIFICATE_COLUMNS, certs)
         return len(observations)
 
-    def insert_host_scans(self, scans: Iterable[HostScan], shard_id: str = "") -> int:
+    def insert_host_scans(self, scans: Iterable[HostScan]) -> int:
+        """One row per (scan, host, shard): a host split over several shards sums its
+        ports in the Summary, and a retried shard replaces its own row."""
         rows = [
-            [h.scan_id, shard_id, h.target.target, h.target.hostname, h.target.organization,
+            [h.scan_id, h.shard_id, h.target.target, h.target.hostname, h.target.organization,
              h.target.asset, h.target.ip, h.started_at, h.finished_at, h.ports_scanned,
              h.open_ports, h.status, int(h.is_tarpit), h.note]
             for h in scans

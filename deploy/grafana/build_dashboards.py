@@ -67,15 +67,13 @@ ORDER BY time"""
 
 NEW_PORTS_PER_DAY = """SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
 FROM (
-    SELECT target, ip, proto, port, min(first_seen) AS first_seen,
-           argMaxMerge(latest) AS l
-    FROM findings
-    GROUP BY target, ip, proto, port
+    SELECT target, ip, first_seen, organization, hostname
+    FROM current_findings
 )
 WHERE $__timeFilter(first_seen)
-  AND (${org:sqlstring} = '' OR l.organization = ${org:sqlstring})
+  AND (${org:sqlstring} = '' OR organization = ${org:sqlstring})
   AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
-       OR l.hostname = ${target:sqlstring})
+       OR hostname = ${target:sqlstring})
 GROUP BY time
 ORDER BY time"""
 

@@ -25,18 +25,14 @@ WITH
                if(min(status = 'completed'), 'completed', 'interrupted') AS status
         FROM host_scans FINAL GROUP BY target, ip, scan_id
     ),
-    cur AS (
-        SELECT target, ip, proto, port,
-               argMaxMerge(last_scan_id) AS last_scan_id, argMaxMerge(latest) AS l
-        FROM findings GROUP BY target, ip, proto, port
-    ),
     ports AS (
-        SELECT cur.target AS target, cur.ip AS ip, cur.port AS port, cur.proto AS proto,
-               cur.l.risk_color AS color, cur.l.is_cdn_expected AS is_cdn_expected,
-               cur.l.state AS state, cur.l.product AS product,
-               (cur.l.is_cdn_expected = 0 AND cur.l.state = 'open') AS is_scored
-        FROM cur INNER JOIN scans ON scans.target = cur.target AND scans.ip = cur.ip
-        WHERE cur.last_scan_id = scans.last_scan_id
+        SELECT f.target AS target, f.ip AS ip, f.port AS port, f.proto AS proto,
+               f.risk_color AS color, f.is_cdn_expected AS is_cdn_expected,
+               f.state AS state, f.product AS product,
+               (f.is_cdn_expected = 0 AND f.state = 'open') AS is_scored
+        FROM current_findings AS f
+        INNER JOIN scans ON scans.target = f.target AND scans.ip = f.ip
+        WHERE f.last_scan_id = scans.last_scan_id
     ),
     per_host AS (
         SELECT target, ip,

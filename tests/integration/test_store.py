@@ -84,10 +84,10 @@ def make_finding(t: Target, port: int, color: RiskColor = RiskColor.GREEN, *,
 
 def host_scan(t: Target, *, scan_id: str = "scan-1", when: datetime = T0, open_ports: int = 0,
               ports_scanned: int = 1000, status: str = "completed",
-              is_tarpit: bool = False) -> HostScan:
+              is_tarpit: bool = False, shard_id: str = "") -> HostScan:
     return HostScan(scan_id=scan_id, target=t, started_at=when - timedelta(seconds=5),
                     finished_at=when, ports_scanned=ports_scanned, open_ports=open_ports,
-                    status=status, is_tarpit=is_tarpit)
+                    status=status, is_tarpit=is_tarpit, shard_id=shard_id)
 
 
 def store_scan(store: Store, t: Target, findings: list[Finding], *, scan_id: str = "scan-1",
@@ -266,10 +266,10 @@ def test_host_scans_show_targets_without_open_ports_and_tarpits(store: Store) ->
 def test_shards_of_one_scan_add_up_in_the_summary(store: Store) -> None:
     # Given one host scanned in two shards (two port halves) of the same scan
     t = target()
-    store.insert_host_scans([host_scan(t, ports_scanned=32768)], shard_id="scan-1:tcp:0")
-    store.insert_host_scans([host_scan(t, ports_scanned=32767)], shard_id="scan-1:tcp:1")
+    store.insert_host_scans([host_scan(t, ports_scanned=32768, shard_id="scan-1:tcp:0")])
+    store.insert_host_scans([host_scan(t, ports_scanned=32767, shard_id="scan-1:tcp:1")])
     # When replayed, then the total still counts each shard once
-    store.insert_host_scans([host_scan(t, ports_scanned=32767)], shard_id="scan-1:tcp:1")
+    store.insert_host_scans([host_scan(t, ports_scanned=32767, shard_id="scan-1:tcp:1")])
     (summary,) = rows(store, "summary")
     assert summary["ports_scanned"] == 65535
 
@@ -545,3 +545,18 @@ def test_one_process_may_open_its_own_store_twice(shared_chdb_path: Path) -> Non
     first = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
     second = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
     assert first.report("summary").rows == second.report("summary").rows == []
+
+
+def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
+        store: Store, shared_chdb_path: Path) -> None:
+    # Given a database whose findings table predates the schema_version table
+    database = f"old_{uuid.uuid4().hex[:10]}"
+    store.query(f"CREATE DATABASE {database}")
+    store.query(f"CREATE TABLE {database}.findings (x UInt8) ENGINE = MergeTree ORDER BY x")
+    # When portwatch opens it
+    with pytest.raises(StoreError) as err:
+        Store.from_url(f"chdb://{shared_chdb_path}?database={database}")
+    # Then it says what is wrong and what to do, in one line
+    message = str(err.value)
+    assert "layout version unknown" in message and "use a new --store" in message
+    assert "\n" not in message
