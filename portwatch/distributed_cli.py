@@ -49,6 +49,7 @@ from portwatch.cli import (  # noqa: E402 - after register, see above
     EXIT_USAGE,
     STORE_OPTION,
     _check_store_url,
+    _choose_engine,
     _store,
     fail,
 )
@@ -221,6 +222,8 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
 @click.option("--retries", type=int, default=None, help="Retries for ports that timed out.")
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
+@click.option("--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
+              help="Discovery engine, as for `portwatch scan` (default auto).")
 @click.option("--shard-attempts", type=click.IntRange(1, 10), default=2, show_default=True,
               help="Engine runs per shard before it is recorded as failed.")
 @click.option("--session-timeout", type=click.FloatRange(6, 300), default=10.0,
@@ -232,7 +235,8 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
 @KAFKA_OPTION
 @PREFIX_OPTION
 def discover(group: str | None, concurrency: int | None, timeout: float | None,
-             retries: int | None, tarpit_threshold: int | None, shard_attempts: int,
+             retries: int | None, tarpit_threshold: int | None, engine: str | None,
+             shard_attempts: int,
              session_timeout: float, max_shards: int, idle_exit: float, kafka: str,
              topic_prefix: str) -> None:
     """Run a discovery worker: take shards, scan them, publish open ports.
@@ -243,21 +247,25 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
     """
     from portwatch.discover_worker import DiscoveryWorker, WorkerOptions
     from probers.discovery.base import DiscoveryEngine
-    from probers.discovery.connect import ConnectEngine
     from producers.kafka_io import KafkaUnavailable
     from schemas.records import Proto, Shard
 
     settings = _settings(concurrency=concurrency, timeout=timeout, retries=retries,
-                         tarpit_threshold=tarpit_threshold)
+                         tarpit_threshold=tarpit_threshold, engine=engine)
     topics = _topics(kafka, topic_prefix)
+    notes: set[str] = set()
 
     def engine_for(shard: Shard) -> DiscoveryEngine:
+        """The engine the embedded scan would choose (``--engine``, ``--rate``)."""
         if shard.proto is Proto.UDP:
-            from probers.discovery.udp import UdpEngine
+            from probers.discovery.udp import UdpEngine, UdpOptions
 
-            return UdpEngine()  # type: ignore[no-any-return]
-        return ConnectEngine(concurrency=settings.concurrency, timeout=settings.timeout,
-                             retries=settings.retries)
+            return UdpEngine(UdpOptions(rate=float(settings.rate or 500)))
+        engine, note = _choose_engine(settings, list(shard.targets))
+        if note and note not in notes:
+            notes.add(note)
+            _say(note)
+        return engine  # type: ignore[no-any-return]
 
     def on_shard(state: str, shard: Shard) -> None:
         _say(f"shard {shard.shard_id} {state} ({len(shard.targets)} hosts, "
@@ -271,6 +279,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
     worker = DiscoveryWorker(options, engine_for, on_shard)
     previous = {sig: signal.signal(sig, lambda *_: worker.stop())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    _say(f"discover worker running (group {options.group_id}); SIGTERM or Ctrl-C stops it")
     try:
         stats = worker.run()
     except KafkaUnavailable as exc:
@@ -316,11 +325,10 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     that store says so; stop the worker, or use a ClickHouse server store, to read
     reports while it runs).
     """
-    from probers.service.engine import Settings as IdentifySettings
     from stream_processors.agents import make_stage
     from stream_processors.app import PipelineOptions, build_sink_app, build_stages_app
     from stream_processors.sink import StoreSink
-    from stream_processors.stages import StageContext
+    from stream_processors.stages import make_context
 
     settings = _settings(identify_concurrency=identify_concurrency, banner_wait=banner_wait,
                          batch_seconds=batch_seconds, store=store)
@@ -335,10 +343,13 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     sink: StoreSink | None = None
     report: dict[str, Any] = {"role": role}
     if role in ("all", "stages"):
-        ctx = StageContext(
-            identify=IdentifySettings(banner_wait=settings.banner_wait,
-                                      budget=settings.identify_budget),
+        # The very context the embedded scan builds (cli._run_scan): same settings,
+        # same nmap fallback and TLS enumeration, so both shapes find the same things.
+        ctx = make_context(
+            banner_wait=settings.banner_wait, identify_budget=settings.identify_budget,
             per_host_connections=settings.per_host_connections,
+            use_nmap_probes=settings.nmap_probes, tls_enumeration=settings.tls,
+            tls_timeout=settings.tls_timeout, tls_budget=settings.tls_budget,
         )
         stages_app, stage_stats = build_stages_app(options, make_stage(ctx))
         apps.append(stages_app)

@@ -428,6 +428,9 @@ class HostScan(Record):
     status: str = "completed"  # completed / interrupted / error
     is_tarpit: bool = False  # "answers on every port"
     note: str = ""
+    # The shard that scanned this host: one row per (host, shard) in the store, so a
+    # host split over several shards sums its ports and a retried shard replaces its row.
+    shard_id: str = ""
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
@@ -441,6 +444,7 @@ class HostScan(Record):
             status=str(data.get("status", "completed")),
             is_tarpit=bool(data.get("is_tarpit", False)),
             note=str(data.get("note", "")),
+            shard_id=str(data.get("shard_id", "")),
         )
 
 

@@ -133,7 +133,8 @@ class ShardOutcome:
         state = status or ("error" if self.error else
                            "interrupted" if self.is_interrupted else "completed")
         return [
-            HostScan(scan_id=self.shard.scan_id, target=t, started_at=self.started_at,
+            HostScan(scan_id=self.shard.scan_id, shard_id=self.shard.shard_id, target=t,
+                     started_at=self.started_at,
                      finished_at=finished, ports_scanned=self.shard.port_count,
                      open_ports=kept[t.ip], status=state,
                      is_tarpit=t.ip in self.tarpit_notes,

@@ -1,0 +1,209 @@
+"""Faust agent bodies: the stage functions and the store sink bound to Kafka streams.
+
+Owns: what each agent does with a stream of framed messages (see
+``producers.publish``: one or more records of one key per message):
+
+* the **stage agent** (open ports -> findings): decodes ``OpenPort`` records, runs
+  the very stage chain the embedded runner runs (``stages.process``: identify,
+  TLS, CDN, risk; ``stages.keeps`` for tarpit noise), publishes the findings keyed
+  by host, and only then acknowledges the source messages (at-least-once);
+* the **sink agent** (findings + host scans -> store): buffers messages by count
+  and by time (``noack_take``), writes them through ``StoreSink`` and acknowledges
+  them only once stored;
+* poison handling for both: an undecodable record goes to the dead-letter topic
+  with its reason and origin, and the stream goes on.
+
+Acknowledgement rule, the reason for ``noack_take`` rather than ``take``: Faust's
+``take`` acks a buffer when the agent asks for the next one, including when the
+agent is being cancelled mid-write; here a message is acked only after its effect
+(a published finding, a stored row) is acknowledged itself.
+
+Must not touch: Faust app construction (``stream_processors.app``), the store's
+SQL, the network (beyond what the stage functions do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from producers.publish import Poison, dead_letter, decode_records, frame_by_key
+from schemas.records import Finding, HostScan, OpenPort, ServiceInfo
+from stream_processors import cdn, risk
+from stream_processors.sink import SinkStopped, StoreSink
+from stream_processors.stages import StageContext, keeps, process
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[OpenPort], Awaitable[Finding | None]]
+"""One open port -> its finding, or None when the finding is not kept (tarpit noise)."""
+
+# (key, value) -> a future resolved when the broker acknowledged the message.
+Send = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
+Agent = Callable[[Any], Awaitable[None]]
+
+
+def unidentified(port: OpenPort, why: str) -> Finding:
+    """A port identification could not finish: kept, yellow, saying why (as the
+    embedded runner does)."""
+    finding = Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why))
+    return risk.assess(cdn.classify(finding))
+
+
+def make_stage(ctx: StageContext) -> Stage:
+    """The embedded runner's per-port chain, with its failure rule: an exception in
+    one port's identification gives an unidentified finding, never a lost port."""
+
+    async def stage(port: OpenPort) -> Finding | None:
+        try:
+            finding = await process(port, ctx)
+        except Exception as exc:  # noqa: BLE001 - one bad port must not stop the stream
+            log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
+            return unidentified(port, f"identification error: {type(exc).__name__}")
+        return finding if keeps(finding) else None
+
+    return stage
+
+
+@dataclass
+class StageStats:
+    messages: int = 0
+    ports: int = 0
+    findings: int = 0
+    dropped: int = 0  # tarpit candidates without a named service
+    poison: int = 0
+    busy_seconds: float = 0.0
+
+
+@dataclass
+class SinkAgentStats:
+    messages: int = 0
+    poison: int = 0
+
+
+def _origin(event: Any) -> tuple[str, int, int]:
+    message = event.message
+    return str(message.topic), int(message.partition), int(message.offset)
+
+
+async def _dead_letters(send_dead: Send, stage_name: str, event: Any,
+                        poison: Sequence[Poison]) -> list[Awaitable[Any]]:
+    topic, partition, offset = _origin(event)
+    futures = []
+    for p in poison:
+        log.warning("dead letter from %s[%d]@%d line %d: %s", topic, partition, offset,
+                    p.line, p.reason)
+        envelope = dead_letter(topic, partition, offset, p.reason, p.raw,
+                               stage=stage_name, line=p.line)
+        futures.append(await send_dead(None, envelope))
+    return futures
+
+
+async def run_stage(events: Sequence[Any], stage: Stage, limit: asyncio.Semaphore,
+                    send_findings: Send, send_dead: Send, stats: StageStats) -> None:
+    """Process one buffer of open-port messages; returns once every finding and dead
+    letter it produced is acknowledged by the broker (raises if one is not)."""
+    started = time.perf_counter()
+    pending: list[Awaitable[Any]] = []
+    ports: list[OpenPort] = []
+    for event in events:
+        records, poison = decode_records(OpenPort, event.value)
+        ports.extend(records)
+        stats.poison += len(poison)
+        pending += await _dead_letters(send_dead, "process", event, poison)
+
+    async def one(port: OpenPort) -> Finding | None:
+        async with limit:
+            return await stage(port)
+
+    results = await asyncio.gather(*(one(p) for p in ports))
+    findings = [f for f in results if f is not None]
+    for key, value, _count in frame_by_key(findings):
+        pending.append(await send_findings(key, value))
+    if pending:
+        await asyncio.gather(*pending)
+    stats.messages += len(events)
+    stats.ports += len(ports)
+    stats.findings += len(findings)
+    stats.dropped += len(ports) - len(findings)
+    stats.busy_seconds += time.perf_counter() - started
+
+
+def stage_agent(stage: Stage, send_findings: Send, send_dead: Send, *, buffer: int,
+                within: float, concurrency: int, stats: StageStats) -> Agent:
+    """The stage agent: buffers of up to ``buffer`` messages (or what arrived within
+    ``within`` seconds), ``concurrency`` ports identified at once."""
+
+    async def agent(stream: Any) -> None:
+        limit = asyncio.Semaphore(concurrency)
+        async for events in stream.noack_take(buffer, within=within):
+            await run_stage(events, stage, limit, send_findings, send_dead, stats)
+            for event in events:
+                await stream.ack(event)
+
+    return agent
+
+
+def split_sink_batch(events: Sequence[Any], findings_topic: str, host_scans_topic: str,
+                     ) -> tuple[list[Finding], list[HostScan], list[tuple[Any, list[Poison]]]]:
+    """Decode a sink buffer: findings, host scans, and the poison per event."""
+    findings: list[Finding] = []
+    scans: list[HostScan] = []
+    poison: list[tuple[Any, list[Poison]]] = []
+    for event in events:
+        topic = str(event.message.topic)
+        if topic == findings_topic:
+            f, bad = decode_records(Finding, event.value)
+            findings += f
+        elif topic == host_scans_topic:
+            h, bad = decode_records(HostScan, event.value)
+            scans += h
+        else:
+            bad = [Poison(0, f"unexpected topic {topic}", b"")]
+        if bad:
+            poison.append((event, bad))
+    return findings, scans, poison
+
+
+def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_scans_topic: str,
+               buffer: int, within: float, stats: SinkAgentStats) -> Agent:
+    """The sink agent over the findings and host-scans topics: stores a buffer, then
+    acknowledges it. Stopped mid-write: nothing of the buffer is acknowledged."""
+
+    async def agent(stream: Any) -> None:
+        async for events in stream.noack_take(buffer, within=within):
+            findings, scans, poison = split_sink_batch(events, findings_topic,
+                                                       host_scans_topic)
+            pending: list[Awaitable[Any]] = []
+            for event, bad in poison:
+                stats.poison += len(bad)
+                pending += await _dead_letters(send_dead, "sink", event, bad)
+            try:
+                await sink.write(findings, scans)
+            except SinkStopped as exc:
+                log.warning("%s; %d messages will be replayed", exc, len(events))
+                return
+            if pending:
+                await asyncio.gather(*pending)
+            for event in events:
+                await stream.ack(event)
+            stats.messages += len(events)
+
+    return agent
+
+
+__all__ = [
+    "SinkAgentStats",
+    "Stage",
+    "StageStats",
+    "make_stage",
+    "run_stage",
+    "sink_agent",
+    "split_sink_batch",
+    "stage_agent",
+    "unidentified",
+]

@@ -1,0 +1,173 @@
+"""The Faust apps of the distributed shape: built here, their agents live in agents.py.
+
+Owns: building two ``faust.App`` objects over the topics of ``schemas.topics``
+(with the deployment's prefix) and running them in the caller's event loop:
+
+* ``<prefix>portwatch-stages``: the stage agent (open ports -> findings). Any
+  number of workers; Kafka spreads the open-ports partitions over them.
+* ``<prefix>portwatch-sink``: the sink agent (findings + host scans -> store).
+  Its own consumer group, so that exactly one process (the store's owner when it
+  is chdb) runs it while stage workers scale out beside it.
+
+Two apps (two consumer groups) rather than one app with two agents: Kafka assigns
+every topic of a group across all its members, so a stage-only worker in the
+sink's group would be handed findings partitions it cannot store.
+
+Faust settings, with the reason: ``store="memory://"`` (no tables); the web
+server off (nothing to serve); ``producer_acks=-1`` (a finding is acknowledged by
+all in-sync replicas before its open port is acked); earliest offset reset (a new
+group starts at the beginning of what it has to process); commit interval and
+session timeout from ``PipelineOptions`` (a restarted worker takes its partitions
+back after the session timeout, not Faust's 60 s default).
+
+Must not touch: the stage logic, the store, Kafka topic creation (the CLI ensures
+the topics exist before it starts an app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from schemas.topics import TopicSet, topic_names
+from stream_processors.agents import (
+    SinkAgentStats,
+    Stage,
+    StageStats,
+    sink_agent,
+    stage_agent,
+)
+from stream_processors.sink import StoreSink
+
+log = logging.getLogger(__name__)
+
+ROLES = ("all", "stages", "sink")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    """What the apps need; validated by the CLI's settings, passed narrowly here."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    topics: TopicSet = topic_names("")
+    stage_buffer: int = 200  # open-port messages taken per stage batch
+    stage_within: float = 0.05  # seconds a stage batch waits to fill
+    identify_concurrency: int = 64  # ports identified at once per worker
+    sink_buffer: int = 500  # messages per store insert (each up to 500 records)
+    sink_within: float = 1.0  # longest a finding waits before it is written
+    commit_interval: float = 1.0  # seconds between offset commits
+    session_timeout: float = 10.0  # seconds before a dead worker's partitions move
+
+    def app_id(self, role: str) -> str:
+        return f"{self.topics.prefix}portwatch-{role}"
+
+
+def _broker_url(bootstrap: str) -> str:
+    hosts = [h.strip() for h in bootstrap.split(",") if h.strip()]
+    return ";".join(f"kafka://{h}" for h in hosts)
+
+
+def _app(options: PipelineOptions, role: str) -> faust.App:
+    return faust.App(
+        options.app_id(role),
+        broker=_broker_url(options.bootstrap),
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        producer_acks=-1,
+        producer_linger=0.005,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=options.commit_interval,
+        broker_session_timeout=options.session_timeout,
+        broker_heartbeat_interval=max(0.5, options.session_timeout / 4),
+        topic_disable_leader=True,
+    )
+
+
+def _raw_topic(app: faust.App, *names: str) -> Any:
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw")
+
+
+def _sender(topic: Any) -> Any:
+    async def send(key: bytes | None, value: bytes) -> Any:
+        return await topic.send(key=key, value=value)
+
+    return send
+
+
+def build_stages_app(options: PipelineOptions, stage: Stage,
+                     stats: StageStats | None = None) -> tuple[faust.App, StageStats]:
+    """The stages app: open ports in, findings (and dead letters) out."""
+    stats = stats or StageStats()
+    app = _app(options, "stages")
+    source = _raw_topic(app, options.topics.open_ports.name)
+    findings = _raw_topic(app, options.topics.findings.name)
+    dead = _raw_topic(app, options.topics.dead_letter.name)
+    body = stage_agent(stage, _sender(findings), _sender(dead), buffer=options.stage_buffer,
+                       within=options.stage_within,
+                       concurrency=options.identify_concurrency, stats=stats)
+    app.agent(source, name="portwatch.stages")(body)
+    return app, stats
+
+
+def build_sink_app(options: PipelineOptions, sink: StoreSink,
+                   stats: SinkAgentStats | None = None) -> tuple[faust.App, SinkAgentStats]:
+    """The sink app: findings and host scans in, store rows (and dead letters) out."""
+    stats = stats or SinkAgentStats()
+    app = _app(options, "sink")
+    t = options.topics
+    source = _raw_topic(app, t.findings.name, t.host_scans.name)
+    dead = _raw_topic(app, t.dead_letter.name)
+    body = sink_agent(sink, _sender(dead), findings_topic=t.findings.name,
+                      host_scans_topic=t.host_scans.name, buffer=options.sink_buffer,
+                      within=options.sink_within, stats=stats)
+    app.agent(source, name="portwatch.sink")(body)
+    return app, stats
+
+
+async def run_apps(apps: list[faust.App], stop: asyncio.Event) -> None:
+    """Start the apps in this loop, run until ``stop`` is set or one crashes, stop them.
+
+    Stopping is graceful: agents are cancelled, acknowledged offsets are committed,
+    unacknowledged ones are replayed by whoever takes the partitions next.
+    """
+    started: list[faust.App] = []
+    try:
+        for app in apps:
+            await app.start()
+            started.append(app)
+        crashed = [asyncio.ensure_future(_crash_of(app)) for app in apps]
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *crashed],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in [stopper, *crashed]:
+                f.cancel()
+        for f in done:
+            if f is not stopper and not f.cancelled() and f.result() is not None:
+                raise RuntimeError(f"stream processor crashed: {f.result()!r}")
+    finally:
+        for app in reversed(started):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(app.stop(), 30)
+
+
+async def _crash_of(app: faust.App) -> BaseException | None:
+    """Resolves with the exception that crashed ``app`` (mode sets ``crash_reason``)."""
+    while True:
+        reason = getattr(app, "crash_reason", None)
+        if reason is not None:
+            return reason  # type: ignore[no-any-return]
+        if app.should_stop:
+            return RuntimeError(f"{app.conf.id} stopped by itself")
+        await asyncio.sleep(0.5)
+
+
+__all__ = ["ROLES", "PipelineOptions", "build_sink_app", "build_stages_app", "run_apps"]

@@ -1,0 +1,305 @@
+"""Unit tests of the distributed shape's pieces that need no broker: message framing,
+dead-letter envelopes, the store sink's idempotence, and the Faust agents driven
+through Faust's own test context (``agent.test_context()``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+import pytest
+
+from producers.publish import dead_letter, decode_records, encode_records, frame_by_key
+from schemas.records import (
+    SCHEMA_VERSION,
+    Finding,
+    HostScan,
+    OpenPort,
+    Proto,
+    ServiceInfo,
+    Target,
+)
+from schemas.topics import topic_names
+from stream_processors.agents import (
+    SinkAgentStats,
+    StageStats,
+    make_stage,
+    sink_agent,
+    stage_agent,
+)
+from stream_processors.sink import SinkStopped, StoreSink
+from stream_processors.stages import StageContext
+from tests import loopback
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def port(ip: str, number: int, *, scan: str = "s1", at: datetime = T0,
+         proto: Proto = Proto.TCP) -> OpenPort:
+    return OpenPort(scan_id=scan, target=Target(ip=ip, target=ip, organization="Org"),
+                    port=number, proto=proto, observed_at=at)
+
+
+def finding(ip: str, number: int, **kw: Any) -> Finding:
+    return Finding(port=port(ip, number, **kw),
+                   service=ServiceInfo(service="ssh", product="OpenSSH", version="9.2p1"))
+
+
+# -- framing ----------------------------------------------------------------------------
+
+
+def test_records_of_one_key_share_a_message_and_round_trip() -> None:
+    # Given open ports of two hosts, interleaved
+    ports = [port("127.0.0.1", 22), port("127.0.0.2", 80), port("127.0.0.1", 443)]
+    # When they are framed by key
+    messages = frame_by_key(ports)
+    # Then one message per host, in first-seen order, decoding to the same records
+    assert [(k, n) for k, _v, n in messages] == [(b"127.0.0.1", 2), (b"127.0.0.2", 1)]
+    decoded, poison = decode_records(OpenPort, messages[0][1])
+    assert decoded == [ports[0], ports[2]]
+    assert poison == []
+
+
+def test_framing_caps_records_per_message() -> None:
+    ports = [port("127.0.0.1", p) for p in range(1, 12)]
+    messages = frame_by_key(ports, max_records=5)
+    assert [n for _k, _v, n in messages] == [5, 5, 1]
+
+
+def test_a_poison_line_is_reported_with_its_reason_and_neighbours_survive() -> None:
+    # Given a message with a good record, junk, a bad port and a future schema version
+    good = port("127.0.0.1", 22)
+    bad_port = json.loads(good.to_json())
+    bad_port["port"] = 70000
+    future = json.loads(good.to_json())
+    future["v"] = SCHEMA_VERSION + 1
+    value = b"\n".join([good.to_json(), b"\xff\xfenot json", json.dumps(bad_port).encode(),
+                        json.dumps(future).encode()])
+    # When it is decoded
+    records, poison = decode_records(OpenPort, value)
+    # Then the good record is kept and each bad line says why
+    assert records == [good]
+    assert [p.line for p in poison] == [1, 2, 3]
+    assert "not JSON" in poison[0].reason
+    assert "port out of range" in poison[1].reason
+    assert "unsupported schema version" in poison[2].reason
+
+
+def test_an_empty_message_is_poison() -> None:
+    assert decode_records(OpenPort, None)[1][0].reason == "empty message (no value)"
+    assert decode_records(OpenPort, b"")[1][0].reason == "empty message"
+
+
+def test_dead_letter_envelope_names_origin_reason_and_keeps_the_value() -> None:
+    text = json.loads(dead_letter("t", 3, 42, "bad port", b'{"x":1}', stage="process", line=2))
+    assert (text["source_topic"], text["partition"], text["offset"], text["line"]) == \
+        ("t", 3, 42, 2)
+    assert (text["stage"], text["reason"], text["value"]) == ("process", "bad port", '{"x":1}')
+    binary = json.loads(dead_letter("t", 0, 0, "junk", b"\xff\x00", stage="sink"))
+    assert base64.b64decode(binary["value_base64"]) == b"\xff\x00"
+
+
+def test_topic_prefix_renames_every_topic_and_keeps_partitions() -> None:
+    plain, prefixed = topic_names(""), topic_names("t1.")
+    assert [t.name for t in prefixed.all] == [f"t1.{t.name}" for t in plain.all]
+    assert [t.partitions for t in prefixed.all] == [t.partitions for t in plain.all]
+
+
+# -- the sink ---------------------------------------------------------------------------
+
+
+def _list(store: Any) -> list[dict[str, Any]]:
+    return store.report("list", {"history": 1}).dicts()  # type: ignore[no-any-return]
+
+
+def test_replayed_and_retried_batches_never_duplicate_or_move_first_seen(store: Any) -> None:
+    # Given a batch of two findings stored once
+    sink = StoreSink(store)
+    batch = [finding("127.0.0.1", 22), finding("127.0.0.1", 80)]
+    asyncio.run(sink.write(batch, []))
+    # When the same batch is replayed (Kafka redelivery), twice in one batch, and the
+    # shard is retried later (same scan, new observed_at)
+    retried = [replace(f, port=replace(f.port, observed_at=T0 + timedelta(minutes=5)))
+               for f in batch]
+    asyncio.run(sink.write(batch + batch, []))
+    asyncio.run(sink.write(retried, []))
+    # Then the report has one row per port, first seen at the first observation
+    rows = _list(store)
+    assert sorted(r["port"] for r in rows) == [22, 80]
+    assert {r["first_seen"].replace(tzinfo=UTC) for r in rows} == {T0}
+    assert {r["last_seen"].replace(tzinfo=UTC) for r in rows} == {T0 + timedelta(minutes=5)}
+    assert sink.stats.duplicates_dropped == 2
+    distinct = store.query("SELECT count() FROM port_observations FINAL")[0][0]
+    assert distinct == 2
+
+
+def test_host_scans_of_one_shard_replace_and_of_two_shards_add(store: Any) -> None:
+    # Given one host scanned by two shards (ports split), one shard retried
+    t = Target(ip="127.0.0.1", target="127.0.0.1")
+    a = HostScan("s1", t, T0, T0, ports_scanned=100, open_ports=1, shard_id="s1:tcp:0")
+    b = HostScan("s1", t, T0, T0, ports_scanned=50, open_ports=0, shard_id="s1:tcp:1")
+    a_again = replace(a, finished_at=T0 + timedelta(seconds=3))
+    sink = StoreSink(store)
+    asyncio.run(sink.write([], [a, b]))
+    asyncio.run(sink.write([], [a_again]))
+    # Then the store sums the shards, counting the retried one once
+    rows = store.query("SELECT sum(ports_scanned), count() FROM host_scans FINAL")
+    assert rows == [(150, 2)]
+
+
+class FlakyStore:
+    """A FAKE store for a fault that cannot be caused on demand with chdb: the first
+    ``failures`` inserts raise, as a ClickHouse server restarting would."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.rows: list[Finding] = []
+
+    def insert_findings(self, findings: Any) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("server restarting")
+        self.rows.extend(findings)
+        return len(findings)
+
+    def insert_host_scans(self, scans: Any) -> int:
+        return len(scans)
+
+
+def test_a_failed_insert_is_retried_until_it_succeeds() -> None:
+    store = FlakyStore(failures=2)
+    sink = StoreSink(store, retry_initial=0.01)
+    asyncio.run(sink.write([finding("127.0.0.1", 22)], []))
+    assert [f.port.port for f in store.rows] == [22]
+    assert sink.stats.insert_errors == 2
+
+
+def test_a_sink_stopped_while_failing_raises_so_nothing_is_acked() -> None:
+    store = FlakyStore(failures=1000)
+    sink = StoreSink(store, retry_initial=0.01)
+
+    async def run() -> None:
+        task = asyncio.create_task(sink.write([finding("127.0.0.1", 22)], []))
+        await asyncio.sleep(0.1)
+        sink.stop()
+        await task
+
+    with pytest.raises(SinkStopped):
+        asyncio.run(run())
+    assert store.rows == []
+
+
+# -- agents in Faust's test context -----------------------------------------------------
+
+
+class Sent:
+    """Captures what an agent publishes; each send resolves at once like an ack."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes | None, bytes]] = []
+
+    async def __call__(self, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        self.messages.append((key, value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def _until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def _app() -> faust.App:
+    # The broker is never contacted: the test context feeds the agent directly.
+    return faust.App("portwatch-unit-test", broker="kafka://127.0.0.1:9", store="memory://",
+                     web_enabled=False, autodiscover=False)
+
+
+def _close_consumer_loop(app: faust.App) -> None:
+    """Acks in the test context create the app's consumer lazily; its thread owns an
+    event loop that only a started-then-stopped consumer closes. Close it here."""
+    thread = getattr(app.consumer, "_thread", None)
+    loop = getattr(thread, "thread_loop", None)
+    if loop is not None and not loop.is_closed():
+        loop.close()
+
+
+def test_stage_agent_identifies_real_ports_and_dead_letters_poison() -> None:
+    # Given a real SSH banner on loopback, and the stage agent over an open-ports topic
+    findings, dead = Sent(), Sent()
+    stats = StageStats()
+    ctx = StageContext()
+    ctx.identify = replace(ctx.identify, banner_wait=1.0, budget=5.0)
+
+    async def run(listener_port: int) -> None:
+        app = _app()
+        topic = app.topic("open-ports", key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        body = stage_agent(make_stage(ctx), findings, dead, buffer=10, within=0.05,
+                           concurrency=4, stats=stats)
+        agent = app.agent(topic, name="stages")(body)
+        ssh = port("127.0.0.1", listener_port)
+        udp = port("127.0.0.1", 53, proto=Proto.UDP)
+        async with agent.test_context() as ctx_agent:
+            # When a message with two ports, and a poison message, go through it
+            await ctx_agent.put(encode_records([ssh, udp]), key=b"127.0.0.1")
+            await ctx_agent.put(b"not a record", key=b"127.0.0.1")
+            await _until(lambda: stats.messages == 2)
+        _close_consumer_loop(app)
+
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")) as ln:
+        asyncio.run(run(ln.port))
+    # Then both ports became findings in one message keyed by the host
+    assert len(findings.messages) == 1
+    key, value = findings.messages[0]
+    got, poison = decode_records(Finding, value)
+    assert key == b"127.0.0.1" and poison == []
+    by_port = {f.port.port: f for f in got}
+    assert by_port[ln.port].service.product == "OpenSSH"
+    assert by_port[ln.port].service.version == "9.2p1"
+    assert by_port[ln.port].risk_color.value == "green"
+    assert by_port[53].port.proto is Proto.UDP
+    # And the poison went to the dead letters with its reason, and was counted
+    envelope = json.loads(dead.messages[0][1])
+    assert envelope["stage"] == "process" and "not JSON" in envelope["reason"]
+    assert (stats.ports, stats.findings, stats.poison) == (2, 2, 1)
+
+
+def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
+    # Given the sink agent over a findings topic, writing to a real (chdb) store
+    dead = Sent()
+    stats = SinkAgentStats()
+    sink = StoreSink(store)
+
+    async def run() -> None:
+        app = _app()
+        topic = app.topic("findings", key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        body = sink_agent(sink, dead, findings_topic="findings", host_scans_topic="host-scans",
+                          buffer=100, within=0.1, stats=stats)
+        agent = app.agent(topic, name="sink")(body)
+        async with agent.test_context() as ctx_agent:
+            # When two findings and a poison line arrive
+            value = encode_records([finding("127.0.0.1", 22), finding("127.0.0.1", 80)])
+            await ctx_agent.put(value + b"\n{\"v\":1}", key=b"127.0.0.1")
+            await _until(lambda: stats.messages == 1)
+        _close_consumer_loop(app)
+
+    asyncio.run(run())
+    # Then both findings are in the store and the poison line is a dead letter
+    assert sorted(r["port"] for r in _list(store)) == [22, 80]
+    envelope = json.loads(dead.messages[0][1])
+    assert envelope["stage"] == "sink" and envelope["line"] == 2
+    assert "malformed record" in envelope["reason"]
+    assert (sink.stats.findings, stats.poison) == (2, 1)
