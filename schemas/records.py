@@ -92,8 +92,8 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": SCHEMA_VERSION}
-        for f in fields(self):
-            out[f.name] = _encode(getattr(self, f.name))
+        for name in _field_names(type(self)):
+            out[name] = _encode(getattr(self, name))
         return out
 
     def to_json(self) -> bytes:
@@ -126,16 +126,30 @@ class Record:
         raise NotImplementedError
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """Field names per record class, computed once (fields() is slow on a hot path)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def _encode(value: Any) -> Any:
+    if value.__class__ in _PLAIN:  # the common case first: str, int, bool, float, None
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Record):
-        d = value.to_dict()
-        d.pop("v")
-        return d
+        return {name: _encode(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, tuple | list):
         return [_encode(v) for v in value]
     return value
+
+
+_PLAIN = frozenset({str, int, bool, float, type(None)})
 
 
 @dataclass(frozen=True, slots=True)

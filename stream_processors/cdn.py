@@ -67,8 +67,18 @@ class CdnCatalogue:
                 best = max(best, end)
                 reach.append(best)
             self._reach[v] = reach
+        # Hosts repeat (one finding per open port): remember each address's answer.
+        self._by_ip: dict[str, str] = {}
 
     def provider_for_ip(self, ip: str) -> str:
+        cached = self._by_ip.get(ip)
+        if cached is None:
+            if len(self._by_ip) >= 65_536:  # bounded: a plain dict, cleared when full
+                self._by_ip.clear()
+            cached = self._by_ip[ip] = self._lookup(ip)
+        return cached
+
+    def _lookup(self, ip: str) -> str:
         addr = ipaddress.ip_address(ip)
         spans, reach = self._spans[addr.version], self._reach[addr.version]
         value = int(addr)

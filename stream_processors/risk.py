@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import Finding, PortState, RiskColor
+from schemas.records import CdnVerdict, Finding, PortState, RiskColor
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,14 @@ def _base_service(service: str) -> str:
     return name.split("/", 1)[1] if name.startswith(("ssl/", "tls/")) else name
 
 
-def color_for(finding: Finding) -> tuple[RiskColor, str]:
-    """Colour of one port from its identified service, never from the port number."""
-    if finding.cdn.is_expected_port:
-        return RiskColor.GREEN, f"expected open on {finding.cdn.provider} edge; no risk"
+def color_for(finding: Finding, cdn: CdnVerdict | None = None) -> tuple[RiskColor, str]:
+    """Colour of one port from its identified service, never from the port number.
+
+    ``cdn``: the CDN verdict when it is not on the finding yet (the stages' hot path).
+    """
+    verdict = cdn or finding.cdn
+    if verdict.is_expected_port:
+        return RiskColor.GREEN, f"expected open on {verdict.provider} edge; no risk"
     service = finding.service
     if finding.port.state is PortState.OPEN_FILTERED:
         return RiskColor.YELLOW, "no UDP reply: open|filtered, unconfirmed"

@@ -97,7 +97,10 @@ async def process(port: OpenPort, ctx: StageContext) -> Finding:
     """The whole per-port chain, as the embedded runner uses it."""
     finding = await identify_stage(port, ctx)
     finding = await tls_stage(finding, ctx)
-    return risk.assess(cdn.classify(finding))
+    # CDN then risk, built in one record: this runs once per finding on the hot path.
+    verdict = cdn.verdict_for(finding)
+    color, reason = risk.color_for(finding, verdict)
+    return Finding(finding.port, finding.service, finding.tls, verdict, color, reason)
 
 
 

@@ -98,6 +98,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import resource
 import socket
@@ -151,6 +152,7 @@ def udp_top_ports(n: int = 1000) -> list[int]:
         ) from exc
 
 
+@functools.lru_cache(maxsize=4096)  # hot path of the stages: one call per UDP finding
 def udp_service_hint(port: int) -> str:
     """What usually listens on UDP ``port``: portwatch's own table, else nmap-services.
 
