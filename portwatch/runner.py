@@ -20,7 +20,6 @@ name a service. Nothing is flooded downstream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -37,18 +36,17 @@ from schemas.records import (
     OpenPort,
     PortRange,
     Proto,
-    ServiceInfo,
     Shard,
     Target,
     utcnow,
 )
-from stream_processors import cdn, risk
 from stream_processors.stages import (
     ShardOutcome,
     StageContext,
     discover_shard,
     keeps,
     process,
+    unidentified,
 )
 from stream_processors.store import Store
 
@@ -141,18 +139,20 @@ class EmbeddedRunner:
         self.shard_ports = shard_ports
         self.shard_hosts = shard_hosts
         self._stop_discovery = asyncio.Event()
-        self._stop_identify = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._outcomes: list[ShardOutcome] = []
 
     # -- control ------------------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """First call: stop discovery. Second: stop identification too."""
+        """First call: stop discovery. Second: stop identification too (what is left
+        is stored unidentified)."""
         self._interrupts += 1
         self._stop_discovery.set()
         if self._interrupts >= 2:
-            self._stop_identify.set()
+            for worker in self._workers:
+                worker.cancel()
 
     # -- the pipeline -------------------------------------------------------------------
 
@@ -213,15 +213,25 @@ class EmbeddedRunner:
                 for _ in range(self.identify_workers):
                     await open_q.put(_DONE)
 
+        in_flight: dict[asyncio.Task[None] | None, OpenPort] = {}
+        kept: list[Finding] = []  # identified, but cancelled while queueing for the sink
+
         async def identify_worker() -> None:
+            me = asyncio.current_task()
             while True:
                 item = await open_q.get()
                 if item is _DONE:
                     return
                 assert isinstance(item, OpenPort)
+                in_flight[me] = item
                 finding = await self._identify(item, stats)
+                del in_flight[me]
                 if finding is not None:
-                    await sink_q.put(finding)
+                    try:
+                        await sink_q.put(finding)
+                    except asyncio.CancelledError:
+                        kept.append(finding)
+                        raise
 
         async def reporter() -> None:
             while on_stats is not None:
@@ -231,20 +241,27 @@ class EmbeddedRunner:
         sink_task = asyncio.create_task(self._sink(sink_q, stats))
         report_task = asyncio.create_task(reporter())
         workers = [asyncio.create_task(identify_worker()) for _ in range(self.identify_workers)]
+        self._workers = workers
         discovery_task = asyncio.create_task(discovery())
         try:
             # On Ctrl-C discover_shard stops its engine and returns what it found, so
-            # the discovery task always ends by itself, quickly.
+            # the discovery task always ends by itself, quickly. A second Ctrl-C
+            # cancels the identify workers (interrupt()).
             await discovery_task
-            await asyncio.gather(*workers)
+            await asyncio.gather(*workers, return_exceptions=True)
         finally:
             for w in workers:
                 w.cancel()
-            # What identification did not reach is kept, unidentified, rather than lost.
+            await asyncio.gather(*workers, return_exceptions=True)
+            # What identification did not finish or reach is kept, unidentified.
+            for finding in kept:
+                await sink_q.put(finding)
+            for port in in_flight.values():
+                await sink_q.put(unidentified(port, "interrupted during identification"))
             while not open_q.empty():
                 item = open_q.get_nowait()
                 if isinstance(item, OpenPort):
-                    await sink_q.put(self._unidentified(item, "interrupted before identification"))
+                    await sink_q.put(unidentified(item, "interrupted before identification"))
             await sink_q.put(_DONE)
             await sink_task
             report_task.cancel()
@@ -286,34 +303,16 @@ class EmbeddedRunner:
         return not outcome.error and not outcome.is_interrupted
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
-        if self._stop_identify.is_set():
-            return self._unidentified(port, "interrupted before identification")
-        ident = asyncio.create_task(process(port, self.ctx))
-        stop = asyncio.create_task(self._stop_identify.wait())
         try:
-            await asyncio.wait({ident, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not ident.done():
-            ident.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ident
-            return self._unidentified(port, "interrupted during identification")
-        try:
-            finding = ident.result()
+            finding = await process(port, self.ctx)
         except Exception as exc:  # noqa: BLE001 - one bad port must not stop the scan
             log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
-            return self._unidentified(port, f"identification error: {type(exc).__name__}")
+            return unidentified(port, f"identification error: {type(exc).__name__}")
         if not keeps(finding):
             return None  # a tarpit's noise: only identified services are kept
         if finding.service.is_identified:
             stats.identified += 1
         return finding
-
-    @staticmethod
-    def _unidentified(port: OpenPort, why: str) -> Finding:
-        finding = Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why))
-        return risk.assess(cdn.classify(finding))
 
     async def _sink(self, sink_q: asyncio.Queue[Finding | object], stats: ScanStats) -> None:
         batch: list[Finding] = []

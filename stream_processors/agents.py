@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from producers.publish import Poison, dead_letter, decode_records, frame_by_key
-from schemas.records import Finding, HostScan, OpenPort, ServiceInfo
-from stream_processors import cdn, risk
+from schemas.records import Finding, HostScan, OpenPort
 from stream_processors.sink import SinkStopped, StoreSink
-from stream_processors.stages import StageContext, keeps, process
+from stream_processors.stages import StageContext, keeps, process, unidentified
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,6 @@ Stage = Callable[[OpenPort], Awaitable[Finding | None]]
 # (key, value) -> a future resolved when the broker acknowledged the message.
 Send = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
 Agent = Callable[[Any], Awaitable[None]]
-
-
-def unidentified(port: OpenPort, why: str) -> Finding:
-    """A port identification could not finish: kept, yellow, saying why (as the
-    embedded runner does)."""
-    finding = Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why))
-    return risk.assess(cdn.classify(finding))
 
 
 def make_stage(ctx: StageContext) -> Stage:
@@ -103,7 +95,7 @@ async def _dead_letters(send_dead: Send, stage_name: str, event: Any,
     return futures
 
 
-async def run_stage(events: Sequence[Any], stage: Stage, limit: asyncio.Semaphore,
+async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
                     send_findings: Send, send_dead: Send, stats: StageStats) -> None:
     """Process one buffer of open-port messages; returns once every finding and dead
     letter it produced is acknowledged by the broker (raises if one is not)."""
@@ -116,11 +108,16 @@ async def run_stage(events: Sequence[Any], stage: Stage, limit: asyncio.Semaphor
         stats.poison += len(poison)
         pending += await _dead_letters(send_dead, "process", event, poison)
 
-    async def one(port: OpenPort) -> Finding | None:
-        async with limit:
-            return await stage(port)
+    # A pool of workers over the buffer, not a task per port: a task costs more than
+    # identifying a port whose answer discovery already holds (UDP, tarpit checks).
+    results: list[Finding | None] = [None] * len(ports)
+    cursor = iter(range(len(ports)))
 
-    results = await asyncio.gather(*(one(p) for p in ports))
+    async def worker() -> None:  # ``concurrency`` workers: at most that many in flight
+        for i in cursor:
+            results[i] = await stage(ports[i])
+
+    await asyncio.gather(*(worker() for _ in range(min(len(ports), max(1, concurrency)))))
     findings = [f for f in results if f is not None]
     for key, value, _count in frame_by_key(findings):
         pending.append(await send_findings(key, value))
@@ -139,9 +136,8 @@ def stage_agent(stage: Stage, send_findings: Send, send_dead: Send, *, buffer: i
     ``within`` seconds), ``concurrency`` ports identified at once."""
 
     async def agent(stream: Any) -> None:
-        limit = asyncio.Semaphore(concurrency)
         async for events in stream.noack_take(buffer, within=within):
-            await run_stage(events, stage, limit, send_findings, send_dead, stats)
+            await run_stage(events, stage, concurrency, send_findings, send_dead, stats)
             for event in events:
                 await stream.ack(event)
 
@@ -205,5 +201,4 @@ __all__ = [
     "sink_agent",
     "split_sink_batch",
     "stage_agent",
-    "unidentified",
 ]

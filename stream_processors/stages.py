@@ -93,6 +93,14 @@ async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
     return finding.with_(tls=result)
 
 
+def unidentified(port: OpenPort, why: str) -> Finding:
+    """A port whose identification could not finish: kept, yellow, saying why."""
+    finding = Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why))
+    verdict = cdn.verdict_for(finding)
+    color, reason = risk.color_for(finding, verdict)
+    return Finding(port, finding.service, finding.tls, verdict, color, reason)
+
+
 async def process(port: OpenPort, ctx: StageContext) -> Finding:
     """The whole per-port chain, as the embedded runner uses it."""
     finding = await identify_stage(port, ctx)
