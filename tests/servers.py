@@ -395,6 +395,128 @@ def start_openssl_s_server(
             yield server
 
 
+def _as_user(user: str) -> list[str]:
+    """argv prefix that drops root to ``user`` and execs (no intermediate process, so
+    signals to the server's group reach the daemon itself)."""
+    setpriv = require_binary("setpriv", "/usr/bin/setpriv")
+    return [setpriv, f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in (root, *(os.path.join(root, d) for d in dirs),
+                     *(os.path.join(root, f) for f in files)):
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+
+
+def _system_user(name: str) -> None:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError as exc:
+        raise ServerUnavailable(f"system user {name!r} does not exist") from exc
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary: Debian keeps them in /usr/lib/postgresql/<major>/bin."""
+    base = Path("/usr/lib/postgresql")
+    majors = sorted(
+        (p for p in base.glob("*/bin") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+        reverse=True,
+    ) if base.is_dir() else []
+    return require_binary(name, *(str(p / name) for p in majors))
+
+
+@contextlib.contextmanager
+def start_postgres(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+    """A throwaway PostgreSQL cluster (``initdb`` then ``postgres -D``) on ``host:port``.
+
+    PostgreSQL refuses to run as root: as root, both steps run as the ``postgres``
+    system user (``setpriv``); otherwise as the current user. The Unix socket lives
+    in the temporary directory, TCP listens on ``host`` only, nothing is fsynced.
+    """
+    initdb = _postgres_bin("initdb")
+    postgres = _postgres_bin("postgres")
+    prefix: list[str] = []
+    if is_root():
+        _system_user("postgres")
+        prefix = _as_user("postgres")
+    port = port or free_port(host)
+    with _workdir("postgres") as work:
+        data = work / "data"
+        if is_root():
+            _chown_tree(work, "postgres")
+        init = subprocess.run(
+            [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+             "--no-sync", "--no-instructions"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            cwd=work,
+        )
+        if init.returncode != 0:
+            raise ServerUnavailable(
+                f"initdb failed: {(init.stdout + init.stderr).decode(errors='replace')[-1500:]}"
+            )
+        argv = [
+            *prefix, postgres, "-D", str(data), "-p", str(port), "-k", str(work),
+            "-c", f"listen_addresses={host}", "-c", "fsync=off", "-c", "logging_collector=off",
+            "-c", "shared_buffers=16MB", "-c", "max_connections=20",
+        ]
+        with run_server(argv, host, port, work, name="postgres", timeout=30) as server:
+            server.extra.update(data=str(data), socket_dir=str(work))
+            yield server
+
+
+@contextlib.contextmanager
+def start_mariadb(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+    """A throwaway MariaDB (``mariadb-install-db`` then ``mariadbd``) on ``host:port``.
+
+    Reads no option files (``--no-defaults``), keeps data, socket and logs in a
+    temporary directory owned by the ``mysql`` user, binds ``host`` only. Needs
+    root (the server switches to ``mysql`` itself).
+    """
+    install_db = require_binary("mariadb-install-db", "/usr/bin/mariadb-install-db")
+    mariadbd = require_binary("mariadbd", "/usr/sbin/mariadbd")
+    if not is_root():
+        raise ServerUnavailable("mariadbd needs root here (it switches to the mysql user)")
+    _system_user("mysql")
+    port = port or free_port(host)
+    with _workdir("mariadb") as work:
+        data = work / "data"
+        data.mkdir()
+        _chown_tree(work, "mysql")
+        init = subprocess.run(
+            [install_db, "--no-defaults", f"--datadir={data}", "--user=mysql",
+             "--auth-root-authentication-method=socket", "--skip-test-db",
+             "--skip-name-resolve", "--innodb-buffer-pool-size=16M"],
+            capture_output=True,
+            timeout=180,
+            check=False,
+            cwd=work,
+        )
+        if init.returncode != 0:
+            raise ServerUnavailable(
+                "mariadb-install-db failed: "
+                f"{(init.stdout + init.stderr).decode(errors='replace')[-1500:]}"
+            )
+        argv = [
+            mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={work}/mysqld.sock",
+            f"--pid-file={work}/mysqld.pid", f"--port={port}", f"--bind-address={host}",
+            "--user=mysql", "--skip-log-bin", "--innodb-buffer-pool-size=16M",
+            "--innodb-log-file-size=8M", "--skip-innodb-doublewrite",
+            f"--log-error={work}/mysqld.err",
+        ]
+        with run_server(argv, host, port, work, name="mariadb", timeout=60) as server:
+            server.extra.update(data=str(data), socket=f"{work}/mysqld.sock")
+            yield server
+
+
 __all__ = [
     "Server",
     "ServerUnavailable",
@@ -405,8 +527,10 @@ __all__ = [
     "make_self_signed_cert",
     "port_accepts",
     "run_server",
+    "start_mariadb",
     "start_nginx",
     "start_openssl_s_server",
+    "start_postgres",
     "start_redis",
     "start_sshd",
     "start_vsftpd",

@@ -1,8 +1,9 @@
 """Banner and response parsers: bytes a service sent -> service, product, version.
 
 Owns: portwatch's own recognisers for the common services (SSH, SMTP, FTP, HTTP,
-MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, VNC, telnet) and the sanitizing of
-untrusted bytes for storage and display. Pure functions over recorded bytes:
+MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, VNC, telnet, RDP), the reading of
+answers to a probe meant for another protocol (which probe to send next), and the
+sanitizing of untrusted bytes for storage and display. Pure functions over recorded bytes:
 no sockets here (probers/service/engine.py sends and reads).
 """
 
@@ -38,7 +39,11 @@ def sanitize(data: bytes, limit: int = BANNER_EXCERPT) -> str:
         else:
             piece = f"\\x{byte:02x}"
         if size + len(piece) > limit:
-            out.append("..." if size + 3 <= limit else "")
+            # Cut: make room for the ellipsis so that a cut banner always says so.
+            if limit >= 3:
+                while size + 3 > limit:
+                    size -= len(out.pop())
+                out.append("...")
             break
         size += len(piece)
         out.append(piece)
@@ -200,7 +205,8 @@ _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"^SimpleHTTP(?:/([\d.]+))?", re.I), "SimpleHTTPServer", "python",
      "simplehttpserver"),
     (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I), "Gunicorn", "gunicorn", "gunicorn"),
-    (re.compile(r"^Jetty\(([\d.]+)", re.I), "Jetty", "eclipse", "jetty"),
+    # "Jetty(9.4.51.v20230217)": the version is the dotted numbers, not the dot after them
+    (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I), "Jetty", "eclipse", "jetty"),
 )
 
 
@@ -214,6 +220,21 @@ def parse_http_headers(data: bytes) -> tuple[tuple[str, str], ...]:
     return tuple(headers)
 
 
+# A plain request on a TLS port: the server says so in its error page. The port speaks
+# TLS; the answer inside TLS is the real identification (engine follows up with TLS).
+_PLAIN_ON_TLS = re.compile(
+    rb"plain HTTP request was sent to HTTPS port"  # nginx
+    rb"|speaking plain HTTP to an SSL-enabled server port"  # Apache httpd
+    rb"|Client sent an HTTP request to an HTTPS server",  # Go net/http
+    re.I,
+)
+# Servers that send no Server header but say who they are in the body.
+_BODY_PRODUCTS: tuple[tuple[re.Pattern[bytes], str, str, str], ...] = (
+    (re.compile(rb"<pre>\s*s_server [^\n]*-www"), "OpenSSL s_server -www httpd", "openssl",
+     "openssl"),
+)
+
+
 def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
     status = _STATUS.match(data)
     if not status:
@@ -223,6 +244,11 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
     powered = next((v for k, v in headers if k == "x-powered-by"), "")
     service = "https" if is_tls else "http"
     extra = f"status {status.group(2).decode()}" + (f"; X-Powered-By: {powered}" if powered else "")
+    # Only below the confidence at which the engine stops, so that it goes on to TLS.
+    plain_on_tls = not is_tls and _PLAIN_ON_TLS.search(data) is not None
+    if plain_on_tls:
+        service = "https"
+        extra += "; plain HTTP refused: the port speaks TLS"
     for pattern, product, vendor, cpe_name in _SERVER_PRODUCTS:
         m = pattern.match(server)
         if m:
@@ -232,8 +258,18 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
                 extra += f"; {rest}"
             return ServiceInfo(service=service, product=product, version=version,
                                extra_info=extra, cpe=_cpe(vendor, cpe_name, version),
-                               is_tls=is_tls, method="http:server-header", confidence=10,
-                               headers=headers)
+                               is_tls=is_tls or plain_on_tls,
+                               method="http:plain-on-tls" if plain_on_tls else "http:server-header",
+                               confidence=7 if plain_on_tls else 10, headers=headers)
+    if not server:
+        for body, product, vendor, cpe_name in _BODY_PRODUCTS:
+            if body.search(data):
+                return ServiceInfo(service=service, product=product, extra_info=extra,
+                                   cpe=_cpe(vendor, cpe_name), is_tls=is_tls,
+                                   method="http:body-signature", confidence=9, headers=headers)
+    if plain_on_tls:
+        return ServiceInfo(service=service, extra_info=extra, is_tls=True,
+                           method="http:plain-on-tls", confidence=5, headers=headers)
     return ServiceInfo(service=service, product=server.split("/")[0] if server else "",
                        version=server.split("/", 1)[1].split(" ")[0] if "/" in server else "",
                        extra_info=extra, is_tls=is_tls,
@@ -272,6 +308,105 @@ def parse_postgres_ssl_reply(data: bytes) -> ServiceInfo | None:
                            cpe="cpe:/a:postgresql:postgresql", method="probe:postgres-error",
                            confidence=8)
     return None
+
+
+# PostgreSQL ErrorResponse fields: one type byte, a NUL-terminated value, a NUL at the end
+# (PostgreSQL protocol, "Error and Notice Message Fields").
+_PG_FIELD = re.compile(rb"([A-Za-z])([^\x00]*)\x00")
+
+
+def parse_postgres_error_fields(data: bytes) -> dict[str, str]:
+    """The fields of a PostgreSQL ErrorResponse ('E', int32 length, fields), or {}."""
+    if len(data) < 6 or data[:1] != b"E":
+        return {}
+    length = int.from_bytes(data[1:5], "big")
+    if length < 4 or length > 4096:
+        return {}
+    body = data[5:1 + length]
+    return {m.group(1).decode(): _text(m.group(2)) for m in _PG_FIELD.finditer(body)}
+
+
+_PG_SUPPORTS = re.compile(r"server supports (\d+)\.\d+ to (\d+)\.\d+")
+
+
+def parse_postgres_version_error(data: bytes) -> ServiceInfo | None:
+    """Answer to a StartupMessage with a protocol version no server supports.
+
+    PostgreSQL refuses it before any authentication with an ErrorResponse whose
+    fields date the server: the non-localized severity field ``V`` exists since
+    9.6 (nmap words this "9.6.0 or later"), and "server supports 3.0 to 3.0"
+    (protocol 2 removed) means 14 or later. The exact version is never sent
+    before authentication.
+    """
+    fields = parse_postgres_error_fields(data)
+    if fields.get("S") not in ("FATAL", "ERROR") and fields.get("V") not in ("FATAL", "ERROR"):
+        return None
+    message = fields.get("M", "")
+    if not fields.get("C", "").startswith("0A") and "protocol" not in message:
+        return None
+    version = "9.6.0 or later" if "V" in fields else ""
+    extra = [f"{sanitize(message.encode('latin-1'), 120)}"] if message else []
+    supports = _PG_SUPPORTS.search(message)
+    if supports and supports.group(1) == "3" and version:
+        extra.append("protocol 2 removed: 14 or later")
+    return ServiceInfo(service="postgresql", product="PostgreSQL DB", version=version,
+                       extra_info="; ".join(extra), cpe="cpe:/a:postgresql:postgresql",
+                       method="probe:postgres-startup-version", confidence=10 if version else 9)
+
+
+# -- answers to a probe meant for another protocol ---------------------------------------
+
+
+def is_tls_record(data: bytes) -> bool:
+    """A TLS record header: alert (21) or handshake (22), major version 3."""
+    return len(data) >= 5 and data[0] in (0x15, 0x16) and data[1] == 0x03
+
+
+def parse_foreign_reply(data: bytes) -> ServiceInfo | None:
+    """What a non-HTTP service says to ``GET / HTTP/1.0``: enough to pick the next probe.
+
+    Confidence stays below 8 so the engine asks the service in its own protocol
+    (INFO for Redis, a startup packet for PostgreSQL, a handshake for TLS).
+    """
+    if is_tls_record(data):
+        return ServiceInfo(service="ssl", is_tls=True, method="reply:tls-record", confidence=4)
+    if data.startswith((b"-ERR ", b"-NOAUTH", b"-DENIED", b"-WRONGTYPE")):
+        return ServiceInfo(service="redis", product="Redis key-value store",
+                           cpe="cpe:/a:redis:redis", method="reply:redis-error", confidence=7)
+    fields = parse_postgres_error_fields(data)
+    if fields.get("S") == "FATAL" or (data.startswith(b"EFATAL") and b"startup packet" in data):
+        return ServiceInfo(service="postgresql", product="PostgreSQL DB",
+                           cpe="cpe:/a:postgresql:postgresql", method="reply:postgres-error",
+                           confidence=7)
+    return None
+
+
+# -- RDP ---------------------------------------------------------------------------------
+
+_RDP_PROTOCOLS = {0: "standard RDP security", 1: "TLS", 2: "CredSSP (NLA)", 4: "RDSTLS",
+                  8: "CredSSP with early user auth"}
+_RDP_FAILURES = {1: "SSL required by server", 2: "SSL not allowed by server",
+                 3: "SSL certificate not on server", 4: "inconsistent flags",
+                 5: "hybrid (CredSSP) required by server", 6: "SSL with user auth required"}
+
+
+def parse_rdp_confirm(data: bytes) -> ServiceInfo | None:
+    """X.224 Connection Confirm in a TPKT ([MS-RDPBCGR] 2.2.1.2), with the optional
+    RDP_NEG_RSP (type 2: selected protocol) or RDP_NEG_FAILURE (type 3: code)."""
+    if len(data) < 11 or data[0] != 0x03 or data[1] != 0x00:
+        return None
+    tpkt_length = int.from_bytes(data[2:4], "big")
+    if tpkt_length < 11 or data[5] & 0xF0 != 0xD0:
+        return None
+    extra = ""
+    if len(data) >= 19 and data[11] in (0x02, 0x03):
+        value = int.from_bytes(data[15:19], "little")
+        if data[11] == 0x02:
+            extra = f"selected protocol: {_RDP_PROTOCOLS.get(value, hex(value))}"
+        else:
+            extra = f"negotiation failure: {_RDP_FAILURES.get(value, hex(value))}"
+    return ServiceInfo(service="ms-wbt-server", extra_info=extra, method="probe:rdp-negotiation",
+                       confidence=8)
 
 
 BannerParser = Callable[[bytes], ServiceInfo | None]

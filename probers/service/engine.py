@@ -5,6 +5,20 @@ by port hint so the common case costs one round trip, bounded reads, and the
 fold of probe outcomes into one ``ServiceInfo`` that says how it was identified
 and, when it was not, what was tried. Must not touch Kafka or storage.
 
+How the order adapts (measured in ``bench/identify.py`` against ``nmap -sV``):
+
+- a hinted port gets its protocol's probe first (GET on 80/8080..., a TLS
+  handshake on 443/8443..., INFO on 6379, SSLRequest on 5432, RDP on 3389);
+- any other port gets NULL: a greeting window of a few connect round trips
+  (``GREETING_WINDOW``/``GREETING_RTTS``, never more than ``banner_wait``), which
+  ends as soon as a whole greeting is recognised, then ``GET /`` on the same
+  connection. First speakers and HTTP cost one connection and one round trip;
+- an answer that names a protocol tentatively (a TLS record, "plain HTTP sent to
+  an HTTPS port", a Redis or PostgreSQL error) puts that protocol's probe next;
+- probes sent on a guess get a few round trips (``GUESS_TIMEOUT``/``GUESS_RTTS``)
+  instead of the full ``probe_timeout``: a service that speaks the protocol
+  answers at once, and a silent one must not cost seconds per guess.
+
 Shape (sslyze's plugin pattern, STYLE.md): a ``ProbeKind`` enum, one async
 implementation per kind in ``PROBES`` (a test asserts every member has one),
 each job uses at most one connection, so a per-host connection limit is simply
@@ -26,8 +40,11 @@ from enum import StrEnum
 
 from probers.service.banners import (
     parse_banner,
+    parse_foreign_reply,
     parse_http,
     parse_postgres_ssl_reply,
+    parse_postgres_version_error,
+    parse_rdp_confirm,
     parse_redis,
     sanitize,
 )
@@ -39,11 +56,16 @@ USER_AGENT = "portwatch/0.1 (+https://github.com/portwatch/portwatch)"
 
 
 class ProbeKind(StrEnum):
-    NULL = "null"  # connect and listen: first-speaker banners (SSH, SMTP, FTP, MySQL...)
-    HTTP_GET = "http-get"  # GET / ; Server header
-    TLS = "tls"  # ClientHello; on success, NULL + GET again inside TLS
+    # Connect and listen for a first-speaker greeting (SSH, SMTP, FTP, MySQL...); when
+    # the port stays silent through the greeting window, send GET / on the same
+    # connection: one connection and one round trip name HTTP, and the reply of a
+    # Redis, PostgreSQL or TLS port says which probe to send next.
+    NULL = "null"
+    HTTP_GET = "http-get"  # GET / ; Server header, X-Powered-By, status line
+    TLS = "tls"  # handshake (certificate CN kept as a hint), then NULL + GET inside TLS
     REDIS_INFO = "redis-info"  # INFO server
-    POSTGRES_SSL = "postgres-sslrequest"  # SSLRequest: one-byte S/N answer
+    POSTGRES_SSL = "postgres-sslrequest"  # SSLRequest; on 'N', a startup packet that dates it
+    RDP = "rdp-negotiation"  # X.224 Connection Request with an RDP negotiation request
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +77,16 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    banner_wait: float = 2.0  # seconds to wait for a first-speaker banner
+    banner_wait: float = 2.0  # seconds to wait for any answer on an otherwise silent port
     probe_timeout: float = 3.0  # connect + exchange, per probe
     budget: float = 10.0  # per port, all probes together
+
+
+# The greeting window: how long a silent port is given to speak first before we do.
+# First speakers greet as soon as they accept, so a few connect round trips are
+# plenty; a late greeting is not lost (it arrives ahead of the answer to our GET).
+GREETING_WINDOW = 0.25  # seconds, at least
+GREETING_RTTS = 4  # and at least this many connect (or TLS handshake) times
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +98,19 @@ class Outcome:
     data: bytes = b""
     is_tls: bool = False
     error: str = ""
+    label: str = ""  # what was sent, when more than the kind says ("null+http-get")
+    connect_seconds: float = 0.0  # TCP connect time (a round trip), when measured
 
 
 # -- bounded I/O -------------------------------------------------------------------------
 
 
 async def read_bounded(reader: asyncio.StreamReader, *, timeout: float, cap: int = READ_CAP,
-                       until: bytes | None = None, idle: float = 0.3) -> bytes:
-    """Read at most ``cap`` bytes within ``timeout``; stop early at ``until`` or when
-    the peer has sent something and then stays quiet for ``idle`` seconds."""
+                       until: bytes | None = None, idle: float = 0.3,
+                       is_complete: Callable[[bytes], bool] | None = None) -> bytes:
+    """Read at most ``cap`` bytes within ``timeout``; stop early at ``until``, when
+    ``is_complete`` says the answer is whole, or when the peer has sent something
+    and then stays quiet for ``idle`` seconds."""
     deadline = time.monotonic() + timeout
     buf = bytearray()
     while len(buf) < cap:
@@ -93,6 +126,8 @@ async def read_bounded(reader: asyncio.StreamReader, *, timeout: float, cap: int
             break
         buf += chunk
         if until is not None and until in buf:
+            break
+        if is_complete is not None and is_complete(bytes(buf)):
             break
     return bytes(buf[:cap])
 
@@ -130,33 +165,93 @@ _NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF", "RECORD_LAYER_FAIL
 # -- probes ------------------------------------------------------------------------------
 
 
+def _is_whole_greeting(data: bytes) -> bool:
+    """A greeting that names its product needs no more waiting: a full line (SSH,
+    FTP, SMTP...) or a complete MySQL handshake packet that a parser recognises."""
+    is_line = data.endswith(b"\n")
+    is_packet = len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[:3], "little")
+    if not (is_line or is_packet):
+        return False
+    info = parse_banner(data)
+    return info is not None and info.confidence >= STOP_CONFIDENCE
+
+
+def _greeting_window(s: Settings, connect_seconds: float) -> float:
+    return min(s.banner_wait, max(GREETING_WINDOW, GREETING_RTTS * connect_seconds))
+
+
+async def _greet_or_get(ep: Endpoint, s: Settings, port_hint: str, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, connect_seconds: float, *,
+                        is_tls: bool) -> tuple[ServiceInfo | None, bytes, bool]:
+    """Listen for a greeting; when none comes, ask GET / on the same connection.
+
+    Returns (identification, bytes received, whether GET was sent).
+    """
+    window = _greeting_window(s, connect_seconds)
+    data = await read_bounded(reader, timeout=window, is_complete=_is_whole_greeting)
+    if data:
+        return parse_banner(data, port_hint) or parse_foreign_reply(data), data, False
+    writer.write(_http_request(ep))
+    await writer.drain()
+    data = await read_bounded(reader, timeout=max(s.banner_wait - window, window))
+    # A late greeting arrives ahead of the answer to GET: try banners first.
+    info = (parse_banner(data, port_hint) or parse_http(data, is_tls=is_tls)
+            or parse_foreign_reply(data)) if data else None
+    return info, data, True
+
+
 async def probe_null(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
-    async with _connect(ep, s.probe_timeout) as (reader, _writer):
-        data = await read_bounded(reader, timeout=s.banner_wait)
-    return Outcome(ProbeKind.NULL, parse_banner(data, port_hint) if data else None, data)
+    started = time.monotonic()
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        connected = time.monotonic() - started
+        info, data, sent_get = await _greet_or_get(ep, s, port_hint, reader, writer, connected,
+                                                   is_tls=False)
+    return Outcome(ProbeKind.NULL, info, data, label="null+http-get" if sent_get else "",
+                   connect_seconds=connected)
 
 
 async def probe_http(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    started = time.monotonic()
     async with _connect(ep, s.probe_timeout) as (reader, writer):
+        connected = time.monotonic() - started
         writer.write(_http_request(ep))
         await writer.drain()
-        data = await read_bounded(reader, timeout=s.probe_timeout, until=b"\r\n\r\n")
-    info = parse_http(data) or (parse_banner(data, port_hint) if data else None)
-    return Outcome(ProbeKind.HTTP_GET, info, data)
+        # "Connection: close": a server ends the answer by closing; a body signature
+        # (servers without a Server header) may follow the headers.
+        data = await read_bounded(reader, timeout=s.probe_timeout)
+    info = parse_http(data) or ((parse_banner(data, port_hint) or parse_foreign_reply(data))
+                                if data else None)
+    return Outcome(ProbeKind.HTTP_GET, info, data, connect_seconds=connected)
+
+
+def _certificate_cn(writer: asyncio.StreamWriter) -> str:
+    """The leaf certificate's subject CN, unverified: a hint (hostname, appliance
+    name), never a trust decision."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return ""
+    try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
+    except (ImportError, ValueError):
+        return ""
+    value = names[0].value if names else ""
+    text = value if isinstance(value, str) else value.decode("latin-1")
+    return sanitize(text.encode("latin-1", "replace"), 128)
 
 
 async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    started = time.monotonic()
     try:
         async with _connect(ep, s.probe_timeout, tls_client_context(),
                             ep.hostname or None) as (reader, writer):
-            data = await read_bounded(reader, timeout=min(1.0, s.banner_wait))
-            info = parse_banner(data, port_hint) if data else None
-            if info is None:
-                writer.write(_http_request(ep))
-                await writer.drain()
-                data = await read_bounded(reader, timeout=s.probe_timeout, until=b"\r\n\r\n")
-                info = parse_http(data, is_tls=True) or (
-                    parse_banner(data, port_hint) if data else None)
+            cn = _certificate_cn(writer)
+            info, data, _ = await _greet_or_get(ep, s, port_hint, reader, writer,
+                                                time.monotonic() - started, is_tls=True)
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
         if any(r in reason for r in _NOT_TLS_REASONS):
@@ -166,11 +261,14 @@ async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
                                                   extra_info=f"handshake failed: {reason}",
                                                   method="tls:alert", confidence=5),
                        is_tls=True)
-    if info is not None:
+    hint = f"certificate CN: {cn}" if cn else ""
+    if info is not None and info.service not in ("ssl", ""):
         service = info.service if info.service in ("https",) else f"ssl/{info.service}"
-        info = replace(info, service=service, is_tls=True)
+        extra = "; ".join(x for x in (info.extra_info, hint) if x)
+        info = replace(info, service=service, is_tls=True, extra_info=extra)
     else:
-        info = ServiceInfo(service="ssl", is_tls=True, method="tls:handshake", confidence=6)
+        info = ServiceInfo(service="ssl", is_tls=True, extra_info=hint, method="tls:handshake",
+                           confidence=6)
     return Outcome(ProbeKind.TLS, info, data, is_tls=True)
 
 
@@ -182,13 +280,47 @@ async def probe_redis(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.REDIS_INFO, parse_redis(data), data)
 
 
+# StartupMessage with protocol version 65535.0, newer than any server speaks: it is refused
+# before authentication with an error that dates the server, and nothing else happens.
+# The major version must be above 3: below, the server answers in the old v2 format,
+# without the fields (PostgreSQL protocol, "Message Formats": int32 length, int32
+# version, parameters, NUL).
+_PG_FUTURE_STARTUP = (9).to_bytes(4, "big") + (0xFFFF_0000).to_bytes(4, "big") + b"\x00"
+
+
 async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     async with _connect(ep, s.probe_timeout) as (reader, writer):
         # SSLRequest: int32 length 8, int32 code 80877103 (PostgreSQL protocol, 54.2.10)
         writer.write((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
         await writer.drain()
         data = await read_bounded(reader, timeout=s.probe_timeout, cap=256, idle=0.2)
-    return Outcome(ProbeKind.POSTGRES_SSL, parse_postgres_ssl_reply(data), data)
+        info = parse_postgres_ssl_reply(data)
+        if data == b"N":
+            # Same connection: after 'N' the server waits for a startup packet.
+            writer.write(_PG_FUTURE_STARTUP)
+            await writer.drain()
+            reply = await read_bounded(reader, timeout=s.probe_timeout, cap=1024, idle=0.2)
+            dated = parse_postgres_version_error(reply)
+            if dated is not None and info is not None:
+                info = replace(dated, extra_info="; ".join(
+                    x for x in (info.extra_info, dated.extra_info) if x))
+    return Outcome(ProbeKind.POSTGRES_SSL, info, data)
+
+
+# X.224 Connection Request in a TPKT, carrying RDP_NEG_REQ asking for TLS and CredSSP
+# ([MS-RDPBCGR] 2.2.1.1): TPKT(3, 0, len 19), X.224 CR (LI 14, 0xE0, refs 0, class 0),
+# RDP_NEG_REQ (type 1, flags 0, length 8, protocols 0x3).
+_RDP_REQUEST = bytes(
+    [0x03, 0x00, 0x00, 0x13, 0x0E, 0xE0, 0x00, 0x00, 0x00, 0x00, 0x00,
+     0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00])
+
+
+async def probe_rdp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(_RDP_REQUEST)
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=512, idle=0.2)
+    return Outcome(ProbeKind.RDP, parse_rdp_confirm(data), data)
 
 
 ProbeImpl = Callable[[Endpoint, Settings, str], Awaitable[Outcome]]
@@ -198,6 +330,7 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.TLS: probe_tls,
     ProbeKind.REDIS_INFO: probe_redis,
     ProbeKind.POSTGRES_SSL: probe_postgres,
+    ProbeKind.RDP: probe_rdp,
 }
 
 # -- plan --------------------------------------------------------------------------------
@@ -206,9 +339,24 @@ HTTP_PORTS = frozenset({80, 81, 591, 3000, 5000, 8000, 8008, 8080, 8081, 8088, 8
 TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 2053, 2083, 2087,
                        2096, 4443, 5061, 6697, 8443, 9443})
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
-                              5432: "postgresql"}
-DEFAULT_ORDER = (ProbeKind.NULL, ProbeKind.HTTP_GET, ProbeKind.TLS, ProbeKind.POSTGRES_SSL,
-                 ProbeKind.REDIS_INFO)
+                              5432: "postgresql", 3389: "ms-wbt-server"}
+HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
+                                    "postgresql": ProbeKind.POSTGRES_SSL,
+                                    "ms-wbt-server": ProbeKind.RDP}
+# NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
+# goes first (HTTP ports); the rest follow in order of how often they name a port.
+# Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for
+# the end of a line that the binary SSLRequest never sends.
+DEFAULT_ORDER = (ProbeKind.NULL, ProbeKind.TLS, ProbeKind.REDIS_INFO, ProbeKind.POSTGRES_SSL,
+                 ProbeKind.RDP)
+# A tentative answer (confidence below STOP_CONFIDENCE) that names the protocol: the
+# probe that speaks it goes next, ahead of the plan.
+FOLLOW_UP: dict[str, ProbeKind] = {"ssl": ProbeKind.TLS, "https": ProbeKind.TLS,
+                                   "redis": ProbeKind.REDIS_INFO,
+                                   "postgresql": ProbeKind.POSTGRES_SSL}
+STOP_CONFIDENCE = 8
+GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
+GUESS_RTTS = 8  # and at least this many connect times (slow links)
 
 
 def plan(port: int) -> tuple[ProbeKind, ...]:
@@ -218,10 +366,8 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
         first = (ProbeKind.TLS,)
     elif port in HTTP_PORTS:
         first = (ProbeKind.HTTP_GET,)
-    elif PORT_HINTS.get(port) == "redis":
-        first = (ProbeKind.REDIS_INFO,)
-    elif PORT_HINTS.get(port) == "postgresql":
-        first = (ProbeKind.POSTGRES_SSL,)
+    elif PORT_HINTS.get(port, "") in HINT_FIRST:
+        first = (HINT_FIRST[PORT_HINTS[port]],)
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
@@ -231,7 +377,16 @@ Fallback = Callable[[Endpoint, bool, bytes, float], Awaitable[ServiceInfo | None
 
 async def identify(ep: Endpoint, settings: Settings | None = None,
                    fallback: Fallback | None = None) -> ServiceInfo:
-    """Identify the service on one open TCP port within ``settings.budget`` seconds."""
+    """Identify the service on one open TCP port within ``settings.budget`` seconds.
+
+    Probes run one at a time (one connection each) in ``plan`` order; an answer
+    that names a protocol tentatively moves that protocol's own probe to the
+    front; the first answer at ``STOP_CONFIDENCE`` or above ends it. When nothing
+    that sure was found, ``fallback`` (nmap's service probes) gets the rest of
+    the budget. The result says how it was identified (``method``,
+    ``confidence``) and what was sent (``tried``); an unidentified port also says
+    why each probe failed (``extra_info``).
+    """
     s = settings or Settings()
     deadline = time.monotonic() + s.budget
     hint = PORT_HINTS.get(ep.port, "")
@@ -239,42 +394,66 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     notes: list[str] = []
     best: ServiceInfo | None = None
     first_data = b""
+    greeting = b""  # what the port said unasked: nmap's NULL-probe answer
     is_tls = False
-    for kind in plan(ep.port):
+    rtt = 0.0
+    best_data = b""  # the answer that gave ``best``: its banner
+    ordered = plan(ep.port)
+    # (probe, whether it is a guess): the planned first probe and a follow-up asked for
+    # by an answer get the full probe timeout; the rest are guesses and get a few
+    # round trips (a service that speaks the probe's protocol answers at once).
+    queue: list[tuple[ProbeKind, bool]] = [(ordered[0], False)] + [(k, True) for k in ordered[1:]]
+    while queue:
+        kind, is_guess = queue.pop(0)
         remaining = deadline - time.monotonic()
         if remaining <= 0.05:
             notes.append("budget exhausted")
             break
         tried.append(kind.value)
+        probe_settings = s
+        if is_guess:
+            probe_settings = replace(s, probe_timeout=min(
+                s.probe_timeout, max(GUESS_TIMEOUT, GUESS_RTTS * rtt)))
         try:
-            outcome = await asyncio.wait_for(PROBES[kind](ep, s, hint), remaining)
+            outcome = await asyncio.wait_for(PROBES[kind](ep, probe_settings, hint), remaining)
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
             notes.append(f"{kind.value}: {type(exc).__name__}")
             continue
+        if outcome.label:
+            tried[-1] = outcome.label
         if outcome.error:
             notes.append(f"{kind.value}: {outcome.error}")
+        if outcome.connect_seconds > 0:
+            rtt = max(rtt, outcome.connect_seconds)
         first_data = first_data or outcome.data
+        if kind is ProbeKind.NULL and not outcome.label:
+            greeting = greeting or outcome.data
         is_tls = is_tls or outcome.is_tls
         info = outcome.info
         if info is None:
+            if kind is ProbeKind.NULL and outcome.label:
+                notes.append(f"{outcome.label}: {'no answer' if not outcome.data else 'no match'}")
             continue
         if best is None or info.confidence > best.confidence:
-            best = info
-        if info.confidence >= 8:
+            best, best_data = info, outcome.data
+        if info.confidence >= STOP_CONFIDENCE:
             break
-    if (best is None or best.confidence < 8) and fallback is not None:
+        follow = FOLLOW_UP.get(info.service)
+        if follow is not None and any(k is follow for k, _ in queue):
+            queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
+    if (best is None or best.confidence < STOP_CONFIDENCE) and fallback is not None:
         remaining = deadline - time.monotonic()
         if remaining > 0.5:
             tried.append("nmap-service-probes")
             try:
-                extra = await asyncio.wait_for(fallback(ep, is_tls, first_data, remaining),
+                extra = await asyncio.wait_for(fallback(ep, is_tls, greeting, remaining),
                                                remaining)
             except (TimeoutError, OSError) as exc:
                 notes.append(f"nmap: {type(exc).__name__}")
                 extra = None
             if extra is not None and (best is None or extra.confidence > best.confidence):
                 best = extra
-    banner = sanitize(first_data) if first_data else ""
+    banner = sanitize(best_data or first_data)
     if best is None:
         return ServiceInfo(is_tls=is_tls, banner=banner, method="unidentified",
                            extra_info="; ".join(notes)[:300], tried=tuple(tried))
