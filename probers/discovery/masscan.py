@@ -751,30 +751,43 @@ class MasscanEngine:
 
 @dataclass(slots=True)
 class _ConfirmStats:
-    """Raw discoveries the connect check did not confirm, per host and why."""
+    """Raw discoveries the connect check did not confirm, per host and why.
 
-    refused: dict[str, int] = field(default_factory=dict)  # RST to a real connect
-    untested: dict[str, int] = field(default_factory=dict)  # no answer / error / untested
+    Kept as sets of ports: a port re-checked on the next pass counts once, and one
+    confirmed on a later pass leaves the tally.
+    """
+
+    refused: dict[str, set[int]] = field(default_factory=dict)  # RST to a real connect
+    untested: dict[str, set[int]] = field(default_factory=dict)  # no answer / error
 
     def add(
         self, ip: str, ports: list[int], confirmed: set[int], reports: list[SweepReport]
     ) -> None:
-        missing = len(ports) - len(confirmed & set(ports))
+        refused, untested = self.refused.setdefault(ip, set()), self.untested.setdefault(ip, set())
+        refused -= confirmed
+        untested -= confirmed
+        missing = sorted(set(ports) - confirmed)
         if not missing:
             return
-        closed = sum(h.closed for r in reports for h in r.hosts)
-        self.refused[ip] = self.refused.get(ip, 0) + min(closed, missing)
-        rest = missing - min(closed, missing)
-        if rest:
-            self.untested[ip] = self.untested.get(ip, 0) + rest
+        # The sweep report counts refusals per host, not which ports: split by count.
+        closed = min(sum(h.closed for r in reports for h in r.hosts), len(missing))
+        for port in missing[:closed]:
+            untested.discard(port)
+            refused.add(port)
+        for port in missing[closed:]:
+            refused.discard(port)
+            untested.add(port)
 
     @property
     def unconfirmed(self) -> int:
-        return sum(self.refused.values()) + sum(self.untested.values())
+        return sum(map(len, self.refused.values())) + sum(map(len, self.untested.values()))
 
     def note(self, progress: Progress) -> None:
         for ip in sorted(set(self.refused) | set(self.untested)):
-            refused, untested = self.refused.get(ip, 0), self.untested.get(ip, 0)
+            refused = len(self.refused.get(ip, ()))
+            untested = len(self.untested.get(ip, ()))
+            if not refused + untested:
+                continue
             parts = []
             if refused:
                 parts.append(f"{refused} refused a connect (RST)")
