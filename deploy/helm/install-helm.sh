@@ -24,6 +24,9 @@ if [[ "$(installed_version)" == "${HELM_VERSION}" ]]; then
     exit 0
 fi
 
+# The machine's Go lives in /usr/local/go (Debian 12's golang, 1.19, is too old for helm
+# v3.16); a non-login shell such as CI's may not have it on PATH.
+[ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:${PATH}"
 command -v go >/dev/null 2>&1 || { echo "install-helm: Go is required (apt-get install golang or go.dev)" >&2; exit 1; }
 
 mkdir -p "${BIN_DIR}"
