@@ -23,6 +23,23 @@ Handler = Callable[[socket.socket], None]
 
 
 @dataclass
+class Services:
+    """Named listener ports started by a test, and the --ports spec that covers them."""
+
+    ports: dict[str, int]
+
+    @property
+    def spec(self) -> str:
+        return ",".join(str(p) for p in sorted(self.ports.values()))
+
+
+def mariadb_greeting(version: bytes) -> bytes:
+    """A MySQL-protocol handshake packet (protocol 10) announcing ``version``."""
+    body = b"\x0a" + version + b"\x00" + b"\x08\x00\x00\x00" + b"abcdefgh\x00" + b"\xff\xf7"
+    return len(body).to_bytes(3, "little") + b"\x00" + body
+
+
+@dataclass
 class Listener:
     port: int
     addresses: tuple[str, ...]

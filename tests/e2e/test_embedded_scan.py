@@ -7,7 +7,6 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,23 +14,10 @@ import pytest
 from stream_processors.risk import score_counts
 from tests import loopback
 from tests.conftest import run_cli
+from tests.loopback import Services, mariadb_greeting
 
 ADDRESSES = ("127.0.0.1", "127.0.0.2")
 FAST = {"PORTWATCH_IDENTIFY_BUDGET": "6", "PORTWATCH_BANNER_WAIT": "1"}
-
-
-def mariadb_greeting(version: bytes) -> bytes:
-    body = b"\x0a" + version + b"\x00" + b"\x08\x00\x00\x00" + b"abcdefgh\x00" + b"\xff\xf7"
-    return len(body).to_bytes(3, "little") + b"\x00" + body
-
-
-@dataclass
-class Services:
-    ports: dict[str, int]
-
-    @property
-    def spec(self) -> str:
-        return ",".join(str(p) for p in sorted(self.ports.values()))
 
 
 @pytest.fixture(scope="module")

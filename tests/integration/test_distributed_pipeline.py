@@ -30,7 +30,7 @@ from producers.publish import group_lag
 from schemas.topics import TopicSet, topic_names
 from tests import loopback
 from tests.conftest import REPO, CliResult, run_cli
-from tests.e2e.test_embedded_scan import mariadb_greeting
+from tests.loopback import Services, mariadb_greeting
 
 pytestmark = pytest.mark.kafka
 
@@ -185,15 +185,6 @@ def stable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    ports: dict[str, int]
-
-    @property
-    def spec(self) -> str:
-        return ",".join(str(p) for p in sorted(self.ports.values()))
 
 
 @pytest.fixture(scope="module")
