@@ -11,6 +11,7 @@ Must not touch: the network, storage, Kafka, or any other portwatch package
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -19,7 +20,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
+import msgspec
+
 SCHEMA_VERSION = 1
+_VERSION_PREFIX = b'{"v":%d,' % SCHEMA_VERSION
 
 
 class RecordError(ValueError):
@@ -69,6 +73,7 @@ def _ts(value: Any) -> datetime:
     raise RecordError(f"bad timestamp {value!r}")
 
 
+@functools.lru_cache(maxsize=65_536)  # hot: every decoded Target; errors are not cached
 def normalize_ip(value: str) -> str:
     """Canonical text form of an address; raises RecordError when it is not one."""
     try:
@@ -97,10 +102,30 @@ class Record:
         return out
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """Compact JSON with the schema version first: ``{"v":1,...}``.
+
+        Encoded by msgspec (a C codec, ~10x faster than walking the dataclasses in
+        Python: this runs once per finding per Kafka hop); the same JSON shape as
+        ``to_dict``, timestamps in RFC 3339.
+        """
+        body = _ENCODER.encode(self)
+        return _VERSION_PREFIX + body[1:] if body != b"{}" else _VERSION_PREFIX[:-1] + b"}"
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Self:
+        """Decode a wire record; RecordError says what is wrong with a bad one.
+
+        Fast path: what ``to_json`` wrote (it starts with the version) is decoded and
+        type-checked by msgspec into the dataclasses (``__post_init__`` checks run).
+        Anything else, or anything the fast path rejects, takes the lenient and
+        precise path below, which accepts other timestamp forms and names the fault.
+        """
+        data_bytes = raw.encode() if isinstance(raw, str) else raw
+        if data_bytes.startswith(_VERSION_PREFIX):
+            try:
+                return msgspec.json.decode(data_bytes, type=cls)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecordError):
+                pass  # the slow path below explains what is wrong
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -150,6 +175,7 @@ def _encode(value: Any) -> Any:
 
 
 _PLAIN = frozenset({str, int, bool, float, type(None)})
+_ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +187,12 @@ class Target(Record):
     hostname: str = ""
     organization: str = ""
     asset: str = ""
+
+    def __post_init__(self) -> None:
+        # One canonical text per address (dedup keys, partition keys, joins).
+        canonical = normalize_ip(self.ip)
+        if canonical != self.ip:
+            object.__setattr__(self, "ip", canonical)
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:

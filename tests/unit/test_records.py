@@ -281,3 +281,21 @@ def test_unknown_report_is_a_key_error_naming_the_choices() -> None:
 def test_data_files_ship_with_the_package(name: str) -> None:
     with open(data_path(name), encoding="utf-8") as fh:
         assert fh.read(1)
+
+
+def test_the_fast_codec_path_round_trips_and_still_names_faults() -> None:
+    # Given an open port as portwatch writes it (version first)
+    port = OpenPort(scan_id="s", target=Target(ip="127.0.0.1", target="t"), port=2222,
+                    observed_at=WHEN)
+    raw = port.to_json()
+    assert raw.startswith(b'{"v":1,')
+    # When read back, then it is the same record
+    assert OpenPort.from_json(raw) == port
+    # And a damaged record of the same shape still gets the precise message
+    with pytest.raises(RecordError, match="port out of range: 0"):
+        OpenPort.from_json(raw.replace(b'"port":2222', b'"port":0'))
+    with pytest.raises(RecordError, match="unsupported schema version 2"):
+        OpenPort.from_json(raw.replace(b'{"v":1,', b'{"v":2,'))
+    # And addresses are canonical whichever path decoded them
+    odd = raw.replace(b'"127.0.0.1"', b'"0:0:0:0:0:0:0:1"')
+    assert OpenPort.from_json(odd).target.ip == "::1"
