@@ -191,9 +191,13 @@ class ReportService:
         """Average and worst risk score per day over the targets the Summary shows."""
         def compute() -> list[RiskPoint]:
             history, summary = web_sql("risk_history"), report_sql("summary")
+            # The history SQL filters by target and organization itself; only the
+            # Summary's other filters (port, colour, product) need its target set.
+            narrowed = any(filters.get(k) for k in ("port", "color", "product"))
+            where = (f"WHERE (h.target, h.ip) IN (SELECT target, ip FROM ({summary})) "
+                     if narrowed else "")
             sql = (f"SELECT day, round(avg(risk_score), 1), max(risk_score), count() "
-                   f"FROM ({history}) AS h "
-                   f"WHERE (h.target, h.ip) IN (SELECT target, ip FROM ({summary})) "
+                   f"FROM ({history}) AS h {where}"
                    f"GROUP BY day ORDER BY day")
             params = bind(_sql_parameters(sql), {**filters, "days": days})
             return [RiskPoint(r[0], float(r[1]), float(r[2]), int(r[3]))
