@@ -41,7 +41,7 @@ WITH
                countIf(is_scored AND color = 'yellow') AS yellow,
                countIf(is_scored AND color = 'green') AS green,
                countIf(is_cdn_expected = 1) AS cdn_expected,
-               arraySort(x -> (x.2, x.1), groupArray((port, proto, color, is_cdn_expected))) AS port_list,
+               arraySort(groupArray((port, proto, color, is_cdn_expected))) AS port_list,
                groupUniqArray(lower(product)) AS products
         FROM ports GROUP BY target, ip
     )
