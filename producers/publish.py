@@ -279,7 +279,7 @@ def group_lag(bootstrap: str, group_id: str, topics: Sequence[str],
         described = admin.describe_topics(list(topics))
         partitions = [TopicPartition(t["name"], p["partition_index"]) for t in described
                       for p in (t.get("partitions") or ())]
-        committed_map = admin.list_group_offsets({group_id: None}).get(group_id, {})
+        committed_map = _group_offsets(admin, group_id, timeout)
         ends = _offsets(admin, partitions, "latest")
         starts = _offsets(admin, partitions, "earliest")
     end = sum(ends.values())
@@ -289,6 +289,22 @@ def group_lag(bootstrap: str, group_id: str, topics: Sequence[str],
         offset = getattr(meta, "offset", -1) if meta is not None else -1
         committed += offset if offset is not None and offset >= 0 else starts.get(tp, 0)
     return GroupLag(group_id, end, committed)
+
+
+def _group_offsets(admin: Any, group_id: str, timeout: float) -> dict[Any, Any]:
+    """The group's committed offsets, waiting out a group coordinator that is not
+    ready yet (a broker that just started is still creating __consumer_offsets)."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer: dict[Any, Any] = admin.list_group_offsets({group_id: None}).get(group_id, {})
+            return answer
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _offsets(admin: Any, partitions: list[Any], which: str) -> dict[Any, int]:
