@@ -49,7 +49,7 @@ $(STAMPS)/venv: pyproject.toml | $(STAMPS)
 install: apt venv ## Everything portwatch needs (Debian packages + virtualenv)
 
 .PHONY: scan
-scan: install ## Scan 127.0.0.1 (all TCP ports, embedded store), then show Summary and List
+scan: install ## Scan 127.0.0.1 (all TCP + top 1,000 UDP ports, embedded store), show Summary and List
 	$(VENV)/bin/portwatch scan 127.0.0.1
 	$(VENV)/bin/portwatch report summary
 	$(VENV)/bin/portwatch report list
