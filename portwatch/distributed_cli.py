@@ -121,13 +121,16 @@ def _say(message: str) -> None:
               show_default=True)
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")
+@click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
+              help="UDP ports as for `portwatch scan` (default top1000): published as UDP "
+                   "shards after the TCP ones (their checkpoint is FILE.udp).")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def produce(targets: Sequence[str], ports: str | None, organization: str, asset: str,
             inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
             allow_large: bool, scan_id: str | None, seed: int, checkpoint: str | None,
-            hosts_per_shard: int, ports_per_shard: int, wait_seconds: float, kafka: str,
-            topic_prefix: str) -> None:
+            hosts_per_shard: int, ports_per_shard: int, wait_seconds: float,
+            udp: str | None, kafka: str, topic_prefix: str) -> None:
     """Publish the shards of a scan of TARGET... onto Kafka for the discovery workers.
 
     Targets, ports and scope checks are those of `portwatch scan`. With --checkpoint
@@ -138,6 +141,7 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
     Example:
       portwatch produce --ports 1-1024 --scan-id nightly-1 --checkpoint ck.json 127.0.0.1
     """
+    from portwatch.cli import _expand_stdin, _udp_ports
     from portwatch.runner import new_scan_id
     from producers.kafka_io import KafkaUnavailable, PublishError, make_producer
     from producers.publish import produce_shards
@@ -146,14 +150,15 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
     from producers.targets import resolve_targets as resolve
     from schemas.records import Proto
 
-    settings = _settings(ports=ports)
+    settings = _settings(ports=ports, udp=udp)
     try:
-        specs = [TargetSpec(t, organization, asset) for t in targets]
+        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)
         if not specs:
             fail("no targets: give TARGET... or --inventory FILE")
         tcp_ports = parse_ports(settings.ports)
+        udp_ports = _udp_ports(settings.udp)
         scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
         resolved = resolve(specs, scope)
     except TargetError as exc:
@@ -166,24 +171,33 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
         if saved is not None:
             scan_id, seed = saved.scan_id, saved.seed
     scan_id = scan_id or new_scan_id()
-    plan = ShardPlan(scan_id, tuple(resolved), tuple(tcp_ports), Proto.TCP, seed,
-                     hosts_per_shard=hosts_per_shard, ports_per_shard=ports_per_shard)
+    plans = [(ShardPlan(scan_id, tuple(resolved), tuple(tcp_ports), Proto.TCP, seed,
+                        hosts_per_shard=hosts_per_shard, ports_per_shard=ports_per_shard),
+              checkpoint)]
+    if udp_ports:
+        plans.append((ShardPlan(scan_id, tuple(resolved), tuple(udp_ports), Proto.UDP, seed,
+                                hosts_per_shard=hosts_per_shard,
+                                ports_per_shard=ports_per_shard),
+                      f"{checkpoint}.udp" if checkpoint else None))
     topics = _topics(kafka, topic_prefix)
     try:
         producer = make_producer(kafka, client_id="portwatch-produce")
     except KafkaUnavailable as exc:
         fail(str(exc), EXIT_RUNTIME)
     try:
-        result = produce_shards(producer, topics.shards.name, plan, checkpoint_path=checkpoint)
+        results = [produce_shards(producer, topics.shards.name, plan, checkpoint_path=path)
+                   for plan, path in plans]
     except ValueError as exc:  # a checkpoint of another scan
         fail(str(exc))
     except PublishError as exc:
         fail(f"{exc}; rerun with the same --checkpoint to resume", EXIT_RUNTIME)
     finally:
         producer.close(timeout=10)
-    click.echo(json.dumps({"scan_id": result.scan_id, "seed": result.seed,
-                           "shards": result.total, "published": result.published,
-                           "resumed_at": result.first_index}))
+    first = results[0]
+    click.echo(json.dumps({"scan_id": first.scan_id, "seed": first.seed,
+                           "shards": sum(r.total for r in results),
+                           "published": sum(r.published for r in results),
+                           "resumed_at": first.first_index}))
     if wait_seconds:
         _wait_drained(kafka, topics, wait_seconds)
 
