@@ -86,12 +86,14 @@ serve: install ## Serve the four reports on http://127.0.0.1:8765
 grafana: venv ## Regenerate the Grafana dashboards under deploy/grafana
 	$(PY) -m deploy.grafana.build_dashboards
 
-.PHONY: bench bench-connect bench-discovery bench-identify bench-web bench-pipeline
-bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery ## All benchmarks (BENCHMARKS.md)
+.PHONY: bench bench-connect bench-discovery bench-udp bench-identify bench-web bench-pipeline
+bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery bench-udp ## All benchmarks (BENCHMARKS.md)
 bench-connect: install ## Full TCP sweep of 127.0.0.1 vs nmap -sT
 	$(PY) -m bench.connect_sweep --runs 5
 bench-discovery: install ## masscan engine vs nmap -sS vs masscan on namespace hosts (root)
 	$(PY) -m bench.discovery
+bench-udp: install ## UDP top 1,000 of a namespace host vs nmap -sU (root; nmap takes ~18 min a run)
+	$(PY) -m bench.udp_top1000 --runs 3
 bench-identify: install ## Identification of real services vs nmap -sV
 	$(PY) -m bench.identify
 bench-web: install ## Pages and API on 100,000 findings
