@@ -171,9 +171,6 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
       portwatch scan --ports 1-1024 --org "Example Corp" 127.0.0.1 ::1
       portwatch scan --inventory assets.yaml --exclude 127.0.0.2
     """
-    from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
-    from producers.targets import resolve_targets as resolve
-
     try:
         settings = Settings.from_env(ports=ports, concurrency=concurrency, timeout=timeout,
                                      retries=retries, banner_wait=banner_wait,
@@ -182,18 +179,9 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
                                      engine=engine, rate=rate)
     except SettingsError as exc:
         fail(str(exc))
-    try:
-        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
-        if inventory:
-            specs += read_inventory(inventory)
-        if not specs:
-            fail("no targets: give TARGET... or --inventory FILE (see portwatch scan --help)")
-        tcp_ports = parse_ports(settings.ports)
-        udp_ports = _udp_ports(settings.udp)
-        scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
-        resolved = resolve(specs, scope)
-    except TargetError as exc:
-        fail(str(exc))
+    resolved, tcp_ports, udp_ports = resolve_input(
+        settings, targets, organization=organization, asset=asset, inventory=inventory,
+        exclude=exclude, exclude_file=exclude_file, allow_large=allow_large)
     _check_store_url(settings.store)
     db = _store(settings.store)
     try:
@@ -205,6 +193,30 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
         db.close()
     if stats.interrupted:
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
+
+
+def resolve_input(settings: Settings, targets: Sequence[str], *, organization: str,
+                  asset: str, inventory: str | None, exclude: Sequence[str],
+                  exclude_file: str | None, allow_large: bool,
+                  ) -> tuple[list[Any], tuple[Any, ...], tuple[Any, ...]]:
+    """Targets (arguments, "-" for stdin, inventory), scope and port specs -> the
+    addresses and TCP/UDP port ranges to scan; bad input fails with one line, exit 2,
+    before anything is sent. Shared by ``scan`` and ``produce``."""
+    from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
+    from producers.targets import resolve_targets as resolve
+
+    try:
+        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
+        if inventory:
+            specs += read_inventory(inventory)
+        if not specs:
+            fail("no targets: give TARGET... or --inventory FILE (see --help)")
+        tcp_ports = parse_ports(settings.ports)
+        udp_ports = _udp_ports(settings.udp)
+        scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
+        return resolve(specs, scope), tcp_ports, udp_ports
+    except TargetError as exc:
+        fail(str(exc))
 
 
 def _udp_ports(spec: str) -> tuple[Any, ...]:

@@ -141,28 +141,17 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
     Example:
       portwatch produce --ports 1-1024 --scan-id nightly-1 --checkpoint ck.json 127.0.0.1
     """
-    from portwatch.cli import _expand_stdin, _udp_ports
+    from portwatch.cli import resolve_input
     from portwatch.runner import new_scan_id
     from producers.kafka_io import KafkaUnavailable, PublishError, make_producer
     from producers.publish import produce_shards
     from producers.shards import Checkpoint, ShardPlan
-    from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
-    from producers.targets import resolve_targets as resolve
     from schemas.records import Proto
 
     settings = _settings(ports=ports, udp=udp)
-    try:
-        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
-        if inventory:
-            specs += read_inventory(inventory)
-        if not specs:
-            fail("no targets: give TARGET... or --inventory FILE")
-        tcp_ports = parse_ports(settings.ports)
-        udp_ports = _udp_ports(settings.udp)
-        scope = Scope.build(exclude, exclude_file=exclude_file, allow_large=allow_large)
-        resolved = resolve(specs, scope)
-    except TargetError as exc:
-        fail(str(exc))
+    resolved, tcp_ports, udp_ports = resolve_input(
+        settings, targets, organization=organization, asset=asset, inventory=inventory,
+        exclude=exclude, exclude_file=exclude_file, allow_large=allow_large)
     if scan_id is None and checkpoint:
         try:
             saved = Checkpoint.load(checkpoint)
