@@ -237,3 +237,30 @@ def self_signed(directory: Path, common_name: str = "localhost",
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert_path, key_path)
     return ctx
+
+
+@contextlib.contextmanager
+def udp_responder(address: str = "127.0.0.1") -> Iterator[int]:
+    """A real UDP service on loopback answering every datagram with ``pong:`` and the
+    first bytes of what it got; yields its port, always closed on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            sock.sendto(b"pong:" + data[:8], peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        sock.close()

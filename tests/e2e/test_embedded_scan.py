@@ -206,40 +206,19 @@ def test_udp_ports_are_scanned_with_replies_open_and_silence_open_filtered(
         tmp_path: Path) -> None:
     """Given a UDP service that answers and one that never does, on loopback."""
     import socket
-    import threading
 
-    responder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    responder.bind(("127.0.0.1", 0))
-    responder.settimeout(0.2)
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = responder.recvfrom(2048)
-            except TimeoutError:
-                continue
-            responder.sendto(b"pong:" + data[:16], peer)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
     store = f"chdb://{tmp_path / 'store'}"
-    open_port, silent_port = responder.getsockname()[1], silent.getsockname()[1]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
         gone.bind(("127.0.0.1", 0))
         closed_port = gone.getsockname()[1]  # answers ICMP port-unreachable once closed
-    try:
+    with loopback.udp_responder() as open_port, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent_port = silent.getsockname()[1]
         # When the three ports are scanned over UDP (a closed one shows the host's stack
         # answers, so silence means something and is listed as open|filtered)
         result = run_cli("scan", "127.0.0.1", "--ports", "1", "--udp",
                          f"{open_port},{silent_port},{closed_port}", store=store, env=FAST)
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        responder.close()
-        silent.close()
     assert result.code == 0, result.stderr
     # Then the answering port is open and the silent one open|filtered, never red
     rows = {r["port"]: r for r in report(store, "list") if r["proto"] == "udp"}

@@ -335,40 +335,16 @@ def test_produce_resumes_from_its_checkpoint(kafka_bootstrap: str, tmp_path: Pat
 
 def test_udp_ports_travel_the_pipeline_as_udp_shards(kafka_bootstrap: str,
                                                      tmp_path: Path) -> None:
-    import socket
-    import threading
-
     # Given a UDP service on loopback that answers any datagram
-    responder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    responder.bind(("127.0.0.1", 0))
-    responder.settimeout(0.2)
-    stop = threading.Event()
-
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = responder.recvfrom(2048)
-            except TimeoutError:
-                continue
-            responder.sendto(b"pong:" + data[:8], peer)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    udp_port = responder.getsockname()[1]
-    try:
-        with pipeline_of(kafka_bootstrap, tmp_path) as pipe:
-            sink = pipe.process()
-            discover = pipe.discover()
-            # When produce publishes one TCP port and that UDP port
-            summary = pipe.produce("127.0.0.1", "--ports", "1", "--udp", str(udp_port))
-            pipe.stop(discover)
-            pipe.stop(sink)
-            rows = json.loads(run_cli("report", "list", "--format", "json",
-                                      store=pipe.store).stdout)
-    finally:
-        stop.set()
-        thread.join(timeout=2)
-        responder.close()
+    with loopback.udp_responder() as udp_port, pipeline_of(kafka_bootstrap, tmp_path) as pipe:
+        sink = pipe.process()
+        discover = pipe.discover()
+        # When produce publishes one TCP port and that UDP port
+        summary = pipe.produce("127.0.0.1", "--ports", "1", "--udp", str(udp_port))
+        pipe.stop(discover)
+        pipe.stop(sink)
+        rows = json.loads(run_cli("report", "list", "--format", "json",
+                                  store=pipe.store).stdout)
     # Then one TCP shard and one UDP shard went through, and the UDP port is stored open
     assert summary["shards"] == 2
     udp = [r for r in rows if r["proto"] == "udp"]
