@@ -95,20 +95,22 @@ async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
 
 def unidentified(port: OpenPort, why: str) -> Finding:
     """A port whose identification could not finish: kept, yellow, saying why."""
-    finding = Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why))
+    return judged(Finding(port=port, service=ServiceInfo(method="unidentified", extra_info=why)))
+
+
+def judged(finding: Finding) -> Finding:
+    """CDN verdict, then risk colour, built in one record: this runs once per finding on
+    the hot path (``cdn.classify`` then ``risk.assess`` would copy the record twice)."""
     verdict = cdn.verdict_for(finding)
     color, reason = risk.color_for(finding, verdict)
-    return Finding(port, finding.service, finding.tls, verdict, color, reason)
+    return Finding(finding.port, finding.service, finding.tls, verdict, color, reason)
 
 
 async def process(port: OpenPort, ctx: StageContext) -> Finding:
     """The whole per-port chain, as the embedded runner uses it."""
     finding = await identify_stage(port, ctx)
     finding = await tls_stage(finding, ctx)
-    # CDN then risk, built in one record: this runs once per finding on the hot path.
-    verdict = cdn.verdict_for(finding)
-    color, reason = risk.color_for(finding, verdict)
-    return Finding(finding.port, finding.service, finding.tls, verdict, color, reason)
+    return judged(finding)
 
 
 
