@@ -270,20 +270,45 @@ def verify_route(namespace: str, peer_if: str, host_if: str, target: str) -> Non
         )
 
 
+def _nft_set(ports: Sequence[int]) -> str:
+    return ", ".join(str(p) for p in sorted(set(ports)))
+
+
 def _nft_rules(
-    host_ip: str, tcp_ports: Sequence[int], raw_only: Sequence[int], catch_all: int | None
+    host_ip: str,
+    tcp_ports: Sequence[int],
+    raw_only: Sequence[int],
+    catch_all: int | None,
+    filtered: Sequence[int] = (),
+    first_syn_lost: Sequence[int] = (),
 ) -> str:
     lines = ["table ip pwtest {"]
-    if raw_only:
-        ports = ", ".join(str(p) for p in sorted(raw_only))
+    if first_syn_lost:
+        lines.append(
+            "  set firstsyn { type ipv4_addr . inet_service; size 65536; flags dynamic; }"
+        )
+    if raw_only or filtered or first_syn_lost:
         lines += [
             "  chain input {",
             "    type filter hook input priority filter; policy accept;",
+        ]
+        if filtered:  # silently dropped: no SYN-ACK, no RST (a firewalled port)
+            lines.append(f"    tcp dport {{ {_nft_set(filtered)} }} drop")
+        if first_syn_lost:
+            # The first SYN from each source to these ports is lost (a lossy path
+            # that a retry recovers); later SYNs pass.
+            lines.append(
+                f"    tcp flags syn tcp dport {{ {_nft_set(first_syn_lost)} }} "
+                "ip saddr . tcp dport != @firstsyn add @firstsyn { ip saddr . tcp dport } drop"
+            )
+        if raw_only:
             # A connect from the root kernel's own address is reset; a raw SYN
             # from any other source (masscan's --adapter-ip) is SYN-ACKed.
-            f"    ip saddr {host_ip} tcp dport {{ {ports} }} reject with tcp reset",
-            "  }",
-        ]
+            lines.append(
+                f"    ip saddr {host_ip} tcp dport {{ {_nft_set(raw_only)} }} "
+                "reject with tcp reset"
+            )
+        lines.append("  }")
     if catch_all is not None:
         keep = ", ".join(str(p) for p in sorted({*tcp_ports, catch_all}))
         lines += [
@@ -342,6 +367,8 @@ def test_host(
     syn_ack_all: bool = False,
     raw_only_ports: Sequence[int] = (),
     n_addresses: int = 1,
+    filtered_ports: Sequence[int] = (),
+    first_syn_lost: Sequence[int] = (),
 ) -> Iterator[NetnsHost]:
     """A namespace test host with real listeners; always torn down.
 
@@ -353,6 +380,9 @@ def test_host(
     raw_only_ports: ports that SYN-ACK any source except the host-side address
         ``host_ip``, whose connects are reset: what a SYN-ACK without a service
         behind it looks like to the confirm pass.
+    filtered_ports: TCP ports whose packets are dropped (no answer at all).
+    first_syn_lost: TCP ports where the first SYN from each source address is
+        dropped and later ones pass: a lossy path that only a retry recovers.
     """
     require_root()
     sweep_stale_namespaces()
@@ -393,8 +423,10 @@ def test_host(
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         for a in targets:
             _run(["ip", "-n", ns, "addr", "add", f"{a}/24", "dev", peer_if])
-        if raw_only or catch_all is not None:
-            rules = _nft_rules(host_ip, sorted(banners), raw_only, catch_all)
+        if raw_only or catch_all is not None or filtered_ports or first_syn_lost:
+            rules = _nft_rules(
+                host_ip, sorted(banners), raw_only, catch_all, filtered_ports, first_syn_lost
+            )
             proc = subprocess.run(
                 ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
                 capture_output=True, timeout=_CMD_TIMEOUT, check=False,

@@ -20,14 +20,23 @@ Why a runner of our own (NOTES.md, masscan section; checked again on 1.3.2):
   ``DiscoveryError`` after the ports it did report were yielded: the shard is
   retried, never silently short. A deadline reached before 100% does the same.
 
-Retries. ``--retries`` is broken in 1.3.2 (retries go out back to back and the
-run overstays), so it is never passed. The retry is a *second pass over the whole
-shard* with a fresh ``--seed`` (``passes=2`` by default): a port lost to a drop on
-a busy link in one permutation is probed at a different moment in the next. A
-"re-probe only the silent ports" pass is useless for full sweeps (the silent set
-is nearly the whole range), and the confirm pass cannot recover a loss, only
-reject a false positive. Each pass costs one probe per port; ``passes=1`` halves
-packets and time at the cost of recall on lossy links.
+Answers and retries. ``--retries`` is broken in 1.3.2 (retries go out back to
+back and the run overstays), so it is never passed. For TCP, an ``AnswerTap``
+(tap.py: our own packet socket, a kernel BPF filter on the adapter IP and the
+run's ``--source-port``) records every SYN-ACK and RST the targets send back;
+masscan's own capture loses a large share of them under load (tap.py says how
+much). So a run is killed the moment every probe of it has answered, and a retry
+pass (``passes=2`` by default, fresh ``--seed``) re-sends only the ports some host
+left silent, to those hosts: nothing on a host that RSTs every closed port, the
+whole shard on a firewalled one. Ports still silent after the last pass are
+counted in one note. Without a tap (UDP, or a packet socket that cannot be
+opened) every pass re-sends the whole shard. The confirm pass cannot recover a
+loss, only reject a false positive.
+
+Resets. When ``--adapter-ip`` is the kernel's own address (the default) masscan
+runs ``--noreset``: the kernel RSTs each SYN-ACK itself, as for ``nmap -sS``;
+masscan would otherwise RST every answer it sees, RSTs included, doubling the
+packets. With an address the kernel does not own, masscan's RSTs are kept.
 
 Confirm pass. Every TCP port masscan reports is connect-checked with
 ``connect.confirm_open`` before it is yielded: a SYN-ACK that no real connect can
@@ -60,6 +69,7 @@ machine's own addresses.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -71,13 +81,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from probers.discovery.base import DiscoveryEngine, DiscoveryError, EngineUnavailable, Progress
 from probers.discovery.connect import ConnectEngine, SweepReport, confirm_open
+from probers.discovery.tap import AnswerTap, compact, ring_size
 from schemas.records import OpenPort, PortRange, PortState, Proto, Shard, Target
 
 DEFAULT_BINARY = "masscan"
@@ -93,6 +104,9 @@ MASSCAN_COOKIE_UDP_PORTS = frozenset({53, 123, 137, 161, 5683, 11211, 16464, 164
 STARTUP_SECONDS = 3.0  # masscan's own start (pcap open, ARP) before the first probe
 KILL_GRACE = 0.5  # after the end wait, before SIGKILL
 DEADLINE_MARGIN = 5.0
+# Port ranges per masscan command line on a retry pass (one -p argument stays far
+# below Linux's 128 KiB limit for a single argv string).
+MAX_RANGES_PER_RUN = 4000
 _DISCOVERED = re.compile(rb"Discovered open port (\d+)/(tcp|udp) on ([0-9A-Fa-f:.]+)")
 _STATUS = re.compile(rb"(\d+(?:\.\d+)?)% done")
 _RESOLVED_NUD = {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
@@ -111,6 +125,9 @@ class MasscanPath:
     adapter_ip: str
     router_mac: str = ""  # known next-hop MAC (--router-mac) ...
     router_ip: str = ""  # ... or the next hop masscan must ARP for (--router-ip)
+    # adapter_ip is one of this machine's own addresses: the kernel RSTs the
+    # SYN-ACKs it receives there, so masscan is told --noreset (see the engine)
+    local_source: bool = False
 
     def argv(self) -> list[str]:
         out = ["--adapter", self.adapter, "--adapter-ip", self.adapter_ip]
@@ -213,8 +230,9 @@ def resolve_path(
     src = adapter_ip or str(route.get("prefsrc", ""))
     if not src:
         raise EngineUnavailable(f"masscan: no source address for {ip} on {dev}")
+    local = not adapter_ip or src == route.get("prefsrc") or _is_local_address(src)
     if router_mac:
-        return MasscanPath(dev, src, router_mac=router_mac)
+        return MasscanPath(dev, src, router_mac=router_mac, local_source=local)
     next_hop = str(route.get("gateway") or ip)
     mac = _neighbour_mac(next_hop, dev)
     if not mac and next_hop == ip:
@@ -225,8 +243,15 @@ def resolve_path(
             if mac:
                 break
     if mac:
-        return MasscanPath(dev, src, router_mac=mac)
-    return MasscanPath(dev, src, router_ip=next_hop)
+        return MasscanPath(dev, src, router_mac=mac, local_source=local)
+    return MasscanPath(dev, src, router_ip=next_hop, local_source=local)
+
+
+def _is_local_address(ip: str) -> bool:
+    with contextlib.suppress(EngineUnavailable, ValueError):
+        routes = _ip_json(["route", "get", ip])
+        return bool(routes) and routes[0].get("type") == "local"
+    return False
 
 
 def prepare_nmap_payloads(source: str, dest: str) -> int:
@@ -319,14 +344,16 @@ class RunOutcome:
 
     returncode: int | None = None
     percent_done: float = 0.0
-    killed: str = ""  # "" / "after-wait" (hung after 100%) / "deadline" / "cancelled"
+    # "" / "all-answered" (every probe answered: nothing left to wait for) /
+    # "after-wait" (hung after 100%) / "deadline" / "cancelled"
+    killed: str = ""
     elapsed: float = 0.0
     stderr_tail: list[str] = field(default_factory=list)
 
     @property
     def is_complete(self) -> bool:
         """Every probe was sent and the end wait was honoured (or cut by our deadline)."""
-        if self.killed == "after-wait":
+        if self.killed in ("after-wait", "all-answered"):
             return True
         if self.killed == "deadline":
             return self.percent_done >= 100.0
@@ -351,12 +378,25 @@ class MasscanRun:
     ``--wait``: the run is SIGKILLed ``wait + KILL_GRACE`` seconds after masscan
     reports 100% if it has not exited by itself (1.3.2 often does not).
     The process runs in its own process group and the *group* is killed.
+    ``finished``, when given, is polled every few milliseconds: once it is true
+    (every probe of the run has been answered) masscan is killed at once, since
+    nothing is left to send or to wait for.
     """
 
-    def __init__(self, argv: Sequence[str], *, deadline: float, wait: float) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        deadline: float,
+        wait: float,
+        finished: Callable[[], bool] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.deadline = deadline
         self.wait = wait
+        self.finished = finished
+        self._reaper: asyncio.Future[int] | None = None
+        self._all_answered = asyncio.Event()
         self.outcome = RunOutcome()
         self.pid: int | None = None
         self._done_at: float | None = None
@@ -377,9 +417,17 @@ class MasscanRun:
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(self._read_status(proc.stderr))
         watchdog = asyncio.create_task(self._watchdog(proc, started))
+        answered = asyncio.ensure_future(self._all_answered.wait())
         try:
             while True:
-                line = await proc.stdout.readline()
+                read = asyncio.ensure_future(proc.stdout.readline())
+                await asyncio.wait({read, answered}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():  # every probe answered: the rest of stdout is moot
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await read
+                    break
+                line = read.result()
                 if not line:
                     break
                 m = _DISCOVERED.search(line)
@@ -389,20 +437,35 @@ class MasscanRun:
                         port=int(m.group(1)),
                         proto=Proto(m.group(2).decode()),
                     )
-            await proc.wait()
+            if self.outcome.killed != "all-answered":
+                await proc.wait()
         finally:
-            if proc.returncode is None:
+            answered.cancel()
+            if proc.returncode is None and self.outcome.killed == "all-answered":
+                # Already SIGKILLed with nothing left to read; the kernel's teardown of
+                # its packet socket takes ~25 ms: reap it in the background (reap()).
+                self._reaper = asyncio.ensure_future(proc.wait())
+            elif proc.returncode is None:
                 if not self.outcome.killed:
                     self.outcome.killed = "cancelled"
                 self._kill(proc)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(proc.wait()), 5.0)
             watchdog.cancel()
+            if self.outcome.killed == "all-answered":
+                stderr_task.cancel()  # its status lines say nothing we need now
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(stderr_task, 1.0)
             self.outcome.returncode = proc.returncode
             self.outcome.elapsed = time.monotonic() - started
             self.pid = None
+
+    async def reap(self) -> None:
+        """Wait (bounded) for a process left to exit in the background by ``stream``."""
+        if self._reaper is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reaper, 5.0)
+            self._reaper = None
 
     def _kill(self, proc: asyncio.subprocess.Process) -> None:
         # SIGINT does not stop 1.3.2 after 100%; only SIGKILL does. Kill the group.
@@ -410,7 +473,13 @@ class MasscanRun:
             os.killpg(proc.pid, signal.SIGKILL)
 
     async def _watchdog(self, proc: asyncio.subprocess.Process, started: float) -> None:
+        tick = 0.1 if self.finished is None else 0.005
         while proc.returncode is None:
+            if self.finished is not None and self.finished():
+                self.outcome.killed = "all-answered"
+                self._kill(proc)
+                self._all_answered.set()
+                return
             now = time.monotonic()
             if now - started >= self.deadline:
                 self.outcome.killed = "deadline"
@@ -420,7 +489,7 @@ class MasscanRun:
                 self.outcome.killed = "after-wait"
                 self._kill(proc)
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(tick)
 
     async def _read_status(self, stderr: asyncio.StreamReader) -> None:
         buf = b""
@@ -502,6 +571,7 @@ class MasscanEngine:
         confirm_timeout: float = 1.0,
         nmap_payloads: str | None = DEFAULT_NMAP_PAYLOADS,
         binary: str = DEFAULT_BINARY,
+        answer_tap: bool = True,
     ) -> None:
         if not 1 <= rate <= 10_000_000:
             raise ValueError(f"rate must be 1..10,000,000 packets/s, got {rate}")
@@ -525,6 +595,7 @@ class MasscanEngine:
         self.confirm_timeout = confirm_timeout
         self.nmap_payloads = nmap_payloads
         self.binary = binary
+        self.answer_tap = answer_tap
         self.current_run: MasscanRun | None = None  # the masscan process now running
 
     # -- checks --------------------------------------------------------------
@@ -532,11 +603,18 @@ class MasscanEngine:
     def check_usable(self, targets: Iterable[Target]) -> dict[MasscanPath, list[Target]]:
         """Group targets by masscan path; EngineUnavailable (one line) when it cannot run."""
         find_binary(self.binary)
-        groups: dict[MasscanPath, list[Target]] = {}
-        for t in targets:
-            path = resolve_path(
+        targets = list(targets)
+
+        def resolve(t: Target) -> MasscanPath:
+            return resolve_path(
                 t.ip, adapter=self.adapter, adapter_ip=self.adapter_ip, router_mac=self.router_mac
             )
+
+        # Resolved side by side: an on-link target may need an ARP round trip first.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(targets) or 1)) as ex:
+            paths = list(ex.map(resolve, targets))
+        groups: dict[MasscanPath, list[Target]] = {}
+        for t, path in zip(targets, paths, strict=True):
             groups.setdefault(path, []).append(t)
         return groups
 
@@ -547,7 +625,7 @@ class MasscanEngine:
         groups = await asyncio.to_thread(self.check_usable, shard.targets)
         by_ip = {t.ip: t for t in shard.targets}
         n_ports = shard.port_count
-        progress.add_total(shard.probe_count * self.passes)
+        progress.add_total(shard.probe_count)
         plan = []
         for path, targets in groups.items():
             probes = n_ports * len(targets)
@@ -555,62 +633,87 @@ class MasscanEngine:
             plan.append((path, targets, probes, wait, pass_deadline(probes, self.rate, wait)))
         total_deadline = self.deadline or sum(p[4] for p in plan) * self.passes
         started = time.monotonic()
+        raw_q: asyncio.Queue[Discovery | None] = asyncio.Queue()
+        out_q: asyncio.Queue[OpenPort | BaseException | None] = asyncio.Queue()
+        seen: set[tuple[str, Proto, int]] = set()
+        stats = _ConfirmStats()
+        in_shard = bytearray(65536)
+        for r in shard.ports:
+            in_shard[r.first : r.last + 1] = b"\x01" * len(r)
 
-        with tempfile.TemporaryDirectory(prefix="portwatch-masscan-") as tmp:
-            payload_args: list[str] = []
-            if shard.proto is Proto.UDP and self.nmap_payloads:
-                if Path(self.nmap_payloads).is_file():
-                    cleaned = str(Path(tmp) / "nmap-payloads")
-                    await asyncio.to_thread(prepare_nmap_payloads, self.nmap_payloads, cleaned)
-                    payload_args = ["--nmap-payloads", cleaned]
-                else:
-                    progress.notes.append(
-                        f"masscan: {self.nmap_payloads} missing: UDP probes use masscan's "
-                        "built-in payloads only (install nmap-common)"
+        def offer(d: Discovery) -> None:
+            key = (d.ip, d.proto, d.port)
+            if d.ip in by_ip and d.proto is shard.proto and in_shard[d.port] and key not in seen:
+                seen.add(key)
+                raw_q.put_nowait(d)
+
+        source_port = self._source_port(shard)
+
+        with contextlib.ExitStack() as closing:
+            tmp = closing.enter_context(tempfile.TemporaryDirectory(prefix="portwatch-masscan-"))
+            taps = self._open_taps(shard, groups, progress, offer)
+            for tap in taps.values():
+                closing.callback(tap.close, background=True)
+            runs: list[MasscanRun] = []
+            payload_args = await self._payload_args(shard, tmp, progress)
+
+            async def run_one(
+                argv: list[str], probes: int, wait: int, per_pass: float,
+                tap: AnswerTap | None, expect: int, pass_no: int,
+            ) -> None:
+                remaining = total_deadline - (time.monotonic() - started)
+                if remaining <= 0:
+                    raise DiscoveryError(
+                        f"masscan: shard deadline {total_deadline:.0f}s reached "
+                        f"before pass {pass_no + 1}/{self.passes}"
                     )
-            raw_q: asyncio.Queue[Discovery | None] = asyncio.Queue()
-            out_q: asyncio.Queue[OpenPort | BaseException | None] = asyncio.Queue()
-            seen: set[tuple[str, Proto, int]] = set()
-            stats = _ConfirmStats()
+                finished = None
+                if tap is not None:
+                    before = tap.answered
+                    finished = lambda: tap.answered - before >= expect  # noqa: E731
+                run = MasscanRun(
+                    argv, deadline=min(per_pass, remaining), wait=wait, finished=finished
+                )
+                runs.append(run)
+                self.current_run = run
+                base_done = progress.probes_done
+                async for d in run.stream():
+                    if tap is not None:
+                        tap.mark(d.ip, d.port)
+                    offer(d)
+                progress.probes_done = base_done + probes
+                out = run.outcome
+                # killed == "after-wait" (1.3.2 idling after 100%) is the normal end of
+                # a run whose probes did not all answer: not worth a note.
+                if out.killed == "deadline" and out.is_complete:
+                    progress.notes.append(
+                        "masscan: killed at its deadline after 100% done; results kept"
+                    )
+                if not out.is_complete:
+                    progress.errors += 1
+                    raise DiscoveryError(out.failure())
 
             async def produce() -> None:
                 try:
                     for pass_no in range(self.passes):
-                        for path, targets, probes, wait, per_pass in plan:
-                            remaining = total_deadline - (time.monotonic() - started)
-                            if remaining <= 0:
-                                raise DiscoveryError(
-                                    f"masscan: shard deadline {total_deadline:.0f}s reached "
-                                    f"before pass {pass_no + 1}/{self.passes}"
+                        for path, targets, _probes, wait, per_pass in plan:
+                            tap = taps.get(path)
+                            for hosts, ranges, expect in self._pass_work(
+                                shard, targets, tap, pass_no
+                            ):
+                                run_probes = sum(map(len, ranges)) * len(hosts)
+                                if pass_no:
+                                    progress.add_total(run_probes)
+                                    progress.retries += run_probes
+                                argv = self._argv(
+                                    binary, shard, hosts, ranges, path, wait, pass_no,
+                                    payload_args, source_port if tap is not None else 0,
                                 )
-                            argv = self._argv(
-                                binary, shard, targets, path, wait, pass_no, payload_args
-                            )
-                            run = MasscanRun(argv, deadline=min(per_pass, remaining), wait=wait)
-                            self.current_run = run
-                            base_done = progress.probes_done
-                            async for d in run.stream():
-                                key = (d.ip, d.proto, d.port)
-                                if d.ip in by_ip and d.proto is shard.proto and key not in seen:
-                                    seen.add(key)
-                                    await raw_q.put(d)
-                            progress.probes_done = base_done + probes
-                            if pass_no:
-                                progress.retries += probes
-                            out = run.outcome
-                            if out.killed == "after-wait":
-                                progress.notes.append(
-                                    f"masscan: did not exit {wait}s after 100% done "
-                                    f"(1.3.2 hang); killed, results kept"
+                                await run_one(
+                                    argv, run_probes, wait, per_pass, tap, expect, pass_no
                                 )
-                            elif out.killed == "deadline" and out.is_complete:
-                                progress.notes.append(
-                                    "masscan: killed at its deadline after 100% done; "
-                                    "results kept"
-                                )
-                            if not out.is_complete:
-                                progress.errors += 1
-                                raise DiscoveryError(out.failure())
+                    for tap in taps.values():
+                        _note_silent(tap, shard, self.passes, progress)
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:  # handed to the consumer after the drain
@@ -648,6 +751,8 @@ class MasscanEngine:
                 for task in (producer, confirmer):
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                for run in runs:
+                    await run.reap()
                 stats.note(progress)
             # producer errors arrive before the confirmer's end marker; drain the rest
             while not out_q.empty():
@@ -659,28 +764,124 @@ class MasscanEngine:
                     raise error
                 raise DiscoveryError(f"masscan engine failed: {error!r}") from error
 
+    def _open_taps(
+        self,
+        shard: Shard,
+        groups: dict[MasscanPath, list[Target]],
+        progress: Progress,
+        offer: Callable[[Discovery], None],
+    ) -> dict[MasscanPath, AnswerTap]:
+        """One answer tap per masscan path (TCP only; see tap.py for why).
+
+        UDP has no tap: a closed UDP port answers with an ICMP port unreachable that
+        hosts rate-limit (Linux: about one per second), so "no answer" says nothing
+        and every UDP pass re-sends the whole shard.
+        """
+        taps: dict[MasscanPath, AnswerTap] = {}
+        if shard.proto is not Proto.TCP or not self.answer_tap:
+            return taps
+        loop = asyncio.get_running_loop()
+        port = self._source_port(shard)
+
+        def on_open(ip: str, p: int) -> None:
+            offer(Discovery(ip=ip, port=p, proto=Proto.TCP))
+
+        for path, targets in groups.items():
+            tap = AnswerTap(
+                path.adapter, path.adapter_ip, port, [t.ip for t in targets], on_open=on_open,
+                ring_bytes=ring_size(shard.port_count * len(targets)),
+            )
+            try:
+                tap.open()
+            except OSError as exc:
+                progress.notes.append(
+                    f"masscan: cannot read answers on {path.adapter} ({exc.strerror or exc}); "
+                    "each retry pass re-sends the whole shard"
+                )
+                continue
+            tap.attach(loop)
+            taps[path] = tap
+        return taps
+
+    @staticmethod
+    def _source_port(shard: Shard) -> int:
+        """masscan --source-port for a shard: above Linux's ephemeral range (61000+),
+        so the kernel's own connections (the confirm pass) never use it."""
+        return 61000 + (shard.seed * 7919 + shard.index * 104729) % 4500
+
+    def _pass_work(
+        self, shard: Shard, targets: Sequence[Target], tap: AnswerTap | None, pass_no: int
+    ) -> list[tuple[Sequence[Target], tuple[PortRange, ...], int]]:
+        """The masscan runs of one pass for one path: (hosts, port ranges, answers expected).
+
+        Pass 1 sends the whole shard. A retry pass with an answer tap sends only the
+        ports some host left silent (to the hosts that left any), at most
+        ``MAX_RANGES_PER_RUN`` ranges per masscan command line; without a tap it
+        re-sends the whole shard. ``expect`` is how many (host, port) answers would
+        complete the run (0 = unknown: wait for masscan).
+        """
+        full = shard.port_count * len(targets)
+        if pass_no == 0:
+            return [(targets, shard.ports, full)]
+        if tap is None:
+            return [(targets, shard.ports, 0)]
+        silent = {t.ip: tap.silent(t.ip, shard.ports) for t in targets}
+        hosts = [t for t in targets if silent[t.ip]]
+        if not hosts:
+            return []
+        ranges = compact(p for t in hosts for p in silent[t.ip])
+        work: list[tuple[Sequence[Target], tuple[PortRange, ...], int]] = []
+        for i in range(0, len(ranges), MAX_RANGES_PER_RUN):
+            chunk = ranges[i : i + MAX_RANGES_PER_RUN]
+            lo, hi = chunk[0].first, chunk[-1].last
+            expect = sum(1 for t in hosts for p in silent[t.ip] if lo <= p <= hi)
+            work.append((hosts, chunk, expect))
+        return work
+
+    async def _payload_args(self, shard: Shard, tmp: str, progress: Progress) -> list[str]:
+        if shard.proto is not Proto.UDP or not self.nmap_payloads:
+            return []
+        if not Path(self.nmap_payloads).is_file():
+            progress.notes.append(
+                f"masscan: {self.nmap_payloads} missing: UDP probes use masscan's "
+                "built-in payloads only (install nmap-common)"
+            )
+            return []
+        cleaned = str(Path(tmp) / "nmap-payloads")
+        await asyncio.to_thread(prepare_nmap_payloads, self.nmap_payloads, cleaned)
+        return ["--nmap-payloads", cleaned]
+
     def _argv(
         self,
         binary: str,
         shard: Shard,
         targets: Sequence[Target],
+        ranges: Sequence[PortRange],
         path: MasscanPath,
         wait: int,
         pass_no: int,
         payload_args: Sequence[str],
+        source_port: int = 0,
     ) -> list[str]:
         # A fresh, deterministic permutation per pass: same shard, same packets order.
         seed = (shard.seed * 1_000_003 + shard.index * 101 + pass_no) & 0x7FFF_FFFF_FFFF_FFFF
         argv = [
             binary,
             "--interactive",
-            "-p", port_spec(shard.ports, shard.proto),
+            "-p", port_spec(ranges, shard.proto),
             "--rate", str(self.rate),
             "--wait", str(wait),
             "--seed", str(seed),
             *path.argv(),
             *payload_args,
         ]
+        if source_port:
+            argv += ["--source-port", str(source_port)]
+        if path.local_source:
+            # The kernel owns the source address and RSTs every SYN-ACK itself (as it
+            # does for nmap -sS); masscan's own RSTs would double the packets: it
+            # also answers every RST with one.
+            argv.append("--noreset")
         if self.exclude_file:
             argv += ["--excludefile", self.exclude_file]
         argv += [t.ip for t in targets]
@@ -746,6 +947,16 @@ class MasscanEngine:
             state=PortState.OPEN,
             engine=self.name,
             reason=reason,
+        )
+
+
+def _note_silent(tap: AnswerTap, shard: Shard, passes: int, progress: Progress) -> None:
+    silent = sum(tap.silent_count(ip, shard.ports) for ip in tap.hosts)
+    if silent:
+        total = shard.port_count * len(tap.hosts)
+        progress.notes.append(
+            f"masscan: {silent:,} of {total:,} TCP probes never answered after {passes} "
+            f"pass{'es' if passes > 1 else ''} (filtered, or lost on the way)"
         )
 
 
