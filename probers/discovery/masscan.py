@@ -549,9 +549,12 @@ class MasscanEngine:
     masscan's path (otherwise ``resolve_path`` per target). exclude_file: passed as
     ``--excludefile``. wait: end wait seconds (None = ``end_wait``). deadline:
     seconds per shard (None = sum of ``pass_deadline`` over passes and paths).
-    passes: full passes over the shard, each with a fresh seed. confirm: connect-
-    check TCP ports before yielding. nmap_payloads: nmap's payload file for UDP
-    (None = masscan's built-in payloads only).
+    passes: passes at most, each with a fresh seed; with an answer tap a retry
+    pass re-sends only the ports left silent, without one the whole shard.
+    confirm: connect-check TCP ports before yielding. nmap_payloads: nmap's
+    payload file for UDP (None = masscan's built-in payloads only). answer_tap:
+    count TCP answers with ``tap.AnswerTap`` (False = rely on masscan's output
+    and its end wait, as for UDP).
     """
 
     name = "masscan"

@@ -57,11 +57,12 @@ _SYN_ACK = 0x12
 _RST = 0x04
 # tpacket_block_desc: block_status @8, num_pkts @12, offset_to_first_pkt @16
 _BLOCK = struct.Struct("<8xIII")
-# tpacket3_hdr: tp_next_offset @0, tp_mac @24
-_FRAME = struct.Struct("<I20xH")
+# tpacket3_hdr: tp_next_offset @0, tp_snaplen @12, tp_mac @24
+_FRAME = struct.Struct("<I8xI8xH")
 # From the Ethernet header on, for a 20-byte IP header: version/IHL @14,
 # source address @26, TCP source port @34, TCP flags @47.
 _PACKET = struct.Struct("!14xB11x4s4xH11xB")
+_MIN_ANSWER = _PACKET.size  # Ethernet + 20-byte IP + TCP up to the flags
 
 
 class _SockFilter(ctypes.Structure):
@@ -236,22 +237,30 @@ class AnswerTap:
             if not status & TP_STATUS_USER:
                 break
             off += base
-            for _ in range(count):
-                step, mac = _FRAME.unpack_from(ring, off)
-                self._record(ring, off + mac, state)
-                off += step
-            n += count
-            ring[base + 8 : base + 12] = b"\0\0\0\0"  # TP_STATUS_KERNEL: hand it back
-            self._next_block = (self._next_block + 1) % self.blocks
+            try:
+                for _ in range(count):
+                    step, snaplen, mac = _FRAME.unpack_from(ring, off)
+                    if snaplen >= _MIN_ANSWER:
+                        self._record(ring, off + mac, snaplen, state)
+                    off += step
+            finally:  # whatever a frame held, the block goes back to the kernel
+                n += count
+                ring[base + 8 : base + 12] = b"\0\0\0\0"  # TP_STATUS_KERNEL
+                self._next_block = (self._next_block + 1) % self.blocks
         if n:
             self.packets += n
             self.last_answer_at = time.monotonic()
         return n
 
-    def _record(self, ring: mmap.mmap, at: int, state: dict[bytes, bytearray]) -> None:
+    def _record(
+        self, ring: mmap.mmap, at: int, snaplen: int, state: dict[bytes, bytearray]
+    ) -> None:
         vihl, src, port, flags = _PACKET.unpack_from(ring, at)
-        if vihl != 0x45:  # IP options: the TCP header is further on
-            t = at + 14 + (vihl & 0x0F) * 4
+        if vihl != 0x45:  # IP options (the TCP header is further on) or junk
+            ihl = (vihl & 0x0F) * 4
+            if vihl >> 4 != 4 or ihl < 20 or snaplen < 14 + ihl + 14:
+                return
+            t = at + 14 + ihl
             port = ring[t] << 8 | ring[t + 1]
             flags = ring[t + 13]
         ports = state.get(src)

@@ -121,6 +121,48 @@ def test_tap_drains_from_the_event_loop_and_close_is_idempotent() -> None:
         tap.close()
 
 
+def _frame(ihl_words: int, tcp: bytes, *, version: int = 4, options: bytes = b"") -> bytes:
+    """Ethernet (loopback's all-zero MACs) + IPv4 127.0.0.1 -> 127.0.0.1 + ``tcp``."""
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", version << 4 | ihl_words, 0, 20 + len(options) + len(tcp), 0, 0,
+        64, 6, 0, socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"),
+    )
+    return b"\0" * 12 + b"\x08\x00" + ip + options + tcp
+
+
+def _tcp(sport: int, dport: int, flags: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 0, 1, 5 << 4, flags, 0, 0, 0)
+
+
+def test_tap_survives_junk_frames_and_reads_answers_with_ip_options() -> None:
+    netns.require_root()
+    tap_port = _free_port()
+    with AnswerTap("lo", "127.0.0.1", tap_port, ["127.0.0.1"]) as tap, socket.socket(
+        socket.AF_PACKET, socket.SOCK_RAW
+    ) as raw:
+        raw.bind(("lo", 0))
+        # Given frames a hostile or broken peer could send to the scan's port:
+        junk = [
+            _frame(3, _tcp(1111, tap_port, 0x04)),  # IHL below 5
+            _frame(5, _tcp(2222, tap_port, 0x04), version=6),  # not IPv4 inside
+            _frame(15, _tcp(3333, tap_port, 0x04)[:8]),  # IHL 60 on a short frame
+            _frame(5, _tcp(4444, tap_port, 0x10)),  # a bare ACK: no answer to a SYN
+            _frame(5, _tcp(5555, tap_port, 0x04))[:40],  # cut inside the TCP header
+        ] * 50
+        for frame in junk:
+            raw.send(frame)
+        # And then a real RST carrying 4 bytes of IP options, and a plain SYN-ACK
+        raw.send(_frame(6, _tcp(6666, tap_port, 0x14), options=b"\x01\x01\x01\x00"))
+        raw.send(_frame(5, _tcp(7777, tap_port, 0x12)))
+        _drain_until(tap, lambda: tap.answered >= 2)
+        # Then neither the junk nor the ACK left a mark, and both answers did
+        assert tap.state("127.0.0.1", 6666) == CLOSED
+        assert tap.state("127.0.0.1", 7777) == OPEN
+        assert tap.answered == 2
+        assert tap.packets >= 2 + 3 * 50  # the IPv6-labelled, ACK and cut frames got in
+        assert all(tap.state("127.0.0.1", p) == 0 for p in (1111, 2222, 3333, 4444, 5555))
+
+
 def test_tap_on_a_missing_adapter_raises_oserror() -> None:
     netns.require_root()
     with pytest.raises(OSError):
