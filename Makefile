@@ -14,7 +14,7 @@ STAMPS := .cache/stamps
 # hosts (iproute2, nftables, iptables), and the real services the tests scan.
 APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
-	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium
+	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin
 
 .PHONY: help
 help: ## List the targets

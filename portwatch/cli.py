@@ -126,9 +126,10 @@ def cli(verbose: int) -> None:
               help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
                    "like 53,123,161.")
 @click.option("-e", "--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
-              help="TCP discovery: masscan (raw SYN, needs root and an Ethernet path), connect "
-                   "(works everywhere, loopback included), auto (default: masscan when it "
-                   "can run, else connect, and says why).")
+              help="TCP discovery: masscan (raw SYN, needs root or CAP_NET_RAW and an "
+                   "Ethernet path; portwatch counts the answers and re-sends only silent "
+                   "ports), connect (works everywhere, loopback included), auto (default: "
+                   "masscan when it can run and be counted, else connect, and says why).")
 @click.option("--rate", type=int, default=None,
               help="Packets per second for masscan and UDP (default: 10,000 / 500).")
 @click.option("-c", "--concurrency", type=int, default=None,

@@ -153,8 +153,7 @@ def _ip_json(args: Sequence[str]) -> Any:
 
 
 def _has_cap_net_raw() -> bool:
-    if os.geteuid() == 0:
-        return True
+    """CAP_NET_RAW in this process's effective set (root can run without it)."""
     with contextlib.suppress(OSError), open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("CapEff:"):
@@ -899,9 +898,16 @@ class MasscanEngine:
         stats: _ConfirmStats,
         seen: set[tuple[str, Proto, int]],
     ) -> None:
-        """Connect-check raw discoveries. A port that fails the check is forgotten
-        from ``seen``, so the next pass's rediscovery of it is checked again: a
-        confirm that timed out under load must not turn into a lost port."""
+        """Connect-check raw discoveries.
+
+        A port that fails the check is forgotten from ``seen`` (a later pass's
+        rediscovery is checked again) and, once every pass is over, checked one
+        last time with twice the timeout: an answered port is not re-probed by a
+        retry pass, so a confirm that merely timed out under load must not turn
+        into a lost port. A refused connect fails again at once; a spoofed SYN-ACK
+        costs one more timeout.
+        """
+        failed: dict[str, set[int]] = {}
         ended = False
         while not ended:
             first = await raw_q.get()
@@ -920,26 +926,44 @@ class MasscanEngine:
             for d in batch:
                 per_ip.setdefault(d.ip, []).append(d.port)
             for ip, ports in per_ip.items():
-                target = by_ip[ip]
-                if shard.proto is Proto.UDP:
-                    for port in ports:
-                        await out_q.put(self._open(shard, target, port, "udp-response"))
-                    continue
-                if not self.confirm:
-                    for port in ports:
-                        await out_q.put(self._open(shard, target, port, "syn-ack"))
-                    continue
-                reports: list[SweepReport] = []
-                confirmed = await asyncio.to_thread(
-                    confirm_open, ip, ports, self.confirm_timeout,
-                    retries=1, concurrency=min(256, len(ports)), on_report=reports.append,
-                )
-                stats.add(ip, ports, confirmed, reports)
-                for port in ports:
-                    if port in confirmed:
-                        await out_q.put(self._open(shard, target, port, "syn-ack+connect"))
-                    else:
-                        seen.discard((ip, shard.proto, port))
+                await self._confirm(shard, by_ip[ip], ports, out_q, stats, seen, failed,
+                                    self.confirm_timeout)
+        for ip, missed in failed.items():
+            if missed:
+                await self._confirm(shard, by_ip[ip], sorted(missed), out_q, stats, seen, {},
+                                    2 * self.confirm_timeout)
+
+    async def _confirm(
+        self,
+        shard: Shard,
+        target: Target,
+        ports: list[int],
+        out_q: asyncio.Queue[OpenPort | BaseException | None],
+        stats: _ConfirmStats,
+        seen: set[tuple[str, Proto, int]],
+        failed: dict[str, set[int]],
+        timeout: float,
+    ) -> None:
+        ip = target.ip
+        if shard.proto is Proto.UDP or not self.confirm:
+            reason = "udp-response" if shard.proto is Proto.UDP else "syn-ack"
+            for port in ports:
+                await out_q.put(self._open(shard, target, port, reason))
+            return
+        reports: list[SweepReport] = []
+        confirmed = await asyncio.to_thread(
+            confirm_open, ip, ports, timeout,
+            retries=1, concurrency=min(256, len(ports)), on_report=reports.append,
+        )
+        stats.add(ip, ports, confirmed, reports)
+        missed = failed.setdefault(ip, set())
+        for port in ports:
+            if port in confirmed:
+                missed.discard(port)
+                await out_q.put(self._open(shard, target, port, "syn-ack+connect"))
+            else:
+                missed.add(port)
+                seen.discard((ip, shard.proto, port))
 
     def _open(self, shard: Shard, target: Target, port: int, reason: str) -> OpenPort:
         return OpenPort(
@@ -1058,6 +1082,13 @@ def choose_engine(
         if requested == "masscan":
             raise
         return connect(), f"masscan unavailable: {_one_line(exc)}; using the connect engine"
+    if requested == "auto" and not _has_cap_net_raw():
+        # masscan may run (file capabilities) but this process cannot open the answer
+        # tap, and masscan's own capture loses answers under load (tap.py).
+        return connect(), (
+            "masscan not used: this process lacks CAP_NET_RAW to count its answers; "
+            "using the connect engine"
+        )
     return engine, ""
 
 
