@@ -323,6 +323,12 @@ class Store:
             result = self._client.query(report_sql(name), parameters=params)
         return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
 
+    def select(self, name: str, sql: str, parameters: Mapping[str, Any] | None = None) -> Report:
+        """Read-only query with its column names (parameters bound server-side)."""
+        with self._lock:
+            result = self._client.query(sql, parameters=dict(parameters or {}))
+        return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
+
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read-only helper for tests and tools; parameters bound server-side."""
         with self._lock:

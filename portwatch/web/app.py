@@ -236,11 +236,13 @@ class WebApp:
                 query = parse_query(report, request.query_params.multi_items())
             except BadRequest as exc:
                 return self.error_page(400, str(exc), report)
-            page = self.service.page(query)
+            if report == "summary":
+                page, totals = self.service.summary_page(query)
+            else:
+                page = self.service.page(query)
             context = self._common(query, page)
             if report == "summary":
-                context["colour_chart"] = charts.colour_bars(
-                    totals := self.service.colour_totals(query.filters))
+                context["colour_chart"] = charts.colour_bars(totals)
                 context["totals"] = totals
                 context["risk_chart"] = charts.risk_line(
                     self.service.risk_history(query.filters, days=90))

@@ -2,8 +2,9 @@
 
 Owns: running the report SQL through the store (``Store.report``, the same SQL as the
 CLI), counting a report's rows by wrapping that same SQL (``SELECT count() FROM (...)``:
-the filters can never drift), the risk-over-time query (schemas/web/risk_history.sql),
-and a small result cache.
+the filters can never drift), the Summary page with its colour totals as window
+aggregates over one evaluation of the Summary SQL, the risk-over-time query
+(schemas/web/risk_history.sql), and a small result cache.
 
 The cache: an answer is reused only while the store's data fingerprint (row counts and
 newest timestamps of the tables the reports read, a few milliseconds to read) is
@@ -63,6 +64,22 @@ def bind(sql_params: frozenset[str], filters: Mapping[str, Any], *, limit: int =
         else:
             params[key] = "" if value is None else str(value)
     return params
+
+
+# ColourTotals' fields, in order, as window aggregates over the Summary's rows.
+_SUMMARY_TOTALS = (
+    ("_pw_targets", "count()"), ("_pw_open_ports", "sum(open_ports)"), ("_pw_red", "sum(red)"),
+    ("_pw_yellow", "sum(yellow)"), ("_pw_green", "sum(green)"),
+    ("_pw_cdn_expected", "sum(cdn_expected)"),
+)
+
+
+def _order_by(sql: str) -> str:
+    """The ORDER BY clause of a report's SQL (its last one, before LIMIT)."""
+    start, end = sql.rindex("ORDER BY"), sql.rindex("LIMIT")
+    if not start < end:
+        raise ValueError("report SQL has no ORDER BY ... LIMIT tail")
+    return " ".join(sql[start:end].split())
 
 
 def _sql_parameters(sql: str) -> frozenset[str]:
@@ -153,6 +170,9 @@ class ReportService:
     # -- reports ------------------------------------------------------------------------
 
     def page(self, query: ReportQuery) -> Page:
+        if query.report == "summary":
+            return self.summary_page(query)[0]
+
         def compute() -> Page:
             report: Report = self.store.report(
                 query.report, query.store_filters(), limit=query.per_page, offset=query.offset)
@@ -165,6 +185,35 @@ class ReportService:
             return Page(query, report.columns, report.dicts(), total)
 
         return self._cached(("page", *query.key()), compute)
+
+    def summary_page(self, query: ReportQuery) -> tuple[Page, ColourTotals]:
+        """A Summary page and the colour totals over every target its filters keep,
+        from one evaluation of the Summary SQL.
+
+        The report's joins over all findings are nearly its whole cost, and the page
+        needs both its rows and the totals (pagination and the colour chart): the
+        totals are window aggregates computed before the page's LIMIT, so the SQL
+        runs once instead of twice. The Summary SQL runs unchanged inside (with no
+        limit); its own ORDER BY is re-applied outside, read from its text.
+        """
+        def compute() -> tuple[Page, ColourTotals]:
+            sql = report_sql("summary")
+            params = bind(report_parameters("summary"), query.store_filters())
+            params.update(page_limit=query.per_page, page_offset=query.offset)
+            totals_sql = ", ".join(f"{agg} OVER () AS {name}"
+                                   for name, agg in _SUMMARY_TOTALS)
+            wrapped = (f"SELECT *, {totals_sql} FROM ({sql}) {_order_by(sql)} "
+                       "LIMIT {page_limit:UInt64} OFFSET {page_offset:UInt64}")
+            report = self.store.select("summary", wrapped, params)
+            n = len(report.columns) - len(_SUMMARY_TOTALS)
+            if report.rows:
+                totals = ColourTotals(*(int(v or 0) for v in report.rows[0][n:]))
+            else:  # past the last page (or nothing at all): the totals on their own
+                totals = self.colour_totals(query.filters)
+            rows = Report("summary", report.columns[:n], [r[:n] for r in report.rows])
+            return Page(query, rows.columns, rows.dicts(), totals.targets), totals
+
+        return self._cached(("summary_page", *query.key()), compute)
 
     def count(self, query: ReportQuery) -> int:
         """Rows the report would return without paging: the report's own SQL, wrapped."""

@@ -337,3 +337,29 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     short = run_cli("serve", "--host", "0.0.0.0", "--token", "short",
                     "--store", f"chdb://{tmp_path / 's'}")
     assert short.code == 2 and "token is too short" in short.stderr
+
+
+@pytest.mark.parametrize("filters", [{}, {"org": "Example Corp"}, {"color": "red"},
+                                     {"port": 22}, {"product": "nginx"}, {"target": "nobody"}])
+def test_summary_page_and_totals_from_one_query_match_the_report_and_its_totals(
+    db: Any, filters: dict[str, Any]
+) -> None:
+    from portwatch.web.query import parse_query
+    from portwatch.web.service import ReportService
+
+    service = ReportService(db, use_cache=False)
+    items = [(k, str(v)) for k, v in filters.items()]
+    everything = db.report("summary", filters)
+    for page_no in (1, 2, 3):
+        query = parse_query(
+            "summary", [*items, ("per_page", "2"), ("page", str(page_no))], is_api=True
+        )
+        page, totals = service.summary_page(query)
+        # Then the page is exactly that slice of the Summary report, in its order
+        want = everything.dicts()[(page_no - 1) * 2:page_no * 2]
+        assert page.rows == want
+        if want:  # (an empty result carries no column names)
+            assert page.columns == everything.columns
+        # And the totals are those of every target the filters keep, on every page
+        assert totals == service.colour_totals(filters)
+        assert page.total == totals.targets == len(everything.rows)
