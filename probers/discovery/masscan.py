@@ -1050,8 +1050,9 @@ def choose_engine(
     auto: masscan when usable for these targets, else the connect engine with the
     note "masscan unavailable: <why>; using the connect engine"; also the connect
     engine when masscan could run (file capabilities) but this process lacks
-    CAP_NET_RAW for the answer tap. masscan: masscan or EngineUnavailable. connect: the connect engine. ``settings`` is any object
-    with the portwatch Settings fields (``concurrency``, ``timeout``, ``retries``;
+    CAP_NET_RAW for the answer tap. masscan: masscan or EngineUnavailable.
+    connect: the connect engine. ``settings`` is any object with the portwatch
+    Settings fields (``concurrency``, ``timeout``, ``retries``;
     optional ``masscan_*`` fields); None = defaults.
     """
     requested = requested.lower().strip()
