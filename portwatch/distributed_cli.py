@@ -17,13 +17,15 @@ one broker use two prefixes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -315,19 +317,38 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
               show_default=True, help="Seconds between offset commits.")
 @click.option("--session-timeout", type=click.FloatRange(6, 300), default=10.0,
               show_default=True, help="Seconds before a dead worker's partitions move.")
+@click.option("--serve", "serve_at", default="", metavar="[HOST:]PORT",
+              help="Also serve the web reports (as `portwatch serve`) from this process, "
+                   "over the store its sink writes: how a chdb store is read while its "
+                   "sink runs. Loopback unless a --token is given.")
+@click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", metavar="TOKEN",
+              show_envvar=True, help="Token the --serve web reports require off loopback.")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int,
-            commit_interval: float, session_timeout: float, kafka: str,
-            topic_prefix: str) -> None:
+            commit_interval: float, session_timeout: float, serve_at: str, token: str,
+            kafka: str, topic_prefix: str) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
     Any number of `--role stages` workers may run; exactly one process runs the
     sink of a chdb store (it owns the store while it runs: `portwatch report` on
-    that store says so; stop the worker, or use a ClickHouse server store, to read
-    reports while it runs).
+    that store says so). To read the reports while it runs, start the sink with
+    `--serve 8765` (web pages and JSON API from the same process), or use a
+    ClickHouse server store.
     """
+    from portwatch.web.cli import BindError, check_bind, parse_listen
+
+    listen: tuple[str, int] | None = None
+    if serve_at:
+        if role == "stages":
+            fail("--serve needs the sink (--role all or sink): the reports are read from "
+                 "the store the sink owns", EXIT_USAGE)
+        try:
+            listen = parse_listen(serve_at)
+            check_bind(listen[0], token)
+        except (ValueError, BindError) as exc:
+            fail(f"--serve: {exc}", EXIT_USAGE)
     from stream_processors.agents import make_stage
     from stream_processors.app import PipelineOptions, build_sink_app, build_stages_app
     from stream_processors.sink import StoreSink
@@ -363,8 +384,13 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats
+    web: tuple[Any, str, int] | None = None
+    if listen is not None and db is not None:
+        from portwatch.web.cli import web_app
+
+        web = (web_app(db, listen[0], token), *listen)
     try:
-        asyncio.run(_serve(apps, sink, role))
+        asyncio.run(_serve(apps, sink, role, web, token))
     finally:
         if db is not None:
             db.close()
@@ -377,19 +403,27 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
              f"{s.batches} batches")
 
 
-async def _serve(apps: list[Any], sink: Any, role: str) -> None:
+async def _serve(apps: list[Any], sink: Any, role: str,
+                 web: tuple[Any, str, int] | None = None, token: str = "") -> None:
     from stream_processors.app import run_apps
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server: Any = None
+    server_task: asyncio.Task[None] | None = None
 
     def on_signal() -> None:
         stop.set()
         if sink is not None:
             sink.stop()
+        if server is not None:
+            server.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    if web is not None:
+        server, server_task = await _start_web(*web)
+        _say(listening_line_for(web, token))
     _say(f"stream processors running (role {role}); SIGTERM or Ctrl-C stops them")
     sys.stderr.flush()
     try:
@@ -397,8 +431,47 @@ async def _serve(apps: list[Any], sink: Any, role: str) -> None:
     except RuntimeError as exc:
         fail(str(exc), EXIT_RUNTIME)
     finally:
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server_task, 10.0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def listening_line_for(web: tuple[Any, str, int], token: str) -> str:
+    from portwatch.web.cli import listening_line
+
+    return listening_line(web[1], web[2], token)
+
+
+async def _start_web(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[None]]:
+    """uvicorn on this event loop, beside the Faust apps; it reads the store the sink
+    writes (the Store serializes its queries). Signals stay ours: the server is
+    told to exit when the processors stop."""
+    import uvicorn
+
+    from portwatch.web.cli import uvicorn_config
+
+    class EmbeddedServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the process's handlers stay
+            yield
+
+    # Bound here, not by uvicorn (which exits the process on a bind error): a port in
+    # use is one line and exit 1, with nothing started.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"--serve: cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_RUNTIME)
+    server = EmbeddedServer(uvicorn_config(app, host, port))  # type: ignore[arg-type]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    return server, task
 
 
 COMMANDS: tuple[click.Command, ...] = (produce, discover, process)

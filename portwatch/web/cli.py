@@ -49,6 +49,45 @@ def check_bind(host: str, token: str) -> None:
                         f"{MIN_TOKEN_LENGTH}, for example {secrets.token_urlsafe(24)}")
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError says why."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = DEFAULT_HOST, text
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not PORT or HOST:PORT (port 1-65535)")
+    return host, int(port_text)
+
+
+def web_app(db: object, host: str, token: str, *, use_cache: bool = True) -> object:
+    """The reports app over ``db`` with the bind policy applied (BindError says why)."""
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+
+    check_bind(host, token)
+    return create_app(ReportService(db, use_cache=use_cache),  # type: ignore[arg-type]
+                      token=token, loopback_only=is_loopback(host) and not token)
+
+
+def uvicorn_config(app: object, host: str, port: int) -> object:
+    """One uvicorn configuration for ``serve`` and ``process --serve``: quiet, no
+    server header, no proxy headers, a short graceful shutdown."""
+    import uvicorn
+
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    return uvicorn.Config(app, host=host.strip("[]"), port=port,  # type: ignore[arg-type]
+                          log_level="warning", access_log=False, server_header=False,
+                          proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off")
+
+
+def listening_line(host: str, port: int, token: str) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return (f"serving the reports on http://{shown}:{port}/ "
+            f"({'token required' if token else 'loopback only'})")
+
+
 @click.command("serve")
 @click.option("--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
               help="Where findings live: chdb:///path or clickhouse://user@host:8123/db.")
@@ -72,8 +111,6 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -
     import uvicorn
 
     from portwatch.cli import EXIT_USAGE, _check_store_url, _store, fail
-    from portwatch.web.app import create_app
-    from portwatch.web.service import ReportService
 
     try:
         check_bind(host, token)
@@ -82,17 +119,9 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -
     _check_store_url(store)
     db = _store(store, create=True)
     try:
-        loopback = is_loopback(host) and not token
-        app = create_app(ReportService(db, use_cache=not no_cache), token=token,
-                         loopback_only=loopback)
-        shown = f"[{host}]" if ":" in host else host
-        click.echo(f"portwatch: serving the reports on http://{shown}:{port}/ "
-                   f"({'token required' if token else 'loopback only'}); Ctrl-C stops",
-                   err=True)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-        uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning",
-                    access_log=False, server_header=False, proxy_headers=False,
-                    timeout_graceful_shutdown=2)
+        app = web_app(db, host, token, use_cache=not no_cache)
+        click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops", err=True)
+        uvicorn.Server(uvicorn_config(app, host, port)).run()  # type: ignore[arg-type]
     finally:
         db.close()
     sys.stderr.flush()

@@ -205,3 +205,21 @@ def test_a_busy_store_is_one_clear_line_not_a_lock_traceback(short_dir: Path,
                    "process", code=1)
     assert "use another --store, or run a ClickHouse server" in result.stderr
     assert "Cannot lock file" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--role", "stages", "--serve", "8765"], "--serve needs the sink",
+                 id="serve-without-sink"),
+    pytest.param(["--serve", "0.0.0.0:8765"], "--serve: refusing to serve on 0.0.0.0: any "
+                 "address other than loopback needs a token", id="serve-public-no-token"),
+    pytest.param(["--serve", "127.0.0.1:99999"], "--serve: '127.0.0.1:99999' is not PORT or "
+                 "HOST:PORT", id="serve-bad-port"),
+])
+def test_process_refuses_a_bad_serve_before_connecting(store_dir: Path, args: list[str],
+                                                       message: str) -> None:
+    # When the stream processors are asked to serve the web reports wrongly
+    result = run_cli("process", *args, store=f"chdb://{store_dir}",
+                     env={"PORTWATCH_KAFKA": "127.0.0.1:1"})
+    # Then it is one line, exit 2, before any broker or store is touched
+    assert_refused(result, message)
+    assert not store_dir.exists()

@@ -14,9 +14,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -210,6 +212,8 @@ class Scanned:
     first_list: list[dict[str, Any]]
     busy: CliResult
     scan_id: str
+    web_list: dict[str, Any]  # /api/v1/list from the sink's own web server, while it ran
+    sink_log: str
 
 
 @pytest.fixture(scope="module")
@@ -223,14 +227,20 @@ def scanned(services: Services, kafka_bootstrap: str,
                      "--ports", services.spec, "--quiet", store=embedded, env=FAST)
     assert result.code == 0, result.stderr
     with pipeline_of(kafka_bootstrap, root) as pipe:
-        sink = pipe.process()
+        web_port = loopback.free_port()
+        sink = pipe.process("--serve", f"127.0.0.1:{web_port}")
         discover = pipe.discover()
         produced = pipe.produce("127.0.0.1", "--org", "Example Corp", "--asset", "web-1",
                                 "--ports", services.spec)
         busy = run_cli("report", "list", store=pipe.store)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{web_port}/api/v1/list?per_page=500", timeout=30
+        ) as answer:
+            web_list = json.loads(answer.read())
         pipe.stop(discover)
         pipe.stop(sink)
-        yield Scanned(embedded, pipe, pipe.report("list"), busy, produced["scan_id"])
+        yield Scanned(embedded, pipe, pipe.report("list"), busy, produced["scan_id"],
+                      web_list, sink.text())
 
 
 # -- tests ------------------------------------------------------------------------------
@@ -265,6 +275,19 @@ def test_a_report_on_a_store_held_by_the_sink_says_so(scanned: Scanned) -> None:
     assert scanned.busy.code == 1
     assert "in use by another portwatch process" in scanned.busy.stderr
     assert "Traceback" not in scanned.busy.stderr
+
+
+def test_the_sink_serves_its_store_on_the_web_while_it_runs(scanned: Scanned) -> None:
+    # Given the sink started with --serve, Then while it held the store its own web
+    # server answered with the same rows the report gives after it stopped
+    rows = scanned.web_list["rows"]
+    key = ("ip", "port", "proto", "service", "product", "risk_color")
+    assert sorted(tuple(r[k] for k in key) for r in rows) == sorted(
+        tuple(r[k] for k in key) for r in scanned.first_list)
+    assert scanned.web_list["total"] == len(scanned.first_list) > 0
+    assert "serving the reports on http://127.0.0.1:" in scanned.sink_log
+    # And the busy report pointed there
+    assert "portwatch process --serve PORT" in scanned.busy.stderr
 
 
 def test_host_scans_reach_the_store(scanned: Scanned, services: Services) -> None:
@@ -350,3 +373,22 @@ def test_udp_ports_travel_the_pipeline_as_udp_shards(kafka_bootstrap: str,
     udp = [r for r in rows if r["proto"] == "udp"]
     assert [(r["port"], r["state"]) for r in udp] == [(udp_port, "open")]
     assert str(udp[0]["banner"]).startswith("pong:")
+
+
+def test_a_sink_whose_web_port_is_taken_says_so_in_one_line(kafka_bootstrap: str,
+                                                            tmp_path: Path) -> None:
+    # Given the port --serve asks for is already taken
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When the stream processors start with it
+        result = run_cli("process", "--serve", f"127.0.0.1:{port}",
+                         store=f"chdb://{tmp_path / 'store'}",
+                         env={"PORTWATCH_KAFKA": kafka_bootstrap,
+                              "PORTWATCH_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}."})
+    # Then it stops at once with one line that says why, exit 1, no traceback
+    assert result.code == 1
+    assert result.stderr.splitlines() == [
+        f"portwatch: error: --serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
