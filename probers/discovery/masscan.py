@@ -654,7 +654,8 @@ class MasscanEngine:
         with contextlib.ExitStack() as closing:
             tmp = closing.enter_context(tempfile.TemporaryDirectory(prefix="portwatch-masscan-"))
             taps = self._open_taps(shard, groups, progress, offer)
-            for tap in taps.values():
+            unique_taps = list({id(t): t for t in taps.values()}.values())
+            for tap in unique_taps:
                 closing.callback(tap.close, background=True)
             runs: list[MasscanRun] = []
             payload_args = await self._payload_args(shard, tmp, progress)
@@ -714,7 +715,7 @@ class MasscanEngine:
                                 await run_one(
                                     argv, run_probes, wait, per_pass, tap, expect, pass_no
                                 )
-                    for tap in taps.values():
+                    for tap in unique_taps:
                         _note_silent(tap, shard, self.passes, progress)
                 except asyncio.CancelledError:
                     raise
@@ -773,7 +774,12 @@ class MasscanEngine:
         progress: Progress,
         offer: Callable[[Discovery], None],
     ) -> dict[MasscanPath, AnswerTap]:
-        """One answer tap per masscan path (TCP only; see tap.py for why).
+        """Answer taps for the shard's masscan paths (TCP only; see tap.py for why).
+
+        One tap per (adapter, adapter IP), shared by every path through it: hosts
+        on a LAN each have their own next-hop MAC, hence their own masscan run, but
+        their answers all come back to the same address and port, so 254 on-link
+        hosts need one ring, not 254.
 
         UDP has no tap: a closed UDP port answers with an ICMP port unreachable that
         hosts rate-limit (Linux: about one per second), so "no answer" says nothing
@@ -788,21 +794,26 @@ class MasscanEngine:
         def on_open(ip: str, p: int) -> None:
             offer(Discovery(ip=ip, port=p, proto=Proto.TCP))
 
-        for path, targets in groups.items():
+        by_source: dict[tuple[str, str], list[MasscanPath]] = {}
+        for path in groups:
+            by_source.setdefault((path.adapter, path.adapter_ip), []).append(path)
+        for (adapter, adapter_ip), paths in by_source.items():
+            hosts = [t.ip for path in paths for t in groups[path]]
             tap = AnswerTap(
-                path.adapter, path.adapter_ip, port, [t.ip for t in targets], on_open=on_open,
-                ring_bytes=ring_size(shard.port_count * len(targets)),
+                adapter, adapter_ip, port, hosts, on_open=on_open,
+                ring_bytes=ring_size(shard.port_count * len(hosts)),
             )
             try:
                 tap.open()
             except OSError as exc:
                 progress.notes.append(
-                    f"masscan: cannot read answers on {path.adapter} ({exc.strerror or exc}); "
+                    f"masscan: cannot read answers on {adapter} ({exc.strerror or exc}); "
                     "each retry pass re-sends the whole shard"
                 )
                 continue
             tap.attach(loop)
-            taps[path] = tap
+            for path in paths:
+                taps[path] = tap
         return taps
 
     @staticmethod

@@ -191,3 +191,34 @@ def test_compact_merges_sorted_ports_into_ranges() -> None:
     )
     assert compact([]) == ()
     assert compact(range(1, 65536)) == (PortRange(1, 65535),)
+
+
+def test_paths_through_one_adapter_and_address_share_one_tap() -> None:
+    netns.require_root()
+    from probers.discovery.base import Progress
+    from probers.discovery.masscan import MasscanEngine, MasscanPath
+    from schemas.records import Shard, Target
+
+    # Given two LAN hosts, each behind its own next-hop MAC (two masscan runs), and a
+    # third path through another source address
+    a = MasscanPath("lo", "127.0.0.1", router_mac="02:00:00:00:00:01", local_source=True)
+    b = MasscanPath("lo", "127.0.0.1", router_mac="02:00:00:00:00:02", local_source=True)
+    c = MasscanPath("lo", "127.0.0.2", router_mac="02:00:00:00:00:03", local_source=True)
+    hosts = {a: ["127.0.0.11"], b: ["127.0.0.12"], c: ["127.0.0.13"]}
+    groups = {p: [Target(ip=ip, target=ip) for ip in ips] for p, ips in hosts.items()}
+    shard = Shard(scan_id="s", shard_id="s", ports=(PortRange(1, 1024),),
+                  targets=tuple(t for ts in groups.values() for t in ts))
+
+    async def run() -> tuple[object, object, object, list[str], list[str]]:
+        taps = MasscanEngine()._open_taps(shard, groups, Progress(), lambda d: None)
+        try:
+            return taps[a], taps[b], taps[c], sorted(taps[a].hosts), taps[c].hosts
+        finally:
+            for tap in taps.values():
+                tap.close()
+
+    tap_a, tap_b, tap_c, hosts_ab, hosts_c = asyncio.run(run())
+    # Then the two runs through 127.0.0.1 read one tap covering both hosts
+    assert tap_a is tap_b and tap_a is not tap_c
+    assert hosts_ab == ["127.0.0.11", "127.0.0.12"]
+    assert hosts_c == ["127.0.0.13"]
