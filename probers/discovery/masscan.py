@@ -377,9 +377,9 @@ class MasscanRun:
     ``--wait``: the run is SIGKILLed ``wait + KILL_GRACE`` seconds after masscan
     reports 100% if it has not exited by itself (1.3.2 often does not).
     The process runs in its own process group and the *group* is killed.
-    ``finished``, when given, is polled every few milliseconds: once it is true
-    (every probe of the run has been answered) masscan is killed at once, since
-    nothing is left to send or to wait for.
+    ``all_answered``, when given, is set (by an ``AnswerTap``) once every probe of
+    the run has been answered: masscan is killed at once, since nothing is left to
+    send or to wait for.
     """
 
     def __init__(
@@ -388,14 +388,13 @@ class MasscanRun:
         *,
         deadline: float,
         wait: float,
-        finished: Callable[[], bool] | None = None,
+        all_answered: asyncio.Event | None = None,
     ) -> None:
         self.argv = list(argv)
         self.deadline = deadline
         self.wait = wait
-        self.finished = finished
+        self.all_answered = all_answered
         self._reaper: asyncio.Future[int] | None = None
-        self._all_answered = asyncio.Event()
         self.outcome = RunOutcome()
         self.pid: int | None = None
         self._done_at: float | None = None
@@ -416,12 +415,18 @@ class MasscanRun:
         assert proc.stdout is not None and proc.stderr is not None
         stderr_task = asyncio.create_task(self._read_status(proc.stderr))
         watchdog = asyncio.create_task(self._watchdog(proc, started))
-        answered = asyncio.ensure_future(self._all_answered.wait())
+        # Never done without an event: then only stdout's end stops the loop.
+        answered: asyncio.Future[Any] = (
+            asyncio.ensure_future(self.all_answered.wait()) if self.all_answered is not None
+            else asyncio.get_running_loop().create_future()
+        )
         try:
             while True:
                 read = asyncio.ensure_future(proc.stdout.readline())
                 await asyncio.wait({read, answered}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():  # every probe answered: the rest of stdout is moot
+                    self.outcome.killed = "all-answered"
+                    self._kill(proc)
                     read.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await read
@@ -472,13 +477,7 @@ class MasscanRun:
             os.killpg(proc.pid, signal.SIGKILL)
 
     async def _watchdog(self, proc: asyncio.subprocess.Process, started: float) -> None:
-        tick = 0.1 if self.finished is None else 0.005
         while proc.returncode is None:
-            if self.finished is not None and self.finished():
-                self.outcome.killed = "all-answered"
-                self._kill(proc)
-                self._all_answered.set()
-                return
             now = time.monotonic()
             if now - started >= self.deadline:
                 self.outcome.killed = "deadline"
@@ -488,7 +487,7 @@ class MasscanRun:
                 self.outcome.killed = "after-wait"
                 self._kill(proc)
                 return
-            await asyncio.sleep(tick)
+            await asyncio.sleep(0.1)
 
     async def _read_status(self, stderr: asyncio.StreamReader) -> None:
         buf = b""
@@ -632,8 +631,8 @@ class MasscanEngine:
         for path, targets in groups.items():
             probes = n_ports * len(targets)
             wait = self.wait if self.wait is not None else end_wait(probes, self.rate)
-            plan.append((path, targets, probes, wait, pass_deadline(probes, self.rate, wait)))
-        total_deadline = self.deadline or sum(p[4] for p in plan) * self.passes
+            plan.append((path, targets, wait, pass_deadline(probes, self.rate, wait)))
+        total_deadline = self.deadline or sum(p[3] for p in plan) * self.passes
         started = time.monotonic()
         raw_q: asyncio.Queue[Discovery | None] = asyncio.Queue()
         out_q: asyncio.Queue[OpenPort | BaseException | None] = asyncio.Queue()
@@ -653,9 +652,8 @@ class MasscanEngine:
 
         with contextlib.ExitStack() as closing:
             tmp = closing.enter_context(tempfile.TemporaryDirectory(prefix="portwatch-masscan-"))
-            taps = self._open_taps(shard, groups, progress, offer)
-            unique_taps = list({id(t): t for t in taps.values()}.values())
-            for tap in unique_taps:
+            taps, all_taps = self._open_taps(shard, groups, source_port, progress, offer)
+            for tap in all_taps:
                 closing.callback(tap.close, background=True)
             runs: list[MasscanRun] = []
             payload_args = await self._payload_args(shard, tmp, progress)
@@ -670,12 +668,9 @@ class MasscanEngine:
                         f"masscan: shard deadline {total_deadline:.0f}s reached "
                         f"before pass {pass_no + 1}/{self.passes}"
                     )
-                finished = None
-                if tap is not None:
-                    before = tap.answered
-                    finished = lambda: tap.answered - before >= expect  # noqa: E731
                 run = MasscanRun(
-                    argv, deadline=min(per_pass, remaining), wait=wait, finished=finished
+                    argv, deadline=min(per_pass, remaining), wait=wait,
+                    all_answered=tap.expect(expect) if tap is not None and expect else None,
                 )
                 runs.append(run)
                 self.current_run = run
@@ -699,7 +694,7 @@ class MasscanEngine:
             async def produce() -> None:
                 try:
                     for pass_no in range(self.passes):
-                        for path, targets, _probes, wait, per_pass in plan:
+                        for path, targets, wait, per_pass in plan:
                             tap = taps.get(path)
                             for hosts, ranges, expect in self._pass_work(
                                 shard, targets, tap, pass_no
@@ -715,7 +710,7 @@ class MasscanEngine:
                                 await run_one(
                                     argv, run_probes, wait, per_pass, tap, expect, pass_no
                                 )
-                    for tap in unique_taps:
+                    for tap in all_taps:
                         _note_silent(tap, shard, self.passes, progress)
                 except asyncio.CancelledError:
                     raise
@@ -771,25 +766,26 @@ class MasscanEngine:
         self,
         shard: Shard,
         groups: dict[MasscanPath, list[Target]],
+        port: int,
         progress: Progress,
         offer: Callable[[Discovery], None],
-    ) -> dict[MasscanPath, AnswerTap]:
+    ) -> tuple[dict[MasscanPath, AnswerTap], list[AnswerTap]]:
         """Answer taps for the shard's masscan paths (TCP only; see tap.py for why).
 
         One tap per (adapter, adapter IP), shared by every path through it: hosts
         on a LAN each have their own next-hop MAC, hence their own masscan run, but
         their answers all come back to the same address and port, so 254 on-link
-        hosts need one ring, not 254.
+        hosts need one ring, not 254. Returns the tap of each path and the taps.
 
         UDP has no tap: a closed UDP port answers with an ICMP port unreachable that
         hosts rate-limit (Linux: about one per second), so "no answer" says nothing
         and every UDP pass re-sends the whole shard.
         """
         taps: dict[MasscanPath, AnswerTap] = {}
+        opened: list[AnswerTap] = []
         if shard.proto is not Proto.TCP or not self.answer_tap:
-            return taps
+            return taps, opened
         loop = asyncio.get_running_loop()
-        port = self._source_port(shard)
 
         def on_open(ip: str, p: int) -> None:
             offer(Discovery(ip=ip, port=p, proto=Proto.TCP))
@@ -812,9 +808,10 @@ class MasscanEngine:
                 )
                 continue
             tap.attach(loop)
+            opened.append(tap)
             for path in paths:
                 taps[path] = tap
-        return taps
+        return taps, opened
 
     @staticmethod
     def _source_port(shard: Shard) -> int:

@@ -165,6 +165,8 @@ class AnswerTap:
             self._state[key] = bytearray(65536)
             self._names[key] = ip
         self.answered = 0  # distinct (host, port) pairs that answered
+        self._goal = 0  # ``answered`` at which ``_goal_reached`` is set (see expect())
+        self._goal_reached: asyncio.Event | None = None
         self.packets = 0  # answers read, duplicates and strays included
         self.last_answer_at = 0.0
         self._sock: socket.socket | None = None
@@ -272,23 +274,35 @@ class AnswerTap:
             kind = OPEN
         else:
             return
+        if self._set(ports, port, kind) and self.on_open is not None:
+            self.on_open(self._names[src], port)
+
+    def _set(self, ports: bytearray, port: int, kind: int) -> bool:
+        """Record an answer; True when it is the port's first SYN-ACK."""
         was = ports[port]
         if was >= kind:
-            return
+            return False
+        ports[port] = kind
         if not was:
             self.answered += 1
-        ports[port] = kind
-        if kind == OPEN and self.on_open is not None:
-            self.on_open(self._names[src], port)
+            if self.answered == self._goal and self._goal_reached is not None:
+                self._goal_reached.set()
+        return kind == OPEN
 
     def mark(self, ip: str, port: int, kind: int = OPEN) -> None:
         """Record an answer seen elsewhere (masscan's own output)."""
         ports = self._state.get(ipaddress.IPv4Address(ip).packed)
-        if ports is None or ports[port] >= kind:
-            return
-        if not ports[port]:
-            self.answered += 1
-        ports[port] = kind
+        if ports is not None:
+            self._set(ports, port, kind)
+
+    def expect(self, answers: int) -> asyncio.Event:
+        """An event set once ``answers`` more (host, port) pairs have answered: the
+        moment a masscan run has nothing left to send or wait for."""
+        self._goal = self.answered + answers
+        self._goal_reached = asyncio.Event()
+        if answers <= 0:
+            self._goal_reached.set()
+        return self._goal_reached
 
     def state(self, ip: str, port: int) -> int:
         ports = self._state.get(ipaddress.IPv4Address(ip).packed)

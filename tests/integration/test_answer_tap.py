@@ -210,11 +210,12 @@ def test_paths_through_one_adapter_and_address_share_one_tap() -> None:
                   targets=tuple(t for ts in groups.values() for t in ts))
 
     async def run() -> tuple[object, object, object, list[str], list[str]]:
-        taps = MasscanEngine()._open_taps(shard, groups, Progress(), lambda d: None)
+        taps, opened = MasscanEngine()._open_taps(shard, groups, 61000, Progress(),
+                                                  lambda d: None)
         try:
             return taps[a], taps[b], taps[c], sorted(taps[a].hosts), taps[c].hosts
         finally:
-            for tap in taps.values():
+            for tap in opened:
                 tap.close()
 
     tap_a, tap_b, tap_c, hosts_ab, hosts_c = asyncio.run(run())
