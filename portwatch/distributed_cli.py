@@ -422,8 +422,10 @@ async def _serve(apps: list[Any], sink: Any, role: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     if web is not None:
+        from portwatch.web.cli import listening_line
+
         server, server_task = await _start_web(*web)
-        _say(listening_line_for(web, token))
+        _say(listening_line(web[1], web[2], token))
     _say(f"stream processors running (role {role}); SIGTERM or Ctrl-C stops them")
     sys.stderr.flush()
     try:
@@ -437,12 +439,6 @@ async def _serve(apps: list[Any], sink: Any, role: str,
                 await asyncio.wait_for(server_task, 10.0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-def listening_line_for(web: tuple[Any, str, int], token: str) -> str:
-    from portwatch.web.cli import listening_line
-
-    return listening_line(web[1], web[2], token)
 
 
 async def _start_web(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[None]]:
@@ -467,7 +463,7 @@ async def _start_web(app: Any, host: str, port: int) -> tuple[Any, asyncio.Task[
     except OSError as exc:
         sock.close()
         fail(f"--serve: cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_RUNTIME)
-    server = EmbeddedServer(uvicorn_config(app, host, port))  # type: ignore[arg-type]
+    server = EmbeddedServer(uvicorn_config(app, host, port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.02)

@@ -14,8 +14,15 @@ import ipaddress
 import logging
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from stream_processors.store import Store
 
 TOKEN_ENV = "PORTWATCH_WEB_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
@@ -61,23 +68,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def web_app(db: object, host: str, token: str, *, use_cache: bool = True) -> object:
+def web_app(db: Store, host: str, token: str, *, use_cache: bool = True) -> Starlette:
     """The reports app over ``db`` with the bind policy applied (BindError says why)."""
     from portwatch.web.app import create_app
     from portwatch.web.service import ReportService
 
     check_bind(host, token)
-    return create_app(ReportService(db, use_cache=use_cache),  # type: ignore[arg-type]
+    return create_app(ReportService(db, use_cache=use_cache),
                       token=token, loopback_only=is_loopback(host) and not token)
 
 
-def uvicorn_config(app: object, host: str, port: int) -> object:
+def uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
     """One uvicorn configuration for ``serve`` and ``process --serve``: quiet, no
     server header, no proxy headers, a short graceful shutdown."""
     import uvicorn
 
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    return uvicorn.Config(app, host=host.strip("[]"), port=port,  # type: ignore[arg-type]
+    return uvicorn.Config(app, host=host.strip("[]"), port=port,
                           log_level="warning", access_log=False, server_header=False,
                           proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off")
 
@@ -121,7 +128,7 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -
     try:
         app = web_app(db, host, token, use_cache=not no_cache)
         click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops", err=True)
-        uvicorn.Server(uvicorn_config(app, host, port)).run()  # type: ignore[arg-type]
+        uvicorn.Server(uvicorn_config(app, host, port)).run()
     finally:
         db.close()
     sys.stderr.flush()

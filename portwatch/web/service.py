@@ -178,8 +178,6 @@ class ReportService:
                 query.report, query.store_filters(), limit=query.per_page, offset=query.offset)
             if 0 < len(report.rows) < query.per_page or (not report.rows and query.page == 1):
                 total = query.offset + len(report.rows)  # the last page: no count needed
-            elif query.report == "summary":
-                total = self.colour_totals(query.filters).targets  # one query for both
             else:
                 total = self.count(query)
             return Page(query, report.columns, report.dicts(), total)
@@ -210,8 +208,9 @@ class ReportService:
                 totals = ColourTotals(*(int(v or 0) for v in report.rows[0][n:]))
             else:  # past the last page (or nothing at all): the totals on their own
                 totals = self.colour_totals(query.filters)
-            rows = Report("summary", report.columns[:n], [r[:n] for r in report.rows])
-            return Page(query, rows.columns, rows.dicts(), totals.targets), totals
+            columns = report.columns[:n]
+            rows = [dict(zip(columns, r[:n], strict=True)) for r in report.rows]
+            return Page(query, columns, rows, totals.targets), totals
 
         return self._cached(("summary_page", *query.key()), compute)
 
