@@ -494,9 +494,103 @@ class HostScan(Record):
         )
 
 
+class ChangeKind(StrEnum):
+    """What changed on a port (or a host) between two completed scans of it."""
+
+    OPENED = "opened"  # never seen open on this address before
+    REOPENED = "reopened"  # seen before, closed since
+    CLOSED = "closed"  # covered by a completed scan, and a direct re-probe failed too
+    SERVICE_CHANGED = "service_changed"
+    PRODUCT_CHANGED = "product_changed"
+    VERSION_CHANGED = "version_changed"
+    RISK_RAISED = "risk_raised"
+    RISK_LOWERED = "risk_lowered"
+    TLS_CHANGED = "tls_changed"
+    CERT_CHANGED = "cert_changed"
+    CERT_EXPIRING = "cert_expiring"
+    CERT_EXPIRED = "cert_expired"
+    HOST_UNREACHABLE = "host_unreachable"
+    HOST_BACK = "host_back"
+
+
+class Severity(StrEnum):
+    """Ordered from least to most urgent (``SEVERITY_ORDER``)."""
+
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITY_ORDER: tuple[Severity, ...] = tuple(Severity)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent(Record):
+    """One change on one port (``port`` 0 for host events) between a host's previous
+    completed scan and this one: what the ``changes`` table stores, what the What-changed
+    report lists and what alert rules select.
+
+    ``event_id`` is stable for (target, ip, proto, port, kind, scan_id, after): recomputing
+    a scan's changes, or replaying its records, yields the same ids (dedup key of the
+    table and of alert delivery).
+    """
+
+    kind: ChangeKind
+    severity: Severity
+    target: Target
+    scan_id: str
+    previous_scan_id: str = ""
+    proto: Proto = Proto.TCP
+    port: int = 0
+    before: str = ""
+    after: str = ""
+    risk_color: str = ""  # the port's colour the event is about (after; before for closed)
+    service: str = ""  # the port's service name, for people reading an alert
+    observed_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if self.port != 0:
+            check_port(self.port)
+
+    @property
+    def key(self) -> str:
+        return self.target.ip
+
+    @property
+    def event_id(self) -> str:
+        import hashlib
+
+        raw = "\x1f".join((self.target.target, self.target.ip, self.proto.value,
+                            str(self.port), self.kind.value, self.scan_id, self.after))
+        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
+        port = data.get("port", 0)
+        return cls(
+            kind=ChangeKind(data["kind"]),
+            severity=Severity(data["severity"]),
+            target=Target.from_dict(data["target"]),
+            scan_id=str(data["scan_id"]),
+            previous_scan_id=str(data.get("previous_scan_id", "")),
+            proto=Proto(data.get("proto", "tcp")),
+            port=port if port == 0 else check_port(port),
+            before=str(data.get("before", "")),
+            after=str(data.get("after", "")),
+            risk_color=str(data.get("risk_color", "")),
+            service=str(data.get("service", "")),
+            observed_at=_ts(data["observed_at"]),
+        )
+
+
 __all__ = [
     "SCHEMA_VERSION",
+    "SEVERITY_ORDER",
     "CdnVerdict",
+    "ChangeEvent",
+    "ChangeKind",
     "Certificate",
     "CipherSuite",
     "Finding",
@@ -510,6 +604,7 @@ __all__ = [
     "RecordError",
     "RiskColor",
     "ServiceInfo",
+    "Severity",
     "Shard",
     "Target",
     "TlsResult",

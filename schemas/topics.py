@@ -21,8 +21,10 @@ OPEN_PORTS = Topic("portwatch.open-ports", 8, "OpenPort events, keyed by host ad
 FINDINGS = Topic("portwatch.findings", 8, "Finding records ready for the sink, keyed by host")
 HOST_SCANS = Topic("portwatch.host-scans", 4, "HostScan records (per-target scan summary)")
 DEAD_LETTER = Topic("portwatch.dead-letter", 1, "poison messages with the reason")
+CHANGES = Topic("portwatch.changes", 4, "ChangeEvent records (what changed), keyed by host")
 
-ALL_TOPICS: tuple[Topic, ...] = (SHARDS, OPEN_PORTS, FINDINGS, HOST_SCANS, DEAD_LETTER)
+ALL_TOPICS: tuple[Topic, ...] = (SHARDS, OPEN_PORTS, FINDINGS, HOST_SCANS, DEAD_LETTER,
+                                 CHANGES)
 
 # -- per-deployment prefix -----------------------------------------------------------
 
@@ -31,7 +33,7 @@ TOPIC_PREFIX_ENV = "PORTWATCH_TOPIC_PREFIX"
 
 @dataclass(frozen=True, slots=True)
 class TopicSet:
-    """The five topics of one deployment (or one test): the names above behind a prefix.
+    """The topics of one deployment (or one test): the names above behind a prefix.
 
     A prefix lets two pipelines (two test runs, staging and production) share one
     broker without seeing each other's events. Partition counts never change with it.
@@ -43,10 +45,12 @@ class TopicSet:
     findings: Topic
     host_scans: Topic
     dead_letter: Topic
+    changes: Topic
 
     @property
     def all(self) -> tuple[Topic, ...]:
-        return (self.shards, self.open_ports, self.findings, self.host_scans, self.dead_letter)
+        return (self.shards, self.open_ports, self.findings, self.host_scans, self.dead_letter,
+                self.changes)
 
 
 def topic_names(prefix: str = "") -> TopicSet:
@@ -56,4 +60,4 @@ def topic_names(prefix: str = "") -> TopicSet:
         return Topic(f"{prefix}{topic.name}", topic.partitions, topic.doc)
 
     return TopicSet(prefix, named(SHARDS), named(OPEN_PORTS), named(FINDINGS),
-                    named(HOST_SCANS), named(DEAD_LETTER))
+                    named(HOST_SCANS), named(DEAD_LETTER), named(CHANGES))
