@@ -40,7 +40,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from probers.discovery.base import Progress
-from probers.discovery.masscan import MasscanEngine, MasscanRun, find_binary, resolve_path
+from probers.discovery.masscan import MasscanEngine
+from probers.discovery.masscan_path import find_binary, resolve_path
+from probers.discovery.masscan_run import MasscanRun
 from schemas.records import PortRange, Shard, Target
 from tests import netns
 

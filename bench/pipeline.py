@@ -96,17 +96,19 @@ class SyntheticEngine:
 
 
 def run_embedded(targets: list[Target], per_host: int, store_dir: Path) -> dict[str, Any]:
-    from portwatch.runner import EmbeddedRunner
+    from producers.shards import ScanPlan
     from stream_processors.stages import StageContext
     from stream_processors.store import Store
+    from stream_processors.transports.embedded import EmbeddedRunner
 
     store = Store.from_url(f"chdb://{store_dir}")
     engine = SyntheticEngine(per_host)
-    runner = EmbeddedRunner(store, engine, StageContext(), udp_engine=engine,
+    runner = EmbeddedRunner(store, lambda _shard: engine, StageContext(),
                             tarpit_threshold=max(1000, per_host + 1))
+    plan = ScanPlan.build(f"embedded-{uuid.uuid4().hex[:8]}", 0, targets, (),
+                          (PortRange(1, 65535),))
     started = time.perf_counter()
-    stats = asyncio.run(runner.run(targets, (), (PortRange(1, 65535),),
-                                   scan_id=f"embedded-{uuid.uuid4().hex[:8]}"))
+    stats = asyncio.run(runner.run(plan))
     seconds = time.perf_counter() - started
     stored = store.query("SELECT count() FROM (SELECT DISTINCT ip, proto, port "
                          "FROM port_observations)")[0][0]

@@ -1,13 +1,21 @@
-"""Settings: declared once, typed, each with its environment variable and a reason.
+"""Settings: declared once, typed, each with its environment variable, default and reason.
 
-Owns: every tunable of portwatch with its default (Faust's settings module and
-naabu's ``default.go`` pattern, STYLE.md). Values come from CLI flags, then the
-environment, then these defaults; they are validated once at start, then each
-component receives only the narrow options it needs.
+Owns: every knob a user can set (Faust's settings module and naabu's ``default.go``
+pattern, STYLE.md). Values come from CLI flags, then the environment
+(``PORTWATCH_<NAME>``), then these defaults; they are validated once at start
+(``BOUNDS``), then the composition root (``portwatch.assembly``) hands each component
+only the narrow options it needs. ``portwatch settings`` prints this table.
+
+Secrets are not settings: the ClickHouse password (``PORTWATCH_CLICKHOUSE_PASSWORD``)
+and the web token (``PORTWATCH_WEB_TOKEN``) are read where they are used and never
+printed.
+
+Must not touch: the network, the store, any component (it only describes them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,91 +34,186 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def setting(default: Any, env: str, why: str) -> Any:
-    return field(default=default, metadata={"env": env, "why": why})
+def setting(default: Any, why: str, *, group: str) -> Any:
+    return field(default=default, metadata={"why": why, "group": group})
 
 
 @dataclass(frozen=True)
 class Settings:
-    store: str = setting("", "PORTWATCH_STORE",
-                         "empty = chdb store under the user's data dir; or chdb:///path, "
-                         "clickhouse://user@host:8123/db")
-    ports: str = setting("1-65535", "PORTWATCH_PORTS",
-                         "all TCP ports: services hide on high ports")
-    udp: str = setting("top1000", "PORTWATCH_UDP",
-                       "top1000 = nmap's 1,000 most often open UDP ports; none; or a port spec")
-    engine: str = setting("auto", "PORTWATCH_ENGINE",
-                          "auto = masscan when it can run (root, Ethernet path), else connect")
-    rate: int = setting(0, "PORTWATCH_RATE",
-                        "packets/s for masscan and UDP; 0 = engine default (10,000 / 500)")
-    concurrency: int = setting(2000, "PORTWATCH_CONCURRENCY",
-                               "sockets in flight per discovery engine; capped by the fd limit")
-    timeout: float = setting(1.0, "PORTWATCH_TIMEOUT",
-                             "seconds to wait for a SYN-ACK/RST before retrying a port")
-    retries: int = setting(1, "PORTWATCH_RETRIES",
-                           "timed-out ports are probed once more: a single pass loses ports")
-    identify_concurrency: int = setting(64, "PORTWATCH_IDENTIFY_CONCURRENCY",
-                                        "open ports identified at once")
-    per_host_connections: int = setting(4, "PORTWATCH_PER_HOST_CONNECTIONS",
-                                        "probe connections in flight per address: politeness")
-    banner_wait: float = setting(2.0, "PORTWATCH_BANNER_WAIT",
-                                 "seconds to wait for a first-speaker banner (SSH, SMTP...)")
-    identify_budget: float = setting(10.0, "PORTWATCH_IDENTIFY_BUDGET",
-                                     "seconds per port for all identification probes")
-    nmap_probes: bool = setting(True, "PORTWATCH_NMAP_PROBES",
-                                "use nmap-service-probes from nmap-common when our probes "
-                                "name nothing")
-    tls: bool = setting(True, "PORTWATCH_TLS",
-                        "enumerate versions, suites and certificates on every TLS port")
-    tls_timeout: float = setting(3.0, "PORTWATCH_TLS_TIMEOUT",
-                                 "seconds per TLS handshake attempt: stalled handshakes end")
-    tls_budget: float = setting(30.0, "PORTWATCH_TLS_BUDGET",
-                                "seconds per port for the whole TLS enumeration")
-    tarpit_threshold: int = setting(1000, "PORTWATCH_TARPIT_THRESHOLD",
-                                    "open ports per host beyond which it 'answers on every port'")
-    shard_ports: int = setting(65_535, "PORTWATCH_SHARD_PORTS",
-                               "ports per shard: a whole host sweep, so tarpits are judged whole")
-    shard_hosts: int = setting(16, "PORTWATCH_SHARD_HOSTS",
-                               "hosts per shard: enough to keep masscan busy, small to retry")
-    batch_size: int = setting(500, "PORTWATCH_BATCH_SIZE", "findings per store insert")
-    batch_seconds: float = setting(1.0, "PORTWATCH_BATCH_SECONDS",
-                                   "longest a finding waits before it is written")
-    kafka: str = setting("127.0.0.1:9092", "PORTWATCH_KAFKA", "bootstrap servers (distributed)")
+    # -- where findings live, what may be scanned
+    store: str = setting("", "empty = chdb store under the user's data dir; or chdb:///path, "
+                         "clickhouse://user@host:8123/db", group="store")
+    scope_allow: str = setting("", "comma-separated CIDRs; when set, nothing outside them is "
+                               "ever scanned (a fence for shared machines and workers)",
+                               group="scope")
+    ports: str = setting("1-65535", "all TCP ports: services hide on high ports", group="scope")
+    udp: str = setting("top1000", "top1000 = nmap's 1,000 most often open UDP ports; none; "
+                       "or a port spec", group="scope")
+    # -- TCP discovery
+    engine: str = setting("auto", "auto = masscan when it can run (root, Ethernet path) and "
+                          "its answers can be counted, else connect", group="discovery")
+    concurrency: int = setting(2000, "connect engine: sockets in flight; capped by the fd limit",
+                               group="discovery")
+    timeout: float = setting(1.0, "connect engine: seconds to wait for a SYN-ACK/RST before "
+                             "retrying a port", group="discovery")
+    retries: int = setting(1, "connect engine: timed-out ports are probed once more (a single "
+                           "pass loses ports)", group="discovery")
+    rate: int = setting(10_000, "masscan: packets/s (a busy link loses answers above what it "
+                        "carries)", group="masscan")
+    masscan_passes: int = setting(2, "masscan: passes at most; a retry pass re-sends only the "
+                                  "ports left silent", group="masscan")
+    masscan_binary: str = setting("masscan", "masscan: the binary (a name on PATH or a path)",
+                                  group="masscan")
+    masscan_adapter: str = setting("", "masscan: --adapter; empty = the route's device per "
+                                   "target", group="masscan")
+    masscan_adapter_ip: str = setting("", "masscan: --adapter-ip; empty = the route's own "
+                                      "source address", group="masscan")
+    masscan_router_mac: str = setting("", "masscan: --router-mac; empty = the next hop's MAC "
+                                      "from the neighbour table", group="masscan")
+    # -- UDP discovery
+    udp_rate: float = setting(500.0, "UDP: datagrams/s, under Linux's ICMP rate limit so closed "
+                              "ports are not taken for silent ones", group="udp")
+    udp_timeout: float = setting(1.0, "UDP: seconds to wait for a reply or an ICMP error",
+                                 group="udp")
+    udp_retries: int = setting(1, "UDP: extra attempts for silent ports (lost datagrams)",
+                               group="udp")
+    udp_concurrency: int = setting(512, "UDP: probes in flight (one socket each)", group="udp")
+    udp_deadline: float = setting(600.0, "UDP: seconds for a whole shard, then it stops",
+                                  group="udp")
+    nmap_data: str = setting("", "directory of nmap-services, nmap-service-probes and "
+                             "nmap-payloads; empty = /usr/share/nmap", group="identify")
+    # -- identification and TLS
+    identify_concurrency: int = setting(64, "open ports identified at once", group="identify")
+    per_host_connections: int = setting(4, "probe connections in flight per address: politeness",
+                                        group="identify")
+    banner_wait: float = setting(2.0, "seconds to wait for a first-speaker banner (SSH, SMTP...)",
+                                 group="identify")
+    identify_budget: float = setting(10.0, "seconds per port for all identification probes",
+                                     group="identify")
+    nmap_probes: bool = setting(True, "use nmap-service-probes from nmap-common when our probes "
+                                "name nothing", group="identify")
+    tls: bool = setting(True, "enumerate versions, suites and certificates on every TLS port",
+                        group="tls")
+    tls_timeout: float = setting(3.0, "seconds per TLS handshake attempt: stalled handshakes end",
+                                 group="tls")
+    tls_budget: float = setting(30.0, "seconds per port for the whole TLS enumeration",
+                                group="tls")
+    # -- shards and the tarpit rule
+    tarpit_threshold: int = setting(1000, "open ports per host beyond which it 'answers on every "
+                                    "port'", group="shards")
+    shard_ports: int = setting(65_535, "ports per shard: a whole host sweep, so tarpits are "
+                               "judged whole", group="shards")
+    shard_hosts: int = setting(16, "hosts per shard: enough to keep masscan busy, small to retry",
+                               group="shards")
+    shard_attempts: int = setting(2, "engine runs per shard before it is recorded as failed "
+                                  "(ports any attempt found are kept)", group="shards")
+    # -- writing the store
+    batch_size: int = setting(500, "findings per store insert", group="sink")
+    batch_seconds: float = setting(1.0, "longest a finding waits before it is written",
+                                   group="sink")
+    # -- the distributed shape
+    kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated",
+                         group="kafka")
+    topic_prefix: str = setting("", "put before every topic and consumer group name: two "
+                                "pipelines on one broker", group="kafka")
+    session_timeout: float = setting(10.0, "seconds before a dead worker's partitions move to "
+                                     "another", group="kafka")
+    max_poll_interval: float = setting(600.0, "seconds a discover worker may spend on one shard "
+                                       "before Kafka evicts it; shard deadlines are fitted under "
+                                       "it", group="kafka")
+    commit_interval: float = setting(1.0, "seconds between the stream processors' offset commits",
+                                     group="kafka")
+    sink_buffer: int = setting(500, "messages per store insert in the sink (each holds up to 500 "
+                               "findings of one host)", group="kafka")
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return f"PORTWATCH_{name.upper()}"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
+        """Flags (``overrides``; None = not given), then the environment, then defaults."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = os.environ.get(f.metadata["env"])
+            env = cls.env_name(f.name)
+            raw = os.environ.get(env)
             if raw is not None and raw != "":
                 try:
                     kind: type[Any] = type(f.default)
-                    values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+                    values[f.name] = _parse_bool(raw) if kind is bool else kind(raw.strip())
                 except ValueError:
-                    raise SettingsError(f"{f.metadata['env']}={raw!r} is not a valid "
+                    raise SettingsError(f"{env}={raw!r} is not a valid "
                                         f"{type(f.default).__name__}") from None
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        positive = ("concurrency", "identify_concurrency", "per_host_connections", "batch_size",
-                    "tarpit_threshold", "shard_ports", "shard_hosts")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("timeout", "banner_wait", "identify_budget", "batch_seconds",
-                     "tls_timeout", "tls_budget"):
-            if not 0 < getattr(self, name) <= 3600:
-                raise SettingsError(f"--{name.replace('_', '-')} must be between 0 and 3600 s")
-        if self.engine not in ("auto", "masscan", "connect"):
+        for name, (low, high, unit) in BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                ok = False
+            elif isinstance(value, float) and low == 0:
+                ok = 0 < value <= high  # a wait of 0 s is no wait: refused
+            else:
+                ok = low <= value <= high
+            if not ok:
+                flag = f"--{name.replace('_', '-')}"
+                if isinstance(value, float) and low == 0:
+                    raise SettingsError(f"{flag} must be between 0 and {high:g} {unit}".rstrip())
+                if high >= UNBOUNDED:
+                    raise SettingsError(f"{flag} must be at least {low:,}")
+                raise SettingsError(f"{flag} must be between {low:,} and {high:,}"
+                                    + (f" {unit}" if unit else ""))
+        if self.engine not in ENGINE_CHOICES:
             raise SettingsError(f"--engine must be auto, masscan or connect, not {self.engine!r}")
-        if self.rate < 0:
-            raise SettingsError("--rate must be 0 (engine default) or more packets/s")
-        if self.retries < 0 or self.retries > 10:
-            raise SettingsError("--retries must be between 0 and 10")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
-        return [(f.name, f.metadata["env"], f.default, f.metadata["why"]) for f in fields(cls)]
+        """(name, environment variable, default, why) for every setting, in order."""
+        return [(f.name, cls.env_name(f.name), f.default, f.metadata["why"])
+                for f in fields(cls)]
+
+    @classmethod
+    def groups(cls) -> dict[str, str]:
+        """Setting name -> the component it configures."""
+        return {f.name: f.metadata["group"] for f in fields(cls)}
+
+
+ENGINE_CHOICES = ("auto", "masscan", "connect")
+UNBOUNDED = 10**18
+# Every numeric setting's range, checked once at start: (lowest, highest, unit). A float
+# whose lowest is 0 must be strictly positive. Upper bounds keep a typo (10^12 sockets)
+# from reaching an allocator or a socket loop.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "concurrency": (1, 100_000, ""),
+    "timeout": (0, 3600, "s"),
+    "retries": (0, 10, ""),
+    "rate": (1, 10_000_000, "packets/s"),
+    "masscan_passes": (1, 5, ""),
+    "udp_rate": (1, 1_000_000, "datagrams/s"),
+    "udp_timeout": (0, 3600, "s"),
+    "udp_retries": (0, 10, ""),
+    "udp_concurrency": (1, 65_535, ""),
+    "udp_deadline": (0, 86_400, "s"),
+    "identify_concurrency": (1, 10_000, ""),
+    "per_host_connections": (1, 1_000, ""),
+    "banner_wait": (0, 3600, "s"),
+    "identify_budget": (0, 3600, "s"),
+    "tls_timeout": (0, 3600, "s"),
+    "tls_budget": (0, 3600, "s"),
+    "tarpit_threshold": (1, 65_535, ""),
+    "shard_ports": (1, 65_535, ""),
+    "shard_hosts": (1, 65_536, ""),
+    "shard_attempts": (1, 10, ""),
+    "batch_size": (1, 100_000, ""),
+    "batch_seconds": (0, 3600, "s"),
+    "session_timeout": (6, 300, "s"),
+    "max_poll_interval": (10, 86_400, "s"),
+    "commit_interval": (0.1, 60, "s"),
+    "sink_buffer": (1, 100_000, ""),
+}

@@ -9,9 +9,9 @@ Owns:
   processor move 10,000+ findings/s: Faust costs ~150 us per message, JSON ~10 us
   per record. A bad line is a poison record of its own (dead-lettered with its
   reason); its neighbours are still processed;
-* ``produce_shards``: walking a ``ShardPlan`` onto the shards topic in acknowledged
-  batches, saving the resume checkpoint ``(scan_id, seed, next_index)`` only after
-  a batch is acknowledged (a crash republishes at most one batch; the discovery
+* ``produce_shards``: walking a ``ScanPlan`` onto the shards topic in acknowledged
+  batches, saving the resume checkpoint (the format ``portwatch scan`` uses) only
+  after a batch is acknowledged (a crash republishes at most one batch; the discovery
   workers' and the sink's idempotence absorb it);
 * dead-letter envelopes (what failed, where it came from, why);
 * consumer-group lag (per topic), which tells when a pipeline has drained.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from producers.kafka_io import KeyFunc, PublishError, admin_client, default_key, publish
-from producers.shards import Checkpoint, ShardPlan
+from producers.shards import Checkpoint, ScanPlan
 from schemas.records import Record, RecordError, Shard
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,8 @@ def dead_letter(source_topic: str, partition: int, offset: int, reason: str,
 class ProduceResult:
     scan_id: str
     seed: int
-    total: int  # shards in the plan
-    first_index: int  # where this run started (a checkpoint's next_index)
+    total: int  # shards in the plan (TCP and UDP)
+    first_index: int  # shards a checkpoint said were already published
     published: int  # shards this run published
 
     @property
@@ -186,64 +186,48 @@ class ProduceResult:
         return self.first_index + self.published >= self.total
 
 
-def resume_point(plan: ShardPlan, checkpoint_path: str | os.PathLike[str] | None) -> int:
-    """The index to start from: the checkpoint's, when it belongs to this plan.
-
-    A checkpoint of another scan or seed is refused (ValueError): resuming it would
-    skip shards of this one.
-    """
-    if checkpoint_path is None:
-        return 0
-    saved = Checkpoint.load(checkpoint_path)
-    if saved is None:
-        return 0
-    if (saved.scan_id, saved.seed) != (plan.scan_id, plan.seed):
-        raise ValueError(
-            f"checkpoint {os.fspath(checkpoint_path)} belongs to scan {saved.scan_id} "
-            f"(seed {saved.seed}), not {plan.scan_id} (seed {plan.seed}): remove it or "
-            "resume that scan"
-        )
-    return min(max(saved.next_index, 0), len(plan))
-
-
-def produce_shards(producer: Any, topic: str, plan: ShardPlan, *,
+def produce_shards(producer: Any, topic: str, plan: ScanPlan, *,
+                   start: Checkpoint | None = None,
                    checkpoint_path: str | os.PathLike[str] | None = None,
                    batch_size: int = 64, timeout: float = 60.0,
                    on_batch: Callable[[int, int], None] | None = None) -> ProduceResult:
-    """Publish the plan's shards from the checkpoint on, in acknowledged batches.
+    """Publish the plan's shards (TCP, then UDP) from ``start`` on, in acknowledged
+    batches.
 
-    After each acknowledged batch the checkpoint moves past it (atomically), so an
-    interrupted run resumes at the first shard not acknowledged. ``on_batch`` gets
-    (next_index, total) after each batch.
+    After each acknowledged batch the checkpoint moves past it (atomically, the format
+    of ``portwatch scan``), so an interrupted run resumes at the first shard not
+    acknowledged. ``on_batch`` gets (shards done, total) after each batch.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    total = len(plan)
-    start = resume_point(plan, checkpoint_path)
+    position = start or plan.start(None)
+    total = sum(len(p) for p in plan.plans)
+    first = sum(min(position.index(p.proto), len(p)) for p in plan.plans)
     published = 0
     batch: list[Shard] = []
 
     def flush() -> None:
-        nonlocal published
+        nonlocal published, position
         if not batch:
             return
         publish(producer, topic, batch, timeout=timeout)
         published += len(batch)
-        next_index = batch[-1].index + 1
+        position = position.advanced(batch[-1].proto, batch[-1].index + 1)
         batch.clear()
         if checkpoint_path is not None:
-            Checkpoint(plan.scan_id, plan.seed, next_index).save(checkpoint_path)
+            position.save(checkpoint_path)
         if on_batch is not None:
-            on_batch(next_index, total)
+            on_batch(first + published, total)
 
-    for shard in plan.shards(start):
-        batch.append(shard)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    if checkpoint_path is not None and total == 0:
-        Checkpoint(plan.scan_id, plan.seed, 0).save(checkpoint_path)
-    return ProduceResult(plan.scan_id, plan.seed, total, start, published)
+    for shard_plan in plan.plans:
+        for shard in shard_plan.shards(position.index(shard_plan.proto)):
+            batch.append(shard)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    if checkpoint_path is not None and published == 0:
+        position.save(checkpoint_path)
+    return ProduceResult(plan.scan_id, plan.seed, total, first, published)
 
 
 # -- lag --------------------------------------------------------------------------------
@@ -327,5 +311,4 @@ __all__ = [
     "group_lag",
     "produce_shards",
     "publish_framed",
-    "resume_point",
 ]

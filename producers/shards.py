@@ -10,17 +10,25 @@ burst of consecutive ports. Must not send packets or talk to Kafka.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.records import PortRange, Proto, Shard, Target
 
 DEFAULT_PORTS_PER_SHARD = 65_535  # one whole host sweep per shard by default
 DEFAULT_HOSTS_PER_SHARD = 16
+
+
+def new_scan_id() -> str:
+    """A scan id that sorts by start time and never collides: ``20261201T214400-1a2b3c4d``."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
 def split_ports(ranges: Sequence[PortRange], size: int) -> list[tuple[PortRange, ...]]:
@@ -80,25 +88,109 @@ class ShardPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """(seed, index): everything before ``next_index`` is done."""
+class ScanPlan:
+    """One scan: its TCP plan and its UDP plan (either may be absent), one seed.
+
+    ``fingerprint`` names the work (targets, ports per protocol, shard sizes, seed), so
+    a checkpoint of other work is never "resumed". Used alike by ``portwatch scan``
+    (embedded) and ``portwatch produce`` (distributed): one plan, one checkpoint format.
+    """
 
     scan_id: str
     seed: int
-    next_index: int
+    plans: tuple[ShardPlan, ...]
+
+    @classmethod
+    def build(cls, scan_id: str, seed: int, targets: Sequence[Target],
+              tcp_ports: Sequence[PortRange], udp_ports: Sequence[PortRange], *,
+              hosts_per_shard: int = DEFAULT_HOSTS_PER_SHARD,
+              ports_per_shard: int = DEFAULT_PORTS_PER_SHARD) -> ScanPlan:
+        plans = [ShardPlan(scan_id, tuple(targets), tuple(ports), proto, seed,
+                           hosts_per_shard, ports_per_shard)
+                 for proto, ports in ((Proto.TCP, tcp_ports), (Proto.UDP, udp_ports)) if ports]
+        return cls(scan_id, seed, tuple(plans))
+
+    @property
+    def fingerprint(self) -> str:
+        work = {
+            "seed": self.seed,
+            "targets": sorted([t.ip, t.target, t.organization, t.asset]
+                              for t in (self.plans[0].targets if self.plans else ())),
+            "plans": [[p.proto.value, [[r.first, r.last] for r in p.ports],
+                       p.hosts_per_shard, p.ports_per_shard] for p in self.plans],
+        }
+        raw = json.dumps(work, separators=(",", ":"), sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:24]
+
+    @property
+    def probe_count(self) -> int:
+        return sum(sum(len(r) for r in p.ports) * len(p.targets) for p in self.plans)
+
+    def start(self, checkpoint: Checkpoint | None) -> Checkpoint:
+        """Where this plan starts: ``checkpoint`` when it is this plan's (CheckpointError
+        when it was written for other work), else the beginning."""
+        if checkpoint is None:
+            return Checkpoint(self.scan_id, self.seed, self.fingerprint, {})
+        if checkpoint.fingerprint != self.fingerprint or checkpoint.seed != self.seed:
+            where = f"checkpoint {checkpoint.path}" if checkpoint.path else "the checkpoint"
+            raise CheckpointError(
+                f"{where} was written for other work (scan {checkpoint.scan_id}: other "
+                "targets, ports, UDP ports, shard sizes or seed): run the same command as "
+                "before to resume it, or remove it")
+        return checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, or was written for other work (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Progress of one ``ScanPlan``: per protocol, every shard before ``next_index`` is
+    done. Saved atomically after each finished (embedded) or acknowledged
+    (distributed) shard; the same format for ``scan`` and ``produce``."""
+
+    scan_id: str
+    seed: int
+    fingerprint: str
+    next_index: Mapping[str, int]
+    path: str = field(default="", compare=False)  # where it was read from, for messages
+
+    def index(self, proto: Proto) -> int:
+        return int(self.next_index.get(proto.value, 0))
+
+    def advanced(self, proto: Proto, next_index: int) -> Checkpoint:
+        return replace(self, next_index={**self.next_index, proto.value: next_index})
 
     def save(self, path: str | os.PathLike[str]) -> None:
         tmp = Path(f"{path}.tmp")
         tmp.write_text(json.dumps({"scan_id": self.scan_id, "seed": self.seed,
-                                   "next_index": self.next_index}))
+                                   "fingerprint": self.fingerprint,
+                                   "next_index": dict(self.next_index)}))
         tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint | None:
+        """The checkpoint at ``path``, None when there is none; CheckpointError (one
+        line) when the file is not a checkpoint."""
         try:
-            data = json.loads(Path(path).read_text())
-            return cls(str(data["scan_id"]), int(data["seed"]), int(data["next_index"]))
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("next_index"), dict):
+                raise TypeError("not a checkpoint object")
+            indexes = {str(k): int(v) for k, v in data["next_index"].items()
+                       if k in ("tcp", "udp")}
+            if any(v < 0 for v in indexes.values()) or not isinstance(data["seed"], int):
+                raise ValueError("negative index or non-integer seed")
+            return cls(str(data["scan_id"]), data["seed"], str(data["fingerprint"]),
+                       indexes, os.fspath(path))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"checkpoint {path} is corrupt: {exc}") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"checkpoint {os.fspath(path)} is a directory") from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                UnicodeDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"checkpoint {os.fspath(path)} is not a portwatch checkpoint "
+                                  f"({type(exc).__name__}): remove it to start over") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {os.fspath(path)}: "
+                                  f"{exc.strerror or exc}") from None

@@ -6,8 +6,10 @@ Owns: the definitions every other package shares. Imports nothing of ours.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
+from typing import Any
 
 REPORTS: tuple[str, ...] = ("summary", "list", "products", "ciphers")
 
@@ -31,9 +33,50 @@ def report_sql(name: str) -> str:
     return _read(f"reports/{name}.sql")
 
 
+_PARAMETER = re.compile(r"\{(\w+):(\w+)\}")
+UNLIMITED = 2**62  # LIMIT for "no limit": ClickHouse has no LIMIT ALL
+
+
+def sql_parameters(sql: str) -> dict[str, str]:
+    """The ``{name:Type}`` parameters a query declares: name -> ClickHouse type."""
+    return dict(_PARAMETER.findall(sql))
+
+
 def report_parameters(name: str) -> frozenset[str]:
     """The names of the ``{name:Type}`` parameters a report's SQL binds."""
-    return frozenset(re.findall(r"\{(\w+):\w+\}", report_sql(name)))
+    return frozenset(sql_parameters(report_sql(name)))
+
+
+def bind_parameters(sql: str, filters: Mapping[str, Any], *, limit: int = 0,
+                    offset: int = 0) -> dict[str, Any]:
+    """A value for every parameter ``sql`` declares, by its declared type; a filter not
+    given binds its neutral value ('' or 0), which the SQL reads as "no filter".
+
+    The one binder of the reports (CLI, web, JSON API): the SQL says what it takes.
+    """
+    params: dict[str, Any] = {}
+    for key, kind in sql_parameters(sql).items():
+        if key == "limit":
+            params[key] = limit if limit > 0 else UNLIMITED
+        elif key == "offset":
+            params[key] = max(0, offset)
+        elif kind.startswith(("UInt", "Int")):
+            params[key] = int(filters.get(key) or 0)
+        else:
+            value = filters.get(key)
+            params[key] = "" if value is None else str(value)
+    return params
+
+
+@cache
+def report_order_by(name: str) -> str:
+    """A report's ORDER BY clause (its last, before its LIMIT): what a wrapper around the
+    report's SQL re-applies to keep the report's order."""
+    sql = report_sql(name)
+    start, end = sql.rindex("ORDER BY"), sql.rindex("LIMIT")
+    if not start < end:
+        raise ValueError(f"report {name}: its SQL has no ORDER BY ... LIMIT tail")
+    return " ".join(sql[start:end].split())
 
 
 def data_path(name: str) -> str:

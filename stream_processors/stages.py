@@ -107,10 +107,23 @@ def judged(finding: Finding) -> Finding:
 
 
 async def process(port: OpenPort, ctx: StageContext) -> Finding:
-    """The whole per-port chain, as the embedded runner uses it."""
+    """The whole per-port chain: identify, TLS, then CDN and risk."""
     finding = await identify_stage(port, ctx)
     finding = await tls_stage(finding, ctx)
     return judged(finding)
+
+
+async def identify_port(port: OpenPort, ctx: StageContext) -> Finding | None:
+    """The per-port rule both transports apply: the chain of ``process``; an exception
+    in one port's identification gives an unidentified finding (kept, yellow, saying
+    why), never a lost port; a tarpit's candidate that named nothing is not kept
+    (None)."""
+    try:
+        finding = await process(port, ctx)
+    except Exception as exc:  # noqa: BLE001 - one bad port must not stop the scan
+        log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
+        return unidentified(port, f"identification error: {type(exc).__name__}")
+    return finding if keeps(finding) else None
 
 
 
@@ -139,6 +152,7 @@ class ShardOutcome:
     tarpit_notes: dict[str, str] = field(default_factory=dict)
     error: str = ""
     is_interrupted: bool = False
+    attempts: int = 1
 
     def host_scans(self, status: str = "") -> list[HostScan]:
         finished = self.finished_at or utcnow()
@@ -218,6 +232,41 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
     return outcome
 
 
+EngineFactory = Callable[[Shard], DiscoveryEngine]
+
+
+async def discover_with_retries(
+    shard: Shard, engine_for: EngineFactory, *, attempts: int = 2,
+    tarpit_threshold: int = 1000, stop: asyncio.Event | None = None,
+    progress: Callable[[], contextlib.AbstractContextManager[Progress]] | None = None,
+) -> ShardOutcome:
+    """The shard rule both transports apply: run the shard through a fresh engine up to
+    ``attempts`` times while the engine fails (a crashed masscan is retried, never a
+    silent gap), keeping every port *any* attempt found: a port a failed attempt
+    reported is as real as one the retry reports, and the retry may miss it.
+
+    ``progress`` makes the Progress of each attempt (the embedded runner's bar counts
+    them); the outcome's ``error`` is the last attempt's, empty when one completed.
+    """
+    found: dict[tuple[str, str, int], OpenPort] = {}
+    outcome: ShardOutcome | None = None
+    for attempt in range(1, max(1, attempts) + 1):
+        scope = progress() if progress is not None else contextlib.nullcontext(Progress())
+        with scope as attempt_progress:
+            outcome = await discover_shard(engine_for(shard), shard, attempt_progress,
+                                           tarpit_threshold=tarpit_threshold, stop=stop)
+        for port in outcome.ports:
+            found.setdefault((port.target.ip, port.proto.value, port.port), port)
+        if not outcome.error or outcome.is_interrupted:
+            break
+        log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt,
+                    attempts, outcome.error)
+    assert outcome is not None
+    outcome.ports = list(found.values())
+    outcome.attempts = attempt
+    return outcome
+
+
 def keeps(finding: Finding) -> bool:
     """A tarpit's candidate port is kept only when identification named a service."""
     return finding.port.reason != TARPIT_REASON or finding.service.is_identified
@@ -268,23 +317,29 @@ class NmapFallback:
         return info if info.is_identified else None
 
 
-def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
-                 per_host_connections: int = 4, use_nmap_probes: bool = True,
-                 tls_enumeration: bool = True, tls_timeout: float = 3.0,
-                 tls_budget: float = 30.0) -> StageContext:
-    """The stage context both transports use, from the narrow options it needs."""
-    tls_probe: TlsProbe | None = None
-    if tls_enumeration:
+@dataclass(frozen=True, slots=True)
+class TlsEnumeration:
+    """The TLS stage's probe (``probers.tls.probe_tls``) with its narrow options."""
+
+    timeout: float = 3.0  # seconds per handshake attempt
+    budget: float = 30.0  # seconds per port for the whole enumeration
+
+    async def __call__(self, ip: str, port: int, hostname: str) -> TlsResult:
         from probers.tls import probe_tls
 
-        async def tls_probe_fn(ip: str, port: int, hostname: str) -> TlsResult:
-            return await probe_tls(ip, port, server_name=hostname or None,
-                                   timeout=tls_timeout, budget=tls_budget)
+        return await probe_tls(ip, port, server_name=hostname or None,
+                               timeout=self.timeout, budget=self.budget)
 
-        tls_probe = tls_probe_fn
+
+def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
+                 per_host_connections: int = 4, use_nmap_probes: bool = True,
+                 nmap_data: str | None = None, tls_enumeration: bool = True,
+                 tls_timeout: float = 3.0, tls_budget: float = 30.0) -> StageContext:
+    """The stage context both transports use, from the narrow options it needs."""
+    tls_probe = TlsEnumeration(tls_timeout, tls_budget) if tls_enumeration else None
     return StageContext(
         identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget),
         per_host_connections=per_host_connections,
-        fallback=NmapFallback() if use_nmap_probes else None,
+        fallback=NmapFallback(nmap_data or None) if use_nmap_probes else None,
         tls_probe=tls_probe,
     )

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import platformdirs
 
-from schemas import REPORTS, ddl_statements, report_parameters, report_sql
+from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
 from schemas.records import Finding, HostScan, ProbeStatus
 
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
@@ -62,15 +62,31 @@ CERTIFICATE_COLUMNS = (
 
 
 class StoreError(RuntimeError):
-    """The store cannot be opened or used; the message is one line for the user."""
+    """The store cannot be opened or used; the message is one line for the user.
+
+    The subclasses say why, so a caller maps them (the CLI to exit codes) by type,
+    never by reading the message.
+    """
+
+
+class StoreUrlError(StoreError):
+    """The store URL itself is wrong (bad input: nothing was opened)."""
+
+
+class UnknownStoreScheme(StoreUrlError):
+    """The URL's scheme is none of ``ACCEPTED_SCHEMES``."""
+
+
+class StoreMissing(StoreError):
+    """Opened for reading only, and no store exists there."""
 
 
 class StoreBusy(StoreError):
     """Another process holds the embedded store."""
 
 
-class UnknownStoreScheme(StoreError):
-    pass
+class StoreLayoutError(StoreError):
+    """The store was laid out by another portwatch version."""
 
 
 def default_store_url() -> str:
@@ -87,6 +103,17 @@ class StoreLocation:
     database: str = DEFAULT_DATABASE
 
     @classmethod
+    def from_url(cls, url: str | None) -> StoreLocation:
+        """The location of ``url`` (None or empty: the default store under the user's
+        data dir); StoreUrlError (one line) when the URL is wrong."""
+        return cls.parse(url or default_store_url())
+
+    @property
+    def where(self) -> str:
+        """The store, as a person names it in a message."""
+        return self.path if self.scheme == "chdb" else f"{self.host}:{self.port}/{self.database}"
+
+    @classmethod
     def parse(cls, url: str) -> StoreLocation:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -99,16 +126,16 @@ class StoreLocation:
         if scheme == "chdb":
             path = unquote(parts.netloc + parts.path)
             if not path:
-                raise StoreError(f"store URL {url!r} has no path: use chdb:///path/to/store")
+                raise StoreUrlError(f"store URL {url!r} has no path: use chdb:///path/to/store")
             database = query.get("database", [DEFAULT_DATABASE])[0]
             return cls(scheme, path=os.path.expanduser(path), database=database)
         if not parts.hostname:
-            raise StoreError(f"store URL {url!r} has no host")
+            raise StoreUrlError(f"store URL {url!r} has no host")
         database = parts.path.strip("/") or DEFAULT_DATABASE
         try:
             port = parts.port or (8443 if scheme == "clickhouses" else 8123)
         except ValueError as exc:
-            raise StoreError(f"store URL {url!r}: {exc}") from exc
+            raise StoreUrlError(f"store URL {url!r}: {exc}") from exc
         return cls(
             scheme, host=parts.hostname, port=port,
             username=unquote(parts.username or "default"), database=database,
@@ -128,6 +155,33 @@ class Report:
 # chdb paths this process has opened: chdb keeps one engine per process, so a second
 # Store on the same path shares it and must not mistake its own lock for another's.
 _OPENED_CHDB_PATHS: set[str] = set()
+# Our own advisory lock per chdb path, taken before chdb opens it and held for the
+# life of this process: two processes starting at the same moment both see chdb's
+# lock free, and the loser got a raw chdb error; whoever holds ours owns the path.
+_PATH_LOCKS: dict[str, int] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+LOCK_FILE = ".portwatch.lock"
+
+
+def _take_path_lock(path: str, shown: str) -> None:
+    """Own ``path`` for this process (StoreBusy when another process owns it)."""
+    if sys.platform == "win32":
+        return
+    import fcntl
+
+    with _PATH_LOCKS_GUARD:
+        if path in _PATH_LOCKS:
+            return
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy_error(shown) from None
+        except OSError:
+            os.close(fd)  # a file system without locks: chdb's own lock still applies
+            return
+        _PATH_LOCKS[path] = fd
 
 
 def _is_held_by_another_process(path: str) -> bool:
@@ -174,17 +228,32 @@ class Store:
     """ClickHouse-backed store; the same code for chdb and for a server."""
 
     def __init__(self, location: StoreLocation, *, create: bool = True) -> None:
+        """Open the store; ``create=False`` opens an existing one only (StoreMissing
+        otherwise: a report on a wrong path must not leave an empty store behind)."""
         import clickhouse_connect  # lazy: importing it costs ~0.3 s
 
         self.location = location
         self._lock = threading.Lock()  # clickhouse-connect clients are not thread-safe
         try:
             if location.scheme == "chdb":
+                if not create and not (Path(location.path) / "metadata").is_dir():
+                    raise StoreMissing(
+                        f"no store at {location.path}: scan something first "
+                        "(`portwatch scan TARGET`) or give the --store it was written to")
                 Path(location.path).mkdir(parents=True, exist_ok=True)
                 resolved = str(Path(location.path).resolve())
                 if resolved not in _OPENED_CHDB_PATHS and _is_held_by_another_process(resolved):
                     raise _busy_error(location.path)
+                _take_path_lock(resolved, location.path)
                 bootstrap = clickhouse_connect.get_client(interface="chdb", path=location.path)
+                if not create:
+                    found = bootstrap.query(
+                        "SELECT count() FROM system.tables WHERE database = {db:String} "
+                        "AND name = 'findings'", parameters={"db": location.database})
+                    if not found.result_rows[0][0]:
+                        raise StoreMissing(
+                            f"no store at {location.path} (database {location.database}): "
+                            "scan something first or give the --store it was written to")
                 bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{location.database}`")
                 self._client = clickhouse_connect.get_client(
                     interface="chdb", path=location.path, database=location.database
@@ -196,7 +265,7 @@ class Store:
                     host=location.host, port=location.port, username=location.username,
                     password=os.environ.get(PASSWORD_ENV, ""), database=location.database,
                 )
-        except StoreBusy:
+        except StoreError:
             raise
         except Exception as exc:  # the drivers raise many types; translate to one line
             if _is_lock_error(exc):
@@ -205,21 +274,26 @@ class Store:
             text = str(exc).strip()
             first_line = text.splitlines()[0] if text else type(exc).__name__
             raise StoreError(f"cannot open the store at {where}: {first_line}") from exc
-        if create:
-            self.ensure_schema()
+        self.ensure_schema(create=create)
 
     @classmethod
     def from_url(cls, url: str | None = None, *, create: bool = True) -> Store:
-        return cls(StoreLocation.parse(url or default_store_url()), create=create)
+        """IVRE's ``from_url``: the URL scheme picks the interface (chdb or HTTP(S));
+        typed errors (StoreUrlError, StoreMissing, StoreBusy, StoreLayoutError)."""
+        return cls(StoreLocation.from_url(url), create=create)
 
     # -- schema -------------------------------------------------------------------------
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self, *, create: bool = True) -> None:
         """Create what is missing; refuse a store laid out by another portwatch version
-        (the DDL is idempotent, so an old table would otherwise stay, silently wrong)."""
+        (the DDL is idempotent, so an old table would otherwise stay, silently wrong).
+        ``create=False``: check the version only (StoreMissing when there is no store)."""
         with self._lock:
             existing = {r[0] for r in self._client.query(
                 "SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+            if "findings" not in existing and not create:
+                raise StoreMissing(f"no store at {self.location.where}: scan something first "
+                                   "or give the --store it was written to")
             if "findings" in existing:
                 found = 0
                 if "schema_version" in existing:
@@ -227,10 +301,12 @@ class Store:
                     found = int(rows.result_rows[0][0] or 0)
                 if found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
-                    raise StoreError(
+                    raise StoreLayoutError(
                         f"the store at {where} has layout version {found or 'unknown'}, this "
                         f"portwatch needs {SCHEMA_VERSION}: use a new --store (or another "
                         "database) and rescan")
+            if not create:
+                return
             for statement in ddl_statements():
                 self._client.command(statement)
             if "findings" not in existing:
@@ -304,22 +380,11 @@ class Store:
         """
         if name not in REPORTS:
             raise StoreError(f"unknown report {name!r}: choose one of {', '.join(REPORTS)}")
-        wanted = report_parameters(name)
         given = dict(filters or {})
-        unknown = set(given) - wanted
+        unknown = set(given) - report_parameters(name)
         if unknown:
             raise StoreError(f"report {name} has no filter {', '.join(sorted(unknown))}")
-        params: dict[str, Any] = {}
-        for key in wanted:
-            value = given.get(key)
-            if key in ("port", "history"):
-                params[key] = int(value or 0)
-            elif key == "limit":
-                params[key] = limit if limit > 0 else 2**62
-            elif key == "offset":
-                params[key] = max(0, offset)
-            else:
-                params[key] = "" if value is None else str(value)
+        params = bind_parameters(report_sql(name), given, limit=limit, offset=offset)
         with self._lock:
             result = self._client.query(report_sql(name), parameters=params)
         return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])

@@ -3,7 +3,7 @@
 Owns: the bind-address policy (loopback needs nothing; any other address needs a token
 from ``--token`` or PORTWATCH_WEB_TOKEN and refuses to start without one), opening the
 store in this process (an embedded store allows one process: the server owns it), and
-running uvicorn. Registered on the main CLI by ``register(cli)``.
+the ``serve`` command; the HTTP server itself is started by ``portwatch.web.server``.
 
 Must not touch: any network but the listening socket; the store is only read.
 """
@@ -11,7 +11,6 @@ Must not touch: any network but the listening socket; the store is only read.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import secrets
 import sys
 from typing import TYPE_CHECKING
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    import uvicorn
     from starlette.applications import Starlette
 
     from stream_processors.store import Store
@@ -78,17 +76,6 @@ def web_app(db: Store, host: str, token: str, *, use_cache: bool = True) -> Star
                       token=token, loopback_only=is_loopback(host) and not token)
 
 
-def uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
-    """One uvicorn configuration for ``serve`` and ``process --serve``: quiet, no
-    server header, no proxy headers, a short graceful shutdown."""
-    import uvicorn
-
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    return uvicorn.Config(app, host=host.strip("[]"), port=port,
-                          log_level="warning", access_log=False, server_header=False,
-                          proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off")
-
-
 def listening_line(host: str, port: int, token: str) -> str:
     shown = f"[{host}]" if ":" in host else host
     return (f"serving the reports on http://{shown}:{port}/ "
@@ -115,25 +102,29 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -
 
     Listens on 127.0.0.1 by default. Binding any other address requires a token.
     """
-    import uvicorn
-
-    from portwatch.cli import EXIT_USAGE, _check_store_url, _store, fail
+    from portwatch.assembly import Assembly
+    from portwatch.console import EXIT_RUNTIME, EXIT_USAGE, fail, settings_from
+    from portwatch.web.server import ListenError, serve_forever
 
     try:
         check_bind(host, token)
     except BindError as exc:
         fail(str(exc), EXIT_USAGE)
-    _check_store_url(store)
-    db = _store(store, create=True)
+    db = Assembly(settings_from(store=store)).open_store()
     try:
         app = web_app(db, host, token, use_cache=not no_cache)
-        click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops", err=True)
-        uvicorn.Server(uvicorn_config(app, host, port)).run()
+        def listening() -> None:
+            click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops",
+                       err=True)
+
+        try:
+            serve_forever(app, host, port, on_listening=listening)
+        except ListenError as exc:
+            fail(str(exc), EXIT_RUNTIME)
     finally:
         db.close()
     sys.stderr.flush()
 
 
-def register(cli: click.Group) -> None:
-    """Add ``serve`` to the main command group (called by portwatch.cli)."""
-    cli.add_command(serve)
+__all__ = ["BindError", "check_bind", "is_loopback", "listening_line", "parse_listen", "serve",
+           "web_app"]

@@ -28,11 +28,10 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from portwatch.web.query import ReportQuery
-from schemas import report_parameters, report_sql
+from schemas import bind_parameters, report_order_by, report_sql
 from stream_processors.store import Report, Store
 
 T = TypeVar("T")
-UNLIMITED = 2**62
 CACHE_ENTRIES = 512
 FINGERPRINT_SECONDS = 1.0  # re-read the fingerprint at most this often
 
@@ -49,43 +48,12 @@ def web_sql(name: str) -> str:
     return resources.files("schemas").joinpath("web", f"{name}.sql").read_text("utf-8")
 
 
-def bind(sql_params: frozenset[str], filters: Mapping[str, Any], *, limit: int = 0,
-         offset: int = 0) -> dict[str, Any]:
-    """Bind every parameter a query declares, as ``Store.report`` does: unset = neutral."""
-    params: dict[str, Any] = {}
-    for key in sql_params:
-        value = filters.get(key)
-        if key in ("port", "history", "days"):
-            params[key] = int(value or 0)
-        elif key == "limit":
-            params[key] = limit if limit > 0 else UNLIMITED
-        elif key == "offset":
-            params[key] = max(0, offset)
-        else:
-            params[key] = "" if value is None else str(value)
-    return params
-
-
 # ColourTotals' fields, in order, as window aggregates over the Summary's rows.
 _SUMMARY_TOTALS = (
     ("_pw_targets", "count()"), ("_pw_open_ports", "sum(open_ports)"), ("_pw_red", "sum(red)"),
     ("_pw_yellow", "sum(yellow)"), ("_pw_green", "sum(green)"),
     ("_pw_cdn_expected", "sum(cdn_expected)"),
 )
-
-
-def _order_by(sql: str) -> str:
-    """The ORDER BY clause of a report's SQL (its last one, before LIMIT)."""
-    start, end = sql.rindex("ORDER BY"), sql.rindex("LIMIT")
-    if not start < end:
-        raise ValueError("report SQL has no ORDER BY ... LIMIT tail")
-    return " ".join(sql[start:end].split())
-
-
-def _sql_parameters(sql: str) -> frozenset[str]:
-    import re
-
-    return frozenset(re.findall(r"\{(\w+):\w+\}", sql))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +164,11 @@ class ReportService:
         """
         def compute() -> tuple[Page, ColourTotals]:
             sql = report_sql("summary")
-            params = bind(report_parameters("summary"), query.store_filters())
+            params = bind_parameters(sql, query.store_filters())
             params.update(page_limit=query.per_page, page_offset=query.offset)
             totals_sql = ", ".join(f"{agg} OVER () AS {name}"
                                    for name, agg in _SUMMARY_TOTALS)
-            wrapped = (f"SELECT *, {totals_sql} FROM ({sql}) {_order_by(sql)} "
+            wrapped = (f"SELECT *, {totals_sql} FROM ({sql}) {report_order_by('summary')} "
                        "LIMIT {page_limit:UInt64} OFFSET {page_offset:UInt64}")
             report = self.store.select("summary", wrapped, params)
             n = len(report.columns) - len(_SUMMARY_TOTALS)
@@ -218,7 +186,7 @@ class ReportService:
         """Rows the report would return without paging: the report's own SQL, wrapped."""
         def compute() -> int:
             name = query.report
-            params = bind(report_parameters(name), query.store_filters())
+            params = bind_parameters(report_sql(name), query.store_filters())
             rows = self.store.query(f"SELECT count() FROM ({report_sql(name)})", params)
             return int(rows[0][0])
 
@@ -227,7 +195,7 @@ class ReportService:
     def colour_totals(self, filters: Mapping[str, Any]) -> ColourTotals:
         """Open ports by colour over the targets the Summary shows for these filters."""
         def compute() -> ColourTotals:
-            params = bind(report_parameters("summary"), filters)
+            params = bind_parameters(report_sql("summary"), filters)
             sql = ("SELECT count(), sum(open_ports), sum(red), sum(yellow), sum(green), "
                    f"sum(cdn_expected) FROM ({report_sql('summary')})")
             row = self.store.query(sql, params)[0]
@@ -247,7 +215,7 @@ class ReportService:
             sql = (f"SELECT day, round(avg(risk_score), 1), max(risk_score), count() "
                    f"FROM ({history}) AS h {where}"
                    f"GROUP BY day ORDER BY day")
-            params = bind(_sql_parameters(sql), {**filters, "days": days})
+            params = bind_parameters(sql, {**filters, "days": days})
             return [RiskPoint(r[0], float(r[1]), float(r[2]), int(r[3]))
                     for r in self.store.query(sql, params)]
 

@@ -1,16 +1,19 @@
 """Discovery engine interface: what every engine (connect, masscan, UDP) must be.
 
 Owns: the ``DiscoveryEngine`` protocol, the progress counters engines update and
-the errors they raise. An engine takes one ``Shard`` and yields ``OpenPort``
-events as it finds them (streaming, so a killed or interrupted run keeps what it
-already found). Engines never touch Kafka or storage.
+the errors they raise, and ``stream_work``: the one shape of every engine's
+``scan`` (a worker emits, the consumer's generator yields). An engine takes one
+``Shard`` and yields ``OpenPort`` events as it finds them (streaming, so a killed or
+interrupted run keeps what it already found). Engines never touch Kafka or storage.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from schemas.records import OpenPort, Shard
 
@@ -56,3 +59,84 @@ class DiscoveryEngine(Protocol):
     name: str
 
     def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]: ...
+
+
+T = TypeVar("T")
+
+_END = object()
+HANDOFF_SIZE = 4096  # results emitted but not yet consumed before ``emit`` waits
+
+
+class Emit(Generic[T]):
+    """Hands an engine's results to its consumer (see ``stream_work``).
+
+    ``await emit(x)`` waits while ``HANDOFF_SIZE`` results are unconsumed (back-
+    pressure); ``emit.nowait(x)`` is for synchronous callbacks (an event loop reader)
+    whose engine bounds its own output.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    async def __call__(self, item: T) -> None:
+        self.queue.put_nowait(item)
+        while self.queue.qsize() >= HANDOFF_SIZE:
+            self.drained.clear()
+            await self.drained.wait()
+
+    def nowait(self, item: T) -> None:
+        self.queue.put_nowait(item)
+
+    async def take(self) -> object:
+        item = await self.queue.get()
+        if self.queue.qsize() < HANDOFF_SIZE:
+            self.drained.set()
+        return item
+
+
+async def stream_work(work: Callable[[Emit[T]], Awaitable[None]], *,
+                      what: str) -> AsyncGenerator[T, None]:
+    """Run ``work(emit)`` as a task and yield each result it emits, as it emits it.
+
+    Every engine's ``scan`` is this: its worker (a sweep thread's pump, masscan runs
+    and their confirm pass, UDP rounds) emits; the consumer iterates. The rules, once:
+
+    - streaming: a result is yielded as soon as it is emitted; ``emit`` waits while
+      ``HANDOFF_SIZE`` results are unconsumed, so a slow consumer slows the worker;
+    - nothing found is lost: when the work fails, its error is raised only after
+      every result it emitted was yielded, as ``DiscoveryError`` (any other
+      exception is wrapped, naming ``what``);
+    - cancellable: when the consumer stops early (``aclose``, cancellation, Ctrl-C)
+      the work is cancelled and awaited, so it releases its sockets and processes.
+    """
+    emit: Emit[T] = Emit()
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await work(emit)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the consumer after the drain
+            failure.append(exc)
+        emit.nowait(_END)  # type: ignore[arg-type]
+
+    task = asyncio.create_task(run())
+    try:
+        while True:
+            item = await emit.take()
+            if item is _END:
+                break
+            yield item  # type: ignore[misc]
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, DiscoveryError):
+            raise exc
+        raise DiscoveryError(f"{what} failed: {exc!r}") from exc

@@ -57,10 +57,10 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from probers.discovery.base import DiscoveryError, Progress
+from probers.discovery.base import DiscoveryError, Emit, Progress, stream_work
 from schemas.records import OpenPort, Proto, Shard, Target
 
 __all__ = [
@@ -640,7 +640,12 @@ class ConnectEngine:
             random.Random(f"{shard.seed}:{shard.index}:{shard.shard_id}").shuffle(ports)
         return hosts, ports, duplicates
 
-    async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
+    def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        return stream_work(lambda emit: self._work(shard, progress, emit),
+                           what=f"connect: sweep of shard {shard.shard_id}")
+
+    async def _work(self, shard: Shard, progress: Progress, emit: Emit[OpenPort]) -> None:
+        """The sweep runs in a thread (raw epoll); this pump hands its finds over."""
         hosts, ports, duplicates = self._plan(shard)
         self.last_report = None
         targets: tuple[Target, ...] = shard.targets
@@ -681,14 +686,14 @@ class ConnectEngine:
                 progress.errors += counters.errors - applied.errors
                 applied = counters
                 for h, port in items:
-                    yield OpenPort(
+                    await emit(OpenPort(
                         scan_id=shard.scan_id,
                         target=targets[h],
                         port=port,
                         proto=Proto.TCP,
                         engine=self.name,
                         reason="syn-ack",
-                    )
+                    ))
         finally:
             # Consumer stopped, task cancelled, Ctrl-C or normal end: the worker
             # closes every socket itself; stop() wakes its epoll wait at once.
@@ -699,10 +704,7 @@ class ConnectEngine:
             else:
                 self.last_report = sweep.report()
         if failure:
-            exc = failure[0]
-            if isinstance(exc, DiscoveryError):
-                raise exc
-            raise DiscoveryError(f"connect: sweep of shard {shard.shard_id} failed: {exc!r}")
+            raise failure[0]
         if self.last_report is not None:
             self._note(shard, self.last_report, progress)
 

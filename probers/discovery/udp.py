@@ -96,18 +96,17 @@ seen: the connected socket filters it, which also keeps spoofed replies out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import ipaddress
 import resource
 import socket
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from probers.discovery.base import DiscoveryError, EngineUnavailable, Progress
+from probers.discovery.base import DiscoveryError, Emit, EngineUnavailable, Progress, stream_work
 from probers.discovery.udp_payloads import GENERIC_PAYLOAD, UdpPayload, own_payloads
 from probers.discovery.udp_payloads import own_service_hint as _own_service_hint
 from schemas.records import OpenPort, PortState, Proto, Shard, Target
@@ -129,7 +128,7 @@ _FD_MARGIN = 64  # file descriptors left for the rest of the process
 OpenFilteredMode = Literal["auto", "always", "never"]
 
 
-def udp_top_ports(n: int = 1000) -> list[int]:
+def udp_top_ports(n: int = 1000, nmap_data: str | None = None) -> list[int]:
     """The ``n`` most frequently open UDP ports according to nmap-services.
 
     Raises ``EngineUnavailable`` with the fix when nmap-common is not installed:
@@ -144,7 +143,7 @@ def udp_top_ports(n: int = 1000) -> list[int]:
     except ImportError as exc:  # pragma: no cover - the package is part of portwatch
         raise EngineUnavailable(f"udp: nmap data reader missing: {exc}") from exc
     try:
-        return list(top_ports("udp", n))
+        return list(top_ports("udp", n, path=nmap_data or None))
     except NmapDataUnavailable as exc:
         raise EngineUnavailable(
             f"udp: the top {n} UDP ports come from nmap-services, which is not available "
@@ -250,6 +249,8 @@ class UdpOptions:
     max_open_filtered: int = 100
     # Use nmap-payloads (read from the user's nmap-common) for ports we have none for.
     use_nmap_payloads: bool = True
+    # Directory (or file) of nmap's data; None = $PORTWATCH_NMAP_DATA or /usr/share/nmap.
+    nmap_data: str | None = None
     # Per-port datagrams that replace every other choice (tests, operators).
     payload_for: Mapping[int, Sequence[bytes]] = field(default_factory=dict)
     # Bytes of a reply kept in OpenPort.response.
@@ -498,13 +499,6 @@ def _fd_budget(wanted: int) -> int:
 # --- the engine -------------------------------------------------------------------------
 
 
-class _Done:
-    pass
-
-
-_DONE = _Done()
-
-
 class UdpEngine:
     """UDP discovery engine (see the module docstring for the rules)."""
 
@@ -553,7 +547,7 @@ class UdpEngine:
                     from probers.nmapdata.payloads import udp_payloads
 
                     try:
-                        table = dict(udp_payloads())
+                        table = dict(udp_payloads(self.options.nmap_data))
                     except NmapDataUnavailable as exc:
                         self._nmap_note = (
                             f"udp: nmap-payloads not used ({exc}); ports without a payload "
@@ -566,35 +560,13 @@ class UdpEngine:
 
     # -- scanning
 
-    async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
+    def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        return stream_work(lambda emit: self._run_rounds(shard, progress, emit),
+                           what="udp engine")
+
+    async def _run_rounds(self, shard: Shard, progress: Progress, emit: Emit[OpenPort]) -> None:
         if shard.proto is not Proto.UDP:
             raise DiscoveryError(f"udp engine given a {shard.proto} shard {shard.shard_id}")
-        queue: asyncio.Queue[OpenPort | _Done] = asyncio.Queue()
-        runner = asyncio.create_task(self._run(shard, progress, queue))
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _Done):
-                    break
-                yield item
-            await runner  # re-raises DiscoveryError from the runner
-        finally:
-            if not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
-
-    async def _run(
-        self, shard: Shard, progress: Progress, queue: asyncio.Queue[OpenPort | _Done]
-    ) -> None:
-        try:
-            await self._run_rounds(shard, progress, queue)
-        finally:
-            queue.put_nowait(_DONE)
-
-    async def _run_rounds(
-        self, shard: Shard, progress: Progress, queue: asyncio.Queue[OpenPort | _Done]
-    ) -> None:
         opts = self.options
         hosts = [
             _Host(t, socket.AF_INET6 if ipaddress.ip_address(t.ip).version == 6 else socket.AF_INET)
@@ -631,7 +603,7 @@ class UdpEngine:
             if outcome is _Outcome.OPEN:
                 host.opened += 1
                 progress.open_found += 1
-                queue.put_nowait(self._open_port(shard, host.target, port, data))
+                emit.nowait(self._open_port(shard, host.target, port, data))
             elif outcome is _Outcome.CLOSED:
                 host.closed += 1
                 host.closed_port = port
@@ -693,7 +665,7 @@ class UdpEngine:
             progress.probes_done += len(host.silent)
             for port in self._open_filtered(host, progress):
                 progress.open_found += 1
-                queue.put_nowait(
+                await emit(
                     OpenPort(
                         scan_id=shard.scan_id,
                         target=host.target,

@@ -66,7 +66,7 @@ SCAN_CASES = [
                  id="bad-exclusion"),
     pytest.param(["--exclude", "127.0.0.0/8", "127.0.0.1"], "nothing to scan",
                  id="everything-excluded"),
-    pytest.param(["--concurrency", "0", "127.0.0.1"], "--concurrency must be at least 1",
+    pytest.param(["--concurrency", "0", "127.0.0.1"], "--concurrency must be between 1 and 100,000",
                  id="bad-setting-flag"),
     pytest.param(["--retries", "many", "127.0.0.1"], "Invalid value for '--retries'",
                  id="bad-flag-type"),
@@ -143,6 +143,16 @@ def test_bad_inventory_is_refused(tmp_path: Path, store_dir: Path) -> None:
 def test_bad_report_arguments_are_refused(store_dir: Path, args: list[str], message: str) -> None:
     result = run_cli("report", *args, store=f"chdb://{store_dir}", timeout=60)
     assert_refused(result, message)
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize("report", ["summary", "list", "products", "ciphers"])
+def test_a_report_on_a_path_without_a_store_says_so_and_creates_nothing(
+        store_dir: Path, report: str) -> None:
+    # Given a --store path where nothing was ever scanned, when a report is asked for
+    result = run_cli("report", report, store=f"chdb://{store_dir}", timeout=60)
+    # Then one line says there is no store there, exit 2, and no empty store is left behind
+    assert_refused(result, f"no store at {store_dir}: scan something first")
     assert not store_dir.exists()
 
 

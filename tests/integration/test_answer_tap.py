@@ -196,7 +196,8 @@ def test_compact_merges_sorted_ports_into_ranges() -> None:
 def test_paths_through_one_adapter_and_address_share_one_tap() -> None:
     netns.require_root()
     from probers.discovery.base import Progress
-    from probers.discovery.masscan import MasscanEngine, MasscanPath
+    from probers.discovery.masscan import MasscanEngine
+    from probers.discovery.masscan_path import MasscanPath
     from schemas.records import Shard, Target
 
     # Given two LAN hosts, each behind its own next-hop MAC (two masscan runs), and a

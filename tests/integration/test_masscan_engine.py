@@ -22,7 +22,9 @@ import pytest
 
 from probers.discovery.base import DiscoveryError, EngineUnavailable, Progress
 from probers.discovery.connect import ConnectEngine
-from probers.discovery.masscan import MasscanEngine, MasscanPath, choose_engine, resolve_path
+from probers.discovery.engines import choose_engine
+from probers.discovery.masscan import MasscanEngine
+from probers.discovery.masscan_path import MasscanPath, resolve_path
 from probers.discovery.tap import AnswerTap
 from probers.discovery.tarpit import TarpitDetector
 from schemas.records import OpenPort, PortRange, Proto, Shard, Target
@@ -197,19 +199,19 @@ def test_loopback_targets_make_the_engine_unavailable_and_auto_falls_back() -> N
         _scan(MasscanEngine(), loopback)
     assert "\n" not in str(info.value)
     # And --engine auto falls back to the connect engine and says why
-    engine, note = choose_engine("auto", loopback.targets)
+    engine, note = choose_engine("auto", Proto.TCP, loopback.targets)
     assert isinstance(engine, ConnectEngine)
     assert note == "masscan unavailable: masscan cannot scan loopback (127.0.0.1); " \
         "using the connect engine"
     # And --engine masscan does not fall back
     with pytest.raises(EngineUnavailable):
-        choose_engine("masscan", loopback.targets)
+        choose_engine("masscan", Proto.TCP, loopback.targets)
 
 
 def test_auto_picks_masscan_for_a_namespace_host() -> None:
     _require_masscan()
     with netns.test_host(INDEX) as host:
-        engine, note = choose_engine("auto", [Target(ip=host.address, target=host.address)])
+        engine, note = choose_engine("auto", Proto.TCP, [Target(ip=host.address, target=host.address)])
     assert isinstance(engine, MasscanEngine)
     assert note == ""
 
@@ -319,13 +321,13 @@ def test_auto_prefers_connect_when_this_process_cannot_count_answers(tmp_path: P
     probe = tmp_path / "choose.py"
     with netns.test_host(INDEX) as host:
         probe.write_text(
-            "import sys, types\n"
-            "from probers.discovery.masscan import choose_engine\n"
-            "from schemas.records import Target\n"
+            "import sys\n"
+            "from probers.discovery.engines import EngineOptions, MasscanOptions, choose_engine\n"
+            "from schemas.records import Proto, Target\n"
             f"t = [Target(ip={host.address!r}, target={host.address!r})]\n"
-            f"opts = types.SimpleNamespace(masscan_binary={str(binary)!r})\n"
+            f"opts = EngineOptions(masscan=MasscanOptions(binary={str(binary)!r}))\n"
             "for mode in ('auto', 'masscan'):\n"
-            "    engine, note = choose_engine(mode, t, opts)\n"
+            "    engine, note = choose_engine(mode, Proto.TCP, t, opts)\n"
             "    print(mode, type(engine).__name__, note or '-')\n"
         )
         repo = Path(__file__).resolve().parents[2]

@@ -8,12 +8,12 @@ import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from portwatch.runner import EmbeddedRunner
 from probers.discovery.base import DiscoveryError, Progress
 from probers.discovery.connect import ConnectEngine
-from producers.shards import Checkpoint
+from producers.shards import Checkpoint, ScanPlan
 from schemas.records import OpenPort, PortRange, Shard, Target
 from stream_processors.stages import make_context
+from stream_processors.transports.embedded import EmbeddedRunner
 from tests import loopback
 
 TARGET = Target(ip="127.0.0.1", target="127.0.0.1")
@@ -22,8 +22,12 @@ TARGET = Target(ip="127.0.0.1", target="127.0.0.1")
 def _runner(store, engine=None) -> EmbeddedRunner:  # type: ignore[no-untyped-def]
     ctx = make_context(banner_wait=0.5, identify_budget=2, use_nmap_probes=False,
                        tls_enumeration=False)
-    return EmbeddedRunner(store, engine or ConnectEngine(), ctx, identify_workers=4,
-                          shard_ports=1000, batch_seconds=0.2)
+    return EmbeddedRunner(store, lambda _shard: engine or ConnectEngine(), ctx,
+                          identify_workers=4, shard_ports=1000, batch_seconds=0.2)
+
+
+def _plan(ports: tuple[PortRange, ...], *, seed: int = 0, scan_id: str = "scan-1") -> ScanPlan:
+    return ScanPlan.build(scan_id, seed, [TARGET], ports, (), ports_per_shard=1000)
 
 
 def _open_ports(store) -> set[int]:  # type: ignore[no-untyped-def]
@@ -61,17 +65,20 @@ def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Pa
         # When a first run is stopped after its first shard
         runner = _runner(store)
         runner.__class__ = StopsAfterFirstShard
-        first = asyncio.run(runner.run([TARGET], span, seed=7, checkpoint=str(checkpoint)))
+        plan = _plan(span, seed=7, scan_id="resume-me")
+        first = asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
         saved = Checkpoint.load(checkpoint)
-        # Then the checkpoint names the scan, its seed and the next shard
+        # Then the checkpoint names the scan, its seed, its work and the next shard
         assert first.interrupted
         assert saved is not None and saved.scan_id == first.scan_id and saved.seed == 7
-        assert saved.next_index == 1
-        # When the same command runs again with the same checkpoint
-        second = asyncio.run(_runner(store).run([TARGET], span, checkpoint=str(checkpoint)))
+        assert saved.fingerprint == plan.fingerprint
+        assert saved.next_index == {"tcp": 1}
+        # When the same work runs again from that checkpoint
+        second = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                checkpoint_path=str(checkpoint)))
         # Then it continues the same scan from the next shard and completes it
         assert second.scan_id == first.scan_id
-        assert second.resumed_shards == saved.next_index
+        assert second.resumed_shards == 1
         assert not second.interrupted
         assert not checkpoint.exists()
         found = _open_ports(store)
@@ -104,7 +111,7 @@ def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
         engine = FaultInjectingEngine()
         span = tuple(PortRange(p, p) for p in sorted((a.port, b.port)))
         # When the runner scans them
-        stats = asyncio.run(_runner(store, engine).run([TARGET], span))
+        stats = asyncio.run(_runner(store, engine).run(_plan(span)))
     # Then the shard was retried and both ports were found; the scan completed
     assert engine.attempts == 2
     assert stats.errors == []

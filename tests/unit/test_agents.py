@@ -27,15 +27,15 @@ from schemas.records import (
     Target,
 )
 from schemas.topics import topic_names
-from stream_processors.agents import (
+from stream_processors.sink import SinkStopped, StoreSink
+from stream_processors.stages import StageContext
+from stream_processors.transports.faust_agents import (
     SinkAgentStats,
     StageStats,
     make_stage,
     sink_agent,
     stage_agent,
 )
-from stream_processors.sink import SinkStopped, StoreSink
-from stream_processors.stages import StageContext
 from tests import loopback
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -4,7 +4,8 @@ themselves are tested against namespace hosts in tests/integration)."""
 
 from __future__ import annotations
 
-from probers.discovery.masscan import MAX_RANGES_PER_RUN, MasscanEngine, MasscanPath
+from probers.discovery.masscan import MAX_RANGES_PER_RUN, MasscanEngine
+from probers.discovery.masscan_path import MasscanPath
 from probers.discovery.tap import CLOSED, OPEN, AnswerTap
 from schemas.records import PortRange, Shard, Target
 

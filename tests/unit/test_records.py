@@ -16,6 +16,8 @@ from schemas.records import (
     SCHEMA_VERSION,
     CdnVerdict,
     Certificate,
+    ChangeEvent,
+    ChangeKind,
     CipherSuite,
     Finding,
     HostScan,
@@ -28,6 +30,7 @@ from schemas.records import (
     RecordError,
     RiskColor,
     ServiceInfo,
+    Severity,
     Shard,
     Target,
     TlsResult,
@@ -77,6 +80,12 @@ RECORDS: list[Record] = [
     HostScan(scan_id="scan-1", target=TARGET, started_at=WHEN,
              finished_at=WHEN + timedelta(seconds=3), ports_scanned=65535, open_ports=2,
              status="interrupted", is_tarpit=True, note="answers on every port"),
+    ChangeEvent(kind=ChangeKind.VERSION_CHANGED, severity=Severity.LOW, target=TARGET,
+                scan_id="scan-2", previous_scan_id="scan-1", proto=Proto.TCP, port=22,
+                before="OpenSSH 9.1", after="OpenSSH 9.2", risk_color="green", service="ssh",
+                observed_at=WHEN),
+    ChangeEvent(kind=ChangeKind.HOST_UNREACHABLE, severity=Severity.MEDIUM, target=TARGET,
+                scan_id="scan-3", observed_at=WHEN),
 ]
 
 
@@ -299,3 +308,17 @@ def test_the_fast_codec_path_round_trips_and_still_names_faults() -> None:
     # And addresses are canonical whichever path decoded them
     odd = raw.replace(b'"127.0.0.1"', b'"0:0:0:0:0:0:0:1"')
     assert OpenPort.from_json(odd).target.ip == "::1"
+
+
+def test_change_event_ids_are_stable_and_distinct() -> None:
+    # Given the same change computed twice, and changes differing in one key field
+    first = RECORDS[-2]
+    assert isinstance(first, ChangeEvent)
+    again = ChangeEvent.from_json(first.to_json())
+    # Then the id is the same across a round trip, and differs when the change does
+    assert again.event_id == first.event_id and len(first.event_id) == 32
+    from dataclasses import replace
+
+    others = [replace(first, scan_id="scan-9"), replace(first, port=23),
+              replace(first, kind=ChangeKind.PRODUCT_CHANGED), replace(first, after="9.3")]
+    assert len({first.event_id, *(o.event_id for o in others)}) == 5

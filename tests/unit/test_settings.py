@@ -10,7 +10,7 @@ import pytest
 
 from portwatch.settings import Settings, SettingsError
 
-ENV_VARS = [f.metadata["env"] for f in fields(Settings)]
+ENV_VARS = [Settings.env_name(f.name) for f in fields(Settings)]
 
 
 @pytest.fixture(autouse=True)
@@ -79,11 +79,20 @@ def test_flags_override_the_environment_and_none_means_unset(
         ("PORTWATCH_CONCURRENCY", "lots", "PORTWATCH_CONCURRENCY='lots' is not a valid int"),
         ("PORTWATCH_CONCURRENCY", "1.5", "PORTWATCH_CONCURRENCY='1.5' is not a valid int"),
         ("PORTWATCH_TIMEOUT", "fast", "PORTWATCH_TIMEOUT='fast' is not a valid float"),
-        ("PORTWATCH_CONCURRENCY", "0", "--concurrency must be at least 1"),
-        ("PORTWATCH_IDENTIFY_CONCURRENCY", "-3", "--identify-concurrency must be at least 1"),
-        ("PORTWATCH_PER_HOST_CONNECTIONS", "0", "--per-host-connections must be at least 1"),
-        ("PORTWATCH_BATCH_SIZE", "0", "--batch-size must be at least 1"),
-        ("PORTWATCH_TARPIT_THRESHOLD", "0", "--tarpit-threshold must be at least 1"),
+        ("PORTWATCH_CONCURRENCY", "0", "--concurrency must be between 1 and 100,000"),
+        ("PORTWATCH_CONCURRENCY", "1000000000000",
+         "--concurrency must be between 1 and 100,000"),
+        ("PORTWATCH_IDENTIFY_CONCURRENCY", "-3",
+         "--identify-concurrency must be between 1 and 10,000"),
+        ("PORTWATCH_PER_HOST_CONNECTIONS", "0",
+         "--per-host-connections must be between 1 and 1,000"),
+        ("PORTWATCH_BATCH_SIZE", "0", "--batch-size must be between 1 and 100,000"),
+        ("PORTWATCH_SHARD_HOSTS", "1000000000000", "--shard-hosts must be between 1 and 65,536"),
+        ("PORTWATCH_SHARD_PORTS", "70000", "--shard-ports must be between 1 and 65,535"),
+        ("PORTWATCH_UDP_DEADLINE", "0", "--udp-deadline must be between 0 and 86400 s"),
+        ("PORTWATCH_RATE", "0", "--rate must be between 1 and 10,000,000 packets/s"),
+        ("PORTWATCH_ENGINE", "zmap", "--engine must be auto, masscan or connect, not 'zmap'"),
+        ("PORTWATCH_TARPIT_THRESHOLD", "0", "--tarpit-threshold must be between 1 and 65,535"),
         ("PORTWATCH_TIMEOUT", "0", "--timeout must be between 0 and 3600 s"),
         ("PORTWATCH_TIMEOUT", "-1", "--timeout must be between 0 and 3600 s"),
         ("PORTWATCH_TIMEOUT", "3600.5", "--timeout must be between 0 and 3600 s"),
@@ -107,7 +116,7 @@ def test_bad_environment_values_are_one_line_errors(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"concurrency": 0}, "--concurrency must be at least 1"),
+        ({"concurrency": 0}, "--concurrency must be between 1 and 100,000"),
         ({"timeout": 0.0}, "--timeout must be between 0 and 3600 s"),
         ({"retries": 99}, "--retries must be between 0 and 10"),
     ],

@@ -8,8 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from producers.shards import Checkpoint, ShardPlan, split_ports
+from producers.shards import Checkpoint, CheckpointError, ScanPlan, ShardPlan, split_ports
 from schemas.records import PortRange, Proto, Shard, Target
 
 
@@ -127,13 +129,15 @@ def test_udp_plan_names_its_protocol() -> None:
 def test_checkpoint_round_trip_and_atomic_save(tmp_path: Path) -> None:
     # Given a checkpoint, when saved and loaded
     path = tmp_path / "scan.ckpt"
-    Checkpoint("scan-1", 42, 17).save(path)
-    # Then the same (scan, seed, index) comes back and no temporary file is left
-    assert Checkpoint.load(path) == Checkpoint("scan-1", 42, 17)
+    Checkpoint("scan-1", 42, "f" * 24, {"tcp": 17}).save(path)
+    # Then the same (scan, seed, work, indexes) comes back and no temporary file is left
+    assert Checkpoint.load(path) == Checkpoint("scan-1", 42, "f" * 24, {"tcp": 17})
     assert [p.name for p in tmp_path.iterdir()] == ["scan.ckpt"]
     # And a later save replaces it
-    Checkpoint("scan-1", 42, 18).save(path)
-    assert Checkpoint.load(path) == Checkpoint("scan-1", 42, 18)
+    Checkpoint("scan-1", 42, "f" * 24, {"tcp": 18, "udp": 2}).save(path)
+    loaded = Checkpoint.load(path)
+    assert loaded is not None
+    assert (loaded.index(Proto.TCP), loaded.index(Proto.UDP)) == (18, 2)
 
 
 def test_missing_checkpoint_is_none(tmp_path: Path) -> None:
@@ -146,20 +150,70 @@ def test_missing_checkpoint_is_none(tmp_path: Path) -> None:
         b"{not json",
         b"[1, 2, 3]",
         b'{"scan_id": "s", "seed": 1}',
-        b'{"scan_id": "s", "seed": "x", "next_index": 0}',
+        b'{"scan_id": "s", "seed": "x", "fingerprint": "f", "next_index": {}}',
+        b'{"scan_id": "s", "seed": 1, "fingerprint": "f", "next_index": {"tcp": -1}}',
+        b'{"scan_id": "s", "seed": 1, "fingerprint": "f", "next_index": 3}',
         b"\xff\xfe\x00",
         b"",
+        b"[" * 100_000,
     ],
 )
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
-    # Given a damaged checkpoint file, when loaded, then ValueError names the file
+    # Given a damaged checkpoint file, when loaded, then CheckpointError names the file
     path = tmp_path / "bad.ckpt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"checkpoint .*bad\.ckpt is corrupt"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*bad\.ckpt is not a portwatch "
+                       r"checkpoint \(\w+\): remove it to start over$"):
         Checkpoint.load(path)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(
+    st.binary(max_size=300),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                 lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.sampled_from(["scan_id", "seed", "fingerprint",
+                                                    "next_index", "tcp", "udp", "x"]),
+                                   inner, max_size=5),
+                 max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_loading_any_bytes_gives_a_checkpoint_or_a_checkpoint_error(
+        tmp_path: Path, content: bytes) -> None:
+    # Given any file content, when loaded, then nothing but CheckpointError escapes
+    path = tmp_path / "any.ckpt"
+    path.write_bytes(content)
+    try:
+        loaded = Checkpoint.load(path)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert loaded is not None and all(v >= 0 for v in loaded.next_index.values())
 
 
 def test_checkpoint_file_is_plain_json(tmp_path: Path) -> None:
     path = tmp_path / "c.ckpt"
-    Checkpoint("s", 5, 3).save(path)
-    assert json.loads(path.read_text()) == {"scan_id": "s", "seed": 5, "next_index": 3}
+    Checkpoint("s", 5, "abc", {"udp": 3}).save(path)
+    assert json.loads(path.read_text()) == {"scan_id": "s", "seed": 5, "fingerprint": "abc",
+                                            "next_index": {"udp": 3}}
+
+
+def test_a_checkpoint_of_other_work_is_refused() -> None:
+    # Given a plan and the checkpoint its own scan wrote
+    targets = make_targets(4)
+    plan = ScanPlan.build("scan-1", 7, targets, ranges((1, 100)), ranges((53, 53)))
+    own = plan.start(None).advanced(Proto.TCP, 1)
+    assert plan.start(own) == own
+    # When the work differs in targets, TCP ports, UDP ports, shard size or seed
+    others = [
+        ScanPlan.build("scan-1", 7, targets[:3], ranges((1, 100)), ranges((53, 53))),
+        ScanPlan.build("scan-1", 7, targets, ranges((1, 101)), ranges((53, 53))),
+        ScanPlan.build("scan-1", 7, targets, ranges((1, 100)), ()),
+        ScanPlan.build("scan-1", 7, targets, ranges((1, 100)), ranges((53, 53)),
+                       ports_per_shard=10),
+        ScanPlan.build("scan-1", 8, targets, ranges((1, 100)), ranges((53, 53))),
+    ]
+    # Then every one refuses the checkpoint with one line, and none share its fingerprint
+    for other in others:
+        assert other.fingerprint != plan.fingerprint
+        with pytest.raises(CheckpointError, match="was written for other work"):
+            other.start(own)

@@ -1,9 +1,10 @@
-"""The embedded runner: one process, in-process queues, no servers.
+"""The embedded transport: one process, in-process queues, no servers.
 
-Owns: binding the stage functions (stream_processors/stages.py) to bounded
-asyncio queues: producer -> discovery -> (tarpit gate) -> identify/TLS/CDN/risk
--> sink (batched inserts into the store). The Faust agents bind the very same
-stage functions to Kafka topics; only the transport differs.
+Owns: binding the stage rules (stream_processors/stages.py) to bounded asyncio
+queues: shard plan -> ``discover_with_retries`` -> identify workers
+(``identify_port``) -> sink (batched inserts into the store). The distributed
+transport (discover_worker.py, faust_agents.py) calls the very same rules; only the
+transport differs. Built by the composition root (``portwatch.assembly``).
 
 Back-pressure: every queue is bounded, so a fast discovery engine waits for
 identification instead of filling memory. Ctrl-C: the first one stops discovery
@@ -20,40 +21,28 @@ name a service. Nothing is flooded downstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-from probers.discovery.base import DiscoveryEngine, Progress
-from producers.shards import Checkpoint, ShardPlan
-from schemas.records import (
-    Finding,
-    OpenPort,
-    PortRange,
-    Proto,
-    Shard,
-    Target,
-    utcnow,
-)
+from probers.discovery.base import Progress
+from producers.shards import Checkpoint, ScanPlan
+from schemas.records import Finding, OpenPort, Shard, utcnow
 from stream_processors.stages import (
+    EngineFactory,
     ShardOutcome,
     StageContext,
-    discover_shard,
-    keeps,
-    process,
+    discover_with_retries,
+    identify_port,
     unidentified,
 )
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
-
-def new_scan_id() -> str:
-    return f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -120,22 +109,24 @@ _DONE = object()
 
 
 class EmbeddedRunner:
-    def __init__(self, store: Store, engine: DiscoveryEngine, ctx: StageContext, *,
-                 udp_engine: DiscoveryEngine | None = None, identify_workers: int = 64,
+    """``engine_for(shard)`` builds the discovery engine of a shard (TCP or UDP: the
+    composition root's ``--engine`` rule); ``shard_attempts`` engine runs per shard."""
+
+    def __init__(self, store: Store, engine_for: EngineFactory, ctx: StageContext, *,
+                 identify_workers: int = 64,
                  tarpit_threshold: int = 1000, batch_size: int = 500,
                  batch_seconds: float = 1.0, queue_size: int = 1000,
-                 shard_retries: int = 1, shard_ports: int = 65_535,
+                 shard_attempts: int = 2, shard_ports: int = 65_535,
                  shard_hosts: int = 16) -> None:
         self.store = store
-        self.engine = engine
-        self.udp_engine = udp_engine
+        self.engine_for = engine_for
         self.ctx = ctx
         self.identify_workers = identify_workers
         self.tarpit_threshold = tarpit_threshold
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.queue_size = queue_size
-        self.shard_retries = shard_retries
+        self.shard_attempts = shard_attempts
         self.shard_ports = shard_ports
         self.shard_hosts = shard_hosts
         self._stop_discovery = asyncio.Event()
@@ -156,36 +147,24 @@ class EmbeddedRunner:
 
     # -- the pipeline -------------------------------------------------------------------
 
-    async def run(self, targets: Sequence[Target], tcp_ports: Sequence[PortRange],
-                  udp_ports: Sequence[PortRange] = (), *, scan_id: str | None = None,
-                  seed: int = 0, on_stats: Callable[[ScanStats], None] | None = None,
-                  checkpoint: str | None = None) -> ScanStats:
-        """Scan the targets; with ``checkpoint`` (a file), resume where it stopped.
+    async def run(self, plan: ScanPlan, *, start: Checkpoint | None = None,
+                  checkpoint_path: str | None = None,
+                  on_stats: Callable[[ScanStats], None] | None = None) -> ScanStats:
+        """Scan ``plan`` from ``start`` (a checkpoint of this plan, or the beginning).
 
-        The checkpoint records (scan_id, seed, next shard index) after every finished
-        shard; a run given an existing checkpoint continues that scan (same scan_id,
-        same seeded walk) from the first shard not done, so nothing is scanned twice
-        and nothing is skipped.
+        With ``checkpoint_path`` the checkpoint moves past each completed shard
+        (atomically), and is removed when the whole scan completed: rerunning the
+        same command resumes at the first shard not done, nothing scanned twice and
+        nothing skipped. Each shard's hosts are recorded as "running" when the shard
+        starts, so a scan killed outright (SIGKILL) still shows in the Summary, as
+        not finished, beside the findings it stored.
         """
-        resume_from = 0
-        if checkpoint is not None:
-            saved = Checkpoint.load(checkpoint)
-            if saved is not None:
-                scan_id, seed, resume_from = saved.scan_id, saved.seed, saved.next_index
-        scan_id = scan_id or new_scan_id()
+        scan_id = plan.scan_id
+        progress_at = start or plan.start(None)
+        targets = plan.plans[0].targets if plan.plans else ()
         stats = ScanStats(scan_id, len(targets))
+        stats.planned_probes = plan.probe_count
         self._outcomes = []
-        plans = []
-        if tcp_ports:
-            plans.append((self.engine, ShardPlan(scan_id, tuple(targets), tuple(tcp_ports),
-                                                 Proto.TCP, seed, self.shard_hosts,
-                                                 self.shard_ports)))
-        if udp_ports and self.udp_engine is not None:
-            plans.append((self.udp_engine, ShardPlan(scan_id, tuple(targets), tuple(udp_ports),
-                                                     Proto.UDP, seed, self.shard_hosts,
-                                                     self.shard_ports)))
-        stats.planned_probes = sum(sum(len(r) for r in plan.ports) * len(targets)
-                                   for _engine, plan in plans)
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
@@ -193,22 +172,22 @@ class EmbeddedRunner:
         planned: dict[str, Shard] = {}
 
         async def discovery() -> None:
+            nonlocal progress_at
             try:
-                offset = 0  # shard indexes run on across the TCP and the UDP plan
-                for engine, plan in plans:
-                    for shard in plan.shards():
-                        position = offset + shard.index
-                        if position < resume_from:
+                for shard_plan in plan.plans:
+                    resume_from = progress_at.index(shard_plan.proto)
+                    for shard in shard_plan.shards():
+                        if shard.index < resume_from:
                             stats.resumed_shards += 1
                             stats.planned_probes -= shard.probe_count
                             continue
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
-                        done = await self._discover_shard(engine, shard, open_q, stats)
-                        if done and checkpoint is not None:
-                            Checkpoint(scan_id, seed, position + 1).save(checkpoint)
-                    offset += len(plan)
+                        done = await self._discover_shard(shard, open_q, stats)
+                        if done and checkpoint_path is not None:
+                            progress_at = progress_at.advanced(shard.proto, shard.index + 1)
+                            progress_at.save(checkpoint_path)
             finally:
                 for _ in range(self.identify_workers):
                     await open_q.put(_DONE)
@@ -268,32 +247,31 @@ class EmbeddedRunner:
             stats.interrupted = stats.interrupted or self._stop_discovery.is_set()
             stats.finished = time.monotonic()
             await self._record_hosts(planned, stats)
-            if checkpoint is not None and not stats.interrupted and not stats.errors:
-                Path(checkpoint).unlink(missing_ok=True)  # the scan is complete
+            if checkpoint_path is not None and not stats.interrupted and not stats.errors:
+                Path(checkpoint_path).unlink(missing_ok=True)  # the scan is complete
             if on_stats is not None:
                 on_stats(stats)
         return stats
 
-    async def _discover_shard(self, engine: DiscoveryEngine, shard: Shard,
-                              open_q: asyncio.Queue[OpenPort | object], stats: ScanStats) -> bool:
-        """Discover one shard, retrying it when the engine failed (a crashed masscan
-        is retried, never a silent gap); True when the shard completed."""
-        found: dict[tuple[str, str, int], OpenPort] = {}
-        for attempt in range(1 + self.shard_retries):
+    async def _discover_shard(self, shard: Shard, open_q: asyncio.Queue[OpenPort | object],
+                              stats: ScanStats) -> bool:
+        """Discover one shard (``discover_with_retries``: the rule both transports
+        share); True when the shard completed."""
+        await asyncio.to_thread(self.store.insert_host_scans,
+                                ShardOutcome(shard, utcnow()).host_scans("running"))
+
+        @contextlib.contextmanager
+        def attempt_progress() -> Iterator[Progress]:
             progress = stats.shard_started(shard.probe_count)
             try:
-                outcome = await discover_shard(engine, shard, progress,
-                                               tarpit_threshold=self.tarpit_threshold,
-                                               stop=self._stop_discovery)
+                yield progress
             finally:
                 stats.shard_finished(progress)
-            for port in outcome.ports:  # what a failed attempt found is kept
-                found.setdefault((port.target.ip, port.proto.value, port.port), port)
-            if not outcome.error or outcome.is_interrupted:
-                break
-            log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt + 1,
-                        1 + self.shard_retries, outcome.error)
-        outcome.ports = list(found.values())
+
+        outcome = await discover_with_retries(
+            shard, self.engine_for, attempts=self.shard_attempts,
+            tarpit_threshold=self.tarpit_threshold, stop=self._stop_discovery,
+            progress=attempt_progress)
         if outcome.error:
             stats.errors.append(outcome.error)
         stats.tarpits.extend(outcome.tarpit_notes)
@@ -303,14 +281,8 @@ class EmbeddedRunner:
         return not outcome.error and not outcome.is_interrupted
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
-        try:
-            finding = await process(port, self.ctx)
-        except Exception as exc:  # noqa: BLE001 - one bad port must not stop the scan
-            log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
-            return unidentified(port, f"identification error: {type(exc).__name__}")
-        if not keeps(finding):
-            return None  # a tarpit's noise: only identified services are kept
-        if finding.service.is_identified:
+        finding = await identify_port(port, self.ctx)
+        if finding is not None and finding.service.is_identified:
             stats.identified += 1
         return finding
 

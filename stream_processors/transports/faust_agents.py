@@ -4,8 +4,8 @@ Owns: what each agent does with a stream of framed messages (see
 ``producers.publish``: one or more records of one key per message):
 
 * the **stage agent** (open ports -> findings): decodes ``OpenPort`` records, runs
-  the very stage chain the embedded runner runs (``stages.process``: identify,
-  TLS, CDN, risk; ``stages.keeps`` for tarpit noise), publishes the findings keyed
+  the very per-port rule the embedded transport runs (``stages.identify_port``:
+  identify, TLS, CDN, risk, its failure rule and tarpit noise), publishes the findings keyed
   by host, and only then acknowledges the source messages (at-least-once);
 * the **sink agent** (findings + host scans -> store): buffers messages by count
   and by time (``noack_take``), writes them through ``StoreSink`` and acknowledges
@@ -18,7 +18,7 @@ Acknowledgement rule, the reason for ``noack_take`` rather than ``take``: Faust'
 agent is being cancelled mid-write; here a message is acked only after its effect
 (a published finding, a stored row) is acknowledged itself.
 
-Must not touch: Faust app construction (``stream_processors.app``), the store's
+Must not touch: Faust app construction (``faust_app``), the store's
 SQL, the network (beyond what the stage functions do).
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 from producers.publish import Poison, dead_letter, decode_records, frame_by_key
 from schemas.records import Finding, HostScan, OpenPort
 from stream_processors.sink import SinkStopped, StoreSink
-from stream_processors.stages import StageContext, keeps, process, unidentified
+from stream_processors.stages import StageContext, identify_port
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,11 @@ Agent = Callable[[Any], Awaitable[None]]
 
 
 def make_stage(ctx: StageContext) -> Stage:
-    """The embedded runner's per-port chain, with its failure rule: an exception in
-    one port's identification gives an unidentified finding, never a lost port."""
+    """The per-port rule both transports share (``stages.identify_port``), bound to a
+    context."""
 
     async def stage(port: OpenPort) -> Finding | None:
-        try:
-            finding = await process(port, ctx)
-        except Exception as exc:  # noqa: BLE001 - one bad port must not stop the stream
-            log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
-            return unidentified(port, f"identification error: {type(exc).__name__}")
-        return finding if keeps(finding) else None
+        return await identify_port(port, ctx)
 
     return stage
 

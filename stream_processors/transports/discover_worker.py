@@ -1,18 +1,25 @@
 """The discovery worker of the distributed shape: shards in, open ports and host scans out.
 
 Owns: one kafka-python consumer-group member on the shards topic that takes one
-shard at a time, runs the shared discovery stage on it
-(``stages.discover_shard``: engine, tarpit holding), publishes the shard's open
-ports (framed per host, keyed by host) and its host scans, waits until the broker
-acknowledged all of them, and only then commits the shard's offset.
+shard at a time, re-checks it against its own scope (defence in depth: whoever can
+write to the shards topic must not choose what is scanned), runs the shared shard
+rule on it (``stages.discover_with_retries``: engine, retries keeping every port
+any attempt found, tarpit holding), publishes the shard's open ports (framed per
+host, keyed by host) and its host scans, waits until the broker acknowledged all of
+them, and only then commits the shard's offset.
 
 Guarantees, and how:
 
 * at-least-once: the commit follows the acknowledgements. A worker that dies
   mid-shard never committed it; after its session times out the group hands its
   partitions to another member, which runs the shard again;
-* a failed engine run is retried (``shard_attempts``); a shard still failing is
-  recorded, never silently dropped: its host scans say ``error`` with the reason;
+* a failed engine run is retried (``shard_attempts``), and the ports a failed attempt
+  found are kept; a shard still failing is recorded, never silently dropped: its host
+  scans say ``error`` with the reason;
+* the shard's hosts are published as "running" before the engine starts, so a worker
+  killed mid-shard leaves a trace the Summary shows as not finished;
+* a shard outside this worker's scope (allow-list, exclusions) is dead-lettered with
+  the reason and never scanned;
 * idempotence downstream: a re-run shard publishes the same (scan, ip, proto, port)
   keys with new ``observed_at``; the store keeps min/max per key (first_seen does not
   move) and its reports group by key (no duplicate rows);
@@ -26,8 +33,7 @@ stopped, nothing of it is published or committed (another worker redoes it), the
 consumer leaves the group at once so the partitions move without waiting for the
 session timeout.
 
-Must not touch: the store (the sink owns it), Faust, scope decisions (the producer
-made them).
+Must not touch: the store (the sink owns it), Faust.
 """
 
 from __future__ import annotations
@@ -37,19 +43,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from probers.discovery.base import DiscoveryEngine, Progress
 from producers.kafka_io import KafkaUnavailable, PublishError, make_consumer, make_producer
 from producers.publish import dead_letter, publish_framed
-from schemas.records import RecordError, Shard
+from producers.targets import Scope
+from schemas.records import RecordError, Shard, utcnow
 from schemas.topics import TopicSet
-from stream_processors.stages import ShardOutcome, discover_shard
+from stream_processors.stages import EngineFactory, ShardOutcome, discover_with_retries
 
 log = logging.getLogger(__name__)
-
-EngineFactory = Callable[[Shard], DiscoveryEngine]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +66,17 @@ class WorkerOptions:
     max_shards: int = 0  # stop after this many shards (0: never)
     idle_exit: float = 0.0  # stop after this many seconds without a shard (0: never)
     session_timeout_ms: int = 10_000  # a dead worker's shards move after this long
+    # A shard must end (engine deadlines are fitted under it) before Kafka evicts us.
+    max_poll_interval_ms: int = 600_000
     publish_retry_seconds: float = 600.0  # give up publishing a shard's events after this
     poll_timeout_ms: int = 500
+    scope: Scope = field(default_factory=Scope)  # re-checked on every shard
 
 
 @dataclass
 class WorkerStats:
     shards: int = 0
+    out_of_scope: int = 0
     retried: int = 0
     failed: int = 0
     open_ports: int = 0
@@ -155,18 +163,24 @@ class DiscoveryWorker:
                 raise RecordError("empty message (no value)")
         except RecordError as exc:
             self.stats.poison += 1
-            envelope = dead_letter(record.topic, record.partition, record.offset, str(exc),
-                                   record.value or b"", stage="discover")
-            log.warning("dead letter: shard at %s[%d]@%d: %s", record.topic,
-                        record.partition, record.offset, exc)
-            return self._publish_until_acked(producer, o.topics.dead_letter.name,
-                                             [_Raw(envelope)])
+            return self._dead_letter(producer, record, str(exc))
+        refused = [t.ip for t in shard.targets if not o.scope.permits(t.ip)]
+        if refused:
+            self.stats.out_of_scope += 1
+            shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more"
+                                               if len(refused) > 5 else "")
+            return self._dead_letter(
+                producer, record, f"shard {shard.shard_id} is outside this worker's scope: "
+                f"{shown} (not scanned)")
         if self.on_shard is not None:
             self.on_shard("started", shard)
+        running = ShardOutcome(shard, utcnow()).host_scans("running")
+        if not self._publish_until_acked(producer, o.topics.host_scans.name, running):
+            return False
         outcome = self._discover(shard, runner)
         if outcome is None:
             return False
-        scans = [replace(h, shard_id=shard.shard_id) for h in outcome.host_scans()]
+        scans = outcome.host_scans()
         if not self._publish_until_acked(producer, o.topics.open_ports.name, outcome.ports):
             return False
         if not self._publish_until_acked(producer, o.topics.host_scans.name, scans):
@@ -179,29 +193,30 @@ class DiscoveryWorker:
             self.on_shard("done", shard)
         return True
 
+    def _dead_letter(self, producer: Any, record: Any, reason: str) -> bool:
+        envelope = dead_letter(record.topic, record.partition, record.offset, reason,
+                               record.value or b"", stage="discover")
+        log.warning("dead letter: shard at %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, reason)
+        return self._publish_until_acked(producer, self.options.topics.dead_letter.name,
+                                         [_Raw(envelope)])
+
     def _discover(self, shard: Shard, runner: asyncio.Runner) -> ShardOutcome | None:
+        """The shard rule (``discover_with_retries``); None when stopped mid-shard."""
         o = self.options
-        outcome: ShardOutcome | None = None
-        for attempt in range(1, max(1, o.shard_attempts) + 1):
-            self._stop_shard = asyncio.Event()
-            if self.is_stopping:
-                return None
-            engine = self.engine_for(shard)
-            outcome = runner.run(discover_shard(engine, shard, Progress(),
-                                                tarpit_threshold=o.tarpit_threshold,
-                                                stop=self._stop_shard))
-            if outcome.is_interrupted or self.is_stopping:
-                return None
-            if not outcome.error:
-                return outcome
-            log.warning("shard %s attempt %d/%d failed: %s", shard.shard_id, attempt,
-                        o.shard_attempts, outcome.error)
-            if attempt < o.shard_attempts:
-                self.stats.retried += 1
-        assert outcome is not None
-        self.stats.failed += 1
-        self.stats.errors.append(f"{shard.shard_id}: {outcome.error}")
-        return outcome  # published with status "error": the gap is recorded, not hidden
+        self._stop_shard = asyncio.Event()
+        if self.is_stopping:
+            return None
+        outcome = runner.run(discover_with_retries(
+            shard, self.engine_for, attempts=o.shard_attempts,
+            tarpit_threshold=o.tarpit_threshold, stop=self._stop_shard))
+        if outcome.is_interrupted or self.is_stopping:
+            return None
+        self.stats.retried += outcome.attempts - 1
+        if outcome.error:
+            self.stats.failed += 1
+            self.stats.errors.append(f"{shard.shard_id}: {outcome.error}")
+        return outcome  # an error is published as status "error": recorded, not hidden
 
     def _publish_until_acked(self, producer: Any, topic: str, records: Any) -> bool:
         deadline = time.monotonic() + self.options.publish_retry_seconds

@@ -1,4 +1,4 @@
-"""The Faust apps of the distributed shape: built here, their agents live in agents.py.
+"""The Faust apps of the distributed shape: built here, their agents live in faust_agents.py.
 
 Owns: building two ``faust.App`` objects over the topics of ``schemas.topics``
 (with the deployment's prefix) and running them in the caller's event loop:
@@ -35,14 +35,14 @@ from typing import Any
 import faust
 
 from schemas.topics import TopicSet, topic_names
-from stream_processors.agents import (
+from stream_processors.sink import StoreSink
+from stream_processors.transports.faust_agents import (
     SinkAgentStats,
     Stage,
     StageStats,
     sink_agent,
     stage_agent,
 )
-from stream_processors.sink import StoreSink
 
 log = logging.getLogger(__name__)
 

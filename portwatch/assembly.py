@@ -1,0 +1,272 @@
+"""The composition root: validated ``Settings`` in, portwatch's components out.
+
+Owns: every place a component is built from the settings: the store location and
+the store, the scope, the port specs, the scan plan and its checkpoint, the
+discovery engines (``probers.discovery.engines``), the stage context, the embedded
+transport, the Kafka topics and the distributed workers' and apps' options. The CLI
+commands (embedded ``scan``, ``produce``, ``discover``, ``process``, ``report``,
+``serve``) all build from here, so a knob reaches its component the same way in
+both shapes, and each component receives only the narrow options it needs.
+
+Errors are the components' own typed errors (SettingsError, TargetError,
+EngineUnavailable, StoreError and its subclasses, CheckpointError); the CLI maps them
+to one line and an exit code. Nothing here touches the network except what the
+built components do when they are run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from portwatch.settings import Settings
+from probers.discovery.engines import (
+    ConnectOptions,
+    EngineOptions,
+    MasscanOptions,
+    choose_engine,
+)
+from probers.discovery.masscan_run import DEFAULT_NMAP_PAYLOADS
+from probers.discovery.udp import UdpOptions
+from producers.shards import Checkpoint, CheckpointError, ScanPlan, new_scan_id
+from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
+from producers.targets import resolve_targets as _resolve_targets
+from schemas.records import PortRange, Proto, Shard, Target
+from schemas.topics import TopicSet, topic_names
+
+if TYPE_CHECKING:
+    from probers.discovery.base import DiscoveryEngine
+    from stream_processors.stages import EngineFactory, StageContext
+    from stream_processors.store import Store, StoreLocation
+    from stream_processors.transports.discover_worker import WorkerOptions
+    from stream_processors.transports.embedded import EmbeddedRunner
+    from stream_processors.transports.faust_app import PipelineOptions
+
+# Part of a discover worker's max.poll.interval a shard may use (the rest: publishing
+# its results and committing before Kafka would evict the worker).
+SHARD_SHARE_OF_POLL_INTERVAL = 0.8
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """What to scan, resolved and checked before anything is sent."""
+
+    targets: tuple[Target, ...]
+    tcp_ports: tuple[PortRange, ...]
+    udp_ports: tuple[PortRange, ...]
+
+
+@dataclass
+class Assembly:
+    """Builds components from one validated ``Settings``."""
+
+    settings: Settings
+    notes: set[str] = field(default_factory=set)  # engine fallbacks already said once
+
+    # -- store ----------------------------------------------------------------------------
+
+    def store_location(self) -> StoreLocation:
+        """The store URL parsed and checked once (StoreUrlError): before a scan sends
+        anything, bad input writes nothing."""
+        from stream_processors.store import StoreLocation
+
+        return StoreLocation.from_url(self.settings.store)
+
+    def open_store(self, *, create: bool = True) -> Store:
+        """The store; ``create=False`` only opens one that exists (StoreMissing)."""
+        from stream_processors.store import Store
+
+        return Store(self.store_location(), create=create)
+
+    # -- what to scan ---------------------------------------------------------------------
+
+    def scope(self, exclude: Sequence[str] = (), *, exclude_file: str | None = None,
+              allow_large: bool = False) -> Scope:
+        allow = [a for a in self.settings.scope_allow.split(",") if a.strip()]
+        return Scope.build(exclude, exclude_file=exclude_file, allow=allow,
+                           allow_large=allow_large)
+
+    def udp_ports(self) -> tuple[PortRange, ...]:
+        """``top1000`` / ``topN`` (the user's nmap-services), ``none``, or a port spec."""
+        from probers.discovery.base import EngineUnavailable
+        from probers.discovery.udp import udp_top_ports
+
+        text = self.settings.udp.strip().lower()
+        if text in ("none", "no", "off", ""):
+            return ()
+        if text.startswith("top"):
+            try:
+                count = int(text[3:] or "1000")
+            except ValueError:
+                raise TargetError(f"bad --udp {self.settings.udp!r}: use top1000, none or a "
+                                  "port spec") from None
+            if not 1 <= count <= 65_535:
+                raise TargetError(f"bad --udp {self.settings.udp!r}: topN takes N from 1 to "
+                                  "65535")
+            try:
+                ports = sorted(udp_top_ports(count, self.settings.nmap_data or None))
+            except EngineUnavailable as exc:
+                raise TargetError(str(exc)) from None
+            return tuple(PortRange(p, p) for p in ports)
+        return parse_ports(text)
+
+    def scan_input(self, targets: Sequence[str], *, organization: str = "", asset: str = "",
+                   inventory: str | None = None, exclude: Sequence[str] = (),
+                   exclude_file: str | None = None, allow_large: bool = False) -> ScanInput:
+        """Targets (arguments, "-" for stdin, inventory), scope and port specs resolved;
+        TargetError (one line) before anything is sent. Shared by scan and produce."""
+        specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
+        if inventory:
+            specs += read_inventory(inventory)
+        if not specs:
+            raise TargetError("no targets: give TARGET... or --inventory FILE (see --help)")
+        tcp_ports = parse_ports(self.settings.ports)
+        udp_ports = self.udp_ports()
+        scope = self.scope(exclude, exclude_file=exclude_file, allow_large=allow_large)
+        return ScanInput(tuple(_resolve_targets(specs, scope)), tcp_ports, udp_ports)
+
+    def scan_plan(self, work: ScanInput, *, checkpoint_path: str | None = None,
+                  scan_id: str | None = None, seed: int | None = None,
+                  default_seed: int = 0) -> tuple[ScanPlan, Checkpoint]:
+        """The plan of a scan and where it starts: a checkpoint file of the same work
+        resumes it (its scan id and seed); one of other work, or a ``--seed`` /
+        ``--scan-id`` that contradicts it, is refused (CheckpointError, one line)."""
+        saved = Checkpoint.load(checkpoint_path) if checkpoint_path else None
+        if saved is not None:
+            if seed is not None and seed != saved.seed:
+                raise CheckpointError(f"checkpoint {checkpoint_path} is of seed {saved.seed}, "
+                                      f"not --seed {seed}: drop --seed to resume it")
+            if scan_id is not None and scan_id != saved.scan_id:
+                raise CheckpointError(f"checkpoint {checkpoint_path} is of scan "
+                                      f"{saved.scan_id}, not --scan-id {scan_id}")
+            scan_id, seed = saved.scan_id, saved.seed
+        s = self.settings
+        plan = ScanPlan.build(scan_id or new_scan_id(), default_seed if seed is None else seed,
+                              work.targets, work.tcp_ports, work.udp_ports,
+                              hosts_per_shard=s.shard_hosts, ports_per_shard=s.shard_ports)
+        return plan, plan.start(saved)
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def engine_options(self, *, shard_deadline: float | None = None) -> EngineOptions:
+        s = self.settings
+        payloads = (str(Path(s.nmap_data) / "nmap-payloads") if s.nmap_data
+                    else DEFAULT_NMAP_PAYLOADS)
+        udp_deadline = min(s.udp_deadline, shard_deadline or s.udp_deadline)
+        return EngineOptions(
+            connect=ConnectOptions(concurrency=s.concurrency, timeout=s.timeout,
+                                   retries=s.retries, deadline=shard_deadline),
+            masscan=MasscanOptions(rate=s.rate, passes=s.masscan_passes,
+                                   binary=s.masscan_binary, adapter=s.masscan_adapter,
+                                   adapter_ip=s.masscan_adapter_ip,
+                                   router_mac=s.masscan_router_mac, nmap_payloads=payloads,
+                                   confirm_timeout=s.timeout, deadline=shard_deadline),
+            udp=UdpOptions(rate=s.udp_rate, timeout=s.udp_timeout, retries=s.udp_retries,
+                           concurrency=s.udp_concurrency, deadline=udp_deadline,
+                           nmap_data=s.nmap_data or None),
+        )
+
+    def decide_engine(self, targets: Sequence[Target]) -> tuple[str, str]:
+        """``--engine`` decided once for a scan's targets: (engine name, one-line note
+        when ``auto`` fell back); EngineUnavailable when ``masscan`` cannot scan them."""
+        engine, note = choose_engine(self.settings.engine, Proto.TCP, targets,
+                                     self.engine_options())
+        return engine.name, note
+
+    def engine_factory(self, *, engine: str | None = None, say: Any = None,
+                       shard_deadline: float | None = None) -> EngineFactory:
+        """``shard -> engine`` for the transports: the UDP engine for UDP shards, else
+        ``engine`` (default ``--engine``, decided per shard's targets); a fallback
+        note is said once."""
+        requested = engine or self.settings.engine
+        options = self.engine_options(shard_deadline=shard_deadline)
+
+        def build(shard: Shard) -> DiscoveryEngine:
+            built, note = choose_engine(requested, shard.proto, shard.targets, options)
+            if note and note not in self.notes:
+                self.notes.add(note)
+                if say is not None:
+                    say(note)
+            return built
+
+        return build
+
+    # -- stages ---------------------------------------------------------------------------
+
+    def stage_context(self) -> StageContext:
+        from stream_processors.stages import make_context
+
+        s = self.settings
+        return make_context(banner_wait=s.banner_wait, identify_budget=s.identify_budget,
+                            per_host_connections=s.per_host_connections,
+                            use_nmap_probes=s.nmap_probes, nmap_data=s.nmap_data or None,
+                            tls_enumeration=s.tls, tls_timeout=s.tls_timeout,
+                            tls_budget=s.tls_budget)
+
+    # -- the embedded transport -----------------------------------------------------------
+
+    def embedded_runner(self, store: Store, *, engine: str | None = None,
+                        say: Any = None) -> EmbeddedRunner:
+        from stream_processors.transports.embedded import EmbeddedRunner
+
+        s = self.settings
+        return EmbeddedRunner(store, self.engine_factory(engine=engine, say=say),
+                              self.stage_context(),
+                              identify_workers=s.identify_concurrency,
+                              tarpit_threshold=s.tarpit_threshold, batch_size=s.batch_size,
+                              batch_seconds=s.batch_seconds, shard_attempts=s.shard_attempts,
+                              shard_ports=s.shard_ports, shard_hosts=s.shard_hosts)
+
+    # -- the distributed transport --------------------------------------------------------
+
+    def topics(self) -> TopicSet:
+        prefix = self.settings.topic_prefix
+        if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
+            raise TargetError(f"bad topic prefix {prefix!r}: use letters, digits, '.', '_' "
+                              "and '-'")
+        return topic_names(prefix)
+
+    def shard_deadline(self) -> float:
+        """Seconds a discover worker's shard may take: under Kafka's max.poll.interval."""
+        return self.settings.max_poll_interval * SHARD_SHARE_OF_POLL_INTERVAL
+
+    def worker_options(self, topics: TopicSet, *, group: str | None = None,
+                       max_shards: int = 0, idle_exit: float = 0.0,
+                       exclude: Sequence[str] = (), exclude_file: str | None = None
+                       ) -> WorkerOptions:
+        from stream_processors.transports.discover_worker import WorkerOptions
+
+        s = self.settings
+        return WorkerOptions(
+            s.kafka, topics, group or f"{topics.prefix}portwatch-discover",
+            tarpit_threshold=s.tarpit_threshold, shard_attempts=s.shard_attempts,
+            max_shards=max_shards, idle_exit=idle_exit,
+            session_timeout_ms=int(s.session_timeout * 1000),
+            max_poll_interval_ms=int(s.max_poll_interval * 1000),
+            scope=self.scope(exclude, exclude_file=exclude_file, allow_large=True))
+
+    def pipeline_options(self, topics: TopicSet) -> PipelineOptions:
+        from stream_processors.transports.faust_app import PipelineOptions
+
+        s = self.settings
+        return PipelineOptions(s.kafka, topics, identify_concurrency=s.identify_concurrency,
+                               sink_buffer=s.sink_buffer, sink_within=s.batch_seconds,
+                               commit_interval=s.commit_interval,
+                               session_timeout=s.session_timeout)
+
+
+def _expand_stdin(targets: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for t in targets:
+        if t == "-":
+            out += [line.split("#", 1)[0].strip() for line in sys.stdin]
+            out = [x for x in out if x]
+        else:
+            out.append(t)
+    return out
+
+
+__all__ = ["Assembly", "ScanInput", "Proto"]

@@ -1,0 +1,122 @@
+"""What every portwatch command shares: exit codes, one-line errors, consoles, options.
+
+Owns: the exit codes (0 success, 1 runtime failure, 2 bad input, 130 interrupted),
+``PortwatchError`` and ``fail``, the one table that maps the components' typed
+errors to exit codes (``exit_code_for``: by type, never by reading a message), the
+stdout/stderr consoles, and the options several commands declare alike.
+
+Command modules import this, never ``portwatch.cli`` (which imports them): no cycle.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# soft_wrap: an error stays on one line whatever the terminal width
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console(*, soft_wrap: bool = False) -> Console:
+    """Stdout console; when piped (no terminal) tables get a wide page, not 80 columns."""
+    probe = Console(highlight=False)
+    width = None if probe.is_terminal else 200
+    return Console(highlight=False, width=width, soft_wrap=soft_wrap)
+
+
+class PortwatchError(Exception):
+    """An error for the user: one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    raise PortwatchError(message, code)
+
+
+def say(message: str) -> None:
+    """One line on stderr, prefixed like every portwatch message."""
+    err_console.print(f"portwatch: {message}", markup=False)
+
+
+# (module, class, exit code), most specific first. Looked up only in modules already
+# imported: an exception can only be of a class whose module is loaded, and the CLI
+# stays quick to start (no Kafka or ClickHouse import for `--help`).
+USER_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("portwatch.settings", "SettingsError", EXIT_USAGE),
+    ("producers.targets", "TargetError", EXIT_USAGE),
+    ("producers.shards", "CheckpointError", EXIT_USAGE),
+    ("stream_processors.store", "StoreUrlError", EXIT_USAGE),
+    ("stream_processors.store", "StoreMissing", EXIT_USAGE),
+    ("stream_processors.store", "StoreLayoutError", EXIT_USAGE),
+    ("stream_processors.store", "StoreBusy", EXIT_RUNTIME),
+    ("stream_processors.store", "StoreError", EXIT_RUNTIME),
+    ("probers.discovery.base", "EngineUnavailable", EXIT_USAGE),
+    ("producers.kafka_io", "KafkaUnavailable", EXIT_RUNTIME),
+    ("producers.kafka_io", "TopicSetupError", EXIT_RUNTIME),
+    ("producers.kafka_io", "PublishError", EXIT_RUNTIME),
+)
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code of a component's typed error; None for anything else (a bug)."""
+    if isinstance(exc, PortwatchError):
+        return exc.code
+    for module, name, code in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return code
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+STORE_OPTION = click.option(
+    "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
+    help="Where findings live: chdb:///path (embedded, default under your data dir) or "
+         "clickhouse://user@host:8123/db (password in PORTWATCH_CLICKHOUSE_PASSWORD).")
+
+KAFKA_OPTION = click.option(
+    "--kafka", envvar="PORTWATCH_KAFKA", default=None, metavar="HOST:PORT",
+    help="Kafka bootstrap servers, comma-separated (default 127.0.0.1:9092).")
+
+PREFIX_OPTION = click.option(
+    "--topic-prefix", envvar="PORTWATCH_TOPIC_PREFIX", default=None, metavar="PREFIX",
+    help="Put PREFIX before every topic and consumer group name (one pipeline per prefix).")
+
+
+def settings_from(**flags: Any) -> Any:
+    """Validated settings from the flags given (None = not given) over the environment."""
+    from portwatch.settings import Settings
+
+    return Settings.from_env(**flags)
+
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "KAFKA_OPTION",
+    "PREFIX_OPTION",
+    "STORE_OPTION",
+    "PortwatchError",
+    "err_console",
+    "exit_code_for",
+    "fail",
+    "one_line",
+    "out_console",
+    "say",
+    "settings_from",
+]

@@ -1,0 +1,86 @@
+"""``portwatch report`` and ``portwatch settings``: reading the store, describing the knobs.
+
+Owns: the report command's filters and formats, and the settings listing. A report
+opens an existing store only: on a path where no store exists it says so (exit 2)
+instead of leaving an empty store behind.
+"""
+
+from __future__ import annotations
+
+import click
+from rich.text import Text
+
+from portwatch.console import STORE_OPTION, out_console, settings_from
+from schemas import REPORTS
+
+
+@click.command()
+@click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
+@click.option("--target", default="", help="Only this target (as written, address or hostname).")
+@click.option("--org", default="", help="Only this organization.")
+@click.option("--product", default="", help="Only this product (list: the Products drill-down).")
+@click.option("--version", "product_version", default="", help="With --product: only this version.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
+@click.option("--color", type=click.Choice(["", "green", "yellow", "red"]), default="",
+              help="Only ports (list) or targets (summary) with this risk colour.")
+@click.option("--prevalence", default="",
+              type=click.Choice(["", "very common", "somewhat common", "less common", "rare"]),
+              help="list: only ports in this prevalence bucket.")
+@click.option("--history", is_flag=True, help="list: include ports not seen in the latest scan.")
+@click.option("--grade", default="", type=click.Choice(["", "weak", "medium", "strong"]),
+              help="ciphers: only ports with this TLS grade.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              default="table", help="Output format.")
+@STORE_OPTION
+def report(name: str, target: str, org: str, product: str, product_version: str, port: int,
+           color: str, prevalence: str, history: bool, grade: str, limit: int, fmt: str,
+           store: str | None) -> None:
+    """Show one of the four reports.
+
+    \b
+      summary   one row per target: organization, open ports by colour, risk score,
+                grade and its parts, last scanned
+      list      every open port: service, product, version, risk, prevalence,
+                CDN verdict, first detected, last seen
+      products  product and version with instance and target counts
+      ciphers   per TLS port: versions, suites with grades, certificate facts
+
+    Filters that do not apply to a report are ignored for it.
+    """
+    from portwatch.assembly import Assembly
+    from portwatch.render import render
+    from schemas import report_parameters
+
+    given = {"target": target, "org": org, "product": product, "version": product_version,
+             "port": port, "color": color, "prevalence": prevalence, "history": int(history),
+             "grade": grade}
+    wanted = report_parameters(name)
+    filters = {k: v for k, v in given.items() if k in wanted}
+    db = Assembly(settings_from(store=store)).open_store(create=False)
+    try:
+        result = db.report(name, filters, limit=limit)
+    finally:
+        db.close()
+    render(result, fmt, out_console(soft_wrap=fmt != "table"))
+
+
+@click.command("settings")
+def show_settings() -> None:
+    """List every setting with its environment variable, default and why.
+
+    Flags of the commands override these; the environment overrides the defaults.
+    """
+    from portwatch.settings import Settings
+
+    out = out_console()
+    groups = Settings.groups()
+    current = ""
+    for name, env, default, why in Settings.describe():
+        if groups[name] != current:
+            current = groups[name]
+            out.print(Text(f"[{current}]", style="bold"))
+        out.print(Text(f"  {name:22} {env:34} default {default!r}: {why}"))
+
+
+__all__ = ["report", "show_settings"]

@@ -1,0 +1,227 @@
+"""``portwatch scan``: the embedded shape from the command line.
+
+Owns: the scan command's flags and help, the progress view (a live bar on a
+terminal, a plain line every 5 s otherwise) and the end-of-scan screen. Everything
+is built by the composition root (``portwatch.assembly``) and run by the embedded
+transport; bad input fails with one line and exit 2 before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.text import Text
+
+from portwatch.console import (
+    EXIT_INTERRUPTED,
+    STORE_OPTION,
+    PortwatchError,
+    err_console,
+    out_console,
+    say,
+    settings_from,
+)
+
+
+@click.command()
+@click.argument("targets", nargs=-1, metavar="TARGET...")
+@click.option("-p", "--ports", default=None, metavar="SPEC",
+              help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all).")
+@click.option("--org", "organization", default="", metavar="NAME",
+              help="Organization the command-line targets belong to.")
+@click.option("--asset", default="", metavar="NAME",
+              help="Asset name for the command-line targets.")
+@click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="CSV (target,organization,asset) or YAML inventory of targets.")
+@click.option("--exclude", multiple=True, metavar="CIDR",
+              help="Never scan this address or block (repeatable).")
+@click.option("--exclude-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="File of addresses/blocks never to scan, one per line.")
+@click.option("--allow-large", is_flag=True,
+              help="Allow targets larger than a /16 (65,536 addresses).")
+@STORE_OPTION
+@click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
+              help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
+                   "like 53,123,161.")
+@click.option("-e", "--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
+              help="TCP discovery: masscan (raw SYN, needs root or CAP_NET_RAW and an "
+                   "Ethernet path; portwatch counts the answers and re-sends only silent "
+                   "ports), connect (works everywhere, loopback included), auto (default: "
+                   "masscan when it can run and be counted, else connect, and says why).")
+@click.option("--rate", type=int, default=None,
+              help="masscan packets per second (default 10,000).")
+@click.option("--udp-rate", type=float, default=None,
+              help="UDP datagrams per second (default 500: under Linux's ICMP rate limit).")
+@click.option("-c", "--concurrency", type=int, default=None,
+              help="Sockets in flight for connect discovery (default 2000, capped by the fd "
+                   "limit).")
+@click.option("-t", "--timeout", type=float, default=None,
+              help="Seconds to wait for a port to answer before retrying it (default 1.0).")
+@click.option("--retries", type=int, default=None, help="Retries for ports that timed out (1).")
+@click.option("--banner-wait", type=float, default=None,
+              help="Seconds to wait for a service to speak first (default 2.0).")
+@click.option("--tarpit-threshold", type=int, default=None,
+              help="Open ports per host beyond which it 'answers on every port' (1000).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Record progress in FILE after every shard; run the same command with the "
+                   "same FILE to resume an interrupted scan where it stopped.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the pseudo-random shard and port order (default: random).")
+@click.option("--tls/--no-tls", "tls", default=None,
+              help="Enumerate TLS versions, cipher suites and certificates on TLS ports "
+                   "(default: on).")
+@click.option("--nmap-probes/--no-nmap-probes", "nmap_probes", default=None,
+              help="Fall back to nmap's service probes from nmap-common (default: on).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
+def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
+         inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
+         allow_large: bool, store: str | None, udp: str | None, engine: str | None,
+         rate: int | None, udp_rate: float | None, concurrency: int | None,
+         timeout: float | None, retries: int | None, banner_wait: float | None,
+         tarpit_threshold: int | None, checkpoint: str | None, seed: int | None,
+         tls: bool | None, nmap_probes: bool | None, quiet: bool) -> None:
+    """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames;
+    "-" reads targets from standard input, one per line).
+
+    Finds every open TCP port and the top 1,000 UDP ports, identifies the service,
+    product and version, enumerates TLS, colours each port by risk, and stores the
+    findings; then shows a summary. A rescan updates "last seen" and keeps "first
+    detected". Every setting (`portwatch settings`) can also come from its
+    PORTWATCH_* environment variable.
+
+    \b
+    Examples:
+      portwatch scan 127.0.0.1
+      portwatch scan --ports 1-1024 --org "Example Corp" 127.0.0.1 ::1
+      portwatch scan --inventory assets.yaml --exclude 127.0.0.2
+      portwatch scan --checkpoint nightly.json 127.0.0.0/24   # rerun to resume
+    """
+    from portwatch.assembly import Assembly
+
+    settings = settings_from(
+        ports=ports, concurrency=concurrency, timeout=timeout, retries=retries,
+        banner_wait=banner_wait, tarpit_threshold=tarpit_threshold, store=store, tls=tls,
+        nmap_probes=nmap_probes, udp=udp, engine=engine, rate=rate, udp_rate=udp_rate)
+    assembly = Assembly(settings)
+    work = assembly.scan_input(targets, organization=organization, asset=asset,
+                               inventory=inventory, exclude=exclude, exclude_file=exclude_file,
+                               allow_large=allow_large)
+    assembly.store_location()  # a bad URL is refused before anything is sent or written
+    plan, start = assembly.scan_plan(work, checkpoint_path=checkpoint, seed=seed,
+                                     default_seed=random.randrange(2**31))
+    db = assembly.open_store()
+    try:
+        engine_name, note = assembly.decide_engine(work.targets) if work.tcp_ports else ("", "")
+        if note and not quiet:
+            say(note)
+        runner = assembly.embedded_runner(db, engine=engine_name or None,
+                                          say=None if quiet else say)
+        stats = asyncio.run(_run(runner, plan, start, checkpoint, quiet))
+        if not quiet:
+            _end_screen(db, stats, work.targets)
+    finally:
+        db.close()
+    if stats.interrupted:
+        raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
+
+
+async def _run(runner: Any, plan: Any, start: Any, checkpoint: str | None, quiet: bool) -> Any:
+    from stream_processors.transports.embedded import install_interrupt
+
+    view = ProgressView(enabled=not quiet)
+    undo = install_interrupt(runner)
+    try:
+        with view:
+            return await runner.run(plan, start=start, checkpoint_path=checkpoint,
+                                    on_stats=view.update)
+    finally:
+        undo()
+
+
+class ProgressView:
+    """A live bar on a terminal; a plain line every 5 s otherwise (CI logs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.is_live = enabled and err_console.is_terminal
+        self._last_line = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressView:
+        if self.is_live:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]scanning"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
+                TextColumn("[bold]{task.fields[open]}[/] open"),
+                TextColumn("{task.fields[rate]:,.0f} ports/s"),
+                TextColumn("ETA"), TimeRemainingColumn(),
+                console=err_console, transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, stats: Any) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(stats.elapsed, 1e-6)
+        rate = stats.probes_done / elapsed
+        if self._bar is not None:
+            self._bar.update(self._task, total=max(stats.probes_total, 1),
+                             completed=stats.probes_done, open=stats.open_found, rate=rate)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= 5 or stats.finished:
+            self._last_line = now
+            total = max(stats.probes_total, 1)
+            eta = (total - stats.probes_done) / rate if rate > 0 else 0
+            err_console.print(
+                f"progress: {stats.probes_done:,}/{total:,} ports "
+                f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "
+                f"{rate:,.0f} ports/s, ETA {eta:.0f}s", markup=False)
+
+
+def _end_screen(db: Any, stats: Any, targets: Any) -> None:
+    from portwatch.render import to_table
+
+    out = out_console()
+    state = "interrupted" if stats.interrupted else "done"
+    out.print(Text(
+        f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
+        f"{min(stats.probes_done, stats.planned_probes):,} ports scanned"
+        + (f" ({stats.probes_done:,} probes)" if stats.probes_done > stats.planned_probes else "")
+        + f", {stats.open_found} open, "
+        f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
+    if stats.resumed_shards:
+        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+    for note in [*stats.notes, *stats.errors]:
+        out.print(Text(f"note: {note}"))
+    for ip in stats.tarpits:
+        out.print(Text(f"note: {ip} answers on every port; only identified services kept",
+                       style="yellow"))
+    if len(targets) <= 20:
+        for t in {t.ip for t in targets}:
+            to_table(db.report("summary", {"target": t}), out, title=f"Summary: {t}")
+    else:
+        to_table(db.report("summary", {}, limit=20), out, title="Summary (top 20 by risk)")
+
+
+__all__ = ["ProgressView", "scan"]

@@ -1,0 +1,91 @@
+"""Starting the web reports' HTTP server: for ``portwatch serve`` and ``process --serve``.
+
+Owns: binding the listening socket ourselves (uvicorn exits the process on a bind
+error; a taken port must be one line and exit 1, with nothing started), the one
+uvicorn configuration, and running the server either on its own (``serve``) or on
+an event loop it shares with the Faust apps (``process --serve``: the process keeps
+its own signal handlers and tells the server when to exit).
+
+Must not touch: the store (the app reads it), any socket but the listening one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+
+class ListenError(OSError):
+    """The address cannot be listened on (taken, not ours); the message says which."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for ``host:port`` (ListenError, one line, when it cannot be)."""
+    bare = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bare, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """One uvicorn configuration for ``serve`` and ``process --serve``: quiet, no
+    server header, no proxy headers, a short graceful shutdown."""
+    import uvicorn
+
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    return uvicorn.Config(app, host=host.strip("[]"), port=port,
+                          log_level="warning", access_log=False, server_header=False,
+                          proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off")
+
+
+def serve_forever(app: Starlette, host: str, port: int,
+                  on_listening: Callable[[], None] | None = None) -> None:
+    """``portwatch serve``: bind (ListenError), say so, serve until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    sock = listen_socket(host, port)
+    if on_listening is not None:
+        on_listening()
+    uvicorn.Server(uvicorn_config(app, host, port)).run(sockets=[sock])
+
+
+async def start_beside(app: Starlette, host: str, port: int
+                       ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The server on the running loop, beside other work; its caller keeps the
+    process's signals and sets ``server.should_exit`` to stop it."""
+    import uvicorn
+
+    class SharedLoopServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the process's handlers stay
+            yield
+
+    sock = listen_socket(host, port)
+    server = SharedLoopServer(uvicorn_config(app, host, port))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    return server, task
+
+
+async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 10.0)
+
+
+__all__ = ["ListenError", "listen_socket", "serve_forever", "start_beside", "stop",
+           "uvicorn_config"]

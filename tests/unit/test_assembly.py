@@ -1,0 +1,181 @@
+"""The composition root (portwatch/assembly.py): every setting `portwatch settings` shows
+reaches the component it configures, built the way the commands build it; and the
+engine table (probers/discovery/engines.py) has an implementation for every engine.
+
+Given a non-default value for one setting (through its PORTWATCH_* variable), when the
+components are built from the settings, then the value is read back off the component
+itself, not off the settings object. Nothing is scanned; the store is a real chdb one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import pytest
+
+from portwatch.assembly import Assembly
+from portwatch.settings import Settings
+from probers.discovery.base import EngineUnavailable
+from probers.discovery.connect import ConnectEngine
+from probers.discovery.engines import ENGINES, EngineName, build_engine, choose_engine
+from probers.discovery.masscan import MasscanEngine
+from probers.discovery.udp import UdpEngine
+from schemas.records import PortRange, Proto, Shard, Target
+from schemas.topics import topic_names
+
+LOOPBACK = Target("127.0.0.1", "127.0.0.1")
+
+
+def shard(proto: Proto) -> Shard:
+    return Shard("s", f"s:{proto.value}:0", (LOOPBACK,), (PortRange(1, 10),), proto)
+
+
+def tcp_engine(a: Assembly) -> Any:
+    return a.engine_factory(engine="connect")(shard(Proto.TCP))
+
+
+def udp_engine(a: Assembly) -> Any:
+    engine = a.engine_factory()(shard(Proto.UDP))
+    assert isinstance(engine, UdpEngine)
+    return engine.options
+
+
+def masscan_engine(a: Assembly) -> Any:
+    engine = build_engine(EngineName.MASSCAN, a.engine_options())
+    assert isinstance(engine, MasscanEngine)
+    return engine
+
+
+def engine_choice(a: Assembly) -> str:
+    try:
+        return type(a.engine_factory()(shard(Proto.TCP))).__name__
+    except EngineUnavailable as exc:  # masscan cannot scan loopback: the choice reached it
+        return f"refused: {exc}"
+
+
+def worker(a: Assembly) -> Any:
+    return a.worker_options(a.topics())
+
+
+def pipeline(a: Assembly) -> Any:
+    return a.pipeline_options(a.topics())
+
+
+def runner(a: Assembly, store: Any) -> Any:
+    return a.embedded_runner(store)
+
+
+# setting -> (value from the environment, what the component says, what it must say)
+Case = tuple[str, Callable[..., Any], Any]
+CASES: dict[str, Case] = {
+    "store": ("chdb:///tmp/pw-elsewhere", lambda a, s: a.store_location().path,
+              "/tmp/pw-elsewhere"),
+    "scope_allow": ("127.0.0.0/8", lambda a, s: [str(n) for n in a.scope().allow],
+                    ["127.0.0.0/8"]),
+    "ports": ("22,80", lambda a, s: a.scan_input(["127.0.0.1"]).tcp_ports,
+              (PortRange(22, 22), PortRange(80, 80))),
+    "udp": ("53,161", lambda a, s: a.scan_input(["127.0.0.1"]).udp_ports,
+            (PortRange(53, 53), PortRange(161, 161))),
+    "engine": ("masscan", lambda a, s: engine_choice(a),
+               "refused: masscan cannot scan loopback (127.0.0.1)"),
+    "concurrency": ("77", lambda a, s: tcp_engine(a).concurrency, 77),
+    "timeout": ("0.25", lambda a, s: tcp_engine(a).timeout, 0.25),
+    "retries": ("3", lambda a, s: tcp_engine(a).retries, 3),
+    "rate": ("1234", lambda a, s: masscan_engine(a).rate, 1234),
+    "masscan_passes": ("3", lambda a, s: masscan_engine(a).passes, 3),
+    "masscan_binary": ("/opt/masscan", lambda a, s: masscan_engine(a).binary, "/opt/masscan"),
+    "masscan_adapter": ("veth9", lambda a, s: masscan_engine(a).adapter, "veth9"),
+    "masscan_adapter_ip": ("198.18.0.9", lambda a, s: masscan_engine(a).adapter_ip,
+                           "198.18.0.9"),
+    "masscan_router_mac": ("02:00:00:00:00:09", lambda a, s: masscan_engine(a).router_mac,
+                           "02:00:00:00:00:09"),
+    "udp_rate": ("123", lambda a, s: udp_engine(a).rate, 123.0),
+    "udp_timeout": ("0.5", lambda a, s: udp_engine(a).timeout, 0.5),
+    "udp_retries": ("2", lambda a, s: udp_engine(a).retries, 2),
+    "udp_concurrency": ("99", lambda a, s: udp_engine(a).concurrency, 99),
+    "udp_deadline": ("42", lambda a, s: udp_engine(a).deadline, 42.0),
+    "nmap_data": ("/opt/nmap", lambda a, s: (a.stage_context().fallback.path,
+                                             udp_engine(a).nmap_data,
+                                             masscan_engine(a).nmap_payloads),
+                  ("/opt/nmap", "/opt/nmap", "/opt/nmap/nmap-payloads")),
+    "identify_concurrency": ("5", lambda a, s: (runner(a, s).identify_workers,
+                                                pipeline(a).identify_concurrency), (5, 5)),
+    "per_host_connections": ("2", lambda a, s: a.stage_context().per_host_connections, 2),
+    "banner_wait": ("0.7", lambda a, s: a.stage_context().identify.banner_wait, 0.7),
+    "identify_budget": ("4", lambda a, s: a.stage_context().identify.budget, 4.0),
+    "nmap_probes": ("false", lambda a, s: a.stage_context().fallback, None),
+    "tls": ("false", lambda a, s: a.stage_context().tls_probe, None),
+    "tls_timeout": ("1.5", lambda a, s: a.stage_context().tls_probe.timeout, 1.5),
+    "tls_budget": ("9", lambda a, s: a.stage_context().tls_probe.budget, 9.0),
+    "tarpit_threshold": ("300", lambda a, s: (runner(a, s).tarpit_threshold,
+                                              worker(a).tarpit_threshold), (300, 300)),
+    "shard_ports": ("1000", lambda a, s: (
+        runner(a, s).shard_ports,
+        a.scan_plan(a.scan_input(["127.0.0.1"]))[0].plans[0].ports_per_shard), (1000, 1000)),
+    "shard_hosts": ("4", lambda a, s: (
+        runner(a, s).shard_hosts,
+        a.scan_plan(a.scan_input(["127.0.0.1"]))[0].plans[0].hosts_per_shard), (4, 4)),
+    "shard_attempts": ("3", lambda a, s: (runner(a, s).shard_attempts,
+                                          worker(a).shard_attempts), (3, 3)),
+    "batch_size": ("50", lambda a, s: runner(a, s).batch_size, 50),
+    "batch_seconds": ("2.5", lambda a, s: (runner(a, s).batch_seconds,
+                                           pipeline(a).sink_within), (2.5, 2.5)),
+    "kafka": ("127.0.0.1:19092", lambda a, s: (worker(a).bootstrap, pipeline(a).bootstrap),
+              ("127.0.0.1:19092", "127.0.0.1:19092")),
+    "topic_prefix": ("team-a.", lambda a, s: (a.topics(), worker(a).group_id),
+                     (topic_names("team-a."), "team-a.portwatch-discover")),
+    "session_timeout": ("20", lambda a, s: (worker(a).session_timeout_ms,
+                                            pipeline(a).session_timeout), (20_000, 20.0)),
+    "max_poll_interval": ("100", lambda a, s: (
+        worker(a).max_poll_interval_ms,
+        a.engine_factory(engine="connect", shard_deadline=a.shard_deadline())(
+            shard(Proto.TCP)).deadline), (100_000, 80.0)),
+    "commit_interval": ("0.5", lambda a, s: pipeline(a).commit_interval, 0.5),
+    "sink_buffer": ("42", lambda a, s: pipeline(a).sink_buffer, 42),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for f in fields(Settings):
+        monkeypatch.delenv(Settings.env_name(f.name), raising=False)
+
+
+def test_the_table_covers_every_setting() -> None:
+    assert sorted(CASES) == sorted(f.name for f in fields(Settings))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_setting_reaches_its_component(name: str, monkeypatch: pytest.MonkeyPatch,
+                                            store: Any) -> None:
+    raw, read, expected = CASES[name]
+    # Given the default, the component does not already say the expected value
+    default = read(Assembly(Settings.from_env()), store)
+    # When the setting comes from its environment variable
+    monkeypatch.setenv(Settings.env_name(name), raw)
+    got = read(Assembly(Settings.from_env()), store)
+    # Then the component built from the settings carries it
+    assert got == expected
+    assert default != expected
+
+
+def test_every_engine_name_has_an_implementation() -> None:
+    # Given the engine table, then every name builds an engine that calls itself that
+    assert set(ENGINES) == set(EngineName)
+    for name in EngineName:
+        assert build_engine(name).name == name.value
+    assert isinstance(build_engine(EngineName.CONNECT), ConnectEngine)
+
+
+def test_auto_takes_the_udp_engine_for_udp_and_connect_for_loopback() -> None:
+    engine, note = choose_engine("auto", Proto.UDP, [LOOPBACK])
+    assert isinstance(engine, UdpEngine) and note == ""
+    engine, note = choose_engine("auto", Proto.TCP, [LOOPBACK])
+    assert isinstance(engine, ConnectEngine)
+    # (masscan cannot scan loopback; without masscan installed, it says so instead)
+    assert note.startswith("masscan unavailable: masscan ")
+    assert note.endswith("; using the connect engine")
+    with pytest.raises(ValueError, match="--engine must be auto, masscan, connect"):
+        choose_engine("zmap", Proto.TCP, [LOOPBACK])
