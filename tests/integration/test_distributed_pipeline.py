@@ -323,15 +323,21 @@ def test_a_retried_scan_neither_duplicates_nor_moves_first_seen(
 def test_produce_resumes_from_its_checkpoint(kafka_bootstrap: str, tmp_path: Path) -> None:
     from kafka.structs import TopicPartition
 
+    from portwatch.assembly import Assembly
+    from portwatch.settings import Settings
     from producers.kafka_io import make_consumer
     from producers.shards import Checkpoint
-    from schemas.records import Shard
+    from schemas.records import Proto, Shard
     from tests.kafka_fixtures import consume
 
     with pipeline_of(kafka_bootstrap, tmp_path) as pipe:
-        # Given a scan of 5 shards whose first 3 were acknowledged before a crash
+        # Given a scan of 5 shards whose first 3 were acknowledged before a crash (the
+        # checkpoint of that very work, as `produce` or `scan` writes it)
         checkpoint = tmp_path / "ck.json"
-        Checkpoint("resume-1", 7, 3).save(checkpoint)
+        assembly = Assembly(Settings(ports="22", udp="none", shard_hosts=1))
+        plan, start = assembly.scan_plan(assembly.scan_input(["127.0.0.1-5"]),
+                                         scan_id="resume-1", seed=7)
+        start.advanced(Proto.TCP, 3).save(checkpoint)
         # When produce runs again with that checkpoint
         result = run_cli("produce", "127.0.0.1-5", "--ports", "22", "--hosts-per-shard", "1",
                          "--checkpoint", str(checkpoint), env=pipe.env())
@@ -340,7 +346,8 @@ def test_produce_resumes_from_its_checkpoint(kafka_bootstrap: str, tmp_path: Pat
         # Then it resumes that scan and publishes only the last 2 shards
         assert (summary["scan_id"], summary["seed"], summary["shards"],
                 summary["published"], summary["resumed_at"]) == ("resume-1", 7, 5, 2, 3)
-        assert Checkpoint.load(checkpoint) == Checkpoint("resume-1", 7, 5)
+        assert Checkpoint.load(checkpoint) == Checkpoint("resume-1", 7, plan.fingerprint,
+                                                         {"tcp": 5})
         consumer = make_consumer(kafka_bootstrap, pipe.topics.shards.name, "test-resume")
         try:
             shards = [Shard.from_json(r.value) for r in consume(consumer, 2, timeout=20)]
@@ -349,11 +356,16 @@ def test_produce_resumes_from_its_checkpoint(kafka_bootstrap: str, tmp_path: Pat
                                              for p in range(8)}
         finally:
             consumer.close()
-        # And a checkpoint of another scan is refused with one line
-        refused = run_cli("produce", "127.0.0.1", "--ports", "22", "--scan-id", "other",
+        # And a checkpoint of another scan, or of other targets, is refused with one line
+        refused = run_cli("produce", "127.0.0.1-5", "--ports", "22", "--hosts-per-shard", "1",
+                          "--scan-id", "other", "--checkpoint", str(checkpoint), env=pipe.env())
+        assert refused.code == 2
+        assert refused.stderr.strip() == (f"portwatch: error: checkpoint {checkpoint} is of "
+                                          "scan resume-1, not --scan-id other")
+        refused = run_cli("produce", "127.0.0.1-4", "--ports", "22", "--hosts-per-shard", "1",
                           "--checkpoint", str(checkpoint), env=pipe.env())
         assert refused.code == 2
-        assert "belongs to scan resume-1" in refused.stderr
+        assert "was written for other work (scan resume-1" in refused.stderr
 
 
 def test_udp_ports_travel_the_pipeline_as_udp_shards(kafka_bootstrap: str,

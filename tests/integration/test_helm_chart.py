@@ -31,7 +31,8 @@ BASE = f"{RELEASE}-portwatch"
 NAMESPACE = "scans"
 SETTINGS_ENVS = {env for _name, env, _default, _why in Settings.describe()}
 # Settings the chart sets from its own values (addresses; the engine is tied to discover.netRaw).
-FROM_VALUES = {"PORTWATCH_KAFKA", "PORTWATCH_STORE", "PORTWATCH_ENGINE", "PORTWATCH_RATE"}
+FROM_VALUES = {"PORTWATCH_KAFKA", "PORTWATCH_STORE", "PORTWATCH_ENGINE", "PORTWATCH_RATE",
+               "PORTWATCH_SCOPE_ALLOW"}
 
 Objects = dict[tuple[str, str], dict[str, Any]]
 

@@ -1,0 +1,137 @@
+"""The distributed discovery worker (stream_processors/transports/discover_worker.py)
+in-process against the real Kafka broker and real loopback listeners:
+
+* a shard whose first engine run fails is retried, and the ports the failed attempt
+  found are published even when the retry no longer sees them (the rule the embedded
+  transport applies: ``stages.discover_with_retries``);
+* the shard's hosts are published as "running" before the engine starts;
+* a shard outside the worker's own scope is dead-lettered, never scanned.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from probers.discovery.base import DiscoveryError, Progress
+from probers.discovery.connect import ConnectEngine
+from producers.kafka_io import ensure_topics, make_consumer, make_producer, publish
+from producers.publish import decode_records
+from producers.targets import Scope
+from schemas.records import HostScan, OpenPort, PortRange, Shard, Target
+from schemas.topics import topic_names
+from stream_processors.transports.discover_worker import DiscoveryWorker, WorkerOptions
+from tests import loopback
+from tests.kafka_fixtures import consume
+
+pytestmark = pytest.mark.kafka
+
+
+class DiesAtItsEnd:
+    """Named fake for a fault that cannot be caused on demand with a real engine: an
+    engine that reports every open port it found, then dies before finishing (as a
+    killed masscan does). ``on_death`` runs when it dies."""
+
+    name = "dies-at-its-end"
+
+    def __init__(self, on_death: Callable[[], None]) -> None:
+        self.inner = ConnectEngine()
+        self.on_death = on_death
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        async for port in self.inner.scan(shard, progress):
+            yield port
+        self.on_death()
+        raise DiscoveryError("engine died before the end of the shard (injected)")
+
+
+def run_worker(bootstrap: str, prefix: str, shard: Shard, engine_for: Any,
+               scope: Scope | None = None) -> tuple[Any, list[bytes], list[bytes], list[bytes]]:
+    """Publish one shard, run a worker until it handled it; return its stats and the
+    open-port, host-scan and dead-letter messages it published."""
+    topics = topic_names(prefix)
+    ensure_topics(bootstrap, topics.all, timeout=30)
+    producer = make_producer(bootstrap)
+    try:
+        publish(producer, topics.shards.name, [shard])
+    finally:
+        producer.close(timeout=10)
+    options = WorkerOptions(bootstrap, topics, f"{prefix}discover", max_shards=1,
+                            idle_exit=20, scope=scope or Scope())
+    stats = DiscoveryWorker(options, engine_for).run()
+
+    def read(topic: str, count: int) -> list[bytes]:
+        consumer = make_consumer(bootstrap, topic, f"{prefix}reader-{topic}")
+        try:
+            return [r.value for r in consume(consumer, count, timeout=20)]
+        finally:
+            consumer.close()
+
+    ports = read(topics.open_ports.name, 1) if stats.open_ports else []
+    scans = read(topics.host_scans.name, 2) if stats.host_scans else []
+    dead = read(topics.dead_letter.name, 1) if stats.poison or stats.out_of_scope else []
+    return stats, ports, scans, dead
+
+
+def test_a_retried_shard_keeps_the_ports_its_failed_attempt_found(
+        kafka_bootstrap: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    with loopback.listen(loopback.banner(b"a\r\n")) as a, \
+            loopback.listen(loopback.banner(b"b\r\n")) as b:
+        # Given a shard over two listeners, and an engine whose first run finds both and
+        # then dies, after which listener A goes away (the retry cannot see it)
+        shard = Shard("scan-r", "scan-r:tcp:0", (Target("127.0.0.1", "127.0.0.1"),),
+                      tuple(PortRange(p, p) for p in sorted((a.port, b.port))))
+        attempts: list[str] = []
+
+        def engine_for(_shard: Shard) -> Any:
+            attempts.append("run")
+            return DiesAtItsEnd(a.close) if len(attempts) == 1 else ConnectEngine()
+
+        # When a distributed discover worker handles the shard
+        stats, ports, scans, _ = run_worker(kafka_bootstrap, prefix, shard, engine_for)
+    # Then it ran the engine twice and published both ports, A from the failed attempt
+    assert attempts == ["run", "run"]
+    assert (stats.shards, stats.retried, stats.failed) == (1, 1, 0)
+    published = [p for value in ports for p in decode_records(OpenPort, value)[0]]
+    assert sorted(p.port for p in published) == sorted((a.port, b.port))
+    # And the host was published as running first, then completed
+    states = [h.status for value in scans for h in decode_records(HostScan, value)[0]]
+    assert states == ["running", "completed"]
+
+
+def test_a_shard_outside_the_workers_scope_is_dead_lettered_not_scanned(
+        kafka_bootstrap: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    accepted: list[int] = []
+
+    def counting(conn: Any) -> None:
+        accepted.append(1)
+
+    with loopback.listen(counting, ("127.0.0.1", "127.0.0.7")) as target:
+        # Given a worker whose scope excludes 127.0.0.7, and a shard naming it
+        shard = Shard("scan-x", "scan-x:tcp:0", (Target("127.0.0.1", "127.0.0.1"),
+                                                 Target("127.0.0.7", "127.0.0.7")),
+                      (PortRange(target.port, target.port),))
+        built: list[Shard] = []
+
+        def engine_for(s: Shard) -> Any:
+            built.append(s)
+            return ConnectEngine()
+
+        scope = Scope.build(["127.0.0.7/32"], allow=["127.0.0.0/8"])
+        # When the worker takes the shard
+        stats, ports, _scans, dead = run_worker(kafka_bootstrap, prefix, shard, engine_for,
+                                                scope)
+    # Then nothing was scanned (no engine, no connection), and the dead letter says why
+    assert built == [] and accepted == []
+    assert (stats.shards, stats.out_of_scope, stats.open_ports) == (0, 1, 0)
+    assert ports == []
+    (envelope,) = [json.loads(v) for v in dead]
+    assert envelope["stage"] == "discover"
+    assert envelope["reason"] == ("shard scan-x:tcp:0 is outside this worker's scope: "
+                                  "127.0.0.7 (not scanned)")
