@@ -83,20 +83,37 @@ def decode_records(cls: type[R], value: bytes | None) -> tuple[list[R], list[Poi
     return records, poison
 
 
+class OversizedRecords(PublishError):
+    """Records too large for any message (a broker refuses them: retrying cannot help).
+    Everything else was published; these go to the dead-letter topic."""
+
+    def __init__(self, lines: list[bytes], limit: int) -> None:
+        super().__init__(f"{len(lines)} record(s) larger than {limit:,} bytes")
+        self.lines = lines
+        self.limit = limit
+
+
 def frame_by_key(
     records: Iterable[R],
     *,
     key: KeyFunc = default_key,
     max_records: int = MAX_RECORDS_PER_MESSAGE,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    oversized: list[bytes] | None = None,
 ) -> list[tuple[bytes | None, bytes, int]]:
     """Group records by key (first-seen key order, record order kept within a key)
-    into (key, value, record count) messages of bounded size."""
+    into (key, value, record count) messages of bounded size. A record larger than
+    ``max_bytes`` on its own goes to ``oversized`` when it is given (the caller
+    dead-letters it) instead of into a message the broker would refuse."""
     groups: dict[bytes | None, list[bytes]] = {}
     for record in records:
+        line = record.to_json()
+        if oversized is not None and len(line) + 1 > max_bytes:
+            oversized.append(line)
+            continue
         k = key(record)
         kb = k.encode() if isinstance(k, str) else k
-        groups.setdefault(kb, []).append(record.to_json())
+        groups.setdefault(kb, []).append(line)
     messages: list[tuple[bytes | None, bytes, int]] = []
     for kb, lines in groups.items():
         chunk: list[bytes] = []
@@ -118,12 +135,17 @@ def publish_framed(producer: Any, topic: str, records: Iterable[Record], *,
     """Publish records framed per key; wait for every acknowledgement.
 
     Returns the number of records published; raises ``kafka_io.PublishError`` when a
-    message was not acknowledged (the caller retries: consumers are idempotent).
+    message was not acknowledged (the caller retries: consumers are idempotent), and
+    ``OversizedRecords`` after publishing the rest when some record cannot fit in any
+    message (the caller dead-letters those: retrying cannot help).
     """
     from kafka.errors import KafkaError  # after kafka_io: it imports kafka quietly
 
-    messages = frame_by_key(records, key=key, max_records=max_records)
+    oversized: list[bytes] = []
+    messages = frame_by_key(records, key=key, max_records=max_records, oversized=oversized)
     if not messages:
+        if oversized:
+            raise OversizedRecords(oversized, MAX_MESSAGE_BYTES)
         return 0
     deadline = time.monotonic() + timeout
     futures = []
@@ -147,6 +169,8 @@ def publish_framed(producer: Any, topic: str, records: Iterable[Record], *,
     if acked != len(messages):
         raise PublishError(f"{len(messages) - acked} of {len(messages)} messages to {topic} "
                            f"were not acknowledged: {reasons[0] if reasons else 'unknown'}")
+    if oversized:
+        raise OversizedRecords(oversized, MAX_MESSAGE_BYTES)
     return sum(n for _k, _v, n in messages)
 
 
@@ -310,5 +334,6 @@ __all__ = [
     "frame_by_key",
     "group_lag",
     "produce_shards",
+    "OversizedRecords",
     "publish_framed",
 ]

@@ -5,6 +5,9 @@ services, TLS results and findings, plus their JSON wire form (``to_dict`` /
 ``from_dict``) with a ``v`` schema version so Kafka consumers can refuse what
 they do not understand.
 
+Why one file: it is the contract of every arrow, read as one; its records share one
+codec, and splitting them would only scatter that contract.
+
 Must not touch: the network, storage, Kafka, or any other portwatch package
 (``schemas`` imports nothing of ours).
 """

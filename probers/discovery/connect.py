@@ -4,6 +4,10 @@ Owns: ``ConnectEngine`` (the unprivileged discovery engine, and the fallback whe
 masscan cannot run), ``confirm_open`` (the connect "confirm pass" raw engines run
 over what they found) and the per-host outcome of a sweep (``SweepReport``).
 
+Why one file: the sweep loop, its resource bounds and its outcome rules are one state
+machine over the same sockets and counters; split apart, each half would have to
+reach into the other's private state on the hot path.
+
 Must not touch: Kafka, storage, raw sockets, or any address it was not given. It
 does no scope checking of its own: the producer decides what may be scanned.
 

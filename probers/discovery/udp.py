@@ -1,5 +1,9 @@
 """UDP discovery: the top-1,000 UDP ports (or any shard's UDP ports) of each target.
 
+Why one file: the probe round machinery (pacing, sockets, ICMP interpretation) and the
+rule for reporting silence as open|filtered share the per-host counters they are
+judged by; the payload tables live apart (udp_payloads.py).
+
 Owns: ``UdpEngine`` (a ``DiscoveryEngine``, ``name = "udp"``), the choice of
 datagram per port, the pacing, the retry rounds, the classification of each
 port, the rule for reporting open|filtered, ``udp_top_ports`` and

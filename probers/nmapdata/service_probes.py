@@ -7,6 +7,9 @@ load time as a Python ``re`` bytes pattern, and matching a response against a
 probe's match lines with nmap's fallback rules. The probing itself (sockets,
 timing) lives in :mod:`probers.service.nmap_engine`.
 
+Why one file: it is the reader of one file format, nmap's, from its grammar to its
+template language; every part follows the same specification page.
+
 Semantics kept from nmap (see https://nmap.org/book/vscan-fileformat.html):
 
 - Probe names repeat across TCP and UDP, so probes are keyed by (proto, name).

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from producers.kafka_io import KafkaUnavailable, PublishError, make_consumer, make_producer
-from producers.publish import dead_letter, publish_framed
+from producers.publish import OversizedRecords, dead_letter, publish_framed
 from producers.targets import Scope
 from schemas.records import RecordError, Shard, utcnow
 from schemas.topics import TopicSet
@@ -229,6 +229,16 @@ class DiscoveryWorker:
                 else:
                     publish_framed(producer, topic, records)
                 return True
+            except OversizedRecords as exc:  # the rest is published; retrying cannot help
+                self.stats.poison += len(exc.lines)
+                envelopes = [_Raw(dead_letter(topic, -1, -1, f"record of {len(line):,} bytes "
+                                              f"exceeds the {exc.limit:,}-byte message limit",
+                                              line, stage="discover"))
+                             for line in exc.lines]
+                log.warning("dead letter: %d record(s) for %s too large to publish",
+                            len(envelopes), topic)
+                return self._publish_until_acked(producer, self.options.topics.dead_letter.name,
+                                                 envelopes)
             except (PublishError, KafkaUnavailable, Exception) as exc:  # noqa: BLE001
                 if self.is_stopping or time.monotonic() >= deadline:
                     log.error("giving up publishing to %s: %s", topic, exc)

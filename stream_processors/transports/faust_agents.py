@@ -114,8 +114,14 @@ async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
 
     await asyncio.gather(*(worker() for _ in range(min(len(ports), max(1, concurrency)))))
     findings = [f for f in results if f is not None]
-    for key, value, _count in frame_by_key(findings):
+    oversized: list[bytes] = []
+    for key, value, _count in frame_by_key(findings, oversized=oversized):
         pending.append(await send_findings(key, value))
+    if oversized:  # a broker would refuse them, and the agent would crash on it
+        stats.poison += len(oversized)
+        pending += await _dead_letters(send_dead, "process", events[0], [
+            Poison(0, f"finding of {len(line):,} bytes exceeds the message limit", line)
+            for line in oversized])
     if pending:
         await asyncio.gather(*pending)
     stats.messages += len(events)

@@ -73,7 +73,8 @@ def run_worker(bootstrap: str, prefix: str, shard: Shard, engine_for: Any,
 
     ports = read(topics.open_ports.name, 1) if stats.open_ports else []
     scans = read(topics.host_scans.name, 2) if stats.host_scans else []
-    dead = read(topics.dead_letter.name, 1) if stats.poison or stats.out_of_scope else []
+    dead = (read(topics.dead_letter.name, 1) if stats.poison or stats.out_of_scope
+            else [])
     return stats, ports, scans, dead
 
 
@@ -112,10 +113,11 @@ def test_a_shard_outside_the_workers_scope_is_dead_lettered_not_scanned(
     def counting(conn: Any) -> None:
         accepted.append(1)
 
-    with loopback.listen(counting, ("127.0.0.1", "127.0.0.7")) as target:
-        # Given a worker whose scope excludes 127.0.0.7, and a shard naming it
+    # (an address of its own: other tests may sweep 127.0.0.1 meanwhile)
+    with loopback.listen(counting, ("127.83.0.7",)) as target:
+        # Given a worker whose scope excludes 127.83.0.7, and a shard naming it
         shard = Shard("scan-x", "scan-x:tcp:0", (Target("127.0.0.1", "127.0.0.1"),
-                                                 Target("127.0.0.7", "127.0.0.7")),
+                                                 Target("127.83.0.7", "127.83.0.7")),
                       (PortRange(target.port, target.port),))
         built: list[Shard] = []
 
@@ -123,7 +125,7 @@ def test_a_shard_outside_the_workers_scope_is_dead_lettered_not_scanned(
             built.append(s)
             return ConnectEngine()
 
-        scope = Scope.build(["127.0.0.7/32"], allow=["127.0.0.0/8"])
+        scope = Scope.build(["127.83.0.7/32"], allow=["127.0.0.0/8"])
         # When the worker takes the shard
         stats, ports, _scans, dead = run_worker(kafka_bootstrap, prefix, shard, engine_for,
                                                 scope)
@@ -134,4 +136,41 @@ def test_a_shard_outside_the_workers_scope_is_dead_lettered_not_scanned(
     (envelope,) = [json.loads(v) for v in dead]
     assert envelope["stage"] == "discover"
     assert envelope["reason"] == ("shard scan-x:tcp:0 is outside this worker's scope: "
-                                  "127.0.0.7 (not scanned)")
+                                  "127.83.0.7 (not scanned)")
+
+
+class AnswersWithAMountain:
+    """Named fake for a fault no real engine here produces: an open port whose recorded
+    answer is larger than any Kafka message (engines cap it; this one does not)."""
+
+    name = "answers-with-a-mountain"
+
+    def __init__(self, port: int, normal_port: int) -> None:
+        self.port, self.normal_port = port, normal_port
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        target = shard.targets[0]
+        yield OpenPort(shard.scan_id, target, self.port, response="x" * 2_000_000)
+        yield OpenPort(shard.scan_id, target, self.normal_port)
+
+
+def test_a_record_too_large_for_kafka_is_dead_lettered_and_the_shard_done(
+        kafka_bootstrap: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    shard = Shard("scan-m", "scan-m:tcp:0", (Target("127.0.0.1", "127.0.0.1"),),
+                  (PortRange(1000, 1001),))
+    # Given an engine reporting one normal port and one whose record exceeds the broker's
+    # message size, when the worker publishes the shard
+    stats, ports, scans, dead = run_worker(kafka_bootstrap, prefix, shard,
+                                           lambda _s: AnswersWithAMountain(1000, 1001))
+    # Then the normal port and the host scans are published, the shard is done (not
+    # retried for ever), and the oversized record is in the dead-letter topic with why
+    assert (stats.shards, stats.poison) == (1, 1)
+    published = [p.port for value in ports for p in decode_records(OpenPort, value)[0]]
+    assert published == [1001]
+    assert [h.status for v in scans for h in decode_records(HostScan, v)[0]] == [
+        "running", "completed"]
+    (envelope,) = [json.loads(v) for v in dead]
+    assert envelope["reason"].startswith("record of 2,000,")
+    assert envelope["reason"].endswith("bytes exceeds the 900,000-byte message limit")
+    assert envelope["is_truncated"] is True
