@@ -211,7 +211,8 @@ def test_loopback_targets_make_the_engine_unavailable_and_auto_falls_back() -> N
 def test_auto_picks_masscan_for_a_namespace_host() -> None:
     _require_masscan()
     with netns.test_host(INDEX) as host:
-        engine, note = choose_engine("auto", Proto.TCP, [Target(ip=host.address, target=host.address)])
+        engine, note = choose_engine("auto", Proto.TCP,
+                                     [Target(ip=host.address, target=host.address)])
     assert isinstance(engine, MasscanEngine)
     assert note == ""
 
