@@ -97,6 +97,36 @@ PREFIX_OPTION = click.option(
     help="Put PREFIX before every topic and consumer group name (one pipeline per prefix).")
 
 
+_TARGET_OPTIONS = (
+    click.argument("targets", nargs=-1, metavar="TARGET..."),
+    click.option("-p", "--ports", default=None, metavar="SPEC",
+                 help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all)."),
+    click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
+                 help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
+                      "like 53,123,161."),
+    click.option("--org", "organization", default="", metavar="NAME",
+                 help="Organization the command-line targets belong to."),
+    click.option("--asset", default="", metavar="NAME",
+                 help="Asset name for the command-line targets."),
+    click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None,
+                 metavar="FILE", help="CSV (target,organization,asset) or YAML inventory of "
+                 "targets."),
+    click.option("--exclude", multiple=True, metavar="CIDR",
+                 help="Never scan this address or block (repeatable)."),
+    click.option("--exclude-file", type=click.Path(dir_okay=False), default=None,
+                 metavar="FILE", help="File of addresses/blocks never to scan, one per line."),
+    click.option("--allow-large", is_flag=True,
+                 help="Allow targets larger than a /16 (65,536 addresses)."),
+)
+
+
+def target_options(command: Any) -> Any:
+    """What to scan, as ``scan`` and ``produce`` both take it (Assembly.scan_input)."""
+    for decorate in reversed(_TARGET_OPTIONS):
+        command = decorate(command)
+    return command
+
+
 def settings_from(**flags: Any) -> Any:
     """Validated settings from the flags given (None = not given) over the environment."""
     from portwatch.settings import Settings
@@ -119,4 +149,5 @@ __all__ = [
     "out_console",
     "say",
     "settings_from",
+    "target_options",
 ]

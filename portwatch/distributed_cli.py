@@ -33,7 +33,9 @@ from portwatch.console import (
     fail,
     say,
     settings_from,
+    target_options,
 )
+from probers.discovery.engines import TCP_CHOICES
 from schemas.topics import TopicSet
 
 
@@ -53,18 +55,7 @@ def _topics(assembly: Any) -> TopicSet:
 
 
 @click.command()
-@click.argument("targets", nargs=-1, metavar="TARGET...")
-@click.option("-p", "--ports", default=None, metavar="SPEC",
-              help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all).")
-@click.option("--org", "organization", default="", metavar="NAME",
-              help="Organization the command-line targets belong to.")
-@click.option("--asset", default="", metavar="NAME", help="Asset name for the targets.")
-@click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None,
-              metavar="FILE", help="CSV or YAML inventory of targets.")
-@click.option("--exclude", multiple=True, metavar="CIDR", help="Never scan this (repeatable).")
-@click.option("--exclude-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="File of addresses/blocks never to scan.")
-@click.option("--allow-large", is_flag=True, help="Allow targets larger than a /16.")
+@target_options
 @click.option("--scan-id", default=None, help="Scan id (default: a new one; given to resume).")
 @click.option("--seed", type=int, default=None,
               help="Seed of the shard walk (default 0; same seed, same shards).")
@@ -77,9 +68,6 @@ def _topics(assembly: Any) -> TopicSet:
               help="Ports per shard (PORTWATCH_SHARD_PORTS, default 65535).")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")
-@click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
-              help="UDP ports as for `portwatch scan` (default top1000): published as UDP "
-                   "shards after the TCP ones.")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def produce(targets: Sequence[str], ports: str | None, organization: str, asset: str,
@@ -159,7 +147,7 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
 @click.option("--retries", type=int, default=None, help="Retries for ports that timed out.")
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
-@click.option("--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
+@click.option("--engine", type=click.Choice(TCP_CHOICES), default=None,
               help="Discovery engine, as for `portwatch scan` (default auto).")
 @click.option("--rate", type=int, default=None, help="masscan packets per second (10,000).")
 @click.option("--shard-attempts", type=int, default=None,

@@ -25,30 +25,15 @@ from portwatch.console import (
     out_console,
     say,
     settings_from,
+    target_options,
 )
+from probers.discovery.engines import TCP_CHOICES
 
 
 @click.command()
-@click.argument("targets", nargs=-1, metavar="TARGET...")
-@click.option("-p", "--ports", default=None, metavar="SPEC",
-              help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all).")
-@click.option("--org", "organization", default="", metavar="NAME",
-              help="Organization the command-line targets belong to.")
-@click.option("--asset", default="", metavar="NAME",
-              help="Asset name for the command-line targets.")
-@click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="CSV (target,organization,asset) or YAML inventory of targets.")
-@click.option("--exclude", multiple=True, metavar="CIDR",
-              help="Never scan this address or block (repeatable).")
-@click.option("--exclude-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="File of addresses/blocks never to scan, one per line.")
-@click.option("--allow-large", is_flag=True,
-              help="Allow targets larger than a /16 (65,536 addresses).")
+@target_options
 @STORE_OPTION
-@click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
-              help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
-                   "like 53,123,161.")
-@click.option("-e", "--engine", type=click.Choice(["auto", "masscan", "connect"]), default=None,
+@click.option("-e", "--engine", type=click.Choice(TCP_CHOICES), default=None,
               help="TCP discovery: masscan (raw SYN, needs root or CAP_NET_RAW and an "
                    "Ethernet path; portwatch counts the answers and re-sends only silent "
                    "ports), connect (works everywhere, loopback included), auto (default: "

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from probers.discovery.engines import TCP_CHOICES
+
 
 class SettingsError(ValueError):
     pass
@@ -169,8 +171,9 @@ class Settings:
                     raise SettingsError(f"{flag} must be at least {low:,}")
                 raise SettingsError(f"{flag} must be between {low:,} and {high:,}"
                                     + (f" {unit}" if unit else ""))
-        if self.engine not in ENGINE_CHOICES:
-            raise SettingsError(f"--engine must be auto, masscan or connect, not {self.engine!r}")
+        if self.engine not in TCP_CHOICES:
+            raise SettingsError(f"--engine must be {', '.join(TCP_CHOICES[:-1])} or "
+                                f"{TCP_CHOICES[-1]}, not {self.engine!r}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
@@ -184,7 +187,6 @@ class Settings:
         return {f.name: f.metadata["group"] for f in fields(cls)}
 
 
-ENGINE_CHOICES = ("auto", "masscan", "connect")
 UNBOUNDED = 10**18
 # Every numeric setting's range, checked once at start: (lowest, highest, unit). A float
 # whose lowest is 0 must be strictly positive. Upper bounds keep a typo (10^12 sockets)
