@@ -40,7 +40,7 @@ class AlertConfigError(ValueError):
 
     def __init__(self, path: str, line: int, message: str) -> None:
         where = f"{path}:{line}" if line > 0 else path
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {' '.join(message.split())}")  # always one line
         self.path = path
         self.line = line
 
@@ -163,6 +163,10 @@ def compose_yaml(name: str, text: str) -> yaml.Node | None:
         line = mark.line + 1 if mark is not None else 0
         problem = exc.problem or exc.context or "invalid YAML"
         raise AlertConfigError(name, line, f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise AlertConfigError(name, line, f"invalid YAML: character {exc.character!r} is "
+                                           "not allowed") from None
     except yaml.YAMLError as exc:
         raise AlertConfigError(name, 0, f"invalid YAML: {exc}") from None
 

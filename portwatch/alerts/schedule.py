@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
@@ -81,12 +81,9 @@ def _utc(moment: datetime) -> datetime:
 
 
 def previous_slot(entry: ScheduleEntry, now: datetime) -> datetime:
-    """The latest cron slot at or before ``now``."""
-    itr = _croniter(entry.cron, _utc(now))
-    candidate = _utc(itr.get_next(datetime))
-    if candidate == _utc(now):
-        return candidate
-    itr = _croniter(entry.cron, _utc(now))
+    """The latest cron slot at or before ``now`` (croniter's get_prev is strictly before
+    its start, so start one second later: a slot at exactly ``now`` counts)."""
+    itr = _croniter(entry.cron, _utc(now) + timedelta(seconds=1))
     return _utc(itr.get_prev(datetime))
 
 

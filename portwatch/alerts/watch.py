@@ -131,7 +131,7 @@ class Watcher:
         last_status = ""
         while not stop.is_set() and not self.is_stopping:
             await self.run_once()
-            if self.is_stopping:
+            if self.is_stopping or stop.is_set():
                 break
             if self.dispatcher is not None:
                 await asyncio.to_thread(self.dispatcher.deliver_due)
