@@ -391,3 +391,39 @@ def test_accepted_risk_is_quiet_until_it_expires_or_the_service_changes(
         assert acc.remove(store, "127.0.0.9", "tcp", 0, now)
         assert dispatcher.submit([event(23, ip="127.0.0.9", service="telnet",
                                         scan_id="scan-6")]) == 1
+
+
+def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from portwatch.alerts.dispatcher import CLAIM_COLUMNS
+
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{claim_lease: 2m}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        dead_ev, remote_ev = event(6379), event(5432, service="postgresql")
+        dispatcher.submit([dead_ev, remote_ev])
+        # Given attempt 1 of one delivery claimed by a process of this host that is gone
+        # (killed between claim and send), and of another by a worker on another host
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        claimed = datetime.fromtimestamp(clock(), UTC)
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", dead_ev.event_id, 1,
+             f"{socket.gethostname()}:{gone.pid}:deadbeef", claimed]])
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", remote_ev.event_id, 1, "other-host:1:cafe", claimed]])
+        # When a delivery pass runs at once
+        first = dispatcher.deliver_due()
+        # Then the dead process's delivery goes out now (as attempt 2), the other waits
+        assert [e["port"] for e in receiver.events()] == [6379]
+        assert first.sent == 1
+        # And after the lease of the other host's claim, it goes out too
+        clock.advance(121)
+        assert dispatcher.deliver_due().sent == 1
+        assert sorted(e["port"] for e in receiver.events()) == [5432, 6379]
+        assert outbox_states(store)[("risky-opened", "soc-hook", remote_ev.event_id)] == \
+            ("sent", 2)
