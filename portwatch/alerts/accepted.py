@@ -175,8 +175,9 @@ class ActiveAcceptances:
         active = []
         for risk in candidates:
             now_identity = current.get((risk.target, risk.proto, risk.port))
-            if risk.port and now_identity is not None and \
-                    now_identity != (risk.service, risk.product, risk.version):
+            snapshot = (risk.service, risk.product, risk.version)
+            if risk.port and now_identity is not None and any(snapshot) and \
+                    now_identity != snapshot:
                 continue  # the service changed since it was accepted: alert again
             active.append(risk)
         return cls(active)
