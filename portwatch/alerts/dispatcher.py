@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -120,7 +121,7 @@ class AlertDispatcher:
         self.clock = clock
         self.sleep = sleep
         self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._pass_lock = threading.Lock()
         self.rules = {rule.name: rule for rule in config.rules}
 
     # -- submit -------------------------------------------------------------------------
@@ -187,7 +188,8 @@ class AlertDispatcher:
         with ``flush``) and every retry that is due goes out as one message. Never raises."""
         report = DeliveryReport()
         try:
-            self._deliver_due(flush, report)
+            with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
+                self._deliver_due(flush, report)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
             log.error("%s", message)
@@ -261,31 +263,35 @@ class AlertDispatcher:
             report.errors.append(message)
 
     def _claim(self, rows: Sequence[PendingRow]) -> list[PendingRow]:
-        """The rows this dispatcher won the right to send now (see module docstring)."""
+        """The rows this pass won the right to send now (see module docstring). Every pass
+        claims under its own owner id: two passes of one dispatcher (the Faust agent and
+        its timer) compete like two workers."""
         now = self.clock()
+        my_owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         lease = self.config.delivery.claim_lease_seconds
         ids = sorted({r.event_id for r in rows})
         latest: dict[Key, tuple[int, str, float]] = {}
-        for rule, channel, event_id, attempt, owner, claimed_at in self.store.query(
+        for rule, channel, event_id, attempt, claim_owner, claimed_at in self.store.query(
                 "SELECT rule, channel, event_id, attempt, owner, claimed_at FROM alert_claims "
                 "WHERE event_id IN {ids:Array(String)}", {"ids": ids}):
             key = (str(rule), str(channel), str(event_id))
             if key not in latest or int(attempt) > latest[key][0]:
-                latest[key] = (int(attempt), str(owner), _seconds(claimed_at))
+                latest[key] = (int(attempt), str(claim_owner), _seconds(claimed_at))
         attempts: dict[Key, int] = {}
         for row in rows:
             attempt = row.attempts + 1
             claim = latest.get(row.key)
             if claim is not None and claim[0] >= attempt:
-                claimed_attempt, owner, claimed_at = claim
-                is_alive = claimed_at + lease > now and not _owner_is_gone(owner, self.host)
-                if is_alive and owner != self.owner:
-                    continue  # another worker is sending this attempt right now
+                claimed_attempt, claim_owner, claimed_at = claim
+                is_alive = claimed_at + lease > now and \
+                    not _owner_is_gone(claim_owner, self.host)
+                if is_alive:
+                    continue  # another pass (of any worker) is sending this attempt now
                 attempt = claimed_attempt + 1
             attempts[row.key] = attempt
             token = "\x1f".join((*row.key, str(attempt)))
             self.store.insert_rows("alert_claims", CLAIM_COLUMNS,
-                                   [[*row.key, attempt, self.owner, _dt(now)]],
+                                   [[*row.key, attempt, my_owner, _dt(now)]],
                                    dedup_token=token)
         if not attempts:
             return []
@@ -294,7 +300,7 @@ class AlertDispatcher:
             for r in self.store.query(
                 "SELECT rule, channel, event_id, attempt FROM alert_claims "
                 "WHERE event_id IN {ids:Array(String)} AND owner = {owner:String}",
-                {"ids": ids, "owner": self.owner})
+                {"ids": ids, "owner": my_owner})
         }
         return [replace(row, attempts=attempts[row.key] - 1) for row in rows
                 if row.key in attempts and (*row.key, attempts[row.key]) in won]
@@ -371,3 +377,14 @@ def decode_event_json(raw: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def alert_after_scan(store: Any, config: AlertConfig, events: Sequence[ChangeEvent], *,
+                     wait_seconds: float | None = None) -> DeliveryReport:
+    """What a one-shot ``scan --alerts FILE`` (or one ``process`` batch) calls after its
+    findings are stored: queue the events, then deliver everything queued (digest windows
+    closed early) within the bounded wait (default: the file's ``delivery: wait``, 30 s).
+    What is not delivered stays queued for the next run. Never raises."""
+    dispatcher = AlertDispatcher(store, config)
+    dispatcher.submit(events)
+    return dispatcher.drain(wait_seconds)

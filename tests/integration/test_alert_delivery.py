@@ -427,3 +427,30 @@ def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) 
         assert sorted(e["port"] for e in receiver.events()) == [5432, 6379]
         assert outbox_states(store)[("risky-opened", "soc-hook", remote_ev.event_id)] == \
             ("sent", 2)
+
+
+def test_two_passes_of_one_dispatcher_racing_send_once(store: Any, tmp_path: Path) -> None:
+    # The Faust agent and its delivery timer run passes of one dispatcher in two threads.
+    # The dispatcher serializes its passes; here that lock is bypassed on purpose, so that
+    # the claims alone (one owner id per pass) must keep each delivery single.
+    from portwatch.alerts.dispatcher import DeliveryReport
+
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        dispatcher = AlertDispatcher(store, config, clock=Clock())
+        events = [event(port) for port in range(7100, 7120)]
+        dispatcher.submit(events)
+        barrier = threading.Barrier(3)
+
+        def raw_pass() -> None:
+            barrier.wait()
+            dispatcher._deliver_due(False, DeliveryReport())
+
+        threads = [threading.Thread(target=raw_pass) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(e["event_id"] for e in receiver.events()) == \
+            sorted(e.event_id for e in events)
+        assert receiver.rejected == []
