@@ -202,6 +202,47 @@ def test_sigkill_between_event_and_delivery_then_restart_delivers_exactly_once(
             ("sent", 1), ("sent", 1)]
 
 
+QUEUER = VICTIM.replace('time.sleep(120)  # the digest window (5 m) is still open: killed '
+                        'before delivering', 'store.close()')
+
+
+def test_receiver_down_does_not_affect_the_scan_and_delivery_follows(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener, \
+            webhook_receiver(SECRET.encode()) as receiver:
+        receiver.stop()  # the receiver is down
+        rules = alerts(tmp_path, receiver.url)
+        rules.write_text(rules.read_text().replace("wait: 10s", "wait: 2s"))
+        # Given two alerts queued by an earlier run (built here: no change detection yet)
+        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
+                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
+                                text=True, env={**os.environ, **ENV}, timeout=120)
+        assert queued.stdout.strip() == "queued 2", queued.stderr
+        # When watch --once runs a due scan while the receiver is down
+        sched = tmp_path / "scan.yaml"
+        sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
+                         f"    ports: \"{listener.port}\"\n    udp: none\n"
+                         f"    cron: '@hourly'\n")
+        down = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
+                       str(rules), store=store, env=ENV)
+        # Then the scan completes and stores its finding; the alerts stay queued, said so
+        assert down.code == 0, down.stderr
+        assert "now: scan" in down.stderr and "completed" in down.stderr
+        assert "2 not delivered yet: kept in the store" in down.stderr
+        listed = run_cli("report", "list", "--format", "json", store=store)
+        assert [row["port"] for row in json.loads(listed.stdout)] == [listener.port]
+        log = run_cli("alerts", "log", store=store)
+        assert log.stdout.count("failed (cannot reach") == 2, log.stdout
+        # When the receiver is back and the next run goes
+        receiver.start()
+        up = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts", str(rules),
+                     store=store, env=ENV)
+        # Then both alerts arrive, once
+        assert up.code == 0, up.stderr
+        assert sorted(e["port"] for e in receiver.events()) == [6379, 6380]
+        assert receiver.rejected == []
+
+
 def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
     with webhook_receiver(SECRET.encode()) as receiver:
         rules = alerts(tmp_path, receiver.url)
