@@ -257,3 +257,26 @@ def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) ->
         load_schedules(path)
     assert str(caught.value).startswith(f"{path}:{line}: "), str(caught.value)
     assert words in str(caught.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_any_schedule_text_is_entries_or_one_line_error(
+        tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("hostile") / "schedules.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        entries = load_schedules(path)
+    except ScheduleError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert entries and all(e.name and e.cron for e in entries)
+
+
+@given(st.text(max_size=20), st.text(max_size=80), st.binary(max_size=200))
+def test_signature_check_never_raises_on_hostile_headers(timestamp: str, signature: str,
+                                                         body: bytes) -> None:
+    from portwatch.alerts.channels import sign, verify
+
+    assert verify(b"k", timestamp, signature, body, now=1_000_000) in (True, False)
+    assert verify(b"k", "1000000", sign(b"k", 1_000_000, body), body, now=1_000_000)
