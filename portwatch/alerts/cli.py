@@ -143,9 +143,23 @@ async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *
     from portwatch.alerts.watch import Watcher
 
     dispatcher = AlertDispatcher(db, config) if config is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    is_forever = not once
+
+    def own_signals() -> None:
+        # Between scans Ctrl-C/SIGTERM stops the loop; during a scan the runner installs
+        # its own handlers (stop discovery, keep what was found) and removes them after,
+        # so they are put back after every scan.
+        if is_forever:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
 
     async def scan(entry: Any) -> Any:
-        return await run_embedded_scan(db, prepared[entry.name], quiet=quiet)
+        try:
+            return await run_embedded_scan(db, prepared[entry.name], quiet=quiet)
+        finally:
+            own_signals()
 
     watcher = Watcher(db, entries, scan, dispatcher, say=_say)
     if once:
@@ -153,12 +167,7 @@ async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *
         if dispatcher is not None:
             _report_drain(await asyncio.to_thread(dispatcher.drain))
         return EXIT_INTERRUPTED if watcher.is_stopping else 0
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Between scans Ctrl-C/SIGTERM stops the loop; during a scan the runner installs its
-    # own handlers (stop discovery, keep what was found) and the watcher stops after it.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    own_signals()
     try:
         _say(f"watch: {watcher.status_line()}")
         await watcher.run_forever(stop)

@@ -283,3 +283,37 @@ def test_bad_accept_input(tmp_path: Path, args: list[str], words: str) -> None:
     assert_refused(result, words)
     assert not store.exists()
 
+
+
+def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener:
+        sched = schedules(tmp_path, listener.port)
+        # Given watch running: it scanned its due entry and now waits for the next slot
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PORTWATCH_STORE": store})
+        assert proc.stderr is not None
+        seen: list[str] = []
+        try:
+            for _ in range(50):  # bounded: the lines of one scan and its status
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if "scan " in line and "completed" in line:
+                    break
+            assert any("completed" in line for line in seen), seen
+            # When Ctrl-C arrives while it waits
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        # Then it stops with 130 and one line, no traceback, and its run is kept
+        assert proc.returncode == 130, rest
+        assert "watch interrupted" in rest and "Traceback" not in rest
+        plan = run_cli("watch", "--schedule", str(sched), "--list", store=store)
+        assert "last never" not in plan.stdout and "now (due)" not in plan.stdout
