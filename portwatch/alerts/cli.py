@@ -103,6 +103,8 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         db.close()
     if code == EXIT_INTERRUPTED:
         raise PortwatchError("watch interrupted: findings so far are kept", EXIT_INTERRUPTED)
+    if code == EXIT_RUNTIME:
+        raise PortwatchError("watch: a scheduled scan failed (see above)", EXIT_RUNTIME)
 
 
 def _prepare(entry: Any, store: str | None) -> Any:
@@ -163,10 +165,13 @@ async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *
 
     watcher = Watcher(db, entries, scan, dispatcher, say=_say)
     if once:
-        await watcher.run_once()
+        records = await watcher.run_once()
         if dispatcher is not None:
             _report_drain(await asyncio.to_thread(dispatcher.drain))
-        return EXIT_INTERRUPTED if watcher.is_stopping else 0
+        if watcher.is_stopping:
+            return EXIT_INTERRUPTED
+        # a failed scan fails the one-shot run (a CronJob shows it), after delivering
+        return EXIT_RUNTIME if any(r.status == "failed" for r in records) else 0
     own_signals()
     try:
         _say(f"watch: {watcher.status_line()}")
