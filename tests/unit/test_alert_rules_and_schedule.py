@@ -219,3 +219,25 @@ def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep() -> None:
     assert ran == [datetime(2026, 12, 1, 11, 0, tzinfo=UTC),
                    datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
     assert waits == [60.0, 3600.0]
+
+
+def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs() -> None:
+    from portwatch.cli import PortwatchError
+
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    store = FakeStore()
+    lines: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        if entry.name == "hourly":
+            raise PortwatchError("--engine masscan: cannot open a raw socket")
+        return ScanOutcome(Stats("s-nightly"), [])
+
+    watcher = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
+                      say=lines.append)
+    records = asyncio.run(watcher.run_once())
+    assert [(r.entry, r.status) for r in records] == [("hourly", "failed"),
+                                                      ("nightly", "completed")]
+    assert any("hourly: scan failed: --engine masscan" in line for line in lines)
+    # the failed slot is not retried in a loop: it counts as run
+    assert asyncio.run(watcher.run_once()) == []
