@@ -220,6 +220,18 @@ class Assembly:
                               batch_seconds=s.batch_seconds, shard_attempts=s.shard_attempts,
                               shard_ports=s.shard_ports, shard_hosts=s.shard_hosts)
 
+    # -- alerting -------------------------------------------------------------------------
+
+    def alert_config(self) -> Any:
+        """The alert rules and channels (``--alerts`` / PORTWATCH_ALERTS), validated now so
+        a bad file is refused before anything scans (AlertConfigError: FILE:LINE, exit 2);
+        None when no file is set."""
+        if not self.settings.alerts:
+            return None
+        from portwatch.alerts.config import load_alerts
+
+        return load_alerts(self.settings.alerts)
+
     # -- the distributed transport --------------------------------------------------------
 
     def topics(self) -> TopicSet:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import click
 
+from portwatch.alerts.cli import accept, alerts, watch
 from portwatch.console import EXIT_INTERRUPTED, EXIT_USAGE, err_console, exit_code_for, one_line
 from portwatch.distributed_cli import discover, process, produce
 from portwatch.report_cli import report, show_settings
@@ -41,6 +42,7 @@ def cli(verbose: int) -> None:
       portwatch report products                 # what software runs where
       portwatch report list --product nginx     # drill down into one product
       portwatch serve                           # the reports as web pages and JSON
+      portwatch watch --schedule schedules.yaml --alerts alerts.yaml   # monitor
 
     \b
     Distributed shape (Kafka): produce -> discover workers -> process (Faust).
@@ -53,8 +55,8 @@ def cli(verbose: int) -> None:
                         stream=sys.stderr)
 
 
-COMMANDS: tuple[click.Command, ...] = (scan, report, show_settings, serve, produce, discover,
-                                       process)
+COMMANDS: tuple[click.Command, ...] = (scan, report, show_settings, serve, watch, alerts, accept,
+                                       produce, discover, process)
 for _command in COMMANDS:
     cli.add_command(_command)
 

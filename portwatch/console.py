@@ -55,6 +55,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("portwatch.settings", "SettingsError", EXIT_USAGE),
     ("producers.targets", "TargetError", EXIT_USAGE),
     ("producers.shards", "CheckpointError", EXIT_USAGE),
+    ("portwatch.alerts.config", "AlertConfigError", EXIT_USAGE),
     ("stream_processors.store", "StoreUrlError", EXIT_USAGE),
     ("stream_processors.store", "StoreMissing", EXIT_USAGE),
     ("stream_processors.store", "StoreLayoutError", EXIT_USAGE),

@@ -239,12 +239,17 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
                    "sink runs. Loopback unless a --token is given.")
 @click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", metavar="TOKEN",
               show_envvar=True, help="Token the --serve web reports require off loopback.")
+@click.option("--alerts", "alerts_file", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): an alerts agent "
+                   "on the changes topic delivers each change once, whatever the workers.")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
             commit_interval: float | None, session_timeout: float | None, serve_at: str,
-            token: str, kafka: str | None, topic_prefix: str | None) -> None:
+            token: str, alerts_file: str | None, kafka: str | None,
+            topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
     Any number of `--role stages` workers may run; exactly one process runs the
@@ -273,10 +278,14 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         identify_concurrency=identify_concurrency, banner_wait=banner_wait,
         batch_seconds=batch_seconds, store=store, sink_buffer=sink_buffer,
         commit_interval=commit_interval, session_timeout=session_timeout, kafka=kafka,
-        topic_prefix=topic_prefix))
+        topic_prefix=topic_prefix, alerts=alerts_file))
     has_sink = role in ("all", "sink")
     if has_sink:
         assembly.store_location()  # a bad URL is refused before connecting to Kafka
+    alerts = assembly.alert_config()  # a bad rules file: one line, before connecting
+    if alerts is not None and not has_sink:
+        fail("--alerts needs the store the sink owns: run it with --role all or sink",
+             EXIT_USAGE)
     topics = _topics(assembly)
     options = assembly.pipeline_options(topics)
     db = assembly.open_store() if has_sink else None
@@ -295,6 +304,13 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats
+    if alerts is not None and db is not None:
+        from portwatch.alerts.dispatcher import AlertDispatcher
+        from stream_processors.transports.faust_alerts import build_alerts_app
+
+        alerts_app, alert_stats = build_alerts_app(options, AlertDispatcher(db, alerts))
+        apps.append(alerts_app)
+        report["alerts"] = alert_stats
     web: tuple[Any, str, int] | None = None
     if listen is not None and db is not None:
         from portwatch.web.cli import web_app

@@ -62,6 +62,11 @@ from probers.discovery.engines import TCP_CHOICES
                    "(default: on).")
 @click.option("--nmap-probes/--no-nmap-probes", "nmap_probes", default=None,
               help="Fall back to nmap's service probes from nmap-common (default: on).")
+@click.option("--alerts", "alerts_file", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): what this scan "
+                   "changed is delivered before it exits (bounded wait; the rest is kept and "
+                   "sent by the next run).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
 def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
          inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
@@ -69,7 +74,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
          rate: int | None, udp_rate: float | None, concurrency: int | None,
          timeout: float | None, retries: int | None, banner_wait: float | None,
          tarpit_threshold: int | None, checkpoint: str | None, seed: int | None,
-         tls: bool | None, nmap_probes: bool | None, quiet: bool) -> None:
+         tls: bool | None, nmap_probes: bool | None, alerts_file: str | None,
+         quiet: bool) -> None:
     """Scan TARGET... (addresses, CIDR blocks, ranges like 10.0.0.1-20, hostnames;
     "-" reads targets from standard input, one per line).
 
@@ -91,7 +97,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     settings = settings_from(
         ports=ports, concurrency=concurrency, timeout=timeout, retries=retries,
         banner_wait=banner_wait, tarpit_threshold=tarpit_threshold, store=store, tls=tls,
-        nmap_probes=nmap_probes, udp=udp, engine=engine, rate=rate, udp_rate=udp_rate)
+        nmap_probes=nmap_probes, udp=udp, engine=engine, rate=rate, udp_rate=udp_rate,
+        alerts=alerts_file)
     assembly = Assembly(settings)
     work = assembly.scan_input(targets, organization=organization, asset=asset,
                                inventory=inventory, exclude=exclude, exclude_file=exclude_file,
@@ -99,25 +106,37 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     assembly.store_location()  # a bad URL is refused before anything is sent or written
     plan, start = assembly.scan_plan(work, checkpoint_path=checkpoint, seed=seed,
                                      default_seed=random.randrange(2**31))
+    alerts = assembly.alert_config()  # a bad rules file is refused before anything scans
     db = assembly.open_store()
     try:
-        engine_name, note = assembly.decide_engine(work.targets) if work.tcp_ports else ("", "")
-        if note and not quiet:
-            say(note)
-        runner = assembly.embedded_runner(db, engine=engine_name or None,
-                                          say=None if quiet else say)
-        stats = asyncio.run(_run(runner, plan, start, checkpoint, quiet))
+        stats = asyncio.run(run_plan(assembly, db, plan, start, checkpoint=checkpoint,
+                                     quiet=quiet))
         if not quiet:
             _end_screen(db, stats, work.targets)
+        if alerts is not None:
+            from portwatch.alerts.cli import report_drain
+            from portwatch.alerts.dispatcher import alert_after_scan
+
+            report_drain(alert_after_scan(db, alerts, stats.change_events))
     finally:
         db.close()
     if stats.interrupted:
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
 
 
-async def _run(runner: Any, plan: Any, start: Any, checkpoint: str | None, quiet: bool) -> Any:
+async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
+                   checkpoint: str | None = None, quiet: bool = False) -> Any:
+    """Run a scan plan through the embedded transport with the progress view and
+    Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs)."""
     from stream_processors.transports.embedded import install_interrupt
 
+    targets = plan.plans[0].targets if plan.plans else ()
+    tcp = any(p.proto.value == "tcp" for p in plan.plans)
+    engine_name, note = assembly.decide_engine(targets) if tcp else ("", "")
+    if note and not quiet:
+        say(note)
+    runner = assembly.embedded_runner(db, engine=engine_name or None,
+                                      say=None if quiet else say)
     view = ProgressView(enabled=not quiet)
     undo = install_interrupt(runner)
     try:

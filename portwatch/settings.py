@@ -113,6 +113,9 @@ class Settings:
     batch_size: int = setting(500, "findings per store insert", group="sink")
     batch_seconds: float = setting(1.0, "longest a finding waits before it is written",
                                    group="sink")
+    # -- alerting
+    alerts: str = setting("", "alert rules and channels file (alerts.yaml); empty = no alerting",
+                          group="alerts")
     # -- the distributed shape
     kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated",
                          group="kafka")

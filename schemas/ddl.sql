@@ -238,3 +238,77 @@ CREATE TABLE IF NOT EXISTS schema_version
 )
 ENGINE = ReplacingMergeTree
 ORDER BY version;
+
+-- Alert delivery log ("outbox"): one row per (rule, channel, change event) a rule
+-- selected, in one of three states: pending (queued or waiting for a retry), sent,
+-- failed (gave up after the last attempt; kept with its error). `revision` orders the
+-- states of one key without clocks: a submitted row is 0 (so a replayed submission can
+-- never undo a later state), attempt N writes 4N+1 (retry), 4N+2 (failed), 4N+3 (sent).
+CREATE TABLE IF NOT EXISTS alert_outbox
+(
+    rule             String,
+    channel          String,
+    event_id         String,
+    event_json       String,
+    state            LowCardinality(String),
+    attempts         UInt16,
+    last_error       String,
+    created_at       DateTime64(3, 'UTC'),
+    next_attempt_at  DateTime64(3, 'UTC'),
+    sent_at          DateTime64(3, 'UTC'),
+    revision         UInt64
+)
+ENGINE = ReplacingMergeTree(revision)
+ORDER BY (rule, channel, event_id);
+
+-- Who may send attempt N of a delivery: every claim is inserted with the insert
+-- deduplication token (rule, channel, event_id, attempt), so exactly one claim per
+-- attempt lands whatever the number of workers; the one whose row landed sends.
+CREATE TABLE IF NOT EXISTS alert_claims
+(
+    rule        String,
+    channel     String,
+    event_id    String,
+    attempt     UInt16,
+    owner       String,
+    claimed_at  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (rule, channel, event_id, attempt)
+SETTINGS non_replicated_deduplication_window = 100000;
+
+-- Accepted risks: TARGET (port 0 = every port of it) or TARGET:PORT/PROTO, with who,
+-- when, why and until when (1970 = no expiry). service/product/version are the port's
+-- identification when it was accepted: the acceptance ends when they change.
+CREATE TABLE IF NOT EXISTS accepted_risks
+(
+    target       String,
+    proto        LowCardinality(String),
+    port         UInt16,
+    note         String,
+    accepted_by  String,
+    accepted_at  DateTime64(3, 'UTC'),
+    until        DateTime64(3, 'UTC'),
+    service      String,
+    product      String,
+    version      String,
+    is_removed   UInt8,
+    revision     UInt64
+)
+ENGINE = ReplacingMergeTree(revision)
+ORDER BY (target, proto, port);
+
+-- Schedule runs of `portwatch watch`: one row per (entry, cron slot) that ran, so a
+-- restart neither repeats a slot nor runs every missed one.
+CREATE TABLE IF NOT EXISTS watch_runs
+(
+    entry        String,
+    slot         DateTime64(3, 'UTC'),
+    started_at   DateTime64(3, 'UTC'),
+    finished_at  DateTime64(3, 'UTC'),
+    scan_id      String,
+    status       LowCardinality(String),
+    note         String
+)
+ENGINE = ReplacingMergeTree(finished_at)
+ORDER BY (entry, slot);

@@ -3,7 +3,7 @@
 Owns: identify (probers/service), TLS (probers/tls, when scheduled), CDN
 (stream_processors/cdn) and risk (stream_processors/risk) as plain async
 functions over records. The embedded runner binds them to in-process queues;
-the Faust agents (stream_processors/app.py) bind the same functions to Kafka
+the Faust agents (stream_processors/transports/) bind the same functions to Kafka
 topics. A stage never knows which transport feeds it (DESIGN.md).
 
 Also the discovery stage (shard -> open ports, with tarpit holding), shared by

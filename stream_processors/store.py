@@ -34,7 +34,7 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
-SCHEMA_VERSION = 3  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -319,6 +319,16 @@ class Store:
             return
         with self._lock:
             self._client.insert(table, rows, column_names=list(columns))
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[list[Any]], *,
+                    dedup_token: str = "") -> None:
+        """Insert rows into one of our tables; with ``dedup_token``, a second insert with
+        the same token is dropped by ClickHouse (the alert claims rely on it)."""
+        if not rows:
+            return
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        with self._lock:
+            self._client.insert(table, rows, column_names=list(columns), settings=settings)
 
     def insert_findings(self, findings: Iterable[Finding]) -> int:
         """Insert findings (observations, TLS probes, suites, certificates). Idempotent."""

@@ -16,6 +16,13 @@ WITH
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
         FROM port_prevalence GROUP BY proto, port
+    ),
+    -- Accepted risks (`portwatch accept`) still in force; a port's acceptance also ends
+    -- when its service/product/version differ from what was accepted (checked below).
+    accepted AS (
+        SELECT target, proto, port, note, accepted_by, until, service, product, version
+        FROM accepted_risks FINAL
+        WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
     )
 SELECT
     f.target AS target,
@@ -46,10 +53,23 @@ SELECT
     f.method AS method,
     f.first_seen AS first_seen,
     f.last_seen AS last_seen,
-    (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current
+    (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current,
+    (acc_port.target != ''
+     AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
+          OR (acc_port.service = f.service AND acc_port.product = f.product
+              AND acc_port.version = f.version))) AS is_port_accepted,
+    (is_port_accepted OR acc_host.target != '') AS is_accepted,
+    if(is_port_accepted, acc_port.note, acc_host.note) AS accepted_note,
+    if(is_port_accepted, acc_port.accepted_by, acc_host.accepted_by) AS accepted_by,
+    if(is_port_accepted, acc_port.until, acc_host.until) AS accepted_until
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
+LEFT ANY JOIN accepted AS acc_port
+    ON (acc_port.target = f.ip OR acc_port.target = lower(f.target))
+   AND acc_port.proto = f.proto AND acc_port.port = f.port
+LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
+    ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
 WHERE ({history:UInt8} = 1 OR is_current)
   AND ({target:String} = '' OR f.target = {target:String} OR f.ip = {target:String}
        OR f.hostname = {target:String})

@@ -25,13 +25,35 @@ WITH
                if(min(status = 'completed'), 'completed', 'interrupted') AS status
         FROM host_scans FINAL GROUP BY target, ip, scan_id
     ),
+    -- Accepted risks in force (as in list.sql): shown, still scored (the risk is real).
+    accepted AS (
+        SELECT target, proto, port, note, accepted_by, until, service, product, version
+        FROM accepted_risks FINAL
+        WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
+    ),
     ports AS (
         SELECT f.target AS target, f.ip AS ip, f.port AS port, f.proto AS proto,
                f.risk_color AS color, f.is_cdn_expected AS is_cdn_expected,
                f.state AS state, f.product AS product,
-               (f.is_cdn_expected = 0 AND f.state = 'open') AS is_scored
+               (f.is_cdn_expected = 0 AND f.state = 'open') AS is_scored,
+               (acc_port.target != ''
+                AND ((acc_port.service = '' AND acc_port.product = ''
+                      AND acc_port.version = '')
+                     OR (acc_port.service = f.service AND acc_port.product = f.product
+                         AND acc_port.version = f.version))) AS is_port_accepted,
+               (is_port_accepted OR acc_host.target != '') AS is_accepted,
+               if(is_port_accepted,
+                  format('{}/{}: {} (by {})', toString(f.port), f.proto, acc_port.note,
+                         acc_port.accepted_by),
+                  format('all ports: {} (by {})', acc_host.note,
+                         acc_host.accepted_by)) AS accepted_text
         FROM current_findings AS f
         INNER JOIN scans ON scans.target = f.target AND scans.ip = f.ip
+        LEFT ANY JOIN accepted AS acc_port
+            ON (acc_port.target = f.ip OR acc_port.target = lower(f.target))
+           AND acc_port.proto = f.proto AND acc_port.port = f.port
+        LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
+            ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
         WHERE f.last_scan_id = scans.last_scan_id
     ),
     per_host AS (
@@ -42,7 +64,9 @@ WITH
                countIf(is_scored AND color = 'green') AS green,
                countIf(is_cdn_expected = 1) AS cdn_expected,
                arraySort(groupArray((port, proto, color, is_cdn_expected))) AS port_list,
-               groupUniqArray(lower(product)) AS products
+               groupUniqArray(lower(product)) AS products,
+               countIf(is_accepted) AS accepted,
+               arraySort(groupUniqArrayIf(accepted_text, is_accepted)) AS accepted_notes
         FROM ports GROUP BY target, ip
     )
 SELECT
@@ -68,7 +92,9 @@ SELECT
     scan_totals.is_tarpit AS is_tarpit,
     scan_totals.status AS scan_status,
     scan_totals.ports_scanned AS ports_scanned,
-    scans.last_scanned AS last_scanned
+    scans.last_scanned AS last_scanned,
+    per_host.accepted AS accepted,
+    per_host.accepted_notes AS accepted_notes
 FROM scans
 LEFT JOIN per_host ON per_host.target = scans.target AND per_host.ip = scans.ip
 LEFT JOIN scan_totals ON scan_totals.target = scans.target AND scan_totals.ip = scans.ip

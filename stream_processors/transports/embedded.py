@@ -31,7 +31,7 @@ from pathlib import Path
 
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
-from schemas.records import Finding, OpenPort, Shard, utcnow
+from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
 from stream_processors.stages import (
     EngineFactory,
     ShardOutcome,
@@ -60,6 +60,8 @@ class ScanStats:
     tarpits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     resumed_shards: int = 0  # shards a checkpoint said were already done
+    # What changed since each host's previous completed scan (alerting reads these).
+    change_events: list[ChangeEvent] = field(default_factory=list)
 
     _done_shards: Progress = field(default_factory=Progress)
     _active: list[Progress] = field(default_factory=list)

@@ -77,7 +77,7 @@ def _origin(event: Any) -> tuple[str, int, int]:
     return str(message.topic), int(message.partition), int(message.offset)
 
 
-async def _dead_letters(send_dead: Send, stage_name: str, event: Any,
+async def dead_letters(send_dead: Send, stage_name: str, event: Any,
                         poison: Sequence[Poison]) -> list[Awaitable[Any]]:
     topic, partition, offset = _origin(event)
     futures = []
@@ -101,7 +101,7 @@ async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
         records, poison = decode_records(OpenPort, event.value)
         ports.extend(records)
         stats.poison += len(poison)
-        pending += await _dead_letters(send_dead, "process", event, poison)
+        pending += await dead_letters(send_dead, "process", event, poison)
 
     # A pool of workers over the buffer, not a task per port: a task costs more than
     # identifying a port whose answer discovery already holds (UDP, tarpit checks).
@@ -119,7 +119,7 @@ async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
         pending.append(await send_findings(key, value))
     if oversized:  # a broker would refuse them, and the agent would crash on it
         stats.poison += len(oversized)
-        pending += await _dead_letters(send_dead, "process", events[0], [
+        pending += await dead_letters(send_dead, "process", events[0], [
             Poison(0, f"finding of {len(line):,} bytes exceeds the message limit", line)
             for line in oversized])
     if pending:
@@ -178,7 +178,7 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
             pending: list[Awaitable[Any]] = []
             for event, bad in poison:
                 stats.poison += len(bad)
-                pending += await _dead_letters(send_dead, "sink", event, bad)
+                pending += await dead_letters(send_dead, "sink", event, bad)
             try:
                 await sink.write(findings, scans)
             except SinkStopped as exc:

@@ -72,7 +72,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h}" for h in hosts)
 
 
-def _app(options: PipelineOptions, role: str) -> faust.App:
+def make_app(options: PipelineOptions, role: str) -> faust.App:
     return faust.App(
         options.app_id(role),
         broker=_broker_url(options.bootstrap),
@@ -89,12 +89,12 @@ def _app(options: PipelineOptions, role: str) -> faust.App:
     )
 
 
-def _raw_topic(app: faust.App, *names: str) -> Any:
+def raw_topic(app: faust.App, *names: str) -> Any:
     return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                      value_serializer="raw")
 
 
-def _sender(topic: Any) -> Any:
+def sender(topic: Any) -> Any:
     async def send(key: bytes | None, value: bytes) -> Any:
         return await topic.send(key=key, value=value)
 
@@ -105,11 +105,11 @@ def build_stages_app(options: PipelineOptions, stage: Stage,
                      stats: StageStats | None = None) -> tuple[faust.App, StageStats]:
     """The stages app: open ports in, findings (and dead letters) out."""
     stats = stats or StageStats()
-    app = _app(options, "stages")
-    source = _raw_topic(app, options.topics.open_ports.name)
-    findings = _raw_topic(app, options.topics.findings.name)
-    dead = _raw_topic(app, options.topics.dead_letter.name)
-    body = stage_agent(stage, _sender(findings), _sender(dead), buffer=options.stage_buffer,
+    app = make_app(options, "stages")
+    source = raw_topic(app, options.topics.open_ports.name)
+    findings = raw_topic(app, options.topics.findings.name)
+    dead = raw_topic(app, options.topics.dead_letter.name)
+    body = stage_agent(stage, sender(findings), sender(dead), buffer=options.stage_buffer,
                        within=options.stage_within,
                        concurrency=options.identify_concurrency, stats=stats)
     app.agent(source, name="portwatch.stages")(body)
@@ -120,11 +120,11 @@ def build_sink_app(options: PipelineOptions, sink: StoreSink,
                    stats: SinkAgentStats | None = None) -> tuple[faust.App, SinkAgentStats]:
     """The sink app: findings and host scans in, store rows (and dead letters) out."""
     stats = stats or SinkAgentStats()
-    app = _app(options, "sink")
+    app = make_app(options, "sink")
     t = options.topics
-    source = _raw_topic(app, t.findings.name, t.host_scans.name)
-    dead = _raw_topic(app, t.dead_letter.name)
-    body = sink_agent(sink, _sender(dead), findings_topic=t.findings.name,
+    source = raw_topic(app, t.findings.name, t.host_scans.name)
+    dead = raw_topic(app, t.dead_letter.name)
+    body = sink_agent(sink, sender(dead), findings_topic=t.findings.name,
                       host_scans_topic=t.host_scans.name, buffer=options.sink_buffer,
                       within=options.sink_within, stats=stats)
     app.agent(source, name="portwatch.sink")(body)
@@ -170,4 +170,5 @@ async def _crash_of(app: faust.App) -> BaseException | None:
         await asyncio.sleep(0.5)
 
 
-__all__ = ["ROLES", "PipelineOptions", "build_sink_app", "build_stages_app", "run_apps"]
+__all__ = ["ROLES", "PipelineOptions", "build_sink_app", "build_stages_app", "make_app",
+           "raw_topic", "run_apps", "sender"]

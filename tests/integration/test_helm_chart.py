@@ -104,6 +104,11 @@ def effective_env(objects: Objects, ctr: dict[str, Any]) -> dict[str, Any]:
     (later wins); a secretKeyRef stays a ("secret", name, key) reference."""
     env: dict[str, Any] = {}
     for source in ctr.get("envFrom", []):
+        if "secretRef" in source:  # every key of the Secret, kept as a reference
+            name = source["secretRef"]["name"]
+            secret = objects.get(("Secret", name), {"data": {}})
+            env.update({key: ("secret", name, key) for key in secret["data"]})
+            continue
         cm = objects[("ConfigMap", source["configMapRef"]["name"])]
         env.update(cm["data"])
     for var in ctr.get("env", []):
@@ -451,3 +456,132 @@ def test_existing_secret_is_referenced_not_created(helm: str, tmp_path: Path) ->
     # Then the process container reads it, and the chart renders no Secret of its own
     assert env["PORTWATCH_CLICKHOUSE_PASSWORD"] == ("secret", "ch-creds", "pw")
     assert [k for k in objects if k[0] == "Secret"] == []
+
+
+# -- schedules and alerts (issue "Watch and alert") ---------------------------------------------
+
+SCHEDULES_FILE = """\
+schedules:
+  - name: hourly-top
+    targets: [198.18.0.10, 198.18.0.11]
+    organization: Example Corp
+    ports: "1-1024"
+    udp: none
+    cron: "0 * * * *"
+  - name: nightly-full
+    inventory: true
+    ports: "1-65535"
+    udp: top1000
+    cron: "30 2 * * *"
+"""
+
+
+def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
+                                                                     tmp_path: Path) -> None:
+    from portwatch.alerts.schedule import load_schedules
+
+    # Given the very schedules file `portwatch watch --schedule` accepts (its inventory: is
+    # a path there, so the embedded check gets a file beside it)
+    (tmp_path / "true").write_text("Example Corp: [198.18.0.12]\n")
+    path = tmp_path / "schedules.yaml"
+    path.write_text(SCHEDULES_FILE)
+    entries = {e.name: e for e in load_schedules(path)}
+    # When it is used as a values file (with the chart's inventory)
+    values = yaml.safe_load(SCHEDULES_FILE)
+    values["produce"] = {"inventory": INVENTORY}
+    objects = render(helm, tmp_path, values)
+    # Then there is one CronJob per entry, on the entry's cron, never overlapping itself
+    jobs = {name: obj for (kind, name), obj in objects.items()
+            if kind == "CronJob" and "-schedule-" in name}
+    assert set(jobs) == {f"{BASE}-schedule-hourly-top", f"{BASE}-schedule-nightly-full"}
+    for name, entry in entries.items():
+        job = jobs[f"{BASE}-schedule-{name}"]
+        assert job["spec"]["schedule"] == entry.cron
+        assert job["spec"]["timeZone"] == "Etc/UTC"
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        assert pod_spec(job)["securityContext"]["runAsNonRoot"] is True
+    # And each runs `portwatch produce` with the entry's ports, UDP profile and targets
+    hourly = expanded_args(objects, container(jobs[f"{BASE}-schedule-hourly-top"]))
+    assert hourly == ["produce", "--kafka", "kafka:9092", "--checkpoint",
+                      "/var/lib/portwatch/hourly-top.checkpoint", "--ports", "1-1024",
+                      "--udp", "none", "--org", "Example Corp", "--",
+                      "198.18.0.10", "198.18.0.11"]
+    nightly_job = jobs[f"{BASE}-schedule-nightly-full"]
+    nightly = expanded_args(objects, container(nightly_job))
+    assert nightly[5:] == ["--ports", "1-65535", "--udp", "top1000", "--inventory",
+                           "/etc/portwatch/inventory/inventory.yaml"]
+    volumes = {v["name"]: v for v in pod_spec(nightly_job)["volumes"]}
+    assert volumes["inventory"]["configMap"]["name"] == f"{BASE}-inventory"
+
+
+@pytest.mark.parametrize(("schedules", "words"), [
+    ([{"name": "a", "cron": "@hourly", "targets": ["198.18.0.1"]},
+      {"name": "a", "cron": "@daily", "targets": ["198.18.0.2"]}], "used twice"),
+    ([{"name": "a", "cron": "@hourly", "targets": ["198.18.0.1"], "ports": "top1000"}],
+     "explicit spec"),
+    ([{"name": "a", "cron": "@hourly"}], "give targets or inventory"),
+    ([{"name": "A_b", "cron": "@hourly", "targets": ["198.18.0.1"]}], "lower-case"),
+    ([{"name": "a", "targets": ["198.18.0.1"]}], "cron is required"),
+    ([{"name": "a", "cron": "@hourly", "inventory": True}], "needs produce.inventory"),
+])
+def test_bad_schedule_entries_are_refused(helm: str, tmp_path: Path,
+                                          schedules: list[dict[str, Any]], words: str) -> None:
+    assert words in render_error(helm, tmp_path, {"schedules": schedules})
+
+
+ALERTS_CONFIG = {
+    "channels": {"soc-hook": {"webhook": "https://soc.example/hooks/portwatch",
+                              "secret_env": "PORTWATCH_HOOK_SECRET"}},
+    "rules": [{"name": "risky-opened", "when": {"colors": ["red"]},
+               "notify": ["soc-hook"], "digest": "5m"}],
+}
+
+
+def test_alert_rules_and_secrets_reach_the_process_pods(helm: str, tmp_path: Path) -> None:
+    from portwatch.alerts import load_alerts
+
+    secret = "hook-Secret-Value-42"
+    # Given alerting on, with the rules and the webhook secret in values
+    objects = render(helm, tmp_path, {"alerts": {
+        "enabled": True, "config": ALERTS_CONFIG,
+        "secretEnv": {"PORTWATCH_HOOK_SECRET": secret}}})
+    process = container(objects[("Deployment", f"{BASE}-process")])
+    env = effective_env(objects, process)
+    # Then the process container finds the rules file where PORTWATCH_ALERTS says
+    assert env["PORTWATCH_ALERTS"] == "/etc/portwatch/alerts/alerts.yaml"
+    mounts = {m["name"]: m for m in process["volumeMounts"]}
+    assert mounts["alerts"]["mountPath"] == "/etc/portwatch/alerts"
+    volumes = {v["name"]: v for v in pod_spec(objects[("Deployment", f"{BASE}-process")])
+               ["volumes"]}
+    config_map = objects[("ConfigMap", volumes["alerts"]["configMap"]["name"])]
+    # And the secret variable comes from the chart's Secret
+    assert env["PORTWATCH_HOOK_SECRET"] == ("secret", f"{BASE}-alerts",
+                                            "PORTWATCH_HOOK_SECRET")
+    stored = objects[("Secret", f"{BASE}-alerts")]["data"]["PORTWATCH_HOOK_SECRET"]
+    assert base64.b64decode(stored).decode() == secret
+    # And portwatch accepts the rendered file with that environment
+    rendered = tmp_path / "alerts.yaml"
+    rendered.write_text(config_map["data"]["alerts.yaml"])
+    config = load_alerts(rendered, env={"PORTWATCH_HOOK_SECRET": secret})
+    assert [r.name for r in config.rules] == ["risky-opened"]
+    # And the secret is nowhere but in its Secret; other pods get no alert settings
+    assert secret not in yaml.safe_dump_all(
+        [obj for key, obj in objects.items() if key[0] != "Secret"])
+    for other in WORKLOADS[0], WORKLOADS[2]:
+        assert "PORTWATCH_ALERTS" not in effective_env(objects, container(objects[other]))
+
+
+def test_alert_secrets_from_an_existing_secret(helm: str, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path, {"alerts": {"enabled": True, "config": ALERTS_CONFIG,
+                                                 "existingSecret": "soc-alert-secrets"}})
+    process = container(objects[("Deployment", f"{BASE}-process")])
+    assert {"secretRef": {"name": "soc-alert-secrets"}} in process["envFrom"]
+    assert ("Secret", f"{BASE}-alerts") not in objects
+
+
+def test_alerts_off_by_default_and_on_without_rules_refused(helm: str, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path)
+    assert ("ConfigMap", f"{BASE}-alerts") not in objects
+    assert "PORTWATCH_ALERTS" not in effective_env(
+        objects, container(objects[("Deployment", f"{BASE}-process")]))
+    assert "set alerts.config" in render_error(helm, tmp_path, {"alerts": {"enabled": True}})

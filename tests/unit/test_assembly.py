@@ -63,6 +63,11 @@ def pipeline(a: Assembly) -> Any:
     return a.pipeline_options(a.topics())
 
 
+def alert_rules(a: Assembly) -> list[str] | None:
+    config = a.alert_config()
+    return None if config is None else [rule.name for rule in config.rules]
+
+
 def runner(a: Assembly, store: Any) -> Any:
     return a.embedded_runner(store)
 
@@ -122,6 +127,7 @@ CASES: dict[str, Case] = {
     "batch_size": ("50", lambda a, s: runner(a, s).batch_size, 50),
     "batch_seconds": ("2.5", lambda a, s: (runner(a, s).batch_seconds,
                                            pipeline(a).sink_within), (2.5, 2.5)),
+    "alerts": ("ALERTS", lambda a, s: alert_rules(a), ["risky-opened"]),
     "kafka": ("127.0.0.1:19092", lambda a, s: (worker(a).bootstrap, pipeline(a).bootstrap),
               ("127.0.0.1:19092", "127.0.0.1:19092")),
     "topic_prefix": ("team-a.", lambda a, s: (a.topics(), worker(a).group_id),
@@ -147,10 +153,24 @@ def test_the_table_covers_every_setting() -> None:
     assert sorted(CASES) == sorted(f.name for f in fields(Settings))
 
 
+ALERTS_FILE = """\
+channels:
+  hook: {webhook: "http://127.0.0.1:9/hook", secret_file: hook.secret}
+rules:
+  - name: risky-opened
+    when: {kinds: [opened], colors: [red]}
+    notify: [hook]
+"""
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_each_setting_reaches_its_component(name: str, monkeypatch: pytest.MonkeyPatch,
-                                            store: Any) -> None:
+                                            store: Any, tmp_path: Any) -> None:
     raw, read, expected = CASES[name]
+    if raw == "ALERTS":
+        raw = str(tmp_path / "alerts.yaml")
+        (tmp_path / "alerts.yaml").write_text(ALERTS_FILE)
+        (tmp_path / "hook.secret").write_text("s3cret-s3cret-s3cret\n")
     # Given the default, the component does not already say the expected value
     default = read(Assembly(Settings.from_env()), store)
     # When the setting comes from its environment variable

@@ -202,3 +202,38 @@ imagePullSecrets:
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
+
+{{/* Alerting (templates/alerts.yaml): what the process container gets when alerts.enabled. */}}
+{{- define "portwatch.alertsSecretName" -}}
+{{- default (printf "%s-alerts" (include "portwatch.fullname" .)) .Values.alerts.existingSecret -}}
+{{- end }}
+
+{{- define "portwatch.alertsEnvFrom" -}}
+{{- if and .Values.alerts.enabled (or .Values.alerts.secretEnv .Values.alerts.existingSecret) }}
+- secretRef:
+    name: {{ include "portwatch.alertsSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.alertsEnv" -}}
+{{- if .Values.alerts.enabled }}
+- name: PORTWATCH_ALERTS
+  value: /etc/portwatch/alerts/alerts.yaml
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.alertsVolumeMounts" -}}
+{{- if .Values.alerts.enabled }}
+- name: alerts
+  mountPath: /etc/portwatch/alerts
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "portwatch.alertsVolumes" -}}
+{{- if .Values.alerts.enabled }}
+- name: alerts
+  configMap:
+    name: {{ include "portwatch.fullname" . }}-alerts
+{{- end }}
+{{- end }}

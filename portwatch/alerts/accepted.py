@@ -1,0 +1,198 @@
+"""Accepted risks: a person's decision that a finding is known and tolerated.
+
+Owns: the ``accepted_risks`` table (add, remove, list), parsing ``TARGET[:PORT/PROTO]``,
+and the one rule of when an acceptance is active: not removed, not past its ``until``,
+and (for one port) the port's service/product/version still what they were when it was
+accepted. Whole-target acceptances (no port) end only by expiry or removal.
+``ActiveAcceptances.covers(event)`` is what the dispatcher asks before alerting.
+
+Must not touch: delivery, the network. Report SQL reads the same table through
+``ACTIVE_ACCEPTED_SQL``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from schemas.records import ChangeEvent
+
+COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
+           "service", "product", "version", "is_removed", "revision")
+EPOCH = datetime.fromtimestamp(0, UTC)
+NOTE_CAP = 500
+
+# Active acceptances with the current identification of their port (empty when the port
+# is not in the current findings); the caller (or a report) compares the two.
+ACTIVE_ACCEPTED_SQL = """
+SELECT a.target, a.proto, a.port, a.note, a.accepted_by, a.accepted_at, a.until,
+       a.service, a.product, a.version
+FROM accepted_risks AS a FINAL
+WHERE a.is_removed = 0
+  AND (a.until = toDateTime64(0, 3, 'UTC') OR a.until > {now:DateTime64(3, 'UTC')})
+"""
+
+
+class AcceptError(ValueError):
+    """Bad ``accept`` input; one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRisk:
+    target: str
+    proto: str
+    port: int  # 0 = every port of the target
+    note: str
+    accepted_by: str
+    accepted_at: datetime
+    until: datetime | None
+    service: str = ""
+    product: str = ""
+    version: str = ""
+
+    @property
+    def where(self) -> str:
+        if not self.port:
+            return self.target
+        host = f"[{self.target}]" if ":" in self.target else self.target
+        return f"{host}:{self.port}/{self.proto}"
+
+
+def parse_target_port(text: str) -> tuple[str, str, int]:
+    """``TARGET``, ``TARGET:PORT``, ``TARGET:PORT/PROTO``, ``[v6]:PORT/PROTO`` ->
+    (target, proto, port); port 0 means the whole target."""
+    raw = text.strip()
+    if not raw or len(raw) > 300 or any(ch.isspace() for ch in raw):
+        raise AcceptError(f"bad target {text!r}: use TARGET or TARGET:PORT/PROTO")
+    if _is_address(raw):
+        return str(ipaddress.ip_address(raw)), "tcp", 0
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I) or \
+        re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I)
+    if not found:
+        raise AcceptError(f"bad target {text!r}: use TARGET, TARGET:PORT/PROTO or "
+                          "[IPv6]:PORT/PROTO")
+    host, port_text, proto = found.group(1), found.group(2), (found.group(3) or "tcp").lower()
+    if _is_address(host):
+        host = str(ipaddress.ip_address(host))
+    elif raw.startswith("["):
+        raise AcceptError(f"bad IPv6 address in {text!r}")
+    port = int(port_text) if port_text else 0
+    if port_text and not 1 <= port <= 65535:
+        raise AcceptError(f"port out of range in {text!r}")
+    return host.lower(), proto, port
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_until(text: str, now: datetime) -> datetime:
+    """``2027-01-31`` (through that day, UTC) or an ISO date-time; must be in the future."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            moment = datetime.combine(date.fromisoformat(text.strip()), datetime.min.time(),
+                                      UTC) + timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(text.strip())
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except ValueError:
+        raise AcceptError(f"bad --until {text!r}: use a date like 2027-01-31 or an ISO "
+                          "date-time") from None
+    if moment <= now:
+        raise AcceptError(f"--until {text!r} is in the past")
+    return moment
+
+
+def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str,
+           until: datetime | None, now: datetime) -> AcceptedRisk:
+    """Record an acceptance, with the port's current identification (if it has one)."""
+    service = product = version = ""
+    if port:
+        rows = store.query(
+            "SELECT service, product, version FROM current_findings "
+            "WHERE (target = {t:String} OR ip = {t:String}) AND proto = {proto:String} "
+            "AND port = {port:UInt16} ORDER BY last_seen DESC LIMIT 1",
+            {"t": target, "proto": proto, "port": port})
+        if rows:
+            service, product, version = (str(v) for v in rows[0])
+    risk = AcceptedRisk(target, proto, port, note[:NOTE_CAP], by[:100], now, until,
+                        service, product, version)
+    store.insert_rows("accepted_risks", COLUMNS, [[
+        target, proto, port, risk.note, risk.accepted_by, now, until or EPOCH, service, product,
+        version, 0, int(now.timestamp() * 1000) * 2]])
+    return risk
+
+
+def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> bool:
+    """Withdraw an acceptance; False when there was none."""
+    rows = store.query(
+        "SELECT count() FROM accepted_risks FINAL WHERE target = {t:String} AND "
+        "proto = {proto:String} AND port = {port:UInt16} AND is_removed = 0",
+        {"t": target, "proto": proto, "port": port})
+    if not rows or not int(rows[0][0]):
+        return False
+    store.insert_rows("accepted_risks", COLUMNS, [[
+        target, proto, port, "", "", now, EPOCH, "", "", "", 1,
+        int(now.timestamp() * 1000) * 2 + 1]])
+    return True
+
+
+def list_active(store: Any, now: datetime) -> list[AcceptedRisk]:
+    return ActiveAcceptances.load(store, now.timestamp()).risks
+
+
+@dataclass
+class ActiveAcceptances:
+    risks: list[AcceptedRisk]
+
+    @classmethod
+    def load(cls, store: Any, now: float) -> ActiveAcceptances:
+        moment = datetime.fromtimestamp(now, UTC)
+        candidates = [
+            AcceptedRisk(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
+                         _utc(r[5]), None if _utc(r[6]) == EPOCH else _utc(r[6]),
+                         str(r[7]), str(r[8]), str(r[9]))
+            for r in store.query(ACTIVE_ACCEPTED_SQL, {"now": moment})
+        ]
+        port_specific = [a for a in candidates if a.port]
+        current: dict[tuple[str, str, int], tuple[str, str, str]] = {}
+        if port_specific:
+            names = sorted({a.target for a in port_specific})
+            for target, ip, proto, port, service, product, version in store.query(
+                    "SELECT target, ip, proto, port, service, product, version "
+                    "FROM current_findings WHERE target IN {names:Array(String)} "
+                    "OR ip IN {names:Array(String)}", {"names": names}):
+                identity = (str(service), str(product), str(version))
+                current[(str(target).lower(), str(proto), int(port))] = identity
+                current[(str(ip), str(proto), int(port))] = identity
+        active = []
+        for risk in candidates:
+            now_identity = current.get((risk.target, risk.proto, risk.port))
+            snapshot = (risk.service, risk.product, risk.version)
+            if risk.port and now_identity is not None and any(snapshot) and \
+                    now_identity != snapshot:
+                continue  # the service changed since it was accepted: alert again
+            active.append(risk)
+        return cls(active)
+
+    def covers(self, event: ChangeEvent) -> bool:
+        names = {event.target.target.lower(), event.target.ip}
+        for risk in self.risks:
+            if risk.target not in names:
+                continue
+            if risk.port == 0 or (risk.port == event.port and risk.proto == event.proto.value):
+                return True
+        return False
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return EPOCH

@@ -1,0 +1,175 @@
+"""Channels: render a digest of change events and send it to one channel.
+
+Owns: the message text (title and body naming every event), portwatch's signed webhook
+(JSON body; ``X-Portwatch-Timestamp`` = unix seconds and ``X-Portwatch-Signature`` =
+``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with the channel's secret) and the
+apprise send. A send returns a result (ok, or the error in one line); it never raises.
+
+Must not touch: the store or delivery state (the dispatcher owns those), and never puts a
+secret or a credential-bearing URL in an error message or a log line.
+
+Outbound only to the URLs the user configured: this is delivery to their own channels,
+not scanning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from portwatch.alerts.config import AppriseChannel, Channel, WebhookChannel
+from schemas.records import ChangeEvent
+
+SIGNATURE_HEADER = "X-Portwatch-Signature"
+TIMESTAMP_HEADER = "X-Portwatch-Timestamp"
+DELIVERY_HEADER = "X-Portwatch-Delivery"  # same id on a retry: receivers can dedupe
+REPLAY_TOLERANCE_SECONDS = 300
+FIELD_CAP = 200  # characters of any network-derived text put in a message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    is_ok: bool
+    error: str = ""
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The signature header value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: bytes, timestamp_header: str, signature_header: str, body: bytes,
+           now: float | None = None, tolerance: int = REPLAY_TOLERANCE_SECONDS) -> bool:
+    """A receiver's check: the signature is ours and the timestamp is fresh.
+
+    Freshness bounds a replay to ``tolerance`` seconds; a receiver that also remembers
+    the ``X-Portwatch-Delivery`` ids it accepted rejects a replay within that window.
+    """
+    if not timestamp_header.isdigit() or len(timestamp_header) > 12:
+        return False
+    timestamp = int(timestamp_header)
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature_header)
+
+
+def _clean(text: str) -> str:
+    """Network-derived text for a message: printable, one line, bounded."""
+    flat = "".join(ch if ch.isprintable() else " " for ch in text[:FIELD_CAP * 2])
+    return flat[:FIELD_CAP]
+
+
+def describe(event: ChangeEvent) -> str:
+    """One line naming the event: kind, where, what, colour, organization."""
+    t = event.target
+    where = t.target if t.target == t.ip else f"{t.target} ({t.ip})"
+    if event.port:
+        where += f" {event.port}/{event.proto.value}"
+    parts = [f"[{event.severity.value}] {event.kind.value}: {_clean(where)}"]
+    if event.service:
+        parts.append(_clean(event.service))
+    if event.before or event.after:
+        parts.append(f"{_clean(event.before) or '-'} -> {_clean(event.after) or '-'}")
+    if event.risk_color:
+        parts.append(f"risk {_clean(event.risk_color)}")
+    if t.organization:
+        parts.append(f"org {_clean(t.organization)}")
+    return ", ".join(parts)
+
+
+def render(rule: str, events: Sequence[ChangeEvent], *, is_test: bool = False,
+           ) -> tuple[str, str]:
+    """(title, body) of one message for a rule's digest."""
+    if is_test:
+        return ("portwatch: test message",
+                f"portwatch test message for channel check (rule {rule}); no change happened.")
+    kinds = sorted({e.kind.value for e in events})
+    title = (f"portwatch [{rule}]: {len(events)} change(s): {', '.join(kinds)}"
+             if len(events) != 1 else f"portwatch [{rule}]: {describe(events[0])}")
+    body = "\n".join(describe(e) for e in events)
+    return _clean(title) if len(title) > FIELD_CAP else title, body
+
+
+def webhook_body(rule: str, events: Sequence[ChangeEvent], delivery_id: str,
+                 *, is_test: bool = False) -> bytes:
+    payload: dict[str, Any] = {
+        "rule": rule,
+        "delivery_id": delivery_id,
+        "test": is_test,
+        "events": [{"event_id": e.event_id, **e.to_dict()} for e in events],
+    }
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+def delivery_id(rule: str, channel: str, event_ids: Sequence[str]) -> str:
+    raw = "\x1f".join((rule, channel, *sorted(event_ids)))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
+         is_test: bool = False, timeout: float = 10.0, clock: Any = time.time) -> SendResult:
+    """Send one message (a digest of ``events``) to ``channel``. Never raises."""
+    ident = delivery_id(rule, channel.name, [e.event_id for e in events] or ["test"])
+    try:
+        if isinstance(channel, WebhookChannel):
+            return _send_webhook(channel, rule, events, ident, is_test,
+                                 min(timeout, channel.timeout), int(clock()))
+        return _send_apprise(channel, rule, events, is_test)
+    except Exception as exc:  # noqa: BLE001 - a send is data: ok or its error, never a raise
+        return SendResult(False, f"{type(exc).__name__}: {_clean(str(exc))}")
+
+
+def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEvent],
+                  ident: str, is_test: bool, timeout: float, timestamp: int) -> SendResult:
+    body = webhook_body(rule, events, ident, is_test=is_test)
+    request = urllib.request.Request(channel.url, data=body, method="POST", headers={
+        "Content-Type": "application/json",
+        "User-Agent": "portwatch-alerts",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(channel.secret, timestamp, body),
+        DELIVERY_HEADER: ident,
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            response.read(4096)
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response (and its socket)
+        return SendResult(False, f"HTTP {exc.code} from {channel.url}")
+    except urllib.error.URLError as exc:
+        return SendResult(False, f"cannot reach {channel.url}: {_clean(str(exc.reason))}")
+    except OSError as exc:
+        return SendResult(False, f"cannot reach {channel.url}: {_clean(str(exc))}")
+    if 200 <= status < 300:
+        return SendResult(True)
+    return SendResult(False, f"HTTP {status} from {channel.url}")
+
+
+def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEvent],
+                  is_test: bool) -> SendResult:
+    import apprise as apprise_module
+
+    apprise: Any = apprise_module  # untyped library: calls go through Any
+    title, body = render(rule, events, is_test=is_test)
+    notifier = apprise.Apprise()
+    if not notifier.add(channel.url):
+        return SendResult(False, f"apprise refused the URL of channel {channel.name}")
+    with apprise.LogCapture(level=logging.WARNING) as captured:
+        is_ok = bool(notifier.notify(body=body, title=title))
+        lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
+    if is_ok:
+        return SendResult(True)
+    reason = lines[-1] if lines else "apprise reported a failure"
+    return SendResult(False, f"{channel.display}: {_clean(reason)}")

@@ -1,0 +1,390 @@
+"""Commands of watching and alerting: ``watch``, ``alerts log|test|deliver``, ``accept``.
+
+Owns: their flags, their one-line errors (exit 2 for a bad file or argument, before
+anything scans or sends) and their output. The work is done by ``schedule``,
+``watch``, ``dispatcher`` and ``accepted``; heavy imports stay inside the commands.
+
+Must not touch: the scan internals (``portwatch.alerts.scanning`` is the one call).
+Listed in ``portwatch.cli``'s COMMANDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.text import Text
+
+from portwatch.console import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    STORE_OPTION,
+    PortwatchError,
+    err_console,
+    fail,
+    out_console,
+    settings_from,
+)
+
+ALERTS_OPTION = click.option(
+    "--alerts", "alerts_file", envvar="PORTWATCH_ALERTS", default=None, metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Alert rules and channels (alerts.yaml); also PORTWATCH_ALERTS.")
+
+
+def load_alerts_or_fail(path: str) -> Any:
+    from portwatch.alerts.config import AlertConfigError, load_alerts
+
+    try:
+        return load_alerts(path)
+    except AlertConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _check_store_url(url: str | None) -> None:
+    """A bad store URL is refused (exit 2) before any work."""
+    from portwatch.assembly import Assembly
+
+    Assembly(settings_from(store=url)).store_location()
+
+
+def _store(url: str | None) -> Any:
+    from portwatch.assembly import Assembly
+
+    return Assembly(settings_from(store=url)).open_store()
+
+
+def _say(line: str) -> None:
+    err_console.print(f"portwatch: {line}", markup=False)
+
+
+# -- watch ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--schedule", "schedule_file", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="Schedule entries: name, targets or inventory, ports, udp, cron.")
+@click.option("--once", is_flag=True,
+              help="Run what is due, deliver alerts (bounded wait), exit: for cron/CronJob.")
+@click.option("--list", "show_list", is_flag=True, help="Print the next run of each entry.")
+@ALERTS_OPTION
+@STORE_OPTION
+@click.option("-q", "--quiet", is_flag=True, help="No progress output from the scans.")
+def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | None,
+          store: str | None, quiet: bool) -> None:
+    """Rescan on a schedule and alert on what changed (embedded shape).
+
+    \b
+    schedules.yaml:
+      schedules:
+        - name: hourly-top
+          targets: [127.0.0.1]
+          ports: top1000          # or 1-65535, 22,80,443
+          udp: none               # or top1000
+          cron: "0 * * * *"       # UTC
+    \b
+    Examples:
+      portwatch watch --schedule schedules.yaml --alerts alerts.yaml
+      portwatch watch --schedule schedules.yaml --once     # from cron or a CronJob
+      portwatch watch --schedule schedules.yaml --list
+    """
+    from portwatch.alerts.schedule import ScheduleError, load_schedules
+
+    try:
+        entries = load_schedules(schedule_file)
+    except ScheduleError as exc:
+        fail(str(exc), EXIT_USAGE)
+    config = load_alerts_or_fail(alerts_file) if alerts_file else None
+    _check_store_url(store)
+    if show_list:
+        _print_plan(store, entries)
+        return
+    prepared = {e.name: _prepare(e, store) for e in entries}  # bad input: exit 2 here
+    db = _store(store)
+    try:
+        code = asyncio.run(_watch(db, entries, prepared, config, once=once, quiet=quiet))
+    finally:
+        db.close()
+    if code == EXIT_INTERRUPTED:
+        raise PortwatchError("watch interrupted: findings so far are kept", EXIT_INTERRUPTED)
+    if code == EXIT_RUNTIME:
+        raise PortwatchError("watch: a scheduled scan failed (see above)", EXIT_RUNTIME)
+
+
+def _prepare(entry: Any, store: str | None) -> Any:
+    from portwatch.alerts.scanning import prepare_scan
+
+    try:
+        return prepare_scan(
+            {"ports": entry.ports, "udp": entry.udp, "store": store},
+            targets=entry.targets, inventory=entry.inventory or None,
+            organization=entry.organization if not entry.inventory else "",
+            asset=entry.asset, exclude=entry.exclude,
+            only_organization=entry.organization if entry.inventory else "")
+    except PortwatchError as exc:
+        fail(f"schedule {entry.name!r} (line {entry.line}): {exc}", exc.code)
+
+
+def _print_plan(store: str | None, entries: Any) -> None:
+    from portwatch.alerts.schedule import last_slots, plan
+
+    db = _store(store)
+    try:
+        decisions = plan(entries, last_slots(db), datetime.now(UTC))
+        previous = last_slots(db)
+    finally:
+        db.close()
+    out = out_console()
+    for d in decisions:
+        last = previous.get(d.entry.name)
+        when = "now (due)" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC")
+        last_text = last.strftime("%Y-%m-%d %H:%M UTC") if last else "never"
+        out.print(Text(f"{d.entry.name:24} {d.entry.cron:18} next {when:22} last {last_text}"))
+
+
+async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *, once: bool,
+                 quiet: bool) -> int:
+    from portwatch.alerts.dispatcher import AlertDispatcher
+    from portwatch.alerts.scanning import run_embedded_scan
+    from portwatch.alerts.watch import Watcher
+
+    dispatcher = AlertDispatcher(db, config) if config is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    is_forever = not once
+
+    def own_signals() -> None:
+        # Between scans Ctrl-C/SIGTERM stops the loop; during a scan the runner installs
+        # its own handlers (stop discovery, keep what was found) and removes them after,
+        # so they are put back after every scan.
+        if is_forever:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+
+    async def scan(entry: Any) -> Any:
+        try:
+            return await run_embedded_scan(db, prepared[entry.name], quiet=quiet)
+        finally:
+            own_signals()
+
+    watcher = Watcher(db, entries, scan, dispatcher, say=_say)
+    if once:
+        records = await watcher.run_once()
+        if dispatcher is not None:
+            report_drain(await asyncio.to_thread(dispatcher.drain))
+        if watcher.is_stopping:
+            return EXIT_INTERRUPTED
+        # a failed scan fails the one-shot run (a CronJob shows it), after delivering
+        return EXIT_RUNTIME if any(r.status == "failed" for r in records) else 0
+    own_signals()
+    try:
+        _say(f"watch: {watcher.status_line()}")
+        await watcher.run_forever(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if dispatcher is not None:
+        report_drain(await asyncio.to_thread(dispatcher.drain))
+    return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
+
+
+def report_drain(report: Any) -> None:
+    """Say what the delivery of a run did (sent, kept for the next run, errors)."""
+    if report.sent or report.messages:
+        _say(f"alerts: {report.sent} delivered in {report.messages} message(s)")
+    if report.retrying:
+        _say(f"alerts: {report.retrying} not delivered yet: kept in the store, sent by the "
+             "next run (see `portwatch alerts log`)")
+    for error in report.errors[-3:]:
+        _say(error.removeprefix("alerts: ") if error.startswith("alerts: ") else error)
+
+
+# -- alerts -----------------------------------------------------------------------------
+
+
+@click.group()
+def alerts() -> None:
+    """Alert delivery: what was sent, what failed and why; test the channels."""
+
+
+@alerts.command("log")
+@click.option("--state", type=click.Choice(["", "pending", "sent", "failed"]), default="",
+              help="Only deliveries in this state.")
+@click.option("--rule", default="", help="Only this rule.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, help="At most this many.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@STORE_OPTION
+def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -> None:
+    """Every delivery: rule, channel, event, state, attempts, last error."""
+    from portwatch.alerts.log import delivery_log
+
+    _check_store_url(store)
+    db = _store(store)
+    try:
+        rows = delivery_log(db, state=state, rule=rule, limit=limit)
+    finally:
+        db.close()
+    out = out_console(soft_wrap=fmt == "json")
+    if fmt == "json":
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    if not rows:
+        out.print(Text("no alert deliveries recorded"))
+        return
+    for r in rows:
+        out.print(Text(r.line()))
+
+
+@alerts.command("test")
+@ALERTS_OPTION
+@click.option("--channel", "only_channel", default="", help="Only this channel.")
+def alerts_test(alerts_file: str | None, only_channel: str) -> None:
+    """Send a test message to every channel of the alerts file."""
+    from portwatch.alerts.channels import send
+
+    if not alerts_file:
+        fail("alerts test needs --alerts FILE (or PORTWATCH_ALERTS)")
+    config = load_alerts_or_fail(alerts_file)
+    names = [only_channel] if only_channel else sorted(config.channels)
+    if only_channel and only_channel not in config.channels:
+        fail(f"no channel {only_channel!r} in {alerts_file}")
+    out = out_console()
+    failures = 0
+    for name in names:
+        channel = config.channels[name]
+        result = send(channel, "test", [], is_test=True,
+                      timeout=config.delivery.send_timeout_seconds)
+        if result.is_ok:
+            out.print(Text(f"{name}: ok ({channel.display})"))
+        else:
+            failures += 1
+            out.print(Text(f"{name}: FAILED: {result.error}"))
+    if failures:
+        raise PortwatchError(f"{failures} of {len(names)} channel(s) failed", EXIT_RUNTIME)
+
+
+@alerts.command("deliver")
+@ALERTS_OPTION
+@click.option("--wait", "wait_text", default="", metavar="DURATION",
+              help="Retry failures for at most this long (default: the file's delivery wait).")
+@STORE_OPTION
+def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
+    """Send what is queued in the store now (digest windows closed early)."""
+    from portwatch.alerts.config import parse_duration
+    from portwatch.alerts.dispatcher import AlertDispatcher
+
+    if not alerts_file:
+        fail("alerts deliver needs --alerts FILE (or PORTWATCH_ALERTS)")
+    config = load_alerts_or_fail(alerts_file)
+    wait = None
+    if wait_text:
+        try:
+            wait = parse_duration(wait_text)
+        except ValueError as exc:
+            fail(f"--wait: {exc}")
+    _check_store_url(store)
+    db = _store(store)
+    try:
+        report = AlertDispatcher(db, config).drain(wait)
+    finally:
+        db.close()
+    report_drain(report)
+    if not report.sent and not report.retrying and not report.errors:
+        _say("alerts: nothing queued")
+
+
+# -- accept -----------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("where", required=False, metavar="TARGET[:PORT/PROTO]")
+@click.option("--note", default="", help="Why this risk is accepted (required to accept).")
+@click.option("--until", "until_text", default="", metavar="DATE",
+              help="Acceptance ends after this date (2027-01-31) or ISO time; default never.")
+@click.option("--by", "accepted_by", default="", help="Who accepts (default: $USER).")
+@click.option("--list", "show_list", is_flag=True, help="List active acceptances.")
+@click.option("--remove", is_flag=True, help="Withdraw the acceptance of TARGET[:PORT/PROTO].")
+@STORE_OPTION
+def accept(where: str | None, note: str, until_text: str, accepted_by: str, show_list: bool,
+           remove: bool, store: str | None) -> None:
+    """Accept a known risk: it stops alerting and shows as accepted in the reports.
+
+    It comes back when the acceptance expires (--until) or when the service, product or
+    version on the port changes.
+
+    \b
+    Examples:
+      portwatch accept 127.0.0.1:6379/tcp --note "cache, firewalled upstream" --until 2027-03-31
+      portwatch accept --list
+      portwatch accept --remove 127.0.0.1:6379/tcp
+    """
+    from portwatch.alerts import accepted as acc
+
+    now = datetime.now(UTC)
+    if show_list:
+        _check_store_url(store)
+        db = _store(store)
+        try:
+            risks = acc.list_active(db, now)
+        finally:
+            db.close()
+        out = out_console()
+        if not risks:
+            out.print(Text("no accepted risks"))
+        for r in risks:
+            until = r.until.strftime("%Y-%m-%d %H:%M UTC") if r.until else "no expiry"
+            what = f" ({' '.join(x for x in (r.service, r.product, r.version) if x)})" \
+                if r.service or r.product else ""
+            out.print(Text(f"{r.where}{what}: {r.note} — by {r.accepted_by} on "
+                           f"{r.accepted_at:%Y-%m-%d}, until {until}"))
+        return
+    if not where:
+        fail("accept needs TARGET[:PORT/PROTO] (or --list)")
+    try:
+        target, proto, port = acc.parse_target_port(where)
+        until_moment = acc.parse_until(until_text, now) if until_text else None
+    except acc.AcceptError as exc:
+        fail(str(exc))
+    if remove:
+        _check_store_url(store)
+        db = _store(store)
+        try:
+            found = acc.remove(db, target, proto, port, now)
+        finally:
+            db.close()
+        if not found:
+            fail(f"no active acceptance for {where}", EXIT_RUNTIME)
+        out_console().print(Text(f"acceptance of {where} withdrawn"))
+        return
+    if not note.strip():
+        fail("accept needs --note \"why\"")
+    who = accepted_by or os.environ.get("USER") or _user()
+    _check_store_url(store)
+    db = _store(store)
+    try:
+        risk = acc.accept(db, target, proto, port, note=note.strip(), by=who, until=until_moment,
+                          now=now)
+    finally:
+        db.close()
+    ident = " ".join(x for x in (risk.service, risk.product, risk.version) if x)
+    out_console().print(Text(
+        f"accepted {risk.where}{f' ({ident})' if ident else ''} by {risk.accepted_by}"
+        + (f" until {risk.until:%Y-%m-%d %H:%M UTC}" if risk.until else "")))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in a container
+        return "unknown"
+
+
+__all__ = ["ALERTS_OPTION", "accept", "alerts", "report_drain", "watch"]

@@ -1,0 +1,521 @@
+"""The alerts file (``alerts.yaml``): parsing and validation, with line numbers.
+
+Owns: turning the user's file into a frozen ``AlertConfig`` (channels, rules, delivery
+options) or one ``AlertConfigError`` line naming the file and the line at fault. Every
+check that can fail is done here, before anything scans: unknown keys, bad durations,
+unknown change kinds or severities, channels a rule names but the file does not define,
+apprise URLs whose scheme apprise does not know, secrets whose environment variable or
+file is missing.
+
+Must not touch: the network, the store, or the secret values beyond reading them (a
+secret is never part of an error message or a ``repr``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.records import ChangeKind, RiskColor, Severity
+
+ALERTS_ENV = "PORTWATCH_ALERTS"
+DEFAULT_DIGEST_SECONDS = 300.0
+MAX_FILE_BYTES = 1_000_000  # an alerts file is written by people: anything larger is wrong
+PREVALENCE_BUCKETS = ("very common", "somewhat common", "less common", "rare")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class AlertConfigError(ValueError):
+    """A bad alerts file; ``str()`` is one line: ``FILE:LINE: what is wrong``."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        where = f"{path}:{line}" if line > 0 else path
+        super().__init__(f"{where}: {' '.join(message.split())}")  # always one line
+        self.path = path
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookChannel:
+    """portwatch's own HMAC-signed webhook (see ``channels.sign``)."""
+
+    name: str
+    url: str
+    secret: bytes = field(repr=False)
+    timeout: float = 10.0
+
+    @property
+    def kind(self) -> str:
+        return "webhook"
+
+    @property
+    def display(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True, slots=True)
+class AppriseChannel:
+    """Any apprise URL (Slack, Teams, mailto, ntfy, json, ...)."""
+
+    name: str
+    url: str = field(repr=False)  # apprise URLs carry their credentials
+    display: str = ""  # the URL with credentials removed, for logs and `alerts log`
+
+    @property
+    def kind(self) -> str:
+        return "apprise"
+
+
+Channel = WebhookChannel | AppriseChannel
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpan:
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What a rule selects; an empty tuple (or None) means "any"."""
+
+    kinds: frozenset[ChangeKind] = frozenset()
+    severity_min: Severity | None = None
+    severities: frozenset[Severity] = frozenset()
+    colors: frozenset[str] = frozenset()
+    organizations: frozenset[str] = frozenset()  # lower-cased
+    target_names: frozenset[str] = frozenset()  # lower-cased names and addresses
+    target_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    ports: tuple[PortSpan, ...] = ()
+    protos: frozenset[str] = frozenset()
+    prevalence: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    notify: tuple[str, ...]
+    digest_seconds: float
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    """Retry and wait policy; every value can be set under ``delivery:`` in the file."""
+
+    retry_base_seconds: float = 30.0  # first retry after this, doubled per attempt
+    retry_max_seconds: float = 3600.0  # the backoff never grows beyond this
+    max_attempts: int = 12  # then the delivery is kept as failed
+    wait_seconds: float = 30.0  # a one-shot scan waits at most this long to deliver
+    claim_lease_seconds: float = 300.0  # a claim by a worker that vanished expires after this
+    send_timeout_seconds: float = 10.0
+    max_events_per_message: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    path: str
+    channels: Mapping[str, Channel]
+    rules: tuple[Rule, ...]
+    delivery: DeliveryOptions = DeliveryOptions()
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def load_alerts(path: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+                ) -> AlertConfig:
+    """Read and validate an alerts file; raises AlertConfigError (one line, FILE:LINE)."""
+    name = str(path)
+    environ = os.environ if env is None else env
+    try:
+        with open(name, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise AlertConfigError(name, 0, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise AlertConfigError(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AlertConfigError(name, 0, f"not UTF-8 text ({exc.reason})") from None
+    root = compose_yaml(name, text)
+    return _Parser(name, environ).config(root)
+
+
+def compose_yaml(name: str, text: str) -> yaml.Node | None:
+    """The YAML node tree (with line marks); a syntax error becomes one FILE:LINE line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise AlertConfigError(name, line, f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise AlertConfigError(name, line, f"invalid YAML: character {exc.character!r} is "
+                                           "not allowed") from None
+    except yaml.YAMLError as exc:
+        raise AlertConfigError(name, 0, f"invalid YAML: {exc}") from None
+
+
+def parse_duration(text: str) -> float:
+    """``5m``, ``30s``, ``1h``, ``0``, ``250ms`` -> seconds; ValueError otherwise."""
+    found = _DURATION.match(text)
+    if not found:
+        raise ValueError(f"bad duration {text!r}: use e.g. 0, 30s, 5m, 1h")
+    seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    if seconds > 30 * 86400:
+        raise ValueError(f"duration {text!r} is longer than 30 days")
+    return seconds
+
+
+def redact_url(url: str) -> str:
+    """An URL without its credentials (user:password@ and query values), for display."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable URL>"
+    rest = rest.split("?", 1)[0]
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}://{rest}"
+
+
+class _Parser:
+    """Walks the node tree; every error names the line of the node at fault."""
+
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def fail(self, node: yaml.Node | None, message: str) -> AlertConfigError:
+        line = node.start_mark.line + 1 if node is not None else 0
+        return AlertConfigError(self.path, line, message)
+
+    # -- node helpers -------------------------------------------------------------------
+
+    def mapping(self, node: yaml.Node | None, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, f"{what}: keys must be plain names")
+            key = str(key_node.value)
+            if key in out:
+                raise self.fail(key_node, f"{what}: {key!r} given twice")
+            out[key] = (key_node, value_node)
+        return out
+
+    def only(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...],
+             what: str) -> None:
+        for key, (key_node, _) in items.items():
+            if key not in allowed:
+                raise self.fail(key_node, f"{what}: unknown key {key!r} "
+                                          f"(known: {', '.join(allowed)})")
+
+    def scalar(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a single value")
+        return str(node.value)
+
+    def scalars(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
+        """A list of scalars, or one scalar (``kinds: opened`` = ``kinds: [opened]``)."""
+        if isinstance(node, yaml.ScalarNode):
+            return [(node, str(node.value))]
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        out = []
+        for item in node.value:
+            out.append((item, self.scalar(item, f"{what} entries")))
+        return out
+
+    # -- the file -----------------------------------------------------------------------
+
+    def config(self, root: yaml.Node | None) -> AlertConfig:
+        if root is None:
+            raise AlertConfigError(self.path, 0, "empty file: needs channels: and rules:")
+        top = self.mapping(root, "the file")
+        self.only(top, ("channels", "rules", "delivery"), "the file")
+        if "channels" not in top:
+            raise self.fail(root, "no channels: section")
+        if "rules" not in top:
+            raise self.fail(root, "no rules: section")
+        channels = self.channels(top["channels"][1])
+        delivery = self.delivery(top["delivery"][1]) if "delivery" in top else DeliveryOptions()
+        rules = self.rules(top["rules"][1], channels)
+        return AlertConfig(self.path, channels, rules, delivery)
+
+    def channels(self, node: yaml.Node) -> dict[str, Channel]:
+        out: dict[str, Channel] = {}
+        for name, (key_node, value_node) in self.mapping(node, "channels").items():
+            out[name] = self.channel(name, key_node, value_node)
+        if not out:
+            raise self.fail(node, "channels: define at least one channel")
+        return out
+
+    def channel(self, name: str, key_node: yaml.Node, node: yaml.Node) -> Channel:
+        what = f"channel {name!r}"
+        items = self.mapping(node, what)
+        self.only(items, ("webhook", "secret_env", "secret_file", "apprise", "timeout"), what)
+        if ("webhook" in items) == ("apprise" in items):
+            raise self.fail(node, f"{what}: give exactly one of webhook: URL or apprise: URL")
+        timeout = 10.0
+        if "timeout" in items:
+            timeout = self.duration(items["timeout"][1], f"{what} timeout")
+        if "webhook" in items:
+            url_node = items["webhook"][1]
+            url = self.scalar(url_node, f"{what} webhook")
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise self.fail(url_node, f"{what}: webhook must be an http:// or https:// URL")
+            secret = self.secret(items, node, what)
+            return WebhookChannel(name, url, secret, timeout)
+        url_node = items["apprise"][1]
+        url = self.expand_env(self.scalar(url_node, f"{what} apprise"), url_node, what)
+        display = check_apprise_url(
+            url, lambda message: self.fail(url_node, f"{what}: {message}"))
+        return AppriseChannel(name, url, display)
+
+    def secret(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], node: yaml.Node,
+               what: str) -> bytes:
+        if ("secret_env" in items) == ("secret_file" in items):
+            raise self.fail(node, f"{what}: a webhook needs exactly one of secret_env: VAR "
+                                  "or secret_file: PATH")
+        if "secret_env" in items:
+            var_node = items["secret_env"][1]
+            var = self.scalar(var_node, f"{what} secret_env")
+            value = self.env.get(var, "")
+            if not value:
+                raise self.fail(var_node, f"{what}: environment variable {var} is not set "
+                                          "(it holds the webhook secret)")
+            return value.encode()
+        file_node = items["secret_file"][1]
+        secret_path = Path(self.scalar(file_node, f"{what} secret_file")).expanduser()
+        if not secret_path.is_absolute():
+            secret_path = Path(self.path).parent / secret_path
+        try:
+            data = secret_path.read_bytes()[:4096].strip()
+        except OSError as exc:
+            raise self.fail(file_node, f"{what}: cannot read secret file {secret_path}: "
+                                       f"{exc.strerror or exc}") from None
+        if not data:
+            raise self.fail(file_node, f"{what}: secret file {secret_path} is empty")
+        return data
+
+    def expand_env(self, text: str, node: yaml.Node, what: str) -> str:
+        """``${VAR}`` in an apprise URL comes from the environment (keeps tokens out of the
+        file); a missing variable is an error, never an empty string in an URL."""
+
+        def value(found: re.Match[str]) -> str:
+            var = found.group(1)
+            if var not in self.env or not self.env[var]:
+                raise self.fail(node, f"{what}: environment variable {var} is not set")
+            return self.env[var]
+
+        return _ENV_REFERENCE.sub(value, text)
+
+    def duration(self, node: yaml.Node, what: str) -> float:
+        text = self.scalar(node, what)
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise self.fail(node, f"{what}: {exc}") from None
+
+    def delivery(self, node: yaml.Node) -> DeliveryOptions:
+        items = self.mapping(node, "delivery")
+        names = {"retry_base": "retry_base_seconds", "retry_max": "retry_max_seconds",
+                 "wait": "wait_seconds", "claim_lease": "claim_lease_seconds",
+                 "send_timeout": "send_timeout_seconds"}
+        self.only(items, (*names, "max_attempts", "max_events_per_message"), "delivery")
+        values: dict[str, Any] = {}
+        for key, attr in names.items():
+            if key in items:
+                values[attr] = self.duration(items[key][1], f"delivery {key}")
+        for key in ("max_attempts", "max_events_per_message"):
+            if key in items:
+                text = self.scalar(items[key][1], f"delivery {key}")
+                if not text.isdigit() or not 1 <= int(text) <= 10_000:
+                    raise self.fail(items[key][1], f"delivery {key}: a number from 1 to 10000")
+                values[key] = int(text)
+        return DeliveryOptions(**values)
+
+    def rules(self, node: yaml.Node, channels: Mapping[str, Channel]) -> tuple[Rule, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "rules must be a list of rules (- name: ...)")
+        out: list[Rule] = []
+        seen: set[str] = set()
+        for item in node.value:
+            rule = self.rule(item, channels)
+            if rule.name in seen:
+                raise self.fail(item, f"rule name {rule.name!r} used twice")
+            seen.add(rule.name)
+            out.append(rule)
+        if not out:
+            raise self.fail(node, "rules: define at least one rule")
+        return tuple(out)
+
+    def rule(self, node: yaml.Node, channels: Mapping[str, Channel]) -> Rule:
+        items = self.mapping(node, "a rule")
+        self.only(items, ("name", "when", "notify", "digest"), "rule")
+        if "name" not in items:
+            raise self.fail(node, "rule without a name:")
+        name = self.scalar(items["name"][1], "rule name").strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
+            raise self.fail(items["name"][1], f"rule name {name!r}: use letters, digits, "
+                                              "- _ . : (at most 100)")
+        what = f"rule {name!r}"
+        if "notify" not in items:
+            raise self.fail(node, f"{what}: no notify: channels")
+        notify: list[str] = []
+        for item_node, channel in self.scalars(items["notify"][1], f"{what} notify"):
+            if channel not in channels:
+                raise self.fail(item_node, f"{what}: unknown channel {channel!r} "
+                                           f"(defined: {', '.join(sorted(channels))})")
+            if channel not in notify:
+                notify.append(channel)
+        if not notify:
+            raise self.fail(items["notify"][1], f"{what}: notify: names no channel")
+        digest = DEFAULT_DIGEST_SECONDS
+        if "digest" in items:
+            digest = self.duration(items["digest"][1], f"{what} digest")
+        match = self.match(items["when"][1], what) if "when" in items else Match()
+        return Rule(name, match, tuple(notify), digest, node.start_mark.line + 1)
+
+    def match(self, node: yaml.Node, what: str) -> Match:
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~"):
+            return Match()
+        items = self.mapping(node, f"{what} when")
+        self.only(items, ("kinds", "severity", "colors", "organizations", "targets", "ports",
+                          "protos", "prevalence"), f"{what} when")
+        values: dict[str, Any] = {}
+        if "kinds" in items:
+            values["kinds"] = frozenset(self.enum_values(items["kinds"][1], ChangeKind,
+                                                         f"{what} kinds"))
+        if "severity" in items:
+            sev_node = items["severity"][1]
+            if isinstance(sev_node, yaml.SequenceNode):
+                values["severities"] = frozenset(self.enum_values(sev_node, Severity,
+                                                                  f"{what} severity"))
+            else:
+                text = self.scalar(sev_node, f"{what} severity").strip().lower()
+                minimum = text.removeprefix(">=").strip()
+                try:
+                    values["severity_min"] = Severity(minimum)
+                except ValueError:
+                    raise self.fail(sev_node, f"{what}: unknown severity {text!r} (use one of "
+                                              f"{', '.join(Severity)}, a minimum, or a "
+                                              "list)") from None
+        if "colors" in items:
+            values["colors"] = frozenset(
+                str(c) for c in self.enum_values(items["colors"][1], RiskColor,
+                                                 f"{what} colors"))
+        if "organizations" in items:
+            values["organizations"] = frozenset(
+                text.strip().lower() for _, text in
+                self.scalars(items["organizations"][1], f"{what} organizations"))
+        if "targets" in items:
+            names, networks = self.targets(items["targets"][1], what)
+            values["target_names"], values["target_networks"] = names, networks
+        if "ports" in items:
+            values["ports"] = self.ports(items["ports"][1], what)
+        if "protos" in items:
+            protos = set()
+            for item_node, text in self.scalars(items["protos"][1], f"{what} protos"):
+                if text.lower() not in ("tcp", "udp"):
+                    raise self.fail(item_node, f"{what}: proto {text!r}: use tcp or udp")
+                protos.add(text.lower())
+            values["protos"] = frozenset(protos)
+        if "prevalence" in items:
+            buckets = set()
+            for item_node, text in self.scalars(items["prevalence"][1], f"{what} prevalence"):
+                bucket = text.strip().lower().replace("_", " ")
+                if bucket not in PREVALENCE_BUCKETS:
+                    raise self.fail(item_node, f"{what}: prevalence {text!r}: use one of "
+                                               f"{', '.join(PREVALENCE_BUCKETS)}")
+                buckets.add(bucket)
+            values["prevalence"] = frozenset(buckets)
+        return Match(**values)
+
+    def enum_values(self, node: yaml.Node, enum: Any, what: str) -> list[Any]:
+        out = []
+        for item_node, text in self.scalars(node, what):
+            try:
+                out.append(enum(text.strip().lower()))
+            except ValueError:
+                raise self.fail(item_node, f"{what}: unknown value {text!r} (known: "
+                                           f"{', '.join(str(v) for v in enum)})") from None
+        return out
+
+    def targets(self, node: yaml.Node, what: str) -> tuple[
+            frozenset[str], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+        names: set[str] = set()
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item_node, text in self.scalars(node, f"{what} targets"):
+            text = text.strip()
+            if not text or len(text) > 253:
+                raise self.fail(item_node, f"{what}: empty or overlong target")
+            if "/" in text:
+                try:
+                    networks.append(ipaddress.ip_network(text, strict=False))
+                except ValueError:
+                    raise self.fail(item_node, f"{what}: bad CIDR block {text!r}") from None
+            else:
+                try:
+                    names.add(str(ipaddress.ip_address(text)))
+                except ValueError:
+                    names.add(text.lower())
+        return frozenset(names), tuple(networks)
+
+    def ports(self, node: yaml.Node, what: str) -> tuple[PortSpan, ...]:
+        spans: list[PortSpan] = []
+        for item_node, text in self.scalars(node, f"{what} ports"):
+            for part in text.split(","):
+                part = part.strip()
+                first, dash, last = part.partition("-")
+                try:
+                    low = int(first)
+                    high = int(last) if dash else low
+                except ValueError:
+                    raise self.fail(item_node, f"{what}: bad port {part!r}") from None
+                if not 0 <= low <= high <= 65535:
+                    raise self.fail(item_node, f"{what}: port {part!r} out of 0-65535")
+                spans.append(PortSpan(low, high))
+        return tuple(spans)
+
+
+def check_apprise_url(url: str, fail: Any) -> str:
+    """Refuse an URL apprise cannot use (unknown scheme, bad form) without sending; return
+    apprise's own display form of it (credentials masked)."""
+    import apprise as apprise_module  # lazy: it loads its ~190 plugins (~0.2 s)
+
+    apprise: Any = apprise_module  # untyped library: calls go through Any
+
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if not scheme:
+        raise fail("apprise URL has no scheme:// (e.g. mailto://, slack://, json://)")
+    if scheme not in apprise.NotificationManager().schemas():
+        raise fail(f"unknown apprise scheme {scheme + '://'!r}")
+    plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    if plugin is None:
+        raise fail(f"apprise cannot use this {scheme}:// URL (check its form)")
+    try:
+        return str(plugin.url(privacy=True))
+    except Exception:  # noqa: BLE001 - display only; never let it leak the URL instead
+        return redact_url(url)
+
+
+def alerts_path_from_env(option: str | None) -> str | None:
+    """``--alerts FILE`` wins over ``PORTWATCH_ALERTS``; empty means no alerting."""
+    return option or os.environ.get(ALERTS_ENV) or None

@@ -1,0 +1,390 @@
+"""The dispatcher: the alert outbox in the store, and delivery from it.
+
+Owns: ``submit(events)`` (record one pending delivery per (rule, channel, event) a rule
+selects, skipping accepted risks; idempotent across restarts and Kafka replays because
+the outbox is keyed by (rule, channel, event_id) and a submitted row can never undo a
+later state), ``deliver_due()`` (digest per rule window, claim, send, record sent /
+retry with exponential backoff / failed) and ``drain()`` (a one-shot scan's bounded wait).
+
+Exactly once per (rule, channel, event) across several workers: before sending attempt
+N, a worker inserts a claim row with the insert deduplication token
+(rule, channel, event_id, N); ClickHouse keeps exactly one of the competing inserts, and
+only the worker whose claim landed sends. A claim whose worker vanished (its process on
+this host is gone, or its lease ran out) is superseded by a claim on attempt N+1. The one
+window no store can close is a worker killed after the channel accepted a message and
+before the store recorded it: that message is sent again after the lease, with the same
+``X-Portwatch-Delivery`` id so a receiver can drop it.
+
+Must not touch: scanning, and it never raises into a scan: every failure is logged and
+kept in the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from portwatch.alerts.accepted import ActiveAcceptances
+from portwatch.alerts.channels import FIELD_CAP, send
+from portwatch.alerts.config import AlertConfig, Rule
+from portwatch.alerts.rules import matches, prevalence_bucket
+from schemas.records import ChangeEvent, RecordError
+
+OUTBOX_COLUMNS = ("rule", "channel", "event_id", "event_json", "state", "attempts",
+                  "last_error", "created_at", "next_attempt_at", "sent_at", "revision")
+CLAIM_COLUMNS = ("rule", "channel", "event_id", "attempt", "owner", "claimed_at")
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+EPOCH = datetime.fromtimestamp(0, UTC)
+TEXT_CAP = 1000  # characters of before/after/service kept from a (hostile) event
+MAX_ROWS_PER_PASS = 10_000
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (rule, channel, event_id)
+
+
+def _dt(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _seconds(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def bounded(event: ChangeEvent) -> ChangeEvent:
+    """The event with its free-text fields capped (they come from the network)."""
+    return replace(event, before=event.before[:TEXT_CAP], after=event.after[:TEXT_CAP],
+                   service=event.service[:FIELD_CAP], risk_color=event.risk_color[:16])
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    rule: str
+    channel: str
+    event_id: str
+    event: ChangeEvent | None
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+
+    @property
+    def key(self) -> Key:
+        return (self.rule, self.channel, self.event_id)
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0  # (rule, channel, event) deliveries recorded as sent in this pass
+    retrying: int = 0
+    failed: int = 0
+    messages: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _owner_is_gone(owner: str, host: str) -> bool:
+    """True when ``owner`` (``host:pid:nonce``) ran on this host in a process that no
+    longer exists: its claim is void at once, not after the lease (a restart after a
+    SIGKILL delivers without waiting)."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by another user
+    return False
+
+
+class AlertDispatcher:
+    """Outbox writer and deliverer over one ``Store`` (thread-safe through its lock)."""
+
+    def __init__(self, store: Any, config: AlertConfig, *,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.sleep = sleep
+        self.host = socket.gethostname()
+        self._pass_lock = threading.Lock()
+        self.rules = {rule.name: rule for rule in config.rules}
+
+    # -- submit -------------------------------------------------------------------------
+
+    def submit(self, events: Iterable[ChangeEvent]) -> int:
+        """Queue one pending delivery per (rule, channel, event) the rules select; returns
+        how many were new. Accepted risks are skipped. Never raises (logs instead)."""
+        try:
+            return self._submit(list(events))
+        except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
+            log.error("alerts: could not queue change events: %s", _one_line(exc))
+            return 0
+
+    def _submit(self, events: list[ChangeEvent]) -> int:
+        if not events:
+            return 0
+        now = self.clock()
+        acceptances = ActiveAcceptances.load(self.store, now)
+        prevalence = self._prevalence({(e.proto.value, e.port) for e in events if e.port})
+        wanted: dict[Key, ChangeEvent] = {}
+        for event in events:
+            if acceptances.covers(event):
+                log.info("alerts: %s on %s %s/%s is an accepted risk: not alerted",
+                         event.kind.value, event.target.target, event.port, event.proto.value)
+                continue
+            bucket = prevalence.get((event.proto.value, event.port), "") if event.port else ""
+            event_id = event.event_id  # of the event as it was computed, before bounding
+            for rule in self.config.rules:
+                if matches(rule.match, event, bucket):
+                    for channel in rule.notify:
+                        wanted[(rule.name, channel, event_id)] = event
+        if not wanted:
+            return 0
+        existing = self._existing_keys(list(wanted))
+        created = _dt(now)
+        rows = [[rule, channel, event_id, bounded(event).to_json().decode(), PENDING, 0, "",
+                 created, created, EPOCH, 0]
+                for (rule, channel, event_id), event in wanted.items()
+                if (rule, channel, event_id) not in existing]
+        self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, rows)
+        return len(rows)
+
+    def _existing_keys(self, keys: Sequence[Key]) -> set[Key]:
+        ids = sorted({k[2] for k in keys})
+        rows = self.store.query(
+            "SELECT DISTINCT rule, channel, event_id FROM alert_outbox "
+            "WHERE event_id IN {ids:Array(String)}", {"ids": ids})
+        return {(str(r[0]), str(r[1]), str(r[2])) for r in rows}
+
+    def _prevalence(self, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        if not pairs or not any(rule.match.prevalence for rule in self.config.rules):
+            return {}
+        rows = self.store.query(
+            "SELECT proto, port, uniqExactMerge(instances) FROM port_prevalence "
+            "WHERE port IN {ports:Array(UInt16)} GROUP BY proto, port",
+            {"ports": sorted({p for _, p in pairs})})
+        found = {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
+        return {pair: prevalence_bucket(found.get(pair, 0)) for pair in pairs}
+
+    # -- deliver ------------------------------------------------------------------------
+
+    def deliver_due(self, *, flush: bool = False) -> DeliveryReport:
+        """One delivery pass: every (rule, channel) whose digest window closed (all of them
+        with ``flush``) and every retry that is due goes out as one message. Never raises."""
+        report = DeliveryReport()
+        try:
+            with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
+                self._deliver_due(flush, report)
+        except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
+            message = f"alerts: delivery pass failed: {_one_line(exc)}"
+            log.error("%s", message)
+            report.errors.append(message)
+        return report
+
+    def pending(self) -> list[PendingRow]:
+        rows = self.store.query(
+            "SELECT rule, channel, event_id, event_json, attempts, created_at, "
+            "next_attempt_at FROM alert_outbox FINAL WHERE state = 'pending' "
+            "ORDER BY created_at, rule, channel, event_id LIMIT {limit:UInt32}",
+            {"limit": MAX_ROWS_PER_PASS})
+        out = []
+        for rule, channel, event_id, event_json, attempts, created_at, next_at in rows:
+            try:
+                event: ChangeEvent | None = ChangeEvent.from_json(str(event_json))
+            except RecordError:
+                event = None
+            out.append(PendingRow(str(rule), str(channel), str(event_id), event, int(attempts),
+                                  _seconds(created_at), _seconds(next_at)))
+        return out
+
+    def _deliver_due(self, flush: bool, report: DeliveryReport) -> None:
+        now = self.clock()
+        groups: dict[tuple[str, str], list[PendingRow]] = defaultdict(list)
+        for row in self.pending():
+            if row.next_attempt_at <= now:
+                groups[(row.rule, row.channel)].append(row)
+        for (rule_name, channel_name), rows in sorted(groups.items()):
+            rule = self.rules.get(rule_name)
+            channel = self.config.channels.get(channel_name)
+            if rule is None or channel is None or channel_name not in rule.notify:
+                continue  # no longer in the alerts file: kept, shown by `alerts log`
+            if not flush and not self._window_closed(rule, rows, now):
+                continue
+            limit = self.config.delivery.max_events_per_message
+            for start in range(0, len(rows), limit):
+                self._send_batch(rule, channel_name, rows[start:start + limit], report)
+
+    @staticmethod
+    def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
+        """A digest goes out when its oldest new event waited the rule's window; retries
+        go out when their backoff is over."""
+        if rule.digest_seconds <= 0 or any(r.attempts > 0 for r in rows):
+            return True
+        return min(r.created_at for r in rows) + rule.digest_seconds <= now
+
+    def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
+                    report: DeliveryReport) -> None:
+        owned = self._claim(rows)
+        if not owned:
+            return
+        undecodable = [r for r in owned if r.event is None]
+        sendable = [r for r in owned if r.event is not None]
+        for row in undecodable:
+            self._record(row, FAILED, "stored event cannot be decoded", report)
+        if not sendable:
+            return
+        channel = self.config.channels[channel_name]
+        result = send(channel, rule.name, [r.event for r in sendable if r.event is not None],
+                      timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
+        report.messages += 1
+        for row in sendable:
+            if result.is_ok:
+                self._record(row, SENT, "", report)
+            else:
+                self._record(row, None, result.error, report)
+        if not result.is_ok:
+            message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
+            log.warning("%s", message)
+            report.errors.append(message)
+
+    def _claim(self, rows: Sequence[PendingRow]) -> list[PendingRow]:
+        """The rows this pass won the right to send now (see module docstring). Every pass
+        claims under its own owner id: two passes of one dispatcher (the Faust agent and
+        its timer) compete like two workers."""
+        now = self.clock()
+        my_owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        lease = self.config.delivery.claim_lease_seconds
+        ids = sorted({r.event_id for r in rows})
+        latest: dict[Key, tuple[int, str, float]] = {}
+        for rule, channel, event_id, attempt, claim_owner, claimed_at in self.store.query(
+                "SELECT rule, channel, event_id, attempt, owner, claimed_at FROM alert_claims "
+                "WHERE event_id IN {ids:Array(String)}", {"ids": ids}):
+            key = (str(rule), str(channel), str(event_id))
+            if key not in latest or int(attempt) > latest[key][0]:
+                latest[key] = (int(attempt), str(claim_owner), _seconds(claimed_at))
+        attempts: dict[Key, int] = {}
+        for row in rows:
+            attempt = row.attempts + 1
+            claim = latest.get(row.key)
+            if claim is not None and claim[0] >= attempt:
+                claimed_attempt, claim_owner, claimed_at = claim
+                is_alive = claimed_at + lease > now and \
+                    not _owner_is_gone(claim_owner, self.host)
+                if is_alive:
+                    continue  # another pass (of any worker) is sending this attempt now
+                attempt = claimed_attempt + 1
+            attempts[row.key] = attempt
+            token = "\x1f".join((*row.key, str(attempt)))
+            self.store.insert_rows("alert_claims", CLAIM_COLUMNS,
+                                   [[*row.key, attempt, my_owner, _dt(now)]],
+                                   dedup_token=token)
+        if not attempts:
+            return []
+        won = {
+            (str(r[0]), str(r[1]), str(r[2]), int(r[3]))
+            for r in self.store.query(
+                "SELECT rule, channel, event_id, attempt FROM alert_claims "
+                "WHERE event_id IN {ids:Array(String)} AND owner = {owner:String}",
+                {"ids": ids, "owner": my_owner})
+        }
+        return [replace(row, attempts=attempts[row.key] - 1) for row in rows
+                if row.key in attempts and (*row.key, attempts[row.key]) in won]
+
+    def _record(self, row: PendingRow, state: str | None, error: str,
+                report: DeliveryReport) -> None:
+        """Write the outcome of attempt ``row.attempts + 1``."""
+        options = self.config.delivery
+        attempt = row.attempts + 1
+        now = self.clock()
+        next_at = now
+        if state is None:  # failed attempt: retry with backoff, or give up
+            if attempt >= options.max_attempts:
+                state = FAILED
+            else:
+                state = PENDING
+                next_at = now + min(options.retry_max_seconds,
+                                    options.retry_base_seconds * 2 ** (attempt - 1))
+        rank = {PENDING: 1, FAILED: 2, SENT: 3}[state]
+        event_json = row.event.to_json().decode() if row.event is not None else ""
+        self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, [[
+            row.rule, row.channel, row.event_id, event_json, state, attempt, error[:500],
+            _dt(row.created_at), _dt(next_at), _dt(now) if state == SENT else EPOCH,
+            attempt * 4 + rank]])
+        if state == SENT:
+            report.sent += 1
+        elif state == FAILED:
+            report.failed += 1
+        else:
+            report.retrying += 1
+
+    # -- one-shot -----------------------------------------------------------------------
+
+    def drain(self, wait_seconds: float | None = None) -> DeliveryReport:
+        """Deliver everything queued, retrying within ``wait_seconds`` (default: the file's
+        ``delivery: wait``); what is left stays queued for the next run. Never raises."""
+        budget = self.config.delivery.wait_seconds if wait_seconds is None else wait_seconds
+        deadline = self.clock() + max(0.0, budget)
+        total = DeliveryReport()
+        while True:
+            report = self.deliver_due(flush=True)
+            total.sent += report.sent
+            total.failed += report.failed
+            total.messages += report.messages
+            total.errors += report.errors
+            total.retrying = report.retrying
+            try:
+                waiting = [r.next_attempt_at for r in self.pending()]
+            except Exception as exc:  # noqa: BLE001 - never raise into a scan
+                total.errors.append(f"alerts: {_one_line(exc)}")
+                return total
+            now = self.clock()
+            if not waiting:
+                return total
+            next_at = min(waiting)
+            if next_at > deadline or now >= deadline:
+                total.retrying = len(waiting)
+                return total
+            self.sleep(max(0.05, next_at - now))
+
+    def queued_count(self) -> int:
+        rows = self.store.query("SELECT count() FROM alert_outbox FINAL WHERE state = 'pending'")
+        return int(rows[0][0]) if rows else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def decode_event_json(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def alert_after_scan(store: Any, config: AlertConfig, events: Sequence[ChangeEvent], *,
+                     wait_seconds: float | None = None) -> DeliveryReport:
+    """What a one-shot ``scan --alerts FILE`` (or one ``process`` batch) calls after its
+    findings are stored: queue the events, then deliver everything queued (digest windows
+    closed early) within the bounded wait (default: the file's ``delivery: wait``, 30 s).
+    What is not delivered stays queued for the next run. Never raises."""
+    dispatcher = AlertDispatcher(store, config)
+    dispatcher.submit(events)
+    return dispatcher.drain(wait_seconds)

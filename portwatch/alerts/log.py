@@ -1,0 +1,80 @@
+"""``portwatch alerts log``: what was sent, what failed and why, what is still queued.
+
+Owns: reading the outbox (current state of each delivery) and phrasing it. Must not
+touch: delivery itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from portwatch.alerts.channels import describe
+from schemas.records import ChangeEvent, RecordError
+
+EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    rule: str
+    channel: str
+    event_id: str
+    event: str  # one line naming the event
+    state: str
+    attempts: int
+    last_error: str
+    created_at: datetime
+    next_attempt_at: datetime
+    sent_at: datetime | None
+
+    def line(self) -> str:
+        when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
+        if self.state == "sent" and self.sent_at is not None:
+            status = f"sent {self.sent_at:%Y-%m-%d %H:%M:%S} ({self.attempts} attempt(s))"
+        elif self.state == "failed":
+            status = f"FAILED after {self.attempts} attempt(s): {self.last_error}"
+        elif self.attempts:
+            status = (f"pending: attempt {self.attempts} failed ({self.last_error}); next "
+                      f"try {self.next_attempt_at:%Y-%m-%d %H:%M:%S}")
+        else:
+            status = "queued: not sent yet (sent by the next delivery pass or run)"
+        return f"{when} {self.rule} -> {self.channel}: {self.event} | {status}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule, "channel": self.channel, "event_id": self.event_id,
+            "event": self.event, "state": self.state, "attempts": self.attempts,
+            "last_error": self.last_error, "created_at": self.created_at.isoformat(),
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+        }
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return EPOCH
+
+
+def delivery_log(store: Any, *, state: str = "", rule: str = "", limit: int = 100,
+                 ) -> list[LogRow]:
+    rows = store.query(
+        "SELECT rule, channel, event_id, event_json, state, attempts, last_error, created_at, "
+        "next_attempt_at, sent_at FROM alert_outbox FINAL "
+        "WHERE ({state:String} = '' OR state = {state:String}) "
+        "AND ({rule:String} = '' OR rule = {rule:String}) "
+        "ORDER BY created_at DESC, rule, channel, event_id LIMIT {limit:UInt32}",
+        {"state": state, "rule": rule, "limit": limit})
+    out = []
+    for r in rows:
+        try:
+            text = describe(ChangeEvent.from_json(str(r[3])))
+        except RecordError:
+            text = f"event {r[2]} (unreadable)"
+        sent_at = _utc(r[9])
+        out.append(LogRow(str(r[0]), str(r[1]), str(r[2]), text, str(r[4]), int(r[5]),
+                          str(r[6]), _utc(r[7]), _utc(r[8]),
+                          None if sent_at == EPOCH else sent_at))
+    return out

@@ -1,0 +1,255 @@
+"""Schedules of ``portwatch watch``: the file, the cron arithmetic, the run ledger.
+
+Owns: parsing ``schedules.yaml`` (entries with a name, targets or an inventory (optionally
+narrowed to one organization), TCP ports, a UDP profile and a cron expression, checked
+with croniter; errors are one FILE:LINE line), deciding what is due at an instant given
+the last run of each entry (``plan``), and the ``watch_runs`` ledger in the store.
+
+Semantics (the clock is injected; nothing here sleeps):
+- an entry that never ran is due at once (its first run is the baseline);
+- otherwise it is due when a cron slot passed since the slot of its last run; however
+  many slots were missed (portwatch was down), it runs once, and the plan says how many
+  were skipped so the caller logs the catch-up;
+- entries are planned in name order and run one after another by the watcher, so two
+  entries never scan the same target at the same time.
+Cron expressions are evaluated in UTC.
+
+Must not touch: scanning or delivery (``portwatch.alerts.watch`` drives both).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+
+from portwatch.alerts.config import MAX_FILE_BYTES, AlertConfigError, compose_yaml
+
+MAX_MISSED_COUNTED = 10_000
+RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note")
+
+
+class ScheduleError(AlertConfigError):
+    """A bad schedules file; one line ``FILE:LINE: what is wrong``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    name: str
+    cron: str
+    targets: tuple[str, ...] = ()
+    inventory: str = ""
+    organization: str = ""
+    asset: str = ""
+    ports: str = "1-65535"
+    udp: str = "top1000"
+    exclude: tuple[str, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    entry: ScheduleEntry
+    is_due: bool
+    slot: datetime  # the cron slot a due run stands for (now, for a first run)
+    next_run: datetime  # when it runs next (now when due)
+    missed: int = 0  # slots skipped beyond the one run now (catch-up)
+
+
+def _croniter(expression: str, start: datetime) -> Any:
+    from croniter import croniter
+
+    return croniter(expression, start)
+
+
+def is_valid_cron(expression: str) -> bool:
+    from croniter import croniter
+
+    try:
+        return bool(croniter.is_valid(expression)) and len(expression) <= 200
+    except Exception:  # noqa: BLE001 - croniter raises several types on garbage
+        return False
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def previous_slot(entry: ScheduleEntry, now: datetime) -> datetime:
+    """The latest cron slot at or before ``now`` (croniter's get_prev is strictly before
+    its start, so start one second later: a slot at exactly ``now`` counts)."""
+    itr = _croniter(entry.cron, _utc(now) + timedelta(seconds=1))
+    return _utc(itr.get_prev(datetime))
+
+
+def next_slot(entry: ScheduleEntry, after: datetime) -> datetime:
+    return _utc(_croniter(entry.cron, _utc(after)).get_next(datetime))
+
+
+def decide(entry: ScheduleEntry, last_slot: datetime | None, now: datetime) -> Decision:
+    now = _utc(now)
+    if last_slot is None:
+        return Decision(entry, True, now, now)
+    last_slot = _utc(last_slot)
+    latest = previous_slot(entry, now)
+    if latest <= last_slot:
+        return Decision(entry, False, latest, next_slot(entry, max(now, last_slot)))
+    missed = 0
+    itr = _croniter(entry.cron, last_slot)
+    while missed < MAX_MISSED_COUNTED:
+        slot = _utc(itr.get_next(datetime))
+        if slot >= latest:
+            break
+        missed += 1
+    return Decision(entry, True, latest, now, missed)
+
+
+def plan(entries: Sequence[ScheduleEntry], last_slots: Mapping[str, datetime | None],
+         now: datetime) -> list[Decision]:
+    """One decision per entry, in name order (the order they run in)."""
+    return [decide(e, last_slots.get(e.name), now) for e in sorted(entries, key=lambda e: e.name)]
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+
+def last_slots(store: Any) -> dict[str, datetime]:
+    rows = store.query("SELECT entry, max(slot) FROM watch_runs FINAL "
+                       "WHERE status != 'interrupted' GROUP BY entry")
+    return {str(r[0]): _utc(r[1]) for r in rows}
+
+
+def record_run(store: Any, entry: str, slot: datetime, started: datetime, finished: datetime,
+               scan_id: str, status: str, note: str = "") -> None:
+    store.insert_rows("watch_runs", RUN_COLUMNS, [[entry, slot, started, finished, scan_id,
+                                                   status, note[:500]]])
+
+
+# -- the file ---------------------------------------------------------------------------
+
+
+def load_schedules(path: str | os.PathLike[str]) -> list[ScheduleEntry]:
+    name = str(path)
+    try:
+        with open(name, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ScheduleError(name, 0, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScheduleError(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScheduleError(name, 0, f"not UTF-8 text ({exc.reason})") from None
+    try:
+        root = compose_yaml(name, text)
+    except AlertConfigError as exc:
+        raise ScheduleError(name, exc.line, str(exc).split(": ", 1)[-1]) from None
+    return _parse(name, root)
+
+
+_KEYS = ("name", "cron", "targets", "inventory", "organization", "asset", "ports", "udp",
+         "exclude")
+
+
+def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
+    def fail(node: yaml.Node | None, message: str) -> ScheduleError:
+        return ScheduleError(path, node.start_mark.line + 1 if node is not None else 0, message)
+
+    if root is None:
+        raise fail(None, "empty file: needs schedules: with at least one entry")
+    entries_node: yaml.Node | None = root
+    if isinstance(root, yaml.MappingNode):
+        keys = {str(k.value): (k, v) for k, v in root.value if isinstance(k, yaml.ScalarNode)}
+        for key, (key_node, _) in keys.items():
+            if key != "schedules":
+                raise fail(key_node, f"unknown key {key!r} (known: schedules)")
+        if "schedules" not in keys:
+            raise fail(root, "no schedules: list")
+        entries_node = keys["schedules"][1]
+    if not isinstance(entries_node, yaml.SequenceNode) or not entries_node.value:
+        raise fail(entries_node, "schedules must be a list of entries (- name: ...)")
+    out: list[ScheduleEntry] = []
+    seen: set[str] = set()
+    for node in entries_node.value:
+        if not isinstance(node, yaml.MappingNode):
+            raise fail(node, "a schedule entry must be a mapping (name:, cron:, targets:)")
+        values: dict[str, Any] = {}
+        nodes: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key not in _KEYS:
+                raise fail(key_node, f"unknown key {key!r} (known: {', '.join(_KEYS)})")
+            nodes[key] = value_node
+            if key in ("targets", "exclude"):
+                items = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                    else [value_node]
+                texts = []
+                for item in items:
+                    if not isinstance(item, yaml.ScalarNode) or not str(item.value).strip():
+                        raise fail(item, f"{key}: each entry is one address, block or name")
+                    texts.append(str(item.value).strip())
+                values[key] = tuple(texts)
+            else:
+                if not isinstance(value_node, yaml.ScalarNode):
+                    raise fail(value_node, f"{key} must be a single value")
+                values[key] = str(value_node.value).strip()
+        name = values.get("name", "")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?", name or ""):
+            raise fail(nodes.get("name", node), f"schedule name {name!r}: lower-case letters, "
+                                                "digits and '-', at most 52 (it names a "
+                                                "CronJob)")
+        if name in seen:
+            raise fail(nodes["name"], f"schedule name {name!r} used twice")
+        seen.add(name)
+        cron = values.get("cron", "")
+        if not cron:
+            raise fail(node, f"schedule {name!r}: no cron: expression")
+        if not is_valid_cron(cron):
+            raise fail(nodes["cron"], f"schedule {name!r}: bad cron expression {cron!r} "
+                                      "(five fields: minute hour day month weekday)")
+        if not values.get("targets") and not values.get("inventory"):
+            raise fail(node, f"schedule {name!r}: give targets: or inventory:")
+        inventory = values.get("inventory", "")
+        if inventory:
+            inv_path = os.path.expanduser(inventory)
+            if not os.path.isabs(inv_path):
+                inv_path = os.path.join(os.path.dirname(os.path.abspath(path)), inv_path)
+            if not os.path.isfile(inv_path):
+                raise fail(nodes["inventory"], f"schedule {name!r}: inventory {inventory!r} "
+                                               "not found")
+            values["inventory"] = inv_path
+        ports = values.get("ports", "1-65535")
+        if not _is_port_profile(ports):
+            raise fail(nodes["ports"], f"schedule {name!r}: bad ports {ports!r} (a spec like "
+                                       "22,80,8000-8100, all, or topN)")
+        udp = values.get("udp", "top1000")
+        if not _is_port_profile(udp, allow_none=True):
+            raise fail(nodes["udp"], f"schedule {name!r}: bad udp {udp!r} (top1000, none or "
+                                     "a spec)")
+        out.append(ScheduleEntry(
+            name=name, cron=cron, targets=values.get("targets", ()), inventory=inventory and
+            values["inventory"], organization=values.get("organization", ""),
+            asset=values.get("asset", ""), ports=ports, udp=udp,
+            exclude=values.get("exclude", ()), line=node.start_mark.line + 1))
+    return out
+
+
+def _is_port_profile(text: str, *, allow_none: bool = False) -> bool:
+    lowered = text.strip().lower()
+    if allow_none and lowered in ("none", "no", "off"):
+        return True
+    if re.fullmatch(r"top\d{1,5}", lowered) or lowered in ("all", "-", "*"):
+        return True
+    from producers.targets import TargetError, parse_ports
+
+    try:
+        parse_ports(lowered)
+    except (TargetError, ValueError):
+        return False
+    return True

@@ -1,0 +1,133 @@
+"""The alerts agent on the real Kafka broker: change events from the changes topic reach
+a real webhook receiver once each, even when two workers both consume every event.
+
+Two alert apps in two consumer groups each see all ten events (the worst case of
+replays and rebalances, made certain rather than left to chance); both submit and
+deliver through their own dispatcher on one store. Exactly one delivery per event is
+the outbox key's and the claims' doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portwatch.alerts import AlertDispatcher, load_alerts
+from producers.kafka_io import ensure_topics, make_producer, publish
+from schemas.records import ChangeEvent, ChangeKind, Severity, Target
+from schemas.topics import topic_names
+from stream_processors.transports.faust_alerts import build_alerts_app
+from stream_processors.transports.faust_app import PipelineOptions, run_apps
+from tests.alert_receivers import webhook_receiver
+
+pytestmark = pytest.mark.kafka
+
+SECRET = b"agent-secret-0123"
+
+
+def events() -> list[ChangeEvent]:
+    t = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp")
+    return [ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t,
+                        scan_id="kafka-scan", port=port, risk_color="red", service="redis",
+                        observed_at=datetime(2026, 12, 1, tzinfo=UTC))
+            for port in range(6370, 6380)]
+
+
+def test_two_workers_seeing_every_event_deliver_each_once(
+        kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
+    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, [topics.changes, topics.dead_letter], timeout=30.0)
+    options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0)
+    sent = events()
+    with webhook_receiver(SECRET) as receiver:
+        path = tmp_path / "alerts.yaml"
+        path.write_text(f'channels:\n  hook: {{webhook: "{receiver.url}", secret_env: S}}\n'
+                        "rules:\n  - name: red\n    when: {colors: [red]}\n"
+                        "    notify: [hook]\n    digest: 0\n")
+        config = load_alerts(path, env={"S": SECRET.decode()})
+        # Given two alert workers in separate groups: both will see every event
+        apps = [build_alerts_app(options, AlertDispatcher(store, config),
+                                 delivery_interval=1.0, group_suffix=f"-{n}")
+                for n in range(2)]
+        producer = make_producer(kafka_bootstrap)
+        try:
+            # When ten change events and one poison record are published
+            publish(producer, topics.changes.name, sent)
+            producer.send(topics.changes.name, value=b'{"v":1,"kind":"nonsense"}').get(30)
+        finally:
+            producer.close()
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            runner = asyncio.ensure_future(run_apps([app for app, _ in apps], stop))
+            for _ in range(240):  # bounded: at most ~120 s, then assert on what arrived
+                if all(stats.events == 10 and stats.dead_letters == 1 for _, stats in apps) \
+                        and len(receiver.events()) >= 10:
+                    break
+                if runner.done():
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(1.5)  # one more delivery tick of each worker
+            stop.set()
+            await asyncio.wait_for(runner, 60)
+
+        asyncio.run(run())
+        # Then both workers consumed everything, and each event was delivered once
+        assert [(s.events, s.dead_letters) for _, s in apps] == [(10, 1), (10, 1)]
+        delivered = sorted(e["event_id"] for e in receiver.events())
+        assert delivered == sorted(e.event_id for e in sent)
+        assert receiver.rejected == []
+
+
+def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
+                                                                 tmp_path: Path) -> None:
+    """The same agent body through Faust's test context: framed messages (several events
+    in one message, and a replay of it) reach the receiver once; poison is dead-lettered."""
+    import faust
+
+    from producers.publish import encode_records
+    from stream_processors.transports.faust_alerts import AlertAgentStats, alert_agent
+    from tests.unit.test_agents import Sent, _close_consumer_loop, _until
+
+    sent = events()
+    dead = Sent()
+    stats = AlertAgentStats()
+    with webhook_receiver(SECRET) as receiver:
+        path = tmp_path / "alerts.yaml"
+        path.write_text(f'channels:\n  hook: {{webhook: "{receiver.url}", secret_env: S}}\n'
+                        "rules:\n  - name: red\n    when: {colors: [red]}\n"
+                        "    notify: [hook]\n    digest: 0\n")
+        dispatcher = AlertDispatcher(store, load_alerts(path, env={"S": SECRET.decode()}))
+
+        async def run() -> None:
+            app = faust.App("portwatch-alerts-unit", broker="kafka://127.0.0.1:9",
+                            store="memory://", web_enabled=False, autodiscover=False)
+            topic = app.topic("changes", key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+            agent = app.agent(topic, name="alerts")(
+                alert_agent(dispatcher, dead, buffer=10, within=0.05, stats=stats))
+            async with agent.test_context() as ctx_agent:
+                # When five events arrive in one message, then the same message again
+                # (a replay), then the other five with a poison line
+                first = encode_records(sent[:5])
+                await ctx_agent.put(first, key=b"127.0.0.1")
+                await ctx_agent.put(first, key=b"127.0.0.1")
+                await ctx_agent.put(encode_records(sent[5:]) + b"\n{\"v\":1}",
+                                    key=b"127.0.0.1")
+                await _until(lambda: stats.events == 15 and stats.dead_letters == 1
+                             and len(receiver.events()) >= 10)
+            _close_consumer_loop(app)
+
+        asyncio.run(run())
+        # Then each of the ten events reached the receiver once
+        assert sorted(e["event_id"] for e in receiver.events()) == \
+            sorted(e.event_id for e in sent)
+        assert stats.queued == 10
+        # And the poison line is a dead letter of the alerts stage
+        [(_key, envelope)] = dead.messages
+        assert b'"stage":"alerts"' in envelope and b'"line":5' in envelope

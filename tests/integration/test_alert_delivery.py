@@ -1,0 +1,456 @@
+"""Alert delivery through the real store (chdb) to real receivers on loopback.
+
+Given change events handed to the dispatcher (change detection is another issue's work),
+these tests check what a team relies on: the signed webhook verifies and a replay is
+refused, e-mail arrives through apprise's mailto://, each (rule, channel, event) is
+delivered once across restarts, replays and several workers, a receiver that is down gets
+everything once it is back, digests group a rule's events, accepted risks stay quiet.
+Time is an injected clock: nothing sleeps through a backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portwatch.alerts import AlertDispatcher, load_alerts
+from portwatch.alerts import accepted as acc
+from portwatch.alerts.channels import verify
+from portwatch.alerts.log import delivery_log
+from schemas.records import (
+    CdnVerdict,
+    ChangeEvent,
+    ChangeKind,
+    Finding,
+    OpenPort,
+    Proto,
+    RiskColor,
+    ServiceInfo,
+    Severity,
+    Target,
+    TlsResult,
+)
+from tests.alert_receivers import smtp_receiver, webhook_receiver
+
+SECRET = b"test-secret-0123456789"
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def event(port: int = 6379, kind: ChangeKind = ChangeKind.OPENED, *, ip: str = "127.0.0.1",
+          org: str = "Example Corp", color: str = "red", service: str = "redis",
+          severity: Severity = Severity.HIGH, scan_id: str = "scan-2") -> ChangeEvent:
+    return ChangeEvent(kind=kind, severity=severity,
+                       target=Target(ip=ip, target=ip, organization=org, asset="cache"),
+                       scan_id=scan_id, previous_scan_id="scan-1", port=port,
+                       after=f"{service} open", risk_color=color, service=service,
+                       observed_at=datetime.fromtimestamp(T0, UTC))
+
+
+def write_alerts(tmp_path: Path, channels: str, *, digest: str = "0", when: str = "",
+                 delivery: str = "") -> Path:
+    when_line = when or "{kinds: [opened, reopened, risk_raised], colors: [red], " \
+                        "organizations: [example corp]}"
+    text = f"""channels:
+{channels}
+rules:
+  - name: risky-opened
+    when: {when_line}
+    notify: [{', '.join(line.split(':')[0].strip() for line in channels.splitlines())}]
+    digest: {digest}
+"""
+    if delivery:
+        text += f"delivery: {delivery}\n"
+    path = tmp_path / "alerts.yaml"
+    path.write_text(text)
+    return path
+
+
+def hook_config(tmp_path: Path, url: str, **kw: Any) -> Any:
+    path = write_alerts(tmp_path, f'  soc-hook: {{webhook: "{url}", secret_env: HOOK_SECRET}}',
+                        **kw)
+    return load_alerts(path, env={"HOOK_SECRET": SECRET.decode()})
+
+
+def outbox_states(store: Any) -> dict[tuple[str, str, str], tuple[str, int]]:
+    return {(r.rule, r.channel, r.event_id): (r.state, r.attempts)
+            for r in delivery_log(store, limit=1000)}
+
+
+# -- the signed webhook -------------------------------------------------------------------
+
+
+def test_webhook_is_signed_and_a_replay_is_refused(store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        # Given two risky ports opened and one green one (which the rule does not select)
+        config = hook_config(tmp_path, receiver.url)
+        dispatcher = AlertDispatcher(store, config, clock=Clock())
+        events = [event(6379), event(5432, service="postgresql"),
+                  event(443, color="green", service="https")]
+        # When they are submitted and delivered
+        assert dispatcher.submit(events) == 2
+        report = dispatcher.deliver_due()
+        # Then one signed message carries exactly the two red events
+        assert (report.sent, report.messages, report.errors) == (2, 1, [])
+        assert len(receiver.accepted) == 1 and receiver.rejected == []
+        got = receiver.accepted[0]
+        assert sorted(e["event_id"] for e in got.payload["events"]) == \
+            sorted([events[0].event_id, events[1].event_id])
+        assert {e["port"] for e in got.payload["events"]} == {6379, 5432}
+        assert got.payload["rule"] == "risky-opened"
+        assert verify(SECRET, got.headers["x-portwatch-timestamp"],
+                      got.headers["x-portwatch-signature"], got.body)
+        assert not verify(b"another secret", got.headers["x-portwatch-timestamp"],
+                          got.headers["x-portwatch-signature"], got.body)
+        # When the captured request is sent again, byte for byte (a replay)
+        replay = urllib.request.Request(receiver.url, data=got.body, method="POST", headers={
+            k: v for k, v in got.headers.items() if k.startswith("x-portwatch")})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(replay, timeout=5)
+        # Then the receiver refuses it and still holds one delivery
+        refused.value.close()
+        assert refused.value.code == 409
+        assert len(receiver.accepted) == 1
+        # And a tampered body fails the signature check
+        tampered = urllib.request.Request(receiver.url, data=got.body.replace(b"6379", b"6380"),
+                                          method="POST", headers={
+                                              k: v for k, v in got.headers.items()
+                                              if k.startswith("x-portwatch")})
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(tampered, timeout=5)
+        bad.value.close()
+        assert bad.value.code == 401
+
+
+def test_stale_signature_fails_verification() -> None:
+    from portwatch.alerts.channels import sign
+
+    body = b'{"events":[]}'
+    signature = sign(SECRET, 1_000_000, body)
+    assert verify(SECRET, "1000000", signature, body, now=1_000_100)
+    assert not verify(SECRET, "1000000", signature, body, now=1_000_000 + 301)
+    assert not verify(SECRET, "10x", signature, body, now=1_000_000)
+
+
+# -- once per (rule, channel, event) ------------------------------------------------------
+
+
+def test_submission_is_idempotent_across_restarts_and_replays(store: Any, tmp_path: Path,
+                                                              ) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        clock = Clock()
+        events = [event(6379), event(27017, service="mongodb")]
+        # Given the events submitted twice (a Kafka replay) by one dispatcher ...
+        first = AlertDispatcher(store, config, clock=clock)
+        assert first.submit(events) == 2
+        assert first.submit(events) == 0
+        # ... and again by a restarted one, then delivered
+        restarted = AlertDispatcher(store, config, clock=clock)
+        assert restarted.submit(events) == 0
+        assert restarted.deliver_due().sent == 2
+        # When the same events are replayed after delivery and another pass runs
+        clock.advance(3600)
+        assert AlertDispatcher(store, config, clock=clock).submit(events) == 0
+        again = AlertDispatcher(store, config, clock=clock).deliver_due()
+        # Then nothing is sent twice
+        assert (again.sent, again.messages) == (0, 0)
+        assert len(receiver.events()) == 2
+        assert set(outbox_states(store).values()) == {("sent", 1)}
+
+
+def test_several_workers_deliver_each_event_once(store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        clock = Clock()
+        events = [event(port) for port in range(7000, 7030)]
+        # Given 30 events queued and four workers with their own dispatcher (own claims)
+        workers = [AlertDispatcher(store, config, clock=clock) for _ in range(4)]
+        workers[0].submit(events)
+        for w in workers[1:]:
+            w.submit(events)  # every worker saw the events (replays across the group)
+        barrier = threading.Barrier(len(workers))
+        reports: list[Any] = []
+
+        def run(dispatcher: AlertDispatcher) -> None:
+            barrier.wait()
+            reports.append(dispatcher.deliver_due())
+
+        # When all of them run a delivery pass at the same moment
+        threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        # Then every event reached the receiver exactly once, in total
+        delivered = [e["event_id"] for e in receiver.events()]
+        assert sorted(delivered) == sorted(e.event_id for e in events)
+        assert receiver.rejected == []
+        assert sum(r.sent for r in reports) == 30
+        assert set(outbox_states(store).values()) == {("sent", 1)}
+
+
+# -- failures, backoff, digests ----------------------------------------------------------
+
+
+def test_receiver_down_then_back_gets_everything_once(store: Any, tmp_path: Path) -> None:
+    receiver_ctx = webhook_receiver(SECRET)
+    receiver = receiver_ctx.__enter__()
+    receiver.stop()  # down: its port refuses connections
+    try:
+        config = hook_config(tmp_path, receiver.url,
+                             delivery="{retry_base: 10s, retry_max: 40s, max_attempts: 20}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        dispatcher.submit([event(6379), event(3389, service="ms-wbt-server")])
+        # Given the receiver is down for a while (three failed attempts, backoff 10, 20, 40)
+        for wait in (0, 10, 20, 40):
+            clock.advance(wait)
+            report = dispatcher.deliver_due()
+            if wait:
+                assert report.retrying == 2, report
+        states = outbox_states(store)
+        assert set(states.values()) == {("pending", 4)}
+        log_lines = [r.line() for r in delivery_log(store)]
+        assert all("attempt 4 failed (cannot reach" in line for line in log_lines), log_lines
+        # ... a pass before the backoff is over sends nothing
+        clock.advance(5)
+        assert dispatcher.deliver_due().messages == 0
+        # When it comes back on the same port and the backoff (capped at 40 s) is over
+        receiver.start()
+        clock.advance(40)
+        report = dispatcher.deliver_due()
+        # Then both events are delivered once, and the log says sent after 5 attempts
+        assert (report.sent, report.messages) == (2, 1)
+        assert len(receiver.events()) == 2
+        assert set(outbox_states(store).values()) == {("sent", 5)}
+        clock.advance(3600)
+        assert dispatcher.deliver_due().messages == 0
+    finally:
+        receiver_ctx.__exit__(None, None, None)
+
+
+def test_gives_up_after_max_attempts_and_keeps_the_error(store: Any, tmp_path: Path) -> None:
+    receiver_ctx = webhook_receiver(SECRET)
+    receiver = receiver_ctx.__enter__()
+    receiver.stop()
+    try:
+        config = hook_config(tmp_path, receiver.url,
+                             delivery="{retry_base: 1s, max_attempts: 2}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        dispatcher.submit([event(6379)])
+        dispatcher.deliver_due()
+        clock.advance(1)
+        report = dispatcher.deliver_due()
+        assert report.failed == 1
+        [row] = delivery_log(store, state="failed")
+        assert row.attempts == 2
+        assert "cannot reach" in row.last_error
+        assert "FAILED after 2 attempt(s)" in row.line()
+        clock.advance(3600)
+        assert dispatcher.deliver_due().messages == 0
+    finally:
+        receiver_ctx.__exit__(None, None, None)
+
+
+def test_digest_groups_a_rules_events_in_its_window(store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, digest="5m")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        # Given one event, then two more a minute later
+        dispatcher.submit([event(6379)])
+        clock.advance(60)
+        dispatcher.submit([event(5432, service="postgresql"), event(9200, service="http")])
+        # When passes run before the first event waited five minutes
+        clock.advance(200)
+        assert dispatcher.deliver_due().messages == 0
+        # Then nothing went out; at five minutes, one message carries all three
+        clock.advance(41)
+        report = dispatcher.deliver_due()
+        assert (report.messages, report.sent) == (1, 3)
+        assert len(receiver.accepted) == 1
+        assert {e["port"] for e in receiver.events()} == {6379, 5432, 9200}
+
+
+def test_one_shot_drain_flushes_the_window_and_leaves_the_rest_queued(
+        store: Any, tmp_path: Path) -> None:
+    receiver_ctx = webhook_receiver(SECRET)
+    receiver = receiver_ctx.__enter__()
+    receiver.stop()
+    try:
+        config = hook_config(tmp_path, receiver.url, digest="5m",
+                             delivery="{retry_base: 2s, wait: 5s}")
+        clock = Clock()
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            clock.advance(seconds)
+
+        dispatcher = AlertDispatcher(store, config, clock=clock, sleep=sleep)
+        dispatcher.submit([event(6379)])
+        # When a one-shot scan drains with the receiver down
+        report = dispatcher.drain()
+        # Then it tried within its 5 s budget, and the event stays queued for the next run
+        assert report.sent == 0 and report.retrying == 1
+        assert sum(slept) <= 5
+        assert outbox_states(store)[("risky-opened", "soc-hook", event(6379).event_id)][0] \
+            == "pending"
+        # And the next run, with the receiver back, delivers it without waiting for the digest
+        receiver.start()
+        clock.advance(60)
+        assert dispatcher.drain().sent == 1
+        assert len(receiver.events()) == 1
+    finally:
+        receiver_ctx.__exit__(None, None, None)
+
+
+# -- e-mail through apprise ----------------------------------------------------------------
+
+
+def test_email_through_apprise_mailto_names_the_events(store: Any, tmp_path: Path) -> None:
+    with smtp_receiver() as (port, mails):
+        path = write_alerts(
+            tmp_path, f'  soc-mail: {{apprise: "mailto://127.0.0.1:{port}?'
+                      'to=soc@example.org&from=portwatch@example.org"}')
+        config = load_alerts(path, env={})
+        dispatcher = AlertDispatcher(store, config, clock=Clock())
+        dispatcher.submit([event(6379), event(5432, service="postgresql")])
+        report = dispatcher.deliver_due()
+        assert report.errors == [] and report.sent == 2
+        [mail] = mails
+        assert mail.rcpt_tos == ["soc@example.org"]
+        assert "risky-opened" in mail.subject and "opened" in mail.subject
+        assert "127.0.0.1 6379/tcp" in mail.body and "127.0.0.1 5432/tcp" in mail.body
+        assert "redis" in mail.body and "postgresql" in mail.body
+
+
+# -- accepted risks -------------------------------------------------------------------------
+
+
+def finding(port: int, product: str, version: str, scan_id: str) -> Finding:
+    t = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp")
+    return Finding(
+        port=OpenPort(scan_id=scan_id, target=t, port=port, proto=Proto.TCP,
+                      observed_at=datetime.fromtimestamp(T0, UTC)),
+        service=ServiceInfo(service="redis", product=product, version=version),
+        tls=TlsResult(), cdn=CdnVerdict(), risk_color=RiskColor.RED, risk_reason="test")
+
+
+def test_accepted_risk_is_quiet_until_it_expires_or_the_service_changes(
+        store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        clock = Clock()
+        now = datetime.fromtimestamp(T0, UTC)
+        store.insert_findings([finding(6379, "Redis key-value store", "7.0.15", "scan-1")])
+        # Given 6379 accepted for a week and the whole of another host accepted
+        acc.accept(store, "127.0.0.1", "tcp", 6379, note="cache behind the firewall",
+                   by="alice", until=now + timedelta(days=7), now=now)
+        acc.accept(store, "127.0.0.9", "tcp", 0, note="honeypot", by="bob", until=None,
+                   now=now)
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        # When its port reopens, and the honeypot opens a port
+        assert dispatcher.submit([event(6379, ChangeKind.REOPENED),
+                                  event(23, ip="127.0.0.9", service="telnet")]) == 0
+        # ... while another port of the same host still alerts
+        assert dispatcher.submit([event(5432, service="postgresql")]) == 1
+        active = acc.list_active(store, now)
+        assert {(r.target, r.port, r.note, r.accepted_by) for r in active} == {
+            ("127.0.0.1", 6379, "cache behind the firewall", "alice"),
+            ("127.0.0.9", 0, "honeypot", "bob")}
+        # When the product version on 6379 changes, the acceptance no longer covers it
+        store.insert_findings([replace(finding(6379, "Redis key-value store", "7.2.4",
+                                               "scan-2"))])
+        clock.advance(60)
+        assert dispatcher.submit([event(6379, ChangeKind.RISK_RAISED, scan_id="scan-3")]) == 1
+        # And after the expiry, an event on it alerts again
+        store.insert_findings([finding(6379, "Redis key-value store", "7.0.15", "scan-4")])
+        clock.advance(8 * 86400)
+        assert dispatcher.submit([event(6379, ChangeKind.REOPENED, scan_id="scan-5")]) == 1
+        # And a withdrawn whole-host acceptance stops covering at once
+        assert acc.remove(store, "127.0.0.9", "tcp", 0, now)
+        assert dispatcher.submit([event(23, ip="127.0.0.9", service="telnet",
+                                        scan_id="scan-6")]) == 1
+
+
+def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from portwatch.alerts.dispatcher import CLAIM_COLUMNS
+
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{claim_lease: 2m}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        dead_ev, remote_ev = event(6379), event(5432, service="postgresql")
+        dispatcher.submit([dead_ev, remote_ev])
+        # Given attempt 1 of one delivery claimed by a process of this host that is gone
+        # (killed between claim and send), and of another by a worker on another host
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        claimed = datetime.fromtimestamp(clock(), UTC)
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", dead_ev.event_id, 1,
+             f"{socket.gethostname()}:{gone.pid}:deadbeef", claimed]])
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", remote_ev.event_id, 1, "other-host:1:cafe", claimed]])
+        # When a delivery pass runs at once
+        first = dispatcher.deliver_due()
+        # Then the dead process's delivery goes out now (as attempt 2), the other waits
+        assert [e["port"] for e in receiver.events()] == [6379]
+        assert first.sent == 1
+        # And after the lease of the other host's claim, it goes out too
+        clock.advance(121)
+        assert dispatcher.deliver_due().sent == 1
+        assert sorted(e["port"] for e in receiver.events()) == [5432, 6379]
+        assert outbox_states(store)[("risky-opened", "soc-hook", remote_ev.event_id)] == \
+            ("sent", 2)
+
+
+def test_two_passes_of_one_dispatcher_racing_send_once(store: Any, tmp_path: Path) -> None:
+    # The Faust agent and its delivery timer run passes of one dispatcher in two threads.
+    # The dispatcher serializes its passes; here that lock is bypassed on purpose, so that
+    # the claims alone (one owner id per pass) must keep each delivery single.
+    from portwatch.alerts.dispatcher import DeliveryReport
+
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        dispatcher = AlertDispatcher(store, config, clock=Clock())
+        events = [event(port) for port in range(7100, 7120)]
+        dispatcher.submit(events)
+        barrier = threading.Barrier(3)
+
+        def raw_pass() -> None:
+            barrier.wait()
+            dispatcher._deliver_due(False, DeliveryReport())
+
+        threads = [threading.Thread(target=raw_pass) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(e["event_id"] for e in receiver.events()) == \
+            sorted(e.event_id for e in events)
+        assert receiver.rejected == []

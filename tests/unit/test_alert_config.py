@@ -1,0 +1,282 @@
+"""alerts.yaml and schedules.yaml: valid files parse as written; every bad file is one
+FILE:LINE line naming the fault; hostile text never escapes as anything but that error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portwatch.alerts.accepted import AcceptError, parse_target_port
+from portwatch.alerts.config import (
+    AlertConfigError,
+    AppriseChannel,
+    WebhookChannel,
+    load_alerts,
+    parse_duration,
+)
+from portwatch.alerts.schedule import ScheduleError, load_schedules
+from schemas.records import ChangeKind, Severity
+
+ISSUE_EXAMPLE = """\
+channels:
+  soc-hook: {webhook: "https://soc.example/hooks/portwatch", secret_env: PORTWATCH_HOOK_SECRET}
+  soc-mail: {apprise: "mailtos://user:pass@smtp.example?to=soc@example.org"}
+rules:
+  - name: risky-opened
+    when: {kinds: [opened, reopened, risk_raised], colors: [red], organizations: [Example Corp]}
+    notify: [soc-hook, soc-mail]
+    digest: 5m          # 0 = deliver each event at once
+"""
+
+ENV = {"PORTWATCH_HOOK_SECRET": "hunter2-secret"}
+
+
+def write(tmp_path: Path, text: str, name: str = "alerts.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_issue_example_parses_as_written(tmp_path: Path) -> None:
+    config = load_alerts(write(tmp_path, ISSUE_EXAMPLE), env=ENV)
+    hook, mail = config.channels["soc-hook"], config.channels["soc-mail"]
+    assert isinstance(hook, WebhookChannel) and hook.secret == b"hunter2-secret"
+    assert isinstance(mail, AppriseChannel) and mail.url.startswith("mailtos://user:pass@")
+    [rule] = config.rules
+    assert rule.name == "risky-opened" and rule.notify == ("soc-hook", "soc-mail")
+    assert rule.digest_seconds == 300
+    assert rule.match.kinds == {ChangeKind.OPENED, ChangeKind.REOPENED, ChangeKind.RISK_RAISED}
+    assert rule.match.colors == {"red"} and rule.match.organizations == {"example corp"}
+    # secrets and credentials never show in a repr (logs, tracebacks)
+    assert "hunter2" not in repr(config) and "pass@" not in repr(config)
+    assert "pass" not in mail.display
+
+
+def test_all_criteria_and_delivery_options(tmp_path: Path) -> None:
+    secret = tmp_path / "hook.secret"
+    secret.write_text("from-a-file\n")
+    text = """\
+channels:
+  hook: {webhook: "http://127.0.0.1:9999/h", secret_file: hook.secret, timeout: 3s}
+  ntfy: {apprise: "ntfy://127.0.0.1/${TOPIC}"}
+rules:
+  - name: rare-prod
+    when:
+      kinds: opened
+      severity: ">= medium"
+      targets: [10.0.0.0/8, db.example.org, "::1"]
+      ports: ["22", "8000-8100, 9200"]
+      protos: [TCP]
+      prevalence: [rare, less_common]
+    notify: hook
+  - name: all-critical
+    when: {severity: [critical, high]}
+    notify: [ntfy, hook]
+    digest: 0
+delivery: {retry_base: 2s, retry_max: 1m, max_attempts: 3, wait: 10s, claim_lease: 1m}
+"""
+    config = load_alerts(write(tmp_path, text), env={"TOPIC": "soc"})
+    hook = config.channels["hook"]
+    assert isinstance(hook, WebhookChannel) and hook.secret == b"from-a-file"
+    assert hook.timeout == 3
+    assert config.channels["ntfy"].url == "ntfy://127.0.0.1/soc"  # type: ignore[union-attr]
+    rare, critical = config.rules
+    assert rare.match.severity_min is Severity.MEDIUM
+    assert rare.match.target_names == {"db.example.org", "::1"}
+    assert [str(n) for n in rare.match.target_networks] == ["10.0.0.0/8"]
+    assert [(s.first, s.last) for s in rare.match.ports] == [(22, 22), (8000, 8100),
+                                                             (9200, 9200)]
+    assert rare.match.protos == {"tcp"}
+    assert rare.match.prevalence == {"rare", "less common"}
+    assert rare.digest_seconds == 300
+    assert critical.match.severities == {Severity.CRITICAL, Severity.HIGH}
+    assert critical.digest_seconds == 0
+    d = config.delivery
+    assert (d.retry_base_seconds, d.retry_max_seconds, d.max_attempts, d.wait_seconds,
+            d.claim_lease_seconds) == (2, 60, 3, 10, 60)
+
+
+BAD_FILES = [
+    # (file text, line, words the message must contain)
+    ("channels: {}\nrules: []\n", 1, "at least one channel"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {kinds: [opend]}\n    notify: [a]\n", 5, "unknown value 'opend'"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [b]\n", 5, "unknown channel 'b'"),
+    ("channels:\n  a: {apprise: \"nosuchscheme://x/y\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\n", 2, "unknown apprise scheme 'nosuchscheme://'"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:1/x\", secret_env: NOT_SET_HERE}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "NOT_SET_HERE is not set"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:1/x\"}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "exactly one of secret_env"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\n    digest: soon\n", 6, "bad duration 'soon'"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\n    colour: [red]\n", 6, "unknown key 'colour'"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {severity: urgent}\n    notify: [a]\n", 5, "unknown severity"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {targets: [10.0.0.0/33]}\n    notify: [a]\n", 5, "bad CIDR"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"\nrules: []\n", 3, "invalid YAML"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/${NOPE_VAR}\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\n", 2, "NOPE_VAR is not set"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\n  - name: r\n    notify: [a]\n", 6, "used twice"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "words"), BAD_FILES)
+def test_bad_alert_files_are_one_line_naming_file_and_line(tmp_path: Path, text: str,
+                                                           line: int, words: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(AlertConfigError) as caught:
+        load_alerts(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(AlertConfigError, match=r"nope\.yaml: cannot read"):
+        load_alerts(tmp_path / "nope.yaml")
+
+
+def test_missing_secret_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "channels:\n  a: {webhook: \"http://127.0.0.1:1/x\", "
+                           "secret_file: absent.key}\nrules:\n  - name: r\n    notify: [a]\n")
+    with pytest.raises(AlertConfigError, match=r":2: .*cannot read secret file"):
+        load_alerts(path, env={})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_is_a_config_or_one_line_error(tmp_path_factory: pytest.TempPathFactory,
+                                                text: str) -> None:
+    path = tmp_path_factory.mktemp("hostile") / "alerts.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_alerts(path, env={})
+    except AlertConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+@given(st.text(max_size=30))
+def test_durations_parse_or_raise_value_error(text: str) -> None:
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        return
+    assert 0 <= seconds <= 30 * 86400
+
+
+def test_duration_units() -> None:
+    assert [parse_duration(t) for t in ("0", "30s", "5m", "1h", "250ms", "1.5m", "1d")] == \
+        [0, 30, 300, 3600, 0.25, 90, 86400]
+
+
+# -- accept's TARGET[:PORT/PROTO] ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1", ("127.0.0.1", "tcp", 0)),
+    ("127.0.0.1:6379", ("127.0.0.1", "tcp", 6379)),
+    ("127.0.0.1:161/UDP", ("127.0.0.1", "udp", 161)),
+    ("::1", ("::1", "tcp", 0)),
+    ("[::1]:443/tcp", ("::1", "tcp", 443)),
+    ("DB.Example.org:5432", ("db.example.org", "tcp", 5432)),
+])
+def test_accept_target_forms(text: str, expected: tuple[str, str, int]) -> None:
+    assert parse_target_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "127.0.0.1:0", "127.0.0.1:70000", "h:80/icmp",
+                                  "[nothex]:80", "a b", "::1:80/tcp/x"])
+def test_bad_accept_targets(text: str) -> None:
+    with pytest.raises(AcceptError):
+        parse_target_port(text)
+
+
+@given(st.text(max_size=60))
+def test_accept_target_parser_only_raises_accept_error(text: str) -> None:
+    try:
+        target, proto, port = parse_target_port(text)
+    except AcceptError:
+        return
+    assert proto in ("tcp", "udp") and 0 <= port <= 65535 and target
+
+
+# -- schedules.yaml -------------------------------------------------------------------------
+
+
+def test_schedules_parse(tmp_path: Path) -> None:
+    (tmp_path / "assets.yaml").write_text("Example Corp: [127.0.0.1]\n")
+    path = write(tmp_path, """\
+schedules:
+  - name: hourly-top
+    targets: [127.0.0.1, 127.0.0.2]
+    ports: top1000
+    udp: none
+    cron: "0 * * * *"
+  - name: nightly-full
+    inventory: assets.yaml
+    organization: Example Corp
+    ports: 1-65535
+    udp: top1000
+    cron: "30 2 * * *"
+""", "schedules.yaml")
+    hourly, nightly = load_schedules(path)
+    assert (hourly.name, hourly.targets, hourly.ports, hourly.udp, hourly.cron) == (
+        "hourly-top", ("127.0.0.1", "127.0.0.2"), "top1000", "none", "0 * * * *")
+    assert nightly.inventory == str(tmp_path / "assets.yaml")
+    assert nightly.organization == "Example Corp" and nightly.line == 7
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"61 * * * *\"\n", 4,
+     "bad cron expression '61 * * * *'"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: every hour\n", 4,
+     "bad cron expression"),
+    ("schedules:\n  - name: a\n    cron: \"0 * * * *\"\n", 2, "give targets: or inventory:"),
+    ("schedules:\n  - name: Bad_Name\n    targets: [x]\n    cron: \"0 * * * *\"\n", 2,
+     "schedule name 'Bad_Name'"),
+    ("schedules:\n  - name: a\n    targets: [x]\n    ports: 1-99999\n    cron: \"@daily\"\n", 4,
+     "bad ports"),
+    ("schedules:\n  - name: a\n    targets: [x]\n    cron: \"@daily\"\n    every: 1h\n", 5,
+     "unknown key 'every'"),
+    ("schedules:\n  - name: a\n    inventory: missing.csv\n    cron: \"@daily\"\n", 3,
+     "inventory 'missing.csv' not found"),
+    ("schedules: [\n", 2, "invalid YAML"),
+])
+def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) -> None:
+    path = write(tmp_path, text, "schedules.yaml")
+    with pytest.raises(ScheduleError) as caught:
+        load_schedules(path)
+    assert str(caught.value).startswith(f"{path}:{line}: "), str(caught.value)
+    assert words in str(caught.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_any_schedule_text_is_entries_or_one_line_error(
+        tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("hostile") / "schedules.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        entries = load_schedules(path)
+    except ScheduleError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert entries and all(e.name and e.cron for e in entries)
+
+
+@given(st.text(max_size=20), st.text(max_size=80), st.binary(max_size=200))
+def test_signature_check_never_raises_on_hostile_headers(timestamp: str, signature: str,
+                                                         body: bytes) -> None:
+    from portwatch.alerts.channels import sign, verify
+
+    assert verify(b"k", timestamp, signature, body, now=1_000_000) in (True, False)
+    assert verify(b"k", "1000000", sign(b"k", 1_000_000, body), body, now=1_000_000)

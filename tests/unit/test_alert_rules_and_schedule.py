@@ -1,0 +1,243 @@
+"""Rule matching (a table of events against criteria) and schedule semantics with an
+injected clock: due, missed (one catch-up), overlapping entries run one after another."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from portwatch.alerts.config import Match, PortSpan
+from portwatch.alerts.rules import matches, prevalence_bucket
+from portwatch.alerts.scanning import ScanOutcome
+from portwatch.alerts.schedule import ScheduleEntry, decide, plan
+from portwatch.alerts.watch import Watcher
+from schemas.records import ChangeEvent, ChangeKind, Proto, Severity, Target
+
+
+def ev(kind: ChangeKind = ChangeKind.OPENED, *, port: int = 6379, ip: str = "10.1.2.3",
+       target: str = "", org: str = "Example Corp", color: str = "red",
+       severity: Severity = Severity.HIGH, proto: Proto = Proto.TCP,
+       hostname: str = "") -> ChangeEvent:
+    return ChangeEvent(kind=kind, severity=severity,
+                       target=Target(ip=ip, target=target or ip, organization=org,
+                                     hostname=hostname),
+                       scan_id="s2", port=port, proto=proto, risk_color=color)
+
+
+CASES: list[tuple[Match, ChangeEvent, str, bool]] = [
+    (Match(), ev(), "", True),
+    (Match(kinds=frozenset({ChangeKind.OPENED})), ev(ChangeKind.CLOSED), "", False),
+    (Match(severity_min=Severity.HIGH), ev(severity=Severity.CRITICAL), "", True),
+    (Match(severity_min=Severity.HIGH), ev(severity=Severity.MEDIUM), "", False),
+    (Match(severities=frozenset({Severity.LOW})), ev(severity=Severity.HIGH), "", False),
+    (Match(colors=frozenset({"red"})), ev(color="RED"), "", True),
+    (Match(colors=frozenset({"red"})), ev(color="yellow"), "", False),
+    (Match(organizations=frozenset({"example corp"})), ev(org="EXAMPLE Corp "), "", True),
+    (Match(organizations=frozenset({"example corp"})), ev(org="Other"), "", False),
+    (Match(target_names=frozenset({"db.example.org"})),
+     ev(target="DB.example.org"), "", True),
+    (Match(target_names=frozenset({"db.example.org"})),
+     ev(hostname="db.example.org"), "", True),
+    (Match(target_networks=(__import__("ipaddress").ip_network("10.0.0.0/8"),)),
+     ev(ip="10.200.0.1"), "", True),
+    (Match(target_networks=(__import__("ipaddress").ip_network("10.0.0.0/8"),)),
+     ev(ip="192.0.2.1"), "", False),
+    (Match(target_networks=(__import__("ipaddress").ip_network("10.0.0.0/8"),)),
+     ev(ip="::1"), "", False),
+    (Match(ports=(PortSpan(8000, 8100),)), ev(port=8080), "", True),
+    (Match(ports=(PortSpan(8000, 8100),)), ev(port=8101), "", False),
+    (Match(protos=frozenset({"udp"})), ev(proto=Proto.TCP), "", False),
+    (Match(prevalence=frozenset({"rare"})), ev(), "rare", True),
+    (Match(prevalence=frozenset({"rare"})), ev(), "very common", False),
+    (Match(prevalence=frozenset({"rare"})), ev(ChangeKind.HOST_UNREACHABLE, port=0), "",
+     False),
+]
+
+
+@pytest.mark.parametrize(("match", "event", "bucket", "expected"), CASES)
+def test_rule_matching(match: Match, event: ChangeEvent, bucket: str, expected: bool) -> None:
+    assert matches(match, event, bucket) is expected
+
+
+def test_prevalence_buckets_follow_the_list_report() -> None:
+    assert [prevalence_bucket(n) for n in (0, 49, 50, 499, 500, 3000, 3001)] == [
+        "rare", "rare", "less common", "less common", "somewhat common", "somewhat common",
+        "very common"]
+
+
+# -- schedule semantics ---------------------------------------------------------------------
+
+HOURLY = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.1",))
+NIGHTLY = ScheduleEntry("nightly", "30 2 * * *", targets=("127.0.0.1",))
+T = datetime(2026, 12, 1, 10, 15, tzinfo=UTC)
+
+
+def test_an_entry_that_never_ran_is_due_at_once() -> None:
+    d = decide(HOURLY, None, T)
+    assert d.is_due and d.slot == T and d.missed == 0
+
+
+def test_not_due_until_the_next_slot() -> None:
+    d = decide(HOURLY, datetime(2026, 12, 1, 10, 0, tzinfo=UTC), T)
+    assert not d.is_due
+    assert d.next_run == datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+
+
+def test_due_exactly_at_the_slot() -> None:
+    d = decide(HOURLY, datetime(2026, 12, 1, 10, 0, tzinfo=UTC),
+               datetime(2026, 12, 1, 11, 0, tzinfo=UTC))
+    assert d.is_due and d.slot == datetime(2026, 12, 1, 11, 0, tzinfo=UTC) and d.missed == 0
+
+
+def test_missed_slots_give_one_catch_up_and_are_counted() -> None:
+    # last ran at 03:00; down until 10:15: slots 04..09 were missed, 10:00 runs now
+    d = decide(HOURLY, datetime(2026, 12, 1, 3, 0, tzinfo=UTC), T)
+    assert d.is_due and d.slot == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert d.missed == 6
+    # and after that run is recorded, nothing more is due until 11:00
+    assert not decide(HOURLY, d.slot, T + timedelta(minutes=30)).is_due
+
+
+def test_plan_is_in_name_order() -> None:
+    decisions = plan([NIGHTLY, HOURLY], {}, T)
+    assert [d.entry.name for d in decisions] == ["hourly", "nightly"]
+
+
+class FakeStore:
+    """The watch ledger in memory (a named fake): these tests are about time, not storage;
+    the real ledger is exercised by the CLI tests through the chdb store."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[Any]] = []
+
+    def query(self, sql: str, parameters: Any = None) -> list[tuple[Any, ...]]:
+        best: dict[str, datetime] = {}
+        for entry, slot, _s, _f, _id, status, _n in self.runs:
+            if status != "interrupted":
+                best[entry] = max(best.get(entry, slot), slot)
+        return list(best.items())
+
+    def insert_rows(self, table: str, columns: Any, rows: list[list[Any]], **kw: Any) -> None:
+        assert table == "watch_runs"
+        self.runs.extend(rows)
+
+
+@dataclass
+class Stats:
+    scan_id: str
+    interrupted: bool = False
+
+
+def test_overlapping_entries_never_scan_the_same_target_at_once() -> None:
+    # Given two entries on the same target, both due at 11:00, and a clock that moves
+    # while a scan runs (each scan "takes" 20 minutes of the injected clock)
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    active: set[str] = set()
+    timeline: list[tuple[str, str, datetime]] = []
+    store = FakeStore()
+    store.runs.append(["hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC), now[0], now[0],
+                       "x", "completed", ""])
+    store.runs.append(["every-20", datetime(2026, 12, 1, 10, 40, tzinfo=UTC), now[0], now[0],
+                       "y", "completed", ""])
+    every20 = ScheduleEntry("every-20", "*/20 * * * *", targets=("127.0.0.1",))
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        overlapping = set(entry.targets) & {t for name in active for t in
+                                            {"hourly": HOURLY, "every-20": every20}[name].targets}
+        assert not overlapping, f"{entry.name} overlaps {active}"
+        active.add(entry.name)
+        timeline.append(("start", entry.name, now[0]))
+        await asyncio.sleep(0)
+        now[0] += timedelta(minutes=20)
+        timeline.append(("end", entry.name, now[0]))
+        active.discard(entry.name)
+        return ScanOutcome(Stats(f"scan-{entry.name}"), [])
+
+    lines: list[str] = []
+    watcher = Watcher(store, [HOURLY, every20], scan, None, clock=lambda: now[0],
+                      say=lines.append)
+    # When the watcher runs what is due
+    records = asyncio.run(watcher.run_once())
+    # Then they ran one after another, in name order, each for its own slot
+    assert [(r.entry, r.slot.strftime("%H:%M")) for r in records] == [
+        ("every-20", "11:00"), ("hourly", "11:00")]
+    assert [t[:2] for t in timeline] == [("start", "every-20"), ("end", "every-20"),
+                                         ("start", "hourly"), ("end", "hourly")]
+    # And a second pass at 11:40: every-20's 11:20 slot passed during the runs -> one
+    # catch-up run for 11:40 (11:20 counted as missed); hourly is not due
+    records = asyncio.run(watcher.run_once())
+    assert [(r.entry, r.slot.strftime("%H:%M"), r.missed) for r in records] == [
+        ("every-20", "11:40", 1)]
+    assert any("every-20 missed 1 run(s)" in line for line in lines)
+
+
+def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time() -> None:
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    store = FakeStore()
+    calls: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        calls.append(entry.name)
+        return ScanOutcome(Stats("s", interrupted=len(calls) == 1), [])
+
+    watcher = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
+                      say=lambda _line: None)
+    records = asyncio.run(watcher.run_once())
+    assert [r.status for r in records] == ["interrupted"] and watcher.is_stopping
+    restarted = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
+                        say=lambda _line: None)
+    assert [r.entry for r in asyncio.run(restarted.run_once())] == ["hourly", "nightly"]
+
+
+def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep() -> None:
+    now = [datetime(2026, 12, 1, 10, 59, tzinfo=UTC)]
+    store = FakeStore()
+    store.runs.append(["hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC), now[0], now[0],
+                       "x", "completed", ""])
+    ran: list[datetime] = []
+    stop = asyncio.Event()
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        ran.append(now[0])
+        if len(ran) == 2:
+            stop.set()
+        return ScanOutcome(Stats("s"), [])
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += timedelta(seconds=seconds)
+
+    watcher = Watcher(store, [HOURLY], scan, None, clock=lambda: now[0],
+                      say=lambda _line: None)
+    asyncio.run(watcher.run_forever(stop, sleep=sleep))
+    assert ran == [datetime(2026, 12, 1, 11, 0, tzinfo=UTC),
+                   datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+    assert waits == [60.0, 3600.0]
+
+
+def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs() -> None:
+    from portwatch.console import PortwatchError
+
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    store = FakeStore()
+    lines: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        if entry.name == "hourly":
+            raise PortwatchError("--engine masscan: cannot open a raw socket")
+        return ScanOutcome(Stats("s-nightly"), [])
+
+    watcher = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
+                      say=lines.append)
+    records = asyncio.run(watcher.run_once())
+    assert [(r.entry, r.status) for r in records] == [("hourly", "failed"),
+                                                      ("nightly", "completed")]
+    assert any("hourly: scan failed: --engine masscan" in line for line in lines)
+    # the failed slot is not retried in a loop: it counts as run
+    assert asyncio.run(watcher.run_once()) == []
