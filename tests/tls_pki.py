@@ -3,7 +3,7 @@
 Owns: ``TestPki`` (one test CA per instance, written to a directory) and ``LeafFiles``
 (the PEM paths a server needs: certificate chain, key, and the CA as trust anchor). Each
 leaf covers DNS:localhost and IP:127.0.0.1. The SHA-1 leaf is built with cryptography
-and the CA's key, because trustme signs with SHA-256 only.
+and ``openssl x509 -sha1``: trustme signs with SHA-256 only, cryptography refuses SHA-1.
 
 Must not touch: anything outside the directory it is given; the network.
 """
@@ -11,8 +11,8 @@ Must not touch: anything outside the directory it is given; the network.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,38 +73,32 @@ class TestPki:
         return self.leaf("expiring", not_before=now - dt.timedelta(days=30),
                          not_after=now + dt.timedelta(days=days))  # fmt: skip
 
-    def sha1_signed(self, key_bits: int = 2048) -> LeafFiles:
-        """A leaf signed by the test CA with sha1WithRSAEncryption (``key_bits`` RSA)."""
-        ca_key = serialization.load_pem_private_key(self.ca.private_key_pem.bytes(), None)
-        assert isinstance(ca_key, rsa.RSAPrivateKey)
-        ca_cert = x509.load_pem_x509_certificate(self.ca.cert_pem.bytes())
-        key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
+    def sha1_signed(self) -> LeafFiles:
+        """A leaf signed by the test CA with sha1WithRSAEncryption. cryptography refuses to
+        sign with SHA-1, so ``openssl x509 -req -sha1`` signs a CSR built here."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=90))
-            .add_extension(
-                x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]),
-                critical=False,
-            )  # fmt: skip
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA1())
+            .sign(key, hashes.SHA256())
         )
+        csr_path, ca_key, ext = (self.directory / n for n in ("sha1.csr", "ca.key", "sha1.ext"))
+        csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+        ca_key.write_bytes(self.ca.private_key_pem.bytes())
+        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                       "basicConstraints=critical,CA:FALSE\n")  # fmt: skip
+        signed = subprocess.run(
+            ["openssl", "x509", "-req", "-in", str(csr_path), "-CA", str(self.ca_path),
+             "-CAkey", str(ca_key), "-set_serial", "4242", "-sha1", "-days", "90",
+             "-extfile", str(ext)],
+            capture_output=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return self._write(f"sha1-{key_bits}", cert.public_bytes(serialization.Encoding.PEM),
-                           key_pem)  # fmt: skip
+        return self._write("sha1", signed, key_pem)
 
 
 __all__ = ["LeafFiles", "TestPki"]

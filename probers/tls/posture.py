@@ -17,7 +17,6 @@ Must not touch: the network, records (``certs.py`` and ``commands.fold`` build t
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -191,9 +190,9 @@ def signature_weakness(cert: x509.Certificate) -> str:
 
 
 def expiry(leaf: x509.Certificate, now: datetime) -> tuple[int, str]:
-    """(whole days left, warning); days are floored, so "0 days" is the last day."""
+    """(whole days left, warning); "0 days" is the last day, negative once expired."""
     seconds = (leaf.not_valid_after_utc - now).total_seconds()
-    days = math.floor(seconds / 86400)
+    days = int(seconds / 86400)  # toward zero: "5 days left", "expired 2 days ago" (-2)
     if seconds < 0:
         return days, "expired"
     for limit in EXPIRY_WARNING_DAYS:

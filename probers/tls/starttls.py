@@ -227,12 +227,20 @@ def parse_reply_line(line: bytes) -> tuple[int, bool, str]:
 
 
 def read_numeric_reply(reader: Reader) -> NumericReply:
-    lines: list[str] = []
+    """One reply, all its lines. The first line must carry the code; later lines may not
+    (RFC 959 4.2: FTP's FEAT lists features on lines starting with a space); the reply
+    ends at the line that starts with the same code and a space."""
+    code, is_last, text = parse_reply_line(reader.line())
+    lines = [text]
     for _ in range(MAX_REPLY_LINES):
-        code, is_last, text = parse_reply_line(reader.line())
-        lines.append(text)
         if is_last:
             return NumericReply(code, tuple(lines))
+        line = reader.line()
+        if line[:3] == str(code).encode() and line[3:4] in (b"", b" ", b"-"):
+            _, is_last, text = parse_reply_line(line)
+        else:
+            text = line.decode("utf-8", "replace")
+        lines.append(text)
     raise UpgradeFailure(FailureKind.UNEXPECTED, "reply with too many lines")
 
 
@@ -261,13 +269,28 @@ def _ftp(sock: socket.socket, reader: Reader, deadline: float, _name: str) -> No
     greeting = read_numeric_reply(reader)
     if greeting.code != 220:
         raise UpgradeFailure(FailureKind.REFUSED, f"FTP greeting {greeting.code} {greeting.text}")
+    # FEAT first (RFC 2389): servers list "AUTH TLS" there before login, and some answer a
+    # bare AUTH they do not support with "530 Please login" rather than "502".
+    _send(sock, b"FEAT\r\n", deadline)
+    features = read_numeric_reply(reader)
+    if features.code == 211 and not ftp_offers_auth_tls(features):
+        raise UpgradeFailure(FailureKind.NOT_OFFERED, "no AUTH TLS offered (FEAT)")
     _send(sock, b"AUTH TLS\r\n", deadline)
     answer = read_numeric_reply(reader)
     if answer.code == 234:  # RFC 4217 4.1
         return
-    if answer.code in (500, 502, 504):  # command unknown / not implemented / mechanism
+    if answer.code in (500, 502, 504) and features.code != 211:  # unknown / not implemented
         raise UpgradeFailure(FailureKind.NOT_OFFERED, f"no AUTH TLS offered ({answer.code})")
     raise UpgradeFailure(FailureKind.REFUSED, f"AUTH TLS answered {answer.code} {answer.text}")
+
+
+def ftp_offers_auth_tls(features: NumericReply) -> bool:
+    """Does a FEAT reply list the AUTH command with the TLS mechanism (RFC 4217 6)?"""
+    for line in features.lines[1:-1]:
+        words = line.strip().upper().split()
+        if words and words[0] == "AUTH" and any("TLS" in w for w in words[1:]):
+            return True
+    return False
 
 
 def _nntp(sock: socket.socket, reader: Reader, deadline: float, _name: str) -> None:
@@ -728,6 +751,7 @@ __all__ = [
     "Upgrade",
     "UpgradeFailure",
     "ber_header",
+    "ftp_offers_auth_tls",
     "imap_capabilities",
     "imap_tagged",
     "ldap_message_complete",
