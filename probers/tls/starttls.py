@@ -644,10 +644,9 @@ def parse_mysql_greeting(packet: bytes) -> MysqlGreeting:
     if len(rest) < 15:
         raise _unexpected("MySQL greeting truncated", packet[:40])
     capabilities = int.from_bytes(rest[13:15], "little")
-    charset = 0x21
-    if len(rest) >= 18:
-        charset = rest[15]
-        capabilities |= int.from_bytes(rest[16:18], "little") << 16
+    charset = rest[15] if len(rest) >= 16 else 0x21
+    if len(rest) >= 20:  # then status flags (2), capabilities high (2)
+        capabilities |= int.from_bytes(rest[18:20], "little") << 16
     return MysqlGreeting(printable(packet[1:end], 60), capabilities, charset)
 
 

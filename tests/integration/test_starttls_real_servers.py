@@ -279,7 +279,8 @@ def test_expired_expiring_and_sha1_certificates(pki: TestPki, running) -> None:
 
 
 def test_sha1_signed_leaf_is_a_weak_signature(pki: TestPki, tmp_path: Path) -> None:
-    from tests.tls_servers import CertFiles, ServerUnavailable as TlsUnavailable, openssl_server
+    from tests.tls_servers import CertFiles, openssl_server
+    from tests.tls_servers import ServerUnavailable as TlsUnavailable
 
     # Given a direct-TLS server whose leaf the test CA signed with SHA-1 (s_server needs
     # security level 0 to load it at all)
