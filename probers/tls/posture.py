@@ -17,6 +17,7 @@ Must not touch: the network, records (``certs.py`` and ``commands.fold`` build t
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
@@ -80,7 +82,11 @@ class CertificatePosture:
 def load_trust_store(path: str = str(SYSTEM_TRUST_STORE)) -> Store | None:
     """Trust anchors from a PEM bundle; None when it is missing or holds none."""
     try:
-        anchors = x509.load_pem_x509_certificates(Path(path).read_bytes())
+        with warnings.catch_warnings():
+            # Debian's bundle holds a root with a non-positive serial (RFC 5280 says
+            # positive); cryptography warns on load. It is the OS's anchor, not a finding.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            anchors = x509.load_pem_x509_certificates(Path(path).read_bytes())
     except (OSError, ValueError):
         return None
     return Store(anchors) if anchors else None
