@@ -183,6 +183,18 @@ CREATE TABLE IF NOT EXISTS tls_probes
     versions      Array(String),
     grade         LowCardinality(String),
     grade_reason  String,
+    -- issue 13: how TLS was reached, STARTTLS findings, certificate posture, Mozilla profile
+    reached_via           LowCardinality(String),   -- direct / starttls-smtp / ...
+    is_upgrade_offered    UInt8,                    -- 0: "no STARTTLS offered" (a finding)
+    upgrade_note          String,
+    leaf_sha256           String,
+    is_chain_trusted      UInt8,
+    trust_error           String,
+    days_to_expiry        Int32,
+    certificate_warnings  Array(String),
+    profile               LowCardinality(String),   -- modern / intermediate / old / non-compliant
+    profile_version       LowCardinality(String),   -- Mozilla guidelines version, e.g. 5.7
+    profile_reasons       Array(String),
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
@@ -226,6 +238,11 @@ CREATE TABLE IF NOT EXISTS certificates
     is_expired           UInt8,
     is_hostname_match    UInt8,
     sha256               String,
+    name_check           LowCardinality(String),   -- match / mismatch / no name to check
+    days_to_expiry       Int32,
+    expiry_warning       LowCardinality(String),   -- expired / expires within 7|14|30 days
+    weak_key             String,
+    weak_signature       String,
     observed_at          DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)

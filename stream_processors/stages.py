@@ -42,7 +42,7 @@ from stream_processors import cdn, risk
 
 log = logging.getLogger(__name__)
 
-TlsProbe = Callable[[str, int, str], Awaitable[TlsResult]]
+TlsProbe = Callable[[str, int, str, str], Awaitable[TlsResult]]  # ip, port, hostname, upgrade
 
 
 @dataclass
@@ -85,11 +85,16 @@ def _udp_service(port: OpenPort) -> ServiceInfo:
 
 
 async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
-    if ctx.tls_probe is None or not finding.service.is_tls:
+    if ctx.tls_probe is None:
+        return finding
+    from probers.tls.starttls import route_for  # the upgrade follows the identified service
+
+    route = route_for(finding.service.service, finding.service.is_tls)
+    if route is None:
         return finding
     t = finding.port.target
     async with ctx.host_slot(t.ip):
-        result = await ctx.tls_probe(t.ip, finding.port.port, t.hostname)
+        result = await ctx.tls_probe(t.ip, finding.port.port, t.hostname, route.value)
     return finding.with_(tls=result)
 
 
@@ -277,9 +282,9 @@ def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
     if tls_enumeration:
         from probers.tls import probe_tls
 
-        async def tls_probe_fn(ip: str, port: int, hostname: str) -> TlsResult:
+        async def tls_probe_fn(ip: str, port: int, hostname: str, upgrade: str) -> TlsResult:
             return await probe_tls(ip, port, server_name=hostname or None,
-                                   timeout=tls_timeout, budget=tls_budget)
+                                   timeout=tls_timeout, budget=tls_budget, upgrade=upgrade)
 
         tls_probe = tls_probe_fn
     return StageContext(

@@ -34,7 +34,7 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
-SCHEMA_VERSION = 3  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -48,7 +48,9 @@ HOST_SCAN_COLUMNS = (
 )
 TLS_PROBE_COLUMNS = (
     "scan_id", "target", "ip", "port", "status", "error", "versions", "grade", "grade_reason",
-    "observed_at",
+    "reached_via", "is_upgrade_offered", "upgrade_note", "leaf_sha256", "is_chain_trusted",
+    "trust_error", "days_to_expiry", "certificate_warnings", "profile", "profile_version",
+    "profile_reasons", "observed_at",
 )
 TLS_CIPHER_COLUMNS = (
     "scan_id", "target", "ip", "port", "tls_version", "iana_name", "openssl_name", "strength",
@@ -57,8 +59,14 @@ TLS_CIPHER_COLUMNS = (
 CERTIFICATE_COLUMNS = (
     "scan_id", "target", "ip", "port", "chain_position", "subject", "sans", "issuer",
     "not_before", "not_after", "key_type", "key_bits", "signature_algorithm", "is_self_signed",
-    "is_expired", "is_hostname_match", "sha256", "observed_at",
+    "is_expired", "is_hostname_match", "sha256", "name_check", "days_to_expiry",
+    "expiry_warning", "weak_key", "weak_signature", "observed_at",
 )
+
+
+def _int32(value: int) -> int:
+    """Clamped into Int32: a certificate's dates come from the network."""
+    return max(-(2**31), min(2**31 - 1, value))
 
 
 class StoreError(RuntimeError):
@@ -265,7 +273,12 @@ class Store:
             if tls.status is not ProbeStatus.NOT_SCHEDULED:
                 base = [p.scan_id, t.target, t.ip, p.port]
                 probes.append([*base, tls.status, tls.error, list(tls.versions),
-                               tls.grade, tls.grade_reason, p.observed_at])
+                               tls.grade, tls.grade_reason, tls.reached_via,
+                               int(tls.is_upgrade_offered), tls.upgrade_note, tls.leaf_sha256,
+                               int(tls.is_chain_trusted), tls.trust_error,
+                               _int32(tls.days_to_expiry), list(tls.certificate_warnings),
+                               tls.profile, tls.profile_version, list(tls.profile_reasons),
+                               p.observed_at])
                 for c in tls.suites:
                     ciphers.append([*base, c.tls_version, c.iana_name, c.openssl_name,
                                     c.strength, c.reason, c.kex_group, c.kex_bits,
@@ -275,7 +288,9 @@ class Store:
                                   cert.issuer, cert.not_before, cert.not_after, cert.key_type,
                                   cert.key_bits, cert.signature_algorithm,
                                   int(cert.is_self_signed), int(cert.is_expired),
-                                  int(cert.is_hostname_match), cert.sha256, p.observed_at])
+                                  int(cert.is_hostname_match), cert.sha256, cert.name_check,
+                                  _int32(cert.days_to_expiry), cert.expiry_warning,
+                                  cert.weak_key, cert.weak_signature, p.observed_at])
         self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         self._insert("tls_probes", TLS_PROBE_COLUMNS, probes)
         self._insert("tls_ciphers", TLS_CIPHER_COLUMNS, ciphers)
