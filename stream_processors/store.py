@@ -39,7 +39,8 @@ SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
     "engine", "service", "product", "version", "extra_info", "cpe", "banner", "method",
-    "confidence", "is_tls", "tls_status", "tls_grade", "cdn_provider", "cdn_source",
+    "confidence", "is_tls", "tls_status", "tls_grade", "tls_via", "cert_not_after",
+    "cdn_provider", "cdn_source",
     "is_cdn_expected", "risk_color", "risk_reason", "observed_at",
 )
 HOST_SCAN_COLUMNS = (
@@ -267,7 +268,9 @@ class Store:
                 p.port, p.state, p.engine, s.service, s.product, s.version, s.extra_info,
                 s.cpe, s.banner[:BANNER_CAP], s.method, s.confidence if 0 <= s.confidence < 256
                 else max(0, min(255, s.confidence)),
-                int(s.is_tls), tls.status, tls.grade, f.cdn.provider, f.cdn.source,
+                int(s.is_tls), tls.status, tls.grade, tls.reached_via,
+                tls.certificates[0].not_after if tls.certificates else "",
+                f.cdn.provider, f.cdn.source,
                 int(f.cdn.is_expected_port), f.risk_color, f.risk_reason, p.observed_at,
             ])
             if tls.status is not ProbeStatus.NOT_SCHEDULED:

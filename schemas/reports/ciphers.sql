@@ -64,7 +64,11 @@ SELECT
     probes.reached_via AS reached_via, probes.is_upgrade_offered AS is_upgrade_offered,
     probes.upgrade_note AS upgrade_note, probes.is_chain_trusted AS cert_trusted,
     probes.trust_error AS cert_trust_error,
-    if(probes.leaf_sha256 = '', NULL, probes.days_to_expiry) AS cert_days_to_expiry,
+    -- counted now from the leaf's notAfter (the stored count is as of the scan)
+    if(probes.leaf_sha256 = '', NULL, coalesce(
+       intDiv(toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(certs.not_after, 3, 'UTC'))
+              - toUnixTimestamp64Milli(now64(3)), 86400000),
+       probes.days_to_expiry)) AS cert_days_to_expiry,
     multiIf(probes.status = 'completed' AND probes.is_upgrade_offered = 0, 'no STARTTLS offered',
             probes.status = 'completed', 'tested', 'could not test') AS outcome,
     probes.certificate_warnings AS cert_warnings, probes.leaf_sha256 AS cert_sha256,

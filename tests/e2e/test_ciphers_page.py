@@ -130,3 +130,12 @@ def test_ciphers_page_at_1400px(page: Any, served: dict[str, Any]) -> None:
     folded.first.locator("summary").click()
     # Then its suites show
     assert folded.first.locator("li").first.is_visible()
+
+
+def test_list_page_shows_the_upgrade_and_the_countdown(page: Any, served: dict[str, Any]) -> None:
+    page.goto("/list?target=127.0.0.1")
+    smtp = page.locator("table.report-list tbody tr", has_text=f"{served['smtp']}/tcp")
+    service = smtp.locator("td[data-label='Service']").inner_text()
+    assert "starttls-smtp" in service
+    assert "certificate expires in 5 days" in service
+    shoot(page, f"list-starttls-{WIDTH}")

@@ -56,8 +56,11 @@ def test_smtp_on_a_high_port_is_enumerated_through_starttls_and_stored(tmp_path:
     try:
         store.insert_findings([finding])  # type: ignore[list-item]
         rows = store.report("ciphers", {}).dicts()
+        listed = store.report("list", {}).dicts()
     finally:
         store.close()
+    # And the List shows how TLS was reached and the countdown
+    assert [(r["tls_via"], r["cert_days_left"]) for r in listed] == [("starttls-smtp", 5)]
     # Then the row says how TLS was reached, the countdown and the warnings
     assert len(rows) == 1
     row = rows[0]
