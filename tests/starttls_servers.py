@@ -217,7 +217,8 @@ suffix "dc=portwatch,dc=test"
 
 @contextlib.contextmanager
 def start_prosody(leaf: LeafFiles) -> Iterator[Server]:
-    """prosody (XMPP) with one VirtualHost "localhost", c2s starttls offered."""
+    """prosody (XMPP) with one VirtualHost "localhost", starttls offered on c2s
+    (``server.port``) and s2s (``server.extra["s2s"]``)."""
     prosody = require_binary("prosody", "/usr/bin/prosody")
     port, s2s = free_port(HOST), free_port(HOST)
     with _workdir("prosody") as work:
@@ -242,7 +243,7 @@ c2s_require_encryption = false
 s2s_require_encryption = false
 authentication = "internal_hashed"
 modules_enabled = {{ "tls", "saslauth", "disco" }}
-modules_disabled = {{ "s2s", "posix" }}
+modules_disabled = {{ "posix" }}
 log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{work}/prosody.log" }} }}
 ssl = {{ certificate = "{certs.chain}", key = "{certs.key}" }}
 VirtualHost "localhost"
@@ -250,6 +251,7 @@ VirtualHost "localhost"
         )
         with run_server([prosody, "--config", str(config), "-F"], HOST, port, work,
                         name="prosody") as server:  # fmt: skip
+            server.extra.update(s2s=str(s2s))
             yield server
 
 

@@ -70,8 +70,12 @@ _SSLSCAN_LINE = re.compile(r"^(?:Preferred|Accepted)\s+(\S+)\s+\d+ bits\s+(\S+)"
 
 
 def sslscan_suites(port: int, option: str) -> set[tuple[str, str]]:
+    return sslscan_suites_at(HOST, port, option)
+
+
+def sslscan_suites_at(host: str, port: int, option: str) -> set[tuple[str, str]]:
     output = subprocess.run(
-        ["sslscan", "--no-colour", option, f"{HOST}:{port}"],
+        ["sslscan", "--no-colour", option, f"{host}:{port}"],
         capture_output=True, text=True, timeout=180, check=True,
     ).stdout  # fmt: skip
     return set(_SSLSCAN_LINE.findall(output))
@@ -250,6 +254,14 @@ def test_prosody_xmpp_starttls(pki: TestPki, valid_leaf: LeafFiles, running) -> 
     assert result.is_chain_trusted is True
     assert result.certificates[0].name_check == "match"
     assert "TLSv1.2" in result.versions
+    # And the server-to-server port (jabber:server stream) gives the same suites
+    s2s = _probe(int(server.extra["s2s"]), "starttls-xmpp-server", pki, server_name="localhost")
+    assert (s2s.status, s2s.reached_via) == (ProbeStatus.COMPLETED, "starttls-xmpp-server")
+    assert _suite_pairs(s2s) == _suite_pairs(result)
+    if shutil.which("sslscan"):
+        # sslscan takes the XMPP domain from the host it is given ("localhost")
+        assert _suite_pairs(result) == sslscan_suites_at("localhost", server.port,
+                                                         "--starttls-xmpp")
 
 
 # -- certificate posture, through a real STARTTLS service --------------------------------
