@@ -2,9 +2,10 @@
 
 Owns: ``full_handshake``, one blocking connection driven by pyOpenSSL under a hard
 deadline (non-blocking socket + select, so a stalled peer cannot hold the thread past
-``timeout``). One ``SSL.Context`` per call: a Context cannot be changed once a Connection
-was made from it (NOTES.md). Certificates are not verified: we describe them, we do not
-trust them.
+``timeout``); a STARTTLS preamble, when asked for, runs first within that deadline. One
+``SSL.Context`` per call: a Context cannot be changed once a Connection was made from it
+(NOTES.md). Certificates are not verified here: they are described, and judged by
+``posture.py`` afterwards.
 
 Must not touch: records, grading, asyncio; raw ClientHellos live in ``hello.py``.
 """

@@ -7,6 +7,10 @@ the server picked, at which version, the (EC)DH group it used and the certificat
 it sent. Nothing here completes a handshake, so suites the local OpenSSL cannot speak
 (RC4, 3DES, EXPORT, NULL, SSLv3) are still seen.
 
+A STARTTLS preamble (``starttls.perform_upgrade``), when asked for, runs on the same
+connection before the hello and within the same deadline; its failures become their own
+outcome kinds (UPGRADE_NOT_OFFERED / UPGRADE_FAILED), never a refusal of the offer.
+
 Must not touch: pyOpenSSL, records, grading, asyncio. Every function here is blocking and
 meant to run in a worker thread; each call to ``exchange_hello`` opens at most one
 connection and returns within its ``timeout``.
