@@ -67,6 +67,19 @@ def _suite_line(item: Sequence[Any]) -> str:
     return f"{item[0]} {item[1]} ({item[3]})" if len(item) > 3 else str(item)
 
 
+def suites_summary(suites: Sequence[Any]) -> str:
+    """Per protocol version: how many suites, how many weak (the terminal table; json and
+    csv keep every suite). A postfix with 91 suites is four lines, not ninety."""
+    counts: dict[str, list[int]] = {}
+    for item in suites:
+        if len(item) > 3:
+            total_weak = counts.setdefault(sanitize_text(str(item[0]), 20), [0, 0])
+            total_weak[0] += 1
+            total_weak[1] += item[3] == "weak"
+    return "\n".join(f"{version}: {total}" + (f" ({weak} weak)" if weak else "")
+                     for version, (total, weak) in counts.items())
+
+
 def cell_text(report: str, column: str, value: Any) -> str:
     if column == "ports" and isinstance(value, list | tuple):
         return " ".join(_port_chip(v) for v in value)
@@ -113,6 +126,8 @@ def _styled(report: str, column: str, value: Any) -> Text:
             label = f"{item[0]}/{item[1]}:{item[2]}" + (",cdn" if item[3] else "")
             text.append(label, style=COLOR_STYLE.get(str(item[2]), ""))
         return text
+    if column == "suites" and isinstance(value, list | tuple):
+        return Text(suites_summary(value))
     plain = cell_text(report, column, value)
     if column in ("risk_color", "color") and plain in COLOR_STYLE:
         return Text(plain, style=COLOR_STYLE[plain])
