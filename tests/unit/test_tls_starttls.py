@@ -325,3 +325,84 @@ def test_bytes_after_go_ahead_are_refused(pair: tuple[socket.socket, socket.sock
     ])  # fmt: skip
     with pytest.raises(UpgradeFailure, match="data after the upgrade answer"):
         _upgrade(ours, Upgrade.SMTP)
+
+
+# -- whole preambles against hostile peers (socket pairs) -------------------------------
+
+
+def _hostile_peer(sock: socket.socket, chunks: list[bytes]) -> threading.Thread:
+    """A fake server (named as such): sends ``chunks`` whatever we say, then closes."""
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(2)
+            while sock.recv(4096):  # drain what the client still sends
+                pass
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@settings(max_examples=40, deadline=None)
+@given(upgrade=st.sampled_from([u for u in Upgrade if u is not Upgrade.DIRECT]),
+       chunks=st.lists(st.binary(max_size=300), max_size=6))  # fmt: skip
+def test_every_preamble_survives_hostile_bytes(upgrade: Upgrade, chunks: list[bytes]) -> None:
+    # Given a peer that answers anything at all, in any chunking, then closes
+    ours, theirs = socket.socketpair()
+    try:
+        peer = _hostile_peer(theirs, chunks)
+        # When the preamble runs, Then it returns or raises UpgradeFailure, nothing else
+        try:
+            starttls.perform_upgrade(ours, upgrade, server_name="mx.example",
+                                     deadline=time.monotonic() + 3)  # fmt: skip
+        except UpgradeFailure as failure:
+            assert failure.kind in FailureKind
+        ours.close()  # ends the peer's drain
+        peer.join(timeout=5)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(1, 120), min_size=1, max_size=12))
+def test_smtp_preamble_whatever_the_chunking(cuts: list[int]) -> None:
+    # Given a valid SMTP dialogue whose server bytes arrive split at arbitrary points
+    greeting = (b"220-mx.example ESMTP\r\n220 welcome\r\n")
+    ehlo = b"250-mx.example\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+    ready = b"220 2.0.0 Ready to start TLS\r\n"
+
+    def split(data: bytes) -> list[bytes]:
+        pieces, rest = [], data
+        for cut in cuts:
+            if not rest:
+                break
+            pieces.append(rest[:cut])
+            rest = rest[cut:]
+        return [*pieces, rest] if rest else pieces
+
+    ours, theirs = socket.socketpair()
+
+    def serve() -> None:
+        for step, answer in ((None, greeting), (b"EHLO", ehlo), (b"STARTTLS", ready)):
+            buffer = b""
+            while step is not None and step not in buffer:
+                buffer += theirs.recv(4096)
+            for piece in split(answer):
+                theirs.sendall(piece)
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        _upgrade(ours, Upgrade.SMTP)  # Then it completes: the next bytes would be TLS
+        thread.join(timeout=5)
+    finally:
+        ours.close()
+        theirs.close()
