@@ -215,3 +215,37 @@ def test_non_compliant_lists_what_breaks_old() -> None:
 
 def test_no_suites_no_verdict() -> None:
     assert assess_profile([], [], None) is None
+
+
+def test_incomplete_chain_is_named_when_the_leaf_points_to_its_issuer(ca: trustme.CA,
+                                                                       store: str) -> None:
+    # Given a leaf issued by an intermediate, carrying an AIA caIssuers pointer (as public
+    # CAs' leaves do), served alone: the issuer exists, the server just did not send it
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    intermediate = ca.create_child_ca()
+    issuer_key = load_pem_private_key(intermediate.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")]))
+        .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(7)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=60))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()), False)  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier("http://ca.example.test/issuer.crt"))]), False)
+        .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+    )  # fmt: skip
+    posture = assess_chain([leaf.public_bytes(Encoding.DER)], name=None, now=NOW,
+                           trust_store=store)  # fmt: skip
+    assert posture is not None
+    assert posture.is_trusted is False
+    assert posture.trust_error.startswith("incomplete chain: issuer")
+    # And with the intermediate served, the same leaf validates
+    full = [leaf.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER)]
+    assert assess_chain(full, name=None, now=NOW, trust_store=store).is_trusted  # type: ignore[union-attr]
