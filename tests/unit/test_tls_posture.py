@@ -249,3 +249,36 @@ def test_incomplete_chain_is_named_when_the_leaf_points_to_its_issuer(ca: trustm
     # And with the intermediate served, the same leaf validates
     full = [leaf.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER)]
     assert assess_chain(full, name=None, now=NOW, trust_store=store).is_trusted  # type: ignore[union-attr]
+
+
+def test_expired_intermediate_is_named(ca: trustme.CA, store: str) -> None:
+    # Given a valid leaf whose (served) intermediate expired yesterday
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    root_key = load_pem_private_key(ca.private_key_pem.bytes(), None)
+    root = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    mid_key = ec.generate_private_key(ec.SECP256R1())
+    mid_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old Intermediate")])
+    mid = (
+        x509.CertificateBuilder().subject_name(mid_name).issuer_name(root.subject)
+        .public_key(mid_key.public_key()).serial_number(8)
+        .not_valid_before(NOW - dt.timedelta(days=400)).not_valid_after(NOW - dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")]))
+        .issuer_name(mid_name).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(9)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=60))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]), False)
+        .sign(mid_key, hashes.SHA256())
+    )  # fmt: skip
+    posture = assess_chain([leaf.public_bytes(Encoding.DER), mid.public_bytes(Encoding.DER)],
+                           name="mx.example.test", now=NOW, trust_store=store)  # fmt: skip
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (False,
+                                                         "expired intermediate (Old Intermediate)")
+    assert posture.name_check == "match"
+    assert posture.expiry_warning == ""  # the leaf itself has 60 days
