@@ -17,7 +17,8 @@ STAMPS := .cache/stamps
 APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
 	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin \
-	postfix dovecot-imapd dovecot-pop3d slapd ldap-utils prosody mosquitto ndiff
+	postfix dovecot-imapd dovecot-pop3d dovecot-managesieved slapd ldap-utils prosody \
+	mosquitto ndiff
 
 .PHONY: help
 help: ## List the targets
@@ -89,8 +90,9 @@ serve: install ## Serve the four reports on http://127.0.0.1:8765
 grafana: venv ## Regenerate the Grafana dashboards under deploy/grafana
 	$(PY) -m deploy.grafana.build_dashboards
 
-.PHONY: bench bench-connect bench-discovery bench-udp bench-identify bench-web bench-pipeline
-bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery bench-udp ## All benchmarks (BENCHMARKS.md)
+.PHONY: bench bench-connect bench-discovery bench-udp bench-identify bench-web bench-pipeline \
+	bench-tls
+bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery bench-udp bench-tls ## All benchmarks (BENCHMARKS.md)
 bench-connect: install ## Full TCP sweep of 127.0.0.1 vs nmap -sT
 	$(PY) -m bench.connect_sweep --runs 5
 bench-discovery: install ## masscan engine vs nmap -sS vs masscan on namespace hosts (root)
@@ -99,6 +101,8 @@ bench-udp: install ## UDP top 1,000 of a namespace host vs nmap -sU (root; nmap 
 	$(PY) -m bench.udp_top1000 --runs 3
 bench-identify: install ## Identification of real services vs nmap -sV
 	$(PY) -m bench.identify
+bench-tls: install ## TLS suites, direct and through STARTTLS, vs sslscan (root: starts daemons)
+	$(PY) -m bench.tls --runs 5
 bench-web: install ## Pages and API on 100,000 findings
 	$(PY) -m bench.web
 bench-pipeline: install ## Kafka -> Faust -> chdb throughput vs the embedded runner

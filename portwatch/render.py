@@ -32,12 +32,15 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
-    "ciphers": ("target", "ip", "port", "status", "versions", "grade", "suites", "cert_subject",
-                "cert_not_after", "cert_self_signed", "cert_expired"),
+    "ciphers": ("target", "ip", "port", "reached_via", "outcome", "versions", "grade",
+                "profile", "suites", "cert_subject", "cert_not_after", "cert_days_to_expiry",
+                "cert_warnings"),
 }
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
-           "score_parts": "score parts", "open_ports": "open", "risk_score": "score"}
+           "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
+           "reached_via": "via", "cert_days_to_expiry": "days left",
+           "cert_warnings": "certificate warnings", "profile": "Mozilla 5.7"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:
@@ -64,6 +67,19 @@ def _suite_line(item: Sequence[Any]) -> str:
     return f"{item[0]} {item[1]} ({item[3]})" if len(item) > 3 else str(item)
 
 
+def suites_summary(suites: Sequence[Any]) -> str:
+    """Per protocol version: how many suites, how many weak (the terminal table; json and
+    csv keep every suite). A postfix with 91 suites is four lines, not ninety."""
+    counts: dict[str, list[int]] = {}
+    for item in suites:
+        if len(item) > 3:
+            total_weak = counts.setdefault(sanitize_text(str(item[0]), 20), [0, 0])
+            total_weak[0] += 1
+            total_weak[1] += item[3] == "weak"
+    return "\n".join(f"{version}: {total}" + (f" ({weak} weak)" if weak else "")
+                     for version, (total, weak) in counts.items())
+
+
 def cell_text(report: str, column: str, value: Any) -> str:
     if column == "ports" and isinstance(value, list | tuple):
         return " ".join(_port_chip(v) for v in value)
@@ -71,6 +87,10 @@ def cell_text(report: str, column: str, value: Any) -> str:
         return "; ".join(_suite_line(v) for v in value)
     if column == "versions" and isinstance(value, list | tuple):
         return ",".join(map(str, value))
+    if column in ("cert_warnings", "profile_reasons") and isinstance(value, list | tuple):
+        return sanitize_text("; ".join(map(str, value)), 400)
+    if column == "cert_not_after" and isinstance(value, str):
+        return sanitize_text(value[:10])  # the date; the countdown is its own column
     if column == "is_tarpit":
         return "answers on every port" if value else ""
     if column in ("cert_self_signed", "cert_expired", "is_cdn_expected"):
@@ -106,6 +126,8 @@ def _styled(report: str, column: str, value: Any) -> Text:
             label = f"{item[0]}/{item[1]}:{item[2]}" + (",cdn" if item[3] else "")
             text.append(label, style=COLOR_STYLE.get(str(item[2]), ""))
         return text
+    if column == "suites" and isinstance(value, list | tuple):
+        return Text(suites_summary(value))
     plain = cell_text(report, column, value)
     if column in ("risk_color", "color") and plain in COLOR_STYLE:
         return Text(plain, style=COLOR_STYLE[plain])

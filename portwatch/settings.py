@@ -100,6 +100,9 @@ class Settings:
                                  group="tls")
     tls_budget: float = setting(30.0, "seconds per port for the whole TLS enumeration",
                                 group="tls")
+    tls_trust_store: str = setting("", "CA bundle certificate chains are validated against "
+                                   "(PEM); empty = the system's, so private CAs can be trusted",
+                                   group="tls")
     # -- shards and the tarpit rule
     tarpit_threshold: int = setting(1000, "open ports per host beyond which it 'answers on every "
                                     "port'", group="shards")

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS port_observations
     is_tls           UInt8,
     tls_status       LowCardinality(String),
     tls_grade        LowCardinality(String),
+    tls_via          LowCardinality(String),   -- issue 13: direct / starttls-smtp / ... ('' = no TLS probe)
+    cert_not_after   String,                   -- the leaf's notAfter (ISO 8601), '' = none
     cdn_provider     LowCardinality(String),
     cdn_source       String,
     is_cdn_expected  UInt8,
@@ -72,6 +74,8 @@ CREATE TABLE IF NOT EXISTS findings
     method           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     is_tls           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
     tls_grade        SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    tls_via          SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    cert_not_after   SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     cdn_provider     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     cdn_source       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     is_cdn_expected  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
@@ -100,6 +104,8 @@ SELECT
     (observed_at, toString(method)) AS method,
     (observed_at, is_tls) AS is_tls,
     (observed_at, toString(tls_grade)) AS tls_grade,
+    (observed_at, toString(tls_via)) AS tls_via,
+    (observed_at, cert_not_after) AS cert_not_after,
     (observed_at, toString(cdn_provider)) AS cdn_provider,
     (observed_at, toString(cdn_source)) AS cdn_source,
     (observed_at, is_cdn_expected) AS is_cdn_expected,
@@ -126,6 +132,8 @@ SELECT
     tupleElement(method, 2) AS method,
     tupleElement(is_tls, 2) AS is_tls,
     tupleElement(tls_grade, 2) AS tls_grade,
+    tupleElement(tls_via, 2) AS tls_via,
+    tupleElement(cert_not_after, 2) AS cert_not_after,
     tupleElement(cdn_provider, 2) AS cdn_provider,
     tupleElement(cdn_source, 2) AS cdn_source,
     tupleElement(is_cdn_expected, 2) AS is_cdn_expected,
@@ -183,6 +191,18 @@ CREATE TABLE IF NOT EXISTS tls_probes
     versions      Array(String),
     grade         LowCardinality(String),
     grade_reason  String,
+    -- issue 13: how TLS was reached, STARTTLS findings, certificate posture, Mozilla profile
+    reached_via           LowCardinality(String),   -- direct / starttls-smtp / ...
+    is_upgrade_offered    UInt8,                    -- 0: "no STARTTLS offered" (a finding)
+    upgrade_note          String,
+    leaf_sha256           String,
+    is_chain_trusted      UInt8,
+    trust_error           String,
+    days_to_expiry        Int32,
+    certificate_warnings  Array(String),
+    profile               LowCardinality(String),   -- modern / intermediate / old / non-compliant
+    profile_version       LowCardinality(String),   -- Mozilla guidelines version, e.g. 5.7
+    profile_reasons       Array(String),
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
@@ -226,6 +246,11 @@ CREATE TABLE IF NOT EXISTS certificates
     is_expired           UInt8,
     is_hostname_match    UInt8,
     sha256               String,
+    name_check           LowCardinality(String),   -- match / mismatch / no name to check
+    days_to_expiry       Int32,
+    expiry_warning       LowCardinality(String),   -- expired / expires within 7|14|30 days
+    weak_key             String,
+    weak_signature       String,
     observed_at          DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)

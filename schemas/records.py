@@ -386,6 +386,12 @@ class Certificate(Record):
     is_hostname_match: bool = False
     sha256: str = ""
     chain_position: int = 0
+    # Posture (issue 13). Leaf only: "match" / "mismatch" / "no name to check" (bare IP).
+    name_check: str = ""
+    days_to_expiry: int = 0  # whole days left; negative once expired
+    expiry_warning: str = ""  # "expired" / "expires within 7|14|30 days" / ""
+    weak_key: str = ""  # "RSA 1024" when under RSA/DSA 2048 or EC 224 bits, else ""
+    weak_signature: str = ""  # e.g. "sha1WithRSAEncryption" (MD5 / SHA-1), else ""
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
@@ -404,6 +410,23 @@ class TlsResult(Record):
     certificates: tuple[Certificate, ...] = ()
     grade: str = ""  # weak / medium / strong for the port
     grade_reason: str = ""
+    # How TLS was reached (issue 13): "direct", "starttls-smtp", ... ("" = not probed).
+    reached_via: str = ""
+    # False: a plaintext service that offers no upgrade ("no STARTTLS offered"): a
+    # finding, stored with status completed and no suites, not an error.
+    is_upgrade_offered: bool = True
+    upgrade_note: str = ""  # the service's words when it offers no upgrade
+    # Certificate posture of the served leaf and chain (what risk and change detection use).
+    leaf_sha256: str = ""
+    is_chain_trusted: bool = False
+    trust_error: str = ""  # "self-signed", "unknown issuer: ...", "expired", ...
+    days_to_expiry: int = 0  # of the leaf; meaningful only when leaf_sha256 is set
+    certificate_warnings: tuple[str, ...] = ()  # "certificate expired", "weak key: leaf: RSA 1024"
+    # Mozilla server-side TLS profile the port complies with: modern / intermediate /
+    # old / non-compliant (guidelines version in ``profile_version``), with the reasons.
+    profile: str = ""
+    profile_version: str = ""
+    profile_reasons: tuple[str, ...] = ()
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
@@ -415,6 +438,17 @@ class TlsResult(Record):
             certificates=tuple(Certificate.from_dict(c) for c in data.get("certificates", ())),
             grade=str(data.get("grade", "")),
             grade_reason=str(data.get("grade_reason", "")),
+            reached_via=str(data.get("reached_via", "")),
+            is_upgrade_offered=bool(data.get("is_upgrade_offered", True)),
+            upgrade_note=str(data.get("upgrade_note", "")),
+            leaf_sha256=str(data.get("leaf_sha256", "")),
+            is_chain_trusted=bool(data.get("is_chain_trusted", False)),
+            trust_error=str(data.get("trust_error", "")),
+            days_to_expiry=int(data.get("days_to_expiry", 0)),
+            certificate_warnings=tuple(str(w) for w in data.get("certificate_warnings", ())),
+            profile=str(data.get("profile", "")),
+            profile_version=str(data.get("profile_version", "")),
+            profile_reasons=tuple(str(r) for r in data.get("profile_reasons", ())),
         )
 
 

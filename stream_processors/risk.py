@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import CdnVerdict, Finding, PortState, RiskColor
+from schemas.records import CdnVerdict, Finding, PortState, RiskColor, TlsResult
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,52 @@ def color_for(finding: Finding, cdn: CdnVerdict | None = None) -> tuple[RiskColo
     if entry is None:
         return RiskColor.YELLOW, f"service {name!r} not catalogued"
     color, reason = entry.color, entry.reason
-    # Weak TLS raises the colour (issue: "weak suites raise the port's colour").
-    if finding.tls.grade == "weak" and color is RiskColor.GREEN:
-        return RiskColor.YELLOW, f"{reason}; weak TLS: {finding.tls.grade_reason}"
+    # Weak TLS and a bad certificate raise the colour (issues: "weak suites raise the
+    # port's colour"; 13: certificate posture and mail without STARTTLS do too). A raise
+    # never lowers red.
+    concerns = tls_concerns(finding.tls, name)
+    if concerns and color is RiskColor.GREEN:
+        return RiskColor.YELLOW, f"{reason}; {'; '.join(concerns)}"
     return color, reason
+
+
+# Services whose clients send credentials or mail: offering no STARTTLS leaves them in
+# clear text, which is a finding (issue 13), not a test failure.
+CLEARTEXT_CONCERN_SERVICES = frozenset({"smtp", "submission", "imap", "pop3", "ftp", "sieve",
+                                        "nntp", "xmpp-client", "ldap"})
+EXPIRY_RAISE_DAYS = 14  # the 30-day warning is shown; 14 days or fewer raises the colour
+
+
+def tls_concerns(tls: TlsResult, service: str = "") -> list[str]:
+    """What about a port's TLS raises its colour, in words (empty = nothing).
+
+    The rule (README, "Risk"): a weak grade (a weak suite, or any protocol below TLS 1.2);
+    a leaf that is expired or expires within 14 days; an untrusted chain (self-signed,
+    unknown issuer, incomplete, expired intermediate); a name mismatch when the target
+    has a name; a weak key (RSA/DSA < 2048, EC < 224 bits) or signature (MD5, SHA-1); a
+    mail/credentials service that offers no STARTTLS.
+    """
+    found: list[str] = []
+    if tls.grade == "weak":
+        found.append(f"weak TLS: {tls.grade_reason}")
+    if not tls.is_upgrade_offered and service in CLEARTEXT_CONCERN_SERVICES:
+        found.append(f"no STARTTLS offered: {service} in clear text")
+    leaf = tls.certificates[0] if tls.certificates else None
+    if tls.leaf_sha256:
+        if tls.days_to_expiry < 0 or (leaf is not None and leaf.is_expired):
+            found.append("certificate expired")
+        elif tls.days_to_expiry < EXPIRY_RAISE_DAYS:
+            found.append(f"certificate expires in {tls.days_to_expiry} days")
+        if not tls.is_chain_trusted and tls.trust_error != "expired":
+            found.append(f"untrusted certificate: {tls.trust_error}")
+    if leaf is not None:
+        if leaf.name_check == "mismatch":
+            found.append("certificate name mismatch")
+        if leaf.weak_key:
+            found.append(f"weak certificate key: {leaf.weak_key}")
+        if leaf.weak_signature:
+            found.append(f"weak certificate signature: {leaf.weak_signature}")
+    return found
 
 
 def assess(finding: Finding) -> Finding:

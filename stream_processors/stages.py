@@ -42,7 +42,7 @@ from stream_processors import cdn, risk
 
 log = logging.getLogger(__name__)
 
-TlsProbe = Callable[[str, int, str], Awaitable[TlsResult]]
+TlsProbe = Callable[[str, int, str, str], Awaitable[TlsResult]]  # ip, port, hostname, upgrade
 
 
 @dataclass
@@ -85,11 +85,16 @@ def _udp_service(port: OpenPort) -> ServiceInfo:
 
 
 async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
-    if ctx.tls_probe is None or not finding.service.is_tls:
+    if ctx.tls_probe is None:
+        return finding
+    from probers.tls.starttls import route_for  # the upgrade follows the identified service
+
+    route = route_for(finding.service.service, finding.service.is_tls)
+    if route is None:
         return finding
     t = finding.port.target
     async with ctx.host_slot(t.ip):
-        result = await ctx.tls_probe(t.ip, finding.port.port, t.hostname)
+        result = await ctx.tls_probe(t.ip, finding.port.port, t.hostname, route.value)
     return finding.with_(tls=result)
 
 
@@ -323,20 +328,24 @@ class TlsEnumeration:
 
     timeout: float = 3.0  # seconds per handshake attempt
     budget: float = 30.0  # seconds per port for the whole enumeration
+    trust_store: str = ""  # CA bundle for chain validation ("" = the system's)
 
-    async def __call__(self, ip: str, port: int, hostname: str) -> TlsResult:
+    async def __call__(self, ip: str, port: int, hostname: str, upgrade: str) -> TlsResult:
         from probers.tls import probe_tls
 
         return await probe_tls(ip, port, server_name=hostname or None,
-                               timeout=self.timeout, budget=self.budget)
+                               timeout=self.timeout, budget=self.budget, upgrade=upgrade,
+                               trust_store=self.trust_store or None)
 
 
 def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
                  per_host_connections: int = 4, use_nmap_probes: bool = True,
                  nmap_data: str | None = None, tls_enumeration: bool = True,
-                 tls_timeout: float = 3.0, tls_budget: float = 30.0) -> StageContext:
+                 tls_timeout: float = 3.0, tls_budget: float = 30.0,
+                 tls_trust_store: str = "") -> StageContext:
     """The stage context both transports use, from the narrow options it needs."""
-    tls_probe = TlsEnumeration(tls_timeout, tls_budget) if tls_enumeration else None
+    tls_probe = (TlsEnumeration(tls_timeout, tls_budget, tls_trust_store) if tls_enumeration
+                 else None)
     return StageContext(
         identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget),
         per_host_connections=per_host_connections,

@@ -34,12 +34,13 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
-SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 5  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
     "engine", "service", "product", "version", "extra_info", "cpe", "banner", "method",
-    "confidence", "is_tls", "tls_status", "tls_grade", "cdn_provider", "cdn_source",
+    "confidence", "is_tls", "tls_status", "tls_grade", "tls_via", "cert_not_after",
+    "cdn_provider", "cdn_source",
     "is_cdn_expected", "risk_color", "risk_reason", "observed_at",
 )
 HOST_SCAN_COLUMNS = (
@@ -48,7 +49,9 @@ HOST_SCAN_COLUMNS = (
 )
 TLS_PROBE_COLUMNS = (
     "scan_id", "target", "ip", "port", "status", "error", "versions", "grade", "grade_reason",
-    "observed_at",
+    "reached_via", "is_upgrade_offered", "upgrade_note", "leaf_sha256", "is_chain_trusted",
+    "trust_error", "days_to_expiry", "certificate_warnings", "profile", "profile_version",
+    "profile_reasons", "observed_at",
 )
 TLS_CIPHER_COLUMNS = (
     "scan_id", "target", "ip", "port", "tls_version", "iana_name", "openssl_name", "strength",
@@ -57,8 +60,14 @@ TLS_CIPHER_COLUMNS = (
 CERTIFICATE_COLUMNS = (
     "scan_id", "target", "ip", "port", "chain_position", "subject", "sans", "issuer",
     "not_before", "not_after", "key_type", "key_bits", "signature_algorithm", "is_self_signed",
-    "is_expired", "is_hostname_match", "sha256", "observed_at",
+    "is_expired", "is_hostname_match", "sha256", "name_check", "days_to_expiry",
+    "expiry_warning", "weak_key", "weak_signature", "observed_at",
 )
+
+
+def _int32(value: int) -> int:
+    """Clamped into Int32: a certificate's dates come from the network."""
+    return max(-(2**31), min(2**31 - 1, value))
 
 
 class StoreError(RuntimeError):
@@ -345,13 +354,20 @@ class Store:
                 p.port, p.state, p.engine, s.service, s.product, s.version, s.extra_info,
                 s.cpe, s.banner[:BANNER_CAP], s.method, s.confidence if 0 <= s.confidence < 256
                 else max(0, min(255, s.confidence)),
-                int(s.is_tls), tls.status, tls.grade, f.cdn.provider, f.cdn.source,
+                int(s.is_tls), tls.status, tls.grade, tls.reached_via,
+                tls.certificates[0].not_after if tls.certificates else "",
+                f.cdn.provider, f.cdn.source,
                 int(f.cdn.is_expected_port), f.risk_color, f.risk_reason, p.observed_at,
             ])
             if tls.status is not ProbeStatus.NOT_SCHEDULED:
                 base = [p.scan_id, t.target, t.ip, p.port]
                 probes.append([*base, tls.status, tls.error, list(tls.versions),
-                               tls.grade, tls.grade_reason, p.observed_at])
+                               tls.grade, tls.grade_reason, tls.reached_via,
+                               int(tls.is_upgrade_offered), tls.upgrade_note, tls.leaf_sha256,
+                               int(tls.is_chain_trusted), tls.trust_error,
+                               _int32(tls.days_to_expiry), list(tls.certificate_warnings),
+                               tls.profile, tls.profile_version, list(tls.profile_reasons),
+                               p.observed_at])
                 for c in tls.suites:
                     ciphers.append([*base, c.tls_version, c.iana_name, c.openssl_name,
                                     c.strength, c.reason, c.kex_group, c.kex_bits,
@@ -361,7 +377,9 @@ class Store:
                                   cert.issuer, cert.not_before, cert.not_after, cert.key_type,
                                   cert.key_bits, cert.signature_algorithm,
                                   int(cert.is_self_signed), int(cert.is_expired),
-                                  int(cert.is_hostname_match), cert.sha256, p.observed_at])
+                                  int(cert.is_hostname_match), cert.sha256, cert.name_check,
+                                  _int32(cert.days_to_expiry), cert.expiry_warning,
+                                  cert.weak_key, cert.weak_signature, p.observed_at])
         self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         self._insert("tls_probes", TLS_PROBE_COLUMNS, probes)
         self._insert("tls_ciphers", TLS_CIPHER_COLUMNS, ciphers)

@@ -341,8 +341,11 @@ http {{
 
 
 @contextlib.contextmanager
-def start_vsftpd(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
-    """vsftpd in standalone mode (anonymous read-only on an empty root) on ``host:port``."""
+def start_vsftpd(
+    host: str = "127.0.0.1", port: int | None = None, *, extra_config: str = ""
+) -> Iterator[Server]:
+    """vsftpd in standalone mode (anonymous read-only on an empty root) on ``host:port``;
+    ``extra_config``: more ``key=value`` lines (e.g. ``ssl_enable=YES``)."""
     vsftpd = require_binary("vsftpd", "/usr/sbin/vsftpd")
     if not is_root():
         raise ServerUnavailable("vsftpd needs root (it checks its config file's owner and chroots)")
@@ -359,7 +362,7 @@ def start_vsftpd(host: str = "127.0.0.1", port: int | None = None) -> Iterator[S
             f"anon_root={anon_root}\nsecure_chroot_dir={empty}\nno_anon_password=YES\n"
             "seccomp_sandbox=NO\nxferlog_enable=NO\nsyslog_enable=NO\n"
             f"vsftpd_log_file={work}/vsftpd.xfer\nuse_localtime=NO\nconnect_from_port_20=NO\n"
-            "pasv_enable=YES\npasv_min_port=0\npasv_max_port=0\n"
+            "pasv_enable=YES\npasv_min_port=0\npasv_max_port=0\n" + extra_config
         )
         config.chmod(0o600)
         with run_server([vsftpd, str(config)], host, port, work, name="vsftpd") as server:
@@ -433,7 +436,9 @@ def _postgres_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def start_postgres(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+def start_postgres(
+    host: str = "127.0.0.1", port: int | None = None, *, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
     """A throwaway PostgreSQL cluster (``initdb`` then ``postgres -D``) on ``host:port``.
 
     PostgreSQL refuses to run as root: as root, both steps run as the ``postgres``
@@ -466,7 +471,7 @@ def start_postgres(host: str = "127.0.0.1", port: int | None = None) -> Iterator
         argv = [
             *prefix, postgres, "-D", str(data), "-p", str(port), "-k", str(work),
             "-c", f"listen_addresses={host}", "-c", "fsync=off", "-c", "logging_collector=off",
-            "-c", "shared_buffers=16MB", "-c", "max_connections=20",
+            "-c", "shared_buffers=16MB", "-c", "max_connections=20", *extra_args,
         ]
         with run_server(argv, host, port, work, name="postgres", timeout=30) as server:
             server.extra.update(data=str(data), socket_dir=str(work))
@@ -474,7 +479,9 @@ def start_postgres(host: str = "127.0.0.1", port: int | None = None) -> Iterator
 
 
 @contextlib.contextmanager
-def start_mariadb(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+def start_mariadb(
+    host: str = "127.0.0.1", port: int | None = None, *, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
     """A throwaway MariaDB (``mariadb-install-db`` then ``mariadbd``) on ``host:port``.
 
     Reads no option files (``--no-defaults``), keeps data, socket and logs in a
@@ -510,7 +517,7 @@ def start_mariadb(host: str = "127.0.0.1", port: int | None = None) -> Iterator[
             f"--pid-file={work}/mysqld.pid", f"--port={port}", f"--bind-address={host}",
             "--user=mysql", "--skip-log-bin", "--innodb-buffer-pool-size=16M",
             "--innodb-log-file-size=8M", "--skip-innodb-doublewrite",
-            f"--log-error={work}/mysqld.err",
+            f"--log-error={work}/mysqld.err", *extra_args,
         ]
         with run_server(argv, host, port, work, name="mariadb", timeout=60) as server:
             server.extra.update(data=str(data), socket=f"{work}/mysqld.sock")

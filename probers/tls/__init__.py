@@ -2,7 +2,11 @@
 
 Owns the ``probers/tls`` package. Public API:
 
-- ``probe_tls(ip, port, *, server_name=None, timeout=3.0, budget=30.0) -> TlsResult``
+- ``probe_tls(ip, port, *, server_name=None, timeout=3.0, budget=30.0, upgrade="direct",
+  trust_store=None) -> TlsResult``: ``upgrade`` is a ``starttls.Upgrade`` value
+  ("starttls-smtp", ...) whose plaintext preamble is replayed on every connection
+- ``route_for(service, is_tls) -> Upgrade | None``: how to reach TLS on a port identified
+  as ``service`` (the tls stage's one decision; never the port number)
 - ``detect_tls(ip, port, timeout=3.0) -> bool`` (for the identification stage)
 - ``ScanCommand`` / ``IMPLEMENTATIONS``: the explicit table of TLS scan commands.
 
@@ -12,5 +16,6 @@ attempt and per probe; failures come back as data (``ProbeStatus.ERROR``), never
 
 from probers.tls.commands import IMPLEMENTATIONS, ScanCommand
 from probers.tls.probe import detect_tls, probe_tls
+from probers.tls.starttls import Upgrade, route_for
 
-__all__ = ["IMPLEMENTATIONS", "ScanCommand", "detect_tls", "probe_tls"]
+__all__ = ["IMPLEMENTATIONS", "ScanCommand", "Upgrade", "detect_tls", "probe_tls", "route_for"]

@@ -90,7 +90,7 @@ def hostname_matches(cert: x509.Certificate, name: str) -> bool:
     return any(_dns_match(str(attr.value), name) for attr in common_names)
 
 
-def _is_self_signed(cert: x509.Certificate) -> bool:
+def is_self_signed(cert: x509.Certificate) -> bool:
     if cert.issuer != cert.subject:
         return False
     try:
@@ -100,8 +100,16 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
-def describe_certificate(der: bytes, *, position: int, hostname: str, now: datetime) -> Certificate:
-    """Facts about one certificate; an unparseable one still gets a row, saying so."""
+def describe_certificate(
+    der: bytes, *, position: int, hostname: str | None, now: datetime
+) -> Certificate:
+    """Facts about one certificate; an unparseable one still gets a row, saying so.
+
+    ``hostname``: the name the target was given as (None or "" for a bare IP target,
+    whose leaf then reads "no name to check", never "mismatch")."""
+    # posture.py builds on this module's matching; imported here to keep the cycle one-way
+    from probers.tls.posture import expiry, key_weakness, name_check, signature_weakness
+
     fingerprint = hashes.Hash(hashes.SHA256())
     fingerprint.update(der)
     sha256 = fingerprint.finalize().hex()
@@ -114,6 +122,7 @@ def describe_certificate(der: bytes, *, position: int, hostname: str, now: datet
     key_type, key_bits = _key_facts(cert)
     oid = cert.signature_algorithm_oid
     not_after = cert.not_valid_after_utc
+    days_left, expiry_warning = expiry(cert, now)
     return Certificate(
         subject=cert.subject.rfc4514_string(),
         sans=tuple([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses]),
@@ -123,17 +132,23 @@ def describe_certificate(der: bytes, *, position: int, hostname: str, now: datet
         key_type=key_type,
         key_bits=key_bits,
         signature_algorithm=getattr(oid, "_name", "") or oid.dotted_string,
-        is_self_signed=_is_self_signed(cert),
+        is_self_signed=is_self_signed(cert),
         is_expired=now > not_after,
         # Only the leaf is presented for a name; intermediates never "match".
-        is_hostname_match=position == 0 and hostname_matches(cert, hostname),
+        is_hostname_match=position == 0 and bool(hostname)
+        and hostname_matches(cert, hostname or ""),
         sha256=sha256,
         chain_position=position,
+        name_check=name_check(cert, hostname) if position == 0 else "",
+        days_to_expiry=days_left,
+        expiry_warning=expiry_warning,
+        weak_key=key_weakness(cert),
+        weak_signature="" if position and is_self_signed(cert) else signature_weakness(cert),
     )
 
 
 def describe_chain(
-    chain: Sequence[bytes], *, hostname: str, now: datetime
+    chain: Sequence[bytes], *, hostname: str | None, now: datetime
 ) -> tuple[Certificate, ...]:
     return tuple(
         describe_certificate(der, position=i, hostname=hostname, now=now)
@@ -141,4 +156,4 @@ def describe_chain(
     )
 
 
-__all__ = ["describe_certificate", "describe_chain", "hostname_matches"]
+__all__ = ["describe_certificate", "describe_chain", "hostname_matches", "is_self_signed"]

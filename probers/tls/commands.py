@@ -23,7 +23,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -32,8 +32,11 @@ from probers.tls.enumeration import ServerOrderProbe, SuiteEnumeration
 from probers.tls.grading import Grade, SuiteFacts, grade_port, grade_suite
 from probers.tls.handshake import HandshakeSpec, full_handshake, tls13_spec
 from probers.tls.hello import HelloOutcome, HelloSpec, OutcomeKind, exchange_hello
+from probers.tls.mozilla import AcceptedFacts, assess_profile
+from probers.tls.posture import CertificatePosture, assess_chain
+from probers.tls.starttls import Upgrade
 from probers.tls.suites import SuiteInfo, TlsVersion, describe, offer_list
-from schemas.records import CipherSuite, ProbeStatus, TlsResult
+from schemas.records import Certificate, CipherSuite, ProbeStatus, TlsResult
 
 # A job is one blocking attempt: given the seconds it may take, it opens at most one
 # connection and returns what happened. Never raises for network trouble.
@@ -54,11 +57,14 @@ class TlsTarget:
     ip: str
     port: int
     server_name: str | None = None
+    upgrade: Upgrade = Upgrade.DIRECT  # the plaintext preamble replayed on every connection
+    trust_store: str | None = None  # PEM bundle of trust anchors; None = the system's
 
     @property
-    def name_to_match(self) -> str:
-        """What the certificate must cover: the name asked for, else the address."""
-        return self.server_name or self.ip
+    def name_to_match(self) -> str | None:
+        """What the certificate must cover: the name the target was given as. A bare IP
+        target has no name to check (never "mismatch")."""
+        return self.server_name or None
 
 
 class ScanSession:
@@ -88,12 +94,12 @@ class ScanSession:
             return await asyncio.to_thread(job, allowance)
 
     def raw_hello(self, spec: HelloSpec) -> Job:
-        ip, port = self.target.ip, self.target.port
-        return lambda allowance: exchange_hello(ip, port, spec, allowance)
+        ip, port, upgrade = self.target.ip, self.target.port, self.target.upgrade
+        return lambda allowance: exchange_hello(ip, port, spec, allowance, upgrade)
 
     def handshake(self, spec: HandshakeSpec) -> Job:
-        ip, port = self.target.ip, self.target.port
-        return lambda allowance: full_handshake(ip, port, spec, allowance)
+        ip, port, upgrade = self.target.ip, self.target.port, self.target.upgrade
+        return lambda allowance: full_handshake(ip, port, spec, allowance, upgrade)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,15 +273,29 @@ def fold(
     if not chain:
         chain = next((r.chain for r in suite_results if r.chain), ())
     certificates = describe_chain(chain, hostname=target.name_to_match, now=now)
+    posture = assess_chain(
+        chain, name=target.name_to_match, now=now, trust_store=target.trust_store
+    )
+    leaf = certificates[0] if certificates else None
     if not records:
         reason = "; ".join(problems) or "the server refused every suite offered at every version"
-        return TlsResult(
+        failed = TlsResult(
             status=ProbeStatus.ERROR,
             error=f"could not test: {reason}",
             certificates=certificates,
+            reached_via=target.upgrade.value,
         )
+        return _with_posture(failed, posture, leaf)
     port_grade = grade_port(versions, graded)
-    return TlsResult(
+    accepted_facts = [
+        AcceptedFacts(version, info.iana_name,
+                      record.kex_bits if info.ephemeral_kind == "DH" else 0)
+        for record, (version, info, _grade) in zip(records, graded, strict=True)
+    ]  # fmt: skip
+    verdict = assess_profile(
+        versions, accepted_facts, (leaf.key_type, leaf.key_bits) if leaf and leaf.key_type else None
+    )
+    completed = TlsResult(
         status=ProbeStatus.COMPLETED,
         error=f"partial: {'; '.join(problems)}" if problems else "",
         versions=tuple(v.label for v in versions),
@@ -283,6 +303,27 @@ def fold(
         certificates=certificates,
         grade=port_grade.strength.value if port_grade else "",
         grade_reason=port_grade.reason if port_grade else "",
+        profile=verdict.profile if verdict else "",
+        profile_version=verdict.version if verdict else "",
+        profile_reasons=verdict.reasons if verdict else (),
+        reached_via=target.upgrade.value,
+    )
+    return _with_posture(completed, posture, leaf)
+
+
+def _with_posture(
+    result: TlsResult, posture: CertificatePosture | None, leaf: Certificate | None
+) -> TlsResult:
+    """The leaf's posture on the port's record: what risk and change detection read."""
+    if posture is None or leaf is None:
+        return result
+    return replace(
+        result,
+        leaf_sha256=leaf.sha256,
+        is_chain_trusted=posture.is_trusted,
+        trust_error=posture.trust_error,
+        days_to_expiry=posture.days_to_expiry,
+        certificate_warnings=posture.warnings,
     )
 
 

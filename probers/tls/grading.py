@@ -13,8 +13,9 @@ Policy (documented here, tested in tests/unit/test_tls_grading.py):
 - medium: no forward secrecy (static RSA / DH / ECDH key exchange), CBC under TLS 1.0
   (BEAST), DH groups of 1024-2047 bits, a suite portwatch cannot name.
 - A port is as weak as its worst suite, and at least as weak as its oldest protocol:
-  SSLv3 enabled makes it weak, TLS 1.0 or 1.1 enabled (deprecated by RFC 8996) makes it
-  at least medium, whatever suites they carry.
+  any protocol below TLS 1.2 enabled makes it weak (SSLv3: POODLE, RFC 7568; TLS 1.0 and
+  1.1: deprecated by RFC 8996, and outside Mozilla's intermediate profile), whatever
+  suites they carry. Issue 13: a TLS 1.0-only server must not grade like a modern one.
 
 Must not touch: the network, records (callers turn grades into record fields).
 """
@@ -110,8 +111,8 @@ def grade_suite(facts: SuiteFacts) -> Grade:
 # The floor an enabled protocol version puts under the whole port.
 VERSION_FLOORS: dict[TlsVersion, Grade] = {
     TlsVersion.SSL_3_0: Grade(Strength.WEAK, "SSLv3 enabled (POODLE, RFC 7568)"),
-    TlsVersion.TLS_1_0: Grade(Strength.MEDIUM, "TLSv1.0 enabled (deprecated, RFC 8996)"),
-    TlsVersion.TLS_1_1: Grade(Strength.MEDIUM, "TLSv1.1 enabled (deprecated, RFC 8996)"),
+    TlsVersion.TLS_1_0: Grade(Strength.WEAK, "TLSv1.0 enabled (deprecated, RFC 8996)"),
+    TlsVersion.TLS_1_1: Grade(Strength.WEAK, "TLSv1.1 enabled (deprecated, RFC 8996)"),
 }
 
 _MAX_LISTED = 3

@@ -2,9 +2,10 @@
 
 Owns: ``full_handshake``, one blocking connection driven by pyOpenSSL under a hard
 deadline (non-blocking socket + select, so a stalled peer cannot hold the thread past
-``timeout``). One ``SSL.Context`` per call: a Context cannot be changed once a Connection
-was made from it (NOTES.md). Certificates are not verified: we describe them, we do not
-trust them.
+``timeout``); a STARTTLS preamble, when asked for, runs first within that deadline. One
+``SSL.Context`` per call: a Context cannot be changed once a Connection was made from it
+(NOTES.md). Certificates are not verified here: they are described, and judged by
+``posture.py`` afterwards.
 
 Must not touch: records, grading, asyncio; raw ClientHellos live in ``hello.py``.
 """
@@ -26,7 +27,9 @@ from probers.tls.hello import (
     OutcomeKind,
     group_bits,
     is_ip_literal,
+    upgrade_outcome,
 )
+from probers.tls.starttls import Upgrade, UpgradeFailure, perform_upgrade
 from probers.tls.suites import SUITES, TLS13_CODES, TlsVersion
 
 _TLS13_BY_NAME = {SUITES[code].iana_name: code for code in TLS13_CODES}
@@ -87,8 +90,11 @@ def _error_text(exc: SSL.Error) -> str:
     return "; ".join(reasons) or "handshake failed"
 
 
-def full_handshake(ip: str, port: int, spec: HandshakeSpec, timeout: float) -> HelloOutcome:
-    """One pyOpenSSL handshake on one connection, bounded by ``timeout`` seconds in all."""
+def full_handshake(
+    ip: str, port: int, spec: HandshakeSpec, timeout: float, upgrade: Upgrade = Upgrade.DIRECT
+) -> HelloOutcome:
+    """One pyOpenSSL handshake on one connection (after ``upgrade``'s plaintext preamble),
+    bounded by ``timeout`` seconds in all."""
     deadline = time.monotonic() + timeout
     context = _make_context(spec)
     try:
@@ -97,6 +103,12 @@ def full_handshake(ip: str, port: int, spec: HandshakeSpec, timeout: float) -> H
         return HelloOutcome(OutcomeKind.TIMEOUT, f"TCP connect timed out after {timeout:g}s")
     except OSError as exc:
         return HelloOutcome(OutcomeKind.CONNECT_FAILED, f"TCP connect failed: {exc.strerror}")
+    if upgrade is not Upgrade.DIRECT:
+        try:
+            perform_upgrade(sock, upgrade, server_name=spec.server_name or ip, deadline=deadline)
+        except UpgradeFailure as failure:
+            sock.close()
+            return upgrade_outcome(failure)
     sock.setblocking(False)
     connection = SSL.Connection(context, sock)
     if spec.server_name and not is_ip_literal(spec.server_name):

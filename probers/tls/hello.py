@@ -7,6 +7,10 @@ the server picked, at which version, the (EC)DH group it used and the certificat
 it sent. Nothing here completes a handshake, so suites the local OpenSSL cannot speak
 (RC4, 3DES, EXPORT, NULL, SSLv3) are still seen.
 
+A STARTTLS preamble (``starttls.perform_upgrade``), when asked for, runs on the same
+connection before the hello and within the same deadline; its failures become their own
+outcome kinds (UPGRADE_NOT_OFFERED / UPGRADE_FAILED), never a refusal of the offer.
+
 Must not touch: pyOpenSSL, records, grading, asyncio. Every function here is blocking and
 meant to run in a worker thread; each call to ``exchange_hello`` opens at most one
 connection and returns within its ``timeout``.
@@ -24,6 +28,7 @@ from enum import StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from probers.tls.starttls import FailureKind, Upgrade, UpgradeFailure, perform_upgrade
 from probers.tls.suites import TLS13_CODES, SuiteInfo, TlsVersion, describe
 from probers.tls.tlslite_compat import (
     FFDHE_PARAMETERS,
@@ -91,6 +96,8 @@ class OutcomeKind(StrEnum):
     CONNECT_FAILED = "connect_failed"  # TCP connect refused / unreachable
     NOT_TLS = "not_tls"  # the first bytes back are not a TLS record
     PROTOCOL_ERROR = "protocol_error"  # TLS-looking but malformed, or oversized
+    UPGRADE_NOT_OFFERED = "upgrade_not_offered"  # the plaintext service offers no STARTTLS
+    UPGRADE_FAILED = "upgrade_failed"  # the STARTTLS preamble was refused or broke off
 
     @property
     def is_refusal(self) -> bool:
@@ -420,8 +427,22 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
     )
 
 
-def exchange_hello(ip: str, port: int, spec: HelloSpec, timeout: float) -> HelloOutcome:
-    """Connect, send one ClientHello, read the first flight; never longer than ``timeout``.
+def upgrade_outcome(failure: UpgradeFailure) -> HelloOutcome:
+    """A failed STARTTLS preamble as an attempt's outcome. A close or reset during the
+    preamble is UPGRADE_FAILED, never CLOSED: CLOSED means "the offer was refused" and
+    would make the enumeration drop suites the server never saw."""
+    if failure.kind is FailureKind.NOT_OFFERED:
+        return HelloOutcome(OutcomeKind.UPGRADE_NOT_OFFERED, failure.reason)
+    if failure.kind is FailureKind.TIMEOUT:
+        return HelloOutcome(OutcomeKind.TIMEOUT, failure.reason)
+    return HelloOutcome(OutcomeKind.UPGRADE_FAILED, failure.reason)
+
+
+def exchange_hello(
+    ip: str, port: int, spec: HelloSpec, timeout: float, upgrade: Upgrade = Upgrade.DIRECT
+) -> HelloOutcome:
+    """Connect, run ``upgrade``'s plaintext preamble (none for DIRECT), send one
+    ClientHello, read the first flight; never longer than ``timeout`` in all.
 
     Blocking; opens exactly one connection and always closes it.
     """
@@ -434,6 +455,16 @@ def exchange_hello(ip: str, port: int, spec: HelloSpec, timeout: float) -> Hello
     except OSError as exc:
         return HelloOutcome(OutcomeKind.CONNECT_FAILED, f"TCP connect failed: {exc.strerror}")
     try:
+        if upgrade is not Upgrade.DIRECT:
+            try:
+                perform_upgrade(
+                    sock,
+                    upgrade,
+                    server_name=spec.server_name or ip,
+                    deadline=time.monotonic() + max(deadline.remaining(), 0.0),
+                )
+            except UpgradeFailure as failure:
+                return upgrade_outcome(failure)
         sock.settimeout(max(deadline.remaining(), 0.001))
         sock.sendall(hello)
         return _read_flight(sock, spec, deadline)
@@ -479,4 +510,5 @@ __all__ = [
     "is_ip_literal",
     "parse_certificate_list",
     "parse_key_exchange",
+    "upgrade_outcome",
 ]

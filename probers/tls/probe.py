@@ -14,6 +14,7 @@ import asyncio
 
 from probers.tls.commands import IMPLEMENTATIONS, ScanSession, TlsTarget, fold
 from probers.tls.hello import HelloSpec, OutcomeKind, detect_spec, exchange_hello
+from probers.tls.starttls import Upgrade
 from probers.tls.suites import TlsVersion
 from schemas.records import ProbeStatus, TlsResult, normalize_ip, utcnow
 
@@ -29,6 +30,8 @@ async def probe_tls(
     server_name: str | None = None,
     timeout: float = 3.0,
     budget: float = 30.0,
+    upgrade: Upgrade | str = Upgrade.DIRECT,
+    trust_store: str | None = None,
 ) -> TlsResult:
     """Versions, accepted suites (with server order and key exchange), certificate chain
     and grades of the TLS service at ``ip:port``.
@@ -37,17 +40,43 @@ async def probe_tls(
     the whole probe. Failures are data: a peer that stalls, resets or refuses everything
     yields ``status=ERROR`` with ``error`` starting "could not test:"; a peer that is not
     TLS yields ``error`` starting "not TLS". Never raises for network trouble.
+
+    ``upgrade``: the plaintext preamble (``starttls.Upgrade``, e.g. "starttls-smtp")
+    replayed on every connection before TLS. A service that offers no upgrade yields
+    ``status=COMPLETED``, ``is_upgrade_offered=False`` and no suites: a finding, not an
+    error; one that refuses it yields "could not test: STARTTLS refused: <its words>".
+    ``trust_store``: PEM trust anchors for chain validation (default: the system's).
     """
     ip = normalize_ip(ip)
-    target = TlsTarget(ip, port, server_name)
+    route = Upgrade(upgrade)
+    target = TlsTarget(ip, port, server_name, route, trust_store)
     session = ScanSession(
         target, timeout=timeout, budget=budget, max_parallel=MAX_PARALLEL_CONNECTIONS
     )
     first = await session.run(session.raw_hello(detect_spec(server_name)))
+    if first.kind is OutcomeKind.UPGRADE_NOT_OFFERED:
+        return TlsResult(
+            status=ProbeStatus.COMPLETED,
+            reached_via=route.value,
+            is_upgrade_offered=False,
+            upgrade_note=first.detail,
+        )
+    if first.kind is OutcomeKind.UPGRADE_FAILED:
+        return TlsResult(
+            status=ProbeStatus.ERROR,
+            error=f"could not test: {route.value} refused: {first.detail}",
+            reached_via=route.value,
+        )
     if first.kind is OutcomeKind.NOT_TLS:
-        return TlsResult(status=ProbeStatus.ERROR, error=f"not TLS: {first.detail}")
+        return TlsResult(
+            status=ProbeStatus.ERROR, error=f"not TLS: {first.detail}", reached_via=route.value
+        )
     if first.kind in (OutcomeKind.TIMEOUT, OutcomeKind.CONNECT_FAILED):
-        return TlsResult(status=ProbeStatus.ERROR, error=f"could not test: {first.detail}")
+        return TlsResult(
+            status=ProbeStatus.ERROR,
+            error=f"could not test: {first.detail}",
+            reached_via=route.value,
+        )
     # ACCEPTED / ALERT / PROTOCOL_ERROR prove a TLS speaker; CLOSED may be a stack that
     # dislikes TLS 1.3 extensions, so the per-version hellos still get their chance and
     # the fold reports "could not test" if none of them gets an answer either.

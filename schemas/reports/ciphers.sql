@@ -1,6 +1,8 @@
 -- Ciphers report: per TLS port, the latest probe's status (a port that could not
--- be tested says so), protocol versions, accepted suites with their grades, and
--- the leaf certificate's facts.
+-- be tested says so), how TLS was reached (direct / starttls-smtp / ...; a service
+-- that offers no upgrade says "no STARTTLS offered"), protocol versions, accepted
+-- suites with their grades, the Mozilla profile verdict, and the leaf certificate's
+-- facts and posture (trust, name check, days to expiry, weak key / signature).
 WITH
     probes AS (
         SELECT target, ip, port,
@@ -10,6 +12,17 @@ WITH
                argMax(versions, observed_at) AS versions,
                argMax(grade, observed_at) AS grade,
                argMax(grade_reason, observed_at) AS grade_reason,
+               argMax(reached_via, observed_at) AS reached_via,
+               argMax(is_upgrade_offered, observed_at) AS is_upgrade_offered,
+               argMax(upgrade_note, observed_at) AS upgrade_note,
+               argMax(is_chain_trusted, observed_at) AS is_chain_trusted,
+               argMax(trust_error, observed_at) AS trust_error,
+               argMax(days_to_expiry, observed_at) AS days_to_expiry,
+               argMax(certificate_warnings, observed_at) AS certificate_warnings,
+               argMax(leaf_sha256, observed_at) AS leaf_sha256,
+               argMax(profile, observed_at) AS profile,
+               argMax(profile_version, observed_at) AS profile_version,
+               argMax(profile_reasons, observed_at) AS profile_reasons,
                max(observed_at) AS tested_at
         FROM tls_probes GROUP BY target, ip, port
     ),
@@ -25,7 +38,10 @@ WITH
                any(subject) AS subject, any(issuer) AS issuer, any(sans) AS sans,
                any(not_after) AS not_after, any(key_type) AS key_type, any(key_bits) AS key_bits,
                any(is_self_signed) AS is_self_signed, any(is_expired) AS is_expired,
-               any(is_hostname_match) AS is_hostname_match
+               any(is_hostname_match) AS is_hostname_match,
+               any(not_before) AS not_before, any(signature_algorithm) AS signature_algorithm,
+               any(name_check) AS name_check, any(expiry_warning) AS expiry_warning,
+               any(weak_key) AS weak_key, any(weak_signature) AS weak_signature
         FROM certificates FINAL WHERE chain_position = 0
         GROUP BY target, ip, port, scan_id
     ),
@@ -42,6 +58,22 @@ SELECT
     certs.not_after AS cert_not_after, certs.key_type AS cert_key_type,
     certs.key_bits AS cert_key_bits, certs.is_self_signed AS cert_self_signed,
     certs.is_expired AS cert_expired, certs.is_hostname_match AS cert_hostname_match,
+    certs.not_before AS cert_not_before, certs.signature_algorithm AS cert_signature,
+    certs.name_check AS cert_name_check, certs.expiry_warning AS cert_expiry_warning,
+    certs.weak_key AS cert_weak_key, certs.weak_signature AS cert_weak_signature,
+    probes.reached_via AS reached_via, probes.is_upgrade_offered AS is_upgrade_offered,
+    probes.upgrade_note AS upgrade_note, probes.is_chain_trusted AS cert_trusted,
+    probes.trust_error AS cert_trust_error,
+    -- counted now from the leaf's notAfter (the stored count is as of the scan)
+    if(probes.leaf_sha256 = '', NULL, coalesce(
+       intDiv(toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(certs.not_after, 3, 'UTC'))
+              - toUnixTimestamp64Milli(now64(3)), 86400000),
+       probes.days_to_expiry)) AS cert_days_to_expiry,
+    multiIf(probes.status = 'completed' AND probes.is_upgrade_offered = 0, 'no STARTTLS offered',
+            probes.status = 'completed', 'tested', 'could not test') AS outcome,
+    probes.certificate_warnings AS cert_warnings, probes.leaf_sha256 AS cert_sha256,
+    probes.profile AS profile, probes.profile_version AS profile_version,
+    probes.profile_reasons AS profile_reasons,
     probes.tested_at AS tested_at
 FROM probes
 LEFT JOIN suites ON suites.target = probes.target AND suites.ip = probes.ip

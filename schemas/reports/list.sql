@@ -1,6 +1,7 @@
 -- List report: every open port of every target.
 -- Columns: target, address, port/proto, service, product, version, risk colour,
--- prevalence bucket, CDN verdict, first detected, last seen.
+-- prevalence bucket, CDN verdict, first detected, last seen; how TLS was reached and
+-- the leaf certificate's days left (issue 13).
 -- By default only ports seen in the host's latest scan ("current"); history = 1
 -- adds ports no longer seen. Filters: empty string / 0 = no filter.
 -- Sorting (web pages and API): {sort} names one allow-listed key ('' = by target);
@@ -49,6 +50,12 @@ SELECT
     f.is_cdn_expected AS is_cdn_expected,
     f.is_tls AS is_tls,
     f.tls_grade AS tls_grade,
+    f.tls_via AS tls_via,
+    f.cert_not_after AS cert_not_after,
+    -- whole days left on the leaf certificate, counted now (not at scan time)
+    if(f.cert_not_after = '', NULL,
+       intDiv(toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(f.cert_not_after, 3, 'UTC'))
+              - toUnixTimestamp64Milli(now64(3)), 86400000)) AS cert_days_left,
     f.banner AS banner,
     f.method AS method,
     f.first_seen AS first_seen,

@@ -47,7 +47,9 @@ EXPECTED = {
     "ftp": ("ftp", "vsftpd", "3.0.3", "red"),
     "mysql": ("mysql", "MariaDB", "10.11.6", "red"),
     "http": ("http", "nginx", "1.22.1", "green"),
-    "https": ("https", "Apache httpd", "2.4.57", "green"),
+    # Issue 13: its self-signed certificate is an untrusted chain, which raises https
+    # from green to yellow the way weak TLS does.
+    "https": ("https", "Apache httpd", "2.4.57", "yellow"),
     "endless": ("", "", "", "yellow"),
     "junk": ("", "", "", "yellow"),
     "silent": ("", "", "", "yellow"),
@@ -120,9 +122,9 @@ def test_prevalence_counts_instances_across_scans(services: Services, scanned: d
 def test_summary_row_with_organization_score_parts_and_grade(scanned: dict) -> None:
     rows = {r["ip"]: r for r in report(scanned["store"], "summary")}
     row = rows["127.0.0.1"]
-    expected = score_counts(red=2, yellow=3, green=4)
+    expected = score_counts(red=2, yellow=4, green=3)
     assert (row["organization"], row["asset"]) == ("Example Corp", "web-1")
-    assert (row["red"], row["yellow"], row["green"], row["cdn_expected"]) == (2, 3, 4, 0)
+    assert (row["red"], row["yellow"], row["green"], row["cdn_expected"]) == (2, 4, 3, 0)
     assert row["open_ports"] == 9
     assert row["risk_score"] == expected.score
     assert row["grade"] == expected.grade
@@ -170,10 +172,24 @@ def test_unidentified_ports_say_what_was_tried(services: Services, scanned: dict
 
 
 def test_ciphers_report_shows_the_tls_port(services: Services, scanned: dict) -> None:
-    rows = report(scanned["store"], "ciphers", "--target", "127.0.0.1")
-    assert [r["port"] for r in rows] == [services.ports["https"]]
-    row = rows[0]
-    assert row["status"] == "completed"
+    rows = {int(r["port"]): r for r in report(scanned["store"], "ciphers", "--target",
+                                                 "127.0.0.1")}  # type: ignore[call-overload]
+    # Issue 13: the services that upgrade (SMTP, FTP, MySQL) are probed too, through the
+    # upgrade their identified service speaks; these banner-only listeners never finish
+    # the preamble (could not test) or, for the MariaDB greeting without the SSL flag,
+    # offer none (a finding)
+    assert set(rows) == {services.ports[n] for n in ("https", "smtp", "ftp", "mysql")}
+    assert {n: (rows[services.ports[n]]["reached_via"], rows[services.ports[n]]["outcome"])
+            for n in ("smtp", "ftp", "mysql")} == {
+        "smtp": ("starttls-smtp", "could not test"),
+        "ftp": ("starttls-ftp", "could not test"),
+        "mysql": ("starttls-mysql", "no STARTTLS offered"),
+    }
+    row = rows[services.ports["https"]]
+    assert (row["status"], row["reached_via"]) == ("completed", "direct")
+    # a bare IP target: the name is not judged; the self-signed chain is
+    assert (row["cert_name_check"], row["cert_trusted"]) == ("no name to check", 0)
+    assert row["cert_trust_error"] == "self-signed"
     # Python's ssl server with OpenSSL defaults: TLS 1.2 and 1.3, never SSLv3/TLS 1.0.
     assert set(row["versions"]) == {"TLSv1.2", "TLSv1.3"}
     suites = {(s[0], s[1]) for s in row["suites"]}

@@ -234,9 +234,13 @@ def test_certificate_facts_self_signed_and_hostname_match(certs: CertFiles) -> N
     assert leaf.is_expired is False
     assert leaf.sha256 == expected_sha256
     assert leaf.chain_position == 0
-    assert leaf.is_hostname_match is True
-    assert by_ip.certificates[0].is_hostname_match is True
-    assert by_other_name.certificates[0].is_hostname_match is False
+    assert (leaf.is_hostname_match, leaf.name_check) == (True, "match")
+    # Issue 13: a bare IP target has no name to check: never "mismatch", never "match"
+    assert (by_ip.certificates[0].is_hostname_match, by_ip.certificates[0].name_check) == (
+        False, "no name to check")
+    assert "name mismatch" not in by_ip.certificate_warnings
+    assert by_other_name.certificates[0].name_check == "mismatch"
+    assert "name mismatch" in by_other_name.certificate_warnings
 
 
 def test_certificate_facts_expired(expired_certs: CertFiles) -> None:

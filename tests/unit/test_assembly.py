@@ -114,6 +114,8 @@ CASES: dict[str, Case] = {
     "tls": ("false", lambda a, s: a.stage_context().tls_probe, None),
     "tls_timeout": ("1.5", lambda a, s: a.stage_context().tls_probe.timeout, 1.5),
     "tls_budget": ("9", lambda a, s: a.stage_context().tls_probe.budget, 9.0),
+    "tls_trust_store": ("/etc/pki/ours.pem", lambda a, s: a.stage_context().tls_probe.trust_store,
+                        "/etc/pki/ours.pem"),
     "tarpit_threshold": ("300", lambda a, s: (runner(a, s).tarpit_threshold,
                                               worker(a).tarpit_threshold), (300, 300)),
     "shard_ports": ("1000", lambda a, s: (

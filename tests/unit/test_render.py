@@ -156,3 +156,15 @@ def test_render_dispatches_machine_formats(fmt: str) -> None:
     text = buf.getvalue()
     expected = to_json(LIST) if fmt == "json" else to_csv(LIST)
     assert text.strip() == expected.strip()
+
+
+def test_ciphers_table_summarizes_suites_per_version() -> None:
+    # Issue 13: a STARTTLS mail server offers ~90 suites; the terminal table counts them
+    # per protocol version (json and csv keep every suite)
+    from portwatch.render import suites_summary
+
+    suites = [("TLSv1.0", "TLS_DH_anon_WITH_AES_128_CBC_SHA", "ADH-AES128-SHA", "weak", ""),
+              ("TLSv1.0", "TLS_RSA_WITH_AES_128_CBC_SHA", "AES128-SHA", "medium", ""),
+              ("TLSv1.3", "TLS_AES_128_GCM_SHA256", "", "strong", "")]
+    assert suites_summary(suites) == "TLSv1.0: 2 (1 weak)\nTLSv1.3: 1"
+    assert suites_summary([]) == ""

@@ -92,4 +92,10 @@ def test_fold_grades_suites_and_port() -> None:
         ("TLSv1.2", "strong"),
     ]
     assert result.grade == "weak"
-    assert result.grade_reason.startswith("TLSv1.0 TLS_RSA_WITH_3DES_EDE_CBC_SHA (3DES")
+    # Issue 13: a protocol below TLS 1.2 is weak by itself, named first; the weak suite too.
+    assert result.grade_reason.startswith(
+        "TLSv1.0 enabled (deprecated, RFC 8996); TLSv1.0 TLS_RSA_WITH_3DES_EDE_CBC_SHA (3DES"
+    )
+    # Mozilla 5.7: TLS 1.0 + 3DES is only "old".
+    assert (result.profile, result.profile_version) == ("old", "5.7")
+    assert result.profile_reasons[-1] == "not intermediate: TLSv1.0 enabled"

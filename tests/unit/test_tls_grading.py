@@ -72,8 +72,11 @@ WEAK_3DES = Grade(Strength.WEAK, "3DES: 64-bit block (Sweet32)")
 PORT_CASES = [
     # (versions, [(version, code, grade)], expected strength, expected reason start)
     ([V.TLS_1_2], [(V.TLS_1_2, 0xC02F, STRONG)], Strength.STRONG, "every accepted suite"),
-    ([V.TLS_1_0, V.TLS_1_2], [(V.TLS_1_2, 0xC02F, STRONG)], Strength.MEDIUM, "TLSv1.0 enabled"),
-    ([V.TLS_1_1], [(V.TLS_1_1, 0xC013, STRONG)], Strength.MEDIUM, "TLSv1.1 enabled"),
+    # Issue 13: below TLS 1.2 is weak, whatever the suites (a TLS 1.0-only server must
+    # not grade like a modern TLS 1.2/1.3 one).
+    ([V.TLS_1_0, V.TLS_1_2], [(V.TLS_1_2, 0xC02F, STRONG)], Strength.WEAK, "TLSv1.0 enabled"),
+    ([V.TLS_1_1], [(V.TLS_1_1, 0xC013, STRONG)], Strength.WEAK, "TLSv1.1 enabled"),
+    ([V.TLS_1_0], [(V.TLS_1_0, 0xC013, STRONG)], Strength.WEAK, "TLSv1.0 enabled"),
     ([V.SSL_3_0, V.TLS_1_2], [(V.TLS_1_2, 0xC02F, STRONG)], Strength.WEAK, "SSLv3 enabled"),
     (
         [V.TLS_1_2],

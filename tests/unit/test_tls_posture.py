@@ -1,0 +1,284 @@
+"""Certificate posture (chain trust with reasons, name check only with a name, expiry
+warnings, weak keys and signatures) and the Mozilla 5.7 profile verdicts, on certificates
+made by a throwaway CA (trustme) and on hand-built suite lists."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from probers.tls.mozilla import AcceptedFacts, assess_profile
+from probers.tls.posture import NO_NAME, assess_chain, expiry
+from probers.tls.suites import TlsVersion as V
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def store(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("trust") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def _chain(leaf: trustme.LeafCert) -> list[bytes]:
+    return [_der(blob.bytes()) for blob in leaf.cert_chain_pems]
+
+
+def test_valid_chain_for_a_hostname(ca: trustme.CA, store: str) -> None:
+    leaf = ca.issue_cert("mail.example.test")
+    posture = assess_chain(_chain(leaf), name="mail.example.test", now=NOW, trust_store=store)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error, posture.name_check) == (True, "", "match")
+    assert posture.warnings == ()
+
+
+def test_ip_target_has_no_name_to_check(ca: trustme.CA, store: str) -> None:
+    # Given a leaf for a name, served on a bare IP target
+    leaf = ca.issue_cert("mail.example.test")
+    posture = assess_chain(_chain(leaf), name=None, now=NOW, trust_store=store)
+    # Then the chain is judged, the name is not ("no name to check", never "mismatch")
+    assert posture is not None
+    assert posture.is_trusted is True
+    assert posture.name_check == NO_NAME
+    assert "name mismatch" not in posture.warnings
+
+
+def test_name_mismatch_only_with_a_name(ca: trustme.CA, store: str) -> None:
+    leaf = ca.issue_cert("other.example.test")
+    posture = assess_chain(_chain(leaf), name="mail.example.test", now=NOW, trust_store=store)
+    assert posture is not None
+    assert posture.is_trusted is True  # the chain is fine; the name is the problem
+    assert posture.name_check == "mismatch"
+    assert posture.warnings == ("name mismatch",)
+
+
+def test_unknown_issuer(ca: trustme.CA) -> None:
+    # Given the system trust store, which does not hold the test CA
+    leaf = trustme.CA().issue_cert("mail.example.test")
+    posture = assess_chain(_chain(leaf), name=None, now=NOW)
+    assert posture is not None
+    assert posture.is_trusted is False
+    assert posture.trust_error.startswith("unknown issuer")
+
+
+def test_incomplete_chain_with_intermediate_missing(ca: trustme.CA, store: str) -> None:
+    # Given a leaf from an intermediate, served without the intermediate
+    intermediate = ca.create_child_ca()
+    leaf = intermediate.issue_cert("mail.example.test")
+    full = _chain(leaf)
+    assert len(full) == 2
+    assert assess_chain(full, name=None, now=NOW, trust_store=store).is_trusted  # type: ignore[union-attr]
+    posture = assess_chain(full[:1], name=None, now=NOW, trust_store=store)
+    assert posture is not None
+    assert posture.is_trusted is False
+    assert posture.trust_error.startswith("unknown issuer")
+
+
+def _self_signed(key_bits: int = 2048, algorithm: hashes.HashAlgorithm | None = None,
+                 days: int = 90) -> bytes:  # fmt: skip
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self.example.test")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("self.example.test")]), False)
+        .sign(key, algorithm or hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_self_signed_and_weak_key() -> None:
+    # Given a self-signed leaf with a 1024-bit RSA key
+    posture = assess_chain([_self_signed(1024)], name=None, now=NOW)
+    assert posture is not None
+    assert posture.trust_error == "self-signed"
+    assert posture.weak_keys == ("leaf: RSA 1024",)
+    assert posture.warnings == ("weak key: leaf: RSA 1024", "untrusted: self-signed")
+
+
+def test_weak_ec_key() -> None:
+    key = ec.generate_private_key(ec.SECP192R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec.example.test")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=9))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    posture = assess_chain([cert.public_bytes(Encoding.DER)], name=None, now=NOW)
+    assert posture is not None
+    assert posture.weak_keys == ("leaf: EC secp192r1 (192 bits)",)
+    assert posture.expiry_warning == "expires within 14 days"
+
+
+def test_sha1_signature_is_weak(tmp_path: Path) -> None:
+    from tests.tls_pki import TestPki
+
+    pki = TestPki(tmp_path)
+    leaf = pki.sha1_signed()
+    posture = assess_chain([_der(leaf.chain.read_bytes())], name="localhost", now=NOW,
+                           trust_store=str(pki.ca_path))  # fmt: skip
+    assert posture is not None
+    assert posture.weak_signatures == ("leaf: sha1WithRSAEncryption",)
+    assert posture.name_check == "match"
+    # cryptography's verifier rejects SHA-1 signatures: untrusted, with that reason
+    assert posture.is_trusted is False
+    assert posture.trust_error
+
+
+@pytest.mark.parametrize(
+    ("days_left", "expected_days", "warning"),
+    [
+        (400.5, 400, ""),
+        (30.5, 30, ""),
+        (29.5, 29, "expires within 30 days"),
+        (13.9, 13, "expires within 14 days"),
+        (5.5, 5, "expires within 7 days"),
+        (0.2, 0, "expires within 7 days"),
+        (-2.5, -2, "expired"),
+    ],
+)
+def test_expiry_thresholds(days_left: float, expected_days: int, warning: str) -> None:
+    leaf = x509.load_der_x509_certificate(_self_signed(days=3))
+    now = leaf.not_valid_after_utc - dt.timedelta(days=days_left)
+    assert expiry(leaf, now) == (expected_days, warning)
+
+
+def test_unparseable_chain_has_no_posture() -> None:
+    assert assess_chain([b"\x30\x03garbage"], name=None, now=NOW) is None
+
+
+# -- Mozilla server-side TLS 5.7 -------------------------------------------------------
+
+TLS13 = [AcceptedFacts(V.TLS_1_3, "TLS_AES_128_GCM_SHA256"),
+         AcceptedFacts(V.TLS_1_3, "TLS_AES_256_GCM_SHA384")]  # fmt: skip
+TLS12_GOOD = [AcceptedFacts(V.TLS_1_2, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+              AcceptedFacts(V.TLS_1_2, "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256")]  # fmt: skip
+
+
+def test_modern_tls13_only_with_ec_key() -> None:
+    verdict = assess_profile([V.TLS_1_3], TLS13, ("EC secp256r1", 256))
+    assert verdict is not None
+    assert (verdict.profile, verdict.version, verdict.reasons) == ("modern", "5.7",
+                                                                   ("meets modern",))  # fmt: skip
+
+
+def test_intermediate_nginx_like() -> None:
+    verdict = assess_profile([V.TLS_1_2, V.TLS_1_3], TLS13 + TLS12_GOOD, ("RSA", 2048))
+    assert verdict is not None
+    assert verdict.profile == "intermediate"
+    assert verdict.reasons == ("not modern: TLSv1.2 enabled; RSA certificate key "
+                               "(modern wants EC)",)  # fmt: skip
+
+
+def test_tls10_only_is_old_and_says_why() -> None:
+    # Issue 13: a TLS 1.0-only server graded "medium" like a modern one; now it is "old"
+    suites = [AcceptedFacts(V.TLS_1_0, "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA")]
+    verdict = assess_profile([V.TLS_1_0], suites, ("RSA", 2048))
+    assert verdict is not None
+    assert verdict.profile == "old"
+    assert verdict.reasons[-1] == "not intermediate: TLSv1.0 enabled"
+
+
+def test_non_compliant_lists_what_breaks_old() -> None:
+    suites = TLS12_GOOD + [AcceptedFacts(V.TLS_1_2, "TLS_RSA_WITH_RC4_128_SHA"),
+                           AcceptedFacts(V.TLS_1_2, "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", 768)]
+    verdict = assess_profile([V.SSL_3_0, V.TLS_1_2], suites, ("RSA", 1024))
+    assert verdict is not None
+    assert verdict.profile == "non-compliant"
+    assert verdict.reasons == (
+        "SSLv3 enabled",
+        "TLSv1.2 TLS_RSA_WITH_RC4_128_SHA not in the old list",
+        "DH group of 768 bits (< 1024)",
+        "RSA 1024-bit certificate key (< 2048)",
+    )
+
+
+def test_no_suites_no_verdict() -> None:
+    assert assess_profile([], [], None) is None
+
+
+def test_incomplete_chain_is_named_when_the_leaf_points_to_its_issuer(ca: trustme.CA,
+                                                                       store: str) -> None:
+    # Given a leaf issued by an intermediate, carrying an AIA caIssuers pointer (as public
+    # CAs' leaves do), served alone: the issuer exists, the server just did not send it
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    intermediate = ca.create_child_ca()
+    issuer_key = load_pem_private_key(intermediate.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")]))
+        .issuer_name(issuer.subject).public_key(key.public_key()).serial_number(7)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=60))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()), False)  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier("http://ca.example.test/issuer.crt"))]), False)
+        .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+    )  # fmt: skip
+    posture = assess_chain([leaf.public_bytes(Encoding.DER)], name=None, now=NOW,
+                           trust_store=store)  # fmt: skip
+    assert posture is not None
+    assert posture.is_trusted is False
+    assert posture.trust_error.startswith("incomplete chain: issuer")
+    # And with the intermediate served, the same leaf validates
+    full = [leaf.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER)]
+    assert assess_chain(full, name=None, now=NOW, trust_store=store).is_trusted  # type: ignore[union-attr]
+
+
+def test_expired_intermediate_is_named(ca: trustme.CA, store: str) -> None:
+    # Given a valid leaf whose (served) intermediate expired yesterday
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    root_key = load_pem_private_key(ca.private_key_pem.bytes(), None)
+    root = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    mid_key = ec.generate_private_key(ec.SECP256R1())
+    mid_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old Intermediate")])
+    mid = (
+        x509.CertificateBuilder().subject_name(mid_name).issuer_name(root.subject)
+        .public_key(mid_key.public_key()).serial_number(8)
+        .not_valid_before(NOW - dt.timedelta(days=400)).not_valid_after(NOW - dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")]))
+        .issuer_name(mid_name).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(9)
+        .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=60))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]), False)
+        .sign(mid_key, hashes.SHA256())
+    )  # fmt: skip
+    posture = assess_chain([leaf.public_bytes(Encoding.DER), mid.public_bytes(Encoding.DER)],
+                           name="mx.example.test", now=NOW, trust_store=store)  # fmt: skip
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (False,
+                                                         "expired intermediate (Old Intermediate)")
+    assert posture.name_check == "match"
+    assert posture.expiry_warning == ""  # the leaf itself has 60 days
