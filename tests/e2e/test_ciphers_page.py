@@ -12,21 +12,16 @@ into closed ``<details>`` (no script on the page), and a screenshot is saved.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests import loopback
 from tests import starttls_servers as servers
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.e2e.test_web_browser import browser, shoot  # noqa: F401 - fixture re-used
 from tests.servers import ServerUnavailable
+from tests.serving import portwatch_serve
 from tests.tls_pki import TestPki
 
 pytestmark = pytest.mark.browser
@@ -49,32 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[d
         scan = run_cli("scan", "127.0.0.1", "--ports", spec, "--udp", "none", "-q",
                        store=store, env={"PORTWATCH_IDENTIFY_BUDGET": "8"})  # fmt: skip
         assert scan.code == 0, scan.stderr
-    port = loopback.free_port()
-    env = {**os.environ, "PORTWATCH_WEB_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--store", store,
-                             "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            assert time.monotonic() < deadline, "portwatch serve did not start"
-            time.sleep(0.2)
+    with portwatch_serve(store) as base:
         yield {"base": base, "smtp": smtp.port, "imap": imap.port}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.fixture

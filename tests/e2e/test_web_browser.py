@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ import pytest
 
 from tests import loopback
 from tests.conftest import REPO, run_cli
+from tests.serving import portwatch_serve
 
 pytestmark = pytest.mark.browser
 
@@ -103,32 +100,8 @@ def server(ports: dict[str, int], tmp_path_factory: pytest.TempPathFactory,
     other = run_cli("scan", "127.0.0.2", "--org", "Other Org", "--asset", "web-2",
                     "--ports", spec, "-q", store=store, env=FAST)
     assert other.code == 0, other.stderr
-    port = loopback.free_port()
-    env = {**os.environ, "PORTWATCH_WEB_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--store", store,
-                             "--port", str(port)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            assert time.monotonic() < deadline, "portwatch serve did not start"
-            time.sleep(0.2)
+    with portwatch_serve(store) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 @pytest.fixture
