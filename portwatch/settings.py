@@ -110,6 +110,12 @@ class Settings:
             raise SettingsError("--rate must be 0 (engine default) or more packets/s")
         if self.retries < 0 or self.retries > 10:
             raise SettingsError("--retries must be between 0 and 10")
+        from portwatch.bounds import BoundsError, check_bounds
+
+        try:
+            check_bounds(self)  # upper bounds too (issue 11, defect 9): one table
+        except BoundsError as exc:
+            raise SettingsError(str(exc)) from None
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
