@@ -40,6 +40,7 @@ from schemas.records import (
     Target,
     utcnow,
 )
+from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     ShardOutcome,
     StageContext,
@@ -330,7 +331,12 @@ class EmbeddedRunner:
             except TimeoutError:
                 pass
             if batch and (done or len(batch) >= self.batch_size or time.monotonic() >= deadline):
-                stats.stored += await asyncio.to_thread(self.store.insert_findings, batch)
+                # A finding the store refuses for its data is reported, not fatal: the
+                # rest of its batch is stored (issue 11, defect 1).
+                refused = await asyncio.to_thread(insert_isolating_sync, batch,
+                                                  self.store.insert_findings)
+                stats.stored += len(batch) - len(refused)
+                stats.errors += [f"{f.port.target.ip}:{f.port.port}: {why}" for f, why in refused]
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
