@@ -175,7 +175,9 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     before anything was sent (issue 11, defect 9). Returns the planned total."""
     total = 0
     for spec in specs:
-        total += planned_count(spec)
+        count = planned_count(spec)
+        _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
+        total += count
         if total > HARD_MAX_ADDRESSES:
             raise TargetError(
                 f"the targets cover more than {HARD_MAX_ADDRESSES:,} addresses in all (the "
