@@ -28,7 +28,7 @@ FORMATS = ("table", "json", "csv")
 # Columns shown in the terminal table per report (json/csv carry every column).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "summary": ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
-                "grade", "score_parts", "is_tarpit", "last_scanned"),
+                "grade", "score_parts", "is_tarpit", "scan_note", "last_scanned"),
     "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
@@ -37,7 +37,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
-           "score_parts": "score parts", "open_ports": "open", "risk_score": "score"}
+           "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
+           "scan_note": "note"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:

@@ -20,6 +20,7 @@ name a service. Nothing is flooded downstream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import time
@@ -46,6 +47,7 @@ from stream_processors.stages import (
     StageContext,
     discover_shard,
     keeps,
+    note_dropped,
     process,
     unidentified,
 )
@@ -143,6 +145,8 @@ class EmbeddedRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._outcomes: list[ShardOutcome] = []
+        # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
+        self._dropped: collections.Counter[str] = collections.Counter()
 
     # -- control ------------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class EmbeddedRunner:
         scan_id = scan_id or new_scan_id()
         stats = ScanStats(scan_id, len(targets))
         self._outcomes = []
+        self._dropped = collections.Counter()
         plans = []
         if tcp_ports:
             plans.append((self.engine, ShardPlan(scan_id, tuple(targets), tuple(tcp_ports),
@@ -310,6 +315,7 @@ class EmbeddedRunner:
             log.warning("identification of %s:%s failed: %r", port.target.ip, port.port, exc)
             return unidentified(port, f"identification error: {type(exc).__name__}")
         if not keeps(finding):
+            self._dropped[port.target.ip] += 1  # counted in the host's Summary note
             return None  # a tarpit's noise: only identified services are kept
         if finding.service.is_identified:
             stats.identified += 1
@@ -353,6 +359,7 @@ class EmbeddedRunner:
         for shard_id, shard in shards_planned.items():
             if shard_id not in done:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
+        rows = note_dropped(rows, self._dropped)
         await asyncio.to_thread(self.store.insert_host_scans, rows)
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
