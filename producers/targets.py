@@ -64,6 +64,11 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _one_line(text: str) -> str:
+    """Echo user input in an error line as one line: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 # A port spec longer than this is not something a person typed: refuse before splitting.
 MAX_PORT_SPEC_CHARS = 100_000
 
@@ -334,6 +339,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
     except UnicodeDecodeError:
         raise TargetError(f"inventory {str(file)!r} is not UTF-8 text") from None
     specs: list[TargetSpec] = []
+    name = _one_line(file.name)  # error lines stay one line, whatever the file is called
     if file.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
@@ -344,7 +350,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
             raise TargetError(f"inventory {str(file)!r}: YAML nested too deeply") from None
         if isinstance(data, dict) and "targets" in data:
             if not isinstance(data["targets"], list):
-                raise TargetError(f"{file.name}: 'targets' must be a list of targets")
+                raise TargetError(f"{name}: 'targets' must be a list of targets")
             data = data["targets"]
         if isinstance(data, dict):
             for org, entries in data.items():
@@ -353,10 +359,10 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                 elif entries is None:
                     entries = []
                 elif not isinstance(entries, list):
-                    raise TargetError(f"{file.name}: {_short(str(org))}: expected a list "
+                    raise TargetError(f"{name}: {_one_line(_short(str(org)))}: expected a list "
                                       "of targets")
                 for i, entry in enumerate(entries):
-                    where = f"{file.name}: {_short(str(org))}[{i}]"
+                    where = f"{name}: {_one_line(_short(str(org)))}[{i}]"
                     if isinstance(entry, dict):
                         specs.extend(_row_spec({"organization": org, **entry}, where))
                     elif isinstance(entry, str):
@@ -367,11 +373,11 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
         elif isinstance(data, list):
             for i, entry in enumerate(data):
                 if isinstance(entry, dict):
-                    specs.extend(_row_spec(entry, f"{file.name}: entry {i + 1}"))
+                    specs.extend(_row_spec(entry, f"{name}: entry {i + 1}"))
                 elif isinstance(entry, str):
                     specs.append(TargetSpec(entry))
                 else:
-                    raise TargetError(f"{file.name}: entry {i + 1} is not a target")
+                    raise TargetError(f"{name}: entry {i + 1} is not a target")
                 _check_count(specs, file)
         else:
             raise TargetError(f"inventory {str(file)!r}: expected a list or a mapping")
@@ -381,7 +387,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
             if not reader.fieldnames:
                 raise TargetError(f"inventory {str(file)!r} is empty")
             for n, row in enumerate(reader, start=2):
-                specs.extend(_row_spec(dict(row), f"{file.name}: line {n}"))
+                specs.extend(_row_spec(dict(row), f"{name}: line {n}"))
                 _check_count(specs, file)
         except csv.Error as exc:
             raise TargetError(f"inventory {str(file)!r} is not valid CSV: {exc}") from None
