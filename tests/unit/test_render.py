@@ -156,3 +156,12 @@ def test_render_dispatches_machine_formats(fmt: str) -> None:
     text = buf.getvalue()
     expected = to_json(LIST) if fmt == "json" else to_csv(LIST)
     assert text.strip() == expected.strip()
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"])
+def test_csv_defuses_every_owasp_formula_trigger(text: str) -> None:
+    # Given a stored text starting with a spreadsheet formula trigger (OWASP CSV injection)
+    report = Report("list", ("banner", "port", "score"), [(text, 22, -1.5)])
+    # When written as CSV, then the text cell starts with ' and numbers stay numbers
+    (_, row) = list(csv.reader(io.StringIO(to_csv(report), newline="")))
+    assert row == ["'" + text, "22", "-1.5"]
