@@ -41,9 +41,12 @@ DATA_ERROR_CODES = frozenset({
     469,  # VIOLATED_CONSTRAINT
 })
 
-# Raised client-side while a row is serialized: the row itself is wrong.
+# Raised client-side while a row is serialized: the row itself is wrong. Deliberately
+# not ValueError/TypeError/AttributeError in general: a closed client raises ValueError
+# ("I/O operation on closed file"), and calling that a data error would dead-letter
+# good records; clickhouse-connect wraps real serialization faults in DataError anyway.
 _CLIENT_DATA_ERRORS: tuple[type[BaseException], ...] = (
-    struct.error, OverflowError, TypeError, AttributeError, UnicodeError, ValueError,
+    struct.error, OverflowError, UnicodeError,
 )
 
 

@@ -165,3 +165,5 @@ def test_data_errors_and_store_errors_are_told_apart() -> None:
     assert not is_data_error(DatabaseError("Code: 60. DB::Exception: (UNKNOWN_TABLE)"))
     assert not is_data_error(OperationalError("connection refused"))
     assert not is_data_error(ConnectionResetError())
+    # a closed client is not the records' fault: retried, never dead-lettered
+    assert not is_data_error(ValueError("I/O operation on closed file"))
