@@ -78,3 +78,24 @@ def test_hostile_tls_peers_never_crash_a_scan(mode: str, cert_der: bytes,
     probes = _stored(store, f"SELECT status, error FROM tls_probes WHERE port = {port}")
     for status, error in probes:
         assert status == "completed" or str(error).startswith(("could not test", "not TLS"))
+
+
+@pytest.mark.kafka
+def test_a_9000_byte_dh_prime_through_kafka_is_stored_clamped(
+        cert_der: bytes, kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Given the same hostile peer, scanned by the distributed shape (real broker,
+    # discover worker, Faust stages and sink): before, the sink retried its batch forever
+    from tests.integration.test_distributed_pipeline import pipeline_of
+
+    with hostile_tls_server("big-dh-prime", cert_der) as port, \
+            pipeline_of(kafka_bootstrap, tmp_path) as pipe:
+        workers = [pipe.process(env={**FAST, "PORTWATCH_NMAP_PROBES": "0"}),
+                   pipe.discover("--engine", "connect")]
+        # When it is produced and the pipeline drains
+        pipe.produce("127.0.0.1", "--ports", str(port))
+        for worker in workers:
+            pipe.stop(worker)
+        # Then the DHE suites are stored with the key-exchange size saturated
+        rows = _stored(pipe.store, "SELECT DISTINCT kex_bits FROM tls_ciphers WHERE port = "
+                                   f"{port} AND iana_name LIKE '%DHE%'")
+    assert rows == [(65535,)]
