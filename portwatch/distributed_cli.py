@@ -118,7 +118,9 @@ def _say(message: str) -> None:
               help="Seed of the shard walk (same seed, same shards).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Resume file: saved after each acknowledged batch, read at start.")
-@click.option("--hosts-per-shard", type=click.IntRange(1), default=16, show_default=True)
+# Upper bound as portwatch/bounds.py's shard_hosts: a shard beyond a /16 cannot be retried.
+@click.option("--hosts-per-shard", type=click.IntRange(1, 65_536), default=16,
+              show_default=True)
 @click.option("--ports-per-shard", type=click.IntRange(1, 65535), default=65535,
               show_default=True)
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,

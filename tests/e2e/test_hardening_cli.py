@@ -91,6 +91,14 @@ def test_a_huge_shard_size_from_the_environment_is_refused(tmp_path: Path) -> No
     assert_refused(result, "--shard-ports must be between 1 and 65,535")
 
 
+def test_produce_refuses_a_huge_shard_before_connecting() -> None:
+    # (the broker address is a closed loopback port: refused before any connection)
+    result = run_cli("produce", "--hosts-per-shard", str(10**12), "--kafka", "127.0.0.1:9",
+                     "127.0.0.1")
+    assert result.code == 2 and "--hosts-per-shard" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("Org: 5\n", "Org: expected a list of targets"),
     ("targets: 5\n", "'targets' must be a list"),
