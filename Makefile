@@ -82,6 +82,12 @@ test: install helm ## Lint, then every test (brings the Kafka broker up and down
 .PHONY: check
 check: test ## Same as test: exactly what CI runs
 
+# The fuzz corpus (tests/fuzz) runs in every `make test` with the bounded "ci" profile;
+# this runs it with the long "fuzz" profile (20,000 examples per property).
+.PHONY: fuzz
+fuzz: venv ## Property/fuzz tests of every parser of hostile input, long profile (tests/fuzz)
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest tests/fuzz -q --timeout 7200
+
 .PHONY: serve
 serve: install ## Serve the four reports on http://127.0.0.1:8765
 	$(VENV)/bin/portwatch serve

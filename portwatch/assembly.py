@@ -98,14 +98,13 @@ class Assembly:
         if text in ("none", "no", "off", ""):
             return ()
         if text.startswith("top"):
-            try:
-                count = int(text[3:] or "1000")
-            except ValueError:
-                raise TargetError(f"bad --udp {self.settings.udp!r}: use top1000, none or a "
-                                  "port spec") from None
-            if not 1 <= count <= 65_535:
-                raise TargetError(f"bad --udp {self.settings.udp!r}: topN takes N from 1 to "
-                                  "65535")
+            digits = text[3:] or "1000"
+            shown = self.settings.udp[:40] + ("..." if len(self.settings.udp) > 40 else "")
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 6 \
+                    or not 1 <= int(digits) <= 65_535:
+                raise TargetError(f"bad --udp {shown!r}: topN needs 1 <= N <= 65,535 (or use "
+                                  "none or a port spec)")
+            count = int(digits)
             try:
                 ports = sorted(udp_top_ports(count, self.settings.nmap_data or None))
             except EngineUnavailable as exc:

@@ -28,7 +28,7 @@ FORMATS = ("table", "json", "csv")
 # Columns shown in the terminal table per report (json/csv carry every column).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "summary": ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
-                "grade", "score_parts", "is_tarpit", "last_scanned"),
+                "grade", "score_parts", "is_tarpit", "scan_note", "last_scanned"),
     "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
@@ -40,7 +40,8 @@ HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
            "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
            "reached_via": "via", "cert_days_to_expiry": "days left",
-           "cert_warnings": "certificate warnings", "profile": "Mozilla 5.7"}
+           "cert_warnings": "certificate warnings", "profile": "Mozilla 5.7",
+           "scan_note": "note"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:
@@ -106,13 +107,38 @@ def to_json(report: Report) -> str:
     return json.dumps(rows, indent=2, ensure_ascii=True)
 
 
+# OWASP "CSV Injection": a cell starting with one of these is read as a formula by
+# spreadsheets; prefixing a single quote makes it text. Tab and CR are in OWASP's list
+# because some spreadsheets strip them and then see the next character.
+# https://owasp.org/www-community/attacks/CSV_Injection
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(report: str, column: str, value: Any) -> Any:
+    """One CSV cell: the stored value itself (no control-character escaping, no length
+    cut: issue 11, defect 8), text defused against formula injection. Numbers stay
+    numbers (a negative count is not a formula); lists keep their report rendering."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else int(value)
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, list | tuple) and column in ("ports", "suites", "versions"):
+        text = cell_text(report, column, value)
+    elif isinstance(value, list | tuple):
+        text = json.dumps(_plain(value), ensure_ascii=False)
+    else:
+        plain = _plain(value)
+        text = plain if isinstance(plain, str) else str(plain)
+    return "'" + text if text.startswith(_FORMULA_TRIGGERS) else text
+
+
 def to_csv(report: Report) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, quoting=csv.QUOTE_MINIMAL)
     writer.writerow(report.columns)
     for row in report.rows:
-        writer.writerow([cell_text(report.name, c, v) for c, v in zip(report.columns, row,
-                                                                          strict=True)])
+        writer.writerow([csv_cell(report.name, c, v) for c, v in zip(report.columns, row,
+                                                                         strict=True)])
     return buf.getvalue()
 
 
@@ -154,7 +180,9 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
 
 def render(report: Report, fmt: str, console: Console) -> None:
     if fmt == "json":
-        console.print(to_json(report), markup=False, highlight=False, soft_wrap=True)
+        # Straight to the file: console.print would still turn ":smile:" into an emoji
+        # (rich's emoji codes are not markup), and JSON must carry what is stored.
+        console.file.write(to_json(report) + "\n")
     elif fmt == "csv":
         console.file.write(to_csv(report))
     else:

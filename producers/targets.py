@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from schemas.records import PortRange, Target
+from schemas.records import PortRange, Target, canonical_address, ipv4_inside
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,13 +54,34 @@ class TargetSpec:
 def _port_number(text: str) -> int:
     """ASCII digits only: ``int()`` alone would take "8_0", "+22" and non-ASCII digits."""
     text = text.strip()
-    if not (text.isascii() and text.isdigit()):
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise ValueError(text)
     return int(text)
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """Echo user input in an error line without echoing megabytes of it."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _one_line(text: str) -> str:
+    """Echo user input in an error line as one line: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# A port spec longer than this is not something a person typed: refuse before splitting.
+MAX_PORT_SPEC_CHARS = 100_000
+
+
 def parse_ports(spec: str) -> tuple[PortRange, ...]:
-    """``"22,80,8000-8100"``, ``"-"`` or ``"all"`` (1-65535) -> merged, sorted ranges."""
+    """``"22,80,8000-8100"``, ``"-"`` or ``"all"`` (1-65535) -> merged, sorted ranges.
+
+    Both ends of a range are required: ``"1-"`` or ``"-5"`` are refused, not read as
+    1-65535 or 1-5 (a typo must not widen a scan; issue 11, defect 9).
+    """
+    if len(spec) > MAX_PORT_SPEC_CHARS:
+        raise TargetError(f"bad port spec: {len(spec):,} characters, more than "
+                          f"{MAX_PORT_SPEC_CHARS:,}")
     text = spec.strip().lower()
     if text in ("-", "all", "*"):
         return (PortRange(1, 65535),)
@@ -72,16 +93,18 @@ def parse_ports(spec: str) -> tuple[PortRange, ...]:
         try:
             if "-" in part:
                 lo_s, hi_s = part.split("-", 1)
-                lo = _port_number(lo_s) if lo_s.strip() else 1
-                hi = _port_number(hi_s) if hi_s.strip() else 65535
+                lo = _port_number(lo_s)
+                hi = _port_number(hi_s)
             else:
                 lo = hi = _port_number(part)
         except ValueError:
-            raise TargetError(f"bad port spec {spec!r}: {part!r} is not a port or range") from None
+            shown = part if len(part) <= 40 else part[:40] + "..."
+            raise TargetError(f"bad port spec {_short(spec)!r}: {shown!r} is not a port or "
+                              "range (both ends required, e.g. 1-1024)") from None
         if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-            raise TargetError(f"bad port spec {spec!r}: ports are 1-65535")
+            raise TargetError(f"bad port spec {_short(spec)!r}: ports are 1-65535")
         if lo > hi:
-            raise TargetError(f"bad port spec {spec!r}: range {part} is backwards")
+            raise TargetError(f"bad port spec {_short(spec)!r}: range {part} is backwards")
         wanted.append((lo, hi))
     wanted.sort()
     merged: list[list[int]] = []
@@ -135,6 +158,42 @@ def _check_size(text: str, count: int, *, allow_large: bool) -> None:
                           f"({HARD_MAX_ADDRESSES:,}, a /8): split it into smaller blocks")
 
 
+def planned_count(spec: TargetSpec) -> int:
+    """How many addresses ``spec`` names, computed without expanding anything (a
+    hostname counts 1 here; its resolved addresses are counted again after)."""
+    text = spec.text.strip()
+    if "/" in text:
+        try:
+            return ipaddress.ip_network(text, strict=False).num_addresses
+        except ValueError:
+            raise TargetError(f"bad CIDR block {_short(text)!r}") from None
+    if "-" in text:
+        parsed = _parse_range(text)
+        if parsed is not None:
+            return parsed[0]
+    return 1
+
+
+def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
+    """One ceiling on the TOTAL number of addresses, checked before any expansion:
+    a per-target limit let 100 /9s through, and a /8 took minutes and GBs to expand
+    before anything was sent (issue 11, defect 9). Returns the planned total."""
+    total = 0
+    for spec in specs:
+        count = planned_count(spec)
+        _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
+        total += count
+        if total > HARD_MAX_ADDRESSES:
+            raise TargetError(
+                f"the targets cover more than {HARD_MAX_ADDRESSES:,} addresses in all (the "
+                "most one run expands, even with --allow-large): split the work")
+    if total > MAX_ADDRESSES and not allow_large:
+        raise TargetError(
+            f"the targets cover {total:,} addresses in all, more than a /16 "
+            f"({MAX_ADDRESSES:,}): pass --allow-large if you really mean it")
+    return total
+
+
 def _looks_like_hostname(text: str) -> bool:
     if not text or len(text) > 253 or text.startswith("-"):
         return False
@@ -182,8 +241,17 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
         _check_size(text, net.num_addresses, allow_large=allow_large)
         hosts = [net.network_address] if net.num_addresses == 1 else list(net)
         return [make(str(ip)) for ip in hosts]
+    if text.startswith("[") or text.endswith("]"):
+        # "[::1]" is an address in URL brackets; "[::1" or "::1]" is a typo, not a name.
+        if not (text.startswith("[") and text.endswith("]")) or text.count("[") != 1 \
+                or text.count("]") != 1:
+            raise TargetError(f"unbalanced brackets in target {_short(text)!r}")
+        try:
+            return [make(ipaddress.ip_address(text[1:-1]))]
+        except ValueError:
+            raise TargetError(f"not an address inside brackets: {_short(text)!r}") from None
     try:
-        return [make(ipaddress.ip_address(text.strip("[]")))]
+        return [make(ipaddress.ip_address(text))]
     except ValueError:
         pass
     parsed = _parse_range(text)
@@ -203,15 +271,55 @@ _TARGET_KEYS = ("target", "address", "host", "hostname", "ip", "cidr")
 
 def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     lowered = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
-    organization = str(lowered.get("organization") or lowered.get("org") or "").strip()
-    asset = str(lowered.get("asset") or lowered.get("name") or "").strip()
+    organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
+    asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
     raw = next((lowered[k] for k in _TARGET_KEYS if lowered.get(k)), None)
     if raw is None:
         targets_list = lowered.get("targets")
         if isinstance(targets_list, list) and targets_list:
-            return [TargetSpec(str(t).strip(), organization, asset) for t in targets_list]
+            return [TargetSpec(_target_text(t, where), organization, asset)
+                    for t in targets_list]
+        if targets_list is not None and not isinstance(targets_list, list):
+            raise TargetError(f"{where}: 'targets' must be a list of targets")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
-    return [TargetSpec(str(raw).strip(), organization, asset)]
+    return [TargetSpec(_target_text(raw, where), organization, asset)]
+
+
+def _label(value: object, where: str) -> str:
+    if not _is_scalar(value):
+        raise TargetError(f"{where}: organization and asset must be text")
+    text = str(value).strip()
+    if len(text) > MAX_LABEL_CHARS:
+        raise TargetError(f"{where}: label longer than {MAX_LABEL_CHARS} characters")
+    return text
+
+
+def _target_text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise TargetError(f"{where}: a target must be text, not a {type(value).__name__}")
+    text = str(value).strip()
+    if len(text) > MAX_TARGET_CHARS:
+        raise TargetError(f"{where}: target longer than {MAX_TARGET_CHARS} characters")
+    return text
+
+
+# Inventories are read whole: bound the file and the entries before anything else.
+MAX_INVENTORY_BYTES = 64 * 1024 * 1024
+MAX_INVENTORY_ENTRIES = 1_000_000
+# A label (organization, asset) longer than this is not a label; a target text likewise.
+MAX_LABEL_CHARS = 256
+MAX_TARGET_CHARS = 512
+
+
+def _is_scalar(value: object) -> bool:
+    """Labels may be numbers in YAML (``asset: 42``); targets must be text."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _check_count(specs: list[TargetSpec], file: Path) -> None:
+    if len(specs) > MAX_INVENTORY_ENTRIES:
+        raise TargetError(f"inventory {str(file)!r} lists more than "
+                          f"{MAX_INVENTORY_ENTRIES:,} targets: split it")
 
 
 def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
@@ -222,46 +330,67 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
     """
     file = Path(path)
     try:
+        if file.stat().st_size > MAX_INVENTORY_BYTES:
+            raise TargetError(f"inventory {str(file)!r} is larger than "
+                              f"{MAX_INVENTORY_BYTES // 2**20} MiB: split it")
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise TargetError(f"cannot read inventory {str(file)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise TargetError(f"inventory {str(file)!r} is not UTF-8 text") from None
     specs: list[TargetSpec] = []
+    name = _one_line(file.name)  # error lines stay one line, whatever the file is called
     if file.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise TargetError(f"inventory {str(file)!r} is not valid YAML: "
                               f"{str(exc).splitlines()[0]}") from None
-        if isinstance(data, dict) and "targets" in data and isinstance(data["targets"], list):
+        except RecursionError:
+            raise TargetError(f"inventory {str(file)!r}: YAML nested too deeply") from None
+        if isinstance(data, dict) and "targets" in data:
+            if not isinstance(data["targets"], list):
+                raise TargetError(f"{name}: 'targets' must be a list of targets")
             data = data["targets"]
         if isinstance(data, dict):
             for org, entries in data.items():
                 if isinstance(entries, str | dict):
                     entries = [entries]  # "Org: 127.0.0.1": one target, not its characters
-                for i, entry in enumerate(entries or []):
-                    where = f"{file.name}: {org}[{i}]"
+                elif entries is None:
+                    entries = []
+                elif not isinstance(entries, list):
+                    raise TargetError(f"{name}: {_one_line(_short(str(org)))}: expected a list "
+                                      "of targets")
+                for i, entry in enumerate(entries):
+                    where = f"{name}: {_one_line(_short(str(org)))}[{i}]"
                     if isinstance(entry, dict):
                         specs.extend(_row_spec({"organization": org, **entry}, where))
+                    elif isinstance(entry, str):
+                        specs.append(TargetSpec(entry, _label(org, where)))
                     else:
-                        specs.append(TargetSpec(str(entry), str(org)))
+                        raise TargetError(f"{where} is not a target")
+                    _check_count(specs, file)
         elif isinstance(data, list):
             for i, entry in enumerate(data):
                 if isinstance(entry, dict):
-                    specs.extend(_row_spec(entry, f"{file.name}: entry {i + 1}"))
+                    specs.extend(_row_spec(entry, f"{name}: entry {i + 1}"))
                 elif isinstance(entry, str):
                     specs.append(TargetSpec(entry))
                 else:
-                    raise TargetError(f"{file.name}: entry {i + 1} is not a target")
+                    raise TargetError(f"{name}: entry {i + 1} is not a target")
+                _check_count(specs, file)
         else:
             raise TargetError(f"inventory {str(file)!r}: expected a list or a mapping")
     else:
         reader = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-        if not reader.fieldnames:
-            raise TargetError(f"inventory {str(file)!r} is empty")
-        for n, row in enumerate(reader, start=2):
-            specs.extend(_row_spec(dict(row), f"{file.name}: line {n}"))
+        try:
+            if not reader.fieldnames:
+                raise TargetError(f"inventory {str(file)!r} is empty")
+            for n, row in enumerate(reader, start=2):
+                specs.extend(_row_spec(dict(row), f"{name}: line {n}"))
+                _check_count(specs, file)
+        except csv.Error as exc:
+            raise TargetError(f"inventory {str(file)!r} is not valid CSV: {exc}") from None
     if not specs:
         raise TargetError(f"inventory {str(file)!r} lists no targets")
     return specs
@@ -296,17 +425,36 @@ class Scope:
                    tuple(_net(a, "allowed network") for a in allow_list), allow_large)
 
     def permits(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
+        # The IPv4 an IPv4-mapped/compatible IPv6 address reaches is what is judged:
+        # ``--exclude 127.0.0.0/8`` must also exclude ``::ffff:127.0.0.1``.
+        addr = canonical_address(ip)
         if any(addr in net for net in self.exclude if net.version == addr.version):
             return False
+        return self.is_allowed(ip)
+
+    def is_allowed(self, ip: str) -> bool:
+        """Inside the allow-list fence (always true without one)."""
+        addr = canonical_address(ip)
         return not self.allow or any(addr in n for n in self.allow if n.version == addr.version)
 
 
 def _net(text: str, what: str) -> IPNetwork:
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise TargetError(f"bad {what} {text!r}: expected an address or CIDR block") from None
+    return _fold_mapped(net)
+
+
+def _fold_mapped(net: IPNetwork) -> IPNetwork:
+    """``::ffff:10.0.0.0/104`` (or ``::10.0.0.0/104``) -> ``10.0.0.0/8``: a network of
+    IPv4-mapped/compatible addresses is judged as the IPv4 network it reaches."""
+    if net.version != 6 or net.prefixlen < 96:
+        return net
+    first = ipv4_inside(net.network_address)
+    if first is None:
+        return net
+    return ipaddress.IPv4Network(f"{first}/{net.prefixlen - 96}", strict=False)
 
 
 def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> list[Target]:
@@ -316,14 +464,14 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     Addresses outside an allow-list are refused loudly, never silently skipped.
     """
     scope = scope or Scope.build()
+    check_total(specs, allow_large=scope.allow_large)
     out: dict[str, Target] = {}
     excluded = 0
     total = 0
     for spec in specs:
         for target in expand(spec, allow_large=scope.allow_large):
             total += 1
-            addr = ipaddress.ip_address(target.ip)
-            if scope.allow and not any(addr in n for n in scope.allow if n.version == addr.version):
+            if not scope.is_allowed(target.ip):
                 raise TargetError(
                     f"{target.ip} ({spec.text}) is outside the allowed scope "
                     f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})"

@@ -76,13 +76,87 @@ def _ts(value: Any) -> datetime:
     raise RecordError(f"bad timestamp {value!r}")
 
 
+# IPv4-compatible IPv6 (RFC 4291 2.5.5.1, deprecated): ::a.b.c.d with the top 96 bits zero.
+# ``::`` and ``::1`` share that shape but are IPv6's own unspecified and loopback addresses.
+# Only a first octet of 1 or more is folded: ::2 or ::ffff (0.0.0.x) are IPv6 addresses
+# people write (ranges like ::1-::3), and 0.0.0.0/8 is not a host network anyway.
+_V4_COMPATIBLE_MIN = 1 << 24
+
+
+def ipv4_inside(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped (``::ffff:a.b.c.d``) or IPv4-compatible
+    (``::a.b.c.d``) IPv6 address reaches, else None.
+
+    Why: a socket connected to ``::ffff:127.0.0.1`` reaches 127.0.0.1, so scope and
+    exclusions must judge that IPv4 address, not the IPv6 spelling (issue 11, defect 2).
+    """
+    if addr.version != 6:
+        return None
+    assert isinstance(addr, ipaddress.IPv6Address)
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    value = int(addr)
+    if value >> 32 == 0 and value >= _V4_COMPATIBLE_MIN:
+        return ipaddress.IPv4Address(value)
+    return None
+
+
+def canonical_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse an address and fold IPv4-mapped/compatible IPv6 to the IPv4 it reaches;
+    ValueError when it is not an address."""
+    addr = ipaddress.ip_address(text)
+    return ipv4_inside(addr) or addr
+
+
 @functools.lru_cache(maxsize=65_536)  # hot: every decoded Target; errors are not cached
 def normalize_ip(value: str) -> str:
-    """Canonical text form of an address; raises RecordError when it is not one."""
+    """Canonical text form of an address (IPv4-mapped and IPv4-compatible IPv6 folded
+    to IPv4: the one place scope, exclusions, dedup keys and engines agree on);
+    raises RecordError when it is not one."""
+    if not isinstance(value, str) or len(value) > _MAX_ADDRESS_TEXT:
+        raise RecordError(f"not an IP address: {str(value)[:64]!r}")
     try:
-        return str(ipaddress.ip_address(value))
+        return str(canonical_address(value))
     except ValueError as exc:
         raise RecordError(f"not an IP address: {value!r}") from exc
+
+
+# The longest textual IPv6 address with a zone is well under this; longer is not an address.
+_MAX_ADDRESS_TEXT = 100
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Quote hostile input in an error message without quoting all of it."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _text(value: Any) -> str:
+    """A JSON scalar as text; a nested list/object is a malformed record, not a string."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool | int | float):
+        return "" if value is None else str(value)
+    raise RecordError(f"expected text, got {type(value).__name__}")
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise RecordError(f"expected a list of text, got {type(value).__name__}")
+    return tuple(_text(v) for v in value)
+
+
+def _integer(value: Any) -> int:
+    """A JSON integer (floats with an integral value allowed); anything else is malformed.
+    Magnitude is not bounded here: the store's row builders saturate it per column."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise RecordError(f"expected an integer, got {str(value)[:40]!r}")
 
 
 def check_port(value: Any) -> int:
@@ -123,14 +197,20 @@ class Record:
         Anything else, or anything the fast path rejects, takes the lenient and
         precise path below, which accepts other timestamp forms and names the fault.
         """
-        data_bytes = raw.encode() if isinstance(raw, str) else raw
+        try:
+            data_bytes = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        except (UnicodeError, TypeError, ValueError) as exc:
+            raise RecordError(f"{cls.__name__}: not text: {exc}") from exc
         if data_bytes.startswith(_VERSION_PREFIX):
             try:
                 return msgspec.json.decode(data_bytes, type=cls)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecordError):
-                pass  # the slow path below explains what is wrong
+            except Exception:  # noqa: BLE001 - the slow path below explains what is wrong
+                pass
         try:
-            data = json.loads(raw)
+            data = json.loads(data_bytes)
+        except RecursionError:
+            # Deep nesting: the stdlib parser recurses per level (issue 11, defect 3).
+            raise RecordError(f"{cls.__name__}: JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise RecordError(f"{cls.__name__}: not JSON: {exc}") from exc
         if not isinstance(data, dict):
@@ -139,15 +219,25 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"{cls.__name__}: malformed record: expected a JSON object, "
+                              f"got {type(data).__name__}")
         version = data.get("v", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise RecordError(f"{cls.__name__}: unsupported schema version {version!r}")
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise RecordError(f"{cls.__name__}: unsupported schema version "
+                              f"{_clip(repr(version))}")
         try:
             return cls._decode(data)
         except RecordError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RecordError(f"{cls.__name__}: malformed record: {exc!r}") from exc
+        except RecursionError:
+            raise RecordError(f"{cls.__name__}: record nested too deeply") from None
+        except Exception as exc:  # noqa: BLE001 - documented: decoders raise RecordError only
+            # KeyError, TypeError, ValueError, AttributeError and also OverflowError (a 1e20
+            # timestamp, int(inf)) or OSError (platform timestamp limits): all are a bad
+            # record, never a crashed consumer (issue 11, defect 3).
+            raise RecordError(f"{cls.__name__}: malformed record: {str(exc)[:200]!r} "
+                              f"({type(exc).__name__})") from exc
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
@@ -368,7 +458,16 @@ class CipherSuite(Record):
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        return cls(
+            tls_version=_text(data["tls_version"]),
+            iana_name=_text(data["iana_name"]),
+            openssl_name=_text(data.get("openssl_name", "")),
+            strength=_text(data.get("strength", "")),
+            reason=_text(data.get("reason", "")),
+            kex_group=_text(data.get("kex_group", "")),
+            kex_bits=_integer(data.get("kex_bits", 0)),
+            preference=_integer(data.get("preference", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,10 +494,26 @@ class Certificate(Record):
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        if "sans" in values:
-            values["sans"] = tuple(values["sans"])
-        return cls(**values)
+        return cls(
+            subject=_text(data.get("subject", "")),
+            sans=_texts(data.get("sans", ())),
+            issuer=_text(data.get("issuer", "")),
+            not_before=_text(data.get("not_before", "")),
+            not_after=_text(data.get("not_after", "")),
+            key_type=_text(data.get("key_type", "")),
+            key_bits=_integer(data.get("key_bits", 0)),
+            signature_algorithm=_text(data.get("signature_algorithm", "")),
+            is_self_signed=bool(data.get("is_self_signed", False)),
+            is_expired=bool(data.get("is_expired", False)),
+            is_hostname_match=bool(data.get("is_hostname_match", False)),
+            sha256=_text(data.get("sha256", "")),
+            chain_position=_integer(data.get("chain_position", 0)),
+            name_check=_text(data.get("name_check", "")),
+            days_to_expiry=_integer(data.get("days_to_expiry", 0)),
+            expiry_warning=_text(data.get("expiry_warning", "")),
+            weak_key=_text(data.get("weak_key", "")),
+            weak_signature=_text(data.get("weak_signature", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,22 +548,22 @@ class TlsResult(Record):
         return cls(
             status=ProbeStatus(data.get("status", "not_scheduled")),
             error=str(data.get("error", "")),
-            versions=tuple(data.get("versions", ())),
+            versions=_texts(data.get("versions", ())),
             suites=tuple(CipherSuite.from_dict(s) for s in data.get("suites", ())),
             certificates=tuple(Certificate.from_dict(c) for c in data.get("certificates", ())),
             grade=str(data.get("grade", "")),
             grade_reason=str(data.get("grade_reason", "")),
-            reached_via=str(data.get("reached_via", "")),
+            reached_via=_text(data.get("reached_via", "")),
             is_upgrade_offered=bool(data.get("is_upgrade_offered", True)),
-            upgrade_note=str(data.get("upgrade_note", "")),
-            leaf_sha256=str(data.get("leaf_sha256", "")),
+            upgrade_note=_text(data.get("upgrade_note", "")),
+            leaf_sha256=_text(data.get("leaf_sha256", "")),
             is_chain_trusted=bool(data.get("is_chain_trusted", False)),
-            trust_error=str(data.get("trust_error", "")),
-            days_to_expiry=int(data.get("days_to_expiry", 0)),
-            certificate_warnings=tuple(str(w) for w in data.get("certificate_warnings", ())),
-            profile=str(data.get("profile", "")),
-            profile_version=str(data.get("profile_version", "")),
-            profile_reasons=tuple(str(r) for r in data.get("profile_reasons", ())),
+            trust_error=_text(data.get("trust_error", "")),
+            days_to_expiry=_integer(data.get("days_to_expiry", 0)),
+            certificate_warnings=_texts(data.get("certificate_warnings", ())),
+            profile=_text(data.get("profile", "")),
+            profile_version=_text(data.get("profile_version", "")),
+            profile_reasons=_texts(data.get("profile_reasons", ())),
         )
 
 

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from schemas.records import Finding, HostScan
+from schemas.records import Finding, HostScan, Record
+from stream_processors.rejects import DataRejected, insert_isolating, is_data_error, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class SinkStats:
     insert_errors: int = 0
     insert_seconds: float = 0.0
     last_error: str = ""
+    rejected: int = 0  # records the store refused for their data (dead-lettered)
 
 
 def _finding_key(f: Finding) -> tuple[str, str, str, int, str]:
@@ -62,6 +64,13 @@ class StoreSink:
     retry_max: float = 10.0  # backoff cap: a ClickHouse restart is waited out
     stats: SinkStats = field(default_factory=SinkStats)
     _stop: asyncio.Event | None = None
+    # Records the store refused for their data, with the reason; the caller takes them
+    # (``take_rejected``) and dead-letters them. A bad record never blocks its batch.
+    _rejected: list[tuple[Record, str]] = field(default_factory=list)
+
+    def take_rejected(self) -> list[tuple[Record, str]]:
+        taken, self._rejected = self._rejected, []
+        return taken
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -76,12 +85,16 @@ class StoreSink:
         dropped = len(findings) - len(unique)
         scans = list({(h.scan_id, h.shard_id, h.target.ip): h for h in host_scans}.values())
         rows = list(unique.values())
-        if rows:
-            await self._retrying("findings", lambda: self.store.insert_findings(rows))
-        if scans:
-            await self._retrying("host scans", lambda: self.store.insert_host_scans(scans))
-        self.stats.findings += len(rows)
-        self.stats.host_scans += len(scans)
+        # A data error is bisected down to its records (rejected, for dead letters);
+        # any other error retries the same rows with backoff (issue 11, defect 1).
+        bad_findings = await insert_isolating(rows, lambda part: self._retrying(
+            "findings", lambda: self.store.insert_findings(part)))
+        bad_scans = await insert_isolating(scans, lambda part: self._retrying(
+            "host scans", lambda: self.store.insert_host_scans(part)))
+        self._rejected += [*bad_findings, *bad_scans]
+        self.stats.rejected += len(bad_findings) + len(bad_scans)
+        self.stats.findings += len(rows) - len(bad_findings)
+        self.stats.host_scans += len(scans) - len(bad_scans)
         self.stats.duplicates_dropped += dropped
         self.stats.batches += 1
 
@@ -98,6 +111,8 @@ class StoreSink:
                 return
             except Exception as exc:  # noqa: BLE001 - any driver error: keep the batch, retry
                 self.stats.insert_errors += 1
+                if is_data_error(exc):
+                    raise DataRejected(reason_of(exc)) from exc
                 self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log.warning("insert of %s failed (%s); retrying in %.1fs", what,
                             self.stats.last_error, delay)

@@ -272,9 +272,34 @@ async def discover_with_retries(
     return outcome
 
 
+# "Answers then closes" is what every port of a SYN proxy does: nmap calls it
+# tcpwrapped, and on a tarpit it identifies nothing (issue 11, defect 5).
+NOT_AN_IDENTIFICATION = frozenset({"tcpwrapped"})
+
+
+def is_really_identified(service: ServiceInfo) -> bool:
+    """A real identification: a banner, a probe match or TLS named the service; not an
+    empty name, not nmap's "tcpwrapped" (the peer closed before saying anything)."""
+    return (service.is_identified and service.service not in NOT_AN_IDENTIFICATION
+            and not service.method.startswith("nmap:tcpwrapped"))
+
+
 def keeps(finding: Finding) -> bool:
-    """A tarpit's candidate port is kept only when identification named a service."""
-    return finding.port.reason != TARPIT_REASON or finding.service.is_identified
+    """A tarpit's candidate port is kept only when it was really identified."""
+    return finding.port.reason != TARPIT_REASON or is_really_identified(finding.service)
+
+
+def note_dropped(scans: list[HostScan], dropped: collections.Counter[str]) -> list[HostScan]:
+    """Say in each tarpit host's scan note how many of its answering ports were dropped
+    for naming no service, so the Summary tells what was left out and why."""
+    out = []
+    for scan in scans:
+        count = dropped.get(scan.target.ip, 0)
+        if count:
+            extra = f"{count} answering ports dropped: no banner, probe match or TLS"
+            scan = replace(scan, note=f"{scan.note}; {extra}" if scan.note else extra)
+        out.append(scan)
+    return out
 
 
 # -- building the context ----------------------------------------------------------------

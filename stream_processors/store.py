@@ -28,12 +28,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
+from schemas.bounded import BANNER_CAP, flag, i32, text, texts, timestamp, u8, u16, u32
 from schemas.records import Finding, HostScan, ProbeStatus
 
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-BANNER_CAP = 1024  # characters of banner kept per observation
 SCHEMA_VERSION = 5  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
@@ -65,9 +65,65 @@ CERTIFICATE_COLUMNS = (
 )
 
 
-def _int32(value: int) -> int:
-    """Clamped into Int32: a certificate's dates come from the network."""
-    return max(-(2**31), min(2**31 - 1, value))
+# -- row builders ---------------------------------------------------------------------
+# The one place per table where a record becomes a row. Every value is bounded for its
+# column (schemas/bounded.py): strings capped, integers saturated, arrays capped, times
+# clamped, so a hostile server cannot fail an insert (issue 11, defect 1).
+# The enums are str subclasses: ``text`` passes them through as they are.
+
+
+def observation_row(f: Finding) -> list[Any]:
+    p, t, s, tls, cdn = f.port, f.port.target, f.service, f.tls, f.cdn
+    leaf_not_after = tls.certificates[0].not_after if tls.certificates else ""
+    return [
+        text(p.scan_id), text(t.target), text(t.hostname), text(t.organization),
+        text(t.asset), text(t.ip), text(p.proto), u16(p.port), text(p.state), text(p.engine),
+        text(s.service), text(s.product), text(s.version), text(s.extra_info), text(s.cpe),
+        text(s.banner, BANNER_CAP), text(s.method), u8(s.confidence), flag(s.is_tls),
+        text(tls.status), text(tls.grade), text(tls.reached_via), text(leaf_not_after),
+        text(cdn.provider), text(cdn.source), flag(cdn.is_expected_port), text(f.risk_color),
+        text(f.risk_reason), timestamp(p.observed_at),
+    ]
+
+
+def _tls_base(f: Finding) -> list[Any]:
+    p = f.port
+    return [text(p.scan_id), text(p.target.target), text(p.target.ip), u16(p.port)]
+
+
+def tls_probe_row(f: Finding) -> list[Any]:
+    tls = f.tls
+    return [*_tls_base(f), text(tls.status), text(tls.error), texts(tls.versions),
+            text(tls.grade), text(tls.grade_reason), text(tls.reached_via),
+            flag(tls.is_upgrade_offered), text(tls.upgrade_note), text(tls.leaf_sha256),
+            flag(tls.is_chain_trusted), text(tls.trust_error), i32(tls.days_to_expiry),
+            texts(tls.certificate_warnings), text(tls.profile), text(tls.profile_version),
+            texts(tls.profile_reasons), timestamp(f.port.observed_at)]
+
+
+def tls_cipher_rows(f: Finding) -> list[list[Any]]:
+    base, seen = _tls_base(f), timestamp(f.port.observed_at)
+    return [[*base, text(c.tls_version), text(c.iana_name), text(c.openssl_name),
+             text(c.strength), text(c.reason), text(c.kex_group), u16(c.kex_bits),
+             u16(c.preference), seen] for c in f.tls.suites]
+
+
+def certificate_rows(f: Finding) -> list[list[Any]]:
+    base, seen = _tls_base(f), timestamp(f.port.observed_at)
+    return [[*base, u8(c.chain_position), text(c.subject), texts(c.sans), text(c.issuer),
+             text(c.not_before), text(c.not_after), text(c.key_type), u16(c.key_bits),
+             text(c.signature_algorithm), flag(c.is_self_signed), flag(c.is_expired),
+             flag(c.is_hostname_match), text(c.sha256), text(c.name_check),
+             i32(c.days_to_expiry), text(c.expiry_warning), text(c.weak_key),
+             text(c.weak_signature), seen] for c in f.tls.certificates]
+
+
+def host_scan_row(h: HostScan) -> list[Any]:
+    t = h.target
+    return [text(h.scan_id), text(h.shard_id), text(t.target), text(t.hostname),
+            text(t.organization), text(t.asset), text(t.ip), timestamp(h.started_at),
+            timestamp(h.finished_at), u32(h.ports_scanned), u32(h.open_ports), text(h.status),
+            flag(h.is_tarpit), text(h.note)]
 
 
 class StoreError(RuntimeError):
@@ -346,40 +402,11 @@ class Store:
         ciphers: list[list[Any]] = []
         certs: list[list[Any]] = []
         for f in findings:
-            p, t, s, tls = f.port, f.port.target, f.service, f.tls
-            # The enums are str subclasses: written as they are (``.value`` costs on
-            # this per-row path, ~2 us a row).
-            observations.append([
-                p.scan_id, t.target, t.hostname, t.organization, t.asset, t.ip, p.proto,
-                p.port, p.state, p.engine, s.service, s.product, s.version, s.extra_info,
-                s.cpe, s.banner[:BANNER_CAP], s.method, s.confidence if 0 <= s.confidence < 256
-                else max(0, min(255, s.confidence)),
-                int(s.is_tls), tls.status, tls.grade, tls.reached_via,
-                tls.certificates[0].not_after if tls.certificates else "",
-                f.cdn.provider, f.cdn.source,
-                int(f.cdn.is_expected_port), f.risk_color, f.risk_reason, p.observed_at,
-            ])
-            if tls.status is not ProbeStatus.NOT_SCHEDULED:
-                base = [p.scan_id, t.target, t.ip, p.port]
-                probes.append([*base, tls.status, tls.error, list(tls.versions),
-                               tls.grade, tls.grade_reason, tls.reached_via,
-                               int(tls.is_upgrade_offered), tls.upgrade_note, tls.leaf_sha256,
-                               int(tls.is_chain_trusted), tls.trust_error,
-                               _int32(tls.days_to_expiry), list(tls.certificate_warnings),
-                               tls.profile, tls.profile_version, list(tls.profile_reasons),
-                               p.observed_at])
-                for c in tls.suites:
-                    ciphers.append([*base, c.tls_version, c.iana_name, c.openssl_name,
-                                    c.strength, c.reason, c.kex_group, c.kex_bits,
-                                    c.preference, p.observed_at])
-                for cert in tls.certificates:
-                    certs.append([*base, cert.chain_position, cert.subject, list(cert.sans),
-                                  cert.issuer, cert.not_before, cert.not_after, cert.key_type,
-                                  cert.key_bits, cert.signature_algorithm,
-                                  int(cert.is_self_signed), int(cert.is_expired),
-                                  int(cert.is_hostname_match), cert.sha256, cert.name_check,
-                                  _int32(cert.days_to_expiry), cert.expiry_warning,
-                                  cert.weak_key, cert.weak_signature, p.observed_at])
+            observations.append(observation_row(f))
+            if f.tls.status is not ProbeStatus.NOT_SCHEDULED:
+                probes.append(tls_probe_row(f))
+                ciphers.extend(tls_cipher_rows(f))
+                certs.extend(certificate_rows(f))
         self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         self._insert("tls_probes", TLS_PROBE_COLUMNS, probes)
         self._insert("tls_ciphers", TLS_CIPHER_COLUMNS, ciphers)
@@ -389,12 +416,7 @@ class Store:
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:
         """One row per (scan, host, shard): a host split over several shards sums its
         ports in the Summary, and a retried shard replaces its own row."""
-        rows = [
-            [h.scan_id, h.shard_id, h.target.target, h.target.hostname, h.target.organization,
-             h.target.asset, h.target.ip, h.started_at, h.finished_at, h.ports_scanned,
-             h.open_ports, h.status, int(h.is_tarpit), h.note]
-            for h in scans
-        ]
+        rows = [host_scan_row(h) for h in scans]
         self._insert("host_scans", HOST_SCAN_COLUMNS, rows)
         return len(rows)
 

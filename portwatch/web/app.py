@@ -141,13 +141,40 @@ def _environment() -> Environment:
 # -- security middleware --------------------------------------------------------------
 
 
+def with_security_headers(response: StarletteResponse) -> StarletteResponse:
+    """The headers every response carries, 500 pages included: Starlette builds those
+    outside the middleware stack, so ``Guard`` never sees them (issue 11, defect 10)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def is_served_over_tls(request: Request, *, cookie_secure: bool,
+                       trusted_proxies: frozenset[str]) -> bool:
+    """Whether the browser reached us over TLS: directly (https), by configuration
+    (``--cookie-secure``), or as told by ``X-Forwarded-Proto`` from a trusted proxy
+    (only from one: anyone else could claim it)."""
+    if cookie_secure or request.url.scheme == "https":
+        return True
+    client = request.client.host if request.client else ""
+    if client and client in trusted_proxies:
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return proto == "https"
+    return False
+
+
 class Guard(BaseHTTPMiddleware):
     """Host check (loopback mode), token check (token mode), security headers."""
 
-    def __init__(self, app: Any, *, token: str, allowed_hosts: frozenset[str]) -> None:
+    def __init__(self, app: Any, *, token: str, allowed_hosts: frozenset[str],
+                 cookie_secure: bool = False,
+                 trusted_proxies: frozenset[str] = frozenset()) -> None:
         super().__init__(app)
         self.token = token
         self.allowed_hosts = allowed_hosts
+        self.cookie_secure = cookie_secure
+        self.trusted_proxies = trusted_proxies
 
     def _has_token(self, request: Request) -> bool:
         given = ""
@@ -160,11 +187,7 @@ class Guard(BaseHTTPMiddleware):
     async def dispatch(self, request: Request,
                        call_next: Callable[[Request], Awaitable[StarletteResponse]],
                        ) -> StarletteResponse:
-        response = await self._guarded(request, call_next)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
+        return with_security_headers(await self._guarded(request, call_next))
 
     async def _guarded(self, request: Request,
                        call_next: Callable[[Request], Awaitable[StarletteResponse]],
@@ -185,8 +208,10 @@ class Guard(BaseHTTPMiddleware):
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
             redirect = RedirectResponse(target, status_code=303)
+            secure = is_served_over_tls(request, cookie_secure=self.cookie_secure,
+                                        trusted_proxies=self.trusted_proxies)
             redirect.set_cookie(COOKIE, self.token, httponly=True, samesite="strict",
-                                secure=request.url.scheme == "https", path="/")
+                                secure=secure, path="/")
             return redirect
         if not self._has_token(request):
             message = ("portwatch: a token is required (Authorization: Bearer <token>, "
@@ -289,8 +314,10 @@ class WebApp:
 
 def create_app(service: ReportService, *, token: str = "",
                loopback_only: bool = True, extra_hosts: frozenset[str] = frozenset(),
+               cookie_secure: bool = False, trusted_proxies: frozenset[str] = frozenset(),
                ) -> Starlette:
-    """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names."""
+    """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names;
+    ``cookie_secure`` / ``trusted_proxies`` decide the token cookie's Secure flag."""
     web = WebApp(service)
 
     async def not_found(request: Request, exc: Exception) -> StarletteResponse:
@@ -304,10 +331,10 @@ def create_app(service: ReportService, *, token: str = "",
     async def server_error(request: Request, exc: Exception) -> StarletteResponse:
         log.exception("error serving %s", request.url.path, exc_info=exc)
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": "internal error (see the server log)"},
-                                status_code=500)
-        return web.error_page(500, "Something went wrong reading the store; the server log "
-                                   "has the details.")
+            return with_security_headers(JSONResponse(
+                {"error": "internal error (see the server log)"}, status_code=500))
+        return with_security_headers(web.error_page(
+            500, "Something went wrong reading the store; the server log has the details."))
 
     def healthz(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
@@ -328,9 +355,10 @@ def create_app(service: ReportService, *, token: str = "",
     allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only else frozenset()
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Guard, token=token, allowed_hosts=allowed)],
+        middleware=[Middleware(Guard, token=token, allowed_hosts=allowed,
+                               cookie_secure=cookie_secure, trusted_proxies=trusted_proxies)],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
 
 
-__all__ = ["Markup", "create_app", "jsonable"]
+__all__ = ["Markup", "create_app", "is_served_over_tls", "jsonable", "with_security_headers"]

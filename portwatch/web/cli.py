@@ -66,14 +66,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def web_app(db: Store, host: str, token: str, *, use_cache: bool = True) -> Starlette:
+def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,
+            cookie_secure: bool = False,
+            trusted_proxies: frozenset[str] = frozenset()) -> Starlette:
     """The reports app over ``db`` with the bind policy applied (BindError says why)."""
     from portwatch.web.app import create_app
     from portwatch.web.service import ReportService
 
     check_bind(host, token)
     return create_app(ReportService(db, use_cache=use_cache),
-                      token=token, loopback_only=is_loopback(host) and not token)
+                      token=token, loopback_only=is_loopback(host) and not token,
+                      cookie_secure=cookie_secure, trusted_proxies=trusted_proxies)
+
+
+def parse_trusted_proxies(values: tuple[str, ...]) -> frozenset[str]:
+    """``--trusted-proxy`` addresses, canonical (the form ``request.client`` reports);
+    BindError for anything that is not an address."""
+    proxies = set()
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            try:
+                proxies.add(str(ipaddress.ip_address(item.strip().strip("[]"))))
+            except ValueError:
+                raise BindError(f"--trusted-proxy {item.strip()!r} is not an IP address") \
+                    from None
+    return frozenset(proxies)
 
 
 def listening_line(host: str, port: int, token: str) -> str:
@@ -92,7 +111,14 @@ def listening_line(host: str, port: int, token: str) -> str:
 @click.option("--token", envvar=TOKEN_ENV, default="", metavar="TOKEN", show_envvar=True,
               help="Require this token (Authorization: Bearer, or ?token= once per browser).")
 @click.option("--no-cache", is_flag=True, help="Run every report query on every request.")
-def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -> None:
+@click.option("--cookie-secure", is_flag=True, envvar="PORTWATCH_WEB_COOKIE_SECURE",
+              help="Mark the token cookie Secure: set it when a TLS proxy serves the pages.")
+@click.option("--trusted-proxy", "trusted_proxy", multiple=True, metavar="ADDRESS",
+              envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
+              help="A reverse proxy whose X-Forwarded-Proto is believed (repeatable or "
+                   "comma-separated): https from it marks the token cookie Secure.")
+def serve(store: str | None, host: str, port: int, token: str, no_cache: bool,
+          cookie_secure: bool, trusted_proxy: tuple[str, ...]) -> None:
     """Serve the four reports as web pages and a JSON API.
 
     \b
@@ -108,11 +134,14 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool) -
 
     try:
         check_bind(host, token)
+        proxies = parse_trusted_proxies(trusted_proxy)
     except BindError as exc:
         fail(str(exc), EXIT_USAGE)
     db = Assembly(settings_from(store=store)).open_store()
     try:
-        app = web_app(db, host, token, use_cache=not no_cache)
+        app = web_app(db, host, token, use_cache=not no_cache, cookie_secure=cookie_secure,
+                      trusted_proxies=proxies)
+
         def listening() -> None:
             click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops",
                        err=True)

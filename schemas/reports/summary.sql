@@ -22,6 +22,9 @@ WITH
         SELECT target, ip, scan_id,
                sum(ports_scanned) AS ports_scanned,
                max(is_tarpit) AS is_tarpit,
+               -- what the scan of this host left out and why (tarpit ports dropped...)
+               arrayStringConcat(arraySort(arrayFilter(n -> n != '', groupUniqArray(note))),
+                                 '; ') AS note,
                if(min(status = 'completed'), 'completed', 'interrupted') AS status
         FROM host_scans FINAL GROUP BY target, ip, scan_id
     ),
@@ -91,6 +94,7 @@ SELECT
            printf('%.1f', risk_score)) AS score_parts,
     scan_totals.is_tarpit AS is_tarpit,
     scan_totals.status AS scan_status,
+    scan_totals.note AS scan_note,
     scan_totals.ports_scanned AS ports_scanned,
     scans.last_scanned AS last_scanned,
     per_host.accepted AS accepted,

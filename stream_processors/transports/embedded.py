@@ -21,6 +21,7 @@ name a service. Nothing is flooded downstream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -32,12 +33,14 @@ from pathlib import Path
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
 from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
+from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     EngineFactory,
     ShardOutcome,
     StageContext,
     discover_with_retries,
     identify_port,
+    note_dropped,
     unidentified,
 )
 from stream_processors.store import Store
@@ -135,6 +138,8 @@ class EmbeddedRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._outcomes: list[ShardOutcome] = []
+        # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
+        self._dropped: collections.Counter[str] = collections.Counter()
 
     # -- control ------------------------------------------------------------------------
 
@@ -167,6 +172,7 @@ class EmbeddedRunner:
         stats = ScanStats(scan_id, len(targets))
         stats.planned_probes = plan.probe_count
         self._outcomes = []
+        self._dropped.clear()
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
@@ -284,7 +290,10 @@ class EmbeddedRunner:
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
         finding = await identify_port(port, self.ctx)
-        if finding is not None and finding.service.is_identified:
+        if finding is None:
+            self._dropped[port.target.ip] += 1  # a tarpit's noise: counted in the Summary note
+            return None
+        if finding.service.is_identified:
             stats.identified += 1
         return finding
 
@@ -304,7 +313,12 @@ class EmbeddedRunner:
             except TimeoutError:
                 pass
             if batch and (done or len(batch) >= self.batch_size or time.monotonic() >= deadline):
-                stats.stored += await asyncio.to_thread(self.store.insert_findings, batch)
+                # A finding the store refuses for its data is reported, not fatal: the
+                # rest of its batch is stored (issue 11, defect 1).
+                refused = await asyncio.to_thread(insert_isolating_sync, batch,
+                                                  self.store.insert_findings)
+                stats.stored += len(batch) - len(refused)
+                stats.errors += [f"{f.port.target.ip}:{f.port.port}: {why}" for f, why in refused]
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
@@ -321,6 +335,7 @@ class EmbeddedRunner:
         for shard_id, shard in shards_planned.items():
             if shard_id not in done:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
+        rows = note_dropped(rows, self._dropped)
         await asyncio.to_thread(self.store.insert_host_scans, rows)
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:

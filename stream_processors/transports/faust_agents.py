@@ -166,6 +166,19 @@ def split_sink_batch(events: Sequence[Any], findings_topic: str, host_scans_topi
     return findings, scans, poison
 
 
+async def dead_letter_rejected(send_dead: Send, sink: StoreSink, findings_topic: str,
+                               host_scans_topic: str) -> list[Awaitable[Any]]:
+    """Dead letters for the records the store refused (issue 11, defect 1); their
+    partition and offset are unknown once batched (-1), the record itself is kept."""
+    futures = []
+    for record, reason in sink.take_rejected():
+        topic = host_scans_topic if isinstance(record, HostScan) else findings_topic
+        log.warning("dead letter from the store: %s", reason)
+        envelope = dead_letter(topic, -1, -1, reason, record.to_json(), stage="sink-store")
+        futures.append(await send_dead(None, envelope))
+    return futures
+
+
 def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_scans_topic: str,
                buffer: int, within: float, stats: SinkAgentStats) -> Agent:
     """The sink agent over the findings and host-scans topics: stores a buffer, then
@@ -184,6 +197,9 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
             except SinkStopped as exc:
                 log.warning("%s; %d messages will be replayed", exc, len(events))
                 return
+            # Records the store refused for their data: dead-lettered, the batch goes on.
+            pending += await dead_letter_rejected(send_dead, sink, findings_topic,
+                                                  host_scans_topic)
             if pending:
                 await asyncio.gather(*pending)
             for event in events:
@@ -200,6 +216,7 @@ __all__ = [
     "make_stage",
     "run_stage",
     "sink_agent",
+    "dead_letter_rejected",
     "split_sink_batch",
     "stage_agent",
 ]

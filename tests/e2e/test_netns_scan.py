@@ -59,3 +59,27 @@ def test_a_host_answering_on_every_port_is_flagged_and_not_flooded(tmp_path: Pat
     assert len(rows) < 60  # well-known candidates at most, never 3,000 rows
     assert all(r["service"] for r in rows)
     assert 22 in {r["port"] for r in rows}
+
+
+def test_a_tarpit_keeps_only_really_identified_ports_and_says_how_many_it_dropped(
+        tmp_path: Path) -> None:
+    # Given a namespace host whose every port accepts and closes at once (tcpwrapped to
+    # nmap), with one real SSH service behind the noise (issue 11, defect 5)
+    store = f"chdb://{tmp_path / 'store'}"
+    with test_host(93, tcp_banners={22: SSH}, syn_ack_all=True) as host:
+        target = host.addresses[0]
+        # When it is scanned with the nmap probes on (they name such ports tcpwrapped)
+        result = run_cli("scan", target, "--engine", "connect", "--ports", "1-3000",
+                         "--udp", "none", "--tarpit-threshold", "500", store=store,
+                         env=FAST, timeout=300)
+    assert result.code == 0, result.stderr
+    # Then only the real service is listed: no "tcpwrapped" candidate survives
+    rows = _list(store)
+    assert [(r["port"], r["service"]) for r in rows] == [(22, "ssh")]
+    # And the Summary flags the host, scores only what is real, and says what it dropped
+    summary = json.loads(run_cli("report", "summary", "--format", "json", store=store).stdout)
+    (row,) = summary
+    assert row["is_tarpit"] == 1 and row["open_ports"] == 1 and row["grade"] == "A"
+    dropped = int(str(row["scan_note"]).split("; ")[-1].split()[0])
+    assert dropped > 0
+    assert "answering ports dropped: no banner, probe match or TLS" in row["scan_note"]

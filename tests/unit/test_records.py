@@ -155,7 +155,10 @@ def test_offset_timestamps_keep_the_instant() -> None:
 @pytest.mark.parametrize(
     ("given", "expected"),
     [("127.0.0.1", "127.0.0.1"), ("0:0:0:0:0:0:0:1", "::1"), ("::FFFF:127.0.0.1",
-                                                                 "::ffff:7f00:1")],
+                                                                 "127.0.0.1"),
+     # issue 11, defect 2: mapped and compatible IPv6 fold to the IPv4 they reach;
+     # ::2 (0.0.0.2) stays IPv6
+     ("::127.0.0.1", "127.0.0.1"), ("::2", "::2"), ("::ffff", "::ffff")],
 )
 def test_addresses_are_normalized(given: str, expected: str) -> None:
     assert normalize_ip(given) == expected

@@ -105,17 +105,17 @@ def test_json_keeps_every_column_with_plain_values() -> None:
                                                          [6379, "tcp", "red", 0]]
 
 
-def test_csv_has_a_header_and_one_escaped_line_per_row() -> None:
+def test_csv_has_a_header_and_one_line_per_row_carrying_the_stored_values() -> None:
     out = to_csv(LIST)
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == list(LIST.columns)
     assert len(rows) == 3
     assert rows[1][:4] == ["127.0.0.1", "127.0.0.1", "22", "ssh"]
-    assert rows[2][4] == "\\x1b[2J\\x1b[31mHACKED\\x07\\x00[bold]x[/bold]"
-    assert no_control_characters(out)
+    # issue 11, defect 8: CSV carries exactly what is stored (quoted by the csv module)
+    assert rows[2][4] == HOSTILE
     summary = list(csv.reader(io.StringIO(to_csv(SUMMARY))))
     assert summary[1][2] == "22/tcp:green 443/tcp:green,cdn 6379/tcp:red"
-    assert summary[1][5] == "answers on every port"
+    assert summary[1][5] == "1"
 
 
 def console() -> tuple[Console, io.StringIO]:
@@ -168,3 +168,12 @@ def test_ciphers_table_summarizes_suites_per_version() -> None:
               ("TLSv1.3", "TLS_AES_128_GCM_SHA256", "", "strong", "")]
     assert suites_summary(suites) == "TLSv1.0: 2 (1 weak)\nTLSv1.3: 1"
     assert suites_summary([]) == ""
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"])
+def test_csv_defuses_every_owasp_formula_trigger(text: str) -> None:
+    # Given a stored text starting with a spreadsheet formula trigger (OWASP CSV injection)
+    report = Report("list", ("banner", "port", "score"), [(text, 22, -1.5)])
+    # When written as CSV, then the text cell starts with ' and numbers stay numbers
+    (_, row) = list(csv.reader(io.StringIO(to_csv(report), newline="")))
+    assert row == ["'" + text, "22", "-1.5"]

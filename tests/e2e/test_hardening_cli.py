@@ -1,0 +1,148 @@
+"""Issue 11 through the real ``portwatch`` command: scope holds for IPv4-mapped IPv6
+(defect 2), bad input is refused with one line and exit 2 before anything is sent or
+expanded (defect 9), and JSON/CSV reports carry exactly what the chdb store holds,
+CSV defused against formula injection (defect 8)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas.records import Finding, OpenPort, ServiceInfo, Target
+from stream_processors.store import Store
+from tests import loopback
+from tests.conftest import run_cli
+from tests.e2e.test_cli_errors import assert_refused
+
+# Loopback only, in both spellings: the v6 entry lets the mapped form past the fence, so
+# only the exclusion can stop it (before the fix it did not).
+MAPPED_ALLOW = {"PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8,::1/128,::ffff:127.0.0.0/104"}
+
+
+def test_an_excluded_ipv4_written_as_mapped_ipv6_is_never_contacted(tmp_path: Path) -> None:
+    # Given a listener on 127.0.0.1 that counts connections
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def count(conn: socket.socket) -> None:
+        with lock:
+            accepted.append(1)
+
+    with loopback.listen(count) as listener:
+        # When 127.0.0.0/8 is excluded and the target is ::ffff:127.0.0.1
+        result = run_cli("scan", "--exclude", "127.0.0.0/8", "::ffff:127.0.0.1", "--ports",
+                         str(listener.port), "--udp", "none", "--quiet",
+                         store=f"chdb://{tmp_path / 'store'}", env=MAPPED_ALLOW)
+    # Then nothing is scanned: one line, exit 2, and the listener saw no connection
+    assert_refused(result, "nothing to scan")
+    assert accepted == []
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_mapped_exclusion_excludes_the_ipv4_target(tmp_path: Path) -> None:
+    # Given the exclusion written as mapped IPv6 and the target as IPv4
+    result = run_cli("scan", "--exclude", "::ffff:127.0.0.0/104", "127.0.0.1", "--ports", "1",
+                     "--udp", "none", store=f"chdb://{tmp_path / 'store'}")
+    # Then the exclusion holds
+    assert_refused(result, "nothing to scan")
+
+
+def _inventory(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "assets.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUT = [
+    pytest.param(["--ports", "1-", "127.0.0.1"], "'1-' is not a port or range", id="open-end"),
+    pytest.param(["--ports", "-5", "127.0.0.1"], "'-5' is not a port or range", id="open-start"),
+    pytest.param(["[::1"], "unbalanced brackets in target '[::1'", id="open-bracket"),
+    pytest.param(["::1]"], "unbalanced brackets", id="close-bracket"),
+    pytest.param(["--udp", "top99999999", "127.0.0.1"], "topN needs 1 <= N <= 65,535",
+                 id="udp-top-huge"),
+    pytest.param(["--udp", "top0", "127.0.0.1"], "topN needs", id="udp-top-zero"),
+    pytest.param(["--concurrency", str(10**12), "127.0.0.1"],
+                 "--concurrency must be between 1 and 100,000", id="concurrency-huge"),
+    pytest.param(["--allow-large", "127.0.0.0/8", "127.0.0.0/9"],
+                 "more than 16,777,216 addresses in all", id="total-ceiling"),
+    pytest.param(["127.0.0.0/16", "127.1.0.0/17"], "98,304 addresses in all",
+                 id="total-over-a-16"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                          message: str) -> None:
+    result = run_cli("scan", *args, store=f"chdb://{tmp_path / 'store'}", timeout=60)
+    assert_refused(result, message)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_huge_shard_size_from_the_environment_is_refused(tmp_path: Path) -> None:
+    result = run_cli("scan", "127.0.0.1", store=f"chdb://{tmp_path / 'store'}",
+                     env={"PORTWATCH_SHARD_PORTS": str(10**12)})
+    assert_refused(result, "--shard-ports must be between 1 and 65,535")
+
+
+def test_produce_refuses_a_huge_shard_before_connecting() -> None:
+    # (the broker address is a closed loopback port: refused before any connection)
+    result = run_cli("produce", "--hosts-per-shard", str(10**12), "--kafka", "127.0.0.1:9",
+                     "127.0.0.1")
+    assert result.code == 2 and "--hosts-per-shard" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("Org: 5\n", "Org: expected a list of targets"),
+    ("targets: 5\n", "'targets' must be a list"),
+    ("Org:\n  - [1, 2]\n", "is not a target"),
+    ("- {target: [127.0.0.1]}\n", "a target must be text"),
+    ("- {target: 127.0.0.1, organization: {a: b}}\n", "organization and asset must be text"),
+    ("Org: {target: 127.0.0.1, asset: [x]}\n", "organization and asset must be text"),
+    ("a: &a [*a]\n", "is not a target"),
+])
+def test_bad_inventory_shapes_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    result = run_cli("scan", "--inventory", _inventory(tmp_path, text),
+                     store=f"chdb://{tmp_path / 'store'}")
+    assert_refused(result, message)
+
+
+# -- defect 8: output carries what is stored --------------------------------------------
+
+SERVER = ":smile: nginx =HYPERLINK(\"http://x\")"
+BANNER = "=cmd|' /C calc'!A0 " + "x" * 500 + "\x1b[31m"
+
+
+def test_json_and_csv_carry_exactly_what_is_stored(tmp_path: Path) -> None:
+    # Given a finding stored with a product holding rich emoji and markup codes, and a
+    # 500+ character banner that starts with a spreadsheet formula
+    store = f"chdb://{tmp_path / 'store'}"
+    port = OpenPort(scan_id="s1", target=Target("127.0.0.1", "127.0.0.1"), port=8080,
+                    observed_at=datetime(2026, 1, 2, tzinfo=UTC))
+    finding = Finding(port=port, service=ServiceInfo(service="http", product=SERVER,
+                                                     banner=BANNER))
+    with Store.from_url(store) as db:
+        db.insert_findings([finding])
+    # When the List is rendered as JSON
+    as_json = run_cli("report", "list", "--format", "json", store=store)
+    assert as_json.code == 0, as_json.stderr
+    (row,) = json.loads(as_json.stdout)
+    # Then it carries the stored text unchanged (no emoji, no markup, no cut)
+    assert row["product"] == SERVER
+    assert row["banner"] == BANNER
+    # When rendered as CSV
+    as_csv = run_cli("report", "list", "--format", "csv", store=store)
+    assert as_csv.code == 0, as_csv.stderr
+    header, values = list(csv.reader(io.StringIO(as_csv.stdout)))
+    cells = dict(zip(header, values, strict=True))
+    # Then the whole banner is there, and formula-looking cells are prefixed with '
+    assert cells["banner"] == "'" + BANNER
+    assert cells["product"] == SERVER
+    assert cells["port"] == "8080"

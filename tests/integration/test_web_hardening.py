@@ -1,0 +1,128 @@
+"""Issue 11, defect 10, against a real uvicorn server on loopback and the real CLI:
+a 500 carries the security headers every other answer carries; the token cookie is
+Secure behind TLS (``--cookie-secure``, or X-Forwarded-Proto from a trusted proxy
+only); ``serve`` on a taken port is one line and exit 1, never "serving" first."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portwatch.web.app import SECURITY_HEADERS, create_app
+from portwatch.web.service import ReportService
+from stream_processors.store import Store
+from tests.conftest import run_cli
+from tests.e2e.test_cli_errors import assert_refused
+from tests.integration.test_web_api import Served
+from tests.loopback import free_port
+
+TOKEN = "t" * 24
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[Served]:
+    """The app under the very uvicorn configuration ``portwatch serve`` uses (no proxy
+    headers: uvicorn must not rewrite the scheme itself), in a thread, on loopback."""
+    import uvicorn
+
+    from portwatch.web.cli import uvicorn_config
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def broken_store(shared_chdb_path: Path) -> Iterator[Store]:
+    """A real store whose findings table is gone: every report query fails in ClickHouse."""
+    store = Store.from_url(f"chdb://{shared_chdb_path}?database=broken_{uuid.uuid4().hex[:10]}")
+    store._client.command("DROP TABLE current_findings")
+    yield store
+
+
+@pytest.mark.parametrize("path", ["/list", "/api/v1/list"])
+def test_a_500_carries_the_security_headers(broken_store: Store, path: str) -> None:
+    # Given the reports served over a store that fails every query
+    with serve(create_app(ReportService(broken_store, use_cache=False))) as web:
+        # When a report is asked for
+        status, headers, body = web.get(path)
+    # Then it is a 500 that says nothing of the internals, with every security header
+    assert status == 500
+    assert "Traceback" not in body
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, value in SECURITY_HEADERS.items():
+        assert lowered[name.lower()] == value
+    assert lowered["cache-control"] == "no-store"
+
+
+def _cookie(web: Served, headers: dict[str, str] | None = None) -> str:
+    status, answer, _ = web.get("/list?token=" + TOKEN, headers=headers)
+    assert status == 303
+    return {k.lower(): v for k, v in answer.items()}["set-cookie"]
+
+
+def _attributes(cookie: str) -> set[str]:
+    return {part.strip().lower() for part in cookie.split(";")[1:]}
+
+
+@pytest.fixture(scope="module")
+def db(shared_chdb_path: Path) -> Store:
+    return Store.from_url(f"chdb://{shared_chdb_path}?database=cookie_{uuid.uuid4().hex[:10]}")
+
+
+def _app(db: Store, **options: Any) -> Any:
+    return create_app(ReportService(db), token=TOKEN, loopback_only=False, **options)
+
+
+def test_the_token_cookie_is_secure_with_cookie_secure(db: Store) -> None:
+    with serve(_app(db, cookie_secure=True)) as web:
+        assert "secure" in _attributes(_cookie(web))
+
+
+def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(db: Store) -> None:
+    # Given a server that trusts the proxy at 127.0.0.1 (where the test connects from)
+    with serve(_app(db, trusted_proxies=frozenset({"127.0.0.1"}))) as web:
+        # Then https forwarded by it marks the cookie Secure, plain http does not
+        assert "secure" in _attributes(_cookie(web, {"X-Forwarded-Proto": "https"}))
+        assert "secure" not in _attributes(_cookie(web, {"X-Forwarded-Proto": "http"}))
+        assert "secure" not in _attributes(_cookie(web))
+    # Given a server that trusts another address, the same header is ignored
+    with serve(_app(db, trusted_proxies=frozenset({"127.0.0.9"}))) as web:
+        assert "secure" not in _attributes(_cookie(web, {"X-Forwarded-Proto": "https"}))
+
+
+def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # Given a port on 127.0.0.1 someone else listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        # When portwatch serve is asked to listen there
+        result = run_cli("serve", "--port", str(port), "--store",
+                         f"chdb://{tmp_path / 'store'}", timeout=60)
+    # Then one line says why, exit 1, and it never claimed to be serving
+    assert_refused(result, f"cannot listen on 127.0.0.1:{port}", code=1)
+    assert "serving" not in result.stderr
+
+
+def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Path) -> None:
+    result = run_cli("serve", "--trusted-proxy", "proxy.example", "--store",
+                     f"chdb://{tmp_path / 'store'}")
+    assert_refused(result, "--trusted-proxy 'proxy.example' is not an IP address")
