@@ -453,7 +453,7 @@ def _register_optional_commands() -> None:
     """Commands of the distributed shape and the web reports live in their own modules."""
     import importlib
 
-    for module in ("portwatch.distributed_cli", "portwatch.web.cli"):
+    for module in ("portwatch.distributed_cli", "portwatch.web.cli", "portwatch.changes_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -32,6 +32,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
+    "changes": ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
+                "after", "organization", "asset"),
     "ciphers": ("target", "ip", "port", "status", "versions", "grade", "suites", "cert_subject",
                 "cert_not_after", "cert_self_signed", "cert_expired"),
 }
@@ -117,6 +119,11 @@ def _styled(report: str, column: str, value: Any) -> Text:
 
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    if report.name == "list" and "is_current" in report.columns and "status" in report.columns:
+        # --history: ports no longer seen are marked closed, with when, in the table too
+        current = report.columns.index("is_current")
+        if any(not row[current] for row in report.rows):
+            wanted.insert(wanted.index("port") + 1 if "port" in wanted else 0, "status")
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)
     for column in wanted:

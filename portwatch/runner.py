@@ -32,6 +32,7 @@ from pathlib import Path
 from probers.discovery.base import DiscoveryEngine, Progress
 from producers.shards import Checkpoint, ShardPlan
 from schemas.records import (
+    ChangeEvent,
     Finding,
     OpenPort,
     PortRange,
@@ -48,6 +49,7 @@ from stream_processors.stages import (
     process,
     unidentified,
 )
+from stream_processors.history import ChangeRecorder
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class ScanStats:
     tarpits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     resumed_shards: int = 0  # shards a checkpoint said were already done
+    changes: list[ChangeEvent] = field(default_factory=list)  # of the hosts that completed
 
     _done_shards: Progress = field(default_factory=Progress)
     _active: list[Progress] = field(default_factory=list)
@@ -142,6 +145,8 @@ class EmbeddedRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._outcomes: list[ShardOutcome] = []
+        # Change history: fed what the sink stores, run when the hosts' scans are recorded.
+        self.changes = ChangeRecorder(store)
 
     # -- control ------------------------------------------------------------------------
 
@@ -331,6 +336,7 @@ class EmbeddedRunner:
                 pass
             if batch and (done or len(batch) >= self.batch_size or time.monotonic() >= deadline):
                 stats.stored += await asyncio.to_thread(self.store.insert_findings, batch)
+                self.changes.add_findings(batch)
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
@@ -348,6 +354,7 @@ class EmbeddedRunner:
             if shard_id not in done:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         await asyncio.to_thread(self.store.insert_host_scans, rows)
+        stats.changes = await self.changes.finish(rows)  # after the findings are stored
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""

@@ -31,6 +31,14 @@ def report_sql(name: str) -> str:
     return _read(f"reports/{name}.sql")
 
 
+@cache
+def history_sql(name: str) -> str:
+    """SQL of the change-history queries (schemas/history/*.sql), bound server-side."""
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise KeyError(f"bad query name {name!r}")
+    return _read(f"history/{name}.sql")
+
+
 def report_parameters(name: str) -> frozenset[str]:
     """The names of the ``{name:Type}`` parameters a report's SQL binds."""
     return frozenset(re.findall(r"\{(\w+):\w+\}", report_sql(name)))

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS port_observations
     observed_at      DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, proto, port, scan_id);
 
 -- Current state per (target, ip, proto, port): first_seen = min, last_seen = max,
@@ -169,7 +170,43 @@ CREATE TABLE IF NOT EXISTS host_scans
     note           String
 )
 ENGINE = ReplacingMergeTree(finished_at)
+PARTITION BY toYYYYMM(finished_at)
 ORDER BY (target, ip, scan_id, shard_id);
+
+-- The latest scan of every host (any status), kept by a materialized view: the reports
+-- read this (one row per host) instead of a GROUP BY over every scan ever stored, so
+-- their cost follows the estate, not the length of history. max((finished_at, value))
+-- is argMax semantics, insensitive to replays and order (as in findings).
+CREATE TABLE IF NOT EXISTS host_latest
+(
+    target        String,
+    ip            String,
+    last_scan     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    hostname      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    organization  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    asset         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (target, ip);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS host_latest_mv TO host_latest AS
+SELECT
+    target, ip,
+    (finished_at, scan_id) AS last_scan,
+    (finished_at, toString(hostname)) AS hostname,
+    (finished_at, toString(organization)) AS organization,
+    (finished_at, toString(asset)) AS asset
+FROM host_scans;
+
+CREATE VIEW IF NOT EXISTS latest_host_scans AS
+SELECT
+    target, ip,
+    tupleElement(last_scan, 2) AS scan_id,
+    tupleElement(last_scan, 1) AS finished_at,
+    tupleElement(hostname, 2) AS hostname,
+    tupleElement(organization, 2) AS organization,
+    tupleElement(asset, 2) AS asset
+FROM host_latest FINAL;
 
 -- TLS: one row per (scan, ip, port) probe attempt: "could not test" is stored.
 CREATE TABLE IF NOT EXISTS tls_probes
@@ -186,6 +223,7 @@ CREATE TABLE IF NOT EXISTS tls_probes
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id);
 
 CREATE TABLE IF NOT EXISTS tls_ciphers
@@ -205,6 +243,7 @@ CREATE TABLE IF NOT EXISTS tls_ciphers
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id, tls_version, iana_name);
 
 CREATE TABLE IF NOT EXISTS certificates
@@ -229,7 +268,79 @@ CREATE TABLE IF NOT EXISTS certificates
     observed_at          DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id, chain_position);
+
+-- Change history (stream_processors/changes.py has the rule). One row per event:
+-- (target, ip, proto, port, kind, scan_id) is the key, so recomputing or replaying a
+-- scan's changes re-inserts identical rows that merge away (read with FINAL).
+-- Never pruned: the change log is the history.
+CREATE TABLE IF NOT EXISTS changes
+(
+    event_id          String,
+    kind              LowCardinality(String),
+    severity          LowCardinality(String),
+    target            String,
+    hostname          String,
+    organization      LowCardinality(String),
+    asset             String,
+    ip                String,
+    proto             LowCardinality(String),
+    port              UInt16,
+    before            String,
+    after             String,
+    risk_color        LowCardinality(String),
+    service           LowCardinality(String),
+    scan_id           String,
+    previous_scan_id  String,
+    observed_at       DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
+ORDER BY (target, ip, proto, port, kind, scan_id);
+
+-- The state change detection compares with: per host, its last completed scan (and
+-- whether it answered); per port ever seen on it, its last known state, closed ones
+-- included (so a port coming back is "reopened"). Written by the change writer after
+-- each completed host scan; ReplacingMergeTree on the scan's finish time, so an older
+-- scan replayed late never overwrites a newer state. One row per host / per port: the
+-- cost of computing a scan's changes follows the estate, not the number of scans.
+CREATE TABLE IF NOT EXISTS host_state
+(
+    target        String,
+    ip            String,
+    scan_id       String,
+    finished_at   DateTime64(3, 'UTC'),
+    is_reachable  UInt8
+)
+ENGINE = ReplacingMergeTree(finished_at)
+ORDER BY (target, ip);
+
+CREATE TABLE IF NOT EXISTS port_state
+(
+    target          String,
+    ip              String,
+    proto           LowCardinality(String),
+    port            UInt16,
+    is_open         UInt8,
+    service         LowCardinality(String),
+    product         String,
+    version         String,
+    risk_color      LowCardinality(String),
+    is_cdn_expected UInt8,
+    tls_status      LowCardinality(String),
+    tls_versions    Array(String),
+    weak_suites     Array(String),
+    tls_grade       LowCardinality(String),
+    cert_sha256     String,
+    cert_not_after  DateTime64(3, 'UTC'),
+    scan_id         String,
+    changed_at      DateTime64(3, 'UTC'),
+    first_seen      DateTime64(3, 'UTC'),
+    updated_at      DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY (target, ip, proto, port);
 
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version

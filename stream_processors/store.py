@@ -34,7 +34,7 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
-SCHEMA_VERSION = 3  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -293,6 +293,16 @@ class Store:
         ]
         self._insert("host_scans", HOST_SCAN_COLUMNS, rows)
         return len(rows)
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: list[list[Any]]) -> int:
+        """Insert prepared rows into one table (the change-history writer's tables)."""
+        self._insert(table, columns, rows)
+        return len(rows)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """One statement with server-side parameters (maintenance: prune)."""
+        with self._lock:
+            self._client.command(sql, parameters=dict(parameters or {}))
 
     # -- reads --------------------------------------------------------------------------
 

@@ -9,13 +9,21 @@
 -- always fall back to target, address, protocol, port. The report's columns do not
 -- change with the sort.
 WITH
+    -- one row per host, kept by a materialized view (ddl.sql host_latest): not a
+    -- GROUP BY over every scan ever stored
     latest_scan AS (
-        SELECT target, ip, argMax(scan_id, finished_at) AS scan_id
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, scan_id FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
         FROM port_prevalence GROUP BY proto, port
+    ),
+    -- --history: when each port no longer seen was found closed (port_state, kept by the
+    -- change writer); read only when history is asked (the filter folds to false).
+    closed AS (
+        SELECT target, ip, proto, port, changed_at AS closed_at
+        FROM port_state FINAL
+        WHERE {history:UInt8} = 1 AND is_open = 0
     )
 SELECT
     f.target AS target,
@@ -46,10 +54,16 @@ SELECT
     f.method AS method,
     f.first_seen AS first_seen,
     f.last_seen AS last_seen,
-    (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current
+    (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current,
+    if(is_current, 'open',
+       if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
+          'not seen in the latest scan',
+          concat('closed ', formatDateTime(closed.closed_at, '%Y-%m-%d %H:%i:%S')))) AS status
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
+LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
+                AND closed.port = f.port
 WHERE ({history:UInt8} = 1 OR is_current)
   AND ({target:String} = '' OR f.target = {target:String} OR f.ip = {target:String}
        OR f.hostname = {target:String})

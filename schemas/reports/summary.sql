@@ -9,21 +9,22 @@
 --   grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
 -- Adding an open port never lowers raw, so the score is monotonic.
 WITH
+    -- one row per host, kept by a materialized view (ddl.sql host_latest): the cost
+    -- follows the estate, not the number of scans ever stored
     scans AS (
-        SELECT target, ip,
-               argMax(scan_id, finished_at) AS last_scan_id,
-               max(finished_at) AS last_scanned,
-               argMax(hostname, finished_at) AS hostname,
-               argMax(organization, finished_at) AS organization,
-               argMax(asset, finished_at) AS asset
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, scan_id AS last_scan_id, finished_at AS last_scanned,
+               hostname, organization, asset
+        FROM latest_host_scans
     ),
+    -- the shard rows of each host's latest scan only (the IN set uses the primary key)
     scan_totals AS (
         SELECT target, ip, scan_id,
                sum(ports_scanned) AS ports_scanned,
                max(is_tarpit) AS is_tarpit,
                if(min(status = 'completed'), 'completed', 'interrupted') AS status
-        FROM host_scans FINAL GROUP BY target, ip, scan_id
+        FROM host_scans FINAL
+        WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM latest_host_scans)
+        GROUP BY target, ip, scan_id
     ),
     ports AS (
         SELECT f.target AS target, f.ip AS ip, f.port AS port, f.proto AS proto,

@@ -1,0 +1,273 @@
+"""Change history in the store: reading previous host states, writing events and states.
+
+Owns: ``ChangeRecorder`` (what both transports use: fed findings as they are stored and
+host-scan records as hosts complete, it loads the previous states, re-probes closure
+candidates, calls the one rule ``changes.detect_changes`` and writes events and next
+states), the rows of the ``changes`` / ``host_state`` / ``port_state`` tables, the
+What-changed query (``changes_report``) and ``prune``.
+
+Must not touch: the change rule itself (``changes.py``), Kafka, the network except through
+``probers.reprobe``.
+
+Replays: a host scan whose scan is already the host's stored state is a replay; its events
+are read back from ``changes`` (identical rows and ids), nothing is recomputed against the
+state it produced. A scan older than the stored state (a late, out-of-order record) changes
+nothing and yields no events: history is computed forward only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from probers.reprobe import reprobe
+from schemas.records import ChangeEvent, ChangeKind, Finding, HostScan, Proto, Severity, Target
+from stream_processors.changes import (
+    EPOCH,
+    HostScanView,
+    HostState,
+    PortKey,
+    PortSnapshot,
+    ProbeAnswer,
+    closure_candidates,
+    detect_changes,
+    host_views,
+    snapshot_of,
+)
+from stream_processors.store import Report, Store
+
+log = logging.getLogger(__name__)
+
+CHANGE_COLUMNS = (
+    "event_id", "kind", "severity", "target", "hostname", "organization", "asset", "ip",
+    "proto", "port", "before", "after", "risk_color", "service", "scan_id",
+    "previous_scan_id", "observed_at",
+)
+HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable")
+PORT_STATE_COLUMNS = (
+    "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
+    "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
+    "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at",
+)
+HOST_BATCH = 2_000  # hosts per state query: bounded parameter size, few round trips
+TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
+
+HostKey = tuple[str, str]  # (target, ip)
+
+
+@dataclass(frozen=True, slots=True)
+class ReprobeOptions:
+    """Bounds of the closure re-probe (count, concurrency, time)."""
+
+    timeout: float = 3.0  # > 1 s: the kernel retransmits a lost SYN after ~1 s
+    concurrency: int = 256
+    max_probes: int = 10_000
+    deadline: float = 60.0
+    enabled: bool = True
+
+
+# -- state rows ------------------------------------------------------------------------------
+
+
+def _event_row(e: ChangeEvent) -> list[Any]:
+    t = e.target
+    return [e.event_id, e.kind.value, e.severity.value, t.target, t.hostname, t.organization,
+            t.asset, t.ip, e.proto.value, e.port, e.before[:TEXT_CAP], e.after[:TEXT_CAP],
+            e.risk_color, e.service, e.scan_id, e.previous_scan_id, e.observed_at]
+
+
+def _port_row(target: Target, s: PortSnapshot, updated_at: datetime) -> list[Any]:
+    return [target.target, target.ip, s.proto.value, s.port, int(s.is_open), s.service,
+            s.product, s.version, s.risk_color, int(s.is_cdn_expected), s.tls_status,
+            list(s.tls_versions), list(s.weak_suites), s.tls_grade, s.cert_sha256,
+            s.cert_not_after, s.scan_id, s.changed_at, s.first_seen, updated_at]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def load_states(store: Store, targets: Sequence[Target]) -> dict[HostKey, HostState]:
+    """The stored state of each host (absent: never completed a scan), in batches."""
+    states: dict[HostKey, HostState] = {}
+    by_key = {(t.target, t.ip): t for t in targets}
+    keys = list(by_key)
+    for start in range(0, len(keys), HOST_BATCH):
+        chunk = keys[start:start + HOST_BATCH]
+        params = {"targets": sorted({k[0] for k in chunk}), "ips": sorted({k[1] for k in chunk})}
+        hosts = store.query(
+            "SELECT target, ip, scan_id, finished_at, is_reachable FROM host_state FINAL "
+            "WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}", params)
+        ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
+        for row in store.query(
+                f"SELECT {', '.join(PORT_STATE_COLUMNS)} FROM port_state FINAL "
+                "WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}",
+                params):
+            (target, ip, proto, port, is_open, service, product, version, color, cdn,
+             tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
+             first_seen, _updated) = row
+            snap = PortSnapshot(
+                proto=Proto(proto), port=int(port), is_open=bool(is_open), service=service,
+                product=product, version=version, risk_color=color, is_cdn_expected=bool(cdn),
+                tls_status=tls_status, tls_versions=tuple(versions), weak_suites=tuple(weak),
+                tls_grade=grade, cert_sha256=sha, cert_not_after=_utc(not_after),
+                scan_id=scan_id, changed_at=_utc(changed_at), first_seen=_utc(first_seen))
+            ports.setdefault((target, ip), {})[snap.key] = snap
+        for target, ip, scan_id, finished_at, is_reachable in hosts:
+            key = (target, ip)
+            if key in by_key:
+                states[key] = HostState(by_key[key], scan_id, _utc(finished_at),
+                                        bool(is_reachable), ports.get(key, {}))
+    return states
+
+
+def stored_events(store: Store, scan_id: str, target: Target) -> list[ChangeEvent]:
+    """The events already stored for one host scan (a replay reads these back)."""
+    rows = store.query(
+        "SELECT kind, severity, proto, port, before, after, risk_color, service, "
+        "previous_scan_id, observed_at FROM changes FINAL WHERE target = {t:String} "
+        "AND ip = {ip:String} AND scan_id = {s:String} ORDER BY proto, port, kind",
+        {"t": target.target, "ip": target.ip, "s": scan_id})
+    return [ChangeEvent(kind=ChangeKind(k), severity=Severity(sev), target=target,
+                        scan_id=scan_id, previous_scan_id=prev, proto=Proto(proto),
+                        port=int(port), before=before, after=after, risk_color=color,
+                        service=service, observed_at=_utc(at))
+            for k, sev, proto, port, before, after, color, service, prev, at in rows]
+
+
+def write_outcome(store: Store, view: HostScanView, events: Sequence[ChangeEvent],
+                  state: HostState | None) -> None:
+    """Events first, then the state: a crash in between recomputes the same events
+    against the old state on replay, and the table's key merges them."""
+    store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(e) for e in events])
+    if state is None:
+        return
+    store.insert_rows("host_state", HOST_STATE_COLUMNS, [[
+        state.target.target, state.target.ip, view.scan_id, view.finished_at,
+        int(state.is_reachable)]])
+    if not state.is_reachable:
+        return  # its ports are kept as they were
+    touched = [s for k, s in state.ports.items()
+               if k in view.ports or (not s.is_open and s.changed_at == view.finished_at)]
+    store.insert_rows("port_state", PORT_STATE_COLUMNS,
+                      [_port_row(state.target, s, view.finished_at) for s in touched])
+
+
+# -- the recorder both transports use ---------------------------------------------------------
+
+
+@dataclass
+class ChangeRecorder:
+    """Collects this scan's open ports (as compact snapshots) and, when hosts complete,
+    computes and stores their changes. One per embedded scan or per sink."""
+
+    store: Store
+    reprobe_options: ReprobeOptions = field(default_factory=ReprobeOptions)
+    _snapshots: dict[tuple[str, str, str], list[PortSnapshot]] = field(default_factory=dict)
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        for f in findings:
+            t = f.port.target
+            self._snapshots.setdefault((f.port.scan_id, t.target, t.ip), []).append(
+                snapshot_of(f))
+
+    def forget(self, scan_id: str, target: Target) -> None:
+        self._snapshots.pop((scan_id, target.target, target.ip), None)
+
+    async def finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
+        """Compute, store and return the changes of the hosts of ``host_scans`` (every
+        shard record of each host in this scan must be in it)."""
+        import asyncio
+
+        views = host_views(host_scans, self._snapshots)
+        states = await asyncio.to_thread(load_states, self.store, [v.target for v in views])
+        todo: list[tuple[HostScanView, HostState | None]] = []
+        events: list[ChangeEvent] = []
+        for view in views:
+            previous = states.get((view.target.target, view.target.ip))
+            if previous is not None and previous.finished_at >= view.finished_at:
+                if previous.scan_id == view.scan_id:  # a replay: the same rows back
+                    events.extend(await asyncio.to_thread(
+                        stored_events, self.store, view.scan_id, view.target))
+                continue
+            todo.append((view, previous))
+        answers = await self._reprobe(todo)
+        for view, previous in todo:
+            ip = view.target.ip
+            mine = {(proto, port): a for (a_ip, proto, port), a in answers.items() if a_ip == ip}
+            outcome = detect_changes(previous, view, mine)
+            await asyncio.to_thread(write_outcome, self.store, view, outcome.events,
+                                    outcome.state)
+            events.extend(outcome.events)
+        for view in views:
+            self.forget(view.scan_id, view.target)
+        return events
+
+    async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]]
+                       ) -> Mapping[tuple[str, Proto, int], ProbeAnswer]:
+        if not self.reprobe_options.enabled:
+            return {}
+        wanted = [(view.target.ip, proto, port) for view, previous in todo
+                  for proto, port in closure_candidates(previous, view)]
+        if not wanted:
+            return {}
+        o = self.reprobe_options
+        return await reprobe(wanted, timeout=o.timeout, concurrency=o.concurrency,
+                             max_probes=o.max_probes, deadline=o.deadline)
+
+
+# -- reading the change log -------------------------------------------------------------------
+
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '2w' -> timedelta; ValueError with a clear message otherwise."""
+    value = text.strip().lower()
+    if len(value) < 2 or value[-1] not in SINCE_UNITS or not value[:-1].isdigit():
+        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 2w")
+    amount = int(value[:-1])
+    if amount <= 0 or amount > 100 * 365:
+        raise ValueError(f"bad duration {text!r}: out of range")
+    return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
+
+
+CHANGES_REPORT_COLUMNS = (
+    "kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
+    "previous_scan_id", "observed_at", "organization", "asset",
+)
+
+
+
+def changes_report(store: Store, *, since: datetime | None = None,
+                   until: datetime | None = None, kinds: Sequence[str] = (),
+                   severity: str = "", target: str = "", org: str = "", port: int = 0,
+                   limit: int = 0) -> Report:
+    """The What-changed report: newest first; ``severity`` is a minimum."""
+    from schemas import history_sql
+
+    params = {
+        "since": since or EPOCH, "until": until or datetime(2200, 1, 1, tzinfo=UTC),
+        "kinds": list(kinds), "min_severity": severity, "target": target, "org": org,
+        "port": port, "limit": limit if limit > 0 else 2**62,
+    }
+    return store.select("changes", history_sql("changes"), params)
+
+
+def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
+    """Delete raw observations (ports, TLS, certificates, host scans) older than the
+    cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
+    ``host_state``/``port_state`` or prevalence: those are kept by views or the writer and
+    do not depend on the raw rows once written. Returns the cutoff."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
+                          ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
+                          ("host_scans", "finished_at")):
+        # A mutation: ClickHouse drops whole monthly partitions it fully covers and
+        # rewrites only the boundary month; synchronous so the command's exit means done.
+        store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
+                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
+    return cutoff
