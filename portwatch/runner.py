@@ -41,6 +41,7 @@ from schemas.records import (
     Target,
     utcnow,
 )
+from stream_processors.history import ChangeRecorder
 from stream_processors.stages import (
     ShardOutcome,
     StageContext,
@@ -49,7 +50,6 @@ from stream_processors.stages import (
     process,
     unidentified,
 )
-from stream_processors.history import ChangeRecorder
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)

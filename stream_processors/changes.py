@@ -154,7 +154,10 @@ class HostScanView:
 
     @property
     def finished_at(self) -> datetime:
-        return max(h.finished_at for h in self.shards)
+        # Milliseconds, as the store keeps them: a replayed record compares equal to the
+        # state it wrote, and events computed twice carry the same observed_at.
+        latest = max(h.finished_at for h in self.shards)
+        return latest.replace(microsecond=latest.microsecond // 1000 * 1000)
 
     def covers(self, key: PortKey) -> bool:
         return any(h.covers(key[0], key[1]) for h in self.shards)
@@ -341,11 +344,15 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
 
     host_answered = bool(scan.ports) or any(
         reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED) for k in candidates)
-    if previous is not None and candidates and not host_answered:
+    # Unreachable only on evidence: every candidate was re-probed and none answered.
+    is_silent = bool(candidates) and all(
+        reprobes.get(k) is ProbeAnswer.SILENT for k in candidates)
+    if previous is not None and is_silent and not host_answered:
         if previous.is_reachable:
             events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
         # Its ports are kept as they were: no closure while it does not answer.
-        return ChangeOutcome(events, replace(previous, is_reachable=False))
+        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
+                                             is_reachable=False))
     if previous is not None and not previous.is_reachable and host_answered:
         events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
 

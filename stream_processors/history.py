@@ -17,6 +17,7 @@ nothing and yields no events: history is computed forward only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,22 +139,32 @@ def stored_events(store: Store, scan_id: str, target: Target) -> list[ChangeEven
             for k, sev, proto, port, before, after, color, service, prev, at in rows]
 
 
-def write_outcome(store: Store, view: HostScanView, events: Sequence[ChangeEvent],
-                  state: HostState | None) -> None:
-    """Events first, then the state: a crash in between recomputes the same events
-    against the old state on replay, and the table's key merges them."""
-    store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(e) for e in events])
-    if state is None:
-        return
-    store.insert_rows("host_state", HOST_STATE_COLUMNS, [[
-        state.target.target, state.target.ip, view.scan_id, view.finished_at,
-        int(state.is_reachable)]])
-    if not state.is_reachable:
-        return  # its ports are kept as they were
-    touched = [s for k, s in state.ports.items()
-               if k in view.ports or (not s.is_open and s.changed_at == view.finished_at)]
-    store.insert_rows("port_state", PORT_STATE_COLUMNS,
-                      [_port_row(state.target, s, view.finished_at) for s in touched])
+@dataclass
+class _Rows:
+    changes: list[list[Any]] = field(default_factory=list)
+    hosts: list[list[Any]] = field(default_factory=list)
+    ports: list[list[Any]] = field(default_factory=list)
+
+    def add(self, view: HostScanView, events: Sequence[ChangeEvent],
+            state: HostState | None) -> None:
+        self.changes.extend(_event_row(e) for e in events)
+        if state is None:
+            return
+        self.hosts.append([state.target.target, state.target.ip, view.scan_id,
+                           view.finished_at, int(state.is_reachable)])
+        if not state.is_reachable:
+            return  # its ports are kept as they were
+        self.ports.extend(
+            _port_row(state.target, s, view.finished_at) for k, s in state.ports.items()
+            if k in view.ports or (not s.is_open and s.changed_at == view.finished_at))
+
+
+def write_rows(store: Store, rows: _Rows) -> None:
+    """Events first, then the states: a crash in between recomputes the same events
+    against the old states on replay, and the table's key merges them."""
+    store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
+    store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
+    store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
 
 
 # -- the recorder both transports use ---------------------------------------------------------
@@ -180,10 +191,28 @@ class ChangeRecorder:
     async def finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
         """Compute, store and return the changes of the hosts of ``host_scans`` (every
         shard record of each host in this scan must be in it)."""
-        import asyncio
-
-        views = host_views(host_scans, self._snapshots)
+        views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
         states = await asyncio.to_thread(load_states, self.store, [v.target for v in views])
+        events: list[ChangeEvent] = []
+        # Waves: a host appears at most once per wave, oldest scan first, so several scans
+        # of one host in one call (a backlog, a replayed partition) chain correctly.
+        pending = views
+        while pending:
+            wave: list[HostScanView] = []
+            later: list[HostScanView] = []
+            seen: set[HostKey] = set()
+            for view in pending:
+                key = (view.target.target, view.target.ip)
+                (later if key in seen else wave).append(view)
+                seen.add(key)
+            events.extend(await self._wave(wave, states))
+            pending = later
+        for view in views:
+            self.forget(view.scan_id, view.target)
+        return events
+
+    async def _wave(self, views: Sequence[HostScanView],
+                    states: dict[HostKey, HostState]) -> list[ChangeEvent]:
         todo: list[tuple[HostScanView, HostState | None]] = []
         events: list[ChangeEvent] = []
         for view in views:
@@ -195,15 +224,17 @@ class ChangeRecorder:
                 continue
             todo.append((view, previous))
         answers = await self._reprobe(todo)
+        per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
+        for (a_ip, proto, port), answer in answers.items():
+            per_ip.setdefault(a_ip, {})[(proto, port)] = answer
+        rows = _Rows()
         for view, previous in todo:
-            ip = view.target.ip
-            mine = {(proto, port): a for (a_ip, proto, port), a in answers.items() if a_ip == ip}
-            outcome = detect_changes(previous, view, mine)
-            await asyncio.to_thread(write_outcome, self.store, view, outcome.events,
-                                    outcome.state)
+            outcome = detect_changes(previous, view, per_ip.get(view.target.ip, {}))
+            rows.add(view, outcome.events, outcome.state)
+            if outcome.state is not None:
+                states[(view.target.target, view.target.ip)] = outcome.state
             events.extend(outcome.events)
-        for view in views:
-            self.forget(view.scan_id, view.target)
+        await asyncio.to_thread(write_rows, self.store, rows)
         return events
 
     async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]]

@@ -16,6 +16,8 @@ from schemas.records import (
     SCHEMA_VERSION,
     CdnVerdict,
     Certificate,
+    ChangeEvent,
+    ChangeKind,
     CipherSuite,
     Finding,
     HostScan,
@@ -28,6 +30,7 @@ from schemas.records import (
     RecordError,
     RiskColor,
     ServiceInfo,
+    Severity,
     Shard,
     Target,
     TlsResult,
@@ -77,6 +80,12 @@ RECORDS: list[Record] = [
     HostScan(scan_id="scan-1", target=TARGET, started_at=WHEN,
              finished_at=WHEN + timedelta(seconds=3), ports_scanned=65535, open_ports=2,
              status="interrupted", is_tarpit=True, note="answers on every port"),
+    HostScan(scan_id="scan-2", target=TARGET, started_at=WHEN, finished_at=WHEN,
+             ports_scanned=2, open_ports=1, shard_id="scan-2:udp:0", proto=Proto.UDP,
+             ports=(PortRange(53, 53), PortRange(161, 162))),
+    ChangeEvent(kind=ChangeKind.VERSION_CHANGED, severity=Severity.INFO, target=TARGET,
+                scan_id="scan-2", previous_scan_id="scan-1", port=22, before="9.2p1",
+                after="9.6p1", risk_color="green", service="ssh", observed_at=WHEN),
 ]
 
 
