@@ -195,3 +195,36 @@ def test_a_lost_syn_does_not_close_the_port(store) -> None:  # type: ignore[no-u
         assert second.open_found == 0
         assert second.changes == []
         assert store.query("SELECT kind FROM changes FINAL") == [("opened",)]
+
+
+def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> None:  # type: ignore[no-untyped-def]
+    from schemas.records import Finding, HostScan, OpenPort, RiskColor, ServiceInfo
+    from stream_processors.history import prune
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    old, recent = now - dt.timedelta(days=120), now - dt.timedelta(days=1)
+
+    def finding(scan: str, when: dt.datetime) -> Finding:
+        return Finding(port=OpenPort(scan_id=scan, target=LOCAL, port=8080, observed_at=when),
+                       service=ServiceInfo(service="http", product="nginx"),
+                       risk_color=RiskColor.GREEN)
+
+    # Given a port seen 120 days ago and yesterday, with its change log
+    recorder = ChangeRecorder(store)
+    for scan, when in (("old", old), ("new", recent)):
+        found = [finding(scan, when)]
+        shard = HostScan(scan, LOCAL, when, when, 1, 1, shard_id=f"{scan}:0",
+                         ports=(PortRange(8080, 8080),))
+        store.insert_findings(found)
+        store.insert_host_scans([shard])
+        recorder.add_findings(found)
+        asyncio.run(recorder.finish([shard]))
+    # When observations older than 90 days are pruned
+    prune(store, dt.timedelta(days=90), now=now)
+    # Then the old raw rows are gone, the recent ones stay
+    assert store.query("SELECT scan_id FROM port_observations FINAL") == [("new",)]
+    assert store.query("SELECT scan_id FROM host_scans FINAL") == [("new",)]
+    # And first_seen, the change log and the List are untouched
+    listed = store.report("list", {}).dicts()
+    assert [(r["port"], r["first_seen"].replace(tzinfo=dt.UTC)) for r in listed] == [(8080, old)]
+    assert store.query("SELECT kind, scan_id FROM changes FINAL") == [("opened", "old")]
