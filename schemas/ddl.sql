@@ -226,6 +226,46 @@ ENGINE = ReplacingMergeTree(observed_at)
 PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id);
 
+-- The latest probe of every TLS port, kept by a materialized view (as host_latest): the
+-- Ciphers report reads one row per port instead of an argMax over every probe ever made.
+CREATE TABLE IF NOT EXISTS tls_latest
+(
+    target        String,
+    ip            String,
+    port          UInt16,
+    last_probe    SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    status        SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    error         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    versions      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Array(String))),
+    grade         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    grade_reason  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (target, ip, port);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS tls_latest_mv TO tls_latest AS
+SELECT
+    target, ip, port,
+    (observed_at, scan_id) AS last_probe,
+    (observed_at, toString(status)) AS status,
+    (observed_at, error) AS error,
+    (observed_at, versions) AS versions,
+    (observed_at, toString(grade)) AS grade,
+    (observed_at, grade_reason) AS grade_reason
+FROM tls_probes;
+
+CREATE VIEW IF NOT EXISTS latest_tls_probes AS
+SELECT
+    target, ip, port,
+    tupleElement(last_probe, 2) AS scan_id,
+    tupleElement(last_probe, 1) AS tested_at,
+    tupleElement(status, 2) AS status,
+    tupleElement(error, 2) AS error,
+    tupleElement(versions, 2) AS versions,
+    tupleElement(grade, 2) AS grade,
+    tupleElement(grade_reason, 2) AS grade_reason
+FROM tls_latest FINAL;
+
 CREATE TABLE IF NOT EXISTS tls_ciphers
 (
     scan_id       String,

@@ -2,23 +2,22 @@
 -- be tested says so), protocol versions, accepted suites with their grades, and
 -- the leaf certificate's facts.
 WITH
+    -- one row per TLS port, kept by a materialized view (ddl.sql tls_latest)
     probes AS (
-        SELECT target, ip, port,
-               argMax(scan_id, observed_at) AS scan_id,
-               argMax(status, observed_at) AS status,
-               argMax(error, observed_at) AS error,
-               argMax(versions, observed_at) AS versions,
-               argMax(grade, observed_at) AS grade,
-               argMax(grade_reason, observed_at) AS grade_reason,
-               max(observed_at) AS tested_at
-        FROM tls_probes GROUP BY target, ip, port
+        SELECT target, ip, port, scan_id, status, error, versions, grade, grade_reason,
+               tested_at
+        FROM latest_tls_probes
     ),
     suites AS (
         SELECT target, ip, port, scan_id,
                arraySort(x -> (x.1, x.8), groupArray((tls_version, iana_name, openssl_name,
                          strength, reason, kex_group, kex_bits, preference))) AS suites,
                countIf(strength = 'weak') AS weak_suites
-        FROM tls_ciphers FINAL GROUP BY target, ip, port, scan_id
+        FROM tls_ciphers FINAL
+        -- only the latest probe's suites: the set is on the sorting key's prefix
+        WHERE (target, ip, port, scan_id) IN (SELECT target, ip, port, scan_id
+                                              FROM latest_tls_probes)
+        GROUP BY target, ip, port, scan_id
     ),
     certs AS (
         SELECT target, ip, port, scan_id,
@@ -26,12 +25,14 @@ WITH
                any(not_after) AS not_after, any(key_type) AS key_type, any(key_bits) AS key_bits,
                any(is_self_signed) AS is_self_signed, any(is_expired) AS is_expired,
                any(is_hostname_match) AS is_hostname_match
-        FROM certificates FINAL WHERE chain_position = 0
+        FROM certificates FINAL
+        WHERE chain_position = 0
+          AND (target, ip, port, scan_id) IN (SELECT target, ip, port, scan_id
+                                              FROM latest_tls_probes)
         GROUP BY target, ip, port, scan_id
     ),
     owners AS (
-        SELECT target, ip, argMax(organization, finished_at) AS organization
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, organization FROM latest_host_scans
     )
 SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,
