@@ -336,7 +336,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     """Compare this scan of a host with its previous completed state (module docstring)."""
     if not scan.is_completed:
         return ChangeOutcome([], None)  # an interrupted scan closes nothing, opens nothing
-    now = scan.finished_at
+    now = scan.finished_at  # computed once: a property over the shards
     event = _EventFactory(scan.target, scan.scan_id, previous.scan_id if previous else "", now)
     before_ports: dict[PortKey, PortSnapshot] = dict(previous.ports) if previous else {}
     candidates = closure_candidates(previous, scan)
@@ -373,9 +373,13 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                                 f"closed {old_port.changed_at.isoformat()}", new.describe()))
             next_ports[key] = replace(new, changed_at=now, first_seen=old_port.first_seen)
         else:
-            events.extend(_port_events(old_port, new, event))
-            next_ports[key] = replace(new, changed_at=old_port.changed_at,
-                                      first_seen=old_port.first_seen)
+            changed = _port_events(old_port, new, event)
+            if changed:
+                events.extend(changed)
+                next_ports[key] = replace(new, changed_at=old_port.changed_at,
+                                          first_seen=old_port.first_seen)
+            # else: the stored snapshot stays (nothing compared changed; a TLS probe that
+            # could not test this time keeps the last completed result to compare with)
         events.extend(_cert_events(old_port if old_port and old_port.is_open else None, new,
                                    previous_at, now, event))
     state = HostState(scan.target, scan.scan_id, now, True, next_ports)
@@ -398,7 +402,7 @@ def host_views(host_scans: Iterable[HostScan],
         targets[key] = h.target
     return [
         HostScanView(targets[key], key[0], tuple(rows),
-                     {s.key: s for s in snapshots.get(key, ())})
+                     {(s.proto, s.port): s for s in snapshots.get(key, ())})
         for key, rows in grouped.items()
     ]
 
