@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +61,8 @@ class StoreSink:
     retry_initial: float = 0.5  # seconds before the first retry of a failed insert
     retry_max: float = 10.0  # backoff cap: a ClickHouse restart is waited out
     stats: SinkStats = field(default_factory=SinkStats)
+    # Called with each batch once it is stored (change history: change_hold.ChangeStage).
+    on_stored: Callable[[Sequence[Finding], Sequence[HostScan]], Awaitable[None]] | None = None
     _stop: asyncio.Event | None = None
 
     def stop(self) -> None:
@@ -80,6 +82,8 @@ class StoreSink:
             await self._retrying("findings", lambda: self.store.insert_findings(rows))
         if scans:
             await self._retrying("host scans", lambda: self.store.insert_host_scans(scans))
+        if self.on_stored is not None:
+            await self.on_stored(rows, scans)
         self.stats.findings += len(rows)
         self.stats.host_scans += len(scans)
         self.stats.duplicates_dropped += dropped
