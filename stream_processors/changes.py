@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from probers.reprobe import Answer as ProbeAnswer  # OPEN / REFUSED (host answered) / SILENT
 from schemas.records import (
@@ -64,6 +64,7 @@ LEGACY_TLS_VERSIONS = frozenset({"SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"})
 _COLOR_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
 _GRADE_RANK = {"strong": 0, "medium": 1, "weak": 2}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOOSEST = timedelta(days=max(EXPIRY_THRESHOLDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,8 @@ def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: 
                  now: datetime, event: _EventFactory) -> list[ChangeEvent]:
     if not after.cert_sha256 or after.cert_not_after == EPOCH:
         return []
+    if after.cert_not_after - now > _LOOSEST:
+        return []  # the common case: far from expiry
     same_cert = (before is not None and previous_at is not None
                  and before.cert_sha256 == after.cert_sha256)
     not_after = after.cert_not_after.isoformat()
@@ -318,9 +321,8 @@ def closure_candidates(previous: HostState | None, scan: HostScanView) -> list[P
     ports a re-probe is spent on."""
     if previous is None or not scan.is_completed:
         return []
-    return sorted((k for k, s in previous.ports.items()
-                   if s.is_open and k not in scan.ports and scan.covers(k)),
-                  key=lambda k: (k[0].value, k[1]))
+    return sorted(k for k, s in previous.ports.items()
+                  if s.is_open and k not in scan.ports and scan.covers(k))
 
 
 def _is_closed(key: PortKey, answer: ProbeAnswer | None) -> bool:
@@ -363,7 +365,8 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             events.append(event(ChangeKind.CLOSED, old, old.describe(), "closed"))
             next_ports[key] = replace(old, is_open=False, changed_at=now)
     previous_at = previous.finished_at if previous else None
-    for key, new in sorted(scan.ports.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
+    for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
+        new = scan.ports[key]
         old_port = before_ports.get(key)
         if old_port is None:
             events.append(event(ChangeKind.OPENED, new, "", new.describe()))
