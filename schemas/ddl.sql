@@ -351,7 +351,9 @@ CREATE TABLE IF NOT EXISTS host_state
     ip            String,
     scan_id       String,
     finished_at   DateTime64(3, 'UTC'),
-    is_reachable  UInt8
+    is_reachable  UInt8,
+    -- changes.fingerprint of its open ports: an unchanged host skips its port states
+    fingerprint   String
 )
 ENGINE = ReplacingMergeTree(finished_at)
 ORDER BY (target, ip);

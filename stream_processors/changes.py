@@ -40,6 +40,7 @@ changes gives identical rows and identical ``event_id`` values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -389,6 +390,27 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     return ChangeOutcome(events, state)
 
 
+def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
+    """Digest of every field the rule compares, over the open ports. Equal digests of a
+    host's stored state and of its new scan mean the rule would emit nothing for the
+    ports (same open set, same attributes) except certificate expiry, which
+    ``is_near_expiry`` covers: the recorder's fast path for the many hosts that did not
+    change skips reading their port states."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(k for k, s in ports.items() if s.is_open):
+        s = ports[key]
+        digest.update(repr((key[0].value, key[1], s.service, s.product, s.version,
+                            s.risk_color, s.tls_status, s.tls_versions, s.weak_suites,
+                            s.tls_grade, s.cert_sha256)).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def is_near_expiry(ports: Mapping[PortKey, PortSnapshot], now: datetime) -> bool:
+    """True when some certificate is within the loosest expiry threshold (or expired)."""
+    return any(s.cert_not_after != EPOCH and s.cert_not_after - now <= _LOOSEST
+               for s in ports.values())
+
+
 def host_views(host_scans: Iterable[HostScan],
                snapshots: Mapping[tuple[str, str, str], Sequence[PortSnapshot]]
                ) -> list[HostScanView]:
@@ -420,7 +442,9 @@ __all__ = [
     "ProbeAnswer",
     "closure_candidates",
     "detect_changes",
+    "fingerprint",
     "host_views",
+    "is_near_expiry",
     "severity_of",
     "snapshot_of",
 ]

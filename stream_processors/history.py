@@ -35,7 +35,9 @@ from stream_processors.changes import (
     ProbeAnswer,
     closure_candidates,
     detect_changes,
+    fingerprint,
     host_views,
+    is_near_expiry,
     snapshot_of,
 )
 from stream_processors.store import Report, Store
@@ -47,7 +49,7 @@ CHANGE_COLUMNS = (
     "proto", "port", "before", "after", "risk_color", "service", "scan_id",
     "previous_scan_id", "observed_at",
 )
-HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable")
+HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable", "fingerprint")
 PORT_STATE_COLUMNS = (
     "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
     "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
@@ -107,18 +109,38 @@ def _state_filter(chunk: Sequence[HostKey]) -> tuple[str, dict[str, Any]]:
             {"lo": chunk[0][0], "hi": chunk[-1][0]})
 
 
-def load_states(store: Store, targets: Sequence[Target]) -> dict[HostKey, HostState]:
-    """The stored state of each host (absent: never completed a scan), in batches."""
-    states: dict[HostKey, HostState] = {}
-    by_key = {(t.target, t.ip): t for t in targets}
-    keys = sorted(by_key)
-    for start in range(0, len(keys), HOST_BATCH):
-        chunk = keys[start:start + HOST_BATCH]
-        where, params = _state_filter(chunk)
-        hosts = store.query(
-            "SELECT target, ip, scan_id, finished_at, is_reachable FROM host_state FINAL "
-            f"WHERE {where}", params)
-        ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """A host's row of ``host_state``: enough to tell a replay and an unchanged host."""
+
+    scan_id: str
+    finished_at: datetime
+    is_reachable: bool
+    fingerprint: str
+
+
+def load_host_rows(store: Store, keys: Sequence[HostKey]) -> dict[HostKey, HostRow]:
+    wanted = set(keys)
+    out: dict[HostKey, HostRow] = {}
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), HOST_BATCH):
+        where, params = _state_filter(ordered[start:start + HOST_BATCH])
+        for target, ip, scan_id, finished_at, is_reachable, digest in store.query(
+                "SELECT target, ip, scan_id, finished_at, is_reachable, fingerprint "
+                f"FROM host_state FINAL WHERE {where}", params):
+            if (target, ip) in wanted:
+                out[(target, ip)] = HostRow(scan_id, _utc(finished_at), bool(is_reachable),
+                                            digest)
+    return out
+
+
+def load_ports(store: Store, keys: Sequence[HostKey]
+               ) -> dict[HostKey, dict[PortKey, PortSnapshot]]:
+    wanted = set(keys)
+    ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), HOST_BATCH):
+        where, params = _state_filter(ordered[start:start + HOST_BATCH])
         for row in store.query(
                 f"SELECT {', '.join(PORT_STATE_COLUMNS)} FROM port_state FINAL WHERE {where}",
                 params):
@@ -126,22 +148,24 @@ def load_states(store: Store, targets: Sequence[Target]) -> dict[HostKey, HostSt
              tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
              first_seen, _updated) = row
             key = (target, ip)
-            if key not in by_key:
+            if key not in wanted:
                 continue  # a neighbour inside the key range, not asked for
             proto = _PROTO[proto_text]
-            snap = PortSnapshot(
-                proto=proto, port=port, is_open=bool(is_open), service=service,
-                product=product, version=version, risk_color=color, is_cdn_expected=bool(cdn),
-                tls_status=tls_status, tls_versions=tuple(versions), weak_suites=tuple(weak),
-                tls_grade=grade, cert_sha256=sha, cert_not_after=_utc(not_after),
-                scan_id=scan_id, changed_at=_utc(changed_at), first_seen=_utc(first_seen))
-            ports.setdefault(key, {})[(proto, port)] = snap
-        for target, ip, scan_id, finished_at, is_reachable in hosts:
-            key = (target, ip)
-            if key in by_key:
-                states[key] = HostState(by_key[key], scan_id, _utc(finished_at),
-                                        bool(is_reachable), ports.get(key, {}))
-    return states
+            ports.setdefault(key, {})[(proto, port)] = PortSnapshot(
+                proto, port, bool(is_open), service, product, version, color, bool(cdn),
+                tls_status, tuple(versions), tuple(weak), grade, sha, _utc(not_after),
+                scan_id, _utc(changed_at), _utc(first_seen))
+    return ports
+
+
+def load_states(store: Store, targets: Sequence[Target]) -> dict[HostKey, HostState]:
+    """The stored state of each host (absent: never completed a scan)."""
+    by_key = {(t.target, t.ip): t for t in targets}
+    rows = load_host_rows(store, list(by_key))
+    ports = load_ports(store, list(rows))
+    return {key: HostState(by_key[key], row.scan_id, row.finished_at, row.is_reachable,
+                           ports.get(key, {}))
+            for key, row in rows.items()}
 
 
 def stored_events(store: Store, scan_id: str, target: Target) -> list[ChangeEvent]:
@@ -171,7 +195,7 @@ class _Rows:
             return
         finished_at = view.finished_at
         self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
-                           int(state.is_reachable)])
+                           int(state.is_reachable), fingerprint(state.open_ports)])
         if not state.is_reachable:
             return  # its ports are kept as they were
         # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
@@ -182,6 +206,12 @@ class _Rows:
             return
         self.ports.extend(_port_row(state.target, s, finished_at)
                           for k, s in state.ports.items() if previous.ports.get(k) is not s)
+
+
+    def add_unchanged(self, view: HostScanView, row: HostRow) -> None:
+        """A host whose scan matches its stored fingerprint: only its scan moves."""
+        self.hosts.append([view.target.target, view.target.ip, view.scan_id, view.finished_at,
+                           1, row.fingerprint])
 
 
 def write_rows(store: Store, rows: _Rows) -> None:
@@ -217,11 +247,37 @@ class ChangeRecorder:
         """Compute, store and return the changes of the hosts of ``host_scans`` (every
         shard record of each host in this scan must be in it)."""
         views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
-        states = await asyncio.to_thread(load_states, self.store, [v.target for v in views])
+        keys = [(v.target.target, v.target.ip) for v in views]
+        host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
+        repeated = {k for k, n in _counts(keys).items() if n > 1}
+        # The fast path: a host whose new scan has the fingerprint of its stored state, and
+        # no certificate near expiry, gets no event from the rule; only its scan moves.
+        fast: list[tuple[HostScanView, HostRow]] = []
+        slow: list[HostScanView] = []
+        for view, key in zip(views, keys, strict=True):
+            row = host_rows.get(key)
+            if (row is not None and key not in repeated and row.is_reachable
+                    and view.is_completed and view.finished_at > row.finished_at
+                    and row.fingerprint == fingerprint(view.ports)
+                    and not is_near_expiry(view.ports, view.finished_at)):
+                fast.append((view, row))
+            else:
+                slow.append(view)
+        rows = _Rows()
+        for view, row in fast:
+            rows.add_unchanged(view, row)
+        await asyncio.to_thread(write_rows, self.store, rows)
+        slow_keys = [(v.target.target, v.target.ip) for v in slow]
+        ports = await asyncio.to_thread(
+            load_ports, self.store, [k for k in slow_keys if k in host_rows])
+        states = {key: HostState(view.target, host_rows[key].scan_id,
+                                 host_rows[key].finished_at, host_rows[key].is_reachable,
+                                 ports.get(key, {}))
+                  for view, key in zip(slow, slow_keys, strict=True) if key in host_rows}
         events: list[ChangeEvent] = []
         # Waves: a host appears at most once per wave, oldest scan first, so several scans
         # of one host in one call (a backlog, a replayed partition) chain correctly.
-        pending = views
+        pending = slow
         while pending:
             wave: list[HostScanView] = []
             later: list[HostScanView] = []
@@ -273,6 +329,13 @@ class ChangeRecorder:
         o = self.reprobe_options
         return await reprobe(wanted, timeout=o.timeout, concurrency=o.concurrency,
                              max_probes=o.max_probes, deadline=o.deadline)
+
+
+def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:
+    counts: dict[HostKey, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 # -- reading the change log -------------------------------------------------------------------
