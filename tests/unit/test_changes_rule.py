@@ -208,3 +208,31 @@ def test_rule_properties(before: dict[int, str], after: dict[int, str], covered_
     # a port open now is open in the next state
     assert out.state is not None
     assert {p for (_proto, p), s in out.state.ports.items() if s.is_open} >= set(after)
+
+
+port_fields = st.fixed_dictionaries({
+    "service": st.sampled_from(["ssh", "http", ""]),
+    "version": st.sampled_from(["1", "2"]),
+    "risk_color": st.sampled_from(["green", "red"]),
+    "tls_status": st.sampled_from(["completed", "error", "not_scheduled"]),
+    "tls_grade": st.sampled_from(["", "strong", "weak"]),
+    "cert_sha256": st.sampled_from(["", "a", "b"]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.dictionaries(st.integers(1, 30), port_fields, max_size=5),
+       after=st.dictionaries(st.integers(1, 30), port_fields, max_size=5))
+def test_equal_fingerprints_mean_no_event(before: dict[int, dict[str, str]],
+                                          after: dict[int, dict[str, str]]) -> None:
+    # The recorder's fast path skips the rule when the fingerprints agree: then the rule
+    # itself must have nothing to say
+    from stream_processors.changes import fingerprint
+
+    prev = state([snap(p, **f) for p, f in before.items()])
+    scan = view([snap(p, **f) for p, f in after.items()])
+    out = detect_changes(prev, scan, {})
+    if fingerprint(prev.ports) == fingerprint(scan.ports):
+        assert out.events == []
+    else:
+        assert before != after
