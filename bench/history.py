@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         old_xml, new_xml = tmp / "day-a.xml", tmp / "day-b.xml"
         nmap_xml(old_xml, list(previous_day.values()), now - timedelta(days=1))
         nmap_xml(new_xml, anchor, now)
+        rule_s = _rule_only(previous_day, anchor, now)
         ndiff_s = float("nan")
         if shutil.which("ndiff"):
             begin = time.perf_counter()
@@ -268,8 +269,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {ms:.0f} | {'yes' if ms < 500 else 'no'} |")
     print(f"\nanchor, {len(anchor):,} hosts, last two days: ndiff {ndiff_s:.2f}s, portwatch "
           f"{anchor_s:.2f}s ({anchor_events} events, store read + rule + write): "
-          f"portwatch {ndiff_s / anchor_s:.1f}x faster")
+          f"portwatch {ndiff_s / anchor_s:.1f}x faster; the rule alone (in memory, as ndiff "
+          f"compares two files it holds) {rule_s:.3f}s: {ndiff_s / rule_s:.0f}x faster")
     return 0
+
+
+def _rule_only(previous_day: dict[str, HostLife], today: list[HostLife],
+               now: datetime) -> float:
+    """Seconds for ``detect_changes`` over the anchor hosts, states built in memory."""
+    from stream_processors.changes import (
+        HostScanView,
+        HostState,
+        detect_changes,
+        snapshot_of,
+    )
+
+    before = now - timedelta(days=1)
+    states = {}
+    for ip, h in previous_day.items():
+        snaps = [snapshot_of(f) for f in findings_of(h, "prev", before)]
+        states[ip] = HostState(h.target, "prev", before, True, {s.key: s for s in snaps})
+    views = []
+    for h in today:
+        snaps = [snapshot_of(f) for f in findings_of(h, "last", now)]
+        views.append(HostScanView(h.target, "last", (host_scan(h, "last", now),),
+                                  {s.key: s for s in snaps}))
+    begin = time.perf_counter()
+    for view in views:
+        # closure candidates are answered "refused", as the re-probe of a loopback port
+        detect_changes(states.get(view.target.ip), view, _refused(states.get(view.target.ip),
+                                                                   view))
+    return time.perf_counter() - begin
+
+
+def _refused(state, view):  # type: ignore[no-untyped-def]
+    from probers.reprobe import Answer
+    from stream_processors.changes import closure_candidates
+
+    return {k: Answer.REFUSED for k in closure_candidates(state, view)}
 
 
 def _score_history_sql() -> str:
