@@ -373,6 +373,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
     if stats.resumed_shards:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+    if stats.changes:  # change history: what this scan changed (`portwatch report changes`)
+        urgent = sum(e.severity.value in ("high", "critical") for e in stats.changes)
+        out.print(Text(f"changes: {len(stats.changes)} since the previous scan, {urgent} high "
+                       "or critical: portwatch report changes"))
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {note}"))
     for ip in stats.tarpits:

@@ -41,7 +41,8 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         assert full.code == 0, full.stderr
     finally:
         ssh_ctx.__exit__(None, None, None)
-    return {"store": store, "ssh": ssh.port, "redis": redis.port}
+    return {"store": store, "ssh": ssh.port, "redis": redis.port, "narrow": narrow.stdout,
+            "full": full.stdout}
 
 
 def changes(store: str, *args: str) -> list[dict[str, object]]:
@@ -62,6 +63,11 @@ def test_json_has_the_issue_keys_and_exact_events(scanned: dict) -> None:
     assert closed["organization"] == "Acme" and closed["asset"] == "web-1"
     assert closed["previous_scan_id"] != closed["scan_id"] != ""
     assert rows[0]["kind"] == "closed"  # newest first
+
+
+def test_the_end_of_scan_screen_counts_the_changes(scanned: dict) -> None:
+    assert "changes: 1 since the previous scan, 0 high or critical" in scanned["full"]
+    assert "changes:" not in scanned["narrow"]  # it covered only ssh, which stayed
 
 
 def test_filters_kind_port_severity_since(scanned: dict) -> None:
