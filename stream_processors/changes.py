@@ -66,6 +66,8 @@ _COLOR_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RE
 _GRADE_RANK = {"strong": 0, "medium": 1, "weak": 2}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOOSEST = timedelta(days=max(EXPIRY_THRESHOLDS))
+# stages.unidentified() reasons that mean "not finished", not "nothing answered"
+INCOMPLETE = ("interrupted", "identification error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class PortSnapshot:
     scan_id: str = ""  # the last scan that saw it open
     changed_at: datetime = EPOCH  # when it last opened or closed
     first_seen: datetime = EPOCH
+    # Identification did not finish (Ctrl-C, an error): open, but its attributes are
+    # unknown this time, so they are not compared (as a TLS probe that could not test).
+    is_incomplete: bool = False
 
     @property
     def key(self) -> PortKey:
@@ -122,6 +127,7 @@ def snapshot_of(finding: Finding) -> PortSnapshot:
         tls_grade=tls.grade, cert_sha256=leaf.sha256 if leaf else "",
         cert_not_after=_parse_not_after(leaf.not_after) if leaf else EPOCH,
         scan_id=p.scan_id, changed_at=p.observed_at, first_seen=p.observed_at,
+        is_incomplete=s.method == "unidentified" and s.extra_info.startswith(INCOMPLETE),
     )
 
 
@@ -376,6 +382,8 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             events.append(event(ChangeKind.REOPENED, new,
                                 f"closed {old_port.changed_at.isoformat()}", new.describe()))
             next_ports[key] = replace(new, changed_at=now, first_seen=old_port.first_seen)
+        elif new.is_incomplete:
+            continue  # attributes unknown this time: the stored snapshot stays
         else:
             changed = _port_events(old_port, new, event)
             if changed:
@@ -401,7 +409,8 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
         s = ports[key]
         digest.update(repr((key[0].value, key[1], s.service, s.product, s.version,
                             s.risk_color, s.tls_status, s.tls_versions, s.weak_suites,
-                            s.tls_grade, s.cert_sha256)).encode("utf-8", "surrogatepass"))
+                            s.tls_grade, s.cert_sha256, s.is_incomplete)
+                           ).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 

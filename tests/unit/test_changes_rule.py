@@ -236,3 +236,23 @@ def test_equal_fingerprints_mean_no_event(before: dict[int, dict[str, str]],
         assert out.events == []
     else:
         assert before != after
+
+
+def test_a_port_whose_identification_did_not_finish_changes_nothing() -> None:
+    # Given ssh identified before, When this scan's identification was cut short (Ctrl-C)
+    prev = state([snap(22)])
+    cut = snap(22, service="", product="", version="", risk_color="yellow", is_incomplete=True)
+    out = detect_changes(prev, view([cut]), {})
+    # Then no service/risk change is invented, and the identified snapshot stays
+    assert kinds(out) == []
+    assert out.state is not None and out.state.ports[(Proto.TCP, 22)].service == "ssh"
+
+
+def test_snapshot_marks_interrupted_identification() -> None:
+    from schemas.records import OpenPort
+    from stream_processors.changes import snapshot_of
+    from stream_processors.stages import unidentified
+
+    port = OpenPort(scan_id="s", target=T, port=22)
+    assert snapshot_of(unidentified(port, "interrupted during identification")).is_incomplete
+    assert snapshot_of(unidentified(port, "identification error: OSError")).is_incomplete
