@@ -235,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             "List, red ports (first 50)": lambda: db.report("list", {"color": "red"}, limit=50),
             "Changes, last 7 days (first 200)": lambda: changes_report(
                 db, since=now - timedelta(days=7), limit=200),
-            "Per-target: ports now": lambda: db.report("list", {"target": one}),
+            "Per-target: ports now": lambda: db.select(
+                "ports", _history_sql("target_ports"), {"target": one, "ip": one}),
             "Per-target: its events": lambda: changes_report(db, target=one),
             "Per-target: score after every scan": lambda: db.select(
-                "history", _score_history_sql(), {"target": one, "ip": one}),
+                "history", _history_sql("target_scores"), {"target": one, "ip": one}),
         }
         page_ms = {label: time_ms(fn) for label, fn in pages.items()}
         # ndiff on the same anchor hosts' last two days
@@ -309,10 +310,10 @@ def _refused(state, view):  # type: ignore[no-untyped-def]
     return {k: Answer.REFUSED for k in closure_candidates(state, view)}
 
 
-def _score_history_sql() -> str:
+def _history_sql(name: str) -> str:
     from schemas import history_sql
 
-    return history_sql("target_scores")
+    return history_sql(name)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,8 @@ def routes(web: WebApp) -> list[BaseRoute]:
         if not name:
             return web.error_page(400, "target: which target? (open it from the Summary)",
                                   "summary")
-        ports = [r for r in store.report("list", {"target": name}).dicts()
-                 if not ip or r["ip"] == ip]
+        ports = store.select("ports", history_sql("target_ports"),
+                             {"target": name, "ip": ip}).dicts()
         events = changes_report(store, target=ip or name, limit=MAX_EVENTS).dicts()
         scores = store.select("scores", history_sql("target_scores"),
                               {"target": name, "ip": ip}).dicts()
