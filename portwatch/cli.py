@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import click
 
 from portwatch.alerts.cli import accept, alerts, watch
+from portwatch.changes_cli import prune_command, report_with_changes
 from portwatch.console import EXIT_INTERRUPTED, EXIT_USAGE, err_console, exit_code_for, one_line
 from portwatch.distributed_cli import discover, process, produce
 from portwatch.report_cli import report, show_settings
@@ -41,6 +42,7 @@ def cli(verbose: int) -> None:
       portwatch report list --color red         # every risky open port
       portwatch report products                 # what software runs where
       portwatch report list --product nginx     # drill down into one product
+      portwatch report changes --since 7d       # what opened, closed, changed
       portwatch serve                           # the reports as web pages and JSON
       portwatch watch --schedule schedules.yaml --alerts alerts.yaml   # monitor
 
@@ -55,8 +57,9 @@ def cli(verbose: int) -> None:
                         stream=sys.stderr)
 
 
-COMMANDS: tuple[click.Command, ...] = (scan, report, show_settings, serve, watch, alerts, accept,
-                                       produce, discover, process)
+COMMANDS: tuple[click.Command, ...] = (
+    scan, report_with_changes(report), show_settings, serve, watch, alerts, accept,
+    prune_command, produce, discover, process)
 for _command in COMMANDS:
     cli.add_command(_command)
 

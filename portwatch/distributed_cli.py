@@ -300,7 +300,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         report["stages"] = stage_stats
     if db is not None:
         sink = StoreSink(db)
-        sink_app, sink_agent_stats = build_sink_app(options, sink)
+        from stream_processors.change_hold import ChangeStage
+
+        sink_app, sink_agent_stats = build_sink_app(options, sink, changes=ChangeStage(db))
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats

@@ -35,6 +35,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "ciphers": ("target", "ip", "port", "reached_via", "outcome", "versions", "grade",
                 "profile", "suites", "cert_subject", "cert_not_after", "cert_days_to_expiry",
                 "cert_warnings"),
+    "changes": ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
+                "after", "organization", "asset"),
 }
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
@@ -165,6 +167,11 @@ def _styled(report: str, column: str, value: Any) -> Text:
 
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    if report.name == "list" and "is_current" in report.columns and "status" in report.columns:
+        # --history: ports no longer seen are marked closed, with when, in the table too
+        current = report.columns.index("is_current")
+        if any(not row[current] for row in report.rows):
+            wanted.insert(wanted.index("port") + 1 if "port" in wanted else 0, "status")
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)
     for column in wanted:

@@ -216,6 +216,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
     if stats.resumed_shards:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+    if stats.change_events:  # what this scan changed (`portwatch report changes`)
+        urgent = sum(e.severity.value in ("high", "critical") for e in stats.change_events)
+        out.print(Text(f"changes: {len(stats.change_events)} since the previous scan, "
+                       f"{urgent} high or critical: portwatch report changes"))
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {note}"))
     for ip in stats.tarpits:

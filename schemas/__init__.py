@@ -33,6 +33,14 @@ def report_sql(name: str) -> str:
     return _read(f"reports/{name}.sql")
 
 
+@cache
+def history_sql(name: str) -> str:
+    """SQL of the change-history queries (schemas/history/*.sql), bound server-side."""
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise KeyError(f"bad query name {name!r}")
+    return _read(f"history/{name}.sql")
+
+
 _PARAMETER = re.compile(r"\{(\w+):(\w+)\}")
 UNLIMITED = 2**62  # LIMIT for "no limit": ClickHouse has no LIMIT ALL
 

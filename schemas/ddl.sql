@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS port_observations
     observed_at      DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, proto, port, scan_id);
 
 -- Current state per (target, ip, proto, port): first_seen = min, last_seen = max,
@@ -177,7 +178,43 @@ CREATE TABLE IF NOT EXISTS host_scans
     note           String
 )
 ENGINE = ReplacingMergeTree(finished_at)
+PARTITION BY toYYYYMM(finished_at)
 ORDER BY (target, ip, scan_id, shard_id);
+
+-- The latest scan of every host (any status), kept by a materialized view: the reports
+-- read this (one row per host) instead of a GROUP BY over every scan ever stored, so
+-- their cost follows the estate, not the length of history. max((finished_at, value))
+-- is argMax semantics, insensitive to replays and order (as in findings).
+CREATE TABLE IF NOT EXISTS host_latest
+(
+    target        String,
+    ip            String,
+    last_scan     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    hostname      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    organization  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    asset         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (target, ip);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS host_latest_mv TO host_latest AS
+SELECT
+    target, ip,
+    (finished_at, scan_id) AS last_scan,
+    (finished_at, toString(hostname)) AS hostname,
+    (finished_at, toString(organization)) AS organization,
+    (finished_at, toString(asset)) AS asset
+FROM host_scans;
+
+CREATE VIEW IF NOT EXISTS latest_host_scans AS
+SELECT
+    target, ip,
+    tupleElement(last_scan, 2) AS scan_id,
+    tupleElement(last_scan, 1) AS finished_at,
+    tupleElement(hostname, 2) AS hostname,
+    tupleElement(organization, 2) AS organization,
+    tupleElement(asset, 2) AS asset
+FROM host_latest FINAL;
 
 -- TLS: one row per (scan, ip, port) probe attempt: "could not test" is stored.
 CREATE TABLE IF NOT EXISTS tls_probes
@@ -206,7 +243,81 @@ CREATE TABLE IF NOT EXISTS tls_probes
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id);
+
+-- The latest probe of every TLS port, kept by a materialized view (as host_latest): the
+-- Ciphers report reads one row per port instead of an argMax over every probe ever made.
+CREATE TABLE IF NOT EXISTS tls_latest
+(
+    target        String,
+    ip            String,
+    port          UInt16,
+    last_probe    SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    status        SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    error         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    versions      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Array(String))),
+    grade         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    grade_reason  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    reached_via           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    is_upgrade_offered    SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
+    upgrade_note          SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    leaf_sha256           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    is_chain_trusted      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
+    trust_error           SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    days_to_expiry        SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Int32)),
+    certificate_warnings  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Array(String))),
+    profile               SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    profile_version       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    profile_reasons       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Array(String)))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (target, ip, port);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS tls_latest_mv TO tls_latest AS
+SELECT
+    target, ip, port,
+    (observed_at, scan_id) AS last_probe,
+    (observed_at, toString(status)) AS status,
+    (observed_at, error) AS error,
+    (observed_at, versions) AS versions,
+    (observed_at, toString(grade)) AS grade,
+    (observed_at, grade_reason) AS grade_reason,
+    (observed_at, toString(reached_via)) AS reached_via,
+    (observed_at, is_upgrade_offered) AS is_upgrade_offered,
+    (observed_at, upgrade_note) AS upgrade_note,
+    (observed_at, leaf_sha256) AS leaf_sha256,
+    (observed_at, is_chain_trusted) AS is_chain_trusted,
+    (observed_at, trust_error) AS trust_error,
+    (observed_at, days_to_expiry) AS days_to_expiry,
+    (observed_at, certificate_warnings) AS certificate_warnings,
+    (observed_at, toString(profile)) AS profile,
+    (observed_at, toString(profile_version)) AS profile_version,
+    (observed_at, profile_reasons) AS profile_reasons
+FROM tls_probes;
+
+CREATE VIEW IF NOT EXISTS latest_tls_probes AS
+SELECT
+    target, ip, port,
+    tupleElement(last_probe, 2) AS scan_id,
+    tupleElement(last_probe, 1) AS tested_at,
+    tupleElement(status, 2) AS status,
+    tupleElement(error, 2) AS error,
+    tupleElement(versions, 2) AS versions,
+    tupleElement(grade, 2) AS grade,
+    tupleElement(grade_reason, 2) AS grade_reason,
+    tupleElement(reached_via, 2) AS reached_via,
+    tupleElement(is_upgrade_offered, 2) AS is_upgrade_offered,
+    tupleElement(upgrade_note, 2) AS upgrade_note,
+    tupleElement(leaf_sha256, 2) AS leaf_sha256,
+    tupleElement(is_chain_trusted, 2) AS is_chain_trusted,
+    tupleElement(trust_error, 2) AS trust_error,
+    tupleElement(days_to_expiry, 2) AS days_to_expiry,
+    tupleElement(certificate_warnings, 2) AS certificate_warnings,
+    tupleElement(profile, 2) AS profile,
+    tupleElement(profile_version, 2) AS profile_version,
+    tupleElement(profile_reasons, 2) AS profile_reasons
+FROM tls_latest FINAL;
 
 CREATE TABLE IF NOT EXISTS tls_ciphers
 (
@@ -225,6 +336,7 @@ CREATE TABLE IF NOT EXISTS tls_ciphers
     observed_at   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id, tls_version, iana_name);
 
 CREATE TABLE IF NOT EXISTS certificates
@@ -254,7 +366,81 @@ CREATE TABLE IF NOT EXISTS certificates
     observed_at          DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
 ORDER BY (target, ip, port, scan_id, chain_position);
+
+-- Change history (stream_processors/changes.py has the rule). One row per event:
+-- (target, ip, proto, port, kind, scan_id) is the key, so recomputing or replaying a
+-- scan's changes re-inserts identical rows that merge away (read with FINAL).
+-- Never pruned: the change log is the history.
+CREATE TABLE IF NOT EXISTS changes
+(
+    event_id          String,
+    kind              LowCardinality(String),
+    severity          LowCardinality(String),
+    target            String,
+    hostname          String,
+    organization      LowCardinality(String),
+    asset             String,
+    ip                String,
+    proto             LowCardinality(String),
+    port              UInt16,
+    before            String,
+    after             String,
+    risk_color        LowCardinality(String),
+    service           LowCardinality(String),
+    scan_id           String,
+    previous_scan_id  String,
+    observed_at       DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(observed_at)
+PARTITION BY toYYYYMM(observed_at)
+ORDER BY (target, ip, proto, port, kind, scan_id);
+
+-- The state change detection compares with: per host, its last completed scan (and
+-- whether it answered); per port ever seen on it, its last known state, closed ones
+-- included (so a port coming back is "reopened"). Written by the change writer after
+-- each completed host scan; ReplacingMergeTree on the scan's finish time, so an older
+-- scan replayed late never overwrites a newer state. One row per host / per port: the
+-- cost of computing a scan's changes follows the estate, not the number of scans.
+CREATE TABLE IF NOT EXISTS host_state
+(
+    target        String,
+    ip            String,
+    scan_id       String,
+    finished_at   DateTime64(3, 'UTC'),
+    is_reachable  UInt8,
+    -- changes.fingerprint of its open ports: an unchanged host skips its port states
+    fingerprint   String
+)
+ENGINE = ReplacingMergeTree(finished_at)
+ORDER BY (target, ip);
+
+CREATE TABLE IF NOT EXISTS port_state
+(
+    target          String,
+    ip              String,
+    proto           LowCardinality(String),
+    port            UInt16,
+    is_open         UInt8,
+    service         LowCardinality(String),
+    product         String,
+    version         String,
+    risk_color      LowCardinality(String),
+    is_cdn_expected UInt8,
+    tls_status      LowCardinality(String),
+    tls_versions    Array(String),
+    weak_suites     Array(String),
+    tls_grade       LowCardinality(String),
+    cert_sha256     String,
+    cert_not_after  DateTime64(3, 'UTC'),
+    scan_id         String,
+    changed_at      DateTime64(3, 'UTC'),
+    first_seen      DateTime64(3, 'UTC'),
+    updated_at      DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY (target, ip, proto, port);
 
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version

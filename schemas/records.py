@@ -629,6 +629,15 @@ class HostScan(Record):
     # The shard that scanned this host: one row per (host, shard) in the store, so a
     # host split over several shards sums its ports and a retried shard replaces its row.
     shard_id: str = ""
+    # What this shard covered (protocol + port ranges), so that change detection closes
+    # only ports a scan actually looked at: a scan of --ports 22,80 never closes 443.
+    # Empty (a record from an older writer): covered nothing, so it closes nothing.
+    proto: Proto = Proto.TCP
+    ports: tuple[PortRange, ...] = ()
+
+    def covers(self, proto: Proto, port: int) -> bool:
+        """True when this shard probed (proto, port) on its host."""
+        return proto == self.proto and any(r.first <= port <= r.last for r in self.ports)
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
@@ -643,6 +652,8 @@ class HostScan(Record):
             is_tarpit=bool(data.get("is_tarpit", False)),
             note=str(data.get("note", "")),
             shard_id=str(data.get("shard_id", "")),
+            proto=Proto(data.get("proto", "tcp")),
+            ports=tuple(PortRange.from_dict(p) for p in data.get("ports", ())),
         )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,8 @@ class StoreSink:
     retry_initial: float = 0.5  # seconds before the first retry of a failed insert
     retry_max: float = 10.0  # backoff cap: a ClickHouse restart is waited out
     stats: SinkStats = field(default_factory=SinkStats)
+    # Called with each batch once it is stored (change history: change_hold.ChangeStage).
+    on_stored: Callable[[Sequence[Finding], Sequence[HostScan]], Awaitable[None]] | None = None
     _stop: asyncio.Event | None = None
     # Records the store refused for their data, with the reason; the caller takes them
     # (``take_rejected``) and dead-letters them. A bad record never blocks its batch.
@@ -95,6 +97,10 @@ class StoreSink:
         self.stats.rejected += len(bad_findings) + len(bad_scans)
         self.stats.findings += len(rows) - len(bad_findings)
         self.stats.host_scans += len(scans) - len(bad_scans)
+        if self.on_stored is not None:
+            stored_ids = {id(r) for r, _why in self._rejected}
+            await self.on_stored([f for f in rows if id(f) not in stored_ids],
+                                 [h for h in scans if id(h) not in stored_ids])
         self.stats.duplicates_dropped += dropped
         self.stats.batches += 1
 

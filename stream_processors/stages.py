@@ -170,7 +170,8 @@ class ShardOutcome:
                      finished_at=finished, ports_scanned=self.shard.port_count,
                      open_ports=kept[t.ip], status=state,
                      is_tarpit=t.ip in self.tarpit_notes,
-                     note=self.error or self.tarpit_notes.get(t.ip, ""))
+                     note=self.error or self.tarpit_notes.get(t.ip, ""),
+                     proto=self.shard.proto, ports=self.shard.ports)
             for t in self.shard.targets
         ]
 

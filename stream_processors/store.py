@@ -34,7 +34,7 @@ from schemas.records import Finding, HostScan, ProbeStatus
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 5  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 6  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -386,14 +386,16 @@ class Store:
             self._client.insert(table, rows, column_names=list(columns))
 
     def insert_rows(self, table: str, columns: Sequence[str], rows: list[list[Any]], *,
-                    dedup_token: str = "") -> None:
-        """Insert rows into one of our tables; with ``dedup_token``, a second insert with
-        the same token is dropped by ClickHouse (the alert claims rely on it)."""
+                    dedup_token: str = "") -> int:
+        """Insert prepared rows into one of our tables (change history, alerting); with
+        ``dedup_token``, a second insert with the same token is dropped by ClickHouse
+        (the alert claims rely on it)."""
         if not rows:
-            return
+            return 0
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
         with self._lock:
             self._client.insert(table, rows, column_names=list(columns), settings=settings)
+        return len(rows)
 
     def insert_findings(self, findings: Iterable[Finding]) -> int:
         """Insert findings (observations, TLS probes, suites, certificates). Idempotent."""
@@ -419,6 +421,11 @@ class Store:
         rows = [host_scan_row(h) for h in scans]
         self._insert("host_scans", HOST_SCAN_COLUMNS, rows)
         return len(rows)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """One statement with server-side parameters (maintenance: prune)."""
+        with self._lock:
+            self._client.command(sql, parameters=dict(parameters or {}))
 
     # -- reads --------------------------------------------------------------------------
 

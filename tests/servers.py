@@ -298,9 +298,11 @@ def start_redis(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Se
 
 @contextlib.contextmanager
 def start_nginx(
-    host: str = "127.0.0.1", port: int | None = None, *, tls: bool = False
+    host: str = "127.0.0.1", port: int | None = None, *, tls: bool = False,
+    server_tokens: bool = True,
 ) -> Iterator[Server]:
-    """nginx with its own prefix and config; ``tls=True`` serves HTTPS with a throwaway cert."""
+    """nginx with its own prefix and config; ``tls=True`` serves HTTPS with a throwaway cert;
+    ``server_tokens=False`` hides the version in its Server header ("nginx")."""
     nginx = require_binary("nginx", "/usr/sbin/nginx")
     port = port or free_port(host)
     with _workdir("nginx") as work:
@@ -323,6 +325,7 @@ error_log {work}/logs/error.log warn;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
+    server_tokens {"on" if server_tokens else "off"};
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;
     fastcgi_temp_path {work}/fastcgi;

@@ -137,9 +137,10 @@ def _server(argv: Sequence[str], port: int, workdir: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def openssl_server(certs: CertFiles, *options: str) -> Iterator[int]:
-    """``openssl s_server -www`` on 127.0.0.1:<free port> with the given extra options."""
-    port = free_port()
+def openssl_server(certs: CertFiles, *options: str, port: int | None = None) -> Iterator[int]:
+    """``openssl s_server -www`` on 127.0.0.1:<port> (a free one by default) with the given
+    extra options."""
+    port = port or free_port()
     argv = ["openssl", "s_server", "-accept", f"{LOOPBACK}:{port}", "-cert", str(certs.cert),
             "-key", str(certs.key), "-www", *options]  # fmt: skip
     with _server(argv, port, certs.cert.parent) as bound:

@@ -77,6 +77,29 @@ WHERE $__timeFilter(first_seen)
 GROUP BY time
 ORDER BY time"""
 
+# Change history (stream_processors/changes.py): the changes table is one row per event
+# (FINAL merges a replayed scan's rows), so these read the change log, not the raw scans.
+CHANGE_FILTERS = """$__timeFilter(observed_at)
+  AND (${org:sqlstring} = '' OR organization = ${org:sqlstring})
+  AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
+       OR hostname = ${target:sqlstring})"""
+
+CHANGES_BY_KIND = """SELECT toStartOfDay(observed_at) AS time, toString(kind) AS kind,
+       count() AS events
+FROM changes FINAL
+WHERE """ + CHANGE_FILTERS + """
+GROUP BY time, kind
+ORDER BY time, kind"""
+
+NEW_RED_PORTS = """SELECT observed_at, target, ip, port, toString(proto) AS proto,
+       toString(kind) AS kind, toString(service) AS service, after,
+       toString(organization) AS organization, asset
+FROM changes FINAL
+WHERE kind IN ('opened', 'reopened') AND risk_color = 'red'
+  AND """ + CHANGE_FILTERS + """
+ORDER BY observed_at DESC, target, ip, port
+LIMIT 1000"""
+
 ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM host_scans "
                 "WHERE organization != '' ORDER BY 1")
 TARGET_VARIABLE = ("SELECT DISTINCT ip FROM host_scans "
@@ -138,6 +161,11 @@ def dashboard() -> dict[str, Any]:
                "Product and version with instance and target counts."),
         _panel(6, "TLS ciphers", "table", grafana_sql(report_sql("ciphers")), (12, 30, 12, 10),
                "TLS ports: status, versions, grade, suites, certificate facts."),
+        _panel(7, "Changes over time by kind", "barchart", CHANGES_BY_KIND, (0, 40, 12, 9),
+               "Change events per day and kind (opened, closed, version changed...).",
+               FORMAT_TIMESERIES, options={"stacking": "normal", "xTickLabelRotation": -45}),
+        _panel(8, "New red ports", "table", NEW_RED_PORTS, (12, 40, 12, 9),
+               "Ports opened or reopened with a red (risky) service, newest first."),
     ]
     return {
         "uid": "portwatch-reports", "title": "portwatch: exposed ports and risk",

@@ -34,7 +34,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from portwatch.web import charts
+from portwatch.web import charts, history_pages
 from portwatch.web.query import (
     COLORS,
     DIRECTIONS,
@@ -352,6 +352,7 @@ def create_app(service: ReportService, *, token: str = "",
         Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    routes += history_pages.routes(web)  # /changes, /target
     allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only else frozenset()
     return Starlette(
         routes=routes,

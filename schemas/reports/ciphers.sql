@@ -4,34 +4,24 @@
 -- suites with their grades, the Mozilla profile verdict, and the leaf certificate's
 -- facts and posture (trust, name check, days to expiry, weak key / signature).
 WITH
+    -- one row per TLS port, kept by a materialized view (ddl.sql tls_latest)
     probes AS (
-        SELECT target, ip, port,
-               argMax(scan_id, observed_at) AS scan_id,
-               argMax(status, observed_at) AS status,
-               argMax(error, observed_at) AS error,
-               argMax(versions, observed_at) AS versions,
-               argMax(grade, observed_at) AS grade,
-               argMax(grade_reason, observed_at) AS grade_reason,
-               argMax(reached_via, observed_at) AS reached_via,
-               argMax(is_upgrade_offered, observed_at) AS is_upgrade_offered,
-               argMax(upgrade_note, observed_at) AS upgrade_note,
-               argMax(is_chain_trusted, observed_at) AS is_chain_trusted,
-               argMax(trust_error, observed_at) AS trust_error,
-               argMax(days_to_expiry, observed_at) AS days_to_expiry,
-               argMax(certificate_warnings, observed_at) AS certificate_warnings,
-               argMax(leaf_sha256, observed_at) AS leaf_sha256,
-               argMax(profile, observed_at) AS profile,
-               argMax(profile_version, observed_at) AS profile_version,
-               argMax(profile_reasons, observed_at) AS profile_reasons,
-               max(observed_at) AS tested_at
-        FROM tls_probes GROUP BY target, ip, port
+        SELECT target, ip, port, scan_id, status, error, versions, grade, grade_reason,
+               reached_via, is_upgrade_offered, upgrade_note, is_chain_trusted, trust_error,
+               days_to_expiry, certificate_warnings, leaf_sha256, profile, profile_version,
+               profile_reasons, tested_at
+        FROM latest_tls_probes
     ),
     suites AS (
         SELECT target, ip, port, scan_id,
                arraySort(x -> (x.1, x.8), groupArray((tls_version, iana_name, openssl_name,
                          strength, reason, kex_group, kex_bits, preference))) AS suites,
                countIf(strength = 'weak') AS weak_suites
-        FROM tls_ciphers FINAL GROUP BY target, ip, port, scan_id
+        FROM tls_ciphers FINAL
+        -- only the latest probe's suites: the set is on the sorting key's prefix
+        WHERE (target, ip, port, scan_id) IN (SELECT target, ip, port, scan_id
+                                              FROM latest_tls_probes)
+        GROUP BY target, ip, port, scan_id
     ),
     certs AS (
         SELECT target, ip, port, scan_id,
@@ -42,12 +32,14 @@ WITH
                any(not_before) AS not_before, any(signature_algorithm) AS signature_algorithm,
                any(name_check) AS name_check, any(expiry_warning) AS expiry_warning,
                any(weak_key) AS weak_key, any(weak_signature) AS weak_signature
-        FROM certificates FINAL WHERE chain_position = 0
+        FROM certificates FINAL
+        WHERE chain_position = 0
+          AND (target, ip, port, scan_id) IN (SELECT target, ip, port, scan_id
+                                              FROM latest_tls_probes)
         GROUP BY target, ip, port, scan_id
     ),
     owners AS (
-        SELECT target, ip, argMax(organization, finished_at) AS organization
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, organization FROM latest_host_scans
     )
 SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,

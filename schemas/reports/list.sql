@@ -10,9 +10,10 @@
 -- always fall back to target, address, protocol, port. The report's columns do not
 -- change with the sort.
 WITH
+    -- one row per host, kept by a materialized view (ddl.sql host_latest): not a
+    -- GROUP BY over every scan ever stored
     latest_scan AS (
-        SELECT target, ip, argMax(scan_id, finished_at) AS scan_id
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, scan_id FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
@@ -24,6 +25,13 @@ WITH
         SELECT target, proto, port, note, accepted_by, until, service, product, version
         FROM accepted_risks FINAL
         WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
+    ),
+    -- --history: when each port no longer seen was found closed (port_state, kept by the
+    -- change writer); read only when history is asked (the filter folds to false).
+    closed AS (
+        SELECT target, ip, proto, port, changed_at AS closed_at
+        FROM port_state FINAL
+        WHERE {history:UInt8} = 1 AND is_open = 0
     )
 SELECT
     f.target AS target,
@@ -68,7 +76,11 @@ SELECT
     (is_port_accepted OR acc_host.target != '') AS is_accepted,
     if(is_port_accepted, acc_port.note, acc_host.note) AS accepted_note,
     if(is_port_accepted, acc_port.accepted_by, acc_host.accepted_by) AS accepted_by,
-    if(is_port_accepted, acc_port.until, acc_host.until) AS accepted_until
+    if(is_port_accepted, acc_port.until, acc_host.until) AS accepted_until,
+    if(is_current, 'open',
+       if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
+          'not seen in the latest scan',
+          concat('closed ', formatDateTime(closed.closed_at, '%Y-%m-%d %H:%i:%S')))) AS status
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
@@ -77,6 +89,8 @@ LEFT ANY JOIN accepted AS acc_port
    AND acc_port.proto = f.proto AND acc_port.port = f.port
 LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
     ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
+LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
+                AND closed.port = f.port
 WHERE ({history:UInt8} = 1 OR is_current)
   AND ({target:String} = '' OR f.target = {target:String} OR f.ip = {target:String}
        OR f.hostname = {target:String})

@@ -33,6 +33,7 @@ from pathlib import Path
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
 from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
+from stream_processors.history import ChangeRecorder
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     EngineFactory,
@@ -140,6 +141,8 @@ class EmbeddedRunner:
         self._outcomes: list[ShardOutcome] = []
         # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
         self._dropped: collections.Counter[str] = collections.Counter()
+        # Change history: fed what the sink stores, run when the hosts' scans are recorded.
+        self.changes = ChangeRecorder(store)
 
     # -- control ------------------------------------------------------------------------
 
@@ -319,6 +322,8 @@ class EmbeddedRunner:
                                                   self.store.insert_findings)
                 stats.stored += len(batch) - len(refused)
                 stats.errors += [f"{f.port.target.ip}:{f.port.port}: {why}" for f, why in refused]
+                refused_ids = {id(f) for f, _why in refused}
+                self.changes.add_findings([f for f in batch if id(f) not in refused_ids])
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
@@ -337,6 +342,7 @@ class EmbeddedRunner:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
         await asyncio.to_thread(self.store.insert_host_scans, rows)
+        stats.change_events = await self.changes.finish(rows)  # after the findings are stored
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""

@@ -35,6 +35,7 @@ from typing import Any
 import faust
 
 from schemas.topics import TopicSet, topic_names
+from stream_processors.change_hold import ChangeStage
 from stream_processors.sink import StoreSink
 from stream_processors.transports.faust_agents import (
     SinkAgentStats,
@@ -117,8 +118,10 @@ def build_stages_app(options: PipelineOptions, stage: Stage,
 
 
 def build_sink_app(options: PipelineOptions, sink: StoreSink,
-                   stats: SinkAgentStats | None = None) -> tuple[faust.App, SinkAgentStats]:
-    """The sink app: findings and host scans in, store rows (and dead letters) out."""
+                   stats: SinkAgentStats | None = None, *,
+                   changes: ChangeStage | None = None) -> tuple[faust.App, SinkAgentStats]:
+    """The sink app: findings and host scans in, store rows (and dead letters) out; with
+    ``changes``, the change events of every host scan out on the changes topic."""
     stats = stats or SinkAgentStats()
     app = make_app(options, "sink")
     t = options.topics
@@ -128,7 +131,21 @@ def build_sink_app(options: PipelineOptions, sink: StoreSink,
                       host_scans_topic=t.host_scans.name, buffer=options.sink_buffer,
                       within=options.sink_within, stats=stats)
     app.agent(source, name="portwatch.sink")(body)
+    if changes is not None:
+        _bind_changes(app, sink, changes, sender(raw_topic(app, t.changes.name)))
     return app, stats
+
+
+def _bind_changes(app: faust.App, sink: StoreSink, changes: ChangeStage, send: Any) -> None:
+    """The same change rule as the embedded runner, fed by the sink (change_hold.py says
+    why host scans are held), its events published keyed by host address."""
+    sink.on_stored = changes.on_stored
+
+    async def release() -> None:
+        for event in await changes.flush():
+            await send(event.key.encode(), event.to_json())
+
+    app.timer(1.0, name="portwatch.changes")(release)
 
 
 async def run_apps(apps: list[faust.App], stop: asyncio.Event) -> None:

@@ -237,6 +237,15 @@ def scanned(services: Services, kafka_bootstrap: str,
             f"http://127.0.0.1:{web_port}/api/v1/list?per_page=500", timeout=30
         ) as answer:
             web_list = json.loads(answer.read())
+        # The sink releases a host's change events once its findings are in and it has
+        # been quiet a few seconds (change_hold.py): wait for them on its web page.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/changes?since=1d",
+                                        timeout=30) as page:
+                if f"{len(services.ports)} event(s)" in page.read().decode():
+                    break
+            time.sleep(1)
         pipe.stop(discover)
         pipe.stop(sink)
         yield Scanned(embedded, pipe, pipe.report("list"), busy, produced["scan_id"],
@@ -288,6 +297,20 @@ def test_the_sink_serves_its_store_on_the_web_while_it_runs(scanned: Scanned) ->
     assert "serving the reports on http://127.0.0.1:" in scanned.sink_log
     # And the busy report pointed there
     assert "portwatch process --serve PORT" in scanned.busy.stderr
+
+
+def test_change_events_equal_those_of_an_embedded_scan(scanned: Scanned,
+                                                       services: Services) -> None:
+    # Both transports ran the same rule on the same first scan: every port opened
+    def events(store: str) -> list[tuple[Any, ...]]:
+        rows = report(store, "changes")
+        return sorted((r["kind"], r["severity"], r["port"], r["before"], r["after"],
+                       r["organization"], r["asset"]) for r in rows)
+
+    embedded, distributed = events(scanned.embedded), events(scanned.pipe.store)
+    assert distributed == embedded
+    assert sorted(e[2] for e in distributed) == sorted(services.ports.values())
+    assert {e[0] for e in distributed} == {"opened"}
 
 
 def test_host_scans_reach_the_store(scanned: Scanned, services: Services) -> None:

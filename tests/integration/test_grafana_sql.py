@@ -53,6 +53,15 @@ def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
                           ports_scanned=100, open_ports=1))
     store.insert_findings(findings)
     store.insert_host_scans(scans)
+    # The change log of those scans, computed by the real recorder (no coverage in these
+    # records, so nothing can close and nothing is re-probed)
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(findings)
+    asyncio.run(recorder.finish(scans))
     return store
 
 
@@ -92,7 +101,8 @@ def test_dashboard_has_the_four_reports_charts_and_variables() -> None:
     board = dashboards()[0]
     titles = {p["title"] for p in board["panels"]}
     assert titles == {"Summary", "Open ports (List)", "Products", "TLS ciphers",
-                      "Risk score over time", "New open ports per day"}
+                      "Risk score over time", "New open ports per day",
+                      "Changes over time by kind", "New red ports"}
     assert [v["name"] for v in board["templating"]["list"]] == ["org", "target"]
     for panel in board["panels"]:
         assert panel["datasource"]["type"] == "grafana-clickhouse-datasource"
@@ -123,6 +133,12 @@ def test_panels_return_the_expected_values(db: Any) -> None:
     assert [(r[1], r[4]) for r in summary] == [("127.0.0.2", "Other Org")]
     products = db.query(substitute(queries["Products"], "Example Corp", ""))
     assert [(r[0], r[3]) for r in products] == [("nginx", 3)]
+    # one port opened per day on A (80, then 3306, then 9000), and B's 22 on the last day
+    by_kind = db.query(substitute(queries["Changes over time by kind"], "", ""))
+    assert [(r[1], r[2]) for r in by_kind] == [("opened", 1), ("opened", 1), ("opened", 2)]
+    red = db.query(substitute(queries["New red ports"], "", ""))
+    assert [(r[2], r[3], r[5]) for r in red] == [("127.0.0.1", 3306, "opened")]
+    assert db.query(substitute(queries["New red ports"], "Other Org", "")) == []
 
 
 @pytest.mark.parametrize("org", ["", "Example Corp"])

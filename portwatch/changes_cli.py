@@ -1,0 +1,136 @@
+"""CLI of the change history: ``portwatch report changes`` and ``portwatch prune``.
+
+Owns: the flags of the What-changed report and of pruning, their validation (bad input:
+one line, exit 2) and the dispatch that lets ``report changes`` live beside the four
+reports without touching their command. The queries are in
+``stream_processors/history.py``; rendering is ``portwatch/render.py``.
+
+Must not touch: the scan pipeline, the store's layout.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from portwatch.console import EXIT_USAGE, STORE_OPTION, fail, out_console, settings_from
+from schemas.records import ChangeKind, Severity
+
+KIND_CHOICES = [k.value for k in ChangeKind]
+SEVERITY_CHOICES = ["", *(s.value for s in Severity)]
+
+
+def _open(url: str | None) -> Any:
+    """An existing store (StoreMissing: exit 2, nothing created)."""
+    from portwatch.assembly import Assembly
+
+    return Assembly(settings_from(store=url)).open_store(create=False)
+
+
+def _when(value: str, flag: str) -> datetime:
+    """An ISO date or date-time (UTC when no zone is given)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{flag} {value!r}: use an ISO date or time, e.g. 2026-12-01 or "
+             "2026-12-01T08:00", EXIT_USAGE)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@click.command("changes")
+@click.option("--since", default="", metavar="DURATION",
+              help="Only changes in this last period: 30m, 12h, 7d, 2w.")
+@click.option("--from", "from_", default="", metavar="WHEN", help="Only changes at or after "
+              "this ISO date/time (UTC unless a zone is given).")
+@click.option("--to", "to", default="", metavar="WHEN", help="Only changes before this time.")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES),
+              help="Only this kind of change (repeat for several).")
+@click.option("--severity", default="", type=click.Choice(SEVERITY_CHOICES),
+              help="Only changes at least this severe.")
+@click.option("--target", default="", help="Only this target (as written, address or "
+              "hostname).")
+@click.option("--org", default="", help="Only this organization.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
+              default="table", help="Output format.")
+@STORE_OPTION
+def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], severity: str,
+                    target: str, org: str, port: int, limit: int, fmt: str,
+                    store: str | None) -> None:
+    """What changed: ports opened, reopened and closed, service, product and version
+    changes, risk raised or lowered, TLS and certificate changes, hosts unreachable and
+    back. Newest first."""
+    from portwatch.render import render
+    from stream_processors.history import changes_report, parse_duration
+
+    if since and from_:
+        fail("give --since or --from, not both", EXIT_USAGE)
+    start = end = None
+    if since:
+        try:
+            start = datetime.now(UTC) - parse_duration(since)
+        except ValueError as exc:
+            fail(f"--since: {exc}", EXIT_USAGE)
+    if from_:
+        start = _when(from_, "--from")
+    if to:
+        end = _when(to, "--to")
+    db = _open(store)
+    try:
+        result = changes_report(db, since=start, until=end, kinds=kinds, severity=severity,
+                                target=target, org=org, port=port, limit=limit)
+    finally:
+        db.close()
+    render(result, fmt, out_console(soft_wrap=fmt != "table"))
+
+
+@click.command("prune")
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Delete raw observations older than this (e.g. 90d). First-seen dates, "
+                   "the change log and every host's latest state are kept.")
+@STORE_OPTION
+def prune_command(older_than: str, store: str | None) -> None:
+    """Delete raw observations older than a period; never first_seen or the change log."""
+    from stream_processors.history import parse_duration, prune
+
+    try:
+        period = parse_duration(older_than)
+    except ValueError as exc:
+        fail(f"--older-than: {exc}", EXIT_USAGE)
+    db = _open(store)
+    try:
+        cutoff = prune(db, period)
+    finally:
+        db.close()
+    out_console().print(f"pruned raw observations older than {cutoff:%Y-%m-%d %H:%M:%S} UTC",
+                        markup=False, highlight=False)
+
+
+class _ReportWithChanges(click.Command):
+    """``portwatch report`` as it is, plus ``report changes`` dispatched to its own command
+    (its flags differ from the four reports')."""
+
+    def __init__(self, reports: click.Command, changes: click.Command) -> None:
+        super().__init__(reports.name, params=reports.params, callback=reports.callback,
+                         help=(reports.help or "") + "\n\n\b\n  changes   what changed "
+                         "between scans: see `portwatch report changes --help`",
+                         short_help=reports.short_help, context_settings=reports.context_settings)
+        self.changes = changes
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        if args and args[0] == "changes":
+            return self.changes.make_context(f"{info_name} changes", args[1:], parent=parent,
+                                             **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+def report_with_changes(reports: click.Command) -> click.Command:
+    """``portwatch report`` with ``report changes`` beside the four reports."""
+    return _ReportWithChanges(reports, changes_command)
+
+
+__all__ = ["changes_command", "prune_command", "report_with_changes"]

@@ -1,0 +1,132 @@
+"""Web pages of the change history: the Changes timeline and the per-target page.
+
+Owns: ``/changes`` (events grouped by day and kind, with filters, each event linking into
+the List) and ``/target`` (one target's ports now, its events, and its risk score after
+every scan), their query-string validation (a bad value is a 400 with the reason) and
+their routes. The SQL is ``stream_processors/history.py`` and ``schemas/history/*.sql``.
+
+Must not write to the store or reach any network. Values from the network are escaped by
+the shared Jinja environment (autoescape on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import BaseRoute, Route
+
+from schemas.records import ChangeKind, Severity
+
+if TYPE_CHECKING:
+    from portwatch.web.app import WebApp
+
+KINDS = tuple(k.value for k in ChangeKind)
+SEVERITIES = tuple(s.value for s in Severity)
+MAX_EVENTS = 1000  # rows a page shows; the CLI/JSON report has no such cap
+TEXT_CAP = 200  # characters of a filter value accepted
+
+
+class BadParam(ValueError):
+    pass
+
+
+def _one(params: Mapping[str, list[str]], name: str) -> str:
+    values = params.get(name, [])
+    if len(values) > 1:
+        raise BadParam(f"{name}: give it once")
+    value = values[0].strip() if values else ""
+    if len(value) > TEXT_CAP or any(not ch.isprintable() for ch in value):
+        raise BadParam(f"{name}: not a valid value")
+    return value
+
+
+def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Query string of /changes -> validated filters (BadParam says what is wrong)."""
+    from stream_processors.history import parse_duration
+
+    params: dict[str, list[str]] = {}
+    for key, value in items:
+        params.setdefault(key, []).append(value)
+    unknown = set(params) - {"since", "kind", "severity", "target", "org", "port"}
+    if unknown:
+        raise BadParam(f"unknown filter {', '.join(sorted(unknown))}")
+    since = _one(params, "since") or "7d"
+    try:
+        period = parse_duration(since)
+    except ValueError as exc:
+        raise BadParam(f"since: {exc}") from exc
+    kinds = [k for k in params.get("kind", []) if k]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise BadParam(f"kind: {bad[0][:40]!r} is not one of {', '.join(KINDS)}")
+    severity = _one(params, "severity")
+    if severity and severity not in SEVERITIES:
+        raise BadParam(f"severity: choose one of {', '.join(SEVERITIES)}")
+    port_text = _one(params, "port")
+    if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+        raise BadParam("port: a number from 1 to 65535")
+    return {"since": since, "period": period, "kinds": kinds, "severity": severity,
+            "target": _one(params, "target"), "org": _one(params, "org"),
+            "port": int(port_text or 0)}
+
+
+Row = dict[str, Any]
+
+
+def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
+    """Events grouped by day (newest first), then by kind in the order of ChangeKind."""
+    days: dict[date, dict[str, list[Row]]] = {}
+    for r in rows:
+        at = r["observed_at"]
+        day = (at if at.tzinfo else at.replace(tzinfo=UTC)).date()
+        days.setdefault(day, {}).setdefault(r["kind"], []).append(r)
+    return [(day, [(k, kinds[k]) for k in KINDS if k in kinds])
+            for day, kinds in sorted(days.items(), reverse=True)]
+
+
+def routes(web: WebApp) -> list[BaseRoute]:
+    from stream_processors.history import changes_report
+
+    store = web.service.store
+
+    def changes(request: Request) -> HTMLResponse:
+        try:
+            f = parse_changes_query(request.query_params.multi_items())
+        except BadParam as exc:
+            return web.error_page(400, str(exc), "changes")
+        since = datetime.now(UTC) - f["period"]
+        rows = changes_report(store, since=since, kinds=f["kinds"], severity=f["severity"],
+                              target=f["target"], org=f["org"], port=f["port"],
+                              limit=MAX_EVENTS).dicts()
+        return web.render("changes.html", active="changes", page_title="Changes", f=f,
+                          groups=timeline(rows), total=len(rows), capped=len(rows) >= MAX_EVENTS,
+                          kinds=KINDS, severities=SEVERITIES,
+                          organizations=web.service.organizations())
+
+    def target(request: Request) -> HTMLResponse:
+        from schemas import history_sql
+
+        try:
+            params: dict[str, list[str]] = {}
+            for key, value in request.query_params.multi_items():
+                params.setdefault(key, []).append(value)
+            name, ip = _one(params, "target"), _one(params, "ip")
+        except BadParam as exc:
+            return web.error_page(400, str(exc), "summary")
+        if not name:
+            return web.error_page(400, "target: which target? (open it from the Summary)",
+                                  "summary")
+        ports = store.select("ports", history_sql("target_ports"),
+                             {"target": name, "ip": ip}).dicts()
+        events = changes_report(store, target=ip or name, limit=MAX_EVENTS).dicts()
+        scores = store.select("scores", history_sql("target_scores"),
+                              {"target": name, "ip": ip}).dicts()
+        return web.render("target.html", active="summary", page_title=f"Target {name}",
+                          name=name, ip=ip, ports=ports, events=events, scores=scores)
+
+    return [Route("/changes", changes, methods=["GET", "HEAD"]),
+            Route("/target", target, methods=["GET", "HEAD"])]

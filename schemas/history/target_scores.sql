@@ -1,0 +1,38 @@
+-- Per-target page: the target's risk score after every scan of it (two scans today are two
+-- points), with the Summary's formula (summary.sql: raw = 10 x red + 3 x yellow + 1 x green
+-- over the scan's open ports, CDN-expected and UDP open|filtered count zero; score =
+-- 100 x (1 - exp(-raw / 40))). {target} is the target as written (the sorting key's first
+-- column, so only this target's rows are read); {ip} narrows to one address ('' = all).
+WITH
+    scans AS (
+        SELECT target, ip, scan_id, max(finished_at) AS finished_at,
+               if(min(status = 'completed'), 'completed', 'interrupted') AS status
+        FROM host_scans FINAL
+        WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+        GROUP BY target, ip, scan_id
+    ),
+    counts AS (
+        SELECT target, ip, scan_id,
+               countIf(is_scored AND risk_color = 'red') AS red,
+               countIf(is_scored AND risk_color = 'yellow') AS yellow,
+               countIf(is_scored AND risk_color = 'green') AS green,
+               count() AS open_ports
+        FROM (
+            SELECT target, ip, scan_id, toString(risk_color) AS risk_color,
+                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
+            FROM port_observations FINAL
+            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+        )
+        GROUP BY target, ip, scan_id
+    )
+SELECT
+    scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
+    scans.finished_at AS finished_at, scans.status AS status,
+    counts.open_ports AS open_ports, counts.red AS red, counts.yellow AS yellow,
+    counts.green AS green,
+    10 * counts.red + 3 * counts.yellow + counts.green AS raw_score,
+    round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score
+FROM scans
+LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
+                AND counts.scan_id = scans.scan_id
+ORDER BY finished_at, ip

@@ -1,0 +1,119 @@
+"""Change history in the distributed shape: hold a host scan until its findings are in.
+
+Owns: ``HostHold`` (which host scans are ready for change detection) and ``ChangeStage``
+(what the sink calls after each stored batch, and on a timer: release the ready hosts,
+compute their changes with the same ``ChangeRecorder`` / ``detect_changes`` as the
+embedded runner, return the events for the ``changes`` topic).
+
+Why a hold: a shard's HostScan record is published when discovery of the shard ends, but
+its findings come through identification, TLS and risk, which are slower; the sink sees
+the host scan first. A host is released when the findings received for it reach the open
+ports its shard records announced (``HostScan.open_ports``) and no record for it arrived
+for ``settle`` seconds (another shard of the same host may follow), or when it has been
+held ``max_hold`` seconds (a finding lost to the dead-letter topic must not hold a host
+forever; what is missing then reads as not seen, and closures still need a failed
+re-probe, so a lost finding cannot close a port).
+
+Must not touch: Kafka (the caller publishes the events), the rule itself.
+
+Known limits: the hold is in memory; a sink that crashes after storing a batch and before
+releasing its hosts does not compute those hosts' changes (the next scan compares with the
+last computed state, so nothing is lost for ever, but those events are missed). A shard of
+a host arriving after the host was released is recomputed as a replay (no new events).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from schemas.records import ChangeEvent, Finding, HostScan
+from stream_processors.history import ChangeRecorder, ReprobeOptions
+from stream_processors.store import Store
+
+log = logging.getLogger(__name__)
+
+HoldKey = tuple[str, str, str]  # (scan_id, target, ip)
+
+
+@dataclass
+class _Held:
+    scans: dict[str, HostScan] = field(default_factory=dict)  # by shard_id
+    found: set[tuple[str, int]] = field(default_factory=set)  # (proto, port) stored
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def expected(self) -> int:
+        return sum(h.open_ports for h in self.scans.values())
+
+
+@dataclass
+class HostHold:
+    """Bookkeeping of held host scans; times are ``time.monotonic()`` seconds."""
+
+    settle: float = 5.0
+    max_hold: float = 600.0
+    max_hosts: int = 200_000  # bound memory: past this, the oldest are released at once
+    _held: dict[HoldKey, _Held] = field(default_factory=dict)
+
+    def add(self, findings: Sequence[Finding], scans: Sequence[HostScan], now: float) -> None:
+        for h in scans:
+            held = self._held.setdefault((h.scan_id, h.target.target, h.target.ip),
+                                         _Held(first_seen=now))
+            held.scans[h.shard_id] = h
+            held.last_seen = now
+        for f in findings:
+            key = (f.port.scan_id, f.port.target.target, f.port.target.ip)
+            held = self._held.setdefault(key, _Held(first_seen=now))
+            held.found.add((f.port.proto.value, f.port.port))
+            held.last_seen = now
+
+    def ready(self, now: float) -> list[HostScan]:
+        """Pop the host scans ready for change detection (every shard record of each)."""
+        out: list[HostScan] = []
+        overflow = len(self._held) - self.max_hosts
+        for key in list(self._held):
+            held = self._held[key]
+            if not held.scans:
+                if now - held.first_seen >= self.max_hold:
+                    del self._held[key]  # findings whose host scan never came: let go
+                continue
+            is_complete = len(held.found) >= held.expected and now - held.last_seen >= self.settle
+            if is_complete or now - held.first_seen >= self.max_hold or overflow > 0:
+                if not is_complete:
+                    log.warning("change detection of %s in scan %s: released after %.0fs "
+                                "with %d of %d findings", key[2], key[0],
+                                now - held.first_seen, len(held.found), held.expected)
+                out.extend(held.scans.values())
+                del self._held[key]
+                overflow -= 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class ChangeStage:
+    """The sink's change step: ``on_stored`` after every stored batch, ``flush`` on a
+    timer; the events it returns go to the ``changes`` topic."""
+
+    def __init__(self, store: Store, *, settle: float = 5.0, max_hold: float = 600.0,
+                 reprobe: ReprobeOptions | None = None) -> None:
+        self.recorder = ChangeRecorder(store, reprobe or ReprobeOptions())
+        self.hold = HostHold(settle=settle, max_hold=max_hold)
+
+    async def on_stored(self, findings: Sequence[Finding], scans: Sequence[HostScan]) -> None:
+        self.recorder.add_findings(findings)
+        self.hold.add(findings, scans, time.monotonic())
+
+    async def flush(self, now: float | None = None) -> list[ChangeEvent]:
+        ready = self.hold.ready(time.monotonic() if now is None else now)
+        if not ready:
+            return []
+        return await self.recorder.finish(ready)
+
+
+__all__ = ["ChangeStage", "HostHold"]

@@ -1,0 +1,459 @@
+"""Change detection: the ONE rule that turns two completed scans of a host into events.
+
+Owns: the compact per-port snapshot both transports build from ``Finding`` records
+(``snapshot_of``), the host states compared (``HostState``, ``HostScanView``), the pure
+function ``detect_changes`` (previous completed state + this scan + the ports it covered +
+re-probe answers -> ``ChangeEvent`` list and the next state) and the severity rule
+(``SEVERITY_RULES``). Both transports call ``detect_changes``; they only move records.
+
+Must not touch: the network (re-probes live in ``probers/reprobe.py``, and their answers
+come in as data), storage (``stream_processors/history.py`` reads and writes states),
+Kafka.
+
+The rule, in words (ARCHITECTURE.md "Change history" has the why):
+
+* Only a *completed* scan of a host (every shard of it completed) produces events or moves
+  the host's state; an interrupted or errored scan closes nothing and opens nothing.
+* ``opened``: open now, never seen on this (target, ip, proto, port) before;
+  ``reopened``: seen before, closed since.
+* ``closed``: open in the previous state, absent now, covered by one of this scan's shards,
+  and a direct re-probe at the end of the scan also failed (TCP: refused or silent; UDP:
+  only an ICMP port-unreachable, never silence). A port with no re-probe answer (budget
+  spent, probe not run) is not closed: it stays open in the state.
+* A host that had open ports and now shows none, with every re-probe silent (no RST, no
+  ICMP), is ``host_unreachable``: no closure for its ports, its state is kept. The next
+  scan in which it answers emits ``host_back`` and is compared with the kept state.
+* For a port open in both: ``service_changed``, ``product_changed``, ``version_changed``
+  (only when the product stayed), ``risk_raised`` / ``risk_lowered``, ``tls_changed``
+  (versions added/removed, weak suites newly offered, grade change; only when both TLS
+  probes completed), ``cert_changed`` (leaf sha256).
+* ``cert_expiring``: the leaf's days left crossed into a tighter bucket of
+  ``EXPIRY_THRESHOLDS`` (30/14/7/1) since the previous scan of the same certificate (a new
+  certificate starts with no bucket); one event names the tightest threshold crossed, so a
+  certificate seen at 40 days then at 5 days gives one event "7d", not three.
+  ``cert_expired``: expired now, and not already expired at the previous scan of the same
+  certificate.
+
+Every event's ``observed_at`` is the scan's own finish time, so recomputing a scan's
+changes gives identical rows and identical ``event_id`` values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from probers.reprobe import Answer as ProbeAnswer  # OPEN / REFUSED (host answered) / SILENT
+from schemas.records import (
+    ChangeEvent,
+    ChangeKind,
+    Finding,
+    HostScan,
+    ProbeStatus,
+    Proto,
+    RiskColor,
+    Severity,
+    Target,
+)
+
+PortKey = tuple[Proto, int]
+
+EXPIRY_THRESHOLDS: tuple[int, ...] = (30, 14, 7, 1)  # days, loosest first
+LEGACY_TLS_VERSIONS = frozenset({"SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"})
+_COLOR_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
+_GRADE_RANK = {"strong": 0, "medium": 1, "weak": 2}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LOOSEST = timedelta(days=max(EXPIRY_THRESHOLDS))
+# stages.unidentified() reasons that mean "not finished", not "nothing answered"
+INCOMPLETE = ("interrupted", "identification error")
+
+
+@dataclass(frozen=True, slots=True)
+class PortSnapshot:
+    """What change detection compares about one port: small, built once per finding."""
+
+    proto: Proto
+    port: int
+    is_open: bool = True
+    service: str = ""
+    product: str = ""
+    version: str = ""
+    risk_color: str = RiskColor.YELLOW.value
+    is_cdn_expected: bool = False
+    tls_status: str = ProbeStatus.NOT_SCHEDULED.value
+    tls_versions: tuple[str, ...] = ()
+    weak_suites: tuple[str, ...] = ()
+    tls_grade: str = ""
+    cert_sha256: str = ""
+    cert_not_after: datetime = EPOCH  # EPOCH: no certificate known
+    scan_id: str = ""  # the last scan that saw it open
+    changed_at: datetime = EPOCH  # when it last opened or closed
+    first_seen: datetime = EPOCH
+    # Identification did not finish (Ctrl-C, an error): open, but its attributes are
+    # unknown this time, so they are not compared (as a TLS probe that could not test).
+    is_incomplete: bool = False
+
+    @property
+    def key(self) -> PortKey:
+        return (self.proto, self.port)
+
+    def describe(self) -> str:
+        words = " ".join(w for w in (self.service, self.product, self.version) if w)
+        return f"{words or 'unidentified'} ({self.risk_color})"
+
+
+def _parse_not_after(text: str) -> datetime:
+    """Certificate notAfter as stored by the TLS prober (ISO 8601); EPOCH when unreadable."""
+    if not text:
+        return EPOCH
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return EPOCH  # hostile or odd text never reaches a typed column
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def snapshot_of(finding: Finding) -> PortSnapshot:
+    """The compact state of one finding (what both transports feed ``detect_changes``)."""
+    p, s, tls = finding.port, finding.service, finding.tls
+    leaf = next((c for c in tls.certificates if c.chain_position == 0), None)
+    return PortSnapshot(
+        proto=p.proto, port=p.port, service=s.service, product=s.product, version=s.version,
+        risk_color=finding.risk_color.value, is_cdn_expected=finding.cdn.is_expected_port,
+        tls_status=tls.status.value, tls_versions=tuple(sorted(set(tls.versions))),
+        weak_suites=tuple(sorted({c.iana_name for c in tls.suites if c.strength == "weak"})),
+        tls_grade=tls.grade, cert_sha256=leaf.sha256 if leaf else "",
+        cert_not_after=_parse_not_after(leaf.not_after) if leaf else EPOCH,
+        scan_id=p.scan_id, changed_at=p.observed_at, first_seen=p.observed_at,
+        is_incomplete=s.method == "unidentified" and s.extra_info.startswith(INCOMPLETE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    """A host as its last completed scan left it: every port ever seen on it (closed ones
+    with ``is_open`` False, so a port coming back is ``reopened``)."""
+
+    target: Target
+    scan_id: str
+    finished_at: datetime
+    is_reachable: bool = True
+    ports: Mapping[PortKey, PortSnapshot] = field(default_factory=dict)
+
+    @property
+    def open_ports(self) -> dict[PortKey, PortSnapshot]:
+        return {k: v for k, v in self.ports.items() if v.is_open}
+
+
+@dataclass(frozen=True, slots=True)
+class HostScanView:
+    """One host in one scan: its shard records (coverage, status) and what was open."""
+
+    target: Target
+    scan_id: str
+    shards: tuple[HostScan, ...]
+    ports: Mapping[PortKey, PortSnapshot]
+
+    @property
+    def is_completed(self) -> bool:
+        return bool(self.shards) and all(h.status == "completed" for h in self.shards)
+
+    @property
+    def finished_at(self) -> datetime:
+        # Milliseconds, as the store keeps them: a replayed record compares equal to the
+        # state it wrote, and events computed twice carry the same observed_at.
+        latest = max(h.finished_at for h in self.shards)
+        return latest.replace(microsecond=latest.microsecond // 1000 * 1000)
+
+    def covers(self, key: PortKey) -> bool:
+        return any(h.covers(key[0], key[1]) for h in self.shards)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeOutcome:
+    events: list[ChangeEvent]
+    state: HostState | None  # the host's next state; None: leave the stored one as it is
+
+
+# -- severity -------------------------------------------------------------------------------
+
+# (kind, risk colour of the port or "" for any) -> severity. The documented rule; a test
+# checks that every ChangeKind has an entry for "".
+SEVERITY_RULES: dict[tuple[ChangeKind, str], Severity] = {
+    (ChangeKind.OPENED, "red"): Severity.HIGH,
+    (ChangeKind.OPENED, "yellow"): Severity.MEDIUM,
+    (ChangeKind.OPENED, ""): Severity.LOW,
+    (ChangeKind.REOPENED, "red"): Severity.HIGH,
+    (ChangeKind.REOPENED, "yellow"): Severity.MEDIUM,
+    (ChangeKind.REOPENED, ""): Severity.LOW,
+    (ChangeKind.CLOSED, "red"): Severity.LOW,  # good news, but someone should know
+    (ChangeKind.CLOSED, ""): Severity.INFO,
+    (ChangeKind.SERVICE_CHANGED, ""): Severity.MEDIUM,
+    (ChangeKind.PRODUCT_CHANGED, ""): Severity.LOW,
+    (ChangeKind.VERSION_CHANGED, ""): Severity.INFO,
+    (ChangeKind.RISK_RAISED, "red"): Severity.HIGH,
+    (ChangeKind.RISK_RAISED, ""): Severity.MEDIUM,
+    (ChangeKind.RISK_LOWERED, ""): Severity.INFO,
+    (ChangeKind.TLS_CHANGED, ""): Severity.LOW,  # MEDIUM when it weakened, see below
+    (ChangeKind.CERT_CHANGED, ""): Severity.LOW,
+    (ChangeKind.CERT_EXPIRING, ""): Severity.MEDIUM,  # by threshold, see EXPIRY_SEVERITY
+    (ChangeKind.CERT_EXPIRED, ""): Severity.HIGH,
+    (ChangeKind.HOST_UNREACHABLE, ""): Severity.MEDIUM,
+    (ChangeKind.HOST_BACK, ""): Severity.INFO,
+}
+EXPIRY_SEVERITY = {30: Severity.LOW, 14: Severity.MEDIUM, 7: Severity.HIGH, 1: Severity.HIGH}
+
+
+def severity_of(kind: ChangeKind, color: str = "", *, is_cdn_expected: bool = False) -> Severity:
+    """The severity rule: by kind, refined by the port's colour; a CDN-expected port is
+    listed but carries no risk (DESIGN.md "CDN"), so its opening is info."""
+    if is_cdn_expected and kind in (ChangeKind.OPENED, ChangeKind.REOPENED, ChangeKind.CLOSED):
+        return Severity.INFO
+    return SEVERITY_RULES.get((kind, color), SEVERITY_RULES[(kind, "")])
+
+
+# -- the rule -------------------------------------------------------------------------------
+
+
+def _expiry_bucket(not_after: datetime, at: datetime) -> int | None:
+    """The tightest threshold the certificate is within at ``at``; None when above all."""
+    if not_after == EPOCH or not_after <= at:
+        return None
+    days_left = (not_after - at).total_seconds() / 86400
+    inside = [t for t in EXPIRY_THRESHOLDS if days_left <= t]
+    return min(inside) if inside else None
+
+
+def _tls_delta(before: PortSnapshot, after: PortSnapshot) -> tuple[str, bool] | None:
+    """Text of what changed in TLS and whether it weakened; None: nothing comparable."""
+    done = ProbeStatus.COMPLETED.value
+    if before.tls_status != done or after.tls_status != done:
+        return None  # "could not test" is not a change of the server
+    parts: list[str] = []
+    weakened = False
+    added = sorted(set(after.tls_versions) - set(before.tls_versions))
+    removed = sorted(set(before.tls_versions) - set(after.tls_versions))
+    if added or removed:
+        parts.append(" ".join([*(f"+{v}" for v in added), *(f"-{v}" for v in removed)]))
+        weakened |= any(v in LEGACY_TLS_VERSIONS for v in added)
+    new_weak = sorted(set(after.weak_suites) - set(before.weak_suites))
+    if new_weak:
+        parts.append("weak +" + " +".join(new_weak))
+        weakened = True
+    if before.tls_grade != after.tls_grade:
+        parts.append(f"grade {before.tls_grade or '-'}->{after.tls_grade or '-'}")
+        weakened |= _GRADE_RANK.get(after.tls_grade, 0) > _GRADE_RANK.get(before.tls_grade, 0)
+    return ("; ".join(parts), weakened) if parts else None
+
+
+def _port_events(before: PortSnapshot, after: PortSnapshot,
+                 event: _EventFactory) -> list[ChangeEvent]:
+    out: list[ChangeEvent] = []
+    if before.service != after.service:
+        out.append(event(ChangeKind.SERVICE_CHANGED, after, before.service, after.service))
+    if before.product != after.product:
+        out.append(event(ChangeKind.PRODUCT_CHANGED, after,
+                         f"{before.product} {before.version}".strip(),
+                         f"{after.product} {after.version}".strip()))
+    elif before.version != after.version:
+        out.append(event(ChangeKind.VERSION_CHANGED, after, before.version, after.version))
+    rank_before = _COLOR_RANK.get(before.risk_color, 1)
+    rank_after = _COLOR_RANK.get(after.risk_color, 1)
+    if rank_after != rank_before:
+        kind = ChangeKind.RISK_RAISED if rank_after > rank_before else ChangeKind.RISK_LOWERED
+        out.append(event(kind, after, before.risk_color, after.risk_color))
+    tls = _tls_delta(before, after)
+    if tls is not None:
+        text, weakened = tls
+        out.append(event(ChangeKind.TLS_CHANGED, after, "", text,
+                         severity=Severity.MEDIUM if weakened else None))
+    if before.cert_sha256 and after.cert_sha256 and before.cert_sha256 != after.cert_sha256:
+        out.append(event(ChangeKind.CERT_CHANGED, after, before.cert_sha256, after.cert_sha256))
+    return out
+
+
+def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: datetime | None,
+                 now: datetime, event: _EventFactory) -> list[ChangeEvent]:
+    if not after.cert_sha256 or after.cert_not_after == EPOCH:
+        return []
+    if after.cert_not_after - now > _LOOSEST:
+        return []  # the common case: far from expiry
+    same_cert = (before is not None and previous_at is not None
+                 and before.cert_sha256 == after.cert_sha256)
+    not_after = after.cert_not_after.isoformat()
+    if after.cert_not_after <= now:
+        was_expired = same_cert and previous_at is not None and after.cert_not_after <= previous_at
+        if was_expired:
+            return []
+        return [event(ChangeKind.CERT_EXPIRED, after, "", not_after)]
+    bucket_now = _expiry_bucket(after.cert_not_after, now)
+    if bucket_now is None:
+        return []
+    bucket_before = (_expiry_bucket(after.cert_not_after, previous_at)
+                     if same_cert and previous_at is not None else None)
+    if bucket_before is not None and bucket_before <= bucket_now:
+        return []  # already inside this threshold at the previous scan: once per threshold
+    return [event(ChangeKind.CERT_EXPIRING, after, not_after, f"{bucket_now}d",
+                  severity=EXPIRY_SEVERITY[bucket_now])]
+
+
+class _EventFactory:
+    """Builds events of one host scan (same target, scan ids, time for all)."""
+
+    def __init__(self, target: Target, scan_id: str, previous_scan_id: str,
+                 observed_at: datetime) -> None:
+        self.target, self.scan_id = target, scan_id
+        self.previous_scan_id, self.observed_at = previous_scan_id, observed_at
+
+    def __call__(self, kind: ChangeKind, port: PortSnapshot | None, before: str, after: str,
+                 *, severity: Severity | None = None) -> ChangeEvent:
+        color = port.risk_color if port is not None else ""
+        return ChangeEvent(
+            kind=kind,
+            severity=severity or severity_of(
+                kind, color, is_cdn_expected=port.is_cdn_expected if port else False),
+            target=self.target, scan_id=self.scan_id, previous_scan_id=self.previous_scan_id,
+            proto=port.proto if port is not None else Proto.TCP,
+            port=port.port if port is not None else 0,
+            before=before, after=after, risk_color=color,
+            service=port.service if port is not None else "",
+            observed_at=self.observed_at,
+        )
+
+
+def closure_candidates(previous: HostState | None, scan: HostScanView) -> list[PortKey]:
+    """Ports open in the previous state, not seen now, and covered by this scan: the only
+    ports a re-probe is spent on."""
+    if previous is None or not scan.is_completed:
+        return []
+    return sorted(k for k, s in previous.ports.items()
+                  if s.is_open and k not in scan.ports and scan.covers(k))
+
+
+def _is_closed(key: PortKey, answer: ProbeAnswer | None) -> bool:
+    if answer is None or answer is ProbeAnswer.OPEN:
+        return False  # not re-probed (budget) or still open: never closed on a guess
+    if key[0] is Proto.UDP:
+        return answer is ProbeAnswer.REFUSED  # UDP silence is open|filtered, not closed
+    return True
+
+
+def detect_changes(previous: HostState | None, scan: HostScanView,
+                   reprobes: Mapping[PortKey, ProbeAnswer]) -> ChangeOutcome:
+    """Compare this scan of a host with its previous completed state (module docstring)."""
+    if not scan.is_completed:
+        return ChangeOutcome([], None)  # an interrupted scan closes nothing, opens nothing
+    now = scan.finished_at  # computed once: a property over the shards
+    event = _EventFactory(scan.target, scan.scan_id, previous.scan_id if previous else "", now)
+    before_ports: dict[PortKey, PortSnapshot] = dict(previous.ports) if previous else {}
+    candidates = closure_candidates(previous, scan)
+    events: list[ChangeEvent] = []
+
+    host_answered = bool(scan.ports) or any(
+        reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED) for k in candidates)
+    # Unreachable only on evidence: every candidate was re-probed and none answered.
+    is_silent = bool(candidates) and all(
+        reprobes.get(k) is ProbeAnswer.SILENT for k in candidates)
+    if previous is not None and is_silent and not host_answered:
+        if previous.is_reachable:
+            events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
+        # Its ports are kept as they were: no closure while it does not answer.
+        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
+                                             is_reachable=False))
+    if previous is not None and not previous.is_reachable and host_answered:
+        events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
+
+    next_ports = dict(before_ports)
+    for key in candidates:
+        old = before_ports[key]
+        if _is_closed(key, reprobes.get(key)):
+            events.append(event(ChangeKind.CLOSED, old, old.describe(), "closed"))
+            next_ports[key] = replace(old, is_open=False, changed_at=now)
+    previous_at = previous.finished_at if previous else None
+    for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
+        new = scan.ports[key]
+        old_port = before_ports.get(key)
+        if old_port is None:
+            events.append(event(ChangeKind.OPENED, new, "", new.describe()))
+            next_ports[key] = replace(new, changed_at=now, first_seen=new.first_seen)
+        elif not old_port.is_open:
+            events.append(event(ChangeKind.REOPENED, new,
+                                f"closed {old_port.changed_at.isoformat()}", new.describe()))
+            next_ports[key] = replace(new, changed_at=now, first_seen=old_port.first_seen)
+        elif new.is_incomplete:
+            continue  # attributes unknown this time: the stored snapshot stays
+        else:
+            changed = _port_events(old_port, new, event)
+            if changed:
+                events.extend(changed)
+                next_ports[key] = replace(new, changed_at=old_port.changed_at,
+                                          first_seen=old_port.first_seen)
+            # else: the stored snapshot stays (nothing compared changed; a TLS probe that
+            # could not test this time keeps the last completed result to compare with)
+        events.extend(_cert_events(old_port if old_port and old_port.is_open else None, new,
+                                   previous_at, now, event))
+    state = HostState(scan.target, scan.scan_id, now, True, next_ports)
+    return ChangeOutcome(events, state)
+
+
+def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
+    """Digest of every field the rule compares, over the open ports. Equal digests of a
+    host's stored state and of its new scan mean the rule would emit nothing for the
+    ports (same open set, same attributes) except certificate expiry, which
+    ``is_near_expiry`` covers: the recorder's fast path for the many hosts that did not
+    change skips reading their port states."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(k for k, s in ports.items() if s.is_open):
+        s = ports[key]
+        digest.update(repr((key[0].value, key[1], s.service, s.product, s.version,
+                            s.risk_color, s.tls_status, s.tls_versions, s.weak_suites,
+                            s.tls_grade, s.cert_sha256, s.is_incomplete)
+                           ).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def is_near_expiry(ports: Mapping[PortKey, PortSnapshot], now: datetime) -> bool:
+    """True when some certificate is within the loosest expiry threshold (or expired)."""
+    return any(s.cert_not_after != EPOCH and s.cert_not_after - now <= _LOOSEST
+               for s in ports.values())
+
+
+def host_views(host_scans: Iterable[HostScan],
+               snapshots: Mapping[tuple[str, str, str], Sequence[PortSnapshot]]
+               ) -> list[HostScanView]:
+    """Group shard records per (scan, target, ip) and attach that host's open ports
+    (``snapshots`` keyed the same way)."""
+    grouped: dict[tuple[str, str, str], list[HostScan]] = {}
+    targets: dict[tuple[str, str, str], Target] = {}
+    for h in host_scans:
+        key = (h.scan_id, h.target.target, h.target.ip)
+        # a retried shard replaces its own row, as in the store
+        rows = grouped.setdefault(key, [])
+        rows[:] = [r for r in rows if r.shard_id != h.shard_id or not h.shard_id]
+        rows.append(h)
+        targets[key] = h.target
+    return [
+        HostScanView(targets[key], key[0], tuple(rows),
+                     {(s.proto, s.port): s for s in snapshots.get(key, ())})
+        for key, rows in grouped.items()
+    ]
+
+
+__all__ = [
+    "EXPIRY_THRESHOLDS",
+    "SEVERITY_RULES",
+    "ChangeOutcome",
+    "HostScanView",
+    "HostState",
+    "PortSnapshot",
+    "ProbeAnswer",
+    "closure_candidates",
+    "detect_changes",
+    "fingerprint",
+    "host_views",
+    "is_near_expiry",
+    "severity_of",
+    "snapshot_of",
+]

@@ -1,0 +1,392 @@
+"""Change history in the store: reading previous host states, writing events and states.
+
+Owns: ``ChangeRecorder`` (what both transports use: fed findings as they are stored and
+host-scan records as hosts complete, it loads the previous states, re-probes closure
+candidates, calls the one rule ``changes.detect_changes`` and writes events and next
+states), the rows of the ``changes`` / ``host_state`` / ``port_state`` tables, the
+What-changed query (``changes_report``) and ``prune``.
+
+Must not touch: the change rule itself (``changes.py``), Kafka, the network except through
+``probers.reprobe``.
+
+Replays: a host scan whose scan is already the host's stored state is a replay; its events
+are read back from ``changes`` (identical rows and ids), nothing is recomputed against the
+state it produced. A scan older than the stored state (a late, out-of-order record) changes
+nothing and yields no events: history is computed forward only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from probers.reprobe import reprobe
+from schemas.records import ChangeEvent, ChangeKind, Finding, HostScan, Proto, Severity, Target
+from stream_processors.changes import (
+    EPOCH,
+    HostScanView,
+    HostState,
+    PortKey,
+    PortSnapshot,
+    ProbeAnswer,
+    closure_candidates,
+    detect_changes,
+    fingerprint,
+    host_views,
+    is_near_expiry,
+    snapshot_of,
+)
+from stream_processors.store import Report, Store
+
+log = logging.getLogger(__name__)
+
+CHANGE_COLUMNS = (
+    "event_id", "kind", "severity", "target", "hostname", "organization", "asset", "ip",
+    "proto", "port", "before", "after", "risk_color", "service", "scan_id",
+    "previous_scan_id", "observed_at",
+)
+HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable", "fingerprint")
+PORT_STATE_COLUMNS = (
+    "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
+    "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
+    "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at",
+)
+HOST_BATCH = 2_000  # hosts per state query: bounded parameter size, few round trips
+TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
+
+HostKey = tuple[str, str]  # (target, ip)
+
+
+@dataclass(frozen=True, slots=True)
+class ReprobeOptions:
+    """Bounds of the closure re-probe (count, concurrency, time)."""
+
+    timeout: float = 3.0  # > 1 s: the kernel retransmits a lost SYN after ~1 s
+    concurrency: int = 256
+    max_probes: int = 10_000
+    deadline: float = 60.0
+    enabled: bool = True
+
+
+# -- state rows ------------------------------------------------------------------------------
+
+
+def _event_row(e: ChangeEvent) -> list[Any]:
+    t = e.target
+    return [e.event_id, e.kind.value, e.severity.value, t.target, t.hostname, t.organization,
+            t.asset, t.ip, e.proto.value, e.port, e.before[:TEXT_CAP], e.after[:TEXT_CAP],
+            e.risk_color, e.service, e.scan_id, e.previous_scan_id, e.observed_at]
+
+
+def _port_row(target: Target, s: PortSnapshot, updated_at: datetime) -> list[Any]:
+    return [target.target, target.ip, s.proto.value, s.port, int(s.is_open), s.service,
+            s.product, s.version, s.risk_color, int(s.is_cdn_expected), s.tls_status,
+            list(s.tls_versions), list(s.weak_suites), s.tls_grade, s.cert_sha256,
+            s.cert_not_after, s.scan_id, s.changed_at, s.first_seen, updated_at]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_PROTO = {p.value: p for p in Proto}  # Proto(value) costs ~15 us a row on this path
+RANGE_QUERY_MIN = 64  # hosts per batch from which a key-range read beats bound arrays
+
+
+def _state_filter(chunk: Sequence[HostKey]) -> tuple[str, dict[str, Any]]:
+    """WHERE clause reading one sorted batch of hosts. A small batch binds its names; a
+    large one reads the contiguous key range [first, last] of the sorting key and the
+    caller drops the rows of other hosts: sorted batches are disjoint ranges, so a whole
+    day's estate is read once, never once per batch."""
+    if len(chunk) < RANGE_QUERY_MIN:
+        return ("target IN {targets:Array(String)} AND ip IN {ips:Array(String)}",
+                {"targets": sorted({k[0] for k in chunk}), "ips": sorted({k[1] for k in chunk})})
+    return ("target >= {lo:String} AND target <= {hi:String}",
+            {"lo": chunk[0][0], "hi": chunk[-1][0]})
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """A host's row of ``host_state``: enough to tell a replay and an unchanged host."""
+
+    scan_id: str
+    finished_at: datetime
+    is_reachable: bool
+    fingerprint: str
+
+
+def load_host_rows(store: Store, keys: Sequence[HostKey]) -> dict[HostKey, HostRow]:
+    wanted = set(keys)
+    out: dict[HostKey, HostRow] = {}
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), HOST_BATCH):
+        where, params = _state_filter(ordered[start:start + HOST_BATCH])
+        for target, ip, scan_id, finished_at, is_reachable, digest in store.query(
+                "SELECT target, ip, scan_id, finished_at, is_reachable, fingerprint "
+                f"FROM host_state FINAL WHERE {where}", params):
+            if (target, ip) in wanted:
+                out[(target, ip)] = HostRow(scan_id, _utc(finished_at), bool(is_reachable),
+                                            digest)
+    return out
+
+
+def load_ports(store: Store, keys: Sequence[HostKey]
+               ) -> dict[HostKey, dict[PortKey, PortSnapshot]]:
+    wanted = set(keys)
+    ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), HOST_BATCH):
+        where, params = _state_filter(ordered[start:start + HOST_BATCH])
+        for row in store.query(
+                f"SELECT {', '.join(PORT_STATE_COLUMNS)} FROM port_state FINAL WHERE {where}",
+                params):
+            (target, ip, proto_text, port, is_open, service, product, version, color, cdn,
+             tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
+             first_seen, _updated) = row
+            key = (target, ip)
+            if key not in wanted:
+                continue  # a neighbour inside the key range, not asked for
+            proto = _PROTO[proto_text]
+            ports.setdefault(key, {})[(proto, port)] = PortSnapshot(
+                proto, port, bool(is_open), service, product, version, color, bool(cdn),
+                tls_status, tuple(versions), tuple(weak), grade, sha, _utc(not_after),
+                scan_id, _utc(changed_at), _utc(first_seen))
+    return ports
+
+
+def load_states(store: Store, targets: Sequence[Target]) -> dict[HostKey, HostState]:
+    """The stored state of each host (absent: never completed a scan)."""
+    by_key = {(t.target, t.ip): t for t in targets}
+    rows = load_host_rows(store, list(by_key))
+    ports = load_ports(store, list(rows))
+    return {key: HostState(by_key[key], row.scan_id, row.finished_at, row.is_reachable,
+                           ports.get(key, {}))
+            for key, row in rows.items()}
+
+
+def stored_events(store: Store, scan_id: str, target: Target) -> list[ChangeEvent]:
+    """The events already stored for one host scan (a replay reads these back)."""
+    rows = store.query(
+        "SELECT kind, severity, proto, port, before, after, risk_color, service, "
+        "previous_scan_id, observed_at FROM changes FINAL WHERE target = {t:String} "
+        "AND ip = {ip:String} AND scan_id = {s:String} ORDER BY proto, port, kind",
+        {"t": target.target, "ip": target.ip, "s": scan_id})
+    return [ChangeEvent(kind=ChangeKind(k), severity=Severity(sev), target=target,
+                        scan_id=scan_id, previous_scan_id=prev, proto=Proto(proto),
+                        port=int(port), before=before, after=after, risk_color=color,
+                        service=service, observed_at=_utc(at))
+            for k, sev, proto, port, before, after, color, service, prev, at in rows]
+
+
+@dataclass
+class _Rows:
+    changes: list[list[Any]] = field(default_factory=list)
+    hosts: list[list[Any]] = field(default_factory=list)
+    ports: list[list[Any]] = field(default_factory=list)
+
+    def add(self, view: HostScanView, previous: HostState | None,
+            events: Sequence[ChangeEvent], state: HostState | None) -> None:
+        self.changes.extend(_event_row(e) for e in events)
+        if state is None:
+            return
+        finished_at = view.finished_at
+        self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
+                           int(state.is_reachable), fingerprint(state.open_ports)])
+        if not state.is_reachable:
+            return  # its ports are kept as they were
+        # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
+        # unchanged port keeps its row, so port_state grows with churn, not with scans.
+        if previous is None:
+            self.ports.extend(_port_row(state.target, s, finished_at)
+                              for s in state.ports.values())
+            return
+        self.ports.extend(_port_row(state.target, s, finished_at)
+                          for k, s in state.ports.items() if previous.ports.get(k) is not s)
+
+
+    def add_unchanged(self, view: HostScanView, row: HostRow) -> None:
+        """A host whose scan matches its stored fingerprint: only its scan moves."""
+        self.hosts.append([view.target.target, view.target.ip, view.scan_id, view.finished_at,
+                           1, row.fingerprint])
+
+
+def write_rows(store: Store, rows: _Rows) -> None:
+    """Events first, then the states: a crash in between recomputes the same events
+    against the old states on replay, and the table's key merges them."""
+    store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
+    store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
+    store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
+
+
+# -- the recorder both transports use ---------------------------------------------------------
+
+
+@dataclass
+class ChangeRecorder:
+    """Collects this scan's open ports (as compact snapshots) and, when hosts complete,
+    computes and stores their changes. One per embedded scan or per sink."""
+
+    store: Store
+    reprobe_options: ReprobeOptions = field(default_factory=ReprobeOptions)
+    _snapshots: dict[tuple[str, str, str], list[PortSnapshot]] = field(default_factory=dict)
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        for f in findings:
+            t = f.port.target
+            self._snapshots.setdefault((f.port.scan_id, t.target, t.ip), []).append(
+                snapshot_of(f))
+
+    def forget(self, scan_id: str, target: Target) -> None:
+        self._snapshots.pop((scan_id, target.target, target.ip), None)
+
+    async def finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
+        """Compute, store and return the changes of the hosts of ``host_scans`` (every
+        shard record of each host in this scan must be in it)."""
+        views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
+        keys = [(v.target.target, v.target.ip) for v in views]
+        host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
+        repeated = {k for k, n in _counts(keys).items() if n > 1}
+        # The fast path: a host whose new scan has the fingerprint of its stored state, and
+        # no certificate near expiry, gets no event from the rule; only its scan moves.
+        fast: list[tuple[HostScanView, HostRow]] = []
+        slow: list[HostScanView] = []
+        for view, key in zip(views, keys, strict=True):
+            row = host_rows.get(key)
+            if (row is not None and key not in repeated and row.is_reachable
+                    and view.is_completed and view.finished_at > row.finished_at
+                    and row.fingerprint == fingerprint(view.ports)
+                    and not is_near_expiry(view.ports, view.finished_at)):
+                fast.append((view, row))
+            else:
+                slow.append(view)
+        rows = _Rows()
+        for view, row in fast:
+            rows.add_unchanged(view, row)
+        await asyncio.to_thread(write_rows, self.store, rows)
+        slow_keys = [(v.target.target, v.target.ip) for v in slow]
+        ports = await asyncio.to_thread(
+            load_ports, self.store, [k for k in slow_keys if k in host_rows])
+        states = {key: HostState(view.target, host_rows[key].scan_id,
+                                 host_rows[key].finished_at, host_rows[key].is_reachable,
+                                 ports.get(key, {}))
+                  for view, key in zip(slow, slow_keys, strict=True) if key in host_rows}
+        events: list[ChangeEvent] = []
+        # Waves: a host appears at most once per wave, oldest scan first, so several scans
+        # of one host in one call (a backlog, a replayed partition) chain correctly.
+        pending = slow
+        while pending:
+            wave: list[HostScanView] = []
+            later: list[HostScanView] = []
+            seen: set[HostKey] = set()
+            for view in pending:
+                key = (view.target.target, view.target.ip)
+                (later if key in seen else wave).append(view)
+                seen.add(key)
+            events.extend(await self._wave(wave, states))
+            pending = later
+        for view in views:
+            self.forget(view.scan_id, view.target)
+        return events
+
+    async def _wave(self, views: Sequence[HostScanView],
+                    states: dict[HostKey, HostState]) -> list[ChangeEvent]:
+        todo: list[tuple[HostScanView, HostState | None]] = []
+        events: list[ChangeEvent] = []
+        for view in views:
+            previous = states.get((view.target.target, view.target.ip))
+            if previous is not None and previous.finished_at >= view.finished_at:
+                if previous.scan_id == view.scan_id:  # a replay: the same rows back
+                    events.extend(await asyncio.to_thread(
+                        stored_events, self.store, view.scan_id, view.target))
+                continue
+            todo.append((view, previous))
+        answers = await self._reprobe(todo)
+        per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
+        for (a_ip, proto, port), answer in answers.items():
+            per_ip.setdefault(a_ip, {})[(proto, port)] = answer
+        rows = _Rows()
+        for view, previous in todo:
+            outcome = detect_changes(previous, view, per_ip.get(view.target.ip, {}))
+            rows.add(view, previous, outcome.events, outcome.state)
+            if outcome.state is not None:
+                states[(view.target.target, view.target.ip)] = outcome.state
+            events.extend(outcome.events)
+        await asyncio.to_thread(write_rows, self.store, rows)
+        return events
+
+    async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]]
+                       ) -> Mapping[tuple[str, Proto, int], ProbeAnswer]:
+        if not self.reprobe_options.enabled:
+            return {}
+        wanted = [(view.target.ip, proto, port) for view, previous in todo
+                  for proto, port in closure_candidates(previous, view)]
+        if not wanted:
+            return {}
+        o = self.reprobe_options
+        return await reprobe(wanted, timeout=o.timeout, concurrency=o.concurrency,
+                             max_probes=o.max_probes, deadline=o.deadline)
+
+
+def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:
+    counts: dict[HostKey, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# -- reading the change log -------------------------------------------------------------------
+
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '2w' -> timedelta; ValueError with a clear message otherwise."""
+    value = text.strip().lower()
+    if len(value) < 2 or value[-1] not in SINCE_UNITS or not value[:-1].isdigit():
+        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 2w")
+    amount = int(value[:-1])
+    if amount <= 0 or amount > 100 * 365:
+        raise ValueError(f"bad duration {text!r}: out of range")
+    return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
+
+
+CHANGES_REPORT_COLUMNS = (
+    "kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
+    "previous_scan_id", "observed_at", "organization", "asset",
+)
+
+
+
+def changes_report(store: Store, *, since: datetime | None = None,
+                   until: datetime | None = None, kinds: Sequence[str] = (),
+                   severity: str = "", target: str = "", org: str = "", port: int = 0,
+                   limit: int = 0) -> Report:
+    """The What-changed report: newest first; ``severity`` is a minimum."""
+    from schemas import history_sql
+
+    params = {
+        "since": since or EPOCH, "until": until or datetime(2200, 1, 1, tzinfo=UTC),
+        "kinds": list(kinds), "min_severity": severity, "target": target, "org": org,
+        "port": port, "limit": limit if limit > 0 else 2**62,
+    }
+    return store.select("changes", history_sql("changes"), params)
+
+
+def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
+    """Delete raw observations (ports, TLS, certificates, host scans) older than the
+    cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
+    ``host_state``/``port_state`` or prevalence: those are kept by views or the writer and
+    do not depend on the raw rows once written. Returns the cutoff."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
+                          ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
+                          ("host_scans", "finished_at")):
+        # A mutation: ClickHouse drops whole monthly partitions it fully covers and
+        # rewrites only the boundary month; synchronous so the command's exit means done.
+        store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
+                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
+    return cutoff

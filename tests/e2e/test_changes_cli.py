@@ -1,0 +1,116 @@
+"""End to end: `portwatch report changes` and `portwatch prune` through the real CLI on a
+real chdb store, after real scans of loopback listeners started and stopped."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from tests import loopback
+from tests.conftest import run_cli
+
+FAST = {"PORTWATCH_IDENTIFY_BUDGET": "4", "PORTWATCH_BANNER_WAIT": "1"}
+KEYS = ["kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
+        "previous_scan_id", "observed_at", "organization", "asset"]
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Given ssh and redis-like listeners, a scan; then redis stops; then a second scan
+    limited to the ssh port only (it must not close redis) and a third covering both."""
+    store = f"chdb://{tmp_path_factory.mktemp('changes') / 'store'}"
+    ssh_ctx = loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"))
+    redis_ctx = loopback.listen(loopback.banner(b"-ERR unknown command 'x'\r\n"))
+    ssh, redis = ssh_ctx.__enter__(), redis_ctx.__enter__()
+    spec = f"{ssh.port},{redis.port}"
+    try:
+        first = run_cli("scan", "127.0.0.1", "--ports", spec, "--udp", "none", "--org", "Acme",
+                        "--asset", "web-1", store=store, env=FAST)
+        assert first.code == 0, first.stderr
+    finally:
+        redis_ctx.__exit__(None, None, None)
+    try:
+        narrow = run_cli("scan", "127.0.0.1", "--ports", str(ssh.port), "--udp", "none",
+                         "--org", "Acme", "--asset", "web-1", store=store, env=FAST)
+        assert narrow.code == 0, narrow.stderr
+        full = run_cli("scan", "127.0.0.1", "--ports", spec, "--udp", "none", "--org", "Acme",
+                       "--asset", "web-1", store=store, env=FAST)
+        assert full.code == 0, full.stderr
+    finally:
+        ssh_ctx.__exit__(None, None, None)
+    return {"store": store, "ssh": ssh.port, "redis": redis.port, "narrow": narrow.stdout,
+            "full": full.stdout}
+
+
+def changes(store: str, *args: str) -> list[dict[str, object]]:
+    result = run_cli("report", "changes", "--format", "json", *args, store=store)
+    assert result.code == 0, result.stderr
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+def test_json_has_the_issue_keys_and_exact_events(scanned: dict) -> None:
+    rows = changes(scanned["store"])
+    assert all(list(r) == KEYS for r in rows)
+    got = sorted((r["kind"], r["port"]) for r in rows)
+    # the narrow scan (--ports ssh) closed nothing; the full one closed redis
+    assert got == sorted([("opened", scanned["ssh"]), ("opened", scanned["redis"]),
+                          ("closed", scanned["redis"])])
+    closed = next(r for r in rows if r["kind"] == "closed")
+    assert closed["organization"] == "Acme" and closed["asset"] == "web-1"
+    assert closed["previous_scan_id"] != closed["scan_id"] != ""
+    assert rows[0]["kind"] == "closed"  # newest first
+
+
+def test_the_end_of_scan_screen_counts_the_changes(scanned: dict) -> None:
+    assert "changes: 1 since the previous scan, 0 high or critical" in scanned["full"]
+    assert "changes:" not in scanned["narrow"]  # it covered only ssh, which stayed
+
+
+def test_filters_kind_port_severity_since(scanned: dict) -> None:
+    store = scanned["store"]
+    assert [r["kind"] for r in changes(store, "--kind", "closed")] == ["closed"]
+    assert sorted(r["kind"] for r in changes(store, "--kind", "closed", "--kind", "opened")) \
+        == ["closed", "opened", "opened"]
+    assert [r["kind"] for r in changes(store, "--port", str(scanned["ssh"]))] == ["opened"]
+    assert changes(store, "--since", "1h") == changes(store)
+    assert changes(store, "--from", "2100-01-01") == []
+    assert changes(store, "--org", "Other") == []
+    assert changes(store, "--severity", "critical") == []
+
+
+def test_csv_and_table(scanned: dict) -> None:
+    result = run_cli("report", "changes", "--format", "csv", store=scanned["store"])
+    assert result.code == 0, result.stderr
+    table = list(csv.reader(io.StringIO(result.stdout)))
+    assert table[0] == KEYS and len(table) == 4
+    shown = run_cli("report", "changes", store=scanned["store"])
+    assert shown.code == 0 and "closed" in shown.stdout and "opened" in shown.stdout
+
+
+def test_list_history_marks_the_closed_port_in_the_table(scanned: dict) -> None:
+    shown = run_cli("report", "list", "--history", store=scanned["store"])
+    assert shown.code == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if f" {scanned['redis']} " in x)
+    assert "closed 20" in line
+
+
+@pytest.mark.parametrize("args", [("report", "changes", "--since", "7x"),
+                                  ("report", "changes", "--from", "yesterday"),
+                                  ("report", "changes", "--since", "1d", "--from", "2026-01-01"),
+                                  ("prune", "--older-than", "0d"),
+                                  ("prune", "--older-than", "ninety")])
+def test_bad_input_is_one_line_and_exit_2(scanned: dict, args: tuple[str, ...]) -> None:
+    result = run_cli(*args, store=scanned["store"])
+    assert result.code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_prune_command_keeps_the_change_log(scanned: dict) -> None:
+    result = run_cli("prune", "--older-than", "90d", store=scanned["store"])
+    assert result.code == 0, result.stderr
+    assert "pruned raw observations older than" in result.stdout
+    assert len(changes(scanned["store"])) == 3

@@ -1,0 +1,231 @@
+"""Change history on real scans: real services on loopback started, stopped and swapped
+between scans by the real embedded runner into a real chdb store; exact events expected.
+Plus: an interrupted scan closes nothing, a lost SYN (nft on a namespace host) closes
+nothing, and recomputing a host scan (a replayed record) stores no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from probers.discovery.connect import ConnectEngine
+from producers.shards import ScanPlan, new_scan_id
+from schemas.records import ChangeKind, PortRange, Severity, Target
+from stream_processors.history import ChangeRecorder, changes_report
+from stream_processors.stages import make_context
+from stream_processors.transports.embedded import EmbeddedRunner, ScanStats
+from tests import netns, servers
+from tests.tls_servers import CertFiles, openssl_server
+
+LOCAL = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example", asset="web-1")
+
+
+def _cert(directory: Path, name: str, days: float) -> CertFiles:
+    """A self-signed leaf for localhost valid for ``days`` from now."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    files = CertFiles(directory / f"{name}.pem", directory / f"{name}.key")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    return files
+
+
+def _runner(store, engine: ConnectEngine | None = None) -> EmbeddedRunner:  # type: ignore[no-untyped-def]
+    ctx = make_context(banner_wait=1.0, identify_budget=6, use_nmap_probes=False,
+                       tls_enumeration=True, tls_timeout=3, tls_budget=20)
+    return EmbeddedRunner(store, lambda _shard: engine or ConnectEngine(), ctx,
+                          identify_workers=8, batch_seconds=0.2)
+
+
+def _scan(store, target: Target, ports: list[int], *,  # type: ignore[no-untyped-def]
+          engine: ConnectEngine | None = None, interrupted: bool = False) -> ScanStats:
+    runner = _runner(store, engine)
+    if interrupted:
+        runner.interrupt()  # Ctrl-C before discovery reaches any shard
+    spans = tuple(PortRange(p, p) for p in sorted(ports))
+    return asyncio.run(runner.run(ScanPlan.build(new_scan_id(), 0, [target], spans, ())))
+
+
+def _events(stats: ScanStats) -> set[tuple[str, int, str, str]]:
+    return {(e.kind.value, e.port, e.before, e.after) for e in stats.change_events}
+
+
+def _stored(store) -> list[tuple[str, int, str]]:  # type: ignore[no-untyped-def]
+    return sorted(store.query("SELECT kind, port, scan_id FROM changes FINAL"))
+
+
+@pytest.fixture
+def five_ports() -> list[int]:
+    return [servers.free_port() for _ in range(5)]
+
+
+def test_services_started_stopped_and_swapped_give_exact_events(
+        store, tmp_path: Path, five_ports: list[int]) -> None:  # type: ignore[no-untyped-def]
+    p_ssh, p_http, p_tls, p_redis, p_soon = five_ports
+    covered = list(five_ports)
+    cert1, cert2 = _cert(tmp_path, "one", 90), _cert(tmp_path, "two", 90)
+    soon = _cert(tmp_path, "soon", 5)
+    # Given sshd, nginx (version shown) and an openssl s_server, When the first scan runs
+    with contextlib.ExitStack() as phase:
+        try:
+            phase.enter_context(servers.start_sshd(port=p_ssh))
+        except servers.ServerUnavailable as exc:
+            pytest.skip(str(exc))
+        phase.enter_context(servers.start_nginx(port=p_http, server_tokens=True))
+        phase.enter_context(openssl_server(cert1, port=p_tls))
+        first = _scan(store, LOCAL, covered)
+    # Then each port is opened, nothing else (their certificates are far from expiry)
+    assert {(k, p) for k, p, _b, _a in _events(first)} == {
+        ("opened", p_ssh), ("opened", p_http), ("opened", p_tls)}
+    opened_http = next(e for e in first.change_events if e.port == p_http)
+    assert opened_http.after.startswith("http nginx ") and opened_http.severity is Severity.LOW
+    nginx_version = opened_http.after.split()[2]
+
+    # When sshd is gone, nginx hides its version, the TLS server has a new certificate,
+    # redis starts, and a TLS server with a certificate expiring in 5 days starts
+    with contextlib.ExitStack() as phase:
+        phase.enter_context(servers.start_nginx(port=p_http, server_tokens=False))
+        phase.enter_context(openssl_server(cert2, port=p_tls))
+        phase.enter_context(servers.start_redis(port=p_redis))
+        phase.enter_context(openssl_server(soon, port=p_soon))
+        second = _scan(store, LOCAL, covered)
+    # Then exactly these events
+    assert {(k, p) for k, p, _b, _a in _events(second)} == {
+        ("closed", p_ssh), ("version_changed", p_http), ("cert_changed", p_tls),
+        ("opened", p_redis), ("opened", p_soon), ("cert_expiring", p_soon)}
+    by_kind = {(e.kind, e.port): e for e in second.change_events}
+    assert by_kind[(ChangeKind.VERSION_CHANGED, p_http)].before == nginx_version
+    assert by_kind[(ChangeKind.VERSION_CHANGED, p_http)].after == ""
+    assert by_kind[(ChangeKind.CERT_EXPIRING, p_soon)].after == "7d"
+    assert by_kind[(ChangeKind.OPENED, p_redis)].severity is Severity.HIGH
+    assert by_kind[(ChangeKind.OPENED, p_redis)].risk_color == "red"
+    assert by_kind[(ChangeKind.CLOSED, p_ssh)].after == "closed"
+    assert all(e.previous_scan_id == first.scan_id for e in second.change_events)
+
+    # And the report reads back the same rows, newest first, filters applying
+    rows = changes_report(store, kinds=["closed", "opened"]).dicts()
+    assert [(r["kind"], r["port"]) for r in rows[:3]] == sorted(
+        [("closed", p_ssh), ("opened", p_redis), ("opened", p_soon)], key=lambda kp: kp[1])
+    assert len(rows) == 6  # 3 opened by the first scan + 3 of the second
+    assert {r["kind"] for r in changes_report(store, severity="high").dicts()} == {
+        "opened", "cert_expiring"}
+    assert [r["kind"] for r in changes_report(store, port=p_ssh).dicts()] == [
+        "closed", "opened"]
+
+    # And the List with --history marks the closed sshd port closed, with when
+    listed = {r["port"]: r for r in store.report("list", {"history": 1}).dicts()}
+    assert listed[p_ssh]["is_current"] == 0
+    assert str(listed[p_ssh]["status"]).startswith("closed 20")
+    assert listed[p_http]["status"] == "open"
+
+    # When a third scan is interrupted (redis and the rest are stopped by now)
+    before = _stored(store)
+    third = _scan(store, LOCAL, covered, interrupted=True)
+    # Then it closes nothing and stores nothing
+    assert third.interrupted and third.change_events == [] and _stored(store) == before
+
+
+def test_recomputing_a_host_scan_stores_no_duplicate_and_returns_the_same_events(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = servers.free_port()
+    with servers.start_redis(port=port):
+        first = _scan(store, LOCAL, [port])
+    assert _events(first) == {("opened", port, "", first.change_events[0].after)}
+    rows = store.query("SELECT scan_id, shard_id FROM host_scans FINAL")
+    assert len(rows) == 1
+    # Given the host-scan records of that scan, When the recorder sees them again (a
+    # replayed Kafka record, a restarted sink), with its findings again too
+    host_scans = _host_scans(store, first.scan_id)
+    recorder = ChangeRecorder(store)
+    again = asyncio.run(recorder.finish(host_scans))
+    # Then the same events come back (same ids) and the table holds each once
+    assert [e.event_id for e in again] == [e.event_id for e in first.change_events]
+    assert store.query("SELECT count() FROM changes FINAL") == [(1,)]
+    assert store.query("SELECT count() FROM changes") == [(1,)]
+
+
+def _host_scans(store, scan_id: str):  # type: ignore[no-untyped-def]
+    from schemas.records import HostScan
+
+    rows = store.query(
+        "SELECT shard_id, started_at, finished_at, ports_scanned, open_ports, status "
+        "FROM host_scans FINAL WHERE scan_id = {s:String}", {"s": scan_id})
+    return [HostScan(scan_id, LOCAL, started.replace(tzinfo=dt.UTC),
+                     finished.replace(tzinfo=dt.UTC), scanned, opened, status,
+                     shard_id=shard_id)
+            for shard_id, started, finished, scanned, opened, status in rows]
+
+
+NETNS_INDEX = 116  # 198.18.116.0/24, unused by the other netns tests
+
+
+def test_a_lost_syn_does_not_close_the_port(store) -> None:  # type: ignore[no-untyped-def]
+    if not netns.is_root():
+        pytest.skip("namespace test hosts need root")
+    port = 2222
+    with netns.test_host(NETNS_INDEX, tcp_banners={port: b"SSH-2.0-OpenSSH_9.2p1\r\n"},
+                         first_syn_lost=[port]) as host:
+        target = Target(ip=host.address, target=host.address)
+        # Given a first scan that found the port (the connect engine retried the lost SYN)
+        first = _scan(store, target, [port])
+        assert [(e.kind, e.port) for e in first.change_events] == [(ChangeKind.OPENED, port)]
+        # When the path loses the first SYN again and discovery does not retry
+        subprocess.run(["ip", "netns", "exec", host.namespace, "nft", "flush", "set", "ip",
+                        "pwtest", "firstsyn"], check=True, timeout=15)
+        second = _scan(store, target, [port], engine=ConnectEngine(timeout=0.5, retries=0))
+        # Then discovery missed it, the re-probe found it, and nothing is closed
+        assert second.open_found == 0
+        assert second.change_events == []
+        assert store.query("SELECT kind FROM changes FINAL") == [("opened",)]
+
+
+def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> None:  # type: ignore[no-untyped-def]
+    from schemas.records import Finding, HostScan, OpenPort, RiskColor, ServiceInfo
+    from stream_processors.history import prune
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    old, recent = now - dt.timedelta(days=120), now - dt.timedelta(days=1)
+
+    def finding(scan: str, when: dt.datetime) -> Finding:
+        return Finding(port=OpenPort(scan_id=scan, target=LOCAL, port=8080, observed_at=when),
+                       service=ServiceInfo(service="http", product="nginx"),
+                       risk_color=RiskColor.GREEN)
+
+    # Given a port seen 120 days ago and yesterday, with its change log
+    recorder = ChangeRecorder(store)
+    for scan, when in (("old", old), ("new", recent)):
+        found = [finding(scan, when)]
+        shard = HostScan(scan, LOCAL, when, when, 1, 1, shard_id=f"{scan}:0",
+                         ports=(PortRange(8080, 8080),))
+        store.insert_findings(found)
+        store.insert_host_scans([shard])
+        recorder.add_findings(found)
+        asyncio.run(recorder.finish([shard]))
+    # When observations older than 90 days are pruned
+    prune(store, dt.timedelta(days=90), now=now)
+    # Then the old raw rows are gone, the recent ones stay
+    assert store.query("SELECT scan_id FROM port_observations FINAL") == [("new",)]
+    assert store.query("SELECT scan_id FROM host_scans FINAL") == [("new",)]
+    # And first_seen, the change log and the List are untouched
+    listed = store.report("list", {}).dicts()
+    assert [(r["port"], r["first_seen"].replace(tzinfo=dt.UTC)) for r in listed] == [(8080, old)]
+    assert store.query("SELECT kind, scan_id FROM changes FINAL") == [("opened", "old")]

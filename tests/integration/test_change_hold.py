@@ -1,0 +1,91 @@
+"""Distributed change detection: the sink sees a host scan before its findings; the hold
+releases it when they are in (or after a bound), the same rule computes its changes on a
+real chdb store, and a replayed host-scan record yields no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from schemas.records import (
+    ChangeKind,
+    Finding,
+    HostScan,
+    OpenPort,
+    PortRange,
+    RiskColor,
+    ServiceInfo,
+    Target,
+)
+from stream_processors.change_hold import ChangeStage, HostHold
+
+T = Target(ip="127.0.0.1", target="127.0.0.1", organization="Org")
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def scan(scan_id: str, open_ports: int, when: datetime = NOW, shard: str = "0") -> HostScan:
+    return HostScan(scan_id, T, when, when, 1000, open_ports, shard_id=f"{scan_id}:{shard}",
+                    ports=(PortRange(1, 1000),))
+
+
+def found(scan_id: str, port: int, when: datetime = NOW, color: RiskColor = RiskColor.RED
+          ) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan_id, target=T, port=port, observed_at=when),
+                   service=ServiceInfo(service="redis"), risk_color=color)
+
+
+def test_hold_waits_for_findings_and_quiet_then_releases() -> None:
+    hold = HostHold(settle=5, max_hold=600)
+    hold.add([], [scan("s1", 2)], now=0)
+    assert hold.ready(now=100) == []  # 0 of 2 findings
+    hold.add([found("s1", 22)], [], now=101)
+    assert hold.ready(now=200) == []  # 1 of 2
+    hold.add([found("s1", 80)], [], now=201)
+    assert hold.ready(now=203) == []  # complete, but not quiet for 5 s yet
+    released = hold.ready(now=206.5)
+    assert [h.scan_id for h in released] == ["s1"] and len(hold) == 0
+
+
+def test_hold_releases_a_host_missing_findings_after_max_hold() -> None:
+    hold = HostHold(settle=5, max_hold=60)
+    hold.add([found("s1", 22)], [scan("s1", 3)], now=0)
+    assert hold.ready(now=59) == []
+    assert [h.scan_id for h in hold.ready(now=60)] == ["s1"]
+
+
+def test_hold_keeps_every_shard_of_a_host() -> None:
+    hold = HostHold(settle=5)
+    hold.add([], [scan("s1", 0, shard="tcp"), scan("s1", 0, shard="udp")], now=0)
+    assert sorted(h.shard_id for h in hold.ready(now=10)) == ["s1:tcp", "s1:udp"]
+
+
+def test_stage_computes_changes_when_findings_follow_and_a_replay_adds_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    from tests.servers import free_port
+
+    port = free_port()  # nothing listens there: the re-probe of the last step is refused
+    stage = ChangeStage(store, settle=0, max_hold=600)
+    # Given the host scan of s1 stored before its finding (the order the sink sees)
+    first = [scan("s1", 1)]
+    store.insert_host_scans(first)
+    asyncio.run(stage.on_stored([], first))
+    assert asyncio.run(stage.flush()) == []  # held: its finding is not in yet
+    f1 = [found("s1", port)]
+    store.insert_findings(f1)
+    asyncio.run(stage.on_stored(f1, []))
+    events = asyncio.run(stage.flush())
+    assert [(e.kind, e.port) for e in events] == [(ChangeKind.OPENED, port)]
+    # When the same records are replayed (a restarted sink reads them again)
+    asyncio.run(stage.on_stored(f1, first))
+    again = asyncio.run(stage.flush())
+    # Then the same events (same ids) come back and the table holds one row
+    assert [e.event_id for e in again] == [e.event_id for e in events]
+    assert store.query("SELECT count() FROM changes") == [(1,)]
+    # And a later scan covering that port, without it, closes it after a refused re-probe
+    later = NOW + timedelta(hours=1)
+    second = [HostScan("s2", T, later, later, 1, 0, shard_id="s2:0",
+                       ports=(PortRange(port, port),))]
+    store.insert_host_scans(second)
+    asyncio.run(stage.on_stored([], second))
+    closed = asyncio.run(stage.flush())
+    assert [(e.kind, e.port, e.previous_scan_id) for e in closed] == [
+        (ChangeKind.CLOSED, port, "s1")]

@@ -1,0 +1,123 @@
+"""The Changes page and the per-target page, served by a real uvicorn over a real chdb
+store whose change log the real recorder wrote from two scans."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.records import (
+    Finding,
+    HostScan,
+    OpenPort,
+    PortRange,
+    RiskColor,
+    ServiceInfo,
+    Target,
+)
+from tests.integration.test_web_api import Served, serve
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+WEB = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp", asset="web-1")
+HOSTILE = Target(ip="127.0.0.2", target="127.0.0.2", organization="Other Org",
+                 asset="<script>alert(1)</script>")
+
+
+def _finding(scan: str, t: Target, port: int, product: str, version: str, color: RiskColor,
+             when: datetime) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan, target=t, port=port, observed_at=when),
+                   service=ServiceInfo(service="http" if port != 6379 else "redis",
+                                       product=product, version=version), risk_color=color)
+
+
+@pytest.fixture(scope="module")
+def web(shared_chdb_path: Path) -> Iterator[Served]:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+    from stream_processors.history import ChangeRecorder
+    from stream_processors.store import Store
+
+    db = Store.from_url(f"chdb://{shared_chdb_path}?database=wh_{uuid.uuid4().hex[:10]}")
+    # Given two scans of web-1 a day apart: nginx bumps its version, redis opens; and one
+    # scan of a host whose asset name is hostile markup
+    yesterday, today = NOW - timedelta(days=1), NOW
+    scans = {
+        "s1": (yesterday, [_finding("s1", WEB, 80, "nginx", "1.22.1", RiskColor.GREEN,
+                                    yesterday)]),
+        "s2": (today, [_finding("s2", WEB, 80, "nginx", "1.24.0", RiskColor.GREEN, today),
+                       _finding("s2", WEB, 6379, "Redis", "7.0", RiskColor.RED, today)]),
+    }
+    recorder = ChangeRecorder(db)
+    for scan_id, (when, found) in scans.items():
+        shard = HostScan(scan_id, WEB, when, when, 65535, len(found), shard_id=f"{scan_id}:0",
+                         ports=(PortRange(1, 65535),))
+        db.insert_findings(found)
+        db.insert_host_scans([shard])
+        recorder.add_findings(found)
+        asyncio.run(recorder.finish([shard]))
+    other = [_finding("s3", HOSTILE, 80, "nginx", "1.24.0", RiskColor.GREEN, today)]
+    shard = HostScan("s3", HOSTILE, today, today, 65535, 1, shard_id="s3:0",
+                     ports=(PortRange(1, 65535),))
+    db.insert_findings(other)
+    db.insert_host_scans([shard])
+    recorder.add_findings(other)
+    asyncio.run(recorder.finish([shard]))
+    with serve(create_app(ReportService(db))) as served:
+        yield served
+
+
+def _page(web: Served, path: str) -> str:
+    status, headers, body = web.get(path)
+    assert status == 200, body
+    assert "script-src 'none'" in headers["content-security-policy"]
+    return body
+
+
+def test_changes_page_groups_by_day_and_kind_and_links_into_the_list(web: Served) -> None:
+    body = _page(web, "/changes")
+    today, yesterday = NOW.date().isoformat(), (NOW - timedelta(days=1)).date().isoformat()
+    # newest day first; today's kinds in ChangeKind order: opened before version changed
+    assert body.index(f"<h2>{today}</h2>") < body.index(f"<h2>{yesterday}</h2>")
+    day = body[body.index(f"<h2>{today}</h2>"):body.index(f"<h2>{yesterday}</h2>")]
+    assert day.index("<h3>opened") < day.index("<h3>version changed")
+    assert "1.22.1" in day and "1.24.0" in day
+    assert "/list?target=127.0.0.1&amp;port=6379&amp;history=1" in day
+    assert "4 event(s)" in body  # 80 opened (s1), 80 version, 6379 opened (s2), s3's 80
+
+
+def test_changes_page_filters_and_escapes(web: Served) -> None:
+    body = _page(web, "/changes?kind=opened&severity=high")
+    assert body.count("<tr>\n  <td data-label=\"When\"") == 1  # only redis: red, high
+    assert "6379/tcp" in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in _page(web, "/changes")
+    assert "<script>alert(1)" not in _page(web, "/changes")
+
+
+@pytest.mark.parametrize("query", ["kind=nope", "since=forever", "port=70000", "severity=x",
+                                   "bogus=1", "target=a%00b"])
+def test_changes_page_bad_filter_is_400(web: Served, query: str) -> None:
+    status, _headers, body = web.get(f"/changes?{query}")
+    assert status == 400 and "Traceback" not in body
+
+
+def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
+    body = _page(web, "/target?target=127.0.0.1&ip=127.0.0.1")
+    assert "Ports now (2)" in body
+    assert "Score after every scan (2)" in body  # one point per scan, not per day
+    assert "Changes (3)" in body
+    assert body.index(">s1<") < body.index(">s2<")
+    status, _h, _b = web.get("/target")
+    assert status == 400
+
+
+def test_summary_links_to_the_target_page(web: Served) -> None:
+    body = _page(web, "/")
+    assert "/target?target=127.0.0.1&amp;ip=127.0.0.1" in body
+    assert 'href="/changes"' in body
+
+

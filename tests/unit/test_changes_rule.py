@@ -1,0 +1,258 @@
+"""The change rule (stream_processors/changes.py) on hand-built states: exact events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.records import ChangeKind, HostScan, PortRange, Proto, Severity, Target
+from stream_processors.changes import (
+    SEVERITY_RULES,
+    HostScanView,
+    HostState,
+    PortSnapshot,
+    ProbeAnswer,
+    closure_candidates,
+    detect_changes,
+    severity_of,
+)
+
+T = Target("127.0.0.1", "web", organization="Org", asset="a1")
+T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+T1 = T0 + timedelta(days=1)
+
+
+def snap(port: int, **kw: object) -> PortSnapshot:
+    base: dict[str, object] = {"proto": Proto.TCP, "port": port, "service": "ssh",
+                               "product": "OpenSSH", "version": "9.2p1", "risk_color": "green",
+                               "scan_id": "s0"}
+    base.update(kw)
+    return PortSnapshot(**base)  # type: ignore[arg-type]
+
+
+def view(ports: list[PortSnapshot], *, covered: tuple[tuple[int, int], ...] = ((1, 65535),),
+         status: str = "completed", scan_id: str = "s1") -> HostScanView:
+    shard = HostScan(scan_id, T, T1 - timedelta(minutes=1), T1, 65535, len(ports), status,
+                     shard_id="x", proto=Proto.TCP,
+                     ports=tuple(PortRange(a, b) for a, b in covered))
+    return HostScanView(T, scan_id, (shard,), {p.key: p for p in ports})
+
+
+def state(ports: list[PortSnapshot], *, reachable: bool = True) -> HostState:
+    return HostState(T, "s0", T0, reachable, {p.key: p for p in ports})
+
+
+def kinds(outcome) -> list[tuple[str, int, str, str]]:  # type: ignore[no-untyped-def]
+    return [(e.kind.value, e.port, e.before, e.after) for e in outcome.events]
+
+
+def test_first_scan_opens_every_port_with_severity_by_colour() -> None:
+    # Given no previous state, When a scan finds ssh (green) and redis (red)
+    out = detect_changes(None, view([snap(22), snap(6379, service="redis", product="Redis",
+                                                     version="7.0", risk_color="red")]), {})
+    # Then two opened events, red one high, green one low; state holds both open
+    assert [(e.kind, e.port, e.severity) for e in out.events] == [
+        (ChangeKind.OPENED, 22, Severity.LOW), (ChangeKind.OPENED, 6379, Severity.HIGH)]
+    assert out.state is not None and set(out.state.open_ports) == {(Proto.TCP, 22),
+                                                                   (Proto.TCP, 6379)}
+    assert all(e.observed_at == T1 and e.previous_scan_id == "" for e in out.events)
+
+
+def test_closed_only_when_covered_completed_and_reprobe_failed() -> None:
+    prev = state([snap(22), snap(80, service="http", product="nginx"), snap(443), snap(8080)])
+    scan = view([snap(22)], covered=((22, 22), (80, 80), (8080, 8080)))
+    # 443 not covered: not even a candidate
+    assert closure_candidates(prev, scan) == [(Proto.TCP, 80), (Proto.TCP, 8080)]
+    out = detect_changes(prev, scan, {(Proto.TCP, 80): ProbeAnswer.REFUSED,
+                                      (Proto.TCP, 8080): ProbeAnswer.OPEN})
+    assert kinds(out) == [("closed", 80, "http nginx 9.2p1 (green)", "closed")]
+    assert out.events[0].severity is Severity.INFO
+    assert out.state is not None
+    assert not out.state.ports[(Proto.TCP, 80)].is_open
+    assert out.state.ports[(Proto.TCP, 443)].is_open  # uncovered: kept open
+    assert out.state.ports[(Proto.TCP, 8080)].is_open  # the re-probe saw it
+
+
+def test_interrupted_scan_closes_nothing_and_keeps_state() -> None:
+    prev = state([snap(22)])
+    out = detect_changes(prev, view([], status="interrupted"), {})
+    assert out.events == [] and out.state is None
+
+
+def test_unprobed_candidate_is_not_closed() -> None:
+    out = detect_changes(state([snap(22), snap(23)]), view([snap(22)]), {})
+    assert kinds(out) == []
+
+
+def test_udp_silence_never_closes_icmp_does() -> None:
+    dns = snap(53, proto=Proto.UDP, service="domain")
+    ntp = snap(123, proto=Proto.UDP, service="ntp")
+    shard = HostScan("s1", T, T1, T1, 2, 0, shard_id="u", proto=Proto.UDP,
+                     ports=(PortRange(53, 53), PortRange(123, 123)))
+    scan = HostScanView(T, "s1", (shard,), {})
+    out = detect_changes(state([dns, ntp]), scan, {(Proto.UDP, 53): ProbeAnswer.SILENT,
+                                                   (Proto.UDP, 123): ProbeAnswer.REFUSED})
+    assert kinds(out) == [("closed", 123, "ntp OpenSSH 9.2p1 (green)", "closed")]
+
+
+def test_host_silent_everywhere_is_unreachable_then_back_without_closures() -> None:
+    prev = state([snap(22), snap(80)])
+    gone = detect_changes(prev, view([]), {(Proto.TCP, 22): ProbeAnswer.SILENT,
+                                           (Proto.TCP, 80): ProbeAnswer.SILENT})
+    assert kinds(gone) == [("host_unreachable", 0, "reachable", "unreachable")]
+    assert gone.state is not None and not gone.state.is_reachable
+    assert all(p.is_open for p in gone.state.ports.values())
+    # Still silent: no second event
+    silent = {(Proto.TCP, 22): ProbeAnswer.SILENT, (Proto.TCP, 80): ProbeAnswer.SILENT}
+    again = detect_changes(gone.state, view([], scan_id="s2"), silent)
+    assert kinds(again) == []
+    # Back with 22 only, 80 refused: host_back, then 80 closed
+    back = detect_changes(again.state, view([snap(22)], scan_id="s3"),
+                          {(Proto.TCP, 80): ProbeAnswer.REFUSED})
+    assert [k[0] for k in kinds(back)] == ["host_back", "closed"]
+
+
+def test_reopened_and_attribute_changes() -> None:
+    closed = snap(22, is_open=False, changed_at=T0)
+    prev = state([closed, snap(80, service="http", product="nginx", version="1.22.1"),
+                  snap(3306, service="mysql", product="MariaDB", version="10.11.6",
+                       risk_color="red")])
+    now = view([snap(22), snap(80, service="http", product="nginx", version=""),
+                snap(3306, service="http", product="Apache httpd", version="2.4",
+                     risk_color="green")])
+    out = detect_changes(prev, now, {})
+    assert kinds(out) == [
+        ("reopened", 22, f"closed {T0.isoformat()}", "ssh OpenSSH 9.2p1 (green)"),
+        ("version_changed", 80, "1.22.1", ""),
+        ("service_changed", 3306, "mysql", "http"),
+        ("product_changed", 3306, "MariaDB 10.11.6", "Apache httpd 2.4"),
+        ("risk_lowered", 3306, "red", "green"),
+    ]
+
+
+def test_tls_and_certificate_changes() -> None:
+    tls = {"tls_status": "completed", "tls_versions": ("TLSv1.2", "TLSv1.3"),
+           "tls_grade": "strong", "cert_sha256": "a" * 64,
+           "cert_not_after": T1 + timedelta(days=90)}
+    prev = state([snap(443, **tls)])
+    now = view([snap(443, **{**tls, "tls_versions": ("TLSv1.0", "TLSv1.2"),
+                             "weak_suites": ("TLS_RSA_WITH_RC4_128_SHA",), "tls_grade": "weak",
+                             "cert_sha256": "b" * 64,
+                             "cert_not_after": T1 + timedelta(days=5)})])
+    out = detect_changes(prev, now, {})
+    assert kinds(out) == [
+        ("tls_changed", 443, "",
+         "+TLSv1.0 -TLSv1.3; weak +TLS_RSA_WITH_RC4_128_SHA; grade strong->weak"),
+        ("cert_changed", 443, "a" * 64, "b" * 64),
+        ("cert_expiring", 443, (T1 + timedelta(days=5)).isoformat(), "7d"),
+    ]
+    assert [e.severity for e in out.events] == [Severity.MEDIUM, Severity.LOW, Severity.HIGH]
+
+
+def test_cert_expiring_once_per_threshold_and_expired_once() -> None:
+    cert = {"tls_status": "completed", "cert_sha256": "c" * 64,
+            "cert_not_after": T1 + timedelta(days=10)}
+    first = detect_changes(None, view([snap(443, **cert)]), {})
+    assert [k[3] for k in kinds(first) if k[0] == "cert_expiring"] == ["14d"]
+    assert first.state is not None
+    # the next day: still within 14, not yet 7: nothing
+    day2 = HostScanView(T, "s2", (HostScan("s2", T, T1, T1 + timedelta(days=1), 1, 1,
+                                           shard_id="x", ports=(PortRange(1, 65535),)),),
+                        {(Proto.TCP, 443): snap(443, **cert)})
+    assert kinds(detect_changes(first.state, day2, {})) == []
+    # eleven days later: expired, once
+    late = T1 + timedelta(days=11)
+    day11 = HostScanView(T, "s3", (HostScan("s3", T, late, late, 1, 1, shard_id="x",
+                                            ports=(PortRange(1, 65535),)),),
+                         {(Proto.TCP, 443): snap(443, **cert)})
+    out = detect_changes(first.state, day11, {})
+    assert [k[0] for k in kinds(out)] == ["cert_expired"]
+    assert out.state is not None
+    later = late + timedelta(days=1)
+    day12 = HostScanView(T, "s4", (HostScan("s4", T, later, later, 1, 1, shard_id="x",
+                                            ports=(PortRange(1, 65535),)),),
+                         {(Proto.TCP, 443): snap(443, **cert)})
+    assert kinds(detect_changes(out.state, day12, {})) == []
+
+
+def test_every_kind_has_a_default_severity_and_cdn_opening_is_info() -> None:
+    assert {k for k, colour in SEVERITY_RULES if colour == ""} == set(ChangeKind)
+    assert severity_of(ChangeKind.OPENED, "red", is_cdn_expected=True) is Severity.INFO
+
+
+ports_strategy = st.dictionaries(st.integers(1, 2000), st.sampled_from(["green", "yellow", "red"]),
+                                 max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=ports_strategy, after=ports_strategy, covered_to=st.integers(1, 2000),
+       answers=st.dictionaries(st.integers(1, 2000), st.sampled_from(list(ProbeAnswer))))
+def test_rule_properties(before: dict[int, str], after: dict[int, str], covered_to: int,
+                         answers: dict[int, ProbeAnswer]) -> None:
+    prev = state([snap(p, risk_color=c) for p, c in before.items()])
+    scan = view([snap(p, risk_color=c) for p, c in after.items()], covered=((1, covered_to),))
+    reprobes = {(Proto.TCP, p): a for p, a in answers.items()}
+    out = detect_changes(prev, scan, reprobes)
+    # deterministic (replay-safe): the same inputs give the same event ids
+    assert [e.event_id for e in out.events] == [
+        e.event_id for e in detect_changes(prev, scan, reprobes).events]
+    for e in out.events:
+        if e.kind is ChangeKind.CLOSED:
+            # never an uncovered port, never one seen now, never without a failed re-probe
+            assert e.port <= covered_to and e.port not in after
+            assert reprobes.get((Proto.TCP, e.port)) in (ProbeAnswer.REFUSED, ProbeAnswer.SILENT)
+        if e.kind is ChangeKind.OPENED:
+            assert e.port not in before
+    # a port open now is open in the next state
+    assert out.state is not None
+    assert {p for (_proto, p), s in out.state.ports.items() if s.is_open} >= set(after)
+
+
+port_fields = st.fixed_dictionaries({
+    "service": st.sampled_from(["ssh", "http", ""]),
+    "version": st.sampled_from(["1", "2"]),
+    "risk_color": st.sampled_from(["green", "red"]),
+    "tls_status": st.sampled_from(["completed", "error", "not_scheduled"]),
+    "tls_grade": st.sampled_from(["", "strong", "weak"]),
+    "cert_sha256": st.sampled_from(["", "a", "b"]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.dictionaries(st.integers(1, 30), port_fields, max_size=5),
+       after=st.dictionaries(st.integers(1, 30), port_fields, max_size=5))
+def test_equal_fingerprints_mean_no_event(before: dict[int, dict[str, str]],
+                                          after: dict[int, dict[str, str]]) -> None:
+    # The recorder's fast path skips the rule when the fingerprints agree: then the rule
+    # itself must have nothing to say
+    from stream_processors.changes import fingerprint
+
+    prev = state([snap(p, **f) for p, f in before.items()])
+    scan = view([snap(p, **f) for p, f in after.items()])
+    out = detect_changes(prev, scan, {})
+    if fingerprint(prev.ports) == fingerprint(scan.ports):
+        assert out.events == []
+    else:
+        assert before != after
+
+
+def test_a_port_whose_identification_did_not_finish_changes_nothing() -> None:
+    # Given ssh identified before, When this scan's identification was cut short (Ctrl-C)
+    prev = state([snap(22)])
+    cut = snap(22, service="", product="", version="", risk_color="yellow", is_incomplete=True)
+    out = detect_changes(prev, view([cut]), {})
+    # Then no service/risk change is invented, and the identified snapshot stays
+    assert kinds(out) == []
+    assert out.state is not None and out.state.ports[(Proto.TCP, 22)].service == "ssh"
+
+
+def test_snapshot_marks_interrupted_identification() -> None:
+    from schemas.records import OpenPort
+    from stream_processors.changes import snapshot_of
+    from stream_processors.stages import unidentified
+
+    port = OpenPort(scan_id="s", target=T, port=22)
+    assert snapshot_of(unidentified(port, "interrupted during identification")).is_incomplete
+    assert snapshot_of(unidentified(port, "identification error: OSError")).is_incomplete
