@@ -62,9 +62,9 @@ def _topics(assembly: Any) -> TopicSet:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Resume file (the format of `portwatch scan --checkpoint`): saved after "
                    "each acknowledged batch, read at start.")
-@click.option("--hosts-per-shard", type=int, default=None,
+@click.option("--shard-hosts", "--hosts-per-shard", "hosts_per_shard", type=int, default=None,
               help="Hosts per shard (PORTWATCH_SHARD_HOSTS, default 16).")
-@click.option("--ports-per-shard", type=int, default=None,
+@click.option("--shard-ports", "--ports-per-shard", "ports_per_shard", type=int, default=None,
               help="Ports per shard (PORTWATCH_SHARD_PORTS, default 65535).")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")

@@ -220,10 +220,11 @@ class Report:
 # chdb paths this process has opened: chdb keeps one engine per process, so a second
 # Store on the same path shares it and must not mistake its own lock for another's.
 _OPENED_CHDB_PATHS: set[str] = set()
-# Our own advisory lock per chdb path, taken before chdb opens it and held for the
-# life of this process: two processes starting at the same moment both see chdb's
-# lock free, and the loser got a raw chdb error; whoever holds ours owns the path.
-_PATH_LOCKS: dict[str, int] = {}
+# Our own advisory lock per chdb path, taken before chdb opens it and held while a
+# Store of this process has the path open: two processes starting at the same moment
+# both saw chdb's lock free, and the loser got a raw chdb error; whoever holds ours owns
+# the path. path -> [fd, Stores open on it].
+_PATH_LOCKS: dict[str, list[int]] = {}
 _PATH_LOCKS_GUARD = threading.Lock()
 LOCK_FILE = ".portwatch.lock"
 
@@ -236,6 +237,7 @@ def _take_path_lock(path: str, shown: str) -> None:
 
     with _PATH_LOCKS_GUARD:
         if path in _PATH_LOCKS:
+            _PATH_LOCKS[path][1] += 1
             return
         fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -246,7 +248,19 @@ def _take_path_lock(path: str, shown: str) -> None:
         except OSError:
             os.close(fd)  # a file system without locks: chdb's own lock still applies
             return
-        _PATH_LOCKS[path] = fd
+        _PATH_LOCKS[path] = [fd, 1]
+
+
+def _release_path_lock(path: str) -> None:
+    """One Store of this process closed ``path``; the last one lets other processes in."""
+    with _PATH_LOCKS_GUARD:
+        held = _PATH_LOCKS.get(path)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _PATH_LOCKS[path]
+            os.close(held[0])  # closing the descriptor releases the flock
 
 
 def _is_held_by_another_process(path: str) -> bool:
@@ -299,6 +313,16 @@ class Store:
 
         self.location = location
         self._lock = threading.Lock()  # clickhouse-connect clients are not thread-safe
+        self._locked_path = ""  # the chdb path whose process lock this Store holds
+        try:
+            self._connect(clickhouse_connect, location, create=create)
+            self.ensure_schema(create=create)
+        except BaseException:
+            self._release_path()
+            raise
+
+    def _connect(self, clickhouse_connect: Any, location: StoreLocation, *,
+                 create: bool) -> None:
         try:
             if location.scheme == "chdb":
                 if not create and not (Path(location.path) / "metadata").is_dir():
@@ -310,6 +334,7 @@ class Store:
                 if resolved not in _OPENED_CHDB_PATHS and _is_held_by_another_process(resolved):
                     raise _busy_error(location.path)
                 _take_path_lock(resolved, location.path)
+                self._locked_path = resolved
                 bootstrap = clickhouse_connect.get_client(interface="chdb", path=location.path)
                 if not create:
                     found = bootstrap.query(
@@ -339,7 +364,11 @@ class Store:
             text = str(exc).strip()
             first_line = text.splitlines()[0] if text else type(exc).__name__
             raise StoreError(f"cannot open the store at {where}: {first_line}") from exc
-        self.ensure_schema(create=create)
+
+    def _release_path(self) -> None:
+        if self._locked_path:
+            _release_path_lock(self._locked_path)
+            self._locked_path = ""
 
     @classmethod
     def from_url(cls, url: str | None = None, *, create: bool = True) -> Store:
@@ -464,6 +493,7 @@ class Store:
                 self._client.close()
             except Exception:  # noqa: BLE001 - closing must never mask the real error
                 pass
+            self._release_path()
 
     def __enter__(self) -> Store:
         return self

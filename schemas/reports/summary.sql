@@ -31,6 +31,7 @@ WITH
             SELECT target, ip, scan_id, shard_id,
                    argMax(ports_scanned, finished_at) AS ports_scanned,
                    argMax(is_tarpit, finished_at) AS is_tarpit,
+                   argMax(note, finished_at) AS note,
                    argMax(status, finished_at) AS status
             FROM host_scans
             WHERE scan_id IN (SELECT DISTINCT scan_id FROM latest_host_scans)

@@ -33,7 +33,7 @@ def serve(app: Any) -> Iterator[Served]:
     headers: uvicorn must not rewrite the scheme itself), in a thread, on loopback."""
     import uvicorn
 
-    from portwatch.web.cli import uvicorn_config
+    from portwatch.web.server import uvicorn_config
 
     port = free_port()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
