@@ -38,6 +38,26 @@ def run_cli(*args: str, store: str | None = None, timeout: float = 300,
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+_QUERY = """
+import json, sys
+from stream_processors.store import Store
+with Store.from_url(sys.argv[1], create=False) as db:
+    print(json.dumps(db.query(sys.argv[2]), default=str))
+"""
+
+
+def query_store(store: str, sql: str) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` on a chdb store, read in a process of its own: chdb allows one
+    path per process, and the test process keeps the shared test path."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _QUERY, store, sql], capture_output=True,
+                          text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(row) for row in json.loads(proc.stdout)]
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"chdb://{tmp_path / 'store'}"
@@ -56,6 +76,7 @@ def store(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
 
     db = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
     yield db
+    db.close()
 
 
 # Real-broker fixtures (skip without a broker; fail under CI=true, where one must run).

@@ -11,8 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from stream_processors.store import Store
-from tests.conftest import run_cli
+from tests.conftest import query_store, run_cli
 from tests.hostile_tls import MODES, hostile_tls_server
 from tests.tls_servers import ServerUnavailable, make_cert
 
@@ -37,8 +36,7 @@ def _scan(mode: str, cert_der: bytes, store: str) -> tuple[int, int, str]:
 
 
 def _stored(store: str, sql: str) -> list[tuple[object, ...]]:
-    with Store.from_url(store) as db:
-        return db.query(sql)
+    return query_store(store, sql)
 
 
 def test_a_9000_byte_dh_prime_is_stored_clamped_and_the_scan_finishes(
