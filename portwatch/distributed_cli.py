@@ -14,6 +14,7 @@ prefixes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -301,7 +302,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
         web = (web_app(db, listen[0], token), *listen)
     try:
-        asyncio.run(_serve(apps, sink, role, web, token))
+        advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
+        asyncio.run(_serve(apps, sink, role, web, token, advert_path))
     finally:
         if db is not None:
             db.close()
@@ -315,7 +317,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
 
 async def _serve(apps: list[Any], sink: Any, role: str,
-                 web: tuple[Any, str, int] | None = None, token: str = "") -> None:
+                 web: tuple[Any, str, int] | None = None, token: str = "",
+                 advert_path: str = "") -> None:
+    from portwatch.store_holder import advertise
     from portwatch.web import server as web_server
     from portwatch.web.cli import listening_line
     from stream_processors.transports.faust_app import run_apps
@@ -333,6 +337,7 @@ async def _serve(apps: list[Any], sink: Any, role: str,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    advert = contextlib.ExitStack()
     try:
         if web is not None:
             try:
@@ -340,6 +345,9 @@ async def _serve(apps: list[Any], sink: Any, role: str,
             except web_server.ListenError as exc:
                 fail(f"--serve: {exc}", EXIT_RUNTIME)
             say(listening_line(web[1], web[2], token))
+            if advert_path:  # `report` on this chdb store asks this process meanwhile
+                advert.enter_context(advertise(advert_path, web[1], web[2], token,
+                                               "process --serve"))
         say(f"stream processors running (role {role}); SIGTERM or Ctrl-C stops them")
         sys.stderr.flush()
         try:
@@ -347,6 +355,7 @@ async def _serve(apps: list[Any], sink: Any, role: str,
         except RuntimeError as exc:
             fail(str(exc), EXIT_RUNTIME)
     finally:
+        advert.close()
         if running is not None:
             await web_server.stop(*running)
         for sig in (signal.SIGTERM, signal.SIGINT):

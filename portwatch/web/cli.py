@@ -12,6 +12,7 @@ Must not touch: any network but the listening socket; the store is only read.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import secrets
@@ -156,6 +157,7 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     """
     from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, EXIT_USAGE, fail, settings_from
+    from portwatch.store_holder import advertise
     from portwatch.web.server import ListenError, serve_forever
 
     try:
@@ -166,12 +168,18 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     db = Assembly(settings_from(store=store)).open_store()
     try:
         app = web_app(db, host, token, use_cache=not no_cache, allowed_hosts=allowed)
+        advert = contextlib.ExitStack()
+
         def listening() -> None:
             click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops",
                        err=True)
+            if db.location.scheme == "chdb":  # `report` on this store asks us meanwhile
+                advert.enter_context(advertise(db.location.path, host, port, token, "serve"))
 
         try:
-            serve_forever(app, host, port, on_listening=listening)
+            with advert:
+                serve_forever(app, host, port, on_listening=listening,
+                              on_stopped=advert.close)
         except ListenError as exc:
             fail(str(exc), EXIT_RUNTIME)
     finally:
