@@ -19,12 +19,24 @@ if TYPE_CHECKING:
     from stream_processors.store import Report
 
 
+def _target_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from schemas.filters import normalize_target
+
+    try:
+        return normalize_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
-@click.option("--target", default="", help="Only this target (as written, address or hostname).")
-@click.option("--org", default="", help="Only this organization.")
+@click.option("--target", default="", callback=_target_option,
+              help="Only this target: as written, hostname, asset name, address, address "
+                   "prefix (198.18.) or CIDR block (198.18.0.0/15); any case.")
+@click.option("--org", default="", help="Only this organization (any case).")
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
-@click.option("--version", "product_version", default="", help="With --product: only this version.")
+@click.option("--version", "product_version", default="",
+              help="With --product: only this version (any case).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
 @click.option("--color", type=click.Choice(["", "green", "yellow", "red"]), default="",
               help="Only ports (list) or targets (summary) with this risk colour.")

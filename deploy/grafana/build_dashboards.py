@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import report_sql
+from schemas.filters import target_predicate
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = HERE / "dashboards" / "portwatch.json"
@@ -78,17 +79,17 @@ WHERE $__timeFilter(time)
 GROUP BY time
 ORDER BY time"""
 
-NEW_PORTS_PER_DAY = """SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
+NEW_PORTS_PER_DAY = grafana_sql("""
+SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
 FROM (
-    SELECT target, ip, first_seen, organization, hostname
+    SELECT target, ip, first_seen, organization, hostname, asset
     FROM current_findings
-)
+) AS f
 WHERE $__timeFilter(first_seen)
-  AND (${org:sqlstring} = '' OR organization = ${org:sqlstring})
-  AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
-       OR hostname = ${target:sqlstring})
+  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
+  AND """ + target_predicate("f") + """
 GROUP BY time
-ORDER BY time"""
+ORDER BY time""")
 
 ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM host_scans "
                 "WHERE organization != '' ORDER BY 1")

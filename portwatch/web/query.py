@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import REPORTS, report_parameters
+from schemas.filters import normalize_target
 
 COLORS = ("red", "yellow", "green")
 PREVALENCE = ("very common", "somewhat common", "less common", "rare")
@@ -120,6 +121,11 @@ def _choice(name: str, value: str, choices: Iterable[str]) -> str:
 
 
 def _filter_value(name: str, value: str) -> Any:
+    if name == "target":
+        try:
+            return normalize_target(_text(name, value))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     if name == "port":
         return _int("port", value, 1, 65535)
     if name == "color":
