@@ -29,7 +29,8 @@ FORMATS = ("table", "json", "csv")
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "summary": ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
                 "grade", "score_parts", "is_tarpit", "last_scanned"),
-    "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
+    # list: base columns plus the optional ones that fit (portwatch/tables.py)
+    "list": ("target", "ip", "port", "proto", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
     "ciphers": ("target", "ip", "port", "status", "versions", "grade", "suites", "cert_subject",
@@ -37,7 +38,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
-           "score_parts": "score parts", "open_ports": "open", "risk_score": "score"}
+           "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
+           "risk_reason": "risk reason"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:
@@ -117,6 +119,10 @@ def _styled(report: str, column: str, value: Any) -> Text:
 
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    if report.name == "list":
+        from portwatch.tables import list_columns
+
+        wanted = list(list_columns(report, console.width, HEADERS))
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)
     for column in wanted:

@@ -189,6 +189,21 @@ def test_table_output_and_end_screen(scanned: dict) -> None:
     assert "done" in out and "9 open" in out
     summary = run_cli("report", "summary", store=scanned["store"])
     assert "Example Corp" in summary.stdout and "127.0.0.2" in summary.stdout
+    # The end screen is one table for the scan's hosts, at most 100 columns wide
+    table = [line for line in out.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and max(len(line) for line in table) <= 100
+    assert sum(line.startswith("┏") for line in table) == 1
+    header = next(line for line in table if line.startswith("┃"))
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "target", "address", "organization", "open", "red", "yellow", "green", "score",
+        "grade"]
+    # The List table tells the protocol and, wide enough, organization, asset and reason
+    listed = run_cli("report", "list", "--target", "127.0.0.1", store=scanned["store"])
+    header = next(line for line in listed.stdout.splitlines() if line.startswith("┃"))
+    # (piped: 200 columns; this estate's risk reasons are too long to fit beside the rest)
+    assert [h.strip() for h in header.strip("┃").split("┃")] == [
+        "target", "address", "organization", "asset", "port", "proto", "service", "product",
+        "version", "risk", "prevalence", "CDN", "first detected", "last seen"]
 
 
 @pytest.mark.slow
