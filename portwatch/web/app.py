@@ -295,6 +295,8 @@ def create_app(service: ReportService, *, token: str = "",
                ) -> Starlette:
     """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names or
     ``extra_hosts``; with a token, ``extra_hosts`` (when given) turns the same check on."""
+    from portwatch.web.downloads import download_route
+
     web = WebApp(service)
 
     async def not_found(request: Request, exc: Exception) -> StarletteResponse:
@@ -325,6 +327,7 @@ def create_app(service: ReportService, *, token: str = "",
         Route("/api/v1", web.api_index, methods=["GET", "HEAD"]),
         Route("/api/v1/summary/charts", web.summary_chart_data, methods=["GET", "HEAD"]),
         Route("/api/v1/{report}", web.api, methods=["GET", "HEAD"]),
+        download_route(service),  # portwatch/web/downloads.py: the page's rows as CSV/JSON
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),

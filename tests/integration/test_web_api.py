@@ -363,3 +363,32 @@ def test_summary_page_and_totals_from_one_query_match_the_report_and_its_totals(
         # And the totals are those of every target the filters keep, on every page
         assert totals == service.colour_totals(filters)
         assert page.total == totals.targets == len(everything.rows)
+
+
+# -- downloads (portwatch/web/downloads.py) --------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_download_is_exactly_the_page_rows(web: Served, fmt: str) -> None:
+    import csv
+    import io
+
+    # Given the second page of a filtered, sorted List (25 rows a page)
+    query = "org=example+corp&sort=port&direction=desc&per_page=25&page=2"
+    api = web.api(f"/api/v1/list?{query}")
+    # When the same query string is downloaded
+    status, headers, body = web.get(f"/download/list.{fmt}?{query}")
+    # Then it is that page's rows, in that order, as a file
+    assert status == 200
+    assert headers["content-disposition"] == f'attachment; filename="portwatch-list-page2.{fmt}"'
+    rows = list(csv.DictReader(io.StringIO(body))) if fmt == "csv" else json.loads(body)
+    assert [(r["ip"], int(r["port"])) for r in rows] == [(r["ip"], r["port"])
+                                                          for r in api["rows"]]
+    assert len(rows) == 25
+
+
+def test_download_refuses_what_the_page_refuses(web: Served) -> None:
+    status, _, body = web.get("/download/list.csv?color=purple")
+    assert status == 400 and "color must be one of" in json.loads(body)["error"]
+    assert web.get("/download/list.xml")[0] == 404
+    assert web.get("/download/nothing.csv")[0] == 404
