@@ -120,8 +120,9 @@ def _styled(report: str, column: str, value: Any) -> Text:
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
     if report.name == "list":
-        from portwatch.tables import list_columns
+        from portwatch.tables import list_columns, with_prevalence_source
 
+        report = with_prevalence_source(report)
         wanted = list(list_columns(report, console.width, HEADERS))
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)

@@ -62,6 +62,18 @@ def list_columns(report: Report, width: int, headers: dict[str, str]) -> tuple[s
     return tuple(c for c in order if c in chosen)
 
 
+def with_prevalence_source(report: Report) -> Report:
+    """The List for a terminal: the prevalence bucket says which count decided it,
+    e.g. "very common (Internet)" (stream_processors/prevalence_prior.py)."""
+    if "prevalence" not in report.columns or "prevalence_source" not in report.columns:
+        return report
+    bucket, source = report.columns.index("prevalence"), report.columns.index(
+        "prevalence_source")
+    rows = [(*row[:bucket], f"{row[bucket]} ({row[source]})" if row[source] else row[bucket],
+             *row[bucket + 1:]) for row in report.rows]
+    return Report(report.name, report.columns, rows)
+
+
 # -- end of a scan ------------------------------------------------------------------------------
 
 # (column, header, justify, overflow): numbers never wrap; names wrap at spaces and end in an
@@ -114,4 +126,4 @@ def print_end_screen(console: Console, rows: Sequence[dict[str, Any]], title: st
 
 
 __all__ = ["END_SCREEN_WIDTH", "LIST_BASE", "LIST_OPTIONAL", "end_screen_table",
-           "list_columns", "print_end_screen", "table_width"]
+           "list_columns", "print_end_screen", "table_width", "with_prevalence_source"]

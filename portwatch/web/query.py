@@ -34,7 +34,8 @@ TRUE_WORDS = ("1", "true", "on", "yes")
 FALSE_WORDS = ("0", "false", "off", "no")
 
 # Parameters of the SQL that are not user filters.
-_PAGING = frozenset({"limit", "offset", "sort", "direction", "days"})
+_PAGING = frozenset({"limit", "offset", "sort", "direction", "days",
+                     "no_prior"})  # no_prior: a reader setting (Store.default_parameters)
 # Query-string names that are not report filters.
 CONTROL = frozenset({"sort", "direction", "page", "per_page"})
 # Accepted and ignored: the token that authenticates a first visit (app strips it).

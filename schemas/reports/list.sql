@@ -1,6 +1,8 @@
 -- List report: every open port of every target.
 -- Columns: target, address, port/proto, service, product, version, risk colour,
--- prevalence bucket, CDN verdict, first detected, last seen.
+-- prevalence bucket (the larger of the estate's count and the Internet prior, with
+-- its source: stream_processors/prevalence_prior.py), CDN verdict, first detected,
+-- last seen.
 -- By default only ports seen in the host's latest scan ("current"); history = 1
 -- adds ports no longer seen. Filters: empty string / 0 = no filter.
 -- Sorting (web pages and API): {sort} names one allow-listed key ('' = by target);
@@ -16,6 +18,11 @@ WITH
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
         FROM port_prevalence GROUP BY proto, port
+    ),
+    -- Internet prior (stream_processors/prevalence_prior.py): {no_prior} = 1 turns it off
+    nmap_prior AS (
+        SELECT proto, port, max(instances) AS internet_count
+        FROM internet_prior GROUP BY proto, port
     )
 SELECT
     f.target AS target,
@@ -34,10 +41,15 @@ SELECT
     f.risk_color AS risk_color,
     f.risk_reason AS risk_reason,
     prevalence.instances AS instances,
-    multiIf(prevalence.instances > 3000, 'very common',
-            prevalence.instances >= 500, 'somewhat common',
-            prevalence.instances >= 50, 'less common',
+    if({no_prior:UInt8} = 1, toUInt64(0), toUInt64(nmap_prior.internet_count))
+        AS internet_instances,
+    -- the larger of the two counts decides the bucket, and says which (ties: estate)
+    greatest(toUInt64(prevalence.instances), internet_instances) AS prevalence_instances,
+    multiIf(prevalence_instances > 3000, 'very common',
+            prevalence_instances >= 500, 'somewhat common',
+            prevalence_instances >= 50, 'less common',
             'rare') AS prevalence,
+    if(internet_instances > prevalence.instances, 'Internet', 'estate') AS prevalence_source,
     f.cdn_provider AS cdn_provider,
     f.is_cdn_expected AS is_cdn_expected,
     f.is_tls AS is_tls,
@@ -49,6 +61,8 @@ SELECT
     (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
+-- (nmap_prior before prevalence: ClickHouse's analyzer resolves the other order wrongly)
+LEFT JOIN nmap_prior ON nmap_prior.proto = f.proto AND nmap_prior.port = f.port
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
 WHERE ({history:UInt8} = 1 OR is_current)
   AND ({target:String} = ''
@@ -97,8 +111,8 @@ ORDER BY
        indexOf(['green', 'yellow', 'red'], risk_color), 0) ASC,
     if({sort:String} = 'risk' AND {direction:String} = 'desc',
        indexOf(['green', 'yellow', 'red'], risk_color), 0) DESC,
-    if({sort:String} = 'prevalence' AND {direction:String} != 'desc', instances, 0) ASC,
-    if({sort:String} = 'prevalence' AND {direction:String} = 'desc', instances, 0) DESC,
+    if({sort:String} = 'prevalence' AND {direction:String} != 'desc', prevalence_instances, 0) ASC,
+    if({sort:String} = 'prevalence' AND {direction:String} = 'desc', prevalence_instances, 0) DESC,
     if({sort:String} = 'first_seen' AND {direction:String} != 'desc',
        toUnixTimestamp64Milli(first_seen), 0) ASC,
     if({sort:String} = 'first_seen' AND {direction:String} = 'desc',

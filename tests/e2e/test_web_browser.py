@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -187,7 +188,10 @@ def test_list_shows_every_port_with_words_for_colours(page: Any,
     assert got == sorted(ports.values())
     risks = [cell.splitlines()[0].strip() for cell in column(page, "Risk")]
     assert set(risks) <= {"red", "yellow", "green"} and "red" in risks  # MariaDB
-    assert set(column(page, "Prevalence")) == {"rare"}
+    # every bucket says which count decided it (stream_processors/prevalence_prior.py)
+    assert all(re.fullmatch(r"(very common|somewhat common|less common|rare) "
+                            r"\((Internet|estate)\)", " ".join(p.split()))
+               for p in column(page, "Prevalence")), column(page, "Prevalence")
     shoot(page, "list")
 
     page.get_by_role("link", name="Port", exact=True).click()  # sort by port
