@@ -97,11 +97,12 @@ class Assembly:
         import logging
 
         from probers.nmapdata import NmapDataUnavailable
-        from stream_processors.prevalence_prior import prior_rows
+        from stream_processors.prevalence_prior import parse_prior, prior_source
 
         try:
-            source, rows = prior_rows(self.settings.nmap_data or None)
-            store.load_internet_prior(source, rows)
+            source, raw = prior_source(self.settings.nmap_data or None)
+            if store.internet_prior_source() != source:  # parse only a changed file
+                store.load_internet_prior(source, parse_prior(raw))
         except NmapDataUnavailable:
             return
         except Exception as exc:  # noqa: BLE001 - a report must answer without the prior

@@ -373,12 +373,16 @@ class Store:
         self._insert("host_scans", HOST_SCAN_COLUMNS, rows)
         return len(rows)
 
+    def internet_prior_source(self) -> str:
+        """The source tag of the stored Internet prior ('' when none is stored)."""
+        with self._lock:
+            stored = self._client.query("SELECT any(source) FROM internet_prior").result_rows
+        return str(stored[0][0]) if stored and stored[0][0] else ""
+
     def load_internet_prior(self, source: str, rows: Sequence[tuple[str, int, int]]) -> bool:
         """Replace the Internet prior (stream_processors/prevalence_prior.py) unless the
         stored one has the same ``source`` tag; True when it was (re)loaded."""
-        with self._lock:
-            stored = self._client.query("SELECT any(source) FROM internet_prior").result_rows
-        if stored and stored[0][0] == source:
+        if self.internet_prior_source() == source:
             return False
         with self._lock:
             self._client.command("TRUNCATE TABLE internet_prior")

@@ -392,3 +392,16 @@ def test_download_refuses_what_the_page_refuses(web: Served) -> None:
     assert status == 400 and "color must be one of" in json.loads(body)["error"]
     assert web.get("/download/list.xml")[0] == 404
     assert web.get("/download/nothing.csv")[0] == 404
+
+
+@pytest.mark.parametrize("report", ["summary", "list", "products", "ciphers"])
+def test_every_report_page_downloads_its_rows(web: Served, report: str) -> None:
+    # Given a report page / When its JSON download is fetched with the same query
+    status, body = web.get(f"/{'' if report == 'summary' else report}")[0::2]
+    assert status == 200
+    link = f"/download/{report}.json"
+    assert link in body  # the page links it
+    status, _, data = web.get(link)
+    # Then it holds as many rows as the API's first page of the same size
+    api = web.api(f"/api/v1/{report}?per_page=50")
+    assert status == 200 and len(json.loads(data)) == len(api["rows"])
