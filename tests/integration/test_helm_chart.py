@@ -148,7 +148,12 @@ def test_helm_lint_passes_with_default_and_full_values(helm: str, tmp_path: Path
     # Given the chart, with its defaults and with every optional branch switched on
     full = {"produce": {"inventory": INVENTORY, "ports": "1-1024", "timeZone": "Europe/Paris"},
             "clickhouse": {"existingSecret": "ch"}, "scopeAllow": "198.18.0.0/15",
-            "discover": {"hostNetwork": True}, "settings": {"PORTWATCH_TIMEOUT": "2"}}
+            "discover": {"hostNetwork": True}, "settings": {"PORTWATCH_TIMEOUT": "2"},
+            "web": {"existingSecret": "web", "allowedHosts": ["proxy.example.internal"],
+                    "ingress": {"enabled": True, "host": "ports.example.internal",
+                                "className": "nginx", "tlsSecretName": "ports-tls"}},
+            "grafana": {"dashboards": {"namespace": "monitoring",
+                                       "annotations": {"grafana_folder": "portwatch"}}}}
     for values in (None, full):
         # When helm lints it strictly (warnings are failures)
         proc = _run(helm, "lint", "--strict", str(CHART), tmp_path=tmp_path, values=values)
