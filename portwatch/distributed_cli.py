@@ -240,12 +240,15 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
                    "sink runs. Loopback unless a --token is given.")
 @click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", metavar="TOKEN",
               show_envvar=True, help="Token the --serve web reports require off loopback.")
+@click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
+              help="--serve also answers to this Host name (as `portwatch serve`).")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
             commit_interval: float | None, session_timeout: float | None, serve_at: str,
-            token: str, kafka: str | None, topic_prefix: str | None) -> None:
+            token: str, allowed_host: tuple[str, ...], kafka: str | None,
+            topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
     Any number of `--role stages` workers may run; exactly one process runs the
@@ -255,7 +258,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     ClickHouse server store.
     """
     from portwatch.assembly import Assembly
-    from portwatch.web.cli import BindError, check_bind, parse_listen
+    from portwatch.web.cli import BindError, check_bind, parse_allowed_host, parse_listen
     from stream_processors.sink import StoreSink
     from stream_processors.transports.faust_agents import make_stage
     from stream_processors.transports.faust_app import build_sink_app, build_stages_app
@@ -270,6 +273,10 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             check_bind(listen[0], token)
         except (ValueError, BindError) as exc:
             fail(f"--serve: {exc}", EXIT_USAGE)
+    try:
+        allowed = [parse_allowed_host(name) for name in allowed_host]
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
     assembly = Assembly(settings_from(
         identify_concurrency=identify_concurrency, banner_wait=banner_wait,
         batch_seconds=batch_seconds, store=store, sink_buffer=sink_buffer,
@@ -300,7 +307,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     if listen is not None and db is not None:
         from portwatch.web.cli import web_app
 
-        web = (web_app(db, listen[0], token), *listen)
+        web = (web_app(db, listen[0], token, allowed_hosts=allowed), *listen)
     try:
         advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
         asyncio.run(_serve(apps, sink, role, web, token, advert_path))
