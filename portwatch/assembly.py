@@ -76,10 +76,38 @@ class Assembly:
         return StoreLocation.from_url(self.settings.store)
 
     def open_store(self, *, create: bool = True) -> Store:
-        """The store; ``create=False`` only opens one that exists (StoreMissing)."""
+        """The store; ``create=False`` only opens one that exists (StoreMissing). With the
+        prevalence prior on, its rows are (re)loaded from nmap-services when they changed."""
         from stream_processors.store import Store
 
-        return Store(self.store_location(), create=create)
+        store = Store(self.store_location(), create=create)
+        store.default_parameters.update(self.store_parameters())
+        if self.settings.prevalence_prior:
+            self.load_prevalence_prior(store)
+        return store
+
+    def store_parameters(self) -> dict[str, int]:
+        """Reader settings the report SQL binds: ``no_prior`` turns the Internet prior off."""
+        return {} if self.settings.prevalence_prior else {"no_prior": 1}
+
+    def load_prevalence_prior(self, store: Store) -> None:
+        """The Internet prior into the store (stream_processors/prevalence_prior.py).
+        Without nmap-services, or on a store this user may not write (a readonly server
+        user), the reports count the estate alone and the List says "estate"."""
+        import logging
+
+        from probers.nmapdata import NmapDataUnavailable
+        from stream_processors.prevalence_prior import parse_prior, prior_source
+
+        try:
+            source, raw = prior_source(self.settings.nmap_data or None)
+            if store.internet_prior_source() != source:  # parse only a changed file
+                store.load_internet_prior(source, parse_prior(raw))
+        except NmapDataUnavailable:
+            return
+        except Exception as exc:  # noqa: BLE001 - a report must answer without the prior
+            logging.getLogger(__name__).warning(
+                "prevalence: the Internet prior could not be stored: %s", str(exc)[:300])
 
     # -- what to scan ---------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ prefixes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -243,12 +244,15 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
               type=click.Path(dir_okay=False),
               help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): an alerts agent "
                    "on the changes topic delivers each change once, whatever the workers.")
+@click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
+              help="--serve also answers to this Host name (as `portwatch serve`).")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
             commit_interval: float | None, session_timeout: float | None, serve_at: str,
-            token: str, alerts_file: str | None, kafka: str | None,
+            token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
+            kafka: str | None,
             topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
@@ -259,7 +263,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     ClickHouse server store.
     """
     from portwatch.assembly import Assembly
-    from portwatch.web.cli import BindError, check_bind, parse_listen
+    from portwatch.web.cli import BindError, check_bind, parse_allowed_host, parse_listen
     from stream_processors.sink import StoreSink
     from stream_processors.transports.faust_agents import make_stage
     from stream_processors.transports.faust_app import build_sink_app, build_stages_app
@@ -274,6 +278,10 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             check_bind(listen[0], token)
         except (ValueError, BindError) as exc:
             fail(f"--serve: {exc}", EXIT_USAGE)
+    try:
+        allowed = [parse_allowed_host(name) for name in allowed_host]
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
     assembly = Assembly(settings_from(
         identify_concurrency=identify_concurrency, banner_wait=banner_wait,
         batch_seconds=batch_seconds, store=store, sink_buffer=sink_buffer,
@@ -317,9 +325,10 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     if listen is not None and db is not None:
         from portwatch.web.cli import web_app
 
-        web = (web_app(db, listen[0], token), *listen)
+        web = (web_app(db, listen[0], token, allowed_hosts=allowed), *listen)
     try:
-        asyncio.run(_serve(apps, sink, role, web, token))
+        advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
+        asyncio.run(_serve(apps, sink, role, web, token, advert_path))
     finally:
         if db is not None:
             db.close()
@@ -333,7 +342,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
 
 async def _serve(apps: list[Any], sink: Any, role: str,
-                 web: tuple[Any, str, int] | None = None, token: str = "") -> None:
+                 web: tuple[Any, str, int] | None = None, token: str = "",
+                 advert_path: str = "") -> None:
+    from portwatch.store_holder import advertise
     from portwatch.web import server as web_server
     from portwatch.web.cli import listening_line
     from stream_processors.transports.faust_app import run_apps
@@ -351,6 +362,7 @@ async def _serve(apps: list[Any], sink: Any, role: str,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    advert = contextlib.ExitStack()
     try:
         if web is not None:
             try:
@@ -358,6 +370,9 @@ async def _serve(apps: list[Any], sink: Any, role: str,
             except web_server.ListenError as exc:
                 fail(f"--serve: {exc}", EXIT_RUNTIME)
             say(listening_line(web[1], web[2], token))
+            if advert_path:  # `report` on this chdb store asks this process meanwhile
+                advert.enter_context(advertise(advert_path, web[1], web[2], token,
+                                               "process --serve"))
         say(f"stream processors running (role {role}); SIGTERM or Ctrl-C stops them")
         sys.stderr.flush()
         try:
@@ -365,6 +380,7 @@ async def _serve(apps: list[Any], sink: Any, role: str,
         except RuntimeError as exc:
             fail(str(exc), EXIT_RUNTIME)
     finally:
+        advert.close()
         if running is not None:
             await web_server.stop(*running)
         for sig in (signal.SIGTERM, signal.SIGINT):

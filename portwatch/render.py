@@ -29,7 +29,8 @@ FORMATS = ("table", "json", "csv")
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "summary": ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
                 "grade", "score_parts", "is_tarpit", "scan_note", "last_scanned"),
-    "list": ("target", "ip", "port", "service", "product", "version", "risk_color",
+    # list: base columns plus the optional ones that fit (portwatch/tables.py)
+    "list": ("target", "ip", "port", "proto", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
     "ciphers": ("target", "ip", "port", "reached_via", "outcome", "versions", "grade",
@@ -43,7 +44,7 @@ HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
            "reached_via": "via", "cert_days_to_expiry": "days left",
            "cert_warnings": "certificate warnings", "profile": "Mozilla 5.7",
-           "scan_note": "note"}
+           "scan_note": "note", "risk_reason": "risk reason"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:
@@ -167,6 +168,11 @@ def _styled(report: str, column: str, value: Any) -> Text:
 
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    if report.name == "list":
+        from portwatch.tables import list_columns, with_prevalence_source
+
+        report = with_prevalence_source(report)
+        wanted = list(list_columns(report, console.width, HEADERS))
     if report.name == "list" and "is_current" in report.columns and "status" in report.columns:
         # --history: ports no longer seen are marked closed, with when, in the table too
         current = report.columns.index("is_current")

@@ -7,19 +7,36 @@ instead of leaving an empty store behind.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.text import Text
 
 from portwatch.console import STORE_OPTION, out_console, settings_from
 from schemas import REPORTS
 
+if TYPE_CHECKING:
+    from stream_processors.store import Report
+
+
+def _target_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from schemas.filters import normalize_target
+
+    try:
+        return normalize_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
 
 @click.command()
 @click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
-@click.option("--target", default="", help="Only this target (as written, address or hostname).")
-@click.option("--org", default="", help="Only this organization.")
+@click.option("--target", default="", callback=_target_option,
+              help="Only this target: as written, hostname, asset name, address, address "
+                   "prefix (198.18.) or CIDR block (198.18.0.0/15); any case.")
+@click.option("--org", default="", help="Only this organization (any case).")
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
-@click.option("--version", "product_version", default="", help="With --product: only this version.")
+@click.option("--version", "product_version", default="",
+              help="With --product: only this version (any case).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
 @click.option("--color", type=click.Choice(["", "green", "yellow", "red"]), default="",
               help="Only ports (list) or targets (summary) with this risk colour.")
@@ -57,12 +74,43 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
              "grade": grade}
     wanted = report_parameters(name)
     filters = {k: v for k, v in given.items() if k in wanted}
-    db = Assembly(settings_from(store=store)).open_store(create=False)
+    from stream_processors.store import StoreBusy
+
+    assembly = Assembly(settings_from(store=store))
     try:
-        result = db.report(name, filters, limit=limit)
-    finally:
-        db.close()
+        db = assembly.open_store(create=False)
+    except StoreBusy:
+        # Held by `serve` / `process --serve`: ask it (portwatch/store_holder.py).
+        held = _report_through_holder(assembly.store_location().path, name, filters, limit)
+        if held is None:
+            raise  # nothing advertised (a scan, or a sink without --serve): "in use"
+        result = held
+    else:
+        try:
+            result = db.report(name, filters, limit=limit)
+        finally:
+            db.close()
     render(result, fmt, out_console(soft_wrap=fmt != "table"))
+
+
+def _report_through_holder(path: str, name: str, filters: dict[str, object],
+                           limit: int) -> Report | None:
+    """The report from the process holding the store, said on stderr; None when nothing
+    is advertised."""
+    from portwatch.console import EXIT_RUNTIME, fail
+    from portwatch.store_holder import HolderError, find_holder, remote_report
+
+    holder = find_holder(path) if path else None
+    if holder is None:
+        return None
+    try:
+        result = remote_report(holder, name, filters, limit=limit)
+    except HolderError as exc:
+        fail(f"the store at {path} is held by `portwatch {holder.command}` (pid "
+             f"{holder.pid}), whose API failed: {exc}", EXIT_RUNTIME)
+    click.echo(f"portwatch: the store at {path} is held by `portwatch {holder.command}` "
+               f"(pid {holder.pid}); answered through its JSON API at {holder.url}", err=True)
+    return result
 
 
 @click.command("settings")

@@ -204,7 +204,7 @@ class ProgressView:
 
 
 def _end_screen(db: Any, stats: Any, targets: Any) -> None:
-    from portwatch.render import to_table
+    from portwatch.tables import print_end_screen
 
     out = out_console()
     state = "interrupted" if stats.interrupted else "done"
@@ -226,10 +226,14 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         out.print(Text(f"note: {ip} answers on every port; only identified services kept",
                        style="yellow"))
     if len(targets) <= 20:
-        for t in {t.ip for t in targets}:
-            to_table(db.report("summary", {"target": t}), out, title=f"Summary: {t}")
+        # One table for all hosts of this scan (portwatch/tables.py), riskiest first.
+        rows = [row for ip in sorted({t.ip for t in targets})
+                for row in db.report("summary", {"target": ip}).dicts() if row["ip"] == ip]
+        rows.sort(key=lambda row: (-float(row["risk_score"] or 0), row["target"], row["ip"]))
+        print_end_screen(out, rows, "Summary")
     else:
-        to_table(db.report("summary", {}, limit=20), out, title="Summary (top 20 by risk)")
+        print_end_screen(out, db.report("summary", {}, limit=20).dicts(),
+                         "Summary (top 20 by risk)")
 
 
 __all__ = ["ProgressView", "scan"]

@@ -94,6 +94,9 @@ class Settings:
                                      group="identify")
     nmap_probes: bool = setting(True, "use nmap-service-probes from nmap-common when our probes "
                                 "name nothing", group="identify")
+    prevalence_prior: bool = setting(True, "prevalence also counts an Internet prior from "
+                                     "nmap-services (off: only your own scans count; for "
+                                     "large stores)", group="identify")
     tls: bool = setting(True, "enumerate versions, suites and certificates on every TLS port",
                         group="tls")
     tls_timeout: float = setting(3.0, "seconds per TLS handshake attempt: stalled handshakes end",

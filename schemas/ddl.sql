@@ -158,6 +158,20 @@ FROM port_observations
 WHERE state = 'open'
 GROUP BY proto, port;
 
+-- Internet prior of prevalence: instances per (proto, port) on a reference population of
+-- 100,000 hosts, derived at run time from the user's own nmap-services
+-- (stream_processors/prevalence_prior.py); never shipped with portwatch. `source` tags the
+-- file digest and formula, so an unchanged file is not reloaded.
+CREATE TABLE IF NOT EXISTS internet_prior
+(
+    proto      LowCardinality(String),
+    port       UInt16,
+    instances  UInt32,
+    source     String
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (proto, port);
+
 -- One row per (scan, target address, shard): lets targets with no open port,
 -- interrupted scans and "answers on every port" hosts show in the Summary.
 CREATE TABLE IF NOT EXISTS host_scans

@@ -34,7 +34,7 @@ from schemas.records import Finding, HostScan, ProbeStatus
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 6  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 7  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -314,6 +314,9 @@ class Store:
         self.location = location
         self._lock = threading.Lock()  # clickhouse-connect clients are not thread-safe
         self._locked_path = ""  # the chdb path whose process lock this Store holds
+        # Bound into every query that declares them, whatever the caller passed: reader
+        # settings the SQL needs, e.g. {"no_prior": 1} (set by portwatch/assembly.py).
+        self.default_parameters: dict[str, Any] = {}
         try:
             self._connect(clickhouse_connect, location, create=create)
             self.ensure_schema(create=create)
@@ -456,6 +459,30 @@ class Store:
         with self._lock:
             self._client.command(sql, parameters=dict(parameters or {}))
 
+    def internet_prior_source(self) -> str:
+        """The source tag of the stored Internet prior ('' when none is stored)."""
+        with self._lock:
+            stored = self._client.query("SELECT any(source) FROM internet_prior").result_rows
+        return str(stored[0][0]) if stored and stored[0][0] else ""
+
+    def load_internet_prior(self, source: str, rows: Sequence[tuple[str, int, int]]) -> bool:
+        """Replace the Internet prior (stream_processors/prevalence_prior.py) unless the
+        stored one has the same ``source`` tag; True when it was (re)loaded."""
+        if self.internet_prior_source() == source:
+            return False
+        with self._lock:
+            self._client.command("TRUNCATE TABLE internet_prior")
+        self._insert("internet_prior", ("proto", "port", "instances", "source"),
+                     [[proto, port, instances, source] for proto, port, instances in rows])
+        return True
+
+    def _with_defaults(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        bound = dict(params)
+        for key, value in self.default_parameters.items():
+            if f"{{{key}:" in sql:
+                bound[key] = value
+        return bound
+
     # -- reads --------------------------------------------------------------------------
 
     def report(self, name: str, filters: Mapping[str, Any] | None = None,
@@ -470,7 +497,8 @@ class Store:
         unknown = set(given) - report_parameters(name)
         if unknown:
             raise StoreError(f"report {name} has no filter {', '.join(sorted(unknown))}")
-        params = bind_parameters(report_sql(name), given, limit=limit, offset=offset)
+        params = self._with_defaults(report_sql(name), bind_parameters(
+            report_sql(name), given, limit=limit, offset=offset))
         with self._lock:
             result = self._client.query(report_sql(name), parameters=params)
         return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
@@ -478,13 +506,14 @@ class Store:
     def select(self, name: str, sql: str, parameters: Mapping[str, Any] | None = None) -> Report:
         """Read-only query with its column names (parameters bound server-side)."""
         with self._lock:
-            result = self._client.query(sql, parameters=dict(parameters or {}))
+            result = self._client.query(sql, parameters=self._with_defaults(sql, parameters or {}))
         return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read-only helper for tests and tools; parameters bound server-side."""
         with self._lock:
-            rows = self._client.query(sql, parameters=dict(parameters or {})).result_rows
+            rows = self._client.query(sql, parameters=self._with_defaults(
+                sql, parameters or {})).result_rows
         return [tuple(r) for r in rows]
 
     def close(self) -> None:

@@ -19,14 +19,15 @@ from tests.conftest import REPO
 
 
 @contextlib.contextmanager
-def portwatch_serve(store: str, *, start_seconds: float = 60) -> Iterator[str]:
-    """``portwatch serve --store STORE`` on 127.0.0.1; yields its base URL."""
-    port = loopback.free_port()
+def portwatch_serve(store: str, *, host: str = "127.0.0.1",
+                    start_seconds: float = 60) -> Iterator[str]:
+    """``portwatch serve --store STORE`` on a loopback ``host``; yields its base URL."""
+    port = loopback.free_port((host,))
     env = {**os.environ, "PORTWATCH_WEB_TOKEN": ""}
     proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--store", store,
-                             "--port", str(port)], cwd=REPO, env=env,
+                             "--host", host, "--port", str(port)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + start_seconds
         while True:

@@ -8,8 +8,14 @@ value is ``''``, which the SQL reads as "no filter") and every other parameter a
 neutral value. tests/integration/test_grafana_sql.py runs every panel on chdb against
 the real DDL and checks this file is what the builder writes.
 
-Datasource: the ClickHouse plugin ``grafana-clickhouse-datasource`` (uid ``portwatch``,
-provisioned by provisioning/datasources.yaml).
+Datasource: the ClickHouse plugin ``grafana-clickhouse-datasource``, chosen by the
+dashboard variable ``datasource`` (a Grafana "datasource" variable restricted to that
+plugin), so one dashboard file works against whichever ClickHouse datasource an
+installation has: provisioning/datasources.yaml's (uid ``portwatch``) or a Helm-managed
+Grafana's. The variable ``web_url`` is the portwatch web reports' base URL: the Summary's
+and List's target cells link to ``${web_url}/list?target=<target>`` (the web List for that
+target) and to this dashboard filtered to it. The Helm chart replaces ``WEB_URL_DEFAULT``
+with its Ingress URL when it ships the dashboard as a ConfigMap.
 
 Owns: the dashboard JSON. Touches no network.
 """
@@ -24,10 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from schemas import report_sql
+from schemas.filters import target_predicate
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = HERE / "dashboards" / "portwatch.json"
-DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "portwatch"}
+# The Helm chart can read only files inside itself: the same file, written there too.
+CHART_DASHBOARD = HERE.parent / "helm" / "portwatch" / "dashboards" / "portwatch.json"
+OUTPUTS = (DASHBOARD, CHART_DASHBOARD)
+PLUGIN = "grafana-clickhouse-datasource"
+DATASOURCE = {"type": PLUGIN, "uid": "${datasource}"}
+# What `portwatch serve` prints by default; the chart substitutes its Ingress URL for it.
+WEB_URL_DEFAULT = "http://127.0.0.1:8765"
+DASHBOARD_UID = "portwatch-reports"
 ROW_LIMIT = 1000
 # Grafana variables: an "All" that means "no filter" to the report SQL.
 VARIABLE_FOR = {"org": "${org:sqlstring}", "target": "${target:sqlstring}"}
@@ -65,17 +79,17 @@ WHERE $__timeFilter(time)
 GROUP BY time
 ORDER BY time"""
 
-NEW_PORTS_PER_DAY = """SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
+NEW_PORTS_PER_DAY = grafana_sql("""
+SELECT toStartOfDay(first_seen) AS time, count() AS `new open ports`
 FROM (
-    SELECT target, ip, first_seen, organization, hostname
+    SELECT target, ip, first_seen, organization, hostname, asset
     FROM current_findings
-)
+) AS f
 WHERE $__timeFilter(first_seen)
-  AND (${org:sqlstring} = '' OR organization = ${org:sqlstring})
-  AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
-       OR hostname = ${target:sqlstring})
+  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
+  AND """ + target_predicate("f") + """
 GROUP BY time
-ORDER BY time"""
+ORDER BY time""")
 
 # Change history (stream_processors/changes.py): the changes table is one row per event
 # (FINAL merges a replayed scan's rows), so these read the change log, not the raw scans.
@@ -129,7 +143,8 @@ def _colour_overrides() -> dict[str, Any]:
             {"id": "mappings", "value": [{"type": "value", "options": {
                 word: {"text": word, "color": colour, "index": i}
                 for i, (word, colour) in enumerate(mapping.items())}}]},
-            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}]}
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
+        _target_link_override()]}
 
 
 def _variable(name: str, label: str, query: str) -> dict[str, Any]:
@@ -137,6 +152,37 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
             "query": query, "definition": query, "refresh": 2, "includeAll": True,
             "allValue": "''", "multi": False, "sort": 1,
             "current": {"selected": True, "text": "All", "value": "$__all"}}
+
+
+def _datasource_variable() -> dict[str, Any]:
+    """Which ClickHouse datasource the panels query: any of the plugin's type."""
+    return {"name": "datasource", "label": "ClickHouse", "type": "datasource",
+            "query": PLUGIN, "regex": "", "refresh": 1, "hide": 0, "includeAll": False,
+            "multi": False, "current": {}}
+
+
+def _web_url_variable() -> dict[str, Any]:
+    return {"name": "web_url", "label": "portwatch web", "type": "textbox",
+            "query": WEB_URL_DEFAULT, "hide": 0,
+            "current": {"selected": False, "text": WEB_URL_DEFAULT, "value": WEB_URL_DEFAULT},
+            "options": [{"selected": True, "text": WEB_URL_DEFAULT, "value": WEB_URL_DEFAULT}]}
+
+
+def target_links() -> list[dict[str, Any]]:
+    """Data links on a target cell: the web List for that target, and this dashboard
+    filtered to it. Grafana percent-encodes ``${__value.raw}`` in a data link URL."""
+    return [
+        {"title": "List view of ${__value.raw} (portwatch web)",
+         "url": "${web_url}/list?target=${__value.raw}", "targetBlank": True},
+        {"title": "This dashboard for ${__value.raw}",
+         "url": f"/d/{DASHBOARD_UID}?var-datasource=${{datasource}}&var-org=$__all"
+                "&var-target=${__value.raw}&${__url_time_range}"},
+    ]
+
+
+def _target_link_override(field: str = "target") -> dict[str, Any]:
+    return {"matcher": {"id": "byName", "options": field},
+            "properties": [{"id": "links", "value": target_links()}]}
 
 
 def dashboard() -> dict[str, Any]:
@@ -152,7 +198,9 @@ def dashboard() -> dict[str, Any]:
                "Open ports by the day they were first detected.", FORMAT_TABLE,
                options={"xTickLabelRotation": -45, "showValue": "auto"}),
         _panel(3, "Summary", "table", grafana_sql(report_sql("summary")), (0, 8, 24, 10),
-               "One row per target: open ports by colour, risk score, grade and its parts."),
+               "One row per target: open ports by colour, risk score, grade and its parts. "
+               "A target links to its List view.",
+               fieldConfig={"defaults": {}, "overrides": [_target_link_override()]}),
         _panel(4, "Open ports (List)", "table", grafana_sql(report_sql("list")),
                (0, 18, 24, 12),
                "Every open port: service, product, version, risk colour, prevalence, CDN "
@@ -168,11 +216,12 @@ def dashboard() -> dict[str, Any]:
                "Ports opened or reopened with a red (risky) service, newest first."),
     ]
     return {
-        "uid": "portwatch-reports", "title": "portwatch: exposed ports and risk",
+        "uid": DASHBOARD_UID, "title": "portwatch: exposed ports and risk",
         "tags": ["portwatch", "security"], "timezone": "utc", "schemaVersion": 39,
         "version": 1, "editable": True, "refresh": "5m",
         "time": {"from": "now-30d", "to": "now"},
-        "templating": {"list": [_variable("org", "Organization", ORG_VARIABLE),
+        "templating": {"list": [_datasource_variable(), _web_url_variable(),
+                                _variable("org", "Organization", ORG_VARIABLE),
                                 _variable("target", "Target", TARGET_VARIABLE)]},
         "panels": panels,
     }
@@ -185,14 +234,16 @@ def render() -> str:
 def main(argv: list[str]) -> int:
     text = render()
     if "--check" in argv:
-        if DASHBOARD.read_text(encoding="utf-8") != text:
-            print(f"{DASHBOARD} is out of date: run python -m deploy.grafana.build_dashboards",
+        stale = [path for path in OUTPUTS
+                 if not path.is_file() or path.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is out of date: run python -m deploy.grafana.build_dashboards",
                   file=sys.stderr)
-            return 1
-        return 0
-    DASHBOARD.parent.mkdir(parents=True, exist_ok=True)
-    DASHBOARD.write_text(text, encoding="utf-8")
-    print(f"wrote {DASHBOARD}")
+        return 1 if stale else 0
+    for path in OUTPUTS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

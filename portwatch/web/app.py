@@ -192,12 +192,15 @@ class Guard(BaseHTTPMiddleware):
     async def _guarded(self, request: Request,
                        call_next: Callable[[Request], Awaitable[StarletteResponse]],
                        ) -> StarletteResponse:
-        if self.allowed_hosts:
+        # /healthz reveals nothing: probes (Kubernetes' use the pod IP) need no Host match.
+        if self.allowed_hosts and request.url.path != "/healthz":
             host = request.headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name.lower() not in self.allowed_hosts:
-                return PlainTextResponse("portwatch: this server answers to loopback names "
-                                         "only (Host header refused)\n", status_code=421)
+                names = ", ".join(sorted(self.allowed_hosts))
+                return PlainTextResponse(f"portwatch: Host header refused; this server "
+                                         f"answers to {names} only (serve --allowed-host "
+                                         f"adds a name)\n", status_code=421)
         if not self.token or request.url.path in ("/healthz",) \
                 or request.url.path.startswith("/static/"):
             return await call_next(request)
@@ -316,8 +319,11 @@ def create_app(service: ReportService, *, token: str = "",
                loopback_only: bool = True, extra_hosts: frozenset[str] = frozenset(),
                cookie_secure: bool = False, trusted_proxies: frozenset[str] = frozenset(),
                ) -> Starlette:
-    """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names;
+    """The ASGI app. ``loopback_only`` refuses Host headers that are not loopback names or
+    ``extra_hosts``; with a token, ``extra_hosts`` (when given) turns the same check on.
     ``cookie_secure`` / ``trusted_proxies`` decide the token cookie's Secure flag."""
+    from portwatch.web.downloads import download_route
+
     web = WebApp(service)
 
     async def not_found(request: Request, exc: Exception) -> StarletteResponse:
@@ -348,12 +354,13 @@ def create_app(service: ReportService, *, token: str = "",
         Route("/api/v1", web.api_index, methods=["GET", "HEAD"]),
         Route("/api/v1/summary/charts", web.summary_chart_data, methods=["GET", "HEAD"]),
         Route("/api/v1/{report}", web.api, methods=["GET", "HEAD"]),
+        download_route(service),  # portwatch/web/downloads.py: the page's rows as CSV/JSON
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/favicon.ico", favicon, methods=["GET", "HEAD"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     routes += history_pages.routes(web)  # /changes, /target
-    allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only else frozenset()
+    allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only or extra_hosts else frozenset()
     return Starlette(
         routes=routes,
         middleware=[Middleware(Guard, token=token, allowed_hosts=allowed,

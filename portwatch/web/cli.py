@@ -1,7 +1,9 @@
 """``portwatch serve``: the web reports on 127.0.0.1 by default.
 
 Owns: the bind-address policy (loopback needs nothing; any other address needs a token
-from ``--token`` or PORTWATCH_WEB_TOKEN and refuses to start without one), opening the
+from ``--token`` or PORTWATCH_WEB_TOKEN and refuses to start without one), the accepted
+Host set (the names of the address it binds, loopback names on loopback, plus
+``--allowed-host`` for a reverse proxy; DNS rebinding defence), opening the
 store in this process (an embedded store allows one process: the server owns it), and
 the ``serve`` command; the HTTP server itself is started by ``portwatch.web.server``.
 
@@ -10,9 +12,12 @@ Must not touch: any network but the listening socket; the store is only read.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
 import secrets
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import click
@@ -54,6 +59,40 @@ def check_bind(host: str, token: str) -> None:
                         f"{MIN_TOKEN_LENGTH}, for example {secrets.token_urlsafe(24)}")
 
 
+# A DNS name (RFC 1123 labels) or an address; no port, no path, no wildcard.
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def host_header_names(host: str) -> frozenset[str]:
+    """The Host header names (port stripped, lowercase) that reach ``host``: an IPv4
+    address or a name as is, an IPv6 address in brackets; nothing for a wildcard bind,
+    whose reachable names are unknowable here."""
+    bare = host.strip().strip("[]").lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return frozenset({bare}) if _HOST_NAME.match(bare) else frozenset()
+    if address.is_unspecified:
+        return frozenset()
+    return frozenset({f"[{address.compressed}]" if address.version == 6 else str(address)})
+
+
+def parse_allowed_host(text: str) -> str:
+    """One ``--allowed-host`` value -> its Host header name; ValueError says why."""
+    names = host_header_names(text)
+    if len(names) != 1 or not text.strip():
+        raise ValueError(f"--allowed-host {text!r} is not a host name or an address "
+                         "(no port, scheme, path or wildcard)")
+    return next(iter(names))
+
+
+def accepted_hosts(host: str, allowed: Iterable[str] = ()) -> frozenset[str]:
+    """What ``web_app`` adds to the Host check: the bound address's own names plus
+    ``allowed`` (already parsed). Loopback names are always added by the app."""
+    return host_header_names(host) | frozenset(allowed)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); ValueError says why."""
     text = text.strip()
@@ -68,14 +107,23 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,
             cookie_secure: bool = False,
-            trusted_proxies: frozenset[str] = frozenset()) -> Starlette:
-    """The reports app over ``db`` with the bind policy applied (BindError says why)."""
+            trusted_proxies: frozenset[str] = frozenset(),
+            allowed_hosts: Iterable[str] = ()) -> Starlette:
+    """The reports app over ``db`` with the bind policy applied (BindError says why).
+
+    Host check: on loopback without a token, loopback names, the bound address and
+    ``allowed_hosts``; with a token, the same set when ``allowed_hosts`` is given, and
+    no check otherwise (the token guards the pages). ``cookie_secure`` /
+    ``trusted_proxies``: when the token cookie is marked Secure."""
     from portwatch.web.app import create_app
     from portwatch.web.service import ReportService
 
     check_bind(host, token)
+    loopback_only = is_loopback(host) and not token
+    allowed = frozenset(allowed_hosts)
+    extra = accepted_hosts(host, allowed) if loopback_only or allowed else frozenset()
     return create_app(ReportService(db, use_cache=use_cache),
-                      token=token, loopback_only=is_loopback(host) and not token,
+                      token=token, loopback_only=loopback_only, extra_hosts=extra,
                       cookie_secure=cookie_secure, trusted_proxies=trusted_proxies)
 
 
@@ -110,6 +158,9 @@ def listening_line(host: str, port: int, token: str) -> str:
               show_default=True, help="TCP port to listen on.")
 @click.option("--token", envvar=TOKEN_ENV, default="", metavar="TOKEN", show_envvar=True,
               help="Require this token (Authorization: Bearer, or ?token= once per browser).")
+@click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
+              help="Also answer to this Host name (a reverse proxy's or an Ingress's name); "
+                   "repeatable. The address bound is always accepted.")
 @click.option("--no-cache", is_flag=True, help="Run every report query on every request.")
 @click.option("--cookie-secure", is_flag=True, envvar="PORTWATCH_WEB_COOKIE_SECURE",
               help="Mark the token cookie Secure: set it when a TLS proxy serves the pages.")
@@ -117,8 +168,8 @@ def listening_line(host: str, port: int, token: str) -> str:
               envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
               help="A reverse proxy whose X-Forwarded-Proto is believed (repeatable or "
                    "comma-separated): https from it marks the token cookie Secure.")
-def serve(store: str | None, host: str, port: int, token: str, no_cache: bool,
-          cookie_secure: bool, trusted_proxy: tuple[str, ...]) -> None:
+def serve(store: str | None, host: str, port: int, token: str, allowed_host: tuple[str, ...],
+          no_cache: bool, cookie_secure: bool, trusted_proxy: tuple[str, ...]) -> None:
     """Serve the four reports as web pages and a JSON API.
 
     \b
@@ -127,27 +178,36 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool,
             (same filters as `portwatch report`, plus sort, direction, page, per_page)
 
     Listens on 127.0.0.1 by default. Binding any other address requires a token.
+    Answers to the Host names of the address it binds (and loopback names), plus each
+    --allowed-host; other Host headers get 421 (DNS rebinding defence).
     """
     from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, EXIT_USAGE, fail, settings_from
+    from portwatch.store_holder import advertise
     from portwatch.web.server import ListenError, serve_forever
 
     try:
         check_bind(host, token)
+        allowed = [parse_allowed_host(name) for name in allowed_host]
         proxies = parse_trusted_proxies(trusted_proxy)
-    except BindError as exc:
+    except ValueError as exc:  # BindError included
         fail(str(exc), EXIT_USAGE)
     db = Assembly(settings_from(store=store)).open_store()
     try:
-        app = web_app(db, host, token, use_cache=not no_cache, cookie_secure=cookie_secure,
-                      trusted_proxies=proxies)
+        app = web_app(db, host, token, use_cache=not no_cache, allowed_hosts=allowed,
+                      cookie_secure=cookie_secure, trusted_proxies=proxies)
+        advert = contextlib.ExitStack()
 
         def listening() -> None:
             click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops",
                        err=True)
+            if db.location.scheme == "chdb":  # `report` on this store asks us meanwhile
+                advert.enter_context(advertise(db.location.path, host, port, token, "serve"))
 
         try:
-            serve_forever(app, host, port, on_listening=listening)
+            with advert:
+                serve_forever(app, host, port, on_listening=listening,
+                              on_stopped=advert.close)
         except ListenError as exc:
             fail(str(exc), EXIT_RUNTIME)
     finally:
@@ -155,5 +215,5 @@ def serve(store: str | None, host: str, port: int, token: str, no_cache: bool,
     sys.stderr.flush()
 
 
-__all__ = ["BindError", "check_bind", "is_loopback", "listening_line", "parse_listen", "serve",
-           "web_app"]
+__all__ = ["BindError", "accepted_hosts", "check_bind", "host_header_names", "is_loopback",
+           "listening_line", "parse_allowed_host", "parse_listen", "serve", "web_app"]

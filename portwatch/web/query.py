@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import REPORTS, report_parameters
+from schemas.filters import normalize_target
 
 COLORS = ("red", "yellow", "green")
 PREVALENCE = ("very common", "somewhat common", "less common", "rare")
@@ -33,7 +34,8 @@ TRUE_WORDS = ("1", "true", "on", "yes")
 FALSE_WORDS = ("0", "false", "off", "no")
 
 # Parameters of the SQL that are not user filters.
-_PAGING = frozenset({"limit", "offset", "sort", "direction", "days"})
+_PAGING = frozenset({"limit", "offset", "sort", "direction", "days",
+                     "no_prior"})  # no_prior: a reader setting (Store.default_parameters)
 # Query-string names that are not report filters.
 CONTROL = frozenset({"sort", "direction", "page", "per_page"})
 # Accepted and ignored: the token that authenticates a first visit (app strips it).
@@ -120,6 +122,11 @@ def _choice(name: str, value: str, choices: Iterable[str]) -> str:
 
 
 def _filter_value(name: str, value: str) -> Any:
+    if name == "target":
+        try:
+            return normalize_target(_text(name, value))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     if name == "port":
         return _int("port", value, 1, 65535)
     if name == "color":

@@ -52,14 +52,28 @@ def uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
 
 
 def serve_forever(app: Starlette, host: str, port: int,
-                  on_listening: Callable[[], None] | None = None) -> None:
-    """``portwatch serve``: bind (ListenError), say so, serve until Ctrl-C / SIGTERM."""
+                  on_listening: Callable[[], None] | None = None,
+                  on_stopped: Callable[[], None] | None = None) -> None:
+    """``portwatch serve``: bind (ListenError), say so, serve until Ctrl-C / SIGTERM.
+
+    ``on_stopped`` runs once the server has shut down, before uvicorn re-raises the signal
+    that stopped it (which ends the process: a caller's ``finally`` would never run)."""
     import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    if on_stopped is not None:
+                        on_stopped()
 
     sock = listen_socket(host, port)
     if on_listening is not None:
         on_listening()
-    uvicorn.Server(uvicorn_config(app, host, port)).run(sockets=[sock])
+    StoppingServer(uvicorn_config(app, host, port)).run(sockets=[sock])
 
 
 async def start_beside(app: Starlette, host: str, port: int

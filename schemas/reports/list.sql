@@ -1,7 +1,8 @@
 -- List report: every open port of every target.
 -- Columns: target, address, port/proto, service, product, version, risk colour,
--- prevalence bucket, CDN verdict, first detected, last seen; how TLS was reached and
--- the leaf certificate's days left (issue 13).
+-- prevalence bucket (the larger of the estate's count and the Internet prior, with
+-- its source: stream_processors/prevalence_prior.py), CDN verdict, first detected,
+-- last seen; how TLS was reached and the leaf certificate's days left (issue 13).
 -- By default only ports seen in the host's latest scan ("current"); history = 1
 -- adds ports no longer seen. Filters: empty string / 0 = no filter.
 -- Sorting (web pages and API): {sort} names one allow-listed key ('' = by target);
@@ -32,6 +33,11 @@ WITH
         SELECT target, ip, proto, port, changed_at AS closed_at
         FROM port_state FINAL
         WHERE {history:UInt8} = 1 AND is_open = 0
+    ),
+    -- Internet prior (stream_processors/prevalence_prior.py): {no_prior} = 1 turns it off
+    nmap_prior AS (
+        SELECT proto, port, max(instances) AS internet_count
+        FROM internet_prior GROUP BY proto, port
     )
 SELECT
     f.target AS target,
@@ -50,10 +56,15 @@ SELECT
     f.risk_color AS risk_color,
     f.risk_reason AS risk_reason,
     prevalence.instances AS instances,
-    multiIf(prevalence.instances > 3000, 'very common',
-            prevalence.instances >= 500, 'somewhat common',
-            prevalence.instances >= 50, 'less common',
+    if({no_prior:UInt8} = 1, toUInt64(0), toUInt64(nmap_prior.internet_count))
+        AS internet_instances,
+    -- the larger of the two counts decides the bucket, and says which (ties: estate)
+    greatest(toUInt64(prevalence.instances), internet_instances) AS prevalence_instances,
+    multiIf(prevalence_instances > 3000, 'very common',
+            prevalence_instances >= 500, 'somewhat common',
+            prevalence_instances >= 50, 'less common',
             'rare') AS prevalence,
+    if(internet_instances > prevalence.instances, 'Internet', 'estate') AS prevalence_source,
     f.cdn_provider AS cdn_provider,
     f.is_cdn_expected AS is_cdn_expected,
     f.is_tls AS is_tls,
@@ -83,6 +94,8 @@ SELECT
           concat('closed ', formatDateTime(closed.closed_at, '%Y-%m-%d %H:%i:%S')))) AS status
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
+-- (nmap_prior before prevalence: ClickHouse's analyzer resolves the other order wrongly)
+LEFT JOIN nmap_prior ON nmap_prior.proto = f.proto AND nmap_prior.port = f.port
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
 LEFT ANY JOIN accepted AS acc_port
     ON (acc_port.target = f.ip OR acc_port.target = lower(f.target))
@@ -92,11 +105,34 @@ LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
 LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
                 AND closed.port = f.port
 WHERE ({history:UInt8} = 1 OR is_current)
-  AND ({target:String} = '' OR f.target = {target:String} OR f.ip = {target:String}
-       OR f.hostname = {target:String})
-  AND ({org:String} = '' OR f.organization = {org:String})
+  AND ({target:String} = ''
+       OR lower(f.target) = lower({target:String})
+       OR lower(f.hostname) = lower({target:String})
+       OR lower(f.asset) = lower({target:String})
+       OR f.ip = lower({target:String})
+       OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
+           AND NOT isIPv4String({target:String})
+           AND startsWith(f.ip, concat({target:String},
+                                          if(endsWith({target:String}, '.'), '', '.'))))
+       OR (endsWith({target:String}, ':')
+           AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
+           AND startsWith(f.ip, lower({target:String})))
+       OR (length(splitByChar('/', {target:String})) = 2
+           AND ((isIPv4String(splitByChar('/', {target:String})[1])
+                 AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
+                OR (isIPv6String(splitByChar('/', {target:String})[1])
+                    AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
+           AND (isIPv4String(f.ip) OR isIPv6String(f.ip))
+           AND isIPAddressInRange(
+               if(isIPv4String(f.ip) OR isIPv6String(f.ip), f.ip, '::'),
+               if((isIPv4String(splitByChar('/', {target:String})[1])
+                   AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
+                  OR (isIPv6String(splitByChar('/', {target:String})[1])
+                      AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
+                  {target:String}, '::/128'))))
+  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
   AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
-  AND ({version:String} = '' OR f.version = {version:String})
+  AND ({version:String} = '' OR lower(f.version) = lower({version:String}))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})
   AND ({prevalence:String} = '' OR prevalence = {prevalence:String})
@@ -115,8 +151,8 @@ ORDER BY
        indexOf(['green', 'yellow', 'red'], risk_color), 0) ASC,
     if({sort:String} = 'risk' AND {direction:String} = 'desc',
        indexOf(['green', 'yellow', 'red'], risk_color), 0) DESC,
-    if({sort:String} = 'prevalence' AND {direction:String} != 'desc', instances, 0) ASC,
-    if({sort:String} = 'prevalence' AND {direction:String} = 'desc', instances, 0) DESC,
+    if({sort:String} = 'prevalence' AND {direction:String} != 'desc', prevalence_instances, 0) ASC,
+    if({sort:String} = 'prevalence' AND {direction:String} = 'desc', prevalence_instances, 0) DESC,
     if({sort:String} = 'first_seen' AND {direction:String} != 'desc',
        toUnixTimestamp64Milli(first_seen), 0) ASC,
     if({sort:String} = 'first_seen' AND {direction:String} = 'desc',

@@ -3,14 +3,15 @@
 -- raw = 10 x red + 3 x yellow + 1 x green over the scan's open ports, CDN-expected
 -- ports and unconfirmed UDP open|filtered count zero; score = 100 x (1 - exp(-raw/40))).
 -- A scan with no open port scores 0 (it comes from host_scans, not observations).
--- Filters as in Summary: {target} (target, address or hostname) and {org};
+-- Filters as in Summary: {target} (target, hostname, asset, address, prefix or CIDR) and {org};
 -- {days} bounds the window (0 = everything stored).
 WITH
     scans AS (
         SELECT target, ip, scan_id,
                max(finished_at) AS scan_finished_at,
                argMax(organization, finished_at) AS organization,
-               argMax(hostname, finished_at) AS hostname
+               argMax(hostname, finished_at) AS hostname,
+               argMax(asset, finished_at) AS asset
         FROM host_scans FINAL
         GROUP BY target, ip, scan_id
     ),
@@ -33,9 +34,32 @@ WITH
         FROM scans
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.scan_id
-        WHERE ({target:String} = '' OR scans.target = {target:String}
-               OR scans.ip = {target:String} OR scans.hostname = {target:String})
-          AND ({org:String} = '' OR scans.organization = {org:String})
+        WHERE ({target:String} = ''
+               OR lower(scans.target) = lower({target:String})
+               OR lower(scans.hostname) = lower({target:String})
+               OR lower(scans.asset) = lower({target:String})
+               OR scans.ip = lower({target:String})
+               OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
+                   AND NOT isIPv4String({target:String})
+                   AND startsWith(scans.ip, concat({target:String},
+                                                  if(endsWith({target:String}, '.'), '', '.'))))
+               OR (endsWith({target:String}, ':')
+                   AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
+                   AND startsWith(scans.ip, lower({target:String})))
+               OR (length(splitByChar('/', {target:String})) = 2
+                   AND ((isIPv4String(splitByChar('/', {target:String})[1])
+                         AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
+                        OR (isIPv6String(splitByChar('/', {target:String})[1])
+                            AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
+                   AND (isIPv4String(scans.ip) OR isIPv6String(scans.ip))
+                   AND isIPAddressInRange(
+                       if(isIPv4String(scans.ip) OR isIPv6String(scans.ip), scans.ip, '::'),
+                       if((isIPv4String(splitByChar('/', {target:String})[1])
+                           AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
+                          OR (isIPv6String(splitByChar('/', {target:String})[1])
+                              AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
+                          {target:String}, '::/128'))))
+          AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
           AND ({days:UInt16} = 0
                OR scans.scan_finished_at >= now() - toIntervalDay({days:UInt16}))
     )

@@ -224,6 +224,9 @@ def test_a_busy_store_is_one_clear_line_not_a_lock_traceback(short_dir: Path,
                  "address other than loopback needs a token", id="serve-public-no-token"),
     pytest.param(["--serve", "127.0.0.1:99999"], "--serve: '127.0.0.1:99999' is not PORT or "
                  "HOST:PORT", id="serve-bad-port"),
+    pytest.param(["--serve", "8765", "--allowed-host", "proxy.example:443"],
+                 "--allowed-host 'proxy.example:443' is not a host name or an address (no "
+                 "port, scheme, path or wildcard)", id="serve-bad-allowed-host"),
 ])
 def test_process_refuses_a_bad_serve_before_connecting(store_dir: Path, args: list[str],
                                                        message: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 ADDRESSES = ("127.0.0.1", "127.0.0.2")
+SERVE_AT = "127.0.0.60"
 FAST = {"PORTWATCH_IDENTIFY_BUDGET": "6", "PORTWATCH_BANNER_WAIT": "1"}
 DIALOGS: list[str] = []  # alert()/confirm() a page opened: must stay empty
 XSS = b"<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
@@ -100,7 +102,8 @@ def server(ports: dict[str, int], tmp_path_factory: pytest.TempPathFactory,
     other = run_cli("scan", "127.0.0.2", "--org", "Other Org", "--asset", "web-2",
                     "--ports", spec, "-q", store=store, env=FAST)
     assert other.code == 0, other.stderr
-    with portwatch_serve(store) as base:
+    # Not 127.0.0.1: serve answers on the URL it prints for any loopback address (issue 14)
+    with portwatch_serve(store, host=SERVE_AT) as base:
         yield base
 
 
@@ -156,9 +159,12 @@ def test_list_shows_every_port_with_words_for_colours(page: Any,
     page.goto("/list?target=127.0.0.1")
     got = sorted(int(p.split("/")[0]) for p in column(page, "Port"))
     assert got == sorted(ports.values())
-    risks = column(page, "Risk")
+    risks = [cell.splitlines()[0].strip() for cell in column(page, "Risk")]
     assert set(risks) <= {"red", "yellow", "green"} and "red" in risks  # MariaDB
-    assert set(column(page, "Prevalence")) == {"rare"}
+    # every bucket says which count decided it (stream_processors/prevalence_prior.py)
+    assert all(re.fullmatch(r"(very common|somewhat common|less common|rare) "
+                            r"\((Internet|estate)\)", " ".join(p.split()))
+               for p in column(page, "Prevalence")), column(page, "Prevalence")
     shoot(page, "list")
 
     page.get_by_role("link", name="Port", exact=True).click()  # sort by port
@@ -221,3 +227,73 @@ def test_screenshots_exist_for_the_four_pages() -> None:
         pytest.skip(_browser_missing())
     for name in ("summary", "list", "products", "ciphers"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+# -- issue 14: finding things, downloads, the reason on the row -------------------------------
+
+
+def test_the_page_answers_on_the_loopback_address_serve_printed(page: Any, server: str) -> None:
+    # Given serve bound to 127.0.0.60 / When the browser opens that URL / Then pages answer
+    assert server.startswith(f"http://{SERVE_AT}:")
+    answer = page.goto("/")
+    assert answer is not None and answer.status == 200
+    assert page.title() == "Summary · portwatch"
+
+
+def test_risk_reason_is_visible_on_the_row(page: Any, ports: dict[str, int]) -> None:
+    # Given the MariaDB port (red) / When the List shows it
+    page.goto(f"/list?port={ports['mysql']}")
+    cell = page.locator("table.report tbody td[data-label='Risk']").first
+    reason = cell.locator(".reason")
+    # Then the reason is text on the row, visible, not only a hover tooltip
+    assert reason.is_visible()
+    assert reason.inner_text().strip() != ""
+    assert cell.inner_text().splitlines()[0].strip() == "red"
+    assert cell.get_attribute("title") is None
+
+
+@pytest.mark.parametrize(("query", "expected_ips"), [
+    ("org=example+corp", {"127.0.0.1"}),           # any case
+    ("org=OTHER+ORG", {"127.0.0.2"}),
+    ("target=WEB-1", {"127.0.0.1"}),               # the asset name
+    ("target=127.0.0.", {"127.0.0.1", "127.0.0.2"}),  # an address prefix
+    ("target=127.0.0.2%2F32", {"127.0.0.2"}),      # a CIDR block
+])
+def test_web_filters_find_by_any_case_asset_prefix_and_cidr(
+        page: Any, query: str, expected_ips: set[str]) -> None:
+    page.goto(f"/list?{query}&per_page=200")
+    targets = column(page, "Target")
+    assert targets
+    assert {ip for t in targets for ip in expected_ips if ip in t.split()} == expected_ips
+    assert all(any(ip in t for ip in expected_ips) for t in targets)
+
+
+def test_a_bad_cidr_in_the_target_field_is_a_400_page_that_says_why(page: Any) -> None:
+    answer = page.goto("/list?target=10.0.0.0%2F99")
+    assert answer is not None and answer.status == 400
+    assert "is not a CIDR block" in page.content()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_download_links_give_exactly_the_rows_the_page_shows(page: Any, fmt: str) -> None:
+    import csv
+    import io
+    import json
+
+    # Given a filtered List page in a sort order of its own
+    page.goto("/list?target=127.0.0.&sort=port&direction=desc&per_page=25")
+    shown = [int(p.split("/")[0]) for p in column(page, "Port")]
+    # When its download link is followed
+    link = page.get_by_role("link", name=fmt.upper(), exact=True)
+    assert "sort=port" in (link.get_attribute("href") or "")
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    text = Path(download.path()).read_text(encoding="utf-8")
+    # Then the file holds exactly those rows, in that order
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        rows = json.loads(text)
+    assert [int(r["port"]) for r in rows] == shown
+    assert download.suggested_filename == f"portwatch-list-page1.{fmt}"

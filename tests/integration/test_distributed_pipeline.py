@@ -280,10 +280,15 @@ def test_every_listener_is_identified_through_kafka(services: Services,
     assert got["silent"] == ("", "", "yellow")
 
 
-def test_a_report_on_a_store_held_by_the_sink_says_so(scanned: Scanned) -> None:
-    assert scanned.busy.code == 1
-    assert "in use by another portwatch process" in scanned.busy.stderr
-    assert "Traceback" not in scanned.busy.stderr
+def test_a_report_on_a_store_held_by_the_serving_sink_answers_through_it(
+        scanned: Scanned) -> None:
+    # Given the sink holding the store with --serve / When a report ran meanwhile
+    # Then it answered through the sink's JSON API and said so
+    assert scanned.busy.code == 0, scanned.busy.stderr
+    (line,) = scanned.busy.stderr.splitlines()
+    assert re.fullmatch(r"portwatch: the store at .+ is held by `portwatch process --serve` "
+                        r"\(pid \d+\); answered through its JSON API at "
+                        r"http://127\.0\.0\.1:\d+", line), line
 
 
 def test_the_sink_serves_its_store_on_the_web_while_it_runs(scanned: Scanned) -> None:
@@ -295,8 +300,8 @@ def test_the_sink_serves_its_store_on_the_web_while_it_runs(scanned: Scanned) ->
         tuple(r[k] for k in key) for r in scanned.first_list)
     assert scanned.web_list["total"] == len(scanned.first_list) > 0
     assert "serving the reports on http://127.0.0.1:" in scanned.sink_log
-    # And the busy report pointed there
-    assert "portwatch process --serve PORT" in scanned.busy.stderr
+    # And the report run meanwhile was answered there
+    assert "held by `portwatch process --serve`" in scanned.busy.stderr
 
 
 def test_change_events_equal_those_of_an_embedded_scan(scanned: Scanned,

@@ -103,9 +103,42 @@ def test_dashboard_has_the_four_reports_charts_and_variables() -> None:
     assert titles == {"Summary", "Open ports (List)", "Products", "TLS ciphers",
                       "Risk score over time", "New open ports per day",
                       "Changes over time by kind", "New red ports"}
-    assert [v["name"] for v in board["templating"]["list"]] == ["org", "target"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "web_url", "org",
+                                                               "target"]
     for panel in board["panels"]:
-        assert panel["datasource"]["type"] == "grafana-clickhouse-datasource"
+        assert panel["datasource"] == {"type": "grafana-clickhouse-datasource",
+                                       "uid": "${datasource}"}
+        assert [t["datasource"]["uid"] for t in panel["targets"]] == ["${datasource}"]
+
+
+def test_datasource_is_a_variable_of_the_clickhouse_plugin() -> None:
+    # Given the dashboard / When its datasource variable is read
+    variable = dashboards()[0]["templating"]["list"][0]
+    # Then it lists datasources of the ClickHouse plugin only (any uid an install has)
+    assert (variable["type"], variable["query"]) == ("datasource",
+                                                     "grafana-clickhouse-datasource")
+
+
+def test_target_cells_link_to_the_web_list_and_the_filtered_dashboard() -> None:
+    # Given the Summary and List panels
+    panels = {p["title"]: p for p in dashboards()[0]["panels"]}
+    for title in ("Summary", "Open ports (List)"):
+        overrides = panels[title]["fieldConfig"]["overrides"]
+        # When the override on the target column is read
+        links = next(o["properties"][0]["value"] for o in overrides
+                     if o["matcher"] == {"id": "byName", "options": "target"})
+        # Then one link opens the web List for that target, the other this dashboard
+        assert [link["url"] for link in links] == [
+            "${web_url}/list?target=${__value.raw}",
+            "/d/portwatch-reports?var-datasource=${datasource}&var-org=$__all"
+            "&var-target=${__value.raw}&${__url_time_range}"]
+    web_url = dashboards()[0]["templating"]["list"][1]
+    assert web_url["query"] == build_dashboards.WEB_URL_DEFAULT == "http://127.0.0.1:8765"
+
+
+def test_chart_ships_the_same_dashboard() -> None:
+    assert build_dashboards.CHART_DASHBOARD.read_text(encoding="utf-8") == \
+        build_dashboards.render()
 
 
 @pytest.mark.parametrize(("title", "sql"), panel_queries())

@@ -140,6 +140,8 @@ def chart_app_version() -> str:
 
 WORKLOADS = [("Deployment", f"{BASE}-discover"), ("Deployment", f"{BASE}-process"),
              ("CronJob", f"{BASE}-produce")]
+WEB_OBJECTS = [("Deployment", f"{BASE}-web"), ("Service", f"{BASE}-web"),
+               ("Secret", f"{BASE}-web")]
 INVENTORY = [{"targets": ["vpn.example.internal", "mail.example.internal"],
               "organization": "Example Corp", "asset": "office"}]
 
@@ -151,7 +153,12 @@ def test_helm_lint_passes_with_default_and_full_values(helm: str, tmp_path: Path
     # Given the chart, with its defaults and with every optional branch switched on
     full = {"produce": {"inventory": INVENTORY, "ports": "1-1024", "timeZone": "Europe/Paris"},
             "clickhouse": {"existingSecret": "ch"}, "scopeAllow": "198.18.0.0/15",
-            "discover": {"hostNetwork": True}, "settings": {"PORTWATCH_TIMEOUT": "2"}}
+            "discover": {"hostNetwork": True}, "settings": {"PORTWATCH_TIMEOUT": "2"},
+            "web": {"existingSecret": "web", "allowedHosts": ["proxy.example.internal"],
+                    "ingress": {"enabled": True, "host": "ports.example.internal",
+                                "className": "nginx", "tlsSecretName": "ports-tls"}},
+            "grafana": {"dashboards": {"namespace": "monitoring",
+                                       "annotations": {"grafana_folder": "portwatch"}}}}
     for values in (None, full):
         # When helm lints it strictly (warnings are failures)
         proc = _run(helm, "lint", "--strict", str(CHART), tmp_path=tmp_path, values=values)
@@ -169,7 +176,8 @@ def test_default_render_has_every_component(helm: str, tmp_path: Path) -> None:
     # Then exactly these objects exist (no inventory ConfigMap: no inventory given)
     assert set(objects) == {
         ("ServiceAccount", BASE), ("ConfigMap", f"{BASE}-settings"),
-        ("Secret", f"{BASE}-clickhouse"), *WORKLOADS,
+        ("Secret", f"{BASE}-clickhouse"), *WORKLOADS, *WEB_OBJECTS,
+        ("ConfigMap", f"{BASE}-dashboards"),
     }
     # And every pod runs the chart's image with the component's command, as the service
     # account, without an API token
@@ -189,7 +197,9 @@ def test_default_render_has_every_component(helm: str, tmp_path: Path) -> None:
 def test_disabled_components_are_not_rendered(helm: str, tmp_path: Path) -> None:
     # Given process and produce disabled / When rendered
     objects = render(helm, tmp_path, {"process": {"enabled": False},
-                                      "produce": {"enabled": False}})
+                                      "produce": {"enabled": False},
+                                      "web": {"enabled": False},
+                                      "grafana": {"dashboards": {"enabled": False}}})
     # Then neither they nor the password Secret (only process pods use it) exist
     assert {kind_name for kind_name in objects if kind_name[0] != "ServiceAccount"} == {
         ("ConfigMap", f"{BASE}-settings"), ("Deployment", f"{BASE}-discover")}
@@ -455,7 +465,7 @@ def test_existing_secret_is_referenced_not_created(helm: str, tmp_path: Path) ->
     env = effective_env(objects, container(objects[("Deployment", f"{BASE}-process")]))
     # Then the process container reads it, and the chart renders no Secret of its own
     assert env["PORTWATCH_CLICKHOUSE_PASSWORD"] == ("secret", "ch-creds", "pw")
-    assert [k for k in objects if k[0] == "Secret"] == []
+    assert [k for k in objects if k[0] == "Secret"] == [("Secret", f"{BASE}-web")]
 
 
 # -- schedules and alerts (issue "Watch and alert") ---------------------------------------------
@@ -585,3 +595,153 @@ def test_alerts_off_by_default_and_on_without_rules_refused(helm: str, tmp_path:
     assert "PORTWATCH_ALERTS" not in effective_env(
         objects, container(objects[("Deployment", f"{BASE}-process")]))
     assert "set alerts.config" in render_error(helm, tmp_path, {"alerts": {"enabled": True}})
+    assert ("Secret", f"{BASE}-alerts") not in objects
+
+
+# -- web reports -----------------------------------------------------------------------------
+
+
+def test_web_serves_the_store_beyond_loopback_with_a_token_from_a_secret(
+        helm: str, tmp_path: Path) -> None:
+    # Given a token in the values / When rendered
+    token = "a-web-token-of-32-characters-xyz"
+    objects = render(helm, tmp_path, {"web": {"token": token}})
+    deployment = objects[("Deployment", f"{BASE}-web")]
+    ctr = container(deployment)
+    args = expanded_args(objects, ctr)
+    # Then the pod runs `portwatch serve` on all addresses of the pod, on the store
+    assert ctr["command"] == ["portwatch"]
+    assert args == ["serve", "--store", "clickhouse://portwatch@clickhouse:8123/portwatch",
+                    "--host", "0.0.0.0", "--port", "8765"]
+    # And the token and the ClickHouse password reach it from Secrets only
+    env = effective_env(objects, ctr)
+    assert env["PORTWATCH_WEB_TOKEN"] == ("secret", f"{BASE}-web", "web-token")
+    assert env["PORTWATCH_CLICKHOUSE_PASSWORD"] == ("secret", f"{BASE}-clickhouse",
+                                                    "clickhouse-password")
+    secret = objects[("Secret", f"{BASE}-web")]
+    assert base64.b64decode(secret["data"]["web-token"]).decode() == token
+    assert token not in yaml.safe_dump_all(
+        [obj for key, obj in objects.items() if key[0] != "Secret"])
+    # And it is unprivileged, probed on /healthz (which needs no token)
+    assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+    assert ctr["ports"] == [{"name": "http", "containerPort": 8765, "protocol": "TCP"}]
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert pod_spec(deployment)["automountServiceAccountToken"] is False
+    # And the Service selects exactly the web pods, on the container's named port
+    service = objects[("Service", f"{BASE}-web")]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "web"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http",
+                                         "protocol": "TCP"}]
+    # And no Ingress unless asked for
+    assert not [key for key in objects if key[0] == "Ingress"]
+
+
+def test_web_token_is_generated_when_none_is_given(helm: str, tmp_path: Path) -> None:
+    # Given no token / When rendered twice (helm template: nothing installed to keep)
+    first = render(helm, tmp_path)[("Secret", f"{BASE}-web")]["data"]["web-token"]
+    # Then a 32-character random token, long enough for serve's 16-character minimum
+    token = base64.b64decode(first).decode()
+    assert len(token) == 32 and token.isalnum()
+
+
+def test_web_short_token_is_refused(helm: str, tmp_path: Path) -> None:
+    stderr = render_error(helm, tmp_path, {"web": {"token": "short"}})
+    assert "web.token is 5 characters: portwatch serve needs at least 16" in stderr
+
+
+def test_web_existing_secret_is_referenced_not_created(helm: str, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path, {"web": {"existingSecret": "pw-web", "tokenKey": "t"}})
+    env = effective_env(objects, container(objects[("Deployment", f"{BASE}-web")]))
+    assert env["PORTWATCH_WEB_TOKEN"] == ("secret", "pw-web", "t")
+    assert ("Secret", f"{BASE}-web") not in objects
+
+
+def test_web_ingress_routes_its_host_and_serve_accepts_it(helm: str, tmp_path: Path) -> None:
+    # Given an Ingress with TLS and a reverse proxy's name / When rendered
+    objects = render(helm, tmp_path, {"web": {
+        "allowedHosts": ["proxy.example.internal"],
+        "ingress": {"enabled": True, "host": "ports.example.internal", "className": "nginx",
+                    "tlsSecretName": "ports-tls",
+                    "annotations": {"cert-manager.io/cluster-issuer": "internal"}}}})
+    ingress = objects[("Ingress", f"{BASE}-web")]
+    # Then the Ingress sends its host to the web Service's http port, over TLS
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["ports.example.internal"],
+                                       "secretName": "ports-tls"}]
+    assert ingress["spec"]["rules"] == [{"host": "ports.example.internal", "http": {"paths": [
+        {"path": "/", "pathType": "Prefix", "backend": {"service": {
+            "name": f"{BASE}-web", "port": {"name": "http"}}}}]}}]
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "internal"}
+    # And serve answers to the Ingress host and the proxy's name
+    args = container(objects[("Deployment", f"{BASE}-web")])["args"]
+    assert args[args.index("--port") + 2:] == ["--allowed-host", "ports.example.internal",
+                                               "--allowed-host", "proxy.example.internal"]
+
+
+def test_web_ingress_without_host_is_refused(helm: str, tmp_path: Path) -> None:
+    stderr = render_error(helm, tmp_path, {"web": {"ingress": {"enabled": True}}})
+    assert "web.ingress.host is required" in stderr
+
+
+# -- Grafana dashboards ----------------------------------------------------------------------
+
+
+def _dashboard_json(objects: Objects) -> dict[str, Any]:
+    import json
+
+    cm = objects[("ConfigMap", f"{BASE}-dashboards")]
+    assert set(cm["data"]) == {"portwatch.json"}
+    return json.loads(cm["data"]["portwatch.json"])  # type: ignore[no-any-return]
+
+
+def test_dashboards_configmap_carries_the_sidecar_label_and_the_built_dashboard(
+        helm: str, tmp_path: Path) -> None:
+    import json
+
+    from deploy.grafana import build_dashboards
+
+    # Given the default values / When rendered
+    objects = render(helm, tmp_path)
+    cm = objects[("ConfigMap", f"{BASE}-dashboards")]
+    # Then the Grafana sidecar's label is on it, in the release namespace
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    # And its dashboard is exactly what the builder writes (the SQL tests run on that file)
+    assert _dashboard_json(objects) == json.loads(build_dashboards.render())
+    board = _dashboard_json(objects)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource", "grafana-clickhouse-datasource")
+    assert {p["datasource"]["uid"] for p in board["panels"]} == {"${datasource}"}
+
+
+def test_dashboards_link_targets_to_the_ingress_list_view(helm: str, tmp_path: Path) -> None:
+    # Given the web Ingress with TLS, and the sidecar's namespace, label and folder
+    objects = render(helm, tmp_path, {
+        "web": {"ingress": {"enabled": True, "host": "ports.example.internal",
+                            "tlsSecretName": "ports-tls"}},
+        "grafana": {"dashboards": {"namespace": "monitoring",
+                                   "labels": {"grafana_dashboard": "1", "team": "sec"},
+                                   "annotations": {"grafana_folder": "portwatch"}}}})
+    cm = objects[("ConfigMap", f"{BASE}-dashboards")]
+    # Then the ConfigMap lands where the sidecar looks
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["team"] == "sec"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "portwatch"}
+    # And the web_url variable (the target links' base) is the Ingress URL
+    web_url = next(v for v in _dashboard_json(objects)["templating"]["list"]
+                   if v["name"] == "web_url")
+    assert web_url["query"] == web_url["current"]["value"] == "https://ports.example.internal"
+    # And an explicit webUrl wins
+    objects = render(helm, tmp_path, {"grafana": {"dashboards": {
+        "webUrl": "http://reports.example.internal:8080/"}}})
+    web_url = next(v for v in _dashboard_json(objects)["templating"]["list"]
+                   if v["name"] == "web_url")
+    assert web_url["query"] == "http://reports.example.internal:8080"
+
+
+def test_dashboards_can_be_disabled(helm: str, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path, {"grafana": {"dashboards": {"enabled": False}}})
+    assert ("ConfigMap", f"{BASE}-dashboards") not in objects

@@ -111,6 +111,7 @@ CASES: dict[str, Case] = {
     "banner_wait": ("0.7", lambda a, s: a.stage_context().identify.banner_wait, 0.7),
     "identify_budget": ("4", lambda a, s: a.stage_context().identify.budget, 4.0),
     "nmap_probes": ("false", lambda a, s: a.stage_context().fallback, None),
+    "prevalence_prior": ("false", lambda a, s: a.store_parameters(), {"no_prior": 1}),
     "tls": ("false", lambda a, s: a.stage_context().tls_probe, None),
     "tls_timeout": ("1.5", lambda a, s: a.stage_context().tls_probe.timeout, 1.5),
     "tls_budget": ("9", lambda a, s: a.stage_context().tls_probe.budget, 9.0),

@@ -237,3 +237,33 @@ securityContext:
     name: {{ include "portwatch.fullname" . }}-alerts
 {{- end }}
 {{- end }}
+
+{{- define "portwatch.webSecretName" -}}
+{{- if .Values.web.existingSecret }}
+{{- .Values.web.existingSecret }}
+{{- else }}
+{{- printf "%s-web" (include "portwatch.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Host names `serve` answers to: the Ingress host, then web.allowedHosts. */}}
+{{- define "portwatch.webAllowedHosts" -}}
+{{- $hosts := list }}
+{{- if and .Values.web.ingress.enabled .Values.web.ingress.host }}
+{{- $hosts = append $hosts .Values.web.ingress.host }}
+{{- end }}
+{{- range .Values.web.allowedHosts }}
+{{- $hosts = append $hosts . }}
+{{- end }}
+{{- toJson ($hosts | uniq) }}
+{{- end }}
+
+{{/* Base URL of the web reports, for the dashboards' links. */}}
+{{- define "portwatch.webUrl" -}}
+{{- $g := .Values.grafana.dashboards }}
+{{- if $g.webUrl }}
+{{- $g.webUrl | trimSuffix "/" }}
+{{- else if and .Values.web.enabled .Values.web.ingress.enabled .Values.web.ingress.host }}
+{{- printf "%s://%s" (ternary "https" "http" (not (empty .Values.web.ingress.tlsSecretName))) .Values.web.ingress.host }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,73 @@
+"""The report filters' one shape: what ``--target`` (CLI, web, API, Grafana) matches.
+
+Owns: the target predicate every report's SQL carries (``target_predicate(alias)``; a
+test checks each of ``schemas/reports/*.sql`` and ``schemas/web/risk_history.sql``
+contains it verbatim), and ``normalize_target``, which CLI and web run on the text first.
+
+A target filter matches a row when any of these holds (text filters ignore case):
+
+- it equals the target as written, the hostname, or the asset name;
+- it equals the address;
+- it is an IPv4 address prefix of 1-3 octets (``198.18``, ``198.18.0.``): the address
+  starts with it, on an octet boundary (``127.0.0`` matches 127.0.0.9, never 127.0.1.1);
+- it is an IPv6 prefix ending in ``:`` (``2001:db8:``);
+- it is a CIDR block (``198.18.0.0/15``, ``2001:db8::/32``) holding the address.
+
+The SQL guards every branch, so any text (a Grafana variable, say) is safe: an invalid
+CIDR matches nothing instead of raising. ``normalize_target`` refuses it with a reason
+before, so a user learns why.
+
+Must not touch: anything of ours (schemas/ imports nothing); the network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+# {a} is the relation alias; {{target:String}} the bound parameter.
+TARGET_PREDICATE = """({{target:String}} = ''
+       OR lower({a}.target) = lower({{target:String}})
+       OR lower({a}.hostname) = lower({{target:String}})
+       OR lower({a}.asset) = lower({{target:String}})
+       OR {a}.ip = lower({{target:String}})
+       OR (empty(replaceRegexpAll({{target:String}}, '[0-9.]', ''))
+           AND NOT isIPv4String({{target:String}})
+           AND startsWith({a}.ip, concat({{target:String}},
+                                          if(endsWith({{target:String}}, '.'), '', '.'))))
+       OR (endsWith({{target:String}}, ':')
+           AND empty(replaceRegexpAll(lower({{target:String}}), '[0-9a-f:]', ''))
+           AND startsWith({a}.ip, lower({{target:String}})))
+       OR (length(splitByChar('/', {{target:String}})) = 2
+           AND ((isIPv4String(splitByChar('/', {{target:String}})[1])
+                 AND toUInt8OrNull(splitByChar('/', {{target:String}})[2]) <= 32)
+                OR (isIPv6String(splitByChar('/', {{target:String}})[1])
+                    AND toUInt8OrNull(splitByChar('/', {{target:String}})[2]) <= 128))
+           AND (isIPv4String({a}.ip) OR isIPv6String({a}.ip))
+           AND isIPAddressInRange(
+               if(isIPv4String({a}.ip) OR isIPv6String({a}.ip), {a}.ip, '::'),
+               if((isIPv4String(splitByChar('/', {{target:String}})[1])
+                   AND toUInt8OrNull(splitByChar('/', {{target:String}})[2]) <= 32)
+                  OR (isIPv6String(splitByChar('/', {{target:String}})[1])
+                      AND toUInt8OrNull(splitByChar('/', {{target:String}})[2]) <= 128),
+                  {{target:String}}, '::/128'))))"""
+
+
+def target_predicate(alias: str) -> str:
+    """The target filter over relation ``alias`` (columns target, hostname, asset, ip)."""
+    return TARGET_PREDICATE.format(a=alias)
+
+
+def normalize_target(text: str) -> str:
+    """The target filter as the SQL should receive it: stripped; a CIDR block in its
+    canonical form (host bits cleared). ValueError, one line, for a malformed block."""
+    value = text.strip()
+    if "/" not in value:
+        return value
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"target {value[:60]!r} is not a CIDR block (for example "
+                         "198.18.0.0/15 or 2001:db8::/32)") from None
+
+
+__all__ = ["TARGET_PREDICATE", "normalize_target", "target_predicate"]

@@ -1,0 +1,192 @@
+"""`--target` and the text filters: one predicate, the same answer in every report.
+
+Given a real chdb store with four hosts (a named one, a second loopback address, an IPv6
+one and one in 198.18.0.0/15), two organizations written in mixed case, when each report
+is asked with a target given as written, as hostname, asset name, address, address prefix
+or CIDR block, in any case, then every report keeps exactly the expected hosts; any text
+at all is safe for the SQL; a malformed CIDR is refused with its reason (CLI exit 2, API
+400) before it reaches the store.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from portwatch.web.query import BadRequest, parse_query
+from portwatch.web.service import ReportService
+from schemas import REPORTS, report_sql
+from schemas.filters import normalize_target, target_predicate
+from schemas.records import (
+    Finding,
+    HostScan,
+    OpenPort,
+    ProbeStatus,
+    RiskColor,
+    ServiceInfo,
+    Target,
+    TlsResult,
+)
+from tests.conftest import run_cli
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+HOSTS = {
+    "web": Target(ip="127.0.0.1", target="web-1.example.test", hostname="web-1.example.test",
+                  organization="Example Corp", asset="Web-1"),
+    "db": Target(ip="127.0.0.10", target="127.0.0.10", organization="Other Org",
+                 asset="db-1"),
+    "v6": Target(ip="::1", target="::1", organization="example corp", asset="v6-box"),
+    "mail": Target(ip="198.18.0.9", target="Mail.Example.Test", hostname="mail.example.test",
+                   organization="Other Org", asset="mail"),
+}
+SQL_FILES = {"schemas/reports/list.sql": "f", "schemas/reports/products.sql": "f",
+             "schemas/reports/summary.sql": "scans", "schemas/reports/ciphers.sql": "owners",
+             "schemas/web/risk_history.sql": "scans"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows() -> tuple[list[Finding], list[HostScan]]:
+    findings, scans = [], []
+    for name, target in HOSTS.items():
+        when = NOW - timedelta(hours=1)
+        for port in (22, 443):
+            tls = (TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",),
+                             grade="strong") if port == 443 else TlsResult())
+            findings.append(Finding(
+                port=OpenPort(scan_id=f"s-{name}", target=target, port=port, observed_at=when),
+                service=ServiceInfo(service="https" if port == 443 else "ssh",
+                                    product="nginx" if port == 443 else "OpenSSH",
+                                    version="1.22.1" if port == 443 else "9.2p1"),
+                tls=tls, risk_color=RiskColor.GREEN, risk_reason="public service"))
+        scans.append(HostScan(scan_id=f"s-{name}", target=target, started_at=when,
+                              finished_at=when, ports_scanned=2, open_ports=2))
+    return findings, scans
+
+
+@pytest.fixture(scope="module")
+def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
+    from stream_processors.store import Store
+
+    store = Store.from_url(f"chdb://{shared_chdb_path}?database=tf_{uuid.uuid4().hex[:10]}")
+    findings, scans = _rows()
+    store.insert_findings(findings)
+    store.insert_host_scans(scans)
+    return store
+
+
+def hosts_in(db: Any, report: str, **filters: Any) -> set[str]:
+    """Which of HOSTS a report's rows are about (by address)."""
+    by_ip = {t.ip: name for name, t in HOSTS.items()}
+    if report == "products":  # no address column: count the targets instead
+        rows = db.report(report, filters).dicts()
+        return {f"{r['targets']} targets" for r in rows}
+    return {by_ip[r["ip"]] for r in db.report(report, filters).dicts()}
+
+
+# -- one shape --------------------------------------------------------------------------------
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize(("path", "alias"), sorted(SQL_FILES.items()))
+def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str) -> None:
+    sql = (REPO / path).read_text(encoding="utf-8")
+    assert _squash(target_predicate(alias)) in _squash(sql)
+    # And the organization filter ignores case the same way
+    assert f"lower({alias}.organization) = lower({{org:String}})" in sql
+
+
+def test_every_report_with_a_target_filter_is_covered() -> None:
+    covered = {Path(p).stem for p in SQL_FILES if "/reports/" in p}
+    assert covered == {name for name in REPORTS if "{target:String}" in report_sql(name)}
+
+
+# -- what a target matches ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("", {"web", "db", "v6", "mail"}),
+    ("web-1.example.test", {"web"}),          # as written (and hostname)
+    ("WEB-1.Example.TEST", {"web"}),          # any case
+    ("mail.example.test", {"mail"}),          # hostname, target written in another case
+    ("web-1", {"web"}),                       # asset name
+    ("DB-1", {"db"}),                         # asset name, any case
+    ("127.0.0.1", {"web"}),                   # an address: exactly it, not 127.0.0.10
+    ("127.0.0.", {"web", "db"}),              # address prefix
+    ("127.0.0", {"web", "db"}),               # prefix on an octet boundary
+    ("127.0.0.1/32", {"web"}),                # CIDR
+    ("127.0.0.0/8", {"web", "db"}),
+    ("198.18.0.0/15", {"mail"}),
+    ("::1", {"v6"}),
+    ("::/0", {"v6"}),                         # IPv6 CIDR holds no IPv4 address
+    ("198.19", set()),
+    ("nobody.example.test", set()),
+])
+def test_target_matches_name_hostname_asset_address_prefix_and_cidr(
+        db: Any, target: str, expected: set[str]) -> None:
+    for report in ("list", "summary", "ciphers"):
+        assert hosts_in(db, report, target=target) == expected, report
+    products = hosts_in(db, "products", target=target)
+    assert products == ({f"{len(expected)} targets"} if expected else set())
+
+
+def test_risk_history_uses_the_same_target_rule(db: Any) -> None:
+    service = ReportService(db, use_cache=False)
+    points = service.risk_history({"target": "127.0.0.0/8"}, days=0)
+    assert [p.targets for p in points] == [2]
+    points = service.risk_history({"target": "v6-BOX", "org": "EXAMPLE CORP"}, days=0)
+    assert [p.targets for p in points] == [1]
+
+
+@pytest.mark.parametrize("org", ["Example Corp", "example corp", "EXAMPLE CORP"])
+def test_org_filter_ignores_case(db: Any, org: str) -> None:
+    # "Example Corp" and "example corp" were written by two inventories: one organization
+    for report in ("list", "summary", "ciphers"):
+        assert hosts_in(db, report, org=org) == {"web", "v6"}, report
+
+
+def test_version_filter_ignores_case(db: Any) -> None:
+    assert hosts_in(db, "list", product="OPENSSH", version="9.2P1") == {"web", "db", "v6",
+                                                                         "mail"}
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=40))
+def test_any_target_text_is_safe_for_every_report(db: Any, text: str) -> None:
+    # Given any text as the target, bound as a parameter (as Grafana's variable would be)
+    for report in REPORTS:
+        # Then the SQL answers (an invalid CIDR matches nothing rather than raising)
+        db.report(report, {"target": text}, limit=5)
+
+
+# -- refused before the store -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "normal"), [("198.18.0.9/15", "198.18.0.0/15"),
+                                              (" 127.0.0.1 ", "127.0.0.1"),
+                                              ("2001:DB8::1/32", "2001:db8::/32"),
+                                              ("Web-1", "Web-1")])
+def test_normalize_target(text: str, normal: str) -> None:
+    assert normalize_target(text) == normal
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0/99", "1.2.3.4/abc", "web/1", "/"])
+def test_malformed_cidr_is_refused_by_the_api_and_the_cli(bad: str, tmp_path: Path) -> None:
+    message = f"target {bad!r} is not a CIDR block (for example 198.18.0.0/15 or 2001:db8::/32)"
+    with pytest.raises(BadRequest) as refused:
+        parse_query("list", [("target", bad)], is_api=True)
+    assert str(refused.value) == message
+    result = run_cli("report", "list", "--target", bad, "--store", f"chdb://{tmp_path / 's'}")
+    assert result.code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"portwatch: error: Invalid value for '--target': {message}")

@@ -1,0 +1,139 @@
+"""Terminal tables that fit (portwatch/tables.py): the List's protocol column and the
+optional organization/asset/risk-reason columns by width, and the one end-of-scan table.
+
+Given fixed reports, when rendered on consoles of given widths, then the output is exactly
+the expected text: 53/udp and 53/tcp are two rows told apart by the proto column; the
+optional columns appear only where they fit; the end-of-scan table is one table for every
+host, never wider than 100 columns, and never breaks a word in the middle.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import datetime
+
+import pytest
+from rich.console import Console
+
+from portwatch.render import HEADERS, to_table
+from portwatch.tables import END_SCREEN_WIDTH, list_columns, print_end_screen, table_width
+from stream_processors.store import Report
+
+WHEN = datetime(2026, 11, 30, 8, 15, 0)
+COLUMNS = ("target", "ip", "hostname", "asset", "organization", "port", "proto", "service",
+           "product", "version", "risk_color", "risk_reason", "prevalence", "cdn_provider",
+           "first_seen", "last_seen")
+LIST = Report("list", COLUMNS, [
+    ("ns1.example.test", "198.18.0.53", "ns1.example.test", "dns-1", "Example Corp", 53, "udp",
+     "domain", "", "", "green", "public DNS service", "very common", "", WHEN, WHEN),
+    ("ns1.example.test", "198.18.0.53", "ns1.example.test", "dns-1", "Example Corp", 53, "tcp",
+     "domain", "", "", "green", "public DNS service", "very common", "", WHEN, WHEN),
+    ("db.example.test", "198.18.0.7", "db.example.test", "db-1", "Other Org", 6379, "tcp",
+     "redis", "Redis key-value store", "7.0.15", "red", "a cache exposed to the Internet",
+     "less common", "", WHEN, WHEN),
+])
+HOSTS = [
+    {"target": "db.example.test", "ip": "198.18.0.7", "organization": "Other Org",
+     "open_ports": 3, "red": 1, "yellow": 1, "green": 1, "risk_score": 29.5, "grade": "C",
+     "is_tarpit": 0},
+    {"target": "a-very-long-hostname-that-goes-on-and-on.internal.example.test",
+     "ip": "198.18.0.53", "organization": "Example Corporation International Holdings",
+     "open_ports": 2, "red": 0, "yellow": 0, "green": 2, "risk_score": 4.9, "grade": "A",
+     "is_tarpit": 0},
+    {"target": "127.0.0.1", "ip": "127.0.0.1", "organization": "", "open_ports": 0, "red": 0,
+     "yellow": 0, "green": 0, "risk_score": 0.0, "grade": "A", "is_tarpit": 0},
+]
+
+
+def rendered(width: int, draw) -> list[str]:  # type: ignore[no-untyped-def]
+    buf = io.StringIO()
+    draw(Console(file=buf, width=width, color_system=None))
+    return [line.rstrip() for line in buf.getvalue().splitlines()]
+
+
+def test_list_at_250_columns_shows_protocol_organization_asset_and_reason() -> None:
+    lines = rendered(250, lambda c: to_table(LIST, c))
+    assert lines[2] == (
+        "┃ target           ┃ address     ┃ organization ┃ asset ┃ port ┃ proto ┃ service ┃ "
+        "product               ┃ version ┃ risk  ┃ risk reason                     ┃ "
+        "prevalence  ┃ CDN ┃ first detected      ┃ last seen           ┃")
+    assert lines[4:7] == [
+        "│ ns1.example.test │ 198.18.0.53 │ Example Corp │ dns-1 │ 53   │ udp   │ domain  │    "
+        "                   │         │ green │ public DNS service              │ very common │ "
+        "    │ 2026-11-30 08:15:00 │ 2026-11-30 08:15:00 │",
+        "│ ns1.example.test │ 198.18.0.53 │ Example Corp │ dns-1 │ 53   │ tcp   │ domain  │    "
+        "                   │         │ green │ public DNS service              │ very common │ "
+        "    │ 2026-11-30 08:15:00 │ 2026-11-30 08:15:00 │",
+        "│ db.example.test  │ 198.18.0.7  │ Other Org    │ db-1  │ 6379 │ tcp   │ redis   │ Red"
+        "is key-value store │ 7.0.15  │ red   │ a cache exposed to the Internet │ less common │ "
+        "    │ 2026-11-30 08:15:00 │ 2026-11-30 08:15:00 │"]
+    assert len(lines) == 8
+
+
+def test_list_at_190_columns_drops_the_reason_first() -> None:
+    lines = rendered(190, lambda c: to_table(LIST, c))
+    assert lines[2] == (
+        "┃ target           ┃ address     ┃ organization ┃ asset ┃ port ┃ proto ┃ service ┃ "
+        "product               ┃ version ┃ risk  ┃ prevalence  ┃ CDN ┃ first detected      ┃ "
+        "last seen           ┃")
+    assert max(len(line) for line in lines) <= 190
+
+
+@pytest.mark.parametrize(("width", "optional"), [
+    (250, ("organization", "asset", "risk_reason")), (190, ("organization", "asset")),
+    (185, ("organization",)), (130, ()), (60, ())])
+def test_optional_list_columns_by_width(width: int, optional: tuple[str, ...]) -> None:
+    chosen = list_columns(LIST, width, HEADERS)
+    assert tuple(c for c in chosen if c in ("organization", "asset", "risk_reason")) == optional
+    assert ("port", "proto") == chosen[chosen.index("port"):chosen.index("port") + 2]
+    if optional:
+        assert table_width(LIST, chosen, HEADERS) <= width
+
+
+END_AT_100 = """\
+                                              Summary
+┏━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━┳━━━━━━┳━━━━━┳━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
+┃ target           ┃ address     ┃ organization      ┃ open ┃ red ┃ yellow ┃ green ┃ score ┃ grade ┃
+┡━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━╇━━━━━━╇━━━━━╇━━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━┩
+│ db.example.test  │ 198.18.0.7  │ Other Org         │    3 │   1 │      1 │     1 │  29.5 │   C   │
+│ a-very-long-hos… │ 198.18.0.53 │ Example           │    2 │   0 │      0 │     2 │   4.9 │   A   │
+│                  │             │ Corporation       │      │     │        │       │       │       │
+│                  │             │ International     │      │     │        │       │       │       │
+│                  │             │ Holdings          │      │     │        │       │       │       │
+│ 127.0.0.1        │ 127.0.0.1   │                   │    0 │   0 │      0 │     0 │   0.0 │   A   │
+└──────────────────┴─────────────┴───────────────────┴──────┴─────┴────────┴───────┴───────┴───────┘"""
+
+
+@pytest.mark.parametrize("width", [100, 250])
+def test_end_of_scan_is_one_table_of_at_most_100_columns(width: int) -> None:
+    # Given three hosts, one with a name and an organization longer than the screen
+    # When the end screen is drawn on a console of any width
+    lines = rendered(width, lambda c: print_end_screen(c, HOSTS, "Summary"))
+    # Then it is exactly this one table, 100 columns wide
+    assert "\n".join(lines) == END_AT_100
+    assert max(len(line) for line in lines) == END_SCREEN_WIDTH
+
+
+def test_end_of_scan_on_a_narrow_terminal_breaks_no_word() -> None:
+    lines = rendered(80, lambda c: print_end_screen(c, HOSTS, "Summary"))
+    assert max(len(line) for line in lines) <= 80
+    words = {w for host in HOSTS for v in host.values() for w in str(v).split()}
+    words |= {"target", "address", "organization", "open", "red", "yellow", "green", "score",
+              "grade", "Summary"}
+    for line in lines:
+        if line.lstrip()[:1] in "┏┡└":  # rules, not cells
+            continue
+        for cell in re.split(r"[│┃]", line):
+            for word in cell.split():
+                # whole, or cut with an ellipsis: never half a word continued on the next line
+                assert word in words or (word.endswith("…") and any(
+                    w.startswith(word[:-1]) for w in words)), (word, line)
+
+
+def test_end_of_scan_flags_a_tarpit() -> None:
+    hosts = [{**HOSTS[2], "is_tarpit": 1}]
+    lines = rendered(100, lambda c: print_end_screen(c, hosts, "Summary"))
+    assert "flags" in lines[2]
+    flags = [re.split(r"[│┃]", line)[-2].strip() for line in lines[4:-1]]
+    assert " ".join(f for f in flags if f) == "answers on every port"
