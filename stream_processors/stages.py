@@ -256,7 +256,7 @@ class NmapFallback:
             return self._db
 
     async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes,
-                       remaining: float) -> ServiceInfo | None:
+                       remaining: float, service: str = "") -> ServiceInfo | None:
         db = await self._load()
         if db is None:
             return None
@@ -264,7 +264,8 @@ class NmapFallback:
 
         info: ServiceInfo = await nmap_identify(
             ep.ip, ep.port, "tcp", db, tls=is_tls, budget=remaining,
-            max_rarity=self.max_rarity, first_response=first_data or None)
+            max_rarity=self.max_rarity, first_response=first_data or None,
+            only_service=service)
         return info if info.is_identified else None
 
 

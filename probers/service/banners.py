@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from probers.nmapdata.service_probes import cpe_escape
 from schemas.records import ServiceInfo
 
 BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
@@ -54,9 +55,17 @@ def _text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+def cpe_part(text: str) -> str:
+    """One CPE 2.2 field as nmap writes it: lowercased, and every character outside
+    the unreserved set percent-encoded, so a ``:`` or ``/`` from a banner can never
+    become a field separator (same rule as nmap's templates, probers/nmapdata)."""
+    return cpe_escape(text.encode("utf-8", "replace"))
+
+
 def _cpe(vendor: str, product: str, version: str = "") -> str:
-    cpe = f"cpe:/a:{vendor}:{product}"
-    return f"{cpe}:{version.lower()}" if version else cpe
+    """``cpe:/a:vendor:product[:version]`` for a product our own probes named."""
+    cpe = f"cpe:/a:{cpe_part(vendor)}:{cpe_part(product)}"
+    return f"{cpe}:{cpe_part(version)}" if version else cpe
 
 
 # -- SSH ---------------------------------------------------------------------------------
@@ -131,11 +140,15 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
             return _product_from(text, _SMTP_PRODUCTS, "smtp", "banner:smtp")
         return None
     if text.startswith("+OK"):
-        product = "Dovecot pop3d" if "Dovecot" in text else ""
-        return ServiceInfo(service="pop3", product=product, method="banner:pop3", confidence=8)
+        is_dovecot = "Dovecot" in text
+        return ServiceInfo(service="pop3", product="Dovecot pop3d" if is_dovecot else "",
+                           cpe=_cpe("dovecot", "dovecot") if is_dovecot else "",
+                           method="banner:pop3", confidence=8)
     if text.startswith("* OK"):
-        product = "Dovecot imapd" if "Dovecot" in text else ""
-        return ServiceInfo(service="imap", product=product, method="banner:imap", confidence=8)
+        is_dovecot = "Dovecot" in text
+        return ServiceInfo(service="imap", product="Dovecot imapd" if is_dovecot else "",
+                           cpe=_cpe("dovecot", "dovecot") if is_dovecot else "",
+                           method="banner:imap", confidence=8)
     return None
 
 

@@ -48,7 +48,20 @@ from probers.service.banners import (
     parse_redis,
     sanitize,
 )
+from probers.service.http_meta import (
+    BODY_CAP,
+    HEAD_CAP,
+    HttpResponse,
+    favicon_hash,
+    favicon_href,
+    is_icon_response,
+    page_title,
+    redirect_location,
+    same_host_path,
+    split_response,
+)
 from probers.service.nmap_engine import tls_client_context
+from probers.tls.jarm import jarm_fingerprint
 from schemas.records import ServiceInfo
 
 READ_CAP = 16_384  # bytes read from any one answer: endless banners stop here
@@ -80,6 +93,8 @@ class Settings:
     banner_wait: float = 2.0  # seconds to wait for any answer on an otherwise silent port
     probe_timeout: float = 3.0  # connect + exchange, per probe
     budget: float = 10.0  # per port, all probes together
+    http_meta: bool = True  # HTTP ports: title, redirect, favicon hash (a few more requests)
+    jarm: bool = True  # TLS ports: the JARM fingerprint (ten ClientHellos, one connection each)
 
 
 # The greeting window: how long a silent port is given to speak first before we do.
@@ -371,8 +386,34 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
-# (endpoint, speaks TLS, what the port already sent, seconds left) -> identification
-Fallback = Callable[[Endpoint, bool, bytes, float], Awaitable[ServiceInfo | None]]
+# (endpoint, speaks TLS, what the port already sent, seconds left, the service already
+# named or "") -> identification
+Fallback = Callable[[Endpoint, bool, bytes, float, str], Awaitable[ServiceInfo | None]]
+
+
+def needs_product(info: ServiceInfo | None) -> bool:
+    """Our probe named the service but not the implementation: nmap's probes may."""
+    return info is not None and bool(info.service) and not info.product
+
+
+def _nmap_service(service: str) -> str:
+    """Our service name as nmap's match lines spell it ("ssl/imap" -> "imap")."""
+    return service.removeprefix("ssl/")
+
+
+def better_of(ours: ServiceInfo | None, theirs: ServiceInfo | None) -> ServiceInfo | None:
+    """Keep the best identification: a named product beats none; otherwise the more
+    confident. When nmap names the product of a service ours found, our notes stay."""
+    if theirs is None or not theirs.is_identified:
+        return ours
+    if ours is None:
+        return theirs
+    if theirs.product and not ours.product:
+        extra = "; ".join(x for x in (theirs.extra_info, ours.extra_info) if x)
+        return replace(theirs, extra_info=extra[:300], headers=theirs.headers or ours.headers)
+    if ours.product and not theirs.product:
+        return ours
+    return theirs if theirs.confidence > ours.confidence else ours
 
 
 async def identify(ep: Endpoint, settings: Settings | None = None,
@@ -441,21 +482,118 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         follow = FOLLOW_UP.get(info.service)
         if follow is not None and any(k is follow for k, _ in queue):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
-    if (best is None or best.confidence < STOP_CONFIDENCE) and fallback is not None:
+    # nmap's probes run when ours named nothing for sure, and also when ours named the
+    # service but not its product (an RDP negotiation answer names no implementation):
+    # then only the probes that can name that service are sent (issue 15).
+    is_unsure = best is None or best.confidence < STOP_CONFIDENCE
+    if (is_unsure or needs_product(best)) and fallback is not None:
         remaining = deadline - time.monotonic()
         if remaining > 0.5:
-            tried.append("nmap-service-probes")
+            known = "" if is_unsure or best is None else _nmap_service(best.service)
+            tried.append(f"nmap-service-probes:{known}" if known else "nmap-service-probes")
             try:
-                extra = await asyncio.wait_for(fallback(ep, is_tls, greeting, remaining),
-                                               remaining)
+                extra = await asyncio.wait_for(
+                    fallback(ep, is_tls, greeting, remaining, known), remaining)
             except (TimeoutError, OSError) as exc:
                 notes.append(f"nmap: {type(exc).__name__}")
                 extra = None
-            if extra is not None and (best is None or extra.confidence > best.confidence):
-                best = extra
+            if extra is not None and best is not None and best.is_tls and not extra.is_tls:
+                extra = replace(extra, is_tls=True)
+            kept = better_of(best, extra)
+            if kept is not best:
+                best, best_data = kept, b""
     banner = sanitize(best_data or first_data)
     if best is None:
         return ServiceInfo(is_tls=is_tls, banner=banner, method="unidentified",
                            extra_info="; ".join(notes)[:300], tried=tuple(tried))
-    return replace(best, banner=best.banner or banner, tried=tuple(tried),
-                   is_tls=best.is_tls or is_tls)
+    found = replace(best, banner=best.banner or banner, tried=tuple(tried),
+                    is_tls=best.is_tls or is_tls)
+    if s.http_meta and is_http_service(found.service):
+        found = await _with_http_meta(ep, s, found, best_data, deadline)
+    if s.jarm and found.is_tls:
+        found = await _with_jarm(ep, s, found, deadline)
+    return found
+
+
+# -- what analysts pivot on (issue 15): HTTP title/redirect/favicon, JARM ----------------
+
+MAX_REDIRECTS = 3  # same-host redirects followed to reach the page whose title we keep
+FETCH_CAP = HEAD_CAP + BODY_CAP
+
+
+def is_http_service(service: str) -> bool:
+    """http, https, http-proxy, ssl/http-alt...: every service nmap spells http*."""
+    return service.removeprefix("ssl/").startswith("http")
+
+
+async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -> bytes:
+    """GET ``path`` on one connection; at most ``FETCH_CAP`` bytes within ``timeout``.
+
+    Hostile servers are bounded here: a slow or endless answer stops at the deadline or
+    the cap, and whatever arrived is returned (parsers take it from there).
+    """
+    host = ep.hostname or (f"[{ep.ip}]" if ":" in ep.ip else ep.ip)
+    request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
+               "Accept: */*\r\nConnection: close\r\n\r\n").encode()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout), _connect(
+                ep, timeout, tls_client_context() if is_tls else None,
+                ep.hostname or None) as (reader, writer):
+            writer.write(request)
+            await writer.drain()
+            left = max(0.05, timeout - (time.monotonic() - started))
+            return await read_bounded(reader, timeout=left, cap=FETCH_CAP)
+    except (TimeoutError, OSError, ssl.SSLError, EOFError):
+        return b""
+
+
+async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: bytes,
+                          deadline: float) -> ServiceInfo:
+    """Title (after same-host redirects), redirect target, Server, X-Powered-By and the
+    favicon hash; each extra request is one connection within what is left of the budget."""
+    is_tls = info.is_tls
+
+    async def get(path: str) -> HttpResponse | None:
+        left = deadline - time.monotonic()
+        if left < 0.1:
+            return None
+        return split_response(await fetch_http(ep, path, is_tls=is_tls,
+                                               timeout=min(s.probe_timeout, left)))
+
+    first = split_response(answer) if answer.startswith(b"HTTP/") else None
+    if first is None or first.status == 0:
+        first = await get("/")
+    if first is None or first.status == 0:
+        return info
+    redirect = redirect_location(first)
+    page, page_path = first, "/"
+    for _ in range(MAX_REDIRECTS):
+        location = redirect_location(page)
+        next_path = same_host_path(location, ep.hostname or ep.ip, ep.port, is_tls=is_tls,
+                                   base_path=page_path) if location else None
+        if next_path is None:
+            break
+        followed = await get(next_path)
+        if followed is None or followed.status == 0:
+            break
+        page, page_path = followed, next_path
+    href = favicon_href(page.body)
+    icon_path = (same_host_path(href, ep.hostname or ep.ip, ep.port, is_tls=is_tls,
+                                base_path=page_path) if href else None) or "/favicon.ico"
+    icon = await get(icon_path)
+    favicon = favicon_hash(icon.body) if icon is not None and is_icon_response(icon) else None
+    return replace(info, http_title=page_title(page.body), http_redirect=redirect,
+                   http_server=first.header("server"),
+                   http_powered_by=first.header("x-powered-by"), favicon_mmh3=favicon,
+                   headers=info.headers or first.headers)
+
+
+async def _with_jarm(ep: Endpoint, s: Settings, info: ServiceInfo,
+                     deadline: float) -> ServiceInfo:
+    left = deadline - time.monotonic()
+    if left < 0.2:
+        return info
+    fingerprint = await jarm_fingerprint(ep.ip, ep.port, server_name=ep.hostname or ep.ip,
+                                         timeout=min(s.probe_timeout, left), budget=left)
+    return replace(info, jarm=fingerprint or "")

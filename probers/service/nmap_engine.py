@@ -101,8 +101,12 @@ class _Identifier:
         probe_wait: float | None,
         null_wait: float | None,
         match_budget: float,
+        only_service: str = "",
     ) -> None:
         self.ip = ip
+        # Our own probe already named the service but not its product: only the
+        # probes that can name an implementation of that service are worth sending.
+        self.only_service = only_service
         self.port = port
         self.proto = proto.lower()
         self.db = db
@@ -347,7 +351,8 @@ class _Identifier:
     async def _probe_loop(
         self, tls: bool, ssl_ctx: ssl.SSLContext | None, label: str
     ) -> ServiceInfo:
-        candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity)
+        candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity,
+                                             softmatched=self.only_service or None)
         for index, probe in enumerate(candidates):
             soft = self.state.soft
             if soft is not None and not probe.can_detect(soft.service):
@@ -418,6 +423,7 @@ async def nmap_identify(
     null_wait: float | None = None,
     match_budget: float = DEFAULT_MATCH_BUDGET,
     upgrade_tls: bool = True,
+    only_service: str = "",
 ) -> ServiceInfo:
     """Identify the service on ``ip:port/proto`` the way ``nmap -sV`` does, within ``budget`` s.
 
@@ -426,7 +432,9 @@ async def nmap_identify(
     ``null_wait``: per-probe and NULL-probe wait caps (default: 30 % of the budget,
     0.5 to 3 s, never more than the probe's ``totalwaitms``). ``upgrade_tls``:
     when plain probes find TLS (service ``ssl``), repeat inside TLS with what is
-    left of the budget, as nmap's SSL tunnel does.
+    left of the budget, as nmap's SSL tunnel does. ``only_service``: the service is
+    already known (our own probe named it without a product): send only the probes
+    that can name that service, as nmap does after a soft match.
 
     Never raises for network conditions: failures come back in ``method``.
     """
@@ -445,6 +453,7 @@ async def nmap_identify(
         probe_wait=probe_wait,
         null_wait=null_wait,
         match_budget=match_budget,
+        only_service=only_service,
     )
     # Every step is bounded; this outer limit only catches the sum of rounding.
     hard_limit = budget + match_budget + 2.0
