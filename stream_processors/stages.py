@@ -264,7 +264,9 @@ class NmapFallback:
 
         info: ServiceInfo = await nmap_identify(
             ep.ip, ep.port, "tcp", db, tls=is_tls, budget=remaining,
-            max_rarity=self.max_rarity, first_response=first_data or None,
+            max_rarity=self.max_rarity,
+            # A named service: our NULL probe already listened, silence included.
+            first_response=first_data if service else (first_data or None),
             only_service=service)
         return info if info.is_identified else None
 

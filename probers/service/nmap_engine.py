@@ -351,8 +351,13 @@ class _Identifier:
     async def _probe_loop(
         self, tls: bool, ssl_ctx: ssl.SSLContext | None, label: str
     ) -> ServiceInfo:
-        candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity,
-                                             softmatched=self.only_service or None)
+        candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity)
+        if self.only_service:
+            # A probe can name the service through its own match lines or through its
+            # fallbacks' (NULL's included): xrdp is named by NULL's lines matching the
+            # answer to RPCCheck, exactly as nmap -sV names it.
+            candidates = [p for p in candidates if any(
+                q.can_detect(self.only_service) for q in self.db.fallback_chain(p))]
         for index, probe in enumerate(candidates):
             soft = self.state.soft
             if soft is not None and not probe.can_detect(soft.service):
