@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
