@@ -33,7 +33,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
     "ciphers": ("target", "ip", "port", "status", "versions", "grade", "suites", "cert_subject",
-                "cert_not_after", "cert_self_signed", "cert_expired"),
+                "cert_not_after", "cert_self_signed", "cert_expired", "jarm"),
 }
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",

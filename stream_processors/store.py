@@ -34,13 +34,16 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 BANNER_CAP = 1024  # characters of banner kept per observation
-SCHEMA_VERSION = 3  # layout of schemas/ddl.sql; bump with every change there
+PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
+JARM_CAP = 62  # a JARM is 62 hex characters
+SCHEMA_VERSION = 4  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
     "engine", "service", "product", "version", "extra_info", "cpe", "banner", "method",
     "confidence", "is_tls", "tls_status", "tls_grade", "cdn_provider", "cdn_source",
     "is_cdn_expected", "risk_color", "risk_reason", "observed_at",
+    "http_title", "http_redirect", "http_server", "http_powered_by", "favicon_mmh3", "jarm",
 )
 HOST_SCAN_COLUMNS = (
     "scan_id", "shard_id", "target", "hostname", "organization", "asset", "ip", "started_at",
@@ -261,6 +264,9 @@ class Store:
                 else max(0, min(255, s.confidence)),
                 int(s.is_tls), tls.status, tls.grade, f.cdn.provider, f.cdn.source,
                 int(f.cdn.is_expected_port), f.risk_color, f.risk_reason, p.observed_at,
+                s.http_title[:PIVOT_CAP], s.http_redirect[:PIVOT_CAP],
+                s.http_server[:PIVOT_CAP], s.http_powered_by[:PIVOT_CAP], s.favicon_mmh3,
+                s.jarm[:JARM_CAP],
             ])
             if tls.status is not ProbeStatus.NOT_SCHEDULED:
                 base = [p.scan_id, t.target, t.ip, p.port]

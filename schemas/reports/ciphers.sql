@@ -1,6 +1,6 @@
 -- Ciphers report: per TLS port, the latest probe's status (a port that could not
 -- be tested says so), protocol versions, accepted suites with their grades, and
--- the leaf certificate's facts.
+-- the leaf certificate's facts, and the port's JARM fingerprint.
 WITH
     probes AS (
         SELECT target, ip, port,
@@ -32,6 +32,10 @@ WITH
     owners AS (
         SELECT target, ip, argMax(organization, finished_at) AS organization
         FROM host_scans GROUP BY target, ip
+    ),
+    -- The JARM fingerprint identification took on the port (issue 15).
+    fingerprints AS (
+        SELECT target, ip, port, jarm FROM current_findings WHERE proto = 'tcp'
     )
 SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,
@@ -42,6 +46,7 @@ SELECT
     certs.not_after AS cert_not_after, certs.key_type AS cert_key_type,
     certs.key_bits AS cert_key_bits, certs.is_self_signed AS cert_self_signed,
     certs.is_expired AS cert_expired, certs.is_hostname_match AS cert_hostname_match,
+    fingerprints.jarm AS jarm,
     probes.tested_at AS tested_at
 FROM probes
 LEFT JOIN suites ON suites.target = probes.target AND suites.ip = probes.ip
@@ -49,6 +54,8 @@ LEFT JOIN suites ON suites.target = probes.target AND suites.ip = probes.ip
 LEFT JOIN certs ON certs.target = probes.target AND certs.ip = probes.ip
                AND certs.port = probes.port AND certs.scan_id = probes.scan_id
 LEFT JOIN owners ON owners.target = probes.target AND owners.ip = probes.ip
+LEFT JOIN fingerprints ON fingerprints.target = probes.target AND fingerprints.ip = probes.ip
+                      AND fingerprints.port = probes.port
 WHERE ({target:String} = '' OR probes.target = {target:String} OR probes.ip = {target:String})
   AND ({org:String} = '' OR owners.organization = {org:String})
   AND ({port:UInt16} = 0 OR probes.port = {port:UInt16})
