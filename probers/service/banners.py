@@ -383,6 +383,10 @@ def parse_foreign_reply(data: bytes) -> ServiceInfo | None:
     """
     if is_tls_record(data):
         return ServiceInfo(service="ssl", is_tls=True, method="reply:tls-record", confidence=4)
+    if data.startswith(b"AMQP") and len(data) == 8:
+        # An AMQP broker answers a request it cannot read with the protocol header it
+        # speaks, then closes (AMQP 0-9-1, 4.2.2): ask it properly next.
+        return ServiceInfo(service="amqp", method="reply:amqp-header", confidence=6)
     if data.startswith((b"-ERR ", b"-NOAUTH", b"-DENIED", b"-WRONGTYPE")):
         return ServiceInfo(service="redis", product="Redis key-value store",
                            cpe="cpe:/a:redis:redis", method="reply:redis-error", confidence=7)

@@ -38,6 +38,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from probers.service.app_protocols import (
+    AMQP_HEADER,
+    MQTT_DISCONNECT,
+    is_kubernetes_status,
+    mqtt_request,
+    parse_amqp,
+    parse_kubernetes_version,
+    parse_mqtt,
+    parse_search_root,
+    parse_smb2_negotiate,
+    smb2_negotiate_request,
+)
 from probers.service.banners import (
     parse_banner,
     parse_foreign_reply,
@@ -79,6 +91,11 @@ class ProbeKind(StrEnum):
     REDIS_INFO = "redis-info"  # INFO server
     POSTGRES_SSL = "postgres-sslrequest"  # SSLRequest; on 'N', a startup packet that dates it
     RDP = "rdp-negotiation"  # X.224 Connection Request with an RDP negotiation request
+    # What nmap learns through version scripts (issue 15), one connection each:
+    MQTT = "mqtt-sys-version"  # CONNECT + SUBSCRIBE $SYS/broker/version (mqtt-subscribe)
+    AMQP = "amqp-connection-start"  # protocol header -> Connection.Start server-properties
+    SMB = "smb2-negotiate"  # SMB2 NEGOTIATE: dialect, signing, server GUID
+    K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +355,79 @@ async def probe_rdp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.RDP, parse_rdp_confirm(data), data)
 
 
+async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(mqtt_request())
+        await writer.drain()
+        # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed.
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
+                                  is_complete=_has_mqtt_version)
+        with contextlib.suppress(OSError):
+            writer.write(MQTT_DISCONNECT)
+    return Outcome(ProbeKind.MQTT, parse_mqtt(data), data)
+
+
+def _has_mqtt_version(data: bytes) -> bool:
+    info = parse_mqtt(data)
+    return info is not None and (info.method == "probe:mqtt-sys-version"
+                                 or "refused" in info.extra_info)
+
+
+async def probe_amqp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(AMQP_HEADER)
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=8192, idle=0.3,
+                                  is_complete=_is_whole_amqp_frame)
+    return Outcome(ProbeKind.AMQP, parse_amqp(data), data)
+
+
+def _is_whole_amqp_frame(data: bytes) -> bool:
+    if data.startswith(b"AMQP"):
+        return len(data) >= 8
+    return len(data) >= 8 and len(data) >= 8 + int.from_bytes(data[3:7], "big")
+
+
+async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(smb2_negotiate_request())
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
+                                  is_complete=_is_whole_netbios_message)
+    return Outcome(ProbeKind.SMB, parse_smb2_negotiate(data), data)
+
+
+def _is_whole_netbios_message(data: bytes) -> bool:
+    return len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[1:4], "big")
+
+
+async def probe_kubernetes(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    data = await fetch_http(ep, "/version", is_tls=True, timeout=s.probe_timeout)
+    response = split_response(data)
+    info = parse_kubernetes_version(response.body) if response.status == 200 else None
+    return Outcome(ProbeKind.K8S_VERSION, info, data, is_tls=bool(data))
+
+
+def json_product(outcome: Outcome) -> ServiceInfo | None:
+    """An HTTP answer whose JSON body names the product (Elasticsearch/OpenSearch's ``/``)."""
+    if not outcome.data.startswith(b"HTTP/"):
+        return None
+    response = split_response(outcome.data)
+    if response.status != 200:
+        return None
+    is_tls = outcome.is_tls or (outcome.info is not None and outcome.info.is_tls)
+    found = parse_search_root(response.body, is_tls=is_tls)
+    if found is None or outcome.info is None:
+        return found
+    return replace(found, headers=outcome.info.headers)
+
+
+def wants_kubernetes_version(outcome: Outcome) -> bool:
+    if not outcome.data.startswith(b"HTTP/"):
+        return False
+    return is_kubernetes_status(split_response(outcome.data).body)
+
+
 ProbeImpl = Callable[[Endpoint, Settings, str], Awaitable[Outcome]]
 PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.NULL: probe_null,
@@ -346,18 +436,26 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.REDIS_INFO: probe_redis,
     ProbeKind.POSTGRES_SSL: probe_postgres,
     ProbeKind.RDP: probe_rdp,
+    ProbeKind.MQTT: probe_mqtt,
+    ProbeKind.AMQP: probe_amqp,
+    ProbeKind.SMB: probe_smb,
+    ProbeKind.K8S_VERSION: probe_kubernetes,
 }
 
 # -- plan --------------------------------------------------------------------------------
 
 HTTP_PORTS = frozenset({80, 81, 591, 3000, 5000, 8000, 8008, 8080, 8081, 8088, 8888, 9000})
 TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 2053, 2083, 2087,
+                       6443,
                        2096, 4443, 5061, 6697, 8443, 9443})
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
-                              5432: "postgresql", 3389: "ms-wbt-server"}
+                              5432: "postgresql", 3389: "ms-wbt-server",
+                              1883: "mqtt", 5672: "amqp", 445: "microsoft-ds"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
-                                    "ms-wbt-server": ProbeKind.RDP}
+                                    "ms-wbt-server": ProbeKind.RDP,
+                                    "mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
+                                    "microsoft-ds": ProbeKind.SMB}
 # NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
 # goes first (HTTP ports); the rest follow in order of how often they name a port.
 # Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for
@@ -368,7 +466,12 @@ DEFAULT_ORDER = (ProbeKind.NULL, ProbeKind.TLS, ProbeKind.REDIS_INFO, ProbeKind.
 # probe that speaks it goes next, ahead of the plan.
 FOLLOW_UP: dict[str, ProbeKind] = {"ssl": ProbeKind.TLS, "https": ProbeKind.TLS,
                                    "redis": ProbeKind.REDIS_INFO,
-                                   "postgresql": ProbeKind.POSTGRES_SSL}
+                                   "postgresql": ProbeKind.POSTGRES_SSL,
+                                   "amqp": ProbeKind.AMQP}
+# Services nmap's probes name without a product (on a port no hint knows) that one of
+# ours can name: asked after nmap, as nmap runs its version scripts after its probes.
+AFTER_NMAP: dict[str, ProbeKind] = {"mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
+                                    "microsoft-ds": ProbeKind.SMB}
 STOP_CONFIDENCE = 8
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
@@ -444,6 +547,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     # by an answer get the full probe timeout; the rest are guesses and get a few
     # round trips (a service that speaks the probe's protocol answers at once).
     queue: list[tuple[ProbeKind, bool]] = [(ordered[0], False)] + [(k, True) for k in ordered[1:]]
+    sent: set[ProbeKind] = set()
     while queue:
         kind, is_guess = queue.pop(0)
         remaining = deadline - time.monotonic()
@@ -451,6 +555,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             notes.append("budget exhausted")
             break
         tried.append(kind.value)
+        sent.add(kind)
         probe_settings = s
         if is_guess:
             probe_settings = replace(s, probe_timeout=min(
@@ -470,7 +575,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if kind is ProbeKind.NULL and not outcome.label:
             greeting = greeting or outcome.data
         is_tls = is_tls or outcome.is_tls
-        info = outcome.info
+        info = json_product(outcome) or outcome.info
+        if ProbeKind.K8S_VERSION not in sent and wants_kubernetes_version(outcome):
+            queue.insert(0, (ProbeKind.K8S_VERSION, False))
         if info is None:
             if kind is ProbeKind.NULL and outcome.label:
                 notes.append(f"{outcome.label}: {'no answer' if not outcome.data else 'no match'}")
@@ -480,7 +587,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if info.confidence >= STOP_CONFIDENCE:
             break
         follow = FOLLOW_UP.get(info.service)
-        if follow is not None and any(k is follow for k, _ in queue):
+        # Queued, or (a probe only hinted ports plan) not sent yet: it goes next.
+        if follow is not None and follow not in sent and (
+                any(k is follow for k, _ in queue) or follow not in ordered):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
     # nmap's probes run when ours named nothing for sure, and also when ours named the
     # service but not its product (an RDP negotiation answer names no implementation):
@@ -502,6 +611,15 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             kept = better_of(best, extra)
             if kept is not best:
                 best, best_data = kept, b""
+    after = AFTER_NMAP.get(best.service) if best is not None and not best.product else None
+    if after is not None and after.value not in tried and deadline - time.monotonic() > 0.2:
+        tried.append(after.value)
+        try:
+            outcome = await asyncio.wait_for(PROBES[after](ep, s, hint),
+                                             deadline - time.monotonic())
+            best = better_of(best, outcome.info)
+        except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
+            notes.append(f"{after.value}: {type(exc).__name__}")
     banner = sanitize(best_data or first_data)
     if best is None:
         return ServiceInfo(is_tls=is_tls, banner=banner, method="unidentified",
