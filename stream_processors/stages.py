@@ -64,7 +64,17 @@ class StageContext:
 
 async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
     if port.proto is Proto.UDP:
-        return Finding(port=port, service=_udp_service(port))
+        info = _udp_service(port)
+        if info.service == "snmp" and port.state is PortState.OPEN:
+            from probers.service.engine import better_of
+            from probers.service.udp_probes import identify_snmp
+
+            async with ctx.host_slot(port.target.ip):
+                found = await identify_snmp(
+                    port.target.ip, port.port, timeout=ctx.identify.probe_timeout,
+                    allow_public_community=ctx.identify.snmp_public_community)
+            info = better_of(info, found) or info
+        return Finding(port=port, service=info)
     endpoint = Endpoint(port.target.ip, port.port, port.target.hostname)
     async with ctx.host_slot(port.target.ip):
         info = await identify(endpoint, ctx.identify, ctx.fallback)

@@ -402,8 +402,8 @@ def _ber_items(data: bytes) -> list[tuple[int, bytes]]:
 
 # Private enterprise numbers (IANA) seen in engine IDs, and what they name.
 _ENTERPRISES: dict[int, tuple[str, str, str]] = {
-    8072: ("Net-SNMP", "net-snmp", "net-snmp"),
-    2021: ("Net-SNMP (UCD)", "net-snmp", "net-snmp"),
+    8072: ("net-snmp", "net-snmp", "net-snmp"),  # spelled as nmap spells it
+    2021: ("net-snmp (UCD)", "net-snmp", "net-snmp"),
     9: ("Cisco SNMP service", "cisco", "ios"),
     311: ("Microsoft SNMP service", "microsoft", "windows"),
     4526: ("Netgear SNMP service", "netgear", "netgear"),

@@ -112,6 +112,9 @@ class Settings:
     budget: float = 10.0  # per port, all probes together
     http_meta: bool = True  # HTTP ports: title, redirect, favicon hash (a few more requests)
     jarm: bool = True  # TLS ports: the JARM fingerprint (ten ClientHellos, one connection each)
+    # SNMP: send the conventional read community "public" (a credential guess, even if a
+    # well-known one) only when the user allows it; engine discovery needs none.
+    snmp_public_community: bool = False
 
 
 # The greeting window: how long a silent port is given to speak first before we do.
