@@ -265,7 +265,7 @@ class NmapFallback:
                                 str(exc).splitlines()[0])
             return self._db
 
-    async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes,
+    async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes | None,
                        remaining: float, service: str = "") -> ServiceInfo | None:
         db = await self._load()
         if db is None:
@@ -275,9 +275,8 @@ class NmapFallback:
         info: ServiceInfo = await nmap_identify(
             ep.ip, ep.port, "tcp", db, tls=is_tls, budget=remaining,
             max_rarity=self.max_rarity,
-            # A named service: our NULL probe already listened, silence included.
-            first_response=first_data if service else (first_data or None),
-            only_service=service)
+            # b"": our NULL probe listened and heard nothing; nmap's need not listen again
+            first_response=first_data, only_service=service)
         return info if info.is_identified else None
 
 

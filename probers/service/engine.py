@@ -492,9 +492,11 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
-# (endpoint, speaks TLS, what the port already sent, seconds left, the service already
-# named or "") -> identification
-Fallback = Callable[[Endpoint, bool, bytes, float, str], Awaitable[ServiceInfo | None]]
+# (endpoint, speaks TLS, what the port said unasked (None: nobody listened; b"": our NULL
+# probe listened and it stayed silent), seconds left, the service already named or "")
+# -> identification
+Fallback = Callable[[Endpoint, bool, bytes | None, float, str],
+                    Awaitable[ServiceInfo | None]]
 
 
 def needs_product(info: ServiceInfo | None) -> bool:
@@ -541,7 +543,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     notes: list[str] = []
     best: ServiceInfo | None = None
     first_data = b""
-    greeting = b""  # what the port said unasked: nmap's NULL-probe answer
+    greeting: bytes | None = None  # what the port said unasked: nmap's NULL-probe answer
     is_tls = False
     rtt = 0.0
     best_data = b""  # the answer that gave ``best``: its banner
@@ -575,8 +577,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if outcome.connect_seconds > 0:
             rtt = max(rtt, outcome.connect_seconds)
         first_data = first_data or outcome.data
-        if kind is ProbeKind.NULL and not outcome.label:
-            greeting = greeting or outcome.data
+        if kind is ProbeKind.NULL and greeting is None:
+            # Unasked bytes, or silence through the greeting window (GET was sent then)
+            greeting = b"" if outcome.label else outcome.data
         is_tls = is_tls or outcome.is_tls
         info = json_product(outcome) or outcome.info
         if ProbeKind.K8S_VERSION not in sent and wants_kubernetes_version(outcome):
