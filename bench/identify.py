@@ -41,16 +41,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from schemas.records import Finding, OpenPort, Target
 from stream_processors.stages import make_context, process
-from tests import servers
+from tests import daemons, servers, tls_servers
 
 NMAP_TIMEOUT = 300.0
 PORTWATCH_TIMEOUT = 120.0
@@ -66,7 +68,31 @@ def _s_server(host: str, port: int | None) -> AbstractContextManager[servers.Ser
     return servers.start_openssl_s_server(("-www",), host, port)
 
 
-# name, launcher, standard port (used on the second address)
+@contextlib.contextmanager
+def _gnutls(host: str, port: int | None) -> Iterator[servers.Server]:
+    """gnutls-serv binds the wildcard of a free port: only its free-port run is measured
+    (only loopback is ever dialled)."""
+    if port is not None:
+        raise servers.ServerUnavailable("gnutls-serv: free port only (it binds the wildcard)")
+    with tempfile.TemporaryDirectory(prefix="portwatch-gnutls-") as tmp:
+        certs = tls_servers.make_cert(Path(tmp))
+        with tls_servers.gnutls_server(certs, "NORMAL") as bound:
+            yield servers.Server("127.0.0.1", bound, None, Path(tmp), Path(tmp))  # type: ignore[arg-type]
+
+
+def _smbd(host: str, port: int | None) -> AbstractContextManager[servers.Server]:
+    # smbd binds interface addresses only: its standard port goes on 127.0.0.1
+    return daemons.start_smbd("127.0.0.1", port)
+
+
+def _dovecot(protocol: str, tls: bool) -> Factory:
+    def start(host: str, port: int | None) -> AbstractContextManager[servers.Server]:
+        return daemons.start_dovecot(host, port, protocol=protocol, tls=tls)
+    return start
+
+
+# name, launcher, standard port (used on the second address; on the third for the ones
+# whose standard port another service already holds there)
 SERVICES: tuple[tuple[str, Factory, int], ...] = (
     ("sshd", servers.start_sshd, 22),
     ("nginx", servers.start_nginx, 80),
@@ -76,6 +102,22 @@ SERVICES: tuple[tuple[str, Factory, int], ...] = (
     ("mariadb", servers.start_mariadb, 3306),
     ("vsftpd", servers.start_vsftpd, 21),
     ("s_server", _s_server, 4433),
+    # issue 15: every other Debian daemon the Makefile installs that nmap names
+    ("gnutls-serv", _gnutls, 0),
+    ("xrdp", daemons.start_xrdp, 3389),
+    ("mosquitto", daemons.start_mosquitto, 1883),
+    ("rabbitmq", daemons.start_rabbitmq, 5672),
+    ("smbd", _smbd, 445),
+    ("memcached", daemons.start_memcached, 11211),
+    ("lighttpd", daemons.start_lighttpd, 80),
+    ("epmd", daemons.start_epmd, 4369),
+    ("slapd", daemons.start_slapd, 389),
+    ("dovecot-imap", _dovecot("imap", False), 143),
+    ("dovecot-pop3", _dovecot("pop3", False), 110),
+    ("dovecot-imaps", _dovecot("imap", True), 993),
+    ("prosody", daemons.start_prosody, 5222),
+    ("python-http", daemons.start_python_http, 8000),
+    ("tinyproxy", daemons.start_tinyproxy, 8888),
 )
 
 
@@ -230,7 +272,14 @@ def start_all(second_host: str | None) -> Iterator[tuple[dict[tuple[str, int], s
     with contextlib.ExitStack() as stack:
         plans: list[tuple[str, str, int | None]] = [("127.0.0.1", n, None) for n, _, _ in SERVICES]
         if second_host:
-            plans += [(second_host, n, std) for n, _, std in SERVICES]
+            third_host = second_host.rsplit(".", 1)[0] + "." + str(
+                (int(second_host.rsplit(".", 1)[1]) % 250) + 2)
+            taken: set[int] = set()
+            for n, _, std in SERVICES:
+                if not std:
+                    continue
+                plans.append((second_host if std not in taken else third_host, n, std))
+                taken.add(std)
         factories = {n: f for n, f, _ in SERVICES}
         for host, name, port in plans:
             try:

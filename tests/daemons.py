@@ -6,7 +6,8 @@ port accepts (``tests/servers.run_server``), and stops it (process group) on exi
 daemon that cannot run here raises ``ServerUnavailable`` (tests skip, the bench lists it).
 
 Owns: xrdp, mosquitto, rabbitmq-server (with its own epmd), smbd, memcached, lighttpd,
-epmd, slapd, dovecot (IMAP, POP3, IMAPS), prosody, Debian's python3 http.server, snmpd.
+epmd, slapd, dovecot (IMAP, POP3, IMAPS), prosody, Debian's python3 http.server,
+tinyproxy.
 Must not touch: any address outside 127.0.0.0/8; the system's own configuration files.
 """
 
@@ -68,7 +69,9 @@ def start_mosquitto(host: str = "127.0.0.1", port: int | None = None, *,
         tls_lines = ""
         if tls:
             cert, key = servers.make_self_signed_cert(work)
-            os.chmod(key, 0o644)  # mosquitto drops to its own user before reading it
+            # mosquitto drops to its own user before reading them (a throwaway key)
+            for path in (work, cert, key):
+                os.chmod(path, 0o755 if path == work else 0o644)
             tls_lines = f"certfile {cert}\nkeyfile {key}\n"
         config = work / "mosquitto.conf"
         config.write_text(f"listener {port} {host}\n{tls_lines}allow_anonymous true\n"
@@ -304,6 +307,20 @@ def start_python_http(host: str = "127.0.0.1", port: int | None = None) -> Itera
             yield server
 
 
+@contextlib.contextmanager
+def start_tinyproxy(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+    binary = servers.require_binary("tinyproxy", "/usr/bin/tinyproxy")
+    port = _port(host, port)
+    with servers._workdir("tinyproxy") as work:
+        # No upstream is ever contacted: only the proxy's own answers are read.
+        (work / "tinyproxy.conf").write_text(
+            f"Port {port}\nListen {host}\nTimeout 30\nMaxClients 8\nAllow 127.0.0.1\n"
+            f"LogLevel Critical\nPidFile \"{work}/tinyproxy.pid\"\n")
+        with servers.run_server([binary, "-d", "-c", str(work / "tinyproxy.conf")], host,
+                                port, work, name="tinyproxy") as server:
+            yield server
+
+
 __all__ = ["start_dovecot", "start_epmd", "start_lighttpd", "start_memcached",
            "start_mosquitto", "start_prosody", "start_python_http", "start_rabbitmq",
-           "start_slapd", "start_smbd", "start_xrdp"]
+           "start_slapd", "start_smbd", "start_tinyproxy", "start_xrdp"]

@@ -220,7 +220,12 @@ _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I), "Gunicorn", "gunicorn", "gunicorn"),
     # "Jetty(9.4.51.v20230217)": the version is the dotted numbers, not the dot after them
     (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I), "Jetty", "eclipse", "jetty"),
+    (re.compile(r"^tinyproxy(?:/([\d.]+))?", re.I), "tinyproxy", "tinyproxy_project",
+     "tinyproxy"),
+    (re.compile(r"^squid(?:/([\d.]+\w*))?", re.I), "Squid http proxy", "squid-cache", "squid"),
 )
+# Products that are forward proxies: the service is nmap's "http-proxy", not "http".
+_PROXY_PRODUCTS = frozenset({"tinyproxy", "Squid http proxy"})
 
 
 def parse_http_headers(data: bytes) -> tuple[tuple[str, str], ...]:
@@ -269,6 +274,8 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
             rest = server[m.end():].strip(" ()")
             if rest:
                 extra += f"; {rest}"
+            if product in _PROXY_PRODUCTS and not is_tls:
+                service = "http-proxy"
             return ServiceInfo(service=service, product=product, version=version,
                                extra_info=extra, cpe=_cpe(vendor, cpe_name, version),
                                is_tls=is_tls or plain_on_tls,

@@ -23,7 +23,6 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 
 import mmh3
 import pytest
@@ -31,7 +30,7 @@ import pytest
 from probers.service.engine import Endpoint, Settings, identify
 from schemas.records import ServiceInfo
 from stream_processors.stages import NmapFallback
-from tests import loopback, servers
+from tests import daemons, loopback, servers
 from tests.integration.test_jarm_reference import reference_jarm
 
 pytestmark = pytest.mark.slow
@@ -75,33 +74,10 @@ def _nmap_sv(host: str, port: int) -> tuple[str, str, str]:
 # -- xrdp: our probe names the service, nmap's probes name the product ------------------
 
 
-@contextlib.contextmanager
-def start_xrdp(host: str, port: int) -> Iterator[servers.Server]:
-    xrdp = servers.require_binary("xrdp", "/usr/sbin/xrdp")
-    config = Path("/etc/xrdp/xrdp.ini")
-    if not config.exists():
-        raise servers.ServerUnavailable("xrdp is not configured (/etc/xrdp/xrdp.ini)")
-    with servers._workdir("xrdp") as work:
-        lines: list[str] = []
-        for line in config.read_text().splitlines():
-            if line.startswith("port=") and "[" not in line and not lines_has_section(lines):
-                line = f"port=tcp://{host}:{port}"
-            lines.append(line)
-        (work / "xrdp.ini").write_text("\n".join(lines) + "\n")
-        with servers.run_server([xrdp, "--nodaemon", "--config", str(work / "xrdp.ini")],
-                                host, port, work, name="xrdp") as server:
-            yield server
-
-
-def lines_has_section(lines: list[str]) -> bool:
-    """True once a section after [Globals] started (its port= lines are not the listener)."""
-    return any(x.startswith("[") and x.strip() != "[Globals]" for x in lines)
-
-
 def test_xrdp_is_named_by_nmaps_probes_after_our_rdp_probe_names_the_service() -> None:
     host = _own_address(3389)
     try:
-        cm = start_xrdp(host, 3389)
+        cm = daemons.start_xrdp(host, 3389)
         server = cm.__enter__()
     except servers.ServerUnavailable as exc:
         pytest.skip(f"xrdp unavailable: {exc}")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -27,7 +25,7 @@ from probers.service.engine import Endpoint, Settings, identify
 from probers.service.udp_probes import identify_snmp
 from schemas.records import OpenPort, PortState, Proto, ServiceInfo, Target
 from stream_processors.stages import NmapFallback, identify_stage, make_context
-from tests import servers
+from tests import daemons, servers
 
 pytestmark = pytest.mark.slow
 
@@ -79,23 +77,11 @@ def _free_standard(host: str, port: int, kind: int = socket.SOCK_STREAM) -> None
 # -- mosquitto ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def start_mosquitto(host: str, port: int) -> Iterator[servers.Server]:
-    binary = servers.require_binary("mosquitto", "/usr/sbin/mosquitto")
-    with servers._workdir("mosquitto") as work:
-        config = work / "mosquitto.conf"
-        config.write_text(f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
-                          "log_dest stdout\n")
-        with servers.run_server([binary, "-c", str(config)], host, port, work,
-                                name="mosquitto") as server:
-            yield server
-
-
 def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() -> None:
     version = _upstream("mosquitto")
     host = "127.0.0.1"
     _free_standard(host, 1883)
-    with _skip_unavailable(), start_mosquitto(host, 1883):
+    with _skip_unavailable(), daemons.start_mosquitto(host, 1883):
         info = _identify(host, 1883)
         nmap_service = _nmap_sv(host, 1883)[0]
     assert (info.service, info.product, info.version, info.cpe, info.method) == (
@@ -109,58 +95,10 @@ def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() ->
 # -- rabbitmq -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def start_rabbitmq(port: int) -> Iterator[servers.Server]:
-    # The broker itself, run as its user by us (the /usr/sbin wrapper would su into a new
-    # session whose Erlang VM we could not stop by its process group).
-    binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-    if not os.access(binary, os.X_OK) or not servers.is_root():
-        raise servers.ServerUnavailable("rabbitmq-server is not installed (or not root)")
-    try:
-        pwd.getpwnam("rabbitmq")
-    except KeyError as exc:
-        raise servers.ServerUnavailable("no rabbitmq user") from exc
-    with servers._workdir("rabbitmq") as work:
-        (work / "enabled_plugins").write_text("[].\n")
-        (work / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\n")
-        dist_port, epmd_port = servers.free_port(), servers.free_port()
-        env = dict(os.environ, HOME=str(work), RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-                   RABBITMQ_NODE_PORT=str(port), RABBITMQ_DIST_PORT=str(dist_port),
-                   RABBITMQ_NODENAME=f"pw{port}@localhost",
-                   RABBITMQ_MNESIA_BASE=str(work / "mnesia"),
-                   RABBITMQ_LOG_BASE=str(work / "log"),
-                   RABBITMQ_CONFIG_FILE=str(work / "rabbitmq"),
-                   RABBITMQ_ENABLED_PLUGINS_FILE=str(work / "enabled_plugins"),
-                   RABBITMQ_FEATURE_FLAGS_FILE=str(work / "feature_flags"),
-                   RABBITMQ_ADVANCED_CONFIG_FILE=str(work / "advanced.config"),
-                   RABBITMQ_PID_FILE=str(work / "pid"),
-                   ERL_EPMD_ADDRESS="127.0.0.1", ERL_EPMD_PORT=str(epmd_port))
-        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(work)], check=True)
-        # Our own epmd in the foreground (the broker would start a daemon we could not
-        # stop by its id): the broker finds it on ERL_EPMD_PORT.
-        epmd = subprocess.Popen([servers.require_binary("epmd", "/usr/bin/epmd"), "-port",
-                                 str(epmd_port), "-address", "127.0.0.1"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        process = subprocess.Popen([binary], env=env, cwd=work, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True,
-                                   user="rabbitmq", group="rabbitmq")
-        try:
-            deadline = time.monotonic() + 60  # the Erlang VM boots in ~10 s on 2 cores
-            while not servers.port_accepts("127.0.0.1", port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise servers.ServerUnavailable("rabbitmq-server did not start")
-                time.sleep(0.2)
-            yield servers.Server("127.0.0.1", port, process, work, work / "log")
-        finally:
-            servers._stop(process)
-            servers._stop(epmd)
-
-
 def test_rabbitmq_on_a_non_standard_port_is_named_from_connection_start() -> None:
     version = _upstream("rabbitmq-server")
     port = servers.free_port()
-    with _skip_unavailable(), start_rabbitmq(port):
+    with _skip_unavailable(), daemons.start_rabbitmq("127.0.0.1", port):
         info = _identify("127.0.0.1", port)
         nmap = _nmap_sv("127.0.0.1", port)
     assert (info.service, info.product, info.version, info.cpe) == (
@@ -218,33 +156,10 @@ def test_snmpd_is_named_without_a_community_and_described_only_when_allowed() ->
 # -- Samba ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def start_smbd(port: int) -> Iterator[servers.Server]:
-    binary = servers.require_binary("smbd", "/usr/sbin/smbd")
-    with servers._workdir("smbd") as work:
-        dirs = {name: work / name for name in ("pid", "lock", "state", "cache", "private",
-                                                "log")}
-        for path in dirs.values():
-            path.mkdir()
-        (work / "smb.conf").write_text(
-            "[global]\n  workgroup = PWTEST\n  server string = portwatch test\n"
-            f"  smb ports = {port}\n  interfaces = 127.0.0.1\n  bind interfaces only = yes\n"
-            + "".join(f"  {key} directory = {dirs[key]}\n" for key in ("pid", "lock",
-                                                                         "state", "cache"))
-            + f"  private dir = {dirs['private']}\n  ncalrpc dir = {dirs['state']}/ncalrpc\n"
-            f"  log file = {dirs['log']}/log.%m\n  disable netbios = yes\n"
-            "  load printers = no\n  printing = bsd\n  printcap name = /dev/null\n"
-            "  disable spoolss = yes\n")
-        with servers.run_server([binary, "--foreground", "--no-process-group", "-s",
-                                 str(work / "smb.conf")], "127.0.0.1", port, work,
-                                name="smbd") as server:
-            yield server
-
-
 def test_samba_on_445_dialect_from_our_probe_product_from_nmaps() -> None:
     _upstream("samba")
     _free_standard("127.0.0.1", 445)
-    with _skip_unavailable(), start_smbd(445):
+    with _skip_unavailable(), daemons.start_smbd("127.0.0.1", 445):
         info = _identify("127.0.0.1", 445)
         nmap = _nmap_sv("127.0.0.1", 445)
     # Our negotiate named SMB and its dialect; nmap's SMB probes then named Samba

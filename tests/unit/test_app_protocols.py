@@ -213,3 +213,15 @@ def test_no_parser_raises_and_every_field_is_bounded_and_printable(data: bytes) 
             assert len(value) <= 512
         if info.cpe:
             assert info.cpe.startswith("cpe:/a:") and " " not in info.cpe
+
+
+def test_a_forward_proxys_own_answer_names_http_proxy() -> None:
+    # Recorded from Debian 12's tinyproxy 1.11.1 answering GET / (not an absolute URL)
+    from probers.service.banners import parse_http
+
+    answer = (b"HTTP/1.0 400 Bad Request\r\nServer: tinyproxy/1.11.1\r\n"
+              b"Content-Type: text/html\r\nConnection: close\r\n\r\n<html>Bad Request</html>")
+    info = parse_http(answer)
+    assert info is not None
+    assert (info.service, info.product, info.version, info.cpe) == (
+        "http-proxy", "tinyproxy", "1.11.1", "cpe:/a:tinyproxy_project:tinyproxy:1.11.1")
