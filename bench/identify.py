@@ -178,6 +178,10 @@ def service_key(service: str) -> str:
 
 
 def compare(pw: Answer, nm: Answer) -> tuple[bool | None, str]:
+    if nm.method == "table" or nm.service in ("", "unknown", "ssl/unknown"):
+        # nmap's services-table guess from the port number (conf 3) is not an
+        # identification: nmap's probes named nothing there
+        return None, "nmap names nothing (port-table guess at most; not scored)"
     if not nm.product:
         if nm.service and not pw.service:
             return False, "nmap names a service, portwatch says unknown"

@@ -283,7 +283,8 @@ class NmapFallback:
 def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
                  per_host_connections: int = 4, use_nmap_probes: bool = True,
                  tls_enumeration: bool = True, tls_timeout: float = 3.0,
-                 tls_budget: float = 30.0) -> StageContext:
+                 tls_budget: float = 30.0, snmp_public_community: bool = False,
+                 ) -> StageContext:
     """The stage context both transports use, from the narrow options it needs."""
     tls_probe: TlsProbe | None = None
     if tls_enumeration:
@@ -295,7 +296,8 @@ def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
 
         tls_probe = tls_probe_fn
     return StageContext(
-        identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget),
+        identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget,
+                                  snmp_public_community=snmp_public_community),
         per_host_connections=per_host_connections,
         fallback=NmapFallback() if use_nmap_probes else None,
         tls_probe=tls_probe,

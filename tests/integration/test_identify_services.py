@@ -129,8 +129,8 @@ def start_snmpd(port: int) -> Iterator[Path]:
 
 
 def _udp_finding(port: int, *, allow_public: bool) -> ServiceInfo:
-    ctx = make_context(use_nmap_probes=False, tls_enumeration=False)
-    ctx.identify = Settings(snmp_public_community=allow_public)
+    ctx = make_context(use_nmap_probes=False, tls_enumeration=False,
+                       snmp_public_community=allow_public)
     open_port = OpenPort(scan_id="t", target=Target(ip="127.0.0.1", target="127.0.0.1"),
                          port=port, proto=Proto.UDP, state=PortState.OPEN)
     return asyncio.run(identify_stage(open_port, ctx)).service
