@@ -273,6 +273,24 @@ def parse_search_root(body: bytes, *, is_tls: bool = False) -> ServiceInfo | Non
                        is_tls=is_tls, method="http:json-version", confidence=10)
 
 
+def parse_search_refusal(body: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
+    """Elasticsearch with security on (the 8.x default) refuses an anonymous ``GET /``
+    with a ``security_exception``: the product is named, its version is not sent."""
+    doc = _json_body(body)
+    error = doc.get("error") if doc is not None else None
+    causes = error.get("root_cause") if isinstance(error, dict) else None
+    first = causes[0] if isinstance(causes, list) and causes else None
+    if not isinstance(first, dict) or first.get("type") != "security_exception":
+        return None
+    reason = first.get("reason")
+    if not isinstance(reason, str) or "REST request" not in reason:
+        return None
+    return ServiceInfo(service="https" if is_tls else "http", product="Elasticsearch",
+                       extra_info="authentication required",
+                       cpe=_cpe("elastic", "elasticsearch"), is_tls=is_tls,
+                       method="http:json-refusal", confidence=9)
+
+
 def is_kubernetes_status(body: bytes) -> bool:
     """The API server's refusal of an anonymous ``GET /`` (a ``Status`` object): worth
     asking ``/version``, which is readable anonymously by default."""
@@ -456,5 +474,5 @@ def parse_snmp(data: bytes) -> ServiceInfo | None:
 
 __all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "mqtt_packets",
            "mqtt_request", "parse_amqp", "parse_kubernetes_version", "parse_mqtt",
-           "parse_search_root", "parse_smb2_negotiate", "parse_snmp", "smb2_negotiate_request",
-           "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]
+           "parse_search_refusal", "parse_search_root", "parse_smb2_negotiate", "parse_snmp",
+           "smb2_negotiate_request", "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]

@@ -46,6 +46,7 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kubernetes_version,
     parse_mqtt,
+    parse_search_refusal,
     parse_search_root,
     parse_smb2_negotiate,
     smb2_negotiate_request,
@@ -412,14 +413,18 @@ async def probe_kubernetes(ep: Endpoint, s: Settings, port_hint: str) -> Outcome
 
 
 def json_product(outcome: Outcome) -> ServiceInfo | None:
-    """An HTTP answer whose JSON body names the product (Elasticsearch/OpenSearch's ``/``)."""
+    """An HTTP answer whose JSON body names the product (Elasticsearch/OpenSearch's ``/``,
+    or Elasticsearch's refusal of an anonymous request)."""
     if not outcome.data.startswith(b"HTTP/"):
         return None
     response = split_response(outcome.data)
-    if response.status != 200:
-        return None
     is_tls = outcome.is_tls or (outcome.info is not None and outcome.info.is_tls)
-    found = parse_search_root(response.body, is_tls=is_tls)
+    if response.status == 200:
+        found = parse_search_root(response.body, is_tls=is_tls)
+    elif response.status == 401:
+        found = parse_search_refusal(response.body, is_tls=is_tls)
+    else:
+        return None
     if found is None or outcome.info is None:
         return found
     return replace(found, headers=outcome.info.headers)

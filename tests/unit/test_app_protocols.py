@@ -17,6 +17,7 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kubernetes_version,
     parse_mqtt,
+    parse_search_refusal,
     parse_search_root,
     parse_smb2_negotiate,
     parse_snmp,
@@ -156,6 +157,22 @@ def test_elasticsearch_and_opensearch_roots() -> None:
     assert parse_search_root(b'{"version": {"number": "1.0"}}') is None  # not a search node
 
 
+def test_elasticsearch_with_security_on_is_named_without_version() -> None:
+    # Elasticsearch 8's answer to an anonymous GET / (its documented 401 body)
+    refusal = json.dumps({"error": {"root_cause": [{
+        "type": "security_exception",
+        "reason": "missing authentication credentials for REST request [/]",
+        "header": {"WWW-Authenticate": ["Basic realm=\"security\" charset=\"UTF-8\"",
+                                        "ApiKey"]}}],
+        "type": "security_exception",
+        "reason": "missing authentication credentials for REST request [/]"},
+        "status": 401}).encode()
+    info = parse_search_refusal(refusal, is_tls=True)
+    assert _info_tuple(info) == ("https", "Elasticsearch", "", "cpe:/a:elastic:elasticsearch",
+                                 "http:json-refusal")
+    assert parse_search_refusal(K8S_FORBIDDEN) is None
+
+
 def test_kubernetes_status_then_version() -> None:
     assert is_kubernetes_status(K8S_FORBIDDEN)
     assert not is_kubernetes_status(ELASTICSEARCH_ROOT)
@@ -184,7 +201,7 @@ def test_smb2_negotiate_request_layout_and_a_response() -> None:
 # -- hostile bytes ---------------------------------------------------------------------
 
 _PARSERS = (parse_mqtt, parse_amqp, parse_snmp, parse_smb2_negotiate, parse_search_root,
-            parse_kubernetes_version)
+            parse_search_refusal, parse_kubernetes_version)
 
 
 @settings(max_examples=300, deadline=None)
