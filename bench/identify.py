@@ -235,6 +235,9 @@ def run_nmap(endpoints: list[tuple[str, int]]) -> tuple[float, dict[tuple[str, i
     return elapsed, parse_nmap_xml(proc.stdout)
 
 
+_MQTT_SCRIPT_NAME = re.compile(r"^(mosquitto) version (\S+)$", re.I)
+
+
 def parse_nmap_xml(xml: bytes) -> dict[tuple[str, int], Answer]:
     out: dict[tuple[str, int], Answer] = {}
     root = ET.fromstring(xml)
@@ -251,12 +254,18 @@ def parse_nmap_xml(xml: bytes) -> dict[tuple[str, int], Answer]:
             answer = Answer()
             if svc is not None:
                 name = svc.get("name", "")
+                product, version = svc.get("product", ""), svc.get("version", "")
+                broker = _MQTT_SCRIPT_NAME.match(name)
+                if broker and not product:
+                    # nmap's mqtt-subscribe (a version script) writes the broker's
+                    # $SYS/broker/version text into the service name
+                    name, product, version = "mqtt", broker.group(1), broker.group(2)
                 if svc.get("tunnel") == "ssl" and name:
                     name = f"ssl/{name}"
                 answer = Answer(
                     service=name,
-                    product=svc.get("product", ""),
-                    version=svc.get("version", ""),
+                    product=product,
+                    version=version,
                     extra=svc.get("extrainfo", ""),
                     method=svc.get("method", ""),
                     confidence=int(svc.get("conf", "0")),

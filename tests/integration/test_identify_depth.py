@@ -272,3 +272,48 @@ def test_hostile_http_peers_end_within_the_budget_with_bounded_fields(handler: o
         assert value.isascii() and value.isprintable()
         assert len(value) <= 512
     assert info.service == "http"
+
+
+# -- JSON version endpoints (no Elasticsearch or Kubernetes is packaged for this machine) --
+
+ES_ROOT = (b'{"name":"node-1","cluster_name":"docker-cluster","version":{"number":"8.11.1",'
+           b'"build_flavor":"default"},"tagline":"You Know, for Search"}')
+K8S_STATUS = (b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+              b'"message":"forbidden","reason":"Forbidden","details":{},"code":403}')
+K8S_VERSION = (b'{"major":"1","minor":"28","gitVersion":"v1.28.2","gitCommit":"89a4ea3e",'
+               b'"platform":"linux/amd64"}')
+
+
+def _replay(routes: dict[bytes, tuple[int, bytes]], context: object = None) -> loopback.Handler:
+    """FAKE server: replays recorded JSON answers by path (Elasticsearch and the Kubernetes
+    API server cannot be installed here); anything else is 404."""
+    def handle(conn: socket.socket) -> None:
+        if context is not None:
+            conn = context.wrap_socket(conn, server_side=True)  # type: ignore[attr-defined]
+        request = conn.recv(4096)
+        path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+        status, body = routes.get(path, (404, b'{"error":"not found"}'))
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (status, len(body), body))
+    return handle
+
+
+def test_elasticsearch_is_named_from_the_json_of_its_root() -> None:
+    with loopback.listen(_replay({b"/": (200, ES_ROOT)})) as listener:
+        info = _identify("127.0.0.1", listener.port, jarm=False)
+    assert (info.service, info.product, info.version, info.cpe, info.method) == (
+        "http", "Elasticsearch", "8.11.1", "cpe:/a:elastic:elasticsearch:8.11.1",
+        "http:json-version")
+
+
+def test_kubernetes_api_status_answer_leads_to_its_version(tmp_path: object) -> None:
+    from pathlib import Path
+
+    context = loopback.self_signed(Path(str(tmp_path)))
+    routes = {b"/": (403, K8S_STATUS), b"/version": (200, K8S_VERSION)}
+    with loopback.listen(_replay(routes, context)) as listener:
+        info = _identify("127.0.0.1", listener.port, jarm=False)
+    assert (info.service, info.product, info.version, info.cpe) == (
+        "https", "Kubernetes API server", "1.28.2", "cpe:/a:kubernetes:kubernetes:1.28.2")
+    assert info.tried[-1] == "kubernetes-version"
