@@ -287,15 +287,20 @@ K8S_VERSION = (b'{"major":"1","minor":"28","gitVersion":"v1.28.2","gitCommit":"8
 def _replay(routes: dict[bytes, tuple[int, bytes]], context: object = None) -> loopback.Handler:
     """FAKE server: replays recorded JSON answers by path (Elasticsearch and the Kubernetes
     API server cannot be installed here); anything else is 404."""
-    def handle(conn: socket.socket) -> None:
-        if context is not None:
-            conn = context.wrap_socket(conn, server_side=True)  # type: ignore[attr-defined]
+    def answer(conn: socket.socket) -> None:
         request = conn.recv(4096)
         path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
         status, body = routes.get(path, (404, b'{"error":"not found"}'))
         conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                      % (status, len(body), body))
+
+    def handle(conn: socket.socket) -> None:
+        if context is None:
+            answer(conn)
+            return
+        with context.wrap_socket(conn, server_side=True) as tls:  # type: ignore[attr-defined]
+            answer(tls)
     return handle
 
 
