@@ -362,6 +362,68 @@ def parse_smb2_negotiate(data: bytes) -> ServiceInfo | None:
                        f"server GUID {guid}", method="probe:smb2-negotiate", confidence=8)
 
 
+def _smb2_header(command: int, message_id: int) -> bytes:
+    header = (b"\xfeSMB" + struct.pack("<HH", 64, 0) + b"\x00" * 4
+              + struct.pack("<HH", command, 1) + struct.pack("<II", 0, 0)
+              + struct.pack("<Q", message_id) + struct.pack("<II", 0, 0)
+              + struct.pack("<Q", 0) + b"\x00" * 16)
+    return header
+
+
+# NTLMSSP NEGOTIATE ([MS-NLMP] 2.2.1.1): flags UNICODE | OEM | REQUEST_TARGET | NTLM |
+# ALWAYS_SIGN | EXTENDED_SESSIONSECURITY | VERSION | 128 | 56, no domain or workstation.
+_NTLM_NEGOTIATE = (b"NTLMSSP\x00" + struct.pack("<I", 1) + struct.pack("<I", 0xA2088207)
+                   + b"\x00" * 16 + b"\x06\x01\xb1\x1d\x00\x00\x00\x0f")
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    return _ber(tag, content)
+
+
+def smb2_session_setup_request(message_id: int = 1) -> bytes:
+    """SMB2 SESSION_SETUP carrying SPNEGO(NTLMSSP NEGOTIATE): the server's CHALLENGE
+    names it (NetBIOS and DNS names, OS version) before any credential is sent."""
+    mech = _der(0x30, _der(0x06, bytes.fromhex("2b06010401823702020a")))  # NTLMSSP OID
+    init = _der(0x30, _der(0xA0, mech) + _der(0xA2, _der(0x04, _NTLM_NEGOTIATE)))
+    token = _der(0x60, _der(0x06, bytes.fromhex("2b0601050502")) + _der(0xA0, init))
+    body = struct.pack("<HBBIIHHQ", 25, 0, 1, 0, 0, 64 + 24, len(token), 0) + token
+    message = _smb2_header(1, message_id) + body
+    return b"\x00" + len(message).to_bytes(3, "big") + message
+
+
+_AV_NAMES = {1: "NetBIOS name", 2: "NetBIOS domain", 3: "DNS name", 4: "DNS domain",
+             5: "DNS forest"}
+
+
+def parse_ntlm_challenge(data: bytes) -> str:
+    """'NetBIOS name ...; DNS domain ...; OS version 10.0 build 20348' from the NTLMSSP
+    CHALLENGE inside any answer ([MS-NLMP] 2.2.1.2, 2.2.2.1, 2.2.2.10), or ""."""
+    at = data.find(b"NTLMSSP\x00\x02\x00\x00\x00")
+    if at < 0:
+        return ""
+    msg = data[at:]
+    if len(msg) < 56:
+        return ""
+    info_len, info_offset = struct.unpack("<HxxI", msg[40:48])
+    parts: list[str] = []
+    info = msg[info_offset:info_offset + info_len] if info_offset >= 48 else b""
+    pos = 0
+    while pos + 4 <= len(info) and len(parts) < 8:
+        av_id, av_len = struct.unpack("<HH", info[pos:pos + 4])
+        if av_id == 0:
+            break
+        value = info[pos + 4:pos + 4 + av_len]
+        pos += 4 + av_len
+        if av_id in _AV_NAMES and value:
+            parts.append(f"{_AV_NAMES[av_id]} "
+                         f"{_clean(value.decode('utf-16-le', 'replace'), 64)}")
+    flags = int.from_bytes(msg[20:24], "little")
+    if flags & 0x02000000:  # NEGOTIATE_VERSION: 8 bytes after the fixed fields
+        major, minor, build = msg[48], msg[49], int.from_bytes(msg[50:52], "little")
+        parts.append(f"OS version {major}.{minor} build {build}")
+    return "; ".join(parts)
+
+
 # -- SNMP (RFC 3416 PDUs in BER; RFC 3414 engine discovery) -------------------------------
 
 SYS_DESCR_OID = bytes.fromhex("2b06010201010100")  # 1.3.6.1.2.1.1.1.0
@@ -475,4 +537,5 @@ def parse_snmp(data: bytes) -> ServiceInfo | None:
 __all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "mqtt_packets",
            "mqtt_request", "parse_amqp", "parse_kubernetes_version", "parse_mqtt",
            "parse_search_refusal", "parse_search_root", "parse_smb2_negotiate", "parse_snmp",
-           "smb2_negotiate_request", "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]
+           "parse_ntlm_challenge", "smb2_negotiate_request", "smb2_session_setup_request",
+           "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]

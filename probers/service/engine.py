@@ -46,10 +46,12 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kubernetes_version,
     parse_mqtt,
+    parse_ntlm_challenge,
     parse_search_refusal,
     parse_search_root,
     parse_smb2_negotiate,
     smb2_negotiate_request,
+    smb2_session_setup_request,
 )
 from probers.service.banners import (
     parse_banner,
@@ -95,7 +97,7 @@ class ProbeKind(StrEnum):
     # What nmap learns through version scripts (issue 15), one connection each:
     MQTT = "mqtt-sys-version"  # CONNECT + SUBSCRIBE $SYS/broker/version (mqtt-subscribe)
     AMQP = "amqp-connection-start"  # protocol header -> Connection.Start server-properties
-    SMB = "smb2-negotiate"  # SMB2 NEGOTIATE: dialect, signing, server GUID
+    SMB = "smb2-negotiate"  # SMB2 NEGOTIATE (dialect, signing), then the NTLMSSP challenge
     K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
 
 
@@ -398,7 +400,18 @@ async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         await writer.drain()
         data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
                                   is_complete=_is_whole_netbios_message)
-    return Outcome(ProbeKind.SMB, parse_smb2_negotiate(data), data)
+        info = parse_smb2_negotiate(data)
+        if info is not None and info.extra_info.startswith("SMB dialect"):
+            # Same connection: an NTLMSSP NEGOTIATE; the CHALLENGE names the server (no
+            # credential is ever sent; the session is never completed).
+            writer.write(smb2_session_setup_request())
+            await writer.drain()
+            challenge = await read_bounded(reader, timeout=s.probe_timeout, cap=4096,
+                                           idle=0.3, is_complete=_is_whole_netbios_message)
+            names = parse_ntlm_challenge(challenge)
+            if names:
+                info = replace(info, extra_info=f"{info.extra_info}; {names}")
+    return Outcome(ProbeKind.SMB, info, data)
 
 
 def _is_whole_netbios_message(data: bytes) -> bool:

@@ -165,5 +165,7 @@ def test_samba_on_445_dialect_from_our_probe_product_from_nmaps() -> None:
     # Our negotiate named SMB and its dialect; nmap's SMB probes then named Samba
     assert info.tried == ("smb2-negotiate", "nmap-service-probes:microsoft-ds")
     assert "SMB dialect 3." in info.extra_info
+    # and the NTLMSSP challenge on the same connection named the server (no credential)
+    assert f"NetBIOS name {socket.gethostname().split('.')[0].upper()[:15]}" in info.extra_info
     assert (info.service, info.product, info.version) == nmap
     assert info.product == "Samba smbd" and info.cpe.startswith("cpe:/a:samba:samba")

@@ -17,11 +17,13 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kubernetes_version,
     parse_mqtt,
+    parse_ntlm_challenge,
     parse_search_refusal,
     parse_search_root,
     parse_smb2_negotiate,
     parse_snmp,
     smb2_negotiate_request,
+    smb2_session_setup_request,
     snmp_v2c_get_sysdescr,
     snmp_v3_discovery,
 )
@@ -200,8 +202,38 @@ def test_smb2_negotiate_request_layout_and_a_response() -> None:
 
 # -- hostile bytes ---------------------------------------------------------------------
 
+# Recorded from Debian 12's Samba 4.17 (host "vm"): SESSION_SETUP answered with
+# STATUS_MORE_PROCESSING_REQUIRED and SPNEGO(NTLMSSP CHALLENGE).
+SAMBA_CHALLENGE = bytes.fromhex(
+    "000000ccfe534d4240000000160000c0010001000100000000000000010000000000000000000000000000"
+    "009782078700000000000000000000000000000000000000000900000048008400a18181307fa0030a0101"
+    "a10c060a2b06010401823702020aa26a04684e544c4d5353500002000000040004003800000005828aa2c2"
+    "9c90323edd518500000000000000002c002c003c000000060100000000000f56004d000200040056004d00"
+    "0100040056004d00040000000300040076006d0007000800e6079418e681dd0100000000")
+
+
+def test_the_ntlm_challenge_names_the_smb_server() -> None:
+    assert parse_ntlm_challenge(SAMBA_CHALLENGE) == (
+        "NetBIOS domain VM; NetBIOS name VM; DNS name vm; OS version 6.1 build 0")
+    assert parse_ntlm_challenge(b"no challenge here") == ""
+    request = smb2_session_setup_request()
+    assert request[4 + 12:4 + 14] == b"\x01\x00"  # command SESSION_SETUP
+    assert b"NTLMSSP\x00\x01\x00\x00\x00" in request
+
+
 _PARSERS = (parse_mqtt, parse_amqp, parse_snmp, parse_smb2_negotiate, parse_search_root,
             parse_search_refusal, parse_kubernetes_version)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=600),
+                 st.binary(max_size=300).map(lambda b: b"NTLMSSP\x00\x02\x00\x00\x00" + b),
+                 st.integers(0, len(SAMBA_CHALLENGE) - 1).map(
+                     lambda n: SAMBA_CHALLENGE[:n] + bytes([SAMBA_CHALLENGE[n] ^ 0x5A])
+                     + SAMBA_CHALLENGE[n + 1:])))
+def test_ntlm_challenge_parser_never_raises(data: bytes) -> None:
+    text = parse_ntlm_challenge(data)
+    assert text.isascii() and text.isprintable() and len(text) <= 600
 
 
 @settings(max_examples=300, deadline=None)
