@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.records import Finding, OpenPort, Target
+from schemas.records import Finding, OpenPort, PortState, Proto, Target
 from stream_processors.stages import make_context, process
 from tests import daemons, servers, tls_servers
 
@@ -169,6 +169,9 @@ def version_key(version: str) -> str:
 def product_key(product: str, version: str) -> str:
     if product.lower() == "mysql" and "mariadb" in version.lower():
         return "mariadb"
+    if "net-snmp" in product.lower():
+        # nmap joins its two SNMP answers: "SNMPv1 server; net-snmp SNMPv3 server"
+        return "net-snmp"
     return product.strip().lower()
 
 
@@ -220,13 +223,31 @@ async def run_portwatch(endpoints: list[tuple[str, int]]) -> tuple[float, dict[t
     return elapsed, {(f.port.target.ip, f.port.port): portwatch_answer(f) for f in findings}
 
 
-def run_nmap(endpoints: list[tuple[str, int]]) -> tuple[float, dict[tuple[str, int], Answer]]:
+async def run_portwatch_udp(endpoints: list[tuple[str, int]]) -> tuple[
+        float, dict[tuple[str, int], Answer]]:
+    """UDP ports as discovery hands them over (open: the agent answered)."""
+    ctx = make_context(tls_enumeration=False)
+    ports = [OpenPort(scan_id="bench-identify", target=Target(ip=h, target=h), port=p,
+                      proto=Proto.UDP, state=PortState.OPEN) for h, p in endpoints]
+    started = time.perf_counter()
+    findings = await asyncio.wait_for(asyncio.gather(*(process(p, ctx) for p in ports)),
+                                      PORTWATCH_TIMEOUT)
+    elapsed = time.perf_counter() - started
+    return elapsed, {(f.port.target.ip, f.port.port): portwatch_answer(f) for f in findings}
+
+
+def run_nmap(endpoints: list[tuple[str, int]], *, udp: bool = False,
+             ) -> tuple[float, dict[tuple[str, int], Answer]]:
     nmap = shutil.which("nmap")
     if nmap is None:
         raise SystemExit("nmap is not installed")
+    if not endpoints:
+        return 0.0, {}
     hosts = sorted({h for h, _ in endpoints})
     ports = ",".join(str(p) for p in sorted({p for _, p in endpoints}))
     argv = [nmap, "-sV", "-n", "-Pn", "-p", ports, *hosts, "-oX", "-"]
+    if udp:
+        argv.insert(1, "-sU")
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, timeout=NMAP_TIMEOUT, check=False)
     elapsed = time.perf_counter() - started
@@ -307,8 +328,17 @@ def start_all(second_host: str | None) -> Iterator[tuple[dict[tuple[str, int], s
 def bench(runs: int) -> tuple[list[Run], list[str]]:
     second = f"127.0.0.{random.randint(2, 250)}" if servers.is_root() else None
     results: list[Run] = []
-    with start_all(second) as (names, skipped):
+    with start_all(second) as (names, skipped), contextlib.ExitStack() as udp_stack:
         endpoints = sorted(names)
+        # UDP: snmpd on its standard port (portwatch asks SNMP where the port says snmp)
+        udp_names: dict[tuple[str, int], str] = {}
+        if second:
+            try:
+                agent = udp_stack.enter_context(daemons.start_snmpd(second, 161))
+                udp_names[(agent.host, agent.port)] = "snmpd (udp)"
+            except servers.ServerUnavailable as exc:
+                skipped.append(f"snmpd@{second}: {str(exc).splitlines()[0][:120]}")
+        udp_endpoints = sorted(udp_names)
         for index in range(runs):
             if index % 2 == 0:
                 pw_time, pw = asyncio.run(run_portwatch(endpoints))
@@ -316,11 +346,17 @@ def bench(runs: int) -> tuple[list[Run], list[str]]:
             else:
                 nm_time, nm = run_nmap(endpoints)
                 pw_time, pw = asyncio.run(run_portwatch(endpoints))
-            run = Run(pw_time, nm_time)
+            pw_udp_time, pw_udp = asyncio.run(run_portwatch_udp(udp_endpoints))
+            nm_udp_time, nm_udp = run_nmap(udp_endpoints, udp=True)
+            run = Run(pw_time + pw_udp_time, nm_time + nm_udp_time)
             for key in endpoints:
                 p, n = pw.get(key, Answer()), nm.get(key, Answer(service="(not open)"))
                 agrees, why = compare(p, n)
                 run.ports.append(PortResult(names[key], key[0], key[1], p, n, agrees, why))
+            for key in udp_endpoints:
+                p, n = pw_udp.get(key, Answer()), nm_udp.get(key, Answer(service="(not open)"))
+                agrees, why = compare(p, n)
+                run.ports.append(PortResult(udp_names[key], key[0], key[1], p, n, agrees, why))
             results.append(run)
     return results, skipped
 

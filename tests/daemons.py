@@ -7,7 +7,7 @@ daemon that cannot run here raises ``ServerUnavailable`` (tests skip, the bench 
 
 Owns: xrdp, mosquitto, rabbitmq-server (with its own epmd), smbd, memcached, lighttpd,
 epmd, slapd, dovecot (IMAP, POP3, IMAPS), prosody, Debian's python3 http.server,
-tinyproxy.
+tinyproxy, snmpd (UDP).
 Must not touch: any address outside 127.0.0.0/8; the system's own configuration files.
 """
 
@@ -17,6 +17,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -321,6 +322,29 @@ def start_tinyproxy(host: str = "127.0.0.1", port: int | None = None) -> Iterato
             yield server
 
 
+@contextlib.contextmanager
+def start_snmpd(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+    """net-snmp's agent on UDP ``host:port``, read community "public" from loopback."""
+    import asyncio
+
+    from probers.service.udp_probes import identify_snmp
+
+    binary = servers.require_binary("snmpd", "/usr/sbin/snmpd")
+    port = port or servers.free_port(host, socket.SOCK_DGRAM)
+    with servers._workdir("snmpd") as work:
+        (work / "snmpd.conf").write_text("rocommunity public 127.0.0.0/8\n"
+                                         "sysDescr portwatch test agent\n")
+        with servers.run_server(
+                [binary, "-f", "-Lo", "-C", "-c", str(work / "snmpd.conf"), "-p",
+                 str(work / "pid"), f"--persistentDir={work}", f"udp:{host}:{port}"],
+                host, port, work, name="snmpd", ready=False) as server:
+            deadline = time.monotonic() + 10
+            while asyncio.run(identify_snmp(host, port, timeout=0.3)) is None:
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable("snmpd did not answer")
+            yield server
+
+
 __all__ = ["start_dovecot", "start_epmd", "start_lighttpd", "start_memcached",
            "start_mosquitto", "start_prosody", "start_python_http", "start_rabbitmq",
-           "start_slapd", "start_smbd", "start_tinyproxy", "start_xrdp"]
+           "start_slapd", "start_smbd", "start_snmpd", "start_tinyproxy", "start_xrdp"]

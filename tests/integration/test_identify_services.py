@@ -14,15 +14,12 @@ import contextlib
 import shutil
 import socket
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from probers.service.engine import Endpoint, Settings, identify
-from probers.service.udp_probes import identify_snmp
 from schemas.records import OpenPort, PortState, Proto, ServiceInfo, Target
 from stream_processors.stages import NmapFallback, identify_stage, make_context
 from tests import daemons, servers
@@ -111,23 +108,6 @@ def test_rabbitmq_on_a_non_standard_port_is_named_from_connection_start() -> Non
 # -- snmpd --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def start_snmpd(port: int) -> Iterator[Path]:
-    binary = servers.require_binary("snmpd", "/usr/sbin/snmpd")
-    with servers._workdir("snmpd") as work:
-        (work / "snmpd.conf").write_text("rocommunity public 127.0.0.1\n"
-                                         "sysDescr portwatch test agent\n")
-        with servers.run_server(
-                [binary, "-f", "-Lo", "-C", "-c", str(work / "snmpd.conf"), "-p",
-                 str(work / "pid"), f"--persistentDir={work}", f"udp:127.0.0.1:{port}"],
-                "127.0.0.1", port, work, name="snmpd", ready=False):
-            deadline = time.monotonic() + 10
-            while asyncio.run(identify_snmp("127.0.0.1", port, timeout=0.3)) is None:
-                if time.monotonic() > deadline:
-                    raise servers.ServerUnavailable("snmpd did not answer")
-            yield work
-
-
 def _udp_finding(port: int, *, allow_public: bool) -> ServiceInfo:
     ctx = make_context(use_nmap_probes=False, tls_enumeration=False,
                        snmp_public_community=allow_public)
@@ -140,7 +120,7 @@ def test_snmpd_is_named_without_a_community_and_described_only_when_allowed() ->
     _upstream("snmpd")
     port = 161  # the stage asks SNMP where the port says snmp (hint or discovery's reply)
     _free_standard("127.0.0.1", port, socket.SOCK_DGRAM)
-    with _skip_unavailable(), start_snmpd(port):
+    with _skip_unavailable(), daemons.start_snmpd("127.0.0.1", port):
         quiet = _udp_finding(port, allow_public=False)
         allowed = _udp_finding(port, allow_public=True)
     # Engine discovery alone names the implementation, as nmap's SNMPv3 probe does
