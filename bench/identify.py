@@ -41,16 +41,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from schemas.records import Finding, OpenPort, Target
+from schemas.records import Finding, OpenPort, PortState, Proto, Target
 from stream_processors.stages import make_context, process
-from tests import servers
+from tests import daemons, servers, tls_servers
 
 NMAP_TIMEOUT = 300.0
 PORTWATCH_TIMEOUT = 120.0
@@ -66,7 +68,31 @@ def _s_server(host: str, port: int | None) -> AbstractContextManager[servers.Ser
     return servers.start_openssl_s_server(("-www",), host, port)
 
 
-# name, launcher, standard port (used on the second address)
+@contextlib.contextmanager
+def _gnutls(host: str, port: int | None) -> Iterator[servers.Server]:
+    """gnutls-serv binds the wildcard of a free port: only its free-port run is measured
+    (only loopback is ever dialled)."""
+    if port is not None:
+        raise servers.ServerUnavailable("gnutls-serv: free port only (it binds the wildcard)")
+    with tempfile.TemporaryDirectory(prefix="portwatch-gnutls-") as tmp:
+        certs = tls_servers.make_cert(Path(tmp))
+        with tls_servers.gnutls_server(certs, "NORMAL") as bound:
+            yield servers.Server("127.0.0.1", bound, None, Path(tmp), Path(tmp))  # type: ignore[arg-type]
+
+
+def _smbd(host: str, port: int | None) -> AbstractContextManager[servers.Server]:
+    # smbd binds interface addresses only: its standard port goes on 127.0.0.1
+    return daemons.start_smbd("127.0.0.1", port)
+
+
+def _dovecot(protocol: str, tls: bool) -> Factory:
+    def start(host: str, port: int | None) -> AbstractContextManager[servers.Server]:
+        return daemons.start_dovecot(host, port, protocol=protocol, tls=tls)
+    return start
+
+
+# name, launcher, standard port (used on the second address; on the third for the ones
+# whose standard port another service already holds there)
 SERVICES: tuple[tuple[str, Factory, int], ...] = (
     ("sshd", servers.start_sshd, 22),
     ("nginx", servers.start_nginx, 80),
@@ -76,6 +102,22 @@ SERVICES: tuple[tuple[str, Factory, int], ...] = (
     ("mariadb", servers.start_mariadb, 3306),
     ("vsftpd", servers.start_vsftpd, 21),
     ("s_server", _s_server, 4433),
+    # issue 15: every other Debian daemon the Makefile installs that nmap names
+    ("gnutls-serv", _gnutls, 0),
+    ("xrdp", daemons.start_xrdp, 3389),
+    ("mosquitto", daemons.start_mosquitto, 1883),
+    ("rabbitmq", daemons.start_rabbitmq, 5672),
+    ("smbd", _smbd, 445),
+    ("memcached", daemons.start_memcached, 11211),
+    ("lighttpd", daemons.start_lighttpd, 80),
+    ("epmd", daemons.start_epmd, 4369),
+    ("slapd", daemons.start_slapd, 389),
+    ("dovecot-imap", _dovecot("imap", False), 143),
+    ("dovecot-pop3", _dovecot("pop3", False), 110),
+    ("dovecot-imaps", _dovecot("imap", True), 993),
+    ("prosody", daemons.start_prosody, 5222),
+    ("python-http", daemons.start_python_http, 8000),
+    ("tinyproxy", daemons.start_tinyproxy, 8888),
 )
 
 
@@ -127,6 +169,9 @@ def version_key(version: str) -> str:
 def product_key(product: str, version: str) -> str:
     if product.lower() == "mysql" and "mariadb" in version.lower():
         return "mariadb"
+    if "net-snmp" in product.lower():
+        # nmap joins its two SNMP answers: "SNMPv1 server; net-snmp SNMPv3 server"
+        return "net-snmp"
     return product.strip().lower()
 
 
@@ -136,6 +181,10 @@ def service_key(service: str) -> str:
 
 
 def compare(pw: Answer, nm: Answer) -> tuple[bool | None, str]:
+    if nm.method == "table" or nm.service in ("", "unknown", "ssl/unknown"):
+        # nmap's services-table guess from the port number (conf 3) is not an
+        # identification: nmap's probes named nothing there
+        return None, "nmap names nothing (port-table guess at most; not scored)"
     if not nm.product:
         if nm.service and not pw.service:
             return False, "nmap names a service, portwatch says unknown"
@@ -174,19 +223,40 @@ async def run_portwatch(endpoints: list[tuple[str, int]]) -> tuple[float, dict[t
     return elapsed, {(f.port.target.ip, f.port.port): portwatch_answer(f) for f in findings}
 
 
-def run_nmap(endpoints: list[tuple[str, int]]) -> tuple[float, dict[tuple[str, int], Answer]]:
+async def run_portwatch_udp(endpoints: list[tuple[str, int]]) -> tuple[
+        float, dict[tuple[str, int], Answer]]:
+    """UDP ports as discovery hands them over (open: the agent answered)."""
+    ctx = make_context(tls_enumeration=False)
+    ports = [OpenPort(scan_id="bench-identify", target=Target(ip=h, target=h), port=p,
+                      proto=Proto.UDP, state=PortState.OPEN) for h, p in endpoints]
+    started = time.perf_counter()
+    findings = await asyncio.wait_for(asyncio.gather(*(process(p, ctx) for p in ports)),
+                                      PORTWATCH_TIMEOUT)
+    elapsed = time.perf_counter() - started
+    return elapsed, {(f.port.target.ip, f.port.port): portwatch_answer(f) for f in findings}
+
+
+def run_nmap(endpoints: list[tuple[str, int]], *, udp: bool = False,
+             ) -> tuple[float, dict[tuple[str, int], Answer]]:
     nmap = shutil.which("nmap")
     if nmap is None:
         raise SystemExit("nmap is not installed")
+    if not endpoints:
+        return 0.0, {}
     hosts = sorted({h for h, _ in endpoints})
     ports = ",".join(str(p) for p in sorted({p for _, p in endpoints}))
     argv = [nmap, "-sV", "-n", "-Pn", "-p", ports, *hosts, "-oX", "-"]
+    if udp:
+        argv.insert(1, "-sU")
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, timeout=NMAP_TIMEOUT, check=False)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"nmap failed: {proc.stderr.decode(errors='replace')}")
     return elapsed, parse_nmap_xml(proc.stdout)
+
+
+_MQTT_SCRIPT_NAME = re.compile(r"^(mosquitto) version (\S+)$", re.I)
 
 
 def parse_nmap_xml(xml: bytes) -> dict[tuple[str, int], Answer]:
@@ -205,12 +275,18 @@ def parse_nmap_xml(xml: bytes) -> dict[tuple[str, int], Answer]:
             answer = Answer()
             if svc is not None:
                 name = svc.get("name", "")
+                product, version = svc.get("product", ""), svc.get("version", "")
+                broker = _MQTT_SCRIPT_NAME.match(name)
+                if broker and not product:
+                    # nmap's mqtt-subscribe (a version script) writes the broker's
+                    # $SYS/broker/version text into the service name
+                    name, product, version = "mqtt", broker.group(1), broker.group(2)
                 if svc.get("tunnel") == "ssl" and name:
                     name = f"ssl/{name}"
                 answer = Answer(
                     service=name,
-                    product=svc.get("product", ""),
-                    version=svc.get("version", ""),
+                    product=product,
+                    version=version,
                     extra=svc.get("extrainfo", ""),
                     method=svc.get("method", ""),
                     confidence=int(svc.get("conf", "0")),
@@ -230,7 +306,14 @@ def start_all(second_host: str | None) -> Iterator[tuple[dict[tuple[str, int], s
     with contextlib.ExitStack() as stack:
         plans: list[tuple[str, str, int | None]] = [("127.0.0.1", n, None) for n, _, _ in SERVICES]
         if second_host:
-            plans += [(second_host, n, std) for n, _, std in SERVICES]
+            third_host = second_host.rsplit(".", 1)[0] + "." + str(
+                (int(second_host.rsplit(".", 1)[1]) % 250) + 2)
+            taken: set[int] = set()
+            for n, _, std in SERVICES:
+                if not std:
+                    continue
+                plans.append((second_host if std not in taken else third_host, n, std))
+                taken.add(std)
         factories = {n: f for n, f, _ in SERVICES}
         for host, name, port in plans:
             try:
@@ -245,8 +328,17 @@ def start_all(second_host: str | None) -> Iterator[tuple[dict[tuple[str, int], s
 def bench(runs: int) -> tuple[list[Run], list[str]]:
     second = f"127.0.0.{random.randint(2, 250)}" if servers.is_root() else None
     results: list[Run] = []
-    with start_all(second) as (names, skipped):
+    with start_all(second) as (names, skipped), contextlib.ExitStack() as udp_stack:
         endpoints = sorted(names)
+        # UDP: snmpd on its standard port (portwatch asks SNMP where the port says snmp)
+        udp_names: dict[tuple[str, int], str] = {}
+        if second:
+            try:
+                agent = udp_stack.enter_context(daemons.start_snmpd(second, 161))
+                udp_names[(agent.host, agent.port)] = "snmpd (udp)"
+            except servers.ServerUnavailable as exc:
+                skipped.append(f"snmpd@{second}: {str(exc).splitlines()[0][:120]}")
+        udp_endpoints = sorted(udp_names)
         for index in range(runs):
             if index % 2 == 0:
                 pw_time, pw = asyncio.run(run_portwatch(endpoints))
@@ -254,11 +346,17 @@ def bench(runs: int) -> tuple[list[Run], list[str]]:
             else:
                 nm_time, nm = run_nmap(endpoints)
                 pw_time, pw = asyncio.run(run_portwatch(endpoints))
-            run = Run(pw_time, nm_time)
+            pw_udp_time, pw_udp = asyncio.run(run_portwatch_udp(udp_endpoints))
+            nm_udp_time, nm_udp = run_nmap(udp_endpoints, udp=True)
+            run = Run(pw_time + pw_udp_time, nm_time + nm_udp_time)
             for key in endpoints:
                 p, n = pw.get(key, Answer()), nm.get(key, Answer(service="(not open)"))
                 agrees, why = compare(p, n)
                 run.ports.append(PortResult(names[key], key[0], key[1], p, n, agrees, why))
+            for key in udp_endpoints:
+                p, n = pw_udp.get(key, Answer()), nm_udp.get(key, Answer(service="(not open)"))
+                agrees, why = compare(p, n)
+                run.ports.append(PortResult(udp_names[key], key[0], key[1], p, n, agrees, why))
             results.append(run)
     return results, skipped
 

@@ -231,7 +231,8 @@ class Assembly:
                             per_host_connections=s.per_host_connections,
                             use_nmap_probes=s.nmap_probes, nmap_data=s.nmap_data or None,
                             tls_enumeration=s.tls, tls_timeout=s.tls_timeout,
-                            tls_budget=s.tls_budget, tls_trust_store=s.tls_trust_store)
+                            tls_budget=s.tls_budget, tls_trust_store=s.tls_trust_store,
+                            snmp_public_community=s.snmp_public_community)
 
     # -- the embedded transport -----------------------------------------------------------
 

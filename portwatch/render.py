@@ -35,7 +35,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "products": ("product", "version", "services", "instances", "targets", "colors"),
     "ciphers": ("target", "ip", "port", "reached_via", "outcome", "versions", "grade",
                 "profile", "suites", "cert_subject", "cert_not_after", "cert_days_to_expiry",
-                "cert_warnings"),
+                "cert_warnings", "jarm"),
     "changes": ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
                 "after", "organization", "asset"),
 }

@@ -92,6 +92,9 @@ class Settings:
                                  group="identify")
     identify_budget: float = setting(10.0, "seconds per port for all identification probes",
                                      group="identify")
+    snmp_public_community: bool = setting(False, "identify SNMP agents by asking with the "
+                                          "'public' community (a credential guess): off "
+                                          "unless you may", group="identify")
     nmap_probes: bool = setting(True, "use nmap-service-probes from nmap-common when our probes "
                                 "name nothing", group="identify")
     prevalence_prior: bool = setting(True, "prevalence also counts an Internet prior from "

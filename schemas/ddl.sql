@@ -40,7 +40,16 @@ CREATE TABLE IF NOT EXISTS port_observations
     is_cdn_expected  UInt8,
     risk_color       LowCardinality(String),
     risk_reason      String,
-    observed_at      DateTime64(3, 'UTC')
+    observed_at      DateTime64(3, 'UTC'),
+    -- What analysts pivot on (issue 15): HTTP page title, redirect target, Server and
+    -- X-Powered-By headers, favicon hash in Shodan's convention (NULL: no icon fetched;
+    -- 0 is a valid hash), JARM TLS fingerprint ('' = not TLS or not tested).
+    http_title       String,
+    http_redirect    String,
+    http_server      String,
+    http_powered_by  String,
+    favicon_mmh3     Nullable(Int32),
+    jarm             String
 )
 ENGINE = ReplacingMergeTree(observed_at)
 PARTITION BY toYYYYMM(observed_at)
@@ -81,7 +90,13 @@ CREATE TABLE IF NOT EXISTS findings
     cdn_source       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     is_cdn_expected  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), UInt8)),
     risk_color       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
-    risk_reason      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+    risk_reason      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    http_title       SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    http_redirect    SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    http_server      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    http_powered_by  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    favicon_mmh3     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), Nullable(Int32))),
+    jarm             SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (target, ip, proto, port);
@@ -111,7 +126,13 @@ SELECT
     (observed_at, toString(cdn_source)) AS cdn_source,
     (observed_at, is_cdn_expected) AS is_cdn_expected,
     (observed_at, toString(risk_color)) AS risk_color,
-    (observed_at, toString(risk_reason)) AS risk_reason
+    (observed_at, toString(risk_reason)) AS risk_reason,
+    (observed_at, http_title) AS http_title,
+    (observed_at, http_redirect) AS http_redirect,
+    (observed_at, http_server) AS http_server,
+    (observed_at, http_powered_by) AS http_powered_by,
+    (observed_at, favicon_mmh3) AS favicon_mmh3,
+    (observed_at, jarm) AS jarm
 FROM port_observations;
 
 -- The merged current state, one row per (target, ip, proto, port), plain values.
@@ -139,7 +160,13 @@ SELECT
     tupleElement(cdn_source, 2) AS cdn_source,
     tupleElement(is_cdn_expected, 2) AS is_cdn_expected,
     tupleElement(risk_color, 2) AS risk_color,
-    tupleElement(risk_reason, 2) AS risk_reason
+    tupleElement(risk_reason, 2) AS risk_reason,
+    tupleElement(http_title, 2) AS http_title,
+    tupleElement(http_redirect, 2) AS http_redirect,
+    tupleElement(http_server, 2) AS http_server,
+    tupleElement(http_powered_by, 2) AS http_powered_by,
+    tupleElement(favicon_mmh3, 2) AS favicon_mmh3,
+    tupleElement(jarm, 2) AS jarm
 FROM findings FINAL;
 
 -- Distinct instances (addresses) per (proto, port) across every scan ever stored.

@@ -423,6 +423,19 @@ class ServiceInfo(Record):
     confidence: int = 0  # 0-10, nmap's scale: 10 = hard match
     tried: tuple[str, ...] = ()  # probes sent, for "unidentified ports say what was tried"
     headers: tuple[tuple[str, str], ...] = ()  # HTTP response headers (for CDN signatures)
+    # What analysts pivot on (issue 15). All sanitized and capped by the prober.
+    http_title: str = ""  # <title> of the page at / (after same-host redirects)
+    http_redirect: str = ""  # Location of a 3xx answer to GET /, as sent (sanitized)
+    http_server: str = ""  # Server header, verbatim (sanitized)
+    http_powered_by: str = ""  # X-Powered-By header (sanitized)
+    # Shodan's http.favicon.hash: mmh3 (signed 32-bit) of base64.encodebytes(icon); None
+    # when no icon was fetched (0 is a valid hash, so it cannot mean "none").
+    favicon_mmh3: int | None = None
+    jarm: str = ""  # JARM TLS fingerprint (62 hex chars); "" = not a TLS port or not tested
+
+    def __post_init__(self) -> None:
+        if self.favicon_mmh3 is not None:
+            _favicon_hash(self.favicon_mmh3)
 
     @property
     def is_identified(self) -> bool:
@@ -442,7 +455,23 @@ class ServiceInfo(Record):
             confidence=int(data.get("confidence", 0)),
             tried=tuple(str(t) for t in data.get("tried", ())),
             headers=tuple((str(k), str(v)) for k, v in data.get("headers", ())),
+            http_title=str(data.get("http_title", "")),
+            http_redirect=str(data.get("http_redirect", "")),
+            http_server=str(data.get("http_server", "")),
+            http_powered_by=str(data.get("http_powered_by", "")),
+            favicon_mmh3=_favicon_hash(data.get("favicon_mmh3")),
+            jarm=str(data.get("jarm", "")),
         )
+
+
+def _favicon_hash(value: Any) -> int | None:
+    """A signed 32-bit hash or None; anything else is a malformed record."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**31 <= value < 2**31:
+        raise RecordError(f"ServiceInfo: favicon_mmh3 must be a signed 32-bit integer, "
+                          f"not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

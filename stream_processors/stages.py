@@ -64,7 +64,17 @@ class StageContext:
 
 async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
     if port.proto is Proto.UDP:
-        return Finding(port=port, service=_udp_service(port))
+        info = _udp_service(port)
+        if info.service == "snmp" and port.state is PortState.OPEN:
+            from probers.service.engine import better_of
+            from probers.service.udp_probes import identify_snmp
+
+            async with ctx.host_slot(port.target.ip):
+                found = await identify_snmp(
+                    port.target.ip, port.port, timeout=ctx.identify.probe_timeout,
+                    allow_public_community=ctx.identify.snmp_public_community)
+            info = better_of(info, found) or info
+        return Finding(port=port, service=info)
     endpoint = Endpoint(port.target.ip, port.port, port.target.hostname)
     async with ctx.host_slot(port.target.ip):
         info = await identify(endpoint, ctx.identify, ctx.fallback)
@@ -335,8 +345,8 @@ class NmapFallback:
                                 str(exc).splitlines()[0])
             return self._db
 
-    async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes,
-                       remaining: float) -> ServiceInfo | None:
+    async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes | None,
+                       remaining: float, service: str = "") -> ServiceInfo | None:
         db = await self._load()
         if db is None:
             return None
@@ -344,7 +354,9 @@ class NmapFallback:
 
         info: ServiceInfo = await nmap_identify(
             ep.ip, ep.port, "tcp", db, tls=is_tls, budget=remaining,
-            max_rarity=self.max_rarity, first_response=first_data or None)
+            max_rarity=self.max_rarity,
+            # b"": our NULL probe listened and heard nothing; nmap's need not listen again
+            first_response=first_data, only_service=service)
         return info if info.is_identified else None
 
 
@@ -368,12 +380,14 @@ def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
                  per_host_connections: int = 4, use_nmap_probes: bool = True,
                  nmap_data: str | None = None, tls_enumeration: bool = True,
                  tls_timeout: float = 3.0, tls_budget: float = 30.0,
-                 tls_trust_store: str = "") -> StageContext:
+                 tls_trust_store: str = "", snmp_public_community: bool = False,
+                 ) -> StageContext:
     """The stage context both transports use, from the narrow options it needs."""
     tls_probe = (TlsEnumeration(tls_timeout, tls_budget, tls_trust_store) if tls_enumeration
                  else None)
     return StageContext(
-        identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget),
+        identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget,
+                                  snmp_public_community=snmp_public_community),
         per_host_connections=per_host_connections,
         fallback=NmapFallback(nmap_data or None) if use_nmap_probes else None,
         tls_probe=tls_probe,

@@ -34,7 +34,9 @@ from schemas.records import Finding, HostScan, ProbeStatus
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 7  # layout of schemas/ddl.sql; bump with every change there
+PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
+JARM_CAP = 62  # a JARM is 62 hex characters
+SCHEMA_VERSION = 8  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -42,6 +44,7 @@ OBSERVATION_COLUMNS = (
     "confidence", "is_tls", "tls_status", "tls_grade", "tls_via", "cert_not_after",
     "cdn_provider", "cdn_source",
     "is_cdn_expected", "risk_color", "risk_reason", "observed_at",
+    "http_title", "http_redirect", "http_server", "http_powered_by", "favicon_mmh3", "jarm",
 )
 HOST_SCAN_COLUMNS = (
     "scan_id", "shard_id", "target", "hostname", "organization", "asset", "ip", "started_at",
@@ -83,6 +86,9 @@ def observation_row(f: Finding) -> list[Any]:
         text(tls.status), text(tls.grade), text(tls.reached_via), text(leaf_not_after),
         text(cdn.provider), text(cdn.source), flag(cdn.is_expected_port), text(f.risk_color),
         text(f.risk_reason), timestamp(p.observed_at),
+        text(s.http_title, PIVOT_CAP), text(s.http_redirect, PIVOT_CAP),
+        text(s.http_server, PIVOT_CAP), text(s.http_powered_by, PIVOT_CAP),
+        None if s.favicon_mmh3 is None else i32(s.favicon_mmh3), text(s.jarm, JARM_CAP),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from probers.nmapdata.service_probes import cpe_escape
 from schemas.records import ServiceInfo
 
 BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
@@ -54,9 +55,17 @@ def _text(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+def cpe_part(text: str) -> str:
+    """One CPE 2.2 field as nmap writes it: lowercased, and every character outside
+    the unreserved set percent-encoded, so a ``:`` or ``/`` from a banner can never
+    become a field separator (same rule as nmap's templates, probers/nmapdata)."""
+    return cpe_escape(text.encode("utf-8", "replace"))
+
+
 def _cpe(vendor: str, product: str, version: str = "") -> str:
-    cpe = f"cpe:/a:{vendor}:{product}"
-    return f"{cpe}:{version.lower()}" if version else cpe
+    """``cpe:/a:vendor:product[:version]`` for a product our own probes named."""
+    cpe = f"cpe:/a:{cpe_part(vendor)}:{cpe_part(product)}"
+    return f"{cpe}:{cpe_part(version)}" if version else cpe
 
 
 # -- SSH ---------------------------------------------------------------------------------
@@ -131,11 +140,15 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
             return _product_from(text, _SMTP_PRODUCTS, "smtp", "banner:smtp")
         return None
     if text.startswith("+OK"):
-        product = "Dovecot pop3d" if "Dovecot" in text else ""
-        return ServiceInfo(service="pop3", product=product, method="banner:pop3", confidence=8)
+        is_dovecot = "Dovecot" in text
+        return ServiceInfo(service="pop3", product="Dovecot pop3d" if is_dovecot else "",
+                           cpe=_cpe("dovecot", "dovecot") if is_dovecot else "",
+                           method="banner:pop3", confidence=8)
     if text.startswith("* OK"):
-        product = "Dovecot imapd" if "Dovecot" in text else ""
-        return ServiceInfo(service="imap", product=product, method="banner:imap", confidence=8)
+        is_dovecot = "Dovecot" in text
+        return ServiceInfo(service="imap", product="Dovecot imapd" if is_dovecot else "",
+                           cpe=_cpe("dovecot", "dovecot") if is_dovecot else "",
+                           method="banner:imap", confidence=8)
     return None
 
 
@@ -207,7 +220,12 @@ _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I), "Gunicorn", "gunicorn", "gunicorn"),
     # "Jetty(9.4.51.v20230217)": the version is the dotted numbers, not the dot after them
     (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I), "Jetty", "eclipse", "jetty"),
+    (re.compile(r"^tinyproxy(?:/([\d.]+))?", re.I), "tinyproxy", "tinyproxy_project",
+     "tinyproxy"),
+    (re.compile(r"^squid(?:/([\d.]+\w*))?", re.I), "Squid http proxy", "squid-cache", "squid"),
 )
+# Products that are forward proxies: the service is nmap's "http-proxy", not "http".
+_PROXY_PRODUCTS = frozenset({"tinyproxy", "Squid http proxy"})
 
 
 def parse_http_headers(data: bytes) -> tuple[tuple[str, str], ...]:
@@ -256,6 +274,8 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
             rest = server[m.end():].strip(" ()")
             if rest:
                 extra += f"; {rest}"
+            if product in _PROXY_PRODUCTS and not is_tls:
+                service = "http-proxy"
             return ServiceInfo(service=service, product=product, version=version,
                                extra_info=extra, cpe=_cpe(vendor, cpe_name, version),
                                is_tls=is_tls or plain_on_tls,
@@ -370,6 +390,10 @@ def parse_foreign_reply(data: bytes) -> ServiceInfo | None:
     """
     if is_tls_record(data):
         return ServiceInfo(service="ssl", is_tls=True, method="reply:tls-record", confidence=4)
+    if data.startswith(b"AMQP") and len(data) == 8:
+        # An AMQP broker answers a request it cannot read with the protocol header it
+        # speaks, then closes (AMQP 0-9-1, 4.2.2): ask it properly next.
+        return ServiceInfo(service="amqp", method="reply:amqp-header", confidence=6)
     if data.startswith((b"-ERR ", b"-NOAUTH", b"-DENIED", b"-WRONGTYPE")):
         return ServiceInfo(service="redis", product="Redis key-value store",
                            cpe="cpe:/a:redis:redis", method="reply:redis-error", confidence=7)

@@ -1,5 +1,9 @@
 """Service identification engine: portwatch's own probes, one connection each.
 
+Why one file: the probe table, the planner that orders it and the loop that runs it
+share one per-port state (what was heard, what was tried, the budget left); the
+parsers live apart (banners.py, app_protocols.py, http_meta.py).
+
 Owns: the explicit table of probe kinds (``PROBES``), the plan that orders them
 by port hint so the common case costs one round trip, bounded reads, and the
 fold of probe outcomes into one ``ServiceInfo`` that says how it was identified
@@ -38,6 +42,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from probers.service.app_protocols import (
+    AMQP_HEADER,
+    MQTT_DISCONNECT,
+    is_kubernetes_status,
+    mqtt_request,
+    parse_amqp,
+    parse_kubernetes_version,
+    parse_mqtt,
+    parse_ntlm_challenge,
+    parse_search_refusal,
+    parse_search_root,
+    parse_smb2_negotiate,
+    smb2_negotiate_request,
+    smb2_session_setup_request,
+)
 from probers.service.banners import (
     parse_banner,
     parse_foreign_reply,
@@ -48,7 +67,20 @@ from probers.service.banners import (
     parse_redis,
     sanitize,
 )
+from probers.service.http_meta import (
+    BODY_CAP,
+    HEAD_CAP,
+    HttpResponse,
+    favicon_hash,
+    favicon_href,
+    is_icon_response,
+    page_title,
+    redirect_location,
+    same_host_path,
+    split_response,
+)
 from probers.service.nmap_engine import tls_client_context
+from probers.tls.jarm import jarm_fingerprint
 from schemas.records import ServiceInfo
 
 READ_CAP = 16_384  # bytes read from any one answer: endless banners stop here
@@ -66,6 +98,11 @@ class ProbeKind(StrEnum):
     REDIS_INFO = "redis-info"  # INFO server
     POSTGRES_SSL = "postgres-sslrequest"  # SSLRequest; on 'N', a startup packet that dates it
     RDP = "rdp-negotiation"  # X.224 Connection Request with an RDP negotiation request
+    # What nmap learns through version scripts (issue 15), one connection each:
+    MQTT = "mqtt-sys-version"  # CONNECT + SUBSCRIBE $SYS/broker/version (mqtt-subscribe)
+    AMQP = "amqp-connection-start"  # protocol header -> Connection.Start server-properties
+    SMB = "smb2-negotiate"  # SMB2 NEGOTIATE (dialect, signing), then the NTLMSSP challenge
+    K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +117,11 @@ class Settings:
     banner_wait: float = 2.0  # seconds to wait for any answer on an otherwise silent port
     probe_timeout: float = 3.0  # connect + exchange, per probe
     budget: float = 10.0  # per port, all probes together
+    http_meta: bool = True  # HTTP ports: title, redirect, favicon hash (a few more requests)
+    jarm: bool = True  # TLS ports: the JARM fingerprint (ten ClientHellos, one connection each)
+    # SNMP: send the conventional read community "public" (a credential guess, even if a
+    # well-known one) only when the user allows it; engine discovery needs none.
+    snmp_public_community: bool = False
 
 
 # The greeting window: how long a silent port is given to speak first before we do.
@@ -323,6 +365,94 @@ async def probe_rdp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.RDP, parse_rdp_confirm(data), data)
 
 
+async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(mqtt_request())
+        await writer.drain()
+        # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed.
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
+                                  is_complete=_has_mqtt_version)
+        with contextlib.suppress(OSError):
+            writer.write(MQTT_DISCONNECT)
+    return Outcome(ProbeKind.MQTT, parse_mqtt(data), data)
+
+
+def _has_mqtt_version(data: bytes) -> bool:
+    info = parse_mqtt(data)
+    return info is not None and (info.method == "probe:mqtt-sys-version"
+                                 or "refused" in info.extra_info)
+
+
+async def probe_amqp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(AMQP_HEADER)
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=8192, idle=0.3,
+                                  is_complete=_is_whole_amqp_frame)
+    return Outcome(ProbeKind.AMQP, parse_amqp(data), data)
+
+
+def _is_whole_amqp_frame(data: bytes) -> bool:
+    if data.startswith(b"AMQP"):
+        return len(data) >= 8
+    return len(data) >= 8 and len(data) >= 8 + int.from_bytes(data[3:7], "big")
+
+
+async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(smb2_negotiate_request())
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
+                                  is_complete=_is_whole_netbios_message)
+        info = parse_smb2_negotiate(data)
+        if info is not None and info.extra_info.startswith("SMB dialect"):
+            # Same connection: an NTLMSSP NEGOTIATE; the CHALLENGE names the server (no
+            # credential is ever sent; the session is never completed).
+            writer.write(smb2_session_setup_request())
+            await writer.drain()
+            challenge = await read_bounded(reader, timeout=s.probe_timeout, cap=4096,
+                                           idle=0.3, is_complete=_is_whole_netbios_message)
+            names = parse_ntlm_challenge(challenge)
+            if names:
+                info = replace(info, extra_info=f"{info.extra_info}; {names}")
+    return Outcome(ProbeKind.SMB, info, data)
+
+
+def _is_whole_netbios_message(data: bytes) -> bool:
+    return len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[1:4], "big")
+
+
+async def probe_kubernetes(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    data = await fetch_http(ep, "/version", is_tls=True, timeout=s.probe_timeout)
+    response = split_response(data)
+    info = parse_kubernetes_version(response.body) if response.status == 200 else None
+    return Outcome(ProbeKind.K8S_VERSION, info, data, is_tls=bool(data))
+
+
+def json_product(outcome: Outcome) -> ServiceInfo | None:
+    """An HTTP answer whose JSON body names the product (Elasticsearch/OpenSearch's ``/``,
+    or Elasticsearch's refusal of an anonymous request)."""
+    if not outcome.data.startswith(b"HTTP/"):
+        return None
+    response = split_response(outcome.data)
+    is_tls = outcome.is_tls or (outcome.info is not None and outcome.info.is_tls)
+    if response.status == 200:
+        found = parse_search_root(response.body, is_tls=is_tls)
+    elif response.status == 401:
+        found = parse_search_refusal(response.body, is_tls=is_tls)
+    else:
+        return None
+    if found is None or outcome.info is None:
+        return found
+    return replace(found, headers=outcome.info.headers)
+
+
+def wants_kubernetes_version(outcome: Outcome) -> bool:
+    if not outcome.data.startswith(b"HTTP/"):
+        return False
+    return is_kubernetes_status(split_response(outcome.data).body)
+
+
 ProbeImpl = Callable[[Endpoint, Settings, str], Awaitable[Outcome]]
 PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.NULL: probe_null,
@@ -331,18 +461,26 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.REDIS_INFO: probe_redis,
     ProbeKind.POSTGRES_SSL: probe_postgres,
     ProbeKind.RDP: probe_rdp,
+    ProbeKind.MQTT: probe_mqtt,
+    ProbeKind.AMQP: probe_amqp,
+    ProbeKind.SMB: probe_smb,
+    ProbeKind.K8S_VERSION: probe_kubernetes,
 }
 
 # -- plan --------------------------------------------------------------------------------
 
 HTTP_PORTS = frozenset({80, 81, 591, 3000, 5000, 8000, 8008, 8080, 8081, 8088, 8888, 9000})
 TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 2053, 2083, 2087,
+                       6443,
                        2096, 4443, 5061, 6697, 8443, 9443})
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
-                              5432: "postgresql", 3389: "ms-wbt-server"}
+                              5432: "postgresql", 3389: "ms-wbt-server",
+                              1883: "mqtt", 5672: "amqp", 445: "microsoft-ds"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
-                                    "ms-wbt-server": ProbeKind.RDP}
+                                    "ms-wbt-server": ProbeKind.RDP,
+                                    "mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
+                                    "microsoft-ds": ProbeKind.SMB}
 # NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
 # goes first (HTTP ports); the rest follow in order of how often they name a port.
 # Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for
@@ -353,7 +491,12 @@ DEFAULT_ORDER = (ProbeKind.NULL, ProbeKind.TLS, ProbeKind.REDIS_INFO, ProbeKind.
 # probe that speaks it goes next, ahead of the plan.
 FOLLOW_UP: dict[str, ProbeKind] = {"ssl": ProbeKind.TLS, "https": ProbeKind.TLS,
                                    "redis": ProbeKind.REDIS_INFO,
-                                   "postgresql": ProbeKind.POSTGRES_SSL}
+                                   "postgresql": ProbeKind.POSTGRES_SSL,
+                                   "amqp": ProbeKind.AMQP}
+# Services nmap's probes name without a product (on a port no hint knows) that one of
+# ours can name: asked after nmap, as nmap runs its version scripts after its probes.
+AFTER_NMAP: dict[str, ProbeKind] = {"mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
+                                    "microsoft-ds": ProbeKind.SMB}
 STOP_CONFIDENCE = 8
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
@@ -371,8 +514,36 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
-# (endpoint, speaks TLS, what the port already sent, seconds left) -> identification
-Fallback = Callable[[Endpoint, bool, bytes, float], Awaitable[ServiceInfo | None]]
+# (endpoint, speaks TLS, what the port said unasked (None: nobody listened; b"": our NULL
+# probe listened and it stayed silent), seconds left, the service already named or "")
+# -> identification
+Fallback = Callable[[Endpoint, bool, bytes | None, float, str],
+                    Awaitable[ServiceInfo | None]]
+
+
+def needs_product(info: ServiceInfo | None) -> bool:
+    """Our probe named the service but not the implementation: nmap's probes may."""
+    return info is not None and bool(info.service) and not info.product
+
+
+def _nmap_service(service: str) -> str:
+    """Our service name as nmap's match lines spell it ("ssl/imap" -> "imap")."""
+    return service.removeprefix("ssl/")
+
+
+def better_of(ours: ServiceInfo | None, theirs: ServiceInfo | None) -> ServiceInfo | None:
+    """Keep the best identification: a named product beats none; otherwise the more
+    confident. When nmap names the product of a service ours found, our notes stay."""
+    if theirs is None or not theirs.is_identified:
+        return ours
+    if ours is None:
+        return theirs
+    if theirs.product and not ours.product:
+        extra = "; ".join(x for x in (theirs.extra_info, ours.extra_info) if x)
+        return replace(theirs, extra_info=extra[:300], headers=theirs.headers or ours.headers)
+    if ours.product and not theirs.product:
+        return ours
+    return theirs if theirs.confidence > ours.confidence else ours
 
 
 async def identify(ep: Endpoint, settings: Settings | None = None,
@@ -394,7 +565,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     notes: list[str] = []
     best: ServiceInfo | None = None
     first_data = b""
-    greeting = b""  # what the port said unasked: nmap's NULL-probe answer
+    greeting: bytes | None = None  # what the port said unasked: nmap's NULL-probe answer
     is_tls = False
     rtt = 0.0
     best_data = b""  # the answer that gave ``best``: its banner
@@ -403,6 +574,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     # by an answer get the full probe timeout; the rest are guesses and get a few
     # round trips (a service that speaks the probe's protocol answers at once).
     queue: list[tuple[ProbeKind, bool]] = [(ordered[0], False)] + [(k, True) for k in ordered[1:]]
+    sent: set[ProbeKind] = set()
     while queue:
         kind, is_guess = queue.pop(0)
         remaining = deadline - time.monotonic()
@@ -410,6 +582,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             notes.append("budget exhausted")
             break
         tried.append(kind.value)
+        sent.add(kind)
         probe_settings = s
         if is_guess:
             probe_settings = replace(s, probe_timeout=min(
@@ -426,10 +599,13 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if outcome.connect_seconds > 0:
             rtt = max(rtt, outcome.connect_seconds)
         first_data = first_data or outcome.data
-        if kind is ProbeKind.NULL and not outcome.label:
-            greeting = greeting or outcome.data
+        if kind is ProbeKind.NULL and greeting is None:
+            # Unasked bytes, or silence through the greeting window (GET was sent then)
+            greeting = b"" if outcome.label else outcome.data
         is_tls = is_tls or outcome.is_tls
-        info = outcome.info
+        info = json_product(outcome) or outcome.info
+        if ProbeKind.K8S_VERSION not in sent and wants_kubernetes_version(outcome):
+            queue.insert(0, (ProbeKind.K8S_VERSION, False))
         if info is None:
             if kind is ProbeKind.NULL and outcome.label:
                 notes.append(f"{outcome.label}: {'no answer' if not outcome.data else 'no match'}")
@@ -439,23 +615,131 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if info.confidence >= STOP_CONFIDENCE:
             break
         follow = FOLLOW_UP.get(info.service)
-        if follow is not None and any(k is follow for k, _ in queue):
+        # Queued, or (a probe only hinted ports plan) not sent yet: it goes next.
+        if follow is not None and follow not in sent and (
+                any(k is follow for k, _ in queue) or follow not in ordered):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
-    if (best is None or best.confidence < STOP_CONFIDENCE) and fallback is not None:
+    # nmap's probes run when ours named nothing for sure, and also when ours named the
+    # service but not its product (an RDP negotiation answer names no implementation):
+    # then only the probes that can name that service are sent (issue 15).
+    is_unsure = best is None or best.confidence < STOP_CONFIDENCE
+    if (is_unsure or needs_product(best)) and fallback is not None:
         remaining = deadline - time.monotonic()
         if remaining > 0.5:
-            tried.append("nmap-service-probes")
+            known = "" if is_unsure or best is None else _nmap_service(best.service)
+            tried.append(f"nmap-service-probes:{known}" if known else "nmap-service-probes")
             try:
-                extra = await asyncio.wait_for(fallback(ep, is_tls, greeting, remaining),
-                                               remaining)
+                extra = await asyncio.wait_for(
+                    fallback(ep, is_tls, greeting, remaining, known), remaining)
             except (TimeoutError, OSError) as exc:
                 notes.append(f"nmap: {type(exc).__name__}")
                 extra = None
-            if extra is not None and (best is None or extra.confidence > best.confidence):
-                best = extra
+            if extra is not None and best is not None and best.is_tls and not extra.is_tls:
+                extra = replace(extra, is_tls=True)
+            kept = better_of(best, extra)
+            if kept is not best:
+                best, best_data = kept, b""
+    after = AFTER_NMAP.get(best.service) if best is not None and not best.product else None
+    if after is not None and after.value not in tried and deadline - time.monotonic() > 0.2:
+        tried.append(after.value)
+        try:
+            outcome = await asyncio.wait_for(PROBES[after](ep, s, hint),
+                                             deadline - time.monotonic())
+            best = better_of(best, outcome.info)
+        except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
+            notes.append(f"{after.value}: {type(exc).__name__}")
     banner = sanitize(best_data or first_data)
     if best is None:
         return ServiceInfo(is_tls=is_tls, banner=banner, method="unidentified",
                            extra_info="; ".join(notes)[:300], tried=tuple(tried))
-    return replace(best, banner=best.banner or banner, tried=tuple(tried),
-                   is_tls=best.is_tls or is_tls)
+    found = replace(best, banner=best.banner or banner, tried=tuple(tried),
+                    is_tls=best.is_tls or is_tls)
+    if s.http_meta and is_http_service(found.service):
+        found = await _with_http_meta(ep, s, found, best_data, deadline)
+    if s.jarm and found.is_tls:
+        found = await _with_jarm(ep, s, found, deadline)
+    return found
+
+
+# -- what analysts pivot on (issue 15): HTTP title/redirect/favicon, JARM ----------------
+
+MAX_REDIRECTS = 3  # same-host redirects followed to reach the page whose title we keep
+FETCH_CAP = HEAD_CAP + BODY_CAP
+
+
+def is_http_service(service: str) -> bool:
+    """http, https, http-proxy, ssl/http-alt...: every service nmap spells http*."""
+    return service.removeprefix("ssl/").startswith("http")
+
+
+async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -> bytes:
+    """GET ``path`` on one connection; at most ``FETCH_CAP`` bytes within ``timeout``.
+
+    Hostile servers are bounded here: a slow or endless answer stops at the deadline or
+    the cap, and whatever arrived is returned (parsers take it from there).
+    """
+    host = ep.hostname or (f"[{ep.ip}]" if ":" in ep.ip else ep.ip)
+    request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
+               "Accept: */*\r\nConnection: close\r\n\r\n").encode()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout), _connect(
+                ep, timeout, tls_client_context() if is_tls else None,
+                ep.hostname or None) as (reader, writer):
+            writer.write(request)
+            await writer.drain()
+            left = max(0.05, timeout - (time.monotonic() - started))
+            return await read_bounded(reader, timeout=left, cap=FETCH_CAP)
+    except (TimeoutError, OSError, ssl.SSLError, EOFError):
+        return b""
+
+
+async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: bytes,
+                          deadline: float) -> ServiceInfo:
+    """Title (after same-host redirects), redirect target, Server, X-Powered-By and the
+    favicon hash; each extra request is one connection within what is left of the budget."""
+    is_tls = info.is_tls
+
+    async def get(path: str) -> HttpResponse | None:
+        left = deadline - time.monotonic()
+        if left < 0.1:
+            return None
+        return split_response(await fetch_http(ep, path, is_tls=is_tls,
+                                               timeout=min(s.probe_timeout, left)))
+
+    first = split_response(answer) if answer.startswith(b"HTTP/") else None
+    if first is None or first.status == 0:
+        first = await get("/")
+    if first is None or first.status == 0:
+        return info
+    redirect = redirect_location(first)
+    page, page_path = first, "/"
+    for _ in range(MAX_REDIRECTS):
+        location = redirect_location(page)
+        next_path = same_host_path(location, ep.hostname or ep.ip, ep.port, is_tls=is_tls,
+                                   base_path=page_path) if location else None
+        if next_path is None:
+            break
+        followed = await get(next_path)
+        if followed is None or followed.status == 0:
+            break
+        page, page_path = followed, next_path
+    href = favicon_href(page.body)
+    icon_path = (same_host_path(href, ep.hostname or ep.ip, ep.port, is_tls=is_tls,
+                                base_path=page_path) if href else None) or "/favicon.ico"
+    icon = await get(icon_path)
+    favicon = favicon_hash(icon.body) if icon is not None and is_icon_response(icon) else None
+    return replace(info, http_title=page_title(page.body), http_redirect=redirect,
+                   http_server=first.header("server"),
+                   http_powered_by=first.header("x-powered-by"), favicon_mmh3=favicon,
+                   headers=info.headers or first.headers)
+
+
+async def _with_jarm(ep: Endpoint, s: Settings, info: ServiceInfo,
+                     deadline: float) -> ServiceInfo:
+    left = deadline - time.monotonic()
+    if left < 0.2:
+        return info
+    fingerprint = await jarm_fingerprint(ep.ip, ep.port, server_name=ep.hostname or ep.ip,
+                                         timeout=min(s.probe_timeout, left), budget=left)
+    return replace(info, jarm=fingerprint or "")

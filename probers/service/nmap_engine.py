@@ -47,6 +47,11 @@ DEFAULT_WAIT_CAP = 3.0  # seconds, per probe, unless the caller says otherwise
 CONFIDENCE_HARD = 10
 CONFIDENCE_TCPWRAPPED = 8
 CONFIDENCE_SOFT = 5
+# How long a probe (not the NULL probe: greetings may wait on a reverse DNS lookup) waits
+# for its answer: this many connect times, at least ANSWER_FLOOR, at most the probe's own
+# wait. 0 turns the adaptation off (nmap's fixed waits).
+ANSWER_RTTS = 20
+ANSWER_FLOOR = 0.5  # seconds
 
 
 def tls_client_context() -> ssl.SSLContext:
@@ -101,8 +106,14 @@ class _Identifier:
         probe_wait: float | None,
         null_wait: float | None,
         match_budget: float,
+        only_service: str = "",
+        answer_rtts: int = ANSWER_RTTS,
     ) -> None:
         self.ip = ip
+        self.answer_rtts = answer_rtts
+        # Our own probe already named the service but not its product: only the
+        # probes that can name an implementation of that service are worth sending.
+        self.only_service = only_service
         self.port = port
         self.proto = proto.lower()
         self.db = db
@@ -168,6 +179,12 @@ class _Identifier:
             result.error = f"connect failed: {exc.strerror or exc}"
             result.elapsed = self.loop.time() - started
             return result
+        if payload and self.answer_rtts:
+            # A service that speaks the probe's protocol answers within a few round trips;
+            # waiting nmap's totalwaitms on every silent probe is what made a port nmap
+            # names only with its 10th probe cost tens of seconds (slapd on a free port).
+            connected = self.loop.time() - started
+            wait = min(wait, connected + max(ANSWER_FLOOR, self.answer_rtts * connected))
         read_deadline = started + wait
         buf = bytearray()
         rounds = 0
@@ -348,6 +365,12 @@ class _Identifier:
         self, tls: bool, ssl_ctx: ssl.SSLContext | None, label: str
     ) -> ServiceInfo:
         candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity)
+        if self.only_service:
+            # A probe can name the service through its own match lines or through its
+            # fallbacks' (NULL's included): xrdp is named by NULL's lines matching the
+            # answer to RPCCheck, exactly as nmap -sV names it.
+            candidates = [p for p in candidates if any(
+                q.can_detect(self.only_service) for q in self.db.fallback_chain(p))]
         for index, probe in enumerate(candidates):
             soft = self.state.soft
             if soft is not None and not probe.can_detect(soft.service):
@@ -418,6 +441,8 @@ async def nmap_identify(
     null_wait: float | None = None,
     match_budget: float = DEFAULT_MATCH_BUDGET,
     upgrade_tls: bool = True,
+    only_service: str = "",
+    answer_rtts: int = ANSWER_RTTS,
 ) -> ServiceInfo:
     """Identify the service on ``ip:port/proto`` the way ``nmap -sV`` does, within ``budget`` s.
 
@@ -426,7 +451,11 @@ async def nmap_identify(
     ``null_wait``: per-probe and NULL-probe wait caps (default: 30 % of the budget,
     0.5 to 3 s, never more than the probe's ``totalwaitms``). ``upgrade_tls``:
     when plain probes find TLS (service ``ssl``), repeat inside TLS with what is
-    left of the budget, as nmap's SSL tunnel does.
+    left of the budget, as nmap's SSL tunnel does. ``only_service``: the service is
+    already known (our own probe named it without a product): send only the probes
+    that can name that service, as nmap does after a soft match. ``answer_rtts``: a
+    probe's answer is awaited for this many connect times (at least ``ANSWER_FLOOR``,
+    at most its wait cap); 0 waits the full cap as nmap does.
 
     Never raises for network conditions: failures come back in ``method``.
     """
@@ -445,6 +474,8 @@ async def nmap_identify(
         probe_wait=probe_wait,
         null_wait=null_wait,
         match_budget=match_budget,
+        only_service=only_service,
+        answer_rtts=answer_rtts,
     )
     # Every step is bounded; this outer limit only catches the sum of rounding.
     hard_limit = budget + match_budget + 2.0

@@ -2,7 +2,8 @@
 -- be tested says so), how TLS was reached (direct / starttls-smtp / ...; a service
 -- that offers no upgrade says "no STARTTLS offered"), protocol versions, accepted
 -- suites with their grades, the Mozilla profile verdict, and the leaf certificate's
--- facts and posture (trust, name check, days to expiry, weak key / signature).
+-- facts and posture (trust, name check, days to expiry, weak key / signature),
+-- and the port's JARM fingerprint (issue 15).
 WITH
     -- one row per TLS port, kept by a materialized view (ddl.sql tls_latest)
     probes AS (
@@ -40,6 +41,10 @@ WITH
     ),
     owners AS (
         SELECT target, ip, organization, hostname, asset FROM latest_host_scans
+    ),
+    -- The JARM fingerprint identification took on the port (issue 15).
+    fingerprints AS (
+        SELECT target, ip, port, jarm FROM current_findings WHERE proto = 'tcp'
     )
 SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,
@@ -66,6 +71,7 @@ SELECT
     probes.certificate_warnings AS cert_warnings, probes.leaf_sha256 AS cert_sha256,
     probes.profile AS profile, probes.profile_version AS profile_version,
     probes.profile_reasons AS profile_reasons,
+    fingerprints.jarm AS jarm,
     probes.tested_at AS tested_at
 FROM probes
 LEFT JOIN suites ON suites.target = probes.target AND suites.ip = probes.ip
@@ -73,6 +79,8 @@ LEFT JOIN suites ON suites.target = probes.target AND suites.ip = probes.ip
 LEFT JOIN certs ON certs.target = probes.target AND certs.ip = probes.ip
                AND certs.port = probes.port AND certs.scan_id = probes.scan_id
 LEFT JOIN owners ON owners.target = probes.target AND owners.ip = probes.ip
+LEFT JOIN fingerprints ON fingerprints.target = probes.target AND fingerprints.ip = probes.ip
+                      AND fingerprints.port = probes.port
 WHERE ({target:String} = ''
        OR lower(owners.target) = lower({target:String})
        OR lower(owners.hostname) = lower({target:String})

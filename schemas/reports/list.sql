@@ -1,5 +1,6 @@
 -- List report: every open port of every target.
--- Columns: target, address, port/proto, service, product, version, risk colour,
+-- Columns: target, address, port/proto, service, product, version, CPE, HTTP title /
+-- redirect / Server / X-Powered-By, favicon hash (Shodan's), JARM, risk colour,
 -- prevalence bucket (the larger of the estate's count and the Internet prior, with
 -- its source: stream_processors/prevalence_prior.py), CDN verdict, first detected,
 -- last seen; how TLS was reached and the leaf certificate's days left (issue 13).
@@ -53,6 +54,12 @@ SELECT
     f.version AS version,
     f.extra_info AS extra_info,
     f.cpe AS cpe,
+    f.http_title AS http_title,
+    f.http_redirect AS http_redirect,
+    f.http_server AS http_server,
+    f.http_powered_by AS http_powered_by,
+    f.favicon_mmh3 AS favicon_mmh3,
+    f.jarm AS jarm,
     f.risk_color AS risk_color,
     f.risk_reason AS risk_reason,
     prevalence.instances AS instances,

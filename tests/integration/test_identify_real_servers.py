@@ -263,8 +263,11 @@ def test_rdp_negotiation_on_3389() -> None:
         finding = _process(host, 3389)
     info = finding.service
     assert (info.service, info.extra_info) == ("ms-wbt-server", "selected protocol: CredSSP (NLA)")
+    # nmap's probes that can name an RDP implementation were asked too (issue 15); this
+    # recorded Windows answer matches none of their product lines, so ours is kept
     assert (info.method, info.confidence, info.tried) == (
-        "probe:rdp-negotiation", 8, ("rdp-negotiation",))
+        "probe:rdp-negotiation", 8, ("rdp-negotiation", "nmap-service-probes:ms-wbt-server"))
+    assert info.product == ""
     assert finding.risk_color is RiskColor.RED
 
 

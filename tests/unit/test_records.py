@@ -69,6 +69,9 @@ RECORDS: list[Record] = [
              state=PortState.OPEN_FILTERED, engine="udp", observed_at=WHEN, response="\\x00"),
     SERVICE,
     ServiceInfo(),
+    ServiceInfo(service="https", is_tls=True, http_title="Grafana", http_redirect="/login",
+                http_server="nginx/1.22.1", http_powered_by="PHP/8.2", favicon_mmh3=-2**31,
+                jarm="2ad2ad0002ad2ad00042d42d00000069d641f34fe76acdc05c40262f8815e5"),
     SUITE,
     CERT,
     TLS,
@@ -328,3 +331,14 @@ def test_change_event_ids_are_stable_and_distinct() -> None:
     others = [replace(first, scan_id="scan-9"), replace(first, port=23),
               replace(first, kind=ChangeKind.PRODUCT_CHANGED), replace(first, after="9.3")]
     assert len({first.event_id, *(o.event_id for o in others)}) == 5
+
+
+@pytest.mark.parametrize("bad", [2**31, -2**31 - 1, "12", 1.5, True])
+def test_a_favicon_hash_outside_signed_32_bits_is_refused(bad: object) -> None:
+    # Given a wire record whose favicon hash is not a signed 32-bit integer
+    wire = json.dumps({"v": SCHEMA_VERSION, "service": "http", "favicon_mmh3": bad})
+    # Then it is refused by name, on the fast path as on the slow one
+    with pytest.raises(RecordError, match="favicon_mmh3"):
+        ServiceInfo.from_json(wire)
+    with pytest.raises(RecordError, match="favicon_mmh3"):
+        ServiceInfo(favicon_mmh3=bad)  # type: ignore[arg-type]

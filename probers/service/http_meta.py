@@ -1,0 +1,196 @@
+"""What analysts pivot on in an HTTP answer: title, redirect, Server, X-Powered-By, favicon.
+
+Owns: pure, bounded parsers over the bytes an HTTP server sent (status line and headers,
+the body after them, chunked transfer coding, the page ``<title>``, the ``Location`` of a
+redirect and whether it stays on the same host, the ``<link rel=icon>`` of a page) and
+the favicon hash in Shodan's convention. Every input is hostile: sizes are capped before
+any parsing, text is sanitized before it reaches a record, and nothing here raises on
+bad bytes (hypothesis tests in tests/unit/test_http_meta.py).
+
+Must not touch: sockets (probers/service/engine.py fetches), Kafka, storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import mmh3
+
+from probers.service.banners import parse_http_headers, sanitize
+
+HEAD_CAP = 16_384  # bytes of status line + headers looked at; endless headers stop here
+BODY_CAP = 262_144  # bytes of body kept (a favicon above this is not hashed)
+TITLE_CAP = 256  # characters of title kept
+FIELD_CAP = 256  # characters of a header value kept
+TITLE_SCAN = 65_536  # bytes of body searched for <title> / <link rel=icon>
+MAX_CHUNKS = 4_096  # chunks decoded before giving up on a chunked body
+
+_STATUS = re.compile(rb"^HTTP/\d(?:\.\d)? (\d{3})")
+_TITLE = re.compile(rb"<title[^>]{0,200}>(.{0,4096}?)</title", re.I | re.S)
+_LINK = re.compile(rb"<link\b[^>]{0,1000}>", re.I)
+_REL_ICON = re.compile(rb"""\brel\s*=\s*["']?[^"'>]{0,64}\bicon\b""", re.I)
+_HREF = re.compile(rb"""\bhref\s*=\s*(?:"([^"]{0,1024})"|'([^']{0,1024})'|([^\s>]{1,1024}))""",
+                   re.I)
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """One HTTP answer, split and bounded; ``status`` 0 when it is not HTTP."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        return next((v for k, v in self.headers if k == name), "")
+
+
+def _raw_header(head: bytes, name: bytes) -> bytes:
+    """The raw (unsanitized) value of a header, for decoding decisions only."""
+    for line in head.split(b"\n")[1:128]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return b""
+
+
+def dechunk(body: bytes, cap: int = BODY_CAP) -> bytes:
+    """Decode a chunked body (RFC 9112 7.1), keeping what arrived whole; never raises."""
+    out = bytearray()
+    pos = 0
+    for _ in range(MAX_CHUNKS):
+        line_end = body.find(b"\r\n", pos, pos + 64)
+        if line_end < 0:
+            break
+        size_text = body[pos:line_end].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            break
+        if size <= 0:
+            break
+        start = line_end + 2
+        out += body[start:start + size]
+        if len(out) >= cap or start + size > len(body):
+            break
+        pos = start + size + 2
+    return bytes(out[:cap])
+
+
+def split_response(data: bytes) -> HttpResponse:
+    """Status, headers (sanitized) and body (dechunked, capped) of an HTTP answer."""
+    status = _STATUS.match(data[:32])
+    if not status:
+        return HttpResponse(0, (), b"")
+    end = data.find(b"\r\n\r\n", 0, HEAD_CAP)
+    sep = 4
+    if end < 0:
+        end, sep = data.find(b"\n\n", 0, HEAD_CAP), 2
+    if end < 0:  # headers never ended within the cap: no body to trust
+        return HttpResponse(int(status.group(1)), parse_http_headers(data[:HEAD_CAP]), b"")
+    head = data[:end]
+    body = data[end + sep:]
+    if b"chunked" in _raw_header(head, b"transfer-encoding").lower():
+        body = dechunk(body)
+    return HttpResponse(int(status.group(1)), parse_http_headers(head), body[:BODY_CAP])
+
+
+def _clean(text: str, cap: int) -> str:
+    """Entities decoded, whitespace folded, then sanitized like any banner."""
+    folded = _SPACES.sub(" ", html.unescape(text)).strip()
+    return sanitize(folded.encode("utf-8", "replace"), cap)
+
+
+def page_title(body: bytes) -> str:
+    """The first ``<title>`` of a page, decoded (UTF-8, else Latin-1), sanitized, capped."""
+    m = _TITLE.search(body[:TITLE_SCAN])
+    if not m:
+        return ""
+    raw = m.group(1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    # Non-ASCII stays readable as \\xNN escapes of its UTF-8 (sanitize keeps ASCII only).
+    return _clean(text, TITLE_CAP)
+
+
+def redirect_location(response: HttpResponse) -> str:
+    """The ``Location`` of a 3xx answer (sanitized), else ""."""
+    if not 300 <= response.status < 400:
+        return ""
+    return response.header("location")[:FIELD_CAP]
+
+
+def _authority(url: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+        return (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
+
+
+def same_host_path(location: str, host: str, port: int, *, is_tls: bool,
+                   base_path: str = "/") -> str | None:
+    """The path to fetch for ``location`` when it stays on ``host:port``, else None.
+
+    Relative locations stay on the host. Absolute ones must name the same host and the
+    same port (the scheme's default when none is written): a redirect never sends us
+    to another machine or another service.
+    """
+    if not location or any(c in location for c in "\r\n\x00\\"):
+        return None
+    scheme = "https" if is_tls else "http"
+    netloc = f"[{host}]" if ":" in host else host
+    base = f"{scheme}://{netloc}:{port}{base_path if base_path.startswith('/') else '/'}"
+    try:
+        absolute = urljoin(base, location)
+        parts = urlsplit(absolute)
+        target_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or (parts.hostname or "").lower() != host.lower():
+        return None
+    if target_port != port or (parts.scheme == "https") != is_tls:
+        return None
+    path = parts.path or "/"
+    if not path.startswith("/"):
+        return None
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+def favicon_href(body: bytes) -> str:
+    """The href of the first ``<link rel="icon">`` (or "shortcut icon") of a page, raw."""
+    for link in _LINK.finditer(body[:TITLE_SCAN]):
+        tag = link.group(0)
+        if not _REL_ICON.search(tag):
+            continue
+        href = _HREF.search(tag)
+        if href:
+            raw = next(g for g in href.groups() if g is not None)
+            return html.unescape(raw.decode("latin-1")).strip()
+    return ""
+
+
+def favicon_hash(icon: bytes) -> int:
+    """Shodan's ``http.favicon.hash``: MurmurHash3 (x86, 32-bit, seed 0, signed) of the
+    icon's base64 with a newline every 76 characters and at the end, as
+    ``base64.encodebytes`` writes it."""
+    return int(mmh3.hash(base64.encodebytes(icon)))
+
+
+def is_icon_response(response: HttpResponse) -> bool:
+    """An answer worth hashing: 200 with a body that is not an HTML error page."""
+    if response.status != 200 or not response.body:
+        return False
+    kind = response.header("content-type").lower()
+    return not kind.startswith("text/html")
+
+
+__all__ = ["HttpResponse", "dechunk", "favicon_hash", "favicon_href", "is_icon_response",
+           "page_title", "redirect_location", "same_host_path", "split_response"]

@@ -1,0 +1,324 @@
+"""Identification depth (issue 15) against real servers on loopback.
+
+- the continuation rule: our RDP probe names ``ms-wbt-server`` without a product; nmap's
+  probes that can name it then name xrdp (a real xrdp), as ``nmap -sV`` does;
+- HTTP pivots from a real nginx: title after a same-host redirect, the redirect target,
+  Server, the favicon hash (Shodan's convention, computed here from the file served);
+  X-Powered-By from a real stdlib HTTP server; JARM on nginx's TLS port equal to the
+  independent reference of tests/integration/test_jarm_reference.py;
+- bounds: a redirect to another loopback host is never followed (a listener there sees
+  no connection); endless headers, binary junk and a trickling (slowloris) server end
+  within the identification budget with bounded fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import mmh3
+import pytest
+
+from probers.service.engine import Endpoint, Settings, identify
+from schemas.records import ServiceInfo
+from stream_processors.stages import NmapFallback
+from tests import daemons, loopback, servers
+from tests.integration.test_jarm_reference import reference_jarm
+
+pytestmark = pytest.mark.slow
+
+# A tiny PNG-ish icon: its bytes are what matter to the hash, not that it renders.
+ICON = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2
+
+
+def _own_address(port: int) -> str:
+    if port < 1024 and not servers.is_root():
+        pytest.skip(f"binding port {port} needs root")
+    for _ in range(50):
+        host = f"127.0.0.{random.randint(2, 250)}"
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return host
+    pytest.skip(f"no loopback address with port {port} free")
+
+
+def _identify(host: str, port: int, *, fallback: bool = False, budget: float = 10.0,
+              **options: object) -> ServiceInfo:
+    settings = Settings(budget=budget, **options)  # type: ignore[arg-type]
+    return asyncio.run(identify(Endpoint(host, port), settings,
+                                NmapFallback() if fallback else None))
+
+
+def _nmap_sv(host: str, port: int) -> tuple[str, str, str]:
+    nmap = shutil.which("nmap")
+    if nmap is None:
+        pytest.skip("nmap is not installed")
+    proc = subprocess.run([nmap, "-sV", "-n", "-Pn", "-p", str(port), host, "-oX", "-"],
+                          capture_output=True, timeout=120, check=True)
+    service = ET.fromstring(proc.stdout).find(".//port/service")
+    assert service is not None
+    return service.get("name", ""), service.get("product", ""), service.get("version", "")
+
+
+# -- xrdp: our probe names the service, nmap's probes name the product ------------------
+
+
+def test_xrdp_is_named_by_nmaps_probes_after_our_rdp_probe_names_the_service() -> None:
+    host = _own_address(3389)
+    try:
+        cm = daemons.start_xrdp(host, 3389)
+        server = cm.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(f"xrdp unavailable: {exc}")
+    try:
+        info = _identify(host, 3389, fallback=True)
+        nmap_service, nmap_product, _ = _nmap_sv(host, 3389)
+    finally:
+        cm.__exit__(None, None, None)
+    assert server.port == 3389
+    # Then our RDP probe ran first, and nmap's probes were asked for the product only
+    assert info.tried[0] == "rdp-negotiation"
+    assert info.tried[-1] == "nmap-service-probes:ms-wbt-server"
+    assert (info.service, info.product, info.cpe) == (
+        "ms-wbt-server", "xrdp", "cpe:/a:jay_sorg:xrdp")
+    # And our own finding stays in the notes
+    assert "selected protocol" in info.extra_info
+    # The same product nmap -sV names
+    assert (nmap_service, nmap_product) == ("ms-wbt-server", "xrdp")
+
+
+# -- nginx: title, redirect, Server, favicon, JARM --------------------------------------
+
+
+@contextlib.contextmanager
+def start_site(host: str = "127.0.0.1", *, tls: bool = False,
+               other_host: str = "") -> Iterator[servers.Server]:
+    """nginx serving: / -> 302 /app/, /app/ a titled page linking /static/icon.png;
+    /away -> 302 to ``other_host`` (another loopback address)."""
+    nginx = servers.require_binary("nginx", "/usr/sbin/nginx")
+    port = servers.free_port(host)
+    with servers._workdir("site") as work:
+        (work / "logs").mkdir()
+        (work / "html" / "app").mkdir(parents=True)
+        (work / "html" / "static").mkdir()
+        (work / "html" / "app" / "index.html").write_text(
+            "<html><head><title>  portwatch\n test &amp; app </title>"
+            '<link rel="icon" href="/static/icon.png"></head><body>hi</body></html>\n')
+        (work / "html" / "static" / "icon.png").write_bytes(ICON)
+        listen = f"{host}:{port}"
+        tls_lines = ""
+        if tls:
+            cert, key = servers.make_self_signed_cert(work)
+            listen += " ssl"
+            tls_lines = f"ssl_certificate {cert};\n        ssl_certificate_key {key};"
+        user = "user root;\n" if servers.is_root() else ""
+        away = f"return 302 http://{other_host}:{port}/;" if other_host else "return 404;"
+        (work / "nginx.conf").write_text(f"""{user}daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    types {{ image/png png; text/html html; }}
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen {listen};
+        {tls_lines}
+        root {work}/html;
+        location = / {{ {"return 302 /app/;" if not other_host else away} }}
+    }}
+}}
+""")
+        argv = [nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
+                "-e", str(work / "logs" / "error.log")]
+        with servers.run_server(argv, host, port, work, name="nginx") as server:
+            yield server
+
+
+def _shodan_hash(icon: bytes) -> int:
+    encoded = base64.b64encode(icon).decode()
+    wrapped = "".join(encoded[i:i + 76] + "\n" for i in range(0, len(encoded), 76))
+    return int(mmh3.hash(wrapped.encode(), 0, signed=True))
+
+
+def _nginx_version() -> str:
+    for package in ("nginx-light", "nginx-core", "nginx"):
+        found = servers.debian_version(package)
+        if found:
+            return servers.upstream_version(found)
+    pytest.skip("nginx is not installed")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_nginx_title_redirect_server_and_favicon(tls: bool) -> None:
+    version = _nginx_version()
+    try:
+        cm = start_site(tls=tls)
+        server = cm.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(f"nginx unavailable: {exc}")
+    try:
+        info = _identify(server.host, server.port)
+        reference = reference_jarm(server.port) if tls else ""
+    finally:
+        cm.__exit__(None, None, None)
+    # Then the redirect target is kept as sent (nginx makes it absolute: same host and
+    # port, so it is followed), and the title is the page it leads to
+    scheme = "https" if tls else "http"
+    assert info.http_redirect == (
+        f"{scheme}://{server.host}:{server.port}/app/")
+    assert info.http_title == "portwatch test & app"
+    assert info.http_server == f"nginx/{version}"
+    assert info.http_powered_by == ""
+    # The favicon the page links, hashed as Shodan does
+    assert info.favicon_mmh3 == _shodan_hash(ICON)
+    # Our own probes' CPE for the product, escaped as nmap writes it
+    assert info.cpe == f"cpe:/a:f5:nginx:{version}"
+    if tls:
+        assert info.is_tls and info.service == "https"
+        assert info.jarm == reference and len(reference) == 62
+        assert reference != "0" * 62
+    else:
+        assert info.jarm == ""
+
+
+def test_x_powered_by_and_the_default_favicon_path() -> None:
+    # Given a real stdlib HTTP server that says who powers it and serves any path
+    handler = loopback.http_handler("Werkzeug/3.0.1 Python/3.11.2",
+                                    {"X-Powered-By": "Express"})
+    with loopback.listen(handler) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    assert info.http_server == "Werkzeug/3.0.1 Python/3.11.2"
+    assert info.http_powered_by == "Express"
+    assert info.http_title == ""
+    # /favicon.ico answered text/html: not an icon, so no hash (None, never 0)
+    assert info.favicon_mmh3 is None
+
+
+def test_a_redirect_to_another_host_is_recorded_but_never_followed() -> None:
+    other = f"127.0.0.{random.randint(2, 250)}"  # another loopback host
+    hits: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        hits.append(conn.recv(1024))
+
+    try:
+        cm = start_site(other_host=other)
+        server = cm.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(f"nginx unavailable: {exc}")
+    try:
+        with loopback.listen(record, (other,), server.port):
+            info = _identify(server.host, server.port)
+    finally:
+        cm.__exit__(None, None, None)
+    assert info.http_redirect == f"http://{other}:{server.port}/"
+    assert hits == []
+
+
+# -- hostile peers -----------------------------------------------------------------------
+
+
+def _trickle(conn: socket.socket) -> None:
+    """Slowloris in reverse: a status line, then one header byte every 0.2 s for 30 s."""
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx\r\nX-Slow: ")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn.sendall(b"a")
+        time.sleep(0.2)
+
+
+def _endless_headers(conn: socket.socket) -> None:
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx\r\n")
+    deadline = time.monotonic() + 30
+    with contextlib.suppress(OSError):
+        while time.monotonic() < deadline:
+            conn.sendall(b"X-Junk: " + b"\xff\x00<title>" * 64 + b"\r\n")
+
+
+def _binary_junk(conn: socket.socket) -> None:
+    conn.recv(1024)
+    rng = random.Random(15)
+    conn.sendall(b"HTTP/1.1 302 \xff\xfe\r\nLocation: \x00\x1b[31m/\xff\r\nServer: \x1b]0;x\x07"
+                 b"\r\n\r\n<title>\x1b[2J" + bytes(rng.randrange(256) for _ in range(5000)))
+
+
+@pytest.mark.parametrize("handler", [_trickle, _endless_headers, _binary_junk],
+                         ids=["trickle", "endless-headers", "binary-junk"])
+def test_hostile_http_peers_end_within_the_budget_with_bounded_fields(handler: object) -> None:
+    with loopback.listen(handler) as listener:  # type: ignore[arg-type]
+        info = _identify("127.0.0.1", listener.port, budget=6.0, jarm=False)
+    # Then identification finished (the budget bounds it) and every field is printable
+    for value in (info.http_title, info.http_redirect, info.http_server,
+                  info.http_powered_by, info.banner):
+        assert value.isascii() and value.isprintable()
+        assert len(value) <= 512
+    assert info.service == "http"
+
+
+# -- JSON version endpoints (no Elasticsearch or Kubernetes is packaged for this machine) --
+
+ES_ROOT = (b'{"name":"node-1","cluster_name":"docker-cluster","version":{"number":"8.11.1",'
+           b'"build_flavor":"default"},"tagline":"You Know, for Search"}')
+K8S_STATUS = (b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+              b'"message":"forbidden","reason":"Forbidden","details":{},"code":403}')
+K8S_VERSION = (b'{"major":"1","minor":"28","gitVersion":"v1.28.2","gitCommit":"89a4ea3e",'
+               b'"platform":"linux/amd64"}')
+
+
+def _replay(routes: dict[bytes, tuple[int, bytes]], context: object = None) -> loopback.Handler:
+    """FAKE server: replays recorded JSON answers by path (Elasticsearch and the Kubernetes
+    API server cannot be installed here); anything else is 404."""
+    def answer(conn: socket.socket) -> None:
+        request = conn.recv(4096)
+        path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+        status, body = routes.get(path, (404, b'{"error":"not found"}'))
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                     % (status, len(body), body))
+
+    def handle(conn: socket.socket) -> None:
+        if context is None:
+            answer(conn)
+            return
+        with context.wrap_socket(conn, server_side=True) as tls:  # type: ignore[attr-defined]
+            answer(tls)
+    return handle
+
+
+def test_elasticsearch_is_named_from_the_json_of_its_root() -> None:
+    with loopback.listen(_replay({b"/": (200, ES_ROOT)})) as listener:
+        info = _identify("127.0.0.1", listener.port, jarm=False)
+    assert (info.service, info.product, info.version, info.cpe, info.method) == (
+        "http", "Elasticsearch", "8.11.1", "cpe:/a:elastic:elasticsearch:8.11.1",
+        "http:json-version")
+
+
+def test_kubernetes_api_status_answer_leads_to_its_version(tmp_path: object) -> None:
+    from pathlib import Path
+
+    context = loopback.self_signed(Path(str(tmp_path)))
+    routes = {b"/": (403, K8S_STATUS), b"/version": (200, K8S_VERSION)}
+    with loopback.listen(_replay(routes, context)) as listener:
+        info = _identify("127.0.0.1", listener.port, jarm=False)
+    assert (info.service, info.product, info.version, info.cpe) == (
+        "https", "Kubernetes API server", "1.28.2", "cpe:/a:kubernetes:kubernetes:1.28.2")
+    assert info.tried[-1] == "kubernetes-version"

@@ -1,0 +1,151 @@
+"""Own probes for what nmap names through version scripts, against Debian's real daemons.
+
+mosquitto (MQTT, its version topic), rabbitmq-server (AMQP Connection.Start, on a port no
+hint knows: the AMQP header it answers GET with leads to the AMQP probe), snmpd (UDP:
+engine discovery without a community; sysDescr with "public" only when allowed), and
+Samba's smbd (our SMB2 negotiate names the dialect, nmap's probes then name Samba). Each
+result is compared with what ``nmap -sV`` names in the same test where nmap names it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from probers.service.engine import Endpoint, Settings, identify
+from schemas.records import OpenPort, PortState, Proto, ServiceInfo, Target
+from stream_processors.stages import NmapFallback, identify_stage, make_context
+from tests import daemons, servers
+
+pytestmark = pytest.mark.slow
+
+
+def _identify(host: str, port: int, budget: float = 10.0) -> ServiceInfo:
+    return asyncio.run(identify(Endpoint(host, port), Settings(budget=budget),
+                                NmapFallback()))
+
+
+def _nmap_sv(host: str, port: int, *, udp: bool = False) -> tuple[str, str, str]:
+    nmap = shutil.which("nmap")
+    if nmap is None:
+        pytest.skip("nmap is not installed")
+    argv = [nmap, "-sV", "-n", "-Pn", "-p", str(port), host, "-oX", "-"]
+    if udp:
+        argv.insert(1, "-sU")
+    proc = subprocess.run(argv, capture_output=True, timeout=180, check=True)
+    service = ET.fromstring(proc.stdout).find(".//port/service")
+    if service is None:
+        return "", "", ""
+    return service.get("name", ""), service.get("product", ""), service.get("version", "")
+
+
+def _upstream(package: str) -> str:
+    found = servers.debian_version(package)
+    if not found:
+        pytest.skip(f"{package} is not installed")
+    return servers.upstream_version(found)
+
+
+@contextlib.contextmanager
+def _skip_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except servers.ServerUnavailable as exc:
+        pytest.skip(f"server unavailable: {exc}")
+
+
+def _free_standard(host: str, port: int, kind: int = socket.SOCK_STREAM) -> None:
+    if port < 1024 and not servers.is_root():
+        pytest.skip(f"binding port {port} needs root")
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            pytest.skip(f"{host}:{port} is taken")
+
+
+# -- mosquitto ----------------------------------------------------------------------------
+
+
+def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() -> None:
+    version = _upstream("mosquitto")
+    host = "127.0.0.1"
+    _free_standard(host, 1883)
+    with _skip_unavailable(), daemons.start_mosquitto(host, 1883):
+        info = _identify(host, 1883)
+        nmap_service = _nmap_sv(host, 1883)[0]
+    assert (info.service, info.product, info.version, info.cpe, info.method) == (
+        "mqtt", "Mosquitto", version, f"cpe:/a:eclipse:mosquitto:{version}",
+        "probe:mqtt-sys-version")
+    assert info.tried == ("mqtt-sys-version",)  # one connection, one round trip
+    # nmap's mqtt-subscribe puts the topic's text in the service name
+    assert nmap_service == f"mosquitto version {version}"
+
+
+# -- rabbitmq -----------------------------------------------------------------------------
+
+
+def test_rabbitmq_on_a_non_standard_port_is_named_from_connection_start() -> None:
+    version = _upstream("rabbitmq-server")
+    port = servers.free_port()
+    with _skip_unavailable(), daemons.start_rabbitmq("127.0.0.1", port):
+        info = _identify("127.0.0.1", port)
+        nmap = _nmap_sv("127.0.0.1", port)
+    assert (info.service, info.product, info.version, info.cpe) == (
+        "amqp", "RabbitMQ", version, f"cpe:/a:vmware:rabbitmq:{version}")
+    # GET / was answered with the AMQP header: the AMQP probe followed
+    assert info.tried == ("null+http-get", "amqp-connection-start")
+    assert nmap == ("amqp", "RabbitMQ", version)
+
+
+# -- snmpd --------------------------------------------------------------------------------
+
+
+def _udp_finding(port: int, *, allow_public: bool) -> ServiceInfo:
+    ctx = make_context(use_nmap_probes=False, tls_enumeration=False,
+                       snmp_public_community=allow_public)
+    open_port = OpenPort(scan_id="t", target=Target(ip="127.0.0.1", target="127.0.0.1"),
+                         port=port, proto=Proto.UDP, state=PortState.OPEN)
+    return asyncio.run(identify_stage(open_port, ctx)).service
+
+
+def test_snmpd_is_named_without_a_community_and_described_only_when_allowed() -> None:
+    _upstream("snmpd")
+    port = 161  # the stage asks SNMP where the port says snmp (hint or discovery's reply)
+    _free_standard("127.0.0.1", port, socket.SOCK_DGRAM)
+    with _skip_unavailable(), daemons.start_snmpd("127.0.0.1", port):
+        quiet = _udp_finding(port, allow_public=False)
+        allowed = _udp_finding(port, allow_public=True)
+    # Engine discovery alone names the implementation, as nmap's SNMPv3 probe does
+    assert (quiet.service, quiet.product, quiet.cpe, quiet.method) == (
+        "snmp", "net-snmp", "cpe:/a:net-snmp:net-snmp", "probe:snmp-v3")
+    assert "sysDescr" not in quiet.extra_info
+    # With the user's leave, the read community "public" adds sysDescr
+    assert allowed.product == "net-snmp"
+    assert "sysDescr: portwatch test agent" in allowed.extra_info
+    assert 'read community "public" accepted' in allowed.extra_info
+
+
+# -- Samba ----------------------------------------------------------------------------------
+
+
+def test_samba_on_445_dialect_from_our_probe_product_from_nmaps() -> None:
+    _upstream("samba")
+    _free_standard("127.0.0.1", 445)
+    with _skip_unavailable(), daemons.start_smbd("127.0.0.1", 445):
+        info = _identify("127.0.0.1", 445)
+        nmap = _nmap_sv("127.0.0.1", 445)
+    # Our negotiate named SMB and its dialect; nmap's SMB probes then named Samba
+    assert info.tried == ("smb2-negotiate", "nmap-service-probes:microsoft-ds")
+    assert "SMB dialect 3." in info.extra_info
+    # and the NTLMSSP challenge on the same connection named the server (no credential)
+    assert f"NetBIOS name {socket.gethostname().split('.')[0].upper()[:15]}" in info.extra_info
+    assert (info.service, info.product, info.version) == nmap
+    assert info.product == "Samba smbd" and info.cpe.startswith("cpe:/a:samba:samba")

@@ -1,0 +1,276 @@
+"""Parsers of what brokers, SMB, SNMP and JSON version endpoints answer: recorded samples,
+and hostile bytes (hypothesis): any input gives None or a bounded identification."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probers.service.app_protocols import (
+    AMQP_HEADER,
+    is_kubernetes_status,
+    mqtt_packets,
+    mqtt_request,
+    parse_amqp,
+    parse_kubernetes_version,
+    parse_mqtt,
+    parse_ntlm_challenge,
+    parse_search_refusal,
+    parse_search_root,
+    parse_smb2_negotiate,
+    parse_snmp,
+    smb2_negotiate_request,
+    smb2_session_setup_request,
+    snmp_v2c_get_sysdescr,
+    snmp_v3_discovery,
+)
+from probers.service.banners import parse_foreign_reply
+
+# Recorded from Debian 12's mosquitto 2.0.11 (allow_anonymous true): CONNACK, SUBACK,
+# then the retained PUBLISH of $SYS/broker/version.
+MOSQUITTO = bytes.fromhex(
+    "200200009003000100312d0013245359532f62726f6b65722f76657273696f6e6d6f7371756974746f20"
+    "76657273696f6e20322e302e3131")
+# Recorded from Debian 12's rabbitmq-server 3.10.8: Connection.Start.
+RABBITMQ = bytes.fromhex(
+    "010000000001f0000a000a0009000001cb0c6361706162696c697469657346000000c7127075626c6973"
+    "6865725f636f6e6669726d7374011a65786368616e67655f65786368616e67655f62696e64696e677374"
+    "010a62617369632e6e61636b740116636f6e73756d65725f63616e63656c5f6e6f74696679740112636f"
+    "6e6e656374696f6e2e626c6f636b6564740113636f6e73756d65725f7072696f72697469657374011c61"
+    "757468656e7469636174696f6e5f6661696c7572655f636c6f73657401107065725f636f6e73756d6572"
+    "5f716f7374010f6469726563745f7265706c795f746f74010c636c75737465725f6e616d655300000009"
+    "70777465737440766d09636f707972696768745300000037436f70797269676874202863292032303037"
+    "2d3230323220564d776172652c20496e632e206f722069747320616666696c69617465732e0b696e666f"
+    "726d6174696f6e53000000394c6963656e73656420756e64657220746865204d504c20322e302e205765"
+    "62736974653a2068747470733a2f2f7261626269746d712e636f6d08706c6174666f726d530000001145"
+    "726c616e672f4f54502032352e322e330770726f6475637453000000085261626269744d510776657273"
+    "696f6e5300000006332e31302e380000000e414d51504c41494e20504c41494e00000005656e5f5553ce")
+# Recorded from Debian 12's snmpd 5.9.3: the Report to an engine-discovery request, and
+# the GetResponse to GET sysDescr.0 with community "public".
+NET_SNMP_REPORT = bytes.fromhex(
+    "306d020103300f02025057020300ffe30401000201030421301f041180001f88802a0cff2ad9430f6b00"
+    "0000000201010201020400040004003034041180001f88802a0cff2ad9430f6b000000000400a81d0202"
+    "50570201000201003011300f060a2b060106030f01010400410101")
+NET_SNMP_SYSDESCR = bytes.fromhex(
+    "303b02010104067075626c6963a22e020250570201000201003022302006082b06010201010100041470"
+    "6f727477617463682074657374206167656e74")
+# Elasticsearch 8.11's answer to GET / (as its reference documentation shows it).
+ELASTICSEARCH_ROOT = json.dumps({
+    "name": "node-1", "cluster_name": "docker-cluster", "cluster_uuid": "Qw3Uv2TgSs2l",
+    "version": {"number": "8.11.1", "build_flavor": "default", "build_type": "docker",
+                "lucene_version": "9.8.0"},
+    "tagline": "You Know, for Search"}).encode()
+OPENSEARCH_ROOT = json.dumps({
+    "name": "os-1", "cluster_name": "opensearch",
+    "version": {"distribution": "opensearch", "number": "2.11.0"},
+    "tagline": "The OpenSearch Project: https://opensearch.org/"}).encode()
+K8S_VERSION = json.dumps({
+    "major": "1", "minor": "28", "gitVersion": "v1.28.2", "gitCommit": "89a4ea3e",
+    "gitTreeState": "clean", "buildDate": "2023-09-13T09:29:07Z", "goVersion": "go1.20.8",
+    "compiler": "gc", "platform": "linux/amd64"}).encode()
+K8S_FORBIDDEN = json.dumps({
+    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+    "message": 'forbidden: User "system:anonymous" cannot get path "/"', "reason": "Forbidden",
+    "details": {}, "code": 403}).encode()
+
+
+def _info_tuple(info: object) -> tuple[str, str, str, str, str]:
+    assert info is not None
+    return (info.service, info.product, info.version, info.cpe,  # type: ignore[attr-defined]
+            info.method)  # type: ignore[attr-defined]
+
+
+def test_mosquitto_names_itself_on_its_version_topic() -> None:
+    assert _info_tuple(parse_mqtt(MOSQUITTO)) == (
+        "mqtt", "Mosquitto", "2.0.11", "cpe:/a:eclipse:mosquitto:2.0.11",
+        "probe:mqtt-sys-version")
+
+
+def test_mqtt_refused_and_accepted_without_version() -> None:
+    refused = parse_mqtt(b"\x20\x02\x00\x05")
+    assert refused is not None and refused.service == "mqtt"
+    assert refused.extra_info == "connection refused: not authorized" and not refused.product
+    accepted = parse_mqtt(b"\x20\x02\x00\x00\x90\x03\x00\x01\x80")
+    assert accepted is not None and accepted.extra_info == "connection accepted"
+    assert parse_mqtt(b"HTTP/1.1 400 Bad Request\r\n") is None
+
+
+def test_mqtt_request_is_connect_then_subscribe() -> None:
+    packets = mqtt_packets(mqtt_request())
+    assert [first for first, _ in packets] == [0x10, 0x82]
+    assert packets[0][1][:7] == b"\x00\x04MQTT\x04"
+    assert packets[1][1].endswith(b"$SYS/broker/version\x00")
+
+
+def test_rabbitmq_connection_start() -> None:
+    info = parse_amqp(RABBITMQ)
+    assert _info_tuple(info) == ("amqp", "RabbitMQ", "3.10.8",
+                                 "cpe:/a:vmware:rabbitmq:3.10.8",
+                                 "probe:amqp-connection-start")
+    assert info is not None and info.extra_info == "AMQP 0-9; Erlang/OTP 25.2.3"
+
+
+def test_amqp_header_reply_is_tentative_and_names_what_it_wants() -> None:
+    # A broker's answer to GET / (its header, then close) puts the AMQP probe next
+    reply = parse_foreign_reply(AMQP_HEADER)
+    assert reply is not None and (reply.service, reply.confidence) == ("amqp", 6)
+    wants = parse_amqp(b"AMQP\x00\x00\x09\x01")
+    assert wants is not None and wants.extra_info == "wants AMQP 0.9.1"
+
+
+def test_amqp_cut_or_malformed_properties_keep_the_service_only() -> None:
+    cut = RABBITMQ[:200]
+    assert parse_amqp(cut) is None  # the frame is not whole
+    # A whole frame whose table has an unknown field type
+    table = b"\x07productX\x00"
+    payload = b"\x00\x0a\x00\x0a\x00\x09" + struct.pack(">I", len(table)) + table
+    frame = b"\x01\x00\x00" + struct.pack(">I", len(payload)) + payload + b"\xce"
+    info = parse_amqp(frame)
+    assert info is not None and (info.service, info.product) == ("amqp", "")
+
+
+def test_net_snmp_engine_discovery_and_sysdescr() -> None:
+    info = parse_snmp(NET_SNMP_REPORT)
+    assert _info_tuple(info) == ("snmp", "net-snmp", "", "cpe:/a:net-snmp:net-snmp",
+                                 "probe:snmp-v3")
+    assert info is not None and "enterprise 8072" in info.extra_info
+    descr = parse_snmp(NET_SNMP_SYSDESCR)
+    assert descr is not None and descr.extra_info == "sysDescr: portwatch test agent"
+
+
+def test_snmp_requests_are_well_formed_ber() -> None:
+    v3 = snmp_v3_discovery()
+    assert v3[0] == 0x30 and v3[1] == len(v3) - 2 and v3[2:5] == b"\x02\x01\x03"
+    v2c = snmp_v2c_get_sysdescr(b"public")
+    assert v2c[0] == 0x30 and v2c[1] == len(v2c) - 2
+    assert b"\x04\x06public\xa0" in v2c
+
+
+def test_elasticsearch_and_opensearch_roots() -> None:
+    assert _info_tuple(parse_search_root(ELASTICSEARCH_ROOT)) == (
+        "http", "Elasticsearch", "8.11.1", "cpe:/a:elastic:elasticsearch:8.11.1",
+        "http:json-version")
+    assert _info_tuple(parse_search_root(OPENSEARCH_ROOT, is_tls=True)) == (
+        "https", "OpenSearch", "2.11.0", "cpe:/a:amazon:opensearch:2.11.0",
+        "http:json-version")
+    assert parse_search_root(b'{"version": {"number": "1.0"}}') is None  # not a search node
+
+
+def test_elasticsearch_with_security_on_is_named_without_version() -> None:
+    # Elasticsearch 8's answer to an anonymous GET / (its documented 401 body)
+    refusal = json.dumps({"error": {"root_cause": [{
+        "type": "security_exception",
+        "reason": "missing authentication credentials for REST request [/]",
+        "header": {"WWW-Authenticate": ["Basic realm=\"security\" charset=\"UTF-8\"",
+                                        "ApiKey"]}}],
+        "type": "security_exception",
+        "reason": "missing authentication credentials for REST request [/]"},
+        "status": 401}).encode()
+    info = parse_search_refusal(refusal, is_tls=True)
+    assert _info_tuple(info) == ("https", "Elasticsearch", "", "cpe:/a:elastic:elasticsearch",
+                                 "http:json-refusal")
+    assert parse_search_refusal(K8S_FORBIDDEN) is None
+
+
+def test_kubernetes_status_then_version() -> None:
+    assert is_kubernetes_status(K8S_FORBIDDEN)
+    assert not is_kubernetes_status(ELASTICSEARCH_ROOT)
+    info = parse_kubernetes_version(K8S_VERSION)
+    assert _info_tuple(info) == ("https", "Kubernetes API server", "1.28.2",
+                                 "cpe:/a:kubernetes:kubernetes:1.28.2",
+                                 "http:kubernetes-version")
+    assert info is not None and info.extra_info == "platform: linux/amd64"
+
+
+def test_smb2_negotiate_request_layout_and_a_response() -> None:
+    request = smb2_negotiate_request()
+    assert request[0] == 0 and int.from_bytes(request[1:4], "big") == len(request) - 4
+    assert request[4:8] == b"\xfeSMB" and request[4 + 64:4 + 66] == b"\x24\x00"
+    # A negotiate response choosing 3.0.2 with signing required (built from [MS-SMB2])
+    header = b"\xfeSMB" + struct.pack("<HH", 64, 0) + b"\x00" * 4 + struct.pack("<HH", 0, 1)
+    header += b"\x00" * (64 - len(header))
+    body = struct.pack("<HHHH", 65, 0x3, 0x0302, 0) + bytes(range(16)) + b"\x00" * 40
+    message = header + body
+    info = parse_smb2_negotiate(b"\x00" + len(message).to_bytes(3, "big") + message)
+    assert info is not None and info.service == "microsoft-ds"
+    assert info.extra_info == ("SMB dialect 3.0.2; signing required; server GUID "
+                               "000102030405060708090a0b0c0d0e0f")
+
+
+# -- hostile bytes ---------------------------------------------------------------------
+
+# Recorded from Debian 12's Samba 4.17 (host "vm"): SESSION_SETUP answered with
+# STATUS_MORE_PROCESSING_REQUIRED and SPNEGO(NTLMSSP CHALLENGE).
+SAMBA_CHALLENGE = bytes.fromhex(
+    "000000ccfe534d4240000000160000c0010001000100000000000000010000000000000000000000000000"
+    "009782078700000000000000000000000000000000000000000900000048008400a18181307fa0030a0101"
+    "a10c060a2b06010401823702020aa26a04684e544c4d5353500002000000040004003800000005828aa2c2"
+    "9c90323edd518500000000000000002c002c003c000000060100000000000f56004d000200040056004d00"
+    "0100040056004d00040000000300040076006d0007000800e6079418e681dd0100000000")
+
+
+def test_the_ntlm_challenge_names_the_smb_server() -> None:
+    assert parse_ntlm_challenge(SAMBA_CHALLENGE) == (
+        "NetBIOS domain VM; NetBIOS name VM; DNS name vm; OS version 6.1 build 0")
+    assert parse_ntlm_challenge(b"no challenge here") == ""
+    request = smb2_session_setup_request()
+    assert request[4 + 12:4 + 14] == b"\x01\x00"  # command SESSION_SETUP
+    assert b"NTLMSSP\x00\x01\x00\x00\x00" in request
+
+
+_PARSERS = (parse_mqtt, parse_amqp, parse_snmp, parse_smb2_negotiate, parse_search_root,
+            parse_search_refusal, parse_kubernetes_version)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=600),
+                 st.binary(max_size=300).map(lambda b: b"NTLMSSP\x00\x02\x00\x00\x00" + b),
+                 st.integers(0, len(SAMBA_CHALLENGE) - 1).map(
+                     lambda n: SAMBA_CHALLENGE[:n] + bytes([SAMBA_CHALLENGE[n] ^ 0x5A])
+                     + SAMBA_CHALLENGE[n + 1:])))
+def test_ntlm_challenge_parser_never_raises(data: bytes) -> None:
+    text = parse_ntlm_challenge(data)
+    assert text.isascii() and text.isprintable() and len(text) <= 600
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=2048),
+    st.binary(max_size=300).map(lambda b: MOSQUITTO[:8] + b),
+    st.binary(max_size=600).map(lambda b: RABBITMQ[:40] + b),
+    st.integers(0, len(RABBITMQ)).map(lambda n: RABBITMQ[:n] + RABBITMQ[n + 1:]),
+    st.integers(0, len(NET_SNMP_REPORT) - 1).map(
+        lambda n: NET_SNMP_REPORT[:n] + bytes([NET_SNMP_REPORT[n] ^ 0xFF])
+        + NET_SNMP_REPORT[n + 1:]),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                 lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.sampled_from(["version", "number", "tagline",
+                                                    "gitVersion", "major", "kind"]),
+                                   inner, max_size=4),
+                 max_leaves=20).map(lambda v: json.dumps(v).encode()),
+))
+def test_no_parser_raises_and_every_field_is_bounded_and_printable(data: bytes) -> None:
+    for parser in _PARSERS:
+        info = parser(data)
+        if info is None:
+            continue
+        for value in (info.service, info.product, info.version, info.extra_info, info.cpe):
+            assert value.isascii() and value.isprintable()
+            assert len(value) <= 512
+        if info.cpe:
+            assert info.cpe.startswith("cpe:/a:") and " " not in info.cpe
+
+
+def test_a_forward_proxys_own_answer_names_http_proxy() -> None:
+    # Recorded from Debian 12's tinyproxy 1.11.1 answering GET / (not an absolute URL)
+    from probers.service.banners import parse_http
+
+    answer = (b"HTTP/1.0 400 Bad Request\r\nServer: tinyproxy/1.11.1\r\n"
+              b"Content-Type: text/html\r\nConnection: close\r\n\r\n<html>Bad Request</html>")
+    info = parse_http(answer)
+    assert info is not None
+    assert (info.service, info.product, info.version, info.cpe) == (
+        "http-proxy", "tinyproxy", "1.11.1", "cpe:/a:tinyproxy_project:tinyproxy:1.11.1")

@@ -1,0 +1,168 @@
+"""HTTP pivots (title, redirect, favicon hash): recorded answers, and hostile bytes.
+
+The favicon hash is checked against Shodan's convention computed here from its parts
+(base64 with a newline every 76 characters, MurmurHash3 x86 32-bit, signed), and the
+parsers are property-tested: any bytes in, a bounded, printable result out, no raise.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import mmh3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probers.service.http_meta import (
+    BODY_CAP,
+    TITLE_CAP,
+    dechunk,
+    favicon_hash,
+    favicon_href,
+    is_icon_response,
+    page_title,
+    redirect_location,
+    same_host_path,
+    split_response,
+)
+
+# nginx 1.22's answer to GET / on a default Debian install (headers recorded, body cut).
+NGINX_WELCOME = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 21:00:00 GMT\r\n"
+    b"Content-Type: text/html\r\nContent-Length: 615\r\nConnection: close\r\n\r\n"
+    b"<!DOCTYPE html>\n<html>\n<head>\n<title>Welcome to nginx!</title>\n<style>\nhtml "
+    b"{ color-scheme: light dark; }\n</style>\n</head>\n<body>\n<h1>Welcome to nginx!</h1>"
+)
+# An application behind PHP redirecting to its login page (relative Location).
+PHP_REDIRECT = (
+    b"HTTP/1.1 302 Found\r\nServer: Apache/2.4.62 (Debian)\r\nX-Powered-By: PHP/8.2.26\r\n"
+    b"Location: /login.php?next=%2F\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/html\r\n\r\n"
+    b"7\r\n<title>\r\n11\r\nGrafana &amp; co \r\n9\r\n </title>\r\n0\r\n\r\n"
+)
+
+
+def test_title_server_and_status_of_a_recorded_nginx_page() -> None:
+    # Given nginx's welcome page
+    response = split_response(NGINX_WELCOME)
+    # Then the status, the Server header and the title are read
+    assert response.status == 200
+    assert response.header("server") == "nginx/1.22.1"
+    assert page_title(response.body) == "Welcome to nginx!"
+    assert redirect_location(response) == ""
+
+
+def test_redirect_and_powered_by_of_a_recorded_php_answer() -> None:
+    response = split_response(PHP_REDIRECT)
+    assert response.status == 302
+    assert redirect_location(response) == "/login.php?next=%2F"
+    assert response.header("x-powered-by") == "PHP/8.2.26"
+    # And a relative redirect stays on the host: its path is what we would fetch next
+    assert same_host_path("/login.php?next=%2F", "127.0.0.1", 8080, is_tls=False) == \
+        "/login.php?next=%2F"
+
+
+def test_chunked_body_is_decoded_and_entities_and_spaces_folded_in_the_title() -> None:
+    response = split_response(CHUNKED)
+    assert page_title(response.body) == "Grafana & co"
+
+
+def test_redirects_to_another_host_port_or_scheme_are_not_followed() -> None:
+    # Given locations a hostile or merely external server may send
+    host, port = "127.0.0.1", 8080
+    assert same_host_path("http://127.0.0.1:8080/a", host, port, is_tls=False) == "/a"
+    assert same_host_path("https://127.0.0.1:8080/a", host, port, is_tls=False) is None
+    assert same_host_path("http://127.0.0.2:8080/a", host, port, is_tls=False) is None
+    assert same_host_path("http://127.0.0.1/a", host, port, is_tls=False) is None  # port 80
+    assert same_host_path("//example.org/a", host, port, is_tls=False) is None
+    assert same_host_path("javascript:alert(1)", host, port, is_tls=False) is None
+    assert same_host_path("/a\r\nX-Injected: 1", host, port, is_tls=False) is None
+    # The default port of the scheme counts as the same port
+    assert same_host_path("https://127.0.0.1/x", "127.0.0.1", 443, is_tls=True) == "/x"
+    # Relative to the page that redirected
+    assert same_host_path("next", host, port, is_tls=False, base_path="/app/") == "/app/next"
+
+
+def test_favicon_link_of_a_page_is_found_whatever_the_attribute_order() -> None:
+    body = (b'<head><link href="/static/ico.png?v=2&amp;x=1" rel="shortcut icon">'
+            b"<link rel=stylesheet href=/a.css></head>")
+    assert favicon_href(body) == "/static/ico.png?v=2&x=1"
+    assert favicon_href(b"<link rel='icon' href='fav.ico'>") == "fav.ico"
+    assert favicon_href(b"<link rel=stylesheet href=/a.css>") == ""
+
+
+def test_favicon_hash_is_shodans_convention() -> None:
+    # Given an icon long enough for base64 to wrap (76-character lines)
+    icon = bytes(range(256)) * 3
+    encoded = base64.b64encode(icon).decode()
+    wrapped = "".join(encoded[i:i + 76] + "\n" for i in range(0, len(encoded), 76))
+    # When hashed, then it is MurmurHash3 (signed 32-bit) of the wrapped base64
+    assert favicon_hash(icon) == mmh3.hash(wrapped.encode(), 0, signed=True)
+    assert -2**31 <= favicon_hash(icon) < 2**31
+    # A known value: the hash of an empty icon's base64 ("") is MurmurHash3 of "" = 0
+    assert favicon_hash(b"") == 0
+
+
+def test_only_a_200_non_html_answer_counts_as_an_icon() -> None:
+    icon = split_response(b"HTTP/1.1 200 OK\r\nContent-Type: image/x-icon\r\n\r\n\x00\x00\x01")
+    not_found = split_response(b"HTTP/1.1 404 Not Found\r\nContent-Type: image/x-icon\r\n\r\nx")
+    soft_404 = split_response(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>")
+    assert is_icon_response(icon)
+    assert not is_icon_response(not_found)
+    assert not is_icon_response(soft_404)
+
+
+def test_endless_headers_leave_no_body_and_a_bounded_header_list() -> None:
+    # Given headers that never end (a hostile server)
+    data = b"HTTP/1.1 200 OK\r\n" + b"X-A: " + b"a" * 100 + b"\r\n" * 1 + b"X-B: b\r\n" * 20_000
+    response = split_response(data)
+    # Then no body is trusted, and the headers kept are few and capped
+    assert response.body == b""
+    assert len(response.headers) <= 64
+    assert all(len(value) <= 256 for _, value in response.headers)
+
+
+def test_not_http_is_status_zero() -> None:
+    assert split_response(b"SSH-2.0-OpenSSH_9.2p1\r\n").status == 0
+    assert split_response(b"").status == 0
+
+
+# -- hostile bytes -----------------------------------------------------------------------
+
+_HTTPISH = st.builds(
+    lambda status, heads, body: b"HTTP/1.1 " + status + b"\r\n" + heads + b"\r\n\r\n" + body,
+    st.sampled_from([b"200 OK", b"302 Found", b"404 x", b"999 ?", b"abc"]),
+    st.binary(max_size=600),
+    st.binary(max_size=2000),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=3000), _HTTPISH))
+def test_parsers_never_raise_and_stay_bounded(data: bytes) -> None:
+    response = split_response(data)
+    assert len(response.body) <= BODY_CAP
+    title = page_title(response.body)
+    assert len(title) <= TITLE_CAP
+    assert title.isascii() and title.isprintable()
+    location = redirect_location(response)
+    assert len(location) <= 256
+    same_host_path(location, "127.0.0.1", 80, is_tls=False)
+    href = favicon_href(response.body)
+    same_host_path(href, "127.0.0.1", 80, is_tls=False)
+    assert -2**31 <= favicon_hash(response.body) < 2**31
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_dechunk_never_raises_nor_grows(data: bytes) -> None:
+    assert len(dechunk(data)) <= len(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_same_host_path_only_ever_returns_a_path(location: str) -> None:
+    path = same_host_path(location, "127.0.0.1", 8080, is_tls=False)
+    assert path is None or (path.startswith("/") and "\r" not in path and "\n" not in path)
