@@ -478,7 +478,9 @@ CREATE TABLE IF NOT EXISTS port_state
     scan_id         String,
     changed_at      DateTime64(3, 'UTC'),
     first_seen      DateTime64(3, 'UTC'),
-    updated_at      DateTime64(3, 'UTC')
+    updated_at      DateTime64(3, 'UTC'),
+    favicon         String,                   -- Shodan favicon hash as text, '' none
+    jarm            String                    -- JARM TLS fingerprint, '' not tested
 )
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (target, ip, proto, port);

@@ -94,6 +94,10 @@ class PortSnapshot:
     # Identification did not finish (Ctrl-C, an error): open, but its attributes are
     # unknown this time, so they are not compared (as a TLS probe that could not test).
     is_incomplete: bool = False
+    # What analysts pivot on (issue 15): the favicon hash (Shodan's, as text; "" none) and
+    # the JARM TLS fingerprint ("" not tested). A change is a product_changed-class event.
+    favicon: str = ""
+    jarm: str = ""
 
     @property
     def key(self) -> PortKey:
@@ -128,6 +132,9 @@ def snapshot_of(finding: Finding) -> PortSnapshot:
         cert_not_after=_parse_not_after(leaf.not_after) if leaf else EPOCH,
         scan_id=p.scan_id, changed_at=p.observed_at, first_seen=p.observed_at,
         is_incomplete=s.method == "unidentified" and s.extra_info.startswith(INCOMPLETE),
+        favicon="" if s.favicon_mmh3 is None else str(s.favicon_mmh3),
+        # all zeros: no TLS answer to any of the ten hellos, i.e. nothing to compare
+        jarm="" if not s.jarm.strip("0") else s.jarm,
     )
 
 
@@ -259,6 +266,15 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
                          f"{after.product} {after.version}".strip()))
     elif before.version != after.version:
         out.append(event(ChangeKind.VERSION_CHANGED, after, before.version, after.version))
+    # The same software answering with another face: a new favicon (or one appearing or
+    # disappearing) or another TLS stack (JARM, compared only when both were fingerprinted).
+    if before.favicon != after.favicon:
+        out.append(event(ChangeKind.PRODUCT_CHANGED, after,
+                         f"favicon {before.favicon or 'none'}",
+                         f"favicon {after.favicon or 'none'}"))
+    if before.jarm and after.jarm and before.jarm != after.jarm:
+        out.append(event(ChangeKind.PRODUCT_CHANGED, after, f"JARM {before.jarm}",
+                         f"JARM {after.jarm}"))
     rank_before = _COLOR_RANK.get(before.risk_color, 1)
     rank_after = _COLOR_RANK.get(after.risk_color, 1)
     if rank_after != rank_before:
@@ -409,7 +425,7 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
         s = ports[key]
         digest.update(repr((key[0].value, key[1], s.service, s.product, s.version,
                             s.risk_color, s.tls_status, s.tls_versions, s.weak_suites,
-                            s.tls_grade, s.cert_sha256, s.is_incomplete)
+                            s.tls_grade, s.cert_sha256, s.is_incomplete, s.favicon, s.jarm)
                            ).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 

@@ -53,7 +53,7 @@ HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable", 
 PORT_STATE_COLUMNS = (
     "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
     "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
-    "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at",
+    "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at", "favicon", "jarm",
 )
 HOST_BATCH = 2_000  # hosts per state query: bounded parameter size, few round trips
 TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
@@ -86,7 +86,8 @@ def _port_row(target: Target, s: PortSnapshot, updated_at: datetime) -> list[Any
     return [target.target, target.ip, s.proto.value, s.port, int(s.is_open), s.service,
             s.product, s.version, s.risk_color, int(s.is_cdn_expected), s.tls_status,
             list(s.tls_versions), list(s.weak_suites), s.tls_grade, s.cert_sha256,
-            s.cert_not_after, s.scan_id, s.changed_at, s.first_seen, updated_at]
+            s.cert_not_after, s.scan_id, s.changed_at, s.first_seen, updated_at,
+            s.favicon[:16], s.jarm[:62]]
 
 
 def _utc(value: datetime) -> datetime:
@@ -146,7 +147,7 @@ def load_ports(store: Store, keys: Sequence[HostKey]
                 params):
             (target, ip, proto_text, port, is_open, service, product, version, color, cdn,
              tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
-             first_seen, _updated) = row
+             first_seen, _updated, favicon, jarm) = row
             key = (target, ip)
             if key not in wanted:
                 continue  # a neighbour inside the key range, not asked for
@@ -154,7 +155,7 @@ def load_ports(store: Store, keys: Sequence[HostKey]
             ports.setdefault(key, {})[(proto, port)] = PortSnapshot(
                 proto, port, bool(is_open), service, product, version, color, bool(cdn),
                 tls_status, tuple(versions), tuple(weak), grade, sha, _utc(not_after),
-                scan_id, _utc(changed_at), _utc(first_seen))
+                scan_id, _utc(changed_at), _utc(first_seen), favicon=favicon, jarm=jarm)
     return ports
 
 

@@ -256,3 +256,20 @@ def test_snapshot_marks_interrupted_identification() -> None:
     port = OpenPort(scan_id="s", target=T, port=22)
     assert snapshot_of(unidentified(port, "interrupted during identification")).is_incomplete
     assert snapshot_of(unidentified(port, "identification error: OSError")).is_incomplete
+
+
+def test_a_new_favicon_or_tls_stack_is_a_product_change() -> None:
+    # Given a web port whose favicon and JARM were known
+    jarm_a, jarm_b = "2ad2ad" + "0" * 56, "3fd3fd" + "1" * 56
+    prev = state([snap(443, service="https", product="nginx", version="1.22",
+                       favicon="-1234", jarm=jarm_a)])
+    # When the next scan sees another favicon and another TLS fingerprint
+    out = detect_changes(prev, view([snap(443, service="https", product="nginx",
+                                          version="1.22", favicon="5678", jarm=jarm_b)]), {})
+    # Then both are product_changed events, saying what changed
+    assert kinds(out) == [("product_changed", 443, "favicon -1234", "favicon 5678"),
+                          ("product_changed", 443, f"JARM {jarm_a}", f"JARM {jarm_b}")]
+    # And a favicon that disappears counts, a JARM not taken this time does not
+    gone = detect_changes(prev, view([snap(443, service="https", product="nginx",
+                                           version="1.22", favicon="", jarm="")]), {})
+    assert kinds(gone) == [("product_changed", 443, "favicon -1234", "favicon none")]
