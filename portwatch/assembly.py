@@ -193,7 +193,8 @@ class Assembly:
                                    confirm_timeout=s.timeout, deadline=shard_deadline),
             udp=UdpOptions(rate=s.udp_rate, timeout=s.udp_timeout, retries=s.udp_retries,
                            concurrency=s.udp_concurrency, deadline=udp_deadline,
-                           nmap_data=s.nmap_data or None),
+                           nmap_data=s.nmap_data or None,
+                           snmp_public_community=s.snmp_public_community),
         )
 
     def decide_engine(self, targets: Sequence[Target]) -> tuple[str, str]:

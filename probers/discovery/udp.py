@@ -255,6 +255,9 @@ class UdpOptions:
     use_nmap_payloads: bool = True
     # Directory (or file) of nmap's data; None = $PORTWATCH_NMAP_DATA or /usr/share/nmap.
     nmap_data: str | None = None
+    # Ask SNMP agents with the "public" community (a credential guess); off: SNMPv3
+    # engine discovery only, which needs no credential.
+    snmp_public_community: bool = False
     # Per-port datagrams that replace every other choice (tests, operators).
     payload_for: Mapping[int, Sequence[bytes]] = field(default_factory=dict)
     # Bytes of a reply kept in OpenPort.response.
@@ -531,7 +534,7 @@ class UdpEngine:
             return tuple(UdpPayload(f"override:{i}", bytes(d)) for i, d in enumerate(override))[
                 :cap
             ] or (GENERIC_PAYLOAD,)
-        own = own_payloads(port)
+        own = own_payloads(port, snmp_public_community=self.options.snmp_public_community)
         if own:
             return own[:cap]
         nmap = self._nmap_payload_table().get(port)

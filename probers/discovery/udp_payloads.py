@@ -21,6 +21,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from probers.service.app_protocols import snmp_v3_discovery
+
 __all__ = [
     "GENERIC_PAYLOAD",
     "OWN_PAYLOADS",
@@ -192,13 +194,10 @@ _TABLE: dict[int, tuple[str, tuple[UdpPayload, ...]]] = {
         (UdpPayload("ntp:v4-client", ntp_client(4)), UdpPayload("ntp:v3-client", ntp_client(3))),
     ),
     137: ("netbios-ns", (UdpPayload("netbios-ns:node-status", netbios_node_status()),)),
-    161: (
-        "snmp",
-        (
-            UdpPayload("snmp:v2c-get-sysdescr", snmp_get_sysdescr(1)),
-            UdpPayload("snmp:v1-get-sysdescr", snmp_get_sysdescr(0)),
-        ),
-    ),
+    # SNMPv3 engine discovery (RFC 3414 4): no community, no user, and every v3 agent
+    # answers it. The v2c/v1 gets with the "public" community are a credential guess:
+    # sent only when the user allows it (own_payloads(..., snmp_public_community=True)).
+    161: ("snmp", (UdpPayload("snmp:v3-engine-discovery", snmp_v3_discovery()),)),
     1900: ("upnp", (UdpPayload("ssdp:m-search", ssdp_msearch()),)),
     11211: ("memcache", (UdpPayload("memcached:stats", memcached_stats()),)),
 }
@@ -206,8 +205,17 @@ _TABLE: dict[int, tuple[str, tuple[UdpPayload, ...]]] = {
 OWN_PAYLOADS: dict[int, tuple[UdpPayload, ...]] = {port: p for port, (_, p) in _TABLE.items()}
 
 
-def own_payloads(port: int) -> tuple[UdpPayload, ...]:
-    """portwatch's payloads for ``port``; empty when we have none of our own."""
+SNMP_PUBLIC_PAYLOADS = (
+    UdpPayload("snmp:v2c-get-sysdescr", snmp_get_sysdescr(1)),
+    UdpPayload("snmp:v1-get-sysdescr", snmp_get_sysdescr(0)),
+)
+
+
+def own_payloads(port: int, *, snmp_public_community: bool = False) -> tuple[UdpPayload, ...]:
+    """portwatch's payloads for ``port``; empty when we have none of our own. On 161 the
+    "public" community is tried only when ``snmp_public_community`` allows it."""
+    if port == 161 and snmp_public_community:
+        return SNMP_PUBLIC_PAYLOADS
     return OWN_PAYLOADS.get(port, ())
 
 

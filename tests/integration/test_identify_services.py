@@ -133,6 +133,29 @@ def test_snmpd_is_named_without_a_community_and_described_only_when_allowed() ->
     assert 'read community "public" accepted' in allowed.extra_info
 
 
+def test_udp_discovery_finds_snmpd_without_sending_a_community() -> None:
+    # Given a real snmpd on 161, and discovery with its defaults (no "public" guess)
+    from probers.discovery.base import Progress
+    from probers.discovery.udp import UdpEngine, decode_response
+    from schemas.records import PortRange, Shard
+
+    _upstream("snmpd")
+    _free_standard("127.0.0.1", 161, socket.SOCK_DGRAM)
+    shard = Shard("t", "t:udp:0", (Target("127.0.0.1", "127.0.0.1"),), (PortRange(161, 161),),
+                  Proto.UDP)
+
+    async def scan() -> list[OpenPort]:
+        return [p async for p in UdpEngine(timeout=1.0, deadline=30).scan(shard, Progress())]
+
+    with _skip_unavailable(), daemons.start_snmpd("127.0.0.1", 161):
+        found = asyncio.run(scan())
+    # Then the SNMPv3 engine discovery alone finds it open: the agent's Report, no sysDescr
+    (port,) = found
+    assert (port.port, port.state) == (161, PortState.OPEN)
+    reply = decode_response(port.response)
+    assert reply.startswith(b"\x30") and b"portwatch test agent" not in reply
+
+
 # -- Samba ----------------------------------------------------------------------------------
 
 

@@ -111,7 +111,8 @@ CASES: dict[str, Case] = {
     "banner_wait": ("0.7", lambda a, s: a.stage_context().identify.banner_wait, 0.7),
     "identify_budget": ("4", lambda a, s: a.stage_context().identify.budget, 4.0),
     "snmp_public_community": ("true", lambda a, s: (
-        a.stage_context().identify.snmp_public_community), True),
+        a.stage_context().identify.snmp_public_community,
+        udp_engine(a).snmp_public_community), (True, True)),
     "nmap_probes": ("false", lambda a, s: a.stage_context().fallback, None),
     "prevalence_prior": ("false", lambda a, s: a.store_parameters(), {"no_prior": 1}),
     "tls": ("false", lambda a, s: a.stage_context().tls_probe, None),

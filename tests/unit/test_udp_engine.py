@@ -42,6 +42,7 @@ from probers.discovery.udp_payloads import (
     snmp_get_sysdescr,
     ssdp_msearch,
 )
+from probers.service.app_protocols import snmp_v3_discovery
 from schemas.records import OpenPort, PortRange, PortState, Proto, Shard, Target
 
 IS_ROOT = os.geteuid() == 0
@@ -269,7 +270,10 @@ def test_well_known_ports_get_portwatchs_own_payloads() -> None:
     engine = UdpEngine(use_nmap_payloads=False)
     assert [p.data for p in engine.payloads_for(53)] == [dns_version_query()]
     assert [p.data for p in engine.payloads_for(123)] == [ntp_client(4), ntp_client(3)]
-    assert [p.data for p in engine.payloads_for(161)] == [
+    # SNMP: engine discovery (no credential) unless the "public" guess is allowed
+    assert [p.data for p in engine.payloads_for(161)] == [snmp_v3_discovery()]
+    allowed = UdpEngine(use_nmap_payloads=False, snmp_public_community=True)
+    assert [p.data for p in allowed.payloads_for(161)] == [
         snmp_get_sysdescr(1),
         snmp_get_sysdescr(0),
     ]
@@ -426,7 +430,7 @@ def test_well_known_ports_are_found_with_our_own_payloads() -> None:
         pytest.skip(f"a well-known UDP port on {WELL_KNOWN_HOST} is taken: {exc}")
     with servers[0] as dns, servers[1] as ntp, servers[2] as snmp:
         # When 53, 123, 161 and some closed well-known ports are scanned, no override
-        engine = fast_engine(use_nmap_payloads=False)
+        engine = fast_engine(use_nmap_payloads=False, snmp_public_community=True)
         found, progress = run_scan(
             engine, shard_for(WELL_KNOWN_HOST, ports=[53, 69, 123, 137, 161, 1900])
         )
