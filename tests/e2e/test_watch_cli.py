@@ -5,9 +5,10 @@ even created). ``watch --once`` scans a real loopback listener, records its run 
 not due again. A process that queued alerts is killed with SIGKILL before delivering
 them; the next ``watch --once`` delivers each exactly once.
 
-Change detection is not in this branch: the watcher's scans return no change events
-today, so the SIGKILL test queues events it builds itself, through the same Watcher and
-dispatcher code, in the process it then kills.
+The SIGKILL test queues events it builds itself, through the same Watcher and dispatcher
+code, in the process it then kills (the kill must fall between an event and its
+delivery); ``scan --alerts`` over two real scans delivers the change events that change
+detection computed (opened, then closed).
 """
 
 from __future__ import annotations
@@ -317,3 +318,38 @@ def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(tmp_path: Path) -> None
         assert "watch interrupted" in rest and "Traceback" not in rest
         plan = run_cli("watch", "--schedule", str(sched), "--list", store=store)
         assert "last never" not in plan.stdout and "now (due)" not in plan.stdout
+
+
+def test_scan_alerts_deliver_what_a_real_rescan_changed(tmp_path: Path) -> None:
+    # Given a rule for ports opened or closed, a real signed-webhook receiver, and a host
+    # with one listener (its own loopback address: other tests may sweep 127.0.0.1)
+    store = f"chdb://{tmp_path / 'store'}"
+    rules = tmp_path / "alerts.yaml"
+    with webhook_receiver(SECRET.encode()) as receiver:
+        rules.write_text(textwrap.dedent(f"""\
+            channels:
+              hook: {{webhook: "{receiver.url}", secret_env: HOOK_SECRET}}
+            rules:
+              - name: opened-or-closed
+                when: {{kinds: [opened, closed]}}
+                notify: [hook]
+                digest: 0
+            delivery: {{retry_base: 1s, wait: 10s}}
+            """))
+        host = "127.0.0.66"
+        with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
+                             (host,)) as listener:
+            port = listener.port
+            # When the host is scanned with --alerts
+            first = run_cli("scan", host, "--ports", str(port), "--udp", "none", "-q",
+                            "--alerts", str(rules), store=store, env=ENV)
+            assert first.code == 0, first.stderr
+        # And scanned again once the listener is gone (the re-probe is refused: closed)
+        second = run_cli("scan", host, "--ports", str(port), "--udp", "none", "-q",
+                         "--alerts", str(rules), store=store, env=ENV)
+        assert second.code == 0, second.stderr
+    # Then the receiver got, signed and once each, the port opened and then closed
+    events = [(e["kind"], e["port"], e["target"]["ip"])
+              for d in receiver.accepted for e in d.payload["events"]]
+    assert events == [("opened", port, host), ("closed", port, host)]
+    assert receiver.rejected == []
