@@ -299,14 +299,29 @@ class Assembly:
                                session_timeout=s.session_timeout)
 
 
-def _expand_stdin(targets: Sequence[str]) -> list[str]:
+# Standard input is a file like any other: bounded before it is believed.
+MAX_STDIN_TARGETS = 1_000_000
+MAX_TARGET_TEXT = 1_000  # characters of one target line (a hostname is at most 253)
+
+
+def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
+    """The targets, "-" replaced by the lines of standard input (comments and blank lines
+    skipped); TargetError past MAX_STDIN_TARGETS lines or on a line longer than a target."""
     out: list[str] = []
     for t in targets:
-        if t == "-":
-            out += [line.split("#", 1)[0].strip() for line in sys.stdin]
-            out = [x for x in out if x]
-        else:
+        if t != "-":
             out.append(t)
+            continue
+        for number, raw in enumerate(stream if stream is not None else sys.stdin, 1):
+            if number > MAX_STDIN_TARGETS:
+                raise TargetError(f"standard input: more than {MAX_STDIN_TARGETS:,} lines of "
+                                  "targets; use an inventory file or several runs")
+            line = raw.split("#", 1)[0].strip()
+            if len(line) > MAX_TARGET_TEXT:
+                raise TargetError(f"standard input line {number}: {len(line):,} characters is "
+                                  "not a target")
+            if line:
+                out.append(line)
     return out
 
 

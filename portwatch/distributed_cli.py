@@ -246,13 +246,18 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
                    "on the changes topic delivers each change once, whatever the workers.")
 @click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
               help="--serve also answers to this Host name (as `portwatch serve`).")
+@click.option("--cookie-secure", is_flag=True, envvar="PORTWATCH_WEB_COOKIE_SECURE",
+              help="--serve marks the token cookie Secure (as `portwatch serve`).")
+@click.option("--trusted-proxy", "trusted_proxy", multiple=True, metavar="ADDRESS",
+              envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
+              help="--serve believes X-Forwarded-Proto from this proxy (as `portwatch serve`).")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
             commit_interval: float | None, session_timeout: float | None, serve_at: str,
             token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
-            kafka: str | None,
+            cookie_secure: bool, trusted_proxy: tuple[str, ...], kafka: str | None,
             topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
@@ -263,7 +268,13 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     ClickHouse server store.
     """
     from portwatch.assembly import Assembly
-    from portwatch.web.cli import BindError, check_bind, parse_allowed_host, parse_listen
+    from portwatch.web.cli import (
+        BindError,
+        check_bind,
+        parse_allowed_host,
+        parse_listen,
+        parse_trusted_proxies,
+    )
     from stream_processors.sink import StoreSink
     from stream_processors.transports.faust_agents import make_stage
     from stream_processors.transports.faust_app import build_sink_app, build_stages_app
@@ -280,6 +291,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             fail(f"--serve: {exc}", EXIT_USAGE)
     try:
         allowed = [parse_allowed_host(name) for name in allowed_host]
+        proxies = parse_trusted_proxies(trusted_proxy)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     assembly = Assembly(settings_from(
@@ -325,7 +337,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     if listen is not None and db is not None:
         from portwatch.web.cli import web_app
 
-        web = (web_app(db, listen[0], token, allowed_hosts=allowed), *listen)
+        web = (web_app(db, listen[0], token, allowed_hosts=allowed,
+                       cookie_secure=cookie_secure, trusted_proxies=proxies), *listen)
     try:
         advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
         asyncio.run(_serve(apps, sink, role, web, token, advert_path))

@@ -227,6 +227,9 @@ def test_a_busy_store_is_one_clear_line_not_a_lock_traceback(short_dir: Path,
     pytest.param(["--serve", "8765", "--allowed-host", "proxy.example:443"],
                  "--allowed-host 'proxy.example:443' is not a host name or an address (no "
                  "port, scheme, path or wildcard)", id="serve-bad-allowed-host"),
+    pytest.param(["--serve", "8765", "--trusted-proxy", "proxy.example"],
+                 "--trusted-proxy 'proxy.example' is not an IP address",
+                 id="serve-bad-trusted-proxy"),
 ])
 def test_process_refuses_a_bad_serve_before_connecting(store_dir: Path, args: list[str],
                                                        message: str) -> None:

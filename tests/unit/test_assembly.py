@@ -205,3 +205,24 @@ def test_auto_takes_the_udp_engine_for_udp_and_connect_for_loopback() -> None:
     assert note.endswith("; using the connect engine")
     with pytest.raises(ValueError, match="--engine must be auto, masscan, connect"):
         choose_engine("zmap", Proto.TCP, [LOOPBACK])
+
+
+def test_targets_from_standard_input_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from portwatch import assembly
+    from producers.targets import TargetError
+
+    a = Assembly(Settings.from_env(ports="22", udp="none"))
+    # Given targets on standard input, comments and blank lines among them
+    monkeypatch.setattr("sys.stdin", io.StringIO("127.0.0.1  # web\n\n127.0.0.2\n"))
+    assert [t.ip for t in a.scan_input(["-"]).targets] == ["127.0.0.1", "127.0.0.2"]
+    # When a line is longer than any target, or there are too many lines, then one line
+    monkeypatch.setattr("sys.stdin", io.StringIO("127.0.0.1\n" + "x" * 5000 + "\n"))
+    with pytest.raises(TargetError, match="^standard input line 2: 5,000 characters is not a "
+                                          "target$"):
+        a.scan_input(["-"])
+    monkeypatch.setattr(assembly, "MAX_STDIN_TARGETS", 3)
+    monkeypatch.setattr("sys.stdin", io.StringIO("127.0.0.1\n" * 4))
+    with pytest.raises(TargetError, match="more than 3 lines of targets"):
+        a.scan_input(["-"])
