@@ -193,7 +193,25 @@ def parse_mysql(data: bytes) -> ServiceInfo | None:
 # -- other first-speakers ----------------------------------------------------------------
 
 
+# ManageSieve (RFC 5804 1.7): the server speaks first with its capabilities, one quoted
+# pair per line, "IMPLEMENTATION" among them, then an OK line.
+_SIEVE_IMPLEMENTATION = re.compile(rb'^"IMPLEMENTATION" "([^"\r\n]{1,100})"\r?$', re.M | re.I)
+
+
+def parse_managesieve(data: bytes) -> ServiceInfo | None:
+    if not data.startswith(b'"') or b'"SIEVE"' not in data.upper():
+        return None
+    found = _SIEVE_IMPLEMENTATION.search(data[:4096])
+    product = _text(found.group(1)) if found else ""
+    upgrade = "STARTTLS offered" if b'\n"STARTTLS"' in data.upper() else ""
+    return ServiceInfo(service="sieve", product=product, extra_info=upgrade,
+                       method="banner:managesieve", confidence=9)
+
+
 def parse_misc(data: bytes) -> ServiceInfo | None:
+    sieve = parse_managesieve(data)
+    if sieve is not None:
+        return sieve
     if data.startswith(b"RFB 0"):
         return ServiceInfo(service="vnc", extra_info=f"protocol {_text(data[4:11])}",
                            method="banner:vnc", confidence=10)

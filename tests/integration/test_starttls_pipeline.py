@@ -21,8 +21,8 @@ from tests.tls_pki import TestPki
 pytestmark = pytest.mark.slow
 
 
-def _finding_for(port: int) -> object:
-    ctx = make_context(banner_wait=2.0, identify_budget=10.0, use_nmap_probes=False,
+def _finding_for(port: int, *, nmap_probes: bool = False) -> object:
+    ctx = make_context(banner_wait=2.0, identify_budget=10.0, use_nmap_probes=nmap_probes,
                        tls_timeout=5.0, tls_budget=60.0)  # fmt: skip
     open_port = OpenPort(scan_id="scan-starttls", target=Target("127.0.0.1", "127.0.0.1"),
                          port=port)  # fmt: skip
@@ -91,3 +91,26 @@ def test_smtp_without_starttls_is_stored_as_a_finding(tmp_path: Path) -> None:
     assert (row["outcome"], row["upgrade_note"]) == ("no STARTTLS offered",
                                                      "no STARTTLS offered (EHLO)")
     assert row["cert_days_to_expiry"] is None
+
+
+@pytest.mark.parametrize(("starter", "service", "via", "nmap_probes"), [
+    # dovecot's ManageSieve speaks first: our own banner parser names it
+    ("start_dovecot", "sieve", "starttls-sieve", False),
+    # slapd waits for the client: nmap's LDAP probes name it (nmap-common is installed)
+    ("start_slapd", "ldap", "starttls-ldap", True),
+])
+def test_a_real_scan_reaches_tls_through_the_upgrade_identification_chose(
+        tmp_path: Path, starter: str, service: str, via: str, nmap_probes: bool) -> None:
+    pki = TestPki(tmp_path)
+    try:
+        with getattr(servers, starter)(pki.valid()) as server:
+            port = int(server.extra["sieve"]) if service == "sieve" else server.port
+            finding = _finding_for(port, nmap_probes=nmap_probes)
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    # Then identification named the service and TLS was reached through its upgrade
+    assert finding.service.service == service  # type: ignore[attr-defined]
+    tls = finding.tls  # type: ignore[attr-defined]
+    assert tls.status is ProbeStatus.COMPLETED, tls.error
+    assert tls.reached_via == via
+    assert tls.suites and tls.versions

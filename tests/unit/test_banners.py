@@ -348,3 +348,17 @@ def test_parse_banner_dispatches_to_the_right_parser(data: bytes, hint: str,
                                   b"A" * 100_000])
 def test_junk_is_not_identified(data: bytes) -> None:
     assert parse_banner(data) is None
+
+
+def test_managesieve_greeting_names_the_service_and_its_upgrade() -> None:
+    # Given a recorded Dovecot Pigeonhole ManageSieve greeting (RFC 5804: server speaks first)
+    greeting = (b'"IMPLEMENTATION" "Dovecot Pigeonhole"\r\n"SIEVE" "fileinto reject '
+                b'envelope"\r\n"NOTIFY" "mailto"\r\n"SASL" ""\r\n"STARTTLS"\r\n'
+                b'"VERSION" "1.0"\r\nOK "Dovecot ready."\r\n')
+    info = parse_banner(greeting)
+    # Then it is "sieve" (the name the STARTTLS stage routes on), with the implementation
+    assert info is not None
+    assert (info.service, info.product, info.extra_info, info.method) == (
+        "sieve", "Dovecot Pigeonhole", "STARTTLS offered", "banner:managesieve")
+    # and an IMAP or SMTP greeting is not mistaken for it
+    assert parse_banner(b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n").service == "imap"
