@@ -400,6 +400,21 @@ def is_tls_record(data: bytes) -> bool:
     return len(data) >= 5 and data[0] in (0x15, 0x16) and data[1] == 0x03
 
 
+_XMPP_NAMESPACE = re.compile(rb"""xmlns=['"]jabber:(client|server)['"]""")
+
+
+def parse_xmpp_stream(data: bytes) -> ServiceInfo | None:
+    """An XMPP server's stream header (RFC 6120 4.2): what it answers to anything, our
+    GET included (a stream error follows). The namespace says client or server stream;
+    the STARTTLS stage then upgrades the same way (RFC 6120 5)."""
+    head = data[:4096]
+    if b"<stream:stream" not in head or b"http://etherx.jabber.org/streams" not in head:
+        return None
+    found = _XMPP_NAMESPACE.search(head)
+    kind = found.group(1).decode() if found else "client"
+    return ServiceInfo(service=f"xmpp-{kind}", method="reply:xmpp-stream", confidence=9)
+
+
 def parse_foreign_reply(data: bytes) -> ServiceInfo | None:
     """What a non-HTTP service says to ``GET / HTTP/1.0``: enough to pick the next probe.
 
@@ -408,6 +423,9 @@ def parse_foreign_reply(data: bytes) -> ServiceInfo | None:
     """
     if is_tls_record(data):
         return ServiceInfo(service="ssl", is_tls=True, method="reply:tls-record", confidence=4)
+    xmpp = parse_xmpp_stream(data)
+    if xmpp is not None:
+        return xmpp
     if data.startswith(b"AMQP") and len(data) == 8:
         # An AMQP broker answers a request it cannot read with the protocol header it
         # speaks, then closes (AMQP 0-9-1, 4.2.2): ask it properly next.

@@ -21,10 +21,11 @@ from tests.tls_pki import TestPki
 pytestmark = pytest.mark.slow
 
 
-def _finding_for(port: int, *, nmap_probes: bool = False) -> object:
+def _finding_for(port: int, *, nmap_probes: bool = False, hostname: str = "") -> object:
     ctx = make_context(banner_wait=2.0, identify_budget=10.0, use_nmap_probes=nmap_probes,
                        tls_timeout=5.0, tls_budget=60.0)  # fmt: skip
-    open_port = OpenPort(scan_id="scan-starttls", target=Target("127.0.0.1", "127.0.0.1"),
+    open_port = OpenPort(scan_id="scan-starttls",
+                         target=Target("127.0.0.1", hostname or "127.0.0.1", hostname),
                          port=port)  # fmt: skip
     return asyncio.run(process(open_port, ctx))
 
@@ -98,6 +99,9 @@ def test_smtp_without_starttls_is_stored_as_a_finding(tmp_path: Path) -> None:
     ("start_dovecot", "sieve", "starttls-sieve", False),
     # slapd waits for the client: nmap's LDAP probes name it (nmap-common is installed)
     ("start_slapd", "ldap", "starttls-ldap", True),
+    # prosody answers our GET with an XMPP stream header and a stream error; its stream
+    # is opened to the target's name (an XMPP domain), here "localhost"
+    ("start_prosody", "xmpp-client", "starttls-xmpp", False),
 ])
 def test_a_real_scan_reaches_tls_through_the_upgrade_identification_chose(
         tmp_path: Path, starter: str, service: str, via: str, nmap_probes: bool) -> None:
@@ -105,7 +109,8 @@ def test_a_real_scan_reaches_tls_through_the_upgrade_identification_chose(
     try:
         with getattr(servers, starter)(pki.valid()) as server:
             port = int(server.extra["sieve"]) if service == "sieve" else server.port
-            finding = _finding_for(port, nmap_probes=nmap_probes)
+            finding = _finding_for(port, nmap_probes=nmap_probes,
+                                   hostname="localhost" if service.startswith("xmpp") else "")
     except ServerUnavailable as exc:
         pytest.skip(str(exc))
     # Then identification named the service and TLS was reached through its upgrade

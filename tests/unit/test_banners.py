@@ -362,3 +362,19 @@ def test_managesieve_greeting_names_the_service_and_its_upgrade() -> None:
         "sieve", "Dovecot Pigeonhole", "STARTTLS offered", "banner:managesieve")
     # and an IMAP or SMTP greeting is not mistaken for it
     assert parse_banner(b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n").service == "imap"
+
+
+def test_an_xmpp_stream_answering_our_get_names_client_or_server_streams() -> None:
+    # Given prosody's recorded answer to GET / (a stream header, then a stream error)
+    reply = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' id='' "
+             b"xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en'><stream:error>"
+             b"<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+             b"</stream:stream>")
+    from probers.service.banners import parse_foreign_reply, parse_xmpp_stream
+
+    info = parse_foreign_reply(reply)
+    assert info is not None and (info.service, info.method) == ("xmpp-client",
+                                                               "reply:xmpp-stream")
+    server = parse_xmpp_stream(reply.replace(b"jabber:client", b"jabber:server"))
+    assert server is not None and server.service == "xmpp-server"
+    assert parse_xmpp_stream(b"<html>stream:stream</html>") is None
