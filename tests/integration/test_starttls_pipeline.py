@@ -119,3 +119,20 @@ def test_a_real_scan_reaches_tls_through_the_upgrade_identification_chose(
     assert tls.status is ProbeStatus.COMPLETED, tls.error
     assert tls.reached_via == via
     assert tls.suites and tls.versions
+
+
+def test_rdp_tls_of_a_real_xrdp_is_reached_through_x224_negotiation() -> None:
+    # Given a real xrdp on a free port (its TLS security layer behind X.224 negotiation)
+    from tests import daemons
+
+    try:
+        with daemons.start_xrdp() as server:
+            finding = _finding_for(server.port)
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    # Then identification named RDP, and TLS was enumerated through the RDP negotiation
+    assert finding.service.service == "ms-wbt-server"  # type: ignore[attr-defined]
+    tls = finding.tls  # type: ignore[attr-defined]
+    assert tls.status is ProbeStatus.COMPLETED, tls.error
+    assert tls.reached_via == "starttls-rdp"
+    assert tls.suites and tls.versions
