@@ -24,13 +24,17 @@ a host arriving after the host was released is recomputed as a replay (no new ev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 from schemas.records import ChangeEvent, Finding, HostScan
 from stream_processors.history import ChangeRecorder, ReprobeOptions
+from stream_processors.stages import note_dropped
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,10 @@ class _Held:
     def expected(self) -> int:
         return sum(h.open_ports for h in self.scans.values())
 
+    @property
+    def is_tarpit(self) -> bool:
+        return any(h.is_tarpit for h in self.scans.values())
+
 
 @dataclass
 class HostHold:
@@ -58,9 +66,12 @@ class HostHold:
     max_hold: float = 600.0
     max_hosts: int = 200_000  # bound memory: past this, the oldest are released at once
     _held: dict[HoldKey, _Held] = field(default_factory=dict)
+    renoted: list[HostScan] = field(default_factory=list)  # host scans to store again
 
     def add(self, findings: Sequence[Finding], scans: Sequence[HostScan], now: float) -> None:
         for h in scans:
+            if h.status == "running":
+                continue  # a shard's start (for the Summary): its end record follows
             held = self._held.setdefault((h.scan_id, h.target.target, h.target.ip),
                                          _Held(first_seen=now))
             held.scans[h.shard_id] = h
@@ -72,7 +83,12 @@ class HostHold:
             held.last_seen = now
 
     def ready(self, now: float) -> list[HostScan]:
-        """Pop the host scans ready for change detection (every shard record of each)."""
+        """Pop the host scans ready for change detection (every shard record of each).
+
+        A tarpit host's candidate ports that named no service are dropped by the stage
+        agents, so its findings never reach what its shards announced: it is ready once
+        settled, and the count dropped is written into its scan note (``renoted``: the
+        rows to store again), as the embedded transport does."""
         out: list[HostScan] = []
         overflow = len(self._held) - self.max_hosts
         for key in list(self._held):
@@ -81,8 +97,16 @@ class HostHold:
                 if now - held.first_seen >= self.max_hold:
                     del self._held[key]  # findings whose host scan never came: let go
                 continue
-            is_complete = len(held.found) >= held.expected and now - held.last_seen >= self.settle
+            has_all = len(held.found) >= held.expected or held.is_tarpit
+            is_complete = has_all and now - held.last_seen >= self.settle
             if is_complete or now - held.first_seen >= self.max_hold or overflow > 0:
+                dropped = held.expected - len(held.found)
+                if held.is_tarpit and dropped > 0:
+                    ip = key[2]
+                    noted = note_dropped(list(held.scans.values()), Counter({ip: dropped}))
+                    # a later version of the same rows: the note replaces the first one
+                    self.renoted += [replace(h, finished_at=h.finished_at
+                                             + timedelta(milliseconds=1)) for h in noted]
                 if not is_complete:
                     log.warning("change detection of %s in scan %s: released after %.0fs "
                                 "with %d of %d findings", key[2], key[0],
@@ -102,6 +126,7 @@ class ChangeStage:
 
     def __init__(self, store: Store, *, settle: float = 5.0, max_hold: float = 600.0,
                  reprobe: ReprobeOptions | None = None) -> None:
+        self.store = store
         self.recorder = ChangeRecorder(store, reprobe or ReprobeOptions())
         self.hold = HostHold(settle=settle, max_hold=max_hold)
 
@@ -111,6 +136,9 @@ class ChangeStage:
 
     async def flush(self, now: float | None = None) -> list[ChangeEvent]:
         ready = self.hold.ready(time.monotonic() if now is None else now)
+        if self.hold.renoted:
+            renoted, self.hold.renoted = self.hold.renoted, []
+            await asyncio.to_thread(self.store.insert_host_scans, renoted)
         if not ready:
             return []
         return await self.recorder.finish(ready)

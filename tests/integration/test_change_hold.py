@@ -59,6 +59,33 @@ def test_hold_keeps_every_shard_of_a_host() -> None:
     assert sorted(h.shard_id for h in hold.ready(now=10)) == ["s1:tcp", "s1:udp"]
 
 
+def test_a_shards_running_record_is_not_held_for_change_detection() -> None:
+    # Given the record a discover worker publishes when a shard starts (status running)
+    hold = HostHold(settle=5)
+    running = HostScan("s1", T, NOW, NOW, 1000, 0, "running", shard_id="s1:0")
+    hold.add([], [running], now=0)
+    # Then nothing is released on its account, however long the shard takes
+    assert hold.ready(now=100) == [] and len(hold) == 0
+    # And the shard's end record is what change detection gets
+    hold.add([found("s1", 22)], [scan("s1", 1)], now=100)
+    assert [h.status for h in hold.ready(now=110)] == ["completed"]
+
+
+def test_a_tarpit_host_is_released_when_settled_and_its_drops_are_noted() -> None:
+    # Given a tarpit host whose shard sent 50 candidate ports, of which identification kept 1
+    hold = HostHold(settle=5, max_hold=600)
+    tarpit = HostScan("s1", T, NOW, NOW, 1000, 50, is_tarpit=True, shard_id="s1:0",
+                      note="answers on every port", ports=(PortRange(1, 1000),))
+    hold.add([found("s1", 22)], [tarpit], now=0)
+    # Then it is released once quiet, not after max_hold (the rest were dropped, not lost)
+    assert [h.scan_id for h in hold.ready(now=6)] == ["s1"]
+    # And its scan record is written again with the count in its note, as a later version
+    (noted,) = hold.renoted
+    assert noted.note == ("answers on every port; 49 answering ports dropped: no banner, "
+                          "probe match or TLS")
+    assert noted.finished_at > tarpit.finished_at
+
+
 def test_stage_computes_changes_when_findings_follow_and_a_replay_adds_nothing(store) -> None:  # type: ignore[no-untyped-def]
     from tests.servers import free_port
 
@@ -89,3 +116,21 @@ def test_stage_computes_changes_when_findings_follow_and_a_replay_adds_nothing(s
     closed = asyncio.run(stage.flush())
     assert [(e.kind, e.port, e.previous_scan_id) for e in closed] == [
         (ChangeKind.CLOSED, port, "s1")]
+
+
+def test_the_summary_of_a_distributed_tarpit_host_says_how_many_were_dropped(store) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    # Given the sink stored a tarpit host's shard record and the one finding kept
+    stage = ChangeStage(store, settle=0.1)
+    tarpit = HostScan("s1", T, NOW, NOW, 1000, 50, is_tarpit=True, shard_id="s1:0",
+                      note="answers on every port", ports=(PortRange(1, 1000),))
+    store.insert_host_scans([tarpit])
+    kept = found("s1", 22)
+    store.insert_findings([kept])
+    asyncio.run(stage.on_stored([kept], [tarpit]))
+    # When the hold releases the host
+    asyncio.run(stage.flush(now=time.monotonic() + 1))
+    # Then the Summary's note counts the ports dropped for naming no service
+    (row,) = store.report("summary").dicts()
+    assert "49 answering ports dropped: no banner, probe match or TLS" in row["scan_note"]
