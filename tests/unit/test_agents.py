@@ -303,3 +303,29 @@ def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
     assert envelope["stage"] == "sink" and envelope["line"] == 2
     assert "malformed record" in envelope["reason"]
     assert (sink.stats.findings, stats.poison) == (2, 1)
+
+
+def test_a_finding_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
+    from types import SimpleNamespace
+
+    from stream_processors.transports.faust_agents import run_stage
+
+    # Given two open ports, and a stage that (a named fake: identification caps what it
+    # keeps, so no real probe makes one) turns one of them into a 2 MB finding
+    small, big = port("127.0.0.1", 22), port("127.0.0.1", 80)
+
+    async def oversized_stage(p: OpenPort) -> Finding:
+        banner = "x" * 2_000_000 if p.port == 80 else ""
+        return Finding(port=p, service=ServiceInfo(service="ssh", banner=banner))
+
+    event = SimpleNamespace(value=encode_records([small, big]),
+                            message=SimpleNamespace(topic="open-ports", partition=0, offset=7))
+    findings, dead, stats = Sent(), Sent(), StageStats()
+    # When the stage agent's batch runs
+    asyncio.run(run_stage([event], oversized_stage, 2, findings, dead, stats))
+    # Then the small finding is published, the big one dead-lettered with why (no crash)
+    (sent,) = findings.messages
+    assert [f.port.port for f in decode_records(Finding, sent[1])[0]] == [22]
+    envelope = json.loads(dead.messages[0][1])
+    assert envelope["reason"].startswith("finding of 2,000,")
+    assert envelope["offset"] == 7 and stats.poison == 1
