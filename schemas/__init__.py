@@ -25,12 +25,32 @@ def ddl_statements() -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(";") if s.strip())
 
 
+_TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
+
+
+def _expanded(sql: str) -> str:
+    """The SQL with each ``TARGET_MATCHES(alias)`` written out as the one target predicate
+    (schemas/filters.py): every report filters targets alike, written once. Values are
+    never formatted in: the predicate binds ``{target:String}`` like the rest."""
+    from schemas.filters import target_predicate
+
+    return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
+
+
 @cache
 def report_sql(name: str) -> str:
     """The SQL of one report, run unchanged by the store (parameters bound server-side)."""
     if name not in REPORTS:
         raise KeyError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
-    return _read(f"reports/{name}.sql")
+    return _expanded(_read(f"reports/{name}.sql"))
+
+
+@cache
+def web_sql(name: str) -> str:
+    """A query of schemas/web/ (charts and filter choices), read once."""
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise KeyError(f"bad query name {name!r}")
+    return _expanded(_read(f"web/{name}.sql"))
 
 
 @cache

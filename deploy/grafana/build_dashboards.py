@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,9 @@ def grafana_sql(sql: str) -> str:
 
 
 def _web_sql(name: str) -> str:
-    return resources.files("schemas").joinpath("web", f"{name}.sql").read_text("utf-8")
+    from schemas import web_sql
+
+    return web_sql(name)
 
 
 RISK_OVER_TIME = """SELECT toDateTime(day) AS time,

@@ -23,12 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from functools import cache
-from importlib import resources
 from typing import Any, TypeVar
 
 from portwatch.web.query import ReportQuery
-from schemas import bind_parameters, report_order_by, report_sql
+from schemas import bind_parameters, report_order_by, report_sql, web_sql
 from stream_processors.store import Report, Store
 
 T = TypeVar("T")
@@ -40,12 +38,6 @@ SELECT (SELECT count() FROM port_observations), (SELECT max(observed_at) FROM po
        (SELECT count() FROM host_scans), (SELECT max(finished_at) FROM host_scans),
        (SELECT count() FROM tls_probes), (SELECT max(observed_at) FROM tls_probes)
 """
-
-
-@cache
-def web_sql(name: str) -> str:
-    """A query of schemas/web/ (charts and filter choices), read once."""
-    return resources.files("schemas").joinpath("web", f"{name}.sql").read_text("utf-8")
 
 
 # ColourTotals' fields, in order, as window aggregates over the Summary's rows.

@@ -81,31 +81,7 @@ LEFT JOIN certs ON certs.target = probes.target AND certs.ip = probes.ip
 LEFT JOIN owners ON owners.target = probes.target AND owners.ip = probes.ip
 LEFT JOIN fingerprints ON fingerprints.target = probes.target AND fingerprints.ip = probes.ip
                       AND fingerprints.port = probes.port
-WHERE ({target:String} = ''
-       OR lower(owners.target) = lower({target:String})
-       OR lower(owners.hostname) = lower({target:String})
-       OR lower(owners.asset) = lower({target:String})
-       OR owners.ip = lower({target:String})
-       OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
-           AND NOT isIPv4String({target:String})
-           AND startsWith(owners.ip, concat({target:String},
-                                          if(endsWith({target:String}, '.'), '', '.'))))
-       OR (endsWith({target:String}, ':')
-           AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
-           AND startsWith(owners.ip, lower({target:String})))
-       OR (length(splitByChar('/', {target:String})) = 2
-           AND ((isIPv4String(splitByChar('/', {target:String})[1])
-                 AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                OR (isIPv6String(splitByChar('/', {target:String})[1])
-                    AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
-           AND (isIPv4String(owners.ip) OR isIPv6String(owners.ip))
-           AND isIPAddressInRange(
-               if(isIPv4String(owners.ip) OR isIPv6String(owners.ip), owners.ip, '::'),
-               if((isIPv4String(splitByChar('/', {target:String})[1])
-                   AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                  OR (isIPv6String(splitByChar('/', {target:String})[1])
-                      AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
-                  {target:String}, '::/128'))))
+WHERE TARGET_MATCHES(owners)
   AND ({org:String} = '' OR lower(owners.organization) = lower({org:String}))
   AND ({port:UInt16} = 0 OR probes.port = {port:UInt16})
   AND ({grade:String} = '' OR probes.grade = {grade:String})

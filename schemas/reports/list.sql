@@ -112,31 +112,7 @@ LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
 LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
                 AND closed.port = f.port
 WHERE ({history:UInt8} = 1 OR is_current)
-  AND ({target:String} = ''
-       OR lower(f.target) = lower({target:String})
-       OR lower(f.hostname) = lower({target:String})
-       OR lower(f.asset) = lower({target:String})
-       OR f.ip = lower({target:String})
-       OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
-           AND NOT isIPv4String({target:String})
-           AND startsWith(f.ip, concat({target:String},
-                                          if(endsWith({target:String}, '.'), '', '.'))))
-       OR (endsWith({target:String}, ':')
-           AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
-           AND startsWith(f.ip, lower({target:String})))
-       OR (length(splitByChar('/', {target:String})) = 2
-           AND ((isIPv4String(splitByChar('/', {target:String})[1])
-                 AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                OR (isIPv6String(splitByChar('/', {target:String})[1])
-                    AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
-           AND (isIPv4String(f.ip) OR isIPv6String(f.ip))
-           AND isIPAddressInRange(
-               if(isIPv4String(f.ip) OR isIPv6String(f.ip), f.ip, '::'),
-               if((isIPv4String(splitByChar('/', {target:String})[1])
-                   AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                  OR (isIPv6String(splitByChar('/', {target:String})[1])
-                      AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
-                  {target:String}, '::/128'))))
+  AND TARGET_MATCHES(f)
   AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
   AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
   AND ({version:String} = '' OR lower(f.version) = lower({version:String}))

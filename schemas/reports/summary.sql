@@ -114,31 +114,7 @@ FROM scans
 LEFT JOIN per_host ON per_host.target = scans.target AND per_host.ip = scans.ip
 LEFT JOIN scan_totals ON scan_totals.target = scans.target AND scan_totals.ip = scans.ip
                      AND scan_totals.scan_id = scans.last_scan_id
-WHERE ({target:String} = ''
-       OR lower(scans.target) = lower({target:String})
-       OR lower(scans.hostname) = lower({target:String})
-       OR lower(scans.asset) = lower({target:String})
-       OR scans.ip = lower({target:String})
-       OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
-           AND NOT isIPv4String({target:String})
-           AND startsWith(scans.ip, concat({target:String},
-                                          if(endsWith({target:String}, '.'), '', '.'))))
-       OR (endsWith({target:String}, ':')
-           AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
-           AND startsWith(scans.ip, lower({target:String})))
-       OR (length(splitByChar('/', {target:String})) = 2
-           AND ((isIPv4String(splitByChar('/', {target:String})[1])
-                 AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                OR (isIPv6String(splitByChar('/', {target:String})[1])
-                    AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
-           AND (isIPv4String(scans.ip) OR isIPv6String(scans.ip))
-           AND isIPAddressInRange(
-               if(isIPv4String(scans.ip) OR isIPv6String(scans.ip), scans.ip, '::'),
-               if((isIPv4String(splitByChar('/', {target:String})[1])
-                   AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                  OR (isIPv6String(splitByChar('/', {target:String})[1])
-                      AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
-                  {target:String}, '::/128'))))
+WHERE TARGET_MATCHES(scans)
   AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
   AND ({port:UInt16} = 0 OR arrayExists(x -> x.1 = {port:UInt16}, per_host.port_list))
   AND ({color:String} = '' OR arrayExists(x -> x.3 = {color:String}, per_host.port_list))

@@ -34,31 +34,7 @@ WITH
         FROM scans
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.scan_id
-        WHERE ({target:String} = ''
-               OR lower(scans.target) = lower({target:String})
-               OR lower(scans.hostname) = lower({target:String})
-               OR lower(scans.asset) = lower({target:String})
-               OR scans.ip = lower({target:String})
-               OR (empty(replaceRegexpAll({target:String}, '[0-9.]', ''))
-                   AND NOT isIPv4String({target:String})
-                   AND startsWith(scans.ip, concat({target:String},
-                                                  if(endsWith({target:String}, '.'), '', '.'))))
-               OR (endsWith({target:String}, ':')
-                   AND empty(replaceRegexpAll(lower({target:String}), '[0-9a-f:]', ''))
-                   AND startsWith(scans.ip, lower({target:String})))
-               OR (length(splitByChar('/', {target:String})) = 2
-                   AND ((isIPv4String(splitByChar('/', {target:String})[1])
-                         AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                        OR (isIPv6String(splitByChar('/', {target:String})[1])
-                            AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128))
-                   AND (isIPv4String(scans.ip) OR isIPv6String(scans.ip))
-                   AND isIPAddressInRange(
-                       if(isIPv4String(scans.ip) OR isIPv6String(scans.ip), scans.ip, '::'),
-                       if((isIPv4String(splitByChar('/', {target:String})[1])
-                           AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 32)
-                          OR (isIPv6String(splitByChar('/', {target:String})[1])
-                              AND toUInt8OrNull(splitByChar('/', {target:String})[2]) <= 128),
-                          {target:String}, '::/128'))))
+        WHERE TARGET_MATCHES(scans)
           AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
           AND ({days:UInt16} = 0
                OR scans.scan_finished_at >= now() - toIntervalDay({days:UInt16}))
