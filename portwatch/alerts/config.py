@@ -139,19 +139,24 @@ def load_alerts(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Read and validate an alerts file; raises AlertConfigError (one line, FILE:LINE)."""
     name = str(path)
     environ = os.environ if env is None else env
+    root = compose_yaml(name, read_text_file(name, AlertConfigError))
+    return _Parser(name, environ).config(root)
+
+
+def read_text_file(name: str, error: type[AlertConfigError]) -> str:
+    """A people-written file's text, bounded (MAX_FILE_BYTES) and UTF-8; ``error`` (one
+    line, ``FILE:0: ...``) when it cannot be read, is too large or is not text."""
     try:
         with open(name, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise AlertConfigError(name, 0, f"cannot read: {exc.strerror or exc}") from None
+        raise error(name, 0, f"cannot read: {exc.strerror or exc}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise AlertConfigError(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
+        raise error(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise AlertConfigError(name, 0, f"not UTF-8 text ({exc.reason})") from None
-    root = compose_yaml(name, text)
-    return _Parser(name, environ).config(root)
+        raise error(name, 0, f"not UTF-8 text ({exc.reason})") from None
 
 
 def compose_yaml(name: str, text: str) -> yaml.Node | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from portwatch.alerts.config import MAX_FILE_BYTES, AlertConfigError, compose_yaml
+from portwatch.alerts.config import AlertConfigError, compose_yaml, read_text_file
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note")
@@ -135,17 +135,7 @@ def record_run(store: Any, entry: str, slot: datetime, started: datetime, finish
 
 def load_schedules(path: str | os.PathLike[str]) -> list[ScheduleEntry]:
     name = str(path)
-    try:
-        with open(name, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ScheduleError(name, 0, f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ScheduleError(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScheduleError(name, 0, f"not UTF-8 text ({exc.reason})") from None
+    text = read_text_file(name, ScheduleError)
     try:
         root = compose_yaml(name, text)
     except AlertConfigError as exc:
