@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from probers.reprobe import reprobe
@@ -98,16 +99,18 @@ _PROTO = {p.value: p for p in Proto}  # Proto(value) costs ~15 us a row on this 
 RANGE_QUERY_MIN = 64  # hosts per batch from which a key-range read beats bound arrays
 
 
-def _state_filter(chunk: Sequence[HostKey]) -> tuple[str, dict[str, Any]]:
-    """WHERE clause reading one sorted batch of hosts. A small batch binds its names; a
-    large one reads the contiguous key range [first, last] of the sorting key and the
+def _state_filter(chunk: Sequence[HostKey], *, dense: bool) -> tuple[str, dict[str, Any]]:
+    """WHERE clause reading one sorted batch of hosts. A dense batch (every host of a
+    day's scan) reads the contiguous key range [first, last] of the sorting key and the
     caller drops the rows of other hosts: sorted batches are disjoint ranges, so a whole
-    day's estate is read once, never once per batch."""
-    if len(chunk) < RANGE_QUERY_MIN:
-        return ("target IN {targets:Array(String)} AND ip IN {ips:Array(String)}",
-                {"targets": sorted({k[0] for k in chunk}), "ips": sorted({k[1] for k in chunk})})
-    return ("target >= {lo:String} AND target <= {hi:String}",
-            {"lo": chunk[0][0], "hi": chunk[-1][0]})
+    day's estate is read once, never once per batch. A sparse one (the few hosts whose
+    scan changed) binds its names: the index reads only their granules, where the range
+    would read and decode every neighbour in between (1.0 s of 3.1 s at 20,000 hosts)."""
+    if dense and len(chunk) >= RANGE_QUERY_MIN:
+        return ("target >= {lo:String} AND target <= {hi:String}",
+                {"lo": chunk[0][0], "hi": chunk[-1][0]})
+    return ("target IN {targets:Array(String)} AND ip IN {ips:Array(String)}",
+            {"targets": sorted({k[0] for k in chunk}), "ips": sorted({k[1] for k in chunk})})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ def load_host_rows(store: Store, keys: Sequence[HostKey]) -> dict[HostKey, HostR
     out: dict[HostKey, HostRow] = {}
     ordered = sorted(wanted)
     for start in range(0, len(ordered), HOST_BATCH):
-        where, params = _state_filter(ordered[start:start + HOST_BATCH])
+        where, params = _state_filter(ordered[start:start + HOST_BATCH], dense=True)
         for target, ip, scan_id, finished_at, is_reachable, digest in store.query(
                 "SELECT target, ip, scan_id, finished_at, is_reachable, fingerprint "
                 f"FROM host_state FINAL WHERE {where}", params):
@@ -135,13 +138,15 @@ def load_host_rows(store: Store, keys: Sequence[HostKey]) -> dict[HostKey, HostR
     return out
 
 
-def load_ports(store: Store, keys: Sequence[HostKey]
+def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
                ) -> dict[HostKey, dict[PortKey, PortSnapshot]]:
+    """Every port state of ``keys``; ``dense``: the keys are most hosts of their key
+    range (see ``_state_filter``)."""
     wanted = set(keys)
     ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
     ordered = sorted(wanted)
     for start in range(0, len(ordered), HOST_BATCH):
-        where, params = _state_filter(ordered[start:start + HOST_BATCH])
+        where, params = _state_filter(ordered[start:start + HOST_BATCH], dense=dense)
         for row in store.query(
                 f"SELECT {', '.join(PORT_STATE_COLUMNS)} FROM port_state FINAL WHERE {where}",
                 params):
@@ -236,10 +241,15 @@ class ChangeRecorder:
     _snapshots: dict[tuple[str, str, str], list[PortSnapshot]] = field(default_factory=dict)
 
     def add_findings(self, findings: Iterable[Finding]) -> None:
+        snapshots = self._snapshots
         for f in findings:
-            t = f.port.target
-            self._snapshots.setdefault((f.port.scan_id, t.target, t.ip), []).append(
-                snapshot_of(f))
+            p = f.port
+            t = p.target
+            key = (p.scan_id, t.target, t.ip)
+            found = snapshots.get(key)
+            if found is None:
+                snapshots[key] = found = []
+            found.append(snapshot_of(f))
 
     def forget(self, scan_id: str, target: Target) -> None:
         self._snapshots.pop((scan_id, target.target, target.ip), None)
@@ -269,8 +279,9 @@ class ChangeRecorder:
             rows.add_unchanged(view, row)
         await asyncio.to_thread(write_rows, self.store, rows)
         slow_keys = [(v.target.target, v.target.ip) for v in slow]
-        ports = await asyncio.to_thread(
-            load_ports, self.store, [k for k in slow_keys if k in host_rows])
+        known = [k for k in slow_keys if k in host_rows]
+        ports = await asyncio.to_thread(partial(
+            load_ports, self.store, known, dense=2 * len(known) > len(keys)))
         states = {key: HostState(view.target, host_rows[key].scan_id,
                                  host_rows[key].finished_at, host_rows[key].is_reachable,
                                  ports.get(key, {}))
