@@ -178,6 +178,54 @@ def nmap_xml(path: Path, hosts: list[HostLife], when: datetime) -> None:
                   f'down="0" total="{len(hosts)}"/></runstats></nmaprun>\n')
 
 
+def page_timings(db, now: datetime, one: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Median ms of the SQL behind each page, uncached (timed at the store)."""
+    from stream_processors.history import changes_report
+
+    pages = {
+        "Summary (top 50 by risk)": lambda: db.report("summary", {}, limit=50),
+        "List (first 50)": lambda: db.report("list", {}, limit=50),
+        "List, red ports (first 50)": lambda: db.report("list", {"color": "red"}, limit=50),
+        "Ciphers (first 50)": lambda: db.report("ciphers", {}, limit=50),
+        "Changes, last 7 days (first 200)": lambda: changes_report(
+            db, since=now - timedelta(days=7), limit=200),
+        "Per-target: ports now": lambda: db.select(
+            "ports", _history_sql("target_ports"), {"target": one, "ip": one}),
+        "Per-target: its events": lambda: changes_report(db, target=one),
+        "Per-target: score after every scan": lambda: db.select(
+            "history", _history_sql("target_scores"), {"target": one, "ip": one}),
+    }
+    return {label: time_ms(fn) for label, fn in pages.items()}
+
+
+def print_pages(page_ms: dict[str, float]) -> None:
+    print("\n| page query (uncached, at the store) | median ms | under 500 ms |")
+    print("| --- | ---: | --- |")
+    for label, ms in page_ms.items():
+        print(f"| {label} | {ms:.0f} | {'yes' if ms < 500 else 'no'} |")
+
+
+def pages_only(path: Path) -> int:
+    """Time the pages of a store kept by an earlier ``--keep`` run (e.g. after the report
+    SQL changed): the same queries, the same host, no rebuild."""
+    from stream_processors.store import Store
+
+    db = Store.from_url(f"chdb://{path / 'store'}", create=False)
+    try:
+        (now,), = db.query("SELECT max(finished_at) FROM host_state")
+        (hosts,), = db.query("SELECT count() FROM host_state FINAL")
+        (one,), = db.query("SELECT target FROM host_state FINAL ORDER BY target "
+                           "LIMIT 1 OFFSET {n:UInt64}", {"n": hosts // 2})
+        (observations,), = db.query("SELECT count() FROM port_observations")
+        page_ms = page_timings(db, now.replace(tzinfo=UTC), one)
+    finally:
+        db.close()
+    print(f"bench/history --pages-only: {hosts:,} hosts, {observations:,} observations; "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print_pages(page_ms)
+    return 0
+
+
 def time_ms(fn, repeats: int = 5) -> float:  # type: ignore[no-untyped-def]
     samples = []
     for _ in range(repeats):
@@ -194,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports-per-host", type=int, default=3)
     parser.add_argument("--anchor-hosts", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build the store in DIR and keep it (for --pages-only)")
+    parser.add_argument("--pages-only", type=Path, metavar="DIR",
+                        help="only time the pages of the store an earlier --keep left in DIR")
     args = parser.parse_args(argv)
-    from stream_processors.history import changes_report
+    if args.pages_only:
+        return pages_only(args.pages_only)
     from stream_processors.store import Store
 
     rng = random.Random(args.seed)
@@ -203,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     anchor = hosts[:min(args.anchor_hosts, len(hosts))]
     rest = hosts[len(anchor):]
     now = datetime.now(UTC).replace(microsecond=0, second=0, minute=0)
-    tmp = Path(tempfile.mkdtemp(prefix="portwatch-bench-history-"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="portwatch-bench-history-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         db = Store.from_url(f"chdb://{tmp / 'store'}")
         build_start = time.perf_counter()
@@ -228,20 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         "AND database = currentDatabase() AND table = 'port_observations'")[0][0]
         total_disk = db.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE active "
                               "AND database = currentDatabase()")[0][0]
-        one = hosts[len(hosts) // 2].target.ip
-        pages = {
-            "Summary (top 50 by risk)": lambda: db.report("summary", {}, limit=50),
-            "List (first 50)": lambda: db.report("list", {}, limit=50),
-            "List, red ports (first 50)": lambda: db.report("list", {"color": "red"}, limit=50),
-            "Changes, last 7 days (first 200)": lambda: changes_report(
-                db, since=now - timedelta(days=7), limit=200),
-            "Per-target: ports now": lambda: db.select(
-                "ports", _history_sql("target_ports"), {"target": one, "ip": one}),
-            "Per-target: its events": lambda: changes_report(db, target=one),
-            "Per-target: score after every scan": lambda: db.select(
-                "history", _history_sql("target_scores"), {"target": one, "ip": one}),
-        }
-        page_ms = {label: time_ms(fn) for label, fn in pages.items()}
+        page_ms = page_timings(db, now, hosts[len(hosts) // 2].target.ip)
         # ndiff on the same anchor hosts' last two days
         old_xml, new_xml = tmp / "day-a.xml", tmp / "day-b.xml"
         nmap_xml(old_xml, list(previous_day.values()), now - timedelta(days=1))
@@ -255,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             ndiff_s = time.perf_counter() - begin
         db.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     per_million = disk / max(observations, 1) * 1e6
     print(f"\nbench/history: {args.hosts:,} hosts x {args.days} days x "
           f"~{args.ports_per_host} ports = {observations:,} observations "
@@ -264,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{anchor_s + rest_s:.2f}s ({anchor_events + rest_events} events)")
     print(f"disk: port_observations {per_million / 2**20:.1f} MiB per million observations; "
           f"whole store {total_disk / 2**20:.0f} MiB")
-    print("\n| page query (uncached, at the store) | median ms | under 500 ms |")
-    print("| --- | ---: | --- |")
-    for label, ms in page_ms.items():
-        print(f"| {label} | {ms:.0f} | {'yes' if ms < 500 else 'no'} |")
+    print_pages(page_ms)
     print(f"\nanchor, {len(anchor):,} hosts, last two days: ndiff {ndiff_s:.2f}s, portwatch "
           f"{anchor_s:.2f}s ({anchor_events} events, store read + rule + write): "
           f"portwatch {ndiff_s / anchor_s:.1f}x faster; the rule alone (in memory, as ndiff "
