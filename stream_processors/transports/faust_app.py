@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -74,8 +76,13 @@ def _broker_url(bootstrap: str) -> str:
 
 
 def make_app(options: PipelineOptions, role: str) -> faust.App:
+    # Faust creates its data directory even with in-memory tables; its default is
+    # "<app id>-data" in the working directory, which littered checkouts and would fail
+    # in a container with a read-only working directory. Nothing in it outlives a run.
+    datadir = Path(tempfile.gettempdir()) / "portwatch-faust" / options.app_id(role)
     return faust.App(
         options.app_id(role),
+        datadir=str(datadir),
         broker=_broker_url(options.bootstrap),
         store="memory://",
         web_enabled=False,

@@ -106,7 +106,8 @@ def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
 
         async def run() -> None:
             app = faust.App("portwatch-alerts-unit", broker="kafka://127.0.0.1:9",
-                            store="memory://", web_enabled=False, autodiscover=False)
+                            store="memory://", web_enabled=False, autodiscover=False,
+                            datadir=str(tmp_path / "faust"))
             topic = app.topic("changes", key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
             agent = app.agent(topic, name="alerts")(

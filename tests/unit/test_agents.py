@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -223,7 +225,8 @@ async def _until(predicate: Any, timeout: float = 20.0) -> None:
 def _app() -> faust.App:
     # The broker is never contacted: the test context feeds the agent directly.
     return faust.App("portwatch-unit-test", broker="kafka://127.0.0.1:9", store="memory://",
-                     web_enabled=False, autodiscover=False)
+                     web_enabled=False, autodiscover=False,
+                     datadir=str(Path(tempfile.gettempdir()) / "portwatch-faust-unit-test"))
 
 
 def _close_consumer_loop(app: faust.App) -> None:
