@@ -30,6 +30,8 @@ UINT32_MAX = 2**32 - 1
 TEXT_CAP = 4096
 # Characters kept of one banner (an excerpt: the full banner never needs storing).
 BANNER_CAP = 1024
+# Characters kept of a JARM fingerprint (one is 62 hex characters).
+JARM_CAP = 62
 # Elements kept of one array column (SANs, TLS versions), and characters per element.
 ARRAY_CAP = 1000
 ARRAY_ITEM_CAP = 1024
@@ -117,7 +119,7 @@ def timestamp(value: Any) -> datetime:
 
 
 __all__ = [
-    "ARRAY_CAP", "ARRAY_ITEM_CAP", "BANNER_CAP", "TEXT_CAP", "TIME_MAX", "TIME_MIN",
+    "ARRAY_CAP", "ARRAY_ITEM_CAP", "BANNER_CAP", "JARM_CAP", "TEXT_CAP", "TIME_MAX", "TIME_MIN",
     "UINT16_MAX", "UINT32_MAX", "UINT8_MAX", "flag", "saturate", "text", "texts", "timestamp",
     "u16", "u32", "u8",
 ]

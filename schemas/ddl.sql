@@ -216,7 +216,14 @@ CREATE TABLE IF NOT EXISTS host_scans
     open_ports     UInt32,
     status         LowCardinality(String),
     is_tarpit      UInt8,
-    note           String
+    note           String,
+    -- What the shard covered (HostScan.proto and .ports as first/last arrays), so that
+    -- change recovery (history.recover_changes) rebuilds the record whole and closes only
+    -- what the shard looked at. At most ARRAY_CAP ranges are kept: a longer list keeps
+    -- its first ranges, which covers less, never more.
+    proto          LowCardinality(String),
+    cover_first    Array(UInt16),
+    cover_last     Array(UInt16)
 )
 ENGINE = ReplacingMergeTree(finished_at)
 PARTITION BY toYYYYMM(finished_at)

@@ -16,10 +16,12 @@ re-probe, so a lost finding cannot close a port).
 
 Must not touch: Kafka (the caller publishes the events), the rule itself.
 
-Known limits: the hold is in memory; a sink that crashes after storing a batch and before
-releasing its hosts does not compute those hosts' changes (the next scan compares with the
-last computed state, so nothing is lost for ever, but those events are missed). A shard of
-a host arriving after the host was released is recomputed as a replay (no new events).
+A crash: the hold is in memory, but the store is the journal. A sink that dies after
+storing a batch and before releasing its hosts leaves completed host scans newer than their
+hosts' states; its successor's first flush (and every ``max_hold`` seconds after) finds
+them, rebuilds their snapshots from the stored rows and computes their events
+(``ChangeRecorder.recover``), which are published like any. A shard of a host arriving
+after the host was released is recomputed as a replay (no new events).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from schemas.records import ChangeEvent, Finding, HostScan
-from stream_processors.history import ChangeRecorder, ReprobeOptions
+from stream_processors.history import RECOVER_AFTER, ChangeRecorder, ReprobeOptions
 from stream_processors.stages import note_dropped
 from stream_processors.store import Store
 
@@ -129,19 +131,31 @@ class ChangeStage:
         self.store = store
         self.recorder = ChangeRecorder(store, reprobe or ReprobeOptions())
         self.hold = HostHold(settle=settle, max_hold=max_hold)
+        self._next_recovery = float("-inf")  # monotonic time of the next sweep: at start
 
     async def on_stored(self, findings: Sequence[Finding], scans: Sequence[HostScan]) -> None:
         self.recorder.add_findings(findings)
         self.hold.add(findings, scans, time.monotonic())
 
     async def flush(self, now: float | None = None) -> list[ChangeEvent]:
-        ready = self.hold.ready(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        events = await self._recover(now)
+        ready = self.hold.ready(now)
         if self.hold.renoted:
             renoted, self.hold.renoted = self.hold.renoted, []
             await asyncio.to_thread(self.store.insert_host_scans, renoted)
-        if not ready:
+        if ready:
+            events += await self.recorder.finish(ready)
+        return events
+
+    async def _recover(self, now: float) -> list[ChangeEvent]:
+        """At start and every ``max_hold`` seconds: the host scans a dead sink stored and
+        held but never compared (history.recover_changes; its events, published as any)."""
+        if now < self._next_recovery:
             return []
-        return await self.recorder.finish(ready)
+        self._next_recovery = now + self.hold.max_hold
+        margin = max(RECOVER_AFTER, timedelta(seconds=self.hold.max_hold))
+        return await self.recorder.recover(finished_before=datetime.now(UTC) - margin)
 
 
 __all__ = ["ChangeStage", "HostHold"]

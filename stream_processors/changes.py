@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from probers.reprobe import Answer as ProbeAnswer  # OPEN / REFUSED (host answered) / SILENT
+from schemas.bounded import JARM_CAP, text, texts
 from schemas.records import (
     ChangeEvent,
     ChangeKind,
@@ -112,12 +113,12 @@ class PortSnapshot(NamedTuple):
         return f"{words or 'unidentified'} ({self.risk_color})"
 
 
-def _parse_not_after(text: str) -> datetime:
+def parse_not_after(value: str) -> datetime:
     """Certificate notAfter as stored by the TLS prober (ISO 8601); EPOCH when unreadable."""
-    if not text:
+    if not value:
         return EPOCH
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return EPOCH  # hostile or odd text never reaches a typed column
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
@@ -125,28 +126,34 @@ def _parse_not_after(text: str) -> datetime:
 
 def snapshot_of(finding: Finding) -> PortSnapshot:
     """The compact state of one finding (what both transports feed ``detect_changes``).
-    Called once per stored finding, so it is written for speed: no work for the empty TLS
-    fields most ports have."""
+
+    Every text is bounded as the store's row builders bound it, so the snapshot equals
+    the one ``history.stored_snapshots`` rebuilds from the stored rows (change recovery)
+    and a hostile banner never grows ``port_state``. Called once per stored finding, so it
+    is written for speed: no work for the empty TLS fields most ports have."""
     p, s, tls = finding.port, finding.service, finding.tls
     sha, not_after = "", EPOCH
-    for c in tls.certificates:
+    # A port whose TLS was never probed stores no TLS rows: nothing of it is compared
+    probed = tls.status is not ProbeStatus.NOT_SCHEDULED
+    for c in tls.certificates if probed else ():
         if c.chain_position == 0:  # the leaf
-            sha, not_after = c.sha256, _parse_not_after(c.not_after)
+            sha, not_after = text(c.sha256), parse_not_after(text(c.not_after))
             break
-    versions = tls.versions
-    suites = tls.suites
-    jarm = s.jarm
+    versions = tls.versions if probed else ()
+    suites = tls.suites if probed else ()
+    jarm = text(s.jarm, JARM_CAP)
     return PortSnapshot(
-        p.proto, p.port, True, s.service, s.product, s.version,
+        p.proto, p.port, True, text(s.service), text(s.product), text(s.version),
         finding.risk_color.value, finding.cdn.is_expected_port, tls.status.value,
-        tuple(sorted(set(versions))) if versions else (),
-        tuple(sorted({c.iana_name for c in suites if c.strength == "weak"})) if suites else (),
-        tls.grade, sha, not_after,
+        tuple(sorted(set(texts(versions)))) if versions else (),
+        tuple(sorted({text(c.iana_name) for c in suites if text(c.strength) == "weak"}))
+        if suites else (),
+        text(tls.grade), sha, not_after,
         p.scan_id, p.observed_at, p.observed_at,
         s.method == "unidentified" and s.extra_info.startswith(INCOMPLETE),
         "" if s.favicon_mmh3 is None else str(s.favicon_mmh3),
         # all zeros: no TLS answer to any of the ten hellos, i.e. nothing to compare
-        jarm if jarm and jarm.strip("0") else "",
+        jarm if jarm.strip("0") else "",
     )
 
 
@@ -489,6 +496,7 @@ __all__ = [
     "fingerprint",
     "host_views",
     "is_near_expiry",
+    "parse_not_after",
     "severity_of",
     "snapshot_of",
 ]

@@ -26,9 +26,20 @@ from functools import partial
 from typing import Any
 
 from probers.reprobe import reprobe
-from schemas.records import ChangeEvent, ChangeKind, Finding, HostScan, Proto, Severity, Target
+from schemas.records import (
+    ChangeEvent,
+    ChangeKind,
+    Finding,
+    HostScan,
+    PortRange,
+    Proto,
+    RecordError,
+    Severity,
+    Target,
+)
 from stream_processors.changes import (
     EPOCH,
+    INCOMPLETE,
     HostScanView,
     HostState,
     PortKey,
@@ -39,6 +50,7 @@ from stream_processors.changes import (
     fingerprint,
     host_views,
     is_near_expiry,
+    parse_not_after,
     snapshot_of,
 )
 from stream_processors.store import Report, Store
@@ -57,6 +69,10 @@ PORT_STATE_COLUMNS = (
     "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at", "favicon", "jarm",
 )
 HOST_BATCH = 2_000  # hosts per state query: bounded parameter size, few round trips
+RECOVER_BATCH = 2_000  # host scans recovered per round: bounded memory and parameters
+# A completed host scan this old and still not compared was left by a transport that died:
+# a live one compares within seconds of storing it (the distributed hold within max_hold).
+RECOVER_AFTER = timedelta(minutes=10)
 TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
 
 HostKey = tuple[str, str]  # (target, ip)
@@ -304,6 +320,27 @@ class ChangeRecorder:
             self.forget(view.scan_id, view.target)
         return events
 
+    async def recover(self, *, finished_before: datetime,
+                      batch: int = RECOVER_BATCH) -> list[ChangeEvent]:
+        """Compute the changes of every host scan stored but never compared (see
+        "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives."""
+        events: list[ChangeEvent] = []
+        while True:
+            scans = await asyncio.to_thread(partial(
+                pending_host_scans, self.store, finished_before=finished_before, limit=batch))
+            if not scans:
+                return events
+            keys = {(h.scan_id, h.target.target, h.target.ip) for h in scans}
+            snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
+            for key, found in snapshots.items():
+                self._snapshots[key] = found
+            before = len(events)
+            events.extend(await self.finish(scans))
+            log.info("change recovery: %d host scans stored but never compared, %d events",
+                     len(keys), len(events) - before)
+            if len(keys) < batch:
+                return events
+
     async def _wave(self, views: Sequence[HostScanView],
                     states: dict[HostKey, HostState]) -> list[ChangeEvent]:
         todo: list[tuple[HostScanView, HostState | None]] = []
@@ -348,6 +385,140 @@ def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+# -- recovery: host scans stored but never compared ------------------------------------------
+#
+# A transport that dies between storing a host's scan and computing its changes (a sink
+# crash while the host is held, a kill -9 of an embedded scan at a shard's end) leaves a
+# completed host scan newer than the host's state. The store is the journal: the scan's
+# rows are all there, so its snapshots are rebuilt from them (``snapshot_of`` bounds
+# every value as the row builders do, so both give equal snapshots; a property test
+# checks it) and the ordinary ``finish`` computes its events, as it would have.
+
+_PENDING_SQL = """
+WITH pending AS (
+    SELECT l.target AS target, l.ip AS ip, l.scan_id AS scan_id
+    FROM latest_host_scans AS l
+    LEFT JOIN (SELECT target, ip, finished_at FROM host_state FINAL) AS s
+        ON s.target = l.target AND s.ip = l.ip
+    WHERE l.finished_at < {before:DateTime64(3, 'UTC')}
+      AND (s.target = '' OR s.finished_at < l.finished_at)
+),
+shards AS (
+    SELECT target, ip, scan_id, countIf(status != 'completed') AS unfinished,
+           sum(open_ports) AS announced, max(is_tarpit) AS is_tarpit
+    FROM host_scans FINAL
+    WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM pending)
+    GROUP BY target, ip, scan_id
+),
+stored AS (
+    SELECT target, ip, scan_id, count() AS found
+    FROM port_observations FINAL
+    WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM pending)
+    GROUP BY target, ip, scan_id
+)
+-- As the distributed hold: only once its findings are all stored (a tarpit host's
+-- candidates that named nothing are dropped, so it never reaches what it announced).
+SELECT h.target, h.ip, h.scan_id
+FROM shards AS h
+LEFT JOIN stored AS f ON f.target = h.target AND f.ip = h.ip AND f.scan_id = h.scan_id
+WHERE h.unfinished = 0 AND (h.is_tarpit = 1 OR f.found >= h.announced)
+ORDER BY h.target, h.ip
+LIMIT {limit:UInt64}
+"""
+_KEYS_FILTER = ("scan_id IN {scans:Array(String)} AND target IN {targets:Array(String)} "
+                "AND ip IN {ips:Array(String)}")
+_HOST_SCAN_SQL = (
+    "SELECT scan_id, shard_id, target, hostname, organization, asset, ip, started_at, "
+    "finished_at, ports_scanned, open_ports, status, is_tarpit, note, proto, cover_first, "
+    f"cover_last FROM host_scans FINAL WHERE {_KEYS_FILTER}")
+_SNAPSHOT_SQL = f"""
+SELECT o.scan_id, o.target, o.ip, o.proto, o.port, o.service, o.product, o.version,
+       o.risk_color, o.is_cdn_expected, o.tls_status, o.tls_grade, o.method, o.extra_info,
+       o.favicon_mmh3, o.jarm, o.observed_at,
+       -- TLS is probed on TCP only; the TLS tables carry no protocol
+       if(o.proto = 'tcp', p.versions, []) AS versions,
+       if(o.proto = 'tcp', c.sha256, '') AS leaf_sha256,
+       if(o.proto = 'tcp', c.not_after, '') AS leaf_not_after,
+       if(o.proto = 'tcp', w.weak, []) AS weak
+FROM (SELECT * FROM port_observations FINAL WHERE {_KEYS_FILTER}) AS o
+LEFT JOIN (SELECT scan_id, target, ip, port, versions FROM tls_probes FINAL
+           WHERE {_KEYS_FILTER}) AS p
+    ON p.scan_id = o.scan_id AND p.target = o.target AND p.ip = o.ip AND p.port = o.port
+LEFT JOIN (SELECT scan_id, target, ip, port, sha256, not_after FROM certificates FINAL
+           WHERE {_KEYS_FILTER} AND chain_position = 0) AS c
+    ON c.scan_id = o.scan_id AND c.target = o.target AND c.ip = o.ip AND c.port = o.port
+LEFT JOIN (SELECT scan_id, target, ip, port, groupUniqArray(iana_name) AS weak
+           FROM tls_ciphers FINAL WHERE {_KEYS_FILTER} AND strength = 'weak'
+           GROUP BY scan_id, target, ip, port) AS w
+    ON w.scan_id = o.scan_id AND w.target = o.target AND w.ip = o.ip AND w.port = o.port
+"""
+
+ScanHostKey = tuple[str, str, str]  # (scan_id, target, ip), as the recorder keys snapshots
+
+
+def _keys_params(keys: Iterable[ScanHostKey]) -> dict[str, Any]:
+    keys = list(keys)
+    return {"scans": sorted({k[0] for k in keys}), "targets": sorted({k[1] for k in keys}),
+            "ips": sorted({k[2] for k in keys})}
+
+
+def pending_host_scans(store: Store, *, finished_before: datetime,
+                       limit: int = RECOVER_BATCH) -> list[HostScan]:
+    """The shard records of host scans whose changes were never computed: each host's
+    latest scan, finished before ``finished_before``, every shard of it completed and
+    every finding it announced stored, newer than the host's state. (An interrupted scan
+    is never pending: it changes nothing.)"""
+    keys = {(scan_id, target, ip) for target, ip, scan_id in store.query(
+        _PENDING_SQL, {"before": finished_before, "limit": limit})}
+    if not keys:
+        return []
+    out: list[HostScan] = []
+    for (scan_id, shard_id, target, hostname, organization, asset, ip, started_at,
+         finished_at, ports_scanned, open_ports, status, is_tarpit, note, proto, first,
+         last) in store.query(_HOST_SCAN_SQL, _keys_params(keys)):
+        if (scan_id, target, ip) not in keys:
+            continue  # a neighbour matching the bound names, not asked for
+        try:
+            out.append(HostScan(
+                scan_id=scan_id, shard_id=shard_id,
+                target=Target(ip=ip, target=target, hostname=hostname,
+                              organization=organization, asset=asset),
+                started_at=_utc(started_at), finished_at=_utc(finished_at),
+                ports_scanned=int(ports_scanned), open_ports=int(open_ports), status=status,
+                is_tarpit=bool(is_tarpit), note=note, proto=_PROTO.get(proto, Proto.TCP),
+                # an unknown protocol covers nothing, so it closes nothing
+                ports=tuple(PortRange(a, b) for a, b in zip(first, last, strict=False)
+                            if 0 < a <= b) if proto in _PROTO else ()))
+        except RecordError as e:  # a row no writer of ours makes: skip it, say so
+            log.warning("change recovery: skipping the host-scan row of %s in %s: %s",
+                        ip, scan_id, e)
+    return out
+
+
+def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]
+                     ) -> dict[ScanHostKey, list[PortSnapshot]]:
+    """The open ports of each (scan, target, ip) as stored, as ``snapshot_of`` would have
+    built them from the findings."""
+    keys = set(keys)
+    out: dict[ScanHostKey, list[PortSnapshot]] = {}
+    if not keys:
+        return out
+    for (scan_id, target, ip, proto, port, service, product, version, color, cdn, tls_status,
+         grade, method, extra_info, favicon, jarm, observed_at, versions, sha, not_after,
+         weak) in store.query(_SNAPSHOT_SQL, _keys_params(keys)):
+        key = (scan_id, target, ip)
+        if key not in keys or proto not in _PROTO:
+            continue
+        seen = _utc(observed_at)
+        out.setdefault(key, []).append(PortSnapshot(
+            _PROTO[proto], int(port), True, service, product, version, color, bool(cdn),
+            tls_status, tuple(sorted(set(versions))), tuple(sorted(weak)), grade, sha,
+            parse_not_after(not_after), scan_id, seen, seen,
+            method == "unidentified" and extra_info.startswith(INCOMPLETE),
+            "" if favicon is None else str(favicon), jarm if jarm.strip("0") else ""))
+    return out
 
 
 # -- reading the change log -------------------------------------------------------------------

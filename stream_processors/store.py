@@ -28,15 +28,37 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
-from schemas.bounded import BANNER_CAP, flag, i32, text, texts, timestamp, u8, u16, u32
+from schemas.bounded import (
+    ARRAY_CAP,
+    BANNER_CAP,
+    JARM_CAP,
+    flag,
+    i32,
+    text,
+    texts,
+    timestamp,
+    u8,
+    u16,
+    u32,
+)
 from schemas.records import Finding, HostScan, ProbeStatus
 
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
-JARM_CAP = 62  # a JARM is 62 hex characters
-SCHEMA_VERSION = 9  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 10  # layout of schemas/ddl.sql; bump with every change there
+# How a store of layout N becomes N + 1 in place: a year of history must survive an
+# upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
+# it); a layout with no path to SCHEMA_VERSION is refused as before. New tables and views
+# need no step: the DDL creates what is missing on every open.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 9 -> 10: host scans keep their shard's coverage (change recovery). Older rows read
+    # as covering nothing, so a recovered old record closes nothing.
+    9: ("ALTER TABLE host_scans ADD COLUMN IF NOT EXISTS proto LowCardinality(String), "
+        "ADD COLUMN IF NOT EXISTS cover_first Array(UInt16), "
+        "ADD COLUMN IF NOT EXISTS cover_last Array(UInt16)",),
+}
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
@@ -48,7 +70,8 @@ OBSERVATION_COLUMNS = (
 )
 HOST_SCAN_COLUMNS = (
     "scan_id", "shard_id", "target", "hostname", "organization", "asset", "ip", "started_at",
-    "finished_at", "ports_scanned", "open_ports", "status", "is_tarpit", "note",
+    "finished_at", "ports_scanned", "open_ports", "status", "is_tarpit", "note", "proto",
+    "cover_first", "cover_last",
 )
 TLS_PROBE_COLUMNS = (
     "scan_id", "target", "ip", "port", "status", "error", "versions", "grade", "grade_reason",
@@ -129,7 +152,9 @@ def host_scan_row(h: HostScan) -> list[Any]:
     return [text(h.scan_id), text(h.shard_id), text(t.target), text(t.hostname),
             text(t.organization), text(t.asset), text(t.ip), timestamp(h.started_at),
             timestamp(h.finished_at), u32(h.ports_scanned), u32(h.open_ports), text(h.status),
-            flag(h.is_tarpit), text(h.note)]
+            flag(h.is_tarpit), text(h.note), text(h.proto),
+            [u16(r.first) for r in h.ports[:ARRAY_CAP]],
+            [u16(r.last) for r in h.ports[:ARRAY_CAP]]]
 
 
 class StoreError(RuntimeError):
@@ -388,8 +413,9 @@ class Store:
     # -- schema -------------------------------------------------------------------------
 
     def ensure_schema(self, *, create: bool = True) -> None:
-        """Create what is missing; refuse a store laid out by another portwatch version
-        (the DDL is idempotent, so an old table would otherwise stay, silently wrong).
+        """Create what is missing; upgrade an older layout that ``MIGRATIONS`` leads
+        here; refuse any other (the DDL is idempotent, so an old table would otherwise
+        stay, silently wrong).
         ``create=False``: check the version only (StoreMissing when there is no store)."""
         with self._lock:
             existing = {r[0] for r in self._client.query(
@@ -402,6 +428,14 @@ class Store:
                 if "schema_version" in existing:
                     rows = self._client.query("SELECT max(version) FROM schema_version")
                     found = int(rows.result_rows[0][0] or 0)
+                if found < SCHEMA_VERSION and all(
+                        v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
+                    for version in range(found, SCHEMA_VERSION):
+                        for statement in MIGRATIONS[version]:
+                            self._client.command(statement)
+                        self._client.command(
+                            f"INSERT INTO schema_version VALUES ({version + 1})")
+                    found = SCHEMA_VERSION
                 if found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
                     raise StoreLayoutError(

@@ -33,7 +33,7 @@ from pathlib import Path
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
 from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
-from stream_processors.history import ChangeRecorder
+from stream_processors.history import RECOVER_AFTER, ChangeRecorder
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     EngineFactory,
@@ -342,7 +342,10 @@ class EmbeddedRunner:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
         await asyncio.to_thread(self.store.insert_host_scans, rows)
-        stats.change_events = await self.changes.finish(rows)  # after the findings are stored
+        # after the findings are stored; after what an earlier run stored and died before
+        # comparing (kill -9 here), so those events are delivered with this scan's
+        recovered = await self.changes.recover(finished_before=utcnow() - RECOVER_AFTER)
+        stats.change_events = recovered + await self.changes.finish(rows)
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""

@@ -33,6 +33,7 @@ from schemas.records import (
     Finding,
     HostScan,
     OpenPort,
+    PortRange,
     PortState,
     ProbeStatus,
     Proto,
@@ -560,3 +561,34 @@ def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
     message = str(err.value)
     assert "layout version unknown" in message and "use a new --store" in message
     assert "\n" not in message
+
+
+def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_history(
+        shared_chdb_path: Path) -> None:
+    from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
+
+    url = f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}"
+    # Given a store laid out by the previous portwatch (layout 9: host_scans without its
+    # coverage columns), holding a scan
+    old = Store.from_url(url)
+    old.insert_host_scans([HostScan("s1", Target(ip="127.0.0.1", target="127.0.0.1"),
+                                    T0, T0, 10, 0)])
+    old.command("ALTER TABLE host_scans DROP COLUMN proto, DROP COLUMN cover_first, "
+                "DROP COLUMN cover_last")
+    old.command("TRUNCATE TABLE schema_version")
+    old.command("INSERT INTO schema_version VALUES (9)")
+    old.close()
+    assert SCHEMA_VERSION == 10 and 9 in MIGRATIONS
+    # When this portwatch opens it
+    db = Store.from_url(url)
+    try:
+        # Then it is at this layout, its scan is still there, and new rows carry coverage
+        assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert db.query("SELECT scan_id, proto, cover_first FROM host_scans") == [
+            ("s1", "", [])]
+        db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
+                                       T0, T0, 1, 0, ports=(PortRange(22, 22),))])
+        assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
+                        "WHERE scan_id = 's2'") == [("tcp", [22], [22])]
+    finally:
+        db.close()

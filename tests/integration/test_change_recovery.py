@@ -1,0 +1,207 @@
+"""Change recovery: a transport that died between storing a host's scan and computing its
+changes (a sink crash while the host was held, a kill -9 at a shard's end) loses no event.
+The store is the journal: the next recorder finds the completed host scans newer than
+their host's state, rebuilds their snapshots from the stored rows and computes the events
+the dead one would have. Real chdb store; re-probes go to loopback ports where nothing
+listens (the kernel refuses them)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.records import (
+    CdnVerdict,
+    Certificate,
+    ChangeKind,
+    CipherSuite,
+    Finding,
+    HostScan,
+    OpenPort,
+    PortRange,
+    ProbeStatus,
+    Proto,
+    RiskColor,
+    ServiceInfo,
+    Target,
+    TlsResult,
+)
+from stream_processors.change_hold import ChangeStage
+from stream_processors.changes import snapshot_of
+from stream_processors.history import (
+    ChangeRecorder,
+    ReprobeOptions,
+    pending_host_scans,
+    stored_snapshots,
+)
+from tests.servers import free_port
+
+T = Target(ip="127.0.0.1", target="127.0.0.1", organization="Org", asset="a-1")
+DAY1 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+DAY2 = DAY1 + timedelta(days=1)
+LATER = DAY2 + timedelta(hours=1)  # "now" for the recovery: after both scans
+
+
+def _finding(scan_id: str, port: int, when: datetime, version: str = "1.0",
+             color: RiskColor = RiskColor.GREEN, target: Target = T) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan_id, target=target, port=port, observed_at=when),
+                   service=ServiceInfo(service="http", product="nginx", version=version,
+                                       method="banner:http"),
+                   risk_color=color)
+
+
+def _host_scan(scan_id: str, when: datetime, open_ports: int, ports: list[int], *,
+               status: str = "completed", target: Target = T) -> HostScan:
+    return HostScan(scan_id, target, when - timedelta(minutes=1), when, len(ports), open_ports,
+                    status=status, shard_id=f"{scan_id}:0",
+                    ports=tuple(PortRange(p, p) for p in sorted(ports)))
+
+
+def _store_scan(store, findings: list[Finding], scans: list[HostScan]) -> None:  # type: ignore[no-untyped-def]
+    """What a sink or the embedded runner writes before it computes changes."""
+    store.insert_findings(findings)
+    store.insert_host_scans(scans)
+
+
+def test_a_scan_stored_but_never_compared_gets_its_events_from_the_next_recorder(store) -> None:  # type: ignore[no-untyped-def]
+    kept, bumped, gone, new = (free_port() for _ in range(4))
+    ports = [kept, bumped, gone, new]
+    # Given day 1 stored and compared: three ports open
+    day1 = [_finding("s1", p, DAY1) for p in (kept, bumped, gone)]
+    _store_scan(store, day1, [_host_scan("s1", DAY1, 3, ports)])
+    first = ChangeRecorder(store)
+    first.add_findings(day1)
+    assert len(asyncio.run(first.finish([_host_scan("s1", DAY1, 3, ports)]))) == 3
+    # And day 2 stored by a transport that died before comparing it: one version
+    # bumped, one port gone (nothing listens there: its re-probe is refused), one new red
+    day2 = [_finding("s2", kept, DAY2), _finding("s2", bumped, DAY2, version="1.1"),
+            _finding("s2", new, DAY2, color=RiskColor.RED)]
+    _store_scan(store, day2, [_host_scan("s2", DAY2, 3, ports)])
+    assert [h.scan_id for h in pending_host_scans(store, finished_before=LATER)] == ["s2"]
+    # When a new recorder recovers what was never compared
+    events = asyncio.run(ChangeRecorder(store).recover(finished_before=LATER))
+    # Then it emits exactly day 2's events, against day 1, at day 2's time
+    assert sorted((e.kind, e.port, e.before, e.after) for e in events) == sorted([
+        (ChangeKind.VERSION_CHANGED, bumped, "1.0", "1.1"),
+        (ChangeKind.CLOSED, gone, "http nginx 1.0 (green)", "closed"),
+        (ChangeKind.OPENED, new, "", "http nginx 1.0 (red)"),
+    ])
+    assert {(e.scan_id, e.previous_scan_id, e.observed_at) for e in events} == {
+        ("s2", "s1", DAY2)}
+    # And nothing is pending any more: a second recovery adds no event and no row
+    assert pending_host_scans(store, finished_before=LATER) == []
+    assert asyncio.run(ChangeRecorder(store).recover(finished_before=LATER)) == []
+    assert store.query("SELECT count() FROM changes FINAL WHERE scan_id = 's2'") == [(3,)]
+
+
+def test_what_is_not_finished_is_never_recovered(store) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    hosts = [Target(ip=f"127.0.9.{i}", target=f"127.0.9.{i}") for i in range(1, 5)]
+    interrupted, missing, recent, done = hosts
+    # an interrupted scan changes nothing
+    _store_scan(store, [_finding("s1", port, DAY2, target=interrupted)],
+                [_host_scan("s1", DAY2, 1, [port], status="interrupted", target=interrupted)])
+    # a host whose announced findings are not all stored yet (still in the pipeline)
+    _store_scan(store, [_finding("s1", port, DAY2, target=missing)],
+                [_host_scan("s1", DAY2, 2, [port, port + 1], target=missing)])
+    # a host scanned after the cutoff (a live sink may still hold it)
+    _store_scan(store, [_finding("s1", port, LATER, target=recent)],
+                [_host_scan("s1", LATER, 1, [port], target=recent)])
+    # and one that is complete and old enough
+    _store_scan(store, [_finding("s1", port, DAY2, target=done)],
+                [_host_scan("s1", DAY2, 1, [port], target=done)])
+    pending = pending_host_scans(store, finished_before=LATER)
+    assert [h.target.ip for h in pending] == [done.ip]
+    # its coverage comes back whole: it closes only what it looked at
+    assert pending[0].ports == (PortRange(port, port),) and pending[0].proto is Proto.TCP
+
+
+def test_a_restarted_sink_computes_the_changes_its_predecessor_held(store) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    scans = [_host_scan("s1", DAY2, 1, [port])]
+    found = [_finding("s1", port, DAY2, color=RiskColor.RED)]
+    # Given a sink that started (its first flush sweeps: nothing to recover yet), stored
+    # a host's records and held it, then died
+    dead = ChangeStage(store, settle=600, max_hold=600)
+    assert asyncio.run(dead.flush()) == []
+    _store_scan(store, found, scans)
+    asyncio.run(dead.on_stored(found, scans))
+    assert asyncio.run(dead.flush()) == []  # still held when it died
+    # When its successor starts (its first flush sweeps for what was never compared)
+    successor = ChangeStage(store, settle=0, max_hold=60)
+    events = asyncio.run(successor.flush())
+    # Then the held host's events come out of it, once
+    assert [(e.kind, e.port, e.scan_id) for e in events] == [(ChangeKind.OPENED, port, "s1")]
+    assert asyncio.run(successor.flush()) == []
+
+
+# -- the rebuilt snapshot is the one the findings give -----------------------------------------
+
+_texts = st.text(max_size=40) | st.sampled_from(["", "x" * 5000, "caf\u00e9", "\ud800bad",
+                                                   "a\x00b", "interrupted during identification"])
+_suites = st.lists(st.tuples(st.sampled_from(["TLSv1.0", "TLSv1.2", "TLSv1.3"]),
+                             st.sampled_from(["TLS_RSA_WITH_RC4_128_SHA", "TLS_AES_128_GCM_SHA256",
+                                              "TLS_RSA_WITH_3DES_EDE_CBC_SHA", "X" * 2000]),
+                             st.sampled_from(["weak", "medium", "strong", ""])),
+                   max_size=6, unique_by=lambda s: (s[0], s[1]))
+_certs = st.lists(st.tuples(_texts | st.sampled_from(["ab" * 32]),
+                            st.sampled_from(["", "2031-01-01T00:00:00+00:00", "not a date",
+                                             "2026-12-05T10:00:00Z", "9999-12-31T23:59:59"])),
+                  max_size=3)
+_ids = itertools.count(1)
+
+
+@st.composite
+def findings(draw: st.DrawFn) -> Finding:
+    n = next(_ids)
+    target = Target(ip=f"127.1.{n // 250}.{n % 250 + 1}", target=f"h{n}.example.test")
+    proto = draw(st.sampled_from([Proto.TCP, Proto.UDP]))
+    status = draw(st.sampled_from(list(ProbeStatus)))
+    tls = TlsResult(
+        status=status, versions=tuple(draw(st.lists(st.sampled_from(
+            ["TLSv1.0", "TLSv1.2", "TLSv1.3", "SSLv3"]), max_size=4))),
+        suites=tuple(CipherSuite(v, name, strength=s) for v, name, s in draw(_suites)),
+        certificates=tuple(Certificate(sha256=sha, not_after=na, chain_position=i)
+                           for i, (sha, na) in enumerate(draw(_certs))),
+        grade=draw(st.sampled_from(["", "strong", "medium", "weak"])),
+    ) if proto is Proto.TCP else TlsResult()
+    return Finding(
+        port=OpenPort(scan_id=f"p{n}", target=target, port=draw(st.integers(1, 65535)),
+                      proto=proto, observed_at=DAY1),
+        service=ServiceInfo(
+            service=draw(_texts), product=draw(_texts), version=draw(_texts),
+            extra_info=draw(_texts), method=draw(st.sampled_from(["unidentified", "banner:ssh"])),
+            favicon_mmh3=draw(st.none() | st.integers(-2**31, 2**31 - 1)),
+            jarm=draw(st.sampled_from(["", "0" * 62, "2ad2ad16d2ad2ad22c42d42d00042d" + "a" * 32,
+                                       "f" * 100]))),
+        tls=tls,
+        cdn=CdnVerdict(is_expected_port=draw(st.booleans())),
+        risk_color=draw(st.sampled_from(list(RiskColor))),
+    )
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(finding=findings())
+def test_the_snapshot_rebuilt_from_the_store_is_the_findings_snapshot(  # type: ignore[no-untyped-def]
+        store, finding: Finding) -> None:
+    store.insert_findings([finding])
+    key = (finding.port.scan_id, finding.port.target.target, finding.port.target.ip)
+    assert stored_snapshots(store, [key]) == {key: [snapshot_of(finding)]}
+
+
+def test_recovery_with_reprobes_off_closes_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    # A recorder with re-probes off (as configured) closes nothing on recovery either
+    port = free_port()
+    day1 = [_finding("s1", port, DAY1)]
+    _store_scan(store, day1, [_host_scan("s1", DAY1, 1, [port])])
+    first = ChangeRecorder(store)
+    first.add_findings(day1)
+    asyncio.run(first.finish([_host_scan("s1", DAY1, 1, [port])]))
+    _store_scan(store, [], [_host_scan("s2", DAY2, 0, [port])])
+    quiet = ChangeRecorder(store, ReprobeOptions(enabled=False))
+    assert asyncio.run(quiet.recover(finished_before=LATER)) == []
