@@ -176,6 +176,11 @@ class EmbeddedRunner:
         stats.planned_probes = plan.probe_count
         self._outcomes = []
         self._dropped.clear()
+        # What an earlier run stored and died before comparing (kill -9 at its end): its
+        # events come first, delivered with this scan's, and this scan compares with it.
+        # Before this scan's "running" rows: recovery looks at each host's latest scan.
+        stats.change_events = await self.changes.recover(
+            finished_before=utcnow() - RECOVER_AFTER)
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
@@ -342,10 +347,8 @@ class EmbeddedRunner:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
         await asyncio.to_thread(self.store.insert_host_scans, rows)
-        # after the findings are stored; after what an earlier run stored and died before
-        # comparing (kill -9 here), so those events are delivered with this scan's
-        recovered = await self.changes.recover(finished_before=utcnow() - RECOVER_AFTER)
-        stats.change_events = recovered + await self.changes.finish(rows)
+        # after the findings are stored; after what an earlier run left (run() start)
+        stats.change_events += await self.changes.finish(rows)
 
 def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""

@@ -205,3 +205,38 @@ def test_recovery_with_reprobes_off_closes_nothing(store) -> None:  # type: igno
     _store_scan(store, [], [_host_scan("s2", DAY2, 0, [port])])
     quiet = ChangeRecorder(store, ReprobeOptions(enabled=False))
     assert asyncio.run(quiet.recover(finished_before=LATER)) == []
+
+
+def test_an_embedded_scan_delivers_what_a_dead_run_left_then_compares_with_it(store) -> None:  # type: ignore[no-untyped-def]
+    from probers.discovery.connect import ConnectEngine
+    from producers.shards import ScanPlan, new_scan_id
+    from stream_processors.stages import make_context
+    from stream_processors.transports.embedded import EmbeddedRunner
+    from tests.servers import start_redis
+
+    with start_redis() as redis:
+        port = redis.port
+        # Given a state two days old, and a later scan a dead run stored but never compared
+        s0 = [_finding("s0", port, DAY1, version="0.0.0")]
+        _store_scan(store, s0, [_host_scan("s0", DAY1, 1, [port])])
+        first = ChangeRecorder(store)
+        first.add_findings(s0)
+        asyncio.run(first.finish([_host_scan("s0", DAY1, 1, [port])]))
+        _store_scan(store, [_finding("dead", port, DAY2, version="0.0.1")],
+                    [_host_scan("dead", DAY2, 1, [port])])
+        # When a real embedded scan of the host runs
+        ctx = make_context(banner_wait=1.0, identify_budget=6, use_nmap_probes=False,
+                           tls_enumeration=False)
+        runner = EmbeddedRunner(store, lambda _shard: ConnectEngine(), ctx,
+                                identify_workers=4, batch_seconds=0.2)
+        plan = ScanPlan.build(new_scan_id(), 0, [T], (PortRange(port, port),), ())
+        stats = asyncio.run(runner.run(plan))
+    # Then its events start with the dead run's (once), and its own compare with that run
+    dead = [e for e in stats.change_events if e.scan_id == "dead"]
+    assert [(e.kind, e.before, e.after, e.previous_scan_id) for e in dead] == [
+        (ChangeKind.VERSION_CHANGED, "0.0.0", "0.0.1", "s0")]
+    own = [e for e in stats.change_events if e.scan_id == plan.scan_id]
+    assert own and {e.previous_scan_id for e in own} == {"dead"}
+    assert len(stats.change_events) == len(dead) + len(own)
+    assert [(e.kind, e.port) for e in own if e.kind is ChangeKind.PRODUCT_CHANGED] == [
+        (ChangeKind.PRODUCT_CHANGED, port)]  # nginx (stored) -> Redis (found)
