@@ -423,6 +423,7 @@ class Store:
             if "findings" not in existing and not create:
                 raise StoreMissing(f"no store at {self.location.where}: scan something first "
                                    "or give the --store it was written to")
+            upgrade: list[int] = []  # layouts to step through, oldest first
             if "findings" in existing:
                 found = 0
                 if "schema_version" in existing:
@@ -430,22 +431,23 @@ class Store:
                     found = int(rows.result_rows[0][0] or 0)
                 if found < SCHEMA_VERSION and all(
                         v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
-                    for version in range(found, SCHEMA_VERSION):
-                        for statement in MIGRATIONS[version]:
-                            self._client.command(statement)
-                        self._client.command(
-                            f"INSERT INTO schema_version VALUES ({version + 1})")
-                    found = SCHEMA_VERSION
-                if found != SCHEMA_VERSION:
+                    upgrade = list(range(found, SCHEMA_VERSION))
+                elif found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
                     raise StoreLayoutError(
                         f"the store at {where} has layout version {found or 'unknown'}, this "
                         f"portwatch needs {SCHEMA_VERSION}: use a new --store (or another "
                         "database) and rescan")
-            if not create:
+            if not create and not upgrade:
                 return
+            # The DDL first: it creates the tables and views a step may fill (a new view
+            # only sees new rows; its step backfills the history it must hold).
             for statement in ddl_statements():
                 self._client.command(statement)
+            for version in upgrade:
+                for statement in MIGRATIONS[version]:
+                    self._client.command(statement)
+                self._client.command(f"INSERT INTO schema_version VALUES ({version + 1})")
             if "findings" not in existing:
                 self._client.command(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
 
