@@ -56,7 +56,10 @@ def verify(secret: bytes, timestamp_header: str, signature_header: str, body: by
     Freshness bounds a replay to ``tolerance`` seconds; a receiver that also remembers
     the ``X-Portwatch-Delivery`` ids it accepted rejects a replay within that window.
     """
-    if not timestamp_header.isdigit() or len(timestamp_header) > 12:
+    # ASCII digits only: str.isdigit() also accepts '²' or '١', which int() refuses
+    # (found by the hypothesis property test_signature_check_never_raises_on_hostile_headers)
+    if not (timestamp_header.isascii() and timestamp_header.isdigit()) \
+            or len(timestamp_header) > 12:
         return False
     timestamp = int(timestamp_header)
     current = time.time() if now is None else now

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from portwatch.alerts.accepted import AcceptError, parse_target_port
@@ -274,6 +274,8 @@ def test_any_schedule_text_is_entries_or_one_line_error(
 
 
 @given(st.text(max_size=20), st.text(max_size=80), st.binary(max_size=200))
+@example("\u00b2", "", b"")  # '²'.isdigit() is True, int('²') raises: found by this test
+@example("\u0661\u0662", "", b"")  # Arabic-Indic digits
 def test_signature_check_never_raises_on_hostile_headers(timestamp: str, signature: str,
                                                          body: bytes) -> None:
     from portwatch.alerts.channels import sign, verify
