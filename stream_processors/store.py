@@ -36,7 +36,7 @@ DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
 JARM_CAP = 62  # a JARM is 62 hex characters
-SCHEMA_VERSION = 9  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 10  # layout of schemas/ddl.sql; bump with every change there
 
 OBSERVATION_COLUMNS = (
     "scan_id", "target", "hostname", "organization", "asset", "ip", "proto", "port", "state",
