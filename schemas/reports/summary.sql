@@ -27,24 +27,31 @@ WITH
     ),
     -- Phase 1: per host, the counts its score is made of and whether it has the port,
     -- colour or product a filter asks for (a filter not given folds to 1), from the
-    -- ports of its latest scan
+    -- ports of its latest scan. Counted per (host, scan) first, then joined with the
+    -- host's latest scan: the join sees ~1 row per host instead of every port (-30 %).
     counts AS (
-        SELECT p.target AS target, p.ip AS ip,
-               count() AS open_ports,
-               countIf(p.is_cdn_expected = 0 AND p.state = 'open' AND p.risk_color = 'red') AS red,
-               countIf(p.is_cdn_expected = 0 AND p.state = 'open'
-                       AND p.risk_color = 'yellow') AS yellow,
-               countIf(p.is_cdn_expected = 0 AND p.state = 'open'
-                       AND p.risk_color = 'green') AS green,
-               countIf(p.is_cdn_expected = 1) AS cdn_expected,
-               max({port:UInt16} = 0 OR p.port = {port:UInt16}) AS has_port,
-               max({color:String} = '' OR p.risk_color = {color:String}) AS has_color,
-               max({product:String} = '' OR lower(p.product) = lower({product:String}))
-                   AS has_product
-        FROM port_latest AS p FINAL
-        INNER JOIN scans ON scans.target = p.target AND scans.ip = p.ip
-        WHERE p.scan_id = scans.last_scan_id
-        GROUP BY p.target, p.ip
+        SELECT c.target AS target, c.ip AS ip, c.open_ports AS open_ports, c.red AS red,
+               c.yellow AS yellow, c.green AS green, c.cdn_expected AS cdn_expected,
+               c.has_port AS has_port, c.has_color AS has_color, c.has_product AS has_product
+        FROM (
+            SELECT p.target AS target, p.ip AS ip, p.scan_id AS scan_id,
+                   count() AS open_ports,
+                   countIf(p.is_cdn_expected = 0 AND p.state = 'open'
+                           AND p.risk_color = 'red') AS red,
+                   countIf(p.is_cdn_expected = 0 AND p.state = 'open'
+                           AND p.risk_color = 'yellow') AS yellow,
+                   countIf(p.is_cdn_expected = 0 AND p.state = 'open'
+                           AND p.risk_color = 'green') AS green,
+                   countIf(p.is_cdn_expected = 1) AS cdn_expected,
+                   max({port:UInt16} = 0 OR p.port = {port:UInt16}) AS has_port,
+                   max({color:String} = '' OR p.risk_color = {color:String}) AS has_color,
+                   max({product:String} = '' OR lower(p.product) = lower({product:String}))
+                       AS has_product
+            FROM port_latest AS p FINAL
+            GROUP BY p.target, p.ip, p.scan_id
+        ) AS c
+        INNER JOIN scans ON scans.target = c.target AND scans.ip = c.ip
+                        AND scans.last_scan_id = c.scan_id
     ),
     page AS (
         SELECT scans.target AS target, scans.ip AS ip,
@@ -70,9 +77,9 @@ WITH
     page_hosts AS (
         SELECT groupArray((target, ip)) AS hosts FROM page
     ),
-    -- The shard rows of the scans that are some host's latest only (a small set of scan
-    -- ids), deduplicated per shard as FINAL would (argMax on the version column) but
-    -- without merging every part of the table: 1.9 s -> 0.24 s on 600,000 host scans
+    -- The shard rows of the page's hosts' latest scans, deduplicated per shard as FINAL
+    -- would (argMax on the version column) but without merging every part of the table
+    -- (a GROUP BY over every host scan took 1.9 s at 600,000 host scans)
     scan_totals AS (
         SELECT target, ip, scan_id,
                sum(ports_scanned) AS ports_scanned,
@@ -88,8 +95,10 @@ WITH
                    argMax(note, finished_at) AS note,
                    argMax(status, finished_at) AS status
             FROM host_scans
-            WHERE scan_id IN (SELECT DISTINCT scan_id FROM latest_host_scans)
-              AND (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts)))
+            -- the page's hosts' latest scans only (on the sorting key's prefix)
+            WHERE (target, ip, scan_id) IN (
+                SELECT target, ip, last_scan_id FROM scans
+                WHERE (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts))))
             GROUP BY target, ip, scan_id, shard_id
         )
         GROUP BY target, ip, scan_id
@@ -168,10 +177,11 @@ SELECT
     scans.last_scanned AS last_scanned,
     per_host.accepted AS accepted,
     per_host.accepted_notes AS accepted_notes
-FROM scans
+-- (the page's hosts inside the read, before the joins)
+FROM (SELECT * FROM scans
+      WHERE (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts)))) AS scans
 LEFT JOIN per_host ON per_host.target = scans.target AND per_host.ip = scans.ip
 LEFT JOIN scan_totals ON scan_totals.target = scans.target AND scan_totals.ip = scans.ip
                      AND scan_totals.scan_id = scans.last_scan_id
-WHERE (scans.target, scans.ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts)))
 ORDER BY risk_score DESC, target, ip
 SETTINGS optimize_move_to_prewhere_if_final = 1
