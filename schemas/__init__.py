@@ -96,15 +96,19 @@ def bind_parameters(sql: str, filters: Mapping[str, Any], *, limit: int = 0,
     return params
 
 
-@cache
-def report_order_by(name: str) -> str:
-    """A report's ORDER BY clause (its last, before its LIMIT): what a wrapper around the
-    report's SQL re-applies to keep the report's order."""
+def report_page_sql(name: str, select: str) -> str | None:
+    """A report's CTEs (its filters and its ``page`` of keys) followed by ``select`` in
+    place of its last SELECT; None for a report without a ``page`` CTE.
+
+    The two-phase reports (list, summary, ciphers) choose their rows in ``page`` and
+    return one row per ``page`` row, so what depends only on which rows there are (a
+    count, the Summary's colour totals, over ``page`` with no limit) needs no phase 2:
+    read from the report's own text, the filters can never drift.
+    """
     sql = report_sql(name)
-    start, end = sql.rindex("ORDER BY"), sql.rindex("LIMIT")
-    if not start < end:
-        raise ValueError(f"report {name}: its SQL has no ORDER BY ... LIMIT tail")
-    return " ".join(sql[start:end].split())
+    if "\n    page AS (" not in sql:
+        return None
+    return f"{sql[:sql.rindex(chr(10) + 'SELECT')]}\n{select}"
 
 
 def data_path(name: str) -> str:

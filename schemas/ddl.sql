@@ -99,7 +99,11 @@ CREATE TABLE IF NOT EXISTS findings
     jarm             SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (target, ip, proto, port);
+ORDER BY (target, ip, proto, port)
+-- Small granules: a report page reads every column of its 50 rows only (keys chosen
+-- from port_latest below); with 8,192-row granules 50 scattered keys touched nearly
+-- every granule of a 300,000-port estate, with 256 they touch ~50 per part.
+SETTINGS index_granularity = 256;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS findings_mv TO findings AS
 SELECT
@@ -168,6 +172,45 @@ SELECT
     tupleElement(favicon_mmh3, 2) AS favicon_mmh3,
     tupleElement(jarm, 2) AS jarm
 FROM findings FINAL;
+
+-- The page index of the reports: per (target, ip, proto, port), the latest observation's
+-- few columns that report filters and sorts use, as plain columns of a ReplacingMergeTree
+-- on the observation time (the latest wins; a replayed older scan never does). FINAL here
+-- merges plain values by one version column, where FINAL over `findings` merges a
+-- max(tuple) per column: on 300,000 ports, ~100 ms for all of these columns against ~250 ms
+-- for `findings`' last_scan_id alone. A report page chooses its rows (filters, sort,
+-- LIMIT) from this table, then reads the full columns of those rows only from
+-- current_findings (schemas/reports/list.sql). Same values as current_findings, bar two
+-- observations of one port in the same millisecond with different contents.
+CREATE TABLE IF NOT EXISTS port_latest
+(
+    target           String,
+    ip               String,
+    proto            LowCardinality(String),
+    port             UInt16,
+    scan_id          String,
+    hostname         String,
+    organization     LowCardinality(String),
+    asset            String,
+    state            LowCardinality(String),
+    service          LowCardinality(String),
+    product          String,
+    version          String,
+    risk_color       LowCardinality(String),
+    is_cdn_expected  UInt8,
+    last_seen        DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(last_seen)
+ORDER BY (target, ip, proto, port)
+-- small granules, as findings: phase 2 re-reads the ports of a page's 50 hosts, scattered
+-- over the estate when ranked by risk (32 of 74 granules of 8,192 rows at 100,000 hosts)
+SETTINGS index_granularity = 256;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS port_latest_mv TO port_latest AS
+SELECT
+    target, ip, proto, port, scan_id, hostname, organization, asset, state, service,
+    product, version, risk_color, is_cdn_expected, observed_at AS last_seen
+FROM port_observations;
 
 -- Distinct instances (addresses) per (proto, port) across every scan ever stored.
 CREATE TABLE IF NOT EXISTS port_prevalence

@@ -562,8 +562,9 @@ def changes_report(store: Store, *, since: datetime | None = None,
 def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
     """Delete raw observations (ports, TLS, certificates, host scans) older than the
     cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
-    ``host_state``/``port_state`` or prevalence: those are kept by views or the writer and
-    do not depend on the raw rows once written. Returns the cutoff."""
+    ``port_latest``, ``tls_latest``, ``host_state``/``port_state`` or prevalence: those are
+    kept by views or the writer and do not depend on the raw rows once written. Returns the
+    cutoff."""
     cutoff = (now or datetime.now(UTC)) - older_than
     for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
                           ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),

@@ -47,17 +47,26 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
-SCHEMA_VERSION = 10  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 11  # layout of schemas/ddl.sql; bump with every change there
 # How a store of layout N becomes N + 1 in place: a year of history must survive an
 # upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
-# it); a layout with no path to SCHEMA_VERSION is refused as before. New tables and views
-# need no step: the DDL creates what is missing on every open.
+# it); a layout with no path to SCHEMA_VERSION is refused as before. The DDL runs first
+# and creates what is missing, so a step only adds columns or backfills.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 9 -> 10: host scans keep their shard's coverage (change recovery). Older rows read
     # as covering nothing, so a recovered old record closes nothing.
     9: ("ALTER TABLE host_scans ADD COLUMN IF NOT EXISTS proto LowCardinality(String), "
         "ADD COLUMN IF NOT EXISTS cover_first Array(UInt16), "
         "ADD COLUMN IF NOT EXISTS cover_last Array(UInt16)",),
+    # 10 -> 11: port_latest, the reports' page index, filled from the merged findings (its
+    # view only sees new observations; a replayed step re-inserts rows that merge away).
+    # An upgraded store keeps findings' 8,192-row granules (a table setting that cannot be
+    # altered): its pages are correct, phase 2 reads a little more than a new store's.
+    10: ("INSERT INTO port_latest (target, ip, proto, port, scan_id, hostname, organization, "
+         "asset, state, service, product, version, risk_color, is_cdn_expected, last_seen) "
+         "SELECT target, ip, proto, port, last_scan_id, hostname, organization, asset, state, "
+         "service, product, version, risk_color, is_cdn_expected, last_seen "
+         "FROM current_findings",),
 }
 
 OBSERVATION_COLUMNS = (

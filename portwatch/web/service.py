@@ -1,9 +1,9 @@
 """Report service for the web: pages of the four reports, their totals, chart data.
 
 Owns: running the report SQL through the store (``Store.report``, the same SQL as the
-CLI), counting a report's rows by wrapping that same SQL (``SELECT count() FROM (...)``:
-the filters can never drift), the Summary page with its colour totals as window
-aggregates over one evaluation of the Summary SQL, the risk-over-time query
+CLI), counting a report's rows from that same SQL (its ``page`` of keys, or wrapped:
+``SELECT count() FROM (...)``; the filters can never drift), the Summary page with its
+colour totals from the Summary SQL's first phase, the risk-over-time query
 (schemas/web/risk_history.sql), and a small result cache.
 
 The cache: an answer is reused only while the store's data fingerprint (row counts and
@@ -26,7 +26,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 from portwatch.web.query import ReportQuery
-from schemas import bind_parameters, report_order_by, report_sql, web_sql
+from schemas import bind_parameters, report_page_sql, report_sql, web_sql
 from stream_processors.store import Report, Store
 
 T = TypeVar("T")
@@ -38,14 +38,6 @@ SELECT (SELECT count() FROM port_observations), (SELECT max(observed_at) FROM po
        (SELECT count() FROM host_scans), (SELECT max(finished_at) FROM host_scans),
        (SELECT count() FROM tls_probes), (SELECT max(observed_at) FROM tls_probes)
 """
-
-
-# ColourTotals' fields, in order, as window aggregates over the Summary's rows.
-_SUMMARY_TOTALS = (
-    ("_pw_targets", "count()"), ("_pw_open_ports", "sum(open_ports)"), ("_pw_red", "sum(red)"),
-    ("_pw_yellow", "sum(yellow)"), ("_pw_green", "sum(green)"),
-    ("_pw_cdn_expected", "sum(cdn_expected)"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,52 +137,43 @@ class ReportService:
         return self._cached(("page", *query.key()), compute)
 
     def summary_page(self, query: ReportQuery) -> tuple[Page, ColourTotals]:
-        """A Summary page and the colour totals over every target its filters keep,
-        from one evaluation of the Summary SQL.
+        """A Summary page and the colour totals over every target its filters keep.
 
-        The report's joins over all findings are nearly its whole cost, and the page
-        needs both its rows and the totals (pagination and the colour chart): the
-        totals are window aggregates computed before the page's LIMIT, so the SQL
-        runs once instead of twice. The Summary SQL runs unchanged inside (with no
-        limit); its own ORDER BY is re-applied outside, read from its text.
+        The Summary SQL is two-phase (schemas/reports/summary.sql): it ranks every host
+        from a few columns, then reads the page's hosts' ports, accepted risks and scan
+        totals. The page runs it with its LIMIT/OFFSET; the totals are sums over its first
+        phase with no limit (``colour_totals``), never over its second phase for every
+        host (as window aggregates around the report with no limit: 2 s at 100,000 hosts).
         """
         def compute() -> tuple[Page, ColourTotals]:
-            sql = report_sql("summary")
-            params = bind_parameters(sql, query.store_filters())
-            params.update(page_limit=query.per_page, page_offset=query.offset)
-            totals_sql = ", ".join(f"{agg} OVER () AS {name}"
-                                   for name, agg in _SUMMARY_TOTALS)
-            wrapped = (f"SELECT *, {totals_sql} FROM ({sql}) {report_order_by('summary')} "
-                       "LIMIT {page_limit:UInt64} OFFSET {page_offset:UInt64}")
-            report = self.store.select("summary", wrapped, params)
-            n = len(report.columns) - len(_SUMMARY_TOTALS)
-            if report.rows:
-                totals = ColourTotals(*(int(v or 0) for v in report.rows[0][n:]))
-            else:  # past the last page (or nothing at all): the totals on their own
-                totals = self.colour_totals(query.filters)
-            columns = report.columns[:n]
-            rows = [dict(zip(columns, r[:n], strict=True)) for r in report.rows]
-            return Page(query, columns, rows, totals.targets), totals
+            report = self.store.report("summary", query.store_filters(),
+                                       limit=query.per_page, offset=query.offset)
+            totals = self.colour_totals(query.filters)
+            return Page(query, report.columns, report.dicts(), totals.targets), totals
 
         return self._cached(("summary_page", *query.key()), compute)
 
     def count(self, query: ReportQuery) -> int:
-        """Rows the report would return without paging: the report's own SQL, wrapped."""
+        """Rows the report would return without paging: the report's own SQL, wrapped
+        (a two-phase report counts its ``page`` of keys: one row each)."""
         def compute() -> int:
             name = query.report
-            params = bind_parameters(report_sql(name), query.store_filters())
-            rows = self.store.query(f"SELECT count() FROM ({report_sql(name)})", params)
+            sql = (report_page_sql(name, "SELECT count() FROM page")
+                   or f"SELECT count() FROM ({report_sql(name)})")
+            rows = self.store.query(sql, bind_parameters(sql, query.store_filters()))
             return int(rows[0][0])
 
         return self._cached(("count", *query.key()[:2]), compute)
 
     def colour_totals(self, filters: Mapping[str, Any]) -> ColourTotals:
-        """Open ports by colour over the targets the Summary shows for these filters."""
+        """Open ports by colour over the targets the Summary shows for these filters:
+        sums over the Summary's ranked hosts (its ``page`` with no limit)."""
         def compute() -> ColourTotals:
-            params = bind_parameters(report_sql("summary"), filters)
-            sql = ("SELECT count(), sum(open_ports), sum(red), sum(yellow), sum(green), "
-                   f"sum(cdn_expected) FROM ({report_sql('summary')})")
-            row = self.store.query(sql, params)[0]
+            sql = report_page_sql("summary", "SELECT count(), sum(open_ports), sum(red), "
+                                  "sum(yellow), sum(green), sum(cdn_expected) FROM page")
+            if sql is None:  # pragma: no cover - summary.sql always has its page
+                raise RuntimeError("schemas/reports/summary.sql lost its page CTE")
+            row = self.store.query(sql, bind_parameters(sql, filters))[0]
             return ColourTotals(*(int(v or 0) for v in row))
 
         return self._cached(("colours", tuple(sorted(filters.items()))), compute)

@@ -11,6 +11,16 @@
 -- chosen by bound values, never formatted into the SQL (see ORDER BY below); ties
 -- always fall back to target, address, protocol, port. The report's columns do not
 -- change with the sort.
+--
+-- Two phases (issue: pages at 100,000 hosts). `page` chooses the page's ports from
+-- port_latest (ddl.sql: the few columns the filters and sorts read, plain columns, one
+-- cheap FINAL) with its ORDER BY ... LIMIT/OFFSET; only then are the report's ~45 columns
+-- and joins computed, for those ports only, from current_findings (whose FINAL merges
+-- one max(tuple) per column: materializing every column of 300,000 ports before the
+-- LIMIT took 1.7-5 s a page). The key set is on findings' sorting key, so with
+-- optimize_move_to_prewhere_if_final (SETTINGS at the end: it only ever moves conditions
+-- on the sorting key under FINAL) the read skips every granule without a page row.
+-- Without a limit (the web's count, Grafana) `page` is every matching port: same rows.
 WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest): not a
     -- GROUP BY over every scan ever stored
@@ -20,6 +30,100 @@ WITH
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
         FROM port_prevalence GROUP BY proto, port
+    ),
+    -- Internet prior (stream_processors/prevalence_prior.py): {no_prior} = 1 turns it off
+    nmap_prior AS (
+        SELECT proto, port, max(instances) AS internet_count
+        FROM internet_prior GROUP BY proto, port
+    ),
+    -- (proto, port) -> the larger of the estate's and the Internet's count, as one sorted
+    -- array of pairs (for phase 1's transform, which reads it twice: keys and values; two
+    -- evaluations of a groupArray need not agree on the order, a sorted array does)
+    prevalence_counts AS (
+        SELECT arraySort(groupArray((concat(proto, '/', toString(port)),
+                                     greatest(estate, internet)))) AS counts
+        FROM (
+            SELECT proto, port, max(estate) AS estate, max(internet) AS internet
+            FROM (
+                SELECT proto, port, toUInt64(instances) AS estate, toUInt64(0) AS internet
+                FROM prevalence
+                UNION ALL
+                SELECT proto, port, toUInt64(0),
+                       if({no_prior:UInt8} = 1, toUInt64(0), toUInt64(internet_count))
+                FROM nmap_prior
+            )
+            -- a scalar subquery runs even where its value is unused: empty unless asked
+            -- (merging the uniqExact states costs ~100 ms)
+            WHERE {sort:String} = 'prevalence' OR {prevalence:String} != ''
+            GROUP BY proto, port
+        )
+    ),
+    -- first detected, per port, for the first_seen sort only (empty otherwise: the filter
+    -- folds); sorted key -> value pairs for transform, since a join over every port cost
+    -- ~170 ms even when empty. The key is injective: address, protocol and port hold no '/'.
+    first_seen_of AS (
+        SELECT arraySort(groupArray((concat(ip, '/', proto, '/', toString(port), '/', target),
+                                     toUnixTimestamp64Milli(first_seen)))) AS first_seen_of
+        FROM current_findings
+        WHERE {sort:String} = 'first_seen'
+    ),
+    -- Phase 1: the page's ports and their sort values. The sort is one number (negated
+    -- for 'desc') and one text, each a chain of if()s on bound values that folds to a
+    -- constant unless its key is chosen, so a page computes only its own key (a multiIf
+    -- does not fold: it read every sortable column, +0.9 s).
+    page AS (
+        SELECT f.target AS target, f.ip AS ip, f.proto AS proto, f.port AS port,
+               -- prevalence only when the filter or the sort asks for it, looked up in
+               -- a hash table of the (proto, port) counts (two joins over every port cost
+               -- ~150 ms even when unused); missing counts are 0, as in phase 2's joins
+               if({sort:String} = 'prevalence' OR {prevalence:String} != '',
+                  transform(concat(f.proto, '/', toString(f.port)),
+                            (SELECT arrayMap(x -> x.1, counts) FROM prevalence_counts),
+                            (SELECT arrayMap(x -> x.2, counts) FROM prevalence_counts),
+                            toUInt64(0)),
+                  toUInt64(0)) AS prevalence_instances,
+               multiIf(prevalence_instances > 3000, 'very common',
+                       prevalence_instances >= 500, 'somewhat common',
+                       prevalence_instances >= 50, 'less common',
+                       'rare') AS prevalence_bucket,
+               toInt64(if({sort:String} = 'port', toInt64(f.port),
+                   if({sort:String} = 'risk', toInt64(indexOf(['green', 'yellow', 'red'], f.risk_color)),
+                   if({sort:String} = 'prevalence', toInt64(prevalence_instances),
+                   -- first_seen is a min over every observation: only findings has it
+                   if({sort:String} = 'first_seen', transform(
+                       concat(f.ip, '/', f.proto, '/', toString(f.port), '/', f.target),
+                       (SELECT arrayMap(x -> x.1, first_seen_of) FROM first_seen_of),
+                       (SELECT arrayMap(x -> x.2, first_seen_of) FROM first_seen_of),
+                       toInt64(0)),
+                   if({sort:String} = 'last_seen', toUnixTimestamp64Milli(f.last_seen),
+                   toInt64(0)))))))
+               * if({direction:String} = 'desc', -1, 1) AS sort_number,
+               if({sort:String} = 'service', lower(f.service),
+                   if({sort:String} = 'product', lower(concat(f.product, ' ', f.version)),
+                   if({sort:String} = 'organization', lower(toString(f.organization)), '')))
+                   AS sort_text
+        FROM port_latest AS f FINAL
+        LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
+        -- "current", as is_current below
+        WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id)
+          AND TARGET_MATCHES(f)
+          AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
+          AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
+          AND ({version:String} = '' OR lower(f.version) = lower({version:String}))
+          AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
+          AND ({color:String} = '' OR f.risk_color = {color:String})
+          AND ({prevalence:String} = '' OR prevalence_bucket = {prevalence:String})
+        ORDER BY sort_number,
+                 if({direction:String} = 'desc', '', sort_text) ASC,
+                 if({direction:String} = 'desc', sort_text, '') DESC,
+                 target, ip, proto, port
+        LIMIT {limit:UInt64} OFFSET {offset:UInt64}
+    ),
+    -- Phase 2: everything else, for the page's ports only. A CTE is evaluated again
+    -- wherever it is named, a scalar subquery once per query: the page's keys are read
+    -- once, into one array, and each set below is built from that array.
+    page_keys AS (
+        SELECT groupArray((target, ip, proto, port)) AS keys FROM page
     ),
     -- Accepted risks (`portwatch accept`) still in force; a port's acceptance also ends
     -- when its service/product/version differ from what was accepted (checked below).
@@ -34,11 +138,7 @@ WITH
         SELECT target, ip, proto, port, changed_at AS closed_at
         FROM port_state FINAL
         WHERE {history:UInt8} = 1 AND is_open = 0
-    ),
-    -- Internet prior (stream_processors/prevalence_prior.py): {no_prior} = 1 turns it off
-    nmap_prior AS (
-        SELECT proto, port, max(instances) AS internet_count
-        FROM internet_prior GROUP BY proto, port
+          AND (target, ip, proto, port) IN (SELECT arrayJoin((SELECT keys FROM page_keys)))
     )
 SELECT
     f.target AS target,
@@ -86,7 +186,9 @@ SELECT
     f.method AS method,
     f.first_seen AS first_seen,
     f.last_seen AS last_seen,
-    (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id) AS is_current,
+    -- without --history every page row is current (phase 1 kept only those)
+    ({history:UInt8} = 0 OR history_scan.scan_id = ''
+     OR f.last_scan_id = history_scan.scan_id) AS is_current,
     (acc_port.target != ''
      AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
           OR (acc_port.service = f.service AND acc_port.product = f.product
@@ -100,7 +202,8 @@ SELECT
           'not seen in the latest scan',
           concat('closed ', formatDateTime(closed.closed_at, '%Y-%m-%d %H:%i:%S')))) AS status
 FROM current_findings AS f
-LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
+LEFT JOIN (SELECT * FROM latest_scan WHERE {history:UInt8} = 1) AS history_scan
+    ON history_scan.target = f.target AND history_scan.ip = f.ip
 -- (nmap_prior before prevalence: ClickHouse's analyzer resolves the other order wrongly)
 LEFT JOIN nmap_prior ON nmap_prior.proto = f.proto AND nmap_prior.port = f.port
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
@@ -111,42 +214,21 @@ LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
     ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
 LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
                 AND closed.port = f.port
-WHERE ({history:UInt8} = 1 OR is_current)
-  AND TARGET_MATCHES(f)
-  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
-  AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
-  AND ({version:String} = '' OR lower(f.version) = lower({version:String}))
-  AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
-  AND ({color:String} = '' OR f.risk_color = {color:String})
-  AND ({prevalence:String} = '' OR prevalence = {prevalence:String})
--- Each key is its own typed term that folds to a constant unless chosen, so a page
--- computes only its own key (string keys over 100,000 rows cost ~150 ms more).
-ORDER BY
-    if({sort:String} = 'port' AND {direction:String} != 'desc', port, 0) ASC,
-    if({sort:String} = 'port' AND {direction:String} = 'desc', port, 0) DESC,
-    if({sort:String} = 'service' AND {direction:String} != 'desc', lower(service), '') ASC,
-    if({sort:String} = 'service' AND {direction:String} = 'desc', lower(service), '') DESC,
-    if({sort:String} = 'product' AND {direction:String} != 'desc',
-       lower(concat(product, ' ', version)), '') ASC,
-    if({sort:String} = 'product' AND {direction:String} = 'desc',
-       lower(concat(product, ' ', version)), '') DESC,
-    if({sort:String} = 'risk' AND {direction:String} != 'desc',
-       indexOf(['green', 'yellow', 'red'], risk_color), 0) ASC,
-    if({sort:String} = 'risk' AND {direction:String} = 'desc',
-       indexOf(['green', 'yellow', 'red'], risk_color), 0) DESC,
-    if({sort:String} = 'prevalence' AND {direction:String} != 'desc', prevalence_instances, 0) ASC,
-    if({sort:String} = 'prevalence' AND {direction:String} = 'desc', prevalence_instances, 0) DESC,
-    if({sort:String} = 'first_seen' AND {direction:String} != 'desc',
-       toUnixTimestamp64Milli(first_seen), 0) ASC,
-    if({sort:String} = 'first_seen' AND {direction:String} = 'desc',
-       toUnixTimestamp64Milli(first_seen), 0) DESC,
-    if({sort:String} = 'last_seen' AND {direction:String} != 'desc',
-       toUnixTimestamp64Milli(last_seen), 0) ASC,
-    if({sort:String} = 'last_seen' AND {direction:String} = 'desc',
-       toUnixTimestamp64Milli(last_seen), 0) DESC,
-    if({sort:String} = 'organization' AND {direction:String} != 'desc',
-       lower(organization), '') ASC,
-    if({sort:String} = 'organization' AND {direction:String} = 'desc',
-       lower(organization), '') DESC,
-    target, ip, proto, port
-LIMIT {limit:UInt64} OFFSET {offset:UInt64}
+-- the page's keys again as a set on findings' sorting key: the read skips other granules
+WHERE (f.target, f.ip, f.proto, f.port) IN (SELECT arrayJoin((SELECT keys FROM page_keys)))
+-- The page's own order: phase 1's sort, from the same values. A multiIf is fine on the
+-- page's few rows; phase 1 needs its folding if()s, and `page` is not read a second time
+-- (a CTE is re-evaluated at each use).
+ORDER BY multiIf({sort:String} = 'port', toInt64(port),
+                 {sort:String} = 'risk', toInt64(indexOf(['green', 'yellow', 'red'], risk_color)),
+                 {sort:String} = 'prevalence', toInt64(prevalence_instances),
+                 {sort:String} = 'first_seen', toUnixTimestamp64Milli(first_seen),
+                 {sort:String} = 'last_seen', toUnixTimestamp64Milli(last_seen),
+                 toInt64(0)) * if({direction:String} = 'desc', -1, 1),
+         if({direction:String} = 'desc', '', multiIf(
+             {sort:String} = 'service', lower(service),
+             {sort:String} = 'product', lower(concat(product, ' ', version)),
+             {sort:String} = 'organization', lower(organization), '') AS row_sort_text) ASC,
+         if({direction:String} = 'desc', row_sort_text, '') DESC,
+         target, ip, proto, port
+SETTINGS optimize_move_to_prewhere_if_final = 1

@@ -568,17 +568,22 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
 
     url = f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}"
-    # Given a store laid out by the previous portwatch (layout 9: host_scans without its
-    # coverage columns), holding a scan
+    # Given a store laid out by an earlier portwatch (layout 9: host_scans without its
+    # coverage columns, no port_latest page index), holding a scan and a finding
     old = Store.from_url(url)
-    old.insert_host_scans([HostScan("s1", Target(ip="127.0.0.1", target="127.0.0.1"),
-                                    T0, T0, 10, 0)])
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+    old.insert_host_scans([HostScan("s1", local, T0, T0, 10, 1)])
+    old.insert_findings([Finding(port=OpenPort(scan_id="s1", target=local, port=22,
+                                               observed_at=T0),
+                                 service=ServiceInfo(service="ssh", product="OpenSSH"))])
     old.command("ALTER TABLE host_scans DROP COLUMN proto, DROP COLUMN cover_first, "
                 "DROP COLUMN cover_last")
+    old.command("DROP VIEW port_latest_mv")
+    old.command("DROP TABLE port_latest")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 10 and 9 in MIGRATIONS
+    assert SCHEMA_VERSION == 11 and {9, 10} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -586,6 +591,10 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         assert db.query("SELECT scan_id, proto, cover_first FROM host_scans") == [
             ("s1", "", [])]
+        # and the reports' page index holds the ports found before the upgrade
+        assert db.query("SELECT port, service, scan_id FROM port_latest FINAL") == [
+            (22, "ssh", "s1")]
+        assert [r["port"] for r in db.report("list").dicts()] == [22]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
