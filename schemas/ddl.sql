@@ -270,7 +270,11 @@ CREATE TABLE IF NOT EXISTS host_scans
 )
 ENGINE = ReplacingMergeTree(finished_at)
 PARTITION BY toYYYYMM(finished_at)
-ORDER BY (target, ip, scan_id, shard_id);
+ORDER BY (target, ip, scan_id, shard_id)
+-- Small granules: the Summary's second phase and the per-target page read the shard rows
+-- of a few scattered hosts; with 8,192-row granules each host cost a granule per part
+-- (100,000 hosts x 90 days: the Summary's scan totals 145 ms, with 256-row granules 45).
+SETTINGS index_granularity = 256;
 
 -- The latest scan of every host (any status), kept by a materialized view: the reports
 -- read this (one row per host) instead of a GROUP BY over every scan ever stored, so

@@ -47,7 +47,7 @@ ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
-SCHEMA_VERSION = 11  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 12  # layout of schemas/ddl.sql; bump with every change there
 # How a store of layout N becomes N + 1 in place: a year of history must survive an
 # upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
 # it); a layout with no path to SCHEMA_VERSION is refused as before. The DDL runs first
@@ -67,6 +67,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
          "SELECT target, ip, proto, port, last_scan_id, hostname, organization, asset, state, "
          "service, product, version, risk_color, is_cdn_expected, last_seen "
          "FROM current_findings",),
+    # 11 -> 12: host_scans' 256-row granules (new stores). A table setting that cannot be
+    # altered: an upgraded store keeps its granules, correct and a little slower.
+    11: (),
 }
 
 OBSERVATION_COLUMNS = (

@@ -583,7 +583,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 11 and {9, 10} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 12 and {9, 10, 11} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
