@@ -68,7 +68,8 @@ PORT_STATE_COLUMNS = (
     "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
     "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at", "favicon", "jarm",
 )
-HOST_BATCH = 2_000  # hosts per state query: bounded parameter size, few round trips
+HOST_BATCH = 2_000  # hosts per state query binding their names: bounded parameter size
+DENSE_BATCH = 50_000  # hosts per key-range query (two bound values whatever its size)
 RECOVER_BATCH = 2_000  # host scans recovered per round: bounded memory and parameters
 # A completed host scan this old and still not compared was left by a transport that died:
 # a live one compares within seconds of storing it (the distributed hold within max_hold).
@@ -143,8 +144,8 @@ def load_host_rows(store: Store, keys: Sequence[HostKey]) -> dict[HostKey, HostR
     wanted = set(keys)
     out: dict[HostKey, HostRow] = {}
     ordered = sorted(wanted)
-    for start in range(0, len(ordered), HOST_BATCH):
-        where, params = _state_filter(ordered[start:start + HOST_BATCH], dense=True)
+    for start in range(0, len(ordered), DENSE_BATCH):
+        where, params = _state_filter(ordered[start:start + DENSE_BATCH], dense=True)
         for target, ip, scan_id, finished_at, is_reachable, digest in store.query(
                 "SELECT target, ip, scan_id, finished_at, is_reachable, fingerprint "
                 f"FROM host_state FINAL WHERE {where}", params):
@@ -161,8 +162,9 @@ def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
     wanted = set(keys)
     ports: dict[HostKey, dict[PortKey, PortSnapshot]] = {}
     ordered = sorted(wanted)
-    for start in range(0, len(ordered), HOST_BATCH):
-        where, params = _state_filter(ordered[start:start + HOST_BATCH], dense=dense)
+    step = DENSE_BATCH if dense else HOST_BATCH
+    for start in range(0, len(ordered), step):
+        where, params = _state_filter(ordered[start:start + step], dense=dense)
         for row in store.query(
                 f"SELECT {', '.join(PORT_STATE_COLUMNS)} FROM port_state FINAL WHERE {where}",
                 params):
@@ -290,10 +292,11 @@ class ChangeRecorder:
                 fast.append((view, row))
             else:
                 slow.append(view)
+        # One write for the whole call (events first, then the states: see write_rows):
+        # an insert costs ~20 ms whatever its size, so rows are not written per wave.
         rows = _Rows()
         for view, row in fast:
             rows.add_unchanged(view, row)
-        await asyncio.to_thread(write_rows, self.store, rows)
         slow_keys = [(v.target.target, v.target.ip) for v in slow]
         known = [k for k in slow_keys if k in host_rows]
         ports = await asyncio.to_thread(partial(
@@ -314,8 +317,9 @@ class ChangeRecorder:
                 key = (view.target.target, view.target.ip)
                 (later if key in seen else wave).append(view)
                 seen.add(key)
-            events.extend(await self._wave(wave, states))
+            events.extend(await self._wave(wave, states, rows))
             pending = later
+        await asyncio.to_thread(write_rows, self.store, rows)
         for view in views:
             self.forget(view.scan_id, view.target)
         return events
@@ -341,8 +345,11 @@ class ChangeRecorder:
             if len(keys) < batch:
                 return events
 
-    async def _wave(self, views: Sequence[HostScanView],
-                    states: dict[HostKey, HostState]) -> list[ChangeEvent]:
+    async def _wave(self, views: Sequence[HostScanView], states: dict[HostKey, HostState],
+                    rows: _Rows) -> list[ChangeEvent]:
+        """One wave's events; its rows are added to ``rows`` (the caller writes them). A
+        replay in a wave reads events stored by an earlier call: one call never holds the
+        same scan of a host twice (host_views groups by scan)."""
         todo: list[tuple[HostScanView, HostState | None]] = []
         events: list[ChangeEvent] = []
         for view in views:
@@ -357,14 +364,12 @@ class ChangeRecorder:
         per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
         for (a_ip, proto, port), answer in answers.items():
             per_ip.setdefault(a_ip, {})[(proto, port)] = answer
-        rows = _Rows()
         for view, previous in todo:
             outcome = detect_changes(previous, view, per_ip.get(view.target.ip, {}))
             rows.add(view, previous, outcome.events, outcome.state)
             if outcome.state is not None:
                 states[(view.target.target, view.target.ip)] = outcome.state
             events.extend(outcome.events)
-        await asyncio.to_thread(write_rows, self.store, rows)
         return events
 
     async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]]
