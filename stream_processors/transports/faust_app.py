@@ -80,6 +80,7 @@ def make_app(options: PipelineOptions, role: str) -> faust.App:
     # "<app id>-data" in the working directory, which littered checkouts and would fail
     # in a container with a read-only working directory. Nothing in it outlives a run.
     datadir = Path(tempfile.gettempdir()) / "portwatch-faust" / options.app_id(role)
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return faust.App(
         options.app_id(role),
         datadir=str(datadir),
