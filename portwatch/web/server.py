@@ -27,13 +27,22 @@ class ListenError(OSError):
     """The address cannot be listened on (taken, not ours); the message says which."""
 
 
+LISTEN_BACKLOG = 2048  # uvicorn's default
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound socket for ``host:port`` (ListenError, one line, when it cannot be)."""
+    """A listening socket for ``host:port`` (ListenError, one line, when it cannot be).
+
+    Listening, not only bound: the caller announces the server (the store's advert, the
+    "listening" line) before uvicorn starts, and a client that reads the advert in
+    between must queue in the backlog, not be refused (a fresh-clone CI run caught a
+    report refused that way)."""
     bare = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((bare, port))
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
