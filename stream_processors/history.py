@@ -329,12 +329,14 @@ class ChangeRecorder:
         """Compute the changes of every host scan stored but never compared (see
         "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives."""
         events: list[ChangeEvent] = []
+        done: set[ScanHostKey] = set()
         while True:
             scans = await asyncio.to_thread(partial(
                 pending_host_scans, self.store, finished_before=finished_before, limit=batch))
-            if not scans:
-                return events
             keys = {(h.scan_id, h.target.target, h.target.ip) for h in scans}
+            if not keys or keys <= done:
+                return events  # nothing left, or nothing this round could move: never spin
+            done |= keys
             snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
             for key, found in snapshots.items():
                 self._snapshots[key] = found
