@@ -394,6 +394,9 @@ class Store:
                 self._client = clickhouse_connect.get_client(
                     interface="chdb", path=location.path, database=location.database
                 )
+                # Closed once the store's own client holds the engine (closing the last
+                # client of a path stops chdb's engine; the next one starts it again)
+                bootstrap.close()
                 _OPENED_CHDB_PATHS.add(resolved)
             else:
                 self._client = clickhouse_connect.get_client(

@@ -17,6 +17,24 @@ import pytest
 
 os.environ["PORTWATCH_SCOPE_ALLOW"] = "127.0.0.0/8,::1/128,198.18.0.0/15"
 
+
+def _raise_descriptor_limit() -> None:
+    """chdb 4.4 leaks about five engine threads and ten descriptors each time a store is
+    opened after another was closed (its engine restarts; closing every client does not
+    give them back). portwatch holds one store per process; this test process opens
+    hundreds, so it passes 1,024 descriptors (a CI run saw select() refuse one: the
+    product now polls). The soft limit is raised to the hard one so a machine whose
+    default is 1,024 does not fail tests on a leak that is not theirs."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+_raise_descriptor_limit()
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -333,9 +333,10 @@ def _start_listeners(namespace: str, cfg: dict[str, Any]) -> subprocess.Popen[by
     assert proc.stdout is not None
     deadline = time.monotonic() + _READY_TIMEOUT
     line = b""
+    poller = select.poll()  # not select(): the test process may hold over 1,024 descriptors
+    poller.register(proc.stdout, select.POLLIN)
     while time.monotonic() < deadline and not line.endswith(b"\n"):
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
+        if poller.poll(200):
             chunk = os.read(proc.stdout.fileno(), 64)
             if not chunk:
                 break

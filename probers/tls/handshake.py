@@ -74,10 +74,11 @@ def _wait(sock: socket.socket, *, for_write: bool, deadline: float) -> bool:
     left = deadline - time.monotonic()
     if left <= 0:
         return False
-    readable, writable, _ = select.select(
-        [] if for_write else [sock], [sock] if for_write else [], [], left
-    )
-    return bool(readable or writable)
+    # poll, not select: select() refuses descriptors >= FD_SETSIZE (1024), and a scanning
+    # process with many sockets and stores open reaches that (a CI run did).
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if for_write else select.POLLIN)
+    return bool(poller.poll(left * 1000))
 
 
 def _chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:

@@ -9,7 +9,9 @@ suite set. Nothing here connects anywhere but 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -96,6 +98,28 @@ def test_tls12_only_server_reports_exactly_its_two_suites(certs: CertFiles) -> N
         ("strong", "x25519", 253)
     }
     assert (result.grade, result.grade_reason) == ("strong", "every accepted suite is strong")
+
+
+def test_a_probe_whose_sockets_are_numbered_above_1024_still_completes(certs: CertFiles) -> None:
+    # Given a process already holding over 1,024 descriptors (a long scan with many sockets
+    # and stores open), so every new socket is numbered past select()'s FD_SETSIZE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard descriptor limit {hard} is below 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert fillers[-1] >= 1024
+        with openssl_server(certs, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256") as port:
+            # When it is probed
+            result = probe(port, server_name="localhost")
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # Then the handshakes complete as they do in a fresh process
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert suite_set(result) == {("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")}
 
 
 def test_server_preference_is_reported_only_when_the_server_enforces_it(certs: CertFiles) -> None:

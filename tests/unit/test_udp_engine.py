@@ -141,9 +141,10 @@ class UdpServer:
         self._thread = threading.Thread(target=self._serve, name=f"udp-test-{self.port}")
 
     def _serve(self) -> None:
+        poller = select.poll()  # not select(): descriptors past 1,024 are refused there
+        poller.register(self.sock, select.POLLIN)
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.05)
-            if not ready:
+            if not poller.poll(50):
                 continue
             data, peer = self.sock.recvfrom(65_535)
             self.received.append(data)
