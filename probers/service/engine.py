@@ -100,6 +100,7 @@ class ProbeKind(StrEnum):
     RDP = "rdp-negotiation"  # X.224 Connection Request with an RDP negotiation request
     # What nmap learns through version scripts (issue 15), one connection each:
     MQTT = "mqtt-sys-version"  # CONNECT + SUBSCRIBE $SYS/broker/version (mqtt-subscribe)
+    MQTT_TLS = "mqtt-sys-version-tls"  # the same inside TLS (secure-mqtt, 8883)
     AMQP = "amqp-connection-start"  # protocol header -> Connection.Start server-properties
     SMB = "smb2-negotiate"  # SMB2 NEGOTIATE (dialect, signing), then the NTLMSSP challenge
     K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
@@ -189,8 +190,15 @@ async def _connect(ep: Endpoint, timeout: float, tls: ssl.SSLContext | None = No
         yield reader, writer
     finally:
         writer.close()
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(writer.wait_closed(), 0.5)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        except Exception:  # noqa: BLE001 - whatever the peer did, the socket goes
+            # A TLS peer that never answers our close_notify would hold the socket for
+            # asyncio's 30 s SSL shutdown timeout: a scan of such ports piles them up.
+            writer.transport.abort()
 
 
 def _http_request(ep: Endpoint) -> bytes:
@@ -365,16 +373,33 @@ async def probe_rdp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.RDP, parse_rdp_confirm(data), data)
 
 
-async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
-    async with _connect(ep, s.probe_timeout) as (reader, writer):
+async def _mqtt_exchange(ep: Endpoint, s: Settings, *, tls: bool) -> bytes:
+    started = time.monotonic()
+    async with _connect(ep, s.probe_timeout, tls_client_context() if tls else None,
+                        ep.hostname or None) as (reader, writer):
         writer.write(mqtt_request())
         await writer.drain()
-        # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed.
-        data = await read_bounded(reader, timeout=s.probe_timeout, cap=4096, idle=0.3,
+        # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed. One
+        # timeout for connect and exchange: a TLS handshake must not double the budget.
+        left = max(0.05, s.probe_timeout - (time.monotonic() - started))
+        data = await read_bounded(reader, timeout=left, cap=4096, idle=0.3,
                                   is_complete=_has_mqtt_version)
         with contextlib.suppress(OSError):
             writer.write(MQTT_DISCONNECT)
+    return data
+
+
+async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    data = await _mqtt_exchange(ep, s, tls=False)
     return Outcome(ProbeKind.MQTT, parse_mqtt(data), data)
+
+
+async def probe_mqtt_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    """MQTT over TLS (8883): the handshake, then the same exchange as ``probe_mqtt``."""
+    data = await _mqtt_exchange(ep, s, tls=True)
+    info = parse_mqtt(data)
+    return Outcome(ProbeKind.MQTT_TLS, replace(info, is_tls=True) if info else None, data,
+                   is_tls=True)
 
 
 def _has_mqtt_version(data: bytes) -> bool:
@@ -462,6 +487,7 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.POSTGRES_SSL: probe_postgres,
     ProbeKind.RDP: probe_rdp,
     ProbeKind.MQTT: probe_mqtt,
+    ProbeKind.MQTT_TLS: probe_mqtt_tls,
     ProbeKind.AMQP: probe_amqp,
     ProbeKind.SMB: probe_smb,
     ProbeKind.K8S_VERSION: probe_kubernetes,
@@ -475,12 +501,13 @@ TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 20
                        2096, 4443, 5061, 6697, 8443, 9443})
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
                               5432: "postgresql", 3389: "ms-wbt-server",
-                              1883: "mqtt", 5672: "amqp", 445: "microsoft-ds"}
+                              1883: "mqtt", 8883: "secure-mqtt", 5672: "amqp",
+                              445: "microsoft-ds"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
                                     "ms-wbt-server": ProbeKind.RDP,
-                                    "mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
-                                    "microsoft-ds": ProbeKind.SMB}
+                                    "mqtt": ProbeKind.MQTT, "secure-mqtt": ProbeKind.MQTT_TLS,
+                                    "amqp": ProbeKind.AMQP, "microsoft-ds": ProbeKind.SMB}
 # NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
 # goes first (HTTP ports); the rest follow in order of how often they name a port.
 # Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for
@@ -497,9 +524,25 @@ FOLLOW_UP: dict[str, ProbeKind] = {"ssl": ProbeKind.TLS, "https": ProbeKind.TLS,
 # ours can name: asked after nmap, as nmap runs its version scripts after its probes.
 AFTER_NMAP: dict[str, ProbeKind] = {"mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
                                     "microsoft-ds": ProbeKind.SMB}
+# ... and the one to send instead when that service was found inside TLS
+INSIDE_TLS: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT: ProbeKind.MQTT_TLS}
+# A TLS probe planned first by a port hint, then its plaintext twin (nmap's mqtt probe
+# is sent in clear to 1883 only: a broker without TLS on 8883 would go unnamed)
+PLAIN_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT_TLS: ProbeKind.MQTT}
 STOP_CONFIDENCE = 8
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
+
+
+def after_nmap(best: ServiceInfo | None, *, is_tls: bool) -> ProbeKind | None:
+    """Our probe that can name the product of a service found without one (None: none
+    can); its TLS variant when the port spoke TLS."""
+    if best is None or best.product:
+        return None
+    after = AFTER_NMAP.get(best.service)
+    if after is not None and (best.is_tls or is_tls):
+        return INSIDE_TLS.get(after, after)
+    return after
 
 
 def plan(port: int) -> tuple[ProbeKind, ...]:
@@ -511,6 +554,8 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
         first = (ProbeKind.HTTP_GET,)
     elif PORT_HINTS.get(port, "") in HINT_FIRST:
         first = (HINT_FIRST[PORT_HINTS[port]],)
+        if first[0] in PLAIN_AFTER:  # the secure port of a plaintext broker: worth naming
+            first += (PLAIN_AFTER[first[0]],)
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 
@@ -639,7 +684,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             kept = better_of(best, extra)
             if kept is not best:
                 best, best_data = kept, b""
-    after = AFTER_NMAP.get(best.service) if best is not None and not best.product else None
+    after = after_nmap(best, is_tls=is_tls)
     if after is not None and after.value not in tried and deadline - time.monotonic() > 0.2:
         tried.append(after.value)
         try:

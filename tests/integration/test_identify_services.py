@@ -13,16 +13,20 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from probers.service import engine
 from probers.service.engine import Endpoint, Settings, identify
 from schemas.records import OpenPort, PortState, Proto, ServiceInfo, Target
 from stream_processors.stages import NmapFallback, identify_stage, make_context
-from tests import daemons, servers
+from tests import daemons, loopback, servers
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +69,8 @@ def _free_standard(host: str, port: int, kind: int = socket.SOCK_STREAM) -> None
     if port < 1024 and not servers.is_root():
         pytest.skip(f"binding port {port} needs root")
     with socket.socket(socket.AF_INET, kind) as sock:
+        # as the daemons bind: a connection of an earlier test in TIME_WAIT is no owner
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -87,6 +93,77 @@ def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() ->
     assert info.tried == ("mqtt-sys-version",)  # one connection, one round trip
     # nmap's mqtt-subscribe puts the topic's text in the service name
     assert nmap_service == f"mosquitto version {version}"
+
+
+def test_mosquitto_over_tls_on_8883_is_named_inside_tls_in_one_connection() -> None:
+    # Given Debian's mosquitto with a TLS listener on the secure-mqtt port
+    version = _upstream("mosquitto")
+    host = "127.0.0.1"
+    _free_standard(host, 8883)
+    with _skip_unavailable(), daemons.start_mosquitto(host, 8883, tls=True):
+        # When it is identified, and nmap -sV looks at it too
+        info = _identify(host, 8883)
+        nmap_service = _nmap_sv(host, 8883)[0]
+    # Then the handshake and the version topic, one connection, name the product
+    assert (info.service, info.product, info.version, info.cpe, info.is_tls) == (
+        "mqtt", "Mosquitto", version, f"cpe:/a:eclipse:mosquitto:{version}", True)
+    assert info.tried == ("mqtt-sys-version-tls",)
+    # as nmap's mqtt-subscribe does through its TLS tunnel
+    assert nmap_service == f"mosquitto version {version}"
+
+
+def test_plain_mqtt_on_8883_is_still_named() -> None:
+    # Given a plaintext listener on the port the hint says is MQTT over TLS
+    version = _upstream("mosquitto")
+    host = "127.0.0.1"
+    _free_standard(host, 8883)
+    with _skip_unavailable(), daemons.start_mosquitto(host, 8883):
+        info = _identify(host, 8883)
+    # Then the refused handshake sends the same question in clear, which names it: a
+    # broker without TLS on the secure port is what a team wants to see, not "unknown"
+    assert (info.service, info.product, info.version, info.is_tls) == (
+        "mqtt", "Mosquitto", version, False)
+    assert info.tried == ("mqtt-sys-version-tls", "mqtt-sys-version")
+
+
+def _tls_then(context: ssl.SSLContext, after: Callable[[ssl.SSLSocket], None]
+              ) -> loopback.Handler:
+    def handle(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True) as tls:
+            after(tls)
+    return handle
+
+
+def _endless_junk(tls: ssl.SSLSocket) -> None:
+    tls.recv(1024)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tls.sendall(b"\x30\xff\xff\xff\x7f" + b"\x00\xff" * 2048)  # PUBLISH, huge length
+
+
+def _silent(tls: ssl.SSLSocket) -> None:
+    tls.recv(1024)
+    time.sleep(20)
+
+
+@pytest.mark.parametrize("after", [_endless_junk, _silent], ids=["endless-junk", "silent"])
+def test_hostile_peers_behind_tls_on_8883_end_within_the_probe_timeout(
+        tmp_path: Path, after: Callable[[ssl.SSLSocket], None]) -> None:
+    # Given a TLS peer on the secure-mqtt port that answers CONNECT with endless junk, or
+    # completes the handshake and never speaks
+    context = loopback.self_signed(tmp_path)
+    _free_standard("127.0.0.1", 8883)
+    with loopback.listen(_tls_then(context, after), port=8883):
+        # When our MQTT-over-TLS probe asks it
+        begin = time.monotonic()
+        outcome = asyncio.run(engine.probe_mqtt_tls(
+            Endpoint("127.0.0.1", 8883), Settings(probe_timeout=1.5), "secure-mqtt"))
+        spent = time.monotonic() - begin
+    # Then it returns what arrived, bounded, names nothing, and does not wait for the peer
+    assert outcome.info is None
+    assert outcome.is_tls
+    assert len(outcome.data) <= 4096
+    assert spent < 10  # the peer holds on for 20 s
 
 
 # -- rabbitmq -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from probers.service.banners import (
     parse_rdp_confirm,
 )
 from probers.service.engine import DEFAULT_ORDER, FOLLOW_UP, PROBES, ProbeKind, plan
+from schemas.records import ServiceInfo
 
 # -- the table ---------------------------------------------------------------------------
 
@@ -33,12 +34,12 @@ def test_every_probe_kind_has_an_implementation() -> None:
 def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
     # By the default order, by a port hint, by an answer asking for it (follow-ups,
     # Kubernetes' Status answer), or after nmap named the service without a product
-    hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 5672, 445)}
+    hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 8883, 5672, 445)}
     reachable = (set(DEFAULT_ORDER) | hinted | set(FOLLOW_UP.values())
                  | set(engine.AFTER_NMAP.values()) | {ProbeKind.K8S_VERSION})
     assert reachable == set(ProbeKind)
-    assert {plan(1883)[0], plan(5672)[0], plan(445)[0]} == {
-        ProbeKind.MQTT, ProbeKind.AMQP, ProbeKind.SMB}
+    assert {plan(1883)[0], plan(8883)[0], plan(5672)[0], plan(445)[0]} == {
+        ProbeKind.MQTT, ProbeKind.MQTT_TLS, ProbeKind.AMQP, ProbeKind.SMB}
     assert plan(6443)[0] is ProbeKind.TLS  # Kubernetes' API port: TLS, then /version
 
 
@@ -54,6 +55,7 @@ def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
         (6379, ProbeKind.REDIS_INFO),
         (5432, ProbeKind.POSTGRES_SSL),
         (3389, ProbeKind.RDP),
+        (8883, ProbeKind.MQTT_TLS),
         (40000, ProbeKind.NULL),
     ],
 )
@@ -63,6 +65,31 @@ def test_plan_puts_the_likely_probe_first_and_keeps_every_other(port: int,
     assert order[0] is first
     assert len(order) == len(set(order))
     assert set(DEFAULT_ORDER) <= set(order)
+
+
+@pytest.mark.parametrize(
+    ("service", "product", "port_tls", "info_tls", "expected"),
+    [
+        ("mqtt", "", False, False, ProbeKind.MQTT),
+        ("mqtt", "", True, False, ProbeKind.MQTT_TLS),  # the port spoke TLS
+        ("mqtt", "", False, True, ProbeKind.MQTT_TLS),  # nmap found it inside TLS
+        ("mqtt", "Mosquitto", True, True, None),  # named already: nothing to ask
+        ("amqp", "", True, True, ProbeKind.AMQP),  # no TLS variant: the plain probe
+        ("microsoft-ds", "", False, False, ProbeKind.SMB),
+        ("ssh", "", False, False, None),  # no probe of ours names more than nmap's
+    ],
+)
+def test_after_nmap_asks_the_probe_that_can_name_the_product(
+        service: str, product: str, port_tls: bool, info_tls: bool,
+        expected: ProbeKind | None) -> None:
+    info = ServiceInfo(service=service, product=product, is_tls=info_tls)
+    assert engine.after_nmap(info, is_tls=port_tls) is expected
+    assert engine.after_nmap(None, is_tls=port_tls) is None
+
+
+def test_the_secure_mqtt_port_asks_in_tls_then_in_clear() -> None:
+    assert plan(8883)[:2] == (ProbeKind.MQTT_TLS, ProbeKind.MQTT)
+    assert plan(1883)[:2] == (ProbeKind.MQTT, ProbeKind.NULL)  # the plain port: no TLS guess
 
 
 def test_http_get_is_not_repeated_on_a_blind_port() -> None:
