@@ -12,7 +12,7 @@ STAMPS := .cache/stamps
 # Debian packages: scanners to compare with and drive (masscan, nmap, sslscan), the
 # nmap data files read at run time (nmap-common), network-namespace tools for test
 # hosts (iproute2, nftables, iptables), and the real services the tests scan: mail
-# (postfix, dovecot), LDAP (slapd), XMPP (prosody) and MQTT (mosquitto) for STARTTLS and
+# (postfix, dovecot), LDAP (slapd), XMPP (prosody), IRC (inspircd) and MQTT (mosquitto) for STARTTLS and
 # identification; ndiff is nmap's scan differ, the anchor of bench/history. xrdp,
 # rabbitmq-server, snmpd, samba, memcached, lighttpd and tinyproxy: real daemons that
 # identification depth (issue 15) is tested and benchmarked against.
@@ -20,7 +20,7 @@ APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftab
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
 	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin \
 	postfix dovecot-imapd dovecot-pop3d dovecot-managesieved slapd ldap-utils prosody \
-	mosquitto ndiff xrdp rabbitmq-server snmpd samba memcached lighttpd tinyproxy
+	mosquitto inspircd ndiff xrdp rabbitmq-server snmpd samba memcached lighttpd tinyproxy
 
 .PHONY: help
 help: ## List the targets

@@ -3,9 +3,9 @@
 Owns: context managers that start Debian's own daemons with a configuration written to a
 temporary directory and a test certificate (``tests/tls_pki.py``): postfix (SMTP
 STARTTLS), dovecot (IMAP STARTTLS, POP3 STLS, ManageSieve STARTTLS), slapd (LDAP
-StartTLS), prosody (XMPP c2s starttls), plus TLS settings for the vsftpd, PostgreSQL and
-MariaDB helpers of ``tests/servers.py``. Each binds 127.0.0.1 only, and is stopped by its
-process group on exit (``servers.run_server``).
+StartTLS), prosody (XMPP c2s starttls), InspIRCd (IRC STARTTLS), plus TLS settings for
+the vsftpd, PostgreSQL and MariaDB helpers of ``tests/servers.py``. Each binds 127.0.0.1
+only, and is stopped by its process group on exit (``servers.run_server``).
 
 A daemon that cannot start here raises ``ServerUnavailable`` with the reason; tests skip.
 Must not touch: anything outside the temporary directories it creates.
@@ -252,6 +252,42 @@ VirtualHost "localhost"
         with run_server([prosody, "--config", str(config), "-F"], HOST, port, work,
                         name="prosody") as server:  # fmt: skip
             server.extra.update(s2s=str(s2s))
+            yield server
+
+
+@contextlib.contextmanager
+def start_inspircd(leaf: LeafFiles) -> Iterator[Server]:
+    """InspIRCd 3 (IRC) with the IRCv3 STARTTLS module (GnuTLS, ``leaf``) on a client
+    port. Run as root with ``--runasroot`` (it refuses root otherwise): it binds loopback
+    only and is stopped by its process group."""
+    inspircd = require_binary("inspircd", "/usr/sbin/inspircd")
+    _need_root("inspircd")
+    port = free_port(HOST)
+    with _workdir("inspircd") as work:
+        certs = _copy_certs(leaf, work / "certs")
+        (work / "motd").write_text("portwatch test\n")
+        config = work / "inspircd.conf"
+        config.write_text(
+            f"""<server name="irc.portwatch.test" description="portwatch test" network="pwtest">
+<admin name="portwatch" nick="portwatch" email="portwatch@portwatch.test">
+<bind address="{HOST}" port="{port}" type="clients">
+<connect allow="*" timeout="60" pingfreq="120" sendq="262144" recvq="8192" localmax="100"
+ globalmax="100" maxconnwarn="off" resolvehostnames="no" useident="no">
+<module name="ssl_gnutls">
+<sslprofile name="Clients" provider="gnutls" certfile="{certs.chain}" keyfile="{certs.key}"
+ dhfile="" hash="sha256" requestclientcert="no">
+<module name="starttls">
+<starttls provider="Clients">
+<path configdir="{work}" moduledir="/usr/lib/inspircd/modules" datadir="{work}"
+ logdir="{work}" runtimedir="{work}">
+<pid file="{work}/inspircd.pid">
+<files motd="{work}/motd">
+<dns server="127.0.0.1" timeout="1">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{work}/ircd.log">
+"""
+        )
+        argv = [inspircd, "--nofork", "--runasroot", "--config", str(config)]
+        with run_server(argv, HOST, port, work, name="inspircd") as server:
             yield server
 
 

@@ -3,7 +3,8 @@
 Servers are Debian's own daemons started by the test with a config it writes
 (``tests/starttls_servers.py``) and certificates from a throwaway CA
 (``tests/tls_pki.py``): postfix, dovecot (IMAP, POP3, ManageSieve), vsftpd with
-``ssl_enable=YES``, PostgreSQL with ``ssl=on``, MariaDB with TLS, slapd and prosody.
+``ssl_enable=YES``, PostgreSQL with ``ssl=on``, MariaDB with TLS, slapd, prosody and
+InspIRCd.
 ``sslscan --starttls-<proto>`` is the independent referee for the suite sets. Nothing here
 connects anywhere but 127.0.0.1.
 """
@@ -262,6 +263,25 @@ def test_prosody_xmpp_starttls(pki: TestPki, valid_leaf: LeafFiles, running) -> 
         # sslscan takes the XMPP domain from the host it is given ("localhost")
         assert _suite_pairs(result) == sslscan_suites_at("localhost", server.port,
                                                          "--starttls-xmpp")
+
+
+def test_inspircd_irc_starttls_suites_are_what_openssl_negotiates(
+        pki: TestPki, valid_leaf: LeafFiles, running) -> None:
+    # Given InspIRCd with its IRCv3 STARTTLS module (GnuTLS)
+    server = running(servers.start_inspircd(valid_leaf))
+    # When probed through IRC STARTTLS (670: go ahead)
+    result = _probe(server.port, "starttls-irc", pki)
+    # Then enumerated through the upgrade
+    _assert_trusted_enumeration(result, "starttls-irc")
+    # openssl s_client referees each TLS 1.2 suite we list: it negotiates it by name, and
+    # one OpenSSL knows that we do not list is refused (sslscan takes six minutes against
+    # InspIRCd, whose connection handling slows its hundreds of handshakes down)
+    ours = [s.openssl_name for s in result.suites if s.tls_version == "TLSv1.2"]
+    assert ours
+    for name in ours:
+        assert s_client_cipher(server.port, "irc", name) == name
+    assert "DHE-RSA-AES256-GCM-SHA384" not in ours  # GnuTLS here offers no finite-field DHE
+    assert s_client_cipher(server.port, "irc", "DHE-RSA-AES256-GCM-SHA384") in ("", "(NONE)")
 
 
 # -- certificate posture, through a real STARTTLS service --------------------------------

@@ -1,6 +1,7 @@
 """STARTTLS preambles: the routing table, the reply parsers (property-tested: hostile bytes
 give a typed answer or ``UpgradeFailure``, never another exception), the bounded reader on
-real socket pairs, and the protocols no Debian server here speaks (NNTP, IRC, RDP) against
+real socket pairs, and the protocols no Debian server here speaks (NNTP, RDP; IRC too, also
+tested against InspIRCd in tests/integration/test_starttls_real_servers.py) against
 scripted peers on a socket pair (named as such: ``scripted_peer``)."""
 
 from __future__ import annotations
