@@ -128,9 +128,10 @@ def test_a_retry_pass_resends_only_the_ports_that_stayed_silent() -> None:
         found, progress, _ = _scan(engine, _shard([host.address], ALL_PORTS))
     # Then the retry pass found the listeners whose first SYN was lost
     assert sorted(o.port for o in found) == [22, 80, 1500]
-    # And it re-sent the 1,001 lossy + 100 filtered ports, not the range (plus any
-    # probe a loaded machine dropped: none when it is quiet)
-    assert 1101 <= progress.retries < 1101 + 500
+    # And it re-sent the 1,001 lossy + 100 filtered ports, not the whole sweep again (plus
+    # the probes a loaded machine dropped: none when it is quiet, 1,766 in one CI run on
+    # two busy cores; a pass re-sending everything would be 65,535)
+    assert 1101 <= progress.retries < 1101 + 6_500
     assert progress.probes_done == progress.probes_total == 65535 + progress.retries
     # And the ports that never answered are reported, not silently forgotten
     assert progress.notes == [
