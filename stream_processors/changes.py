@@ -145,7 +145,8 @@ def snapshot_of(finding: Finding) -> PortSnapshot:
     jarm = text(s.jarm, JARM_CAP)
     return PortSnapshot(
         p.proto, p.port, True, text(s.service), text(s.product), text(s.version),
-        finding.risk_color.value, finding.cdn.is_expected_port, tls.status.value,
+        # ``_value_``, not ``value``: the same str, without the enum property (0.2 us)
+        finding.risk_color._value_, finding.cdn.is_expected_port, tls.status._value_,
         tuple(sorted(set(texts(versions)))) if versions else (),
         tuple(sorted({text(c.iana_name) for c in suites if text(c.strength) == "weak"}))
         if suites else (),
@@ -452,7 +453,7 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
     by value only (format 3 adds back-references that depend on object identity), and
     about twice as fast as repr. Should a Python release change the format, each host
     takes the full path once, then matches again."""
-    rows = sorted((s.proto.value, s.port, s.service, s.product, s.version, s.risk_color,
+    rows = sorted((s.proto._value_, s.port, s.service, s.product, s.version, s.risk_color,
                    s.tls_status, s.tls_versions, s.weak_suites, s.tls_grade, s.cert_sha256,
                    s.is_incomplete, s.favicon, s.jarm) for s in ports.values() if s.is_open)
     return hashlib.blake2b(marshal.dumps(rows, 2), digest_size=16).hexdigest()
