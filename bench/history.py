@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import os
 import random
@@ -107,6 +108,17 @@ def evolve(hosts: list[HostLife], rng: random.Random, ports_per_host: int,
                 life.version = min(life.version + 1, len(CATALOGUE[life.entry][3]) - 1)
             if CATALOGUE[life.entry][5] and rng.random() < 0.01:
                 life.cert += 1
+
+
+def freeze_model() -> None:
+    """Move the synthetic estate (``--hosts`` HostLife objects, their ports and the
+    previous day's copy) out of the cyclic collector's sight: it is this harness's model,
+    not portwatch's data, and each full collection the recorder's allocations trigger
+    would otherwise walk it (at 40,000 hosts, 20 % of the sink-shaped day: 3.6-3.9 s
+    against 2.7-3.2 s frozen). Objects made afterwards, the day's findings included,
+    are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def findings_of(h: HostLife, scan_id: str, when: datetime) -> list[Finding]:
@@ -278,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         batched_s, batched_events = 0.0, 0
         for day in range(args.days - 1):
             evolve(hosts, rng, args.ports_per_host, first=day == 0)
+            freeze_model()
             when = now - timedelta(days=args.days - 1 - day)
             batched_s, batched_events = record_day(db, hosts, f"day-{day:03d}", when)
             if day % 10 == 0:
@@ -287,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          for p, v in h.ports.items()})
                         for h in anchor}
         evolve(hosts, rng, args.ports_per_host, first=False)
+        freeze_model()
         last = f"day-{args.days - 1:03d}"
         # The anchor first: these hosts' changes for the last day, through the real path
         anchor_s, anchor_events = record_day(db, anchor, last, now, one_call=True)
