@@ -80,11 +80,19 @@ def _free_standard(host: str, port: int, kind: int = socket.SOCK_STREAM) -> None
 # -- mosquitto ----------------------------------------------------------------------------
 
 
-def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() -> None:
+@contextlib.contextmanager
+def _mosquitto_on(port: int, *, tls: bool = False) -> Iterator[str]:
+    """Debian's mosquitto on 127.0.0.1:``port`` (the test skips when it cannot run
+    here); yields the upstream version it should be named with."""
     version = _upstream("mosquitto")
+    _free_standard("127.0.0.1", port)
+    with _skip_unavailable(), daemons.start_mosquitto("127.0.0.1", port, tls=tls):
+        yield version
+
+
+def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() -> None:
     host = "127.0.0.1"
-    _free_standard(host, 1883)
-    with _skip_unavailable(), daemons.start_mosquitto(host, 1883):
+    with _mosquitto_on(1883) as version:
         info = _identify(host, 1883)
         nmap_service = _nmap_sv(host, 1883)[0]
     assert (info.service, info.product, info.version, info.cpe, info.method) == (
@@ -97,10 +105,8 @@ def test_mosquitto_on_1883_names_product_and_version_from_its_version_topic() ->
 
 def test_mosquitto_over_tls_on_8883_is_named_inside_tls_in_one_connection() -> None:
     # Given Debian's mosquitto with a TLS listener on the secure-mqtt port
-    version = _upstream("mosquitto")
     host = "127.0.0.1"
-    _free_standard(host, 8883)
-    with _skip_unavailable(), daemons.start_mosquitto(host, 8883, tls=True):
+    with _mosquitto_on(8883, tls=True) as version:
         # When it is identified, and nmap -sV looks at it too
         info = _identify(host, 8883)
         nmap_service = _nmap_sv(host, 8883)[0]
@@ -114,10 +120,8 @@ def test_mosquitto_over_tls_on_8883_is_named_inside_tls_in_one_connection() -> N
 
 def test_plain_mqtt_on_8883_is_still_named() -> None:
     # Given a plaintext listener on the port the hint says is MQTT over TLS
-    version = _upstream("mosquitto")
     host = "127.0.0.1"
-    _free_standard(host, 8883)
-    with _skip_unavailable(), daemons.start_mosquitto(host, 8883):
+    with _mosquitto_on(8883) as version:
         info = _identify(host, 8883)
     # Then the refused handshake sends the same question in clear, which names it: a
     # broker without TLS on the secure port is what a team wants to see, not "unknown"
