@@ -98,6 +98,45 @@ def test_a_scan_stored_but_never_compared_gets_its_events_from_the_next_recorder
     assert store.query("SELECT count() FROM changes FINAL WHERE scan_id = 's2'") == [(3,)]
 
 
+def test_a_replayed_batch_of_hosts_reads_its_events_back_in_one_query_per_batch(
+        store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import stream_processors.history as history
+
+    port = free_port()
+    hosts = [Target(ip=f"127.0.8.{i}", target=f"127.0.8.{i}") for i in range(1, 6)]
+    # Given two days of five hosts compared: opened on day 1, a version bump on day 2
+    day_events = []
+    for scan_id, when, version in (("s1", DAY1, "1.0"), ("s2", DAY2, "1.1")):
+        found = [_finding(scan_id, port, when, version=version, target=t) for t in hosts]
+        scans = [_host_scan(scan_id, when, 1, [port], target=t) for t in hosts]
+        _store_scan(store, found, scans)
+        recorder = ChangeRecorder(store)
+        recorder.add_findings(found)
+        day_events.append(asyncio.run(recorder.finish(scans)))
+    assert [len(e) for e in day_events] == [5, 5]
+    # When day 2's records come back for every host (a replayed partition), read two
+    # hosts per query
+    monkeypatch.setattr(history, "HOST_BATCH", 2)
+    replay_queries = []
+    real_query = store.query
+
+    def counting(sql, parameters=None):  # type: ignore[no-untyped-def]
+        if "FROM changes FINAL" in sql:
+            replay_queries.append(sql)
+        return real_query(sql, parameters)
+
+    monkeypatch.setattr(store, "query", counting)
+    again = asyncio.run(ChangeRecorder(store).finish(
+        [_host_scan("s2", DAY2, 1, [port], target=t) for t in reversed(hosts)]))
+    # Then the same events come back, same ids, and the log holds each once
+    assert sorted(e.event_id for e in again) == sorted(e.event_id for e in day_events[1])
+    assert {(e.kind, e.before, e.after) for e in again} == {
+        (ChangeKind.VERSION_CHANGED, "1.0", "1.1")}
+    assert [e.target.ip for e in again] == [t.ip for t in reversed(hosts)]
+    assert len(replay_queries) == 3  # ceil(5 / 2), not one per host
+    assert real_query("SELECT count() FROM changes FINAL") == [(10,)]
+
+
 def test_what_is_not_finished_is_never_recovered(store) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     hosts = [Target(ip=f"127.0.9.{i}", target=f"127.0.9.{i}") for i in range(1, 5)]
