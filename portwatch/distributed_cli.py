@@ -234,6 +234,11 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
               help="Seconds between offset commits (default 1.0).")
 @click.option("--session-timeout", type=float, default=None,
               help="Seconds before a dead worker's partitions move (default 10).")
+@click.option("--change-settle", type=click.FloatRange(min=0.0, max=600.0), default=5.0,
+              show_default=True, metavar="SECONDS",
+              help="The sink computes a host's changes once its findings are stored and no "
+                   "record of it arrived for this long (another shard of it may follow); a "
+                   "host missing findings is released after 600 s whatever this says.")
 @click.option("--serve", "serve_at", default="", metavar="[HOST:]PORT",
               help="Also serve the web reports (as `portwatch serve`) from this process, "
                    "over the store its sink writes: how a chdb store is read while its "
@@ -255,7 +260,8 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
-            commit_interval: float | None, session_timeout: float | None, serve_at: str,
+            commit_interval: float | None, session_timeout: float | None,
+            change_settle: float, serve_at: str,
             token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
             cookie_secure: bool, trusted_proxy: tuple[str, ...], kafka: str | None,
             topic_prefix: str | None) -> None:
@@ -322,7 +328,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         sink = StoreSink(db)
         from stream_processors.change_hold import ChangeStage
 
-        sink_app, sink_agent_stats = build_sink_app(options, sink, changes=ChangeStage(db))
+        stage = ChangeStage(db, settle=change_settle)
+        sink_app, sink_agent_stats = build_sink_app(options, sink, changes=stage)
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats

@@ -2,6 +2,7 @@
 
 * the Faust worker is killed (SIGKILL) while it is identifying, then started again;
 * a discovery worker is killed (SIGKILL) in the middle of a shard;
+* the sink is killed (SIGKILL) while it holds stored hosts for change detection;
 * the broker is stopped and started again during a scan (a second broker of the
   test's own, on its own ports and data dir: the shared one is left alone);
 * poison messages on the open-ports and findings topics.
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,18 @@ import pytest
 
 from producers.kafka_io import make_consumer, make_producer, wait_for_broker
 from producers.publish import publish_framed
-from schemas.records import OpenPort, Target
+from schemas.records import (
+    ChangeEvent,
+    ChangeKind,
+    Finding,
+    HostScan,
+    OpenPort,
+    PortRange,
+    RiskColor,
+    ServiceInfo,
+    Severity,
+    Target,
+)
 from tests import loopback
 from tests.conftest import REPO
 from tests.integration.test_distributed_pipeline import Pipeline, Worker, pipeline_of
@@ -167,6 +179,62 @@ def test_faust_worker_killed_mid_stream_loses_and_duplicates_nothing(
             ("process", pipe.topics.open_ports.name), ("sink", pipe.topics.findings.name)]
         assert "not JSON" in letters[0]["reason"]
         assert "malformed record" in letters[1]["reason"]
+
+
+# -- the sink, while it holds hosts for change detection ----------------------------------
+
+
+def test_a_sink_killed_while_it_holds_stored_hosts_loses_no_change_event(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Given five hosts' completed scans of an hour ago (a backlog) and their findings
+    addrs = addresses(71, 5)
+    finished = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    ports = {22: ("ssh", "OpenSSH", RiskColor.GREEN), 6379: ("redis", "Redis", RiskColor.RED)}
+    findings = [Finding(port=OpenPort(scan_id="sink-kill", target=Target(ip=a, target=a),
+                                      port=port, observed_at=finished),
+                        service=ServiceInfo(service=service, product=product,
+                                            version="1.0", method=f"banner:{service}"),
+                        risk_color=color)
+                for a in addrs for port, (service, product, color) in ports.items()]
+    scans = [HostScan("sink-kill", Target(ip=a, target=a), finished - timedelta(minutes=5),
+                      finished, 65535, len(ports), status="completed",
+                      shard_id="sink-kill:0", ports=(PortRange(1, 65535),))
+             for a in addrs]
+    with pipeline_of(kafka_bootstrap, tmp_path) as pipe:
+        # stored by a sink that holds every host for five minutes before comparing
+        holder = pipe.process("--change-settle", "300")
+        producer = make_producer(kafka_bootstrap)
+        try:
+            publish_framed(producer, pipe.topics.findings.name, findings)
+            publish_framed(producer, pipe.topics.host_scans.name, scans)
+        finally:
+            producer.close(timeout=5)
+        wait_for(lambda: pipe.lag("sink") == 0, 60, "the backlog stored", pipe)
+        # When that sink is killed while it holds them (their offsets are committed:
+        # no record of theirs comes again), and a new one starts
+        pipe.kill(holder)
+        changes = make_consumer(pipe.bootstrap, pipe.topics.changes.name,
+                                f"{pipe.prefix}test-changes")
+        try:
+            assert consume(changes, 1, timeout=3) == [], "the killed sink released a host"
+            successor = pipe.process()
+            records = consume(changes, 2 * len(addrs), timeout=60)
+            records += consume(changes, 1, timeout=3)  # and nothing more
+        finally:
+            changes.close()
+        pipe.stop(successor)
+        # Then the successor found what was stored but never compared, and published
+        # each host's events once, at the scan's own time
+        events = [ChangeEvent.from_json(r.value) for r in records]
+        assert sorted((e.target.ip, e.port, e.kind, e.severity) for e in events) == sorted(
+            (a, port, ChangeKind.OPENED, Severity.HIGH if port == 6379 else Severity.LOW)
+            for a in addrs for port in ports), pipe.logs()
+        assert {(e.scan_id, e.previous_scan_id, e.observed_at) for e in events} == {
+            ("sink-kill", "", finished)}
+        # And the change log holds each of them once
+        rows = pipe.report("changes", "--since", "7d")
+        assert sorted((r["ip"], r["port"], r["kind"]) for r in rows) == sorted(
+            (a, port, "opened") for a in addrs for port in ports)
 
 
 # -- a discovery worker -----------------------------------------------------------------
