@@ -64,7 +64,7 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
     changes, risk raised or lowered, TLS and certificate changes, hosts unreachable and
     back. Newest first."""
     from portwatch.render import render
-    from stream_processors.history import changes_report, parse_duration
+    from stream_processors.change_log import changes_report, parse_duration
 
     if since and from_:
         fail("give --since or --from, not both", EXIT_USAGE)
@@ -94,7 +94,7 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
 @STORE_OPTION
 def prune_command(older_than: str, store: str | None) -> None:
     """Delete raw observations older than a period; never first_seen or the change log."""
-    from stream_processors.history import parse_duration, prune
+    from stream_processors.change_log import parse_duration, prune
 
     try:
         period = parse_duration(older_than)

@@ -3,8 +3,8 @@
 Owns: ``ChangeRecorder`` (what both transports use: fed findings as they are stored and
 host-scan records as hosts complete, it loads the previous states, re-probes closure
 candidates, calls the one rule ``changes.detect_changes`` and writes events and next
-states), the rows of the ``changes`` / ``host_state`` / ``port_state`` tables, the
-What-changed query (``changes_report``) and ``prune``.
+states), the rows of the ``changes`` / ``host_state`` / ``port_state`` tables, and
+change recovery. Reading the log (the What-changed query) and ``prune``: ``change_log.py``.
 
 Must not touch: the change rule itself (``changes.py``), Kafka, the network except through
 ``probers.reprobe``.
@@ -38,7 +38,6 @@ from schemas.records import (
     Target,
 )
 from stream_processors.changes import (
-    EPOCH,
     INCOMPLETE,
     HostScanView,
     HostState,
@@ -53,7 +52,7 @@ from stream_processors.changes import (
     parse_not_after,
     snapshot_of,
 )
-from stream_processors.store import Report, Store
+from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +311,14 @@ class ChangeRecorder:
         for view, row in fast:
             rows.add_unchanged(view, row)
         slow_keys = [(v.target.target, v.target.ip) for v in slow]
-        known = [k for k in slow_keys if k in host_rows]
+        # A replay (the stored state is this very scan; see _wave) reads its events back
+        # and never compares its ports: they are not read (a replayed 10,000-host
+        # partition spent a third of its time reading them).
+        replays = {key for view, key in zip(slow, slow_keys, strict=True)
+                   if key in host_rows and key not in repeated
+                   and host_rows[key].scan_id == view.scan_id
+                   and host_rows[key].finished_at >= view.finished_at}
+        known = [k for k in slow_keys if k in host_rows and k not in replays]
         ports = await asyncio.to_thread(partial(
             load_ports, self.store, known, dense=2 * len(known) > len(keys)))
         states = {key: HostState(view.target, host_rows[key].scan_id,
@@ -540,58 +546,3 @@ def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]
             method == "unidentified" and extra_info.startswith(INCOMPLETE),
             "" if favicon is None else str(favicon), jarm if jarm.strip("0") else ""))
     return out
-
-
-# -- reading the change log -------------------------------------------------------------------
-
-SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90d', '12h', '30m', '2w' -> timedelta; ValueError with a clear message otherwise."""
-    value = text.strip().lower()
-    if len(value) < 2 or value[-1] not in SINCE_UNITS or not value[:-1].isdigit():
-        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 2w")
-    amount = int(value[:-1])
-    if amount <= 0 or amount > 100 * 365:
-        raise ValueError(f"bad duration {text!r}: out of range")
-    return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
-
-
-CHANGES_REPORT_COLUMNS = (
-    "kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
-    "previous_scan_id", "observed_at", "organization", "asset",
-)
-
-
-
-def changes_report(store: Store, *, since: datetime | None = None,
-                   until: datetime | None = None, kinds: Sequence[str] = (),
-                   severity: str = "", target: str = "", org: str = "", port: int = 0,
-                   limit: int = 0) -> Report:
-    """The What-changed report: newest first; ``severity`` is a minimum."""
-    from schemas import history_sql
-
-    params = {
-        "since": since or EPOCH, "until": until or datetime(2200, 1, 1, tzinfo=UTC),
-        "kinds": list(kinds), "min_severity": severity, "target": target, "org": org,
-        "port": port, "limit": limit if limit > 0 else 2**62,
-    }
-    return store.select("changes", history_sql("changes"), params)
-
-
-def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
-    """Delete raw observations (ports, TLS, certificates, host scans) older than the
-    cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
-    ``port_latest``, ``tls_latest``, ``host_state``/``port_state`` or prevalence: those are
-    kept by views or the writer and do not depend on the raw rows once written. Returns the
-    cutoff."""
-    cutoff = (now or datetime.now(UTC)) - older_than
-    for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
-                          ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
-                          ("host_scans", "finished_at")):
-        # A mutation: ClickHouse drops whole monthly partitions it fully covers and
-        # rewrites only the boundary month; synchronous so the command's exit means done.
-        store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
-                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
-    return cutoff

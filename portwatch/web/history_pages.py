@@ -46,7 +46,7 @@ def _one(params: Mapping[str, list[str]], name: str) -> str:
 
 def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     """Query string of /changes -> validated filters (BadParam says what is wrong)."""
-    from stream_processors.history import parse_duration
+    from stream_processors.change_log import parse_duration
 
     params: dict[str, list[str]] = {}
     for key, value in items:
@@ -89,7 +89,7 @@ def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
 
 
 def routes(web: WebApp) -> list[BaseRoute]:
-    from stream_processors.history import changes_report
+    from stream_processors.change_log import changes_report
 
     store = web.service.store
 

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 from probers.discovery.connect import ConnectEngine
 from producers.shards import ScanPlan, new_scan_id
 from schemas.records import ChangeKind, PortRange, Severity, Target
-from stream_processors.history import ChangeRecorder, changes_report
+from stream_processors.change_log import changes_report
+from stream_processors.history import ChangeRecorder
 from stream_processors.stages import make_context
 from stream_processors.transports.embedded import EmbeddedRunner, ScanStats
 from tests import netns, servers
@@ -200,7 +201,7 @@ def test_a_lost_syn_does_not_close_the_port(store) -> None:  # type: ignore[no-u
 
 def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> None:  # type: ignore[no-untyped-def]
     from schemas.records import Finding, HostScan, OpenPort, RiskColor, ServiceInfo
-    from stream_processors.history import prune
+    from stream_processors.change_log import prune
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     old, recent = now - dt.timedelta(days=120), now - dt.timedelta(days=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,7 @@ from schemas.records import (
     TlsResult,
 )
 from stream_processors.change_hold import ChangeStage
-from stream_processors.changes import snapshot_of
+from stream_processors.changes import fingerprint, snapshot_of
 from stream_processors.history import (
     ChangeRecorder,
     ReprobeOptions,
@@ -135,6 +136,35 @@ def test_a_replayed_batch_of_hosts_reads_its_events_back_in_one_query_per_batch(
     assert [e.target.ip for e in again] == [t.ip for t in reversed(hosts)]
     assert len(replay_queries) == 3  # ceil(5 / 2), not one per host
     assert real_query("SELECT count() FROM changes FINAL") == [(10,)]
+
+
+def test_a_later_shard_of_the_stored_scan_is_compared_not_replayed(store) -> None:  # type: ignore[no-untyped-def]
+    from stream_processors.history import load_states
+
+    first_port, second_port = free_port(), free_port()
+    # Given shard 0 of scan s1 compared: one port opened
+    one = [_finding("s1", first_port, DAY2)]
+    shard0 = _host_scan("s1", DAY2, 1, [first_port])
+    _store_scan(store, one, [shard0])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(one)
+    assert [e.port for e in asyncio.run(recorder.finish([shard0]))] == [first_port]
+    # When shard 1 of the same scan (other ports, finished later) arrives on its own
+    two = [_finding("s1", second_port, DAY2 + timedelta(minutes=1))]
+    shard1 = replace(_host_scan("s1", DAY2 + timedelta(minutes=1), 1, [second_port]),
+                     shard_id="s1:1")
+    _store_scan(store, two, [shard1])
+    recorder.add_findings(two)
+    events = asyncio.run(recorder.finish([shard1]))
+    # Then it is compared (its port opened, shard 0's left alone), not read back as a
+    # replay, and the host's state keeps both shards' ports
+    assert [(e.kind, e.port) for e in events] == [(ChangeKind.OPENED, second_port)]
+    state = load_states(store, [T])[(T.target, T.ip)]
+    assert sorted(p for (_proto, p), s in state.ports.items() if s.is_open) == sorted(
+        [first_port, second_port])
+    # (and its fingerprint is of both: the next unchanged scan takes the fast path)
+    assert store.query("SELECT fingerprint FROM host_state FINAL") == [
+        (fingerprint(state.open_ports),)]
 
 
 def test_what_is_not_finished_is_never_recovered(store) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from portwatch.web.history_pages import BadParam, parse_changes_query
 from schemas.records import HostScan, PortRange, Proto, RecordError, Target
-from stream_processors.history import parse_duration
+from stream_processors.change_log import parse_duration
 
 
 @given(st.text(max_size=30))

@@ -1,0 +1,68 @@
+"""The change log read and kept: the What-changed report's query, durations like ``7d``,
+and ``prune`` (raw observations older than a cutoff; never the log nor the states).
+
+Owns: reading ``changes`` for reports (the CLI, the web's Changes and per-target pages)
+and pruning the raw tables. Writing events and states is ``history.py``'s.
+
+Must not touch: the change rule, Kafka, the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from stream_processors.changes import EPOCH
+from stream_processors.store import Report, Store
+
+SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90d', '12h', '30m', '2w' -> timedelta; ValueError with a clear message otherwise."""
+    value = text.strip().lower()
+    if len(value) < 2 or value[-1] not in SINCE_UNITS or not value[:-1].isdigit():
+        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 2w")
+    amount = int(value[:-1])
+    if amount <= 0 or amount > 100 * 365:
+        raise ValueError(f"bad duration {text!r}: out of range")
+    return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
+
+
+CHANGES_REPORT_COLUMNS = (
+    "kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
+    "previous_scan_id", "observed_at", "organization", "asset",
+)
+
+
+
+def changes_report(store: Store, *, since: datetime | None = None,
+                   until: datetime | None = None, kinds: Sequence[str] = (),
+                   severity: str = "", target: str = "", org: str = "", port: int = 0,
+                   limit: int = 0) -> Report:
+    """The What-changed report: newest first; ``severity`` is a minimum."""
+    from schemas import history_sql
+
+    params = {
+        "since": since or EPOCH, "until": until or datetime(2200, 1, 1, tzinfo=UTC),
+        "kinds": list(kinds), "min_severity": severity, "target": target, "org": org,
+        "port": port, "limit": limit if limit > 0 else 2**62,
+    }
+    return store.select("changes", history_sql("changes"), params)
+
+
+def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
+    """Delete raw observations (ports, TLS, certificates, host scans) older than the
+    cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
+    ``port_latest``, ``tls_latest``, ``host_state``/``port_state`` or prevalence: those are
+    kept by views or the writer and do not depend on the raw rows once written. Returns the
+    cutoff."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
+                          ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
+                          ("host_scans", "finished_at")):
+        # A mutation: ClickHouse drops whole monthly partitions it fully covers and
+        # rewrites only the boundary month; synchronous so the command's exit means done.
+        store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
+                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
+    return cutoff
