@@ -8,6 +8,8 @@ version bumps, certificate rotations. Then, in one run, it measures:
 
 * the change computation for the last day's scan of every host (load previous states,
   re-probe closure candidates, the rule, write events and states);
+* merging the pages' indexes at the scan's end (``Store.compact_page_indexes``, as the
+  embedded runner does);
 * the report queries behind the Summary, List, Changes and per-target pages, uncached
   (the SQL the pages run, timed at the store: no web cache in between);
 * a replay of the anchor hosts' last day (their records delivered again: the events are
@@ -321,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         anchor_s, anchor_events = record_day(db, anchor, last, now, one_call=True)
         rest_s, rest_events = record_day(db, rest, last, now, one_call=True)
         build_s = time.perf_counter() - build_start
+        # As the embedded runner does at a scan's end (the sink when its hold empties)
+        begin = time.perf_counter()
+        compacted = db.compact_page_indexes()
+        compact_s = time.perf_counter() - begin
         replay_s, replay_events = replay_day(db, anchor, last, now)
         observations = db.query("SELECT count() FROM port_observations")[0][0]
         disk = db.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE active "
@@ -352,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
           f"call for the anchor hosts and one for the rest, as the embedded runner does at "
           f"a scan's end); the day before, in calls of 5,000 hosts as a sink releases them: "
           f"{batched_s:.2f}s ({batched_events} events)")
+    print(f"the page indexes merged at the scan's end ({', '.join(compacted) or 'none'}): "
+          f"{compact_s:.2f}s")
     print(f"a replay of the last day's records of the {len(anchor):,} anchor hosts (a "
           f"re-delivered partition): {replay_s:.2f}s ({replay_events} events read back)")
     print(f"disk: port_observations {per_million / 2**20:.1f} MiB per million observations; "

@@ -127,11 +127,17 @@ class ChangeStage:
     timer; the events it returns go to the ``changes`` topic."""
 
     def __init__(self, store: Store, *, settle: float = 5.0, max_hold: float = 600.0,
-                 reprobe: ReprobeOptions | None = None) -> None:
+                 reprobe: ReprobeOptions | None = None, compact_every: float = 300.0) -> None:
         self.store = store
         self.recorder = ChangeRecorder(store, reprobe or ReprobeOptions())
         self.hold = HostHold(settle=settle, max_hold=max_hold)
         self._next_recovery = float("-inf")  # monotonic time of the next sweep: at start
+        # The pages' indexes are merged when the hold empties (a scan's hosts are all
+        # in), at most every ``compact_every`` seconds: a trickle of hosts would
+        # otherwise rewrite them every few seconds (Store.compact_page_indexes).
+        self.compact_every = compact_every
+        self._next_compaction = float("-inf")
+        self._released_since_compaction = False
 
     async def on_stored(self, findings: Sequence[Finding], scans: Sequence[HostScan]) -> None:
         self.recorder.add_findings(findings)
@@ -146,6 +152,12 @@ class ChangeStage:
             await asyncio.to_thread(self.store.insert_host_scans, renoted)
         if ready:
             events += await self.recorder.finish(ready)
+            self._released_since_compaction = True
+        if (self._released_since_compaction and not len(self.hold)
+                and now >= self._next_compaction):
+            await asyncio.to_thread(self.store.compact_page_indexes)
+            self._released_since_compaction = False
+            self._next_compaction = now + self.compact_every
         return events
 
     async def _recover(self, now: float) -> list[ChangeEvent]:

@@ -20,7 +20,7 @@ from schemas.records import (
     Target,
     TlsResult,
 )
-from stream_processors.store import (
+from stream_processors.store_rows import (
     certificate_rows,
     observation_row,
     tls_cipher_rows,

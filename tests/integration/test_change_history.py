@@ -137,6 +137,12 @@ def test_services_started_stopped_and_swapped_give_exact_events(
     assert listed[p_ssh]["is_current"] == 0
     assert str(listed[p_ssh]["status"]).startswith("closed 20")
     assert listed[p_http]["status"] == "open"
+    # And the scans' ends left each page index in one part (two scans stored several)
+    assert store.query(
+        "SELECT DISTINCT table, count() FROM system.parts WHERE active AND database = "
+        "currentDatabase() AND table IN ('port_latest', 'host_latest', 'tls_latest') "
+        "GROUP BY table ORDER BY table") == [
+        ("host_latest", 1), ("port_latest", 1), ("tls_latest", 1)]
 
     # When a third scan is interrupted (redis and the rest are stopped by now)
     before = _stored(store)

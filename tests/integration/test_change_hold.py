@@ -134,3 +134,46 @@ def test_the_summary_of_a_distributed_tarpit_host_says_how_many_were_dropped(sto
     # Then the Summary's note counts the ports dropped for naming no service
     (row,) = store.report("summary").dicts()
     assert "49 answering ports dropped: no banner, probe match or TLS" in row["scan_note"]
+
+
+def _index_parts(store) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return dict(store.query(
+        "SELECT table, count() FROM system.parts WHERE active AND database = "
+        "currentDatabase() AND table IN ('port_latest', 'host_latest') GROUP BY table"))
+
+
+def test_the_stage_merges_the_page_indexes_when_its_hold_empties_at_most_every_interval(
+        store) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    stage = ChangeStage(store, settle=0, compact_every=300)
+    hosts = [Target(ip=f"127.0.7.{i}", target=f"127.0.7.{i}") for i in range(1, 4)]
+
+    def store_host(host: Target) -> None:  # one sink batch: its own part in each index
+        f = [Finding(port=OpenPort(scan_id="s1", target=host, port=22, observed_at=NOW),
+                     service=ServiceInfo(service="ssh"))]
+        h = [HostScan("s1", host, NOW, NOW, 1000, 1, shard_id="s1:0",
+                      ports=(PortRange(1, 1000),))]
+        store.insert_findings(f)
+        store.insert_host_scans(h)
+        asyncio.run(stage.on_stored(f, h))
+
+    # Given two hosts stored in two batches: two parts in each page index
+    store_host(hosts[0])
+    store_host(hosts[1])
+    assert _index_parts(store) == {"port_latest": 2, "host_latest": 2}
+    # When the stage releases them and its hold is empty
+    start = time.monotonic()
+    assert len(asyncio.run(stage.flush(start))) == 2
+    # Then the indexes are merged, and the pages read the same rows
+    assert _index_parts(store) == {"port_latest": 1, "host_latest": 1}
+    assert sorted(r["ip"] for r in store.report("summary").dicts()) == [
+        hosts[0].ip, hosts[1].ip]
+    # When a third host arrives a minute later: released, not merged (too soon)
+    store_host(hosts[2])
+    assert len(asyncio.run(stage.flush(start + 60))) == 1
+    assert _index_parts(store) == {"port_latest": 2, "host_latest": 2}
+    # Then merged once the interval has passed, and never again for nothing new
+    assert asyncio.run(stage.flush(start + 301)) == []
+    assert _index_parts(store) == {"port_latest": 1, "host_latest": 1}
+    assert stage._released_since_compaction is False

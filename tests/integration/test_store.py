@@ -548,6 +548,33 @@ def test_one_process_may_open_its_own_store_twice(shared_chdb_path: Path) -> Non
     assert first.report("summary").rows == second.report("summary").rows == []
 
 
+def test_compacting_the_page_indexes_merges_their_parts_and_keeps_every_row(
+        store: Store) -> None:
+    from stream_processors.store import PAGE_INDEXES
+
+    # Given two scans of a host stored in separate inserts (several parts per index)
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+    for scan_id, at, version in (("s1", T0, "9.2p1"), ("s2", T0 + timedelta(days=1), "9.6p1")):
+        store.insert_host_scans([HostScan(scan_id, local, at, at, 10, 1)])
+        store.insert_findings([Finding(
+            port=OpenPort(scan_id=scan_id, target=local, port=22, observed_at=at),
+            service=ServiceInfo(service="ssh", product="OpenSSH", version=version))])
+    before = store.report("list").dicts()
+    # When the page indexes are compacted
+    merged = store.compact_page_indexes()
+    # Then each that had several parts is one part, and the report reads the same rows
+    assert merged == ["host_latest", "port_latest"]
+    parts = dict(store.query(
+        "SELECT table, count() FROM system.parts WHERE active AND database = "
+        "currentDatabase() AND table IN {t:Array(String)} GROUP BY table",
+        {"t": list(PAGE_INDEXES)}))
+    assert parts == {"host_latest": 1, "port_latest": 1}
+    assert store.report("list").dicts() == before
+    assert [r["version"] for r in before] == ["9.6p1"]
+    # And a second call has nothing to merge
+    assert store.compact_page_indexes() == []
+
+
 def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
         store: Store, shared_chdb_path: Path) -> None:
     # Given a database whose findings table predates the schema_version table
