@@ -17,6 +17,7 @@ chdb allows one process per database path (a file lock): a second process gets
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -42,6 +43,8 @@ from stream_processors.store_rows import (
     tls_cipher_rows,
     tls_probe_row,
 )
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
@@ -435,9 +438,16 @@ class Store:
                 "SELECT table, count() FROM system.parts WHERE active "
                 "AND database = currentDatabase() AND table IN {tables:Array(String)} "
                 "GROUP BY table", parameters={"tables": list(PAGE_INDEXES)}).result_rows
-            merged = sorted(str(table) for table, parts in rows if parts > 1)
-            for table in merged:
-                self._client.command(f"OPTIMIZE TABLE {table} FINAL")
+            merged: list[str] = []
+            for table in sorted(str(table) for table, parts in rows if parts > 1):
+                try:
+                    self._client.command(f"OPTIMIZE TABLE {table} FINAL")
+                except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+                    # Only speed is lost (FINAL still merges at read time): say so, go on
+                    log.warning("could not merge the page index %s (its pages stay correct, "
+                                "only slower): %s", table, str(exc).splitlines()[0][:300])
+                    continue
+                merged.append(table)
         return merged
 
     def internet_prior_source(self) -> str:

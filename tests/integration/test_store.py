@@ -575,6 +575,31 @@ def test_compacting_the_page_indexes_merges_their_parts_and_keeps_every_row(
     assert store.compact_page_indexes() == []
 
 
+def test_a_page_index_that_cannot_be_merged_is_left_as_it_is_with_a_warning(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    # Given two parts in port_latest and host_latest, and merges of port_latest stopped
+    # (a real refusal of the engine: OPTIMIZE is cancelled)
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+    for port in (22, 80):
+        store.insert_host_scans([HostScan("s1", local, T0, T0, 10, 1)])
+        store.insert_findings([Finding(
+            port=OpenPort(scan_id="s1", target=local, port=port, observed_at=T0),
+            service=ServiceInfo(service="ssh"))])
+    store.command("SYSTEM STOP MERGES port_latest")
+    try:
+        # When the page indexes are compacted
+        with caplog.at_level("WARNING"):
+            merged = store.compact_page_indexes()
+    finally:
+        store.command("SYSTEM START MERGES port_latest")
+    # Then the other index is merged, the refused one is named in one warning line, and
+    # the reports read every row
+    assert merged == ["host_latest"]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "could not merge the page index port_latest (its pages stay correct, only slower)"]
+    assert sorted(r["port"] for r in store.report("list").dicts()) == [22, 80]
+
+
 def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
         store: Store, shared_chdb_path: Path) -> None:
     # Given a database whose findings table predates the schema_version table
