@@ -158,27 +158,26 @@ def record_day(db, hosts: list[HostLife], scan_id: str, when: datetime,  # type:
     from stream_processors.history import ChangeRecorder
 
     spent, events = 0.0, 0
-    all_found: list[Finding] = []
     all_scans: list[HostScan] = []
+    recorder = ChangeRecorder(db)
     for start in range(0, len(hosts), batch):
         chunk = hosts[start:start + batch]
         found = [f for h in chunk for f in findings_of(h, scan_id, when)]
         scans = [host_scan(h, scan_id, when) for h in chunk]
         db.insert_findings(found)
         db.insert_host_scans(scans)
-        if one_call:
-            all_found += found
-            all_scans += scans
-            continue
-        recorder = ChangeRecorder(db)
+        all_scans += scans
+        # Each stored batch is handed to the recorder and then let go, as both transports
+        # do (the runner's sink, the sink's on_stored): the findings are not kept alive
         begin = time.perf_counter()
         recorder.add_findings(found)
-        events += len(asyncio.run(recorder.finish(scans)))
+        if not one_call:
+            events += len(asyncio.run(recorder.finish(scans)))
+            recorder = ChangeRecorder(db)
         spent += time.perf_counter() - begin
+        del found
     if one_call:
-        recorder = ChangeRecorder(db)
         begin = time.perf_counter()
-        recorder.add_findings(all_found)
         events += len(asyncio.run(recorder.finish(all_scans)))
         spent += time.perf_counter() - begin
     return spent, events
