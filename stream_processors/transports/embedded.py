@@ -264,8 +264,10 @@ class EmbeddedRunner:
             stats.finished = time.monotonic()
             await self._record_hosts(planned, stats)
             # The scan's rows are all in: merge the pages' indexes once, here, rather
-            # than at every page read (Store.compact_page_indexes)
-            await asyncio.to_thread(self.store.compact_page_indexes)
+            # than at every page read (Store.compact_page_indexes). Not after Ctrl-C:
+            # the user asked to stop, and the next scan's end merges what this left.
+            if not stats.interrupted:
+                await asyncio.to_thread(self.store.compact_page_indexes)
             if checkpoint_path is not None and not stats.interrupted and not stats.errors:
                 Path(checkpoint_path).unlink(missing_ok=True)  # the scan is complete
             if on_stats is not None:

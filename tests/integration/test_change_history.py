@@ -149,6 +149,10 @@ def test_services_started_stopped_and_swapped_give_exact_events(
     third = _scan(store, LOCAL, covered, interrupted=True)
     # Then it closes nothing and stores nothing
     assert third.interrupted and third.change_events == [] and _stored(store) == before
+    # and it stops without merging the page indexes (its "interrupted" rows are a part)
+    assert store.query(
+        "SELECT count() FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table = 'host_latest'") == [(2,)]
 
 
 def test_recomputing_a_host_scan_stores_no_duplicate_and_returns_the_same_events(
