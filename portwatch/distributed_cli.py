@@ -234,11 +234,11 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
               help="Seconds between offset commits (default 1.0).")
 @click.option("--session-timeout", type=float, default=None,
               help="Seconds before a dead worker's partitions move (default 10).")
-@click.option("--change-settle", type=click.FloatRange(min=0.0, max=600.0), default=5.0,
-              show_default=True, metavar="SECONDS",
+@click.option("--change-settle", type=float, default=None, metavar="SECONDS",
               help="The sink computes a host's changes once its findings are stored and no "
-                   "record of it arrived for this long (another shard of it may follow); a "
-                   "host missing findings is released after 600 s whatever this says.")
+                   "record of it arrived for this long (default 5; another shard of it may "
+                   "follow); a host missing findings is released after 600 s whatever this "
+                   "says.")
 @click.option("--serve", "serve_at", default="", metavar="[HOST:]PORT",
               help="Also serve the web reports (as `portwatch serve`) from this process, "
                    "over the store its sink writes: how a chdb store is read while its "
@@ -261,7 +261,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
             commit_interval: float | None, session_timeout: float | None,
-            change_settle: float, serve_at: str,
+            change_settle: float | None, serve_at: str,
             token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
             cookie_secure: bool, trusted_proxy: tuple[str, ...], kafka: str | None,
             topic_prefix: str | None) -> None:
@@ -304,7 +304,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         identify_concurrency=identify_concurrency, banner_wait=banner_wait,
         batch_seconds=batch_seconds, store=store, sink_buffer=sink_buffer,
         commit_interval=commit_interval, session_timeout=session_timeout, kafka=kafka,
-        topic_prefix=topic_prefix, alerts=alerts_file))
+        topic_prefix=topic_prefix, alerts=alerts_file, change_settle=change_settle))
     has_sink = role in ("all", "sink")
     if has_sink:
         assembly.store_location()  # a bad URL is refused before connecting to Kafka
@@ -328,7 +328,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         sink = StoreSink(db)
         from stream_processors.change_hold import ChangeStage
 
-        stage = ChangeStage(db, settle=change_settle)
+        stage = ChangeStage(db, settle=assembly.settings.change_settle)
         sink_app, sink_agent_stats = build_sink_app(options, sink, changes=stage)
         apps.append(sink_app)
         report["sink"] = sink.stats

@@ -139,6 +139,10 @@ class Settings:
                                      group="kafka")
     sink_buffer: int = setting(500, "messages per store insert in the sink (each holds up to 500 "
                                "findings of one host)", group="kafka")
+    change_settle: float = setting(5.0, "seconds the sink waits after a host's last record "
+                                   "before computing its changes (another shard of it may "
+                                   "follow); a host missing findings goes after 600 s",
+                                   group="kafka")
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -230,4 +234,5 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "max_poll_interval": (10, 86_400, "s"),
     "commit_interval": (0.1, 60, "s"),
     "sink_buffer": (1, 100_000, ""),
+    "change_settle": (0, 600, "s"),
 }

@@ -46,6 +46,7 @@ def test_defaults_are_valid_and_documented() -> None:
         ("PORTWATCH_STORE", "chdb:///tmp/x", "store", "chdb:///tmp/x"),
         ("PORTWATCH_BATCH_SECONDS", "3600", "batch_seconds", 3600.0),
         ("PORTWATCH_TARPIT_THRESHOLD", "1", "tarpit_threshold", 1),
+        ("PORTWATCH_CHANGE_SETTLE", "30", "change_settle", 30.0),
     ],
 )
 def test_environment_values_are_parsed_to_the_field_type(
@@ -103,6 +104,7 @@ def test_flags_override_the_environment_and_none_means_unset(
         ("PORTWATCH_BATCH_SECONDS", "0", "--batch-seconds must be between 0 and 3600 s"),
         ("PORTWATCH_RETRIES", "-1", "--retries must be between 0 and 10"),
         ("PORTWATCH_RETRIES", "11", "--retries must be between 0 and 10"),
+        ("PORTWATCH_CHANGE_SETTLE", "601", "--change-settle must be between 0 and 600 s"),
     ],
 )
 def test_bad_environment_values_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, env: str,
