@@ -39,6 +39,7 @@ from schemas.topics import TopicSet, topic_names
 
 if TYPE_CHECKING:
     from probers.discovery.base import DiscoveryEngine
+    from stream_processors.change_hold import ChangeStage
     from stream_processors.stages import EngineFactory, StageContext
     from stream_processors.store import Store, StoreLocation
     from stream_processors.transports.discover_worker import WorkerOptions
@@ -297,6 +298,12 @@ class Assembly:
                                sink_buffer=s.sink_buffer, sink_within=s.batch_seconds,
                                commit_interval=s.commit_interval,
                                session_timeout=s.session_timeout)
+
+    def change_stage(self, store: Store) -> ChangeStage:
+        """The sink's change step (change_hold.ChangeStage) over ``store``."""
+        from stream_processors.change_hold import ChangeStage
+
+        return ChangeStage(store, settle=self.settings.change_settle)
 
 
 # Standard input is a file like any other: bounded before it is believed.

@@ -326,10 +326,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         report["stages"] = stage_stats
     if db is not None:
         sink = StoreSink(db)
-        from stream_processors.change_hold import ChangeStage
-
-        stage = ChangeStage(db, settle=assembly.settings.change_settle)
-        sink_app, sink_agent_stats = build_sink_app(options, sink, changes=stage)
+        sink_app, sink_agent_stats = build_sink_app(options, sink,
+                                                    changes=assembly.change_stage(db))
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats

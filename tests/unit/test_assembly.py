@@ -146,6 +146,7 @@ CASES: dict[str, Case] = {
             shard(Proto.TCP)).deadline), (100_000, 80.0)),
     "commit_interval": ("0.5", lambda a, s: pipeline(a).commit_interval, 0.5),
     "sink_buffer": ("42", lambda a, s: pipeline(a).sink_buffer, 42),
+    "change_settle": ("30", lambda a, s: a.change_stage(s).hold.settle, 30.0),
 }
 
 
