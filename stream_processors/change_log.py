@@ -35,7 +35,6 @@ CHANGES_REPORT_COLUMNS = (
 )
 
 
-
 def changes_report(store: Store, *, since: datetime | None = None,
                    until: datetime | None = None, kinds: Sequence[str] = (),
                    severity: str = "", target: str = "", org: str = "", port: int = 0,

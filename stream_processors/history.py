@@ -316,8 +316,7 @@ class ChangeRecorder:
         # partition spent a third of its time reading them).
         replays = {key for view, key in zip(slow, slow_keys, strict=True)
                    if key in host_rows and key not in repeated
-                   and host_rows[key].scan_id == view.scan_id
-                   and host_rows[key].finished_at >= view.finished_at}
+                   and _is_replay(host_rows[key].scan_id, host_rows[key].finished_at, view)}
         known = [k for k in slow_keys if k in host_rows and k not in replays]
         ports = await asyncio.to_thread(partial(
             load_ports, self.store, known, dense=2 * len(known) > len(keys)))
@@ -377,9 +376,9 @@ class ChangeRecorder:
         for view in views:
             previous = states.get((view.target.target, view.target.ip))
             if previous is not None and previous.finished_at >= view.finished_at:
-                if previous.scan_id == view.scan_id:  # a replay: the same rows back
-                    replays.append(view)
-                continue
+                if _is_replay(previous.scan_id, previous.finished_at, view):
+                    replays.append(view)  # the same rows back
+                continue  # else a late, older scan: history is computed forward only
             todo.append((view, previous))
         events = (await asyncio.to_thread(stored_events, self.store, replays)
                   if replays else [])
@@ -406,6 +405,12 @@ class ChangeRecorder:
         o = self.reprobe_options
         return await reprobe(wanted, timeout=o.timeout, concurrency=o.concurrency,
                              max_probes=o.max_probes, deadline=o.deadline)
+
+
+def _is_replay(state_scan_id: str, state_finished_at: datetime, view: HostScanView) -> bool:
+    """The host's stored state is this very scan (module docstring, "Replays"): its
+    events are read back, its ports never compared."""
+    return state_scan_id == view.scan_id and state_finished_at >= view.finished_at
 
 
 def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:

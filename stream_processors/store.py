@@ -425,6 +425,15 @@ class Store:
         with self._lock:
             self._client.command(sql, parameters=dict(parameters or {}))
 
+    def active_parts(self, tables: Sequence[str]) -> dict[str, int]:
+        """Active data parts per table of ``tables`` (a table without any is absent)."""
+        with self._lock:
+            rows = self._client.query(
+                "SELECT table, count() FROM system.parts WHERE active "
+                "AND database = currentDatabase() AND table IN {tables:Array(String)} "
+                "GROUP BY table", parameters={"tables": list(tables)}).result_rows
+        return {str(table): int(parts) for table, parts in rows}
+
     def compact_page_indexes(self) -> list[str]:
         """Merge each page index (``PAGE_INDEXES``) left in more than one part into one,
         and return the tables merged. Every report page reads these with FINAL, which
@@ -433,13 +442,10 @@ class Store:
         merges took 1.2 s; BENCHMARKS.md). Called where a scan's rows are all in: the
         embedded runner's end, the sink when its hold empties (at most every few minutes).
         """
+        several = sorted(t for t, parts in self.active_parts(PAGE_INDEXES).items() if parts > 1)
+        merged: list[str] = []
         with self._lock:
-            rows = self._client.query(
-                "SELECT table, count() FROM system.parts WHERE active "
-                "AND database = currentDatabase() AND table IN {tables:Array(String)} "
-                "GROUP BY table", parameters={"tables": list(PAGE_INDEXES)}).result_rows
-            merged: list[str] = []
-            for table in sorted(str(table) for table, parts in rows if parts > 1):
+            for table in several:
                 try:
                     self._client.command(f"OPTIMIZE TABLE {table} FINAL")
                 except Exception as exc:  # noqa: BLE001 - the drivers raise many types

@@ -23,6 +23,7 @@ from schemas.records import ChangeKind, PortRange, Severity, Target
 from stream_processors.change_log import changes_report
 from stream_processors.history import ChangeRecorder
 from stream_processors.stages import make_context
+from stream_processors.store import PAGE_INDEXES
 from stream_processors.transports.embedded import EmbeddedRunner, ScanStats
 from tests import netns, servers
 from tests.tls_servers import CertFiles, openssl_server
@@ -138,11 +139,8 @@ def test_services_started_stopped_and_swapped_give_exact_events(
     assert str(listed[p_ssh]["status"]).startswith("closed 20")
     assert listed[p_http]["status"] == "open"
     # And the scans' ends left each page index in one part (two scans stored several)
-    assert store.query(
-        "SELECT DISTINCT table, count() FROM system.parts WHERE active AND database = "
-        "currentDatabase() AND table IN ('port_latest', 'host_latest', 'tls_latest') "
-        "GROUP BY table ORDER BY table") == [
-        ("host_latest", 1), ("port_latest", 1), ("tls_latest", 1)]
+    assert store.active_parts(PAGE_INDEXES) == {
+        "host_latest": 1, "port_latest": 1, "tls_latest": 1}
 
     # When a third scan is interrupted (redis and the rest are stopped by now)
     before = _stored(store)
@@ -150,9 +148,7 @@ def test_services_started_stopped_and_swapped_give_exact_events(
     # Then it closes nothing and stores nothing
     assert third.interrupted and third.change_events == [] and _stored(store) == before
     # and it stops without merging the page indexes (its "interrupted" rows are a part)
-    assert store.query(
-        "SELECT count() FROM system.parts WHERE active AND database = currentDatabase() "
-        "AND table = 'host_latest'") == [(2,)]
+    assert store.active_parts(["host_latest"]) == {"host_latest": 2}
 
 
 def test_recomputing_a_host_scan_stores_no_duplicate_and_returns_the_same_events(
