@@ -12,15 +12,15 @@ STAMPS := .cache/stamps
 # Debian packages: scanners to compare with and drive (masscan, nmap, sslscan), the
 # nmap data files read at run time (nmap-common), network-namespace tools for test
 # hosts (iproute2, nftables, iptables), and the real services the tests scan: mail
-# (postfix, dovecot), LDAP (slapd), XMPP (prosody), IRC (inspircd) and MQTT (mosquitto) for STARTTLS and
-# identification; ndiff is nmap's scan differ, the anchor of bench/history. xrdp,
+# (postfix, dovecot), LDAP (slapd), XMPP (prosody), IRC (inspircd), NNTP (inn2's nnrpd)
+# and MQTT (mosquitto) for STARTTLS and identification; ndiff is nmap's scan differ, the anchor of bench/history. xrdp,
 # rabbitmq-server, snmpd, samba, memcached, lighttpd and tinyproxy: real daemons that
 # identification depth (issue 15) is tested and benchmarked against.
 APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
 	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin \
 	postfix dovecot-imapd dovecot-pop3d dovecot-managesieved slapd ldap-utils prosody \
-	mosquitto inspircd ndiff xrdp rabbitmq-server snmpd samba memcached lighttpd tinyproxy
+	mosquitto inspircd inn2 ndiff xrdp rabbitmq-server snmpd samba memcached lighttpd tinyproxy
 
 .PHONY: help
 help: ## List the targets
@@ -39,7 +39,12 @@ $(STAMPS)/apt: Makefile | $(STAMPS)
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  { DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	    { echo "configuring inn2 with domain localdomain (its postinst needs a domain this host lacks)"; \
+	      $$SUDO sed -i 's/^#domain:.*/domain:                      localdomain/' /etc/news/inn.conf && \
+	      DEBIAN_FRONTEND=noninteractive $$SUDO dpkg --configure -a >/dev/null; }; } && \
+	  for p in $$missing; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || \
+	    { echo "Debian package $$p did not install" >&2; exit 1; }; done; \
 	fi
 	@touch $@
 

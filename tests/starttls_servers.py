@@ -3,9 +3,10 @@
 Owns: context managers that start Debian's own daemons with a configuration written to a
 temporary directory and a test certificate (``tests/tls_pki.py``): postfix (SMTP
 STARTTLS), dovecot (IMAP STARTTLS, POP3 STLS, ManageSieve STARTTLS), slapd (LDAP
-StartTLS), prosody (XMPP c2s starttls), InspIRCd (IRC STARTTLS), plus TLS settings for
-the vsftpd, PostgreSQL and MariaDB helpers of ``tests/servers.py``. Each binds 127.0.0.1
-only, and is stopped by its process group on exit (``servers.run_server``).
+StartTLS), prosody (XMPP c2s starttls), InspIRCd (IRC STARTTLS), INN's nnrpd (NNTP
+STARTTLS), plus TLS settings for the vsftpd, PostgreSQL and MariaDB helpers of
+``tests/servers.py``. Each binds 127.0.0.1 only, and is stopped by its process group on
+exit (``servers.run_server``).
 
 A daemon that cannot start here raises ``ServerUnavailable`` with the reason; tests skip.
 Must not touch: anything outside the temporary directories it creates.
@@ -288,6 +289,57 @@ def start_inspircd(leaf: LeafFiles) -> Iterator[Server]:
         )
         argv = [inspircd, "--nofork", "--runasroot", "--config", str(config)]
         with run_server(argv, HOST, port, work, name="inspircd") as server:
+            yield server
+
+
+_INN = "/usr/lib/news/bin"
+
+
+@contextlib.contextmanager
+def start_nnrpd(leaf: LeafFiles) -> Iterator[Server]:
+    """INN's reader daemon (``nnrpd -D -f``: standalone, in the foreground) with STARTTLS
+    (RFC 4642), ``leaf`` as its certificate. Every path of its ``inn.conf`` (``INNCONF``)
+    is in the work directory: an empty spool, an empty active file and an empty
+    tradindexed overview built by ``makehistory``, so it answers readers without innd.
+    Started as root, it drops to the ``news`` user, which must own that tree."""
+    nnrpd = require_binary("nnrpd", f"{_INN}/nnrpd")
+    makehistory = require_binary("makehistory", f"{_INN}/makehistory")
+    _need_root("nnrpd")
+    port = free_port(HOST)
+    with _workdir("nnrpd") as work:
+        certs = _copy_certs(leaf, work / "certs")
+        certs.key.chmod(0o600)  # nnrpd refuses a private key others can read
+        for sub in ("etc", "db", "run", "log", "tmp", "spool/overview"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        paths = {"pathetc": "etc", "pathdb": "db", "pathrun": "run", "pathlog": "log",
+                 "pathspool": "spool", "pathtmp": "tmp", "pathoverview": "spool/overview",
+                 "patharticles": "spool/articles", "pathoutgoing": "spool/outgoing",
+                 "pathincoming": "spool/incoming", "patharchive": "spool/archive"}
+        inn_conf = work / "etc" / "inn.conf"
+        inn_conf.write_text(
+            "domain: portwatch.test\npathhost: news.portwatch.test\n"
+            f"pathnews: /usr/lib/news\npathbin: {_INN}\n"
+            + "".join(f"{key}: {work / sub}\n" for key, sub in paths.items())
+            + 'mta: "/usr/sbin/sendmail -oi -oem %s"\nhismethod: hisv6\n'
+            "ovmethod: tradindexed\nenableoverview: true\n"
+            f"tlscertfile: {certs.chain}\ntlskeyfile: {certs.key}\ntlscafile: {certs.ca}\n")
+        (work / "etc" / "readers.conf").write_text(
+            f'auth "local" {{\n    hosts: "{HOST}"\n    default: "<local>"\n}}\n'
+            'access "local" {\n    users: "<local>"\n    newsgroups: "*"\n}\n')
+        (work / "etc" / "storage.conf").write_text(
+            "method tradspool {\n    newsgroups: *\n    class: 0\n}\n")
+        for name in ("db/active", "db/newsgroups", "spool/tradspool.map"):
+            (work / name).touch()
+        _chown_tree(work, "news")
+        env = {**os.environ, "INNCONF": str(inn_conf)}
+        built = subprocess.run(
+            ["su", "news", "-s", "/bin/sh", "-c", f"{makehistory} -O -x -F"],
+            env=env, capture_output=True, text=True, timeout=60, check=False)
+        if built.returncode != 0:
+            raise ServerUnavailable(f"makehistory failed: {built.stderr.strip()[:200]}")
+        argv = ["env", f"INNCONF={inn_conf}", nnrpd, "-D", "-f", "-n", "-b", HOST,
+                "-p", str(port)]
+        with run_server(argv, HOST, port, work, name="nnrpd") as server:
             yield server
 
 

@@ -3,8 +3,8 @@
 Servers are Debian's own daemons started by the test with a config it writes
 (``tests/starttls_servers.py``) and certificates from a throwaway CA
 (``tests/tls_pki.py``): postfix, dovecot (IMAP, POP3, ManageSieve), vsftpd with
-``ssl_enable=YES``, PostgreSQL with ``ssl=on``, MariaDB with TLS, slapd, prosody and
-InspIRCd.
+``ssl_enable=YES``, PostgreSQL with ``ssl=on``, MariaDB with TLS, slapd, prosody,
+InspIRCd and INN's nnrpd.
 ``sslscan --starttls-<proto>`` is the independent referee for the suite sets. Nothing here
 connects anywhere but 127.0.0.1.
 """
@@ -283,6 +283,26 @@ def test_inspircd_irc_starttls_suites_are_what_openssl_negotiates(
     assert "DHE-RSA-AES256-GCM-SHA384" not in ours  # GnuTLS here offers no finite-field DHE
     assert s_client_cipher(server.port, "irc", "DHE-RSA-AES256-GCM-SHA384") in ("", "(NONE)")
 
+
+
+def test_inn_nntp_starttls_suites_are_what_openssl_negotiates(
+        pki: TestPki, valid_leaf: LeafFiles, running) -> None:
+    # Given INN's nnrpd, which lists STARTTLS in its CAPABILITIES (RFC 4642)
+    server = running(servers.start_nnrpd(valid_leaf))
+    # When probed through NNTP STARTTLS (382: begin TLS negotiation)
+    result = _probe(server.port, "starttls-nntp", pki)
+    # Then enumerated through the upgrade
+    _assert_trusted_enumeration(result, "starttls-nntp")
+    assert "TLSv1.3" in result.versions  # INN 2.7 with OpenSSL 3 offers both
+    # sslscan has no NNTP upgrade: openssl s_client -starttls nntp referees each TLS 1.2
+    # suite we list (negotiated by name), and a suite nnrpd's OpenSSL does not enable is
+    # refused, so the list is not "everything asked for"
+    ours = [s.openssl_name for s in result.suites if s.tls_version == "TLSv1.2"]
+    assert len(ours) >= 3
+    for name in ours:
+        assert s_client_cipher(server.port, "nntp", name) == name
+    assert "NULL-SHA256" not in ours
+    assert s_client_cipher(server.port, "nntp", "NULL-SHA256") in ("", "(NONE)")
 
 # -- certificate posture, through a real STARTTLS service --------------------------------
 
