@@ -40,7 +40,8 @@ $(STAMPS)/apt: Makefile | $(STAMPS)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  { DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
-	    { echo "configuring inn2 with domain localdomain (its postinst needs a domain this host lacks)"; \
+	    { [ -f /etc/news/inn.conf ] && \
+	      echo "configuring inn2 with domain localdomain (its postinst needs a domain this host lacks)" && \
 	      $$SUDO sed -i 's/^#domain:.*/domain:                      localdomain/' /etc/news/inn.conf && \
 	      DEBIAN_FRONTEND=noninteractive $$SUDO dpkg --configure -a >/dev/null; }; } && \
 	  for p in $$missing; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || \
