@@ -1,7 +1,7 @@
 """Banner and response parsers: bytes a service sent -> service, product, version.
 
 Owns: portwatch's own recognisers for the common services (SSH, SMTP, FTP, HTTP,
-MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, VNC, telnet, RDP), the reading of
+MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, NNTP, VNC, telnet, RDP), the reading of
 answers to a probe meant for another protocol (which probe to send next), and the
 sanitizing of untrusted bytes for storage and display. Pure functions over recorded bytes:
 no sockets here (probers/service/engine.py sends and reads).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from probers.nmapdata.service_probes import cpe_escape
 from schemas.records import ServiceInfo
@@ -116,6 +117,16 @@ _FTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"Microsoft FTP Service", re.I), "Microsoft ftpd", "microsoft", "ftp_service"),
 )
 
+# NNTP (RFC 3977 5.1.1): "200" posting allowed, "201" not; the rest of the line is free
+# text, so only a news word (or the port hint) says it is NNTP and not another 200.
+_NNTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"InterNetNews (?:NNRP )?server INN ([\d.]+)", re.I), "InterNetNews (INN)",
+     "isc", "inn"),
+    (re.compile(r"Leafnode NNTP Daemon, version ([\d.]+)", re.I), "Leafnode", "leafnode",
+     "leafnode"),
+)
+_NEWS_WORDS = ("NNTP", "NNRP", "NEWS")
+
 
 def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str], ...],
                   service: str, method: str) -> ServiceInfo:
@@ -139,6 +150,10 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
         if is_smtp:
             return _product_from(text, _SMTP_PRODUCTS, "smtp", "banner:smtp")
         return None
+    if text[:4] in ("200 ", "201 ") and (
+            port_hint == "nntp" or any(w in text.upper() for w in _NEWS_WORDS)):
+        info = _product_from(text, _NNTP_PRODUCTS, "nntp", "banner:nntp")
+        return replace(info, extra_info="posting allowed" if text[2] == "0" else "no posting")
     if text.startswith("+OK"):
         is_dovecot = "Dovecot" in text
         return ServiceInfo(service="pop3", product="Dovecot pop3d" if is_dovecot else "",

@@ -23,11 +23,11 @@ PARSERS = [banners.parse_ssh, banners.parse_mysql, banners.parse_misc, banners.p
            banners.parse_redis, banners.parse_postgres_ssl_reply,
            banners.parse_postgres_version_error, banners.parse_foreign_reply,
            banners.parse_rdp_confirm]
-HINTS = ["", "ftp", "smtp", "redis", "postgresql", "ms-wbt-server", "http"]
+HINTS = ["", "ftp", "smtp", "redis", "postgresql", "ms-wbt-server", "http", "nntp"]
 
 prefixes = st.sampled_from([b"", b"SSH-2.0-", b"HTTP/1.1 200 OK\r\nServer: ", b"220 ",
-                            b"+OK ", b"$", b"-ERR ", b"* OK ", b"\x16\x03\x01", b"E\x00\x00",
-                            b"\x03\x00\x00\x13\x0e\xd0"])
+                            b"+OK ", b"$", b"-ERR ", b"* OK ", b"200 ", b"201 news ",
+                            b"\x16\x03\x01", b"E\x00\x00", b"\x03\x00\x00\x13\x0e\xd0"])
 
 
 @pytest.mark.parametrize("parse", PARSERS, ids=lambda f: f.__name__)

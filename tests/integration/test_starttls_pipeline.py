@@ -102,9 +102,9 @@ def test_smtp_without_starttls_is_stored_as_a_finding(tmp_path: Path) -> None:
     # prosody answers our GET with an XMPP stream header and a stream error; its stream
     # is opened to the target's name (an XMPP domain), here "localhost"
     ("start_prosody", "xmpp-client", "starttls-xmpp", False),
-    # INN's nnrpd greets with "200 <host> InterNetNews NNRP server INN 2.7.1 ready": nmap's
-    # NULL-probe match names it (as a default scan does: nmap probes are on by default)
-    ("start_nnrpd", "nntp", "starttls-nntp", True),
+    # INN's nnrpd greets with "200 <host> InterNetNews NNRP server INN 2.7.1 ready": our
+    # greeting parser names it (RFC 3977's 200/201 and a news word)
+    ("start_nnrpd", "nntp", "starttls-nntp", False),
 ])
 def test_a_real_scan_reaches_tls_through_the_upgrade_identification_chose(
         tmp_path: Path, starter: str, service: str, via: str, nmap_probes: bool) -> None:

@@ -129,10 +129,28 @@ def test_parse_ssh_refuses_non_ssh(banner: bytes) -> None:
         (b"+OK POP3 server ready\r\n", "", ("pop3", "", "")),
         (b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot (Debian) ready.\r\n", "",
          ("imap", "Dovecot imapd", "")),
+        # NNTP: INN 2.7's real greeting (nnrpd, tests/starttls_servers.start_nnrpd)
+        (b"200 news.portwatch.test InterNetNews NNRP server INN 2.7.1 ready (posting ok)\r\n",
+         "", ("nntp", "InterNetNews (INN)", "2.7.1")),
+        (b"201 news.example.test InterNetNews server INN 2.6.4 ready (no posting)\r\n", "",
+         ("nntp", "InterNetNews (INN)", "2.6.4")),
+        (b"200 Leafnode NNTP Daemon, version 1.11.11 running at news.example.test\r\n", "",
+         ("nntp", "Leafnode", "1.11.11")),
+        (b"200 Service available, posting allowed\r\n", "nntp", ("nntp", "", "")),
     ],
 )
 def test_parse_greeting(banner: bytes, hint: str, expected: tuple[str, str, str]) -> None:
     assert triple(parse_greeting(banner, hint)) == expected
+
+
+def test_nntp_greeting_says_whether_posting_is_allowed() -> None:
+    inn = parse_greeting(b"201 news.example.test InterNetNews server INN 2.6.4 ready\r\n")
+    assert inn is not None
+    assert (inn.extra_info, inn.cpe, inn.method, inn.confidence) == (
+        "no posting", "cpe:/a:isc:inn:2.6.4", "banner:nntp", 10)
+    generic = parse_greeting(b"200 Service available, posting allowed\r\n", "nntp")
+    assert generic is not None
+    assert (generic.extra_info, generic.confidence) == ("posting allowed", 6)
 
 
 def test_greeting_cpe_and_method() -> None:
@@ -144,7 +162,10 @@ def test_greeting_cpe_and_method() -> None:
     assert generic is not None and generic.confidence == 6
 
 
-@pytest.mark.parametrize("banner", [b"220 Welcome\r\n", b"hello\r\n", b"", b"550 no\r\n"])
+@pytest.mark.parametrize("banner", [b"220 Welcome\r\n", b"hello\r\n", b"", b"550 no\r\n",
+                                    # a 200 without a news word or the nntp port hint
+                                    b"200 OK\r\n", b"200 Service available\r\n",
+                                    b"2000 news\r\n"])
 def test_parse_greeting_without_enough_to_go_on(banner: bytes) -> None:
     assert parse_greeting(banner) is None
 
