@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FROM = "7bef100~1"  # layout 9: before port_latest and the 256-row granules
 
-# Run in the child, with the old revision's packages first on sys.path.
+# Run in the child process, with the old revision's code (see build_old).
 _OLD_BUILD = """
 import pickle, random, sys
 from datetime import UTC, datetime, timedelta
@@ -62,10 +62,9 @@ def build_old(revision: str, hosts: int, days: int, out: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree),
                     revision], check=True)
     try:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+        # The old revision's packages first on sys.path, before this checkout's install
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r})\n"
-                        + _OLD_BUILD, str(hosts), str(days), str(out)],
-                       check=True, env=env, cwd=tree)
+                        + _OLD_BUILD, str(hosts), str(days), str(out)], check=True, cwd=tree)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                        check=False)

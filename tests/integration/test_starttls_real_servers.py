@@ -284,7 +284,6 @@ def test_inspircd_irc_starttls_suites_are_what_openssl_negotiates(
     assert s_client_cipher(server.port, "irc", "DHE-RSA-AES256-GCM-SHA384") in ("", "(NONE)")
 
 
-
 def test_inn_nntp_starttls_suites_are_what_openssl_negotiates(
         pki: TestPki, valid_leaf: LeafFiles, running) -> None:
     # Given INN's nnrpd, which lists STARTTLS in its CAPABILITIES (RFC 4642)
@@ -303,6 +302,7 @@ def test_inn_nntp_starttls_suites_are_what_openssl_negotiates(
         assert s_client_cipher(server.port, "nntp", name) == name
     assert "NULL-SHA256" not in ours
     assert s_client_cipher(server.port, "nntp", "NULL-SHA256") in ("", "(NONE)")
+
 
 # -- certificate posture, through a real STARTTLS service --------------------------------
 
