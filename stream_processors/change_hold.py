@@ -20,7 +20,9 @@ A crash: the hold is in memory, but the store is the journal. A sink that dies a
 storing a batch and before releasing its hosts leaves completed host scans newer than their
 hosts' states; its successor's first flush (and every ``max_hold`` seconds after) finds
 them, rebuilds their snapshots from the stored rows and computes their events
-(``ChangeRecorder.recover``), which are published like any. A shard of a host arriving
+(``ChangeRecorder.recover``), which are published like any. The sweep skips the hosts the
+sink itself holds: a backlog of old scans is stored and not yet compared while its
+findings are still arriving, and is the hold's to release. A shard of a host arriving
 after the host was released is recomputed as a replay (no new events).
 """
 
@@ -118,6 +120,10 @@ class HostHold:
                 overflow -= 1
         return out
 
+    def keys(self) -> set[HoldKey]:
+        """The (scan_id, target, ip) held: change recovery leaves them to the hold."""
+        return set(self._held)
+
     def __len__(self) -> int:
         return len(self._held)
 
@@ -167,7 +173,8 @@ class ChangeStage:
             return []
         self._next_recovery = now + self.hold.max_hold
         margin = max(RECOVER_AFTER, timedelta(seconds=self.hold.max_hold))
-        return await self.recorder.recover(finished_before=datetime.now(UTC) - margin)
+        return await self.recorder.recover(finished_before=datetime.now(UTC) - margin,
+                                           held=self.hold.keys())
 
 
 __all__ = ["ChangeStage", "HostHold"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -343,27 +343,36 @@ class ChangeRecorder:
             self.forget(view.scan_id, view.target)
         return events
 
-    async def recover(self, *, finished_before: datetime,
-                      batch: int = RECOVER_BATCH) -> list[ChangeEvent]:
+    async def recover(self, *, finished_before: datetime, batch: int = RECOVER_BATCH,
+                      held: Collection[ScanHostKey] = ()) -> list[ChangeEvent]:
         """Compute the changes of every host scan stored but never compared (see
-        "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives."""
+        "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives.
+
+        ``held``: the (scan, target, ip) the caller itself still holds for their findings.
+        A backlog of old scans reads as "never compared" until the hold releases it; it is
+        left to the hold, never computed early from what has arrived so far. (A page of
+        held hosts comes back unchanged, which ends the sweep; the next sweep, after the
+        hold has released them, reaches what lies beyond.)"""
         events: list[ChangeEvent] = []
         done: set[ScanHostKey] = set()
         while True:
-            scans = await asyncio.to_thread(partial(
+            fetched = await asyncio.to_thread(partial(
                 pending_host_scans, self.store, finished_before=finished_before, limit=batch))
-            keys = {(h.scan_id, h.target.target, h.target.ip) for h in scans}
-            if not keys or keys <= done:
+            page = {(h.scan_id, h.target.target, h.target.ip) for h in fetched}
+            if not page or page <= done:
                 return events  # nothing left, or nothing this round could move: never spin
-            done |= keys
-            snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
-            for key, found in snapshots.items():
-                self._snapshots[key] = found
-            before = len(events)
-            events.extend(await self.finish(scans))
-            log.info("change recovery: %d host scans stored but never compared, %d events",
-                     len(keys), len(events) - before)
-            if len(keys) < batch:
+            done |= page
+            keys = page.difference(held)
+            if keys:
+                snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
+                for key, found in snapshots.items():
+                    self._snapshots[key] = found
+                before = len(events)
+                events.extend(await self.finish(
+                    [h for h in fetched if (h.scan_id, h.target.target, h.target.ip) in keys]))
+                log.info("change recovery: %d host scans stored but never compared, "
+                         "%d events", len(keys), len(events) - before)
+            if len(page) < batch:
                 return events
 
     async def _wave(self, views: Sequence[HostScanView], states: dict[HostKey, HostState],

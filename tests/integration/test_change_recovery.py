@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -207,6 +208,31 @@ def test_a_restarted_sink_computes_the_changes_its_predecessor_held(store) -> No
     assert [(e.kind, e.port, e.scan_id) for e in events] == [(ChangeKind.OPENED, port, "s1")]
     assert asyncio.run(successor.flush()) == []
 
+
+
+def test_the_sweep_leaves_a_backlog_the_sink_holds_to_its_hold(store) -> None:  # type: ignore[no-untyped-def]
+    # Given a predecessor's host, stored and never compared (what the sweep is for), and a
+    # backlog host of the same age this sink has just stored whole and holds while it
+    # settles (the sink's first flush raced its first batches: CI saw it once)
+    orphan = Target(ip="127.0.0.2", target="127.0.0.2")
+    a, b, c = free_port(), free_port(), free_port()
+    _store_scan(store, [_finding("s1", c, DAY2, target=orphan)],
+                [_host_scan("s1", DAY2, 1, [c], target=orphan)])
+    stage = ChangeStage(store, settle=5, max_hold=600)
+    scans = [_host_scan("s1", DAY2, 2, [a, b])]
+    found = [_finding("s1", a, DAY2, color=RiskColor.RED), _finding("s1", b, DAY2)]
+    _store_scan(store, found, scans)
+    asyncio.run(stage.on_stored(found, scans))
+    # When the sweep runs before the held host has settled
+    swept = asyncio.run(stage.flush())
+    # Then it computes the predecessor's host only
+    assert [(e.target.ip, e.kind, e.port) for e in swept] == [
+        ("127.0.0.2", ChangeKind.OPENED, c)]
+    # And once settled, the hold releases its host: both ports, once
+    released = asyncio.run(stage.flush(time.monotonic() + 6))
+    assert sorted((e.target.ip, e.kind, e.port) for e in released) == sorted(
+        [("127.0.0.1", ChangeKind.OPENED, a), ("127.0.0.1", ChangeKind.OPENED, b)])
+    assert asyncio.run(stage.flush(time.monotonic() + 12)) == []
 
 # -- the rebuilt snapshot is the one the findings give -----------------------------------------
 
