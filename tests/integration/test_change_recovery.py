@@ -209,7 +209,6 @@ def test_a_restarted_sink_computes_the_changes_its_predecessor_held(store) -> No
     assert asyncio.run(successor.flush()) == []
 
 
-
 def test_the_sweep_leaves_a_backlog_the_sink_holds_to_its_hold(store) -> None:  # type: ignore[no-untyped-def]
     # Given a predecessor's host, stored and never compared (what the sweep is for), and a
     # backlog host of the same age this sink has just stored whole and holds while it
@@ -233,6 +232,7 @@ def test_the_sweep_leaves_a_backlog_the_sink_holds_to_its_hold(store) -> None:  
     assert sorted((e.target.ip, e.kind, e.port) for e in released) == sorted(
         [("127.0.0.1", ChangeKind.OPENED, a), ("127.0.0.1", ChangeKind.OPENED, b)])
     assert asyncio.run(stage.flush(time.monotonic() + 12)) == []
+
 
 # -- the rebuilt snapshot is the one the findings give -----------------------------------------
 
