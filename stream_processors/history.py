@@ -18,8 +18,10 @@ nothing and yields no events: history is computed forward only.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -262,6 +264,29 @@ def write_rows(store: Store, rows: _Rows) -> None:
 # -- the recorder both transports use ---------------------------------------------------------
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the recorder snapshots findings or
+    compares a batch of hosts, back on after (if it was on).
+
+    Why: a batch allocates a few container objects per finding and per host (snapshots,
+    their tuples, views, rows); nearly all are acyclic, freed by reference counting, and
+    live until the batch ends, so every full collection their allocation triggers walks
+    all of them again, to free nothing. That was about 40 % of a day's change
+    computation at 100,000 hosts (BENCHMARKS.md, "eighth session"). While it is off, the
+    tasks the event loop runs during the store's awaits make their cycles as usual; the
+    first collection after it finds them. Process-wide: of overlapping calls, the first
+    to end turns it back on (the others only lose the saving), and it is never left off."""
+    if not gc.isenabled():
+        yield  # off already (by an outer call, or by the process): not ours to turn on
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 @dataclass
 class ChangeRecorder:
     """Collects this scan's open ports (as compact snapshots) and, when hosts complete,
@@ -272,6 +297,10 @@ class ChangeRecorder:
     _snapshots: dict[tuple[str, str, str], list[PortSnapshot]] = field(default_factory=dict)
 
     def add_findings(self, findings: Iterable[Finding]) -> None:
+        with collector_paused():
+            self._add_findings(findings)
+
+    def _add_findings(self, findings: Iterable[Finding]) -> None:
         snapshots = self._snapshots
         for f in findings:
             p = f.port
@@ -288,6 +317,10 @@ class ChangeRecorder:
     async def finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
         """Compute, store and return the changes of the hosts of ``host_scans`` (every
         shard record of each host in this scan must be in it)."""
+        with collector_paused():
+            return await self._finish(host_scans)
+
+    async def _finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
         views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
         keys = [(v.target.target, v.target.ip) for v in views]
         host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
