@@ -272,11 +272,12 @@ def collector_paused() -> Iterator[None]:
     Why: a batch allocates a few container objects per finding and per host (snapshots,
     their tuples, views, rows); nearly all are acyclic, freed by reference counting, and
     live until the batch ends, so every full collection their allocation triggers walks
-    all of them again, to free nothing. That was about 40 % of a day's change
-    computation at 100,000 hosts (BENCHMARKS.md, "eighth session"). While it is off, the
-    tasks the event loop runs during the store's awaits make their cycles as usual; the
-    first collection after it finds them. Process-wide: of overlapping calls, the first
-    to end turns it back on (the others only lose the saving), and it is never left off."""
+    all of them again, to free nothing. That was 30-45 % of a day's change computation
+    at 100,000 hosts (BENCHMARKS.md, "eighth session"). While it is off, the tasks the
+    event loop runs during the store's awaits make their cycles as usual; the first
+    collection after it finds them. Process-wide: of overlapping calls, the one that
+    turned it off turns it back on when it ends (the others only lose the saving from
+    then), so it is never left off."""
     if not gc.isenabled():
         yield  # off already (by an outer call, or by the process): not ours to turn on
         return
