@@ -21,9 +21,10 @@ storing a batch and before releasing its hosts leaves completed host scans newer
 hosts' states; its successor's first flush (and every ``max_hold`` seconds after) finds
 them, rebuilds their snapshots from the stored rows and computes their events
 (``ChangeRecorder.recover``), which are published like any. The sweep skips the hosts the
-sink itself holds: a backlog of old scans is stored and not yet compared while its
-findings are still arriving, and is the hold's to release. A shard of a host arriving
-after the host was released is recomputed as a replay (no new events).
+sink itself holds, or is storing (``HostHold.storing``: a batch's rows are in the store
+an instant before its hosts are in the hold): a backlog of old scans is stored and not yet
+compared while its findings are still arriving, and is the hold's to release. A shard of
+a host arriving after the host was released is recomputed as a replay (no new events).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -71,6 +73,7 @@ class HostHold:
     max_hosts: int = 200_000  # bound memory: past this, the oldest are released at once
     _held: dict[HoldKey, _Held] = field(default_factory=dict)
     renoted: list[HostScan] = field(default_factory=list)  # host scans to store again
+    _storing: Counter[HoldKey] = field(default_factory=Counter)  # claimed by ``storing``
 
     def add(self, findings: Sequence[Finding], scans: Sequence[HostScan], now: float) -> None:
         for h in scans:
@@ -120,9 +123,24 @@ class HostHold:
                 overflow -= 1
         return out
 
-    def keys(self) -> set[HoldKey]:
-        """The (scan_id, target, ip) held: change recovery leaves them to the hold."""
-        return set(self._held)
+    @contextmanager
+    def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
+                ) -> Iterator[None]:
+        """Claim the hosts of a batch while the sink stores it and hands it to ``add``:
+        their rows are in the store before they are in the hold, and change recovery
+        must not take them for a dead sink's in between."""
+        keys = [*((h.scan_id, h.target.target, h.target.ip) for h in scans),
+                *((f.port.scan_id, f.port.target.target, f.port.target.ip) for f in findings)]
+        self._storing.update(keys)
+        try:
+            yield
+        finally:
+            self._storing.subtract(keys)
+            self._storing += Counter()  # drop the zero counts
+
+    def __contains__(self, key: object) -> bool:
+        """Held, or being stored (``storing``): change recovery leaves it to the hold."""
+        return key in self._held or key in self._storing
 
     def __len__(self) -> int:
         return len(self._held)
@@ -144,6 +162,11 @@ class ChangeStage:
         self.compact_every = compact_every
         self._next_compaction = float("-inf")
         self._released_since_compaction = False
+
+    def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
+                ) -> AbstractContextManager[None]:
+        """What the sink holds around storing a batch and calling ``on_stored``."""
+        return self.hold.storing(findings, scans)
 
     async def on_stored(self, findings: Sequence[Finding], scans: Sequence[HostScan]) -> None:
         self.recorder.add_findings(findings)
@@ -174,7 +197,7 @@ class ChangeStage:
         self._next_recovery = now + self.hold.max_hold
         margin = max(RECOVER_AFTER, timedelta(seconds=self.hold.max_hold))
         return await self.recorder.recover(finished_before=datetime.now(UTC) - margin,
-                                           held=self.hold.keys())
+                                           held=self.hold)
 
 
 __all__ = ["ChangeStage", "HostHold"]

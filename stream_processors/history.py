@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -378,15 +378,16 @@ class ChangeRecorder:
         return events
 
     async def recover(self, *, finished_before: datetime, batch: int = RECOVER_BATCH,
-                      held: Collection[ScanHostKey] = ()) -> list[ChangeEvent]:
+                      held: Container[ScanHostKey] = ()) -> list[ChangeEvent]:
         """Compute the changes of every host scan stored but never compared (see
         "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives.
 
-        ``held``: the (scan, target, ip) the caller itself still holds for their findings.
-        A backlog of old scans reads as "never compared" until the hold releases it; it is
-        left to the hold, never computed early from what has arrived so far. (A page of
-        held hosts comes back unchanged, which ends the sweep; the next sweep, after the
-        hold has released them, reaches what lies beyond.)"""
+        ``held``: the (scan, target, ip) the caller itself has claimed (a live view, asked
+        after each page is read: the caller may store and claim more meanwhile). A
+        backlog of old scans reads as "never compared" until the caller's hold releases
+        it; it is left to the hold, never computed early from what has arrived so far.
+        (A page of held hosts comes back unchanged, which ends the sweep; the next sweep,
+        after the hold has released them, reaches what lies beyond.)"""
         events: list[ChangeEvent] = []
         done: set[ScanHostKey] = set()
         while True:
@@ -396,7 +397,7 @@ class ChangeRecorder:
             if not page or page <= done:
                 return events  # nothing left, or nothing this round could move: never spin
             done |= page
-            keys = page.difference(held)
+            keys = {k for k in page if k not in held}
             if keys:
                 snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
                 for key, found in snapshots.items():

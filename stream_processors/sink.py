@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +66,10 @@ class StoreSink:
     stats: SinkStats = field(default_factory=SinkStats)
     # Called with each batch once it is stored (change history: change_hold.ChangeStage).
     on_stored: Callable[[Sequence[Finding], Sequence[HostScan]], Awaitable[None]] | None = None
+    # Held around storing each batch and calling ``on_stored`` (ChangeStage.storing: the
+    # change stage claims the batch's hosts before their rows are in the store).
+    claim: Callable[[Sequence[Finding], Sequence[HostScan]],
+                    AbstractContextManager[None]] | None = None
     _stop: asyncio.Event | None = None
     # Records the store refused for their data, with the reason; the caller takes them
     # (``take_rejected``) and dead-letters them. A bad record never blocks its batch.
@@ -87,20 +92,21 @@ class StoreSink:
         dropped = len(findings) - len(unique)
         scans = list({(h.scan_id, h.shard_id, h.target.ip): h for h in host_scans}.values())
         rows = list(unique.values())
-        # A data error is bisected down to its records (rejected, for dead letters);
-        # any other error retries the same rows with backoff (issue 11, defect 1).
-        bad_findings = await insert_isolating(rows, lambda part: self._retrying(
-            "findings", lambda: self.store.insert_findings(part)))
-        bad_scans = await insert_isolating(scans, lambda part: self._retrying(
-            "host scans", lambda: self.store.insert_host_scans(part)))
-        self._rejected += [*bad_findings, *bad_scans]
-        self.stats.rejected += len(bad_findings) + len(bad_scans)
-        self.stats.findings += len(rows) - len(bad_findings)
-        self.stats.host_scans += len(scans) - len(bad_scans)
-        if self.on_stored is not None:
-            stored_ids = {id(r) for r, _why in self._rejected}
-            await self.on_stored([f for f in rows if id(f) not in stored_ids],
-                                 [h for h in scans if id(h) not in stored_ids])
+        with self.claim(rows, scans) if self.claim is not None else nullcontext():
+            # A data error is bisected down to its records (rejected, for dead letters);
+            # any other error retries the same rows with backoff (issue 11, defect 1).
+            bad_findings = await insert_isolating(rows, lambda part: self._retrying(
+                "findings", lambda: self.store.insert_findings(part)))
+            bad_scans = await insert_isolating(scans, lambda part: self._retrying(
+                "host scans", lambda: self.store.insert_host_scans(part)))
+            self._rejected += [*bad_findings, *bad_scans]
+            self.stats.rejected += len(bad_findings) + len(bad_scans)
+            self.stats.findings += len(rows) - len(bad_findings)
+            self.stats.host_scans += len(scans) - len(bad_scans)
+            if self.on_stored is not None:
+                stored_ids = {id(r) for r, _why in self._rejected}
+                await self.on_stored([f for f in rows if id(f) not in stored_ids],
+                                     [h for h in scans if id(h) not in stored_ids])
         self.stats.duplicates_dropped += dropped
         self.stats.batches += 1
 

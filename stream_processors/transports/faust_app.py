@@ -148,6 +148,7 @@ def _bind_changes(app: faust.App, sink: StoreSink, changes: ChangeStage, send: A
     """The same change rule as the embedded runner, fed by the sink (change_hold.py says
     why host scans are held), its events published keyed by host address."""
     sink.on_stored = changes.on_stored
+    sink.claim = changes.storing
 
     async def release() -> None:
         for event in await changes.flush():

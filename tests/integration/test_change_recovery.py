@@ -8,8 +8,10 @@ listens (the kernel refuses them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +42,7 @@ from stream_processors.history import (
     pending_host_scans,
     stored_snapshots,
 )
+from stream_processors.sink import StoreSink
 from tests.servers import free_port
 
 T = Target(ip="127.0.0.1", target="127.0.0.1", organization="Org", asset="a-1")
@@ -232,6 +235,49 @@ def test_the_sweep_leaves_a_backlog_the_sink_holds_to_its_hold(store) -> None:  
     assert sorted((e.target.ip, e.kind, e.port) for e in released) == sorted(
         [("127.0.0.1", ChangeKind.OPENED, a), ("127.0.0.1", ChangeKind.OPENED, b)])
     assert asyncio.run(stage.flush(time.monotonic() + 12)) == []
+
+
+def test_the_sweep_leaves_a_batch_the_sink_is_storing_to_its_hold(store) -> None:  # type: ignore[no-untyped-def]
+    # Given a sink storing a backlog host: its rows are in the store, and the sink has
+    # not yet handed them to its hold (the sweep ran in that window: CI saw it again)
+    stage = ChangeStage(store, settle=5, max_hold=600)
+    a = free_port()
+    scans = [_host_scan("s1", DAY2, 1, [a])]
+    found = [_finding("s1", a, DAY2)]
+    with stage.storing(found, scans):
+        _store_scan(store, found, scans)
+        # When the sweep runs
+        swept = asyncio.run(stage.flush())
+        asyncio.run(stage.on_stored(found, scans))
+    # Then it leaves the host alone, and the hold releases it once settled, once
+    assert swept == []
+    released = asyncio.run(stage.flush(time.monotonic() + 6))
+    assert [(e.target.ip, e.kind, e.port) for e in released] == [
+        ("127.0.0.1", ChangeKind.OPENED, a)]
+    assert ("s1", "127.0.0.1", "127.0.0.1") not in stage.hold  # no claim left behind
+
+
+def test_the_sink_claims_a_batch_from_before_its_insert_to_after_its_hold_has_it(store) -> None:  # type: ignore[no-untyped-def]
+    stage = ChangeStage(store, settle=5, max_hold=600)
+    key = ("s1", "127.0.0.1", "127.0.0.1")
+    seen: list[tuple[int, bool]] = []  # (host-scan rows stored, the hold has the host)
+    sink = StoreSink(store, on_stored=stage.on_stored)
+
+    @contextlib.contextmanager
+    def claim(findings: Sequence[Finding], scans: Sequence[HostScan]) -> Iterator[None]:
+        with stage.storing(findings, scans):
+            seen.append((store.query("SELECT count() FROM host_scans")[0][0], key in stage.hold))
+            yield
+            seen.append((store.query("SELECT count() FROM host_scans")[0][0],
+                         len(stage.hold) == 1))
+
+    sink.claim = claim
+    a = free_port()
+    asyncio.run(sink.write([_finding("s1", a, DAY2)], [_host_scan("s1", DAY2, 1, [a])]))
+    # The claim began before the insert (nothing stored, the host already claimed) and
+    # ended after the hold had it
+    assert seen == [(0, True), (1, True)]
+
 
 
 # -- the rebuilt snapshot is the one the findings give -----------------------------------------
