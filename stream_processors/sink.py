@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +56,19 @@ def _finding_key(f: Finding) -> tuple[str, str, str, int, str]:
     return (p.scan_id, p.target.ip, p.proto.value, p.port, p.observed_at.isoformat())
 
 
+class StoredBatches(Protocol):
+    """What the sink tells change history of each batch (change_hold.ChangeStage): one
+    object, so claiming a batch's hosts and handing them over are never wired apart."""
+
+    def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
+                ) -> AbstractContextManager[None]:
+        """Held from before the batch's insert until ``on_stored`` has returned."""
+
+    async def on_stored(self, findings: Sequence[Finding], scans: Sequence[HostScan]
+                        ) -> None:
+        """The rows of the batch that were stored (the rejected ones left out)."""
+
+
 @dataclass
 class StoreSink:
     """Writes batches to a store; ``write`` returns only once the batch is stored."""
@@ -64,12 +77,8 @@ class StoreSink:
     retry_initial: float = 0.5  # seconds before the first retry of a failed insert
     retry_max: float = 10.0  # backoff cap: a ClickHouse restart is waited out
     stats: SinkStats = field(default_factory=SinkStats)
-    # Called with each batch once it is stored (change history: change_hold.ChangeStage).
-    on_stored: Callable[[Sequence[Finding], Sequence[HostScan]], Awaitable[None]] | None = None
-    # Held around storing each batch and calling ``on_stored`` (ChangeStage.storing: the
-    # change stage claims the batch's hosts before their rows are in the store).
-    claim: Callable[[Sequence[Finding], Sequence[HostScan]],
-                    AbstractContextManager[None]] | None = None
+    # Change history (change_hold.ChangeStage): told of each batch around its store.
+    changes: StoredBatches | None = None
     _stop: asyncio.Event | None = None
     # Records the store refused for their data, with the reason; the caller takes them
     # (``take_rejected``) and dead-letters them. A bad record never blocks its batch.
@@ -92,7 +101,8 @@ class StoreSink:
         dropped = len(findings) - len(unique)
         scans = list({(h.scan_id, h.shard_id, h.target.ip): h for h in host_scans}.values())
         rows = list(unique.values())
-        with self.claim(rows, scans) if self.claim is not None else nullcontext():
+        changes = self.changes
+        with changes.storing(rows, scans) if changes is not None else nullcontext():
             # A data error is bisected down to its records (rejected, for dead letters);
             # any other error retries the same rows with backoff (issue 11, defect 1).
             bad_findings = await insert_isolating(rows, lambda part: self._retrying(
@@ -103,9 +113,9 @@ class StoreSink:
             self.stats.rejected += len(bad_findings) + len(bad_scans)
             self.stats.findings += len(rows) - len(bad_findings)
             self.stats.host_scans += len(scans) - len(bad_scans)
-            if self.on_stored is not None:
+            if changes is not None:
                 stored_ids = {id(r) for r, _why in self._rejected}
-                await self.on_stored([f for f in rows if id(f) not in stored_ids],
+                await changes.on_stored([f for f in rows if id(f) not in stored_ids],
                                      [h for h in scans if id(h) not in stored_ids])
         self.stats.duplicates_dropped += dropped
         self.stats.batches += 1

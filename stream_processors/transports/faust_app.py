@@ -147,8 +147,7 @@ def build_sink_app(options: PipelineOptions, sink: StoreSink,
 def _bind_changes(app: faust.App, sink: StoreSink, changes: ChangeStage, send: Any) -> None:
     """The same change rule as the embedded runner, fed by the sink (change_hold.py says
     why host scans are held), its events published keyed by host address."""
-    sink.on_stored = changes.on_stored
-    sink.claim = changes.storing
+    sink.changes = changes
 
     async def release() -> None:
         for event in await changes.flush():

@@ -258,26 +258,26 @@ def test_the_sweep_leaves_a_batch_the_sink_is_storing_to_its_hold(store) -> None
 
 
 def test_the_sink_claims_a_batch_from_before_its_insert_to_after_its_hold_has_it(store) -> None:  # type: ignore[no-untyped-def]
-    stage = ChangeStage(store, settle=5, max_hold=600)
     key = ("s1", "127.0.0.1", "127.0.0.1")
     seen: list[tuple[int, bool]] = []  # (host-scan rows stored, the hold has the host)
-    sink = StoreSink(store, on_stored=stage.on_stored)
 
-    @contextlib.contextmanager
-    def claim(findings: Sequence[Finding], scans: Sequence[HostScan]) -> Iterator[None]:
-        with stage.storing(findings, scans):
-            seen.append((store.query("SELECT count() FROM host_scans")[0][0], key in stage.hold))
-            yield
-            seen.append((store.query("SELECT count() FROM host_scans")[0][0],
-                         len(stage.hold) == 1))
+    class Watched(ChangeStage):
+        @contextlib.contextmanager
+        def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
+                    ) -> Iterator[None]:
+            with super().storing(findings, scans):
+                seen.append((store.query("SELECT count() FROM host_scans")[0][0],
+                             key in self.hold))
+                yield
+                seen.append((store.query("SELECT count() FROM host_scans")[0][0],
+                             len(self.hold) == 1))
 
-    sink.claim = claim
+    sink = StoreSink(store, changes=Watched(store, settle=5, max_hold=600))
     a = free_port()
     asyncio.run(sink.write([_finding("s1", a, DAY2)], [_host_scan("s1", DAY2, 1, [a])]))
     # The claim began before the insert (nothing stored, the host already claimed) and
     # ended after the hold had it
     assert seen == [(0, True), (1, True)]
-
 
 
 # -- the rebuilt snapshot is the one the findings give -----------------------------------------
