@@ -16,7 +16,9 @@ version bumps, certificate rotations. Then, in one run, it measures:
   read back, not recomputed);
 * disk bytes per million observations;
 * the anchor: Debian's ``ndiff`` on two nmap XML files of the last two days for
-  ``--anchor-hosts`` hosts vs portwatch computing the same hosts' changes, as a ratio.
+  ``--anchor-hosts`` hosts vs portwatch computing the same hosts' changes, as a ratio,
+  and where portwatch's call spent its time (``PHASES``: snapshots, grouping, the state
+  reads, re-probes, writes, and the rest).
 
 Owns: the synthetic history generator and the timing. Touches no network except the
 bounded closure re-probes of the recorder, which go to the synthetic loopback addresses
@@ -37,9 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from schemas.records import (
@@ -150,11 +155,14 @@ def host_scan(h: HostLife, scan_id: str, when: datetime) -> HostScan:
 
 
 def record_day(db, hosts: list[HostLife], scan_id: str, when: datetime,  # type: ignore[no-untyped-def]
-               batch: int = 5_000, *, one_call: bool = False) -> tuple[float, int]:
+               batch: int = 5_000, *, one_call: bool = False,
+               phases: dict[str, float] | None = None) -> tuple[float, int]:
     """Store one day's scan of ``hosts`` (``batch`` hosts per insert) and compute its
     changes: one ``finish`` per batch (the sink's shape: it releases what is ready), or
     with ``one_call`` one for the whole scan (the embedded runner's shape: it compares a
-    scan's hosts when the scan ends). (Seconds in the change computation, events.)"""
+    scan's hosts when the scan ends). (Seconds in the change computation, events.) With
+    ``phases``, the seconds spent in each step of ``PHASES`` are added to it, and those
+    in ``add_findings`` under "snapshots"."""
     from stream_processors.history import ChangeRecorder
 
     spent, events = 0.0, 0
@@ -171,16 +179,77 @@ def record_day(db, hosts: list[HostLife], scan_id: str, when: datetime,  # type:
         # do (the runner's sink, the sink's on_stored): the findings are not kept alive
         begin = time.perf_counter()
         recorder.add_findings(found)
+        if phases is not None:
+            phases["snapshots"] = phases.get("snapshots", 0.0) + time.perf_counter() - begin
         if not one_call:
             events += len(asyncio.run(recorder.finish(scans)))
             recorder = ChangeRecorder(db)
         spent += time.perf_counter() - begin
         del found
     if one_call:
-        begin = time.perf_counter()
-        events += len(asyncio.run(recorder.finish(all_scans)))
-        spent += time.perf_counter() - begin
+        with timed_phases(phases) if phases is not None else nullcontext():
+            begin = time.perf_counter()
+            events += len(asyncio.run(recorder.finish(all_scans)))
+            spent += time.perf_counter() - begin
     return spent, events
+
+
+# The recorder's steps that run once per call (or once per wave), each timed as a whole:
+# wrapping them costs nothing measurable, unlike wrapping the per-host functions. What
+# is left of a call (fingerprints, the fast-path screen, the rule, the orchestration) is
+# its total minus these.
+PHASES = (
+    ("snapshots", "snapshots of the findings (add_findings)"),
+    ("host_views", "grouping the host-scan records"),
+    ("load_host_rows", "host_state read"),
+    ("load_ports", "port_state read (hosts not screened out)"),
+    ("_reprobe", "closure re-probes"),
+    ("write_rows", "writes (changes, host_state, port_state)"),
+)
+
+
+@contextmanager
+def timed_phases(spent: dict[str, float]) -> Iterator[None]:
+    """Wrap the steps of ``PHASES`` where the recorder looks them up (the module globals
+    of ``stream_processors.history``, ``ChangeRecorder._reprobe``) so each adds its wall
+    seconds to ``spent``; put back after."""
+    from stream_processors import history
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if asyncio.iscoroutinefunction(fn):
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                begin = time.perf_counter()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    spent[name] = spent.get(name, 0.0) + time.perf_counter() - begin
+            return run_async
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            begin = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - begin
+        return run
+
+    owners = {name: history.ChangeRecorder if name == "_reprobe" else history
+              for name, _ in PHASES if name != "snapshots"}
+    saved = {name: getattr(owner, name) for name, owner in owners.items()}
+    try:
+        for name, owner in owners.items():
+            setattr(owner, name, timed(name, saved[name]))
+        yield
+    finally:
+        for name, owner in owners.items():
+            setattr(owner, name, saved[name])
+
+
+def print_phases(total_s: float, spent: dict[str, float]) -> None:
+    parts = [f"{label} {spent.get(name, 0.0) * 1000:.0f}" for name, label in PHASES]
+    rest = total_s - sum(spent.get(name, 0.0) for name, _ in PHASES)
+    print(f"  the anchor's call, ms: {'; '.join(parts)}; the rest (fingerprints, the "
+          f"fast-path screen, the rule, orchestration) {rest * 1000:.0f}")
 
 
 def replay_day(db, hosts: list[HostLife], scan_id: str,  # type: ignore[no-untyped-def]
@@ -319,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         freeze_model()
         last = f"day-{args.days - 1:03d}"
         # The anchor first: these hosts' changes for the last day, through the real path
-        anchor_s, anchor_events = record_day(db, anchor, last, now, one_call=True)
+        phases: dict[str, float] = {}
+        anchor_s, anchor_events = record_day(db, anchor, last, now, one_call=True,
+                                             phases=phases)
         rest_s, rest_events = record_day(db, rest, last, now, one_call=True)
         build_s = time.perf_counter() - build_start
         # As the embedded runner does at a scan's end (the sink when its hold empties)
@@ -368,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{anchor_s:.2f}s ({anchor_events} events, store read + rule + write): "
           f"portwatch {ndiff_s / anchor_s:.1f}x faster; the rule alone (in memory, as ndiff "
           f"compares two files it holds) {rule_s:.3f}s: {ndiff_s / rule_s:.0f}x faster")
+    print_phases(anchor_s, phases)
     return 0
 
 
