@@ -1,10 +1,13 @@
 """Benchmark: the distributed pipeline (Kafka -> Faust -> sink -> chdb) against the
 embedded runner, on the same synthetic open ports, in one run.
 
-Owns: the ``python -m bench.pipeline`` command. No packet is sent: the events are
-synthetic UDP open ports of addresses in 198.18.0.0/15 (the benchmarking range of
-RFC 2544) that already carry their reply, so the real stage chain (``stages.process``:
-UDP identification from the reply, CDN, risk) runs without touching the network.
+Owns: the ``python -m bench.pipeline`` command. The events are synthetic UDP open ports
+that already carry their reply, so the real stage chain (``stages.process``: UDP
+identification from the reply, CDN, risk) runs on them. Their addresses are loopback
+(127.18.0.0/15): the one packet the stages send per host, the SNMP engine-discovery
+request to port 161 (the stage asks SNMP where the reply says snmp), goes to loopback,
+where nothing listens and the kernel answers port-unreachable at once. No packet leaves
+the machine.
 
 Runs, in order:
 
@@ -47,8 +50,11 @@ from probers.discovery.base import Progress
 from schemas.records import OpenPort, PortRange, Proto, Shard, Target
 
 REPO = Path(__file__).resolve().parent.parent
-# Synthetic addresses only: 198.18.0.0/15, never scanned (no packet leaves this process).
-BENCH_NET = (198, 18)
+# Synthetic hosts on loopback (127.18.0.0/15): the stages' SNMP request to port 161 is
+# the one packet they send, and it must not leave the machine. (Until 2026-12-02 these
+# were 198.18.0.0/15 addresses, which no namespace of this bench holds: those requests
+# went to the default route.)
+BENCH_NET = (127, 18)
 UDP_PORTS = (53, 69, 123, 137, 161, 500, 1900, 5353, 11211)
 WORKER_START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 300.0
@@ -170,20 +176,25 @@ def _wait_running(workers: list[Worker]) -> None:
 def _drain(bootstrap: str, groups: dict[str, list[str]], since: float,
            timeout: float) -> tuple[dict[str, float], dict[str, int]]:
     """Poll committed offsets until every group is drained; time each group drained
-    (seconds after ``since``) and the largest lag seen (messages)."""
+    (seconds after ``since``) and the largest lag seen (messages). ``groups`` is in
+    pipeline order: a group counts as drained only once every group before it has
+    drained (the sink's lag is also 0 whenever it has caught up with stages that are
+    still producing)."""
     from producers.publish import group_lag
 
     drained: dict[str, float] = {}
     max_lag: dict[str, int] = dict.fromkeys(groups, 0)
     deadline = time.monotonic() + timeout
     while len(drained) < len(groups):
+        upstream_drained = True
         for group, topics in groups.items():
             if group in drained:
                 continue
             lag = group_lag(bootstrap, group, topics)
             max_lag[group] = max(max_lag[group], lag.lag)
-            if lag.is_drained:
+            if lag.is_drained and upstream_drained:
                 drained[group] = time.perf_counter() - since
+            upstream_drained = group in drained
         if time.monotonic() > deadline:
             raise RuntimeError(f"pipeline not drained after {timeout}s: {max_lag}")
         time.sleep(0.1)
@@ -224,7 +235,7 @@ def run_kafka(bootstrap: str, workers: int, targets: list[Target], per_host: int
                   f"{prefix}portwatch-sink": [topics.findings.name]}
         # Warm-up: one host through the whole pipeline, so group joins and rebalances
         # (both workers) are behind us before the clock starts.
-        warm = synthetic_ports(Target(ip="198.19.255.254", target="warm-up"), 1, "warm-up")
+        warm = synthetic_ports(Target(ip="127.19.255.254", target="warm-up"), 1, "warm-up")
         publish_framed(producer, topics.open_ports.name, warm)
         _drain(bootstrap, groups, time.perf_counter(), WORKER_START_TIMEOUT)
         scan_id = f"kafka-{workers}w-{uuid.uuid4().hex[:8]}"
