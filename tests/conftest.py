@@ -1,7 +1,9 @@
 """Shared test set-up.
 
-Safety fence: every test process refuses to scan outside loopback and the
-198.18.0.0/15 test-host range (PORTWATCH_SCOPE_ALLOW), whatever a test asks.
+Safety fences: every test process refuses to scan outside loopback and the
+198.18.0.0/15 test-host range (PORTWATCH_SCOPE_ALLOW), whatever a test asks; and it,
+with every Python process it starts, connects and sends datagrams to loopback and to
+namespace hosts the tests made only (tests/netfence.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import netfence
+
 os.environ["PORTWATCH_SCOPE_ALLOW"] = "127.0.0.0/8,::1/128,198.18.0.0/15"
+netfence.install()
 
 
 def _raise_descriptor_limit() -> None:
