@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import ipaddress
 import os
 import random
@@ -216,7 +217,7 @@ def timed_phases(spent: dict[str, float]) -> Iterator[None]:
     from stream_processors import history
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        if asyncio.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn):
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 begin = time.perf_counter()
                 try:

@@ -9,11 +9,12 @@ request to each of them through the default route (bench/pipeline.py, fixed on
 2026-12-02). This fence stops any such packet before the system call, in this process
 and in every Python process it starts.
 
-How: ``sys.addaudithook``. CPython raises the audit events ``socket.connect`` and
-``socket.sendto`` (asyncio's transports included) before the call; the hook raises
-``PermissionError`` for an address outside the fence, so nothing is sent. ``install``
-also puts ``tests/netfence_site`` first on ``PYTHONPATH``: its ``sitecustomize`` installs
-the same hook in every Python child (``portwatch process`` workers, ``python -m bench``).
+How: ``sys.addaudithook``. CPython raises the audit events ``socket.connect``,
+``socket.sendto`` and ``socket.sendmsg`` (asyncio's transports included) before the call;
+the hook raises ``PermissionError`` for an address outside the fence, so nothing is sent.
+``install`` also puts ``tests/netfence_site`` first on ``PYTHONPATH``: its
+``sitecustomize`` installs the same hook in every Python child (``portwatch process``
+workers, ``python -m bench``).
 Native programs (masscan, nmap, daemons) are not covered: the scope setting and the
 tests' own targets fence those.
 
@@ -41,12 +42,13 @@ class FenceError(PermissionError):
     """A socket call to an address outside the harness's fence."""
 
 
-def _ipv4_routes() -> list[tuple[int, int]]:
-    """(network, mask) of every IPv4 route, as integers, from /proc/net/route."""
+def _ipv4_routes(*, fresh: bool = False) -> list[tuple[int, int]]:
+    """(network, mask) of every IPv4 route, as integers, from /proc/net/route (the last
+    read, if under ``_ROUTE_TTL`` old and not ``fresh``)."""
     global _routes
     read_at, routes = _routes
     now = time.monotonic()
-    if now - read_at < _ROUTE_TTL:
+    if not fresh and now - read_at < _ROUTE_TTL:
         return routes
     routes = []
     try:
@@ -65,10 +67,15 @@ def _ipv4_routes() -> list[tuple[int, int]]:
 
 def _routed_to_a_namespace(address: ipaddress.IPv4Address) -> bool:
     """True when the most specific route for ``address`` is not the default route: the
-    connected route of a veth pair a test or benchmark set up."""
+    connected route of a veth pair a test or benchmark set up. A "no" is read again from
+    the kernel before it is given (a namespace made a moment ago must not be refused);
+    a "yes" may come from a read up to ``_ROUTE_TTL`` old."""
     value = int(address)
-    masks = [mask for network, mask in _ipv4_routes() if value & mask == network]
-    return bool(masks) and max(masks) != 0
+    for fresh in (False, True):
+        masks = [mask for network, mask in _ipv4_routes(fresh=fresh) if value & mask == network]
+        if masks and max(masks) != 0:
+            return True
+    return False
 
 
 def is_allowed(host: str) -> bool:
@@ -97,7 +104,7 @@ def _allowed_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if event not in ("socket.connect", "socket.sendto"):
+    if event not in ("socket.connect", "socket.sendto", "socket.sendmsg"):
         return
     sock, address = args[0], args[1]
     if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
