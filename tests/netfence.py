@@ -112,8 +112,24 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if not isinstance(address, tuple) or not address or not isinstance(address[0], str):
         return
     if not is_allowed(address[0]):
+        _tell(event, address[0])
         raise FenceError(f"netfence: {event} to {address[0]} refused: tests and benchmarks "
                          "reach loopback and their own namespace hosts only (tests/netfence.py)")
+
+
+_told: set[tuple[str, str]] = set()
+_TELL_CAP = 20  # lines per process
+
+
+def _tell(event: str, host: str) -> None:
+    """One stderr line per refused (call, address), the first ``_TELL_CAP``: the caller
+    may swallow the error (``PermissionError`` is an ``OSError``, which probers treat as
+    "no answer"), and the attempt must still show."""
+    if (event, host) in _told or len(_told) >= _TELL_CAP:
+        return
+    _told.add((event, host))
+    sys.stderr.write(f"netfence: refused {event} to {host}; nothing was sent "
+                     "(tests/netfence.py)\n")
 
 
 _installed = False

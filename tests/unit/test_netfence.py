@@ -50,3 +50,16 @@ def test_a_python_child_of_the_tests_is_fenced_too() -> None:
     assert run.stdout.split() == ["loopback", "ok"]
     assert run.returncode == 1
     assert "FenceError: netfence: socket.connect to 192.0.2.123 refused" in run.stderr
+
+
+def test_a_refusal_the_caller_swallows_still_shows_on_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Given code that treats any OSError as "no answer", as the probers do
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.124", 161))
+        except OSError:
+            pass
+    # Then the attempt is on stderr all the same
+    assert ("netfence: refused socket.connect to 192.0.2.124; nothing was sent"
+            in capsys.readouterr().err)
