@@ -1,6 +1,7 @@
 """The harness's socket fence (tests/netfence.py): loopback and namespace hosts only, in
-this process and in the Python processes it starts. The refused calls here are UDP
-connects, which send nothing even if the fence failed."""
+this process and in the Python processes it starts. A call outside the fence is raised
+here as its audit event only (``sys.audit``, what CPython raises before the call), so no
+socket call is ever made to an address but loopback, even if the fence failed."""
 
 from __future__ import annotations
 
@@ -29,21 +30,21 @@ def test_the_fence_lets_through_loopback_only_without_a_namespace(host: str,
 def test_a_connect_outside_the_fence_is_refused_before_the_call() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         with pytest.raises(netfence.FenceError, match="192.0.2.123"):
-            s.connect(("192.0.2.123", 9))
+            sys.audit("socket.connect", s, ("192.0.2.123", 9))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         with pytest.raises(netfence.FenceError, match="198.18.0.77"):
-            s.connect(("198.18.0.77", 9))
+            sys.audit("socket.connect", s, ("198.18.0.77", 9))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(("127.0.0.1", 9))  # loopback: let through
         assert s.getpeername() == ("127.0.0.1", 9)
 
 
 def test_a_python_child_of_the_tests_is_fenced_too() -> None:
-    code = ("import socket\n"
+    code = ("import socket, sys\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "s.connect(('127.0.0.1', 9))\n"
             "print('loopback ok')\n"
-            "s.connect(('192.0.2.123', 9))\n"
+            "sys.audit('socket.connect', s, ('192.0.2.123', 9))\n"
             "print('not fenced')\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False)
@@ -57,7 +58,7 @@ def test_a_refusal_the_caller_swallows_still_shows_on_stderr(
     # Given code that treats any OSError as "no answer", as the probers do
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            s.connect(("192.0.2.124", 161))
+            sys.audit("socket.connect", s, ("192.0.2.124", 161))
         except OSError:
             pass
     # Then the attempt is on stderr all the same
