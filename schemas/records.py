@@ -611,14 +611,23 @@ class CdnVerdict(Record):
         )
 
 
+# "Nothing learnt yet", shared by every Finding that leaves a part out. The records are
+# frozen and hold only str, int, enum and tuple values, so one instance serves all: a
+# default_factory built (and set field by field) up to three records per finding, ~2 us
+# of a stage's ~12 us (BENCHMARKS.md, "tenth session").
+NO_SERVICE = ServiceInfo()
+NO_TLS = TlsResult()
+NO_CDN = CdnVerdict()
+
+
 @dataclass(frozen=True, slots=True)
 class Finding(Record):
     """An open port with everything the stages learnt about it: what the sink stores."""
 
     port: OpenPort
-    service: ServiceInfo = field(default_factory=ServiceInfo)
-    tls: TlsResult = field(default_factory=TlsResult)
-    cdn: CdnVerdict = field(default_factory=CdnVerdict)
+    service: ServiceInfo = NO_SERVICE
+    tls: TlsResult = NO_TLS
+    cdn: CdnVerdict = NO_CDN
     risk_color: RiskColor = RiskColor.YELLOW
     risk_reason: str = ""
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import CdnVerdict, Finding, Proto
+from schemas.records import NO_CDN, CdnVerdict, Finding, Proto
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class CdnCatalogue:
 
     def provider_for_headers(self, headers: Iterable[tuple[str, str]]) -> tuple[str, str]:
         lowered = [(k.lower(), v.lower()) for k, v in headers]
+        if not lowered:
+            return "", ""  # most ports (every UDP one, every non-HTTP one): no headers
         for p in self.providers.values():
             for sig in p.headers:
                 for name, value in lowered:
@@ -141,7 +143,7 @@ def verdict_for(finding: Finding, catalogue: CdnCatalogue | None = None) -> CdnV
     else:
         name, source = cat.provider_for_headers(finding.service.headers)
     if not name:
-        return CdnVerdict()
+        return NO_CDN
     provider = cat.providers[name]
     return CdnVerdict(provider=name, source=source,
                       is_expected_port=is_cdn_expected(provider, finding.port.proto,

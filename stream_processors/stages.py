@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
 from probers.discovery.tarpit import TarpitDetector
@@ -39,6 +40,9 @@ from schemas.records import (
     utcnow,
 )
 from stream_processors import cdn, risk
+
+if TYPE_CHECKING:
+    from probers.tls.starttls import Upgrade
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +85,28 @@ async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
     return Finding(port=port, service=info)
 
 
+# The probers these stages reach on the hot path, imported on first use (they take
+# ~0.15-0.25 s to import, which a process that never meets a UDP or TLS port need not
+# pay), then looked up from here: an import statement in the per-finding function cost
+# a stage worker 6 % of its samples (BENCHMARKS.md, "tenth session").
+@functools.cache
+def _udp_service_hint() -> Callable[[int], str]:
+    from probers.discovery.udp import udp_service_hint
+    return udp_service_hint
+
+
+@functools.cache
+def _route_for() -> Callable[[str, bool], Upgrade | None]:
+    from probers.tls.starttls import route_for
+    return route_for
+
+
 def _udp_service(port: OpenPort) -> ServiceInfo:
     """UDP: discovery already sent the protocol's own request; a reply names it."""
     if port.state is PortState.OPEN_FILTERED:
         return ServiceInfo(method="udp:no-reply")
     try:
-        from probers.discovery.udp import udp_service_hint
-        name = udp_service_hint(port.port)
+        name = _udp_service_hint()(port.port)
     except (ImportError, LookupError):
         name = ""
     return ServiceInfo(service=name, banner=port.response, method="udp:payload-reply",
@@ -97,9 +116,8 @@ def _udp_service(port: OpenPort) -> ServiceInfo:
 async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
     if ctx.tls_probe is None:
         return finding
-    from probers.tls.starttls import route_for  # the upgrade follows the identified service
-
-    route = route_for(finding.service.service, finding.service.is_tls)
+    # the upgrade follows the identified service
+    route = _route_for()(finding.service.service, finding.service.is_tls)
     if route is None:
         return finding
     t = finding.port.target

@@ -137,6 +137,24 @@ def test_defaults_fill_optional_fields() -> None:
     assert port.observed_at == datetime(2025, 1, 1, tzinfo=UTC)  # naive read as UTC
 
 
+def test_a_finding_built_without_its_parts_gets_empty_ones_that_nothing_can_change() -> None:
+    # Given findings built with only their port (the parts are shared, not rebuilt per
+    # finding: the stages' hot path), then each part equals a fresh empty record, is the
+    # same on the wire as before, and can be neither assigned nor replaced in place
+    a, b = Finding(port=PORT), Finding(port=PORT)
+    assert (a.service, a.tls, a.cdn) == (ServiceInfo(), TlsResult(), CdnVerdict())
+    assert a.to_json() == Finding(port=PORT, service=ServiceInfo(), tls=TlsResult(),
+                                  cdn=CdnVerdict()).to_json()
+    with pytest.raises(AttributeError):
+        a.tls.versions = ("TLSv1.3",)  # type: ignore[misc]
+    c = a.with_(tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",)))
+    assert c.tls.versions == ("TLSv1.3",)
+    assert a.tls.versions == () and b.tls.versions == () and TlsResult().versions == ()
+    # and a decoded finding without them gets the same empty parts
+    decoded = Finding.from_json(a.to_json())
+    assert (decoded.service, decoded.tls, decoded.cdn) == (a.service, a.tls, a.cdn)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
