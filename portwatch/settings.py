@@ -119,7 +119,11 @@ class Settings:
     shard_attempts: int = setting(2, "engine runs per shard before it is recorded as failed "
                                   "(ports any attempt found are kept)", group="shards")
     # -- writing the store
-    batch_size: int = setting(500, "findings per store insert", group="sink")
+    # Each insert costs the engine ~0.1 s whatever its size (every table and view it feeds
+    # gets a part), so batches of 500 capped the embedded runner near 3,500 findings/s;
+    # batch_seconds still bounds how long a finding waits (BENCHMARKS.md, "tenth session").
+    batch_size: int = setting(5_000, "findings per store insert, at most (batch_seconds "
+                              "writes a smaller batch first)", group="sink")
     batch_seconds: float = setting(1.0, "longest a finding waits before it is written",
                                    group="sink")
     # -- alerting

@@ -120,7 +120,7 @@ class EmbeddedRunner:
 
     def __init__(self, store: Store, engine_for: EngineFactory, ctx: StageContext, *,
                  identify_workers: int = 64,
-                 tarpit_threshold: int = 1000, batch_size: int = 500,
+                 tarpit_threshold: int = 1000, batch_size: int = 5_000,
                  batch_seconds: float = 1.0, queue_size: int = 1000,
                  shard_attempts: int = 2, shard_ports: int = 65_535,
                  shard_hosts: int = 16) -> None:
