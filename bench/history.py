@@ -266,7 +266,13 @@ def replay_day(db, hosts: list[HostLife], scan_id: str,  # type: ignore[no-untyp
     return time.perf_counter() - begin, events
 
 
-def nmap_xml(path: Path, hosts: list[HostLife], when: datetime) -> None:
+def nmap_xml(path: Path, hosts: list[HostLife], when: datetime, *,
+             certificates: bool = False) -> None:
+    """The hosts as ``nmap -sV`` would write them. With ``certificates``, each TLS port
+    also carries what ``--script ssl-cert`` prints of its leaf (subject, notAfter,
+    fingerprint): the certificate part of what portwatch compares, which ndiff then
+    compares too. (Not ssl-enum-ciphers: Debian's ndiff 7.93 fails on a port with two
+    script results, ``'<' not supported between instances of 'ScriptResult'``.)"""
     stamp = int(when.timestamp())
     with path.open("w", encoding="utf-8") as out:
         out.write('<?xml version="1.0" encoding="UTF-8"?>\n<nmaprun scanner="nmap" '
@@ -278,16 +284,38 @@ def nmap_xml(path: Path, hosts: list[HostLife], when: datetime) -> None:
                       f'<hostname name={quoteattr(h.target.hostname)} type="user"/>'
                       '</hostnames><ports>')
             for port, life in sorted(h.ports.items()):
-                _, service, product, versions, _c, _t = CATALOGUE[life.entry]
+                _, service, product, versions, _c, is_tls = CATALOGUE[life.entry]
                 version = quoteattr(versions[life.version])
                 out.write(f'<port protocol="tcp" portid="{port}"><state state="open" '
                           'reason="syn-ack" reason_ttl="64"/>'
                           f'<service name={quoteattr(service or "unknown")} '
                           f'product={quoteattr(product)} version={version} '
-                          'method="probed" conf="10"/></port>')
+                          'method="probed" conf="10"/>')
+                if certificates and is_tls:
+                    cert = (f"Subject: commonName={h.target.hostname}\n"
+                            f"Not valid after:  2031-01-01T00:00:00\n"
+                            f"SHA-256: {life.cert:064x}")
+                    out.write(f'<script id="ssl-cert" output={quoteattr(cert)}/>')
+                out.write('</port>')
             out.write('</ports></host>\n')
         out.write(f'<runstats><finished time="{stamp}" elapsed="1"/><hosts up="{len(hosts)}" '
                   f'down="0" total="{len(hosts)}"/></runstats></nmaprun>\n')
+
+
+def time_ndiff(*args: str) -> float:
+    """Seconds of one ``ndiff`` run (nan: not installed). Exit 0 (same) and 1 (differ)
+    are answers; anything else is ndiff failing, and is said, not timed as a result."""
+    if not shutil.which("ndiff"):
+        return float("nan")
+    begin = time.perf_counter()
+    done = subprocess.run(["ndiff", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False, timeout=3600)
+    spent = time.perf_counter() - begin
+    if done.returncode not in (0, 1):
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        print(f"ndiff {' '.join(args)} failed ({done.returncode}): {last}", file=sys.stderr)
+        return float("nan")
+    return spent
 
 
 def page_timings(db, now: datetime, one: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -405,17 +433,21 @@ def main(argv: list[str] | None = None) -> int:
         total_disk = db.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE active "
                               "AND database = currentDatabase()")[0][0]
         page_ms = page_timings(db, now, hosts[len(hosts) // 2].target.ip)
-        # ndiff on the same anchor hosts' last two days
-        old_xml, new_xml = tmp / "day-a.xml", tmp / "day-b.xml"
-        nmap_xml(old_xml, list(previous_day.values()), now - timedelta(days=1))
-        nmap_xml(new_xml, anchor, now)
+        # ndiff on the same anchor hosts' last two days: as nmap -sV writes them, and with
+        # each TLS port's certificate (ssl-cert), which portwatch compares as well. Text
+        # output for the first; --xml for the second: Debian's ndiff 7.93 fails in text
+        # mode on a port whose script output changed ("'>' not supported between
+        # instances of 'list' and 'int'"), i.e. on every rotated certificate.
+        xml_files = {}
+        for kind, certs in (("plain", False), ("certs", True)):
+            old_xml, new_xml = tmp / f"day-a-{kind}.xml", tmp / f"day-b-{kind}.xml"
+            nmap_xml(old_xml, list(previous_day.values()), now - timedelta(days=1),
+                     certificates=certs)
+            nmap_xml(new_xml, anchor, now, certificates=certs)
+            xml_files[kind] = (str(old_xml), str(new_xml))
         rule_s = _rule_only(previous_day, anchor, now)
-        ndiff_s = float("nan")
-        if shutil.which("ndiff"):
-            begin = time.perf_counter()
-            subprocess.run(["ndiff", str(old_xml), str(new_xml)], stdout=subprocess.DEVNULL,
-                           check=False, timeout=3600)
-            ndiff_s = time.perf_counter() - begin
+        ndiff_s = time_ndiff(*xml_files["plain"])
+        ndiff_certs_s = time_ndiff("--xml", *xml_files["certs"])
         db.close()
     finally:
         if not args.keep:
@@ -436,10 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"disk: port_observations {per_million / 2**20:.1f} MiB per million observations; "
           f"whole store {total_disk / 2**20:.0f} MiB")
     print_pages(page_ms)
-    print(f"\nanchor, {len(anchor):,} hosts, last two days: ndiff {ndiff_s:.2f}s, portwatch "
-          f"{anchor_s:.2f}s ({anchor_events} events, store read + rule + write): "
-          f"portwatch {ndiff_s / anchor_s:.1f}x faster; the rule alone (in memory, as ndiff "
-          f"compares two files it holds) {rule_s:.3f}s: {ndiff_s / rule_s:.0f}x faster")
+    print(f"\nanchor, {len(anchor):,} hosts, last two days: portwatch {anchor_s:.2f}s "
+          f"({anchor_events} events, store read + rule + write); ndiff {ndiff_s:.2f}s "
+          f"(ports and services): portwatch {ndiff_s / anchor_s:.1f}x faster; ndiff with "
+          f"the certificates too (ssl-cert, --xml) {ndiff_certs_s:.2f}s: "
+          f"{ndiff_certs_s / anchor_s:.1f}x; the rule alone (in memory, as ndiff compares "
+          f"two files it holds) {rule_s:.3f}s: {ndiff_s / rule_s:.0f}x / "
+          f"{ndiff_certs_s / rule_s:.0f}x")
     print_phases(anchor_s, phases)
     return 0
 
