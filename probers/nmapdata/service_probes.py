@@ -607,6 +607,7 @@ class ProbeDB:
             self._by_key.setdefault((probe.proto, probe.name), probe)
         self._chains: dict[tuple[str, str], tuple[Probe, ...]] = {}
         self._ordered: dict[str, list[Probe]] = {}
+        self._names: dict[str, frozenset[str]] = {}  # services some line names, per proto
         self.load_seconds = 0.0
         for probe in self._all:
             self._chains[(probe.proto, probe.name)] = self._chain(probe)
@@ -698,6 +699,16 @@ class ProbeDB:
 
     def null_probe(self) -> Probe | None:
         return self._by_key.get(("tcp", "NULL"))
+
+    def can_name(self, proto: str, service: str) -> bool:
+        """Some match line of a ``proto`` probe (NULL's included) names ``service``: else
+        no probe can (Kafka: nmap-service-probes has no line for it)."""
+        proto = proto.lower()
+        names = self._names.get(proto)
+        if names is None:
+            names = self._names[proto] = frozenset(
+                name for p in self._all if p.proto == proto for name in p.services)
+        return service in names
 
     def is_excluded(self, proto: str, port: int) -> bool:
         """Ports nmap never version-probes (printers print whatever they are sent)."""

@@ -6,15 +6,21 @@ header -> ``Connection.Start`` server-properties), SMB2 (NEGOTIATE -> dialect, a
 NTLMSSP challenge's target info and OS version when the server sends it), SNMP (v3
 engine discovery, which needs no community; v2c ``GET sysDescr.0`` with the conventional
 read community only when the user allows it), and the JSON version documents of
-Elasticsearch/OpenSearch (``/``) and Kubernetes (``/version``).
+Elasticsearch/OpenSearch (``/``) and Kubernetes (``/version``); and, where nmap knows
+nothing, a Kafka broker's ApiVersions answer.
 
 Every answer is hostile: lengths are checked against what arrived, counts and nesting
 are capped, text is sanitized before it reaches a record, and no parser raises on any
 input (hypothesis tests in tests/unit/test_app_protocols.py). Each identification
 carries a CPE (lowercased and escaped as nmap writes them).
 
+Why one file: each protocol here is a request builder and one pure parser, and they share
+the same hostile-input rules and helpers (bounded reads of lengths and counts, ``_clean``,
+``_cpe``); one module keeps those rules in one place and lets one hypothesis test feed
+every parser the same junk.
+
 Must not touch: sockets (probers/service/engine.py and udp_probes.py send and read),
-Kafka, storage.
+portwatch's own Kafka pipeline (the Kafka here is a scanned service), storage.
 """
 
 from __future__ import annotations
@@ -534,7 +540,72 @@ def parse_snmp(data: bytes) -> ServiceInfo | None:
     return None
 
 
-__all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "mqtt_packets",
+
+# -- Kafka: ApiVersions ------------------------------------------------------------------
+#
+# nmap does not know the Kafka protocol (its services file calls 9092 "XmlIpcRegSvc").
+# Version 0 of ApiVersions is the one request every broker answers, whatever it
+# supports: a broker that does not know a request's version answers UNSUPPORTED_VERSION
+# in version 0's format, listing its own range (KIP-35, KIP-511). The answer names the
+# protocol, not the implementation (Apache Kafka, Redpanda and others all speak it), so
+# no product is claimed.
+
+KAFKA_API_VERSIONS = 18
+KAFKA_CORRELATION_ID = 0x70770001  # "pw" and 1: an answer must echo it
+KAFKA_MAX_APIS = 1_000  # api keys read from one answer (Kafka 3.9 lists 61)
+KAFKA_FRAME_CAP = 16_384  # bytes an ApiVersions answer may take
+_KAFKA_ROLES = ((0, "broker"), (52, "KRaft controller"))  # Produce; Vote
+_KAFKA_ERRORS = {0: "", 35: "UNSUPPORTED_VERSION"}
+
+
+def kafka_api_versions_request(correlation_id: int = KAFKA_CORRELATION_ID,
+                               client_id: bytes = b"portwatch") -> bytes:
+    """An ApiVersions request, version 0: size, api key 18, version 0, correlation id,
+    client id; no body."""
+    body = (struct.pack(">hhih", KAFKA_API_VERSIONS, 0, correlation_id, len(client_id))
+            + client_id)
+    return struct.pack(">i", len(body)) + body
+
+
+def is_whole_kafka_frame(data: bytes) -> bool:
+    """A size-prefixed Kafka frame is all here (or claims more than any answer takes)."""
+    if len(data) < 4:
+        return False
+    size = int.from_bytes(data[:4], "big")
+    return size > KAFKA_FRAME_CAP or len(data) >= 4 + size
+
+
+def parse_kafka_api_versions(data: bytes, correlation_id: int = KAFKA_CORRELATION_ID
+                             ) -> ServiceInfo | None:
+    """A version 0 ApiVersions answer: size, the correlation id we sent, error code, then
+    (api key, min version, max version) per API, ApiVersions itself among them. Anything
+    else (another id, a count the frame cannot hold, a negative range) is not Kafka."""
+    if len(data) < 14:
+        return None
+    size, echoed, error, count = struct.unpack_from(">iihi", data)
+    if (echoed != correlation_id or not 10 <= size <= KAFKA_FRAME_CAP
+            or len(data) < 4 + size or not 1 <= count <= KAFKA_MAX_APIS
+            or 14 + 6 * count > 4 + size):
+        return None
+    apis: dict[int, tuple[int, int]] = {}
+    for key, low, high in struct.iter_unpack(">hhh", data[14:14 + 6 * count]):
+        if key < 0 or low < 0 or high < low or key in apis:
+            return None
+        apis[key] = (low, high)
+    if KAFKA_API_VERSIONS not in apis:
+        return None
+    roles = [name for key, name in _KAFKA_ROLES if key in apis]
+    low, high = apis[KAFKA_API_VERSIONS]
+    parts = [f"Kafka protocol, {len(apis)} APIs", *roles, f"ApiVersions v{low}-v{high}"]
+    if 1 in apis:
+        parts.append(f"Fetch v{apis[1][0]}-v{apis[1][1]}")
+    if error:
+        parts.append(f"error {_KAFKA_ERRORS.get(error, error)}")
+    return ServiceInfo(service="kafka", extra_info="; ".join(parts),
+                       method="probe:kafka-apiversions", confidence=10)
+
+__all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "is_whole_kafka_frame",
+           "kafka_api_versions_request", "mqtt_packets", "parse_kafka_api_versions",
            "mqtt_request", "parse_amqp", "parse_kubernetes_version", "parse_mqtt",
            "parse_search_refusal", "parse_search_root", "parse_smb2_negotiate", "parse_snmp",
            "parse_ntlm_challenge", "smb2_negotiate_request", "smb2_session_setup_request",

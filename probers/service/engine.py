@@ -44,10 +44,14 @@ from enum import StrEnum
 
 from probers.service.app_protocols import (
     AMQP_HEADER,
+    KAFKA_FRAME_CAP,
     MQTT_DISCONNECT,
     is_kubernetes_status,
+    is_whole_kafka_frame,
+    kafka_api_versions_request,
     mqtt_request,
     parse_amqp,
+    parse_kafka_api_versions,
     parse_kubernetes_version,
     parse_mqtt,
     parse_ntlm_challenge,
@@ -104,6 +108,7 @@ class ProbeKind(StrEnum):
     AMQP = "amqp-connection-start"  # protocol header -> Connection.Start server-properties
     SMB = "smb2-negotiate"  # SMB2 NEGOTIATE (dialect, signing), then the NTLMSSP challenge
     K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
+    KAFKA = "kafka-apiversions"  # ApiVersions v0: the protocol nmap does not know
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +448,15 @@ async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.SMB, info, data)
 
 
+async def probe_kafka(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(kafka_api_versions_request())
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, cap=KAFKA_FRAME_CAP + 4,
+                                  idle=0.3, is_complete=is_whole_kafka_frame)
+    return Outcome(ProbeKind.KAFKA, parse_kafka_api_versions(data), data)
+
+
 def _is_whole_netbios_message(data: bytes) -> bool:
     return len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[1:4], "big")
 
@@ -491,6 +505,7 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.AMQP: probe_amqp,
     ProbeKind.SMB: probe_smb,
     ProbeKind.K8S_VERSION: probe_kubernetes,
+    ProbeKind.KAFKA: probe_kafka,
 }
 
 # -- plan --------------------------------------------------------------------------------
@@ -502,12 +517,13 @@ TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 20
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
                               5432: "postgresql", 3389: "ms-wbt-server",
                               1883: "mqtt", 8883: "secure-mqtt", 5672: "amqp",
-                              445: "microsoft-ds"}
+                              445: "microsoft-ds", 9092: "kafka"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
                                     "ms-wbt-server": ProbeKind.RDP,
                                     "mqtt": ProbeKind.MQTT, "secure-mqtt": ProbeKind.MQTT_TLS,
-                                    "amqp": ProbeKind.AMQP, "microsoft-ds": ProbeKind.SMB}
+                                    "amqp": ProbeKind.AMQP, "microsoft-ds": ProbeKind.SMB,
+                                    "kafka": ProbeKind.KAFKA}
 # NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
 # goes first (HTTP ports); the rest follow in order of how often they name a port.
 # Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for

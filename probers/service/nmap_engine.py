@@ -464,6 +464,9 @@ async def nmap_identify(
         raise ValueError(f"proto must be tcp or udp, not {proto!r}")
     if db.is_excluded(proto, port):
         return ServiceInfo(method="nmap:not probed (Exclude directive of nmap-service-probes)")
+    if only_service and not db.can_name(proto, only_service):
+        # Nothing to send: the NULL probe alone would wait out its greeting window
+        return ServiceInfo(method=f"nmap:not probed (no match line names {only_service})")
     ident = _Identifier(
         ip,
         port,

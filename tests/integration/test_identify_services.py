@@ -3,7 +3,8 @@
 mosquitto (MQTT, its version topic), rabbitmq-server (AMQP Connection.Start, on a port no
 hint knows: the AMQP header it answers GET with leads to the AMQP probe), snmpd (UDP:
 engine discovery without a community; sysDescr with "public" only when allowed), and
-Samba's smbd (our SMB2 negotiate names the dialect, nmap's probes then name Samba). Each
+Samba's smbd (our SMB2 negotiate names the dialect, nmap's probes then name Samba), and
+the Kafka broker of ``make kafka-up`` (ApiVersions; nmap has no probe for it). Each
 result is compared with what ``nmap -sV`` names in the same test where nmap names it.
 """
 
@@ -24,8 +25,9 @@ import pytest
 
 from probers.service import engine
 from probers.service.engine import Endpoint, Settings, identify
+from producers.kafka_io import split_bootstrap
 from schemas.records import OpenPort, PortState, Proto, ServiceInfo, Target
-from stream_processors.stages import NmapFallback, identify_stage, make_context
+from stream_processors.stages import NmapFallback, identify_stage, judged, make_context
 from tests import daemons, loopback, servers
 
 pytestmark = pytest.mark.slow
@@ -253,3 +255,27 @@ def test_samba_on_445_dialect_from_our_probe_product_from_nmaps() -> None:
     assert f"NetBIOS name {socket.gethostname().split('.')[0].upper()[:15]}" in info.extra_info
     assert (info.service, info.product, info.version) == nmap
     assert info.product == "Samba smbd" and info.cpe.startswith("cpe:/a:samba:samba")
+
+
+# -- Kafka (the broker `make kafka-up` runs) ----------------------------------------------
+
+
+def test_a_kafka_broker_is_named_from_its_api_versions_answer_and_coloured_red(
+        kafka_bootstrap: str) -> None:
+    # nmap has no probe for Kafka (its services file calls 9092 "XmlIpcRegSvc"); ours
+    # asks ApiVersions v0, which every broker answers. Then nmap is not asked for a
+    # product: none of its match lines names kafka.
+    host, port = split_bootstrap(kafka_bootstrap)
+    if port != 9092:
+        pytest.skip("the Kafka hint is for 9092; this broker listens elsewhere")
+    ctx = make_context()
+    finding = judged(asyncio.run(identify_stage(
+        OpenPort(scan_id="s", target=Target(ip=host, target=host), port=port), ctx)))
+    info = finding.service
+    assert (info.service, info.product, info.method, info.confidence) == (
+        "kafka", "", "probe:kafka-apiversions", 10)
+    assert info.tried == ("kafka-apiversions", "nmap-service-probes:kafka")
+    assert info.extra_info.startswith("Kafka protocol, ")
+    assert "; broker; ApiVersions v0-v" in info.extra_info
+    assert finding.risk_color.value == "red"
+    assert "message broker" in finding.risk_reason

@@ -238,6 +238,27 @@ def test_excluded_port_is_not_probed(own_db: ProbeDB) -> None:
     assert info.tried == ()
 
 
+def test_a_service_no_match_line_names_is_not_probed_at_all(own_db: ProbeDB) -> None:
+    # Given our own probe named the service (Kafka) and nmap's lines name nothing of it,
+    # when nmap is asked for its product, then no connection is made: the NULL probe
+    # alone would wait out its greeting window for nothing
+    connections: list[int] = []
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        await asyncio.sleep(5)
+
+    info = _identify(own_db, counting, budget=3.0, only_service="kafka")
+    assert (info.service, info.method, info.tried) == (
+        "", "nmap:not probed (no match line names kafka)", ())
+    assert connections == []
+    assert own_db.can_name("tcp", "myproto") and own_db.can_name("tcp", "pong")
+    assert not own_db.can_name("tcp", "kafka") and not own_db.can_name("tcp", "udpping")
+    # a service some line names is still probed, only with the probes that can name it
+    named = _identify(own_db, _hello, budget=3.0, only_service="myproto")
+    assert (named.service, named.version) == ("myproto", "1.2.3")
+
+
 def test_tls_wrapped_banner(own_db: ProbeDB, tmp_path: Path) -> None:
     # Given a TLS server with a throwaway certificate that greets inside TLS
     cert, key = servers.make_self_signed_cert(tmp_path)

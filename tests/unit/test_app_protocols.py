@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 
 from probers.service.app_protocols import (
     AMQP_HEADER,
+    KAFKA_CORRELATION_ID,
     is_kubernetes_status,
+    is_whole_kafka_frame,
+    kafka_api_versions_request,
     mqtt_packets,
     mqtt_request,
     parse_amqp,
+    parse_kafka_api_versions,
     parse_kubernetes_version,
     parse_mqtt,
     parse_ntlm_challenge,
@@ -48,6 +52,27 @@ RABBITMQ = bytes.fromhex(
     "62736974653a2068747470733a2f2f7261626269746d712e636f6d08706c6174666f726d530000001145"
     "726c616e672f4f54502032352e322e330770726f6475637453000000085261626269744d510776657273"
     "696f6e5300000006332e31302e380000000e414d51504c41494e20504c41494e00000005656e5f5553ce")
+# Recorded from Apache Kafka 3.9.1 (KRaft, `make kafka-up`): the ApiVersions v0 answers
+# of its broker listener (9092) and of its controller listener (9093).
+KAFKA_BROKER = bytes.fromhex(
+    "000001787077000100000000003d00000000000b00010000001100020000000900030000000c00080000"
+    "0009000900000009000a00000006000b00000009000c00000004000d00000005000e00000005000f0000"
+    "000500100000000500110000000100120000000400130000000700140000000600150000000200160000"
+    "0005001700000004001800000005001900000004001a00000004001b00000001001c00000004001d0000"
+    "0003001e00000003001f0000000300200000000400210000000200220000000200230000000400240000"
+    "0002002500000003002600000003002700000002002800000002002900000003002a00000002002b0000"
+    "0002002c00000001002d00000000002e00000000002f0000000000300000000100310000000100320000"
+    "0000003300000000003700000002003900000001003c00000001003d0000000000400000000000410000"
+    "0000004200000001004400000000004500000000004a00000000004b0000000000500000000000510000"
+    "0000")
+KAFKA_CONTROLLER = bytes.fromhex(
+    "000001067077000100000000002a00010000001100070000000300110000000100120000000400130000"
+    "0007001400000006001d00000003001e00000003001f0000000300200000000400210000000200240000"
+    "0002002500000003002600000003002700000002002800000002002900000003002b00000002002c0000"
+    "0001002d00000000002e0000000000310000000100320000000000330000000000340000000100350000"
+    "0001003600000001003700000002003800000003003900000001003a00000000003b00000001003c0000"
+    "0001003e00000004003f0000000100400000000000430000000000460000000000490000000000500000"
+    "0000005100000000005200000000")
 # Recorded from Debian 12's snmpd 5.9.3: the Report to an engine-discovery request, and
 # the GetResponse to GET sysDescr.0 with community "public".
 NET_SNMP_REPORT = bytes.fromhex(
@@ -222,7 +247,7 @@ def test_the_ntlm_challenge_names_the_smb_server() -> None:
 
 
 _PARSERS = (parse_mqtt, parse_amqp, parse_snmp, parse_smb2_negotiate, parse_search_root,
-            parse_search_refusal, parse_kubernetes_version)
+            parse_search_refusal, parse_kubernetes_version, parse_kafka_api_versions)
 
 
 @settings(max_examples=300, deadline=None)
@@ -241,6 +266,9 @@ def test_ntlm_challenge_parser_never_raises(data: bytes) -> None:
     st.binary(max_size=2048),
     st.binary(max_size=300).map(lambda b: MOSQUITTO[:8] + b),
     st.binary(max_size=600).map(lambda b: RABBITMQ[:40] + b),
+    st.binary(max_size=600).map(lambda b: KAFKA_BROKER[:14] + b),
+    st.integers(0, len(KAFKA_BROKER) - 1).map(
+        lambda n: KAFKA_BROKER[:n] + bytes([KAFKA_BROKER[n] ^ 0x80]) + KAFKA_BROKER[n + 1:]),
     st.integers(0, len(RABBITMQ)).map(lambda n: RABBITMQ[:n] + RABBITMQ[n + 1:]),
     st.integers(0, len(NET_SNMP_REPORT) - 1).map(
         lambda n: NET_SNMP_REPORT[:n] + bytes([NET_SNMP_REPORT[n] ^ 0xFF])
@@ -274,3 +302,50 @@ def test_a_forward_proxys_own_answer_names_http_proxy() -> None:
     assert info is not None
     assert (info.service, info.product, info.version, info.cpe) == (
         "http-proxy", "tinyproxy", "1.11.1", "cpe:/a:tinyproxy_project:tinyproxy:1.11.1")
+
+
+def test_a_kafka_brokers_api_versions_answer_names_kafka_and_its_role() -> None:
+    info = parse_kafka_api_versions(KAFKA_BROKER)
+    assert info is not None
+    assert (info.service, info.product, info.version, info.method, info.confidence) == (
+        "kafka", "", "", "probe:kafka-apiversions", 10)
+    assert info.extra_info == ("Kafka protocol, 61 APIs; broker; ApiVersions v0-v4; "
+                               "Fetch v0-v17")
+    controller = parse_kafka_api_versions(KAFKA_CONTROLLER)
+    assert controller is not None and controller.service == "kafka"
+    assert controller.extra_info == ("Kafka protocol, 42 APIs; KRaft controller; "
+                                     "ApiVersions v0-v4; Fetch v0-v17")
+
+
+def test_kafka_answers_that_are_not_kafka_are_refused() -> None:
+    # another correlation id (not an answer to us), cut short, a count the frame cannot
+    # hold, an inverted range, a repeated key, no ApiVersions entry: not Kafka
+    assert parse_kafka_api_versions(KAFKA_BROKER, correlation_id=7) is None
+    assert parse_kafka_api_versions(KAFKA_BROKER[:-1]) is None
+    assert parse_kafka_api_versions(KAFKA_BROKER[:10] + struct.pack(">i", 9999)
+                                    + KAFKA_BROKER[14:]) is None
+    inverted = KAFKA_BROKER[:14] + struct.pack(">hhh", 0, 5, 4) + KAFKA_BROKER[20:]
+    assert parse_kafka_api_versions(inverted) is None
+    repeated = KAFKA_BROKER[:20] + KAFKA_BROKER[14:20] + KAFKA_BROKER[26:]
+    assert parse_kafka_api_versions(repeated) is None
+
+    def answer(*apis: tuple[int, int, int], error: int = 0) -> bytes:
+        body = struct.pack(">ihi", KAFKA_CORRELATION_ID, error, len(apis)) + b"".join(
+            struct.pack(">hhh", *a) for a in apis)
+        return struct.pack(">i", len(body)) + body
+
+    assert parse_kafka_api_versions(answer((0, 0, 11), (1, 0, 17))) is None
+    # a broker refusing the request's version still lists its range: still Kafka
+    refused = parse_kafka_api_versions(answer((18, 0, 4), error=35))
+    assert refused is not None and refused.extra_info == (
+        "Kafka protocol, 1 APIs; ApiVersions v0-v4; error UNSUPPORTED_VERSION")
+
+
+def test_the_kafka_request_is_api_versions_v0_with_our_correlation_id() -> None:
+    request = kafka_api_versions_request()
+    size, key, version, correlation, name_len = struct.unpack_from(">ihhih", request)
+    assert (size, key, version, correlation) == (len(request) - 4, 18, 0, KAFKA_CORRELATION_ID)
+    assert request[14:] == b"portwatch" and name_len == 9
+    assert is_whole_kafka_frame(KAFKA_BROKER) and not is_whole_kafka_frame(KAFKA_BROKER[:-1])
+    # a size no answer takes ends the read at once (the parser then refuses it)
+    assert is_whole_kafka_frame(struct.pack(">i", 2**31 - 1))
