@@ -540,7 +540,6 @@ def parse_snmp(data: bytes) -> ServiceInfo | None:
     return None
 
 
-
 # -- Kafka: ApiVersions ------------------------------------------------------------------
 #
 # nmap does not know the Kafka protocol (its services file calls 9092 "XmlIpcRegSvc").
@@ -603,6 +602,7 @@ def parse_kafka_api_versions(data: bytes, correlation_id: int = KAFKA_CORRELATIO
         parts.append(f"error {_KAFKA_ERRORS.get(error, error)}")
     return ServiceInfo(service="kafka", extra_info="; ".join(parts),
                        method="probe:kafka-apiversions", confidence=10)
+
 
 __all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "is_whole_kafka_frame",
            "kafka_api_versions_request", "mqtt_packets", "parse_kafka_api_versions",

@@ -517,7 +517,10 @@ TLS_PORTS = frozenset({443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 20
 PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 6379: "redis",
                               5432: "postgresql", 3389: "ms-wbt-server",
                               1883: "mqtt", 8883: "secure-mqtt", 5672: "amqp",
-                              445: "microsoft-ds", 9092: "kafka"}
+                              445: "microsoft-ds",
+                              # Kafka: the default listener, the usual second (TLS or
+                              # external) ones, KRaft's controller, Confluent's images
+                              9092: "kafka", 9093: "kafka", 9094: "kafka", 29092: "kafka"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
                                     "ms-wbt-server": ProbeKind.RDP,

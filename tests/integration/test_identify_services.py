@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -279,3 +280,8 @@ def test_a_kafka_broker_is_named_from_its_api_versions_answer_and_coloured_red(
     assert "; broker; ApiVersions v0-v" in info.extra_info
     assert finding.risk_color.value == "red"
     assert "message broker" in finding.risk_reason
+    # and its KRaft controller listener (kafkactl's default 9093, also a Kafka hint)
+    if os.environ.get("KAFKA_CONTROLLER_PORT", "9093") == "9093":
+        controller = _identify(host, 9093)
+        assert controller.service == "kafka"
+        assert "; KRaft controller; " in controller.extra_info

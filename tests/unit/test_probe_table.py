@@ -56,6 +56,9 @@ def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
         (5432, ProbeKind.POSTGRES_SSL),
         (3389, ProbeKind.RDP),
         (8883, ProbeKind.MQTT_TLS),
+        (9092, ProbeKind.KAFKA),
+        (9093, ProbeKind.KAFKA),
+        (29092, ProbeKind.KAFKA),
         (40000, ProbeKind.NULL),
     ],
 )
