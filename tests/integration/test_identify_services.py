@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -285,3 +286,36 @@ def test_a_kafka_broker_is_named_from_its_api_versions_answer_and_coloured_red(
         controller = _identify(host, 9093)
         assert controller.service == "kafka"
         assert "; KRaft controller; " in controller.extra_info
+
+
+def _kafka_answer_stalling(conn: socket.socket) -> None:
+    """Claims a 1,000-byte ApiVersions answer, sends 20 bytes of it, then stalls."""
+    conn.recv(1024)
+    conn.sendall(struct.pack(">iihi", 1_000, 0x70770001, 0, 160) + b"\x00" * 6)
+    time.sleep(20)
+
+
+def _kafka_answer_for_someone_else(conn: socket.socket) -> None:
+    """A whole, well-formed ApiVersions answer to another correlation id."""
+    conn.recv(1024)
+    body = struct.pack(">ihi", 12345, 0, 1) + struct.pack(">hhh", 18, 0, 4)
+    conn.sendall(struct.pack(">i", len(body)) + body)
+    time.sleep(5)
+
+
+@pytest.mark.parametrize("handler", [
+    loopback.endless(b"\x7f\xff\xff\xff" + b"\xff" * 4092),  # claims 2 GiB, never stops
+    loopback.endless(),  # "AAAA": a 1.09 GB frame claimed
+    loopback.silent(hold_seconds=15),
+    _kafka_answer_stalling,
+    _kafka_answer_for_someone_else,
+], ids=["giant-frame", "endless-text", "silent", "stalled-answer", "other-correlation-id"])
+def test_hostile_peers_on_a_kafka_port_name_nothing_and_stay_bounded(handler: object) -> None:
+    # The probe sent to a Kafka-hinted port, against peers that are not Kafka or lie:
+    # it reads at most one capped frame, ends within its timeout, and names nothing
+    with loopback.listen(handler) as listener:  # type: ignore[arg-type]
+        outcome = asyncio.run(engine.probe_kafka(
+            Endpoint("127.0.0.1", listener.port), Settings(probe_timeout=2.0), "kafka"))
+    assert outcome.kind is engine.ProbeKind.KAFKA
+    assert outcome.info is None
+    assert len(outcome.data) <= engine.KAFKA_FRAME_CAP + 4
