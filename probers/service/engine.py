@@ -109,6 +109,7 @@ class ProbeKind(StrEnum):
     SMB = "smb2-negotiate"  # SMB2 NEGOTIATE (dialect, signing), then the NTLMSSP challenge
     K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
     KAFKA = "kafka-apiversions"  # ApiVersions v0: the protocol nmap does not know
+    KAFKA_TLS = "kafka-apiversions-tls"  # the same inside TLS (an SSL listener)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,13 +449,29 @@ async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.SMB, info, data)
 
 
-async def probe_kafka(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
-    async with _connect(ep, s.probe_timeout) as (reader, writer):
+async def _kafka_exchange(ep: Endpoint, s: Settings, *, tls: bool) -> bytes:
+    started = time.monotonic()
+    async with _connect(ep, s.probe_timeout, tls_client_context() if tls else None,
+                        ep.hostname or None) as (reader, writer):
         writer.write(kafka_api_versions_request())
         await writer.drain()
-        data = await read_bounded(reader, timeout=s.probe_timeout, cap=KAFKA_FRAME_CAP + 4,
-                                  idle=0.3, is_complete=is_whole_kafka_frame)
+        # one timeout for connect and exchange, as MQTT's: a handshake never doubles it
+        left = max(0.05, s.probe_timeout - (time.monotonic() - started))
+        return await read_bounded(reader, timeout=left, cap=KAFKA_FRAME_CAP + 4, idle=0.3,
+                                  is_complete=is_whole_kafka_frame)
+
+
+async def probe_kafka(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    data = await _kafka_exchange(ep, s, tls=False)
     return Outcome(ProbeKind.KAFKA, parse_kafka_api_versions(data), data)
+
+
+async def probe_kafka_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    """Kafka's SSL listener: the handshake, then the same ApiVersions exchange."""
+    data = await _kafka_exchange(ep, s, tls=True)
+    info = parse_kafka_api_versions(data)
+    return Outcome(ProbeKind.KAFKA_TLS, replace(info, is_tls=True) if info else None, data,
+                   is_tls=True)
 
 
 def _is_whole_netbios_message(data: bytes) -> bool:
@@ -506,6 +523,7 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.SMB: probe_smb,
     ProbeKind.K8S_VERSION: probe_kubernetes,
     ProbeKind.KAFKA: probe_kafka,
+    ProbeKind.KAFKA_TLS: probe_kafka_tls,
 }
 
 # -- plan --------------------------------------------------------------------------------
@@ -548,6 +566,9 @@ INSIDE_TLS: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT: ProbeKind.MQTT_TLS}
 # A TLS probe planned first by a port hint, then its plaintext twin (nmap's mqtt probe
 # is sent in clear to 1883 only: a broker without TLS on 8883 would go unnamed)
 PLAIN_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT_TLS: ProbeKind.MQTT}
+# ... and a plaintext probe planned first, then its TLS twin (Kafka's second listener,
+# 9093/9094, is often its SSL one)
+TLS_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.KAFKA: ProbeKind.KAFKA_TLS}
 STOP_CONFIDENCE = 8
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
@@ -575,6 +596,8 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
         first = (HINT_FIRST[PORT_HINTS[port]],)
         if first[0] in PLAIN_AFTER:  # the secure port of a plaintext broker: worth naming
             first += (PLAIN_AFTER[first[0]],)
+        elif first[0] in TLS_AFTER:  # a broker's port that may be its SSL listener
+            first += (TLS_AFTER[first[0]],)
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 

@@ -288,6 +288,39 @@ def test_a_kafka_broker_is_named_from_its_api_versions_answer_and_coloured_red(
         assert "; KRaft controller; " in controller.extra_info
 
 
+def _tls_in_front_of(upstream: tuple[str, int], context: ssl.SSLContext) -> loopback.Handler:
+    """TLS terminated in front of the real broker, as stunnel or a load balancer puts it
+    before a Kafka listener: one request in, the broker's whole answer back."""
+    def handle(conn: socket.socket) -> None:
+        with context.wrap_socket(conn, server_side=True) as tls, \
+                socket.create_connection(upstream, timeout=5) as broker:
+            broker.sendall(tls.recv(4096))
+            answer = b""
+            while len(answer) < 4 or len(answer) < 4 + int.from_bytes(answer[:4], "big"):
+                chunk = broker.recv(65_536)
+                if not chunk:
+                    break
+                answer += chunk
+            tls.sendall(answer)
+            with contextlib.suppress(OSError):
+                tls.recv(1)  # until the prober leaves
+    return handle
+
+
+def test_a_kafka_ssl_listener_is_named_inside_tls(kafka_bootstrap: str, tmp_path: Path) -> None:
+    # Given the real broker behind TLS on 29092 (Confluent images' port, a Kafka hint),
+    # then our plaintext ApiVersions fails and its TLS twin, sent second, names it
+    host, port = split_bootstrap(kafka_bootstrap)
+    _free_standard("127.0.0.1", 29092)
+    handler = _tls_in_front_of((host, port), loopback.self_signed(tmp_path, "broker.test"))
+    with loopback.listen(handler, port=29092):
+        info = _identify("127.0.0.1", 29092)
+    assert (info.service, info.is_tls, info.method) == ("kafka", True,
+                                                         "probe:kafka-apiversions")
+    assert info.tried[:2] == ("kafka-apiversions", "kafka-apiversions-tls")
+    assert "; broker; ApiVersions v0-v" in info.extra_info
+
+
 def _kafka_answer_stalling(conn: socket.socket) -> None:
     """Claims a 1,000-byte ApiVersions answer, sends 20 bytes of it, then stalls."""
     conn.recv(1024)

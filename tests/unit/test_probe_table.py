@@ -35,12 +35,16 @@ def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
     # By the default order, by a port hint, by an answer asking for it (follow-ups,
     # Kubernetes' Status answer), or after nmap named the service without a product
     hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 8883, 5672, 445, 9092)}
-    reachable = (set(DEFAULT_ORDER) | hinted | set(FOLLOW_UP.values())
+    # (a hinted probe's twin, sent second: plaintext MQTT after TLS, Kafka's TLS after plain)
+    twins = set(engine.PLAIN_AFTER.values()) | set(engine.TLS_AFTER.values())
+    reachable = (set(DEFAULT_ORDER) | hinted | twins | set(FOLLOW_UP.values())
                  | set(engine.AFTER_NMAP.values()) | {ProbeKind.K8S_VERSION})
     assert reachable == set(ProbeKind)
     assert {plan(1883)[0], plan(8883)[0], plan(5672)[0], plan(445)[0], plan(9092)[0]} == {
         ProbeKind.MQTT, ProbeKind.MQTT_TLS, ProbeKind.AMQP, ProbeKind.SMB, ProbeKind.KAFKA}
     assert plan(6443)[0] is ProbeKind.TLS  # Kubernetes' API port: TLS, then /version
+    assert plan(9093)[:3] == (ProbeKind.KAFKA, ProbeKind.KAFKA_TLS, ProbeKind.NULL)
+    assert plan(8883)[:3] == (ProbeKind.MQTT_TLS, ProbeKind.MQTT, ProbeKind.NULL)
 
 
 @pytest.mark.parametrize(
