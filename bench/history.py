@@ -16,7 +16,9 @@ version bumps, certificate rotations. Then, in one run, it measures:
   read back, not recomputed);
 * disk bytes per million observations;
 * the anchor: Debian's ``ndiff`` on two nmap XML files of the last two days for
-  ``--anchor-hosts`` hosts vs portwatch computing the same hosts' changes, as a ratio,
+  ``--anchor-hosts`` hosts (as ``nmap -sV`` writes them, and again with each TLS port's
+  ``ssl-cert`` output, the certificates portwatch compares too) vs portwatch computing the
+  same hosts' changes, as ratios,
   and where portwatch's call spent its time (``PHASES``: snapshots, grouping, the state
   reads, re-probes, writes, and the rest).
 
@@ -438,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         # output for the first; --xml for the second: Debian's ndiff 7.93 fails in text
         # mode on a port whose script output changed ("'>' not supported between
         # instances of 'list' and 'int'"), i.e. on every rotated certificate.
-        xml_files = {}
+        xml_files: dict[str, tuple[str, str]] = {}
         for kind, certs in (("plain", False), ("certs", True)):
             old_xml, new_xml = tmp / f"day-a-{kind}.xml", tmp / f"day-b-{kind}.xml"
             nmap_xml(old_xml, list(previous_day.values()), now - timedelta(days=1),
