@@ -554,7 +554,7 @@ KAFKA_CORRELATION_ID = 0x70770001  # "pw" and 1: an answer must echo it
 KAFKA_MAX_APIS = 1_000  # api keys read from one answer (Kafka 3.9 lists 61)
 KAFKA_FRAME_CAP = 16_384  # bytes an ApiVersions answer may take
 _KAFKA_ROLES = ((0, "broker"), (52, "KRaft controller"))  # Produce; Vote
-_KAFKA_ERRORS = {0: "", 35: "UNSUPPORTED_VERSION"}
+_KAFKA_ERRORS = {35: "UNSUPPORTED_VERSION"}  # others are shown by number
 
 
 def kafka_api_versions_request(correlation_id: int = KAFKA_CORRELATION_ID,

@@ -379,20 +379,35 @@ async def probe_rdp(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     return Outcome(ProbeKind.RDP, parse_rdp_confirm(data), data)
 
 
-async def _mqtt_exchange(ep: Endpoint, s: Settings, *, tls: bool) -> bytes:
+async def _exchange(ep: Endpoint, s: Settings, request: bytes, *, tls: bool, cap: int,
+                    is_complete: Callable[[bytes], bool], farewell: bytes = b"") -> bytes:
+    """One request and its bounded answer, in clear or inside TLS (then with our usual
+    client context and the target's name). One timeout for connect and exchange: a TLS
+    handshake must not double the budget. ``farewell`` is sent after the answer, if the
+    peer is still there."""
     started = time.monotonic()
     async with _connect(ep, s.probe_timeout, tls_client_context() if tls else None,
                         ep.hostname or None) as (reader, writer):
-        writer.write(mqtt_request())
+        writer.write(request)
         await writer.drain()
-        # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed. One
-        # timeout for connect and exchange: a TLS handshake must not double the budget.
         left = max(0.05, s.probe_timeout - (time.monotonic() - started))
-        data = await read_bounded(reader, timeout=left, cap=4096, idle=0.3,
-                                  is_complete=_has_mqtt_version)
-        with contextlib.suppress(OSError):
-            writer.write(MQTT_DISCONNECT)
+        data = await read_bounded(reader, timeout=left, cap=cap, idle=0.3,
+                                  is_complete=is_complete)
+        if farewell:
+            with contextlib.suppress(OSError):
+                writer.write(farewell)
     return data
+
+
+def _inside_tls(kind: ProbeKind, info: ServiceInfo | None, data: bytes) -> Outcome:
+    """The outcome of a probe's TLS twin: what it names was found inside TLS."""
+    return Outcome(kind, replace(info, is_tls=True) if info else None, data, is_tls=True)
+
+
+async def _mqtt_exchange(ep: Endpoint, s: Settings, *, tls: bool) -> bytes:
+    # CONNACK, SUBACK, then the retained version PUBLISH: whole once parsed
+    return await _exchange(ep, s, mqtt_request(), tls=tls, cap=4096,
+                           is_complete=_has_mqtt_version, farewell=MQTT_DISCONNECT)
 
 
 async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
@@ -403,9 +418,7 @@ async def probe_mqtt(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 async def probe_mqtt_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     """MQTT over TLS (8883): the handshake, then the same exchange as ``probe_mqtt``."""
     data = await _mqtt_exchange(ep, s, tls=True)
-    info = parse_mqtt(data)
-    return Outcome(ProbeKind.MQTT_TLS, replace(info, is_tls=True) if info else None, data,
-                   is_tls=True)
+    return _inside_tls(ProbeKind.MQTT_TLS, parse_mqtt(data), data)
 
 
 def _has_mqtt_version(data: bytes) -> bool:
@@ -450,15 +463,8 @@ async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 
 
 async def _kafka_exchange(ep: Endpoint, s: Settings, *, tls: bool) -> bytes:
-    started = time.monotonic()
-    async with _connect(ep, s.probe_timeout, tls_client_context() if tls else None,
-                        ep.hostname or None) as (reader, writer):
-        writer.write(kafka_api_versions_request())
-        await writer.drain()
-        # one timeout for connect and exchange, as MQTT's: a handshake never doubles it
-        left = max(0.05, s.probe_timeout - (time.monotonic() - started))
-        return await read_bounded(reader, timeout=left, cap=KAFKA_FRAME_CAP + 4, idle=0.3,
-                                  is_complete=is_whole_kafka_frame)
+    return await _exchange(ep, s, kafka_api_versions_request(), tls=tls,
+                           cap=KAFKA_FRAME_CAP + 4, is_complete=is_whole_kafka_frame)
 
 
 async def probe_kafka(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
@@ -469,9 +475,7 @@ async def probe_kafka(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 async def probe_kafka_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     """Kafka's SSL listener: the handshake, then the same ApiVersions exchange."""
     data = await _kafka_exchange(ep, s, tls=True)
-    info = parse_kafka_api_versions(data)
-    return Outcome(ProbeKind.KAFKA_TLS, replace(info, is_tls=True) if info else None, data,
-                   is_tls=True)
+    return _inside_tls(ProbeKind.KAFKA_TLS, parse_kafka_api_versions(data), data)
 
 
 def _is_whole_netbios_message(data: bytes) -> bool:
