@@ -281,6 +281,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         parse_listen,
         parse_trusted_proxies,
     )
+    from stream_processors.collector import settle_worker
     from stream_processors.sink import StoreSink
     from stream_processors.transports.faust_agents import make_stage
     from stream_processors.transports.faust_app import build_sink_app, build_stages_app
@@ -344,6 +345,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
         web = (web_app(db, listen[0], token, allowed_hosts=allowed,
                        cookie_secure=cookie_secure, trusted_proxies=proxies), *listen)
+    # Start-up is done: its objects frozen out of the collector's walks, full collections
+    # rarer (the records in flight are many and acyclic: stream_processors/collector.py).
+    settle_worker()
     try:
         advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
         asyncio.run(_serve(apps, sink, role, web, token, advert_path))

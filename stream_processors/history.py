@@ -18,10 +18,8 @@ nothing and yields no events: history is computed forward only.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -54,6 +52,7 @@ from stream_processors.changes import (
     parse_not_after,
     snapshot_of,
 )
+from stream_processors.collector import collector_paused
 from stream_processors.store import Store
 
 log = logging.getLogger(__name__)
@@ -262,30 +261,6 @@ def write_rows(store: Store, rows: _Rows) -> None:
 
 
 # -- the recorder both transports use ---------------------------------------------------------
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while the recorder snapshots findings or
-    compares a batch of hosts, back on after (if it was on).
-
-    Why: a batch allocates a few container objects per finding and per host (snapshots,
-    their tuples, views, rows); nearly all are acyclic, freed by reference counting, and
-    live until the batch ends, so every full collection their allocation triggers walks
-    all of them again, to free nothing. That was 30-45 % of a day's change computation
-    at 100,000 hosts (BENCHMARKS.md, "eighth session"). While it is off, the tasks the
-    event loop runs during the store's awaits make their cycles as usual; the first
-    collection after it finds them. Process-wide: of overlapping calls, the one that
-    turned it off turns it back on when it ends (the others only lose the saving from
-    then), so it is never left off."""
-    if not gc.isenabled():
-        yield  # off already (by an outer call, or by the process): not ours to turn on
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The change recorder pauses Python's cyclic garbage collector while it snapshots findings
-and compares a batch (``history.collector_paused``: its allocations are acyclic and live
+and compares a batch (``collector.collector_paused``: its allocations are acyclic and live
 until the batch ends, so the collections they trigger only walk them again), and always
 turns it back on. Real chdb store; re-probes go to loopback ports where nothing listens."""
 
