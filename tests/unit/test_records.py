@@ -13,6 +13,7 @@ import pytest
 
 from schemas import REPORTS, data_path, ddl_statements, report_parameters, report_sql
 from schemas.records import (
+    NO_TLS,
     SCHEMA_VERSION,
     CdnVerdict,
     Certificate,
@@ -153,6 +154,25 @@ def test_a_finding_built_without_its_parts_gets_empty_ones_that_nothing_can_chan
     # and a decoded finding without them gets the same empty parts
     decoded = Finding.from_json(a.to_json())
     assert (decoded.service, decoded.tls, decoded.cdn) == (a.service, a.tls, a.cdn)
+
+
+def test_a_finding_leaves_its_empty_parts_off_the_wire_and_reads_back_the_shared_ones() -> None:
+    # Given a finding with nothing learnt about TLS or a CDN (most findings), its wire
+    # form carries neither part, and both the fast and the lenient decoder give back the
+    # shared empty records, not a fresh copy per finding
+    found = Finding(port=PORT, service=SERVICE, risk_color=RiskColor.GREEN)
+    wire = json.loads(found.to_json())
+    assert set(wire) == {"v", "port", "service", "risk_color", "risk_reason"}
+    for back in (Finding.from_json(found.to_json()), Finding.from_dict(wire)):
+        assert back == found
+        assert back.tls == TlsResult() and back.cdn == CdnVerdict()
+    assert Finding.from_json(found.to_json()).tls is NO_TLS
+    # An empty part built afresh (equal, not the shared one) is left off as well, and a
+    # part that says something is kept
+    assert found.to_json() == found.with_(tls=TlsResult(), cdn=CdnVerdict()).to_json()
+    probed = found.with_(tls=TlsResult(status=ProbeStatus.ERROR, error="timed out"))
+    assert json.loads(probed.to_json())["tls"]["status"] == "error"
+    assert Finding.from_json(probed.to_json()) == probed
 
 
 @pytest.mark.parametrize(
