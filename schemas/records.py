@@ -644,7 +644,7 @@ class Finding(Record):
         ``NO_CDN``), so the record reads back equal. Most findings were never TLS-probed
         and matched no CDN: their wire form is 36 % shorter, and the sink decodes it in
         half the time, without building an empty ``TlsResult`` and ``CdnVerdict`` per
-        finding (4.6 against 9.1 us; BENCHMARKS.md, "eleventh session")."""
+        finding (4.5 against 9.6 us; BENCHMARKS.md, "eleventh session")."""
         body: dict[str, Any] = {"port": self.port}
         service, tls, cdn = self.service, self.tls, self.cdn
         if service is not NO_SERVICE and service != NO_SERVICE:

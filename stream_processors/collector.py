@@ -53,8 +53,8 @@ def collector_paused() -> Iterator[None]:
 
 def settle_worker() -> tuple[int, int, int]:
     """The collector's policy for a stream-processor worker, applied once its apps are
-    built and before it consumes: what start-up made (modules, Faust's apps, nmap's
-    service table) is collected once and then frozen, out of every later collection's
+    built and before it consumes: what start-up made (modules, Faust's apps, the stage
+    context) is collected once and then frozen, out of every later collection's
     walk (``gc.freeze``: it lives as long as the process anyway), and full collections
     run ``WORKER_FULL_EVERY`` times rarer. Returns the thresholds it set."""
     gc.collect()
