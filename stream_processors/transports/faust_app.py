@@ -78,7 +78,8 @@ def _broker_url(bootstrap: str) -> str:
 def make_app(options: PipelineOptions, role: str) -> faust.App:
     # Faust creates its data directory even with in-memory tables; its default is
     # "<app id>-data" in the working directory, which littered checkouts and would fail
-    # in a container with a read-only working directory. Nothing in it outlives a run.
+    # in a container with a read-only working directory. Nothing in it outlives a run:
+    # run_apps removes it when the apps stop.
     datadir = Path(tempfile.gettempdir()) / "portwatch-faust" / options.app_id(role)
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return faust.App(
@@ -182,6 +183,22 @@ async def run_apps(apps: list[faust.App], stop: asyncio.Event) -> None:
         for app in reversed(started):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(app.stop(), 30)
+        for app in apps:
+            remove_empty_tree(Path(app.conf.datadir))
+
+
+def remove_empty_tree(root: Path) -> None:
+    """Remove ``root`` and the directories under it, if none holds a file: the skeleton
+    Faust makes for in-memory tables (``v1/tables``), left by every stopped worker (each
+    test and bench run names its apps anew). Anything that holds a file stays, as do
+    directories another worker of the same app is using at that moment."""
+    if not root.is_dir():
+        return
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only empty directories: a file anywhere keeps its parents
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 async def _crash_of(app: faust.App) -> BaseException | None:
@@ -196,4 +213,4 @@ async def _crash_of(app: faust.App) -> BaseException | None:
 
 
 __all__ = ["ROLES", "PipelineOptions", "build_sink_app", "build_stages_app", "make_app",
-           "raw_topic", "run_apps", "sender"]
+           "raw_topic", "remove_empty_tree", "run_apps", "sender"]

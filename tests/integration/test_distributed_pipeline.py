@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -401,11 +402,16 @@ def test_udp_ports_travel_the_pipeline_as_udp_shards(kafka_bootstrap: str,
     # Given a UDP service on loopback that answers any datagram
     with loopback.udp_responder() as udp_port, pipeline_of(kafka_bootstrap, tmp_path) as pipe:
         sink = pipe.process()
+        faust_dirs = [Path(tempfile.gettempdir()) / "portwatch-faust" / f"{pipe.prefix}{app}"
+                      for app in ("portwatch-stages", "portwatch-sink")]
         discover = pipe.discover()
         # When produce publishes one TCP port and that UDP port
         summary = pipe.produce("127.0.0.1", "--ports", "1", "--udp", str(udp_port))
+        assert all(d.is_dir() for d in faust_dirs)  # Faust's skeleton, while it runs
         pipe.stop(discover)
         pipe.stop(sink)
+        # (and the stopped worker left no empty data directories behind)
+        assert [d for d in faust_dirs if d.exists()] == []
         rows = json.loads(run_cli("report", "list", "--format", "json",
                                   store=pipe.store).stdout)
     # Then one TCP shard and one UDP shard went through, and the UDP port is stored open

@@ -332,3 +332,24 @@ def test_a_finding_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
     envelope = json.loads(dead.messages[0][1])
     assert envelope["reason"].startswith("finding of 2,000,")
     assert envelope["offset"] == 7 and stats.poison == 1
+
+
+def test_a_stopped_workers_empty_data_directory_is_removed_and_a_file_keeps_its_own(
+        tmp_path: Path) -> None:
+    from stream_processors.transports.faust_app import remove_empty_tree
+
+    # Given Faust's skeleton for in-memory tables, and another app's directory holding a file
+    empty = tmp_path / "t1.portwatch-sink"
+    (empty / "v1" / "tables").mkdir(parents=True)
+    kept = tmp_path / "t2.portwatch-sink"
+    (kept / "v1" / "tables").mkdir(parents=True)
+    (kept / "v1" / "tables" / "state.db").write_bytes(b"x")
+    (kept / "v1" / "spare").mkdir()
+    # When each is removed as a stopped worker does
+    remove_empty_tree(empty)
+    remove_empty_tree(kept)
+    remove_empty_tree(tmp_path / "never-made")  # nothing there: nothing happens
+    # Then the skeleton is gone, and the file with every directory above it stays
+    assert not empty.exists()
+    assert (kept / "v1" / "tables" / "state.db").read_bytes() == b"x"
+    assert not (kept / "v1" / "spare").exists()
