@@ -567,12 +567,11 @@ AFTER_NMAP: dict[str, ProbeKind] = {"mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AM
                                     "microsoft-ds": ProbeKind.SMB}
 # ... and the one to send instead when that service was found inside TLS
 INSIDE_TLS: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT: ProbeKind.MQTT_TLS}
-# A TLS probe planned first by a port hint, then its plaintext twin (nmap's mqtt probe
-# is sent in clear to 1883 only: a broker without TLS on 8883 would go unnamed)
-PLAIN_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT_TLS: ProbeKind.MQTT}
-# ... and a plaintext probe planned first, then its TLS twin (Kafka's second listener,
-# 9093/9094, is often its SSL one)
-TLS_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.KAFKA: ProbeKind.KAFKA_TLS}
+# A probe planned first by a port hint, then its twin across TLS: MQTT's secure port may
+# be a plaintext broker (nmap's mqtt probe is sent in clear to 1883 only, so it would go
+# unnamed), and Kafka's second listener (9093/9094) is often its SSL one
+TWIN_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT_TLS: ProbeKind.MQTT,
+                                          ProbeKind.KAFKA: ProbeKind.KAFKA_TLS}
 STOP_CONFIDENCE = 8
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
@@ -597,11 +596,9 @@ def plan(port: int) -> tuple[ProbeKind, ...]:
     elif port in HTTP_PORTS:
         first = (ProbeKind.HTTP_GET,)
     elif PORT_HINTS.get(port, "") in HINT_FIRST:
-        first = (HINT_FIRST[PORT_HINTS[port]],)
-        if first[0] in PLAIN_AFTER:  # the secure port of a plaintext broker: worth naming
-            first += (PLAIN_AFTER[first[0]],)
-        elif first[0] in TLS_AFTER:  # a broker's port that may be its SSL listener
-            first += (TLS_AFTER[first[0]],)
+        hinted = HINT_FIRST[PORT_HINTS[port]]
+        twin = TWIN_AFTER.get(hinted)
+        first = (hinted,) if twin is None else (hinted, twin)
     return first + tuple(k for k in DEFAULT_ORDER if k not in first)
 
 

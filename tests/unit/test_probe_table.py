@@ -36,7 +36,7 @@ def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
     # Kubernetes' Status answer), or after nmap named the service without a product
     hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 8883, 5672, 445, 9092)}
     # (a hinted probe's twin, sent second: plaintext MQTT after TLS, Kafka's TLS after plain)
-    twins = set(engine.PLAIN_AFTER.values()) | set(engine.TLS_AFTER.values())
+    twins = set(engine.TWIN_AFTER.values())
     reachable = (set(DEFAULT_ORDER) | hinted | twins | set(FOLLOW_UP.values())
                  | set(engine.AFTER_NMAP.values()) | {ProbeKind.K8S_VERSION})
     assert reachable == set(ProbeKind)
