@@ -15,11 +15,18 @@ from typing import Any
 
 import click
 
-from portwatch.console import EXIT_USAGE, STORE_OPTION, fail, out_console, settings_from
+from portwatch.console import (
+    EXIT_USAGE,
+    STORE_OPTION,
+    fail,
+    filter_choice,
+    out_console,
+    settings_from,
+)
 from schemas.records import ChangeKind, Severity
 
 KIND_CHOICES = [k.value for k in ChangeKind]
-SEVERITY_CHOICES = ["", *(s.value for s in Severity)]
+SEVERITY_CHOICES = [s.value for s in Severity]
 
 
 def _open(url: str | None) -> Any:
@@ -47,13 +54,14 @@ def _when(value: str, flag: str) -> datetime:
 @click.option("--to", "to", default="", metavar="WHEN", help="Only changes before this time.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES),
               help="Only this kind of change (repeat for several).")
-@click.option("--severity", default="", type=click.Choice(SEVERITY_CHOICES),
+@click.option("--severity", **filter_choice(*SEVERITY_CHOICES),
               help="Only changes at least this severe.")
 @click.option("--target", default="", help="Only this target (as written, address or "
               "hostname).")
 @click.option("--org", default="", help="Only this organization.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
-@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Only this port (0: any).")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               default="table", help="Output format.")
 @STORE_OPTION

@@ -84,6 +84,14 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def filter_choice(*values: str) -> dict[str, Any]:
+    """The type, default and callback of an optional filter among ``values``: its --help
+    lists only real values, and an absent flag reads as '' (no filter), as the report
+    SQL expects."""
+    return {"type": click.Choice(list(values)), "default": None,
+            "callback": lambda _ctx, _param, value: value or ""}
+
+
 STORE_OPTION = click.option(
     "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
     help="Where findings live: chdb:///path (embedded, default under your data dir) or "

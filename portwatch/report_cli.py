@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from portwatch.console import STORE_OPTION, out_console, settings_from
+from portwatch.console import STORE_OPTION, filter_choice, out_console, settings_from
 from schemas import REPORTS
 
 if TYPE_CHECKING:
@@ -37,14 +37,16 @@ def _target_option(ctx: click.Context, param: click.Parameter, value: str) -> st
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
 @click.option("--version", "product_version", default="",
               help="With --product: only this version (any case).")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Only this port.")
-@click.option("--color", type=click.Choice(["", "green", "yellow", "red"]), default="",
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Only this port (0: any).")
+@click.option("--color", **filter_choice("green", "yellow", "red"),
               help="Only ports (list) or targets (summary) with this risk colour.")
-@click.option("--prevalence", default="",
-              type=click.Choice(["", "very common", "somewhat common", "less common", "rare"]),
-              help="list: only ports in this prevalence bucket.")
+@click.option("--prevalence",
+              **filter_choice("very common", "somewhat common", "less common", "rare"),
+              help="list: only ports in this prevalence bucket (very common: more than "
+                   "3,000 instances; somewhat: 500-3,000; less: 50-500; rare: under 50).")
 @click.option("--history", is_flag=True, help="list: include ports not seen in the latest scan.")
-@click.option("--grade", default="", type=click.Choice(["", "weak", "medium", "strong"]),
+@click.option("--grade", **filter_choice("weak", "medium", "strong"),
               help="ciphers: only ports with this TLS grade.")
 @click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),

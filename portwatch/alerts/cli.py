@@ -29,6 +29,7 @@ from portwatch.console import (
     PortwatchError,
     err_console,
     fail,
+    filter_choice,
     out_console,
     settings_from,
 )
@@ -216,7 +217,7 @@ def alerts() -> None:
 
 
 @alerts.command("log")
-@click.option("--state", type=click.Choice(["", "pending", "sent", "failed"]), default="",
+@click.option("--state", **filter_choice("pending", "sent", "failed"),
               help="Only deliveries in this state.")
 @click.option("--rule", default="", help="Only this rule.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, help="At most this many.")
