@@ -126,7 +126,7 @@ def test_a_replayed_batch_of_hosts_reads_its_events_back_in_one_query_per_batch(
     real_query = store.query
 
     def counting(sql, parameters=None):  # type: ignore[no-untyped-def]
-        if "FROM changes FINAL" in sql:
+        if "FROM changes WHERE" in sql:
             replay_queries.append(sql)
         return real_query(sql, parameters)
 
