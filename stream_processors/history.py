@@ -164,8 +164,8 @@ def _port_state_sql(where: str, *, ranged: bool) -> str:
     """The latest row of each port matching ``where``. A key-range read merges its parts
     with FINAL. A read of bound names (the few hosts whose scan changed) keeps each port's
     newest row itself: FINAL would merge every granule those names touch, in every part,
-    which is most of the table (at 100,000 hosts x 90 days, 350 hosts: 98-103 ms with
-    FINAL, 44-57 ms so, the same rows; BENCHMARKS.md). Rows of one port with equal
+    which is most of the table (at 100,000 hosts x 90 days, 175-350 hosts: 98-103 ms
+    with FINAL, 44-57 ms so, the same rows; BENCHMARKS.md). Rows of one port with equal
     ``updated_at`` come from one scan's state, written again by a recomputation: equal."""
     columns = ", ".join(PORT_STATE_COLUMNS)
     if ranged:
@@ -233,7 +233,7 @@ def stored_events(store: Store, views: Sequence[HostScanView]) -> list[ChangeEve
                 # Each event once, without FINAL: the rows of one key are one event
                 # written again (same scan, same observed_at, same text). FINAL merged every
                 # part's granules the bound names touch: at 100,000 hosts x 90 days, 2,000
-                # hosts took 160-170 ms with it, 28 ms so (BENCHMARKS.md).
+                # hosts took 151-170 ms with it, 28 ms so (BENCHMARKS.md).
                 f"ORDER BY {_EVENT_KEY} LIMIT 1 BY {_EVENT_KEY}", {**params, "scans": scans}):
             target = targets.get((scan_id, t, ip))
             if target is None:
