@@ -93,7 +93,7 @@ def start_rabbitmq(host: str = "127.0.0.1", port: int | None = None) -> Iterator
     with servers._workdir("rabbitmq") as work:
         (work / "enabled_plugins").write_text("[].\n")
         (work / "rabbitmq.conf").write_text(f"listeners.tcp.default = {host}:{port}\n")
-        dist_port, epmd_port = servers.free_port(), servers.free_port()
+        dist_port, epmd_port = servers.free_ports(2)
         env = dict(os.environ, HOME=str(work), RABBITMQ_NODE_IP_ADDRESS=host,
                    RABBITMQ_NODE_PORT=str(port), RABBITMQ_DIST_PORT=str(dist_port),
                    RABBITMQ_NODENAME=f"pw{port}@localhost",

@@ -71,6 +71,21 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM
+               ) -> list[int]:
+    """``count`` distinct ports nobody listens on right now: all bound at once, then
+    released. Separate ``free_port`` calls can return the same port twice (the kernel
+    may hand a released port out again), which failed dovecot's start in CI with
+    "duplicate listener"."""
+    _check_loopback(host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(family, kind)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

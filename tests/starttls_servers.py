@@ -27,6 +27,7 @@ from tests.servers import (
     _chown_tree,
     _workdir,
     free_port,
+    free_ports,
     is_root,
     require_binary,
     run_server,
@@ -60,7 +61,7 @@ def start_dovecot(leaf: LeafFiles) -> Iterator[Server]:
     ``server.port`` is IMAP, ``server.extra`` holds ``pop3`` and ``sieve`` ports."""
     dovecot = require_binary("dovecot", "/usr/sbin/dovecot")
     _need_root("dovecot")
-    imap, pop3, sieve = free_port(HOST), free_port(HOST), free_port(HOST)
+    imap, pop3, sieve = free_ports(3, HOST)
     with _workdir("dovecot") as work:
         os.chmod(work, 0o755)  # login processes (dovenull) chroot below it
         certs = _copy_certs(leaf, work / "certs")
@@ -221,7 +222,7 @@ def start_prosody(leaf: LeafFiles) -> Iterator[Server]:
     """prosody (XMPP) with one VirtualHost "localhost", starttls offered on c2s
     (``server.port``) and s2s (``server.extra["s2s"]``)."""
     prosody = require_binary("prosody", "/usr/bin/prosody")
-    port, s2s = free_port(HOST), free_port(HOST)
+    port, s2s = free_ports(2, HOST)
     with _workdir("prosody") as work:
         os.chmod(work, 0o755)
         certs = _copy_certs(leaf, work / "certs")

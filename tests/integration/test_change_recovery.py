@@ -43,7 +43,7 @@ from stream_processors.history import (
     stored_snapshots,
 )
 from stream_processors.sink import StoreSink
-from tests.servers import free_port
+from tests.servers import free_port, free_ports
 
 T = Target(ip="127.0.0.1", target="127.0.0.1", organization="Org", asset="a-1")
 DAY1 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
@@ -73,7 +73,7 @@ def _store_scan(store, findings: list[Finding], scans: list[HostScan]) -> None: 
 
 
 def test_a_scan_stored_but_never_compared_gets_its_events_from_the_next_recorder(store) -> None:  # type: ignore[no-untyped-def]
-    kept, bumped, gone, new = (free_port() for _ in range(4))
+    kept, bumped, gone, new = free_ports(4)
     ports = [kept, bumped, gone, new]
     # Given day 1 stored and compared: three ports open
     day1 = [_finding("s1", p, DAY1) for p in (kept, bumped, gone)]
@@ -145,7 +145,7 @@ def test_a_replayed_batch_of_hosts_reads_its_events_back_in_one_query_per_batch(
 def test_a_later_shard_of_the_stored_scan_is_compared_not_replayed(store) -> None:  # type: ignore[no-untyped-def]
     from stream_processors.history import load_states
 
-    first_port, second_port = free_port(), free_port()
+    first_port, second_port = free_ports(2)
     # Given shard 0 of scan s1 compared: one port opened
     one = [_finding("s1", first_port, DAY2)]
     shard0 = _host_scan("s1", DAY2, 1, [first_port])
@@ -217,7 +217,7 @@ def test_the_sweep_leaves_a_backlog_the_sink_holds_to_its_hold(store) -> None:  
     # backlog host of the same age this sink has just stored whole and holds while it
     # settles (the sink's first flush raced its first batches: CI saw it once)
     orphan = Target(ip="127.0.0.2", target="127.0.0.2")
-    a, b, c = free_port(), free_port(), free_port()
+    a, b, c = free_ports(3)
     _store_scan(store, [_finding("s1", c, DAY2, target=orphan)],
                 [_host_scan("s1", DAY2, 1, [c], target=orphan)])
     stage = ChangeStage(store, settle=5, max_hold=600)
