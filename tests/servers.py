@@ -63,12 +63,9 @@ def is_root() -> bool:
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port nobody listens on right now (bind to 0 and release)."""
-    _check_loopback(host)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on right now (bind to 0 and release). For several ports
+    together, ``free_ports``: separate calls can return the same port twice."""
+    return free_ports(1, host, kind)[0]
 
 
 def free_ports(count: int, host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM

@@ -20,14 +20,10 @@ from schemas.records import PortRange
 
 try:
     from tests import netns
+    from tests.servers import free_port, free_ports
 except ModuleNotFoundError:  # pragma: no cover - tests/ not on sys.path
     import netns  # type: ignore[no-redef]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from servers import free_port, free_ports  # type: ignore[no-redef]
 
 
 def _connect_from(src_port: int, dst_port: int) -> None:
@@ -54,8 +50,7 @@ def test_tap_records_syn_acks_as_open_and_rsts_as_closed_for_its_port_only() -> 
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         open_port = server.getsockname()[1]
-        closed_port = _free_port()
-        tap_port, other_port = _free_port(), _free_port()
+        closed_port, tap_port, other_port = free_ports(3)
         opened: list[tuple[str, int]] = []
         tap = AnswerTap(
             "lo", "127.0.0.1", tap_port, ["127.0.0.1"],
@@ -87,7 +82,7 @@ def test_tap_records_syn_acks_as_open_and_rsts_as_closed_for_its_port_only() -> 
 
 def test_tap_ignores_answers_from_hosts_outside_the_shard() -> None:
     netns.require_root()
-    closed_port, tap_port = _free_port(), _free_port()
+    closed_port, tap_port = free_ports(2)
     with AnswerTap("lo", "127.0.0.1", tap_port, ["127.0.0.2"]) as tap:
         _connect_from(tap_port, closed_port)  # answered by 127.0.0.1, not 127.0.0.2
         deadline = time.monotonic() + 0.5
@@ -101,7 +96,7 @@ def test_tap_ignores_answers_from_hosts_outside_the_shard() -> None:
 
 def test_tap_drains_from_the_event_loop_and_close_is_idempotent() -> None:
     netns.require_root()
-    closed_port, tap_port = _free_port(), _free_port()
+    closed_port, tap_port = free_ports(2)
     tap = AnswerTap("lo", "127.0.0.1", tap_port, ["127.0.0.1"])
 
     async def run() -> int:
@@ -136,7 +131,7 @@ def _tcp(sport: int, dport: int, flags: int) -> bytes:
 
 def test_tap_survives_junk_frames_and_reads_answers_with_ip_options() -> None:
     netns.require_root()
-    tap_port = _free_port()
+    tap_port = free_port()
     with AnswerTap("lo", "127.0.0.1", tap_port, ["127.0.0.1"]) as tap, socket.socket(
         socket.AF_PACKET, socket.SOCK_RAW
     ) as raw:
