@@ -333,7 +333,7 @@ def page_timings(db, now: datetime, one: str) -> dict[str, float]:  # type: igno
             db, since=now - timedelta(days=7), limit=200),
         "Per-target: ports now": lambda: db.select(
             "ports", _history_sql("target_ports"), {"target": one, "ip": one}),
-        "Per-target: its events": lambda: changes_report(db, target=one),
+        "Per-target: its events": lambda: changes_report(db, host=one, host_ip=one),
         "Per-target: score after every scan": lambda: db.select(
             "history", _history_sql("target_scores"), {"target": one, "ip": one}),
     }

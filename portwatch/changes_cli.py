@@ -17,7 +17,9 @@ import click
 
 from portwatch.console import (
     EXIT_USAGE,
+    ORG_FILTER_OPTION,
     STORE_OPTION,
+    TARGET_FILTER_OPTION,
     fail,
     filter_choice,
     out_console,
@@ -56,9 +58,8 @@ def _when(value: str, flag: str) -> datetime:
               help="Only this kind of change (repeat for several).")
 @click.option("--severity", **filter_choice(*SEVERITY_CHOICES),
               help="Only changes at least this severe.")
-@click.option("--target", default="", help="Only this target (as written, address or "
-              "hostname).")
-@click.option("--org", default="", help="Only this organization.")
+@TARGET_FILTER_OPTION
+@ORG_FILTER_OPTION
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")
 @click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")

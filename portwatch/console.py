@@ -92,6 +92,24 @@ def filter_choice(*values: str) -> dict[str, Any]:
             "callback": lambda _ctx, _param, value: value or ""}
 
 
+def _target_filter(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from schemas.filters import normalize_target
+
+    try:
+        return normalize_target(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# The reports' --target (the four and `report changes`): what schemas/filters.py matches
+TARGET_FILTER_OPTION = click.option(
+    "--target", default="", callback=_target_filter,
+    help="Only this target: as written, hostname, asset name, address, address prefix "
+         "(198.18.) or CIDR block (198.18.0.0/15); any case.")
+
+ORG_FILTER_OPTION = click.option("--org", default="",
+                                 help="Only this organization (any case).")
+
 STORE_OPTION = click.option(
     "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
     help="Where findings live: chdb:///path (embedded, default under your data dir) or "
@@ -149,7 +167,9 @@ __all__ = [
     "EXIT_USAGE",
     "KAFKA_OPTION",
     "PREFIX_OPTION",
+    "ORG_FILTER_OPTION",
     "STORE_OPTION",
+    "TARGET_FILTER_OPTION",
     "PortwatchError",
     "err_console",
     "exit_code_for",

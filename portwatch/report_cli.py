@@ -12,28 +12,24 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from portwatch.console import STORE_OPTION, filter_choice, out_console, settings_from
+from portwatch.console import (
+    ORG_FILTER_OPTION,
+    STORE_OPTION,
+    TARGET_FILTER_OPTION,
+    filter_choice,
+    out_console,
+    settings_from,
+)
 from schemas import REPORTS
 
 if TYPE_CHECKING:
     from stream_processors.store import Report
 
 
-def _target_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from schemas.filters import normalize_target
-
-    try:
-        return normalize_target(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command()
 @click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
-@click.option("--target", default="", callback=_target_option,
-              help="Only this target: as written, hostname, asset name, address, address "
-                   "prefix (198.18.) or CIDR block (198.18.0.0/15); any case.")
-@click.option("--org", default="", help="Only this organization (any case).")
+@TARGET_FILTER_OPTION
+@ORG_FILTER_OPTION
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
 @click.option("--version", "product_version", default="",
               help="With --product: only this version (any case).")

@@ -58,7 +58,7 @@ def history_sql(name: str) -> str:
     """SQL of the change-history queries (schemas/history/*.sql), bound server-side."""
     if not re.fullmatch(r"[a-z_]+", name):
         raise KeyError(f"bad query name {name!r}")
-    return _read(f"history/{name}.sql")
+    return _expanded(_read(f"history/{name}.sql"))
 
 
 _PARAMETER = re.compile(r"\{(\w+):(\w+)\}")

@@ -38,14 +38,17 @@ CHANGES_REPORT_COLUMNS = (
 def changes_report(store: Store, *, since: datetime | None = None,
                    until: datetime | None = None, kinds: Sequence[str] = (),
                    severity: str = "", target: str = "", org: str = "", port: int = 0,
-                   limit: int = 0) -> Report:
-    """The What-changed report: newest first; ``severity`` is a minimum."""
+                   host: str = "", host_ip: str = "", limit: int = 0) -> Report:
+    """The What-changed report: newest first; ``severity`` is a minimum; ``target`` what
+    every report's --target matches (schemas/filters.py); ``host`` (and ``host_ip``): one
+    host's events exactly, read by the table's key (the per-target page)."""
     from schemas import history_sql
 
     params = {
         "since": since or EPOCH, "until": until or datetime(2200, 1, 1, tzinfo=UTC),
         "kinds": list(kinds), "min_severity": severity, "target": target, "org": org,
-        "port": port, "limit": limit if limit > 0 else 2**62,
+        "port": port, "host": host, "host_ip": host_ip,
+        "limit": limit if limit > 0 else 2**62,
     }
     return store.select("changes", history_sql("changes"), params)
 

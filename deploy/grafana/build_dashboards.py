@@ -94,14 +94,14 @@ ORDER BY time""")
 
 # Change history (stream_processors/changes.py): the changes table is one row per event
 # (FINAL merges a replayed scan's rows), so these read the change log, not the raw scans.
+# The same target and organization filters as every report (schemas/filters.py).
 CHANGE_FILTERS = """$__timeFilter(observed_at)
-  AND (${org:sqlstring} = '' OR organization = ${org:sqlstring})
-  AND (${target:sqlstring} = '' OR target = ${target:sqlstring} OR ip = ${target:sqlstring}
-       OR hostname = ${target:sqlstring})"""
+  AND (${org:sqlstring} = '' OR lower(c.organization) = lower(${org:sqlstring}))
+  AND """ + grafana_sql(target_predicate("c"))
 
 CHANGES_BY_KIND = """SELECT toStartOfDay(observed_at) AS time, toString(kind) AS kind,
        count() AS events
-FROM changes FINAL
+FROM changes AS c FINAL
 WHERE """ + CHANGE_FILTERS + """
 GROUP BY time, kind
 ORDER BY time, kind"""
@@ -109,7 +109,7 @@ ORDER BY time, kind"""
 NEW_RED_PORTS = """SELECT observed_at, target, ip, port, toString(proto) AS proto,
        toString(kind) AS kind, toString(service) AS service, after,
        toString(organization) AS organization, asset
-FROM changes FINAL
+FROM changes AS c FINAL
 WHERE kind IN ('opened', 'reopened') AND risk_color = 'red'
   AND """ + CHANGE_FILTERS + """
 ORDER BY observed_at DESC, target, ip, port

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Route
 
+from schemas.filters import normalize_target
 from schemas.records import ChangeKind, Severity
 
 if TYPE_CHECKING:
@@ -69,9 +70,12 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     port_text = _one(params, "port")
     if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
         raise BadParam("port: a number from 1 to 65535")
+    try:
+        target = normalize_target(_one(params, "target"))
+    except ValueError as exc:
+        raise BadParam(f"target: {exc}") from None
     return {"since": since, "period": period, "kinds": kinds, "severity": severity,
-            "target": _one(params, "target"), "org": _one(params, "org"),
-            "port": int(port_text or 0)}
+            "target": target, "org": _one(params, "org"), "port": int(port_text or 0)}
 
 
 Row = dict[str, Any]
@@ -122,7 +126,7 @@ def routes(web: WebApp) -> list[BaseRoute]:
                                   "summary")
         ports = store.select("ports", history_sql("target_ports"),
                              {"target": name, "ip": ip}).dicts()
-        events = changes_report(store, target=ip or name, limit=MAX_EVENTS).dicts()
+        events = changes_report(store, host=name, host_ip=ip, limit=MAX_EVENTS).dicts()
         scores = store.select("scores", history_sql("target_scores"),
                               {"target": name, "ip": ip}).dicts()
         return web.render("target.html", active="summary", page_title=f"Target {name}",

@@ -172,6 +172,14 @@ def test_panels_return_the_expected_values(db: Any) -> None:
     red = db.query(substitute(queries["New red ports"], "", ""))
     assert [(r[2], r[3], r[5]) for r in red] == [("127.0.0.1", 3306, "opened")]
     assert db.query(substitute(queries["New red ports"], "Other Org", "")) == []
+    # the change panels filter targets and organizations as the reports do (any case, asset
+    # names, prefixes, CIDR blocks): A is web-1 in 127.0.0.0/31, B is 127.0.0.2
+    for org, target in (("example corp", ""), ("", "WEB-1"), ("", "127.0.0.0/31"),
+                        ("", "127.0.0.1")):
+        by_kind = db.query(substitute(queries["Changes over time by kind"], org, target))
+        assert [(r[1], r[2]) for r in by_kind] == [("opened", 1)] * 3, (org, target)
+    by_kind = db.query(substitute(queries["Changes over time by kind"], "", "127.0."))
+    assert [r[2] for r in by_kind] == [1, 1, 2]
 
 
 @pytest.mark.parametrize("org", ["", "Example Corp"])

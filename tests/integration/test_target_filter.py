@@ -1,11 +1,12 @@
 """`--target` and the text filters: one predicate, the same answer in every report.
 
 Given a real chdb store with four hosts (a named one, a second loopback address, an IPv6
-one and one in 198.18.0.0/15), two organizations written in mixed case, when each report
-is asked with a target given as written, as hostname, asset name, address, address prefix
-or CIDR block, in any case, then every report keeps exactly the expected hosts; any text
-at all is safe for the SQL; a malformed CIDR is refused with its reason (CLI exit 2, API
-400) before it reaches the store.
+one and one in 198.18.0.0/15), one change event each, two organizations written in mixed
+case, when each report (the What-changed report too) is asked with a target given as
+written, as hostname, asset name, address, address prefix or CIDR block, in any case,
+then every report keeps exactly the expected hosts; any text at all is safe for the SQL;
+a malformed CIDR is refused with its reason (CLI exit 2, API and page 400) before it
+reaches the store.
 """
 
 from __future__ import annotations
@@ -20,20 +21,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from portwatch.web.history_pages import BadParam, parse_changes_query
 from portwatch.web.query import BadRequest, parse_query
 from portwatch.web.service import ReportService
-from schemas import REPORTS, report_sql
+from schemas import REPORTS, history_sql, report_sql
 from schemas.filters import normalize_target, target_predicate
 from schemas.records import (
+    ChangeEvent,
+    ChangeKind,
     Finding,
     HostScan,
     OpenPort,
     ProbeStatus,
     RiskColor,
     ServiceInfo,
+    Severity,
     Target,
     TlsResult,
 )
+from stream_processors.change_log import changes_report
+from stream_processors.history import CHANGE_COLUMNS, _event_row
 from tests.conftest import run_cli
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -48,7 +55,7 @@ HOSTS = {
 }
 SQL_FILES = {"schemas/reports/list.sql": "f", "schemas/reports/products.sql": "f",
              "schemas/reports/summary.sql": "scans", "schemas/reports/ciphers.sql": "owners",
-             "schemas/web/risk_history.sql": "scans"}
+             "schemas/web/risk_history.sql": "scans", "schemas/history/changes.sql": "c"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -78,12 +85,23 @@ def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
     findings, scans = _rows()
     store.insert_findings(findings)
     store.insert_host_scans(scans)
+    store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(e) for e in _events()])
     return store
+
+
+def _events() -> list[ChangeEvent]:
+    return [ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.LOW, target=target,
+                        scan_id=f"s-{name}", port=22, after="ssh OpenSSH 9.2p1 (green)",
+                        risk_color="green", service="ssh",
+                        observed_at=NOW - timedelta(hours=1))
+            for name, target in HOSTS.items()]
 
 
 def hosts_in(db: Any, report: str, **filters: Any) -> set[str]:
     """Which of HOSTS a report's rows are about (by address)."""
     by_ip = {t.ip: name for name, t in HOSTS.items()}
+    if report == "changes":  # the What-changed report: its own query, the same filters
+        return {by_ip[r["ip"]] for r in changes_report(db, **filters).dicts()}
     if report == "products":  # no address column: count the targets instead
         rows = db.report(report, filters).dicts()
         return {f"{r['targets']} targets" for r in rows}
@@ -105,7 +123,8 @@ def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str
     raw = (REPO / path).read_text(encoding="utf-8")
     assert raw.count(f"TARGET_MATCHES({alias})") == 1
     name = Path(path).stem
-    sql = report_sql(name) if "/reports/" in path else web_sql(name)
+    sql = (report_sql(name) if "/reports/" in path else
+           history_sql(name) if "/history/" in path else web_sql(name))
     assert _squash(target_predicate(alias)) in _squash(sql)
     # And the organization filter ignores case the same way
     assert f"lower({alias}.organization) = lower({{org:String}})" in sql
@@ -139,7 +158,7 @@ def test_every_report_with_a_target_filter_is_covered() -> None:
 ])
 def test_target_matches_name_hostname_asset_address_prefix_and_cidr(
         db: Any, target: str, expected: set[str]) -> None:
-    for report in ("list", "summary", "ciphers"):
+    for report in ("list", "summary", "ciphers", "changes"):
         assert hosts_in(db, report, target=target) == expected, report
     products = hosts_in(db, "products", target=target)
     assert products == ({f"{len(expected)} targets"} if expected else set())
@@ -156,7 +175,7 @@ def test_risk_history_uses_the_same_target_rule(db: Any) -> None:
 @pytest.mark.parametrize("org", ["Example Corp", "example corp", "EXAMPLE CORP"])
 def test_org_filter_ignores_case(db: Any, org: str) -> None:
     # "Example Corp" and "example corp" were written by two inventories: one organization
-    for report in ("list", "summary", "ciphers"):
+    for report in ("list", "summary", "ciphers", "changes"):
         assert hosts_in(db, report, org=org) == {"web", "v6"}, report
 
 
@@ -173,6 +192,7 @@ def test_any_target_text_is_safe_for_every_report(db: Any, text: str) -> None:
     for report in REPORTS:
         # Then the SQL answers (an invalid CIDR matches nothing rather than raising)
         db.report(report, {"target": text}, limit=5)
+    changes_report(db, target=text, limit=5)
 
 
 # -- refused before the store -----------------------------------------------------------------
@@ -192,7 +212,12 @@ def test_malformed_cidr_is_refused_by_the_api_and_the_cli(bad: str, tmp_path: Pa
     with pytest.raises(BadRequest) as refused:
         parse_query("list", [("target", bad)], is_api=True)
     assert str(refused.value) == message
-    result = run_cli("report", "list", "--target", bad, "--store", f"chdb://{tmp_path / 's'}")
-    assert result.code == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"portwatch: error: Invalid value for '--target': {message}")
+    with pytest.raises(BadParam) as refused_page:
+        parse_changes_query([("target", bad)])
+    assert str(refused_page.value) == f"target: {message}"
+    for report in ("list", "changes"):
+        result = run_cli("report", report, "--target", bad,
+                         "--store", f"chdb://{tmp_path / 's'}")
+        assert result.code == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"portwatch: error: Invalid value for '--target': {message}")

@@ -98,8 +98,20 @@ def test_changes_page_filters_and_escapes(web: Served) -> None:
     assert "<script>alert(1)" not in _page(web, "/changes")
 
 
+@pytest.mark.parametrize(("query", "events"), [
+    ("target=127.0.0.0/31", 3),     # a CIDR block: web-1's three events, not 127.0.0.2's
+    ("target=WEB-1", 3),            # the asset name, any case
+    ("target=127.0.0.", 4),         # an address prefix
+    ("target=127.0.0.2&org=other+org", 1),
+    ("target=198.18.0.0/15", 0),
+])
+def test_changes_page_target_filter_is_the_reports_one(web: Served, query: str,
+                                                        events: int) -> None:
+    assert f"{events} event(s)" in _page(web, f"/changes?{query}")
+
+
 @pytest.mark.parametrize("query", ["kind=nope", "since=forever", "port=70000", "severity=x",
-                                   "bogus=1", "target=a%00b"])
+                                   "bogus=1", "target=a%00b", "target=10.0.0.0/99"])
 def test_changes_page_bad_filter_is_400(web: Served, query: str) -> None:
     status, _headers, body = web.get(f"/changes?{query}")
     assert status == 400 and "Traceback" not in body
