@@ -113,7 +113,7 @@ def _report_through_holder(path: str, name: str, filters: dict[str, object],
 
 @click.command("settings")
 def show_settings() -> None:
-    """List every setting with its environment variable, default and why.
+    """List every setting with its environment variable, default, range and why.
 
     Flags of the commands override these; the environment overrides the defaults.
     """
@@ -126,7 +126,9 @@ def show_settings() -> None:
         if groups[name] != current:
             current = groups[name]
             out.print(Text(f"[{current}]", style="bold"))
-        out.print(Text(f"  {name:22} {env:34} default {default!r}: {why}"))
+        bounds = Settings.range_of(name)
+        out.print(Text(f"  {name:22} {env:34} default {default!r}"
+                       + (f" ({bounds})" if bounds else "") + f": {why}"))
 
 
 __all__ = ["report", "show_settings"]

@@ -196,6 +196,21 @@ class Settings:
                                 f"{TCP_CHOICES[-1]}, not {self.engine!r}")
 
     @classmethod
+    def range_of(cls, name: str) -> str:
+        """The range ``validate`` holds a setting to, in words ('' when it has none), for
+        ``portwatch settings``."""
+        if name not in BOUNDS:
+            return ""
+        low, high, unit = BOUNDS[name]
+        suffix = f" {unit}" if unit else ""
+        default = {f.name: f.default for f in fields(cls)}[name]
+        if isinstance(default, float) and low == 0:
+            return f"above 0, at most {high:,g}{suffix}"  # a wait of 0 s is no wait
+        if high >= UNBOUNDED:
+            return f"at least {low:,g}{suffix}"
+        return f"{low:,g} to {high:,g}{suffix}"
+
+    @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         """(name, environment variable, default, why) for every setting, in order."""
         return [(f.name, cls.env_name(f.name), f.default, f.metadata["why"])

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pytest
 
-from portwatch.settings import Settings, SettingsError
+from portwatch.settings import BOUNDS, Settings, SettingsError
 
 ENV_VARS = [Settings.env_name(f.name) for f in fields(Settings)]
 
@@ -132,3 +132,45 @@ def test_settings_are_immutable() -> None:
     settings = Settings.from_env()
     with pytest.raises(AttributeError):
         settings.concurrency = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("concurrency", "1 to 100,000"),
+    ("timeout", "above 0, at most 3,600 s"),
+    ("retries", "0 to 10"),
+    ("commit_interval", "0.1 to 60 s"),
+    ("ports", ""),  # a port spec: checked by its parser, not by a range
+])
+def test_range_of_says_the_range_validate_holds(name: str, words: str) -> None:
+    assert Settings.range_of(name) == words
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_every_bounded_setting_is_held_to_the_range_it_shows(name: str) -> None:
+    # Given the range `portwatch settings` shows for the setting
+    low, high, _unit = BOUNDS[name]
+    kind = type(getattr(Settings(), name))
+    shown = Settings.range_of(name)
+    # Then its ends are what validate accepts, and just outside them is refused
+    Settings(**{name: kind(high)}).validate()
+    if shown.startswith("above 0"):
+        with pytest.raises(SettingsError):
+            Settings(**{name: kind(0)}).validate()
+    else:
+        assert shown.startswith(f"{low:,g} to ")
+        Settings(**{name: kind(low)}).validate()
+        with pytest.raises(SettingsError):
+            Settings(**{name: kind(low) - (1 if kind is int else 0.01)}).validate()
+    with pytest.raises(SettingsError):
+        Settings(**{name: kind(high) + 1}).validate()
+
+
+def test_portwatch_settings_prints_each_range() -> None:
+    from click.testing import CliRunner
+
+    from portwatch.cli import cli
+
+    result = CliRunner().invoke(cli, ["settings"])
+    assert result.exit_code == 0
+    line = next(ln for ln in result.output.splitlines() if "PORTWATCH_CONCURRENCY" in ln)
+    assert "default 2000 (1 to 100,000): connect engine" in line
