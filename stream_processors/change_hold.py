@@ -24,7 +24,8 @@ them, rebuilds their snapshots from the stored rows and computes their events
 sink itself holds, or is storing (``HostHold.storing``: a batch's rows are in the store
 an instant before its hosts are in the hold): a backlog of old scans is stored and not yet
 compared while its findings are still arriving, and is the hold's to release. A shard of
-a host arriving after the host was released is recomputed as a replay (no new events).
+a host arriving after the host was released is compared on its own if it finished later
+than what was compared (``history._is_replay``), else read back as a replay (no new events).
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ open-port list survives only because a target retransmits an unanswered SYN-ACK
 silent ones, as nmap does, instead of re-sending the whole range: a directly
 attached host that RSTs every closed port then needs one pass, and a firewalled
 host (everything silent) gets the full second pass it needs. So portwatch reads
-the answers itself: a socket with a 64 MiB buffer, a BPF program that drops
-everything but IPv4 TCP to (adapter IP, source port) in the kernel, drained from
-the event loop in batches. A spoofed or stray answer can only mark a port as
-answered (it is then not retried) or report an open port that the connect
-confirm pass rejects; nothing is trusted as a finding without that confirm.
+the answers itself: a memory-mapped TPACKET_V3 ring of 4-64 MiB (``ring_size``),
+a BPF program that drops everything but IPv4 TCP to (adapter IP, source port) in
+the kernel, drained from the event loop in batches. A spoofed or stray answer can
+only mark a port as answered (it is then not retried) or report an open port that
+the connect confirm pass rejects; nothing is trusted as a finding without that confirm.
 """
 
 from __future__ import annotations
