@@ -295,11 +295,15 @@ class WebApp:
         })
 
     def api_index(self, request: Request) -> JSONResponse:
-        return JSONResponse({"reports": {
-            name: {"path": f"/api/v1/{name}", "filters": list(filter_names(name)),
-                   "sort": list(LIST_SORTS) if name == "list" else [],
-                   "paging": ["page", "per_page"]}
-            for name in REPORTS}})
+        reports = {name: {"path": f"/api/v1/{name}", "filters": list(filter_names(name)),
+                          "sort": list(LIST_SORTS) if name == "list" else [],
+                          "paging": ["page", "per_page"]}
+                   for name in REPORTS}
+        # the What-changed report: newest first, at most `limit` events (no pages)
+        reports["changes"] = {"path": "/api/v1/changes",
+                              "filters": ["since", "kind", "severity", "target", "org", "port"],
+                              "sort": [], "paging": ["limit"]}
+        return JSONResponse({"reports": reports})
 
     def summary_chart_data(self, request: Request) -> JSONResponse:
         try:
@@ -353,6 +357,7 @@ def create_app(service: ReportService, *, token: str = "",
     routes += [
         Route("/api/v1", web.api_index, methods=["GET", "HEAD"]),
         Route("/api/v1/summary/charts", web.summary_chart_data, methods=["GET", "HEAD"]),
+        history_pages.api_route(web),  # /api/v1/changes, ahead of the reports' catch-all
         Route("/api/v1/{report}", web.api, methods=["GET", "HEAD"]),
         download_route(service),  # portwatch/web/downloads.py: the page's rows as CSV/JSON
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

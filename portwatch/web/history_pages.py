@@ -1,9 +1,10 @@
 """Web pages of the change history: the Changes timeline and the per-target page.
 
 Owns: ``/changes`` (events grouped by day and kind, with filters, each event linking into
-the List) and ``/target`` (one target's ports now, its events, and its risk score after
-every scan), their query-string validation (a bad value is a 400 with the reason) and
-their routes. The SQL is ``stream_processors/history.py`` and ``schemas/history/*.sql``.
+the List), ``/api/v1/changes`` (the same events as JSON) and ``/target`` (one target's
+ports now, its events, and its risk score after every scan), their query-string
+validation (a bad value is a 400 with the reason) and their routes. The SQL is
+``stream_processors/change_log.py`` and ``schemas/history/*.sql``.
 
 Must not write to the store or reach any network. Values from the network are escaped by
 the shared Jinja environment (autoescape on).
@@ -16,7 +17,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from schemas.filters import normalize_target
@@ -24,10 +25,12 @@ from schemas.records import ChangeKind, Severity
 
 if TYPE_CHECKING:
     from portwatch.web.app import WebApp
+    from stream_processors.store import Store
 
 KINDS = tuple(k.value for k in ChangeKind)
 SEVERITIES = tuple(s.value for s in Severity)
-MAX_EVENTS = 1000  # rows a page shows; the CLI/JSON report has no such cap
+MAX_EVENTS = 1000  # rows a page shows (and the API by default); the CLI has no such cap
+API_LIMIT = 10_000  # rows one /api/v1/changes answer holds at most
 TEXT_CAP = 200  # characters of a filter value accepted
 
 
@@ -92,6 +95,57 @@ def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
             for day, kinds in sorted(days.items(), reverse=True)]
 
 
+def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
+    """Query string of /api/v1/changes -> the page's filters and ``limit`` (rows at most,
+    1 to ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
+    limits = [value for key, value in items if key == "limit"]
+    f = parse_changes_query([(key, value) for key, value in items if key != "limit"])
+    if len(limits) > 1:
+        raise BadParam("limit: give it once")
+    text = limits[0].strip() if limits else ""
+    if text and (not text.isdigit() or not 0 < int(text) <= API_LIMIT):
+        raise BadParam(f"limit: a number from 1 to {API_LIMIT:,}")
+    return f, int(text or MAX_EVENTS)
+
+
+def _events(store: Store, f: Mapping[str, Any], limit: int) -> list[Row]:
+    """The events the filters select, newest first: the Changes page's and the API's."""
+    from stream_processors.change_log import changes_report
+
+    since = datetime.now(UTC) - f["period"]
+    return changes_report(store, since=since, kinds=f["kinds"], severity=f["severity"],
+                          target=f["target"], org=f["org"], port=f["port"],
+                          limit=limit).dicts()
+
+
+def api_route(web: WebApp) -> Route:
+    """``/api/v1/changes``: the Changes page's events as JSON (the keys of ``portwatch
+    report changes -f json``), for what polls portwatch (a SIEM, a script). Ahead of the
+    reports' ``/api/v1/{report}`` in the app's routes."""
+    store = web.service.store
+
+    def api_changes(request: Request) -> JSONResponse:
+        from portwatch.web.app import jsonable
+        from stream_processors.change_log import CHANGES_REPORT_COLUMNS
+
+        try:
+            f, limit = parse_changes_api_query(request.query_params.multi_items())
+        except BadParam as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        rows = _events(store, f, limit + 1)  # one more: tells a capped answer
+        return JSONResponse({
+            "report": "changes",
+            "filters": {"since": f["since"], "kind": f["kinds"], "severity": f["severity"],
+                        "target": f["target"], "org": f["org"], "port": f["port"]},
+            "limit": limit, "capped": len(rows) > limit, "count": min(len(rows), limit),
+            "columns": list(CHANGES_REPORT_COLUMNS),
+            "rows": [{c: jsonable(c, row[c]) for c in CHANGES_REPORT_COLUMNS}
+                     for row in rows[:limit]],
+        })
+
+    return Route("/api/v1/changes", api_changes, methods=["GET", "HEAD"])
+
+
 def routes(web: WebApp) -> list[BaseRoute]:
     from stream_processors.change_log import changes_report
 
@@ -102,10 +156,7 @@ def routes(web: WebApp) -> list[BaseRoute]:
             f = parse_changes_query(request.query_params.multi_items())
         except BadParam as exc:
             return web.error_page(400, str(exc), "changes")
-        since = datetime.now(UTC) - f["period"]
-        rows = changes_report(store, since=since, kinds=f["kinds"], severity=f["severity"],
-                              target=f["target"], org=f["org"], port=f["port"],
-                              limit=MAX_EVENTS).dicts()
+        rows = _events(store, f, MAX_EVENTS)
         return web.render("changes.html", active="changes", page_title="Changes", f=f,
                           groups=timeline(rows), total=len(rows), capped=len(rows) >= MAX_EVENTS,
                           kinds=KINDS, severities=SEVERITIES,

@@ -117,6 +117,37 @@ def test_changes_page_bad_filter_is_400(web: Served, query: str) -> None:
     assert status == 400 and "Traceback" not in body
 
 
+def test_changes_api_answers_the_page_s_events_as_json(web: Served) -> None:
+    from stream_processors.change_log import CHANGES_REPORT_COLUMNS
+
+    data = web.api("/api/v1/changes")
+    assert (data["count"], data["capped"], data["limit"]) == (4, False, 1000)
+    assert data["columns"] == list(CHANGES_REPORT_COLUMNS)
+    # newest first, each row with the keys of `portwatch report changes -f json`
+    assert [tuple(r) for r in data["rows"]] == [tuple(CHANGES_REPORT_COLUMNS)] * 4
+    assert data["rows"][-1]["observed_at"] == (NOW - timedelta(days=1)).isoformat().replace(
+        "+00:00", "Z")
+    red = web.api("/api/v1/changes?kind=opened&severity=high&target=127.0.0.0/31")
+    assert [(r["kind"], r["port"], r["severity"], r["after"].split()[0]) for r in red["rows"]] \
+        == [("opened", 6379, "high", "redis")]
+    assert red["filters"] == {"since": "7d", "kind": ["opened"], "severity": "high",
+                              "target": "127.0.0.0/31", "org": "", "port": 0}
+    two = web.api("/api/v1/changes?limit=2")
+    assert (two["count"], two["capped"], len(two["rows"])) == (2, True, 2)
+    assert web.api("/api/v1")["reports"]["changes"]["path"] == "/api/v1/changes"
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=10001", "limit=x", "limit=1&limit=2",
+                                   "kind=nope", "target=10.0.0.0/99", "bogus=1"])
+def test_changes_api_bad_query_is_a_json_400(web: Served, query: str) -> None:
+    import json
+
+    status, headers, body = web.get(f"/api/v1/changes?{query}")
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"].split(":")[0] in {"limit", "kind", "target",
+                                                      "unknown filter bogus"}
+
+
 def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
     body = _page(web, "/target?target=127.0.0.1&ip=127.0.0.1")
     assert "Ports now (2)" in body
