@@ -13,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from rich.console import Console
@@ -105,8 +105,28 @@ def cell_text(report: str, column: str, value: Any) -> str:
     return sanitize_text("" if plain is None else str(plain))
 
 
+def jsonable(column: str, value: Any) -> Any:
+    """A report value as JSON, one shape for ``--format json``, the downloads and the API:
+    times ISO 8601 in UTC (``2026-12-01T08:00:00Z``), objects for port and suite tuples."""
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if column == "ports" and isinstance(value, list | tuple):
+        return [{"port": p[0], "proto": p[1], "color": p[2], "is_cdn_expected": bool(p[3])}
+                for p in value]
+    if column == "suites" and isinstance(value, list | tuple):
+        keys = ("tls_version", "iana_name", "openssl_name", "strength", "reason",
+                "kex_group", "kex_bits", "preference")
+        return [dict(zip(keys, s, strict=False)) for s in value]
+    if isinstance(value, list | tuple):
+        return [jsonable(column, v) for v in value]
+    return value
+
+
 def to_json(report: Report) -> str:
-    rows = [{k: _plain(v) for k, v in row.items()} for row in report.dicts()]
+    rows = [{k: jsonable(k, v) for k, v in row.items()} for row in report.dicts()]
     return json.dumps(rows, indent=2, ensure_ascii=True)
 
 

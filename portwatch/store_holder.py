@@ -42,7 +42,7 @@ MAX_PAGES = 1000  # a million rows: beyond that, a report belongs on a server st
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 TIMEOUT_SECONDS = 60.0
 _ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
-# API objects back to the tuples the renderer reads (portwatch.web.app.jsonable's keys).
+# API objects back to the tuples the renderer reads (portwatch.render.jsonable's keys).
 _PORT_KEYS = ("port", "proto", "color", "is_cdn_expected")
 _SUITE_KEYS = ("tls_version", "iana_name", "openssl_name", "strength", "reason", "kex_group",
                "kex_bits", "preference")

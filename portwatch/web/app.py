@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -34,6 +34,7 @@ from starlette.responses import Response as StarletteResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from portwatch.render import jsonable
 from portwatch.web import charts, history_pages
 from portwatch.web.query import (
     COLORS,
@@ -81,25 +82,6 @@ STATIC_DIR = Path(str(resources.files("portwatch.web").joinpath("static")))
 
 
 # -- values for people and programs ---------------------------------------------------
-
-
-def jsonable(column: str, value: Any) -> Any:
-    """A report value as JSON: ISO times, objects for port and suite tuples."""
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if column == "ports" and isinstance(value, list | tuple):
-        return [{"port": p[0], "proto": p[1], "color": p[2], "is_cdn_expected": bool(p[3])}
-                for p in value]
-    if column == "suites" and isinstance(value, list | tuple):
-        keys = ("tls_version", "iana_name", "openssl_name", "strength", "reason",
-                "kex_group", "kex_bits", "preference")
-        return [dict(zip(keys, s, strict=False)) for s in value]
-    if isinstance(value, list | tuple):
-        return [jsonable(column, v) for v in value]
-    return value
 
 
 def when(value: Any) -> str:

@@ -125,7 +125,7 @@ def api_route(web: WebApp) -> Route:
     store = web.service.store
 
     def api_changes(request: Request) -> JSONResponse:
-        from portwatch.web.app import jsonable
+        from portwatch.render import jsonable
         from stream_processors.change_log import CHANGES_REPORT_COLUMNS
 
         try:

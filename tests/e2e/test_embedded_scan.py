@@ -197,7 +197,7 @@ def test_ciphers_report_shows_the_tls_port(services: Services, scanned: dict) ->
     assert row["cert_trust_error"] == "self-signed"
     # Python's ssl server with OpenSSL defaults: TLS 1.2 and 1.3, never SSLv3/TLS 1.0.
     assert set(row["versions"]) == {"TLSv1.2", "TLSv1.3"}
-    suites = {(s[0], s[1]) for s in row["suites"]}
+    suites = {(s["tls_version"], s["iana_name"]) for s in row["suites"]}
     assert ("TLSv1.3", "TLS_AES_256_GCM_SHA384") in suites
     assert ("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384") in suites
     assert row["cert_subject"] == "CN=localhost"

@@ -92,17 +92,20 @@ def test_json_keeps_every_column_with_plain_values() -> None:
     # Given a report with times and hostile text, when rendered as JSON
     out = to_json(LIST)
     rows = json.loads(out)
-    # Then every column is there, times are text, the hostile text round-trips exactly,
-    # and the JSON itself carries no raw control character (ensure_ascii escapes it)
+    # Then every column is there, times are ISO 8601 in UTC (as the API writes them), the
+    # hostile text round-trips exactly, and the JSON itself carries no raw control
+    # character (ensure_ascii escapes it)
     assert [list(r) for r in rows] == [list(LIST.columns)] * 2
-    assert rows[0]["first_seen"] == "2025-03-04 05:06:07"
+    assert rows[0]["first_seen"] == "2025-03-04T05:06:07Z"
     assert rows[0]["port"] == 22
     assert rows[1]["banner"] == HOSTILE
     assert rows[1]["cdn_provider"] is None
     assert no_control_characters(out)
-    assert json.loads(to_json(SUMMARY))[0]["ports"] == [[22, "tcp", "green", 0],
-                                                         [443, "tcp", "green", 1],
-                                                         [6379, "tcp", "red", 0]]
+    # and the ports are objects, as in the API
+    assert json.loads(to_json(SUMMARY))[0]["ports"] == [
+        {"port": 22, "proto": "tcp", "color": "green", "is_cdn_expected": False},
+        {"port": 443, "proto": "tcp", "color": "green", "is_cdn_expected": True},
+        {"port": 6379, "proto": "tcp", "color": "red", "is_cdn_expected": False}]
 
 
 def test_csv_has_a_header_and_one_line_per_row_carrying_the_stored_values() -> None:
