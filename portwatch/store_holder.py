@@ -26,7 +26,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,7 +179,8 @@ def _api_filters(filters: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in filters.items() if v not in ("", 0, None)}
 
 
-def _get_json(advert: Advert, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+def _get_json(advert: Advert, path: str,
+              params: Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, Any]:
     url = f"{advert.url}{path}?{urllib.parse.urlencode(params)}"
     headers = {"Accept": "application/json"}
     if advert.token:
@@ -252,5 +253,24 @@ def remote_report(advert: Advert, name: str, filters: Mapping[str, Any], *,
     return Report(name, columns, rows[:limit] if limit else rows)
 
 
+def remote_changes(advert: Advert, params: Mapping[str, Any], *, limit: int
+                   ) -> tuple[Report, bool]:
+    """The What-changed report as the holder's ``/api/v1/changes`` answers it (one answer
+    of at most ``limit`` events, newest first), as a ``Report``, and whether there were
+    more. ``params``: that endpoint's filters (``from``/``to`` as datetimes)."""
+    pairs = [(k, v.isoformat() if isinstance(v, datetime) else str(v))
+             for k, v in params.items() if k != "kind" and v not in ("", 0, None)]
+    pairs += [("kind", str(k)) for k in params.get("kind", ())]
+    pairs.append(("limit", str(limit)))
+    data = _get_json(advert, "/api/v1/changes", pairs)
+    columns, rows = data.get("columns"), data.get("rows")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+            and isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        raise HolderError(f"{advert.url} sent changes without columns and rows")
+    return (Report("changes", tuple(columns),
+                   [tuple(_value(c, r.get(c)) for c in columns) for r in rows]),
+            data.get("capped") is True)
+
+
 __all__ = ["ADVERT_FILE", "Advert", "HolderError", "advert_url", "advertise", "find_holder",
-           "parse_advert", "remote_report"]
+           "parse_advert", "remote_changes", "remote_report"]

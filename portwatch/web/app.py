@@ -283,7 +283,8 @@ class WebApp:
                    for name in REPORTS}
         # the What-changed report: newest first, at most `limit` events (no pages)
         reports["changes"] = {"path": "/api/v1/changes",
-                              "filters": ["since", "kind", "severity", "target", "org", "port"],
+                              "filters": ["since", "from", "to", "kind", "severity",
+                                          "target", "org", "port"],
                               "sort": [], "paging": ["limit"]}
         return JSONResponse({"reports": reports})
 

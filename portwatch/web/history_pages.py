@@ -95,16 +95,39 @@ def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
             for day, kinds in sorted(days.items(), reverse=True)]
 
 
+def _when(name: str, text: str) -> datetime:
+    """An ISO date or time of the query string (UTC unless it names a zone), kept inside
+    the store's time range."""
+    from schemas.bounded import timestamp
+
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadParam(f"{name}: use an ISO date or time, e.g. 2026-12-01 or "
+                       "2026-12-01T08:00") from None
+    return timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
 def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
-    """Query string of /api/v1/changes -> the page's filters and ``limit`` (rows at most,
-    1 to ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
-    limits = [value for key, value in items if key == "limit"]
-    f = parse_changes_query([(key, value) for key, value in items if key != "limit"])
-    if len(limits) > 1:
-        raise BadParam("limit: give it once")
-    text = limits[0].strip() if limits else ""
+    """Query string of /api/v1/changes -> the page's filters, plus ``from``/``to`` (ISO
+    times; ``from`` instead of ``since``) and ``limit`` (rows at most, 1 to
+    ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
+    own = {"limit", "from", "to"}
+    params: dict[str, list[str]] = {}
+    for key, value in items:
+        if key in own:
+            params.setdefault(key, []).append(value)
+    f = parse_changes_query([(key, value) for key, value in items if key not in own])
+    text = _one(params, "limit")
     if text and (not text.isdigit() or not 0 < int(text) <= API_LIMIT):
         raise BadParam(f"limit: a number from 1 to {API_LIMIT:,}")
+    start, end = _one(params, "from"), _one(params, "to")
+    if start and any(key == "since" for key, _value in items):
+        raise BadParam("give since or from, not both")
+    if start:
+        f["start"] = _when("from", start)
+    if end:
+        f["end"] = _when("to", end)
     return f, int(text or MAX_EVENTS)
 
 
@@ -112,10 +135,10 @@ def _events(store: Store, f: Mapping[str, Any], limit: int) -> list[Row]:
     """The events the filters select, newest first: the Changes page's and the API's."""
     from stream_processors.change_log import changes_report
 
-    since = datetime.now(UTC) - f["period"]
-    return changes_report(store, since=since, kinds=f["kinds"], severity=f["severity"],
-                          target=f["target"], org=f["org"], port=f["port"],
-                          limit=limit).dicts()
+    since = f.get("start") or datetime.now(UTC) - f["period"]
+    return changes_report(store, since=since, until=f.get("end"), kinds=f["kinds"],
+                          severity=f["severity"], target=f["target"], org=f["org"],
+                          port=f["port"], limit=limit).dicts()
 
 
 def api_route(web: WebApp) -> Route:
@@ -135,8 +158,11 @@ def api_route(web: WebApp) -> Route:
         rows = _events(store, f, limit + 1)  # one more: tells a capped answer
         return JSONResponse({
             "report": "changes",
-            "filters": {"since": f["since"], "kind": f["kinds"], "severity": f["severity"],
-                        "target": f["target"], "org": f["org"], "port": f["port"]},
+            "filters": {"since": "" if "start" in f else f["since"],
+                        "from": jsonable("", f.get("start")) or "",
+                        "to": jsonable("", f.get("end")) or "", "kind": f["kinds"],
+                        "severity": f["severity"], "target": f["target"], "org": f["org"],
+                        "port": f["port"]},
             "limit": limit, "capped": len(rows) > limit, "count": min(len(rows), limit),
             "columns": list(CHANGES_REPORT_COLUMNS),
             "rows": [{c: jsonable(c, row[c]) for c in CHANGES_REPORT_COLUMNS}

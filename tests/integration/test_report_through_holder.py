@@ -74,7 +74,12 @@ def serving(store: Path, *args: str, token: str = "") -> Iterator[subprocess.Pop
 
 REPORT_ARGS = [("list", "-f", "json"), ("summary", "-f", "json"), ("products", "-f", "csv"),
                ("list", "--org", "Example Corp", "--color", "green", "-f", "json"),
-               ("list", "--limit", "1", "-f", "json"), ("list",)]
+               ("list", "--limit", "1", "-f", "json"), ("list",),
+               # the What-changed report too (the holder's /api/v1/changes)
+               ("changes", "-f", "json"),
+               ("changes", "--kind", "opened", "--target", "127.0.0.0/8", "-f", "csv"),
+               ("changes", "--from", "2026-01-01", "--org", "example corp", "--limit", "1",
+                "-f", "json"), ("changes",)]
 
 
 def test_report_while_serve_holds_the_store_answers_through_it(scanned: Path) -> None:
@@ -101,6 +106,10 @@ def test_report_while_serve_holds_the_store_answers_through_it(scanned: Path) ->
         assert result.stdout == direct.stdout, args
     rows = json.loads(held[REPORT_ARGS[0]].stdout)
     assert sorted(r["service"] for r in rows) == ["http", "ssh"]
+    # (the scan opened both ports: two events, newest first, the JSON keys of the CLI)
+    opened = json.loads(held[("changes", "-f", "json")].stdout)
+    assert sorted((r["kind"], r["asset"]) for r in opened) == [("opened", "web-1")] * 2
+    assert len(json.loads(held[REPORT_ARGS[8]].stdout)) == 1
     assert len(json.loads(held[("list", "--limit", "1", "-f", "json")].stdout)) == 1
 
 

@@ -130,22 +130,31 @@ def test_changes_api_answers_the_page_s_events_as_json(web: Served) -> None:
     red = web.api("/api/v1/changes?kind=opened&severity=high&target=127.0.0.0/31")
     assert [(r["kind"], r["port"], r["severity"], r["after"].split()[0]) for r in red["rows"]] \
         == [("opened", 6379, "high", "redis")]
-    assert red["filters"] == {"since": "7d", "kind": ["opened"], "severity": "high",
-                              "target": "127.0.0.0/31", "org": "", "port": 0}
+    assert red["filters"] == {"since": "7d", "from": "", "to": "", "kind": ["opened"],
+                              "severity": "high", "target": "127.0.0.0/31", "org": "",
+                              "port": 0}
+    # from/to instead of since: yesterday's one event (nginx 1.22.1 opened)
+    day = (NOW - timedelta(days=1)).date()
+    window = web.api(f"/api/v1/changes?from={day.isoformat()}&to={NOW.date().isoformat()}")
+    assert [(r["kind"], r["port"]) for r in window["rows"]] == [("opened", 80)]
+    assert window["filters"]["from"] == f"{day.isoformat()}T00:00:00Z"
     two = web.api("/api/v1/changes?limit=2")
     assert (two["count"], two["capped"], len(two["rows"])) == (2, True, 2)
     assert web.api("/api/v1")["reports"]["changes"]["path"] == "/api/v1/changes"
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=10001", "limit=x", "limit=1&limit=2",
-                                   "kind=nope", "target=10.0.0.0/99", "bogus=1"])
+                                   "kind=nope", "target=10.0.0.0/99", "bogus=1",
+                                   "from=yesterday", "to=2026-13-01",
+                                   "since=1d&from=2026-01-01"])
 def test_changes_api_bad_query_is_a_json_400(web: Served, query: str) -> None:
     import json
 
     status, headers, body = web.get(f"/api/v1/changes?{query}")
     assert status == 400 and headers["content-type"] == "application/json"
-    assert json.loads(body)["error"].split(":")[0] in {"limit", "kind", "target",
-                                                      "unknown filter bogus"}
+    assert json.loads(body)["error"].split(":")[0] in {
+        "limit", "kind", "target", "unknown filter bogus", "from", "to",
+        "give since or from, not both"}
 
 
 def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
