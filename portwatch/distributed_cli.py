@@ -256,6 +256,10 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 @click.option("--trusted-proxy", "trusted_proxy", multiple=True, metavar="ADDRESS",
               envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
               help="--serve believes X-Forwarded-Proto from this proxy (as `portwatch serve`).")
+@click.option("--health", "health_at", default="", metavar="[HOST:]PORT",
+              help="Answer GET /healthz with 200 on this address while the workers' event "
+                   "loop runs: what Kubernetes probes check (the Helm chart sets "
+                   "0.0.0.0:6066). Host 127.0.0.1 unless given.")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
@@ -263,8 +267,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             commit_interval: float | None, session_timeout: float | None,
             change_settle: float | None, serve_at: str,
             token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
-            cookie_secure: bool, trusted_proxy: tuple[str, ...], kafka: str | None,
-            topic_prefix: str | None) -> None:
+            cookie_secure: bool, trusted_proxy: tuple[str, ...], health_at: str,
+            kafka: str | None, topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
     Any number of `--role stages` workers may run; exactly one process runs the
@@ -296,6 +300,12 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             check_bind(listen[0], token)
         except (ValueError, BindError) as exc:
             fail(f"--serve: {exc}", EXIT_USAGE)
+    health: tuple[str, int] | None = None
+    if health_at:
+        try:
+            health = parse_listen(health_at)
+        except ValueError as exc:
+            fail(f"--health: {exc}", EXIT_USAGE)
     try:
         allowed = [parse_allowed_host(name) for name in allowed_host]
         proxies = parse_trusted_proxies(trusted_proxy)
@@ -350,7 +360,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     settle_worker()
     try:
         advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
-        asyncio.run(_serve(apps, sink, role, web, token, advert_path))
+        asyncio.run(_serve(apps, sink, role, web, token, advert_path, health))
     finally:
         if db is not None:
             db.close()
@@ -365,7 +375,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
 async def _serve(apps: list[Any], sink: Any, role: str,
                  web: tuple[Any, str, int] | None = None, token: str = "",
-                 advert_path: str = "") -> None:
+                 advert_path: str = "", health: tuple[str, int] | None = None) -> None:
     from portwatch.store_holder import advertise
     from portwatch.web import server as web_server
     from portwatch.web.cli import listening_line
@@ -385,7 +395,17 @@ async def _serve(apps: list[Any], sink: Any, role: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     advert = contextlib.ExitStack()
+    probes: asyncio.Server | None = None
     try:
+        if health is not None:
+            from stream_processors.transports.health import start_health
+
+            try:
+                probes = await start_health(*health)
+            except OSError as exc:
+                fail(f"--health: cannot listen on {health[0]}:{health[1]}: "
+                     f"{exc.strerror or exc}", EXIT_RUNTIME)
+            say(f"health: GET http://{health[0]}:{health[1]}/healthz")
         if web is not None:
             try:
                 running = await web_server.start_beside(*web)
@@ -403,6 +423,8 @@ async def _serve(apps: list[Any], sink: Any, role: str,
             fail(str(exc), EXIT_RUNTIME)
     finally:
         advert.close()
+        if probes is not None:
+            probes.close()
         if running is not None:
             await web_server.stop(*running)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -173,13 +173,15 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     """Serve the four reports as web pages and a JSON API.
 
     \b
-    Pages:  /  (Summary)   /list   /products   /ciphers
+    Pages:  /  (Summary)   /list   /products   /ciphers   /changes   /target
     API:    /api/v1/summary  /api/v1/list  /api/v1/products  /api/v1/ciphers
             (same filters as `portwatch report`, plus sort, direction, page, per_page)
+            /api/v1/changes (the Changes page's filters, from, to, limit)
 
     Listens on 127.0.0.1 by default. Binding any other address requires a token.
     Answers to the Host names of the address it binds (and loopback names), plus each
-    --allowed-host; other Host headers get 421 (DNS rebinding defence).
+    --allowed-host; other Host headers get 421 (DNS rebinding defence). With a token and
+    no --allowed-host, any Host is answered: the token guards the pages.
     """
     from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, EXIT_USAGE, fail, settings_from

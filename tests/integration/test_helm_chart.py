@@ -288,10 +288,12 @@ def test_process_replicas_resources_and_probes_from_values(helm: str, tmp_path: 
     # Then they are rendered as given
     assert deployment["spec"]["replicas"] == 7
     assert ctr["resources"] == resources
-    # And the probes check Faust's web port
+    # And the workers answer GET /healthz on that port, which the probes check
     assert ctr["ports"] == [{"name": "web", "containerPort": 6070, "protocol": "TCP"}]
+    args = ctr["args"]
+    assert args[args.index("--health") + 1] == "0.0.0.0:6070"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert ctr[probe]["tcpSocket"] == {"port": "web"}
+        assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "web"}
 
 
 def test_probes_can_be_disabled(helm: str, tmp_path: Path) -> None:
