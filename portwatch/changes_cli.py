@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from portwatch.console import (
-    EXIT_RUNTIME,
     EXIT_USAGE,
     ORG_FILTER_OPTION,
     STORE_OPTION,
@@ -40,13 +39,13 @@ def _open(url: str | None) -> Any:
 
 
 def _when(value: str, flag: str) -> datetime:
-    """An ISO date or date-time (UTC when no zone is given)."""
+    """An ISO date or date-time (UTC when no zone is given); one line, exit 2, if not."""
+    from stream_processors.change_log import parse_when
+
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"{flag} {value!r}: use an ISO date or time, e.g. 2026-12-01 or "
-             "2026-12-01T08:00", EXIT_USAGE)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_when(value)
+    except ValueError as exc:
+        fail(f"{flag} {value!r}: {exc}", EXIT_USAGE)
 
 
 @click.command("changes")
@@ -73,11 +72,12 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
     """What changed: ports opened, reopened and closed, service, product and version
     changes, risk raised or lowered, TLS and certificate changes, hosts unreachable and
     back. Newest first."""
-    from portwatch.assembly import Assembly
     from portwatch.render import render
+    from portwatch.report_cli import read_store
+    from portwatch.store_holder import remote_changes
+    from portwatch.web.history_pages import API_LIMIT
     from stream_processors.change_log import changes_report, parse_duration
     from stream_processors.changes import EPOCH
-    from stream_processors.store import StoreBusy
 
     if since and from_:
         fail("give --since or --from, not both", EXIT_USAGE)
@@ -91,49 +91,19 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
         start = _when(from_, "--from")
     if to:
         end = _when(to, "--to")
-    assembly = Assembly(settings_from(store=store))
-    try:
-        db = assembly.open_store(create=False)
-    except StoreBusy:
-        # Held by `serve` / `process --serve`: ask it, as `report` does
-        held = _changes_through_holder(assembly.store_location().path, {
+    wanted = min(limit, API_LIMIT) if limit else API_LIMIT  # through a holder: its most
+    result, capped = read_store(
+        store,
+        lambda db: (changes_report(db, since=start, until=end, kinds=kinds, severity=severity,
+                                   target=target, org=org, port=port, limit=limit), False),
+        lambda holder: remote_changes(holder, {
             "from": start or EPOCH, "to": end, "kind": kinds, "severity": severity,
-            "target": target, "org": org, "port": port}, limit)
-        if held is None:
-            raise  # nothing advertised: "in use"
-        result = held
-    else:
-        try:
-            result = changes_report(db, since=start, until=end, kinds=kinds,
-                                    severity=severity, target=target, org=org, port=port,
-                                    limit=limit)
-        finally:
-            db.close()
-    render(result, fmt, out_console(soft_wrap=fmt != "table"))
-
-
-def _changes_through_holder(path: str, params: dict[str, Any], limit: int) -> Any:
-    """The What-changed report from the process holding the store (its /api/v1/changes,
-    at most ``API_LIMIT`` events), said on stderr; None when nothing is advertised."""
-    from portwatch.store_holder import HolderError, find_holder, remote_changes
-    from portwatch.web.history_pages import API_LIMIT
-
-    holder = find_holder(path) if path else None
-    if holder is None:
-        return None
-    wanted = min(limit, API_LIMIT) if limit else API_LIMIT
-    try:
-        result, capped = remote_changes(holder, params, limit=wanted)
-    except HolderError as exc:
-        fail(f"the store at {path} is held by `portwatch {holder.command}` (pid "
-             f"{holder.pid}), whose API failed: {exc}", EXIT_RUNTIME)
-    click.echo(f"portwatch: the store at {path} is held by `portwatch {holder.command}` "
-               f"(pid {holder.pid}); answered through its JSON API at {holder.url}", err=True)
+            "target": target, "org": org, "port": port}, limit=wanted))
     if capped and (not limit or limit > API_LIMIT):
         click.echo(f"portwatch: the newest {API_LIMIT:,} events only (the API's most): "
                    "narrow with --since/--from/--to, or run it once the holder has stopped",
                    err=True)
-    return result
+    render(result, fmt, out_console(soft_wrap=fmt != "table"))
 
 
 @click.command("prune")

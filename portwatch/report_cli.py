@@ -7,7 +7,8 @@ instead of leaving an empty store behind.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich.text import Text
@@ -23,7 +24,10 @@ from portwatch.console import (
 from schemas import REPORTS
 
 if TYPE_CHECKING:
-    from stream_processors.store import Report
+    from portwatch.store_holder import Advert
+    from stream_processors.store import Store
+
+T = TypeVar("T")
 
 
 @click.command()
@@ -63,8 +67,8 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
 
     Filters that do not apply to a report are ignored for it.
     """
-    from portwatch.assembly import Assembly
     from portwatch.render import render
+    from portwatch.store_holder import remote_report
     from schemas import report_parameters
 
     given = {"target": target, "org": org, "product": product, "version": product_version,
@@ -72,43 +76,43 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
              "grade": grade}
     wanted = report_parameters(name)
     filters = {k: v for k, v in given.items() if k in wanted}
-    from stream_processors.store import StoreBusy
-
-    assembly = Assembly(settings_from(store=store))
-    try:
-        db = assembly.open_store(create=False)
-    except StoreBusy:
-        # Held by `serve` / `process --serve`: ask it (portwatch/store_holder.py).
-        held = _report_through_holder(assembly.store_location().path, name, filters, limit)
-        if held is None:
-            raise  # nothing advertised (a scan, or a sink without --serve): "in use"
-        result = held
-    else:
-        try:
-            result = db.report(name, filters, limit=limit)
-        finally:
-            db.close()
+    result = read_store(store, lambda db: db.report(name, filters, limit=limit),
+                        lambda holder: remote_report(holder, name, filters, limit=limit))
     render(result, fmt, out_console(soft_wrap=fmt != "table"))
 
 
-def _report_through_holder(path: str, name: str, filters: dict[str, object],
-                           limit: int) -> Report | None:
-    """The report from the process holding the store, said on stderr; None when nothing
-    is advertised."""
+def read_store(url: str | None, local: Callable[[Store], T],
+               remote: Callable[[Advert], T]) -> T:
+    """``local`` over the existing store at ``url``; while `serve` / `process --serve`
+    holds that chdb store, ``remote`` over its JSON API instead (portwatch/store_holder.py),
+    said on stderr. StoreBusy when the holder advertises nothing (a scan, or a sink
+    without --serve): "in use"; StoreMissing when there is no store."""
+    from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, fail
-    from portwatch.store_holder import HolderError, find_holder, remote_report
+    from portwatch.store_holder import HolderError, find_holder
+    from stream_processors.store import StoreBusy
 
-    holder = find_holder(path) if path else None
-    if holder is None:
-        return None
+    assembly = Assembly(settings_from(store=url))
     try:
-        result = remote_report(holder, name, filters, limit=limit)
-    except HolderError as exc:
-        fail(f"the store at {path} is held by `portwatch {holder.command}` (pid "
-             f"{holder.pid}), whose API failed: {exc}", EXIT_RUNTIME)
-    click.echo(f"portwatch: the store at {path} is held by `portwatch {holder.command}` "
-               f"(pid {holder.pid}); answered through its JSON API at {holder.url}", err=True)
-    return result
+        db = assembly.open_store(create=False)
+    except StoreBusy:
+        path = assembly.store_location().path
+        holder = find_holder(path) if path else None
+        if holder is None:
+            raise
+        try:
+            answer = remote(holder)
+        except HolderError as exc:
+            fail(f"the store at {path} is held by `portwatch {holder.command}` (pid "
+                 f"{holder.pid}), whose API failed: {exc}", EXIT_RUNTIME)
+        click.echo(f"portwatch: the store at {path} is held by `portwatch {holder.command}` "
+                   f"(pid {holder.pid}); answered through its JSON API at {holder.url}",
+                   err=True)
+        return answer
+    try:
+        return local(db)
+    finally:
+        db.close()
 
 
 @click.command("settings")
@@ -131,4 +135,4 @@ def show_settings() -> None:
                        + (f" ({bounds})" if bounds else "") + f": {why}"))
 
 
-__all__ = ["report", "show_settings"]
+__all__ = ["read_store", "report", "show_settings"]

@@ -29,6 +29,19 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
 
 
+def parse_when(text: str) -> datetime:
+    """An ISO date or date-time -> aware datetime (UTC when no zone is given), kept inside
+    the store's time range; ValueError with a clear message otherwise."""
+    from schemas.bounded import timestamp
+
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("use an ISO date or time, e.g. 2026-12-01 or 2026-12-01T08:00"
+                         ) from None
+    return timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
 CHANGES_REPORT_COLUMNS = (
     "kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
     "previous_scan_id", "observed_at", "organization", "asset",

@@ -283,8 +283,7 @@ class WebApp:
                    for name in REPORTS}
         # the What-changed report: newest first, at most `limit` events (no pages)
         reports["changes"] = {"path": "/api/v1/changes",
-                              "filters": ["since", "from", "to", "kind", "severity",
-                                          "target", "org", "port"],
+                              "filters": list(history_pages.API_FILTERS),
                               "sort": [], "paging": ["limit"]}
         return JSONResponse({"reports": reports})
 

@@ -31,6 +31,8 @@ KINDS = tuple(k.value for k in ChangeKind)
 SEVERITIES = tuple(s.value for s in Severity)
 MAX_EVENTS = 1000  # rows a page shows (and the API by default); the CLI has no such cap
 API_LIMIT = 10_000  # rows one /api/v1/changes answer holds at most
+PAGE_FILTERS = ("since", "kind", "severity", "target", "org", "port")  # /changes
+API_FILTERS = ("since", "from", "to", "kind", "severity", "target", "org", "port")
 TEXT_CAP = 200  # characters of a filter value accepted
 
 
@@ -55,7 +57,7 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     params: dict[str, list[str]] = {}
     for key, value in items:
         params.setdefault(key, []).append(value)
-    unknown = set(params) - {"since", "kind", "severity", "target", "org", "port"}
+    unknown = set(params) - set(PAGE_FILTERS)
     if unknown:
         raise BadParam(f"unknown filter {', '.join(sorted(unknown))}")
     since = _one(params, "since") or "7d"
@@ -96,23 +98,20 @@ def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
 
 
 def _when(name: str, text: str) -> datetime:
-    """An ISO date or time of the query string (UTC unless it names a zone), kept inside
-    the store's time range."""
-    from schemas.bounded import timestamp
+    """An ISO date or time of the query string (``change_log.parse_when``)."""
+    from stream_processors.change_log import parse_when
 
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadParam(f"{name}: use an ISO date or time, e.g. 2026-12-01 or "
-                       "2026-12-01T08:00") from None
-    return timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+        return parse_when(text)
+    except ValueError as exc:
+        raise BadParam(f"{name}: {exc}") from None
 
 
 def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any], int]:
     """Query string of /api/v1/changes -> the page's filters, plus ``from``/``to`` (ISO
     times; ``from`` instead of ``since``) and ``limit`` (rows at most, 1 to
     ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
-    own = {"limit", "from", "to"}
+    own = {"limit", *set(API_FILTERS) - set(PAGE_FILTERS)}
     params: dict[str, list[str]] = {}
     for key, value in items:
         if key in own:
