@@ -8,6 +8,7 @@ instead of leaving an empty store behind.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import click
@@ -116,23 +117,72 @@ def read_store(url: str | None, local: Callable[[Store], T],
 
 
 @click.command("settings")
-def show_settings() -> None:
+@click.pass_context
+def show_settings(ctx: click.Context) -> None:
     """List every setting with its environment variable, default, range and why.
 
-    Flags of the commands override these; the environment overrides the defaults.
+    One line each (grep it). Flags of the commands override these; the environment
+    overrides the defaults. The command options that also read a PORTWATCH_* variable
+    (the web token, a serving proxy's address...) follow, each with its commands.
     """
     from portwatch.settings import Settings
 
     out = out_console()
     groups = Settings.groups()
     current = ""
+    known: set[str] = set()
     for name, env, default, why in Settings.describe():
+        known.add(env)
         if groups[name] != current:
             current = groups[name]
             out.print(Text(f"[{current}]", style="bold"))
         bounds = Settings.range_of(name)
         out.print(Text(f"  {name:22} {env:34} default {default!r}"
-                       + (f" ({bounds})" if bounds else "") + f": {why}"))
+                       + (f" ({bounds})" if bounds else "") + f": {why}"), soft_wrap=True)
+    extra = [o for o in option_envvars(ctx.find_root().command) if o.env not in known]
+    if extra:
+        out.print(Text("[command options]", style="bold"))
+    for o in extra:
+        out.print(Text(f"  {o.flag:22} {o.env:34} of {', '.join(o.commands)}: {o.help}"),
+                  soft_wrap=True)
 
 
-__all__ = ["read_store", "report", "show_settings"]
+@dataclass(frozen=True)
+class EnvOption:
+    """A command option read from the environment too: its flag, variable, commands."""
+
+    flag: str
+    env: str
+    commands: tuple[str, ...]
+    help: str
+
+
+def option_envvars(root: click.Command) -> list[EnvOption]:
+    """Every option under ``root`` with an ``envvar``, once per variable, with the
+    commands (space-joined paths) that take it; sorted by variable."""
+    found: dict[str, EnvOption] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            raw = param.envvar
+            envs: list[str] = [raw] if isinstance(raw, str) else list(raw or ())
+            for env in (e for e in envs if e):
+                seen = found.get(env)
+                flag = max(param.opts, key=len)
+                first = (param.help or "").split(". ")[0].rstrip(".")
+                # The help that explains the option itself, not one that refers to
+                # another command's ("--serve marks ... (as `portwatch serve`)").
+                keep = seen.help if seen and not seen.help.startswith("-") else first
+                found[env] = EnvOption(flag, env, (*seen.commands, path) if seen else (path,),
+                                       keep)
+        if isinstance(command, click.Group):
+            for name, sub in sorted(command.commands.items()):
+                walk(sub, f"{path} {name}".strip())
+
+    walk(root, "")
+    return sorted(found.values(), key=lambda o: o.env)
+
+
+__all__ = ["EnvOption", "option_envvars", "read_store", "report", "show_settings"]

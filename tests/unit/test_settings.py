@@ -174,3 +174,51 @@ def test_portwatch_settings_prints_each_range() -> None:
     assert result.exit_code == 0
     line = next(ln for ln in result.output.splitlines() if "PORTWATCH_CONCURRENCY" in ln)
     assert "default 2000 (1 to 100,000): connect engine" in line
+
+
+def test_portwatch_settings_lists_the_options_read_from_the_environment() -> None:
+    from click.testing import CliRunner
+
+    from portwatch.cli import cli
+
+    # When `portwatch settings` runs
+    result = CliRunner().invoke(cli, ["settings"], terminal_width=400)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    # Then the web options that read PORTWATCH_* variables follow the settings, each with
+    # the commands that take it, and no setting's variable is listed twice
+    tail = lines[lines.index("[command options]") + 1:]
+    assert [ln.split()[:2] for ln in tail] == [
+        ["--cookie-secure", "PORTWATCH_WEB_COOKIE_SECURE"],
+        ["--token", "PORTWATCH_WEB_TOKEN"],
+        ["--trusted-proxy", "PORTWATCH_WEB_TRUSTED_PROXIES"],
+    ]
+    assert all(" of process, serve: " in ln for ln in tail)
+    assert "Mark the token cookie Secure" in tail[0]
+    assert sum("PORTWATCH_STORE " in ln for ln in lines) == 1
+
+
+def test_option_envvars_walks_nested_groups() -> None:
+    import click
+
+    from portwatch.report_cli import EnvOption, option_envvars
+
+    # Given a group whose subcommands share an environment-read option
+    @click.group()
+    def root() -> None: ...
+
+    @root.group("inner")
+    def inner() -> None: ...
+
+    @inner.command("a")
+    @click.option("--key", envvar="PW_KEY", help="--serve's key (as b).")
+    @click.option("--plain")
+    def a(key: str, plain: str) -> None: ...
+
+    @root.command("b")
+    @click.option("-k", "--key", envvar=["PW_KEY"], help="The key. More words.")
+    def b(key: str) -> None: ...
+
+    # Then it is listed once, with both commands and the help that explains it
+    assert option_envvars(root) == [
+        EnvOption("--key", "PW_KEY", ("b", "inner a"), "The key")]
