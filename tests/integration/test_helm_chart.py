@@ -747,3 +747,163 @@ def test_dashboards_link_targets_to_the_ingress_list_view(helm: str, tmp_path: P
 def test_dashboards_can_be_disabled(helm: str, tmp_path: Path) -> None:
     objects = render(helm, tmp_path, {"grafana": {"dashboards": {"enabled": False}}})
     assert ("ConfigMap", f"{BASE}-dashboards") not in objects
+
+
+# -- every reference resolves -----------------------------------------------------------------
+
+EVERYTHING_ON = {
+    "produce": {"inventory": INVENTORY, "ports": "1-1024"},
+    "scopeAllow": "198.18.0.0/15",
+    "alerts": {"enabled": True, "config": ALERTS_CONFIG,
+               "secretEnv": {"PORTWATCH_HOOK_SECRET": "hook-Secret-Value-42"}},
+    "web": {"allowedHosts": ["proxy.example.internal"],
+            "ingress": {"enabled": True, "host": "ports.example.internal"}},
+}
+# Secrets the values name as made elsewhere (existingSecret): they need not be rendered.
+EXTERNAL = {"ch", "web", "soc-alert-secrets", "ports-tls"}
+
+
+def _reference_errors(objects: Objects) -> list[str]:
+    """What a cluster would trip over and `helm template` never checks: a mount of no
+    volume, a ConfigMap/Secret (or one of its keys) that does not exist, a probe on a port
+    the container does not declare or listen on, a Service or Ingress pointing at nothing,
+    a Deployment whose selector does not select its own pods."""
+    errors: list[str] = []
+    secrets = {name: {**obj.get("data", {}), **obj.get("stringData", {})}
+               for (kind, name), obj in objects.items() if kind == "Secret"}
+    maps = {name: obj.get("data", {}) for (kind, name), obj in objects.items()
+            if kind == "ConfigMap"}
+
+    def source(kind: str, name: str, key: str | None, where: str) -> None:
+        found = (secrets if kind == "Secret" else maps).get(name)
+        if found is None:
+            if not (kind == "Secret" and name in EXTERNAL):
+                errors.append(f"{where}: {kind} {name} is not rendered")
+        elif key is not None and key not in found:
+            errors.append(f"{where}: {kind} {name} has no key {key}")
+
+    pods: dict[str, dict[str, Any]] = {}  # workload -> pod template
+    for (kind, name), obj in objects.items():
+        if kind not in ("Deployment", "CronJob"):
+            continue
+        template = (obj["spec"]["jobTemplate"]["spec"]["template"] if kind == "CronJob"
+                    else obj["spec"]["template"])
+        pods[name] = template
+        spec = template["spec"]
+        if kind == "Deployment":
+            selector = obj["spec"]["selector"]["matchLabels"]
+            labels = template["metadata"]["labels"]
+            if not selector.items() <= labels.items():
+                errors.append(f"{name}: selector {selector} does not select its pods")
+        account = spec.get("serviceAccountName")
+        if account and ("ServiceAccount", account) not in objects:
+            errors.append(f"{name}: service account {account} is not rendered")
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for v in volumes.values():
+            if "configMap" in v:
+                source("ConfigMap", v["configMap"]["name"], None, f"{name} volume {v['name']}")
+                for item in v["configMap"].get("items", []):
+                    source("ConfigMap", v["configMap"]["name"], item["key"], name)
+            if "secret" in v:
+                source("Secret", v["secret"]["secretName"], None, f"{name} volume {v['name']}")
+        for ctr in spec["containers"]:
+            where = f"{name}/{ctr['name']}"
+            for mount in ctr.get("volumeMounts", []):
+                if mount["name"] not in volumes:
+                    errors.append(f"{where}: mounts {mount['name']}, which is no volume")
+            for src in ctr.get("envFrom", []):
+                ref = src.get("configMapRef") or src["secretRef"]
+                source("ConfigMap" if "configMapRef" in src else "Secret", ref["name"], None,
+                       where)
+            for var in ctr.get("env", []):
+                for ref_kind, field in (("Secret", "secretKeyRef"),
+                                        ("ConfigMap", "configMapKeyRef")):
+                    ref = var.get("valueFrom", {}).get(field)
+                    if ref:
+                        source(ref_kind, ref["name"], ref["key"], f"{where} ${var['name']}")
+            ports = {p.get("name"): p["containerPort"] for p in ctr.get("ports", [])}
+            listens = " ".join(expanded_args(objects, ctr))
+            for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+                probe = ctr.get(probe_name)
+                if probe is None:
+                    continue
+                action = probe.get("httpGet") or probe.get("tcpSocket") or {}
+                port = action.get("port")
+                number = ports.get(port) if isinstance(port, str) else port
+                if number is None or number not in ports.values():
+                    errors.append(f"{where} {probe_name}: port {port} is not declared")
+                elif not re.search(rf"(^|[\s:=]){number}(\s|$)", listens):
+                    errors.append(f"{where} {probe_name}: nothing in the args listens on "
+                                  f"{number}: {listens}")
+    for (kind, name), obj in objects.items():
+        if kind != "Service":
+            continue
+        selector = obj["spec"]["selector"]
+        chosen = [w for w, t in pods.items()
+                  if selector.items() <= t["metadata"]["labels"].items()]
+        if len(chosen) != 1:
+            errors.append(f"Service {name} selects {chosen}, not one workload")
+            continue
+        declared = {p.get("name"): p["containerPort"]
+                    for c in pods[chosen[0]]["spec"]["containers"] for p in c.get("ports", [])}
+        for port in obj["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if target not in declared and target not in declared.values():
+                errors.append(f"Service {name}: targetPort {target} is not declared")
+    for (kind, name), obj in objects.items():
+        if kind != "Ingress":
+            continue
+        for rule in obj["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                service = objects.get(("Service", backend["name"]))
+                if service is None:
+                    errors.append(f"Ingress {name}: no Service {backend['name']}")
+                    continue
+                names = {(p.get("name"), p["port"]) for p in service["spec"]["ports"]}
+                wanted = backend["port"]
+                if not any(wanted.get("name") == n or wanted.get("number") == p
+                           for n, p in names):
+                    errors.append(f"Ingress {name}: Service {backend['name']} has no port "
+                                  f"{wanted}")
+    return errors
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING_ON, {
+    **EVERYTHING_ON, "clickhouse": {"existingSecret": "ch"},
+    "web": {"existingSecret": "web", "ingress": {"enabled": True, "host": "h.example",
+                                                 "tlsSecretName": "ports-tls"}},
+    "alerts": {"enabled": True, "config": ALERTS_CONFIG,
+               "existingSecret": "soc-alert-secrets"}}],
+    ids=["defaults", "everything-on", "existing-secrets"])
+def test_every_reference_in_the_render_resolves(helm: str, tmp_path: Path,
+                                                values: dict[str, Any] | None) -> None:
+    # Given the chart rendered with defaults, with every component on, and with secrets
+    # made elsewhere
+    objects = render(helm, tmp_path, values)
+    # Then every volume, ConfigMap, Secret key, probe port, Service and Ingress backend it
+    # names exists, and each probe's port is one the container's arguments listen on
+    assert _reference_errors(objects) == []
+    assert sum(kind == "Deployment" for kind, _ in objects) >= 3
+
+
+def test_reference_check_finds_broken_references(helm: str, tmp_path: Path) -> None:
+    # Given a render with every component on, broken in the ways a cluster would trip over
+    objects = render(helm, tmp_path, EVERYTHING_ON)
+    process = container(objects[("Deployment", f"{BASE}-process")])
+    process["readinessProbe"]["httpGet"]["port"] = 6066 + 1
+    process["volumeMounts"].append({"name": "nowhere", "mountPath": "/x"})
+    web = objects[("Service", f"{BASE}-web")]
+    web["spec"]["selector"] = {"app": "none"}
+    serve = container(objects[("Deployment", f"{BASE}-web")])
+    serve["args"][serve["args"].index("--port") + 1] = "8766"
+    ingress = next(obj for (kind, _), obj in objects.items() if kind == "Ingress")
+    ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "gone"
+    # Then the check names each of them
+    errors = _reference_errors(objects)
+    assert any("readinessProbe: port 6067 is not declared" in e for e in errors), errors
+    assert any("mounts nowhere, which is no volume" in e for e in errors), errors
+    assert any(f"Service {BASE}-web selects [], not one workload" in e for e in errors)
+    assert any("Ingress" in e and "no Service gone" in e for e in errors), errors
+    assert any("readinessProbe: nothing in the args listens on 8765" in e for e in errors)
+    assert len(errors) == 6, errors  # the web container's two probes both name 8765
