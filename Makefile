@@ -75,8 +75,9 @@ lint: venv ## ruff and mypy
 include deploy/local/kafka/kafka.mk
 
 .PHONY: helm
-helm: ## Build helm from the Go module proxy into .cache/bin (for the chart test)
+helm: ## Build helm and kubecheck from the Go module proxy into .cache/bin (for the chart test)
 	@deploy/helm/install-helm.sh
+	@deploy/helm/install-kubecheck.sh
 
 # pytest exits 5 when it collected no test: that is a failure for us, never a pass.
 .PHONY: test

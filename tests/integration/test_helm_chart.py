@@ -1,9 +1,11 @@
 """The Helm chart (deploy/helm/portwatch): `helm lint`, then assertions on what `helm template`
-renders with the default values and with overrides.
+renders with the default values and with overrides; every reference in a render resolves;
+every object decodes strictly with the Kubernetes API's own types (``kubecheck``).
 
-Owns: checks of the chart's rendered Kubernetes objects. Needs the helm binary, which
-``deploy/helm/install-helm.sh`` builds from the Go module proxy into ``.cache/bin``; without it
-the tests skip, except under ``CI=true`` where a missing helm is a broken pipeline and fails.
+Owns: checks of the chart's rendered Kubernetes objects. Needs the helm and kubecheck
+binaries, which ``deploy/helm/install-helm.sh`` and ``install-kubecheck.sh`` build from the Go
+module proxy into ``.cache/bin`` (``make helm``); without them the tests skip, except under
+``CI=true`` where a missing binary is a broken pipeline and fails.
 Must not touch: any cluster (``helm template`` and ``helm lint`` render offline).
 """
 
@@ -50,6 +52,20 @@ def helm() -> str:
             pytest.fail(f"CI=true: {reason}")
         pytest.skip(reason)
     return found
+
+
+LOCAL_KUBECHECK = REPO / ".cache" / "bin" / "kubecheck"
+
+
+@pytest.fixture(scope="module")
+def kubecheck() -> str:
+    """deploy/helm/kubecheck: decodes objects strictly with the Kubernetes API's types."""
+    if not os.access(LOCAL_KUBECHECK, os.X_OK):
+        reason = "kubecheck not found at .cache/bin: run deploy/helm/install-kubecheck.sh"
+        if _is_ci():
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return str(LOCAL_KUBECHECK)
 
 
 def _run(helm: str, *args: str, tmp_path: Path, values: dict[str, Any] | None = None
@@ -907,3 +923,51 @@ def test_reference_check_finds_broken_references(helm: str, tmp_path: Path) -> N
     assert any("Ingress" in e and "no Service gone" in e for e in errors), errors
     assert any("readinessProbe: nothing in the args listens on 8765" in e for e in errors)
     assert len(errors) == 6, errors  # the web container's two probes both name 8765
+
+
+# -- the API's own types ----------------------------------------------------------------------
+
+
+def _template_text(helm: str, tmp_path: Path, values: dict[str, Any] | None) -> str:
+    proc = _run(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                tmp_path=tmp_path, values=values)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _kubecheck(kubecheck: str, text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([kubecheck], input=text, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING_ON, yaml.safe_load(SCHEDULES_FILE)],
+                         ids=["defaults", "everything-on", "schedules"])
+def test_every_rendered_object_decodes_strictly_with_the_api_types(
+        helm: str, kubecheck: str, tmp_path: Path, values: dict[str, Any] | None) -> None:
+    # Given the chart rendered with defaults, with every component on, and with schedules
+    if values is not None and "schedules" in values:
+        values = {**values, "produce": {"inventory": INVENTORY}}
+    text = _template_text(helm, tmp_path, values)
+    # When every object is decoded as an API server with strict field validation does
+    proc = _kubecheck(kubecheck, text)
+    # Then each decodes: no unknown or duplicated field, no value of the wrong type
+    assert proc.returncode == 0, proc.stderr
+    rendered = sum(1 for doc in yaml.safe_load_all(text) if doc)
+    assert proc.stdout.strip() == f"kubecheck: {rendered} objects, 0 refused"
+
+
+def test_kubecheck_refuses_a_misspelt_field_and_a_wrong_type(
+        helm: str, kubecheck: str, tmp_path: Path) -> None:
+    # Given a render with a misspelt probe and a replica count given as text
+    text = _template_text(helm, tmp_path, None)
+    broken = text.replace("readinessProbe:", "readinesProbe:", 1).replace(
+        "replicas: 1", 'replicas: "one"', 1)
+    # When it is checked / Then both are refused, one line each, naming the field
+    proc = _kubecheck(kubecheck, broken)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert any('unknown field "spec.template.spec.containers[0].readinesProbe"' in ln
+               for ln in lines)
+    assert any("DeploymentSpec.spec.replicas of type int32" in ln for ln in lines)
+    assert proc.stdout.strip().endswith("2 refused")
