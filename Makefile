@@ -84,7 +84,7 @@ helm: ## Build helm and kubecheck from the Go module proxy into .cache/bin (for 
 test: install helm ## Lint, then every test (brings the Kafka broker up and down)
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory kafka-up
-	@set +e; $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	@set +e; PORTWATCH_TEST_STRICT=1 $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
 	  $(MAKE) --no-print-directory kafka-down; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -8,7 +8,8 @@ STARTTLS), plus TLS settings for the vsftpd, PostgreSQL and MariaDB helpers of
 ``tests/servers.py``. Each binds 127.0.0.1 only, and is stopped by its process group on
 exit (``servers.run_server``).
 
-A daemon that cannot start here raises ``ServerUnavailable`` with the reason; tests skip.
+A daemon that cannot start here raises ``ServerUnavailable`` with the reason; tests skip
+(a failure under ``make test`` and CI: tests/conftest.py).
 Must not touch: anything outside the temporary directories it creates.
 """
 
