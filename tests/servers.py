@@ -11,8 +11,9 @@ anything but the loopback address it is given.
 
 A server that cannot start here raises :class:`ServerUnavailable` with the
 reason (missing binary, not root, its own error log); tests turn that into a
-skip, which ``make test`` and CI count as a failure (tests/conftest.py). Must not touch: anything outside the temporary directories it creates
-(except creating sshd's privilege-separation directory when it is missing).
+skip, which ``make test`` and CI count as a failure (tests/conftest.py). Must not
+touch: anything outside the temporary directories it creates (except creating sshd's
+privilege-separation directory when it is missing).
 """
 
 from __future__ import annotations

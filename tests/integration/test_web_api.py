@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from schemas.records import (
     Certificate,
@@ -36,10 +37,6 @@ from schemas.records import (
 )
 from tests.conftest import run_cli
 from tests.loopback import free_port
-
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("starlette")
-pytest.importorskip("jinja2")
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WEB1 = Target(ip="127.0.0.1", target="127.0.0.1", hostname="web-1.example.test",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,8 +34,6 @@ from portwatch.web.cli import (
 )
 from tests.conftest import REPO, run_cli
 from tests.loopback import free_port
-
-uvicorn = pytest.importorskip("uvicorn")
 
 ADDRESS = "127.0.0.60"
 TOKEN = "h" * 24
