@@ -18,15 +18,23 @@ from stream_processors.store import Report, Store
 SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+MAX_DURATION = timedelta(days=36_500)  # 100 years, whatever the unit
+
+
 def parse_duration(text: str) -> timedelta:
-    """'90d', '12h', '30m', '2w' -> timedelta; ValueError with a clear message otherwise."""
+    """'90d', '12h', '30m', '2w' -> timedelta, from 1 unit to 100 years; ValueError with a
+    clear message otherwise. Digits are ASCII only ('²' and '٣' are digits to Python)."""
     value = text.strip().lower()
-    if len(value) < 2 or value[-1] not in SINCE_UNITS or not value[:-1].isdigit():
-        raise ValueError(f"bad duration {text!r}: use a number and a unit, e.g. 7d, 12h, 30m, 2w")
-    amount = int(value[:-1])
-    if amount <= 0 or amount > 100 * 365:
-        raise ValueError(f"bad duration {text!r}: out of range")
-    return timedelta(seconds=amount * SINCE_UNITS[value[-1]])
+    digits = value[:-1]
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    if (len(value) < 2 or value[-1] not in SINCE_UNITS or not digits.isascii()
+            or not digits.isdigit()):
+        raise ValueError(f"bad duration {shown!r}: use a number and a unit, e.g. 7d, 12h, "
+                         "30m, 2w")
+    if len(digits) > 9 or int(digits) == 0 or (
+            int(digits) * SINCE_UNITS[value[-1]] > MAX_DURATION.total_seconds()):
+        raise ValueError(f"bad duration {shown!r}: from 1 unit to 36,500 days (100 years)")
+    return timedelta(seconds=int(digits) * SINCE_UNITS[value[-1]])
 
 
 def parse_when(text: str) -> datetime:
@@ -73,6 +81,10 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     kept by views or the writer and do not depend on the raw rows once written. Returns the
     cutoff."""
     cutoff = (now or datetime.now(UTC)) - older_than
+    if cutoff <= EPOCH:
+        # Nothing is observed before 1970 (observations carry our clock), and the engine
+        # takes no DateTime64 parameter at or before it: nothing to delete.
+        return cutoff
     for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
                           ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
                           ("host_scans", "finished_at")):

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tests import loopback
-from tests.conftest import run_cli
+from tests.conftest import query_store, run_cli
 
 FAST = {"PORTWATCH_IDENTIFY_BUDGET": "4", "PORTWATCH_BANNER_WAIT": "1"}
 KEYS = ["kind", "severity", "target", "ip", "proto", "port", "before", "after", "scan_id",
@@ -107,6 +107,19 @@ def test_bad_input_is_one_line_and_exit_2(scanned: dict, args: tuple[str, ...]) 
     result = run_cli(*args, store=scanned["store"])
     assert result.code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("period", ["36500d", "5214w"])
+def test_prune_before_1970_deletes_nothing_and_says_so(scanned: dict, period: str) -> None:
+    # Given a period that reaches before 1970 (the engine takes no time before it)
+    sql = "SELECT count() FROM port_observations"
+    before = query_store(scanned["store"], sql)
+    result = run_cli("prune", "--older-than", period, store=scanned["store"])
+    # Then it is not an error: the cutoff is printed and no observation is deleted
+    assert result.code == 0, result.stderr
+    assert "pruned raw observations older than 1926-12-" in result.stdout
+    assert query_store(scanned["store"], sql) == before
+    assert before[0][0] >= 3  # the three scans' open ports
 
 
 def test_prune_command_keeps_the_change_log(scanned: dict) -> None:

@@ -1,0 +1,57 @@
+"""The change log's user inputs (stream_processors/change_log.py): durations for --since and
+prune's --older-than, ISO times for --from/--to and the API. Hostile text gets a ValueError
+with a one-line message, never another exception."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_processors.change_log import MAX_DURATION, parse_duration, parse_when
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("90d", timedelta(days=90)), ("12h", timedelta(hours=12)), ("30m", timedelta(minutes=30)),
+    ("2w", timedelta(weeks=2)), (" 7D ", timedelta(days=7)), ("36500d", timedelta(days=36_500)),
+    ("5214w", timedelta(weeks=5214)), ("1m", timedelta(minutes=1)),
+])
+def test_durations_in_range(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("7x", "use a number and a unit"), ("d", "use a number and a unit"),
+    ("²d", "use a number and a unit"), ("٣d", "use a number and a unit"),
+    ("-1d", "use a number and a unit"), ("1.5d", "use a number and a unit"),
+    ("0d", "from 1 unit to 36,500 days"), ("36501d", "from 1 unit to 36,500 days"),
+    ("5215w", "from 1 unit to 36,500 days"),
+    ("9" * 5000 + "d", "from 1 unit to 36,500 days"),
+])
+def test_bad_durations_say_why(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words) as caught:
+        parse_duration(text)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+@given(st.text(max_size=60))
+def test_any_text_is_a_duration_in_range_or_a_value_error(text: str) -> None:
+    try:
+        period = parse_duration(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert timedelta(minutes=1) <= period <= MAX_DURATION
+
+
+@given(st.text(max_size=60))
+def test_any_text_is_a_time_in_the_store_range_or_a_value_error(text: str) -> None:
+    try:
+        when = parse_when(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert when.tzinfo is not None
+        assert datetime(1900, 1, 1, tzinfo=UTC) <= when <= datetime(2300, 1, 1, tzinfo=UTC)
