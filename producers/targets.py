@@ -194,7 +194,9 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     return total
 
 
-def _looks_like_hostname(text: str) -> bool:
+def looks_like_hostname(text: str) -> bool:
+    """DNS name syntax (labels of 1-63 letters, digits, '-' or '_'; 253 at most), and not
+    all digits and dots: '256.0.0.1' is a bad address, not a name."""
     if not text or len(text) > 253 or text.startswith("-"):
         return False
     labels = text.rstrip(".").split(".")
@@ -259,7 +261,7 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
         count, addresses = parsed
         _check_size(text, count, allow_large=allow_large)
         return [make(ip) for ip in addresses]
-    if _looks_like_hostname(text):
+    if looks_like_hostname(text):
         return [make(ip, hostname=text.rstrip(".").lower()) for ip in resolve_hostname(text)]
     raise TargetError(f"not an address, CIDR block, range or hostname: {text!r}")
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from producers.targets import looks_like_hostname
+from schemas.bounded import timestamp
 from schemas.records import ChangeEvent
 
 COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
@@ -66,19 +68,21 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
     (target, proto, port); port 0 means the whole target."""
     raw = text.strip()
     if not raw or len(raw) > 300 or any(ch.isspace() for ch in raw):
-        raise AcceptError(f"bad target {text!r}: use TARGET or TARGET:PORT/PROTO")
+        raise AcceptError(f"bad target {text[:80]!r}: use TARGET or TARGET:PORT/PROTO")
     if _is_address(raw):
         return str(ipaddress.ip_address(raw)), "tcp", 0
     found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I) or \
         re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I)
     if not found:
-        raise AcceptError(f"bad target {text!r}: use TARGET, TARGET:PORT/PROTO or "
+        raise AcceptError(f"bad target {text[:80]!r}: use TARGET, TARGET:PORT/PROTO or "
                           "[IPv6]:PORT/PROTO")
     host, port_text, proto = found.group(1), found.group(2), (found.group(3) or "tcp").lower()
     if _is_address(host):
         host = str(ipaddress.ip_address(host))
     elif raw.startswith("["):
         raise AcceptError(f"bad IPv6 address in {text!r}")
+    elif not looks_like_hostname(host):
+        raise AcceptError(f"bad target {text[:80]!r}: not an address or a hostname")
     port = int(port_text) if port_text else 0
     if port_text and not 1 <= port <= 65535:
         raise AcceptError(f"port out of range in {text!r}")
@@ -97,17 +101,19 @@ def parse_until(text: str, now: datetime) -> datetime:
     """``2027-01-31`` (through that day, UTC) or an ISO date-time; must be in the future."""
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
-            moment = datetime.combine(date.fromisoformat(text.strip()), datetime.min.time(),
+            day = date.fromisoformat(text.strip())
+            # Through that day; 9999-12-31 has no next day, and the column ends in 2299
+            moment = datetime.combine(min(day, date(2299, 12, 30)), datetime.min.time(),
                                       UTC) + timedelta(days=1)
         else:
             moment = datetime.fromisoformat(text.strip())
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
-        raise AcceptError(f"bad --until {text!r}: use a date like 2027-01-31 or an ISO "
+        raise AcceptError(f"bad --until {text[:40]!r}: use a date like 2027-01-31 or an ISO "
                           "date-time") from None
     if moment <= now:
-        raise AcceptError(f"--until {text!r} is in the past")
-    return moment
+        raise AcceptError(f"--until {text[:40]!r} is in the past")
+    return timestamp(moment)  # the column's range: 9999-12-31 means "until 2299"
 
 
 def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str,

@@ -196,7 +196,9 @@ SELECT
     (is_port_accepted OR acc_host.target != '') AS is_accepted,
     if(is_port_accepted, acc_port.note, acc_host.note) AS accepted_note,
     if(is_port_accepted, acc_port.accepted_by, acc_host.accepted_by) AS accepted_by,
-    if(is_port_accepted, acc_port.until, acc_host.until) AS accepted_until,
+    -- NULL: no acceptance, or one with no expiry (stored as 1970: not "expired in 1970")
+    nullIf(if(is_port_accepted, acc_port.until, acc_host.until),
+           toDateTime64(0, 3, 'UTC')) AS accepted_until,
     if(is_current, 'open',
        if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
           'not seen in the latest scan',

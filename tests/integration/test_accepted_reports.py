@@ -63,8 +63,11 @@ def test_accepted_ports_show_in_list_summary_and_web_until_the_version_changes(
         1, "cache, firewalled upstream", "alice")
     assert redis["accepted_until"].replace(tzinfo=UTC) == until
     assert rows[("127.0.0.1", 5432)]["is_accepted"] == 0
+    assert rows[("127.0.0.1", 5432)]["accepted_until"] is None
     assert (rows[("127.0.0.9", 23)]["is_accepted"], rows[("127.0.0.9", 23)]["accepted_note"]) \
         == (1, "honeypot")
+    # And an acceptance with no expiry has no until (not "until 1970")
+    assert rows[("127.0.0.9", 23)]["accepted_until"] is None
     # And the Summary counts and names them per host
     summary = {r["ip"]: r for r in store.report("summary", {}).dicts()}
     assert summary["127.0.0.1"]["accepted"] == 1

@@ -3,6 +3,7 @@ FILE:LINE line naming the fault; hostile text never escapes as anything but that
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -194,10 +195,36 @@ def test_accept_target_forms(text: str, expected: tuple[str, str, int]) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "127.0.0.1:0", "127.0.0.1:70000", "h:80/icmp",
-                                  "[nothex]:80", "a b", "::1:80/tcp/x"])
+                                  "[nothex]:80", "a b", "::1:80/tcp/x", "256.0.0.1:22/tcp",
+                                  "10.0.0:22", "-bad.example", "a..b:80", "x" * 5000])
 def test_bad_accept_targets(text: str) -> None:
-    with pytest.raises(AcceptError):
+    with pytest.raises(AcceptError) as caught:
         parse_target_port(text)
+    assert len(str(caught.value)) < 200  # never the whole hostile text echoed back
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2027-01-31", datetime(2027, 2, 1, tzinfo=UTC)),
+    ("2027-01-31T08:00", datetime(2027, 1, 31, 8, tzinfo=UTC)),
+    ("9999-12-31", datetime(2299, 12, 31, tzinfo=UTC)),  # the column's range ends in 2299
+    ("9999-12-31T00:00+00:00", datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)),
+])
+def test_accept_until_forms(text: str, expected: datetime) -> None:
+    from portwatch.alerts.accepted import parse_until
+
+    assert parse_until(text, datetime(2026, 12, 1, tzinfo=UTC)) == expected
+
+
+@given(st.text(max_size=40))
+def test_accept_until_only_raises_accept_error(text: str) -> None:
+    from portwatch.alerts.accepted import parse_until
+
+    try:
+        moment = parse_until(text, datetime(2026, 12, 1, tzinfo=UTC))
+    except AcceptError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert datetime(2026, 12, 1, tzinfo=UTC) < moment <= datetime(2300, 1, 1, tzinfo=UTC)
 
 
 @given(st.text(max_size=60))
