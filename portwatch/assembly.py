@@ -163,6 +163,8 @@ class Assembly:
         resumes it (its scan id and seed); one of other work, or a ``--seed`` /
         ``--scan-id`` that contradicts it, is refused (CheckpointError, one line)."""
         saved = Checkpoint.load(checkpoint_path) if checkpoint_path else None
+        if checkpoint_path:
+            Checkpoint.check_writable(checkpoint_path)
         if saved is not None:
             if seed is not None and seed != saved.seed:
                 raise CheckpointError(f"checkpoint {checkpoint_path} is of seed {saved.seed}, "

@@ -62,6 +62,8 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("stream_processors.store", "StoreBusy", EXIT_RUNTIME),
     ("stream_processors.store", "StoreError", EXIT_RUNTIME),
     ("probers.discovery.base", "EngineUnavailable", EXIT_USAGE),
+    ("probers.nmapdata", "NmapDataError", EXIT_USAGE),
+    ("probers.nmapdata", "NmapDataUnavailable", EXIT_USAGE),
     ("producers.kafka_io", "KafkaUnavailable", EXIT_RUNTIME),
     ("producers.kafka_io", "TopicSetupError", EXIT_RUNTIME),
     ("producers.kafka_io", "PublishError", EXIT_RUNTIME),

@@ -164,10 +164,26 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps({"scan_id": self.scan_id, "seed": self.seed,
-                                   "fingerprint": self.fingerprint,
-                                   "next_index": dict(self.next_index)}))
-        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+        try:
+            tmp.write_text(json.dumps({"scan_id": self.scan_id, "seed": self.seed,
+                                       "fingerprint": self.fingerprint,
+                                       "next_index": dict(self.next_index)}))
+            tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {os.fspath(path)}: "
+                                  f"{exc.strerror or exc}") from None
+
+    @staticmethod
+    def check_writable(path: str | os.PathLike[str]) -> None:
+        """CheckpointError (one line) when a checkpoint could not be saved at ``path``:
+        asked before the scan starts, not after its first shard."""
+        folder = Path(path).parent
+        if not folder.is_dir():
+            raise CheckpointError(f"cannot write checkpoint {os.fspath(path)}: no directory "
+                                  f"{os.fspath(folder)}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CheckpointError(f"cannot write checkpoint {os.fspath(path)}: "
+                                  f"{os.fspath(folder)} is not writable")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint | None:

@@ -318,6 +318,16 @@ def _is_scalar(value: object) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The problem and its line ("line 4: expected ',' or ']'"): the first line of
+    PyYAML's text is only its context ("while parsing a flow sequence")."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+    return str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+
+
 def _check_count(specs: list[TargetSpec], file: Path) -> None:
     if len(specs) > MAX_INVENTORY_ENTRIES:
         raise TargetError(f"inventory {str(file)!r} lists more than "
@@ -347,7 +357,10 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise TargetError(f"inventory {str(file)!r} is not valid YAML: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{_yaml_problem(exc)}") from None
+        except ValueError:  # PyYAML's int() of a number of more than 4,300 digits
+            raise TargetError(f"inventory {str(file)!r}: a number too long to be a target "
+                              "(over 4,300 digits)") from None
         except RecursionError:
             raise TargetError(f"inventory {str(file)!r}: YAML nested too deeply") from None
         if isinstance(data, dict) and "targets" in data:
@@ -415,10 +428,18 @@ class Scope:
         entries = list(exclude)
         if exclude_file:
             try:
-                lines = Path(exclude_file).read_text(encoding="utf-8").splitlines()
+                with open(exclude_file, "rb") as handle:
+                    raw = handle.read(MAX_INVENTORY_BYTES + 1)
             except OSError as exc:
                 raise TargetError(f"cannot read exclude file {exclude_file!r}: "
                                   f"{exc.strerror}") from None
+            if len(raw) > MAX_INVENTORY_BYTES:
+                raise TargetError(f"exclude file {exclude_file!r} is larger than "
+                                  f"{MAX_INVENTORY_BYTES // 2**20} MiB")
+            try:
+                lines = raw.decode("utf-8").splitlines()
+            except UnicodeDecodeError:
+                raise TargetError(f"exclude file {exclude_file!r} is not UTF-8 text") from None
             entries += [ln.split("#", 1)[0].strip() for ln in lines]
         allow_list = list(allow) if allow is not None else [
             a for a in os.environ.get(SCOPE_ALLOW_ENV, "").split(",") if a.strip()
@@ -444,7 +465,8 @@ def _net(text: str, what: str) -> IPNetwork:
     try:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise TargetError(f"bad {what} {text!r}: expected an address or CIDR block") from None
+        raise TargetError(f"bad {what} {_one_line(_short(text))!r}: expected an address or "
+                          "CIDR block") from None
     return _fold_mapped(net)
 
 

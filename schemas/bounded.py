@@ -109,6 +109,13 @@ def texts(values: Any, cap: int = ARRAY_CAP, item_cap: int = ARRAY_ITEM_CAP) -> 
     return out
 
 
+def is_digits(text: str, max_digits: int = 18) -> bool:
+    """1 to ``max_digits`` ASCII digits: ``str.isdigit`` also says yes to '²' and '٣', which
+    ``int`` refuses (a ValueError where a check had promised a number), and ``int`` refuses
+    more than 4,300 digits; 18 fit any count, port, pid or limit this code reads."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
 def timestamp(value: Any) -> datetime:
     """A DateTime64(3, 'UTC') column: aware, inside the column's range."""
     if not isinstance(value, datetime):
@@ -120,6 +127,7 @@ def timestamp(value: Any) -> datetime:
 
 __all__ = [
     "ARRAY_CAP", "ARRAY_ITEM_CAP", "BANNER_CAP", "JARM_CAP", "TEXT_CAP", "TIME_MAX", "TIME_MIN",
-    "UINT16_MAX", "UINT32_MAX", "UINT8_MAX", "flag", "saturate", "text", "texts", "timestamp",
+    "UINT16_MAX", "UINT32_MAX", "UINT8_MAX", "flag", "is_digits", "saturate", "text", "texts",
+    "timestamp",
     "u16", "u32", "u8",
 ]

@@ -22,6 +22,8 @@ import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from schemas.bounded import is_digits
+
 R = TypeVar("R")
 
 # ClickHouse error codes that name the data, not the server's state
@@ -61,7 +63,7 @@ def _error_code(exc: BaseException) -> int | None:
         return None
     digits = ""
     for ch in message[at + len(marker):at + len(marker) + 6]:
-        if not ch.isdigit():
+        if not is_digits(ch):
             break
         digits += ch
     return int(digits) if digits else None

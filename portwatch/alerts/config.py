@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from schemas.bounded import is_digits
 from schemas.records import ChangeKind, RiskColor, Severity
 
 ALERTS_ENV = "PORTWATCH_ALERTS"
@@ -174,6 +175,8 @@ def compose_yaml(name: str, text: str) -> yaml.Node | None:
                                            "not allowed") from None
     except yaml.YAMLError as exc:
         raise AlertConfigError(name, 0, f"invalid YAML: {exc}") from None
+    except RecursionError:  # '[[[[...' a thousand deep: the composer recurses per level
+        raise AlertConfigError(name, 1, "invalid YAML: nested too deeply") from None
 
 
 def parse_duration(text: str) -> float:
@@ -351,7 +354,7 @@ class _Parser:
         for key in ("max_attempts", "max_events_per_message"):
             if key in items:
                 text = self.scalar(items[key][1], f"delivery {key}")
-                if not text.isdigit() or not 1 <= int(text) <= 10_000:
+                if not is_digits(text) or not 1 <= int(text) <= 10_000:
                     raise self.fail(items[key][1], f"delivery {key}: a number from 1 to 10000")
                 values[key] = int(text)
         return DeliveryOptions(**values)

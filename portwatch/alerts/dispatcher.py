@@ -38,6 +38,7 @@ from portwatch.alerts.accepted import ActiveAcceptances
 from portwatch.alerts.channels import FIELD_CAP, send
 from portwatch.alerts.config import AlertConfig, Rule
 from portwatch.alerts.rules import matches, prevalence_bucket
+from schemas.bounded import is_digits
 from schemas.records import ChangeEvent, RecordError
 
 OUTBOX_COLUMNS = ("rule", "channel", "event_id", "event_json", "state", "attempts",
@@ -96,7 +97,7 @@ def _owner_is_gone(owner: str, host: str) -> bool:
     longer exists: its claim is void at once, not after the lease (a restart after a
     SIGKILL delivers without waiting)."""
     parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != host or not is_digits(parts[1]):
         return False
     pid = int(parts[1])
     if pid == os.getpid():

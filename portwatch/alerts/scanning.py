@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.bounded import is_digits
 from schemas.records import ChangeEvent
 
 
@@ -45,7 +46,7 @@ class ScanOutcome:
 def _tcp_spec(ports: str) -> str:
     """``topN`` (nmap's N most often open TCP ports) -> an explicit spec; else unchanged."""
     lowered = ports.strip().lower()
-    if lowered.startswith("top") and lowered[3:].isdigit():
+    if lowered.startswith("top") and is_digits(lowered[3:]):
         from probers.nmapdata.services import top_ports
 
         return ",".join(str(p) for p in sorted(top_ports("tcp", int(lowered[3:]))))

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from schemas.bounded import is_digits
+
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
@@ -100,7 +102,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep:
         host, port_text = DEFAULT_HOST, text
     host = host.strip("[]") or DEFAULT_HOST
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not is_digits(port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r} is not PORT or HOST:PORT (port 1-65535)")
     return host, int(port_text)
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from schemas.bounded import is_digits
 from schemas.filters import normalize_target
 from schemas.records import ChangeKind, Severity
 
@@ -73,7 +74,7 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     if severity and severity not in SEVERITIES:
         raise BadParam(f"severity: choose one of {', '.join(SEVERITIES)}")
     port_text = _one(params, "port")
-    if port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+    if port_text and (not is_digits(port_text) or not 0 < int(port_text) < 65536):
         raise BadParam("port: a number from 1 to 65535")
     try:
         target = normalize_target(_one(params, "target"))
@@ -118,7 +119,7 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
             params.setdefault(key, []).append(value)
     f = parse_changes_query([(key, value) for key, value in items if key not in own])
     text = _one(params, "limit")
-    if text and (not text.isdigit() or not 0 < int(text) <= API_LIMIT):
+    if text and (not is_digits(text) or not 0 < int(text) <= API_LIMIT):
         raise BadParam(f"limit: a number from 1 to {API_LIMIT:,}")
     start, end = _one(params, "from"), _one(params, "to")
     if start and any(key == "since" for key, _value in items):

@@ -72,7 +72,10 @@ class NmapDataError(ValueError):
     """A data file is present but malformed at a given line."""
 
     def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source}:{line}: {message}")
+        # One line, bounded: the message quotes the file's line, which may be anything
+        shown = " ".join(message.split())
+        shown = shown if len(shown) <= 200 else shown[:200] + "..."
+        super().__init__(f"{source}:{line}: {shown}")
         self.source = source
         self.line = line
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from probers.nmapdata import NmapDataError, c_unescape, parse_port_list, read_data_file
+from probers.nmapdata import (
+    NmapDataError,
+    c_unescape,
+    data_file,
+    parse_port_list,
+    read_data_file,
+)
+from schemas.bounded import is_digits
 
 FILE_NAME = "nmap-payloads"
 
@@ -83,7 +90,7 @@ def parse_payloads(text: bytes, source: str = FILE_NAME) -> list[UdpPayload]:
             raise NmapDataError(source, lineno, "udp entry without a payload string")
         source_port: int | None = None
         if i < len(tokens) and tokens[i][0] == "word" and tokens[i][1].lower() == "source":
-            if i + 1 >= len(tokens) or not tokens[i + 1][1].isdigit():
+            if i + 1 >= len(tokens) or not is_digits(tokens[i + 1][1]):
                 raise NmapDataError(source, tokens[i][2], "expected a port after 'source'")
             source_port = int(tokens[i + 1][1])
             if not 0 < source_port < 65536:
@@ -95,7 +102,8 @@ def parse_payloads(text: bytes, source: str = FILE_NAME) -> list[UdpPayload]:
 
 def load_payloads(path: str | os.PathLike[str] | None = None) -> list[UdpPayload]:
     """All entries of nmap-payloads; raises NmapDataUnavailable when it is not installed."""
-    return parse_payloads(read_data_file(FILE_NAME, path), str(path or FILE_NAME))
+    resolved = data_file(FILE_NAME, path)  # errors name the file, not its directory
+    return parse_payloads(read_data_file(FILE_NAME, resolved), str(resolved))
 
 
 def by_port(payloads: list[UdpPayload]) -> dict[int, list[bytes]]:

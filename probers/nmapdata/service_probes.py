@@ -57,6 +57,7 @@ from probers.nmapdata import (
     parse_port_list,
     read_data_file,
 )
+from schemas.bounded import is_digits
 
 FILE_NAME = "nmap-service-probes"
 MAX_SUBJECT = 16 * 1024
@@ -273,7 +274,7 @@ def parse_template(text: str) -> tuple[_Segment, ...]:
     n = len(text)
     while i < n:
         ch = text[i]
-        if ch == "$" and i + 1 < n and text[i + 1].isdigit():
+        if ch == "$" and i + 1 < n and is_digits(text[i + 1]):
             if literal:
                 segments.append("".join(literal))
                 literal = []

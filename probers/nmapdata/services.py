@@ -66,7 +66,8 @@ class ServicesDB:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> ServicesDB:
         """Read nmap-services; raises NmapDataUnavailable when it is not installed."""
-        return cls.parse(read_data_file(FILE_NAME, path), str(path or FILE_NAME))
+        resolved = data_file(FILE_NAME, path)  # errors name the file, not its directory
+        return cls.parse(read_data_file(FILE_NAME, resolved), str(resolved))
 
     def ranked(self, proto: str) -> list[ServiceEntry]:
         """Entries of ``proto`` by descending frequency; ties keep file order (stable sort)."""

@@ -72,6 +72,9 @@ SCAN_CASES = [
                  id="bad-flag-type"),
     pytest.param(["--no-such-flag", "127.0.0.1"], "No such option: --no-such-flag",
                  id="unknown-flag"),
+    pytest.param(["--checkpoint", "/nonexistent/dir/ck.json", "127.0.0.1"],
+                 "cannot write checkpoint /nonexistent/dir/ck.json: no directory "
+                 "/nonexistent/dir", id="checkpoint-nowhere"),
 ]
 
 
@@ -128,6 +131,42 @@ def test_bad_inventory_is_refused(tmp_path: Path, store_dir: Path) -> None:
     result = run_cli("scan", "--inventory", str(inventory), store=f"chdb://{store_dir}",
                      timeout=60)
     assert_refused(result, "assets.yaml: entry 1: no target column")
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize(("name", "content", "flag", "message"), [
+    pytest.param("assets.yaml", b"- " + b"1" * 5000 + b"\n", "--inventory",
+                 "a number too long to be a target (over 4,300 digits)", id="inventory-huge-int"),
+    pytest.param("assets.yaml", b"- [a, b\n- c\n", "--inventory",
+                 "is not valid YAML: line 3: expected ',' or ']'", id="inventory-yaml-line"),
+    pytest.param("exclude.txt", bytes(range(128, 256)) * 8, "--exclude-file",
+                 "exclude.txt' is not UTF-8 text", id="exclude-binary"),
+    pytest.param("exclude.txt", b"x" * 100_000 + b"\n", "--exclude-file",
+                 "bad exclusion 'xxxxxxxxxx", id="exclude-huge-line"),
+])
+def test_bad_input_files_are_one_line(tmp_path: Path, store_dir: Path, name: str,
+                                      content: bytes, flag: str, message: str) -> None:
+    # Given a hostile inventory or exclude file
+    path = tmp_path / name
+    path.write_bytes(content)
+    targets = [] if flag == "--inventory" else ["127.0.0.1"]
+    # When scan reads it / Then one short line, exit 2, nothing written
+    result = run_cli("scan", flag, str(path), *targets, store=f"chdb://{store_dir}",
+                     timeout=60)
+    assert_refused(result, message)
+    assert len(result.stderr) < 400
+    assert not store_dir.exists()
+
+
+def test_malformed_nmap_data_is_one_line_naming_the_file(tmp_path: Path,
+                                                          store_dir: Path) -> None:
+    # Given PORTWATCH_NMAP_DATA pointing at a junk nmap-services (the top UDP ports' source)
+    (tmp_path / "nmap-services").write_bytes(b"junk line here\n\x00\x01garbage\n")
+    result = run_cli("scan", "127.0.0.1", "--ports", "1", store=f"chdb://{store_dir}",
+                     env={"PORTWATCH_NMAP_DATA": str(tmp_path)}, timeout=60)
+    # Then one line naming the file and its line, exit 2, before anything is scanned
+    assert_refused(result, f"{tmp_path / 'nmap-services'}:1: bad port or frequency: "
+                           "'junk line here'")
     assert not store_dir.exists()
 
 

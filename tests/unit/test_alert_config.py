@@ -126,6 +126,12 @@ BAD_FILES = [
      "    notify: [a]\n", 2, "NOPE_VAR is not set"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    notify: [a]\n  - name: r\n    notify: [a]\n", 6, "used twice"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery: {max_attempts: \u00b2}\n", 6, "a number from 1 to 10000"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery: {max_attempts: " + "9" * 5000 + "}\n", 6,
+     "a number from 1 to 10000"),
+    ("[" * 5000, 1, "nested too deeply"),
 ]
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from portwatch.web.history_pages import BadParam, parse_changes_query
+from portwatch.web.history_pages import BadParam, parse_changes_api_query, parse_changes_query
 from schemas.records import HostScan, PortRange, Proto, RecordError, Target
-from stream_processors.change_log import parse_duration
+from stream_processors.change_log import MAX_DURATION, parse_duration
 
 
 @given(st.text(max_size=30))
@@ -20,7 +20,7 @@ def test_parse_duration_accepts_or_refuses_clearly(text: str) -> None:
     except ValueError as exc:
         assert "duration" in str(exc)
     else:
-        assert timedelta(0) < period <= timedelta(days=100 * 365 * 7)
+        assert timedelta(minutes=1) <= period <= MAX_DURATION
 
 
 @given(st.integers(1, 5000), st.sampled_from("mhdw"))
@@ -32,6 +32,8 @@ def test_parse_duration_values(amount: int, unit: str) -> None:
 @settings(max_examples=300)
 @given(st.lists(st.tuples(st.sampled_from(["since", "kind", "severity", "target", "org",
                                            "port", "x"]), st.text(max_size=40)), max_size=6))
+@example([("port", "\u00b2")]).via("a digit to str.isdigit, not to int")
+@example([("port", "9" * 5000)]).via("more digits than int takes")
 def test_changes_page_query_is_validated(items: list[tuple[str, str]]) -> None:
     try:
         parsed = parse_changes_query(items)
@@ -68,3 +70,17 @@ def test_default_host_scan_covers_nothing() -> None:
                                "open_ports": 0})
     assert scan.ports == () and not scan.covers(Proto.TCP, 22)
     assert Target("127.0.0.1", "t") == scan.target and PortRange(1, 2).first == 1
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["limit", "from", "to", "since", "port"]),
+                          st.text(max_size=40)), max_size=4))
+@example([("limit", "\u00b2")]).via("a digit to str.isdigit, not to int")
+@example([("limit", "9" * 5000)]).via("more digits than int takes")
+def test_changes_api_query_is_validated(items: list[tuple[str, str]]) -> None:
+    try:
+        _parsed, limit = parse_changes_api_query(items)
+    except BadParam as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert 1 <= limit <= 10_000
