@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -132,31 +133,59 @@ class StoreLocation:
 
     @classmethod
     def parse(cls, url: str) -> StoreLocation:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
+        try:
+            parts = urlsplit(url)
+            shown = _shown_url(url)
+        except ValueError:  # "Invalid IPv6 URL": an unclosed '['
+            raise StoreUrlError(f"store URL {url[:120]!r} is not a URL") from None
+        scheme = parts.scheme.lower()  # errors never echo a password or a whole hostile string
         if scheme not in ACCEPTED_SCHEMES:
             raise UnknownStoreScheme(
-                f"unknown store URL {url!r}: use chdb:///path or "
+                f"unknown store URL {shown!r}: use chdb:///path or "
                 "clickhouse://user@host:8123/database"
             )
         query = parse_qs(parts.query)
         if scheme == "chdb":
             path = unquote(parts.netloc + parts.path)
             if not path:
-                raise StoreUrlError(f"store URL {url!r} has no path: use chdb:///path/to/store")
-            database = query.get("database", [DEFAULT_DATABASE])[0]
+                raise StoreUrlError(f"store URL {shown!r} has no path: use chdb:///path/to/store")
+            database = _database(query.get("database", [DEFAULT_DATABASE])[0], shown)
             return cls(scheme, path=os.path.expanduser(path), database=database)
         if not parts.hostname:
-            raise StoreUrlError(f"store URL {url!r} has no host")
-        database = parts.path.strip("/") or DEFAULT_DATABASE
+            raise StoreUrlError(f"store URL {shown!r} has no host")
+        if parts.password is not None:
+            raise StoreUrlError(f"store URL {shown!r} carries a password: give it in "
+                                f"{PASSWORD_ENV} instead (a URL shows in process lists)")
+        database = _database(parts.path.strip("/") or DEFAULT_DATABASE, shown)
         try:
             port = parts.port or (8443 if scheme == "clickhouses" else 8123)
         except ValueError as exc:
-            raise StoreUrlError(f"store URL {url!r}: {exc}") from exc
+            raise StoreUrlError(f"store URL {shown!r}: {exc}") from None
         return cls(
             scheme, host=parts.hostname, port=port,
             username=unquote(parts.username or "default"), database=database,
         )
+
+
+_DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _database(name: str, shown: str) -> str:
+    """A database name that is safe to quote into DDL: letters, digits and '_'."""
+    if not _DATABASE_NAME.fullmatch(name):
+        raise StoreUrlError(f"store URL {shown!r}: database {name[:40]!r} must be letters, "
+                            "digits and '_' (at most 64, not starting with a digit)")
+    return name
+
+
+def _shown_url(url: str) -> str:
+    """``url`` for an error line: without a password, at most 120 characters."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username or ""
+        url = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return url if len(url) <= 120 else url[:120] + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,18 @@ def test_store_url_parsing(url: str, expected: StoreLocation) -> None:
         ("clickhouse:///db", StoreError, "store URL 'clickhouse:///db' has no host"),
         ("clickhouse://127.0.0.1:99999/db", StoreError, "store URL 'clickhouse://127.0.0.1:99999/db'"),
         ("clickhouse://127.0.0.1:port/db", StoreError, "store URL"),
+        ("clickhouse://bob:S3cretPW@127.0.0.1/db", StoreError,
+         "store URL 'clickhouse://bob:***@127.0.0.1/db' carries a password: give it in "
+         "PORTWATCH_CLICKHOUSE_PASSWORD"),
+        ("clickhouse://bob:S3cretPW@127.0.0.1:abc/db", StoreError,
+         "store URL 'clickhouse://bob:***@127.0.0.1:abc/db'"),
+        ("clickhouse://127.0.0.1/a`b", StoreError,
+         "store URL 'clickhouse://127.0.0.1/a`b': database 'a`b' must be letters, digits"),
+        ("chdb:///tmp/s?database=x;DROP", StoreError, "store URL 'chdb:///tmp/s?database=x;DROP"
+         "': database 'x;DROP' must be letters"),
+        ("chdb:///tmp/s?database=1st", StoreError, "store URL"),
+        ("clickhouse://[::1/db", StoreError, "store URL 'clickhouse://[::1/db' is not a URL"),
+        ("clickhouse://127.0.0.1/" + "d" * 70, StoreError, "store URL"),
     ],
 )
 def test_bad_store_urls_are_one_line_errors(url: str, error: type[StoreError],
@@ -154,6 +166,7 @@ def test_bad_store_urls_are_one_line_errors(url: str, error: type[StoreError],
         StoreLocation.parse(url)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+    assert "S3cretPW" not in str(err.value)
 
 
 def test_unopenable_chdb_path_is_a_store_error(tmp_path: Path) -> None:
