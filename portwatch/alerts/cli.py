@@ -56,10 +56,12 @@ def _check_store_url(url: str | None) -> None:
     Assembly(settings_from(store=url)).store_location()
 
 
-def _store(url: str | None) -> Any:
+def _store(url: str | None, *, create: bool = True) -> Any:
+    """The store; ``create=False`` for commands that only read or withdraw: a mistyped
+    path is refused (StoreMissing, exit 2) instead of becoming an empty store."""
     from portwatch.assembly import Assembly
 
-    return Assembly(settings_from(store=url)).open_store()
+    return Assembly(settings_from(store=url)).open_store(create=create)
 
 
 def _say(line: str) -> None:
@@ -228,7 +230,7 @@ def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -
     from portwatch.alerts.log import delivery_log
 
     _check_store_url(store)
-    db = _store(store)
+    db = _store(store, create=False)
     try:
         rows = delivery_log(db, state=state, rule=rule, limit=limit)
     finally:
@@ -330,9 +332,11 @@ def accept(where: str | None, note: str, until_text: str, accepted_by: str, show
     from portwatch.alerts import accepted as acc
 
     now = datetime.now(UTC)
+    if show_list and (remove or where):
+        fail("accept --list takes no TARGET and no --remove: list, or withdraw one")
     if show_list:
         _check_store_url(store)
-        db = _store(store)
+        db = _store(store, create=False)
         try:
             risks = acc.list_active(db, now)
         finally:
@@ -356,7 +360,7 @@ def accept(where: str | None, note: str, until_text: str, accepted_by: str, show
         fail(str(exc))
     if remove:
         _check_store_url(store)
-        db = _store(store)
+        db = _store(store, create=False)
         try:
             found = acc.remove(db, target, proto, port, now)
         finally:

@@ -196,7 +196,10 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
         proxies = parse_trusted_proxies(trusted_proxy)
     except ValueError as exc:  # BindError included
         fail(str(exc), EXIT_USAGE)
-    db = Assembly(settings_from(store=store)).open_store()
+    assembly = Assembly(settings_from(store=store))
+    # An embedded store must exist (a mistyped path is refused, not served empty); a
+    # server's tables may still be on their way (the chart starts web beside process).
+    db = assembly.open_store(create=assembly.store_location().scheme != "chdb")
     try:
         app = web_app(db, host, token, use_cache=not no_cache, allowed_hosts=allowed,
                       cookie_secure=cookie_secure, trusted_proxies=proxies)

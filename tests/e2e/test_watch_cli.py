@@ -272,11 +272,30 @@ def test_accept_list_and_remove(tmp_path: Path) -> None:
     assert "no accepted risks" in run_cli("accept", "--list", store=store).stdout
 
 
+@pytest.mark.parametrize("args", [["alerts", "log"], ["accept", "--list"],
+                                  ["accept", "--remove", "127.0.0.1:6379/tcp"]])
+def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path,
+                                                             args: list[str]) -> None:
+    # Given a mistyped store path inside an existing directory of the user's
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli(*args, store=f"chdb://{tmp_path}")
+    # Then refused in one line, and no store files are written beside the user's
+    assert_refused(result, f"no store at {tmp_path}: scan something first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_accept_list_with_remove_is_refused(tmp_path: Path) -> None:
+    result = run_cli("accept", "--list", "--remove", "127.0.0.1:6379/tcp",
+                     store=f"chdb://{tmp_path / 'store'}")
+    assert_refused(result, "accept --list takes no TARGET and no --remove")
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (["127.0.0.1:6379/tcp", "--note", "x", "--until", "2001-01-01"], "is in the past"),
     (["127.0.0.1:99999", "--note", "x"], "port out of range"),
     (["127.0.0.1:6379"], "accept needs --note"),
     (["127.0.0.1", "--note", "x", "--until", "someday"], "bad --until 'someday'"),
+    (["256.0.0.1:22/tcp", "--note", "x"], "not an address or a hostname"),
 ])
 def test_bad_accept_input(tmp_path: Path, args: list[str], words: str) -> None:
     store = tmp_path / "store"

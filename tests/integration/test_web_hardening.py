@@ -109,7 +109,8 @@ def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(db: Store) -> None:
 
 
 def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    # Given a port on 127.0.0.1 someone else listens on
+    # Given a store, and a port on 127.0.0.1 someone else listens on
+    Store.from_url(f"chdb://{tmp_path / 'store'}").close()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -120,6 +121,14 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     # Then one line says why, exit 1, and it never claimed to be serving
     assert_refused(result, f"cannot listen on 127.0.0.1:{port}", code=1)
     assert "serving" not in result.stderr
+
+
+def test_serve_refuses_an_embedded_store_that_does_not_exist(tmp_path: Path) -> None:
+    # Given a mistyped store path / When served / Then refused, and nothing is created there
+    result = run_cli("serve", "--port", "0", "--store", f"chdb://{tmp_path / 'typo'}",
+                     timeout=60)
+    assert_refused(result, f"no store at {tmp_path / 'typo'}: scan something first")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Path) -> None:

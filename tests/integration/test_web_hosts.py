@@ -32,6 +32,7 @@ from portwatch.web.cli import (
     listening_line,
     parse_allowed_host,
 )
+from stream_processors.store import Store
 from tests.conftest import REPO, run_cli
 from tests.loopback import free_port
 
@@ -53,7 +54,10 @@ def get(address: str, port: int, path: str, host: str,
 
 @contextlib.contextmanager
 def serve_process(store: str, *args: str) -> Iterator[tuple[int, str]]:
-    """`portwatch serve --host 127.0.0.60` in its own process; yields (port, stderr line)."""
+    """`portwatch serve --host 127.0.0.60` in its own process, on ``store`` (created here,
+    empty: serve refuses an embedded store that does not exist); yields (port, stderr
+    line)."""
+    Store.from_url(store).close()
     port = free_port((ADDRESS,))
     env = {**os.environ, "PORTWATCH_WEB_TOKEN": "", "PORTWATCH_STORE": store}
     proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--host", ADDRESS,
@@ -177,7 +181,6 @@ def token_server(shared_chdb_path: Path) -> Iterator[int]:
     import uuid
 
     from portwatch.web.cli import web_app
-    from stream_processors.store import Store
 
     db = Store.from_url(f"chdb://{shared_chdb_path}?database=hosts_{uuid.uuid4().hex[:10]}")
     app: Any = web_app(db, "0.0.0.0", TOKEN, allowed_hosts=["ports.example.internal"])
