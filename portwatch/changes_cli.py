@@ -17,6 +17,7 @@ import click
 
 from portwatch.console import (
     EXIT_USAGE,
+    LIMIT_OPTION,
     ORG_FILTER_OPTION,
     STORE_OPTION,
     TARGET_FILTER_OPTION,
@@ -62,7 +63,7 @@ def _when(value: str, flag: str) -> datetime:
 @ORG_FILTER_OPTION
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")
-@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
+@click.option("--limit", **LIMIT_OPTION)
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               default="table", help="Output format.")
 @STORE_OPTION

@@ -86,6 +86,13 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# --limit of the reports: 0 is all; a larger count than any store holds is all too (the
+# SQL's UInt64 would wrap 2**64 to 0 rows, so it never reaches the SQL).
+LIMIT_OPTION: dict[str, Any] = {
+    "type": click.IntRange(0), "default": 0, "help": "At most this many rows (0: all).",
+    "callback": lambda _ctx, _param, value: min(value, 2**62)}
+
+
 def filter_choice(*values: str) -> dict[str, Any]:
     """The type, default and callback of an optional filter among ``values``: its --help
     lists only real values, and an absent flag reads as '' (no filter), as the report

@@ -15,6 +15,7 @@ import click
 from rich.text import Text
 
 from portwatch.console import (
+    LIMIT_OPTION,
     ORG_FILTER_OPTION,
     STORE_OPTION,
     TARGET_FILTER_OPTION,
@@ -49,7 +50,7 @@ T = TypeVar("T")
 @click.option("--history", is_flag=True, help="list: include ports not seen in the latest scan.")
 @click.option("--grade", **filter_choice("weak", "medium", "strong"),
               help="ciphers: only ports with this TLS grade.")
-@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many rows (0: all).")
+@click.option("--limit", **LIMIT_OPTION)
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               default="table", help="Output format.")
 @STORE_OPTION

@@ -525,15 +525,22 @@ class Store:
             raise StoreError(f"report {name} has no filter {', '.join(sorted(unknown))}")
         params = self._with_defaults(report_sql(name), bind_parameters(
             report_sql(name), given, limit=limit, offset=offset))
-        with self._lock:
-            result = self._client.query(report_sql(name), parameters=params)
-        return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
+        return self._read(name, report_sql(name), params)
 
     def select(self, name: str, sql: str, parameters: Mapping[str, Any] | None = None) -> Report:
         """Read-only query with its column names (parameters bound server-side)."""
+        return self._read(name, sql, self._with_defaults(sql, parameters or {}))
+
+    def _read(self, name: str, sql: str, bound: Mapping[str, Any]) -> Report:
         with self._lock:
-            result = self._client.query(sql, parameters=self._with_defaults(sql, parameters or {}))
-        return Report(name, tuple(result.column_names), [tuple(r) for r in result.result_rows])
+            result = self._client.query(sql, parameters=bound)
+            columns = tuple(result.column_names)
+            if not columns:
+                # An empty answer from chdb carries no block, so no column names: ask the
+                # engine for the query's columns (a CSV of no rows still has its header).
+                described = self._client.query(f"DESCRIBE TABLE ({sql})", parameters=bound)
+                columns = tuple(str(r[0]) for r in described.result_rows)
+        return Report(name, columns, [tuple(r) for r in result.result_rows])
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read-only helper for tests and tools; parameters bound server-side."""

@@ -52,6 +52,13 @@ def changes(store: str, *args: str) -> list[dict[str, object]]:
     return rows
 
 
+@pytest.mark.parametrize(("limit", "count"), [("2", 2), ("0", 3),
+                                               (str(2**64), 3), (str(2**64 + 1), 3)])
+def test_limit_beyond_any_count_is_all(scanned: dict, limit: str, count: int) -> None:
+    # 2**64 wrapped to 0 rows in the SQL's UInt64, and 2**64 + 1 to one row
+    assert len(changes(scanned["store"], "--limit", limit)) == count
+
+
 def test_json_has_the_issue_keys_and_exact_events(scanned: dict) -> None:
     rows = changes(scanned["store"])
     assert all(list(r) == KEYS for r in rows)

@@ -662,3 +662,21 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
                         "WHERE scan_id = 's2'") == [("tcp", [22], [22])]
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(("name", "first"), [
+    ("summary", ("target", "ip", "hostname", "asset", "organization", "open_ports")),
+    ("list", ("target", "ip", "hostname", "asset", "organization", "port", "proto")),
+    ("products", ("product", "version", "services", "instances", "targets", "colors")),
+    ("ciphers", ("target", "ip", "port", "status", "error", "versions", "grade")),
+])
+def test_an_empty_report_keeps_its_columns(store: Store, name: str,
+                                           first: tuple[str, ...]) -> None:
+    # Given an empty store (chdb answers no rows with no block, so no column names)
+    from portwatch.render import to_csv
+
+    report = store.report(name)
+    # Then the report still names its columns, and its CSV is that header alone
+    assert report.rows == []
+    assert report.columns[:len(first)] == first
+    assert to_csv(report) == ",".join(report.columns) + "\r\n"
