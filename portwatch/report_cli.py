@@ -120,7 +120,8 @@ def read_store(url: str | None, local: Callable[[Store], T],
 @click.command("settings")
 @click.pass_context
 def show_settings(ctx: click.Context) -> None:
-    """List every setting with its environment variable, default, range and why.
+    """List every setting with its environment variable, default, range and why, and the
+    value the environment sets now where it differs from the default.
 
     One line each (grep it). Flags of the commands override these; the environment
     overrides the defaults. The command options that also read a PORTWATCH_* variable
@@ -128,6 +129,7 @@ def show_settings(ctx: click.Context) -> None:
     """
     from portwatch.settings import Settings
 
+    effective = settings_from()  # a bad PORTWATCH_* value: one line, exit 2
     out = out_console()
     groups = Settings.groups()
     current = ""
@@ -138,8 +140,11 @@ def show_settings(ctx: click.Context) -> None:
             current = groups[name]
             out.print(Text(f"[{current}]", style="bold"))
         bounds = Settings.range_of(name)
+        now = getattr(effective, name)
+        here = f", now {now!r} from {env}" if now != default else ""
         out.print(Text(f"  {name:22} {env:34} default {default!r}"
-                       + (f" ({bounds})" if bounds else "") + f": {why}"), soft_wrap=True)
+                       + (f" ({bounds})" if bounds else "") + here + f": {why}"),
+                  soft_wrap=True)
     extra = [o for o in option_envvars(ctx.find_root().command) if o.env not in known]
     if extra:
         out.print(Text("[command options]", style="bold"))

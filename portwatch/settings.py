@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,6 +26,11 @@ from probers.discovery.engines import TCP_CHOICES
 
 class SettingsError(ValueError):
     pass
+
+
+def _number(value: float) -> str:
+    """10000000 -> '10,000,000'; 0.1 -> '0.1' (never '1e+07')."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,g}"
 
 
 def _parse_bool(raw: str) -> bool:
@@ -156,26 +162,36 @@ class Settings:
     def from_env(cls, **overrides: Any) -> Settings:
         """Flags (``overrides``; None = not given), then the environment, then defaults."""
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # setting -> "PORTWATCH_X='value'", for errors
         for f in fields(cls):
             env = cls.env_name(f.name)
             raw = os.environ.get(env)
             if raw is not None and raw != "":
+                shown = raw if len(raw) <= 40 else raw[:40] + "..."
+                kind: type[Any] = type(f.default)
                 try:
-                    kind: type[Any] = type(f.default)
+                    if kind in (int, float) and not raw.isascii():
+                        raise ValueError("int() and float() read '٣' as 3")
                     values[f.name] = _parse_bool(raw) if kind is bool else kind(raw.strip())
                 except ValueError:
-                    raise SettingsError(f"{env}={raw!r} is not a valid "
-                                        f"{type(f.default).__name__}") from None
+                    raise SettingsError(f"{env}={shown!r} is not a valid "
+                                        f"{kind.__name__}") from None
+                sources[f.name] = f"{env}={shown!r}"
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        for name in given:
+            sources.pop(name, None)  # a flag: named as the flag
         settings = cls(**values)
-        settings.validate()
+        settings.validate(sources)
         return settings
 
-    def validate(self) -> None:
-        for name, (low, high, unit) in BOUNDS.items():
+    def validate(self, sources: Mapping[str, str] | None = None) -> None:
+        """SettingsError (one line) for a value outside its range. ``sources`` names where
+        a value came from (``PORTWATCH_TIMEOUT='0'``); the flag (``--timeout``) otherwise."""
+        for name, (low, high, _unit) in BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, float) and not math.isfinite(value):
                 ok = False
@@ -184,31 +200,33 @@ class Settings:
             else:
                 ok = low <= value <= high
             if not ok:
-                flag = f"--{name.replace('_', '-')}"
-                if isinstance(value, float) and low == 0:
-                    raise SettingsError(f"{flag} must be between 0 and {high:g} {unit}".rstrip())
-                if high >= UNBOUNDED:
-                    raise SettingsError(f"{flag} must be at least {low:,}")
-                raise SettingsError(f"{flag} must be between {low:,} and {high:,}"
-                                    + (f" {unit}" if unit else ""))
+                who = (sources or {}).get(name) or f"--{name.replace('_', '-')}"
+                raise SettingsError(f"{who} must be {self._range_words(name, error=True)}")
         if self.engine not in TCP_CHOICES:
-            raise SettingsError(f"--engine must be {', '.join(TCP_CHOICES[:-1])} or "
+            who = (sources or {}).get("engine") or "--engine"
+            raise SettingsError(f"{who} must be {', '.join(TCP_CHOICES[:-1])} or "
                                 f"{TCP_CHOICES[-1]}, not {self.engine!r}")
 
     @classmethod
     def range_of(cls, name: str) -> str:
         """The range ``validate`` holds a setting to, in words ('' when it has none), for
         ``portwatch settings``."""
-        if name not in BOUNDS:
-            return ""
+        return cls._range_words(name, error=False) if name in BOUNDS else ""
+
+    @classmethod
+    def _range_words(cls, name: str, *, error: bool) -> str:
+        """'1 to 100,000' (or, in an error, 'between 1 and 100,000'); 'above 0, at most
+        3,600 s' for waits, where 0 is no wait. One wording for the listing and the error."""
         low, high, unit = BOUNDS[name]
         suffix = f" {unit}" if unit else ""
         default = {f.name: f.default for f in fields(cls)}[name]
         if isinstance(default, float) and low == 0:
-            return f"above 0, at most {high:,g}{suffix}"  # a wait of 0 s is no wait
+            return f"above 0, at most {_number(high)}{suffix}"
         if high >= UNBOUNDED:
-            return f"at least {low:,g}{suffix}"
-        return f"{low:,g} to {high:,g}{suffix}"
+            return f"at least {_number(low)}{suffix}"
+        if error:
+            return f"between {_number(low)} and {_number(high)}{suffix}"
+        return f"{_number(low)} to {_number(high)}{suffix}"
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:

@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
 def test_a_huge_shard_size_from_the_environment_is_refused(tmp_path: Path) -> None:
     result = run_cli("scan", "127.0.0.1", store=f"chdb://{tmp_path / 'store'}",
                      env={"PORTWATCH_SHARD_PORTS": str(10**12)})
-    assert_refused(result, "--shard-ports must be between 1 and 65,535")
+    assert_refused(result, "PORTWATCH_SHARD_PORTS='1000000000000' must be between 1 and 65,535")
 
 
 def test_produce_refuses_a_huge_shard_before_connecting() -> None:

@@ -80,31 +80,45 @@ def test_flags_override_the_environment_and_none_means_unset(
         ("PORTWATCH_CONCURRENCY", "lots", "PORTWATCH_CONCURRENCY='lots' is not a valid int"),
         ("PORTWATCH_CONCURRENCY", "1.5", "PORTWATCH_CONCURRENCY='1.5' is not a valid int"),
         ("PORTWATCH_TIMEOUT", "fast", "PORTWATCH_TIMEOUT='fast' is not a valid float"),
-        ("PORTWATCH_CONCURRENCY", "0", "--concurrency must be between 1 and 100,000"),
+        ("PORTWATCH_CONCURRENCY", "0",
+         "PORTWATCH_CONCURRENCY='0' must be between 1 and 100,000"),
         ("PORTWATCH_CONCURRENCY", "1000000000000",
-         "--concurrency must be between 1 and 100,000"),
+         "PORTWATCH_CONCURRENCY='1000000000000' must be between 1 and 100,000"),
+        ("PORTWATCH_CONCURRENCY", "\u0663", "PORTWATCH_CONCURRENCY='\u0663' is not a valid int"),
         ("PORTWATCH_IDENTIFY_CONCURRENCY", "-3",
-         "--identify-concurrency must be between 1 and 10,000"),
+         "PORTWATCH_IDENTIFY_CONCURRENCY='-3' must be between 1 and 10,000"),
         ("PORTWATCH_PER_HOST_CONNECTIONS", "0",
-         "--per-host-connections must be between 1 and 1,000"),
-        ("PORTWATCH_BATCH_SIZE", "0", "--batch-size must be between 1 and 100,000"),
-        ("PORTWATCH_SHARD_HOSTS", "1000000000000", "--shard-hosts must be between 1 and 65,536"),
-        ("PORTWATCH_SHARD_PORTS", "70000", "--shard-ports must be between 1 and 65,535"),
-        ("PORTWATCH_UDP_DEADLINE", "0", "--udp-deadline must be between 0 and 86400 s"),
-        ("PORTWATCH_RATE", "0", "--rate must be between 1 and 10,000,000 packets/s"),
-        ("PORTWATCH_ENGINE", "zmap", "--engine must be auto, masscan or connect, not 'zmap'"),
-        ("PORTWATCH_TARPIT_THRESHOLD", "0", "--tarpit-threshold must be between 1 and 65,535"),
-        ("PORTWATCH_TIMEOUT", "0", "--timeout must be between 0 and 3600 s"),
-        ("PORTWATCH_TIMEOUT", "-1", "--timeout must be between 0 and 3600 s"),
-        ("PORTWATCH_TIMEOUT", "3600.5", "--timeout must be between 0 and 3600 s"),
-        ("PORTWATCH_TIMEOUT", "nan", "--timeout must be between 0 and 3600 s"),
-        ("PORTWATCH_TIMEOUT", "inf", "--timeout must be between 0 and 3600 s"),
-        ("PORTWATCH_BANNER_WAIT", "0", "--banner-wait must be between 0 and 3600 s"),
-        ("PORTWATCH_IDENTIFY_BUDGET", "1e9", "--identify-budget must be between 0 and 3600 s"),
-        ("PORTWATCH_BATCH_SECONDS", "0", "--batch-seconds must be between 0 and 3600 s"),
-        ("PORTWATCH_RETRIES", "-1", "--retries must be between 0 and 10"),
-        ("PORTWATCH_RETRIES", "11", "--retries must be between 0 and 10"),
-        ("PORTWATCH_CHANGE_SETTLE", "601", "--change-settle must be between 0 and 600 s"),
+         "PORTWATCH_PER_HOST_CONNECTIONS='0' must be between 1 and 1,000"),
+        ("PORTWATCH_BATCH_SIZE", "0", "PORTWATCH_BATCH_SIZE='0' must be between 1 and 100,000"),
+        ("PORTWATCH_SHARD_HOSTS", "1000000000000",
+         "PORTWATCH_SHARD_HOSTS='1000000000000' must be between 1 and 65,536"),
+        ("PORTWATCH_SHARD_PORTS", "70000",
+         "PORTWATCH_SHARD_PORTS='70000' must be between 1 and 65,535"),
+        ("PORTWATCH_UDP_DEADLINE", "0",
+         "PORTWATCH_UDP_DEADLINE='0' must be above 0, at most 86,400 s"),
+        ("PORTWATCH_RATE", "0", "PORTWATCH_RATE='0' must be between 1 and 10,000,000 packets/s"),
+        ("PORTWATCH_RATE", "\u0663", "PORTWATCH_RATE='\u0663' is not a valid int"),
+        ("PORTWATCH_ENGINE", "zmap",
+         "PORTWATCH_ENGINE='zmap' must be auto, masscan or connect, not 'zmap'"),
+        ("PORTWATCH_TARPIT_THRESHOLD", "0",
+         "PORTWATCH_TARPIT_THRESHOLD='0' must be between 1 and 65,535"),
+        ("PORTWATCH_TIMEOUT", "0", "PORTWATCH_TIMEOUT='0' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_TIMEOUT", "-1", "PORTWATCH_TIMEOUT='-1' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_TIMEOUT", "3600.5",
+         "PORTWATCH_TIMEOUT='3600.5' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_TIMEOUT", "nan", "PORTWATCH_TIMEOUT='nan' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_TIMEOUT", "inf", "PORTWATCH_TIMEOUT='inf' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_BANNER_WAIT", "0",
+         "PORTWATCH_BANNER_WAIT='0' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_IDENTIFY_BUDGET", "1e9",
+         "PORTWATCH_IDENTIFY_BUDGET='1e9' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_BATCH_SECONDS", "0",
+         "PORTWATCH_BATCH_SECONDS='0' must be above 0, at most 3,600 s"),
+        ("PORTWATCH_RETRIES", "-1", "PORTWATCH_RETRIES='-1' must be between 0 and 10"),
+        ("PORTWATCH_RETRIES", "11", "PORTWATCH_RETRIES='11' must be between 0 and 10"),
+        ("PORTWATCH_CHANGE_SETTLE", "601",
+         "PORTWATCH_CHANGE_SETTLE='601' must be above 0, at most 600 s"),
+        ("PORTWATCH_MASSCAN_PASSES", "9", "PORTWATCH_MASSCAN_PASSES='9' must be between 1 and 5"),
     ],
 )
 def test_bad_environment_values_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, env: str,
@@ -119,7 +133,7 @@ def test_bad_environment_values_are_one_line_errors(monkeypatch: pytest.MonkeyPa
     ("overrides", "message"),
     [
         ({"concurrency": 0}, "--concurrency must be between 1 and 100,000"),
-        ({"timeout": 0.0}, "--timeout must be between 0 and 3600 s"),
+        ({"timeout": 0.0}, "--timeout must be above 0, at most 3,600 s"),
         ({"retries": 99}, "--retries must be between 0 and 10"),
     ],
 )
@@ -222,3 +236,31 @@ def test_option_envvars_walks_nested_groups() -> None:
     # Then it is listed once, with both commands and the help that explains it
     assert option_envvars(root) == [
         EnvOption("--key", "PW_KEY", ("b", "inner a"), "The key")]
+
+
+def test_portwatch_settings_shows_the_environment_in_effect(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from portwatch.cli import cli
+
+    # Given one setting changed by the environment
+    monkeypatch.setenv("PORTWATCH_TIMEOUT", "2.5")
+    result = CliRunner().invoke(cli, ["settings"], terminal_width=400)
+    assert result.exit_code == 0
+    lines = {ln.split()[0]: ln for ln in result.output.splitlines() if ln.startswith("  ")}
+    # Then its line says the value in effect and where it comes from; the others do not
+    assert "default 1.0 (above 0, at most 3,600 s), now 2.5 from PORTWATCH_TIMEOUT:" in \
+        lines["timeout"]
+    assert sum(", now " in ln for ln in lines.values()) == 1
+
+
+def test_portwatch_settings_refuses_a_bad_environment(monkeypatch: pytest.MonkeyPatch,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    from portwatch.cli import main
+
+    monkeypatch.setenv("PORTWATCH_RATE", "0")
+    assert main(["settings"]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert "PORTWATCH_RATE='0' must be between 1 and 10,000,000 packets/s" in captured.err
