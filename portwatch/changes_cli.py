@@ -92,6 +92,9 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
         start = _when(from_, "--from")
     if to:
         end = _when(to, "--to")
+    if start is not None and end is not None and start > end:
+        fail(f"{'--since' if since else '--from'} starts after --to: no event can match",
+             EXIT_USAGE)
     wanted = min(limit, API_LIMIT) if limit else API_LIMIT  # through a holder: its most
     result, capped = read_store(
         store,

@@ -128,6 +128,8 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
         f["start"] = _when("from", start)
     if end:
         f["end"] = _when("to", end)
+    if start and end and f["start"] > f["end"]:
+        raise BadParam("from is after to: no event can match")
     return f, int(text or MAX_EVENTS)
 
 

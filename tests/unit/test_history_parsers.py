@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -84,3 +85,10 @@ def test_changes_api_query_is_validated(items: list[tuple[str, str]]) -> None:
         assert str(exc) and "\n" not in str(exc)
     else:
         assert 1 <= limit <= 10_000
+
+
+def test_changes_api_refuses_from_after_to() -> None:
+    with pytest.raises(BadParam, match="from is after to"):
+        parse_changes_api_query([("from", "2027-01-01"), ("to", "2026-01-01")])
+    parsed, limit = parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-01")])
+    assert parsed["start"] == parsed["end"] and limit == 1000
