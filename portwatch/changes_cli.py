@@ -26,6 +26,7 @@ from portwatch.console import (
     out_console,
     settings_from,
 )
+from schemas import REPORTS
 from schemas.records import ChangeKind, Severity
 
 KIND_CHOICES = [k.value for k in ChangeKind]
@@ -137,9 +138,22 @@ class _ReportWithChanges(click.Command):
     (its flags differ from the four reports')."""
 
     def __init__(self, reports: click.Command, changes: click.Command) -> None:
-        super().__init__(reports.name, params=reports.params, callback=reports.callback,
-                         help=(reports.help or "") + "\n\n\b\n  changes   what changed "
-                         "between scans: see `portwatch report changes --help`",
+        # NAME lists changes too, so usage and "Choose from" errors name all five
+        names = [*REPORTS, "changes"]
+        params = [click.Argument(["name"], type=click.Choice(names),
+                                 metavar="{" + "|".join(names) + "}")
+                  if isinstance(p, click.Argument) and p.name == "name" else p
+                  for p in reports.params]
+        callback = reports.callback
+        assert callback is not None
+
+        def dispatch(**kwargs: Any) -> Any:
+            if kwargs["name"] == "changes":  # after an option: its flags are not these
+                fail("`changes` comes first: portwatch report changes [OPTIONS] (see "
+                     "portwatch report changes --help)", EXIT_USAGE)
+            return callback(**kwargs)
+
+        super().__init__(reports.name, params=params, callback=dispatch, help=reports.help,
                          short_help=reports.short_help, context_settings=reports.context_settings)
         self.changes = changes
 

@@ -71,11 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("portwatch: aborted", markup=False)
         return EXIT_INTERRUPTED
-    except click.UsageError as exc:
-        err_console.print(f"portwatch: error: {exc.format_message()}", markup=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `portwatch` or `portwatch alerts` alone: the help, as asked, not an error
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return 0
+    except click.UsageError as exc:  # one line: click's choice lists span several
+        err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",
+                          markup=False)
         return EXIT_USAGE
     except click.ClickException as exc:
-        err_console.print(f"portwatch: error: {exc.format_message()}", markup=False)
+        err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",
+                          markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("portwatch: interrupted", markup=False)

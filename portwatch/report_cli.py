@@ -57,7 +57,7 @@ T = TypeVar("T")
 def report(name: str, target: str, org: str, product: str, product_version: str, port: int,
            color: str, prevalence: str, history: bool, grade: str, limit: int, fmt: str,
            store: str | None) -> None:
-    """Show one of the four reports.
+    """Show one of the four reports, or what changed between scans.
 
     \b
       summary   one row per target: organization, open ports by colour, risk score,
@@ -66,6 +66,8 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
                 CDN verdict, first detected, last seen
       products  product and version with instance and target counts
       ciphers   per TLS port: versions, suites with grades, certificate facts
+      changes   what opened, closed or changed, and when: its own flags, see
+                `portwatch report changes --help` (changes comes first)
 
     Filters that do not apply to a report are ignored for it.
     """

@@ -173,7 +173,10 @@ def test_malformed_nmap_data_is_one_line_naming_the_file(tmp_path: Path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope"], "Invalid value for '{summary|list|products|ciphers}'"),
+        (["nope"], "Invalid value for '{summary|list|products|ciphers|changes}'"),
+        ([], "Missing argument '{summary|list|products|ciphers|changes}'. Choose from: "
+             "summary, list, products, ciphers, changes"),
+        (["-f", "json", "changes"], "`changes` comes first: portwatch report changes"),
         (["list", "--color", "purple"], "Invalid value for '--color'"),
         (["list", "--port", "70000"], "Invalid value for '--port'"),
         (["list", "--format", "xml"], "Invalid value for '-f' / '--format'"),
@@ -278,3 +281,13 @@ def test_process_refuses_a_bad_serve_before_connecting(store_dir: Path, args: li
     # Then it is one line, exit 2, before any broker or store is touched
     assert_refused(result, message)
     assert not store_dir.exists()
+
+
+@pytest.mark.parametrize("args", [[], ["alerts"]])
+def test_a_group_alone_prints_its_help_not_an_error(args: list[str]) -> None:
+    # `portwatch` or `portwatch alerts` with nothing else: the help, on stdout, exit 0
+    result = run_cli(*args, timeout=60)
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"Usage: portwatch {' '.join(args)}".rstrip() + " [OPTIONS]")
+    assert "Commands:" in result.stdout
