@@ -139,7 +139,10 @@ class Assembly:
             except EngineUnavailable as exc:
                 raise TargetError(str(exc)) from None
             return tuple(PortRange(p, p) for p in ports)
-        return parse_ports(text)
+        try:
+            return parse_ports(text)
+        except TargetError as exc:  # name the flag: a bad --udp read as a TCP spec error
+            raise TargetError(f"--udp: {exc} (or top1000, topN, none)") from None
 
     def scan_input(self, targets: Sequence[str], *, organization: str = "", asset: str = "",
                    inventory: str | None = None, exclude: Sequence[str] = (),

@@ -204,9 +204,10 @@ class Checkpoint:
         except IsADirectoryError:
             raise CheckpointError(f"checkpoint {os.fspath(path)} is a directory") from None
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
-                UnicodeDecodeError, RecursionError) as exc:
-            raise CheckpointError(f"checkpoint {os.fspath(path)} is not a portwatch checkpoint "
-                                  f"({type(exc).__name__}): remove it to start over") from None
+                UnicodeDecodeError, RecursionError):
+            raise CheckpointError(f"checkpoint {os.fspath(path)} is not a portwatch checkpoint: "
+                                  "give another --checkpoint path, or move this file away to "
+                                  "start over") from None
         except OSError as exc:
             raise CheckpointError(f"cannot read checkpoint {os.fspath(path)}: "
                                   f"{exc.strerror or exc}") from None

@@ -33,6 +33,7 @@ from portwatch.console import (
     out_console,
     settings_from,
 )
+from portwatch.render import sanitize_text
 
 ALERTS_OPTION = click.option(
     "--alerts", "alerts_file", envvar="PORTWATCH_ALERTS", default=None, metavar="FILE",
@@ -348,8 +349,10 @@ def accept(where: str | None, note: str, until_text: str, accepted_by: str, show
             until = r.until.strftime("%Y-%m-%d %H:%M UTC") if r.until else "no expiry"
             what = f" ({' '.join(x for x in (r.service, r.product, r.version) if x)})" \
                 if r.service or r.product else ""
-            out.print(Text(f"{r.where}{what}: {r.note} — by {r.accepted_by} on "
-                           f"{r.accepted_at:%Y-%m-%d}, until {until}"))
+            # note and who are typed by people and may hold newlines or escapes: one line
+            out.print(Text(sanitize_text(
+                f"{r.where}{what}: {r.note} — by {r.accepted_by} on "
+                f"{r.accepted_at:%Y-%m-%d}, until {until}", limit=1000)))
         return
     if not where:
         fail("accept needs TARGET[:PORT/PROTO] (or --list)")

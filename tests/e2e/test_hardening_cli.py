@@ -68,6 +68,8 @@ BAD_INPUT = [
     pytest.param(["--udp", "top99999999", "127.0.0.1"], "topN needs 1 <= N <= 65,535",
                  id="udp-top-huge"),
     pytest.param(["--udp", "top0", "127.0.0.1"], "topN needs", id="udp-top-zero"),
+    pytest.param(["--udp", "bogus", "127.0.0.1"], "--udp: bad port spec 'bogus'",
+                 id="udp-spec-names-the-flag"),
     pytest.param(["--concurrency", str(10**12), "127.0.0.1"],
                  "--concurrency must be between 1 and 100,000", id="concurrency-huge"),
     pytest.param(["--allow-large", "127.0.0.0/8", "127.0.0.0/9"],

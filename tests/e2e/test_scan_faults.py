@@ -42,8 +42,8 @@ def test_a_corrupt_checkpoint_is_refused_before_scanning(tmp_path: Path) -> None
     # Then one line and exit 2, nothing written, the file left as it was
     assert result.code == 2
     assert one_error_line(result.stderr) == (
-        f"portwatch: error: checkpoint {checkpoint} is not a portwatch checkpoint "
-        "(JSONDecodeError): remove it to start over")
+        f"portwatch: error: checkpoint {checkpoint} is not a portwatch checkpoint: give "
+        "another --checkpoint path, or move this file away to start over")
     assert not store.exists()
     assert checkpoint.read_text() == '{"scan_id": "x", "seed": [1]'
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,6 +283,20 @@ def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path,
     # Then refused in one line, and no store files are written beside the user's
     assert_refused(result, f"no store at {tmp_path}: scan something first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_accept_list_prints_a_hostile_note_on_one_line(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    added = run_cli("accept", "127.0.0.1:6379/tcp", "--note", "line one\nline two \x1b[31mred",
+                    "--by", "eve\r", store=store)
+    assert added.code == 0, added.stderr
+    listed = run_cli("accept", "--list", store=store)
+    assert listed.code == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(r"127\.0\.0\.1:6379/tcp: line one\\x0aline two \\x1b\[31mred — by "
+                        r"eve\\x0d on \d{4}-\d\d-\d\d, until no expiry", lines[0]), lines[0]
+    assert "\x1b" not in listed.stdout
 
 
 def test_accept_list_with_remove_is_refused(tmp_path: Path) -> None:

@@ -163,7 +163,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes) -> 
     path = tmp_path / "bad.ckpt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=r"^checkpoint .*bad\.ckpt is not a portwatch "
-                       r"checkpoint \(\w+\): remove it to start over$"):
+                       r"checkpoint: give another --checkpoint path, or move this file away "
+                       r"to start over$"):
         Checkpoint.load(path)
 
 
