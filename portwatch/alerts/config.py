@@ -351,6 +351,17 @@ class _Parser:
         for key, attr in names.items():
             if key in items:
                 values[attr] = self.duration(items[key][1], f"delivery {key}")
+                # Only wait may be 0 (deliver what is ready, do not wait): a 0 s send
+                # timeout, lease or retry never works
+                if key != "wait" and values[attr] <= 0:
+                    raise self.fail(items[key][1], f"delivery {key}: must be above 0")
+        defaults = DeliveryOptions()
+        base = values.get("retry_base_seconds", defaults.retry_base_seconds)
+        top = values.get("retry_max_seconds", defaults.retry_max_seconds)
+        if base > top:
+            node_at = items.get("retry_max", items.get("retry_base"))
+            raise self.fail(node_at[1] if node_at else node,
+                            f"delivery retry_max ({top:g} s) is below retry_base ({base:g} s)")
         for key in ("max_attempts", "max_events_per_message"):
             if key in items:
                 text = self.scalar(items[key][1], f"delivery {key}")
@@ -492,11 +503,11 @@ class _Parser:
             for part in text.split(","):
                 part = part.strip()
                 first, dash, last = part.partition("-")
-                try:
-                    low = int(first)
-                    high = int(last) if dash else low
-                except ValueError:
-                    raise self.fail(item_node, f"{what}: bad port {part!r}") from None
+                if not is_digits(first, 5) or (dash and not is_digits(last, 5)):
+                    # int() would take '٣', ' 1_000' or '+5'
+                    raise self.fail(item_node, f"{what}: bad port {part[:40]!r}")
+                low = int(first)
+                high = int(last) if dash else low
                 if not 0 <= low <= high <= 65535:
                     raise self.fail(item_node, f"{what}: port {part!r} out of 0-65535")
                 spans.append(PortSpan(low, high))

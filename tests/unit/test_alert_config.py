@@ -132,6 +132,18 @@ BAD_FILES = [
      "    notify: [a]\ndelivery: {max_attempts: " + "9" * 5000 + "}\n", 6,
      "a number from 1 to 10000"),
     ("[" * 5000, 1, "nested too deeply"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery: {send_timeout: 0}\n", 6, "delivery send_timeout: must be "
+     "above 0"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery: {claim_lease: 0s}\n", 6, "claim_lease: must be above 0"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery:\n  retry_base: 1h\n  retry_max: 1s\n", 8,
+     "delivery retry_max (1 s) is below retry_base (3600 s)"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {ports: [\"1_000\"]}\n    notify: [a]\n", 5, "bad port '1_000'"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {ports: [\"\u0663\"]}\n    notify: [a]\n", 5, "bad port"),
 ]
 
 
