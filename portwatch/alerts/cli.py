@@ -106,12 +106,15 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         entries = load_schedules(schedule_file)
     except ScheduleError as exc:
         fail(str(exc), EXIT_USAGE)
+    if once and show_list:
+        fail("give --once (run what is due) or --list (show the plan), not both")
     config = load_alerts_or_fail(alerts_file) if alerts_file else None
     _check_store_url(store)
+    # bad targets, inventories or ports: exit 2 here, for --list too
+    prepared = {e.name: _prepare(e, store, schedule_file) for e in entries}
     if show_list:
         _print_plan(store, entries)
         return
-    prepared = {e.name: _prepare(e, store) for e in entries}  # bad input: exit 2 here
     db = _store(store)
     try:
         code = asyncio.run(_watch(db, entries, prepared, config, once=once, quiet=quiet))
@@ -123,7 +126,7 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         raise PortwatchError("watch: a scheduled scan failed (see above)", EXIT_RUNTIME)
 
 
-def _prepare(entry: Any, store: str | None) -> Any:
+def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:
     from portwatch.alerts.scanning import prepare_scan
 
     try:
@@ -134,18 +137,23 @@ def _prepare(entry: Any, store: str | None) -> Any:
             asset=entry.asset, exclude=entry.exclude,
             only_organization=entry.organization if entry.inventory else "")
     except PortwatchError as exc:
-        fail(f"schedule {entry.name!r} (line {entry.line}): {exc}", exc.code)
+        fail(f"{schedule_file}:{entry.line}: schedule {entry.name!r}: {exc}", exc.code)
 
 
 def _print_plan(store: str | None, entries: Any) -> None:
     from portwatch.alerts.schedule import last_slots, plan
+    from stream_processors.store import StoreMissing
 
-    db = _store(store)
     try:
-        decisions = plan(entries, last_slots(db), datetime.now(UTC))
-        previous = last_slots(db)
-    finally:
-        db.close()
+        db = _store(store, create=False)
+    except StoreMissing:  # nothing has run yet: every entry is due; no store is made
+        previous = {}
+    else:
+        try:
+            previous = last_slots(db)
+        finally:
+            db.close()
+    decisions = plan(entries, previous, datetime.now(UTC))
     out = out_console()
     for d in decisions:
         last = previous.get(d.entry.name)

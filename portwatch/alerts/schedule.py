@@ -61,19 +61,35 @@ class Decision:
     missed: int = 0  # slots skipped beyond the one run now (catch-up)
 
 
+CRON_MAX_YEARS = 5  # a slot at least this often: "0 0 31 2 *" never comes
+
+
 def _croniter(expression: str, start: datetime) -> Any:
     from croniter import croniter
 
-    return croniter(expression, start)
+    return croniter(expression, start, max_years_between_matches=CRON_MAX_YEARS)
 
 
 def is_valid_cron(expression: str) -> bool:
+    """Five fields (minute hour day month weekday: croniter would also take a sixth, of
+    seconds) or an alias (@daily), at most 200 characters, and a slot at least once in
+    CRON_MAX_YEARS years both ways (a date that never comes would leave the entry never
+    due, or raise later)."""
     from croniter import croniter
 
+    fields = expression.split()
+    is_alias = len(fields) == 1 and fields[0].startswith("@")  # @hourly, @daily...
+    if len(expression) > 200 or not (len(fields) == 5 or is_alias):
+        return False
     try:
-        return bool(croniter.is_valid(expression)) and len(expression) <= 200
+        if not croniter.is_valid(expression):
+            return False
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        _croniter(expression, start).get_next(datetime)
+        _croniter(expression, start).get_prev(datetime)
     except Exception:  # noqa: BLE001 - croniter raises several types on garbage
         return False
+    return True
 
 
 def _utc(moment: datetime) -> datetime:
@@ -201,8 +217,10 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         if not cron:
             raise fail(node, f"schedule {name!r}: no cron: expression")
         if not is_valid_cron(cron):
-            raise fail(nodes["cron"], f"schedule {name!r}: bad cron expression {cron!r} "
-                                      "(five fields: minute hour day month weekday)")
+            raise fail(nodes["cron"], f"schedule {name!r}: bad cron expression {cron[:60]!r} "
+                                      "(five fields: minute hour day month weekday, or "
+                                      "@daily..., one that comes at least once in "
+                                      f"{CRON_MAX_YEARS} years)")
         if not values.get("targets") and not values.get("inventory"):
             raise fail(node, f"schedule {name!r}: give targets: or inventory:")
         inventory = values.get("inventory", "")

@@ -102,7 +102,7 @@ def test_bad_target_in_a_schedule_refused_before_anything_scans(tmp_path: Path) 
                     "    cron: '@hourly'\n")
     store = tmp_path / "store"
     result = run_cli("watch", "--schedule", str(path), "--once", store=f"chdb://{store}")
-    assert_refused(result, "schedule 'a' (line 2)", "not a host!")
+    assert_refused(result, f"{path}:2: schedule 'a': ", "not a host!")
     assert not store.exists()
 
 
@@ -128,6 +128,26 @@ def test_watch_once_scans_records_the_run_and_is_not_due_again(tmp_path: Path) -
         second = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
                          str(rules), store=store, env=ENV)
         assert second.code == 0 and "scanning" not in second.stderr
+
+
+def test_watch_list_checks_the_targets_and_makes_no_store(tmp_path: Path) -> None:
+    # Given a schedule whose target is not an address, and no store yet
+    sched = tmp_path / "schedules.yaml"
+    sched.write_text('schedules:\n  - name: bad\n    targets: [256.1.1.1]\n'
+                     '    cron: "0 * * * *"\n')
+    store = tmp_path / "store"
+    # When its plan is listed / Then refused at the entry's line, as --once would be
+    result = run_cli("watch", "--schedule", str(sched), "--list", store=f"chdb://{store}")
+    assert_refused(result, f"{sched}:2: schedule 'bad': not an address, CIDR block")
+    # And a good plan with no store lists every entry as due, and makes no store
+    good = schedules(tmp_path, 22)
+    listed = run_cli("watch", "--schedule", str(good), "--list", store=f"chdb://{store}")
+    assert listed.code == 0, listed.stderr
+    assert "loopback-hourly" in listed.stdout and "now (due)" in listed.stdout
+    assert not store.exists()
+    both = run_cli("watch", "--schedule", str(good), "--list", "--once",
+                   store=f"chdb://{store}")
+    assert_refused(both, "give --once (run what is due) or --list (show the plan), not both")
 
 
 VICTIM = """

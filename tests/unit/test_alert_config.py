@@ -295,6 +295,11 @@ schedules:
     ("schedules:\n  - name: a\n    inventory: missing.csv\n    cron: \"@daily\"\n", 3,
      "inventory 'missing.csv' not found"),
     ("schedules: [\n", 2, "invalid YAML"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 31 2 *\"\n", 4,
+     "bad cron expression '0 0 31 2 *' (five fields: minute hour day month weekday, or "
+     "@daily..., one that comes at least once in 5 years)"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 * * * *\"\n", 4,
+     "bad cron expression '0 0 * * * *'"),
 ])
 def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) -> None:
     path = write(tmp_path, text, "schedules.yaml")
