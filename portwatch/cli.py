@@ -55,6 +55,12 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="portwatch: %(levelname)s: %(message)s",
                         stream=sys.stderr)
+    if not verbose:
+        # The HTTP drivers log each retry and failure as a WARNING before the error they
+        # raise, which portwatch reports in one line itself; -v shows them. (The child
+        # logger: clickhouse_connect sets "urllib3" itself to WARNING when imported.)
+        for noisy in ("urllib3.connectionpool", "clickhouse_connect"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 COMMANDS: tuple[click.Command, ...] = (

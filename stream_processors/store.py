@@ -167,6 +167,19 @@ class StoreLocation:
         )
 
 
+def _driver_reason(exc: BaseException) -> str:
+    """The reason in a driver's error, short: urllib3 nests "Connection refused" in a
+    paragraph of pool and retry detail."""
+    text = " ".join(str(exc).split())
+    for errno_text in ("Connection refused", "Name or service not known", "timed out",
+                       "No route to host", "Network is unreachable",
+                       "Temporary failure in name resolution", "Connection reset"):
+        if errno_text in text:
+            return errno_text.lower()
+    text = text or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 _DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -348,9 +361,8 @@ class Store:
             if _is_lock_error(exc):
                 raise _busy_error(location.path) from exc
             where = location.path or f"{location.host}:{location.port}"
-            text = str(exc).strip()
-            first_line = text.splitlines()[0] if text else type(exc).__name__
-            raise StoreError(f"cannot open the store at {where}: {first_line}") from exc
+            raise StoreError(f"cannot open the store at {where}: {_driver_reason(exc)}"
+                             ) from exc
 
     def _release_path(self) -> None:
         if self._locked_path:

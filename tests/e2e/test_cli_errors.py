@@ -291,3 +291,11 @@ def test_a_group_alone_prints_its_help_not_an_error(args: list[str]) -> None:
     assert result.stderr == ""
     assert result.stdout.startswith(f"Usage: portwatch {' '.join(args)}".rstrip() + " [OPTIONS]")
     assert "Commands:" in result.stdout
+
+
+def test_an_unreachable_clickhouse_is_one_line() -> None:
+    # Given a ClickHouse URL where nothing listens (loopback port 1: the kernel refuses)
+    result = run_cli("report", "summary", "--store", "clickhouse://127.0.0.1:1/db",
+                     timeout=60)
+    # Then one line with the reason, exit 1: no driver retry warnings before it
+    assert_refused(result, "cannot open the store at 127.0.0.1:1: connection refused", code=1)
