@@ -73,7 +73,15 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
                     store: str | None) -> None:
     """What changed: ports opened, reopened and closed, service, product and version
     changes, risk raised or lowered, TLS and certificate changes, hosts unreachable and
-    back. Newest first."""
+    back. Newest first.
+
+    \b
+    Examples:
+      portwatch report changes --since 7d
+      portwatch report changes --since 1d --kind opened --kind reopened --severity high
+      portwatch report changes --from 2026-11-01 --to 2026-12-01 --org "Example Corp" -f csv
+      portwatch report changes --target 198.18.0.0/15 --port 22 -f json
+    """
     from portwatch.render import render
     from portwatch.report_cli import read_store
     from portwatch.store_holder import remote_changes
@@ -117,7 +125,13 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
                    "the change log and every host's latest state are kept.")
 @STORE_OPTION
 def prune_command(older_than: str, store: str | None) -> None:
-    """Delete raw observations older than a period; never first_seen or the change log."""
+    """Delete raw observations older than a period; never first_seen or the change log.
+
+    \b
+    Examples:
+      portwatch prune --older-than 90d
+      portwatch prune --older-than 12w --store clickhouse://writer@ch.example:8123/portwatch
+    """
     from stream_processors.change_log import parse_duration, prune
 
     try:

@@ -125,7 +125,7 @@ STORE_OPTION = click.option(
          "clickhouse://user@host:8123/db (password in PORTWATCH_CLICKHOUSE_PASSWORD).")
 
 KAFKA_OPTION = click.option(
-    "--kafka", envvar="PORTWATCH_KAFKA", default=None, metavar="HOST:PORT",
+    "--kafka", envvar="PORTWATCH_KAFKA", default=None, metavar="HOST:PORT[,...]",
     help="Kafka bootstrap servers, comma-separated (default 127.0.0.1:9092).")
 
 PREFIX_OPTION = click.option(

@@ -178,6 +178,11 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
     offset is committed only after its open ports are acknowledged by the broker.
     Every shard is checked against this worker's own scope (PORTWATCH_SCOPE_ALLOW,
     --exclude): a shard outside it goes to the dead-letter topic, unscanned.
+
+    \b
+    Examples:
+      portwatch discover --kafka 127.0.0.1:9092
+      portwatch discover --kafka kafka-0:9092,kafka-1:9092 --engine masscan --rate 50000
     """
     from portwatch.assembly import Assembly
     from schemas.records import Shard
@@ -276,6 +281,12 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     that store says so). To read the reports while it runs, start the sink with
     `--serve 8765` (web pages and JSON API from the same process), or use a
     ClickHouse server store.
+
+    \b
+    Examples:
+      portwatch process --kafka 127.0.0.1:9092 --serve 8765
+      portwatch process --role stages --kafka kafka-0:9092
+      portwatch process --role sink --store clickhouse://writer@ch.example:8123/portwatch
     """
     from portwatch.assembly import Assembly
     from portwatch.web.cli import (

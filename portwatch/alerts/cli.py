@@ -232,10 +232,17 @@ def alerts() -> None:
               help="Only deliveries in this state.")
 @click.option("--rule", default="", help="Only this rule.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, help="At most this many.")
-@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="Output format.")
 @STORE_OPTION
 def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -> None:
-    """Every delivery: rule, channel, event, state, attempts, last error."""
+    """Every delivery: rule, channel, event, state, attempts, last error.
+
+    \b
+    Examples:
+      portwatch alerts log --state failed
+      portwatch alerts log --rule risky-opened --limit 20 -f json
+    """
     from portwatch.alerts.log import delivery_log
 
     _check_store_url(store)
@@ -259,7 +266,13 @@ def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -
 @ALERTS_OPTION
 @click.option("--channel", "only_channel", default="", help="Only this channel.")
 def alerts_test(alerts_file: str | None, only_channel: str) -> None:
-    """Send a test message to every channel of the alerts file."""
+    """Send a test message to every channel of the alerts file.
+
+    \b
+    Examples:
+      portwatch alerts test --alerts alerts.yaml
+      portwatch alerts test --alerts alerts.yaml --channel soc-webhook
+    """
     from portwatch.alerts.channels import send
 
     if not alerts_file:
@@ -289,7 +302,13 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
               help="Retry failures for at most this long (default: the file's delivery wait).")
 @STORE_OPTION
 def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
-    """Send what is queued in the store now (digest windows closed early)."""
+    """Send what is queued in the store now (digest windows closed early).
+
+    \b
+    Examples:
+      portwatch alerts deliver --alerts alerts.yaml
+      portwatch alerts deliver --alerts alerts.yaml --wait 2m
+    """
     from portwatch.alerts.config import parse_duration
     from portwatch.alerts.dispatcher import AlertDispatcher
 

@@ -184,6 +184,12 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     Answers to the Host names of the address it binds (and loopback names), plus each
     --allowed-host; other Host headers get 421 (DNS rebinding defence). With a token and
     no --allowed-host, any Host is answered: the token guards the pages.
+
+    \b
+    Examples:
+      portwatch serve
+      portwatch serve --port 8080 --store chdb:///var/lib/portwatch/store
+      portwatch serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
     """
     from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, EXIT_USAGE, fail, settings_from
