@@ -138,6 +138,9 @@ class Assembly:
                 ports = sorted(udp_top_ports(count, self.settings.nmap_data or None))
             except EngineUnavailable as exc:
                 raise TargetError(str(exc)) from None
+            if not ports:  # an empty nmap-services would silently scan no UDP port
+                raise TargetError(f"--udp {shown}: nmap-services lists no UDP port (give "
+                                  "the UDP ports explicitly, or --udp none)")
             return tuple(PortRange(p, p) for p in ports)
         try:
             return parse_ports(text)

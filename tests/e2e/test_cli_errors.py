@@ -158,6 +158,15 @@ def test_bad_input_files_are_one_line(tmp_path: Path, store_dir: Path, name: str
     assert not store_dir.exists()
 
 
+def test_an_nmap_services_without_udp_ports_is_refused(tmp_path: Path, store_dir: Path) -> None:
+    # Given an nmap-services that lists TCP ports only: top1000 UDP would be no port at all
+    (tmp_path / "nmap-services").write_text("ssh\t22/tcp\t0.182286\n")
+    result = run_cli("scan", "127.0.0.1", "--ports", "1", store=f"chdb://{store_dir}",
+                     env={"PORTWATCH_NMAP_DATA": str(tmp_path)}, timeout=60)
+    assert_refused(result, "--udp top1000: nmap-services lists no UDP port")
+    assert not store_dir.exists()
+
+
 def test_malformed_nmap_data_is_one_line_naming_the_file(tmp_path: Path,
                                                           store_dir: Path) -> None:
     # Given PORTWATCH_NMAP_DATA pointing at a junk nmap-services (the top UDP ports' source)
