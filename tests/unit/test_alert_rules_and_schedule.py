@@ -13,7 +13,7 @@ import pytest
 from portwatch.alerts.config import Match, PortSpan
 from portwatch.alerts.rules import matches, prevalence_bucket
 from portwatch.alerts.scanning import ScanOutcome
-from portwatch.alerts.schedule import ScheduleEntry, decide, plan
+from portwatch.alerts.schedule import ScheduleEntry, decide, last_slots, plan, record_run
 from portwatch.alerts.watch import Watcher
 from schemas.records import ChangeEvent, ChangeKind, Proto, Severity, Target
 
@@ -107,23 +107,9 @@ def test_plan_is_in_name_order() -> None:
     assert [d.entry.name for d in decisions] == ["hourly", "nightly"]
 
 
-class FakeStore:
-    """The watch ledger in memory (a named fake): these tests are about time, not storage;
-    the real ledger is exercised by the CLI tests through the chdb store."""
-
-    def __init__(self) -> None:
-        self.runs: list[list[Any]] = []
-
-    def query(self, sql: str, parameters: Any = None) -> list[tuple[Any, ...]]:
-        best: dict[str, datetime] = {}
-        for entry, slot, _s, _f, _id, status, _n in self.runs:
-            if status != "interrupted":
-                best[entry] = max(best.get(entry, slot), slot)
-        return list(best.items())
-
-    def insert_rows(self, table: str, columns: Any, rows: list[list[Any]], **kw: Any) -> None:
-        assert table == "watch_runs"
-        self.runs.extend(rows)
+def ran_before(store: Any, entry: str, slot: datetime) -> None:
+    """A completed run of ``entry`` for ``slot`` in the real ledger (watch_runs, chdb)."""
+    record_run(store, entry, slot, slot, slot, f"before-{entry}", "completed")
 
 
 @dataclass
@@ -132,17 +118,14 @@ class Stats:
     interrupted: bool = False
 
 
-def test_overlapping_entries_never_scan_the_same_target_at_once() -> None:
+def test_overlapping_entries_never_scan_the_same_target_at_once(store: Any) -> None:
     # Given two entries on the same target, both due at 11:00, and a clock that moves
     # while a scan runs (each scan "takes" 20 minutes of the injected clock)
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     active: set[str] = set()
     timeline: list[tuple[str, str, datetime]] = []
-    store = FakeStore()
-    store.runs.append(["hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC), now[0], now[0],
-                       "x", "completed", ""])
-    store.runs.append(["every-20", datetime(2026, 12, 1, 10, 40, tzinfo=UTC), now[0], now[0],
-                       "y", "completed", ""])
+    ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    ran_before(store, "every-20", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
     every20 = ScheduleEntry("every-20", "*/20 * * * *", targets=("127.0.0.1",))
 
     async def scan(entry: ScheduleEntry) -> ScanOutcome:
@@ -175,9 +158,8 @@ def test_overlapping_entries_never_scan_the_same_target_at_once() -> None:
     assert any("every-20 missed 1 run(s)" in line for line in lines)
 
 
-def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time() -> None:
+def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
-    store = FakeStore()
     calls: list[str] = []
 
     async def scan(entry: ScheduleEntry) -> ScanOutcome:
@@ -188,16 +170,18 @@ def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time() -> No
                       say=lambda _line: None)
     records = asyncio.run(watcher.run_once())
     assert [r.status for r in records] == ["interrupted"] and watcher.is_stopping
+    # the ledger keeps the interrupted run, and last_slots does not count it as run
+    assert store.query("SELECT entry, status FROM watch_runs FINAL") == [
+        ("hourly", "interrupted")]
+    assert last_slots(store) == {}
     restarted = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
                         say=lambda _line: None)
     assert [r.entry for r in asyncio.run(restarted.run_once())] == ["hourly", "nightly"]
 
 
-def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep() -> None:
+def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep(store: Any) -> None:
     now = [datetime(2026, 12, 1, 10, 59, tzinfo=UTC)]
-    store = FakeStore()
-    store.runs.append(["hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC), now[0], now[0],
-                       "x", "completed", ""])
+    ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
     ran: list[datetime] = []
     stop = asyncio.Event()
 
@@ -221,11 +205,10 @@ def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep() -> None:
     assert waits == [60.0, 3600.0]
 
 
-def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs() -> None:
+def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs(store: Any) -> None:
     from portwatch.console import PortwatchError
 
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
-    store = FakeStore()
     lines: list[str] = []
 
     async def scan(entry: ScheduleEntry) -> ScanOutcome:
@@ -239,5 +222,6 @@ def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs() -> None:
     assert [(r.entry, r.status) for r in records] == [("hourly", "failed"),
                                                       ("nightly", "completed")]
     assert any("hourly: scan failed: --engine masscan" in line for line in lines)
-    # the failed slot is not retried in a loop: it counts as run
+    # the failed slot is not retried in a loop: it counts as run, in the ledger
     assert asyncio.run(watcher.run_once()) == []
+    assert last_slots(store) == {"hourly": now[0], "nightly": now[0]}
