@@ -1,8 +1,9 @@
 """STARTTLS preambles: the routing table, the reply parsers (property-tested: hostile bytes
 give a typed answer or ``UpgradeFailure``, never another exception), the bounded reader on
-real socket pairs, and the protocols no Debian server here speaks (NNTP, RDP; IRC too, also
-tested against InspIRCd in tests/integration/test_starttls_real_servers.py) against
-scripted peers on a socket pair (named as such: ``scripted_peer``)."""
+real socket pairs, and NNTP, IRC and RDP preambles against scripted peers on a socket pair
+(named as such: ``ScriptedPeer``) that check what was sent and that every answer was read.
+The same three are also tested against real servers (INN's nnrpd, InspIRCd, xrdp) in
+tests/integration/test_starttls_real_servers.py and test_starttls_pipeline.py."""
 
 from __future__ import annotations
 
@@ -235,24 +236,35 @@ def test_reader_closed_peer(pair: tuple[socket.socket, socket.socket]) -> None:
 Script = list[tuple[bytes | None, bytes]]
 
 
-def scripted_peer(sock: socket.socket, script: Script) -> threading.Thread:
-    """A fake server (named as such): for each step, wait for a line containing the
-    expected bytes (None = nothing), then send the answer."""
+class ScriptedPeer(threading.Thread):
+    """A fake server (named as such): for each step, wait for the expected bytes (None =
+    nothing), then send the answer. It records what it received and whether it reached
+    the end of its script, so a test can tell a preamble that read every answer from one
+    that returned early."""
 
-    def run() -> None:
+    def __init__(self, sock: socket.socket, script: Script) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.script = sock, script
+        self.received = b""
+        self.finished = False
+        self.start()
+
+    def run(self) -> None:
         buffer = b""
-        for expected, answer in script:
+        for expected, answer in self.script:
             while expected is not None and expected not in buffer:
-                chunk = sock.recv(4096)
+                chunk = self.sock.recv(4096)
                 if not chunk:
                     return
                 buffer += chunk
+                self.received += chunk
             buffer = b""
-            sock.sendall(answer)
+            self.sock.sendall(answer)
+        self.finished = True
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+
+def scripted_peer(sock: socket.socket, script: Script) -> ScriptedPeer:
+    return ScriptedPeer(sock, script)
 
 
 def _upgrade(sock: socket.socket, upgrade: Upgrade) -> None:
@@ -260,14 +272,27 @@ def _upgrade(sock: socket.socket, upgrade: Upgrade) -> None:
     starttls.perform_upgrade(sock, upgrade, server_name="news.example", deadline=deadline)
 
 
+def assert_upgraded(ours: socket.socket, peer: ScriptedPeer, sent: bytes) -> None:
+    """The preamble returned ready for TLS: the peer served its whole script, received
+    exactly ``sent``, and nothing it said is left unread on our socket (it would be
+    taken for the TLS handshake)."""
+    peer.join(timeout=5)
+    assert peer.finished
+    assert peer.received == sent
+    ours.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        ours.recv(1)
+
+
 def test_nntp_starttls(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
-    scripted_peer(theirs, [
+    peer = scripted_peer(theirs, [
         (None, b"200 news.example ready\r\n"),
         (b"CAPABILITIES\r\n", b"101 Capability list:\r\nVERSION 2\r\nSTARTTLS\r\nREADER\r\n.\r\n"),
         (b"STARTTLS\r\n", b"382 Continue with TLS negotiation\r\n"),
     ])  # fmt: skip
-    _upgrade(ours, Upgrade.NNTP)  # returns: the next bytes are TLS
+    _upgrade(ours, Upgrade.NNTP)
+    assert_upgraded(ours, peer, b"CAPABILITIES\r\nSTARTTLS\r\n")
 
 
 def test_nntp_without_starttls_is_not_offered(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -283,20 +308,22 @@ def test_nntp_without_starttls_is_not_offered(pair: tuple[socket.socket, socket.
 
 def test_irc_starttls(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
-    scripted_peer(theirs, [
+    peer = scripted_peer(theirs, [
         (b"STARTTLS\r\n", b":irc.example NOTICE * :*** Looking up your hostname\r\n"
                           b":irc.example 670 * :STARTTLS successful, go ahead with TLS\r\n"),
     ])  # fmt: skip
     _upgrade(ours, Upgrade.IRC)
+    assert_upgraded(ours, peer, b"STARTTLS\r\n")
 
 
 def test_rdp_tls_security_layer(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
-    scripted_peer(theirs, [
+    peer = scripted_peer(theirs, [
         (bytes.fromhex("0100080001000000"),
          bytes.fromhex("030000130ed000001234000200080001000000")),
     ])  # fmt: skip
     _upgrade(ours, Upgrade.RDP)
+    assert_upgraded(ours, peer, starttls.rdp_connection_request())
 
 
 def test_smtp_refusal_is_stated_with_the_servers_words(
@@ -402,8 +429,14 @@ def test_smtp_preamble_whatever_the_chunking(cuts: list[int]) -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        _upgrade(ours, Upgrade.SMTP)  # Then it completes: the next bytes would be TLS
+        _upgrade(ours, Upgrade.SMTP)
         thread.join(timeout=5)
+        # Then it read every answer to its end (the server sent all, and nothing is left
+        # for the TLS handshake to mistake for its own)
+        assert not thread.is_alive()
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ours.recv(1)
     finally:
         ours.close()
         theirs.close()
