@@ -21,6 +21,9 @@ from schemas.records import (
     TlsResult,
 )
 from stream_processors.store_rows import (
+    CERTIFICATE_COLUMNS,
+    OBSERVATION_COLUMNS,
+    TLS_CIPHER_COLUMNS,
     certificate_rows,
     observation_row,
     tls_cipher_rows,
@@ -82,3 +85,11 @@ def test_every_row_of_any_finding_is_within_its_columns(
                 assert bounded.TIME_MIN <= value <= bounded.TIME_MAX
     cipher = tls_cipher_rows(finding)[0]
     assert cipher[10] == min(max(kex, 0), 65535)  # kex_bits, saturated
+    # Each narrow column saturated to its own type (not merely to UInt32), found by name
+    by_name = dict(zip(TLS_CIPHER_COLUMNS, cipher, strict=True))
+    assert by_name["preference"] == min(max(pref, 0), 65535)  # UInt16
+    certificate = dict(zip(CERTIFICATE_COLUMNS, certificate_rows(finding)[0], strict=True))
+    assert certificate["key_bits"] == min(max(bits, 0), 65535)  # UInt16
+    assert certificate["chain_position"] == min(max(pos, 0), 255)  # UInt8
+    observation = dict(zip(OBSERVATION_COLUMNS, observation_row(finding), strict=True))
+    assert observation["confidence"] == min(max(conf, 0), 255)  # UInt8
