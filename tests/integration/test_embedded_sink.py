@@ -23,7 +23,11 @@ PER_HOST = 400
 
 
 class RepliesEngine:
-    """Stand-in discovery: ``PER_HOST`` UDP ports with a reply on every shard host."""
+    """A FAKE discovery engine (named as such): ``PER_HOST`` UDP ports with a reply on
+    every shard host, at once. What is under test is the embedded sink's batching and
+    memory under a flood of findings; 1,200 real UDP responders would test the UDP engine
+    instead (tests/unit/test_udp_engine.py and tests/integration/test_udp_netns.py do, on
+    real sockets)."""
 
     name = "replies"
 
