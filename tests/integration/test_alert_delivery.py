@@ -229,6 +229,7 @@ def test_receiver_down_then_back_gets_everything_once(store: Any, tmp_path: Path
         states = outbox_states(store)
         assert set(states.values()) == {("pending", 4)}
         log_lines = [r.line() for r in delivery_log(store)]
+        assert len(log_lines) == 2, log_lines
         assert all("attempt 4 failed (cannot reach" in line for line in log_lines), log_lines
         # ... a pass before the backoff is over sends nothing
         clock.advance(5)

@@ -209,7 +209,7 @@ def test_stalled_peer_reads_could_not_test_within_the_timeout() -> None:
     assert result.status is ProbeStatus.ERROR
     assert result.error.startswith("could not test: handshake stalled")
     assert result.suites == () and result.versions == ()
-    assert elapsed < 1.0 + 1.5
+    assert elapsed < 4.0  # the 1 s timeout, and well under the 5 s budget (2 cores, loaded)
     assert is_tls is False
 
 

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.records import ChangeKind, HostScan, PortRange, Proto, Severity, Target
+from schemas.records import (
+    ChangeKind,
+    Finding,
+    HostScan,
+    PortRange,
+    Proto,
+    ServiceInfo,
+    Severity,
+    Target,
+)
 from stream_processors.changes import (
     SEVERITY_RULES,
     HostScanView,
@@ -256,6 +265,10 @@ def test_snapshot_marks_interrupted_identification() -> None:
     port = OpenPort(scan_id="s", target=T, port=22)
     assert snapshot_of(unidentified(port, "interrupted during identification")).is_incomplete
     assert snapshot_of(unidentified(port, "identification error: OSError")).is_incomplete
+    # and an identified port (or one that was simply not recognised) is not incomplete
+    identified = Finding(port=port, service=ServiceInfo(service="ssh", product="OpenSSH"))
+    assert not snapshot_of(identified).is_incomplete
+    assert not snapshot_of(Finding(port=port)).is_incomplete
 
 
 def test_a_new_favicon_or_tls_stack_is_a_product_change() -> None:
