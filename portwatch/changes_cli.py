@@ -86,7 +86,7 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
     from portwatch.report_cli import read_store
     from portwatch.store_holder import remote_changes
     from portwatch.web.history_pages import API_LIMIT
-    from stream_processors.change_log import changes_report, parse_duration
+    from stream_processors.change_log import changes_report, iso_moment, parse_duration
     from stream_processors.changes import EPOCH
 
     if since and from_:
@@ -101,9 +101,12 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
         start = _when(from_, "--from")
     if to:
         end = _when(to, "--to")
-    if start is not None and end is not None and start > end:
-        fail(f"{'--since' if since else '--from'} starts after --to: no event can match",
-             EXIT_USAGE)
+    if start is not None and end is not None:
+        # the ends as given: 9999-01-01 and 5000-01-01 are both kept to 2299 for the store
+        first = start if since else iso_moment(from_)
+        if first > iso_moment(to):
+            fail(f"{'--since' if since else '--from'} starts after --to: no event can match",
+                 EXIT_USAGE)
     wanted = min(limit, API_LIMIT) if limit else API_LIMIT  # through a holder: its most
     result, capped = read_store(
         store,

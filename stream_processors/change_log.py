@@ -37,17 +37,22 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(digits) * SINCE_UNITS[value[-1]])
 
 
-def parse_when(text: str) -> datetime:
-    """An ISO date or date-time -> aware datetime (UTC when no zone is given), kept inside
-    the store's time range; ValueError with a clear message otherwise."""
-    from schemas.bounded import timestamp
-
+def iso_moment(text: str) -> datetime:
+    """An ISO date or date-time -> aware datetime (UTC when no zone is given), as given:
+    what a window's two ends are compared as; ValueError with a clear message otherwise."""
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError("use an ISO date or time, e.g. 2026-12-01 or 2026-12-01T08:00"
                          ) from None
-    return timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_when(text: str) -> datetime:
+    """``iso_moment``, kept inside the store's time range (years 1900 to 2299)."""
+    from schemas.bounded import timestamp
+
+    return timestamp(iso_moment(text))
 
 
 CHANGES_REPORT_COLUMNS = (

@@ -191,7 +191,10 @@ class Guard(BaseHTTPMiddleware):
             # First visit with ?token=: keep it in an HttpOnly cookie, drop it from the URL
             # (so it does not linger in history, logs or Referer headers).
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+            # One leading slash: "//evil.example/x" (or "/\\evil...") would send the browser
+            # to another site; a path with one leading slash stays on this host
+            path = "/" + request.url.path.lstrip("/\\")
+            target = path + (f"?{urlencode(rest)}" if rest else "")
             redirect = RedirectResponse(target, status_code=303)
             secure = is_served_over_tls(request, cookie_secure=self.cookie_secure,
                                         trusted_proxies=self.trusted_proxies)
@@ -318,7 +321,8 @@ def create_app(service: ReportService, *, token: str = "",
         return web.error_page(404, "There is no page here.")
 
     async def method_not_allowed(request: Request, exc: Exception) -> StarletteResponse:
-        return PlainTextResponse("read-only: GET and HEAD only\n", status_code=405)
+        return PlainTextResponse("read-only: GET and HEAD only\n", status_code=405,
+                                 headers={"Allow": "GET, HEAD"})
 
     async def server_error(request: Request, exc: Exception) -> StarletteResponse:
         log.exception("error serving %s", request.url.path, exc_info=exc)

@@ -60,7 +60,7 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
         params.setdefault(key, []).append(value)
     unknown = set(params) - set(PAGE_FILTERS)
     if unknown:
-        raise BadParam(f"unknown filter {', '.join(sorted(unknown))}")
+        raise BadParam(f"unknown filter {_names(unknown)}")
     since = _one(params, "since") or "7d"
     try:
         period = parse_duration(since)
@@ -85,6 +85,23 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 Row = dict[str, Any]
+
+
+def _is_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _names(names: set[str]) -> str:
+    """Unknown parameter names for an error, bounded: a hostile URL can carry thousands,
+    each as long as the URL (the error must not grow with them)."""
+    shown = [repr(n[:40]) for n in sorted(names)[:5]]
+    return ", ".join(shown) + (f" and {len(names) - 5:,} more" if len(names) > 5 else "")
 
 
 def timeline(rows: list[Row]) -> list[tuple[date, list[tuple[str, list[Row]]]]]:
@@ -122,13 +139,17 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
     if text and (not is_digits(text) or not 0 < int(text) <= API_LIMIT):
         raise BadParam(f"limit: a number from 1 to {API_LIMIT:,}")
     start, end = _one(params, "from"), _one(params, "to")
-    if start and any(key == "since" for key, _value in items):
+    if start and any(key == "since" and value.strip() for key, value in items):
         raise BadParam("give since or from, not both")
     if start:
         f["start"] = _when("from", start)
     if end:
         f["end"] = _when("to", end)
-    if start and end and f["start"] > f["end"]:
+    # Compared as given, before both are kept to the store's years (9999 and 5000 both
+    # become 2299: an inverted window would read as an empty one)
+    from stream_processors.change_log import iso_moment
+
+    if start and end and iso_moment(start) > iso_moment(end):
         raise BadParam("from is after to: no event can match")
     return f, int(text or MAX_EVENTS)
 
@@ -197,7 +218,13 @@ def routes(web: WebApp) -> list[BaseRoute]:
             params: dict[str, list[str]] = {}
             for key, value in request.query_params.multi_items():
                 params.setdefault(key, []).append(value)
+            unknown = set(params) - {"target", "ip"}
+            if unknown:
+                raise BadParam(f"unknown parameter {_names(unknown)}: the target page "
+                               "takes target and ip")
             name, ip = _one(params, "target"), _one(params, "ip")
+            if ip and not _is_address(ip):
+                raise BadParam(f"ip: {ip[:40]!r} is not an IP address")
         except BadParam as exc:
             return web.error_page(400, str(exc), "summary")
         if not name:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import REPORTS, report_parameters
+from schemas.bounded import is_digits
 from schemas.filters import normalize_target
 
 COLORS = ("red", "yellow", "green")
@@ -105,10 +106,10 @@ def _text(name: str, value: str) -> str:
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value, 10)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number, not {value[:40]!r}") from None
+    # ASCII digits only: int() also takes '٨٠', '1_0', '+5' and fullwidth digits
+    if not is_digits(value.strip()):
+        raise BadRequest(f"{name} must be a whole number, not {value[:40]!r}")
+    number = int(value)
     if not low <= number <= high:
         raise BadRequest(f"{name} must be between {low} and {high}, not {number}")
     return number
@@ -177,8 +178,8 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
             raise BadRequest(f"{report} cannot be sorted; its order is fixed")
         _choice("sort", sort, LIST_SORTS)
     _choice("direction", direction, DIRECTIONS)
-    if sort == "target":
-        sort = ""  # the SQL's own default order
+    if sort == "target" and direction == "asc":
+        sort = ""  # the SQL's own default order (target descending is a sort of its own)
     page = _int("page", seen["page"], 1, MAX_PAGE) if seen.get("page") else 1
     per_page = DEFAULT_PER_PAGE
     if seen.get("per_page"):

@@ -100,7 +100,8 @@ WITH
                * if({direction:String} = 'desc', -1, 1) AS sort_number,
                if({sort:String} = 'service', lower(f.service),
                    if({sort:String} = 'product', lower(concat(f.product, ' ', f.version)),
-                   if({sort:String} = 'organization', lower(toString(f.organization)), '')))
+                   if({sort:String} = 'organization', lower(toString(f.organization)),
+                   if({sort:String} = 'target', lower(f.target), ''))))
                    AS sort_text
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
@@ -230,7 +231,8 @@ ORDER BY multiIf({sort:String} = 'port', toInt64(port),
          if({direction:String} = 'desc', '', multiIf(
              {sort:String} = 'service', lower(service),
              {sort:String} = 'product', lower(concat(product, ' ', version)),
-             {sort:String} = 'organization', lower(organization), '') AS row_sort_text) ASC,
+             {sort:String} = 'organization', lower(organization),
+             {sort:String} = 'target', lower(target), '') AS row_sort_text) ASC,
          if({direction:String} = 'desc', row_sort_text, '') DESC,
          target, ip, proto, port
 SETTINGS optimize_move_to_prewhere_if_final = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -247,6 +248,12 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/list?sort=port&direction=sideways", "direction must be one of asc, desc"),
     ("/api/v1/list?page=0", "page must be between 1"),
     ("/api/v1/list?page=x", "page must be a whole number"),
+    ("/api/v1/list?port=%D9%A8%D9%A0", "port must be a whole number"),  # Arabic-Indic 80
+    ("/api/v1/list?port=1_0", "port must be a whole number, not '1_0'"),
+    ("/api/v1/list?port=%2B5", "port must be a whole number, not '+5'"),
+    ("/api/v1/list?page=%EF%BC%91%EF%BC%92", "page must be a whole number"),  # fullwidth 12
+    ("/api/v1/list?page=-1", "page must be a whole number, not '-1'"),
+    ("/api/v1/changes?from=9999-01-01&to=5000-01-01", "from is after to"),
     ("/api/v1/list?per_page=5000", "per_page must be between 1 and 1000"),
     ("/api/v1/list?banner=x", "list has no parameter 'banner'"),
     ("/api/v1/list?port=22&port=80", "port is given more than once"),
@@ -261,6 +268,42 @@ def test_bad_values_are_a_400_with_the_reason(web: Served, query: str, message: 
     assert status == 400
     assert headers["content-type"].startswith("application/json")
     assert message in json.loads(body)["error"]
+
+
+def test_target_sorts_both_ways_and_the_links_keep_the_direction(web: Served) -> None:
+    # Given the List sorted by target, descending (the Target header's second click)
+    down = web.api("/api/v1/list?sort=target&direction=desc&per_page=1000")
+    up = web.api("/api/v1/list?sort=target&direction=asc&per_page=1000")
+    targets = [r["target"].lower() for r in down["rows"]]
+    # Then the rows come in descending target order, the ascending order reversed
+    assert targets == sorted(targets, reverse=True) and len(set(targets)) > 1
+    assert [r["target"].lower() for r in up["rows"]] == sorted(targets)
+    assert (down["sort"], down["direction"]) == ("target", "desc")
+    # And the page's other links keep the direction
+    status, _, body = web.get("/list?sort=target&direction=desc&per_page=25")
+    assert status == 200
+    row_size_links = re.findall(r'href="(/list\?[^"]*per_page=100[^"]*)"', body)
+    assert row_size_links, body[:500]
+    assert all("sort=target" in link and "direction=desc" in link for link in row_size_links)
+
+
+@pytest.mark.parametrize("path", ["/", "/list", "/products", "/ciphers"])
+def test_a_page_past_the_last_says_so_and_links_the_last(web: Served, path: str) -> None:
+    # Given a page number far beyond the last page (an old bookmark)
+    status, _, body = web.get(f"{path}?page=1000000")
+    # Then the page says so and links the last page, never "Showing 0-49,999,950" nor
+    # "run portwatch scan first" over a store that has rows
+    assert status == 200
+    assert "Page 1,000,000 is past the last page: <a href=" in body
+    assert "Showing" not in body and "portwatch scan</code> first" not in body
+    last = re.search(r'go to page ([\d,]+)</a> of ([\d,]+) rows', body)
+    assert last is not None and int(last.group(1).replace(",", "")) >= 1
+
+
+def test_the_405_names_the_methods_allowed(web: Served) -> None:
+    status, headers, body = web.get("/list", method="POST")
+    assert (status, body) == (405, "read-only: GET and HEAD only\n")
+    assert headers["allow"] == "GET, HEAD"
 
 
 def test_pages_answer_bad_values_with_a_400_page_that_says_why(web: Served) -> None:

@@ -153,8 +153,34 @@ def test_changes_api_bad_query_is_a_json_400(web: Served, query: str) -> None:
     status, headers, body = web.get(f"/api/v1/changes?{query}")
     assert status == 400 and headers["content-type"] == "application/json"
     assert json.loads(body)["error"].split(":")[0] in {
-        "limit", "kind", "target", "unknown filter bogus", "from", "to",
+        "limit", "kind", "target", "unknown filter 'bogus'", "from", "to",
         "give since or from, not both"}
+
+
+def test_changes_errors_do_not_grow_with_the_url(web: Served) -> None:
+    import json
+
+    # Given unknown parameters 30,000 characters long, and thousands of short ones
+    names = "&".join(f"{i}{'B' * 30_000}=1" for i in range(3))
+    status, _h, body = web.get(f"/api/v1/changes?{names}")
+    # Then the error names a few, cut, and says how many more
+    assert status == 400 and len(body) < 600
+    assert json.loads(body)["error"].startswith("unknown filter '0BBBB")
+    many = "&".join(f"x{i}=1" for i in range(3000))
+    status, _h, body = web.get(f"/api/v1/changes?{many}")
+    assert status == 400 and "and 2,995 more" in body and len(body) < 600
+
+
+@pytest.mark.parametrize(("query", "words"), [
+    ("target=127.0.0.1&bogus=1", "unknown parameter &#39;bogus&#39;: the target page takes"),
+    ("target=127.0.0.1&ip=%3Cscript%3E", "ip: &#39;&lt;script&gt;&#39; is not an IP address"),
+    ("target=127.0.0.1&ip=10.0.0", "is not an IP address"),
+])
+def test_target_page_refuses_unknown_parameters_and_a_bad_ip(web: Served, query: str,
+                                                             words: str) -> None:
+    status, _h, body = web.get(f"/target?{query}")
+    assert status == 400
+    assert words in body and "<script>" not in body
 
 
 def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:

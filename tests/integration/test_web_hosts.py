@@ -213,3 +213,27 @@ def test_token_server_with_allowed_host_checks_host_but_not_healthz(token_server
     assert get("127.0.0.1", token_server, "/api/v1/list", "evil.example", bearer)[0] == 421
     # The kubelet's probe (Host: the pod IP, no token): answered
     assert get("127.0.0.1", token_server, "/healthz", "10.1.2.3:8765") == (200, "ok\n")
+
+
+@pytest.mark.parametrize(("path", "location"), [
+    ("//evil.example/x", "/evil.example/x"),
+    ("/%2F%2Fevil.example", "/evil.example"),
+    ("/\\evil.example/y", "/%5Cevil.example/y"),  # arrives encoded: one slash, safe
+    ("/list", "/list"),
+])
+def test_the_token_login_redirect_stays_on_this_host(token_server: int, path: str,
+                                                     location: str) -> None:
+    # Given a first visit with ?token= on a path that starts with two slashes (a browser
+    # resolves "//evil.example/x" to another site)
+    conn = http.client.HTTPConnection("127.0.0.1", token_server, timeout=60)
+    try:
+        conn.request("GET", f"{path}?token={TOKEN}&b=1",
+                     headers={"Host": "ports.example.internal"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    # Then the redirect that drops the token points at a path on this host
+    assert response.status == 303
+    assert response.getheader("location") == f"{location}?b=1"
+    assert "portwatch_token=" in (response.getheader("set-cookie") or "")
