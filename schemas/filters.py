@@ -70,4 +70,13 @@ def normalize_target(text: str) -> str:
                          "198.18.0.0/15 or 2001:db8::/32)") from None
 
 
-__all__ = ["TARGET_PREDICATE", "normalize_target", "target_predicate"]
+def is_ip_address(text: str) -> bool:
+    """An IPv4 or IPv6 address literal (no CIDR, no brackets, no zone)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+__all__ = ["TARGET_PREDICATE", "is_ip_address", "normalize_target", "target_predicate"]

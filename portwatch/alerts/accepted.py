@@ -20,6 +20,7 @@ from typing import Any
 
 from producers.targets import looks_like_hostname
 from schemas.bounded import timestamp
+from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent
 
 COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
@@ -69,7 +70,7 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
     raw = text.strip()
     if not raw or len(raw) > 300 or any(ch.isspace() for ch in raw):
         raise AcceptError(f"bad target {text[:80]!r}: use TARGET or TARGET:PORT/PROTO")
-    if _is_address(raw):
+    if is_ip_address(raw):
         return str(ipaddress.ip_address(raw)), "tcp", 0
     found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I) or \
         re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I)
@@ -77,7 +78,7 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
         raise AcceptError(f"bad target {text[:80]!r}: use TARGET, TARGET:PORT/PROTO or "
                           "[IPv6]:PORT/PROTO")
     host, port_text, proto = found.group(1), found.group(2), (found.group(3) or "tcp").lower()
-    if _is_address(host):
+    if is_ip_address(host):
         host = str(ipaddress.ip_address(host))
     elif raw.startswith("["):
         raise AcceptError(f"bad IPv6 address in {text!r}")
@@ -87,14 +88,6 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
     if port_text and not 1 <= port <= 65535:
         raise AcceptError(f"port out of range in {text!r}")
     return host.lower(), proto, port
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_until(text: str, now: datetime) -> datetime:

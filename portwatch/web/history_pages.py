@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from schemas.bounded import is_digits
-from schemas.filters import normalize_target
+from schemas.filters import is_ip_address, normalize_target
 from schemas.records import ChangeKind, Severity
 
 if TYPE_CHECKING:
@@ -85,16 +85,6 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 Row = dict[str, Any]
-
-
-def _is_address(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _names(names: set[str]) -> str:
@@ -223,7 +213,7 @@ def routes(web: WebApp) -> list[BaseRoute]:
                 raise BadParam(f"unknown parameter {_names(unknown)}: the target page "
                                "takes target and ip")
             name, ip = _one(params, "target"), _one(params, "ip")
-            if ip and not _is_address(ip):
+            if ip and not is_ip_address(ip):
                 raise BadParam(f"ip: {ip[:40]!r} is not an IP address")
         except BadParam as exc:
             return web.error_page(400, str(exc), "summary")

@@ -18,7 +18,6 @@ connection and returns within its ``timeout``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -49,6 +48,7 @@ from probers.tls.tlslite_compat import (
     SupportedVersionsExtension,
     TLSExtension,
 )
+from schemas.filters import is_ip_address
 
 # Hostile peers: a first flight bigger than this is not worth reading (real chains are
 # a few KiB; 256 KiB leaves room for absurd ones). A record may not exceed 2^14 + 2048
@@ -132,11 +132,7 @@ class HelloSpec:
 
 
 def is_ip_literal(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    return is_ip_address(name)
 
 
 def build_client_hello(spec: HelloSpec) -> bytes:
