@@ -102,6 +102,16 @@ def query_store(store: str, sql: str) -> list[tuple[object, ...]]:
     return [tuple(row) for row in json.loads(proc.stdout)]
 
 
+def make_store(store: str) -> None:
+    """Create an empty chdb store, in a process of its own (chdb: one path per process)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom stream_processors.store import Store\n"
+         "Store.from_url(sys.argv[1]).close()", store],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"chdb://{tmp_path / 'store'}"

@@ -40,6 +40,7 @@ from portwatch.web.query import (
     COLORS,
     DIRECTIONS,
     GRADES,
+    IGNORED,
     LIST_SORTS,
     PAGE_SIZES,
     PREVALENCE,
@@ -280,6 +281,10 @@ class WebApp:
         })
 
     def api_index(self, request: Request) -> JSONResponse:
+        unknown = sorted({k for k, _v in request.query_params.multi_items()} - IGNORED)
+        if unknown:
+            return JSONResponse({"error": f"/api/v1 takes no parameter; got {unknown[0][:40]!r}"},
+                                status_code=400)
         reports = {name: {"path": f"/api/v1/{name}", "filters": list(filter_names(name)),
                           "sort": list(LIST_SORTS) if name == "list" else [],
                           "paging": ["page", "per_page"]}

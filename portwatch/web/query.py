@@ -173,9 +173,9 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
             filters[name] = value
     sort = seen.get("sort", "")
     direction = seen.get("direction", "") or "asc"
+    if (sort or seen.get("direction")) and not sortable:
+        raise BadRequest(f"{report} cannot be sorted; its order is fixed")
     if sort:
-        if not sortable:
-            raise BadRequest(f"{report} cannot be sorted; its order is fixed")
         _choice("sort", sort, LIST_SORTS)
     _choice("direction", direction, DIRECTIONS)
     if sort == "target" and direction == "asc":

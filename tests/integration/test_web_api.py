@@ -260,6 +260,8 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/list?product=" + "a" * 300, "product is too long"),
     ("/api/v1/list?target=%00%1b", "target contains control characters"),
     ("/api/v1/summary?sort=port", "summary cannot be sorted"),
+    ("/api/v1/products?direction=desc", "products cannot be sorted"),
+    ("/api/v1?bogus=1", "/api/v1 takes no parameter; got 'bogus'"),
     ("/api/v1/ciphers?grade=excellent", "grade must be one of weak, medium, strong"),
     ("/api/v1/nosuch", "unknown report 'nosuch'"),
 ])

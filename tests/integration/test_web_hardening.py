@@ -19,7 +19,7 @@ import pytest
 from portwatch.web.app import SECURITY_HEADERS, create_app
 from portwatch.web.service import ReportService
 from stream_processors.store import Store
-from tests.conftest import run_cli
+from tests.conftest import make_store, run_cli
 from tests.e2e.test_cli_errors import assert_refused
 from tests.integration.test_web_api import Served
 from tests.loopback import free_port
@@ -110,7 +110,7 @@ def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(db: Store) -> None:
 
 def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     # Given a store, and a port on 127.0.0.1 someone else listens on
-    Store.from_url(f"chdb://{tmp_path / 'store'}").close()
+    make_store(f"chdb://{tmp_path / 'store'}")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

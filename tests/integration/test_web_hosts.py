@@ -33,7 +33,7 @@ from portwatch.web.cli import (
     parse_allowed_host,
 )
 from stream_processors.store import Store
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, make_store, run_cli
 from tests.loopback import free_port
 
 ADDRESS = "127.0.0.60"
@@ -57,7 +57,7 @@ def serve_process(store: str, *args: str) -> Iterator[tuple[int, str]]:
     """`portwatch serve --host 127.0.0.60` in its own process, on ``store`` (created here,
     empty: serve refuses an embedded store that does not exist); yields (port, stderr
     line)."""
-    Store.from_url(store).close()
+    make_store(store)
     port = free_port((ADDRESS,))
     env = {**os.environ, "PORTWATCH_WEB_TOKEN": "", "PORTWATCH_STORE": store}
     proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--host", ADDRESS,
