@@ -70,6 +70,11 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+# click 8.2+ raises this for a group given nothing; 8.1 printed the help itself
+_NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError",
+                                            type("_Never", (Exception,), {}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
@@ -77,9 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("portwatch: aborted", markup=False)
         return EXIT_INTERRUPTED
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except _NO_ARGS_IS_HELP as exc:
         # `portwatch` or `portwatch alerts` alone: the help, as asked, not an error
-        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        ctx = getattr(exc, "ctx", None)
+        click.echo(ctx.get_help() if ctx is not None else str(exc))
         return 0
     except click.UsageError as exc:  # one line: click's choice lists span several
         err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",

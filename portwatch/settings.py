@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,6 +27,11 @@ from probers.discovery.engines import TCP_CHOICES
 
 class SettingsError(ValueError):
     pass
+
+
+_INT = re.compile(r"-?[0-9]{1,18}")
+_FLOAT = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?|-?(nan|inf)",
+                    re.IGNORECASE)
 
 
 def _number(value: float) -> str:
@@ -170,8 +176,12 @@ class Settings:
                 shown = raw if len(raw) <= 40 else raw[:40] + "..."
                 kind: type[Any] = type(f.default)
                 try:
-                    if kind in (int, float) and not raw.isascii():
-                        raise ValueError("int() and float() read '٣' as 3")
+                    # int() and float() also read '٣', '1_000' and '+5': numbers as written
+                    # in ASCII only (a float may be 1.5, 1e9, nan or inf: the range refuses
+                    # the last two)
+                    pattern = _INT if kind is int else _FLOAT if kind is float else None
+                    if pattern is not None and not pattern.fullmatch(raw.strip()):
+                        raise ValueError(raw)
                     values[f.name] = _parse_bool(raw) if kind is bool else kind(raw.strip())
                 except ValueError:
                     raise SettingsError(f"{env}={shown!r} is not a valid "

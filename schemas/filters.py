@@ -71,7 +71,10 @@ def normalize_target(text: str) -> str:
 
 
 def is_ip_address(text: str) -> bool:
-    """An IPv4 or IPv6 address literal (no CIDR, no brackets, no zone)."""
+    """An IPv4 or IPv6 address literal (no CIDR, no brackets, no zone: Python takes
+    'fe80::1%eth0', which no report column holds)."""
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:

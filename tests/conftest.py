@@ -54,6 +54,19 @@ def no_skips() -> bool:
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """A whole module skipped at import (``allow_module_level``, ``importorskip``) fails
+    too under ``no_skips``."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and no_skips():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"skipped, which {STRICT_ENV}=1 / CI=true counts as a failure: "
+                           f"{reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()

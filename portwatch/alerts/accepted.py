@@ -81,12 +81,12 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
     if is_ip_address(host):
         host = str(ipaddress.ip_address(host))
     elif raw.startswith("["):
-        raise AcceptError(f"bad IPv6 address in {text!r}")
+        raise AcceptError(f"bad IPv6 address in {text[:80]!r}")
     elif not looks_like_hostname(host):
         raise AcceptError(f"bad target {text[:80]!r}: not an address or a hostname")
     port = int(port_text) if port_text else 0
     if port_text and not 1 <= port <= 65535:
-        raise AcceptError(f"port out of range in {text!r}")
+        raise AcceptError(f"port out of range in {text[:80]!r}")
     return host.lower(), proto, port
 
 

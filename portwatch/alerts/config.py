@@ -503,6 +503,7 @@ class _Parser:
             for part in text.split(","):
                 part = part.strip()
                 first, dash, last = part.partition("-")
+                first, last = first.strip(), last.strip()  # "8000 - 8100"
                 if not is_digits(first, 5) or (dash and not is_digits(last, 5)):
                     # int() would take '٣', ' 1_000' or '+5'
                     raise self.fail(item_node, f"{what}: bad port {part[:40]!r}")

@@ -141,6 +141,9 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
 
     if start and end and iso_moment(start) > iso_moment(end):
         raise BadParam("from is after to: no event can match")
+    if end and not start and datetime.now(UTC) - f["period"] > iso_moment(end):
+        raise BadParam(f"since ({f['since']}, counted back from now) starts after to: "
+                       "no event can match; give from instead")
     return f, int(text or MAX_EVENTS)
 
 

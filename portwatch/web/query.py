@@ -178,6 +178,8 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
     if sort:
         _choice("sort", sort, LIST_SORTS)
     _choice("direction", direction, DIRECTIONS)
+    if sortable and not sort and direction == "desc":
+        sort = "target"  # the default order, reversed: what the header then shows
     if sort == "target" and direction == "asc":
         sort = ""  # the SQL's own default order (target descending is a sort of its own)
     page = _int("page", seen["page"], 1, MAX_PAGE) if seen.get("page") else 1

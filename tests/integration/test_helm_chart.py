@@ -956,6 +956,19 @@ def test_every_rendered_object_decodes_strictly_with_the_api_types(
     assert proc.stdout.strip() == f"kubecheck: {rendered} objects, 0 refused"
 
 
+def test_kubecheck_refuses_a_repeated_key(helm: str, kubecheck: str, tmp_path: Path) -> None:
+    # Given a container whose image key is written twice (a YAML-to-JSON step that keeps
+    # the last one would hide it)
+    lines = _template_text(helm, tmp_path, None).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("image:"))
+    broken = "\n".join([*lines[:at + 1], lines[at], *lines[at + 1:]]) + "\n"
+    # Then it is refused on one line that names the key
+    proc = _kubecheck(kubecheck, broken)
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1
+    assert 'key "image" already set in map' in proc.stderr
+
+
 def test_kubecheck_refuses_a_misspelt_field_and_a_wrong_type(
         helm: str, kubecheck: str, tmp_path: Path) -> None:
     # Given a render with a misspelt probe and a replica count given as text

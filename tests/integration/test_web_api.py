@@ -254,6 +254,8 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/list?page=%EF%BC%91%EF%BC%92", "page must be a whole number"),  # fullwidth 12
     ("/api/v1/list?page=-1", "page must be a whole number, not '-1'"),
     ("/api/v1/changes?from=9999-01-01&to=5000-01-01", "from is after to"),
+    ("/api/v1/changes?to=2020-01-01", "since (7d, counted back from now) starts after to"),
+    ("/api/v1/changes?since=1d&to=2020-01-01", "since (1d, counted back from now)"),
     ("/api/v1/list?per_page=5000", "per_page must be between 1 and 1000"),
     ("/api/v1/list?banner=x", "list has no parameter 'banner'"),
     ("/api/v1/list?port=22&port=80", "port is given more than once"),
@@ -281,6 +283,9 @@ def test_target_sorts_both_ways_and_the_links_keep_the_direction(web: Served) ->
     assert targets == sorted(targets, reverse=True) and len(set(targets)) > 1
     assert [r["target"].lower() for r in up["rows"]] == sorted(targets)
     assert (down["sort"], down["direction"]) == ("target", "desc")
+    # direction alone reverses the default order (by target) too, as the header shows
+    alone = web.api("/api/v1/list?direction=desc&per_page=1000")
+    assert [r["target"].lower() for r in alone["rows"]] == targets
     # And the page's other links keep the direction
     status, _, body = web.get("/list?sort=target&direction=desc&per_page=25")
     assert status == 200

@@ -56,6 +56,13 @@ def test_the_issue_example_parses_as_written(tmp_path: Path) -> None:
     assert "pass" not in mail.display
 
 
+def test_rule_port_ranges_may_have_spaces_around_the_dash(tmp_path: Path) -> None:
+    text = ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+            "    when: {ports: [\"8000 - 8100\", \" 22 \"]}\n    notify: [a]\n")
+    rule = load_alerts(write(tmp_path, text), env={}).rules[0]
+    assert [(s.first, s.last) for s in rule.match.ports] == [(8000, 8100), (22, 22)]
+
+
 def test_all_criteria_and_delivery_options(tmp_path: Path) -> None:
     secret = tmp_path / "hook.secret"
     secret.write_text("from-a-file\n")
@@ -214,7 +221,8 @@ def test_accept_target_forms(text: str, expected: tuple[str, str, int]) -> None:
 
 @pytest.mark.parametrize("text", ["", "127.0.0.1:0", "127.0.0.1:70000", "h:80/icmp",
                                   "[nothex]:80", "a b", "::1:80/tcp/x", "256.0.0.1:22/tcp",
-                                  "10.0.0:22", "-bad.example", "a..b:80", "x" * 5000])
+                                  "10.0.0:22", "-bad.example", "a..b:80", "x" * 5000,
+                                  " " * 100_000 + "h:99999", "fe80::1%eth0"])
 def test_bad_accept_targets(text: str) -> None:
     with pytest.raises(AcceptError) as caught:
         parse_target_port(text)

@@ -40,6 +40,20 @@ def _run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
         check=False)
 
 
+def test_a_module_skipped_at_import_fails_too(tmp_path: Path) -> None:
+    sample = tmp_path / "test_module_skip.py"
+    sample.write_text("import pytest\npytest.importorskip('no_such_module_here')\n"
+                      "def test_never():\n    pass\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("CI", STRICT_ENV)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:randomly",
+         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull, str(sample)],
+        capture_output=True, text=True, cwd=REPO, env={**clean, STRICT_ENV: "1"},
+        timeout=120, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "counts as a failure" in proc.stdout and "no_such_module_here" in proc.stdout
+
+
 @pytest.mark.parametrize("env", [{STRICT_ENV: "1"}, {"CI": "true"}], ids=["strict", "ci"])
 def test_a_skip_fails_under_make_test_and_ci(tmp_path: Path, env: dict[str, str]) -> None:
     proc = _run(tmp_path, env)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -41,9 +42,10 @@ func main() {
 		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
 			continue
 		}
-		asJSON, err := yaml.YAMLToJSON(doc)
+		asJSON, err := yaml.YAMLToJSONStrict(doc) // strict: a repeated key is an error, not dropped
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "kubecheck: document %d is not YAML: %v\n", checked+1, err)
+			fmt.Fprintf(os.Stderr, "kubecheck: document %d is not valid YAML: %s\n", checked+1,
+				oneLine(err))
 			failed++
 			checked++
 			continue
@@ -54,7 +56,7 @@ func main() {
 			if gvk != nil {
 				name = gvk.Kind
 			}
-			fmt.Fprintf(os.Stderr, "kubecheck: document %d (%s): %v\n", checked, name, err)
+			fmt.Fprintf(os.Stderr, "kubecheck: document %d (%s): %s\n", checked, name, oneLine(err))
 			failed++
 		}
 	}
@@ -62,6 +64,11 @@ func main() {
 	if failed > 0 {
 		os.Exit(1)
 	}
+}
+
+// oneLine is an error's text on one line: the YAML errors list each fault on its own.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 // stripComments drops YAML comment lines (helm writes "# Source: ..." before each
