@@ -38,6 +38,7 @@ from portwatch.render import jsonable
 from portwatch.web import charts, history_pages
 from portwatch.web.query import (
     COLORS,
+    CONTROL,
     DIRECTIONS,
     GRADES,
     IGNORED,
@@ -296,8 +297,12 @@ class WebApp:
         return JSONResponse({"reports": reports})
 
     def summary_chart_data(self, request: Request) -> JSONResponse:
+        pairs = request.query_params.multi_items()
         try:
-            query = parse_query("summary", request.query_params.multi_items(), is_api=True)
+            paging = sorted({name for name, _value in pairs} & CONTROL)
+            if paging:  # the charts cover every matching target: no page, no order
+                raise BadRequest(f"the summary charts take filters only, not {paging[0]}")
+            query = parse_query("summary", pairs, is_api=True)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         totals = self.service.colour_totals(query.filters)

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -264,6 +265,8 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/summary?sort=port", "summary cannot be sorted"),
     ("/api/v1/products?direction=desc", "products cannot be sorted"),
     ("/api/v1?bogus=1", "/api/v1 takes no parameter; got 'bogus'"),
+    ("/api/v1/summary/charts?page=999", "the summary charts take filters only, not page"),
+    ("/api/v1/summary/charts?direction=desc", "take filters only, not direction"),
     ("/api/v1/ciphers?grade=excellent", "grade must be one of weak, medium, strong"),
     ("/api/v1/nosuch", "unknown report 'nosuch'"),
 ])
@@ -292,6 +295,24 @@ def test_target_sorts_both_ways_and_the_links_keep_the_direction(web: Served) ->
     row_size_links = re.findall(r'href="(/list\?[^"]*per_page=100[^"]*)"', body)
     assert row_size_links, body[:500]
     assert all("sort=target" in link and "direction=desc" in link for link in row_size_links)
+
+
+def test_summary_charts_agree_with_the_summary(web: Served) -> None:
+    # Given the Summary's rows and the charts' data, same (no) filters
+    charts = web.api("/api/v1/summary/charts")
+    rows = web.api("/api/v1/summary?per_page=1000")["rows"]
+    # Then the colour bars count what the Summary's rows count, target by target
+    colours = charts["colours"]
+    assert colours["targets"] == len(rows) > 0
+    assert [colours[c] for c in ("red", "yellow", "green")] == [
+        sum(r[c] for r in rows) for c in ("red", "yellow", "green")]
+    assert all(set(p) == {"day", "average", "worst", "targets"}
+               for p in charts["risk_over_time"])
+    # And a filter narrows both alike
+    org = urllib.parse.quote(rows[0]["organization"])
+    narrowed = web.api(f"/api/v1/summary/charts?org={org}")["colours"]["targets"]
+    assert narrowed == len(web.api(f"/api/v1/summary?org={org}&per_page=1000")["rows"])
+    assert 0 < narrowed <= len(rows)
 
 
 @pytest.mark.parametrize("path", ["/", "/list", "/products", "/ciphers"])
