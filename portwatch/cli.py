@@ -21,7 +21,7 @@ import click
 
 from portwatch.alerts.cli import accept, alerts, watch
 from portwatch.changes_cli import prune_command, report_with_changes
-from portwatch.console import EXIT_INTERRUPTED, EXIT_USAGE, err_console, exit_code_for, one_line
+from portwatch.console import EXIT_INTERRUPTED, err_console, exit_code_for, one_line
 from portwatch.distributed_cli import discover, process, produce
 from portwatch.report_cli import report, show_settings
 from portwatch.scan_cli import scan
@@ -87,11 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         click.echo(ctx.get_help() if ctx is not None else str(exc))
         return 0
-    except click.UsageError as exc:  # one line: click's choice lists span several
-        err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",
-                          markup=False)
-        return EXIT_USAGE
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # usage errors too: their exit_code is 2, EXIT_USAGE
+        # one line: click's choice lists span several
         err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",
                           markup=False)
         return exc.exit_code

@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
+from schemas import UNLIMITED
+
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -88,9 +90,10 @@ def one_line(exc: BaseException) -> str:
 
 # --limit of the reports: 0 is all; a larger count than any store holds is all too (the
 # SQL's UInt64 would wrap 2**64 to 0 rows, so it never reaches the SQL).
+
 LIMIT_OPTION: dict[str, Any] = {
     "type": click.IntRange(0), "default": 0, "help": "At most this many rows (0: all).",
-    "callback": lambda _ctx, _param, value: min(value, 2**62)}
+    "callback": lambda _ctx, _param, value: min(value, UNLIMITED)}
 
 
 def filter_choice(*values: str) -> dict[str, Any]:

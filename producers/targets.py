@@ -318,13 +318,20 @@ def _is_scalar(value: object) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
+def yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    """(line, problem) of a PyYAML error, line 0 when it has no mark: the first line of
+    its text is only the context ("while parsing a flow sequence"). Inventories and the
+    alerts and schedule files report it alike."""
+    mark = exc.problem_mark or exc.context_mark
+    return (mark.line + 1 if mark is not None else 0,
+            exc.problem or exc.context or "invalid YAML")
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """The problem and its line ("line 4: expected ',' or ']'"): the first line of
-    PyYAML's text is only its context ("while parsing a flow sequence")."""
+    """The problem and its line ("line 4: expected ',' or ']'")."""
     if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+        line, problem = yaml_problem(exc)
+        return f"line {line}: {problem}" if line else problem
     return str(exc).splitlines()[0] if str(exc) else "invalid YAML"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from producers.targets import yaml_problem
 from schemas.bounded import is_digits
 from schemas.records import ChangeKind, RiskColor, Severity
 
@@ -165,9 +166,7 @@ def compose_yaml(name: str, text: str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        problem = exc.problem or exc.context or "invalid YAML"
+        line, problem = yaml_problem(exc)
         raise AlertConfigError(name, line, f"invalid YAML: {problem}") from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, max(0, exc.position)) + 1

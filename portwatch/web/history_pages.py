@@ -119,6 +119,8 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
     """Query string of /api/v1/changes -> the page's filters, plus ``from``/``to`` (ISO
     times; ``from`` instead of ``since``) and ``limit`` (rows at most, 1 to
     ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
+    from stream_processors.change_log import iso_moment
+
     own = {"limit", *set(API_FILTERS) - set(PAGE_FILTERS)}
     params: dict[str, list[str]] = {}
     for key, value in items:
@@ -137,8 +139,6 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
         f["end"] = _when("to", end)
     # Compared as given, before both are kept to the store's years (9999 and 5000 both
     # become 2299: an inverted window would read as an empty one)
-    from stream_processors.change_log import iso_moment
-
     if start and end and iso_moment(start) > iso_moment(end):
         raise BadParam("from is after to: no event can match")
     if end and not start and datetime.now(UTC) - f["period"] > iso_moment(end):

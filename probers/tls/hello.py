@@ -18,6 +18,7 @@ connection and returns within its ``timeout``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -48,7 +49,6 @@ from probers.tls.tlslite_compat import (
     SupportedVersionsExtension,
     TLSExtension,
 )
-from schemas.filters import is_ip_address
 
 # Hostile peers: a first flight bigger than this is not worth reading (real chains are
 # a few KiB; 256 KiB leaves room for absurd ones). A record may not exceed 2^14 + 2048
@@ -132,7 +132,13 @@ class HelloSpec:
 
 
 def is_ip_literal(name: str) -> bool:
-    return is_ip_address(name)
+    """An address, scoped IPv6 ones (fe80::1%eth0) included: RFC 6066 sends no SNI for
+    any of them. (``schemas.filters.is_ip_address`` refuses a zone: no column holds one.)"""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def build_client_hello(spec: HelloSpec) -> bytes:
