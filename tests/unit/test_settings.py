@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from portwatch.settings import BOUNDS, Settings, SettingsError
 
@@ -267,3 +269,25 @@ def test_portwatch_settings_refuses_a_bad_environment(monkeypatch: pytest.Monkey
     captured = capfd.readouterr()
     assert captured.out == ""
     assert "PORTWATCH_RATE='0' must be between 1 and 10,000,000 packets/s" in captured.err
+
+
+@settings(max_examples=300)
+@given(env=st.sampled_from(["PORTWATCH_CONCURRENCY", "PORTWATCH_TIMEOUT", "PORTWATCH_TLS",
+                            "PORTWATCH_RATE", "PORTWATCH_ENGINE"]),
+       raw=st.text(st.characters(blacklist_characters="\x00"), max_size=30)  # no NUL in
+       | st.from_regex(r"-?[0-9_+.e]{1,12}", fullmatch=True))  # an environment
+@example(env="PORTWATCH_CONCURRENCY", raw="\u0663").via("an Arabic-Indic digit")
+def test_any_environment_text_is_a_setting_in_range_or_one_line(env: str, raw: str) -> None:
+    # Given any text in a PORTWATCH_* variable (hostile: it comes from the environment)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(env, raw)
+        try:
+            loaded = Settings.from_env()
+        except SettingsError as exc:
+            # Then a refusal is one line naming the variable
+            assert "\n" not in str(exc) and env in str(exc)
+            return
+    # Or the value read is one the settings' own validation accepts, written in ASCII
+    loaded.validate()
+    if raw.strip() and env in ("PORTWATCH_CONCURRENCY", "PORTWATCH_RATE"):
+        assert raw.strip().lstrip("-").isascii() and "_" not in raw
