@@ -37,8 +37,9 @@ T = TypeVar("T")
 @TARGET_FILTER_OPTION
 @ORG_FILTER_OPTION
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
-@click.option("--version", "product_version", default="",
-              help="With --product: only this version (any case).")
+@click.option("--product-version", "product_version", default="", metavar="VERSION",
+              help="With --product: only this version (any case). Not --version: that is "
+                   "portwatch's own (`portwatch --version`).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")
 @click.option("--color", **filter_choice("green", "yellow", "red"),

@@ -1,6 +1,6 @@
 -- Products report: product and version with the number of instances (open
 -- ports running it) and of distinct targets, over the current findings.
--- Drill-down: `portwatch report list --product P [--version V]`.
+-- Drill-down: `portwatch report list --product P [--product-version V]`.
 WITH
     latest_scan AS (
         SELECT target, ip, argMax(scan_id, finished_at) AS scan_id

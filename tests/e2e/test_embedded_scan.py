@@ -146,6 +146,15 @@ def test_products_report_counts_instances_and_targets(scanned: dict) -> None:
     drill = report(scanned["store"], "list", "--product", "nginx")
     assert sorted(r["ip"] for r in drill) == ["127.0.0.1", "127.0.0.2"]
     assert {r["product"] for r in drill} == {"nginx"}
+    exact = report(scanned["store"], "list", "--product", "NGINX",
+                   "--product-version", "1.22.1")
+    assert sorted((r["ip"], r["product"], r["version"]) for r in exact) == \
+        [("127.0.0.1", "nginx", "1.22.1"), ("127.0.0.2", "nginx", "1.22.1")]
+    assert report(scanned["store"], "list", "--product", "nginx",
+                  "--product-version", "0.0.0") == []
+    # --version is portwatch's own: the report does not take it as a filter
+    clash = run_cli("report", "list", "--version", "1.22.1", store=scanned["store"])
+    assert clash.code == 2 and "No such option: --version" in clash.stderr
 
 
 def test_filters_by_color_port_and_org(services: Services, scanned: dict) -> None:
