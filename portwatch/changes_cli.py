@@ -52,7 +52,7 @@ def _when(value: str, flag: str) -> datetime:
 
 @click.command("changes")
 @click.option("--since", default="", metavar="DURATION",
-              help="Only changes in this last period: 30m, 12h, 7d, 2w.")
+              help="Only changes in this last period: 30s, 30m, 12h, 1.5d, 7d, 2w.")
 @click.option("--from", "from_", default="", metavar="WHEN", help="Only changes at or after "
               "this ISO date/time (UTC unless a zone is given).")
 @click.option("--to", "to", default="", metavar="WHEN", help="Only changes before this time.")

@@ -15,26 +15,17 @@ from datetime import UTC, datetime, timedelta
 from stream_processors.changes import EPOCH
 from stream_processors.store import Report, Store
 
-SINCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 MAX_DURATION = timedelta(days=36_500)  # 100 years, whatever the unit
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90d', '12h', '30m', '2w' -> timedelta, from 1 unit to 100 years; ValueError with a
-    clear message otherwise. Digits are ASCII only ('²' and '٣' are digits to Python)."""
-    value = text.strip().lower()
-    digits = value[:-1]
-    shown = text if len(text) <= 40 else text[:40] + "..."
-    if (len(value) < 2 or value[-1] not in SINCE_UNITS or not digits.isascii()
-            or not digits.isdigit()):
-        raise ValueError(f"bad duration {shown!r}: use a number and a unit, e.g. 7d, 12h, "
-                         "30m, 2w")
-    if len(digits) > 9 or int(digits) == 0 or (
-            int(digits) * SINCE_UNITS[value[-1]] > MAX_DURATION.total_seconds()):
-        raise ValueError(f"bad duration {shown!r}: from 1 unit to 36,500 days (100 years)")
-    return timedelta(seconds=int(digits) * SINCE_UNITS[value[-1]])
+    """A look-back ('90d', '12h', '30m', '2w', '1.5d'; schemas/durations.py, the grammar
+    every command shares) -> timedelta, from 1 second to 100 years; ValueError with a
+    one-line message otherwise."""
+    from schemas.durations import parse_seconds
+
+    return timedelta(seconds=parse_seconds(text, least=1,
+                                           most=MAX_DURATION.total_seconds()))
 
 
 def iso_moment(text: str) -> datetime:

@@ -25,15 +25,15 @@ import yaml
 
 from producers.targets import yaml_problem
 from schemas.bounded import is_digits
+from schemas.durations import parse_seconds
 from schemas.records import ChangeKind, RiskColor, Severity
 
 ALERTS_ENV = "PORTWATCH_ALERTS"
 DEFAULT_DIGEST_SECONDS = 300.0
+MAX_WAIT_SECONDS = 30 * 86400.0  # digests, retries and waits: a month at most
 MAX_FILE_BYTES = 1_000_000  # an alerts file is written by people: anything larger is wrong
 PREVALENCE_BUCKETS = ("very common", "somewhat common", "less common", "rare")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -179,14 +179,10 @@ def compose_yaml(name: str, text: str) -> yaml.Node | None:
 
 
 def parse_duration(text: str) -> float:
-    """``5m``, ``30s``, ``1h``, ``0``, ``250ms`` -> seconds; ValueError otherwise."""
-    found = _DURATION.match(text)
-    if not found:
-        raise ValueError(f"bad duration {text!r}: use e.g. 0, 30s, 5m, 1h")
-    seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
-    if seconds > 30 * 86400:
-        raise ValueError(f"duration {text!r} is longer than 30 days")
-    return seconds
+    """``5m``, ``30s``, ``1h``, ``0``, ``250ms`` -> seconds, from 0 to 30 days (the
+    grammar every command shares: schemas/durations.py; here a bare number is seconds);
+    ValueError otherwise."""
+    return parse_seconds(text, least=0, most=MAX_WAIT_SECONDS, bare_seconds=True)
 
 
 def redact_url(url: str) -> str:

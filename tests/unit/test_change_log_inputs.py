@@ -18,6 +18,8 @@ from stream_processors.change_log import parse_duration, parse_when
     ("90d", timedelta(days=90)), ("12h", timedelta(hours=12)), ("30m", timedelta(minutes=30)),
     ("2w", timedelta(weeks=2)), (" 7D ", timedelta(days=7)), ("36500d", timedelta(days=36_500)),
     ("5214w", timedelta(weeks=5214)), ("1m", timedelta(minutes=1)),
+    ("1.5d", timedelta(hours=36)), ("30s", timedelta(seconds=30)), ("1s", timedelta(seconds=1)),
+    ("0090d", timedelta(days=90)),
 ])
 def test_durations_in_range(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
@@ -26,10 +28,11 @@ def test_durations_in_range(text: str, expected: timedelta) -> None:
 @pytest.mark.parametrize(("text", "words"), [
     ("7x", "use a number and a unit"), ("d", "use a number and a unit"),
     ("²d", "use a number and a unit"), ("٣d", "use a number and a unit"),
-    ("-1d", "use a number and a unit"), ("1.5d", "use a number and a unit"),
-    ("0d", "from 1 unit to 36,500 days"), ("36501d", "from 1 unit to 36,500 days"),
-    ("5215w", "from 1 unit to 36,500 days"),
-    ("9" * 5000 + "d", "from 1 unit to 36,500 days"),
+    ("-1d", "use a number and a unit"), ("7", "use a number and a unit"),
+    ("1,5d", "use a number and a unit"), ("1e3s", "use a number and a unit"),
+    ("0d", "from 1s to 36,500 days"), ("999ms", "from 1s to 36,500 days"),
+    ("36501d", "from 1s to 36,500 days"), ("5215w", "from 1s to 36,500 days"),
+    ("9" * 5000 + "d", "from 1s to 36,500 days"),
 ])
 def test_bad_durations_say_why(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words) as caught:

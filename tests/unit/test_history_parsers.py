@@ -21,12 +21,12 @@ def test_parse_duration_accepts_or_refuses_clearly(text: str) -> None:
     except ValueError as exc:
         assert "duration" in str(exc)
     else:
-        assert timedelta(minutes=1) <= period <= MAX_DURATION
+        assert timedelta(seconds=1) <= period <= MAX_DURATION
 
 
-@given(st.integers(1, 5000), st.sampled_from("mhdw"))
+@given(st.integers(1, 5000), st.sampled_from("smhdw"))
 def test_parse_duration_values(amount: int, unit: str) -> None:
-    seconds = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
     assert parse_duration(f"{amount}{unit}") == timedelta(seconds=amount * seconds)
 
 
