@@ -1,7 +1,8 @@
 """Issue 11, defect 10, against a real uvicorn server on loopback and the real CLI:
 a 500 carries the security headers every other answer carries; the token cookie is
 Secure behind TLS (``--cookie-secure``, or X-Forwarded-Proto from a trusted proxy
-only); ``serve`` on a taken port is one line and exit 1, never "serving" first."""
+only); ``serve`` on a taken port is one line and exit 1, never "serving" first; an
+oversized request line is a 400 and the server goes on."""
 
 from __future__ import annotations
 
