@@ -149,14 +149,22 @@ class Assembly:
 
     def scan_input(self, targets: Sequence[str], *, organization: str = "", asset: str = "",
                    inventory: str | None = None, exclude: Sequence[str] = (),
-                   exclude_file: str | None = None, allow_large: bool = False) -> ScanInput:
+                   exclude_file: str | None = None, allow_large: bool = False,
+                   only_organization: str = "") -> ScanInput:
         """Targets (arguments, "-" for stdin, inventory), scope and port specs resolved;
-        TargetError (one line) before anything is sent. Shared by scan and produce."""
+        TargetError (one line) before anything is sent. Shared by scan, produce and the
+        scheduled scans of watch. ``only_organization``: keep that organization's
+        targets only (any case; one organization of a shared inventory)."""
         specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)
         if not specs:
             raise TargetError("no targets: give TARGET... or --inventory FILE (see --help)")
+        if only_organization:
+            wanted = only_organization.strip().lower()
+            specs = [s for s in specs if s.organization.strip().lower() == wanted]
+            if not specs:
+                raise TargetError(f"no target of organization {only_organization[:80]!r}")
         tcp_ports = parse_ports(self.settings.ports)
         udp_ports = self.udp_ports()
         scope = self.scope(exclude, exclude_file=exclude_file, allow_large=allow_large)

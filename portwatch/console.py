@@ -150,6 +150,9 @@ _TARGET_OPTIONS = (
     click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None,
                  metavar="FILE", help="CSV (target,organization,asset) or YAML inventory of "
                  "targets."),
+    click.option("--only-org", "only_organization", default="", metavar="NAME",
+                 help="Scan only the targets of this organization (any case): one "
+                      "organization of a shared inventory."),
     click.option("--exclude", multiple=True, metavar="CIDR",
                  help="Never scan this address or block (repeatable)."),
     click.option("--exclude-file", type=click.Path(dir_okay=False), default=None,

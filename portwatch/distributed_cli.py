@@ -72,6 +72,7 @@ def _topics(assembly: Any) -> TopicSet:
 @KAFKA_OPTION
 @PREFIX_OPTION
 def produce(targets: Sequence[str], ports: str | None, organization: str, asset: str,
+            only_organization: str,
             inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
             allow_large: bool, scan_id: str | None, seed: int | None, checkpoint: str | None,
             hosts_per_shard: int | None, ports_per_shard: int | None, wait_seconds: float,
@@ -95,7 +96,7 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
                                       shard_ports=ports_per_shard))
     work = assembly.scan_input(targets, organization=organization, asset=asset,
                                inventory=inventory, exclude=exclude, exclude_file=exclude_file,
-                               allow_large=allow_large)
+                               allow_large=allow_large, only_organization=only_organization)
     plan, start = assembly.scan_plan(work, checkpoint_path=checkpoint, scan_id=scan_id,
                                      seed=seed)
     topics = _topics(assembly)

@@ -69,6 +69,7 @@ from probers.discovery.engines import TCP_CHOICES
                    "sent by the next run).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
 def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
+         only_organization: str,
          inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
          allow_large: bool, store: str | None, udp: str | None, engine: str | None,
          rate: int | None, udp_rate: float | None, concurrency: int | None,
@@ -102,7 +103,7 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     assembly = Assembly(settings)
     work = assembly.scan_input(targets, organization=organization, asset=asset,
                                inventory=inventory, exclude=exclude, exclude_file=exclude_file,
-                               allow_large=allow_large)
+                               allow_large=allow_large, only_organization=only_organization)
     assembly.store_location()  # a bad URL is refused before anything is sent or written
     plan, start = assembly.scan_plan(work, checkpoint_path=checkpoint, seed=seed,
                                      default_seed=random.randrange(2**31))

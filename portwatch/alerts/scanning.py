@@ -75,16 +75,11 @@ def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] =
     try:
         work = Assembly(settings).scan_input(list(targets), organization=organization,
                                              asset=asset, inventory=inventory,
-                                             exclude=list(exclude))
+                                             exclude=list(exclude),
+                                             only_organization=only_organization)
     except TargetError as exc:
         fail(str(exc))
-    resolved, tcp_ports, udp_ports = list(work.targets), work.tcp_ports, work.udp_ports
-    if only_organization:
-        wanted = only_organization.strip().lower()
-        resolved = [t for t in resolved if t.organization.strip().lower() == wanted]
-        if not resolved:
-            fail(f"no target of organization {only_organization!r} in the inventory")
-    return PreparedScan(resolved, tcp_ports, udp_ports, settings)
+    return PreparedScan(list(work.targets), work.tcp_ports, work.udp_ports, settings)
 
 
 async def run_embedded_scan(store: Any, prepared: PreparedScan, *, quiet: bool = True,

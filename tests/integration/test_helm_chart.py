@@ -493,6 +493,7 @@ schedules:
   - name: hourly-top
     targets: [198.18.0.10, 198.18.0.11]
     organization: Example Corp
+    asset: edge
     ports: "1-1024"
     udp: none
     cron: "0 * * * *"
@@ -501,6 +502,11 @@ schedules:
     ports: "1-65535"
     udp: top1000
     cron: "30 2 * * *"
+  - name: nightly-example
+    inventory: true
+    organization: Example Corp
+    ports: "1-1024"
+    cron: "45 2 * * *"
 """
 
 
@@ -521,7 +527,8 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     # Then there is one CronJob per entry, on the entry's cron, never overlapping itself
     jobs = {name: obj for (kind, name), obj in objects.items()
             if kind == "CronJob" and "-schedule-" in name}
-    assert set(jobs) == {f"{BASE}-schedule-hourly-top", f"{BASE}-schedule-nightly-full"}
+    assert set(jobs) == {f"{BASE}-schedule-{name}" for name in
+                         ("hourly-top", "nightly-full", "nightly-example")}
     for name, entry in entries.items():
         job = jobs[f"{BASE}-schedule-{name}"]
         assert job["spec"]["schedule"] == entry.cron
@@ -532,12 +539,27 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     hourly = expanded_args(objects, container(jobs[f"{BASE}-schedule-hourly-top"]))
     assert hourly == ["produce", "--kafka", "kafka:9092", "--checkpoint",
                       "/var/lib/portwatch/hourly-top.checkpoint", "--ports", "1-1024",
-                      "--udp", "none", "--org", "Example Corp", "--",
+                      "--udp", "none", "--org", "Example Corp", "--asset", "edge", "--",
                       "198.18.0.10", "198.18.0.11"]
     nightly_job = jobs[f"{BASE}-schedule-nightly-full"]
     nightly = expanded_args(objects, container(nightly_job))
     assert nightly[5:] == ["--ports", "1-65535", "--udp", "top1000", "--inventory",
                            "/etc/portwatch/inventory/inventory.yaml"]
+    # And an inventory entry's organization narrows the chart's inventory to it, as
+    # `watch` narrows its file (an entry's targets are labelled with it instead)
+    example = expanded_args(objects, container(jobs[f"{BASE}-schedule-nightly-example"]))
+    assert example[5:] == ["--ports", "1-1024", "--inventory",
+                           "/etc/portwatch/inventory/inventory.yaml",
+                           "--only-org", "Example Corp"]
+    assert entries["nightly-example"].organization == "Example Corp"
+    # And every command line is one the real `portwatch produce` parses to those values
+    from portwatch.distributed_cli import produce
+    for args, expected in ((hourly, {"organization": "Example Corp", "asset": "edge",
+                                     "only_organization": ""}),
+                           (example, {"organization": "", "asset": "",
+                                      "only_organization": "Example Corp"})):
+        with produce.make_context("produce", list(args[1:])) as ctx:
+            assert {k: ctx.params[k] for k in expected} == expected
     volumes = {v["name"]: v for v in pod_spec(nightly_job)["volumes"]}
     assert volumes["inventory"]["configMap"]["name"] == f"{BASE}-inventory"
 

@@ -227,3 +227,23 @@ def test_targets_from_standard_input_are_bounded(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("sys.stdin", io.StringIO("127.0.0.1\n" * 4))
     with pytest.raises(TargetError, match="more than 3 lines of targets"):
         a.scan_input(["-"])
+
+
+def test_only_org_keeps_one_organization_of_a_shared_inventory(tmp_path: Any) -> None:
+    from producers.targets import TargetError
+
+    a = Assembly(Settings.from_env(ports="22", udp="none"))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("Example Corp: [127.0.0.1, 127.0.0.2]\nOther Org: [127.0.0.3]\n")
+    # Given a shared inventory and one of its organizations, in another case
+    work = a.scan_input(["127.0.0.4"], organization="Example Corp", inventory=str(inventory),
+                        only_organization=" example CORP ")
+    # Then only that organization's targets are scanned, command-line ones included
+    assert [(t.ip, t.organization) for t in work.targets] == [
+        ("127.0.0.4", "Example Corp"), ("127.0.0.1", "Example Corp"),
+        ("127.0.0.2", "Example Corp")]
+    assert [t.ip for t in a.scan_input([], inventory=str(inventory),
+                                       only_organization="Other Org").targets] == ["127.0.0.3"]
+    # And an organization with no target is one line, before anything is sent
+    with pytest.raises(TargetError, match="^no target of organization 'Nobody'$"):
+        a.scan_input([], inventory=str(inventory), only_organization="Nobody")
