@@ -177,7 +177,8 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     \b
     Pages:  /  (Summary)   /list   /products   /ciphers   /changes   /target
     API:    /api/v1/summary  /api/v1/list  /api/v1/products  /api/v1/ciphers
-            (same filters as `portwatch report`, plus sort, direction, page, per_page)
+            (`portwatch report`'s filters as parameters: target, org, product, version,
+            port, color...; plus sort, direction, page, per_page)
             /api/v1/changes (the Changes page's filters, from, to, limit)
 
     Listens on 127.0.0.1 by default. Binding any other address requires a token.
