@@ -29,6 +29,21 @@ from portwatch.console import (
 )
 from probers.discovery.engines import TCP_CHOICES
 
+END_SCREEN_HOSTS = 20  # rows of the end-of-scan Summary
+
+
+def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
+    """Risk score descending, then address in numeric order (127.0.0.2 before
+    127.0.0.10; IPv4 before IPv6), then target (one address under two names)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(str(row["ip"]))
+        version, number = address.version, int(address)
+    except ValueError:
+        version, number = 9, 0
+    return (-float(row["risk_score"] or 0), version, number, str(row["target"]))
+
 
 @click.command()
 @target_options
@@ -226,15 +241,19 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     for ip in stats.tarpits:
         out.print(Text(f"note: {ip} answers on every port; only identified services kept",
                        style="yellow"))
-    if len(targets) <= 20:
-        # One table for all hosts of this scan (portwatch/tables.py), riskiest first.
-        rows = [row for ip in sorted({t.ip for t in targets})
+    # One table of this scan's hosts (portwatch/tables.py), riskiest first; past
+    # END_SCREEN_HOSTS, the riskiest of them (never hosts of other scans in the store).
+    ips = {t.ip for t in targets}
+    if len(ips) <= END_SCREEN_HOSTS:  # a query each: a large store is never read whole
+        rows = [row for ip in sorted(ips)
                 for row in db.report("summary", {"target": ip}).dicts() if row["ip"] == ip]
-        rows.sort(key=lambda row: (-float(row["risk_score"] or 0), row["target"], row["ip"]))
-        print_end_screen(out, rows, "Summary")
     else:
-        print_end_screen(out, db.report("summary", {}, limit=20).dicts(),
-                         "Summary (top 20 by risk)")
+        rows = [row for row in db.report("summary", {}).dicts() if row["ip"] in ips]
+    rows.sort(key=_riskiest_first)
+    title = ("Summary" if len(rows) <= END_SCREEN_HOSTS else
+             f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(rows):,} hosts; "
+             "portwatch report summary lists all)")
+    print_end_screen(out, rows[:END_SCREEN_HOSTS], title)
 
 
-__all__ = ["ProgressView", "scan"]
+__all__ = ["END_SCREEN_HOSTS", "ProgressView", "scan"]

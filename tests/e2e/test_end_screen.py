@@ -1,0 +1,49 @@
+"""End to end: the Summary printed at the end of a scan shows that scan's hosts only,
+riskiest first and in address order, at most 20 of them, through the real CLI on a real
+chdb store after real scans of loopback listeners."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import loopback
+from tests.conftest import run_cli
+
+FAST = {"PORTWATCH_IDENTIFY_BUDGET": "4", "PORTWATCH_BANNER_WAIT": "1"}
+MANY = [f"127.0.0.{n}" for n in range(2, 24)]  # 22 targets: past the end screen's 20
+
+
+def _table_addresses(stdout: str) -> list[str]:
+    """The address column of the printed Summary, top to bottom."""
+    return [cells[2].strip() for line in stdout.splitlines()
+            if (cells := line.split("│")) and len(cells) > 3 and cells[2].strip()
+            .startswith("127.")]
+
+
+def test_the_end_screen_is_this_scans_hosts(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    everywhere = loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n"),
+                                 addresses=("127.0.0.1", *MANY))
+    risky = loopback.listen(loopback.banner(b"-ERR unknown command 'x'\r\n"))
+    with everywhere as ssh, risky as redis:
+        # Given a store holding an earlier scan of 127.0.0.1 with two open ports
+        first = run_cli("scan", "127.0.0.1", "--ports", f"{ssh.port},{redis.port}",
+                        "--udp", "none", store=store, env=FAST)
+        assert first.code == 0, first.stderr
+        assert _table_addresses(first.stdout) == ["127.0.0.1"]
+        # When 22 other hosts, each with one open port, are scanned into it
+        many = run_cli("scan", *MANY, "--ports", str(ssh.port), "--udp", "none",
+                       store=store, env=FAST)
+    assert many.code == 0, many.stderr
+    # Then its end screen is 20 of this scan's hosts (equal risk: in address order), and
+    # never 127.0.0.1, riskier but of another scan
+    assert "Summary (the 20 riskiest of this scan's 22 hosts" in many.stdout
+    assert _table_addresses(many.stdout) == MANY[:20]
+    # And a scan of a few hosts lists them all, under the plain title
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n"),
+                         addresses=("127.0.0.2", "127.0.0.3")) as ssh:
+        few = run_cli("scan", "127.0.0.3", "127.0.0.2", "--ports", str(ssh.port),
+                      "--udp", "none", store=store, env=FAST)
+    assert few.code == 0, few.stderr
+    assert _table_addresses(few.stdout) == ["127.0.0.2", "127.0.0.3"]
+    assert "riskiest" not in few.stdout
