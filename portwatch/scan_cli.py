@@ -39,10 +39,9 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
 
     try:
         address = ipaddress.ip_address(str(row["ip"]))
-        version, number = address.version, int(address)
     except ValueError:
-        version, number = 9, 0
-    return (-float(row["risk_score"] or 0), version, number, str(row["target"]))
+        return (-float(row["risk_score"] or 0), 9, 0, str(row["target"]))
+    return (-float(row["risk_score"] or 0), address.version, int(address), str(row["target"]))
 
 
 @click.command()
