@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ class WebhookChannel:
     """portwatch's own HMAC-signed webhook (see ``channels.sign``)."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # its path or query often holds a token
     secret: bytes = field(repr=False)
     timeout: float = 10.0
 
@@ -62,7 +63,9 @@ class WebhookChannel:
 
     @property
     def display(self) -> str:
-        return self.url
+        """Where it goes without what may be a secret: the path and query of a webhook
+        URL are often its token (``/hooks/T0/B0/XXXX``, ``?token=``)."""
+        return webhook_display(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,39 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
+def webhook_url_problem(url: str) -> str:
+    """Why ``url`` cannot be a webhook (``""``: it can), checked when the file loads, not
+    at the first send: http(s) with a host, a port in range, no blanks or control
+    characters, and no ``user:password@`` (it would be printed by errors, and urllib
+    reads a password holding ``:`` as a port, then resolves the rest as a host name)."""
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        return "must be an http:// or https:// URL"
+    if any(not ch.isprintable() or ch.isspace() for ch in url):
+        return "URL has a blank or a control character (encode it: %20)"
+    parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:
+        return ("URL must not carry user:password@ (put the token in ${VAR} in the path or "
+                "query, or use the signing secret)")
+    try:
+        port = parts.port
+    except ValueError:
+        return "URL has a port that is not a number from 1 to 65535"
+    if not parts.hostname or port == 0:
+        return "URL has no host" if not parts.hostname else "URL has port 0"
+    return ""
+
+
+def webhook_display(url: str) -> str:
+    """``scheme://host[:port]``, then ``/…`` when the URL goes on: what logs, errors and
+    ``alerts log`` show of a webhook."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable URL>"
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    host = rest[:cut].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" + ("/…" if rest[cut:] not in ("", "/") else "")
+
+
 class _Parser:
     """Walks the node tree; every error names the line of the node at fault."""
 
@@ -241,6 +277,8 @@ class _Parser:
         if not isinstance(node, yaml.SequenceNode):
             raise self.fail(node, f"{what} must be a list")
         out = []
+        if not node.value:  # from a template, say: "match nothing" is never what is meant
+            raise self.fail(node, f"{what}: an empty list; leave the key out to match any")
         for item in node.value:
             out.append((item, self.scalar(item, f"{what} entries")))
         return out
@@ -278,11 +316,14 @@ class _Parser:
         timeout = 10.0
         if "timeout" in items:
             timeout = self.duration(items["timeout"][1], f"{what} timeout")
+            if timeout <= 0:
+                raise self.fail(items["timeout"][1], f"{what} timeout: must be above 0")
         if "webhook" in items:
             url_node = items["webhook"][1]
-            url = self.scalar(url_node, f"{what} webhook")
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise self.fail(url_node, f"{what}: webhook must be an http:// or https:// URL")
+            url = self.expand_env(self.scalar(url_node, f"{what} webhook"), url_node, what)
+            problem = webhook_url_problem(url)
+            if problem:
+                raise self.fail(url_node, f"{what}: webhook {problem}")
             secret = self.secret(items, node, what)
             return WebhookChannel(name, url, secret, timeout)
         url_node = items["apprise"][1]
@@ -318,7 +359,7 @@ class _Parser:
         return data
 
     def expand_env(self, text: str, node: yaml.Node, what: str) -> str:
-        """``${VAR}`` in an apprise URL comes from the environment (keeps tokens out of the
+        """``${VAR}`` in a channel's URL comes from the environment (keeps tokens out of the
         file); a missing variable is an error, never an empty string in an URL."""
 
         def value(found: re.Match[str]) -> str:

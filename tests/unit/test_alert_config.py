@@ -133,6 +133,23 @@ BAD_FILES = [
      "    notify: [a]\n", 2, "NOPE_VAR is not set"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    notify: [a]\n  - name: r\n    notify: [a]\n", 6, "used twice"),
+    # found by the alert-delivery audit of 2026-12-04
+    ("channels:\n  a: {webhook: \"http://u:pw@127.0.0.1:9/x\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "must not carry user:password@"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:99999/x\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "port that is not a number"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1/a b\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "a blank or a control character"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1/h?t=${NOPE_VAR}\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "NOPE_VAR is not set"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1/x\", secret_env: S, timeout: 0}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "timeout: must be above 0"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {kinds: []}\n    notify: [a]\n", 5, "an empty list; leave the key out"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {targets: []}\n    notify: [a]\n", 5, "an empty list; leave the key out"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {ports: []}\n    notify: [a]\n", 5, "an empty list; leave the key out"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    notify: [a]\ndelivery: {max_attempts: \u00b2}\n", 6, "a number from 1 to 10000"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
@@ -340,3 +357,16 @@ def test_signature_check_never_raises_on_hostile_headers(timestamp: str, signatu
 
     assert verify(b"k", timestamp, signature, body, now=1_000_000) in (True, False)
     assert verify(b"k", "1000000", sign(b"k", 1_000_000, body), body, now=1_000_000)
+
+
+def test_webhook_urls_take_env_references_and_display_no_token(tmp_path: Path) -> None:
+    path = write(tmp_path, "channels:\n  a: {webhook: \"https://127.0.0.1:8443/h/${TOKEN}"
+                           "?t=${TOKEN}\", secret_env: S}\n  b: {webhook: "
+                           "\"http://127.0.0.1\", secret_env: S}\n"
+                           "rules:\n  - name: r\n    notify: [a, b]\n")
+    config = load_alerts(path, env={"S": "signing", "TOKEN": "SECRETTOKEN"})
+    hook, bare = config.channels["a"], config.channels["b"]
+    assert hook.url == "https://127.0.0.1:8443/h/SECRETTOKEN?t=SECRETTOKEN"
+    assert hook.display == "https://127.0.0.1:8443/…"
+    assert "SECRETTOKEN" not in repr(hook)
+    assert bare.display == "http://127.0.0.1"
