@@ -14,10 +14,15 @@ not scanning.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -123,15 +128,86 @@ def delivery_id(rule: str, channel: str, event_ids: Sequence[str]) -> str:
 
 def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
          is_test: bool = False, timeout: float = 10.0, clock: Any = time.time) -> SendResult:
-    """Send one message (a digest of ``events``) to ``channel``. Never raises."""
+    """Send one message (a digest of ``events``) to ``channel`` within ``timeout`` seconds
+    in all (the channel's own timeout when shorter), however slowly the receiver answers.
+    Never raises; no error names more of a URL than its ``display``."""
     ident = delivery_id(rule, channel.name, [e.event_id for e in events] or ["test"])
     try:
         if isinstance(channel, WebhookChannel):
             return _send_webhook(channel, rule, events, ident, is_test,
                                  min(timeout, channel.timeout), int(clock()))
-        return _send_apprise(channel, rule, events, is_test)
+        return _send_apprise(channel, rule, events, is_test, timeout)
     except Exception as exc:  # noqa: BLE001 - a send is data: ok or its error, never a raise
-        return SendResult(False, f"{type(exc).__name__}: {_clean(str(exc))}")
+        text = str(exc).replace(channel.url, channel.display)
+        return SendResult(False, f"{type(exc).__name__}: {_clean(text)}")
+
+
+class _Deadline:
+    """The sockets one send opens, shut down when its time is up: a receiver that
+    dribbles a byte a second (each read within the socket timeout) or never ends its
+    headers cannot hold a send, nor the delivery pass behind it, past ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._lock = threading.Lock()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    # the plain socket's: an SSLSocket's own shutdown drops its TLS state
+                    # under the reading thread
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sockets.append(sock)
+            if self.expired:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the receiver's answer, not an address to send the alert to: urllib would
+    follow a 301/302 with a GET without the body, and the alert would count as sent."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urllib (proxies from the environment, TLS verified as urlopen does) whose
+    connections report their sockets to ``deadline`` and which follows no redirect."""
+
+    def tracked(base: type[http.client.HTTPConnection]) -> Any:
+        class Tracked(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                deadline.track(self.sock)
+        return Tracked
+
+    plain, tls = tracked(http.client.HTTPConnection), tracked(http.client.HTTPSConnection)
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(plain, req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(tls, req, context=ssl.create_default_context())
+
+    return urllib.request.build_opener(Http, Https, _NoRedirect)
 
 
 def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEvent],
@@ -144,24 +220,52 @@ def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEve
         SIGNATURE_HEADER: sign(channel.secret, timestamp, body),
         DELIVERY_HEADER: ident,
     })
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            response.read(4096)
-            status = int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the response (and its socket)
-        return SendResult(False, f"HTTP {exc.code} from {channel.url}")
-    except urllib.error.URLError as exc:
-        return SendResult(False, f"cannot reach {channel.url}: {_clean(str(exc.reason))}")
-    except OSError as exc:
-        return SendResult(False, f"cannot reach {channel.url}: {_clean(str(exc))}")
+    where = channel.display
+    with _Deadline(timeout) as deadline:
+        try:
+            with _opener(deadline).open(request, timeout=timeout) as response:
+                response.read(4096)
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response (and its socket)
+            moved = " (a redirect: not followed)" if 300 <= exc.code < 400 else ""
+            return SendResult(False, f"HTTP {exc.code}{moved} from {where}")
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                return SendResult(False, f"no whole answer from {where} within {timeout:g}s")
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            text = str(reason).replace(channel.url, where)
+            return SendResult(False, f"cannot reach {where}: {_clean(text)}")
+    if deadline.expired:  # cut while reading the (ignored) body: the answer is not whole
+        return SendResult(False, f"no whole answer from {where} within {timeout:g}s")
     if 200 <= status < 300:
         return SendResult(True)
-    return SendResult(False, f"HTTP {status} from {channel.url}")
+    return SendResult(False, f"HTTP {status} from {where}")
 
 
 def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEvent],
-                  is_test: bool) -> SendResult:
+                  is_test: bool, timeout: float) -> SendResult:
+    """apprise in a thread of its own, waited for ``timeout`` seconds: its plugins set
+    their own socket timeouts (a dribbling receiver holds them for minutes), so a send
+    past the deadline is reported as failed and left to finish (a daemon thread)."""
+    outcome: list[SendResult] = []
+
+    def run() -> None:
+        try:
+            outcome.append(_apprise_notify(channel, rule, events, is_test))
+        except Exception as exc:  # noqa: BLE001 - reported as the send's result
+            outcome.append(SendResult(False, f"{channel.display}: {type(exc).__name__}"))
+
+    worker = threading.Thread(target=run, name=f"apprise-{channel.name}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return SendResult(False, f"{channel.display}: no whole answer within {timeout:g}s")
+    return outcome[0]
+
+
+def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeEvent],
+                    is_test: bool) -> SendResult:
     import apprise as apprise_module
 
     apprise: Any = apprise_module  # untyped library: calls go through Any

@@ -212,10 +212,19 @@ def report_drain(report: Any) -> None:
     """Say what the delivery of a run did (sent, kept for the next run, errors)."""
     if report.sent or report.messages:
         _say(f"alerts: {report.sent} delivered in {report.messages} message(s)")
+    if report.failed:
+        _say(f"alerts: {report.failed} failed for good (max_attempts reached; see "
+             "`portwatch alerts log --state failed`)")
     if report.retrying:
         _say(f"alerts: {report.retrying} not delivered yet: kept in the store, sent by the "
              "next run (see `portwatch alerts log`)")
-    for error in report.errors[-3:]:
+    if report.orphaned:
+        _say(f"alerts: {report.orphaned} queued for a rule or channel no longer in the "
+             "alerts file: kept, never sent (see `portwatch alerts log --state pending`)")
+    shown = report.errors[-3:]
+    if len(report.errors) > len(shown):
+        _say(f"alerts: {len(report.errors)} errors, the last {len(shown)}:")
+    for error in shown:
         _say(error.removeprefix("alerts: ") if error.startswith("alerts: ") else error)
 
 
@@ -328,6 +337,8 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
     finally:
         db.close()
     report_drain(report)
+    if report.failed or (report.retrying and report.errors):
+        raise PortwatchError("some alerts were not delivered (above)", EXIT_RUNTIME)
     if not report.sent and not report.retrying and not report.errors:
         _say("alerts: nothing queued")
 

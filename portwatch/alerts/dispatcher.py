@@ -48,6 +48,9 @@ PENDING, SENT, FAILED = "pending", "sent", "failed"
 EPOCH = datetime.fromtimestamp(0, UTC)
 TEXT_CAP = 1000  # characters of before/after/service kept from a (hostile) event
 MAX_ROWS_PER_PASS = 10_000
+# Due rows one (rule, channel) may take of a pass: a broken channel with a deep backlog
+# never crowds the others out of the pass (each gets its share, oldest first).
+MAX_ROWS_PER_PAIR = 2_000
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class DeliveryReport:
     failed: int = 0
     messages: int = 0
     errors: list[str] = field(default_factory=list)
+    orphaned: int = 0  # pending for a rule or channel no longer in the file: never sent
 
 
 def _owner_is_gone(owner: str, host: str) -> bool:
@@ -184,25 +188,40 @@ class AlertDispatcher:
 
     # -- deliver ------------------------------------------------------------------------
 
-    def deliver_due(self, *, flush: bool = False) -> DeliveryReport:
+    def deliver_due(self, *, flush: bool = False,
+                    deadline: float | None = None) -> DeliveryReport:
         """One delivery pass: every (rule, channel) whose digest window closed (all of them
-        with ``flush``) and every retry that is due goes out as one message. Never raises."""
+        with ``flush``) and every retry that is due goes out as one message; no message
+        starts after ``deadline`` (a clock() time: what is left stays queued). Never
+        raises."""
         report = DeliveryReport()
         try:
             with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
-                self._deliver_due(flush, report)
+                self._deliver_due(flush, report, deadline)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
             log.error("%s", message)
             report.errors.append(message)
         return report
 
-    def pending(self) -> list[PendingRow]:
+    def _routes(self) -> list[str]:
+        """The (rule, channel) pairs the file routes, as ``rule\x1fchannel`` (bound as one
+        array: what the outbox rows are matched against)."""
+        return sorted(f"{rule.name}\x1f{channel}" for rule in self.config.rules
+                      for channel in rule.notify if channel in self.config.channels)
+
+    def pending(self, *, due_by: float | None = None) -> list[PendingRow]:
+        """Pending rows of the routes the file has (``due_by``: only those due by then),
+        oldest first, at most ``MAX_ROWS_PER_PAIR`` of each route."""
         rows = self.store.query(
             "SELECT rule, channel, event_id, event_json, attempts, created_at, "
             "next_attempt_at FROM alert_outbox FINAL WHERE state = 'pending' "
-            "ORDER BY created_at, rule, channel, event_id LIMIT {limit:UInt32}",
-            {"limit": MAX_ROWS_PER_PASS})
+            "AND concat(rule, '\x1f', channel) IN {routes:Array(String)} "
+            "AND next_attempt_at <= {due:DateTime64(3, 'UTC')} "
+            "ORDER BY created_at, rule, channel, event_id "
+            "LIMIT {per:UInt32} BY rule, channel LIMIT {limit:UInt32}",
+            {"routes": self._routes(), "per": MAX_ROWS_PER_PAIR, "limit": MAX_ROWS_PER_PASS,
+             "due": _dt(min(due_by, 9e9) if due_by is not None else 9e9)})
         out = []
         for rule, channel, event_id, event_json, attempts, created_at, next_at in rows:
             try:
@@ -213,22 +232,26 @@ class AlertDispatcher:
                                   _seconds(created_at), _seconds(next_at)))
         return out
 
-    def _deliver_due(self, flush: bool, report: DeliveryReport) -> None:
+    def _deliver_due(self, flush: bool, report: DeliveryReport,
+                     deadline: float | None = None) -> None:
         now = self.clock()
         groups: dict[tuple[str, str], list[PendingRow]] = defaultdict(list)
-        for row in self.pending():
-            if row.next_attempt_at <= now:
-                groups[(row.rule, row.channel)].append(row)
+        for row in self.pending(due_by=now):  # rows of routes no longer in the file stay:
+            groups[(row.rule, row.channel)].append(row)  # `alerts log` shows them
+        failing: set[str] = set()  # channels that failed a send in this pass
         for (rule_name, channel_name), rows in sorted(groups.items()):
-            rule = self.rules.get(rule_name)
-            channel = self.config.channels.get(channel_name)
-            if rule is None or channel is None or channel_name not in rule.notify:
-                continue  # no longer in the alerts file: kept, shown by `alerts log`
+            rule = self.rules[rule_name]
             if not flush and not self._window_closed(rule, rows, now):
                 continue
             limit = self.config.delivery.max_events_per_message
             for start in range(0, len(rows), limit):
-                self._send_batch(rule, channel_name, rows[start:start + limit], report)
+                if deadline is not None and self.clock() >= deadline:
+                    return  # the rest waits for the next pass, in the outbox
+                if channel_name in failing:
+                    break  # it would fail (or time out) again: its rows wait, unclaimed
+                if not self._send_batch(rule, channel_name, rows[start:start + limit],
+                                        report):
+                    failing.add(channel_name)
 
     @staticmethod
     def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
@@ -239,29 +262,26 @@ class AlertDispatcher:
         return min(r.created_at for r in rows) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
-                    report: DeliveryReport) -> None:
+                    report: DeliveryReport) -> bool:
+        """Claim, send and record one message; False when the channel failed it."""
         owned = self._claim(rows)
         if not owned:
-            return
+            return True
         undecodable = [r for r in owned if r.event is None]
         sendable = [r for r in owned if r.event is not None]
-        for row in undecodable:
-            self._record(row, FAILED, "stored event cannot be decoded", report)
+        self._record_all(undecodable, FAILED, "stored event cannot be decoded", report)
         if not sendable:
-            return
+            return True
         channel = self.config.channels[channel_name]
         result = send(channel, rule.name, [r.event for r in sendable if r.event is not None],
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        for row in sendable:
-            if result.is_ok:
-                self._record(row, SENT, "", report)
-            else:
-                self._record(row, None, result.error, report)
+        self._record_all(sendable, SENT if result.is_ok else None, result.error, report)
         if not result.is_ok:
             message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
             log.warning("%s", message)
             report.errors.append(message)
+        return result.is_ok
 
     def _claim(self, rows: Sequence[PendingRow]) -> list[PendingRow]:
         """The rows this pass won the right to send now (see module docstring). Every pass
@@ -306,32 +326,37 @@ class AlertDispatcher:
         return [replace(row, attempts=attempts[row.key] - 1) for row in rows
                 if row.key in attempts and (*row.key, attempts[row.key]) in won]
 
-    def _record(self, row: PendingRow, state: str | None, error: str,
-                report: DeliveryReport) -> None:
-        """Write the outcome of attempt ``row.attempts + 1``."""
+    def _record_all(self, rows: Sequence[PendingRow], state: str | None, error: str,
+                    report: DeliveryReport) -> None:
+        """Write the outcome of each row's attempt ``attempts + 1``, in one insert (one
+        message's rows share it; a row per insert made a 10,000-row pass take minutes).
+        ``state`` None: the attempt failed (retry with backoff, or give up)."""
         options = self.config.delivery
-        attempt = row.attempts + 1
         now = self.clock()
-        next_at = now
-        if state is None:  # failed attempt: retry with backoff, or give up
-            if attempt >= options.max_attempts:
-                state = FAILED
+        out = []
+        for row in rows:
+            attempt = row.attempts + 1
+            outcome, next_at = state, now
+            if outcome is None:
+                if attempt >= options.max_attempts:
+                    outcome = FAILED
+                else:
+                    outcome = PENDING
+                    next_at = now + min(options.retry_max_seconds,
+                                        options.retry_base_seconds * 2 ** (attempt - 1))
+            rank = {PENDING: 1, FAILED: 2, SENT: 3}[outcome]
+            event_json = row.event.to_json().decode() if row.event is not None else ""
+            out.append([row.rule, row.channel, row.event_id, event_json, outcome, attempt,
+                        error[:500], _dt(row.created_at), _dt(next_at),
+                        _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank])
+            if outcome == SENT:
+                report.sent += 1
+            elif outcome == FAILED:
+                report.failed += 1
             else:
-                state = PENDING
-                next_at = now + min(options.retry_max_seconds,
-                                    options.retry_base_seconds * 2 ** (attempt - 1))
-        rank = {PENDING: 1, FAILED: 2, SENT: 3}[state]
-        event_json = row.event.to_json().decode() if row.event is not None else ""
-        self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, [[
-            row.rule, row.channel, row.event_id, event_json, state, attempt, error[:500],
-            _dt(row.created_at), _dt(next_at), _dt(now) if state == SENT else EPOCH,
-            attempt * 4 + rank]])
-        if state == SENT:
-            report.sent += 1
-        elif state == FAILED:
-            report.failed += 1
-        else:
-            report.retrying += 1
+                report.retrying += 1
+        if out:
+            self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, out)
 
     # -- one-shot -----------------------------------------------------------------------
 
@@ -341,26 +366,41 @@ class AlertDispatcher:
         budget = self.config.delivery.wait_seconds if wait_seconds is None else wait_seconds
         deadline = self.clock() + max(0.0, budget)
         total = DeliveryReport()
+        first = True
         while True:
-            report = self.deliver_due(flush=True)
+            # The first pass sends everything due even with no wait at all; a retry pass
+            # starts no message past the deadline (each send is bounded by its timeout)
+            report = self.deliver_due(flush=True, deadline=None if first else deadline)
+            first = False
             total.sent += report.sent
             total.failed += report.failed
             total.messages += report.messages
             total.errors += report.errors
             total.retrying = report.retrying
             try:
-                waiting = [r.next_attempt_at for r in self.pending()]
+                waiting, next_at, orphaned = self._waiting()
             except Exception as exc:  # noqa: BLE001 - never raise into a scan
                 total.errors.append(f"alerts: {_one_line(exc)}")
                 return total
+            total.orphaned = orphaned
             now = self.clock()
             if not waiting:
                 return total
-            next_at = min(waiting)
             if next_at > deadline or now >= deadline:
-                total.retrying = len(waiting)
+                total.retrying = waiting
                 return total
             self.sleep(max(0.05, next_at - now))
+
+    def _waiting(self) -> tuple[int, float, int]:
+        """(pending rows of the file's routes, the earliest next attempt among them,
+        pending rows of routes the file no longer has: no run sends those)."""
+        rows = self.store.query(
+            "SELECT countIf(routed), minIf(next_attempt_at, routed), countIf(NOT routed) "
+            "FROM (SELECT next_attempt_at, concat(rule, '\x1f', channel) IN "
+            "{routes:Array(String)} AS routed FROM alert_outbox FINAL "
+            "WHERE state = 'pending')", {"routes": self._routes()})
+        waiting, next_at, orphaned = rows[0] if rows else (0, EPOCH, 0)
+        return int(waiting), _seconds(next_at), int(orphaned)
 
     def queued_count(self) -> int:
         rows = self.store.query("SELECT count() FROM alert_outbox FINAL WHERE state = 'pending'")

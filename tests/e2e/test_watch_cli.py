@@ -265,6 +265,26 @@ def test_receiver_down_does_not_affect_the_scan_and_delivery_follows(tmp_path: P
         assert receiver.rejected == []
 
 
+def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with webhook_receiver(SECRET.encode()) as receiver:
+        receiver.stop()  # the receiver is down
+        rules = alerts(tmp_path, receiver.url)
+        # Given two alerts queued for it
+        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
+                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
+                                text=True, env={**os.environ, **ENV}, timeout=120)
+        assert queued.stdout.strip() == "queued 2", queued.stderr
+        # When a delivery run retries them for 3 s
+        down = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "3s",
+                       store=store, env=ENV)
+    # Then it says what is left and why, and exits 1 (a cron job sees it)
+    assert down.code == 1, down.stderr
+    assert "2 not delivered yet: kept in the store" in down.stderr
+    assert f"cannot reach http://127.0.0.1:{receiver.port}/…" in down.stderr
+    assert down.stderr.rstrip().endswith("some alerts were not delivered (above)")
+
+
 def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
     with webhook_receiver(SECRET.encode()) as receiver:
         rules = alerts(tmp_path, receiver.url)

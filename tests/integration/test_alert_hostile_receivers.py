@@ -1,0 +1,207 @@
+"""Alert delivery against hostile and broken receivers on loopback (the alert-delivery
+audit of 2026-12-04), through the real store (chdb) and real sockets.
+
+A receiver that dribbles its answer a byte at a time cannot hold a send past its
+timeout, nor the other channels behind it; a redirect is a failure, never a "sent" whose
+body went nowhere; a URL's token never reaches an error or the delivery log; a broken
+channel with a deep backlog never starves another; rows of a route the file no longer has
+never hold a one-shot run for its whole wait. The bounds on elapsed time below are hang
+checks (each hostile receiver would hold a send for hours), not speed targets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portwatch.alerts import AlertDispatcher, load_alerts
+from portwatch.alerts import dispatcher as dispatcher_module
+from portwatch.alerts.channels import send
+from portwatch.alerts.log import delivery_log
+from tests import loopback
+from tests.alert_receivers import webhook_receiver
+from tests.integration.test_alert_delivery import SECRET, event, outbox_states
+from tests.loopback import free_port
+
+HANG_BOUND = 8.0  # seconds; each hostile receiver below would hold a send for hours
+
+
+def _read_request(conn: socket.socket) -> None:
+    """The request's head and (bounded) body, so the client is never reset mid-write."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = min(int(value.strip()), 1_000_000)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
+
+
+def dribble(prefix: bytes) -> Callable[[socket.socket], None]:
+    """Answers ``prefix``, then one byte every 0.2 s, for hours (until the client goes)."""
+
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(prefix)
+        for _ in range(100_000):
+            conn.sendall(b"x")
+            time.sleep(0.2)
+
+    return handle
+
+
+DRIBBLED_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+DRIBBLED_HEAD = b"HTTP/1.1 200 OK\r\nX-Slow: "
+
+
+def redirect_to(location: str) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+
+    return handle
+
+
+def config_of(tmp_path: Path, channels: dict[str, str], rules: str, *,
+              delivery: str = "") -> Any:
+    lines = "\n".join(f'  {name}: {{webhook: "{url}", secret_env: HOOK_SECRET, timeout: 1s}}'
+                      for name, url in channels.items())
+    text = f"channels:\n{lines}\nrules:\n{rules}"
+    if delivery:
+        text += f"delivery: {delivery}\n"
+    path = tmp_path / "alerts.yaml"
+    path.write_text(text)
+    return load_alerts(path, env={"HOOK_SECRET": SECRET.decode()})
+
+
+ALL_TO = "  - name: risky\n    when: {{colors: [red]}}\n    notify: [{}]\n    digest: 0\n"
+
+
+@contextmanager
+def hostile(handler: Callable[[socket.socket], None]) -> Iterator[str]:
+    """The URL of a hostile receiver on 127.0.0.1, with a token in its path and query."""
+    with loopback.listen(handler) as listener:
+        yield f"http://127.0.0.1:{listener.port}/hooks/PATHTOKEN?token=QUERYTOKEN"
+
+
+@pytest.mark.parametrize("prefix", [DRIBBLED_BODY, DRIBBLED_HEAD], ids=["body", "headers"])
+def test_a_dribbling_receiver_cannot_hold_a_send(tmp_path: Path, prefix: bytes) -> None:
+    with hostile(dribble(prefix)) as url:
+        config = config_of(tmp_path, {"slow": url}, ALL_TO.format("slow"))
+        # When a message goes to a receiver that answers a byte every 0.2 s, for hours
+        begin = time.monotonic()
+        result = send(config.channels["slow"], "risky", [event()], timeout=10)
+        elapsed = time.monotonic() - begin
+    # Then the send gives up at the channel's 1 s, saying so without the URL's tokens
+    assert elapsed < HANG_BOUND
+    port = url.split(":")[2].split("/")[0]
+    assert (result.is_ok, result.error) == (
+        False, f"no whole answer from http://127.0.0.1:{port}/… within 1s")
+
+
+def test_a_redirect_is_a_failure_and_is_not_followed(tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver, hostile(redirect_to(receiver.url)) as url:
+        config = config_of(tmp_path, {"moved": url}, ALL_TO.format("moved"))
+        # When the receiver answers 302 to the POST
+        result = send(config.channels["moved"], "risky", [event()], timeout=5)
+        # Then the message is not sent (urllib would GET the new place without the body
+        # and call it delivered), and nothing reached the place it pointed to
+        port = url.split(":")[2].split("/")[0]
+        assert (result.is_ok, result.error) == (
+            False, f"HTTP 302 (a redirect: not followed) from http://127.0.0.1:{port}/…")
+        assert (receiver.accepted, receiver.rejected) == ([], [])
+
+
+def test_a_stuck_channel_does_not_hold_the_others(store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver, hostile(dribble(DRIBBLED_BODY)) as url:
+        # Given a rule sending to a dribbling channel and to a working one
+        config = config_of(tmp_path, {"slow": url, "soc": receiver.url},
+                           ALL_TO.format("slow, soc"))
+        dispatcher = AlertDispatcher(store, config)
+        assert dispatcher.submit([event(6379), event(5432, service="postgresql")]) == 4
+        # When a one-shot run delivers with no wait
+        begin = time.monotonic()
+        report = dispatcher.drain(0)
+        elapsed = time.monotonic() - begin
+        # Then the working channel got both events, the stuck one failed once, in bounds
+        assert elapsed < HANG_BOUND
+        assert len(receiver.accepted) == 1
+        assert len(receiver.accepted[0].payload["events"]) == 2
+        assert (report.sent, report.retrying, report.messages) == (2, 2, 2)
+        states = outbox_states(store)
+        assert sorted(states.values()) == [("pending", 1), ("pending", 1),
+                                           ("sent", 1), ("sent", 1)]
+
+
+def test_a_urls_token_never_reaches_an_error_or_the_log(store: Any, tmp_path: Path) -> None:
+    dead = free_port()  # nothing listens there: connection refused
+    url = f"http://127.0.0.1:{dead}/hooks/PATHTOKEN?token=QUERYTOKEN"
+    config = config_of(tmp_path, {"dead": url}, ALL_TO.format("dead"))
+    dispatcher = AlertDispatcher(store, config)
+    dispatcher.submit([event()])
+    report = dispatcher.drain(0)
+    logged = [row.last_error for row in delivery_log(store, limit=10)]
+    assert report.retrying == 1 and len(logged) == 1
+    for text in [*report.errors, *logged]:
+        assert f"http://127.0.0.1:{dead}/…" in text
+        assert "TOKEN" not in text
+
+
+def test_a_broken_channel_with_a_backlog_does_not_starve_another(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a pass that reads at most 50 rows, 20 of any one route
+    monkeypatch.setattr(dispatcher_module, "MAX_ROWS_PER_PASS", 50)
+    monkeypatch.setattr(dispatcher_module, "MAX_ROWS_PER_PAIR", 20)
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    with webhook_receiver(SECRET) as receiver:
+        rules = ("  - name: bulk\n    when: {colors: [green]}\n    notify: [dead]\n"
+                 "    digest: 0\n  - name: urgent\n    when: {colors: [red]}\n"
+                 "    notify: [soc]\n    digest: 0\n")
+        config = config_of(tmp_path, {"dead": dead, "soc": receiver.url}, rules)
+        clock = [time.time()]
+        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        # And 100 green events queued for a dead channel before one red event
+        assert dispatcher.submit([event(10_000 + n, color="green", service="http")
+                                  for n in range(100)]) == 100
+        clock[0] += 1
+        assert dispatcher.submit([event(6379)]) == 1
+        # When one delivery pass runs
+        report = dispatcher.deliver_due()
+        # Then the red event reached its channel, and the dead one was tried once
+        assert [e["port"] for d in receiver.accepted for e in d.payload["events"]] == [6379]
+        assert (report.sent, report.retrying, report.messages) == (1, 20, 2)
+
+
+def test_rows_of_a_route_no_longer_in_the_file_never_hold_a_run(
+        store: Any, tmp_path: Path) -> None:
+    with webhook_receiver(SECRET) as receiver:
+        # Given deliveries queued for a channel the alerts file has since dropped
+        old = config_of(tmp_path, {"gone": f"http://127.0.0.1:{free_port()}/hook"},
+                        ALL_TO.format("gone"))
+        AlertDispatcher(store, old).submit([event(6379), event(5432)])
+        new = config_of(tmp_path, {"soc": receiver.url}, ALL_TO.format("soc"))
+        # When a one-shot run with a 30 s wait delivers under the new file
+        begin = time.monotonic()
+        report = AlertDispatcher(store, new).drain(30)
+        elapsed = time.monotonic() - begin
+    # Then it returns at once, counting them as kept but never sent (not "next run")
+    assert elapsed < HANG_BOUND
+    assert (report.sent, report.retrying, report.orphaned) == (0, 0, 2)
+    assert receiver.accepted == []
