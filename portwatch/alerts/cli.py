@@ -154,7 +154,7 @@ def _print_plan(store: str | None, entries: Any) -> None:
         finally:
             db.close()
     decisions = plan(entries, previous, datetime.now(UTC))
-    out = out_console()
+    out = out_console(soft_wrap=True)  # one line per entry: grep it
     for d in decisions:
         last = previous.get(d.entry.name)
         when = "now (due)" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC")
@@ -260,7 +260,7 @@ def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -
         rows = delivery_log(db, state=state, rule=rule, limit=limit)
     finally:
         db.close()
-    out = out_console(soft_wrap=fmt == "json")
+    out = out_console(soft_wrap=True)  # one line per delivery, in any width
     if fmt == "json":
         out.print_json(json.dumps([r.as_dict() for r in rows]))
         return
@@ -290,7 +290,7 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
     names = [only_channel] if only_channel else sorted(config.channels)
     if only_channel and only_channel not in config.channels:
         fail(f"no channel {only_channel!r} in {alerts_file}")
-    out = out_console()
+    out = out_console(soft_wrap=True)  # one line per channel
     failures = 0
     for name in names:
         channel = config.channels[name]
@@ -380,7 +380,7 @@ def accept(where: str | None, note: str, until_text: str, accepted_by: str, show
             risks = acc.list_active(db, now)
         finally:
             db.close()
-        out = out_console()
+        out = out_console(soft_wrap=True)  # one line per acceptance
         if not risks:
             out.print(Text("no accepted risks"))
         for r in risks:
