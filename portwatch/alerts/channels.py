@@ -15,6 +15,7 @@ not scanning.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import http.client
@@ -46,6 +47,27 @@ log = logging.getLogger(__name__)
 class SendResult:
     is_ok: bool
     error: str = ""
+    retry_after: float = 0.0  # seconds the receiver asked us to wait (429/503 Retry-After)
+
+
+RETRY_AFTER_CAP = 86_400.0  # a receiver may ask for a day at most (the retry_max bounds it)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float:
+    """A ``Retry-After`` header (delay-seconds, or an HTTP date) -> seconds from ``now``,
+    in [0, RETRY_AFTER_CAP]; 0 when absent or unreadable (hostile text never raises)."""
+    text = (value or "").strip()
+    if not text or len(text) > 64:
+        return 0.0
+    if text.isascii() and text.isdigit():
+        return min(float(text[:12]), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+    if when.tzinfo is None:
+        return 0.0
+    return max(0.0, min(when.timestamp() - now, RETRY_AFTER_CAP))
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -229,7 +251,10 @@ def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEve
         except urllib.error.HTTPError as exc:
             exc.close()  # it holds the response (and its socket)
             moved = " (a redirect: not followed)" if 300 <= exc.code < 400 else ""
-            return SendResult(False, f"HTTP {exc.code}{moved} from {where}")
+            wait = (retry_after_seconds(exc.headers.get("Retry-After"), time.time())
+                    if exc.code in (429, 503) and exc.headers is not None else 0.0)
+            asked = f" (Retry-After {wait:g}s)" if wait else ""
+            return SendResult(False, f"HTTP {exc.code}{moved} from {where}{asked}", wait)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if deadline.expired:
                 return SendResult(False, f"no whole answer from {where} within {timeout:g}s")

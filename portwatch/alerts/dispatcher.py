@@ -276,7 +276,8 @@ class AlertDispatcher:
         result = send(channel, rule.name, [r.event for r in sendable if r.event is not None],
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        self._record_all(sendable, SENT if result.is_ok else None, result.error, report)
+        self._record_all(sendable, SENT if result.is_ok else None, result.error, report,
+                         retry_after=result.retry_after)
         if not result.is_ok:
             message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
             log.warning("%s", message)
@@ -327,10 +328,11 @@ class AlertDispatcher:
                 if row.key in attempts and (*row.key, attempts[row.key]) in won]
 
     def _record_all(self, rows: Sequence[PendingRow], state: str | None, error: str,
-                    report: DeliveryReport) -> None:
+                    report: DeliveryReport, *, retry_after: float = 0.0) -> None:
         """Write the outcome of each row's attempt ``attempts + 1``, in one insert (one
         message's rows share it; a row per insert made a 10,000-row pass take minutes).
-        ``state`` None: the attempt failed (retry with backoff, or give up)."""
+        ``state`` None: the attempt failed (retry with backoff, or give up; not before the
+        receiver's ``retry_after``, kept to ``retry_max``)."""
         options = self.config.delivery
         now = self.clock()
         out = []
@@ -342,8 +344,8 @@ class AlertDispatcher:
                     outcome = FAILED
                 else:
                     outcome = PENDING
-                    next_at = now + min(options.retry_max_seconds,
-                                        options.retry_base_seconds * 2 ** (attempt - 1))
+                    backoff = options.retry_base_seconds * 2 ** (attempt - 1)
+                    next_at = now + min(options.retry_max_seconds, max(backoff, retry_after))
             rank = {PENDING: 1, FAILED: 2, SENT: 3}[outcome]
             event_json = row.event.to_json().decode() if row.event is not None else ""
             out.append([row.rule, row.channel, row.event_id, event_json, outcome, attempt,

@@ -205,3 +205,35 @@ def test_rows_of_a_route_no_longer_in_the_file_never_hold_a_run(
     assert elapsed < HANG_BOUND
     assert (report.sent, report.retrying, report.orphaned) == (0, 0, 2)
     assert receiver.accepted == []
+
+
+def answer(status: str, *headers: str) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        extra = "".join(f"{h}\r\n" for h in headers)
+        conn.sendall(f"HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+
+    return handle
+
+
+@pytest.mark.parametrize(("status", "header", "wait"), [
+    ("429 Too Many Requests", "Retry-After: 120", 120),  # the receiver's own wait
+    ("503 Service Unavailable", "Retry-After: 999999999", 3600),  # kept to retry_max
+    ("429 Too Many Requests", "Retry-After: soon", 1),  # unreadable: the backoff
+    ("500 Internal Server Error", "Retry-After: 120", 1),  # only for 429 and 503
+])
+def test_retry_after_sets_the_next_attempt_within_retry_max(
+        store: Any, tmp_path: Path, status: str, header: str, wait: int) -> None:
+    with hostile(answer(status, header)) as url:
+        config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
+                           delivery="{retry_base: 1s, retry_max: 1h}")
+        clock = [time.time()]
+        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        dispatcher.submit([event()])
+        report = dispatcher.deliver_due()
+    assert report.retrying == 1
+    [row] = delivery_log(store, limit=10)
+    assert row.next_attempt_at.timestamp() == pytest.approx(clock[0] + wait, abs=0.01)
+    code = status.split()[0]
+    assert row.last_error.startswith(f"HTTP {code} from http://127.0.0.1:")

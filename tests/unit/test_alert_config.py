@@ -370,3 +370,25 @@ def test_webhook_urls_take_env_references_and_display_no_token(tmp_path: Path) -
     assert hook.display == "https://127.0.0.1:8443/…"
     assert "SECRETTOKEN" not in repr(hook)
     assert bare.display == "http://127.0.0.1"
+
+
+@given(st.text(max_size=80))
+@example("9" * 5000).via("more digits than a header should hold")
+@example("Wed, 21 Oct 2015 07:28:00 GMT").via("an HTTP date in the past")
+@example("Fri, 31 Dec 9999 23:59:59 GMT").via("the far future")
+def test_retry_after_of_any_text_is_a_bounded_wait(text: str) -> None:
+    from portwatch.alerts.channels import RETRY_AFTER_CAP, retry_after_seconds
+
+    assert 0 <= retry_after_seconds(text, 1_796_000_000.0) <= RETRY_AFTER_CAP
+
+
+def test_retry_after_values() -> None:
+    from email.utils import format_datetime
+
+    from portwatch.alerts.channels import retry_after_seconds
+
+    now = 1_796_000_000.0
+    later = format_datetime(datetime.fromtimestamp(now + 90, UTC), usegmt=True)
+    assert [retry_after_seconds(v, now) for v in ("120", " 7 ", "", None, "-5", "1.5",
+                                                   "999999999", later)] == \
+        [120, 7, 0, 0, 0, 0, 86_400, 90]
