@@ -221,11 +221,15 @@ def report_drain(report: Any) -> None:
     if report.orphaned:
         _say(f"alerts: {report.orphaned} queued for a rule or channel no longer in the "
              "alerts file: kept, never sent (see `portwatch alerts log --state pending`)")
-    shown = report.errors[-3:]
-    if len(report.errors) > len(shown):
-        _say(f"alerts: {len(report.errors)} errors, the last {len(shown)}:")
-    for error in shown:
-        _say(error.removeprefix("alerts: ") if error.startswith("alerts: ") else error)
+    counts: dict[str, int] = {}
+    for error in report.errors:  # the same failure on each retry is said once, counted
+        counts[error.removeprefix("alerts: ")] = counts.get(error.removeprefix("alerts: "),
+                                                             0) + 1
+    distinct = list(counts.items())
+    if len(distinct) > 3:
+        _say(f"alerts: {len(distinct)} different errors, the last 3:")
+    for error, times in distinct[-3:]:
+        _say(error + (f" (x{times})" if times > 1 else ""))
 
 
 # -- alerts -----------------------------------------------------------------------------

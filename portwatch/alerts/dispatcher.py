@@ -188,16 +188,16 @@ class AlertDispatcher:
 
     # -- deliver ------------------------------------------------------------------------
 
-    def deliver_due(self, *, flush: bool = False,
-                    deadline: float | None = None) -> DeliveryReport:
+    def deliver_due(self, *, flush: bool = False, deadline: float | None = None,
+                    log_failures: bool = True) -> DeliveryReport:
         """One delivery pass: every (rule, channel) whose digest window closed (all of them
         with ``flush``) and every retry that is due goes out as one message; no message
-        starts after ``deadline`` (a clock() time: what is left stays queued). Never
-        raises."""
+        starts after ``deadline`` (a clock() time: what is left stays queued). A failed
+        send is logged (``log_failures``) and always in the report. Never raises."""
         report = DeliveryReport()
         try:
             with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
-                self._deliver_due(flush, report, deadline)
+                self._deliver_due(flush, report, deadline, log_failures)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
             log.error("%s", message)
@@ -233,7 +233,7 @@ class AlertDispatcher:
         return out
 
     def _deliver_due(self, flush: bool, report: DeliveryReport,
-                     deadline: float | None = None) -> None:
+                     deadline: float | None = None, log_failures: bool = True) -> None:
         now = self.clock()
         groups: dict[tuple[str, str], list[PendingRow]] = defaultdict(list)
         for row in self.pending(due_by=now):  # rows of routes no longer in the file stay:
@@ -250,7 +250,7 @@ class AlertDispatcher:
                 if channel_name in failing:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
                 if not self._send_batch(rule, channel_name, rows[start:start + limit],
-                                        report):
+                                        report, log_failures):
                     failing.add(channel_name)
 
     @staticmethod
@@ -262,7 +262,7 @@ class AlertDispatcher:
         return min(r.created_at for r in rows) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
-                    report: DeliveryReport) -> bool:
+                    report: DeliveryReport, log_failures: bool = True) -> bool:
         """Claim, send and record one message; False when the channel failed it."""
         owned = self._claim(rows)
         if not owned:
@@ -280,7 +280,8 @@ class AlertDispatcher:
                          retry_after=result.retry_after)
         if not result.is_ok:
             message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
-            log.warning("%s", message)
+            if log_failures:
+                log.warning("%s", message)
             report.errors.append(message)
         return result.is_ok
 
@@ -372,7 +373,9 @@ class AlertDispatcher:
         while True:
             # The first pass sends everything due even with no wait at all; a retry pass
             # starts no message past the deadline (each send is bounded by its timeout)
-            report = self.deliver_due(flush=True, deadline=None if first else deadline)
+            # its caller reports the errors once (report_drain): not logged as they happen
+            report = self.deliver_due(flush=True, deadline=None if first else deadline,
+                                      log_failures=False)
             first = False
             total.sent += report.sent
             total.failed += report.failed
