@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import click
 
+from portwatch import log_filters
 from portwatch.alerts.cli import accept, alerts, watch
 from portwatch.changes_cli import prune_command, report_with_changes
 from portwatch.console import EXIT_INTERRUPTED, err_console, exit_code_for, one_line
@@ -61,6 +62,7 @@ def cli(verbose: int) -> None:
         # logger: clickhouse_connect sets "urllib3" itself to WARNING when imported.)
         for noisy in ("urllib3.connectionpool", "clickhouse_connect"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    log_filters.install(verbose=bool(verbose))  # Kafka clients in an outage: no flood
 
 
 COMMANDS: tuple[click.Command, ...] = (

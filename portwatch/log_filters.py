@@ -1,0 +1,107 @@
+"""What the libraries portwatch drives may write to a user's terminal or a pod's log.
+
+Owns: two logging filters installed on the command's log handler. A Kafka broker that
+goes away makes aiokafka, kafka-python, Faust and mode log the same failure many times a
+second (``Unable connect to node with id 1`` ~70 lines/s while the broker is down: 9.8
+MB in eleven minutes), with tracebacks for what portwatch already reports in one line.
+``OneLine`` turns a library's record with a traceback into one line (``-v`` keeps the
+traceback); ``RepeatLimiter`` lets a library's message through once per window and
+counts the ones it held back, so an outage reads as a line now and then, not a flood.
+portwatch's own records pass untouched: each says something once, on purpose.
+
+Must not touch: anything but the records (no handlers replaced, no levels changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+OURS = ("portwatch", "stream_processors", "producers", "probers", "schemas", "bench",
+        "tests", "__main__")
+REPEAT_WINDOW_SECONDS = 60.0
+MAX_KEYS = 1024  # distinct messages remembered: a library cannot grow this without bound
+
+
+def is_ours(name: str) -> bool:
+    return name == "root" or name.split(".", 1)[0] in OURS
+
+
+class OneLine(logging.Filter):
+    """A library's record with an exception: the exception's type and first line after
+    the message, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not is_ours(record.name):
+            exc = record.exc_info[1]
+            try:
+                if exc is not None:
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    record.msg = f"{record.getMessage()} ({type(exc).__name__}" \
+                                 f"{': ' + first if first else ''})"
+                    record.args = None
+            except Exception:  # noqa: BLE001 - a filter never breaks the caller's log call
+                return True
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+class RepeatLimiter(logging.Filter):
+    """A library's message (by logger, level and format string) once per ``window``
+    seconds; the next one let through says how many were held back meanwhile."""
+
+    def __init__(self, window: float = REPEAT_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if is_ours(record.name):
+            return True
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        held = last[1] if last is not None else 0
+        if len(self._seen) >= MAX_KEYS and key not in self._seen:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            try:
+                record.msg = f"{record.getMessage()} (and {held} more like it since " \
+                             f"{self.window:g}s before)"
+                record.args = None
+            except Exception:  # noqa: BLE001 - a filter never breaks the caller's log call
+                return True
+        return True
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A library thread that ends on an exception (aiokafka's consumer thread stopped
+    while the broker is down): one line, not Python's traceback."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    first = (str(args.exc_value).strip().splitlines() or [""])[0][:200]
+    logging.getLogger("portwatch").error("%s ended on %s%s", name, args.exc_type.__name__,
+                                         f": {first}" if first else "")
+
+
+def install(*, verbose: bool) -> None:
+    """Put the filters on every handler of the root logger, once (``-v``: tracebacks
+    kept; repeats are limited either way)."""
+    for handler in logging.getLogger().handlers:
+        if any(isinstance(f, RepeatLimiter) for f in handler.filters):
+            continue
+        handler.addFilter(RepeatLimiter())  # first: it keys on the message as logged
+        if not verbose:
+            handler.addFilter(OneLine())
+    if not verbose:
+        threading.excepthook = _thread_died

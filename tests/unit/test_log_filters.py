@@ -1,0 +1,111 @@
+"""portwatch/log_filters.py: a library's repeated failure (a Kafka client while the broker
+is down) reads as a line now and then with a count, never a flood; its tracebacks are one
+line; portwatch's own records pass untouched."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from portwatch import log_filters
+from portwatch.log_filters import OneLine, RepeatLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logging.Handler, Clock]]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    clock = Clock()
+    handler.addFilter(RepeatLimiter(window=60, clock=clock))
+    handler.addFilter(OneLine())
+    loggers = [logging.getLogger(n) for n in ("aiokafka.conn", "portwatch.x")]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.setLevel(logging.DEBUG)
+    yield out, handler, clock
+    for lg in loggers:
+        lg.removeHandler(handler)
+        lg.propagate = True
+
+
+def test_a_librarys_repeated_failure_is_one_line_a_window_with_a_count(
+        captured: tuple[io.StringIO, logging.Handler, Clock]) -> None:
+    out, _, clock = captured
+    kafka = logging.getLogger("aiokafka.conn")
+    # Given a client failing 1,000 times in 30 s, then once more a minute after the first
+    for n in range(1000):
+        clock.now = 1000.0 + n * 0.03
+        kafka.error("Unable connect to node with id %s: %s", 1, "[Errno 111] refused")
+    clock.now = 1061.0
+    kafka.error("Unable connect to node with id %s: %s", 1, "[Errno 111] refused")
+    # Then two lines were written: the first, and the next with what was held back
+    assert out.getvalue().splitlines() == [
+        "aiokafka.conn: Unable connect to node with id 1: [Errno 111] refused",
+        "aiokafka.conn: Unable connect to node with id 1: [Errno 111] refused "
+        "(and 999 more like it since 60s before)"]
+
+
+def test_our_own_records_pass_untouched(
+        captured: tuple[io.StringIO, logging.Handler, Clock]) -> None:
+    out, _, _ = captured
+    ours = logging.getLogger("portwatch.x")
+    for _ in range(3):
+        ours.warning("publishing to %s failed; retrying", "t")
+    assert out.getvalue().splitlines() == ["portwatch.x: publishing to t failed; retrying"] * 3
+
+
+def test_a_librarys_traceback_is_one_line(
+        captured: tuple[io.StringIO, logging.Handler, Clock]) -> None:
+    out, _, _ = captured
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer\nsecond line")
+    except ConnectionResetError:
+        logging.getLogger("aiokafka.conn").exception("Error receiving network data")
+    assert out.getvalue().splitlines() == [
+        "aiokafka.conn: Error receiving network data (ConnectionResetError: [Errno 104] "
+        "Connection reset by peer)"]
+
+
+def test_a_malformed_record_never_breaks_the_log_call(
+        captured: tuple[io.StringIO, logging.Handler, Clock]) -> None:
+    out, handler, _ = captured
+    record = logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, "%d of %s",
+                               ("x",), (ValueError, ValueError("v"), None))
+    assert all(f.filter(record) if isinstance(f, logging.Filter) else True
+               for f in handler.filters)
+
+
+def test_a_library_thread_that_dies_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # put back after
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("portwatch").addHandler(handler)
+    try:
+        log_filters.install(verbose=False)
+
+        def die() -> None:
+            raise TimeoutError("stopping the consumer\nmore")
+
+        worker = threading.Thread(target=die, name="aiokafka-consumer")
+        worker.start()
+        worker.join()
+    finally:
+        logging.getLogger("portwatch").removeHandler(handler)
+    assert records == ["aiokafka-consumer ended on TimeoutError: stopping the consumer"]
+    assert "Traceback" not in capsys.readouterr().err
