@@ -215,7 +215,11 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
             signal.signal(sig, handler)
     say(f"discover worker done: {stats.shards} shards, {stats.open_ports} open ports, "
         f"{stats.retried} retries, {stats.failed} failed, {stats.poison} dead letters, "
-        f"{stats.out_of_scope} out of scope")
+        f"{stats.out_of_scope} out of scope"
+        + (f", {stats.commit_failures} commits failed (those shards will be scanned again)"
+           if stats.commit_failures else ""))
+    if stats.gave_up:  # stopped on its own with a shard unfinished: not a clean exit
+        fail(f"discover: {stats.gave_up}", EXIT_RUNTIME)
 
 
 # -- process ----------------------------------------------------------------------------

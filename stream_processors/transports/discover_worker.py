@@ -69,6 +69,9 @@ class WorkerOptions:
     # A shard must end (engine deadlines are fitted under it) before Kafka evicts us.
     max_poll_interval_ms: int = 600_000
     publish_retry_seconds: float = 600.0  # give up publishing a shard's events after this
+    # One publish attempt (metadata, send, acknowledgement): short, so that a stop while
+    # the broker is away waits for one attempt, not for the client's default minute.
+    publish_attempt_seconds: float = 10.0
     poll_timeout_ms: int = 500
     scope: Scope = field(default_factory=Scope)  # re-checked on every shard
 
@@ -85,6 +88,7 @@ class WorkerStats:
     commit_failures: int = 0
     last_shard: str = ""
     errors: list[str] = field(default_factory=list)
+    gave_up: str = ""  # why the worker stopped on its own before its work was done
 
 
 class DiscoveryWorker:
@@ -112,7 +116,8 @@ class DiscoveryWorker:
     def run(self) -> WorkerStats:
         """Consume shards until stopped (or ``max_shards`` / ``idle_exit``)."""
         o = self.options
-        producer = make_producer(o.bootstrap, client_id="portwatch-discover")
+        producer = make_producer(o.bootstrap, client_id="portwatch-discover",
+                                 max_block_ms=int(o.publish_attempt_seconds * 1000))
         consumer = None
         try:
             consumer = make_consumer(
@@ -223,11 +228,12 @@ class DiscoveryWorker:
         delay = 0.5
         while True:
             try:
+                attempt = self.options.publish_attempt_seconds
                 if records and isinstance(records[0], _Raw):
                     for r in records:
-                        producer.send(topic, value=r.value).get(timeout=60)
+                        producer.send(topic, value=r.value).get(timeout=attempt)
                 else:
-                    publish_framed(producer, topic, records)
+                    publish_framed(producer, topic, records, timeout=attempt)
                 return True
             except OversizedRecords as exc:  # the rest is published; retrying cannot help
                 self.stats.poison += len(exc.lines)
@@ -240,8 +246,16 @@ class DiscoveryWorker:
                 return self._publish_until_acked(producer, self.options.topics.dead_letter.name,
                                                  envelopes)
             except (PublishError, KafkaUnavailable, Exception) as exc:  # noqa: BLE001
-                if self.is_stopping or time.monotonic() >= deadline:
-                    log.error("giving up publishing to %s: %s", topic, exc)
+                if self.is_stopping:
+                    log.info("stopped before %s was published: the shard is not committed "
+                             "and will be scanned again", topic)
+                    return False
+                if time.monotonic() >= deadline:
+                    self.stats.gave_up = (
+                        f"the broker did not acknowledge {topic} for "
+                        f"{self.options.publish_retry_seconds:g}s ({_first_line(exc)}); "
+                        "the shard is not committed and will be scanned again")
+                    log.error("giving up publishing to %s: %s", topic, _first_line(exc))
                     return False
                 log.warning("publishing to %s failed (%s); retrying in %.1fs", topic, exc, delay)
                 self._stopping.wait(delay)
@@ -263,6 +277,10 @@ class DiscoveryWorker:
                                 "which is harmless", tp, record.offset, exc)
                     return
                 self._stopping.wait(1.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
 @dataclass(frozen=True, slots=True)

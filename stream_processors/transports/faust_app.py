@@ -157,6 +157,9 @@ def _bind_changes(app: faust.App, sink: StoreSink, changes: ChangeStage, send: A
     app.timer(1.0, name="portwatch.changes")(release)
 
 
+STOP_SECONDS = 20.0  # every app's graceful stop, together (the chart grants the pod 60 s)
+
+
 async def run_apps(apps: list[faust.App], stop: asyncio.Event) -> None:
     """Start the apps in this loop, run until ``stop`` is set or one crashes, stop them.
 
@@ -180,9 +183,17 @@ async def run_apps(apps: list[faust.App], stop: asyncio.Event) -> None:
             if f is not stopper and not f.cancelled() and f.result() is not None:
                 raise RuntimeError(f"stream processor crashed: {f.result()!r}")
     finally:
-        for app in reversed(started):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(app.stop(), 30)
+        # Together, within one bound: with the broker gone each app's consumer waits out
+        # its own timeouts (30 s each, one after the other, was 60 s: a pod's whole
+        # termination grace period). Offsets not committed are replayed, as after a crash.
+        stopping = [asyncio.ensure_future(app.stop()) for app in reversed(started)]
+        if stopping:
+            _, late = await asyncio.wait(stopping, timeout=STOP_SECONDS)
+            for future in late:
+                future.cancel()
+            for future in stopping:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a failed stop is not logged as lost
         for app in apps:
             remove_empty_tree(Path(app.conf.datadir))
 

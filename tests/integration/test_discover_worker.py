@@ -174,3 +174,44 @@ def test_a_record_too_large_for_kafka_is_dead_lettered_and_the_shard_done(
     assert envelope["reason"].startswith("record of 2,000,")
     assert envelope["reason"].endswith("bytes exceeds the 900,000-byte message limit")
     assert envelope["is_truncated"] is True
+
+
+def test_a_broker_that_never_acknowledges_ends_the_worker_with_its_reason(
+        kafka_bootstrap: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    topics = topic_names(prefix)
+    # Given a host-scans topic whose broker refuses every write (a real fault: a topic
+    # configured to take no message over 64 bytes)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topics.host_scans.name, topics.host_scans.partitions, 1,
+                                      topic_configs={"max.message.bytes": "64"})])
+    finally:
+        admin.close()
+    ensure_topics(kafka_bootstrap, topics.all, timeout=30)
+    shard = Shard("scan-k", "scan-k:tcp:0", (Target("127.0.0.1", "127.0.0.1"),),
+                  (PortRange(1, 1),))
+    producer = make_producer(kafka_bootstrap)
+    try:
+        publish(producer, topics.shards.name, [shard])
+    finally:
+        producer.close(timeout=10)
+    options = WorkerOptions(kafka_bootstrap, topics, f"{prefix}discover", max_shards=1,
+                            idle_exit=30, publish_retry_seconds=3, publish_attempt_seconds=1)
+    # When a worker takes the shard and cannot publish its hosts for 3 s
+    stats = DiscoveryWorker(options, lambda _shard: ConnectEngine()).run()
+    # Then it stops on its own, the shard not done (not committed: scanned again), and
+    # says why in one line (`portwatch discover` exits 1 with it)
+    assert stats.shards == 0
+    assert stats.gave_up.startswith(f"the broker did not acknowledge {topics.host_scans.name} "
+                                    "for 3s (")
+    assert stats.gave_up.endswith("the shard is not committed and will be scanned again")
+    assert "\n" not in stats.gave_up
+    consumer = make_consumer(kafka_bootstrap, topics.shards.name, f"{prefix}discover")
+    try:
+        again = consume(consumer, 1, timeout=20)  # the same group gets the shard back
+    finally:
+        consumer.close()
+    assert [decode_records(Shard, r.value)[0][0].shard_id for r in again] == ["scan-k:tcp:0"]
