@@ -49,17 +49,22 @@ class DiesAtItsEnd:
         raise DiscoveryError("engine died before the end of the shard (injected)")
 
 
-def run_worker(bootstrap: str, prefix: str, shard: Shard, engine_for: Any,
-               scope: Scope | None = None) -> tuple[Any, list[bytes], list[bytes], list[bytes]]:
-    """Publish one shard, run a worker until it handled it; return its stats and the
-    open-port, host-scan and dead-letter messages it published."""
-    topics = topic_names(prefix)
+def publish_shard(bootstrap: str, topics: Any, shard: Shard) -> None:
+    """The topics made (those that exist are left as they are), then ``shard`` on its."""
     ensure_topics(bootstrap, topics.all, timeout=30)
     producer = make_producer(bootstrap)
     try:
         publish(producer, topics.shards.name, [shard])
     finally:
         producer.close(timeout=10)
+
+
+def run_worker(bootstrap: str, prefix: str, shard: Shard, engine_for: Any,
+               scope: Scope | None = None) -> tuple[Any, list[bytes], list[bytes], list[bytes]]:
+    """Publish one shard, run a worker until it handled it; return its stats and the
+    open-port, host-scan and dead-letter messages it published."""
+    topics = topic_names(prefix)
+    publish_shard(bootstrap, topics, shard)
     options = WorkerOptions(bootstrap, topics, f"{prefix}discover", max_shards=1,
                             idle_exit=20, scope=scope or Scope())
     stats = DiscoveryWorker(options, engine_for).run()
@@ -190,14 +195,8 @@ def test_a_broker_that_never_acknowledges_ends_the_worker_with_its_reason(
                                       topic_configs={"max.message.bytes": "64"})])
     finally:
         admin.close()
-    ensure_topics(kafka_bootstrap, topics.all, timeout=30)
-    shard = Shard("scan-k", "scan-k:tcp:0", (Target("127.0.0.1", "127.0.0.1"),),
-                  (PortRange(1, 1),))
-    producer = make_producer(kafka_bootstrap)
-    try:
-        publish(producer, topics.shards.name, [shard])
-    finally:
-        producer.close(timeout=10)
+    publish_shard(kafka_bootstrap, topics, Shard(
+        "scan-k", "scan-k:tcp:0", (Target("127.0.0.1", "127.0.0.1"),), (PortRange(1, 1),)))
     options = WorkerOptions(kafka_bootstrap, topics, f"{prefix}discover", max_shards=1,
                             idle_exit=30, publish_retry_seconds=3, publish_attempt_seconds=1)
     # When a worker takes the shard and cannot publish its hosts for 3 s
