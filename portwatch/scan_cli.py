@@ -32,6 +32,28 @@ from probers.discovery.engines import TCP_CHOICES
 END_SCREEN_HOSTS = 20  # rows of the end-of-scan Summary
 
 
+END_SCREEN_PAGE = 2_000  # Summary rows read at a time when looking for a scan's riskiest
+
+
+def _riskiest_of(db: Any, ips: set[str]) -> list[dict[str, Any]]:
+    """This scan's hosts among the store's Summary, read riskiest first a page at a time
+    until ``END_SCREEN_HOSTS`` of them are found and the next page scores lower (every
+    tie of the last one kept: the sort decides among them); a large store is read no
+    further than the scan's riskiest need."""
+    found: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = db.report("summary", {}, limit=END_SCREEN_PAGE, offset=offset).dicts()
+        found += [row for row in page if row["ip"] in ips]
+        offset += len(page)
+        if len(page) < END_SCREEN_PAGE or len(found) >= len(ips):
+            return found
+        if len(found) >= END_SCREEN_HOSTS:
+            floor = sorted(float(r["risk_score"] or 0) for r in found)[-END_SCREEN_HOSTS]
+            if float(page[-1]["risk_score"] or 0) < floor:
+                return found
+
+
 def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
     """Risk score descending, then address in numeric order (127.0.0.2 before
     127.0.0.10; IPv4 before IPv6), then target (one address under two names)."""
@@ -247,7 +269,7 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         rows = [row for ip in sorted(ips)
                 for row in db.report("summary", {"target": ip}).dicts() if row["ip"] == ip]
     else:
-        rows = [row for row in db.report("summary", {}).dicts() if row["ip"] in ips]
+        rows = _riskiest_of(db, ips)
     rows.sort(key=_riskiest_first)
     title = ("Summary" if len(rows) <= END_SCREEN_HOSTS else
              f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(rows):,} hosts; "
