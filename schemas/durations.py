@@ -1,9 +1,10 @@
 """The one duration grammar of every command, alerts file and page.
 
 Owns: reading ``250ms``, ``30s``, ``5m``, ``12h``, ``7d``, ``2w`` (a whole or decimal
-amount and a unit; ``1.5h``) into seconds. The same text means the same period wherever
-it is written: ``report changes --since``, ``prune --older-than``, the Changes page's
-``since``, ``alerts deliver --wait`` and the alerts file's ``digest``/``delivery`` values.
+amount and a unit, spaces between them allowed: ``5 m``; ``1.5h``) into seconds. The
+same text means the same period wherever it is written: ``report changes --since``,
+``prune --older-than``, the Changes page's ``since``, ``alerts deliver --wait`` and the
+alerts file's ``digest``/``delivery`` values.
 Each caller gives its range (a look-back of at least a second; a digest of at most 30
 days) and whether a bare number is seconds (the alerts file's ``digest: 0``, kept for the
 files already written; a look-back always names its unit).
@@ -20,7 +21,7 @@ import re
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 # ASCII digits only ('²' and '٣' are digits to Python). An amount of more than
 # ``MAX_WHOLE_DIGITS`` digits is out of any caller's range, said so before converting it.
-_GRAMMAR = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ms|s|m|h|d|w)?", re.ASCII)
+_GRAMMAR = re.compile(r"([0-9]+)(?:\.([0-9]+))? *(ms|s|m|h|d|w)?", re.ASCII)
 MAX_WHOLE_DIGITS = 15
 EXAMPLES = "e.g. 30s, 5m, 12h, 7d, 2w"
 

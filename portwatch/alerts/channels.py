@@ -158,7 +158,7 @@ def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
         if isinstance(channel, WebhookChannel):
             return _send_webhook(channel, rule, events, ident, is_test,
                                  min(timeout, channel.timeout), int(clock()))
-        return _send_apprise(channel, rule, events, is_test, timeout)
+        return _send_apprise(channel, rule, events, is_test, min(timeout, channel.timeout))
     except Exception as exc:  # noqa: BLE001 - a send is data: ok or its error, never a raise
         text = str(exc).replace(channel.url, channel.display)
         return SendResult(False, f"{type(exc).__name__}: {_clean(text)}")
@@ -166,31 +166,62 @@ def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
 
 class _Deadline:
     """The sockets one send opens, shut down when its time is up: a receiver that
-    dribbles a byte a second (each read within the socket timeout) or never ends its
-    headers cannot hold a send, nor the delivery pass behind it, past ``seconds``."""
+    dribbles a byte a second (each read within the socket timeout), never ends its
+    headers or stalls its TLS handshake cannot hold a send, nor the delivery pass behind
+    it, past ``seconds``. Each socket is tracked as it is made, through a duplicate of its
+    descriptor: shutting that down ends the connection even after TLS has taken the
+    original socket object over. Each connect attempt gets only the time left."""
 
     def __init__(self, seconds: float) -> None:
-        self.sockets: list[socket.socket] = []
+        self.seconds = seconds
         self.expired = False
+        self._ends_at = time.monotonic() + seconds
+        self._handles: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
         self._lock = threading.Lock()
 
+    def remaining(self) -> float:
+        return max(0.001, self._ends_at - time.monotonic())
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            for sock in self.sockets:
+            for handle in self._handles:
                 with contextlib.suppress(OSError):
-                    # the plain socket's: an SSLSocket's own shutdown drops its TLS state
-                    # under the reading thread
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    handle.shutdown(socket.SHUT_RDWR)
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
-            self.sockets.append(sock)
+            handle = sock.dup()
+            self._handles.append(handle)
             if self.expired:
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    handle.shutdown(socket.SHUT_RDWR)
+
+    def create_connection(self, address: tuple[str, int], timeout: Any = None,
+                          source_address: Any = None) -> socket.socket:
+        """``socket.create_connection``, each address tried within the time left and its
+        socket tracked before it connects."""
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, where in socket.getaddrinfo(host, port, 0,
+                                                                socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                self.track(sock)
+                sock.settimeout(min(self.remaining(), timeout or self.seconds))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(where)
+                sock.settimeout(timeout or self.seconds)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+                if self.expired:
+                    break
+        raise error or OSError(f"no address for {host}")
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
@@ -198,6 +229,10 @@ class _Deadline:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -214,9 +249,9 @@ def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
 
     def tracked(base: type[http.client.HTTPConnection]) -> Any:
         class Tracked(base):  # type: ignore[valid-type,misc]
-            def connect(self) -> None:
-                super().connect()
-                deadline.track(self.sock)
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = deadline.create_connection
         return Tracked
 
     plain, tls = tracked(http.client.HTTPConnection), tracked(http.client.HTTPSConnection)
@@ -246,8 +281,11 @@ def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEve
     with _Deadline(timeout) as deadline:
         try:
             with _opener(deadline).open(request, timeout=timeout) as response:
-                response.read(4096)
+                # The status line and headers are the answer; the body is read (a
+                # little) only to end the exchange cleanly, and cutting it changes nothing
                 status = int(response.status)
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    response.read(4096)
         except urllib.error.HTTPError as exc:
             exc.close()  # it holds the response (and its socket)
             moved = " (a redirect: not followed)" if 300 <= exc.code < 400 else ""
@@ -261,18 +299,27 @@ def _send_webhook(channel: WebhookChannel, rule: str, events: Sequence[ChangeEve
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             text = str(reason).replace(channel.url, where)
             return SendResult(False, f"cannot reach {where}: {_clean(text)}")
-    if deadline.expired:  # cut while reading the (ignored) body: the answer is not whole
-        return SendResult(False, f"no whole answer from {where} within {timeout:g}s")
     if 200 <= status < 300:
         return SendResult(True)
     return SendResult(False, f"HTTP {status} from {where}")
+
+
+_APPRISE_BUSY: set[str] = set()  # channels whose earlier send is still running
+_APPRISE_LOCK = threading.Lock()
 
 
 def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEvent],
                   is_test: bool, timeout: float) -> SendResult:
     """apprise in a thread of its own, waited for ``timeout`` seconds: its plugins set
     their own socket timeouts (a dribbling receiver holds them for minutes), so a send
-    past the deadline is reported as failed and left to finish (a daemon thread)."""
+    past the deadline is reported as failed and left to finish (a daemon thread). While
+    it runs, that channel takes no other send: a slow receiver that accepts late gets
+    the message once, not once per retry (apprise messages carry no delivery id)."""
+    with _APPRISE_LOCK:
+        if channel.name in _APPRISE_BUSY:
+            return SendResult(False, f"{channel.display}: an earlier send to it is still "
+                                     "running (a slow receiver): not sent again meanwhile")
+        _APPRISE_BUSY.add(channel.name)
     outcome: list[SendResult] = []
 
     def run() -> None:
@@ -280,6 +327,9 @@ def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEve
             outcome.append(_apprise_notify(channel, rule, events, is_test))
         except Exception as exc:  # noqa: BLE001 - reported as the send's result
             outcome.append(SendResult(False, f"{channel.display}: {type(exc).__name__}"))
+        finally:
+            with _APPRISE_LOCK:
+                _APPRISE_BUSY.discard(channel.name)
 
     worker = threading.Thread(target=run, name=f"apprise-{channel.name}", daemon=True)
     worker.start()

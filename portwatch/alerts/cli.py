@@ -213,8 +213,8 @@ def report_drain(report: Any) -> None:
     if report.sent or report.messages:
         _say(f"alerts: {report.sent} delivered in {report.messages} message(s)")
     if report.failed:
-        _say(f"alerts: {report.failed} failed for good (max_attempts reached; see "
-             "`portwatch alerts log --state failed`)")
+        _say(f"alerts: {report.failed} failed for good (max_attempts reached, or the stored "
+             "event unreadable; see `portwatch alerts log --state failed`)")
     if report.retrying:
         _say(f"alerts: {report.retrying} not delivered yet: kept in the store, sent by the "
              "next run (see `portwatch alerts log`)")
@@ -316,6 +316,9 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
 @STORE_OPTION
 def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
     """Send what is queued in the store now (digest windows closed early).
+
+    Exits 1 when a delivery failed for good, or is left for the next run after an
+    error; what is left stays queued either way (`portwatch alerts log`).
 
     \b
     Examples:

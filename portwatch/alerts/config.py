@@ -75,6 +75,7 @@ class AppriseChannel:
     name: str
     url: str = field(repr=False)  # apprise URLs carry their credentials
     display: str = ""  # the URL with credentials removed, for logs and `alerts log`
+    timeout: float = 10.0
 
     @property
     def kind(self) -> str:
@@ -208,7 +209,10 @@ def webhook_url_problem(url: str) -> str:
         return "must be an http:// or https:// URL"
     if any(not ch.isprintable() or ch.isspace() for ch in url):
         return "URL has a blank or a control character (encode it: %20)"
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "http://[zz]/x", "http://[::1/hook": a bracketed host gone wrong
+        return "is not a valid URL (check the host in brackets)"
     if "@" in parts.netloc:
         return ("URL must not carry user:password@ (put the token in ${VAR} in the path or "
                 "query, or use the signing secret)")
@@ -277,8 +281,6 @@ class _Parser:
         if not isinstance(node, yaml.SequenceNode):
             raise self.fail(node, f"{what} must be a list")
         out = []
-        if not node.value:  # from a template, say: "match nothing" is never what is meant
-            raise self.fail(node, f"{what}: an empty list; leave the key out to match any")
         for item in node.value:
             out.append((item, self.scalar(item, f"{what} entries")))
         return out
@@ -330,7 +332,7 @@ class _Parser:
         url = self.expand_env(self.scalar(url_node, f"{what} apprise"), url_node, what)
         display = check_apprise_url(
             url, lambda message: self.fail(url_node, f"{what}: {message}"))
-        return AppriseChannel(name, url, display)
+        return AppriseChannel(name, url, display, timeout)
 
     def secret(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], node: yaml.Node,
                what: str) -> bytes:
@@ -454,6 +456,11 @@ class _Parser:
         items = self.mapping(node, f"{what} when")
         self.only(items, ("kinds", "severity", "colors", "organizations", "targets", "ports",
                           "protos", "prevalence"), f"{what} when")
+        for key, (_, value) in items.items():
+            # from a template, say: an empty list is neither "any" nor "none" for sure
+            if isinstance(value, yaml.SequenceNode) and not value.value:
+                raise self.fail(value, f"{what} {key}: an empty list; leave the key out "
+                                       "to match any")
         values: dict[str, Any] = {}
         if "kinds" in items:
             values["kinds"] = frozenset(self.enum_values(items["kinds"][1], ChangeKind,

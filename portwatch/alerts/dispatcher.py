@@ -212,7 +212,11 @@ class AlertDispatcher:
 
     def pending(self, *, due_by: float | None = None) -> list[PendingRow]:
         """Pending rows of the routes the file has (``due_by``: only those due by then),
-        oldest first, at most ``MAX_ROWS_PER_PAIR`` of each route."""
+        oldest first, each route its share of the pass (``MAX_ROWS_PER_PASS`` over the
+        routes, at most ``MAX_ROWS_PER_PAIR``): however many routes a dead channel's
+        backlog fills, the others still get theirs."""
+        routes = self._routes()
+        per_route = max(1, min(MAX_ROWS_PER_PAIR, MAX_ROWS_PER_PASS // max(1, len(routes))))
         rows = self.store.query(
             "SELECT rule, channel, event_id, event_json, attempts, created_at, "
             "next_attempt_at FROM alert_outbox FINAL WHERE state = 'pending' "
@@ -220,7 +224,7 @@ class AlertDispatcher:
             "AND next_attempt_at <= {due:DateTime64(3, 'UTC')} "
             "ORDER BY created_at, rule, channel, event_id "
             "LIMIT {per:UInt32} BY rule, channel LIMIT {limit:UInt32}",
-            {"routes": self._routes(), "per": MAX_ROWS_PER_PAIR, "limit": MAX_ROWS_PER_PASS,
+            {"routes": routes, "per": per_route, "limit": MAX_ROWS_PER_PASS,
              "due": _dt(min(due_by, 9e9) if due_by is not None else 9e9)})
         out = []
         for rule, channel, event_id, event_json, attempts, created_at, next_at in rows:

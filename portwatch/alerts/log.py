@@ -6,6 +6,7 @@ touch: delivery itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,8 @@ from portwatch.alerts.channels import describe
 from schemas.records import ChangeEvent, RecordError
 
 EPOCH = datetime.fromtimestamp(0, UTC)
+# scheme://host[:port] and the rest of the URL up to a blank or a closing bracket
+_URL = re.compile(r"(https?://[^/\s?#)@]+)([^\s)]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +32,21 @@ class LogRow:
     next_attempt_at: datetime
     sent_at: datetime | None
 
+    @property
+    def shown_error(self) -> str:
+        """``last_error`` with any URL cut to ``scheme://host:port/…`` (rows written by an
+        earlier portwatch may hold a webhook's whole URL, token included)."""
+        return _URL.sub(lambda m: m.group(1) + ("/…" if m.group(2) not in ("", "/") else ""),
+                        self.last_error)
+
     def line(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
         if self.state == "sent" and self.sent_at is not None:
             status = f"sent {self.sent_at:%Y-%m-%d %H:%M:%S} ({self.attempts} attempt(s))"
         elif self.state == "failed":
-            status = f"FAILED after {self.attempts} attempt(s): {self.last_error}"
+            status = f"FAILED after {self.attempts} attempt(s): {self.shown_error}"
         elif self.attempts:
-            status = (f"pending: attempt {self.attempts} failed ({self.last_error}); next "
+            status = (f"pending: attempt {self.attempts} failed ({self.shown_error}); next "
                       f"try {self.next_attempt_at:%Y-%m-%d %H:%M:%S}")
         else:
             status = "queued: not sent yet (sent by the next delivery pass or run)"
@@ -46,7 +56,7 @@ class LogRow:
         return {
             "rule": self.rule, "channel": self.channel, "event_id": self.event_id,
             "event": self.event, "state": self.state, "attempts": self.attempts,
-            "last_error": self.last_error, "created_at": self.created_at.isoformat(),
+            "last_error": self.shown_error, "created_at": self.created_at.isoformat(),
             "next_attempt_at": self.next_attempt_at.isoformat(),
             "sent_at": self.sent_at.isoformat() if self.sent_at else None,
         }

@@ -66,8 +66,9 @@ def dribble(prefix: bytes) -> Callable[[socket.socket], None]:
     return handle
 
 
+DRIBBLED_STATUS = b"HTTP/1.1 2"  # the status line never ends: no answer at all
+DRIBBLED_HEAD = b"HTTP/1.1 200 OK\r\nX-Slow: "  # a 200, then headers that never end
 DRIBBLED_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
-DRIBBLED_HEAD = b"HTTP/1.1 200 OK\r\nX-Slow: "
 
 
 def redirect_to(location: str) -> Callable[[socket.socket], None]:
@@ -101,19 +102,23 @@ def hostile(handler: Callable[[socket.socket], None]) -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.port}/hooks/PATHTOKEN?token=QUERYTOKEN"
 
 
-@pytest.mark.parametrize("prefix", [DRIBBLED_BODY, DRIBBLED_HEAD], ids=["body", "headers"])
-def test_a_dribbling_receiver_cannot_hold_a_send(tmp_path: Path, prefix: bytes) -> None:
+@pytest.mark.parametrize(("prefix", "answered"), [
+    (DRIBBLED_STATUS, False), (DRIBBLED_HEAD, True), (DRIBBLED_BODY, True)],
+    ids=["status-line", "headers", "body"])
+def test_a_dribbling_receiver_cannot_hold_a_send(tmp_path: Path, prefix: bytes,
+                                                 answered: bool) -> None:
     with hostile(dribble(prefix)) as url:
         config = config_of(tmp_path, {"slow": url}, ALL_TO.format("slow"))
         # When a message goes to a receiver that answers a byte every 0.2 s, for hours
         begin = time.monotonic()
         result = send(config.channels["slow"], "risky", [event()], timeout=10)
         elapsed = time.monotonic() - begin
-    # Then the send gives up at the channel's 1 s, saying so without the URL's tokens
+    # Then the send ends at the channel's 1 s: as sent when the receiver's 200 had come
+    # (the rest of an answer is ignored), else failed, without the URL's tokens
     assert elapsed < HANG_BOUND
     port = url.split(":")[2].split("/")[0]
-    assert (result.is_ok, result.error) == (
-        False, f"no whole answer from http://127.0.0.1:{port}/… within 1s")
+    assert (result.is_ok, result.error) == ((True, "") if answered else (
+        False, f"no whole answer from http://127.0.0.1:{port}/… within 1s"))
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(tmp_path: Path) -> None:
@@ -130,7 +135,7 @@ def test_a_redirect_is_a_failure_and_is_not_followed(tmp_path: Path) -> None:
 
 
 def test_a_stuck_channel_does_not_hold_the_others(store: Any, tmp_path: Path) -> None:
-    with webhook_receiver(SECRET) as receiver, hostile(dribble(DRIBBLED_BODY)) as url:
+    with webhook_receiver(SECRET) as receiver, hostile(dribble(DRIBBLED_STATUS)) as url:
         # Given a rule sending to a dribbling channel and to a working one
         config = config_of(tmp_path, {"slow": url, "soc": receiver.url},
                            ALL_TO.format("slow, soc"))
@@ -164,29 +169,34 @@ def test_a_urls_token_never_reaches_an_error_or_the_log(store: Any, tmp_path: Pa
         assert "TOKEN" not in text
 
 
+@pytest.mark.parametrize("dead_routes", [1, 6])
 def test_a_broken_channel_with_a_backlog_does_not_starve_another(
-        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dead_routes: int) -> None:
     # Given a pass that reads at most 50 rows, 20 of any one route
     monkeypatch.setattr(dispatcher_module, "MAX_ROWS_PER_PASS", 50)
     monkeypatch.setattr(dispatcher_module, "MAX_ROWS_PER_PAIR", 20)
     dead = f"http://127.0.0.1:{free_port()}/hook"
     with webhook_receiver(SECRET) as receiver:
-        rules = ("  - name: bulk\n    when: {colors: [green]}\n    notify: [dead]\n"
-                 "    digest: 0\n  - name: urgent\n    when: {colors: [red]}\n"
-                 "    notify: [soc]\n    digest: 0\n")
+        # (one dead channel behind one rule, or behind six: six routes of old rows)
+        rules = "".join(f"  - name: bulk{n}\n    when: {{colors: [green]}}\n"
+                        "    notify: [dead]\n    digest: 0\n" for n in range(dead_routes))
+        rules += "  - name: urgent\n    when: {colors: [red]}\n    notify: [soc]\n" \
+                 "    digest: 0\n"
         config = config_of(tmp_path, {"dead": dead, "soc": receiver.url}, rules)
         clock = [time.time()]
         dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
         # And 100 green events queued for a dead channel before one red event
         assert dispatcher.submit([event(10_000 + n, color="green", service="http")
-                                  for n in range(100)]) == 100
+                                  for n in range(100)]) == 100 * dead_routes
         clock[0] += 1
         assert dispatcher.submit([event(6379)]) == 1
         # When one delivery pass runs
         report = dispatcher.deliver_due()
-        # Then the red event reached its channel, and the dead one was tried once
+        # Then the red event reached its channel, and the dead one was tried once, with
+        # its route's share of the pass (20 rows; 50 over 7 routes: 7)
         assert [e["port"] for d in receiver.accepted for e in d.payload["events"]] == [6379]
-        assert (report.sent, report.retrying, report.messages) == (1, 20, 2)
+        share = 20 if dead_routes == 1 else 50 // (dead_routes + 1)
+        assert (report.sent, report.retrying, report.messages) == (1, share, 2)
 
 
 def test_rows_of_a_route_no_longer_in_the_file_never_hold_a_run(
@@ -237,3 +247,27 @@ def test_retry_after_sets_the_next_attempt_within_retry_max(
     assert row.next_attempt_at.timestamp() == pytest.approx(clock[0] + wait, abs=0.01)
     code = status.split()[0]
     assert row.last_error.startswith(f"HTTP {code} from http://127.0.0.1:")
+
+
+def test_a_slow_apprise_receiver_gets_no_pile_of_copies(tmp_path: Path) -> None:
+    from portwatch.alerts.channels import send
+
+    with hostile(dribble(DRIBBLED_BODY)) as url:
+        port = url.split(":")[2].split("/")[0]
+        path = tmp_path / "alerts.yaml"
+        path.write_text(f"channels:\n  slow: {{apprise: \"json://127.0.0.1:{port}/hook\", "
+                        "timeout: 1s}\nrules:\n  - name: r\n    notify: [slow]\n")
+        channel = load_alerts(path, env={}).channels["slow"]
+        # When a send outlives its timeout (apprise's own socket timeouts are longer)
+        begin = time.monotonic()
+        first = send(channel, "r", [event()], timeout=10)
+        again = send(channel, "r", [event()], timeout=10)
+        elapsed = time.monotonic() - begin
+    # Then it is a failure within the channel's timeout, and while it still runs no
+    # other send to that channel starts (a late acceptance would make one copy each)
+    assert elapsed < HANG_BOUND
+    assert (first.is_ok, first.error) == (
+        False, f"{channel.display}: no whole answer within 1s")
+    assert (again.is_ok, again.error) == (
+        False, f"{channel.display}: an earlier send to it is still running (a slow "
+               "receiver): not sent again meanwhile")

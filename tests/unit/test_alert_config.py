@@ -140,6 +140,12 @@ BAD_FILES = [
      "rules:\n  - name: r\n    notify: [a]\n", 2, "port that is not a number"),
     ("channels:\n  a: {webhook: \"http://127.0.0.1/a b\", secret_env: S}\n"
      "rules:\n  - name: r\n    notify: [a]\n", 2, "a blank or a control character"),
+    ("channels:\n  a: {webhook: \"http://[zz]/x\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "is not a valid URL"),
+    ("channels:\n  a: {webhook: \"http://[::1/hook\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "is not a valid URL"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: []\n", 5, "notify: names no channel"),
     ("channels:\n  a: {webhook: \"http://127.0.0.1/h?t=${NOPE_VAR}\", secret_env: S}\n"
      "rules:\n  - name: r\n    notify: [a]\n", 2, "NOPE_VAR is not set"),
     ("channels:\n  a: {webhook: \"http://127.0.0.1/x\", secret_env: S, timeout: 0}\n"
@@ -392,3 +398,18 @@ def test_retry_after_values() -> None:
     assert [retry_after_seconds(v, now) for v in ("120", " 7 ", "", None, "-5", "1.5",
                                                    "999999999", later)] == \
         [120, 7, 0, 0, 0, 0, 86_400, 90]
+
+
+def test_old_log_rows_never_show_a_urls_path_or_query() -> None:
+    from portwatch.alerts.log import EPOCH, LogRow
+
+    row = LogRow("r", "hook", "e1", "opened", "pending", 1,
+                 "HTTP 500 from https://127.0.0.1:8443/hooks/T0/SECRET?token=SECRET2 (x); "
+                 "cannot reach http://[::1]:9/a?b=SECRET3", EPOCH, EPOCH, None)
+    assert row.shown_error == ("HTTP 500 from https://127.0.0.1:8443/… (x); "
+                               "cannot reach http://[::1]:9/…")
+    assert "SECRET" not in row.line() and "SECRET" not in str(row.as_dict())
+
+
+def test_a_duration_may_have_a_space_before_its_unit() -> None:
+    assert [parse_duration(t) for t in ("5 m", "1 h", " 30 s ")] == [300, 3600, 30]
