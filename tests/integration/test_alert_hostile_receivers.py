@@ -271,3 +271,18 @@ def test_a_slow_apprise_receiver_gets_no_pile_of_copies(tmp_path: Path) -> None:
     assert (again.is_ok, again.error) == (
         False, f"{channel.display}: an earlier send to it is still running (a slow "
                "receiver): not sent again meanwhile")
+
+
+def test_a_dribbled_tls_handshake_cannot_hold_a_send(tmp_path: Path) -> None:
+    # Given an https receiver whose ServerHello record comes a byte every 0.2 s
+    with hostile(dribble(b"\x16\x03\x03")) as url:
+        tls_url = url.replace("http://", "https://", 1)
+        config = config_of(tmp_path, {"slow": tls_url}, ALL_TO.format("slow"))
+        begin = time.monotonic()
+        result = send(config.channels["slow"], "risky", [event()], timeout=10)
+        elapsed = time.monotonic() - begin
+    # Then the handshake is cut at the channel's 1 s like any other read
+    assert elapsed < HANG_BOUND
+    port = url.split(":")[2].split("/")[0]
+    assert (result.is_ok, result.error) == (
+        False, f"no whole answer from https://127.0.0.1:{port}/… within 1s")
