@@ -345,11 +345,15 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
 
     apprise: Any = apprise_module  # untyped library: calls go through Any
     title, body = render(rule, events, is_test=is_test)
-    notifier = apprise.Apprise()
-    if not notifier.add(channel.url):
+    # The plugin itself, called in this (daemon) thread: Apprise.notify sends from its
+    # own ThreadPoolExecutor, whose threads Python joins at exit, so a receiver still
+    # dribbling held portwatch's exit for as long as it dribbled (a test run hung at its
+    # end). ``instantiate`` + ``notify`` is apprise's documented one-service API.
+    plugin = apprise.Apprise.instantiate(channel.url, suppress_exceptions=True)
+    if plugin is None:
         return SendResult(False, f"apprise refused the URL of channel {channel.name}")
     with apprise.LogCapture(level=logging.WARNING) as captured:
-        is_ok = bool(notifier.notify(body=body, title=title))
+        is_ok = bool(plugin.notify(body=body, title=title))
         lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
     if is_ok:
         return SendResult(True)

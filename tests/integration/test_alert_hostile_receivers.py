@@ -29,7 +29,7 @@ from tests.alert_receivers import webhook_receiver
 from tests.integration.test_alert_delivery import SECRET, event, outbox_states
 from tests.loopback import free_port
 
-HANG_BOUND = 8.0  # seconds; each hostile receiver below would hold a send for hours
+HANG_BOUND = 8.0  # seconds; each hostile receiver below would hold a send 30 s or more
 
 
 def _read_request(conn: socket.socket) -> None:
@@ -54,12 +54,13 @@ def _read_request(conn: socket.socket) -> None:
 
 
 def dribble(prefix: bytes) -> Callable[[socket.socket], None]:
-    """Answers ``prefix``, then one byte every 0.2 s, for hours (until the client goes)."""
+    """Answers ``prefix``, then one byte every 0.2 s for 30 s (a client that waits for a
+    whole answer would wait hours: the answer announces more), until the client goes."""
 
     def handle(conn: socket.socket) -> None:
         _read_request(conn)
         conn.sendall(prefix)
-        for _ in range(100_000):
+        for _ in range(150):
             conn.sendall(b"x")
             time.sleep(0.2)
 
@@ -286,3 +287,32 @@ def test_a_dribbled_tls_handshake_cannot_hold_a_send(tmp_path: Path) -> None:
     port = url.split(":")[2].split("/")[0]
     assert (result.is_ok, result.error) == (
         False, f"no whole answer from https://127.0.0.1:{port}/… within 1s")
+
+
+EXIT_AFTER_ABANDONED_SEND = """
+import sys
+from portwatch.alerts.channels import send
+from portwatch.alerts.config import AppriseChannel
+from tests.integration.test_alert_delivery import event
+channel = AppriseChannel("slow", sys.argv[1], "json://127.0.0.1/…", 1.0)
+print(send(channel, "r", [event()], timeout=10).is_ok, flush=True)
+"""
+
+
+def test_an_abandoned_apprise_send_does_not_hold_the_exit() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with hostile(dribble(DRIBBLED_BODY)) as url:
+        port = url.split(":")[2].split("/")[0]
+        # When a process gives up on a dribbling apprise receiver and ends
+        begin = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", EXIT_AFTER_ABANDONED_SEND,
+                               f"json://127.0.0.1:{port}/hook"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - begin
+    # Then it exits at once (apprise's pool threads are joined at exit: not used)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+    assert elapsed < HANG_BOUND
