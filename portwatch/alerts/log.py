@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from portwatch.alerts.channels import describe
+from portwatch.alerts.config import webhook_display
 from schemas.records import ChangeEvent, RecordError
 
 EPOCH = datetime.fromtimestamp(0, UTC)
-# scheme://host[:port] and the rest of the URL up to a blank or a closing bracket
-_URL = re.compile(r"(https?://[^/\s?#)@]+)([^\s)]*)", re.IGNORECASE)
+# a URL in an error, up to a blank or a closing bracket
+_URL = re.compile(r"https?://[^\s)]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,7 @@ class LogRow:
     def shown_error(self) -> str:
         """``last_error`` with any URL cut to ``scheme://host:port/…`` (rows written by an
         earlier portwatch may hold a webhook's whole URL, token included)."""
-        return _URL.sub(lambda m: m.group(1) + ("/…" if m.group(2) not in ("", "/") else ""),
-                        self.last_error)
+        return _URL.sub(lambda m: webhook_display(m.group(0)), self.last_error)
 
     def line(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
