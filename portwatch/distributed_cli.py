@@ -164,7 +164,9 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
 @click.option("--max-shards", type=click.IntRange(0), default=0,
               help="Exit after this many shards (0: run until stopped).")
 @click.option("--idle-exit", type=click.FloatRange(0), default=0,
-              help="Exit after this many seconds without a shard (0: run until stopped).")
+              help="Exit after this many seconds without a shard, once the broker says "
+                   "every shard of the group is committed: a broker outage never counts "
+                   "(0: run until stopped).")
 @KAFKA_OPTION
 @PREFIX_OPTION
 def discover(group: str | None, concurrency: int | None, timeout: float | None,

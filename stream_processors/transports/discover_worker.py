@@ -25,8 +25,9 @@ Guarantees, and how:
   move) and its reports group by key (no duplicate rows);
 * poison shards (undecodable) go to the dead-letter topic with the reason, and are
   committed: retrying them cannot help;
-* a broker outage is waited out: publishing retries until acknowledged, and a
-  commit that fails is logged (the shard will be replayed: harmless).
+* a broker outage is waited out: publishing retries until acknowledged, a
+  commit that fails is logged (the shard will be replayed: harmless), and
+  ``idle_exit`` counts only while the broker says every shard is committed.
 
 Stopping (SIGTERM/SIGINT through ``stop()``): the current shard's engine is
 stopped, nothing of it is published or committed (another worker redoes it), the
@@ -101,6 +102,7 @@ class DiscoveryWorker:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_shard: asyncio.Event | None = None
+        self._last_idle_note = ""
 
     def stop(self) -> None:
         """Signal-safe: end the current shard (unpublished, uncommitted) and exit."""
@@ -141,15 +143,17 @@ class DiscoveryWorker:
         while not self.is_stopping:
             if o.max_shards and self.stats.shards >= o.max_shards:
                 return
-            try:
-                batch = consumer.poll(timeout_ms=o.poll_timeout_ms, max_records=1)
-            except KafkaUnavailable:
-                time.sleep(1.0)
-                continue
+            # kafka-python's poll never raises for a broker away: it logs and returns
+            # nothing, as when there is nothing to do (hence _drained below)
+            batch = consumer.poll(timeout_ms=o.poll_timeout_ms, max_records=1)
             records = [r for rs in batch.values() for r in rs]
             if not records:
                 if o.idle_exit and time.monotonic() - idle_since >= o.idle_exit:
-                    return
+                    drained = self._drained(consumer)
+                    if drained:
+                        return
+                    if drained is None:  # an outage is not idleness: count from its end,
+                        idle_since = time.monotonic()  # when held-back shards arrive
                 continue
             for record in records:
                 if self.is_stopping:
@@ -158,6 +162,38 @@ class DiscoveryWorker:
                     return  # stopped mid-shard: not committed
                 self._commit(consumer, record)
             idle_since = time.monotonic()
+
+    def _drained(self, consumer: Any) -> bool | None:
+        """What ``idle_exit`` waits for besides the quiet: the group has committed every
+        shard of the topic (its siblings' too: one that dies mid-shard hands it to this
+        worker). None: the broker does not answer, so an outage is never taken for the
+        end of the work (before, a worker with ``--idle-exit`` exited 0 a few seconds
+        into an outage, shards still waiting)."""
+        from kafka.structs import TopicPartition
+
+        topic = self.options.topics.shards.name
+        wait_ms = int(self.options.publish_attempt_seconds * 1000)
+        try:
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not partitions:
+                return None  # no metadata for the topic: nothing is known
+            ends = consumer.end_offsets(partitions, timeout_ms=wait_ms)
+            done = {tp: consumer.committed(tp, timeout_ms=wait_ms) for tp in partitions}
+        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, a broker gone
+            self._idle_note(f"idle, but the broker does not answer ({type(exc).__name__}):"
+                            " waiting for it, not exiting")
+            return None
+        left = sum(max(0, ends[tp] - (done[tp] or 0)) for tp in partitions)
+        self._idle_note(f"idle, but {left} shard(s) of the group are not committed yet: "
+                        "waiting" if left else "")
+        return not left
+
+    def _idle_note(self, note: str) -> None:
+        """Say why an idle worker does not exit, once per reason (it asks twice a second)."""
+        if note and note != self._last_idle_note:
+            log.info("%s", note)
+        self._last_idle_note = note
 
     def _handle(self, record: Any, producer: Any, runner: asyncio.Runner) -> bool:
         """Process one shards-topic record; False when stopped before it was done."""
