@@ -564,7 +564,10 @@ CREATE TABLE IF NOT EXISTS alert_outbox
     created_at       DateTime64(3, 'UTC'),
     next_attempt_at  DateTime64(3, 'UTC'),
     sent_at          DateTime64(3, 'UTC'),
-    revision         UInt64
+    revision         UInt64,
+    -- X-Portwatch-Delivery of the message its first attempt went out in ('' = not yet):
+    -- a retry is that message again, same events, same id
+    delivery_id      String
 )
 ENGINE = ReplacingMergeTree(revision)
 ORDER BY (rule, channel, event_id);

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 12  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 13  # layout of schemas/ddl.sql; bump with every change there
 # How a store of layout N becomes N + 1 in place: a year of history must survive an
 # upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
 # it); a layout with no path to SCHEMA_VERSION is refused as before. The DDL runs first
@@ -73,6 +73,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 11 -> 12: host_scans' 256-row granules (new stores). A table setting that cannot be
     # altered: an upgraded store keeps its granules, correct and a little slower.
     11: (),
+    # 12 -> 13: an outbox row keeps the id of the message it went out in, so a retry is
+    # that message again. Rows queued before read '' and are batched as they were.
+    12: ("ALTER TABLE alert_outbox ADD COLUMN IF NOT EXISTS delivery_id String",),
 }
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages

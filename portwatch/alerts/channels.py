@@ -149,11 +149,14 @@ def delivery_id(rule: str, channel: str, event_ids: Sequence[str]) -> str:
 
 
 def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
-         is_test: bool = False, timeout: float = 10.0, clock: Any = time.time) -> SendResult:
+         is_test: bool = False, timeout: float = 10.0, clock: Any = time.time,
+         delivery: str = "") -> SendResult:
     """Send one message (a digest of ``events``) to ``channel`` within ``timeout`` seconds
     in all (the channel's own timeout when shorter), however slowly the receiver answers.
-    Never raises; no error names more of a URL than its ``display``."""
-    ident = delivery_id(rule, channel.name, [e.event_id for e in events] or ["test"])
+    ``delivery``: the message's id (a retry passes its first attempt's); by default, one
+    derived from the events. Never raises; no error names more of a URL than its
+    ``display``."""
+    ident = delivery or delivery_id(rule, channel.name, [e.event_id for e in events] or ["test"])
     try:
         if isinstance(channel, WebhookChannel):
             return _send_webhook(channel, rule, events, ident, is_test,

@@ -35,14 +35,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from portwatch.alerts.accepted import ActiveAcceptances
-from portwatch.alerts.channels import FIELD_CAP, send
+from portwatch.alerts.channels import FIELD_CAP, delivery_id, send
 from portwatch.alerts.config import AlertConfig, Rule
 from portwatch.alerts.rules import matches, prevalence_bucket
 from schemas.bounded import is_digits
 from schemas.records import ChangeEvent, RecordError
 
 OUTBOX_COLUMNS = ("rule", "channel", "event_id", "event_json", "state", "attempts",
-                  "last_error", "created_at", "next_attempt_at", "sent_at", "revision")
+                  "last_error", "created_at", "next_attempt_at", "sent_at", "revision",
+                  "delivery_id")
 CLAIM_COLUMNS = ("rule", "channel", "event_id", "attempt", "owner", "claimed_at")
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 EPOCH = datetime.fromtimestamp(0, UTC)
@@ -55,6 +56,32 @@ MAX_ROWS_PER_PAIR = 2_000
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # (rule, channel, event_id)
+
+
+def _messages(rows: Sequence[PendingRow], limit: int, *, fresh_due: bool
+              ) -> list[list[PendingRow]]:
+    """The messages of one (rule, channel)'s due rows. A retry goes out as the message it
+    retries: the same events under the same ``X-Portwatch-Delivery`` id, so a receiver
+    that got it before (a worker killed after the send, before the store heard) can
+    drop it by its id. Rows never sent are batched anew, ``limit`` a message, when their
+    digest window closed (``fresh_due``). (Before, a retry was batched with whatever
+    newer events were due, under a new id, and took them out before their window.)
+    Retries recorded before messages kept their id (an upgraded store) are batched
+    together, at once."""
+    retried: dict[str, list[PendingRow]] = {}
+    unnamed: list[PendingRow] = []
+    fresh: list[PendingRow] = []
+    for row in rows:
+        if row.delivery_id:
+            retried.setdefault(row.delivery_id, []).append(row)
+        else:
+            (unnamed if row.attempts else fresh).append(row)
+    return [*retried.values(), *_chunks(unnamed, limit),
+            *(_chunks(fresh, limit) if fresh_due else ())]
+
+
+def _chunks(rows: list[PendingRow], limit: int) -> list[list[PendingRow]]:
+    return [rows[start:start + limit] for start in range(0, len(rows), limit)]
 
 
 def _dt(seconds: float) -> datetime:
@@ -80,6 +107,7 @@ class PendingRow:
     attempts: int
     created_at: float
     next_attempt_at: float
+    delivery_id: str = ""  # the message its first attempt went out in ("" not sent yet)
 
     @property
     def key(self) -> Key:
@@ -163,7 +191,7 @@ class AlertDispatcher:
         existing = self._existing_keys(list(wanted))
         created = _dt(now)
         rows = [[rule, channel, event_id, bounded(event).to_json().decode(), PENDING, 0, "",
-                 created, created, EPOCH, 0]
+                 created, created, EPOCH, 0, ""]
                 for (rule, channel, event_id), event in wanted.items()
                 if (rule, channel, event_id) not in existing]
         self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, rows)
@@ -219,7 +247,7 @@ class AlertDispatcher:
         per_route = max(1, min(MAX_ROWS_PER_PAIR, MAX_ROWS_PER_PASS // max(1, len(routes))))
         rows = self.store.query(
             "SELECT rule, channel, event_id, event_json, attempts, created_at, "
-            "next_attempt_at FROM alert_outbox FINAL WHERE state = 'pending' "
+            "next_attempt_at, delivery_id FROM alert_outbox FINAL WHERE state = 'pending' "
             "AND concat(rule, '\x1f', channel) IN {routes:Array(String)} "
             "AND next_attempt_at <= {due:DateTime64(3, 'UTC')} "
             "ORDER BY created_at, rule, channel, event_id "
@@ -227,13 +255,13 @@ class AlertDispatcher:
             {"routes": routes, "per": per_route, "limit": MAX_ROWS_PER_PASS,
              "due": _dt(min(due_by, 9e9) if due_by is not None else 9e9)})
         out = []
-        for rule, channel, event_id, event_json, attempts, created_at, next_at in rows:
+        for rule, channel, event_id, event_json, attempts, created_at, next_at, sent_as in rows:
             try:
                 event: ChangeEvent | None = ChangeEvent.from_json(str(event_json))
             except RecordError:
                 event = None
             out.append(PendingRow(str(rule), str(channel), str(event_id), event, int(attempts),
-                                  _seconds(created_at), _seconds(next_at)))
+                                  _seconds(created_at), _seconds(next_at), str(sent_as)))
         return out
 
     def _deliver_due(self, flush: bool, report: DeliveryReport,
@@ -245,25 +273,22 @@ class AlertDispatcher:
         failing: set[str] = set()  # channels that failed a send in this pass
         for (rule_name, channel_name), rows in sorted(groups.items()):
             rule = self.rules[rule_name]
-            if not flush and not self._window_closed(rule, rows, now):
-                continue
-            limit = self.config.delivery.max_events_per_message
-            for start in range(0, len(rows), limit):
+            fresh_due = flush or self._window_closed(rule, rows, now)
+            for batch in _messages(rows, self.config.delivery.max_events_per_message,
+                                   fresh_due=fresh_due):
                 if deadline is not None and self.clock() >= deadline:
                     return  # the rest waits for the next pass, in the outbox
                 if channel_name in failing:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
-                if not self._send_batch(rule, channel_name, rows[start:start + limit],
-                                        report, log_failures):
+                if not self._send_batch(rule, channel_name, batch, report, log_failures):
                     failing.add(channel_name)
 
     @staticmethod
     def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
-        """A digest goes out when its oldest new event waited the rule's window; retries
-        go out when their backoff is over."""
-        if rule.digest_seconds <= 0 or any(r.attempts > 0 for r in rows):
-            return True
-        return min(r.created_at for r in rows) + rule.digest_seconds <= now
+        """A digest goes out when its oldest new event waited the rule's window (retries
+        go out when their backoff is over: ``pending(due_by=)``)."""
+        fresh = [r.created_at for r in rows if not r.attempts]
+        return rule.digest_seconds <= 0 or not fresh or min(fresh) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
                     report: DeliveryReport, log_failures: bool = True) -> bool:
@@ -277,10 +302,15 @@ class AlertDispatcher:
         if not sendable:
             return True
         channel = self.config.channels[channel_name]
-        result = send(channel, rule.name, [r.event for r in sendable if r.event is not None],
+        events = [r.event for r in sendable if r.event is not None]
+        # A retry is the message it retries, under its id (see _messages)
+        ident = sendable[0].delivery_id or delivery_id(
+            rule.name, channel_name, [e.event_id for e in events])
+        result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        self._record_all(sendable, SENT if result.is_ok else None, result.error, report,
+        self._record_all([replace(r, delivery_id=ident) for r in sendable],
+                         SENT if result.is_ok else None, result.error, report,
                          retry_after=result.retry_after)
         if not result.is_ok:
             message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
@@ -355,7 +385,8 @@ class AlertDispatcher:
             event_json = row.event.to_json().decode() if row.event is not None else ""
             out.append([row.rule, row.channel, row.event_id, event_json, outcome, attempt,
                         error[:500], _dt(row.created_at), _dt(next_at),
-                        _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank])
+                        _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank,
+                        row.delivery_id])
             if outcome == SENT:
                 report.sent += 1
             elif outcome == FAILED:

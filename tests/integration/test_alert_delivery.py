@@ -10,9 +10,11 @@ Time is an injected clock: nothing sleeps through a backoff.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,7 @@ import pytest
 
 from portwatch.alerts import AlertDispatcher, load_alerts
 from portwatch.alerts import accepted as acc
-from portwatch.alerts.channels import verify
+from portwatch.alerts.channels import delivery_id, verify
 from portwatch.alerts.log import delivery_log
 from schemas.records import (
     CdnVerdict,
@@ -37,7 +39,7 @@ from schemas.records import (
     Target,
     TlsResult,
 )
-from tests.alert_receivers import smtp_receiver, webhook_receiver
+from tests.alert_receivers import WebhookReceiver, smtp_receiver, webhook_receiver
 
 SECRET = b"test-secret-0123456789"
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -81,6 +83,14 @@ rules:
     path = tmp_path / "alerts.yaml"
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def receiver_down() -> Iterator[WebhookReceiver]:
+    """A webhook receiver that is down (its port refuses connections) until started."""
+    with webhook_receiver(SECRET) as receiver:
+        receiver.stop()
+        yield receiver
 
 
 def hook_config(tmp_path: Path, url: str, **kw: Any) -> Any:
@@ -211,10 +221,7 @@ def test_several_workers_deliver_each_event_once(store: Any, tmp_path: Path) -> 
 
 
 def test_receiver_down_then_back_gets_everything_once(store: Any, tmp_path: Path) -> None:
-    receiver_ctx = webhook_receiver(SECRET)
-    receiver = receiver_ctx.__enter__()
-    receiver.stop()  # down: its port refuses connections
-    try:
+    with receiver_down() as receiver:
         config = hook_config(tmp_path, receiver.url,
                              delivery="{retry_base: 10s, retry_max: 40s, max_attempts: 20}")
         clock = Clock()
@@ -244,15 +251,49 @@ def test_receiver_down_then_back_gets_everything_once(store: Any, tmp_path: Path
         assert set(outbox_states(store).values()) == {("sent", 5)}
         clock.advance(3600)
         assert dispatcher.deliver_due().messages == 0
-    finally:
-        receiver_ctx.__exit__(None, None, None)
+
+
+def test_a_retry_is_the_same_message_and_newer_events_wait_their_window(
+        store: Any, tmp_path: Path) -> None:
+    with receiver_down() as receiver:
+        config = hook_config(tmp_path, receiver.url, digest="5m",
+                             delivery="{retry_base: 10s, retry_max: 40s}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        first = [event(6379), event(3389, service="ms-wbt-server")]
+        # Given a digest of two events whose send failed (the receiver was down)
+        dispatcher.submit(first)
+        clock.advance(300)
+        assert dispatcher.deliver_due().retrying == 2
+        sent_as = delivery_id("risky-opened", "soc-hook", [e.event_id for e in first])
+        assert {r[0] for r in store.query(
+            "SELECT delivery_id FROM alert_outbox FINAL")} == {sent_as}
+        # and a newer event queued while it waits for its retry
+        clock.advance(5)
+        newer = event(5432, service="postgresql")
+        dispatcher.submit([newer])
+        # When the receiver is back and the retry is due
+        receiver.start()
+        clock.advance(10)
+        report = dispatcher.deliver_due()
+        # Then the retry is the first message again: its two events, under its id
+        assert (report.messages, report.sent) == (1, 2)
+        [retry] = receiver.accepted
+        assert retry.headers["x-portwatch-delivery"] == sent_as == retry.payload["delivery_id"]
+        assert sorted(e["port"] for e in retry.payload["events"]) == [3389, 6379]
+        # And the newer event waits for its own window, then goes out under its own id
+        clock.advance(280)
+        assert dispatcher.deliver_due().messages == 0
+        clock.advance(20)
+        assert (dispatcher.deliver_due().sent, len(receiver.accepted)) == (1, 2)
+        later = receiver.accepted[1]
+        assert [e["port"] for e in later.payload["events"]] == [5432]
+        assert later.headers["x-portwatch-delivery"] == delivery_id(
+            "risky-opened", "soc-hook", [newer.event_id]) != sent_as
 
 
 def test_gives_up_after_max_attempts_and_keeps_the_error(store: Any, tmp_path: Path) -> None:
-    receiver_ctx = webhook_receiver(SECRET)
-    receiver = receiver_ctx.__enter__()
-    receiver.stop()
-    try:
+    with receiver_down() as receiver:
         config = hook_config(tmp_path, receiver.url,
                              delivery="{retry_base: 1s, max_attempts: 2}")
         clock = Clock()
@@ -268,8 +309,6 @@ def test_gives_up_after_max_attempts_and_keeps_the_error(store: Any, tmp_path: P
         assert "FAILED after 2 attempt(s)" in row.line()
         clock.advance(3600)
         assert dispatcher.deliver_due().messages == 0
-    finally:
-        receiver_ctx.__exit__(None, None, None)
 
 
 def test_digest_groups_a_rules_events_in_its_window(store: Any, tmp_path: Path) -> None:
@@ -294,10 +333,7 @@ def test_digest_groups_a_rules_events_in_its_window(store: Any, tmp_path: Path) 
 
 def test_one_shot_drain_flushes_the_window_and_leaves_the_rest_queued(
         store: Any, tmp_path: Path) -> None:
-    receiver_ctx = webhook_receiver(SECRET)
-    receiver = receiver_ctx.__enter__()
-    receiver.stop()
-    try:
+    with receiver_down() as receiver:
         config = hook_config(tmp_path, receiver.url, digest="5m",
                              delivery="{retry_base: 2s, wait: 5s}")
         clock = Clock()
@@ -321,8 +357,6 @@ def test_one_shot_drain_flushes_the_window_and_leaves_the_rest_queued(
         clock.advance(60)
         assert dispatcher.drain().sent == 1
         assert len(receiver.events()) == 1
-    finally:
-        receiver_ctx.__exit__(None, None, None)
 
 
 # -- e-mail through apprise ----------------------------------------------------------------

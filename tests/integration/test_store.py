@@ -639,12 +639,13 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
                                  service=ServiceInfo(service="ssh", product="OpenSSH"))])
     old.command("ALTER TABLE host_scans DROP COLUMN proto, DROP COLUMN cover_first, "
                 "DROP COLUMN cover_last")
+    old.command("ALTER TABLE alert_outbox DROP COLUMN delivery_id")
     old.command("DROP VIEW port_latest_mv")
     old.command("DROP TABLE port_latest")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 12 and {9, 10, 11} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 13 and {9, 10, 11, 12} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -655,6 +656,10 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         # and the reports' page index holds the ports found before the upgrade
         assert db.query("SELECT port, service, scan_id FROM port_latest FINAL") == [
             (22, "ssh", "s1")]
+        # and the alert outbox keeps each message's id (layout 13)
+        assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                        "AND table = 'alert_outbox' AND name = 'delivery_id'") == [
+            ("delivery_id",)]
         assert [r["port"] for r in db.report("list").dicts()] == [22]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
