@@ -115,9 +115,10 @@ WHERE kind IN ('opened', 'reopened') AND risk_color = 'red'
 ORDER BY observed_at DESC, target, ip, port
 LIMIT 1000"""
 
-ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM host_scans "
+# One row per host (latest_host_scans), not every scan ever: as the reports
+ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM latest_host_scans "
                 "WHERE organization != '' ORDER BY 1")
-TARGET_VARIABLE = ("SELECT DISTINCT ip FROM host_scans "
+TARGET_VARIABLE = ("SELECT DISTINCT ip FROM latest_host_scans "
                    "WHERE (${org:sqlstring} = '' OR organization = ${org:sqlstring}) ORDER BY 1")
 
 

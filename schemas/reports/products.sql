@@ -2,9 +2,10 @@
 -- ports running it) and of distinct targets, over the current findings.
 -- Drill-down: `portwatch report list --product P [--product-version V]`.
 WITH
+    -- one row per host, kept by a materialized view (ddl.sql host_latest), as in the
+    -- List: not a GROUP BY over every scan ever stored, and still there after a prune
     latest_scan AS (
-        SELECT target, ip, argMax(scan_id, finished_at) AS scan_id
-        FROM host_scans GROUP BY target, ip
+        SELECT target, ip, scan_id FROM latest_host_scans
     )
 SELECT
     f.product AS product,

@@ -4,15 +4,19 @@
 -- ports and unconfirmed UDP open|filtered count zero; score = 100 x (1 - exp(-raw/40))).
 -- A scan with no open port scores 0 (it comes from host_scans, not observations).
 -- Filters as in Summary: {target} (target, hostname, asset, address, prefix or CIDR) and {org};
--- {days} bounds the window (0 = everything stored).
+-- {days} bounds the window (0 = everything stored), in the reads themselves: a week's
+-- chart reads a week of scans and their observations, however long the history.
 WITH
     scans AS (
         SELECT target, ip, scan_id,
                max(finished_at) AS scan_finished_at,
+               min(started_at) AS scan_started_at,
                argMax(organization, finished_at) AS organization,
                argMax(hostname, finished_at) AS hostname,
                argMax(asset, finished_at) AS asset
         FROM host_scans FINAL
+        -- a scan ends in the window when one of its shards does
+        WHERE {days:UInt16} = 0 OR finished_at >= now() - toIntervalDay({days:UInt16})
         GROUP BY target, ip, scan_id
     ),
     counts AS (
@@ -24,6 +28,9 @@ WITH
             SELECT target, ip, scan_id, toString(risk_color) AS risk_color,
                    (is_cdn_expected = 0 AND state = 'open') AS is_scored
             FROM port_observations FINAL
+            -- a scan's ports are observed after it starts: the window's scans' rows
+            -- (and the monthly partitions they lie in) only
+            WHERE {days:UInt16} = 0 OR observed_at >= (SELECT min(scan_started_at) FROM scans)
         )
         GROUP BY target, ip, scan_id
     ),
@@ -36,8 +43,6 @@ WITH
                         AND counts.scan_id = scans.scan_id
         WHERE TARGET_MATCHES(scans)
           AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
-          AND ({days:UInt16} = 0
-               OR scans.scan_finished_at >= now() - toIntervalDay({days:UInt16}))
     )
 SELECT
     day,
