@@ -124,11 +124,13 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
 
 @click.command("prune")
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
-              help="Delete raw observations older than this (e.g. 90d). First-seen dates, "
-                   "the change log and every host's latest state are kept.")
+              help="Delete the raw rows of scans that ended longer ago than this (e.g. "
+                   "90d). First-seen dates, the change log, each host's latest scan and "
+                   "each TLS port's latest probe are kept.")
 @STORE_OPTION
 def prune_command(older_than: str, store: str | None) -> None:
-    """Delete raw observations older than a period; never first_seen or the change log.
+    """Delete the raw rows of old scans; never first_seen, the change log or what the
+    reports show now.
 
     \b
     Examples:
@@ -146,8 +148,9 @@ def prune_command(older_than: str, store: str | None) -> None:
         cutoff = prune(db, period)
     finally:
         db.close()
-    out_console().print(f"pruned raw observations older than {cutoff:%Y-%m-%d %H:%M:%S} UTC",
-                        markup=False, highlight=False)
+    out_console().print(f"pruned the raw rows of scans that ended before "
+                        f"{cutoff:%Y-%m-%d %H:%M:%S} UTC (each host's latest scan and each "
+                        "TLS port's latest probe kept)", markup=False, highlight=False)
 
 
 class _ReportWithChanges(click.Command):

@@ -70,22 +70,44 @@ def changes_report(store: Store, *, since: datetime | None = None,
     return store.select("changes", history_sql("changes"), params)
 
 
+# What a report still reads of the raw tables, whatever its age: each host's latest
+# scan (the Summary's scan status and coverage, the per-target page's last score, a scan
+# stored but never compared, which change recovery still needs) and each TLS port's
+# latest probe (the Ciphers report's suites and certificate).
+_KEEP_HOST_SCAN = ("(target, ip, scan_id) NOT IN "
+                   "(SELECT target, ip, scan_id FROM latest_host_scans)")
+_KEEP_TLS_PROBE = ("(target, ip, port, scan_id) NOT IN "
+                   "(SELECT target, ip, port, scan_id FROM latest_tls_probes)")
+_PRUNED = (("port_observations", "observed_at", _KEEP_HOST_SCAN),
+           ("tls_probes", "observed_at", _KEEP_TLS_PROBE),
+           ("tls_ciphers", "observed_at", _KEEP_TLS_PROBE),
+           ("certificates", "observed_at", _KEEP_TLS_PROBE),
+           ("host_scans", "finished_at", _KEEP_HOST_SCAN))
+
+
 def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
-    """Delete raw observations (ports, TLS, certificates, host scans) older than the
-    cutoff. Never touches ``findings`` (first_seen), ``changes`` (the log), ``host_latest``,
-    ``port_latest``, ``tls_latest``, ``host_state``/``port_state`` or prevalence: those are
-    kept by views or the writer and do not depend on the raw rows once written. Returns the
-    cutoff."""
+    """Delete the raw rows (ports, TLS, certificates, host scans) of the scans that ended
+    before the cutoff: whole scans, never a scan cut in two (its ports are observed
+    before it ends), and never the rows the reports still read (``_KEEP_HOST_SCAN``,
+    ``_KEEP_TLS_PROBE``). Never touches ``findings`` (first_seen), ``changes`` (the
+    log), ``host_latest``, ``port_latest``, ``tls_latest``, ``host_state``/``port_state``
+    or prevalence: those are kept by views or the writer and do not depend on the raw
+    rows once written. Returns the cutoff."""
     cutoff = (now or datetime.now(UTC)) - older_than
     if cutoff <= EPOCH:
         # Nothing is observed before 1970 (observations carry our clock), and the engine
         # takes no DateTime64 parameter at or before it: nothing to delete.
         return cutoff
-    for table, column in (("port_observations", "observed_at"), ("tls_probes", "observed_at"),
-                          ("tls_ciphers", "observed_at"), ("certificates", "observed_at"),
-                          ("host_scans", "finished_at")):
-        # A mutation: ClickHouse drops whole monthly partitions it fully covers and
-        # rewrites only the boundary month; synchronous so the command's exit means done.
+    ended = [str(r[0]) for r in store.query(
+        "SELECT scan_id FROM host_scans GROUP BY scan_id "
+        "HAVING max(finished_at) < {cutoff:DateTime64(3)}", {"cutoff": cutoff})]
+    if not ended:
+        return cutoff
+    for table, column, keep in _PRUNED:
+        # A mutation, synchronous so the command's exit means done. The time bound holds
+        # for every row of these scans; it spares the parts (monthly partitions) of later
+        # data the rewriting.
         store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
-                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
+                      f"AND scan_id IN {{ended:Array(String)}} AND {keep} "
+                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff, "ended": ended})
     return cutoff

@@ -127,7 +127,7 @@ def test_prune_before_1970_deletes_nothing_and_says_so(scanned: dict, period: st
     result = run_cli("prune", "--older-than", period, store=scanned["store"])
     # Then it is not an error: the cutoff is printed and no observation is deleted
     assert result.code == 0, result.stderr
-    assert "pruned raw observations older than 1926-12-" in result.stdout
+    assert "pruned the raw rows of scans that ended before 1926-12-" in result.stdout
     assert query_store(scanned["store"], sql) == before
     assert before[0][0] >= 3  # the three scans' open ports
 
@@ -135,5 +135,5 @@ def test_prune_before_1970_deletes_nothing_and_says_so(scanned: dict, period: st
 def test_prune_command_keeps_the_change_log(scanned: dict) -> None:
     result = run_cli("prune", "--older-than", "90d", store=scanned["store"])
     assert result.code == 0, result.stderr
-    assert "pruned raw observations older than" in result.stdout
+    assert "pruned the raw rows of scans that ended before" in result.stdout
     assert len(changes(scanned["store"])) == 3

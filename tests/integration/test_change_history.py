@@ -236,3 +236,99 @@ def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> No
     listed = store.report("list", {}).dicts()
     assert [(r["port"], r["first_seen"].replace(tzinfo=dt.UTC)) for r in listed] == [(8080, old)]
     assert store.query("SELECT kind, scan_id FROM changes FINAL") == [("opened", "old")]
+
+
+
+def test_prune_leaves_every_report_as_it_was(store) -> None:  # type: ignore[no-untyped-def]
+    """What the reports show now never depends on the raw rows prune deletes: a host
+    not scanned for months keeps its latest scan and its TLS port's latest probe, a
+    scan the cutoff falls inside is kept whole, and a port closed long ago stays closed
+    in the Products report."""
+    from schemas import web_sql
+    from schemas.records import (
+        Certificate,
+        CipherSuite,
+        Finding,
+        HostScan,
+        OpenPort,
+        ProbeStatus,
+        RiskColor,
+        ServiceInfo,
+        TlsResult,
+    )
+    from stream_processors.change_log import prune
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cutoff = now - dt.timedelta(days=90)
+    quiet = Target(ip="127.0.0.2", target="127.0.0.2", organization="Globex", asset="vault")
+    recorder = ChangeRecorder(store)
+
+    def scan(target: Target, scan_id: str, observed: dt.datetime, finished: dt.datetime,
+             ports: dict[int, str], *, compare: bool = True) -> None:
+        found = []
+        for port, product in ports.items():
+            tls = TlsResult()
+            if port == 443:
+                tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.2",),
+                                grade="weak", suites=(CipherSuite(
+                                    "TLSv1.2", "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+                                    strength="weak", reason="3DES"),),
+                                certificates=(Certificate(subject="CN=vault",
+                                                          sha256="ab" * 32,
+                                                          not_after="2031-01-01T00:00:00"),))
+            found.append(Finding(
+                port=OpenPort(scan_id=scan_id, target=target, port=port, observed_at=observed),
+                service=ServiceInfo(service="https" if port == 443 else "http",
+                                    product=product, version="1.0", is_tls=port == 443),
+                tls=tls, risk_color=RiskColor.GREEN))
+        shard = HostScan(scan_id, target, observed, finished, 65535, len(found),
+                         shard_id=f"{scan_id}:0", ports=(PortRange(1, 65535),))
+        store.insert_findings(found)
+        store.insert_host_scans([shard])
+        if compare:
+            recorder.add_findings(found)
+            asyncio.run(recorder.finish([shard]))
+
+    # Given a host whose port 80 closed 150 days ago and which was not scanned since, with
+    # a weak suite on its TLS port
+    old = now - dt.timedelta(days=200)
+    scan(quiet, "q1", old, old, {80: "nginx", 443: "nginx"})
+    gone = now - dt.timedelta(days=150)
+    scan(quiet, "q2", gone, gone, {443: "nginx"})
+    # and a host scanned long ago, then by a scan the cutoff falls inside (its port seen
+    # before the cutoff, the scan ending after it)
+    scan(LOCAL, "l1", old, old, {8080: "jetty"})
+    scan(LOCAL, "l2", cutoff - dt.timedelta(minutes=1), cutoff + dt.timedelta(minutes=1),
+         {8080: "jetty", 9090: "prometheus"})
+    # and a host whose last scan, 120 days ago, was stored but never compared (its
+    # transport died): change recovery's work
+    lost = Target(ip="127.0.0.3", target="127.0.0.3", organization="Initech")
+    scan(lost, "r1", old, old, {22: "openssh"})
+    stored = now - dt.timedelta(days=120)
+    scan(lost, "r2", stored, stored, {22: "openssh", 6379: "redis"}, compare=False)
+
+    def reports() -> dict[str, object]:
+        return {**{name: store.report(name, {}).dicts()
+                   for name in ("summary", "list", "products", "ciphers")},
+                "organizations": store.query(web_sql("organizations"))}
+
+    before = reports()
+    # When the scans that ended more than 90 days ago are pruned
+    prune(store, dt.timedelta(days=90), now=now)
+    # Then every report reads as it did
+    after = reports()
+    for name in before:
+        assert after[name] == before[name], name
+    assert [r["weak_suites"] for r in after["ciphers"]] == [1]  # type: ignore[index]
+    assert {(r["product"], r["instances"]) for r in after["products"]} == {  # type: ignore[union-attr]
+        ("nginx", 1), ("jetty", 1), ("prometheus", 1), ("openssh", 1), ("redis", 1)}
+    # And only the raw rows of old scans nobody reads any more are gone
+    assert sorted(store.query("SELECT DISTINCT scan_id FROM host_scans")) == [
+        ("l2",), ("q2",), ("r2",)]
+    assert sorted(store.query("SELECT DISTINCT scan_id, port FROM port_observations")) == [
+        ("l2", 8080), ("l2", 9090), ("q2", 443), ("r2", 22), ("r2", 6379)]
+    assert store.query("SELECT DISTINCT scan_id FROM tls_ciphers") == [("q2",)]
+    # And the scan never compared still gets its events from change recovery
+    recovered = asyncio.run(ChangeRecorder(store).recover(finished_before=now))
+    assert [(e.kind, e.port, e.scan_id, e.previous_scan_id) for e in recovered] == [
+        (ChangeKind.OPENED, 6379, "r2", "r1")]
