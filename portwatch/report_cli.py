@@ -38,8 +38,9 @@ T = TypeVar("T")
 @ORG_FILTER_OPTION
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
 @click.option("--product-version", "product_version", default="", metavar="VERSION",
-              help="With --product: only this version (any case). Not --version: that is "
-                   "portwatch's own (`portwatch --version`).")
+              help="With --product: only this version (any case); '-': the ports that "
+                   "gave no version. Not --version: that is portwatch's own "
+                   "(`portwatch --version`).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")
 @click.option("--color", **filter_choice("green", "yellow", "red"),

@@ -4,14 +4,16 @@ Owns: the target predicate every report's SQL carries (``target_predicate(alias)
 test checks each of ``schemas/reports/*.sql`` and ``schemas/web/risk_history.sql``
 contains it verbatim), and ``normalize_target``, which CLI and web run on the text first.
 
-A target filter matches a row when any of these holds (text filters ignore case):
+A target filter matches a row when any of these holds (text filters ignore case, in
+any script: ``lowerUTF8``):
 
 - it equals the target as written, the hostname, or the asset name;
 - it equals the address;
 - it is an IPv4 address prefix of 1-3 octets (``198.18``, ``198.18.0.``): the address
   starts with it, on an octet boundary (``127.0.0`` matches 127.0.0.9, never 127.0.1.1);
 - it is an IPv6 prefix ending in ``:`` (``2001:db8:``);
-- it is a CIDR block (``198.18.0.0/15``, ``2001:db8::/32``) holding the address.
+- it is a CIDR block (``198.18.0.0/15``, ``2001:db8::/32``) holding the address (text
+  with a "/" whose first part is no address is a name: an asset may be ``web/1``).
 
 The SQL guards every branch, so any text (a Grafana variable, say) is safe: an invalid
 CIDR matches nothing instead of raising. ``normalize_target`` refuses it with a reason
@@ -26,17 +28,17 @@ import ipaddress
 
 # {a} is the relation alias; {{target:String}} the bound parameter.
 TARGET_PREDICATE = """({{target:String}} = ''
-       OR lower({a}.target) = lower({{target:String}})
-       OR lower({a}.hostname) = lower({{target:String}})
-       OR lower({a}.asset) = lower({{target:String}})
-       OR {a}.ip = lower({{target:String}})
+       OR lowerUTF8({a}.target) = lowerUTF8({{target:String}})
+       OR lowerUTF8({a}.hostname) = lowerUTF8({{target:String}})
+       OR lowerUTF8({a}.asset) = lowerUTF8({{target:String}})
+       OR {a}.ip = lowerUTF8({{target:String}})
        OR (empty(replaceRegexpAll({{target:String}}, '[0-9.]', ''))
            AND NOT isIPv4String({{target:String}})
            AND startsWith({a}.ip, concat({{target:String}},
                                           if(endsWith({{target:String}}, '.'), '', '.'))))
        OR (endsWith({{target:String}}, ':')
-           AND empty(replaceRegexpAll(lower({{target:String}}), '[0-9a-f:]', ''))
-           AND startsWith({a}.ip, lower({{target:String}})))
+           AND empty(replaceRegexpAll(lowerUTF8({{target:String}}), '[0-9a-f:]', ''))
+           AND startsWith({a}.ip, lowerUTF8({{target:String}})))
        OR (length(splitByChar('/', {{target:String}})) = 2
            AND ((isIPv4String(splitByChar('/', {{target:String}})[1])
                  AND toUInt8OrNull(splitByChar('/', {{target:String}})[2]) <= 32)
@@ -59,9 +61,12 @@ def target_predicate(alias: str) -> str:
 
 def normalize_target(text: str) -> str:
     """The target filter as the SQL should receive it: stripped; a CIDR block in its
-    canonical form (host bits cleared). ValueError, one line, for a malformed block."""
+    canonical form (host bits cleared). A value is a block when what comes before its
+    "/" is an address; anything else with a "/" is a name (an asset ``web/1``, a
+    target written as a URL path). ValueError, one line, for a malformed block."""
     value = text.strip()
-    if "/" not in value:
+    address, slash, _bits = value.partition("/")
+    if not slash or not is_ip_address(address):
         return value
     try:
         return str(ipaddress.ip_network(value, strict=False))

@@ -98,19 +98,22 @@ WITH
                    if({sort:String} = 'last_seen', toUnixTimestamp64Milli(f.last_seen),
                    toInt64(0)))))))
                * if({direction:String} = 'desc', -1, 1) AS sort_number,
-               if({sort:String} = 'service', lower(f.service),
-                   if({sort:String} = 'product', lower(concat(f.product, ' ', f.version)),
-                   if({sort:String} = 'organization', lower(toString(f.organization)),
-                   if({sort:String} = 'target', lower(f.target), ''))))
+               if({sort:String} = 'service', lowerUTF8(f.service),
+                   if({sort:String} = 'product', lowerUTF8(concat(f.product, ' ', f.version)),
+                   if({sort:String} = 'organization', lowerUTF8(toString(f.organization)),
+                   if({sort:String} = 'target', lowerUTF8(f.target), ''))))
                    AS sort_text
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
         -- "current", as is_current below
         WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id)
           AND TARGET_MATCHES(f)
-          AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
-          AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
-          AND ({version:String} = '' OR lower(f.version) = lower({version:String}))
+          AND ({org:String} = '' OR lowerUTF8(trimBoth(f.organization)) = lowerUTF8(trimBoth({org:String})))
+          AND ({product:String} = '' OR lowerUTF8(trimBoth(f.product)) = lowerUTF8(trimBoth({product:String})))
+          -- '-' is the version of a product that gave none (the Products page's link)
+          AND ({version:String} = ''
+               OR ({version:String} = '-' AND trimBoth(f.version) = '')
+               OR lowerUTF8(trimBoth(f.version)) = lowerUTF8(trimBoth({version:String})))
           AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
           AND ({color:String} = '' OR f.risk_color = {color:String})
           AND ({prevalence:String} = '' OR prevalence_bucket = {prevalence:String})
@@ -211,10 +214,10 @@ LEFT JOIN (SELECT * FROM latest_scan WHERE {history:UInt8} = 1) AS history_scan
 LEFT JOIN nmap_prior ON nmap_prior.proto = f.proto AND nmap_prior.port = f.port
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
 LEFT ANY JOIN accepted AS acc_port
-    ON (acc_port.target = f.ip OR acc_port.target = lower(f.target))
+    ON (acc_port.target = f.ip OR acc_port.target = lowerUTF8(f.target))
    AND acc_port.proto = f.proto AND acc_port.port = f.port
 LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
-    ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
+    ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
 LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
                 AND closed.port = f.port
 -- the page's keys again as a set on findings' sorting key: the read skips other granules
@@ -229,10 +232,10 @@ ORDER BY multiIf({sort:String} = 'port', toInt64(port),
                  {sort:String} = 'last_seen', toUnixTimestamp64Milli(last_seen),
                  toInt64(0)) * if({direction:String} = 'desc', -1, 1),
          if({direction:String} = 'desc', '', multiIf(
-             {sort:String} = 'service', lower(service),
-             {sort:String} = 'product', lower(concat(product, ' ', version)),
-             {sort:String} = 'organization', lower(organization),
-             {sort:String} = 'target', lower(target), '') AS row_sort_text) ASC,
+             {sort:String} = 'service', lowerUTF8(service),
+             {sort:String} = 'product', lowerUTF8(concat(product, ' ', version)),
+             {sort:String} = 'organization', lowerUTF8(organization),
+             {sort:String} = 'target', lowerUTF8(target), '') AS row_sort_text) ASC,
          if({direction:String} = 'desc', row_sort_text, '') DESC,
          target, ip, proto, port
 SETTINGS optimize_move_to_prewhere_if_final = 1

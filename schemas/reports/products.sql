@@ -19,8 +19,8 @@ LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id)
   AND TARGET_MATCHES(f)
-  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
-  AND ({product:String} = '' OR lower(f.product) = lower({product:String}))
+  AND ({org:String} = '' OR lowerUTF8(trimBoth(f.organization)) = lowerUTF8(trimBoth({org:String})))
+  AND ({product:String} = '' OR lowerUTF8(trimBoth(f.product)) = lowerUTF8(trimBoth({product:String})))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})
 GROUP BY product, version

@@ -41,7 +41,7 @@ WITH
                countIf(p.is_cdn_expected = 1) AS cdn_expected,
                max({port:UInt16} = 0 OR p.port = {port:UInt16}) AS has_port,
                max({color:String} = '' OR p.risk_color = {color:String}) AS has_color,
-               max({product:String} = '' OR lower(p.product) = lower({product:String}))
+               max({product:String} = '' OR lowerUTF8(trimBoth(p.product)) = lowerUTF8(trimBoth({product:String})))
                    AS has_product
         FROM port_latest AS p FINAL
         GROUP BY p.target, p.ip, p.scan_id
@@ -57,7 +57,7 @@ WITH
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.last_scan_id
         WHERE TARGET_MATCHES(scans)
-          AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
+          AND ({org:String} = '' OR lowerUTF8(trimBoth(scans.organization)) = lowerUTF8(trimBoth({org:String})))
           -- a host without ports has none of them (the join's defaults are 0)
           AND ({port:UInt16} = 0 OR counts.has_port = 1)
           AND ({color:String} = '' OR counts.has_color = 1)
@@ -126,10 +126,10 @@ WITH
         INNER JOIN (SELECT * FROM scans WHERE (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts))))
             AS page_scans ON page_scans.target = f.target AND page_scans.ip = f.ip
         LEFT ANY JOIN accepted AS acc_port
-            ON (acc_port.target = f.ip OR acc_port.target = lower(f.target))
+            ON (acc_port.target = f.ip OR acc_port.target = lowerUTF8(f.target))
            AND acc_port.proto = f.proto AND acc_port.port = f.port
         LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
-            ON (acc_host.target = f.ip OR acc_host.target = lower(f.target))
+            ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
         WHERE f.scan_id = page_scans.last_scan_id
     ),
     per_host AS (

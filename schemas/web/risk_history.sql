@@ -42,7 +42,7 @@ WITH
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.scan_id
         WHERE TARGET_MATCHES(scans)
-          AND ({org:String} = '' OR lower(scans.organization) = lower({org:String}))
+          AND ({org:String} = '' OR lowerUTF8(trimBoth(scans.organization)) = lowerUTF8(trimBoth({org:String})))
     )
 SELECT
     day,

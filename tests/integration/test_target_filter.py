@@ -52,6 +52,10 @@ HOSTS = {
     "v6": Target(ip="::1", target="::1", organization="example corp", asset="v6-box"),
     "mail": Target(ip="198.18.0.9", target="Mail.Example.Test", hostname="mail.example.test",
                    organization="Other Org", asset="mail"),
+    # an asset name with a "/" and an organization beyond ASCII; its TLS port runs a
+    # product written with blanks around it and no version
+    "eu": Target(ip="127.0.0.20", target="127.0.0.20", organization="Société Générale",
+                 asset="web/1"),
 }
 SQL_FILES = {"schemas/reports/list.sql": "f", "schemas/reports/products.sql": "f",
              "schemas/reports/summary.sql": "scans", "schemas/reports/ciphers.sql": "owners",
@@ -66,11 +70,13 @@ def _rows() -> tuple[list[Finding], list[HostScan]]:
         for port in (22, 443):
             tls = (TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",),
                              grade="strong") if port == 443 else TlsResult())
+            product, version = (("nginx", "1.22.1") if port == 443 else ("OpenSSH", "9.2p1"))
+            if name == "eu" and port == 443:
+                product, version = " École ", ""
             findings.append(Finding(
                 port=OpenPort(scan_id=f"s-{name}", target=target, port=port, observed_at=when),
                 service=ServiceInfo(service="https" if port == 443 else "ssh",
-                                    product="nginx" if port == 443 else "OpenSSH",
-                                    version="1.22.1" if port == 443 else "9.2p1"),
+                                    product=product, version=version),
                 tls=tls, risk_color=RiskColor.GREEN, risk_reason="public service"))
         scans.append(HostScan(scan_id=f"s-{name}", target=target, started_at=when,
                               finished_at=when, ports_scanned=2, open_ports=2))
@@ -102,8 +108,8 @@ def hosts_in(db: Any, report: str, **filters: Any) -> set[str]:
     by_ip = {t.ip: name for name, t in HOSTS.items()}
     if report == "changes":  # the What-changed report: its own query, the same filters
         return {by_ip[r["ip"]] for r in changes_report(db, **filters).dicts()}
-    if report == "products":  # no address column: count the targets instead
-        rows = db.report(report, filters).dicts()
+    if report == "products":  # no address column: count OpenSSH's targets (every host's)
+        rows = db.report(report, {"product": "OpenSSH", **filters}).dicts()
         return {f"{r['targets']} targets" for r in rows}
     return {by_ip[r["ip"]] for r in db.report(report, filters).dicts()}
 
@@ -126,8 +132,9 @@ def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str
     sql = (report_sql(name) if "/reports/" in path else
            history_sql(name) if "/history/" in path else web_sql(name))
     assert _squash(target_predicate(alias)) in _squash(sql)
-    # And the organization filter ignores case the same way
-    assert f"lower({alias}.organization) = lower({{org:String}})" in sql
+    # And the organization filter ignores case (in any script) and blanks the same way
+    assert (f"lowerUTF8(trimBoth({alias}.organization)) = lowerUTF8(trimBoth({{org:String}}))"
+            in sql)
 
 
 def test_every_report_with_a_target_filter_is_covered() -> None:
@@ -139,17 +146,18 @@ def test_every_report_with_a_target_filter_is_covered() -> None:
 
 
 @pytest.mark.parametrize(("target", "expected"), [
-    ("", {"web", "db", "v6", "mail"}),
+    ("", {"web", "db", "v6", "mail", "eu"}),
     ("web-1.example.test", {"web"}),          # as written (and hostname)
     ("WEB-1.Example.TEST", {"web"}),          # any case
     ("mail.example.test", {"mail"}),          # hostname, target written in another case
     ("web-1", {"web"}),                       # asset name
     ("DB-1", {"db"}),                         # asset name, any case
     ("127.0.0.1", {"web"}),                   # an address: exactly it, not 127.0.0.10
-    ("127.0.0.", {"web", "db"}),              # address prefix
-    ("127.0.0", {"web", "db"}),               # prefix on an octet boundary
+    ("127.0.0.", {"web", "db", "eu"}),        # address prefix
+    ("127.0.0", {"web", "db", "eu"}),         # prefix on an octet boundary
     ("127.0.0.1/32", {"web"}),                # CIDR
-    ("127.0.0.0/8", {"web", "db"}),
+    ("127.0.0.0/8", {"web", "db", "eu"}),
+    ("WEB/1", {"eu"}),                        # a "/" after a name: an asset name
     ("198.18.0.0/15", {"mail"}),
     ("::1", {"v6"}),
     ("::/0", {"v6"}),                         # IPv6 CIDR holds no IPv4 address
@@ -167,7 +175,7 @@ def test_target_matches_name_hostname_asset_address_prefix_and_cidr(
 def test_risk_history_uses_the_same_target_rule(db: Any) -> None:
     service = ReportService(db, use_cache=False)
     points = service.risk_history({"target": "127.0.0.0/8"}, days=0)
-    assert [p.targets for p in points] == [2]
+    assert [p.targets for p in points] == [3]
     points = service.risk_history({"target": "v6-BOX", "org": "EXAMPLE CORP"}, days=0)
     assert [p.targets for p in points] == [1]
 
@@ -179,9 +187,26 @@ def test_org_filter_ignores_case(db: Any, org: str) -> None:
         assert hosts_in(db, report, org=org) == {"web", "v6"}, report
 
 
+@pytest.mark.parametrize("org", ["SOCIÉTÉ GÉNÉRALE", " société générale ", "Société Générale"])
+def test_org_filter_ignores_case_in_any_script_and_blanks(db: Any, org: str) -> None:
+    for report in ("list", "summary", "ciphers", "changes"):
+        assert hosts_in(db, report, org=org) == {"eu"}, report
+
+
 def test_version_filter_ignores_case(db: Any) -> None:
     assert hosts_in(db, "list", product="OPENSSH", version="9.2P1") == {"web", "db", "v6",
-                                                                         "mail"}
+                                                                         "mail", "eu"}
+
+
+@pytest.mark.parametrize("product", ["école", "ÉCOLE", " École "])
+def test_a_product_without_a_version_is_found_by_its_dash(db: Any, product: str) -> None:
+    # Given " École " stored with blanks around it and no version: the Products row
+    [row] = [r for r in db.report("products", {}).dicts() if r["product"] == " École "]
+    assert (row["version"], row["instances"]) == ("", 1)
+    # Then its drill-down ("-": no version) finds exactly its port, in any case
+    rows = db.report("list", {"product": product, "version": "-"}).dicts()
+    assert [(r["ip"], r["port"]) for r in rows] == [("127.0.0.20", 443)]
+    assert hosts_in(db, "list", product="nginx", version="-") == set()
 
 
 @settings(max_examples=40, deadline=None,
@@ -201,12 +226,13 @@ def test_any_target_text_is_safe_for_every_report(db: Any, text: str) -> None:
 @pytest.mark.parametrize(("text", "normal"), [("198.18.0.9/15", "198.18.0.0/15"),
                                               (" 127.0.0.1 ", "127.0.0.1"),
                                               ("2001:DB8::1/32", "2001:db8::/32"),
-                                              ("Web-1", "Web-1")])
+                                              ("Web-1", "Web-1"), ("web/1", "web/1"),
+                                              ("/", "/")])
 def test_normalize_target(text: str, normal: str) -> None:
     assert normalize_target(text) == normal
 
 
-@pytest.mark.parametrize("bad", ["10.0.0.0/99", "1.2.3.4/abc", "web/1", "/"])
+@pytest.mark.parametrize("bad", ["10.0.0.0/99", "1.2.3.4/abc", "::1/129"])
 def test_malformed_cidr_is_refused_by_the_api_and_the_cli(bad: str, tmp_path: Path) -> None:
     message = f"target {bad!r} is not a CIDR block (for example 198.18.0.0/15 or 2001:db8::/32)"
     with pytest.raises(BadRequest) as refused:
