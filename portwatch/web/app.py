@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -110,10 +111,29 @@ def score(value: Any) -> str:
         return ""
 
 
+# Unicode categories a page never prints as they are: controls (ESC, NUL, BEL...),
+# format characters (the bidi overrides U+202A-202E and isolates U+2066-2069, which
+# make "CN=www.bank\u202emoc.evil" read "CN=www.banklive.com"), surrogates, private
+# use, unassigned, line and paragraph separators.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def visible(value: Any) -> Any:
+    """Every value a page prints (Jinja's ``finalize``, before autoescaping): what a
+    scanned server sent may carry characters that reorder or hide the text around them;
+    each is shown as ``\\uXXXX`` instead (newline and tab kept: banners have lines), as
+    the terminal's ``render.sanitize_text`` does. Markup (ours) passes as it is."""
+    if not isinstance(value, str) or isinstance(value, Markup) or value.isprintable():
+        return value
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in _HIDDEN
+                   else f"\\u{ord(ch):04x}" for ch in value)
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("portwatch.web", "templates"),
                       autoescape=select_autoescape(["html", "svg"], default=True),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      finalize=visible)
     env.filters.update(when=when, when_iso=when_iso, number=number, score=score)
     env.globals.update(COLORS=COLORS, PREVALENCE=PREVALENCE, GRADES=GRADES,
                        PAGE_SIZES=PAGE_SIZES, PAGE_PATHS=PAGE_PATHS, PAGE_TITLES=PAGE_TITLES,

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from schemas import bounded
 from schemas.bounded import is_digits
 from schemas.filters import is_ip_address, normalize_target
 from schemas.records import ChangeKind, Severity
@@ -34,7 +35,7 @@ MAX_EVENTS = 1000  # rows a page shows (and the API by default); the CLI has no 
 API_LIMIT = 10_000  # rows one /api/v1/changes answer holds at most
 PAGE_FILTERS = ("since", "kind", "severity", "target", "org", "port")  # /changes
 API_FILTERS = ("since", "from", "to", "kind", "severity", "target", "org", "port")
-TEXT_CAP = 200  # characters of a filter value accepted
+TEXT_CAP = bounded.TEXT_CAP  # a filter value may be as long as any stored value
 
 
 class BadParam(ValueError):
