@@ -35,13 +35,20 @@ class Delivery:
 class WebhookReceiver:
     """Accepts POSTs whose ``X-Portwatch-Signature`` is the HMAC-SHA256 of
     "<timestamp>.<body>" with ``secret`` and whose timestamp is fresh; a second POST
-    with a delivery id already accepted, or a stale timestamp, is a replay (409)."""
+    with a delivery id already accepted, or a stale timestamp, is a replay (409). With
+    ``take_duplicates``, an id already accepted is answered 200 and dropped into
+    ``duplicates`` instead, as README tells receivers to. With ``hold`` set, each
+    answer waits until that event is set (a sender can be killed after its message
+    arrived and before it heard the answer)."""
 
     secret: bytes
     port: int = field(default_factory=free_port)
     tolerance_seconds: int = 300
     accepted: list[Delivery] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    take_duplicates: bool = False
+    duplicates: list[Delivery] = field(default_factory=list)
+    hold: threading.Event | None = None
     _seen: set[str] = field(default_factory=set)
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,6 +71,8 @@ class WebhookReceiver:
         delivery = headers.get("x-portwatch-delivery", "")
         signed = f"{delivery}:{signature}"
         with self._lock:
+            if self.take_duplicates and delivery in self._seen:
+                return 208, "delivery already accepted: dropped"
             if delivery in self._seen or signed in self._seen:
                 return 409, "delivery already accepted (replay)"
             self._seen.update({delivery, signed})
@@ -81,12 +90,19 @@ class WebhookReceiver:
                 if status == 200:
                     with receiver._lock:
                         receiver.accepted.append(Delivery(body, headers, json.loads(body)))
+                elif status == 208:
+                    status = 200
+                    with receiver._lock:
+                        receiver.duplicates.append(Delivery(body, headers, json.loads(body)))
                 else:
                     with receiver._lock:
                         receiver.rejected.append((status, reason))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                if receiver.hold is not None:
+                    receiver.hold.wait(timeout=60)
+                with contextlib.suppress(OSError):  # the sender may be gone (killed)
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass

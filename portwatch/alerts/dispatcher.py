@@ -61,13 +61,13 @@ Key = tuple[str, str, str]  # (rule, channel, event_id)
 def _messages(rows: Sequence[PendingRow], limit: int, *, fresh_due: bool
               ) -> list[list[PendingRow]]:
     """The messages of one (rule, channel)'s due rows. A retry goes out as the message it
-    retries: the same events under the same ``X-Portwatch-Delivery`` id, so a receiver
-    that got it before (a worker killed after the send, before the store heard) can
-    drop it by its id. Rows never sent are batched anew, ``limit`` a message, when their
-    digest window closed (``fresh_due``). (Before, a retry was batched with whatever
-    newer events were due, under a new id, and took them out before their window.)
-    Retries recorded before messages kept their id (an upgraded store) are batched
-    together, at once."""
+    retries (its rows carry that message's id, written before its send): the same
+    events under the same ``X-Portwatch-Delivery`` id, so a receiver that got it before
+    (a worker killed after the send, before the store heard) can drop it by its id.
+    Rows never tried are batched anew, ``limit`` a message, when their digest window
+    closed (``fresh_due``). (Before, a retry was batched with whatever newer events were
+    due, under a new id, and took them out before their window.) Retries recorded
+    before messages kept their id (an upgraded store) are batched together, at once."""
     retried: dict[str, list[PendingRow]] = {}
     unnamed: list[PendingRow] = []
     fresh: list[PendingRow] = []
@@ -78,6 +78,13 @@ def _messages(rows: Sequence[PendingRow], limit: int, *, fresh_due: bool
             (unnamed if row.attempts else fresh).append(row)
     return [*retried.values(), *_chunks(unnamed, limit),
             *(_chunks(fresh, limit) if fresh_due else ())]
+
+
+def _outbox_row(row: PendingRow, state: str, attempts: int, error: str, next_at: float,
+                sent_at: datetime, revision: int) -> list[Any]:
+    event_json = row.event.to_json().decode() if row.event is not None else ""
+    return [row.rule, row.channel, row.event_id, event_json, state, attempts, error[:500],
+            _dt(row.created_at), _dt(next_at), sent_at, revision, row.delivery_id]
 
 
 def _chunks(rows: list[PendingRow], limit: int) -> list[list[PendingRow]]:
@@ -107,7 +114,8 @@ class PendingRow:
     attempts: int
     created_at: float
     next_attempt_at: float
-    delivery_id: str = ""  # the message its first attempt went out in ("" not sent yet)
+    delivery_id: str = ""  # the message its last attempt went out in ("" never tried)
+    last_error: str = ""
 
     @property
     def key(self) -> Key:
@@ -247,7 +255,8 @@ class AlertDispatcher:
         per_route = max(1, min(MAX_ROWS_PER_PAIR, MAX_ROWS_PER_PASS // max(1, len(routes))))
         rows = self.store.query(
             "SELECT rule, channel, event_id, event_json, attempts, created_at, "
-            "next_attempt_at, delivery_id FROM alert_outbox FINAL WHERE state = 'pending' "
+            "next_attempt_at, delivery_id, last_error FROM alert_outbox FINAL "
+            "WHERE state = 'pending' "
             "AND concat(rule, '\x1f', channel) IN {routes:Array(String)} "
             "AND next_attempt_at <= {due:DateTime64(3, 'UTC')} "
             "ORDER BY created_at, rule, channel, event_id "
@@ -255,13 +264,15 @@ class AlertDispatcher:
             {"routes": routes, "per": per_route, "limit": MAX_ROWS_PER_PASS,
              "due": _dt(min(due_by, 9e9) if due_by is not None else 9e9)})
         out = []
-        for rule, channel, event_id, event_json, attempts, created_at, next_at, sent_as in rows:
+        for (rule, channel, event_id, event_json, attempts, created_at, next_at, sent_as,
+             error) in rows:
             try:
                 event: ChangeEvent | None = ChangeEvent.from_json(str(event_json))
             except RecordError:
                 event = None
             out.append(PendingRow(str(rule), str(channel), str(event_id), event, int(attempts),
-                                  _seconds(created_at), _seconds(next_at), str(sent_as)))
+                                  _seconds(created_at), _seconds(next_at), str(sent_as),
+                                  str(error)))
         return out
 
     def _deliver_due(self, flush: bool, report: DeliveryReport,
@@ -287,7 +298,7 @@ class AlertDispatcher:
     def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
         """A digest goes out when its oldest new event waited the rule's window (retries
         go out when their backoff is over: ``pending(due_by=)``)."""
-        fresh = [r.created_at for r in rows if not r.attempts]
+        fresh = [r.created_at for r in rows if not r.attempts and not r.delivery_id]
         return rule.digest_seconds <= 0 or not fresh or min(fresh) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
@@ -303,14 +314,16 @@ class AlertDispatcher:
             return True
         channel = self.config.channels[channel_name]
         events = [r.event for r in sendable if r.event is not None]
-        # A retry is the message it retries, under its id (see _messages)
-        ident = sendable[0].delivery_id or delivery_id(
-            rule.name, channel_name, [e.event_id for e in events])
+        # The id names exactly these events: a retry of a whole message has its id again
+        # (see _messages); a part of one (claims split between workers, a pass's share
+        # cut it) is another message, with another id, never dropped as a duplicate.
+        ident = delivery_id(rule.name, channel_name, [e.event_id for e in events])
+        sending = [replace(r, delivery_id=ident) for r in sendable]
+        self._mark_sending(sending)
         result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        self._record_all([replace(r, delivery_id=ident) for r in sendable],
-                         SENT if result.is_ok else None, result.error, report,
+        self._record_all(sending, SENT if result.is_ok else None, result.error, report,
                          retry_after=result.retry_after)
         if not result.is_ok:
             message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
@@ -362,6 +375,15 @@ class AlertDispatcher:
         return [replace(row, attempts=attempts[row.key] - 1) for row in rows
                 if row.key in attempts and (*row.key, attempts[row.key]) in won]
 
+    def _mark_sending(self, rows: Sequence[PendingRow]) -> None:
+        """Before the send, each row's message id (revision 4N for attempt N, between
+        its last outcome and this attempt's): a worker killed after the channel took the
+        message and before ``_record_all`` leaves its rows pending with that id, so the
+        next pass sends the same events under the same id, which the receiver drops."""
+        self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, [
+            _outbox_row(row, PENDING, row.attempts, row.last_error, row.next_attempt_at,
+                        EPOCH, (row.attempts + 1) * 4) for row in rows])
+
     def _record_all(self, rows: Sequence[PendingRow], state: str | None, error: str,
                     report: DeliveryReport, *, retry_after: float = 0.0) -> None:
         """Write the outcome of each row's attempt ``attempts + 1``, in one insert (one
@@ -382,11 +404,8 @@ class AlertDispatcher:
                     backoff = options.retry_base_seconds * 2 ** (attempt - 1)
                     next_at = now + min(options.retry_max_seconds, max(backoff, retry_after))
             rank = {PENDING: 1, FAILED: 2, SENT: 3}[outcome]
-            event_json = row.event.to_json().decode() if row.event is not None else ""
-            out.append([row.rule, row.channel, row.event_id, event_json, outcome, attempt,
-                        error[:500], _dt(row.created_at), _dt(next_at),
-                        _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank,
-                        row.delivery_id])
+            out.append(_outbox_row(row, outcome, attempt, error, next_at,
+                                   _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank))
             if outcome == SENT:
                 report.sent += 1
             elif outcome == FAILED:

@@ -464,6 +464,100 @@ def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) 
             ("sent", 2)
 
 
+def test_part_of_a_retried_message_goes_out_under_its_own_id(store: Any,
+                                                            tmp_path: Path) -> None:
+    from portwatch.alerts.dispatcher import CLAIM_COLUMNS
+
+    with receiver_down() as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{retry_base: 10s}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        mine, theirs = event(6379), event(3389, service="ms-wbt-server")
+        # Given a message of two events whose send failed
+        dispatcher.submit([mine, theirs])
+        assert dispatcher.deliver_due().retrying == 2
+        # and a worker on another host holding the retry of one of them
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", theirs.event_id, 2, "other-host:1:cafe",
+             datetime.fromtimestamp(clock() + 10, UTC)]])
+        # When this worker's retry is due
+        receiver.start()
+        clock.advance(10)
+        assert dispatcher.deliver_due().sent == 1
+    # Then it sent its part under that part's id, not the whole message's: a receiver
+    # that took the whole message's id would drop the other part as a duplicate
+    [sent] = receiver.accepted
+    assert [e["port"] for e in sent.payload["events"]] == [6379]
+    assert sent.headers["x-portwatch-delivery"] == delivery_id(
+        "risky-opened", "soc-hook", [mine.event_id]) != delivery_id(
+        "risky-opened", "soc-hook", [mine.event_id, theirs.event_id])
+
+
+DELIVER = """
+import sys
+from pathlib import Path
+from portwatch.alerts import AlertDispatcher, load_alerts
+from schemas.records import ChangeEvent
+from stream_processors.store import Store
+store = Store.from_url(sys.argv[1])
+dispatcher = AlertDispatcher(store, load_alerts(Path(sys.argv[2]),
+                                                env={"HOOK_SECRET": sys.argv[3]}))
+if len(sys.argv) > 4:
+    dispatcher.submit([ChangeEvent.from_json(line)
+                       for line in Path(sys.argv[4]).read_text().splitlines()])
+report = dispatcher.deliver_due()
+print(report.sent, report.messages)
+store.close()
+"""
+
+
+def test_a_worker_killed_after_its_send_has_it_resent_under_the_same_id(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    with webhook_receiver(SECRET) as receiver:
+        receiver.take_duplicates = True
+        receiver.hold = threading.Event()
+        config = write_alerts(
+            tmp_path, f'  soc-hook: {{webhook: "{receiver.url}", secret_env: HOOK_SECRET}}')
+        events = tmp_path / "events.jsonl"
+        events.write_text("\n".join(e.to_json().decode() for e in (
+            event(6379), event(3389, service="ms-wbt-server"))))
+        args = [f"chdb://{tmp_path / 'store'}", str(config), SECRET.decode()]
+        # Given a worker (its own process) whose message reached the receiver, killed
+        # before it heard the answer, so before the store recorded the send
+        worker = subprocess.Popen([sys.executable, "-c", DELIVER, *args, str(events)],
+                                  cwd=repo, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not receiver.accepted:
+                assert worker.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            worker.kill()
+            worker.wait()
+        receiver.hold.set()
+        receiver.hold = None
+        # When the next delivery pass runs (another process: the dead owner's claim is
+        # void), with a newer event due as well
+        newer = tmp_path / "newer.jsonl"
+        newer.write_text(event(5432, service="postgresql").to_json().decode())
+        again = subprocess.run([sys.executable, "-c", DELIVER, *args, str(newer)], cwd=repo,
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert again.stdout.split() == ["3", "2"]
+    # Then it sent the same events under the same id, which the receiver dropped, and
+    # the newer event in a message of its own
+    [taken, later], [resent] = receiver.accepted, receiver.duplicates
+    assert resent.headers["x-portwatch-delivery"] == taken.headers["x-portwatch-delivery"]
+    assert resent.payload["events"] == taken.payload["events"]
+    assert sorted(e["port"] for e in taken.payload["events"]) == [3389, 6379]
+    assert [e["port"] for e in later.payload["events"]] == [5432]
+
+
 def test_two_passes_of_one_dispatcher_racing_send_once(store: Any, tmp_path: Path) -> None:
     # The Faust agent and its delivery timer run passes of one dispatcher in two threads.
     # The dispatcher serializes its passes; here that lock is bypassed on purpose, so that
