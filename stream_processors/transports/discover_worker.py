@@ -103,6 +103,7 @@ class DiscoveryWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_shard: asyncio.Event | None = None
         self._last_idle_note = ""
+        self._uncommitted: dict[Any, int] = {}  # partition -> offset whose commit failed
 
     def stop(self) -> None:
         """Signal-safe: end the current shard (unpublished, uncommitted) and exit."""
@@ -140,6 +141,7 @@ class DiscoveryWorker:
     def _consume(self, consumer: Any, producer: Any, runner: asyncio.Runner) -> None:
         o = self.options
         idle_since = time.monotonic()
+        broker_away = False
         while not self.is_stopping:
             if o.max_shards and self.stats.shards >= o.max_shards:
                 return
@@ -149,11 +151,15 @@ class DiscoveryWorker:
             records = [r for rs in batch.values() for r in rs]
             if not records:
                 if o.idle_exit and time.monotonic() - idle_since >= o.idle_exit:
+                    self._retry_commits(consumer)
                     drained = self._drained(consumer)
-                    if drained:
+                    if drained is None or broker_away:
+                        # An outage is not idleness: the idle time counts again from the
+                        # first answer after it, when held-back shards arrive
+                        broker_away = drained is None
+                        idle_since = time.monotonic()
+                    elif drained:
                         return
-                    if drained is None:  # an outage is not idleness: count from its end,
-                        idle_since = time.monotonic()  # when held-back shards arrive
                 continue
             for record in records:
                 if self.is_stopping:
@@ -179,12 +185,15 @@ class DiscoveryWorker:
             if not partitions:
                 return None  # no metadata for the topic: nothing is known
             ends = consumer.end_offsets(partitions, timeout_ms=wait_ms)
+            starts = consumer.beginning_offsets(partitions, timeout_ms=wait_ms)
             done = {tp: consumer.committed(tp, timeout_ms=wait_ms) for tp in partitions}
         except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, a broker gone
             self._idle_note(f"idle, but the broker does not answer ({type(exc).__name__}):"
                             " waiting for it, not exiting")
             return None
-        left = sum(max(0, ends[tp] - (done[tp] or 0)) for tp in partitions)
+        # A partition never committed (or whose commit the retention outlived) has left
+        # what it still holds, not everything it ever held
+        left = sum(max(0, ends[tp] - max(done[tp] or 0, starts[tp])) for tp in partitions)
         self._idle_note(f"idle, but {left} shard(s) of the group are not committed yet: "
                         "waiting" if left else "")
         return not left
@@ -298,21 +307,37 @@ class DiscoveryWorker:
                 delay = min(delay * 2, 10.0)
 
     def _commit(self, consumer: Any, record: Any) -> None:
-        from kafka.structs import OffsetAndMetadata, TopicPartition
+        from kafka.structs import TopicPartition
 
         tp = TopicPartition(record.topic, record.partition)
-        offsets = {tp: OffsetAndMetadata(record.offset + 1, "", -1)}
         for attempt in range(3):
-            try:
-                consumer.commit(offsets)
+            if self._commit_once(consumer, tp, record.offset + 1):
                 return
-            except Exception as exc:  # noqa: BLE001 - CommitFailed, broker gone: replay later
-                if attempt == 2 or self.is_stopping:
-                    self.stats.commit_failures += 1
-                    log.warning("commit of %s@%d failed (%s): the shard will be replayed, "
-                                "which is harmless", tp, record.offset, exc)
-                    return
-                self._stopping.wait(1.0)
+            if attempt == 2 or self.is_stopping:
+                self.stats.commit_failures += 1
+                # kept: an idle worker commits it again before it asks whether the work
+                # is done (else its own failed commit would keep it waiting for ever)
+                self._uncommitted[tp] = max(record.offset + 1, self._uncommitted.get(tp, 0))
+                log.warning("commit of %s@%d failed: the shard will be replayed unless a "
+                            "later commit succeeds, which is harmless", tp, record.offset)
+                return
+            self._stopping.wait(1.0)
+
+    def _commit_once(self, consumer: Any, tp: Any, offset: int) -> bool:
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
+        except Exception as exc:  # noqa: BLE001 - CommitFailed, broker gone: replay later
+            log.info("commit of %s up to %d failed: %s", tp, offset, _first_line(exc))
+            return False
+        if self._uncommitted.get(tp, offset + 1) <= offset:
+            del self._uncommitted[tp]  # this commit covers the one that failed
+        return True
+
+    def _retry_commits(self, consumer: Any) -> None:
+        for tp, offset in sorted(self._uncommitted.items()):
+            self._commit_once(consumer, tp, offset)
 
 
 def _first_line(exc: BaseException) -> str:

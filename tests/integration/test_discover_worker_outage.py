@@ -125,10 +125,11 @@ def test_an_idle_worker_waits_out_a_broker_outage_then_finishes_the_work(
             time.sleep(IDLE_EXIT * 2)
             # Then the worker is still there, waiting for the broker
             assert thread.is_alive(), f"the worker exited during the outage: {result}"
-            # And when the broker is back with another shard (within the idle time,
-            # counted again from the outage's end), it takes that shard and only then
-            # exits, once the group has committed every shard
+            # And when the broker is back with another shard half an idle time later
+            # (the idle time counts again from the outage's end), it takes that shard and
+            # only then exits, once the group has committed every shard
             private_broker.thaw()
+            time.sleep(IDLE_EXIT / 2)
             publish_shard(private_broker.bootstrap, topics, shard(2))
             wait_until(lambda: not thread.is_alive(), 120, "the worker to exit")
         finally:
