@@ -13,7 +13,8 @@ any script: ``lowerUTF8``):
   starts with it, on an octet boundary (``127.0.0`` matches 127.0.0.9, never 127.0.1.1);
 - it is an IPv6 prefix ending in ``:`` (``2001:db8:``);
 - it is a CIDR block (``198.18.0.0/15``, ``2001:db8::/32``) holding the address (text
-  with a "/" whose first part is no address is a name: an asset may be ``web/1``).
+  with a "/" whose first part is neither an address nor a mistyped one is a name: an
+  asset may be ``web/1``).
 
 The SQL guards every branch, so any text (a Grafana variable, say) is safe: an invalid
 CIDR matches nothing instead of raising. ``normalize_target`` refuses it with a reason
@@ -66,13 +67,22 @@ def normalize_target(text: str) -> str:
     target written as a URL path). ValueError, one line, for a malformed block."""
     value = text.strip()
     address, slash, _bits = value.partition("/")
-    if not slash or not is_ip_address(address):
+    if not slash or not _looks_like_address(address):
         return value
     try:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
         raise ValueError(f"target {value[:60]!r} is not a CIDR block (for example "
                          "198.18.0.0/15 or 2001:db8::/32)") from None
+
+
+def _looks_like_address(text: str) -> bool:
+    """An address, or what can only be a mistyped one (``10.0.0/8``, ``10.0.0.0 /8``,
+    ``2001:db8:/32``): digits and dots, or hex digits and colons. A name has letters."""
+    stripped = text.strip()
+    return (is_ip_address(stripped) or bool(stripped) and (
+        all(ch in "0123456789." for ch in stripped)
+        or (":" in stripped and all(ch in "0123456789abcdefABCDEF:." for ch in stripped))))
 
 
 def is_ip_address(text: str) -> bool:

@@ -87,7 +87,7 @@ FROM (
     FROM current_findings
 ) AS f
 WHERE $__timeFilter(first_seen)
-  AND ({org:String} = '' OR lower(f.organization) = lower({org:String}))
+  AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
   AND """ + target_predicate("f") + """
 GROUP BY time
 ORDER BY time""")
@@ -96,7 +96,7 @@ ORDER BY time""")
 # (FINAL merges a replayed scan's rows), so these read the change log, not the raw scans.
 # The same target and organization filters as every report (schemas/filters.py).
 CHANGE_FILTERS = """$__timeFilter(observed_at)
-  AND (${org:sqlstring} = '' OR lower(c.organization) = lower(${org:sqlstring}))
+  AND (${org:sqlstring} = '' OR lowerUTF8(c.organization) = lowerUTF8(${org:sqlstring}))
   AND """ + grafana_sql(target_predicate("c"))
 
 CHANGES_BY_KIND = """SELECT toStartOfDay(observed_at) AS time, toString(kind) AS kind,

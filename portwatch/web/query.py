@@ -104,7 +104,9 @@ class ReportQuery:
 def _text(name: str, value: str) -> str:
     if len(value) > MAX_TEXT:
         raise BadRequest(f"{name} is too long ({len(value)} characters; at most {MAX_TEXT})")
-    if name not in ANY_CHARACTER and any(not ch.isprintable() for ch in value):
+    if name in ANY_CHARACTER:
+        return value  # exactly as stored, blanks too: what the Products page links to
+    if any(not ch.isprintable() for ch in value):
         raise BadRequest(f"{name} contains control characters")
     return value.strip()
 
@@ -172,7 +174,9 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
         raw = seen.get(name, "")
         if raw.strip() == "":
             continue
-        value = _filter_value(name, raw.strip())
+        # product and version as sent (a server's " Jetty " is not "Jetty"); the rest
+        # are typed by people: their blanks are not meant
+        value = _filter_value(name, raw if name in ANY_CHARACTER else raw.strip())
         if value not in ("", 0):
             filters[name] = value
     sort = seen.get("sort", "")

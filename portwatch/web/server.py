@@ -49,15 +49,23 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Bytes of a request head: two stored texts of 4,096 characters, 4 UTF-8 bytes each,
+# percent-encoded (x3), plus the rest of a URL and the headers.
+MAX_HEAD = 128 * 1024
+
+
 def uvicorn_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
     """One uvicorn configuration for ``serve`` and ``process --serve``: quiet, no
-    server header, no proxy headers, a short graceful shutdown."""
+    server header, no proxy headers, a short graceful shutdown, and a request head of up
+    to ``MAX_HEAD`` bytes (a Products link carries a product and a version as stored:
+    up to 4,096 characters each, percent-encoded; h11's default 16 KiB refused some)."""
     import uvicorn
 
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     return uvicorn.Config(app, host=host.strip("[]"), port=port,
                           log_level="warning", access_log=False, server_header=False,
-                          proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off")
+                          proxy_headers=False, timeout_graceful_shutdown=2, lifespan="off",
+                          h11_max_incomplete_event_size=MAX_HEAD)
 
 
 def serve_forever(app: Starlette, host: str, port: int,

@@ -18,7 +18,7 @@ WHERE observed_at >= {since:DateTime64(3)} AND observed_at < {until:DateTime64(3
   AND ({host:String} = '' OR (c.target = {host:String}
                                AND ({host_ip:String} = '' OR c.ip = {host_ip:String})))
   AND TARGET_MATCHES(c)
-  AND ({org:String} = '' OR lowerUTF8(trimBoth(c.organization)) = lowerUTF8(trimBoth({org:String})))
+  AND ({org:String} = '' OR lowerUTF8(c.organization) = lowerUTF8({org:String}))
   AND ({port:UInt16} = 0 OR port = {port:UInt16})
 ORDER BY observed_at DESC, target, ip, proto, port, kind
 LIMIT {limit:UInt64}

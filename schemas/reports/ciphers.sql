@@ -22,7 +22,7 @@ WITH
         FROM latest_tls_probes AS t
         LEFT JOIN owners ON owners.target = t.target AND owners.ip = t.ip
         WHERE TARGET_MATCHES(owners)
-          AND ({org:String} = '' OR lowerUTF8(trimBoth(owners.organization)) = lowerUTF8(trimBoth({org:String})))
+          AND ({org:String} = '' OR lowerUTF8(owners.organization) = lowerUTF8({org:String}))
           AND ({port:UInt16} = 0 OR t.port = {port:UInt16})
           AND ({grade:String} = '' OR t.grade = {grade:String})
         ORDER BY target, ip, port

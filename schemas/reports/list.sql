@@ -108,12 +108,12 @@ WITH
         -- "current", as is_current below
         WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id)
           AND TARGET_MATCHES(f)
-          AND ({org:String} = '' OR lowerUTF8(trimBoth(f.organization)) = lowerUTF8(trimBoth({org:String})))
-          AND ({product:String} = '' OR lowerUTF8(trimBoth(f.product)) = lowerUTF8(trimBoth({product:String})))
+          AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
+          AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
           -- '-' is the version of a product that gave none (the Products page's link)
           AND ({version:String} = ''
-               OR ({version:String} = '-' AND trimBoth(f.version) = '')
-               OR lowerUTF8(trimBoth(f.version)) = lowerUTF8(trimBoth({version:String})))
+               OR ({version:String} = '-' AND f.version = '')
+               OR lowerUTF8(f.version) = lowerUTF8({version:String}))
           AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
           AND ({color:String} = '' OR f.risk_color = {color:String})
           AND ({prevalence:String} = '' OR prevalence_bucket = {prevalence:String})

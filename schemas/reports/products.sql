@@ -7,9 +7,11 @@ WITH
     latest_scan AS (
         SELECT target, ip, scan_id FROM latest_host_scans
     )
+-- Rows are what the List's filters tell apart: product and version in any case are one
+-- row (shown as their first spelling), so each row's drill-down lists its ports only.
 SELECT
-    f.product AS product,
-    f.version AS version,
+    min(f.product) AS product,
+    min(f.version) AS version,
     arrayStringConcat(arraySort(groupUniqArray(f.service)), ',') AS services,
     count() AS instances,
     uniqExact(f.target) AS targets,
@@ -19,10 +21,10 @@ LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id)
   AND TARGET_MATCHES(f)
-  AND ({org:String} = '' OR lowerUTF8(trimBoth(f.organization)) = lowerUTF8(trimBoth({org:String})))
-  AND ({product:String} = '' OR lowerUTF8(trimBoth(f.product)) = lowerUTF8(trimBoth({product:String})))
+  AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
+  AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})
-GROUP BY product, version
+GROUP BY lowerUTF8(f.product), lowerUTF8(f.version)
 ORDER BY instances DESC, product, version
 LIMIT {limit:UInt64} OFFSET {offset:UInt64}

@@ -41,7 +41,7 @@ WITH
                countIf(p.is_cdn_expected = 1) AS cdn_expected,
                max({port:UInt16} = 0 OR p.port = {port:UInt16}) AS has_port,
                max({color:String} = '' OR p.risk_color = {color:String}) AS has_color,
-               max({product:String} = '' OR lowerUTF8(trimBoth(p.product)) = lowerUTF8(trimBoth({product:String})))
+               max({product:String} = '' OR lowerUTF8(p.product) = lowerUTF8({product:String}))
                    AS has_product
         FROM port_latest AS p FINAL
         GROUP BY p.target, p.ip, p.scan_id
@@ -57,7 +57,7 @@ WITH
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.last_scan_id
         WHERE TARGET_MATCHES(scans)
-          AND ({org:String} = '' OR lowerUTF8(trimBoth(scans.organization)) = lowerUTF8(trimBoth({org:String})))
+          AND ({org:String} = '' OR lowerUTF8(scans.organization) = lowerUTF8({org:String}))
           -- a host without ports has none of them (the join's defaults are 0)
           AND ({port:UInt16} = 0 OR counts.has_port = 1)
           AND ({color:String} = '' OR counts.has_color = 1)

@@ -15,8 +15,11 @@ WITH
                argMax(hostname, finished_at) AS hostname,
                argMax(asset, finished_at) AS asset
         FROM host_scans FINAL
-        -- a scan ends in the window when one of its shards does
-        WHERE {days:UInt16} = 0 OR finished_at >= now() - toIntervalDay({days:UInt16})
+        -- every shard of the scans that end in the window (one of their shards does):
+        -- a scan's first shards may have ended before it
+        WHERE {days:UInt16} = 0 OR (target, ip, scan_id) IN (
+            SELECT target, ip, scan_id FROM host_scans
+            WHERE finished_at >= now() - toIntervalDay({days:UInt16}))
         GROUP BY target, ip, scan_id
     ),
     counts AS (
@@ -42,7 +45,7 @@ WITH
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                         AND counts.scan_id = scans.scan_id
         WHERE TARGET_MATCHES(scans)
-          AND ({org:String} = '' OR lowerUTF8(trimBoth(scans.organization)) = lowerUTF8(trimBoth({org:String})))
+          AND ({org:String} = '' OR lowerUTF8(scans.organization) = lowerUTF8({org:String}))
     )
 SELECT
     day,

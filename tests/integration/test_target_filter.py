@@ -53,7 +53,7 @@ HOSTS = {
     "mail": Target(ip="198.18.0.9", target="Mail.Example.Test", hostname="mail.example.test",
                    organization="Other Org", asset="mail"),
     # an asset name with a "/" and an organization beyond ASCII; its TLS port runs a
-    # product written with blanks around it and no version
+    # product beyond ASCII that gave no version
     "eu": Target(ip="127.0.0.20", target="127.0.0.20", organization="Société Générale",
                  asset="web/1"),
 }
@@ -72,7 +72,7 @@ def _rows() -> tuple[list[Finding], list[HostScan]]:
                              grade="strong") if port == 443 else TlsResult())
             product, version = (("nginx", "1.22.1") if port == 443 else ("OpenSSH", "9.2p1"))
             if name == "eu" and port == 443:
-                product, version = " École ", ""
+                product, version = "École", ""
             findings.append(Finding(
                 port=OpenPort(scan_id=f"s-{name}", target=target, port=port, observed_at=when),
                 service=ServiceInfo(service="https" if port == 443 else "ssh",
@@ -132,9 +132,8 @@ def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str
     sql = (report_sql(name) if "/reports/" in path else
            history_sql(name) if "/history/" in path else web_sql(name))
     assert _squash(target_predicate(alias)) in _squash(sql)
-    # And the organization filter ignores case (in any script) and blanks the same way
-    assert (f"lowerUTF8(trimBoth({alias}.organization)) = lowerUTF8(trimBoth({{org:String}}))"
-            in sql)
+    # And the organization filter ignores case, in any script, the same way
+    assert f"lowerUTF8({alias}.organization) = lowerUTF8({{org:String}})" in sql
 
 
 def test_every_report_with_a_target_filter_is_covered() -> None:
@@ -187,8 +186,8 @@ def test_org_filter_ignores_case(db: Any, org: str) -> None:
         assert hosts_in(db, report, org=org) == {"web", "v6"}, report
 
 
-@pytest.mark.parametrize("org", ["SOCIÉTÉ GÉNÉRALE", " société générale ", "Société Générale"])
-def test_org_filter_ignores_case_in_any_script_and_blanks(db: Any, org: str) -> None:
+@pytest.mark.parametrize("org", ["SOCIÉTÉ GÉNÉRALE", "société générale", "Société Générale"])
+def test_org_filter_ignores_case_in_any_script(db: Any, org: str) -> None:
     for report in ("list", "summary", "ciphers", "changes"):
         assert hosts_in(db, report, org=org) == {"eu"}, report
 
@@ -198,10 +197,10 @@ def test_version_filter_ignores_case(db: Any) -> None:
                                                                          "mail", "eu"}
 
 
-@pytest.mark.parametrize("product", ["école", "ÉCOLE", " École "])
+@pytest.mark.parametrize("product", ["école", "ÉCOLE", "École"])
 def test_a_product_without_a_version_is_found_by_its_dash(db: Any, product: str) -> None:
-    # Given " École " stored with blanks around it and no version: the Products row
-    [row] = [r for r in db.report("products", {}).dicts() if r["product"] == " École "]
+    # Given "École" stored with no version: its Products row
+    [row] = [r for r in db.report("products", {}).dicts() if r["product"] == "École"]
     assert (row["version"], row["instances"]) == ("", 1)
     # Then its drill-down ("-": no version) finds exactly its port, in any case
     rows = db.report("list", {"product": product, "version": "-"}).dicts()
@@ -232,7 +231,8 @@ def test_normalize_target(text: str, normal: str) -> None:
     assert normalize_target(text) == normal
 
 
-@pytest.mark.parametrize("bad", ["10.0.0.0/99", "1.2.3.4/abc", "::1/129"])
+@pytest.mark.parametrize("bad", ["10.0.0.0/99", "1.2.3.4/abc", "::1/129", "10.0.0/8",
+                                 "2001:db8:/32"])
 def test_malformed_cidr_is_refused_by_the_api_and_the_cli(bad: str, tmp_path: Path) -> None:
     message = f"target {bad!r} is not a CIDR block (for example 198.18.0.0/15 or 2001:db8::/32)"
     with pytest.raises(BadRequest) as refused:

@@ -199,3 +199,27 @@ def test_summary_links_to_the_target_page(web: Served) -> None:
     assert 'href="/changes"' in body
 
 
+
+
+def test_risk_history_counts_every_shard_of_a_scan_on_the_windows_edge(store) -> None:  # type: ignore[no-untyped-def]
+    from portwatch.web.service import ReportService
+    from schemas.records import Finding, HostScan, OpenPort, PortRange, RiskColor, ServiceInfo
+
+    # Given one scan of a host in two shards: the first (its red port) ended two days
+    # ago, the second (a green port) an hour ago
+    host = Target(ip="127.0.0.70", target="127.0.0.70")
+    now = datetime.now(UTC).replace(microsecond=0)
+    early, late = now - timedelta(days=2), now - timedelta(hours=1)
+    store.insert_findings([
+        Finding(port=OpenPort(scan_id="edge", target=host, port=port, observed_at=when),
+                service=ServiceInfo(service=service), risk_color=color)
+        for port, service, color, when in ((6379, "redis", RiskColor.RED, early),
+                                           (80, "http", RiskColor.GREEN, late))])
+    store.insert_host_scans([
+        HostScan("edge", host, early, early, 1, 1, shard_id="edge:0",
+                 ports=(PortRange(6379, 6379),)),
+        HostScan("edge", host, late, late, 1, 1, shard_id="edge:1", ports=(PortRange(80, 80),))])
+    # When the dashboard asks for the last day
+    [point] = ReportService(store, use_cache=False).risk_history({}, days=1)
+    # Then the scan ends in the window and scores both its ports: 10 x red + 1 x green
+    assert (point.day, point.worst, point.targets) == (late.date(), 24.0, 1)
