@@ -11,6 +11,7 @@ exits only when the group's shards are all committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from probers.discovery.connect import ConnectEngine
-from producers.kafka_io import ensure_topics
+from producers.kafka_io import admin_client, ensure_topics
 from schemas.records import PortRange, Shard, Target
 from schemas.topics import topic_names
 from stream_processors.transports.discover_worker import (
@@ -43,10 +44,14 @@ KAFKACTL = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka" / 
 IDLE_EXIT = 12.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held together while chosen: ports picked
+    one after another may come back the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 @dataclass
@@ -78,7 +83,7 @@ class PrivateBroker:
 def private_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[PrivateBroker]:
     """A broker of this test's own (the shared one must never go down under the other
     tests); ``kafka_bootstrap`` first: the shared one being up means the jars are here."""
-    port, controller = _free_port(), _free_port()
+    port, controller = _free_ports(2)
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller),
            "KAFKA_DATA_DIR": str(tmp_path / "data"), "KAFKA_RUN_DIR": str(tmp_path / "run")}
     broker = PrivateBroker(f"127.0.0.1:{port}", env)
@@ -87,6 +92,13 @@ def private_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[PrivateBrok
         yield broker
     finally:
         broker.ctl("down")
+
+
+def committed_shards(bootstrap: str, group: str) -> int:
+    """How many shards the group has committed (asked of the broker, outside the group)."""
+    with admin_client(bootstrap) as admin:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
 
 
 def wait_until(condition: object, timeout: float, what: str) -> None:
@@ -120,6 +132,9 @@ def test_an_idle_worker_waits_out_a_broker_outage_then_finishes_the_work(
         thread.start()
         try:
             wait_until(lambda: done == ["scan-1:tcp:0"], 60, "the first shard")
+            # (committed: a freeze before its commit would have it replayed, as designed)
+            wait_until(lambda: committed_shards(private_broker.bootstrap,
+                                                f"{prefix}discover") == 1, 60, "its commit")
             # When its broker stops answering for well past the idle time
             private_broker.freeze()
             time.sleep(IDLE_EXIT * 2)
