@@ -60,6 +60,15 @@ class ScanInput:
     udp_ports: tuple[PortRange, ...]
 
 
+@dataclass(frozen=True)
+class BrokerOptions:
+    """Where the Kafka broker is, and how long a command waits at start for it to answer
+    (seconds; 0: fail at once)."""
+
+    bootstrap: str
+    wait: int
+
+
 @dataclass
 class Assembly:
     """Builds components from one validated ``Settings``."""
@@ -280,6 +289,9 @@ class Assembly:
 
     # -- the distributed transport --------------------------------------------------------
 
+    def broker(self) -> BrokerOptions:
+        return BrokerOptions(self.settings.kafka, self.settings.broker_wait)
+
     def topics(self) -> TopicSet:
         prefix = self.settings.topic_prefix
         if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
@@ -348,4 +360,4 @@ def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
     return out
 
 
-__all__ = ["Assembly", "ScanInput", "Proto"]
+__all__ = ["Assembly", "BrokerOptions", "ScanInput", "Proto"]

@@ -131,6 +131,11 @@ KAFKA_OPTION = click.option(
     "--kafka", envvar="PORTWATCH_KAFKA", default=None, metavar="HOST:PORT[,...]",
     help="Kafka bootstrap servers, comma-separated (default 127.0.0.1:9092).")
 
+BROKER_WAIT_OPTION = click.option(
+    "--broker-wait", type=int, default=None, metavar="SECONDS",
+    help="Wait up to this long at start for the Kafka broker to answer, saying so once "
+         "(PORTWATCH_BROKER_WAIT, default 30; 0: fail at once).")
+
 PREFIX_OPTION = click.option(
     "--topic-prefix", envvar="PORTWATCH_TOPIC_PREFIX", default=None, metavar="PREFIX",
     help="Put PREFIX before every topic and consumer group name (one pipeline per prefix).")
@@ -177,6 +182,7 @@ def settings_from(**flags: Any) -> Any:
 
 
 __all__ = [
+    "BROKER_WAIT_OPTION",
     "EXIT_INTERRUPTED",
     "EXIT_RUNTIME",
     "EXIT_USAGE",

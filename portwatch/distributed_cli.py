@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from portwatch.console import (
+    BROKER_WAIT_OPTION,
     EXIT_RUNTIME,
     EXIT_USAGE,
     KAFKA_OPTION,
@@ -41,12 +42,31 @@ from schemas.topics import TopicSet
 
 
 def _topics(assembly: Any) -> TopicSet:
-    """The topic set, created on the broker when missing; one clear error otherwise."""
-    from producers.kafka_io import ensure_topics
+    """The topic set, created on the broker when missing; one clear error otherwise.
+
+    A broker that does not answer yet is waited for, up to ``broker_wait`` seconds (a
+    worker started before its broker, as pods of one release are): one line says so."""
+    from producers.kafka_io import (
+        KafkaUnavailable,
+        ensure_topics,
+        probe_api_versions,
+        wait_for_broker,
+    )
 
     topics: TopicSet = assembly.topics()
+    broker = assembly.broker()
+    bootstrap, wait = broker.bootstrap, broker.wait
     try:
-        ensure_topics(assembly.settings.kafka, topics.all, timeout=30)
+        if wait > 0 and not probe_api_versions(bootstrap, 2.0):
+            say(f"no Kafka broker answers at {bootstrap} yet: waiting up to {wait} s "
+                "(--broker-wait)")
+            try:
+                wait_for_broker(bootstrap, timeout=wait)
+            except KafkaUnavailable:
+                fail(f"no Kafka broker answered at {bootstrap} within {wait} s "
+                     "(--broker-wait): start one with `make kafka-up`", EXIT_RUNTIME)
+            say(f"Kafka broker at {bootstrap} answers")
+        ensure_topics(bootstrap, topics.all, timeout=30)
     except ValueError as exc:  # a bad bootstrap address
         fail(str(exc), EXIT_USAGE)
     return topics
@@ -70,13 +90,15 @@ def _topics(assembly: Any) -> TopicSet:
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")
 @KAFKA_OPTION
+@BROKER_WAIT_OPTION
 @PREFIX_OPTION
 def produce(targets: Sequence[str], ports: str | None, organization: str, asset: str,
             only_organization: str,
             inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
             allow_large: bool, scan_id: str | None, seed: int | None, checkpoint: str | None,
             hosts_per_shard: int | None, ports_per_shard: int | None, wait_seconds: float,
-            udp: str | None, kafka: str | None, topic_prefix: str | None) -> None:
+            udp: str | None, kafka: str | None, broker_wait: int | None,
+            topic_prefix: str | None) -> None:
     """Publish the shards of a scan of TARGET... onto Kafka for the discovery workers.
 
     Targets, ports and scope checks are those of `portwatch scan`. With --checkpoint
@@ -92,7 +114,8 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
     from producers.publish import produce_shards
 
     assembly = Assembly(settings_from(ports=ports, udp=udp, kafka=kafka,
-                                      topic_prefix=topic_prefix, shard_hosts=hosts_per_shard,
+                                      broker_wait=broker_wait, topic_prefix=topic_prefix,
+                                      shard_hosts=hosts_per_shard,
                                       shard_ports=ports_per_shard))
     work = assembly.scan_input(targets, organization=organization, asset=asset,
                                inventory=inventory, exclude=exclude, exclude_file=exclude_file,
@@ -168,12 +191,14 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
                    "every shard of the group is committed: a broker outage never counts "
                    "(0: run until stopped).")
 @KAFKA_OPTION
+@BROKER_WAIT_OPTION
 @PREFIX_OPTION
 def discover(group: str | None, concurrency: int | None, timeout: float | None,
              retries: int | None, tarpit_threshold: int | None, engine: str | None,
              rate: int | None, shard_attempts: int | None, session_timeout: float | None,
              exclude: Sequence[str], exclude_file: str | None, max_shards: int,
-             idle_exit: float, kafka: str | None, topic_prefix: str | None) -> None:
+             idle_exit: float, kafka: str | None, broker_wait: int | None,
+             topic_prefix: str | None) -> None:
     """Run a discovery worker: take shards, scan them, publish open ports.
 
     Start as many as you like with the same --group: Kafka spreads the shards over
@@ -195,7 +220,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
         concurrency=concurrency, timeout=timeout, retries=retries,
         tarpit_threshold=tarpit_threshold, engine=engine, rate=rate,
         shard_attempts=shard_attempts, session_timeout=session_timeout, kafka=kafka,
-        topic_prefix=topic_prefix))
+        broker_wait=broker_wait, topic_prefix=topic_prefix))
     topics = _topics(assembly)
 
     def on_shard(state: str, shard: Shard) -> None:
@@ -273,6 +298,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
                    "loop runs: what Kubernetes probes check (the Helm chart sets "
                    "0.0.0.0:6066). Host 127.0.0.1 unless given.")
 @KAFKA_OPTION
+@BROKER_WAIT_OPTION
 @PREFIX_OPTION
 def process(role: str, store: str | None, identify_concurrency: int | None,
             banner_wait: float | None, batch_seconds: float | None, sink_buffer: int | None,
@@ -280,7 +306,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             change_settle: float | None, serve_at: str,
             token: str, alerts_file: str | None, allowed_host: tuple[str, ...],
             cookie_secure: bool, trusted_proxy: tuple[str, ...], health_at: str,
-            kafka: str | None, topic_prefix: str | None) -> None:
+            kafka: str | None, broker_wait: int | None, topic_prefix: str | None) -> None:
     """Run the stream processors (Faust): open ports -> findings -> store.
 
     Any number of `--role stages` workers may run; exactly one process runs the
@@ -333,7 +359,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         identify_concurrency=identify_concurrency, banner_wait=banner_wait,
         batch_seconds=batch_seconds, store=store, sink_buffer=sink_buffer,
         commit_interval=commit_interval, session_timeout=session_timeout, kafka=kafka,
-        topic_prefix=topic_prefix, alerts=alerts_file, change_settle=change_settle))
+        broker_wait=broker_wait, topic_prefix=topic_prefix, alerts=alerts_file,
+        change_settle=change_settle))
     has_sink = role in ("all", "sink")
     if has_sink:
         assembly.store_location()  # a bad URL is refused before connecting to Kafka

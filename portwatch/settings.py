@@ -144,6 +144,9 @@ class Settings:
     # -- the distributed shape
     kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated",
                          group="kafka")
+    broker_wait: int = setting(30, "seconds produce, discover and process wait at start for the "
+                               "Kafka broker to answer (a pod started before its broker); 0 = "
+                               "fail at once", group="kafka")
     topic_prefix: str = setting("", "put before every topic and consumer group name: two "
                                 "pipelines on one broker", group="kafka")
     session_timeout: float = setting(10.0, "seconds before a dead worker's partitions move to "
@@ -277,6 +280,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "shard_attempts": (1, 10, ""),
     "batch_size": (1, 100_000, ""),
     "batch_seconds": (0, 3600, "s"),
+    "broker_wait": (0, 3600, "s"),
     "session_timeout": (6, 300, "s"),
     "max_poll_interval": (10, 86_400, "s"),
     "commit_interval": (0.1, 60, "s"),

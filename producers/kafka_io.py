@@ -169,9 +169,10 @@ def wait_for_broker(bootstrap: str = DEFAULT_BOOTSTRAP, timeout: float = 30.0) -
                 last_reason = f"metadata: {exc}"
         else:
             last_reason = "no ApiVersions answer"
-        if time.monotonic() + 0.5 >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise KafkaUnavailable(bootstrap, last_reason)
-        time.sleep(0.5)
+        time.sleep(min(0.5, left))  # then one last attempt at the deadline
 
 
 @contextlib.contextmanager

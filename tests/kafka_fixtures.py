@@ -16,13 +16,20 @@ Register in tests/conftest.py with::
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,6 +115,63 @@ def unique_group_id(request: pytest.FixtureRequest) -> str:
     return f"test-{_slug(request.node.name, 80)}-{uuid.uuid4().hex[:12]}"
 
 
+KAFKACTL = Path(__file__).resolve().parents[1] / "deploy" / "local" / "kafka" / "kafkactl.py"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held together while chosen: ports picked
+    one after another may come back the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+@dataclass
+class PrivateBroker:
+    """A single-node KRaft broker of one test's own (``deploy/local/kafka/kafkactl.py`` on
+    free loopback ports, data under the test's directory): one a test may stop, freeze
+    or start late, which the shared broker must never be. Not started until ``up``."""
+
+    bootstrap: str
+    env: dict[str, str]
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> PrivateBroker:
+        port, controller = free_ports(2)
+        env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller),
+               "KAFKA_DATA_DIR": str(directory / "data"),
+               "KAFKA_RUN_DIR": str(directory / "run")}
+        return cls(f"127.0.0.1:{port}", env)
+
+    def ctl(self, *args: str) -> None:
+        done = subprocess.run([sys.executable, str(KAFKACTL), *args], env=self.env,
+                              capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, f"kafkactl {' '.join(args)}: {done.stderr[-2000:]}"
+
+    def up(self) -> None:
+        self.ctl("up")
+
+    def down(self) -> None:
+        self.ctl("down")
+
+    def _signal(self, sig: signal.Signals) -> None:
+        pid = int((Path(self.env["KAFKA_RUN_DIR"]) / "broker.pid").read_text().strip())
+        os.kill(pid, sig)
+
+    def freeze(self) -> None:
+        """An outage: the broker process stopped (SIGSTOP), as in a long pause of its
+        JVM or its machine. Connections stay up and nothing answers on them: requests
+        time out. (Not ``down`` under a live in-process client: kafka-python 3.0 never
+        closes the socket of a refused connect, and the collector's warnings about them
+        land in later tests.)"""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+
 def consume(consumer: Any, count: int, timeout: float = 30.0) -> list[Any]:
     """Poll until ``count`` records arrived or ``timeout`` seconds passed; return them.
 
@@ -125,9 +189,12 @@ def consume(consumer: Any, count: int, timeout: float = 30.0) -> list[Any]:
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
+    "KAFKACTL",
     "KAFKA_ENV",
     "SKIP_REASON",
+    "PrivateBroker",
     "consume",
+    "free_ports",
     "is_ci",
     "kafka_bootstrap",
     "unique_group_id",

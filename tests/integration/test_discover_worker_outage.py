@@ -11,17 +11,10 @@ exits only when the group's shards are all committed.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,61 +30,23 @@ from stream_processors.transports.discover_worker import (
 )
 from tests import loopback
 from tests.integration.test_discover_worker import publish_shard
+from tests.kafka_fixtures import PrivateBroker
 
 pytestmark = pytest.mark.kafka
 
-KAFKACTL = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka" / "kafkactl.py"
 IDLE_EXIT = 12.0
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held together while chosen: ports picked
-    one after another may come back the same)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-
-
-@dataclass
-class PrivateBroker:
-    bootstrap: str
-    env: dict[str, str]
-
-    def ctl(self, *args: str) -> None:
-        done = subprocess.run([sys.executable, str(KAFKACTL), *args], env=self.env,
-                              capture_output=True, text=True, timeout=180, check=False)
-        assert done.returncode == 0, f"kafkactl {' '.join(args)}: {done.stderr[-2000:]}"
-
-    def _signal(self, sig: signal.Signals) -> None:
-        pid = int((Path(self.env["KAFKA_RUN_DIR"]) / "broker.pid").read_text().strip())
-        os.kill(pid, sig)
-
-    def freeze(self) -> None:
-        """The outage: the broker process stopped (SIGSTOP), as in a long pause of its
-        JVM or its machine. Connections stay up and nothing answers on them: requests
-        time out. (Not ``kafkactl down``: kafka-python 3.0 never closes the socket of a
-        refused connect, and the collector's warnings about them land in later tests.)"""
-        self._signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._signal(signal.SIGCONT)
 
 
 @pytest.fixture
 def private_broker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[PrivateBroker]:
     """A broker of this test's own (the shared one must never go down under the other
     tests); ``kafka_bootstrap`` first: the shared one being up means the jars are here."""
-    port, controller = _free_ports(2)
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller),
-           "KAFKA_DATA_DIR": str(tmp_path / "data"), "KAFKA_RUN_DIR": str(tmp_path / "run")}
-    broker = PrivateBroker(f"127.0.0.1:{port}", env)
-    broker.ctl("up")
+    broker = PrivateBroker.in_dir(tmp_path)
+    broker.up()
     try:
         yield broker
     finally:
-        broker.ctl("down")
+        broker.down()
 
 
 def committed_shards(bootstrap: str, group: str) -> int:
