@@ -126,6 +126,7 @@ class DiscoveryWorker:
             consumer = make_consumer(
                 o.bootstrap, o.topics.shards.name, o.group_id,
                 client_id="portwatch-discover", max_poll_records=1,
+                max_poll_interval_ms=o.max_poll_interval_ms,
                 session_timeout_ms=o.session_timeout_ms,
                 heartbeat_interval_ms=max(500, o.session_timeout_ms // 4))
             with asyncio.Runner() as runner:

@@ -5,11 +5,14 @@ in-process against the real Kafka broker and real loopback listeners:
   found are published even when the retry no longer sees them (the rule the embedded
   transport applies: ``stages.discover_with_retries``);
 * the shard's hosts are published as "running" before the engine starts;
-* a shard outside the worker's own scope is dead-lettered, never scanned.
+* a shard outside the worker's own scope is dead-lettered, never scanned;
+* a shard that outlasts the consumer's max.poll.interval (the broker evicts the worker
+  from its group, so its commit really fails) is scanned again and finally committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +22,13 @@ import pytest
 
 from probers.discovery.base import DiscoveryError, Progress
 from probers.discovery.connect import ConnectEngine
-from producers.kafka_io import ensure_topics, make_consumer, make_producer, publish
+from producers.kafka_io import (
+    admin_client,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    publish,
+)
 from producers.publish import decode_records
 from producers.targets import Scope
 from schemas.records import HostScan, OpenPort, PortRange, Shard, Target
@@ -47,6 +56,22 @@ class DiesAtItsEnd:
             yield port
         self.on_death()
         raise DiscoveryError("engine died before the end of the shard (injected)")
+
+
+class TakesItsTime:
+    """Named fake for a long shard (a masscan sweep of many hosts takes minutes; here
+    seconds): the real connect engine, after ``delay`` seconds of nothing."""
+
+    name = "takes-its-time"
+
+    def __init__(self, delay: float) -> None:
+        self.inner = ConnectEngine()
+        self.delay = delay
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        await asyncio.sleep(self.delay)
+        async for port in self.inner.scan(shard, progress):
+            yield port
 
 
 def publish_shard(bootstrap: str, topics: Any, shard: Shard) -> None:
@@ -214,3 +239,36 @@ def test_a_broker_that_never_acknowledges_ends_the_worker_with_its_reason(
     finally:
         consumer.close()
     assert [decode_records(Shard, r.value)[0][0].shard_id for r in again] == ["scan-k:tcp:0"]
+
+
+def test_a_shard_longer_than_the_poll_interval_is_scanned_again_then_committed(
+        kafka_bootstrap: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}."
+    topics = topic_names(prefix)
+    group = f"{prefix}discover"
+    with loopback.listen(loopback.banner(b"slow\r\n")) as listener:
+        # Given a worker whose consumer may spend 7 s between polls, and a shard whose
+        # first scan takes 12 s (the next one is quick)
+        shard = Shard("scan-long", "scan-long:tcp:0", (Target("127.0.0.1", "127.0.0.1"),),
+                      (PortRange(listener.port, listener.port),))
+        publish_shard(kafka_bootstrap, topics, shard)
+        runs: list[str] = []
+
+        def engine_for(_shard: Shard) -> Any:
+            runs.append(_shard.shard_id)
+            return TakesItsTime(12.0) if len(runs) == 1 else ConnectEngine()
+
+        worker = DiscoveryWorker(
+            WorkerOptions(kafka_bootstrap, topics, group, idle_exit=5,
+                          session_timeout_ms=6_000, max_poll_interval_ms=7_000),
+            engine_for)
+        # When it runs until it is idle and the group has committed every shard
+        stats = worker.run()
+    # Then the broker evicted it during the long scan, so that scan's commit failed for
+    # real; the shard came back to it, was scanned again and committed (at least once)
+    assert stats.commit_failures == 1
+    assert runs == ["scan-long:tcp:0", "scan-long:tcp:0"]
+    assert (stats.shards, stats.open_ports, stats.failed, stats.gave_up) == (2, 2, 0, "")
+    with admin_client(kafka_bootstrap) as admin:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    assert sum(meta.offset for meta in offsets.values() if meta.offset > 0) == 1
