@@ -10,7 +10,15 @@ threads (one per connection, each bounded in time and bytes):
 * ``big-chain``: a Certificate message of ~2 MiB (the same certificate over and over);
 * ``garbage``: handshake records full of random bytes;
 * ``stall``: the first 3 bytes of a record header, then silence until the peer gives up;
-* ``renegotiation-storm``: ServerHello, then HelloRequest after HelloRequest.
+* ``renegotiation-storm``: ServerHello, then HelloRequest after HelloRequest;
+* ``served-certificate``: a plain ServerHello, Certificate (the one given), ServerHelloDone
+  flight: how a hostile certificate (``hostile_certificate``) reaches the prober;
+* ``duplicate-extension``: a TLS 1.3 ServerHello carrying supported_versions twice.
+
+``hostile_certificate(kind)``: a valid certificate patched in place (same lengths, so the
+DER still parses) into what real servers serve and cryptography cannot read all of: a
+key algorithm or a curve it does not implement (as SM2 and GOST certificates are), a
+name that is not UTF-8, a notAfter of letters (which OpenSSL accepts).
 
 The ServerHello is built here byte by byte (RFC 5246 7.4): no TLS library would send
 these flights. Must not touch: any address but 127.0.0.1; it never connects anywhere.
@@ -25,11 +33,18 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from probers.tls.suites import describe
 
 LOOPBACK = "127.0.0.1"
-MODES = ("big-dh-prime", "big-chain", "garbage", "stall", "renegotiation-storm")
+MODES = ("big-dh-prime", "big-chain", "garbage", "stall", "renegotiation-storm",
+         "served-certificate", "duplicate-extension")
 PRIME_BYTES = 9000  # 72,000 bits (the issue's case)
 CONNECTION_SECONDS = 8.0  # no connection is served longer than this
 MAX_SENT_BYTES = 4 * 1024 * 1024  # nor sent more than this
@@ -89,6 +104,51 @@ def _certificate(der: bytes, copies: int) -> bytes:
     return _handshake(11, len(entries).to_bytes(3, "big") + entries)
 
 
+def _duplicate_extension_hello() -> bytes:
+    """A TLS 1.3 ServerHello (TLS_AES_128_GCM_SHA256) whose supported_versions comes twice."""
+    version_ext = (43).to_bytes(2, "big") + (2).to_bytes(2, "big") + (0x0304).to_bytes(2, "big")
+    extensions = version_ext + version_ext
+    body = (0x0303).to_bytes(2, "big") + os.urandom(32) + b"\x00" + (0x1301).to_bytes(2, "big") \
+        + b"\x00" + len(extensions).to_bytes(2, "big") + extensions
+    return _handshake(2, body)
+
+
+CERT_KINDS = ("unknown-key-algorithm", "unsupported-curve", "name-not-utf8",
+              "date-of-letters")
+_NAME = "hostile.test"
+
+
+def hostile_certificate(kind: str) -> tuple[bytes, bytes]:
+    """(certificate DER, its key as PEM) of ``kind`` (one of CERT_KINDS): a self-signed
+    P-256 certificate for hostile.test, patched in place."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _NAME)])
+    start = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(4242)
+            .not_valid_before(start - timedelta(days=1))
+            .not_valid_after(start + timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(_NAME)]), False)
+            .sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    not_after = cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ").encode()
+    old, new = {
+        # id-ecPublicKey (1.2.840.10045.2.1) -> an arc no library implements (2.9)
+        "unknown-key-algorithm": (bytes.fromhex("06072a8648ce3d0201"),
+                                  bytes.fromhex("06072a8648ce3d0209")),
+        # prime256v1 (1.2.840.10045.3.1.7) -> prime192v2 (3.1.2), which it does not
+        "unsupported-curve": (bytes.fromhex("06082a8648ce3d030107"),
+                              bytes.fromhex("06082a8648ce3d030102")),
+        # the subject's and issuer's UTF8String CN, with a byte no UTF-8 has
+        "name-not-utf8": (b"\x0c\x0chostile.test", b"\x0c\x0chost\xffle.test"),
+        "date-of-letters": (not_after, b"ABCDEFGHIJKLZ"),
+    }[kind]
+    assert der.count(old) >= 1, kind
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return der.replace(old, new), key_pem
+
+
 def _big_dh_key_exchange(version: int) -> bytes:
     prime = b"\xff" * PRIME_BYTES
     params = (len(prime).to_bytes(2, "big") + prime + b"\x00\x01\x02"
@@ -137,6 +197,11 @@ def _serve(conn: socket.socket, mode: str, cert_der: bytes, stop: threading.Even
         send(_record(22, version, _server_hello(version, suites[0] if suites else 0x002F)
                      + _certificate(cert_der, (2 * 1024 * 1024) // max(1, len(cert_der)))
                      + _handshake(14, b"")))
+    elif mode == "served-certificate":
+        send(_record(22, version, _server_hello(version, suites[0] if suites else 0x002F)
+                     + _certificate(cert_der, 1) + _handshake(14, b"")))
+    elif mode == "duplicate-extension":
+        send(_record(22, 0x0303, _duplicate_extension_hello()))
     elif mode == "renegotiation-storm":
         send(_record(22, version, _server_hello(version, suites[0] if suites else 0x002F)))
         while True:
@@ -194,4 +259,4 @@ def hostile_tls_server(mode: str, cert_der: bytes) -> Iterator[int]:
             worker.join(timeout=2)
 
 
-__all__ = ["MODES", "PRIME_BYTES", "hostile_tls_server"]
+__all__ = ["CERT_KINDS", "MODES", "PRIME_BYTES", "hostile_certificate", "hostile_tls_server"]

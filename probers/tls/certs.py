@@ -13,25 +13,43 @@ validated against a trust store.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
+from schemas.bounded import text
 from schemas.records import Certificate
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# What cryptography raises for a certificate it cannot read (it parses lazily, so some
+# only once a field is asked for): names that are not UTF-8, dates it refuses, a key
+# algorithm or curve it does not implement (SM2, GOST), a version or a kind of name
+# (x400Address) it does not know. A
+# served certificate is the server's to choose: each is a fact about it, never an error
+# of the probe.
+UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+              x509.UnsupportedGeneralNameType)
+# Names are capped here, not only at the store: a finding crosses Kafka whole, and JSON
+# writes a control character in six bytes. A leaf's SANs may be many (multi-domain
+# certificates carry hundreds); past this many characters the rest are counted.
+NAME_CAP = 1024
+SANS_CAP = 16 * 1024
 
 
 def _key_facts(cert: x509.Certificate) -> tuple[str, int]:
     try:
         key = cert.public_key()
-    except (ValueError, TypeError):  # unsupported key algorithm
+    except UNREADABLE:  # a key algorithm or curve cryptography does not implement
         return "unknown", 0
     if isinstance(key, rsa.RSAPublicKey):
         return "RSA", key.key_size
@@ -52,7 +70,7 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[_Address], bool]:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return [], [], False
-    except ValueError:  # malformed extension: treat as present but unusable
+    except UNREADABLE:  # malformed extension: treat as present but unusable
         return [], [], True
     names = ext.value.get_values_for_type(x509.DNSName)
     addresses = ext.value.get_values_for_type(x509.IPAddress)
@@ -91,13 +109,50 @@ def hostname_matches(cert: x509.Certificate, name: str) -> bool:
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
     try:
+        if cert.issuer != cert.subject:
+            return False
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (*UNREADABLE, InvalidSignature):
         return False
     return True
+
+
+@contextlib.contextmanager
+def served_certificate_warnings_ignored() -> Iterator[None]:
+    """What cryptography warns about a served certificate (a serial that is not positive,
+    a country name of 12 letters) is a fact about the server, described like the rest:
+    not a warning of ours for the terminal. (``catch_warnings`` is process-wide: the
+    TLS prober describes certificates on the event loop's thread only.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        warnings.filterwarnings("ignore", message="Attribute's length must be",
+                                category=UserWarning)
+        yield
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A certificate read as far as every fact portwatch takes from it needs (cryptography
+    decodes names and dates only when asked): raises one of ``UNREADABLE`` otherwise."""
+    cert = x509.load_der_x509_certificate(der)
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    cert.not_valid_before_utc  # noqa: B018 - decoded on access
+    cert.not_valid_after_utc  # noqa: B018
+    return cert
+
+
+def _capped_sans(names: Sequence[str], addresses: Sequence[_Address]) -> tuple[str, ...]:
+    kept: list[str] = []
+    size = 0
+    entries = [f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses]
+    for entry in entries:
+        size += len(entry)
+        if size > SANS_CAP:
+            kept.append(f"(and {len(entries) - len(kept)} more names)")
+            break
+        kept.append(text(entry, NAME_CAP))
+    return tuple(kept)
 
 
 def describe_certificate(
@@ -107,44 +162,50 @@ def describe_certificate(
 
     ``hostname``: the name the target was given as (None or "" for a bare IP target,
     whose leaf then reads "no name to check", never "mismatch")."""
-    # posture.py builds on this module's matching; imported here to keep the cycle one-way
-    from probers.tls.posture import expiry, key_weakness, name_check, signature_weakness
-
     fingerprint = hashes.Hash(hashes.SHA256())
     fingerprint.update(der)
     sha256 = fingerprint.finalize().hex()
+    with served_certificate_warnings_ignored():
+        return _describe(der, sha256, position=position, hostname=hostname, now=now)
+
+
+def _describe(der: bytes, sha256: str, *, position: int, hostname: str | None,
+              now: datetime) -> Certificate:
+    # posture.py builds on this module's matching; imported here to keep the cycle one-way
+    from probers.tls.posture import expiry, key_weakness, name_check, signature_weakness
+
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        return Certificate(subject=f"unparseable certificate: {exc}", sha256=sha256,
-                           chain_position=position)  # fmt: skip
-    names, addresses, _ = _sans(cert)
-    key_type, key_bits = _key_facts(cert)
-    oid = cert.signature_algorithm_oid
-    not_after = cert.not_valid_after_utc
-    days_left, expiry_warning = expiry(cert, now)
-    return Certificate(
-        subject=cert.subject.rfc4514_string(),
-        sans=tuple([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses]),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc.isoformat(),
-        not_after=not_after.isoformat(),
-        key_type=key_type,
-        key_bits=key_bits,
-        signature_algorithm=getattr(oid, "_name", "") or oid.dotted_string,
-        is_self_signed=is_self_signed(cert),
-        is_expired=now > not_after,
-        # Only the leaf is presented for a name; intermediates never "match".
-        is_hostname_match=position == 0 and bool(hostname)
-        and hostname_matches(cert, hostname or ""),
-        sha256=sha256,
-        chain_position=position,
-        name_check=name_check(cert, hostname) if position == 0 else "",
-        days_to_expiry=days_left,
-        expiry_warning=expiry_warning,
-        weak_key=key_weakness(cert),
-        weak_signature="" if position and is_self_signed(cert) else signature_weakness(cert),
-    )
+        cert = load_certificate(der)
+        names, addresses, _ = _sans(cert)
+        key_type, key_bits = _key_facts(cert)
+        oid = cert.signature_algorithm_oid
+        not_after = cert.not_valid_after_utc
+        days_left, expiry_warning = expiry(cert, now)
+        return Certificate(
+            subject=text(cert.subject.rfc4514_string(), NAME_CAP),
+            sans=_capped_sans(names, addresses),
+            issuer=text(cert.issuer.rfc4514_string(), NAME_CAP),
+            not_before=cert.not_valid_before_utc.isoformat(),
+            not_after=not_after.isoformat(),
+            key_type=key_type,
+            key_bits=key_bits,
+            signature_algorithm=getattr(oid, "_name", "") or oid.dotted_string,
+            is_self_signed=is_self_signed(cert),
+            is_expired=now > not_after,
+            # Only the leaf is presented for a name; intermediates never "match".
+            is_hostname_match=position == 0 and bool(hostname)
+            and hostname_matches(cert, hostname or ""),
+            sha256=sha256,
+            chain_position=position,
+            name_check=name_check(cert, hostname) if position == 0 else "",
+            days_to_expiry=days_left,
+            expiry_warning=expiry_warning,
+            weak_key=key_weakness(cert),
+            weak_signature="" if position and is_self_signed(cert) else signature_weakness(cert),
+        )
+    except UNREADABLE as exc:
+        return Certificate(subject=text(f"unparseable certificate: {exc}", NAME_CAP),
+                           sha256=sha256, chain_position=position)
 
 
 def describe_chain(
@@ -156,4 +217,14 @@ def describe_chain(
     )
 
 
-__all__ = ["describe_certificate", "describe_chain", "hostname_matches", "is_self_signed"]
+__all__ = [
+    "NAME_CAP",
+    "SANS_CAP",
+    "UNREADABLE",
+    "describe_certificate",
+    "describe_chain",
+    "hostname_matches",
+    "is_self_signed",
+    "load_certificate",
+    "served_certificate_warnings_ignored",
+]

@@ -20,9 +20,12 @@ Must not touch: Kafka, storage, identification; records are only built in ``fold
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -38,9 +41,27 @@ from probers.tls.starttls import Upgrade
 from probers.tls.suites import SuiteInfo, TlsVersion, describe, offer_list
 from schemas.records import Certificate, CipherSuite, ProbeStatus, TlsResult
 
+log = logging.getLogger(__name__)
+
 # A job is one blocking attempt: given the seconds it may take, it opens at most one
 # connection and returns what happened. Never raises for network trouble.
 Job = Callable[[float], HelloOutcome]
+
+# Attempts run on a pool of their own: on asyncio's default one (CPU count + 4 threads,
+# 6 on two cores) attempts stalled by hostile peers queued one another past their
+# ports' budgets and held up everything else the process runs in threads (store
+# inserts, nmap's matching). Each port runs at most ``max_parallel`` attempts at once.
+MAX_TLS_THREADS = 64
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _attempt_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_TLS_THREADS, thread_name_prefix="portwatch-tls")
+        return _pool
 
 
 class ScanCommand(StrEnum):
@@ -78,6 +99,7 @@ class ScanSession:
         self.budget = budget
         self._deadline = time.monotonic() + budget
         self._slots = asyncio.Semaphore(max_parallel)
+        self._counting = threading.Lock()  # attempts run in several threads
         self.connections = 0
 
     def remaining(self) -> float:
@@ -85,13 +107,32 @@ class ScanSession:
 
     async def run(self, job: Job) -> HelloOutcome:
         async with self._slots:
-            allowance = min(self.timeout, self.remaining())
-            if allowance <= 0.05:
-                return HelloOutcome(
-                    OutcomeKind.TIMEOUT, f"scan budget of {self.budget:g}s exhausted"
-                )
+            if self.remaining() <= 0.05:
+                return self._exhausted()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(_attempt_pool(), self._attempt, job)
+
+    def _exhausted(self) -> HelloOutcome:
+        return HelloOutcome(OutcomeKind.TIMEOUT, f"scan budget of {self.budget:g}s exhausted")
+
+    def _attempt(self, job: Job) -> HelloOutcome:
+        """In the worker thread: the attempt's time is what is left of the budget when it
+        starts, not when it was queued (the budget bounds the whole probe)."""
+        allowance = min(self.timeout, self.remaining())
+        if allowance <= 0.05:
+            return self._exhausted()
+        with self._counting:
             self.connections += 1
-            return await asyncio.to_thread(job, allowance)
+        try:
+            return job(allowance)
+        except Exception as exc:  # noqa: BLE001 - a parser a peer's bytes broke: its answer
+            # (jobs return what happened; an exception here is a gap in one of them, so
+            # it is logged, and the port's other results are kept)
+            log.warning("TLS attempt on %s:%d failed unexpectedly: %s: %s", self.target.ip,
+                        self.target.port, type(exc).__name__, exc)
+            return HelloOutcome(OutcomeKind.PROTOCOL_ERROR,
+                                f"unreadable answer ({type(exc).__name__})",
+                                is_tls_answer=True)
 
     def raw_hello(self, spec: HelloSpec) -> Job:
         ip, port, upgrade = self.target.ip, self.target.port, self.target.upgrade

@@ -18,8 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from probers.tls.hello import (
     MAX_CHAIN_LENGTH,
@@ -82,8 +81,13 @@ def _wait(sock: socket.socket, *, for_write: bool, deadline: float) -> bool:
 
 
 def _chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
-    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-    return tuple(cert.public_bytes(Encoding.DER) for cert in chain[:MAX_CHAIN_LENGTH])
+    """The served chain as DER, as OpenSSL read it. Not through cryptography
+    (``as_cryptography=True``): its parser is stricter than OpenSSL's, so a certificate
+    the handshake accepted (a notAfter of letters) raised out of the probe; the DER is
+    described, unreadable parts and all, by ``certs.describe_certificate``."""
+    chain = connection.get_peer_cert_chain() or []
+    return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+                 for cert in chain[:MAX_CHAIN_LENGTH])
 
 
 def _error_text(exc: SSL.Error) -> str:

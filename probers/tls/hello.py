@@ -33,6 +33,7 @@ from probers.tls.suites import TLS13_CODES, SuiteInfo, TlsVersion, describe
 from probers.tls.tlslite_compat import (
     FFDHE_PARAMETERS,
     AlertDescription,
+    BaseTLSException,
     ClientHello,
     ClientKeyShareExtension,
     DecodeError,
@@ -404,7 +405,10 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
             pending = pending[4 + msg_len :]
             try:
                 early = _handle_handshake(msg_type, body, spec, flight)
-            except (DecodeError, AssertionError, ValueError, IndexError, TypeError) as exc:
+            # (tlslite raises its own errors too: TLSInternalError for an extension
+            # sent twice)
+            except (DecodeError, BaseTLSException, AssertionError, ValueError, IndexError,
+                    TypeError) as exc:
                 if flight.server_hello is None:
                     return HelloOutcome(
                         OutcomeKind.PROTOCOL_ERROR,

@@ -37,7 +37,13 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from probers.tls.certs import hostname_matches, is_self_signed
+from probers.tls.certs import (
+    UNREADABLE,
+    hostname_matches,
+    is_self_signed,
+    load_certificate,
+    served_certificate_warnings_ignored,
+)
 
 SYSTEM_TRUST_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
 EXPIRY_WARNING_DAYS = (7, 14, 30)  # the tightest threshold reached is the warning
@@ -174,7 +180,7 @@ def key_weakness(cert: x509.Certificate) -> str:
     """"RSA 1024" when the key is weak, else ""."""
     try:
         key = cert.public_key()
-    except (ValueError, TypeError):
+    except UNREADABLE:  # a key algorithm or curve cryptography does not implement
         return ""
     if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey) and key.key_size < MIN_RSA_BITS:
         return f"{'RSA' if isinstance(key, rsa.RSAPublicKey) else 'DSA'} {key.key_size}"
@@ -221,17 +227,26 @@ def assess_chain(
     trust_store: str | None = None,
 ) -> CertificatePosture | None:
     """Posture of a served chain (leaf first); None when there is no parseable leaf."""
+    with served_certificate_warnings_ignored():
+        return _assess(chain_der, name=name, now=now, trust_store=trust_store)
+
+
+def _assess(chain_der: Sequence[bytes], *, name: str | None, now: datetime,
+            trust_store: str | None) -> CertificatePosture | None:
     chain: list[x509.Certificate] = []
     for der in chain_der:
         try:
-            chain.append(x509.load_der_x509_certificate(der))
-        except ValueError:
+            chain.append(load_certificate(der))
+        except UNREADABLE:
             break  # keep what came before the first unreadable certificate
     if not chain:
         return None
     leaf = chain[0]
     store = load_trust_store(trust_store or str(SYSTEM_TRUST_STORE))
-    error = _trust_error(chain, store, now)
+    try:
+        error = _trust_error(chain, store, now)
+    except UNREADABLE as exc:  # the verifier met what cryptography cannot read
+        error = f"unverifiable: {exc}"[:200]
     days, warning = expiry(leaf, now)
     labelled = [("leaf" if i == 0 else f"chain[{i}]", c) for i, c in enumerate(chain)]
     return CertificatePosture(

@@ -50,6 +50,18 @@ async def probe_tls(
     ip = normalize_ip(ip)
     route = Upgrade(upgrade)
     target = TlsTarget(ip, port, server_name, route, trust_store)
+    # Each attempt takes what is left of the budget when it starts; this bounds the rest
+    # (attempts waiting for a thread when the process probes many ports at once)
+    try:
+        async with asyncio.timeout(budget + timeout):
+            return await _probe(target, timeout=timeout, budget=budget)
+    except TimeoutError:
+        return TlsResult(status=ProbeStatus.ERROR, reached_via=route.value,
+                         error=f"could not test: the probe's budget of {budget:g}s ran out")
+
+
+async def _probe(target: TlsTarget, *, timeout: float, budget: float) -> TlsResult:
+    server_name, route = target.server_name, target.upgrade
     session = ScanSession(
         target, timeout=timeout, budget=budget, max_parallel=MAX_PARALLEL_CONNECTIONS
     )

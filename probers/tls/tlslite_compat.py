@@ -16,6 +16,7 @@ import warnings
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r".*asyncore", category=DeprecationWarning)
     from tlslite.constants import AlertDescription, GroupName, HandshakeType
+    from tlslite.errors import BaseTLSException
     from tlslite.extensions import (
         ClientKeyShareExtension,
         ECPointFormatsExtension,
@@ -34,6 +35,7 @@ with warnings.catch_warnings():
 __all__ = [
     "FFDHE_PARAMETERS",
     "AlertDescription",
+    "BaseTLSException",
     "ClientHello",
     "ClientKeyShareExtension",
     "DecodeError",

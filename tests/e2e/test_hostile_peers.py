@@ -4,6 +4,7 @@ exits 0, the port is stored, and a value too big for its column is stored clampe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import query_store, run_cli
-from tests.hostile_tls import MODES, hostile_tls_server
+from tests.hostile_tls import MODES, hostile_certificate, hostile_tls_server
 from tests.tls_servers import ServerUnavailable, make_cert
 
 FAST = {"PORTWATCH_IDENTIFY_BUDGET": "6", "PORTWATCH_BANNER_WAIT": "1",
@@ -67,6 +68,8 @@ EXPECTED = {
     "garbage": ("error", "ssl", ("error", "could not test: "), False),
     "stall": ("not_scheduled", "", None, False),
     "renegotiation-storm": ("completed", "ssl", ("completed", "partial: "), True),
+    "served-certificate": ("completed", "ssl", ("completed", ""), True),
+    "duplicate-extension": ("error", "ssl", ("error", "could not test: "), False),
 }
 
 
@@ -96,6 +99,32 @@ def test_hostile_tls_peers_never_crash_a_scan(mode: str, cert_der: bytes,
         assert str(probes[0][1]).startswith(probe[1]), probes
     suites = _stored(store, f"SELECT count() FROM tls_ciphers WHERE port = {port}")[0][0]
     assert (int(suites) > 0) is with_suites
+
+
+@pytest.mark.parametrize(("kind", "subject", "key_type"), [
+    ("unknown-key-algorithm", "CN=hostile.test", "unknown"),
+    ("name-not-utf8", "unparseable certificate: ", ""),
+])
+def test_a_hostile_certificate_keeps_the_port_identified_and_its_tls(
+        kind: str, subject: str, key_type: str, tmp_path: Path) -> None:
+    # Given a TLS peer serving a certificate cryptography cannot read all of
+    der, _key = hostile_certificate(kind)
+    store = f"chdb://{tmp_path / 'store'}"
+    # When the real CLI scans it
+    port, code, stderr = _scan("served-certificate", der, store)
+    assert code == 0, stderr
+    # Then the port is stored as TLS with its suites (before: "unidentified", its
+    # identification lost to "identification error: UnsupportedAlgorithm")
+    rows = _stored(store, "SELECT tls_status, service, extra_info FROM port_observations "
+                          f"WHERE port = {port}")
+    assert [(status, service) for status, service, _ in rows] == [("completed", "ssl")], rows
+    assert _stored(store, f"SELECT count() > 0 FROM tls_ciphers WHERE port = {port}") == [
+        (1,)]
+    # And the certificate is stored, described as far as it can be read
+    (cert,) = _stored(store, "SELECT subject, key_type, sha256 FROM certificates "
+                             f"WHERE port = {port}")
+    assert str(cert[0]).startswith(subject)
+    assert cert[1:] == (key_type, hashlib.sha256(der).hexdigest())
 
 
 @pytest.mark.kafka

@@ -8,6 +8,7 @@ parsers are property-tested: any bytes in, a bounded, printable result out, no r
 from __future__ import annotations
 
 import base64
+import re
 
 import mmh3
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from probers.service.http_meta import (
     BODY_CAP,
     TITLE_CAP,
+    _title_bytes,
     dechunk,
     favicon_hash,
     favicon_href,
@@ -166,3 +168,25 @@ def test_dechunk_never_raises_nor_grows(data: bytes) -> None:
 def test_same_host_path_only_ever_returns_a_path(location: str) -> None:
     path = same_host_path(location, "127.0.0.1", 8080, is_tls=False)
     assert path is None or (path.startswith("/") and "\r" not in path and "\n" not in path)
+
+
+# The title rule as the regex first wrote it (correct, but quadratic on a page of
+# unclosed <title> tags): the linear scan must agree with it on every page.
+_TITLE_SPEC = re.compile(rb"<title[^>]{0,200}>(.{0,4096}?)</title", re.I | re.S)
+_TITLE_PIECES = st.sampled_from([b"<title>", b"</title>", b"<TITLE lang=en>", b"</TiTlE",
+                                 b"<title", b">", b"<", b"x" * 150, b"y" * 3000, b"\n",
+                                 b"<titles>", b"</title\xff"])
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(_TITLE_PIECES, st.binary(max_size=40)), max_size=14))
+def test_the_title_scan_agrees_with_the_title_rule(pieces: list[bytes]) -> None:
+    page = b"".join(pieces)
+    spec = _TITLE_SPEC.search(page)
+    assert _title_bytes(page) == (spec.group(1) if spec else None)
+
+
+def test_a_page_of_unclosed_titles_has_no_title() -> None:
+    assert page_title(b"<title>" * 10_000) == ""
+    assert page_title(b"<title>" * 10_000 + b"x</title>") == ""  # closed too far away
+    assert page_title(b"<title>a<title>b</TITLE>") == "a<title>b"

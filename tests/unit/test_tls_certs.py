@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 
 import pytest
@@ -10,8 +11,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from probers.tls.certs import describe_certificate, describe_chain, hostname_matches
+from probers.tls.certs import (
+    NAME_CAP,
+    SANS_CAP,
+    describe_certificate,
+    describe_chain,
+    hostname_matches,
+)
+from probers.tls.posture import assess_chain
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -90,3 +100,52 @@ def test_garbage_still_gets_a_row() -> None:
     facts = describe_certificate(b"not a certificate", position=0, hostname="x", now=START)
     assert facts.subject.startswith("unparseable certificate")
     assert len(facts.sha256) == 64
+
+
+def test_many_sans_are_capped_and_counted() -> None:
+    # Given a leaf with 2,000 long names (a hostile peer's; they would make a finding
+    # too big for one Kafka message)
+    names = [x509.DNSName(f"{i:04d}{'a' * 50}.example.test") for i in range(2000)]
+    der = build("many.test", names).public_bytes(serialization.Encoding.DER)
+    facts = describe_certificate(der, position=0, hostname=None, now=START)
+    # Then the names are kept up to SANS_CAP characters, and the rest are counted
+    kept = facts.sans[:-1]
+    assert kept == tuple(f"DNS:{n.value}" for n in names[:len(kept)])
+    assert sum(map(len, kept)) <= SANS_CAP < sum(map(len, kept)) + len(f"DNS:{names[0].value}")
+    assert facts.sans[-1] == f"(and {2000 - len(kept)} more names)"
+
+
+def test_a_long_subject_is_capped() -> None:
+    # Given a subject of 200 organizational units of 60 characters
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"{i:03d}" + "x" * 57)
+                      for i in range(200)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(KEY.public_key()).serial_number(1).not_valid_before(START)
+            .not_valid_after(END).sign(KEY, hashes.SHA256()))
+    facts = describe_certificate(cert.public_bytes(serialization.Encoding.DER), position=0,
+                                 hostname=None, now=START)
+    # Then it is kept up to NAME_CAP characters
+    assert facts.subject == name.rfc4514_string()[:NAME_CAP]
+    assert len(name.rfc4514_string()) > NAME_CAP
+    assert facts.issuer == facts.subject
+
+
+VALID_DER = WILDCARD.public_bytes(serialization.Encoding.DER)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(VALID_DER) - 1), st.integers(0, 255)),
+                min_size=1, max_size=4))
+def test_a_damaged_certificate_is_described_never_raised(edits: list[tuple[int, int]]) -> None:
+    # Given a valid certificate with a few bytes changed anywhere (names, dates, key,
+    # extensions, lengths: whatever a server may serve)
+    der = bytearray(VALID_DER)
+    for at, value in edits:
+        der[at] = value
+    # When it is described and assessed, as the TLS probe does with a served chain
+    facts = describe_certificate(bytes(der), position=0, hostname="www.example.test",
+                                 now=START)
+    assess_chain([bytes(der)], name="www.example.test", now=START)
+    # Then it gets its row (never an exception), fingerprinted as served
+    assert facts.sha256 == hashlib.sha256(bytes(der)).hexdigest()
+    assert len(facts.subject) <= NAME_CAP

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from datetime import UTC, datetime
+
+import pytest
 
 from probers.tls.commands import (
     IMPLEMENTATIONS,
@@ -10,11 +15,13 @@ from probers.tls.commands import (
     CertificateResult,
     CommandResult,
     ScanCommand,
+    ScanSession,
     SuitesPlugin,
     SuitesResult,
     TlsTarget,
     fold,
 )
+from probers.tls.hello import HelloOutcome, OutcomeKind
 from probers.tls.suites import TlsVersion
 from schemas.records import ProbeStatus
 
@@ -99,3 +106,58 @@ def test_fold_grades_suites_and_port() -> None:
     # Mozilla 5.7: TLS 1.0 + 3DES is only "old".
     assert (result.profile, result.profile_version) == ("old", "5.7")
     assert result.profile_reasons[-1] == "not intermediate: TLSv1.0 enabled"
+
+
+def _session(budget: float) -> ScanSession:
+    return ScanSession(TARGET, timeout=2.0, budget=budget)
+
+
+def test_an_attempt_that_starts_after_the_budget_does_not_run() -> None:
+    # Given a session whose budget ran out while an attempt waited for a thread
+    session = _session(budget=0.2)
+    time.sleep(0.3)
+    ran: list[float] = []
+
+    def job(allowance: float) -> HelloOutcome:
+        ran.append(allowance)
+        return HelloOutcome(OutcomeKind.ACCEPTED)
+
+    # When the attempt starts: it is not made (the budget bounds the whole probe)
+    outcome = session._attempt(job)
+    assert (ran, outcome.kind, outcome.detail) == (
+        [], OutcomeKind.TIMEOUT, "scan budget of 0.2s exhausted")
+    assert session.connections == 0
+
+
+def test_an_attempt_gets_what_is_left_of_the_budget_when_it_starts() -> None:
+    session = _session(budget=10.0)
+    allowances: list[float] = []
+    outcome = asyncio.run(session.run(
+        lambda allowance: allowances.append(allowance) or HelloOutcome(OutcomeKind.ACCEPTED)))
+    assert outcome.kind is OutcomeKind.ACCEPTED
+    assert allowances == [2.0]  # the attempt's timeout: less than the budget left
+    assert session.connections == 1
+
+
+def test_attempts_run_on_the_tls_pool_not_the_default_one() -> None:
+    names: list[str] = []
+
+    def job(_allowance: float) -> HelloOutcome:
+        names.append(threading.current_thread().name)
+        return HelloOutcome(OutcomeKind.ACCEPTED)
+
+    asyncio.run(_session(budget=5.0).run(job))
+    assert len(names) == 1 and names[0].startswith("portwatch-tls")
+
+
+def test_an_attempt_that_raises_is_an_unreadable_answer_not_a_crash(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Given an attempt whose parser a peer's bytes broke (the backstop behind every job)
+    def job(_allowance: float) -> HelloOutcome:
+        raise KeyError("a parser's gap")
+
+    outcome = asyncio.run(_session(budget=5.0).run(job))
+    # Then it is a protocol error of that peer, and the gap is logged
+    assert (outcome.kind, outcome.detail, outcome.is_tls_answer) == (
+        OutcomeKind.PROTOCOL_ERROR, "unreadable answer (KeyError)", True)
+    assert "TLS attempt on 127.0.0.1:443 failed unexpectedly: KeyError" in caplog.text
