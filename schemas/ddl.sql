@@ -276,10 +276,12 @@ ORDER BY (target, ip, scan_id, shard_id)
 -- (100,000 hosts x 90 days: the Summary's scan totals 145 ms, with 256-row granules 45).
 SETTINGS index_granularity = 256;
 
--- The latest scan of every host (any status), kept by a materialized view: the reports
--- read this (one row per host) instead of a GROUP BY over every scan ever stored, so
--- their cost follows the estate, not the length of history. max((finished_at, value))
--- is argMax semantics, insensitive to replays and order (as in findings).
+-- The latest scan of every host (any status), and its latest completed one, kept by a
+-- materialized view: the reports read this (one row per host) instead of a GROUP BY over
+-- every scan ever stored, so their cost follows the estate, not the length of history.
+-- max((finished_at, value)) is argMax semantics, insensitive to replays and order (as in
+-- findings). (A migration step replaces the view and its query on an older store:
+-- stream_processors/store.py, MIGRATIONS[13].)
 CREATE TABLE IF NOT EXISTS host_latest
 (
     target        String,
@@ -287,7 +289,9 @@ CREATE TABLE IF NOT EXISTS host_latest
     last_scan     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     hostname      SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
     organization  SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
-    asset         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+    asset         SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String)),
+    -- the latest shard row that completed: (epoch, '') while none has
+    last_complete SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (target, ip);
@@ -298,9 +302,17 @@ SELECT
     (finished_at, scan_id) AS last_scan,
     (finished_at, toString(hostname)) AS hostname,
     (finished_at, toString(organization)) AS organization,
-    (finished_at, toString(asset)) AS asset
+    (finished_at, toString(asset)) AS asset,
+    if(status = 'completed', (finished_at, scan_id),
+       (toDateTime64(0, 3, 'UTC'), '')) AS last_complete
 FROM host_scans;
 
+-- scan_id / finished_at: the host's latest scan, whatever its status (the Summary's scan
+-- status and time). ports_scan_id: the scan whose open ports are the host's ports now,
+-- its latest completed scan: an interrupted or still running scan closes nothing (its
+-- ports are seen, its silences prove nothing), so until a later scan completes, the
+-- reports show the last completed one's ports. A host never scanned to the end has its
+-- latest scan's.
 CREATE VIEW IF NOT EXISTS latest_host_scans AS
 SELECT
     target, ip,
@@ -308,7 +320,9 @@ SELECT
     tupleElement(last_scan, 1) AS finished_at,
     tupleElement(hostname, 2) AS hostname,
     tupleElement(organization, 2) AS organization,
-    tupleElement(asset, 2) AS asset
+    tupleElement(asset, 2) AS asset,
+    if(tupleElement(last_complete, 2) != '', tupleElement(last_complete, 2),
+       tupleElement(last_scan, 2)) AS ports_scan_id
 FROM host_latest FINAL;
 
 -- TLS: one row per (scan, ip, port) probe attempt: "could not test" is stored.

@@ -72,10 +72,13 @@ def changes_report(store: Store, *, since: datetime | None = None,
 
 # What a report still reads of the raw tables, whatever its age: each host's latest
 # scan (the Summary's scan status and coverage, the per-target page's last score, a scan
-# stored but never compared, which change recovery still needs) and each TLS port's
-# latest probe (the Ciphers report's suites and certificate).
+# stored but never compared, which change recovery still needs) and its latest completed
+# one (whose ports the reports show), and each TLS port's latest probe (the Ciphers
+# report's suites and certificate).
 _KEEP_HOST_SCAN = ("(target, ip, scan_id) NOT IN "
-                   "(SELECT target, ip, scan_id FROM latest_host_scans)")
+                   "(SELECT target, ip, scan_id FROM latest_host_scans) "
+                   "AND (target, ip, scan_id) NOT IN "
+                   "(SELECT target, ip, ports_scan_id FROM latest_host_scans)")
 _KEEP_TLS_PROBE = ("(target, ip, port, scan_id) NOT IN "
                    "(SELECT target, ip, port, scan_id FROM latest_tls_probes)")
 _PRUNED = (("port_observations", "observed_at", _KEEP_HOST_SCAN),

@@ -17,12 +17,13 @@ chdb allows one process per database path (a file lock): a second process gets
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,17 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 13  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 14  # layout of schemas/ddl.sql; bump with every change there
+
+
+def _ddl_statement(name: str) -> str:
+    """The statement of schemas/ddl.sql that creates ``name`` (a migration step that
+    replaces a view runs the DDL's own text, never a copy of it)."""
+    (statement,) = [s for s in ddl_statements()
+                    if re.match(rf"CREATE (MATERIALIZED )?VIEW IF NOT EXISTS {name}\b", s)]
+    return statement
+
+
 # How a store of layout N becomes N + 1 in place: a year of history must survive an
 # upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
 # it); a layout with no path to SCHEMA_VERSION is refused as before. The DDL runs first
@@ -76,6 +87,26 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 12 -> 13: an outbox row keeps the id of the message it went out in, so a retry is
     # that message again. Rows queued before read '' and are batched as they were.
     12: ("ALTER TABLE alert_outbox ADD COLUMN IF NOT EXISTS delivery_id String",),
+    # 13 -> 14: host_latest also keeps each host's latest completed scan, whose ports the
+    # reports show (an interrupted rescan reset every host it had not reached to no port
+    # and grade A). Its view and the view over it are replaced (the DDL's IF NOT EXISTS
+    # kept the old ones), then the column is filled from the stored host scans.
+    13: ("DROP VIEW IF EXISTS host_latest_mv",
+         _ddl_statement("host_latest_mv"),
+         "DROP VIEW IF EXISTS latest_host_scans",
+         _ddl_statement("latest_host_scans"),
+         "INSERT INTO host_latest (target, ip, last_complete) "
+         "SELECT target, ip, max((finished_at, scan_id)) FROM host_scans "
+         "WHERE status = 'completed' GROUP BY target, ip"),
+}
+
+# Steps that must run before the DDL on a store of that layout: a column a view of the
+# DDL selects into (the engine checks a view's query even when IF NOT EXISTS finds the
+# view). (table, statement): skipped when the table does not exist yet (the DDL makes it
+# whole).
+BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
+    13: (("host_latest", "ALTER TABLE host_latest ADD COLUMN IF NOT EXISTS last_complete "
+                         "SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))"),),
 }
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages
@@ -108,6 +139,22 @@ class StoreBusy(StoreError):
 
 class StoreLayoutError(StoreError):
     """The store was laid out by another portwatch version."""
+
+
+class StoreReadError(StoreError):
+    """A query on an opened store failed in the engine (a damaged table part, a server
+    that went away): the CLI says one line and exits 1 instead of a driver traceback."""
+
+
+def _engine_first_line(exc: BaseException) -> str:
+    """The first non-empty line of the engine's message: chdb chains RuntimeError ->
+    ChdbError -> DatabaseError, each with a paragraph of stack; the first line names
+    the error code and what failed."""
+    for line in str(exc).splitlines():
+        text = " ".join(line.split())
+        if text:
+            return text if len(text) <= 300 else text[:300] + "..."
+    return type(exc).__name__
 
 
 def default_store_url() -> str:
@@ -325,6 +372,11 @@ class Store:
                  create: bool) -> None:
         try:
             if location.scheme == "chdb":
+                if Path(location.path).exists() and not Path(location.path).is_dir():
+                    # scan said "[Errno 17] File exists" (exit 1), report "no store
+                    # there: scan something first" (exit 2): one answer, bad input
+                    raise StoreUrlError(f"the store path {location.path} is a file, not a "
+                                        "store directory: give another --store")
                 if not create and not (Path(location.path) / "metadata").is_dir():
                     raise StoreMissing(
                         f"no store at {location.path}: scan something first "
@@ -408,6 +460,10 @@ class Store:
                         "database) and rescan")
             if not create and not upgrade:
                 return
+            for version in upgrade:
+                for table, statement in BEFORE_DDL.get(version, ()):
+                    if table in existing:
+                        self._client.command(statement)
             # The DDL first: it creates the tables and views a step may fill (a new view
             # only sees new rows; its step backfills the history it must hold).
             for statement in ddl_statements():
@@ -471,7 +527,7 @@ class Store:
 
     def active_parts(self, tables: Sequence[str]) -> dict[str, int]:
         """Active data parts per table of ``tables`` (a table without any is absent)."""
-        with self._lock:
+        with self._lock, self._reading():
             rows = self._client.query(
                 "SELECT table, count() FROM system.parts WHERE active "
                 "AND database = currentDatabase() AND table IN {tables:Array(String)} "
@@ -502,7 +558,7 @@ class Store:
 
     def internet_prior_source(self) -> str:
         """The source tag of the stored Internet prior ('' when none is stored)."""
-        with self._lock:
+        with self._lock, self._reading():
             stored = self._client.query("SELECT any(source) FROM internet_prior").result_rows
         return str(stored[0][0]) if stored and stored[0][0] else ""
 
@@ -547,7 +603,7 @@ class Store:
         return self._read(name, sql, self._with_defaults(sql, parameters or {}))
 
     def _read(self, name: str, sql: str, bound: Mapping[str, Any]) -> Report:
-        with self._lock:
+        with self._lock, self._reading():
             result = self._client.query(sql, parameters=bound)
             columns = tuple(result.column_names)
             if not columns:
@@ -559,10 +615,24 @@ class Store:
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Read-only helper for tests and tools; parameters bound server-side."""
-        with self._lock:
+        with self._lock, self._reading():
             rows = self._client.query(sql, parameters=self._with_defaults(
                 sql, parameters or {})).result_rows
         return [tuple(r) for r in rows]
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Every read's engine error as StoreReadError (one line, the store named): a
+        damaged part (chdb's "Unknown codec family code") raised a driver exception
+        chained through three types, which the CLI printed as a 65-line traceback.
+        Inserts are left alone: the sink sorts their errors by type (rejects.py)."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+            raise StoreReadError(f"cannot read the store at {self.location.where}: "
+                                 f"{_engine_first_line(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
--- Per-target page: the target's open ports in its latest scan. {target} as written (the
+-- Per-target page: the target's open ports now (those of its latest completed scan, as the
+-- reports: ddl.sql latest_host_scans). {target} as written (the
 -- sorting key's first column: only this target's rows are read, unlike the List report,
 -- whose filters also match an address or a hostname); {ip} narrows to one address.
 SELECT
@@ -8,6 +9,6 @@ SELECT
 FROM current_findings AS f
 WHERE f.target = {target:String} AND ({ip:String} = '' OR f.ip = {ip:String})
   AND (f.ip, f.last_scan_id) IN (
-      SELECT ip, scan_id FROM latest_host_scans
+      SELECT ip, ports_scan_id FROM latest_host_scans
       WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
 ORDER BY ip, proto, port

@@ -1,4 +1,4 @@
--- Ciphers report: per TLS port, the latest probe's status (a port that could not
+-- Ciphers report: per TLS port open now, the latest probe's status (a port that could not
 -- be tested says so), how TLS was reached (direct / starttls-smtp / ...; a service
 -- that offers no upgrade says "no STARTTLS offered"), protocol versions, accepted
 -- suites with their grades, the Mozilla profile verdict, and the leaf certificate's
@@ -15,6 +15,16 @@ WITH
     owners AS (
         SELECT target, ip, organization, hostname, asset FROM latest_host_scans
     ),
+    -- TLS ports open now (as the List: seen in their host's latest completed scan); the
+    -- latest probe of a port closed since is history, not a finding
+    open_now AS (
+        SELECT p.target AS target, p.ip AS ip, p.port AS port
+        FROM port_latest AS p FINAL
+        LEFT JOIN (SELECT target, ip, ports_scan_id FROM latest_host_scans) AS l
+            ON l.target = p.target AND l.ip = p.ip
+        -- (a host with no scan record: its ports, as in the List)
+        WHERE p.proto = 'tcp' AND (l.ports_scan_id = '' OR p.scan_id = l.ports_scan_id)
+    ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)
     page AS (
@@ -22,6 +32,7 @@ WITH
         FROM latest_tls_probes AS t
         LEFT JOIN owners ON owners.target = t.target AND owners.ip = t.ip
         WHERE TARGET_MATCHES(owners)
+          AND (t.target, t.ip, t.port) IN (SELECT target, ip, port FROM open_now)
           AND ({org:String} = '' OR lowerUTF8(owners.organization) = lowerUTF8({org:String}))
           AND ({port:UInt16} = 0 OR t.port = {port:UInt16})
           AND ({grade:String} = '' OR t.grade = {grade:String})

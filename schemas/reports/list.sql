@@ -25,7 +25,9 @@ WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest): not a
     -- GROUP BY over every scan ever stored
     latest_scan AS (
-        SELECT target, ip, scan_id FROM latest_host_scans
+        -- the scan whose ports are the host's ports now: its latest completed one
+        -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
+        SELECT target, ip, ports_scan_id AS scan_id FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances

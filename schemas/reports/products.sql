@@ -5,7 +5,8 @@ WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest), as in the
     -- List: not a GROUP BY over every scan ever stored, and still there after a prune
     latest_scan AS (
-        SELECT target, ip, scan_id FROM latest_host_scans
+        -- (its ports scan: the latest completed one, as in the List)
+        SELECT target, ip, ports_scan_id AS scan_id FROM latest_host_scans
     )
 -- Rows are what the List's filters tell apart: product and version in any case are one
 -- row (shown as their first spelling), so each row's drill-down lists its ports only.

@@ -3,7 +3,7 @@
 --
 -- Risk score (DESIGN.md "Risk"; stream_processors/risk.py holds the same formula
 -- and a test proves both agree):
---   raw   = 10 x red + 3 x yellow + 1 x green   (open ports of the latest scan;
+--   raw   = 10 x red + 3 x yellow + 1 x green   (open ports of the latest completed scan;
 --           CDN-expected ports and unconfirmed UDP open|filtered count zero)
 --   score = round(100 x (1 - exp(-raw / 40)), 1)        -- bounded in [0, 100] (rounded)
 --   grade = A < 10 <= B < 25 <= C < 50 <= D < 75 <= F
@@ -20,15 +20,18 @@
 WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest): the cost
     -- follows the estate, not the number of scans ever stored
+    -- last_scan_id: its latest scan (status, time, what it covered); ports_scan_id: the
+    -- scan whose ports are its ports now, its latest completed one (ddl.sql
+    -- latest_host_scans: an interrupted or running rescan closes nothing)
     scans AS (
         SELECT target, ip, scan_id AS last_scan_id, finished_at AS last_scanned,
-               hostname, organization, asset
+               hostname, organization, asset, ports_scan_id
         FROM latest_host_scans
     ),
     -- Phase 1: per host and scan, the counts its score is made of and whether it has the
     -- port, colour or product a filter asks for (a filter not given folds to 1), counted
     -- per (host, scan) first (the join then sees ~1 row per host instead of every port),
-    -- and joined once with each host's latest scan: its other scans' counts match nothing.
+    -- and joined once with each host's ports scan: its other scans' counts match nothing.
     counts AS (
         SELECT p.target AS target, p.ip AS ip, p.scan_id AS scan_id,
                count() AS open_ports,
@@ -55,7 +58,7 @@ WITH
                counts.green AS green, counts.cdn_expected AS cdn_expected
         FROM scans
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
-                        AND counts.scan_id = scans.last_scan_id
+                        AND counts.scan_id = scans.ports_scan_id
         WHERE TARGET_MATCHES(scans)
           AND ({org:String} = '' OR lowerUTF8(scans.organization) = lowerUTF8({org:String}))
           -- a host without ports has none of them (the join's defaults are 0)
@@ -130,7 +133,7 @@ WITH
            AND acc_port.proto = f.proto AND acc_port.port = f.port
         LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
             ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
-        WHERE f.scan_id = page_scans.last_scan_id
+        WHERE f.scan_id = page_scans.ports_scan_id
     ),
     per_host AS (
         SELECT target, ip,

@@ -642,10 +642,20 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("ALTER TABLE alert_outbox DROP COLUMN delivery_id")
     old.command("DROP VIEW port_latest_mv")
     old.command("DROP TABLE port_latest")
+    # (host_latest without each host's latest completed scan, and its views of then)
+    old.command("DROP VIEW latest_host_scans")
+    old.command("DROP VIEW host_latest_mv")
+    old.command("ALTER TABLE host_latest DROP COLUMN last_complete")
+    old.command("CREATE MATERIALIZED VIEW host_latest_mv TO host_latest AS SELECT target, ip, "
+                "(finished_at, scan_id) AS last_scan, (finished_at, toString(hostname)) AS "
+                "hostname, (finished_at, toString(organization)) AS organization, "
+                "(finished_at, toString(asset)) AS asset FROM host_scans")
+    old.command("CREATE VIEW latest_host_scans AS SELECT target, ip, tupleElement(last_scan, 2) "
+                "AS scan_id, tupleElement(last_scan, 1) AS finished_at FROM host_latest FINAL")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 13 and {9, 10, 11, 12} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 14 and {9, 10, 11, 12, 13} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -661,10 +671,19 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
                         "AND table = 'alert_outbox' AND name = 'delivery_id'") == [
             ("delivery_id",)]
         assert [r["port"] for r in db.report("list").dicts()] == [22]
+        # and each host's latest completed scan is known (layout 14), from the old rows
+        assert db.query("SELECT scan_id, ports_scan_id FROM latest_host_scans") == [
+            ("s1", "s1")]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
                         "WHERE scan_id = 's2'") == [("tcp", [22], [22])]
+        # and the new view follows new scans: an interrupted one is the latest scan, not
+        # the one whose ports are shown
+        db.insert_host_scans([HostScan("s3", local, T0 + timedelta(hours=1),
+                                       T0 + timedelta(hours=1), 0, 0, status="interrupted")])
+        assert db.query("SELECT scan_id, ports_scan_id FROM latest_host_scans") == [
+            ("s3", "s2")]
     finally:
         db.close()
 

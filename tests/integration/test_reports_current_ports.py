@@ -1,0 +1,137 @@
+"""Which ports the reports call a host's ports now (real chdb store, the report SQL).
+
+A host's ports now are those of its latest *completed* scan: an interrupted or still
+running rescan closes nothing (DESIGN.md; the change log agrees), so it must not empty
+the host in the Summary, the List, Products or the per-target page either. Before, the
+reports read the latest scan of any status: a rescan stopped with Ctrl-C reset every
+host it had not reached to no port and grade A (a helper session's audit, 2026-12-05).
+The Summary still says when the host was last scanned and that it was interrupted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas import history_sql
+from schemas.records import (
+    CipherSuite,
+    Finding,
+    HostScan,
+    OpenPort,
+    ProbeStatus,
+    RiskColor,
+    ServiceInfo,
+    Target,
+    TlsResult,
+)
+
+T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
+DB = Target(ip="127.0.0.7", target="db.example.test", organization="Example Corp")
+NEW = Target(ip="127.0.0.8", target="127.0.0.8", organization="Example Corp")
+
+
+def found(t: Target, scan_id: str, at: datetime, port: int, product: str, version: str,
+          color: RiskColor) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan_id, target=t, port=port, observed_at=at),
+                   service=ServiceInfo(service="x", product=product, version=version),
+                   risk_color=color)
+
+
+def scanned(store: Any, t: Target, scan_id: str, at: datetime, status: str,
+            findings: list[Finding]) -> None:
+    store.insert_findings(findings)
+    store.insert_host_scans([HostScan(scan_id, t, at, at + timedelta(minutes=5),
+                                      65535 if status == "completed" else 120,
+                                      len(findings), status=status)])
+
+
+def reports(store: Any) -> tuple[dict[str, Any], dict[str, list[int]], dict[str, int]]:
+    summary = {r["ip"]: r for r in store.report("summary").dicts()}
+    ports: dict[str, list[int]] = {}
+    for row in store.report("list").dicts():
+        ports.setdefault(row["ip"], []).append(row["port"])
+    products = {f"{r['product']} {r['version']}": r["instances"]
+                for r in store.report("products").dicts()}
+    return summary, {ip: sorted(p) for ip, p in ports.items()}, products
+
+
+def test_an_interrupted_rescan_keeps_the_ports_of_the_last_completed_scan(store: Any) -> None:
+    # Given a host whose completed scan found a red MySQL and a green SSH
+    scanned(store, DB, "s1", T0, "completed", [
+        found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+        found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    # And a rescan interrupted before it reached the host (nothing seen)
+    scanned(store, DB, "s2", T0 + timedelta(days=1), "interrupted", [])
+    # And a host whose only scan so far was interrupted, after finding one port
+    scanned(store, NEW, "s2", T0 + timedelta(days=1), "interrupted", [
+        found(NEW, "s2", T0 + timedelta(days=1), 8080, "Jetty", "9.4", RiskColor.YELLOW)])
+    # When the reports run
+    summary, ports, products = reports(store)
+    # Then the first host keeps its ports, score and grade, and says its latest scan
+    # (the time it was last looked at) was interrupted
+    db = summary["127.0.0.7"]
+    assert (db["open_ports"], db["red"], db["green"], db["risk_score"], db["grade"]) == (
+        2, 1, 1, 24.0, "B")
+    assert (db["scan_status"], db["ports_scanned"]) == ("interrupted", 120)
+    assert db["last_scanned"].replace(tzinfo=UTC) == T0 + timedelta(days=1, minutes=5)
+    assert ports["127.0.0.7"] == [22, 3306]
+    assert products == {"OpenSSH 9.6p1": 1, "MySQL 8.0.36": 1, "Jetty 9.4": 1}
+    # And the host never scanned to the end shows what its scan found
+    assert (summary["127.0.0.8"]["open_ports"], ports["127.0.0.8"]) == (1, [8080])
+    # And the per-target page's "ports now" agrees
+    now = store.query(history_sql("target_ports"), {"target": DB.target, "ip": ""})
+    assert sorted(row[3] for row in now) == [22, 3306]
+
+
+def test_the_next_completed_scan_is_the_hosts_ports_now(store: Any) -> None:
+    # Given the history above, then a completed scan that found SSH only
+    scanned(store, DB, "s1", T0, "completed", [
+        found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+        found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    scanned(store, DB, "s2", T0 + timedelta(days=1), "interrupted", [])
+    scanned(store, DB, "s3", T0 + timedelta(days=2), "completed", [
+        found(DB, "s3", T0 + timedelta(days=2), 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
+    # Then its ports now are that scan's
+    summary, ports, products = reports(store)
+    assert (summary["127.0.0.7"]["open_ports"], summary["127.0.0.7"]["scan_status"]) == (
+        1, "completed")
+    assert ports == {"127.0.0.7": [22]}
+    assert products == {"OpenSSH 9.6p1": 1}
+
+
+def test_prune_keeps_the_scan_whose_ports_the_reports_show(store: Any) -> None:
+    from stream_processors.change_log import prune
+
+    # Given a completed scan, then an interrupted one, both older than the cutoff
+    scanned(store, DB, "s1", T0, "completed", [
+        found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    scanned(store, DB, "s2", T0 + timedelta(days=1), "interrupted", [])
+    before = reports(store)
+    # When the raw rows of old scans are pruned
+    prune(store, timedelta(days=1), now=T0 + timedelta(days=30))
+    # Then neither scan's rows went (the latest, and the one whose ports are shown)
+    assert sorted(r[0] for r in store.query("SELECT DISTINCT scan_id FROM host_scans")) == [
+        "s1", "s2"]
+    assert store.query("SELECT port FROM port_observations") == [(3306,)]
+    assert reports(store) == before
+
+
+def _tls(t: Target, scan_id: str, at: datetime, port: int) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan_id, target=t, port=port, observed_at=at),
+                   service=ServiceInfo(service="https"), risk_color=RiskColor.GREEN,
+                   tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",),
+                                 suites=(CipherSuite("TLSv1.3", "TLS_AES_128_GCM_SHA256"),),
+                                 grade="strong"))
+
+
+def test_ciphers_lists_the_tls_ports_open_now(store: Any) -> None:
+    # Given a host whose TLS ports 443 and 8443 were probed, then a completed scan that
+    # found 443 only (8443 closed), then an interrupted one
+    scanned(store, DB, "s1", T0, "completed", [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
+    scanned(store, DB, "s2", T0 + timedelta(days=1), "completed",
+            [_tls(DB, "s2", T0 + timedelta(days=1), 443)])
+    scanned(store, DB, "s3", T0 + timedelta(days=2), "interrupted", [])
+    # Then the Ciphers report lists 443 (before: 8443 too, with its last probe, for ever)
+    assert [(r["port"], r["grade"]) for r in store.report("ciphers").dicts()] == [
+        (443, "strong")]
