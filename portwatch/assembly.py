@@ -31,8 +31,15 @@ from probers.discovery.engines import (
 )
 from probers.discovery.masscan_run import DEFAULT_NMAP_PAYLOADS
 from probers.discovery.udp import UdpOptions
-from producers.shards import Checkpoint, CheckpointError, ScanPlan, new_scan_id
-from producers.targets import Scope, TargetError, TargetSpec, parse_ports, read_inventory
+from producers.shards import Checkpoint, CheckpointError, ScanPlan, is_scan_id, new_scan_id
+from producers.targets import (
+    Scope,
+    TargetError,
+    TargetSpec,
+    parse_ports,
+    read_inventory,
+    scope_allow_items,
+)
 from producers.targets import resolve_targets as _resolve_targets
 from schemas.records import PortRange, Proto, Shard, Target
 from schemas.topics import TopicSet, topic_names
@@ -123,7 +130,7 @@ class Assembly:
 
     def scope(self, exclude: Sequence[str] = (), *, exclude_file: str | None = None,
               allow_large: bool = False) -> Scope:
-        allow = [a for a in self.settings.scope_allow.split(",") if a.strip()]
+        allow = scope_allow_items(self.settings.scope_allow)  # ' , ' is refused
         return Scope.build(exclude, exclude_file=exclude_file, allow=allow,
                            allow_large=allow_large)
 
@@ -185,6 +192,9 @@ class Assembly:
         """The plan of a scan and where it starts: a checkpoint file of the same work
         resumes it (its scan id and seed); one of other work, or a ``--seed`` /
         ``--scan-id`` that contradicts it, is refused (CheckpointError, one line)."""
+        if scan_id is not None and not is_scan_id(scan_id):
+            raise CheckpointError(f"bad --scan-id {scan_id[:40]!r}: letters, digits, '.', '_' "
+                                  "and '-', at most 64, starting with a letter or digit")
         saved = Checkpoint.load(checkpoint_path) if checkpoint_path else None
         if checkpoint_path:
             Checkpoint.check_writable(checkpoint_path)
@@ -305,18 +315,22 @@ class Assembly:
 
     def worker_options(self, topics: TopicSet, *, group: str | None = None,
                        max_shards: int = 0, idle_exit: float = 0.0,
-                       exclude: Sequence[str] = (), exclude_file: str | None = None
-                       ) -> WorkerOptions:
+                       exclude: Sequence[str] = (), exclude_file: str | None = None,
+                       scope: Scope | None = None) -> WorkerOptions:
+        """A discover worker's options; ``scope``: one the command already built (and so
+        checked before it contacted the broker), else built from ``exclude``."""
         from stream_processors.transports.discover_worker import WorkerOptions
 
         s = self.settings
+        if scope is None:
+            scope = self.scope(exclude, exclude_file=exclude_file, allow_large=True)
         return WorkerOptions(
             s.kafka, topics, group or f"{topics.prefix}portwatch-discover",
             tarpit_threshold=s.tarpit_threshold, shard_attempts=s.shard_attempts,
             max_shards=max_shards, idle_exit=idle_exit,
             session_timeout_ms=int(s.session_timeout * 1000),
             max_poll_interval_ms=int(s.max_poll_interval * 1000),
-            scope=self.scope(exclude, exclude_file=exclude_file, allow_large=True))
+            scope=scope)
 
     def pipeline_options(self, topics: TopicSet) -> PipelineOptions:
         from stream_processors.transports.faust_app import PipelineOptions

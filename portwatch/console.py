@@ -145,9 +145,9 @@ _TARGET_OPTIONS = (
     click.argument("targets", nargs=-1, metavar="TARGET..."),
     click.option("-p", "--ports", default=None, metavar="SPEC",
                  help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all)."),
-    click.option("-u", "--udp", default=None, metavar="top1000|none|SPEC",
-                 help="UDP ports: top1000 (nmap's most often open, default), none, or a spec "
-                      "like 53,123,161."),
+    click.option("-u", "--udp", default=None, metavar="top1000|topN|none|SPEC",
+                 help="UDP ports: top1000 (nmap's most often open, default), topN (the N "
+                      "most often open), none, or a spec like 53,123,161."),
     click.option("--org", "organization", default="", metavar="NAME",
                  help="Organization the command-line targets belong to."),
     click.option("--asset", default="", metavar="NAME",

@@ -221,6 +221,9 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
         tarpit_threshold=tarpit_threshold, engine=engine, rate=rate,
         shard_attempts=shard_attempts, session_timeout=session_timeout, kafka=kafka,
         broker_wait=broker_wait, topic_prefix=topic_prefix))
+    # The worker's scope first, like produce's and process's input: a bad --exclude or
+    # --exclude-file is one line and exit 2 before the broker is waited for or changed.
+    scope = assembly.scope(exclude, exclude_file=exclude_file, allow_large=True)
     topics = _topics(assembly)
 
     def on_shard(state: str, shard: Shard) -> None:
@@ -228,8 +231,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
             f"{shard.port_count} ports)")
 
     options = assembly.worker_options(topics, group=group, max_shards=max_shards,
-                                      idle_exit=idle_exit, exclude=exclude,
-                                      exclude_file=exclude_file)
+                                      idle_exit=idle_exit, scope=scope)
     engine_for = assembly.engine_factory(say=say, shard_deadline=assembly.shard_deadline())
     worker = DiscoveryWorker(options, engine_for, on_shard)
     previous = {sig: signal.signal(sig, lambda *_: worker.stop())

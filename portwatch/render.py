@@ -90,7 +90,9 @@ def cell_text(report: str, column: str, value: Any) -> str:
     if column == "suites" and isinstance(value, list | tuple):
         return "; ".join(_suite_line(v) for v in value)
     if column == "versions" and isinstance(value, list | tuple):
-        return ",".join(map(str, value))
+        # stored text from another writer (a distributed record, an older store) may
+        # hold ESC or U+202E: escaped like every other cell
+        return sanitize_text(",".join(map(str, value)))
     if column in ("cert_warnings", "profile_reasons") and isinstance(value, list | tuple):
         return sanitize_text("; ".join(map(str, value)), 400)
     if column == "cert_not_after" and isinstance(value, str):

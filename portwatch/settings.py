@@ -219,6 +219,34 @@ class Settings:
             who = (sources or {}).get("engine") or "--engine"
             raise SettingsError(f"{who} must be {', '.join(TCP_CHOICES[:-1])} or "
                                 f"{TCP_CHOICES[-1]}, not {self.engine!r}")
+        self._validate_files_and_fences()
+
+    def _validate_files_and_fences(self) -> None:
+        """The scope fence and the TLS trust store, checked here so every command (and
+        `portwatch settings`) refuses a bad value in one line before anything is sent:
+        a fence of only blanks and commas failed open, and a trust store that was
+        missing, a directory or not PEM was ignored, which stored "untrusted" on every
+        TLS port, blaming the system bundle."""
+        if self.scope_allow:
+            from producers.targets import TargetError, scope_allow_items
+
+            try:
+                scope_allow_items(self.scope_allow)
+            except TargetError as exc:
+                message = str(exc)
+                who = "PORTWATCH_SCOPE_ALLOW"
+                raise SettingsError(message if message.startswith(who)
+                                    else f"{who}: {message}") from None
+        if self.tls_trust_store:
+            from probers.tls.posture import trust_store_problem
+
+            problem = trust_store_problem(self.tls_trust_store)
+            if problem:
+                # the whole path (bounded), not the 40 characters other values show:
+                # the point is to see the typo in it
+                who = f"{self.env_name('tls_trust_store')}={self.tls_trust_store[:300]!r}"
+                raise SettingsError(f"{who}: the trust store {problem} (a PEM bundle of CA "
+                                    "certificates; unset it to use the system's)")
 
     @classmethod
     def range_of(cls, name: str) -> str:

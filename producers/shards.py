@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,17 @@ DEFAULT_HOSTS_PER_SHARD = 16
 def new_scan_id() -> str:
     """A scan id that sorts by start time and never collides: ``20261201T214400-1a2b3c4d``."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+# What a scan id may be: what new_scan_id makes, and a name a user gives `produce
+# --scan-id` (its documented example is "nightly-1"). The id is stored in every row and
+# shown on the terminal, and shard ids append ":tcp:N" to it: no control characters, no
+# ':', and bounded, so a checkpoint that says otherwise was not written by portwatch.
+SCAN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_scan_id(text: object) -> bool:
+    return isinstance(text, str) and SCAN_ID.fullmatch(text) is not None
 
 
 def split_ports(ranges: Sequence[PortRange], size: int) -> list[tuple[PortRange, ...]]:
@@ -131,12 +143,18 @@ class ScanPlan:
         when it was written for other work), else the beginning."""
         if checkpoint is None:
             return Checkpoint(self.scan_id, self.seed, self.fingerprint, {})
+        where = f"checkpoint {checkpoint.path}" if checkpoint.path else "the checkpoint"
         if checkpoint.fingerprint != self.fingerprint or checkpoint.seed != self.seed:
-            where = f"checkpoint {checkpoint.path}" if checkpoint.path else "the checkpoint"
             raise CheckpointError(
                 f"{where} was written for other work (scan {checkpoint.scan_id}: other "
                 "targets, ports, UDP ports, shard sizes or seed): run the same command as "
                 "before to resume it, or remove it")
+        # An index past the plan's shards would "resume" a scan as done without scanning
+        # anything (and the finished scan then removes the file): not one portwatch wrote.
+        sizes = {p.proto.value: len(p) for p in self.plans}
+        if any(index > sizes.get(proto, 0) for proto, index in checkpoint.next_index.items()):
+            raise CheckpointError(f"{where} is not a portwatch checkpoint: a shard index is "
+                                  "past the plan's shards; move it away to start over")
         return checkpoint
 
 
@@ -193,10 +211,15 @@ class Checkpoint:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("next_index"), dict):
                 raise TypeError("not a checkpoint object")
-            indexes = {str(k): int(v) for k, v in data["next_index"].items()
-                       if k in ("tcp", "udp")}
-            if any(v < 0 for v in indexes.values()) or not isinstance(data["seed"], int):
-                raise ValueError("negative index or non-integer seed")
+            indexes = {str(k): v for k, v in data["next_index"].items() if k in ("tcp", "udp")}
+            # int() read 1.7 as 1 and 1e30 as a huge index: an index is an integer as
+            # written, a seed too (True is an int to Python, not to a checkpoint)
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < 0
+                   for v in indexes.values()) \
+                    or not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
+                raise ValueError("index or seed not a non-negative integer")
+            if not is_scan_id(data["scan_id"]):
+                raise ValueError("not a scan id")
             return cls(str(data["scan_id"]), data["seed"], str(data["fingerprint"]),
                        indexes, os.fspath(path))
         except FileNotFoundError:

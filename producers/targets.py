@@ -12,6 +12,7 @@ Every error is a ``TargetError`` whose message is one line for the user.
 from __future__ import annotations
 
 import csv
+import io
 import ipaddress
 import os
 import socket
@@ -269,10 +270,19 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
 # -- inventory --------------------------------------------------------------------------
 
 _TARGET_KEYS = ("target", "address", "host", "hostname", "ip", "cidr")
+# Every key an inventory entry (a CSV column, a YAML mapping key) may hold: the target
+# (one of _TARGET_KEYS, or a 'targets' list), its organization ('org') and asset ('name').
+# Anything else is refused: 'organisation' or 'assset' silently lost the label.
+_LABEL_KEYS = ("organization", "org", "asset", "name")
+INVENTORY_KEYS = (*_TARGET_KEYS, "targets", *_LABEL_KEYS)
 
 
 def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     lowered = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+    unknown = [k for k in lowered if k not in INVENTORY_KEYS]
+    if unknown:
+        raise TargetError(f"{where}: unknown key {_one_line(_short(unknown[0]))!r} (known: "
+                          f"{', '.join(INVENTORY_KEYS)})")
     organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
     asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
     raw = next((lowered[k] for k in _TARGET_KEYS if lowered.get(k)), None)
@@ -352,7 +362,9 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
         if file.stat().st_size > MAX_INVENTORY_BYTES:
             raise TargetError(f"inventory {str(file)!r} is larger than "
                               f"{MAX_INVENTORY_BYTES // 2**20} MiB: split it")
-        text = file.read_text(encoding="utf-8")
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a BOM, which made the
+        # first header 'target' read as '\ufefftarget'
+        text = file.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise TargetError(f"cannot read inventory {str(file)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -404,18 +416,95 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
         else:
             raise TargetError(f"inventory {str(file)!r}: expected a list or a mapping")
     else:
-        reader = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-        try:
-            if not reader.fieldnames:
-                raise TargetError(f"inventory {str(file)!r} is empty")
-            for n, row in enumerate(reader, start=2):
-                specs.extend(_row_spec(dict(row), f"{name}: line {n}"))
-                _check_count(specs, file)
-        except csv.Error as exc:
-            raise TargetError(f"inventory {str(file)!r} is not valid CSV: {exc}") from None
+        specs = _read_csv(text, file, name)
     if not specs:
         raise TargetError(f"inventory {str(file)!r} lists no targets")
     return specs
+
+
+def _csv_comments_blanked(text: str) -> str:
+    """``text`` with its comment lines made blank: a line that starts with '#' outside a
+    quoted field. Blank, not removed, so the reader's line numbers stay the file's. The
+    quote state follows the csv module's rules (a field is quoted when its first
+    character is '"'; '""' inside it is a quote), so a continuation line of a quoted
+    field is data even when it starts with '#', and '5" disk' opens nothing."""
+    out: list[str] = []
+    quoted = False
+    for line in text.split("\n"):
+        out.append("" if not quoted and line.startswith("#") else line)
+        if '"' in line:
+            quoted = _still_quoted(line, quoted)
+    return "\n".join(out)
+
+
+def _still_quoted(line: str, quoted: bool) -> bool:
+    """Whether a quoted field is still open at the end of ``line``, given ``quoted`` at
+    its start."""
+    at_field_start = not quoted
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quoted:
+            if ch == '"':
+                if line[i + 1:i + 2] == '"':
+                    i += 1  # an escaped quote
+                else:
+                    quoted = False
+        elif ch == '"' and at_field_start:
+            quoted = True
+        at_field_start = not quoted and ch == ","
+        i += 1
+    return quoted
+
+
+def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
+    """A CSV inventory parsed whole (RFC 4180: a quoted field may hold commas and line
+    breaks), never line by line: that cut a quoted line break out of an organization and
+    accepted an unterminated quote. A repeated column, a row with more fields than the
+    header and an unknown column are refused: each silently lost a value before."""
+    reader = csv.reader(io.StringIO(_csv_comments_blanked(text), newline=""), strict=True)
+    specs: list[TargetSpec] = []
+    header: list[str] = []
+    try:
+        for fields in reader:
+            if not fields:
+                continue  # a blank or comment line (blanked, so line numbers hold)
+            if not header:
+                header = fields
+                seen: set[str] = set()
+                for column in header:
+                    key = column.strip().lower()
+                    if key in seen:
+                        raise TargetError(f"{name}: line {reader.line_num}: column "
+                                          f"{_one_line(_short(column))!r} appears twice in "
+                                          "the header")
+                    seen.add(key)
+                continue
+            where = f"{name}: line {reader.line_num}"
+            if len(fields) > len(header):
+                raise TargetError(f"{where}: more fields than the header's {len(header)}")
+            specs.extend(_row_spec(dict(zip(header, fields, strict=False)), where))
+            _check_count(specs, file)
+    except csv.Error as exc:
+        raise TargetError(f"inventory {str(file)!r} is not valid CSV: line "
+                          f"{reader.line_num}: {exc}") from None
+    if not header:
+        raise TargetError(f"inventory {str(file)!r} is empty")
+    return specs
+
+
+def scope_allow_items(text: str) -> list[str]:
+    """The CIDR blocks of a PORTWATCH_SCOPE_ALLOW value, each checked (TargetError, one
+    line). A value that is set but holds none (' , ', what a template renders from an
+    empty list) is refused: dropping its blank items left no fence at all, so every
+    target was allowed."""
+    items = [a.strip() for a in text.split(",") if a.strip()]
+    if text and not items:
+        raise TargetError(f"{SCOPE_ALLOW_ENV}={_one_line(_short(text))!r} holds no CIDR "
+                          "block: list the networks that may be scanned, or unset it")
+    for item in items:
+        _net(item, "allowed network")
+    return items
 
 
 # -- scope ------------------------------------------------------------------------------
@@ -444,13 +533,12 @@ class Scope:
                 raise TargetError(f"exclude file {exclude_file!r} is larger than "
                                   f"{MAX_INVENTORY_BYTES // 2**20} MiB")
             try:
-                lines = raw.decode("utf-8").splitlines()
+                lines = raw.decode("utf-8-sig").splitlines()  # a BOM is no exclusion
             except UnicodeDecodeError:
                 raise TargetError(f"exclude file {exclude_file!r} is not UTF-8 text") from None
             entries += [ln.split("#", 1)[0].strip() for ln in lines]
-        allow_list = list(allow) if allow is not None else [
-            a for a in os.environ.get(SCOPE_ALLOW_ENV, "").split(",") if a.strip()
-        ]
+        allow_list = (list(allow) if allow is not None
+                      else scope_allow_items(os.environ.get(SCOPE_ALLOW_ENV, "")))
         return cls(tuple(_net(e, "exclusion") for e in entries if e),
                    tuple(_net(a, "allowed network") for a in allow_list), allow_large)
 

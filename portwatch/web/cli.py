@@ -156,7 +156,7 @@ def listening_line(host: str, port: int, token: str) -> str:
               help="Where findings live: chdb:///path or clickhouse://user@host:8123/db.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Address to listen on. Anything but loopback requires a token.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT,
               show_default=True, help="TCP port to listen on.")
 @click.option("--token", envvar=TOKEN_ENV, default="", metavar="TOKEN", show_envvar=True,
               help="Require this token (Authorization: Bearer, or ?token= once per browser).")

@@ -98,6 +98,28 @@ def load_trust_store(path: str = str(SYSTEM_TRUST_STORE)) -> Store | None:
     return Store(anchors) if anchors else None
 
 
+def trust_store_problem(path: str) -> str:
+    """'' when ``path`` is a readable file holding at least one PEM certificate; else
+    why not, in words. ``load_trust_store`` answers None for any of these, which the
+    prober stores as "no trust store" on every TLS port: a mistyped
+    PORTWATCH_TLS_TRUST_STORE turned every port yellow, blaming the system bundle. The
+    settings check calls this once at start instead."""
+    file = Path(path)
+    if file.is_dir():
+        return "is a directory"
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            anchors = x509.load_pem_x509_certificates(raw)
+    except ValueError:
+        anchors = []
+    return "" if anchors else "holds no PEM certificate"
+
+
 def _server_policy(store: Store, now: datetime) -> PolicyBuilder:
     # RFC 5280 allows a critical subjectAltName / extendedKeyUsage; the CA/B Forum profile
     # cryptography enforces by default does not. Many private CAs (and trustme) mark them
@@ -268,6 +290,7 @@ __all__ = [
     "EXPIRY_WARNING_DAYS",
     "NO_NAME",
     "SYSTEM_TRUST_STORE",
+    "trust_store_problem",
     "CertificatePosture",
     "assess_chain",
     "expiry",

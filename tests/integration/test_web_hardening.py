@@ -162,8 +162,8 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 def test_serve_refuses_an_embedded_store_that_does_not_exist(tmp_path: Path) -> None:
     # Given a mistyped store path / When served / Then refused, and nothing is created there
-    result = run_cli("serve", "--port", "0", "--store", f"chdb://{tmp_path / 'typo'}",
-                     timeout=60)
+    result = run_cli("serve", "--port", str(free_port()), "--store",
+                     f"chdb://{tmp_path / 'typo'}", timeout=60)
     assert_refused(result, f"no store at {tmp_path / 'typo'}: scan something first")
     assert not (tmp_path / "typo").exists()
 

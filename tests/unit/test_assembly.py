@@ -118,8 +118,9 @@ CASES: dict[str, Case] = {
     "tls": ("false", lambda a, s: a.stage_context().tls_probe, None),
     "tls_timeout": ("1.5", lambda a, s: a.stage_context().tls_probe.timeout, 1.5),
     "tls_budget": ("9", lambda a, s: a.stage_context().tls_probe.budget, 9.0),
-    "tls_trust_store": ("/etc/pki/ours.pem", lambda a, s: a.stage_context().tls_probe.trust_store,
-                        "/etc/pki/ours.pem"),
+    # a real PEM bundle: the settings refuse a path that is none (TRUST: written below)
+    "tls_trust_store": ("TRUST", lambda a, s: a.stage_context().tls_probe.trust_store,
+                        "TRUST"),
     "tarpit_threshold": ("300", lambda a, s: (runner(a, s).tarpit_threshold,
                                               worker(a).tarpit_threshold), (300, 300)),
     "shard_ports": ("1000", lambda a, s: (
@@ -179,6 +180,11 @@ def test_each_setting_reaches_its_component(name: str, monkeypatch: pytest.Monke
         raw = str(tmp_path / "alerts.yaml")
         (tmp_path / "alerts.yaml").write_text(ALERTS_FILE)
         (tmp_path / "hook.secret").write_text("s3cret-s3cret-s3cret\n")
+    if raw == "TRUST":
+        import trustme
+
+        raw = expected = str(tmp_path / "ours.pem")
+        trustme.CA().cert_pem.write_to_path(raw)
     # Given the default, the component does not already say the expected value
     default = read(Assembly(Settings.from_env()), store)
     # When the setting comes from its environment variable

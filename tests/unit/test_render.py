@@ -72,6 +72,8 @@ def test_sanitize_text_caps_long_values() -> None:
         ("ports", [(22, "tcp", "green", 0), (443, "tcp", "green", 1)],
          "22/tcp:green 443/tcp:green,cdn"),
         ("versions", ["TLSv1.2", "TLSv1.3"], "TLSv1.2,TLSv1.3"),
+        # stored by another writer: escaped like every other cell (the ciphers table)
+        ("versions", ["TLSv1.3", "x\x1b[31m\u202e\x00"], "TLSv1.3,x\\x1b[31m\\x202e\\x00"),
         ("suites", [("TLSv1.2", "TLS_RSA_WITH_RC4_128_SHA", "RC4-SHA", "weak")],
          "TLSv1.2 TLS_RSA_WITH_RC4_128_SHA (weak)"),
         ("is_tarpit", 1, "answers on every port"),

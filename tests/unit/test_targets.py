@@ -393,3 +393,85 @@ def test_resolve_targets_with_hostname_inside_the_fence() -> None:
     targets = resolve_targets([TargetSpec("localhost", "Org", "laptop")])
     assert targets[0].ip == "127.0.0.1"
     assert targets[0].hostname == "localhost"
+
+
+# -- inventory: the audit's CSV and key cases ---------------------------------------------
+
+
+def test_a_bom_starts_no_header_or_exclusion(tmp_path: Path) -> None:
+    # Given an inventory and an exclude file saved as Excel's "CSV UTF-8" (with a BOM)
+    inventory = tmp_path / "bom.csv"
+    inventory.write_bytes(b"\xef\xbb\xbftarget,organization,asset\n127.0.0.1,Org,web\n")
+    excluded = tmp_path / "bom.txt"
+    excluded.write_bytes(b"\xef\xbb\xbf127.0.0.2\n")
+    # When read, then the BOM is not part of the first header or the first exclusion
+    assert read_inventory(inventory) == [TargetSpec("127.0.0.1", "Org", "web")]
+    assert [str(n) for n in Scope.build(exclude_file=str(excluded), allow=[]).exclude] == [
+        "127.0.0.2/32"]
+
+
+def test_a_csv_is_parsed_whole_so_quoted_line_breaks_and_hashes_are_data(
+        tmp_path: Path) -> None:
+    # Given quoted fields spanning lines, one continuation line starting with '#', a
+    # literal quote inside an unquoted field, and comment lines outside any quote
+    path = write(tmp_path, "a.csv",
+                 "# owned assets\n"
+                 "target,organization,asset\n"
+                 '127.0.0.1,"multi\nline org",a\n'
+                 '127.0.0.2,"Org","note\n# not a comment"\n'
+                 "# a comment between rows\n"
+                 '127.0.0.3,5" disk,b\n'
+                 "# and one after\n")
+    # When read, then every value is what the file holds, and only comments are skipped
+    assert read_inventory(path) == [
+        TargetSpec("127.0.0.1", "multi\nline org", "a"),
+        TargetSpec("127.0.0.2", "Org", "note\n# not a comment"),
+        TargetSpec("127.0.0.3", '5" disk', "b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.csv", 'target,organization\n127.0.0.1,"x\n', "is not valid CSV: line 2: "
+         "unexpected end of data"),
+        ("a.csv", "target,target,asset\n127.0.0.1,127.0.0.2,a\n",
+         "a.csv: line 1: column 'target' appears twice in the header"),
+        ("a.csv", "target,organisation\n127.0.0.1,Org\n",
+         "a.csv: line 2: unknown key 'organisation' (known: target, address, host"),
+        ("a.csv", "target,assset\n127.0.0.1,web\n", "line 2: unknown key 'assset'"),
+        ("a.csv", "target,organization\n127.0.0.1,Example, Inc\n",
+         "a.csv: line 2: more fields than the header's 2"),
+        ("a.yaml", "- {target: 127.0.0.1, bogus: 1}\n", "a.yaml: entry 1: unknown key 'bogus'"),
+        ("a.yaml", "Org:\n  - {target: 127.0.0.1, asst: web}\n",
+         "a.yaml: Org[0]: unknown key 'asst'"),
+    ],
+)
+def test_an_inventory_that_would_lose_a_value_is_refused(tmp_path: Path, name: str, text: str,
+                                                        message: str) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(TargetError) as err:
+        read_inventory(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_documented_key_and_alias_is_accepted(tmp_path: Path) -> None:
+    # README: target, organization, asset; the readers also take org, name and the
+    # target aliases (test_csv_target_column_aliases) and a 'targets' list in YAML
+    path = write(tmp_path, "a.yaml", "- {target: 127.0.0.1, organization: O, asset: A}\n"
+                                     "- {ip: 127.0.0.2, org: P, name: B}\n"
+                                     "- {targets: [127.0.0.3], org: Q}\n")
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "O", "A"),
+                                    TargetSpec("127.0.0.2", "P", "B"),
+                                    TargetSpec("127.0.0.3", "Q", "")]
+
+
+@pytest.mark.parametrize("value", [" , ", ",", "   "])
+def test_a_scope_fence_of_only_blanks_and_commas_is_refused(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given PORTWATCH_SCOPE_ALLOW set to a value holding no CIDR (a template's empty list)
+    monkeypatch.setenv(SCOPE_ALLOW_ENV, value)
+    # When the scope is built from it, then it is refused, not read as "no fence"
+    with pytest.raises(TargetError, match="holds no CIDR block"):
+        Scope.build()
