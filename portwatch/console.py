@@ -64,6 +64,8 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("stream_processors.store", "StoreBusy", EXIT_RUNTIME),
     ("stream_processors.store", "StoreError", EXIT_RUNTIME),
     ("probers.discovery.base", "EngineUnavailable", EXIT_USAGE),
+    # (an engine that failed at run time: one line, not a traceback)
+    ("probers.discovery.base", "DiscoveryError", EXIT_RUNTIME),
     ("probers.nmapdata", "NmapDataError", EXIT_USAGE),
     ("probers.nmapdata", "NmapDataUnavailable", EXIT_USAGE),
     ("producers.kafka_io", "KafkaUnavailable", EXIT_RUNTIME),

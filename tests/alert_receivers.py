@@ -39,7 +39,8 @@ class WebhookReceiver:
     ``take_duplicates``, an id already accepted is answered 200 and dropped into
     ``duplicates`` instead, as README tells receivers to. With ``hold`` set, each
     answer waits until that event is set (a sender can be killed after its message
-    arrived and before it heard the answer)."""
+    arrived and before it heard the answer). With ``signed`` False, every POST is
+    taken: apprise's json:// sends no signature."""
 
     secret: bytes
     port: int = field(default_factory=free_port)
@@ -49,6 +50,7 @@ class WebhookReceiver:
     take_duplicates: bool = False
     duplicates: list[Delivery] = field(default_factory=list)
     hold: threading.Event | None = None
+    signed: bool = True  # False: any POST is taken (an apprise json:// channel's)
     _seen: set[str] = field(default_factory=set)
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -58,6 +60,8 @@ class WebhookReceiver:
         return f"http://127.0.0.1:{self.port}/hooks/portwatch"
 
     def check(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        if not self.signed:
+            return 200, "ok"
         timestamp = headers.get("x-portwatch-timestamp", "")
         signature = headers.get("x-portwatch-signature", "")
         if not timestamp.isdigit():
@@ -123,8 +127,8 @@ class WebhookReceiver:
 
 
 @contextlib.contextmanager
-def webhook_receiver(secret: bytes) -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver(secret)
+def webhook_receiver(secret: bytes, *, signed: bool = True) -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(secret, signed=signed)
     receiver.start()
     try:
         yield receiver

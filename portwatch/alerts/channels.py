@@ -28,10 +28,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from portwatch.alerts.config import AppriseChannel, Channel, WebhookChannel
+from portwatch.alerts.config import (
+    AppriseChannel,
+    Channel,
+    WebhookChannel,
+    mask_urls,
+    send_seconds,
+)
 from schemas.records import ChangeEvent
 
 SIGNATURE_HEADER = "X-Portwatch-Signature"
@@ -152,16 +158,23 @@ def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
          is_test: bool = False, timeout: float = 10.0, clock: Any = time.time,
          delivery: str = "") -> SendResult:
     """Send one message (a digest of ``events``) to ``channel`` within ``timeout`` seconds
-    in all (the channel's own timeout when shorter), however slowly the receiver answers.
+    (``delivery: send_timeout``; the channel's own ``timeout:`` wins, longer or shorter,
+    as README promises a slow receiver), however slowly the receiver answers.
     ``delivery``: the message's id (a retry passes its first attempt's); by default, one
-    derived from the events. Never raises; no error names more of a URL than its
-    ``display``."""
+    derived from the events. Never raises; no error names more of any URL in it than
+    ``scheme://host:port/…`` (a library's or a receiver's text may quote the URL)."""
+    result = _send(channel, rule, events, is_test, send_seconds(channel, timeout), clock,
+                   delivery)
+    return result if result.is_ok else replace(result, error=mask_urls(result.error))
+
+
+def _send(channel: Channel, rule: str, events: Sequence[ChangeEvent], is_test: bool,
+          timeout: float, clock: Any, delivery: str) -> SendResult:
     ident = delivery or delivery_id(rule, channel.name, [e.event_id for e in events] or ["test"])
     try:
         if isinstance(channel, WebhookChannel):
-            return _send_webhook(channel, rule, events, ident, is_test,
-                                 min(timeout, channel.timeout), int(clock()))
-        return _send_apprise(channel, rule, events, is_test, min(timeout, channel.timeout))
+            return _send_webhook(channel, rule, events, ident, is_test, timeout, int(clock()))
+        return _send_apprise(channel, rule, events, is_test, timeout)
     except Exception as exc:  # noqa: BLE001 - a send is data: ok or its error, never a raise
         text = str(exc).replace(channel.url, channel.display)
         return SendResult(False, f"{type(exc).__name__}: {_clean(text)}")

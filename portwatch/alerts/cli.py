@@ -189,7 +189,8 @@ async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *
 
     watcher = Watcher(db, entries, scan, dispatcher, say=_say)
     if once:
-        records = await watcher.run_once()
+        async with watcher.delivering():  # what the first scans found goes out meanwhile
+            records = await watcher.run_once()
         if dispatcher is not None:
             report_drain(await asyncio.to_thread(dispatcher.drain))
         if watcher.is_stopping:
@@ -428,9 +429,10 @@ def accept(where: str | None, note: str, until_text: str, accepted_by: str, show
     finally:
         db.close()
     ident = " ".join(x for x in (risk.service, risk.product, risk.version) if x)
-    out_console().print(Text(
+    # (stored text and --by may hold control characters: escaped as in `accept --list`)
+    out_console().print(Text(sanitize_text(
         f"accepted {risk.where}{f' ({ident})' if ident else ''} by {risk.accepted_by}"
-        + (f" until {risk.until:%Y-%m-%d %H:%M UTC}" if risk.until else "")))
+        + (f" until {risk.until:%Y-%m-%d %H:%M UTC}" if risk.until else ""), 1000)))
 
 
 def _user() -> str:

@@ -17,8 +17,8 @@ import ipaddress
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class WebhookChannel:
     name: str
     url: str = field(repr=False)  # its path or query often holds a token
     secret: bytes = field(repr=False)
-    timeout: float = 10.0
+    timeout: float | None = None  # its own ``timeout:``; None: ``delivery: send_timeout``
 
     @property
     def kind(self) -> str:
@@ -65,7 +65,7 @@ class WebhookChannel:
     def display(self) -> str:
         """Where it goes without what may be a secret: the path and query of a webhook
         URL are often its token (``/hooks/T0/B0/XXXX``, ``?token=``)."""
-        return webhook_display(self.url)
+        return url_display(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +74,8 @@ class AppriseChannel:
 
     name: str
     url: str = field(repr=False)  # apprise URLs carry their credentials
-    display: str = ""  # the URL with credentials removed, for logs and `alerts log`
-    timeout: float = 10.0
+    display: str = ""  # scheme://host:port/… (see url_display), for logs and `alerts log`
+    timeout: float | None = None  # its own ``timeout:``; None: ``delivery: send_timeout``
 
     @property
     def kind(self) -> str:
@@ -83,6 +83,13 @@ class AppriseChannel:
 
 
 Channel = WebhookChannel | AppriseChannel
+
+
+def send_seconds(channel: Channel, send_timeout: float) -> float:
+    """How long a send to ``channel`` may take: its own ``timeout:`` when the file gives
+    one (longer or shorter: a slow receiver needs longer), else ``delivery:
+    send_timeout``."""
+    return send_timeout if channel.timeout is None else channel.timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +196,6 @@ def parse_duration(text: str) -> float:
     return parse_seconds(text, least=0, most=MAX_WAIT_SECONDS, bare_seconds=True)
 
 
-def redact_url(url: str) -> str:
-    """An URL without its credentials (user:password@ and query values), for display."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable URL>"
-    rest = rest.split("?", 1)[0]
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}://{rest}"
-
-
 def webhook_url_problem(url: str) -> str:
     """Why ``url`` cannot be a webhook (``""``: it can), checked when the file loads, not
     at the first send: http(s) with a host, a port in range, no blanks or control
@@ -225,9 +221,12 @@ def webhook_url_problem(url: str) -> str:
     return ""
 
 
-def webhook_display(url: str) -> str:
-    """``scheme://host[:port]``, then ``/…`` when the URL goes on: what logs, errors and
-    ``alerts log`` show of a webhook."""
+def url_display(url: str) -> str:
+    """``scheme://host[:port]``, then ``/…`` when the URL goes on: what logs, errors,
+    ``alerts test`` and ``alerts log`` show of any channel URL. The path and query of a
+    webhook, and of apprise's json://, xml://, form:// or ntfy:// URLs, are often the
+    token (``/hooks/T0/B0/XXXX``, ``?token=``), and apprise's own privacy form keeps
+    them; a ``user:password@`` is dropped."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "<unparseable URL>"
@@ -236,12 +235,54 @@ def webhook_display(url: str) -> str:
     return f"{scheme}://{host}" + ("/…" if rest[cut:] not in ("", "/") else "")
 
 
+# any scheme://... in free text (an error, a library's log line), up to a blank, a quote,
+# an angle bracket or a closing parenthesis, and not ending in the sentence's . , : or ;
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s)'\"<>]*[^\s)'\"<>.,:;]")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every URL in it cut to ``url_display`` (errors of libraries and
+    receivers quote the URL they were given, token and all)."""
+    return _URL_IN_TEXT.sub(lambda found: url_display(found.group(0)), text)
+
+
+def mapping_items(node: yaml.Node | None, what: str,
+                  fail: Callable[[yaml.Node | None, str], AlertConfigError],
+                  ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """A mapping node's items by key, each with its (key, value) nodes. A key given twice
+    is refused (``fail``: the caller's error, naming the line): YAML loaders keep the
+    last one without a word, so a second ``schedules:`` block or a repeated ``cron:``
+    would silently replace the first."""
+    if not isinstance(node, yaml.MappingNode):
+        raise fail(node, f"{what} must be a mapping")
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise fail(key_node, f"{what}: keys must be plain names")
+        key = str(key_node.value)
+        if key in out:
+            raise fail(key_node, f"{what}: {key!r} given twice")
+        out[key] = (key_node, value_node)
+    return out
+
+
 class _Parser:
     """Walks the node tree; every error names the line of the node at fault."""
 
     def __init__(self, path: str, env: Mapping[str, str]) -> None:
         self.path = path
         self.env = env
+        self.options = DeliveryOptions()
+
+    def check_below_lease(self, node: yaml.Node, what: str, seconds: float) -> None:
+        """A send must end before its claim lease does: past the lease, another worker
+        (or the next pass) takes the claim over and sends the message again. A channel's
+        own ``timeout:`` wins over ``delivery: send_timeout``, so both are held to it."""
+        lease = self.options.claim_lease_seconds
+        if seconds >= lease:
+            raise self.fail(node, f"{what} ({seconds:g} s) must be below delivery "
+                                  f"claim_lease ({lease:g} s): a send still running when "
+                                  "its claim expires would be sent again")
 
     def fail(self, node: yaml.Node | None, message: str) -> AlertConfigError:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -250,17 +291,7 @@ class _Parser:
     # -- node helpers -------------------------------------------------------------------
 
     def mapping(self, node: yaml.Node | None, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise self.fail(key_node, f"{what}: keys must be plain names")
-            key = str(key_node.value)
-            if key in out:
-                raise self.fail(key_node, f"{what}: {key!r} given twice")
-            out[key] = (key_node, value_node)
-        return out
+        return mapping_items(node, what, self.fail)
 
     def only(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...],
              what: str) -> None:
@@ -296,10 +327,12 @@ class _Parser:
             raise self.fail(root, "no channels: section")
         if "rules" not in top:
             raise self.fail(root, "no rules: section")
+        # delivery first: a channel's timeout is checked against its claim_lease
+        self.options = self.delivery(top["delivery"][1]) if "delivery" in top \
+            else DeliveryOptions()
         channels = self.channels(top["channels"][1])
-        delivery = self.delivery(top["delivery"][1]) if "delivery" in top else DeliveryOptions()
         rules = self.rules(top["rules"][1], channels)
-        return AlertConfig(self.path, channels, rules, delivery)
+        return AlertConfig(self.path, channels, rules, self.options)
 
     def channels(self, node: yaml.Node) -> dict[str, Channel]:
         out: dict[str, Channel] = {}
@@ -315,11 +348,12 @@ class _Parser:
         self.only(items, ("webhook", "secret_env", "secret_file", "apprise", "timeout"), what)
         if ("webhook" in items) == ("apprise" in items):
             raise self.fail(node, f"{what}: give exactly one of webhook: URL or apprise: URL")
-        timeout = 10.0
+        timeout: float | None = None  # the delivery's send_timeout
         if "timeout" in items:
             timeout = self.duration(items["timeout"][1], f"{what} timeout")
             if timeout <= 0:
                 raise self.fail(items["timeout"][1], f"{what} timeout: must be above 0")
+            self.check_below_lease(items["timeout"][1], f"{what} timeout", timeout)
         if "webhook" in items:
             url_node = items["webhook"][1]
             url = self.expand_env(self.scalar(url_node, f"{what} webhook"), url_node, what)
@@ -400,6 +434,10 @@ class _Parser:
             node_at = items.get("retry_max", items.get("retry_base"))
             raise self.fail(node_at[1] if node_at else node,
                             f"delivery retry_max ({top:g} s) is below retry_base ({base:g} s)")
+        self.options = replace(defaults, **values)  # what the channels are checked against
+        at = items.get("send_timeout", items.get("claim_lease"))
+        self.check_below_lease(at[1] if at else node, "delivery send_timeout",
+                               self.options.send_timeout_seconds)
         for key in ("max_attempts", "max_events_per_message"):
             if key in items:
                 text = self.scalar(items[key][1], f"delivery {key}")
@@ -560,7 +598,8 @@ class _Parser:
 
 def check_apprise_url(url: str, fail: Any) -> str:
     """Refuse an URL apprise cannot use (unknown scheme, bad form) without sending; return
-    apprise's own display form of it (credentials masked)."""
+    how it is shown: apprise's privacy form (credentials masked) cut to
+    ``scheme://host:port/…``, as a webhook is (that form keeps the path and query)."""
     import apprise as apprise_module  # lazy: it loads its ~190 plugins (~0.2 s)
 
     apprise: Any = apprise_module  # untyped library: calls go through Any
@@ -573,10 +612,10 @@ def check_apprise_url(url: str, fail: Any) -> str:
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if plugin is None:
         raise fail(f"apprise cannot use this {scheme}:// URL (check its form)")
-    try:
-        return str(plugin.url(privacy=True))
+    try:  # apprise's privacy form masks a token in the host part (slack://T...7/...)
+        return url_display(str(plugin.url(privacy=True)))
     except Exception:  # noqa: BLE001 - display only; never let it leak the URL instead
-        return redact_url(url)
+        return url_display(url)
 
 
 def alerts_path_from_env(option: str | None) -> str | None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from portwatch.alerts.accepted import ActiveAcceptances
 from portwatch.alerts.channels import FIELD_CAP, delivery_id, send
-from portwatch.alerts.config import AlertConfig, Rule
+from portwatch.alerts.config import AlertConfig, Rule, mask_urls
 from portwatch.alerts.rules import matches, prevalence_bucket
 from schemas.bounded import is_digits
 from schemas.records import ChangeEvent, RecordError
@@ -52,6 +52,7 @@ MAX_ROWS_PER_PASS = 10_000
 # Due rows one (rule, channel) may take of a pass: a broken channel with a deep backlog
 # never crowds the others out of the pass (each gets its share, oldest first).
 MAX_ROWS_PER_PAIR = 2_000
+MAX_BACKOFF_DOUBLINGS = 60
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +402,7 @@ class AlertDispatcher:
                     outcome = FAILED
                 else:
                     outcome = PENDING
-                    backoff = options.retry_base_seconds * 2 ** (attempt - 1)
+                    backoff = retry_backoff(options.retry_base_seconds, attempt)
                     next_at = now + min(options.retry_max_seconds, max(backoff, retry_after))
             rank = {PENDING: 1, FAILED: 2, SENT: 3}[outcome]
             out.append(_outbox_row(row, outcome, attempt, error, next_at,
@@ -466,9 +467,16 @@ class AlertDispatcher:
         return int(rows[0][0]) if rows else 0
 
 
+def retry_backoff(base: float, attempt: int) -> float:
+    """The wait after failed attempt ``attempt``: ``base`` doubled per attempt. The
+    exponent is capped (2**60 s outlasts any retry_max): ``max_attempts`` may be 10,000,
+    and from attempt 1,025 on the float overflowed, which aborted every delivery pass."""
+    return base * 2.0 ** min(attempt - 1, MAX_BACKOFF_DOUBLINGS)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return mask_urls(f"{type(exc).__name__}: {text[0] if text else ''}")[:300]
 
 
 def decode_event_json(raw: str) -> dict[str, Any]:

@@ -6,18 +6,15 @@ touch: delivery itself.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from portwatch.alerts.channels import describe
-from portwatch.alerts.config import webhook_display
+from portwatch.alerts.config import mask_urls
 from schemas.records import ChangeEvent, RecordError
 
 EPOCH = datetime.fromtimestamp(0, UTC)
-# a URL in an error, up to a blank or a closing bracket
-_URL = re.compile(r"https?://[^\s)]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +32,10 @@ class LogRow:
 
     @property
     def shown_error(self) -> str:
-        """``last_error`` with any URL cut to ``scheme://host:port/…`` (rows written by an
-        earlier portwatch may hold a webhook's whole URL, token included)."""
-        return _URL.sub(lambda m: webhook_display(m.group(0)), self.last_error)
+        """``last_error`` with any URL (any scheme: json://, xml://, ntfy://...) cut to
+        ``scheme://host:port/…``: rows written by an earlier portwatch may hold a
+        channel's whole URL, token included."""
+        return mask_urls(self.last_error)
 
     def line(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -28,7 +28,12 @@ from typing import Any
 
 import yaml
 
-from portwatch.alerts.config import AlertConfigError, compose_yaml, read_text_file
+from portwatch.alerts.config import (
+    AlertConfigError,
+    compose_yaml,
+    mapping_items,
+    read_text_file,
+)
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note")
@@ -70,26 +75,41 @@ def _croniter(expression: str, start: datetime) -> Any:
     return croniter(expression, start, max_years_between_matches=CRON_MAX_YEARS)
 
 
-def is_valid_cron(expression: str) -> bool:
-    """Five fields (minute hour day month weekday: croniter would also take a sixth, of
-    seconds) or an alias (@daily), at most 200 characters, and a slot at least once in
-    CRON_MAX_YEARS years both ways (a date that never comes would leave the entry never
-    due, or raise later)."""
+# A token of a standard cron field: *, a number, or a month or weekday name (jan, mon).
+# Not croniter's extensions: R (random, drawn again at every check, so the entry ran at
+# random minutes, twice in a row at times), L, W, # and ?, which Kubernetes CronJobs (the
+# Helm chart's schedules:) refuse.
+_CRON_TOKEN = re.compile(r"\*|[0-9]{1,4}|[A-Za-z]{3}")
+
+
+def cron_problem(expression: str) -> str:
+    """Why ``expression`` is no schedule, in words (``""``: it is one). Five fields
+    (minute hour day month weekday: croniter would also take a sixth, of seconds) of
+    standard tokens, or an alias (@daily), at most 200 characters, and a slot at least
+    once in CRON_MAX_YEARS years both ways (a date that never comes would leave the entry
+    never due, or raise later)."""
     from croniter import croniter
 
+    bad = (f"bad cron expression {expression[:60]!r} (five fields: minute hour day month "
+           f"weekday, or @daily..., one that comes at least once in {CRON_MAX_YEARS} years)")
     fields = expression.split()
     is_alias = len(fields) == 1 and fields[0].startswith("@")  # @hourly, @daily...
     if len(expression) > 200 or not (len(fields) == 5 or is_alias):
-        return False
+        return bad
+    for token in [] if is_alias else re.split(r"[,/-]", ",".join(fields)):
+        if not _CRON_TOKEN.fullmatch(token):
+            return (f"cron {expression[:60]!r}: {token[:20]!r} is not standard cron (R, L, "
+                    "W, # and ? are refused: a random field is drawn again at every check, "
+                    "and Kubernetes cron refuses them)")
     try:
         if not croniter.is_valid(expression):
-            return False
+            return bad
         start = datetime(2026, 1, 1, tzinfo=UTC)
         _croniter(expression, start).get_next(datetime)
         _croniter(expression, start).get_prev(datetime)
     except Exception:  # noqa: BLE001 - croniter raises several types on garbage
-        return False
-    return True
+        return bad
+    return ""
 
 
 def _utc(moment: datetime) -> datetime:
@@ -171,7 +191,7 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         raise fail(None, "empty file: needs schedules: with at least one entry")
     entries_node: yaml.Node | None = root
     if isinstance(root, yaml.MappingNode):
-        keys = {str(k.value): (k, v) for k, v in root.value if isinstance(k, yaml.ScalarNode)}
+        keys = mapping_items(root, "the file", fail)
         for key, (key_node, _) in keys.items():
             if key != "schedules":
                 raise fail(key_node, f"unknown key {key!r} (known: schedules)")
@@ -187,8 +207,7 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
             raise fail(node, "a schedule entry must be a mapping (name:, cron:, targets:)")
         values: dict[str, Any] = {}
         nodes: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
+        for key, (key_node, value_node) in mapping_items(node, "schedule entry", fail).items():
             if key not in _KEYS:
                 raise fail(key_node, f"unknown key {key!r} (known: {', '.join(_KEYS)})")
             nodes[key] = value_node
@@ -216,11 +235,9 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         cron = values.get("cron", "")
         if not cron:
             raise fail(node, f"schedule {name!r}: no cron: expression")
-        if not is_valid_cron(cron):
-            raise fail(nodes["cron"], f"schedule {name!r}: bad cron expression {cron[:60]!r} "
-                                      "(five fields: minute hour day month weekday, or "
-                                      "@daily..., one that comes at least once in "
-                                      f"{CRON_MAX_YEARS} years)")
+        problem = cron_problem(cron)
+        if problem:
+            raise fail(nodes["cron"], f"schedule {name!r}: {problem}")
         if not values.get("targets") and not values.get("inventory"):
             raise fail(node, f"schedule {name!r}: give targets: or inventory:")
         inventory = values.get("inventory", "")

@@ -1,14 +1,18 @@
-"""The watcher: run due schedule entries one after another, then deliver alerts.
+"""The watcher: run due schedule entries one after another, deliver alerts meanwhile.
 
 Owns: the loop of ``portwatch watch`` (``run_once`` for ``--once`` and for each tick of
-``run_forever``), the catch-up log line, the status line (next run per entry) and the
-hand-off of each scan's change events to the dispatcher. The clock and the sleep are
-injected, so tests drive time without sleeping.
+``run_forever``), the catch-up log line, the status line (next run per entry), the
+hand-off of each scan's change events to the dispatcher and the background delivery
+that runs while the scans do (``delivering``). The clock and the sleep are injected, so
+tests drive time without sleeping.
 
 Two entries never scan the same target at once because entries run strictly one after
-another in this one task. A scan interrupted by Ctrl-C keeps what it found (the
-runner's own interrupt handling) and stops the watcher; its slot is not recorded, so
-the next start runs it again.
+another in this one task; alerts go out from a task of their own every
+``delivery_tick`` seconds, so a long scan of one entry does not hold another's alerts.
+A scan interrupted by Ctrl-C keeps what it found (the runner's own interrupt handling)
+and stops the watcher; its slot is not recorded, so the next start runs it again. Any
+other error of one entry's run (engine unavailable, store error, bad nmap data...) is
+one line, recorded as a failed run, and the next entry runs.
 
 Must not touch: the scan internals (``portwatch.alerts.scanning`` is the one call) and
 the outbox tables (the dispatcher's).
@@ -17,15 +21,24 @@ the outbox tables (the dispatcher's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from portwatch.alerts.dispatcher import AlertDispatcher
 from portwatch.alerts.scanning import ScanOutcome
-from portwatch.alerts.schedule import Decision, ScheduleEntry, last_slots, plan, record_run
-from portwatch.console import PortwatchError
+from portwatch.alerts.schedule import (
+    Decision,
+    ScheduleEntry,
+    decide,
+    last_slots,
+    next_slot,
+    plan,
+    record_run,
+)
+from portwatch.console import exit_code_for, one_line
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,16 @@ class RunRecord:
     events: int = 0
 
 
+def error_text(exc: Exception) -> str:
+    """One line for an error of a run: a component's typed error (the ones the CLI
+    reports as one line) as its message; anything else (a bug) with its type, and its
+    traceback in the debug log."""
+    if exit_code_for(exc) is not None:
+        return one_line(exc)
+    log.debug("scheduled run failed", exc_info=exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
 @dataclass
 class Watcher:
     store: object
@@ -55,9 +78,20 @@ class Watcher:
     clock: Clock = field(default=lambda: datetime.now(UTC))
     say: Callable[[str], None] = field(default=lambda line: log.warning("%s", line))
     is_stopping: bool = False
+    delivery_tick: float = DELIVERY_TICK_SECONDS
+    # slots this watcher ran (completed or failed), whatever the ledger says: a run whose
+    # ledger row could not be written is not run again by this process at once
+    _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
+    _started: datetime | None = field(default=None, repr=False)
+
+    def last_slots(self) -> dict[str, datetime]:
+        slots = last_slots(self.store)
+        for name, slot in self._ran.items():
+            slots[name] = max(slot, slots.get(name, slot))
+        return slots
 
     def decisions(self) -> list[Decision]:
-        return plan(self.entries, last_slots(self.store), self.clock())
+        return plan(self.entries, self.last_slots(), self.clock())
 
     def status_line(self) -> str:
         parts = []
@@ -67,48 +101,100 @@ class Watcher:
         return "next run: " + ", ".join(parts)
 
     async def run_once(self) -> list[RunRecord]:
-        """Run every due entry once (name order, one after another)."""
+        """Run every due entry once (name order, one after another). Each entry is
+        decided just before it runs: decided before another entry's long scan, it would
+        run for a slot gone stale, then again at once for the slot that came meanwhile."""
+        if self._started is None:
+            self._started = self.clock()
         records: list[RunRecord] = []
-        for decision in self.decisions():
+        for entry in sorted(self.entries, key=lambda e: e.name):
             if self.is_stopping:
                 break
+            last = self.last_slots().get(entry.name)
+            decision = decide(entry, last, self.clock())
             if not decision.is_due:
                 continue
-            if decision.missed:
-                self.say(f"watch: {decision.entry.name} missed {decision.missed} run(s) "
-                         f"while portwatch was not running; catching up with one run now")
+            if decision.missed and last is not None:
+                self.say(self.catch_up_line(decision, last))
             records.append(await self._run(decision))
         return records
+
+    def catch_up_line(self, decision: Decision, last: datetime) -> str:
+        """Says why slots were missed: portwatch was down, or (the first missed slot came
+        after this watcher started) the other entries' scans took that long."""
+        busy = next_slot(decision.entry, last) >= (self._started or self.clock())
+        why = "while other entries were scanning" if busy else \
+            "while portwatch was not running"
+        return (f"watch: {decision.entry.name} missed {decision.missed} run(s) {why}; "
+                "catching up with one run now")
 
     async def _run(self, decision: Decision) -> RunRecord:
         entry = decision.entry
         started = self.clock()
         self.say(f"watch: {entry.name}: scanning ({entry.cron})")
-        note = f"catch-up after {decision.missed} missed" if decision.missed else ""
         try:
             outcome = await self.scan(entry)
-        except PortwatchError as exc:
-            # A failed run (engine unavailable, store error) is logged and its slot kept as
-            # failed: the watcher goes on with the other entries instead of dying.
-            finished = self.clock()
-            record_run(self.store, entry.name, decision.slot, started, finished, "", "failed",
-                       str(exc))
-            self.say(f"watch: {entry.name}: scan failed: {exc}")
-            return RunRecord(entry.name, decision.slot, started, finished, "", "failed",
-                             decision.missed)
-        finished = self.clock()
+        except Exception as exc:  # noqa: BLE001 - one entry's failure never stops the rest
+            # recorded as failed (not run again in a loop), logged, and the watcher goes
+            # on with the other entries instead of dying
+            text = error_text(exc)
+            self.say(f"watch: {entry.name}: scan failed: {text}")
+            record = RunRecord(entry.name, decision.slot, started, self.clock(), "", "failed",
+                               decision.missed)
+            self._record(record, text)
+            return record
         status = "interrupted" if outcome.is_interrupted else "completed"
-        record_run(self.store, entry.name, decision.slot, started, finished, outcome.scan_id,
-                   status, note)
-        queued = 0
-        if self.dispatcher is not None and outcome.events:
-            queued = self.dispatcher.submit(outcome.events)
+        record = RunRecord(entry.name, decision.slot, started, self.clock(), outcome.scan_id,
+                           status, decision.missed, len(outcome.events))
+        # Before the ledger: once the run is recorded, no later run alerts on these
+        # changes (they are compared), so a failed ledger write must not lose them
+        queued = self.dispatcher.submit(outcome.events) \
+            if self.dispatcher is not None and outcome.events else 0
         self.say(f"watch: {entry.name}: scan {outcome.scan_id or '-'} {status}, "
                  f"{len(outcome.events)} change(s), {queued} alert(s) queued")
+        if not self._record(record, f"catch-up after {decision.missed} missed"
+                            if decision.missed else ""):
+            record.status = "failed"
         if outcome.is_interrupted:
             self.is_stopping = True
-        return RunRecord(entry.name, decision.slot, started, finished, outcome.scan_id, status,
-                         decision.missed, len(outcome.events))
+        return record
+
+    def _record(self, record: RunRecord, note: str) -> bool:
+        """The run in the ledger; False (said in one line) when the store refused it."""
+        if record.status != "interrupted":
+            self._ran[record.entry] = record.slot
+        try:
+            record_run(self.store, record.entry, record.slot, record.started, record.finished,
+                       record.scan_id, record.status, note)
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the watcher
+            self.say(f"watch: {record.entry}: the run could not be recorded: "
+                     f"{error_text(exc)}")
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def delivering(self) -> AsyncIterator[None]:
+        """While the body runs (the scans), deliver what is due every ``delivery_tick``
+        seconds from a task of its own: alerts no longer wait for every due scan to end
+        (``digest: 0`` is at once, a retry at its time). Each pass runs in a thread (it
+        waits on channels); on exit the pass in flight ends (each send is bounded by its
+        timeout) and no other starts, so the caller's final drain never races it."""
+        if self.dispatcher is None:
+            yield
+            return
+        done = asyncio.Event()
+        task = asyncio.create_task(self._deliver_until(done, self.dispatcher))
+        try:
+            yield
+        finally:
+            done.set()
+            await task
+
+    async def _deliver_until(self, done: asyncio.Event, dispatcher: AlertDispatcher) -> None:
+        while not done.is_set():
+            await asyncio.to_thread(dispatcher.deliver_due)  # never raises
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=self.delivery_tick)
 
     def seconds_until_next(self) -> float:
         now = self.clock()
@@ -117,7 +203,8 @@ class Watcher:
 
     async def run_forever(self, stop: asyncio.Event,
                           sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
-        """Until ``stop`` is set: run what is due, deliver, print the status, wait."""
+        """Until ``stop`` is set: run what is due, print the status, wait; alerts are
+        delivered meanwhile (``delivering``)."""
 
         async def wait(seconds: float) -> None:
             if sleep is not None:
@@ -129,15 +216,13 @@ class Watcher:
                 pass
 
         last_status = ""
-        while not stop.is_set() and not self.is_stopping:
-            await self.run_once()
-            if self.is_stopping or stop.is_set():
-                break
-            if self.dispatcher is not None:
-                await asyncio.to_thread(self.dispatcher.deliver_due)
-            status = self.status_line()
-            if status != last_status:
-                self.say(f"watch: {status}")
-                last_status = status
-            await wait(min(self.seconds_until_next(), DELIVERY_TICK_SECONDS)
-                       if self.dispatcher is not None else self.seconds_until_next())
+        async with self.delivering():
+            while not stop.is_set() and not self.is_stopping:
+                await self.run_once()
+                if self.is_stopping or stop.is_set():
+                    break
+                status = self.status_line()
+                if status != last_status:
+                    self.say(f"watch: {status}")
+                    last_status = status
+                await wait(self.seconds_until_next())

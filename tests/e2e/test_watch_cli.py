@@ -130,6 +130,32 @@ def test_watch_once_scans_records_the_run_and_is_not_due_again(tmp_path: Path) -
         assert second.code == 0 and "scanning" not in second.stderr
 
 
+def test_a_run_whose_engine_cannot_scan_is_recorded_failed_and_the_next_still_runs(
+        tmp_path: Path) -> None:
+    # Given two entries and an engine that refuses loopback before sending anything
+    # (masscan: an EngineUnavailable, not a PortwatchError)
+    store = f"chdb://{tmp_path / 'store'}"
+    sched = tmp_path / "schedules.yaml"
+    sched.write_text("".join(f"{'schedules:' if n == 'a' else ''}\n  - name: {n}\n"
+                             "    targets: [127.0.0.1]\n    ports: \"9\"\n    udp: none\n"
+                             "    cron: '0 0 1 1 *'" for n in ("a", "b")) + "\n")
+    env = {"PORTWATCH_ENGINE": "masscan", "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8,::1/128"}
+    # When watch --once runs them
+    result = run_cli("watch", "--schedule", str(sched), "--once", "-q", store=store, env=env)
+    # Then each run failed in one line, both were tried, and the run exits 1 with one
+    # line, as for any failed scheduled scan
+    assert result.code == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if ": scan failed: " in line]
+    assert failed == [f"portwatch: watch: {n}: scan failed: masscan cannot scan loopback "
+                      "(127.0.0.1)" for n in ("a", "b")]
+    assert result.stderr.splitlines()[-1] == \
+        "portwatch: error: watch: a scheduled scan failed (see above)"
+    # And both failed runs are in the ledger: not due again
+    plan = run_cli("watch", "--schedule", str(sched), "--list", store=store, env=env)
+    assert plan.code == 0 and "now (due)" not in plan.stdout and "last never" not in plan.stdout
+
+
 def test_watch_list_checks_the_targets_and_makes_no_store(tmp_path: Path) -> None:
     # Given a schedule whose target is not an address, and no store yet
     sched = tmp_path / "schedules.yaml"
@@ -302,6 +328,26 @@ def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
     assert "hook: FAILED: cannot reach" in down.stdout
 
 
+def test_alerts_test_never_prints_an_apprise_urls_path(tmp_path: Path) -> None:
+    # Given an apprise json:// channel whose path holds its token
+    rules = tmp_path / "alerts.yaml"
+    with webhook_receiver(b"unused", signed=False) as receiver:
+        rules.write_text(f'channels:\n  chat: {{apprise: "json://127.0.0.1:{receiver.port}'
+                         '/hooks/T00/B00/${CHAT_TOKEN}"}\nrules:\n  - name: r\n'
+                         '    notify: [chat]\n')
+        env = {"CHAT_TOKEN": "SUPERSECRET123"}
+        ok = run_cli("alerts", "test", "--alerts", str(rules), env=env)
+        assert len(receiver.accepted) == 1
+    down = run_cli("alerts", "test", "--alerts", str(rules), env=env)
+    # Then `alerts test` shows scheme://host:port/… whether it worked or not
+    assert (ok.code, ok.stdout) == (0, f"chat: ok (json://127.0.0.1:{receiver.port}/…)\n")
+    assert down.code == 1
+    assert down.stdout.startswith(f"chat: FAILED: json://127.0.0.1:{receiver.port}/…: ")
+    for result in (ok, down):
+        assert "SUPERSECRET123" not in result.stdout + result.stderr
+        assert "/hooks" not in result.stdout + result.stderr
+
+
 def test_accept_list_and_remove(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     env = {"USER": "carol"}
@@ -332,14 +378,17 @@ def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path,
 def test_accept_list_prints_a_hostile_note_on_one_line(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     added = run_cli("accept", "127.0.0.1:6379/tcp", "--note", "line one\nline two \x1b[31mred",
-                    "--by", "eve\r", store=store)
+                    "--by", "eve\r\x1b]0;pwned\x07", store=store)
     assert added.code == 0, added.stderr
+    # (the confirmation line too: a raw OSC would retitle the terminal)
+    assert added.stdout == "accepted 127.0.0.1:6379/tcp by eve\\x0d\\x1b]0;pwned\\x07\n"
     listed = run_cli("accept", "--list", store=store)
     assert listed.code == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"127\.0\.0\.1:6379/tcp: line one\\x0aline two \\x1b\[31mred — by "
-                        r"eve\\x0d on \d{4}-\d\d-\d\d, until no expiry", lines[0]), lines[0]
+                        r"eve\\x0d\\x1b\]0;pwned\\x07 on \d{4}-\d\d-\d\d, until no expiry",
+                        lines[0]), lines[0]
     assert "\x1b" not in listed.stdout
 
 
@@ -364,17 +413,23 @@ def test_bad_accept_input(tmp_path: Path, args: list[str], words: str) -> None:
 
 
 
-def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop_signal", "with_alerts"), [
+    (signal.SIGINT, False), (signal.SIGTERM, True)], ids=["ctrl-c", "sigterm-delivering"])
+def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(
+        tmp_path: Path, stop_signal: signal.Signals, with_alerts: bool) -> None:
     store = f"chdb://{tmp_path / 'store'}"
-    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener:
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener, \
+            webhook_receiver(SECRET.encode()) as receiver:
         # Yearly: with an hourly entry, a run at 08:59:5x was due again at 09:00 when the
         # plan below was read (a CI failure), though the run was kept
         sched = schedules(tmp_path, listener.port, cron="0 0 1 1 *")
+        # With --alerts, its background delivery runs too: it stops with the watcher
+        extra = ["--alerts", str(alerts(tmp_path, receiver.url))] if with_alerts else []
         # Given watch running: it scanned its due entry and now waits for the next slot
         proc = subprocess.Popen(
-            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PORTWATCH_STORE": store})
+            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
+             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
         assert proc.stderr is not None
         seen: list[str] = []
         try:
@@ -386,8 +441,8 @@ def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(tmp_path: Path) -> None
                 if "scan " in line and "completed" in line:
                     break
             assert any("completed" in line for line in seen), seen
-            # When Ctrl-C arrives while it waits
-            proc.send_signal(signal.SIGINT)
+            # When Ctrl-C (or SIGTERM) arrives while it waits
+            proc.send_signal(stop_signal)
             _, rest = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:

@@ -40,6 +40,7 @@ from schemas.records import (
     TlsResult,
 )
 from tests.alert_receivers import WebhookReceiver, smtp_receiver, webhook_receiver
+from tests.servers import free_port
 
 SECRET = b"test-secret-0123456789"
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -583,3 +584,71 @@ def test_two_passes_of_one_dispatcher_racing_send_once(store: Any, tmp_path: Pat
         assert sorted(e["event_id"] for e in receiver.events()) == \
             sorted(e.event_id for e in events)
         assert receiver.rejected == []
+
+
+def test_a_retry_after_a_thousand_attempts_still_backs_off(store: Any, tmp_path: Path) -> None:
+    from portwatch.alerts.dispatcher import OUTBOX_COLUMNS
+
+    with receiver_down() as receiver:
+        # Given a delivery that failed 1,024 times (max_attempts may be 10,000)
+        options = "{max_attempts: 5000, retry_max: 1m}"
+        opened = event(6379)
+        created = datetime.fromtimestamp(T0, UTC)  # the row below replaces a submitted one
+        store.insert_rows("alert_outbox", OUTBOX_COLUMNS, [[
+            "risky-opened", "soc-hook", opened.event_id, opened.to_json().decode(), "pending",
+            1024, "earlier", created, created, datetime.fromtimestamp(0, UTC), 1024 * 4 + 1,
+            ""]])
+        # When attempt 1,025 fails too
+        report = AlertDispatcher(store, hook_config(tmp_path, receiver.url, delivery=options),
+                                 clock=Clock()).deliver_due()
+    # Then the pass records it (no overflow aborting the pass) and backs off retry_max
+    assert report.retrying == 1
+    assert [e.split(":")[0] for e in report.errors] == ["alerts"]
+    assert "delivery pass failed" not in report.errors[0]
+    [row] = delivery_log(store)
+    assert (row.state, row.attempts) == ("pending", 1025)
+    assert row.next_attempt_at == datetime.fromtimestamp(T0 + 60, UTC)
+
+
+def test_an_apprise_url_token_is_in_no_error_log_or_stored_error(
+        store: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Given an apprise json:// channel whose path is its token, and its receiver down
+    port = free_port()
+    url = f"json://127.0.0.1:{port}/hooks/T00/B00/SUPERSECRET123?token=SECRET2"
+    config = load_alerts(write_alerts(tmp_path, f'  chat: {{apprise: "{url}"}}'))
+    dispatcher = AlertDispatcher(store, config, clock=Clock())
+    dispatcher.submit([event(6379)])
+    # When a delivery pass fails
+    with caplog.at_level("WARNING"):
+        report = dispatcher.deliver_due()
+    # Then the warning, the stored error and `alerts log` show scheme://host:port/… only
+    assert report.retrying == 1
+    assert f"alerts: rule risky-opened -> chat: json://127.0.0.1:{port}/…: " in caplog.text
+    [(stored,)] = store.query("SELECT last_error FROM alert_outbox FINAL")
+    [row] = delivery_log(store)
+    for shown in (caplog.text, str(stored), row.line(), str(row.as_dict())):
+        assert "SUPERSECRET123" not in shown and "SECRET2" not in shown and "/hooks" not in shown
+
+
+def test_a_channels_longer_timeout_wins_over_send_timeout(store: Any, tmp_path: Path) -> None:
+    # Given a receiver that answers after 2 s, a channel with timeout: 20s and a
+    # delivery send_timeout of 1 s
+    with webhook_receiver(SECRET) as receiver:
+        receiver.hold = threading.Event()
+        path = write_alerts(tmp_path, f'  slow-hook: {{webhook: "{receiver.url}", '
+                                      'secret_env: HOOK_SECRET, timeout: 20s}',
+                            delivery="{send_timeout: 1s}")
+        config = load_alerts(path, env={"HOOK_SECRET": SECRET.decode()})
+        dispatcher = AlertDispatcher(store, config)
+        dispatcher.submit([event(6379)])
+        timer = threading.Timer(2.0, receiver.hold.set)
+        timer.start()
+        try:
+            # When the delivery pass sends
+            report = dispatcher.deliver_due()
+        finally:
+            timer.cancel()
+            receiver.hold.set()
+    # Then the channel's own timeout held: sent once, not failed (and retried: a copy)
+    assert (report.sent, report.retrying, report.errors) == (1, 0, [])
+    assert [e["port"] for e in receiver.events()] == [6379]

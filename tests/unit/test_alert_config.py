@@ -16,6 +16,7 @@ from portwatch.alerts.config import (
     AppriseChannel,
     WebhookChannel,
     load_alerts,
+    mask_urls,
     parse_duration,
 )
 from portwatch.alerts.schedule import ScheduleError, load_schedules
@@ -167,6 +168,16 @@ BAD_FILES = [
      "above 0"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    notify: [a]\ndelivery: {claim_lease: 0s}\n", 6, "claim_lease: must be above 0"),
+    # a send past its claim lease is taken over and sent again: refused, not cut
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\", timeout: 10m}\nrules:\n"
+     "  - name: r\n    notify: [a]\n", 2, "channel 'a' timeout (600 s) must be below "
+     "delivery claim_lease (300 s)"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\", timeout: 30s}\nrules:\n"
+     "  - name: r\n    notify: [a]\ndelivery: {claim_lease: 20s}\n", 2,
+     "channel 'a' timeout (30 s) must be below delivery claim_lease (20 s)"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    notify: [a]\ndelivery: {send_timeout: 5m}\n", 6, "delivery send_timeout (300 s) "
+     "must be below delivery claim_lease (300 s)"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    notify: [a]\ndelivery:\n  retry_base: 1h\n  retry_max: 1s\n", 8,
      "delivery retry_max (1 s) is below retry_base (3600 s)"),
@@ -331,6 +342,24 @@ schedules:
      "@daily..., one that comes at least once in 5 years)"),
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 * * * *\"\n", 4,
      "bad cron expression '0 0 * * * *'"),
+    # croniter's extensions: R is drawn again at every check; Kubernetes refuses them all
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"R * * * *\"\n", 4,
+     "schedule 'a': cron 'R * * * *': 'R' is not standard cron (R, L, W, # and ? are "
+     "refused"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 L * *\"\n", 4,
+     "'L' is not standard cron"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 * * 5#3\"\n", 4,
+     "'5#3' is not standard cron"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 ? * 1\"\n", 4,
+     "'?' is not standard cron"),
+    # a key given twice is refused, not silently replaced by the last one
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
+     "schedules:\n  - name: b\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n", 5,
+     "the file: 'schedules' given twice"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
+     "    cron: \"0 0 1 1 *\"\n", 5, "schedule entry: 'cron' given twice"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
+     "    targets: [127.0.0.2]\n", 5, "schedule entry: 'targets' given twice"),
 ])
 def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) -> None:
     path = write(tmp_path, text, "schedules.yaml")
@@ -376,6 +405,28 @@ def test_webhook_urls_take_env_references_and_display_no_token(tmp_path: Path) -
     assert hook.display == "https://127.0.0.1:8443/…"
     assert "SECRETTOKEN" not in repr(hook)
     assert bare.display == "http://127.0.0.1"
+
+
+def test_apprise_urls_display_no_path_or_query(tmp_path: Path) -> None:
+    # apprise's own privacy form keeps the path of json://, xml://, form:// and ntfy://
+    # URLs: their token; shown as a webhook is
+    path = write(tmp_path, "channels:\n"
+                           "  j: {apprise: \"json://127.0.0.1:9/hooks/T00/B00/${TOKEN}\"}\n"
+                           "  x: {apprise: \"xml://127.0.0.1/a/${TOKEN}?k=${TOKEN}\"}\n"
+                           "  f: {apprise: \"form://[::1]:8080/${TOKEN}\"}\n"
+                           "  n: {apprise: \"ntfy://127.0.0.1:9/${TOKEN}\"}\n"
+                           "rules:\n  - name: r\n    notify: [j, x, f, n]\n")
+    config = load_alerts(path, env={"TOKEN": "SUPERSECRET123"})
+    assert {name: c.display for name, c in config.channels.items()} == {
+        "j": "json://127.0.0.1:9/…", "x": "xml://127.0.0.1/…", "f": "form://[::1]:8080/…",
+        "n": "ntfy://127.0.0.1:9/…"}
+
+
+def test_any_url_in_an_error_is_cut_to_its_host() -> None:
+    text = ("json://127.0.0.1:9/hooks/SECRET1?x=1: failed; see xml://u:p@127.0.0.1/SECRET2 "
+            "(and 'ntfy://127.0.0.1/SECRET3')")
+    assert mask_urls(text) == ("json://127.0.0.1:9/…: failed; see xml://127.0.0.1/… "
+                               "(and 'ntfy://127.0.0.1/…')")
 
 
 @given(st.text(max_size=80))

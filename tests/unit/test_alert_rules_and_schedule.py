@@ -151,11 +151,13 @@ def test_overlapping_entries_never_scan_the_same_target_at_once(store: Any) -> N
     assert [t[:2] for t in timeline] == [("start", "every-20"), ("end", "every-20"),
                                          ("start", "hourly"), ("end", "hourly")]
     # And a second pass at 11:40: every-20's 11:20 slot passed during the runs -> one
-    # catch-up run for 11:40 (11:20 counted as missed); hourly is not due
+    # catch-up run for 11:40 (11:20 counted as missed, while the watcher was busy);
+    # hourly, decided when its turn comes (12:00, after that run), runs for 12:00
     records = asyncio.run(watcher.run_once())
     assert [(r.entry, r.slot.strftime("%H:%M"), r.missed) for r in records] == [
-        ("every-20", "11:40", 1)]
-    assert any("every-20 missed 1 run(s)" in line for line in lines)
+        ("every-20", "11:40", 1), ("hourly", "12:00", 0)]
+    assert "watch: every-20 missed 1 run(s) while other entries were scanning; catching " \
+        "up with one run now" in lines
 
 
 def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:
@@ -205,15 +207,42 @@ def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep(store: Any)
     assert waits == [60.0, 3600.0]
 
 
-def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs(store: Any) -> None:
+def _errors() -> list[tuple[Exception, str]]:
+    """Errors a real scan raises, each with the text the run's line and ledger note show:
+    the CLI's typed errors as their message (an engine's DiscoveryError too), others (a
+    bug) with their type."""
     from portwatch.console import PortwatchError
+    from probers.discovery.base import DiscoveryError, EngineUnavailable
+    from probers.nmapdata import NmapDataError
+    from producers.targets import TargetError
+    from stream_processors.store import StoreBusy, StoreError
 
+    return [
+        (PortwatchError("--engine masscan: cannot open a raw socket"),
+         "--engine masscan: cannot open a raw socket"),
+        (EngineUnavailable("masscan cannot scan loopback (127.0.0.1)"),
+         "masscan cannot scan loopback (127.0.0.1)"),
+        (DiscoveryError("the engine stopped"), "the engine stopped"),
+        (StoreError("insert failed: disk full"), "insert failed: disk full"),
+        (StoreBusy("store in use"), "store in use"),
+        (NmapDataError("nmap-services", 12, "bad line"), "nmap-services:12: bad line"),
+        (TargetError("bad target 'x'"), "bad target 'x'"),
+        (RuntimeError("a bug\nsecond line"), "RuntimeError: a bug"),
+    ]
+
+
+@pytest.mark.parametrize(("error", "shown"), _errors(),
+                         ids=[type(e).__name__ for e, _ in _errors()])
+def test_any_error_of_one_entrys_run_is_recorded_as_failed_and_the_next_runs(
+        store: Any, error: Exception, shown: str) -> None:
+    """The scan function is a fake that raises each error a real scan raises: the real
+    ones need a broken engine, store or nmap data (the e2e test has a real one)."""
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     lines: list[str] = []
 
     async def scan(entry: ScheduleEntry) -> ScanOutcome:
         if entry.name == "hourly":
-            raise PortwatchError("--engine masscan: cannot open a raw socket")
+            raise error
         return ScanOutcome(Stats("s-nightly"), [])
 
     watcher = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
@@ -221,7 +250,38 @@ def test_a_failed_scan_is_recorded_and_the_next_entry_still_runs(store: Any) -> 
     records = asyncio.run(watcher.run_once())
     assert [(r.entry, r.status) for r in records] == [("hourly", "failed"),
                                                       ("nightly", "completed")]
-    assert any("hourly: scan failed: --engine masscan" in line for line in lines)
+    assert [line for line in lines if "failed" in line] == [
+        f"watch: hourly: scan failed: {shown}"]
+    assert store.query("SELECT entry, status, note FROM watch_runs FINAL ORDER BY entry") == [
+        ("hourly", "failed", shown), ("nightly", "completed", "")]
     # the failed slot is not retried in a loop: it counts as run, in the ledger
     assert asyncio.run(watcher.run_once()) == []
     assert last_slots(store) == {"hourly": now[0], "nightly": now[0]}
+
+
+def test_an_entry_decided_before_a_long_scan_runs_once_for_its_latest_slot(store: Any) -> None:
+    # Given a daily entry whose scan takes 150 minutes and an hourly one, both due at 10:00
+    now = [datetime(2026, 12, 1, 10, 0, tzinfo=UTC)]
+    ran_before(store, "a-daily", datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
+    ran_before(store, "b-hourly", datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    daily = ScheduleEntry("a-daily", "0 10 * * *", targets=("127.0.0.1",))
+    hourly = ScheduleEntry("b-hourly", "0 * * * *", targets=("127.0.0.2",))
+    lines: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        now[0] += timedelta(minutes=150 if entry.name == "a-daily" else 1)
+        return ScanOutcome(Stats(f"scan-{entry.name}"), [])
+
+    watcher = Watcher(store, [daily, hourly], scan, None, clock=lambda: now[0],
+                      say=lines.append)
+    # When the watcher runs what is due, then looks again right after
+    first = asyncio.run(watcher.run_once())
+    second = asyncio.run(watcher.run_once())
+    # Then b-hourly ran once, at 12:30, for the 12:00 slot (10:00 and 11:00 missed while
+    # a-daily scanned), not for the stale 10:00 slot and at once again for 12:00
+    assert [(r.entry, r.slot.strftime("%H:%M"), r.started.strftime("%H:%M"), r.missed)
+            for r in first] == [("a-daily", "10:00", "10:00", 0),
+                                ("b-hourly", "12:00", "12:30", 2)]
+    assert second == []
+    assert "watch: b-hourly missed 2 run(s) while other entries were scanning; catching up " \
+        "with one run now" in lines
