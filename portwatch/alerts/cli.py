@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,8 +117,16 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         _print_plan(store, entries)
         return
     db = _store(store)
+
+    def prepare(entry: Any) -> Any:
+        # Each run reads its targets again: a watcher runs for months, and an inventory
+        # edited or a name pointed elsewhere (perhaps outside the scope, which is checked
+        # again too) counts from its next run, not from the next restart. The first run
+        # takes what was just checked.
+        return prepared.pop(entry.name, None) or _prepare(entry, store, schedule_file)
+
     try:
-        code = asyncio.run(_watch(db, entries, prepared, config, once=once, quiet=quiet))
+        code = asyncio.run(_watch(db, entries, prepare, config, once=once, quiet=quiet))
     finally:
         db.close()
     if code == EXIT_INTERRUPTED:
@@ -162,8 +171,8 @@ def _print_plan(store: str | None, entries: Any) -> None:
         out.print(Text(f"{d.entry.name:24} {d.entry.cron:18} next {when:22} last {last_text}"))
 
 
-async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *, once: bool,
-                 quiet: bool) -> int:
+async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: Any, *,
+                 once: bool, quiet: bool) -> int:
     from portwatch.alerts.dispatcher import AlertDispatcher
     from portwatch.alerts.scanning import run_embedded_scan
     from portwatch.alerts.watch import Watcher
@@ -183,7 +192,8 @@ async def _watch(db: Any, entries: Any, prepared: dict[str, Any], config: Any, *
 
     async def scan(entry: Any) -> Any:
         try:
-            return await run_embedded_scan(db, prepared[entry.name], quiet=quiet)
+            return await run_embedded_scan(db, await asyncio.to_thread(prepare, entry),
+                                           quiet=quiet)
         finally:
             own_signals()
 

@@ -26,7 +26,7 @@ import pytest
 
 from tests import loopback
 from tests.alert_receivers import webhook_receiver
-from tests.conftest import REPO, CliResult, run_cli
+from tests.conftest import REPO, CliResult, query_store, run_cli
 
 SECRET = "e2e-secret-abcdef"
 ENV = {"HOOK_SECRET": SECRET}
@@ -488,3 +488,50 @@ def test_scan_alerts_deliver_what_a_real_rescan_changed(tmp_path: Path) -> None:
               for d in receiver.accepted for e in d.payload["events"]]
     assert events == [("opened", port, host), ("closed", port, host)]
     assert receiver.rejected == []
+
+
+def test_a_running_watch_reads_its_inventory_again_at_each_run(tmp_path: Path) -> None:
+    # Given a watch whose every-minute entry scans the targets of an inventory file
+    store = f"chdb://{tmp_path / 'store'}"
+    inventory = tmp_path / "assets.yaml"
+    inventory.write_text("Example Corp:\n  - 127.0.0.1\n")
+    sched = tmp_path / "schedules.yaml"
+    sched.write_text(textwrap.dedent(f"""\
+        schedules:
+          - name: every-minute
+            inventory: {inventory}
+            ports: "22"
+            udp: none
+            cron: "* * * * *"
+        """))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PORTWATCH_STORE": store, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"})
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        runs = 0
+        for _ in range(200):  # bounded: two runs' lines and a status line or two
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "scan " in line and "completed" in line:
+                runs += 1
+                if runs == 1:
+                    # When the inventory is edited while the watcher waits
+                    inventory.write_text("Example Corp:\n  - 127.0.0.2\n")
+                else:
+                    break
+        assert runs == 2, seen
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    # Then the next run scanned what the file says now, without a restart
+    rows = query_store(store, "SELECT scan_id, ip FROM host_scans FINAL GROUP BY scan_id, ip "
+                              "ORDER BY min(finished_at)")
+    assert [ip for _, ip in rows] == ["127.0.0.1", "127.0.0.2"], rows
