@@ -159,7 +159,7 @@ def _print_plan(store: str | None, entries: Any) -> None:
         previous = {}
     else:
         try:
-            previous = last_slots(db)
+            previous = last_slots(db, datetime.now(UTC))
         finally:
             db.close()
     decisions = plan(entries, previous, datetime.now(UTC))

@@ -127,9 +127,17 @@ def next_slot(entry: ScheduleEntry, after: datetime) -> datetime:
     return _utc(_croniter(entry.cron, _utc(after)).get_next(datetime))
 
 
+def is_from_the_future(slot: datetime, now: datetime) -> bool:
+    """A slot is recorded when its run starts, at or after it: one after ``now`` was
+    recorded by a clock that ran ahead."""
+    return _utc(slot) > _utc(now)
+
+
 def decide(entry: ScheduleEntry, last_slot: datetime | None, now: datetime) -> Decision:
     now = _utc(now)
-    if last_slot is None:
+    if last_slot is None or is_from_the_future(last_slot, now):
+        # never run (its baseline runs now); a slot after now was recorded by a clock
+        # that ran ahead (``last_slots(store, now)`` leaves those out): run it now too
         return Decision(entry, True, now, now)
     last_slot = _utc(last_slot)
     latest = previous_slot(entry, now)
@@ -154,9 +162,23 @@ def plan(entries: Sequence[ScheduleEntry], last_slots: Mapping[str, datetime | N
 # -- the ledger -------------------------------------------------------------------------
 
 
-def last_slots(store: Any) -> dict[str, datetime]:
+def last_slots(store: Any, now: datetime | None = None) -> dict[str, datetime]:
+    """The latest slot each entry ran for. With ``now``: the latest not after it (a slot
+    recorded by a clock that ran ahead would hold the entry until that time came again;
+    ``future_slots`` names them)."""
+    rows = store.query("SELECT entry, maxIf(slot, slot <= {now:DateTime64(3, 'UTC')}) "
+                       "FROM watch_runs FINAL WHERE status != 'interrupted' GROUP BY entry "
+                       "HAVING countIf(slot <= {now:DateTime64(3, 'UTC')}) > 0",
+                       {"now": _utc(now) if now is not None else datetime(2299, 1, 1,
+                                                                          tzinfo=UTC)})
+    return {str(r[0]): _utc(r[1]) for r in rows}
+
+
+def future_slots(store: Any, now: datetime) -> dict[str, datetime]:
+    """Entries with a run recorded for a slot after ``now`` (the clock was ahead then)."""
     rows = store.query("SELECT entry, max(slot) FROM watch_runs FINAL "
-                       "WHERE status != 'interrupted' GROUP BY entry")
+                       "WHERE status != 'interrupted' AND slot > {now:DateTime64(3, 'UTC')} "
+                       "GROUP BY entry", {"now": _utc(now)})
     return {str(r[0]): _utc(r[1]) for r in rows}
 
 

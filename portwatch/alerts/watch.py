@@ -33,6 +33,8 @@ from portwatch.alerts.schedule import (
     Decision,
     ScheduleEntry,
     decide,
+    future_slots,
+    is_from_the_future,
     last_slots,
     next_slot,
     plan,
@@ -83,11 +85,20 @@ class Watcher:
     # ledger row could not be written is not run again by this process at once
     _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
     _started: datetime | None = field(default=None, repr=False)
+    _warned_future: set[str] = field(default_factory=set, repr=False)
 
     def last_slots(self) -> dict[str, datetime]:
-        slots = last_slots(self.store)
+        now = self.clock()
+        slots = last_slots(self.store, now)
         for name, slot in self._ran.items():
-            slots[name] = max(slot, slots.get(name, slot))
+            if not is_from_the_future(slot, now):
+                slots[name] = max(slot, slots.get(name, slot))
+        for name, slot in future_slots(self.store, now).items():
+            if name not in self._warned_future:  # said once per entry
+                self._warned_future.add(name)
+                self.say(f"watch: {name}: its last run is recorded for "
+                         f"{slot:%Y-%m-%d %H:%M} UTC, after now: the clock was ahead then; "
+                         "scheduling from now")
         return slots
 
     def decisions(self) -> list[Decision]:

@@ -285,3 +285,36 @@ def test_an_entry_decided_before_a_long_scan_runs_once_for_its_latest_slot(store
     assert second == []
     assert "watch: b-hourly missed 2 run(s) while other entries were scanning; catching up " \
         "with one run now" in lines
+
+
+def test_a_slot_recorded_by_a_clock_that_ran_ahead_does_not_hold_the_entry(
+        store: Any) -> None:
+    # Given an hourly entry whose last run was recorded a year ahead (the clock was wrong
+    # then, NTP set it back since)
+    ahead = datetime(2027, 12, 1, 10, 0, tzinfo=UTC)
+    assert decide(HOURLY, ahead, T).is_due  # the plan (`watch --list`) too
+    ran_before(store, "hourly", ahead)
+    lines: list[str] = []
+    ran: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        ran.append(entry.name)
+        return ScanOutcome(Stats("scan-1"), [])
+
+    now = [T]
+    watcher = Watcher(store, [HOURLY], scan, None, clock=lambda: now[0], say=lines.append)
+    # When the watcher looks: it runs the entry now, saying why once (before: not for a
+    # year)
+    records = asyncio.run(watcher.run_once())
+    assert ran == ["hourly"] and [r.slot for r in records] == [T]
+    assert lines[0] == ("watch: hourly: its last run is recorded for 2027-12-01 10:00 UTC, "
+                        "after now: the clock was ahead then; scheduling from now")
+    # And then keeps its schedule from that run: not again at once, again at 11:00
+    now[0] = T + timedelta(minutes=10)
+    assert asyncio.run(watcher.run_once()) == []
+    now[0] = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+    assert [r.slot for r in asyncio.run(watcher.run_once())] == [now[0]]
+    assert ran == ["hourly", "hourly"]
+    assert sum("after now" in line for line in lines) == 1
+    # (as the plan of `watch --list` sees it: the ledger's slots up to now)
+    assert last_slots(store, now[0]) == {"hourly": now[0]}
