@@ -1,13 +1,17 @@
 """What the libraries portwatch drives may write to a user's terminal or a pod's log.
 
-Owns: two logging filters installed on the command's log handler. A Kafka broker that
-goes away makes aiokafka, kafka-python, Faust and mode log the same failure many times a
-second (``Unable connect to node with id 1`` ~70 lines/s while the broker is down: 9.8
-MB in eleven minutes), with tracebacks for what portwatch already reports in one line.
-``OneLine`` turns a library's record with a traceback into one line (``-v`` keeps the
-traceback); ``RepeatLimiter`` lets a library's message through once per window and
-counts the ones it held back, so an outage reads as a line now and then, not a flood.
-portwatch's own records pass untouched: each says something once, on purpose.
+Owns: three logging filters installed on the command's log handler, and ``mask_urls``.
+A Kafka broker that goes away makes aiokafka, kafka-python, Faust and mode log the same
+failure many times a second (``Unable connect to node with id 1`` ~70 lines/s while the
+broker is down: 9.8 MB in eleven minutes), with tracebacks for what portwatch already
+reports in one line. ``OneLine`` turns a library's record with a traceback into one line
+(``-v`` keeps the traceback); ``RepeatLimiter`` lets a library's message through once
+per window and counts the ones it held back, so an outage reads as a line now and then,
+not a flood. portwatch's own records pass untouched: each says something once, on
+purpose. ``SecretsOut`` cuts every URL in a library's record to
+``scheme://host:port/…`` and the path of an HTTP request line to ``/…``: at ``-vv``
+apprise and urllib3 log the URLs they send to, whose path or query is often a channel's
+token.
 
 Must not touch: anything but the records (no handlers replaced, no levels changed).
 """
@@ -15,6 +19,7 @@ Must not touch: anything but the records (no handlers replaced, no levels change
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +32,48 @@ MAX_KEYS = 1024  # distinct messages remembered: a library cannot grow this with
 
 def is_ours(name: str) -> bool:
     return name == "root" or name.split(".", 1)[0] in OURS
+
+
+def url_display(url: str) -> str:
+    """``scheme://host[:port]``, then ``/…`` when the URL goes on: what logs, errors,
+    ``alerts test`` and ``alerts log`` show of any channel URL. The path and query of a
+    webhook, and of apprise's json://, xml://, form:// or ntfy:// URLs, are often the
+    token (``/hooks/T0/B0/XXXX``, ``?token=``), and apprise's own privacy form keeps
+    them; a ``user:password@`` is dropped."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparseable URL>"
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    host = rest[:cut].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" + ("/…" if rest[cut:] not in ("", "/") else "")
+
+
+# any scheme://... in free text (an error, a library's log line), up to a blank, a quote,
+# an angle bracket or a closing parenthesis, and not ending in the sentence's . , : or ;
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s)'\"<>]*[^\s)'\"<>.,:;]")
+# urllib3's '"POST /hooks/T0/B0/XXXX HTTP/1.1" 200': the path alone, no scheme
+_REQUEST_LINE = re.compile(r'"([A-Z]{3,7}) /[^\s"]*')
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every URL in it cut to ``url_display`` (errors of libraries and
+    receivers quote the URL they were given, token and all)."""
+    return _URL_IN_TEXT.sub(lambda found: url_display(found.group(0)), text)
+
+
+class SecretsOut(logging.Filter):
+    """A library's record with its URLs and request paths cut (channel tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not is_ours(record.name):
+            try:
+                text = record.getMessage()
+            except Exception:  # noqa: BLE001 - a library's bad format: left as it is
+                return True
+            masked = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
+            if masked != text:
+                record.msg, record.args = masked, None
+        return True
 
 
 class OneLine(logging.Filter):
@@ -100,7 +147,8 @@ def install(*, verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if any(isinstance(f, RepeatLimiter) for f in handler.filters):
             continue
-        handler.addFilter(RepeatLimiter())  # first: it keys on the message as logged
+        handler.addFilter(SecretsOut())  # first: nothing below sees a token
+        handler.addFilter(RepeatLimiter())  # it keys on the message as logged
         if not verbose:
             handler.addFilter(OneLine())
     if not verbose:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from portwatch.log_filters import mask_urls as _mask_urls
+from portwatch.log_filters import url_display as _url_display
 from producers.targets import yaml_problem
 from schemas.bounded import is_digits
 from schemas.durations import parse_seconds
@@ -221,29 +223,10 @@ def webhook_url_problem(url: str) -> str:
     return ""
 
 
-def url_display(url: str) -> str:
-    """``scheme://host[:port]``, then ``/…`` when the URL goes on: what logs, errors,
-    ``alerts test`` and ``alerts log`` show of any channel URL. The path and query of a
-    webhook, and of apprise's json://, xml://, form:// or ntfy:// URLs, are often the
-    token (``/hooks/T0/B0/XXXX``, ``?token=``), and apprise's own privacy form keeps
-    them; a ``user:password@`` is dropped."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<unparseable URL>"
-    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    host = rest[:cut].rsplit("@", 1)[-1]
-    return f"{scheme}://{host}" + ("/…" if rest[cut:] not in ("", "/") else "")
-
-
-# any scheme://... in free text (an error, a library's log line), up to a blank, a quote,
-# an angle bracket or a closing parenthesis, and not ending in the sentence's . , : or ;
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s)'\"<>]*[^\s)'\"<>.,:;]")
-
-
-def mask_urls(text: str) -> str:
-    """``text`` with every URL in it cut to ``url_display`` (errors of libraries and
-    receivers quote the URL they were given, token and all)."""
-    return _URL_IN_TEXT.sub(lambda found: url_display(found.group(0)), text)
+# (what logs, errors, `alerts test` and `alerts log` show of a channel URL: the log
+# filters mask library records with the same two functions)
+url_display = _url_display
+mask_urls = _mask_urls
 
 
 def mapping_items(node: yaml.Node | None, what: str,

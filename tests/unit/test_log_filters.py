@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from portwatch import log_filters
-from portwatch.log_filters import OneLine, RepeatLimiter
+from portwatch.log_filters import OneLine, RepeatLimiter, SecretsOut
 
 
 class Clock:
@@ -109,3 +109,33 @@ def test_a_library_thread_that_dies_is_one_line(capsys: pytest.CaptureFixture[st
         logging.getLogger("portwatch").removeHandler(handler)
     assert records == ["aiokafka-consumer ended on TimeoutError: stopping the consumer"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_librarys_urls_and_request_paths_lose_their_tokens() -> None:
+    # Given the lines apprise and urllib3 log at -vv when they post to a channel
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.addFilter(SecretsOut())
+    names = ("urllib3.connectionpool", "apprise", "portwatch.y")
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.setLevel(logging.DEBUG)
+    try:
+        logging.getLogger("urllib3.connectionpool").debug(
+            '%s://%s:%s "%s %s %s" %s %s', "http", "127.0.0.1", 9, "POST",
+            "/hooks/T00/B00/SUPERSECRET123?token=abc", "HTTP/1.1", 200, 2)
+        logging.getLogger("apprise").debug("JSON POST URL: %s",
+                                           "json://127.0.0.1:9/hooks/T00/SUPERSECRET123")
+        logging.getLogger("portwatch.y").debug("ours: %s", "http://127.0.0.1/kept/as/is")
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+            lg.propagate = True
+    # Then the path (the token) is cut from the libraries' lines; ours are as written
+    assert out.getvalue().splitlines() == [
+        'urllib3.connectionpool: http://127.0.0.1:9 "POST /… HTTP/1.1" 200 2',
+        "apprise: JSON POST URL: json://127.0.0.1:9/…",
+        "portwatch.y: ours: http://127.0.0.1/kept/as/is"]
