@@ -61,12 +61,16 @@ def target_predicate(alias: str) -> str:
 
 
 def normalize_target(text: str) -> str:
-    """The target filter as the SQL should receive it: stripped; a CIDR block in its
-    canonical form (host bits cleared). A value is a block when what comes before its
-    "/" is an address; anything else with a "/" is a name (an asset ``web/1``, a
-    target written as a URL path). ValueError, one line, for a malformed block."""
+    """The target filter as the SQL should receive it: stripped; an address and a CIDR
+    block in their canonical forms (zeros compressed, host bits cleared). A value is a
+    block when what comes before its "/" is an address; anything else with a "/" is a
+    name (an asset ``web/1``, a target written as a URL path). ValueError, one line,
+    for a malformed block."""
     value = text.strip()
     address, slash, _bits = value.partition("/")
+    if not slash and is_ip_address(value):
+        # an address as it is stored: '2001:db8:0::5' is '2001:db8::5' (it matched nothing)
+        return str(ipaddress.ip_address(value))
     if not slash or not _looks_like_address(address):
         return value
     try:
