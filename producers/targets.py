@@ -7,6 +7,10 @@ limit, optional allow-list). Must not send packets: hostname resolution is the
 only lookup, through the system resolver.
 
 Every error is a ``TargetError`` whose message is one line for the user.
+
+Why one file: targets, inventories and the scope share one address grammar (what is an
+address, a block, a range, a name) and one error type; the scope's fence
+(``scope_allow_items``) and an inventory's rows are checked by the same parsers.
 """
 
 from __future__ import annotations

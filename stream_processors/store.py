@@ -13,6 +13,11 @@ reports. Must not touch the network beyond its ClickHouse connection.
 
 chdb allows one process per database path (a file lock): a second process gets
 ``StoreBusy`` with a message that says what to do, not a lock traceback.
+
+Why one file: every statement goes through the one client under the one lock, and the
+layout (DDL, migrations, the steps before the DDL) must change together with the reads
+that map the engine's errors to ``StoreError``; the row builders and the report SQL
+already live elsewhere (``store_rows.py``, ``schemas/``).
 """
 
 from __future__ import annotations

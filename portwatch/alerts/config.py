@@ -9,6 +9,10 @@ file is missing.
 
 Must not touch: the network, the store, or the secret values beyond reading them (a
 secret is never part of an error message or a ``repr``).
+
+Why one file: it is the grammar of one file, read node by node so every error names its
+line; the schedule file reuses its mapping reader (``mapping_items``) for the same
+"given twice" rule.
 """
 
 from __future__ import annotations
