@@ -308,11 +308,11 @@ SELECT
 FROM host_scans;
 
 -- scan_id / finished_at: the host's latest scan, whatever its status (the Summary's scan
--- status and time). ports_scan_id: the scan whose open ports are the host's ports now,
--- its latest completed scan: an interrupted or still running scan closes nothing (its
--- ports are seen, its silences prove nothing), so until a later scan completes, the
--- reports show the last completed one's ports. A host never scanned to the end has its
--- latest scan's.
+-- status and time). The host's ports now are those of ports_scan_id, its latest
+-- completed scan, and those a later scan (interrupted, or still running) has seen since
+-- that one ended (ports_seen_after): an interrupted or running scan closes nothing (its
+-- silences prove nothing), but what it sees is open. A host never scanned to the end has
+-- its latest scan's ports (ports_seen_after is then never reached).
 CREATE VIEW IF NOT EXISTS latest_host_scans AS
 SELECT
     target, ip,
@@ -322,7 +322,9 @@ SELECT
     tupleElement(organization, 2) AS organization,
     tupleElement(asset, 2) AS asset,
     if(tupleElement(last_complete, 2) != '', tupleElement(last_complete, 2),
-       tupleElement(last_scan, 2)) AS ports_scan_id
+       tupleElement(last_scan, 2)) AS ports_scan_id,
+    if(tupleElement(last_complete, 2) != '', tupleElement(last_complete, 1),
+       toDateTime64('2299-12-31 00:00:00', 3, 'UTC')) AS ports_seen_after
 FROM host_latest FINAL;
 
 -- TLS: one row per (scan, ip, port) probe attempt: "could not test" is stored.

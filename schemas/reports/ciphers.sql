@@ -20,10 +20,12 @@ WITH
     open_now AS (
         SELECT p.target AS target, p.ip AS ip, p.port AS port
         FROM port_latest AS p FINAL
-        LEFT JOIN (SELECT target, ip, ports_scan_id FROM latest_host_scans) AS l
+        LEFT JOIN (SELECT target, ip, ports_scan_id, ports_seen_after
+                   FROM latest_host_scans) AS l
             ON l.target = p.target AND l.ip = p.ip
         -- (a host with no scan record: its ports, as in the List)
-        WHERE p.proto = 'tcp' AND (l.ports_scan_id = '' OR p.scan_id = l.ports_scan_id)
+        WHERE p.proto = 'tcp' AND (l.ports_scan_id = '' OR p.scan_id = l.ports_scan_id
+                                   OR p.last_seen > l.ports_seen_after)
     ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)

@@ -27,7 +27,7 @@ WITH
     latest_scan AS (
         -- the scan whose ports are the host's ports now: its latest completed one
         -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
-        SELECT target, ip, ports_scan_id AS scan_id FROM latest_host_scans
+        SELECT target, ip, ports_scan_id AS scan_id, ports_seen_after FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
@@ -108,7 +108,8 @@ WITH
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
         -- "current", as is_current below
-        WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id)
+        WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id
+               OR f.last_seen > page_scan.ports_seen_after)
           AND TARGET_MATCHES(f)
           AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
           AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
@@ -194,7 +195,8 @@ SELECT
     f.last_seen AS last_seen,
     -- without --history every page row is current (phase 1 kept only those)
     ({history:UInt8} = 0 OR history_scan.scan_id = ''
-     OR f.last_scan_id = history_scan.scan_id) AS is_current,
+     OR f.last_scan_id = history_scan.scan_id
+     OR f.last_seen > history_scan.ports_seen_after) AS is_current,
     (acc_port.target != ''
      AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
           OR (acc_port.service = f.service AND acc_port.product = f.product

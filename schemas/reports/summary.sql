@@ -20,20 +20,23 @@
 WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest): the cost
     -- follows the estate, not the number of scans ever stored
-    -- last_scan_id: its latest scan (status, time, what it covered); ports_scan_id: the
-    -- scan whose ports are its ports now, its latest completed one (ddl.sql
-    -- latest_host_scans: an interrupted or running rescan closes nothing)
+    -- last_scan_id: its latest scan (status, time, what it covered); its ports now are
+    -- those of ports_scan_id, its latest completed scan, and those a later scan has seen
+    -- since that one ended (ddl.sql latest_host_scans: an interrupted or running rescan
+    -- closes nothing, and what it sees is open)
     scans AS (
         SELECT target, ip, scan_id AS last_scan_id, finished_at AS last_scanned,
-               hostname, organization, asset, ports_scan_id
+               hostname, organization, asset, ports_scan_id, ports_seen_after
         FROM latest_host_scans
     ),
     -- Phase 1: per host and scan, the counts its score is made of and whether it has the
     -- port, colour or product a filter asks for (a filter not given folds to 1), counted
-    -- per (host, scan) first (the join then sees ~1 row per host instead of every port),
-    -- and joined once with each host's ports scan: its other scans' counts match nothing.
-    counts AS (
+    -- per (host, scan) first (the join then sees a row or two per host instead of every
+    -- port). A host's ports now are its ports scan's group and the groups of scans whose
+    -- ports were all seen after that scan ended; their counts are summed per host.
+    by_scan AS (
         SELECT p.target AS target, p.ip AS ip, p.scan_id AS scan_id,
+               min(p.last_seen) AS seen_from,
                count() AS open_ports,
                countIf(p.is_cdn_expected = 0 AND p.state = 'open'
                        AND p.risk_color = 'red') AS red,
@@ -49,6 +52,17 @@ WITH
         FROM port_latest AS p FINAL
         GROUP BY p.target, p.ip, p.scan_id
     ),
+    counts AS (
+        SELECT b.target AS target, b.ip AS ip,
+               sum(b.open_ports) AS open_ports, sum(b.red) AS red, sum(b.yellow) AS yellow,
+               sum(b.green) AS green, sum(b.cdn_expected) AS cdn_expected,
+               max(b.has_port) AS has_port, max(b.has_color) AS has_color,
+               max(b.has_product) AS has_product
+        FROM by_scan AS b
+        INNER JOIN scans AS s ON s.target = b.target AND s.ip = b.ip
+        WHERE b.scan_id = s.ports_scan_id OR b.seen_from > s.ports_seen_after
+        GROUP BY b.target, b.ip
+    ),
     page AS (
         SELECT scans.target AS target, scans.ip AS ip,
                round(100 * (1 - exp(-(10 * counts.red + 3 * counts.yellow + counts.green) / 40)),
@@ -58,7 +72,6 @@ WITH
                counts.green AS green, counts.cdn_expected AS cdn_expected
         FROM scans
         LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
-                        AND counts.scan_id = scans.ports_scan_id
         WHERE TARGET_MATCHES(scans)
           AND ({org:String} = '' OR lowerUTF8(scans.organization) = lowerUTF8({org:String}))
           -- a host without ports has none of them (the join's defaults are 0)
@@ -133,7 +146,8 @@ WITH
            AND acc_port.proto = f.proto AND acc_port.port = f.port
         LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
             ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
-        WHERE f.scan_id = page_scans.ports_scan_id
+        -- (port by port: the same ports as phase 1's groups, but for scans that overlap)
+        WHERE f.scan_id = page_scans.ports_scan_id OR f.last_seen > page_scans.ports_seen_after
     ),
     per_host AS (
         SELECT target, ip,

@@ -135,3 +135,29 @@ def test_ciphers_lists_the_tls_ports_open_now(store: Any) -> None:
     # Then the Ciphers report lists 443 (before: 8443 too, with its last probe, for ever)
     assert [(r["port"], r["grade"]) for r in store.report("ciphers").dicts()] == [
         (443, "strong")]
+
+
+def test_what_an_interrupted_rescan_saw_again_or_anew_is_open(store: Any) -> None:
+    # Given a completed scan that found SSH and MySQL, then a rescan interrupted after it
+    # saw SSH again and found a new Redis (before it reached MySQL)
+    scanned(store, DB, "s1", T0, "completed", [
+        found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+        found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    later = T0 + timedelta(days=1)
+    scanned(store, DB, "s2", later, "interrupted", [
+        found(DB, "s2", later, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+        found(DB, "s2", later, 6379, "Redis", "7.0.15", RiskColor.RED)])
+    # Then all three are its ports now: what the rescan saw is open, what it did not
+    # reach is not closed (before this fix: only MySQL; before the last one: SSH, Redis)
+    summary, ports, products = reports(store)
+    db = summary["127.0.0.7"]
+    assert (db["open_ports"], db["red"], db["green"], db["scan_status"]) == (
+        3, 2, 1, "interrupted")
+    assert ports == {"127.0.0.7": [22, 3306, 6379]}
+    assert products == {"OpenSSH 9.6p1": 1, "MySQL 8.0.36": 1, "Redis 7.0.15": 1}
+    now = store.query(history_sql("target_ports"), {"target": DB.target, "ip": ""})
+    assert sorted(row[3] for row in now) == [22, 3306, 6379]
+    # And the List's --history marks them current
+    history = store.report("list", {"history": 1}).dicts()
+    assert sorted((r["port"], r["is_current"]) for r in history) == [
+        (22, 1), (3306, 1), (6379, 1)]
