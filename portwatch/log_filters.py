@@ -51,8 +51,10 @@ def url_display(url: str) -> str:
 # any scheme://... in free text (an error, a library's log line), up to a blank, a quote,
 # an angle bracket or a closing parenthesis, and not ending in the sentence's . , : or ;
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s)'\"<>]*[^\s)'\"<>.,:;]")
-# urllib3's '"POST /hooks/T0/B0/XXXX HTTP/1.1" 200': the path alone, no scheme
+# urllib3's '"POST /hooks/T0/B0/XXXX HTTP/1.1" 200' and requests' '... Max retries
+# exceeded with url: /services/T0/B0/XXXX (...)': the path alone, no scheme
 _REQUEST_LINE = re.compile(r'"([A-Z]{3,7}) /[^\s"]*')
+_RETRY_URL = re.compile(r"(with url: )/\S*")
 
 
 def mask_urls(text: str) -> str:
@@ -70,10 +72,20 @@ class SecretsOut(logging.Filter):
                 text = record.getMessage()
             except Exception:  # noqa: BLE001 - a library's bad format: left as it is
                 return True
-            masked = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
+            masked = _masked(text)
             if masked != text:
                 record.msg, record.args = masked, None
+            if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+                # the traceback quotes the same URLs: formatted here, masked, and kept
+                # as the record's text (the formatter then uses it as it is)
+                record.exc_text = _masked(logging.Formatter().formatException(
+                    record.exc_info))
         return True
+
+
+def _masked(text: str) -> str:
+    text = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
+    return _RETRY_URL.sub(lambda m: f"{m.group(1)}/…", text)
 
 
 class OneLine(logging.Filter):
@@ -85,7 +97,7 @@ class OneLine(logging.Filter):
             exc = record.exc_info[1]
             try:
                 if exc is not None:
-                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    first = _masked((str(exc).strip().splitlines() or [""])[0])[:200]
                     record.msg = f"{record.getMessage()} ({type(exc).__name__}" \
                                  f"{': ' + first if first else ''})"
                     record.args = None

@@ -43,6 +43,13 @@ def is_scan_id(text: object) -> bool:
     return isinstance(text, str) and SCAN_ID.fullmatch(text) is not None
 
 
+def is_resumable_scan_id(text: object) -> bool:
+    """What a checkpoint's scan id may be: any id an earlier portwatch wrote (``produce
+    --scan-id`` took any text then: 'nightly:1' must still resume), but printable and
+    bounded (no escape reaches the terminal, no megabyte id reaches every row)."""
+    return isinstance(text, str) and 0 < len(text) <= 200 and text.isprintable()
+
+
 def split_ports(ranges: Sequence[PortRange], size: int) -> list[tuple[PortRange, ...]]:
     """Cut port ranges into blocks of at most ``size`` ports (a block may span ranges)."""
     if size < 1:
@@ -218,7 +225,7 @@ class Checkpoint:
                    for v in indexes.values()) \
                     or not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
                 raise ValueError("index or seed not a non-negative integer")
-            if not is_scan_id(data["scan_id"]):
+            if not is_resumable_scan_id(data["scan_id"]):
                 raise ValueError("not a scan id")
             return cls(str(data["scan_id"]), data["seed"], str(data["fingerprint"]),
                        indexes, os.fspath(path))

@@ -464,8 +464,10 @@ def _still_quoted(line: str, quoted: bool) -> bool:
 def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
     """A CSV inventory parsed whole (RFC 4180: a quoted field may hold commas and line
     breaks), never line by line: that cut a quoted line break out of an organization and
-    accepted an unterminated quote. A repeated column, a row with more fields than the
-    header and an unknown column are refused: each silently lost a value before."""
+    accepted an unterminated quote. A repeated column, a row with more filled fields than
+    the header and an unknown column are refused: each silently lost a value before. A
+    blank column (a trailing comma, as spreadsheets write) holds nothing and is ignored,
+    in the header and in the rows."""
     reader = csv.reader(io.StringIO(_csv_comments_blanked(text), newline=""), strict=True)
     specs: list[TargetSpec] = []
     header: list[str] = []
@@ -478,6 +480,8 @@ def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
                 seen: set[str] = set()
                 for column in header:
                     key = column.strip().lower()
+                    if not key:
+                        continue  # a blank column: ignored, as its values
                     if key in seen:
                         raise TargetError(f"{name}: line {reader.line_num}: column "
                                           f"{_one_line(_short(column))!r} appears twice in "
@@ -485,9 +489,11 @@ def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
                     seen.add(key)
                 continue
             where = f"{name}: line {reader.line_num}"
-            if len(fields) > len(header):
+            if any(field.strip() for field in fields[len(header):]):
                 raise TargetError(f"{where}: more fields than the header's {len(header)}")
-            specs.extend(_row_spec(dict(zip(header, fields, strict=False)), where))
+            row = {column: field for column, field in zip(header, fields, strict=False)
+                   if column.strip()}
+            specs.extend(_row_spec(row, where))
             _check_count(specs, file)
     except csv.Error as exc:
         raise TargetError(f"inventory {str(file)!r} is not valid CSV: line "

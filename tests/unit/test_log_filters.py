@@ -130,12 +130,25 @@ def test_a_librarys_urls_and_request_paths_lose_their_tokens() -> None:
         logging.getLogger("apprise").debug("JSON POST URL: %s",
                                            "json://127.0.0.1:9/hooks/T00/SUPERSECRET123")
         logging.getLogger("portwatch.y").debug("ours: %s", "http://127.0.0.1/kept/as/is")
+        logging.getLogger("apprise").debug(
+            "Socket Exception: %s", "HTTPConnectionPool(host='127.0.0.1', port=9): Max "
+            "retries exceeded with url: /services/T00/B00/SUPERSECRET123 (Caused by x)")
+        try:
+            raise ConnectionError("refused: http://127.0.0.1:9/hooks/SUPERSECRET123")
+        except ConnectionError:
+            logging.getLogger("apprise").exception("send failed")
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
             lg.propagate = True
     # Then the path (the token) is cut from the libraries' lines; ours are as written
-    assert out.getvalue().splitlines() == [
+    assert out.getvalue().splitlines()[:5] == [
         'urllib3.connectionpool: http://127.0.0.1:9 "POST /… HTTP/1.1" 200 2',
         "apprise: JSON POST URL: json://127.0.0.1:9/…",
-        "portwatch.y: ours: http://127.0.0.1/kept/as/is"]
+        "portwatch.y: ours: http://127.0.0.1/kept/as/is",
+        "apprise: Socket Exception: HTTPConnectionPool(host='127.0.0.1', port=9): Max "
+        "retries exceeded with url: /… (Caused by x)",
+        "apprise: send failed"]
+    # (the traceback too: its last line names the URL, cut)
+    assert "SUPERSECRET123" not in out.getvalue()
+    assert "ConnectionError: refused: http://127.0.0.1:9/…" in out.getvalue()

@@ -231,3 +231,13 @@ def test_a_checkpoint_of_other_work_is_refused() -> None:
         assert other.fingerprint != plan.fingerprint
         with pytest.raises(CheckpointError, match="was written for other work"):
             other.start(own)
+
+
+def test_a_checkpoint_of_an_earlier_free_form_scan_id_still_resumes(tmp_path: Path) -> None:
+    # `produce --scan-id` took any text before ids were checked: its checkpoints resume
+    path = tmp_path / "old.ckpt"
+    path.write_text(json.dumps({"scan_id": "nightly:1 (prod)", "seed": 1,
+                                "fingerprint": "f" * 24, "next_index": {"tcp": 3}}))
+    loaded = Checkpoint.load(path)
+    assert loaded is not None and (loaded.scan_id, loaded.next_index) == (
+        "nightly:1 (prod)", {"tcp": 3})

@@ -475,3 +475,12 @@ def test_a_scope_fence_of_only_blanks_and_commas_is_refused(
     # When the scope is built from it, then it is refused, not read as "no fence"
     with pytest.raises(TargetError, match="holds no CIDR block"):
         Scope.build()
+
+
+def test_a_csv_with_trailing_commas_is_read(tmp_path: Path) -> None:
+    # Given a spreadsheet's export: a trailing comma on the header and on a row
+    path = write(tmp_path, "a.csv", "target,organization,asset,\n127.0.0.1,Org,web,\n"
+                                    "127.0.0.2,Org,db\n")
+    # Then the blank column holds nothing and is ignored (it was refused as a key '')
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org", "web"),
+                                    TargetSpec("127.0.0.2", "Org", "db")]
