@@ -491,8 +491,8 @@ def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
             where = f"{name}: line {reader.line_num}"
             if any(field.strip() for field in fields[len(header):]):
                 raise TargetError(f"{where}: more fields than the header's {len(header)}")
-            row = {column: field for column, field in zip(header, fields, strict=False)
-                   if column.strip()}
+            row: dict[str, object] = {column: field for column, field
+                                      in zip(header, fields, strict=False) if column.strip()}
             specs.extend(_row_spec(row, where))
             _check_count(specs, file)
     except csv.Error as exc:
