@@ -349,7 +349,9 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
         except ValueError as exc:
             fail(f"--wait: {exc}")
     _check_store_url(store)
-    db = _store(store)
+    # (it sends what a scan queued: a mistyped store is refused, not made empty and
+    # "nothing queued")
+    db = _store(store, create=False)
     try:
         report = AlertDispatcher(db, config).drain(wait)
     finally:

@@ -375,6 +375,16 @@ def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_alerts_deliver_refuses_a_store_that_does_not_exist(tmp_path: Path) -> None:
+    # Given a mistyped store path (the queue it means is elsewhere)
+    rules = alerts(tmp_path, "http://127.0.0.1:9/hook")
+    result = run_cli("alerts", "deliver", "--alerts", str(rules), env=ENV,
+                     store=f"chdb://{tmp_path / 'typo'}")
+    # Then refused in one line (it said "nothing queued" over a new empty store)
+    assert_refused(result, f"no store at {tmp_path / 'typo'}: scan something first")
+    assert not (tmp_path / "typo").exists()
+
+
 def test_accept_list_prints_a_hostile_note_on_one_line(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     added = run_cli("accept", "127.0.0.1:6379/tcp", "--note", "line one\nline two \x1b[31mred",
