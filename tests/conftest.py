@@ -8,17 +8,22 @@ namespace hosts the tests made only (tests/netfence.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests import netfence
+
+if TYPE_CHECKING:
+    from stream_processors.store import Store
 
 os.environ["PORTWATCH_SCOPE_ALLOW"] = "127.0.0.0/8,::1/128,198.18.0.0/15"
 netfence.install()
@@ -137,13 +142,28 @@ def shared_chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("chdb")
 
 
-@pytest.fixture
-def store(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def scratch_store(shared_chdb_path: Path, prefix: str = "t") -> Iterator[Store]:
+    """A store of its own in the shared chdb path (a database named ``<prefix>_<random>``),
+    dropped afterwards. Dropped, not only closed: every database left in the path makes
+    each later CREATE in it slower (measured: +20 ms per database left, so 5 s per store
+    by the end of the suite, against 0.15 s when each is dropped)."""
     from stream_processors.store import Store
 
-    db = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
-    yield db
-    db.close()
+    database = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    db = Store.from_url(f"chdb://{shared_chdb_path}?database={database}")
+    try:
+        yield db
+    finally:
+        with contextlib.suppress(Exception):  # a test may have broken or closed it
+            db.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+        db.close()
+
+
+@pytest.fixture
+def store(shared_chdb_path: Path) -> Iterator[Store]:
+    with scratch_store(shared_chdb_path) as db:
+        yield db
 
 
 # Real-broker fixtures (skip without a broker; fail under CI=true, where one must run).

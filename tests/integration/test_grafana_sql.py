@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from deploy.grafana import build_dashboards
 from schemas.records import Finding, HostScan, OpenPort, RiskColor, ServiceInfo, Target
 from stream_processors.risk import score_counts
+from tests.conftest import scratch_store
 
 DASHBOARDS = Path(build_dashboards.__file__).resolve().parent / "dashboards"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -36,33 +36,31 @@ def _finding(scan: str, t: Target, port: int, color: RiskColor, when: datetime,
 
 @pytest.fixture(scope="module")
 def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
-    from stream_processors.store import Store
+    with scratch_store(shared_chdb_path, "graf") as store:
+        findings, scans = [], []
+        for day in range(3):  # one more open port each day on A
+            when = NOW - timedelta(days=2 - day)
+            scan = f"s{day}"
+            for i, port in enumerate((80, 3306, 9000)[: day + 1]):
+                color = (RiskColor.GREEN, RiskColor.RED, RiskColor.YELLOW)[i]
+                findings.append(_finding(scan, A, port, color, when))
+            scans.append(HostScan(scan_id=scan, target=A, started_at=when, finished_at=when,
+                                  ports_scanned=100, open_ports=day + 1))
+        findings.append(_finding("s9", B, 22, RiskColor.GREEN, NOW, product="OpenSSH"))
+        scans.append(HostScan(scan_id="s9", target=B, started_at=NOW, finished_at=NOW,
+                              ports_scanned=100, open_ports=1))
+        store.insert_findings(findings)
+        store.insert_host_scans(scans)
+        # The change log of those scans, computed by the real recorder (no coverage in these
+        # records, so nothing can close and nothing is re-probed)
+        import asyncio
 
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=graf_{uuid.uuid4().hex[:10]}")
-    findings, scans = [], []
-    for day in range(3):  # one more open port each day on A
-        when = NOW - timedelta(days=2 - day)
-        scan = f"s{day}"
-        for i, port in enumerate((80, 3306, 9000)[: day + 1]):
-            color = (RiskColor.GREEN, RiskColor.RED, RiskColor.YELLOW)[i]
-            findings.append(_finding(scan, A, port, color, when))
-        scans.append(HostScan(scan_id=scan, target=A, started_at=when, finished_at=when,
-                              ports_scanned=100, open_ports=day + 1))
-    findings.append(_finding("s9", B, 22, RiskColor.GREEN, NOW, product="OpenSSH"))
-    scans.append(HostScan(scan_id="s9", target=B, started_at=NOW, finished_at=NOW,
-                          ports_scanned=100, open_ports=1))
-    store.insert_findings(findings)
-    store.insert_host_scans(scans)
-    # The change log of those scans, computed by the real recorder (no coverage in these
-    # records, so nothing can close and nothing is re-probed)
-    import asyncio
+        from stream_processors.history import ChangeRecorder
 
-    from stream_processors.history import ChangeRecorder
-
-    recorder = ChangeRecorder(store)
-    recorder.add_findings(findings)
-    asyncio.run(recorder.finish(scans))
-    return store
+        recorder = ChangeRecorder(store)
+        recorder.add_findings(findings)
+        asyncio.run(recorder.finish(scans))
+        yield store
 
 
 def substitute(sql: str, org: str, target: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from schemas.records import Finding, OpenPort, RiskColor, ServiceInfo, Target
 from stream_processors.prevalence_prior import combined
 from tests import loopback
-from tests.conftest import run_cli
+from tests.conftest import run_cli, scratch_store
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 PRIOR = [("tcp", 443, 20867), ("tcp", 8443, 999), ("tcp", 31337, 16), ("udp", 53, 21350)]
@@ -29,21 +28,19 @@ PRIOR = [("tcp", 443, 20867), ("tcp", 8443, 999), ("tcp", 31337, 16), ("udp", 53
 
 @pytest.fixture
 def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
-    from stream_processors.store import Store
-
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=pp_{uuid.uuid4().hex[:10]}")
-    rows = []
-    for i in range(60):  # 8443 open on 60 of your own hosts (the prior says 999)
-        t = Target(ip=f"198.18.1.{i}", target=f"198.18.1.{i}")
-        rows.append(Finding(port=OpenPort(scan_id="s", target=t, port=8443, observed_at=NOW),
-                            service=ServiceInfo(service="https"), risk_color=RiskColor.GREEN))
-    one = Target(ip="198.18.0.1", target="198.18.0.1")
-    for port in (443, 31337, 40001):
-        rows.append(Finding(port=OpenPort(scan_id="s", target=one, port=port, observed_at=NOW),
-                            service=ServiceInfo(service="x"), risk_color=RiskColor.YELLOW))
-    store.insert_findings(rows)
-    assert store.load_internet_prior("test prior", PRIOR) is True
-    return store
+    with scratch_store(shared_chdb_path, "pp") as store:
+        rows = []
+        for i in range(60):  # 8443 open on 60 of your own hosts (the prior says 999)
+            t = Target(ip=f"198.18.1.{i}", target=f"198.18.1.{i}")
+            rows.append(Finding(port=OpenPort(scan_id="s", target=t, port=8443, observed_at=NOW),
+                                service=ServiceInfo(service="https"), risk_color=RiskColor.GREEN))
+        one = Target(ip="198.18.0.1", target="198.18.0.1")
+        for port in (443, 31337, 40001):
+            rows.append(Finding(port=OpenPort(scan_id="s", target=one, port=port, observed_at=NOW),
+                                service=ServiceInfo(service="x"), risk_color=RiskColor.YELLOW))
+        store.insert_findings(rows)
+        assert store.load_internet_prior("test prior", PRIOR) is True
+        yield store
 
 
 def by_port(db: Any) -> dict[int, dict[str, Any]]:

@@ -51,7 +51,7 @@ from stream_processors.store import (
     StoreLocation,
     UnknownStoreScheme,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, scratch_store
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
@@ -315,23 +315,25 @@ def test_tls_results_reach_the_ciphers_report_and_failures_say_could_not_test(
 
 
 @pytest.fixture(scope="module")
-def fleet(shared_chdb_path: Path) -> Store:
+def fleet(shared_chdb_path: Path) -> Iterator[Store]:
     """Two organizations, three hosts, a spread of colours and products (read-only: one
     database for the module keeps the many filter cases fast)."""
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=t_fleet_{uuid.uuid4().hex[:8]}")
-    a = target("127.0.0.1", org="Alpha", text="localhost", hostname="localhost")
-    b = target("127.0.0.2", org="Alpha", asset="db")
-    c = target("127.0.0.3", org="Beta", asset="cache")
-    store_scan(store, a, [make_finding(a, 22, service="ssh", product="OpenSSH", version="9.2p1"),
-                          make_finding(a, 80, service="http", product="nginx",
-                                       version="1.22.1")])
-    store_scan(store, b, [make_finding(b, 22, service="ssh", product="OpenSSH", version="9.6p1"),
-                          make_finding(b, 3306, RiskColor.RED, service="mysql",
-                                       product="MariaDB", version="10.11.6")])
-    store_scan(store, c, [make_finding(c, 6379, RiskColor.RED, service="redis",
-                                       product="Redis key-value store", version="7.0.15"),
-                          make_finding(c, 4444, RiskColor.YELLOW)])
-    return store
+    with scratch_store(shared_chdb_path, "t_fleet") as store:
+        a = target("127.0.0.1", org="Alpha", text="localhost", hostname="localhost")
+        b = target("127.0.0.2", org="Alpha", asset="db")
+        c = target("127.0.0.3", org="Beta", asset="cache")
+        store_scan(store, a, [make_finding(a, 22, service="ssh", product="OpenSSH",
+                                           version="9.2p1"),
+                              make_finding(a, 80, service="http", product="nginx",
+                                           version="1.22.1")])
+        store_scan(store, b, [make_finding(b, 22, service="ssh", product="OpenSSH",
+                                           version="9.6p1"),
+                              make_finding(b, 3306, RiskColor.RED, service="mysql",
+                                           product="MariaDB", version="10.11.6")])
+        store_scan(store, c, [make_finding(c, 6379, RiskColor.RED, service="redis",
+                                           product="Redis key-value store", version="7.0.15"),
+                              make_finding(c, 4444, RiskColor.YELLOW)])
+        yield store
 
 
 @pytest.mark.parametrize(
@@ -556,9 +558,8 @@ def test_the_store_opens_again_once_the_other_process_is_gone(tmp_path: Path) ->
 def test_one_process_may_open_its_own_store_twice(shared_chdb_path: Path) -> None:
     # Given this process's own chdb path (its engine holds the lock), when opened again
     # with two databases, then it is not mistaken for another process's lock
-    first = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
-    second = Store.from_url(f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}")
-    assert first.report("summary").rows == second.report("summary").rows == []
+    with scratch_store(shared_chdb_path) as first, scratch_store(shared_chdb_path) as second:
+        assert first.report("summary").rows == second.report("summary").rows == []
 
 
 def test_compacting_the_page_indexes_merges_their_parts_and_keeps_every_row(

@@ -4,7 +4,6 @@ through the real chdb store, the List and Ciphers reports, the web pages and the
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from schemas.records import (
     TlsResult,
 )
 from stream_processors.store import Store
+from tests.conftest import scratch_store
 from tests.integration.test_web_api import serve
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -55,15 +55,15 @@ def store_scan(store: Store, finding: Finding) -> None:
 
 @pytest.fixture()
 def pivots(shared_chdb_path: Path) -> Store:
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=pivots_{uuid.uuid4().hex[:10]}")
-    store_scan(store, https_finding(scan_id="s1", when=T0, favicon=-1, jarm=JARM_A,
-                                    title="Old title"))
-    # A later scan: new favicon and JARM (what the change detector will call
-    # product_changed-class), replayed twice
-    for _ in range(2):
-        store_scan(store, https_finding(scan_id="s2", when=T0 + timedelta(hours=1),
-                                        favicon=116323821, jarm=JARM_B))
-    return store
+    with scratch_store(shared_chdb_path, "pivots") as store:
+        store_scan(store, https_finding(scan_id="s1", when=T0, favicon=-1, jarm=JARM_A,
+                                        title="Old title"))
+        # A later scan: new favicon and JARM (what the change detector will call
+        # product_changed-class), replayed twice
+        for _ in range(2):
+            store_scan(store, https_finding(scan_id="s2", when=T0 + timedelta(hours=1),
+                                            favicon=116323821, jarm=JARM_B))
+        yield store
 
 
 def test_list_report_carries_the_latest_pivots(pivots: Store) -> None:
@@ -78,14 +78,14 @@ def test_list_report_carries_the_latest_pivots(pivots: Store) -> None:
 
 
 def test_no_favicon_is_null_not_zero(shared_chdb_path: Path) -> None:
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=pivots_{uuid.uuid4().hex[:10]}")
-    store_scan(store, https_finding(scan_id="s1", when=T0, favicon=None, jarm=""))
-    row = store.report("list").dicts()[0]
-    assert row["favicon_mmh3"] is None and row["jarm"] == ""
-    # And a hash of 0 (a valid hash) stays 0
-    store_scan(store, https_finding(scan_id="s2", when=T0 + timedelta(hours=1), favicon=0,
-                                    jarm=""))
-    assert store.report("list").dicts()[0]["favicon_mmh3"] == 0
+    with scratch_store(shared_chdb_path, "pivots") as store:
+        store_scan(store, https_finding(scan_id="s1", when=T0, favicon=None, jarm=""))
+        row = store.report("list").dicts()[0]
+        assert row["favicon_mmh3"] is None and row["jarm"] == ""
+        # And a hash of 0 (a valid hash) stays 0
+        store_scan(store, https_finding(scan_id="s2", when=T0 + timedelta(hours=1), favicon=0,
+                                        jarm=""))
+        assert store.report("list").dicts()[0]["favicon_mmh3"] == 0
 
 
 def test_ciphers_report_shows_the_jarm_of_the_port(pivots: Store) -> None:

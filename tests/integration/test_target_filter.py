@@ -12,7 +12,6 @@ reaches the store.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from schemas.records import (
 )
 from stream_processors.change_log import changes_report
 from stream_processors.history import CHANGE_COLUMNS, _event_row
-from tests.conftest import run_cli
+from tests.conftest import run_cli, scratch_store
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOSTS = {
@@ -85,14 +84,12 @@ def _rows() -> tuple[list[Finding], list[HostScan]]:
 
 @pytest.fixture(scope="module")
 def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
-    from stream_processors.store import Store
-
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=tf_{uuid.uuid4().hex[:10]}")
-    findings, scans = _rows()
-    store.insert_findings(findings)
-    store.insert_host_scans(scans)
-    store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(e) for e in _events()])
-    return store
+    with scratch_store(shared_chdb_path, "tf") as store:
+        findings, scans = _rows()
+        store.insert_findings(findings)
+        store.insert_host_scans(scans)
+        store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(e) for e in _events()])
+        yield store
 
 
 def _events() -> list[ChangeEvent]:

@@ -16,7 +16,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +36,7 @@ from schemas.records import (
     Target,
     TlsResult,
 )
-from tests.conftest import run_cli
+from tests.conftest import run_cli, scratch_store
 from tests.loopback import free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -135,13 +134,11 @@ def serve(app: Any) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
-    from stream_processors.store import Store
-
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=web_{uuid.uuid4().hex[:10]}")
-    rows, scans = dataset()
-    store.insert_findings(rows)
-    store.insert_host_scans(scans)
-    return store
+    with scratch_store(shared_chdb_path, "web") as store:
+        rows, scans = dataset()
+        store.insert_findings(rows)
+        store.insert_host_scans(scans)
+        yield store
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import contextlib
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from portwatch.web.app import SECURITY_HEADERS, create_app
 from portwatch.web.service import ReportService
 from stream_processors.store import Store
-from tests.conftest import make_store, run_cli
+from tests.conftest import make_store, run_cli, scratch_store
 from tests.e2e.test_cli_errors import assert_refused
 from tests.integration.test_web_api import Served
 from tests.loopback import free_port
@@ -53,9 +52,9 @@ def serve(app: Any) -> Iterator[Served]:
 @pytest.fixture
 def broken_store(shared_chdb_path: Path) -> Iterator[Store]:
     """A real store whose findings table is gone: every report query fails in ClickHouse."""
-    store = Store.from_url(f"chdb://{shared_chdb_path}?database=broken_{uuid.uuid4().hex[:10]}")
-    store._client.command("DROP TABLE current_findings")
-    yield store
+    with scratch_store(shared_chdb_path, "broken") as store:
+        store._client.command("DROP TABLE current_findings")
+        yield store
 
 
 @pytest.mark.parametrize("path", ["/list", "/api/v1/list"])
@@ -84,8 +83,9 @@ def _attributes(cookie: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def db(shared_chdb_path: Path) -> Store:
-    return Store.from_url(f"chdb://{shared_chdb_path}?database=cookie_{uuid.uuid4().hex[:10]}")
+def db(shared_chdb_path: Path) -> Iterator[Store]:
+    with scratch_store(shared_chdb_path, "cookie") as store:
+        yield store
 
 
 def _app(db: Store, **options: Any) -> Any:

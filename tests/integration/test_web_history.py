@@ -4,7 +4,6 @@ store whose change log the real recorder wrote from two scans."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from schemas.records import (
     ServiceInfo,
     Target,
 )
+from tests.conftest import scratch_store
 from tests.integration.test_web_api import Served, serve
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -40,35 +40,34 @@ def web(shared_chdb_path: Path) -> Iterator[Served]:
     from portwatch.web.app import create_app
     from portwatch.web.service import ReportService
     from stream_processors.history import ChangeRecorder
-    from stream_processors.store import Store
 
-    db = Store.from_url(f"chdb://{shared_chdb_path}?database=wh_{uuid.uuid4().hex[:10]}")
-    # Given two scans of web-1 a day apart: nginx bumps its version, redis opens; and one
-    # scan of a host whose asset name is hostile markup
-    yesterday, today = NOW - timedelta(days=1), NOW
-    scans = {
-        "s1": (yesterday, [_finding("s1", WEB, 80, "nginx", "1.22.1", RiskColor.GREEN,
-                                    yesterday)]),
-        "s2": (today, [_finding("s2", WEB, 80, "nginx", "1.24.0", RiskColor.GREEN, today),
-                       _finding("s2", WEB, 6379, "Redis", "7.0", RiskColor.RED, today)]),
-    }
-    recorder = ChangeRecorder(db)
-    for scan_id, (when, found) in scans.items():
-        shard = HostScan(scan_id, WEB, when, when, 65535, len(found), shard_id=f"{scan_id}:0",
+    with scratch_store(shared_chdb_path, "wh") as db:
+        # Given two scans of web-1 a day apart: nginx bumps its version, redis opens; and one
+        # scan of a host whose asset name is hostile markup
+        yesterday, today = NOW - timedelta(days=1), NOW
+        scans = {
+            "s1": (yesterday, [_finding("s1", WEB, 80, "nginx", "1.22.1", RiskColor.GREEN,
+                                        yesterday)]),
+            "s2": (today, [_finding("s2", WEB, 80, "nginx", "1.24.0", RiskColor.GREEN, today),
+                           _finding("s2", WEB, 6379, "Redis", "7.0", RiskColor.RED, today)]),
+        }
+        recorder = ChangeRecorder(db)
+        for scan_id, (when, found) in scans.items():
+            shard = HostScan(scan_id, WEB, when, when, 65535, len(found), shard_id=f"{scan_id}:0",
+                             ports=(PortRange(1, 65535),))
+            db.insert_findings(found)
+            db.insert_host_scans([shard])
+            recorder.add_findings(found)
+            asyncio.run(recorder.finish([shard]))
+        other = [_finding("s3", HOSTILE, 80, "nginx", "1.24.0", RiskColor.GREEN, today)]
+        shard = HostScan("s3", HOSTILE, today, today, 65535, 1, shard_id="s3:0",
                          ports=(PortRange(1, 65535),))
-        db.insert_findings(found)
+        db.insert_findings(other)
         db.insert_host_scans([shard])
-        recorder.add_findings(found)
+        recorder.add_findings(other)
         asyncio.run(recorder.finish([shard]))
-    other = [_finding("s3", HOSTILE, 80, "nginx", "1.24.0", RiskColor.GREEN, today)]
-    shard = HostScan("s3", HOSTILE, today, today, 65535, 1, shard_id="s3:0",
-                     ports=(PortRange(1, 65535),))
-    db.insert_findings(other)
-    db.insert_host_scans([shard])
-    recorder.add_findings(other)
-    asyncio.run(recorder.finish([shard]))
-    with serve(create_app(ReportService(db))) as served:
-        yield served
+        with serve(create_app(ReportService(db))) as served:
+            yield served
 
 
 def _page(web: Served, path: str) -> str:

@@ -28,6 +28,7 @@ from schemas.records import (
     Target,
     TlsResult,
 )
+from tests.conftest import scratch_store
 from tests.integration.test_web_api import Served
 from tests.integration.test_web_hardening import serve
 
@@ -47,29 +48,27 @@ HIDDEN = ("\u202e", "\x1b", "\x00")
 
 @pytest.fixture(scope="module")
 def web(shared_chdb_path: Any) -> Iterator[Served]:
-    import uuid
 
-    from stream_processors.store import Store
 
-    db = Store.from_url(f"chdb://{shared_chdb_path}?database=hostile_{uuid.uuid4().hex[:10]}")
-    when = datetime.now(UTC) - timedelta(hours=1)
-    found = []
-    for port, (product, version) in PRODUCTS.items():
-        tls = TlsResult()
-        if port == 443:
-            tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
-                            certificates=(Certificate(subject=SPOOFED, issuer=SPOOFED,
-                                                      sha256="cd" * 32,
-                                                      not_after="2031-01-01T00:00:00"),))
-        found.append(Finding(port=OpenPort(scan_id="s1", target=HOST, port=port,
-                                           observed_at=when),
-                             service=ServiceInfo(service="http", product=product,
-                                                 version=version, is_tls=port == 443),
-                             tls=tls, risk_color=RiskColor.GREEN))
-    db.insert_findings(found)
-    db.insert_host_scans([HostScan("s1", HOST, when, when, 65535, len(found))])
-    with serve(create_app(ReportService(db, use_cache=False))) as served:
-        yield served
+    with scratch_store(shared_chdb_path, "hostile") as db:
+        when = datetime.now(UTC) - timedelta(hours=1)
+        found = []
+        for port, (product, version) in PRODUCTS.items():
+            tls = TlsResult()
+            if port == 443:
+                tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
+                                certificates=(Certificate(subject=SPOOFED, issuer=SPOOFED,
+                                                          sha256="cd" * 32,
+                                                          not_after="2031-01-01T00:00:00"),))
+            found.append(Finding(port=OpenPort(scan_id="s1", target=HOST, port=port,
+                                               observed_at=when),
+                                 service=ServiceInfo(service="http", product=product,
+                                                     version=version, is_tls=port == 443),
+                                 tls=tls, risk_color=RiskColor.GREEN))
+        db.insert_findings(found)
+        db.insert_host_scans([HostScan("s1", HOST, when, when, 65535, len(found))])
+        with serve(create_app(ReportService(db, use_cache=False))) as served:
+            yield served
 
 
 @pytest.mark.parametrize("path", ["/", "/list", "/products", "/ciphers?target=127.0.0.60"])

@@ -15,14 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,8 +30,8 @@ from portwatch.web.cli import (
     listening_line,
     parse_allowed_host,
 )
-from stream_processors.store import Store
-from tests.conftest import REPO, make_store, run_cli
+from tests.conftest import REPO, make_store, run_cli, scratch_store
+from tests.integration.test_web_api import serve
 from tests.loopback import free_port
 
 ADDRESS = "127.0.0.60"
@@ -178,27 +176,13 @@ def test_listening_line_brackets_ipv6() -> None:
 
 @pytest.fixture
 def token_server(shared_chdb_path: Path) -> Iterator[int]:
-    import uuid
-
     from portwatch.web.cli import web_app
 
-    db = Store.from_url(f"chdb://{shared_chdb_path}?database=hosts_{uuid.uuid4().hex[:10]}")
-    app: Any = web_app(db, "0.0.0.0", TOKEN, allowed_hosts=["ports.example.internal"])
-    port = free_port()
-    # Served on loopback only: the app is built for a 0.0.0.0 bind, the socket is not.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with scratch_store(shared_chdb_path, "hosts") as db:
+        app: Any = web_app(db, "0.0.0.0", TOKEN, allowed_hosts=["ports.example.internal"])
+        # Served on loopback only: the app is built for a 0.0.0.0 bind, the socket is not.
+        with serve(app) as served:
+            yield int(served.base.rsplit(":", 1)[1])
 
 
 def test_token_server_with_allowed_host_checks_host_but_not_healthz(token_server: int) -> None:
