@@ -79,12 +79,17 @@ helm: ## Build helm and kubecheck from the Go module proxy into .cache/bin (for 
 	@deploy/helm/install-helm.sh
 	@deploy/helm/install-kubecheck.sh
 
+# Two pytest workers (pytest-xdist), one test module per worker at a time (--dist loadfile):
+# a module's namespace test hosts use its own fixed 198.18.<index>.0/24, and its fixtures
+# (servers, stores) are shared by its tests. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 # pytest exits 5 when it collected no test: that is a failure for us, never a pass.
 .PHONY: test
 test: install helm ## Lint, then every test (brings the Kafka broker up and down)
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory kafka-up
-	@set +e; PORTWATCH_TEST_STRICT=1 $(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	@set +e; PORTWATCH_TEST_STRICT=1 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	  $(MAKE) --no-print-directory kafka-down; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
