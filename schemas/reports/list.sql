@@ -5,7 +5,8 @@
 -- its source: stream_processors/prevalence_prior.py), CDN verdict, first detected,
 -- last seen; how TLS was reached and the leaf certificate's days left (issue 13).
 -- By default only ports seen in the host's latest scan ("current"); history = 1
--- adds ports no longer seen. Filters: empty string / 0 = no filter.
+-- adds ports no longer seen (their state 'closed' or 'not seen', status says when).
+-- Filters: empty string / 0 = no filter.
 -- Sorting (web pages and API): {sort} names one allow-listed key ('' = by target);
 -- {direction} is 'asc' (or '') / 'desc'. Any other value sorts by target: the key is
 -- chosen by bound values, never formatted into the SQL (see ORDER BY below); ties
@@ -155,7 +156,12 @@ SELECT
     f.organization AS organization,
     f.port AS port,
     f.proto AS proto,
-    f.state AS state,
+    -- the port's state now: as last seen if current ('open', UDP 'open|filtered');
+    -- under --history, a port no longer seen is 'closed' (a closed event says when, in
+    -- status) or 'not seen' (left out of the latest scan, not found closed)
+    if(is_current, f.state,
+       if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
+          'not seen', 'closed')) AS state,
     f.service AS service,
     f.product AS product,
     f.version AS version,

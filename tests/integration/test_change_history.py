@@ -138,6 +138,8 @@ def test_services_started_stopped_and_swapped_give_exact_events(
     assert listed[p_ssh]["is_current"] == 0
     assert str(listed[p_ssh]["status"]).startswith("closed 20")
     assert listed[p_http]["status"] == "open"
+    # (its state is its state now, not the one it was last seen in)
+    assert (listed[p_ssh]["state"], listed[p_http]["state"]) == ("closed", "open")
     # And the scans' ends left each page index in one part (two scans stored several)
     assert store.active_parts(PAGE_INDEXES) == {
         "host_latest": 1, "port_latest": 1, "tls_latest": 1}

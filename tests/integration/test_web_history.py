@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from schemas.records import (
 )
 from tests.conftest import scratch_store
 from tests.integration.test_web_api import Served, serve
+from tests.loopback import free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WEB = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp", asset="web-1")
@@ -53,21 +55,22 @@ def web(shared_chdb_path: Path) -> Iterator[Served]:
         }
         recorder = ChangeRecorder(db)
         for scan_id, (when, found) in scans.items():
-            shard = HostScan(scan_id, WEB, when, when, 65535, len(found), shard_id=f"{scan_id}:0",
-                             ports=(PortRange(1, 65535),))
-            db.insert_findings(found)
-            db.insert_host_scans([shard])
-            recorder.add_findings(found)
-            asyncio.run(recorder.finish([shard]))
-        other = [_finding("s3", HOSTILE, 80, "nginx", "1.24.0", RiskColor.GREEN, today)]
-        shard = HostScan("s3", HOSTILE, today, today, 65535, 1, shard_id="s3:0",
-                         ports=(PortRange(1, 65535),))
-        db.insert_findings(other)
-        db.insert_host_scans([shard])
-        recorder.add_findings(other)
-        asyncio.run(recorder.finish([shard]))
+            _record(db, recorder, scan_id, WEB, when, found)
+        _record(db, recorder, "s3", HOSTILE, today,
+                [_finding("s3", HOSTILE, 80, "nginx", "1.24.0", RiskColor.GREEN, today)])
         with serve(create_app(ReportService(db))) as served:
             yield served
+
+
+def _record(db: Any, recorder: Any, scan_id: str, target: Target, when: datetime,
+            found: list[Finding]) -> None:
+    """One completed full scan of ``target``, stored and compared by the real recorder."""
+    shard = HostScan(scan_id, target, when, when, 65535, len(found), shard_id=f"{scan_id}:0",
+                     ports=(PortRange(1, 65535),))
+    db.insert_findings(found)
+    db.insert_host_scans([shard])
+    recorder.add_findings(found)
+    asyncio.run(recorder.finish([shard]))
 
 
 def _page(web: Served, path: str) -> str:
@@ -87,6 +90,34 @@ def test_changes_page_groups_by_day_and_kind_and_links_into_the_list(web: Served
     assert "1.22.1" in day and "1.24.0" in day
     assert "/list?target=127.0.0.1&amp;port=6379&amp;history=1" in day
     assert "4 event(s)" in body  # 80 opened (s1), 80 version, 6379 opened (s2), s3's 80
+
+
+def test_the_list_with_history_says_a_closed_port_is_closed_and_when(
+        shared_chdb_path: Path) -> None:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+    from stream_processors.history import ChangeRecorder
+
+    # Given web-1 with 80 and a port that is closed now (nothing listens: the recorder's
+    # re-probe of it fails for real) open yesterday, and only 80 in today's full scan
+    gone = free_port()
+    yesterday, today = NOW - timedelta(days=1), NOW
+    with scratch_store(shared_chdb_path, "whc") as db:
+        recorder = ChangeRecorder(db)
+        _record(db, recorder, "s1", WEB, yesterday,
+                [_finding("s1", WEB, port, "nginx", "1.24.0", RiskColor.GREEN, yesterday)
+                 for port in (80, gone)])
+        _record(db, recorder, "s2", WEB, today,
+                [_finding("s2", WEB, 80, "nginx", "1.24.0", RiskColor.GREEN, today)])
+        # When the List is asked for with the ports no longer seen
+        with serve(create_app(ReportService(db, use_cache=False))) as served:
+            body = _page(served, "/list?history=1")
+    rows = {port: row for row in body.split("<tr")[1:]
+            for port in (80, gone) if f">{port}<span class=\"proto\">/tcp<" in row}
+    # Then the closed port's row is marked stale and says closed, with the day, once
+    assert 'class="stale"' in rows[gone] and f"closed {today.date().isoformat()}" in rows[gone]
+    assert rows[gone].count("closed") == 1
+    assert 'class="stale"' not in rows[80] and "closed" not in rows[80]
 
 
 def test_changes_page_filters_and_escapes(web: Served) -> None:
