@@ -352,6 +352,63 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Cannot lock file" in text or "already running" in text or "already initialized" in text
 
 
+ENGINE_MESSAGE_CAP = 64 * 1024  # bytes of the engine's own stderr kept while it starts
+_ENGINE_CODE = re.compile(r"^\s*Code: \d+\. DB::Exception: ")
+
+
+class _EngineStartError(Exception):
+    """chdb's engine did not start; ``reason`` is what it wrote to stderr, one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def engine_reason(text: str) -> str:
+    """The reason in what chdb's engine wrote to stderr when it would not start, as one
+    printable line of at most 300 characters ('' when it said nothing it would say)."""
+    if "DB::Exception" not in text:
+        return ""
+    line = " ".join(_ENGINE_CODE.sub("", text).split())
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
+    """A chdb client on ``path``: the first one starts the engine. When the engine cannot
+    start (a broken metadata file, say) it writes why to the process's stderr (fd 2), in
+    lines of its own, and raises only "Error initializing EmbeddedServer". So fd 2 goes to
+    a file while it starts: on failure what it wrote is the reason (``_EngineStartError``)
+    instead of raw lines above portwatch's one; otherwise it is written back unchanged."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep apart
+        return clickhouse_connect.get_client(interface="chdb", path=path)
+    import tempfile
+
+    with tempfile.TemporaryFile() as spool:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(spool.fileno(), 2)
+        try:
+            client = clickhouse_connect.get_client(interface="chdb", path=path)
+        except Exception as exc:
+            spool.seek(0)
+            text = spool.read(ENGINE_MESSAGE_CAP).decode("utf-8", "replace")
+            reason = engine_reason(text)
+            if not reason:
+                raise
+            raise _EngineStartError(reason) from exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        spool.seek(0)
+        said = spool.read(ENGINE_MESSAGE_CAP)
+        if said:
+            os.write(2, said)
+        return client
+
+
 class Store:
     """ClickHouse-backed store; the same code for chdb and for a server."""
 
@@ -392,7 +449,7 @@ class Store:
                     raise _busy_error(location.path)
                 _take_path_lock(resolved, location.path)
                 self._locked_path = resolved
-                bootstrap = clickhouse_connect.get_client(interface="chdb", path=location.path)
+                bootstrap = _start_chdb(clickhouse_connect, location.path)
                 if not create:
                     found = bootstrap.query(
                         "SELECT count() FROM system.tables WHERE database = {db:String} "
@@ -417,6 +474,11 @@ class Store:
                 )
         except StoreError:
             raise
+        except _EngineStartError as exc:
+            if _is_lock_error(exc):
+                raise _busy_error(location.path) from exc
+            raise StoreError(f"cannot open the store at {location.path}: the chdb engine did "
+                             f"not start: {exc.reason}") from exc
         except Exception as exc:  # the drivers raise many types; translate to one line
             if _is_lock_error(exc):
                 raise _busy_error(location.path) from exc

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, CliResult, run_cli
+from tests.conftest import REPO, CliResult, make_store, run_cli
 
 
 def assert_refused(result: CliResult, message: str, *, code: int = 2) -> None:
@@ -212,6 +212,21 @@ def test_a_long_error_stays_on_one_line(store_dir: Path) -> None:
     result = run_cli("scan", "x" * 300 + "!", store=f"chdb://{store_dir}", timeout=60)
     # Then the error is still one line
     assert_refused(result, "not an address, CIDR block, range or hostname")
+
+
+def test_a_store_with_a_damaged_metadata_file_is_one_line_naming_the_file(
+        tmp_path: Path) -> None:
+    # Given a store whose findings table's metadata file was damaged (a disk fault, a bad
+    # copy): chdb's engine then will not start, and says why only on its own stderr
+    make_store(f"chdb://{tmp_path / 'st'}")
+    (tmp_path / "st" / "metadata" / "portwatch" / "findings.sql").write_text("garbage (\n")
+    # When a report is asked of it
+    result = run_cli("report", "summary", store=f"chdb://{tmp_path / 'st'}", timeout=60)
+    # Then one line says the engine did not start, which file and why, exit 1; none of
+    # chdb's own lines above it
+    assert_refused(result, f"cannot open the store at {tmp_path / 'st'}: the chdb engine did "
+                           "not start: Syntax error (in file store/", code=1)
+    assert "findings.sql" in result.stderr and "Code: 62" not in result.stderr
 
 
 # -- a busy embedded store -----------------------------------------------------------------

@@ -122,3 +122,21 @@ def test_yaml_inventories_of_any_shape(data: Any) -> None:
 def test_inventory_files_of_any_bytes(body: bytes) -> None:
     _read(".yaml", body)
     _read(".csv", body)
+
+
+# What chdb's engine writes to stderr when it cannot start becomes the reason of a
+# one-line error (stream_processors/store.py): whatever it wrote, one printable line.
+ENGINE_LINE = "Code: 62. DB::Exception: Syntax error (in file store/a/b/findings.sql): (\n. x"
+
+
+@given(before=st.text(max_size=300), after=st.text(max_size=3000))
+@example(before="", after="")
+@example(before="noise\n", after="\x1b[31m\u202e\r\n" * 200)
+def test_the_engines_stderr_becomes_one_bounded_line(before: str, after: str) -> None:
+    from stream_processors.store import engine_reason
+
+    reason = engine_reason(before + ENGINE_LINE + after)
+    assert reason and "\n" not in reason and "\r" not in reason
+    assert reason.isprintable() and len(reason) <= 303
+    if "DB::Exception" not in before:  # said nothing of its own: no reason made up
+        assert engine_reason(before) == ""
