@@ -45,11 +45,10 @@ from schemas.records import (
 from tests import loopback
 from tests.conftest import REPO
 from tests.integration.test_distributed_pipeline import Pipeline, Worker, pipeline_of
-from tests.kafka_fixtures import consume
+from tests.kafka_fixtures import PrivateBroker, consume
 
 pytestmark = pytest.mark.kafka
 
-KAFKACTL = REPO / "deploy" / "local" / "kafka" / "kafkactl.py"
 SLOW_IDENTIFY = {"PORTWATCH_IDENTIFY_BUDGET": "3", "PORTWATCH_BANNER_WAIT": "1"}
 
 
@@ -279,27 +278,10 @@ def test_discovery_worker_killed_mid_shard_is_replaced(kafka_bootstrap: str,
 # -- the broker -------------------------------------------------------------------------
 
 
-class Broker:
-    """A second single-node broker of this test only (own ports, data and run dirs)."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = loopback.free_port()
-        controller = loopback.free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, "KAFKA_PORT": str(self.port),
-                    "KAFKA_CONTROLLER_PORT": str(controller),
-                    "KAFKA_DATA_DIR": str(root / "kafka-data"),
-                    "KAFKA_RUN_DIR": str(root / "kafka-run"), "KAFKA_START_TIMEOUT": "90"}
-
-    def ctl(self, *args: str) -> None:
-        out = subprocess.run([sys.executable, str(KAFKACTL), *args], env=self.env,
-                             capture_output=True, text=True, timeout=150)
-        assert out.returncode == 0, f"kafkactl {args}: {out.stdout}{out.stderr}"
-
-
 def test_broker_stopped_and_started_during_a_scan(tmp_path: Path, kafka_bootstrap: str) -> None:
     del kafka_bootstrap  # only to skip (or fail under CI) like the other broker tests
-    broker = Broker(tmp_path)
+    broker = PrivateBroker.in_dir(tmp_path)
+    broker.env["KAFKA_START_TIMEOUT"] = "90"
     addrs = addresses(81, 4)
     try:
         broker.ctl("up")
