@@ -26,14 +26,27 @@ def ddl_statements() -> tuple[str, ...]:
 
 
 _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
+_IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
+# A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
+# see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
+# host's ports scan count. Hosts are looked up by the table's key, so with no row carried
+# (most stores, most days) it reads nothing.
+_CARRIED = ("(({a}.target, {a}.ip, {a}.proto, {a}.port) IN ("
+            "SELECT c.target, c.ip, c.proto, c.port FROM ports_carried AS c "
+            "WHERE (c.target, c.ip, c.scan_id) IN ("
+            "SELECT target, ip, ports_scan_id FROM latest_host_scans "
+            "WHERE (target, ip) IN (SELECT target, ip FROM ports_carried))))")
 
 
 def _expanded(sql: str) -> str:
     """The SQL with each ``TARGET_MATCHES(alias)`` written out as the one target predicate
     (schemas/filters.py): every report filters targets alike, written once. Values are
-    never formatted in: the predicate binds ``{target:String}`` like the rest."""
+    never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
+    ``IS_CARRIED(alias)``: the port is open now though the host's ports scan did not see
+    it (see _CARRIED)."""
     from schemas.filters import target_predicate
 
+    sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 

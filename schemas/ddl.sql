@@ -555,6 +555,27 @@ CREATE TABLE IF NOT EXISTS port_state
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (target, ip, proto, port);
 
+-- Ports a host's completed scan did not see that its change state still holds open: not
+-- covered by it (a scan of `--ports 22,80` leaves 443 open), or missed and answering the
+-- closure re-probe. Per port, the latest such scan; written by the change writer with the
+-- host's state, only when there are some (a scan that sees every open port writes none).
+-- The reports count a port while its row's scan is the host's ports scan
+-- (latest_host_scans.ports_scan_id), with the port's latest observation (port_latest): a
+-- narrower scan hides nothing the change log still calls open, and once a later scan is
+-- the ports scan the row no longer counts (no FINAL needed: an older version names an
+-- older scan). One row per port ever carried: bounded by the estate, not by scans.
+CREATE TABLE IF NOT EXISTS ports_carried
+(
+    target       String,
+    ip           String,
+    proto        LowCardinality(String),
+    port         UInt16,
+    scan_id      String,
+    finished_at  DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(finished_at)
+ORDER BY (target, ip, proto, port);
+
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version
 (

@@ -3,8 +3,9 @@
 Owns: ``ChangeRecorder`` (what both transports use: fed findings as they are stored and
 host-scan records as hosts complete, it loads the previous states, re-probes closure
 candidates, calls the one rule ``changes.detect_changes`` and writes events and next
-states), the rows of the ``changes`` / ``host_state`` / ``port_state`` tables, and
-change recovery. Reading the log (the What-changed query) and ``prune``: ``change_log.py``.
+states), the rows of the ``changes`` / ``host_state`` / ``port_state`` /
+``ports_carried`` tables, and change recovery. Reading the log (the What-changed query)
+and ``prune``: ``change_log.py``.
 
 Must not touch: the change rule itself (``changes.py``), Kafka, the network except through
 ``probers.reprobe``.
@@ -13,6 +14,11 @@ Replays: a host scan whose scan is already the host's stored state is a replay; 
 are read back from ``changes`` (identical rows and ids), nothing is recomputed against the
 state it produced. A scan older than the stored state (a late, out-of-order record) changes
 nothing and yields no events: history is computed forward only.
+
+Why one file: the reads of the previous states, the waves that chain several scans of a
+host, the writes and their order (what a crash between two of them replays) and recovery
+all share one notion of "this host's stored state"; split, each part would re-derive it.
+The rule and the snapshots it compares live in ``changes.py``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ CHANGE_COLUMNS = (
     "previous_scan_id", "observed_at",
 )
 HOST_STATE_COLUMNS = ("target", "ip", "scan_id", "finished_at", "is_reachable", "fingerprint")
+CARRIED_COLUMNS = ("target", "ip", "proto", "port", "scan_id", "finished_at")
 PORT_STATE_COLUMNS = (
     "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
     "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
@@ -250,6 +257,7 @@ class _Rows:
     changes: list[list[Any]] = field(default_factory=list)
     hosts: list[list[Any]] = field(default_factory=list)
     ports: list[list[Any]] = field(default_factory=list)
+    carried: list[list[Any]] = field(default_factory=list)
 
     def add(self, view: HostScanView, previous: HostState | None,
             events: Sequence[ChangeEvent], state: HostState | None) -> None:
@@ -261,6 +269,12 @@ class _Rows:
                            int(state.is_reachable), fingerprint(state.open_ports)])
         if not state.is_reachable:
             return  # its ports are kept as they were
+        # Open in the state and not seen by this scan (not covered by it, or answering the
+        # re-probe): the reports still count them while this scan is the host's latest
+        # (ddl.sql ports_carried). None for a scan that saw every open port.
+        self.carried.extend([state.target.target, state.target.ip, k[0].value, k[1],
+                             view.scan_id, finished_at]
+                            for k, s in state.ports.items() if s.is_open and k not in view.ports)
         # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
         # unchanged port keeps its row, so port_state grows with churn, not with scans.
         if previous is None:
@@ -278,9 +292,11 @@ class _Rows:
 
 
 def write_rows(store: Store, rows: _Rows) -> None:
-    """Events first, then the states: a crash in between recomputes the same events
-    against the old states on replay, and the table's key merges them."""
+    """Events and carried ports first, then the states: a crash in between recomputes the
+    same rows against the old states on replay, and the tables' keys merge them (once the
+    host's state names this scan, a replay reads its events back and computes nothing)."""
     store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
+    store.insert_rows("ports_carried", CARRIED_COLUMNS, rows.carried)  # none: no insert
     store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
     store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 14  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 15  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -103,6 +103,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
          "INSERT INTO host_latest (target, ip, last_complete) "
          "SELECT target, ip, max((finished_at, scan_id)) FROM host_scans "
          "WHERE status = 'completed' GROUP BY target, ip"),
+    # 14 -> 15: ports_carried, the open ports a host's latest compared scan did not see
+    # (a narrower scan), filled for each host's stored state from what its scan saw.
+    14: ("INSERT INTO ports_carried (target, ip, proto, port, scan_id, finished_at) "
+         "SELECT ps.target, ps.ip, ps.proto, ps.port, hs.scan_id, hs.finished_at "
+         "FROM (SELECT target, ip, proto, port, is_open FROM port_state "
+         "      ORDER BY updated_at DESC LIMIT 1 BY target, ip, proto, port) AS ps "
+         "INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_state FINAL "
+         "            WHERE is_reachable = 1) AS hs ON hs.target = ps.target AND hs.ip = ps.ip "
+         "LEFT ANTI JOIN (SELECT DISTINCT target, ip, scan_id, proto, port "
+         "                FROM port_observations "
+         "                WHERE scan_id IN (SELECT scan_id FROM host_state)) AS seen "
+         "  ON seen.target = ps.target AND seen.ip = ps.ip AND seen.scan_id = hs.scan_id "
+         "  AND seen.proto = ps.proto AND seen.port = ps.port "
+         "WHERE ps.is_open = 1",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

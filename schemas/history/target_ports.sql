@@ -1,5 +1,6 @@
 -- Per-target page: the target's open ports now (those of its latest completed scan and
--- those a later scan has seen since, as the reports: ddl.sql latest_host_scans). {target}
+-- those a later scan has seen since, and those a narrower one did not cover, as the
+-- reports: ddl.sql latest_host_scans, ports_carried). {target}
 -- as written (the sorting key's first column: only this target's rows are read, unlike
 -- the List report, whose filters also match an address or a hostname); {ip} narrows to
 -- one address.
@@ -12,5 +13,6 @@ INNER JOIN (SELECT ip, ports_scan_id, ports_seen_after FROM latest_host_scans
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})) AS l
     ON l.ip = f.ip
 WHERE f.target = {target:String} AND ({ip:String} = '' OR f.ip = {ip:String})
-  AND (f.last_scan_id = l.ports_scan_id OR f.last_seen > l.ports_seen_after)
+  AND (f.last_scan_id = l.ports_scan_id OR f.last_seen > l.ports_seen_after
+       OR IS_CARRIED(f))
 ORDER BY ip, proto, port

@@ -108,9 +108,9 @@ WITH
                    AS sort_text
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
-        -- "current", as is_current below
+        -- "current", as is_current below (and a port a narrower ports scan did not cover)
         WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id
-               OR f.last_seen > page_scan.ports_seen_after)
+               OR f.last_seen > page_scan.ports_seen_after OR IS_CARRIED(f))
           AND TARGET_MATCHES(f)
           AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
           AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
@@ -202,7 +202,7 @@ SELECT
     -- without --history every page row is current (phase 1 kept only those)
     ({history:UInt8} = 0 OR history_scan.scan_id = ''
      OR f.last_scan_id = history_scan.scan_id
-     OR f.last_seen > history_scan.ports_seen_after) AS is_current,
+     OR f.last_seen > history_scan.ports_seen_after OR IS_CARRIED(f)) AS is_current,
     (acc_port.target != ''
      AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
           OR (acc_port.service = f.service AND acc_port.product = f.product

@@ -21,7 +21,7 @@ FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id
-       OR f.last_seen > latest_scan.ports_seen_after)
+       OR f.last_seen > latest_scan.ports_seen_after OR IS_CARRIED(f))
   AND TARGET_MATCHES(f)
   AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
   AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))

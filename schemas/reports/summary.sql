@@ -23,7 +23,8 @@ WITH
     -- last_scan_id: its latest scan (status, time, what it covered); its ports now are
     -- those of ports_scan_id, its latest completed scan, and those a later scan has seen
     -- since that one ended (ddl.sql latest_host_scans: an interrupted or running rescan
-    -- closes nothing, and what it sees is open)
+    -- closes nothing, and what it sees is open), and those the change state holds open
+    -- that a narrower ports scan did not cover (ddl.sql ports_carried)
     scans AS (
         SELECT target, ip, scan_id AS last_scan_id, finished_at AS last_scanned,
                hostname, organization, asset, ports_scan_id, ports_seen_after
@@ -32,8 +33,9 @@ WITH
     -- Phase 1: per host and scan, the counts its score is made of and whether it has the
     -- port, colour or product a filter asks for (a filter not given folds to 1), counted
     -- per (host, scan) first (the join then sees a row or two per host instead of every
-    -- port). A host's ports now are its ports scan's group and the groups of scans whose
-    -- ports were all seen after that scan ended; their counts are summed per host.
+    -- port). A host's ports now are its ports scan's group, the groups of scans whose
+    -- ports were all seen after that scan ended, and its carried ports' groups; their
+    -- counts are summed per host.
     by_scan AS (
         SELECT p.target AS target, p.ip AS ip, p.scan_id AS scan_id,
                min(p.last_seen) AS seen_from,
@@ -48,9 +50,11 @@ WITH
                max({port:UInt16} = 0 OR p.port = {port:UInt16}) AS has_port,
                max({color:String} = '' OR p.risk_color = {color:String}) AS has_color,
                max({product:String} = '' OR lowerUTF8(p.product) = lowerUTF8({product:String}))
-                   AS has_product
+                   AS has_product,
+               -- open though the ports scan did not see it (ddl.sql ports_carried)
+               IS_CARRIED(p) AS is_carried
         FROM port_latest AS p FINAL
-        GROUP BY p.target, p.ip, p.scan_id
+        GROUP BY p.target, p.ip, p.scan_id, is_carried
     ),
     counts AS (
         SELECT b.target AS target, b.ip AS ip,
@@ -60,7 +64,7 @@ WITH
                max(b.has_product) AS has_product
         FROM by_scan AS b
         INNER JOIN scans AS s ON s.target = b.target AND s.ip = b.ip
-        WHERE b.scan_id = s.ports_scan_id OR b.seen_from > s.ports_seen_after
+        WHERE b.scan_id = s.ports_scan_id OR b.seen_from > s.ports_seen_after OR b.is_carried
         GROUP BY b.target, b.ip
     ),
     page AS (
@@ -148,6 +152,7 @@ WITH
             ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
         -- (port by port: the same ports as phase 1's groups, but for scans that overlap)
         WHERE f.scan_id = page_scans.ports_scan_id OR f.last_seen > page_scans.ports_seen_after
+           OR IS_CARRIED(f)
     ),
     per_host AS (
         SELECT target, ip,

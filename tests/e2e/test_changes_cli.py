@@ -38,13 +38,15 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         narrow = run_cli("scan", "127.0.0.1", "--ports", str(ssh.port), "--udp", "none",
                          "--org", "Acme", "--asset", "web-1", store=store, env=FAST)
         assert narrow.code == 0, narrow.stderr
+        listed = run_cli("report", "list", "--format", "json", store=store)
+        assert listed.code == 0, listed.stderr
         full = run_cli("scan", "127.0.0.1", "--ports", spec, "--udp", "none", "--org", "Acme",
                        "--asset", "web-1", store=store, env=FAST)
         assert full.code == 0, full.stderr
     finally:
         ssh_ctx.__exit__(None, None, None)
     return {"store": store, "ssh": ssh.port, "redis": redis.port, "narrow": narrow.stdout,
-            "full": full.stdout}
+            "full": full.stdout, "listed_after_narrow": json.loads(listed.stdout)}
 
 
 def changes(store: str, *args: str) -> list[dict[str, object]]:
@@ -72,6 +74,15 @@ def test_json_has_the_issue_keys_and_exact_events(scanned: dict) -> None:
     assert closed["organization"] == "Acme" and closed["asset"] == "web-1"
     assert closed["previous_scan_id"] != closed["scan_id"] != ""
     assert rows[0]["kind"] == "closed"  # newest first
+
+
+def test_the_list_after_the_narrow_scan_still_shows_the_port_it_did_not_cover(
+        scanned: dict) -> None:
+    # redis had stopped, but the scan limited to ssh could not know: the change log still
+    # holds it open, and so does the List, with what the first scan saw on it
+    rows = {r["port"]: r for r in scanned["listed_after_narrow"]}
+    assert sorted(rows) == sorted([scanned["ssh"], scanned["redis"]])
+    assert rows[scanned["redis"]]["last_seen"] < rows[scanned["ssh"]]["last_seen"]
 
 
 def test_the_end_of_scan_screen_counts_the_changes(scanned: dict) -> None:

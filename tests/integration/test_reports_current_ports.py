@@ -15,10 +15,12 @@ from typing import Any
 
 from schemas import history_sql
 from schemas.records import (
+    ChangeEvent,
     CipherSuite,
     Finding,
     HostScan,
     OpenPort,
+    PortRange,
     ProbeStatus,
     RiskColor,
     ServiceInfo,
@@ -161,3 +163,114 @@ def test_what_an_interrupted_rescan_saw_again_or_anew_is_open(store: Any) -> Non
     history = store.report("list", {"history": 1}).dicts()
     assert sorted((r["port"], r["is_current"]) for r in history) == [
         (22, 1), (3306, 1), (6379, 1)]
+
+
+# -- a narrower scan (ddl.sql ports_carried) -------------------------------------------------
+
+
+def recorded(store: Any, t: Target, scan_id: str, at: datetime, findings: list[Finding],
+             covered: tuple[PortRange, ...] = (PortRange(1, 65535),)) -> list[ChangeEvent]:
+    """A completed scan of ``covered``, stored and compared by the real change recorder
+    (its closure re-probes go to the host's loopback address for real)."""
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    shard = HostScan(scan_id, t, at, at + timedelta(minutes=5),
+                     sum(r.last - r.first + 1 for r in covered), len(findings),
+                     shard_id=f"{scan_id}:0", ports=covered)
+    store.insert_findings(findings)
+    store.insert_host_scans([shard])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(findings)
+    return asyncio.run(recorder.finish([shard]))
+
+
+def target_ports(store: Any, t: Target) -> list[int]:
+    return [r[3] for r in store.query(history_sql("target_ports"),
+                                      {"target": t.target, "ip": t.ip})]
+
+
+def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
+    # Given a host whose full scan found SSH, nginx on 443 and a red MySQL (nothing listens
+    # on 127.0.0.7: the recorder's re-probes of a missing port fail for real)
+    day = timedelta(days=1)
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    # When a completed scan of ports 22 and 3306 only finds SSH
+    events = recorded(store, DB, "s2", T0 + day,
+                      [found(DB, "s2", T0 + day, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
+                      covered=(PortRange(22, 22), PortRange(3306, 3306)))
+    # Then the change log closes MySQL only, and every report agrees: 443, which that scan
+    # did not cover, is still open (with what was last seen on it); MySQL is not
+    assert [(e.kind.value, e.port) for e in events] == [("closed", 3306)]
+    summary, ports, products = reports(store)
+    assert ports == {"127.0.0.7": [22, 443]}
+    db = summary["127.0.0.7"]
+    assert (db["open_ports"], db["red"], db["green"], db["ports_scanned"]) == (2, 0, 2, 2)
+    assert products == {"OpenSSH 9.6p1": 1, "nginx 1.24.0": 1}
+    assert target_ports(store, DB) == [22, 443]
+    listed = {r["port"]: r for r in store.report("list", {"history": 1}).dicts()}
+    assert {p: (r["is_current"], r["state"]) for p, r in listed.items()} == {
+        22: (1, "open"), 443: (1, "open"), 3306: (0, "closed")}
+    # And pruning the first scan's raw rows changes none of it
+    from stream_processors.change_log import prune
+
+    before = reports(store)
+    prune(store, timedelta(hours=1), now=T0 + day + timedelta(hours=2))
+    assert store.query("SELECT DISTINCT scan_id FROM port_observations") == [("s2",)]
+    assert reports(store) == before
+    # And when a full scan then finds SSH only, 443 is closed and no longer counted
+    events = recorded(store, DB, "s3", T0 + 2 * day,
+                      [found(DB, "s3", T0 + 2 * day, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
+    assert [(e.kind.value, e.port) for e in events] == [("closed", 443)]
+    summary, ports, products = reports(store)
+    assert ports == {"127.0.0.7": [22]} and summary["127.0.0.7"]["open_ports"] == 1
+    assert products == {"OpenSSH 9.6p1": 1}
+    assert target_ports(store, DB) == [22]
+
+
+def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
+    # Given two full scans of a host that find the same ports
+    for n in range(2):
+        at = T0 + timedelta(days=n)
+        recorded(store, DB, f"s{n}", at, [found(DB, f"s{n}", at, 22, "OpenSSH", "9.6p1",
+                                                RiskColor.GREEN)])
+    # Then nothing is carried (no row: most scans cost the reports nothing more)
+    assert store.query("SELECT count() FROM ports_carried") == [(0,)]
+    assert reports(store)[1] == {"127.0.0.7": [22]}
+
+
+def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> None:
+    # Given TLS on 443 and 8443, then a completed scan of 8443 only that found it closed
+    recorded(store, DB, "s1", T0, [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
+    recorded(store, DB, "s2", T0 + timedelta(days=1), [], covered=(PortRange(8443, 8443),))
+    # Then 443 is still a finding of the Ciphers report, with its last probe; 8443 is not
+    assert [(r["port"], r["grade"]) for r in store.report("ciphers").dicts()] == [
+        (443, "strong")]
+
+
+def test_a_store_upgraded_to_layout_15_carries_the_ports_of_its_stored_states(
+        store: Any) -> None:
+    from stream_processors.store import SCHEMA_VERSION, Store
+
+    # Given a host whose latest scan (of 22 only) left 443 open in its change state
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+    at = T0 + timedelta(days=1)
+    recorded(store, DB, "s2", at, [found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
+             covered=(PortRange(22, 22),))
+    # And the store as layout 14 left it: no carried ports
+    assert SCHEMA_VERSION == 15
+    store.command("TRUNCATE TABLE ports_carried")
+    store.command("TRUNCATE TABLE schema_version")
+    store.command("INSERT INTO schema_version VALUES (14)")
+    assert reports(store)[1] == {"127.0.0.7": [22]}
+    # When this portwatch opens it, then the upgrade fills them from the stored state
+    url = f"chdb://{store.location.path}?database={store.location.database}"
+    with Store.from_url(url) as upgraded:
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(15,)]
+        assert upgraded.query("SELECT ip, proto, port, scan_id FROM ports_carried") == [
+            ("127.0.0.7", "tcp", 443, "s2")]
+        assert reports(upgraded)[1] == {"127.0.0.7": [22, 443]}
