@@ -260,7 +260,8 @@ class _Rows:
     carried: list[list[Any]] = field(default_factory=list)
 
     def add(self, view: HostScanView, previous: HostState | None,
-            events: Sequence[ChangeEvent], state: HostState | None) -> None:
+            events: Sequence[ChangeEvent], state: HostState | None,
+            reprobes: Mapping[PortKey, ProbeAnswer] | None = None) -> None:
         self.changes.extend(_event_row(e) for e in events)
         if state is None:
             return
@@ -268,13 +269,18 @@ class _Rows:
         self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
                            int(state.is_reachable), fingerprint(state.open_ports)])
         if not state.is_reachable:
-            return  # its ports are kept as they were
-        # Open in the state and not seen by this scan (not covered by it, or answering the
-        # re-probe): the reports still count them while this scan is the host's latest
-        # (ddl.sql ports_carried). None for a scan that saw every open port.
-        self.carried.extend([state.target.target, state.target.ip, k[0].value, k[1],
-                             view.scan_id, finished_at]
-                            for k, s in state.ports.items() if s.is_open and k not in view.ports)
+            return  # its ports are kept as they were (the reports show none: it is down)
+        # Open in the state, not seen by this scan, and either not covered by it or
+        # answering the re-probe: the reports still count them while this scan is the
+        # host's ports scan (ddl.sql ports_carried). A covered port the re-probe did not
+        # confirm (a silent UDP port, one past the re-probe budget) is not: the change log
+        # does not close it on a guess, and the reports do not show it on one either.
+        answers = reprobes or {}
+        self.carried.extend(
+            [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, finished_at]
+            for k, s in state.ports.items()
+            if s.is_open and k not in view.ports
+            and (not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN))
         # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
         # unchanged port keeps its row, so port_state grows with churn, not with scans.
         if previous is None:
@@ -447,8 +453,9 @@ class ChangeRecorder:
         for (a_ip, proto, port), answer in answers.items():
             per_ip.setdefault(a_ip, {})[(proto, port)] = answer
         for view, previous in todo:
-            outcome = detect_changes(previous, view, per_ip.get(view.target.ip, {}))
-            rows.add(view, previous, outcome.events, outcome.state)
+            host_answers = per_ip.get(view.target.ip, {})
+            outcome = detect_changes(previous, view, host_answers)
+            rows.add(view, previous, outcome.events, outcome.state, host_answers)
             if outcome.state is not None:
                 states[(view.target.target, view.target.ip)] = outcome.state
             events.extend(outcome.events)

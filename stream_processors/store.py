@@ -103,20 +103,30 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
          "INSERT INTO host_latest (target, ip, last_complete) "
          "SELECT target, ip, max((finished_at, scan_id)) FROM host_scans "
          "WHERE status = 'completed' GROUP BY target, ip"),
-    # 14 -> 15: ports_carried, the open ports a host's latest compared scan did not see
-    # (a narrower scan), filled for each host's stored state from what its scan saw.
+    # 14 -> 15: ports_carried, the open ports a host's latest compared scan did not see,
+    # filled for each host's stored state: open there, not seen by that scan and not
+    # covered by it (its shards' coverage; a re-probe's answer is not stored, so a port it
+    # found open is carried from the next scan on).
     14: ("INSERT INTO ports_carried (target, ip, proto, port, scan_id, finished_at) "
          "SELECT ps.target, ps.ip, ps.proto, ps.port, hs.scan_id, hs.finished_at "
          "FROM (SELECT target, ip, proto, port, is_open FROM port_state "
          "      ORDER BY updated_at DESC LIMIT 1 BY target, ip, proto, port) AS ps "
          "INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_state FINAL "
          "            WHERE is_reachable = 1) AS hs ON hs.target = ps.target AND hs.ip = ps.ip "
+         "LEFT JOIN (SELECT target, ip, scan_id, proto, groupArrayArray(cover_first) AS firsts, "
+         "                  groupArrayArray(cover_last) AS lasts FROM host_scans "
+         "           WHERE (target, ip, scan_id) IN "
+         "                 (SELECT target, ip, scan_id FROM host_state FINAL) "
+         "           GROUP BY target, ip, scan_id, proto) AS cov "
+         "  ON cov.target = ps.target AND cov.ip = ps.ip AND cov.scan_id = hs.scan_id "
+         "  AND cov.proto = ps.proto "
          "LEFT ANTI JOIN (SELECT DISTINCT target, ip, scan_id, proto, port "
-         "                FROM port_observations "
-         "                WHERE scan_id IN (SELECT scan_id FROM host_state)) AS seen "
+         "                FROM port_observations WHERE (target, ip, scan_id) IN "
+         "                      (SELECT target, ip, scan_id FROM host_state FINAL)) AS seen "
          "  ON seen.target = ps.target AND seen.ip = ps.ip AND seen.scan_id = hs.scan_id "
          "  AND seen.proto = ps.proto AND seen.port = ps.port "
-         "WHERE ps.is_open = 1",),
+         "WHERE ps.is_open = 1 "
+         "  AND NOT arrayExists((f, l) -> ps.port >= f AND ps.port <= l, cov.firsts, cov.lasts)",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -366,8 +376,9 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Cannot lock file" in text or "already running" in text or "already initialized" in text
 
 
-ENGINE_MESSAGE_CAP = 64 * 1024  # bytes of the engine's own stderr kept while it starts
-_ENGINE_CODE = re.compile(r"^\s*Code: \d+\. DB::Exception: ")
+ENGINE_MESSAGE_CAP = 64 * 1024  # bytes of the engine's stderr read for its reason
+_ENGINE_EXCEPTION = re.compile(r"DB::Exception: ")
+_ENGINE_START = threading.Lock()  # fd 2 is the process's: one engine start at a time
 
 
 class _EngineStartError(Exception):
@@ -380,12 +391,24 @@ class _EngineStartError(Exception):
 
 def engine_reason(text: str) -> str:
     """The reason in what chdb's engine wrote to stderr when it would not start, as one
-    printable line of at most 300 characters ('' when it said nothing it would say)."""
-    if "DB::Exception" not in text:
+    printable line of at most 300 characters, from its first "DB::Exception" on ('' when
+    it said nothing it would say)."""
+    found = _ENGINE_EXCEPTION.search(text)
+    if found is None:
         return ""
-    line = " ".join(_ENGINE_CODE.sub("", text).split())
+    line = " ".join(text[found.end():].split())
     line = "".join(c if c.isprintable() else "?" for c in line)
     return line if len(line) <= 300 else line[:300] + "..."
+
+
+def _write_back(spool: Any) -> None:
+    """What was written to fd 2 while it pointed at ``spool``, to fd 2 again, whole."""
+    spool.seek(0)
+    with contextlib.suppress(OSError):  # a closed or full stderr loses only these lines
+        while chunk := spool.read(ENGINE_MESSAGE_CAP):
+            left = memoryview(chunk)
+            while left:
+                left = left[os.write(2, left):]
 
 
 def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
@@ -393,35 +416,39 @@ def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
     start (a broken metadata file, say) it writes why to the process's stderr (fd 2), in
     lines of its own, and raises only "Error initializing EmbeddedServer". So fd 2 goes to
     a file while it starts: on failure what it wrote is the reason (``_EngineStartError``)
-    instead of raw lines above portwatch's one; otherwise it is written back unchanged."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to keep apart
-        return clickhouse_connect.get_client(interface="chdb", path=path)
+    instead of raw lines above portwatch's one; otherwise (and when it said nothing to
+    use) it is written back unchanged. One start at a time: fd 2 belongs to the process."""
     import tempfile
 
-    with tempfile.TemporaryFile() as spool:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(spool.fileno(), 2)
+    with _ENGINE_START:
         try:
-            client = clickhouse_connect.get_client(interface="chdb", path=path)
-        except Exception as exc:
-            spool.seek(0)
-            text = spool.read(ENGINE_MESSAGE_CAP).decode("utf-8", "replace")
-            reason = engine_reason(text)
-            if not reason:
-                raise
-            raise _EngineStartError(reason) from exc
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        spool.seek(0)
-        said = memoryview(spool.read(ENGINE_MESSAGE_CAP))
-        with contextlib.suppress(OSError):  # a closed or full stderr loses only these lines
-            while said:
-                said = said[os.write(2, said):]
-        return client
+            spool = tempfile.TemporaryFile()
+        except OSError:  # nowhere to keep it: the engine's lines go where they would
+            return clickhouse_connect.get_client(interface="chdb", path=path)
+        with spool:
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all: nothing to keep apart
+                return clickhouse_connect.get_client(interface="chdb", path=path)
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(spool.fileno(), 2)
+            try:
+                client = clickhouse_connect.get_client(interface="chdb", path=path)
+            except Exception as exc:
+                os.dup2(saved, 2)
+                spool.seek(0)
+                reason = engine_reason(spool.read(ENGINE_MESSAGE_CAP).decode("utf-8",
+                                                                             "replace"))
+                if not reason:
+                    _write_back(spool)
+                    raise
+                raise _EngineStartError(reason) from exc
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            _write_back(spool)
+            return client
 
 
 class Store:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -34,6 +35,10 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         assert first.code == 0, first.stderr
     finally:
         redis_ctx.__exit__(None, None, None)
+    # redis's port stays bound, not listening: closed, and no other test can take it
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", redis.port))
     try:
         narrow = run_cli("scan", "127.0.0.1", "--ports", str(ssh.port), "--udp", "none",
                          "--org", "Acme", "--asset", "web-1", store=store, env=FAST)
@@ -45,6 +50,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         assert full.code == 0, full.stderr
     finally:
         ssh_ctx.__exit__(None, None, None)
+        holder.close()
     return {"store": store, "ssh": ssh.port, "redis": redis.port, "narrow": narrow.stdout,
             "full": full.stdout, "listed_after_narrow": json.loads(listed.stdout)}
 

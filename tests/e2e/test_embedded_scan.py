@@ -18,6 +18,10 @@ from tests.conftest import run_cli
 from tests.loopback import Services, mariadb_greeting
 
 ADDRESSES = ("127.0.0.1", "127.0.0.2")
+# The full sweep's address: the listeners are there too, and no other test module binds
+# it (under two test workers, a sweep of 127.0.0.1 would also probe the other worker's
+# listeners: webhook receivers that count requests, tarpits)
+SWEPT = "127.0.0.44"
 FAST = {"PORTWATCH_IDENTIFY_BUDGET": "6", "PORTWATCH_BANNER_WAIT": "1"}
 
 
@@ -34,10 +38,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "silent": loopback.silent(),
     }
     with contextlib.ExitStack() as stack:
-        ports = {name: stack.enter_context(loopback.listen(h, ADDRESSES)).port
+        ports = {name: stack.enter_context(loopback.listen(h, (*ADDRESSES, SWEPT))).port
                  for name, h in handlers.items()}
         ports["https"] = stack.enter_context(loopback.tls_http_server(
-            tmp_path_factory.mktemp("tls"), "Apache/2.4.57 (Debian)", ADDRESSES)).port
+            tmp_path_factory.mktemp("tls"), "Apache/2.4.57 (Debian)", (*ADDRESSES, SWEPT))).port
         yield Services(ports)
 
 
@@ -240,7 +244,7 @@ def test_table_output_and_end_screen(scanned: dict) -> None:
 def test_full_sweep_of_all_65535_ports_finds_every_listener(services: Services,
                                                             tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
-    result = run_cli("scan", "127.0.0.1", "--udp", "none", store=store, env=FAST)
+    result = run_cli("scan", SWEPT, "--udp", "none", store=store, env=FAST)
     assert result.code == 0, result.stderr
     assert "65,535 ports scanned" in result.stdout
     found = {r["port"] for r in report(store, "list")}

@@ -22,6 +22,7 @@ from schemas.records import (
     OpenPort,
     PortRange,
     ProbeStatus,
+    Proto,
     RiskColor,
     ServiceInfo,
     Target,
@@ -169,21 +170,24 @@ def test_what_an_interrupted_rescan_saw_again_or_anew_is_open(store: Any) -> Non
 
 
 def recorded(store: Any, t: Target, scan_id: str, at: datetime, findings: list[Finding],
-             covered: tuple[PortRange, ...] = (PortRange(1, 65535),)) -> list[ChangeEvent]:
-    """A completed scan of ``covered``, stored and compared by the real change recorder
-    (its closure re-probes go to the host's loopback address for real)."""
+             covered: tuple[PortRange, ...] = (PortRange(1, 65535),),
+             udp: tuple[PortRange, ...] = ()) -> list[ChangeEvent]:
+    """A completed scan of ``covered`` (TCP) and ``udp``, stored and compared by the real
+    change recorder (its closure re-probes go to the host's loopback address for real)."""
     import asyncio
 
     from stream_processors.history import ChangeRecorder
 
-    shard = HostScan(scan_id, t, at, at + timedelta(minutes=5),
-                     sum(r.last - r.first + 1 for r in covered), len(findings),
-                     shard_id=f"{scan_id}:0", ports=covered)
+    end = at + timedelta(minutes=5)
+    shards = [HostScan(scan_id, t, at, end, sum(r.last - r.first + 1 for r in ranges),
+                       len(findings), shard_id=f"{scan_id}:{proto.value}", proto=proto,
+                       ports=ranges)
+              for proto, ranges in ((Proto.TCP, covered), (Proto.UDP, udp)) if ranges]
     store.insert_findings(findings)
-    store.insert_host_scans([shard])
+    store.insert_host_scans(shards)
     recorder = ChangeRecorder(store)
     recorder.add_findings(findings)
-    return asyncio.run(recorder.finish([shard]))
+    return asyncio.run(recorder.finish(shards))
 
 
 def target_ports(store: Any, t: Target) -> list[int]:
@@ -242,6 +246,37 @@ def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
     assert reports(store)[1] == {"127.0.0.7": [22]}
 
 
+def test_a_covered_port_is_carried_only_if_the_re_probe_finds_it_open(store: Any) -> None:
+    import socket
+
+    from tests import loopback
+
+    # Given a host (127.0.0.7) with SSH, a real listener whose SYN the next scan will
+    # "lose", and a UDP port that answered once and is silent now (bound, never replying)
+    with loopback.listen(loopback.banner(b"SSH-2.0-x\r\n"), ("127.0.0.7",)) as lost, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:
+        quiet.bind(("127.0.0.7", 0))
+        udp_port = quiet.getsockname()[1]
+        udp = Finding(port=OpenPort(scan_id="s1", target=DB, port=udp_port, proto=Proto.UDP,
+                                    observed_at=T0),
+                      service=ServiceInfo(service="snmp"), risk_color=RiskColor.YELLOW)
+        recorded(store, DB, "s1", T0, [
+            found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+            found(DB, "s1", T0, lost.port, "x", "1", RiskColor.YELLOW), udp],
+            udp=(PortRange(udp_port, udp_port),))
+        # When a full scan (TCP and that UDP port) sees SSH only
+        at = T0 + timedelta(days=1)
+        events = recorded(store, DB, "s2", at,
+                          [found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
+                          udp=(PortRange(udp_port, udp_port),))
+    # Then nothing closes (the re-probe reached the listener; UDP silence proves nothing),
+    # the listener the re-probe found open is carried and shown, the silent UDP port is
+    # not: the reports show no port on a guess
+    assert events == []
+    assert store.query("SELECT proto, port FROM ports_carried") == [("tcp", lost.port)]
+    assert reports(store)[1] == {"127.0.0.7": sorted([22, lost.port])}
+
+
 def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> None:
     # Given TLS on 443 and 8443, then a completed scan of 8443 only that found it closed
     recorded(store, DB, "s1", T0, [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
@@ -254,20 +289,28 @@ def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> N
 def test_a_store_upgraded_to_layout_15_carries_the_ports_of_its_stored_states(
         store: Any) -> None:
     from stream_processors.store import SCHEMA_VERSION, Store
+    from tests import loopback
 
-    # Given a host whose latest scan (of 22 only) left 443 open in its change state
-    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
-                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
-    at = T0 + timedelta(days=1)
-    recorded(store, DB, "s2", at, [found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
-             covered=(PortRange(22, 22),))
+    # Given a host whose latest scan (of 22 and a listener it missed, which the re-probe
+    # found open) left 443, which it did not cover, open in its change state
+    with loopback.listen(loopback.banner(b"x\r\n"), ("127.0.0.7",)) as missed:
+        recorded(store, DB, "s1", T0, [
+            found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+            found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN),
+            found(DB, "s1", T0, missed.port, "x", "1", RiskColor.YELLOW)])
+        at = T0 + timedelta(days=1)
+        recorded(store, DB, "s2", at,
+                 [found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
+                 covered=(PortRange(22, 22), PortRange(missed.port, missed.port)))
+    assert len(store.query("SELECT port FROM ports_carried")) == 2
     # And the store as layout 14 left it: no carried ports
     assert SCHEMA_VERSION == 15
     store.command("TRUNCATE TABLE ports_carried")
     store.command("TRUNCATE TABLE schema_version")
     store.command("INSERT INTO schema_version VALUES (14)")
     assert reports(store)[1] == {"127.0.0.7": [22]}
-    # When this portwatch opens it, then the upgrade fills them from the stored state
+    # When this portwatch opens it, then the upgrade fills them from the stored state and
+    # the scans' coverage: 443; not the covered port (the re-probe's answer is not stored)
     url = f"chdb://{store.location.path}?database={store.location.database}"
     with Store.from_url(url) as upgraded:
         assert upgraded.query("SELECT max(version) FROM schema_version") == [(15,)]

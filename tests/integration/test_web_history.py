@@ -4,6 +4,7 @@ store whose change log the real recorder wrote from two scans."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,6 @@ from schemas.records import (
 )
 from tests.conftest import scratch_store
 from tests.integration.test_web_api import Served, serve
-from tests.loopback import free_port
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WEB = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp", asset="web-1")
@@ -100,9 +100,11 @@ def test_the_list_with_history_says_a_closed_port_is_closed_and_when(
 
     # Given web-1 with 80 and a port that is closed now (nothing listens: the recorder's
     # re-probe of it fails for real) open yesterday, and only 80 in today's full scan
-    gone = free_port()
     yesterday, today = NOW - timedelta(days=1), NOW
-    with scratch_store(shared_chdb_path, "whc") as db:
+    # (the port stays bound, not listening, so no other test can take it meanwhile)
+    with socket.socket() as holder, scratch_store(shared_chdb_path, "whc") as db:
+        holder.bind(("127.0.0.1", 0))
+        gone = holder.getsockname()[1]
         recorder = ChangeRecorder(db)
         _record(db, recorder, "s1", WEB, yesterday,
                 [_finding("s1", WEB, port, "nginx", "1.24.0", RiskColor.GREEN, yesterday)
