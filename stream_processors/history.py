@@ -264,6 +264,7 @@ class _Rows:
             reprobes: Mapping[PortKey, ProbeAnswer] | None = None) -> None:
         self.changes.extend(_event_row(e) for e in events)
         if state is None:
+            self._carry_past_a_partly_completed_scan(view, previous)
             return
         finished_at = view.finished_at
         self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
@@ -290,6 +291,21 @@ class _Rows:
         self.ports.extend(_port_row(state.target, s, finished_at)
                           for k, s in state.ports.items() if previous.ports.get(k) is not s)
 
+
+    def _carry_past_a_partly_completed_scan(self, view: HostScanView,
+                                            previous: HostState | None) -> None:
+        """A scan not compared (not every shard completed) closes nothing; but if one of
+        its shards completed, it is the host's ports scan (ddl.sql latest_host_scans),
+        and the ports the change log holds open that it did not see are carried, so an
+        interrupted TCP part behind a completed UDP part hides no TCP port. A scan with no
+        completed shard writes nothing: its newer rows would displace the ports scan's."""
+        if (previous is None or not previous.is_reachable or view.is_completed
+                or not any(h.status == "completed" for h in view.shards)):
+            return
+        self.carried.extend(
+            [previous.target.target, previous.target.ip, k[0].value, k[1], view.scan_id,
+             view.finished_at]
+            for k, s in previous.ports.items() if s.is_open and k not in view.ports)
 
     def add_unchanged(self, view: HostScanView, row: HostRow) -> None:
         """A host whose scan matches its stored fingerprint: only its scan moves."""

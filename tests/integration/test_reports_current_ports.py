@@ -277,6 +277,39 @@ def test_a_covered_port_is_carried_only_if_the_re_probe_finds_it_open(store: Any
     assert reports(store)[1] == {"127.0.0.7": sorted([22, lost.port])}
 
 
+def test_an_interrupted_tcp_part_behind_a_completed_udp_part_hides_no_tcp_port(
+        store: Any) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host whose full TCP scan found SSH and nginx
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+
+    def partly(scan_id: str, at: datetime, udp_status: str) -> list[ChangeEvent]:
+        shards = [HostScan(scan_id, DB, at, at + timedelta(minutes=5), 120, 0,
+                           status="interrupted", shard_id=f"{scan_id}:tcp",
+                           ports=(PortRange(1, 65535),)),
+                  HostScan(scan_id, DB, at, at + timedelta(minutes=6), 1, 0,
+                           status=udp_status, shard_id=f"{scan_id}:udp", proto=Proto.UDP,
+                           ports=(PortRange(161, 161),))]
+        store.insert_host_scans(shards)
+        return asyncio.run(ChangeRecorder(store).finish(shards))
+
+    # When a rescan's TCP part is interrupted before it saw anything and its UDP part
+    # completes (so that scan is the host's latest completed one)
+    assert partly("s2", T0 + timedelta(days=1), "completed") == []
+    # Then the TCP ports the change log holds open are still the host's ports
+    summary, ports, products = reports(store)
+    assert ports == {"127.0.0.7": [22, 443]} and summary["127.0.0.7"]["open_ports"] == 2
+    assert products == {"OpenSSH 9.6p1": 1, "nginx 1.24.0": 1}
+    # And a later scan interrupted in both parts changes none of it (it carries nothing,
+    # which would displace what the completed part's scan carries)
+    assert partly("s3", T0 + timedelta(days=2), "interrupted") == []
+    assert reports(store)[1] == {"127.0.0.7": [22, 443]}
+
+
 def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> None:
     # Given TLS on 443 and 8443, then a completed scan of 8443 only that found it closed
     recorded(store, DB, "s1", T0, [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
