@@ -296,16 +296,20 @@ class _Rows:
                                             previous: HostState | None) -> None:
         """A scan not compared (not every shard completed) closes nothing; but if one of
         its shards completed, it is the host's ports scan (ddl.sql latest_host_scans),
-        and the ports the change log holds open that it did not see are carried, so an
-        interrupted TCP part behind a completed UDP part hides no TCP port. A scan with no
-        completed shard writes nothing: its newer rows would displace the ports scan's."""
-        if (previous is None or not previous.is_reachable or view.is_completed
-                or not any(h.status == "completed" for h in view.shards)):
+        and the ports the change log holds open that it did not see and that no completed
+        shard of it covered are carried: an interrupted TCP part behind a completed UDP
+        part hides no TCP port (a port the completed part covered and did not see is not
+        shown, as after any completed scan, though nothing is closed until a scan
+        completes whole). A scan with no completed shard writes nothing: its newer rows
+        would displace the ports scan's."""
+        done = [h for h in view.shards if h.status == "completed"]
+        if previous is None or not previous.is_reachable or view.is_completed or not done:
             return
         self.carried.extend(
             [previous.target.target, previous.target.ip, k[0].value, k[1], view.scan_id,
              view.finished_at]
-            for k, s in previous.ports.items() if s.is_open and k not in view.ports)
+            for k, s in previous.ports.items()
+            if s.is_open and k not in view.ports and not any(h.covers(*k) for h in done))
 
     def add_unchanged(self, view: HostScanView, row: HostRow) -> None:
         """A host whose scan matches its stored fingerprint: only its scan moves."""

@@ -283,9 +283,13 @@ def test_an_interrupted_tcp_part_behind_a_completed_udp_part_hides_no_tcp_port(
 
     from stream_processors.history import ChangeRecorder
 
-    # Given a host whose full TCP scan found SSH and nginx
+    # Given a host whose full scan found SSH and nginx, and SNMP on UDP 161
+    snmp = Finding(port=OpenPort(scan_id="s1", target=DB, port=161, proto=Proto.UDP,
+                                 observed_at=T0),
+                   service=ServiceInfo(service="snmp"), risk_color=RiskColor.RED)
     recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
-                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN),
+                                   snmp], udp=(PortRange(161, 161),))
 
     def partly(scan_id: str, at: datetime, udp_status: str) -> list[ChangeEvent]:
         shards = [HostScan(scan_id, DB, at, at + timedelta(minutes=5), 120, 0,
@@ -298,9 +302,11 @@ def test_an_interrupted_tcp_part_behind_a_completed_udp_part_hides_no_tcp_port(
         return asyncio.run(ChangeRecorder(store).finish(shards))
 
     # When a rescan's TCP part is interrupted before it saw anything and its UDP part
-    # completes (so that scan is the host's latest completed one)
+    # completes without a reply from 161 (so that scan is the host's latest completed one)
     assert partly("s2", T0 + timedelta(days=1), "completed") == []
-    # Then the TCP ports the change log holds open are still the host's ports
+    # Then the TCP ports the change log holds open are still the host's ports; 161, which
+    # the completed part covered and did not see, is not shown (nor closed: the scan
+    # did not complete whole)
     summary, ports, products = reports(store)
     assert ports == {"127.0.0.7": [22, 443]} and summary["127.0.0.7"]["open_ports"] == 2
     assert products == {"OpenSSH 9.6p1": 1, "nginx 1.24.0": 1}
