@@ -301,13 +301,23 @@ class _Rows:
         part hides no TCP port (a port the completed part covered and did not see is not
         shown, as after any completed scan, though nothing is closed until a scan
         completes whole). A scan with no completed shard writes nothing: its newer rows
-        would displace the ports scan's."""
+        would displace the ports scan's. The rows' version is when its completed part
+        ended, the time that makes it the ports scan (not its interrupted part's end): the
+        row a merge keeps for a port is then the one of the scan that sorts last there,
+        and it counts only while that scan is the ports scan. One whose completed part
+        ended before the stored state's scan is not the ports scan: nothing to write.
+        (Not recovered after a crash, nor backfilled by layout 15: such a host shows what
+        the scan saw until its next scan.)"""
         done = [h for h in view.shards if h.status == "completed"]
         if previous is None or not previous.is_reachable or view.is_completed or not done:
             return
+        latest = max(h.finished_at for h in done)
+        became = _utc(latest.replace(microsecond=latest.microsecond // 1000 * 1000))
+        if (became, view.scan_id) <= (previous.finished_at, previous.scan_id):
+            return
         self.carried.extend(
             [previous.target.target, previous.target.ip, k[0].value, k[1], view.scan_id,
-             view.finished_at]
+             became]
             for k, s in previous.ports.items()
             if s.is_open and k not in view.ports and not any(h.covers(*k) for h in done))
 

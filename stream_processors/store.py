@@ -114,7 +114,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
          "INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_state FINAL "
          "            WHERE is_reachable = 1) AS hs ON hs.target = ps.target AND hs.ip = ps.ip "
          "LEFT JOIN (SELECT target, ip, scan_id, proto, groupArrayArray(cover_first) AS firsts, "
-         "                  groupArrayArray(cover_last) AS lasts FROM host_scans "
+         "                  groupArrayArray(cover_last) AS lasts FROM host_scans FINAL "
          "           WHERE (target, ip, scan_id) IN "
          "                 (SELECT target, ip, scan_id FROM host_state FINAL) "
          "           GROUP BY target, ip, scan_id, proto) AS cov "
@@ -432,8 +432,8 @@ def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
                 return clickhouse_connect.get_client(interface="chdb", path=path)
             with contextlib.suppress(Exception):
                 sys.stderr.flush()
-            os.dup2(spool.fileno(), 2)
             try:
+                os.dup2(spool.fileno(), 2)
                 client = clickhouse_connect.get_client(interface="chdb", path=path)
             except Exception as exc:
                 os.dup2(saved, 2)

@@ -316,6 +316,34 @@ def test_an_interrupted_tcp_part_behind_a_completed_udp_part_hides_no_tcp_port(
     assert reports(store)[1] == {"127.0.0.7": [22, 443]}
 
 
+def test_an_overlapping_partly_completed_scan_never_displaces_the_ports_scans_rows(
+        store: Any) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    # Given a full scan (SSH, nginx), then a completed scan of 22 only ending at +1d 5m
+    # (443 carried)
+    day = T0 + timedelta(days=1)
+    recorded(store, DB, "s0", T0, [found(DB, "s0", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s0", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+    recorded(store, DB, "s1", day, [found(DB, "s1", day, 22, "OpenSSH", "9.6p1",
+                                          RiskColor.GREEN)], covered=(PortRange(22, 22),))
+    # And an overlapping scan whose UDP part completed earlier (+1d 2m) and whose TCP
+    # part failed later (+1d 10m): s1 stays the ports scan
+    shards = [HostScan("s2", DB, day, day + timedelta(minutes=2), 1, 0, shard_id="s2:udp",
+                       proto=Proto.UDP, ports=(PortRange(161, 161),)),
+              HostScan("s2", DB, day, day + timedelta(minutes=10), 9, 0, status="error",
+                       shard_id="s2:tcp", ports=(PortRange(1, 65535),))]
+    store.insert_host_scans(shards)
+    assert asyncio.run(ChangeRecorder(store).finish(shards)) == []
+    # When the carried rows merge
+    store.command("OPTIMIZE TABLE ports_carried FINAL")
+    # Then 443 is still carried by the ports scan, and shown
+    assert store.query("SELECT port, scan_id FROM ports_carried") == [(443, "s1")]
+    assert reports(store)[1] == {"127.0.0.7": [22, 443]}
+
+
 def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> None:
     # Given TLS on 443 and 8443, then a completed scan of 8443 only that found it closed
     recorded(store, DB, "s1", T0, [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
