@@ -27,6 +27,7 @@ def ddl_statements() -> tuple[str, ...]:
 
 _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
+_IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
@@ -38,16 +39,26 @@ _CARRIED = ("((SELECT count() > 0 FROM ports_carried) AND "
             "WHERE (c.target, c.ip, c.scan_id) IN ("
             "SELECT target, ip, ports_scan_id FROM latest_host_scans "
             "WHERE (target, ip) IN (SELECT target, ip FROM ports_carried))))")
+# ``IS_CURRENT(alias.scan_column, host)``: the port is one of its host's ports now. ``host``
+# is the port's row of latest_host_scans, joined (ports_scan_id, ports_seen_after; '' when
+# the host has no scan record: its ports are all current). Seen in the host's ports scan
+# (its latest completed one), seen since that one ended (an interrupted or running scan
+# closes nothing, and what it sees is open), or carried (above).
+_CURRENT = ("({h}.ports_scan_id = '' OR {a}.{col} = {h}.ports_scan_id "
+            "OR {a}.last_seen > {h}.ports_seen_after OR IS_CARRIED({a}))")
 
 
 def _expanded(sql: str) -> str:
     """The SQL with each ``TARGET_MATCHES(alias)`` written out as the one target predicate
     (schemas/filters.py): every report filters targets alike, written once. Values are
     never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
-    ``IS_CARRIED(alias)``: the port is open now though the host's ports scan did not see
-    it (see _CARRIED)."""
+    ``IS_CURRENT(alias.scan_column, host)``, which port is its host's port now (see
+    _CURRENT), and ``IS_CARRIED(alias)``, open though the host's ports scan did not see it
+    (see _CARRIED): every report decides it alike, written once."""
     from schemas.filters import target_predicate
 
+    sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
+                                                    h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 

@@ -13,6 +13,5 @@ INNER JOIN (SELECT ip, ports_scan_id, ports_seen_after FROM latest_host_scans
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})) AS l
     ON l.ip = f.ip
 WHERE f.target = {target:String} AND ({ip:String} = '' OR f.ip = {ip:String})
-  AND (f.last_scan_id = l.ports_scan_id OR f.last_seen > l.ports_seen_after
-       OR IS_CARRIED(f))
+  AND IS_CURRENT(f.last_scan_id, l)
 ORDER BY ip, proto, port

@@ -24,8 +24,7 @@ WITH
                    FROM latest_host_scans) AS l
             ON l.target = p.target AND l.ip = p.ip
         -- (a host with no scan record: its ports, as in the List)
-        WHERE p.proto = 'tcp' AND (l.ports_scan_id = '' OR p.scan_id = l.ports_scan_id
-                                   OR p.last_seen > l.ports_seen_after OR IS_CARRIED(p))
+        WHERE p.proto = 'tcp' AND IS_CURRENT(p.scan_id, l)
     ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)

@@ -28,7 +28,7 @@ WITH
     latest_scan AS (
         -- the scan whose ports are the host's ports now: its latest completed one
         -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
-        SELECT target, ip, ports_scan_id AS scan_id, ports_seen_after FROM latest_host_scans
+        SELECT target, ip, ports_scan_id, ports_seen_after FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
@@ -108,9 +108,8 @@ WITH
                    AS sort_text
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
-        -- "current", as is_current below (and a port a narrower ports scan did not cover)
-        WHERE ({history:UInt8} = 1 OR page_scan.scan_id = '' OR f.scan_id = page_scan.scan_id
-               OR f.last_seen > page_scan.ports_seen_after OR IS_CARRIED(f))
+        -- "current" (schemas._CURRENT), as is_current below
+        WHERE ({history:UInt8} = 1 OR IS_CURRENT(f.scan_id, page_scan))
           AND TARGET_MATCHES(f)
           AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
           AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
@@ -200,9 +199,7 @@ SELECT
     f.first_seen AS first_seen,
     f.last_seen AS last_seen,
     -- without --history every page row is current (phase 1 kept only those)
-    ({history:UInt8} = 0 OR history_scan.scan_id = ''
-     OR f.last_scan_id = history_scan.scan_id
-     OR f.last_seen > history_scan.ports_seen_after OR IS_CARRIED(f)) AS is_current,
+    ({history:UInt8} = 0 OR IS_CURRENT(f.last_scan_id, history_scan)) AS is_current,
     (acc_port.target != ''
      AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
           OR (acc_port.service = f.service AND acc_port.product = f.product

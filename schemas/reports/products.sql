@@ -6,7 +6,7 @@ WITH
     -- List: not a GROUP BY over every scan ever stored, and still there after a prune
     latest_scan AS (
         -- (its ports scan: the latest completed one, as in the List)
-        SELECT target, ip, ports_scan_id AS scan_id, ports_seen_after FROM latest_host_scans
+        SELECT target, ip, ports_scan_id, ports_seen_after FROM latest_host_scans
     )
 -- Rows are what the List's filters tell apart: product and version in any case are one
 -- row (shown as their first spelling), so each row's drill-down lists its ports only.
@@ -20,8 +20,7 @@ SELECT
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
-  AND (latest_scan.scan_id = '' OR f.last_scan_id = latest_scan.scan_id
-       OR f.last_seen > latest_scan.ports_seen_after OR IS_CARRIED(f))
+  AND IS_CURRENT(f.last_scan_id, latest_scan)
   AND TARGET_MATCHES(f)
   AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
   AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))

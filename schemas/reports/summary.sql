@@ -151,8 +151,7 @@ WITH
         LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
             ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
         -- (port by port: the same ports as phase 1's groups, but for scans that overlap)
-        WHERE f.scan_id = page_scans.ports_scan_id OR f.last_seen > page_scans.ports_seen_after
-           OR IS_CARRIED(f)
+        WHERE IS_CURRENT(f.scan_id, page_scans)
     ),
     per_host AS (
         SELECT target, ip,
