@@ -68,6 +68,12 @@ LEGACY_TLS_VERSIONS = frozenset({"SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"})
 _COLOR_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
 _GRADE_RANK = {"strong": 0, "medium": 1, "weak": 2}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_millis(at: datetime) -> datetime:
+    """``at`` in milliseconds, as the store keeps times: a time computed again from stored
+    records compares equal to the one written."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 _LOOSEST = timedelta(days=max(EXPIRY_THRESHOLDS))
 # stages.unidentified() reasons that mean "not finished", not "nothing answered"
 INCOMPLETE = ("interrupted", "identification error")
@@ -192,8 +198,7 @@ class HostScanView:
         shards = self.shards
         latest = (shards[0].finished_at if len(shards) == 1
                   else max((h.finished_at for h in shards), default=EPOCH))
-        object.__setattr__(self, "_finished_at",
-                           latest.replace(microsecond=latest.microsecond // 1000 * 1000))
+        object.__setattr__(self, "_finished_at", to_millis(latest))
 
     @property
     def is_completed(self) -> bool:

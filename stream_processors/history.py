@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -57,6 +57,7 @@ from stream_processors.changes import (
     is_near_expiry,
     parse_not_after,
     snapshot_of,
+    to_millis,
 )
 from stream_processors.collector import collector_paused
 from stream_processors.store import Store
@@ -277,11 +278,8 @@ class _Rows:
         # confirm (a silent UDP port, one past the re-probe budget) is not: the change log
         # does not close it on a guess, and the reports do not show it on one either.
         answers = reprobes or {}
-        self.carried.extend(
-            [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, finished_at]
-            for k, s in state.ports.items()
-            if s.is_open and k not in view.ports
-            and (not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN))
+        self._carry(state, view, finished_at,
+                    lambda k: not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN)
         # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
         # unchanged port keeps its row, so port_state grows with churn, not with scans.
         if previous is None:
@@ -311,15 +309,18 @@ class _Rows:
         done = [h for h in view.shards if h.status == "completed"]
         if previous is None or not previous.is_reachable or view.is_completed or not done:
             return
-        latest = max(h.finished_at for h in done)
-        became = _utc(latest.replace(microsecond=latest.microsecond // 1000 * 1000))
+        became = _utc(to_millis(max(h.finished_at for h in done)))
         if (became, view.scan_id) <= (previous.finished_at, previous.scan_id):
             return
+        self._carry(previous, view, became, lambda k: not any(h.covers(*k) for h in done))
+
+    def _carry(self, state: HostState, view: HostScanView, at: datetime,
+               keep: Callable[[PortKey], bool]) -> None:
+        """The ports ``state`` holds open that ``view`` did not see and ``keep`` keeps, as
+        ``ports_carried`` rows of ``view``'s scan, versioned ``at``."""
         self.carried.extend(
-            [previous.target.target, previous.target.ip, k[0].value, k[1], view.scan_id,
-             became]
-            for k, s in previous.ports.items()
-            if s.is_open and k not in view.ports and not any(h.covers(*k) for h in done))
+            [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, at]
+            for k, s in state.ports.items() if s.is_open and k not in view.ports and keep(k))
 
     def add_unchanged(self, view: HostScanView, row: HostRow) -> None:
         """A host whose scan matches its stored fingerprint: only its scan moves."""

@@ -436,18 +436,21 @@ def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
                 os.dup2(spool.fileno(), 2)
                 client = clickhouse_connect.get_client(interface="chdb", path=path)
             except Exception as exc:
-                os.dup2(saved, 2)
-                spool.seek(0)
-                reason = engine_reason(spool.read(ENGINE_MESSAGE_CAP).decode("utf-8",
-                                                                             "replace"))
-                if not reason:
-                    _write_back(spool)
-                    raise
-                raise _EngineStartError(reason) from exc
+                failed: Exception | None = exc
+            else:
+                failed = None
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
+            if failed is not None:
+                spool.seek(0)
+                reason = engine_reason(spool.read(ENGINE_MESSAGE_CAP).decode("utf-8",
+                                                                             "replace"))
+                if reason:
+                    raise _EngineStartError(reason) from failed
             _write_back(spool)
+            if failed is not None:
+                raise failed
             return client
 
 
