@@ -557,13 +557,31 @@ ORDER BY (target, ip, proto, port);
 
 -- Ports a host's completed scan did not see that its change state still holds open: not
 -- covered by it (a scan of `--ports 22,80` leaves 443 open), or missed and answering the
--- closure re-probe. Per port, the latest such scan; written by the change writer with the
+-- closure re-probe. Every scan's such ports, as the change writer writes them with the
 -- host's state, only when there are some (a scan that sees every open port writes none).
--- The reports count a port while its row's scan is the host's ports scan
+-- The score after every scan (history/target_scores.sql, web/risk_history.sql) counts
+-- them at the scan that carried them, so a narrower scan's point is the score the
+-- Summary showed after it. Pruned with the scans' raw rows (prune --older-than).
+CREATE TABLE IF NOT EXISTS carried_history
+(
+    target       String,
+    ip           String,
+    scan_id      String,
+    proto        LowCardinality(String),
+    port         UInt16,
+    finished_at  DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(finished_at)
+PARTITION BY toYYYYMM(finished_at)
+ORDER BY (target, ip, scan_id, proto, port);
+
+-- Per port, the latest scan that carried it (kept from carried_history by its view). The
+-- reports count a port while its row's scan is the host's ports scan
 -- (latest_host_scans.ports_scan_id), with the port's latest observation (port_latest): a
 -- narrower scan hides nothing the change log still calls open, and once a later scan is
 -- the ports scan the row no longer counts (no FINAL needed: an older version names an
--- older scan). One row per port ever carried: bounded by the estate, not by scans.
+-- older scan). One row per port ever carried: bounded by the estate, not by scans, so
+-- the reports' lookup does not grow with history.
 CREATE TABLE IF NOT EXISTS ports_carried
 (
     target       String,
@@ -575,6 +593,9 @@ CREATE TABLE IF NOT EXISTS ports_carried
 )
 ENGINE = ReplacingMergeTree(finished_at)
 ORDER BY (target, ip, proto, port);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS ports_carried_mv TO ports_carried AS
+SELECT target, ip, proto, port, scan_id, finished_at FROM carried_history;
 
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version

@@ -85,17 +85,19 @@ _PRUNED = (("port_observations", "observed_at", _KEEP_HOST_SCAN),
            ("tls_probes", "observed_at", _KEEP_TLS_PROBE),
            ("tls_ciphers", "observed_at", _KEEP_TLS_PROBE),
            ("certificates", "observed_at", _KEEP_TLS_PROBE),
-           ("host_scans", "finished_at", _KEEP_HOST_SCAN))
+           ("host_scans", "finished_at", _KEEP_HOST_SCAN),
+           ("carried_history", "finished_at", _KEEP_HOST_SCAN))
 
 
 def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
-    """Delete the raw rows (ports, TLS, certificates, host scans) of the scans that ended
-    before the cutoff: whole scans, never a scan cut in two (its ports are observed
-    before it ends), and never the rows the reports still read (``_KEEP_HOST_SCAN``,
-    ``_KEEP_TLS_PROBE``). Never touches ``findings`` (first_seen), ``changes`` (the
-    log), ``host_latest``, ``port_latest``, ``tls_latest``, ``host_state``/``port_state``
-    or prevalence: those are kept by views or the writer and do not depend on the raw
-    rows once written. Returns the cutoff."""
+    """Delete the raw rows (ports, TLS, certificates, host scans, the ports each scan
+    carried) of the scans that ended before the cutoff: whole scans, never a scan cut in
+    two (its ports are observed before it ends), and never the rows the reports still
+    read (``_KEEP_HOST_SCAN``, ``_KEEP_TLS_PROBE``). Never touches ``findings``
+    (first_seen), ``changes`` (the log), ``host_latest``, ``port_latest``, ``tls_latest``,
+    ``host_state``/``port_state``, ``ports_carried`` or prevalence: those are kept by
+    views or the writer and do not depend on the raw rows once written. Returns the
+    cutoff."""
     cutoff = (now or datetime.now(UTC)) - older_than
     if cutoff <= EPOCH:
         # Nothing is observed before 1970 (observations carry our clock), and the engine

@@ -4,7 +4,7 @@ Owns: ``ChangeRecorder`` (what both transports use: fed findings as they are sto
 host-scan records as hosts complete, it loads the previous states, re-probes closure
 candidates, calls the one rule ``changes.detect_changes`` and writes events and next
 states), the rows of the ``changes`` / ``host_state`` / ``port_state`` /
-``ports_carried`` tables, and change recovery. Reading the log (the What-changed query)
+``carried_history`` tables, and change recovery. Reading the log (the What-changed query)
 and ``prune``: ``change_log.py``.
 
 Must not touch: the change rule itself (``changes.py``), Kafka, the network except through
@@ -274,9 +274,10 @@ class _Rows:
             return  # its ports are kept as they were (the reports show none: it is down)
         # Open in the state, not seen by this scan, and either not covered by it or
         # answering the re-probe: the reports still count them while this scan is the
-        # host's ports scan (ddl.sql ports_carried). A covered port the re-probe did not
-        # confirm (a silent UDP port, one past the re-probe budget) is not: the change log
-        # does not close it on a guess, and the reports do not show it on one either.
+        # host's ports scan, and its score point counts them (ddl.sql carried_history).
+        # A covered port the re-probe did not confirm (a silent UDP port, one past the
+        # re-probe budget) is not: the change log does not close it on a guess, and the
+        # reports do not show it on one either.
         answers = reprobes or {}
         self._carry(state, view, finished_at,
                     lambda k: not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN)
@@ -317,7 +318,8 @@ class _Rows:
     def _carry(self, state: HostState, view: HostScanView, at: datetime,
                keep: Callable[[PortKey], bool]) -> None:
         """The ports ``state`` holds open that ``view`` did not see and ``keep`` keeps, as
-        ``ports_carried`` rows of ``view``'s scan, versioned ``at``."""
+        ``carried_history`` rows of ``view``'s scan, versioned ``at`` (its view keeps
+        each port's latest in ``ports_carried``, what the reports read)."""
         self.carried.extend(
             [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, at]
             for k, s in state.ports.items() if s.is_open and k not in view.ports and keep(k))
@@ -333,7 +335,7 @@ def write_rows(store: Store, rows: _Rows) -> None:
     same rows against the old states on replay, and the tables' keys merge them (once the
     host's state names this scan, a replay reads its events back and computes nothing)."""
     store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
-    store.insert_rows("ports_carried", CARRIED_COLUMNS, rows.carried)  # none: no insert
+    store.insert_rows("carried_history", CARRIED_COLUMNS, rows.carried)  # none: no insert
     store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
     store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
 

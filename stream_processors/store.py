@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 15  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 16  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -127,6 +127,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
          "  AND seen.proto = ps.proto AND seen.port = ps.port "
          "WHERE ps.is_open = 1 "
          "  AND NOT arrayExists((f, l) -> ps.port >= f AND ps.port <= l, cov.firsts, cov.lasts)",),
+    # 15 -> 16: carried_history, every scan's carried ports (the score after every scan
+    # counts them), starts from what ports_carried kept: each port's latest carrying scan
+    # (earlier ones were replaced there; their points count what they saw, as before).
+    # Its view writes the same rows back into ports_carried, where they merge away.
+    15: ("INSERT INTO carried_history (target, ip, scan_id, proto, port, finished_at) "
+         "SELECT target, ip, scan_id, proto, port, finished_at FROM ports_carried FINAL",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

@@ -1,8 +1,12 @@
 -- Per-target page: the target's risk score after every scan of it (two scans today are two
 -- points), with the Summary's formula (summary.sql: raw = 10 x red + 3 x yellow + 1 x green
 -- over the scan's open ports, CDN-expected and UDP open|filtered count zero; score =
--- 100 x (1 - exp(-raw / 40))). {target} is the target as written (the sorting key's first
--- column, so only this target's rows are read); {ip} narrows to one address ('' = all).
+-- 100 x (1 - exp(-raw / 40))). A scan's open ports are those it saw and those it carried
+-- (ddl.sql carried_history: open in the change log, not covered by a narrower scan), the
+-- latter as they were last seen, as the Summary shows them: after a `--ports 22,80` scan
+-- the point is the Summary's score, not that of two ports. {target} is the target as
+-- written (the sorting key's first column, so only this target's rows are read); {ip}
+-- narrows to one address ('' = all).
 WITH
     scans AS (
         SELECT target, ip, scan_id, max(finished_at) AS finished_at,
@@ -24,15 +28,40 @@ WITH
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
         )
         GROUP BY target, ip, scan_id
+    ),
+    -- the ports each scan carried (ddl.sql carried_history), as last seen (port_latest)
+    carried AS (
+        SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id,
+               countIf(l.is_scored AND l.risk_color = 'red') AS red,
+               countIf(l.is_scored AND l.risk_color = 'yellow') AS yellow,
+               countIf(l.is_scored AND l.risk_color = 'green') AS green,
+               count() AS open_ports
+        FROM (
+            SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
+            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+        ) AS c
+        INNER JOIN (
+            SELECT target, ip, proto, port, toString(risk_color) AS risk_color,
+                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
+            FROM port_latest FINAL
+            -- only the carried ports' rows (none read when nothing was carried)
+            WHERE (target, ip, proto, port) IN (
+                SELECT target, ip, proto, port FROM carried_history
+                WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
+        ) AS l ON l.target = c.target AND l.ip = c.ip AND l.proto = c.proto AND l.port = c.port
+        GROUP BY c.target, c.ip, c.scan_id
     )
 SELECT
     scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
     scans.finished_at AS finished_at, scans.status AS status,
-    counts.open_ports AS open_ports, counts.red AS red, counts.yellow AS yellow,
-    counts.green AS green,
-    10 * counts.red + 3 * counts.yellow + counts.green AS raw_score,
+    counts.open_ports + carried.open_ports AS open_ports, counts.red + carried.red AS red,
+    counts.yellow + carried.yellow AS yellow, counts.green + carried.green AS green,
+    10 * (counts.red + carried.red) + 3 * (counts.yellow + carried.yellow)
+        + counts.green + carried.green AS raw_score,
     round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score
 FROM scans
 LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                 AND counts.scan_id = scans.scan_id
+LEFT JOIN carried ON carried.target = scans.target AND carried.ip = scans.ip
+                 AND carried.scan_id = scans.scan_id
 ORDER BY finished_at, ip

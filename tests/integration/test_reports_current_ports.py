@@ -195,6 +195,20 @@ def target_ports(store: Any, t: Target) -> list[int]:
                                       {"target": t.target, "ip": t.ip})]
 
 
+def scores(store: Any, t: Target) -> list[tuple[str, int, float]]:
+    """The per-target page's score after every scan: (scan, open ports, score)."""
+    return [(r["scan_id"], r["open_ports"], r["risk_score"]) for r in store.select(
+        "scores", history_sql("target_scores"), {"target": t.target, "ip": t.ip}).dicts()]
+
+
+def risk_history(store: Any, t: Target) -> list[float]:
+    """The Summary page's chart: the address's score per day."""
+    from schemas import web_sql
+
+    return [r["risk_score"] for r in store.select(
+        "risk", web_sql("risk_history"), {"target": t.ip, "org": "", "days": 0}).dicts()]
+
+
 def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     # Given a host whose full scan found SSH, nginx on 443 and a red MySQL (nothing listens
     # on 127.0.0.7: the recorder's re-probes of a missing port fail for real)
@@ -215,6 +229,11 @@ def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     assert (db["open_ports"], db["red"], db["green"], db["ports_scanned"]) == (2, 0, 2, 2)
     assert products == {"OpenSSH 9.6p1": 1, "nginx 1.24.0": 1}
     assert target_ports(store, DB) == [22, 443]
+    # And the score after every scan counts 443 at the narrower scan: its point is the
+    # Summary's score (before: that of SSH alone, 2.5), in both charts
+    assert scores(store, DB) == [("s1", 3, 25.9), ("s2", 2, db["risk_score"])]
+    assert db["risk_score"] == 4.9
+    assert risk_history(store, DB) == [25.9, 4.9]
     listed = {r["port"]: r for r in store.report("list", {"history": 1}).dicts()}
     assert {p: (r["is_current"], r["state"]) for p, r in listed.items()} == {
         22: (1, "open"), 443: (1, "open"), 3306: (0, "closed")}
@@ -225,6 +244,7 @@ def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     prune(store, timedelta(hours=1), now=T0 + day + timedelta(hours=2))
     assert store.query("SELECT DISTINCT scan_id FROM port_observations") == [("s2",)]
     assert reports(store) == before
+    assert scores(store, DB) == [("s2", 2, 4.9)]
     # And when a full scan then finds SSH only, 443 is closed and no longer counted
     events = recorded(store, DB, "s3", T0 + 2 * day,
                       [found(DB, "s3", T0 + 2 * day, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
@@ -233,6 +253,11 @@ def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     assert ports == {"127.0.0.7": [22]} and summary["127.0.0.7"]["open_ports"] == 1
     assert products == {"OpenSSH 9.6p1": 1}
     assert target_ports(store, DB) == [22]
+    assert scores(store, DB) == [("s2", 2, 4.9), ("s3", 1, 2.5)]
+    # And a prune past the narrower scan takes the ports it carried with its other rows
+    prune(store, timedelta(hours=1), now=T0 + 2 * day + timedelta(hours=2))
+    assert store.query("SELECT count() FROM carried_history") == [(0,)]
+    assert scores(store, DB) == [("s3", 1, 2.5)]
 
 
 def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
@@ -353,7 +378,7 @@ def test_ciphers_lists_a_tls_port_a_narrower_scan_did_not_cover(store: Any) -> N
         (443, "strong")]
 
 
-def test_a_store_upgraded_to_layout_15_carries_the_ports_of_its_stored_states(
+def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
         store: Any) -> None:
     from stream_processors.store import SCHEMA_VERSION, Store
     from tests import loopback
@@ -371,8 +396,9 @@ def test_a_store_upgraded_to_layout_15_carries_the_ports_of_its_stored_states(
                  covered=(PortRange(22, 22), PortRange(missed.port, missed.port)))
     assert len(store.query("SELECT port FROM ports_carried")) == 2
     # And the store as layout 14 left it: no carried ports
-    assert SCHEMA_VERSION == 15
+    assert SCHEMA_VERSION == 16
     store.command("TRUNCATE TABLE ports_carried")
+    store.command("TRUNCATE TABLE carried_history")
     store.command("TRUNCATE TABLE schema_version")
     store.command("INSERT INTO schema_version VALUES (14)")
     assert reports(store)[1] == {"127.0.0.7": [22]}
@@ -380,7 +406,12 @@ def test_a_store_upgraded_to_layout_15_carries_the_ports_of_its_stored_states(
     # the scans' coverage: 443; not the covered port (the re-probe's answer is not stored)
     url = f"chdb://{store.location.path}?database={store.location.database}"
     with Store.from_url(url) as upgraded:
-        assert upgraded.query("SELECT max(version) FROM schema_version") == [(15,)]
-        assert upgraded.query("SELECT ip, proto, port, scan_id FROM ports_carried") == [
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(16,)]
+        assert upgraded.query("SELECT ip, proto, port, scan_id FROM ports_carried FINAL") == [
             ("127.0.0.7", "tcp", 443, "s2")]
         assert reports(upgraded)[1] == {"127.0.0.7": [22, 443]}
+        # and (15 -> 16) the score after every scan counts it at the scan that carried it
+        assert upgraded.query("SELECT ip, scan_id, proto, port FROM carried_history") == [
+            ("127.0.0.7", "s2", "tcp", 443)]
+        assert scores(upgraded, DB)[-1] == (
+            "s2", 2, upgraded.report("summary").dicts()[0]["risk_score"])

@@ -654,10 +654,12 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("CREATE VIEW latest_host_scans AS SELECT target, ip, tupleElement(last_scan, 2) "
                 "AS scan_id, tupleElement(last_scan, 1) AS finished_at FROM host_latest FINAL")
     old.command("DROP TABLE ports_carried")  # (layout 15)
+    old.command("DROP VIEW ports_carried_mv")  # (layout 16)
+    old.command("DROP TABLE carried_history")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 15 and {9, 10, 11, 12, 13, 14} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 16 and {9, 10, 11, 12, 13, 14, 15} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -679,6 +681,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         # and the ports a narrower scan left open have their table (layout 15; this old
         # store has no change state, so none)
         assert db.query("SELECT count() FROM ports_carried") == [(0,)]
+        assert db.query("SELECT count() FROM carried_history") == [(0,)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
