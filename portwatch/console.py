@@ -58,6 +58,7 @@ USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("producers.targets", "TargetError", EXIT_USAGE),
     ("producers.shards", "CheckpointError", EXIT_USAGE),
     ("portwatch.alerts.config", "AlertConfigError", EXIT_USAGE),
+    ("portwatch.alerts.dispatcher", "AlertQueueError", EXIT_RUNTIME),
     ("stream_processors.store", "StoreUrlError", EXIT_USAGE),
     ("stream_processors.store", "StoreMissing", EXIT_USAGE),
     ("stream_processors.store", "StoreLayoutError", EXIT_USAGE),

@@ -152,9 +152,13 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
             _end_screen(db, stats, work.targets)
         if alerts is not None:
             from portwatch.alerts.cli import report_drain
-            from portwatch.alerts.dispatcher import alert_after_scan
+            from portwatch.alerts.dispatcher import AlertQueueError, alert_after_scan
 
-            report_drain(alert_after_scan(db, alerts, stats.change_events))
+            try:
+                report_drain(alert_after_scan(db, alerts, stats.change_events))
+            except AlertQueueError as exc:
+                raise PortwatchError(f"{exc}; the scan and its changes are stored (portwatch "
+                                     "report changes), not alerted") from exc
     finally:
         db.close()
     if stats.interrupted:

@@ -572,10 +572,10 @@ def _net(text: str, what: str) -> IPNetwork:
     except ValueError:
         raise TargetError(f"bad {what} {_one_line(_short(text))!r}: expected an address or "
                           "CIDR block") from None
-    return _fold_mapped(net)
+    return fold_mapped(net)
 
 
-def _fold_mapped(net: IPNetwork) -> IPNetwork:
+def fold_mapped(net: IPNetwork) -> IPNetwork:
     """``::ffff:10.0.0.0/104`` (or ``::10.0.0.0/104``) -> ``10.0.0.0/8``: a network of
     IPv4-mapped/compatible addresses is judged as the IPv4 network it reaches."""
     if net.version != 6 or net.prefixlen < 96:

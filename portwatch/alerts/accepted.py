@@ -12,7 +12,6 @@ Must not touch: delivery, the network. Report SQL reads the same table through
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +20,7 @@ from typing import Any
 from producers.targets import looks_like_hostname
 from schemas.bounded import timestamp
 from schemas.filters import is_ip_address
-from schemas.records import ChangeEvent
+from schemas.records import ChangeEvent, canonical_address
 
 COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
            "service", "product", "version", "is_removed", "revision")
@@ -71,7 +70,7 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
     if not raw or len(raw) > 300 or any(ch.isspace() for ch in raw):
         raise AcceptError(f"bad target {text[:80]!r}: use TARGET or TARGET:PORT/PROTO")
     if is_ip_address(raw):
-        return str(ipaddress.ip_address(raw)), "tcp", 0
+        return str(canonical_address(raw)), "tcp", 0
     found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I) or \
         re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I)
     if not found:
@@ -79,7 +78,7 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
                           "[IPv6]:PORT/PROTO")
     host, port_text, proto = found.group(1), found.group(2), (found.group(3) or "tcp").lower()
     if is_ip_address(host):
-        host = str(ipaddress.ip_address(host))
+        host = str(canonical_address(host))
     elif raw.startswith("["):
         raise AcceptError(f"bad IPv6 address in {text[:80]!r}")
     elif not looks_like_hostname(host):

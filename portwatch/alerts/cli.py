@@ -197,7 +197,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         finally:
             own_signals()
 
-    watcher = Watcher(db, entries, scan, dispatcher, say=_say)
+    watcher = Watcher(db, entries, scan, dispatcher, say=_say, stop=stop)
     if once:
         async with watcher.delivering():  # what the first scans found goes out meanwhile
             records = await watcher.run_once()
@@ -205,6 +205,8 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             report_drain(await asyncio.to_thread(dispatcher.drain))
         if watcher.is_stopping:
             return EXIT_INTERRUPTED
+        if _say_unqueued(watcher):
+            return EXIT_RUNTIME
         # a failed scan fails the one-shot run (a CronJob shows it), after delivering
         return EXIT_RUNTIME if any(r.status == "failed" for r in records) else 0
     own_signals()
@@ -216,7 +218,17 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             loop.remove_signal_handler(sig)
     if dispatcher is not None:
         report_drain(await asyncio.to_thread(dispatcher.drain))
+    _say_unqueued(watcher)
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
+
+
+def _say_unqueued(watcher: Any) -> bool:
+    """Say the change events a store error kept from the outbox: this process ends, so
+    they are not alerted (they are in the change log). True when there are some."""
+    if watcher.unqueued:
+        _say(f"watch: {watcher.unqueued} change event(s) were not queued for alerting "
+             "(see `portwatch report changes`)")
+    return bool(watcher.unqueued)
 
 
 def report_drain(report: Any) -> None:
@@ -328,8 +340,9 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
 def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
     """Send what is queued in the store now (digest windows closed early).
 
-    Exits 1 when a delivery failed for good, or is left for the next run after an
-    error; what is left stays queued either way (`portwatch alerts log`).
+    Exits 1 when a delivery failed for good, is left for the next run after an error,
+    or nothing could be sent for an error; what is left stays queued either way
+    (`portwatch alerts log`).
 
     \b
     Examples:
@@ -357,7 +370,8 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
     finally:
         db.close()
     report_drain(report)
-    if report.failed or (report.retrying and report.errors):
+    # an error with nothing sent is a failure too (the store or the outbox unreadable)
+    if report.failed or (report.errors and (report.retrying or not report.sent)):
         raise PortwatchError("some alerts were not delivered (above)", EXIT_RUNTIME)
     if not report.sent and not report.retrying and not report.errors:
         _say("alerts: nothing queued")

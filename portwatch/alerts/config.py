@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,15 +31,16 @@ import yaml
 
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
-from producers.targets import yaml_problem
+from producers.targets import fold_mapped, yaml_problem
 from schemas.bounded import is_digits
 from schemas.durations import parse_seconds
-from schemas.records import ChangeKind, RiskColor, Severity
+from schemas.records import ChangeKind, RiskColor, Severity, canonical_address
 
 ALERTS_ENV = "PORTWATCH_ALERTS"
 DEFAULT_DIGEST_SECONDS = 300.0
 MAX_WAIT_SECONDS = 30 * 86400.0  # digests, retries and waits: a month at most
 MAX_FILE_BYTES = 1_000_000  # an alerts file is written by people: anything larger is wrong
+SECRET_CAP = 4096  # bytes of a webhook secret file: a longer one is not a secret
 PREVALENCE_BUCKETS = ("very common", "somewhat common", "less common", "rare")
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -373,10 +375,21 @@ class _Parser:
         if not secret_path.is_absolute():
             secret_path = Path(self.path).parent / secret_path
         try:
-            data = secret_path.read_bytes()[:4096].strip()
+            # a regular file, and at most SECRET_CAP bytes of it read: /dev/zero, a FIFO
+            # or a huge file is refused or cut, never read whole into memory
+            # (opened without blocking: a FIFO with no writer would hang the open)
+            with os.fdopen(os.open(secret_path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise self.fail(file_node, f"{what}: secret file {secret_path} is not a "
+                                               "regular file")
+                data = handle.read(SECRET_CAP + 1)
         except OSError as exc:
             raise self.fail(file_node, f"{what}: cannot read secret file {secret_path}: "
                                        f"{exc.strerror or exc}") from None
+        if len(data) > SECRET_CAP:
+            raise self.fail(file_node, f"{what}: secret file {secret_path} is longer than "
+                                       f"{SECRET_CAP} bytes: not a secret")
+        data = data.strip()
         if not data:
             raise self.fail(file_node, f"{what}: secret file {secret_path} is empty")
         return data
@@ -554,13 +567,13 @@ class _Parser:
             if not text or len(text) > 253:
                 raise self.fail(item_node, f"{what}: empty or overlong target")
             if "/" in text:
-                try:
-                    networks.append(ipaddress.ip_network(text, strict=False))
+                try:  # ::ffff:10.0.0.0/104 is 10.0.0.0/8, as the scan's scope reads it
+                    networks.append(fold_mapped(ipaddress.ip_network(text, strict=False)))
                 except ValueError:
                     raise self.fail(item_node, f"{what}: bad CIDR block {text!r}") from None
             else:
-                try:
-                    names.add(str(ipaddress.ip_address(text)))
+                try:  # events carry the canonical address (::ffff:a.b.c.d is a.b.c.d)
+                    names.add(str(canonical_address(text)))
                 except ValueError:
                     names.add(text.lower())
         return frozenset(names), tuple(networks)

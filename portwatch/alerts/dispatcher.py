@@ -53,6 +53,8 @@ MAX_ROWS_PER_PASS = 10_000
 # never crowds the others out of the pass (each gets its share, oldest first).
 MAX_ROWS_PER_PAIR = 2_000
 MAX_BACKOFF_DOUBLINGS = 60
+QUEUE_ATTEMPTS = 3  # a store error while queueing is tried again this often
+QUEUE_RETRY_SECONDS = 0.5  # then 1 s
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,11 @@ class PendingRow:
         return (self.rule, self.channel, self.event_id)
 
 
+class AlertQueueError(RuntimeError):
+    """Change events could not be queued in the outbox (the store failed ``QUEUE_ATTEMPTS``
+    times): they are not alerted unless the caller submits them again."""
+
+
 @dataclass
 class DeliveryReport:
     sent: int = 0  # (rule, channel, event) deliveries recorded as sent in this pass
@@ -170,12 +177,22 @@ class AlertDispatcher:
 
     def submit(self, events: Iterable[ChangeEvent]) -> int:
         """Queue one pending delivery per (rule, channel, event) the rules select; returns
-        how many were new. Accepted risks are skipped. Never raises (logs instead)."""
-        try:
-            return self._submit(list(events))
-        except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
-            log.error("alerts: could not queue change events: %s", _one_line(exc))
-            return 0
+        how many were new. Accepted risks are skipped. A store error is tried again
+        (``QUEUE_ATTEMPTS``, a hiccup passes), then raised as ``AlertQueueError``: the
+        events are compared and stored, so no later scan raises them again; the caller
+        keeps them and tries later (a second submit of the same events is harmless: the
+        outbox key)."""
+        events = list(events)
+        for attempt in range(1, QUEUE_ATTEMPTS + 1):
+            try:
+                return self._submit(events)
+            except Exception as exc:  # noqa: BLE001 - a store hiccup, or a bug: said, typed
+                if attempt == QUEUE_ATTEMPTS:
+                    raise AlertQueueError(
+                        f"alerts: {len(events)} change event(s) could not be queued: "
+                        f"{_one_line(exc)}") from exc
+                self.sleep(retry_backoff(QUEUE_RETRY_SECONDS, attempt))
+        return 0  # (QUEUE_ATTEMPTS >= 1: not reached)
 
     def _submit(self, events: list[ChangeEvent]) -> int:
         if not events:
@@ -237,7 +254,8 @@ class AlertDispatcher:
                 self._deliver_due(flush, report, deadline, log_failures)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
-            log.error("%s", message)
+            if log_failures:  # else its caller says it (report_drain), once
+                log.error("%s", message)
             report.errors.append(message)
         return report
 
@@ -492,7 +510,12 @@ def alert_after_scan(store: Any, config: AlertConfig, events: Sequence[ChangeEve
     """What a one-shot ``scan --alerts FILE`` (or one ``process`` batch) calls after its
     findings are stored: queue the events, then deliver everything queued (digest windows
     closed early) within the bounded wait (default: the file's ``delivery: wait``, 30 s).
-    What is not delivered stays queued for the next run. Never raises."""
+    What is not delivered stays queued for the next run. Raises ``AlertQueueError`` when
+    the events could not be queued (after delivering what was queued before)."""
     dispatcher = AlertDispatcher(store, config)
-    dispatcher.submit(events)
+    try:
+        dispatcher.submit(events)
+    except AlertQueueError:
+        dispatcher.drain(wait_seconds)
+        raise
     return dispatcher.drain(wait_seconds)

@@ -118,8 +118,9 @@ def _utc(moment: datetime) -> datetime:
 
 def previous_slot(entry: ScheduleEntry, now: datetime) -> datetime:
     """The latest cron slot at or before ``now`` (croniter's get_prev is strictly before
-    its start, so start one second later: a slot at exactly ``now`` counts)."""
-    itr = _croniter(entry.cron, _utc(now) + timedelta(seconds=1))
+    its start, so start one second later: a slot at exactly ``now`` counts; from the
+    whole second, so at 10:59:59.4 the slot is 10:00, not the 11:00 still to come)."""
+    itr = _croniter(entry.cron, _utc(now).replace(microsecond=0) + timedelta(seconds=1))
     return _utc(itr.get_prev(datetime))
 
 

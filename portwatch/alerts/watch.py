@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from portwatch.alerts.dispatcher import AlertDispatcher
+from portwatch.alerts.dispatcher import AlertDispatcher, AlertQueueError
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import (
     Decision,
@@ -41,12 +41,20 @@ from portwatch.alerts.schedule import (
     record_run,
 )
 from portwatch.console import exit_code_for, one_line
+from schemas.records import ChangeEvent
 
 log = logging.getLogger(__name__)
 
 ScanFunction = Callable[[ScheduleEntry], Awaitable[ScanOutcome]]
 Clock = Callable[[], datetime]
 DELIVERY_TICK_SECONDS = 5.0  # how often a running watcher looks for due deliveries
+# The longest single wait between two looks at the wall clock. The wait runs on the
+# monotonic clock, which stands still while the machine sleeps (a suspended laptop, a
+# paused VM) and ignores a clock step: a slot due meanwhile runs within this, not when
+# the old timer ends.
+MAX_WAIT_SECONDS = 60.0
+STORE_RETRY_SECONDS = 30.0  # after a store error between runs, the next try
+MAX_UNQUEUED = 100_000  # change events kept in memory for alerting while the store fails
 
 
 @dataclass
@@ -81,11 +89,24 @@ class Watcher:
     say: Callable[[str], None] = field(default=lambda line: log.warning("%s", line))
     is_stopping: bool = False
     delivery_tick: float = DELIVERY_TICK_SECONDS
+    # set by the CLI's Ctrl-C/SIGTERM handler: no further entry starts
+    stop: asyncio.Event | None = None
     # slots this watcher ran (completed or failed), whatever the ledger says: a run whose
     # ledger row could not be written is not run again by this process at once
     _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
     _started: datetime | None = field(default=None, repr=False)
     _warned_future: set[str] = field(default_factory=set, repr=False)
+    # change events the outbox refused (a store error): queued again before the next run
+    _unqueued: list[ChangeEvent] = field(default_factory=list, repr=False)
+
+    @property
+    def unqueued(self) -> int:
+        """Change events not queued for alerting yet (a store error)."""
+        return len(self._unqueued)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.is_stopping or (self.stop is not None and self.stop.is_set())
 
     def last_slots(self) -> dict[str, datetime]:
         now = self.clock()
@@ -118,8 +139,9 @@ class Watcher:
         if self._started is None:
             self._started = self.clock()
         records: list[RunRecord] = []
+        self.queue_alerts([])  # what a store error kept from alerting, first
         for entry in sorted(self.entries, key=lambda e: e.name):
-            if self.is_stopping:
+            if self.should_stop:
                 break
             last = self.last_slots().get(entry.name)
             decision = decide(entry, last, self.clock())
@@ -159,8 +181,7 @@ class Watcher:
                            status, decision.missed, len(outcome.events))
         # Before the ledger: once the run is recorded, no later run alerts on these
         # changes (they are compared), so a failed ledger write must not lose them
-        queued = self.dispatcher.submit(outcome.events) \
-            if self.dispatcher is not None and outcome.events else 0
+        queued = self.queue_alerts(outcome.events)
         self.say(f"watch: {entry.name}: scan {outcome.scan_id or '-'} {status}, "
                  f"{len(outcome.events)} change(s), {queued} alert(s) queued")
         if not self._record(record, f"catch-up after {decision.missed} missed"
@@ -169,6 +190,28 @@ class Watcher:
         if outcome.is_interrupted:
             self.is_stopping = True
         return record
+
+    def queue_alerts(self, events: Sequence[ChangeEvent]) -> int:
+        """Queue ``events`` and those a store error kept before; how many deliveries are
+        new. When the outbox refuses them (the dispatcher tried again already), they are
+        kept in memory (at most ``MAX_UNQUEUED``, the oldest dropped, said) and queued
+        before the next run: the changes are compared, no later scan raises them again."""
+        if self.dispatcher is None:
+            return 0
+        pending = [*self._unqueued, *events]
+        if not pending:
+            return 0
+        try:
+            queued = self.dispatcher.submit(pending)
+        except AlertQueueError as exc:
+            dropped = max(0, len(pending) - MAX_UNQUEUED)
+            self._unqueued = pending[dropped:]
+            self.say(f"watch: {exc}; kept, queued again before the next run"
+                     + (f" ({dropped} oldest dropped: more than {MAX_UNQUEUED:,} kept)"
+                        if dropped else ""))
+            return 0
+        self._unqueued = []
+        return queued
 
     def _record(self, record: RunRecord, note: str) -> bool:
         """The run in the ledger; False (said in one line) when the store refused it."""
@@ -229,11 +272,20 @@ class Watcher:
         last_status = ""
         async with self.delivering():
             while not stop.is_set() and not self.is_stopping:
-                await self.run_once()
-                if self.is_stopping or stop.is_set():
-                    break
-                status = self.status_line()
-                if status != last_status:
+                try:
+                    await self.run_once()
+                    if self.is_stopping or stop.is_set():
+                        break
+                    status = self.status_line()
+                    pause = min(self.seconds_until_next(), MAX_WAIT_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - the ledger's store failed: retry
+                    # (one entry's own failure is recorded by _run; this is the store read
+                    # that decides what is due, e.g. a ClickHouse server restarting)
+                    self.say(f"watch: the schedule's ledger could not be read: "
+                             f"{error_text(exc)}; trying again in {STORE_RETRY_SECONDS:g}s")
+                    status, pause = "", STORE_RETRY_SECONDS
+                if status and status != last_status:
                     self.say(f"watch: {status}")
                     last_status = status
-                await wait(self.seconds_until_next())
+                await wait(pause)
+            self.queue_alerts([])  # a last try for what a store error kept

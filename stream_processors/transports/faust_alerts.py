@@ -29,6 +29,7 @@ from schemas.records import ChangeEvent
 from stream_processors.transports.faust_agents import Send, dead_letters
 
 log = logging.getLogger(__name__)
+QUEUE_RETRY_SECONDS = 10.0  # between tries of a batch the store refused
 
 class Dispatcher(Protocol):
     def submit(self, events: Iterable[ChangeEvent]) -> int: ...
@@ -44,13 +45,27 @@ class AlertAgentStats:
     delivery_passes: int = 0
 
 
+async def _queue(dispatcher: Dispatcher, events: list[ChangeEvent],
+                 retry_seconds: float) -> int:
+    """``dispatcher.submit`` (in a thread: the store client blocks) until the outbox takes
+    the events: while the store refuses them the batch is not acknowledged, so the
+    stream waits (said once a try), and nothing is lost."""
+    while True:
+        try:
+            return await asyncio.to_thread(dispatcher.submit, events)
+        except Exception as exc:  # noqa: BLE001 - AlertQueueError: the store failed
+            log.error("%s; trying again in %gs (not acknowledged)", exc, retry_seconds)
+            await asyncio.sleep(retry_seconds)
+
+
 def alert_agent(dispatcher: Dispatcher, send_dead: Send, *, buffer: int = 200,
                 within: float = 1.0, stats: AlertAgentStats | None = None,
+                retry_seconds: float = QUEUE_RETRY_SECONDS,
                 ) -> Callable[[Any], Awaitable[None]]:
-    """The agent body: buffers of framed change-event messages -> ``dispatcher.submit``
-    (in a thread: the store client blocks), acknowledged only once queued in the outbox
-    (at-least-once; a replay is harmless), then one delivery pass so that a digest of 0
-    goes out at once."""
+    """The agent body: buffers of framed change-event messages -> ``dispatcher.submit``,
+    acknowledged only once queued in the outbox (at-least-once; a replay is harmless; a
+    store that refuses them holds the stream, ``_queue``), then one delivery pass so that
+    a digest of 0 goes out at once."""
     counters = stats if stats is not None else AlertAgentStats()
 
     async def agent(stream: Any) -> None:
@@ -64,7 +79,7 @@ def alert_agent(dispatcher: Dispatcher, send_dead: Send, *, buffer: int = 200,
                 pending += await dead_letters(send_dead, "alerts", event, poison)
             counters.events += len(events)
             if events:
-                counters.queued += await asyncio.to_thread(dispatcher.submit, events)
+                counters.queued += await _queue(dispatcher, events, retry_seconds)
             if pending:
                 await asyncio.gather(*pending)
             for event in batch:

@@ -315,6 +315,40 @@ def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
     assert down.stderr.rstrip().endswith("some alerts were not delivered (above)")
 
 
+DAMAGE_OUTBOX = """
+import sys
+from stream_processors.store import Store
+store = Store.from_url(sys.argv[1])
+store.command("RENAME TABLE alert_outbox TO alert_outbox_real")
+store.command("CREATE VIEW alert_outbox AS SELECT * FROM alert_outbox_real "
+              "WHERE throwIf(1, 'outbox damaged') = 0")
+store.close()
+"""
+
+
+def test_alerts_deliver_exits_1_when_the_outbox_cannot_be_read(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    rules = alerts(tmp_path, "http://127.0.0.1:9/hook")
+    # Given two alerts queued, then an outbox every read of which fails in the engine
+    # (a real DB::Exception; a damaged part or a server going away read alike)
+    for script, args in ((QUEUER, (store, str(rules), str(schedules(tmp_path, 9)))),
+                         (DAMAGE_OUTBOX, (store,))):
+        done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, **ENV},
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+    # When a delivery run starts
+    result = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
+                     store=store, env=ENV)
+    # Then it says why in one line each, once, and exits 1 (it exited 0: nothing was
+    # failed or retrying, only errors)
+    assert result.code == 1, result.stderr
+    failed = [line for line in result.stderr.splitlines() if "delivery pass failed" in line]
+    assert len(failed) == 1 and "outbox damaged" in failed[0]
+    assert "Traceback" not in result.stderr and "nothing queued" not in result.stderr
+    assert result.stderr.rstrip().endswith("some alerts were not delivered (above)")
+
+
 def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
     with webhook_receiver(SECRET.encode()) as receiver:
         rules = alerts(tmp_path, receiver.url)

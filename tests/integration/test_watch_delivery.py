@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from portwatch.alerts import AlertDispatcher
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import ScheduleEntry
@@ -96,3 +98,85 @@ def test_alerts_go_out_while_another_entry_still_scans(store: Any, tmp_path: Pat
     # Then the alert arrived while b-full was still scanning, and only once
     assert seen_while_scanning == [[6379]]
     assert len(receiver.accepted) == 1 and receiver.rejected == []
+
+
+def _refuse_the_outbox(store: Any) -> None:
+    """A real store error on the outbox insert (a CHECK constraint ClickHouse enforces)."""
+    store.command("ALTER TABLE alert_outbox ADD CONSTRAINT refuse_all CHECK rule = ''")
+
+
+def _accept_the_outbox(store: Any) -> None:
+    store.command("ALTER TABLE alert_outbox DROP CONSTRAINT refuse_all")
+
+
+def test_changes_the_outbox_refused_are_queued_before_the_next_run(
+        store: Any, tmp_path: Path) -> None:
+    # Given a scan that found a change while the store refuses the outbox's insert
+    opened = event()
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    naps: list[float] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        return ScanOutcome(Stats(f"scan-{now[0]:%H}"), [opened] if now[0].hour == 11 else [])
+
+    dispatcher = AlertDispatcher(store, hook_config(tmp_path, "http://127.0.0.1:9/x"),
+                                 clock=Clock(), sleep=naps.append)
+    lines: list[str] = []
+    watcher = Watcher(store, [HOURLY], scan, dispatcher, clock=lambda: now[0],
+                      say=lines.append)
+    _refuse_the_outbox(store)
+    # When the watcher runs it
+    records = asyncio.run(watcher.run_once())
+    # Then the insert was tried three times (two waits), the run is recorded (its scan
+    # completed), and the change is kept, said in one line (before: logged, dropped,
+    # and never alerted: the change is compared, no later scan raises it again)
+    assert naps == [0.5, 1.0]
+    assert [(r.entry, r.status) for r in records] == [("hourly", "completed")]
+    kept = [line for line in lines if "could not be queued" in line]
+    assert len(kept) == 1 and kept[0].startswith(
+        "watch: alerts: 1 change event(s) could not be queued: DatabaseError: ")
+    assert kept[0].endswith("; kept, queued again before the next run")
+    assert watcher.unqueued == 1 and outbox_states(store) == {}
+    # And once the store takes it again, the next run queues it first (its own scan
+    # found nothing new)
+    _accept_the_outbox(store)
+    now[0] = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert [r.status for r in asyncio.run(watcher.run_once())] == ["completed"]
+    assert watcher.unqueued == 0
+    assert outbox_states(store) == {("risky-opened", "soc-hook", opened.event_id):
+                                    ("pending", 0)}
+
+
+def test_a_one_shot_scan_whose_changes_cannot_be_queued_fails_in_one_line(
+        store: Any, tmp_path: Path) -> None:
+    from portwatch.alerts.dispatcher import AlertQueueError, alert_after_scan
+    from portwatch.console import exit_code_for
+
+    config = hook_config(tmp_path, "http://127.0.0.1:9/x")
+    _refuse_the_outbox(store)
+    with pytest.raises(AlertQueueError) as caught:
+        alert_after_scan(store, config, [event()], wait_seconds=0)
+    assert exit_code_for(caught.value) == 1 and "\n" not in str(caught.value)
+
+
+def test_the_alerts_agent_holds_a_batch_the_store_refused_until_it_is_queued(
+        store: Any, tmp_path: Path) -> None:
+    from stream_processors.transports.faust_alerts import _queue
+
+    # Given the Kafka alerts agent's queueing step, and a store refusing the outbox
+    opened = event()
+    dispatcher = AlertDispatcher(store, hook_config(tmp_path, "http://127.0.0.1:9/x"),
+                                 clock=Clock(), sleep=lambda _s: None)
+    _refuse_the_outbox(store)
+
+    async def run() -> int:
+        task = asyncio.create_task(_queue(dispatcher, [opened], 0.05))
+        await asyncio.sleep(0.5)
+        # Then it has not returned (the batch is not acknowledged) while refused
+        assert not task.done()
+        _accept_the_outbox(store)
+        return await asyncio.wait_for(task, timeout=30)
+
+    # And it queues the events once the store takes them
+    assert asyncio.run(run()) == 1
+    assert list(outbox_states(store)) == [("risky-opened", "soc-hook", opened.event_id)]

@@ -212,6 +212,51 @@ def test_missing_secret_file_is_refused(tmp_path: Path) -> None:
         load_alerts(path, env={})
 
 
+def _secret_config(tmp_path: Path, secret: str) -> Path:
+    return write(tmp_path, f"channels:\n  a: {{webhook: \"http://127.0.0.1:1/x\", "
+                           f"secret_file: {secret}}}\nrules:\n  - name: r\n    notify: [a]\n")
+
+
+def test_an_endless_or_blocking_secret_file_is_refused_without_reading_it(
+        tmp_path: Path) -> None:
+    import os
+
+    # /dev/zero was read whole before it was cut (a MemoryError traceback); a FIFO with
+    # no writer would hang the open
+    fifo = tmp_path / "secret.fifo"
+    os.mkfifo(fifo)
+    for secret in ("/dev/zero", str(fifo)):
+        with pytest.raises(AlertConfigError, match=r":2: .*is not a regular file$"):
+            load_alerts(_secret_config(tmp_path, secret), env={})
+    # a file longer than any secret is refused, not cut
+    (tmp_path / "big.key").write_bytes(b"k" * 5000)
+    with pytest.raises(AlertConfigError, match=r"longer than 4096 bytes"):
+        load_alerts(_secret_config(tmp_path, "big.key"), env={})
+    (tmp_path / "ok.key").write_bytes(b"  s3cret\n")
+    config = load_alerts(_secret_config(tmp_path, "ok.key"), env={})
+    assert [c.secret for c in config.channels.values()] == [b"s3cret"]
+
+
+def test_rule_targets_written_as_ipv4_mapped_addresses_match_the_ipv4_events(
+        tmp_path: Path) -> None:
+    from portwatch.alerts.rules import matches
+    from schemas.records import ChangeEvent, Proto, Target
+
+    path = write(tmp_path, "channels:\n  a: {webhook: \"http://127.0.0.1:1/x\", "
+                           "secret_env: S}\nrules:\n  - name: r\n    notify: [a]\n"
+                           "    when: {targets: ['::ffff:10.1.2.3', '::ffff:10.9.0.0/112']}\n")
+    (rule,) = load_alerts(path, env={"S": "x"}).rules
+
+    def at(ip: str) -> ChangeEvent:
+        return ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.HIGH,
+                           target=Target(ip=ip, target=ip), scan_id="s", port=22,
+                           proto=Proto.TCP)
+
+    # events carry the canonical address (scan targets fold ::ffff:a.b.c.d to a.b.c.d)
+    assert [matches(rule.match, at(ip), "") for ip in ("10.1.2.3", "10.9.7.7", "10.1.2.4")] \
+        == [True, True, False]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=400))
 def test_any_text_is_a_config_or_one_line_error(tmp_path_factory: pytest.TempPathFactory,
@@ -248,6 +293,9 @@ def test_duration_units() -> None:
     ("::1", ("::1", "tcp", 0)),
     ("[::1]:443/tcp", ("::1", "tcp", 443)),
     ("DB.Example.org:5432", ("db.example.org", "tcp", 5432)),
+    # as the events carry it: an IPv4-mapped address is the IPv4 it reaches
+    ("::ffff:127.0.0.1", ("127.0.0.1", "tcp", 0)),
+    ("[::ffff:7f00:1]:6379/tcp", ("127.0.0.1", "tcp", 6379)),
 ])
 def test_accept_target_forms(text: str, expected: tuple[str, str, int]) -> None:
     assert parse_target_port(text) == expected

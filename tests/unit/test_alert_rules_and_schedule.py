@@ -4,6 +4,7 @@ injected clock: due, missed (one catch-up), overlapping entries run one after an
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,7 +205,123 @@ def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep(store: Any)
     asyncio.run(watcher.run_forever(stop, sleep=sleep))
     assert ran == [datetime(2026, 12, 1, 11, 0, tzinfo=UTC),
                    datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
-    assert waits == [60.0, 3600.0]
+    # (the hour is waited in minutes: each wait ends with a look at the wall clock)
+    assert waits == [60.0] * 61
+
+
+def until_the_first_scan(store: Any, now: list[datetime],
+                         waited: Callable[[int, float], timedelta],
+                         say: Callable[[str], None] = lambda _line: None,
+                         ) -> tuple[list[datetime], list[float]]:
+    """``run_forever`` of an hourly entry with an injected sleep, until its first scan:
+    (when it scanned, each wait). ``waited(n, seconds)``: how far the clock moved during
+    the n-th wait (may do something to the store first)."""
+    ran: list[datetime] = []
+    stop = asyncio.Event()
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        ran.append(now[0])
+        stop.set()
+        return ScanOutcome(Stats("s"), [])
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += waited(len(waits), seconds)
+
+    watcher = Watcher(store, [HOURLY], scan, None, clock=lambda: now[0], say=say)
+    asyncio.run(watcher.run_forever(stop, sleep=sleep))
+    return ran, waits
+
+
+def test_a_clock_jump_during_the_wait_runs_the_due_slot_within_a_minute(store: Any) -> None:
+    # Given an hourly entry that just ran at 10:00, and a machine that sleeps (or whose
+    # clock is stepped) 3 hours during the watcher's first wait: the wait's monotonic
+    # timer does not see it
+    now = [datetime(2026, 12, 1, 10, 0, 30, tzinfo=UTC)]
+    ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    ran, waits = until_the_first_scan(
+        store, now, lambda n, seconds: timedelta(hours=3) if n == 1 else
+        timedelta(seconds=seconds))
+    # Then the overdue slot runs after that one wait of at most a minute, not 59 minutes
+    # of the old timer later
+    assert waits == [60.0]
+    assert ran == [datetime(2026, 12, 1, 13, 0, 30, tzinfo=UTC)]
+
+
+def test_the_previous_slot_is_never_after_now() -> None:
+    from portwatch.alerts.schedule import previous_slot
+
+    # a fraction of a second before the hour, the slot is the hour before, not the next
+    assert previous_slot(HOURLY, datetime(2026, 12, 1, 10, 59, 59, 400_000, tzinfo=UTC)) == \
+        datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    assert previous_slot(HOURLY, datetime(2026, 12, 1, 11, 0, tzinfo=UTC)) == \
+        datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+
+
+def test_a_run_that_ends_just_before_the_hour_is_not_run_again_at_once(store: Any) -> None:
+    # Given an hourly entry due at 10:59:59.4 (its 10:00 slot not run yet), whose scan
+    # ends within that second
+    now = [datetime(2026, 12, 1, 10, 59, 59, 400_000, tzinfo=UTC)]
+    ran_before(store, "hourly", datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    ran: list[datetime] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        ran.append(now[0])
+        now[0] += timedelta(milliseconds=100)
+        return ScanOutcome(Stats(f"s{len(ran)}"), [])
+
+    watcher = Watcher(store, [HOURLY], scan, None, clock=lambda: now[0],
+                      say=lambda _line: None)
+    records = asyncio.run(watcher.run_once())
+    # Then it ran once, for 10:00, and is not due again before 11:00 (before: recorded
+    # for 11:00, "from the future", and run again at once, a dozen times a second)
+    assert [r.slot for r in records] == [datetime(2026, 12, 1, 10, 0, tzinfo=UTC)]
+    assert asyncio.run(watcher.run_once()) == []
+    assert len(ran) == 1
+
+
+def test_a_stop_between_entries_starts_no_further_entry(store: Any) -> None:
+    # Given two due entries, and Ctrl-C/SIGTERM arriving while the first one's run ends
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    stop = asyncio.Event()
+    ran: list[str] = []
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        ran.append(entry.name)
+        stop.set()  # the CLI's signal handler, once the scan's own are removed
+        return ScanOutcome(Stats("s"), [])
+
+    watcher = Watcher(store, [HOURLY, NIGHTLY], scan, None, clock=lambda: now[0],
+                      say=lambda _line: None, stop=stop)
+    # When the watcher runs what is due; then the second entry never starts
+    assert [r.entry for r in asyncio.run(watcher.run_once())] == ["hourly"]
+    assert ran == ["hourly"]
+
+
+def test_a_store_error_reading_the_ledger_does_not_end_the_watcher(store: Any) -> None:
+    # Given a running watcher whose ledger table becomes unreadable (a real store error:
+    # the table is renamed away; a ClickHouse server restarting reads alike)
+    now = [datetime(2026, 12, 1, 10, 30, tzinfo=UTC)]
+    ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    store.command("RENAME TABLE watch_runs TO watch_runs_away")
+    lines: list[str] = []
+
+    def waited(n: int, seconds: float) -> timedelta:
+        if n == 2:  # the store is back
+            store.command("RENAME TABLE watch_runs_away TO watch_runs")
+        return timedelta(seconds=seconds)
+
+    ran, waits = until_the_first_scan(store, now, waited, lines.append)
+    # Then each failed read is one line and a wait of 30 s, and once the store is back
+    # the watcher schedules as before: the 11:00 slot runs
+    failed = [line for line in lines if "could not be read" in line]
+    assert len(failed) == 2 and failed[0].startswith(
+        "watch: the schedule's ledger could not be read: ")
+    assert failed[0].endswith("; trying again in 30s") and "\n" not in failed[0]
+    assert waits[:2] == [30.0, 30.0] and set(waits[2:]) == {60.0}
+    assert ran == [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
 
 
 def _errors() -> list[tuple[Exception, str]]:
