@@ -10,7 +10,7 @@ no sockets here (probers/service/engine.py sends and reads).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from probers.nmapdata.service_probes import cpe_escape
@@ -19,27 +19,48 @@ from schemas.records import ServiceInfo
 BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
 
 
-def sanitize(data: bytes, limit: int = BANNER_EXCERPT) -> str:
+def _byte_piece(byte: int) -> str:
+    if byte == 0x5C:
+        return "\\\\"  # a literal backslash cannot fake an escape
+    if 0x20 <= byte < 0x7F:
+        return chr(byte)
+    return {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}.get(byte, f"\\x{byte:02x}")
+
+
+_BYTE_PIECES = tuple(_byte_piece(byte) for byte in range(256))
+
+
+def _utf8_pieces(data: bytes) -> Iterator[str]:
+    for ch in data.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if code < 0x80:
+            yield _BYTE_PIECES[code]
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8: as in ASCII mode
+            yield _BYTE_PIECES[code - 0xDC00]
+        elif ch.isprintable():
+            yield ch
+        else:  # C1 controls, bidi overrides, separators, unassigned...
+            yield f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def sanitize(data: bytes, limit: int = BANNER_EXCERPT, *, utf8: bool = False) -> str:
     """Printable ASCII kept; everything else (escape sequences, NUL, binary) as \\xNN.
+
+    With ``utf8``, the bytes are read as UTF-8 and printable non-ASCII characters are
+    kept too (``Ünïcødé`` reads as sent); a character that is not printable (C1 controls
+    U+0080-U+009F, bidi overrides, separators...) becomes \\uXXXX, and a byte that is not
+    UTF-8 \\xNN as without ``utf8``: never a control character either way.
 
     The result is safe to store and to print on a terminal; it is capped at
     ``limit`` characters with a trailing ellipsis when cut.
     """
+    # Each character is at least one output character and at most 4 bytes: no need to
+    # decode more than 4 * (limit + 1) bytes of a megabyte banner.
+    pieces = (_utf8_pieces(data[:4 * max(limit, 0) + 4]) if utf8
+              else (_BYTE_PIECES[byte] for byte in data))
     out: list[str] = []
     size = 0
-    for byte in data:
-        if byte == 0x5C:
-            piece = "\\\\"
-        elif 0x20 <= byte < 0x7F:
-            piece = chr(byte)
-        elif byte == 0x0A:
-            piece = "\\n"
-        elif byte == 0x0D:
-            piece = "\\r"
-        elif byte == 0x09:
-            piece = "\\t"
-        else:
-            piece = f"\\x{byte:02x}"
+    for piece in pieces:
         if size + len(piece) > limit:
             # Cut: make room for the ellipsis so that a cut banner always says so.
             if limit >= 3:
@@ -52,8 +73,35 @@ def sanitize(data: bytes, limit: int = BANNER_EXCERPT) -> str:
     return "".join(out)
 
 
-def _text(data: bytes) -> str:
-    return data.decode("latin-1")
+# One piece of sanitized text: an escape (never cut in half) or one character.
+_PIECE = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)|.", re.S)
+
+
+def _clip(text: str, limit: int) -> str:
+    """Sanitized ``text`` capped like ``sanitize`` caps: whole escapes, ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    room = limit - 3 if limit >= 3 else limit
+    end = 0
+    for piece in _PIECE.finditer(text):
+        if piece.end() > room:
+            break
+        end = piece.end()
+    return text[:end] + ("..." if limit >= 3 else "")
+
+
+FIELD_CAP = 256  # characters of one product, version, comment... read from a banner
+
+
+def _text(data: bytes, limit: int = FIELD_CAP) -> str:
+    """Remote bytes as text for a ServiceInfo field: UTF-8 where valid, sanitized, capped."""
+    return sanitize(data, limit, utf8=True)
+
+
+def _whole(data: bytes) -> str:
+    """All of ``data`` as sanitized text (no piece is over 4 characters a byte): to match
+    keywords in, never stored as it is (what is kept of it is a capped match)."""
+    return _text(data, 4 * len(data))
 
 
 def cpe_part(text: str) -> str:
@@ -73,10 +121,11 @@ def _cpe(vendor: str, product: str, version: str = "") -> str:
 
 _SSH = re.compile(rb"^SSH-(\d+\.\d+)-([^\s\r\n]+)(?:[ \t]+([^\r\n]*))?")
 _SSH_SOFTWARE: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"^OpenSSH_([\w.]+)"), "OpenSSH", "openbsd", "openssh"),
-    (re.compile(r"^dropbear_([\w.]+)"), "Dropbear sshd", "matt_johnston", "dropbear_ssh_server"),
-    (re.compile(r"^libssh[_-]([\w.]+)"), "libssh", "libssh", "libssh"),
-    (re.compile(r"^Cisco-([\w.]+)"), "Cisco SSH", "cisco", "ssh"),
+    (re.compile(r"^OpenSSH_([\w.]+)", re.A), "OpenSSH", "openbsd", "openssh"),
+    (re.compile(r"^dropbear_([\w.]+)", re.A), "Dropbear sshd", "matt_johnston",
+     "dropbear_ssh_server"),
+    (re.compile(r"^libssh[_-]([\w.]+)", re.A), "libssh", "libssh", "libssh"),
+    (re.compile(r"^Cisco-([\w.]+)", re.A), "Cisco SSH", "cisco", "ssh"),
 )
 
 
@@ -84,8 +133,8 @@ def parse_ssh(data: bytes) -> ServiceInfo | None:
     m = _SSH.match(data)
     if not m:
         return None
-    proto_version, software = m.group(1).decode(), _text(m.group(2))
-    comment = _text(m.group(3) or b"").strip()
+    proto_version, software = _text(m.group(1), 16), _text(m.group(2))
+    comment = _text((m.group(3) or b"").strip())
     extra = f"protocol {proto_version}" + (f"; {comment}" if comment else "")
     for pattern, product, vendor, cpe_name in _SSH_SOFTWARE:
         sm = pattern.match(software)
@@ -100,29 +149,33 @@ def parse_ssh(data: bytes) -> ServiceInfo | None:
 
 # -- SMTP / FTP / POP3 / IMAP (line-based greetings) -------------------------------------
 
+# Text from a banner is sanitized Unicode (_text): every table here matches ASCII only
+# (re.A), so a version is ASCII digits and letters, never another script's.
+
 _SMTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"ESMTP Postfix", re.I), "Postfix smtpd", "postfix", "postfix"),
-    (re.compile(r"ESMTP Exim ([\d.]+)", re.I), "Exim smtpd", "exim", "exim"),
-    (re.compile(r"Sendmail ([\d.]+)", re.I), "Sendmail", "sendmail", "sendmail"),
-    (re.compile(r"Microsoft ESMTP MAIL Service(?:, Version: ([\d.]+))?", re.I),
+    (re.compile(r"ESMTP Postfix", re.I | re.A), "Postfix smtpd", "postfix", "postfix"),
+    (re.compile(r"ESMTP Exim ([\d.]+)", re.I | re.A), "Exim smtpd", "exim", "exim"),
+    (re.compile(r"Sendmail ([\d.]+)", re.I | re.A), "Sendmail", "sendmail", "sendmail"),
+    (re.compile(r"Microsoft ESMTP MAIL Service(?:, Version: ([\d.]+))?", re.I | re.A),
      "Microsoft ESMTP", "microsoft", "exchange_server"),
-    (re.compile(r"OpenSMTPD", re.I), "OpenSMTPD", "openbsd", "opensmtpd"),
+    (re.compile(r"OpenSMTPD", re.I | re.A), "OpenSMTPD", "openbsd", "opensmtpd"),
 )
 _FTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"\(vsFTPd ([\d.]+)\)", re.I), "vsftpd", "beasts", "vsftpd"),
-    (re.compile(r"ProFTPD ([\d.]+\w*)", re.I), "ProFTPD", "proftpd", "proftpd"),
-    (re.compile(r"Pure-FTPd", re.I), "Pure-FTPd", "pureftpd", "pure-ftpd"),
-    (re.compile(r"FileZilla Server(?: version)? ([\d.]+\w*)", re.I),
+    (re.compile(r"\(vsFTPd ([\d.]+)\)", re.I | re.A), "vsftpd", "beasts", "vsftpd"),
+    (re.compile(r"ProFTPD ([\d.]+\w*)", re.I | re.A), "ProFTPD", "proftpd", "proftpd"),
+    (re.compile(r"Pure-FTPd", re.I | re.A), "Pure-FTPd", "pureftpd", "pure-ftpd"),
+    (re.compile(r"FileZilla Server(?: version)? ([\d.]+\w*)", re.I | re.A),
      "FileZilla ftpd", "filezilla-project", "filezilla_server"),
-    (re.compile(r"Microsoft FTP Service", re.I), "Microsoft ftpd", "microsoft", "ftp_service"),
+    (re.compile(r"Microsoft FTP Service", re.I | re.A), "Microsoft ftpd", "microsoft",
+     "ftp_service"),
 )
 
 # NNTP (RFC 3977 5.1.1): "200" posting allowed, "201" not; the rest of the line is free
 # text, so only a news word (or the port hint) says it is NNTP and not another 200.
 _NNTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"InterNetNews (?:NNRP )?server INN ([\d.]+)", re.I), "InterNetNews (INN)",
+    (re.compile(r"InterNetNews (?:NNRP )?server INN ([\d.]+)", re.I | re.A), "InterNetNews (INN)",
      "isc", "inn"),
-    (re.compile(r"Leafnode NNTP Daemon, version ([\d.]+)", re.I), "Leafnode", "leafnode",
+    (re.compile(r"Leafnode NNTP Daemon, version ([\d.]+)", re.I | re.A), "Leafnode", "leafnode",
      "leafnode"),
 )
 _NEWS_WORDS = ("NNTP", "NNRP", "NEWS")
@@ -133,7 +186,7 @@ def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str],
     for pattern, product, vendor, cpe_name in table:
         m = pattern.search(text)
         if m:
-            version = (m.group(1) or "") if m.groups() else ""
+            version = _clip((m.group(1) or "") if m.groups() else "", FIELD_CAP)
             return ServiceInfo(service=service, product=product, version=version,
                                cpe=_cpe(vendor, cpe_name, version), method=method,
                                confidence=10)
@@ -141,7 +194,7 @@ def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str],
 
 
 def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
-    text = _text(data.split(b"\n", 1)[0]).strip()
+    text = _whole(data.split(b"\n", 1)[0].strip())
     if text.startswith("220"):
         upper = text.upper()
         is_smtp = "SMTP" in upper or "MAIL" in upper or port_hint == "smtp"
@@ -169,8 +222,8 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
 
 # -- MySQL / MariaDB handshake -----------------------------------------------------------
 
-_MARIADB = re.compile(r"^(?:5\.5\.5-)?([\d.]+)-MariaDB(.*)$")
-_MYSQL = re.compile(r"^([\d.]+)(.*)$")
+_MARIADB = re.compile(r"^(?:5\.5\.5-)?([\d.]+)-MariaDB(.*)$", re.A)
+_MYSQL = re.compile(r"^([\d.]+)(.*)$", re.A)
 
 
 def parse_mysql(data: bytes) -> ServiceInfo | None:
@@ -183,9 +236,9 @@ def parse_mysql(data: bytes) -> ServiceInfo | None:
         return None
     body = data[4:4 + length]
     if body[:1] == b"\xff" and len(body) > 3:
-        message = _text(body[3:]).lstrip("#")
+        message = _whole(body[3:]).lstrip("#")
         if "mysql" in message.lower() or "mariadb" in message.lower() or "host" in message.lower():
-            return ServiceInfo(service="mysql", extra_info=f"refused: {sanitize(body[3:], 120)}",
+            return ServiceInfo(service="mysql", extra_info=f"refused: {_text(body[3:], 120)}",
                                method="banner:mysql-error", confidence=7)
         return None
     if body[:1] != b"\x0a" or b"\x00" not in body[1:64]:
@@ -239,23 +292,24 @@ def parse_misc(data: bytes) -> ServiceInfo | None:
 
 _STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) (\d{3})")
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"^nginx(?:/([\d.]+))?", re.I), "nginx", "f5", "nginx"),
-    (re.compile(r"^Apache(?:/([\d.]+))?", re.I), "Apache httpd", "apache", "http_server"),
-    (re.compile(r"^Microsoft-IIS(?:/([\d.]+))?", re.I), "Microsoft IIS httpd", "microsoft",
+    (re.compile(r"^nginx(?:/([\d.]+))?", re.I | re.A), "nginx", "f5", "nginx"),
+    (re.compile(r"^Apache(?:/([\d.]+))?", re.I | re.A), "Apache httpd", "apache", "http_server"),
+    (re.compile(r"^Microsoft-IIS(?:/([\d.]+))?", re.I | re.A), "Microsoft IIS httpd", "microsoft",
      "internet_information_services"),
-    (re.compile(r"^lighttpd(?:/([\d.]+))?", re.I), "lighttpd", "lighttpd", "lighttpd"),
-    (re.compile(r"^openresty(?:/([\d.]+))?", re.I), "OpenResty web app server", "openresty",
+    (re.compile(r"^lighttpd(?:/([\d.]+))?", re.I | re.A), "lighttpd", "lighttpd", "lighttpd"),
+    (re.compile(r"^openresty(?:/([\d.]+))?", re.I | re.A), "OpenResty web app server", "openresty",
      "openresty"),
-    (re.compile(r"^Caddy", re.I), "Caddy httpd", "caddyserver", "caddy"),
-    (re.compile(r"^cloudflare", re.I), "cloudflare", "cloudflare", "cloudflare"),
-    (re.compile(r"^SimpleHTTP(?:/([\d.]+))?", re.I), "SimpleHTTPServer", "python",
+    (re.compile(r"^Caddy", re.I | re.A), "Caddy httpd", "caddyserver", "caddy"),
+    (re.compile(r"^cloudflare", re.I | re.A), "cloudflare", "cloudflare", "cloudflare"),
+    (re.compile(r"^SimpleHTTP(?:/([\d.]+))?", re.I | re.A), "SimpleHTTPServer", "python",
      "simplehttpserver"),
-    (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I), "Gunicorn", "gunicorn", "gunicorn"),
+    (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I | re.A), "Gunicorn", "gunicorn", "gunicorn"),
     # "Jetty(9.4.51.v20230217)": the version is the dotted numbers, not the dot after them
-    (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I), "Jetty", "eclipse", "jetty"),
-    (re.compile(r"^tinyproxy(?:/([\d.]+))?", re.I), "tinyproxy", "tinyproxy_project",
+    (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I | re.A), "Jetty", "eclipse", "jetty"),
+    (re.compile(r"^tinyproxy(?:/([\d.]+))?", re.I | re.A), "tinyproxy", "tinyproxy_project",
      "tinyproxy"),
-    (re.compile(r"^squid(?:/([\d.]+\w*))?", re.I), "Squid http proxy", "squid-cache", "squid"),
+    (re.compile(r"^squid(?:/([\d.]+\w*))?", re.I | re.A), "Squid http proxy", "squid-cache",
+     "squid"),
 )
 # Products that are forward proxies: the service is nmap's "http-proxy", not "http".
 _PROXY_PRODUCTS = frozenset({"tinyproxy", "Squid http proxy"})
@@ -309,11 +363,13 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
                 extra += f"; {rest}"
             if product in _PROXY_PRODUCTS and not is_tls:
                 service = "http-proxy"
+            extra = _clip(extra, BANNER_EXCERPT)
             return ServiceInfo(service=service, product=product, version=version,
                                extra_info=extra, cpe=_cpe(vendor, cpe_name, version),
                                is_tls=is_tls or plain_on_tls,
                                method="http:plain-on-tls" if plain_on_tls else "http:server-header",
                                confidence=7 if plain_on_tls else 10, headers=headers)
+    extra = _clip(extra, BANNER_EXCERPT)
     if not server:
         for body, product, vendor, cpe_name in _BODY_PRODUCTS:
             if body.search(data):
@@ -338,7 +394,7 @@ _REDIS_VERSION = re.compile(rb"redis_version:([\d.]+)")
 def parse_redis(data: bytes) -> ServiceInfo | None:
     m = _REDIS_VERSION.search(data)
     if m:
-        version = m.group(1).decode()
+        version = _text(m.group(1))
         return ServiceInfo(service="redis", product="Redis key-value store", version=version,
                            cpe=_cpe("redis", "redis", version), method="probe:redis-info",
                            confidence=10)
@@ -376,7 +432,8 @@ def parse_postgres_error_fields(data: bytes) -> dict[str, str]:
     if length < 4 or length > 4096:
         return {}
     body = data[5:1 + length]
-    return {m.group(1).decode(): _text(m.group(2)) for m in _PG_FIELD.finditer(body)}
+    return {m.group(1).decode(): _text(m.group(2), BANNER_EXCERPT)
+            for m in _PG_FIELD.finditer(body)}
 
 
 _PG_SUPPORTS = re.compile(r"server supports (\d+)\.\d+ to (\d+)\.\d+")
@@ -398,7 +455,7 @@ def parse_postgres_version_error(data: bytes) -> ServiceInfo | None:
     if not fields.get("C", "").startswith("0A") and "protocol" not in message:
         return None
     version = "9.6.0 or later" if "V" in fields else ""
-    extra = [f"{sanitize(message.encode('latin-1'), 120)}"] if message else []
+    extra = [_clip(message, 120)] if message else []  # fields are sanitized already
     supports = _PG_SUPPORTS.search(message)
     if supports and supports.group(1) == "3" and version:
         extra.append("protocol 2 removed: 14 or later")
