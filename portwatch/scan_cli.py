@@ -35,18 +35,24 @@ END_SCREEN_HOSTS = 20  # rows of the end-of-scan Summary
 END_SCREEN_PAGE = 2_000  # Summary rows read at a time when looking for a scan's riskiest
 
 
-def _riskiest_of(db: Any, ips: set[str]) -> list[dict[str, Any]]:
-    """This scan's hosts among the store's Summary, read riskiest first a page at a time
-    until ``END_SCREEN_HOSTS`` of them are found and the next page scores lower (every
-    tie of the last one kept: the sort decides among them); a large store is read no
-    further than the scan's riskiest need."""
+def _host_of(row: dict[str, Any]) -> tuple[str, str]:
+    """A Summary row's host: its (target, ip), the report's key (one address can be
+    stored under two targets, an earlier scan having named it differently)."""
+    return (str(row["target"]), str(row["ip"]))
+
+
+def _riskiest_of(db: Any, hosts: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """This scan's hosts, its (target, ip) pairs, among the store's Summary, read riskiest
+    first a page at a time until ``END_SCREEN_HOSTS`` of them are found and the next page
+    scores lower (every tie of the last one kept: the sort decides among them); a large
+    store is read no further than the scan's riskiest need."""
     found: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = db.report("summary", {}, limit=END_SCREEN_PAGE, offset=offset).dicts()
-        found += [row for row in page if row["ip"] in ips]
+        found += [row for row in page if _host_of(row) in hosts]
         offset += len(page)
-        if len(page) < END_SCREEN_PAGE or len(found) >= len(ips):
+        if len(page) < END_SCREEN_PAGE or len(found) >= len(hosts):
             return found
         if len(found) >= END_SCREEN_HOSTS:
             floor = sorted(float(r["risk_score"] or 0) for r in found)[-END_SCREEN_HOSTS]
@@ -268,12 +274,15 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
                        style="yellow"))
     # One table of this scan's hosts (portwatch/tables.py), riskiest first; past
     # END_SCREEN_HOSTS, the riskiest of them (never hosts of other scans in the store).
-    ips = {t.ip for t in targets}
-    if len(ips) <= END_SCREEN_HOSTS:  # a query each: a large store is never read whole
-        rows = [row for ip in sorted(ips)
-                for row in db.report("summary", {"target": ip}).dicts() if row["ip"] == ip]
+    # A host is a (target, ip) pair: the store may hold this scan's address under another
+    # target too (an earlier scan named it differently), a row of another scan.
+    hosts = {(t.target, t.ip) for t in targets}
+    if len(hosts) <= END_SCREEN_HOSTS:  # a query each: a large store is never read whole
+        rows = [row for ip in sorted({ip for _target, ip in hosts})
+                for row in db.report("summary", {"target": ip}).dicts()
+                if _host_of(row) in hosts]
     else:
-        rows = _riskiest_of(db, ips)
+        rows = _riskiest_of(db, hosts)
     rows.sort(key=_riskiest_first)
     title = ("Summary" if len(rows) <= END_SCREEN_HOSTS else
              f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(rows):,} hosts; "

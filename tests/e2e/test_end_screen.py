@@ -47,3 +47,36 @@ def test_the_end_screen_is_this_scans_hosts(tmp_path: Path) -> None:
     assert few.code == 0, few.stderr
     assert _table_addresses(few.stdout) == ["127.0.0.2", "127.0.0.3"]
     assert "riskiest" not in few.stdout
+
+
+def _table_hosts(stdout: str) -> list[tuple[str, str]]:
+    """The (target, address) columns of the printed Summary, top to bottom."""
+    return [(cells[1].strip(), cells[2].strip()) for line in stdout.splitlines()
+            if (cells := line.split("│")) and len(cells) > 3 and cells[2].strip()
+            .startswith("127.")]
+
+
+def test_the_end_screen_leaves_out_an_address_stored_under_another_target(
+        tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n"),
+                         addresses=("127.0.0.91", "127.0.0.92")) as ssh:
+        # Given a store holding 127.0.0.92 scanned under its own target and an asset name
+        first = run_cli("scan", "-q", "--udp", "none", "--ports", str(ssh.port),
+                        "--asset", "old-name", "127.0.0.92", store=store, env=FAST)
+        assert first.code == 0, first.stderr
+        # When a range holding that address is scanned into it
+        second = run_cli("scan", "--udp", "none", "--ports", str(ssh.port),
+                         "127.0.0.91-92", store=store, env=FAST)
+    assert second.code == 0, second.stderr
+    # Then its end screen is this scan's 2 hosts, both under the range's target, and not
+    # the row of the earlier scan (same address, another target)
+    assert "2 host(s)" in second.stdout
+    assert _table_hosts(second.stdout) == [("127.0.0.91-92", "127.0.0.91"),
+                                           ("127.0.0.91-92", "127.0.0.92")]
+    assert "old-name" not in second.stdout
+    # And the store still holds the earlier row: it was left out, not lost
+    summary = run_cli("report", "summary", "--target", "127.0.0.92", "--format", "json",
+                      store=store)
+    assert summary.code == 0, summary.stderr
+    assert '"old-name"' in summary.stdout
