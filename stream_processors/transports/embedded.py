@@ -9,8 +9,13 @@ transport differs. Built by the composition root (``portwatch.assembly``).
 Back-pressure: every queue is bounded, so a fast discovery engine waits for
 identification instead of filling memory. Ctrl-C: the first one stops discovery
 and lets identification finish what was found; a second one stops identifying
-and stores what is left unidentified. Either way, what was found is kept and the
-host scans are recorded as "interrupted".
+and stores what is left unidentified. Either way, what was found is kept. The hosts
+of a shard whose discovery the Ctrl-C cut short or never reached are recorded as
+"interrupted" (they close nothing); a shard whose discovery had completed stays
+"completed" (the checkpoint is past it: a resumed run never records it again), and
+a port of it whose identification a second Ctrl-C cut short is stored unidentified
+("interrupted during/before identification"), open, its attributes not compared
+(``changes.INCOMPLETE``).
 
 Tarpits: open ports are held per host until the host's shard is done; a host
 that answered on more than ``tarpit_threshold`` ports is flagged "answers on

@@ -1,0 +1,133 @@
+"""Ctrl-C (a real SIGINT, routed by ``install_interrupt``) while identification runs,
+on a real embedded scan of loopback listeners into a real chdb store.
+
+What is recorded: a host whose shard's discovery had completed before the Ctrl-C keeps
+"completed" (the checkpoint is past that shard, so a resumed run never records it
+again). One Ctrl-C lets identification finish; a second one stores the ports left as
+unidentified, "interrupted during identification", whose attributes the change rule
+does not compare (``changes.INCOMPLETE``): no invented service change, no closure.
+Only shards whose discovery the Ctrl-C cut short or never reached read "interrupted"
+(tests/integration/test_runner_resume.py, tests/integration/test_change_history.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+from probers.discovery.connect import ConnectEngine
+from producers.shards import ScanPlan, new_scan_id
+from schemas.records import ChangeKind, Finding, OpenPort, PortRange, Target
+from stream_processors.changes import INCOMPLETE
+from stream_processors.stages import make_context
+from stream_processors.transports.embedded import EmbeddedRunner, ScanStats, install_interrupt
+from tests import loopback
+
+HOST = "127.0.0.141"  # no other test uses it
+TARGET = Target(ip=HOST, target=HOST)
+SSH = b"SSH-2.0-OpenSSH_9.2p1\r\n"
+
+
+def slow_banner(delay: float, data: bytes) -> loopback.Handler:
+    """A service that speaks first, but only after ``delay`` seconds."""
+    def handle(conn: socket.socket) -> None:
+        time.sleep(delay)
+        conn.sendall(data)
+        conn.settimeout(1)
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
+    return handle
+
+
+class CtrlCDuringIdentification(EmbeddedRunner):
+    """Sends this process ``presses`` SIGINTs, 0.2 s apart, once identification of the
+    first open port has begun (discovery of the only shard has ended by then)."""
+
+    presses = 0
+
+    async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
+        if self.presses:
+            loop = asyncio.get_running_loop()
+            for n in range(self.presses):
+                loop.call_later(0.2 * (n + 1), os.kill, os.getpid(), signal.SIGINT)
+            self.presses = 0
+        return await super()._identify(port, stats)
+
+
+def _scan(store, ports: list[int], presses: int = 0) -> ScanStats:  # type: ignore[no-untyped-def]
+    ctx = make_context(banner_wait=1.5, identify_budget=4, use_nmap_probes=False,
+                       tls_enumeration=False)
+    runner = CtrlCDuringIdentification(store, lambda _shard: ConnectEngine(), ctx,
+                                       identify_workers=4, batch_seconds=0.2)
+    runner.presses = presses
+    plan = ScanPlan.build(new_scan_id(), 0, [TARGET], tuple(PortRange(p, p) for p in ports), ())
+
+    async def main() -> ScanStats:
+        undo = install_interrupt(runner)
+        try:
+            return await runner.run(plan)
+        finally:
+            undo()
+
+    return asyncio.run(main())
+
+
+def _status(store, scan_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    rows = store.query("SELECT status FROM host_scans FINAL WHERE scan_id = {s:String}",
+                       {"s": scan_id})
+    return [r[0] for r in rows]
+
+
+def _stored(store, scan_id: str) -> dict[int, tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    rows = store.query("SELECT port, service, method, extra_info FROM port_observations "
+                       "WHERE scan_id = {s:String}", {"s": scan_id})
+    return {port: (service, method, extra) for port, service, method, extra in rows}
+
+
+@contextlib.contextmanager
+def _services() -> Iterator[tuple[int, int]]:
+    """An SSH server that greets after 0.6 s, and a port that accepts and never speaks."""
+    with loopback.listen(slow_banner(0.6, SSH), addresses=(HOST,)) as ssh, \
+            loopback.listen(loopback.silent(10), addresses=(HOST,)) as mute:
+        yield ssh.port, mute.port
+
+
+def test_one_ctrl_c_during_identification_finishes_it_and_records_completed(store) -> None:  # type: ignore[no-untyped-def]
+    with _services() as (ssh, mute):
+        # When a scan gets one Ctrl-C while its open ports are being identified
+        stats = _scan(store, sorted((ssh, mute)), presses=1)
+    # Then the scan says interrupted, yet identification finished what was found
+    assert stats.interrupted
+    stored = _stored(store, stats.scan_id)
+    assert stored[ssh][0] == "ssh"
+    assert not stored[mute][2].startswith(INCOMPLETE)
+    # and the host, whose discovery had completed, is recorded (and compared) complete
+    assert _status(store, stats.scan_id) == ["completed"]
+    assert {(e.kind, e.port) for e in stats.change_events} == {
+        (ChangeKind.OPENED, ssh), (ChangeKind.OPENED, mute)}
+
+
+def test_two_ctrl_c_during_identification_keep_ports_incomplete_and_change_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    with _services() as (ssh, mute):
+        # Given a completed scan that identified the SSH server
+        first = _scan(store, sorted((ssh, mute)))
+        assert not first.interrupted
+        assert _stored(store, first.scan_id)[ssh][0] == "ssh"
+        # When a rescan gets two Ctrl-C before the SSH server has greeted
+        second = _scan(store, sorted((ssh, mute)), presses=2)
+    # Then both ports are kept, unidentified, saying identification was cut short
+    assert second.interrupted
+    stored = _stored(store, second.scan_id)
+    assert set(stored) == {ssh, mute}
+    for _service, method, extra in stored.values():
+        assert method == "unidentified" and extra.startswith(INCOMPLETE), extra
+    # and the host is recorded completed (its discovery was), but the cut ports'
+    # attributes are not compared: no invented service change, nothing closed
+    assert _status(store, second.scan_id) == ["completed"]
+    assert second.change_events == []
