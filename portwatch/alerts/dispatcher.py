@@ -15,8 +15,13 @@ window no store can close is a worker killed after the channel accepted a messag
 before the store recorded it: that message is sent again after the lease, with the same
 ``X-Portwatch-Delivery`` id so a receiver can drop it.
 
-Must not touch: scanning, and it never raises into a scan: every failure is logged and
-kept in the outbox.
+Must not touch: scanning. Delivery never raises into a scan: every failure is logged
+and kept in the outbox. Queueing raises ``AlertQueueError`` when the store refuses the
+events (their caller keeps them: see ``submit``).
+
+Why one file: the outbox's revisions, the claims and the passes (a watcher's tick, a
+drain's waits, the Kafka agent's timer) all read and write the same rows under one rule
+of who may send what when; split, each part would have to re-state that rule.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ MAX_ROWS_PER_PAIR = 2_000
 MAX_BACKOFF_DOUBLINGS = 60
 QUEUE_ATTEMPTS = 3  # a store error while queueing is tried again this often
 QUEUE_RETRY_SECONDS = 0.5  # then 1 s
+# A drain pass that changed nothing while a row looked sendable (a store error, a row
+# that came due during the pass): the next look is this much later, never a busy loop.
+DRAIN_RECHECK_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +251,8 @@ class AlertDispatcher:
     # -- deliver ------------------------------------------------------------------------
 
     def deliver_due(self, *, flush: bool = False, deadline: float | None = None,
-                    log_failures: bool = True) -> DeliveryReport:
+                    log_failures: bool = True, held: dict[str, float] | None = None,
+                    tried: list[PendingRow] | None = None) -> DeliveryReport:
         """One delivery pass: every (rule, channel) whose digest window closed (all of them
         with ``flush``) and every retry that is due goes out as one message; no message
         starts after ``deadline`` (a clock() time: what is left stays queued). A failed
@@ -251,7 +260,7 @@ class AlertDispatcher:
         report = DeliveryReport()
         try:
             with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
-                self._deliver_due(flush, report, deadline, log_failures)
+                self._deliver_due(flush, report, deadline, log_failures, held, tried)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
             if log_failures:  # else its caller says it (report_drain), once
@@ -295,12 +304,22 @@ class AlertDispatcher:
         return out
 
     def _deliver_due(self, flush: bool, report: DeliveryReport,
-                     deadline: float | None = None, log_failures: bool = True) -> None:
+                     deadline: float | None = None, log_failures: bool = True,
+                     held: dict[str, float] | None = None,
+                     tried: list[PendingRow] | None = None) -> None:
+        """The pass. ``held`` (a drain's, across its passes): channel -> retry time; a
+        held channel gets nothing before it, and one that fails is held until its retry
+        time. Without it, a channel that fails gets nothing more in this pass. ``tried``
+        collects the rows the pass tried to send."""
         now = self.clock()
+        failing: dict[str, float] = {} if held is None else held
+        for name, until in list(failing.items()):
+            if until <= now:
+                del failing[name]  # its retry time came: it is tried again
         groups: dict[tuple[str, str], list[PendingRow]] = defaultdict(list)
         for row in self.pending(due_by=now):  # rows of routes no longer in the file stay:
-            groups[(row.rule, row.channel)].append(row)  # `alerts log` shows them
-        failing: set[str] = set()  # channels that failed a send in this pass
+            if row.channel not in failing:  # `alerts log` shows them
+                groups[(row.rule, row.channel)].append(row)
         for (rule_name, channel_name), rows in sorted(groups.items()):
             rule = self.rules[rule_name]
             fresh_due = flush or self._window_closed(rule, rows, now)
@@ -310,8 +329,11 @@ class AlertDispatcher:
                     return  # the rest waits for the next pass, in the outbox
                 if channel_name in failing:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
+                if tried is not None:
+                    tried.extend(batch)
                 if not self._send_batch(rule, channel_name, batch, report, log_failures):
-                    failing.add(channel_name)
+                    failing[channel_name] = (now if held is None else
+                                             self._retry_time(rule_name, channel_name, batch))
 
     @staticmethod
     def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
@@ -357,26 +379,16 @@ class AlertDispatcher:
         its timer) compete like two workers."""
         now = self.clock()
         my_owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        lease = self.config.delivery.claim_lease_seconds
         ids = sorted({r.event_id for r in rows})
-        latest: dict[Key, tuple[int, str, float]] = {}
-        for rule, channel, event_id, attempt, claim_owner, claimed_at in self.store.query(
-                "SELECT rule, channel, event_id, attempt, owner, claimed_at FROM alert_claims "
-                "WHERE event_id IN {ids:Array(String)}", {"ids": ids}):
-            key = (str(rule), str(channel), str(event_id))
-            if key not in latest or int(attempt) > latest[key][0]:
-                latest[key] = (int(attempt), str(claim_owner), _seconds(claimed_at))
+        latest = self._latest_claims(ids)
         attempts: dict[Key, int] = {}
         for row in rows:
             attempt = row.attempts + 1
             claim = latest.get(row.key)
             if claim is not None and claim[0] >= attempt:
-                claimed_attempt, claim_owner, claimed_at = claim
-                is_alive = claimed_at + lease > now and \
-                    not _owner_is_gone(claim_owner, self.host)
-                if is_alive:
+                if self._live_claim_end(row, claim, now) is not None:
                     continue  # another pass (of any worker) is sending this attempt now
-                attempt = claimed_attempt + 1
+                attempt = claim[0] + 1
             attempts[row.key] = attempt
             token = "\x1f".join((*row.key, str(attempt)))
             self.store.insert_rows("alert_claims", CLAIM_COLUMNS,
@@ -393,6 +405,27 @@ class AlertDispatcher:
         }
         return [replace(row, attempts=attempts[row.key] - 1) for row in rows
                 if row.key in attempts and (*row.key, attempts[row.key]) in won]
+
+    def _latest_claims(self, ids: Sequence[str]) -> dict[Key, tuple[int, str, float]]:
+        """Per (rule, channel, event) of ``ids``: its latest claim (attempt, owner, when)."""
+        latest: dict[Key, tuple[int, str, float]] = {}
+        for rule, channel, event_id, attempt, claim_owner, claimed_at in self.store.query(
+                "SELECT rule, channel, event_id, attempt, owner, claimed_at FROM alert_claims "
+                "WHERE event_id IN {ids:Array(String)}", {"ids": list(ids)}):
+            key = (str(rule), str(channel), str(event_id))
+            if key not in latest or int(attempt) > latest[key][0]:
+                latest[key] = (int(attempt), str(claim_owner), _seconds(claimed_at))
+        return latest
+
+    def _live_claim_end(self, row: PendingRow, claim: tuple[int, str, float] | None,
+                        now: float) -> float | None:
+        """When the live claim of another pass on ``row``'s next attempt runs out (it is
+        sending it now); None when there is none (expired, or its owner process is gone)."""
+        if claim is None or claim[0] < row.attempts + 1:
+            return None
+        _attempt, owner, claimed_at = claim
+        end = claimed_at + self.config.delivery.claim_lease_seconds
+        return end if end > now and not _owner_is_gone(owner, self.host) else None
 
     def _mark_sending(self, rows: Sequence[PendingRow]) -> None:
         """Before the send, each row's message id (revision 4N for attempt N, between
@@ -438,17 +471,22 @@ class AlertDispatcher:
 
     def drain(self, wait_seconds: float | None = None) -> DeliveryReport:
         """Deliver everything queued, retrying within ``wait_seconds`` (default: the file's
-        ``delivery: wait``); what is left stays queued for the next run. Never raises."""
+        ``delivery: wait``); what is left stays queued for the next run. Never raises.
+
+        A channel that failed is not sent again before its retry time (``held``), in any
+        pass of the drain. After a pass that changed nothing (its rows are held by another
+        live worker's claim, or wait for their retry or their channel's), it sleeps until
+        the earliest moment that can change; when that is past the wait, it returns."""
         budget = self.config.delivery.wait_seconds if wait_seconds is None else wait_seconds
         deadline = self.clock() + max(0.0, budget)
         total = DeliveryReport()
+        held: dict[str, float] = {}  # channel -> its retry time: nothing is sent to it before
         first = True
         while True:
             # The first pass sends everything due even with no wait at all; a retry pass
             # starts no message past the deadline (each send is bounded by its timeout)
             # its caller reports the errors once (report_drain): not logged as they happen
-            report = self.deliver_due(flush=True, deadline=None if first else deadline,
-                                      log_failures=False)
+            report, started, tried = self._drain_pass(None if first else deadline, held)
             first = False
             total.sent += report.sent
             total.failed += report.failed
@@ -456,29 +494,99 @@ class AlertDispatcher:
             total.errors += report.errors
             total.retrying = report.retrying
             try:
-                waiting, next_at, orphaned = self._waiting()
+                waiting, orphaned, channels = self._waiting(started)
+                total.orphaned = orphaned
+                if not waiting:
+                    return total
+                now = self.clock()
+                if now >= deadline:
+                    total.retrying = waiting
+                    return total
+                if report.messages or report.sent or report.failed or report.retrying:
+                    continue  # something changed: look again at once
+                wake = self._next_change(now, held, channels, tried)
             except Exception as exc:  # noqa: BLE001 - never raise into a scan
                 total.errors.append(f"alerts: {_one_line(exc)}")
                 return total
-            total.orphaned = orphaned
-            now = self.clock()
-            if not waiting:
-                return total
-            if next_at > deadline or now >= deadline:
+            if wake >= deadline:  # nothing can be sent within the wait
                 total.retrying = waiting
                 return total
-            self.sleep(max(0.05, next_at - now))
+            self.sleep(wake - now if wake > now else DRAIN_RECHECK_SECONDS)
 
-    def _waiting(self) -> tuple[int, float, int]:
-        """(pending rows of the file's routes, the earliest next attempt among them,
-        pending rows of routes the file no longer has: no run sends those)."""
+    def _drain_pass(self, deadline: float | None, held: dict[str, float]
+                    ) -> tuple[DeliveryReport, float, list[PendingRow]]:
+        """One pass of ``drain`` (``deliver_due(flush=True)`` with its ``held`` channels):
+        its report, the time its due rows were read at, and the rows it tried to send."""
+        tried: list[PendingRow] = []
+        started = self.clock()
+        report = self.deliver_due(flush=True, deadline=deadline, log_failures=False,
+                                  held=held, tried=tried)
+        return report, started, tried
+
+    def _retry_time(self, rule: str, channel: str, batch: Sequence[PendingRow]) -> float:
+        """When the message ``batch`` went out in (and failed) is retried: its rows' next
+        attempt as recorded (backoff, or the receiver's Retry-After); when none is left
+        pending (it failed for good), the backoff its attempt would have had."""
+        now = self.clock()
         rows = self.store.query(
-            "SELECT countIf(routed), minIf(next_attempt_at, routed), countIf(NOT routed) "
-            "FROM (SELECT next_attempt_at, concat(rule, '\x1f', channel) IN "
+            "SELECT count(), max(next_attempt_at) FROM alert_outbox FINAL "
+            "WHERE state = 'pending' AND rule = {rule:String} AND channel = {channel:String} "
+            "AND event_id IN {ids:Array(String)}",
+            {"rule": rule, "channel": channel, "ids": sorted({r.event_id for r in batch})})
+        if rows and int(rows[0][0]) and _seconds(rows[0][1]) > now:
+            return _seconds(rows[0][1])
+        options = self.config.delivery
+        attempt = max(r.attempts for r in batch) + 1
+        return now + min(options.retry_max_seconds,
+                         retry_backoff(options.retry_base_seconds, attempt))
+
+    def _waiting(self, due: float) -> tuple[int, int, dict[str, tuple[bool, float | None]]]:
+        """(pending rows of the file's routes, pending rows of routes the file no longer
+        has: no run sends those, and per channel of the file's routes: whether it has rows
+        due by ``due``, and the earliest next attempt of its rows not due by then)."""
+        rows = self.store.query(
+            "SELECT channel, routed, count(), countIf(next_attempt_at > {due:DateTime64(3, "
+            "'UTC')}), minIf(next_attempt_at, next_attempt_at > {due:DateTime64(3, 'UTC')}) "
+            "FROM (SELECT channel, next_attempt_at, concat(rule, '\x1f', channel) IN "
             "{routes:Array(String)} AS routed FROM alert_outbox FINAL "
-            "WHERE state = 'pending')", {"routes": self._routes()})
-        waiting, next_at, orphaned = rows[0] if rows else (0, EPOCH, 0)
-        return int(waiting), _seconds(next_at), int(orphaned)
+            "WHERE state = 'pending') GROUP BY channel, routed",
+            {"routes": self._routes(), "due": _dt(min(due, 9e9))})
+        waiting = orphaned = 0
+        channels: dict[str, tuple[bool, float | None]] = {}
+        for channel, routed, count, later, next_at in rows:
+            if not routed:
+                orphaned += int(count)
+                continue
+            waiting += int(count)
+            channels[str(channel)] = (int(count) > int(later),
+                                      _seconds(next_at) if int(later) else None)
+        return waiting, orphaned, channels
+
+    def _next_change(self, now: float, held: dict[str, float],
+                     channels: dict[str, tuple[bool, float | None]],
+                     tried: Sequence[PendingRow]) -> float:
+        """After a pass that changed nothing: the earliest time a pass can send something.
+        A row not due is sendable at its next attempt, a row of a held channel at the
+        channel's retry time, a row another live worker claimed when the lease of that
+        claim ends (its owner may also send it before: then there is nothing to do)."""
+        times: list[float] = []
+        for channel, (has_due, later) in channels.items():
+            hold = held.get(channel)
+            if later is not None:
+                times.append(later if hold is None else max(later, hold))
+            if has_due and hold is not None:
+                times.append(hold)
+        times.extend(self._lease_ends(tried, now))
+        return min(times, default=now)
+
+    def _lease_ends(self, rows: Sequence[PendingRow], now: float) -> list[float]:
+        """For each row a pass tried and did not send: when the live claim on its next
+        attempt (as ``_claim`` judges it) runs out; ``now`` for a row with none."""
+        if not rows:
+            return []
+        latest = self._latest_claims(sorted({r.event_id for r in rows}))
+        ends = [self._live_claim_end(row, latest.get(row.key), now) for row in rows]
+        return [now if end is None else end for end in ends]
 
     def queued_count(self) -> int:
         rows = self.store.query("SELECT count() FROM alert_outbox FINAL WHERE state = 'pending'")

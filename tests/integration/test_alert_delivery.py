@@ -652,3 +652,91 @@ def test_a_channels_longer_timeout_wins_over_send_timeout(store: Any, tmp_path: 
     # Then the channel's own timeout held: sent once, not failed (and retried: a copy)
     assert (report.sent, report.retrying, report.errors) == (1, 0, [])
     assert [e["port"] for e in receiver.events()] == [6379]
+
+
+# -- a one-shot drain waits for what can change, never polls ------------------------------
+
+
+def counted_drain(store: Any, config: Any, clock: Clock
+                  ) -> tuple[AlertDispatcher, list[float], list[float]]:
+    """A dispatcher whose sleeps advance ``clock`` (and are kept), and the clock times at
+    which its delivery passes read their due rows."""
+    slept: list[float] = []
+    passes: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    dispatcher = AlertDispatcher(store, config, clock=clock, sleep=sleep)
+    pending = dispatcher.pending
+
+    def counting_pending(*, due_by: float | None = None) -> Any:
+        passes.append(clock() - T0)
+        return pending(due_by=due_by)
+
+    dispatcher.pending = counting_pending  # type: ignore[method-assign]
+    return dispatcher, slept, passes
+
+
+def test_a_drain_sends_a_failing_channel_only_at_its_retry_times(
+        store: Any, tmp_path: Path) -> None:
+    # Given a receiver that refuses every message (it holds another secret) and three
+    # events queued for it, one a message
+    with webhook_receiver(b"another secret") as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{retry_base: 10s, "
+                             "retry_max: 40s, max_events_per_message: 1}")
+        clock = Clock()
+        dispatcher, slept, passes = counted_drain(store, config, clock)
+        events = [event(6379), event(5432, service="postgresql"), event(9200, service="http")]
+        assert dispatcher.submit(events) == 3
+        # When a one-shot run drains with a 60 s wait
+        report = dispatcher.drain(60)
+        # Then the channel got one message at 0 s and its retries at 10 s and 30 s (the
+        # next, at 70 s, is past the wait), not one more every 50 ms; its other messages
+        # were not sent while it was failing
+        assert receiver.accepted == []
+        assert len(receiver.rejected) == 3
+        assert (report.messages, report.sent, report.retrying) == (3, 0, 3)
+        assert slept == [10, 20]
+        assert passes == [0, 0, 10, 10, 30, 30]
+        assert clock() - T0 == 30
+    first = min(e.event_id for e in events)
+    assert outbox_states(store) == {
+        ("risky-opened", "soc-hook", e.event_id): ("pending", 3 if e.event_id == first else 0)
+        for e in events}
+
+
+@pytest.mark.parametrize(("claimed_ago", "lease_ends"), [(100, 20), (0, 120)],
+                         ids=["lease-ends-within-the-wait", "lease-ends-after-the-wait"])
+def test_a_drain_waits_for_another_workers_claim_without_polling(
+        store: Any, tmp_path: Path, claimed_ago: int, lease_ends: int) -> None:
+    from portwatch.alerts.dispatcher import CLAIM_COLUMNS
+
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{claim_lease: 2m}")
+        clock = Clock()
+        dispatcher, slept, passes = counted_drain(store, config, clock)
+        events = [event(6379), event(5432, service="postgresql")]
+        dispatcher.submit(events)
+        # Given attempt 1 of both deliveries claimed by a live worker on another host
+        claimed = datetime.fromtimestamp(clock() - claimed_ago, UTC)
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, [
+            ["risky-opened", "soc-hook", e.event_id, 1, "other-host:1:cafe", claimed]
+            for e in events])
+        # When a one-shot run drains with a 60 s wait
+        report = dispatcher.drain(60)
+    if lease_ends < 60:
+        # Then it slept once, until the lease ended, and then took the deliveries over
+        assert slept == [lease_ends]
+        assert passes == [0, lease_ends]
+        assert (report.sent, report.messages, report.retrying) == (2, 1, 0)
+        assert sorted(e["port"] for e in receiver.events()) == [5432, 6379]
+        assert set(outbox_states(store).values()) == {("sent", 2)}
+    else:
+        # Then it returned at once: nothing it may send changes within its wait
+        assert (slept, passes) == ([], [0])
+        assert (report.sent, report.messages, report.retrying) == (0, 0, 2)
+        assert receiver.accepted == []
+        assert set(outbox_states(store).values()) == {("pending", 0)}
+        assert clock() == T0
