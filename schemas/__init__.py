@@ -28,6 +28,24 @@ def ddl_statements() -> tuple[str, ...]:
 _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
+_CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+)\)")
+# ``CARRIED_COUNTS(rows)``: per (target, ip, scan_id) of ``rows`` (a CTE of carried_history's
+# target, ip, scan_id, proto, port), its carried ports' red / yellow / green counts and
+# their number, as they were last seen (port_latest: as the Summary shows them), scored as
+# the Summary scores (CDN-expected and UDP open|filtered count zero). Only the carried
+# ports' rows of port_latest are read (none when nothing was carried). The score after
+# every scan (history/target_scores.sql) and the risk chart's rows (risk_scores.sql).
+_CARRIED_COUNTS_SQL = (
+    "SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id, "
+    "countIf(l.is_scored AND l.risk_color = 'red') AS red, "
+    "countIf(l.is_scored AND l.risk_color = 'yellow') AS yellow, "
+    "countIf(l.is_scored AND l.risk_color = 'green') AS green, count() AS open_ports "
+    "FROM {rows} AS c INNER JOIN ("
+    "SELECT target, ip, proto, port, toString(risk_color) AS risk_color, "
+    "(is_cdn_expected = 0 AND state = 'open') AS is_scored FROM port_latest FINAL "
+    "WHERE (target, ip, proto, port) IN (SELECT target, ip, proto, port FROM {rows})"
+    ") AS l ON l.target = c.target AND l.ip = c.ip AND l.proto = c.proto AND l.port = c.port "
+    "GROUP BY c.target, c.ip, c.scan_id")
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
@@ -60,6 +78,7 @@ def _expanded(sql: str) -> str:
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
+    sql = _CARRIED_COUNTS.sub(lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1)), sql)
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 

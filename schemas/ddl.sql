@@ -597,6 +597,55 @@ ORDER BY (target, ip, proto, port);
 CREATE MATERIALIZED VIEW IF NOT EXISTS ports_carried_mv TO ports_carried AS
 SELECT target, ip, proto, port, scan_id, finished_at FROM carried_history;
 
+-- The risk chart's rows (schemas/web/risk_history.sql, risk_days.sql): per address and
+-- day, the raw score of its last scan that day (the Summary's formula over what the scan
+-- saw and carried), and per day and organization the sum and maximum of those scores.
+-- Kept by stream_processors/risk_days.py from the host scans risk_dirty names (at a scan's
+-- end, when the sink's hold empties, and before a chart is read), so the chart reads the
+-- window's days, never the raw observations: its cost does not grow with their size.
+-- Not pruned with the raw rows (the chart keeps its history).
+CREATE TABLE IF NOT EXISTS host_day_scores
+(
+    target        String,
+    ip            String,
+    day           Date,
+    finished_at   DateTime64(3, 'UTC'),
+    scan_id       String,
+    organization  LowCardinality(String),
+    hostname      String,
+    asset         String,
+    raw_score     UInt32
+)
+ENGINE = ReplacingMergeTree(finished_at)
+PARTITION BY toYYYYMM(day)
+ORDER BY (target, ip, day);
+
+CREATE TABLE IF NOT EXISTS risk_days
+(
+    day           Date,
+    organization  LowCardinality(String),
+    addresses     UInt32,
+    score_sum     Float64,
+    score_max     Float64,
+    refreshed_at  DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(refreshed_at)
+ORDER BY (day, organization);
+
+-- Host scans stored since the last refresh of the rows above (every shard row noted).
+CREATE TABLE IF NOT EXISTS risk_dirty
+(
+    target    String,
+    ip        String,
+    scan_id   String,
+    noted_at  DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(noted_at)
+ORDER BY (target, ip, scan_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS risk_dirty_mv TO risk_dirty AS
+SELECT target, ip, scan_id, now64(3, 'UTC') AS noted_at FROM host_scans;
+
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version
 (

@@ -38,6 +38,7 @@ import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
 from schemas.records import Finding, HostScan, ProbeStatus
+from stream_processors.risk_days import RISK_DAYS_MIGRATION, refresh_risk_days
 from stream_processors.store_rows import (
     CERTIFICATE_COLUMNS,
     HOST_SCAN_COLUMNS,
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 16  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 17  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -133,6 +134,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Its view writes the same rows back into ports_carried, where they merge away.
     15: ("INSERT INTO carried_history (target, ip, scan_id, proto, port, finished_at) "
          "SELECT target, ip, scan_id, proto, port, finished_at FROM ports_carried FINAL",),
+    # 16 -> 17: the risk chart's rows (host_day_scores, risk_days), computed once for
+    # every stored host scan (stream_processors/risk_days.py).
+    16: RISK_DAYS_MIGRATION,
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -653,13 +657,15 @@ class Store:
         return {str(table): int(parts) for table, parts in rows}
 
     def compact_page_indexes(self) -> list[str]:
-        """Merge each page index (``PAGE_INDEXES``) left in more than one part into one,
-        and return the tables merged. Every report page reads these with FINAL, which
+        """Bring the risk chart's rows up to date (``risk_days.refresh_risk_days``), merge
+        each page index (``PAGE_INDEXES``) left in more than one part into one, and return
+        the tables merged. Every report page reads these with FINAL, which
         merges their parts at read time: at 100,000 hosts after a day's scan the Summary
         took 410-500 ms over 7 parts of ``port_latest`` and 256 ms once merged (the three
         merges took 1.2 s; BENCHMARKS.md). Called where a scan's rows are all in: the
         embedded runner's end, the sink when its hold empties (at most every few minutes).
         """
+        refresh_risk_days(self)  # the risk chart's rows of what was stored, too
         several = sorted(t for t, parts in self.active_parts(PAGE_INDEXES).items() if parts > 1)
         merged: list[str] = []
         with self._lock:

@@ -36,7 +36,8 @@ FINGERPRINT_SECONDS = 1.0  # re-read the fingerprint at most this often
 FINGERPRINT_SQL = """
 SELECT (SELECT count() FROM port_observations), (SELECT max(observed_at) FROM port_observations),
        (SELECT count() FROM host_scans), (SELECT max(finished_at) FROM host_scans),
-       (SELECT count() FROM tls_probes), (SELECT max(observed_at) FROM tls_probes)
+       (SELECT count() FROM tls_probes), (SELECT max(observed_at) FROM tls_probes),
+       (SELECT max(refreshed_at) FROM risk_days)
 """
 
 
@@ -185,11 +186,15 @@ class ReportService:
             # The history SQL filters by target and organization itself; only the
             # Summary's other filters (port, colour, product) need its target set.
             narrowed = any(filters.get(k) for k in ("port", "color", "product"))
-            where = (f"WHERE (h.target, h.ip) IN (SELECT target, ip FROM ({summary})) "
-                     if narrowed else "")
-            sql = (f"SELECT day, round(avg(risk_score), 1), max(risk_score), count() "
-                   f"FROM ({history}) AS h {where}"
-                   f"GROUP BY day ORDER BY day")
+            if not narrowed and not filters.get("target"):
+                # the whole estate or one organization: one row per day and organization
+                sql = web_sql("risk_days")
+            else:
+                where = (f"WHERE (h.target, h.ip) IN (SELECT target, ip FROM ({summary})) "
+                         if narrowed else "")
+                sql = (f"SELECT day, round(avg(risk_score), 1), max(risk_score), count() "
+                       f"FROM ({history}) AS h {where}"
+                       f"GROUP BY day ORDER BY day")
             params = bind_parameters(sql, {**filters, "days": days})
             return [RiskPoint(r[0], float(r[1]), float(r[2]), int(r[3]))
                     for r in self.store.query(sql, params)]

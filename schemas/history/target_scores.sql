@@ -29,28 +29,12 @@ WITH
         )
         GROUP BY target, ip, scan_id
     ),
-    -- the ports each scan carried (ddl.sql carried_history), as last seen (port_latest)
-    carried AS (
-        SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id,
-               countIf(l.is_scored AND l.risk_color = 'red') AS red,
-               countIf(l.is_scored AND l.risk_color = 'yellow') AS yellow,
-               countIf(l.is_scored AND l.risk_color = 'green') AS green,
-               count() AS open_ports
-        FROM (
-            SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
-            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
-        ) AS c
-        INNER JOIN (
-            SELECT target, ip, proto, port, toString(risk_color) AS risk_color,
-                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
-            FROM port_latest FINAL
-            -- only the carried ports' rows (none read when nothing was carried)
-            WHERE (target, ip, proto, port) IN (
-                SELECT target, ip, proto, port FROM carried_history
-                WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
-        ) AS l ON l.target = c.target AND l.ip = c.ip AND l.proto = c.proto AND l.port = c.port
-        GROUP BY c.target, c.ip, c.scan_id
-    )
+    -- the ports each scan carried (ddl.sql carried_history), as last seen
+    carried_rows AS (
+        SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
+        WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+    ),
+    carried AS (CARRIED_COUNTS(carried_rows))
 SELECT
     scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
     scans.finished_at AS finished_at, scans.status AS status,

@@ -60,6 +60,7 @@ def db(shared_chdb_path: Path):  # type: ignore[no-untyped-def]
         recorder = ChangeRecorder(store)
         recorder.add_findings(findings)
         asyncio.run(recorder.finish(scans))
+        store.compact_page_indexes()  # as the scan's end (the sink's hold) does
         yield store
 
 

@@ -204,7 +204,9 @@ def scores(store: Any, t: Target) -> list[tuple[str, int, float]]:
 def risk_history(store: Any, t: Target) -> list[float]:
     """The Summary page's chart: the address's score per day."""
     from schemas import web_sql
+    from stream_processors.risk_days import refresh_risk_days
 
+    refresh_risk_days(store)  # (a scan's end does it: Store.compact_page_indexes)
     return [r["risk_score"] for r in store.select(
         "risk", web_sql("risk_history"), {"target": t.ip, "org": "", "days": 0}).dicts()]
 
@@ -396,7 +398,7 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
                  covered=(PortRange(22, 22), PortRange(missed.port, missed.port)))
     assert len(store.query("SELECT port FROM ports_carried")) == 2
     # And the store as layout 14 left it: no carried ports
-    assert SCHEMA_VERSION == 16
+    assert SCHEMA_VERSION == 17
     store.command("TRUNCATE TABLE ports_carried")
     store.command("TRUNCATE TABLE carried_history")
     store.command("TRUNCATE TABLE schema_version")
@@ -406,7 +408,7 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
     # the scans' coverage: 443; not the covered port (the re-probe's answer is not stored)
     url = f"chdb://{store.location.path}?database={store.location.database}"
     with Store.from_url(url) as upgraded:
-        assert upgraded.query("SELECT max(version) FROM schema_version") == [(16,)]
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(17,)]
         assert upgraded.query("SELECT ip, proto, port, scan_id FROM ports_carried FINAL") == [
             ("127.0.0.7", "tcp", 443, "s2")]
         assert reports(upgraded)[1] == {"127.0.0.7": [22, 443]}

@@ -656,10 +656,13 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("DROP TABLE ports_carried")  # (layout 15)
     old.command("DROP VIEW ports_carried_mv")  # (layout 16)
     old.command("DROP TABLE carried_history")
+    old.command("DROP VIEW risk_dirty_mv")  # (layout 17)
+    for table in ("risk_dirty", "host_day_scores", "risk_days"):
+        old.command(f"DROP TABLE {table}")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 16 and {9, 10, 11, 12, 13, 14, 15} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 17 and {9, 10, 11, 12, 13, 14, 15, 16} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -682,6 +685,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         # store has no change state, so none)
         assert db.query("SELECT count() FROM ports_carried") == [(0,)]
         assert db.query("SELECT count() FROM carried_history") == [(0,)]
+        # and the risk chart has the old scan's day (layout 17), nothing left to refresh
+        assert db.query("SELECT ip, scan_id, raw_score FROM host_day_scores") == [
+            ("127.0.0.1", "s1", 3)]
+        assert db.query("SELECT addresses, score_max FROM risk_days FINAL") == [(1, 7.2)]
+        assert db.query("SELECT count() FROM risk_dirty") == [(0,)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "

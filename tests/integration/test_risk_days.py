@@ -1,0 +1,87 @@
+"""The risk chart's rows (host_day_scores, risk_days) kept by risk_days.refresh_risk_days
+on the real store (chdb): what the chart shows equals the Summary's formula over each
+address's last scan of the day, and a refresh only reads what was stored since the last.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas import web_sql
+from schemas.records import Finding, HostScan, OpenPort, RiskColor, ServiceInfo, Target
+from stream_processors.risk_days import refresh_risk_days
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+DAY = timedelta(days=1)
+WEB = Target(ip="127.0.0.91", target="web.example.test", organization="Example Corp")
+DB = Target(ip="127.0.0.92", target="db.example.test", organization="Example Corp")
+
+
+def scanned(store: Any, t: Target, scan_id: str, at: datetime,
+            colors: tuple[RiskColor, ...]) -> None:
+    store.insert_findings([
+        Finding(port=OpenPort(scan_id=scan_id, target=t, port=1000 + i, observed_at=at),
+                service=ServiceInfo(service="x"), risk_color=color)
+        for i, color in enumerate(colors)])
+    store.insert_host_scans([HostScan(scan_id, t, at, at, 65535, len(colors))])
+
+
+def chart(store: Any, org: str = "") -> list[tuple[Any, ...]]:
+    """The Summary page's chart of the estate (or one organization): (day, average,
+    worst, addresses)."""
+    return [tuple(r) for r in store.query(web_sql("risk_days"), {"days": 0, "org": org})]
+
+
+def test_the_chart_is_each_addresss_last_scan_of_the_day_after_a_refresh(store: Any) -> None:
+    # Given yesterday's scans of two addresses (red + green: 24.0; green: 2.5), and today
+    # two scans of the web server, the later one finding one green port only
+    yesterday, today = NOW - DAY, NOW
+    scanned(store, WEB, "d1", yesterday, (RiskColor.RED, RiskColor.GREEN))
+    scanned(store, DB, "d1", yesterday, (RiskColor.GREEN,))
+    scanned(store, WEB, "d2a", today - timedelta(hours=2), (RiskColor.RED, RiskColor.RED))
+    scanned(store, WEB, "d2b", today - timedelta(hours=1), (RiskColor.GREEN,))
+    # Then nothing is in the chart before a refresh (the page only reads its rows)
+    assert chart(store) == []
+    # When the rows are brought up to date (a scan's end does it)
+    assert refresh_risk_days(store) is True
+    # Then yesterday is the average and the worst of both addresses, and today the web
+    # server's last scan only (2.5, not 39.3 from the earlier scan)
+    assert chart(store) == [(yesterday.date(), 13.2, 24.0, 2), (today.date(), 2.5, 2.5, 1)]
+    # And a second refresh has nothing to do, and changes nothing
+    assert store.query("SELECT count() FROM risk_dirty") == [(0,)]
+    assert refresh_risk_days(store) is False
+    assert chart(store)[-1] == (today.date(), 2.5, 2.5, 1)
+    # And a scan stored later the same day enters at the next refresh
+    scanned(store, DB, "d2c", today, (RiskColor.YELLOW,))
+    refresh_risk_days(store)
+    assert chart(store)[-1] == (today.date(), 4.8, 7.2, 2)
+
+
+def test_an_address_that_moves_to_another_organization_leaves_the_old_ones_chart(
+        store: Any) -> None:
+    # Given the web server scanned today for Example Corp, and the chart refreshed
+    scanned(store, WEB, "s1", NOW - timedelta(hours=2), (RiskColor.RED,))
+    refresh_risk_days(store)
+    assert chart(store, "example corp") == [(NOW.date(), 22.1, 22.1, 1)]
+    # When a later scan today files it under another organization (an edited inventory)
+    moved = Target(ip=WEB.ip, target=WEB.target, organization="Globex")
+    scanned(store, moved, "s2", NOW - timedelta(hours=1), (RiskColor.RED,))
+    refresh_risk_days(store)
+    # Then today counts it once, for Globex only
+    assert chart(store, "Example Corp") == []
+    assert chart(store, "GLOBEX") == [(NOW.date(), 22.1, 22.1, 1)]
+    assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]
+
+
+def test_the_web_brings_the_rows_up_to_date_before_it_serves(store: Any) -> None:
+    from portwatch.web.cli import web_app
+    from portwatch.web.service import ReportService
+
+    # Given a scan stored and never refreshed (stopped by Ctrl-C before its end)
+    scanned(store, DB, "s1", NOW, (RiskColor.RED, RiskColor.YELLOW))
+    # When the web app is made over the store (`serve`, `process --serve`)
+    web_app(store, "127.0.0.1", "")
+    # Then its chart has the scan's day
+    [point] = ReportService(store, use_cache=False).risk_history({}, days=90)
+    assert (point.day, point.average, point.worst, point.targets) == (NOW.date(), 27.7, 27.7, 1)
