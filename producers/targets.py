@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +31,8 @@ from schemas.records import PortRange, Target, canonical_address, ipv4_inside
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+log = logging.getLogger(__name__)
 
 # A /16 is the largest block scanned without --allow-large (65,536 addresses).
 MAX_ADDRESSES = 65_536
@@ -586,15 +589,40 @@ def fold_mapped(net: IPNetwork) -> IPNetwork:
     return ipaddress.IPv4Network(f"{first}/{net.prefixlen - 96}", strict=False)
 
 
+# A later target on an address already listed is dropped with one warning line each, at
+# most this many lines; then one line counts the rest.
+MAX_DUPLICATE_WARNINGS = 10
+
+
+def _labels(target: Target, other: Target) -> str:
+    """``localhost (asset web-2)``: what the user wrote, and the labels that differ."""
+    parts = [f"{name} {_one_line(_short(value))}" for name, value, theirs in (
+        ("organization", target.organization, other.organization),
+        ("asset", target.asset, other.asset)) if value and value != theirs]
+    text = _one_line(_short(target.target))
+    return f"{text} ({', '.join(parts)})" if parts else text
+
+
+def _duplicate_warning(dropped: Target, kept: Target) -> str:
+    return (f"{_labels(dropped, kept)} is {dropped.ip}, already scanned as "
+            f"{_labels(kept, dropped)}: scanned once, under the first")
+
+
 def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> list[Target]:
     """Expand every spec, apply the scope, de-duplicate (first label wins).
 
     Raises TargetError when a spec is bad or when the scope leaves nothing to scan.
-    Addresses outside an allow-list are refused loudly, never silently skipped.
+    Addresses outside an allow-list are refused loudly, never silently skipped. A later
+    target on an address already listed under other labels (target, organization,
+    asset) is scanned once, under the first, and said in a warning line (at most
+    ``MAX_DUPLICATE_WARNINGS``, then one line counting the rest); an identical repeat
+    is dropped silently.
     """
     scope = scope or Scope.build()
     check_total(specs, allow_large=scope.allow_large)
     out: dict[str, Target] = {}
+    dropped: list[tuple[Target, Target]] = []  # the first few, for the warning lines
+    dropped_count = 0
     excluded = 0
     total = 0
     for spec in specs:
@@ -608,10 +636,21 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
             if not scope.permits(target.ip):
                 excluded += 1
                 continue
-            out.setdefault(target.ip, target)
+            kept = out.setdefault(target.ip, target)
+            if kept is not target and (kept.target, kept.organization, kept.asset) != (
+                    target.target, target.organization, target.asset):
+                dropped_count += 1
+                if len(dropped) < MAX_DUPLICATE_WARNINGS:
+                    dropped.append((target, kept))
     if len(out) > MAX_ADDRESSES and not scope.allow_large:
         raise TargetError(f"{len(out):,} addresses in all, more than {MAX_ADDRESSES:,}: "
                           "pass --allow-large if you really mean it")
     if not out:
         raise TargetError(f"nothing to scan: the exclusions cover all {total} target addresses")
+    for target, kept in dropped:
+        log.warning("%s", _duplicate_warning(target, kept))
+    if dropped_count > len(dropped):
+        more = dropped_count - len(dropped)
+        log.warning("... and %s more target%s resolving to an address already listed",
+                    f"{more:,}", "" if more == 1 else "s")
     return list(out.values())
