@@ -125,8 +125,10 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
 @click.command("prune")
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
               help="Delete the raw rows of scans that ended longer ago than this (e.g. "
-                   "90d). First-seen dates, the change log, each host's latest scan and "
-                   "each TLS port's latest probe are kept.")
+                   "90d), and the alert deliveries that ended, their claims and the "
+                   "scheduled runs as old. First-seen dates, the change log, each host's "
+                   "latest scan, each TLS port's latest probe, pending deliveries and "
+                   "each schedule entry's latest run are kept.")
 @STORE_OPTION
 def prune_command(older_than: str, store: str | None) -> None:
     """Delete the raw rows of old scans; never first_seen, the change log or what the
@@ -137,7 +139,9 @@ def prune_command(older_than: str, store: str | None) -> None:
       portwatch prune --older-than 90d
       portwatch prune --older-than 12w --store clickhouse://writer@ch.example:8123/portwatch
     """
+    from portwatch.alerts.log import prune_alert_history
     from stream_processors.change_log import parse_duration, prune
+    from stream_processors.changes import EPOCH
 
     try:
         period = parse_duration(older_than)
@@ -146,11 +150,16 @@ def prune_command(older_than: str, store: str | None) -> None:
     db = _open(store)
     try:
         cutoff = prune(db, period)
+        if cutoff > EPOCH:
+            prune_alert_history(db, cutoff)
     finally:
         db.close()
     out_console().print(f"pruned the raw rows of scans that ended before "
                         f"{cutoff:%Y-%m-%d %H:%M:%S} UTC (each host's latest scan and each "
-                        "TLS port's latest probe kept)", markup=False, highlight=False)
+                        "TLS port's latest probe kept), and the alert deliveries that "
+                        "ended, their claims and the scheduled runs before then (pending "
+                        "deliveries and each entry's latest run kept)",
+                        markup=False, highlight=False)
 
 
 class _ReportWithChanges(click.Command):

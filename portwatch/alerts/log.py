@@ -1,7 +1,8 @@
 """``portwatch alerts log``: what was sent, what failed and why, what is still queued.
 
-Owns: reading the outbox (current state of each delivery) and phrasing it. Must not
-touch: delivery itself.
+Owns: reading the outbox (current state of each delivery) and phrasing it, and pruning
+the alerting's bookkeeping (``prune_alert_history``, called by ``portwatch prune``). Must
+not touch: delivery itself.
 """
 
 from __future__ import annotations
@@ -86,3 +87,32 @@ def delivery_log(store: Any, *, state: str = "", rule: str = "", limit: int = 10
                           str(r[6]), _utc(r[7]), _utc(r[8]),
                           None if sent_at == EPOCH else sent_at))
     return out
+
+
+# ``portwatch prune``: the alerting's own rows would otherwise grow for ever (every event
+# a rule selected, every claim, every scheduled run), and the delivery pass reads the
+# outbox every few seconds. Mutations, synchronous so the command's exit means done.
+_PRUNE_ALERTS = (
+    # deliveries that ended (sent, or failed for good) before the cutoff: every revision
+    ("alert_outbox", "(rule, channel, event_id) IN (SELECT rule, channel, event_id "
+     "FROM alert_outbox FINAL WHERE state IN ('sent', 'failed') "
+     "AND greatest(created_at, sent_at, next_attempt_at) < {cutoff:DateTime64(3)})"),
+    # claims of attempts made before it, unless their delivery is still pending
+    ("alert_claims", "claimed_at < {cutoff:DateTime64(3)} AND (rule, channel, event_id) "
+     "NOT IN (SELECT rule, channel, event_id FROM alert_outbox FINAL "
+     "WHERE state = 'pending')"),
+    # runs that ended before it, except each entry's latest run, which schedules it
+    ("watch_runs", "finished_at < {cutoff:DateTime64(3)} AND (entry, slot) NOT IN "
+     "(SELECT entry, maxIf(slot, status != 'interrupted' AND slot <= now64(3)) "
+     "FROM watch_runs GROUP BY entry)"),
+)
+
+
+def prune_alert_history(store: Any, cutoff: datetime) -> None:
+    """Delete the deliveries that ended, the claims and the scheduled runs older than
+    ``cutoff``; never a pending delivery, its claims, or an entry's latest run. A change
+    event replayed after its delivery was pruned (a Kafka topic kept longer than the
+    cutoff) is alerted again."""
+    for table, where in _PRUNE_ALERTS:
+        store.command(f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 1",
+                      {"cutoff": cutoff})

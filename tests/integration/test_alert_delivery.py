@@ -740,3 +740,45 @@ def test_a_drain_waits_for_another_workers_claim_without_polling(
         assert receiver.accepted == []
         assert set(outbox_states(store).values()) == {("pending", 0)}
         assert clock() == T0
+
+
+def test_prune_takes_ended_deliveries_old_claims_and_runs_never_pending_ones(
+        store: Any, tmp_path: Path) -> None:
+    from portwatch.alerts.log import prune_alert_history
+    from portwatch.alerts.schedule import last_slots, record_run
+
+    # Given, 40 days ago, one delivery sent and one that failed for good, and a third
+    # still pending (its receiver down), each with its claims
+    old = Clock(T0 - 40 * 86400)
+    with receiver_down() as down:
+        config = hook_config(tmp_path, down.url, delivery="{retry_base: 1s, max_attempts: 1}")
+        dispatcher = AlertDispatcher(store, config, clock=old)
+        dispatcher.submit([event(6379), event(6380)])
+        assert dispatcher.deliver_due().failed == 2  # both failed for good (1 attempt)
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url)
+        dispatcher = AlertDispatcher(store, config, clock=old)
+        dispatcher.submit([event(6381)])
+        assert dispatcher.deliver_due().sent == 1
+    with receiver_down() as down:
+        config = hook_config(tmp_path, down.url)
+        dispatcher = AlertDispatcher(store, config, clock=old)
+        dispatcher.submit([event(6382)])
+        assert dispatcher.deliver_due().retrying == 1
+    # And a schedule entry's runs: one 40 days ago, its latest 39 days ago, and another
+    # entry's run yesterday
+    day = timedelta(days=1)
+    start = datetime.fromtimestamp(T0, UTC)
+    for entry, when in (("nightly", start - 40 * day), ("nightly", start - 39 * day),
+                        ("hourly", start - day)):
+        record_run(store, entry, when, when, when, "s", "completed")
+    # When what ended more than 30 days ago is pruned
+    prune_alert_history(store, start - 30 * day)
+    # Then only the pending delivery and its claim are left of the alerting
+    assert {(k[2][-4:], v[0]) for k, v in outbox_states(store).items()} == {
+        (event(6382).event_id[-4:], "pending")}
+    assert store.query("SELECT DISTINCT event_id FROM alert_claims") == [
+        (event(6382).event_id,)]
+    # And each entry keeps its latest run (which schedules it), nothing older than 30 days
+    assert last_slots(store) == {"nightly": start - 39 * day, "hourly": start - day}
+    assert store.query("SELECT count() FROM watch_runs") == [(2,)]
