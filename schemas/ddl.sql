@@ -632,7 +632,10 @@ CREATE TABLE IF NOT EXISTS risk_days
 ENGINE = ReplacingMergeTree(refreshed_at)
 ORDER BY (day, organization);
 
--- Host scans stored since the last refresh of the rows above (every shard row noted).
+-- Host scans whose rows were stored since the last refresh of the rows above: every
+-- shard record, every observation and every carried port notes its scan, so a finding
+-- stored after a refresh (the sink stores a host's findings and its record in any
+-- order) has its scan computed again by the next one.
 CREATE TABLE IF NOT EXISTS risk_dirty
 (
     target    String,
@@ -645,6 +648,12 @@ ORDER BY (target, ip, scan_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS risk_dirty_mv TO risk_dirty AS
 SELECT target, ip, scan_id, now64(3, 'UTC') AS noted_at FROM host_scans;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS risk_dirty_observations_mv TO risk_dirty AS
+SELECT DISTINCT target, ip, scan_id, now64(3, 'UTC') AS noted_at FROM port_observations;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS risk_dirty_carried_mv TO risk_dirty AS
+SELECT DISTINCT target, ip, scan_id, now64(3, 'UTC') AS noted_at FROM carried_history;
 
 -- The layout version of this store (see SCHEMA_VERSION in stream_processors/store.py).
 CREATE TABLE IF NOT EXISTS schema_version

@@ -1,6 +1,7 @@
 """The risk chart's rows: per address and day, and per day and organization.
 
-Owns: ``refresh_risk_days`` (the host scans ``risk_dirty`` noted since the last refresh ->
+Owns: ``refresh_risk_days`` (the host scans ``risk_dirty`` noted since the last refresh
+(its views note a scan for each host-scan record, observation or carried port stored) ->
 their rows of ``host_day_scores`` -> the ``risk_days`` rows of the days they touched ->
 the noted rows forgotten) and ``RISK_DAYS_MIGRATION``, the same steps over every stored
 host scan (layout 17).

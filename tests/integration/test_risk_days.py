@@ -85,3 +85,18 @@ def test_the_web_brings_the_rows_up_to_date_before_it_serves(store: Any) -> None
     # Then its chart has the scan's day
     [point] = ReportService(store, use_cache=False).risk_history({}, days=90)
     assert (point.day, point.average, point.worst, point.targets) == (NOW.date(), 27.7, 27.7, 1)
+
+
+def test_a_finding_stored_after_a_refresh_has_its_scan_computed_again(store: Any) -> None:
+    # Given a host's scan record and one of its findings stored and refreshed (the sink
+    # stores a host's findings and its record in any order)
+    scanned(store, WEB, "s1", NOW, (RiskColor.GREEN,))
+    refresh_risk_days(store)
+    assert chart(store) == [(NOW.date(), 2.5, 2.5, 1)]
+    # When another finding of that scan is stored later
+    store.insert_findings([Finding(
+        port=OpenPort(scan_id="s1", target=WEB, port=6379, observed_at=NOW),
+        service=ServiceInfo(service="redis"), risk_color=RiskColor.RED)])
+    # Then the next refresh computes the scan again: both ports
+    assert refresh_risk_days(store) is True
+    assert chart(store) == [(NOW.date(), 24.0, 24.0, 1)]

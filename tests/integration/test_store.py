@@ -656,7 +656,8 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("DROP TABLE ports_carried")  # (layout 15)
     old.command("DROP VIEW ports_carried_mv")  # (layout 16)
     old.command("DROP TABLE carried_history")
-    old.command("DROP VIEW risk_dirty_mv")  # (layout 17)
+    for view in ("risk_dirty_mv", "risk_dirty_observations_mv", "risk_dirty_carried_mv"):
+        old.command(f"DROP VIEW {view}")  # (layout 17)
     for table in ("risk_dirty", "host_day_scores", "risk_days"):
         old.command(f"DROP TABLE {table}")
     old.command("TRUNCATE TABLE schema_version")
