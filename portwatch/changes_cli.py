@@ -51,11 +51,11 @@ def _when(value: str, flag: str) -> datetime:
 
 
 @click.command("changes")
-@click.option("--since", default="", metavar="DURATION",
+@click.option("--since", default=None, metavar="DURATION",
               help="Only changes in this last period: 30s, 30m, 12h, 1.5d, 7d, 2w.")
-@click.option("--from", "from_", default="", metavar="WHEN", help="Only changes at or after "
+@click.option("--from", "from_", default=None, metavar="WHEN", help="Only changes at or after "
               "this ISO date/time (UTC unless a zone is given).")
-@click.option("--to", "to", default="", metavar="WHEN", help="Only changes before this time.")
+@click.option("--to", "to", default=None, metavar="WHEN", help="Only changes before this time.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES),
               help="Only this kind of change (repeat for several).")
 @click.option("--severity", **filter_choice(*SEVERITY_CHOICES),
@@ -68,8 +68,9 @@ def _when(value: str, flag: str) -> datetime:
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "csv"]),
               default="table", help="Output format.")
 @STORE_OPTION
-def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], severity: str,
-                    target: str, org: str, port: int, limit: int, fmt: str,
+def changes_command(since: str | None, from_: str | None, to: str | None,
+                    kinds: tuple[str, ...], severity: str, target: str, org: str, port: int,
+                    limit: int, fmt: str,
                     store: str | None) -> None:
     """What changed: ports opened, reopened and closed, service, product and version
     changes, risk raised or lowered, TLS and certificate changes, hosts unreachable and
@@ -89,6 +90,13 @@ def changes_command(since: str, from_: str, to: str, kinds: tuple[str, ...], sev
     from stream_processors.change_log import changes_report, iso_moment, parse_duration
     from stream_processors.changes import EPOCH
 
+    # not given: no filter; given empty (--since '', an unset "$VAR"): an error, never
+    # silently the whole history
+    for flag, value, what in (("--since", since, "duration"), ("--from", from_, "date/time"),
+                              ("--to", to, "date/time")):
+        if value == "":
+            fail(f"{flag}: empty {what}", EXIT_USAGE)
+    since, from_, to = since or "", from_ or "", to or ""
     if since and from_:
         fail("give --since or --from, not both", EXIT_USAGE)
     start = end = None

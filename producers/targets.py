@@ -292,16 +292,17 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
                           f"{', '.join(INVENTORY_KEYS)})")
     organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
     asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
-    raw = next((lowered[k] for k in _TARGET_KEYS if lowered.get(k)), None)
-    if raw is None:
+    # (0 or false is a target given wrongly, not none given: refused by _target_text)
+    key = next((k for k in _TARGET_KEYS if lowered.get(k) not in (None, "")), None)
+    if key is None:
         targets_list = lowered.get("targets")
         if isinstance(targets_list, list) and targets_list:
-            return [TargetSpec(_target_text(t, where), organization, asset)
-                    for t in targets_list]
+            return [TargetSpec(_target_text(t, f"{where}: targets[{i}]"), organization, asset)
+                    for i, t in enumerate(targets_list)]
         if targets_list is not None and not isinstance(targets_list, list):
             raise TargetError(f"{where}: 'targets' must be a list of targets")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
-    return [TargetSpec(_target_text(raw, where), organization, asset)]
+    return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset)]
 
 
 def _label(value: object, where: str) -> str:
@@ -313,9 +314,20 @@ def _label(value: object, where: str) -> str:
     return text
 
 
+def _not_text(value: object, where: str) -> TargetError:
+    """The error for a target YAML read as something else than text: a number (an
+    unquoted ``2130706437`` or ``10.0``) is told to be quoted."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return TargetError(f"{where}: must be text (an address, range, CIDR or hostname), "
+                           "not a number; quote it")
+    kind = {"dict": "mapping", "NoneType": "null", "bool": "true/false"}.get(
+        type(value).__name__, type(value).__name__)
+    return TargetError(f"{where}: a target must be text, not a {kind}")
+
+
 def _target_text(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise TargetError(f"{where}: a target must be text, not a {type(value).__name__}")
+        raise _not_text(value, where)
     text = str(value).strip()
     if len(text) > MAX_TARGET_CHARS:
         raise TargetError(f"{where}: target longer than {MAX_TARGET_CHARS} characters")
@@ -408,6 +420,8 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                         specs.extend(_row_spec({"organization": org, **entry}, where))
                     elif isinstance(entry, str):
                         specs.append(TargetSpec(entry, _label(org, where)))
+                    elif _is_scalar(entry):  # a number: "quote it"
+                        raise _not_text(entry, where)
                     else:
                         raise TargetError(f"{where} is not a target")
                     _check_count(specs, file)
@@ -417,6 +431,8 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                     specs.extend(_row_spec(entry, f"{name}: entry {i + 1}"))
                 elif isinstance(entry, str):
                     specs.append(TargetSpec(entry))
+                elif _is_scalar(entry):  # a number: "quote it"
+                    raise _not_text(entry, f"{name}: entry {i + 1}")
                 else:
                     raise TargetError(f"{name}: entry {i + 1} is not a target")
                 _check_count(specs, file)
@@ -480,6 +496,12 @@ def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
                 continue  # a blank or comment line (blanked, so line numbers hold)
             if not header:
                 header = fields
+                if not any(column.strip().lower() in INVENTORY_KEYS for column in header):
+                    # '127.0.0.5' on the first line: data, no header (it was taken as the
+                    # header, and the file then "listed no targets")
+                    raise TargetError(f"{name}: line {reader.line_num}: no header line naming "
+                                      f"a target column ({', '.join(_TARGET_KEYS)}; first "
+                                      f"line: {_one_line(_short(','.join(fields)))!r})")
                 seen: set[str] = set()
                 for column in header:
                     key = column.strip().lower()

@@ -295,15 +295,26 @@ class _Parser:
         return str(node.value)
 
     def scalars(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
-        """A list of scalars, or one scalar (``kinds: opened`` = ``kinds: [opened]``)."""
+        """A list of scalars, or one scalar (``kinds: opened`` = ``kinds: [opened]``). An
+        empty entry (``null``, ``~`` or nothing) is refused: read as text it became a
+        target or organization named 'null' that nothing matches."""
         if isinstance(node, yaml.ScalarNode):
-            return [(node, str(node.value))]
+            return [(node, self.not_null(node, what))]
         if not isinstance(node, yaml.SequenceNode):
             raise self.fail(node, f"{what} must be a list")
         out = []
         for item in node.value:
-            out.append((item, self.scalar(item, f"{what} entries")))
+            self.scalar(item, f"{what} entries")  # one value each, not a list or mapping
+            out.append((item, self.not_null(item, what)))
         return out
+
+    def not_null(self, node: yaml.Node, what: str) -> str:
+        """A scalar ``node``'s text; an error naming its line when YAML reads it as null."""
+        if node.tag == "tag:yaml.org,2002:null":
+            shown = str(node.value) or "nothing"
+            raise self.fail(node, f"{what}: an empty entry ({shown}); remove it or give a "
+                                  "value (quote it if it is meant as text)")
+        return str(node.value)
 
     # -- the file -----------------------------------------------------------------------
 
@@ -590,8 +601,11 @@ class _Parser:
                     raise self.fail(item_node, f"{what}: bad port {part[:40]!r}")
                 low = int(first)
                 high = int(last) if dash else low
-                if not 0 <= low <= high <= 65535:
+                if high > 65535 or low > 65535:
                     raise self.fail(item_node, f"{what}: port {part!r} out of 0-65535")
+                if low > high:
+                    raise self.fail(item_node, f"{what}: bad port range {part!r}: the first "
+                                               "port is above the last")
                 spans.append(PortSpan(low, high))
         return tuple(spans)
 

@@ -221,8 +221,11 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         if "schedules" not in keys:
             raise fail(root, "no schedules: list")
         entries_node = keys["schedules"][1]
-    if not isinstance(entries_node, yaml.SequenceNode) or not entries_node.value:
+    if not isinstance(entries_node, yaml.SequenceNode):
         raise fail(entries_node, "schedules must be a list of entries (- name: ...)")
+    if not entries_node.value:  # a list, just empty: say so, not that it is no list
+        raise fail(entries_node, "schedules: no entries (a list of entries with name, cron "
+                                 "and targets or inventory)")
     out: list[ScheduleEntry] = []
     seen: set[str] = set()
     for node in entries_node.value:

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,18 @@ def test_bad_input_is_one_line_and_exit_2(scanned: dict, args: tuple[str, ...]) 
     result = run_cli(*args, store=scanned["store"])
     assert result.code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("flag", "message"), [("--since", "--since: empty duration"),
+                                             ("--from", "--from: empty date/time"),
+                                             ("--to", "--to: empty date/time")])
+def test_an_empty_window_value_is_refused_not_read_as_no_filter(
+        tmp_path: Path, flag: str, message: str) -> None:
+    # Given an empty value given explicitly (an unset "$VAR", say), no store scanned:
+    # refused before the store is opened
+    result = run_cli("report", "changes", flag, "", store=f"chdb://{tmp_path / 'none'}")
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip() == f"portwatch: error: {message}"
 
 
 @pytest.mark.parametrize("period", ["36500d", "5214w"])

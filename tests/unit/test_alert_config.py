@@ -185,6 +185,25 @@ BAD_FILES = [
      "    when: {ports: [\"1_000\"]}\n    notify: [a]\n", 5, "bad port '1_000'"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    when: {ports: [\"\u0663\"]}\n    notify: [a]\n", 5, "bad port"),
+    # a backwards range is named as such, not as out of 0-65535
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {ports: [\"5-1\"]}\n    notify: [a]\n", 5,
+     "rule 'r': bad port range '5-1': the first port is above the last"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {ports: [\"1-70000\"]}\n    notify: [a]\n", 5, "port '1-70000' out of 0-65535"),
+    # an empty entry is refused, not read as a target named 'null' or '~'
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {targets: [10.0.0.1, null]}\n    notify: [a]\n", 5,
+     "rule 'r' targets: an empty entry (null); remove it or give a value"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when:\n      targets:\n        - 10.0.0.1\n        - ~\n    notify: [a]\n", 8,
+     "rule 'r' targets: an empty entry (~)"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when:\n      targets:\n        -\n    notify: [a]\n", 7,
+     "rule 'r' targets: an empty entry (nothing)"),
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {organizations: [null]}\n    notify: [a]\n", 5,
+     "rule 'r' organizations: an empty entry (null)"),
 ]
 
 
@@ -408,6 +427,10 @@ schedules:
      "    cron: \"0 0 1 1 *\"\n", 5, "schedule entry: 'cron' given twice"),
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
      "    targets: [127.0.0.2]\n", 5, "schedule entry: 'targets' given twice"),
+    # an empty list is a list: it has no entries
+    ("schedules: []\n", 1, "schedules: no entries (a list of entries with name, cron and "
+     "targets or inventory)"),
+    ("schedules: {name: a}\n", 1, "schedules must be a list of entries"),
 ])
 def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) -> None:
     path = write(tmp_path, text, "schedules.yaml")

@@ -288,8 +288,24 @@ def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
         ("a.yaml", "[unclosed", "is not valid YAML"),
         ("a.yaml", "just a string", "expected a list or a mapping"),
         ("a.yaml", "[]", "lists no targets"),
-        ("a.yaml", "- 42\n", "entry 1 is not a target"),
+        ("a.yaml", "- [42]\n", "entry 1 is not a target"),
         ("a.yaml", "- {organization: O}\n", "entry 1: no target column"),
+        # an unquoted number is told to be quoted, not "not a int"
+        ("a.yaml", "- target: 2130706437\n", r"^a\.yaml: entry 1: target: must be text \(an "
+         r"address, range, CIDR or hostname\), not a number; quote it$"),
+        ("a.yaml", "- {ip: 0}\n", "entry 1: ip: must be text .*not a number; quote it$"),
+        ("a.yaml", "- {targets: [127.0.0.1, 10.5]}\n",
+         r"entry 1: targets\[1\]: must be text .*not a number; quote it$"),
+        ("a.yaml", "- 42\n", "entry 1: must be text .*not a number; quote it$"),
+        ("a.yaml", "Org:\n  - 42\n", r"Org\[0\]: must be text .*not a number; quote it$"),
+        ("a.yaml", "- {target: true}\n", "entry 1: target: a target must be text, not a "
+         "true/false$"),
+        # a CSV without its header: its first line is data, not column names
+        ("a.csv", "127.0.0.5\n", r"^a\.csv: line 1: no header line naming a target column "
+         r"\(target, address, host, hostname, ip, cidr; first line: '127\.0\.0\.5'\)$"),
+        ("a.csv", "# assets\n127.0.0.5,Acme\n127.0.0.6,Acme\n",
+         r"^a\.csv: line 2: no header line naming a target column .*first line: "
+         r"'127\.0\.0\.5,Acme'\)$"),
     ],
 )
 def test_bad_inventory_is_one_line_target_error(tmp_path: Path, name: str, text: str,
