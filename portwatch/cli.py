@@ -14,6 +14,7 @@ interrupted.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -78,6 +79,39 @@ _NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. A closed stdout (``portwatch settings | head -1``)
+    is a reader that has seen enough, not a failure: exit 0, quietly, whichever command
+    was writing. Neither layer lets the BrokenPipeError through: rich's console turns it
+    into SystemExit(1) (``Console.on_broken_pipe``) and click's ``main`` catches any EPIPE
+    and calls ``sys.exit(1)``, each inside its ``except``, so the SystemExit carries the
+    BrokenPipeError as its context."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # raised outside click (the help of `portwatch` alone)
+        return _stdout_closed()
+    except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):
+            return _stdout_closed()
+        raise
+
+
+def _stdout_closed() -> int:
+    """Point stdout at devnull so the interpreter's final flush of what is still
+    buffered does not fail again (an "Exception ignored" line and exit 120), then exit 0:
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe"""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: nothing flushes to fd 1
+        return 0
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    return 0
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
                  standalone_mode=False)
@@ -97,8 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("portwatch: interrupted", markup=False)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None:

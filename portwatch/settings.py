@@ -219,7 +219,39 @@ class Settings:
             who = (sources or {}).get("engine") or "--engine"
             raise SettingsError(f"{who} must be {', '.join(TCP_CHOICES[:-1])} or "
                                 f"{TCP_CHOICES[-1]}, not {self.engine!r}")
+        self._validate_port_specs(sources or {})
         self._validate_files_and_fences()
+
+    def _validate_port_specs(self, sources: Mapping[str, str]) -> None:
+        """The TCP ports and the UDP choice, read by the parser ``scan`` uses
+        (``producers.targets.parse_ports``), so every command (and `portwatch settings`)
+        refuses PORTWATCH_PORTS=0 or PORTWATCH_UDP=top0 in one line, not only scan. A
+        flag's error keeps scan's wording (``portwatch.assembly``); topN is checked for
+        its range only here (its ports are read from nmap-services when scanning)."""
+        from producers.targets import TargetError, parse_ports
+
+        who = sources.get("ports")
+        try:
+            parse_ports(self.ports)
+        except TargetError as exc:
+            raise SettingsError(f"{who}: {exc}" if who else str(exc)) from None
+        who = sources.get("udp")
+        text = self.udp.strip().lower()
+        if text in ("none", "no", "off", ""):
+            return
+        if text.startswith("top"):
+            digits = text[3:] or "1000"
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 6 \
+                    or not 1 <= int(digits) <= 65_535:
+                problem = "topN needs 1 <= N <= 65,535 (or use none or a port spec)"
+                shown = self.udp[:40] + ("..." if len(self.udp) > 40 else "")
+                raise SettingsError(f"{who}: {problem}" if who
+                                    else f"bad --udp {shown!r}: {problem}")
+            return
+        try:
+            parse_ports(text)
+        except TargetError as exc:
+            raise SettingsError(f"{who or '--udp'}: {exc} (or top1000, topN, none)") from None
 
     def _validate_files_and_fences(self) -> None:
         """The scope fence and the TLS trust store, checked here so every command (and

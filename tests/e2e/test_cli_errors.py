@@ -117,6 +117,45 @@ def test_bad_setting_in_the_environment_is_refused(store_dir: Path) -> None:
     assert not store_dir.exists()
 
 
+@pytest.mark.parametrize(("env", "message"), [
+    pytest.param({"PORTWATCH_PORTS": "0"},
+                 "PORTWATCH_PORTS='0': bad port spec '0': ports are 1-65535", id="ports-zero"),
+    pytest.param({"PORTWATCH_PORTS": "22,http"},
+                 "PORTWATCH_PORTS='22,http': bad port spec '22,http': 'http' is not a port "
+                 "or range (both ends required, e.g. 1-1024)", id="ports-name"),
+    pytest.param({"PORTWATCH_UDP": "top0"},
+                 "PORTWATCH_UDP='top0': topN needs 1 <= N <= 65,535 (or use none or a port "
+                 "spec)", id="udp-top-zero"),
+    pytest.param({"PORTWATCH_UDP": "bogus"},
+                 "PORTWATCH_UDP='bogus': bad port spec 'bogus': 'bogus' is not a port or "
+                 "range (both ends required, e.g. 1-1024) (or top1000, topN, none)",
+                 id="udp-spec"),
+    pytest.param({"PORTWATCH_UDP": "0"},
+                 "PORTWATCH_UDP='0': bad port spec '0': ports are 1-65535 (or top1000, topN, "
+                 "none)", id="udp-port-zero"),
+])
+def test_portwatch_settings_refuses_a_bad_port_spec_in_the_environment(
+        env: dict[str, str], message: str) -> None:
+    # When `portwatch settings` runs with a port spec scan would refuse
+    result = run_cli("settings", env=env, timeout=60)
+    # Then it refuses it too, as it refuses PORTWATCH_TIMEOUT=nan: one line naming the
+    # variable, exit 2, no listing
+    assert_refused(result, message)
+    assert result.stderr == f"portwatch: error: {message}\n"
+
+
+@pytest.mark.parametrize("env", [{"PORTWATCH_UDP": "top100"}, {"PORTWATCH_UDP": "none"},
+                                 {"PORTWATCH_UDP": "53,161"}, {"PORTWATCH_PORTS": "all"}],
+                         ids=["udp-top100", "udp-none", "udp-spec", "ports-all"])
+def test_portwatch_settings_lists_a_good_port_spec_in_the_environment(
+        env: dict[str, str]) -> None:
+    result = run_cli("settings", env=env, timeout=60)
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    (variable, value), = env.items()
+    assert f", now {value!r} from {variable}:" in result.stdout
+
+
 def test_targets_outside_the_scope_fence_are_refused(store_dir: Path) -> None:
     # Given a fence narrower than the target, when scanned, then refused and nothing written
     result = run_cli("scan", "--ports", "22", "127.0.0.0/30", store=f"chdb://{store_dir}",

@@ -273,7 +273,8 @@ def test_portwatch_settings_refuses_a_bad_environment(monkeypatch: pytest.Monkey
 
 @settings(max_examples=300)
 @given(env=st.sampled_from(["PORTWATCH_CONCURRENCY", "PORTWATCH_TIMEOUT", "PORTWATCH_TLS",
-                            "PORTWATCH_RATE", "PORTWATCH_ENGINE"]),
+                            "PORTWATCH_RATE", "PORTWATCH_ENGINE", "PORTWATCH_PORTS",
+                            "PORTWATCH_UDP"]),
        # no NUL in an environment; no lone surrogate but an undecodable byte's (below):
        # os.environ holds no other (it cannot even be set to one)
        raw=st.text(st.characters(blacklist_characters="\x00",

@@ -1,0 +1,95 @@
+"""A reader that leaves early (``portwatch settings | head -1``) through the real
+``portwatch`` command: exit 0 and nothing on stderr, whichever command was writing, so
+scripts under ``set -o pipefail`` see no failure.
+
+Nothing here is scanned: the commands only list settings, help or a scratch store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# One page: the reader leaves while the command still has output to write (each of the
+# first-line tests writes more than a page after its first line), so a write meets a
+# closed pipe every time, not only when the reader happens to be quick.
+PIPE_BYTES = 4096
+
+_SEED_ACCEPTANCES = """
+import sys
+from datetime import UTC, datetime
+from portwatch.alerts.accepted import accept
+from stream_processors.store import Store
+db = Store.from_url(sys.argv[1])
+for port in range(1, 31):
+    accept(db, "127.0.0.1", "tcp", port, note="reviewed " + "x" * 400, by="tester",
+           until=None, now=datetime.now(UTC))
+db.close()
+"""
+
+
+def first_line_then_close(*args: str) -> tuple[bytes, int, str]:
+    """Run ``portwatch ARGS`` into a pipe of one page, read its first line, close the
+    pipe; (that line, the exit code, stderr)."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):  # Linux: F_SETPIPE_SZ
+        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    env = {**os.environ, "COLUMNS": "250"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "portwatch", *args], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb", buffering=0) as reader:
+        line = reader.readline()  # unbuffered: this line only, the rest stays unread
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return line, proc.returncode, stderr
+
+
+def test_settings_into_a_pipe_closed_early_exits_0_quietly() -> None:
+    line, code, stderr = first_line_then_close("settings")
+    assert line == b"[store]\n"
+    assert code == 0, stderr
+    assert stderr == ""
+
+
+def test_accept_list_into_a_pipe_closed_early_exits_0_quietly(tmp_path: Path) -> None:
+    # Given a store with 30 acceptances (about 13 kB of listing)
+    store = f"chdb://{tmp_path / 'store'}"
+    seeded = subprocess.run([sys.executable, "-c", _SEED_ACCEPTANCES, store],
+                            capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert seeded.returncode == 0, seeded.stderr
+    # When its listing goes to a reader that leaves after one line
+    line, code, stderr = first_line_then_close("accept", "--list", "--store", store)
+    # Then the command stops there, exit 0, nothing on stderr
+    assert line.startswith(b"127.0.0.1:"), line
+    assert b" reviewed xxx" in line
+    assert code == 0, stderr
+    assert stderr == ""
+
+
+@pytest.mark.parametrize("args", [["settings"], ["accept", "--help"], []],
+                         ids=["settings", "command-help", "help-printed-by-main"])
+def test_a_pipe_closed_before_the_first_write_exits_0_quietly(args: list[str]) -> None:
+    # (`portwatch` alone: main() prints the help itself, outside click's error handling)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        proc = subprocess.run([sys.executable, "-m", "portwatch", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
