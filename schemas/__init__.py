@@ -40,7 +40,12 @@ _CARRIED_COUNTS_SQL = (
     "countIf(l.is_scored AND l.risk_color = 'red') AS red, "
     "countIf(l.is_scored AND l.risk_color = 'yellow') AS yellow, "
     "countIf(l.is_scored AND l.risk_color = 'green') AS green, count() AS open_ports "
-    "FROM {rows} AS c INNER JOIN ("
+    # a port a shard of the same scan saw is counted as seen, never carried as well (a
+    # host's shards compared one at a time carry each other's ports)
+    "FROM (SELECT * FROM {rows} WHERE (target, ip, scan_id, proto, port) NOT IN ("
+    "SELECT target, ip, scan_id, proto, port FROM port_observations "
+    "WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM {rows}))) AS c "
+    "INNER JOIN ("
     "SELECT target, ip, proto, port, toString(risk_color) AS risk_color, "
     "(is_cdn_expected = 0 AND state = 'open') AS is_scored FROM port_latest FINAL "
     "WHERE (target, ip, proto, port) IN (SELECT target, ip, proto, port FROM {rows})"

@@ -597,28 +597,31 @@ ORDER BY (target, ip, proto, port);
 CREATE MATERIALIZED VIEW IF NOT EXISTS ports_carried_mv TO ports_carried AS
 SELECT target, ip, proto, port, scan_id, finished_at FROM carried_history;
 
--- The risk chart's rows (schemas/web/risk_history.sql, risk_days.sql): per address and
--- day, the raw score of its last scan that day (the Summary's formula over what the scan
--- saw and carried), and per day and organization the sum and maximum of those scores.
--- Kept by stream_processors/risk_days.py from the host scans risk_dirty names (at a scan's
--- end, when the sink's hold empties, and before a chart is read), so the chart reads the
--- window's days, never the raw observations: its cost does not grow with their size.
--- Not pruned with the raw rows (the chart keeps its history).
-CREATE TABLE IF NOT EXISTS host_day_scores
+-- The risk chart's rows (schemas/web/risk_history.sql, risk_days.sql): per host scan,
+-- its raw score (the Summary's formula over what the scan saw and carried) on the day its
+-- last shard ended, and per day and organization the sum and maximum of the scores of
+-- each address's last scan that day. Kept by stream_processors/risk_days.py from the
+-- host scans risk_dirty names (at a scan's end, when the sink's hold empties, and when the
+-- web app starts), so the chart reads the window's days, never the raw observations: its
+-- cost does not grow with their size. A scan's row is keyed by the scan, so a later
+-- shard that ends on the next day moves it there. Not pruned with the raw rows (the chart
+-- keeps its history).
+CREATE TABLE IF NOT EXISTS scan_scores
 (
     target        String,
     ip            String,
+    scan_id       String,
     day           Date,
     finished_at   DateTime64(3, 'UTC'),
-    scan_id       String,
     organization  LowCardinality(String),
     hostname      String,
     asset         String,
-    raw_score     UInt32
+    raw_score     UInt32,
+    computed_at   DateTime64(3, 'UTC')
 )
-ENGINE = ReplacingMergeTree(finished_at)
+ENGINE = ReplacingMergeTree(computed_at)
 PARTITION BY toYYYYMM(day)
-ORDER BY (target, ip, day);
+ORDER BY (target, ip, scan_id);
 
 CREATE TABLE IF NOT EXISTS risk_days
 (

@@ -1,84 +1,113 @@
-"""The risk chart's rows: per address and day, and per day and organization.
+"""The risk chart's rows: per host scan, and per day and organization.
 
 Owns: ``refresh_risk_days`` (the host scans ``risk_dirty`` noted since the last refresh
-(its views note a scan for each host-scan record, observation or carried port stored) ->
-their rows of ``host_day_scores`` -> the ``risk_days`` rows of the days they touched ->
-the noted rows forgotten) and ``RISK_DAYS_MIGRATION``, the same steps over every stored
-host scan (layout 17).
+-- its views note a scan for each host-scan record, observation or carried port stored --
+-> their rows of ``scan_scores`` -> the ``risk_days`` rows of the days those scans lie on,
+now or before -> the noted rows forgotten) and ``migrate_risk_days``, the same over every
+stored host scan, a month at a time (layout 17).
 
 Why: the Summary page's 90-day chart computed every address's score of every day from the
-raw observations at each view: 0.8 s at 100,000 hosts x 3 days, ~3 s at 10,000 x 90 and
+raw observations at each view: 0.9 s at 100,000 hosts x 3 days, 2.6 s at 10,000 x 90 and
 growing with the history (BENCHMARKS.md). Its rows are now computed once, for the scans
 stored since the last refresh; the chart reads one row per day and organization
-(``web/risk_days.sql``) or, filtered by target, one per address and day
-(``web/risk_history.sql``).
+(``web/risk_days.sql``) or, filtered by target, the target's scans (``web/risk_history.sql``).
 
 Called where a scan's rows are all in (``Store.compact_page_indexes``: the embedded
-runner's end, the sink when its hold empties) and before a chart is read (the web
-service: what a scan interrupted by Ctrl-C, or rows written by another tool, left). A
-refresh is idempotent: the rows are replaced by key, so two at once, or one repeated
-after a crash, write the same rows.
+runner's end, the sink when its hold empties; the runner after Ctrl-C too) and when the
+web app starts (what another tool left). A refresh is idempotent, and refreshes are one
+at a time in a process; two processes at once (a sink and a web app on one ClickHouse
+server) each write whole days from the days they read once, and each forgets only the
+notes of the scans it computed (or notes a day old whose scan has no record yet), so a
+note made while it ran is never dropped unread.
 
 Must not touch: the raw tables (it only reads them), the reports.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+import threading
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from schemas import history_sql
 
-HOST_DAY_COLUMNS = ("target", "ip", "day", "finished_at", "scan_id", "organization",
-                    "hostname", "asset", "raw_score")
-_COLUMNS = ", ".join(HOST_DAY_COLUMNS)
-_DAYS_OF = ("SELECT DISTINCT day FROM host_day_scores WHERE (target, ip, scan_id) IN "
-            "(SELECT target, ip, scan_id FROM risk_dirty "
-            "WHERE noted_at <= {t:DateTime64(3, 'UTC')})")
-# A day's rows again, per organization: first every organization the day had at zero
-# (one whose addresses all moved to another would otherwise keep its old row), then the
-# day's own, a millisecond later (the version that wins).
+log = logging.getLogger(__name__)
+
+SCAN_SCORE_COLUMNS = ("target", "ip", "scan_id", "day", "finished_at", "organization",
+                      "hostname", "asset", "raw_score", "computed_at")
+_T = "{t:DateTime64(3, 'UTC')}"
+_AT = "{at:DateTime64(3, 'UTC')}"
+_NOTED = f"(SELECT target, ip, scan_id FROM risk_dirty WHERE noted_at <= {_T})"
+_OLD_DAYS = f"SELECT DISTINCT day FROM scan_scores WHERE (target, ip, scan_id) IN {_NOTED}"
+_NEW_DAYS = f"SELECT DISTINCT day FROM scan_scores WHERE computed_at = {_AT}"
+# A day's rows again, per organization: first every organization the day had, at zero (one
+# whose addresses all moved to another would otherwise keep its old row), then the day's
+# own, a millisecond later (the version that wins). Both take the days as read once.
 _ZERO_DAYS = ("INSERT INTO risk_days (day, organization, addresses, score_sum, score_max, "
-              "refreshed_at) SELECT day, organization, 0, 0, 0, {at:DateTime64(3, 'UTC')} "
-              f"FROM risk_days FINAL WHERE day IN ({_DAYS_OF})")
+              f"refreshed_at) SELECT day, organization, 0, 0, 0, {_AT} "
+              "FROM risk_days FINAL WHERE day IN {days:Array(Date)}")
 _DAY_ROWS = ("INSERT INTO risk_days (day, organization, addresses, score_sum, score_max, "
-             "refreshed_at) "
-             "SELECT day, organization, count(), sum(score), max(score), "
-             "{at:DateTime64(3, 'UTC')} + toIntervalMillisecond(1) "
-             "FROM (SELECT day, organization, round(100 * (1 - exp(-raw_score / 40)), 1) AS "
-             f"score FROM host_day_scores FINAL WHERE day IN ({_DAYS_OF})) "
-             "GROUP BY day, organization")
-_FORGET = ("ALTER TABLE risk_dirty DELETE WHERE noted_at <= {t:DateTime64(3, 'UTC')} "
+             f"refreshed_at) SELECT day, organization, count(), sum(score), max(score), "
+             f"{_AT} + toIntervalMillisecond(1) FROM ("
+             # each address's last scan of the day: its organization then, and its score
+             # (FINAL: a scan computed again replaces its row, maybe on another day)
+             "SELECT day, target, ip, argMax(organization, finished_at) AS organization, "
+             "round(100 * (1 - exp(-argMax(raw_score, finished_at) / 40)), 1) AS score "
+             "FROM scan_scores FINAL WHERE day IN {days:Array(Date)} "
+             "GROUP BY day, target, ip) GROUP BY day, organization")
+# The notes of the scans this refresh computed, and notes a day old whose scan has no
+# record (findings of a host whose record never came; its record, when it comes, notes
+# it again). A note of a scan not visible when the refresh read stays for the next.
+_FORGET = (f"ALTER TABLE risk_dirty DELETE WHERE noted_at <= {_T} AND ("
+           f"(target, ip, scan_id) IN (SELECT target, ip, scan_id FROM scan_scores "
+           f"WHERE computed_at = {_AT}) OR noted_at < {_T} - toIntervalDay(1)) "
            "SETTINGS mutations_sync = 1")
 
+def _scores_sql() -> str:
+    """The noted scans' rows (history/risk_scores.sql), versioned by the refresh."""
+    return (f"INSERT INTO scan_scores ({', '.join(SCAN_SCORE_COLUMNS)}) "
+            f"SELECT *, {_AT} FROM ({history_sql('risk_scores')})")
 
-def _statements() -> list[str]:
-    return [f"INSERT INTO host_day_scores ({_COLUMNS}) {history_sql('risk_scores')}",
-            _ZERO_DAYS, _DAY_ROWS, _FORGET]
+
+_REFRESHING = threading.Lock()  # one refresh at a time in a process (the sink, the web)
 
 
 def refresh_risk_days(store: Any) -> bool:
-    """Bring ``host_day_scores`` and ``risk_days`` up to the host scans stored so far;
-    False when there was nothing to do (one cheap read)."""
-    (noted, upto), = store.query("SELECT count(), max(noted_at) FROM risk_dirty")
-    if not noted:
-        return False
-    # Everything noted up to the latest row seen now; rows noted meanwhile wait for the
-    # next refresh (the forget step spares them: they are later).
-    at: datetime = store.query("SELECT now64(3, 'UTC')")[0][0]
-    params = {"t": upto, "at": max(at, upto + timedelta(milliseconds=1))}
-    for sql in _statements():
-        store.command(sql, params)
-    return True
+    """Bring ``scan_scores`` and ``risk_days`` up to the host scans stored so far; False
+    when there was nothing to do (one cheap read). ``store``: anything with ``query`` and
+    ``command`` taking bound parameters (a ``Store``)."""
+    with _REFRESHING:
+        (noted, upto), = store.query("SELECT count(), max(noted_at) FROM risk_dirty")
+        if not noted:
+            return False
+        # Everything noted up to the latest note seen now; notes made meanwhile wait for
+        # the next refresh. ``at`` versions this refresh's rows: after any note it reads.
+        now: datetime = store.query("SELECT now64(3, 'UTC')")[0][0]
+        params: dict[str, Any] = {"t": upto, "at": max(now, upto + timedelta(milliseconds=1))}
+        # the days the noted scans lie on before (a later shard can move a scan to the
+        # next day: the day it leaves is counted again) and after
+        days: set[date] = {r[0] for r in store.query(_OLD_DAYS, params)}
+        store.command(_scores_sql(), params)
+        days |= {r[0] for r in store.query(_NEW_DAYS, params)}
+        if days:
+            by_day = {**params, "days": sorted(days)}
+            store.command(_ZERO_DAYS, by_day)
+            store.command(_DAY_ROWS, by_day)
+        store.command(_FORGET, params)
+        return True
 
 
-# Layout 16 -> 17: every stored host scan noted, then refreshed (the same statements,
-# with a cut-off after anything stored).
-_ALL = "toDateTime64('2200-01-01 00:00:00', 3, 'UTC')"
-RISK_DAYS_MIGRATION: tuple[str, ...] = (
-    "INSERT INTO risk_dirty (target, ip, scan_id, noted_at) "
-    "SELECT DISTINCT target, ip, scan_id, now64(3, 'UTC') FROM host_scans",
-    *(sql.replace("{t:DateTime64(3, 'UTC')}", _ALL)
-         .replace("{at:DateTime64(3, 'UTC')}", "now64(3, 'UTC')")
-      for sql in _statements()),
-)
+def migrate_risk_days(store: Any) -> None:
+    """Layout 16 -> 17: every stored host scan noted and refreshed, a month of scans at a
+    time (a year of 100,000 daily hosts is never one statement's working set)."""
+    months = [r[0] for r in store.query(
+        "SELECT DISTINCT toStartOfMonth(finished_at) AS month FROM host_scans ORDER BY month")]
+    if months:  # seconds per month of a large estate: said, once
+        log.warning("upgrading the store: computing the risk chart's history once, "
+                    "%d month(s) of scans", len(months))
+    for month in months:
+        store.command("INSERT INTO risk_dirty (target, ip, scan_id, noted_at) "
+                      "SELECT DISTINCT target, ip, scan_id, now64(3, 'UTC') FROM host_scans "
+                      "WHERE toStartOfMonth(finished_at) = {month:Date}", {"month": month})
+        refresh_risk_days(store)

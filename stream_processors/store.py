@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
 from schemas.records import Finding, HostScan, ProbeStatus
-from stream_processors.risk_days import RISK_DAYS_MIGRATION, refresh_risk_days
+from stream_processors.risk_days import migrate_risk_days, refresh_risk_days
 from stream_processors.store_rows import (
     CERTIFICATE_COLUMNS,
     HOST_SCAN_COLUMNS,
@@ -72,7 +72,7 @@ def _ddl_statement(name: str) -> str:
 # upgrade of portwatch. Each step is additive and idempotent (a crash half-way re-runs
 # it); a layout with no path to SCHEMA_VERSION is refused as before. The DDL runs first
 # and creates what is missing, so a step only adds columns or backfills.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # 9 -> 10: host scans keep their shard's coverage (change recovery). Older rows read
     # as covering nothing, so a recovered old record closes nothing.
     9: ("ALTER TABLE host_scans ADD COLUMN IF NOT EXISTS proto LowCardinality(String), "
@@ -134,9 +134,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Its view writes the same rows back into ports_carried, where they merge away.
     15: ("INSERT INTO carried_history (target, ip, scan_id, proto, port, finished_at) "
          "SELECT target, ip, scan_id, proto, port, finished_at FROM ports_carried FINAL",),
-    # 16 -> 17: the risk chart's rows (host_day_scores, risk_days), computed once for
-    # every stored host scan (stream_processors/risk_days.py).
-    16: RISK_DAYS_MIGRATION,
+    # 16 -> 17: the risk chart's rows (scan_scores, risk_days), computed once for every
+    # stored host scan, a month at a time (stream_processors/risk_days.py).
+    16: (migrate_risk_days,),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -151,6 +151,22 @@ BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
 # One row per port / host / TLS port, kept by materialized views: what the report pages
 # rank and page over (``compact_page_indexes``).
 PAGE_INDEXES = ("port_latest", "host_latest", "tls_latest")
+
+class _ClientOps:
+    """``query``/``command`` with bound parameters straight on a client, for a migration
+    step written in Python (the store's lock is held by ``ensure_schema``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None
+              ) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._client.query(
+            sql, parameters=dict(parameters or {})).result_rows]
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self._client.command(sql, parameters=dict(parameters or {}))
+
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used; the message is one line for the user.
@@ -591,8 +607,11 @@ class Store:
             for statement in ddl_statements():
                 self._client.command(statement)
             for version in upgrade:
-                for statement in MIGRATIONS[version]:
-                    self._client.command(statement)
+                for step in MIGRATIONS[version]:
+                    if callable(step):  # a step in Python (its lock is held here)
+                        step(_ClientOps(self._client))
+                    else:
+                        self._client.command(step)
                 self._client.command(f"INSERT INTO schema_version VALUES ({version + 1})")
             if "findings" not in existing:
                 self._client.command(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
@@ -656,6 +675,16 @@ class Store:
                 "GROUP BY table", parameters={"tables": list(tables)}).result_rows
         return {str(table): int(parts) for table, parts in rows}
 
+    def refresh_risk_rows(self) -> None:
+        """``risk_days.refresh_risk_days``, said in one warning line when it fails: only
+        the chart waits (its rows are refreshed at the next scan's end or web start),
+        never a scan's end, its change events or its alerts."""
+        try:
+            refresh_risk_days(self)
+        except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+            log.warning("could not bring the risk chart's rows up to date (the chart shows "
+                        "what was refreshed before): %s", _engine_first_line(exc)[:300])
+
     def compact_page_indexes(self) -> list[str]:
         """Bring the risk chart's rows up to date (``risk_days.refresh_risk_days``), merge
         each page index (``PAGE_INDEXES``) left in more than one part into one, and return
@@ -665,7 +694,7 @@ class Store:
         merges took 1.2 s; BENCHMARKS.md). Called where a scan's rows are all in: the
         embedded runner's end, the sink when its hold empties (at most every few minutes).
         """
-        refresh_risk_days(self)  # the risk chart's rows of what was stored, too
+        self.refresh_risk_rows()  # the risk chart's rows of what was stored, too
         several = sorted(t for t, parts in self.active_parts(PAGE_INDEXES).items() if parts > 1)
         merged: list[str] = []
         with self._lock:

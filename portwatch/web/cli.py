@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import logging
 import re
 import secrets
 import sys
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from portwatch.console import one_line
 from schemas.bounded import is_digits
 
 if TYPE_CHECKING:
@@ -35,8 +33,6 @@ TOKEN_ENV = "PORTWATCH_WEB_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 MIN_TOKEN_LENGTH = 16
-
-log = logging.getLogger(__name__)
 
 
 class BindError(ValueError):
@@ -111,20 +107,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def refresh_chart_rows(db: Store) -> None:
-    """The risk chart's rows of what a scan stored without refreshing them (one stopped by
-    Ctrl-C, rows another tool wrote) before the pages serve them: the pages themselves
-    only read (``risk_days.refresh_risk_days``). A store that refuses the write (a
-    read-only user) is one line: the chart then shows what was refreshed."""
-    from stream_processors.risk_days import refresh_risk_days
-
-    try:
-        refresh_risk_days(db)
-    except Exception as exc:  # noqa: BLE001 - the drivers raise many types
-        log.warning("the risk chart's rows could not be brought up to date (it shows what "
-                    "the last scan's end computed): %s", one_line(exc))
-
-
 def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,
             cookie_secure: bool = False,
             trusted_proxies: frozenset[str] = frozenset(),
@@ -139,7 +121,10 @@ def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,
     from portwatch.web.service import ReportService
 
     check_bind(host, token)
-    refresh_chart_rows(db)
+    # the risk chart's rows of what was stored without a refresh (rows another tool
+    # wrote) before the pages serve them: the pages themselves only read. A store that
+    # refuses the write (a read-only user) is one warning line.
+    db.refresh_risk_rows()
     loopback_only = is_loopback(host) and not token
     allowed = frozenset(allowed_hosts)
     extra = accepted_hosts(host, allowed) if loopback_only or allowed else frozenset()

@@ -1,10 +1,10 @@
--- The rows of host_day_scores for the host scans risk_dirty noted up to {t}: each scan's
+-- The rows of scan_scores for the host scans risk_dirty noted up to {t}: each scan's
 -- raw score with the Summary's formula (summary.sql: raw = 10 x red + 3 x yellow +
 -- 1 x green over its open ports, CDN-expected and UDP open|filtered count zero) over the
 -- ports it saw and those it carried (ddl.sql carried_history: open in the change log, not
 -- covered by a narrower scan), the latter as they were last seen (port_latest), as the
 -- Summary shows them. A scan with no open port scores 0 (it comes from host_scans). Its day
--- is that of its last shard's end. Run by stream_processors/risk_days.py.
+-- is that of its last shard's end (UTC). Run by stream_processors/risk_days.py.
 WITH
     dirty AS (
         SELECT DISTINCT target, ip, scan_id FROM risk_dirty
@@ -31,9 +31,10 @@ WITH
                    (is_cdn_expected = 0 AND state = 'open') AS is_scored
             FROM port_observations FINAL
             WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
-              -- a scan's ports are observed after it starts: the monthly partitions
-              -- (and the parts) of older days are not read
+              -- a scan's ports are observed while it runs (a day's margin for clocks):
+              -- the monthly partitions (and the parts) of other days are not read
               AND observed_at >= (SELECT min(scan_started_at) FROM scans)
+              AND observed_at <= (SELECT max(scan_finished_at) FROM scans) + toIntervalDay(1)
         )
         GROUP BY target, ip, scan_id
     ),
@@ -44,8 +45,8 @@ WITH
     ),
     carried AS (CARRIED_COUNTS(carried_rows))
 SELECT
-    scans.target AS target, scans.ip AS ip, toDate(scans.scan_finished_at) AS day,
-    scans.scan_finished_at AS finished_at, scans.scan_id AS scan_id,
+    scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
+    toDate(scans.scan_finished_at, 'UTC') AS day, scans.scan_finished_at AS finished_at,
     scans.organization AS organization, scans.hostname AS hostname, scans.asset AS asset,
     10 * (counts.red + carried.red) + 3 * (counts.yellow + carried.yellow)
         + counts.green + carried.green AS raw_score

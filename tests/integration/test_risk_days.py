@@ -1,4 +1,4 @@
-"""The risk chart's rows (host_day_scores, risk_days) kept by risk_days.refresh_risk_days
+"""The risk chart's rows (scan_scores, risk_days) kept by risk_days.refresh_risk_days
 on the real store (chdb): what the chart shows equals the Summary's formula over each
 address's last scan of the day, and a refresh only reads what was stored since the last.
 """
@@ -100,3 +100,86 @@ def test_a_finding_stored_after_a_refresh_has_its_scan_computed_again(store: Any
     # Then the next refresh computes the scan again: both ports
     assert refresh_risk_days(store) is True
     assert chart(store) == [(NOW.date(), 24.0, 24.0, 1)]
+
+
+def test_a_scan_whose_last_shard_ends_the_next_day_moves_to_that_day(store: Any) -> None:
+    # Given a host scanned yesterday with nothing open (0.0), then a scan whose first
+    # shard ended yesterday at 23:59 with a red port, refreshed then (the sink's hold
+    # emptied), and whose second shard ends today at 00:02 with a green one
+    midnight = NOW.replace(hour=0, minute=0, second=0)
+    store.insert_host_scans([HostScan("s0", WEB, midnight - timedelta(hours=12),
+                                      midnight - timedelta(hours=12), 65535, 0)])
+    first, second = midnight - timedelta(minutes=1), midnight + timedelta(minutes=2)
+
+    def shard(n: int, at: datetime, port: int, color: RiskColor) -> None:
+        store.insert_findings([Finding(port=OpenPort(scan_id="s1", target=WEB, port=port,
+                                                     observed_at=at),
+                                       service=ServiceInfo(service="x"), risk_color=color)])
+        store.insert_host_scans([HostScan("s1", WEB, at, at, 1, 1, shard_id=f"s1:{n}")])
+
+    shard(0, first, 6379, RiskColor.RED)
+    refresh_risk_days(store)
+    assert chart(store) == [(first.date(), 22.1, 22.1, 1)]
+    shard(1, second, 80, RiskColor.GREEN)
+    # When the next refresh runs
+    refresh_risk_days(store)
+    # Then the scan counts on the day its last shard ended, with both ports, and the day
+    # it left is its last scan there again (the old per-view chart's answer)
+    assert chart(store) == [(first.date(), 0.0, 0.0, 1), (second.date(), 24.0, 24.0, 1)]
+
+
+def test_a_port_both_seen_and_carried_by_one_scan_counts_once(store: Any) -> None:
+    from schemas import history_sql
+    from stream_processors.history import CARRIED_COLUMNS
+
+    # Given a scan that saw a red port, and whose other shard's comparison carried that
+    # same port (a host's shards compared one at a time carry each other's ports)
+    scanned(store, DB, "s1", NOW, (RiskColor.RED,))
+    store.insert_rows("carried_history", CARRIED_COLUMNS,
+                      [[DB.target, DB.ip, "tcp", 1000, "s1", NOW]])
+    # Then its score counts the port once, in the per-target page and in the chart
+    [row] = store.select("scores", history_sql("target_scores"),
+                         {"target": DB.target, "ip": DB.ip}).dicts()
+    assert (row["open_ports"], row["red"], row["risk_score"]) == (1, 1, 22.1)
+    refresh_risk_days(store)
+    assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]
+
+
+def test_a_refresh_that_read_its_days_before_another_forgot_them_still_writes_them(
+        store: Any) -> None:
+    """Two refreshes at once on one ClickHouse server (a sink and a web app: two
+    processes). R2 read its days, wrote their zero rows; meanwhile R1 computed the same
+    day and forgot the notes; then R2 writes the day's rows from the days it read, never
+    from the notes R1 forgot (before: nothing, and R2's zero rows hid the day for good)."""
+    from stream_processors.risk_days import _DAY_ROWS, _ZERO_DAYS
+
+    scanned(store, WEB, "s1", NOW, (RiskColor.RED,))
+    refresh_risk_days(store)  # R1, whole: the notes are forgotten
+    later = {"days": [NOW.date()], "at": NOW + timedelta(hours=1)}
+    store.command(_ZERO_DAYS, later)  # R2's zero rows, newer than R1's
+    assert chart(store) == []
+    store.command(_DAY_ROWS, later)  # R2's day rows
+    assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]
+
+
+def test_a_refresh_that_fails_is_one_warning_and_never_fails_the_scans_end(
+        store: Any, caplog: Any) -> None:
+    import logging
+
+    # Given a scan stored, and a store that refuses the refresh (its day table renamed
+    # away: a real engine error, as a missing grant or a memory limit would be)
+    scanned(store, WEB, "s1", NOW, (RiskColor.RED,))
+    store.command("RENAME TABLE risk_days TO risk_days_away")
+    try:
+        # When a scan's end merges the page indexes (which refreshes the chart's rows)
+        with caplog.at_level(logging.WARNING, logger="stream_processors.store"):
+            store.compact_page_indexes()
+        # Then it returns, and says why in one line; the notes wait for the next refresh
+        [record] = [r for r in caplog.records if "risk chart" in r.getMessage()]
+        assert "\n" not in record.getMessage() and "risk_days" in record.getMessage()
+        assert store.query("SELECT count() > 0 FROM risk_dirty") == [(1,)]
+    finally:
+        store.command("RENAME TABLE risk_days_away TO risk_days")
+    # And the next refresh computes it
+    store.refresh_risk_rows()
+    assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]

@@ -658,7 +658,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("DROP TABLE carried_history")
     for view in ("risk_dirty_mv", "risk_dirty_observations_mv", "risk_dirty_carried_mv"):
         old.command(f"DROP VIEW {view}")  # (layout 17)
-    for table in ("risk_dirty", "host_day_scores", "risk_days"):
+    for table in ("risk_dirty", "scan_scores", "risk_days"):
         old.command(f"DROP TABLE {table}")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
@@ -687,7 +687,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         assert db.query("SELECT count() FROM ports_carried") == [(0,)]
         assert db.query("SELECT count() FROM carried_history") == [(0,)]
         # and the risk chart has the old scan's day (layout 17), nothing left to refresh
-        assert db.query("SELECT ip, scan_id, raw_score FROM host_day_scores") == [
+        assert db.query("SELECT ip, scan_id, raw_score FROM scan_scores") == [
             ("127.0.0.1", "s1", 3)]
         assert db.query("SELECT addresses, score_max FROM risk_days FINAL") == [(1, 7.2)]
         assert db.query("SELECT count() FROM risk_dirty") == [(0,)]
