@@ -28,9 +28,11 @@ def ddl_statements() -> tuple[str, ...]:
 _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
-_CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+)\)")
-# ``CARRIED_COUNTS(rows)``: per (target, ip, scan_id) of ``rows`` (a CTE of carried_history's
-# target, ip, scan_id, proto, port), its carried ports' red / yellow / green counts and
+_CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+), (\w+)\)")
+# ``CARRIED_COUNTS(rows, seen)``: per (target, ip, scan_id) of ``rows`` (a CTE of
+# carried_history's target, ip, scan_id, proto, port; ``seen``, one of the ports those
+# scans saw, read by the caller within its bounds), its carried ports' red / yellow /
+# green counts and
 # their number, as they were last seen (port_latest: as the Summary shows them), scored as
 # the Summary scores (CDN-expected and UDP open|filtered count zero). Only the carried
 # ports' rows of port_latest are read (none when nothing was carried). The score after
@@ -43,8 +45,7 @@ _CARRIED_COUNTS_SQL = (
     # a port a shard of the same scan saw is counted as seen, never carried as well (a
     # host's shards compared one at a time carry each other's ports)
     "FROM (SELECT * FROM {rows} WHERE (target, ip, scan_id, proto, port) NOT IN ("
-    "SELECT target, ip, scan_id, proto, port FROM port_observations "
-    "WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM {rows}))) AS c "
+    "SELECT target, ip, scan_id, proto, port FROM {seen})) AS c "
     "INNER JOIN ("
     "SELECT target, ip, proto, port, toString(risk_color) AS risk_color, "
     "(is_cdn_expected = 0 AND state = 'open') AS is_scored FROM port_latest FINAL "
@@ -83,7 +84,8 @@ def _expanded(sql: str) -> str:
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
-    sql = _CARRIED_COUNTS.sub(lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1)), sql)
+    sql = _CARRIED_COUNTS.sub(
+        lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 

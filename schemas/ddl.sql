@@ -603,9 +603,10 @@ SELECT target, ip, proto, port, scan_id, finished_at FROM carried_history;
 -- each address's last scan that day. Kept by stream_processors/risk_days.py from the
 -- host scans risk_dirty names (at a scan's end, when the sink's hold empties, and when the
 -- web app starts), so the chart reads the window's days, never the raw observations: its
--- cost does not grow with their size. A scan's row is keyed by the scan, so a later
--- shard that ends on the next day moves it there. Not pruned with the raw rows (the chart
--- keeps its history).
+-- cost does not grow with their size. Keyed by day first: a refresh rewrites the days it
+-- touched and reads no other (FINAL prunes by the key). A later shard that ends on the
+-- next day moves a scan there: its row on the earlier day is deleted (is_deleted). Not
+-- pruned with the raw rows (the chart keeps its history).
 CREATE TABLE IF NOT EXISTS scan_scores
 (
     target        String,
@@ -617,11 +618,14 @@ CREATE TABLE IF NOT EXISTS scan_scores
     hostname      String,
     asset         String,
     raw_score     UInt32,
-    computed_at   DateTime64(3, 'UTC')
+    computed_at   DateTime64(3, 'UTC'),
+    is_deleted    UInt8 DEFAULT 0,  -- 1: the scan moved to a later day (a later shard)
+    -- a target's chart skips the granules of other addresses (the key is by day first)
+    INDEX ip_bloom ip TYPE bloom_filter GRANULARITY 1
 )
-ENGINE = ReplacingMergeTree(computed_at)
+ENGINE = ReplacingMergeTree(computed_at, is_deleted)
 PARTITION BY toYYYYMM(day)
-ORDER BY (target, ip, scan_id);
+ORDER BY (day, target, ip, scan_id);
 
 CREATE TABLE IF NOT EXISTS risk_days
 (

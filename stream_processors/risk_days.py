@@ -13,12 +13,14 @@ stored since the last refresh; the chart reads one row per day and organization
 (``web/risk_days.sql``) or, filtered by target, the target's scans (``web/risk_history.sql``).
 
 Called where a scan's rows are all in (``Store.compact_page_indexes``: the embedded
-runner's end, the sink when its hold empties; the runner after Ctrl-C too) and when the
-web app starts (what another tool left). A refresh is idempotent, and refreshes are one
-at a time in a process; two processes at once (a sink and a web app on one ClickHouse
-server) each write whole days from the days they read once, and each forgets only the
-notes of the scans it computed (or notes a day old whose scan has no record yet), so a
-note made while it ran is never dropped unread.
+runner's end, the sink when its hold empties; not after Ctrl-C) and when the web app
+starts (what a stopped scan or another tool left). A refresh is idempotent, and refreshes
+are one at a time in a process. It reads the days it rewrites once (every day a shard of
+its scans ended on, by host_scans' key), and the day rows it writes come from that list,
+never from the notes another refresh may have forgotten meanwhile. Known limit, two
+processes on one ClickHouse server (a sink and a web app): a note made by a slow insert
+that becomes visible after a refresh read its cut-off, for a scan it also computes, is
+forgotten with it; the scan is computed again when its next row is stored.
 
 Must not touch: the raw tables (it only reads them), the reports.
 """
@@ -39,8 +41,18 @@ SCAN_SCORE_COLUMNS = ("target", "ip", "scan_id", "day", "finished_at", "organiza
 _T = "{t:DateTime64(3, 'UTC')}"
 _AT = "{at:DateTime64(3, 'UTC')}"
 _NOTED = f"(SELECT target, ip, scan_id FROM risk_dirty WHERE noted_at <= {_T})"
-_OLD_DAYS = f"SELECT DISTINCT day FROM scan_scores WHERE (target, ip, scan_id) IN {_NOTED}"
-_NEW_DAYS = f"SELECT DISTINCT day FROM scan_scores WHERE computed_at = {_AT}"
+# Every day a shard of a noted scan ended on: the days its row may lie on now or lay on
+# before (a later shard moves a scan to its day), read by host_scans' key.
+_DAYS = ("SELECT DISTINCT toDate(finished_at, 'UTC') FROM host_scans "
+         f"WHERE (target, ip, scan_id) IN {_NOTED}")
+# A noted scan's row on a day before its last shard's: deleted (the scan moved on).
+_MOVED = ("INSERT INTO scan_scores (target, ip, scan_id, day, finished_at, organization, "
+          "hostname, asset, raw_score, computed_at, is_deleted) "
+          f"SELECT target, ip, scan_id, day, last, '', '', '', 0, {_AT}, 1 FROM ("
+          "SELECT target, ip, scan_id, max(finished_at) AS last, "
+          "groupUniqArray(toDate(finished_at, 'UTC')) AS days FROM host_scans "
+          f"WHERE (target, ip, scan_id) IN {_NOTED} GROUP BY target, ip, scan_id) "
+          "ARRAY JOIN days AS day WHERE day != toDate(last, 'UTC')")
 # A day's rows again, per organization: first every organization the day had, at zero (one
 # whose addresses all moved to another would otherwise keep its old row), then the day's
 # own, a millisecond later (the version that wins). Both take the days as read once.
@@ -51,18 +63,19 @@ _DAY_ROWS = ("INSERT INTO risk_days (day, organization, addresses, score_sum, sc
              f"refreshed_at) SELECT day, organization, count(), sum(score), max(score), "
              f"{_AT} + toIntervalMillisecond(1) FROM ("
              # each address's last scan of the day: its organization then, and its score
-             # (FINAL: a scan computed again replaces its row, maybe on another day)
+             # (FINAL: a scan computed again replaces its row; a moved one is deleted)
              "SELECT day, target, ip, argMax(organization, finished_at) AS organization, "
              "round(100 * (1 - exp(-argMax(raw_score, finished_at) / 40)), 1) AS score "
              "FROM scan_scores FINAL WHERE day IN {days:Array(Date)} "
              "GROUP BY day, target, ip) GROUP BY day, organization")
-# The notes of the scans this refresh computed, and notes a day old whose scan has no
-# record (findings of a host whose record never came; its record, when it comes, notes
-# it again). A note of a scan not visible when the refresh read stays for the next.
+# The notes of the scans this refresh computed (those with a host-scan record), and
+# notes a day old whose scan has none (findings of a host whose record never came; its
+# record, when it comes, notes it again).
 _FORGET = (f"ALTER TABLE risk_dirty DELETE WHERE noted_at <= {_T} AND ("
-           f"(target, ip, scan_id) IN (SELECT target, ip, scan_id FROM scan_scores "
-           f"WHERE computed_at = {_AT}) OR noted_at < {_T} - toIntervalDay(1)) "
+           f"(target, ip, scan_id) IN (SELECT target, ip, scan_id FROM host_scans "
+           f"WHERE (target, ip, scan_id) IN {_NOTED}) OR noted_at < {_T} - toIntervalDay(1)) "
            "SETTINGS mutations_sync = 1")
+
 
 def _scores_sql() -> str:
     """The noted scans' rows (history/risk_scores.sql), versioned by the refresh."""
@@ -85,13 +98,11 @@ def refresh_risk_days(store: Any) -> bool:
         # the next refresh. ``at`` versions this refresh's rows: after any note it reads.
         now: datetime = store.query("SELECT now64(3, 'UTC')")[0][0]
         params: dict[str, Any] = {"t": upto, "at": max(now, upto + timedelta(milliseconds=1))}
-        # the days the noted scans lie on before (a later shard can move a scan to the
-        # next day: the day it leaves is counted again) and after
-        days: set[date] = {r[0] for r in store.query(_OLD_DAYS, params)}
+        days: list[date] = sorted(r[0] for r in store.query(_DAYS, params))
         store.command(_scores_sql(), params)
-        days |= {r[0] for r in store.query(_NEW_DAYS, params)}
+        store.command(_MOVED, params)
         if days:
-            by_day = {**params, "days": sorted(days)}
+            by_day = {**params, "days": days}
             store.command(_ZERO_DAYS, by_day)
             store.command(_DAY_ROWS, by_day)
         store.command(_FORGET, params)
@@ -100,7 +111,10 @@ def refresh_risk_days(store: Any) -> bool:
 
 def migrate_risk_days(store: Any) -> None:
     """Layout 16 -> 17: every stored host scan noted and refreshed, a month of scans at a
-    time (a year of 100,000 daily hosts is never one statement's working set)."""
+    time (a year of 100,000 daily hosts is never one statement's working set). The notes
+    the upgrade's earlier steps made (layout 16's backfill of carried_history) go first:
+    every scan is noted again, with its month."""
+    store.command("TRUNCATE TABLE risk_dirty")
     months = [r[0] for r in store.query(
         "SELECT DISTINCT toStartOfMonth(finished_at) AS month FROM host_scans ORDER BY month")]
     if months:  # seconds per month of a large estate: said, once

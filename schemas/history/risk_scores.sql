@@ -43,7 +43,14 @@ WITH
         SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
         WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
     ),
-    carried AS (CARRIED_COUNTS(carried_rows))
+    -- the ports the noted scans saw, in the same bounds as counts
+    seen AS (
+        SELECT target, ip, scan_id, proto, port FROM port_observations
+        WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
+          AND observed_at >= (SELECT min(scan_started_at) FROM scans)
+          AND observed_at <= (SELECT max(scan_finished_at) FROM scans) + toIntervalDay(1)
+    ),
+    carried AS (CARRIED_COUNTS(carried_rows, seen))
 SELECT
     scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
     toDate(scans.scan_finished_at, 'UTC') AS day, scans.scan_finished_at AS finished_at,

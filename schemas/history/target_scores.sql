@@ -34,7 +34,11 @@ WITH
         SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
         WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
     ),
-    carried AS (CARRIED_COUNTS(carried_rows))
+    seen AS (
+        SELECT target, ip, scan_id, proto, port FROM port_observations
+        WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+    ),
+    carried AS (CARRIED_COUNTS(carried_rows, seen))
 SELECT
     scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
     scans.finished_at AS finished_at, scans.status AS status,

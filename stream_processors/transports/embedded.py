@@ -283,8 +283,6 @@ class EmbeddedRunner:
             # the user asked to stop, and the next scan's end merges what this left.
             if not stats.interrupted:
                 await asyncio.to_thread(self.store.compact_page_indexes)
-            else:  # the risk chart's rows of what it kept (one read when there is none)
-                await asyncio.to_thread(self.store.refresh_risk_rows)
             if checkpoint_path is not None and not stats.interrupted and not stats.errors:
                 Path(checkpoint_path).unlink(missing_ok=True)  # the scan is complete
             if on_stats is not None:

@@ -183,3 +183,35 @@ def test_a_refresh_that_fails_is_one_warning_and_never_fails_the_scans_end(
     # And the next refresh computes it
     store.refresh_risk_rows()
     assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]
+
+
+def test_a_scan_that_moves_across_a_month_leaves_no_row_in_the_old_month(store: Any) -> None:
+    # Given a scan whose first shard ended on 31 January, refreshed then, and whose second
+    # ended on 1 February (the rows' monthly partitions differ: a merge never joins them)
+    first = datetime(2026, 1, 31, 23, 59, tzinfo=UTC)
+    second = datetime(2026, 2, 1, 0, 2, tzinfo=UTC)
+    scanned(store, WEB, "s1", first, (RiskColor.RED,))
+    refresh_risk_days(store)
+    store.insert_host_scans([HostScan("s1", WEB, second, second, 1, 0, shard_id="s1:1")])
+    refresh_risk_days(store)
+    store.command("OPTIMIZE TABLE scan_scores FINAL")
+    # Then the scan is on 1 February only, in the chart and in the table itself
+    assert chart(store) == [(second.date(), 22.1, 22.1, 1)]
+    assert store.query("SELECT day FROM scan_scores FINAL") == [(second.date(),)]
+
+
+def test_a_target_filter_shows_the_whole_history_of_the_hosts_it_names_now(
+        store: Any) -> None:
+    from portwatch.web.service import ReportService
+
+    # Given a host named old.example.test yesterday and new.example.test today
+    before = Target(ip="127.0.0.93", target="127.0.0.93", hostname="old.example.test")
+    after = Target(ip="127.0.0.93", target="127.0.0.93", hostname="new.example.test")
+    scanned(store, before, "s1", NOW - DAY, (RiskColor.RED,))
+    scanned(store, after, "s2", NOW, (RiskColor.GREEN,))
+    refresh_risk_days(store)
+    service = ReportService(store, use_cache=False)
+    # Then its name now finds both days, as the Summary finds the host; the old name none
+    assert [(p.day, p.worst) for p in service.risk_history({"target": "new.example.test"})] \
+        == [((NOW - DAY).date(), 22.1), (NOW.date(), 2.5)]
+    assert service.risk_history({"target": "old.example.test"}) == []
