@@ -619,13 +619,23 @@ CREATE TABLE IF NOT EXISTS scan_scores
     asset         String,
     raw_score     UInt32,
     computed_at   DateTime64(3, 'UTC'),
-    is_deleted    UInt8 DEFAULT 0,  -- 1: the scan moved to a later day (a later shard)
-    -- a target's chart skips the granules of other addresses (the key is by day first)
-    INDEX ip_bloom ip TYPE bloom_filter GRANULARITY 1
+    is_deleted    UInt8 DEFAULT 0  -- 1: the scan moved to a later day (a later shard)
 )
 ENGINE = ReplacingMergeTree(computed_at, is_deleted)
 PARTITION BY toYYYYMM(day)
 ORDER BY (day, target, ip, scan_id);
+
+-- The same rows keyed by host (kept by its view): a target's chart reads its hosts' rows
+-- by the key, not a row per day of the whole estate.
+CREATE TABLE IF NOT EXISTS host_scan_scores AS scan_scores
+ENGINE = ReplacingMergeTree(computed_at, is_deleted)
+PARTITION BY toYYYYMM(day)
+ORDER BY (target, ip, day, scan_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS host_scan_scores_mv TO host_scan_scores AS
+SELECT target, ip, scan_id, day, finished_at, organization, hostname, asset, raw_score,
+       computed_at, is_deleted
+FROM scan_scores;
 
 CREATE TABLE IF NOT EXISTS risk_days
 (

@@ -656,9 +656,10 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("DROP TABLE ports_carried")  # (layout 15)
     old.command("DROP VIEW ports_carried_mv")  # (layout 16)
     old.command("DROP TABLE carried_history")
-    for view in ("risk_dirty_mv", "risk_dirty_observations_mv", "risk_dirty_carried_mv"):
+    for view in ("risk_dirty_mv", "risk_dirty_observations_mv", "risk_dirty_carried_mv",
+                 "host_scan_scores_mv"):
         old.command(f"DROP VIEW {view}")  # (layout 17)
-    for table in ("risk_dirty", "scan_scores", "risk_days"):
+    for table in ("risk_dirty", "scan_scores", "host_scan_scores", "risk_days"):
         old.command(f"DROP TABLE {table}")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
