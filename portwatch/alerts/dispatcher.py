@@ -202,6 +202,14 @@ class AlertDispatcher:
                 self.sleep(retry_backoff(QUEUE_RETRY_SECONDS, attempt))
         return 0  # (QUEUE_ATTEMPTS >= 1: not reached)
 
+    def store_answers(self) -> bool:
+        """The store answers a plain query (an outage does not; a refused event does)."""
+        try:
+            self.store.query("SELECT 1")
+        except Exception:  # noqa: BLE001 - the drivers raise many types
+            return False
+        return True
+
     def _submit(self, events: list[ChangeEvent]) -> int:
         if not events:
             return 0

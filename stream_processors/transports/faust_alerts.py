@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import faust
 
-from producers.publish import decode_records
+from producers.publish import Poison, decode_records
 from schemas.records import ChangeEvent
 from stream_processors.transports.faust_agents import Send, dead_letters
 
@@ -36,6 +36,13 @@ class Dispatcher(Protocol):
 
     def deliver_due(self, *, flush: bool = False) -> Any: ...
 
+    def store_answers(self) -> bool: ...
+
+
+# A batch the store refuses this often while it answers a plain query holds an event it
+# will never take (not an outage): the batch is split to find it, and it is dead-lettered.
+POISON_TRIES = 6
+
 
 @dataclass
 class AlertAgentStats:
@@ -45,15 +52,32 @@ class AlertAgentStats:
     delivery_passes: int = 0
 
 
-async def _queue(dispatcher: Dispatcher, events: list[ChangeEvent],
-                 retry_seconds: float) -> int:
+Refused = list[tuple[ChangeEvent, str]]  # events the store refused alone, and why
+
+
+async def _queue(dispatcher: Dispatcher, events: list[ChangeEvent], retry_seconds: float,
+                 poison_tries: int = POISON_TRIES) -> tuple[int, Refused]:
     """``dispatcher.submit`` (in a thread: the store client blocks) until the outbox takes
     the events: while the store refuses them the batch is not acknowledged, so the
-    stream waits (said once a try), and nothing is lost."""
+    stream waits (said once a try), and nothing is lost. When the store answers a plain
+    query yet refuses the batch ``poison_tries`` times, the batch is split until the
+    events it never takes are alone; those are returned (the caller dead-letters them),
+    the rest queued. (Queued deliveries, refused events.)"""
+    tries = 0
     while True:
         try:
-            return await asyncio.to_thread(dispatcher.submit, events)
+            return await asyncio.to_thread(dispatcher.submit, events), []
         except Exception as exc:  # noqa: BLE001 - AlertQueueError: the store failed
+            tries += 1
+            if tries >= poison_tries and await asyncio.to_thread(dispatcher.store_answers):
+                if len(events) == 1:
+                    return 0, [(events[0], str(exc))]
+                # each half at once: the store answered, so a half it refuses holds one
+                # (an outage meanwhile makes it wait again, as above)
+                half = len(events) // 2
+                low = await _queue(dispatcher, events[:half], retry_seconds, 1)
+                high = await _queue(dispatcher, events[half:], retry_seconds, 1)
+                return low[0] + high[0], low[1] + high[1]
             log.error("%s; trying again in %gs (not acknowledged)", exc, retry_seconds)
             await asyncio.sleep(retry_seconds)
 
@@ -71,15 +95,24 @@ def alert_agent(dispatcher: Dispatcher, send_dead: Send, *, buffer: int = 200,
     async def agent(stream: Any) -> None:
         async for batch in stream.noack_take(buffer, within=within):
             events: list[ChangeEvent] = []
+            origin: dict[int, Any] = {}  # id of a decoded event -> its message
             pending: list[Awaitable[Any]] = []
             for event in batch:
                 records, poison = decode_records(ChangeEvent, event.value)
                 events += records
+                origin.update((id(r), event) for r in records)
                 counters.dead_letters += len(poison)
                 pending += await dead_letters(send_dead, "alerts", event, poison)
             counters.events += len(events)
             if events:
-                counters.queued += await _queue(dispatcher, events, retry_seconds)
+                queued, refused = await _queue(dispatcher, events, retry_seconds)
+                counters.queued += queued
+                for record, reason in refused:
+                    counters.dead_letters += 1
+                    pending += await dead_letters(
+                        send_dead, "alerts", origin[id(record)],
+                        [Poison(0, f"the store refuses to queue it: {reason}"[:500],
+                                record.to_json())])
             if pending:
                 await asyncio.gather(*pending)
             for event in batch:

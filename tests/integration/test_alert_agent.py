@@ -38,6 +38,39 @@ def events() -> list[ChangeEvent]:
             for port in range(6370, 6380)]
 
 
+def red_alerts(tmp_path: Path, url: str) -> Any:
+    """Every red change to a signed webhook at ``url``, at once (digest 0)."""
+    path = tmp_path / "alerts.yaml"
+    path.write_text(f'channels:\n  hook: {{webhook: "{url}", secret_env: S}}\n'
+                    "rules:\n  - name: red\n    when: {colors: [red]}\n"
+                    "    notify: [hook]\n    digest: 0\n")
+    return load_alerts(path, env={"S": SECRET.decode()})
+
+
+def run_agent_body(tmp_path: Path, body: Any, messages: list[bytes],
+                   done: Any) -> None:
+    """The agent ``body`` through Faust's test context (no broker): each message put in
+    order, until ``done()``."""
+    import faust
+
+    from tests.unit.test_agents import _close_consumer_loop, _until
+
+    async def run() -> None:
+        app = faust.App(f"portwatch-alerts-{uuid.uuid4().hex[:8]}", broker="kafka://127.0.0.1:9",
+                        store="memory://", web_enabled=False, autodiscover=False,
+                        datadir=str(tmp_path / "faust"))
+        topic = app.topic("changes", key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        agent = app.agent(topic, name="alerts")(body)
+        async with agent.test_context() as ctx_agent:
+            for message in messages:
+                await ctx_agent.put(message, key=b"127.0.0.1")
+            await _until(done)
+        _close_consumer_loop(app)
+
+    asyncio.run(run())
+
+
 def test_two_workers_seeing_every_event_deliver_each_once(
         kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
     topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
@@ -45,11 +78,7 @@ def test_two_workers_seeing_every_event_deliver_each_once(
     options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0)
     sent = events()
     with webhook_receiver(SECRET) as receiver:
-        path = tmp_path / "alerts.yaml"
-        path.write_text(f'channels:\n  hook: {{webhook: "{receiver.url}", secret_env: S}}\n'
-                        "rules:\n  - name: red\n    when: {colors: [red]}\n"
-                        "    notify: [hook]\n    digest: 0\n")
-        config = load_alerts(path, env={"S": SECRET.decode()})
+        config = red_alerts(tmp_path, receiver.url)
         # Given two alert workers in separate groups: both will see every event
         apps = [build_alerts_app(options, AlertDispatcher(store, config),
                                  delivery_interval=1.0, group_suffix=f"-{n}")
@@ -88,43 +117,23 @@ def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
                                                                  tmp_path: Path) -> None:
     """The same agent body through Faust's test context: framed messages (several events
     in one message, and a replay of it) reach the receiver once; poison is dead-lettered."""
-    import faust
-
     from producers.publish import encode_records
     from stream_processors.transports.faust_alerts import AlertAgentStats, alert_agent
-    from tests.unit.test_agents import Sent, _close_consumer_loop, _until
+    from tests.unit.test_agents import Sent
 
     sent = events()
     dead = Sent()
     stats = AlertAgentStats()
     with webhook_receiver(SECRET) as receiver:
-        path = tmp_path / "alerts.yaml"
-        path.write_text(f'channels:\n  hook: {{webhook: "{receiver.url}", secret_env: S}}\n'
-                        "rules:\n  - name: red\n    when: {colors: [red]}\n"
-                        "    notify: [hook]\n    digest: 0\n")
-        dispatcher = AlertDispatcher(store, load_alerts(path, env={"S": SECRET.decode()}))
-
-        async def run() -> None:
-            app = faust.App("portwatch-alerts-unit", broker="kafka://127.0.0.1:9",
-                            store="memory://", web_enabled=False, autodiscover=False,
-                            datadir=str(tmp_path / "faust"))
-            topic = app.topic("changes", key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw")
-            agent = app.agent(topic, name="alerts")(
-                alert_agent(dispatcher, dead, buffer=10, within=0.05, stats=stats))
-            async with agent.test_context() as ctx_agent:
-                # When five events arrive in one message, then the same message again
-                # (a replay), then the other five with a poison line
-                first = encode_records(sent[:5])
-                await ctx_agent.put(first, key=b"127.0.0.1")
-                await ctx_agent.put(first, key=b"127.0.0.1")
-                await ctx_agent.put(encode_records(sent[5:]) + b"\n{\"v\":1}",
-                                    key=b"127.0.0.1")
-                await _until(lambda: stats.events == 15 and stats.dead_letters == 1
-                             and len(receiver.events()) >= 10)
-            _close_consumer_loop(app)
-
-        asyncio.run(run())
+        dispatcher = AlertDispatcher(store, red_alerts(tmp_path, receiver.url))
+        # When five events arrive in one message, then the same message again (a
+        # replay), then the other five with a poison line
+        first = encode_records(sent[:5])
+        run_agent_body(tmp_path, alert_agent(dispatcher, dead, buffer=10, within=0.05,
+                                             stats=stats),
+                       [first, first, encode_records(sent[5:]) + b"\n{\"v\":1}"],
+                       lambda: stats.events == 15 and stats.dead_letters == 1
+                       and len(receiver.events()) >= 10)
         # Then each of the ten events reached the receiver once
         assert sorted(e["event_id"] for e in receiver.events()) == \
             sorted(e.event_id for e in sent)
@@ -132,3 +141,31 @@ def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
         # And the poison line is a dead letter of the alerts stage
         [(_key, envelope)] = dead.messages
         assert b'"stage":"alerts"' in envelope and b'"line":5' in envelope
+
+
+def test_agent_dead_letters_an_event_the_store_never_takes(store: Any, tmp_path: Path) -> None:
+    """The agent body through Faust's test context, with a store that refuses one event
+    for ever while it answers (a real CHECK constraint): that event is dead-lettered with
+    the store's reason, the others are delivered, the stream goes on."""
+    from producers.publish import encode_records
+    from stream_processors.transports.faust_alerts import AlertAgentStats, alert_agent
+    from tests.unit.test_agents import Sent
+
+    sent = events()[:3]
+    store.command(f"ALTER TABLE alert_outbox ADD CONSTRAINT refuse_one "
+                  f"CHECK event_id != '{sent[1].event_id}'")
+    dead = Sent()
+    stats = AlertAgentStats()
+    with webhook_receiver(SECRET) as receiver:
+        dispatcher = AlertDispatcher(store, red_alerts(tmp_path, receiver.url),
+                                     sleep=lambda _s: None)
+        run_agent_body(tmp_path, alert_agent(dispatcher, dead, buffer=10, within=0.05,
+                                             stats=stats, retry_seconds=0.01),
+                       [encode_records(sent)],
+                       lambda: stats.dead_letters == 1 and len(receiver.events()) >= 2)
+    # Then the two others reached the receiver, and the refused one is a dead letter
+    assert sorted(e["event_id"] for e in receiver.events()) == sorted(
+        [sent[0].event_id, sent[2].event_id])
+    [(_key, envelope)] = dead.messages
+    assert b'"stage":"alerts"' in envelope and b"the store refuses to queue it" in envelope
+    assert stats.queued == 2

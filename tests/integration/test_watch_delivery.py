@@ -169,8 +169,9 @@ def test_the_alerts_agent_holds_a_batch_the_store_refused_until_it_is_queued(
                                  clock=Clock(), sleep=lambda _s: None)
     _refuse_the_outbox(store)
 
-    async def run() -> int:
-        task = asyncio.create_task(_queue(dispatcher, [opened], 0.05))
+    async def run() -> tuple[int, list[Any]]:
+        # (the store is refused for 0.5 s: not long enough to be taken for poison)
+        task = asyncio.create_task(_queue(dispatcher, [opened], 0.05, poison_tries=100))
         await asyncio.sleep(0.5)
         # Then it has not returned (the batch is not acknowledged) while refused
         assert not task.done()
@@ -178,5 +179,28 @@ def test_the_alerts_agent_holds_a_batch_the_store_refused_until_it_is_queued(
         return await asyncio.wait_for(task, timeout=30)
 
     # And it queues the events once the store takes them
-    assert asyncio.run(run()) == 1
+    assert asyncio.run(run()) == (1, [])
     assert list(outbox_states(store)) == [("risky-opened", "soc-hook", opened.event_id)]
+
+
+def test_the_alerts_agent_dead_letters_an_event_the_store_never_takes(
+        store: Any, tmp_path: Path) -> None:
+    from stream_processors.transports.faust_alerts import _queue
+
+    # Given three events, one of which the store refuses for ever while it answers every
+    # query (a real CHECK constraint on that event's id: no outage)
+    good, poison, other = event(6379), event(6380), event(6381)
+    store.command(f"ALTER TABLE alert_outbox ADD CONSTRAINT refuse_one "
+                  f"CHECK event_id != '{poison.event_id}'")
+    dispatcher = AlertDispatcher(store, hook_config(tmp_path, "http://127.0.0.1:9/x"),
+                                 clock=Clock(), sleep=lambda _s: None)
+    # When the agent's queueing step has seen the batch refused three times
+    queued, refused = asyncio.run(_queue(dispatcher, [good, poison, other], 0.01,
+                                         poison_tries=3))
+    # Then the batch is split: the other two are queued, the one refused is handed back
+    # with the store's reason (the agent dead-letters it and acknowledges the batch)
+    assert queued == 2
+    assert [(e.event_id, "refuse_one" in why) for e, why in refused] == [
+        (poison.event_id, True)]
+    assert sorted(k[2] for k in outbox_states(store)) == sorted(
+        [good.event_id, other.event_id])
