@@ -339,9 +339,9 @@ class AlertDispatcher:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
                 if tried is not None:
                     tried.extend(batch)
-                if not self._send_batch(rule, channel_name, batch, report, log_failures):
-                    failing[channel_name] = (now if held is None else
-                                             self._retry_time(rule_name, channel_name, batch))
+                retry_at = self._send_batch(rule, channel_name, batch, report, log_failures)
+                if retry_at is not None:
+                    failing[channel_name] = retry_at
 
     @staticmethod
     def _window_closed(rule: Rule, rows: Sequence[PendingRow], now: float) -> bool:
@@ -351,16 +351,18 @@ class AlertDispatcher:
         return rule.digest_seconds <= 0 or not fresh or min(fresh) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
-                    report: DeliveryReport, log_failures: bool = True) -> bool:
-        """Claim, send and record one message; False when the channel failed it."""
+                    report: DeliveryReport, log_failures: bool = True) -> float | None:
+        """Claim, send and record one message; when the channel failed it, the time its
+        rows are tried again (as recorded: backoff, or the receiver's Retry-After), else
+        None."""
         owned = self._claim(rows)
         if not owned:
-            return True
+            return None
         undecodable = [r for r in owned if r.event is None]
         sendable = [r for r in owned if r.event is not None]
         self._record_all(undecodable, FAILED, "stored event cannot be decoded", report)
         if not sendable:
-            return True
+            return None
         channel = self.config.channels[channel_name]
         events = [r.event for r in sendable if r.event is not None]
         # The id names exactly these events: a retry of a whole message has its id again
@@ -372,14 +374,15 @@ class AlertDispatcher:
         result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        self._record_all(sending, SENT if result.is_ok else None, result.error, report,
-                         retry_after=result.retry_after)
-        if not result.is_ok:
-            message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
-            if log_failures:
-                log.warning("%s", message)
-            report.errors.append(message)
-        return result.is_ok
+        retry_at = self._record_all(sending, SENT if result.is_ok else None, result.error,
+                                    report, retry_after=result.retry_after)
+        if result.is_ok:
+            return None
+        message = f"alerts: rule {rule.name} -> {channel_name}: {result.error}"
+        if log_failures:
+            log.warning("%s", message)
+        report.errors.append(message)
+        return retry_at
 
     def _claim(self, rows: Sequence[PendingRow]) -> list[PendingRow]:
         """The rows this pass won the right to send now (see module docstring). Every pass
@@ -445,24 +448,27 @@ class AlertDispatcher:
                         EPOCH, (row.attempts + 1) * 4) for row in rows])
 
     def _record_all(self, rows: Sequence[PendingRow], state: str | None, error: str,
-                    report: DeliveryReport, *, retry_after: float = 0.0) -> None:
+                    report: DeliveryReport, *, retry_after: float = 0.0) -> float:
         """Write the outcome of each row's attempt ``attempts + 1``, in one insert (one
         message's rows share it; a row per insert made a 10,000-row pass take minutes).
         ``state`` None: the attempt failed (retry with backoff, or give up; not before the
-        receiver's ``retry_after``, kept to ``retry_max``)."""
+        receiver's ``retry_after``, kept to ``retry_max``). Returns the latest retry time
+        of the failed rows (for a row given up, when it would have been retried)."""
         options = self.config.delivery
         now = self.clock()
         out = []
+        latest_retry = now
         for row in rows:
             attempt = row.attempts + 1
             outcome, next_at = state, now
             if outcome is None:
+                backoff = retry_backoff(options.retry_base_seconds, attempt)
+                retry_at = now + min(options.retry_max_seconds, max(backoff, retry_after))
+                latest_retry = max(latest_retry, retry_at)
                 if attempt >= options.max_attempts:
                     outcome = FAILED
                 else:
-                    outcome = PENDING
-                    backoff = retry_backoff(options.retry_base_seconds, attempt)
-                    next_at = now + min(options.retry_max_seconds, max(backoff, retry_after))
+                    outcome, next_at = PENDING, retry_at
             rank = {PENDING: 1, FAILED: 2, SENT: 3}[outcome]
             out.append(_outbox_row(row, outcome, attempt, error, next_at,
                                    _dt(now) if outcome == SENT else EPOCH, attempt * 4 + rank))
@@ -474,6 +480,7 @@ class AlertDispatcher:
                 report.retrying += 1
         if out:
             self.store.insert_rows("alert_outbox", OUTBOX_COLUMNS, out)
+        return latest_retry
 
     # -- one-shot -----------------------------------------------------------------------
 
@@ -494,7 +501,10 @@ class AlertDispatcher:
             # The first pass sends everything due even with no wait at all; a retry pass
             # starts no message past the deadline (each send is bounded by its timeout)
             # its caller reports the errors once (report_drain): not logged as they happen
-            report, started, tried = self._drain_pass(None if first else deadline, held)
+            tried: list[PendingRow] = []  # the rows the pass tried to send
+            started = self.clock()  # when its due rows were read
+            report = self.deliver_due(flush=True, deadline=None if first else deadline,
+                                      log_failures=False, held=held, tried=tried)
             first = False
             total.sent += report.sent
             total.failed += report.failed
@@ -520,33 +530,6 @@ class AlertDispatcher:
                 total.retrying = waiting
                 return total
             self.sleep(wake - now if wake > now else DRAIN_RECHECK_SECONDS)
-
-    def _drain_pass(self, deadline: float | None, held: dict[str, float]
-                    ) -> tuple[DeliveryReport, float, list[PendingRow]]:
-        """One pass of ``drain`` (``deliver_due(flush=True)`` with its ``held`` channels):
-        its report, the time its due rows were read at, and the rows it tried to send."""
-        tried: list[PendingRow] = []
-        started = self.clock()
-        report = self.deliver_due(flush=True, deadline=deadline, log_failures=False,
-                                  held=held, tried=tried)
-        return report, started, tried
-
-    def _retry_time(self, rule: str, channel: str, batch: Sequence[PendingRow]) -> float:
-        """When the message ``batch`` went out in (and failed) is retried: its rows' next
-        attempt as recorded (backoff, or the receiver's Retry-After); when none is left
-        pending (it failed for good), the backoff its attempt would have had."""
-        now = self.clock()
-        rows = self.store.query(
-            "SELECT count(), max(next_attempt_at) FROM alert_outbox FINAL "
-            "WHERE state = 'pending' AND rule = {rule:String} AND channel = {channel:String} "
-            "AND event_id IN {ids:Array(String)}",
-            {"rule": rule, "channel": channel, "ids": sorted({r.event_id for r in batch})})
-        if rows and int(rows[0][0]) and _seconds(rows[0][1]) > now:
-            return _seconds(rows[0][1])
-        options = self.config.delivery
-        attempt = max(r.attempts for r in batch) + 1
-        return now + min(options.retry_max_seconds,
-                         retry_backoff(options.retry_base_seconds, attempt))
 
     def _waiting(self, due: float) -> tuple[int, int, dict[str, tuple[bool, float | None]]]:
         """(pending rows of the file's routes, pending rows of routes the file no longer
