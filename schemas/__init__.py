@@ -29,6 +29,16 @@ _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
 _CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+), (\w+)\)")
+# ``ADDRESS_ORDER(column)``: sort keys putting addresses in numeric order (127.0.0.2
+# before 127.0.0.10), IPv4 before IPv6 as the scan's end screen does
+# (scan_cli._riskiest_first), names after them (as text sorted them: digits first), in
+# alphabetical order; then the text (ties).
+_ADDRESS_ORDER = re.compile(r"ADDRESS_ORDER\(([\w.]+)\)")
+_ADDRESS_KIND = "multiIf(isIPv4String({c}), 0, isIPv6String({c}), 1, 2)"
+# ``ADDRESS_TEXT(column)``: one text sorting the same way (a sort key chosen among texts
+# by a bound value): the kind's digit, then the lowercased name or the address's 16
+# bytes in hex.
+_ADDRESS_TEXT = re.compile(r"ADDRESS_TEXT\(([\w.]+)\)")
 # ``CARRIED_COUNTS(rows, seen)``: per (target, ip, scan_id) of ``rows`` (a CTE of
 # carried_history's target, ip, scan_id, proto, port; ``seen``, one of the ports those
 # scans saw, read by the caller within its bounds), its carried ports' red / yellow /
@@ -78,7 +88,8 @@ def _expanded(sql: str) -> str:
     never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
     ``IS_CURRENT(alias.scan_column, host)``, which port is its host's port now (see
     _CURRENT), and ``IS_CARRIED(alias)``, open though the host's ports scan did not see it
-    (see _CARRIED): every report decides it alike, written once."""
+    (see _CARRIED): every report decides it alike, written once. ``ADDRESS_ORDER(column)``
+    and ``ADDRESS_TEXT(column)`` sort addresses as numbers (see _ADDRESS_ORDER)."""
     from schemas.filters import target_predicate
 
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
@@ -86,6 +97,11 @@ def _expanded(sql: str) -> str:
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
     sql = _CARRIED_COUNTS.sub(
         lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)
+    sql = _ADDRESS_ORDER.sub(lambda m: (f"{_ADDRESS_KIND}, toIPv6OrZero({{c}}), {{c}}"
+                                        .format(c=m.group(1))), sql)
+    sql = _ADDRESS_TEXT.sub(
+        lambda m: (f"concat(toString({_ADDRESS_KIND}), if({_ADDRESS_KIND} = 2, "
+                   "lowerUTF8({c}), hex(toIPv6OrZero({c}))))").format(c=m.group(1)), sql)
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 

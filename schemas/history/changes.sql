@@ -20,5 +20,5 @@ WHERE observed_at >= {since:DateTime64(3)} AND observed_at < {until:DateTime64(3
   AND TARGET_MATCHES(c)
   AND ({org:String} = '' OR lowerUTF8(c.organization) = lowerUTF8({org:String}))
   AND ({port:UInt16} = 0 OR port = {port:UInt16})
-ORDER BY observed_at DESC, target, ip, proto, port, kind
+ORDER BY observed_at DESC, ADDRESS_ORDER(target), ADDRESS_ORDER(ip), proto, port, kind
 LIMIT {limit:UInt64}

@@ -14,4 +14,4 @@ INNER JOIN (SELECT ip, ports_scan_id, ports_seen_after FROM latest_host_scans
     ON l.ip = f.ip
 WHERE f.target = {target:String} AND ({ip:String} = '' OR f.ip = {ip:String})
   AND IS_CURRENT(f.last_scan_id, l)
-ORDER BY ip, proto, port
+ORDER BY ADDRESS_ORDER(ip), proto, port

@@ -52,4 +52,4 @@ LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
                 AND counts.scan_id = scans.scan_id
 LEFT JOIN carried ON carried.target = scans.target AND carried.ip = scans.ip
                  AND carried.scan_id = scans.scan_id
-ORDER BY finished_at, ip
+ORDER BY finished_at, ADDRESS_ORDER(ip)

@@ -37,7 +37,7 @@ WITH
           AND ({org:String} = '' OR lowerUTF8(owners.organization) = lowerUTF8({org:String}))
           AND ({port:UInt16} = 0 OR t.port = {port:UInt16})
           AND ({grade:String} = '' OR t.grade = {grade:String})
-        ORDER BY target, ip, port
+        ORDER BY ADDRESS_ORDER(target), ADDRESS_ORDER(ip), port
         LIMIT {limit:UInt64} OFFSET {offset:UInt64}
     ),
     -- Phase 2: the page's ports only. A CTE is evaluated again wherever it is named, a
@@ -118,5 +118,5 @@ LEFT JOIN certs ON certs.target = probes.target AND certs.ip = probes.ip
                AND certs.port = probes.port AND certs.scan_id = probes.scan_id
 LEFT JOIN fingerprints ON fingerprints.target = probes.target AND fingerprints.ip = probes.ip
                       AND fingerprints.port = probes.port
-ORDER BY target, ip, port
+ORDER BY ADDRESS_ORDER(target), ADDRESS_ORDER(ip), port
 SETTINGS optimize_move_to_prewhere_if_final = 1

@@ -104,7 +104,7 @@ WITH
                if({sort:String} = 'service', lowerUTF8(f.service),
                    if({sort:String} = 'product', lowerUTF8(concat(f.product, ' ', f.version)),
                    if({sort:String} = 'organization', lowerUTF8(toString(f.organization)),
-                   if({sort:String} = 'target', lowerUTF8(f.target), ''))))
+                   if({sort:String} = 'target', ADDRESS_TEXT(f.target), ''))))
                    AS sort_text
         FROM port_latest AS f FINAL
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
@@ -123,7 +123,7 @@ WITH
         ORDER BY sort_number,
                  if({direction:String} = 'desc', '', sort_text) ASC,
                  if({direction:String} = 'desc', sort_text, '') DESC,
-                 target, ip, proto, port
+                 ADDRESS_ORDER(target), ADDRESS_ORDER(ip), proto, port
         LIMIT {limit:UInt64} OFFSET {offset:UInt64}
     ),
     -- Phase 2: everything else, for the page's ports only. A CTE is evaluated again
@@ -242,7 +242,7 @@ ORDER BY multiIf({sort:String} = 'port', toInt64(port),
              {sort:String} = 'service', lowerUTF8(service),
              {sort:String} = 'product', lowerUTF8(concat(product, ' ', version)),
              {sort:String} = 'organization', lowerUTF8(organization),
-             {sort:String} = 'target', lowerUTF8(target), '') AS row_sort_text) ASC,
+             {sort:String} = 'target', ADDRESS_TEXT(target), '') AS row_sort_text) ASC,
          if({direction:String} = 'desc', row_sort_text, '') DESC,
-         target, ip, proto, port
+         ADDRESS_ORDER(target), ADDRESS_ORDER(ip), proto, port
 SETTINGS optimize_move_to_prewhere_if_final = 1

@@ -82,7 +82,7 @@ WITH
           AND ({port:UInt16} = 0 OR counts.has_port = 1)
           AND ({color:String} = '' OR counts.has_color = 1)
           AND ({product:String} = '' OR counts.has_product = 1)
-        ORDER BY risk_score DESC, target, ip
+        ORDER BY risk_score DESC, ADDRESS_ORDER(target), ADDRESS_ORDER(ip)
         LIMIT {limit:UInt64} OFFSET {offset:UInt64}
     ),
     -- Phase 2: the page's hosts only. A CTE is evaluated again wherever it is named, a
@@ -198,5 +198,5 @@ FROM (SELECT * FROM scans
 LEFT JOIN per_host ON per_host.target = scans.target AND per_host.ip = scans.ip
 LEFT JOIN scan_totals ON scan_totals.target = scans.target AND scan_totals.ip = scans.ip
                      AND scan_totals.scan_id = scans.last_scan_id
-ORDER BY risk_score DESC, target, ip
+ORDER BY risk_score DESC, ADDRESS_ORDER(target), ADDRESS_ORDER(ip)
 SETTINGS optimize_move_to_prewhere_if_final = 1

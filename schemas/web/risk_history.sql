@@ -21,4 +21,4 @@ WHERE ({days:UInt16} = 0 OR day >= toDate(now('UTC') - toIntervalDay({days:UInt1
   AND ({target:String} = '' OR (scans.target, scans.ip) IN named)
   AND ({org:String} = '' OR lowerUTF8(scans.organization) = lowerUTF8({org:String}))
 GROUP BY day, target, ip
-ORDER BY day, target, ip
+ORDER BY day, ADDRESS_ORDER(target), ADDRESS_ORDER(ip)
