@@ -50,6 +50,7 @@ class WebhookReceiver:
     take_duplicates: bool = False
     duplicates: list[Delivery] = field(default_factory=list)
     hold: threading.Event | None = None
+    delay: float = 0.0  # seconds each answer waits: a slow receiver that still takes all
     signed: bool = True  # False: any POST is taken (an apprise json:// channel's)
     _seen: set[str] = field(default_factory=set)
     _server: http.server.ThreadingHTTPServer | None = None
@@ -103,6 +104,7 @@ class WebhookReceiver:
                         receiver.rejected.append((status, reason))
                 if receiver.hold is not None:
                     receiver.hold.wait(timeout=60)
+                time.sleep(receiver.delay)
                 with contextlib.suppress(OSError):  # the sender may be gone (killed)
                     self.send_response(status)
                     self.send_header("Content-Length", "0")

@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import click
@@ -217,7 +218,11 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if dispatcher is not None:
-        report_drain(await asyncio.to_thread(dispatcher.drain))
+        # Stopped by a signal (a pod's SIGTERM has a grace period), the last delivery
+        # starts no message past the file's `delivery: wait`; what is left stays queued
+        # for the next watcher or `portwatch alerts deliver`
+        report_drain(await asyncio.to_thread(partial(dispatcher.drain,
+                                                     bound_first=stop.is_set())))
     _say_unqueued(watcher)
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 

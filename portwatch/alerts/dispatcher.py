@@ -260,15 +260,18 @@ class AlertDispatcher:
 
     def deliver_due(self, *, flush: bool = False, deadline: float | None = None,
                     log_failures: bool = True, held: dict[str, float] | None = None,
-                    tried: list[PendingRow] | None = None) -> DeliveryReport:
+                    tried: list[PendingRow] | None = None,
+                    halt: threading.Event | None = None) -> DeliveryReport:
         """One delivery pass: every (rule, channel) whose digest window closed (all of them
         with ``flush``) and every retry that is due goes out as one message; no message
-        starts after ``deadline`` (a clock() time: what is left stays queued). A failed
-        send is logged (``log_failures``) and always in the report. Never raises."""
+        starts after ``deadline`` (a clock() time) nor once ``halt`` is set (another
+        thread stops the pass: it ends with the send in flight): what is left stays
+        queued. A failed send is logged (``log_failures``) and always in the report.
+        Never raises."""
         report = DeliveryReport()
         try:
             with self._pass_lock:  # one pass at a time per dispatcher: no self-competition
-                self._deliver_due(flush, report, deadline, log_failures, held, tried)
+                self._deliver_due(flush, report, deadline, log_failures, held, tried, halt)
         except Exception as exc:  # noqa: BLE001 - alerting must never fail a scan
             message = f"alerts: delivery pass failed: {_one_line(exc)}"
             if log_failures:  # else its caller says it (report_drain), once
@@ -314,7 +317,8 @@ class AlertDispatcher:
     def _deliver_due(self, flush: bool, report: DeliveryReport,
                      deadline: float | None = None, log_failures: bool = True,
                      held: dict[str, float] | None = None,
-                     tried: list[PendingRow] | None = None) -> None:
+                     tried: list[PendingRow] | None = None,
+                     halt: threading.Event | None = None) -> None:
         """The pass. ``held`` (a drain's, across its passes): channel -> retry time; a
         held channel gets nothing before it, and one that fails is held until its retry
         time. Without it, a channel that fails gets nothing more in this pass. ``tried``
@@ -333,7 +337,8 @@ class AlertDispatcher:
             fresh_due = flush or self._window_closed(rule, rows, now)
             for batch in _messages(rows, self.config.delivery.max_events_per_message,
                                    fresh_due=fresh_due):
-                if deadline is not None and self.clock() >= deadline:
+                if (deadline is not None and self.clock() >= deadline) or (
+                        halt is not None and halt.is_set()):
                     return  # the rest waits for the next pass, in the outbox
                 if channel_name in failing:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
@@ -484,9 +489,13 @@ class AlertDispatcher:
 
     # -- one-shot -----------------------------------------------------------------------
 
-    def drain(self, wait_seconds: float | None = None) -> DeliveryReport:
+    def drain(self, wait_seconds: float | None = None, *,
+              bound_first: bool = False) -> DeliveryReport:
         """Deliver everything queued, retrying within ``wait_seconds`` (default: the file's
         ``delivery: wait``); what is left stays queued for the next run. Never raises.
+        The first pass sends everything due whatever the wait (a one-shot scan's alerts
+        go out); with ``bound_first`` (a process stopping on a signal) it too starts no
+        message past the wait.
 
         A channel that failed is not sent again before its retry time (``held``), in any
         pass of the drain. After a pass that changed nothing (its rows are held by another
@@ -503,7 +512,8 @@ class AlertDispatcher:
             # its caller reports the errors once (report_drain): not logged as they happen
             tried: list[PendingRow] = []  # the rows the pass tried to send
             started = self.clock()  # when its due rows were read
-            report = self.deliver_due(flush=True, deadline=None if first else deadline,
+            report = self.deliver_due(flush=True,
+                                      deadline=None if first and not bound_first else deadline,
                                       log_failures=False, held=held, tried=tried)
             first = False
             total.sent += report.sent

@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from portwatch.alerts.dispatcher import AlertDispatcher, AlertQueueError
 from portwatch.alerts.scanning import ScanOutcome
@@ -231,22 +233,26 @@ class Watcher:
         """While the body runs (the scans), deliver what is due every ``delivery_tick``
         seconds from a task of its own: alerts no longer wait for every due scan to end
         (``digest: 0`` is at once, a retry at its time). Each pass runs in a thread (it
-        waits on channels); on exit the pass in flight ends (each send is bounded by its
-        timeout) and no other starts, so the caller's final drain never races it."""
+        waits on channels); on exit the pass in flight starts no further message and ends
+        with the send in flight (bounded by its timeout: before, a pass of a large backlog
+        held the exit for every message of it), no other starts, and the caller's final
+        drain never races it; what it did not send stays queued."""
         if self.dispatcher is None:
             yield
             return
-        done = asyncio.Event()
-        task = asyncio.create_task(self._deliver_until(done, self.dispatcher))
+        done, halt = asyncio.Event(), threading.Event()
+        task = asyncio.create_task(self._deliver_until(done, halt, self.dispatcher))
         try:
             yield
         finally:
+            halt.set()
             done.set()
             await task
 
-    async def _deliver_until(self, done: asyncio.Event, dispatcher: AlertDispatcher) -> None:
+    async def _deliver_until(self, done: asyncio.Event, halt: threading.Event,
+                             dispatcher: AlertDispatcher) -> None:
         while not done.is_set():
-            await asyncio.to_thread(dispatcher.deliver_due)  # never raises
+            await asyncio.to_thread(partial(dispatcher.deliver_due, halt=halt))  # never raises
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout=self.delivery_tick)
 

@@ -360,6 +360,34 @@ def test_one_shot_drain_flushes_the_window_and_leaves_the_rest_queued(
         assert len(receiver.events()) == 1
 
 
+def test_a_bounded_drain_starts_no_message_past_its_wait_even_in_its_first_pass(
+        store: Any, tmp_path: Path) -> None:
+    # Given two messages queued (one event each) and a clock that moves 3 s per send
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url,
+                             delivery="{wait: 2s, max_events_per_message: 1}")
+        clock = Clock()
+        dispatcher = AlertDispatcher(store, config, clock=clock)
+        dispatcher.submit([event(6379), event(6380)])
+        real_send = dispatcher._send_batch
+
+        def slow_send(*args: Any, **kwargs: Any) -> float | None:
+            clock.advance(3)
+            return real_send(*args, **kwargs)
+
+        dispatcher._send_batch = slow_send  # type: ignore[method-assign]
+        # When a watcher stopped by a signal drains (bound_first): the first message
+        # starts within the wait, the second would start past it
+        report = dispatcher.drain(bound_first=True)
+        # Then one went out and the other stays queued (before: the first pass sent
+        # everything whatever the wait, and a stopping watcher waited for all of it)
+        assert (report.sent, report.retrying) == (1, 1)
+        # And a one-shot scan's drain still sends everything in its first pass
+        clock.advance(60)
+        assert dispatcher.drain(0).sent == 1
+    assert sorted(e["port"] for e in receiver.events()) == [6379, 6380]
+
+
 # -- e-mail through apprise ----------------------------------------------------------------
 
 

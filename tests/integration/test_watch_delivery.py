@@ -100,6 +100,47 @@ def test_alerts_go_out_while_another_entry_still_scans(store: Any, tmp_path: Pat
     assert len(receiver.accepted) == 1 and receiver.rejected == []
 
 
+def test_a_stopping_watcher_does_not_wait_for_a_backlogs_whole_delivery_pass(
+        store: Any, tmp_path: Path) -> None:
+    # Given a slow receiver (each answer takes 0.5 s) and a first entry whose scan found
+    # eight risky ports, one message each: a delivery pass of ~4 s
+    stop = asyncio.Event()
+    first = ScheduleEntry("a-found", "*/5 * * * *", targets=("127.0.0.1",))
+    second = ScheduleEntry("b-next", "0 * * * *", targets=("127.0.0.2",))
+    ports = list(range(6379, 6387))
+
+    with webhook_receiver(SECRET) as receiver:
+        receiver.delay = 0.5
+
+        async def scan(entry: ScheduleEntry) -> ScanOutcome:
+            if entry.name == "a-found":
+                return ScanOutcome(Stats("scan-2"), [event(p) for p in ports])
+            for _ in range(300):  # the next entry's scan: until the first message came
+                if receiver.accepted:
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()  # as Ctrl-C does, while the pass is sending
+            return ScanOutcome(Stats("scan-3"), [])
+
+        dispatcher = AlertDispatcher(store, hook_config(
+            tmp_path, receiver.url, delivery="{max_events_per_message: 1}"))
+        watcher = Watcher(store, [first, second], scan, dispatcher, say=lambda _line: None,
+                          delivery_tick=0.1)
+        # When the watcher is stopped while its delivery pass is in its first message
+        asyncio.run(watcher.run_forever(stop))
+        # Then the pass ended with the send in flight (before: it sent all eight first);
+        # (two if the machine was slow enough for a second send to start before the stop)
+        sent_before_exit = len(receiver.accepted)
+        assert sent_before_exit in (1, 2)
+        states = outbox_states(store)
+        assert sorted(states.values()).count(("pending", 0)) == len(ports) - sent_before_exit
+        # And what it did not send is queued, and goes out once, later
+        receiver.delay = 0.0
+        assert dispatcher.drain(5).sent == len(ports) - sent_before_exit
+    assert sorted(e["port"] for e in receiver.events()) == ports
+    assert receiver.rejected == []
+
+
 def _refuse_the_outbox(store: Any) -> None:
     """A real store error on the outbox insert (a CHECK constraint ClickHouse enforces)."""
     store.command("ALTER TABLE alert_outbox ADD CONSTRAINT refuse_all CHECK rule = ''")
