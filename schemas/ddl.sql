@@ -742,6 +742,24 @@ CREATE TABLE IF NOT EXISTS accepted_risks
 ENGINE = ReplacingMergeTree(revision)
 ORDER BY (target, proto, port);
 
+-- Who runs a watch entry's cron slot: two watchers on one ClickHouse server (two
+-- `watch --once` CronJobs that overlap, a second machine) must not both scan it. Each
+-- claim is inserted with the insert deduplication token (entry, slot, attempt), so one
+-- claim per attempt lands; the watcher whose row landed runs the slot. A next attempt is
+-- claimed only once the last one's run was recorded interrupted, or its process (on
+-- this host) is gone (portwatch/alerts/schedule.py claim_slot).
+CREATE TABLE IF NOT EXISTS watch_claims
+(
+    entry       String,
+    slot        DateTime64(3, 'UTC'),
+    attempt     UInt16,
+    owner       String,
+    claimed_at  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (entry, slot, attempt)
+SETTINGS non_replicated_deduplication_window = 100000;
+
 -- Schedule runs of `portwatch watch`: one row per (entry, cron slot) that ran, so a
 -- restart neither repeats a slot nor runs every missed one.
 CREATE TABLE IF NOT EXISTS watch_runs

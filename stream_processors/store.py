@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 17  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 18  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -137,6 +137,8 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # 16 -> 17: the risk chart's rows (scan_scores, risk_days), computed once for every
     # stored host scan, a month at a time (stream_processors/risk_days.py).
     16: (migrate_risk_days,),
+    # 17 -> 18: watch_claims (who runs a watch slot), new and empty: the DDL makes it.
+    17: (),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,8 +40,8 @@ from typing import Any
 from portwatch.alerts.accepted import ActiveAcceptances
 from portwatch.alerts.channels import FIELD_CAP, delivery_id, send
 from portwatch.alerts.config import AlertConfig, Rule, mask_urls
+from portwatch.alerts.owners import owner_id, owner_is_gone
 from portwatch.alerts.rules import matches, prevalence_bucket
-from schemas.bounded import is_digits
 from schemas.records import ChangeEvent, RecordError
 
 OUTBOX_COLUMNS = ("rule", "channel", "event_id", "event_json", "state", "attempts",
@@ -146,25 +144,6 @@ class DeliveryReport:
     messages: int = 0
     errors: list[str] = field(default_factory=list)
     orphaned: int = 0  # pending for a rule or channel no longer in the file: never sent
-
-
-def _owner_is_gone(owner: str, host: str) -> bool:
-    """True when ``owner`` (``host:pid:nonce``) ran on this host in a process that no
-    longer exists: its claim is void at once, not after the lease (a restart after a
-    SIGKILL delivers without waiting)."""
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != host or not is_digits(parts[1]):
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # exists, owned by another user
-    return False
 
 
 class AlertDispatcher:
@@ -394,7 +373,7 @@ class AlertDispatcher:
         claims under its own owner id: two passes of one dispatcher (the Faust agent and
         its timer) compete like two workers."""
         now = self.clock()
-        my_owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        my_owner = owner_id(self.host)
         ids = sorted({r.event_id for r in rows})
         latest = self._latest_claims(ids)
         attempts: dict[Key, int] = {}
@@ -441,7 +420,7 @@ class AlertDispatcher:
             return None
         _attempt, owner, claimed_at = claim
         end = claimed_at + self.config.delivery.claim_lease_seconds
-        return end if end > now and not _owner_is_gone(owner, self.host) else None
+        return end if end > now and not owner_is_gone(owner, self.host) else None
 
     def _mark_sending(self, rows: Sequence[PendingRow]) -> None:
         """Before the send, each row's message id (revision 4N for attempt N, between

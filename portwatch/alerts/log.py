@@ -101,6 +101,10 @@ _PRUNE_ALERTS = (
     ("alert_claims", "claimed_at < {cutoff:DateTime64(3)} AND (rule, channel, event_id) "
      "NOT IN (SELECT rule, channel, event_id FROM alert_outbox FINAL "
      "WHERE state = 'pending')"),
+    # claims of slots whose run ended before it (a slot recorded done is never claimed
+    # again: a pruned claim's deduplication token could not land a second time)
+    ("watch_claims", "claimed_at < {cutoff:DateTime64(3)} AND (entry, slot) IN "
+     "(SELECT entry, slot FROM watch_runs WHERE status != 'interrupted')"),
     # runs that ended before it, except each entry's latest run, which schedules it
     ("watch_runs", "finished_at < {cutoff:DateTime64(3)} AND (entry, slot) NOT IN "
      "(SELECT entry, maxIf(slot, status != 'interrupted' AND slot <= now64(3)) "
@@ -109,10 +113,11 @@ _PRUNE_ALERTS = (
 
 
 def prune_alert_history(store: Any, cutoff: datetime) -> None:
-    """Delete the deliveries that ended, the claims and the scheduled runs older than
-    ``cutoff``; never a pending delivery, its claims, or an entry's latest run. A change
-    event replayed after its delivery was pruned (a Kafka topic kept longer than the
-    cutoff) is alerted again."""
+    """Delete the deliveries that ended, the claims (of deliveries and of watch slots) and
+    the scheduled runs older than ``cutoff``; never a pending delivery, its claims, a
+    slot's claims before its run is recorded, or an entry's latest run. A change event
+    replayed after its delivery was pruned (a Kafka topic kept longer than the cutoff) is
+    alerted again."""
     for table, where in _PRUNE_ALERTS:
         store.command(f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 1",
                       {"cutoff": cutoff})

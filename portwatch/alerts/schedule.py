@@ -3,7 +3,9 @@
 Owns: parsing ``schedules.yaml`` (entries with a name, targets or an inventory (optionally
 narrowed to one organization), TCP ports, a UDP profile and a cron expression, checked
 with croniter; errors are one FILE:LINE line), deciding what is due at an instant given
-the last run of each entry (``plan``), and the ``watch_runs`` ledger in the store.
+the last run of each entry (``plan``), the ``watch_runs`` ledger in the store, and the
+claim a watcher takes on a slot before running it (``claim_slot``: two watchers on one
+ClickHouse server never both run it).
 
 Semantics (the clock is injected; nothing here sleeps):
 - an entry that never ran is due at once (its first run is the baseline);
@@ -187,6 +189,59 @@ def record_run(store: Any, entry: str, slot: datetime, started: datetime, finish
                scan_id: str, status: str, note: str = "") -> None:
     store.insert_rows("watch_runs", RUN_COLUMNS, [[entry, slot, started, finished, scan_id,
                                                    status, note[:500]]])
+
+
+CLAIM_COLUMNS = ("entry", "slot", "attempt", "owner", "claimed_at")
+_SLOT = "entry = {entry:String} AND slot = {slot:DateTime64(3, 'UTC')}"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotClaim:
+    """The answer of ``claim_slot``: ``won`` (this watcher runs the slot), else who holds
+    it (``holder``: a live claim of another watcher) or that its run was recorded since
+    this watcher read the ledger (``holder`` empty)."""
+
+    won: bool
+    holder: str = ""
+
+
+def claim_slot(store: Any, entry: str, slot: datetime, owner: str,
+               now: datetime) -> SlotClaim:
+    """Claim ``entry``'s ``slot`` for ``owner`` (``owners.owner_id``) before running it
+    (ddl.sql watch_claims). Attempt 1, or the next one once the latest attempt is over:
+    its run was recorded interrupted after it was claimed (a Ctrl-C: the slot is run
+    again), or its owner's process on this host is gone (a SIGKILL). A live claim of
+    another watcher, or of one on another host that died without recording its run
+    (not knowable from here: that one slot is left, the entry's next slot runs as
+    usual), holds the slot. The insert's deduplication token makes one claim per
+    attempt land, however many watchers try at once."""
+    from portwatch.alerts.owners import owner_is_gone
+
+    params = {"entry": entry, "slot": _utc(slot)}
+    latest = store.query(f"SELECT attempt, owner, claimed_at FROM watch_claims WHERE {_SLOT} "
+                         "ORDER BY attempt DESC LIMIT 1", params)
+    attempt = 1
+    if latest:
+        last_attempt, holder, claimed_at = int(latest[0][0]), str(latest[0][1]), latest[0][2]
+        # (a run of this slot or a later one: an entry's first run is recorded at the
+        # instant it started, claimed as the cron slot it stands for; see Watcher._claimed)
+        ran = {str(r[0]) for r in store.query(
+            "SELECT status FROM watch_runs WHERE entry = {entry:String} "
+            "AND slot >= {slot:DateTime64(3, 'UTC')} "
+            "AND started_at >= {claimed:DateTime64(3, 'UTC')}",
+            {**params, "claimed": _utc(claimed_at)})}
+        if ran - {"interrupted"}:
+            return SlotClaim(False)  # run and recorded since this watcher read the ledger
+        if not ran and not owner_is_gone(holder):
+            return SlotClaim(False, holder)
+        attempt = last_attempt + 1
+    store.insert_rows("watch_claims", CLAIM_COLUMNS,
+                      [[entry, _utc(slot), attempt, owner, _utc(now)]],
+                      dedup_token=f"{entry}\x1f{_utc(slot).isoformat()}\x1f{attempt}")
+    landed = store.query(f"SELECT owner FROM watch_claims WHERE {_SLOT} "
+                         "AND attempt = {attempt:UInt16} LIMIT 1", {**params, "attempt": attempt})
+    holder = str(landed[0][0]) if landed else ""
+    return SlotClaim(holder == owner, "" if holder == owner else holder)
 
 
 # -- the file ---------------------------------------------------------------------------

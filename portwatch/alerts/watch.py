@@ -7,8 +7,10 @@ that runs while the scans do (``delivering``). The clock and the sleep are injec
 tests drive time without sleeping.
 
 Two entries never scan the same target at once because entries run strictly one after
-another in this one task; alerts go out from a task of their own every
-``delivery_tick`` seconds, so a long scan of one entry does not hold another's alerts.
+another in this one task; two watchers on one ClickHouse server never both run one
+entry's slot: each claims it first (``schedule.claim_slot``). Alerts go out from a task
+of their own every ``delivery_tick`` seconds, so a long scan of one entry does not hold
+another's alerts.
 A scan interrupted by Ctrl-C keeps what it found (the runner's own interrupt handling)
 and stops the watcher; its slot is not recorded, so the next start runs it again. Any
 other error of one entry's run (engine unavailable, store error, bad nmap data...) is
@@ -30,16 +32,19 @@ from datetime import UTC, datetime
 from functools import partial
 
 from portwatch.alerts.dispatcher import AlertDispatcher, AlertQueueError
+from portwatch.alerts.owners import owner_id
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import (
     Decision,
     ScheduleEntry,
+    claim_slot,
     decide,
     future_slots,
     is_from_the_future,
     last_slots,
     next_slot,
     plan,
+    previous_slot,
     record_run,
 )
 from portwatch.console import exit_code_for, one_line
@@ -98,6 +103,8 @@ class Watcher:
     _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
     _started: datetime | None = field(default=None, repr=False)
     _warned_future: set[str] = field(default_factory=set, repr=False)
+    # this watcher's id on the slots it claims (ddl.sql watch_claims)
+    owner: str = field(default_factory=owner_id)
     # change events the outbox refused (a store error): queued again before the next run
     _unqueued: list[ChangeEvent] = field(default_factory=list, repr=False)
 
@@ -149,10 +156,31 @@ class Watcher:
             decision = decide(entry, last, self.clock())
             if not decision.is_due:
                 continue
+            if not self._claimed(decision):
+                continue
             if decision.missed and last is not None:
                 self.say(self.catch_up_line(decision, last))
             records.append(await self._run(decision))
         return records
+
+    def _claimed(self, decision: Decision) -> bool:
+        """Claim the slot before running it (schedule.claim_slot): False, said in one
+        line, when another watcher on the same store runs it or just did; this watcher
+        then leaves that slot (the entry's next slot is claimed as usual)."""
+        entry = decision.entry
+        # The cron slot the run stands for: an entry's first run (its baseline) is due
+        # "now", an instant two watchers never share; they share its cron slot
+        key = previous_slot(entry, decision.slot)
+        claim = claim_slot(self.store, entry.name, key, self.owner, self.clock())
+        if claim.won:
+            return True
+        self._ran[entry.name] = decision.slot  # not due again here until its next slot
+        slot = f"{key:%Y-%m-%d %H:%M} UTC"
+        self.say(f"watch: {entry.name}: its {slot} run is running in another watcher "
+                 f"({claim.holder}); skipped here" if claim.holder else
+                 f"watch: {entry.name}: its {slot} run was just made by another watcher; "
+                 "skipped here")
+        return False
 
     def catch_up_line(self, decision: Decision, last: datetime) -> str:
         """Says why slots were missed: portwatch was down, or (the first missed slot came

@@ -398,7 +398,7 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
                  covered=(PortRange(22, 22), PortRange(missed.port, missed.port)))
     assert len(store.query("SELECT port FROM ports_carried")) == 2
     # And the store as layout 14 left it: no carried ports
-    assert SCHEMA_VERSION == 17
+    assert SCHEMA_VERSION == 18
     store.command("TRUNCATE TABLE ports_carried")
     store.command("TRUNCATE TABLE carried_history")
     store.command("TRUNCATE TABLE schema_version")
@@ -408,7 +408,7 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
     # the scans' coverage: 443; not the covered port (the re-probe's answer is not stored)
     url = f"chdb://{store.location.path}?database={store.location.database}"
     with Store.from_url(url) as upgraded:
-        assert upgraded.query("SELECT max(version) FROM schema_version") == [(17,)]
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         assert upgraded.query("SELECT ip, proto, port, scan_id FROM ports_carried FINAL") == [
             ("127.0.0.7", "tcp", 443, "s2")]
         assert reports(upgraded)[1] == {"127.0.0.7": [22, 443]}

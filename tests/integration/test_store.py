@@ -659,12 +659,13 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     for view in ("risk_dirty_mv", "risk_dirty_observations_mv", "risk_dirty_carried_mv",
                  "host_scan_scores_mv"):
         old.command(f"DROP VIEW {view}")  # (layout 17)
-    for table in ("risk_dirty", "scan_scores", "host_scan_scores", "risk_days"):
+    for table in ("risk_dirty", "scan_scores", "host_scan_scores", "risk_days",
+                  "watch_claims"):  # (layout 18)
         old.command(f"DROP TABLE {table}")
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 17 and {9, 10, 11, 12, 13, 14, 15, 16} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 18 and {9, 10, 11, 12, 13, 14, 15, 16, 17} <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -692,6 +693,8 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
             ("127.0.0.1", "s1", 3)]
         assert db.query("SELECT addresses, score_max FROM risk_days FINAL") == [(1, 7.2)]
         assert db.query("SELECT count() FROM risk_dirty") == [(0,)]
+        # and the watch slots' claims have their table (layout 18)
+        assert db.query("SELECT count() FROM watch_claims") == [(0,)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "

@@ -21,6 +21,7 @@ from portwatch.alerts.schedule import ScheduleEntry
 from portwatch.alerts.watch import Watcher
 from tests.alert_receivers import webhook_receiver
 from tests.integration.test_alert_delivery import SECRET, Clock, event, hook_config, outbox_states
+from tests.integration.test_watch_claims import gone_owner
 
 HOURLY = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.1",))
 
@@ -45,8 +46,9 @@ def test_a_run_the_ledger_refuses_still_queues_its_alerts_and_sends_them_once(
     with webhook_receiver(SECRET) as receiver:
         dispatcher = AlertDispatcher(store, hook_config(tmp_path, receiver.url), clock=Clock())
         lines: list[str] = []
+        # (its claim on the slot as a process since restarted left it: schedule.claim_slot)
         watcher = Watcher(store, [HOURLY], scan, dispatcher, clock=lambda: now[0],
-                          say=lines.append)
+                          say=lines.append, owner=gone_owner())
         # When the watcher runs it
         records = asyncio.run(watcher.run_once())
         # Then the run counts as failed, said in one line, and its alert is queued

@@ -1,0 +1,37 @@
+"""Who holds a claim: ``host:pid:nonce`` owner ids, and whether such an owner is gone.
+
+Owns: the owner id a claim row carries (alert_claims, watch_claims) and the one liveness
+test both use. Must not touch: the store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from schemas.bounded import is_digits
+
+
+def owner_id(host: str | None = None) -> str:
+    """A new owner id for this process (one per claimant: a pass, a watcher)."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_is_gone(owner: str, host: str | None = None) -> bool:
+    """True when ``owner`` (``host:pid:nonce``) ran on this host in a process that no
+    longer exists: its claim is void at once, not after a lease (a restart after a
+    SIGKILL goes on without waiting). An owner of another host is never known gone."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != (host or socket.gethostname()) or not is_digits(parts[1]):
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by another user
+    return False
