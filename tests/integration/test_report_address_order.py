@@ -16,9 +16,11 @@ from schemas.records import (
     Finding,
     HostScan,
     OpenPort,
+    ProbeStatus,
     RiskColor,
     ServiceInfo,
     Target,
+    TlsResult,
 )
 
 T0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
@@ -30,10 +32,11 @@ WEB = [Target(ip=ip, target="web.example.test") for ip in ("127.0.0.30", "127.0.
 
 def _store_hosts(store: Any) -> None:
     targets = [Target(ip=ip, target=ip) for ip in ADDRESSES] + WEB
+    tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong")
     store.insert_findings([
-        Finding(port=OpenPort(scan_id="s1", target=t, port=22, observed_at=T0),
-                service=ServiceInfo(service="ssh", product="OpenSSH", version="9.6p1"),
-                risk_color=RiskColor.GREEN)  # one green port each: equal scores
+        Finding(port=OpenPort(scan_id="s1", target=t, port=443, observed_at=T0),
+                service=ServiceInfo(service="https", product="nginx", version="1.24.0"),
+                risk_color=RiskColor.GREEN, tls=tls)  # one green port each: equal scores
         for t in targets])
     store.insert_host_scans([HostScan("s1", t, T0, T0 + timedelta(minutes=5), 65535, 1)
                              for t in targets])
@@ -47,8 +50,10 @@ def test_summary_and_list_sort_addresses_as_numbers_then_names(store: Any) -> No
     _store_hosts(store)
     summary = [(r["target"], r["ip"]) for r in store.report("summary").dicts()]
     listed = [(r["target"], r["ip"]) for r in store.report("list").dicts()]
+    ciphers = [(r["target"], r["ip"]) for r in store.report("ciphers").dicts()]
     assert summary == EXPECTED
     assert listed == EXPECTED
+    assert ciphers == EXPECTED
     # A page of two, then the next: the page's own order (phase 1) is numeric too
     assert [r["ip"] for r in store.report("summary", limit=2, offset=1).dicts()] == \
         ["127.0.0.9", "127.0.0.10"]
