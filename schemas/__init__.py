@@ -105,6 +105,12 @@ def _expanded(sql: str) -> str:
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 
+def expand_macros(sql: str) -> str:
+    """``sql`` with the macros the reports use written out (``_expanded``): for SQL
+    kept elsewhere (the Grafana panels) that sorts or filters as the reports do."""
+    return _expanded(sql)
+
+
 @cache
 def report_sql(name: str) -> str:
     """The SQL of one report, run unchanged by the store (parameters bound server-side)."""

@@ -743,11 +743,13 @@ ENGINE = ReplacingMergeTree(revision)
 ORDER BY (target, proto, port);
 
 -- Who runs a watch entry's cron slot: two watchers on one ClickHouse server (two
--- `watch --once` CronJobs that overlap, a second machine) must not both scan it. Each
--- claim is inserted with the insert deduplication token (entry, slot, attempt), so one
--- claim per attempt lands; the watcher whose row landed runs the slot. A next attempt is
--- claimed only once the last one's run was recorded interrupted, or its process (on
--- this host) is gone (portwatch/alerts/schedule.py claim_slot).
+-- `watch --once` CronJobs that overlap, a second machine) must not both scan it, nor
+-- scan an entry whose earlier slot another still runs. Each claim is inserted with the
+-- insert deduplication token (entry, slot, attempt), so one claim per attempt lands; the
+-- watcher whose row landed runs the slot and renews it (a row of the same attempt) every
+-- minute. claimed_at is the server's clock. A claim is over once its owner recorded a run
+-- (watch_runs.owner), its process on this host is gone, or it was not renewed for 5
+-- minutes (portwatch/alerts/schedule.py claim_slot).
 CREATE TABLE IF NOT EXISTS watch_claims
 (
     entry       String,
@@ -770,7 +772,8 @@ CREATE TABLE IF NOT EXISTS watch_runs
     finished_at  DateTime64(3, 'UTC'),
     scan_id      String,
     status       LowCardinality(String),
-    note         String
+    note         String,
+    owner        String  -- the watcher that ran it (its claim: watch_claims)
 )
 ENGINE = ReplacingMergeTree(finished_at)
 ORDER BY (entry, slot);

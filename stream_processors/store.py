@@ -137,8 +137,9 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # 16 -> 17: the risk chart's rows (scan_scores, risk_days), computed once for every
     # stored host scan, a month at a time (stream_processors/risk_days.py).
     16: (migrate_risk_days,),
-    # 17 -> 18: watch_claims (who runs a watch slot), new and empty: the DDL makes it.
-    17: (),
+    # 17 -> 18: watch_claims (who runs a watch slot), new and empty: the DDL makes it;
+    # each run names the watcher that made it (older runs: none, matching no claim).
+    17: ("ALTER TABLE watch_runs ADD COLUMN IF NOT EXISTS owner String",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -663,10 +664,13 @@ class Store:
         self._insert("host_scans", HOST_SCAN_COLUMNS, rows)
         return len(rows)
 
-    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
-        """One statement with server-side parameters (maintenance: prune)."""
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None, *,
+                settings: Mapping[str, Any] | None = None) -> None:
+        """One statement with server-side parameters (maintenance: prune; a claim
+        inserted with the server's clock and a deduplication token in ``settings``)."""
         with self._lock:
-            self._client.command(sql, parameters=dict(parameters or {}))
+            self._client.command(sql, parameters=dict(parameters or {}),
+                                 settings=dict(settings) if settings else None)
 
     def active_parts(self, tables: Sequence[str]) -> dict[str, int]:
         """Active data parts per table of ``tables`` (a table without any is absent)."""

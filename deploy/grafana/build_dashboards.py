@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas import report_sql
+from schemas import expand_macros, report_sql
 from schemas.filters import target_predicate
 
 HERE = Path(__file__).resolve().parent
@@ -106,20 +106,22 @@ WHERE """ + CHANGE_FILTERS + """
 GROUP BY time, kind
 ORDER BY time, kind"""
 
-NEW_RED_PORTS = """SELECT observed_at, target, ip, port, toString(proto) AS proto,
+NEW_RED_PORTS = expand_macros("""SELECT observed_at, target, ip, port, toString(proto) AS proto,
        toString(kind) AS kind, toString(service) AS service, after,
        toString(organization) AS organization, asset
 FROM changes AS c FINAL
 WHERE kind IN ('opened', 'reopened') AND risk_color = 'red'
   AND """ + CHANGE_FILTERS + """
-ORDER BY observed_at DESC, target, ip, port
-LIMIT 1000"""
+ORDER BY observed_at DESC, ADDRESS_ORDER(target), ADDRESS_ORDER(ip), port
+LIMIT 1000""")
 
 # One row per host (latest_host_scans), not every scan ever: as the reports
 ORG_VARIABLE = ("SELECT DISTINCT toString(organization) FROM latest_host_scans "
                 "WHERE organization != '' ORDER BY 1")
-TARGET_VARIABLE = ("SELECT DISTINCT ip FROM latest_host_scans "
-                   "WHERE (${org:sqlstring} = '' OR organization = ${org:sqlstring}) ORDER BY 1")
+# addresses in numeric order, as the reports (and the variable keeps the query's order)
+TARGET_VARIABLE = expand_macros(
+    "SELECT DISTINCT ip FROM latest_host_scans "
+    "WHERE (${org:sqlstring} = '' OR organization = ${org:sqlstring}) ORDER BY ADDRESS_ORDER(ip)")
 
 
 def _target(sql: str, fmt: int) -> dict[str, Any]:
@@ -149,10 +151,12 @@ def _colour_overrides() -> dict[str, Any]:
         _target_link_override()]}
 
 
-def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+def _variable(name: str, label: str, query: str, sort: int = 1) -> dict[str, Any]:
+    """A dashboard variable; ``sort`` 1: Grafana sorts the values alphabetically, 0: in
+    the query's order (addresses: 127.0.0.9 before 127.0.0.10)."""
     return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
             "query": query, "definition": query, "refresh": 2, "includeAll": True,
-            "allValue": "''", "multi": False, "sort": 1,
+            "allValue": "''", "multi": False, "sort": sort,
             "current": {"selected": True, "text": "All", "value": "$__all"}}
 
 
@@ -224,7 +228,7 @@ def dashboard() -> dict[str, Any]:
         "time": {"from": "now-30d", "to": "now"},
         "templating": {"list": [_datasource_variable(), _web_url_variable(),
                                 _variable("org", "Organization", ORG_VARIABLE),
-                                _variable("target", "Target", TARGET_VARIABLE)]},
+                                _variable("target", "Target", TARGET_VARIABLE, sort=0)]},
         "panels": panels,
     }
 

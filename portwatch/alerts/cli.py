@@ -202,8 +202,9 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     if once:
         async with watcher.delivering():  # what the first scans found goes out meanwhile
             records = await watcher.run_once()
-        if dispatcher is not None:
-            report_drain(await asyncio.to_thread(dispatcher.drain))
+        if dispatcher is not None:  # (bounded by `delivery: wait` after a signal)
+            report_drain(await asyncio.to_thread(partial(
+                dispatcher.drain, bound_first=watcher.is_stopping)))
         if watcher.is_stopping:
             return EXIT_INTERRUPTED
         if _say_unqueued(watcher):
@@ -221,8 +222,9 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # Stopped by a signal (a pod's SIGTERM has a grace period), the last delivery
         # starts no message past the file's `delivery: wait`; what is left stays queued
         # for the next watcher or `portwatch alerts deliver`
-        report_drain(await asyncio.to_thread(partial(dispatcher.drain,
-                                                     bound_first=stop.is_set())))
+        # (a signal during a scan interrupts it and stops the watcher: is_stopping)
+        report_drain(await asyncio.to_thread(partial(
+            dispatcher.drain, bound_first=stop.is_set() or watcher.is_stopping)))
     _say_unqueued(watcher)
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 

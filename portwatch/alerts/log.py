@@ -101,10 +101,10 @@ _PRUNE_ALERTS = (
     ("alert_claims", "claimed_at < {cutoff:DateTime64(3)} AND (rule, channel, event_id) "
      "NOT IN (SELECT rule, channel, event_id FROM alert_outbox FINAL "
      "WHERE state = 'pending')"),
-    # claims of slots whose run ended before it (a slot recorded done is never claimed
-    # again: a pruned claim's deduplication token could not land a second time)
-    ("watch_claims", "claimed_at < {cutoff:DateTime64(3)} AND (entry, slot) IN "
-     "(SELECT entry, slot FROM watch_runs WHERE status != 'interrupted')"),
+    # watch slots' claims and renewals made before it (a running watcher renews its
+    # claim every minute; a slot claimed again after its token was pruned moves on to
+    # the next attempt: schedule.claim_slot)
+    ("watch_claims", "claimed_at < {cutoff:DateTime64(3)}"),
     # runs that ended before it, except each entry's latest run, which schedules it
     ("watch_runs", "finished_at < {cutoff:DateTime64(3)} AND (entry, slot) NOT IN "
      "(SELECT entry, maxIf(slot, status != 'interrupted' AND slot <= now64(3)) "
@@ -114,8 +114,8 @@ _PRUNE_ALERTS = (
 
 def prune_alert_history(store: Any, cutoff: datetime) -> None:
     """Delete the deliveries that ended, the claims (of deliveries and of watch slots) and
-    the scheduled runs older than ``cutoff``; never a pending delivery, its claims, a
-    slot's claims before its run is recorded, or an entry's latest run. A change event
+    the scheduled runs older than ``cutoff``; never a pending delivery, its claims, or
+    an entry's latest run. A change event
     replayed after its delivery was pruned (a Kafka topic kept longer than the cutoff) is
     alerted again."""
     for table, where in _PRUNE_ALERTS:

@@ -12,22 +12,28 @@ import uuid
 
 from schemas.bounded import is_digits
 
+# The first half of every nonce this process mints: an owner with this process's pid
+# and another tag was a process before it with the same pid (a restarted container's
+# PID 1, on the same hostname), gone.
+_PROCESS_TAG = uuid.uuid4().hex[:6]
+
 
 def owner_id(host: str | None = None) -> str:
     """A new owner id for this process (one per claimant: a pass, a watcher)."""
-    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{host or socket.gethostname()}:{os.getpid()}:{_PROCESS_TAG}{uuid.uuid4().hex[:6]}"
 
 
 def owner_is_gone(owner: str, host: str | None = None) -> bool:
     """True when ``owner`` (``host:pid:nonce``) ran on this host in a process that no
     longer exists: its claim is void at once, not after a lease (a restart after a
-    SIGKILL goes on without waiting). An owner of another host is never known gone."""
+    SIGKILL goes on without waiting; a restarted container's PID 1 is the same pid, not
+    the same process). An owner of another host is never known gone."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != (host or socket.gethostname()) or not is_digits(parts[1]):
         return False
     pid = int(parts[1])
-    if pid == os.getpid():
-        return False
+    if pid == os.getpid():  # this process, or one before it with its pid (a container)
+        return not parts[2].startswith(_PROCESS_TAG)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -38,7 +38,8 @@ from portwatch.alerts.config import (
 )
 
 MAX_MISSED_COUNTED = 10_000
-RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note")
+RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note",
+               "owner")
 
 
 class ScheduleError(AlertConfigError):
@@ -186,62 +187,97 @@ def future_slots(store: Any, now: datetime) -> dict[str, datetime]:
 
 
 def record_run(store: Any, entry: str, slot: datetime, started: datetime, finished: datetime,
-               scan_id: str, status: str, note: str = "") -> None:
+               scan_id: str, status: str, note: str = "", owner: str = "") -> None:
     store.insert_rows("watch_runs", RUN_COLUMNS, [[entry, slot, started, finished, scan_id,
-                                                   status, note[:500]]])
+                                                   status, note[:500], owner]])
 
+
+# -- who runs a slot (ddl.sql watch_claims) ---------------------------------------------------
 
 CLAIM_COLUMNS = ("entry", "slot", "attempt", "owner", "claimed_at")
-_SLOT = "entry = {entry:String} AND slot = {slot:DateTime64(3, 'UTC')}"
+HEARTBEAT_SECONDS = 60.0  # a watcher running a slot renews its claim this often
+CLAIM_LEASE_SECONDS = 300.0  # a claim not renewed this long (server time) is over
+_CLAIM_TRIES = 5  # attempts whose token a pruned claim already used are skipped
+_LATEST_CLAIM = (
+    "SELECT slot, attempt, owner, "
+    "dateDiff('millisecond', max(claimed_at), now64(3)) / 1000 AS age "
+    "FROM watch_claims WHERE entry = {entry:String} AND slot <= {slot:DateTime64(3, 'UTC')} "
+    "GROUP BY slot, attempt, owner ORDER BY slot DESC, attempt DESC LIMIT 1")
+_INSERT_CLAIM = ("INSERT INTO watch_claims SELECT {entry:String}, "
+                 "{slot:DateTime64(3, 'UTC')}, {attempt:UInt16}, {owner:String}, now64(3)")
 
 
 @dataclass(frozen=True, slots=True)
 class SlotClaim:
-    """The answer of ``claim_slot``: ``won`` (this watcher runs the slot), else who holds
-    it (``holder``: a live claim of another watcher) or that its run was recorded since
-    this watcher read the ledger (``holder`` empty)."""
+    """The answer of ``claim_slot``. ``won``: this watcher runs the slot (``attempt``,
+    which it renews). Else ``holder`` is the watcher whose live claim holds the entry
+    (on ``slot``: this one, or an earlier slot it still runs), or empty: the slot's run
+    was recorded since this watcher read the ledger."""
 
     won: bool
     holder: str = ""
+    slot: datetime | None = None
+    attempt: int = 0
 
 
-def claim_slot(store: Any, entry: str, slot: datetime, owner: str,
-               now: datetime) -> SlotClaim:
-    """Claim ``entry``'s ``slot`` for ``owner`` (``owners.owner_id``) before running it
-    (ddl.sql watch_claims). Attempt 1, or the next one once the latest attempt is over:
-    its run was recorded interrupted after it was claimed (a Ctrl-C: the slot is run
-    again), or its owner's process on this host is gone (a SIGKILL). A live claim of
-    another watcher, or of one on another host that died without recording its run
-    (not knowable from here: that one slot is left, the entry's next slot runs as
-    usual), holds the slot. The insert's deduplication token makes one claim per
-    attempt land, however many watchers try at once."""
+def claim_slot(store: Any, entry: str, slot: datetime, owner: str) -> SlotClaim:
+    """Claim ``entry``'s ``slot`` for ``owner`` (``owners.owner_id``) before running it.
+
+    The entry's latest claim up to ``slot`` decides. It is over once its owner recorded
+    a run of its slot or a later one (watch_runs.owner: a run is tied to its claim by
+    who made it, never by comparing two machines' clocks), once its owner's process on
+    this host is gone (a SIGKILL, a restarted container), or once it was not renewed for
+    ``CLAIM_LEASE_SECONDS`` by the server's clock (a watcher on another host that died).
+    A live one holds the entry, even for a later slot: two watchers never scan one
+    entry at once, though a run outlasts its cron period. A completed or failed run of
+    ``slot`` itself means it is done; an interrupted one is claimed again (the next
+    attempt). The insert carries the deduplication token (entry, slot, attempt), so one
+    claim per attempt lands however many watchers try at once; the watcher whose row
+    landed runs the slot. Its own claim (its insert landed, then a store error) is its."""
     from portwatch.alerts.owners import owner_is_gone
 
-    params = {"entry": entry, "slot": _utc(slot)}
-    latest = store.query(f"SELECT attempt, owner, claimed_at FROM watch_claims WHERE {_SLOT} "
-                         "ORDER BY attempt DESC LIMIT 1", params)
-    attempt = 1
-    if latest:
-        last_attempt, holder, claimed_at = int(latest[0][0]), str(latest[0][1]), latest[0][2]
-        # (a run of this slot or a later one: an entry's first run is recorded at the
-        # instant it started, claimed as the cron slot it stands for; see Watcher._claimed)
-        ran = {str(r[0]) for r in store.query(
-            "SELECT status FROM watch_runs WHERE entry = {entry:String} "
-            "AND slot >= {slot:DateTime64(3, 'UTC')} "
-            "AND started_at >= {claimed:DateTime64(3, 'UTC')}",
-            {**params, "claimed": _utc(claimed_at)})}
-        if ran - {"interrupted"}:
-            return SlotClaim(False)  # run and recorded since this watcher read the ledger
-        if not ran and not owner_is_gone(holder):
-            return SlotClaim(False, holder)
-        attempt = last_attempt + 1
-    store.insert_rows("watch_claims", CLAIM_COLUMNS,
-                      [[entry, _utc(slot), attempt, owner, _utc(now)]],
-                      dedup_token=f"{entry}\x1f{_utc(slot).isoformat()}\x1f{attempt}")
-    landed = store.query(f"SELECT owner FROM watch_claims WHERE {_SLOT} "
-                         "AND attempt = {attempt:UInt16} LIMIT 1", {**params, "attempt": attempt})
-    holder = str(landed[0][0]) if landed else ""
-    return SlotClaim(holder == owner, "" if holder == owner else holder)
+    slot = _utc(slot)
+    at_least = 1
+    for _ in range(_CLAIM_TRIES):
+        params: dict[str, Any] = {"entry": entry, "slot": slot}
+        attempt = at_least
+        latest = store.query(_LATEST_CLAIM, params)
+        if latest:
+            held = _utc(latest[0][0])
+            last, holder, age = int(latest[0][1]), str(latest[0][2]), float(latest[0][3])
+            recorded = {str(r[0]) for r in store.query(
+                "SELECT status FROM watch_runs WHERE entry = {entry:String} "
+                "AND owner = {holder:String} AND slot >= {held:DateTime64(3, 'UTC')}",
+                {**params, "holder": holder, "held": held})}
+            if recorded:
+                if held == slot and recorded - {"interrupted"}:
+                    return SlotClaim(False)  # made since this watcher read the ledger
+            elif holder == owner:
+                if held == slot:
+                    return SlotClaim(True, attempt=last)
+            elif not owner_is_gone(holder) and age < CLAIM_LEASE_SECONDS:
+                return SlotClaim(False, holder, held)
+            attempt = max(attempt, last + 1 if held == slot else 1)
+        store.command(_INSERT_CLAIM, {**params, "attempt": attempt, "owner": owner},
+                      settings={"insert_deduplication_token":
+                                f"{entry}\x1f{slot.isoformat()}\x1f{attempt}"})
+        landed = store.query("SELECT owner FROM watch_claims WHERE entry = {entry:String} "
+                             "AND slot = {slot:DateTime64(3, 'UTC')} "
+                             "AND attempt = {attempt:UInt16} LIMIT 1",
+                             {**params, "attempt": attempt})
+        if landed:
+            holder = str(landed[0][0])
+            return (SlotClaim(True, attempt=attempt) if holder == owner
+                    else SlotClaim(False, holder, slot))
+        at_least = attempt + 1  # its token was used by a claim pruned since: the next one
+    return SlotClaim(False)
+
+
+def renew_claim(store: Any, entry: str, slot: datetime, attempt: int, owner: str) -> None:
+    """A running watcher's claim is still live (a row of the same attempt, by the
+    server's clock; no token: each renewal lands)."""
+    store.command(_INSERT_CLAIM, {"entry": entry, "slot": _utc(slot), "attempt": attempt,
+                                  "owner": owner})
 
 
 # -- the file ---------------------------------------------------------------------------

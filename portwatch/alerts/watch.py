@@ -28,13 +28,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from portwatch.alerts.dispatcher import AlertDispatcher, AlertQueueError
 from portwatch.alerts.owners import owner_id
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import (
+    HEARTBEAT_SECONDS,
     Decision,
     ScheduleEntry,
     claim_slot,
@@ -46,6 +47,7 @@ from portwatch.alerts.schedule import (
     plan,
     previous_slot,
     record_run,
+    renew_claim,
 )
 from portwatch.console import exit_code_for, one_line
 from schemas.records import ChangeEvent
@@ -105,6 +107,11 @@ class Watcher:
     _warned_future: set[str] = field(default_factory=set, repr=False)
     # this watcher's id on the slots it claims (ddl.sql watch_claims)
     owner: str = field(default_factory=owner_id)
+    heartbeat: float = HEARTBEAT_SECONDS  # how often a running slot's claim is renewed
+    held_recheck: float = MAX_WAIT_SECONDS  # how often a slot another watcher holds is
+    # looked at again (its holder may be interrupted or die)
+    # entry -> (the due slot another watcher's claim held, when to look again)
+    _held: dict[str, tuple[datetime, datetime]] = field(default_factory=dict, repr=False)
     # change events the outbox refused (a store error): queued again before the next run
     _unqueued: list[ChangeEvent] = field(default_factory=list, repr=False)
 
@@ -137,7 +144,8 @@ class Watcher:
     def status_line(self) -> str:
         parts = []
         for d in self.decisions():
-            when = "now" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC")
+            when = ("running in another watcher" if d.is_due and self._is_held(d) else
+                    "now" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC"))
             parts.append(f"{d.entry.name} {when}")
         return "next run: " + ", ".join(parts)
 
@@ -154,33 +162,49 @@ class Watcher:
                 break
             last = self.last_slots().get(entry.name)
             decision = decide(entry, last, self.clock())
-            if not decision.is_due:
+            if not decision.is_due or self._is_held(decision):
                 continue
-            if not self._claimed(decision):
+            won = self._claimed(decision)
+            if won is None:
                 continue
             if decision.missed and last is not None:
                 self.say(self.catch_up_line(decision, last))
-            records.append(await self._run(decision))
+            records.append(await self._run(decision, won))
         return records
 
-    def _claimed(self, decision: Decision) -> bool:
-        """Claim the slot before running it (schedule.claim_slot): False, said in one
-        line, when another watcher on the same store runs it or just did; this watcher
-        then leaves that slot (the entry's next slot is claimed as usual)."""
+    def _is_held(self, decision: Decision) -> bool:
+        """Another watcher's live claim held this slot when last looked at, and it is
+        not time to look again (``held_recheck`` later)."""
+        held = self._held.get(decision.entry.name)
+        return held is not None and held[0] == decision.slot and self.clock() < held[1]
+
+    def _claimed(self, decision: Decision) -> tuple[datetime, int] | None:
+        """Claim the slot before running it (schedule.claim_slot): the claim (its slot
+        and attempt, renewed while the scan runs), or None, said in one line, when
+        another watcher on the same store holds the entry or just ran the slot. A held
+        slot is looked at again every ``held_recheck`` seconds (the holder may be
+        interrupted, or die); one just run is done here too."""
         entry = decision.entry
         # The cron slot the run stands for: an entry's first run (its baseline) is due
         # "now", an instant two watchers never share; they share its cron slot
         key = previous_slot(entry, decision.slot)
-        claim = claim_slot(self.store, entry.name, key, self.owner, self.clock())
+        claim = claim_slot(self.store, entry.name, key, self.owner)
         if claim.won:
-            return True
-        self._ran[entry.name] = decision.slot  # not due again here until its next slot
-        slot = f"{key:%Y-%m-%d %H:%M} UTC"
-        self.say(f"watch: {entry.name}: its {slot} run is running in another watcher "
-                 f"({claim.holder}); skipped here" if claim.holder else
-                 f"watch: {entry.name}: its {slot} run was just made by another watcher; "
-                 "skipped here")
-        return False
+            self._held.pop(entry.name, None)
+            return key, claim.attempt
+        if not claim.holder:
+            self._ran[entry.name] = decision.slot  # recorded: not due here before its next
+            self.say(f"watch: {entry.name}: its {key:%Y-%m-%d %H:%M} UTC run was just made "
+                     "by another watcher; skipped here")
+            return None
+        known = self._held.get(entry.name)
+        self._held[entry.name] = (decision.slot,
+                                  self.clock() + timedelta(seconds=self.held_recheck))
+        if known is None or known[0] != decision.slot:  # said once per slot
+            held = claim.slot or key
+            self.say(f"watch: {entry.name}: another watcher ({claim.holder}) is running its "
+                     f"{held:%Y-%m-%d %H:%M} UTC run; not run here while it does")
+        return None
 
     def catch_up_line(self, decision: Decision, last: datetime) -> str:
         """Says why slots were missed: portwatch was down, or (the first missed slot came
@@ -191,10 +215,11 @@ class Watcher:
         return (f"watch: {decision.entry.name} missed {decision.missed} run(s) {why}; "
                 "catching up with one run now")
 
-    async def _run(self, decision: Decision) -> RunRecord:
+    async def _run(self, decision: Decision, claim: tuple[datetime, int]) -> RunRecord:
         entry = decision.entry
         started = self.clock()
         self.say(f"watch: {entry.name}: scanning ({entry.cron})")
+        renewing = asyncio.create_task(self._renew(entry.name, *claim))
         try:
             outcome = await self.scan(entry)
         except Exception as exc:  # noqa: BLE001 - one entry's failure never stops the rest
@@ -206,6 +231,8 @@ class Watcher:
                                decision.missed)
             self._record(record, text)
             return record
+        finally:
+            renewing.cancel()
         status = "interrupted" if outcome.is_interrupted else "completed"
         record = RunRecord(entry.name, decision.slot, started, self.clock(), outcome.scan_id,
                            status, decision.missed, len(outcome.events))
@@ -243,13 +270,25 @@ class Watcher:
         self._unqueued = []
         return queued
 
+    async def _renew(self, entry: str, slot: datetime, attempt: int) -> None:
+        """While the scan runs: its claim is renewed every ``heartbeat`` seconds, so
+        another watcher holds off (a store error is one line; the next renewal tries
+        again, and a claim expires only after CLAIM_LEASE_SECONDS)."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await asyncio.to_thread(renew_claim, self.store, entry, slot, attempt,
+                                        self.owner)
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the scan
+                self.say(f"watch: {entry}: its claim could not be renewed: {error_text(exc)}")
+
     def _record(self, record: RunRecord, note: str) -> bool:
         """The run in the ledger; False (said in one line) when the store refused it."""
         if record.status != "interrupted":
             self._ran[record.entry] = record.slot
         try:
             record_run(self.store, record.entry, record.slot, record.started, record.finished,
-                       record.scan_id, record.status, note)
+                       record.scan_id, record.status, note, self.owner)
         except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the watcher
             self.say(f"watch: {record.entry}: the run could not be recorded: "
                      f"{error_text(exc)}")
@@ -286,7 +325,11 @@ class Watcher:
 
     def seconds_until_next(self) -> float:
         now = self.clock()
-        upcoming = [(d.next_run - now).total_seconds() for d in self.decisions()]
+        upcoming = []
+        for d in self.decisions():
+            held = self._held.get(d.entry.name)
+            at = held[1] if d.is_due and held is not None and held[0] == d.slot else d.next_run
+            upcoming.append((at - now).total_seconds())
         return max(0.0, min(upcoming)) if upcoming else DELIVERY_TICK_SECONDS
 
     async def run_forever(self, stop: asyncio.Event,

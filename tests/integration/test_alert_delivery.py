@@ -773,7 +773,7 @@ def test_a_drain_waits_for_another_workers_claim_without_polling(
 def test_prune_takes_ended_deliveries_old_claims_and_runs_never_pending_ones(
         store: Any, tmp_path: Path) -> None:
     from portwatch.alerts.log import prune_alert_history
-    from portwatch.alerts.schedule import claim_slot, last_slots, record_run
+    from portwatch.alerts.schedule import CLAIM_COLUMNS, last_slots, record_run
 
     # Given, 40 days ago, one delivery sent and one that failed for good, and a third
     # still pending (its receiver down), each with its claims
@@ -799,10 +799,12 @@ def test_prune_takes_ended_deliveries_old_claims_and_runs_never_pending_ones(
     start = datetime.fromtimestamp(T0, UTC)
     for entry, when in (("nightly", start - 40 * day), ("nightly", start - 39 * day),
                         ("hourly", start - day)):
-        assert claim_slot(store, entry, when, "elsewhere:1:a", when).won
         record_run(store, entry, when, when, when, "s", "completed")
-    # and a slot claimed 35 days ago whose run was never recorded (its watcher died)
-    assert claim_slot(store, "weekly", start - 35 * day, "elsewhere:1:a", start - 35 * day).won
+    # and the slots' claims (each claimed and renewed when it ran)
+    store.insert_rows("watch_claims", CLAIM_COLUMNS, [
+        [entry, when, 1, "elsewhere:1:a", when + timedelta(minutes=m)]
+        for entry, when in (("nightly", start - 40 * day), ("nightly", start - 39 * day),
+                            ("hourly", start - day)) for m in (0, 1)])
     # When what ended more than 30 days ago is pruned
     prune_alert_history(store, start - 30 * day)
     # Then only the pending delivery and its claim are left of the alerting
@@ -813,8 +815,6 @@ def test_prune_takes_ended_deliveries_old_claims_and_runs_never_pending_ones(
     # And each entry keeps its latest run (which schedules it), nothing older than 30 days
     assert last_slots(store) == {"nightly": start - 39 * day, "hourly": start - day}
     assert store.query("SELECT count() FROM watch_runs") == [(2,)]
-    # And the slots' claims go with their runs; not the claim of a slot never recorded
-    # (a claim's deduplication token never lands twice: pruned, it would skip the slot)
-    assert store.query("SELECT entry, slot FROM watch_claims ORDER BY entry, slot") == [
-        ("hourly", (start - day).replace(tzinfo=None)),
-        ("weekly", (start - 35 * day).replace(tzinfo=None))]
+    # And the slots' claims and renewals older than 30 days go too
+    assert store.query("SELECT DISTINCT entry, slot FROM watch_claims") == [
+        ("hourly", (start - day).replace(tzinfo=None))]

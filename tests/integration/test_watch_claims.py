@@ -1,15 +1,24 @@
-"""Two watchers on one store never both run an entry's slot (real chdb store).
+"""Two watchers on one store never both run an entry (real chdb store).
 
 Before, two `watch --once` on one ClickHouse server (two CronJobs that overlap, a
 second machine) both found the slot due in the ledger and both scanned it: twice the
 load, and the same changes alerted twice (a review, 2026-12-05). Each watcher now claims
-the slot first (ddl.sql watch_claims, schedule.claim_slot). Scan functions are
-injected (they return what a scan would); nothing scans.
+the slot first (ddl.sql watch_claims, schedule.claim_slot); a second review's cases are
+here too (a restarted container's PID 1, a store error after the claim landed, a holder
+interrupted while another watcher waits, a run outlasting its cron period, clock skew,
+a holder that died on another host). Scan functions are injected (they return what a
+scan would); nothing scans.
+
+One chdb engine serves one process, and the store serialises its calls: the race test
+below interleaves two threads' reads and inserts, never two inserts at the same instant
+on a server. What makes the claim safe there is ClickHouse's insert deduplication
+token, asserted directly at the end of that test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +29,7 @@ from typing import Any
 
 from portwatch.alerts.owners import owner_id
 from portwatch.alerts.scanning import ScanOutcome
-from portwatch.alerts.schedule import CLAIM_COLUMNS, ScheduleEntry, claim_slot
+from portwatch.alerts.schedule import CLAIM_COLUMNS, ScheduleEntry, claim_slot, record_run
 from portwatch.alerts.watch import Watcher
 
 HOURLY = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.1",))
@@ -42,11 +51,19 @@ def gone_owner() -> str:
     return f"{socket.gethostname()}:{gone.stdout.strip()}:0123456789ab"
 
 
-def _watcher(store: Any, scan: Any, lines: list[str]) -> Watcher:
-    return Watcher(store, [HOURLY], scan, clock=lambda: NOW, say=lines.append)
+def _watcher(store: Any, scan: Any, lines: list[str], now: list[datetime] | None = None,
+             **kw: Any) -> Watcher:
+    clock = now or [NOW]
+    return Watcher(store, [HOURLY], scan, clock=lambda: clock[0], say=lines.append, **kw)
 
 
-def test_a_second_watcher_skips_the_slot_the_first_is_running(store: Any) -> None:
+def _done(scan_id: str) -> Any:
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        return ScanOutcome(Stats(scan_id), [])
+    return scan
+
+
+def test_a_second_watcher_holds_off_while_the_first_runs_the_slot(store: Any) -> None:
     # Given two watchers of one store, the second started while the first scans
     lines: list[str] = []
     scanned: list[str] = []
@@ -61,20 +78,21 @@ def test_a_second_watcher_skips_the_slot_the_first_is_running(store: Any) -> Non
     async def first_scan(entry: ScheduleEntry) -> ScanOutcome:
         scanned.append("first")
         second_ran.extend(await second.run_once())  # while the first one's scan runs
+        assert second.seconds_until_next() == 60.0  # it looks again in a minute, not at once
+        assert second.status_line() == "next run: hourly running in another watcher"
+        second_ran.extend(await second.run_once())  # at once again: not asked, not said
         return ScanOutcome(Stats("scan-a"), [])
 
     first = _watcher(store, first_scan, lines)
-    # When both run the due entry
+    # When both run the due entry (its first run: due "now", claimed as its cron slot)
     records = asyncio.run(first.run_once())
-    # Then only the first scanned it; the second said so in one line and ran nothing
+    # Then only the first scanned it; the second said so once and ran nothing
     assert scanned == ["first"] and second_ran == []
     assert [(r.entry, r.scan_id, r.status) for r in records] == [
         ("hourly", "scan-a", "completed")]
-    assert lines.count(f"watch: hourly: its 2026-12-01 11:00 UTC run is running in another "
-                       f"watcher ({first.owner}); skipped here") == 1
-    # And the second does not try that slot again (no loop of claims), while a third,
-    # started after the run was recorded, finds it done in the ledger
-    assert asyncio.run(second.run_once()) == []
+    assert lines.count(f"watch: hourly: another watcher ({first.owner}) is running its "
+                       "2026-12-01 11:00 UTC run; not run here while it does") == 1
+    # And a third, started after the run was recorded, finds it done in the ledger
     third = _watcher(store, second_scan, lines)
     assert asyncio.run(third.run_once()) == [] and scanned == ["first"]
 
@@ -88,29 +106,110 @@ def test_a_slot_whose_run_was_interrupted_is_claimed_again(store: Any) -> None:
 
     assert [r.status for r in asyncio.run(_watcher(store, interrupted, lines).run_once())] \
         == ["interrupted"]
-
-    # When another watcher starts
-    async def completed(entry: ScheduleEntry) -> ScanOutcome:
-        return ScanOutcome(Stats("scan-b"), [])
-
-    records = asyncio.run(_watcher(store, completed, lines).run_once())
-    # Then it claims the slot's next attempt and runs it
+    # When another watcher starts, then it claims the slot's next attempt and runs it
+    records = asyncio.run(_watcher(store, _done("scan-b"), lines).run_once())
     assert [(r.scan_id, r.status) for r in records] == [("scan-b", "completed")]
-    assert store.query("SELECT attempt FROM watch_claims ORDER BY attempt") == [(1,), (2,)]
+    assert store.query("SELECT DISTINCT attempt FROM watch_claims ORDER BY attempt") == [
+        (1,), (2,)]
 
 
-def test_the_claim_of_a_process_gone_from_this_host_is_void(store: Any) -> None:
-    # Given a claim on the slot by a process of this host that no longer exists (killed
-    # before it recorded its run)
-    assert claim_slot(store, "hourly", SLOT, gone_owner(), NOW).won
-    # And one by a process of another host (whether it lives is not knowable here)
-    assert claim_slot(store, "daily", SLOT, "other-host:1:0123456789ab", NOW).won
-    # When a watcher of this host claims each
+def test_a_waiting_watcher_takes_the_slot_over_once_its_holder_was_interrupted(
+        store: Any) -> None:
+    # Given a watcher holding off while another runs the slot
+    lines: list[str] = []
+    now = [NOW]
+    waiting = _watcher(store, _done("scan-b"), lines, now)
+    holder = _watcher(store, _done("scan-a"), lines, now)
+    assert claim_slot(store, "hourly", SLOT, holder.owner).won
+    assert asyncio.run(waiting.run_once()) == []
+    # When the holder's run is recorded interrupted, and the waiting one looks again
+    record_run(store, "hourly", NOW, NOW, NOW, "scan-a", "interrupted", owner=holder.owner)
+    now[0] = NOW + timedelta(seconds=61)
+    # Then it claims the next attempt and runs the slot (before: it left the slot until
+    # the next one, an hour, a day or a week later)
+    assert [r.scan_id for r in asyncio.run(waiting.run_once())] == ["scan-b"]
+
+
+def test_an_entry_whose_run_outlasts_its_period_is_not_run_twice_at_once(store: Any) -> None:
+    # Given a watcher still running the entry's 11:00 slot at 12:05
+    lines: list[str] = []
+    late = [NOW + timedelta(hours=1)]
+    first = _watcher(store, _done("scan-a"), lines)
+    assert claim_slot(store, "hourly", SLOT, first.owner).won
+    record_run(store, "hourly", SLOT - timedelta(hours=1), NOW, NOW, "scan-0", "completed")
+    # When another watcher finds the 12:00 slot due
+    second = _watcher(store, _done("scan-b"), lines, late)
+    # Then it holds off: the entry is being scanned (before: both scanned its targets)
+    assert asyncio.run(second.run_once()) == []
+    assert lines[-1] == (f"watch: hourly: another watcher ({first.owner}) is running its "
+                         "2026-12-01 11:00 UTC run; not run here while it does")
+    # And once that run is recorded, the 12:00 slot is claimed and run
+    record_run(store, "hourly", SLOT, NOW, late[0], "scan-a", "completed", owner=first.owner)
+    late[0] += timedelta(seconds=61)
+    assert [r.scan_id for r in asyncio.run(second.run_once())] == ["scan-b"]
+
+
+def test_claims_of_processes_gone_from_this_host_or_silent_for_the_lease_are_over(
+        store: Any) -> None:
     mine = owner_id()
-    # Then the first is claimed again (attempt 2); the second is held by its owner
-    assert claim_slot(store, "hourly", SLOT, mine, NOW).won
-    held = claim_slot(store, "daily", SLOT, mine, NOW)
+    # A process of this host that has ended (killed before it recorded its run)
+    assert claim_slot(store, "a", SLOT, gone_owner(), ).won
+    assert claim_slot(store, "a", SLOT, mine).won
+    # A restarted container: PID 1 again, the same hostname, another process
+    restarted = f"{socket.gethostname()}:{os.getpid()}:0123456789ab"
+    assert claim_slot(store, "b", SLOT, restarted).won
+    assert claim_slot(store, "b", SLOT, mine).won
+    # A watcher on another host that stopped renewing its claim 6 minutes ago (by the
+    # server's clock): over after the 5-minute lease; one renewed a minute ago is not
+    store.command("INSERT INTO watch_claims SELECT 'c', {s:DateTime64(3, 'UTC')}, 1, "
+                  "'other-host:1:0123456789ab', now64(3) - INTERVAL 6 MINUTE", {"s": SLOT})
+    store.command("INSERT INTO watch_claims SELECT 'd', {s:DateTime64(3, 'UTC')}, 1, "
+                  "'other-host:1:0123456789ab', now64(3) - INTERVAL 1 MINUTE", {"s": SLOT})
+    assert claim_slot(store, "c", SLOT, mine).won
+    held = claim_slot(store, "d", SLOT, mine)
     assert (held.won, held.holder) == (False, "other-host:1:0123456789ab")
+
+
+def test_a_watcher_runs_the_slot_its_own_claim_holds_after_a_store_error(store: Any) -> None:
+    # Given a watcher whose claim landed, then the read that follows failed (a store
+    # error: run_forever tries again 30 s later)
+    lines: list[str] = []
+    watcher = _watcher(store, _done("scan-a"), lines)
+    assert claim_slot(store, "hourly", SLOT, watcher.owner).won
+    # When it tries the slot again, then the claim is its own: it runs (before: it
+    # skipped the slot, naming itself as "another watcher", and nobody ran it)
+    assert [r.scan_id for r in asyncio.run(watcher.run_once())] == ["scan-a"]
+
+
+def test_clock_skew_between_watchers_never_lets_a_third_run_a_held_slot(store: Any) -> None:
+    # Given a watcher whose clock is 5 minutes ahead, interrupted on the slot
+    lines: list[str] = []
+    ahead = _watcher(store, _done("-"), lines, [NOW + timedelta(minutes=5)])
+    assert claim_slot(store, "hourly", SLOT, ahead.owner).won
+    record_run(store, "hourly", NOW, NOW + timedelta(minutes=5), NOW + timedelta(minutes=6),
+               "scan-a", "interrupted", owner=ahead.owner)
+    # And a second watcher (right clock) that claimed it again and is running it
+    running = owner_id()
+    assert claim_slot(store, "hourly", SLOT, running).won
+    # When a third looks, then it holds off: a run is tied to its claim by its owner,
+    # not by comparing two machines' clocks (before: the first one's interrupted run,
+    # "started" after the second's claim by its clock, released the slot again)
+    held = claim_slot(store, "hourly", SLOT, owner_id())
+    assert (held.won, held.holder) == (False, running)
+
+
+def test_a_running_watcher_renews_its_claim(store: Any) -> None:
+    # Given a scan that runs a little longer than the renewal period
+    async def slow(entry: ScheduleEntry) -> ScanOutcome:
+        await asyncio.sleep(0.5)
+        return ScanOutcome(Stats("scan-a"), [])
+
+    watcher = _watcher(store, slow, [], heartbeat=0.1)
+    # When it runs, then its claim got rows of the same attempt while it scanned
+    assert [r.scan_id for r in asyncio.run(watcher.run_once())] == ["scan-a"]
+    (renewals,), = store.query("SELECT count() FROM watch_claims WHERE owner = {o:String} "
+                               "AND attempt = 1", {"o": watcher.owner})
+    assert renewals >= 3
 
 
 def test_watchers_racing_for_slots_win_each_exactly_once(store: Any) -> None:
@@ -123,7 +222,7 @@ def test_watchers_racing_for_slots_win_each_exactly_once(store: Any) -> None:
     def claim_all(owner: str) -> None:
         start.wait()
         for slot in slots:
-            if claim_slot(store, "hourly", slot, owner, NOW).won:
+            if claim_slot(store, "race", slot, owner).won:
                 wins[owner].append(slot)
 
     threads = [threading.Thread(target=claim_all, args=(o,)) for o in owners]
@@ -135,7 +234,19 @@ def test_watchers_racing_for_slots_win_each_exactly_once(store: Any) -> None:
     assert sorted(wins[owners[0]] + wins[owners[1]]) == sorted(slots)
     # And a claim inserted for an attempt already claimed (a watcher that read the
     # ledger before the first claim landed) does not land: its token was taken
-    store.insert_rows("watch_claims", CLAIM_COLUMNS, [["hourly", SLOT, 1, "late:1:x", NOW]],
+    store.insert_rows("watch_claims", CLAIM_COLUMNS, [["race", SLOT, 1, "late:1:x", NOW]],
+                      dedup_token=f"race\x1f{SLOT.isoformat()}\x1f1")
+    assert store.query("SELECT count() FROM watch_claims WHERE entry = 'race' "
+                       "AND slot = {s:DateTime64(3, 'UTC')}", {"s": SLOT}) == [(1,)]
+
+
+def test_a_slot_whose_claim_token_was_used_by_a_pruned_claim_moves_to_the_next_attempt(
+        store: Any) -> None:
+    # Given attempt 1's token used, and its row since deleted (prune)
+    store.insert_rows("watch_claims", CLAIM_COLUMNS, [["hourly", SLOT, 1, "old:1:x", NOW]],
                       dedup_token=f"hourly\x1f{SLOT.isoformat()}\x1f1")
-    assert store.query("SELECT count() FROM watch_claims WHERE slot = {s:DateTime64(3, 'UTC')}",
-                       {"s": SLOT}) == [(1,)]
+    store.command("ALTER TABLE watch_claims DELETE WHERE 1 SETTINGS mutations_sync = 1")
+    # When a watcher claims the slot, then it lands attempt 2
+    mine = owner_id()
+    claim = claim_slot(store, "hourly", SLOT, mine)
+    assert (claim.won, claim.attempt) == (True, 2)

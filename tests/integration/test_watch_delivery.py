@@ -143,6 +143,38 @@ def test_a_stopping_watcher_does_not_wait_for_a_backlogs_whole_delivery_pass(
     assert receiver.rejected == []
 
 
+@pytest.mark.parametrize("once", [False, True], ids=["watch", "watch-once"])
+def test_a_signal_during_a_scan_bounds_the_last_drain(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, once: bool) -> None:
+    """A FAKE for one step: the embedded runner's answer to Ctrl-C/SIGTERM during a scan
+    (it stops discovery and returns an interrupted outcome; real signals:
+    tests/integration/test_interrupt_during_identification.py) is returned directly.
+    The rest is real: the CLI's watch loop, the dispatcher, the store."""
+    from portwatch.alerts import cli, scanning
+
+    async def interrupted_by_a_signal(db: Any, prepared: Any, *, quiet: bool = True
+                                      ) -> ScanOutcome:
+        return ScanOutcome(Stats("scan-2", interrupted=True), [])
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", interrupted_by_a_signal)
+    drains: list[bool] = []
+    real = AlertDispatcher.drain
+
+    def drain(self: Any, wait_seconds: float | None = None, *,
+              bound_first: bool = False) -> Any:
+        drains.append(bound_first)
+        return real(self, wait_seconds, bound_first=bound_first)
+
+    monkeypatch.setattr(AlertDispatcher, "drain", drain)
+    config = hook_config(tmp_path, "http://127.0.0.1:9/x")
+    # When a signal interrupts the scan (the watcher stops: exit 130)
+    code = asyncio.run(cli._watch(store, [HOURLY], lambda entry: None, config, once=once,
+                                  quiet=True))
+    # Then the last drain starts no message past `delivery: wait` (before: the runner's
+    # own handler never set the CLI's stop event, so it sent the whole backlog first)
+    assert (code, drains) == (130, [True])
+
+
 def _refuse_the_outbox(store: Any) -> None:
     """A real store error on the outbox insert (a CHECK constraint ClickHouse enforces)."""
     store.command("ALTER TABLE alert_outbox ADD CONSTRAINT refuse_all CHECK rule = ''")
