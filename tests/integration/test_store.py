@@ -662,6 +662,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     for table in ("risk_dirty", "scan_scores", "host_scan_scores", "risk_days",
                   "watch_claims"):  # (layout 18)
         old.command(f"DROP TABLE {table}")
+    old.command("ALTER TABLE watch_runs DROP COLUMN owner")  # (layout 18)
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
@@ -693,8 +694,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
             ("127.0.0.1", "s1", 3)]
         assert db.query("SELECT addresses, score_max FROM risk_days FINAL") == [(1, 7.2)]
         assert db.query("SELECT count() FROM risk_dirty") == [(0,)]
-        # and the watch slots' claims have their table (layout 18)
+        # and the watch slots' claims have their table, and runs name their watcher
+        # (layout 18)
         assert db.query("SELECT count() FROM watch_claims") == [(0,)]
+        assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                        "AND table = 'watch_runs' AND name = 'owner'") == [("owner",)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
