@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import regex
+
 from probers.nmapdata import (
     NmapDataError,
     c_unescape,
@@ -191,8 +193,21 @@ def pcre_to_python(pattern: bytes) -> bytes:
     return bytes(out)
 
 
-def compile_pattern(pattern: bytes, flags: str) -> re.Pattern[bytes]:
-    """Compile an nmap match pattern as a Python bytes regex (flags: only ``i``, ``s``)."""
+# A compiled match line: the ``regex`` module's (its search takes a timeout and lets go
+# of the GIL), or for the few lines it rejects, the standard library's.
+Pattern = regex.Pattern[bytes] | re.Pattern[bytes]
+MatchObject = regex.Match[bytes] | re.Match[bytes]
+
+
+def compile_pattern(pattern: bytes, flags: str) -> Pattern:
+    """Compile an nmap match pattern as a Python bytes regex (flags: only ``i``, ``s``).
+
+    With the ``regex`` module: nmap bounds each PCRE match (a match limit); Python's
+    ``re`` cannot be stopped once a search started, and holds the GIL throughout, so
+    one hostile response against a backtracking line froze the whole scan for minutes
+    (a review, 2026-12-05). ``regex`` searches take a timeout and release the GIL. A
+    line ``regex`` rejects (3 of ~11,900 in Debian's file: a literal ``{`` it reads as
+    a quantifier) is compiled by ``re``: none of them can backtrack."""
     re_flags = 0
     for flag in flags:
         if flag == "i":
@@ -201,11 +216,23 @@ def compile_pattern(pattern: bytes, flags: str) -> re.Pattern[bytes]:
             re_flags |= re.DOTALL
         else:
             raise re.error(f"unsupported pattern flag {flag!r}")
+    source = pcre_to_python(pattern)
     with warnings.catch_warnings():
         # A FutureWarning about a "possible nested set" is about Python's future
         # syntax, not about the pattern's meaning today; do not let it escape.
         warnings.simplefilter("ignore", FutureWarning)
-        return re.compile(pcre_to_python(pattern), re_flags)
+        try:
+            return regex.compile(source, re_flags)
+        except regex.error:
+            return re.compile(source, re_flags)  # re.error: the line does not compile
+
+
+def search(pattern: Pattern, subject: bytes, timeout: float) -> MatchObject | None:
+    """``pattern.search(subject)`` in at most ``timeout`` seconds (``regex``: raises
+    TimeoutError past it; an ``re`` pattern is one ``regex`` could not compile)."""
+    if isinstance(pattern, re.Pattern):
+        return pattern.search(subject)
+    return pattern.search(subject, timeout=max(timeout, 0.001))
 
 
 # ------------------------------------------------------------------------ templates
@@ -335,13 +362,13 @@ def cpe_escape(raw: bytes) -> str:
     return "".join(out)
 
 
-def _group(m: re.Match[bytes], n: int) -> bytes:
+def _group(m: MatchObject, n: int) -> bytes:
     if n < 1 or n > 9 or n > (m.re.groups or 0):
         raise TemplateError(f"no group ${n}")
     return m.group(n) or b""
 
 
-def render(segments: Sequence[_Segment], m: re.Match[bytes], *, is_cpe: bool = False) -> str:
+def render(segments: Sequence[_Segment], m: MatchObject, *, is_cpe: bool = False) -> str:
     """Fill a parsed template from a match; raises TemplateError like nmap's dotmplsubst."""
     out: list[str] = []
     for seg in segments:
@@ -396,14 +423,14 @@ class MatchRule:
     """One ``match`` / ``softmatch`` line, compiled."""
 
     service: str
-    pattern: re.Pattern[bytes]
+    pattern: Pattern
     is_soft: bool
     line: int
     probe: str
     templates: tuple[tuple[str, tuple[_Segment, ...]], ...] = ()
     cpes: tuple[tuple[_Segment, ...], ...] = ()
 
-    def apply(self, m: re.Match[bytes]) -> Match:
+    def apply(self, m: MatchObject) -> Match:
         values: dict[str, str] = {}
         for name, segments in self.templates:
             try:
@@ -806,7 +833,10 @@ class ProbeDB:
             if soft is not None and rule.is_soft:
                 continue
             tried += 1
-            m = rule.pattern.search(subject)
+            try:
+                m = search(rule.pattern, subject, deadline - time.monotonic())
+            except TimeoutError:  # this line alone ran past the budget (backtracking)
+                return MatchOutcome(soft, tried, budget_exceeded=True, subject_truncated=truncated)
             if m is None:
                 continue
             if rule.is_soft:

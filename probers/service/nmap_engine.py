@@ -134,7 +134,8 @@ class _Identifier:
         return self.deadline - self.loop.time()
 
     async def _match(self, probe: Probe, data: bytes) -> MatchOutcome:
-        # Regex work runs off the loop so a slow pattern cannot stall other scans.
+        # Regex work runs off the loop, and the regex module lets go of the GIL while it
+        # searches (each search bounded by the budget): a slow pattern stalls no scan.
         return await asyncio.to_thread(
             self.db.match_detailed, probe, data, budget=self.match_budget
         )

@@ -270,6 +270,45 @@ def test_match_budget_exceeded_is_reported_not_hidden(db: ProbeDB) -> None:
     assert "match budget exceeded" in outcome.note
 
 
+def test_a_backtracking_line_against_a_hostile_response_stops_at_the_budget() -> None:
+    # Given a match line that backtracks exponentially on a run of "a"s that fails at
+    # the end (~1.6^n steps: hours at 60), and a line after it that would match
+    hostile = ProbeDB.parse(b"Probe TCP NULL q||\n"
+                            b"match evil m=^(a|aa)+$= p/Evil/\n"
+                            b"match later m|a!| p/Later/\n", "hostile")
+    null = hostile.null_probe()
+    assert null is not None
+    # When a server's banner is that run
+    outcome = hostile.match_detailed(null, b"a" * 60 + b"!", budget=0.5)
+    # Then the search is stopped at the budget and says so (before: Python's re cannot
+    # be stopped, and held the GIL: one banner froze the whole scan for minutes)
+    assert outcome.match is None and outcome.budget_exceeded
+    assert "match budget exceeded" in outcome.note
+    # And with a budget it does not exceed, the same lines answer as nmap's would
+    assert hostile.match(null, b"aaa!").product == "Later"  # type: ignore[union-attr]
+
+
+def test_the_installed_lines_that_froze_a_scan_now_answer_every_response() -> None:
+    # Given Debian's nmap-service-probes and two responses a hostile-server review found
+    # (2026-12-05) to freeze a whole scan under Python's re: an ordinary HTTP 404 page
+    # (lines 14398-14399, "(?:[^<]+|<(?!/head>))*?<style>") and a banner of 100 "a"s
+    # after "Agent Ready v" (line 11064, "([\w._]+)+")
+    real = ProbeDB.shared()
+    get, null = real.probe("tcp", "GetRequest"), real.null_probe()
+    assert get is not None and null is not None
+    body = (b"<html><head><title>Not Found</title></head><body><h1>Not Found</h1><p>The "
+            b"requested URL was not found on this server.</p></body></html>")
+    page = (b"HTTP/1.0 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % len(body)) + body
+    for probe, response in ((get, page), (null, b"Agent Ready v" + b"a" * 100 + b"\r\n")):
+        # When it is matched, then every line of the chain is tried within the budget
+        # (before: one search ran for minutes, and no signal could stop the scan)
+        outcome = real.match_detailed(probe, response, budget=5.0)
+        every = sum(len(p.matches) for p in real.fallback_chain(probe))
+        assert (outcome.match, outcome.patterns_tried, outcome.budget_exceeded) == (
+            None, every, False)
+
+
 def test_subject_is_capped(db: ProbeDB) -> None:
     null = db.null_probe()
     assert null is not None
