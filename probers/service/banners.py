@@ -290,7 +290,9 @@ def parse_misc(data: bytes) -> ServiceInfo | None:
 
 # -- HTTP --------------------------------------------------------------------------------
 
-_STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) (\d{3})")
+# A status line: a version, then a code 100-599 ended by a space, a line end or the end
+# ("HTTP/1.1 99999999" and "HTTP/9.9 000" are not HTTP: a review, 2026-12-05)
+_STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) ([1-5]\d\d)(?=[ \r\n]|\Z)")
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"^nginx(?:/([\d.]+))?", re.I | re.A), "nginx", "f5", "nginx"),
     (re.compile(r"^Apache(?:/([\d.]+))?", re.I | re.A), "Apache httpd", "apache", "http_server"),

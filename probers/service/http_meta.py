@@ -29,7 +29,8 @@ FIELD_CAP = 256  # characters of a header value kept
 TITLE_SCAN = 65_536  # bytes of body searched for <title> / <link rel=icon>
 MAX_CHUNKS = 4_096  # chunks decoded before giving up on a chunked body
 
-_STATUS = re.compile(rb"^HTTP/\d(?:\.\d)? (\d{3})")
+# as banners._STATUS: a code 100-599 ended by a space, a line end or the end
+_STATUS = re.compile(rb"^HTTP/\d(?:\.\d)? ([1-5]\d\d)(?=[ \r\n]|\Z)")
 # A title is the text between the first ``<title...>`` and a ``</title`` at most
 # TITLE_SPAN bytes after it. Found with one scan, not with a lazy ``.{0,4096}?`` per
 # opening tag: a page of ``<title>`` repeated and never closed cost that regex 0.3 s

@@ -11,9 +11,11 @@ import base64
 import re
 
 import mmh3
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from probers.service.banners import parse_http
 from probers.service.http_meta import (
     BODY_CAP,
     TITLE_CAP,
@@ -129,6 +131,19 @@ def test_endless_headers_leave_no_body_and_a_bounded_header_list() -> None:
 def test_not_http_is_status_zero() -> None:
     assert split_response(b"SSH-2.0-OpenSSH_9.2p1\r\n").status == 0
     assert split_response(b"").status == 0
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    (b"HTTP/1.1 200 OK\r\n", 200), (b"HTTP/1.0 404\r\n", 404), (b"HTTP/2 503", 503),
+    (b"HTTP/1.1 199\n", 199),
+    # Not status lines (a hostile-server review, 2026-12-05: stored as http, "status 999")
+    (b"HTTP/1.1 99999999 Huge\r\n", 0), (b"HTTP/9.9 000\r\n", 0),
+    (b"HTTP/1.1 600 x\r\n", 0), (b"HTTP/1.1 2000\r\n", 0), (b"HTTP/1.1 20x\r\n", 0)])
+def test_a_status_line_has_a_code_from_100_to_599_and_nothing_glued_to_it(
+        line: bytes, status: int) -> None:
+    assert split_response(line + b"\r\n").status == status
+    info = parse_http(line + b"\r\n")
+    assert (info.extra_info if info else "") == (f"status {status}" if status else "")
 
 
 # -- hostile bytes -----------------------------------------------------------------------
