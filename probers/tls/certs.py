@@ -142,6 +142,28 @@ def load_certificate(der: bytes) -> x509.Certificate:
     return cert
 
 
+def name_text(value: str, cap: int = NAME_CAP) -> str:
+    """A name from a certificate as stored and shown: printable characters kept as
+    served (the DN's own backslash escapes too), every other one (controls, bidi
+    overrides, separators, lone surrogates) as ``\\xNN`` / ``\\uXXXX``, at most ``cap``
+    characters, cut with "..." (a served certificate's names are hostile text, like a
+    banner: raw ESC sequences reached `report ciphers -f csv`; a review, 2026-12-05)."""
+    out: list[str] = []
+    size = 0
+    for ch in value:
+        piece = ch if ch.isprintable() else (
+            f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else
+            f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        if size + len(piece) > cap:
+            while out and size + 3 > cap:
+                size -= len(out.pop())
+            out.append("..."[:cap])
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
 def _capped_sans(names: Sequence[str], addresses: Sequence[_Address]) -> tuple[str, ...]:
     kept: list[str] = []
     size = 0
@@ -151,7 +173,7 @@ def _capped_sans(names: Sequence[str], addresses: Sequence[_Address]) -> tuple[s
         if size > SANS_CAP:
             kept.append(f"(and {len(entries) - len(kept)} more names)")
             break
-        kept.append(text(entry, NAME_CAP))
+        kept.append(name_text(entry))
     return tuple(kept)
 
 
@@ -182,9 +204,9 @@ def _describe(der: bytes, sha256: str, *, position: int, hostname: str | None,
         not_after = cert.not_valid_after_utc
         days_left, expiry_warning = expiry(cert, now)
         return Certificate(
-            subject=text(cert.subject.rfc4514_string(), NAME_CAP),
+            subject=name_text(cert.subject.rfc4514_string()),
             sans=_capped_sans(names, addresses),
-            issuer=text(cert.issuer.rfc4514_string(), NAME_CAP),
+            issuer=name_text(cert.issuer.rfc4514_string()),
             not_before=cert.not_valid_before_utc.isoformat(),
             not_after=not_after.isoformat(),
             key_type=key_type,

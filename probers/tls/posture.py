@@ -42,6 +42,7 @@ from probers.tls.certs import (
     hostname_matches,
     is_self_signed,
     load_certificate,
+    name_text,
     served_certificate_warnings_ignored,
 )
 
@@ -155,7 +156,7 @@ def _own_subject(leaf: x509.Certificate) -> x509.DNSName | x509.IPAddress | None
 
 def _common_name(name: x509.Name) -> str:
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value)[:80] if values else name.rfc4514_string()[:80]
+    return name_text(str(values[0].value) if values else name.rfc4514_string(), 80)
 
 
 def _trust_error(chain: Sequence[x509.Certificate], store: Store | None, now: datetime) -> str:
@@ -262,7 +263,11 @@ def _assess(chain_der: Sequence[bytes], *, name: str | None, now: datetime,
         except UNREADABLE:
             break  # keep what came before the first unreadable certificate
     if not chain:
-        return None
+        # A leaf the parser cannot read is not a certificate anyone can trust: said, so
+        # the port is not scored as if TLS were sound (before: no posture, every
+        # certificate check skipped, a green port; a hostile-server review, 2026-12-05)
+        return (CertificatePosture(is_trusted=False, trust_error="unparseable certificate")
+                if chain_der else None)
     leaf = chain[0]
     store = load_trust_store(trust_store or str(SYSTEM_TRUST_STORE))
     try:

@@ -124,8 +124,8 @@ def test_a_long_subject_is_capped() -> None:
             .not_valid_after(END).sign(KEY, hashes.SHA256()))
     facts = describe_certificate(cert.public_bytes(serialization.Encoding.DER), position=0,
                                  hostname=None, now=START)
-    # Then it is kept up to NAME_CAP characters
-    assert facts.subject == name.rfc4514_string()[:NAME_CAP]
+    # Then it is kept up to NAME_CAP characters, and says it was cut
+    assert facts.subject == name.rfc4514_string()[:NAME_CAP - 3] + "..."
     assert len(name.rfc4514_string()) > NAME_CAP
     assert facts.issuer == facts.subject
 
@@ -149,3 +149,15 @@ def test_a_damaged_certificate_is_described_never_raised(edits: list[tuple[int, 
     # Then it gets its row (never an exception), fingerprinted as served
     assert facts.sha256 == hashlib.sha256(bytes(der)).hexdigest()
     assert len(facts.subject) <= NAME_CAP
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=2000))
+def test_a_certificate_name_as_stored_is_printable_and_bounded(value: str) -> None:
+    from probers.tls.certs import name_text
+
+    stored = name_text(value)
+    assert len(stored) <= NAME_CAP
+    assert all(ch.isprintable() for ch in stored)
+    if value.isascii() and value.isprintable() and len(value) <= NAME_CAP:
+        assert stored == value  # an ordinary name reads as served

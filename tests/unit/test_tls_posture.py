@@ -163,8 +163,10 @@ def test_expiry_thresholds(days_left: float, expected_days: int, warning: str) -
     assert expiry(leaf, now) == (expected_days, warning)
 
 
-def test_unparseable_chain_has_no_posture() -> None:
-    assert assess_chain([b"\x30\x03garbage"], name=None, now=NOW) is None
+def test_unparseable_chain_is_untrusted() -> None:
+    posture = assess_chain([b"\x30\x03garbage"], name=None, now=NOW)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (False, "unparseable certificate")
 
 
 # -- Mozilla server-side TLS 5.7 -------------------------------------------------------
@@ -282,3 +284,55 @@ def test_expired_intermediate_is_named(ca: trustme.CA, store: str) -> None:
                                                          "expired intermediate (Old Intermediate)")
     assert posture.name_check == "match"
     assert posture.expiry_warning == ""  # the leaf itself has 60 days
+
+
+# -- hostile certificates (a hostile-server review, 2026-12-05) ------------------------------
+
+
+def _hostile_leaf(common_name: str, *, patch: bytes = b"") -> bytes:
+    """A self-signed leaf whose CN is ``common_name``; with ``patch``, the CN's bytes in the
+    DER are replaced by it afterwards (bytes no parser accepts as that string type)."""
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+    from cryptography.x509.name import _ASN1Type
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    kind = _ASN1Type.PrintableString if patch else _ASN1Type.UTF8String
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name, _type=kind,
+                                         _validate=False)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=90)).sign(key, hashes.SHA256()))
+    der = cert.public_bytes(Enc.DER)
+    return der.replace(common_name.encode(), patch) if patch else der
+
+
+def test_a_leaf_the_parser_cannot_read_is_untrusted_not_skipped() -> None:
+    # Given a leaf whose PrintableString name holds bytes no parser reads (0xff, NUL, ESC)
+    der = _hostile_leaf("QQQQQQQQQQQQ", patch=b"\xff\xfe\xc3\x28\x00\x1b[31m\xed\xa0")
+    # When its posture is assessed
+    posture = assess_chain([der], name=None, now=NOW)
+    # Then it is untrusted, and says why (before: no posture at all, so every certificate
+    # check was skipped and the port scored green)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (False, "unparseable certificate")
+    assert posture.warnings == ("untrusted: unparseable certificate",)
+    # And nothing served is not a certificate problem
+    assert assess_chain([], name=None, now=NOW) is None
+
+
+def test_names_in_a_certificate_are_stored_without_control_characters() -> None:
+    from probers.tls.certs import describe_certificate
+
+    # Given a self-signed leaf whose CN clears the screen, rings, sets the window title
+    # and reverses the text after it
+    hostile = "evil\x1b[2J\x07\x1b]0;pwned\x07\u202etxt.exe\u009b\u0085\r\nx\x7f"
+    described = describe_certificate(_hostile_leaf(hostile), position=0, hostname=None, now=NOW)
+    # Then subject and issuer keep every printable character and escape the rest
+    for text in (described.subject, described.issuer):
+        assert text.startswith("CN=evil")
+        assert all(ch.isprintable() for ch in text), repr(text)
+        assert "\\x1b[2J" in text and "\\u202e" in text
+    # And so does the trust error naming it
+    posture = assess_chain([_hostile_leaf(hostile)], name=None, now=NOW)
+    assert posture is not None and all(ch.isprintable() for ch in posture.trust_error)
