@@ -193,21 +193,10 @@ def pcre_to_python(pattern: bytes) -> bytes:
     return bytes(out)
 
 
-# A compiled match line: the ``regex`` module's (its search takes a timeout and lets go
-# of the GIL), or for the few lines it rejects, the standard library's.
-Pattern = regex.Pattern[bytes] | re.Pattern[bytes]
-MatchObject = regex.Match[bytes] | re.Match[bytes]
-
-
-def compile_pattern(pattern: bytes, flags: str) -> Pattern:
-    """Compile an nmap match pattern as a Python bytes regex (flags: only ``i``, ``s``).
-
-    With the ``regex`` module: nmap bounds each PCRE match (a match limit); Python's
-    ``re`` cannot be stopped once a search started, and holds the GIL throughout, so
-    one hostile response against a backtracking line froze the whole scan for minutes
-    (a review, 2026-12-05). ``regex`` searches take a timeout and release the GIL. A
-    line ``regex`` rejects (3 of ~11,900 in Debian's file: a literal ``{`` it reads as
-    a quantifier) is compiled by ``re``: none of them can backtrack."""
+def compile_pattern(pattern: bytes, flags: str) -> re.Pattern[bytes]:
+    """Compile an nmap match pattern as a Python bytes regex (flags: only ``i``, ``s``):
+    the reference syntax, checked when the file loads. Searches run on the same line
+    compiled by the ``regex`` module (``search``)."""
     re_flags = 0
     for flag in flags:
         if flag == "i":
@@ -216,23 +205,53 @@ def compile_pattern(pattern: bytes, flags: str) -> Pattern:
             re_flags |= re.DOTALL
         else:
             raise re.error(f"unsupported pattern flag {flag!r}")
-    source = pcre_to_python(pattern)
     with warnings.catch_warnings():
         # A FutureWarning about a "possible nested set" is about Python's future
         # syntax, not about the pattern's meaning today; do not let it escape.
         warnings.simplefilter("ignore", FutureWarning)
-        try:
-            return regex.compile(source, re_flags)
-        except regex.error:
-            return re.compile(source, re_flags)  # re.error: the line does not compile
+        return re.compile(pcre_to_python(pattern), re_flags)
 
 
-def search(pattern: Pattern, subject: bytes, timeout: float) -> MatchObject | None:
-    """``pattern.search(subject)`` in at most ``timeout`` seconds (``regex``: raises
-    TimeoutError past it; an ``re`` pattern is one ``regex`` could not compile)."""
-    if isinstance(pattern, re.Pattern):
+# Each line as the ``regex`` module compiles it, on its first search (None: a line it
+# rejects). Lazily: it compiles ~4x slower than ``re`` (3.5 s for the whole file), and
+# most scans never reach nmap's lines (our own probes name the service).
+_BOUNDED: dict[tuple[bytes, int], regex.Pattern[bytes] | None] = {}
+
+
+def _bounded(pattern: re.Pattern[bytes]) -> regex.Pattern[bytes] | None:
+    key = (pattern.pattern, pattern.flags)
+    try:
+        return _BOUNDED[key]
+    except KeyError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            compiled: regex.Pattern[bytes] | None = regex.compile(
+                pattern.pattern, pattern.flags & (re.IGNORECASE | re.DOTALL))
+    except regex.error:
+        compiled = None
+    _BOUNDED[key] = compiled  # (two threads may both compile it once: the same result)
+    return compiled
+
+
+# A match of either engine (the templates read groups alike)
+MatchObject = re.Match[bytes] | regex.Match[bytes]
+
+
+def search(pattern: re.Pattern[bytes], subject: bytes, timeout: float) -> MatchObject | None:
+    """``pattern.search(subject)`` in at most ``timeout`` seconds: raises TimeoutError
+    past it. Run by the ``regex`` module: nmap bounds each PCRE match (a match limit);
+    Python's ``re`` cannot be stopped once a search started and holds the GIL
+    throughout, so one hostile response against a backtracking line froze the whole
+    scan for minutes, deaf to SIGTERM (a hostile-server review, 2026-12-05: an ordinary
+    HTTP 404 page against lines 14398-14399). ``regex`` searches take a timeout and
+    release the GIL. A line ``regex`` rejects (3 of ~11,900 in Debian's file: a literal
+    ``{`` it reads as a quantifier) runs on ``re``: none of them can backtrack."""
+    bounded = _bounded(pattern)
+    if bounded is None:
         return pattern.search(subject)
-    return pattern.search(subject, timeout=max(timeout, 0.001))
+    return bounded.search(subject, timeout=max(timeout, 0.001))
 
 
 # ------------------------------------------------------------------------ templates
@@ -423,7 +442,7 @@ class MatchRule:
     """One ``match`` / ``softmatch`` line, compiled."""
 
     service: str
-    pattern: Pattern
+    pattern: re.Pattern[bytes]
     is_soft: bool
     line: int
     probe: str
@@ -824,6 +843,9 @@ class ProbeDB:
             return MatchOutcome(None, 0)
         if rules is None:
             rules = (rule for p in self.fallback_chain(probe) for rule in p.matches)
+        rules = list(rules)
+        for rule in rules:  # compiled once per process, outside the budget (a chain's
+            _bounded(rule.pattern)  # first search would otherwise spend it compiling)
         deadline = time.monotonic() + budget
         soft: Match | None = None
         tried = 0
