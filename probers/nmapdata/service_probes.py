@@ -212,13 +212,14 @@ def compile_pattern(pattern: bytes, flags: str) -> re.Pattern[bytes]:
         return re.compile(pcre_to_python(pattern), re_flags)
 
 
-# Each line as the ``regex`` module compiles it, on its first search (None: a line it
-# rejects). Lazily: it compiles ~4x slower than ``re`` (3.5 s for the whole file), and
-# most scans never reach nmap's lines (our own probes name the service).
+# Each line as the ``regex`` module compiles it (None: a line it rejects), compiled on the
+# first search of a chain that holds it: ~4x slower to compile than ``re`` (3.5 s for the
+# whole file), and most scans never reach nmap's lines (our own probes name the service).
 _BOUNDED: dict[tuple[bytes, int], regex.Pattern[bytes] | None] = {}
+Bounded = regex.Pattern[bytes] | None
 
 
-def _bounded(pattern: re.Pattern[bytes]) -> regex.Pattern[bytes] | None:
+def _bounded(pattern: re.Pattern[bytes]) -> Bounded:
     key = (pattern.pattern, pattern.flags)
     try:
         return _BOUNDED[key]
@@ -227,8 +228,8 @@ def _bounded(pattern: re.Pattern[bytes]) -> regex.Pattern[bytes] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            compiled: regex.Pattern[bytes] | None = regex.compile(
-                pattern.pattern, pattern.flags & (re.IGNORECASE | re.DOTALL))
+            compiled: Bounded = regex.compile(pattern.pattern,
+                                              pattern.flags & (re.IGNORECASE | re.DOTALL))
     except regex.error:
         compiled = None
     _BOUNDED[key] = compiled  # (two threads may both compile it once: the same result)
@@ -239,16 +240,17 @@ def _bounded(pattern: re.Pattern[bytes]) -> regex.Pattern[bytes] | None:
 MatchObject = re.Match[bytes] | regex.Match[bytes]
 
 
-def search(pattern: re.Pattern[bytes], subject: bytes, timeout: float) -> MatchObject | None:
+def search(pattern: re.Pattern[bytes], bounded: Bounded, subject: bytes,
+           timeout: float) -> MatchObject | None:
     """``pattern.search(subject)`` in at most ``timeout`` seconds: raises TimeoutError
-    past it. Run by the ``regex`` module: nmap bounds each PCRE match (a match limit);
-    Python's ``re`` cannot be stopped once a search started and holds the GIL
-    throughout, so one hostile response against a backtracking line froze the whole
-    scan for minutes, deaf to SIGTERM (a hostile-server review, 2026-12-05: an ordinary
-    HTTP 404 page against lines 14398-14399). ``regex`` searches take a timeout and
-    release the GIL. A line ``regex`` rejects (3 of ~11,900 in Debian's file: a literal
-    ``{`` it reads as a quantifier) runs on ``re``: none of them can backtrack."""
-    bounded = _bounded(pattern)
+    past it. Run by ``bounded``, the line compiled by the ``regex`` module: nmap bounds
+    each PCRE match (a match limit); Python's ``re`` cannot be stopped once a search
+    started and holds the GIL throughout, so one hostile response against a
+    backtracking line froze the whole scan for minutes, deaf to SIGTERM (a
+    hostile-server review, 2026-12-05: an ordinary HTTP 404 page against lines
+    14398-14399). ``regex`` searches take a timeout and release the GIL. A line
+    ``regex`` rejects (3 of ~11,900 in Debian's file: a literal ``{`` it reads as a
+    quantifier; ``bounded`` None) runs on ``re``: none of them can backtrack."""
     if bounded is None:
         return pattern.search(subject)
     return bounded.search(subject, timeout=max(timeout, 0.001))
@@ -653,6 +655,8 @@ class ProbeDB:
         for probe in self._all:
             self._by_key.setdefault((probe.proto, probe.name), probe)
         self._chains: dict[tuple[str, str], tuple[Probe, ...]] = {}
+        # a chain's lines with their ``regex`` patterns, built on its first match
+        self._bounded_chains: dict[tuple[str, str], list[tuple[MatchRule, Bounded]]] = {}
         self._ordered: dict[str, list[Probe]] = {}
         self._names: dict[str, frozenset[str]] = {}  # services some line names, per proto
         self.load_seconds = 0.0
@@ -828,6 +832,15 @@ class ProbeDB:
         """Hard match for ``response`` across the fallback chain, else the first soft match."""
         return self.match_detailed(probe, response, budget=budget).match
 
+    def _bounded_chain(self, probe: Probe) -> list[tuple[MatchRule, Bounded]]:
+        key = (probe.proto, probe.name)
+        pairs = self._bounded_chains.get(key)
+        if pairs is None:
+            pairs = [(rule, _bounded(rule.pattern)) for p in self.fallback_chain(probe)
+                     for rule in p.matches]
+            self._bounded_chains[key] = pairs
+        return pairs
+
     def match_detailed(
         self,
         probe: Probe,
@@ -841,22 +854,21 @@ class ProbeDB:
         subject = response[:MAX_SUBJECT]
         if not subject:
             return MatchOutcome(None, 0)
-        if rules is None:
-            rules = (rule for p in self.fallback_chain(probe) for rule in p.matches)
-        rules = list(rules)
-        for rule in rules:  # compiled once per process, outside the budget (a chain's
-            _bounded(rule.pattern)  # first search would otherwise spend it compiling)
+        # compiled before the budget starts (a chain's first search would spend it
+        # compiling), once per chain
+        pairs = (self._bounded_chain(probe) if rules is None
+                 else [(rule, _bounded(rule.pattern)) for rule in rules])
         deadline = time.monotonic() + budget
         soft: Match | None = None
         tried = 0
-        for rule in rules:
+        for rule, bounded in pairs:
             if time.monotonic() > deadline:
                 return MatchOutcome(soft, tried, budget_exceeded=True, subject_truncated=truncated)
             if soft is not None and rule.is_soft:
                 continue
             tried += 1
             try:
-                m = search(rule.pattern, subject, deadline - time.monotonic())
+                m = search(rule.pattern, bounded, subject, deadline - time.monotonic())
             except TimeoutError:  # this line alone ran past the budget (backtracking)
                 return MatchOutcome(soft, tried, budget_exceeded=True, subject_truncated=truncated)
             if m is None:

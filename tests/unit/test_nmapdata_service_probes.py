@@ -296,7 +296,8 @@ def test_the_installed_lines_that_froze_a_scan_now_answer_every_response() -> No
     from probers.nmapdata import service_probes
 
     real = ProbeDB.shared()
-    service_probes._BOUNDED.clear()  # cold: each line compiled by its first search
+    service_probes._BOUNDED.clear()  # cold: each line compiled by its chain's first search
+    real._bounded_chains.clear()
     get, null = real.probe("tcp", "GetRequest"), real.null_probe()
     assert get is not None and null is not None
     body = (b"<html><head><title>Not Found</title></head><body><h1>Not Found</h1><p>The "
