@@ -94,11 +94,11 @@ def build(url: str, hosts: int, days: int, seed: int) -> None:
 
 def baseline_sql(revision: str, report: str) -> str:
     """A report's SQL as ``revision`` had it, expanded as schemas expands the current one."""
-    from schemas import _expanded
+    from schemas import expand_macros
 
     text = subprocess.run(["git", "show", f"{revision}:schemas/reports/{report}.sql"],
                           cwd=REPO, check=True, capture_output=True, text=True).stdout
-    return _expanded(text)
+    return expand_macros(text)
 
 
 SUMMARY_TOTALS = ("count()", "sum(open_ports)", "sum(red)", "sum(yellow)", "sum(green)",

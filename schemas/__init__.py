@@ -82,7 +82,7 @@ _CURRENT = ("({h}.ports_scan_id = '' OR {a}.{col} = {h}.ports_scan_id "
             "OR {a}.last_seen > {h}.ports_seen_after OR IS_CARRIED({a}))")
 
 
-def _expanded(sql: str) -> str:
+def expand_macros(sql: str) -> str:
     """The SQL with each ``TARGET_MATCHES(alias)`` written out as the one target predicate
     (schemas/filters.py): every report filters targets alike, written once. Values are
     never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
@@ -105,18 +105,12 @@ def _expanded(sql: str) -> str:
     return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 
-def expand_macros(sql: str) -> str:
-    """``sql`` with the macros the reports use written out (``_expanded``): for SQL
-    kept elsewhere (the Grafana panels) that sorts or filters as the reports do."""
-    return _expanded(sql)
-
-
 @cache
 def report_sql(name: str) -> str:
     """The SQL of one report, run unchanged by the store (parameters bound server-side)."""
     if name not in REPORTS:
         raise KeyError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
-    return _expanded(_read(f"reports/{name}.sql"))
+    return expand_macros(_read(f"reports/{name}.sql"))
 
 
 @cache
@@ -124,7 +118,7 @@ def web_sql(name: str) -> str:
     """A query of schemas/web/ (charts and filter choices), read once."""
     if not re.fullmatch(r"[a-z_]+", name):
         raise KeyError(f"bad query name {name!r}")
-    return _expanded(_read(f"web/{name}.sql"))
+    return expand_macros(_read(f"web/{name}.sql"))
 
 
 @cache
@@ -132,7 +126,7 @@ def history_sql(name: str) -> str:
     """SQL of the change-history queries (schemas/history/*.sql), bound server-side."""
     if not re.fullmatch(r"[a-z_]+", name):
         raise KeyError(f"bad query name {name!r}")
-    return _expanded(_read(f"history/{name}.sql"))
+    return expand_macros(_read(f"history/{name}.sql"))
 
 
 _PARAMETER = re.compile(r"\{(\w+):(\w+)\}")

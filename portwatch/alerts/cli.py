@@ -204,7 +204,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             records = await watcher.run_once()
         if dispatcher is not None:  # (bounded by `delivery: wait` after a signal)
             report_drain(await asyncio.to_thread(partial(
-                dispatcher.drain, bound_first=watcher.is_stopping)))
+                dispatcher.drain, bound_first=watcher.should_stop)))
         if watcher.is_stopping:
             return EXIT_INTERRUPTED
         if _say_unqueued(watcher):
@@ -222,9 +222,10 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # Stopped by a signal (a pod's SIGTERM has a grace period), the last delivery
         # starts no message past the file's `delivery: wait`; what is left stays queued
         # for the next watcher or `portwatch alerts deliver`
-        # (a signal during a scan interrupts it and stops the watcher: is_stopping)
+        # (a signal between scans sets `stop`; one during a scan interrupts it and stops
+        # the watcher: should_stop is either)
         report_drain(await asyncio.to_thread(partial(
-            dispatcher.drain, bound_first=stop.is_set() or watcher.is_stopping)))
+            dispatcher.drain, bound_first=watcher.should_stop)))
     _say_unqueued(watcher)
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 

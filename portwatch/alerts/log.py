@@ -115,9 +115,8 @@ _PRUNE_ALERTS = (
 def prune_alert_history(store: Any, cutoff: datetime) -> None:
     """Delete the deliveries that ended, the claims (of deliveries and of watch slots) and
     the scheduled runs older than ``cutoff``; never a pending delivery, its claims, or
-    an entry's latest run. A change event
-    replayed after its delivery was pruned (a Kafka topic kept longer than the cutoff) is
-    alerted again."""
+    an entry's latest run. A change event replayed after its delivery was pruned (a
+    Kafka topic kept longer than the cutoff) is alerted again."""
     for table, where in _PRUNE_ALERTS:
         store.command(f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 1",
                       {"cutoff": cutoff})

@@ -36,6 +36,7 @@ from portwatch.alerts.config import (
     mapping_items,
     read_text_file,
 )
+from portwatch.alerts.owners import owner_is_gone
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note",
@@ -234,8 +235,6 @@ def claim_slot(store: Any, entry: str, slot: datetime, owner: str) -> SlotClaim:
     attempt). The insert carries the deduplication token (entry, slot, attempt), so one
     claim per attempt lands however many watchers try at once; the watcher whose row
     landed runs the slot. Its own claim (its insert landed, then a store error) is its."""
-    from portwatch.alerts.owners import owner_is_gone
-
     slot = _utc(slot)
     at_least = 1
     for _ in range(_CLAIM_TRIES):

@@ -325,11 +325,8 @@ class Watcher:
 
     def seconds_until_next(self) -> float:
         now = self.clock()
-        upcoming = []
-        for d in self.decisions():
-            held = self._held.get(d.entry.name)
-            at = held[1] if d.is_due and held is not None and held[0] == d.slot else d.next_run
-            upcoming.append((at - now).total_seconds())
+        upcoming = [((self._held[d.entry.name][1] if d.is_due and self._is_held(d)
+                      else d.next_run) - now).total_seconds() for d in self.decisions()]
         return max(0.0, min(upcoming)) if upcoming else DELIVERY_TICK_SECONDS
 
     async def run_forever(self, stop: asyncio.Event,
