@@ -13,7 +13,9 @@ only the worker whose claim landed sends. A claim whose worker vanished (its pro
 this host is gone, or its lease ran out) is superseded by a claim on attempt N+1. The one
 window no store can close is a worker killed after the channel accepted a message and
 before the store recorded it: that message is sent again after the lease, with the same
-``X-Portwatch-Delivery`` id so a receiver can drop it.
+``X-Portwatch-Delivery`` id so a receiver can drop it. Every time in the outbox is the
+store server's (``StoreClock``): a worker whose host's clock is off neither takes a live
+claim for an expired one nor holds its rows back.
 
 Must not touch: scanning. Delivery never raises into a scan: every failure is logged
 and kept in the outbox. Queueing raises ``AlertQueueError`` when the store refuses the
@@ -39,6 +41,7 @@ from typing import Any
 
 from portwatch.alerts.accepted import ActiveAcceptances
 from portwatch.alerts.channels import FIELD_CAP, delivery_id, send
+from portwatch.alerts.clock import StoreClock
 from portwatch.alerts.config import AlertConfig, Rule, mask_urls
 from portwatch.alerts.owners import owner_id, owner_is_gone
 from portwatch.alerts.rules import matches, prevalence_bucket
@@ -150,11 +153,13 @@ class AlertDispatcher:
     """Outbox writer and deliverer over one ``Store`` (thread-safe through its lock)."""
 
     def __init__(self, store: Any, config: AlertConfig, *,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.config = config
-        self.clock = clock
+        # The store server's time (``StoreClock``): every worker's rows compare on one
+        # clock whatever its host's says (a test injects its own).
+        self.clock: Callable[[], float] = StoreClock(store) if clock is None else clock
         self.sleep = sleep
         self.host = socket.gethostname()
         self._pass_lock = threading.Lock()
