@@ -729,3 +729,66 @@ def test_an_empty_report_keeps_its_columns(store: Store, name: str,
     assert report.rows == []
     assert report.columns[:len(first)] == first
     assert to_csv(report) == ",".join(report.columns) + "\r\n"
+
+
+# -- inserts: each table's column types described once --------------------------------
+
+CLAIM_COLUMNS = ["rule", "channel", "event_id", "attempt", "owner", "claimed_at"]
+
+
+def _statements(store: Store) -> dict[str, int]:
+    return {str(k): int(v) for k, v in store.query(
+        "SELECT event, value FROM system.events WHERE event IN ('Query', 'InsertQuery')")}
+
+
+def _claim(i: int) -> list[list[Any]]:
+    return [["rule", "hook", f"event-{i}", 1, "owner", datetime.now(UTC)]]
+
+
+def test_an_insert_is_one_statement_once_its_table_was_described(store: Store) -> None:
+    store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(0))  # described here
+    before = _statements(store)
+    # When five more inserts go to the same table and columns
+    for i in range(1, 6):
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(i))
+    after = _statements(store)
+    # Then five statements ran for them (and the one that counts): no DESCRIBE each
+    assert after["InsertQuery"] - before["InsertQuery"] == 5
+    assert after["Query"] - before["Query"] - 5 <= 1
+    assert store.query("SELECT count() FROM alert_claims")[0][0] == 6
+
+
+def test_a_table_changed_after_its_description_takes_inserts_into_new_columns(
+        store: Store) -> None:
+    store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(0))
+    # Given a column added through the store after its types were described
+    store.command("ALTER TABLE alert_claims ADD COLUMN note String DEFAULT ''")
+    try:
+        store.insert_rows("alert_claims", [*CLAIM_COLUMNS, "note"], [[*_claim(1)[0], "n"]])
+        assert store.query("SELECT note FROM alert_claims WHERE event_id = 'event-1'") == [("n",)]
+        # And an insert into a column the table lacks is one clear error
+        with pytest.raises(StoreError, match="table alert_claims has no column nope"):
+            store.insert_rows("alert_claims", [*CLAIM_COLUMNS, "nope"], [[*_claim(2)[0], 1]])
+    finally:
+        store.command("ALTER TABLE alert_claims DROP COLUMN note")
+    # Then, dropped again, the old columns take inserts as before
+    store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(3))
+    assert store.query("SELECT count() FROM alert_claims WHERE event_id = 'event-3'") == [(1,)]
+
+
+def test_a_failed_insert_forgets_the_description(store: Store) -> None:
+    store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(0))
+    # Given the table replaced behind the store's back, without one of its columns
+    store._client.command("DROP TABLE alert_claims SYNC")
+    store._client.command("CREATE TABLE alert_claims (rule String, channel String, "
+                          "event_id String, attempt UInt16, owner String) "
+                          "ENGINE = MergeTree ORDER BY (rule, channel, event_id)")
+    # When an insert with the described columns fails there (the engine's own error)
+    with pytest.raises(Exception) as first:  # noqa: PT011 - the driver's own type
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(1))
+    assert not isinstance(first.value, StoreError)
+    # Then the next insert describes the table again, and says what is missing
+    with pytest.raises(StoreError, match="table alert_claims has no column claimed_at"):
+        store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(2))
+    store.insert_rows("alert_claims", CLAIM_COLUMNS[:5], [_claim(3)[0][:5]])
+    assert store.query("SELECT event_id FROM alert_claims") == [("event-3",)]
