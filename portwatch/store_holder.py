@@ -214,9 +214,16 @@ def _get_json(advert: Advert, path: str,
     return data
 
 
+# The reports' time columns (DateTime64 in the store; the API sends them as ISO text).
+# Only these go back to datetimes: a product, a title or a certificate's notAfter that a
+# server wrote as "2024-01-01T00:00:00Z" is text, kept as sent.
+TIME_COLUMNS = frozenset({"first_seen", "last_seen", "last_scanned", "tested_at",
+                          "accepted_until", "observed_at"})
+
+
 def _value(column: str, value: Any) -> Any:
     """One API value back to what the store returns for it."""
-    if isinstance(value, str) and _ISO_UTC.match(value):
+    if column in TIME_COLUMNS and isinstance(value, str) and _ISO_UTC.match(value):
         return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
     if column == "ports" and isinstance(value, list):
         # jsonable made the UInt8 flag a bool; the store gives 0/1

@@ -71,6 +71,9 @@ SECURITY_HEADERS = {
 }
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 PAGE_PATHS = {"summary": "/", "list": "/list", "products": "/products", "ciphers": "/ciphers"}
+# The Products page's filters its counts carry into the List they open (the product and
+# version are the row's own): the List counts what the row counted.
+DRILL_FILTERS = frozenset({"org", "target", "color", "port"})
 PAGE_TITLES = {"summary": "Summary", "list": "Open ports", "products": "Products",
                "ciphers": "TLS ciphers"}
 SORT_LABELS = {"target": "Target", "organization": "Organization", "port": "Port",
@@ -281,6 +284,10 @@ class WebApp:
                 context["totals"] = totals
                 context["risk_chart"] = charts.risk_line(
                     self.service.risk_history(query.filters, days=90))
+            if report == "products":  # its counts open the List with the same filters
+                context["drill_filters"] = {
+                    k: v for k, v in query.link_params().items()
+                    if k in DRILL_FILTERS}
             return self.render(f"{report}.html", **context)
 
         return handler

@@ -199,9 +199,11 @@ def routes(web: WebApp) -> list[BaseRoute]:
             f = parse_changes_query(request.query_params.multi_items())
         except BadParam as exc:
             return web.error_page(400, str(exc), "changes")
-        rows = _events(store, f, MAX_EVENTS)
+        rows = _events(store, f, MAX_EVENTS + 1)  # one more: are there more than shown?
+        capped = len(rows) > MAX_EVENTS
+        rows = rows[:MAX_EVENTS]
         return web.render("changes.html", active="changes", page_title="Changes", f=f,
-                          groups=timeline(rows), total=len(rows), capped=len(rows) >= MAX_EVENTS,
+                          groups=timeline(rows), total=len(rows), capped=capped,
                           kinds=KINDS, severities=SEVERITIES,
                           organizations=web.service.organizations())
 

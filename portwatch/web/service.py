@@ -37,7 +37,9 @@ FINGERPRINT_SQL = """
 SELECT (SELECT count() FROM port_observations), (SELECT max(observed_at) FROM port_observations),
        (SELECT count() FROM host_scans), (SELECT max(finished_at) FROM host_scans),
        (SELECT count() FROM tls_probes), (SELECT max(observed_at) FROM tls_probes),
-       (SELECT max(refreshed_at) FROM risk_days)
+       (SELECT max(refreshed_at) FROM risk_days),
+       -- an acceptance given or withdrawn (by another process too), or one lapsing now
+       (SELECT (count(), max(revision), countIf(until > now64(3))) FROM accepted_risks)
 """
 
 

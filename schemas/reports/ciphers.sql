@@ -101,8 +101,9 @@ SELECT
     probes.trust_error AS cert_trust_error,
     -- counted now from the leaf's notAfter (the stored count is as of the scan)
     if(probes.leaf_sha256 = '', NULL, coalesce(
-       intDiv(toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(certs.not_after, 3, 'UTC'))
-              - toUnixTimestamp64Milli(now64(3)), 86400000),
+       -- floored: a certificate expired an hour ago has -1 day left, not 0
+       toInt64(floor((toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(
+              certs.not_after, 3, 'UTC')) - toUnixTimestamp64Milli(now64(3))) / 86400000)),
        probes.days_to_expiry)) AS cert_days_to_expiry,
     multiIf(probes.status = 'completed' AND probes.is_upgrade_offered = 0, 'no STARTTLS offered',
             probes.status = 'completed', 'tested', 'could not test') AS outcome,

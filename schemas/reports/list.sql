@@ -192,8 +192,10 @@ SELECT
     f.cert_not_after AS cert_not_after,
     -- whole days left on the leaf certificate, counted now (not at scan time)
     if(f.cert_not_after = '', NULL,
-       intDiv(toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(f.cert_not_after, 3, 'UTC'))
-              - toUnixTimestamp64Milli(now64(3)), 86400000)) AS cert_days_left,
+       -- floored: a certificate expired an hour ago has -1 day left, not 0
+       toInt64(floor((toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(
+              f.cert_not_after, 3, 'UTC')) - toUnixTimestamp64Milli(now64(3))) / 86400000))
+       ) AS cert_days_left,
     f.banner AS banner,
     f.method AS method,
     f.first_seen AS first_seen,
