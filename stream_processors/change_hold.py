@@ -14,7 +14,8 @@ held ``max_hold`` seconds (a finding lost to the dead-letter topic must not hold
 forever; what is missing then reads as not seen, and closures still need a failed
 re-probe, so a lost finding cannot close a port).
 
-Must not touch: Kafka (the caller publishes the events), the rule itself.
+Must not touch: Kafka (the caller gives the recorder its ``publish``, awaited before
+the hosts' states move past their scans), the rule itself.
 
 A crash: the hold is in memory, but the store is the journal. A sink that dies after
 storing a batch and before releasing its hosts leaves completed host scans newer than their
@@ -47,6 +48,7 @@ from stream_processors.store import Store
 log = logging.getLogger(__name__)
 
 HoldKey = tuple[str, str, str]  # (scan_id, target, ip)
+RETRY_SECONDS = 5.0  # a flush the store or the broker failed is tried again after this
 
 
 @dataclass
@@ -74,6 +76,10 @@ class HostHold:
     max_hosts: int = 200_000  # bound memory: past this, the oldest are released at once
     _held: dict[HoldKey, _Held] = field(default_factory=dict)
     renoted: list[HostScan] = field(default_factory=list)  # host scans to store again
+    # Hosts whose findings came and whose host scan never did, let go by ``ready``: the
+    # recorder forgets their ports too (``ChangeStage.flush``)
+    let_go: list[HoldKey] = field(default_factory=list)
+    _released: dict[HoldKey, _Held] = field(default_factory=dict)  # by the last ``ready``
     _storing: Counter[HoldKey] = field(default_factory=Counter)  # claimed by ``storing``
 
     def add(self, findings: Sequence[Finding], scans: Sequence[HostScan], now: float) -> None:
@@ -98,12 +104,15 @@ class HostHold:
         settled, and the count dropped is written into its scan note (``renoted``: the
         rows to store again), as the embedded transport does."""
         out: list[HostScan] = []
+        self._released = {}
         overflow = len(self._held) - self.max_hosts
         for key in list(self._held):
             held = self._held[key]
             if not held.scans:
-                if now - held.first_seen >= self.max_hold:
+                if now - held.first_seen >= self.max_hold or overflow > 0:
                     del self._held[key]  # findings whose host scan never came: let go
+                    self.let_go.append(key)
+                    overflow -= 1
                 continue
             has_all = len(held.found) >= held.expected or held.is_tarpit
             is_complete = has_all and now - held.last_seen >= self.settle
@@ -120,9 +129,16 @@ class HostHold:
                                 "with %d of %d findings", key[2], key[0],
                                 now - held.first_seen, len(held.found), held.expected)
                 out.extend(held.scans.values())
-                del self._held[key]
+                self._released[key] = self._held.pop(key)
                 overflow -= 1
         return out
+
+    def restore(self) -> None:
+        """Hold again what the last ``ready`` released (their changes could not be
+        computed or published): released again by the next ``ready``."""
+        for key, held in self._released.items():
+            self._held.setdefault(key, held)
+        self._released = {}
 
     @contextmanager
     def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
@@ -163,6 +179,13 @@ class ChangeStage:
         self.compact_every = compact_every
         self._next_compaction = float("-inf")
         self._released_since_compaction = False
+        self._retry_at = float("-inf")  # after a failed flush: the next try
+
+    def _failed(self, now: float, what: str, exc: Exception) -> None:
+        self._retry_at = now + RETRY_SECONDS
+        log.warning("%s failed, tried again in %.0f s: %s: %s", what, RETRY_SECONDS,
+                    type(exc).__name__, str(exc).strip().splitlines()[0][:300]
+                    if str(exc).strip() else "")
 
     def storing(self, findings: Sequence[Finding], scans: Sequence[HostScan]
                 ) -> AbstractContextManager[None]:
@@ -174,20 +197,42 @@ class ChangeStage:
         self.hold.add(findings, scans, time.monotonic())
 
     async def flush(self, now: float | None = None) -> list[ChangeEvent]:
+        """Release the ready hosts and compute their changes (published through the
+        recorder's ``publish`` before their states move). A store or broker that fails
+        the step is said in one line and the hosts are held again, tried after
+        ``RETRY_SECONDS``: the sink goes on storing meanwhile."""
         now = time.monotonic() if now is None else now
-        events = await self._recover(now)
+        if now < self._retry_at:
+            return []
+        try:
+            events = await self._recover(now)
+        except Exception as exc:  # noqa: BLE001 - the store's or the broker's; said
+            self._failed(now, "change recovery", exc)
+            return []
         ready = self.hold.ready(now)
-        if self.hold.renoted:
-            renoted, self.hold.renoted = self.hold.renoted, []
-            await asyncio.to_thread(self.store.insert_host_scans, renoted)
-        if ready:
-            events += await self.recorder.finish(ready)
-            self._released_since_compaction = True
+        for key in self.hold.let_go:
+            self.recorder.forget_key(key)
+        self.hold.let_go.clear()
+        try:
+            if self.hold.renoted:
+                await asyncio.to_thread(self.store.insert_host_scans, self.hold.renoted)
+                self.hold.renoted = []
+            if ready:
+                events += await self.recorder.finish(ready)
+                self._released_since_compaction = True
+        except Exception as exc:  # noqa: BLE001 - the store's or the broker's; said
+            self.hold.restore()
+            self._failed(now, f"change detection of {len(ready)} host scan(s)", exc)
+            return events
         if (self._released_since_compaction and not len(self.hold)
                 and now >= self._next_compaction):
-            await asyncio.to_thread(self.store.compact_page_indexes)
             self._released_since_compaction = False
             self._next_compaction = now + self.compact_every
+            try:
+                await asyncio.to_thread(self.store.compact_page_indexes)
+            except Exception as exc:  # noqa: BLE001 - pages stay correct unmerged; said
+                log.warning("the page indexes were not merged: %s: %s", type(exc).__name__,
+                            str(exc).strip()[:300])
         return events
 
     async def _recover(self, now: float) -> list[ChangeEvent]:

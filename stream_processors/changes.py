@@ -68,6 +68,7 @@ LEGACY_TLS_VERSIONS = frozenset({"SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1"})
 _COLOR_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
 _GRADE_RANK = {"strong": 0, "medium": 1, "weak": 2}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
 
 
 def to_millis(at: datetime) -> datetime:
@@ -367,7 +368,9 @@ class _EventFactory:
             target=self.target, scan_id=self.scan_id, previous_scan_id=self.previous_scan_id,
             proto=port.proto if port is not None else Proto.TCP,
             port=port.port if port is not None else 0,
-            before=before, after=after, risk_color=color,
+            # bounded here, before the event's id is taken from its text: the event
+            # published, stored and read back on a replay is this one (same id)
+            before=before[:TEXT_CAP], after=after[:TEXT_CAP], risk_color=color,
             service=port.service if port is not None else "",
             observed_at=self.observed_at,
         )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -45,6 +45,7 @@ from schemas.records import (
 )
 from stream_processors.changes import (
     INCOMPLETE,
+    TEXT_CAP,
     HostScanView,
     HostState,
     PortKey,
@@ -82,7 +83,6 @@ RECOVER_BATCH = 2_000  # host scans recovered per round: bounded memory and para
 # A completed host scan this old and still not compared was left by a transport that died:
 # a live one compares within seconds of storing it (the distributed hold within max_hold).
 RECOVER_AFTER = timedelta(minutes=10)
-TEXT_CAP = 512  # before/after text kept per event (hostile banners never grow a row)
 
 HostKey = tuple[str, str]  # (target, ip)
 ScanHostKey = tuple[str, str, str]  # (scan_id, target, ip), as the recorder keys snapshots
@@ -350,6 +350,10 @@ class ChangeRecorder:
 
     store: Store
     reprobe_options: ReprobeOptions = field(default_factory=ReprobeOptions)
+    # Called with a call's events before the host states move past their scans (the
+    # sink publishes them, acknowledged): a failure leaves the states as they were, so
+    # the hosts are compared again, and nothing the store says was compared is unsent.
+    publish: Callable[[list[ChangeEvent]], Awaitable[None]] | None = None
     _snapshots: dict[tuple[str, str, str], list[PortSnapshot]] = field(default_factory=dict)
 
     def add_findings(self, findings: Iterable[Finding]) -> None:
@@ -370,6 +374,22 @@ class ChangeRecorder:
     def forget(self, scan_id: str, target: Target) -> None:
         self._snapshots.pop((scan_id, target.target, target.ip), None)
 
+    def forget_key(self, key: ScanHostKey) -> None:
+        """Let go of a (scan, target, ip)'s ports whose host scan never came."""
+        self._snapshots.pop(key, None)
+
+    def _forget_taken(self, taken: Mapping[ScanHostKey, int]) -> None:
+        """Forget the snapshots a call compared (the first ``n`` of each host's): ports
+        of the same host scan added while the call awaited the store or its re-probes (a
+        later shard's) stay for the call that gets that shard's record."""
+        for key, n in taken.items():
+            found = self._snapshots.get(key)
+            if found is None:
+                continue
+            del found[:n]
+            if not found:
+                del self._snapshots[key]
+
     async def finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
         """Compute, store and return the changes of the hosts of ``host_scans`` (every
         shard record of each host in this scan must be in it)."""
@@ -378,6 +398,8 @@ class ChangeRecorder:
 
     async def _finish(self, host_scans: Sequence[HostScan]) -> list[ChangeEvent]:
         views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
+        taken = {key: len(self._snapshots.get(key, ()))
+                 for key in {(v.scan_id, v.target.target, v.target.ip) for v in views}}
         keys = [(v.target.target, v.target.ip) for v in views]
         host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
         repeated = {k for k, n in _counts(keys).items() if n > 1}
@@ -427,9 +449,10 @@ class ChangeRecorder:
                 seen.add(key)
             events.extend(await self._wave(wave, states, rows))
             pending = later
+        if self.publish is not None and events:
+            await self.publish(events)
         await asyncio.to_thread(write_rows, self.store, rows)
-        for view in views:
-            self.forget(view.scan_id, view.target)
+        self._forget_taken(taken)
         return events
 
     async def recover(self, *, finished_before: datetime, batch: int = RECOVER_BATCH,

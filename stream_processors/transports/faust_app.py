@@ -36,6 +36,7 @@ from typing import Any
 
 import faust
 
+from schemas.records import ChangeEvent
 from schemas.topics import TopicSet, topic_names
 from stream_processors.change_hold import ChangeStage
 from stream_processors.sink import StoreSink
@@ -50,6 +51,7 @@ from stream_processors.transports.faust_agents import (
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "stages", "sink")
+PUBLISH_ACK_SECONDS = 60.0  # a batch of change events the broker must acknowledge within
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +152,17 @@ def _bind_changes(app: faust.App, sink: StoreSink, changes: ChangeStage, send: A
     why host scans are held), its events published keyed by host address."""
     sink.changes = changes
 
+    async def publish(events: list[ChangeEvent]) -> None:
+        # every event acknowledged by the broker before the recorder moves the hosts'
+        # states past their scans: a broker away fails the step, which is tried again
+        # (ChangeStage.flush); a re-sent event has its id, which the alerts agent keys on
+        acks = [await send(event.key.encode(), event.to_json()) for event in events]
+        await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_ACK_SECONDS)
+
+    changes.recorder.publish = publish
+
     async def release() -> None:
-        for event in await changes.flush():
-            await send(event.key.encode(), event.to_json())
+        await changes.flush()
 
     app.timer(1.0, name="portwatch.changes")(release)
 

@@ -1,0 +1,172 @@
+"""The change recorder's edges, on the real store (chdb): what a replay, a late shard and
+a record that never completes do to the events and to the recorder's memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.records import (
+    ChangeKind,
+    Finding,
+    HostScan,
+    OpenPort,
+    PortRange,
+    Proto,
+    RiskColor,
+    ServiceInfo,
+    Target,
+)
+from stream_processors.changes import TEXT_CAP
+from stream_processors.history import ChangeRecorder
+
+T = Target(ip="127.0.0.1", target="127.0.0.1", organization="Org")
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def host_scan(scan_id: str, open_ports: int, when: datetime, *, shard: str = "tcp",
+              proto: Proto = Proto.TCP) -> HostScan:
+    return HostScan(scan_id, T, when - timedelta(seconds=5), when, 1000, open_ports,
+                    shard_id=f"{scan_id}:{shard}", proto=proto, ports=(PortRange(1, 1000),))
+
+
+def found(scan_id: str, port: int, when: datetime, *, version: str = "1.0",
+          proto: Proto = Proto.TCP) -> Finding:
+    return Finding(port=OpenPort(scan_id=scan_id, target=T, port=port, proto=proto,
+                                 observed_at=when),
+                   service=ServiceInfo(service="http", product="nginx", version=version),
+                   risk_color=RiskColor.GREEN)
+
+
+def record(store: Any, findings: list[Finding], scans: list[HostScan]) -> list[Any]:
+    store.insert_findings(findings)
+    store.insert_host_scans(scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(findings)
+    return asyncio.run(recorder.finish(scans))
+
+
+def test_a_replayed_event_with_a_long_text_keeps_its_id(store: Any) -> None:
+    first = NOW - timedelta(hours=2)
+    record(store, [found("s1", 8080, first)], [host_scan("s1", 1, first)])
+    # Given a version longer than an event keeps (a hostile banner's)
+    later = NOW - timedelta(hours=1)
+    long_version = "9." + "x" * 900
+    findings, scans = [found("s2", 8080, later, version=long_version)], [host_scan("s2", 1, later)]
+    events = record(store, findings, scans)
+    [changed] = [e for e in events if e.kind is ChangeKind.VERSION_CHANGED]
+    assert len(changed.after) <= TEXT_CAP
+    # When the same host scan is recorded again (a replayed Kafka record)
+    again = record(store, findings, scans)
+    # Then the events read back carry the same ids as the ones published first
+    assert sorted(e.event_id for e in again) == sorted(e.event_id for e in events)
+    assert store.query("SELECT event_id FROM changes FINAL WHERE kind = 'version_changed'") == [
+        (changed.event_id,)]
+
+
+def test_a_shards_findings_stored_while_another_shard_is_compared_are_kept(
+        store: Any) -> None:
+    when = NOW - timedelta(minutes=30)
+    tcp = [found("s1", 8080, when)]
+    udp = [found("s1", 53, when, proto=Proto.UDP)]
+    store.insert_findings(tcp + udp)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(tcp)
+
+    async def udp_arrives(events: list[Any]) -> None:
+        # the UDP shard's findings reach the recorder while the TCP shard is compared
+        recorder.add_findings(udp)
+
+    recorder.publish = udp_arrives
+    tcp_scan = host_scan("s1", 1, when)
+    udp_scan = host_scan("s1", 1, when + timedelta(seconds=10), shard="udp", proto=Proto.UDP)
+    store.insert_host_scans([tcp_scan, udp_scan])
+    first = asyncio.run(recorder.finish([tcp_scan]))
+    recorder.publish = None
+    # When the UDP shard's record comes in its turn
+    second = asyncio.run(recorder.finish([udp_scan]))
+    # Then its port opened, as it would have without the overlap
+    assert [(e.kind, e.proto, e.port) for e in first] == [(ChangeKind.OPENED, Proto.TCP, 8080)]
+    assert [(e.kind, e.proto, e.port) for e in second] == [(ChangeKind.OPENED, Proto.UDP, 53)]
+    assert sorted(store.query("SELECT proto, port FROM port_state FINAL WHERE is_open")) == [
+        ("tcp", 8080), ("udp", 53)]
+
+
+def test_findings_whose_host_scan_never_comes_are_let_go_by_the_recorder_too(
+        store: Any) -> None:
+    from stream_processors.change_hold import ChangeStage
+
+    stage = ChangeStage(store, max_hold=60)
+    # Given findings of 20 hosts whose host-scan records never arrive (forged, lost)
+    orphans = [Finding(port=OpenPort(scan_id="ghost", port=p, observed_at=NOW,
+                                     target=Target(ip=f"127.0.9.{i}", target=f"127.0.9.{i}")),
+                       service=ServiceInfo(service="http"), risk_color=RiskColor.GREEN)
+               for i in range(1, 21) for p in range(1000, 1050)]
+    asyncio.run(stage.on_stored(orphans, []))
+    assert len(stage.recorder._snapshots) == 20 and len(stage.hold) == 20
+    # When the hold lets them go after max_hold
+    asyncio.run(stage.flush(now=float("inf")))
+    # Then the recorder holds none of their 1,000 ports either
+    assert len(stage.hold) == 0 and stage.recorder._snapshots == {}
+
+
+def _stage_with_one_host(store: Any) -> tuple[Any, float]:
+    from stream_processors.change_hold import ChangeStage
+
+    stage = ChangeStage(store, settle=0, max_hold=600)
+    when = NOW - timedelta(minutes=5)
+    findings, scans = [found("s1", 8080, when)], [host_scan("s1", 1, when)]
+    store.insert_findings(findings)
+    store.insert_host_scans(scans)
+    asyncio.run(stage.on_stored(findings, scans))  # held at time.monotonic()
+    return stage, time.monotonic() + 1
+
+
+def test_a_store_failing_the_change_step_holds_the_hosts_again_and_the_sink_lives(
+        store: Any, caplog: Any) -> None:
+    from stream_processors.change_hold import RETRY_SECONDS
+
+    stage, now = _stage_with_one_host(store)
+    # Given the store failing the step for real (a table it writes is detached)
+    store._client.command("DETACH TABLE changes")
+    try:
+        # When the timer flushes: no exception escapes (Faust would crash the sink)
+        assert asyncio.run(stage.flush(now=now)) == []
+    finally:
+        store._client.command("ATTACH TABLE changes")
+    # Then it said so in one line, and holds the host again
+    [warning] = [r.getMessage() for r in caplog.records if "failed, tried again" in r.getMessage()]
+    assert "change detection of 1 host scan(s) failed" in warning and "\n" not in warning
+    assert len(stage.hold) == 1
+    assert asyncio.run(stage.flush(now=now + 1)) == []  # not before its retry time
+    # And the next try computes its changes once
+    events = asyncio.run(stage.flush(now=now + RETRY_SECONDS))
+    assert [(e.kind, e.port) for e in events] == [(ChangeKind.OPENED, 8080)]
+    assert len(stage.hold) == 0
+    assert store.query("SELECT count() FROM changes") == [(1,)]
+
+
+def test_events_are_published_before_the_hosts_states_move(store: Any) -> None:
+    from stream_processors.change_hold import RETRY_SECONDS
+
+    stage, now = _stage_with_one_host(store)
+    published: list[str] = []
+    tries = [0]
+
+    async def broker_away_once(events: list[Any]) -> None:
+        # The fault, faked: a broker that does not acknowledge (the first time)
+        tries[0] += 1
+        if tries[0] == 1:
+            raise TimeoutError("the broker did not acknowledge the change events")
+        published.extend(e.event_id for e in events)
+
+    stage.recorder.publish = broker_away_once
+    # When publishing fails, the host's state has not moved: nothing is taken for sent
+    assert asyncio.run(stage.flush(now=now)) == []
+    assert store.query("SELECT count() FROM host_state") == [(0,)]
+    # Then the retry publishes the event, and only then is the host compared for good
+    events = asyncio.run(stage.flush(now=now + RETRY_SECONDS))
+    assert published == [e.event_id for e in events] and len(events) == 1
+    assert store.query("SELECT scan_id FROM host_state FINAL") == [("s1",)]
