@@ -341,11 +341,14 @@ class Assembly:
                                commit_interval=s.commit_interval,
                                session_timeout=s.session_timeout)
 
-    def change_stage(self, store: Store) -> ChangeStage:
-        """The sink's change step (change_hold.ChangeStage) over ``store``."""
+    def change_stage(self, store: Store, scope: Scope | None = None) -> ChangeStage:
+        """The sink's change step (change_hold.ChangeStage) over ``store``; its closure
+        re-probes go only to addresses inside ``scope``."""
         from stream_processors.change_hold import ChangeStage
+        from stream_processors.history import ReprobeOptions
 
-        return ChangeStage(store, settle=self.settings.change_settle)
+        return ChangeStage(store, settle=self.settings.change_settle,
+                           reprobe=ReprobeOptions(scope=scope))
 
 
 # Standard input is a file like any other: bounded before it is believed.

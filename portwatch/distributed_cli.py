@@ -370,6 +370,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     if alerts is not None and not has_sink:
         fail("--alerts needs the store the sink owns: run it with --role all or sink",
              EXIT_USAGE)
+    # The records on the topics name the addresses to probe: whoever can write to them
+    # must not aim this worker anywhere its scope (PORTWATCH_SCOPE_ALLOW) does not allow
+    scope = assembly.scope(allow_large=True)
     topics = _topics(assembly)
     options = assembly.pipeline_options(topics)
     db = assembly.open_store() if has_sink else None
@@ -379,13 +382,14 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     if role in ("all", "stages"):
         # The very context the embedded scan builds: same settings, same nmap fallback
         # and TLS enumeration, so both shapes find the same things.
-        stages_app, stage_stats = build_stages_app(options, make_stage(assembly.stage_context()))
+        stages_app, stage_stats = build_stages_app(options, make_stage(assembly.stage_context()),
+                                                   scope=scope)
         apps.append(stages_app)
         report["stages"] = stage_stats
     if db is not None:
         sink = StoreSink(db)
         sink_app, sink_agent_stats = build_sink_app(options, sink,
-                                                    changes=assembly.change_stage(db))
+                                                    changes=assembly.change_stage(db, scope))
         apps.append(sink_app)
         report["sink"] = sink.stats
         report["sink_agent"] = sink_agent_stats

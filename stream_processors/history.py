@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 from probers.reprobe import reprobe
+from producers.targets import Scope
 from schemas.records import (
     ChangeEvent,
     ChangeKind,
@@ -97,6 +98,9 @@ class ReprobeOptions:
     max_probes: int = 10_000
     deadline: float = 60.0
     enabled: bool = True
+    # The addresses this process may connect to (the sink's: the hosts come from a
+    # topic); one outside it is not re-probed, so none of its ports is closed.
+    scope: Scope | None = None
 
 
 # -- state rows ------------------------------------------------------------------------------
@@ -521,7 +525,9 @@ class ChangeRecorder:
                        ) -> Mapping[tuple[str, Proto, int], ProbeAnswer]:
         if not self.reprobe_options.enabled:
             return {}
+        scope = self.reprobe_options.scope
         wanted = [(view.target.ip, proto, port) for view, previous in todo
+                  if scope is None or scope.permits(view.target.ip)
                   for proto, port in closure_candidates(previous, view)]
         if not wanted:
             return {}

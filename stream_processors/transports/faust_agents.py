@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from producers.publish import Poison, dead_letter, decode_records, frame_by_key
+from producers.targets import Scope
 from schemas.records import Finding, HostScan, OpenPort
 from stream_processors.sink import SinkStopped, StoreSink
 from stream_processors.stages import StageContext, identify_port
@@ -62,7 +63,8 @@ class StageStats:
     ports: int = 0
     findings: int = 0
     dropped: int = 0  # tarpit candidates without a named service
-    poison: int = 0
+    poison: int = 0  # undecodable records, and open ports outside the scope
+    out_of_scope: int = 0  # open ports outside this worker's scope: never probed
     busy_seconds: float = 0.0
 
 
@@ -91,14 +93,27 @@ async def dead_letters(send_dead: Send, stage_name: str, event: Any,
 
 
 async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
-                    send_findings: Send, send_dead: Send, stats: StageStats) -> None:
+                    send_findings: Send, send_dead: Send, stats: StageStats,
+                    scope: Scope | None = None) -> None:
     """Process one buffer of open-port messages; returns once every finding and dead
-    letter it produced is acknowledged by the broker (raises if one is not)."""
+    letter it produced is acknowledged by the broker (raises if one is not). An open
+    port outside ``scope`` (this worker's allow-list and exclusions) is never connected
+    to: it is dead-lettered, as the discovery worker does with such a shard (whoever can
+    write to the topic must not be able to aim the probes)."""
     started = time.perf_counter()
     pending: list[Awaitable[Any]] = []
     ports: list[OpenPort] = []
     for event in events:
         records, poison = decode_records(OpenPort, event.value)
+        if scope is not None:
+            refused = [p for p in records if not scope.permits(p.target.ip)]
+            if refused:
+                stats.out_of_scope += len(refused)
+                records = [p for p in records if scope.permits(p.target.ip)]
+                poison += [Poison(0, f"open port {p.target.ip} {p.port}/{p.proto.value} is "
+                                  "outside this worker's scope (PORTWATCH_SCOPE_ALLOW, "
+                                  "exclusions): not probed", p.to_json())
+                           for p in refused]
         ports.extend(records)
         stats.poison += len(poison)
         pending += await dead_letters(send_dead, "process", event, poison)
@@ -132,13 +147,16 @@ async def run_stage(events: Sequence[Any], stage: Stage, concurrency: int,
 
 
 def stage_agent(stage: Stage, send_findings: Send, send_dead: Send, *, buffer: int,
-                within: float, concurrency: int, stats: StageStats) -> Agent:
+                within: float, concurrency: int, stats: StageStats,
+                scope: Scope | None = None) -> Agent:
     """The stage agent: buffers of up to ``buffer`` messages (or what arrived within
-    ``within`` seconds), ``concurrency`` ports identified at once."""
+    ``within`` seconds), ``concurrency`` ports identified at once, none outside
+    ``scope``."""
 
     async def agent(stream: Any) -> None:
         async for events in stream.noack_take(buffer, within=within):
-            await run_stage(events, stage, concurrency, send_findings, send_dead, stats)
+            await run_stage(events, stage, concurrency, send_findings, send_dead, stats,
+                            scope)
             for event in events:
                 await stream.ack(event)
 

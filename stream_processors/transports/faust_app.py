@@ -36,6 +36,7 @@ from typing import Any
 
 import faust
 
+from producers.targets import Scope
 from schemas.records import ChangeEvent
 from schemas.topics import TopicSet, topic_names
 from stream_processors.change_hold import ChangeStage
@@ -114,8 +115,10 @@ def sender(topic: Any) -> Any:
 
 
 def build_stages_app(options: PipelineOptions, stage: Stage,
-                     stats: StageStats | None = None) -> tuple[faust.App, StageStats]:
-    """The stages app: open ports in, findings (and dead letters) out."""
+                     stats: StageStats | None = None, *,
+                     scope: Scope | None = None) -> tuple[faust.App, StageStats]:
+    """The stages app: open ports in, findings (and dead letters) out; an open port
+    outside ``scope`` is dead-lettered, never probed."""
     stats = stats or StageStats()
     app = make_app(options, "stages")
     source = raw_topic(app, options.topics.open_ports.name)
@@ -123,7 +126,7 @@ def build_stages_app(options: PipelineOptions, stage: Stage,
     dead = raw_topic(app, options.topics.dead_letter.name)
     body = stage_agent(stage, sender(findings), sender(dead), buffer=options.stage_buffer,
                        within=options.stage_within,
-                       concurrency=options.identify_concurrency, stats=stats)
+                       concurrency=options.identify_concurrency, stats=stats, scope=scope)
     app.agent(source, name="portwatch.stages")(body)
     return app, stats
 

@@ -28,8 +28,8 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 def host_scan(scan_id: str, open_ports: int, when: datetime, *, shard: str = "tcp",
               proto: Proto = Proto.TCP) -> HostScan:
-    return HostScan(scan_id, T, when - timedelta(seconds=5), when, 1000, open_ports,
-                    shard_id=f"{scan_id}:{shard}", proto=proto, ports=(PortRange(1, 1000),))
+    return HostScan(scan_id, T, when - timedelta(seconds=5), when, 65535, open_ports,
+                    shard_id=f"{scan_id}:{shard}", proto=proto, ports=(PortRange(1, 65535),))
 
 
 def found(scan_id: str, port: int, when: datetime, *, version: str = "1.0",
@@ -170,3 +170,31 @@ def test_events_are_published_before_the_hosts_states_move(store: Any) -> None:
     events = asyncio.run(stage.flush(now=now + RETRY_SECONDS))
     assert published == [e.event_id for e in events] and len(events) == 1
     assert store.query("SELECT scan_id FROM host_state FINAL") == [("s1",)]
+
+
+def test_the_closure_reprobe_stays_inside_the_scope(store: Any) -> None:
+    from producers.targets import Scope
+    from stream_processors.history import ReprobeOptions
+    from tests.loopback import free_port
+
+    gone = free_port()  # nothing listens there: a re-probe is refused, the port closes
+    keep = 1  # still seen open in every scan: the host answers (no "unreachable")
+    first, later = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+    record(store, [found("s1", keep, first), found("s1", gone, first)],
+           [host_scan("s1", 2, first)])
+
+    def rescan(recorder: ChangeRecorder, scan_id: str, when: datetime) -> list[Any]:
+        seen = [found(scan_id, keep, when)]
+        store.insert_findings(seen)
+        store.insert_host_scans([host_scan(scan_id, 1, when)])
+        recorder.add_findings(seen)
+        return asyncio.run(recorder.finish([host_scan(scan_id, 1, when)]))
+
+    # Given a sink fenced to the test network, and a host outside it (its address came
+    # from a topic) whose port was open and is not seen now
+    fenced = ChangeRecorder(store, ReprobeOptions(scope=Scope.build(allow=["198.18.0.0/15"])))
+    # Then it is not re-probed, so not closed (a closure needs a failed re-probe)
+    assert [e.kind for e in rescan(fenced, "s2", later) if e.port == gone] == []
+    # While inside the scope, the same comparison re-probes it and closes it
+    inside = ChangeRecorder(store, ReprobeOptions(scope=Scope.build(allow=["127.0.0.0/8"])))
+    assert [(e.kind, e.port) for e in rescan(inside, "s3", NOW)] == [(ChangeKind.CLOSED, gone)]

@@ -338,3 +338,43 @@ def test_a_stopped_workers_empty_data_directory_is_removed_and_a_file_keeps_its_
     assert not empty.exists()
     assert (kept / "v1" / "tables" / "state.db").read_bytes() == b"x"
     assert not (kept / "v1" / "spare").exists()
+
+
+def test_stage_agent_never_probes_an_open_port_outside_its_scope() -> None:
+    from producers.targets import Scope
+
+    # Given a worker fenced to the test network (PORTWATCH_SCOPE_ALLOW=198.18.0.0/15)
+    # and a record on its topic naming a listener on 127.0.0.1 (written by anyone)
+    findings, dead = Sent(), Sent()
+    stats = StageStats()
+    ctx = StageContext()
+    ctx.identify = replace(ctx.identify, banner_wait=1.0, budget=5.0)
+    connections: list[int] = []
+
+    def counting(conn: Any) -> None:
+        connections.append(1)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+
+    async def run(listener_port: int) -> None:
+        app = _app()
+        topic = app.topic("open-ports", key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        body = stage_agent(make_stage(ctx), findings, dead, buffer=10, within=0.05,
+                           concurrency=4, stats=stats,
+                           scope=Scope.build(allow=["198.18.0.0/15"]))
+        agent = app.agent(topic, name="stages")(body)
+        async with agent.test_context() as ctx_agent:
+            await ctx_agent.put(encode_records([port("127.0.0.1", listener_port)]),
+                                key=b"127.0.0.1")
+            await _until(lambda: stats.messages == 1)
+        _close_consumer_loop(app)
+
+    with loopback.listen(counting) as ln:
+        asyncio.run(run(ln.port))
+    # Then nothing connected to it, no finding was made, and the record is a dead
+    # letter that says why
+    assert connections == [] and findings.messages == []
+    envelope = json.loads(dead.messages[0][1])
+    assert "outside this worker's scope" in envelope["reason"]
+    assert f"127.0.0.1 {ln.port}/tcp" in envelope["reason"]
+    assert (stats.ports, stats.findings, stats.out_of_scope) == (0, 0, 1)
