@@ -11,7 +11,8 @@ not a flood. portwatch's own records pass untouched: each says something once, o
 purpose. ``SecretsOut`` cuts every URL in a library's record to
 ``scheme://host:port/…`` and the path of an HTTP request line to ``/…``: at ``-vv``
 apprise and urllib3 log the URLs they send to, whose path or query is often a channel's
-token.
+token; it also cuts the value of a credential a library prints outside a URL (apprise's
+ntfy plugin logs its ``Authorization: Bearer`` header).
 
 Must not touch: anything but the records (no handlers replaced, no levels changed).
 """
@@ -55,6 +56,13 @@ _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s)'\"<>]*[^\s)'\
 # exceeded with url: /services/T0/B0/XXXX (...)': the path alone, no scheme
 _REQUEST_LINE = re.compile(r'"([A-Z]{3,7}) /[^\s"]*')
 _RETRY_URL = re.compile(r"(with url: )/\S*")
+# A credential a library prints outside any URL: apprise's ntfy plugin logs its request
+# headers at -vv ('Authorization': 'Bearer tk_...'), others a token=/password= pair. The
+# name and any scheme word (Bearer, Basic) stay; the value is cut to "…".
+_CREDENTIAL = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization|\bx-api-key|\bapi[-_]?key|\baccess[-_]?token"
+    r"|\btoken|\bpassword|\bpasswd|\bsecret)(['\"]?\s*[:=]\s*['\"]?)"
+    r"((?:bearer|basic|token)\s+)?[^\s'\",;&}]+")
 
 
 def mask_urls(text: str) -> str:
@@ -85,7 +93,8 @@ class SecretsOut(logging.Filter):
 
 def _masked(text: str) -> str:
     text = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
-    return _RETRY_URL.sub(lambda m: f"{m.group(1)}/…", text)
+    text = _RETRY_URL.sub(lambda m: f"{m.group(1)}/…", text)
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}…", text)
 
 
 class OneLine(logging.Filter):

@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -198,14 +199,29 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         finally:
             own_signals()
 
+    async def last_delivery(dispatcher: AlertDispatcher) -> None:
+        # The last drain (bounded by `delivery: wait` after a signal); a Ctrl-C or
+        # SIGTERM during it ends it after the send in flight: the rest stays queued for
+        # the next watcher or `portwatch alerts deliver`
+        halt = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, halt.set)
+        try:
+            report_drain(await asyncio.to_thread(partial(
+                dispatcher.drain, bound_first=watcher.should_stop, halt=halt)))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if halt.is_set():
+            stop.set()  # the run was interrupted: its exit status says so
+
     watcher = Watcher(db, entries, scan, dispatcher, say=_say, stop=stop)
     if once:
         async with watcher.delivering():  # what the first scans found goes out meanwhile
             records = await watcher.run_once()
-        if dispatcher is not None:  # (bounded by `delivery: wait` after a signal)
-            report_drain(await asyncio.to_thread(partial(
-                dispatcher.drain, bound_first=watcher.should_stop)))
-        if watcher.is_stopping:
+        if dispatcher is not None:
+            await last_delivery(dispatcher)
+        if watcher.is_stopping or stop.is_set():
             return EXIT_INTERRUPTED
         if _say_unqueued(watcher):
             return EXIT_RUNTIME
@@ -224,8 +240,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # for the next watcher or `portwatch alerts deliver`
         # (a signal between scans sets `stop`; one during a scan interrupts it and stops
         # the watcher: should_stop is either)
-        report_drain(await asyncio.to_thread(partial(
-            dispatcher.drain, bound_first=watcher.should_stop)))
+        await last_delivery(dispatcher)
     _say_unqueued(watcher)
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 

@@ -213,6 +213,9 @@ def webhook_url_problem(url: str) -> str:
         return "must be an http:// or https:// URL"
     if any(not ch.isprintable() or ch.isspace() for ch in url):
         return "URL has a blank or a control character (encode it: %20)"
+    if not url.isascii():  # every send would fail: an HTTP request line is ASCII
+        return ("URL has a character that is not ASCII: percent-encode it in the path "
+                "(é is %C3%A9) and write a host name in its xn-- form")
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:  # "http://[zz]/x", "http://[::1/hook": a bracketed host gone wrong
@@ -382,7 +385,14 @@ class _Parser:
                                           "(it holds the webhook secret)")
             return value.encode()
         file_node = items["secret_file"][1]
-        secret_path = Path(self.scalar(file_node, f"{what} secret_file")).expanduser()
+        written = self.scalar(file_node, f"{what} secret_file")
+        if "\0" in written:
+            raise self.fail(file_node, f"{what}: secret_file has a NUL character")
+        try:
+            secret_path = Path(written).expanduser()
+        except RuntimeError:  # "~nosuchuser/x": no such user's home
+            raise self.fail(file_node, f"{what}: secret_file {written!r}: no such user's "
+                                       "home directory") from None
         if not secret_path.is_absolute():
             secret_path = Path(self.path).parent / secret_path
         try:

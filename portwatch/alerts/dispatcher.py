@@ -163,6 +163,11 @@ class AlertDispatcher:
         self.sleep = sleep
         self.host = socket.gethostname()
         self._pass_lock = threading.Lock()
+        # channel -> when it may be tried again (its failure's backoff, or the receiver's
+        # Retry-After): kept across this dispatcher's passes (a watcher's tick, the Kafka
+        # agent's timer), so a channel that asked for an hour gets nothing for an hour,
+        # not the next message of its queue at every tick
+        self._channel_holds: dict[str, float] = {}
         self.rules = {rule.name: rule for rule in config.rules}
 
     # -- submit -------------------------------------------------------------------------
@@ -233,10 +238,19 @@ class AlertDispatcher:
     def _prevalence(self, pairs: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
         if not pairs or not any(rule.match.prevalence for rule in self.config.rules):
             return {}
+        # As the List counts it: the larger of the estate's count and the Internet
+        # prior's (off when the store's reader settings say no_prior), so a rule's
+        # "rare" is the List's "rare", not every port of a small estate
         rows = self.store.query(
-            "SELECT proto, port, uniqExactMerge(instances) FROM port_prevalence "
-            "WHERE port IN {ports:Array(UInt16)} GROUP BY proto, port",
-            {"ports": sorted({p for _, p in pairs})})
+            "SELECT proto, port, greatest(max(estate), "
+            "if({no_prior:UInt8} = 1, toUInt64(0), max(internet))) FROM ("
+            "SELECT proto, port, toUInt64(uniqExactMerge(instances)) AS estate, "
+            "toUInt64(0) AS internet FROM port_prevalence "
+            "WHERE port IN {ports:Array(UInt16)} GROUP BY proto, port "
+            "UNION ALL SELECT proto, port, toUInt64(0), toUInt64(max(instances)) "
+            "FROM internet_prior WHERE port IN {ports:Array(UInt16)} GROUP BY proto, port"
+            ") GROUP BY proto, port",
+            {"ports": sorted({p for _, p in pairs}), "no_prior": 0})
         found = {(str(r[0]), int(r[1])): int(r[2]) for r in rows}
         return {pair: prevalence_bucket(found.get(pair, 0)) for pair in pairs}
 
@@ -305,10 +319,10 @@ class AlertDispatcher:
                      halt: threading.Event | None = None) -> None:
         """The pass. ``held`` (a drain's, across its passes): channel -> retry time; a
         held channel gets nothing before it, and one that fails is held until its retry
-        time. Without it, a channel that fails gets nothing more in this pass. ``tried``
-        collects the rows the pass tried to send."""
+        time. Without it, the dispatcher's own holds, kept across its passes, do the
+        same. ``tried`` collects the rows the pass tried to send."""
         now = self.clock()
-        failing: dict[str, float] = {} if held is None else held
+        failing: dict[str, float] = self._channel_holds if held is None else held
         for name, until in list(failing.items()):
             if until <= now:
                 del failing[name]  # its retry time came: it is tried again
@@ -474,7 +488,8 @@ class AlertDispatcher:
     # -- one-shot -----------------------------------------------------------------------
 
     def drain(self, wait_seconds: float | None = None, *,
-              bound_first: bool = False) -> DeliveryReport:
+              bound_first: bool = False,
+              halt: threading.Event | None = None) -> DeliveryReport:
         """Deliver everything queued, retrying within ``wait_seconds`` (default: the file's
         ``delivery: wait``); what is left stays queued for the next run. Never raises.
         The first pass sends everything due whatever the wait (a one-shot scan's alerts
@@ -484,7 +499,9 @@ class AlertDispatcher:
         A channel that failed is not sent again before its retry time (``held``), in any
         pass of the drain. After a pass that changed nothing (its rows are held by another
         live worker's claim, or wait for their retry or their channel's), it sleeps until
-        the earliest moment that can change; when that is past the wait, it returns."""
+        the earliest moment that can change; when that is past the wait, it returns.
+        ``halt`` (set by a signal handler) ends it at once: the send in flight finishes
+        (bounded by its timeout), nothing else starts, what is left stays queued."""
         budget = self.config.delivery.wait_seconds if wait_seconds is None else wait_seconds
         deadline = self.clock() + max(0.0, budget)
         total = DeliveryReport()
@@ -498,7 +515,7 @@ class AlertDispatcher:
             started = self.clock()  # when its due rows were read
             report = self.deliver_due(flush=True,
                                       deadline=None if first and not bound_first else deadline,
-                                      log_failures=False, held=held, tried=tried)
+                                      log_failures=False, held=held, tried=tried, halt=halt)
             first = False
             total.sent += report.sent
             total.failed += report.failed
@@ -511,7 +528,7 @@ class AlertDispatcher:
                 if not waiting:
                     return total
                 now = self.clock()
-                if now >= deadline:
+                if now >= deadline or (halt is not None and halt.is_set()):
                     total.retrying = waiting
                     return total
                 if report.messages or report.sent or report.failed or report.retrying:
@@ -523,7 +540,12 @@ class AlertDispatcher:
             if wake >= deadline:  # nothing can be sent within the wait
                 total.retrying = waiting
                 return total
-            self.sleep(wake - now if wake > now else DRAIN_RECHECK_SECONDS)
+            nap = wake - now if wake > now else DRAIN_RECHECK_SECONDS
+            if halt is None:
+                self.sleep(nap)
+            elif halt.wait(nap):  # a signal during the wait: what is left stays queued
+                total.retrying = waiting
+                return total
 
     def _waiting(self, due: float) -> tuple[int, int, dict[str, tuple[bool, float | None]]]:
         """(pending rows of the file's routes, pending rows of routes the file no longer

@@ -291,6 +291,57 @@ def test_receiver_down_does_not_affect_the_scan_and_delivery_follows(tmp_path: P
         assert receiver.rejected == []
 
 
+@pytest.mark.parametrize("once", [True, False], ids=["once", "forever"])
+def test_ctrl_c_ends_the_last_delivery_and_keeps_what_is_left(tmp_path: Path,
+                                                             once: bool) -> None:
+    import time
+
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener, \
+            webhook_receiver(SECRET.encode()) as receiver:
+        receiver.stop()  # the receiver is down: the last delivery would wait its 5 minutes
+        rules = alerts(tmp_path, receiver.url)
+        rules.write_text(rules.read_text().replace("{retry_base: 1s, wait: 10s}",
+                                                   "{retry_base: 5s, wait: 5m}"))
+        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
+                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
+                                text=True, env={**os.environ, **ENV}, timeout=120)
+        assert queued.stdout.strip() == "queued 2", queued.stderr
+        sched = tmp_path / "scan.yaml"
+        sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
+                         f"    ports: \"{listener.port}\"\n    udp: none\n"
+                         f"    cron: '@yearly'\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
+             "--alerts", str(rules), *(["--once"] if once else [])], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
+        assert proc.stderr is not None
+        try:
+            for _ in range(50):  # bounded: the lines of one scan
+                line = proc.stderr.readline()
+                if not line or ("scan " in line and "completed" in line):
+                    break
+            if not once:  # Given a running watch stopped by a first Ctrl-C, delivering
+                time.sleep(1)
+                proc.send_signal(signal.SIGINT)
+            time.sleep(2)  # (the --once run is in its last delivery by now)
+            # When Ctrl-C arrives during the last delivery, which waits on a dead receiver
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)  # not the 5 minutes of its wait
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    # Then it ends with 130, says what stays queued, no traceback
+    assert proc.returncode == 130, rest
+    assert "not delivered yet: kept in the store" in rest, rest
+    assert "Traceback" not in rest and "aborted" not in rest
+    log = run_cli("alerts", "log", store=store)
+    assert log.stdout.count("pending") + log.stdout.count("failed (cannot reach") >= 2, \
+        log.stdout
+
+
 def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     with webhook_receiver(SECRET.encode()) as receiver:

@@ -253,6 +253,37 @@ def test_retry_after_sets_the_next_attempt_within_retry_max(
     assert row.last_error.startswith(f"HTTP {code} from http://127.0.0.1:")
 
 
+def test_a_channel_that_asked_for_an_hour_gets_nothing_for_an_hour_across_passes(
+        store: Any, tmp_path: Path) -> None:
+    hits: list[int] = []
+    busy = answer("429 Too Many Requests", "Retry-After: 3600")
+
+    def counting(conn: socket.socket) -> None:
+        hits.append(1)
+        busy(conn)
+
+    with hostile(counting) as url:
+        config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
+                           delivery="{retry_base: 1s, retry_max: 2h}")
+        clock = [time.time()]
+        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        # Given a receiver that answered the first message "429, Retry-After: 3600"
+        dispatcher.submit([event(6379)])
+        dispatcher.deliver_due()
+        assert len(hits) == 1
+        # When new events come and the watcher's passes tick every 5 s for a minute
+        for tick in range(12):
+            dispatcher.submit([event(7000 + tick)])
+            clock[0] += 5
+            dispatcher.deliver_due()
+        # Then the receiver heard nothing more before its hour
+        assert len(hits) == 1
+        # And after it, what waited goes out
+        clock[0] += 3600
+        report = dispatcher.deliver_due()
+    assert len(hits) == 2 and report.messages == 1
+
+
 def test_a_slow_apprise_receiver_gets_no_pile_of_copies(tmp_path: Path) -> None:
     from portwatch.alerts.channels import send
 

@@ -126,3 +126,26 @@ def test_one_host_store_without_the_prior(one_host_store: str) -> None:
     assert {r["port"]: (r["prevalence"], r["prevalence_source"])
             for r in json.loads(result.stdout)} == {8080: ("rare", "estate"),
                                                     31337: ("rare", "estate")}
+
+
+@pytest.mark.parametrize("no_prior", [False, True])
+def test_an_alert_rules_prevalence_is_the_lists(db: Any, tmp_path: Path, no_prior: bool) -> None:
+    from portwatch.alerts import AlertDispatcher, load_alerts
+
+    # Given the reader setting as the CLI sets it (PORTWATCH_PREVALENCE_PRIOR=false)
+    db.default_parameters.update({"no_prior": 1} if no_prior else {})
+    try:
+        alerts = tmp_path / "alerts.yaml"
+        alerts.write_text('channels:\n  a: {apprise: "json://127.0.0.1:9/x"}\nrules:\n'
+                          "  - name: rare\n    when: {prevalence: [rare]}\n"
+                          "    notify: [a]\n")
+        dispatcher = AlertDispatcher(db, load_alerts(alerts))
+        # When the rule buckets the ports the List shows
+        buckets = dispatcher._prevalence({("tcp", p) for p in (443, 8443, 31337, 40001)})
+        listed = {p: r["prevalence"] for p, r in by_port(db).items()}
+    finally:
+        db.default_parameters.pop("no_prior", None)
+    # Then each port is in the List's bucket: 443 very common (the Internet's count)
+    # with the prior, rare without it
+    assert {p: buckets[("tcp", p)] for p in listed} == listed
+    assert buckets[("tcp", 443)] == ("rare" if no_prior else "very common")

@@ -161,9 +161,9 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
     real = AlertDispatcher.drain
 
     def drain(self: Any, wait_seconds: float | None = None, *,
-              bound_first: bool = False) -> Any:
+              bound_first: bool = False, halt: Any = None) -> Any:
         drains.append(bound_first)
-        return real(self, wait_seconds, bound_first=bound_first)
+        return real(self, wait_seconds, bound_first=bound_first, halt=halt)
 
     monkeypatch.setattr(AlertDispatcher, "drain", drain)
     config = hook_config(tmp_path, "http://127.0.0.1:9/x")

@@ -143,6 +143,15 @@ BAD_FILES = [
      "rules:\n  - name: r\n    notify: [a]\n", 2, "a blank or a control character"),
     ("channels:\n  a: {webhook: \"http://[zz]/x\", secret_env: S}\n"
      "rules:\n  - name: r\n    notify: [a]\n", 2, "is not a valid URL"),
+    # found by the review of 2026-12-05: loaded, then every send failed
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:9/hooks/caf\u00e9\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "not ASCII: percent-encode it"),
+    ("channels:\n  a: {webhook: \"http://b\u00fccher.example/x\", secret_env: S}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "xn-- form"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:1/x\", secret_file: \"~nosuchuser9/k\"}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "no such user's home directory"),
+    ("channels:\n  a: {webhook: \"http://127.0.0.1:1/x\", secret_file: \"a\\0b\"}\n"
+     "rules:\n  - name: r\n    notify: [a]\n", 2, "secret_file has a NUL character"),
     ("channels:\n  a: {webhook: \"http://[::1/hook\", secret_env: S}\n"
      "rules:\n  - name: r\n    notify: [a]\n", 2, "is not a valid URL"),
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
