@@ -254,6 +254,20 @@ QUEUER = VICTIM.replace('time.sleep(120)  # the digest window (5 m) is still ope
                         'before delivering', 'store.close()')
 
 
+def queue_two_and_schedule(tmp_path: Path, store: str, rules: Path, port: int,
+                           cron: str) -> Path:
+    """Two alerts queued by an earlier run (built here: no change detection yet), and a
+    schedule of one entry scanning ``port`` on 127.0.0.1."""
+    queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
+                             str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, **ENV}, timeout=120)
+    assert queued.stdout.strip() == "queued 2", queued.stderr
+    sched = tmp_path / "scan.yaml"
+    sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
+                     f"    ports: \"{port}\"\n    udp: none\n    cron: '{cron}'\n")
+    return sched
+
+
 def test_receiver_down_does_not_affect_the_scan_and_delivery_follows(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener, \
@@ -261,16 +275,9 @@ def test_receiver_down_does_not_affect_the_scan_and_delivery_follows(tmp_path: P
         receiver.stop()  # the receiver is down
         rules = alerts(tmp_path, receiver.url)
         rules.write_text(rules.read_text().replace("wait: 10s", "wait: 2s"))
-        # Given two alerts queued by an earlier run (built here: no change detection yet)
-        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
-                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
-                                text=True, env={**os.environ, **ENV}, timeout=120)
-        assert queued.stdout.strip() == "queued 2", queued.stderr
+        # Given two alerts queued by an earlier run
+        sched = queue_two_and_schedule(tmp_path, store, rules, listener.port, "@hourly")
         # When watch --once runs a due scan while the receiver is down
-        sched = tmp_path / "scan.yaml"
-        sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
-                         f"    ports: \"{listener.port}\"\n    udp: none\n"
-                         f"    cron: '@hourly'\n")
         down = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
                        str(rules), store=store, env=ENV)
         # Then the scan completes and stores its finding; the alerts stay queued, said so
@@ -303,14 +310,7 @@ def test_ctrl_c_ends_the_last_delivery_and_keeps_what_is_left(tmp_path: Path,
         rules = alerts(tmp_path, receiver.url)
         rules.write_text(rules.read_text().replace("{retry_base: 1s, wait: 10s}",
                                                    "{retry_base: 5s, wait: 5m}"))
-        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
-                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
-                                text=True, env={**os.environ, **ENV}, timeout=120)
-        assert queued.stdout.strip() == "queued 2", queued.stderr
-        sched = tmp_path / "scan.yaml"
-        sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
-                         f"    ports: \"{listener.port}\"\n    udp: none\n"
-                         f"    cron: '@yearly'\n")
+        sched = queue_two_and_schedule(tmp_path, store, rules, listener.port, "@yearly")
         proc = subprocess.Popen(
             [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
              "--alerts", str(rules), *(["--once"] if once else [])], cwd=REPO,
