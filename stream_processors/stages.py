@@ -284,6 +284,8 @@ async def discover_with_retries(
     """
     found: dict[tuple[str, str, int], OpenPort] = {}
     outcome: ShardOutcome | None = None
+    tarpit_notes: dict[str, str] = {}
+    open_seen: dict[str, int] = {}
     for attempt in range(1, max(1, attempts) + 1):
         scope = progress() if progress is not None else contextlib.nullcontext(Progress())
         with scope as attempt_progress:
@@ -291,12 +293,23 @@ async def discover_with_retries(
                                            tarpit_threshold=tarpit_threshold, stop=stop)
         for port in outcome.ports:
             found.setdefault((port.target.ip, port.proto.value, port.port), port)
+        tarpit_notes.update(outcome.tarpit_notes)
+        for ip, count in outcome.open_seen.items():
+            open_seen[ip] = max(open_seen.get(ip, 0), count)
         if not outcome.error or outcome.is_interrupted:
             break
         log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt,
                     attempts, outcome.error)
     assert outcome is not None
-    outcome.ports = list(found.values())
+    # A host any attempt flagged is a tarpit in the merged outcome: an attempt that died
+    # before the threshold kept its (fake) ports unflagged, and they must not reach
+    # identification as ports of an ordinary host
+    outcome.ports = [
+        port if port.target.ip not in tarpit_notes else replace(port, reason=TARPIT_REASON)
+        for port in found.values()
+        if port.target.ip not in tarpit_notes or port.port in TARPIT_CANDIDATES]
+    outcome.tarpit_notes = tarpit_notes
+    outcome.open_seen = open_seen
     outcome.attempts = attempt
     return outcome
 

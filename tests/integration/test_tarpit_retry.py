@@ -1,0 +1,63 @@
+"""A shard whose first discovery attempt dies before its host is found to answer on
+every port, on a real tarpit (a namespace host whose every port SYN-ACKs) with the real
+connect engine: the retry flags the host, and the ports the dead attempt found are held
+to the tarpit rule too (only well-known candidates go to identification, marked)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from probers.discovery.base import DiscoveryError, Progress
+from probers.discovery.connect import ConnectEngine
+from producers.shards import ScanPlan
+from schemas.records import OpenPort, PortRange, Shard, Target
+from stream_processors.stages import TARPIT_CANDIDATES, TARPIT_REASON, discover_with_retries
+from tests import netns
+
+pytestmark = pytest.mark.netns
+INDEX = 67  # 198.18.67.0/24, unused by the other netns tests
+THRESHOLD = 500
+
+
+class DiesEarly:
+    """The real connect engine, killed (the fault, injected) after ``after`` open ports:
+    a masscan that dies mid-shard."""
+
+    name = "dies-early"
+
+    def __init__(self, after: int) -> None:
+        self.inner = ConnectEngine()
+        self.after = after
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncIterator[OpenPort]:
+        seen = 0
+        async for port in self.inner.scan(shard, progress):
+            yield port
+            seen += 1
+            if seen >= self.after:
+                raise DiscoveryError("engine died mid-shard (injected)")
+
+
+def test_a_dead_first_attempt_does_not_let_a_tarpits_ports_through() -> None:
+    with netns.test_host(INDEX, tcp_banners={22: b"SSH-2.0-OpenSSH_9.2p1\r\n"},
+                         syn_ack_all=True) as host:
+        target = Target(ip=host.addresses[0], target=host.addresses[0])
+        plan = ScanPlan.build("s-tarpit", 0, [target], (PortRange(1, 3000),), ())
+        shard = next(plan.plans[0].shards())
+        engines = iter([DiesEarly(after=THRESHOLD - 100), ConnectEngine()])
+        # Given a first attempt that dies after 400 open ports (under the threshold) and
+        # a retry that sees the host answer on all 3,000
+        outcome = asyncio.run(discover_with_retries(shard, lambda _s: next(engines),
+                                                    attempts=2, tarpit_threshold=THRESHOLD))
+    # Then the host is a tarpit, and only its well-known candidates go on, marked
+    assert outcome.attempts == 2 and not outcome.error
+    assert target.ip in outcome.tarpit_notes
+    assert outcome.ports, "the candidates (22 among them) go to identification"
+    assert {p.port for p in outcome.ports} <= TARPIT_CANDIDATES
+    assert {p.reason for p in outcome.ports} == {TARPIT_REASON}
+    assert 22 in {p.port for p in outcome.ports}
+    [scan] = outcome.host_scans()
+    assert scan.is_tarpit and scan.open_ports == len(outcome.ports) < 100
