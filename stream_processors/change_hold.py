@@ -118,17 +118,21 @@ class HostHold:
             is_complete = has_all and now - held.last_seen >= self.settle
             if is_complete or now - held.first_seen >= self.max_hold or overflow > 0:
                 dropped = held.expected - len(held.found)
+                released = list(held.scans.values())
                 if held.is_tarpit and dropped > 0:
                     ip = key[2]
-                    noted = note_dropped(list(held.scans.values()), Counter({ip: dropped}))
-                    # a later version of the same rows: the note replaces the first one
-                    self.renoted += [replace(h, finished_at=h.finished_at
-                                             + timedelta(milliseconds=1)) for h in noted]
+                    noted = note_dropped(released, Counter({ip: dropped}))
+                    # a later version of the same rows: the note replaces the first one,
+                    # and it is what is compared (the host's state then names the rows
+                    # the store holds: recovery never takes it for uncompared)
+                    released = [replace(h, finished_at=h.finished_at
+                                        + timedelta(milliseconds=1)) for h in noted]
+                    self.renoted += released
                 if not is_complete:
                     log.warning("change detection of %s in scan %s: released after %.0fs "
                                 "with %d of %d findings", key[2], key[0],
                                 now - held.first_seen, len(held.found), held.expected)
-                out.extend(held.scans.values())
+                out.extend(released)
                 self._released[key] = self._held.pop(key)
                 overflow -= 1
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -198,3 +199,32 @@ def test_the_closure_reprobe_stays_inside_the_scope(store: Any) -> None:
     # While inside the scope, the same comparison re-probes it and closes it
     inside = ChangeRecorder(store, ReprobeOptions(scope=Scope.build(allow=["127.0.0.0/8"])))
     assert [(e.kind, e.port) for e in rescan(inside, "s3", NOW)] == [(ChangeKind.CLOSED, gone)]
+
+
+def test_a_tarpits_noted_host_scan_is_compared_once_and_never_recovered(store: Any) -> None:
+    from stream_processors.change_hold import ChangeStage
+    from stream_processors.history import pending_host_scans
+
+    stage = ChangeStage(store, settle=0, max_hold=600)
+    first, later = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+
+    def feed(findings: list[Finding], scans: list[HostScan]) -> list[Any]:
+        with stage.storing(findings, scans):
+            store.insert_findings(findings)
+            store.insert_host_scans(scans)
+            asyncio.run(stage.on_stored(findings, scans))
+        return asyncio.run(stage.flush(now=time.monotonic() + 1))
+
+    feed([found("s1", 22, first), found("s1", 80, first)], [host_scan("s1", 2, first)])
+    # Given a tarpit host whose shard announced 3 ports and kept 1 (2 candidates named
+    # nothing and were dropped): its host-scan rows are stored again, with the note
+    tarpit = replace(host_scan("s2", 3, later), is_tarpit=True)
+    feed([found("s2", 22, later), found("s2", 80, later)], [tarpit])
+    [noted] = store.query("SELECT note FROM host_scans FINAL WHERE scan_id = 's2' "
+                          "ORDER BY finished_at DESC LIMIT 1")
+    assert "1 answering ports dropped" in str(noted[0])
+    # Then the host's state names the rows the store holds: nothing is left uncompared,
+    # so no recovery sweep computes (and re-probes) that scan again
+    assert pending_host_scans(store, finished_before=datetime.now(UTC)) == []
+    stage._next_recovery = float("-inf")  # the next sweep, now
+    assert asyncio.run(stage.flush(now=time.monotonic() + 2)) == []
