@@ -33,6 +33,7 @@ from portwatch.console import (
     PREFIX_OPTION,
     STORE_OPTION,
     fail,
+    one_line,
     say,
     settings_from,
     target_options,
@@ -146,9 +147,18 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
               (f"{topics.prefix}portwatch-stages", [topics.open_ports.name]),
               (f"{topics.prefix}portwatch-sink",
                [topics.findings.name, topics.host_scans.name])]
+    from kafka.errors import KafkaError
+
     deadline = time.monotonic() + timeout
     while True:
-        lags = [group_lag(bootstrap, g, t) for g, t in stages]
+        try:
+            lags = [group_lag(bootstrap, g, t) for g, t in stages]
+        except KafkaError as exc:  # the broker went away mid-wait: asked again, bounded
+            if time.monotonic() >= deadline:
+                fail(f"pipeline not drained after {timeout:.0f}s: the broker did not answer "
+                     f"({type(exc).__name__}: {one_line(exc)})", EXIT_RUNTIME)
+            time.sleep(1.0)
+            continue
         if all(lag.lag == 0 for lag in lags):
             say("pipeline drained")
             return
