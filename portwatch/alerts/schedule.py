@@ -86,6 +86,19 @@ def _croniter(expression: str, start: datetime) -> Any:
 _CRON_TOKEN = re.compile(r"\*|[0-9]{1,4}|[A-Za-z]{3}")
 
 
+_CRON_NAMES = {name: i for i, name in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    start=1)} | {name: i for i, name in enumerate(
+        ("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+
+
+def _cron_value(token: str) -> int | None:
+    """A range end's value (a number, or a month or weekday name); None otherwise."""
+    if token.isdigit():
+        return int(token)
+    return _CRON_NAMES.get(token.lower())
+
+
 def cron_problem(expression: str) -> str:
     """Why ``expression`` is no schedule, in words (``""``: it is one). Five fields
     (minute hour day month weekday: croniter would also take a sixth, of seconds) of
@@ -105,6 +118,12 @@ def cron_problem(expression: str) -> str:
             return (f"cron {expression[:60]!r}: {token[:20]!r} is not standard cron (R, L, "
                     "W, # and ? are refused: a random field is drawn again at every check, "
                     "and Kubernetes cron refuses them)")
+    for part in [] if is_alias else ",".join(fields).split(","):
+        first, dash, last = part.split("/")[0].partition("-")
+        low, high = _cron_value(first), _cron_value(last)
+        if dash and low is not None and high is not None and low > high:
+            return (f"cron {expression[:60]!r}: range {first}-{last} runs backwards "
+                    "(Kubernetes cron refuses it: write it as two ranges, e.g. 50-59,0-10)")
     try:
         if not croniter.is_valid(expression):
             return bad

@@ -428,6 +428,13 @@ schedules:
      "'5#3' is not standard cron"),
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 ? * 1\"\n", 4,
      "'?' is not standard cron"),
+    # a backwards range: croniter wraps it around, Kubernetes refuses it (review 12-05)
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"50-10 * * * *\"\n", 4,
+     "range 50-10 runs backwards (Kubernetes cron refuses it"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 22-2/2 * * *\"\n",
+     4, "range 22-2 runs backwards"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 * * sat-mon\"\n",
+     4, "range sat-mon runs backwards"),
     # a key given twice is refused, not silently replaced by the last one
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
      "schedules:\n  - name: b\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n", 5,
