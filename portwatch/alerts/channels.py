@@ -368,7 +368,8 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
     plugin = apprise.Apprise.instantiate(channel.url, suppress_exceptions=True)
     if plugin is None:
         return SendResult(False, f"apprise refused the URL of channel {channel.name}")
-    with apprise.LogCapture(level=logging.WARNING) as captured:
+    # the message alone: apprise's default format puts its own time and level first
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
         is_ok = bool(plugin.notify(body=body, title=title))
         lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
     if is_ok:

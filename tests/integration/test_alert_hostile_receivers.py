@@ -335,3 +335,20 @@ def test_an_abandoned_apprise_send_does_not_hold_the_exit() -> None:
     # Then it exits at once (apprise's pool threads are joined at exit: not used)
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
     assert elapsed < HANG_BOUND
+
+
+def test_an_apprise_failure_reason_is_apprises_message_alone() -> None:
+    from portwatch.alerts.config import AppriseChannel
+
+    # Given an apprise channel whose receiver answers 500
+    with hostile(answer("500 Internal Server Error")) as url:
+        port = url.split(":")[2].split("/")[0]
+        channel = AppriseChannel("broken", f"json://127.0.0.1:{port}/x",
+                                 f"json://127.0.0.1:{port}/…", 5.0)
+        result = send(channel, "risky", [event()], timeout=5)
+    # Then the reason is apprise's words after the channel, without its log's own time
+    # and level (its default capture format put "2026-12-05 21:35:22,931 - WARNING - ")
+    assert not result.is_ok
+    reason = result.error.split(": ", 1)[1]
+    assert not reason[:4].isdigit() and "WARNING" not in reason, result.error
+    assert "500" in reason, result.error
