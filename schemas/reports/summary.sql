@@ -32,13 +32,13 @@ WITH
     ),
     -- Phase 1: per host and scan, the counts its score is made of and whether it has the
     -- port, colour or product a filter asks for (a filter not given folds to 1), counted
-    -- per (host, scan) first (the join then sees a row or two per host instead of every
-    -- port). A host's ports now are its ports scan's group, the groups of scans whose
-    -- ports were all seen after that scan ended, and its carried ports' groups; their
-    -- counts are summed per host.
+    -- per (host, scan) first (the next step then sees a row or two per host instead of
+    -- every port). A host's ports now are decided port by port, as IS_CURRENT does for
+    -- the List and phase 2: seen by its ports scan, or seen since that scan ended (two
+    -- scans of a host that overlap split a scan's ports: one seen before, one after),
+    -- or carried; the groups of ports now are summed per host.
     by_scan AS (
         SELECT p.target AS target, p.ip AS ip, p.scan_id AS scan_id,
-               min(p.last_seen) AS seen_from,
                count() AS open_ports,
                countIf(p.is_cdn_expected = 0 AND p.state = 'open'
                        AND p.risk_color = 'red') AS red,
@@ -52,9 +52,11 @@ WITH
                max({product:String} = '' OR lowerUTF8(p.product) = lowerUTF8({product:String}))
                    AS has_product,
                -- open though the ports scan did not see it (ddl.sql ports_carried)
-               IS_CARRIED(p) AS is_carried
+               IS_CARRIED(p) AS is_carried,
+               (p.scan_id = s.ports_scan_id OR p.last_seen > s.ports_seen_after) AS is_now
         FROM port_latest AS p FINAL
-        GROUP BY p.target, p.ip, p.scan_id, is_carried
+        INNER JOIN scans AS s ON s.target = p.target AND s.ip = p.ip
+        GROUP BY p.target, p.ip, p.scan_id, is_carried, is_now
     ),
     counts AS (
         SELECT b.target AS target, b.ip AS ip,
@@ -63,8 +65,7 @@ WITH
                max(b.has_port) AS has_port, max(b.has_color) AS has_color,
                max(b.has_product) AS has_product
         FROM by_scan AS b
-        INNER JOIN scans AS s ON s.target = b.target AND s.ip = b.ip
-        WHERE b.scan_id = s.ports_scan_id OR b.seen_from > s.ports_seen_after OR b.is_carried
+        WHERE b.is_now OR b.is_carried
         GROUP BY b.target, b.ip
     ),
     page AS (

@@ -10,6 +10,7 @@ The Summary still says when the host was last scanned and that it was interrupte
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -417,3 +418,29 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
             ("127.0.0.7", "s2", "tcp", 443)]
         assert scores(upgraded, DB)[-1] == (
             "s2", 2, upgraded.report("summary").dicts()[0]["risk_score"])
+
+
+def test_overlapping_scans_split_port_by_port_in_the_summary_as_in_the_list(
+        store: Any) -> None:
+    # Given a completed scan s1 (ended at T0+1h) that saw 22, and an interrupted scan s2
+    # that overlapped it: 443 seen at T0+30m (before s1 ended, which did not see it: not
+    # open now) and 6379 at T0+90m (after: open now)
+    host = Target(ip="127.0.0.9", target="127.0.0.9", organization="Example Corp")
+    store.insert_findings([
+        found(host, "s1", T0, 22, "OpenSSH", "9.2p1", RiskColor.GREEN),
+        found(host, "s2", T0 + timedelta(minutes=30), 443, "nginx", "1.22.1", RiskColor.GREEN),
+        found(host, "s2", T0 + timedelta(minutes=90), 6379, "Redis", "7.0.15", RiskColor.RED)])
+    store.insert_host_scans([
+        HostScan("s1", host, T0 - timedelta(minutes=1), T0 + timedelta(hours=1), 65535, 1),
+        HostScan("s2", host, T0, T0 + timedelta(hours=2), 100, 2, status="interrupted")])
+    summary, ports, _products = reports(store)
+    # Then the Summary counts and scores the ports the List shows, no more, no less
+    assert ports["127.0.0.9"] == [22, 6379]
+    row = summary["127.0.0.9"]
+    assert (row["open_ports"], row["red"], row["green"]) == (2, 1, 1)
+    assert [p[0] for p in row["ports"]] == [22, 6379]
+    assert row["risk_score"] == round(100 * (1 - math.exp(-11 / 40)), 1)
+    # And its filters see them too
+    assert [r["ip"] for r in store.report("summary", {"color": "red"}).dicts()] == ["127.0.0.9"]
+    assert [r["ip"] for r in store.report("summary", {"port": 6379}).dicts()] == ["127.0.0.9"]
+    assert store.report("summary", {"port": 443}).rows == []
