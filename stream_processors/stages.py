@@ -19,7 +19,7 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -57,13 +57,26 @@ class StageContext:
     per_host_connections: int = 4  # politeness: probe jobs in flight per address
     fallback: Fallback | None = None  # nmap service probes, when installed
     tls_probe: TlsProbe | None = None  # cipher enumeration, when enabled
-    _host_slots: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    # ip -> (its semaphore, the jobs holding or waiting for it): an address's entry lives
+    # while a job of it does, so a stage worker that runs for months over a large estate
+    # keeps one per address in flight, not one per address it ever saw
+    _host_slots: dict[str, tuple[asyncio.Semaphore, int]] = field(default_factory=dict)
 
-    def host_slot(self, ip: str) -> asyncio.Semaphore:
-        slot = self._host_slots.get(ip)
-        if slot is None:
-            slot = self._host_slots[ip] = asyncio.Semaphore(self.per_host_connections)
-        return slot
+    @contextlib.asynccontextmanager
+    async def host_slot(self, ip: str) -> AsyncIterator[None]:
+        """One of the ``per_host_connections`` probe jobs in flight on ``ip``."""
+        slot, users = self._host_slots.get(ip) or (
+            asyncio.Semaphore(self.per_host_connections), 0)
+        self._host_slots[ip] = (slot, users + 1)
+        try:
+            async with slot:
+                yield
+        finally:
+            slot, users = self._host_slots[ip]
+            if users <= 1:
+                del self._host_slots[ip]
+            else:
+                self._host_slots[ip] = (slot, users - 1)
 
 
 async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:

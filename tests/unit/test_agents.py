@@ -378,3 +378,26 @@ def test_stage_agent_never_probes_an_open_port_outside_its_scope() -> None:
     assert "outside this worker's scope" in envelope["reason"]
     assert f"127.0.0.1 {ln.port}/tcp" in envelope["reason"]
     assert (stats.ports, stats.findings, stats.out_of_scope) == (0, 0, 1)
+
+
+def test_host_slots_bound_each_address_and_are_let_go_when_its_jobs_end() -> None:
+    ctx = StageContext(per_host_connections=2)
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    async def job(ip: str) -> None:
+        async with ctx.host_slot(ip):
+            running[ip] = running.get(ip, 0) + 1
+            peak[ip] = max(peak.get(ip, 0), running[ip])
+            await asyncio.sleep(0.01)
+            running[ip] -= 1
+
+    async def main() -> None:
+        # Five jobs on each of 1,000 addresses, all at once
+        await asyncio.gather(*(job(f"127.0.{i // 250}.{i % 250 + 1}")
+                               for i in range(1000) for _ in range(5)))
+
+    asyncio.run(main())
+    # Then no address had more than two in flight, and none is remembered after
+    assert set(peak.values()) == {2}
+    assert ctx._host_slots == {}
