@@ -114,7 +114,7 @@ def _duplicate_extension_hello() -> bytes:
 
 
 CERT_KINDS = ("unknown-key-algorithm", "unsupported-curve", "name-not-utf8",
-              "date-of-letters")
+              "date-of-letters", "extension-twice")
 _NAME = "hostile.test"
 
 
@@ -124,12 +124,15 @@ def hostile_certificate(kind: str) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _NAME)])
     start = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(4242)
-            .not_valid_before(start - timedelta(days=1))
-            .not_valid_after(start + timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(_NAME)]), False)
-            .sign(key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(4242)
+               .not_valid_before(start - timedelta(days=1))
+               .not_valid_after(start + timedelta(days=30))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(_NAME)]), False))
+    if kind == "extension-twice":  # an issuerAltName, turned into a second subjectAltName
+        builder = builder.add_extension(
+            x509.IssuerAlternativeName([x509.DNSName(_NAME)]), False)
+    cert = builder.sign(key, hashes.SHA256())
     der = cert.public_bytes(serialization.Encoding.DER)
     not_after = cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ").encode()
     old, new = {
@@ -142,6 +145,8 @@ def hostile_certificate(kind: str) -> tuple[bytes, bytes]:
         # the subject's and issuer's UTF8String CN, with a byte no UTF-8 has
         "name-not-utf8": (b"\x0c\x0chostile.test", b"\x0c\x0chost\xffle.test"),
         "date-of-letters": (not_after, b"ABCDEFGHIJKLZ"),
+        # issuerAltName (2.5.29.18) -> subjectAltName (2.5.29.17): the extension twice
+        "extension-twice": (bytes.fromhex("0603551d12"), bytes.fromhex("0603551d11")),
     }[kind]
     assert der.count(old) >= 1, kind
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

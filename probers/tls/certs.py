@@ -34,11 +34,12 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What cryptography raises for a certificate it cannot read (it parses lazily, so some
 # only once a field is asked for): names that are not UTF-8, dates it refuses, a key
 # algorithm or curve it does not implement (SM2, GOST), a version or a kind of name
-# (x400Address) it does not know. A
+# (x400Address) it does not know, an extension given twice (DuplicateExtension, which
+# is no ValueError). A
 # served certificate is the server's to choose: each is a fact about it, never an error
 # of the probe.
 UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
-              x509.UnsupportedGeneralNameType)
+              x509.UnsupportedGeneralNameType, x509.DuplicateExtension)
 # Names are capped here, not only at the store: a finding crosses Kafka whole, and JSON
 # writes a control character in six bytes. A leaf's SANs may be many (multi-domain
 # certificates carry hundreds); past this many characters the rest are counted.

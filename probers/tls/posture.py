@@ -141,7 +141,7 @@ def _server_policy(store: Store, now: datetime) -> PolicyBuilder:
 def _own_subject(leaf: x509.Certificate) -> x509.DNSName | x509.IPAddress | None:
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *UNREADABLE):
         return None
     for name in sans.get_values_for_type(x509.DNSName):
         try:
@@ -194,7 +194,7 @@ def _trust_error(chain: Sequence[x509.Certificate], store: Store | None, now: da
 def _has_ca_issuers(cert: x509.Certificate) -> bool:
     try:
         aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *UNREADABLE):
         return False
     return any(d.access_method == AuthorityInformationAccessOID.CA_ISSUERS for d in aia)
 

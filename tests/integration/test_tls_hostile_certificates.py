@@ -65,6 +65,22 @@ def test_a_name_that_is_not_utf8_reads_unparseable() -> None:
     assert leaf.sha256 == hashlib.sha256(der).hexdigest()
 
 
+def test_a_certificate_with_an_extension_twice_is_described_not_raised() -> None:
+    # Given a certificate carrying subjectAltName twice (cryptography raises
+    # DuplicateExtension, no ValueError, once its extensions are read)
+    der, _key = hostile_certificate("extension-twice")
+    with hostile_tls_server("served-certificate", der) as port:
+        result = _probe(port)
+    # Then the probe completes with its suites; the leaf is described without the
+    # extensions it could not read, and is not trusted
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert result.suites
+    (leaf,) = result.certificates
+    assert (leaf.subject, leaf.sans) == ("CN=hostile.test", ())
+    assert leaf.sha256 == hashlib.sha256(der).hexdigest()
+    assert result.is_chain_trusted is False
+
+
 def test_a_certificate_openssl_accepts_and_cryptography_refuses(tmp_path: Path) -> None:
     # Given a real OpenSSL server whose certificate's notAfter is letters (OpenSSL serves
     # it; cryptography refuses to parse it)
