@@ -206,8 +206,8 @@ def parse_amqp(data: bytes) -> ServiceInfo | None:
         return None
     size = int.from_bytes(data[3:7], "big")
     payload = data[7:7 + size]
-    if len(payload) < size or payload[:4] != b"\x00\x0a\x00\x0a":
-        return None
+    if len(payload) < max(size, 6) or payload[:4] != b"\x00\x0a\x00\x0a":
+        return None  # (a frame too short for its version bytes is no Connection.Start)
     major, minor = payload[4], payload[5]
     try:
         raw, pos = _take(payload, 6, 4)

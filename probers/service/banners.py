@@ -179,6 +179,7 @@ _NNTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
      "leafnode"),
 )
 _NEWS_WORDS = ("NNTP", "NNRP", "NEWS")
+_SMTP_WORD = re.compile(r"\bE?SMTP\b")
 
 
 def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str], ...],
@@ -198,7 +199,12 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
     if text.startswith("220"):
         upper = text.upper()
         is_smtp = "SMTP" in upper or "MAIL" in upper or port_hint == "smtp"
-        if "FTP" in upper or (port_hint == "ftp" and not is_smtp):
+        # An FTP server's own name decides first; then the word (E)SMTP, which no FTP
+        # greeting says ("220 ftp.example.com ESMTP Postfix" is a mail server whose
+        # host name holds "ftp"); then "FTP" anywhere (vsFTPd), then the mail hints
+        if any(pattern.search(text) for pattern, *_ in _FTP_PRODUCTS) or (
+                "FTP" in upper and not _SMTP_WORD.search(upper)) or (
+                port_hint == "ftp" and not is_smtp):
             return _product_from(text, _FTP_PRODUCTS, "ftp", "banner:ftp")
         if is_smtp:
             return _product_from(text, _SMTP_PRODUCTS, "smtp", "banner:smtp")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,6 +90,8 @@ from schemas.records import ServiceInfo
 
 READ_CAP = 16_384  # bytes read from any one answer: endless banners stop here
 USER_AGENT = "portwatch/0.1 (+https://github.com/portwatch/portwatch)"
+
+log = logging.getLogger(__name__)
 
 
 class ProbeKind(StrEnum):
@@ -352,14 +355,17 @@ async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         data = await read_bounded(reader, timeout=s.probe_timeout, cap=256, idle=0.2)
         info = parse_postgres_ssl_reply(data)
         if data == b"N":
-            # Same connection: after 'N' the server waits for a startup packet.
-            writer.write(_PG_FUTURE_STARTUP)
-            await writer.drain()
-            reply = await read_bounded(reader, timeout=s.probe_timeout, cap=1024, idle=0.2)
-            dated = parse_postgres_version_error(reply)
-            if dated is not None and info is not None:
-                info = replace(dated, extra_info="; ".join(
-                    x for x in (info.extra_info, dated.extra_info) if x))
+            # Same connection: after 'N' the server waits for a startup packet. What 'N'
+            # told is kept whatever the follow-up meets (a reset, a close, silence)
+            with contextlib.suppress(OSError, TimeoutError, EOFError):
+                writer.write(_PG_FUTURE_STARTUP)
+                await writer.drain()
+                reply = await read_bounded(reader, timeout=s.probe_timeout, cap=1024,
+                                           idle=0.2)
+                dated = parse_postgres_version_error(reply)
+                if dated is not None and info is not None:
+                    info = replace(dated, extra_info="; ".join(
+                        x for x in (info.extra_info, dated.extra_info) if x))
     return Outcome(ProbeKind.POSTGRES_SSL, info, data)
 
 
@@ -451,14 +457,16 @@ async def probe_smb(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         info = parse_smb2_negotiate(data)
         if info is not None and info.extra_info.startswith("SMB dialect"):
             # Same connection: an NTLMSSP NEGOTIATE; the CHALLENGE names the server (no
-            # credential is ever sent; the session is never completed).
-            writer.write(smb2_session_setup_request())
-            await writer.drain()
-            challenge = await read_bounded(reader, timeout=s.probe_timeout, cap=4096,
-                                           idle=0.3, is_complete=_is_whole_netbios_message)
-            names = parse_ntlm_challenge(challenge)
-            if names:
-                info = replace(info, extra_info=f"{info.extra_info}; {names}")
+            # credential is ever sent; the session is never completed). The dialect is
+            # kept whatever the follow-up meets (a reset, a close, silence)
+            with contextlib.suppress(OSError, TimeoutError, EOFError):
+                writer.write(smb2_session_setup_request())
+                await writer.drain()
+                challenge = await read_bounded(reader, timeout=s.probe_timeout, cap=4096,
+                                               idle=0.3, is_complete=_is_whole_netbios_message)
+                names = parse_ntlm_challenge(challenge)
+                if names:
+                    info = replace(info, extra_info=f"{info.extra_info}; {names}")
     return Outcome(ProbeKind.SMB, info, data)
 
 
@@ -678,6 +686,12 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         try:
             outcome = await asyncio.wait_for(PROBES[kind](ep, probe_settings, hint), remaining)
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
+            notes.append(f"{kind.value}: {type(exc).__name__}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a parser's bug on a hostile reply: this
+            # probe's answer is lost, never the port's identification (the next probe goes on)
+            log.warning("probe %s of %s:%s failed on its reply: %s: %s", kind.value, ep.ip,
+                        ep.port, type(exc).__name__, str(exc)[:200])
             notes.append(f"{kind.value}: {type(exc).__name__}")
             continue
         if outcome.label:

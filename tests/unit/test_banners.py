@@ -137,6 +137,14 @@ def test_parse_ssh_refuses_non_ssh(banner: bytes) -> None:
         (b"200 Leafnode NNTP Daemon, version 1.11.11 running at news.example.test\r\n", "",
          ("nntp", "Leafnode", "1.11.11")),
         (b"200 Service available, posting allowed\r\n", "nntp", ("nntp", "", "")),
+        # a mail server whose host name holds "ftp" (review of 2026-12-05: it read ftp,
+        # and TLS then spoke STARTTLS-FTP to it)
+        (b"220 ftp.example.com ESMTP Postfix (Debian/GNU)\r\n", "smtp",
+         ("smtp", "Postfix smtpd", "")),
+        (b"220 ftp.example.com ESMTP Postfix\r\n", "", ("smtp", "Postfix smtpd", "")),
+        # and FTP servers that say mail, or nothing but FTP, stay FTP
+        (b"220 mail.example.com FTP server ready\r\n", "", ("ftp", "", "")),
+        (b"220 Microsoft FTP Service\r\n", "smtp", ("ftp", "Microsoft ftpd", "")),
     ],
 )
 def test_parse_greeting(banner: bytes, hint: str, expected: tuple[str, str, str]) -> None:
