@@ -57,7 +57,14 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
-SCHEMA_VERSION = 18  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 19  # layout of schemas/ddl.sql; bump with every change there
+
+
+def _ddl_table_statement(name: str) -> str:
+    """The statement of schemas/ddl.sql that creates the table ``name``."""
+    (statement,) = [s for s in ddl_statements()
+                    if re.match(rf"CREATE TABLE IF NOT EXISTS {name}\b", s)]
+    return statement
 
 
 def _ddl_statement(name: str) -> str:
@@ -140,6 +147,18 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # 17 -> 18: watch_claims (who runs a watch slot), new and empty: the DDL makes it;
     # each run names the watcher that made it (older runs: none, matching no claim).
     17: ("ALTER TABLE watch_runs ADD COLUMN IF NOT EXISTS owner String",),
+    # 18 -> 19: two changes that once landed without a new layout, repaired on every store
+    # (harmless where they are right): latest_host_scans gained ports_seen_after after
+    # step 13 (a layout-14 store of that time kept the older view, and every report
+    # failed on it), and host_scan_scores arrived empty beside a filled scan_scores (a
+    # layout-17 store of that time lost its per-target chart). Copied rows that exist
+    # already merge away (same key and version).
+    18: ("DROP VIEW IF EXISTS latest_host_scans",
+         _ddl_statement("latest_host_scans"),
+         "INSERT INTO host_scan_scores (target, ip, scan_id, day, finished_at, organization, "
+         "hostname, asset, raw_score, computed_at, is_deleted) "
+         "SELECT target, ip, scan_id, day, finished_at, organization, hostname, asset, "
+         "raw_score, computed_at, is_deleted FROM scan_scores"),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -579,7 +598,18 @@ class Store:
         """Create what is missing; upgrade an older layout that ``MIGRATIONS`` leads
         here; refuse any other (the DDL is idempotent, so an old table would otherwise
         stay, silently wrong).
-        ``create=False``: check the version only (StoreMissing when there is no store)."""
+        ``create=False``: check the version only (StoreMissing when there is no store).
+        An engine error on the way (a damaged part an upgrade step reads) is a
+        StoreError of one line; the steps are idempotent, so the next open goes on."""
+        try:
+            self._ensure_schema(create=create)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+            raise StoreError(f"cannot create or upgrade the store at {self.location.where}: "
+                             f"{_engine_first_line(exc)}") from exc
+
+    def _ensure_schema(self, *, create: bool) -> None:
         with self._lock:
             self._insert_types.clear()  # an upgrade may change a table's columns
             existing = {r[0] for r in self._client.query(
@@ -588,22 +618,29 @@ class Store:
                 raise StoreMissing(f"no store at {self.location.where}: scan something first "
                                    "or give the --store it was written to")
             upgrade: list[int] = []  # layouts to step through, oldest first
-            if "findings" in existing:
+            is_new = "findings" not in existing
+            if not is_new:
                 found = 0
                 if "schema_version" in existing:
                     rows = self._client.query("SELECT max(version) FROM schema_version")
                     found = int(rows.result_rows[0][0] or 0)
-                if found < SCHEMA_VERSION and all(
+                    # A new store's creation that was cut short (killed, an engine
+                    # error): its version table is made first and written last, so it
+                    # is there and empty. It is completed, as a new store is made.
+                    is_new = found == 0
+                if not is_new and found < SCHEMA_VERSION and all(
                         v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
                     upgrade = list(range(found, SCHEMA_VERSION))
-                elif found != SCHEMA_VERSION:
+                elif not is_new and found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
                     raise StoreLayoutError(
                         f"the store at {where} has layout version {found or 'unknown'}, this "
                         f"portwatch needs {SCHEMA_VERSION}: use a new --store (or another "
                         "database) and rescan")
-            if not create and not upgrade:
+            if not create and not upgrade and not is_new:
                 return
+            if is_new:  # the version table first: see above
+                self._client.command(_ddl_table_statement("schema_version"))
             for version in upgrade:
                 for table, statement in BEFORE_DDL.get(version, ()):
                     if table in existing:
@@ -619,7 +656,7 @@ class Store:
                     else:
                         self._client.command(step)
                 self._client.command(f"INSERT INTO schema_version VALUES ({version + 1})")
-            if "findings" not in existing:
+            if is_new:
                 self._client.command(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION})")
 
     # -- writes -------------------------------------------------------------------------
@@ -700,8 +737,13 @@ class Store:
         with self._lock:
             if not sql.lstrip()[:6].upper().startswith(("INSERT", "SELECT")):
                 self._insert_types.clear()  # DDL may change a table's columns
-            self._client.command(sql, parameters=dict(parameters or {}),
-                                 settings=dict(settings) if settings else None)
+            try:
+                self._client.command(sql, parameters=dict(parameters or {}),
+                                     settings=dict(settings) if settings else None)
+            except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+                # one line for the user (prune on a damaged part printed 186 lines)
+                raise StoreError(f"the store at {self.location.where} refused a statement: "
+                                 f"{_engine_first_line(exc)}") from exc
 
     def active_parts(self, tables: Sequence[str]) -> dict[str, int]:
         """Active data parts per table of ``tables`` (a table without any is absent)."""

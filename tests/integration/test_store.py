@@ -666,7 +666,7 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 18 and {9, 10, 11, 12, 13, 14, 15, 16, 17} <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 19 and set(range(9, 19)) <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -792,3 +792,79 @@ def test_a_failed_insert_forgets_the_description(store: Store) -> None:
         store.insert_rows("alert_claims", CLAIM_COLUMNS, _claim(2))
     store.insert_rows("alert_claims", CLAIM_COLUMNS[:5], [_claim(3)[0][:5]])
     assert store.query("SELECT event_id FROM alert_claims") == [("event-3",)]
+
+
+def _url(store: Store) -> str:
+    return f"chdb://{store.location.path}?database={store.location.database}"
+
+
+def test_a_layout_18_store_of_either_gap_is_repaired_by_the_upgrade(store: Store) -> None:
+    from portwatch.web.service import ReportService
+
+    # Given a store with a scan and its risk-chart rows
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+    store.insert_findings([Finding(port=OpenPort(scan_id="s1", target=local, port=22,
+                                                 observed_at=T0),
+                                   service=ServiceInfo(service="ssh"),
+                                   risk_color=RiskColor.GREEN)])
+    store.insert_host_scans([HostScan("s1", local, T0, T0, 10, 1)])
+    from stream_processors.risk_days import refresh_risk_days
+    refresh_risk_days(store)
+    # And the two gaps stores of that time had at layout 18: the view of host scans
+    # without ports_seen_after (written at layout 14 before it gained the column), and
+    # host_scan_scores empty beside scan_scores (written at layout 17 before it came)
+    store.command("DROP VIEW latest_host_scans")
+    store.command("CREATE VIEW latest_host_scans AS SELECT target, ip, "
+                  "tupleElement(last_scan, 2) AS scan_id, tupleElement(last_scan, 1) AS "
+                  "finished_at, tupleElement(hostname, 2) AS hostname, "
+                  "tupleElement(organization, 2) AS organization, tupleElement(asset, 2) AS "
+                  "asset, tupleElement(last_scan, 2) AS ports_scan_id FROM host_latest FINAL")
+    store.command("TRUNCATE TABLE host_scan_scores")
+    store.command("TRUNCATE TABLE schema_version")
+    store.command("INSERT INTO schema_version VALUES (18)")
+    with pytest.raises(StoreError, match="ports_seen_after"):
+        store.report("list")
+    # When this portwatch opens it
+    with Store.from_url(_url(store)) as upgraded:
+        # Then the reports read it again, and a target's chart has its rows
+        assert [r["port"] for r in upgraded.report("list").dicts()] == [22]
+        assert upgraded.query("SELECT ip, scan_id FROM host_scan_scores FINAL") == [
+            ("127.0.0.1", "s1")]
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(19,)]
+        # (the page's per-target chart reads host_scan_scores)
+        points = ReportService(upgraded, use_cache=False).risk_history({"target": "127.0.0.1"})
+        assert len(points) == 1
+
+
+def test_a_new_store_whose_creation_was_cut_short_is_completed_when_opened(
+        store: Store) -> None:
+    # Given a store whose first creation stopped half-way (killed, an engine error):
+    # the version table there and empty, some tables made, others not yet
+    store.command("DROP TABLE risk_days")
+    store.command("DROP TABLE watch_claims")
+    store.command("TRUNCATE TABLE schema_version")
+    # When it is opened again, even by a reader
+    with Store.from_url(_url(store), create=False) as reopened:
+        # Then it is completed, at this layout, and usable
+        assert reopened.query("SELECT max(version) FROM schema_version") == [(19,)]
+        assert reopened.query("SELECT count() FROM risk_days") == [(0,)]
+        assert reopened.report("summary").rows == []
+
+
+def test_an_engine_error_in_a_statement_or_an_upgrade_is_one_line(store: Store) -> None:
+    # A statement the engine refuses: one StoreError line, the store named
+    with pytest.raises(StoreError) as refused:
+        store.command("ALTER TABLE findings DELETE WHERE no_such_column = 1")
+    assert str(refused.value).startswith(f"the store at {store.location.where} refused")
+    assert "\n" not in str(refused.value)
+    # An upgrade step the engine refuses (a table it fills is detached): the same
+    store.command("TRUNCATE TABLE schema_version")
+    store.command("INSERT INTO schema_version VALUES (18)")
+    store.command("DETACH TABLE host_scan_scores")
+    try:
+        with pytest.raises(StoreError) as failed:
+            Store.from_url(_url(store))
+        assert str(failed.value).startswith("cannot create or upgrade the store at ")
+        assert "\n" not in str(failed.value)
+    finally:
+        store.command("ATTACH TABLE host_scan_scores")
