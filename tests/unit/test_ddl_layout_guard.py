@@ -1,0 +1,33 @@
+"""Every change of schemas/ddl.sql comes with a new layout number and its upgrade step.
+
+Twice a change of the DDL landed without one (a view's new column, a new table that
+needed a backfill): stores written in between could not be repaired by the DDL's own
+``IF NOT EXISTS`` and broke later (layout 19 repaired them). The DDL's statements are
+fingerprinted here, per layout: a change to them fails this test until SCHEMA_VERSION
+is bumped, a MIGRATIONS step leads the previous layout to it, and the new fingerprint
+is recorded below. (Comments and blank lines are not part of the fingerprint.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from schemas import ddl_statements
+from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
+
+# layout -> sha256 of its DDL statements (joined as below)
+DDL_FINGERPRINTS = {
+    19: "939136f4fb979640334679c1ecf97c28d22f2fc0a6aa729b7b2b99404c1515bd",
+}
+
+
+def test_the_ddl_is_the_one_its_layout_number_names() -> None:
+    fingerprint = hashlib.sha256("\n;\n".join(ddl_statements()).encode()).hexdigest()
+    assert DDL_FINGERPRINTS.get(SCHEMA_VERSION) == fingerprint, (
+        f"schemas/ddl.sql changed (its statements now hash to {fingerprint}): bump "
+        f"SCHEMA_VERSION (now {SCHEMA_VERSION}), add the MIGRATIONS step from the previous "
+        "layout, and record the new fingerprint in DDL_FINGERPRINTS")
+
+
+def test_every_layout_since_the_oldest_upgradable_has_its_step() -> None:
+    assert set(range(min(MIGRATIONS), SCHEMA_VERSION)) == set(MIGRATIONS)
