@@ -149,6 +149,11 @@ def full_handshake(
             is_tls_answer=True,
         )
     except (SSL.ZeroReturnError, SSL.SysCallError) as exc:
+        chosen = _chosen_tls13_suite(connection)
+        if chosen is not None:
+            # The server's ServerHello was read: it chose this suite, then closed (a reset
+            # after the choice is the server's, not a refusal of the offer)
+            return chosen
         return HelloOutcome(OutcomeKind.CLOSED, f"connection closed during handshake: {exc}")
     except SSL.Error as exc:
         # An alert from the peer, or our own refusal of its answer (e.g. it picked TLS 1.2
@@ -158,6 +163,21 @@ def full_handshake(
         return HelloOutcome(OutcomeKind.CLOSED, f"socket error: {exc.strerror or exc}")
     finally:
         sock.close()
+
+
+def _chosen_tls13_suite(connection: SSL.Connection) -> HelloOutcome | None:
+    """The TLS 1.3 suite a ServerHello chose on a handshake that did not finish (None
+    when no ServerHello was read, or it chose no TLS 1.3 suite we know)."""
+    try:
+        version = _VERSION_LABELS.get(connection.get_protocol_version_name())
+        cipher = connection.get_cipher_name() or ""
+    except SSL.Error:
+        return None
+    code = _TLS13_BY_NAME.get(cipher, 0)
+    if version is not TlsVersion.TLS_1_3 or not code:
+        return None
+    return HelloOutcome(OutcomeKind.ACCEPTED, detail=cipher, suite=code, version=version,
+                        is_tls_answer=True)
 
 
 def tls13_spec(server_name: str | None, suites: Sequence[int]) -> HandshakeSpec:
