@@ -25,7 +25,7 @@ from probers.tls.hello import (
     HelloOutcome,
     OutcomeKind,
     group_bits,
-    is_ip_literal,
+    sni_name,
     upgrade_outcome,
 )
 from probers.tls.starttls import Upgrade, UpgradeFailure, perform_upgrade
@@ -116,8 +116,9 @@ def full_handshake(
             return upgrade_outcome(failure)
     sock.setblocking(False)
     connection = SSL.Connection(context, sock)
-    if spec.server_name and not is_ip_literal(spec.server_name):
-        connection.set_tlsext_host_name(spec.server_name.encode("idna"))
+    sni = sni_name(spec.server_name or "")
+    if sni is not None:
+        connection.set_tlsext_host_name(sni)
     connection.set_connect_state()
     try:
         while True:

@@ -142,6 +142,19 @@ def is_ip_literal(name: str) -> bool:
     return True
 
 
+def sni_name(name: str) -> bytes | None:
+    """``name`` as SNI sends it (IDNA), or None when it has no such form: an address
+    (RFC 6066 3), or a name IDNA refuses (a label over 63 characters, an empty label):
+    such a hello goes without SNI rather than failing in our own hands, which read as
+    the peer's protocol error."""
+    if not name or is_ip_literal(name):
+        return None
+    try:
+        return name.encode("idna")
+    except UnicodeError:
+        return None
+
+
 def build_client_hello(spec: HelloSpec) -> bytes:
     """The ClientHello as one TLS record, ready to send."""
     version = spec.version
@@ -151,8 +164,9 @@ def build_client_hello(spec: HelloSpec) -> bytes:
     if version is not TlsVersion.SSL_3_0:
         # SSLv3 (RFC 6101) has no extensions; some SSLv3-only stacks choke on them.
         extensions = []
-        if spec.server_name and not is_ip_literal(spec.server_name):  # RFC 6066 3: no IPs
-            extensions.append(SNIExtension().create(bytearray(spec.server_name, "idna")))
+        sni = sni_name(spec.server_name or "")
+        if sni is not None:
+            extensions.append(SNIExtension().create(bytearray(sni)))
         extensions.append(SupportedGroupsExtension().create(list(_EC_GROUPS)))
         extensions.append(ECPointFormatsExtension().create([0]))
         if version is TlsVersion.TLS_1_2 or spec.advertise_tls13:

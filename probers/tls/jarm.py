@@ -142,7 +142,10 @@ def build_hello(spec: HelloSpec, server_name: str,
 
     alpn = reorder(_ALPN_RARE if spec.is_rare_alpn else _ALPN_ALL, spec.extension_order)
     alpn_list = b"".join(bytes([len(p)]) + p for p in alpn)
-    name = server_name.encode("idna" if not server_name.isascii() else "ascii")
+    try:  # (the method sends what it was given; a name IDNA refuses goes as its text)
+        name = server_name.encode("idna" if not server_name.isascii() else "ascii")
+    except UnicodeError:
+        name = server_name.encode("utf-8", "replace")[:255]
     extensions = b""
     if spec.has_grease:
         extensions += pick_grease() + b"\x00\x00"

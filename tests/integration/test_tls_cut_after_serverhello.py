@@ -79,3 +79,16 @@ def test_a_tls13_suite_chosen_then_reset_is_found(tmp_path: Path) -> None:
     assert "TLSv1.3" in cut.versions
     assert ({s.iana_name for s in cut.suites if s.tls_version == "TLSv1.3"}
             == {s.iana_name for s in direct.suites if s.tls_version == "TLSv1.3"})
+
+
+def test_a_name_idna_refuses_goes_without_sni_and_is_not_the_peers_error(
+        tmp_path: Path) -> None:
+    # Given a target whose host name has a label over 63 characters (an inventory's
+    # hostname: IDNA refuses to encode it)
+    with openssl_server(make_cert(tmp_path)) as port:
+        result = asyncio.run(probe_tls("127.0.0.1", port, server_name="a" * 64 + ".test",
+                                       timeout=2.0, budget=20.0))
+    # Then the server is probed (without SNI) and its versions found, not a protocol
+    # error of our own making charged to it
+    assert result.status.value == "completed", result.error
+    assert {"TLSv1.2", "TLSv1.3"} <= set(result.versions)
