@@ -65,6 +65,9 @@ class ScanInput:
     targets: tuple[Target, ...]
     tcp_ports: tuple[PortRange, ...]
     udp_ports: tuple[PortRange, ...]
+    # The fence the targets were checked against: the run's other connections (the
+    # change recovery's re-probes of hosts an earlier run left uncompared) keep to it
+    scope: Scope | None = None
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class Assembly:
         tcp_ports = parse_ports(self.settings.ports)
         udp_ports = self.udp_ports()
         scope = self.scope(exclude, exclude_file=exclude_file, allow_large=allow_large)
-        return ScanInput(tuple(_resolve_targets(specs, scope)), tcp_ports, udp_ports)
+        return ScanInput(tuple(_resolve_targets(specs, scope)), tcp_ports, udp_ports, scope)
 
     def scan_plan(self, work: ScanInput, *, checkpoint_path: str | None = None,
                   scan_id: str | None = None, seed: int | None = None,
@@ -274,7 +277,9 @@ class Assembly:
     # -- the embedded transport -----------------------------------------------------------
 
     def embedded_runner(self, store: Store, *, engine: str | None = None,
-                        say: Any = None) -> EmbeddedRunner:
+                        say: Any = None, scope: Scope | None = None) -> EmbeddedRunner:
+        """The one-process runner; its change recovery's re-probes stay inside ``scope``
+        (the run's: when None, the settings' allow-list fence)."""
         from stream_processors.transports.embedded import EmbeddedRunner
 
         s = self.settings
@@ -283,7 +288,8 @@ class Assembly:
                               identify_workers=s.identify_concurrency,
                               tarpit_threshold=s.tarpit_threshold, batch_size=s.batch_size,
                               batch_seconds=s.batch_seconds, shard_attempts=s.shard_attempts,
-                              shard_ports=s.shard_ports, shard_hosts=s.shard_hosts)
+                              shard_ports=s.shard_ports, shard_hosts=s.shard_hosts,
+                              scope=scope if scope is not None else self.scope(allow_large=True))
 
     # -- alerting -------------------------------------------------------------------------
 

@@ -153,7 +153,7 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     db = assembly.open_store()
     try:
         stats = asyncio.run(run_plan(assembly, db, plan, start, checkpoint=checkpoint,
-                                     quiet=quiet))
+                                     quiet=quiet, scope=work.scope))
         if not quiet:
             _end_screen(db, stats, work.targets)
         if alerts is not None:
@@ -172,7 +172,8 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
 
 
 async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
-                   checkpoint: str | None = None, quiet: bool = False) -> Any:
+                   checkpoint: str | None = None, quiet: bool = False,
+                   scope: Any = None) -> Any:
     """Run a scan plan through the embedded transport with the progress view and
     Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs)."""
     from stream_processors.transports.embedded import install_interrupt
@@ -183,7 +184,7 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
     if note and not quiet:
         say(note)
     runner = assembly.embedded_runner(db, engine=engine_name or None,
-                                      say=None if quiet else say)
+                                      say=None if quiet else say, scope=scope)
     view = ProgressView(enabled=not quiet)
     undo = install_interrupt(runner)
     try:

@@ -27,6 +27,7 @@ class PreparedScan:
     tcp_ports: tuple[Any, ...]
     udp_ports: tuple[Any, ...]
     settings: Any
+    scope: Any = None  # the fence the targets were checked against (and the run keeps to)
 
 
 @dataclass
@@ -79,7 +80,8 @@ def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] =
                                              only_organization=only_organization)
     except TargetError as exc:
         fail(str(exc))
-    return PreparedScan(list(work.targets), work.tcp_ports, work.udp_ports, settings)
+    return PreparedScan(list(work.targets), work.tcp_ports, work.udp_ports, settings,
+                        work.scope)
 
 
 async def run_embedded_scan(store: Any, prepared: PreparedScan, *, quiet: bool = True,
@@ -92,8 +94,8 @@ async def run_embedded_scan(store: Any, prepared: PreparedScan, *, quiet: bool =
 
     assembly = Assembly(prepared.settings)
     work = ScanInput(tuple(prepared.targets), tuple(prepared.tcp_ports),
-                     tuple(prepared.udp_ports))
+                     tuple(prepared.udp_ports), prepared.scope)
     plan, start = assembly.scan_plan(work, default_seed=random.randrange(2**31))
-    stats = await run_plan(assembly, store, plan, start, quiet=quiet)
+    stats = await run_plan(assembly, store, plan, start, quiet=quiet, scope=work.scope)
     events = list(getattr(stats, "change_events", []) or [])
     return ScanOutcome(stats, events)

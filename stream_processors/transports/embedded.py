@@ -37,8 +37,9 @@ from pathlib import Path
 
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
+from producers.targets import Scope
 from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
-from stream_processors.history import RECOVER_AFTER, ChangeRecorder
+from stream_processors.history import RECOVER_AFTER, ChangeRecorder, ReprobeOptions
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     EngineFactory,
@@ -138,7 +139,7 @@ class EmbeddedRunner:
                  tarpit_threshold: int = 1000, batch_size: int = 5_000,
                  batch_seconds: float = 1.0, queue_size: int = 1000,
                  shard_attempts: int = 2, shard_ports: int = 65_535,
-                 shard_hosts: int = 16) -> None:
+                 shard_hosts: int = 16, scope: Scope | None = None) -> None:
         self.store = store
         self.engine_for = engine_for
         self.ctx = ctx
@@ -157,7 +158,9 @@ class EmbeddedRunner:
         # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
         self._dropped: collections.Counter[str] = collections.Counter()
         # Change history: fed what the sink stores, run when the hosts' scans are recorded.
-        self.changes = ChangeRecorder(store)
+        # Its closure re-probes (of this scan's hosts, and of the hosts an earlier run
+        # left uncompared: recover) keep to the run's scope.
+        self.changes = ChangeRecorder(store, ReprobeOptions(scope=scope))
 
     # -- control ------------------------------------------------------------------------
 

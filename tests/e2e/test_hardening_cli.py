@@ -148,3 +148,60 @@ def test_json_and_csv_carry_exactly_what_is_stored(tmp_path: Path) -> None:
     assert cells["banner"] == "'" + BANNER
     assert cells["product"] == SERVER
     assert cells["port"] == "8080"
+
+
+_SEED_UNCOMPARED = """
+import asyncio, sys
+from datetime import timedelta
+from schemas.records import HostScan, OpenPort, PortRange, Target, utcnow
+from stream_processors.history import ChangeRecorder
+from stream_processors.stages import unidentified
+from stream_processors.store import Store
+
+port = int(sys.argv[2])
+with Store.from_url(sys.argv[1]) as store:
+    t = Target(ip="127.0.0.2", target="127.0.0.2")
+    now = utcnow()
+    seen = unidentified(OpenPort(scan_id="s-a", target=t, port=port,
+                                 observed_at=now - timedelta(minutes=30)), "x")
+    first = HostScan("s-a", t, now - timedelta(minutes=31), now - timedelta(minutes=30), 1, 1,
+                     shard_id="s-a:tcp:0", ports=(PortRange(port, port),))
+    store.insert_findings([seen])
+    store.insert_host_scans([first])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings([seen])
+    asyncio.run(recorder.finish([first]))
+    # a later scan that did not see it, stored and never compared (its run was killed)
+    store.insert_host_scans([HostScan("s-b", t, now - timedelta(minutes=21),
+                                      now - timedelta(minutes=20), 1, 0, shard_id="s-b:tcp:0",
+                                      ports=(PortRange(port, port),))])
+"""
+
+
+@pytest.mark.parametrize("fence", [
+    pytest.param({"PORTWATCH_SCOPE_ALLOW": "127.0.0.1/32"}, id="allow-list"),
+    pytest.param({"exclude": "127.0.0.2"}, id="exclude")])
+def test_the_change_recovery_at_a_scans_start_keeps_to_the_scans_scope(
+        tmp_path: Path, fence: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    accepted: list[int] = []
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(lambda conn: accepted.append(1), ("127.0.0.2",)) as listener:
+        # Given a store where 127.0.0.2's last scan was stored and never compared (its
+        # comparison re-probes the port it no longer saw, which listens)
+        seeded = subprocess.run([sys.executable, "-c", _SEED_UNCOMPARED, store,
+                                 str(listener.port)], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert seeded.returncode == 0, seeded.stderr
+        # When a scan of 127.0.0.1 runs with 127.0.0.2 outside its scope
+        extra = ["--exclude", fence["exclude"]] if "exclude" in fence else []
+        env = {k: v for k, v in fence.items() if k != "exclude"}
+        result = run_cli("scan", *extra, "127.0.0.1", "--ports", "1-5", "--udp", "none", "-q",
+                         store=store, env=env)
+    # Then the scan runs, and nothing connected to 127.0.0.2
+    assert result.code == 0, result.stderr
+    assert accepted == []
