@@ -574,7 +574,10 @@ class Scope:
             entries += [ln.split("#", 1)[0].strip() for ln in lines]
         allow_list = (list(allow) if allow is not None
                       else scope_allow_items(os.environ.get(SCOPE_ALLOW_ENV, "")))
-        return cls(tuple(_net(e, "exclusion") for e in entries if e),
+        # An exclusion also excludes the IPv4 its mapped/compatible addresses reach; an
+        # allow-list is a fence, kept as narrow as written (only a network made wholly of
+        # such addresses is folded: _net)
+        return cls(_with_v4_images(_net(e, "exclusion") for e in entries if e),
                    tuple(_net(a, "allowed network") for a in allow_list), allow_large)
 
     def permits(self, ip: str) -> bool:
@@ -598,6 +601,43 @@ def _net(text: str, what: str) -> IPNetwork:
         raise TargetError(f"bad {what} {_one_line(_short(text))!r}: expected an address or "
                           "CIDR block") from None
     return fold_mapped(net)
+
+
+_MAPPED_BLOCK = ipaddress.IPv6Network("::ffff:0:0/96")
+_COMPATIBLE_BLOCK = ipaddress.IPv6Network("::/96")
+_NOT_COMPATIBLE = ipaddress.IPv4Network("0.0.0.0/8")  # ::a.b.c.d below 1.0.0.0 is not one
+
+
+def v4_images(net: IPNetwork) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks the IPv4-mapped and IPv4-compatible addresses inside an IPv6
+    ``net`` reach (they are judged as those: ``--exclude ::/96`` excludes 1.0.0.0 up,
+    as ``::1.2.3.4`` is 1.2.3.4 to every check). Empty for a network holding none."""
+    if net.version != 6:
+        return []
+    assert isinstance(net, ipaddress.IPv6Network)
+    out: list[ipaddress.IPv4Network] = []
+    for block in (_MAPPED_BLOCK, _COMPATIBLE_BLOCK):
+        if not net.overlaps(block):
+            continue
+        inside = block if net.prefixlen <= block.prefixlen else net
+        image = ipaddress.IPv4Network((int(inside.network_address) & 0xFFFF_FFFF,
+                                       inside.prefixlen - 96))
+        if block is _COMPATIBLE_BLOCK and image.overlaps(_NOT_COMPATIBLE):
+            out += ([] if image.subnet_of(_NOT_COMPATIBLE)
+                    else list(image.address_exclude(_NOT_COMPATIBLE)))
+        else:
+            out.append(image)
+    return out
+
+
+def _with_v4_images(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    """``nets`` (each folded) and the IPv4 networks their mapped/compatible addresses
+    reach (see v4_images)."""
+    out: list[IPNetwork] = []
+    for net in nets:
+        out.append(net)
+        out += [image for image in v4_images(net) if image != net]
+    return tuple(dict.fromkeys(out))
 
 
 def fold_mapped(net: IPNetwork) -> IPNetwork:

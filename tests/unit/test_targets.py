@@ -351,6 +351,29 @@ def test_scope_allow_list_defaults_to_the_environment(monkeypatch: pytest.Monkey
     assert not scope.permits("127.0.0.4")
 
 
+@pytest.mark.parametrize(("exclusion", "target"), [
+    ("::/96", "::127.0.0.1"),  # an IPv4-compatible address inside the block
+    ("::/96", "127.0.0.1"),  # the same address written as IPv4
+    ("::/8", "::ffff:127.0.0.1"),  # a block holding the mapped range
+    ("::/0", "127.0.0.1"),
+    ("::/100", "::10.0.0.1"),  # part of the compatible range
+])
+def test_an_ipv6_exclusion_also_excludes_the_ipv4_its_mapped_addresses_reach(
+        exclusion: str, target: str) -> None:
+    # (a review of 2026-12-05: ::127.0.0.1 folded to 127.0.0.1 escaped --exclude ::/96)
+    assert not Scope.build([exclusion], allow=[]).permits(target)
+
+
+def test_ipv6_exclusions_leave_the_rest_of_ipv4_and_allow_lists_stay_narrow() -> None:
+    # ::/96's compatible addresses start at ::1.0.0.0: 0.0.0.0/8 is not among them
+    assert Scope.build(["::/96"], allow=[]).permits("0.0.0.1")
+    assert Scope.build(["::/100"], allow=[]).permits("16.0.0.1")
+    assert Scope.build(["2001:db8::/32"], allow=[]).permits("127.0.0.1")
+    # and an allow-list is not widened: ::/96 allows no IPv4 target, ::1 not 0.0.0.1
+    assert not Scope.build(allow=["::/96"]).permits("127.0.0.1")
+    assert not Scope.build(allow=["::1/128"]).permits("0.0.0.1")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
