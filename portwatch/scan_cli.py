@@ -19,6 +19,7 @@ from rich.text import Text
 
 from portwatch.console import (
     EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
     STORE_OPTION,
     PortwatchError,
     err_console,
@@ -167,8 +168,21 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
                                      "report changes), not alerted") from exc
     finally:
         db.close()
+    raise_for_outcome(stats, checkpoint)
+
+
+def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
+    """The scan's exit: 130 when interrupted, 1 when a shard's discovery failed (what
+    it found is kept, the rest of it was not scanned: "done" would be a lie), else 0."""
     if stats.interrupted:
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
+    if stats.failed_shards:
+        raise PortwatchError(
+            f"scan incomplete: discovery failed on {stats.failed_shards} shard(s) "
+            f"({stats.errors[0] if stats.errors else 'engine error'}); {stats.stored} "
+            "findings kept; run it again" + (" with the same --checkpoint to scan only "
+                                             "what is left" if checkpoint else ""),
+            EXIT_RUNTIME)
 
 
 async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
@@ -255,7 +269,8 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     from portwatch.tables import print_end_screen
 
     out = out_console()
-    state = "interrupted" if stats.interrupted else "done"
+    state = ("interrupted" if stats.interrupted else
+             "incomplete" if stats.failed_shards else "done")
     out.print(Text(
         f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
         f"{min(stats.probes_done, stats.planned_probes):,} ports scanned"

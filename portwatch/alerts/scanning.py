@@ -40,6 +40,11 @@ class ScanOutcome:
         return bool(getattr(self.stats, "interrupted", False))
 
     @property
+    def failed_shards(self) -> int:
+        """Shards whose discovery failed: the run is incomplete (what they found kept)."""
+        return int(getattr(self.stats, "failed_shards", 0) or 0)
+
+    @property
     def scan_id(self) -> str:
         return str(getattr(self.stats, "scan_id", ""))
 

@@ -233,7 +233,10 @@ class Watcher:
             return record
         finally:
             renewing.cancel()
-        status = "interrupted" if outcome.is_interrupted else "completed"
+        # A shard whose discovery failed leaves the run incomplete: failed, so a one-shot
+        # run (a CronJob) exits 1 and says so, its changes still queued below
+        status = ("interrupted" if outcome.is_interrupted else
+                  "failed" if outcome.failed_shards else "completed")
         record = RunRecord(entry.name, decision.slot, started, self.clock(), outcome.scan_id,
                            status, decision.missed, len(outcome.events))
         # Before the ledger: once the run is recorded, no later run alerts on these

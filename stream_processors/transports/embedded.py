@@ -69,6 +69,7 @@ class ScanStats:
     interrupted: bool = False
     tarpits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failed_shards: int = 0  # shards whose every attempt failed: not (all) scanned
     resumed_shards: int = 0  # shards a checkpoint said were already done
     # What changed since each host's previous completed scan (alerting reads these).
     change_events: list[ChangeEvent] = field(default_factory=list)
@@ -210,6 +211,7 @@ class EmbeddedRunner:
             try:
                 for shard_plan in plan.plans:
                     resume_from = progress_at.index(shard_plan.proto)
+                    gap = False  # a shard of this part failed: the checkpoint stays below it
                     for shard in shard_plan.shards():
                         if shard.index < resume_from:
                             stats.resumed_shards += 1
@@ -219,7 +221,10 @@ class EmbeddedRunner:
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
                         done = await self._discover_shard(shard, open_q, stats)
-                        if done and checkpoint_path is not None:
+                        gap = gap or not done
+                        # The checkpoint says "every shard below this one is done": it
+                        # never passes a failed shard, which the next run scans again
+                        if done and not gap and checkpoint_path is not None:
                             progress_at = progress_at.advanced(shard.proto, shard.index + 1)
                             progress_at.save(checkpoint_path)
             finally:
@@ -313,6 +318,8 @@ class EmbeddedRunner:
             progress=attempt_progress)
         if outcome.error:
             stats.errors.append(outcome.error)
+            if not outcome.is_interrupted:
+                stats.failed_shards += 1
         stats.tarpits.extend(outcome.tarpit_notes)
         self._outcomes.append(outcome)
         for port in outcome.ports:

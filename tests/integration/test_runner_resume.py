@@ -118,3 +118,62 @@ def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
     assert _open_ports(store) == {a.port, b.port}
     summary = store.report("summary").dicts()
     assert summary[0]["scan_status"] == "completed"
+
+
+class FirstShardAlwaysFails:
+    """Named fake for a fault we cannot cause on demand with the connect engine: the
+    engine fails every attempt at the first shard it is given (a masscan that cannot
+    start for that part of the work); the other shards are the real connect engine's."""
+
+    name = "first-shard-fails"
+
+    def __init__(self, failing: str) -> None:
+        self.inner = ConnectEngine()
+        self.failing = failing
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
+        if shard.shard_id == self.failing:
+            raise DiscoveryError("engine could not start (injected)")
+        async for port in self.inner.scan(shard, progress):
+            yield port
+
+
+def test_a_failed_shard_is_never_passed_by_the_checkpoint(store, tmp_path: Path) -> None:
+    # Given a scan of three shards whose first one fails every attempt
+    plan = _plan((PortRange(20000, 22999),), seed=3, scan_id="gap")
+    shards = list(plan.plans[0].shards())
+    assert len(shards) == 3
+    engine = FirstShardAlwaysFails(shards[0].shard_id)
+    checkpoint = tmp_path / "scan.checkpoint"
+    # When it runs with a checkpoint
+    stats = asyncio.run(_runner(store, engine).run(plan, checkpoint_path=str(checkpoint)))
+    # Then the scan says one shard failed, the others ran, and the checkpoint still
+    # points at the failed shard (the next run scans it; before, it pointed past it)
+    assert (stats.failed_shards, stats.interrupted) == (1, False)
+    assert stats.errors == ["first-shard-fails: engine could not start (injected)"]
+    # (no shard below the failed one completed: nothing to resume from)
+    saved = Checkpoint.load(checkpoint) if checkpoint.exists() else None
+    assert saved is None or saved.next_index == {"tcp": 0}
+    # And a rerun from it scans every shard again, then forgets the checkpoint
+    again = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                           checkpoint_path=str(checkpoint)))
+    assert (again.failed_shards, again.resumed_shards) == (0, 0)
+    assert not checkpoint.exists()
+
+
+def test_a_scan_with_a_failed_shard_exits_1_and_says_incomplete(store) -> None:
+    import pytest
+
+    from portwatch.console import EXIT_RUNTIME, PortwatchError
+    from portwatch.scan_cli import raise_for_outcome
+
+    plan = _plan((PortRange(20000, 21999),), seed=3, scan_id="gap-exit")
+    first = next(plan.plans[0].shards())
+    stats = asyncio.run(_runner(store, FirstShardAlwaysFails(first.shard_id)).run(plan))
+    with pytest.raises(PortwatchError) as failed:
+        raise_for_outcome(stats, "nightly.json")
+    assert failed.value.code == EXIT_RUNTIME
+    assert str(failed.value).startswith(
+        "scan incomplete: discovery failed on 1 shard(s) (first-shard-fails: engine could "
+        "not start (injected));")
+    assert str(failed.value).endswith("with the same --checkpoint to scan only what is left")

@@ -250,3 +250,18 @@ def test_a_slot_whose_claim_token_was_used_by_a_pruned_claim_moves_to_the_next_a
     mine = owner_id()
     claim = claim_slot(store, "hourly", SLOT, mine)
     assert (claim.won, claim.attempt) == (True, 2)
+
+
+def test_a_run_whose_discovery_failed_on_a_shard_is_recorded_failed(store: Any) -> None:
+    from stream_processors.transports.embedded import ScanStats
+
+    # Given a scan whose discovery failed on one shard (what it found is kept)
+    async def incomplete(entry: ScheduleEntry) -> ScanOutcome:
+        return ScanOutcome(ScanStats("scan-gap", hosts=1, failed_shards=1), [])
+
+    lines: list[str] = []
+    records = asyncio.run(_watcher(store, incomplete, lines).run_once())
+    # Then the run is failed, not completed: a one-shot watch exits 1 and says so
+    assert [r.status for r in records] == ["failed"]
+    assert any("scan scan-gap failed" in line for line in lines), lines
+    assert store.query("SELECT status FROM watch_runs FINAL") == [("failed",)]
