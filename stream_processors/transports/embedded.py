@@ -340,7 +340,9 @@ class EmbeddedRunner:
         deadline = time.monotonic() + self.batch_seconds
         done = False
         while not done:
-            timeout = max(0.0, deadline - time.monotonic())
+            # at least a millisecond: asyncio.wait_for with 0 cancels the get before it
+            # reads, and a tiny PORTWATCH_BATCH_SECONDS made this loop spin forever
+            timeout = max(0.001, deadline - time.monotonic())
             try:
                 items = [await asyncio.wait_for(sink_q.get(), timeout)]
             except TimeoutError:

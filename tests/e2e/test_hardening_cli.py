@@ -205,3 +205,16 @@ def test_the_change_recovery_at_a_scans_start_keeps_to_the_scans_scope(
     # Then the scan runs, and nothing connected to 127.0.0.2
     assert result.code == 0, result.stderr
     assert accepted == []
+
+
+def test_a_tiny_batch_time_still_stores_and_ends(tmp_path: Path) -> None:
+    # (a review of 2026-12-05: PORTWATCH_BATCH_SECONDS=1e-12 spun the sink at full CPU
+    # forever, deaf to SIGTERM)
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n")) as listener:
+        result = run_cli("scan", "127.0.0.1", "--ports", str(listener.port), "--udp", "none",
+                         "-q", store=store, env={"PORTWATCH_BATCH_SECONDS": "1e-12"},
+                         timeout=120)
+    assert result.code == 0, result.stderr
+    listed = json.loads(run_cli("report", "list", "-f", "json", store=store).stdout)
+    assert [(r["port"], r["service"]) for r in listed] == [(listener.port, "ssh")]
