@@ -290,10 +290,20 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     if unknown:
         raise TargetError(f"{where}: unknown key {_one_line(_short(unknown[0]))!r} (known: "
                           f"{', '.join(INVENTORY_KEYS)})")
+    # One value per meaning: a row with two different targets (target and ip, or a
+    # targets list beside them) or two organizations or assets lost one of them silently
+    for keys in (_TARGET_KEYS, ("organization", "org"), ("asset", "name")):
+        given = {k: lowered[k] for k in keys if lowered.get(k) not in (None, "")}
+        if len({repr(v) for v in given.values()}) > 1:
+            names = " and ".join(repr(k) for k in given)
+            raise TargetError(f"{where}: {names} disagree: give one (a second name for the "
+                              "target goes in 'asset')")
     organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
     asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
     # (0 or false is a target given wrongly, not none given: refused by _target_text)
     key = next((k for k in _TARGET_KEYS if lowered.get(k) not in (None, "")), None)
+    if key is not None and lowered.get("targets") not in (None, "", []):
+        raise TargetError(f"{where}: {key!r} and 'targets' both given: give one")
     if key is None:
         targets_list = lowered.get("targets")
         if isinstance(targets_list, list) and targets_list:

@@ -523,3 +523,26 @@ def test_a_csv_with_trailing_commas_is_read(tmp_path: Path) -> None:
     # Then the blank column holds nothing and is ignored (it was refused as a key '')
     assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org", "web"),
                                     TargetSpec("127.0.0.2", "Org", "db")]
+
+
+@pytest.mark.parametrize(("name", "text", "words"), [
+    ("assets.csv", "target,ip,organization\n127.0.0.5,127.0.0.6,A\n",
+     "'target' and 'ip' disagree"),
+    ("assets.csv", "target,organization,org\n127.0.0.5,A,B\n",
+     "'organization' and 'org' disagree"),
+    ("assets.yaml", "- {target: 127.0.0.1, targets: [127.0.0.2]}\n",
+     "'target' and 'targets' both given"),
+    ("assets.yaml", "- {target: 127.0.0.1, asset: web, name: db}\n",
+     "'asset' and 'name' disagree"),
+])
+def test_an_inventory_row_with_two_values_for_one_thing_is_refused(
+        tmp_path: Path, name: str, text: str, words: str) -> None:
+    # (a review of 2026-12-05: the first was kept, the other silently dropped)
+    with pytest.raises(TargetError, match=words):
+        read_inventory(write(tmp_path, name, text))
+
+
+def test_an_inventory_row_may_repeat_the_same_value_under_two_keys(tmp_path: Path) -> None:
+    [spec] = read_inventory(write(tmp_path, "assets.csv",
+                                  "target,ip,organization,org\n127.0.0.5,127.0.0.5,A,A\n"))
+    assert (spec.text, spec.organization) == ("127.0.0.5", "A")
