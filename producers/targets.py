@@ -243,6 +243,8 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
         return Target(ip=str(ip), target=text, hostname=hostname,
                       organization=spec.organization, asset=spec.asset)
 
+    _refuse_zone(text)
+
     if "/" in text:
         try:
             net: IPNetwork = ipaddress.ip_network(text, strict=False)
@@ -648,6 +650,22 @@ def _with_v4_images(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
         out.append(net)
         out += [image for image in v4_images(net) if image != net]
     return tuple(dict.fromkeys(out))
+
+
+def _refuse_zone(text: str) -> None:
+    """An IPv6 address with a zone (``::1%lo``, ``[fe80::1%eth0]``) is refused: the
+    engines cannot reach it by that text, the reports never match it, and it is no other
+    address than its bare form to the scope and the dedup."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "%" not in bare:
+        return
+    try:
+        addr = ipaddress.ip_address(bare)
+    except ValueError:
+        return
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+        raise TargetError(f"target {_short(text)!r}: an address with a zone "
+                          f"(%{_short(addr.scope_id)}) is not supported: give it without")
 
 
 def fold_mapped(net: IPNetwork) -> IPNetwork:
