@@ -94,8 +94,11 @@ class ShardPlan:
 
     def shards(self, start: int = 0) -> Iterator[Shard]:
         """Shards in walk order from ``start`` (a checkpoint's index) to the end."""
-        order = list(self.targets)
-        random.Random(self.seed ^ 0x5EED).shuffle(order)  # spread each /24 across shards
+        # In a canonical order first, then shuffled by the seed (spread each /24 across
+        # shards): the same targets given in another order walk the same shards, so a
+        # checkpoint (whose fingerprint sorts them) resumes the hosts it stopped at
+        order = sorted(self.targets, key=lambda t: (t.ip, t.target, t.organization, t.asset))
+        random.Random(self.seed ^ 0x5EED).shuffle(order)
         blocks = split_ports(self.ports, self.ports_per_shard)
         cells = self._cells()
         for index in range(start, len(cells)):
@@ -132,6 +135,7 @@ class ScanPlan:
     @property
     def fingerprint(self) -> str:
         work = {
+            "walk": 2,  # the shard walk's version: 2 orders the targets before the shuffle
             "seed": self.seed,
             "targets": sorted([t.ip, t.target, t.organization, t.asset]
                               for t in (self.plans[0].targets if self.plans else ())),
@@ -209,6 +213,10 @@ class Checkpoint:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise CheckpointError(f"cannot write checkpoint {os.fspath(path)}: "
                                   f"{os.fspath(folder)} is not writable")
+        for written in (Path(path), Path(f"{os.fspath(path)}.tmp")):  # (save writes both)
+            if written.exists() and not written.is_file():
+                raise CheckpointError(f"cannot write checkpoint {os.fspath(path)}: "
+                                      f"{os.fspath(written)} is not a file")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint | None:

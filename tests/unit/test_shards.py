@@ -82,16 +82,26 @@ def test_same_seed_same_shards_in_the_same_order() -> None:
     # the order must not depend on hash randomisation or on anything but the seed
     walk = signature(list(plan(seed=42).shards()))
     assert len(walk) == 20
-    assert walk[0] == ("scan-1:tcp:0", ("127.0.0.22", "127.0.0.10", "127.0.0.33", "127.0.0.8",
-                                        "127.0.0.13", "127.0.0.31", "127.0.0.4", "127.0.0.26"),
+    # (walk 2: the targets in a canonical order before the seeded shuffle)
+    assert walk[0] == ("scan-1:tcp:0", ("127.0.0.29", "127.0.0.18", "127.0.0.39", "127.0.0.16",
+                                        "127.0.0.20", "127.0.0.37", "127.0.0.12", "127.0.0.32"),
                        (PortRange(751, 1000),))
-    assert walk[1][:2] == ("scan-1:tcp:1", ("127.0.0.23", "127.0.0.7", "127.0.0.29",
-                                            "127.0.0.16", "127.0.0.0", "127.0.0.24",
-                                            "127.0.0.28", "127.0.0.27"))
-    assert walk[-1] == ("scan-1:tcp:19", ("127.0.0.2", "127.0.0.15", "127.0.0.12", "127.0.0.11",
-                                          "127.0.0.20", "127.0.0.39", "127.0.0.19",
-                                          "127.0.0.18"), (PortRange(1, 250),))
+    assert walk[1][:2] == ("scan-1:tcp:1", ("127.0.0.3", "127.0.0.15", "127.0.0.35",
+                                            "127.0.0.23", "127.0.0.0", "127.0.0.30",
+                                            "127.0.0.34", "127.0.0.33"))
+    assert walk[-1] == ("scan-1:tcp:19", ("127.0.0.10", "127.0.0.22", "127.0.0.2",
+                                          "127.0.0.19", "127.0.0.27", "127.0.0.9",
+                                          "127.0.0.26", "127.0.0.25"), (PortRange(1, 250),))
     assert walk == signature(list(plan(seed=42).shards()))
+
+
+def test_the_same_targets_in_another_order_walk_the_same_shards() -> None:
+    # (a review of 2026-12-05: the checkpoint's fingerprint sorts the targets, the walk
+    # did not, so a resume with the targets reordered scanned other hosts)
+    forward = plan(seed=42)
+    backward = ShardPlan(scan_id="scan-1", targets=tuple(reversed(forward.targets)),
+                         ports=forward.ports, seed=42, hosts_per_shard=8, ports_per_shard=250)
+    assert signature(list(backward.shards())) == signature(list(forward.shards()))
 
 
 def test_another_seed_walks_another_order_over_the_same_work() -> None:
@@ -241,3 +251,12 @@ def test_a_checkpoint_of_an_earlier_free_form_scan_id_still_resumes(tmp_path: Pa
     loaded = Checkpoint.load(path)
     assert loaded is not None and (loaded.scan_id, loaded.next_index) == (
         "nightly:1 (prod)", {"tcp": 3})
+
+
+@pytest.mark.parametrize("blocked", ["cp.json", "cp.json.tmp"])
+def test_a_checkpoint_whose_file_or_its_temporary_is_a_directory_is_refused_before(
+        tmp_path: Path, blocked: str) -> None:
+    # (a review of 2026-12-05: found only after the first shard had been scanned)
+    (tmp_path / blocked).mkdir()
+    with pytest.raises(CheckpointError, match=f"{blocked} is not a file"):
+        Checkpoint.check_writable(tmp_path / "cp.json")
