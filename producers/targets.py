@@ -596,6 +596,8 @@ class Scope:
         # The IPv4 an IPv4-mapped/compatible IPv6 address reaches is what is judged:
         # ``--exclude 127.0.0.0/8`` must also exclude ``::ffff:127.0.0.1``.
         addr = canonical_address(ip)
+        if is_this_host(ip):
+            return False  # "this host" (0.0.0.0/8, ::): a connect reaches the scanner itself
         if any(addr in net for net in self.exclude if net.version == addr.version):
             return False
         return self.is_allowed(ip)
@@ -615,6 +617,7 @@ def _net(text: str, what: str) -> IPNetwork:
     return fold_mapped(net)
 
 
+_THIS_HOST_V4 = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 3.2.1.3: never a target
 _MAPPED_BLOCK = ipaddress.IPv6Network("::ffff:0:0/96")
 _COMPATIBLE_BLOCK = ipaddress.IPv6Network("::/96")
 _NOT_COMPATIBLE = ipaddress.IPv4Network("0.0.0.0/8")  # ::a.b.c.d below 1.0.0.0 is not one
@@ -650,6 +653,12 @@ def _with_v4_images(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
         out.append(net)
         out += [image for image in v4_images(net) if image != net]
     return tuple(dict.fromkeys(out))
+
+
+def is_this_host(ip: str) -> bool:
+    """0.0.0.0/8 or :: (in any spelling): "this host", which no scan targets."""
+    addr = canonical_address(ip)
+    return addr in _THIS_HOST_V4 or addr.is_unspecified
 
 
 def _refuse_zone(text: str) -> None:
@@ -714,6 +723,7 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     dropped: list[tuple[Target, Target]] = []  # the first few, for the warning lines
     dropped_count = 0
     excluded = 0
+    this_host = 0  # 0.0.0.0/8 and :: among the excluded (never targets)
     total = 0
     for spec in specs:
         for target in expand(spec, allow_large=scope.allow_large):
@@ -725,6 +735,7 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
                 )
             if not scope.permits(target.ip):
                 excluded += 1
+                this_host += is_this_host(target.ip)
                 continue
             kept = out.setdefault(target.ip, target)
             if kept is not target and (kept.target, kept.organization, kept.asset) != (
@@ -735,6 +746,10 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     if len(out) > MAX_ADDRESSES and not scope.allow_large:
         raise TargetError(f"{len(out):,} addresses in all, more than {MAX_ADDRESSES:,}: "
                           "pass --allow-large if you really mean it")
+    if not out and this_host == total:
+        raise TargetError("nothing to scan: 0.0.0.0/8 and :: mean this host, never a target "
+                          "(a connect to them reaches the scanner itself): scan 127.0.0.1 or "
+                          "::1 instead")
     if not out:
         raise TargetError(f"nothing to scan: the exclusions cover all {total} target addresses")
     for target, kept in dropped:

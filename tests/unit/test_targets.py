@@ -4,6 +4,7 @@ inventories, exclusions and the PORTWATCH_SCOPE_ALLOW fence."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -365,8 +366,9 @@ def test_an_ipv6_exclusion_also_excludes_the_ipv4_its_mapped_addresses_reach(
 
 
 def test_ipv6_exclusions_leave_the_rest_of_ipv4_and_allow_lists_stay_narrow() -> None:
-    # ::/96's compatible addresses start at ::1.0.0.0: 0.0.0.0/8 is not among them
-    assert Scope.build(["::/96"], allow=[]).permits("0.0.0.1")
+    # ::/96's compatible addresses start at ::1.0.0.0: 0.0.0.0/8 is not among them (it
+    # is refused anyway: "this host")
+    assert Scope.build(["::/96"], allow=[]).exclude[-1] == ipaddress.IPv4Network("1.0.0.0/8")
     assert Scope.build(["::/100"], allow=[]).permits("16.0.0.1")
     assert Scope.build(["2001:db8::/32"], allow=[]).permits("127.0.0.1")
     # and an allow-list is not widened: ::/96 allows no IPv4 target, ::1 not 0.0.0.1
@@ -546,3 +548,18 @@ def test_an_inventory_row_may_repeat_the_same_value_under_two_keys(tmp_path: Pat
     [spec] = read_inventory(write(tmp_path, "assets.csv",
                                   "target,ip,organization,org\n127.0.0.5,127.0.0.5,A,A\n"))
     assert (spec.text, spec.organization) == ("127.0.0.5", "A")
+
+
+@pytest.mark.parametrize("target", ["0.0.0.0", "::", "::ffff:0.0.0.0", "0.1.2.3", "[::]"])
+def test_this_host_is_never_a_target(target: str) -> None:
+    # (a review of 2026-12-05: 0.0.0.0 passed --exclude 127.0.0.0/8, and a connect to it
+    # reaches the scanner's own host)
+    with pytest.raises(TargetError, match="0.0.0.0/8 and :: mean this host"):
+        resolve_targets([TargetSpec(target)], Scope.build(["127.0.0.0/8"], allow=[]))
+
+
+def test_this_host_inside_a_block_is_left_out_and_the_rest_scanned() -> None:
+    kept = resolve_targets([TargetSpec("0.0.0.0/30"), TargetSpec("127.0.0.1")],
+                           Scope.build(allow=[]))
+    assert [t.ip for t in kept] == ["127.0.0.1"]
+    assert not Scope.build(allow=[]).permits("0.0.0.0")
