@@ -69,8 +69,12 @@ def normalize_target(text: str) -> str:
     value = text.strip()
     address, slash, _bits = value.partition("/")
     if not slash and is_ip_address(value):
-        # an address as it is stored: '2001:db8:0::5' is '2001:db8::5' (it matched nothing)
-        return str(ipaddress.ip_address(value))
+        # an address as it is stored: '2001:db8:0::5' is '2001:db8::5' (it matched
+        # nothing), and '::ffff:127.0.0.1' is 127.0.0.1 (stored folded, as the scope
+        # and the alert rules judge it)
+        from schemas.records import normalize_ip
+
+        return normalize_ip(value)
     if not slash or not _looks_like_address(address):
         return value
     try:

@@ -228,6 +228,9 @@ def test_any_target_text_is_safe_for_every_report(db: Any, text: str) -> None:
                                               ("2001:DB8::1/32", "2001:db8::/32"),
                                               ("2001:db8:0::5", "2001:db8::5"),
                                               ("2001:DB8::5", "2001:db8::5"),
+                                              # mapped and compatible forms: stored folded
+                                              ("::ffff:127.0.0.1", "127.0.0.1"),
+                                              ("::127.0.0.1", "127.0.0.1"),
                                               ("Web-1", "Web-1"), ("web/1", "web/1"),
                                               ("/", "/")])
 def test_normalize_target(text: str, normal: str) -> None:
