@@ -111,8 +111,8 @@ grafana: venv ## Regenerate the Grafana dashboards under deploy/grafana
 	$(PY) -m deploy.grafana.build_dashboards
 
 .PHONY: bench bench-connect bench-discovery bench-udp bench-identify bench-web bench-pipeline \
-	bench-tls bench-history bench-history-floor bench-upgrade
-bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery bench-udp bench-tls bench-history bench-history-floor bench-upgrade ## All benchmarks (BENCHMARKS.md)
+	bench-tls bench-history bench-history-floor bench-upgrade bench-alerts
+bench: bench-connect bench-identify bench-web bench-pipeline bench-discovery bench-udp bench-tls bench-history bench-history-floor bench-upgrade bench-alerts ## All benchmarks (BENCHMARKS.md)
 bench-connect: install ## Full TCP sweep of 127.0.0.1 vs nmap -sT
 	$(PY) -m bench.connect_sweep --runs 5
 bench-discovery: install ## masscan engine vs nmap -sS vs masscan on namespace hosts (root)
@@ -129,6 +129,8 @@ bench-history: install ## Change history at scale (sizes: HISTORY_ARGS="--hosts 
 	$(PY) -m bench.history $(HISTORY_ARGS)
 bench-history-floor: install ## The store statements a columnar change screen could not skip, vs ndiff
 	$(PY) -m bench.history_floor
+bench-alerts: install ## One alert delivery pass of a burst of 2,000 events (claims, sends)
+	$(PY) -m bench.alert_pass
 bench-upgrade: install ## A store built by older code (layout 9), upgraded in place: its pages and days
 	$(PY) -m bench.upgrade $(UPGRADE_ARGS)
 bench-pipeline: install ## Kafka -> Faust -> chdb throughput vs the embedded runner
