@@ -31,14 +31,14 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
 from producers.targets import Scope
-from schemas.records import ChangeEvent, Finding, OpenPort, Shard, utcnow
+from schemas.records import ChangeEvent, Finding, OpenPort, Proto, Shard, utcnow
 from stream_processors.history import RECOVER_AFTER, ChangeRecorder, ReprobeOptions
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
@@ -131,6 +131,59 @@ class ScanStats:
 _DONE = object()
 
 
+PortKey = tuple[str, str, int]  # (ip, proto, port): in exactly one shard of a plan
+
+
+@dataclass
+class _Watermark:
+    """Where the checkpoint may stand: past a shard only once it completed *and* every
+    finding of it is stored (or was dropped: a tarpit's unnamed candidate). Saved at
+    the end of discovery alone, a kill -9 before the sink's next insert lost the
+    shard's findings and the resume skipped it. Shards are passed in walk order; a
+    failed or interrupted one holds the mark below it for good (its hosts are scanned
+    again by the next run)."""
+
+    checkpoint: Checkpoint
+    path: str | None
+    walk: list[tuple[Proto, int, bool]] = field(default_factory=list)  # (proto, index, done)
+    pending: dict[tuple[Proto, int], int] = field(default_factory=dict)  # ports not stored
+    shard_of: dict[PortKey, tuple[Proto, int]] = field(default_factory=dict)
+
+    def discovered(self, proto: Proto, index: int, ports: Sequence[OpenPort],
+                   done: bool) -> None:
+        """A shard's discovery ended with ``ports`` to identify (registered before they
+        are queued: a finding is never stored before its shard knows it)."""
+        count = self.pending.get((proto, index), 0)
+        for port in ports:
+            key = (port.target.ip, port.proto.value, port.port)
+            if key not in self.shard_of:  # (each port once, however often it came)
+                self.shard_of[key] = (proto, index)
+                count += 1
+        self.pending[(proto, index)] = count
+        self.walk.append((proto, index, done))
+
+    def settled(self, ports: Iterable[OpenPort]) -> None:
+        """These ports' findings are stored (or dropped): move the mark as far as it goes."""
+        for port in ports:
+            shard = self.shard_of.pop((port.target.ip, port.proto.value, port.port), None)
+            if shard is not None:
+                self.pending[shard] -= 1
+        self.advance()
+
+    def advance(self) -> None:
+        moved = False
+        while self.walk:
+            proto, index, done = self.walk[0]
+            if not done or self.pending.get((proto, index), 0) > 0:
+                break
+            self.walk.pop(0)
+            self.pending.pop((proto, index), None)
+            self.checkpoint = self.checkpoint.advanced(proto, index + 1)
+            moved = True
+        if moved and self.path is not None:
+            self.checkpoint.save(self.path)
+
+
 class EmbeddedRunner:
     """``engine_for(shard)`` builds the discovery engine of a shard (TCP or UDP: the
     composition root's ``--engine`` rule); ``shard_attempts`` engine runs per shard."""
@@ -181,8 +234,9 @@ class EmbeddedRunner:
                   on_stats: Callable[[ScanStats], None] | None = None) -> ScanStats:
         """Scan ``plan`` from ``start`` (a checkpoint of this plan, or the beginning).
 
-        With ``checkpoint_path`` the checkpoint moves past each completed shard
-        (atomically), and is removed when the whole scan completed: rerunning the
+        With ``checkpoint_path`` the checkpoint moves past each completed shard once
+        its findings are stored (atomically; ``_Watermark``), and is removed when the
+        whole scan completed: rerunning the
         same command resumes at the first shard not done, nothing scanned twice and
         nothing skipped. Each shard's hosts are recorded as "running" when the shard
         starts, so a scan killed outright (SIGKILL) still shows in the Summary, as
@@ -190,6 +244,7 @@ class EmbeddedRunner:
         """
         scan_id = plan.scan_id
         progress_at = start or plan.start(None)
+        mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = ScanStats(scan_id, len(targets))
         stats.planned_probes = plan.probe_count
@@ -207,11 +262,9 @@ class EmbeddedRunner:
         planned: dict[str, Shard] = {}
 
         async def discovery() -> None:
-            nonlocal progress_at
             try:
                 for shard_plan in plan.plans:
                     resume_from = progress_at.index(shard_plan.proto)
-                    gap = False  # a shard of this part failed: the checkpoint stays below it
                     for shard in shard_plan.shards():
                         if shard.index < resume_from:
                             stats.resumed_shards += 1
@@ -220,13 +273,10 @@ class EmbeddedRunner:
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
-                        done = await self._discover_shard(shard, open_q, stats)
-                        gap = gap or not done
-                        # The checkpoint says "every shard below this one is done": it
-                        # never passes a failed shard, which the next run scans again
-                        if done and not gap and checkpoint_path is not None:
-                            progress_at = progress_at.advanced(shard.proto, shard.index + 1)
-                            progress_at.save(checkpoint_path)
+                        # The checkpoint says "every shard below this one is done and
+                        # stored": it never passes a failed shard, nor one whose findings
+                        # are still on their way to the store (_Watermark)
+                        await self._discover_shard(shard, open_q, stats, mark)
             finally:
                 for _ in range(self.identify_workers):
                     await open_q.put(_DONE)
@@ -244,7 +294,9 @@ class EmbeddedRunner:
                 in_flight[me] = item
                 finding = await self._identify(item, stats)
                 del in_flight[me]
-                if finding is not None:
+                if finding is None:
+                    mark.settled([item])  # a tarpit's unnamed candidate: nothing to store
+                else:
                     try:
                         await sink_q.put(finding)
                     except asyncio.CancelledError:
@@ -256,7 +308,7 @@ class EmbeddedRunner:
                 on_stats(stats)
                 await asyncio.sleep(0.2)
 
-        sink_task = asyncio.create_task(self._sink(sink_q, stats))
+        sink_task = asyncio.create_task(self._sink(sink_q, stats, mark))
         report_task = asyncio.create_task(reporter())
         workers = [asyncio.create_task(identify_worker()) for _ in range(self.identify_workers)]
         self._workers = workers
@@ -298,7 +350,7 @@ class EmbeddedRunner:
         return stats
 
     async def _discover_shard(self, shard: Shard, open_q: asyncio.Queue[OpenPort | object],
-                              stats: ScanStats) -> bool:
+                              stats: ScanStats, mark: _Watermark | None = None) -> bool:
         """Discover one shard (``discover_with_retries``: the rule both transports
         share); True when the shard completed."""
         await asyncio.to_thread(self.store.insert_host_scans,
@@ -322,9 +374,13 @@ class EmbeddedRunner:
                 stats.failed_shards += 1
         stats.tarpits.extend(outcome.tarpit_notes)
         self._outcomes.append(outcome)
+        done = not outcome.error and not outcome.is_interrupted
+        if mark is not None:
+            mark.discovered(shard.proto, shard.index, outcome.ports, done)
+            mark.advance()  # a shard that found nothing is settled at once
         for port in outcome.ports:
             await open_q.put(port)
-        return not outcome.error and not outcome.is_interrupted
+        return done
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
         finding = await identify_port(port, self.ctx)
@@ -335,7 +391,8 @@ class EmbeddedRunner:
             stats.identified += 1
         return finding
 
-    async def _sink(self, sink_q: asyncio.Queue[Finding | object], stats: ScanStats) -> None:
+    async def _sink(self, sink_q: asyncio.Queue[Finding | object], stats: ScanStats,
+                    mark: _Watermark | None = None) -> None:
         batch: list[Finding] = []
         deadline = time.monotonic() + self.batch_seconds
         done = False
@@ -366,6 +423,8 @@ class EmbeddedRunner:
                 stats.errors += [f"{f.port.target.ip}:{f.port.port}: {why}" for f, why in refused]
                 refused_ids = {id(f) for f, _why in refused}
                 self.changes.add_findings([f for f in batch if id(f) not in refused_ids])
+                if mark is not None:  # (a refused finding is reported: settled too)
+                    mark.settled([f.port for f in batch])
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds

@@ -177,3 +177,45 @@ def test_a_scan_with_a_failed_shard_exits_1_and_says_incomplete(store) -> None:
         "scan incomplete: discovery failed on 1 shard(s) (first-shard-fails: engine could "
         "not start (injected));")
     assert str(failed.value).endswith("with the same --checkpoint to scan only what is left")
+
+
+def test_the_checkpoint_passes_a_shard_only_once_its_findings_are_stored(
+        store, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # (a review of 2026-12-05: saved when a shard's discovery ended, so a kill -9 before
+    # the sink's next insert lost its findings, and the resume skipped the shard)
+    with contextlib.ExitStack() as stack:
+        lo = min(loopback.free_port(), 60000)
+        ports = []
+        for offset in (10, 1010, 2010):  # one listener in each 1,000-port shard
+            for shift in range(200):
+                try:
+                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
+                                                              port=lo + offset + shift))
+                except OSError:
+                    continue
+                ports.append(lst.port)
+                break
+        assert len(ports) == 3
+        plan = _plan((PortRange(lo, lo + 2999),), seed=7, scan_id="stored-first")
+        shard_of_port = {p: s.index for s in plan.plans[0].shards() for p in ports
+                         if s.ports[0].first <= p <= s.ports[0].last}
+        seen_at_save: list[tuple[int, set[int]]] = []
+        real_save = Checkpoint.save
+
+        def save_and_look(self: Checkpoint, path: str) -> None:
+            # a spy: what the store holds when the checkpoint moves
+            stored = {int(r[0]) for r in store.query(
+                "SELECT port FROM port_observations WHERE scan_id = 'stored-first'")}
+            seen_at_save.append((self.index(plan.plans[0].proto), stored))
+            real_save(self, path)
+
+        monkeypatch.setattr(Checkpoint, "save", save_and_look)
+        runner = _runner(store)
+        runner.batch_seconds = 2.0  # the sink holds findings a while: the race is wide open
+        asyncio.run(runner.run(plan, checkpoint_path=str(tmp_path / "scan.checkpoint")))
+    # Then at every move, every listener of the shards it passed was already stored
+    assert seen_at_save, "the checkpoint never moved"
+    for next_index, stored in seen_at_save:
+        passed = {p for p, index in shard_of_port.items() if index < next_index}
+        assert passed <= stored, (next_index, passed, stored)
+    assert seen_at_save[-1][0] == 3
