@@ -717,10 +717,14 @@ class Store:
                 probes.append(tls_probe_row(f))
                 ciphers.extend(tls_cipher_rows(f))
                 certs.extend(certificate_rows(f))
-        self._insert("port_observations", OBSERVATION_COLUMNS, observations)
+        # The TLS rows first, the observations last: a batch the store refuses part-way
+        # (the sink then isolates the record it refused) leaves no observation of it, so
+        # a record reported refused shows in no report (a TLS row alone is shown by none:
+        # the Ciphers report lists TLS ports open now)
         self._insert("tls_probes", TLS_PROBE_COLUMNS, probes)
         self._insert("tls_ciphers", TLS_CIPHER_COLUMNS, ciphers)
         self._insert("certificates", CERTIFICATE_COLUMNS, certs)
+        self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         return len(observations)
 
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:

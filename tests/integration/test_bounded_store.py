@@ -99,6 +99,27 @@ def test_the_sink_isolates_a_refused_record_and_stores_the_rest(store: Any) -> N
     assert sink.take_rejected() == []
 
 
+def test_a_record_refused_in_its_tls_rows_leaves_no_observation(store: Any) -> None:
+    # Given a store that refuses TLS probe rows of port 4443 (a real CHECK), and a batch
+    # of TLS findings holding one
+    store._client.command(
+        "ALTER TABLE tls_probes ADD CONSTRAINT refuse_4443 CHECK port != 4443")
+    tls = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
+                    suites=(CipherSuite("TLSv1.3", "TLS_AES_128_GCM_SHA256",
+                                        strength="strong"),))
+    batch = [replace(finding("127.0.0.1", p), tls=tls) for p in (443, 4443, 8443)]
+    sink = StoreSink(store, retry_initial=0.01)
+    # When the sink writes it
+    asyncio.run(sink.write(batch, []))
+    # Then the refused record is reported and shows nowhere: no observation of it (the
+    # reports and change detection read those), while the others are whole
+    assert [r.port.port for r, _ in sink.take_rejected()] == [4443]  # type: ignore[attr-defined]
+    assert sorted(r[0] for r in store.query("SELECT port FROM port_observations")) == [
+        443, 8443]
+    assert sorted(r[0] for r in store.query("SELECT port FROM tls_probes")) == [443, 8443]
+    assert sorted(r["port"] for r in store.report("list").dicts()) == [443, 8443]
+
+
 def test_a_store_briefly_unusable_is_retried_not_dead_lettered(store: Any) -> None:
     # Given the findings table detached (a real server-side fault: UNKNOWN_TABLE) and
     # re-attached once the sink has failed twice
