@@ -206,15 +206,17 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
         async for events in stream.noack_take(buffer, within=within):
             findings, scans, poison = split_sink_batch(events, findings_topic,
                                                        host_scans_topic)
+            try:
+                await sink.write(findings, scans)
+            except SinkStopped as exc:
+                # nothing of the buffer is acknowledged, nor dead-lettered: its replay
+                # sends its poison once (before, here and again on the replay)
+                log.warning("%s; %d messages will be replayed", exc, len(events))
+                return
             pending: list[Awaitable[Any]] = []
             for event, bad in poison:
                 stats.poison += len(bad)
                 pending += await dead_letters(send_dead, "sink", event, bad)
-            try:
-                await sink.write(findings, scans)
-            except SinkStopped as exc:
-                log.warning("%s; %d messages will be replayed", exc, len(events))
-                return
             # Records the store refused for their data: dead-lettered, the batch goes on.
             pending += await dead_letter_rejected(send_dead, sink, findings_topic,
                                                   host_scans_topic)

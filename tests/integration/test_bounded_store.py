@@ -176,6 +176,41 @@ def test_the_sink_agent_dead_letters_what_the_store_refuses(store: Any) -> None:
     assert json.loads(envelope["value"])["port"]["port"] == 666
 
 
+def test_a_sink_stopped_mid_write_dead_letters_nothing_its_replay_does(store: Any) -> None:
+    # Given a store that cannot be written (a table detached: a store error, retried),
+    # and a message holding a finding and a poison line
+    from producers.publish import encode_records
+
+    store._client.command("DETACH TABLE port_observations")
+    dead = Sent()
+    stats = SinkAgentStats()
+    sink = StoreSink(store, retry_initial=0.05)
+
+    async def run() -> None:
+        app = _app()
+        topic = app.topic("findings", key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+        body = sink_agent(sink, dead, findings_topic="findings", host_scans_topic="host-scans",
+                          buffer=100, within=0.1, stats=stats)
+        agent = app.agent(topic, name="sink")(body)
+        async with agent.test_context() as ctx_agent:
+            await ctx_agent.put(encode_records([finding("127.0.0.1", 22)]) + b"\nnot json",
+                                key=b"127.0.0.1")
+            await _until(lambda: sink.stats.insert_errors >= 1)
+            # When the sink is stopped while it retries
+            sink.stop()
+            await asyncio.sleep(0.3)
+        _close_consumer_loop(app)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store._client.command("ATTACH TABLE port_observations")
+    # Then nothing was acknowledged and nothing dead-lettered: the replay of the message
+    # sends its poison line once (before, once here and once again on the replay)
+    assert (stats.messages, stats.poison, dead.messages) == (0, 0, [])
+
+
 def test_data_errors_and_store_errors_are_told_apart() -> None:
     import struct
 
