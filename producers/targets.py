@@ -292,14 +292,20 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     if unknown:
         raise TargetError(f"{where}: unknown key {_one_line(_short(unknown[0]))!r} (known: "
                           f"{', '.join(INVENTORY_KEYS)})")
-    # One value per meaning: a row with two different targets (target and ip, or a
-    # targets list beside them) or two organizations or assets lost one of them silently
-    for keys in (_TARGET_KEYS, ("organization", "org"), ("asset", "name")):
-        given = {k: lowered[k] for k in keys if lowered.get(k) not in (None, "")}
-        if len({repr(v) for v in given.values()}) > 1:
+    # One value per meaning: a row with two different addresses (target and ip), or two
+    # organizations or assets, lost one of them silently. A name beside an address (a
+    # CMDB export's hostname and ip) is not two targets: the first key names it, as ever
+    addresses = {k: _as_network(lowered[k]) for k in _TARGET_KEYS
+                 if lowered.get(k) not in (None, "")}
+    if len({n for n in addresses.values() if n is not None}) > 1:
+        names = " and ".join(repr(k) for k, n in addresses.items() if n is not None)
+        raise TargetError(f"{where}: {names} name different addresses: give one")
+    for keys in (("organization", "org"), ("asset", "name")):
+        given = {k: str(lowered[k]).strip().casefold() for k in keys
+                 if lowered.get(k) not in (None, "") and _is_scalar(lowered[k])}
+        if len(set(given.values())) > 1:
             names = " and ".join(repr(k) for k in given)
-            raise TargetError(f"{where}: {names} disagree: give one (a second name for the "
-                              "target goes in 'asset')")
+            raise TargetError(f"{where}: {names} disagree: give one")
     organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
     asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
     # (0 or false is a target given wrongly, not none given: refused by _target_text)
@@ -315,6 +321,16 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
             raise TargetError(f"{where}: 'targets' must be a list of targets")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
     return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset)]
+
+
+def _as_network(value: object) -> IPNetwork | None:
+    """An inventory cell as the address or block it names (folded), None for a name."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return fold_mapped(ipaddress.ip_network(value.strip().strip("[]"), strict=False))
+    except ValueError:
+        return None
 
 
 def _label(value: object, where: str) -> str:
@@ -626,15 +642,18 @@ _NOT_COMPATIBLE = ipaddress.IPv4Network("0.0.0.0/8")  # ::a.b.c.d below 1.0.0.0 
 def v4_images(net: IPNetwork) -> list[ipaddress.IPv4Network]:
     """The IPv4 networks the IPv4-mapped and IPv4-compatible addresses inside an IPv6
     ``net`` reach (they are judged as those: ``--exclude ::/96`` excludes 1.0.0.0 up,
-    as ``::1.2.3.4`` is 1.2.3.4 to every check). Empty for a network holding none."""
+    as ``::1.2.3.4`` is 1.2.3.4 to every check). Empty for a network that is not
+    inside one of those two blocks."""
     if net.version != 6:
         return []
     assert isinstance(net, ipaddress.IPv6Network)
     out: list[ipaddress.IPv4Network] = []
     for block in (_MAPPED_BLOCK, _COMPATIBLE_BLOCK):
-        if not net.overlaps(block):
+        # Only a network inside such a block names those addresses: a wider one (::/0,
+        # ::/8 of a bogon list) means IPv6, and never excludes IPv4 by containing them
+        if not net.subnet_of(block):
             continue
-        inside = block if net.prefixlen <= block.prefixlen else net
+        inside = net
         image = ipaddress.IPv4Network((int(inside.network_address) & 0xFFFF_FFFF,
                                        inside.prefixlen - 96))
         if block is _COMPATIBLE_BLOCK and image.overlaps(_NOT_COMPATIBLE):

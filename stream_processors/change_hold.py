@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 HoldKey = tuple[str, str, str]  # (scan_id, target, ip)
 RETRY_SECONDS = 5.0  # a flush the store or the broker failed is tried again after this
+ORPHAN_HOLDS = 6  # findings whose host scan never came are let go after this many max_hold
 
 
 @dataclass
@@ -109,7 +110,9 @@ class HostHold:
         for key in list(self._held):
             held = self._held[key]
             if not held.scans:
-                if now - held.first_seen >= self.max_hold or overflow > 0:
+                # (longer than a host scan's hold: a host-scans partition that lags its
+                # findings, a rebalance, still finds them; only orphans are let go)
+                if now - held.first_seen >= self.max_hold * ORPHAN_HOLDS or overflow > 0:
                     del self._held[key]  # findings whose host scan never came: let go
                     self.let_go.append(key)
                     overflow -= 1

@@ -64,6 +64,9 @@ QUEUE_RETRY_SECONDS = 0.5  # then 1 s
 # A drain pass that changed nothing while a row looked sendable (a store error, a row
 # that came due during the pass): the next look is this much later, never a busy loop.
 DRAIN_RECHECK_SECONDS = 1.0
+# A channel that failed (no Retry-After) gets no new message for at most this long across
+# a dispatcher's passes; its failed rows keep their own backoff.
+CHANNEL_HOLD_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,7 @@ class AlertDispatcher:
         # agent's timer), so a channel that asked for an hour gets nothing for an hour,
         # not the next message of its queue at every tick
         self._channel_holds: dict[str, float] = {}
+        self._asked_until: dict[str, float] = {}  # channel -> its receiver's Retry-After
         self.rules = {rule.name: rule for rule in config.rules}
 
     # -- submit -------------------------------------------------------------------------
@@ -344,6 +348,12 @@ class AlertDispatcher:
                     tried.extend(batch)
                 retry_at = self._send_batch(rule, channel_name, batch, report, log_failures)
                 if retry_at is not None:
+                    if held is None:
+                        # across passes, a plain failure holds the channel a few minutes at
+                        # most (a receiver back gets fresh alerts soon, not after an hour
+                        # of backoff); a receiver's own Retry-After, fully
+                        asked = self._asked_until.pop(channel_name, 0.0)
+                        retry_at = max(min(retry_at, now + CHANNEL_HOLD_SECONDS), asked)
                     failing[channel_name] = retry_at
 
     @staticmethod
@@ -377,6 +387,9 @@ class AlertDispatcher:
         result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
+        if not result.is_ok and result.retry_after > 0:  # the receiver said when
+            self._asked_until[channel_name] = self.clock() + min(
+                result.retry_after, self.config.delivery.retry_max_seconds)
         retry_at = self._record_all(sending, SENT if result.is_ok else None, result.error,
                                     report, retry_after=result.retry_after)
         if result.is_ok:

@@ -179,7 +179,8 @@ _NNTP_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
      "leafnode"),
 )
 _NEWS_WORDS = ("NNTP", "NNRP", "NEWS")
-_SMTP_WORD = re.compile(r"\bE?SMTP\b")
+# the word itself, not a host name's label ("220 smtp.example.com FTP server ready")
+_SMTP_WORD = re.compile(r"(?<![\w.-])E?SMTP(?![\w.-])")
 
 
 def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str], ...],

@@ -284,6 +284,36 @@ def test_a_channel_that_asked_for_an_hour_gets_nothing_for_an_hour_across_passes
     assert len(hits) == 2 and report.messages == 1
 
 
+def test_a_channel_that_failed_without_retry_after_gets_fresh_alerts_within_minutes(
+        store: Any, tmp_path: Path) -> None:
+    from portwatch.alerts.dispatcher import CHANNEL_HOLD_SECONDS
+
+    hits: list[int] = []
+    broken = answer("500 Internal Server Error")
+
+    def counting(conn: socket.socket) -> None:
+        hits.append(1)
+        broken(conn)
+
+    with hostile(counting) as url:
+        config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
+                           delivery="{retry_base: 1h, retry_max: 2h}")
+        clock = [time.time()]
+        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        # Given a channel whose receiver failed (its row backs off an hour)
+        dispatcher.submit([event(6379)])
+        dispatcher.deliver_due()
+        # When a fresh event comes a tick later: held (no message per tick to it)
+        dispatcher.submit([event(7001)])
+        clock[0] += 5
+        dispatcher.deliver_due()
+        assert len(hits) == 1
+        # And after the channel hold (not the hour of the row's backoff), it goes
+        clock[0] += CHANNEL_HOLD_SECONDS
+        report = dispatcher.deliver_due()
+    assert len(hits) == 2 and report.messages == 1
+
+
 def test_a_slow_apprise_receiver_gets_no_pile_of_copies(tmp_path: Path) -> None:
     from portwatch.alerts.channels import send
 

@@ -145,6 +145,10 @@ def test_parse_ssh_refuses_non_ssh(banner: bytes) -> None:
         # and FTP servers that say mail, or nothing but FTP, stay FTP
         (b"220 mail.example.com FTP server ready\r\n", "", ("ftp", "", "")),
         (b"220 Microsoft FTP Service\r\n", "smtp", ("ftp", "Microsoft ftpd", "")),
+        # an FTP server whose host name holds "smtp" (a review of the fix above)
+        (b"220 smtp.example.com FTP server (Version 6.00LS) ready.\r\n", "ftp",
+         ("ftp", "", "")),
+        (b"220 mail-smtp FTP Service\r\n", "ftp", ("ftp", "", "")),
     ],
 )
 def test_parse_greeting(banner: bytes, hint: str, expected: tuple[str, str, str]) -> None:

@@ -355,9 +355,8 @@ def test_scope_allow_list_defaults_to_the_environment(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("exclusion", "target"), [
     ("::/96", "::127.0.0.1"),  # an IPv4-compatible address inside the block
     ("::/96", "127.0.0.1"),  # the same address written as IPv4
-    ("::/8", "::ffff:127.0.0.1"),  # a block holding the mapped range
-    ("::/0", "127.0.0.1"),
     ("::/100", "::10.0.0.1"),  # part of the compatible range
+    ("::ffff:0:0/96", "127.0.0.1"),  # the mapped block
 ])
 def test_an_ipv6_exclusion_also_excludes_the_ipv4_its_mapped_addresses_reach(
         exclusion: str, target: str) -> None:
@@ -371,6 +370,11 @@ def test_ipv6_exclusions_leave_the_rest_of_ipv4_and_allow_lists_stay_narrow() ->
     assert Scope.build(["::/96"], allow=[]).exclude[-1] == ipaddress.IPv4Network("1.0.0.0/8")
     assert Scope.build(["::/100"], allow=[]).permits("16.0.0.1")
     assert Scope.build(["2001:db8::/32"], allow=[]).permits("127.0.0.1")
+    # and a wide IPv6 block (::/0 "no IPv6", ::/8 of a bogon list) means IPv6 only: it
+    # holds the mapped block but names no IPv4 (a review of this session's first fix)
+    for wide in ("::/0", "::/8", "::/64"):
+        assert Scope.build([wide], allow=[]).permits("127.0.0.1"), wide
+        assert not Scope.build([wide], allow=[]).permits("::1"), wide
     # and an allow-list is not widened: ::/96 allows no IPv4 target, ::1 not 0.0.0.1
     assert not Scope.build(allow=["::/96"]).permits("127.0.0.1")
     assert not Scope.build(allow=["::1/128"]).permits("0.0.0.1")
@@ -529,7 +533,7 @@ def test_a_csv_with_trailing_commas_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "text", "words"), [
     ("assets.csv", "target,ip,organization\n127.0.0.5,127.0.0.6,A\n",
-     "'target' and 'ip' disagree"),
+     "'target' and 'ip' name different addresses"),
     ("assets.csv", "target,organization,org\n127.0.0.5,A,B\n",
      "'organization' and 'org' disagree"),
     ("assets.yaml", "- {target: 127.0.0.1, targets: [127.0.0.2]}\n",
@@ -546,8 +550,15 @@ def test_an_inventory_row_with_two_values_for_one_thing_is_refused(
 
 def test_an_inventory_row_may_repeat_the_same_value_under_two_keys(tmp_path: Path) -> None:
     [spec] = read_inventory(write(tmp_path, "assets.csv",
-                                  "target,ip,organization,org\n127.0.0.5,127.0.0.5,A,A\n"))
+                                  "target,ip,organization,org\n127.0.0.5,127.0.0.5,A,\"a \"\n"))
     assert (spec.text, spec.organization) == ("127.0.0.5", "A")
+
+
+def test_a_cmdb_row_with_a_host_name_and_its_address_still_loads(tmp_path: Path) -> None:
+    # (a name beside an address is one target, named by the first key, as before)
+    [spec] = read_inventory(write(tmp_path, "assets.csv",
+                                  "hostname,ip,organization\nlocalhost,127.0.0.1,Acme\n"))
+    assert (spec.text, spec.organization) == ("localhost", "Acme")
 
 
 @pytest.mark.parametrize("target", ["0.0.0.0", "::", "::ffff:0.0.0.0", "0.1.2.3", "[::]"])
