@@ -253,16 +253,20 @@ def test_retry_after_sets_the_next_attempt_within_retry_max(
     assert row.last_error.startswith(f"HTTP {code} from http://127.0.0.1:")
 
 
+def counted(handler: Callable[[socket.socket], None],
+            hits: list[int]) -> Callable[[socket.socket], None]:
+    """``handler``, counting the connections it answers in ``hits``."""
+    def handle(conn: socket.socket) -> None:
+        hits.append(1)
+        handler(conn)
+
+    return handle
+
+
 def test_a_channel_that_asked_for_an_hour_gets_nothing_for_an_hour_across_passes(
         store: Any, tmp_path: Path) -> None:
     hits: list[int] = []
-    busy = answer("429 Too Many Requests", "Retry-After: 3600")
-
-    def counting(conn: socket.socket) -> None:
-        hits.append(1)
-        busy(conn)
-
-    with hostile(counting) as url:
+    with hostile(counted(answer("429 Too Many Requests", "Retry-After: 3600"), hits)) as url:
         config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
                            delivery="{retry_base: 1s, retry_max: 2h}")
         clock = [time.time()]
@@ -289,13 +293,7 @@ def test_a_channel_that_failed_without_retry_after_gets_fresh_alerts_within_minu
     from portwatch.alerts.dispatcher import CHANNEL_HOLD_SECONDS
 
     hits: list[int] = []
-    broken = answer("500 Internal Server Error")
-
-    def counting(conn: socket.socket) -> None:
-        hits.append(1)
-        broken(conn)
-
-    with hostile(counting) as url:
+    with hostile(counted(answer("500 Internal Server Error"), hits)) as url:
         config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
                            delivery="{retry_base: 1h, retry_max: 2h}")
         clock = [time.time()]
