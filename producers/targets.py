@@ -612,7 +612,7 @@ class Scope:
         # The IPv4 an IPv4-mapped/compatible IPv6 address reaches is what is judged:
         # ``--exclude 127.0.0.0/8`` must also exclude ``::ffff:127.0.0.1``.
         addr = canonical_address(ip)
-        if is_this_host(ip):
+        if _is_this_host(addr):
             return False  # "this host" (0.0.0.0/8, ::): a connect reaches the scanner itself
         if any(addr in net for net in self.exclude if net.version == addr.version):
             return False
@@ -633,51 +633,39 @@ def _net(text: str, what: str) -> IPNetwork:
     return fold_mapped(net)
 
 
-_THIS_HOST_V4 = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 3.2.1.3: never a target
-_MAPPED_BLOCK = ipaddress.IPv6Network("::ffff:0:0/96")
+# RFC 1122 3.2.1.3 "this network": this host, never a target; and below 1.0.0.0 no
+# ::a.b.c.d is an IPv4-compatible address (records.ipv4_inside)
+_THIS_NETWORK_V4 = ipaddress.IPv4Network("0.0.0.0/8")
 _COMPATIBLE_BLOCK = ipaddress.IPv6Network("::/96")
-_NOT_COMPATIBLE = ipaddress.IPv4Network("0.0.0.0/8")  # ::a.b.c.d below 1.0.0.0 is not one
 
 
 def v4_images(net: IPNetwork) -> list[ipaddress.IPv4Network]:
-    """The IPv4 networks the IPv4-mapped and IPv4-compatible addresses inside an IPv6
-    ``net`` reach (they are judged as those: ``--exclude ::/96`` excludes 1.0.0.0 up,
-    as ``::1.2.3.4`` is 1.2.3.4 to every check). Empty for a network that is not
-    inside one of those two blocks."""
-    if net.version != 6:
+    """The IPv4 networks reached by the IPv4-compatible addresses of an exclusion that
+    ``fold_mapped`` cannot fold: a block inside ::/96 that starts below ::1.0.0.0 (::/96,
+    ::/100). ``--exclude ::/96`` excludes 1.0.0.0 up, as ``::1.2.3.4`` is 1.2.3.4 to every
+    check. A wider block (::/0 "no IPv6", ::/8 of a bogon list) means IPv6: none."""
+    if not isinstance(net, ipaddress.IPv6Network) or not net.subnet_of(_COMPATIBLE_BLOCK):
         return []
-    assert isinstance(net, ipaddress.IPv6Network)
-    out: list[ipaddress.IPv4Network] = []
-    for block in (_MAPPED_BLOCK, _COMPATIBLE_BLOCK):
-        # Only a network inside such a block names those addresses: a wider one (::/0,
-        # ::/8 of a bogon list) means IPv6, and never excludes IPv4 by containing them
-        if not net.subnet_of(block):
-            continue
-        inside = net
-        image = ipaddress.IPv4Network((int(inside.network_address) & 0xFFFF_FFFF,
-                                       inside.prefixlen - 96))
-        if block is _COMPATIBLE_BLOCK and image.overlaps(_NOT_COMPATIBLE):
-            out += ([] if image.subnet_of(_NOT_COMPATIBLE)
-                    else list(image.address_exclude(_NOT_COMPATIBLE)))
-        else:
-            out.append(image)
-    return out
+    image = ipaddress.IPv4Network((int(net.network_address) & 0xFFFF_FFFF,
+                                   net.prefixlen - 96))
+    if not image.overlaps(_THIS_NETWORK_V4):
+        return [image]
+    return ([] if image.subnet_of(_THIS_NETWORK_V4)
+            else list(image.address_exclude(_THIS_NETWORK_V4)))
 
 
 def _with_v4_images(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    """``nets`` (each folded) and the IPv4 networks their mapped/compatible addresses
-    reach (see v4_images)."""
-    out: list[IPNetwork] = []
-    for net in nets:
-        out.append(net)
-        out += [image for image in v4_images(net) if image != net]
-    return tuple(dict.fromkeys(out))
+    """``nets`` (each folded) and the IPv4 networks they reach besides (see v4_images)."""
+    return tuple(n for net in nets for n in (net, *v4_images(net)))
+
+
+def _is_this_host(addr: IPAddress) -> bool:
+    return addr in _THIS_NETWORK_V4 or addr.is_unspecified
 
 
 def is_this_host(ip: str) -> bool:
     """0.0.0.0/8 or :: (in any spelling): "this host", which no scan targets."""
-    addr = canonical_address(ip)
-    return addr in _THIS_HOST_V4 or addr.is_unspecified
+    return _is_this_host(canonical_address(ip))
 
 
 def _refuse_zone(text: str) -> None:

@@ -60,18 +60,11 @@ PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
 SCHEMA_VERSION = 19  # layout of schemas/ddl.sql; bump with every change there
 
 
-def _ddl_table_statement(name: str) -> str:
-    """The statement of schemas/ddl.sql that creates the table ``name``."""
-    (statement,) = [s for s in ddl_statements()
-                    if re.match(rf"CREATE TABLE IF NOT EXISTS {name}\b", s)]
-    return statement
-
-
 def _ddl_statement(name: str) -> str:
-    """The statement of schemas/ddl.sql that creates ``name`` (a migration step that
-    replaces a view runs the DDL's own text, never a copy of it)."""
-    (statement,) = [s for s in ddl_statements()
-                    if re.match(rf"CREATE (MATERIALIZED )?VIEW IF NOT EXISTS {name}\b", s)]
+    """The statement of schemas/ddl.sql that creates the table or view ``name`` (a
+    migration step that replaces a view runs the DDL's own text, never a copy of it)."""
+    (statement,) = [s for s in ddl_statements() if re.match(
+        rf"CREATE (TABLE|(MATERIALIZED )?VIEW) IF NOT EXISTS {name}\b", s)]
     return statement
 
 
@@ -618,20 +611,20 @@ class Store:
                 raise StoreMissing(f"no store at {self.location.where}: scan something first "
                                    "or give the --store it was written to")
             upgrade: list[int] = []  # layouts to step through, oldest first
-            is_new = "findings" not in existing
+            found = 0
+            if "findings" in existing and "schema_version" in existing:
+                rows = self._client.query("SELECT max(version) FROM schema_version")
+                found = int(rows.result_rows[0][0] or 0)
+            # New: no findings table, or a new store's creation that was cut short
+            # (killed, an engine error): its version table is made first and written
+            # last, so it is there and empty. It is completed, as a new store is made.
+            is_new = "findings" not in existing or (
+                "schema_version" in existing and found == 0)
             if not is_new:
-                found = 0
-                if "schema_version" in existing:
-                    rows = self._client.query("SELECT max(version) FROM schema_version")
-                    found = int(rows.result_rows[0][0] or 0)
-                    # A new store's creation that was cut short (killed, an engine
-                    # error): its version table is made first and written last, so it
-                    # is there and empty. It is completed, as a new store is made.
-                    is_new = found == 0
-                if not is_new and found < SCHEMA_VERSION and all(
+                if found < SCHEMA_VERSION and all(
                         v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
                     upgrade = list(range(found, SCHEMA_VERSION))
-                elif not is_new and found != SCHEMA_VERSION:
+                elif found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
                     raise StoreLayoutError(
                         f"the store at {where} has layout version {found or 'unknown'}, this "
@@ -640,7 +633,7 @@ class Store:
             if not create and not upgrade and not is_new:
                 return
             if is_new:  # the version table first: see above
-                self._client.command(_ddl_table_statement("schema_version"))
+                self._client.command(_ddl_statement("schema_version"))
             for version in upgrade:
                 for table, statement in BEFORE_DDL.get(version, ()):
                     if table in existing:

@@ -166,12 +166,11 @@ class AlertDispatcher:
         self.sleep = sleep
         self.host = socket.gethostname()
         self._pass_lock = threading.Lock()
-        # channel -> when it may be tried again (its failure's backoff, or the receiver's
-        # Retry-After): kept across this dispatcher's passes (a watcher's tick, the Kafka
-        # agent's timer), so a channel that asked for an hour gets nothing for an hour,
-        # not the next message of its queue at every tick
+        # channel -> when it may be tried again (the receiver's Retry-After, or a failure's
+        # backoff, at most CHANNEL_HOLD_SECONDS): kept across this dispatcher's passes (a
+        # watcher's tick, the Kafka agent's timer), so a channel that asked for an hour
+        # gets nothing for an hour, not the next message of its queue at every tick
         self._channel_holds: dict[str, float] = {}
-        self._asked_until: dict[str, float] = {}  # channel -> its receiver's Retry-After
         self.rules = {rule.name: rule for rule in config.rules}
 
     # -- submit -------------------------------------------------------------------------
@@ -346,13 +345,13 @@ class AlertDispatcher:
                     break  # it would fail (or time out) again: its rows wait, unclaimed
                 if tried is not None:
                     tried.extend(batch)
-                retry_at = self._send_batch(rule, channel_name, batch, report, log_failures)
-                if retry_at is not None:
+                failed = self._send_batch(rule, channel_name, batch, report, log_failures)
+                if failed is not None:
+                    retry_at, asked = failed
                     if held is None:
                         # across passes, a plain failure holds the channel a few minutes at
                         # most (a receiver back gets fresh alerts soon, not after an hour
                         # of backoff); a receiver's own Retry-After, fully
-                        asked = self._asked_until.pop(channel_name, 0.0)
                         retry_at = max(min(retry_at, now + CHANNEL_HOLD_SECONDS), asked)
                     failing[channel_name] = retry_at
 
@@ -364,10 +363,11 @@ class AlertDispatcher:
         return rule.digest_seconds <= 0 or not fresh or min(fresh) + rule.digest_seconds <= now
 
     def _send_batch(self, rule: Rule, channel_name: str, rows: Sequence[PendingRow],
-                    report: DeliveryReport, log_failures: bool = True) -> float | None:
+                    report: DeliveryReport, log_failures: bool = True
+                    ) -> tuple[float, float] | None:
         """Claim, send and record one message; when the channel failed it, the time its
-        rows are tried again (as recorded: backoff, or the receiver's Retry-After), else
-        None."""
+        rows are tried again (as recorded: backoff, or the receiver's Retry-After) and the
+        time the receiver itself asked for (0 when it asked nothing), else None."""
         owned = self._claim(rows)
         if not owned:
             return None
@@ -387,9 +387,6 @@ class AlertDispatcher:
         result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
         report.messages += 1
-        if not result.is_ok and result.retry_after > 0:  # the receiver said when
-            self._asked_until[channel_name] = self.clock() + min(
-                result.retry_after, self.config.delivery.retry_max_seconds)
         retry_at = self._record_all(sending, SENT if result.is_ok else None, result.error,
                                     report, retry_after=result.retry_after)
         if result.is_ok:
@@ -398,7 +395,9 @@ class AlertDispatcher:
         if log_failures:
             log.warning("%s", message)
         report.errors.append(message)
-        return retry_at
+        asked = (self.clock() + min(result.retry_after, self.config.delivery.retry_max_seconds)
+                 if result.retry_after > 0 else 0.0)
+        return retry_at, asked
 
     def _claim(self, rows: Sequence[PendingRow]) -> list[PendingRow]:
         """The rows this pass won the right to send now (see module docstring). Every pass

@@ -145,7 +145,8 @@ class _Watermark:
 
     checkpoint: Checkpoint
     path: str | None
-    walk: list[tuple[Proto, int, bool]] = field(default_factory=list)  # (proto, index, done)
+    walk: collections.deque[tuple[Proto, int, bool]] = field(  # (proto, index, done)
+        default_factory=collections.deque)
     pending: dict[tuple[Proto, int], int] = field(default_factory=dict)  # ports not stored
     shard_of: dict[PortKey, tuple[Proto, int]] = field(default_factory=dict)
 
@@ -176,7 +177,7 @@ class _Watermark:
             proto, index, done = self.walk[0]
             if not done or self.pending.get((proto, index), 0) > 0:
                 break
-            self.walk.pop(0)
+            self.walk.popleft()
             self.pending.pop((proto, index), None)
             self.checkpoint = self.checkpoint.advanced(proto, index + 1)
             moved = True
@@ -350,7 +351,7 @@ class EmbeddedRunner:
         return stats
 
     async def _discover_shard(self, shard: Shard, open_q: asyncio.Queue[OpenPort | object],
-                              stats: ScanStats, mark: _Watermark | None = None) -> bool:
+                              stats: ScanStats, mark: _Watermark) -> bool:
         """Discover one shard (``discover_with_retries``: the rule both transports
         share); True when the shard completed."""
         await asyncio.to_thread(self.store.insert_host_scans,
@@ -375,9 +376,8 @@ class EmbeddedRunner:
         stats.tarpits.extend(outcome.tarpit_notes)
         self._outcomes.append(outcome)
         done = not outcome.error and not outcome.is_interrupted
-        if mark is not None:
-            mark.discovered(shard.proto, shard.index, outcome.ports, done)
-            mark.advance()  # a shard that found nothing is settled at once
+        mark.discovered(shard.proto, shard.index, outcome.ports, done)
+        mark.advance()  # a shard that found nothing is settled at once
         for port in outcome.ports:
             await open_q.put(port)
         return done
@@ -392,7 +392,7 @@ class EmbeddedRunner:
         return finding
 
     async def _sink(self, sink_q: asyncio.Queue[Finding | object], stats: ScanStats,
-                    mark: _Watermark | None = None) -> None:
+                    mark: _Watermark) -> None:
         batch: list[Finding] = []
         deadline = time.monotonic() + self.batch_seconds
         done = False
@@ -423,8 +423,7 @@ class EmbeddedRunner:
                 stats.errors += [f"{f.port.target.ip}:{f.port.port}: {why}" for f, why in refused]
                 refused_ids = {id(f) for f, _why in refused}
                 self.changes.add_findings([f for f in batch if id(f) not in refused_ids])
-                if mark is not None:  # (a refused finding is reported: settled too)
-                    mark.settled([f.port for f in batch])
+                mark.settled([f.port for f in batch])  # (a refused one is reported: settled)
                 batch = []
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds

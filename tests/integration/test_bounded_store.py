@@ -25,8 +25,8 @@ from schemas.records import (
 )
 from stream_processors.rejects import is_data_error
 from stream_processors.sink import StoreSink
-from stream_processors.transports.faust_agents import SinkAgentStats, sink_agent
-from tests.unit.test_agents import Sent, _app, _close_consumer_loop, _until, finding
+from stream_processors.transports.faust_agents import SinkAgentStats
+from tests.unit.test_agents import Sent, _until, finding, run_sink_agent
 
 HUGE = 10**30
 
@@ -151,21 +151,13 @@ def test_the_sink_agent_dead_letters_what_the_store_refuses(store: Any) -> None:
     sink = StoreSink(store, retry_initial=0.01)
     from producers.publish import encode_records
 
-    async def run() -> None:
-        app = _app()
-        topic = app.topic("findings", key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
-        body = sink_agent(sink, dead, findings_topic="findings", host_scans_topic="host-scans",
-                          buffer=100, within=0.1, stats=stats)
-        agent = app.agent(topic, name="sink")(body)
-        async with agent.test_context() as ctx_agent:
-            # When a message of three findings arrives, one of them refused by the store
-            value = encode_records([finding("127.0.0.1", p) for p in (22, 666, 80)])
-            await ctx_agent.put(value, key=b"127.0.0.1")
-            await _until(lambda: stats.messages == 1)
-        _close_consumer_loop(app)
+    async def feed(ctx_agent: Any) -> None:
+        # When a message of three findings arrives, one of them refused by the store
+        value = encode_records([finding("127.0.0.1", p) for p in (22, 666, 80)])
+        await ctx_agent.put(value, key=b"127.0.0.1")
+        await _until(lambda: stats.messages == 1)
 
-    asyncio.run(run())
+    run_sink_agent(sink, dead, stats, feed)
     # Then the two others are stored, the message is acknowledged (the stream goes on)
     assert sorted(r[0] for r in store.query("SELECT port FROM port_observations")) == [22, 80]
     # And the refused record is a dead letter with its reason and its own JSON
@@ -186,24 +178,16 @@ def test_a_sink_stopped_mid_write_dead_letters_nothing_its_replay_does(store: An
     stats = SinkAgentStats()
     sink = StoreSink(store, retry_initial=0.05)
 
-    async def run() -> None:
-        app = _app()
-        topic = app.topic("findings", key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
-        body = sink_agent(sink, dead, findings_topic="findings", host_scans_topic="host-scans",
-                          buffer=100, within=0.1, stats=stats)
-        agent = app.agent(topic, name="sink")(body)
-        async with agent.test_context() as ctx_agent:
-            await ctx_agent.put(encode_records([finding("127.0.0.1", 22)]) + b"\nnot json",
-                                key=b"127.0.0.1")
-            await _until(lambda: sink.stats.insert_errors >= 1)
-            # When the sink is stopped while it retries
-            sink.stop()
-            await asyncio.sleep(0.3)
-        _close_consumer_loop(app)
+    async def feed(ctx_agent: Any) -> None:
+        await ctx_agent.put(encode_records([finding("127.0.0.1", 22)]) + b"\nnot json",
+                            key=b"127.0.0.1")
+        await _until(lambda: sink.stats.insert_errors >= 1)
+        # When the sink is stopped while it retries
+        sink.stop()
+        await asyncio.sleep(0.3)
 
     try:
-        asyncio.run(run())
+        run_sink_agent(sink, dead, stats, feed)
     finally:
         store._client.command("ATTACH TABLE port_observations")
     # Then nothing was acknowledged and nothing dead-lettered: the replay of the message

@@ -9,7 +9,7 @@ import base64
 import json
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -264,11 +264,10 @@ def test_stage_agent_identifies_real_ports_and_dead_letters_poison() -> None:
     assert (stats.ports, stats.findings, stats.poison) == (2, 2, 1)
 
 
-def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
-    # Given the sink agent over a findings topic, writing to a real (chdb) store
-    dead = Sent()
-    stats = SinkAgentStats()
-    sink = StoreSink(store)
+def run_sink_agent(sink: StoreSink, dead: Sent, stats: SinkAgentStats,
+                   feed: Callable[[Any], Awaitable[None]]) -> None:
+    """The sink agent over a findings topic, in Faust's test context (no broker):
+    ``feed(ctx_agent)`` puts the messages and waits for what it needs."""
 
     async def run() -> None:
         app = _app()
@@ -278,13 +277,25 @@ def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
                           buffer=100, within=0.1, stats=stats)
         agent = app.agent(topic, name="sink")(body)
         async with agent.test_context() as ctx_agent:
-            # When two findings and a poison line arrive
-            value = encode_records([finding("127.0.0.1", 22), finding("127.0.0.1", 80)])
-            await ctx_agent.put(value + b"\n{\"v\":1}", key=b"127.0.0.1")
-            await _until(lambda: stats.messages == 1)
+            await feed(ctx_agent)
         _close_consumer_loop(app)
 
     asyncio.run(run())
+
+
+def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
+    # Given the sink agent over a findings topic, writing to a real (chdb) store
+    dead = Sent()
+    stats = SinkAgentStats()
+    sink = StoreSink(store)
+
+    async def feed(ctx_agent: Any) -> None:
+        # When two findings and a poison line arrive
+        value = encode_records([finding("127.0.0.1", 22), finding("127.0.0.1", 80)])
+        await ctx_agent.put(value + b"\n{\"v\":1}", key=b"127.0.0.1")
+        await _until(lambda: stats.messages == 1)
+
+    run_sink_agent(sink, dead, stats, feed)
     # Then both findings are in the store and the poison line is a dead letter
     assert sorted(r["port"] for r in _list(store)) == [22, 80]
     envelope = json.loads(dead.messages[0][1])
