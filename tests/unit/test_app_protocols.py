@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import struct
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from probers.service.app_protocols import (
@@ -279,7 +279,10 @@ def test_ntlm_challenge_parser_never_raises(data: bytes) -> None:
                                                     "gitVersion", "major", "kind"]),
                                    inner, max_size=4),
                  max_leaves=20).map(lambda v: json.dumps(v).encode()),
+    # a frame that starts like AMQP's Connection.Start, cut anywhere (it raised before)
+    st.binary(max_size=8).map(lambda b: b"\x01\x00\x00\x00\x00\x00" + b),
 ))
+@example(b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x0a\xce\x08")  # (found by a review)
 def test_no_parser_raises_and_every_field_is_bounded_and_printable(data: bytes) -> None:
     for parser in _PARSERS:
         info = parser(data)

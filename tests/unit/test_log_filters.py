@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portwatch import log_filters
 from portwatch.log_filters import OneLine, RepeatLimiter, SecretsOut
@@ -160,3 +162,19 @@ def test_a_librarys_urls_and_request_paths_lose_their_tokens() -> None:
     # (the traceback too: its last line names the URL, cut)
     assert "SUPERSECRET123" not in out.getvalue()
     assert "ConnectionError: refused: http://127.0.0.1:9/…" in out.getvalue()
+
+
+@given(scheme=st.sampled_from(["Bearer ", "Basic ", "token ", ""]),
+       name=st.sampled_from(["Authorization", "authorization", "X-Api-Key", "token",
+                             "password", "access_token", "secret"]),
+       sep=st.sampled_from([": ", "=", "': '", '": "']),
+       secret=st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEF0123456789_-.~+/",
+                      min_size=8, max_size=64),
+       around=st.text(alphabet="abc xyz,;{}()", max_size=30))
+def test_a_credential_in_a_librarys_line_never_survives_masking(
+        scheme: str, name: str, sep: str, secret: str, around: str) -> None:
+    from portwatch.log_filters import _masked
+
+    # (the name as a word, as headers, dict reprs and query strings print it)
+    masked = _masked(f"{around} {name}{sep}{scheme}{secret} {around}")
+    assert secret not in masked
