@@ -14,6 +14,10 @@ from stream_processors.risk_days import refresh_risk_days
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
+# A past moment with hours of its own day before it: the tests that scan "2 hours and
+# 1 hour before" a day's last scan use it (at NOW, a run between 00:00 and 02:00 UTC put
+# those scans on the day before, and the chart had one day less)
+MIDDAY = (NOW - DAY).replace(hour=12, minute=0, second=0)
 WEB = Target(ip="127.0.0.91", target="web.example.test", organization="Example Corp")
 DB = Target(ip="127.0.0.92", target="db.example.test", organization="Example Corp")
 
@@ -36,7 +40,7 @@ def chart(store: Any, org: str = "") -> list[tuple[Any, ...]]:
 def test_the_chart_is_each_addresss_last_scan_of_the_day_after_a_refresh(store: Any) -> None:
     # Given yesterday's scans of two addresses (red + green: 24.0; green: 2.5), and today
     # two scans of the web server, the later one finding one green port only
-    yesterday, today = NOW - DAY, NOW
+    yesterday, today = MIDDAY - DAY, MIDDAY
     scanned(store, WEB, "d1", yesterday, (RiskColor.RED, RiskColor.GREEN))
     scanned(store, DB, "d1", yesterday, (RiskColor.GREEN,))
     scanned(store, WEB, "d2a", today - timedelta(hours=2), (RiskColor.RED, RiskColor.RED))
@@ -61,17 +65,17 @@ def test_the_chart_is_each_addresss_last_scan_of_the_day_after_a_refresh(store: 
 def test_an_address_that_moves_to_another_organization_leaves_the_old_ones_chart(
         store: Any) -> None:
     # Given the web server scanned today for Example Corp, and the chart refreshed
-    scanned(store, WEB, "s1", NOW - timedelta(hours=2), (RiskColor.RED,))
+    scanned(store, WEB, "s1", MIDDAY - timedelta(hours=2), (RiskColor.RED,))
     refresh_risk_days(store)
-    assert chart(store, "example corp") == [(NOW.date(), 22.1, 22.1, 1)]
+    assert chart(store, "example corp") == [(MIDDAY.date(), 22.1, 22.1, 1)]
     # When a later scan today files it under another organization (an edited inventory)
     moved = Target(ip=WEB.ip, target=WEB.target, organization="Globex")
-    scanned(store, moved, "s2", NOW - timedelta(hours=1), (RiskColor.RED,))
+    scanned(store, moved, "s2", MIDDAY - timedelta(hours=1), (RiskColor.RED,))
     refresh_risk_days(store)
     # Then today counts it once, for Globex only
     assert chart(store, "Example Corp") == []
-    assert chart(store, "GLOBEX") == [(NOW.date(), 22.1, 22.1, 1)]
-    assert chart(store) == [(NOW.date(), 22.1, 22.1, 1)]
+    assert chart(store, "GLOBEX") == [(MIDDAY.date(), 22.1, 22.1, 1)]
+    assert chart(store) == [(MIDDAY.date(), 22.1, 22.1, 1)]
 
 
 def test_the_web_brings_the_rows_up_to_date_before_it_serves(store: Any) -> None:
