@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -43,7 +42,7 @@ from portwatch.alerts.accepted import ActiveAcceptances
 from portwatch.alerts.channels import FIELD_CAP, delivery_id, send
 from portwatch.alerts.clock import StoreClock
 from portwatch.alerts.config import AlertConfig, Rule, mask_urls
-from portwatch.alerts.owners import owner_id, owner_is_gone
+from portwatch.alerts.owners import owner_id, owner_is_gone, this_host
 from portwatch.alerts.rules import matches, prevalence_bucket
 from schemas.records import ChangeEvent, RecordError
 
@@ -164,7 +163,7 @@ class AlertDispatcher:
         # clock whatever its host's says (a test injects its own).
         self.clock: Callable[[], float] = StoreClock(store) if clock is None else clock
         self.sleep = sleep
-        self.host = socket.gethostname()
+        self.host = this_host()
         self._pass_lock = threading.Lock()
         # channel -> when it may be tried again (the receiver's Retry-After, or a failure's
         # backoff, at most CHANNEL_HOLD_SECONDS): kept across this dispatcher's passes (a

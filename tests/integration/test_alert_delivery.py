@@ -458,11 +458,11 @@ def test_accepted_risk_is_quiet_until_it_expires_or_the_service_changes(
 
 
 def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) -> None:
-    import socket
     import subprocess
     import sys
 
     from portwatch.alerts.dispatcher import CLAIM_COLUMNS
+    from portwatch.alerts.owners import this_host
 
     with webhook_receiver(SECRET) as receiver:
         config = hook_config(tmp_path, receiver.url, delivery="{claim_lease: 2m}")
@@ -477,7 +477,7 @@ def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) 
         claimed = datetime.fromtimestamp(clock(), UTC)
         store.insert_rows("alert_claims", CLAIM_COLUMNS, [
             ["risky-opened", "soc-hook", dead_ev.event_id, 1,
-             f"{socket.gethostname()}:{gone.pid}:deadbeef", claimed]])
+             f"{this_host()}:{gone.pid}:deadbeef", claimed]])
         store.insert_rows("alert_claims", CLAIM_COLUMNS, [
             ["risky-opened", "soc-hook", remote_ev.event_id, 1, "other-host:1:cafe", claimed]])
         # When a delivery pass runs at once

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from portwatch.alerts.owners import owner_id
+from portwatch.alerts.owners import owner_id, owner_is_gone, this_host
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import CLAIM_COLUMNS, ScheduleEntry, claim_slot, record_run
 from portwatch.alerts.watch import Watcher
@@ -48,7 +48,7 @@ def gone_owner() -> str:
     one whose process was restarted, left its claims)."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    return f"{socket.gethostname()}:{gone.stdout.strip()}:0123456789ab"
+    return f"{this_host()}:{gone.stdout.strip()}:0123456789ab"
 
 
 def _watcher(store: Any, scan: Any, lines: list[str], now: list[datetime] | None = None,
@@ -156,7 +156,7 @@ def test_claims_of_processes_gone_from_this_host_or_silent_for_the_lease_are_ove
     assert claim_slot(store, "a", SLOT, gone_owner(), ).won
     assert claim_slot(store, "a", SLOT, mine).won
     # A restarted container: PID 1 again, the same hostname, another process
-    restarted = f"{socket.gethostname()}:{os.getpid()}:0123456789ab"
+    restarted = f"{this_host()}:{os.getpid()}:0123456789ab"
     assert claim_slot(store, "b", SLOT, restarted).won
     assert claim_slot(store, "b", SLOT, mine).won
     # A watcher on another host that stopped renewing its claim 6 minutes ago (by the
@@ -168,6 +168,37 @@ def test_claims_of_processes_gone_from_this_host_or_silent_for_the_lease_are_ove
     assert claim_slot(store, "c", SLOT, mine).won
     held = claim_slot(store, "d", SLOT, mine)
     assert (held.won, held.holder) == (False, "other-host:1:0123456789ab")
+
+
+def test_a_claim_of_a_container_sharing_this_hostname_lasts_its_lease(store: Any) -> None:
+    # Given a claim taken by a process in another pid namespace with this hostname (a
+    # container run with --network host): a real one, made by util-linux's unshare (root),
+    # whose pid is one no process of this namespace has
+    free_pid = next(p for p in range(min(30_000, _pid_max() - 1), 300, -1)
+                    if not Path(f"/proc/{p}").exists())
+    inside = ("import subprocess, sys\n"
+              f"open('/proc/sys/kernel/ns_last_pid', 'w').write('{free_pid - 1}')\n"
+              "print(subprocess.run([sys.executable, '-c', 'from portwatch.alerts.owners "
+              "import owner_id; print(owner_id())'], capture_output=True, text=True, "
+              "check=True).stdout.strip())")
+    other = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", inside],
+        capture_output=True, text=True, check=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    host, pid, _nonce = other.rsplit(":", 2)
+    assert host.split("/")[0] == this_host().split("/")[0] and host != this_host()
+    assert pid == str(free_pid)
+    assert claim_slot(store, "e", SLOT, other).won
+    # When this process looks at it, then that pid means nothing here: the claim holds
+    # (before: no such process on "this host", so the claim was void at once, and two
+    # watchers ran the same slot)
+    assert not owner_is_gone(other)
+    held = claim_slot(store, "e", SLOT, owner_id())
+    assert (held.won, held.holder) == (False, other)
+
+
+def _pid_max() -> int:
+    return int(Path("/proc/sys/kernel/pid_max").read_text())
 
 
 def test_a_watcher_runs_the_slot_its_own_claim_holds_after_a_store_error(store: Any) -> None:
