@@ -479,7 +479,7 @@ class ChangeRecorder:
             if not page or page <= done:
                 return events  # nothing left, or nothing this round could move: never spin
             done |= page
-            keys = {k for k in page if k not in held}
+            keys = _not_held(fetched, held)
             if keys:
                 snapshots = await asyncio.to_thread(stored_snapshots, self.store, keys)
                 for key, found in snapshots.items():
@@ -536,6 +536,23 @@ class ChangeRecorder:
                              max_probes=o.max_probes, deadline=o.deadline)
 
 
+def _not_held(fetched: Sequence[HostScan], held: Container[ScanHostKey]) -> set[ScanHostKey]:
+    """The (scan, target, ip) of ``fetched`` to recover: a host's scans up to the first
+    one its caller holds (that one is compared when the hold releases it; a later scan
+    compared first would leave it "older than the state", never compared)."""
+    ends: dict[ScanHostKey, datetime] = {}
+    for h in fetched:
+        key = (h.scan_id, h.target.target, h.target.ip)
+        ends[key] = max(ends.get(key, h.finished_at), h.finished_at)
+    blocked: dict[HostKey, tuple[datetime, str]] = {}
+    for key, end in ends.items():
+        if key in held:
+            host = (key[1], key[2])
+            blocked[host] = min(blocked.get(host, (end, key[0])), (end, key[0]))
+    return {key for key, end in ends.items()
+            if (key[1], key[2]) not in blocked or (end, key[0]) < blocked[(key[1], key[2])]}
+
+
 def _is_replay(state_scan_id: str, state_finished_at: datetime, view: HostScanView) -> bool:
     """The host's stored state is this very scan (module docstring, "Replays"): its
     events are read back, its ports never compared."""
@@ -559,25 +576,42 @@ def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:
 # checks it) and the ordinary ``finish`` computes its events, as it would have.
 
 _PENDING_SQL = """
-WITH pending AS (
-    SELECT l.target AS target, l.ip AS ip, l.scan_id AS scan_id
+WITH behind AS (
+    -- Hosts whose latest scan is newer than their state (one row per host: bounded by
+    -- the estate). ``since``: the state's time, the epoch for a host never compared.
+    SELECT l.target AS target, l.ip AS ip, s.finished_at AS since, s.target != '' AS known
     FROM latest_host_scans AS l
     LEFT JOIN (SELECT target, ip, finished_at FROM host_state FINAL) AS s
         ON s.target = l.target AND s.ip = l.ip
-    WHERE l.finished_at < {before:DateTime64(3, 'UTC')}
-      AND (s.target = '' OR s.finished_at < l.finished_at)
+    WHERE s.target = '' OR s.finished_at < l.finished_at
+),
+rows AS (
+    -- Their shard rows since their state: every scan in between is compared in turn (a
+    -- sink that died holding S1 while S2 ran left both; S2 alone would fold S1's events
+    -- into its own). A host with a state reads only the partitions since the oldest
+    -- such state; one never compared has only the scans it has.
+    SELECT target, ip, scan_id, status, open_ports, is_tarpit, finished_at
+    FROM host_scans FINAL
+    WHERE (target, ip) IN (SELECT target, ip FROM behind WHERE known)
+      AND finished_at > (SELECT min(since) FROM behind WHERE known)
+    UNION ALL
+    SELECT target, ip, scan_id, status, open_ports, is_tarpit, finished_at
+    FROM host_scans FINAL
+    WHERE (target, ip) IN (SELECT target, ip FROM behind WHERE NOT known)
 ),
 shards AS (
-    SELECT target, ip, scan_id, countIf(status != 'completed') AS unfinished,
-           sum(open_ports) AS announced, max(is_tarpit) AS is_tarpit
-    FROM host_scans FINAL
-    WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM pending)
-    GROUP BY target, ip, scan_id
+    SELECT r.target AS target, r.ip AS ip, r.scan_id AS scan_id,
+           countIf(r.status != 'completed') AS unfinished, sum(r.open_ports) AS announced,
+           max(r.is_tarpit) AS is_tarpit, max(r.finished_at) AS finished_at
+    FROM rows AS r
+    INNER JOIN behind AS b ON b.target = r.target AND b.ip = r.ip
+    GROUP BY r.target, r.ip, r.scan_id
+    HAVING finished_at > any(b.since) AND finished_at < {before:DateTime64(3, 'UTC')}
 ),
 stored AS (
     SELECT target, ip, scan_id, count() AS found
     FROM port_observations FINAL
-    WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM pending)
+    WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM shards)
     GROUP BY target, ip, scan_id
 )
 -- As the distributed hold: only once its findings are all stored (a tarpit host's
@@ -586,7 +620,7 @@ SELECT h.target, h.ip, h.scan_id
 FROM shards AS h
 LEFT JOIN stored AS f ON f.target = h.target AND f.ip = h.ip AND f.scan_id = h.scan_id
 WHERE h.unfinished = 0 AND (h.is_tarpit = 1 OR f.found >= h.announced)
-ORDER BY h.target, h.ip
+ORDER BY h.target, h.ip, h.finished_at, h.scan_id
 LIMIT {limit:UInt64}
 """
 _KEYS_FILTER = ("scan_id IN {scans:Array(String)} AND target IN {targets:Array(String)} "
@@ -627,10 +661,10 @@ def _keys_params(keys: Iterable[ScanHostKey]) -> dict[str, Any]:
 
 def pending_host_scans(store: Store, *, finished_before: datetime,
                        limit: int = RECOVER_BATCH) -> list[HostScan]:
-    """The shard records of host scans whose changes were never computed: each host's
-    latest scan, finished before ``finished_before``, every shard of it completed and
-    every finding it announced stored, newer than the host's state. (An interrupted scan
-    is never pending: it changes nothing.)"""
+    """The shard records of host scans whose changes were never computed: each scan of a
+    host newer than its state, finished before ``finished_before``, every shard of it
+    completed and every finding it announced stored. (An interrupted scan is never
+    pending: it changes nothing.)"""
     keys = {(scan_id, target, ip) for target, ip, scan_id in store.query(
         _PENDING_SQL, {"before": finished_before, "limit": limit})}
     if not keys:
@@ -655,7 +689,8 @@ def pending_host_scans(store: Store, *, finished_before: datetime,
         except RecordError as e:  # a row no writer of ours makes: skip it, say so
             log.warning("change recovery: skipping the host-scan row of %s in %s: %s",
                         ip, scan_id, e)
-    return out
+    return sorted(out, key=lambda h: (h.target.target, h.target.ip, h.finished_at, h.scan_id,
+                                      h.shard_id))
 
 
 def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]

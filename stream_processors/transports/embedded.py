@@ -253,7 +253,8 @@ class EmbeddedRunner:
         self._dropped.clear()
         # What an earlier run stored and died before comparing (kill -9 at its end): its
         # events come first, delivered with this scan's, and this scan compares with it.
-        # Before this scan's "running" rows: recovery looks at each host's latest scan.
+        # Before this scan's "running" rows are stored (recovery compares every completed
+        # scan newer than a host's state, finished over RECOVER_AFTER ago).
         stats.change_events = await self.changes.recover(
             finished_before=utcnow() - RECOVER_AFTER)
 

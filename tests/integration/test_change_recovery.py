@@ -171,6 +171,62 @@ def test_a_later_shard_of_the_stored_scan_is_compared_not_replayed(store) -> Non
         (fingerprint(state.open_ports),)]
 
 
+def _compared(store, found: list[Finding], scans: list[HostScan]) -> None:  # type: ignore[no-untyped-def]
+    """A scan stored and compared, as a live transport does."""
+    _store_scan(store, found, scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(found)
+    asyncio.run(recorder.finish(scans))
+
+
+def test_two_scans_a_dead_sink_left_are_each_compared_with_the_one_before(store) -> None:  # type: ignore[no-untyped-def]
+    kept, brief = free_ports(2)
+    ports = [kept, brief]
+    s0_at, s1_at, s2_at = DAY1, DAY1 + timedelta(hours=12), DAY2
+    # Given scan s0 compared (one port), then s1 and s2 stored by a sink that died
+    # holding s1 while s2 ran: s1 saw a port open briefly and a version bump, s2 saw
+    # the port gone again (nothing listens: its re-probe is refused) and the bump undone
+    _compared(store, [_finding("s0", kept, s0_at)], [_host_scan("s0", s0_at, 1, ports)])
+    _store_scan(store, [_finding("s1", kept, s1_at, version="1.1"),
+                        _finding("s1", brief, s1_at, color=RiskColor.RED)],
+                [_host_scan("s1", s1_at, 2, ports)])
+    _store_scan(store, [_finding("s2", kept, s2_at)], [_host_scan("s2", s2_at, 1, ports)])
+    assert [h.scan_id for h in pending_host_scans(store, finished_before=LATER)] == [
+        "s1", "s2"]
+    # When a new recorder recovers what was never compared
+    events = asyncio.run(ChangeRecorder(store).recover(finished_before=LATER))
+    # Then each scan's events are against the scan before it (before: s2 was compared
+    # with s0 alone, and the red port that opened and closed left no trace)
+    assert sorted((e.scan_id, e.previous_scan_id, e.kind, e.port, e.after)
+                  for e in events) == sorted([
+        ("s1", "s0", ChangeKind.VERSION_CHANGED, kept, "1.1"),
+        ("s1", "s0", ChangeKind.OPENED, brief, "http nginx 1.0 (red)"),
+        ("s2", "s1", ChangeKind.VERSION_CHANGED, kept, "1.0"),
+        ("s2", "s1", ChangeKind.CLOSED, brief, "closed"),
+    ])
+    assert pending_host_scans(store, finished_before=LATER) == []
+    assert store.query("SELECT scan_id FROM host_state FINAL") == [("s2",)]
+
+
+def test_a_scan_after_one_the_caller_holds_waits_for_it(store) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    s1_at, s2_at = DAY1 + timedelta(hours=12), DAY2
+    # Given a host's s1 and s2 stored, never compared, and s1 held by the caller
+    _store_scan(store, [_finding("s1", port, s1_at)], [_host_scan("s1", s1_at, 1, [port])])
+    _store_scan(store, [_finding("s2", port, s2_at, version="1.1")],
+                [_host_scan("s2", s2_at, 1, [port])])
+    held = {("s1", T.target, T.ip)}
+    # When recovery sweeps, then it leaves both: s2 compared first would make s1, when
+    # its hold releases it, "older than the state", and its events would never be made
+    recorder = ChangeRecorder(store)
+    assert asyncio.run(recorder.recover(finished_before=LATER, held=held)) == []
+    assert store.query("SELECT count() FROM host_state") == [(0,)]
+    # And once s1 is no longer held, both come out in order
+    events = asyncio.run(recorder.recover(finished_before=LATER))
+    assert [(e.scan_id, e.kind) for e in events] == [
+        ("s1", ChangeKind.OPENED), ("s2", ChangeKind.VERSION_CHANGED)]
+
+
 def test_what_is_not_finished_is_never_recovered(store) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     hosts = [Target(ip=f"127.0.9.{i}", target=f"127.0.9.{i}") for i in range(1, 5)]
