@@ -102,7 +102,7 @@ def cell_text(report: str, column: str, value: Any) -> str:
     if column in ("cert_self_signed", "cert_expired", "is_cdn_expected"):
         return "yes" if value else ""
     if column == "cdn_provider":
-        return str(value or "")
+        return sanitize_text(str(value or ""))  # a store another writer filled, too
     plain = _plain(value)
     return sanitize_text("" if plain is None else str(plain))
 

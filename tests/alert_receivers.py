@@ -143,6 +143,7 @@ class ReceivedMail:
     subject: str
     body: str
     rcpt_tos: list[str]
+    content_types: list[str] = field(default_factory=list)  # of every part
 
 
 @contextlib.contextmanager
@@ -158,7 +159,8 @@ def smtp_receiver() -> Iterator[tuple[int, list[ReceivedMail]]]:
             part = message.get_body(preferencelist=("plain", "html"))
             text = part.get_content() if part is not None else ""
             received.append(ReceivedMail(str(message["Subject"]), str(text),
-                                         list(envelope.rcpt_tos)))
+                                         list(envelope.rcpt_tos),
+                                         [p.get_content_type() for p in message.walk()]))
             return "250 OK"
 
     port = free_port()

@@ -135,7 +135,17 @@ def render(rule: str, events: Sequence[ChangeEvent], *, is_test: bool = False,
     title = (f"portwatch [{rule}]: {len(events)} change(s): {', '.join(kinds)}"
              if len(events) != 1 else f"portwatch [{rule}]: {describe(events[0])}")
     body = "\n".join(describe(e) for e in events)
-    return _clean(title) if len(title) > FIELD_CAP else title, body
+    return defuse_mentions(_clean(title) if len(title) > FIELD_CAP else title), \
+        defuse_mentions(body)
+
+
+def defuse_mentions(text: str) -> str:
+    """A message's text with every ``@`` followed by a zero-width space: a banner or an
+    organization saying ``@everyone``, ``@here`` or ``@channel`` pings nobody on the
+    chats that read mentions in plain text (Discord, Mattermost, Rocket.Chat, Teams).
+    Markup (Slack's ``<!channel>``, HTML, Markdown links) is escaped by apprise itself,
+    given the body as plain text (``_apprise_notify``)."""
+    return text.replace("@", "@\u200b")
 
 
 def webhook_body(rule: str, events: Sequence[ChangeEvent], delivery_id: str,
@@ -370,7 +380,11 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
         return SendResult(False, f"apprise refused the URL of channel {channel.name}")
     # the message alone: apprise's default format puts its own time and level first
     with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
-        is_ok = bool(plugin.notify(body=body, title=title))
+        # As plain text: apprise then escapes it into each service's markup (HTML for
+        # e-mail, Markdown, Slack's <...>). Without it, a banner's <!channel> pinged a
+        # Slack channel and its <a href> became a link in the e-mail's HTML part.
+        is_ok = bool(plugin.notify(body=body, title=title,
+                                   body_format=apprise.NotifyFormat.TEXT))
         lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
     if is_ok:
         return SendResult(True)

@@ -408,6 +408,48 @@ def test_email_through_apprise_mailto_names_the_events(store: Any, tmp_path: Pat
         assert "redis" in mail.body and "postgresql" in mail.body
 
 
+# A banner, a title or an inventory's organization is the scanned side's text: in a
+# message it is text, never markup or a mention (a review, 2026-12-06: a banner's
+# <!channel> pinged a Slack channel, its <a href> was a link in the e-mail's HTML part).
+HOSTILE = ("ssh <!channel> @everyone [Reset your SSO](https://evil.example/r) "
+           "<a href=https://evil.example/r>Reset</a><img src=https://evil.example/px>")
+
+
+def test_email_carries_a_hostile_banner_as_plain_text(store: Any, tmp_path: Path) -> None:
+    with smtp_receiver() as (port, mails):
+        path = write_alerts(
+            tmp_path, f'  soc-mail: {{apprise: "mailto://127.0.0.1:{port}?'
+                      'to=soc@example.org&from=portwatch@example.org"}')
+        dispatcher = AlertDispatcher(store, load_alerts(path, env={}), clock=Clock())
+        dispatcher.submit([replace(event(22, service="ssh"), after=HOSTILE)])
+        assert dispatcher.deliver_due().sent == 1
+        [mail] = mails
+        # One text/plain part: no HTML part for a mail reader to render the link in
+        assert [t for t in mail.content_types if t.startswith("text/")] == ["text/plain"]
+        assert "<a href=https://evil.example/r>Reset</a>" in mail.body
+        assert "@\u200beveryone" in mail.body and "@everyone" not in mail.body
+
+
+def test_a_markdown_chat_gets_a_hostile_banner_escaped_and_its_mentions_defused(
+        store: Any, tmp_path: Path) -> None:
+    # Rocket.Chat (apprise's rocket://, a Markdown chat that reads @all/@here mentions):
+    # its incoming webhook is a real HTTP receiver on 127.0.0.1
+    with webhook_receiver(SECRET, signed=False) as receiver:
+        path = write_alerts(tmp_path, f'  soc-chat: {{apprise: "rocket://abc%2Fdef@127.0.0.1:'
+                                      f'{receiver.port}/%23soc"}}')
+        dispatcher = AlertDispatcher(store, load_alerts(path, env={}), clock=Clock())
+        dispatcher.submit([replace(event(22, service="ssh"), after=HOSTILE)])
+        assert dispatcher.deliver_due().sent == 1
+        [delivery] = receiver.accepted
+        text = delivery.payload["text"]
+        assert delivery.payload["channel"] == "#soc"
+        # The link is text (its Markdown escaped), the mention pings nobody
+        assert r"\[Reset your SSO\]\(https://evil\.example/r\)" in text
+        assert "](https://" not in text
+        assert "@\u200beveryone" in text and "@everyone" not in text
+        assert r"<\!channel\>" in text
+
+
 # -- accepted risks -------------------------------------------------------------------------
 
 

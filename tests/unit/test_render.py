@@ -81,6 +81,7 @@ def test_sanitize_text_caps_long_values() -> None:
         ("cert_expired", 1, "yes"),
         ("is_cdn_expected", 0, ""),
         ("cdn_provider", None, ""),
+        ("cdn_provider", "cdn\x1b[31mX\x1b]8;;http://e\x07\u202e", "cdn\\x1b[31mX\\x1b]8;;http://e\\x07\\x202e"),
         ("first_seen", WHEN, "2025-03-04 05:06:07"),
         ("product", None, ""),
         ("product", HOSTILE, "\\x1b[2J\\x1b[31mHACKED\\x07\\x00[bold]x[/bold]"),
