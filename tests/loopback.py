@@ -142,16 +142,19 @@ def silent(hold_seconds: float = 20) -> Handler:
     return handle
 
 
-def http_handler(server_header: str, extra_headers: dict[str, str] | None = None) -> Handler:
-    """A real HTTP/1.0 server (stdlib BaseHTTPRequestHandler) with a chosen Server header."""
+def http_handler(server_header: str, extra_headers: dict[str, str] | None = None, *,
+                 body: bytes = b"<html><body>portwatch test</body></html>") -> Handler:
+    """A real HTTP/1.0 server (stdlib BaseHTTPRequestHandler) with a chosen Server header
+    and page."""
     headers = dict(extra_headers or {})
+    page = body
 
     class H(http.server.BaseHTTPRequestHandler):
         def version_string(self) -> str:  # the Server header
             return server_header
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-            body = b"<html><body>portwatch test</body></html>"
+            body = page
             self.send_response(200)
             for k, v in headers.items():
                 self.send_header(k, v)

@@ -300,25 +300,33 @@ def parse_misc(data: bytes) -> ServiceInfo | None:
 # A status line: a version, then a code 100-599 ended by a space, a line end or the end
 # ("HTTP/1.1 99999999" and "HTTP/9.9 000" are not HTTP: a review, 2026-12-05)
 _STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) ([1-5]\d\d)(?=[ \r\n]|\Z)")
+
+
+def _server(name: str, version: str = r"[\d.]+") -> re.Pattern[str]:
+    """A Server header's product: ``name``, then ``/version``, or ``(``, ``;``, ``,``
+    (spaces before them allowed) or the end. "Apache-Coyote/1.1" (Tomcat), "ApacheSolr",
+    "Apache TomEE" and "nginx-ingress-controller" are other products (a review,
+    2026-12-06: Tomcat was stored as Apache httpd with its CPE, at a confidence nmap
+    never overruled)."""
+    return re.compile(rf"^{name}(?:/({version})|(?=\s*[(;,]|\s*$))", re.I | re.A)
+
+
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
-    (re.compile(r"^nginx(?:/([\d.]+))?", re.I | re.A), "nginx", "f5", "nginx"),
-    (re.compile(r"^Apache(?:/([\d.]+))?", re.I | re.A), "Apache httpd", "apache", "http_server"),
-    (re.compile(r"^Microsoft-IIS(?:/([\d.]+))?", re.I | re.A), "Microsoft IIS httpd", "microsoft",
+    (_server("nginx"), "nginx", "f5", "nginx"),
+    (_server("Apache"), "Apache httpd", "apache", "http_server"),
+    (_server("Microsoft-IIS"), "Microsoft IIS httpd", "microsoft",
      "internet_information_services"),
-    (re.compile(r"^lighttpd(?:/([\d.]+))?", re.I | re.A), "lighttpd", "lighttpd", "lighttpd"),
-    (re.compile(r"^openresty(?:/([\d.]+))?", re.I | re.A), "OpenResty web app server", "openresty",
-     "openresty"),
-    (re.compile(r"^Caddy", re.I | re.A), "Caddy httpd", "caddyserver", "caddy"),
+    (_server("lighttpd"), "lighttpd", "lighttpd", "lighttpd"),
+    (_server("openresty"), "OpenResty web app server", "openresty", "openresty"),
+    (_server("Caddy"), "Caddy httpd", "caddyserver", "caddy"),
+    # "cloudflare" and the older "cloudflare-nginx": both Cloudflare's edge
     (re.compile(r"^cloudflare", re.I | re.A), "cloudflare", "cloudflare", "cloudflare"),
-    (re.compile(r"^SimpleHTTP(?:/([\d.]+))?", re.I | re.A), "SimpleHTTPServer", "python",
-     "simplehttpserver"),
-    (re.compile(r"^gunicorn(?:/([\d.]+))?", re.I | re.A), "Gunicorn", "gunicorn", "gunicorn"),
+    (_server("SimpleHTTP"), "SimpleHTTPServer", "python", "simplehttpserver"),
+    (_server("gunicorn"), "Gunicorn", "gunicorn", "gunicorn"),
     # "Jetty(9.4.51.v20230217)": the version is the dotted numbers, not the dot after them
     (re.compile(r"^Jetty\((\d+(?:\.\d+)*)", re.I | re.A), "Jetty", "eclipse", "jetty"),
-    (re.compile(r"^tinyproxy(?:/([\d.]+))?", re.I | re.A), "tinyproxy", "tinyproxy_project",
-     "tinyproxy"),
-    (re.compile(r"^squid(?:/([\d.]+\w*))?", re.I | re.A), "Squid http proxy", "squid-cache",
-     "squid"),
+    (_server("tinyproxy"), "tinyproxy", "tinyproxy_project", "tinyproxy"),
+    (_server("squid", r"[\d.]+\w*"), "Squid http proxy", "squid-cache", "squid"),
 )
 # Products that are forward proxies: the service is nmap's "http-proxy", not "http".
 _PROXY_PRODUCTS = frozenset({"tinyproxy", "Squid http proxy"})
@@ -359,7 +367,10 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
     service = "https" if is_tls else "http"
     extra = f"status {status.group(2).decode()}" + (f"; X-Powered-By: {powered}" if powered else "")
     # Only below the confidence at which the engine stops, so that it goes on to TLS.
-    plain_on_tls = not is_tls and _PLAIN_ON_TLS.search(data) is not None
+    # The servers' own refusal is a 400; a page of any other status quoting the phrase (a
+    # FAQ, a hostile page) is an ordinary page (it was taken for TLS, title and all lost)
+    plain_on_tls = (not is_tls and status.group(2) == b"400"
+                    and _PLAIN_ON_TLS.search(data) is not None)
     if plain_on_tls:
         service = "https"
         extra += "; plain HTTP refused: the port speaks TLS"

@@ -322,3 +322,16 @@ def test_kubernetes_api_status_answer_leads_to_its_version(tmp_path: object) -> 
     assert (info.service, info.product, info.version, info.cpe) == (
         "https", "Kubernetes API server", "1.28.2", "cpe:/a:kubernetes:kubernetes:1.28.2")
     assert info.tried[-1] == "kubernetes-version"
+
+
+def test_a_plain_page_quoting_nginxs_tls_refusal_is_a_plain_page() -> None:
+    # A real HTTP server whose 200 page quotes "The plain HTTP request was sent to HTTPS
+    # port" (a FAQ): the port is plain HTTP with its title (before: taken for TLS, the
+    # title fetched over TLS and lost, and the TLS stage said "could not test")
+    page = (b"<html><head><title>Web server FAQ</title></head><body><p>Seeing \"The plain "
+            b"HTTP request was sent to HTTPS port\"? Use https://.</p></body></html>")
+    with loopback.listen(loopback.http_handler("nginx/1.24.0", body=page)) as server:
+        info = _identify("127.0.0.1", server.port)
+    assert (info.service, info.product, info.version, info.is_tls, info.http_title) == (
+        "http", "nginx", "1.24.0", False, "Web server FAQ")
+

@@ -268,6 +268,9 @@ NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\
          "cpe:/a:python:simplehttpserver:0.6"),
         ("gunicorn", "Gunicorn", "", "cpe:/a:gunicorn:gunicorn"),
         ("Jetty(9.4.51.v20230217)", "Jetty", "9.4.51", "cpe:/a:eclipse:jetty:9.4.51"),
+        ("cloudflare-nginx", "cloudflare", "", "cpe:/a:cloudflare:cloudflare"),
+        ("Apache", "Apache httpd", "", "cpe:/a:apache:http_server"),
+        ("nginx (Ubuntu)", "nginx", "", "cpe:/a:f5:nginx"),
     ],
 )
 def test_parse_http_server_products(server: str, product: str, version: str, cpe: str) -> None:
@@ -276,6 +279,28 @@ def test_parse_http_server_products(server: str, product: str, version: str, cpe
     assert info is not None
     assert (info.service, info.product, info.version, info.cpe, info.method,
             info.confidence) == ("http", product, version, cpe, "http:server-header", 10)
+
+
+@pytest.mark.parametrize("server", ["Apache-Coyote/1.1", "ApacheSolr", "Apache TomEE",
+                                    "nginx-ingress-controller", "nginxplus/1", "Caddyfile"])
+def test_a_server_name_that_only_starts_like_a_known_one_is_not_it(server: str) -> None:
+    # Tomcat's "Apache-Coyote/1.1" was Apache httpd, with its CPE, at a confidence at
+    # which nmap is never asked (a review, 2026-12-06)
+    info = parse_http(f"HTTP/1.1 200 OK\r\nServer: {server}\r\n\r\n".encode())
+    assert info is not None
+    assert (info.product, info.cpe, info.confidence) == (server.split("/")[0], "", 8)
+
+
+@pytest.mark.parametrize(("status", "is_tls"), [(b"400 Bad Request", True), (b"200 OK", False),
+                                                (b"404 Not Found", False)])
+def test_only_a_400_saying_plain_http_reached_a_tls_port_means_tls(status: bytes,
+                                                                   is_tls: bool) -> None:
+    # nginx, Apache and Go refuse with a 400; a page of another status that quotes the
+    # sentence (a FAQ) is a plain page (it was taken for TLS, its title lost)
+    info = parse_http(b"HTTP/1.1 " + status + b"\r\nServer: nginx/1.24.0\r\n\r\n<p>The "
+                      b"plain HTTP request was sent to HTTPS port</p>")
+    assert info is not None
+    assert (info.is_tls, info.service) == (is_tls, "https" if is_tls else "http")
 
 
 def test_parse_http_details_and_headers() -> None:
