@@ -301,9 +301,11 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
                          f"{after.product} {after.version}".strip()))
     elif before.version != after.version:
         out.append(event(ChangeKind.VERSION_CHANGED, after, before.version, after.version))
-    # The same software answering with another face: a new favicon (or one appearing or
-    # disappearing) or another TLS stack (JARM, compared only when both were fingerprinted).
-    if before.favicon != after.favicon:
+    # The same software answering with another face: a new favicon or another TLS stack,
+    # each compared only when both scans have one. A favicon that is not there this time
+    # is no event: a fetch that timed out, was reset or ran out of budget looks the same
+    # as a site without one, and a flaky fetch alerted twice (gone, then back).
+    if before.favicon and after.favicon and before.favicon != after.favicon:
         out.append(event(ChangeKind.PRODUCT_CHANGED, after,
                          f"favicon {before.favicon or 'none'}",
                          f"favicon {after.favicon or 'none'}"))

@@ -78,6 +78,7 @@ from probers.service.http_meta import (
     HttpResponse,
     favicon_hash,
     favicon_href,
+    has_whole_length,
     is_icon_response,
     page_title,
     redirect_location,
@@ -791,7 +792,10 @@ async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -
             writer.write(request)
             await writer.drain()
             left = max(0.05, timeout - (time.monotonic() - started))
-            return await read_bounded(reader, timeout=left, cap=FETCH_CAP)
+            # To the end the answer declares (or the server's close: we asked for it),
+            # not to the first pause: a body cut at an idle gap hashed as another icon
+            return await read_bounded(reader, timeout=left, cap=FETCH_CAP, idle=left,
+                                      is_complete=has_whole_length)
     except (TimeoutError, OSError, ssl.SSLError, EOFError):
         return b""
 
@@ -809,9 +813,13 @@ async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: 
         return split_response(await fetch_http(ep, path, is_tls=is_tls,
                                                timeout=min(s.probe_timeout, left)))
 
-    first = split_response(answer) if answer.startswith(b"HTTP/") else None
+    # The identifying probe's answer when it is whole (it was read up to READ_CAP only:
+    # a title or an icon link past that was lost), else the page is fetched again
+    probed = split_response(answer) if answer.startswith(b"HTTP/") else None
+    first = probed if probed and probed.is_whole and len(answer) < READ_CAP else None
     if first is None or first.status == 0:
-        first = await get("/")
+        fetched = await get("/")
+        first = fetched if fetched is not None and fetched.status else probed
     if first is None or first.status == 0:
         return info
     redirect = redirect_location(first)

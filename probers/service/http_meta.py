@@ -52,6 +52,10 @@ class HttpResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    # The body arrived whole: its Content-Length reached, its last chunk read, or (with
+    # neither) not cut at BODY_CAP. A favicon is hashed only whole: a hash of the bytes
+    # an idle gap or the cap let through matches no real icon and moves scan to scan.
+    is_whole: bool = True
 
     def header(self, name: str) -> str:
         return next((v for k, v in self.headers if k == name), "")
@@ -68,6 +72,11 @@ def _raw_header(head: bytes, name: bytes) -> bytes:
 
 def dechunk(body: bytes, cap: int = BODY_CAP) -> bytes:
     """Decode a chunked body (RFC 9112 7.1), keeping what arrived whole; never raises."""
+    return _dechunk(body, cap)[0]
+
+
+def _dechunk(body: bytes, cap: int) -> tuple[bytes, bool]:
+    """(the decoded body, whether its last chunk was reached within ``cap``)."""
     out = bytearray()
     pos = 0
     for _ in range(MAX_CHUNKS):
@@ -80,13 +89,22 @@ def dechunk(body: bytes, cap: int = BODY_CAP) -> bytes:
         except ValueError:
             break
         if size <= 0:
-            break
+            return bytes(out[:cap]), size == 0
         start = line_end + 2
         out += body[start:start + size]
-        if len(out) >= cap or start + size > len(body):
+        if len(out) > cap or start + size > len(body):
             break
         pos = start + size + 2
-    return bytes(out[:cap])
+    return bytes(out[:cap]), False
+
+
+def _content_length(head: bytes) -> int | None:
+    """The declared length; None when there is none, -1 when it is not a length we take
+    (a body whose end cannot be known is never whole)."""
+    value = _raw_header(head, b"content-length")
+    if not value:
+        return None
+    return int(value) if value.isdigit() and len(value) <= 12 else -1
 
 
 def split_response(data: bytes) -> HttpResponse:
@@ -102,9 +120,29 @@ def split_response(data: bytes) -> HttpResponse:
         return HttpResponse(int(status.group(1)), parse_http_headers(data[:HEAD_CAP]), b"")
     head = data[:end]
     body = data[end + sep:]
+    length = _content_length(head)
     if b"chunked" in _raw_header(head, b"transfer-encoding").lower():
-        body = dechunk(body)
-    return HttpResponse(int(status.group(1)), parse_http_headers(head), body[:BODY_CAP])
+        body, is_whole = _dechunk(body, BODY_CAP)
+    elif length is not None:
+        is_whole = 0 <= length <= BODY_CAP and len(body) >= length
+        body = body[:length] if length >= 0 else body
+    else:
+        is_whole = len(body) <= BODY_CAP
+    return HttpResponse(int(status.group(1)), parse_http_headers(head), body[:BODY_CAP],
+                        is_whole)
+
+
+def has_whole_length(data: bytes) -> bool:
+    """An answer that says where it ends (Content-Length or chunked) and has all of it:
+    reading can stop. One that says neither ends when the server closes."""
+    end = data.find(b"\r\n\r\n", 0, HEAD_CAP)
+    if end < 0:
+        return False
+    head = data[:end]
+    if (_content_length(head) is None
+            and b"chunked" not in _raw_header(head, b"transfer-encoding").lower()):
+        return False
+    return split_response(data).is_whole
 
 
 def _clean(text: str, cap: int) -> str:
@@ -207,12 +245,13 @@ def favicon_hash(icon: bytes) -> int:
 
 
 def is_icon_response(response: HttpResponse) -> bool:
-    """An answer worth hashing: 200 with a body that is not an HTML error page."""
-    if response.status != 200 or not response.body:
+    """An answer worth hashing: 200 with a whole body that is not an HTML error page."""
+    if response.status != 200 or not response.body or not response.is_whole:
         return False
     kind = response.header("content-type").lower()
     return not kind.startswith("text/html")
 
 
-__all__ = ["HttpResponse", "dechunk", "favicon_hash", "favicon_href", "is_icon_response",
+__all__ = ["HttpResponse", "dechunk", "favicon_hash", "favicon_href", "has_whole_length",
+           "is_icon_response",
            "page_title", "redirect_location", "same_host_path", "split_response"]

@@ -335,3 +335,62 @@ def test_a_plain_page_quoting_nginxs_tls_refusal_is_a_plain_page() -> None:
     assert (info.service, info.product, info.version, info.is_tls, info.http_title) == (
         "http", "nginx", "1.24.0", False, "Web server FAQ")
 
+
+def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float
+                ) -> loopback.Handler:
+    """A web server whose icon (Content-Length given) is sent in two parts with a pause
+    between them, as a slow or loaded server does."""
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        request = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in request and len(request) < 8192:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+            body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: " + kind
+                         + b"\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + body[:pause_after])
+            time.sleep(pause)
+            conn.sendall(body[pause_after:])
+    return handle
+
+
+PACED_PAGE = b'<html><head><title>Paced</title><link rel="icon" href="/i.ico"></head></html>'
+
+
+def test_an_icon_sent_with_a_pause_is_hashed_whole() -> None:
+    # Given an icon of 60 KB whose server pauses half a second after 30 KB
+    icon = random.Random(7).randbytes(60_000)
+    handler = _paced_site(PACED_PAGE, icon, pause_after=30_000, pause=0.5)
+    with loopback.listen(handler) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    # Then the hash is the whole icon's (before: of the 30 KB before the pause, another
+    # hash each time the pause fell elsewhere)
+    assert info.http_title == "Paced"
+    assert info.favicon_mmh3 == _shodan_hash(icon)
+
+
+def test_an_icon_larger_than_the_cap_is_not_hashed() -> None:
+    # Given an icon larger than what is read of a body: its first bytes' hash would match
+    # no real icon, so there is none
+    from probers.service.http_meta import BODY_CAP
+
+    icon = random.Random(8).randbytes(BODY_CAP + 100_000)
+    with loopback.listen(_paced_site(PACED_PAGE, icon, pause_after=0, pause=0)) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    assert (info.http_title, info.favicon_mmh3) == ("Paced", None)
+
+
+def test_a_title_past_the_first_read_of_the_page_is_found() -> None:
+    # Given a page whose <title> comes after 18 KB of inline style (past what the
+    # identifying probe reads): the page is fetched whole for its title
+    page = (b"<html><head><style>" + b"p{margin:0}" * 1_700 + b"</style><title>Late Title"
+            b"</title></head></html>")
+    with loopback.listen(loopback.http_handler("nginx/1.24.0", body=page)) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    assert info.http_title == "Late Title"
+

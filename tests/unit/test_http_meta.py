@@ -23,6 +23,7 @@ from probers.service.http_meta import (
     dechunk,
     favicon_hash,
     favicon_href,
+    has_whole_length,
     is_icon_response,
     page_title,
     redirect_location,
@@ -205,3 +206,44 @@ def test_a_page_of_unclosed_titles_has_no_title() -> None:
     assert page_title(b"<title>" * 10_000) == ""
     assert page_title(b"<title>" * 10_000 + b"x</title>") == ""  # closed too far away
     assert page_title(b"<title>a<title>b</TITLE>") == "a<title>b"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/x-icon\r\n"
+
+
+@pytest.mark.parametrize(("answer", "whole", "body"), [
+    (HEAD + b"Content-Length: 4\r\n\r\nabcd", True, b"abcd"),
+    (HEAD + b"Content-Length: 4\r\n\r\nabcdEXTRA", True, b"abcd"),  # what follows is not it
+    (HEAD + b"Content-Length: 9\r\n\r\nabcd", False, b"abcd"),  # cut short
+    (HEAD + f"Content-Length: {BODY_CAP + 1}\r\n\r\n".encode() + b"x" * 10, False, b"x" * 10),
+    (HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n", True,
+     b"abcd"),
+    (HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n", False, b"abcd"),
+    (HEAD + b"\r\nabcd", True, b"abcd"),  # no length: it ends where the server closed
+    (HEAD + b"\r\n" + b"x" * (BODY_CAP + 1), False, b"x" * BODY_CAP),
+])
+def test_a_body_is_whole_only_when_all_it_declares_arrived(answer: bytes, whole: bool,
+                                                           body: bytes) -> None:
+    response = split_response(answer)
+    assert (response.is_whole, response.body) == (whole, body)
+    assert is_icon_response(response) is whole
+
+
+def test_reading_stops_once_a_declared_length_is_whole() -> None:
+    assert has_whole_length(HEAD + b"Content-Length: 4\r\n\r\nabcd")
+    assert not has_whole_length(HEAD + b"Content-Length: 4\r\n\r\nab")
+    assert not has_whole_length(HEAD + b"\r\nabcd")  # no length: read to the close
+    assert not has_whole_length(HEAD + b"Content-Length: 4\r\n")  # headers not ended
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 2**40), st.binary(max_size=256))
+def test_a_whole_body_is_exactly_its_declared_length(lead: bytes, length: int,
+                                                     rest: bytes) -> None:
+    lead = lead.replace(b"\r", b"").replace(b"\n", b"")  # another header's value
+    response = split_response(HEAD + b"X-Lead: " + lead + b"\r\nContent-Length: "
+                              + str(length).encode() + b"\r\n\r\n" + rest)
+    assert len(response.body) <= min(length, BODY_CAP)
+    if response.is_whole:
+        assert len(response.body) == length
+
