@@ -200,7 +200,7 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
     runner = assembly.embedded_runner(db, engine=engine_name or None,
                                       say=None if quiet else say, scope=scope)
     view = ProgressView(enabled=not quiet)
-    undo = install_interrupt(runner)
+    undo = install_interrupt(runner, None if quiet else say)
     try:
         with view:
             return await runner.run(plan, start=start, checkpoint_path=checkpoint,
@@ -259,6 +259,13 @@ class ProgressView:
             self._last_line = now
             total = max(stats.probes_total, 1)
             eta = (total - stats.probes_done) / rate if rate > 0 else 0
+            if stats.probes_done >= total and stats.examined < stats.open_found \
+                    and not stats.finished:
+                # discovery is over; what is left is identification, not "ETA 0s"
+                err_console.print(
+                    f"progress: ports scanned; identifying: {stats.examined:,}/"
+                    f"{stats.open_found:,} open ports done", markup=False)
+                return
             err_console.print(
                 f"progress: {stats.probes_done:,}/{total:,} ports "
                 f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "

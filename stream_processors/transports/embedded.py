@@ -65,6 +65,7 @@ class ScanStats:
     started: float = field(default_factory=time.monotonic)
     finished: float = 0.0
     identified: int = 0
+    examined: int = 0  # open ports whose identification ended (named or not)
     stored: int = 0
     interrupted: bool = False
     tarpits: list[str] = field(default_factory=list)
@@ -207,6 +208,10 @@ class EmbeddedRunner:
         self.shard_ports = shard_ports
         self.shard_hosts = shard_hosts
         self._stop_discovery = asyncio.Event()
+        self._stop_identification = asyncio.Event()
+        # Found after a second interrupt stopped the identify workers (no room was left
+        # for them in the queue): stored unidentified at the end, never waited for.
+        self._unqueued: list[OpenPort] = []
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self._outcomes: list[ShardOutcome] = []
@@ -225,8 +230,31 @@ class EmbeddedRunner:
         self._interrupts += 1
         self._stop_discovery.set()
         if self._interrupts >= 2:
+            self._stop_identification.set()
             for worker in self._workers:
                 worker.cancel()
+
+    async def _queue(self, open_q: asyncio.Queue[OpenPort | object], item: object) -> None:
+        """Hand ``item`` to the identify workers. Once a second interrupt has stopped
+        them, nothing takes from the queue: a port is kept aside (stored unidentified)
+        instead of waiting for room forever (a second Ctrl-C on a scan whose discovery
+        was ahead of identification hung it for good, and a kill -9 lost every port)."""
+        while not self._stop_identification.is_set():
+            try:
+                open_q.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                pass
+            put = asyncio.ensure_future(open_q.put(item))
+            stop = asyncio.ensure_future(self._stop_identification.wait())
+            await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            put.cancel()  # a no-op once it is done
+            await asyncio.gather(put, stop, return_exceptions=True)
+            if not put.cancelled():
+                return
+        if isinstance(item, OpenPort):
+            self._unqueued.append(item)
 
     # -- the pipeline -------------------------------------------------------------------
 
@@ -281,7 +309,7 @@ class EmbeddedRunner:
                         await self._discover_shard(shard, open_q, stats, mark)
             finally:
                 for _ in range(self.identify_workers):
-                    await open_q.put(_DONE)
+                    await self._queue(open_q, _DONE)
 
         in_flight: dict[asyncio.Task[None] | None, OpenPort] = {}
         kept: list[Finding] = []  # identified, but cancelled while queueing for the sink
@@ -334,6 +362,9 @@ class EmbeddedRunner:
                 item = open_q.get_nowait()
                 if isinstance(item, OpenPort):
                     await sink_q.put(unidentified(item, "interrupted before identification"))
+            for port in self._unqueued:
+                await sink_q.put(unidentified(port, "interrupted before identification"))
+            self._unqueued.clear()
             await sink_q.put(_DONE)
             await sink_task
             report_task.cancel()
@@ -380,11 +411,12 @@ class EmbeddedRunner:
         mark.discovered(shard.proto, shard.index, outcome.ports, done)
         mark.advance()  # a shard that found nothing is settled at once
         for port in outcome.ports:
-            await open_q.put(port)
+            await self._queue(open_q, port)
         return done
 
     async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
         finding = await identify_port(port, self.ctx)
+        stats.examined += 1
         if finding is None:
             self._dropped[port.target.ip] += 1  # a tarpit's noise: counted in the Summary note
             return None
@@ -446,11 +478,24 @@ class EmbeddedRunner:
         # after the findings are stored; after what an earlier run left (run() start)
         stats.change_events += await self.changes.finish(rows)
 
-def install_interrupt(runner: EmbeddedRunner) -> Callable[[], None]:
-    """Route SIGINT/SIGTERM to ``runner.interrupt``; returns the undo function."""
+def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None = None
+                      ) -> Callable[[], None]:
+    """Route SIGINT/SIGTERM to ``runner.interrupt``, saying what each does through
+    ``say``; returns the undo function."""
     loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        runner.interrupt()
+        if say is None:
+            return
+        if runner._interrupts == 1:
+            say("stopping: no new ports are scanned; the open ports found are being "
+                "identified (interrupt again to store them unidentified now)")
+        elif runner._interrupts == 2:
+            say("stopping: storing what is left unidentified")
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, runner.interrupt)
+        loop.add_signal_handler(sig, interrupt)
 
     def undo() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

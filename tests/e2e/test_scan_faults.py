@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 from producers.shards import Checkpoint
 from tests import loopback
 from tests.conftest import REPO, run_cli
+
+MUTE_HOST = "127.0.0.144"  # no other test uses it
 
 
 def one_error_line(stderr: str) -> str:
@@ -142,3 +145,46 @@ def test_processes_racing_for_one_store_get_it_or_the_busy_line(tmp_path: Path) 
     assert sorted(json.dumps(o, sort_keys=True) for o in outcomes) == sorted(
         [json.dumps({"opened": True})]
         + [json.dumps({"busy": True, "opened": False}, sort_keys=True)] * 3)
+
+
+def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> None:
+    # Given 30 ports of a loopback host that accept and never speak: identification
+    # takes its whole budget on each, long after discovery has ended
+    store = f"chdb://{tmp_path / 'store'}"
+    with contextlib.ExitStack() as stack:
+        ports = sorted(stack.enter_context(loopback.listen(loopback.silent(30),
+                                                           addresses=(MUTE_HOST,))).port
+                       for _ in range(30))
+        env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
+               "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "scan", "--ports",
+             ",".join(map(str, ports)), "--udp", "none", "--no-tls", "--no-nmap-probes",
+             MUTE_HOST], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        assert proc.stderr is not None
+        lines: list[str] = []
+        try:
+            # When discovery has ended (the progress line says identification is what
+            # is left, not "ETA 0s"), Ctrl-C, then Ctrl-C again
+            for line in iter(proc.stderr.readline, ""):  # bounded: the scan ends itself
+                lines.append(line)
+                if "identifying:" in line:
+                    break
+            proc.send_signal(signal.SIGINT)
+            lines.append(proc.stderr.readline())
+            proc.send_signal(signal.SIGINT)
+            _out, rest = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    said = "".join(lines) + rest
+    # Then each says what it does, the scan exits 130, and every port is stored
+    assert "progress: ports scanned; identifying: " in said, said
+    assert "interrupt again to store them unidentified now" in said, said
+    assert "stopping: storing what is left unidentified" in said, said
+    assert proc.returncode == 130, said
+    assert "Traceback" not in said
+    result = run_cli("report", "list", "--format", "json", store=store, timeout=60)
+    assert sorted(r["port"] for r in json.loads(result.stdout)) == ports

@@ -131,3 +131,45 @@ def test_two_ctrl_c_during_identification_keep_ports_incomplete_and_change_nothi
     # attributes are not compared: no invented service change, nothing closed
     assert _status(store, second.scan_id) == ["completed"]
     assert second.change_events == []
+
+
+class TwoInterruptsOnceIdentifying(EmbeddedRunner):
+    """Interrupts itself twice, 0.3 s apart, once the first port is being identified:
+    by then discovery is waiting for room in the identify queue."""
+
+    armed = True
+
+    async def _identify(self, port: OpenPort, stats: ScanStats) -> Finding | None:
+        if self.armed:
+            self.armed = False
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, self.interrupt)
+            loop.call_later(0.6, self.interrupt)
+        return await super()._identify(port, stats)
+
+
+def test_a_second_interrupt_while_discovery_waits_for_the_queue_stores_every_port(
+        store) -> None:  # type: ignore[no-untyped-def]
+    # Given 120 ports that accept and never speak, found far faster than two workers
+    # identify them through a queue of 8
+    with contextlib.ExitStack() as stack:
+        ports = sorted(stack.enter_context(loopback.listen(loopback.silent(10),
+                                                           addresses=(HOST,))).port
+                       for _ in range(120))
+        ctx = make_context(banner_wait=1.5, identify_budget=4, use_nmap_probes=False,
+                           tls_enumeration=False)
+        runner = TwoInterruptsOnceIdentifying(store, lambda _shard: ConnectEngine(), ctx,
+                                              identify_workers=2, queue_size=8,
+                                              batch_seconds=0.2)
+        plan = ScanPlan.build(new_scan_id(), 0, [TARGET],
+                              tuple(PortRange(p, p) for p in ports), ())
+        # When the scan is interrupted twice while discovery waits for room (before: it
+        # waited forever, deaf to any further signal, and a kill -9 lost every port);
+        # the bound is a hang guard, not a timing
+        stats = asyncio.run(asyncio.wait_for(runner.run(plan), 120))
+    # Then it ends, and every port found is stored, those not identified saying so
+    assert stats.interrupted
+    stored = _stored(store, stats.scan_id)
+    assert sorted(stored) == ports
+    cut = [extra for _service, method, extra in stored.values() if method == "unidentified"]
+    assert len(cut) >= len(ports) - 4 and all(e.startswith(INCOMPLETE) for e in cut)
