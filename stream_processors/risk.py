@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -56,6 +57,31 @@ def load_catalogue(path: str | None = None) -> dict[str, CatalogueEntry]:
     }
 
 
+@cache
+def load_product_services(path: str | None = None) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """The catalogue's ``products`` (a product prefix -> the service whose colour it
+    takes; "" keeps the port's own), longest prefix first."""
+    file = path or data_path("risk_catalogue.yaml")
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data: dict[str, Any] = yaml.safe_load(fh)
+    except OSError:
+        return ()  # said once by load_catalogue
+    pairs = sorted(((str(k).lower(), str(v or "").lower())
+                    for k, v in (data.get("products") or {}).items()),
+                   key=lambda kv: -len(kv[0]))
+    return tuple((re.compile(rf"{re.escape(prefix)}\b", re.I), service)
+                 for prefix, service in pairs)
+
+
+def _product_service(product: str) -> str:
+    """The catalogue service a product stands for ("" none)."""
+    for pattern, service in load_product_services():
+        if pattern.match(product):
+            return service
+    return ""
+
+
 def _base_service(service: str) -> str:
     """``ssl/http`` -> ``http``; ``http-proxy`` stays; nmap's ``?`` suffix dropped."""
     name = service.lower().rstrip("?")
@@ -77,7 +103,14 @@ def color_for(finding: Finding, cdn: CdnVerdict | None = None) -> tuple[RiskColo
         return RiskColor.YELLOW, "service not identified"
     name = _base_service(service.service)
     catalogue = load_catalogue()
-    entry = catalogue.get(name)
+    # An HTTP API that is a database or a control plane is coloured as what it is (an
+    # open Elasticsearch or Docker API read green, like a web page: a review, 2026-12-06)
+    product_service = _product_service(service.product) if service.product else ""
+    entry = catalogue.get(product_service) if product_service else None
+    if entry is not None:
+        name = product_service
+    else:
+        entry = catalogue.get(name)
     if entry is None and service.is_tls and name in ("http", "www"):
         entry = catalogue.get("https")
     if entry is None:

@@ -394,3 +394,24 @@ def test_a_title_past_the_first_read_of_the_page_is_found() -> None:
         info = _identify("127.0.0.1", listener.port)
     assert info.http_title == "Late Title"
 
+
+
+@pytest.mark.parametrize(("server_header", "product"), [
+    ("Docker/24.0.7 (linux)", "Docker"), ("CouchDB/3.3.2 (Erlang OTP/25)", "CouchDB")])
+def test_an_api_server_found_by_its_server_header_is_red(server_header: str,
+                                                         product: str) -> None:
+    # Given a real HTTP server answering as a Docker API or a CouchDB would, through the
+    # stage both transports run (identification, then risk)
+    from schemas.records import OpenPort, RiskColor, Target
+    from stream_processors.stages import identify_port, make_context
+
+    ctx = make_context(banner_wait=1.0, identify_budget=8, use_nmap_probes=False,
+                       tls_enumeration=False)
+    with loopback.listen(loopback.http_handler(server_header)) as server:
+        finding = asyncio.run(identify_port(OpenPort(
+            scan_id="s", target=Target("127.0.0.1", "127.0.0.1"), port=server.port), ctx))
+    # Then it is red for what it is (before: green, "web server; meant to be public")
+    assert finding is not None
+    assert (finding.service.service, finding.service.product) == ("http", product)
+    assert finding.risk_color is RiskColor.RED
+    assert "web server" not in finding.risk_reason

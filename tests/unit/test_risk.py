@@ -171,6 +171,38 @@ def test_reasons_say_why() -> None:
     assert color_for(finding("redis"))[1] == load_catalogue()["redis"].reason
 
 
+@pytest.mark.parametrize(("service", "product", "is_tls", "as_service"), [
+    # portwatch's own probes' names (app_protocols, the Server header)...
+    ("http", "Elasticsearch", False, "elasticsearch"),
+    ("https", "Kubernetes API server", True, "kubernetes"),
+    ("http", "Docker", False, "docker"),
+    # ... and nmap's match lines'
+    ("http", "Elasticsearch REST API", False, "elasticsearch"),
+    ("http", "Docker remote API", False, "docker"),
+    ("http", "Docker Swarm", False, "docker-swarm"),
+    ("http", "CouchDB httpd", False, "couchdb"),
+    ("http", "MiniServ", False, "webmin"),
+    ("http", "InfluxDB http admin", False, "influxdb"),
+    ("http", "MongoDB http console", False, "mongodb"),
+])
+def test_an_http_api_that_is_a_database_or_control_plane_is_coloured_as_such(
+        service: str, product: str, is_tls: bool, as_service: str) -> None:
+    # An open Elasticsearch or Docker API read green, "web server; meant to be public"
+    # (a review, 2026-12-06)
+    f = finding(service, is_tls=is_tls)
+    f = f.with_(service=ServiceInfo(service=service, product=product, is_tls=is_tls))
+    entry = load_catalogue()[as_service]
+    assert color_for(f) == (entry.color, entry.reason)
+    assert entry.color is RiskColor.RED
+
+
+@pytest.mark.parametrize("product", ["nginx", "Elasticsearch Kibana", "Docker Registry",
+                                     "Dockerfile linter", "etcdish", ""])
+def test_other_products_keep_their_services_colour(product: str) -> None:
+    f = finding("http").with_(service=ServiceInfo(service="http", product=product))
+    assert color_for(f) == (RiskColor.GREEN, load_catalogue()["http"].reason)
+
+
 def test_weak_tls_raises_green_to_yellow_but_never_lowers_red() -> None:
     color, reason = color_for(finding("https", is_tls=True, tls_grade="weak"))
     assert color is RiskColor.YELLOW
