@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -505,3 +506,53 @@ def test_fd_budget_respects_the_soft_limit() -> None:
     budget = fd_budget(10**9)
     assert 1 <= budget <= soft - len(open_fds())
     assert fd_budget(3) == 3
+
+
+@contextlib.contextmanager
+def resetting_listeners(host: str, count: int) -> Iterator[list[int]]:
+    """``count`` listeners on ``host`` that accept each connection and reset it at once
+    (SO_LINGER 0), all served by one thread."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    socks = []
+    for _ in range(count):
+        sock = _socket(socket.AF_INET)
+        sock.bind((host, 0))
+        sock.listen(64)
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        socks.append(sock)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            for key, _ in selector.select(0.05):
+                with contextlib.suppress(OSError):
+                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                    conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sorted(s.getsockname()[1] for s in socks)
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in socks:
+            s.close()
+        selector.close()
+
+
+def test_a_port_that_accepts_then_resets_is_open() -> None:
+    # Given 200 listeners that accept and reset at once (a TCP wrapper refusing the
+    # client): the handshake completed, so each port is open
+    with resetting_listeners("127.0.0.1", 200) as ports:
+        found, progress = run_scan(ConnectEngine(timeout=1.0), shard_for("127.0.0.1",
+                                                                        ports=ports))
+    # Then every one is found, none "could not be tested" (before: the reset, read from
+    # SO_ERROR or raised by getpeername, made most of them errors, and crashed a sweep)
+    assert sorted(e.port for e in found) == ports
+    assert (progress.open_found, progress.errors) == (200, 0)
