@@ -123,7 +123,8 @@ class Settings:
                                    group="tls")
     # -- shards and the tarpit rule
     tarpit_threshold: int = setting(1000, "open ports per host beyond which it 'answers on every "
-                                    "port'", group="shards")
+                                    "port' (or over half the ports scanned, once >= 128)",
+                                    group="shards")
     shard_ports: int = setting(65_535, "ports per shard: a whole host sweep, so tarpits are "
                                "judged whole", group="shards")
     shard_hosts: int = setting(16, "hosts per shard: enough to keep masscan busy, small to retry",

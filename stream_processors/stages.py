@@ -217,6 +217,21 @@ class ShardOutcome:
         ]
 
 
+# A host answering on more than half the ports scanned on it, once that is at least
+# TARPIT_MIN_OPEN ports, answers on every port too: the absolute threshold alone never
+# fired for the UDP top 1,000 or a --ports range of 1,000 or fewer (a junk-answering
+# host stored 1,000 findings, 28 of them "high" changes).
+TARPIT_SHARE = 2  # more than 1/2 of the ports scanned
+TARPIT_MIN_OPEN = 128
+
+
+def tarpit_threshold_for(threshold: int, ports_per_host: int) -> int:
+    """The open-port count beyond which a host of a shard scanning ``ports_per_host``
+    ports is flagged: ``threshold``, or half its ports when that is lower (never below
+    TARPIT_MIN_OPEN: ``--ports 22,80,443`` all open is an ordinary host)."""
+    return max(1, min(threshold, max(TARPIT_MIN_OPEN, ports_per_host // TARPIT_SHARE)))
+
+
 async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progress, *,
                          tarpit_threshold: int = 1000,
                          stop: asyncio.Event | None = None) -> ShardOutcome:
@@ -230,7 +245,8 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
     ``stop`` (Ctrl-C) ends the engine early and keeps what it had found.
     """
     outcome = ShardOutcome(shard, utcnow())
-    detector = TarpitDetector(tarpit_threshold, max_held=0)
+    detector = TarpitDetector(tarpit_threshold_for(tarpit_threshold, shard.port_count),
+                              max_held=0)
     admitted: list[OpenPort] = []
     candidates: list[OpenPort] = []
     scan = engine.scan(shard, progress)

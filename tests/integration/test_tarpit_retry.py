@@ -61,3 +61,30 @@ def test_a_dead_first_attempt_does_not_let_a_tarpits_ports_through() -> None:
     assert 22 in {p.port for p in outcome.ports}
     [scan] = outcome.host_scans()
     assert scan.is_tarpit and scan.open_ports == len(outcome.ports) < 100
+
+
+def test_a_host_answering_on_every_port_of_a_narrow_range_is_a_tarpit() -> None:
+    # Given a namespace host whose every port SYN-ACKs, scanned over 1,000 ports with the
+    # default threshold of 1,000 (it could never pass it: 1,000 fake ports went to
+    # identification, and a junk-answering UDP host stored 1,000 findings)
+    with netns.test_host(INDEX + 1, tcp_banners={22: b"SSH-2.0-OpenSSH_9.2p1\r\n"},
+                         syn_ack_all=True) as host:
+        target = Target(ip=host.addresses[0], target=host.addresses[0])
+        plan = ScanPlan.build("s-narrow", 0, [target], (PortRange(1, 1000),), ())
+        shard = next(plan.plans[0].shards())
+        outcome = asyncio.run(discover_with_retries(shard, lambda _s: ConnectEngine(),
+                                                    attempts=1, tarpit_threshold=1000))
+    # Then it is flagged (more than half of what was scanned answered), and only its
+    # well-known candidates go on
+    assert target.ip in outcome.tarpit_notes
+    assert {p.port for p in outcome.ports} <= TARPIT_CANDIDATES and 22 in {
+        p.port for p in outcome.ports}
+
+
+@pytest.mark.parametrize(("threshold", "ports", "expected"), [
+    (1000, 65_535, 1000), (1000, 1000, 500), (1000, 200, 128), (1000, 3, 128),
+    (50, 1000, 50), (5000, 65_535, 5000)])
+def test_the_threshold_for_a_shard(threshold: int, ports: int, expected: int) -> None:
+    from stream_processors.stages import tarpit_threshold_for
+
+    assert tarpit_threshold_for(threshold, ports) == expected
