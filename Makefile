@@ -15,8 +15,9 @@ STAMPS := .cache/stamps
 # (postfix, dovecot), LDAP (slapd), XMPP (prosody), IRC (inspircd), NNTP (inn2's nnrpd)
 # and MQTT (mosquitto) for STARTTLS and identification; ndiff is nmap's scan differ, the anchor of bench/history. xrdp,
 # rabbitmq-server, snmpd, samba, memcached, lighttpd and tinyproxy: real daemons that
-# identification depth (issue 15) is tested and benchmarked against.
-APT_PACKAGES := masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
+# identification depth (issue 15) is tested and benchmarked against. python3-venv: `make`
+# builds .venv with it (Debian 12 leaves ensurepip out of python3).
+APT_PACKAGES := python3-venv masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
 	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin \
 	postfix dovecot-imapd dovecot-pop3d dovecot-managesieved slapd ldap-utils prosody \
@@ -31,22 +32,8 @@ $(STAMPS):
 
 .PHONY: apt
 apt: $(STAMPS)/apt ## Install the Debian packages (masscan, nmap, servers for tests)
-$(STAMPS)/apt: Makefile | $(STAMPS)
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  { DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
-	    { [ -f /etc/news/inn.conf ] && \
-	      echo "configuring inn2 with domain localdomain (its postinst needs a domain this host lacks)" && \
-	      $$SUDO sed -i 's/^#domain:.*/domain:                      localdomain/' /etc/news/inn.conf && \
-	      DEBIAN_FRONTEND=noninteractive $$SUDO dpkg --configure -a >/dev/null; }; } && \
-	  for p in $$missing; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || \
-	    { echo "Debian package $$p did not install" >&2; exit 1; }; done; \
-	fi
+$(STAMPS)/apt: Makefile deploy/local/apt-install.sh | $(STAMPS)
+	@deploy/local/apt-install.sh $(APT_PACKAGES)
 	@touch $@
 
 .PHONY: venv

@@ -70,7 +70,7 @@ def _web_sql(name: str) -> str:
     return web_sql(name)
 
 
-RISK_OVER_TIME = """SELECT toDateTime(day) AS time,
+RISK_OVER_TIME = """SELECT toDateTime(day, 'UTC') AS time,
        round(avg(risk_score), 1) AS `average score`,
        max(risk_score) AS `worst score`
 FROM (

@@ -25,9 +25,10 @@ if [[ "$(installed_version)" == "${HELM_VERSION}" ]]; then
 fi
 
 # The machine's Go lives in /usr/local/go (Debian 12's golang, 1.19, is too old for helm
-# v3.16); a non-login shell such as CI's may not have it on PATH.
-[ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:${PATH}"
-command -v go >/dev/null 2>&1 || { echo "install-helm: Go is required (apt-get install golang or go.dev)" >&2; exit 1; }
+# v3.16; a non-login shell such as CI's may not have it on PATH); without one, Go's own
+# toolchain module from the module proxy (go-toolchain.sh)
+source "$(dirname "${BASH_SOURCE[0]}")/go-toolchain.sh"
+ensure_go || { echo "install-helm: a Go >= 1.22 is required" >&2; exit 1; }
 
 mkdir -p "${BIN_DIR}"
 # Outside any Go module: the go commands below must not read or touch a go.mod.

@@ -15,8 +15,8 @@ if [[ -x "${BIN}" ]] && [[ -z "$(find "${SRC}" -newer "${BIN}" -type f)" ]]; the
     echo "kubecheck already at ${BIN}"
     exit 0
 fi
-[ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:${PATH}"
-command -v go >/dev/null 2>&1 || { echo "install-kubecheck: Go is required" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/go-toolchain.sh"
+ensure_go || { echo "install-kubecheck: a Go >= 1.22 is required" >&2; exit 1; }
 mkdir -p "$(dirname "${BIN}")"
 cd "${SRC}"
 # -mod=readonly: the committed go.mod/go.sum decide every module; nothing is re-resolved.

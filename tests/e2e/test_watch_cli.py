@@ -110,7 +110,8 @@ def test_watch_once_scans_records_the_run_and_is_not_due_again(tmp_path: Path) -
     store = f"chdb://{tmp_path / 'store'}"
     with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener, \
             webhook_receiver(SECRET.encode()) as receiver:
-        sched = schedules(tmp_path, listener.port)
+        # (yearly: an hourly entry became due again when the test crossed a full hour)
+        sched = schedules(tmp_path, listener.port, "0 0 1 1 *")
         rules = alerts(tmp_path, receiver.url)
         # When watch --once runs a never-run entry
         first = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
