@@ -1,5 +1,7 @@
 -- Products report: product and version with the number of instances (open
--- ports running it) and of distinct targets, over the current findings.
+-- ports running it) and of distinct target addresses (hosts: the addresses of a CIDR or
+-- a name count one each, one address under two spellings once), over the current
+-- findings.
 -- Drill-down: `portwatch report list --product P [--product-version V]`.
 WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest), as in the
@@ -15,7 +17,7 @@ SELECT
     min(f.version) AS version,
     arrayStringConcat(arraySort(groupUniqArray(f.service)), ',') AS services,
     count() AS instances,
-    uniqExact(f.target) AS targets,
+    uniqExact(f.ip) AS targets,
     arrayStringConcat(arraySort(groupUniqArray(f.risk_color)), ',') AS colors
 FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip

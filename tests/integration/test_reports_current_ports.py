@@ -444,3 +444,21 @@ def test_overlapping_scans_split_port_by_port_in_the_summary_as_in_the_list(
     assert [r["ip"] for r in store.report("summary", {"color": "red"}).dicts()] == ["127.0.0.9"]
     assert [r["ip"] for r in store.report("summary", {"port": 6379}).dicts()] == ["127.0.0.9"]
     assert store.report("summary", {"port": 443}).rows == []
+
+
+def test_products_count_the_hosts_of_a_block_each_and_an_address_once(store: Any) -> None:
+    # Given two hosts of one CIDR target, each with nginx on two ports
+    block = [Target(ip=f"127.0.2.{n}", target="127.0.2.0/30") for n in (1, 2)]
+    for t in block:
+        scanned(store, t, "s1", T0, "completed",
+                [found(t, "s1", T0, p, "nginx", "1.24.0", RiskColor.GREEN) for p in (80, 443)])
+    # Then Products counts the ports, and the addresses (before: the target spellings,
+    # one per block whatever its hosts)
+    [row] = store.report("products").dicts()
+    assert (row["product"], row["instances"], row["targets"]) == ("nginx", 4, 2)
+    # And one of those addresses scanned again under its own spelling is still one host
+    alone = Target(ip="127.0.2.1", target="127.0.2.1")
+    scanned(store, alone, "s2", T0, "completed",
+            [found(alone, "s2", T0, 80, "nginx", "1.24.0", RiskColor.GREEN)])
+    [row] = store.report("products").dicts()
+    assert (row["instances"], row["targets"]) == (5, 2)
