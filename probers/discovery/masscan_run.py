@@ -36,8 +36,8 @@ MASSCAN_COOKIE_UDP_PORTS = frozenset({53, 123, 137, 161, 5683, 11211, 16464, 164
 STARTUP_SECONDS = 3.0  # masscan's own start (pcap open, ARP) before the first probe
 KILL_GRACE = 0.5  # after the end wait, before SIGKILL
 DEADLINE_MARGIN = 5.0
-_DISCOVERED = re.compile(rb"Discovered open port (\d+)/(tcp|udp) on ([0-9A-Fa-f:.]+)")
-_STATUS = re.compile(rb"(\d+(?:\.\d+)?)% done")
+_DISCOVERED = re.compile(rb"Discovered open port (\d{1,5})/(tcp|udp) on ([0-9A-Fa-f:.]{2,45})")
+_STATUS = re.compile(rb"(\d{1,3}(?:\.\d+)?)% done")
 
 
 def prepare_nmap_payloads(source: str, dest: str) -> int:
@@ -213,11 +213,14 @@ class MasscanRun:
                     with contextlib.suppress(asyncio.CancelledError):
                         await read
                     break
-                line = read.result()
+                try:
+                    line = read.result()
+                except ValueError:  # a line past the reader's 64 KiB: dropped, not fatal
+                    continue
                 if not line:
                     break
                 m = _DISCOVERED.search(line)
-                if m:
+                if m and 0 < int(m.group(1)) <= 65535:  # a broken masscan's 70000 is none
                     yield Discovery(
                         ip=m.group(3).decode(),
                         port=int(m.group(1)),
@@ -287,7 +290,7 @@ class MasscanRun:
                     continue
                 m = _STATUS.search(text)
                 if m:
-                    pct = float(m.group(1))
+                    pct = min(float(m.group(1)), 100.0)
                     self.outcome.percent_done = max(self.outcome.percent_done, pct)
                     if pct >= 100.0 and self._done_at is None:
                         self._done_at = time.monotonic()
