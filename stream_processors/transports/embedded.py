@@ -124,6 +124,11 @@ class ScanStats:
         done.errors += progress.errors
         done.notes.extend(progress.notes)
 
+    def forget_open(self, count: int) -> None:
+        """Take back ``count`` open ports counted twice (a shard's retried attempts)."""
+        if count > 0:
+            self._done_shards.open_found = max(0, self._done_shards.open_found - count)
+
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -389,9 +394,12 @@ class EmbeddedRunner:
         await asyncio.to_thread(self.store.insert_host_scans,
                                 ShardOutcome(shard, utcnow()).host_scans("running"))
 
+        attempts: list[Progress] = []
+
         @contextlib.contextmanager
         def attempt_progress() -> Iterator[Progress]:
             progress = stats.shard_started(shard.probe_count)
+            attempts.append(progress)
             try:
                 yield progress
             finally:
@@ -401,6 +409,11 @@ class EmbeddedRunner:
             shard, self.engine_for, attempts=self.shard_attempts,
             tarpit_threshold=self.tarpit_threshold, stop=self._stop_discovery,
             progress=attempt_progress)
+        # A retry finds again what the failed attempt found: the shard's open count is
+        # the union (the most any attempt saw per host), not their sum (986 'open' for
+        # 493 ports found twice)
+        stats.forget_open(sum(p.open_found for p in attempts)
+                          - sum(outcome.open_seen.values()))
         if outcome.error:
             stats.errors.append(outcome.error)
             if not outcome.is_interrupted:
