@@ -364,9 +364,38 @@ def _printable(raw: bytes) -> bytes:
 
 
 def _decode(raw: bytes) -> str:
-    # Strip control characters: these strings end up in terminals, HTML and SQL.
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(ch for ch in text if ch.isprintable())
+    """A group's bytes as text: UTF-8 where it is, a byte that is not as ``\\xNN``, and a
+    literal backslash doubled, so that the banner's own text ``1.0\\xff`` never reads
+    as the byte 0xff (as ``banners.sanitize`` writes). Control characters are dropped:
+    these strings end up in terminals, HTML and SQL."""
+    text = raw.decode("utf-8", "surrogateescape")
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+    return "".join(out)
+
+
+# One unit of a rendered value: an escape (\xNN, a doubled backslash, a CPE's %NN) or one
+# character. A value is cut between units, never inside one (a CPE ending in "%3").
+_UNIT = re.compile(r"\\x[0-9a-f]{2}|\\\\|%[0-9a-f]{2}|.", re.S)
+
+
+def _cut(text: str, limit: int = 0) -> str:
+    """``text`` cut to at most ``limit`` (MAX_FIELD) characters, on a unit boundary."""
+    limit = limit or MAX_FIELD
+    if len(text) <= limit:
+        return text
+    end = 0
+    for unit in _UNIT.finditer(text):
+        if unit.end() > limit:
+            break
+        end = unit.end()
+    return text[:end]
 
 
 _CPE_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789._-~")
@@ -455,13 +484,13 @@ class MatchRule:
         values: dict[str, str] = {}
         for name, segments in self.templates:
             try:
-                values[name] = render(segments, m)[:MAX_FIELD]
+                values[name] = _cut(render(segments, m))
             except TemplateError:
                 values[name] = ""  # nmap drops a template it cannot fill
         cpes: list[str] = []
         for segments in self.cpes:
             try:
-                cpes.append("cpe:/" + render(segments, m, is_cpe=True)[:MAX_FIELD])
+                cpes.append("cpe:/" + _cut(render(segments, m, is_cpe=True)))
             except TemplateError:
                 continue
         return Match(

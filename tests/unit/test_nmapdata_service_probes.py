@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from probers.nmapdata import NmapDataError, NmapDataUnavailable, data_file
 from probers.nmapdata.service_probes import (
@@ -416,3 +418,36 @@ def test_installed_database_identifies_a_banner_we_wrote() -> None:
         "9.9p1",
     )
     assert "cpe:/a:openbsd:openssh:9.9p1" in outcome.match.cpes
+
+
+# -- template values: escapes are whole and unambiguous -----------------------------------
+
+def test_a_literal_backslash_cannot_fake_an_escaped_byte() -> None:
+    from probers.nmapdata.service_probes import _decode
+
+    # the byte 0xff and the banner's own four characters \xff read differently
+    assert _decode(b"1.0\xff") == "1.0\\xff"
+    assert _decode(b"1.0\\xff") == "1.0\\\\xff"
+    assert _decode("Ünï".encode()) == "Ünï"
+    assert _decode(b"a\x1b[31mb\x00") == "a[31mb"
+
+
+@pytest.mark.parametrize("value", ["x" + "%3a" * 100, "a" + "\\xff" * 100, "b" + "\\\\" * 200])
+def test_a_long_value_is_cut_between_escapes(value: str) -> None:
+    from probers.nmapdata.service_probes import MAX_FIELD, _cut
+
+    cut = _cut(value)
+    assert len(cut) <= MAX_FIELD and value.startswith(cut)
+    # before: "...%3a%3" and "...\\xf", broken escapes at the cap
+    assert re.fullmatch(r"[^%\\]*(?:%[0-9a-f]{2}|\\x[0-9a-f]{2}|\\\\)*", cut), cut[-8:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoded_and_cut_values_are_printable_whole_and_bounded(raw: bytes) -> None:
+    from probers.nmapdata.service_probes import MAX_FIELD, _cut, _decode
+
+    text = _cut(_decode(raw))
+    assert len(text) <= MAX_FIELD and text.isprintable()
+    # every backslash starts a whole escape: \xNN or a doubled backslash
+    assert re.fullmatch(r"(?:[^\\]|\\x[0-9a-f]{2}|\\\\)*", text), text[-8:]
