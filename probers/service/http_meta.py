@@ -146,9 +146,11 @@ def has_whole_length(data: bytes) -> bool:
 
 
 def _clean(text: str, cap: int) -> str:
-    """Entities decoded, whitespace folded, then sanitized like any banner."""
+    """Entities decoded, whitespace folded, then sanitized like a banner read as UTF-8:
+    a Cyrillic or accented title stays readable (as \\xNN escapes of its bytes, a
+    52-letter Russian title kept 30 unreadable characters), controls still escaped."""
     folded = _SPACES.sub(" ", html.unescape(text)).strip()
-    return sanitize(folded.encode("utf-8", "replace"), cap)
+    return sanitize(folded.encode("utf-8", "replace"), cap, utf8=True)
 
 
 def _title_bytes(page: bytes) -> bytes | None:
@@ -176,7 +178,6 @@ def page_title(body: bytes) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
-    # Non-ASCII stays readable as \\xNN escapes of its UTF-8 (sanitize keeps ASCII only).
     return _clean(text, TITLE_CAP)
 
 

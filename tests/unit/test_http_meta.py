@@ -247,3 +247,15 @@ def test_a_whole_body_is_exactly_its_declared_length(lead: bytes, length: int,
     if response.is_whole:
         assert len(response.body) == length
 
+
+
+@pytest.mark.parametrize(("page", "title"), [
+    ("<title>Главная страница компании — вход для сотрудников</title>".encode(),
+     "Главная страница компании — вход для сотрудников"),
+    (b"<title>Caf\xe9 cr\xe8me</title>", "Café crème"),  # Latin-1, read as such
+    ("<title>a\u202eb\u0085c</title>".encode(), "a\\u202eb c"),  # escaped, NEL a space
+])
+def test_a_title_in_another_script_stays_readable(page: bytes, title: str) -> None:
+    # before: every non-ASCII byte became \\xNN, so a Russian title kept ~30 unreadable
+    # characters of its 256, and Latin-1's é became the UTF-8 escapes \\xc3\\xa9
+    assert page_title(page) == title
