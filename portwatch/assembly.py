@@ -212,8 +212,22 @@ class Assembly:
         s = self.settings
         plan = ScanPlan.build(scan_id or new_scan_id(), default_seed if seed is None else seed,
                               work.targets, work.tcp_ports, work.udp_ports,
-                              hosts_per_shard=s.shard_hosts, ports_per_shard=s.shard_ports)
+                              hosts_per_shard=s.shard_hosts, ports_per_shard=s.shard_ports,
+                              udp_shard=self.udp_shard(sum(len(r) for r in work.udp_ports)))
         return plan, plan.start(saved)
+
+    def udp_shard(self, udp_ports: int) -> tuple[int, int]:
+        """(hosts, ports) per UDP shard: at most shard_hosts x shard_ports, and few enough
+        probes that the shard fits half its deadline at the UDP rate, every port retried
+        (a shard over its deadline fails every attempt, and no rerun gets past it:
+        `--udp 1-65535` on 5 hosts needed 655 s of a 600 s deadline)."""
+        s = self.settings
+        if s.udp_deadline <= 0 or udp_ports <= 0:
+            return s.shard_hosts, s.shard_ports
+        budget = max(1, int(s.udp_deadline * 0.5 * s.udp_rate / (1 + s.udp_retries)))
+        ports = min(s.shard_ports, budget)
+        hosts = min(s.shard_hosts, max(1, budget // min(udp_ports, ports)))
+        return hosts, ports
 
     # -- discovery ------------------------------------------------------------------------
 

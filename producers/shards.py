@@ -126,9 +126,14 @@ class ScanPlan:
     def build(cls, scan_id: str, seed: int, targets: Sequence[Target],
               tcp_ports: Sequence[PortRange], udp_ports: Sequence[PortRange], *,
               hosts_per_shard: int = DEFAULT_HOSTS_PER_SHARD,
-              ports_per_shard: int = DEFAULT_PORTS_PER_SHARD) -> ScanPlan:
+              ports_per_shard: int = DEFAULT_PORTS_PER_SHARD,
+              udp_shard: tuple[int, int] | None = None) -> ScanPlan:
+        """``udp_shard``: (hosts, ports) per UDP shard when they differ from TCP's (a UDP
+        shard must fit its deadline at the UDP rate)."""
+        udp_hosts, udp_ports_per = udp_shard or (hosts_per_shard, ports_per_shard)
         plans = [ShardPlan(scan_id, tuple(targets), tuple(ports), proto, seed,
-                           hosts_per_shard, ports_per_shard)
+                           *((udp_hosts, udp_ports_per) if proto is Proto.UDP
+                             else (hosts_per_shard, ports_per_shard)))
                  for proto, ports in ((Proto.TCP, tcp_ports), (Proto.UDP, udp_ports)) if ports]
         return cls(scan_id, seed, tuple(plans))
 

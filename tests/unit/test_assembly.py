@@ -254,3 +254,27 @@ def test_only_org_keeps_one_organization_of_a_shared_inventory(tmp_path: Any) ->
     # And an organization with no target is one line, before anything is sent
     with pytest.raises(TargetError, match="^no target of organization 'Nobody'$"):
         a.scan_input([], inventory=str(inventory), only_organization="Nobody")
+
+
+@pytest.mark.parametrize(("udp", "hosts", "ports"), [
+    ("", 16, 65_535),         # the top 1,000: TCP's shard size, plan unchanged
+    ("1-65535", 1, 65_535),   # every UDP port: one host per shard fits 600 s at 500/s
+])
+def test_a_udp_shard_fits_its_deadline_at_the_udp_rate(monkeypatch: pytest.MonkeyPatch,
+                                                       udp: str, hosts: int,
+                                                       ports: int) -> None:
+    # (before: 16 hosts x 65,535 UDP ports per shard, 4,194 s of probes against a 600 s
+    # deadline: the shard failed every attempt, and a rerun failed the same way)
+    if udp:
+        monkeypatch.setenv(Settings.env_name("udp"), udp)
+    a = Assembly(Settings.from_env())
+    work = a.scan_input([f"127.0.9.{n}" for n in range(1, 21)])
+    plan, _start = a.scan_plan(work)
+    [tcp] = [p for p in plan.plans if p.proto is Proto.TCP]
+    [udp_plan] = [p for p in plan.plans if p.proto is Proto.UDP]
+    assert (tcp.hosts_per_shard, tcp.ports_per_shard) == (16, 65_535)
+    assert (udp_plan.hosts_per_shard, udp_plan.ports_per_shard) == (hosts, ports)
+    s = a.settings
+    for shard in udp_plan.shards():
+        probes = shard.probe_count * (1 + s.udp_retries)
+        assert probes / s.udp_rate <= s.udp_deadline / 2
