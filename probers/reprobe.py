@@ -104,8 +104,13 @@ async def reprobe(candidates: Iterable[ProbeKey], *, timeout: float = 3.0,
                 return  # budget spent: no answer, so nothing is closed on a guess
             ip, proto, port = key
             wait = min(timeout, left)
-            answers[key] = await (_udp(ip, port, wait) if proto is Proto.UDP
-                                  else _tcp(ip, port, wait))
+            answer = await (_udp(ip, port, wait) if proto is Proto.UDP
+                            else _tcp(ip, port, wait))
+            # Silence within less than the full timeout (the deadline cut it short) is no
+            # answer: a lost SYN is retransmitted after ~1 s, and a port read SILENT there
+            # was closed on a guess (probes late in a big batch got a fraction of a second)
+            if answer is not Answer.SILENT or wait >= timeout:
+                answers[key] = answer
 
     tasks = [asyncio.create_task(one(k)) for k in wanted]
     try:
