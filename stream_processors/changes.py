@@ -111,6 +111,9 @@ class PortSnapshot(NamedTuple):
     # the JARM TLS fingerprint ("" not tested). A change is a product_changed-class event.
     favicon: str = ""
     jarm: str = ""
+    # When this snapshot was last written to the state (port_state.updated_at): the time
+    # its certificate was last judged, for "crossed a threshold since" (EPOCH: not yet)
+    seen_at: datetime = EPOCH
 
     @property
     def key(self) -> PortKey:
@@ -295,10 +298,12 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     out: list[ChangeEvent] = []
     if before.service != after.service:
         out.append(event(ChangeKind.SERVICE_CHANGED, after, before.service, after.service))
+    # One product_changed per port and scan (the changes table keeps one row per kind):
+    # the product, a new favicon and a new TLS stack are its parts, said together
+    faces: list[tuple[str, str]] = []
     if before.product != after.product:
-        out.append(event(ChangeKind.PRODUCT_CHANGED, after,
-                         f"{before.product} {before.version}".strip(),
-                         f"{after.product} {after.version}".strip()))
+        faces.append((f"{before.product} {before.version}".strip(),
+                      f"{after.product} {after.version}".strip()))
     elif before.version != after.version:
         out.append(event(ChangeKind.VERSION_CHANGED, after, before.version, after.version))
     # The same software answering with another face: a new favicon or another TLS stack,
@@ -306,12 +311,12 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     # is no event: a fetch that timed out, was reset or ran out of budget looks the same
     # as a site without one, and a flaky fetch alerted twice (gone, then back).
     if before.favicon and after.favicon and before.favicon != after.favicon:
-        out.append(event(ChangeKind.PRODUCT_CHANGED, after,
-                         f"favicon {before.favicon or 'none'}",
-                         f"favicon {after.favicon or 'none'}"))
+        faces.append((f"favicon {before.favicon}", f"favicon {after.favicon}"))
     if before.jarm and after.jarm and before.jarm != after.jarm:
-        out.append(event(ChangeKind.PRODUCT_CHANGED, after, f"JARM {before.jarm}",
-                         f"JARM {after.jarm}"))
+        faces.append((f"JARM {before.jarm}", f"JARM {after.jarm}"))
+    if faces:
+        out.append(event(ChangeKind.PRODUCT_CHANGED, after, "; ".join(b for b, _ in faces),
+                         "; ".join(a for _, a in faces)))
     rank_before = _COLOR_RANK.get(before.risk_color, 1)
     rank_after = _COLOR_RANK.get(after.risk_color, 1)
     if rank_after != rank_before:
@@ -325,6 +330,30 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     if before.cert_sha256 and after.cert_sha256 and before.cert_sha256 != after.cert_sha256:
         out.append(event(ChangeKind.CERT_CHANGED, after, before.cert_sha256, after.cert_sha256))
     return out
+
+
+def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
+    """``new`` as the port's next state, keeping what this scan could not learn: the last
+    completed TLS result (a probe that errored alongside a version bump made the error the
+    state, and TLS and certificate changes were never compared again), the favicon and
+    the JARM fingerprint when this scan has none."""
+    done = ProbeStatus.COMPLETED.value
+    if new.tls_status != done and old.tls_status == done:
+        new = new._replace(tls_status=old.tls_status, tls_versions=old.tls_versions,
+                           weak_suites=old.weak_suites, tls_grade=old.tls_grade,
+                           cert_sha256=new.cert_sha256 or old.cert_sha256,
+                           cert_not_after=(new.cert_not_after if new.cert_sha256
+                                           else old.cert_not_after))
+    if not new.favicon and old.favicon:
+        new = new._replace(favicon=old.favicon)
+    if not new.jarm and old.jarm:
+        new = new._replace(jarm=old.jarm)
+    return new
+
+
+def _is_near_expiry(s: PortSnapshot, now: datetime) -> bool:
+    """Its certificate is within the loosest expiry threshold (or expired)."""
+    return s.cert_not_after != EPOCH and s.cert_not_after - now <= _LOOSEST
 
 
 def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: datetime | None,
@@ -408,9 +437,12 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
 
     host_answered = bool(scan.ports) or any(
         reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED) for k in candidates)
-    # Unreachable only on evidence: every candidate was re-probed and none answered.
-    is_silent = bool(candidates) and all(
-        reprobes.get(k) is ProbeAnswer.SILENT for k in candidates)
+    # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
+    # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
+    # UDP shard compared alone took a live host for unreachable and hid its ports.
+    tcp_candidates = [k for k in candidates if k[0] is Proto.TCP]
+    is_silent = bool(tcp_candidates) and all(
+        reprobes.get(k) is ProbeAnswer.SILENT for k in tcp_candidates)
     if previous is not None and is_silent and not host_answered:
         if previous.is_reachable:
             events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
@@ -426,29 +458,40 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         if _is_closed(key, reprobes.get(key)):
             events.append(event(ChangeKind.CLOSED, old, old.describe(), "closed"))
             next_ports[key] = old._replace(is_open=False, changed_at=now)
-    previous_at = previous.finished_at if previous else None
+    host_at = previous.finished_at if previous else None
     for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
         new = scan.ports[key]
         old_port = before_ports.get(key)
         if old_port is None:
             events.append(event(ChangeKind.OPENED, new, "", new.describe()))
-            next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen)
+            next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
+                                           seen_at=now)
         elif not old_port.is_open:
             events.append(event(ChangeKind.REOPENED, new,
                                 f"closed {old_port.changed_at.isoformat()}", new.describe()))
-            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen)
+            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
+                                           seen_at=now)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         else:
             changed = _port_events(old_port, new, event)
             if changed:
                 events.extend(changed)
-                next_ports[key] = new._replace(changed_at=old_port.changed_at,
-                                          first_seen=old_port.first_seen)
+                next_ports[key] = _keep_known(old_port, new)._replace(
+                    changed_at=old_port.changed_at, first_seen=old_port.first_seen,
+                    seen_at=now)
             # else: the stored snapshot stays (nothing compared changed; a TLS probe that
             # could not test this time keeps the last completed result to compare with)
-        events.extend(_cert_events(old_port if old_port and old_port.is_open else None, new,
-                                   previous_at, now, event))
+        # A certificate's thresholds are judged against when *this port's* certificate
+        # was last judged, not the host's last scan: a --ports 22 scan, or days
+        # unreachable, in between hid the crossing (no cert_expiring, no cert_expired)
+        judged = old_port if old_port is not None and old_port.is_open else None
+        judged_at = judged.seen_at if judged is not None and judged.seen_at > EPOCH else host_at
+        cert_events = _cert_events(judged, new, judged_at, now, event)
+        events.extend(cert_events)
+        if cert_events or _is_near_expiry(new, now):
+            # written again, so the next scan judges from now (once per threshold)
+            next_ports[key] = next_ports[key]._replace(seen_at=now)
     state = HostState(scan.target, scan.scan_id, now, True, next_ports)
     return ChangeOutcome(events, state)
 
@@ -471,8 +514,7 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
 
 def is_near_expiry(ports: Mapping[PortKey, PortSnapshot], now: datetime) -> bool:
     """True when some certificate is within the loosest expiry threshold (or expired)."""
-    return any(s.cert_not_after != EPOCH and s.cert_not_after - now <= _LOOSEST
-               for s in ports.values())
+    return any(_is_near_expiry(s, now) for s in ports.values())
 
 
 def host_views(host_scans: Iterable[HostScan],

@@ -201,7 +201,7 @@ def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
                                params):
             (target, ip, proto_text, port, is_open, service, product, version, color, cdn,
              tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
-             first_seen, _updated, favicon, jarm) = row
+             first_seen, updated, favicon, jarm) = row
             key = (target, ip)
             if key not in wanted:
                 continue  # a neighbour inside the key range, not asked for
@@ -209,7 +209,8 @@ def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
             ports.setdefault(key, {})[(proto, port)] = PortSnapshot(
                 proto, port, bool(is_open), service, product, version, color, bool(cdn),
                 tls_status, tuple(versions), tuple(weak), grade, sha, _utc(not_after),
-                scan_id, _utc(changed_at), _utc(first_seen), favicon=favicon, jarm=jarm)
+                scan_id, _utc(changed_at), _utc(first_seen), favicon=favicon, jarm=jarm,
+                seen_at=_utc(updated))
     return ports
 
 

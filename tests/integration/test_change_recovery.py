@@ -437,3 +437,61 @@ def test_an_embedded_scan_delivers_what_a_dead_run_left_then_compares_with_it(st
     assert len(stats.change_events) == len(dead) + len(own)
     assert [(e.kind, e.port) for e in own if e.kind is ChangeKind.PRODUCT_CHANGED] == [
         (ChangeKind.PRODUCT_CHANGED, port)]  # nginx (stored) -> Redis (found)
+
+
+def _web(scan_id: str, port: int, when: datetime, product: str, favicon: int, jarm: str,
+         sha: str = "", not_after: str = "") -> Finding:
+    return Finding(
+        port=OpenPort(scan_id=scan_id, target=T, port=port, observed_at=when),
+        service=ServiceInfo(service="https", product=product, version="1.0",
+                            method="banner:http", favicon_mmh3=favicon, jarm=jarm),
+        tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
+                      certificates=(Certificate(sha256=sha, not_after=not_after,
+                                                chain_position=0),) if sha else ()),
+        risk_color=RiskColor.GREEN)
+
+
+def test_a_port_whose_product_favicon_and_jarm_all_changed_keeps_its_one_event(store) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    jarm_a, jarm_b = "2ad2ad" + "0" * 56, "3fd3fd" + "1" * 56
+    _compared(store, [_web("s1", port, DAY1, "nginx", 111, jarm_a)],
+              [_host_scan("s1", DAY1, 1, [port])])
+    # When the next scan finds another product, favicon and TLS stack on the port
+    found = [_web("s2", port, DAY2, "Apache httpd", 222, jarm_b)]
+    scans = [_host_scan("s2", DAY2, 1, [port])]
+    _store_scan(store, found, scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(found)
+    events = asyncio.run(recorder.finish(scans))
+    # Then one product_changed says all three, and it is what the store keeps and a replay
+    # reads back (before: three events published, one row kept, the replay disagreed)
+    assert [(e.kind, e.before, e.after) for e in events] == [(
+        ChangeKind.PRODUCT_CHANGED, f"nginx 1.0; favicon 111; JARM {jarm_a}",
+        f"Apache httpd 1.0; favicon 222; JARM {jarm_b}")]
+    assert store.query("SELECT count() FROM changes WHERE scan_id = 's2'") == [(1,)]
+    again = asyncio.run(ChangeRecorder(store).finish(scans))
+    assert [e.event_id for e in again] == [e.event_id for e in events]
+
+
+def test_a_threshold_crossed_behind_a_narrow_scan_is_said_through_the_store(store) -> None:  # type: ignore[no-untyped-def]
+    web, ssh = free_ports(2)
+    day0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=12)
+    expires = (day0 + timedelta(days=35)).isoformat()
+    _compared(store, [_finding("d0", ssh, day0), _web("d0", web, day0, "nginx", 1, "",
+                                                       "a" * 64, expires)],
+              [_host_scan("d0", day0, 2, [ssh, web])])
+    # a scan of the ssh port only, on day 10 (the web port not looked at)
+    _compared(store, [_finding("d10", ssh, day0 + timedelta(days=10))],
+              [_host_scan("d10", day0 + timedelta(days=10), 1, [ssh])])
+    # When the full scan of day 11 sees the certificate 24 days from expiry
+    day11 = day0 + timedelta(days=11)
+    found = [_finding("d11", ssh, day11), _web("d11", web, day11, "nginx", 1, "", "a" * 64,
+                                               expires)]
+    scans = [_host_scan("d11", day11, 2, [ssh, web])]
+    _store_scan(store, found, scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(found)
+    events = asyncio.run(recorder.finish(scans))
+    # Then the 30-day threshold is said, judged from when the certificate was last seen
+    assert [(e.kind, e.port, e.after) for e in events] == [
+        (ChangeKind.CERT_EXPIRING, web, "30d")]

@@ -297,8 +297,18 @@ def test_udp_probe_answer_is_matched(own_db: ProbeDB) -> None:
 
 
 def test_udp_closed_port_reads_as_closed(own_db: ProbeDB) -> None:
+    import time
+
     port = servers.free_port(kind=socket.SOCK_DGRAM)
-    info = asyncio.run(nmap_identify(LOOPBACK, port, "udp", own_db, budget=2.0))
+    # The kernel's ICMP errors share one host-wide rate limit (icmp_msgs_per_sec, burst
+    # 50): a UDP scan in the other test worker can spend it, and this port's "unreachable"
+    # is then never sent (CI saw 'nmap:no match' once). Asked again after a second, the
+    # bucket has refilled; the answer asserted is still the exact one.
+    for _ in range(3):
+        info = asyncio.run(nmap_identify(LOOPBACK, port, "udp", own_db, budget=2.0))
+        if info.method != "nmap:no match":
+            break
+        time.sleep(1)
     assert not info.is_identified
     assert info.method == "nmap:error: port unreachable (ICMP): closed"
 

@@ -279,9 +279,10 @@ def test_a_new_favicon_or_tls_stack_is_a_product_change() -> None:
     # When the next scan sees another favicon and another TLS fingerprint
     out = detect_changes(prev, view([snap(443, service="https", product="nginx",
                                           version="1.22", favicon="5678", jarm=jarm_b)]), {})
-    # Then both are product_changed events, saying what changed
-    assert kinds(out) == [("product_changed", 443, "favicon -1234", "favicon 5678"),
-                          ("product_changed", 443, f"JARM {jarm_a}", f"JARM {jarm_b}")]
+    # Then one product_changed says both (the changes table keeps one row per port, kind
+    # and scan: two events of one kind kept only the last, and a replay disagreed)
+    assert kinds(out) == [("product_changed", 443, f"favicon -1234; JARM {jarm_a}",
+                           f"favicon 5678; JARM {jarm_b}")]
     # And neither a favicon nor a JARM missing this time is an event (a fetch that failed
     # looks like none: a flaky fetch alerted "gone", then "back"), nor one appearing
     gone = detect_changes(prev, view([snap(443, service="https", product="nginx",
@@ -290,3 +291,94 @@ def test_a_new_favicon_or_tls_stack_is_a_product_change() -> None:
     back = detect_changes(gone.state, view([snap(443, service="https", product="nginx",
                                                  version="1.22", favicon="-1234")]), {})
     assert kinds(back) == []
+
+
+# -- a review of the rule (2026-12-06): thresholds behind narrow scans, kept baselines ------
+
+def view_at(ports: list[PortSnapshot], at: datetime, scan_id: str, *,
+            covered: tuple[tuple[int, int], ...] = ((1, 65535),),
+            proto: Proto = Proto.TCP) -> HostScanView:
+    shard = HostScan(scan_id, T, at - timedelta(minutes=1), at, 65535, len(ports), "completed",
+                     shard_id=f"{scan_id}:{proto.value}", proto=proto,
+                     ports=tuple(PortRange(a, b) for a, b in covered))
+    return HostScanView(T, scan_id, (shard,), {p.key: p for p in ports})
+
+
+def tls_port(sha: str, not_after: datetime, **kw: object) -> PortSnapshot:
+    fields: dict[str, object] = {"service": "https", "product": "nginx", "version": "1.0",
+                                 "tls_status": "completed",
+                                 "tls_versions": ("TLSv1.2", "TLSv1.3"), "tls_grade": "strong",
+                                 "cert_sha256": sha, "cert_not_after": not_after}
+    fields.update(kw)
+    return snap(443, **fields)
+
+
+def test_a_threshold_crossed_behind_a_narrow_scan_is_still_said_once() -> None:
+    expires = T0 + timedelta(days=35)
+    day = [T0 + timedelta(days=n) for n in range(13)]
+    first = detect_changes(None, view_at([snap(22), tls_port("a" * 64, expires)], day[0], "d0"),
+                           {})
+    # a --ports 22 scan at day 10 (443 not covered: nothing said about it)
+    narrow = detect_changes(first.state, view_at([snap(22)], day[10], "d10",
+                                                 covered=((22, 22),)), {})
+    assert kinds(narrow) == []
+    # When the full scan of day 11 sees the certificate 24 days from expiry
+    full = detect_changes(narrow.state, view_at([snap(22), tls_port("a" * 64, expires)],
+                                                day[11], "d11"), {})
+    # Then the 30-day threshold is said (before: judged from day 10, when 443 was not
+    # looked at, it was "already inside"), and the next day it is not said again
+    assert kinds(full) == [("cert_expiring", 443, expires.isoformat(), "30d")]
+    again = detect_changes(full.state, view_at([snap(22), tls_port("a" * 64, expires)],
+                                               day[12], "d12"), {})
+    assert kinds(again) == []
+
+
+def test_a_certificate_that_expired_while_the_host_was_down_is_said_when_it_is_back() -> None:
+    expires = T0 + timedelta(days=20)
+    opened = detect_changes(None, view_at([snap(22), tls_port("b" * 64, expires)], T0, "d0"),
+                            {})
+    down = detect_changes(opened.state, view_at([], T0 + timedelta(days=15), "d15"),
+                          {(Proto.TCP, 22): ProbeAnswer.SILENT,
+                           (Proto.TCP, 443): ProbeAnswer.SILENT})
+    assert [e.kind for e in down.events] == [ChangeKind.HOST_UNREACHABLE]
+    # still down on day 21, after the certificate expired on day 20
+    still = detect_changes(down.state, view_at([], T0 + timedelta(days=21), "d21"),
+                           {(Proto.TCP, 22): ProbeAnswer.SILENT,
+                            (Proto.TCP, 443): ProbeAnswer.SILENT})
+    assert kinds(still) == []
+    # When it is back on day 22, then its expiry is said (before: judged from day 21,
+    # the certificate read "already expired", and nothing was said)
+    back = detect_changes(still.state, view_at([snap(22), tls_port("b" * 64, expires)],
+                                               T0 + timedelta(days=22), "d22"), {})
+    assert [e.kind for e in back.events] == [ChangeKind.HOST_BACK, ChangeKind.CERT_EXPIRED]
+
+
+def test_a_tls_error_alongside_a_change_keeps_the_last_tls_result_to_compare() -> None:
+    far = T0 + timedelta(days=300)
+    day0 = detect_changes(None, view_at([tls_port("a" * 64, far)], T0, "d0"), {})
+    # a version bump the same day the TLS probe errored
+    errored = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), version="1.1", tls_status="error",
+                       tls_versions=(), tls_grade="")
+    day1 = detect_changes(day0.state, view_at([errored], T0 + timedelta(days=1), "d1"), {})
+    assert kinds(day1) == [("version_changed", 443, "1.0", "1.1")]
+    # When the next scan sees another certificate and TLS 1.0 added
+    rotated = tls_port("c" * 64, far, version="1.1",
+                       tls_versions=("TLSv1", "TLSv1.2", "TLSv1.3"))
+    day2 = detect_changes(day1.state, view_at([rotated], T0 + timedelta(days=2), "d2"), {})
+    # Then both are said (before: the error became the state, and neither TLS nor the
+    # certificate of that port was compared again)
+    assert [e.kind for e in day2.events] == [ChangeKind.TLS_CHANGED, ChangeKind.CERT_CHANGED]
+
+
+def test_udp_silence_never_makes_a_live_host_unreachable() -> None:
+    # Given a host with ssh and a DNS server, and its UDP shard compared on its own (a
+    # late shard): DNS does not answer the re-probe's empty datagram
+    dns = snap(53, proto=Proto.UDP, service="domain", product="")
+    prev = state([snap(22), dns])
+    udp_only = view_at([], T1, "s1", covered=((53, 53),), proto=Proto.UDP)
+    out = detect_changes(prev, udp_only, {(Proto.UDP, 53): ProbeAnswer.SILENT})
+    # Then nothing is said, the host stays reachable and its ports stay (before:
+    # host_unreachable, and the reports showed it with no port)
+    assert kinds(out) == []
+    assert out.state is not None and out.state.is_reachable
+    assert set(out.state.open_ports) == {(Proto.TCP, 22), (Proto.UDP, 53)}
