@@ -75,12 +75,15 @@ from probers.service.banners import (
 from probers.service.http_meta import (
     BODY_CAP,
     HEAD_CAP,
+    Framing,
     HttpResponse,
     favicon_hash,
     favicon_href,
-    has_whole_length,
+    has_declared_end,
+    http_framing,
     is_icon_response,
     page_title,
+    reached_declared_end,
     redirect_location,
     same_host_path,
     split_response,
@@ -784,20 +787,45 @@ async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -
     host = ep.hostname or (f"[{ep.ip}]" if ":" in ep.ip else ep.ip)
     request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
                "Accept: */*\r\nConnection: close\r\n\r\n").encode()
-    started = time.monotonic()
+    deadline = time.monotonic() + timeout
     try:
-        async with asyncio.timeout(timeout), _connect(
-                ep, timeout, tls_client_context() if is_tls else None,
-                ep.hostname or None) as (reader, writer):
+        async with _connect(ep, timeout, tls_client_context() if is_tls else None,
+                            ep.hostname or None) as (reader, writer):
             writer.write(request)
-            await writer.drain()
-            left = max(0.05, timeout - (time.monotonic() - started))
-            # To the end the answer declares (or the server's close: we asked for it),
-            # not to the first pause: a body cut at an idle gap hashed as another icon
-            return await read_bounded(reader, timeout=left, cap=FETCH_CAP, idle=left,
-                                      is_complete=has_whole_length)
+            await asyncio.wait_for(writer.drain(), max(0.05, deadline - time.monotonic()))
+            return await _read_http_answer(reader, deadline)
     except (TimeoutError, OSError, ssl.SSLError, EOFError):
         return b""
+
+
+FETCH_IDLE = 1.0  # s of silence that ends an answer declaring no end (and not closed)
+
+
+async def _read_http_answer(reader: asyncio.StreamReader, deadline: float) -> bytes:
+    """An HTTP answer read to the end it declares (Content-Length, last chunk), to the
+    server's close, or, when it declares none and the server holds the connection, to
+    FETCH_IDLE of silence; whatever arrived by the deadline otherwise. A body is never cut
+    at a pause when its end is declared (an icon cut there hashed as another one)."""
+    buf = bytearray()
+    frame: Framing | None = None
+    while len(buf) < FETCH_CAP:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        waits_for_end = not buf or frame is None or has_declared_end(frame)
+        try:
+            chunk = await asyncio.wait_for(reader.read(FETCH_CAP - len(buf)),
+                                           left if waits_for_end else min(left, FETCH_IDLE))
+        except (TimeoutError, ConnectionError, OSError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+        if frame is None:
+            frame = http_framing(buf)  # (no copy per read: a trickle stays linear)
+        if frame is not None and reached_declared_end(buf, frame):
+            break
+    return bytes(buf[:FETCH_CAP])
 
 
 async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: bytes,

@@ -132,17 +132,37 @@ def split_response(data: bytes) -> HttpResponse:
                         is_whole)
 
 
-def has_whole_length(data: bytes) -> bool:
-    """An answer that says where it ends (Content-Length or chunked) and has all of it:
-    reading can stop. One that says neither ends when the server closes."""
-    end = data.find(b"\r\n\r\n", 0, HEAD_CAP)
+Framing = tuple[int, int | None, bool]  # (body start, declared length, chunked)
+
+
+def http_framing(data: bytes | bytearray) -> Framing | None:
+    """How an answer says it ends, once its head has ended (None before): where its body
+    starts, its Content-Length (None: none; -1: one we do not take) and whether it is
+    chunked. Read once per answer, not at every read."""
+    end, sep = data.find(b"\r\n\r\n", 0, HEAD_CAP), 4
     if end < 0:
-        return False
-    head = data[:end]
-    if (_content_length(head) is None
-            and b"chunked" not in _raw_header(head, b"transfer-encoding").lower()):
-        return False
-    return split_response(data).is_whole
+        end, sep = data.find(b"\n\n", 0, HEAD_CAP), 2
+    if end < 0:
+        return None
+    head = bytes(data[:end])
+    chunked = b"chunked" in _raw_header(head, b"transfer-encoding").lower()
+    return end + sep, None if chunked else _content_length(head), chunked
+
+
+def has_declared_end(frame: Framing) -> bool:
+    """The answer says where it ends (a length we take, or chunks)."""
+    _start, length, chunked = frame
+    return chunked or (length is not None and length >= 0)
+
+
+def reached_declared_end(data: bytes | bytearray, frame: Framing) -> bool:
+    """All of what the answer declared has arrived: reading can stop. Cheap enough to ask
+    at every read (a trickling server must not make it quadratic): a length is one
+    comparison, chunks are decoded only when the data ends like a last chunk does."""
+    start, length, chunked = frame
+    if chunked:
+        return data.endswith(b"\r\n\r\n") and _dechunk(bytes(data[start:]), BODY_CAP)[1]
+    return length is not None and length >= 0 and len(data) - start >= length
 
 
 def _clean(text: str, cap: int) -> str:
@@ -253,6 +273,6 @@ def is_icon_response(response: HttpResponse) -> bool:
     return not kind.startswith("text/html")
 
 
-__all__ = ["HttpResponse", "dechunk", "favicon_hash", "favicon_href", "has_whole_length",
-           "is_icon_response",
+__all__ = ["Framing", "HttpResponse", "dechunk", "favicon_hash", "favicon_href",
+           "has_declared_end", "http_framing", "is_icon_response", "reached_declared_end",
            "page_title", "redirect_location", "same_host_path", "split_response"]

@@ -336,10 +336,13 @@ def test_a_plain_page_quoting_nginxs_tls_refusal_is_a_plain_page() -> None:
         "http", "nginx", "1.24.0", False, "Web server FAQ")
 
 
-def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float
+def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
+                length: bool = True, eol: bytes = b"\r\n", hold: float = 0.0,
                 ) -> loopback.Handler:
-    """A web server whose icon (Content-Length given) is sent in two parts with a pause
-    between them, as a slow or loaded server does."""
+    """A web server whose icon is sent in two parts with a pause between them, as a slow
+    or loaded server does; with ``length`` False it declares no Content-Length, with
+    ``hold`` it keeps the connection open that long after answering (ignoring the
+    request's Connection: close), and ``eol`` ends its header lines."""
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
         request = b""
@@ -351,11 +354,13 @@ def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float
                 request += chunk
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
-            conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: " + kind
-                         + b"\r\nContent-Length: " + str(len(body)).encode()
-                         + b"\r\nConnection: close\r\n\r\n" + body[:pause_after])
+            lines = [b"HTTP/1.1 200 OK", b"Server: nginx/1.24.0", b"Content-Type: " + kind]
+            if length:
+                lines.append(b"Content-Length: " + str(len(body)).encode())
+            conn.sendall(eol.join([*lines, b"", b""]) + body[:pause_after])
             time.sleep(pause)
             conn.sendall(body[pause_after:])
+            time.sleep(hold)
     return handle
 
 
@@ -415,3 +420,20 @@ def test_an_api_server_found_by_its_server_header_is_red(server_header: str,
     assert (finding.service.service, finding.service.product) == ("http", product)
     assert finding.risk_color is RiskColor.RED
     assert "web server" not in finding.risk_reason
+
+
+@pytest.mark.parametrize(("length", "eol"), [(False, b"\r\n"), (True, b"\n")],
+                         ids=["no-length", "bare-lf-head"])
+def test_an_icon_from_a_server_that_holds_the_connection_is_hashed(length: bool,
+                                                                  eol: bytes) -> None:
+    # Given a server that keeps the connection open after its answer (ignoring our
+    # Connection: close), declaring no length, or ending its head with bare line feeds
+    icon = random.Random(9).randbytes(1_071)
+    handler = _paced_site(PACED_PAGE, icon, pause_after=len(icon), pause=0, length=length,
+                          eol=eol, hold=8)
+    with loopback.listen(handler) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    # Then the icon is hashed (a review of the first fix: the read ran to the timeout and
+    # threw away what had arrived)
+    assert (info.http_title, info.favicon_mmh3) == ("Paced", _shodan_hash(icon))
+

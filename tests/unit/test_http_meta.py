@@ -23,9 +23,10 @@ from probers.service.http_meta import (
     dechunk,
     favicon_hash,
     favicon_href,
-    has_whole_length,
+    http_framing,
     is_icon_response,
     page_title,
+    reached_declared_end,
     redirect_location,
     same_host_path,
     split_response,
@@ -229,11 +230,21 @@ def test_a_body_is_whole_only_when_all_it_declares_arrived(answer: bytes, whole:
     assert is_icon_response(response) is whole
 
 
-def test_reading_stops_once_a_declared_length_is_whole() -> None:
-    assert has_whole_length(HEAD + b"Content-Length: 4\r\n\r\nabcd")
-    assert not has_whole_length(HEAD + b"Content-Length: 4\r\n\r\nab")
-    assert not has_whole_length(HEAD + b"\r\nabcd")  # no length: read to the close
-    assert not has_whole_length(HEAD + b"Content-Length: 4\r\n")  # headers not ended
+def _ended(data: bytes) -> bool:
+    frame = http_framing(data)
+    return frame is not None and reached_declared_end(data, frame)
+
+
+def test_reading_stops_once_the_declared_end_arrived() -> None:
+    assert _ended(HEAD + b"Content-Length: 4\r\n\r\nabcd")
+    assert not _ended(HEAD + b"Content-Length: 4\r\n\r\nab")
+    assert not _ended(HEAD + b"\r\nabcd")  # no length: read to the close (or a pause)
+    assert not _ended(HEAD + b"Content-Length: 4\r\n")  # headers not ended
+    assert not _ended(HEAD + b"Content-Length: 99999999999999\r\n\r\nab")  # not taken
+    # a head ended by bare line feeds (a review: the length was never seen as reached)
+    assert _ended(b"HTTP/1.0 200 OK\nContent-Length: 2\n\nab")
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n"
+    assert not _ended(chunked) and _ended(chunked + b"0\r\n\r\n")
 
 
 @settings(max_examples=300, deadline=None)
