@@ -16,8 +16,9 @@ STAMPS := .cache/stamps
 # and MQTT (mosquitto) for STARTTLS and identification; ndiff is nmap's scan differ, the anchor of bench/history. xrdp,
 # rabbitmq-server, snmpd, samba, memcached, lighttpd and tinyproxy: real daemons that
 # identification depth (issue 15) is tested and benchmarked against. python3-venv: `make`
-# builds .venv with it (Debian 12 leaves ensurepip out of python3).
-APT_PACKAGES := python3-venv masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
+# builds .venv with it (Debian 12 leaves ensurepip out of python3); curl fetches Go's
+# toolchain when the machine has no Go for helm (deploy/helm/go-toolchain.sh).
+APT_PACKAGES := python3-venv curl masscan nmap nmap-common sslscan openssl iproute2 iptables nftables \
 	libpcap0.8 nginx-light openssh-server openssh-client redis-server vsftpd \
 	postgresql mariadb-server gnutls-bin openjdk-17-jre-headless maven chromium libcap2-bin \
 	postfix dovecot-imapd dovecot-pop3d dovecot-managesieved slapd ldap-utils prosody \

@@ -3,13 +3,34 @@
 # own toolchain module (golang.org/toolchain, what `go` itself downloads for a newer
 # go.mod), fetched from the Go module proxy into <repo>/.cache/go: Debian 12's golang is
 # 1.19, too old for helm's go.mod.
-GO_TOOLCHAIN="${GO_TOOLCHAIN:-go1.22.12}"
+GO_TOOLCHAIN=go1.22.12
+# Go's checksum database's hashes of that toolchain module (the h1: dirhash `go` itself
+# checks a downloaded toolchain against; read through the proxy's sumdb endpoint,
+# /sumdb/sum.golang.org/lookup/golang.org/toolchain@v0.0.1-go1.22.12.linux-<arch>)
+declare -A GO_TOOLCHAIN_H1=(
+    [amd64]="h1:Hdh4VJAlDWzMnhKpqDwqJJr+sE7NgsJ86dyR4wrv2oY="
+    [arm64]="h1:d5pIIWRmHJcXHnW+PRQ5RyowiqOcFC/80DB4FGToaPU="
+)
 
 _go_is_new_enough() {
-    local v
-    v="$(go env GOVERSION 2>/dev/null)" || return 1  # e.g. go1.22.12, go1.26.8
-    v="${v#go}"
-    [[ "${v%%.*}" -gt 1 ]] || [[ "$(echo "${v}" | cut -d. -f2)" -ge 22 ]]
+    # go1.22.12, go1.26.8, go1.23rc2, devel ...: the minor number's leading digits
+    local v minor
+    v="$(go env GOVERSION 2>/dev/null)" || return 1
+    [[ "${v}" =~ ^go([0-9]+)\.([0-9]+) ]] || return 1
+    minor="${BASH_REMATCH[2]}"
+    (( BASH_REMATCH[1] > 1 || 10#${minor} >= 22 ))
+}
+
+_zip_h1() {
+    # Go's h1: hash of a module zip (dirhash.HashZip): sha256 over sorted
+    # "<sha256 hex>  <name>" lines of its files, base64
+    python3 - "$1" <<'PY'
+import base64, hashlib, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    lines = "".join(f"{hashlib.sha256(z.read(n)).hexdigest()}  {n}\n"
+                    for n in sorted(i.filename for i in z.infolist() if not i.is_dir()))
+print("h1:" + base64.b64encode(hashlib.sha256(lines.encode()).digest()).decode())
+PY
 }
 
 ensure_go() {
@@ -32,6 +53,11 @@ ensure_go() {
     if ! curl -fsSL --retry 3 -o "${zip}" "${proxy%%,*}/golang.org/toolchain/@v/${module}.zip"; then
         rm -f "${zip}"
         echo "could not fetch the Go toolchain from ${proxy%%,*}: install Go >= 1.22" >&2
+        return 1
+    fi
+    if [[ "$(_zip_h1 "${zip}")" != "${GO_TOOLCHAIN_H1[${arch}]}" ]]; then
+        rm -f "${zip}"
+        echo "the Go toolchain from ${proxy%%,*} does not match Go's checksum database: not used" >&2
         return 1
     fi
     rm -rf "${root}" "${root}.tmp" && mkdir -p "${root}.tmp"

@@ -21,6 +21,19 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"
 
+systemd=""
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemd=1
+fi
+enabled_units() {
+    systemctl list-unit-files --state=enabled,generated --type=service,socket --no-legend \
+        2>/dev/null | awk '{print $1}'
+}
+enabled_before=()
+if [ -n "${systemd}" ]; then
+    mapfile -t enabled_before < <(enabled_units)
+fi
+
 policy=/usr/sbin/policy-rc.d
 own_policy=""
 if [ ! -e "${policy}" ]; then
@@ -29,7 +42,9 @@ if [ ! -e "${policy}" ]; then
     $SUDO chmod 755 "${policy}"
     own_policy=1
 fi
-cleanup() { [ -n "${own_policy}" ] && $SUDO rm -f "${policy}"; }
+cleanup() {
+    if [ -n "${own_policy}" ]; then $SUDO rm -f "${policy}"; fi
+}
 trap cleanup EXIT
 
 $SUDO apt-get update -qq
@@ -49,14 +64,13 @@ for p in "${missing[@]}"; do
         || { echo "Debian package $p did not install" >&2; exit 1; }
 done
 
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-    units=()
-    for p in "${missing[@]}"; do
-        while IFS= read -r unit; do units+=("$(basename "${unit}")"); done < <(
-            dpkg -L "$p" 2>/dev/null | grep -E '^/(usr/)?lib/systemd/system/[^/@]+\.(service|socket)$' || true)
-    done
-    if [ ${#units[@]} -gt 0 ]; then
-        echo "disabling the services installed for the tests: ${units[*]}"
-        $SUDO systemctl disable --now --quiet "${units[@]}" || true
+if [ -n "${systemd}" ]; then
+    # The units enabled by this install (nginx.service comes with nginx-common, slapd's
+    # from its init.d script: what was enabled after, not before, whatever the package)
+    mapfile -t added < <(comm -13 <(printf '%s\n' "${enabled_before[@]}" | sort) \
+                                 <(enabled_units | sort))
+    if [ ${#added[@]} -gt 0 ]; then
+        echo "disabling the services installed for the tests: ${added[*]}"
+        $SUDO systemctl disable --now --quiet "${added[@]}" || true
     fi
 fi
