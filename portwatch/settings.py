@@ -123,7 +123,7 @@ class Settings:
                                    group="tls")
     # -- shards and the tarpit rule
     tarpit_threshold: int = setting(1000, "open ports per host beyond which it 'answers on every "
-                                    "port' (or over half the ports scanned, once >= 128)",
+                                    "port' (or over 9 in 10 of the ports scanned, once >= 128)",
                                     group="shards")
     shard_ports: int = setting(65_535, "ports per shard: a whole host sweep, so tarpits are "
                                "judged whole", group="shards")

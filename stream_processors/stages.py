@@ -217,19 +217,21 @@ class ShardOutcome:
         ]
 
 
-# A host answering on more than half the ports scanned on it, once that is at least
+# A host answering on more than 9 in 10 of the ports scanned on it, once that is at least
 # TARPIT_MIN_OPEN ports, answers on every port too: the absolute threshold alone never
 # fired for the UDP top 1,000 or a --ports range of 1,000 or fewer (a junk-answering
-# host stored 1,000 findings, 28 of them "high" changes).
-TARPIT_SHARE = 2  # more than 1/2 of the ports scanned
+# host stored 1,000 findings, 28 of them "high" changes). Not half: 130 real listeners
+# in a 200-port range are an ordinary (busy) host.
+TARPIT_SHARE = 0.9
 TARPIT_MIN_OPEN = 128
 
 
 def tarpit_threshold_for(threshold: int, ports_per_host: int) -> int:
     """The open-port count beyond which a host of a shard scanning ``ports_per_host``
-    ports is flagged: ``threshold``, or half its ports when that is lower (never below
-    TARPIT_MIN_OPEN: ``--ports 22,80,443`` all open is an ordinary host)."""
-    return max(1, min(threshold, max(TARPIT_MIN_OPEN, ports_per_host // TARPIT_SHARE)))
+    ports is flagged: ``threshold``, or 9 in 10 of its ports when that is lower (never
+    below TARPIT_MIN_OPEN: ``--ports 22,80,443`` all open is an ordinary host)."""
+    share = int(ports_per_host * TARPIT_SHARE)
+    return max(1, min(threshold, max(TARPIT_MIN_OPEN, share)))
 
 
 async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progress, *,
@@ -338,7 +340,11 @@ async def discover_with_retries(
         for port in found.values()
         if port.target.ip not in tarpit_notes or port.port in TARPIT_CANDIDATES]
     outcome.tarpit_notes = tarpit_notes
-    outcome.open_seen = open_seen
+    # An ordinary host's count is the union of what the attempts found (ports 10 and 20
+    # found by a dead attempt and 30 by the retry are 3, not the most one attempt saw)
+    union = collections.Counter(ip for ip, _proto, _port in found)
+    outcome.open_seen = {ip: count if ip in tarpit_notes else max(count, union[ip])
+                         for ip, count in open_seen.items()}
     outcome.attempts = attempt
     return outcome
 

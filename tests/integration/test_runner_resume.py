@@ -88,17 +88,24 @@ def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Pa
 
 class FaultInjectingEngine:
     """Named fake for a fault we cannot cause on demand with the connect engine:
-    the engine crashes mid-shard on its first attempt (like a killed masscan)."""
+    the engine crashes mid-shard on its first attempt (like a killed masscan). With
+    ``skip_first_on_retry``, the retry misses what the dead attempt found (a lost
+    answer): the shard's ports are the union of the attempts'."""
 
     name = "fault-injecting-connect"
 
-    def __init__(self) -> None:
+    def __init__(self, *, skip_first_on_retry: bool = False) -> None:
         self.inner = ConnectEngine()
         self.attempts = 0
+        self.skip = skip_first_on_retry
+        self.first: set[int] = set()
 
     async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
         self.attempts += 1
         async for port in self.inner.scan(shard, progress):
+            if self.attempts > 1 and self.skip and port.port in self.first:
+                continue
+            self.first.add(port.port)
             yield port
             if self.attempts == 1:
                 raise DiscoveryError("engine died mid-shard (injected)")
@@ -117,6 +124,20 @@ def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
     assert stats.errors == []
     # (and counted once: the retry found the first attempt's port again; before: 3 open)
     assert stats.open_found == 2
+
+
+def test_a_retry_that_misses_what_the_dead_attempt_found_counts_the_union(store) -> None:  # type: ignore[no-untyped-def]
+    # Given two listeners, a first attempt that finds one then dies, and a retry that
+    # finds only the other
+    with loopback.listen(loopback.banner(b"a\r\n")) as a, \
+            loopback.listen(loopback.banner(b"b\r\n")) as b:
+        engine = FaultInjectingEngine(skip_first_on_retry=True)
+        span = tuple(PortRange(p, p) for p in sorted((a.port, b.port)))
+        stats = asyncio.run(_runner(store, engine).run(_plan(span)))
+    # Then both are kept and both counted (a review: the count took the most one attempt
+    # saw, 1, beside 2 stored findings)
+    assert _open_ports(store) == {a.port, b.port}
+    assert (stats.open_found, stats.stored) == (2, 2)
     assert _open_ports(store) == {a.port, b.port}
     summary = store.report("summary").dicts()
     assert summary[0]["scan_status"] == "completed"
