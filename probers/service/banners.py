@@ -303,12 +303,14 @@ _STATUS = re.compile(rb"^HTTP/(\d(?:\.\d)?) ([1-5]\d\d)(?=[ \r\n]|\Z)")
 
 
 def _server(name: str, version: str = r"[\d.]+") -> re.Pattern[str]:
-    """A Server header's product: ``name``, then ``/version``, or ``(``, ``;``, ``,``
-    (spaces before them allowed) or the end. "Apache-Coyote/1.1" (Tomcat), "ApacheSolr",
-    "Apache TomEE" and "nginx-ingress-controller" are other products (a review,
-    2026-12-06: Tomcat was stored as Apache httpd with its CPE, at a confidence nmap
-    never overruled)."""
-    return re.compile(rf"^{name}(?:/({version})|(?=\s*[(;,]|\s*$))", re.I | re.A)
+    """A Server header's product: ``name``, then ``/version``; or ``(``, ``;``, ``,``,
+    ``+`` (spaces before them allowed), the end, a bare version ("Apache 2.4") or a
+    module token ("Apache mod_fcgid/2.3.9", "nginx + Phusion Passenger 6.0"). Names that
+    only start the same, "Apache-Coyote/1.1" (Tomcat), "ApacheSolr", "Apache TomEE",
+    "nginx-ingress-controller", are other products (a review, 2026-12-06: Tomcat was
+    stored as Apache httpd with its CPE, at a confidence nmap never overruled)."""
+    return re.compile(rf"^{name}(?:/({version})|(?=\s*[(;,+]|\s*$|\s+\d|\s+[^\s/]+/))",
+                      re.I | re.A)
 
 
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (

@@ -271,6 +271,9 @@ NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\
         ("cloudflare-nginx", "cloudflare", "", "cpe:/a:cloudflare:cloudflare"),
         ("Apache", "Apache httpd", "", "cpe:/a:apache:http_server"),
         ("nginx (Ubuntu)", "nginx", "", "cpe:/a:f5:nginx"),
+        ("nginx + Phusion Passenger 6.0.18", "nginx", "", "cpe:/a:f5:nginx"),
+        ("Apache mod_fcgid/2.3.9", "Apache httpd", "", "cpe:/a:apache:http_server"),
+        ("Apache 2.4", "Apache httpd", "", "cpe:/a:apache:http_server"),
     ],
 )
 def test_parse_http_server_products(server: str, product: str, version: str, cpe: str) -> None:
