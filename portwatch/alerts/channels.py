@@ -135,17 +135,22 @@ def render(rule: str, events: Sequence[ChangeEvent], *, is_test: bool = False,
     title = (f"portwatch [{rule}]: {len(events)} change(s): {', '.join(kinds)}"
              if len(events) != 1 else f"portwatch [{rule}]: {describe(events[0])}")
     body = "\n".join(describe(e) for e in events)
-    return defuse_mentions(_clean(title) if len(title) > FIELD_CAP else title), \
-        defuse_mentions(body)
+    return defuse(_clean(title) if len(title) > FIELD_CAP else title), defuse(body)
 
 
-def defuse_mentions(text: str) -> str:
-    """A message's text with every ``@`` followed by a zero-width space: a banner or an
-    organization saying ``@everyone``, ``@here`` or ``@channel`` pings nobody on the
-    chats that read mentions in plain text (Discord, Mattermost, Rocket.Chat, Teams).
-    Markup (Slack's ``<!channel>``, HTML, Markdown links) is escaped by apprise itself,
-    given the body as plain text (``_apprise_notify``)."""
-    return text.replace("@", "@\u200b")
+_ZWSP = "\u200b"
+
+
+def defuse(text: str) -> str:
+    """A message's text made inert where apprise leaves it live: every ``@`` followed by
+    a zero-width space (a banner or an organization saying ``@everyone``, ``@here`` or
+    ``@channel`` pings nobody on Discord, Mattermost, Rocket.Chat, Teams), and Markdown's
+    link and image syntax broken the same way (``](`` and ``<http``: Discord and
+    Mattermost get the text as it is, so ``[Reset your password](https://…)`` was a
+    disguised link). Apprise escapes the rest, given the body as plain text (Slack's
+    ``<!channel>``, e-mail's HTML, Rocket.Chat's Markdown: ``_apprise_notify``)."""
+    return (text.replace("@", "@" + _ZWSP).replace("](", "]" + _ZWSP + "(")
+            .replace("<http", "<" + _ZWSP + "http"))
 
 
 def webhook_body(rule: str, events: Sequence[ChangeEvent], delivery_id: str,

@@ -444,10 +444,22 @@ def test_a_markdown_chat_gets_a_hostile_banner_escaped_and_its_mentions_defused(
         text = delivery.payload["text"]
         assert delivery.payload["channel"] == "#soc"
         # The link is text (its Markdown escaped), the mention pings nobody
-        assert r"\[Reset your SSO\]\(https://evil\.example/r\)" in text
-        assert "](https://" not in text
+        assert r"\[Reset your SSO\]" in text and "](https://" not in text
         assert "@\u200beveryone" in text and "@everyone" not in text
         assert r"<\!channel\>" in text
+
+
+def test_chats_that_take_the_text_as_it_is_get_no_live_link_or_mention() -> None:
+    # Discord and Mattermost get apprise's plain text as it is (a review of the first
+    # fix: "[Reset your SSO](https://...)" and "![p](...)" stayed live there)
+    from portwatch.alerts.channels import render
+
+    _title, body = render("r", [replace(event(22, service="ssh"),
+                                        after=HOSTILE + " ![p](https://evil.example/p.png)")])
+    assert "](" not in body
+    assert "@everyone" not in body and "@\u200beveryone" in body
+    # the text still reads the same once the zero-width spaces are taken out
+    assert HOSTILE in body.replace("\u200b", "")
 
 
 # -- accepted risks -------------------------------------------------------------------------
