@@ -4,6 +4,10 @@
 (``name/4026531836``): two containers that share a hostname (``--network host``, or one
 set by hand) have their own pids, and a pid of one means nothing in the other; so a
 claim's owner is judged gone only by a process of the same hostname *and* pid namespace.
+The price: a restarted container (a new pid namespace) no longer sees its predecessor's
+claims as its own; they last their lease (5 minutes for a watch slot, the alert claim
+lease for a delivery). Waiting beats the alternative, two live workers voiding each
+other's claims and sending or scanning twice.
 
 Owns: the owner id a claim row carries (alert_claims, watch_claims) and the one liveness
 test both use. Must not touch: the store.
@@ -47,12 +51,13 @@ def owner_id(host: str | None = None) -> str:
 
 
 def owner_is_gone(owner: str, host: str | None = None) -> bool:
-    """True when ``owner`` (``host:pid:nonce``) ran on this host in a process that no
-    longer exists: its claim is void at once, not after a lease (a restart after a
-    SIGKILL goes on without waiting; a restarted container's PID 1 is the same pid, not
-    the same process). An owner of another host, or of another pid namespace on this
-    one (or an id from before namespaces were part of it), is never known gone: its claim
-    lasts its lease."""
+    """True when ``owner`` (``host:pid:nonce``) ran in this pid namespace of this host in
+    a process that no longer exists: its claim is void at once, not after a lease (a
+    restart after a SIGKILL in the same namespace goes on without waiting; a process with
+    a reused pid has another nonce). An owner of another host, or of another pid
+    namespace on this one (a restarted container, a neighbour sharing the hostname, or an
+    id from before namespaces were part of it), is never known gone: its claim lasts its
+    lease."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != (host or this_host()) or not is_digits(parts[1]):
         return False

@@ -4,9 +4,9 @@ Before, two `watch --once` on one ClickHouse server (two CronJobs that overlap, 
 second machine) both found the slot due in the ledger and both scanned it: twice the
 load, and the same changes alerted twice (a review, 2026-12-05). Each watcher now claims
 the slot first (ddl.sql watch_claims, schedule.claim_slot); a second review's cases are
-here too (a restarted container's PID 1, a store error after the claim landed, a holder
-interrupted while another watcher waits, a run outlasting its cron period, clock skew,
-a holder that died on another host). Scan functions are injected (they return what a
+here too (a reused pid in the same pid namespace, a store error after the claim landed,
+a holder interrupted while another watcher waits, a run outlasting its cron period,
+clock skew, a holder that died on another host). Scan functions are injected (they return what a
 scan would); nothing scans.
 
 One chdb engine serves one process, and the store serialises its calls: the race test
@@ -155,7 +155,7 @@ def test_claims_of_processes_gone_from_this_host_or_silent_for_the_lease_are_ove
     # A process of this host that has ended (killed before it recorded its run)
     assert claim_slot(store, "a", SLOT, gone_owner(), ).won
     assert claim_slot(store, "a", SLOT, mine).won
-    # A restarted container: PID 1 again, the same hostname, another process
+    # A process before this one with its pid (a reused pid in this pid namespace)
     restarted = f"{this_host()}:{os.getpid()}:0123456789ab"
     assert claim_slot(store, "b", SLOT, restarted).won
     assert claim_slot(store, "b", SLOT, mine).won
