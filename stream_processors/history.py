@@ -578,13 +578,17 @@ def _counts(keys: Sequence[HostKey]) -> dict[HostKey, int]:
 
 _PENDING_SQL = """
 WITH behind AS (
-    -- Hosts whose latest scan is newer than their state (one row per host: bounded by
-    -- the estate). ``since``: the state's time, the epoch for a host never compared.
+    -- Hosts whose latest *completed* shard is newer than their state (one row per host:
+    -- bounded by the estate). A host whose newer rows are all running or interrupted is
+    -- not behind: during a scan that is every host, whose history would be read at every
+    -- sweep. ``since``: the state's time, the epoch for a host never compared.
     SELECT l.target AS target, l.ip AS ip, s.finished_at AS since, s.target != '' AS known
-    FROM latest_host_scans AS l
+    FROM (SELECT target, ip, tupleElement(last_complete, 1) AS done_at
+          FROM host_latest FINAL) AS l
     LEFT JOIN (SELECT target, ip, finished_at FROM host_state FINAL) AS s
         ON s.target = l.target AND s.ip = l.ip
-    WHERE s.target = '' OR s.finished_at < l.finished_at
+    WHERE l.done_at > toDateTime64(0, 3, 'UTC')
+      AND (s.target = '' OR s.finished_at < l.done_at)
 ),
 rows AS (
     -- Their shard rows since their state: every scan in between is compared in turn (a
