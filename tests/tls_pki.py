@@ -100,5 +100,18 @@ class TestPki:
         )
         return self._write("sha1", signed, key_pem)
 
+    def sha1_self_signed(self) -> bytes:
+        """A self-signed RSA-1024 certificate signed with SHA-1 (an old appliance's), DER:
+        made by ``openssl req -x509 -sha1``, as cryptography will not sign with SHA-1."""
+        key, cert = self.directory / "old.key", self.directory / "old.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:1024", "-sha1", "-nodes",
+             "-subj", "/CN=old.example.test", "-days", "90",
+             "-addext", "subjectAltName=DNS:old.example.test",
+             "-keyout", str(key), "-out", str(cert)],
+            capture_output=True, timeout=60, check=True)
+        return x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+
 
 __all__ = ["LeafFiles", "TestPki"]

@@ -22,7 +22,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
@@ -95,7 +95,14 @@ def _dns_match(pattern: str, hostname: str) -> bool:
 
 
 def hostname_matches(cert: x509.Certificate, name: str) -> bool:
-    """Does the certificate cover ``name`` (a hostname or an IP address literal)?"""
+    """Does the certificate cover ``name`` (a hostname or an IP address literal)? A
+    non-ASCII name is compared in its IDNA form, as certificates write it (and as SNI
+    sends it): "bücher.example" is covered by "xn--bcher-kva.example"."""
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
     names, addresses, has_san = _sans(cert)
     try:
         address = ipaddress.ip_address(name)
@@ -114,6 +121,30 @@ def is_self_signed(cert: x509.Certificate) -> bool:
         if cert.issuer != cert.subject:
             return False
         cert.verify_directly_issued_by(cert)
+    except InvalidSignature:
+        return False
+    except UNREADABLE:
+        # cryptography refuses to check SHA-1 and MD5 signatures ("Unsupported signature
+        # algorithm"): old appliances' self-signed certificates read "not self-signed",
+        # their reason became a basicConstraints complaint. Checked with the key itself.
+        return _signed_by_own_key(cert)
+    return True
+
+
+def _signed_by_own_key(cert: x509.Certificate) -> bool:
+    try:
+        key, algorithm = cert.public_key(), cert.signature_hash_algorithm
+        if algorithm is None:
+            return False
+        tbs, signature = cert.tbs_certificate_bytes, cert.signature
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, tbs, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, tbs, ec.ECDSA(algorithm))
+        elif isinstance(key, dsa.DSAPublicKey):
+            key.verify(signature, tbs, algorithm)
+        else:
+            return False
     except (*UNREADABLE, InvalidSignature):
         return False
     return True

@@ -17,6 +17,7 @@ Must not touch: the network, records (``certs.py`` and ``commands.fold`` build t
 from __future__ import annotations
 
 import ipaddress
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from cryptography.x509.verification import (
@@ -99,6 +101,18 @@ def load_trust_store(path: str = str(SYSTEM_TRUST_STORE)) -> Store | None:
     return Store(anchors) if anchors else None
 
 
+@cache
+def load_trust_anchors(path: str = str(SYSTEM_TRUST_STORE)) -> frozenset[bytes]:
+    """The trust store's certificates (DER), to recognise a self-signed leaf it holds."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            anchors = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(a.public_bytes(Encoding.DER) for a in anchors)
+
+
 def trust_store_problem(path: str) -> str:
     """'' when ``path`` is a readable file holding at least one PEM certificate; else
     why not, in words. ``load_trust_store`` answers None for any of these, which the
@@ -138,20 +152,25 @@ def _server_policy(store: Store, now: datetime) -> PolicyBuilder:
     )
 
 
-def _own_subject(leaf: x509.Certificate) -> x509.DNSName | x509.IPAddress | None:
+def _own_subjects(leaf: x509.Certificate) -> list[x509.DNSName | x509.IPAddress]:
+    """Names the leaf covers, to verify its chain for (the trust verdict is about the
+    chain; the name check is separate): each DNS SAN, a wildcard as one name it covers
+    ("*.example.test" -> "x.example.test": stripping the "*." named the apex, which a
+    wildcard never covers, and a wildcard-only certificate read untrusted), then each IP
+    SAN. The verifier may refuse a name (an underscore): the next one is tried."""
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, *UNREADABLE):
-        return None
+        return []
+    out: list[x509.DNSName | x509.IPAddress] = []
     for name in sans.get_values_for_type(x509.DNSName):
         try:
-            return x509.DNSName(name.lstrip("*."))
+            out.append(x509.DNSName("x." + name[2:] if name.startswith("*.") else name))
         except ValueError:
             continue
-    for address in sans.get_values_for_type(x509.IPAddress):
-        if isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            return x509.IPAddress(address)
-    return None
+    out += [x509.IPAddress(a) for a in sans.get_values_for_type(x509.IPAddress)
+            if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)]
+    return out
 
 
 def _common_name(name: x509.Name) -> str:
@@ -159,36 +178,56 @@ def _common_name(name: x509.Name) -> str:
     return name_text(str(values[0].value) if values else name.rfc4514_string(), 80)
 
 
-def _trust_error(chain: Sequence[x509.Certificate], store: Store | None, now: datetime) -> str:
-    """"" when the chain validates; else the most useful reason, in words."""
+def _trust_error(chain: Sequence[x509.Certificate], store: Store | None, now: datetime,
+                 anchors: frozenset[bytes] = frozenset()) -> str:
+    """"" when the chain validates; else the most useful reason, in words. ``anchors``:
+    the trust store's certificates (DER): a self-signed leaf that is one of them is
+    trusted (a pinned internal certificate, as ``openssl -CAfile`` takes it)."""
     leaf = chain[0]
     if now > leaf.not_valid_after_utc:
         return "expired"
     if now < leaf.not_valid_before_utc:
         return "not yet valid"
+    if is_self_signed(leaf):
+        return "" if leaf.public_bytes(Encoding.DER) in anchors else "self-signed"
+    if store is None:
+        return f"no trust store ({SYSTEM_TRUST_STORE} missing)"
+    subjects = _own_subjects(leaf)
+    if not subjects:
+        return "leaf has no subjectAltName"
+    message = ""
+    for subject in subjects:
+        try:
+            _server_policy(store, now).build_server_verifier(subject).verify(
+                leaf, list(chain[1:]))
+            return ""  # a path exists (an expired cross-signed intermediate served beside
+            # a valid path to a trusted root is not a trust problem: AddTrust, 2020)
+        except ValueError as exc:  # the verifier refuses this name: try the next
+            message = f"unverifiable: {exc}"[:200]
+            continue
+        except VerificationError as exc:
+            message = str(exc).split(" (encountered", 1)[0].removeprefix(
+                "validation failed: ")
+            if "subjectAltName" in message or "domain name" in message:
+                continue  # about this name, not the chain: the next name may verify
+            break
+    return _why_untrusted(chain, message, now)
+
+
+def _why_untrusted(chain: Sequence[x509.Certificate], message: str, now: datetime) -> str:
+    """The reason a chain that did not verify is untrusted, in words."""
+    leaf = chain[0]
     for cert in chain[1:]:
         if now > cert.not_valid_after_utc and not is_self_signed(cert):
             return f"expired intermediate ({_common_name(cert.subject)})"
-    if is_self_signed(leaf):
-        return "self-signed"
-    if store is None:
-        return f"no trust store ({SYSTEM_TRUST_STORE} missing)"
-    subject = _own_subject(leaf)
-    if subject is None:
-        return "leaf has no subjectAltName"
-    try:
-        _server_policy(store, now).build_server_verifier(subject).verify(leaf, list(chain[1:]))
-    except VerificationError as exc:
-        message = str(exc).split(" (encountered", 1)[0].removeprefix("validation failed: ")
-        if "candidates exhausted" in message:
-            top = chain[-1]
-            if is_self_signed(top):
-                return f"unknown issuer: root {_common_name(top.subject)!r} is not trusted"
-            if len(chain) == 1 and _has_ca_issuers(leaf):
-                return f"incomplete chain: issuer {_common_name(leaf.issuer)!r} not served"
-            return f"unknown issuer: {_common_name(top.issuer)!r}"
-        return message[:200]
-    return ""
+    if "candidates exhausted" in message:
+        top = chain[-1]
+        if is_self_signed(top):
+            return f"unknown issuer: root {_common_name(top.subject)!r} is not trusted"
+        if len(chain) == 1 and _has_ca_issuers(leaf):
+            return f"incomplete chain: issuer {_common_name(leaf.issuer)!r} not served"
+        return f"unknown issuer: {_common_name(top.issuer)!r}"
+    return message[:200] or "untrusted"
 
 
 def _has_ca_issuers(cert: x509.Certificate) -> bool:
@@ -227,7 +266,9 @@ def signature_weakness(cert: x509.Certificate) -> str:
 def expiry(leaf: x509.Certificate, now: datetime) -> tuple[int, str]:
     """(whole days left, warning); "0 days" is the last day, negative once expired."""
     seconds = (leaf.not_valid_after_utc - now).total_seconds()
-    days = int(seconds / 86400)  # toward zero: "5 days left", "expired 2 days ago" (-2)
+    # floored: "5 days left" (5.5), and an hour past expiry is -1, not 0 ("negative once
+    # expired"; toward zero, a certificate expired less than a day ago read 0 days left)
+    days = math.floor(seconds / 86400)
     if seconds < 0:
         return days, "expired"
     for limit in EXPIRY_WARNING_DAYS:
@@ -269,9 +310,10 @@ def _assess(chain_der: Sequence[bytes], *, name: str | None, now: datetime,
         return (CertificatePosture(is_trusted=False, trust_error="unparseable certificate")
                 if chain_der else None)
     leaf = chain[0]
-    store = load_trust_store(trust_store or str(SYSTEM_TRUST_STORE))
+    store_path = trust_store or str(SYSTEM_TRUST_STORE)
+    store = load_trust_store(store_path)
     try:
-        error = _trust_error(chain, store, now)
+        error = _trust_error(chain, store, now, load_trust_anchors(store_path))
     except UNREADABLE as exc:  # the verifier met what cryptography cannot read
         error = f"unverifiable: {exc}"[:200]
     days, warning = expiry(leaf, now)

@@ -154,7 +154,9 @@ def test_sha1_signature_is_weak(tmp_path: Path) -> None:
         (13.9, 13, "expires within 14 days"),
         (5.5, 5, "expires within 7 days"),
         (0.2, 0, "expires within 7 days"),
-        (-2.5, -2, "expired"),
+        # floored, as the List's SQL floors it: expired an hour ago is -1, never 0
+        (-2.5, -3, "expired"),
+        (-0.04, -1, "expired"),
     ],
 )
 def test_expiry_thresholds(days_left: float, expected_days: int, warning: str) -> None:
@@ -336,3 +338,116 @@ def test_names_in_a_certificate_are_stored_without_control_characters() -> None:
     # And so does the trust error naming it
     posture = assess_chain([_hostile_leaf(hostile)], name=None, now=NOW)
     assert posture is not None and all(ch.isprintable() for ch in posture.trust_error)
+
+
+# -- a review against openssl verify (2026-12-06) -----------------------------------------
+
+
+def test_a_wildcard_only_certificate_is_trusted(ca: trustme.CA, store: str) -> None:
+    # (before: its chain was verified for "example.test", which *.example.test never
+    # covers: "untrusted: no matching subjectAltName" beside a name check that matched)
+    leaf = ca.issue_cert("*.example.test")
+    posture = assess_chain(_chain(leaf), name="www.example.test", now=NOW, trust_store=store)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error, posture.name_check) == (True, "", "match")
+
+
+def test_a_name_the_verifier_refuses_is_skipped_for_the_next(ca: trustme.CA, store: str) -> None:
+    # an underscore in the first SAN (trustme will not write one): "unverifiable: invalid
+    # domain name" before
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    root = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b")]))
+            .issuer_name(root.subject).public_key(ec.generate_private_key(
+                ec.SECP256R1()).public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=60))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("my_host.example.test"),
+                                                        x509.DNSName("b.example.test")]),
+                           False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                root.public_key()), False)  # type: ignore[arg-type]
+            .sign(load_pem_private_key(ca.private_key_pem.bytes(), None),  # type: ignore[arg-type]
+                  hashes.SHA256()))
+    posture = assess_chain([leaf.public_bytes(Encoding.DER)], name="b.example.test", now=NOW,
+                           trust_store=store)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (True, "")
+
+
+def test_a_sha1_self_signed_certificate_is_self_signed(tmp_path: Path) -> None:
+    # cryptography will not check a SHA-1 signature; before: "not self-signed", and the
+    # reason was a basicConstraints complaint
+    from tests.tls_pki import TestPki
+
+    posture = assess_chain([TestPki(tmp_path).sha1_self_signed()], name=None,
+                           now=dt.datetime.now(dt.UTC))  # (openssl made it valid from now)
+    assert posture is not None
+    assert posture.trust_error == "self-signed"
+    assert posture.weak_signatures == ("leaf: sha1WithRSAEncryption",)
+
+
+def test_a_self_signed_leaf_in_the_trust_store_is_trusted(tmp_path: Path) -> None:
+    der = _self_signed()
+    pinned = tmp_path / "pinned.pem"
+    pinned.write_bytes(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
+    posture = assess_chain([der], name="self.example.test", now=NOW, trust_store=str(pinned))
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (True, "")
+
+
+def test_an_expired_cross_certificate_beside_a_valid_path_is_trusted(tmp_path: Path) -> None:
+    # Given (as AddTrust in May 2020) a leaf issued by "New Root", served with an expired
+    # cross-certificate of New Root by "Old Root", and New Root itself trusted
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def ca_cert(subject: str, issuer: str, public: ec.EllipticCurvePublicKey,
+                signer: ec.EllipticCurvePrivateKey, until: dt.datetime) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                .public_key(public).serial_number(x509.random_serial_number())
+                .not_valid_before(NOW - dt.timedelta(days=900)).not_valid_after(until)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                             False, False), True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    signer.public_key()), False)
+                .sign(signer, hashes.SHA256()))
+
+    old_key, new_key = key(), key()
+    new_root = ca_cert("New Root", "New Root", new_key.public_key(), new_key,
+                       NOW + dt.timedelta(days=900))
+    cross = ca_cert("New Root", "Old Root", new_key.public_key(), old_key,
+                    NOW - dt.timedelta(days=1))
+    leaf = (x509.CertificateBuilder().subject_name(name("mx.example.test"))
+            .issuer_name(name("New Root")).public_key(key().public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(days=60))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]),
+                           False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                new_key.public_key()), False)
+            .sign(new_key, hashes.SHA256()))
+    trusted = tmp_path / "roots.pem"
+    trusted.write_bytes(new_root.public_bytes(Encoding.PEM))
+    posture = assess_chain([c.public_bytes(Encoding.DER) for c in (leaf, cross)],
+                           name="mx.example.test", now=NOW, trust_store=str(trusted))
+    # Then it is trusted, as openssl verify says (before: "expired intermediate", judged
+    # before any path was looked for)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (True, "")
+
+
+def test_an_idn_name_is_checked_in_its_idna_form(ca: trustme.CA, store: str) -> None:
+    leaf = ca.issue_cert("xn--bcher-kva.example")
+    posture = assess_chain(_chain(leaf), name="bücher.example", now=NOW, trust_store=store)
+    assert posture is not None
+    assert (posture.name_check, posture.is_trusted) == ("match", True)
