@@ -1,7 +1,12 @@
 """The suite-enumeration and server-order algorithms, as pure state machines.
 
 Owns: ``SuiteEnumeration`` (nmap's method: offer up to 64 suites, record the one the
-server picks, remove it, offer again; a refused offer retires every suite in it) and
+server picks, remove it, offer again; a refused offer retires every suite in it, except
+that an offer the server answered by closing silently is split in halves and each
+offered again (a server that picks a suite it cannot serve, a DHE suite without DH
+parameters, then closes, hid every other suite of that offer: three TLS 1.2 suites nmap
+finds on dovecot), at most ``MAX_SPLITS`` times, ``SPLITS_BEFORE_A_PICK`` before the
+server has accepted anything of the version) and
 ``ServerOrderProbe`` (the server's preference order, and whether it honours the client's
 order instead). Each asks for the next offer and is told the outcome; neither knows how
 an offer travels, so both are unit-tested against plain functions standing in for a
@@ -26,6 +31,10 @@ from dataclasses import dataclass
 from probers.tls.hello import HelloOutcome, OutcomeKind
 
 WINDOW = 64  # suites per ClientHello, as nmap's ssl-enum-ciphers offers
+MAX_SPLITS = 16  # closed offers split again per version: bounded connections
+# Before the server has accepted anything of this version, only this many: a server that
+# closes on every hello costs a few connections more, not one per suite
+SPLITS_BEFORE_A_PICK = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +54,16 @@ class SuiteEnumeration:
         self.failure = ""  # why the enumeration could not finish ("" = it did)
         self.version_refused = ""  # set when the server will not speak this version
         self.attempts = 0
+        self._splits: list[tuple[int, ...]] = []  # halves of a closed offer, next
+        self._splits_left = MAX_SPLITS
 
     def next_offer(self) -> tuple[int, ...] | None:
         if self.failure or self.version_refused or not self._remaining:
             return None
+        while self._splits:
+            offer = tuple(c for c in self._splits.pop(0) if c in self._remaining)
+            if offer:
+                return offer
         return tuple(self._remaining[: self._window])
 
     def record(self, offered: tuple[int, ...], outcome: HelloOutcome) -> None:
@@ -61,6 +76,11 @@ class SuiteEnumeration:
             self._remaining.remove(outcome.suite)
         elif outcome.kind is OutcomeKind.WRONG_VERSION:
             self.version_refused = outcome.detail
+        elif (outcome.kind is OutcomeKind.CLOSED and len(offered) > 1
+              and self._splits_left > (0 if self.picks else MAX_SPLITS - SPLITS_BEFORE_A_PICK)):
+            self._splits_left -= 1
+            half = len(offered) // 2
+            self._splits[:0] = [offered[:half], offered[half:]]
         elif outcome.kind.is_refusal:
             offered_set = set(offered)
             self._remaining = [code for code in self._remaining if code not in offered_set]

@@ -59,6 +59,10 @@ def _make_context(spec: HandshakeSpec) -> SSL.Context:
     if spec.tls13_suites:
         context.set_min_proto_version(SSL.TLS1_3_VERSION)
         context.set_max_proto_version(SSL.TLS1_3_VERSION)
+        # Security level 0 here too: it is the context's, not only TLS 1.2's, and OpenSSL
+        # puts TLS_AES_128_CCM_8_SHA256 at level 0, so it was never offered (a server
+        # preferring it read as refusing every suite)
+        context.set_cipher_list(_LEGACY_CIPHER_LIST)
         names = ":".join(SUITES[code].iana_name for code in spec.tls13_suites)
         context.set_tls13_ciphersuites(names.encode())
     else:

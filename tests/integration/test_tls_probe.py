@@ -156,6 +156,20 @@ def test_tls13_only_server_reports_exactly_its_suite(certs: CertFiles) -> None:
     assert [c.subject for c in result.certificates] == ["CN=localhost"]
 
 
+def test_a_tls13_server_preferring_ccm_8_is_enumerated_whole(certs: CertFiles) -> None:
+    # Given an s_server whose first TLS 1.3 choice is TLS_AES_128_CCM_8_SHA256 (OpenSSL's
+    # security level 0): before, it was never offered, and read missing (sslscan and nmap
+    # list it first)
+    with openssl_server(certs, "-tls1_3", "-serverpref", "-ciphersuites",
+                        "TLS_AES_128_CCM_8_SHA256:TLS_AES_128_CCM_SHA256:"
+                        "TLS_AES_256_GCM_SHA384") as port:
+        result = probe(port, server_name="localhost")
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert [(s.iana_name, s.preference) for s in result.suites] == [
+        ("TLS_AES_128_CCM_8_SHA256", 1), ("TLS_AES_128_CCM_SHA256", 2),
+        ("TLS_AES_256_GCM_SHA384", 3)]
+
+
 def test_legacy_tls10_3des_server_is_weak_for_3des(certs: CertFiles) -> None:
     # Given a GnuTLS server speaking only TLS 1.0 with only TLS_RSA_WITH_3DES_EDE_CBC_SHA,
     # a suite the local (pyOpenSSL) OpenSSL cannot negotiate at all

@@ -125,3 +125,37 @@ def test_single_suite_needs_no_order_check() -> None:
     assert enumeration.accepted == (42,)
     assert order.is_server_order is None
     assert len(offers) == 1 + 4  # the pick, then the four refused windows
+
+
+def picks_then_closes(preferred: Sequence[int], unservable: set[int]) -> Chooser:
+    """A server in its own order that picks a suite it cannot serve (a DHE suite without
+    DH parameters, as dovecot) and then closes the connection silently."""
+    choose = server_order(preferred)
+
+    def answer(offered: tuple[int, ...]) -> HelloOutcome:
+        outcome = choose(offered)
+        if outcome.kind is OutcomeKind.ACCEPTED and outcome.suite in unservable:
+            return HelloOutcome(OutcomeKind.CLOSED, "connection closed during handshake")
+        return outcome
+
+    return answer
+
+
+def test_suites_behind_a_pick_the_server_cannot_serve_are_still_found() -> None:
+    # Given a server whose favourite among 100 candidates is unservable (it picks, then
+    # closes), and which serves 5, one first in the candidates' first window
+    good = [10, 70, 71, 72, 99]
+    server = picks_then_closes([3, *good], {3})
+    enumeration, _order, offers = run(list(range(100)), server)
+    # Then every servable suite is found (before: the closed window retired them all,
+    # and only those in later windows were found)
+    assert sorted(enumeration.accepted) == good
+    assert enumeration.failure == ""
+    assert len(offers) < 60  # the splits are bounded
+
+
+def test_a_server_that_closes_on_everything_costs_a_few_offers_more() -> None:
+    # Never accepted anything: a few splits, then a closed offer is a refusal (a server
+    # refusing us must not cost a connection per suite): 4 windows and 4 splits' halves
+    enumeration, _order, offers = run(list(range(200)), client_order(set()))
+    assert enumeration.accepted == () and len(offers) == 4 + 2 * 4
