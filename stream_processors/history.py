@@ -405,6 +405,7 @@ class ChangeRecorder:
         views = sorted(host_views(host_scans, self._snapshots), key=lambda v: v.finished_at)
         taken = {key: len(self._snapshots.get(key, ()))
                  for key in {(v.scan_id, v.target.target, v.target.ip) for v in views}}
+        views = _not_from_the_future(views)
         keys = [(v.target.target, v.target.ip) for v in views]
         host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
         repeated = {k for k, n in _counts(keys).items() if n > 1}
@@ -535,6 +536,24 @@ class ChangeRecorder:
         o = self.reprobe_options
         return await reprobe(wanted, timeout=o.timeout, concurrency=o.concurrency,
                              max_probes=o.max_probes, deadline=o.deadline)
+
+
+# A host scan that says it finished later than this is from a clock far ahead, or forged
+# by whoever can write the host-scans topic: compared, it would become the host's state,
+# and every real scan after it "older than the state", never compared (one record dated
+# 2250 silenced a host's alerts for good). Not compared; stored, and said.
+FUTURE_SKEW = timedelta(hours=1)
+
+
+def _not_from_the_future(views: list[HostScanView]) -> list[HostScanView]:
+    limit = datetime.now(UTC) + FUTURE_SKEW
+    kept = [v for v in views if v.finished_at <= limit]
+    if len(kept) < len(views):
+        late = next(v for v in views if v.finished_at > limit)
+        log.warning("change detection: %d host scan(s) dated in the future not compared "
+                    "(e.g. %s of %s, finished %s)", len(views) - len(kept), late.scan_id,
+                    late.target.ip, late.finished_at.isoformat())
+    return kept
 
 
 def _not_held(fetched: Sequence[HostScan], held: Container[ScanHostKey]) -> set[ScanHostKey]:

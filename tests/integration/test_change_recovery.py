@@ -495,3 +495,25 @@ def test_a_threshold_crossed_behind_a_narrow_scan_is_said_through_the_store(stor
     # Then the 30-day threshold is said, judged from when the certificate was last seen
     assert [(e.kind, e.port, e.after) for e in events] == [
         (ChangeKind.CERT_EXPIRING, web, "30d")]
+
+
+def test_a_host_scan_dated_in_the_future_is_not_compared(store) -> None:  # type: ignore[no-untyped-def]
+    port, other = free_ports(2)
+    # Given a record dated 2250 (a clock far ahead, or forged on the host-scans topic)
+    far = datetime(2250, 1, 1, tzinfo=UTC)
+    forged = [_finding("forged", port, far)]
+    forged_scans = [_host_scan("forged", far, 1, [port])]
+    _store_scan(store, forged, forged_scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(forged)
+    # When it reaches the recorder, then it changes nothing
+    assert asyncio.run(recorder.finish(forged_scans)) == []
+    assert store.query("SELECT count() FROM host_state") == [(0,)]
+    # And the real scans after it are compared (before: the forged one became the state,
+    # and they were all "older than the state": a red port opened, nothing said)
+    real = [_finding("s1", other, DAY2, color=RiskColor.RED)]
+    real_scans = [_host_scan("s1", DAY2, 1, [other])]
+    _store_scan(store, real, real_scans)
+    recorder.add_findings(real)
+    assert [(e.kind, e.port) for e in asyncio.run(recorder.finish(real_scans))] == [
+        (ChangeKind.OPENED, other)]
