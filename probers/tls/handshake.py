@@ -53,9 +53,27 @@ class HandshakeSpec:
     tls13_suites: tuple[int, ...] = ()
 
 
+# Every key-exchange group the client may be asked for: OpenSSL's default list has no
+# finite-field group, so a TLS 1.3 server that takes only ffdhe4096 read "could not test"
+# (sslscan enumerates its suites). A server asks for the one it wants (HelloRetryRequest).
+_GROUPS = b"X25519:P-256:P-384:P-521:X448:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192"
+
+
+def _offer_every_group(context: SSL.Context) -> None:
+    """Set ``_GROUPS`` through OpenSSL itself (pyOpenSSL has no call for it); a build
+    without the function, or that refuses a name, keeps its default list."""
+    try:
+        from OpenSSL._util import lib  # noqa: PLC0415 - pyOpenSSL's own binding of OpenSSL
+
+        lib.SSL_CTX_set1_curves_list(context._context, _GROUPS)  # noqa: SLF001
+    except (ImportError, AttributeError):
+        return
+
+
 def _make_context(spec: HandshakeSpec) -> SSL.Context:
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_verify(SSL.VERIFY_NONE)
+    _offer_every_group(context)
     if spec.tls13_suites:
         context.set_min_proto_version(SSL.TLS1_3_VERSION)
         context.set_max_proto_version(SSL.TLS1_3_VERSION)

@@ -170,6 +170,20 @@ def test_a_tls13_server_preferring_ccm_8_is_enumerated_whole(certs: CertFiles) -
         ("TLS_AES_256_GCM_SHA384", 3)]
 
 
+def test_a_tls13_server_taking_only_a_finite_field_group_is_enumerated(certs: CertFiles
+                                                                         ) -> None:
+    # Given an s_server whose only TLS 1.3 key exchange is ffdhe4096 (before: "could not
+    # test", OpenSSL's default client groups have no finite-field group; sslscan lists
+    # its three suites at DHE 4096 bits)
+    with openssl_server(certs, "-tls1_3", "-groups", "ffdhe4096") as port:
+        result = probe(port, server_name="localhost")
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert suite_set(result) == {("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+                                 ("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+                                 ("TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256")}
+    assert {(s.kex_group, s.kex_bits) for s in result.suites} == {("ffdhe4096", 4096)}
+
+
 def test_legacy_tls10_3des_server_is_weak_for_3des(certs: CertFiles) -> None:
     # Given a GnuTLS server speaking only TLS 1.0 with only TLS_RSA_WITH_3DES_EDE_CBC_SHA,
     # a suite the local (pyOpenSSL) OpenSSL cannot negotiate at all
