@@ -338,7 +338,9 @@ def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
     state, and TLS and certificate changes were never compared again), the favicon and
     the JARM fingerprint when this scan has none."""
     done = ProbeStatus.COMPLETED.value
-    if new.tls_status != done and old.tls_status == done:
+    # (only a probe that failed: one not scheduled means the port no longer speaks TLS,
+    # and keeping its last result would keep the host off the fast path for good)
+    if new.tls_status == ProbeStatus.ERROR.value and old.tls_status == done:
         new = new._replace(tls_status=old.tls_status, tls_versions=old.tls_versions,
                            weak_suites=old.weak_suites, tls_grade=old.tls_grade,
                            cert_sha256=new.cert_sha256 or old.cert_sha256,
@@ -440,9 +442,10 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
     # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
     # UDP shard compared alone took a live host for unreachable and hid its ports.
-    tcp_candidates = [k for k in candidates if k[0] is Proto.TCP]
-    is_silent = bool(tcp_candidates) and all(
-        reprobes.get(k) is ProbeAnswer.SILENT for k in tcp_candidates)
+    # A candidate the re-probe did not answer for (its budget ran out) is no evidence
+    # either way: it neither makes nor unmakes the outage.
+    answered = [reprobes[k] for k in candidates if k[0] is Proto.TCP and k in reprobes]
+    is_silent = bool(answered) and all(a is ProbeAnswer.SILENT for a in answered)
     if previous is not None and is_silent and not host_answered:
         if previous.is_reachable:
             events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
@@ -477,9 +480,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             changed = _port_events(old_port, new, event)
             if changed:
                 events.extend(changed)
+                # (its certificate judged now only if this scan saw one: a kept one
+                # keeps when it was last judged, or a threshold crossed meanwhile is lost)
                 next_ports[key] = _keep_known(old_port, new)._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
-                    seen_at=now)
+                    seen_at=now if new.cert_sha256 else old_port.seen_at)
             # else: the stored snapshot stays (nothing compared changed; a TLS probe that
             # could not test this time keeps the last completed result to compare with)
         # A certificate's thresholds are judged against when *this port's* certificate
@@ -489,8 +494,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         judged_at = judged.seen_at if judged is not None and judged.seen_at > EPOCH else host_at
         cert_events = _cert_events(judged, new, judged_at, now, event)
         events.extend(cert_events)
-        if cert_events or _is_near_expiry(new, now):
-            # written again, so the next scan judges from now (once per threshold)
+        if cert_events or (new.cert_sha256 and now < new.cert_not_after
+                           and _is_near_expiry(new, now)):
+            # written again, so the next scan judges from now (once per threshold); not
+            # once expired and said (an appliance's long-expired certificate would
+            # rewrite its row at every scan: port_state grows with change, not scans)
             next_ports[key] = next_ports[key]._replace(seen_at=now)
     state = HostState(scan.target, scan.scan_id, now, True, next_ports)
     return ChangeOutcome(events, state)

@@ -382,3 +382,52 @@ def test_udp_silence_never_makes_a_live_host_unreachable() -> None:
     assert kinds(out) == []
     assert out.state is not None and out.state.is_reachable
     assert set(out.state.open_ports) == {(Proto.TCP, 22), (Proto.UDP, 53)}
+
+
+def test_a_certificate_not_seen_in_a_changed_scan_keeps_when_it_was_judged() -> None:
+    # Given a certificate 5 days from expiry (its 7-day threshold said)
+    expires = T0 + timedelta(days=5)
+    a = detect_changes(None, view_at([tls_port("e" * 64, expires)], T0, "a"), {})
+    assert ("cert_expiring", 443, expires.isoformat(), "7d") in kinds(a)
+    # And a scan 7 days later where the version moved and the TLS probe errored (no
+    # certificate seen)
+    errored = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), version="1.1", tls_status="error",
+                       tls_versions=(), tls_grade="")
+    b = detect_changes(a.state, view_at([errored], T0 + timedelta(days=7), "b"), {})
+    assert kinds(b) == [("version_changed", 443, "1.0", "1.1")]
+    # When the next scan sees the same, now expired, certificate
+    c = detect_changes(b.state, view_at([tls_port("e" * 64, expires, version="1.1")],
+                                        T0 + timedelta(days=8), "c"), {})
+    # Then its expiry is said (a review: the unseen certificate was marked judged at b)
+    assert [e.kind for e in c.events] == [ChangeKind.CERT_EXPIRED]
+
+
+def test_a_long_expired_certificate_does_not_rewrite_its_port_at_every_scan() -> None:
+    expired = T0 - timedelta(days=800)
+    first = detect_changes(None, view_at([tls_port("f" * 64, expired)], T0, "a"), {})
+    assert ChangeKind.CERT_EXPIRED in [e.kind for e in first.events]
+    second = detect_changes(first.state, view_at([tls_port("f" * 64, expired)],
+                                                 T0 + timedelta(days=1), "b"), {})
+    assert kinds(second) == []
+    assert first.state is not None and second.state is not None
+    key = (Proto.TCP, 443)
+    assert second.state.ports[key] is first.state.ports[key]  # the same row: not written
+
+
+def test_re_probes_the_budget_did_not_reach_do_not_turn_an_outage_into_closures() -> None:
+    # Given a host with two ports that now answers nothing: one re-probe silent, the
+    # other cut by the batch's deadline (no answer)
+    prev = state([snap(22), snap(80, service="http", product="nginx")])
+    out = detect_changes(prev, view([]), {(Proto.TCP, 22): ProbeAnswer.SILENT})
+    # Then it is unreachable, nothing closed (a review: the cut one made 22 'closed')
+    assert [e.kind for e in out.events] == [ChangeKind.HOST_UNREACHABLE]
+
+
+def test_a_port_that_stopped_speaking_tls_does_not_keep_its_old_tls() -> None:
+    far = T0 + timedelta(days=300)
+    a = detect_changes(None, view_at([tls_port("a" * 64, far)], T0, "a"), {})
+    plain = snap(443, service="http", product="nginx", version="1.0")
+    b = detect_changes(a.state, view_at([plain], T0 + timedelta(days=1), "b"), {})
+    assert b.state is not None
+    kept = b.state.ports[(Proto.TCP, 443)]
+    assert (kept.tls_status, kept.cert_sha256) == (plain.tls_status, "")
