@@ -309,8 +309,13 @@ def _server(name: str, version: str = r"[\d.]+") -> re.Pattern[str]:
     only start the same, "Apache-Coyote/1.1" (Tomcat), "ApacheSolr", "Apache TomEE",
     "nginx-ingress-controller", are other products (a review, 2026-12-06: Tomcat was
     stored as Apache httpd with its CPE, at a confidence nmap never overruled)."""
-    return re.compile(rf"^{name}(?:/({version})|(?=\s*[(;,+]|\s*$|\s+\d|\s+[^\s/]+/))",
+    return re.compile(rf"^{name}(?:/({version})|(?=\s*[(;,+]|\s*$|\s+\d|\s+{_MODULE}))",
                       re.I | re.A)
+
+
+# What follows a server's name when it lists its modules ("Apache mod_ssl/2.4 OpenSSL/3"):
+# not another product's name ("Apache Tomcat/9.0.83" is Tomcat, "Apache ActiveMQ/5.18")
+_MODULE = r"(?:mod_\w+|OpenSSL|PHP|Perl|Python|SVN|DAV|Phusion[_ ]Passenger|mpm\w*)/"
 
 
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (

@@ -285,7 +285,9 @@ def test_parse_http_server_products(server: str, product: str, version: str, cpe
 
 
 @pytest.mark.parametrize("server", ["Apache-Coyote/1.1", "ApacheSolr", "Apache TomEE",
-                                    "nginx-ingress-controller", "nginxplus/1", "Caddyfile"])
+                                    "nginx-ingress-controller", "nginxplus/1", "Caddyfile",
+                                    "Apache Tomcat/9.0.83", "Apache TomEE/8.0.16",
+                                    "Apache ActiveMQ/5.18"])
 def test_a_server_name_that_only_starts_like_a_known_one_is_not_it(server: str) -> None:
     # Tomcat's "Apache-Coyote/1.1" was Apache httpd, with its CPE, at a confidence at
     # which nmap is never asked (a review, 2026-12-06)
