@@ -56,16 +56,21 @@ class HandshakeSpec:
 # Every key-exchange group the client may be asked for: OpenSSL's default list has no
 # finite-field group, so a TLS 1.3 server that takes only ffdhe4096 read "could not test"
 # (sslscan enumerates its suites). A server asks for the one it wants (HelloRetryRequest).
+# The post-quantum hybrid first, as OpenSSL's own default does (a server that takes it
+# reports it as its key exchange); a build that does not know it gets the rest.
+_PQ_GROUPS = b"X25519MLKEM768:"
 _GROUPS = b"X25519:P-256:P-384:P-521:X448:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192"
 
 
 def _offer_every_group(context: SSL.Context) -> None:
-    """Set ``_GROUPS`` through OpenSSL itself (pyOpenSSL has no call for it); a build
-    without the function, or that refuses a name, keeps its default list."""
+    """Set the groups through OpenSSL itself (pyOpenSSL has no call for it); a build
+    without the function, or that refuses every list, keeps its default list."""
     try:
         from OpenSSL._util import lib  # noqa: PLC0415 - pyOpenSSL's own binding of OpenSSL
 
-        lib.SSL_CTX_set1_curves_list(context._context, _GROUPS)  # noqa: SLF001
+        for groups in (_PQ_GROUPS + _GROUPS, _GROUPS):
+            if lib.SSL_CTX_set1_curves_list(context._context, groups) == 1:  # noqa: SLF001
+                return
     except (ImportError, AttributeError):
         return
 

@@ -184,6 +184,45 @@ def test_a_tls13_server_taking_only_a_finite_field_group_is_enumerated(certs: Ce
     assert {(s.kex_group, s.kex_bits) for s in result.suites} == {("ffdhe4096", 4096)}
 
 
+def test_a_server_taking_the_post_quantum_hybrid_group_is_reported_with_it(
+        certs: CertFiles) -> None:
+    # Given a TLS 1.3 server on pyOpenSSL's OpenSSL (Debian's openssl 3.0 has no ML-KEM)
+    # that takes X25519MLKEM768 only
+    import contextlib
+    import socket as socketlib
+    import threading
+
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    from tests.tls_servers import _thread_server
+
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.use_certificate_chain_file(str(certs.cert))
+    context.use_privatekey_file(str(certs.key))
+    if lib.SSL_CTX_set1_curves_list(context._context, b"X25519MLKEM768") != 1:  # noqa: SLF001
+        pytest.fail("this OpenSSL has no X25519MLKEM768")
+
+    def handshake(conn: socketlib.socket) -> None:
+        conn.settimeout(3)
+        tls = SSL.Connection(context, conn)
+        tls.set_accept_state()
+        with contextlib.suppress(SSL.Error, OSError):
+            tls.do_handshake()
+        conn.close()
+
+    def handle(conn: socketlib.socket) -> None:  # a thread per connection: probes overlap
+        threading.Thread(target=handshake, args=(conn,), daemon=True).start()
+
+    with _thread_server(handle) as port:
+        result = probe(port, server_name="localhost")
+    # Then its suites are found with that group (a review: a fixed list of classic groups
+    # left the hybrid out, and the server read as plain X25519 or could not be tested)
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert {s.kex_group for s in result.suites} == {"X25519MLKEM768"}
+
+
 def test_legacy_tls10_3des_server_is_weak_for_3des(certs: CertFiles) -> None:
     # Given a GnuTLS server speaking only TLS 1.0 with only TLS_RSA_WITH_3DES_EDE_CBC_SHA,
     # a suite the local (pyOpenSSL) OpenSSL cannot negotiate at all
