@@ -75,15 +75,13 @@ from probers.service.banners import (
 from probers.service.http_meta import (
     BODY_CAP,
     HEAD_CAP,
-    Framing,
+    DeclaredEnd,
     HttpResponse,
     favicon_hash,
     favicon_href,
-    has_declared_end,
     http_framing,
     is_icon_response,
     page_title,
-    reached_declared_end,
     redirect_location,
     same_host_path,
     split_response,
@@ -807,12 +805,12 @@ async def _read_http_answer(reader: asyncio.StreamReader, deadline: float) -> by
     FETCH_IDLE of silence; whatever arrived by the deadline otherwise. A body is never cut
     at a pause when its end is declared (an icon cut there hashed as another one)."""
     buf = bytearray()
-    frame: Framing | None = None
+    end: DeclaredEnd | None = None
     while len(buf) < FETCH_CAP:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        waits_for_end = not buf or frame is None or has_declared_end(frame)
+        waits_for_end = not buf or end is None or end.is_declared
         try:
             chunk = await asyncio.wait_for(reader.read(FETCH_CAP - len(buf)),
                                            left if waits_for_end else min(left, FETCH_IDLE))
@@ -821,9 +819,10 @@ async def _read_http_answer(reader: asyncio.StreamReader, deadline: float) -> by
         if not chunk:
             break
         buf += chunk
-        if frame is None:
+        if end is None:
             frame = http_framing(buf)  # (no copy per read: a trickle stays linear)
-        if frame is not None and reached_declared_end(buf, frame):
+            end = DeclaredEnd(frame) if frame is not None else None
+        if end is not None and end.reached(buf):
             break
     return bytes(buf[:FETCH_CAP])
 

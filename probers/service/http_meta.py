@@ -155,14 +155,42 @@ def has_declared_end(frame: Framing) -> bool:
     return chunked or (length is not None and length >= 0)
 
 
+class DeclaredEnd:
+    """Whether all of what an answer declared has arrived, asked at every read of it:
+    a length is one comparison; chunks are walked forward from where the last call
+    stopped, each byte looked at a bounded number of times (a trickle of tiny chunks,
+    or of lines that look like a last chunk, must not make reading quadratic)."""
+
+    def __init__(self, frame: Framing) -> None:
+        self.start, self.length, self.chunked = frame
+        self.is_declared = has_declared_end(frame)
+        self._pos = self.start  # the next chunk-size line
+
+    def reached(self, data: bytes | bytearray) -> bool:
+        if not self.chunked:
+            return self.length is not None and 0 <= self.length <= len(data) - self.start
+        while True:
+            line_end = data.find(b"\r\n", self._pos, self._pos + 64)
+            if line_end < 0:
+                return False
+            try:
+                size = int(bytes(data[self._pos:line_end]).split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return False  # not chunks we can follow: read to the close
+            if size < 0:
+                return False
+            if size == 0:  # the last chunk: its trailers end at an empty line (bounded)
+                return data.find(b"\r\n\r\n", line_end, line_end + 8192) >= 0
+            following = line_end + 2 + size + 2
+            if following > len(data):
+                return False
+            self._pos = following
+
+
 def reached_declared_end(data: bytes | bytearray, frame: Framing) -> bool:
-    """All of what the answer declared has arrived: reading can stop. Cheap enough to ask
-    at every read (a trickling server must not make it quadratic): a length is one
-    comparison, chunks are decoded only when the data ends like a last chunk does."""
-    start, length, chunked = frame
-    if chunked:
-        return data.endswith(b"\r\n\r\n") and _dechunk(bytes(data[start:]), BODY_CAP)[1]
-    return length is not None and length >= 0 and len(data) - start >= length
+    """All of what the answer declared has arrived (one question; ``DeclaredEnd`` for
+    the reads of one answer)."""
+    return DeclaredEnd(frame).reached(data)
 
 
 def _clean(text: str, cap: int) -> str:
@@ -273,6 +301,6 @@ def is_icon_response(response: HttpResponse) -> bool:
     return not kind.startswith("text/html")
 
 
-__all__ = ["Framing", "HttpResponse", "dechunk", "favicon_hash", "favicon_href",
+__all__ = ["DeclaredEnd", "Framing", "HttpResponse", "dechunk", "favicon_hash", "favicon_href",
            "has_declared_end", "http_framing", "is_icon_response", "reached_declared_end",
            "page_title", "redirect_location", "same_host_path", "split_response"]

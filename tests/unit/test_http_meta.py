@@ -19,6 +19,7 @@ from probers.service.banners import parse_http
 from probers.service.http_meta import (
     BODY_CAP,
     TITLE_CAP,
+    DeclaredEnd,
     _title_bytes,
     dechunk,
     favicon_hash,
@@ -270,3 +271,29 @@ def test_a_title_in_another_script_stays_readable(page: bytes, title: str) -> No
     # before: every non-ASCII byte became \\xNN, so a Russian title kept ~30 unreadable
     # characters of its 256, and Latin-1's é became the UTF-8 escapes \\xc3\\xa9
     assert page_title(page) == title
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=40), max_size=12), st.binary(max_size=30),
+       st.lists(st.integers(1, 60), min_size=1, max_size=40))
+def test_the_end_of_chunks_read_piece_by_piece_is_the_end_read_whole(
+        chunks: list[bytes], tail: bytes, cuts: list[int]) -> None:
+    # A chunked answer (any chunks, a last chunk, junk after) arriving in any pieces: the
+    # incremental walk says "ended" at the first read where the whole answer says so
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    answer = HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + body + tail
+    frame = http_framing(answer)
+    assert frame is not None
+    end, buf, at, before = DeclaredEnd(frame), bytearray(), 0, 0
+    ended_at = None
+    for cut in [*cuts, len(answer)]:
+        before = len(buf)
+        buf += answer[at:at + cut]
+        at += cut
+        if end.reached(buf):
+            ended_at = len(buf)
+            break
+    # it ended, where the answer read whole says so, and not a read too late
+    assert ended_at is not None and reached_declared_end(answer[:ended_at], frame)
+    assert before == 0 or not reached_declared_end(answer[:before], frame)
+
