@@ -332,6 +332,17 @@ async def discover_with_retries(
         log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt,
                     attempts, outcome.error)
     assert outcome is not None
+    # An ordinary host's count is the union of what the attempts found (ports 10 and 20
+    # found by a dead attempt and 30 by the retry are 3, not the most one attempt saw);
+    # and the tarpit rule is judged on that union too: two attempts that each died under
+    # the threshold let 1,550 fake ports through
+    union = collections.Counter(ip for ip, _proto, _port in found)
+    limit = tarpit_threshold_for(tarpit_threshold, shard.port_count)
+    for ip, count in union.items():
+        if ip not in tarpit_notes and count > limit:
+            tarpit_notes[ip] = (f"answers on every port ({count} open ports reported over "
+                                f"{attempt} attempts); only identified services on "
+                                "well-known ports kept")
     # A host any attempt flagged is a tarpit in the merged outcome: an attempt that died
     # before the threshold kept its (fake) ports unflagged, and they must not reach
     # identification as ports of an ordinary host
@@ -340,11 +351,7 @@ async def discover_with_retries(
         for port in found.values()
         if port.target.ip not in tarpit_notes or port.port in TARPIT_CANDIDATES]
     outcome.tarpit_notes = tarpit_notes
-    # An ordinary host's count is the union of what the attempts found (ports 10 and 20
-    # found by a dead attempt and 30 by the retry are 3, not the most one attempt saw)
-    union = collections.Counter(ip for ip, _proto, _port in found)
-    outcome.open_seen = {ip: count if ip in tarpit_notes else max(count, union[ip])
-                         for ip, count in open_seen.items()}
+    outcome.open_seen = {ip: max(count, union[ip]) for ip, count in open_seen.items()}
     outcome.attempts = attempt
     return outcome
 
