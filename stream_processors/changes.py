@@ -338,9 +338,12 @@ def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
     state, and TLS and certificate changes were never compared again), the favicon and
     the JARM fingerprint when this scan has none."""
     done = ProbeStatus.COMPLETED.value
-    # (only a probe that failed: one not scheduled means the port no longer speaks TLS,
-    # and keeping its last result would keep the host off the fast path for good)
-    if new.tls_status == ProbeStatus.ERROR.value and old.tls_status == done:
+    # A probe that failed, or one not run on a port still named as before (a --no-tls
+    # scan): kept. Not run on a port whose service changed (https -> http): it no longer
+    # speaks TLS, and keeping its last result would keep the host off the fast path
+    not_run = (new.tls_status == ProbeStatus.NOT_SCHEDULED.value
+               and new.service == old.service)
+    if (new.tls_status == ProbeStatus.ERROR.value or not_run) and old.tls_status == done:
         new = new._replace(tls_status=old.tls_status, tls_versions=old.tls_versions,
                            weak_suites=old.weak_suites, tls_grade=old.tls_grade,
                            cert_sha256=new.cert_sha256 or old.cert_sha256,
@@ -452,6 +455,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         # Its ports are kept as they were: no closure while it does not answer.
         return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
                                              is_reachable=False))
+    if previous is not None and not previous.is_reachable and not host_answered:
+        # Still nothing answered, and no TCP evidence either way (every re-probe cut by
+        # the budget, or only UDP looked at): it stays unreachable, saying nothing (it
+        # used to turn reachable silently, and the next silent scan alerted again)
+        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now))
     if previous is not None and not previous.is_reachable and host_answered:
         events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
 
@@ -480,11 +488,13 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             changed = _port_events(old_port, new, event)
             if changed:
                 events.extend(changed)
-                # (its certificate judged now only if this scan saw one: a kept one
-                # keeps when it was last judged, or a threshold crossed meanwhile is lost)
                 next_ports[key] = _keep_known(old_port, new)._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
-                    seen_at=now if new.cert_sha256 else old_port.seen_at)
+                    seen_at=now)
+                # The row is written now (port_state's version is the scan's time): a
+                # certificate kept from before is judged now too, from its known expiry,
+                # or a threshold crossed since it was last judged would never be said
+                new = next_ports[key]
             # else: the stored snapshot stays (nothing compared changed; a TLS probe that
             # could not test this time keeps the last completed result to compare with)
         # A certificate's thresholds are judged against when *this port's* certificate

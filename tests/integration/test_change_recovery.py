@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from schemas.records import (
     CdnVerdict,
     Certificate,
+    ChangeEvent,
     ChangeKind,
     CipherSuite,
     Finding,
@@ -517,3 +518,32 @@ def test_a_host_scan_dated_in_the_future_is_not_compared(store) -> None:  # type
     recorder.add_findings(real)
     assert [(e.kind, e.port) for e in asyncio.run(recorder.finish(real_scans))] == [
         (ChangeKind.OPENED, other)]
+
+
+def test_a_kept_certificate_is_judged_once_through_the_store(store) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    a_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=9)
+    expires = (a_at + timedelta(days=5)).isoformat()
+    # Given a certificate 5 days from expiry, its 7-day threshold said
+    a = [_web("a", port, a_at, "nginx", 1, "", "e" * 64, expires)]
+    _compared(store, a, [_host_scan("a", a_at, 1, [port])])
+    # And 7 days later a scan where the version moved and the TLS probe errored
+    b_at = a_at + timedelta(days=7)
+    errored = Finding(port=OpenPort(scan_id="b", target=T, port=port, observed_at=b_at),
+                      service=ServiceInfo(service="https", product="nginx", version="1.1",
+                                          method="banner:http", favicon_mmh3=1),
+                      tls=TlsResult(status=ProbeStatus.ERROR), risk_color=RiskColor.GREEN)
+    said: list[ChangeEvent] = []
+    for scan_id, at, found in (("b", b_at, [errored]),
+                               ("c", b_at + timedelta(days=1),
+                                [_web("c", port, b_at + timedelta(days=1), "nginx", 1, "",
+                                      "e" * 64, expires)])):
+        scans = [_host_scan(scan_id, at, 1, [port])]
+        _store_scan(store, found, scans)
+        recorder = ChangeRecorder(store)  # each scan a new recorder: states from the store
+        recorder.add_findings(found)
+        said += asyncio.run(recorder.finish(scans))
+    # Then the expiry is said once, at b (a review: through port_state the kept
+    # certificate read "judged at b", and it was never said)
+    assert [(e.scan_id, e.kind) for e in said if e.kind.value.startswith("cert")] == [
+        ("b", ChangeKind.CERT_EXPIRED)]

@@ -384,22 +384,50 @@ def test_udp_silence_never_makes_a_live_host_unreachable() -> None:
     assert set(out.state.open_ports) == {(Proto.TCP, 22), (Proto.UDP, 53)}
 
 
-def test_a_certificate_not_seen_in_a_changed_scan_keeps_when_it_was_judged() -> None:
+def test_a_certificate_kept_through_a_changed_scan_is_judged_then() -> None:
     # Given a certificate 5 days from expiry (its 7-day threshold said)
     expires = T0 + timedelta(days=5)
     a = detect_changes(None, view_at([tls_port("e" * 64, expires)], T0, "a"), {})
     assert ("cert_expiring", 443, expires.isoformat(), "7d") in kinds(a)
-    # And a scan 7 days later where the version moved and the TLS probe errored (no
-    # certificate seen)
+    # When a scan 7 days later sees the version moved and the TLS probe errored (no
+    # certificate seen): the port's row is written now, with the certificate it keeps
     errored = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), version="1.1", tls_status="error",
                        tls_versions=(), tls_grade="")
     b = detect_changes(a.state, view_at([errored], T0 + timedelta(days=7), "b"), {})
-    assert kinds(b) == [("version_changed", 443, "1.0", "1.1")]
-    # When the next scan sees the same, now expired, certificate
+    # Then that certificate's expiry is said now, from its known end (a review: the kept
+    # certificate was marked judged at b and its expiry was never said), and only once
+    assert kinds(b) == [("version_changed", 443, "1.0", "1.1"),
+                        ("cert_expired", 443, "", expires.isoformat())]
     c = detect_changes(b.state, view_at([tls_port("e" * 64, expires, version="1.1")],
                                         T0 + timedelta(days=8), "c"), {})
-    # Then its expiry is said (a review: the unseen certificate was marked judged at b)
-    assert [e.kind for e in c.events] == [ChangeKind.CERT_EXPIRED]
+    assert kinds(c) == []
+
+
+def test_a_scan_without_tls_probing_keeps_the_tls_baseline() -> None:
+    # Given a TLS port, then a --no-tls scan (probe not run) in which the version moved
+    far = T0 + timedelta(days=300)
+    a = detect_changes(None, view_at([tls_port("a" * 64, far)], T0, "a"), {})
+    unprobed = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), version="1.1",
+                        tls_status="not_scheduled", tls_versions=(), tls_grade="")
+    b = detect_changes(a.state, view_at([unprobed], T0 + timedelta(days=1), "b"), {})
+    assert kinds(b) == [("version_changed", 443, "1.0", "1.1")]
+    # When the next probed scan sees TLS 1.0 added, then it is said (a review: the
+    # --no-tls scan had dropped the baseline, and the weakening went unsaid)
+    weaker = tls_port("a" * 64, far, version="1.1", tls_versions=("TLSv1", "TLSv1.2",
+                                                                  "TLSv1.3"))
+    c = detect_changes(b.state, view_at([weaker], T0 + timedelta(days=2), "c"), {})
+    assert [e.kind for e in c.events] == [ChangeKind.TLS_CHANGED]
+
+
+def test_an_unreachable_host_with_no_tcp_evidence_stays_unreachable() -> None:
+    prev = state([snap(22), snap(53, proto=Proto.UDP, service="domain")], reachable=False)
+    # every TCP re-probe cut by the budget: no answer either way
+    cut = detect_changes(prev, view([]), {})
+    assert kinds(cut) == [] and cut.state is not None and not cut.state.is_reachable
+    # only its UDP shard looked at, DNS silent
+    udp = detect_changes(prev, view_at([], T1, "u", covered=((53, 53),), proto=Proto.UDP),
+                         {(Proto.UDP, 53): ProbeAnswer.SILENT})
+    assert kinds(udp) == [] and udp.state is not None and not udp.state.is_reachable
 
 
 def test_a_long_expired_certificate_does_not_rewrite_its_port_at_every_scan() -> None:
