@@ -315,7 +315,8 @@ def _server(name: str, version: str = r"[\d.]+") -> re.Pattern[str]:
 
 # What follows a server's name when it lists its modules ("Apache mod_ssl/2.4 OpenSSL/3"):
 # not another product's name ("Apache Tomcat/9.0.83" is Tomcat, "Apache ActiveMQ/5.18")
-_MODULE = r"(?:mod_\w+|OpenSSL|PHP|Perl|Python|SVN|DAV|Phusion[_ ]Passenger|mpm\w*)/"
+_MODULE = (r"(?:mod_\w+|OpenSSL|LibreSSL|BoringSSL|PHP|Perl|Python|SVN|DAV|FrontPage|"
+           r"Phusion[_ ]Passenger|mpm\w*)/")
 
 
 _SERVER_PRODUCTS: tuple[tuple[re.Pattern[str], str, str, str], ...] = (

@@ -57,8 +57,10 @@ class HandshakeSpec:
 # finite-field group, so a TLS 1.3 server that takes only ffdhe4096 read "could not test"
 # (sslscan enumerates its suites). A server asks for the one it wants (HelloRetryRequest).
 # The post-quantum hybrid first, as OpenSSL's own default does (a server that takes it
-# reports it as its key exchange); a build that does not know it gets the rest.
-_PQ_GROUPS = b"X25519MLKEM768:"
+# reports it as its key exchange), with key shares for it *and* X25519 ('*'), as the
+# default sends: one share alone cost every classic TLS 1.3 server a HelloRetryRequest
+# round trip. A build that does not know the hybrid (or the syntax) gets the rest.
+_PQ_GROUPS = b"*X25519MLKEM768:*"
 _GROUPS = b"X25519:P-256:P-384:P-521:X448:ffdhe2048:ffdhe3072:ffdhe4096:ffdhe6144:ffdhe8192"
 
 

@@ -273,6 +273,8 @@ NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\
         ("nginx (Ubuntu)", "nginx", "", "cpe:/a:f5:nginx"),
         ("nginx + Phusion Passenger 6.0.18", "nginx", "", "cpe:/a:f5:nginx"),
         ("Apache mod_fcgid/2.3.9", "Apache httpd", "", "cpe:/a:apache:http_server"),
+        ("Apache LibreSSL/2.8.3", "Apache httpd", "", "cpe:/a:apache:http_server"),
+        ("Apache FrontPage/5.0.2.2635", "Apache httpd", "", "cpe:/a:apache:http_server"),
         ("Apache 2.4", "Apache httpd", "", "cpe:/a:apache:http_server"),
     ],
 )
