@@ -28,6 +28,9 @@ TITLE_CAP = 256  # characters of title kept
 FIELD_CAP = 256  # characters of a header value kept
 TITLE_SCAN = 65_536  # bytes of body searched for <title> / <link rel=icon>
 MAX_CHUNKS = 4_096  # chunks decoded before giving up on a chunked body
+# A chunk-size line: hex, leading zeros and chunk extensions allowed (RFC 9112 7.1.1);
+# 64 bytes lost a valid answer that used them (no title, no favicon)
+SIZE_LINE_CAP = 1_024
 
 # as banners._STATUS: a code 100-599 ended by a space, a line end or the end
 _STATUS = re.compile(rb"^HTTP/\d(?:\.\d)? ([1-5]\d\d)(?=[ \r\n]|\Z)")
@@ -80,7 +83,7 @@ def _dechunk(body: bytes, cap: int) -> tuple[bytes, bool]:
     out = bytearray()
     pos = 0
     for _ in range(MAX_CHUNKS):
-        line_end = body.find(b"\r\n", pos, pos + 64)
+        line_end = body.find(b"\r\n", pos, pos + SIZE_LINE_CAP)
         if line_end < 0:
             break
         size_text = body[pos:line_end].split(b";", 1)[0].strip()
@@ -170,7 +173,7 @@ class DeclaredEnd:
         if not self.chunked:
             return self.length is not None and 0 <= self.length <= len(data) - self.start
         while True:
-            line_end = data.find(b"\r\n", self._pos, self._pos + 64)
+            line_end = data.find(b"\r\n", self._pos, self._pos + SIZE_LINE_CAP)
             if line_end < 0:
                 return False
             try:
@@ -180,7 +183,8 @@ class DeclaredEnd:
             if size < 0:
                 return False
             if size == 0:  # the last chunk: its trailers end at an empty line (bounded)
-                return data.find(b"\r\n\r\n", line_end, line_end + 8192) >= 0
+                return (data.find(b"\r\n\r\n", line_end, line_end + HEAD_CAP) >= 0
+                        or len(data) - line_end > HEAD_CAP)  # trailers past any sense
             following = line_end + 2 + size + 2
             if following > len(data):
                 return False
