@@ -258,7 +258,8 @@ class ProgressView:
         if now - self._last_line >= 5 or stats.finished:
             self._last_line = now
             total = max(stats.probes_total, 1)
-            eta = (total - stats.probes_done) / rate if rate > 0 else 0
+            # no rate yet (the first line): the ETA is unknown, not "0s"
+            eta = f"{(total - stats.probes_done) / rate:.0f}s" if rate > 0 else "unknown"
             if stats.probes_done >= total and stats.examined < stats.open_found \
                     and not stats.finished:
                 # discovery is over; what is left is identification, not "ETA 0s"
@@ -269,7 +270,7 @@ class ProgressView:
             err_console.print(
                 f"progress: {stats.probes_done:,}/{total:,} ports "
                 f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "
-                f"{rate:,.0f} ports/s, ETA {eta:.0f}s", markup=False)
+                f"{rate:,.0f} ports/s, ETA {eta}", markup=False)
 
 
 def _end_screen(db: Any, stats: Any, targets: Any) -> None:
