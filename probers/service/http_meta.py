@@ -78,21 +78,30 @@ def dechunk(body: bytes, cap: int = BODY_CAP) -> bytes:
     return _dechunk(body, cap)[0]
 
 
+def _chunk_size(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    """(end of the chunk-size line at ``pos``, the size) once that line is whole; None
+    when it is not (yet), or is not a size (a negative one included)."""
+    line_end = data.find(b"\r\n", pos, pos + SIZE_LINE_CAP)
+    if line_end < 0:
+        return None
+    try:
+        size = int(bytes(data[pos:line_end]).split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        return None
+    return (line_end, size) if size >= 0 else None
+
+
 def _dechunk(body: bytes, cap: int) -> tuple[bytes, bool]:
     """(the decoded body, whether its last chunk was reached within ``cap``)."""
     out = bytearray()
     pos = 0
     for _ in range(MAX_CHUNKS):
-        line_end = body.find(b"\r\n", pos, pos + SIZE_LINE_CAP)
-        if line_end < 0:
+        found = _chunk_size(body, pos)
+        if found is None:
             break
-        size_text = body[pos:line_end].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            break
-        if size <= 0:
-            return bytes(out[:cap]), size == 0
+        line_end, size = found
+        if size == 0:
+            return bytes(out[:cap]), True
         start = line_end + 2
         out += body[start:start + size]
         if len(out) > cap or start + size > len(body):
@@ -115,16 +124,12 @@ def split_response(data: bytes) -> HttpResponse:
     status = _STATUS.match(data[:32])
     if not status:
         return HttpResponse(0, (), b"")
-    end = data.find(b"\r\n\r\n", 0, HEAD_CAP)
-    sep = 4
-    if end < 0:
-        end, sep = data.find(b"\n\n", 0, HEAD_CAP), 2
-    if end < 0:  # headers never ended within the cap: no body to trust
+    frame = http_framing(data)
+    if frame is None:  # headers never ended within the cap: no body to trust
         return HttpResponse(int(status.group(1)), parse_http_headers(data[:HEAD_CAP]), b"")
-    head = data[:end]
-    body = data[end + sep:]
-    length = _content_length(head)
-    if b"chunked" in _raw_header(head, b"transfer-encoding").lower():
+    start, length, chunked = frame
+    head, body = data[:start], data[start:]
+    if chunked:
         body, is_whole = _dechunk(body, BODY_CAP)
     elif length is not None:
         is_whole = 0 <= length <= BODY_CAP and len(body) >= length
@@ -152,12 +157,6 @@ def http_framing(data: bytes | bytearray) -> Framing | None:
     return end + sep, None if chunked else _content_length(head), chunked
 
 
-def has_declared_end(frame: Framing) -> bool:
-    """The answer says where it ends (a length we take, or chunks)."""
-    _start, length, chunked = frame
-    return chunked or (length is not None and length >= 0)
-
-
 class DeclaredEnd:
     """Whether all of what an answer declared has arrived, asked at every read of it:
     a length is one comparison; chunks are walked forward from where the last call
@@ -166,22 +165,18 @@ class DeclaredEnd:
 
     def __init__(self, frame: Framing) -> None:
         self.start, self.length, self.chunked = frame
-        self.is_declared = has_declared_end(frame)
+        # the answer says where it ends (a length we take, or chunks)
+        self.is_declared = self.chunked or (self.length is not None and self.length >= 0)
         self._pos = self.start  # the next chunk-size line
 
     def reached(self, data: bytes | bytearray) -> bool:
         if not self.chunked:
             return self.length is not None and 0 <= self.length <= len(data) - self.start
         while True:
-            line_end = data.find(b"\r\n", self._pos, self._pos + SIZE_LINE_CAP)
-            if line_end < 0:
-                return False
-            try:
-                size = int(bytes(data[self._pos:line_end]).split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                return False  # not chunks we can follow: read to the close
-            if size < 0:
-                return False
+            found = _chunk_size(data, self._pos)
+            if found is None:
+                return False  # not whole yet, or not chunks we can follow: to the close
+            line_end, size = found
             if size == 0:  # the last chunk: its trailers end at an empty line (bounded)
                 return (data.find(b"\r\n\r\n", line_end, line_end + HEAD_CAP) >= 0
                         or len(data) - line_end > HEAD_CAP)  # trailers past any sense
@@ -306,5 +301,5 @@ def is_icon_response(response: HttpResponse) -> bool:
 
 
 __all__ = ["DeclaredEnd", "Framing", "HttpResponse", "dechunk", "favicon_hash", "favicon_href",
-           "has_declared_end", "http_framing", "is_icon_response", "reached_declared_end",
+           "http_framing", "is_icon_response", "reached_declared_end",
            "page_title", "redirect_location", "same_host_path", "split_response"]
