@@ -88,29 +88,30 @@ class CertificatePosture:
 
 
 @cache
-def load_trust_store(path: str = str(SYSTEM_TRUST_STORE)) -> Store | None:
-    """Trust anchors from a PEM bundle; None when it is missing or holds none."""
+def _trust_anchors(path: str) -> tuple[x509.Certificate, ...]:
+    """The certificates of a PEM bundle, read once per path; () when it is missing or
+    unreadable."""
     try:
         with warnings.catch_warnings():
             # Debian's bundle holds a root with a non-positive serial (RFC 5280 says
             # positive); cryptography warns on load. It is the OS's anchor, not a finding.
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            anchors = x509.load_pem_x509_certificates(Path(path).read_bytes())
+            return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
     except (OSError, ValueError):
-        return None
-    return Store(anchors) if anchors else None
+        return ()
+
+
+@cache
+def load_trust_store(path: str = str(SYSTEM_TRUST_STORE)) -> Store | None:
+    """Trust anchors from a PEM bundle; None when it is missing or holds none."""
+    anchors = _trust_anchors(path)
+    return Store(list(anchors)) if anchors else None
 
 
 @cache
 def load_trust_anchors(path: str = str(SYSTEM_TRUST_STORE)) -> frozenset[bytes]:
     """The trust store's certificates (DER), to recognise a self-signed leaf it holds."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            anchors = x509.load_pem_x509_certificates(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return frozenset()
-    return frozenset(a.public_bytes(Encoding.DER) for a in anchors)
+    return frozenset(a.public_bytes(Encoding.DER) for a in _trust_anchors(path))
 
 
 def trust_store_problem(path: str) -> str:
