@@ -142,6 +142,27 @@ def silent(hold_seconds: float = 20) -> Handler:
     return handle
 
 
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[int]:
+    """A TCP port whose accept queue is full: the kernel drops new SYNs, so a connect
+    to it neither succeeds nor is refused (a lost SYN, as on a congested link)."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(0)
+    port = blocker.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for s in [blocker, *fillers]:
+            s.close()
+
+
 def http_handler(server_header: str, extra_headers: dict[str, str] | None = None, *,
                  body: bytes = b"<html><body>portwatch test</body></html>") -> Handler:
     """A real HTTP/1.0 server (stdlib BaseHTTPRequestHandler) with a chosen Server header

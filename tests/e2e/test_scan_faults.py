@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -73,34 +72,21 @@ def test_a_scan_killed_outright_still_shows_its_host_as_not_finished(tmp_path: P
     # Given a host with an open port and a port whose accept queue is full (the kernel
     # drops the SYNs: the scan waits on it), scanned shard by shard
     store = f"chdb://{tmp_path / 'store'}"
-    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n")) as ssh:
-        blocker = socket.socket()
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(0)
-        slow = blocker.getsockname()[1]
-        fillers = []
-        for _ in range(3):
-            f = socket.socket()
-            f.setblocking(False)
-            f.connect_ex(("127.0.0.1", slow))
-            fillers.append(f)
-        try:
-            env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
-                   "PORTWATCH_TIMEOUT": "20", "PORTWATCH_RETRIES": "0",
-                   "PORTWATCH_BATCH_SECONDS": "0.1"}
-            ports = ",".join(str(p) for p in sorted((ssh.port, slow)))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "portwatch", "scan", "--ports", ports, "--udp", "none",
-                 "--no-tls", "--no-nmap-probes", "127.0.0.1"],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            # When it is killed with SIGKILL while the slow port is still pending
-            time.sleep(6)
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            for s in [blocker, *fillers]:
-                s.close()
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n")) as ssh, \
+            loopback.full_accept_queue() as slow:
+        env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
+               "PORTWATCH_TIMEOUT": "20", "PORTWATCH_RETRIES": "0",
+               "PORTWATCH_BATCH_SECONDS": "0.1"}
+        ports = ",".join(str(p) for p in sorted((ssh.port, slow)))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "scan", "--ports", ports, "--udp", "none",
+             "--no-tls", "--no-nmap-probes", "127.0.0.1"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # When it is killed with SIGKILL while the slow port is still pending
+        time.sleep(6)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
     # Then the Summary shows the host, its scan not completed
     result = run_cli("report", "summary", "--format", "json", store=store, timeout=60)
     assert result.code == 0, result.stderr

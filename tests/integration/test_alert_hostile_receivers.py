@@ -263,14 +263,20 @@ def counted(handler: Callable[[socket.socket], None],
     return handle
 
 
+def busy_channel(store: Any, tmp_path: Path, url: str, delivery: str
+                 ) -> tuple[AlertDispatcher, list[float]]:
+    """A dispatcher sending every event to one channel "busy" at ``url``, on a clock the
+    test moves (``clock[0]``)."""
+    config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"), delivery=delivery)
+    clock = [time.time()]
+    return AlertDispatcher(store, config, clock=lambda: clock[0]), clock
+
+
 def test_a_channel_that_asked_for_an_hour_gets_nothing_for_an_hour_across_passes(
         store: Any, tmp_path: Path) -> None:
     hits: list[int] = []
     with hostile(counted(answer("429 Too Many Requests", "Retry-After: 3600"), hits)) as url:
-        config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
-                           delivery="{retry_base: 1s, retry_max: 2h}")
-        clock = [time.time()]
-        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        dispatcher, clock = busy_channel(store, tmp_path, url, "{retry_base: 1s, retry_max: 2h}")
         # Given a receiver that answered the first message "429, Retry-After: 3600"
         dispatcher.submit([event(6379)])
         dispatcher.deliver_due()
@@ -294,10 +300,7 @@ def test_a_channel_that_failed_without_retry_after_gets_fresh_alerts_within_minu
 
     hits: list[int] = []
     with hostile(counted(answer("500 Internal Server Error"), hits)) as url:
-        config = config_of(tmp_path, {"busy": url}, ALL_TO.format("busy"),
-                           delivery="{retry_base: 1h, retry_max: 2h}")
-        clock = [time.time()]
-        dispatcher = AlertDispatcher(store, config, clock=lambda: clock[0])
+        dispatcher, clock = busy_channel(store, tmp_path, url, "{retry_base: 1h, retry_max: 2h}")
         # Given a channel whose receiver failed (its row backs off an hour)
         dispatcher.submit([event(6379)])
         dispatcher.deliver_due()

@@ -4,34 +4,12 @@ probe the batch's deadline cut short says nothing (the rule then closes nothing)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 
 from probers.reprobe import Answer, reprobe
 from schemas.records import Proto
+from tests.loopback import full_accept_queue
 from tests.servers import free_port
-
-
-@contextlib.contextmanager
-def full_accept_queue() -> Iterator[int]:
-    """A TCP port whose accept queue is full: the kernel drops new SYNs, so a connect
-    to it neither succeeds nor is refused (a lost SYN, as on a congested link)."""
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(0)
-    port = blocker.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
-        yield port
-    finally:
-        for s in [blocker, *fillers]:
-            s.close()
 
 
 def test_answers_of_a_listener_a_closed_port_and_a_dropping_one() -> None:
