@@ -234,6 +234,11 @@ def tarpit_threshold_for(threshold: int, ports_per_host: int) -> int:
     return max(1, min(threshold, max(TARPIT_MIN_OPEN, share)))
 
 
+def tarpit_note(seen: str) -> str:
+    """A tarpit host's scan note (the Summary shows it), ``seen`` saying what answered."""
+    return f"answers on every port ({seen}); only identified services on well-known ports kept"
+
+
 async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progress, *,
                          tarpit_threshold: int = 1000,
                          stop: asyncio.Event | None = None) -> ShardOutcome:
@@ -285,9 +290,7 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
     for t in shard.targets:
         outcome.open_seen[t.ip] = detector.open_count(t.ip)
     for verdict in detector.flagged_hosts():
-        outcome.tarpit_notes[verdict.ip] = (
-            f"answers on every port ({verdict.open_seen} open ports reported); "
-            "only identified services on well-known ports kept")
+        outcome.tarpit_notes[verdict.ip] = tarpit_note(f"{verdict.open_seen} open ports reported")
     for port in admitted + candidates:
         if detector.is_tarpit(port.target.ip):
             if port.port in TARPIT_CANDIDATES:
@@ -340,9 +343,8 @@ async def discover_with_retries(
     limit = tarpit_threshold_for(tarpit_threshold, shard.port_count)
     for ip, count in union.items():
         if ip not in tarpit_notes and count > limit:
-            tarpit_notes[ip] = (f"answers on every port ({count} open ports reported over "
-                                f"{attempt} attempts); only identified services on "
-                                "well-known ports kept")
+            tarpit_notes[ip] = tarpit_note(f"{count} open ports reported over {attempt} "
+                                           "attempts")
     # A host any attempt flagged is a tarpit in the merged outcome: an attempt that died
     # before the threshold kept its (fake) ports unflagged, and they must not reach
     # identification as ports of an ordinary host
