@@ -56,6 +56,8 @@ class StageContext:
     identify: IdentifySettings = field(default_factory=IdentifySettings)
     per_host_connections: int = 4  # politeness: probe jobs in flight per address
     fallback: Fallback | None = None  # nmap service probes, when installed
+    # nmap's UDP match lines and probes (the same database as ``fallback``), when installed
+    nmap_udp: NmapFallback | None = None
     tls_probe: TlsProbe | None = None  # cipher enumeration, when enabled
     # ip -> (its semaphore, the jobs holding or waiting for it): an address's entry lives
     # while a job of it does, so a stage worker that runs for months over a large estate
@@ -81,17 +83,7 @@ class StageContext:
 
 async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
     if port.proto is Proto.UDP:
-        info = _udp_service(port)
-        if info.service == "snmp" and port.state is PortState.OPEN:
-            from probers.service.engine import better_of
-            from probers.service.udp_probes import identify_snmp
-
-            async with ctx.host_slot(port.target.ip):
-                found = await identify_snmp(
-                    port.target.ip, port.port, timeout=ctx.identify.probe_timeout,
-                    allow_public_community=ctx.identify.snmp_public_community)
-            info = better_of(info, found) or info
-        return Finding(port=port, service=info)
+        return Finding(port=port, service=await _identify_udp(port, ctx))
     endpoint = Endpoint(port.target.ip, port.port, port.target.hostname)
     async with ctx.host_slot(port.target.ip):
         info = await identify(endpoint, ctx.identify, ctx.fallback)
@@ -114,16 +106,59 @@ def _route_for() -> Callable[[str, bool], Upgrade | None]:
     return route_for
 
 
-def _udp_service(port: OpenPort) -> ServiceInfo:
-    """UDP: discovery already sent the protocol's own request; a reply names it."""
+# Seconds of nmap's UDP probes per answering port whose reply to discovery matched no
+# line (nmap -sV's next step), within the identify budget; a tarpit's candidates get
+# none: the match on what they already said is all they are given.
+UDP_PROBE_BUDGET = 3.0
+
+
+async def _identify_udp(port: OpenPort, ctx: StageContext) -> ServiceInfo:
+    """UDP: any reply to discovery's request makes the port open; what answered is named
+    only when the reply is recognised, as ``nmap -sV`` does: our own SNMP probe, nmap's
+    UDP match lines on the reply discovery got, then nmap's UDP probes. A reply nothing
+    recognises names no service (yellow, "not identified"): the port's usual service
+    (nmap-services) is only said in ``extra_info``, as a colour from it would come from
+    the port number (a host answering junk on every UDP port read as 12 red services,
+    which the tarpit rule kept as "identified": a review, 2026-12-06)."""
     if port.state is PortState.OPEN_FILTERED:
         return ServiceInfo(method="udp:no-reply")
     try:
-        name = _udp_service_hint()(port.port)
+        usual = _udp_service_hint()(port.port)
     except (ImportError, LookupError):
-        name = ""
-    return ServiceInfo(service=name, banner=port.response, method="udp:payload-reply",
-                       confidence=7 if name else 0)
+        usual = ""
+    ip = port.target.ip
+    if usual == "snmp":
+        from probers.service.udp_probes import identify_snmp
+
+        async with ctx.host_slot(ip):
+            snmp = await identify_snmp(
+                ip, port.port, timeout=ctx.identify.probe_timeout,
+                allow_public_community=ctx.identify.snmp_public_community)
+        if snmp is not None and snmp.is_identified:
+            return snmp
+    found: ServiceInfo | None = None
+    if ctx.nmap_udp is not None:
+        budget = (0.0 if port.reason == TARPIT_REASON
+                  else min(UDP_PROBE_BUDGET, ctx.identify.budget))
+        async with ctx.host_slot(ip):
+            found = await ctx.nmap_udp.udp(ip, port.port, _reply_of(port.response), budget)
+    if found is not None and found.is_identified:
+        return replace(found, banner=port.response)
+    said = f"; usually {usual} on this port" if usual not in ("", "unknown") else ""
+    return ServiceInfo(banner=port.response, method="udp:payload-reply",
+                       extra_info=f"UDP reply not recognised{said}",
+                       tried=found.tried if found is not None else ())
+
+
+def _reply_of(response: str) -> bytes | None:
+    """The bytes of discovery's reply excerpt (``encode_response``); None when the text
+    is not one (a record from another writer)."""
+    from probers.discovery.udp import decode_response
+
+    try:
+        return decode_response(response) or None
+    except (ValueError, IndexError):
+        return None
 
 
 async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
@@ -278,7 +313,8 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
             elif detector.is_tarpit(found.target.ip) and found.port in TARPIT_CANDIDATES:
                 candidates.append(found)
     except DiscoveryError as exc:
-        outcome.error = f"{engine.name}: {exc}"
+        said = str(exc)  # an engine's own message may already name it ("udp: shard ...")
+        outcome.error = said if said.startswith(f"{engine.name}:") else f"{engine.name}: {said}"
     finally:
         if stopped is not None:
             stopped.cancel()
@@ -420,6 +456,20 @@ class NmapFallback:
                                 str(exc).splitlines()[0])
             return self._db
 
+    async def udp(self, ip: str, port: int, reply: bytes | None, budget: float
+                  ) -> ServiceInfo | None:
+        """nmap's UDP identification of ``ip:port``: its match lines on ``reply`` (what
+        discovery got), then its UDP probes for ``budget`` seconds (0: none sent)."""
+        db = await self._load()
+        if db is None:
+            return None
+        from probers.service.nmap_engine import nmap_identify
+
+        info: ServiceInfo = await nmap_identify(ip, port, "udp", db, budget=budget,
+                                                max_rarity=self.max_rarity,
+                                                first_response=reply)
+        return info
+
     async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes | None,
                        remaining: float, service: str = "") -> ServiceInfo | None:
         db = await self._load()
@@ -460,10 +510,12 @@ def make_context(*, banner_wait: float = 2.0, identify_budget: float = 10.0,
     """The stage context both transports use, from the narrow options it needs."""
     tls_probe = (TlsEnumeration(tls_timeout, tls_budget, tls_trust_store) if tls_enumeration
                  else None)
+    nmap = NmapFallback(nmap_data or None) if use_nmap_probes else None
     return StageContext(
         identify=IdentifySettings(banner_wait=banner_wait, budget=identify_budget,
                                   snmp_public_community=snmp_public_community),
         per_host_connections=per_host_connections,
-        fallback=NmapFallback(nmap_data or None) if use_nmap_probes else None,
+        fallback=nmap,
+        nmap_udp=nmap,
         tls_probe=tls_probe,
     )

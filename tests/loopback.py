@@ -264,11 +264,14 @@ def self_signed(directory: Path, common_name: str = "localhost",
 
 
 @contextlib.contextmanager
-def udp_responder(address: str = "127.0.0.1") -> Iterator[int]:
-    """A real UDP service on loopback answering every datagram with ``pong:`` and the
-    first bytes of what it got; yields its port, always closed on exit."""
+def udp_responder(address: str = "127.0.0.1", port: int = 0,
+                  answer: Callable[[bytes], bytes] | None = None) -> Iterator[int]:
+    """A real UDP service on loopback answering every datagram with ``answer(datagram)``
+    (default: ``pong:`` and the first bytes of what it got); yields its port, always
+    closed on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, 0))
+    sock.bind((address, port))
+    reply = answer or (lambda data: b"pong:" + data[:8])
     sock.settimeout(0.2)
     stop = threading.Event()
 
@@ -278,7 +281,7 @@ def udp_responder(address: str = "127.0.0.1") -> Iterator[int]:
                 data, peer = sock.recvfrom(2048)
             except TimeoutError:
                 continue
-            sock.sendto(b"pong:" + data[:8], peer)
+            sock.sendto(reply(data), peer)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()

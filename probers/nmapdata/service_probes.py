@@ -920,8 +920,12 @@ class ProbeDB:
         """Match a response whose probe is unknown (a banner or a discovery answer).
 
         TCP: the response is what the port said unprompted, so the NULL probe's
-        lines apply. UDP: the probes hinted for the port first, then every UDP
-        probe, each line at most once.
+        lines apply. UDP: the lines of the probes hinted for the port (the answer
+        is to its own protocol's request) and of the no-payload probes (answers
+        nobody asked for), each line at most once. Not every UDP probe's: a reply to
+        a payload those probes never sent matched their loosest lines (a DNS answer
+        on a high port read as "pc-duo"); the probes themselves are nmap_identify's
+        next step, each answer matched against its own probe's lines.
         """
         proto = proto.lower()
         null = self.null_probe()
@@ -929,8 +933,9 @@ class ProbeDB:
             if null is None:
                 return MatchOutcome(None, 0)
             return self.match_detailed(null, response, budget=budget)
-        ordered = self.probes_for_port(proto, port, tls, max_rarity=9)
-        ordered += [p for p in self.probes(proto) if p.no_payload]
+        probes = self.probes(proto)
+        ordered = ([p for p in probes if not p.no_payload and p.is_hinted(port, tls)]
+                   + [p for p in probes if p.no_payload])
 
         def rules() -> Iterable[MatchRule]:
             seen: set[int] = set()

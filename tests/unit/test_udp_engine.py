@@ -519,6 +519,18 @@ def test_deadline_stops_the_scan_with_an_error() -> None:
             run_scan(engine, shard_for(HOST_A, ports=[silent.port]))
 
 
+def test_a_shard_that_hits_its_deadline_is_named_once_in_the_error() -> None:
+    from stream_processors.stages import discover_shard
+
+    # Given the same silent port, through the discovery stage both transports use
+    with UdpServer(HOST_A) as silent:
+        engine = UdpEngine(timeout=30.0, deadline=0.5)
+        outcome = asyncio.run(discover_shard(engine, shard_for(HOST_A, ports=[silent.port]),
+                                             Progress()))
+    # Then the error names the engine once (it read "udp: udp: shard ...": a review)
+    assert outcome.error.startswith("udp: shard ") and "udp: udp:" not in outcome.error
+
+
 def test_early_close_releases_every_socket() -> None:
     # Given a responder and many silent ports with a long timeout
     with (
