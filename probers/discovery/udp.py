@@ -105,7 +105,7 @@ import functools
 import ipaddress
 import resource
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -305,11 +305,12 @@ class _Host:
     late_closed: int = 0  # ports that answered closed only on a retry
     control_ok: bool | None = None  # the known-closed control port answered (None: not sent)
     closed_port: int | None = None  # a port known closed, for control probes
+    cut_short: bool = False  # the deadline ended its extra rounds: silence proves nothing
 
     @property
     def is_icmp_trustworthy(self) -> bool:
         """Silence from this host means no ICMP was sent, not that ICMP was dropped."""
-        return self.late_closed == 0 and self.control_ok is True
+        return self.late_closed == 0 and self.control_ok is True and not self.cut_short
 
 
 class _Pacer:
@@ -348,6 +349,22 @@ class _Probe:
 
 # (host index, port, outcome, reply, errno text, is_control)
 _ResultSink = Callable[[int, int, _Outcome, bytes, str, bool], None]
+
+
+# An extra round ends this long before the shard's deadline, so the shard reports what
+# it found instead of failing.
+EXTRA_ROUND_MARGIN = 0.5
+
+
+async def _extra_round(one_round: Awaitable[None], deadline: float) -> bool:
+    """Run an extra round until ``EXTRA_ROUND_MARGIN`` before the loop-time ``deadline``;
+    False when it was cut short (its probes' sockets are closed by the round)."""
+    try:
+        async with asyncio.timeout_at(deadline - EXTRA_ROUND_MARGIN):
+            await one_round
+    except TimeoutError:
+        return False
+    return True
 
 
 class _Round:
@@ -595,6 +612,7 @@ class UdpEngine:
             )
         pacer = _Pacer(opts.rate)
         round_number = 0
+        settled: set[tuple[int, int]] = set()  # (host, port) answered in the current round
 
         def on_result(
             hi: int, port: int, outcome: _Outcome, data: bytes, detail: str, is_control: bool
@@ -606,6 +624,7 @@ class UdpEngine:
             if outcome is _Outcome.SILENT:
                 host.silent.add(port)
                 return
+            settled.add((hi, port))
             progress.probes_done += 1
             if outcome is _Outcome.OPEN:
                 host.opened += 1
@@ -634,7 +653,7 @@ class UdpEngine:
             return controls
 
         try:
-            async with asyncio.timeout(opts.deadline):
+            async with asyncio.timeout(opts.deadline) as whole:
                 max_rounds = 1 + opts.retries + opts.extra_rounds
                 while work and round_number < max_rounds:
                     if round_number > opts.retries:
@@ -656,9 +675,21 @@ class UdpEngine:
                         hosts[h].silent.clear()
                     if round_number > 0:
                         progress.retries += len(work)
-                    await _Round(self, hosts, on_result, concurrency).run(
-                        work, pacer, controls_for(in_round)
-                    )
+                    settled.clear()
+                    one_round = _Round(self, hosts, on_result, concurrency).run(
+                        work, pacer, controls_for(in_round))
+                    ends = whole.when()
+                    if round_number <= opts.retries or ends is None:
+                        await one_round
+                    elif not await _extra_round(one_round, ends):
+                        # The extra rounds only refine what silence means; past the
+                        # deadline they would fail the shard, and every rerun of it
+                        # (a review, 2026-12-06): their silent ports stay unresolved.
+                        for h, p in work:
+                            hosts[h].cut_short = True
+                            if (h, p) not in settled:
+                                hosts[h].silent.add(p)
+                        break
                     work = [(h, p) for p in ports for h in in_round if p in hosts[h].silent]
                     round_number += 1
         except TimeoutError:
@@ -711,7 +742,9 @@ class UdpEngine:
             )
             return []
         if not host.is_icmp_trustworthy:
-            if host.late_closed:
+            if host.cut_short:
+                evidence = "the shard's deadline cut its extra rounds short"
+            elif host.late_closed:
                 evidence = f"{host.late_closed} ports answered closed only on the last retry"
             elif host.control_ok is False:
                 evidence = "a port known closed went silent"

@@ -109,3 +109,21 @@ def test_without_icmp_rate_limit_closed_ports_are_closed_and_silence_is_open_fil
     ]
     assert progress.retries == 1  # only 40000 was retried
     assert progress.notes == []
+
+
+def test_a_deadline_that_cannot_hold_the_extra_rounds_ends_them_not_the_shard() -> None:
+    require_root()
+    # Given the rate-limited host with DNS on 53 and 400 closed ports, scanned at 100
+    # datagrams/s: the first pass and its retry take ~9 s, each extra round ~4.5 s more
+    with test_host(NETNS_INDEX, udp_dns_ports=(53,)) as host:
+        # When the shard's deadline (12 s) holds the retry but not the extra rounds
+        found, progress = _scan(
+            UdpEngine(rate=100, timeout=0.5, deadline=12.0, use_nmap_payloads=False),
+            host.address,
+            (PortRange(53, 53), PortRange(20000, 20399)),
+        )
+    # Then the shard ends with what it found (it failed at its deadline, and so did every
+    # rerun: a review, 2026-12-06), the silent ports unresolved and said so
+    assert [(o.port, o.state) for o in found] == [(53, PortState.OPEN)]
+    assert any("deadline cut its extra rounds short" in note and "unresolved" in note
+               for note in progress.notes), progress.notes
