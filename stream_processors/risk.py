@@ -75,7 +75,9 @@ def load_product_services(path: str | None = None) -> tuple[tuple[re.Pattern[str
 
 
 def _product_service(product: str) -> str:
-    """The catalogue service a product stands for ("" none)."""
+    """The catalogue service a product stands for ("" none); spacing as the catalogue
+    writes it (one space between words), so "Elasticsearch  Kibana" is Kibana too."""
+    product = " ".join(product.split())
     for pattern, service in load_product_services():
         if pattern.match(product):
             return service

@@ -184,6 +184,10 @@ def test_reasons_say_why() -> None:
     ("http", "MiniServ", False, "webmin"),
     ("http", "InfluxDB http admin", False, "influxdb"),
     ("http", "MongoDB http console", False, "mongodb"),
+    ("http", "OpenSearch", False, "elasticsearch"),  # app_protocols' name for it
+    # spacing is not the product's name (a review, 2026-12-06: " Elasticsearch" green)
+    ("http", " Elasticsearch", False, "elasticsearch"),
+    ("http", "Docker\tremote  API", False, "docker"),
 ])
 def test_an_http_api_that_is_a_database_or_control_plane_is_coloured_as_such(
         service: str, product: str, is_tls: bool, as_service: str) -> None:
@@ -197,6 +201,7 @@ def test_an_http_api_that_is_a_database_or_control_plane_is_coloured_as_such(
 
 
 @pytest.mark.parametrize("product", ["nginx", "Elasticsearch Kibana", "Docker Registry",
+                                     "Elasticsearch  Kibana", " Docker  Registry",
                                      "Dockerfile linter", "etcdish", ""])
 def test_other_products_keep_their_services_colour(product: str) -> None:
     f = finding("http").with_(service=ServiceInfo(service="http", product=product))
@@ -285,3 +290,17 @@ def test_score_findings_counts_each_colour() -> None:
                             color=RiskColor.RED))  # unconfirmed UDP: not counted
     assert score_findings(findings) == score_counts(2, 3, 4)
     assert score_findings([]) == score_counts(0, 0, 0)
+
+
+@pytest.mark.parametrize(("udp_name", "as_service"), [
+    ("memcache", "memcached"), ("mbap", "modbus"), ("dnp", "dnp3"),
+    ("nat-t-ike", "ipsec-nat-t"),
+])
+def test_nmap_services_udp_names_have_their_protocols_colour(udp_name: str,
+                                                             as_service: str) -> None:
+    # nmap-services names 11211/udp "memcache", 502 "mbap", 20000 "dnp" and 4500/udp
+    # "nat-t-ike": each read yellow "not catalogued" (a review, 2026-12-06)
+    catalogue = load_catalogue()
+    assert catalogue[udp_name].color is catalogue[as_service].color
+    f = finding(udp_name, proto=Proto.UDP)
+    assert color_for(f) == (catalogue[udp_name].color, catalogue[udp_name].reason)
