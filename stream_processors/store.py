@@ -287,6 +287,41 @@ class StoreLocation:
         )
 
 
+# What a chdb store directory holds (chdb's own directories and our lock): a directory
+# holding anything else and no store is someone else's.
+STORE_ENTRIES = frozenset({".portwatch.lock", "data", "metadata", "store", "tmp",
+                           "user_files", "format_schemas", "preprocessed_configs",
+                           "metadata_dropped", "flags", "status", "uuid"})
+
+
+def _refuse_a_foreign_directory(path: str) -> None:
+    """A new store goes into a new or empty directory (or one only a store left): chdb
+    writes data/, metadata/, store/ and tmp/ beside whatever is there, so ``chdb:///``
+    filled the file system's root and a mistyped path a user's folder (a review,
+    2026-12-06). StoreUrlError when ``path`` is someone else's."""
+    where = Path(path)
+    real = Path(os.path.realpath(path))
+    if real == real.parent:
+        raise StoreUrlError(f"the store path {path} is the file system's root: give a "
+                            "directory of its own, e.g. chdb:///var/lib/portwatch")
+    if (where / "metadata").is_dir():
+        return  # a store already
+    try:
+        foreign = sorted(e.name for e in where.iterdir() if e.name not in STORE_ENTRIES)
+    except FileNotFoundError:
+        return  # new: created for the store
+    except NotADirectoryError:
+        return  # a file: said by the caller
+    except OSError as exc:
+        raise StoreUrlError(f"the store path {path} cannot be read: "
+                            f"{exc.strerror or exc}") from None
+    if foreign:
+        shown = ", ".join(repr(name)[:40] for name in foreign[:3])
+        raise StoreUrlError(f"the store path {path} holds other files ({shown}"
+                            f"{', ...' if len(foreign) > 3 else ''}) and no store: give a "
+                            "new or empty directory")
+
+
 def _driver_reason(exc: BaseException) -> str:
     """The reason in a driver's error, short: urllib3 nests "Connection refused" in a
     paragraph of pool and retry detail."""
@@ -531,6 +566,7 @@ class Store:
                     raise StoreMissing(
                         f"no store at {location.path}: scan something first "
                         "(`portwatch scan TARGET`) or give the --store it was written to")
+                _refuse_a_foreign_directory(location.path)
                 Path(location.path).mkdir(parents=True, exist_ok=True)
                 resolved = str(Path(location.path).resolve())
                 if resolved not in _OPENED_CHDB_PATHS and _is_held_by_another_process(resolved):

@@ -179,6 +179,26 @@ def test_unopenable_chdb_path_is_a_store_error(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("url", ["chdb:///", "chdb:////", "chdb:///.."])
+def test_the_file_systems_root_is_refused_as_a_store(url: str) -> None:
+    # chdb:/// wrote data/, metadata/, store/ and tmp/ into / (a review, 2026-12-06)
+    with pytest.raises(StoreError, match=r"^the store path .* is the file system's root: "):
+        Store.from_url(url)
+
+
+def test_a_directory_holding_other_files_is_refused_and_left_as_it_was(tmp_path: Path
+                                                                      ) -> None:
+    # Given a user's folder, given as the store by mistake
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "photos").mkdir()
+    # When a store is to be created there / Then refused in one line, nothing written
+    with pytest.raises(StoreError, match=r"^the store path .* holds other files "
+                                         r"\('notes.txt', 'photos'\) and no store: give a "
+                                         r"new or empty directory$"):
+        Store.from_url(f"chdb://{tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+
+
 def test_unreachable_server_is_a_store_error() -> None:
     # Given a ClickHouse URL on a loopback port where nothing listens
     # (port 1: tcpmux, reserved and unused here)
