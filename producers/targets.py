@@ -392,6 +392,28 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return str(exc).splitlines()[0] if str(exc) else "invalid YAML"
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: the plain one
+    keeps the last without a word, so a second ``Example Corp:`` block silently dropped
+    the first block's targets (a review, 2026-12-06)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False
+                          ) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor below says so
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"{str(key)[:80]!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _check_count(specs: list[TargetSpec], file: Path) -> None:
     if len(specs) > MAX_INVENTORY_ENTRIES:
         raise TargetError(f"inventory {str(file)!r} lists more than "
@@ -420,7 +442,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
     name = _one_line(file.name)  # error lines stay one line, whatever the file is called
     if file.suffix.lower() in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             raise TargetError(f"inventory {str(file)!r} is not valid YAML: "
                               f"{_yaml_problem(exc)}") from None

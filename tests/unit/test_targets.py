@@ -287,6 +287,11 @@ def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
         ("a.csv", "target,organization\n", "lists no targets"),
         ("a.csv", "organization,asset\nOrg,web\n", "line 2: no target column"),
         ("a.yaml", "[unclosed", "is not valid YAML"),
+        # a key given twice dropped the first block's targets (a review, 2026-12-06)
+        ("a.yaml", "Ex:\n  - 127.0.0.3\nEx:\n  - 127.0.0.4\n",
+         "is not valid YAML: line 3: 'Ex' given twice$"),
+        ("a.yaml", "- {target: 127.0.0.3, target: 127.0.0.5}\n",
+         "is not valid YAML: line 1: 'target' given twice$"),
         ("a.yaml", "just a string", "expected a list or a mapping"),
         ("a.yaml", "[]", "lists no targets"),
         ("a.yaml", "- [42]\n", "entry 1 is not a target"),
