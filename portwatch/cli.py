@@ -23,7 +23,13 @@ import click
 from portwatch import log_filters
 from portwatch.alerts.cli import accept, alerts, watch
 from portwatch.changes_cli import prune_command, report_with_changes
-from portwatch.console import EXIT_INTERRUPTED, err_console, exit_code_for, one_line
+from portwatch.console import (
+    EXIT_INTERRUPTED,
+    err_console,
+    exit_code_for,
+    one_line,
+    printable,
+)
 from portwatch.distributed_cli import discover, process, produce
 from portwatch.report_cli import report, show_settings
 from portwatch.scan_cli import scan
@@ -125,8 +131,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return 0
     except click.ClickException as exc:  # usage errors too: their exit_code is 2, EXIT_USAGE
         # one line: click's choice lists span several
-        err_console.print(f"portwatch: error: {' '.join(exc.format_message().split())}",
-                          markup=False)
+        err_console.print(
+            f"portwatch: error: {printable(' '.join(exc.format_message().split()))}",
+            markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("portwatch: interrupted", markup=False)

@@ -45,9 +45,21 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise PortwatchError(message, code)
 
 
+# What a message must not carry to a terminal raw: C0 and C1 controls (ESC starts the
+# sequences that clear a screen or retitle a window) and the bidi overrides that reorder
+# what is shown. A path or URL the user gave reached stderr raw (a review, 2026-12-06).
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as its escape."""
+    return text.translate(_ESCAPES)
+
+
 def say(message: str) -> None:
     """One line on stderr, prefixed like every portwatch message."""
-    err_console.print(f"portwatch: {message}", markup=False)
+    err_console.print(f"portwatch: {printable(message)}", markup=False)
 
 
 # (module, class, exit code), most specific first. Looked up only in modules already
@@ -88,7 +100,7 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return printable(text[0]) if text else type(exc).__name__
 
 
 # --limit of the reports: 0 is all; a larger count than any store holds is all too (the
@@ -196,6 +208,7 @@ __all__ = [
     "TARGET_FILTER_OPTION",
     "PortwatchError",
     "err_console",
+    "printable",
     "exit_code_for",
     "fail",
     "one_line",

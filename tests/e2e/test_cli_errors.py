@@ -104,6 +104,19 @@ def test_bad_store_url_is_refused(url: str, message: str, command: list[str]) ->
     assert_refused(run_cli(*command, "--store", url, timeout=60), message)
 
 
+def test_control_characters_the_user_gave_never_reach_the_terminal_raw(tmp_path: Path
+                                                                       ) -> None:
+    # Given a store path and an option value carrying a screen-clearing escape sequence
+    missing = run_cli("report", "summary", "--store", f"chdb://{tmp_path}/\x1b[2Jx",
+                      timeout=60)
+    wrong = run_cli("report", "\x1b]0;title\x07\u202e", timeout=60)
+    # Then each is refused in one line, the escapes written out (they reached stderr raw:
+    # a review, 2026-12-06)
+    assert_refused(missing, f"no store at {tmp_path}/\\x1b[2Jx: scan something first")
+    assert_refused(wrong, "\\x1b]0;title\\x07\\u202e")
+    assert not any(c in missing.stderr + wrong.stderr for c in "\x1b\x07\u202e")
+
+
 def test_bad_store_url_from_the_environment_is_refused() -> None:
     result = run_cli("scan", "--ports", "22", "127.0.0.1", store="mongodb://127.0.0.1/db",
                      timeout=60)
