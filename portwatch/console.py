@@ -11,6 +11,7 @@ Command modules import this, never ``portwatch.cli`` (which imports them): no cy
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -137,8 +138,21 @@ TARGET_FILTER_OPTION = click.option(
 ORG_FILTER_OPTION = click.option("--org", default="",
                                  help="Only this organization (any case).")
 
+def _given_empty(what: str) -> Callable[[click.Context, click.Parameter, str | None],
+                                        str | None]:
+    """A click callback refusing a flag given an empty value (an unset ``"$STORE"``):
+    ``--store ''`` read the default store and ``--udp ''`` scanned no UDP, without a
+    word (a review, 2026-12-06)."""
+    def check(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise click.BadParameter(f"empty: {what}", param=param)
+        return value
+    return check
+
+
 STORE_OPTION = click.option(
     "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
+    callback=_given_empty("give a store URL, or leave --store out for the default"),
     help="Where findings live: chdb:///path (embedded, default under your data dir) or "
          "clickhouse://user@host:8123/db (password in PORTWATCH_CLICKHOUSE_PASSWORD).")
 
@@ -161,6 +175,7 @@ _TARGET_OPTIONS = (
     click.option("-p", "--ports", default=None, metavar="SPEC",
                  help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all)."),
     click.option("-u", "--udp", default=None, metavar="top1000|topN|none|SPEC",
+                 callback=_given_empty("give none to scan no UDP port"),
                  help="UDP ports: top1000 (nmap's most often open, default), topN (the N "
                       "most often open), none, or a spec like 53,123,161."),
     click.option("--org", "organization", default="", metavar="NAME",

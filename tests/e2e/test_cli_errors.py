@@ -72,6 +72,10 @@ SCAN_CASES = [
                  id="bad-flag-type"),
     pytest.param(["--no-such-flag", "127.0.0.1"], "No such option: --no-such-flag",
                  id="unknown-flag"),
+    # an unset "$UDP" scanned no UDP port without a word (a review, 2026-12-06)
+    pytest.param(["--udp", "", "127.0.0.1"],
+                 "Invalid value for '-u' / '--udp': empty: give none to scan no UDP port",
+                 id="empty-udp"),
     pytest.param(["--checkpoint", "/nonexistent/dir/ck.json", "127.0.0.1"],
                  "cannot write checkpoint /nonexistent/dir/ck.json: no directory "
                  "/nonexistent/dir", id="checkpoint-nowhere"),
@@ -115,6 +119,16 @@ def test_control_characters_the_user_gave_never_reach_the_terminal_raw(tmp_path:
     assert_refused(missing, f"no store at {tmp_path}/\\x1b[2Jx: scan something first")
     assert_refused(wrong, "\\x1b]0;title\\x07\\u202e")
     assert not any(c in missing.stderr + wrong.stderr for c in "\x1b\x07\u202e")
+
+
+def test_an_empty_store_flag_is_refused_not_read_as_the_default(tmp_path: Path) -> None:
+    # an unset "$STORE" read (and scan would write) the default store (a review)
+    env = {"HOME": str(tmp_path)}
+    for command in (["report", "summary"], ["scan", "--ports", "1", "127.0.0.1"]):
+        result = run_cli(*command, "--store", "", timeout=60, env=env)
+        assert_refused(result, "Invalid value for '--store': empty: give a store URL, or "
+                               "leave --store out for the default")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_store_url_from_the_environment_is_refused() -> None:
