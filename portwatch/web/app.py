@@ -369,10 +369,10 @@ def create_app(service: ReportService, *, token: str = "",
         return with_security_headers(web.error_page(
             500, "Something went wrong reading the store; the server log has the details."))
 
-    def healthz(request: Request) -> PlainTextResponse:
+    async def healthz(request: Request) -> PlainTextResponse:  # never in the thread pool
         return PlainTextResponse("ok\n")
 
-    def favicon(request: Request) -> StarletteResponse:
+    async def favicon(request: Request) -> StarletteResponse:
         return RedirectResponse("/static/favicon.svg", status_code=308)
 
     routes: list[BaseRoute] = [Route(path, web.report_page(name), methods=["GET", "HEAD"])

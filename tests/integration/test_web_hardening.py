@@ -172,3 +172,44 @@ def test_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Path) ->
     result = run_cli("serve", "--trusted-proxy", "proxy.example", "--store",
                      f"chdb://{tmp_path / 'store'}")
     assert_refused(result, "--trusted-proxy 'proxy.example' is not an IP address")
+
+
+def test_healthz_answers_while_every_worker_thread_is_busy(shared_chdb_path: Path) -> None:
+    """The liveness probe of the Helm web pod (1 s timeout, 3 failures): it waited behind
+    report queries in the thread pool, 24-33 s under a burst of 60 pages (a review,
+    2026-12-06). Every worker thread is taken here, as such a burst takes them."""
+    import anyio
+    import anyio.to_thread
+
+    async def get(app: Any, path: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+                 "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8765)}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        return start["status"], b"".join(m.get("body", b"") for m in sent
+                                          if m["type"] == "http.response.body")
+
+    async def main(app: Any) -> tuple[int, bytes]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        holders = [object() for _ in range(int(limiter.total_tokens))]
+        for holder in holders:
+            await limiter.acquire_on_behalf_of(holder)
+        try:
+            with anyio.fail_after(30):  # a hang guard, not a timing: it waited for a thread
+                return await get(app, "/healthz")
+        finally:
+            for holder in holders:
+                limiter.release_on_behalf_of(holder)
+
+    with scratch_store(shared_chdb_path, "healthz") as store:
+        assert anyio.run(main, create_app(ReportService(store))) == (200, b"ok\n")
