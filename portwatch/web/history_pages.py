@@ -77,8 +77,9 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     port_text = _one(params, "port")
     if port_text and (not is_digits(port_text) or not 0 < int(port_text) < 65536):
         raise BadParam("port: a number from 1 to 65535")
+    target_text = _one(params, "target")  # its own BadParam names it: not twice
     try:
-        target = normalize_target(_one(params, "target"))
+        target = normalize_target(target_text)
     except ValueError as exc:
         raise BadParam(f"target: {exc}") from None
     return {"since": since, "period": period, "kinds": kinds, "severity": severity,

@@ -189,6 +189,18 @@ def test_changes_api_bad_query_is_a_json_400(web: Served, query: str) -> None:
         "give since or from, not both"}
 
 
+@pytest.mark.parametrize(("query", "error"), [
+    (f"target={'x' * 4097}", "target: not a valid value"),
+    ("target=a&target=b", "target: give it once"),
+])
+def test_a_bad_target_is_named_once(web: Served, query: str, error: str) -> None:
+    import json
+
+    # it read "target: target: not a valid value" (a review, 2026-12-06)
+    status, _h, body = web.get(f"/api/v1/changes?{query}")
+    assert (status, json.loads(body)["error"]) == (400, error)
+
+
 def test_changes_errors_do_not_grow_with_the_url(web: Served) -> None:
     import json
 
