@@ -138,7 +138,7 @@ TARGET_FILTER_OPTION = click.option(
 ORG_FILTER_OPTION = click.option("--org", default="",
                                  help="Only this organization (any case).")
 
-def _given_empty(what: str) -> Callable[[click.Context, click.Parameter, str | None],
+def refuse_empty(what: str) -> Callable[[click.Context, click.Parameter, str | None],
                                         str | None]:
     """A click callback refusing a flag given an empty value (an unset ``"$STORE"``):
     ``--store ''`` read the default store and ``--udp ''`` scanned no UDP, without a
@@ -150,9 +150,13 @@ def _given_empty(what: str) -> Callable[[click.Context, click.Parameter, str | N
     return check
 
 
+# An unset "$ALERTS_FILE" turned alerting off for the run without a word, and its
+# changes, compared, never alerted later (a review, 2026-12-06).
+ALERTS_EMPTY = "give the alerts file, or leave --alerts out (PORTWATCH_ALERTS)"
+
 STORE_OPTION = click.option(
     "--store", envvar="PORTWATCH_STORE", default=None, metavar="URL",
-    callback=_given_empty("give a store URL, or leave --store out for the default"),
+    callback=refuse_empty("give a store URL, or leave --store out for the default"),
     help="Where findings live: chdb:///path (embedded, default under your data dir) or "
          "clickhouse://user@host:8123/db (password in PORTWATCH_CLICKHOUSE_PASSWORD).")
 
@@ -175,7 +179,7 @@ _TARGET_OPTIONS = (
     click.option("-p", "--ports", default=None, metavar="SPEC",
                  help="TCP ports: 22,80,8000-8100, or 1-65535 (default: all)."),
     click.option("-u", "--udp", default=None, metavar="top1000|topN|none|SPEC",
-                 callback=_given_empty("give none to scan no UDP port"),
+                 callback=refuse_empty("give none to scan no UDP port"),
                  help="UDP ports: top1000 (nmap's most often open, default), topN (the N "
                       "most often open), none, or a spec like 53,123,161."),
     click.option("--org", "organization", default="", metavar="NAME",
@@ -224,6 +228,8 @@ __all__ = [
     "PortwatchError",
     "err_console",
     "printable",
+    "ALERTS_EMPTY",
+    "refuse_empty",
     "exit_code_for",
     "fail",
     "one_line",

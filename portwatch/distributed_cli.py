@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from portwatch.console import (
+    ALERTS_EMPTY,
     BROKER_WAIT_OPTION,
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -34,6 +35,7 @@ from portwatch.console import (
     STORE_OPTION,
     fail,
     one_line,
+    refuse_empty,
     say,
     settings_from,
     target_options,
@@ -295,7 +297,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 @click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", metavar="TOKEN",
               show_envvar=True, help="Token the --serve web reports require off loopback.")
 @click.option("--alerts", "alerts_file", default=None, metavar="FILE",
-              type=click.Path(dir_okay=False),
+              type=click.Path(dir_okay=False), callback=refuse_empty(ALERTS_EMPTY),
               help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): an alerts agent "
                    "on the changes topic delivers each change once, whatever the workers.")
 @click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",

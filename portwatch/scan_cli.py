@@ -18,12 +18,14 @@ import click
 from rich.text import Text
 
 from portwatch.console import (
+    ALERTS_EMPTY,
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
     STORE_OPTION,
     PortwatchError,
     err_console,
     out_console,
+    refuse_empty,
     say,
     settings_from,
     target_options,
@@ -106,7 +108,7 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
 @click.option("--nmap-probes/--no-nmap-probes", "nmap_probes", default=None,
               help="Fall back to nmap's service probes from nmap-common (default: on).")
 @click.option("--alerts", "alerts_file", default=None, metavar="FILE",
-              type=click.Path(dir_okay=False),
+              type=click.Path(dir_okay=False), callback=refuse_empty(ALERTS_EMPTY),
               help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): what this scan "
                    "changed is delivered before it exits (bounded wait; the rest is kept and "
                    "sent by the next run).")

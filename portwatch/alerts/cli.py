@@ -25,6 +25,7 @@ import click
 from rich.text import Text
 
 from portwatch.console import (
+    ALERTS_EMPTY,
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -34,13 +35,14 @@ from portwatch.console import (
     fail,
     filter_choice,
     out_console,
+    refuse_empty,
     settings_from,
 )
 from portwatch.render import sanitize_text
 
 ALERTS_OPTION = click.option(
     "--alerts", "alerts_file", envvar="PORTWATCH_ALERTS", default=None, metavar="FILE",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False), callback=refuse_empty(ALERTS_EMPTY),
     help="Alert rules and channels (alerts.yaml); also PORTWATCH_ALERTS.")
 
 
@@ -406,14 +408,15 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
 @click.command()
 @click.argument("where", required=False, metavar="TARGET[:PORT/PROTO]")
 @click.option("--note", default="", help="Why this risk is accepted (required to accept).")
-@click.option("--until", "until_text", default="", metavar="DATE",
+@click.option("--until", "until_text", default=None, metavar="DATE",
+              callback=refuse_empty("give a date, or leave --until out for no expiry"),
               help="Acceptance ends after this date (2027-01-31) or ISO time; default never.")
 @click.option("--by", "accepted_by", default="", help="Who accepts (default: $USER).")
 @click.option("--list", "show_list", is_flag=True, help="List active acceptances.")
 @click.option("--remove", is_flag=True, help="Withdraw the acceptance of TARGET[:PORT/PROTO].")
 @STORE_OPTION
-def accept(where: str | None, note: str, until_text: str, accepted_by: str, show_list: bool,
-           remove: bool, store: str | None) -> None:
+def accept(where: str | None, note: str, until_text: str | None, accepted_by: str,
+           show_list: bool, remove: bool, store: str | None) -> None:
     """Accept a known risk: it stops alerting and shows as accepted in the reports.
 
     It comes back when the acceptance expires (--until) or when the service, product or

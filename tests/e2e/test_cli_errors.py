@@ -131,6 +131,23 @@ def test_an_empty_store_flag_is_refused_not_read_as_the_default(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["scan", "--alerts", "", "--ports", "1", "127.0.0.1"], "'--alerts': empty: give the "
+     "alerts file, or leave --alerts out (PORTWATCH_ALERTS)"),
+    (["watch", "--schedule", "schedules.yaml", "--alerts", "", "--once"],
+     "'--alerts': empty: give the alerts file"),
+    (["alerts", "deliver", "--alerts", ""], "'--alerts': empty: give the alerts file"),
+    (["accept", "127.0.0.1:80", "--note", "x", "--until", ""],
+     "'--until': empty: give a date, or leave --until out for no expiry"),
+])
+def test_an_empty_alerts_file_or_expiry_is_refused(store_dir: Path, args: list[str],
+                                                    message: str) -> None:
+    # An unset "$ALERTS_FILE" scanned with alerting off, and the run's changes never
+    # alerted later; an unset "$EXPIRY" accepted a risk for good (a review, 2026-12-06)
+    assert_refused(run_cli(*args, store=f"chdb://{store_dir}", timeout=60), message)
+    assert not store_dir.exists()
+
+
 def test_bad_store_url_from_the_environment_is_refused() -> None:
     result = run_cli("scan", "--ports", "22", "127.0.0.1", store="mongodb://127.0.0.1/db",
                      timeout=60)
