@@ -99,7 +99,8 @@ def parse_until(text: str, now: datetime) -> datetime:
                                       UTC) + timedelta(days=1)
         else:
             moment = datetime.fromisoformat(text.strip())
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            # UTC, as every time portwatch prints: 00:00+05:00 read "00:00 UTC"
+            moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         raise AcceptError(f"bad --until {text[:40]!r}: use a date like 2027-01-31 or an ISO "
                           "date-time") from None
@@ -124,7 +125,7 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
                         service, product, version)
     store.insert_rows("accepted_risks", COLUMNS, [[
         target, proto, port, risk.note, risk.accepted_by, now, until or EPOCH, service, product,
-        version, 0, int(now.timestamp() * 1000) * 2]])
+        version, 0, _revision(now)]])
     return risk
 
 
@@ -137,9 +138,21 @@ def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> boo
     if not rows or not int(rows[0][0]):
         return False
     store.insert_rows("accepted_risks", COLUMNS, [[
-        target, proto, port, "", "", now, EPOCH, "", "", "", 1,
-        int(now.timestamp() * 1000) * 2 + 1]])
+        target, proto, port, "", "", now, EPOCH, "", "", "", 1, _revision(now) + 1]])
     return True
+
+
+def _revision(at: datetime) -> int:
+    """A row's version: twice the milliseconds, an acceptance even, its end odd (an end
+    and an acceptance of the same millisecond: the end is the later)."""
+    return int(at.timestamp() * 1000) * 2
+
+
+def _end(store: Any, risks: list[AcceptedRisk], now: datetime) -> None:
+    """Removal rows for ``risks``, each after its own acceptance whatever the clock."""
+    store.insert_rows("accepted_risks", COLUMNS, [
+        [r.target, r.proto, r.port, "", "", now, EPOCH, "", "", "", 1,
+         _revision(max(now, r.accepted_at)) + 1] for r in risks])
 
 
 def list_active(store: Any, now: datetime) -> list[AcceptedRisk]:
@@ -151,7 +164,11 @@ class ActiveAcceptances:
     risks: list[AcceptedRisk]
 
     @classmethod
-    def load(cls, store: Any, now: float) -> ActiveAcceptances:
+    def load(cls, store: Any, now: float, *, end_broken: bool = False) -> ActiveAcceptances:
+        """The acceptances in force at ``now``. ``end_broken``: one whose port's service,
+        product or version changed is ended in the store (the alerting path), so that the
+        old version coming back is not accepted again: a rollback to the very version
+        accepted went unalerted (a review, 2026-12-06)."""
         moment = datetime.fromtimestamp(now, UTC)
         candidates = [
             AcceptedRisk(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
@@ -170,14 +187,17 @@ class ActiveAcceptances:
                 identity = (str(service), str(product), str(version))
                 current[(str(target).lower(), str(proto), int(port))] = identity
                 current[(str(ip), str(proto), int(port))] = identity
-        active = []
+        active, broken = [], []
         for risk in candidates:
             now_identity = current.get((risk.target, risk.proto, risk.port))
             snapshot = (risk.service, risk.product, risk.version)
             if risk.port and now_identity is not None and any(snapshot) and \
                     now_identity != snapshot:
-                continue  # the service changed since it was accepted: alert again
+                broken.append(risk)  # the service changed since it was accepted: alert again
+                continue
             active.append(risk)
+        if end_broken and broken:
+            _end(store, broken, moment)
         return cls(active)
 
     def covers(self, event: ChangeEvent) -> bool:

@@ -205,7 +205,7 @@ class AlertDispatcher:
         if not events:
             return 0
         now = self.clock()
-        acceptances = ActiveAcceptances.load(self.store, now)
+        acceptances = ActiveAcceptances.load(self.store, now, end_broken=True)
         prevalence = self._prevalence({(e.proto.value, e.port) for e in events if e.port})
         wanted: dict[Key, ChangeEvent] = {}
         for event in events:

@@ -551,3 +551,11 @@ def test_old_log_rows_never_show_a_urls_path_or_query() -> None:
 
 def test_a_duration_may_have_a_space_before_its_unit() -> None:
     assert [parse_duration(t) for t in ("5 m", "1 h", " 30 s ")] == [300, 3600, 30]
+
+
+def test_accept_until_with_an_offset_is_kept_in_utc() -> None:
+    from portwatch.alerts.accepted import parse_until
+
+    # `accept` printed the offset's wall time labelled UTC ("2027-01-01 00:00 UTC")
+    moment = parse_until("2027-01-01T00:00:00+05:00", datetime(2026, 12, 1, tzinfo=UTC))
+    assert moment.isoformat() == "2026-12-31T19:00:00+00:00"
