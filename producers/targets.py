@@ -211,7 +211,19 @@ def looks_like_hostname(text: str) -> bool:
     return all(
         0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
         for label in labels
-    ) and not text.replace(".", "").isdigit()
+    ) and not text.replace(".", "").isdigit() and not _is_legacy_ipv4(text)
+
+
+def _is_legacy_ipv4(text: str) -> bool:
+    """An IPv4 address in a form ``inet_aton`` reads (0x7f.0.0.1, 0x7f000001): the
+    resolver takes it for that address, so as a "name" it scanned 127.0.0.1 under a
+    spelling no report would match (octal and short forms were already refused: a
+    review, 2026-12-06)."""
+    try:
+        socket.inet_aton(text.rstrip("."))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def resolve_hostname(name: str) -> list[str]:

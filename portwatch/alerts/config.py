@@ -31,7 +31,7 @@ import yaml
 
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
-from producers.targets import fold_mapped, yaml_problem
+from producers.targets import fold_mapped, looks_like_hostname, yaml_problem
 from schemas.bounded import is_digits
 from schemas.durations import parse_seconds
 from schemas.records import ChangeKind, RiskColor, Severity, canonical_address
@@ -168,7 +168,11 @@ def read_text_file(name: str, error: type[AlertConfigError]) -> str:
     """A people-written file's text, bounded (MAX_FILE_BYTES) and UTF-8; ``error`` (one
     line, ``FILE:0: ...``) when it cannot be read, is too large or is not text."""
     try:
-        with open(name, "rb") as handle:
+        # opened without blocking, and only a regular file read: a FIFO with no writer
+        # hung `watch` and `alerts test` for good (a review, 2026-12-06)
+        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise error(name, 0, "not a regular file")
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise error(name, 0, f"cannot read: {exc.strerror or exc}") from None
@@ -593,9 +597,16 @@ class _Parser:
                 except ValueError:
                     raise self.fail(item_node, f"{what}: bad CIDR block {text!r}") from None
             else:
+                bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
                 try:  # events carry the canonical address (::ffff:a.b.c.d is a.b.c.d)
-                    names.add(str(canonical_address(text)))
+                    names.add(str(canonical_address(bare)))
                 except ValueError:
+                    # a name that can never be an event's target ("10.0.0.5:8080") is
+                    # refused, not kept to match nothing (a review, 2026-12-06)
+                    if not looks_like_hostname(text):
+                        raise self.fail(item_node, f"{what}: {text[:60]!r} is not an "
+                                                   "address, CIDR block or hostname"
+                                        ) from None
                     names.add(text.lower())
         return frozenset(names), tuple(networks)
 

@@ -213,6 +213,10 @@ BAD_FILES = [
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    when: {organizations: [null]}\n    notify: [a]\n", 5,
      "rule 'r' organizations: an empty entry (null)"),
+    # a target no event can carry matched nothing, without a word (a review, 2026-12-06)
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+     "    when: {targets: [\"10.0.0.5:8080\"]}\n    notify: [a]\n", 5,
+     "rule 'r': '10.0.0.5:8080' is not an address, CIDR block or hostname"),
 ]
 
 
@@ -559,3 +563,22 @@ def test_accept_until_with_an_offset_is_kept_in_utc() -> None:
     # `accept` printed the offset's wall time labelled UTC ("2027-01-01 00:00 UTC")
     moment = parse_until("2027-01-01T00:00:00+05:00", datetime(2026, 12, 1, tzinfo=UTC))
     assert moment.isoformat() == "2026-12-31T19:00:00+00:00"
+
+
+@pytest.mark.timeout(30)  # the old open() of a FIFO with no writer never returned
+@pytest.mark.parametrize("load", [lambda p: load_alerts(p, env={}), load_schedules])
+def test_a_fifo_with_no_writer_is_refused_not_waited_on(tmp_path: Path, load: object) -> None:
+    import os
+
+    fifo = tmp_path / "alerts.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises((AlertConfigError, ScheduleError), match="not a regular file"):
+        load(fifo)  # type: ignore[operator]
+
+
+def test_a_bracketed_ipv6_rule_target_matches_its_address(tmp_path: Path) -> None:
+    # "[::1]", as accept and scan take it, matched no event on ::1 (a review, 2026-12-06)
+    text = ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+            "    when: {targets: [\"[::1]\"]}\n    notify: [a]\n")
+    rule = load_alerts(write(tmp_path, text), env={}).rules[0]
+    assert "::1" in rule.match.targets
