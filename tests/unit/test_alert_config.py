@@ -581,4 +581,4 @@ def test_a_bracketed_ipv6_rule_target_matches_its_address(tmp_path: Path) -> Non
     text = ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
             "    when: {targets: [\"[::1]\"]}\n    notify: [a]\n")
     rule = load_alerts(write(tmp_path, text), env={}).rules[0]
-    assert "::1" in rule.match.targets
+    assert rule.match.target_names == frozenset({"::1"})
