@@ -343,6 +343,13 @@ class Shard(Record):
             raise RecordError("shard without targets")
         if not self.ports:
             raise RecordError("shard without ports")
+        if self.port_count > 65_535:
+            # A 7.6 KB record of 300 copies of 1-65535 took a discover worker to 840 MB
+            # building its port list, and one of 900 KB would need ~80 GB: every worker
+            # of the group OOM-killed in turn (a review, 2026-12-06). A protocol has
+            # 65,535 ports; the producer never repeats one in a shard.
+            raise RecordError(f"shard of {self.port_count:,} ports: more than a protocol "
+                              "has (its ranges overlap)")
 
     @property
     def port_count(self) -> int:
