@@ -28,7 +28,11 @@ WITH
     latest_scan AS (
         -- the scan whose ports are the host's ports now: its latest completed one
         -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
-        SELECT target, ip, ports_scan_id, ports_seen_after FROM latest_host_scans
+        -- and the host's organization and asset: its latest scan's, as the Summary's
+        -- (a port keeps the ones of the scan that last saw it: after a rescan of some
+        -- ports under another --org, the List and the Summary disagreed)
+        SELECT target, ip, ports_scan_id, ports_seen_after, organization, asset
+        FROM latest_host_scans
     ),
     prevalence AS (
         SELECT proto, port, uniqExactMerge(instances) AS instances
@@ -103,7 +107,8 @@ WITH
                * if({direction:String} = 'desc', -1, 1) AS sort_number,
                if({sort:String} = 'service', lowerUTF8(f.service),
                    if({sort:String} = 'product', lowerUTF8(concat(f.product, ' ', f.version)),
-                   if({sort:String} = 'organization', lowerUTF8(toString(f.organization)),
+                   if({sort:String} = 'organization', lowerUTF8(toString(
+                       if(page_scan.target = '', f.organization, page_scan.organization))),
                    if({sort:String} = 'target', ADDRESS_TEXT(f.target), ''))))
                    AS sort_text
         FROM port_latest AS f FINAL
@@ -111,7 +116,9 @@ WITH
         -- "current" (schemas._CURRENT), as is_current below
         WHERE ({history:UInt8} = 1 OR IS_CURRENT(f.scan_id, page_scan))
           AND TARGET_MATCHES(f)
-          AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
+          AND ({org:String} = ''
+               OR lowerUTF8(if(page_scan.target = '', f.organization, page_scan.organization))
+                  = lowerUTF8({org:String}))
           AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
           -- '-' is the version of a product that gave none (the Products page's link)
           AND ({version:String} = ''
@@ -139,6 +146,12 @@ WITH
         FROM accepted_risks FINAL
         WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
     ),
+    -- The page's hosts' organization and asset (latest_scan's, read for them only)
+    host_names AS (
+        SELECT target, ip, organization, asset FROM latest_host_scans
+        WHERE (target, ip) IN (SELECT (k.1, k.2)
+                               FROM (SELECT arrayJoin((SELECT keys FROM page_keys)) AS k))
+    ),
     -- --history: when each port no longer seen was found closed (port_state, kept by the
     -- change writer); read only when history is asked (the filter folds to false).
     closed AS (
@@ -151,8 +164,8 @@ SELECT
     f.target AS target,
     f.ip AS ip,
     f.hostname AS hostname,
-    f.asset AS asset,
-    f.organization AS organization,
+    if(host_names.target = '', f.asset, host_names.asset) AS asset,
+    if(host_names.target = '', f.organization, host_names.organization) AS organization,
     f.port AS port,
     f.proto AS proto,
     -- the port's state now: as last seen if current ('open', UDP 'open|filtered');
@@ -227,6 +240,7 @@ LEFT ANY JOIN accepted AS acc_port
    AND acc_port.proto = f.proto AND acc_port.port = f.port
 LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
     ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
+LEFT JOIN host_names ON host_names.target = f.target AND host_names.ip = f.ip
 LEFT JOIN closed ON closed.target = f.target AND closed.ip = f.ip AND closed.proto = f.proto
                 AND closed.port = f.port
 -- the page's keys again as a set on findings' sorting key: the read skips other granules

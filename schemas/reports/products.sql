@@ -7,8 +7,10 @@ WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest), as in the
     -- List: not a GROUP BY over every scan ever stored, and still there after a prune
     latest_scan AS (
-        -- (its ports scan: the latest completed one, as in the List)
-        SELECT target, ip, ports_scan_id, ports_seen_after FROM latest_host_scans
+        -- (its ports scan: the latest completed one, as in the List; its organization:
+        -- its latest scan's, as in the List and the Summary)
+        SELECT target, ip, ports_scan_id, ports_seen_after, organization
+        FROM latest_host_scans
     )
 -- Rows are what the List's filters tell apart: product and version in any case are one
 -- row (shown as their first spelling), so each row's drill-down lists its ports only.
@@ -24,7 +26,7 @@ LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND IS_CURRENT(f.last_scan_id, latest_scan)
   AND TARGET_MATCHES(f)
-  AND ({org:String} = '' OR lowerUTF8(f.organization) = lowerUTF8({org:String}))
+  AND ({org:String} = '' OR lowerUTF8(latest_scan.organization) = lowerUTF8({org:String}))
   AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})

@@ -279,3 +279,28 @@ def test_udp_ports_are_scanned_with_replies_open_and_silence_open_filtered(
     summary = report(store, "summary")[0]
     assert summary["open_ports"] == 2
     assert summary["yellow"] == 1  # open|filtered is listed but not scored
+
+
+def test_a_rescan_under_another_organization_moves_every_report_of_the_host(
+        tmp_path: Path) -> None:
+    # Given a host with two listeners scanned for organization "Old", then only one of its
+    # ports rescanned for "New" (the other is still open: the narrower scan did not cover
+    # it, so the reports still count it)
+    store = f"chdb://{tmp_path / 'store'}"
+    ssh = loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")
+    with loopback.listen(ssh, ("127.0.0.73",)) as a, \
+            loopback.listen(loopback.http_handler("nginx/1.22.1"), ("127.0.0.73",)) as b:
+        for ports, org in ((f"{a.port},{b.port}", "Old"), (str(a.port), "New")):
+            result = run_cli("scan", "127.0.0.73", "--ports", ports, "--udp", "none",
+                             "--org", org, store=store, env=FAST)
+            assert result.code == 0, result.stderr
+    # Then the Summary, the List and Products agree: the host and both its ports are
+    # "New"'s (the List and Products kept each port's last observation's organization,
+    # while the Summary moved: a review, 2026-12-06)
+    for org, hosts, ports, products in (("New", 1, 2, 2), ("Old", 0, 0, 0)):
+        assert len(report(store, "summary", "--org", org)) == hosts
+        rows = report(store, "list", "--org", org)
+        assert sorted(r["port"] for r in rows) == sorted([a.port, b.port][:ports])
+        assert {r["organization"] for r in rows} == ({"New"} if ports else set())
+        assert sum(int(r["instances"]) for r in report(store, "products", "--org", org)) \
+            == products
