@@ -163,8 +163,14 @@ class HostHold:
             self._storing += Counter()  # drop the zero counts
 
     def __contains__(self, key: object) -> bool:
-        """Held, or being stored (``storing``): change recovery leaves it to the hold."""
-        return key in self._held or key in self._storing
+        """Held with its host scan, or being stored (``storing``): change recovery leaves
+        it to the hold. Findings held without their host scan are not: a successor sink
+        that replays a dead one's uncommitted findings, whose host scan the dead one had
+        committed, held them as an orphan for an hour, and recovery left the host to a
+        hold that could never release it (a review, 2026-12-06). Recovered, the host's
+        state names the scan: should its record still come, it reads its events back."""
+        held = self._held.get(key)  # type: ignore[call-overload]
+        return (held is not None and bool(held.scans)) or key in self._storing
 
     def __len__(self) -> int:
         return len(self._held)
