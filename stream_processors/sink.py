@@ -21,9 +21,11 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from schemas.records import Finding, HostScan, Record
+from stream_processors.history import FUTURE_SKEW
 from stream_processors.rejects import DataRejected, insert_isolating, is_data_error, reason_of
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class StoreSink:
         dropped = len(findings) - len(unique)
         scans = list({(h.scan_id, h.shard_id, h.target.ip): h for h in host_scans}.values())
         rows = list(unique.values())
+        rows, scans = self._not_from_the_future(rows, scans)
         changes = self.changes
         with changes.storing(rows, scans) if changes is not None else nullcontext():
             # A data error is bisected down to its records (rejected, for dead letters);
@@ -119,6 +122,27 @@ class StoreSink:
                                      [h for h in scans if id(h) not in stored_ids])
         self.stats.duplicates_dropped += dropped
         self.stats.batches += 1
+
+    def _not_from_the_future(self, rows: list[Finding], scans: list[HostScan]
+                             ) -> tuple[list[Finding], list[HostScan]]:
+        """Records dated more than ``FUTURE_SKEW`` ahead of this sink's clock are
+        dead-lettered, never stored: one host scan from a worker whose clock ran an hour
+        ahead (or forged on the topic) stayed the host's latest scan until the clock
+        caught up, and the List and change detection ignored every real scan meanwhile
+        (a review, 2026-12-06; 2099 froze the host for good)."""
+        limit = datetime.now(UTC) + FUTURE_SKEW
+        late_rows = [f for f in rows if f.port.observed_at > limit]
+        late_scans = [h for h in scans if max(h.started_at, h.finished_at) > limit]
+        if not late_rows and not late_scans:
+            return rows, scans
+        why = f"dated more than {FUTURE_SKEW} ahead of this sink's clock"
+        self._rejected += [(r, why) for r in (*late_rows, *late_scans)]
+        self.stats.rejected += len(late_rows) + len(late_scans)
+        log.warning("sink: %d record(s) %s dead-lettered", len(late_rows) + len(late_scans),
+                    why)
+        late = {id(r) for r in (*late_rows, *late_scans)}
+        return ([f for f in rows if id(f) not in late],
+                [h for h in scans if id(h) not in late])
 
     async def _retrying(self, what: str, insert: object) -> None:
         assert callable(insert)

@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.records import (
@@ -207,3 +207,29 @@ def test_data_errors_and_store_errors_are_told_apart() -> None:
     assert not is_data_error(ConnectionResetError())
     # a closed client is not the records' fault: retried, never dead-lettered
     assert not is_data_error(ValueError("I/O operation on closed file"))
+
+
+def test_the_sink_dead_letters_records_dated_in_the_future(store: Any) -> None:
+    # Given a batch with a host scan from a clock an hour and a half ahead, one from
+    # 2099, and a finding dated two hours ahead, beside a good finding and host scan
+    now = datetime.now(UTC)
+    target = Target("127.0.0.1", "127.0.0.1")
+
+    def host_scan(scan_id: str, end: datetime) -> HostScan:
+        return HostScan(scan_id=scan_id, target=target, started_at=end, finished_at=end,
+                        ports_scanned=1, open_ports=0)
+
+    ahead = finding("127.0.0.1", 8080)
+    ahead = replace(ahead, port=replace(ahead.port, observed_at=now + timedelta(hours=2)))
+    sink = StoreSink(store, retry_initial=0.01)
+    asyncio.run(sink.write([finding("127.0.0.1", 22), ahead], [
+        host_scan("good", now), host_scan("skewed", now + timedelta(minutes=90)),
+        host_scan("forged", datetime(2099, 1, 1, tzinfo=UTC))]))
+    # Then only the good ones are stored: one forged host scan stayed the host's latest
+    # scan, and hid every real one from the List and change detection (a review)
+    assert store.query("SELECT port FROM port_observations") == [(22,)]
+    assert store.query("SELECT scan_id FROM host_scans") == [("good",)]
+    rejected = sink.take_rejected()
+    assert len(rejected) == 3 and all("ahead of this sink's clock" in why
+                                      for _r, why in rejected)
+    assert sink.stats.rejected == 3
