@@ -92,6 +92,9 @@ def _topics(assembly: Any) -> TopicSet:
               help="Ports per shard (PORTWATCH_SHARD_PORTS, default 65535).")
 @click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")
+@click.option("--discover-group", default=None, metavar="ID",
+              help="The discovery workers' consumer group, when they run with --group "
+                   "(what --wait watches; default: <prefix>portwatch-discover).")
 @KAFKA_OPTION
 @BROKER_WAIT_OPTION
 @PREFIX_OPTION
@@ -100,8 +103,8 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
             inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
             allow_large: bool, scan_id: str | None, seed: int | None, checkpoint: str | None,
             hosts_per_shard: int | None, ports_per_shard: int | None, wait_seconds: float,
-            udp: str | None, kafka: str | None, broker_wait: int | None,
-            topic_prefix: str | None) -> None:
+            discover_group: str | None, udp: str | None, kafka: str | None,
+            broker_wait: int | None, topic_prefix: str | None) -> None:
     """Publish the shards of a scan of TARGET... onto Kafka for the discovery workers.
 
     Targets, ports and scope checks are those of `portwatch scan`. With --checkpoint
@@ -138,14 +141,17 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
                            "shards": result.total, "published": result.published,
                            "resumed_at": result.first_index}))
     if wait_seconds:
-        _wait_drained(assembly.settings.kafka, topics, wait_seconds)
+        _wait_drained(assembly.settings.kafka, topics, wait_seconds, discover_group)
 
 
-def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float) -> None:
-    """Until every stage's group has committed everything: discover, stages, sink."""
+def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float,
+                  discover_group: str | None = None) -> None:
+    """Until every stage's group has committed everything: discover (``discover_group``:
+    the workers' own --group; a wait on the default one never ended: a review), stages,
+    sink."""
     from producers.publish import group_lag
 
-    stages = [(f"{topics.prefix}portwatch-discover", [topics.shards.name]),
+    stages = [(discover_group or f"{topics.prefix}portwatch-discover", [topics.shards.name]),
               (f"{topics.prefix}portwatch-stages", [topics.open_ports.name]),
               (f"{topics.prefix}portwatch-sink",
                [topics.findings.name, topics.host_scans.name])]

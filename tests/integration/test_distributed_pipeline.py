@@ -438,3 +438,22 @@ def test_a_sink_whose_web_port_is_taken_says_so_in_one_line(kafka_bootstrap: str
     assert result.stderr.splitlines() == [
         f"portwatch: error: --serve: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_produce_waits_on_the_discover_workers_own_group(kafka_bootstrap: str,
+                                                        tmp_path: Path) -> None:
+    # Given discovery workers in a consumer group of their own (discover --group)
+    with loopback.udp_responder() as udp_port, pipeline_of(kafka_bootstrap, tmp_path) as pipe:
+        sink = pipe.process()
+        discover = pipe.discover("--group", f"{pipe.prefix}night-shift")
+        # When produce waits for the pipeline, told that group / Then it sees the work
+        # drain and exits 0 (it watched <prefix>portwatch-discover, which nothing reads,
+        # and failed "not drained": a review, 2026-12-06)
+        summary = pipe.produce("127.0.0.1", "--ports", "1", "--udp", str(udp_port),
+                               "--discover-group", f"{pipe.prefix}night-shift")
+        pipe.stop(discover)
+        pipe.stop(sink)
+        rows = json.loads(run_cli("report", "list", "--format", "json",
+                                  store=pipe.store).stdout)
+    assert summary["shards"] == 2
+    assert [(r["port"], r["proto"]) for r in rows] == [(udp_port, "udp")]
