@@ -22,7 +22,7 @@ from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
@@ -171,6 +171,17 @@ def is_served_over_tls(request: Request, *, cookie_secure: bool,
     return False
 
 
+def _query_is_utf8(raw: bytes) -> bool:
+    """Every name and value of the query string decodes as UTF-8."""
+    if b"%" not in raw and raw.isascii():
+        return True
+    try:  # raw bytes past ASCII, and percent-encoded ones
+        parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
 class Guard(BaseHTTPMiddleware):
     """Host check (loopback mode), token check (token mode), security headers."""
 
@@ -208,6 +219,13 @@ class Guard(BaseHTTPMiddleware):
                 return PlainTextResponse(f"portwatch: Host header refused; this server "
                                          f"answers to {names} only (serve --allowed-host "
                                          f"adds a name)\n", status_code=421)
+        if not _query_is_utf8(request.scope.get("query_string", b"")):
+            # Starlette reads %FF as U+FFFD: "target=%FF" filtered on a character nobody
+            # typed and answered 200, empty (a review, 2026-12-06)
+            message = "portwatch: a query value is not UTF-8 (its percent-encoded bytes)"
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"error": message}, status_code=400)
+            return PlainTextResponse(message + "\n", status_code=400)
         if not self.token or request.url.path in ("/healthz",) \
                 or request.url.path.startswith("/static/"):
             return await call_next(request)

@@ -268,3 +268,19 @@ def test_risk_history_counts_every_shard_of_a_scan_on_the_windows_edge(store) ->
     [point] = ReportService(store, use_cache=False).risk_history({}, days=1)
     # Then the scan ends in the window and scores both its ports: 10 x red + 1 x green
     assert (point.day, point.worst, point.targets) == (late.date(), 24.0, 1)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/list?target=%FF", "/api/v1/changes?org=%C3%28",
+                                  "/changes?org=%FF", "/list?target=%FF", "/target?target=%FF",
+                                  "/api/v1/list?%FF=1"])
+def test_a_query_that_is_not_utf8_is_a_400(web: Served, path: str) -> None:
+    # %FF read as U+FFFD: a filter on a character nobody typed, 200 and empty (a review)
+    status, _h, body = web.get(path)
+    assert status == 400 and "a query value is not UTF-8" in body
+
+
+def test_a_utf8_query_value_is_read(web: Served) -> None:
+    import json
+
+    status, _h, body = web.get("/api/v1/list?org=%C3%A9")
+    assert status == 200 and json.loads(body)["filters"]["org"] == "é"
