@@ -323,6 +323,11 @@ def test_a_page_past_the_last_says_so_and_links_the_last(web: Served, path: str)
     assert "Showing" not in body and "portwatch scan</code> first" not in body
     last = re.search(r'go to page ([\d,]+)</a> of ([\d,]+) rows', body)
     assert last is not None and int(last.group(1).replace(",", "")) >= 1
+    # and the pager's Previous is that last page, not page 999,999 (a review, 2026-12-06)
+    pages = last.group(1)
+    assert f"Page 1,000,000 (past the last, {pages})" in body
+    previous = re.search(r'<a rel="prev" href="[^"]*[?&]page=(\d+)', body)
+    assert previous is not None and previous.group(1) == pages.replace(",", "")
 
 
 def test_the_405_names_the_methods_allowed(web: Served) -> None:
