@@ -104,6 +104,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     host = host.strip("[]") or DEFAULT_HOST
     if not is_digits(port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r} is not PORT or HOST:PORT (port 1-65535)")
+    from producers.targets import looks_like_hostname
+    from schemas.filters import is_ip_address
+
+    # the host as an address or a name: '999.1.1.1' went on to contact the broker and
+    # failed there, exit 1, instead of as bad input (a review, 2026-12-06)
+    if not is_ip_address(host) and not looks_like_hostname(host):
+        raise ValueError(f"{text[:80]!r}: {host[:60]!r} is not an address or a hostname")
     return host, int(port_text)
 
 

@@ -102,10 +102,17 @@ def test_a_silent_or_flooding_client_is_dropped_and_others_still_answered(
         assert spent >= READ_SECONDS - 0.5
 
 
-def test_process_refuses_a_bad_health_address() -> None:
-    result = run_cli("process", "--health", "nowhere:http")
+@pytest.mark.parametrize(("address", "why"), [
+    ("nowhere:http", "is not PORT or HOST:PORT"),
+    # went on to contact the broker, and failed there with exit 1 (a review, 2026-12-06)
+    ("999.1.1.1:1", "'999.1.1.1' is not an address or a hostname"),
+    ("bad host!:80", "'bad host!' is not an address or a hostname"),
+])
+def test_process_refuses_a_bad_health_address(address: str, why: str) -> None:
+    result = run_cli("process", "--health", address, "--broker-wait", "0")
     assert result.code == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("portwatch: error: --health: ")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("portwatch: error: --health: ") and why in last
 
 
 def test_a_taken_health_port_is_the_callers_oserror() -> None:
