@@ -1,11 +1,11 @@
 """Reading an embedded store through the process that holds it.
 
-chdb allows one process per store path. While ``portwatch serve`` or ``portwatch process
---serve`` holds a store, it advertises where it serves in a small file in the store's
-directory (``ADVERT_FILE``: pid, loopback URL, token; mode 0600, removed at exit), and
-``portwatch report`` on that store asks the holder's JSON API instead of failing with "in
-use". The answer is turned back into the ``Report`` the CLI renders, so the output is the
-same either way.
+chdb allows one process per store path. While ``portwatch serve``, ``portwatch process
+--serve`` or ``portwatch watch --serve`` holds a store, it advertises where it serves in a
+small file in the store's directory (``ADVERT_FILE``: pid, loopback URL, token; mode 0600,
+removed at exit), and ``portwatch report`` on that store asks the holder's JSON API
+instead of failing with "in use". The answer is turned back into the ``Report`` the CLI
+renders, so the output is the same either way.
 
 Owns: the advert file (write, remove, bounded and validated read), and the HTTP client of
 the JSON API (paged, bounded in time and size). The file is input like any other: a stale
@@ -140,7 +140,7 @@ def parse_advert(raw: bytes) -> Advert | None:
         return None
     if not isinstance(token, str) or len(token) > MAX_TOKEN or not token.isprintable():
         return None
-    if command not in ("serve", "process --serve"):
+    if command not in ("serve", "process --serve", "watch --serve"):
         return None
     if not isinstance(url, str) or len(url) > 100:
         return None

@@ -442,8 +442,9 @@ def _busy_error(path: str) -> StoreBusy:
     return StoreBusy(
         f"the store at {path} is in use by another portwatch process "
         "(embedded stores allow one process at a time): wait for it to finish, "
-        "use another --store, or run a ClickHouse server; a sink started with "
-        "`portwatch process --serve PORT` serves its reports on the web meanwhile"
+        "use another --store, or run a ClickHouse server; a watcher or a sink started "
+        "with `--serve PORT` (`portwatch watch`, `portwatch process`) answers `portwatch "
+        "report` and serves the web reports meanwhile"
     )
 
 

@@ -11,12 +11,13 @@ Listed in ``portwatch.cli``'s COMMANDS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -87,8 +88,14 @@ def _say(line: str) -> None:
 @ALERTS_OPTION
 @STORE_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress output from the scans.")
+@click.option("--serve", "serve_at", default="", metavar="[HOST:]PORT",
+              help="Also serve the web reports (as `portwatch serve`) from this process "
+                   "while it watches; `portwatch report` on its embedded store then asks "
+                   "it (the store allows one process).")
+@click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", show_envvar=True,
+              help="Token the --serve web reports require off loopback.")
 def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | None,
-          store: str | None, quiet: bool) -> None:
+          store: str | None, quiet: bool, serve_at: str, token: str) -> None:
     """Rescan on a schedule and alert on what changed (embedded shape).
 
     \b
@@ -104,6 +111,7 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
       portwatch watch --schedule schedules.yaml --alerts alerts.yaml
       portwatch watch --schedule schedules.yaml --once     # from cron or a CronJob
       portwatch watch --schedule schedules.yaml --list
+      portwatch watch --schedule schedules.yaml --serve 8765   # and the web reports
     """
     from portwatch.alerts.schedule import ScheduleError, load_schedules
 
@@ -113,6 +121,7 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         fail(str(exc), EXIT_USAGE)
     if once and show_list:
         fail("give --once (run what is due) or --list (show the plan), not both")
+    listen = _listen_or_fail(serve_at, token, once=once or show_list)
     config = load_alerts_or_fail(alerts_file) if alerts_file else None
     _check_store_url(store)
     # bad targets, inventories or ports: exit 2 here, for --list too
@@ -130,13 +139,64 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         return prepared.pop(entry.name, None) or _prepare(entry, store, schedule_file)
 
     try:
-        code = asyncio.run(_watch(db, entries, prepare, config, once=once, quiet=quiet))
+        web = None
+        if listen is not None:
+            from portwatch.web.cli import web_app
+
+            web = (web_app(db, listen[0], token), *listen)
+        code = asyncio.run(_watch(db, entries, prepare, config, once=once, quiet=quiet,
+                                  web=web, token=token))
     finally:
         db.close()
     if code == EXIT_INTERRUPTED:
         raise PortwatchError("watch interrupted: findings so far are kept", EXIT_INTERRUPTED)
     if code == EXIT_RUNTIME:
         raise PortwatchError("watch: a scheduled scan failed (see above)", EXIT_RUNTIME)
+
+
+def _listen_or_fail(serve_at: str, token: str, *, once: bool) -> tuple[str, int] | None:
+    """Where ``--serve`` listens (None: it was not given); bad input exits 2."""
+    if not serve_at:
+        return None
+    from portwatch.web.cli import BindError, check_bind, parse_listen
+
+    if once:
+        fail("--serve is for a running watch: --once and --list end at once", EXIT_USAGE)
+    try:
+        listen = parse_listen(serve_at)
+        check_bind(listen[0], token)
+    except (ValueError, BindError) as exc:
+        fail(f"--serve: {exc}", EXIT_USAGE)
+    return listen
+
+
+@contextlib.asynccontextmanager
+async def _serving(db: Any, web: tuple[Any, str, int] | None, token: str
+                   ) -> AsyncIterator[None]:
+    """The web reports beside the watcher (``watch --serve``), advertised in an embedded
+    store's directory so `portwatch report` asks this process: a watcher holds its
+    store for months, and every report was refused "in use" meanwhile (a review,
+    2026-12-06)."""
+    if web is None:
+        yield
+        return
+    from portwatch.store_holder import advertise
+    from portwatch.web import server as web_server
+    from portwatch.web.cli import listening_line
+
+    try:
+        running = await web_server.start_beside(*web)
+    except web_server.ListenError as exc:
+        fail(f"--serve: {exc}", EXIT_RUNTIME)
+    _say(listening_line(web[1], web[2], token))
+    try:
+        with contextlib.ExitStack() as advert:
+            if db.location.scheme == "chdb":
+                advert.enter_context(advertise(db.location.path, web[1], web[2], token,
+                                               "watch --serve"))
+            yield
+    finally:
+        await web_server.stop(*running)
 
 
 def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:
@@ -176,7 +236,8 @@ def _print_plan(store: str | None, entries: Any) -> None:
 
 
 async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: Any, *,
-                 once: bool, quiet: bool) -> int:
+                 once: bool, quiet: bool, web: tuple[Any, str, int] | None = None,
+                 token: str = "") -> int:
     from portwatch.alerts.dispatcher import AlertDispatcher
     from portwatch.alerts.scanning import run_embedded_scan
     from portwatch.alerts.watch import Watcher
@@ -231,8 +292,9 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         return EXIT_RUNTIME if any(r.status == "failed" for r in records) else 0
     own_signals()
     try:
-        _say(f"watch: {watcher.status_line()}")
-        await watcher.run_forever(stop)
+        async with _serving(db, web, token):
+            _say(f"watch: {watcher.status_line()}")
+            await watcher.run_forever(stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -70,6 +70,20 @@ def alerts(tmp_path: Path, url: str, digest: str = "0") -> Path:
     return path
 
 
+def until_first_scan(proc: subprocess.Popen[str]) -> list[str]:
+    """The stderr lines of a running watch up to its first completed scan (bounded)."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    for _ in range(50):  # bounded: the lines of one scan and its status
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "scan " in line and "completed" in line:
+            break
+    return seen
+
+
 @pytest.mark.parametrize(("alerts_text", "words"), [
     ("channels:\n  a: {apprise: \"nosuch://x\"}\nrules:\n  - name: r\n    notify: [a]\n",
      ["alerts.yaml:2:", "unknown apprise scheme 'nosuch://'"]),
@@ -526,16 +540,8 @@ def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(
             [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
              *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **ENV, "PORTWATCH_STORE": store})
-        assert proc.stderr is not None
-        seen: list[str] = []
         try:
-            for _ in range(50):  # bounded: the lines of one scan and its status
-                line = proc.stderr.readline()
-                if not line:
-                    break
-                seen.append(line)
-                if "scan " in line and "completed" in line:
-                    break
+            seen = until_first_scan(proc)
             assert any("completed" in line for line in seen), seen
             # When Ctrl-C (or SIGTERM) arrives while it waits
             proc.send_signal(stop_signal)
@@ -631,3 +637,46 @@ def test_a_running_watch_reads_its_inventory_again_at_each_run(tmp_path: Path) -
     rows = query_store(store, "SELECT scan_id, ip FROM host_scans FINAL GROUP BY scan_id, ip "
                               "ORDER BY min(finished_at)")
     assert [ip for _, ip in rows] == ["127.0.0.1", "127.0.0.2"], rows
+
+
+def test_a_running_watch_with_serve_answers_reports_and_the_web(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener:
+        sched = schedules(tmp_path, listener.port, cron="0 0 1 1 *")
+        port = loopback.free_port()
+        # Given a running watch serving its reports (it holds the embedded store for as
+        # long as it runs: every report was refused "in use": a review, 2026-12-06)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
+             "--serve", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PORTWATCH_STORE": store})
+        try:
+            seen = until_first_scan(proc)
+            assert any(f"serving the reports on http://127.0.0.1:{port}/" in line
+                       for line in seen), seen
+            # When `portwatch report` reads that store, and the web page is asked
+            listed = run_cli("report", "list", "--format", "json", store=store)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/list",
+                                        timeout=30) as answer:
+                api = json.loads(answer.read())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, rest = proc.communicate(timeout=60)
+    # Then both answer with the port the watcher found, through the watcher
+    assert listed.code == 0, listed.stderr
+    assert "held by `portwatch watch --serve`" in listed.stderr
+    assert [r["port"] for r in json.loads(listed.stdout)] == [listener.port]
+    assert [r["port"] for r in api["rows"]] == [listener.port]
+    # and the watcher stops as usual, its advert gone with it
+    assert proc.returncode == 130, rest
+    assert not (tmp_path / "store" / ".portwatch-serve.json").exists()
+
+
+def test_watch_serve_is_refused_with_once(tmp_path: Path) -> None:
+    sched = schedules(tmp_path, 22)
+    result = run_cli("watch", "--schedule", str(sched), "--once", "--serve", "8765",
+                     store=f"chdb://{tmp_path / 'store'}")
+    assert_refused(result, "--serve is for a running watch")
