@@ -101,6 +101,12 @@ def _udp_service_hint() -> Callable[[int], str]:
 
 
 @functools.cache
+def _own_reply_service() -> Callable[[int, bytes], str]:
+    from probers.discovery.udp_payloads import own_reply_service
+    return own_reply_service
+
+
+@functools.cache
 def _route_for() -> Callable[[str, bool], Upgrade | None]:
     from probers.tls.starttls import route_for
     return route_for
@@ -136,14 +142,23 @@ async def _identify_udp(port: OpenPort, ctx: StageContext) -> ServiceInfo:
                 allow_public_community=ctx.identify.snmp_public_community)
         if snmp is not None and snmp.is_identified:
             return snmp
+    reply = _reply_of(port.response)
+    # our own payload's protocol answered (DNS, NTP, NetBIOS-NS, memcached, SSDP):
+    # nmap's probes are then asked only for what can name that service's product
+    own = _own_reply_service()(port.port, reply) if reply else ""
     found: ServiceInfo | None = None
     if ctx.nmap_udp is not None:
         budget = (0.0 if port.reason == TARPIT_REASON
                   else min(UDP_PROBE_BUDGET, ctx.identify.budget))
         async with ctx.host_slot(ip):
-            found = await ctx.nmap_udp.udp(ip, port.port, _reply_of(port.response), budget)
+            found = await ctx.nmap_udp.udp(ip, port.port, reply, budget, only_service=own)
     if found is not None and found.is_identified:
         return replace(found, banner=port.response)
+    if own:
+        # (nmap's lines did not match it: memcached's need their own request id, and
+        # no UDP line knows SSDP; without nmap's data, DNS and NTP are named so too)
+        return ServiceInfo(service=own, banner=port.response, method="udp:own-payload-reply",
+                           confidence=8, tried=found.tried if found is not None else ())
     said = f"; usually {usual} on this port" if usual not in ("", "unknown") else ""
     return ServiceInfo(banner=port.response, method="udp:payload-reply",
                        extra_info=f"UDP reply not recognised{said}",
@@ -456,18 +471,24 @@ class NmapFallback:
                                 str(exc).splitlines()[0])
             return self._db
 
-    async def udp(self, ip: str, port: int, reply: bytes | None, budget: float
-                  ) -> ServiceInfo | None:
+    async def udp(self, ip: str, port: int, reply: bytes | None, budget: float, *,
+                  only_service: str = "") -> ServiceInfo | None:
         """nmap's UDP identification of ``ip:port``: its match lines on ``reply`` (what
-        discovery got), then its UDP probes for ``budget`` seconds (0: none sent)."""
+        discovery got), then its UDP probes for ``budget`` seconds (0: none sent);
+        ``only_service``: the service is known, only the probes that can name it (none:
+        nothing is sent)."""
         db = await self._load()
         if db is None:
             return None
         from probers.service.nmap_engine import nmap_identify
 
+        if only_service and not db.can_name("udp", only_service):
+            budget = 0.0  # nmap_identify would not even match the reply: match it alone
+            only_service = ""
         info: ServiceInfo = await nmap_identify(ip, port, "udp", db, budget=budget,
                                                 max_rarity=self.max_rarity,
-                                                first_response=reply)
+                                                first_response=reply,
+                                                only_service=only_service)
         return info
 
     async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes | None,

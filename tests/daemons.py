@@ -155,12 +155,14 @@ def start_smbd(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Ser
 
 
 @contextlib.contextmanager
-def start_memcached(host: str = "127.0.0.1", port: int | None = None) -> Iterator[Server]:
+def start_memcached(host: str = "127.0.0.1", port: int | None = None, *,
+                    udp_port: int = 0) -> Iterator[Server]:
+    """memcached on TCP ``port``; over UDP too on ``udp_port`` (0: no UDP)."""
     binary = servers.require_binary("memcached", "/usr/bin/memcached")
     port = _port(host, port)
     with servers._workdir("memcached") as work:
-        with servers.run_server([binary, "-l", host, "-p", str(port), "-U", "0", "-u",
-                                 "nobody", "-m", "16"], host, port, work,
+        with servers.run_server([binary, "-l", host, "-p", str(port), "-U", str(udp_port),
+                                 "-u", "nobody", "-m", "16"], host, port, work,
                                 name="memcached") as server:
             yield server
 

@@ -18,7 +18,9 @@ is reproducible and a test can assert on what was sent.
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from probers.service.app_protocols import snmp_v3_discovery
@@ -32,6 +34,7 @@ __all__ = [
     "netbios_node_status",
     "ntp_client",
     "own_payloads",
+    "own_reply_service",
     "own_service_hint",
     "snmp_get_sysdescr",
     "ssdp_msearch",
@@ -217,6 +220,37 @@ def own_payloads(port: int, *, snmp_public_community: bool = False) -> tuple[Udp
     if port == 161 and snmp_public_community:
         return SNMP_PUBLIC_PAYLOADS
     return OWN_PAYLOADS.get(port, ())
+
+
+_TXID_BYTES = struct.pack("!H", _TXID)
+_SSDP_FIELD = re.compile(rb"\r?\n(?:st|usn)\s*:", re.IGNORECASE)
+
+
+def _answers_our_query(reply: bytes) -> bool:
+    """A DNS-style answer (DNS, NetBIOS-NS): our transaction id echoed, the QR bit set."""
+    return len(reply) >= 12 and reply[:2] == _TXID_BYTES and bool(reply[2] & 0x80)
+
+
+# What a reply to our own payload on its port looks like when the protocol answered it
+# (not a tarpit's junk, which answers anything with anything): the identify stage names
+# the table's service only then (stages._identify_udp).
+_RECOGNISED: dict[int, Callable[[bytes], bool]] = {
+    53: _answers_our_query,
+    137: _answers_our_query,
+    # a server (4) or broadcast (5) packet, whole
+    123: lambda reply: len(reply) >= 48 and reply[0] & 0x07 in (4, 5),
+    # the frame header with our request id, then the stats text
+    11211: lambda reply: reply[:2] == _TXID_BYTES and reply[8:13] == b"STAT ",
+    1900: lambda reply: reply.startswith(b"HTTP/1.1 200")
+    and _SSDP_FIELD.search(reply[:1024]) is not None,
+}
+
+
+def own_reply_service(port: int, reply: bytes) -> str:
+    """The table's service on ``port`` when ``reply`` is its protocol's answer to our
+    own payload, else "" (SNMP is identified by its own probe: probers/service)."""
+    recognised = _RECOGNISED.get(port)
+    return _TABLE[port][0] if recognised is not None and recognised(reply) else ""
 
 
 def own_service_hint(port: int) -> str:

@@ -589,3 +589,25 @@ def test_top_1000_scan_of_loopback_finds_exactly_our_listeners() -> None:
     assert others <= bound
     assert progress.probes_done == progress.probes_total == len(ports)
     assert progress.errors == 0
+
+
+@pytest.mark.parametrize(("port", "reply", "service"), [
+    (53, b"\x70\x77\x84\x00" + bytes(8), "domain"),
+    (53, b"\x70\x77\x04\x00" + bytes(8), ""),  # a query echoed, not an answer
+    (53, b"\x12\x34\x84\x00" + bytes(8), ""),  # another transaction's answer
+    (137, b"\x70\x77\x84\x00" + bytes(8), "netbios-ns"),
+    (123, bytes([0x24]) + bytes(47), "ntp"),
+    (123, bytes([0x23]) + bytes(47), ""),  # a client packet echoed
+    (123, bytes([0x24]) + bytes(10), ""),  # cut short
+    (11211, b"\x70\x77\x00\x00\x00\x01\x00\x00STAT pid 1\r\n", "memcache"),
+    (11211, b"\x70\x77\x00\x00\x00\x01\x00\x00ERROR\r\n", ""),
+    (1900, b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\n\r\n", "upnp"),
+    (1900, b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n", ""),
+    (161, b"\x30\x00", ""),  # SNMP: named by its own probe
+    (22, b"junk", ""),
+])
+def test_a_reply_to_our_own_payload_is_recognised_only_in_its_protocols_shape(
+        port: int, reply: bytes, service: str) -> None:
+    from probers.discovery.udp_payloads import own_reply_service
+
+    assert own_reply_service(port, reply) == service
