@@ -117,7 +117,8 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
         rows = store.query(
             "SELECT service, product, version FROM current_findings "
             "WHERE (target = {t:String} OR ip = {t:String}) AND proto = {proto:String} "
-            "AND port = {port:UInt16} ORDER BY last_seen DESC LIMIT 1",
+            "AND port = {port:UInt16} ORDER BY target = {t:String} DESC, last_seen DESC "
+            "LIMIT 1",  # its own spelling's row first, as ActiveAcceptances judges it
             {"t": target, "proto": proto, "port": port})
         if rows:
             service, product, version = (str(v) for v in rows[0])
@@ -180,19 +181,26 @@ class ActiveAcceptances:
         current: dict[tuple[str, str, int], tuple[str, str, str]] = {}
         if port_specific:
             names = sorted({a.target for a in port_specific})
-            for target, ip, proto, port, service, product, version in store.query(
-                    "SELECT target, ip, proto, port, service, product, version "
-                    "FROM current_findings WHERE target IN {names:Array(String)} "
-                    "OR ip IN {names:Array(String)}", {"names": names}):
-                identity = (str(service), str(product), str(version))
-                current[(str(target).lower(), str(proto), int(port))] = identity
-                current[(str(ip), str(proto), int(port))] = identity
+            rows = store.query(
+                "SELECT target, ip, proto, port, service, product, version "
+                "FROM current_findings WHERE target IN {names:Array(String)} "
+                "OR ip IN {names:Array(String)} ORDER BY last_seen", {"names": names})
+            # the newest row of each address, then of each spelling over it: an
+            # acceptance of 127.0.0.1 is judged on what 127.0.0.1 shows, not on a stale
+            # row of `localhost` (a review, 2026-12-06)
+            for by_target in (False, True):
+                for target, ip, proto, port, service, product, version in rows:
+                    key = str(target).lower() if by_target else str(ip)
+                    current[(key, str(proto), int(port))] = (
+                        str(service), str(product), str(version))
         active, broken = [], []
         for risk in candidates:
             now_identity = current.get((risk.target, risk.proto, risk.port))
             snapshot = (risk.service, risk.product, risk.version)
+            # (a port no scan could name this time changed nothing: one scan that failed
+            # to identify it ended the acceptance for good)
             if risk.port and now_identity is not None and any(snapshot) and \
-                    now_identity != snapshot:
+                    any(now_identity) and now_identity != snapshot:
                 broken.append(risk)  # the service changed since it was accepted: alert again
                 continue
             active.append(risk)

@@ -519,6 +519,55 @@ def test_accepted_risk_is_quiet_until_it_expires_or_the_service_changes(
                                         scan_id="scan-6")]) == 1
 
 
+def test_an_acceptance_survives_a_scan_that_could_not_name_its_port(
+        store: Any, tmp_path: Path) -> None:
+    def at(f: Finding, seconds: float) -> Finding:
+        return replace(f, port=replace(f.port, observed_at=datetime.fromtimestamp(
+            T0 + seconds, UTC)))
+
+    with webhook_receiver(SECRET) as receiver:
+        dispatcher = AlertDispatcher(store, hook_config(tmp_path, receiver.url),
+                                     clock=Clock(T0 + 300))
+        now = datetime.fromtimestamp(T0, UTC)
+        store.insert_findings([finding(6380, "Redis key-value store", "7.0.15", "s1")])
+        acc.accept(store, "127.0.0.1", "tcp", 6380, note="known", by="alice", until=None,
+                   now=now)
+        # Given a scan that could not name the port (a busy server said nothing)
+        unnamed = finding(6380, "", "", "s2")
+        store.insert_findings([at(replace(unnamed, service=ServiceInfo()), 60)])
+        # When an event of it is submitted / Then the acceptance still covers it, and
+        # still does once the port is named again (one such scan ended it for good: a
+        # review, 2026-12-06)
+        assert dispatcher.submit([event(6380, ChangeKind.REOPENED, scan_id="s2")]) == 0
+        store.insert_findings([at(finding(6380, "Redis key-value store", "7.0.15", "s3"),
+                                  120)])
+        assert {r.port for r in acc.list_active(store, now)} == {6380}
+
+
+def test_an_acceptance_is_judged_on_its_own_spelling(store: Any, tmp_path: Path) -> None:
+    def seen(target: str, version: str, seconds: float) -> Finding:
+        t = Target(ip="127.0.0.1", target=target, organization="Example Corp")
+        return Finding(port=OpenPort(scan_id=f"s-{target}", target=t, port=6381,
+                                     observed_at=datetime.fromtimestamp(T0 + seconds, UTC)),
+                       service=ServiceInfo(service="redis", product="Redis key-value store",
+                                           version=version),
+                       risk_color=RiskColor.RED, risk_reason="test")
+
+    with webhook_receiver(SECRET) as receiver:
+        dispatcher = AlertDispatcher(store, hook_config(tmp_path, receiver.url),
+                                     clock=Clock(T0 + 300))
+        # Given the address scanned as 127.0.0.1 (7.2.4) and, later, under the name
+        # localhost while that name's server still ran 7.0.15 (another spelling's row)
+        store.insert_findings([seen("127.0.0.1", "7.2.4", 0), seen("localhost", "7.0.15", 60)])
+        # When 127.0.0.1's port is accepted / Then it is judged on 127.0.0.1's own row:
+        # the other spelling's made it read "changed" and, alerting, ended it (a review)
+        acc.accept(store, "127.0.0.1", "tcp", 6381, note="known", by="alice", until=None,
+                   now=datetime.fromtimestamp(T0 + 120, UTC))
+        assert dispatcher.submit([event(6381, ChangeKind.REOPENED, scan_id="s4")]) == 0
+        assert [r.version for r in acc.list_active(store, datetime.fromtimestamp(
+            T0 + 200, UTC)) if r.port == 6381] == ["7.2.4"]
+
+
 def test_a_claim_of_a_vanished_worker_is_taken_over(store: Any, tmp_path: Path) -> None:
     import subprocess
     import sys
