@@ -1,6 +1,6 @@
 """What the libraries portwatch drives may write to a user's terminal or a pod's log.
 
-Owns: three logging filters installed on the command's log handler, and ``mask_urls``.
+Owns: four logging filters installed on the command's log handler, and ``mask_urls``.
 A Kafka broker that goes away makes aiokafka, kafka-python, Faust and mode log the same
 failure many times a second (``Unable connect to node with id 1`` ~70 lines/s while the
 broker is down: 9.8 MB in eleven minutes), with tracebacks for what portwatch already
@@ -12,7 +12,8 @@ purpose. ``SecretsOut`` cuts every URL in a library's record to
 ``scheme://host:port/…`` and the path of an HTTP request line to ``/…``: at ``-vv``
 apprise and urllib3 log the URLs they send to, whose path or query is often a channel's
 token; it also cuts the value of a credential a library prints outside a URL (apprise's
-ntfy plugin logs its ``Authorization: Bearer`` header).
+ntfy plugin logs its ``Authorization: Bearer`` header). ``Printable`` writes the control
+characters of any record, ours too, as escapes (a quoted path or banner stays text).
 
 Must not touch: anything but the records (no handlers replaced, no levels changed).
 """
@@ -117,6 +118,25 @@ class OneLine(logging.Filter):
         return True
 
 
+class Printable(logging.Filter):
+    """Every record's message with its control characters written as escapes: a path,
+    host name or banner a message quotes reached the terminal raw (ESC sequences that
+    retitle a window or clear the screen: a review, 2026-12-06). Multi-line messages
+    keep their line breaks; tracebacks are not touched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from portwatch.console import printable
+
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a filter never breaks the caller's log call
+            return True
+        cleaned = "\n".join(printable(line) for line in message.split("\n"))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 class RepeatLimiter(logging.Filter):
     """A library's message (by logger, level and format string) once per ``window``
     seconds; the next one let through says how many were held back meanwhile."""
@@ -169,6 +189,7 @@ def install(*, verbose: bool) -> None:
         if any(isinstance(f, RepeatLimiter) for f in handler.filters):
             continue
         handler.addFilter(SecretsOut())  # first: nothing below sees a token
+        handler.addFilter(Printable())
         handler.addFilter(RepeatLimiter())  # it keys on the message as logged
         if not verbose:
             handler.addFilter(OneLine())

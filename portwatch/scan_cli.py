@@ -25,6 +25,7 @@ from portwatch.console import (
     PortwatchError,
     err_console,
     out_console,
+    printable,
     refuse_empty,
     say,
     settings_from,
@@ -294,7 +295,7 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         out.print(Text(f"changes: {len(stats.change_events)} since the previous scan, "
                        f"{urgent} high or critical: portwatch report changes"))
     for note in [*stats.notes, *stats.errors]:
-        out.print(Text(f"note: {note}"))
+        out.print(Text(f"note: {printable(note)}"))  # notes quote what the network said
     for ip in stats.tarpits:
         out.print(Text(f"note: {ip} answers on every port; only identified services kept",
                        style="yellow"))

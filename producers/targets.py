@@ -413,6 +413,8 @@ class _UniqueKeys(yaml.SafeLoader):
                           ) -> dict[object, object]:
         seen: set[object] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: flattened by the base class, may be overridden
             key = self.construct_object(key_node, deep=deep)
             try:
                 repeated = key in seen

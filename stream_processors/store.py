@@ -291,7 +291,9 @@ class StoreLocation:
 # holding anything else and no store is someone else's.
 STORE_ENTRIES = frozenset({".portwatch.lock", "data", "metadata", "store", "tmp",
                            "user_files", "format_schemas", "preprocessed_configs",
-                           "metadata_dropped", "flags", "status", "uuid"})
+                           "metadata_dropped", "flags", "status", "uuid",
+                           # a volume of its own mounted there (ext4's)
+                           "lost+found"})
 
 
 def _refuse_a_foreign_directory(path: str) -> None:

@@ -199,6 +199,17 @@ def test_a_directory_holding_other_files_is_refused_and_left_as_it_was(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
 
 
+def test_a_volume_of_its_own_is_a_store_directory(tmp_path: Path) -> None:
+    from stream_processors.store import _refuse_a_foreign_directory
+
+    # A disk mounted at the store path holds lost+found: not a user's files (a review)
+    (tmp_path / "lost+found").mkdir()
+    _refuse_a_foreign_directory(str(tmp_path))  # no error
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=r"holds other files \('notes.txt'\)"):
+        _refuse_a_foreign_directory(str(tmp_path))
+
+
 def test_unreachable_server_is_a_store_error() -> None:
     # Given a ClickHouse URL on a loopback port where nothing listens
     # (port 1: tcpmux, reserved and unused here)

@@ -216,7 +216,7 @@ BAD_FILES = [
     # a target no event can carry matched nothing, without a word (a review, 2026-12-06)
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    when: {targets: [\"10.0.0.5:8080\"]}\n    notify: [a]\n", 5,
-     "rule 'r': '10.0.0.5:8080' is not an address, CIDR block or hostname"),
+     "rule 'r': '10.0.0.5:8080' is not an address, CIDR block, hostname or asset name"),
 ]
 
 
@@ -567,13 +567,42 @@ def test_accept_until_with_an_offset_is_kept_in_utc() -> None:
 
 @pytest.mark.timeout(30)  # the old open() of a FIFO with no writer never returned
 @pytest.mark.parametrize("load", [lambda p: load_alerts(p, env={}), load_schedules])
-def test_a_fifo_with_no_writer_is_refused_not_waited_on(tmp_path: Path, load: object) -> None:
+def test_a_fifo_with_no_writer_is_refused_not_waited_on(tmp_path: Path, load: object,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
     import os
 
+    from portwatch.alerts import config
+
+    monkeypatch.setattr(config, "PIPE_WAIT_SECONDS", 0.5)
     fifo = tmp_path / "alerts.yaml"
     os.mkfifo(fifo)
-    with pytest.raises((AlertConfigError, ScheduleError), match="not a regular file"):
+    with pytest.raises((AlertConfigError, ScheduleError),
+                       match="a pipe that did not end within 0.5 s"):
         load(fifo)  # type: ignore[operator]
+
+
+def test_a_pipe_with_a_writer_is_read(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    # `watch --schedule <(envsubst < schedules.yaml)`: the pipe is read to its end
+    read_end, write_end = os.pipe()
+    text = (b"schedules:\n  - name: lo\n    targets: [127.0.0.1]\n    ports: '22'\n"
+            b"    udp: none\n    cron: '0 * * * *'\n")
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as out:
+            out.write(text)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        (entry,) = load_schedules(f"/proc/self/fd/{read_end}")
+    finally:
+        writer.join()
+        os.close(read_end)
+    assert entry.name == "lo"
 
 
 def test_a_bracketed_ipv6_rule_target_matches_its_address(tmp_path: Path) -> None:
@@ -582,3 +611,11 @@ def test_a_bracketed_ipv6_rule_target_matches_its_address(tmp_path: Path) -> Non
             "    when: {targets: [\"[::1]\"]}\n    notify: [a]\n")
     rule = load_alerts(write(tmp_path, text), env={}).rules[0]
     assert rule.match.target_names == frozenset({"::1"})
+
+
+def test_an_asset_name_is_a_rule_target(tmp_path: Path) -> None:
+    # rules match a target's asset too: "Payroll DB" was refused by the check above
+    text = ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
+            "    when: {targets: [\"Payroll DB\", \"web-01 (prod)\"]}\n    notify: [a]\n")
+    rule = load_alerts(write(tmp_path, text), env={}).rules[0]
+    assert rule.match.target_names == frozenset({"payroll db", "web-01 (prod)"})

@@ -582,3 +582,11 @@ def test_this_host_inside_a_block_is_left_out_and_the_rest_scanned() -> None:
                            Scope.build(allow=[]))
     assert [t.ip for t in kept] == ["127.0.0.1"]
     assert not Scope.build(allow=[]).permits("0.0.0.0")
+
+
+def test_yaml_merge_keys_are_not_repeated_keys(tmp_path: Path) -> None:
+    # `<<: *defaults` was refused by the repeated-key check (a review, 2026-12-06)
+    path = write(tmp_path, "a.yaml", "- &web {target: 127.0.0.30, organization: Ex, "
+                 "asset: web}\n- <<: *web\n  target: 127.0.0.31\n")
+    assert read_inventory(path) == [TargetSpec("127.0.0.30", "Ex", "web"),
+                                    TargetSpec("127.0.0.31", "Ex", "web")]
