@@ -454,7 +454,19 @@ class NmapFallback:
         self.max_rarity = max_rarity
         self._db: Any = None
         self._unavailable = False
+        self._warm = False
         self._lock = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Load the database and compile its NULL chain, once per process: the one-time
+        cost identify keeps out of a port's budget (``engine.identify``)."""
+        db = await self._load()
+        if db is None or self._warm:
+            return
+        async with self._lock:
+            if not self._warm:
+                await asyncio.to_thread(db.warm)
+                self._warm = True
 
     async def _load(self) -> Any:
         async with self._lock:

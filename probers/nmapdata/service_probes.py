@@ -861,6 +861,15 @@ class ProbeDB:
         """Hard match for ``response`` across the fallback chain, else the first soft match."""
         return self.match_detailed(probe, response, budget=budget).match
 
+    def warm(self) -> None:
+        """Compile the NULL probe's lines, the chain every other TCP chain falls back to
+        (~11,000 lines, seconds on a slow machine): done once, before a port's budget
+        runs, so the first port that needs nmap is not the one that pays for it (the
+        first xrdp of a process read unnamed on a slower machine)."""
+        null = self.null_probe()
+        if null is not None:
+            self._bounded_chain(null)
+
     def _bounded_chain(self, probe: Probe) -> list[tuple[MatchRule, Bounded]]:
         key = (probe.proto, probe.name)
         pairs = self._bounded_chains.get(key)

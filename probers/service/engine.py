@@ -728,6 +728,13 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
     # then only the probes that can name that service are sent (issue 15).
     is_unsure = best is None or best.confidence < STOP_CONFIDENCE
     if (is_unsure or needs_product(best)) and fallback is not None:
+        prepare = getattr(fallback, "prepare", None)
+        if prepare is not None:
+            # loading and compiling nmap's lines happens once per process (seconds): not
+            # this port's time, or the first ports to need nmap get none of it
+            began = time.monotonic()
+            await prepare()
+            deadline += time.monotonic() - began
         remaining = deadline - time.monotonic()
         if remaining > 0.5:
             known = "" if is_unsure or best is None else _nmap_service(best.service)
