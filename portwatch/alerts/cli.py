@@ -185,7 +185,8 @@ async def _serving(db: Any, web: tuple[Any, str, int] | None, token: str
     from portwatch.web.cli import listening_line
 
     try:
-        running = await web_server.start_beside(*web)
+        # on a loop of its own: the watcher's makes blocking store calls
+        running = await asyncio.to_thread(web_server.start_in_thread, *web)
     except web_server.ListenError as exc:
         fail(f"--serve: {exc}", EXIT_RUNTIME)
     _say(listening_line(web[1], web[2], token))
@@ -196,7 +197,7 @@ async def _serving(db: Any, web: tuple[Any, str, int] | None, token: str
                                                "watch --serve"))
             yield
     finally:
-        await web_server.stop(*running)
+        await asyncio.to_thread(web_server.stop_thread, *running)
 
 
 def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:

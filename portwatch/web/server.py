@@ -1,4 +1,4 @@
-"""Starting the web reports' HTTP server: for ``portwatch serve`` and ``process --serve``.
+"""Starting the web reports' HTTP server: ``serve``, ``process --serve``, ``watch --serve``.
 
 Owns: binding the listening socket ourselves (uvicorn exits the process on a bind
 error; a taken port must be one line and exit 1, with nothing started), the one
@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -112,11 +114,39 @@ async def start_beside(app: Starlette, host: str, port: int
     return server, task
 
 
+def start_in_thread(app: Starlette, host: str, port: int
+                    ) -> tuple[uvicorn.Server, threading.Thread]:
+    """The server on a loop of its own, in a thread (``watch --serve``: the watcher's
+    loop makes blocking store calls, and /healthz and the pages waited 16-18 s behind
+    them: a review, 2026-12-06); the caller keeps the process's signals and stops it
+    with ``stop_thread``."""
+    import uvicorn
+
+    class ThreadServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # the process's handlers stay
+            yield
+
+    sock = listen_socket(host, port)
+    server = ThreadServer(uvicorn_config(app, host, port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="portwatch-web", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    return server, thread
+
+
+def stop_thread(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=15.0)
+
+
 async def stop(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
     server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 10.0)
 
 
-__all__ = ["ListenError", "listen_socket", "serve_forever", "start_beside", "stop",
-           "uvicorn_config"]
+__all__ = ["ListenError", "listen_socket", "serve_forever", "start_beside",
+           "start_in_thread", "stop", "stop_thread", "uvicorn_config"]

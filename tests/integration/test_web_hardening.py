@@ -213,3 +213,34 @@ def test_healthz_answers_while_every_worker_thread_is_busy(shared_chdb_path: Pat
 
     with scratch_store(shared_chdb_path, "healthz") as store:
         assert anyio.run(main, create_app(ReportService(store))) == (200, b"ok\n")
+
+
+def test_watch_serve_answers_while_the_watchers_loop_is_blocked(shared_chdb_path: Path
+                                                               ) -> None:
+    """`watch --serve`: the watcher's loop makes blocking store calls (its schedule's
+    ledger), and the web server on that loop froze 16-18 s behind them (a review,
+    2026-12-06). The pages run on a loop of their own."""
+    import asyncio
+    import urllib.request
+
+    from portwatch.alerts.cli import _serving
+
+    answered: dict[str, int] = {}
+
+    def probe(port: int) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as r:
+            answered["status"] = r.status
+
+    async def main(store: Store, port: int) -> bool:
+        async with _serving(store, (create_app(ReportService(store)), "127.0.0.1", port),
+                            ""):
+            asker = threading.Thread(target=probe, args=(port,))
+            asker.start()
+            time.sleep(3)  # the watcher's loop, blocked in a store call
+            while_blocked = "status" in answered
+            asker.join(timeout=30)
+        return while_blocked
+
+    with scratch_store(shared_chdb_path, "watchserve") as store:
+        assert asyncio.run(main(store, free_port())) is True
+    assert answered == {"status": 200}
