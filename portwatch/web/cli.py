@@ -109,7 +109,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
     # the host as an address or a name: '999.1.1.1' went on to contact the broker and
     # failed there, exit 1, instead of as bad input (a review, 2026-12-06)
-    if not is_ip_address(host) and not looks_like_hostname(host):
+    address, percent, zone = host.partition("%")  # a link-local zone: fe80::1%eth0
+    if not (is_ip_address(address) and (not percent or looks_like_hostname(zone))) \
+            and not looks_like_hostname(host):
         raise ValueError(f"{text[:80]!r}: {host[:60]!r} is not an address or a hostname")
     return host, int(port_text)
 

@@ -80,8 +80,8 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     target_text = _one(params, "target")  # its own BadParam names it: not twice
     try:
         target = normalize_target(target_text)
-    except ValueError as exc:
-        raise BadParam(f"target: {exc}") from None
+    except ValueError as exc:  # its message names the target already
+        raise BadParam(str(exc)) from None
     return {"since": since, "period": period, "kinds": kinds, "severity": severity,
             "target": target, "org": _one(params, "org"), "port": int(port_text or 0)}
 

@@ -28,10 +28,11 @@ WITH
     latest_scan AS (
         -- the scan whose ports are the host's ports now: its latest completed one
         -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
-        -- and the host's organization and asset: its latest scan's, as the Summary's
-        -- (a port keeps the ones of the scan that last saw it: after a rescan of some
-        -- ports under another --org, the List and the Summary disagreed)
-        SELECT target, ip, ports_scan_id, ports_seen_after, organization, asset
+        -- and the host's organization: its latest scan's, as the Summary's (a port
+        -- kept the one of the scan that last saw it: after a rescan of some ports under
+        -- another --org, the List and the Summary disagreed). The asset stays the
+        -- port's own, as the target filter reads it (over port_latest).
+        SELECT target, ip, ports_scan_id, ports_seen_after, organization
         FROM latest_host_scans
     ),
     prevalence AS (
@@ -146,9 +147,9 @@ WITH
         FROM accepted_risks FINAL
         WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
     ),
-    -- The page's hosts' organization and asset (latest_scan's, read for them only)
+    -- The page's hosts' organization (latest_scan's, read for them only)
     host_names AS (
-        SELECT target, ip, organization, asset FROM latest_host_scans
+        SELECT target, ip, organization FROM latest_host_scans
         WHERE (target, ip) IN (SELECT (k.1, k.2)
                                FROM (SELECT arrayJoin((SELECT keys FROM page_keys)) AS k))
     ),
@@ -164,7 +165,7 @@ SELECT
     f.target AS target,
     f.ip AS ip,
     f.hostname AS hostname,
-    if(host_names.target = '', f.asset, host_names.asset) AS asset,
+    f.asset AS asset,
     if(host_names.target = '', f.organization, host_names.organization) AS organization,
     f.port AS port,
     f.proto AS proto,

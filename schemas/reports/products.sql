@@ -26,7 +26,10 @@ LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND IS_CURRENT(f.last_scan_id, latest_scan)
   AND TARGET_MATCHES(f)
-  AND ({org:String} = '' OR lowerUTF8(latest_scan.organization) = lowerUTF8({org:String}))
+  -- (a port whose host scan is not stored yet: its own)
+  AND ({org:String} = ''
+       OR lowerUTF8(if(latest_scan.target = '', f.organization, latest_scan.organization))
+          = lowerUTF8({org:String}))
   AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})
