@@ -95,19 +95,25 @@ def serve_forever(app: Starlette, host: str, port: int,
     StoppingServer(uvicorn_config(app, host, port)).run(sockets=[sock])
 
 
-async def start_beside(app: Starlette, host: str, port: int
-                       ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """The server on the running loop, beside other work; its caller keeps the
-    process's signals and sets ``server.should_exit`` to stop it."""
+def _keeping_signals(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    """A server that leaves the process's signal handlers alone: its caller keeps them
+    and sets ``should_exit`` (``process --serve``, ``watch --serve``)."""
     import uvicorn
 
-    class SharedLoopServer(uvicorn.Server):
+    class KeepSignals(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:  # the process's handlers stay
             yield
 
+    return KeepSignals(uvicorn_config(app, host, port))
+
+
+async def start_beside(app: Starlette, host: str, port: int
+                       ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """The server on the running loop, beside other work; its caller keeps the
+    process's signals and sets ``server.should_exit`` to stop it."""
     sock = listen_socket(host, port)
-    server = SharedLoopServer(uvicorn_config(app, host, port))
+    server = _keeping_signals(app, host, port)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.02)
@@ -120,15 +126,8 @@ def start_in_thread(app: Starlette, host: str, port: int
     loop makes blocking store calls, and /healthz and the pages waited 16-18 s behind
     them: a review, 2026-12-06); the caller keeps the process's signals and stops it
     with ``stop_thread``."""
-    import uvicorn
-
-    class ThreadServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:  # the process's handlers stay
-            yield
-
     sock = listen_socket(host, port)
-    server = ThreadServer(uvicorn_config(app, host, port))
+    server = _keeping_signals(app, host, port)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="portwatch-web", daemon=True)
     thread.start()
