@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -36,6 +37,12 @@ MASSCAN_COOKIE_UDP_PORTS = frozenset({53, 123, 137, 161, 5683, 11211, 16464, 164
 STARTUP_SECONDS = 3.0  # masscan's own start (pcap open, ARP) before the first probe
 KILL_GRACE = 0.5  # after the end wait, before SIGKILL
 DEADLINE_MARGIN = 5.0
+# A masscan whose parent dies without reaping it (kill -9, the OOM killer) would go on
+# sending: 1.3.2 often does not exit after 100 %, and nothing would stop it. util-linux's
+# setpriv asks the kernel to SIGKILL it when the thread that started it dies
+# (PR_SET_PDEATHSIG, kept across exec); a preexec_fn would do it in Python between fork
+# and exec, which is unsafe in a process with threads (ours has the store's and the web's).
+SETPRIV = "/usr/bin/setpriv"
 _DISCOVERED = re.compile(rb"Discovered open port (\d{1,5})/(tcp|udp) on ([0-9A-Fa-f:.]{2,45})")
 _STATUS = re.compile(rb"(\d{1,3}(?:\.\d+)?)% done")
 
@@ -152,6 +159,17 @@ class RunOutcome:
         return f"masscan {how} at {self.percent_done:.1f}% done{': ' + tail if tail else ''}"
 
 
+def dies_with_us(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under setpriv so the kernel kills it when we die (see ``SETPRIV``).
+    Unchanged where setpriv is missing or the program cannot be found: then the start
+    fails (or runs) exactly as without the guard, and "masscan could not start" keeps
+    its reason."""
+    argv = list(argv)
+    if not argv or not os.access(SETPRIV, os.X_OK) or shutil.which(argv[0]) is None:
+        return argv
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+
+
 class MasscanRun:
     """Run one masscan command line; stream its discoveries; always reap it.
 
@@ -185,7 +203,7 @@ class MasscanRun:
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *dies_with_us(self.argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -36,3 +36,67 @@ def test_a_broken_masscans_output_keeps_the_good_lines(tmp_path: Path) -> None:
     assert found == [Discovery("127.0.0.1", 22, Proto.TCP), Discovery("127.0.0.1", 443, Proto.TCP)]
     assert run.outcome.percent_done == 100.0
     assert run.outcome.returncode == 0 and run.outcome.is_complete
+
+
+CHILD = r"""
+import asyncio, sys
+from probers.discovery.masscan_run import MasscanRun
+
+async def main():
+    run = MasscanRun(["sleep", "120"], deadline=120, wait=1)
+    stream = run.stream().__aiter__()
+    reading = asyncio.ensure_future(stream.__anext__())
+    while run.pid is None:
+        await asyncio.sleep(0.01)
+    print(run.pid, flush=True)
+    await reading
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped: only its exit status is left
+
+
+def test_the_engine_dies_with_a_parent_killed_without_reaping_it() -> None:
+    # Given a process running an engine that would go on for two minutes (a real
+    # ``sleep`` in masscan's place: the guard is the same for any program)
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).resolve().parents[2]) as parent:
+        try:
+            assert parent.stdout is not None
+            engine = int(parent.stdout.readline())
+            assert _alive(engine)
+            assert Path(f"/proc/{engine}/comm").read_text().strip() == "sleep"
+            # When the parent is killed with no chance to clean up (before: the engine
+            # went on, an orphan, until it ended by itself)
+            os.kill(parent.pid, signal.SIGKILL)
+            parent.wait(10)
+            # Then the kernel kills the engine too
+            for _ in range(100):
+                if not _alive(engine):
+                    break
+                time.sleep(0.05)
+            assert not _alive(engine)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait(10)
+
+
+def test_the_guard_leaves_a_missing_program_to_fail_as_before() -> None:
+    from probers.discovery.masscan_run import SETPRIV, dies_with_us
+
+    assert dies_with_us(["/nonexistent/masscan", "-p1"]) == ["/nonexistent/masscan", "-p1"]
+    assert dies_with_us(["sleep", "1"]) == [SETPRIV, "--pdeathsig", "KILL", "--", "sleep", "1"]
