@@ -156,6 +156,10 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     alerts = assembly.alert_config()  # a bad rules file is refused before anything scans
     db = assembly.open_store()
     try:
+        if alerts is not None:
+            from portwatch.alerts.cli import warn_unknown_organizations
+
+            warn_unknown_organizations(alerts, work.targets, db)
         stats = asyncio.run(run_plan(assembly, db, plan, start, checkpoint=checkpoint,
                                      quiet=quiet, scope=work.scope))
         if not quiet:

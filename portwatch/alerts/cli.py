@@ -36,6 +36,7 @@ from portwatch.console import (
     fail,
     filter_choice,
     out_console,
+    printable,
     refuse_empty,
     settings_from,
 )
@@ -73,6 +74,26 @@ def _store(url: str | None, *, create: bool = True) -> Any:
 
 def _say(line: str) -> None:
     err_console.print(f"portwatch: {line}", markup=False)
+
+
+def warn_unknown_organizations(config: Any, targets: Any, db: Any) -> None:
+    """Say each organization a rule names that neither this run's targets nor any host in
+    the store carries: that rule would wait in silence for an organization that never
+    comes (a misspelling, most often). A warning: the next inventory may bring it."""
+    from portwatch.alerts.rules import unknown_organizations
+
+    if config is None or not any(r.match.organizations for r in config.rules):
+        return
+    stored = [str(o) for (o,) in db.query(
+        "SELECT DISTINCT organization FROM latest_host_scans")]
+    known = sorted(({t.organization.strip() for t in targets} | {o.strip() for o in stored})
+                   - {""}, key=str.lower)
+    for rule, org in unknown_organizations(config, known):
+        some = ", ".join(repr(k) for k in known[:5]) + (", ..." if len(known) > 5 else "")
+        _say(printable(f"warning: alert rule {rule!r} names organization {org!r}, which no "
+                       "target of this run and no host in the store has: it matches "
+                       "nothing until one does (organizations known: "
+                       f"{some or 'none'})"))
 
 
 # -- watch ------------------------------------------------------------------------------
@@ -130,6 +151,12 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         _print_plan(store, entries)
         return
     db = _store(store)
+    try:
+        warn_unknown_organizations(config, [t for p in prepared.values() for t in p.targets],
+                                   db)
+    except BaseException:
+        db.close()
+        raise
 
     def prepare(entry: Any) -> Any:
         # Each run reads its targets again: a watcher runs for months, and an inventory

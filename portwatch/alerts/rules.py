@@ -4,15 +4,17 @@ Owns: the one predicate ``matches(match, event, prevalence)`` and the prevalence
 rule (the same thresholds as schemas/reports/list.sql). Text comparisons are
 case-insensitive; an empty criterion matches everything.
 
-Must not touch: the store, the network, delivery state. The caller looks the
-prevalence up and passes it in.
+Also: ``unknown_organizations``, the rules' organizations no target names (a misspelt
+one silently matches nothing). Must not touch: the store, the network, delivery
+state. The caller looks the prevalence up and passes it in.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
-from portwatch.alerts.config import Match
+from portwatch.alerts.config import AlertConfig, Match
 from schemas.records import SEVERITY_ORDER, ChangeEvent
 
 
@@ -25,6 +27,16 @@ def prevalence_bucket(instances: int) -> str:
     if instances >= 50:
         return "less common"
     return "rare"
+
+
+def unknown_organizations(config: AlertConfig, known: Iterable[str]
+                          ) -> list[tuple[str, str]]:
+    """(rule, organization) of each organization a rule names that is none of ``known``
+    (compared as ``matches`` does): such a rule matches nothing until a scan says that
+    organization, most often because it is misspelt, and nothing would ever say so."""
+    seen = {k.strip().lower() for k in known}
+    return sorted((rule.name, org) for rule in config.rules
+                  for org in rule.match.organizations if org not in seen)
 
 
 def matches(match: Match, event: ChangeEvent, prevalence: str = "") -> bool:

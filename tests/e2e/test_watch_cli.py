@@ -680,3 +680,52 @@ def test_watch_serve_is_refused_with_once(tmp_path: Path) -> None:
     result = run_cli("watch", "--schedule", str(sched), "--once", "--serve", "8765",
                      store=f"chdb://{tmp_path / 'store'}")
     assert_refused(result, "--serve is for a running watch")
+
+
+def test_a_rule_naming_an_organization_no_target_has_is_warned_about(tmp_path: Path) -> None:
+    # Given a schedule for Example Corp and rules naming it, once misspelt
+    sched = tmp_path / "schedules.yaml"
+    sched.write_text("schedules:\n  - name: a\n    targets: [127.0.0.1]\n"
+                     "    organization: Example Corp\n    ports: \"9\"\n    udp: none\n"
+                     "    cron: '0 0 1 1 *'\n")
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(textwrap.dedent("""\
+        channels:
+          hook: {webhook: "http://127.0.0.1:9/", secret_env: HOOK_SECRET}
+        rules:
+          - name: right
+            when: {organizations: [example corp]}
+            notify: [hook]
+          - name: typo
+            when: {organizations: [Exmaple Corp, EXAMPLE CORP]}
+            notify: [hook]
+        """))
+    # When watch --once runs (before: nothing said the second rule could never match)
+    result = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
+                     str(rules), store=f"chdb://{tmp_path / 'store'}", env=ENV)
+    # Then the misspelt organization alone is warned about, once, and the run goes on
+    assert result.code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning: alert rule" in line]
+    assert warned == ["portwatch: warning: alert rule 'typo' names organization "
+                      "'exmaple corp', which no target of this run and no host in the "
+                      "store has: it matches nothing until one does (organizations "
+                      "known: 'Example Corp')"]
+
+
+def test_an_organization_only_the_store_knows_is_not_warned_about(tmp_path: Path) -> None:
+    # Given a store whose host was scanned for Acme, and rules naming acme and acme2
+    store = f"chdb://{tmp_path / 'store'}"
+    first = run_cli("scan", "127.0.0.1", "--ports", "9", "-q", "--org", "Acme",
+                    store=store)
+    assert first.code == 0, first.stderr
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text("channels:\n  hook: {webhook: \"http://127.0.0.1:9/\", "
+                     "secret_env: HOOK_SECRET}\nrules:\n  - name: r\n"
+                     "    when: {organizations: [acme, acme2]}\n    notify: [hook]\n")
+    # When a scan of no organization runs with those rules
+    second = run_cli("scan", "127.0.0.1", "--ports", "9", "-q", "--alerts", str(rules),
+                     store=store, env=ENV)
+    # Then only the organization neither the run nor the store has is warned about
+    assert second.code == 0, second.stderr
+    warned = [line for line in second.stderr.splitlines() if "warning: alert rule" in line]
+    assert len(warned) == 1 and "'acme2'" in warned[0] and "known: 'Acme')" in warned[0]

@@ -435,3 +435,16 @@ def test_a_slot_recorded_by_a_clock_that_ran_ahead_does_not_hold_the_entry(
     assert sum("after now" in line for line in lines) == 1
     # (as the plan of `watch --list` sees it: the ledger's slots up to now)
     assert last_slots(store, now[0]) == {"hourly": now[0]}
+
+
+def test_unknown_organizations_are_those_no_known_one_spells_in_any_case() -> None:
+    from portwatch.alerts.config import AlertConfig, Match, Rule
+    from portwatch.alerts.rules import unknown_organizations
+
+    config = AlertConfig("a.yaml", {}, (
+        Rule("b", Match(organizations=frozenset({"acme", "acme corp"})), ("h",), 0),
+        Rule("a", Match(organizations=frozenset({"globex"})), ("h",), 0),
+        Rule("c", Match(), ("h",), 0)))
+    assert unknown_organizations(config, [" ACME ", "Initech"]) == [
+        ("a", "globex"), ("b", "acme corp")]
+    assert unknown_organizations(config, ["Acme Corp", "acme", "GLOBEX"]) == []
