@@ -289,7 +289,10 @@ def _certificate_cn(writer: asyncio.StreamWriter) -> str:
     """The leaf certificate's subject CN, unverified: a hint (hostname, appliance
     name), never a trust decision."""
     ssl_object = writer.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    except ValueError:  # "handshake not done yet": the server's TLS 1.3 alert came first
+        return ""
     if not der:
         return ""
     try:
@@ -631,8 +634,12 @@ def _nmap_service(service: str) -> str:
 
 def better_of(ours: ServiceInfo | None, theirs: ServiceInfo | None) -> ServiceInfo | None:
     """Keep the best identification: a named product beats none; otherwise the more
-    confident. When nmap names the product of a service ours found, our notes stay."""
+    confident. When nmap names the product of a service ours found, our notes stay.
+    nmap's "tcpwrapped" (closed before a word) names nothing: it never replaces what
+    ours found (a TLS server that closes on a handshake without a client certificate)."""
     if theirs is None or not theirs.is_identified:
+        return ours
+    if ours is not None and theirs.service == "tcpwrapped":
         return ours
     if ours is None:
         return theirs

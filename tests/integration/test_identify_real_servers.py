@@ -206,6 +206,18 @@ def test_openssl_s_server_www_is_named_from_its_page() -> None:
     assert finding.risk_color is RiskColor.GREEN
 
 
+def test_a_tls13_server_that_requires_a_client_certificate_is_ssl() -> None:
+    # Given s_server asking for a client certificate it requires (TLS 1.3: the client's
+    # handshake ends before the server's "certificate required" alert arrives)
+    with _started(servers.start_openssl_s_server(("-www", "-Verify", "1"))) as server:
+        finding = _process(server.host, server.port)
+    # Then the port speaks TLS and says why it stopped (before: reading its certificate
+    # raised "handshake not done yet", and nmap's "tcpwrapped" named the port)
+    info = finding.service
+    assert (info.service, info.is_tls, info.method) == ("ssl", True, "tls:alert")
+    assert info.extra_info == "handshake failed: TLSV13_ALERT_CERTIFICATE_REQUIRED"
+
+
 # -- databases and caches that wait for the client ---------------------------------------
 
 
