@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
+from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress, ShardDeadline
 from probers.discovery.tarpit import TarpitDetector
 from probers.service.engine import Endpoint, Fallback, identify
 from probers.service.engine import Settings as IdentifySettings
@@ -248,6 +248,7 @@ class ShardOutcome:
     tarpit_notes: dict[str, str] = field(default_factory=dict)
     error: str = ""
     is_interrupted: bool = False
+    is_cut: bool = False  # the error is the shard's deadline: a retry has no more time
     attempts: int = 1
 
     def host_scans(self, status: str = "") -> list[HostScan]:
@@ -328,6 +329,7 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
             elif detector.is_tarpit(found.target.ip) and found.port in TARPIT_CANDIDATES:
                 candidates.append(found)
     except DiscoveryError as exc:
+        outcome.is_cut = isinstance(exc, ShardDeadline)
         said = str(exc)  # an engine's own message may already name it ("udp: shard ...")
         outcome.error = said if said.startswith(f"{engine.name}:") else f"{engine.name}: {said}"
     finally:
@@ -381,7 +383,7 @@ async def discover_with_retries(
         tarpit_notes.update(outcome.tarpit_notes)
         for ip, count in outcome.open_seen.items():
             open_seen[ip] = max(open_seen.get(ip, 0), count)
-        if not outcome.error or outcome.is_interrupted:
+        if not outcome.error or outcome.is_interrupted or outcome.is_cut:
             break
         log.warning("shard %s failed (attempt %d of %d): %s", shard.shard_id, attempt,
                     attempts, outcome.error)

@@ -22,6 +22,12 @@ class DiscoveryError(RuntimeError):
     """The engine could not scan the shard (missing binary, no privilege, crash)."""
 
 
+class ShardDeadline(DiscoveryError):
+    """The shard's deadline passed before every probe was sent: what was found is kept,
+    the rest is untested. Not retried: a new attempt has no more time than this one
+    (and a discover worker's deadline is what keeps it inside Kafka's poll interval)."""
+
+
 class EngineUnavailable(DiscoveryError):
     """The engine cannot run here; the caller falls back and says why in one line."""
 

@@ -38,12 +38,12 @@ host that answers nothing but unreachability errors is given up after
 ``UNREACHABLE_GIVE_UP`` of them, and its remaining ports are reported untested.
 
 Deadline choice: when the shard deadline passes the sweep stops, keeps what it
-already yielded, and records one line in ``Progress.notes`` saying how many probes
-were left untested (``SweepReport.stop_reason == "deadline"``). It does not raise:
-a deadline is the scan policy working as configured, and raising would make a
-caller treat the streamed, valid part of the shard as a failure. The note and the
-per-host ``untested`` count keep the gap visible ("could not test", never
-"nothing found").
+already yielded (``SweepReport.stop_reason == "deadline"``), and then raises
+``ShardDeadline`` saying how many probes were left untested, as masscan's engine
+does: the shard's hosts are then recorded "error" with that line, their silences
+close nothing, and the shard is not retried (no more time is left for it). Before,
+it only added a note, which a discover worker dropped, and recorded the hosts
+"completed" with half their ports untested.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from probers.discovery.base import DiscoveryError, Emit, Progress, stream_work
+from probers.discovery.base import DiscoveryError, Emit, Progress, ShardDeadline, stream_work
 from schemas.records import OpenPort, Proto, Shard, Target
 
 __all__ = [
@@ -720,14 +720,13 @@ class ConnectEngine:
             raise failure[0]
         if self.last_report is not None:
             self._note(shard, self.last_report, progress)
+            if self.last_report.stop_reason == "deadline":
+                untested = sum(h.untested for h in self.last_report.hosts)
+                raise ShardDeadline(
+                    f"connect: shard {shard.shard_id} cut short by its {self.deadline:g}s "
+                    f"deadline: {untested} of {shard.probe_count} probes not tested")
 
     def _note(self, shard: Shard, report: SweepReport, progress: Progress) -> None:
-        if report.stop_reason == "deadline":
-            untested = sum(h.untested for h in report.hosts)
-            progress.notes.append(
-                f"connect: shard {shard.shard_id} cut short by its {self.deadline:g}s "
-                f"deadline: {untested} of {shard.probe_count} probes not tested"
-            )
         for host in report.hosts:
             if host.is_given_up:
                 progress.notes.append(

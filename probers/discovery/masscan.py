@@ -56,7 +56,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probers.discovery.base import DiscoveryError, Emit, Progress, stream_work
+from probers.discovery.base import DiscoveryError, Emit, Progress, ShardDeadline, stream_work
 from probers.discovery.connect import SweepReport, confirm_open
 from probers.discovery.masscan_path import DEFAULT_BINARY, MasscanPath, find_binary, resolve_path
 from probers.discovery.masscan_run import (
@@ -204,7 +204,7 @@ class MasscanEngine:
             ) -> None:
                 remaining = total_deadline - (time.monotonic() - started)
                 if remaining <= 0:
-                    raise DiscoveryError(
+                    raise ShardDeadline(
                         f"masscan: shard deadline {total_deadline:.0f}s reached "
                         f"before pass {pass_no + 1}/{self.passes}"
                     )
@@ -219,8 +219,10 @@ class MasscanEngine:
                     if tap is not None:
                         tap.mark(d.ip, d.port)
                     offer(d)
-                progress.probes_done = base_done + probes
                 out = run.outcome
+                # what masscan said it sent: a run that died at 50 % is not "done"
+                progress.probes_done = base_done + (probes if out.is_complete else int(
+                    probes * min(out.percent_done, 100.0) / 100))
                 # killed == "after-wait" (1.3.2 idling after 100%) is the normal end of
                 # a run whose probes did not all answer: not worth a note.
                 if out.killed == "deadline" and out.is_complete:

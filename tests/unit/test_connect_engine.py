@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress
+from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress, ShardDeadline
 from probers.discovery.connect import ConnectEngine, confirm_open
 from schemas.records import OpenPort, PortRange, Proto, Shard, Target
+from stream_processors.stages import discover_with_retries
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -414,20 +415,60 @@ def test_deadline_stops_the_sweep_and_says_so() -> None:
     # Given an address that drops every SYN, and a 0.5 s shard deadline
     host = "127.77.0.78"
     drop = ("OUTPUT", "-d", f"{host}/32", "-p", "tcp", "--syn", "-j", "DROP")
+    progress = Progress()
+    found: list[OpenPort] = []
+
+    async def sweep(engine: ConnectEngine, shard: Shard) -> None:
+        async for event in engine.scan(shard, progress):
+            found.append(event)
+
     with iptables_rule(*drop):
         engine = ConnectEngine(timeout=30.0, retries=1, deadline=0.5)
         fds_before = open_fds()
         # When 200 ports are swept
-        found, progress = run_scan(engine, shard_for(host, ranges=(PortRange(2000, 2199),)))
+        with pytest.raises(ShardDeadline) as cut:
+            asyncio.run(sweep(engine, shard_for(host, ranges=(PortRange(2000, 2199),))))
         fds_after = open_fds()
-    # Then it stops by itself, closes its sockets and notes the untested probes
+    # Then it stops by itself, closes its sockets and says how much was left untested,
+    # as an error (before: a note only, which a discover worker dropped)
+    assert str(cut.value) == ("connect: shard shard-test cut short by its 0.5s deadline: "
+                              "200 of 200 probes not tested")
     assert found == []
     assert engine.last_report is not None
     assert engine.last_report.stop_reason == "deadline"
     assert engine.last_report.hosts[0].untested == 200
     assert progress.probes_done == 0
     assert fds_after == fds_before
-    assert any("cut short" in note and "200 of 200" in note for note in progress.notes)
+
+
+@needs_iptables
+def test_a_shard_cut_by_its_deadline_keeps_its_ports_is_an_error_and_is_not_retried() -> None:
+    # Given a listener and 300 ports whose SYNs are dropped, on one loopback address,
+    # under a 1 s shard deadline (shorter than a probe's timeout)
+    host = "127.0.0.1"
+    with ports_on(host, listening=1, closed=0) as (listening, _):
+        port = listening[0]
+        first = 40000 if port < 40000 else 20000
+        drop = ("OUTPUT", "-o", "lo", "-d", f"{host}/32", "-p", "tcp", "--dport",
+                f"{first}:{first + 299}", "--syn", "-j", "DROP")
+        shard = shard_for(host, ranges=(PortRange(port, port), PortRange(first, first + 299)))
+        made: list[ConnectEngine] = []
+
+        def engine_for(_shard: Shard) -> ConnectEngine:
+            made.append(ConnectEngine(timeout=5.0, retries=0, deadline=1.0))
+            return made[-1]
+
+        with iptables_rule(*drop):
+            # When the shard rule both transports use runs it
+            outcome = asyncio.run(discover_with_retries(shard, engine_for, attempts=2))
+    # Then the open port is kept, the shard is not tried again (no more time), and its
+    # host is recorded "error" saying why (before: "completed", ports untested unsaid)
+    assert [p.port for p in outcome.ports] == [port]
+    assert len(made) == 1 and outcome.attempts == 1 and outcome.is_cut
+    (scan,) = outcome.host_scans()
+    assert scan.status == "error"
+    assert scan.note == ("connect: shard shard-test cut short by its 1s deadline: 300 of "
+                         "301 probes not tested")
 
 
 @needs_iptables
