@@ -16,15 +16,19 @@ WITH
         SELECT target, ip, organization, hostname, asset FROM latest_host_scans
     ),
     -- TLS ports open now (as the List: seen in their host's latest completed scan); the
-    -- latest probe of a port closed since is history, not a finding
+    -- latest probe of a port closed since is history, not a finding. So is that of a
+    -- port whose latest identification no longer speaks TLS, direct or by an upgrade
+    -- (https replaced by plain http): its certificate would count down for ever. A port
+    -- still named TLS by a scan that ran no TLS probe (--no-tls) keeps its last result.
     open_now AS (
         SELECT p.target AS target, p.ip AS ip, p.port AS port
-        FROM port_latest AS p FINAL
+        FROM current_findings AS p
         LEFT JOIN (SELECT target, ip, ports_scan_id, ports_seen_after
                    FROM latest_host_scans) AS l
             ON l.target = p.target AND l.ip = p.ip
         -- (a host with no scan record: its ports, as in the List)
-        WHERE p.proto = 'tcp' AND IS_CURRENT(p.scan_id, l)
+        WHERE p.proto = 'tcp' AND IS_CURRENT(p.last_scan_id, l)
+          AND (p.is_tls = 1 OR p.tls_via != '' OR p.tls_grade != '')
     ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)

@@ -123,10 +123,27 @@ def test_prune_keeps_the_scan_whose_ports_the_reports_show(store: Any) -> None:
 
 def _tls(t: Target, scan_id: str, at: datetime, port: int) -> Finding:
     return Finding(port=OpenPort(scan_id=scan_id, target=t, port=port, observed_at=at),
-                   service=ServiceInfo(service="https"), risk_color=RiskColor.GREEN,
+                   service=ServiceInfo(service="https", is_tls=True), risk_color=RiskColor.GREEN,
                    tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",),
                                  suites=(CipherSuite("TLSv1.3", "TLS_AES_128_GCM_SHA256"),),
-                                 grade="strong"))
+                                 grade="strong", reached_via="direct"))
+
+
+def test_ciphers_drops_a_port_that_no_longer_speaks_tls_and_keeps_one_not_probed(
+        store: Any) -> None:
+    # Given TLS probed on 443 and 8443, then a completed scan where 8443 answers plain
+    # HTTP and 443 is still https but the scan ran no TLS probe (--no-tls)
+    scanned(store, DB, "s1", T0, "completed", [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
+    later = T0 + timedelta(days=1)
+    scanned(store, DB, "s2", later, "completed", [
+        Finding(port=OpenPort(scan_id="s2", target=DB, port=443, observed_at=later),
+                service=ServiceInfo(service="https", is_tls=True), risk_color=RiskColor.GREEN),
+        Finding(port=OpenPort(scan_id="s2", target=DB, port=8443, observed_at=later),
+                service=ServiceInfo(service="http"), risk_color=RiskColor.GREEN)])
+    # Then the Ciphers report keeps 443's last probe and drops 8443's (before: 8443 was
+    # shown "tested", its certificate counting down for ever)
+    assert [(r["port"], r["grade"]) for r in store.report("ciphers").dicts()] == [
+        (443, "strong")]
 
 
 def test_ciphers_lists_the_tls_ports_open_now(store: Any) -> None:

@@ -329,7 +329,7 @@ def test_tls_results_reach_the_ciphers_report_and_failures_say_could_not_test(
                          CipherSuite("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
                                      "ECDHE-RSA-AES128-GCM-SHA256", "strong", preference=2)),
                      certificates=(Certificate(subject="CN=localhost", is_self_signed=True),))
-    failed = TlsResult(status=ProbeStatus.ERROR, error="handshake timed out")
+    failed = TlsResult(status=ProbeStatus.ERROR, error="handshake timed out", reached_via="direct")
     findings = [make_finding(t, 443, service="https", tls=good),
                 make_finding(t, 8443, tls=failed)]
     for _ in range(2):  # replayed: suites are not doubled
