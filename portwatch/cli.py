@@ -13,6 +13,7 @@ interrupted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from portwatch.alerts.cli import accept, alerts, watch
 from portwatch.changes_cli import prune_command, report_with_changes
 from portwatch.console import (
     EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
     err_console,
     exit_code_for,
     one_line,
@@ -140,12 +142,36 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         code = exit_code_for(exc)
+        if code is None and _is_disk_full(exc):
+            err_console.print("portwatch: error: no space left on the store's disk: free "
+                              "some (or `portwatch prune` old scans) and run it again; what "
+                              "was stored before is kept", markup=False)
+            return EXIT_RUNTIME
         if code is None:
             raise  # a bug: the traceback is what a report needs
         prefix = "" if code == EXIT_INTERRUPTED else "error: "
         err_console.print(f"portwatch: {prefix}{one_line(exc)}", markup=False)
         return code
     return 0
+
+
+# How the engine and the OS say a write found no room (ClickHouse's code 243 and its
+# "Cannot reserve" message, ENOSPC).
+_DISK_FULL = ("NOT_ENOUGH_SPACE", "Cannot reserve", "No space left on device")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """The error (or one it was raised from) is a full disk: no bug, the machine's state."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if any(mark in str(current) for mark in _DISK_FULL):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 if __name__ == "__main__":

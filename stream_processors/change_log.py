@@ -109,10 +109,10 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     if not ended:
         return cutoff
     for table, column, keep in _PRUNED:
-        # A mutation, synchronous so the command's exit means done. The time bound holds
-        # for every row of these scans; it spares the parts (monthly partitions) of later
-        # data the rewriting.
-        store.command(f"ALTER TABLE {table} DELETE WHERE {column} < {{cutoff:DateTime64(3)}} "
-                      f"AND scan_id IN {{ended:Array(String)}} AND {keep} "
-                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff, "ended": ended})
+        # A mutation, waited for so the command's exit means done (or failed, said). The
+        # time bound holds for every row of these scans; it spares the parts (monthly
+        # partitions) of later data the rewriting.
+        store.mutate(table, f"ALTER TABLE {table} DELETE WHERE {column} < "
+                     f"{{cutoff:DateTime64(3)}} AND scan_id IN {{ended:Array(String)}} "
+                     f"AND {keep}", {"cutoff": cutoff, "ended": ended})
     return cutoff

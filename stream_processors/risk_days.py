@@ -73,8 +73,7 @@ _DAY_ROWS = ("INSERT INTO risk_days (day, organization, addresses, score_sum, sc
 # record, when it comes, notes it again).
 _FORGET = (f"ALTER TABLE risk_dirty DELETE WHERE noted_at <= {_T} AND ("
            f"(target, ip, scan_id) IN (SELECT target, ip, scan_id FROM host_scans "
-           f"WHERE (target, ip, scan_id) IN {_NOTED}) OR noted_at < {_T} - toIntervalDay(1)) "
-           "SETTINGS mutations_sync = 1")
+           f"WHERE (target, ip, scan_id) IN {_NOTED}) OR noted_at < {_T} - toIntervalDay(1))")
 
 
 def _scores_sql() -> str:
@@ -105,7 +104,7 @@ def refresh_risk_days(store: Any) -> bool:
             by_day = {**params, "days": days}
             store.command(_ZERO_DAYS, by_day)
             store.command(_DAY_ROWS, by_day)
-        store.command(_FORGET, params)
+        store.mutate("risk_dirty", _FORGET, params)
         return True
 
 

@@ -26,8 +26,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,12 @@ log = logging.getLogger(__name__)
 ACCEPTED_SCHEMES = ("chdb", "clickhouse", "clickhouses")
 DEFAULT_DATABASE = "portwatch"
 PASSWORD_ENV = "PORTWATCH_CLICKHOUSE_PASSWORD"
+# A mutation (prune's deletes) is waited for this long at most; polled this often.
+MUTATION_WAIT = 900.0
+MUTATION_POLL = 0.1
+# Free bytes a chdb store's disk must have before a mutation starts: on a full disk the
+# engine writes the mutation's file empty, and the store no longer opens.
+MUTATION_MIN_FREE = 64 * 2**20
 SCHEMA_VERSION = 19  # layout of schemas/ddl.sql; bump with every change there
 
 
@@ -179,8 +187,50 @@ class _ClientOps:
         return [tuple(r) for r in self._client.query(
             sql, parameters=dict(parameters or {})).result_rows]
 
-    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
-        self._client.command(sql, parameters=dict(parameters or {}))
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None, *,
+                settings: Mapping[str, Any] | None = None) -> None:
+        self._client.command(sql, parameters=dict(parameters or {}),
+                             settings=dict(settings) if settings else None)
+
+    def mutate(self, table: str, sql: str, parameters: Mapping[str, Any] | None = None
+               ) -> None:
+        run_mutation(self, table, sql, parameters, where="")
+
+
+def run_mutation(ops: Any, table: str, sql: str, parameters: Mapping[str, Any] | None = None,
+                 *, where: str, wait: float = MUTATION_WAIT) -> None:
+    """Run the mutation ``sql`` (``ALTER TABLE table DELETE ...``) through ``ops`` (a
+    Store, or a migration's client) and wait until it is done, at most ``wait`` seconds.
+    Not with ``mutations_sync = 1``: the engine then waits for ever for a mutation that
+    cannot run (on a full disk it retries "Cannot reserve" in the background: prune hung,
+    deaf to Ctrl-C, holding the store). So it is started and polled: one that fails (its
+    latest fail reason), outlasts ``wait`` or is interrupted is killed, and StoreError
+    says why in one line."""
+    if not re.fullmatch(r"[a-z_]+", table):
+        raise ValueError(f"not a table name: {table!r}")
+    ops.command(sql, parameters, settings={"mutations_sync": 0})
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            pending = ops.query(
+                "SELECT latest_fail_reason FROM system.mutations WHERE NOT is_done "
+                "AND database = currentDatabase() AND table = {table:String}",
+                {"table": table})
+            if not pending:
+                return
+            reason = next((str(r[0]) for r in pending if r[0]), "")
+            if reason or time.monotonic() > deadline:
+                why = (_engine_first_line(RuntimeError(reason)) if reason
+                       else f"not done after {wait:g}s")
+                at = f" at {where}" if where else ""
+                raise StoreError(f"the store{at} could not rewrite {table} (nothing of it "
+                                 f"was deleted): {why}")
+            time.sleep(MUTATION_POLL)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ops.command("KILL MUTATION WHERE database = currentDatabase() "
+                        f"AND table = '{table}' SYNC")
+        raise
 
 
 class StoreError(RuntimeError):
@@ -490,6 +540,21 @@ def _write_back(spool: Any) -> None:
                 left = left[os.write(2, left):]
 
 
+def _drop_unwritten_mutations(path: str) -> None:
+    """Remove the mutation files the engine could not write: on a full disk it leaves
+    ``mutation_N.txt`` empty, and the store no longer opens ("Cannot attach table ...
+    expected 'format version: 1'"). Such a mutation was never recorded, so it never ran:
+    without its file the store is as before it. Run with the path's lock held, before
+    the engine starts on it."""
+    for entry in Path(path, "store").glob("*/*/mutation_*.txt"):
+        with contextlib.suppress(OSError):
+            if entry.stat().st_size == 0:
+                entry.unlink()
+                log.warning("the store at %s: removed %s, a delete the engine could not "
+                            "record (the disk was full); it never ran", path,
+                            entry.relative_to(path))
+
+
 def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
     """A chdb client on ``path``: the first one starts the engine. When the engine cannot
     start (a broken metadata file, say) it writes why to the process's stderr (fd 2), in
@@ -574,8 +639,11 @@ class Store:
                 resolved = str(Path(location.path).resolve())
                 if resolved not in _OPENED_CHDB_PATHS and _is_held_by_another_process(resolved):
                     raise _busy_error(location.path)
+                first = resolved not in _OPENED_CHDB_PATHS
                 _take_path_lock(resolved, location.path)
                 self._locked_path = resolved
+                if first:
+                    _drop_unwritten_mutations(location.path)
                 bootstrap = _start_chdb(clickhouse_connect, location.path)
                 if not create:
                     found = bootstrap.query(
@@ -780,6 +848,22 @@ class Store:
                 # one line for the user (prune on a damaged part printed 186 lines)
                 raise StoreError(f"the store at {self.location.where} refused a statement: "
                                  f"{_engine_first_line(exc)}") from exc
+
+    def mutate(self, table: str, sql: str, parameters: Mapping[str, Any] | None = None, *,
+               wait: float = MUTATION_WAIT) -> None:
+        """``run_mutation`` on this store; refused on a chdb store whose disk is (nearly)
+        full, before anything is written (``MUTATION_MIN_FREE``)."""
+        if self.location.scheme == "chdb":
+            try:
+                free = shutil.disk_usage(self.location.path).free
+            except OSError:
+                free = MUTATION_MIN_FREE
+            if free < MUTATION_MIN_FREE:
+                raise StoreError(
+                    f"the store at {self.location.path} has {free / 2**20:.1f} MiB free: "
+                    f"rewriting {table} needs room (at least {MUTATION_MIN_FREE // 2**20} "
+                    "MiB); free some space and run it again (nothing was changed)")
+        run_mutation(self, table, sql, parameters, where=self.location.where, wait=wait)
 
     def active_parts(self, tables: Sequence[str]) -> dict[str, int]:
         """Active data parts per table of ``tables`` (a table without any is absent)."""

@@ -1,0 +1,109 @@
+"""A store whose disk is full, for real: a small tmpfs (root mounts it; the tests run as
+root, as the netns and iptables ones do), filled with a file once a scan has made the
+store. ``prune`` is refused before it writes anything (before: its delete waited for
+ever, deaf to Ctrl-C, holding the store, and the engine left the delete's file empty,
+after which the store no longer opened), and ``scan`` fails in one line (before: a
+74-line traceback). Nothing stored before is lost: once space is freed both work. A
+store an earlier full disk left with an empty mutation file opens again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "96m") -> Iterator[Path]:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                   check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last byte with one file (deleted to free it)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):  # big blocks, then the last bytes one at a time
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    assert shutil.disk_usage(disk).free < 4096
+    return filler
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_prune_and_scan_on_a_full_disk_fail_in_one_line_and_lose_nothing(
+        tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        store = f"chdb://{disk / 'store'}"
+        # Given a store with a scan in it, on a disk then filled
+        first = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                        store=store)
+        assert first.code == 0, first.stderr
+        time.sleep(1.1)
+        mutations = sorted((disk / "store").glob("store/*/*/mutation_*.txt"))
+        filler = fill(disk)
+        # When prune runs (the scan ended over a second ago)
+        pruned = run_cli("prune", "--older-than", "1s", store=store, timeout=120)
+        # Then it is refused in one line, saying why, before it writes anything
+        assert pruned.code == 1, pruned.stderr
+        line = one_error_line(pruned.stderr)
+        assert line.startswith(f"portwatch: error: the store at {disk / 'store'} has ")
+        assert line.endswith("free some space and run it again (nothing was changed)")
+        assert sorted((disk / "store").glob("store/*/*/mutation_*.txt")) == mutations
+        # And a scan fails in one line too, naming the full disk
+        scanned = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                          store=store)
+        assert scanned.code == 1, scanned.stderr
+        line = one_error_line(scanned.stderr)
+        assert "no space left" in line, line
+        # And once space is freed, both work on what was stored before
+        filler.unlink()
+        assert run_cli("prune", "--older-than", "1s", store=store).code == 0
+        again = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                        store=store)
+        assert again.code == 0, again.stderr
+        summary = run_cli("report", "summary", "--format", "json", store=store)
+        assert summary.code == 0 and '"127.0.0.1"' in summary.stdout
+
+
+def test_a_store_left_with_an_empty_mutation_file_opens_again(tmp_path: Path) -> None:
+    # Given a store, and a delete's file the engine wrote empty (what a full disk leaves;
+    # the engine then refused to open the store: "expected 'format version: 1'")
+    store = tmp_path / "store"
+    made = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                   store=f"chdb://{store}")
+    assert made.code == 0, made.stderr
+    table_dir = next(p.parent for p in store.glob("store/*/*/*") if p.is_dir())
+    (table_dir / "mutation_7.txt").write_bytes(b"")
+    # When a report opens it
+    summary = run_cli("report", "summary", "--format", "json", store=f"chdb://{store}")
+    # Then the empty file is removed, said once, and the store reads as before
+    assert summary.code == 0, summary.stderr
+    assert '"127.0.0.1"' in summary.stdout
+    assert not (table_dir / "mutation_7.txt").exists()
+    assert "a delete the engine could not record (the disk was full)" in summary.stderr
