@@ -49,7 +49,8 @@ def describe_seconds(seconds: float) -> str:
 def parse_seconds(text: str, *, least: float, most: float, bare_seconds: bool = False
                   ) -> float:
     """``text`` in the grammar -> seconds in [least, most]; ValueError saying why
-    otherwise. Case and surrounding blanks are ignored; ``bare_seconds``: a number
+    otherwise. Case and surrounding blanks are ignored (but an upper-case M, a month to
+some, is refused); ``bare_seconds``: a number
     without a unit is seconds (else it is refused: ``--since 7`` would be ambiguous)."""
     found = _GRAMMAR.fullmatch(text.strip().lower()) if isinstance(text, str) else None
     if found is None or (found.group(3) is None and not bare_seconds):
@@ -58,6 +59,11 @@ def parse_seconds(text: str, *, least: float, most: float, bare_seconds: bool = 
         raise ValueError(f"bad duration {shown(str(text))}: use {need} ({units}), "
                          f"{EXAMPLES}")
     whole, fraction, unit = found.groups()
+    if unit == "m" and "M" in text:
+        # 1M reads as a month to many (Grafana, date tools): a month of raw rows pruned
+        # as one minute's is not undone
+        raise ValueError(f"bad duration {shown(text)}: M is not a unit here; write m for "
+                         "minutes (5m) or days for a month (30d)")
     whole = whole.lstrip("0") or "0"
     seconds = (float(f"{whole}.{(fraction or '0')[:9]}") * UNITS[unit or "s"]
                if len(whole) <= MAX_WHOLE_DIGITS else math.inf)

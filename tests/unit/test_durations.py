@@ -61,5 +61,16 @@ def test_any_text_is_seconds_in_range_or_one_line(text: str) -> None:
 
 @given(st.integers(0, 10**6), st.sampled_from(sorted(UNITS)), st.booleans())
 def test_written_amounts_read_back(amount: int, unit: str, upper: bool) -> None:
+    upper = upper and unit != "m"  # 5M is refused (below)
     text = f"{amount}{unit.upper() if upper else unit}"
     assert parse_seconds(text, least=0, most=1e13) == pytest.approx(amount * UNITS[unit])
+
+
+@pytest.mark.parametrize("text", ["1M", " 3 M", "1.5M"])
+def test_an_upper_case_m_is_refused_not_read_as_minutes(text: str) -> None:
+    # (before: prune --older-than 1M pruned everything older than a minute, not a month)
+    with pytest.raises(ValueError, match=r": M is not a unit here; write m for minutes"):
+        parse_seconds(text, least=0, most=1e13)
+    with pytest.raises(ValueError, match="M is not a unit here"):
+        since_duration(text)
+    assert parse_seconds("1MS", least=0, most=1) == 0.001  # milliseconds, any case
