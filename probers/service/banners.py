@@ -183,6 +183,9 @@ _NEWS_WORDS = ("NNTP", "NNRP", "NEWS")
 _SMTP_WORD = re.compile(r"(?<![\w.-])E?SMTP(?![\w.-])")
 
 
+MAX_REPLY_LINES = 32  # lines of a multi-line 220 greeting read for its product
+
+
 def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str], ...],
                   service: str, method: str) -> ServiceInfo:
     for pattern, product, vendor, cpe_name in table:
@@ -197,6 +200,11 @@ def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str],
 
 def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
     text = _whole(data.split(b"\n", 1)[0].strip())
+    if text.startswith("220-"):
+        # A multi-line reply ("220-Welcome..." lines, then "220 ProFTPD 1.3.8 Server"):
+        # the product may be on any of its lines, most often the last
+        lines = [_whole(line.strip()) for line in data.split(b"\n")[:MAX_REPLY_LINES]]
+        text = " ".join(line for line in lines if line.startswith("220"))
     if text.startswith("220"):
         upper = text.upper()
         is_smtp = "SMTP" in upper or "MAIL" in upper or port_hint == "smtp"

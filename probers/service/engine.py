@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -237,6 +238,21 @@ def _is_whole_greeting(data: bytes) -> bool:
     return info is not None and info.confidence >= STOP_CONFIDENCE
 
 
+_CONTINUED = re.compile(rb"\d{3}-")  # FTP/SMTP: "220-" says more lines follow
+_TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+def _is_unfinished_text(data: bytes) -> bool:
+    """A text greeting that is still arriving: no line end yet, or a multi-line FTP/SMTP
+    reply whose last line says more follow. Binary data is never waited for."""
+    if not data or not _TEXT.issuperset(data):
+        return False
+    if not data.endswith(b"\n"):
+        return True
+    last = data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+    return _CONTINUED.match(last) is not None
+
+
 def _greeting_window(s: Settings, connect_seconds: float) -> float:
     return min(s.banner_wait, max(GREETING_WINDOW, GREETING_RTTS * connect_seconds))
 
@@ -250,6 +266,14 @@ async def _greet_or_get(ep: Endpoint, s: Settings, port_hint: str, reader: async
     """
     window = _greeting_window(s, connect_seconds)
     data = await read_bounded(reader, timeout=window, is_complete=_is_whole_greeting)
+    if _is_unfinished_text(data) and s.banner_wait > window:
+        # A greeting sent in pieces ("SSH-2.0-OpenSSH_9.6" then "p1 Ubuntu..."; FTP's
+        # "220-Welcome" then "220 ProFTPD 1.3.8"): read to its end, within banner_wait,
+        # silences included. A piece alone named a wrong version, or nothing.
+        head = data
+        data += await read_bounded(
+            reader, timeout=s.banner_wait - window, idle=s.banner_wait, cap=READ_CAP - len(head),
+            is_complete=lambda more: not _is_unfinished_text(head + more))
     if data:
         return parse_banner(data, port_hint) or parse_foreign_reply(data), data, False
     writer.write(_http_request(ep))

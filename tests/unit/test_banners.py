@@ -443,3 +443,18 @@ def test_an_xmpp_stream_answering_our_get_names_client_or_server_streams() -> No
     server = parse_xmpp_stream(reply.replace(b"jabber:client", b"jabber:server"))
     assert server is not None and server.service == "xmpp-server"
     assert parse_xmpp_stream(b"<html>stream:stream</html>") is None
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    (b"220-Welcome to the archive\r\n220-Be nice\r\n220 ProFTPD 1.3.8 Server (Debian)\r\n",
+     ("ftp", "ProFTPD", "1.3.8")),
+    (b"220-mail.example.test ESMTP Postfix (Debian/GNU)\r\n220 ready\r\n",
+     ("smtp", "Postfix smtpd", "")),
+    (b"220-(vsFTPd 3.0.3)\r\n221 goodbye\r\n", ("ftp", "vsftpd", "3.0.3")),
+])
+def test_a_multi_line_greeting_is_read_on_every_line(data: bytes,
+                                                     named: tuple[str, str, str]) -> None:
+    # (before: the first line only, "220-Welcome to the archive", named nothing)
+    info = parse_banner(data)
+    assert info is not None
+    assert (info.service, info.product, info.version) == named
