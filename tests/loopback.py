@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,17 @@ def listen(handler: Handler, addresses: tuple[str, ...] = ("127.0.0.1",),
 
 def banner(data: bytes, then_wait: float = 0.5) -> Handler:
     """Send a greeting first (SSH, SMTP, FTP style), then read until the peer leaves."""
+    return in_pieces((data, 0.0), then_wait=then_wait)
+
+
+def in_pieces(*pieces: tuple[bytes, float], then_wait: float = 0.5) -> Handler:
+    """Send a greeting in pieces, each after its pause (a server writing line by line, or
+    a lost segment sent again), then read until the peer leaves (or ``then_wait`` of
+    silence)."""
     def handle(conn: socket.socket) -> None:
-        conn.sendall(data)
+        for data, pause in pieces:
+            time.sleep(pause)
+            conn.sendall(data)
         conn.settimeout(then_wait)
         with contextlib.suppress(OSError):
             while conn.recv(4096):

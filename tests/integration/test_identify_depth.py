@@ -474,19 +474,6 @@ def test_an_icon_from_a_server_that_holds_the_connection_is_hashed(length: bool,
 
 
 
-def _in_pieces(*pieces: tuple[bytes, float]) -> loopback.Handler:
-    """Send a greeting in pieces, each after its pause (a server writing line by line,
-    or a second segment lost and sent again), then read until the peer leaves."""
-    def handle(conn: socket.socket) -> None:
-        for data, pause in pieces:
-            time.sleep(pause)
-            conn.sendall(data)
-        with contextlib.suppress(OSError):
-            while conn.recv(4096):
-                pass
-    return handle
-
-
 @pytest.mark.parametrize(("pieces", "named"), [
     (((b"SSH-2.0-OpenSSH_9.6", 0.0), (b"p1 Ubuntu-3ubuntu13\r\n", 0.5)),
      ("ssh", "OpenSSH", "9.6p1")),
@@ -499,7 +486,7 @@ def test_a_greeting_sent_in_pieces_is_read_to_its_end(
         pieces: tuple[tuple[bytes, float], ...], named: tuple[str, str, str]) -> None:
     # Given a server whose greeting comes in two writes, the second after a pause longer
     # than the greeting window (0.25 s on loopback) and than the read's idle cut (0.3 s)
-    with loopback.listen(_in_pieces(*pieces)) as server:
+    with loopback.listen(loopback.in_pieces(*pieces, then_wait=5)) as server:
         info = _identify("127.0.0.1", server.port)
     # Then the whole greeting names the service (before: the first piece alone named
     # "OpenSSH 9.6", a product "Open", or nothing at all for the FTP server)
