@@ -349,6 +349,12 @@ def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
                            cert_sha256=new.cert_sha256 or old.cert_sha256,
                            cert_not_after=(new.cert_not_after if new.cert_sha256
                                            else old.cert_not_after))
+        # Nor the colour those facts gave: a port yellow for its expired certificate is
+        # not green because this scan could not look (that was a risk_lowered, and a
+        # risk_raised at the next scan that could: a medium alert per flaky probe). A
+        # colour raised by what this scan did see stays raised.
+        if _COLOR_RANK.get(new.risk_color, 1) < _COLOR_RANK.get(old.risk_color, 1):
+            new = new._replace(risk_color=old.risk_color)
     if not new.favicon and old.favicon:
         new = new._replace(favicon=old.favicon)
     if not new.jarm and old.jarm:
@@ -485,10 +491,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         else:
+            new = _keep_known(old_port, new)  # what this scan could not learn, as before
             changed = _port_events(old_port, new, event)
             if changed:
                 events.extend(changed)
-                next_ports[key] = _keep_known(old_port, new)._replace(
+                next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
                     seen_at=now)
                 # The row is written now (port_state's version is the scan's time): a

@@ -459,3 +459,26 @@ def test_a_port_that_stopped_speaking_tls_does_not_keep_its_old_tls() -> None:
     assert b.state is not None
     kept = b.state.ports[(Proto.TCP, 443)]
     assert (kept.tls_status, kept.cert_sha256) == (plain.tls_status, "")
+
+
+def test_a_tls_probe_that_could_not_test_lowers_no_colour() -> None:
+    # Given a TLS port yellow for what its last completed probe saw (a weak suite)
+    far = T0 + timedelta(days=300)
+    day0 = detect_changes(None, view_at([tls_port("a" * 64, far, risk_color="yellow")], T0,
+                                        "d0"), {})
+    # When a scan's probe errors, and without its facts the risk stage said green
+    errored = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), tls_status="error",
+                       tls_versions=(), tls_grade="", risk_color="green")
+    day1 = detect_changes(day0.state, view_at([errored], T0 + timedelta(days=1), "d1"), {})
+    # Then nothing is said (before: risk_lowered, then risk_raised at the next scan: a
+    # medium alert per flaky probe), and the next completed probe finds nothing changed
+    assert kinds(day1) == []
+    again = tls_port("a" * 64, far, risk_color="yellow")
+    day2 = detect_changes(day1.state if day1.state else day0.state,
+                          view_at([again], T0 + timedelta(days=2), "d2"), {})
+    assert kinds(day2) == []
+    # And what the errored scan did see still counts: a raise is said
+    red = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), tls_status="error", tls_versions=(),
+                   tls_grade="", risk_color="red", product="Redis")
+    day3 = detect_changes(day0.state, view_at([red], T0 + timedelta(days=3), "d3"), {})
+    assert ("risk_raised", 443, "yellow", "red") in kinds(day3)
