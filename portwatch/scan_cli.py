@@ -237,15 +237,17 @@ class ProgressView:
             )
 
             self._bar = Progress(
-                TextColumn("[bold]scanning"), BarColumn(), TaskProgressColumn(),
+                TextColumn("[bold]{task.fields[phase]}"), BarColumn(), TaskProgressColumn(),
                 TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
-                TextColumn("[bold]{task.fields[open]}[/] open"),
+                TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
+                           "identified"),
                 TextColumn("{task.fields[rate]:,.0f} ports/s"),
                 TextColumn("ETA"), TimeRemainingColumn(),
                 console=err_console, transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0)
+            self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0,
+                                            phase="scanning", examined=0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,19 +259,22 @@ class ProgressView:
             return
         elapsed = max(stats.elapsed, 1e-6)
         rate = stats.probes_done / elapsed
+        total = max(stats.probes_total, 1)
+        # discovery is over; what is left is identification, not "ETA 0s"
+        identifying = (stats.probes_done >= total and stats.examined < stats.open_found
+                       and not stats.finished)
         if self._bar is not None:
-            self._bar.update(self._task, total=max(stats.probes_total, 1),
-                             completed=stats.probes_done, open=stats.open_found, rate=rate)
+            # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying)
+            self._bar.update(self._task, total=total, completed=stats.probes_done,
+                             open=stats.open_found, rate=rate, examined=stats.examined,
+                             phase="identifying" if identifying else "scanning")
             return
         now = time.monotonic()
         if now - self._last_line >= 5 or stats.finished:
             self._last_line = now
-            total = max(stats.probes_total, 1)
             # no rate yet (the first line): the ETA is unknown, not "0s"
             eta = f"{(total - stats.probes_done) / rate:.0f}s" if rate > 0 else "unknown"
-            if stats.probes_done >= total and stats.examined < stats.open_found \
-                    and not stats.finished:
-                # discovery is over; what is left is identification, not "ETA 0s"
+            if identifying:
                 err_console.print(
                     f"progress: ports scanned; identifying: {stats.examined:,}/"
                     f"{stats.open_found:,} open ports done", markup=False)

@@ -26,3 +26,31 @@ def test_the_first_line_says_the_eta_is_unknown_then_a_real_one(
     view.update(stats)
     line = capsys.readouterr().err
     assert "500/1,000 ports (50%)" in line and "ETA 10s" in line
+
+
+def test_the_live_bar_says_when_discovery_is_over_and_identification_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from portwatch import scan_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(scan_cli, "err_console",
+                        Console(file=screen, force_terminal=True, width=200))
+    stats = ScanStats("s", hosts=1, planned_probes=1000)
+    progress = stats.shard_started(1000)
+    # Given every port probed, 10 found open, 3 of them identified so far
+    progress.probes_done, progress.open_found = 1000, 10
+    stats.examined = 3
+    # When the live bar (a terminal) shows it
+    with ProgressView(enabled=True) as view:
+        assert view.is_live
+        view.update(stats)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # colours off
+    # Then it says identification is under way and how far (before: "scanning 100% ...
+    # ETA 0:00:00" for as long as identification took)
+    assert "identifying" in shown and "10 open, 3 identified" in shown
+    assert "scanning" not in shown.split("identifying")[-1]
