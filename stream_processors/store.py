@@ -506,7 +506,7 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 
 ENGINE_MESSAGE_CAP = 64 * 1024  # bytes of the engine's stderr read for its reason
-_ENGINE_EXCEPTION = re.compile(r"DB::Exception: ")
+_ENGINE_EXCEPTION = re.compile(r"DB::\w*Exception: ")  # ErrnoException too
 _ENGINE_START = threading.Lock()  # fd 2 is the process's: one engine start at a time
 
 
@@ -538,6 +538,17 @@ def _write_back(spool: Any) -> None:
             left = memoryview(chunk)
             while left:
                 left = left[os.write(2, left):]
+
+
+def _refuse_lost_findings(client: Any, version_table: str, where: str) -> None:
+    """StoreLayoutError when the store has no findings table yet a layout version: a
+    finished store that lost it (its definition file deleted or unreadable). Made again
+    empty, every first_seen would silently restart at the next scan."""
+    (made,), = client.query(f"SELECT max(version) FROM {version_table}").result_rows
+    if made:
+        raise StoreLayoutError(
+            f"the store at {where} is damaged: it has layout {made} but no findings "
+            "table; restore it from a backup, or use a new --store and rescan")
 
 
 def _drop_unwritten_mutations(path: str) -> None:
@@ -650,6 +661,13 @@ class Store:
                         "SELECT count() FROM system.tables WHERE database = {db:String} "
                         "AND name = 'findings'", parameters={"db": location.database})
                     if not found.result_rows[0][0]:
+                        version = bootstrap.query(
+                            "SELECT count() FROM system.tables WHERE database = {db:String} "
+                            "AND name = 'schema_version'", parameters={"db": location.database})
+                        if version.result_rows[0][0]:
+                            _refuse_lost_findings(
+                                bootstrap, f"`{location.database}`.schema_version",
+                                location.path)
                         raise StoreMissing(
                             f"no store at {location.path} (database {location.database}): "
                             "scan something first or give the --store it was written to")
@@ -714,6 +732,8 @@ class Store:
             self._insert_types.clear()  # an upgrade may change a table's columns
             existing = {r[0] for r in self._client.query(
                 "SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+            if "findings" not in existing and "schema_version" in existing:
+                _refuse_lost_findings(self._client, "schema_version", self.location.where)
             if "findings" not in existing and not create:
                 raise StoreMissing(f"no store at {self.location.where}: scan something first "
                                    "or give the --store it was written to")

@@ -4,6 +4,7 @@ are replaced by a named fake that refuses every name: fuzzing must never query D
 
 from __future__ import annotations
 
+import re
 import string
 import tempfile
 from pathlib import Path
@@ -138,5 +139,5 @@ def test_the_engines_stderr_becomes_one_bounded_line(before: str, after: str) ->
     reason = engine_reason(before + ENGINE_LINE + after)
     assert reason and "\n" not in reason and "\r" not in reason
     assert reason.isprintable() and len(reason) <= 303
-    if "DB::Exception" not in before:  # said nothing of its own: no reason made up
+    if not re.search(r"DB::\w*Exception: ", before):  # nothing of its own: none made up
         assert engine_reason(before) == ""

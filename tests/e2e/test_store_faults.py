@@ -1,10 +1,12 @@
-"""A store whose disk is full, for real: a small tmpfs (root mounts it; the tests run as
-root, as the netns and iptables ones do), filled with a file once a scan has made the
-store. ``prune`` is refused before it writes anything (before: its delete waited for
-ever, deaf to Ctrl-C, holding the store, and the engine left the delete's file empty,
-after which the store no longer opened), and ``scan`` fails in one line (before: a
-74-line traceback). Nothing stored before is lost: once space is freed both work. A
-store an earlier full disk left with an empty mutation file opens again."""
+"""A store in trouble. A damaged one (its findings table lost) is refused, not made again
+empty; the engine's errno reasons are said. A store whose disk is full, for real: a
+small tmpfs (root mounts it; the tests run as root, as the netns and iptables ones do),
+filled with a file once a scan has made the store. ``prune`` is refused before it
+writes anything (before: its delete waited for ever, deaf to Ctrl-C, holding the store,
+and the engine left the delete's file empty, after which the store no longer opened),
+and ``scan`` fails in one line (before: a 74-line traceback). Nothing stored before is
+lost: once space is freed both work. A store an earlier full disk left with an empty
+mutation file opens again."""
 
 from __future__ import annotations
 
@@ -107,3 +109,34 @@ def test_a_store_left_with_an_empty_mutation_file_opens_again(tmp_path: Path) ->
     assert '"127.0.0.1"' in summary.stdout
     assert not (table_dir / "mutation_7.txt").exists()
     assert "a delete the engine could not record (the disk was full)" in summary.stderr
+
+
+def test_a_store_that_lost_its_findings_table_is_refused_as_damaged(tmp_path: Path) -> None:
+    # Given a store whose findings table's definition file is gone
+    store = tmp_path / "store"
+    made = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                   store=f"chdb://{store}")
+    assert made.code == 0, made.stderr
+    (store / "metadata" / "portwatch" / "findings.sql").unlink()
+    # When a report or a scan opens it (before: the report said "no store: scan something
+    # first", and a scan made the table again, empty: every first_seen restarted)
+    for args in (["report", "summary"], ["scan", "127.0.0.1", "--ports", "9", "--udp",
+                                         "none", "-q"]):
+        result = run_cli(*args, store=f"chdb://{store}")
+        # Then it is refused in one line, and nothing is made again
+        assert result.code == 2, result.stderr
+        line = one_error_line(result.stderr)
+        assert line == (f"portwatch: error: the store at {store} is damaged: it has layout "
+                        "19 but no findings table; restore it from a backup, or use a new "
+                        "--store and rescan")
+    assert not (store / "metadata" / "portwatch" / "findings.sql").exists()
+
+
+def test_the_engines_errno_reason_is_said() -> None:
+    from stream_processors.store import engine_reason
+
+    said = ("2026.12.06 07:00:00 [ 1 ] <Error> Application: Code: 76. "
+            "DB::ErrnoException: Cannot open file /s/status, errno: 13, strerror: "
+            "Permission denied. (CANNOT_OPEN_FILE)\n")
+    # (before: only "DB::Exception: " was read, and the one line gave no reason)
+    assert engine_reason(said).startswith("Cannot open file /s/status, errno: 13")
