@@ -316,7 +316,11 @@ class StoreLocation:
             )
         query = parse_qs(parts.query)
         if scheme == "chdb":
-            path = unquote(parts.netloc + parts.path)
+            # chdb:///abs, chdb://relative/dir, chdb://~/dir; and, as in file:// URLs,
+            # chdb://localhost/abs is /abs (it became ./localhost/abs, found by no
+            # command run from another directory)
+            netloc = "" if parts.netloc.lower() == "localhost" else parts.netloc
+            path = unquote(netloc + parts.path)
             if not path:
                 raise StoreUrlError(f"store URL {shown!r} has no path: use chdb:///path/to/store")
             database = _database(query.get("database", [DEFAULT_DATABASE])[0], shown)

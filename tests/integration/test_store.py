@@ -115,6 +115,8 @@ def rows(store: Store, report: str, **filters: Any) -> list[dict[str, Any]]:
         ("chdb:///tmp/s?database=t_1", StoreLocation("chdb", path="/tmp/s", database="t_1")),
         ("CHDB:///tmp/s", StoreLocation("chdb", path="/tmp/s")),
         ("chdb://relative/dir", StoreLocation("chdb", path="relative/dir")),
+        ("chdb://localhost/tmp/s", StoreLocation("chdb", path="/tmp/s")),  # as file://
+        ("chdb://LocalHost/tmp/s", StoreLocation("chdb", path="/tmp/s")),
         ("chdb:///tmp/with%20space", StoreLocation("chdb", path="/tmp/with space")),
         ("chdb://~/pw-store", StoreLocation("chdb", path=os.path.expanduser("~/pw-store"))),
         ("clickhouse://127.0.0.1",
