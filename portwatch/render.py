@@ -33,9 +33,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "list": ("target", "ip", "port", "proto", "service", "product", "version", "risk_color",
              "prevalence", "cdn_provider", "first_seen", "last_seen"),
     "products": ("product", "version", "services", "instances", "targets", "colors"),
-    "ciphers": ("target", "ip", "port", "reached_via", "outcome", "versions", "grade",
-                "profile", "suites", "cert_subject", "cert_not_after", "cert_days_to_expiry",
-                "cert_warnings", "jarm"),
+    "ciphers": ("target", "ip", "port", "reached_via", "outcome", "error", "versions",
+                "grade", "profile", "suites", "cert_subject", "cert_not_after",
+                "cert_days_to_expiry", "cert_warnings", "jarm"),
     "changes": ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
                 "after", "organization", "asset"),
 }
@@ -44,7 +44,7 @@ HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
            "reached_via": "via", "cert_days_to_expiry": "days left",
            "cert_warnings": "certificate warnings", "profile": "Mozilla 5.7",
-           "scan_note": "note", "risk_reason": "risk reason"}
+           "scan_note": "note", "risk_reason": "risk reason", "error": "why"}
 
 
 def sanitize_text(value: str, limit: int = 200) -> str:

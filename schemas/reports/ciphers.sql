@@ -110,6 +110,9 @@ SELECT
               certs.not_after, 3, 'UTC')) - toUnixTimestamp64Milli(now64(3))) / 86400000)),
        probes.days_to_expiry)) AS cert_days_to_expiry,
     multiIf(probes.status = 'completed' AND probes.is_upgrade_offered = 0, 'no STARTTLS offered',
+            -- an enumeration cut short (its budget, a server that stopped answering)
+            -- says so, not "tested": its suites are those it got to
+            probes.status = 'completed' AND startsWith(probes.error, 'partial'), 'partial',
             probes.status = 'completed', 'tested', 'could not test') AS outcome,
     probes.certificate_warnings AS cert_warnings, probes.leaf_sha256 AS cert_sha256,
     probes.profile AS profile, probes.profile_version AS profile_version,

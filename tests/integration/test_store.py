@@ -344,6 +344,20 @@ def test_tls_results_reach_the_ciphers_report_and_failures_say_could_not_test(
     assert [r["port"] for r in rows(store, "ciphers", grade="weak")] == [443]
 
 
+def test_an_enumeration_cut_short_is_partial_not_tested(store: Store) -> None:
+    t = target()
+    cut = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.2",), grade="strong",
+                    reached_via="direct", error="partial: TLSv1.2: incomplete: scan budget "
+                    "of 0.12s exhausted", suites=(CipherSuite(
+                        "TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                        "ECDHE-RSA-AES128-GCM-SHA256", "strong", preference=1),))
+    store_scan(store, t, [make_finding(t, 443, service="https", tls=cut)])
+    [row] = rows(store, "ciphers")
+    # (before: "tested", the word partial in JSON and CSV only)
+    assert (row["outcome"], row["error"]) == (
+        "partial", "partial: TLSv1.2: incomplete: scan budget of 0.12s exhausted")
+
+
 # -- report filters ---------------------------------------------------------------------
 
 

@@ -183,3 +183,13 @@ def test_csv_defuses_every_owasp_formula_trigger(text: str) -> None:
     # When written as CSV, then the text cell starts with ' and numbers stay numbers
     (_, row) = list(csv.reader(io.StringIO(to_csv(report), newline="")))
     assert row == ["'" + text, "22", "-1.5"]
+
+
+def test_the_ciphers_table_says_why_a_port_could_not_be_tested() -> None:
+    # (before: the reason was in JSON and CSV only; the table said "could not test")
+    report = Report("ciphers", ("target", "ip", "port", "outcome", "error"),
+                    [("127.0.0.1", "127.0.0.1", 25, "could not test", "STARTTLS answered 454")])
+    out, buf = console()
+    render(report, "table", out)
+    text = buf.getvalue()
+    assert "why" in text and "STARTTLS answered 454" in text
