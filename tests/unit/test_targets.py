@@ -590,3 +590,17 @@ def test_yaml_merge_keys_are_not_repeated_keys(tmp_path: Path) -> None:
                  "asset: web}\n- <<: *web\n  target: 127.0.0.31\n")
     assert read_inventory(path) == [TargetSpec("127.0.0.30", "Ex", "web"),
                                     TargetSpec("127.0.0.31", "Ex", "web")]
+
+
+def test_a_large_block_outside_the_fence_is_refused_without_being_expanded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import producers.targets as targets
+
+    def no_expansion(*_args: object, **_kwargs: object) -> list[object]:
+        raise AssertionError("expanded: 16 million addresses before the refusal")
+
+    monkeypatch.setattr(targets, "expand", no_expansion)
+    scope = Scope.build(allow=["127.0.0.0/9"], allow_large=True)
+    with pytest.raises(TargetError, match=r"^127\.128\.0\.0 \(127\.128\.0\.0/9\) is outside "
+                                          r"the allowed scope 127\.0\.0\.0/9 "):
+        resolve_targets([TargetSpec("127.128.0.0/9")], scope)
