@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -54,6 +54,9 @@ class TargetSpec:
     text: str
     organization: str = ""
     asset: str = ""
+    # Where an inventory wrote it ("assets.csv: line 3"), said with its errors; not part
+    # of what the target is.
+    where: str = field(default="", compare=False)
 
 
 # -- ports ------------------------------------------------------------------------------
@@ -327,12 +330,14 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     if key is None:
         targets_list = lowered.get("targets")
         if isinstance(targets_list, list) and targets_list:
-            return [TargetSpec(_target_text(t, f"{where}: targets[{i}]"), organization, asset)
+            return [TargetSpec(_target_text(t, f"{where}: targets[{i}]"), organization, asset,
+                               f"{where}: targets[{i}]")
                     for i, t in enumerate(targets_list)]
         if targets_list is not None and not isinstance(targets_list, list):
             raise TargetError(f"{where}: 'targets' must be a list of targets")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
-    return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset)]
+    return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset,
+                       where)]
 
 
 def _as_network(value: object) -> IPNetwork | None:
@@ -483,7 +488,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                     if isinstance(entry, dict):
                         specs.extend(_row_spec({"organization": org, **entry}, where))
                     elif isinstance(entry, str):
-                        specs.append(TargetSpec(entry, _label(org, where)))
+                        specs.append(TargetSpec(entry, _label(org, where), where=where))
                     elif _is_scalar(entry):  # a number: "quote it"
                         raise _not_text(entry, where)
                     else:
@@ -494,7 +499,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                 if isinstance(entry, dict):
                     specs.extend(_row_spec(entry, f"{name}: entry {i + 1}"))
                 elif isinstance(entry, str):
-                    specs.append(TargetSpec(entry))
+                    specs.append(TargetSpec(entry, where=f"{name}: entry {i + 1}"))
                 elif _is_scalar(entry):  # a number: "quote it"
                     raise _not_text(entry, f"{name}: entry {i + 1}")
                 else:
@@ -789,7 +794,13 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     total = 0
     for spec in specs:
         _refuse_a_block_outside(spec, scope)
-        for target in expand(spec, allow_large=scope.allow_large):
+        try:
+            expanded = expand(spec, allow_large=scope.allow_large)
+        except TargetError as exc:
+            if not spec.where:
+                raise
+            raise TargetError(f"{spec.where}: {exc}") from None
+        for target in expanded:
             total += 1
             if not scope.is_allowed(target.ip):
                 raise TargetError(

@@ -604,3 +604,22 @@ def test_a_large_block_outside_the_fence_is_refused_without_being_expanded(
     with pytest.raises(TargetError, match=r"^127\.128\.0\.0 \(127\.128\.0\.0/9\) is outside "
                                           r"the allowed scope 127\.0\.0\.0/9 "):
         resolve_targets([TargetSpec("127.128.0.0/9")], scope)
+
+
+@pytest.mark.parametrize(("name", "content", "where"), [
+    ("assets.csv", "target,organization\n127.0.0.1,Acme\n\nbogus!!,Acme\n",
+     "assets.csv: line 4: "),
+    ("assets.yaml", "Acme:\n  - 127.0.0.1\n  - bogus!!\n", "assets.yaml: Acme[1]: "),
+    ("assets.yaml", "- 127.0.0.1\n- {target: 'bogus!!'}\n", "assets.yaml: entry 2: "),
+])
+def test_a_bad_target_in_an_inventory_says_where_it_is(tmp_path: Path, name: str,
+                                                       content: str, where: str) -> None:
+    inventory = tmp_path / name
+    inventory.write_text(content)
+    specs = read_inventory(inventory)
+    # (before: "not an address, CIDR block, range or hostname: 'bogus!!'", no file or line)
+    with pytest.raises(TargetError) as refused:
+        resolve_targets(specs, Scope.build(allow=["127.0.0.0/8"]))
+    assert str(refused.value).startswith(where), str(refused.value)
+    assert "'bogus!!'" in str(refused.value)
+    assert specs[0] == TargetSpec("127.0.0.1", specs[0].organization)  # where: not compared
