@@ -110,7 +110,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
-from probers.discovery.base import DiscoveryError, Emit, EngineUnavailable, Progress, stream_work
+from probers.discovery.base import (
+    DiscoveryError,
+    Emit,
+    EngineUnavailable,
+    Progress,
+    ShardDeadline,
+    stream_work,
+)
 from probers.discovery.udp_payloads import GENERIC_PAYLOAD, UdpPayload, own_payloads
 from probers.discovery.udp_payloads import own_service_hint as _own_service_hint
 from schemas.records import OpenPort, PortState, Proto, Shard, Target
@@ -694,7 +701,7 @@ class UdpEngine:
                     round_number += 1
         except TimeoutError:
             unresolved = progress.probes_total - progress.probes_done
-            raise DiscoveryError(
+            raise ShardDeadline(
                 f"udp: shard {shard.shard_id} hit its {opts.deadline:g}s deadline with "
                 f"{unresolved} of {progress.probes_total} probes unresolved"
             ) from None

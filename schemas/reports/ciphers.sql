@@ -17,9 +17,11 @@ WITH
     ),
     -- TLS ports open now (as the List: seen in their host's latest completed scan); the
     -- latest probe of a port closed since is history, not a finding. So is that of a
-    -- port whose latest identification no longer speaks TLS, direct or by an upgrade
+    -- port whose latest identification can no longer reach TLS, direct or by an upgrade
     -- (https replaced by plain http): its certificate would count down for ever. A port
-    -- still named TLS by a scan that ran no TLS probe (--no-tls) keeps its last result.
+    -- still named so by a scan that ran no TLS probe (--no-tls) keeps its last result:
+    -- named TLS, or a service with a STARTTLS-like upgrade (the services of
+    -- probers/tls/starttls.py; tests/unit/test_tls_starttls.py keeps the two equal).
     open_now AS (
         SELECT p.target AS target, p.ip AS ip, p.port AS port
         FROM current_findings AS p
@@ -28,7 +30,13 @@ WITH
             ON l.target = p.target AND l.ip = p.ip
         -- (a host with no scan record: its ports, as in the List)
         WHERE p.proto = 'tcp' AND IS_CURRENT(p.last_scan_id, l)
-          AND (p.is_tls = 1 OR p.tls_via != '' OR p.tls_grade != '')
+          AND (p.is_tls = 1 OR p.tls_via != '' OR p.tls_grade != ''
+               OR match(lowerUTF8(p.service), '^(ssl|tls)/')
+               OR TRIM(TRAILING '?' FROM lowerUTF8(p.service)) IN (
+                   'smtp', 'submission', 'esmtp', 'imap', 'imap4', 'pop3', 'pop', 'ftp',
+                   'ldap', 'xmpp', 'xmpp-client', 'jabber', 'xmpp-server', 'xmpp-s2s',
+                   'postgresql', 'postgres', 'mysql', 'mariadb', 'sieve', 'managesieve',
+                   'nntp', 'irc', 'ms-wbt-server', 'rdp'))
     ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)

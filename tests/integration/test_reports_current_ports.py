@@ -146,6 +146,24 @@ def test_ciphers_drops_a_port_that_no_longer_speaks_tls_and_keeps_one_not_probed
         (443, "strong")]
 
 
+def test_ciphers_keeps_a_starttls_port_a_scan_without_tls_probes_still_names(
+        store: Any) -> None:
+    # Given SMTP's STARTTLS probed on 25, then a --no-tls scan that names it smtp again
+    mail = Finding(port=OpenPort(scan_id="s1", target=DB, port=25, observed_at=T0),
+                   service=ServiceInfo(service="smtp"), risk_color=RiskColor.GREEN,
+                   tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",),
+                                 grade="strong", reached_via="starttls-smtp"))
+    scanned(store, DB, "s1", T0, "completed", [mail])
+    later = T0 + timedelta(days=1)
+    scanned(store, DB, "s2", later, "completed", [
+        Finding(port=OpenPort(scan_id="s2", target=DB, port=25, observed_at=later),
+                service=ServiceInfo(service="smtp"), risk_color=RiskColor.GREEN)])
+    # Then its last probe stays in the report (it can still reach TLS; a review found the
+    # first version of the rule above dropping it)
+    assert [(r["port"], r["reached_via"]) for r in store.report("ciphers").dicts()] == [
+        (25, "starttls-smtp")]
+
+
 def test_ciphers_lists_the_tls_ports_open_now(store: Any) -> None:
     # Given a host whose TLS ports 443 and 8443 were probed, then a completed scan that
     # found 443 only (8443 closed), then an interrupted one

@@ -611,3 +611,32 @@ def test_a_reply_to_our_own_payload_is_recognised_only_in_its_protocols_shape(
     from probers.discovery.udp_payloads import own_reply_service
 
     assert own_reply_service(port, reply) == service
+
+
+def test_a_udp_shard_cut_by_its_deadline_is_not_retried() -> None:
+    from stream_processors.stages import discover_with_retries
+
+    # Given 40 silent UDP listeners and a shard deadline far shorter than their rounds
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(40)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = sorted(s.getsockname()[1] for s in socks)
+        shard = Shard(scan_id="s", shard_id="u1",
+                      targets=(Target(ip="127.0.0.1", target="127.0.0.1"),),
+                      ports=tuple(PortRange(p, p) for p in ports), proto=Proto.UDP)
+        made: list[UdpEngine] = []
+
+        def engine_for(_shard: Shard) -> UdpEngine:
+            made.append(UdpEngine(UdpOptions(timeout=1.0, retries=3, deadline=0.8, rate=50)))
+            return made[-1]
+
+        # When the shard rule runs it with two attempts allowed
+        outcome = asyncio.run(discover_with_retries(shard, engine_for, attempts=2))
+    finally:
+        for s in socks:
+            s.close()
+    # Then one attempt is made (a second has no more time: in a discover worker the two
+    # outlasted Kafka's poll interval), and the shard says its deadline cut it
+    assert len(made) == 1 and outcome.attempts == 1 and outcome.is_cut
+    assert outcome.error.startswith("udp: shard u1 hit its 0.8s deadline with ")
