@@ -351,9 +351,13 @@ def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
                                            else old.cert_not_after))
         # Nor the colour those facts gave: a port yellow for its expired certificate is
         # not green because this scan could not look (that was a risk_lowered, and a
-        # risk_raised at the next scan that could: a medium alert per flaky probe). A
-        # colour raised by what this scan did see stays raised.
-        if _COLOR_RANK.get(new.risk_color, 1) < _COLOR_RANK.get(old.risk_color, 1):
+        # risk_raised at the next scan that could: a medium alert per flaky probe). Only
+        # when nothing else this scan saw could lower it: a new product or CDN verdict
+        # lowers it as ever, and a colour raised by what this scan saw stays raised.
+        same_face = ((new.service, new.product, new.version, new.is_cdn_expected)
+                     == (old.service, old.product, old.version, old.is_cdn_expected))
+        if same_face and _COLOR_RANK.get(new.risk_color, 1) < _COLOR_RANK.get(
+                old.risk_color, 1):
             new = new._replace(risk_color=old.risk_color)
     if not new.favicon and old.favicon:
         new = new._replace(favicon=old.favicon)

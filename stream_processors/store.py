@@ -197,39 +197,57 @@ class _ClientOps:
         run_mutation(self, table, sql, parameters, where="")
 
 
+def _number(mutation_id: str) -> int:
+    """The sequence number of a mutation id ("mutation_12.txt": 12); ids sort as text."""
+    found = re.search(r"\d+", mutation_id)
+    return int(found.group()) if found else 0
+
+
 def run_mutation(ops: Any, table: str, sql: str, parameters: Mapping[str, Any] | None = None,
                  *, where: str, wait: float = MUTATION_WAIT) -> None:
     """Run the mutation ``sql`` (``ALTER TABLE table DELETE ...``) through ``ops`` (a
     Store, or a migration's client) and wait until it is done, at most ``wait`` seconds.
     Not with ``mutations_sync = 1``: the engine then waits for ever for a mutation that
     cannot run (on a full disk it retries "Cannot reserve" in the background: prune hung,
-    deaf to Ctrl-C, holding the store). So it is started and polled: one that fails (its
-    latest fail reason), outlasts ``wait`` or is interrupted is killed, and StoreError
-    says why in one line."""
+    deaf to Ctrl-C, holding the store). So it is started and its own entries (those the
+    statement added to ``system.mutations``; another writer's are not ours to wait for,
+    blame or stop) are polled: one that fails (its latest fail reason), outlasts
+    ``wait`` or is interrupted is killed, and StoreError says why in one line."""
     if not re.fullmatch(r"[a-z_]+", table):
         raise ValueError(f"not a table name: {table!r}")
+    listed = ("SELECT mutation_id FROM system.mutations WHERE database = currentDatabase() "
+              "AND table = {table:String}")
+    before = {str(r[0]) for r in ops.query(listed, {"table": table})}
     ops.command(sql, parameters, settings={"mutations_sync": 0})
+    ours = sorted({str(r[0]) for r in ops.query(listed, {"table": table})} - before)
+    if not ours:
+        return  # done and gone already, or nothing to mutate
     deadline = time.monotonic() + wait
     try:
         while True:
-            pending = ops.query(
-                "SELECT latest_fail_reason FROM system.mutations WHERE NOT is_done "
-                "AND database = currentDatabase() AND table = {table:String}",
-                {"table": table})
-            if not pending:
+            pending = {str(m): str(r) for m, r in ops.query(
+                "SELECT mutation_id, latest_fail_reason FROM system.mutations WHERE NOT "
+                "is_done AND database = currentDatabase() AND table = {table:String}",
+                {"table": table})}
+            if not any(m in pending for m in ours):
                 return
-            reason = next((str(r[0]) for r in pending if r[0]), "")
+            # ours failing, or an earlier one failing ahead of ours (the engine applies a
+            # table's mutations in order: ours would wait behind it for ever)
+            reason = next((pending[m] for m in ours if pending.get(m)), "") or next(
+                (f"an earlier delete on it fails: {r}" for m, r in sorted(pending.items())
+                 if r and m not in ours and _number(m) < max(map(_number, ours))), "")
             if reason or time.monotonic() > deadline:
                 why = (_engine_first_line(RuntimeError(reason)) if reason
                        else f"not done after {wait:g}s")
                 at = f" at {where}" if where else ""
-                raise StoreError(f"the store{at} could not rewrite {table} (nothing of it "
-                                 f"was deleted): {why}")
+                raise StoreError(f"the store{at} could not rewrite {table} (the delete was "
+                                 f"stopped; run it again once that is fixed): {why}")
             time.sleep(MUTATION_POLL)
     except BaseException:
         with contextlib.suppress(Exception):
+            ids = ", ".join(f"'{m}'" for m in ours if re.fullmatch(r"[\w.-]+", m))
             ops.command("KILL MUTATION WHERE database = currentDatabase() "
-                        f"AND table = '{table}' SYNC")
+                        f"AND table = '{table}' AND mutation_id IN ({ids}) SYNC")
         raise
 
 

@@ -199,7 +199,7 @@ def _product_from(text: str, table: tuple[tuple[re.Pattern[str], str, str, str],
 
 
 def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
-    text = _whole(data.split(b"\n", 1)[0].strip())
+    text = first = _whole(data.split(b"\n", 1)[0].strip())
     if text.startswith("220-"):
         # A multi-line reply ("220-Welcome..." lines, then "220 ProFTPD 1.3.8 Server"):
         # the product may be on any of its lines, most often the last
@@ -207,7 +207,9 @@ def parse_greeting(data: bytes, port_hint: str = "") -> ServiceInfo | None:
         text = " ".join(line for line in lines if line.startswith("220"))
     if text.startswith("220"):
         upper = text.upper()
-        is_smtp = "SMTP" in upper or "MAIL" in upper or port_hint == "smtp"
+        # "mail" as a hint is read on the first line only (a host name, "220
+        # mail.example.com"): a welcome text's "email us" is no mail server
+        is_smtp = ("SMTP" in upper or "MAIL" in first.upper() or port_hint == "smtp")
         # An FTP server's own name decides first; then the word (E)SMTP, which no FTP
         # greeting says ("220 ftp.example.com ESMTP Postfix" is a mail server whose
         # host name holds "ftp"); then "FTP" anywhere (vsFTPd), then the mail hints

@@ -239,13 +239,17 @@ def _is_whole_greeting(data: bytes) -> bool:
 
 
 _CONTINUED = re.compile(rb"\d{3}-")  # FTP/SMTP: "220-" says more lines follow
+# The greetings waited for to their line end: SSH, FTP/SMTP/NNTP, POP3, IMAP. A prompt
+# ("login: ") or any other text is not: it may never end a line.
+_LINE_GREETING = re.compile(rb"SSH-|\d{3}[ -]|\+OK|\* OK")
 _TEXT = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
 
 def _is_unfinished_text(data: bytes) -> bool:
-    """A text greeting that is still arriving: no line end yet, or a multi-line FTP/SMTP
-    reply whose last line says more follow. Binary data is never waited for."""
-    if not data or not _TEXT.issuperset(data):
+    """A line greeting (``_LINE_GREETING``) still arriving: no line end yet, or a
+    multi-line FTP/SMTP reply whose last line says more follow. Binary data, and text
+    of no such protocol, is never waited for."""
+    if not data or not _TEXT.issuperset(data) or not _LINE_GREETING.match(data):
         return False
     if not data.endswith(b"\n"):
         return True

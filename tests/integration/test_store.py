@@ -915,3 +915,22 @@ def test_an_engine_error_in_a_statement_or_an_upgrade_is_one_line(store: Store) 
         assert "\n" not in str(failed.value)
     finally:
         store.command("ATTACH TABLE host_scan_scores")
+
+
+def test_a_delete_waits_for_its_own_mutation_and_says_what_blocks_it(store: Store) -> None:
+    # Given a table with a mutation of someone else's that fails (left pending)
+    store.command("CREATE TABLE mut_probe (a UInt32) ENGINE = MergeTree ORDER BY a")
+    store.command("INSERT INTO mut_probe SELECT number FROM numbers(10)")
+    store.mutate("mut_probe", "ALTER TABLE mut_probe DELETE WHERE a = 1")
+    assert store.query("SELECT count() FROM mut_probe") == [(9,)]  # ours, done
+    store.command("ALTER TABLE mut_probe DELETE WHERE throwIf(a = 5, 'not ours') = 0",
+                  settings={"mutations_sync": 0})
+    # When ours comes behind it (the engine applies them in order: ours would wait for
+    # ever; before, this blamed and killed every mutation of the table)
+    with pytest.raises(StoreError, match=r"could not rewrite mut_probe \(the delete was "
+                                         r"stopped.*an earlier delete on it fails: .*not ours"):
+        store.mutate("mut_probe", "ALTER TABLE mut_probe DELETE WHERE a = 2", wait=30)
+    # Then ours alone was stopped: the other is still there, for whoever made it
+    left = store.query("SELECT command FROM system.mutations WHERE database = "
+                       "currentDatabase() AND table = 'mut_probe' AND NOT is_done")
+    assert [str(c) for (c,) in left] == ["(DELETE WHERE throwIf(a = 5, 'not ours') = 0)"]

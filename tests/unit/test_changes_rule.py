@@ -482,3 +482,8 @@ def test_a_tls_probe_that_could_not_test_lowers_no_colour() -> None:
                    tls_grade="", risk_color="red", product="Redis")
     day3 = detect_changes(day0.state, view_at([red], T0 + timedelta(days=3), "d3"), {})
     assert ("risk_raised", 443, "yellow", "red") in kinds(day3)
+    # And a lowering this scan saw the reason for (another product) is said (review)
+    other = tls_port("", datetime(1970, 1, 1, tzinfo=UTC), tls_status="error",
+                     tls_versions=(), tls_grade="", risk_color="green", product="Caddy")
+    day4 = detect_changes(day0.state, view_at([other], T0 + timedelta(days=4), "d4"), {})
+    assert ("risk_lowered", 443, "yellow", "green") in kinds(day4)
