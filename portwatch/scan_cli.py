@@ -240,7 +240,7 @@ class ProgressView:
                 TextColumn("[bold]{task.fields[phase]}"), BarColumn(), TaskProgressColumn(),
                 TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
                 TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
-                           "identified"),
+                           "examined"),
                 TextColumn("{task.fields[rate]:,.0f} ports/s"),
                 TextColumn("ETA"), TimeRemainingColumn(),
                 console=err_console, transient=False,

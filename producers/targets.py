@@ -15,6 +15,7 @@ address, a block, a range, a name) and one error type; the scope's fence
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import ipaddress
@@ -185,14 +186,27 @@ def planned_count(spec: TargetSpec) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _said_where(spec: TargetSpec) -> Iterator[None]:
+    """A TargetError about ``spec`` says where an inventory wrote it ("assets.csv: line 3:
+    ...")."""
+    try:
+        yield
+    except TargetError as exc:
+        if not spec.where or str(exc).startswith(spec.where):
+            raise
+        raise TargetError(f"{spec.where}: {exc}") from None
+
+
 def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     """One ceiling on the TOTAL number of addresses, checked before any expansion:
     a per-target limit let 100 /9s through, and a /8 took minutes and GBs to expand
     before anything was sent (issue 11, defect 9). Returns the planned total."""
     total = 0
     for spec in specs:
-        count = planned_count(spec)
-        _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
+        with _said_where(spec):
+            count = planned_count(spec)
+            _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
         total += count
         if total > HARD_MAX_ADDRESSES:
             raise TargetError(
@@ -767,6 +781,9 @@ def _refuse_a_block_outside(spec: TargetSpec, scope: Scope) -> None:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return  # expand says why
+    if net.version == 6 and any(net.overlaps(ipaddress.ip_network(embedded))
+                                for embedded in ("::/96", "::ffff:0:0/96")):
+        return  # IPv4-mapped or -compatible: folded address by address (is_allowed)
     fence = [n for n in scope.allow if n.version == net.version]
     if not any(net.overlaps(n) for n in fence):
         raise TargetError(
@@ -793,20 +810,16 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     this_host = 0  # 0.0.0.0/8 and :: among the excluded (never targets)
     total = 0
     for spec in specs:
-        _refuse_a_block_outside(spec, scope)
-        try:
+        with _said_where(spec):
+            _refuse_a_block_outside(spec, scope)
             expanded = expand(spec, allow_large=scope.allow_large)
-        except TargetError as exc:
-            if not spec.where:
-                raise
-            raise TargetError(f"{spec.where}: {exc}") from None
+            for target in expanded:
+                if not scope.is_allowed(target.ip):
+                    raise TargetError(
+                        f"{target.ip} ({spec.text}) is outside the allowed scope "
+                        f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})")
         for target in expanded:
             total += 1
-            if not scope.is_allowed(target.ip):
-                raise TargetError(
-                    f"{target.ip} ({spec.text}) is outside the allowed scope "
-                    f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})"
-                )
             if not scope.permits(target.ip):
                 excluded += 1
                 this_host += is_this_host(target.ip)

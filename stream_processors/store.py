@@ -231,11 +231,16 @@ def run_mutation(ops: Any, table: str, sql: str, parameters: Mapping[str, Any] |
                 {"table": table})}
             if not any(m in pending for m in ours):
                 return
-            # ours failing, or an earlier one failing ahead of ours (the engine applies a
-            # table's mutations in order: ours would wait behind it for ever)
-            reason = next((pending[m] for m in ours if pending.get(m)), "") or next(
-                (f"an earlier delete on it fails: {r}" for m, r in sorted(pending.items())
-                 if r and m not in ours and _number(m) < max(map(_number, ours))), "")
+            # ours failing, or an earlier one still pending ahead of ours (the engine
+            # applies a table's mutations in order, and its failure then shows on ours
+            # too: ours would wait behind it for ever). Then the earlier one is named.
+            first_ours = min(map(_number, ours))
+            earlier = [r for m, r in sorted(pending.items(), key=lambda i: _number(i[0]))
+                       if m not in ours and _number(m) < first_ours]
+            reason = next((r for r in earlier if r), "") or next(
+                (pending[m] for m in ours if pending.get(m)), "")
+            if reason and earlier:
+                reason = f"an earlier delete on it fails: {reason}"
             if reason or time.monotonic() > deadline:
                 why = (_engine_first_line(RuntimeError(reason)) if reason
                        else f"not done after {wait:g}s")

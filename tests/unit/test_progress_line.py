@@ -52,5 +52,5 @@ def test_the_live_bar_says_when_discovery_is_over_and_identification_goes_on(
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # colours off
     # Then it says identification is under way and how far (before: "scanning 100% ...
     # ETA 0:00:00" for as long as identification took)
-    assert "identifying" in shown and "10 open, 3 identified" in shown
+    assert "identifying" in shown and "10 open, 3 examined" in shown
     assert "scanning" not in shown.split("identifying")[-1]
