@@ -250,6 +250,9 @@ class ShardOutcome:
     is_interrupted: bool = False
     is_cut: bool = False  # the error is the shard's deadline: a retry has no more time
     attempts: int = 1
+    # Hosts that refused (RST) a real share of the shard's ports: whatever their count of
+    # open ports, they do not answer on every port (``REFUSED_SHARE``)
+    refusing: set[str] = field(default_factory=set)
 
     def host_scans(self, status: str = "") -> list[HostScan]:
         finished = self.finished_at or utcnow()
@@ -275,6 +278,12 @@ class ShardOutcome:
 # in a 200-port range are an ordinary (busy) host.
 TARPIT_SHARE = 0.9
 TARPIT_MIN_OPEN = 128
+# A host flagged by the share rule in a narrow range (at most UNFLAG_MAX_PORTS ports) that
+# refused at least this share of them (RST, as counted by an engine that sees refusals:
+# connect) is not a tarpit: a SYN proxy answers every port and refuses none. 200 real
+# listeners in a 221-port range were flagged, and every finding dropped.
+REFUSED_SHARE = 0.05
+UNFLAG_MAX_PORTS = 4096
 
 
 def tarpit_threshold_for(threshold: int, ports_per_host: int) -> int:
@@ -307,6 +316,9 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
                               max_held=0)
     admitted: list[OpenPort] = []
     candidates: list[OpenPort] = []
+    # the rest of a flagged host's ports, kept (bounded) in case it proves not a tarpit
+    rest: list[OpenPort] = []
+    may_unflag = shard.port_count <= UNFLAG_MAX_PORTS
     scan = engine.scan(shard, progress)
     stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
@@ -328,6 +340,8 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
                 admitted.append(found)
             elif detector.is_tarpit(found.target.ip) and found.port in TARPIT_CANDIDATES:
                 candidates.append(found)
+            elif may_unflag and detector.is_tarpit(found.target.ip):
+                rest.append(found)
     except DiscoveryError as exc:
         outcome.is_cut = isinstance(exc, ShardDeadline)
         said = str(exc)  # an engine's own message may already name it ("udp: shard ...")
@@ -342,15 +356,27 @@ async def discover_shard(engine: DiscoveryEngine, shard: Shard, progress: Progre
         outcome.finished_at = utcnow()
     for t in shard.targets:
         outcome.open_seen[t.ip] = detector.open_count(t.ip)
+    if may_unflag:
+        outcome.refusing = _refusing_hosts(engine, shard.port_count)
     for verdict in detector.flagged_hosts():
-        outcome.tarpit_notes[verdict.ip] = tarpit_note(f"{verdict.open_seen} open ports reported")
-    for port in admitted + candidates:
-        if detector.is_tarpit(port.target.ip):
+        if verdict.ip not in outcome.refusing:
+            outcome.tarpit_notes[verdict.ip] = tarpit_note(
+                f"{verdict.open_seen} open ports reported")
+    for port in admitted + candidates + [p for p in rest if p.target.ip in outcome.refusing]:
+        if port.target.ip in outcome.tarpit_notes:
             if port.port in TARPIT_CANDIDATES:
                 outcome.ports.append(replace(port, reason=TARPIT_REASON))
         else:
             outcome.ports.append(port)
     return outcome
+
+
+def _refusing_hosts(engine: DiscoveryEngine, ports: int) -> set[str]:
+    """The hosts that refused at least ``REFUSED_SHARE`` of ``ports`` (engines that count
+    refusals report them: connect's ``last_report``; others say nothing, none)."""
+    report = getattr(engine, "last_report", None)
+    hosts = getattr(report, "hosts", ()) or ()
+    return {h.ip for h in hosts if h.closed >= max(2, REFUSED_SHARE * ports)}
 
 
 EngineFactory = Callable[[Shard], DiscoveryEngine]
@@ -373,6 +399,7 @@ async def discover_with_retries(
     outcome: ShardOutcome | None = None
     tarpit_notes: dict[str, str] = {}
     open_seen: dict[str, int] = {}
+    refusing: set[str] = set()
     for attempt in range(1, max(1, attempts) + 1):
         scope = progress() if progress is not None else contextlib.nullcontext(Progress())
         with scope as attempt_progress:
@@ -381,6 +408,7 @@ async def discover_with_retries(
         for port in outcome.ports:
             found.setdefault((port.target.ip, port.proto.value, port.port), port)
         tarpit_notes.update(outcome.tarpit_notes)
+        refusing |= outcome.refusing
         for ip, count in outcome.open_seen.items():
             open_seen[ip] = max(open_seen.get(ip, 0), count)
         if not outcome.error or outcome.is_interrupted or outcome.is_cut:
@@ -394,8 +422,10 @@ async def discover_with_retries(
     # the threshold let 1,550 fake ports through
     union = collections.Counter(ip for ip, _proto, _port in found)
     limit = tarpit_threshold_for(tarpit_threshold, shard.port_count)
+    for ip in refusing:
+        tarpit_notes.pop(ip, None)  # an attempt saw it refuse: no tarpit
     for ip, count in union.items():
-        if ip not in tarpit_notes and count > limit:
+        if ip not in tarpit_notes and ip not in refusing and count > limit:
             tarpit_notes[ip] = tarpit_note(f"{count} open ports reported over {attempt} "
                                            "attempts")
     # A host any attempt flagged is a tarpit in the merged outcome: an attempt that died
@@ -406,6 +436,7 @@ async def discover_with_retries(
         for port in found.values()
         if port.target.ip not in tarpit_notes or port.port in TARPIT_CANDIDATES]
     outcome.tarpit_notes = tarpit_notes
+    outcome.refusing = refusing
     outcome.open_seen = {ip: max(count, union[ip]) for ip, count in open_seen.items()}
     outcome.attempts = attempt
     return outcome

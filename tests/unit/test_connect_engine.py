@@ -597,3 +597,40 @@ def test_a_port_that_accepts_then_resets_is_open() -> None:
     # SO_ERROR or raised by getpeername, made most of them errors, and crashed a sweep)
     assert sorted(e.port for e in found) == ports
     assert (progress.open_found, progress.errors) == (200, 0)
+
+
+def test_a_narrow_range_full_of_real_listeners_is_no_tarpit_when_it_refuses_the_rest() -> None:
+    # Given 200 real listeners and 21 ports that refuse, in one 221-port range (9 in 10
+    # open: the share rule alone flags it "answers on every port")
+    import random
+
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            base = random.randint(30000, 60000)
+            if listening_ports_v4() & set(range(base, base + 221)):
+                continue
+            try:
+                for port in range(base, base + 200):
+                    sock = _socket(socket.AF_INET)
+                    socks.append(sock)
+                    sock.bind(("127.0.0.1", port))
+                    sock.listen(16)
+            except OSError:
+                for sock in socks:
+                    sock.close()
+                socks.clear()
+                continue
+            break
+        assert len(socks) == 200, "no free 221-port range on loopback"
+        shard = shard_for("127.0.0.1", ranges=(PortRange(base, base + 220),))
+        # When the shard rule both transports use runs it through the connect engine
+        outcome = asyncio.run(discover_with_retries(
+            shard, lambda _s: ConnectEngine(timeout=1.0, retries=0), attempts=1))
+    finally:
+        for sock in socks:
+            sock.close()
+    # Then it is an ordinary host with its 200 ports (before: flagged, 0 findings kept)
+    assert outcome.tarpit_notes == {} and outcome.refusing == {"127.0.0.1"}
+    assert sorted(p.port for p in outcome.ports) == list(range(base, base + 200))
+    assert all(p.reason != "tarpit-candidate" for p in outcome.ports)
