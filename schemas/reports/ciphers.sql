@@ -16,22 +16,9 @@ WITH
         SELECT target, ip, organization, hostname, asset FROM latest_host_scans
     ),
     -- TLS ports open now (as the List: seen in their host's latest completed scan); the
-    -- latest probe of a port closed since is history, not a finding. So is the probe of
-    -- a port whose latest scan probed no TLS on it and named it a service that cannot
-    -- reach TLS (https replaced by plain http): its certificate would count down for
-    -- ever. One that scan still names TLS, or a service with a STARTTLS-like upgrade
-    -- (the services of probers/tls/starttls.py; tests/unit/test_tls_starttls.py keeps
-    -- the two equal), keeps its last result (a --no-tls rescan). `want`: the scan whose
-    -- probe is current, '' for any.
+    -- latest probe of a port closed since is history, not a finding
     open_now AS (
-        SELECT p.target AS target, p.ip AS ip, p.port AS port,
-               if(p.service IN ('https', 'ssl')
-                  OR match(lowerUTF8(p.service), '^(ssl|tls)/')
-                  OR TRIM(TRAILING '?' FROM lowerUTF8(p.service)) IN (
-                      'smtp', 'submission', 'esmtp', 'imap', 'imap4', 'pop3', 'pop', 'ftp',
-                      'ldap', 'xmpp', 'xmpp-client', 'jabber', 'xmpp-server', 'xmpp-s2s',
-                      'postgresql', 'postgres', 'mysql', 'mariadb', 'sieve', 'managesieve',
-                      'nntp', 'irc', 'ms-wbt-server', 'rdp'), '', p.scan_id) AS want
+        SELECT p.target AS target, p.ip AS ip, p.port AS port
         FROM port_latest AS p FINAL
         LEFT JOIN (SELECT target, ip, ports_scan_id, ports_seen_after
                    FROM latest_host_scans) AS l
@@ -44,10 +31,9 @@ WITH
     page AS (
         SELECT t.target AS target, t.ip AS ip, t.port AS port
         FROM latest_tls_probes AS t
-        INNER JOIN open_now AS o ON o.target = t.target AND o.ip = t.ip AND o.port = t.port
         LEFT JOIN owners ON owners.target = t.target AND owners.ip = t.ip
         WHERE TARGET_MATCHES(owners)
-          AND (o.want = '' OR o.want = t.scan_id)
+          AND (t.target, t.ip, t.port) IN (SELECT target, ip, port FROM open_now)
           AND ({org:String} = '' OR lowerUTF8(owners.organization) = lowerUTF8({org:String}))
           AND ({port:UInt16} = 0 OR t.port = {port:UInt16})
           AND ({grade:String} = '' OR t.grade = {grade:String})

@@ -129,23 +129,6 @@ def _tls(t: Target, scan_id: str, at: datetime, port: int) -> Finding:
                                  grade="strong", reached_via="direct"))
 
 
-def test_ciphers_drops_a_port_that_no_longer_speaks_tls_and_keeps_one_not_probed(
-        store: Any) -> None:
-    # Given TLS probed on 443 and 8443, then a completed scan where 8443 answers plain
-    # HTTP and 443 is still https but the scan ran no TLS probe (--no-tls)
-    scanned(store, DB, "s1", T0, "completed", [_tls(DB, "s1", T0, 443), _tls(DB, "s1", T0, 8443)])
-    later = T0 + timedelta(days=1)
-    scanned(store, DB, "s2", later, "completed", [
-        Finding(port=OpenPort(scan_id="s2", target=DB, port=443, observed_at=later),
-                service=ServiceInfo(service="https", is_tls=True), risk_color=RiskColor.GREEN),
-        Finding(port=OpenPort(scan_id="s2", target=DB, port=8443, observed_at=later),
-                service=ServiceInfo(service="http"), risk_color=RiskColor.GREEN)])
-    # Then the Ciphers report keeps 443's last probe and drops 8443's (before: 8443 was
-    # shown "tested", its certificate counting down for ever)
-    assert [(r["port"], r["grade"]) for r in store.report("ciphers").dicts()] == [
-        (443, "strong")]
-
-
 def test_ciphers_keeps_a_starttls_port_a_scan_without_tls_probes_still_names(
         store: Any) -> None:
     # Given SMTP's STARTTLS probed on 25, then a --no-tls scan that names it smtp again
@@ -158,8 +141,7 @@ def test_ciphers_keeps_a_starttls_port_a_scan_without_tls_probes_still_names(
     scanned(store, DB, "s2", later, "completed", [
         Finding(port=OpenPort(scan_id="s2", target=DB, port=25, observed_at=later),
                 service=ServiceInfo(service="smtp"), risk_color=RiskColor.GREEN)])
-    # Then its last probe stays in the report (it can still reach TLS; a review found the
-    # first version of the rule above dropping it)
+    # Then its last probe stays in the report (it can still reach TLS)
     assert [(r["port"], r["reached_via"]) for r in store.report("ciphers").dicts()] == [
         (25, "starttls-smtp")]
 

@@ -441,17 +441,3 @@ def test_smtp_preamble_whatever_the_chunking(cuts: list[int]) -> None:
         ours.close()
         theirs.close()
 
-
-def test_the_ciphers_report_keeps_the_ports_of_every_service_with_an_upgrade() -> None:
-    # The Ciphers report keeps a port's last TLS result while its service can still reach
-    # TLS (schemas/reports/ciphers.sql names those services; a --no-tls rescan of a
-    # STARTTLS port dropped it before they were named): the same set as the probe's
-    import re
-
-    from probers.tls.starttls import _SERVICE_UPGRADES
-    from schemas import report_sql
-
-    sql = report_sql("ciphers")
-    listed = re.search(r"TRIM\(TRAILING '\?' FROM lowerUTF8\(p\.service\)\) IN \(([^)]*)\)", sql)
-    assert listed is not None, "the ciphers SQL no longer names the upgrade services"
-    assert set(re.findall(r"'([^']*)'", listed.group(1))) == set(_SERVICE_UPGRADES)
