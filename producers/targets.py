@@ -781,9 +781,10 @@ def _refuse_a_block_outside(spec: TargetSpec, scope: Scope) -> None:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return  # expand says why
+    net = fold_mapped(net)  # ::ffff:10.0.0.0/104 is judged as 10.0.0.0/8, as each address
     if net.version == 6 and any(net.overlaps(ipaddress.ip_network(embedded))
                                 for embedded in ("::/96", "::ffff:0:0/96")):
-        return  # IPv4-mapped or -compatible: folded address by address (is_allowed)
+        return  # IPv4 inside that fold_mapped cannot fold: judged address by address
     fence = [n for n in scope.allow if n.version == net.version]
     if not any(net.overlaps(n) for n in fence):
         raise TargetError(

@@ -639,3 +639,18 @@ def test_an_ipv4_mapped_block_inside_the_fence_is_not_refused_by_the_block_check
     scope = Scope.build(allow=["127.0.0.0/8"])
     found = resolve_targets([TargetSpec("::ffff:127.0.0.0/126")], scope)
     assert sorted(t.ip for t in found) == ["127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def test_an_ipv4_mapped_block_outside_the_fence_is_refused_without_being_expanded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import producers.targets as targets
+
+    def no_expansion(*_args: object, **_kwargs: object) -> list[object]:
+        raise AssertionError("expanded before the refusal")
+
+    monkeypatch.setattr(targets, "expand", no_expansion)
+    scope = Scope.build(allow=["127.0.0.0/9"], allow_large=True)
+    # (review: the mapped form was left to the address check, and expanded in full)
+    with pytest.raises(TargetError, match=r"^127\.128\.0\.0 \(::ffff:127\.128\.0\.0/105\) "
+                                          r"is outside the allowed scope 127\.0\.0\.0/9 "):
+        resolve_targets([TargetSpec("::ffff:127.128.0.0/105")], scope)
