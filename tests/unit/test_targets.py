@@ -592,18 +592,22 @@ def test_yaml_merge_keys_are_not_repeated_keys(tmp_path: Path) -> None:
                                     TargetSpec("127.0.0.31", "Ex", "web")]
 
 
+@pytest.mark.parametrize(("spec", "said"), [
+    ("127.128.0.0/9", r"^127\.128\.0\.0 \(127\.128\.0\.0/9\) is outside "),
+    # (review: the mapped form was left to the address check, and expanded in full)
+    ("::ffff:127.128.0.0/105", r"^127\.128\.0\.0 \(::ffff:127\.128\.0\.0/105\) is outside "),
+])
 def test_a_large_block_outside_the_fence_is_refused_without_being_expanded(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, spec: str, said: str) -> None:
     import producers.targets as targets
 
     def no_expansion(*_args: object, **_kwargs: object) -> list[object]:
-        raise AssertionError("expanded: 16 million addresses before the refusal")
+        raise AssertionError("expanded: millions of addresses before the refusal")
 
     monkeypatch.setattr(targets, "expand", no_expansion)
     scope = Scope.build(allow=["127.0.0.0/9"], allow_large=True)
-    with pytest.raises(TargetError, match=r"^127\.128\.0\.0 \(127\.128\.0\.0/9\) is outside "
-                                          r"the allowed scope 127\.0\.0\.0/9 "):
-        resolve_targets([TargetSpec("127.128.0.0/9")], scope)
+    with pytest.raises(TargetError, match=said + r"the allowed scope 127\.0\.0\.0/9 "):
+        resolve_targets([TargetSpec(spec)], scope)
 
 
 @pytest.mark.parametrize(("name", "content", "where", "said"), [
@@ -640,17 +644,3 @@ def test_an_ipv4_mapped_block_inside_the_fence_is_not_refused_by_the_block_check
     found = resolve_targets([TargetSpec("::ffff:127.0.0.0/126")], scope)
     assert sorted(t.ip for t in found) == ["127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
-
-def test_an_ipv4_mapped_block_outside_the_fence_is_refused_without_being_expanded(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import producers.targets as targets
-
-    def no_expansion(*_args: object, **_kwargs: object) -> list[object]:
-        raise AssertionError("expanded before the refusal")
-
-    monkeypatch.setattr(targets, "expand", no_expansion)
-    scope = Scope.build(allow=["127.0.0.0/9"], allow_large=True)
-    # (review: the mapped form was left to the address check, and expanded in full)
-    with pytest.raises(TargetError, match=r"^127\.128\.0\.0 \(::ffff:127\.128\.0\.0/105\) "
-                                          r"is outside the allowed scope 127\.0\.0\.0/9 "):
-        resolve_targets([TargetSpec("::ffff:127.128.0.0/105")], scope)
