@@ -548,7 +548,7 @@ class NmapFallback:
             max_rarity=self.max_rarity,
             # b"": our NULL probe listened and heard nothing; nmap's need not listen again
             first_response=first_data, only_service=service)
-        return info if info.is_identified else None
+        return info  # unidentified too: its method says why (identify keeps that note)
 
 
 @dataclass(frozen=True, slots=True)

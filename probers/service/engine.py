@@ -614,6 +614,7 @@ INSIDE_TLS: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT: ProbeKind.MQTT_TLS}
 TWIN_AFTER: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT_TLS: ProbeKind.MQTT,
                                           ProbeKind.KAFKA: ProbeKind.KAFKA_TLS}
 STOP_CONFIDENCE = 8
+FALLBACK_GRACE = 0.5  # seconds past nmap's own budget before it is cut
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
 
@@ -775,10 +776,18 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             known = "" if is_unsure or best is None else _nmap_service(best.service)
             tried.append(f"nmap-service-probes:{known}" if known else "nmap-service-probes")
             try:
+                # nmap keeps its own budget (``remaining``) and then says what it left
+                # unsent; the grace lets that answer, not our timeout, end it
                 extra = await asyncio.wait_for(
-                    fallback(ep, is_tls, greeting, remaining, known), remaining)
+                    fallback(ep, is_tls, greeting, remaining, known),
+                    remaining + FALLBACK_GRACE)
             except (TimeoutError, OSError) as exc:
                 notes.append(f"nmap: {type(exc).__name__}")
+                extra = None
+            if extra is not None and not extra.is_identified:
+                # "nmap: no match (budget exhausted, 21 probes not sent)", not a bare
+                # TimeoutError that hid why (review)
+                notes.append(f"nmap: {extra.method.removeprefix('nmap:')}"[:160])
                 extra = None
             if extra is not None and best is not None and best.is_tls and not extra.is_tls:
                 extra = replace(extra, is_tls=True)

@@ -492,3 +492,14 @@ def test_a_greeting_sent_in_pieces_is_read_to_its_end(
     # "OpenSSH 9.6", a product "Open", or nothing at all for the FTP server)
     assert (info.service, info.product, info.version) == named
     assert info.confidence >= 8
+
+
+def test_a_silent_port_says_why_nmaps_probes_named_nothing() -> None:
+    # Given a port that accepts and never says a word, identified with nmap's probes
+    with loopback.listen(loopback.silent(hold_seconds=30)) as server:
+        info = _identify("127.0.0.1", server.port, fallback=True, budget=5.0)
+    # Then it stays unidentified, and says what nmap left unsent (before: "nmap:
+    # TimeoutError", our timeout firing with nmap's own budget)
+    assert info.method == "unidentified"
+    assert "nmap: no match (budget exhausted, " in info.extra_info
+    assert "nmap: TimeoutError" not in info.extra_info
