@@ -787,9 +787,12 @@ def _refuse_a_block_outside(spec: TargetSpec, scope: Scope) -> None:
         return  # IPv4 inside that fold_mapped cannot fold: judged address by address
     fence = [n for n in scope.allow if n.version == net.version]
     if not any(net.overlaps(n) for n in fence):
-        raise TargetError(
-            f"{net.network_address} ({spec.text}) is outside the allowed scope "
-            f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})")
+        raise _outside(str(net.network_address), spec, scope)
+
+
+def _outside(address: str, spec: TargetSpec, scope: Scope) -> TargetError:
+    return TargetError(f"{address} ({spec.text}) is outside the allowed scope "
+                       f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})")
 
 
 def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> list[Target]:
@@ -813,24 +816,20 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     for spec in specs:
         with _said_where(spec):
             _refuse_a_block_outside(spec, scope)
-            expanded = expand(spec, allow_large=scope.allow_large)
-            for target in expanded:
+            for target in expand(spec, allow_large=scope.allow_large):
+                total += 1
                 if not scope.is_allowed(target.ip):
-                    raise TargetError(
-                        f"{target.ip} ({spec.text}) is outside the allowed scope "
-                        f"{', '.join(map(str, scope.allow))} ({SCOPE_ALLOW_ENV})")
-        for target in expanded:
-            total += 1
-            if not scope.permits(target.ip):
-                excluded += 1
-                this_host += is_this_host(target.ip)
-                continue
-            kept = out.setdefault(target.ip, target)
-            if kept is not target and (kept.target, kept.organization, kept.asset) != (
-                    target.target, target.organization, target.asset):
-                dropped_count += 1
-                if len(dropped) < MAX_DUPLICATE_WARNINGS:
-                    dropped.append((target, kept))
+                    raise _outside(target.ip, spec, scope)
+                if not scope.permits(target.ip):
+                    excluded += 1
+                    this_host += is_this_host(target.ip)
+                    continue
+                kept = out.setdefault(target.ip, target)
+                if kept is not target and (kept.target, kept.organization, kept.asset) != (
+                        target.target, target.organization, target.asset):
+                    dropped_count += 1
+                    if len(dropped) < MAX_DUPLICATE_WARNINGS:
+                        dropped.append((target, kept))
     if len(out) > MAX_ADDRESSES and not scope.allow_large:
         raise TargetError(f"{len(out):,} addresses in all, more than {MAX_ADDRESSES:,}: "
                           "pass --allow-large if you really mean it")

@@ -50,8 +50,8 @@ def parse_seconds(text: str, *, least: float, most: float, bare_seconds: bool = 
                   ) -> float:
     """``text`` in the grammar -> seconds in [least, most]; ValueError saying why
     otherwise. Case and surrounding blanks are ignored (but an upper-case M, a month to
-some, is refused); ``bare_seconds``: a number
-    without a unit is seconds (else it is refused: ``--since 7`` would be ambiguous)."""
+    some, is refused); ``bare_seconds``: a number without a unit is seconds (else it is
+    refused: ``--since 7`` would be ambiguous)."""
     found = _GRAMMAR.fullmatch(text.strip().lower()) if isinstance(text, str) else None
     if found is None or (found.group(3) is None and not bare_seconds):
         units = ", ".join(UNITS)

@@ -223,6 +223,7 @@ def run_mutation(ops: Any, table: str, sql: str, parameters: Mapping[str, Any] |
     if not ours:
         return  # done and gone already, or nothing to mutate
     deadline = time.monotonic() + wait
+    first_ours = min(map(_number, ours))
     try:
         while True:
             pending = {str(m): str(r) for m, r in ops.query(
@@ -234,7 +235,6 @@ def run_mutation(ops: Any, table: str, sql: str, parameters: Mapping[str, Any] |
             # ours failing, or an earlier one still pending ahead of ours (the engine
             # applies a table's mutations in order, and its failure then shows on ours
             # too: ours would wait behind it for ever). Then the earlier one is named.
-            first_ours = min(map(_number, ours))
             earlier = [r for m, r in sorted(pending.items(), key=lambda i: _number(i[0]))
                        if m not in ours and _number(m) < first_ours]
             reason = next((r for r in earlier if r), "") or next(

@@ -151,12 +151,6 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         _print_plan(store, entries)
         return
     db = _store(store)
-    try:
-        warn_unknown_organizations(config, [t for p in prepared.values() for t in p.targets],
-                                   db)
-    except BaseException:
-        db.close()
-        raise
 
     def prepare(entry: Any) -> Any:
         # Each run reads its targets again: a watcher runs for months, and an inventory
@@ -166,6 +160,8 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         return prepared.pop(entry.name, None) or _prepare(entry, store, schedule_file)
 
     try:
+        warn_unknown_organizations(config, [t for p in prepared.values() for t in p.targets],
+                                   db)  # (before the runs take them from `prepared`)
         web = None
         if listen is not None:
             from portwatch.web.cli import web_app
