@@ -190,6 +190,7 @@ def test_a_server_taking_the_post_quantum_hybrid_group_is_reported_with_it(
     # that takes X25519MLKEM768 only
     import contextlib
     import socket as socketlib
+    import struct
     import threading
 
     from OpenSSL import SSL
@@ -205,7 +206,14 @@ def test_a_server_taking_the_post_quantum_hybrid_group_is_reported_with_it(
         pytest.fail("this OpenSSL has no X25519MLKEM768")
 
     def handshake(conn: socketlib.socket) -> None:
-        conn.settimeout(3)
+        # A blocking socket bounded by the kernel's timeouts, not settimeout(): that makes
+        # the descriptor non-blocking, so pyOpenSSL's do_handshake raised WantReadError
+        # whenever it ran before the ClientHello arrived, and the server hung up (a CI run
+        # under load read "refused every suite")
+        conn.setblocking(True)
+        bound = struct.pack("ll", 3, 0)
+        conn.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVTIMEO, bound)
+        conn.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_SNDTIMEO, bound)
         tls = SSL.Connection(context, conn)
         tls.set_accept_state()
         with contextlib.suppress(SSL.Error, OSError):
