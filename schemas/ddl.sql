@@ -49,7 +49,11 @@ CREATE TABLE IF NOT EXISTS port_observations
     http_server      String,
     http_powered_by  String,
     favicon_mmh3     Nullable(Int32),
-    jarm             String
+    jarm             String,
+    -- 1: identification named a way to TLS on the port (TLS itself, or a service whose
+    -- STARTTLS upgrade portwatch speaks), probed in this scan or not (--no-tls); 0: plain
+    -- text, nothing to test. Rows written before layout 20 read 1 (unknown: as before).
+    tls_reachable    UInt8 DEFAULT 1
 )
 ENGINE = ReplacingMergeTree(observed_at)
 PARTITION BY toYYYYMM(observed_at)
@@ -198,7 +202,11 @@ CREATE TABLE IF NOT EXISTS port_latest
     version          String,
     risk_color       LowCardinality(String),
     is_cdn_expected  UInt8,
-    last_seen        DateTime64(3, 'UTC')
+    last_seen        DateTime64(3, 'UTC'),
+    -- the latest observation's: the Ciphers report shows a TLS probe of a port only while
+    -- it can still reach TLS (a port that spoke TLS once and plain HTTP now had its old
+    -- suites shown as current)
+    tls_reachable    UInt8 DEFAULT 1
 )
 ENGINE = ReplacingMergeTree(last_seen)
 ORDER BY (target, ip, proto, port)
@@ -209,7 +217,7 @@ SETTINGS index_granularity = 256;
 CREATE MATERIALIZED VIEW IF NOT EXISTS port_latest_mv TO port_latest AS
 SELECT
     target, ip, proto, port, scan_id, hostname, organization, asset, state, service,
-    product, version, risk_color, is_cdn_expected, observed_at AS last_seen
+    product, version, risk_color, is_cdn_expected, observed_at AS last_seen, tls_reachable
 FROM port_observations;
 
 -- Distinct instances (addresses) per (proto, port) across every scan ever stored.

@@ -65,7 +65,7 @@ MUTATION_POLL = 0.1
 # Free bytes a chdb store's disk must have before a mutation starts: on a full disk the
 # engine writes the mutation's file empty, and the store no longer opens.
 MUTATION_MIN_FREE = 64 * 2**20
-SCHEMA_VERSION = 19  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 20  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -160,6 +160,12 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
          "hostname, asset, raw_score, computed_at, is_deleted) "
          "SELECT target, ip, scan_id, day, finished_at, organization, hostname, asset, "
          "raw_score, computed_at, is_deleted FROM scan_scores"),
+    # 19 -> 20: each observation says whether its port can still reach TLS
+    # (tls_reachable), and port_latest keeps the latest one's, so the Ciphers report drops
+    # a port that speaks plain text now. The columns were added before the DDL (older
+    # rows read 1, as before); the view that fills port_latest is replaced.
+    19: ("DROP VIEW IF EXISTS port_latest_mv",
+         _ddl_statement("port_latest_mv")),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the
@@ -169,6 +175,10 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
 BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
     13: (("host_latest", "ALTER TABLE host_latest ADD COLUMN IF NOT EXISTS last_complete "
                          "SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))"),),
+    19: (("port_observations", "ALTER TABLE port_observations ADD COLUMN IF NOT EXISTS "
+                               "tls_reachable UInt8 DEFAULT 1"),
+         ("port_latest", "ALTER TABLE port_latest ADD COLUMN IF NOT EXISTS "
+                         "tls_reachable UInt8 DEFAULT 1")),
 }
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages

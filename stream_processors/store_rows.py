@@ -12,6 +12,8 @@ certificates, and their row builders. Must not touch: the client (``store.py`` i
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from schemas.bounded import (
@@ -27,7 +29,7 @@ from schemas.bounded import (
     u16,
     u32,
 )
-from schemas.records import Finding, HostScan
+from schemas.records import Finding, HostScan, ProbeStatus
 
 PIVOT_CAP = 512  # characters of an HTTP title/redirect/header kept (the prober caps at 256)
 OBSERVATION_COLUMNS = (
@@ -37,6 +39,7 @@ OBSERVATION_COLUMNS = (
     "cdn_provider", "cdn_source",
     "is_cdn_expected", "risk_color", "risk_reason", "observed_at",
     "http_title", "http_redirect", "http_server", "http_powered_by", "favicon_mmh3", "jarm",
+    "tls_reachable",
 )
 HOST_SCAN_COLUMNS = (
     "scan_id", "shard_id", "target", "hostname", "organization", "asset", "ip", "started_at",
@@ -75,7 +78,26 @@ def observation_row(f: Finding) -> list[Any]:
         text(s.http_title, PIVOT_CAP), text(s.http_redirect, PIVOT_CAP),
         text(s.http_server, PIVOT_CAP), text(s.http_powered_by, PIVOT_CAP),
         None if s.favicon_mmh3 is None else i32(s.favicon_mmh3), text(s.jarm, JARM_CAP),
+        flag(tls_reachable(f)),
     ]
+
+
+@functools.cache
+def _route_for() -> Callable[[str, bool], object]:
+    # imported when a row is first built: the TLS package loads OpenSSL (~0.17 s), which
+    # a process that only reads the store never needs
+    from probers.tls.starttls import route_for
+
+    return route_for
+
+
+def tls_reachable(f: Finding) -> bool:
+    """Can the port reach TLS, as identified now: probed this time, TLS itself, or a
+    service whose STARTTLS upgrade the TLS stage speaks (probed or not: --no-tls). False
+    = plain text: the Ciphers report no longer shows a probe from when it spoke TLS."""
+    s = f.service
+    return (f.tls.status is not ProbeStatus.NOT_SCHEDULED or s.is_tls
+            or _route_for()(s.service, False) is not None)
 
 
 def _tls_base(f: Finding) -> list[Any]:

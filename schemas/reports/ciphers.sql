@@ -16,7 +16,9 @@ WITH
         SELECT target, ip, organization, hostname, asset FROM latest_host_scans
     ),
     -- TLS ports open now (as the List: seen in their host's latest completed scan); the
-    -- latest probe of a port closed since is history, not a finding
+    -- latest probe of a port closed since is history, not a finding, and so is that of a
+    -- port whose latest observation is plain text (tls_reachable: neither TLS nor a
+    -- service with a STARTTLS upgrade; a --no-tls scan still names them)
     open_now AS (
         SELECT p.target AS target, p.ip AS ip, p.port AS port
         FROM port_latest AS p FINAL
@@ -24,7 +26,7 @@ WITH
                    FROM latest_host_scans) AS l
             ON l.target = p.target AND l.ip = p.ip
         -- (a host with no scan record: its ports, as in the List)
-        WHERE p.proto = 'tcp' AND IS_CURRENT(p.scan_id, l)
+        WHERE p.proto = 'tcp' AND IS_CURRENT(p.scan_id, l) AND p.tls_reachable = 1
     ),
     -- Phase 1: the page's TLS ports (one row per port, kept by a materialized view:
     -- ddl.sql tls_latest; the view is inlined, so only grade is read of its columns)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_processors.store import SCHEMA_VERSION
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -127,8 +128,8 @@ def test_a_store_that_lost_its_findings_table_is_refused_as_damaged(tmp_path: Pa
         assert result.code == 2, result.stderr
         line = one_error_line(result.stderr)
         assert line == (f"portwatch: error: the store at {store} is damaged: it has layout "
-                        "19 but no findings table; restore it from a backup, or use a new "
-                        "--store and rescan")
+                        f"{SCHEMA_VERSION} but no findings table; restore it from a backup, "
+                        "or use a new --store and rescan")
     assert not (store / "metadata" / "portwatch" / "findings.sql").exists()
 
 

@@ -146,6 +146,36 @@ def test_ciphers_keeps_a_starttls_port_a_scan_without_tls_probes_still_names(
         (25, "starttls-smtp")]
 
 
+def test_ciphers_drops_a_port_that_speaks_plain_text_now_and_keeps_tls_not_retested(
+        store: Any) -> None:
+    # Given three TLS ports probed in s1; then, in s2, 443 answers plain HTTP, 8443 is TLS
+    # again (a --no-tls scan: not probed), and 9443 is TLS again and probed
+    scanned(store, DB, "s1", T0, "completed",
+            [_tls(DB, "s1", T0, port) for port in (443, 8443, 9443)])
+    later = T0 + timedelta(days=1)
+
+    def seen(port: int, service: ServiceInfo) -> Finding:
+        return Finding(port=OpenPort(scan_id="s2", target=DB, port=port, observed_at=later),
+                       service=service, risk_color=RiskColor.GREEN)
+
+    scanned(store, DB, "s2", later, "completed", [
+        seen(443, ServiceInfo(service="http", product="nginx")),
+        seen(8443, ServiceInfo(service="https", is_tls=True)),
+        _tls(DB, "s2", later, 9443)])
+    # Then the Ciphers report lists 8443 (its last probe) and 9443, not 443: its suites
+    # are of a service no longer there (before: shown as current)
+    assert [(r["port"], r["tested_at"].replace(tzinfo=UTC))
+            for r in store.report("ciphers").dicts()] == [(8443, T0), (9443, later)]
+    # And the List still shows 443, as the plain HTTP it is
+    assert [(r["port"], r["service"]) for r in store.report("list").dicts()] == [
+        (443, "http"), (8443, "https"), (9443, "https")]
+    # And when 443 speaks TLS again, its new probe is listed
+    again = T0 + timedelta(days=2)
+    scanned(store, DB, "s3", again, "completed",
+            [_tls(DB, "s3", again, port) for port in (443, 8443, 9443)])
+    assert [r["port"] for r in store.report("ciphers").dicts()] == [443, 8443, 9443]
+
+
 def test_ciphers_lists_the_tls_ports_open_now(store: Any) -> None:
     # Given a host whose TLS ports 443 and 8443 were probed, then a completed scan that
     # found 443 only (8443 closed), then an interrupted one
@@ -416,7 +446,7 @@ def test_a_store_upgraded_from_layout_14_carries_the_ports_of_its_stored_states(
                  covered=(PortRange(22, 22), PortRange(missed.port, missed.port)))
     assert len(store.query("SELECT port FROM ports_carried")) == 2
     # And the store as layout 14 left it: no carried ports
-    assert SCHEMA_VERSION == 19
+    assert SCHEMA_VERSION == 20
     store.command("TRUNCATE TABLE ports_carried")
     store.command("TRUNCATE TABLE carried_history")
     store.command("TRUNCATE TABLE schema_version")

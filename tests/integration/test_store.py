@@ -45,6 +45,7 @@ from schemas.records import (
 from stream_processors.risk import score_counts, score_findings
 from stream_processors.store import (
     DEFAULT_DATABASE,
+    SCHEMA_VERSION,
     Store,
     StoreBusy,
     StoreError,
@@ -674,7 +675,7 @@ def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
 
 def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_history(
         shared_chdb_path: Path) -> None:
-    from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
+    from stream_processors.store import MIGRATIONS
 
     url = f"chdb://{shared_chdb_path}?database=t_{uuid.uuid4().hex[:12]}"
     # Given a store laid out by an earlier portwatch (layout 9: host_scans without its
@@ -710,10 +711,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
                   "watch_claims"):  # (layout 18)
         old.command(f"DROP TABLE {table}")
     old.command("ALTER TABLE watch_runs DROP COLUMN owner")  # (layout 18)
+    old.command("ALTER TABLE port_observations DROP COLUMN tls_reachable")  # (layout 19)
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 19 and set(range(9, 19)) <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 20 and set(range(9, 20)) <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -721,9 +723,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         assert db.query("SELECT scan_id, proto, cover_first FROM host_scans") == [
             ("s1", "", [])]
-        # and the reports' page index holds the ports found before the upgrade
-        assert db.query("SELECT port, service, scan_id FROM port_latest FINAL") == [
-            (22, "ssh", "s1")]
+        # and the reports' page index holds the ports found before the upgrade, which
+        # read as still reaching TLS (unknown then: the Ciphers report keeps their probes)
+        assert db.query("SELECT port, service, scan_id, tls_reachable FROM port_latest "
+                        "FINAL") == [(22, "ssh", "s1", 1)]
+        assert db.query("SELECT tls_reachable FROM port_observations") == [(1,)]
         # and the alert outbox keeps each message's id (layout 13)
         assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
                         "AND table = 'alert_outbox' AND name = 'delivery_id'") == [
@@ -877,7 +881,7 @@ def test_a_layout_18_store_of_either_gap_is_repaired_by_the_upgrade(store: Store
         assert [r["port"] for r in upgraded.report("list").dicts()] == [22]
         assert upgraded.query("SELECT ip, scan_id FROM host_scan_scores FINAL") == [
             ("127.0.0.1", "s1")]
-        assert upgraded.query("SELECT max(version) FROM schema_version") == [(19,)]
+        assert upgraded.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         # (the page's per-target chart reads host_scan_scores)
         points = ReportService(upgraded, use_cache=False).risk_history({"target": "127.0.0.1"})
         assert len(points) == 1
@@ -893,7 +897,7 @@ def test_a_new_store_whose_creation_was_cut_short_is_completed_when_opened(
     # When it is opened again, even by a reader
     with Store.from_url(_url(store), create=False) as reopened:
         # Then it is completed, at this layout, and usable
-        assert reopened.query("SELECT max(version) FROM schema_version") == [(19,)]
+        assert reopened.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         assert reopened.query("SELECT count() FROM risk_days") == [(0,)]
         assert reopened.report("summary").rows == []
 

@@ -18,6 +18,7 @@ from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
 # layout -> sha256 of its DDL statements (joined as below)
 DDL_FINGERPRINTS = {
     19: "939136f4fb979640334679c1ecf97c28d22f2fc0a6aa729b7b2b99404c1515bd",
+    20: "735d414f4e722462adc7fcaa7544191c8e47997910c07a04daf763ed9f0768ff",
 }
 
 
