@@ -26,7 +26,15 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import CdnVerdict, Finding, PortState, RiskColor, TlsResult
+from schemas.records import (
+    CdnVerdict,
+    Finding,
+    PortState,
+    ProbeStatus,
+    Proto,
+    RiskColor,
+    TlsResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +218,47 @@ def score_findings(findings: Iterable[Finding]) -> Score:
         if is_scored(f):
             counts[f.risk_color] += 1
     return score_counts(counts[RiskColor.RED], counts[RiskColor.YELLOW], counts[RiskColor.GREEN])
+
+
+# -- a TLS verdict this scan could not renew ------------------------------------------
+
+_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
+KEPT_NOTE = " (TLS as last tested: {why})"
+_KEPT = re.compile(r" \(TLS as last tested: [^()]*\)$")
+
+
+@dataclass(frozen=True, slots=True)
+class LastVerdict:
+    """A port's latest stored colour and reason, what it was then (service, product,
+    version, CDN-expected), where its latest TLS probe completed."""
+
+    color: str
+    reason: str
+    face: tuple[str, str, str, bool]
+
+
+def tls_untested(finding: Finding, can_reach_tls: bool) -> bool:
+    """Did this scan fail to learn a TLS verdict it could have had: its probe errored,
+    or was not run (--no-tls) on a port that can reach TLS."""
+    status = finding.tls.status
+    return finding.port.proto is Proto.TCP and (
+        status is ProbeStatus.ERROR or (status is ProbeStatus.NOT_SCHEDULED and can_reach_tls))
+
+
+def keep_last_tls_colour(finding: Finding, last: LastVerdict | None,
+                         face: tuple[str, str, str, bool]) -> Finding:
+    """``finding`` as stored when this scan could not test TLS (``tls_untested``): the
+    colour the last completed test gave stays, with its reason and a note saying so,
+    when nothing this scan saw could lower it (same ``face``: service, product, version,
+    CDN verdict) and it is higher than this scan's. The change state keeps it the same way
+    (changes._keep_known); before, the reports showed a port yellow for its self-signed
+    certificate green after a --no-tls rescan or a probe that timed out, while the
+    Ciphers report and the change log still had it yellow."""
+    if last is None or last.face != face or last.color not in _RANK:
+        return finding
+    if _RANK[last.color] <= _RANK.get(finding.risk_color.value, 1):
+        return finding
+    why = ("this scan could not test it" if finding.tls.status is ProbeStatus.ERROR
+           else "not tested this scan")
+    reason = _KEPT.sub("", last.reason) + KEPT_NOTE.format(why=why)
+    return finding.with_(risk_color=RiskColor(last.color), risk_reason=reason)

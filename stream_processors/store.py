@@ -39,7 +39,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
-from schemas.records import Finding, HostScan, ProbeStatus
+from schemas.bounded import text
+from schemas.records import Finding, HostScan, ProbeStatus, RiskColor
+from stream_processors.risk import LastVerdict, keep_last_tls_colour, tls_untested
 from stream_processors.risk_days import migrate_risk_days, refresh_risk_days
 from stream_processors.store_rows import (
     CERTIFICATE_COLUMNS,
@@ -52,6 +54,7 @@ from stream_processors.store_rows import (
     observation_row,
     tls_cipher_rows,
     tls_probe_row,
+    tls_reachable,
 )
 
 log = logging.getLogger(__name__)
@@ -180,6 +183,19 @@ BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
          ("port_latest", "ALTER TABLE port_latest ADD COLUMN IF NOT EXISTS "
                          "tls_reachable UInt8 DEFAULT 1")),
 }
+
+# Each port's latest stored colour, reason and face (service, product, version, CDN
+# verdict) where its latest TLS probe completed: what a scan that could not test TLS keeps
+# (``Store._keep_last_tls_colours``). The key sets are on the tables' sorting keys.
+_LAST_TLS_VERDICTS = (
+    "SELECT target, ip, port, risk_color, risk_reason, service, product, version, "
+    "is_cdn_expected FROM current_findings "
+    "WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} "
+    "AND proto = 'tcp' AND port IN {ports:Array(UInt16)} "
+    "AND (target, ip, port) IN (SELECT target, ip, port FROM latest_tls_probes "
+    "    WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} "
+    "    AND status = 'completed') "
+    "SETTINGS optimize_move_to_prewhere_if_final = 1")
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages
 # rank and page over (``compact_page_indexes``).
@@ -868,7 +884,7 @@ class Store:
         probes: list[list[Any]] = []
         ciphers: list[list[Any]] = []
         certs: list[list[Any]] = []
-        for f in findings:
+        for f in self._keep_last_tls_colours(list(findings)):
             observations.append(observation_row(f))
             if f.tls.status is not ProbeStatus.NOT_SCHEDULED:
                 probes.append(tls_probe_row(f))
@@ -883,6 +899,36 @@ class Store:
         self._insert("certificates", CERTIFICATE_COLUMNS, certs)
         self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         return len(observations)
+
+    def _keep_last_tls_colours(self, findings: list[Finding]) -> list[Finding]:
+        """``findings``, those whose TLS this scan could not test keeping the colour
+        their port's last completed test gave (``risk.keep_last_tls_colour``): one read
+        of those ports' stored verdicts, none when every TLS port was tested. A read the
+        engine refuses stores the findings as they are (logged): never an insert lost."""
+        untested = [i for i, f in enumerate(findings) if f.risk_color is not RiskColor.RED
+                    and tls_untested(f, tls_reachable(f))]
+        if not untested:
+            return findings
+        keys = {i: (text(findings[i].port.target.target), text(findings[i].port.target.ip),
+                    findings[i].port.port) for i in untested}
+        try:
+            rows = self.query(_LAST_TLS_VERDICTS, {
+                "targets": sorted({k[0] for k in keys.values()}),
+                "ips": sorted({k[1] for k in keys.values()}),
+                "ports": sorted({k[2] for k in keys.values()})})
+        except Exception as exc:  # noqa: BLE001 - the drivers raise many types
+            log.warning("could not read the last TLS verdicts of %d ports (their colours are "
+                        "this scan's): %s", len(keys), _engine_first_line(exc))
+            return findings
+        last = {(str(r[0]), str(r[1]), int(r[2])): LastVerdict(
+            str(r[3]), str(r[4]), (str(r[5]), str(r[6]), str(r[7]), bool(r[8]))) for r in rows}
+        kept = list(findings)
+        for i, key in keys.items():
+            f = kept[i]
+            face = (text(f.service.service), text(f.service.product), text(f.service.version),
+                    f.cdn.is_expected_port)
+            kept[i] = keep_last_tls_colour(f, last.get(key), face)
+        return kept
 
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:
         """One row per (scan, host, shard): a host split over several shards sums its
