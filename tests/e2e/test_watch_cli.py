@@ -423,6 +423,12 @@ def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
         assert ok.stdout.startswith("hook: ok")
         assert [d.payload["test"] for d in receiver.accepted] == [True]
         assert SECRET not in ok.stdout + ok.stderr
+        # And a second test is a new message, not a replay the receiver drops (every test
+        # carried the same delivery id: a receiver that refuses replays refused them all)
+        again = run_cli("alerts", "test", "--alerts", str(rules), env=ENV)
+        assert again.code == 0 and again.stdout.startswith("hook: ok"), again.stdout
+        ids = [d.headers["x-portwatch-delivery"] for d in receiver.accepted]
+        assert len(ids) == 2 and ids[0] != ids[1]
     down = run_cli("alerts", "test", "--alerts", str(rules), env=ENV)
     assert down.code == 1
     assert "hook: FAILED: cannot reach" in down.stdout
