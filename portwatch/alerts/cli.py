@@ -271,13 +271,20 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     loop = asyncio.get_running_loop()
     is_forever = not once
 
+    terminated = []  # SIGTERM between scans: a service manager's ordinary stop
+
+    def stopped_by(sig: signal.Signals) -> None:
+        if sig is signal.SIGTERM:
+            terminated.append(sig)
+        stop.set()
+
     def own_signals() -> None:
         # Between scans Ctrl-C/SIGTERM stops the loop; during a scan the runner installs
         # its own handlers (stop discovery, keep what was found) and removes them after,
         # so they are put back after every scan.
         if is_forever:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stopped_by, sig)
 
     async def scan(entry: Any) -> Any:
         try:
@@ -330,6 +337,12 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # the watcher: should_stop is either)
         await last_delivery(dispatcher)
     _say_unqueued(watcher)
+    if terminated and not watcher.is_stopping:
+        # Stopped while it waited, by SIGTERM (systemd, a pod's end): nothing was cut
+        # short, so a clean stop (130 read as a failed unit); Ctrl-C stays 130
+        _say("watch: stopped (SIGTERM): no scan was running; the next watcher goes on "
+             "from the schedule")
+        return 0
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 
 
