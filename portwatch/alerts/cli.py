@@ -232,7 +232,8 @@ def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:
             targets=entry.targets, inventory=entry.inventory or None,
             organization=entry.organization if not entry.inventory else "",
             asset=entry.asset, exclude=entry.exclude,
-            only_organization=entry.organization if entry.inventory else "")
+            only_organization=entry.organization if entry.inventory else "",
+            allow_large=entry.allow_large)
     except PortwatchError as exc:
         fail(f"{schedule_file}:{entry.line}: schedule {entry.name!r}: {exc}", exc.code)
 

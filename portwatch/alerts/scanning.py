@@ -61,7 +61,8 @@ def _tcp_spec(ports: str) -> str:
 
 def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] = (),
                  inventory: str | None = None, organization: str = "", asset: str = "",
-                 exclude: Sequence[str] = (), only_organization: str = "") -> PreparedScan:
+                 exclude: Sequence[str] = (), only_organization: str = "",
+                 allow_large: bool = False) -> PreparedScan:
     """Validate and resolve a scan's input (raises PortwatchError, exit 2, when bad)."""
     from portwatch.assembly import Assembly
     from portwatch.console import fail
@@ -82,9 +83,11 @@ def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] =
         work = Assembly(settings).scan_input(list(targets), organization=organization,
                                              asset=asset, inventory=inventory,
                                              exclude=list(exclude),
-                                             only_organization=only_organization)
+                                             only_organization=only_organization,
+                                             allow_large=allow_large)
     except TargetError as exc:
-        fail(str(exc))
+        # a schedule entry has no flags: its key says it (scan's flag named otherwise)
+        fail(str(exc).replace("pass --allow-large", "set allow_large: true on the entry"))
     return PreparedScan(list(work.targets), work.tcp_ports, work.udp_ports, settings,
                         work.scope)
 

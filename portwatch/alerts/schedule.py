@@ -59,6 +59,7 @@ class ScheduleEntry:
     udp: str = "top1000"
     exclude: tuple[str, ...] = ()
     line: int = 0
+    allow_large: bool = False  # more than a /16 of addresses in all (scan's --allow-large)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +313,8 @@ def load_schedules(path: str | os.PathLike[str]) -> list[ScheduleEntry]:
 
 
 _KEYS = ("name", "cron", "targets", "inventory", "organization", "asset", "ports", "udp",
-         "exclude")
+         "exclude", "allow_large")
+_YES, _NO = ("true", "yes", "on"), ("false", "no", "off")
 
 
 def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
@@ -392,11 +394,16 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         if not _is_port_profile(udp, allow_none=True):
             raise fail(nodes["udp"], f"schedule {name!r}: bad udp {udp!r} (top1000, none or "
                                      "a spec)")
+        allow_large = values.get("allow_large", "false").lower()
+        if allow_large not in _YES + _NO:
+            raise fail(nodes["allow_large"], f"schedule {name!r}: allow_large is true or "
+                                             f"false, not {values['allow_large'][:40]!r}")
         out.append(ScheduleEntry(
             name=name, cron=cron, targets=values.get("targets", ()), inventory=inventory and
             values["inventory"], organization=values.get("organization", ""),
             asset=values.get("asset", ""), ports=ports, udp=udp,
-            exclude=values.get("exclude", ()), line=node.start_mark.line + 1))
+            exclude=values.get("exclude", ()), line=node.start_mark.line + 1,
+            allow_large=allow_large in _YES))
     return out
 
 

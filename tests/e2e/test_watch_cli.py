@@ -529,6 +529,25 @@ def test_bad_accept_input(tmp_path: Path, args: list[str], words: str) -> None:
 
 
 
+def test_an_entry_of_more_than_a_16_says_its_own_key_and_runs_with_it(tmp_path: Path) -> None:
+    # Given an entry of a /15 (loopback; only planned here, never scanned)
+    sched = tmp_path / "schedules.yaml"
+    entry = "schedules:\n  - name: wide\n    targets: [127.0.0.0/15]\n    cron: \"@yearly\"\n"
+    sched.write_text(entry)
+    store = f"chdb://{tmp_path / 'store'}"
+    # When its plan is asked for, it is refused naming the entry's key (it named
+    # --allow-large, a flag watch does not have)
+    refused = run_cli("watch", "--schedule", str(sched), "--list", store=store, env=ENV)
+    assert refused.code == 2
+    assert "set allow_large: true on the entry" in refused.stderr, refused.stderr
+    assert "--allow-large" not in refused.stderr
+    # And with the key, the entry is planned
+    sched.write_text(entry + "    allow_large: true\n")
+    planned = run_cli("watch", "--schedule", str(sched), "--list", store=store, env=ENV)
+    assert planned.code == 0, planned.stderr
+    assert "wide" in planned.stdout
+
+
 @pytest.mark.parametrize(("stop_signal", "with_alerts"), [
     (signal.SIGINT, False), (signal.SIGTERM, True)], ids=["ctrl-c", "sigterm-delivering"])
 def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(

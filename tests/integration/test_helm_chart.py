@@ -501,6 +501,7 @@ schedules:
     inventory: true
     ports: "1-65535"
     udp: top1000
+    allow_large: true
     cron: "30 2 * * *"
   - name: nightly-example
     inventory: true
@@ -544,7 +545,8 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     nightly_job = jobs[f"{BASE}-schedule-nightly-full"]
     nightly = expanded_args(objects, container(nightly_job))
     assert nightly[5:] == ["--ports", "1-65535", "--udp", "top1000", "--inventory",
-                           "/etc/portwatch/inventory/inventory.yaml"]
+                           "/etc/portwatch/inventory/inventory.yaml", "--allow-large"]
+    assert [e.allow_large for e in entries.values()] == [False, True, False]
     # And an inventory entry's organization narrows the chart's inventory to it, as
     # `watch` narrows its file (an entry's targets are labelled with it instead)
     example = expanded_args(objects, container(jobs[f"{BASE}-schedule-nightly-example"]))
@@ -557,7 +559,9 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     for args, expected in ((hourly, {"organization": "Example Corp", "asset": "edge",
                                      "only_organization": ""}),
                            (example, {"organization": "", "asset": "",
-                                      "only_organization": "Example Corp"})):
+                                      "only_organization": "Example Corp",
+                                      "allow_large": False}),
+                           (nightly, {"allow_large": True})):
         with produce.make_context("produce", list(args[1:])) as ctx:
             assert {k: ctx.params[k] for k in expected} == expected
     volumes = {v["name"]: v for v in pod_spec(nightly_job)["volumes"]}

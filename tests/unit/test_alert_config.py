@@ -400,6 +400,7 @@ schedules:
         "hourly-top", ("127.0.0.1", "127.0.0.2"), "top1000", "none", "0 * * * *")
     assert nightly.inventory == str(tmp_path / "assets.yaml")
     assert nightly.organization == "Example Corp" and nightly.line == 7
+    assert (hourly.allow_large, nightly.allow_large) == (False, False)
 
 
 @pytest.mark.parametrize(("text", "line", "words"), [
@@ -451,6 +452,8 @@ schedules:
     ("schedules: []\n", 1, "schedules: no entries (a list of entries with name, cron and "
      "targets or inventory)"),
     ("schedules: {name: a}\n", 1, "schedules must be a list of entries"),
+    ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
+     "    allow_large: maybe\n", 5, "schedule 'a': allow_large is true or false, not 'maybe'"),
 ])
 def test_bad_schedule_files(tmp_path: Path, text: str, line: int, words: str) -> None:
     path = write(tmp_path, text, "schedules.yaml")
