@@ -29,6 +29,7 @@ _TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
 _CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+), (\w+)\)")
+_CUT_SCAN_CARRIED = re.compile(r"CUT_SCAN_CARRIED\(([\w.]+)\)")
 # ``ADDRESS_ORDER(column)``: sort keys putting addresses in numeric order (127.0.0.2
 # before 127.0.0.10), IPv4 before IPv6 as the scan's end screen does
 # (scan_cli._riskiest_first), names after them (as text sorted them: digits first), in
@@ -62,6 +63,36 @@ _CARRIED_COUNTS_SQL = (
     "WHERE (target, ip, proto, port) IN (SELECT target, ip, proto, port FROM {rows})"
     ") AS l ON l.target = c.target AND l.ip = c.ip AND l.proto = c.proto AND l.port = c.port "
     "GROUP BY c.target, c.ip, c.scan_id")
+# ``CUT_SCAN_CARRIED(cut)``: the ports a scan that completed no shard (interrupted,
+# killed while running) leaves as they were, as (target, ip, scan_id, proto, port) rows of
+# that scan: those of the host's ports scan when it ended (its latest scan with a
+# completed shard before it: the ports that scan saw and those it carried). Such a scan
+# closes nothing and is not the ports scan, so the Summary after it shows them, with what
+# it saw; its point in the score after every scan counted only what it saw (a chart that
+# dipped at every interrupted scan, as if ports had closed: a review, 2026-12-06).
+# ``cut``: an array of the cut scans' (target, ip, scan_id, finished_at), read once by the
+# caller (a CTE is evaluated again wherever it is named, a scalar subquery once); only
+# their hosts' rows are read. Counted by CARRIED_COUNTS with the ports the scan saw left
+# out.
+_CUT_SCAN_CARRIED_SQL = (
+    "WITH cut AS (SELECT c.1 AS target, c.2 AS ip, c.3 AS scan_id, c.4 AS finished_at "
+    "FROM (SELECT arrayJoin({cut}) AS c)), "
+    "base AS ("
+    "SELECT cut.target AS target, cut.ip AS ip, cut.scan_id AS scan_id, "
+    "argMax(h.scan_id, h.finished_at) AS ports_scan_id "
+    "FROM cut INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_scans FINAL "
+    "WHERE status = 'completed' AND (target, ip) IN (SELECT target, ip FROM cut)) AS h "
+    "ON h.target = cut.target AND h.ip = cut.ip "
+    "WHERE h.finished_at < cut.finished_at "
+    "GROUP BY cut.target, cut.ip, cut.scan_id) "
+    "SELECT base.target AS target, base.ip AS ip, base.scan_id AS scan_id, "
+    "o.proto AS proto, o.port AS port "
+    "FROM base INNER JOIN ("
+    "SELECT target, ip, scan_id, proto, port FROM port_observations "
+    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base) "
+    "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history "
+    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base)) AS o "
+    "ON o.target = base.target AND o.ip = base.ip AND o.scan_id = base.ports_scan_id")
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
@@ -95,6 +126,7 @@ def expand_macros(sql: str) -> str:
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
+    sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(cut=m.group(1)), sql)
     sql = _CARRIED_COUNTS.sub(
         lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)
     sql = _ADDRESS_ORDER.sub(lambda m: (f"{_ADDRESS_KIND}, toIPv6OrZero({{c}}), {{c}}"

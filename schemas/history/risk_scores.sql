@@ -2,8 +2,9 @@
 -- raw score with the Summary's formula (summary.sql: raw = 10 x red + 3 x yellow +
 -- 1 x green over its open ports, CDN-expected and UDP open|filtered count zero) over the
 -- ports it saw and those it carried (ddl.sql carried_history: open in the change log, not
--- covered by a narrower scan), the latter as they were last seen (port_latest), as the
--- Summary shows them. A scan with no open port scores 0 (it comes from host_scans). Its day
+-- covered by a narrower scan) or left as they were by a scan that completed no shard
+-- (CUT_SCAN_CARRIED), the latter as they were last seen (port_latest), as the Summary
+-- shows them. A scan with no open port scores 0 (it comes from host_scans). Its day
 -- is that of its last shard's end (UTC). Run by stream_processors/risk_days.py.
 WITH
     dirty AS (
@@ -14,6 +15,7 @@ WITH
         SELECT target, ip, scan_id,
                max(finished_at) AS scan_finished_at,
                min(started_at) AS scan_started_at,
+               countIf(status = 'completed') = 0 AS is_cut,
                argMax(organization, finished_at) AS organization,
                argMax(hostname, finished_at) AS hostname,
                argMax(asset, finished_at) AS asset
@@ -21,6 +23,11 @@ WITH
         WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
         GROUP BY target, ip, scan_id
     ),
+    -- the noted scans' time bounds and the ones that completed no shard, read once (a
+    -- CTE is evaluated again wherever it is named, a scalar subquery once per query)
+    (SELECT (min(scan_started_at), max(scan_finished_at),
+             groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut))
+     FROM scans) AS scanned,
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -33,22 +40,24 @@ WITH
             WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
               -- a scan's ports are observed while it runs (a day's margin for clocks):
               -- the monthly partitions (and the parts) of other days are not read
-              AND observed_at >= (SELECT min(scan_started_at) FROM scans)
-              AND observed_at <= (SELECT max(scan_finished_at) FROM scans) + toIntervalDay(1)
+              AND observed_at >= scanned.1 AND observed_at <= scanned.2 + toIntervalDay(1)
         )
         GROUP BY target, ip, scan_id
     ),
-    -- the ports each scan carried (ddl.sql carried_history), as last seen
+    -- the ports each scan carried (ddl.sql carried_history), and those a scan that
+    -- completed no shard left as they were (CUT_SCAN_CARRIED), as last seen
     carried_rows AS (
-        SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
-        WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
+        SELECT DISTINCT target, ip, scan_id, proto, port FROM (
+            SELECT target, ip, scan_id, proto, port FROM carried_history
+            WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
+            UNION ALL
+            SELECT * FROM (CUT_SCAN_CARRIED(scanned.3)))
     ),
     -- the ports the noted scans saw, in the same bounds as counts
     seen AS (
         SELECT target, ip, scan_id, proto, port FROM port_observations
         WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
-          AND observed_at >= (SELECT min(scan_started_at) FROM scans)
-          AND observed_at <= (SELECT max(scan_finished_at) FROM scans) + toIntervalDay(1)
+          AND observed_at >= scanned.1 AND observed_at <= scanned.2 + toIntervalDay(1)
     ),
     carried AS (CARRIED_COUNTS(carried_rows, seen))
 SELECT

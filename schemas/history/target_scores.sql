@@ -10,11 +10,16 @@
 WITH
     scans AS (
         SELECT target, ip, scan_id, max(finished_at) AS finished_at,
-               if(min(status = 'completed'), 'completed', 'interrupted') AS status
-        FROM host_scans FINAL
-        WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+               if(min(done), 'completed', 'interrupted') AS status, max(done) = 0 AS is_cut,
+               finished_at AS scan_finished_at
+        FROM (SELECT target, ip, scan_id, finished_at, status = 'completed' AS done
+              FROM host_scans FINAL
+              WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
         GROUP BY target, ip, scan_id
     ),
+    -- the scans that completed no shard, read once (a scalar subquery)
+    (SELECT groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut) FROM scans)
+        AS cut_scans,
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -29,10 +34,14 @@ WITH
         )
         GROUP BY target, ip, scan_id
     ),
-    -- the ports each scan carried (ddl.sql carried_history), as last seen
+    -- the ports each scan carried (ddl.sql carried_history), and those a scan that
+    -- completed no shard left as they were (CUT_SCAN_CARRIED), as last seen
     carried_rows AS (
-        SELECT DISTINCT target, ip, scan_id, proto, port FROM carried_history
-        WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+        SELECT DISTINCT target, ip, scan_id, proto, port FROM (
+            SELECT target, ip, scan_id, proto, port FROM carried_history
+            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+            UNION ALL
+            SELECT * FROM (CUT_SCAN_CARRIED(cut_scans)))
     ),
     seen AS (
         SELECT target, ip, scan_id, proto, port FROM port_observations

@@ -509,3 +509,30 @@ def test_products_count_the_hosts_of_a_block_each_and_an_address_once(store: Any
             [found(alone, "s2", T0, 80, "nginx", "1.24.0", RiskColor.GREEN)])
     [row] = store.report("products").dicts()
     assert (row["instances"], row["targets"]) == (5, 2)
+
+
+def test_a_scan_cut_short_scores_what_the_summary_shows_after_it(store: Any) -> None:
+    # Given a completed scan that found SSH, nginx and a red MySQL
+    day = timedelta(days=1)
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    # And, a day later, a scan killed while it ran (its shard still "running", never
+    # compared) that saw SSH again and a new Jetty before it died
+    at = T0 + day
+    store.insert_findings([found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                           found(DB, "s2", at, 8080, "Jetty", "9.4", RiskColor.YELLOW)])
+    store.insert_host_scans([HostScan("s2", DB, at, at, 0, 0, status="running")])
+    # Then the Summary shows the four ports, and the score after that scan is its score
+    # (before: SSH and Jetty alone, a dip as if nginx and MySQL had closed), in both charts
+    summary, ports, _products = reports(store)
+    db = summary["127.0.0.7"]
+    assert ports["127.0.0.7"] == [22, 443, 3306, 8080] and db["open_ports"] == 4
+    assert scores(store, DB) == [("s1", 3, 25.9), ("s2", 4, db["risk_score"])]
+    assert db["risk_score"] == 31.3
+    assert risk_history(store, DB) == [25.9, 31.3]
+    # And a later completed scan is scored on what it found, as ever
+    later = T0 + 2 * day
+    recorded(store, DB, "s3", later,
+             [found(DB, "s3", later, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
+    assert scores(store, DB)[-1] == ("s3", 1, reports(store)[0]["127.0.0.7"]["risk_score"])
