@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -184,18 +185,40 @@ BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
                          "tls_reachable UInt8 DEFAULT 1")),
 }
 
-# Each port's latest stored colour, reason and face (service, product, version, CDN
-# verdict) where its latest TLS probe completed: what a scan that could not test TLS keeps
-# (``Store._keep_last_tls_colours``). The key sets are on the tables' sorting keys.
-_LAST_TLS_VERDICTS = (
-    "SELECT target, ip, port, risk_color, risk_reason, service, product, version, "
-    "is_cdn_expected FROM current_findings "
-    "WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} "
-    "AND proto = 'tcp' AND port IN {ports:Array(UInt16)} "
-    "AND (target, ip, port) IN (SELECT target, ip, port FROM latest_tls_probes "
-    "    WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} "
-    "    AND status = 'completed') "
-    "SETTINGS optimize_move_to_prewhere_if_final = 1")
+# The last completed TLS probes of the ports (at most 4 each, newest first) made by
+# another scan than the batch's, with that scan's observation of the port: its colour,
+# reason and face (service, product, version, CDN verdict). What a scan that could not
+# test TLS keeps (``Store._keep_last_tls_colours``): never this scan's own rows (a retried
+# or replayed batch, whose error probe is stored before its observations, read its own
+# probe and stored another colour the second time), never the latest probe whatever its
+# status (a second probe error in a row found no completed one). The key sets are on the
+# tables' sorting keys.
+VERDICT_KEYS_PER_READ = 2_000  # ports per read of their last TLS verdicts
+_LAST_TLS_VERDICTS = """
+WITH probes AS (
+    SELECT target, ip, port, scan_id, observed_at FROM tls_probes FINAL
+    WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}
+      AND port IN {ports:Array(UInt16)} AND status = 'completed'
+      AND scan_id NOT IN {scans:Array(String)}
+    ORDER BY observed_at DESC LIMIT 4 BY target, ip, port
+)
+SELECT p.target, p.ip, p.port, p.observed_at, o.risk_color, o.risk_reason, o.service,
+       o.product, o.version, o.is_cdn_expected
+FROM probes AS p
+INNER JOIN (SELECT target, ip, port, scan_id, risk_color, risk_reason, service, product,
+                   version, is_cdn_expected
+            FROM port_observations FINAL
+            WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}
+              AND proto = 'tcp' AND (target, ip, port, scan_id) IN (
+                  SELECT target, ip, port, scan_id FROM probes)) AS o
+    ON o.target = p.target AND o.ip = p.ip AND o.port = p.port AND o.scan_id = p.scan_id
+SETTINGS optimize_move_to_prewhere_if_final = 1
+"""
+
+def _as_utc(value: datetime) -> datetime:
+    """A time read from the store as an aware UTC datetime (the driver may give naive)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages
 # rank and page over (``compact_page_indexes``).
@@ -902,32 +925,46 @@ class Store:
 
     def _keep_last_tls_colours(self, findings: list[Finding]) -> list[Finding]:
         """``findings``, those whose TLS this scan could not test keeping the colour
-        their port's last completed test gave (``risk.keep_last_tls_colour``): one read
-        of those ports' stored verdicts, none when every TLS port was tested. A read the
-        engine refuses stores the findings as they are (logged): never an insert lost."""
+        their port's last completed test gave (``risk.keep_last_tls_colour``): one read,
+        none when every TLS port was tested. The same finding stored again (a retry, a
+        replay) gets the same colour: the verdict is that of the latest completed probe
+        of another scan observed before it. A read the engine refuses stores the
+        findings as they are (logged): never an insert lost."""
         untested = [i for i, f in enumerate(findings) if f.risk_color is not RiskColor.RED
                     and tls_untested(f, tls_reachable(f))]
         if not untested:
             return findings
         keys = {i: (text(findings[i].port.target.target), text(findings[i].port.target.ip),
                     findings[i].port.port) for i in untested}
+        ordered = sorted(set(keys.values()))
+        rows: list[tuple[Any, ...]] = []
         try:
-            rows = self.query(_LAST_TLS_VERDICTS, {
-                "targets": sorted({k[0] for k in keys.values()}),
-                "ips": sorted({k[1] for k in keys.values()}),
-                "ports": sorted({k[2] for k in keys.values()})})
+            # a bounded set of values per statement (a server takes them in the URL)
+            for start in range(0, len(ordered), VERDICT_KEYS_PER_READ):
+                chunk = ordered[start:start + VERDICT_KEYS_PER_READ]
+                rows += self.query(_LAST_TLS_VERDICTS, {
+                    "targets": sorted({k[0] for k in chunk}),
+                    "ips": sorted({k[1] for k in chunk}),
+                    "ports": sorted({k[2] for k in chunk}),
+                    "scans": sorted({text(findings[i].port.scan_id) for i in untested})})
         except Exception as exc:  # noqa: BLE001 - the drivers raise many types
             log.warning("could not read the last TLS verdicts of %d ports (their colours are "
                         "this scan's): %s", len(keys), _engine_first_line(exc))
             return findings
-        last = {(str(r[0]), str(r[1]), int(r[2])): LastVerdict(
-            str(r[3]), str(r[4]), (str(r[5]), str(r[6]), str(r[7]), bool(r[8]))) for r in rows}
+        verdicts: dict[tuple[str, str, int], list[tuple[datetime, LastVerdict]]] = {}
+        for r in rows:
+            verdicts.setdefault((str(r[0]), str(r[1]), int(r[2])), []).append((
+                _as_utc(r[3]), LastVerdict(str(r[4]), str(r[5]),
+                                           (str(r[6]), str(r[7]), str(r[8]), bool(r[9])))))
         kept = list(findings)
         for i, key in keys.items():
             f = kept[i]
+            seen_at = f.port.observed_at
+            before = [v for at, v in sorted(verdicts.get(key, ()), key=lambda av: av[0])
+                      if at < seen_at]
             face = (text(f.service.service), text(f.service.product), text(f.service.version),
                     f.cdn.is_expected_port)
-            kept[i] = keep_last_tls_colour(f, last.get(key), face)
+            kept[i] = keep_last_tls_colour(f, before[-1] if before else None, face)
         return kept
 
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:

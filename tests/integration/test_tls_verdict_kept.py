@@ -92,3 +92,69 @@ def test_what_this_scan_saw_change_is_its_own_colour(store: Any) -> None:
         service=ServiceInfo(service="https", is_tls=True), risk_color=RiskColor.GREEN))])
     assert [r["risk_color"] for r in store.report("list").dicts() if r["port"] == 8443] == [
         "green"]
+
+
+ERROR = TlsResult(status=ProbeStatus.ERROR, reached_via="direct",
+                  error="could not test: handshake stalled")
+
+
+def test_scans_in_a_row_that_could_not_test_all_keep_it(store: Any) -> None:
+    # Given a port yellow for its self-signed certificate, then two probes in a row that
+    # time out and a --no-tls scan (a review: the second error found its latest probe an
+    # error, no completed one, and stored green)
+    scan(store, "s1", 0, SELF_SIGNED)
+    colours = []
+    for day, (scan_id, tls) in enumerate((("s2", ERROR), ("s3", ERROR), ("s4", TlsResult())),
+                                         start=1):
+        scan(store, scan_id, day, tls)
+        colours.append(port_443(store)[0])
+    # Then every one keeps yellow, and the Summary agrees
+    assert colours == ["yellow", "yellow", "yellow"]
+    assert store.report("summary").dicts()[0]["yellow"] == 1
+
+
+def test_the_same_finding_stored_twice_is_the_same_rows(store: Any) -> None:
+    # Given a port yellow for its certificate, and a later scan whose probe errored
+    scan(store, "s1", 0, SELF_SIGNED)
+    at = T0 + timedelta(days=1)
+    errored = assess(Finding(
+        port=OpenPort(scan_id="s2", target=WEB, port=443, observed_at=at),
+        service=ServiceInfo(service="https", product="nginx", version="1.24.0", is_tls=True),
+        tls=ERROR))
+    # When that finding is stored twice (a retried batch, a replayed partition: its error
+    # probe is stored before its observation, and the second lookup read it)
+    store.insert_findings([errored])
+    store.insert_host_scans([HostScan("s2", WEB, at, at + timedelta(minutes=1), 65535, 1)])
+    first = store.query("SELECT risk_color, risk_reason FROM port_observations FINAL "
+                        "WHERE scan_id = 's2'")
+    store.insert_findings([errored])
+    # Then its row is the same, and the List, its colour filter and the Summary agree
+    assert store.query("SELECT risk_color, risk_reason FROM port_observations FINAL "
+                       "WHERE scan_id = 's2'") == first
+    assert first[0][0] == "yellow"
+    assert port_443(store)[0] == "yellow"
+    assert [r["port"] for r in store.report("list", {"color": "yellow"}).dicts()] == [443]
+    assert store.report("summary").dicts()[0]["yellow"] == 1
+
+
+def test_ports_read_in_several_bounded_reads_each_keep_theirs(
+        store: Any, monkeypatch: Any) -> None:
+    import stream_processors.store as store_module
+
+    # Given two self-signed ports, their verdicts read one port per statement
+    monkeypatch.setattr(store_module, "VERDICT_KEYS_PER_READ", 1)
+
+    def both(scan_id: str, day: int, tls: TlsResult) -> None:
+        at = T0 + timedelta(days=day)
+        store.insert_findings([assess(Finding(
+            port=OpenPort(scan_id=scan_id, target=WEB, port=port, observed_at=at),
+            service=ServiceInfo(service="https", product="nginx", is_tls=True), tls=tls))
+            for port in (443, 8443)])
+
+    both("s1", 0, SELF_SIGNED)
+    # When a --no-tls scan sees both again
+    both("s2", 1, TlsResult())
+    # Then both keep yellow
+    assert store.query("SELECT port, risk_color FROM port_observations FINAL "
+                       "WHERE scan_id = 's2' ORDER BY port") == [(443, "yellow"),
+                                                                 (8443, "yellow")]
