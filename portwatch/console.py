@@ -121,10 +121,21 @@ def filter_choice(*values: str) -> dict[str, Any]:
 
 
 def _target_filter(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    from schemas.filters import normalize_target
+    from schemas.bounded import TEXT_CAP
+    from schemas.filters import filter_text, normalize_target
 
     try:
-        return normalize_target(value)
+        return normalize_target(filter_text("the target", value, TEXT_CAP))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _org_filter(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    from schemas.bounded import TEXT_CAP
+    from schemas.filters import filter_text
+
+    try:
+        return filter_text("the organization", value, TEXT_CAP)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -135,7 +146,7 @@ TARGET_FILTER_OPTION = click.option(
     help="Only this target: as written, hostname, asset name, address, address prefix "
          "(198.18.) or CIDR block (198.18.0.0/15); any case.")
 
-ORG_FILTER_OPTION = click.option("--org", default="",
+ORG_FILTER_OPTION = click.option("--org", default="", callback=_org_filter,
                                  help="Only this organization (any case).")
 
 def refuse_empty(what: str) -> Callable[[click.Context, click.Parameter, str | None],

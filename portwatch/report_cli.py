@@ -38,13 +38,14 @@ T = TypeVar("T")
 @ORG_FILTER_OPTION
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
 @click.option("--product-version", "product_version", default="", metavar="VERSION",
-              help="With --product: only this version (any case); '-': the ports that "
-                   "gave no version. Not --version: that is portwatch's own "
+              help="Only this version (any case), of --product when given; '-': the "
+                   "ports that gave no version. Not --version: that is portwatch's own "
                    "(`portwatch --version`).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")
 @click.option("--color", **filter_choice("green", "yellow", "red"),
-              help="Only ports (list) or targets (summary) with this risk colour.")
+              help="Only ports (list), targets (summary) or products (products) with "
+                   "this risk colour.")
 @click.option("--prevalence",
               **filter_choice("very common", "somewhat common", "less common", "rare"),
               help="list: only ports in this prevalence bucket (very common: more than "

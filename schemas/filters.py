@@ -60,6 +60,17 @@ def target_predicate(alias: str) -> str:
     return TARGET_PREDICATE.format(a=alias)
 
 
+def filter_text(name: str, value: str, cap: int) -> str:
+    """A filter value people type (a target, an organization), stripped: ValueError, one
+    line, when longer than ``cap`` or holding control characters. The CLI and the web API
+    refuse alike (the CLI read such a value as "no rows", the API refused it)."""
+    if len(value) > cap:
+        raise ValueError(f"{name} is too long ({len(value)} characters; at most {cap})")
+    if any(not ch.isprintable() for ch in value):
+        raise ValueError(f"{name} contains control characters")
+    return value.strip()
+
+
 def normalize_target(text: str) -> str:
     """The target filter as the SQL should receive it: stripped; an address and a CIDR
     block in their canonical forms (zeros compressed, host bits cleared). A value is a

@@ -17,7 +17,7 @@ from typing import Any
 
 from schemas import REPORTS, report_parameters
 from schemas.bounded import TEXT_CAP, is_digits
-from schemas.filters import normalize_target
+from schemas.filters import filter_text, normalize_target
 
 COLORS = ("red", "yellow", "green")
 PREVALENCE = ("very common", "somewhat common", "less common", "rare")
@@ -106,9 +106,10 @@ def _text(name: str, value: str) -> str:
         raise BadRequest(f"{name} is too long ({len(value)} characters; at most {MAX_TEXT})")
     if name in ANY_CHARACTER:
         return value  # exactly as stored, blanks too: what the Products page links to
-    if any(not ch.isprintable() for ch in value):
-        raise BadRequest(f"{name} contains control characters")
-    return value.strip()
+    try:
+        return filter_text(name, value, MAX_TEXT)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:

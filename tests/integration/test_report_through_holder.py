@@ -113,6 +113,26 @@ def test_report_while_serve_holds_the_store_answers_through_it(scanned: Path) ->
     assert len(json.loads(held[("list", "--limit", "1", "-f", "json")].stdout)) == 1
 
 
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--target", "a\x1bb", "the target contains control characters"),
+    ("--org", "Example\nCorp", "the organization contains control characters"),
+    ("--org", "x" * 9000, "the organization is too long (9000 characters; at most 4096)"),
+])
+def test_a_bad_filter_is_one_usage_error_whether_a_holder_answers_or_not(
+        scanned: Path, flag: str, value: str, words: str) -> None:
+    store = f"chdb://{scanned}"
+    # Given a filter value no report can match (a review: read directly it was "no rows",
+    # exit 0; through a serve holding the store, "its API failed: answered 400", exit 1)
+    direct = run_cli("report", "list", flag, value, store=store)
+    with serving(scanned):
+        held = run_cli("report", "list", flag, value, store=store)
+    # Then both refuse it in one line, exit 2, saying what is wrong
+    for result in (direct, held):
+        assert result.code == 2, result.stderr
+        assert words in result.stderr and "API" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_report_through_a_token_server(scanned: Path) -> None:
     # Given serve with a token (the advert carries it)
     with serving(scanned, token="k" * 24):
