@@ -96,6 +96,29 @@ def warn_unknown_organizations(config: Any, targets: Any, db: Any) -> None:
                        f"{some or 'none'})"))
 
 
+def warn_conflicting_labels(prepared: Any) -> None:
+    """Say each address two schedule entries scan under the same target with different
+    labels (organization, asset): each entry's scan relabels the host, so the reports
+    and an organization's rules follow whichever ran last (a review: an inventory entry's
+    organization vanished after a plain entry of the same address ran)."""
+    labels: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+    for name, scan in prepared.items():
+        for t in scan.targets:
+            labels.setdefault((t.target, t.ip), {}).setdefault(
+                (t.organization, t.asset), name)
+    clashes = [(key, seen) for key, seen in labels.items() if len(seen) > 1]
+    for (target, ip), seen in clashes[:3]:
+        named = "; ".join(f"{entry}: organization {org or '(none)'!r}, asset "
+                          f"{asset or '(none)'!r}" for (org, asset), entry in seen.items())
+        where = target if target == ip else f"{target} ({ip})"
+        _say(printable(f"warning: schedule entries label {where} differently ({named}): "
+                       "each run relabels it, so the reports and organization rules follow "
+                       "the entry that ran last"))
+    if len(clashes) > 3:
+        _say(f"warning: {len(clashes) - 3} more address(es) labelled differently by "
+             "schedule entries")
+
+
 # -- watch ------------------------------------------------------------------------------
 
 
@@ -147,6 +170,7 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
     _check_store_url(store)
     # bad targets, inventories or ports: exit 2 here, for --list too
     prepared = {e.name: _prepare(e, store, schedule_file) for e in entries}
+    warn_conflicting_labels(prepared)
     if show_list:
         _print_plan(store, entries)
         return

@@ -529,6 +529,27 @@ def test_bad_accept_input(tmp_path: Path, args: list[str], words: str) -> None:
 
 
 
+def test_entries_labelling_one_address_differently_are_said(tmp_path: Path) -> None:
+    # Given two entries scanning 127.0.0.1 as the same target, under two organizations
+    sched = tmp_path / "schedules.yaml"
+    sched.write_text(
+        "schedules:\n"
+        "  - {name: web, targets: [127.0.0.1], organization: Org A, cron: \"@yearly\"}\n"
+        "  - {name: db, targets: [127.0.0.1], organization: Org B, asset: lo, "
+        "cron: \"@yearly\"}\n"
+        "  - {name: other, targets: [127.0.0.2], organization: Org A, cron: \"@yearly\"}\n")
+    # When the plan is read
+    result = run_cli("watch", "--schedule", str(sched), "--list",
+                     store=f"chdb://{tmp_path / 'store'}", env=ENV)
+    # Then one warning names the address and both labellings (each run relabels it)
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "label" in line]
+    assert warnings == [
+        "portwatch: warning: schedule entries label 127.0.0.1 differently (web: organization "
+        "'Org A', asset '(none)'; db: organization 'Org B', asset 'lo'): each run relabels "
+        "it, so the reports and organization rules follow the entry that ran last"]
+
+
 def test_an_entry_of_more_than_a_16_says_its_own_key_and_runs_with_it(tmp_path: Path) -> None:
     # Given an entry of a /15 (loopback; only planned here, never scanned)
     sched = tmp_path / "schedules.yaml"
