@@ -81,18 +81,22 @@ _CUT_SCAN_CARRIED_SQL = (
     "SELECT cut.target AS target, cut.ip AS ip, cut.scan_id AS scan_id, "
     "argMax(h.scan_id, h.finished_at) AS ports_scan_id "
     "FROM cut INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_scans FINAL "
-    "WHERE status = 'completed' AND (target, ip) IN (SELECT target, ip FROM cut)) AS h "
+    "WHERE {hosts} AND status = 'completed') AS h "
     "ON h.target = cut.target AND h.ip = cut.ip "
     "WHERE h.finished_at < cut.finished_at "
     "GROUP BY cut.target, cut.ip, cut.scan_id) "
     "SELECT base.target AS target, base.ip AS ip, base.scan_id AS scan_id, "
     "o.proto AS proto, o.port AS port "
     "FROM base INNER JOIN ("
-    "SELECT target, ip, scan_id, proto, port FROM port_observations "
-    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base) "
-    "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history "
-    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base)) AS o "
+    "SELECT target, ip, scan_id, proto, port FROM port_observations WHERE {hosts} "
+    "AND (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base) "
+    "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history WHERE {hosts} "
+    "AND (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base)) AS o "
     "ON o.target = base.target AND o.ip = base.ip AND o.scan_id = base.ports_scan_id")
+# The cut scans' hosts, on the tables' sorting keys as constants (the array is a scalar):
+# with none cut, nothing is read (an IN over the CTE read every row of the tables: the
+# per-target page's scores took 150-220 ms instead of 33).
+_CUT_HOSTS = "has(arrayMap(c -> c.1, {cut}), target) AND has(arrayMap(c -> c.2, {cut}), ip)"
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
@@ -126,7 +130,8 @@ def expand_macros(sql: str) -> str:
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
-    sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(cut=m.group(1)), sql)
+    sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(
+        cut=m.group(1), hosts=_CUT_HOSTS.format(cut=m.group(1))), sql)
     sql = _CARRIED_COUNTS.sub(
         lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)
     sql = _ADDRESS_ORDER.sub(lambda m: (f"{_ADDRESS_KIND}, toIPv6OrZero({{c}}), {{c}}"

@@ -28,6 +28,9 @@ WITH
     (SELECT (min(scan_started_at), max(scan_finished_at),
              groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut))
      FROM scans) AS scanned,
+    -- the ports the cut ones left as they were, read once too (named twice below)
+    (SELECT groupArray((target, ip, scan_id, proto, port))
+     FROM (CUT_SCAN_CARRIED(scanned.3))) AS cut_ports,
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -51,7 +54,7 @@ WITH
             SELECT target, ip, scan_id, proto, port FROM carried_history
             WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
             UNION ALL
-            SELECT * FROM (CUT_SCAN_CARRIED(scanned.3)))
+            SELECT p.1, p.2, p.3, p.4, p.5 FROM (SELECT arrayJoin(cut_ports) AS p))
     ),
     -- the ports the noted scans saw, in the same bounds as counts
     seen AS (

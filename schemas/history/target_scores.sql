@@ -20,6 +20,9 @@ WITH
     -- the scans that completed no shard, read once (a scalar subquery)
     (SELECT groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut) FROM scans)
         AS cut_scans,
+    -- the ports they left as they were, read once too (named twice below)
+    (SELECT groupArray((target, ip, scan_id, proto, port))
+     FROM (CUT_SCAN_CARRIED(cut_scans))) AS cut_ports,
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -41,7 +44,7 @@ WITH
             SELECT target, ip, scan_id, proto, port FROM carried_history
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
             UNION ALL
-            SELECT * FROM (CUT_SCAN_CARRIED(cut_scans)))
+            SELECT p.1, p.2, p.3, p.4, p.5 FROM (SELECT arrayJoin(cut_ports) AS p))
     ),
     seen AS (
         SELECT target, ip, scan_id, proto, port FROM port_observations
