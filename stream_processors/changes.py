@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -371,8 +371,17 @@ def _is_near_expiry(s: PortSnapshot, now: datetime) -> bool:
     return s.cert_not_after != EPOCH and s.cert_not_after - now <= _LOOSEST
 
 
+# What a port's certificates were already alerted for (the change log, as
+# ``history.expiry_alerts`` reads it): (proto, port, kind, notAfter as the event says it,
+# threshold in days; 0 for cert_expired). A certificate that comes back after another
+# (two backends behind one address) is not the previous scan's, so the previous snapshot
+# alone could not say it was alerted: it was alerted again each time it came back.
+ExpiryAlerts = Container[tuple[Proto, int, str, str, int]]
+
+
 def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: datetime | None,
-                 now: datetime, event: _EventFactory) -> list[ChangeEvent]:
+                 now: datetime, event: _EventFactory,
+                 alerted: ExpiryAlerts = frozenset()) -> list[ChangeEvent]:
     if not after.cert_sha256 or after.cert_not_after == EPOCH:
         return []
     if after.cert_not_after - now > _LOOSEST:
@@ -380,9 +389,10 @@ def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: 
     same_cert = (before is not None and previous_at is not None
                  and before.cert_sha256 == after.cert_sha256)
     not_after = after.cert_not_after.isoformat()
+    key = (after.proto, after.port)
     if after.cert_not_after <= now:
         was_expired = same_cert and previous_at is not None and after.cert_not_after <= previous_at
-        if was_expired:
+        if was_expired or (*key, ChangeKind.CERT_EXPIRED.value, not_after, 0) in alerted:
             return []
         return [event(ChangeKind.CERT_EXPIRED, after, "", not_after)]
     bucket_now = _expiry_bucket(after.cert_not_after, now)
@@ -392,6 +402,9 @@ def _cert_events(before: PortSnapshot | None, after: PortSnapshot, previous_at: 
                      if same_cert and previous_at is not None else None)
     if bucket_before is not None and bucket_before <= bucket_now:
         return []  # already inside this threshold at the previous scan: once per threshold
+    if any((*key, ChangeKind.CERT_EXPIRING.value, not_after, days) in alerted
+           for days in EXPIRY_THRESHOLDS if days <= bucket_now):
+        return []  # this certificate was said at this threshold (or a tighter) before
     return [event(ChangeKind.CERT_EXPIRING, after, not_after, f"{bucket_now}d",
                   severity=EXPIRY_SEVERITY[bucket_now])]
 
@@ -440,8 +453,10 @@ def _is_closed(key: PortKey, answer: ProbeAnswer | None) -> bool:
 
 
 def detect_changes(previous: HostState | None, scan: HostScanView,
-                   reprobes: Mapping[PortKey, ProbeAnswer]) -> ChangeOutcome:
-    """Compare this scan of a host with its previous completed state (module docstring)."""
+                   reprobes: Mapping[PortKey, ProbeAnswer],
+                   alerted: ExpiryAlerts = frozenset()) -> ChangeOutcome:
+    """Compare this scan of a host with its previous completed state (module docstring).
+    ``alerted``: the expiry events already said for its certificates (``ExpiryAlerts``)."""
     if not scan.is_completed:
         return ChangeOutcome([], None)  # an interrupted scan closes nothing, opens nothing
     now = scan.finished_at  # computed once: a property over the shards
@@ -513,7 +528,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         # unreachable, in between hid the crossing (no cert_expiring, no cert_expired)
         judged = old_port if old_port is not None and old_port.is_open else None
         judged_at = judged.seen_at if judged is not None and judged.seen_at > EPOCH else host_at
-        cert_events = _cert_events(judged, new, judged_at, now, event)
+        cert_events = _cert_events(judged, new, judged_at, now, event, alerted)
         events.extend(cert_events)
         if cert_events or (new.cert_sha256 and now < new.cert_not_after
                            and _is_near_expiry(new, now)):

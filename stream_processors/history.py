@@ -45,6 +45,8 @@ from schemas.records import (
     Target,
 )
 from stream_processors.changes import (
+    EPOCH,
+    EXPIRY_THRESHOLDS,
     INCOMPLETE,
     TEXT_CAP,
     HostScanView,
@@ -345,6 +347,66 @@ def write_rows(store: Store, rows: _Rows) -> None:
     store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
 
 
+# -- certificate expiry already said ----------------------------------------------------------
+
+ExpiryEntry = tuple[Proto, int, str, str, int]  # changes.ExpiryAlerts' members
+_EXPIRY_ALERTS_SQL = (
+    "SELECT target, ip, proto, port, kind, before, after FROM changes "
+    "WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} "
+    "AND kind IN ('cert_expiring', 'cert_expired') "
+    "AND observed_at >= {since:DateTime64(3, 'UTC')}")
+EXPIRY_HOSTS_PER_READ = 2_000
+
+
+def _certificate_came_back(view: HostScanView, previous: HostState | None) -> bool:
+    """Does this scan show, near expiry, a certificate its port did not have at the
+    previous scan (one that may have come back after another: then the change log, not
+    the previous snapshot, says whether it was alerted)?"""
+    now = view.finished_at
+    for key, new in view.ports.items():
+        if not new.cert_sha256 or new.cert_not_after - now > timedelta(
+                days=max(EXPIRY_THRESHOLDS)):
+            continue
+        old = previous.ports.get(key) if previous is not None else None
+        if old is None or old.cert_sha256 != new.cert_sha256:
+            return True
+    return False
+
+
+def _expiry_entries(proto: str, port: int, kind: str, before: str, after: str
+                    ) -> list[ExpiryEntry]:
+    """An expiry event's entry: (proto, port, kind, notAfter, threshold days; 0 for
+    expired). An event row no writer of ours makes gives none."""
+    try:
+        if kind == ChangeKind.CERT_EXPIRED.value:
+            return [(Proto(proto), int(port), kind, after, 0)]
+        days = after.removesuffix("d")
+        return [(Proto(proto), int(port), kind, before, int(days))] if days.isdigit() else []
+    except ValueError:
+        return []
+
+
+def expiry_alerts(store: Store, views: Sequence[HostScanView]
+                  ) -> dict[HostKey, set[ExpiryEntry]]:
+    """The certificate expiry events the change log holds for ``views``' hosts, from
+    31 days before the earliest of their near-expiry certificates' ends (a threshold is
+    crossed at most 30 days before, "expired" after)."""
+    since = min(s.cert_not_after for v in views for s in v.ports.values()
+                if s.cert_sha256 and s.cert_not_after > EPOCH) - timedelta(days=31)
+    keys = sorted({(v.target.target, v.target.ip) for v in views})
+    out: dict[HostKey, set[ExpiryEntry]] = {}
+    for start in range(0, len(keys), EXPIRY_HOSTS_PER_READ):
+        chunk = keys[start:start + EXPIRY_HOSTS_PER_READ]
+        wanted = set(chunk)
+        for target, ip, proto, port, kind, before, after in store.query(_EXPIRY_ALERTS_SQL, {
+                "targets": sorted({k[0] for k in chunk}), "ips": sorted({k[1] for k in chunk}),
+                "since": since}):
+            if (target, ip) in wanted:
+                out.setdefault((target, ip), set()).update(
+                    _expiry_entries(str(proto), int(port), str(kind), str(before), str(after)))
+    return out
+
+
 # -- the recorder both transports use ---------------------------------------------------------
 
 
@@ -445,6 +507,7 @@ class ChangeRecorder:
         # Waves: a host appears at most once per wave, oldest scan first, so several scans
         # of one host in one call (a backlog, a replayed partition) chain correctly.
         pending = slow
+        expiry_said: dict[HostKey, set[ExpiryEntry]] = {}
         while pending:
             wave: list[HostScanView] = []
             later: list[HostScanView] = []
@@ -453,7 +516,7 @@ class ChangeRecorder:
                 key = (view.target.target, view.target.ip)
                 (later if key in seen else wave).append(view)
                 seen.add(key)
-            events.extend(await self._wave(wave, states, rows))
+            events.extend(await self._wave(wave, states, rows, expiry_said))
             pending = later
         if self.publish is not None and events:
             await self.publish(events)
@@ -495,10 +558,12 @@ class ChangeRecorder:
                 return events
 
     async def _wave(self, views: Sequence[HostScanView], states: dict[HostKey, HostState],
-                    rows: _Rows) -> list[ChangeEvent]:
+                    rows: _Rows, expiry_said: dict[HostKey, set[ExpiryEntry]]
+                    ) -> list[ChangeEvent]:
         """One wave's events; its rows are added to ``rows`` (the caller writes them). A
         replay in a wave reads events stored by an earlier call: one call never holds the
-        same scan of a host twice (host_views groups by scan)."""
+        same scan of a host twice (host_views groups by scan). ``expiry_said``: the
+        certificate expiry events of the call's earlier waves (not stored yet), added to."""
         todo: list[tuple[HostScanView, HostState | None]] = []
         replays: list[HostScanView] = []
         for view in views:
@@ -514,9 +579,18 @@ class ChangeRecorder:
         per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
         for (a_ip, proto, port), answer in answers.items():
             per_ip.setdefault(a_ip, {})[(proto, port)] = answer
+        recalled = [view for view, previous in todo if _certificate_came_back(view, previous)]
+        alerted = (await asyncio.to_thread(expiry_alerts, self.store, recalled)
+                   if recalled else {})
         for view, previous in todo:
             host_answers = per_ip.get(view.target.ip, {})
-            outcome = detect_changes(previous, view, host_answers)
+            key = (view.target.target, view.target.ip)
+            said = alerted.get(key, set()) | expiry_said.get(key, set())
+            outcome = detect_changes(previous, view, host_answers, said)
+            for e in outcome.events:  # a later wave of this call (a backlog) knows them
+                if e.kind in (ChangeKind.CERT_EXPIRING, ChangeKind.CERT_EXPIRED):
+                    expiry_said.setdefault(key, set()).update(_expiry_entries(
+                        e.proto.value, e.port, e.kind.value, e.before, e.after))
             rows.add(view, previous, outcome.events, outcome.state, host_answers)
             if outcome.state is not None:
                 states[(view.target.target, view.target.ip)] = outcome.state

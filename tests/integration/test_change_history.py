@@ -334,3 +334,21 @@ def test_prune_leaves_every_report_as_it_was(store) -> None:  # type: ignore[no-
     recovered = asyncio.run(ChangeRecorder(store).recover(finished_before=now))
     assert [(e.kind, e.port, e.scan_id, e.previous_scan_id) for e in recovered] == [
         (ChangeKind.OPENED, 6379, "r2", "r1")]
+
+def test_a_certificate_that_comes_back_is_not_alerted_again_for_its_expiry(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Given a port whose certificate expires in 5 days, then another certificate (a second
+    # backend behind the address), then the first again, one real scan each
+    port = servers.free_port()
+    soon, other = _cert(tmp_path, "soon", 5), _cert(tmp_path, "other", 90)
+    scans = []
+    for cert in (soon, other, soon):
+        with openssl_server(cert, port=port):
+            scans.append(_scan(store, LOCAL, [port]))
+    # Then the expiry is said once; each change of certificate is said (before: the 7-day
+    # alert went out again each time the first certificate came back)
+    assert [sorted(k for k, _p, _b, _a in _events(s)) for s in scans] == [
+        ["cert_expiring", "opened"], ["cert_changed"], ["cert_changed"]]
+    assert [(r[0], r[1]) for r in store.query(
+        "SELECT kind, after FROM changes FINAL WHERE kind = 'cert_expiring'")] == [
+        ("cert_expiring", "7d")]

@@ -186,6 +186,29 @@ def test_cert_expiring_once_per_threshold_and_expired_once() -> None:
     assert kinds(detect_changes(out.state, day12, {})) == []
 
 
+def test_a_certificate_back_after_another_is_not_alerted_again_for_what_was_said() -> None:
+    # Given a port whose previous scan showed another certificate (two backends), and a
+    # change log that already said this one's 7-day threshold
+    c1 = {"tls_status": "completed", "cert_sha256": "1" * 64,
+          "cert_not_after": T1 + timedelta(days=5)}
+    c2 = {"tls_status": "completed", "cert_sha256": "2" * 64,
+          "cert_not_after": T1 + timedelta(days=300)}
+    said = {(Proto.TCP, 443, "cert_expiring", (T1 + timedelta(days=5)).isoformat(), 7)}
+    back = detect_changes(state([snap(443, **c2)]), view([snap(443, **c1)]), {}, said)
+    # Then the change of certificate is said, the expiry not again
+    assert [k[0] for k in kinds(back)] == ["cert_changed"]
+    # But a threshold not said yet (a looser one said only) is
+    looser = {(Proto.TCP, 443, "cert_expiring", (T1 + timedelta(days=5)).isoformat(), 14)}
+    out = detect_changes(state([snap(443, **c2)]), view([snap(443, **c1)]), {}, looser)
+    assert [k[3] for k in kinds(out) if k[0] == "cert_expiring"] == ["7d"]
+    # And an expired one said before is not said again when it comes back
+    gone = {"tls_status": "completed", "cert_sha256": "1" * 64,
+            "cert_not_after": T1 - timedelta(days=2)}
+    expired = {(Proto.TCP, 443, "cert_expired", (T1 - timedelta(days=2)).isoformat(), 0)}
+    assert [k[0] for k in kinds(detect_changes(
+        state([snap(443, **c2)]), view([snap(443, **gone)]), {}, expired))] == ["cert_changed"]
+
+
 def test_every_kind_has_a_default_severity_and_cdn_opening_is_info() -> None:
     assert {k for k, colour in SEVERITY_RULES if colour == ""} == set(ChangeKind)
     assert severity_of(ChangeKind.OPENED, "red", is_cdn_expected=True) is Severity.INFO
