@@ -364,8 +364,8 @@ def _certificate_came_back(view: HostScanView, previous: HostState | None) -> bo
     the previous snapshot, says whether it was alerted)?"""
     now = view.finished_at
     for key, new in view.ports.items():
-        if not new.cert_sha256 or new.cert_not_after - now > timedelta(
-                days=max(EXPIRY_THRESHOLDS)):
+        if (not new.cert_sha256 or new.cert_not_after == EPOCH  # (an unreadable date)
+                or new.cert_not_after - now > timedelta(days=max(EXPIRY_THRESHOLDS))):
             continue
         old = previous.ports.get(key) if previous is not None else None
         if old is None or old.cert_sha256 != new.cert_sha256:
@@ -391,8 +391,9 @@ def expiry_alerts(store: Store, views: Sequence[HostScanView]
     """The certificate expiry events the change log holds for ``views``' hosts, from
     31 days before the earliest of their near-expiry certificates' ends (a threshold is
     crossed at most 30 days before, "expired" after)."""
-    since = min(s.cert_not_after for v in views for s in v.ports.values()
-                if s.cert_sha256 and s.cert_not_after > EPOCH) - timedelta(days=31)
+    since = min((s.cert_not_after for v in views for s in v.ports.values()
+                 if s.cert_sha256 and s.cert_not_after > EPOCH), default=EPOCH
+                ) - timedelta(days=31)
     keys = sorted({(v.target.target, v.target.ip) for v in views})
     out: dict[HostKey, set[ExpiryEntry]] = {}
     for start in range(0, len(keys), EXPIRY_HOSTS_PER_READ):
