@@ -223,42 +223,45 @@ def score_findings(findings: Iterable[Finding]) -> Score:
 # -- a TLS verdict this scan could not renew ------------------------------------------
 
 _RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
-KEPT_NOTE = " (TLS as last tested: {why})"
-_KEPT = re.compile(r" \(TLS as last tested: [^()]*\)$")
 
 
 @dataclass(frozen=True, slots=True)
-class LastVerdict:
-    """A port's latest stored colour and reason, what it was then (service, product,
-    version, CDN-expected), where its latest TLS probe completed."""
+class PortVerdict:
+    """What a port's change state holds (port_state): its colour, its face (service,
+    product, version, CDN-expected) and whether its TLS result is of a completed test."""
 
     color: str
-    reason: str
     face: tuple[str, str, str, bool]
+    tls_completed: bool
 
 
-def tls_untested(finding: Finding, can_reach_tls: bool) -> bool:
-    """Did this scan fail to learn a TLS verdict it could have had: its probe errored,
-    or was not run (--no-tls) on a port that can reach TLS."""
+def tls_untested(finding: Finding) -> bool:
+    """This scan did not finish a TLS test of the port: its probe errored, or none ran."""
+    return finding.port.proto is Proto.TCP and finding.tls.status in (
+        ProbeStatus.ERROR, ProbeStatus.NOT_SCHEDULED)
+
+
+def keep_last_tls_colour(finding: Finding, last: PortVerdict | None,
+                         face: tuple[str, str, str, bool]) -> tuple[Finding, PortVerdict]:
+    """``finding`` as stored, and the verdict a later scan of the port compares with.
+
+    The change state keeps the last completed TLS result when a scan's probe errored, or
+    did not run on a port still named as before (--no-tls), and with it the colour those
+    facts gave, when nothing else this scan saw could lower it (same ``face``) and it is
+    higher than this scan's (``changes._keep_known``). The stored finding keeps it the same
+    way, from the same state, with a note: before, the reports showed a port yellow for
+    its self-signed certificate green after such a scan while the Ciphers report and the
+    change log still had it yellow."""
     status = finding.tls.status
-    return finding.port.proto is Proto.TCP and (
-        status is ProbeStatus.ERROR or (status is ProbeStatus.NOT_SCHEDULED and can_reach_tls))
-
-
-def keep_last_tls_colour(finding: Finding, last: LastVerdict | None,
-                         face: tuple[str, str, str, bool]) -> Finding:
-    """``finding`` as stored when this scan could not test TLS (``tls_untested``): the
-    colour the last completed test gave stays, with its reason and a note saying so,
-    when nothing this scan saw could lower it (same ``face``: service, product, version,
-    CDN verdict) and it is higher than this scan's. The change state keeps it the same way
-    (changes._keep_known); before, the reports showed a port yellow for its self-signed
-    certificate green after a --no-tls rescan or a probe that timed out, while the
-    Ciphers report and the change log still had it yellow."""
-    if last is None or last.face != face or last.color not in _RANK:
-        return finding
-    if _RANK[last.color] <= _RANK.get(finding.risk_color.value, 1):
-        return finding
-    why = ("this scan could not test it" if finding.tls.status is ProbeStatus.ERROR
-           else "not tested this scan")
-    reason = _KEPT.sub("", last.reason) + KEPT_NOTE.format(why=why)
-    return finding.with_(risk_color=RiskColor(last.color), risk_reason=reason)
+    mine = PortVerdict(finding.risk_color.value, face, status is ProbeStatus.COMPLETED)
+    if last is None or not last.tls_completed or last.color not in _RANK:
+        return finding, mine
+    not_run = status is ProbeStatus.NOT_SCHEDULED and face[0] == last.face[0]
+    if status is not ProbeStatus.ERROR and not not_run:
+        return finding, mine
+    if last.face != face or _RANK[last.color] <= _RANK.get(finding.risk_color.value, 1):
+        return finding, PortVerdict(finding.risk_color.value, face, True)
+    why = "this scan could not test it" if status is ProbeStatus.ERROR else "not tested"
+    reason = f"{finding.risk_reason}; {last.color} when TLS was last tested ({why})"
+    kept = finding.with_(risk_color=RiskColor(last.color), risk_reason=reason)
+    return kept, PortVerdict(last.color, face, True)

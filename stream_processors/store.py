@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -41,8 +40,8 @@ import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
 from schemas.bounded import text
-from schemas.records import Finding, HostScan, ProbeStatus, RiskColor
-from stream_processors.risk import LastVerdict, keep_last_tls_colour, tls_untested
+from schemas.records import Finding, HostScan, ProbeStatus, Proto, RiskColor
+from stream_processors.risk import PortVerdict, keep_last_tls_colour, tls_untested
 from stream_processors.risk_days import migrate_risk_days, refresh_risk_days
 from stream_processors.store_rows import (
     CERTIFICATE_COLUMNS,
@@ -55,7 +54,6 @@ from stream_processors.store_rows import (
     observation_row,
     tls_cipher_rows,
     tls_probe_row,
-    tls_reachable,
 )
 
 log = logging.getLogger(__name__)
@@ -185,39 +183,17 @@ BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
                          "tls_reachable UInt8 DEFAULT 1")),
 }
 
-# The last completed TLS probes of the ports (at most 4 each, newest first) made by
-# another scan than the batch's, with that scan's observation of the port: its colour,
-# reason and face (service, product, version, CDN verdict). What a scan that could not
-# test TLS keeps (``Store._keep_last_tls_colours``): never this scan's own rows (a retried
-# or replayed batch, whose error probe is stored before its observations, read its own
-# probe and stored another colour the second time), never the latest probe whatever its
-# status (a second probe error in a row found no completed one). The key sets are on the
-# tables' sorting keys.
-VERDICT_KEYS_PER_READ = 2_000  # ports per read of their last TLS verdicts
-_LAST_TLS_VERDICTS = """
-WITH probes AS (
-    SELECT target, ip, port, scan_id, observed_at FROM tls_probes FINAL
-    WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}
-      AND port IN {ports:Array(UInt16)} AND status = 'completed'
-      AND scan_id NOT IN {scans:Array(String)}
-    ORDER BY observed_at DESC LIMIT 4 BY target, ip, port
-)
-SELECT p.target, p.ip, p.port, p.observed_at, o.risk_color, o.risk_reason, o.service,
-       o.product, o.version, o.is_cdn_expected
-FROM probes AS p
-INNER JOIN (SELECT target, ip, port, scan_id, risk_color, risk_reason, service, product,
-                   version, is_cdn_expected
-            FROM port_observations FINAL
-            WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)}
-              AND proto = 'tcp' AND (target, ip, port, scan_id) IN (
-                  SELECT target, ip, port, scan_id FROM probes)) AS o
-    ON o.target = p.target AND o.ip = p.ip AND o.port = p.port AND o.scan_id = p.scan_id
+# The change state of the ports (port_state: what the change log compares with, kept by
+# the change writer, never pruned): what a scan that could not test TLS keeps
+# (``Store._keep_last_tls_colours``). The key sets are on the table's sorting key.
+VERDICT_KEYS_PER_READ = 2_000  # ports per read
+_PORT_VERDICTS = """
+SELECT target, ip, port, risk_color, service, product, version, is_cdn_expected, tls_status
+FROM port_state FINAL
+WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} AND proto = 'tcp'
+  AND port IN {ports:Array(UInt16)} AND is_open = 1
 SETTINGS optimize_move_to_prewhere_if_final = 1
 """
-
-def _as_utc(value: datetime) -> datetime:
-    """A time read from the store as an aware UTC datetime (the driver may give naive)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages
@@ -925,46 +901,47 @@ class Store:
 
     def _keep_last_tls_colours(self, findings: list[Finding]) -> list[Finding]:
         """``findings``, those whose TLS this scan could not test keeping the colour
-        their port's last completed test gave (``risk.keep_last_tls_colour``): one read,
-        none when every TLS port was tested. The same finding stored again (a retry, a
-        replay) gets the same colour: the verdict is that of the latest completed probe
-        of another scan observed before it. A read the engine refuses stores the
-        findings as they are (logged): never an insert lost."""
-        untested = [i for i, f in enumerate(findings) if f.risk_color is not RiskColor.RED
-                    and tls_untested(f, tls_reachable(f))]
-        if not untested:
+        their port's change state holds from its last completed test, as the change log
+        does (``risk.keep_last_tls_colour``). One read of the state, none when every TLS
+        port was tested; several scans of a port in one batch (a backlog) chain in the
+        order they were seen, as the change writer compares them. A read the engine
+        refuses stores the findings as they are (logged): never an insert lost."""
+        wanted = {(text(f.port.target.target), text(f.port.target.ip), f.port.port)
+                  for f in findings if f.risk_color is not RiskColor.RED and tls_untested(f)}
+        if not wanted:
             return findings
-        keys = {i: (text(findings[i].port.target.target), text(findings[i].port.target.ip),
-                    findings[i].port.port) for i in untested}
-        ordered = sorted(set(keys.values()))
-        rows: list[tuple[Any, ...]] = []
+        ordered = sorted(wanted)
+        state: dict[tuple[str, str, int], PortVerdict] = {}
         try:
             # a bounded set of values per statement (a server takes them in the URL)
             for start in range(0, len(ordered), VERDICT_KEYS_PER_READ):
                 chunk = ordered[start:start + VERDICT_KEYS_PER_READ]
-                rows += self.query(_LAST_TLS_VERDICTS, {
-                    "targets": sorted({k[0] for k in chunk}),
-                    "ips": sorted({k[1] for k in chunk}),
-                    "ports": sorted({k[2] for k in chunk}),
-                    "scans": sorted({text(findings[i].port.scan_id) for i in untested})})
+                for r in self.query(_PORT_VERDICTS, {
+                        "targets": sorted({k[0] for k in chunk}),
+                        "ips": sorted({k[1] for k in chunk}),
+                        "ports": sorted({k[2] for k in chunk})}):
+                    state[(str(r[0]), str(r[1]), int(r[2]))] = PortVerdict(
+                        str(r[3]), (str(r[4]), str(r[5]), str(r[6]), bool(r[7])),
+                        str(r[8]) == ProbeStatus.COMPLETED.value)
         except Exception as exc:  # noqa: BLE001 - the drivers raise many types
-            log.warning("could not read the last TLS verdicts of %d ports (their colours are "
-                        "this scan's): %s", len(keys), _engine_first_line(exc))
+            log.warning("could not read the change state of %d ports (their colours are "
+                        "this scan's): %s", len(wanted), _engine_first_line(exc))
             return findings
-        verdicts: dict[tuple[str, str, int], list[tuple[datetime, LastVerdict]]] = {}
-        for r in rows:
-            verdicts.setdefault((str(r[0]), str(r[1]), int(r[2])), []).append((
-                _as_utc(r[3]), LastVerdict(str(r[4]), str(r[5]),
-                                           (str(r[6]), str(r[7]), str(r[8]), bool(r[9])))))
         kept = list(findings)
-        for i, key in keys.items():
+        order = sorted((i for i, f in enumerate(findings) if f.port.proto is Proto.TCP),
+                       key=lambda i: findings[i].port.observed_at)
+        for i in order:
             f = kept[i]
-            seen_at = f.port.observed_at
-            before = [v for at, v in sorted(verdicts.get(key, ()), key=lambda av: av[0])
-                      if at < seen_at]
+            key = (text(f.port.target.target), text(f.port.target.ip), f.port.port)
+            if key not in wanted:
+                continue
             face = (text(f.service.service), text(f.service.product), text(f.service.version),
                     f.cdn.is_expected_port)
-            kept[i] = keep_last_tls_colour(f, before[-1] if before else None, face)
+            if f.risk_color is RiskColor.RED or not tls_untested(f):
+                state[key] = PortVerdict(f.risk_color.value, face,
+                                         f.tls.status is ProbeStatus.COMPLETED)
+                continue
+            kept[i], state[key] = keep_last_tls_colour(f, state.get(key), face)
         return kept
 
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:
