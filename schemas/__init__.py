@@ -93,10 +93,10 @@ _CUT_SCAN_CARRIED_SQL = (
     "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history WHERE {hosts} "
     "AND (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base)) AS o "
     "ON o.target = base.target AND o.ip = base.ip AND o.scan_id = base.ports_scan_id")
-# The cut scans' hosts, on the tables' sorting keys as constants (the array is a scalar):
-# with none cut, nothing is read (an IN over the CTE read every row of the tables: the
-# per-target page's scores took 150-220 ms instead of 33).
-_CUT_HOSTS = "has(arrayMap(c -> c.1, {cut}), target) AND has(arrayMap(c -> c.2, {cut}), ip)"
+# The cut scans' hosts as a set on the tables' sorting keys, built from the scalar array
+# (has() over the array cost one scan of the array per row: 2.3 s to refresh the risk
+# chart after 2,000 cut scans of 20 days' history, 1.0 s with the set, 0.4 s with no cut).
+_CUT_HOSTS = "(target, ip) IN (SELECT c.1, c.2 FROM (SELECT arrayJoin({cut}) AS c))"
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
