@@ -125,7 +125,8 @@ def warn_conflicting_labels(prepared: Any) -> None:
 @click.command()
 @click.option("--schedule", "schedule_file", required=True, metavar="FILE",
               type=click.Path(dir_okay=False),
-              help="Schedule entries: name, targets or inventory, ports, udp, cron.")
+              help="Schedule entries: name, cron, targets or inventory, organization, "
+                   "asset, ports, udp, exclude, allow_large.")
 @click.option("--once", is_flag=True,
               help="Run what is due, deliver alerts (bounded wait), exit: for cron/CronJob.")
 @click.option("--list", "show_list", is_flag=True, help="Print the next run of each entry.")
