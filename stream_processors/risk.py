@@ -26,15 +26,7 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import (
-    CdnVerdict,
-    Finding,
-    PortState,
-    ProbeStatus,
-    Proto,
-    RiskColor,
-    TlsResult,
-)
+from schemas.records import CdnVerdict, Finding, PortState, RiskColor, TlsResult
 
 log = logging.getLogger(__name__)
 
@@ -218,50 +210,3 @@ def score_findings(findings: Iterable[Finding]) -> Score:
         if is_scored(f):
             counts[f.risk_color] += 1
     return score_counts(counts[RiskColor.RED], counts[RiskColor.YELLOW], counts[RiskColor.GREEN])
-
-
-# -- a TLS verdict this scan could not renew ------------------------------------------
-
-_RANK = {RiskColor.GREEN.value: 0, RiskColor.YELLOW.value: 1, RiskColor.RED.value: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class PortVerdict:
-    """What a port's change state holds (port_state): its colour, its face (service,
-    product, version, CDN-expected) and whether its TLS result is of a completed test."""
-
-    color: str
-    face: tuple[str, str, str, bool]
-    tls_completed: bool
-
-
-def tls_untested(finding: Finding) -> bool:
-    """This scan did not finish a TLS test of the port: its probe errored, or none ran."""
-    return finding.port.proto is Proto.TCP and finding.tls.status in (
-        ProbeStatus.ERROR, ProbeStatus.NOT_SCHEDULED)
-
-
-def keep_last_tls_colour(finding: Finding, last: PortVerdict | None,
-                         face: tuple[str, str, str, bool]) -> tuple[Finding, PortVerdict]:
-    """``finding`` as stored, and the verdict a later scan of the port compares with.
-
-    The change state keeps the last completed TLS result when a scan's probe errored, or
-    did not run on a port still named as before (--no-tls), and with it the colour those
-    facts gave, when nothing else this scan saw could lower it (same ``face``) and it is
-    higher than this scan's (``changes._keep_known``). The stored finding keeps it the same
-    way, from the same state, with a note: before, the reports showed a port yellow for
-    its self-signed certificate green after such a scan while the Ciphers report and the
-    change log still had it yellow."""
-    status = finding.tls.status
-    mine = PortVerdict(finding.risk_color.value, face, status is ProbeStatus.COMPLETED)
-    if last is None or not last.tls_completed or last.color not in _RANK:
-        return finding, mine
-    not_run = status is ProbeStatus.NOT_SCHEDULED and face[0] == last.face[0]
-    if status is not ProbeStatus.ERROR and not not_run:
-        return finding, mine
-    if last.face != face or _RANK[last.color] <= _RANK.get(finding.risk_color.value, 1):
-        return finding, PortVerdict(finding.risk_color.value, face, True)
-    why = "this scan could not test it" if status is ProbeStatus.ERROR else "not tested"
-    reason = f"{finding.risk_reason}; {last.color} when TLS was last tested ({why})"
-    kept = finding.with_(risk_color=RiskColor(last.color), risk_reason=reason)
-    return kept, PortVerdict(last.color, face, True)

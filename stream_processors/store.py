@@ -39,9 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import platformdirs
 
 from schemas import REPORTS, bind_parameters, ddl_statements, report_parameters, report_sql
-from schemas.bounded import text
-from schemas.records import Finding, HostScan, ProbeStatus, Proto, RiskColor
-from stream_processors.risk import PortVerdict, keep_last_tls_colour, tls_untested
+from schemas.records import Finding, HostScan, ProbeStatus
 from stream_processors.risk_days import migrate_risk_days, refresh_risk_days
 from stream_processors.store_rows import (
     CERTIFICATE_COLUMNS,
@@ -182,19 +180,6 @@ BEFORE_DDL: dict[int, tuple[tuple[str, str], ...]] = {
          ("port_latest", "ALTER TABLE port_latest ADD COLUMN IF NOT EXISTS "
                          "tls_reachable UInt8 DEFAULT 1")),
 }
-
-# The change state of the ports (port_state: what the change log compares with, kept by
-# the change writer, never pruned): what a scan that could not test TLS keeps
-# (``Store._keep_last_tls_colours``). The key sets are on the table's sorting key.
-VERDICT_KEYS_PER_READ = 2_000  # ports per read
-_PORT_VERDICTS = """
-SELECT target, ip, port, risk_color, service, product, version, is_cdn_expected, tls_status
-FROM port_state FINAL
-WHERE target IN {targets:Array(String)} AND ip IN {ips:Array(String)} AND proto = 'tcp'
-  AND port IN {ports:Array(UInt16)} AND is_open = 1
-SETTINGS optimize_move_to_prewhere_if_final = 1
-"""
-
 
 # One row per port / host / TLS port, kept by materialized views: what the report pages
 # rank and page over (``compact_page_indexes``).
@@ -883,7 +868,7 @@ class Store:
         probes: list[list[Any]] = []
         ciphers: list[list[Any]] = []
         certs: list[list[Any]] = []
-        for f in self._keep_last_tls_colours(list(findings)):
+        for f in findings:
             observations.append(observation_row(f))
             if f.tls.status is not ProbeStatus.NOT_SCHEDULED:
                 probes.append(tls_probe_row(f))
@@ -898,51 +883,6 @@ class Store:
         self._insert("certificates", CERTIFICATE_COLUMNS, certs)
         self._insert("port_observations", OBSERVATION_COLUMNS, observations)
         return len(observations)
-
-    def _keep_last_tls_colours(self, findings: list[Finding]) -> list[Finding]:
-        """``findings``, those whose TLS this scan could not test keeping the colour
-        their port's change state holds from its last completed test, as the change log
-        does (``risk.keep_last_tls_colour``). One read of the state, none when every TLS
-        port was tested; several scans of a port in one batch (a backlog) chain in the
-        order they were seen, as the change writer compares them. A read the engine
-        refuses stores the findings as they are (logged): never an insert lost."""
-        wanted = {(text(f.port.target.target), text(f.port.target.ip), f.port.port)
-                  for f in findings if f.risk_color is not RiskColor.RED and tls_untested(f)}
-        if not wanted:
-            return findings
-        ordered = sorted(wanted)
-        state: dict[tuple[str, str, int], PortVerdict] = {}
-        try:
-            # a bounded set of values per statement (a server takes them in the URL)
-            for start in range(0, len(ordered), VERDICT_KEYS_PER_READ):
-                chunk = ordered[start:start + VERDICT_KEYS_PER_READ]
-                for r in self.query(_PORT_VERDICTS, {
-                        "targets": sorted({k[0] for k in chunk}),
-                        "ips": sorted({k[1] for k in chunk}),
-                        "ports": sorted({k[2] for k in chunk})}):
-                    state[(str(r[0]), str(r[1]), int(r[2]))] = PortVerdict(
-                        str(r[3]), (str(r[4]), str(r[5]), str(r[6]), bool(r[7])),
-                        str(r[8]) == ProbeStatus.COMPLETED.value)
-        except Exception as exc:  # noqa: BLE001 - the drivers raise many types
-            log.warning("could not read the change state of %d ports (their colours are "
-                        "this scan's): %s", len(wanted), _engine_first_line(exc))
-            return findings
-        kept = list(findings)
-        order = sorted((i for i, f in enumerate(findings) if f.port.proto is Proto.TCP),
-                       key=lambda i: findings[i].port.observed_at)
-        for i in order:
-            f = kept[i]
-            key = (text(f.port.target.target), text(f.port.target.ip), f.port.port)
-            if key not in wanted:
-                continue
-            face = (text(f.service.service), text(f.service.product), text(f.service.version),
-                    f.cdn.is_expected_port)
-            if f.risk_color is RiskColor.RED or not tls_untested(f):
-                state[key] = PortVerdict(f.risk_color.value, face,
-                                         f.tls.status is ProbeStatus.COMPLETED)
-                continue
-            kept[i], state[key] = keep_last_tls_colour(f, state.get(key), face)
-        return kept
 
     def insert_host_scans(self, scans: Iterable[HostScan]) -> int:
         """One row per (scan, host, shard): a host split over several shards sums its
