@@ -6,6 +6,10 @@ anything scans or sends) and their output. The work is done by ``schedule``,
 
 Must not touch: the scan internals (``portwatch.alerts.scanning`` is the one call).
 Listed in ``portwatch.cli``'s COMMANDS.
+
+Why one file: the commands share their checks of the alert and schedule files, the
+signal handling of a watch and its last delivery, and the lines they print (warnings,
+delivery summaries); split, each command would import the others' helpers.
 """
 
 from __future__ import annotations
@@ -383,8 +387,9 @@ def _say_unqueued(watcher: Any) -> bool:
 
 def report_drain(report: Any) -> None:
     """Say what the delivery of a run did (sent, kept for the next run, errors)."""
-    if report.sent or report.messages:
-        _say(f"alerts: {report.sent} delivered in {report.messages} message(s)")
+    if report.sent or report.delivered:
+        # delivered messages only ("2 delivered in 4 message(s)" counted failed sends)
+        _say(f"alerts: {report.sent} delivered in {report.delivered} message(s)")
     if report.failed:
         _say(f"alerts: {report.failed} failed for good (max_attempts reached, or the stored "
              "event unreadable; see `portwatch alerts log --state failed`)")

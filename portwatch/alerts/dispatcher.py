@@ -146,7 +146,8 @@ class DeliveryReport:
     sent: int = 0  # (rule, channel, event) deliveries recorded as sent in this pass
     retrying: int = 0
     failed: int = 0
-    messages: int = 0  # messages delivered (a failed send is in retrying / failed)
+    messages: int = 0  # messages sent, delivered or not
+    delivered: int = 0  # of them, those the channel took
     errors: list[str] = field(default_factory=list)
     orphaned: int = 0  # pending for a rule or channel no longer in the file: never sent
 
@@ -385,8 +386,8 @@ class AlertDispatcher:
         self._mark_sending(sending)
         result = send(channel, rule.name, events, delivery=ident,
                       timeout=self.config.delivery.send_timeout_seconds)  # signed: wall clock
-        report.messages += result.is_ok  # delivered ones ("2 delivered in 4 messages"
-        # counted the failed sends as messages too)
+        report.messages += 1
+        report.delivered += result.is_ok
         retry_at = self._record_all(sending, SENT if result.is_ok else None, result.error,
                                     report, retry_after=result.retry_after)
         if result.is_ok:
@@ -532,6 +533,7 @@ class AlertDispatcher:
             total.sent += report.sent
             total.failed += report.failed
             total.messages += report.messages
+            total.delivered += report.delivered
             total.errors += report.errors
             total.retrying = report.retrying
             try:

@@ -303,8 +303,9 @@ def test_gives_up_after_max_attempts_and_keeps_the_error(store: Any, tmp_path: P
         dispatcher.deliver_due()
         clock.advance(1)
         report = dispatcher.deliver_due()
-        # (a failed send is no message delivered: "0 delivered in 1 message(s)" before)
-        assert (report.failed, report.messages) == (1, 0)
+        # (a failed send is a message sent, none delivered: the run's summary counts
+        # delivered ones, "0 delivered in 1 message(s)" before)
+        assert (report.failed, report.messages, report.delivered) == (1, 1, 0)
         [row] = delivery_log(store, state="failed")
         assert row.attempts == 2
         assert "cannot reach" in row.last_error
@@ -837,8 +838,9 @@ def test_a_drain_sends_a_failing_channel_only_at_its_retry_times(
         # were not sent while it was failing
         assert receiver.accepted == []
         assert len(receiver.rejected) == 3
-        # (three sends, none delivered: no message counted)
-        assert (report.messages, report.sent, report.retrying) == (0, 0, 3)
+        # (three sends, none delivered)
+        assert (report.messages, report.delivered, report.sent, report.retrying) == (
+            3, 0, 0, 3)
         assert slept == [10, 20]
         assert passes == [0, 0, 10, 10, 30, 30]
         assert clock() - T0 == 30
