@@ -36,6 +36,10 @@ The rule, in words (ARCHITECTURE.md "Change history" has the why):
 
 Every event's ``observed_at`` is the scan's own finish time, so recomputing a scan's
 changes gives identical rows and identical ``event_id`` values.
+
+Why one file: the snapshot, the rule and the fingerprint of the fast path must compare
+the same fields the same way (a field compared by the rule but not fingerprinted is a
+change the fast path hides); one file keeps them side by side.
 """
 
 from __future__ import annotations
