@@ -343,6 +343,9 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     if once:
         async with watcher.delivering():  # what the first scans found goes out meanwhile
             records = await watcher.run_once()
+        if not records and not watcher.should_stop:
+            # (it printed nothing: a cron job's log could not tell a run from no run)
+            _say(f"watch: nothing due; {watcher.status_line()}")
         if dispatcher is not None:
             await last_delivery(dispatcher)
         if watcher.is_stopping or stop.is_set():

@@ -143,6 +143,8 @@ def test_watch_once_scans_records_the_run_and_is_not_due_again(tmp_path: Path) -
         second = run_cli("watch", "--schedule", str(sched), "--once", "-q", "--alerts",
                          str(rules), store=store, env=ENV)
         assert second.code == 0 and "scanning" not in second.stderr
+        # (and says so, with when it runs next: it printed nothing)
+        assert "portwatch: watch: nothing due; next run: loopback-hourly " in second.stderr
 
 
 def test_a_run_whose_engine_cannot_scan_is_recorded_failed_and_the_next_still_runs(
