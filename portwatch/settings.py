@@ -39,7 +39,9 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:,g}"
 
 
-def _parse_bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off, any case (a setting, a schedule key); else
+    ValueError."""
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -186,7 +188,7 @@ class Settings:
                     pattern = _INT if kind is int else _FLOAT if kind is float else None
                     if pattern is not None and not pattern.fullmatch(raw.strip()):
                         raise ValueError(raw)
-                    values[f.name] = _parse_bool(raw) if kind is bool else kind(raw.strip())
+                    values[f.name] = parse_bool(raw) if kind is bool else kind(raw.strip())
                 except ValueError:
                     raise SettingsError(f"{env}={shown!r} is not a valid "
                                         f"{kind.__name__}") from None

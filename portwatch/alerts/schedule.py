@@ -37,6 +37,7 @@ from portwatch.alerts.config import (
     read_text_file,
 )
 from portwatch.alerts.owners import owner_is_gone
+from portwatch.settings import parse_bool
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note",
@@ -314,7 +315,6 @@ def load_schedules(path: str | os.PathLike[str]) -> list[ScheduleEntry]:
 
 _KEYS = ("name", "cron", "targets", "inventory", "organization", "asset", "ports", "udp",
          "exclude", "allow_large")
-_YES, _NO = ("true", "yes", "on"), ("false", "no", "off")
 
 
 def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
@@ -394,16 +394,18 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
         if not _is_port_profile(udp, allow_none=True):
             raise fail(nodes["udp"], f"schedule {name!r}: bad udp {udp!r} (top1000, none or "
                                      "a spec)")
-        allow_large = values.get("allow_large", "false").lower()
-        if allow_large not in _YES + _NO:
+        try:
+            allow_large = parse_bool(values.get("allow_large", "false"))
+        except ValueError:
             raise fail(nodes["allow_large"], f"schedule {name!r}: allow_large is true or "
-                                             f"false, not {values['allow_large'][:40]!r}")
+                                             f"false, not {values['allow_large'][:40]!r}"
+                       ) from None
         out.append(ScheduleEntry(
             name=name, cron=cron, targets=values.get("targets", ()), inventory=inventory and
             values["inventory"], organization=values.get("organization", ""),
             asset=values.get("asset", ""), ports=ports, udp=udp,
             exclude=values.get("exclude", ()), line=node.start_mark.line + 1,
-            allow_large=allow_large in _YES))
+            allow_large=allow_large))
     return out
 
 
