@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # A /16 is the largest block scanned without --allow-large (65,536 addresses).
 MAX_ADDRESSES = 65_536
+# What every refusal of more than MAX_ADDRESSES says to do (a schedule entry, which has no
+# flags, says its own key instead: portwatch.alerts.scanning)
+ALLOW_LARGE_HINT = "pass --allow-large if you really mean it"
 # Even with --allow-large, one run expands at most a /8 (16.7 M addresses): beyond
 # that (an IPv6 /64...) the list itself would exhaust memory; split the work.
 HARD_MAX_ADDRESSES = 2**24
@@ -163,7 +166,7 @@ def _check_size(text: str, count: int, *, allow_large: bool) -> None:
     if count > MAX_ADDRESSES and not allow_large:
         raise TargetError(
             f"{text} covers {count:,} addresses, more than a /16 ({MAX_ADDRESSES:,}): "
-            "pass --allow-large if you really mean it"
+            f"{ALLOW_LARGE_HINT}"
         )
     if count > HARD_MAX_ADDRESSES:
         raise TargetError(f"{text} covers {count:,} addresses, more than one run expands "
@@ -215,7 +218,7 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     if total > MAX_ADDRESSES and not allow_large:
         raise TargetError(
             f"the targets cover {total:,} addresses in all, more than a /16 "
-            f"({MAX_ADDRESSES:,}): pass --allow-large if you really mean it")
+            f"({MAX_ADDRESSES:,}): {ALLOW_LARGE_HINT}")
     return total
 
 
@@ -832,7 +835,7 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
                         dropped.append((target, kept))
     if len(out) > MAX_ADDRESSES and not scope.allow_large:
         raise TargetError(f"{len(out):,} addresses in all, more than {MAX_ADDRESSES:,}: "
-                          "pass --allow-large if you really mean it")
+                          f"{ALLOW_LARGE_HINT}")
     if not out and this_host == total:
         raise TargetError("nothing to scan: 0.0.0.0/8 and :: mean this host, never a target "
                           "(a connect to them reaches the scanner itself): scan 127.0.0.1 or "

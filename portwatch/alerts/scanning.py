@@ -67,7 +67,7 @@ def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] =
     from portwatch.assembly import Assembly
     from portwatch.console import fail
     from portwatch.settings import Settings, SettingsError
-    from producers.targets import TargetError
+    from producers.targets import ALLOW_LARGE_HINT, TargetError
 
     overrides = dict(settings_overrides)
     if overrides.get("ports"):
@@ -87,7 +87,8 @@ def prepare_scan(settings_overrides: dict[str, Any], *, targets: Sequence[str] =
                                              allow_large=allow_large)
     except TargetError as exc:
         # a schedule entry has no flags: its key says it (scan's flag named otherwise)
-        fail(str(exc).replace("pass --allow-large", "set allow_large: true on the entry"))
+        fail(str(exc).replace(ALLOW_LARGE_HINT, "set allow_large: true on the entry if you "
+                                                  "really mean it"))
     return PreparedScan(list(work.targets), work.tcp_ports, work.udp_ports, settings,
                         work.scope)
 
