@@ -22,12 +22,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from probers.discovery.base import DiscoveryEngine, DiscoveryError, Progress, ShardDeadline
 from probers.discovery.tarpit import TarpitDetector
 from probers.service.engine import Endpoint, Fallback, identify
 from probers.service.engine import Settings as IdentifySettings
+from probers.tls.starttls import route_for  # (light: the package loads the prober lazily)
 from schemas.records import (
     Finding,
     HostScan,
@@ -40,9 +41,6 @@ from schemas.records import (
     utcnow,
 )
 from stream_processors import cdn, risk
-
-if TYPE_CHECKING:
-    from probers.tls.starttls import Upgrade
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +89,7 @@ async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
 
 
 # The probers these stages reach on the hot path, imported on first use (they take
-# ~0.15-0.25 s to import, which a process that never meets a UDP or TLS port need not
+# ~0.15-0.25 s to import, which a process that never meets a UDP port need not
 # pay), then looked up from here: an import statement in the per-finding function cost
 # a stage worker 6 % of its samples (BENCHMARKS.md, "tenth session").
 @functools.cache
@@ -104,12 +102,6 @@ def _udp_service_hint() -> Callable[[int], str]:
 def _own_reply_service() -> Callable[[int, bytes], str]:
     from probers.discovery.udp_payloads import own_reply_service
     return own_reply_service
-
-
-@functools.cache
-def _route_for() -> Callable[[str, bool], Upgrade | None]:
-    from probers.tls.starttls import route_for
-    return route_for
 
 
 # Seconds of nmap's UDP probes per answering port whose reply to discovery matched no
@@ -180,7 +172,7 @@ async def tls_stage(finding: Finding, ctx: StageContext) -> Finding:
     if ctx.tls_probe is None:
         return finding
     # the upgrade follows the identified service
-    route = _route_for()(finding.service.service, finding.service.is_tls)
+    route = route_for(finding.service.service, finding.service.is_tls)
     if route is None:
         return finding
     t = finding.port.target

@@ -12,10 +12,9 @@ certificates, and their row builders. Must not touch: the client (``store.py`` i
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
+from probers.tls.starttls import route_for
 from schemas.bounded import (
     ARRAY_CAP,
     BANNER_CAP,
@@ -82,22 +81,12 @@ def observation_row(f: Finding) -> list[Any]:
     ]
 
 
-@functools.cache
-def _route_for() -> Callable[[str, bool], object]:
-    # imported when a row is first built: the TLS package loads OpenSSL (~0.17 s), which
-    # a process that only reads the store never needs
-    from probers.tls.starttls import route_for
-
-    return route_for
-
-
 def tls_reachable(f: Finding) -> bool:
-    """Can the port reach TLS, as identified now: probed this time, TLS itself, or a
-    service whose STARTTLS upgrade the TLS stage speaks (probed or not: --no-tls). False
-    = plain text: the Ciphers report no longer shows a probe from when it spoke TLS."""
-    s = f.service
-    return (f.tls.status is not ProbeStatus.NOT_SCHEDULED or s.is_tls
-            or _route_for()(s.service, False) is not None)
+    """Can the port reach TLS, as identified now: probed this time, or a route the TLS
+    stage would take (TLS itself, a STARTTLS upgrade; probed or not: --no-tls). False =
+    plain text: the Ciphers report no longer shows a probe from when it spoke TLS."""
+    return (f.tls.status is not ProbeStatus.NOT_SCHEDULED
+            or route_for(f.service.service, f.service.is_tls) is not None)
 
 
 def _tls_base(f: Finding) -> list[Any]:

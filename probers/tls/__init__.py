@@ -14,8 +14,27 @@ Must not touch: Kafka, storage, other stages. Everything network-facing is bound
 attempt and per probe; failures come back as data (``ProbeStatus.ERROR``), never raised.
 """
 
-from probers.tls.commands import IMPLEMENTATIONS, ScanCommand
-from probers.tls.probe import detect_tls, probe_tls
-from probers.tls.starttls import Upgrade, route_for
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from probers.tls.commands import IMPLEMENTATIONS, ScanCommand
+    from probers.tls.probe import detect_tls, probe_tls
+    from probers.tls.starttls import Upgrade, route_for
 
 __all__ = ["IMPLEMENTATIONS", "ScanCommand", "Upgrade", "detect_tls", "probe_tls", "route_for"]
+
+# Loaded when first named (PEP 562): importing a light module of the package (starttls's
+# routes, which the store's row builder reads) no longer loads OpenSSL and the prober
+# (~0.17 s), which a process that only stores or reads findings never needs.
+_HOMES = {"IMPLEMENTATIONS": "commands", "ScanCommand": "commands", "detect_tls": "probe",
+          "probe_tls": "probe", "Upgrade": "starttls", "route_for": "starttls"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
