@@ -560,6 +560,19 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
     return hashlib.blake2b(marshal.dumps(rows, 2), digest_size=16).hexdigest()
 
 
+def certificate_came_back(previous: HostState | None, scan: HostScanView) -> bool:
+    """Does this scan show, near expiry, a certificate its port did not have in the
+    previous state (one that may come back after another: then the change log, not the
+    previous snapshot, says whether it was alerted; ``ExpiryAlerts``)?"""
+    now = scan.finished_at
+    for key, new in scan.ports.items():
+        if new.cert_sha256 and _is_near_expiry(new, now):
+            old = previous.ports.get(key) if previous is not None else None
+            if old is None or old.cert_sha256 != new.cert_sha256:
+                return True
+    return False
+
+
 def is_near_expiry(ports: Mapping[PortKey, PortSnapshot], now: datetime) -> bool:
     """True when some certificate is within the loosest expiry threshold (or expired)."""
     return any(_is_near_expiry(s, now) for s in ports.values())

@@ -46,7 +46,6 @@ from schemas.records import (
 )
 from stream_processors.changes import (
     EPOCH,
-    EXPIRY_THRESHOLDS,
     INCOMPLETE,
     TEXT_CAP,
     HostScanView,
@@ -54,6 +53,7 @@ from stream_processors.changes import (
     PortKey,
     PortSnapshot,
     ProbeAnswer,
+    certificate_came_back,
     closure_candidates,
     detect_changes,
     fingerprint,
@@ -358,21 +358,6 @@ _EXPIRY_ALERTS_SQL = (
 EXPIRY_HOSTS_PER_READ = 2_000
 
 
-def _certificate_came_back(view: HostScanView, previous: HostState | None) -> bool:
-    """Does this scan show, near expiry, a certificate its port did not have at the
-    previous scan (one that may have come back after another: then the change log, not
-    the previous snapshot, says whether it was alerted)?"""
-    now = view.finished_at
-    for key, new in view.ports.items():
-        if (not new.cert_sha256 or new.cert_not_after == EPOCH  # (an unreadable date)
-                or new.cert_not_after - now > timedelta(days=max(EXPIRY_THRESHOLDS))):
-            continue
-        old = previous.ports.get(key) if previous is not None else None
-        if old is None or old.cert_sha256 != new.cert_sha256:
-            return True
-    return False
-
-
 def _expiry_entries(proto: str, port: int, kind: str, before: str, after: str
                     ) -> list[ExpiryEntry]:
     """An expiry event's entry: (proto, port, kind, notAfter, threshold days; 0 for
@@ -580,7 +565,7 @@ class ChangeRecorder:
         per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
         for (a_ip, proto, port), answer in answers.items():
             per_ip.setdefault(a_ip, {})[(proto, port)] = answer
-        recalled = [view for view, previous in todo if _certificate_came_back(view, previous)]
+        recalled = [view for view, previous in todo if certificate_came_back(previous, view)]
         alerted = (await asyncio.to_thread(expiry_alerts, self.store, recalled)
                    if recalled else {})
         for view, previous in todo:
