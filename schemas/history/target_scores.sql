@@ -10,15 +10,14 @@
 WITH
     scans AS (
         SELECT target, ip, scan_id, max(finished_at) AS finished_at,
-               if(min(done), 'completed', 'interrupted') AS status, max(done) = 0 AS is_cut,
-               finished_at AS scan_finished_at
+               if(min(done), 'completed', 'interrupted') AS status, max(done) = 0 AS is_cut
         FROM (SELECT target, ip, scan_id, finished_at, status = 'completed' AS done
               FROM host_scans FINAL
               WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
         GROUP BY target, ip, scan_id
     ),
     -- the scans that completed no shard, read once (a scalar subquery)
-    (SELECT groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut) FROM scans)
+    (SELECT groupArrayIf((target, ip, scan_id, finished_at), is_cut) FROM scans)
         AS cut_scans,
     -- the ports they left as they were, read once too (named twice below)
     (SELECT groupArray((target, ip, scan_id, proto, port))
