@@ -120,33 +120,29 @@ def filter_choice(*values: str) -> dict[str, Any]:
             "callback": lambda _ctx, _param, value: value or ""}
 
 
-def _target_filter(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    from schemas.bounded import TEXT_CAP
-    from schemas.filters import filter_text, normalize_target
+def _text_filter(what: str, *, is_target: bool = False
+                 ) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A click callback for a filter people type: refused as the web API refuses it
+    (too long, control characters), then a target normalized as the SQL matches it."""
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+        from schemas.bounded import TEXT_CAP
+        from schemas.filters import filter_text, normalize_target
 
-    try:
-        return normalize_target(filter_text("the target", value, TEXT_CAP))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _org_filter(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    from schemas.bounded import TEXT_CAP
-    from schemas.filters import filter_text
-
-    try:
-        return filter_text("the organization", value, TEXT_CAP)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        try:
+            text = filter_text(what, value, TEXT_CAP)
+            return normalize_target(text) if is_target else text
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return check
 
 
 # The reports' --target (the four and `report changes`): what schemas/filters.py matches
 TARGET_FILTER_OPTION = click.option(
-    "--target", default="", callback=_target_filter,
+    "--target", default="", callback=_text_filter("the target", is_target=True),
     help="Only this target: as written, hostname, asset name, address, address prefix "
          "(198.18.) or CIDR block (198.18.0.0/15); any case.")
 
-ORG_FILTER_OPTION = click.option("--org", default="", callback=_org_filter,
+ORG_FILTER_OPTION = click.option("--org", default="", callback=_text_filter("the organization"),
                                  help="Only this organization (any case).")
 
 def refuse_empty(what: str) -> Callable[[click.Context, click.Parameter, str | None],

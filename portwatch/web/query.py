@@ -102,9 +102,10 @@ class ReportQuery:
 
 
 def _text(name: str, value: str) -> str:
-    if len(value) > MAX_TEXT:
-        raise BadRequest(f"{name} is too long ({len(value)} characters; at most {MAX_TEXT})")
     if name in ANY_CHARACTER:
+        if len(value) > MAX_TEXT:
+            raise BadRequest(f"{name} is too long ({len(value)} characters; at most "
+                             f"{MAX_TEXT})")
         return value  # exactly as stored, blanks too: what the Products page links to
     try:
         return filter_text(name, value, MAX_TEXT)
