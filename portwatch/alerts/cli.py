@@ -357,7 +357,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     own_signals()
     try:
         async with _serving(db, web, token):
-            _say(f"watch: {watcher.status_line()}")
+            watcher.say_status()
             await watcher.run_forever(stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

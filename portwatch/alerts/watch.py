@@ -114,6 +114,7 @@ class Watcher:
     _held: dict[str, tuple[datetime, datetime]] = field(default_factory=dict, repr=False)
     # change events the outbox refused (a store error): queued again before the next run
     _unqueued: list[ChangeEvent] = field(default_factory=list, repr=False)
+    _said_status: str = field(default="", repr=False)  # the status line said last
 
     @property
     def unqueued(self) -> int:
@@ -148,6 +149,14 @@ class Watcher:
                     "now" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC"))
             parts.append(f"{d.entry.name} {when}")
         return "next run: " + ", ".join(parts)
+
+    def say_status(self, status: str | None = None) -> None:
+        """Say the status line (``status``, or the current one) unless it is the line
+        said last: the CLI says it before the first run, and the loop after each run."""
+        status = self.status_line() if status is None else status
+        if status and status != self._said_status:
+            self.say(f"watch: {status}")
+            self._said_status = status
 
     async def run_once(self) -> list[RunRecord]:
         """Run every due entry once (name order, one after another). Each entry is
@@ -346,7 +355,6 @@ class Watcher:
             except TimeoutError:
                 pass
 
-        last_status = ""
         async with self.delivering():
             while not stop.is_set() and not self.is_stopping:
                 try:
@@ -361,8 +369,6 @@ class Watcher:
                     self.say(f"watch: the schedule's ledger could not be read: "
                              f"{error_text(exc)}; trying again in {STORE_RETRY_SECONDS:g}s")
                     status, pause = "", STORE_RETRY_SECONDS
-                if status and status != last_status:
-                    self.say(f"watch: {status}")
-                    last_status = status
+                self.say_status(status)
                 await wait(pause)
             self.queue_alerts([])  # a last try for what a store error kept

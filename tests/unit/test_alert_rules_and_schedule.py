@@ -209,6 +209,30 @@ def test_run_forever_waits_for_the_next_slot_with_the_injected_sleep(store: Any)
     assert waits == [60.0] * 61
 
 
+def test_the_status_line_is_said_once_until_it_changes(store: Any) -> None:
+    # Given an hourly entry that ran at 11:00, a watcher started at 11:10 (the CLI says
+    # its status before the loop), then the loop with nothing due until 12:00
+    now = [datetime(2026, 12, 1, 11, 10, tzinfo=UTC)]
+    ran_before(store, "hourly", datetime(2026, 12, 1, 11, 0, tzinfo=UTC))
+    lines: list[str] = []
+    stop = asyncio.Event()
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        stop.set()
+        return ScanOutcome(Stats("s"), [])
+
+    async def sleep(seconds: float) -> None:
+        now[0] += timedelta(seconds=seconds)
+
+    watcher = Watcher(store, [HOURLY], scan, None, clock=lambda: now[0], say=lines.append)
+    watcher.say_status()
+    asyncio.run(watcher.run_forever(stop, sleep=sleep))
+    # Then the status is said once before the 12:00 run (printed twice before: the CLI's
+    # line, then the loop's same line), and the run's own lines follow
+    status = [line for line in lines if line.startswith("watch: next run:")]
+    assert status == ["watch: next run: hourly 2026-12-01 12:00 UTC"], lines
+
+
 def until_the_first_scan(store: Any, now: list[datetime],
                          waited: Callable[[int, float], timedelta],
                          say: Callable[[str], None] = lambda _line: None,
