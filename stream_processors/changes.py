@@ -561,14 +561,15 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
 
 
 def certificate_came_back(previous: HostState | None, scan: HostScanView) -> bool:
-    """Does this scan show, near expiry, a certificate its port did not have in the
-    previous state (one that may come back after another: then the change log, not the
-    previous snapshot, says whether it was alerted; ``ExpiryAlerts``)?"""
+    """Does this scan show, near expiry, a certificate its port did not have open in the
+    previous state (one that may come back after another, or with its port reopening:
+    then the change log, not the previous snapshot, says whether it was alerted;
+    ``ExpiryAlerts``)? The same ports as ``detect_changes`` judges with no baseline."""
     now = scan.finished_at
     for key, new in scan.ports.items():
         if new.cert_sha256 and _is_near_expiry(new, now):
             old = previous.ports.get(key) if previous is not None else None
-            if old is None or old.cert_sha256 != new.cert_sha256:
+            if old is None or not old.is_open or old.cert_sha256 != new.cert_sha256:
                 return True
     return False
 

@@ -335,20 +335,28 @@ def test_prune_leaves_every_report_as_it_was(store) -> None:  # type: ignore[no-
     assert [(e.kind, e.port, e.scan_id, e.previous_scan_id) for e in recovered] == [
         (ChangeKind.OPENED, 6379, "r2", "r1")]
 
+@pytest.mark.parametrize("between", ["other", "closed"])
 def test_a_certificate_that_comes_back_is_not_alerted_again_for_its_expiry(
-        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        store, tmp_path: Path, between: str) -> None:  # type: ignore[no-untyped-def]
     # Given a port whose certificate expires in 5 days, then another certificate (a second
-    # backend behind the address), then the first again, one real scan each
+    # backend behind the address) or nothing (the service restarting), then the first
+    # again, one real scan each
     port = servers.free_port()
     soon, other = _cert(tmp_path, "soon", 5), _cert(tmp_path, "other", 90)
     scans = []
-    for cert in (soon, other, soon):
+    for cert in (soon, other if between == "other" else None, soon):
+        if cert is None:
+            scans.append(_scan(store, LOCAL, [port]))
+            continue
         with openssl_server(cert, port=port):
             scans.append(_scan(store, LOCAL, [port]))
-    # Then the expiry is said once; each change of certificate is said (before: the 7-day
-    # alert went out again each time the first certificate came back)
+    # Then the expiry is said once; each change of certificate, or the port's closing and
+    # reopening, is said (before: the 7-day alert went out again each time the first
+    # certificate came back, after another or after the port was closed)
+    middle, last = (("cert_changed", "cert_changed") if between == "other"
+                    else ("closed", "reopened"))
     assert [sorted(k for k, _p, _b, _a in _events(s)) for s in scans] == [
-        ["cert_expiring", "opened"], ["cert_changed"], ["cert_changed"]]
+        ["cert_expiring", "opened"], [middle], [last]]
     assert [(r[0], r[1]) for r in store.query(
         "SELECT kind, after FROM changes FINAL WHERE kind = 'cert_expiring'")] == [
         ("cert_expiring", "7d")]
