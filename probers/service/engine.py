@@ -387,6 +387,22 @@ async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         await writer.drain()
         data = await read_bounded(reader, timeout=s.probe_timeout, cap=256, idle=0.2)
         info = parse_postgres_ssl_reply(data)
+        if data == b"S":
+            # One byte is weak evidence (a banner sent a byte at a time starts "SSH-2.0"):
+            # 'S' means "go on with TLS", so a ClientHello on the same connection must
+            # meet a TLS record. Anything else said after it is another protocol; silence
+            # or a reset keeps the 'S', as a guess the other probes may outbid.
+            reply = b""
+            with contextlib.suppress(OSError, TimeoutError, EOFError):
+                writer.write(_client_hello())
+                await writer.drain()
+                reply = await read_bounded(reader, timeout=s.probe_timeout, cap=16, idle=0.2)
+            if reply[:1] in (b"\x15", b"\x16") and reply[1:2] == b"\x03":
+                pass  # a TLS alert or handshake record: a PostgreSQL offering TLS
+            elif reply:
+                info = None
+            elif info is not None:
+                info = replace(info, confidence=_PG_GUESS)
         if data == b"N":
             # Same connection: after 'N' the server waits for a startup packet. What 'N'
             # told is kept whatever the follow-up meets (a reset, a close, silence)
@@ -399,7 +415,24 @@ async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
                 if dated is not None and info is not None:
                     info = replace(dated, extra_info="; ".join(
                         x for x in (info.extra_info, dated.extra_info) if x))
+                elif reply and not reply.startswith(b"E"):
+                    info = None  # more text, not PostgreSQL's refusal: another protocol
     return Outcome(ProbeKind.POSTGRES_SSL, info, data)
+
+
+# An SSLRequest's lone 'S' whose ClientHello met silence: below the stop confidence, so
+# the probes after it still run and a better answer wins.
+_PG_GUESS = 5
+
+
+def _client_hello() -> bytes:
+    """The first flight of a TLS client (a ClientHello record), made by the ssl module
+    in memory: what a PostgreSQL that answered 'S' expects next."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_client_context().wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 # X.224 Connection Request in a TPKT, carrying RDP_NEG_REQ asking for TLS and CredSSP

@@ -58,3 +58,62 @@ def test_a_postgres_that_resets_after_its_n_is_still_postgresql() -> None:
     # Then what 'N' told is kept
     assert outcome.info is not None
     assert (outcome.info.service, outcome.info.extra_info) == ("postgresql", "TLS not offered")
+
+
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+def _drip(conn: socket.socket) -> None:
+    """An SSH banner sent a byte every 0.5 s, whatever the client says."""
+    conn.settimeout(0.5)
+    for byte in b"SSH-2.0-OpenSSH_8.0\r\n":
+        conn.sendall(bytes([byte]))
+        time.sleep(0.5)
+
+
+def _postgres_tls(conn: socket.socket) -> None:
+    """'S' to the SSLRequest, then a TLS alert record to the ClientHello (a server whose
+    TLS refused our hello still speaks TLS)."""
+    conn.settimeout(3)
+    if conn.recv(4096) == SSL_REQUEST:
+        conn.sendall(b"S")
+        if conn.recv(4096)[:1] == b"\x16":  # the ClientHello's handshake record
+            conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")  # fatal handshake_failure
+        time.sleep(0.3)
+
+
+def _postgres_s_then_silent(conn: socket.socket) -> None:
+    conn.settimeout(3)
+    if conn.recv(4096) == SSL_REQUEST:
+        conn.sendall(b"S")
+        time.sleep(1.5)
+
+
+def test_a_banner_dripped_a_byte_at_a_time_is_not_postgresql() -> None:
+    # Given a server whose "SSH-2.0" banner starts with the byte PostgreSQL answers an
+    # SSLRequest with, sent a byte every half second (a review found it named a red
+    # PostgreSQL "TLS offered" from that one 'S')
+    with loopback.listen(_drip) as listener:
+        outcome = asyncio.run(probe_postgres(Endpoint("127.0.0.1", listener.port),
+                                             Settings(), "postgresql"))
+    # Then the probe names nothing: the ClientHello after the 'S' met more text
+    assert outcome.info is None
+    assert outcome.data == b"S"
+
+
+def test_an_s_confirmed_by_a_tls_record_is_postgresql_and_silence_only_a_guess() -> None:
+    # Given a PostgreSQL answering 'S' whose next words are TLS
+    with loopback.listen(_postgres_tls) as listener:
+        confirmed = asyncio.run(probe_postgres(Endpoint("127.0.0.1", listener.port),
+                                               Settings(), "postgresql"))
+    # Then it is PostgreSQL offering TLS, sure enough to stop there
+    assert confirmed.info is not None
+    assert (confirmed.info.service, confirmed.info.extra_info,
+            confirmed.info.confidence) == ("postgresql", "TLS offered", 8)
+    # And one whose 'S' is followed by silence is PostgreSQL only as a guess other probes
+    # may outbid (below the stop confidence)
+    with loopback.listen(_postgres_s_then_silent) as listener:
+        guessed = asyncio.run(probe_postgres(Endpoint("127.0.0.1", listener.port),
+                                             Settings(probe_timeout=1.0), "postgresql"))
+    assert guessed.info is not None
+    assert (guessed.info.service, guessed.info.confidence) == ("postgresql", 5)
