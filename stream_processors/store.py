@@ -646,6 +646,35 @@ def _start_chdb(clickhouse_connect: Any, path: str) -> Any:
             return client
 
 
+# Seconds a ClickHouse server has to answer its /ping before the store is said
+# unreachable: the driver's own read timeout (300 s, right for a long upgrade statement)
+# kept every command silent for five minutes on a server that accepted and never
+# answered (a review).
+PING_TIMEOUT = 10.0
+
+
+def _ping(location: StoreLocation) -> None:
+    """Ask the server's HTTP interface for /ping ("Ok.") within ``PING_TIMEOUT``; an
+    error whose reason the caller words as "cannot open the store at HOST:PORT". No
+    credentials are sent, and a TLS server's certificate is the driver's to check."""
+    import http.client
+    import ssl
+
+    connection = (http.client.HTTPSConnection(location.host, location.port,
+                                              timeout=PING_TIMEOUT,
+                                              context=ssl._create_unverified_context())
+                  if location.scheme == "clickhouses" else
+                  http.client.HTTPConnection(location.host, location.port, timeout=PING_TIMEOUT))
+    try:
+        connection.request("GET", "/ping")
+        connection.getresponse().read(64)
+    except TimeoutError as exc:
+        raise TimeoutError(f"no answer within {PING_TIMEOUT:g}s (is it a ClickHouse "
+                           "server's HTTP port?)") from exc
+    finally:
+        connection.close()
+
+
 class Store:
     """ClickHouse-backed store; the same code for chdb and for a server."""
 
@@ -717,6 +746,7 @@ class Store:
                 bootstrap.close()
                 _OPENED_CHDB_PATHS.add(resolved)
             else:
+                _ping(location)
                 self._client = clickhouse_connect.get_client(
                     interface="https" if location.scheme == "clickhouses" else "http",
                     host=location.host, port=location.port, username=location.username,

@@ -42,6 +42,7 @@ from schemas.records import (
     Target,
     TlsResult,
 )
+from stream_processors import store as store_module
 from stream_processors.risk import score_counts, score_findings
 from stream_processors.store import (
     DEFAULT_DATABASE,
@@ -52,6 +53,7 @@ from stream_processors.store import (
     StoreLocation,
     UnknownStoreScheme,
 )
+from tests import loopback
 from tests.conftest import REPO, scratch_store
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -219,6 +221,20 @@ def test_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"^cannot open the store at 127\.0\.0\.1:1: ") as err:
         Store.from_url("clickhouse://127.0.0.1:1/db")
     assert "\n" not in str(err.value)
+
+
+def test_a_server_that_accepts_and_never_answers_is_a_store_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a ClickHouse URL on a loopback port whose listener accepts and stays silent
+    # (the driver's 300 s read timeout kept every command mute for five minutes: a
+    # review); the ping's bound shortened so the test does not wait ten seconds
+    monkeypatch.setattr(store_module, "PING_TIMEOUT", 1.0)
+    with loopback.listen(loopback.silent(hold_seconds=5)) as server:
+        with pytest.raises(StoreError) as err:
+            Store.from_url(f"clickhouse://default@127.0.0.1:{server.port}/db")
+    # Then one line says the server did not answer
+    assert str(err.value) == (f"cannot open the store at 127.0.0.1:{server.port}: no answer "
+                              "within 1s (is it a ClickHouse server's HTTP port?)")
 
 
 # -- idempotent writes, first/last seen ----------------------------------------------------
