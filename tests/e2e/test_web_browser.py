@@ -153,7 +153,7 @@ def test_summary_lists_both_targets_and_drills_down_to_list(page: Any,
     shoot(page, "summary")
 
     page.get_by_role("link", name="Open ports of 127.0.0.2").click()
-    page.wait_for_url("**/list?target=127.0.0.2")
+    page.wait_for_url("**/list?target=127.0.0.2&org=Other+Org")
     rows = column(page, "Target")
     assert len(rows) == len(ports)
     assert all("127.0.0.2" in r for r in rows)

@@ -9,6 +9,7 @@ a 400 with a message; the security headers, the Host check and the token work.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import re
 import threading
@@ -475,3 +476,37 @@ def test_every_report_page_downloads_its_rows(web: Served, report: str) -> None:
     # Then it holds as many rows as the API's first page of the same size
     api = web.api(f"/api/v1/{report}?per_page=50")
     assert status == 200 and len(json.loads(data)) == len(api["rows"])
+
+
+def test_view_ports_of_one_address_under_two_organizations_lists_only_its_own(
+        shared_chdb_path: Path) -> None:
+    # Given one address scanned as two targets of two organizations (127.0.0.1 for Acme,
+    # localhost for Gamma), each with a port of its own
+    acme = Target(ip="127.0.0.1", target="127.0.0.1", organization="Acme, Inc.")
+    gamma = Target(ip="127.0.0.1", target="localhost", hostname="localhost",
+                   organization="Gamma")
+    with scratch_store(shared_chdb_path, "two_orgs") as store:
+        store.insert_findings([finding(acme, 22, "ssh", "OpenSSH", "9.2p1", RiskColor.GREEN),
+                               finding(gamma, 80, "http", "nginx", "1.22.1", RiskColor.GREEN)])
+        store.insert_host_scans([HostScan(scan_id="s1", target=t, started_at=NOW, finished_at=NOW,
+                                          ports_scanned=65535, open_ports=1)
+                                 for t in (acme, gamma)])
+        from portwatch.web.app import create_app
+        from portwatch.web.service import ReportService
+
+        with serve(create_app(ReportService(store))) as web:
+            _, _, summary = web.get("/")
+            links = re.findall(r'href="(/list\?[^"]+)" aria-label="Open ports of', summary)
+            # When each row's "View ports" is followed
+            listed = {}
+            for link in links:
+                _, _, page = web.get(html.unescape(link))
+                query = html.unescape(link).split("?", 1)[1]
+                listed[query] = web.api(f"/api/v1/list?{query}")["rows"]
+    # Then each lists its own organization's port only (before: both linked to
+    # /list?target=127.0.0.1, which showed both organizations' ports; a review)
+    assert sorted(listed) == ["target=127.0.0.1&org=Acme%2C+Inc.",
+                              "target=127.0.0.1&org=Gamma"]
+    assert {q: [(r["organization"], r["port"]) for r in rows] for q, rows in listed.items()} == {
+        "target=127.0.0.1&org=Acme%2C+Inc.": [("Acme, Inc.", 22)],
+        "target=127.0.0.1&org=Gamma": [("Gamma", 80)]}
