@@ -32,13 +32,19 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# The report filters' CLI flags, by their SQL parameter
+_FLAGS = {"target": "--target", "org": "--org", "product": "--product",
+          "version": "--product-version", "port": "--port", "color": "--color",
+          "prevalence": "--prevalence", "history": "--history", "grade": "--grade"}
+
+
 @click.command()
 @click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
 @TARGET_FILTER_OPTION
 @ORG_FILTER_OPTION
 @click.option("--product", default="", help="Only this product (list: the Products drill-down).")
 @click.option("--product-version", "product_version", default="", metavar="VERSION",
-              help="Only this version (any case), of --product when given; '-': the "
+              help="list: only this version (any case), of --product when given; '-': the "
                    "ports that gave no version. Not --version: that is portwatch's own "
                    "(`portwatch --version`).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
@@ -72,7 +78,7 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
       changes   what opened, closed or changed, and when: its own flags, see
                 `portwatch report changes --help` (changes comes first)
 
-    Filters that do not apply to a report are ignored for it.
+    A filter the report does not take is refused (exit 2), naming the reports that do.
     """
     from portwatch.render import render
     from portwatch.store_holder import remote_report
@@ -82,6 +88,13 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
              "port": port, "color": color, "prevalence": prevalence, "history": int(history),
              "grade": grade}
     wanted = report_parameters(name)
+    for key, value in given.items():
+        if value and key not in wanted:
+            # the API answers 400 to it; ignored here, `products --product-version 1.0`
+            # printed every version as if filtered (a review)
+            takers = [r for r in REPORTS if key in report_parameters(r)]
+            raise click.UsageError(f"{_FLAGS[key]} does not filter the {name} report "
+                                   f"(it filters: {', '.join(takers)})")
     filters = {k: v for k, v in given.items() if k in wanted}
     result = read_store(store, lambda db: db.report(name, filters, limit=limit),
                         lambda holder: remote_report(holder, name, filters, limit=limit))

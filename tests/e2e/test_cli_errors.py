@@ -121,6 +121,24 @@ def test_control_characters_the_user_gave_never_reach_the_terminal_raw(tmp_path:
     assert not any(c in missing.stderr + wrong.stderr for c in "\x1b\x07\u202e")
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["products", "--product-version", "1.0"],
+     "--product-version does not filter the products report (it filters: list)"),
+    (["ciphers", "--color", "red"],
+     "--color does not filter the ciphers report (it filters: summary, list, products)"),
+    (["summary", "--grade", "weak"],
+     "--grade does not filter the summary report (it filters: ciphers)"),
+])
+def test_a_filter_the_report_does_not_take_is_refused(tmp_path: Path, args: list[str],
+                                                      message: str) -> None:
+    # Given a filter another report takes (ignored before: `products --product-version
+    # 1.0` printed every version as if filtered, while the API answered 400; a review)
+    result = run_cli("report", *args, "--store", f"chdb://{tmp_path}/store", timeout=60)
+    # Then one line names the reports it filters, before any store is opened
+    assert_refused(result, message)
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_empty_store_flag_is_refused_not_read_as_the_default(tmp_path: Path) -> None:
     # an unset "$STORE" read (and scan would write) the default store (a review)
     env = {"HOME": str(tmp_path)}
