@@ -281,7 +281,8 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 @click.option("--identify-concurrency", type=int, default=None,
               help="Ports identified at once by this worker (default 64).")
 @click.option("--banner-wait", type=float, default=None,
-              help="Seconds to wait for a service to speak first (default 2.0).")
+              help="Seconds to wait for a service to speak first (default 2.0); a silent "
+              "port that stays open is listened to 3x as long in all.")
 @click.option("--batch-seconds", type=float, default=None,
               help="Longest a finding waits before it is written (default 1.0).")
 @click.option("--sink-buffer", type=int, default=None,

@@ -95,7 +95,8 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
               help="Seconds to wait for a port to answer before retrying it (default 1.0).")
 @click.option("--retries", type=int, default=None, help="Retries for ports that timed out (1).")
 @click.option("--banner-wait", type=float, default=None,
-              help="Seconds to wait for a service to speak first (default 2.0).")
+              help="Seconds to wait for a service to speak first (default 2.0); a silent "
+              "port that stays open is listened to 3x as long in all.")
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",

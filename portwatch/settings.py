@@ -102,8 +102,8 @@ class Settings:
     identify_concurrency: int = setting(64, "open ports identified at once", group="identify")
     per_host_connections: int = setting(4, "probe connections in flight per address: politeness",
                                         group="identify")
-    banner_wait: float = setting(2.0, "seconds to wait for a first-speaker banner (SSH, SMTP...)",
-                                 group="identify")
+    banner_wait: float = setting(2.0, "seconds to wait for a first-speaker banner (SSH, SMTP...); "
+                                 "a silent port still open: 3x this in all", group="identify")
     identify_budget: float = setting(10.0, "seconds per port for all identification probes",
                                      group="identify")
     snmp_public_community: bool = setting(False, "identify SNMP agents by asking with the "

@@ -155,6 +155,9 @@ class Outcome:
     error: str = ""
     label: str = ""  # what was sent, when more than the kind says ("null+http-get")
     connect_seconds: float = 0.0  # TCP connect time (a round trip), when measured
+    # seconds spent listening for a late greeting on a silent port: not charged to the
+    # port's budget (nmap's probes keep theirs)
+    late_seconds: float = 0.0
 
 
 # -- bounded I/O -------------------------------------------------------------------------
@@ -261,12 +264,24 @@ def _greeting_window(s: Settings, connect_seconds: float) -> float:
     return min(s.banner_wait, max(GREETING_WINDOW, GREETING_RTTS * connect_seconds))
 
 
+LATE_GREETING_FACTOR = 3  # a silent, open port is listened to 3 x banner_wait in all...
+LATE_GREETING_SHARE = 0.6  # ... and never more than this share of the port's budget
+
+
+def _late_greeting_wait(s: Settings) -> float:
+    """Seconds since connect a silent port that keeps the connection open is listened
+    to for a late greeting (6 s by default, as nmap's NULL probe): the other probes and
+    nmap's keep the rest of the budget."""
+    return min(LATE_GREETING_FACTOR * s.banner_wait, LATE_GREETING_SHARE * s.budget)
+
+
 async def _greet_or_get(ep: Endpoint, s: Settings, port_hint: str, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, connect_seconds: float, *,
-                        is_tls: bool) -> tuple[ServiceInfo | None, bytes, bool]:
+                        is_tls: bool) -> tuple[ServiceInfo | None, bytes, bool, float]:
     """Listen for a greeting; when none comes, ask GET / on the same connection.
 
-    Returns (identification, bytes received, whether GET was sent).
+    Returns (identification, bytes received, whether GET was sent, seconds spent
+    listening for a late greeting).
     """
     window = _greeting_window(s, connect_seconds)
     data = await read_bounded(reader, timeout=window, is_complete=_is_whole_greeting)
@@ -279,24 +294,34 @@ async def _greet_or_get(ep: Endpoint, s: Settings, port_hint: str, reader: async
             reader, timeout=s.banner_wait - window, idle=s.banner_wait, cap=READ_CAP - len(head),
             is_complete=lambda more: not _is_unfinished_text(head + more))
     if data:
-        return parse_banner(data, port_hint) or parse_foreign_reply(data), data, False
+        return parse_banner(data, port_hint) or parse_foreign_reply(data), data, False, 0.0
     writer.write(_http_request(ep))
     await writer.drain()
-    data = await read_bounded(reader, timeout=max(s.banner_wait - window, window))
+    waited = max(s.banner_wait - window, window)
+    data = await read_bounded(reader, timeout=waited)
+    late = _late_greeting_wait(s) - window - waited
+    listened = 0.0
+    if not data and not reader.at_eof() and late > 0:
+        # Silent and still open: a greeting held back (a reverse-DNS or ident lookup
+        # before the banner, an SMTP greet pause, a slow accept hook) comes late; nmap's
+        # NULL probe waits 6 s for it. A port that closed, or answered, is not waited on.
+        began = time.monotonic()
+        data = await read_bounded(reader, timeout=late)
+        listened = time.monotonic() - began
     # A late greeting arrives ahead of the answer to GET: try banners first.
     info = (parse_banner(data, port_hint) or parse_http(data, is_tls=is_tls)
             or parse_foreign_reply(data)) if data else None
-    return info, data, True
+    return info, data, True, listened
 
 
 async def probe_null(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     started = time.monotonic()
     async with _connect(ep, s.probe_timeout) as (reader, writer):
         connected = time.monotonic() - started
-        info, data, sent_get = await _greet_or_get(ep, s, port_hint, reader, writer, connected,
-                                                   is_tls=False)
+        info, data, sent_get, late = await _greet_or_get(ep, s, port_hint, reader, writer,
+                                                         connected, is_tls=False)
     return Outcome(ProbeKind.NULL, info, data, label="null+http-get" if sent_get else "",
-                   connect_seconds=connected)
+                   connect_seconds=connected, late_seconds=late)
 
 
 async def probe_http(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
@@ -342,8 +367,8 @@ async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         async with _connect(ep, s.probe_timeout, tls_client_context(),
                             ep.hostname or None) as (reader, writer):
             cn = _certificate_cn(writer)
-            info, data, _ = await _greet_or_get(ep, s, port_hint, reader, writer,
-                                                time.monotonic() - started, is_tls=True)
+            info, data, _, late = await _greet_or_get(ep, s, port_hint, reader, writer,
+                                                      time.monotonic() - started, is_tls=True)
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
         if any(r in reason for r in _NOT_TLS_REASONS):
@@ -361,7 +386,7 @@ async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     else:
         info = ServiceInfo(service="ssl", is_tls=True, extra_info=hint, method="tls:handshake",
                            confidence=6)
-    return Outcome(ProbeKind.TLS, info, data, is_tls=True)
+    return Outcome(ProbeKind.TLS, info, data, is_tls=True, late_seconds=late)
 
 
 async def probe_redis(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
@@ -771,6 +796,7 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
             notes.append(f"{kind.value}: {outcome.error}")
         if outcome.connect_seconds > 0:
             rtt = max(rtt, outcome.connect_seconds)
+        deadline += outcome.late_seconds  # the late-greeting wait is not the budget's
         first_data = first_data or outcome.data
         if kind is ProbeKind.NULL and greeting is None:
             # Unasked bytes, or silence through the greeting window (GET was sent then)

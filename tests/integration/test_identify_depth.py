@@ -494,6 +494,24 @@ def test_a_greeting_sent_in_pieces_is_read_to_its_end(
     assert info.confidence >= 8
 
 
+@pytest.mark.parametrize(("pause", "greeting", "named"), [
+    (3.0, b"220 (vsFTPd 3.0.3)\r\n", ("ftp", "vsftpd", "3.0.3")),
+    (5.0, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", ("ssh", "OpenSSH", "9.2p1")),
+], ids=["ftp-after-3s", "ssh-after-5s"])
+def test_a_greeting_held_back_for_seconds_is_still_heard(
+        pause: float, greeting: bytes, named: tuple[str, str, str]) -> None:
+    # Given a server that greets only seconds after it accepts (a reverse-DNS or ident
+    # lookup first, an SMTP greet pause), past banner_wait (2 s): a review found vsftpd,
+    # MariaDB and OpenSSH behind such a delay unidentified and yellow, while nmap -sV,
+    # whose NULL probe waits 6 s, named them
+    with loopback.listen(loopback.in_pieces((greeting, pause), then_wait=5)) as server:
+        info = _identify("127.0.0.1", server.port)
+    # Then the NULL probe's connection, still open and silent, is listened to long
+    # enough to hear it
+    assert (info.service, info.product, info.version) == named
+    assert info.tried[0] == "null+http-get"
+
+
 def test_a_silent_port_says_why_nmaps_probes_named_nothing() -> None:
     # Given a port that accepts and never says a word, identified with nmap's probes
     with loopback.listen(loopback.silent(hold_seconds=30)) as server:
