@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -299,7 +299,6 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     dispatcher = AlertDispatcher(db, config) if config is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    is_forever = not once
 
     terminated = []  # SIGTERM between scans: a service manager's ordinary stop
 
@@ -309,12 +308,17 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         stop.set()
 
     def own_signals() -> None:
-        # Between scans Ctrl-C/SIGTERM stops the loop; during a scan the runner installs
-        # its own handlers (stop discovery, keep what was found) and removes them after,
-        # so they are put back after every scan.
-        if is_forever:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stopped_by, sig)
+        # Between scans Ctrl-C/SIGTERM stops the loop (--once: no further entry starts);
+        # during a scan the runner installs its own handlers (stop discovery, keep what
+        # was found) and removes them after, so they are put back after every scan. With
+        # none, a signal just after a scan (--once) killed the process before the run
+        # was recorded, and the next start ran it again (a review).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped_by, sig)
+
+    def drop_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
     async def scan(entry: Any) -> Any:
         try:
@@ -334,34 +338,26 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             report_drain(await asyncio.to_thread(partial(
                 dispatcher.drain, bound_first=watcher.should_stop, halt=halt)))
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            drop_signals()
+            if once:
+                own_signals()  # a --once run keeps its own until it returns
         if halt.is_set():
             stop.set()  # the run was interrupted: its exit status says so
 
     watcher = Watcher(db, entries, scan, dispatcher, say=_say, stop=stop)
     if once:
-        async with watcher.delivering():  # what the first scans found goes out meanwhile
-            records = await watcher.run_once()
-        if not records and not watcher.should_stop:
-            # (it printed nothing: a cron job's log could not tell a run from no run)
-            _say(f"watch: nothing due; {watcher.status_line()}")
-        if dispatcher is not None:
-            await last_delivery(dispatcher)
-        if watcher.is_stopping or stop.is_set():
-            return EXIT_INTERRUPTED
-        if _say_unqueued(watcher):
-            return EXIT_RUNTIME
-        # a failed scan fails the one-shot run (a CronJob shows it), after delivering
-        return EXIT_RUNTIME if any(r.status == "failed" for r in records) else 0
+        own_signals()
+        try:
+            return await _once(watcher, dispatcher, last_delivery, stop, terminated)
+        finally:
+            drop_signals()
     own_signals()
     try:
         async with _serving(db, web, token):
             watcher.say_status()
             await watcher.run_forever(stop)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        drop_signals()
     if dispatcher is not None:
         # Stopped by a signal (a pod's SIGTERM has a grace period), the last delivery
         # starts no message past the file's `delivery: wait`; what is left stays queued
@@ -377,6 +373,34 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
              "from the schedule")
         return 0
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
+
+
+async def _once(watcher: Any, dispatcher: Any, last_delivery: Callable[[Any], Awaitable[None]],
+                stop: asyncio.Event, terminated: Sequence[signal.Signals]) -> int:
+    """``watch --once``: what is due, its delivery, the exit status. A signal between
+    scans (the handlers are the caller's) starts no further entry; SIGTERM, with no scan
+    cut short, is a clean stop (0), Ctrl-C 130, as for the long-running watch."""
+    async with watcher.delivering():  # what the first scans found goes out meanwhile
+        records = await watcher.run_once()
+    # A signal that came while the last run was recorded: its callback runs now (the
+    # loop reads the wakeup pipe on a wait, then runs the handler before the timer ends)
+    await asyncio.sleep(0.05)
+    if not records and not watcher.should_stop:
+        # (it printed nothing: a cron job's log could not tell a run from no run)
+        _say(f"watch: nothing due; {watcher.status_line()}")
+    if dispatcher is not None:
+        await last_delivery(dispatcher)
+    if watcher.is_stopping or (stop.is_set() and not terminated):
+        return EXIT_INTERRUPTED
+    if _say_unqueued(watcher):
+        return EXIT_RUNTIME
+    # a failed scan fails the one-shot run (a CronJob shows it), after delivering
+    if any(r.status == "failed" for r in records):
+        return EXIT_RUNTIME
+    if terminated:
+        _say("watch: stopped (SIGTERM): no scan was running; what is still due runs at "
+             "the next start")
+    return 0
 
 
 def _say_unqueued(watcher: Any) -> bool:

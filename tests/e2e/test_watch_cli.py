@@ -612,6 +612,44 @@ def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(
         assert "last never" not in plan.stdout and "now (due)" not in plan.stdout
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_right_after_a_once_runs_scan_keeps_that_run(
+        tmp_path: Path, stop_signal: signal.Signals) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener:
+        # Given an entry due now, run by `watch --once` (a CronJob)
+        sched = schedules(tmp_path, listener.port, cron="0 0 1 1 *")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "--once",
+             "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
+        try:
+            seen = until_first_scan(proc)
+            assert any("scan" in line and "completed" in line for line in seen), seen
+            # When the signal comes as soon as its scan says it completed (no scan runs
+            # then: the runner's own handlers are gone)
+            proc.send_signal(stop_signal)
+            _, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    # Then it stops in words, as the long-running watch does between scans: Ctrl-C 130,
+    # SIGTERM 0 (SIGTERM killed it silently, -15, and Ctrl-C printed "aborted", both
+    # before the run was recorded: a review)
+    if stop_signal is signal.SIGINT:
+        assert proc.returncode == 130, (proc.returncode, rest)
+        assert "watch interrupted" in rest
+    else:
+        assert proc.returncode == 0, (proc.returncode, rest)
+        assert "watch: stopped (SIGTERM)" in rest
+    assert "Traceback" not in rest and "aborted" not in rest
+    # And its run is kept: the next start does not run it again
+    plan = run_cli("watch", "--schedule", str(sched), "--list", store=store)
+    assert "last never" not in plan.stdout and "now (due)" not in plan.stdout, plan.stdout
+
+
 def test_scan_alerts_deliver_what_a_real_rescan_changed(tmp_path: Path) -> None:
     # Given a rule for ports opened or closed, a real signed-webhook receiver, and a host
     # with one listener (its own loopback address: other tests may sweep 127.0.0.1)
