@@ -84,6 +84,26 @@ def until_first_scan(proc: subprocess.Popen[str]) -> list[str]:
     return seen
 
 
+def signalled_after_its_first_scan(sched: Path, store: str, stop_signal: signal.Signals,
+                                   args: list[str]) -> tuple[int, str]:
+    """``watch --schedule sched -q *args`` sent ``stop_signal`` as soon as its first scan
+    says it completed: (exit code, the rest of its stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **ENV, "PORTWATCH_STORE": store})
+    try:
+        seen = until_first_scan(proc)
+        assert any("scan" in line and "completed" in line for line in seen), seen
+        proc.send_signal(stop_signal)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, rest
+
+
 @pytest.mark.parametrize(("alerts_text", "words"), [
     ("channels:\n  a: {apprise: \"nosuch://x\"}\nrules:\n  - name: r\n    notify: [a]\n",
      ["alerts.yaml:2:", "unknown apprise scheme 'nosuch://'"]),
@@ -583,29 +603,17 @@ def test_ctrl_c_stops_a_running_watch_and_keeps_its_runs(
         sched = schedules(tmp_path, listener.port, cron="0 0 1 1 *")
         # With --alerts, its background delivery runs too: it stops with the watcher
         extra = ["--alerts", str(alerts(tmp_path, receiver.url))] if with_alerts else []
-        # Given watch running: it scanned its due entry and now waits for the next slot
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
-             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
-        try:
-            seen = until_first_scan(proc)
-            assert any("completed" in line for line in seen), seen
-            # When Ctrl-C (or SIGTERM) arrives while it waits
-            proc.send_signal(stop_signal)
-            _, rest = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        # Given watch running: it scanned its due entry and now waits for the next slot;
+        # when Ctrl-C (or SIGTERM) arrives while it waits
+        code, rest = signalled_after_its_first_scan(sched, store, stop_signal, extra)
         # Then Ctrl-C stops it with 130 and one line; SIGTERM (a service manager's stop,
         # nothing cut short) with 0 (130 before: systemd read a failed unit); no
         # traceback, and its run is kept
         if stop_signal is signal.SIGINT:
-            assert proc.returncode == 130, rest
+            assert code == 130, rest
             assert "watch interrupted" in rest
         else:
-            assert proc.returncode == 0, rest
+            assert code == 0, rest
             assert "watch: stopped (SIGTERM)" in rest and "interrupted" not in rest
         assert "Traceback" not in rest
         plan = run_cli("watch", "--schedule", str(sched), "--list", store=store)
@@ -620,29 +628,17 @@ def test_a_signal_right_after_a_once_runs_scan_keeps_that_run(
     with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as listener:
         # Given an entry due now, run by `watch --once` (a CronJob)
         sched = schedules(tmp_path, listener.port, cron="0 0 1 1 *")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "--once",
-             "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
-        try:
-            seen = until_first_scan(proc)
-            assert any("scan" in line and "completed" in line for line in seen), seen
-            # When the signal comes as soon as its scan says it completed (no scan runs
-            # then: the runner's own handlers are gone)
-            proc.send_signal(stop_signal)
-            _, rest = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        # When the signal comes as soon as its scan says it completed (no scan runs then:
+        # the runner's own handlers are gone)
+        code, rest = signalled_after_its_first_scan(sched, store, stop_signal, ["--once"])
     # Then it stops in words, as the long-running watch does between scans: Ctrl-C 130,
     # SIGTERM 0 (SIGTERM killed it silently, -15, and Ctrl-C printed "aborted", both
     # before the run was recorded: a review)
     if stop_signal is signal.SIGINT:
-        assert proc.returncode == 130, (proc.returncode, rest)
+        assert code == 130, (code, rest)
         assert "watch interrupted" in rest
     else:
-        assert proc.returncode == 0, (proc.returncode, rest)
+        assert code == 0, (code, rest)
         assert "watch: stopped (SIGTERM)" in rest
     assert "Traceback" not in rest and "aborted" not in rest
     # And its run is kept: the next start does not run it again
