@@ -697,6 +697,27 @@ class Store:
         except BaseException:
             self._release_path()
             raise
+        self._say_damaged_parts()
+
+    def _say_damaged_parts(self) -> None:
+        """One warning when the engine set parts of our tables aside as damaged (a
+        truncated file after a full disk or a crash: chdb starts without them, in
+        ``detached/broken-*``): their rows are not read, so reports look empty and the
+        next scan's every port reads as opened. Said each time the store opens; never
+        fatal (what is left stays usable)."""
+        try:
+            rows = self.query(
+                "SELECT table, count() FROM system.detached_parts "
+                "WHERE database = currentDatabase() "
+                "AND (startsWith(reason, 'broken') OR startsWith(reason, 'unexpected')) "
+                "GROUP BY table ORDER BY table")
+        except StoreError:
+            return  # a server that does not let us read system tables: nothing to say
+        if rows:
+            parts = ", ".join(f"{table} ({count})" for table, count in rows)
+            log.warning("the store at %s has damaged parts the engine set aside, not read: "
+                        "%s; their rows are missing from every report (the files are kept "
+                        "under the tables' detached/ directories)", self.location.where, parts)
 
     def _connect(self, clickhouse_connect: Any, location: StoreLocation, *,
                  create: bool) -> None:

@@ -424,3 +424,29 @@ def test_an_unreachable_clickhouse_is_one_line() -> None:
                      timeout=60)
     # Then one line with the reason, exit 1: no driver retry warnings before it
     assert_refused(result, "cannot open the store at 127.0.0.1:1: connection refused", code=1)
+
+
+def test_a_store_whose_parts_the_engine_set_aside_says_so(tmp_path: Path) -> None:
+    # Given a store holding one scan, whose data files were then cut to nothing (a full
+    # disk, a crash mid-write): the engine starts without those parts
+    from tests import loopback
+
+    store = f"chdb://{tmp_path / 'store'}"
+    env = {"PORTWATCH_SCOPE_ALLOW": "127.0.0.1/32"}
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as server:
+        scanned = run_cli("scan", "--ports", str(server.port), "--udp", "none", "-q",
+                          "127.0.0.1", store=store, env=env, timeout=120)
+    assert scanned.code == 0, scanned.stderr
+    cut = list((tmp_path / "store").rglob("data.bin"))
+    assert cut
+    for f in cut:
+        f.write_bytes(b"")
+    # When a report reads it
+    summary = run_cli("report", "summary", store=store, timeout=60)
+    # Then it still answers, and says in one warning that damaged parts are not read
+    # (before: "no rows", exit 0, as if nothing had ever been scanned: a review)
+    assert summary.code == 0, summary.stderr
+    warning = [line for line in summary.stderr.splitlines() if "damaged parts" in line]
+    assert len(warning) == 1, summary.stderr
+    assert "not read" in warning[0] and "host_scans" in warning[0]
+    assert "Traceback" not in summary.stderr
