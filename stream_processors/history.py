@@ -424,6 +424,13 @@ class ChangeRecorder:
                 snapshots[key] = found = []
             found.append(snapshot_of(f))
 
+    def load_stored(self, keys: Iterable[ScanHostKey]) -> None:
+        """Take each (scan, target, ip)'s open ports from the store, in place of what was
+        added: a resumed scan's hosts hold ports an earlier run of the same scan stored
+        (change recovery rebuilds them the same way)."""
+        for key, found in stored_snapshots(self.store, keys).items():
+            self._snapshots[key] = found
+
     def forget(self, scan_id: str, target: Target) -> None:
         self._snapshots.pop((scan_id, target.target, target.ip), None)
 
@@ -751,6 +758,12 @@ def pending_host_scans(store: Store, *, finished_before: datetime,
     pending: it changes nothing.)"""
     keys = {(scan_id, target, ip) for target, ip, scan_id in store.query(
         _PENDING_SQL, {"before": finished_before, "limit": limit})}
+    return stored_host_scans(store, keys)
+
+
+def stored_host_scans(store: Store, keys: Iterable[ScanHostKey]) -> list[HostScan]:
+    """Every stored shard record of each (scan, target, ip), in host and time order."""
+    keys = set(keys)
     if not keys:
         return []
     out: list[HostScan] = []
@@ -771,7 +784,7 @@ def pending_host_scans(store: Store, *, finished_before: datetime,
                 ports=tuple(PortRange(a, b) for a, b in zip(first, last, strict=False)
                             if 0 < a <= b) if proto in _PROTO else ()))
         except RecordError as e:  # a row no writer of ours makes: skip it, say so
-            log.warning("change recovery: skipping the host-scan row of %s in %s: %s",
+            log.warning("change history: skipping the host-scan row of %s in %s: %s",
                         ip, scan_id, e)
     return sorted(out, key=lambda h: (h.target.target, h.target.ip, h.finished_at, h.scan_id,
                                       h.shard_id))

@@ -32,14 +32,20 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from probers.discovery.base import Progress
 from producers.shards import Checkpoint, ScanPlan
 from producers.targets import Scope
-from schemas.records import ChangeEvent, Finding, OpenPort, Proto, Shard, utcnow
-from stream_processors.history import RECOVER_AFTER, ChangeRecorder, ReprobeOptions
+from schemas.records import ChangeEvent, Finding, HostScan, OpenPort, Proto, Shard, utcnow
+from stream_processors.history import (
+    RECOVER_AFTER,
+    ChangeRecorder,
+    ReprobeOptions,
+    stored_host_scans,
+)
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
     EngineFactory,
@@ -295,6 +301,7 @@ class EmbeddedRunner:
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
 
         planned: dict[str, Shard] = {}
+        resumed: dict[str, Shard] = {}  # shards an earlier run of this scan did
 
         async def discovery() -> None:
             try:
@@ -304,6 +311,7 @@ class EmbeddedRunner:
                         if shard.index < resume_from:
                             stats.resumed_shards += 1
                             stats.planned_probes -= shard.probe_count
+                            resumed[shard.shard_id] = shard
                             continue
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
@@ -375,7 +383,7 @@ class EmbeddedRunner:
             report_task.cancel()
             stats.interrupted = stats.interrupted or self._stop_discovery.is_set()
             stats.finished = time.monotonic()
-            await self._record_hosts(planned, stats)
+            await self._record_hosts(planned, stats, resumed)
             # The scan's rows are all in: merge the pages' indexes once, here, rather
             # than at every page read (Store.compact_page_indexes). Not after Ctrl-C:
             # the user asked to stop, and the next scan's end merges what this left.
@@ -474,9 +482,11 @@ class EmbeddedRunner:
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.batch_seconds
 
-    async def _record_hosts(self, shards_planned: dict[str, Shard], stats: ScanStats) -> None:
+    async def _record_hosts(self, shards_planned: dict[str, Shard], stats: ScanStats,
+                            resumed: dict[str, Shard]) -> None:
         """One HostScan per (host, shard): finished shards as they ended, shards an
-        interrupt never reached as "interrupted", so a partial scan never reads complete."""
+        interrupt never reached as "interrupted", so a partial scan never reads complete.
+        ``resumed``: the shards an earlier run of this scan did (see ``_resumed_rows``)."""
         rows = []
         done = set()
         for outcome in self._outcomes:
@@ -487,9 +497,37 @@ class EmbeddedRunner:
             if shard_id not in done:
                 rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
-        await asyncio.to_thread(self.store.insert_host_scans, rows)
+        earlier, completed_now = (await asyncio.to_thread(self._resumed_rows, resumed, now)
+                                  if resumed else ([], []))
+        await asyncio.to_thread(self.store.insert_host_scans, rows + completed_now)
         # after the findings are stored; after what an earlier run left (run() start)
-        stats.change_events += await self.changes.finish(rows)
+        stats.change_events += await self.changes.finish(rows + earlier)
+
+    def _resumed_rows(self, resumed: dict[str, Shard], now: datetime
+                      ) -> tuple[list[HostScan], list[HostScan]]:
+        """The shard records of the shards an earlier run of this scan did, for change
+        detection (every shard of a host's scan is compared together, and the ports that
+        run stored are this scan's too: they are taken from the store), and those of them
+        to store as completed: the checkpoint passed them, so their findings are stored,
+        but a run killed outright (SIGKILL) left them "running" (its records are written
+        at its end), and the scan read as interrupted for good, its ports never opened
+        (a review). (earlier records, records to store)"""
+        keys = {(s.scan_id, t.target, t.ip) for s in resumed.values() for t in s.targets}
+        stored = {(h.shard_id, h.target.ip): h for h in stored_host_scans(self.store, keys)}
+        earlier: list[HostScan] = []
+        fixed: list[HostScan] = []
+        for shard in resumed.values():
+            for row in ShardOutcome(shard, now, now).host_scans("completed"):
+                kept = stored.get((shard.shard_id, row.target.ip))
+                if kept is not None and kept.status == "completed":
+                    earlier.append(kept)
+                    continue
+                if kept is not None:  # its start, and the target's labels, as stored
+                    row = replace(row, started_at=kept.started_at, target=kept.target)
+                earlier.append(row)
+                fixed.append(row)
+        self.changes.load_stored(keys)
+        return earlier, fixed
 
 def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None = None
                       ) -> Callable[[], None]:

@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+import pytest
+
 from probers.discovery.base import DiscoveryError, Progress
 from probers.discovery.connect import ConnectEngine
 from producers.shards import Checkpoint, ScanPlan
@@ -242,3 +244,54 @@ def test_the_checkpoint_passes_a_shard_only_once_its_findings_are_stored(
         passed = {p for p, index in shard_of_port.items() if index < next_index}
         assert passed <= stored, (next_index, passed, stored)
     assert seen_at_save[-1][0] == 3
+
+
+class KilledBeforeItsEnd(StopsAfterFirstShard):
+    """Named fake for a fault a test process cannot suffer itself: a run killed outright
+    (SIGKILL) after its checkpoint passed the first shard. It stops after that shard
+    and, as a killed process, never writes its end: no shard record but the "running"
+    ones written as shards start, no change computed."""
+
+    async def _record_hosts(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return None
+
+
+@pytest.mark.parametrize("first_run", [StopsAfterFirstShard, KilledBeforeItsEnd],
+                         ids=["ctrl-c", "killed"])
+def test_a_resumed_scan_compares_every_shard_and_reads_completed(
+        store, tmp_path: Path, first_run: type[EmbeddedRunner]) -> None:  # type: ignore[no-untyped-def]
+    # Given a listener in each of three 1,000-port shards, and a first run of the scan
+    # stopped (Ctrl-C) or killed after its first shard, its checkpoint past that shard
+    with contextlib.ExitStack() as stack:
+        lo = min(loopback.free_port(), 60000)
+        ports = []
+        for offset in (10, 1010, 2010):
+            for shift in range(200):
+                try:
+                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
+                                                              port=lo + offset + shift))
+                except OSError:
+                    continue
+                ports.append(lst.port)
+                break
+        assert len(ports) == 3
+        plan = _plan((PortRange(lo, lo + 2999),), seed=3, scan_id="resumed-whole")
+        checkpoint = tmp_path / "scan.checkpoint"
+        runner = _runner(store)
+        runner.__class__ = first_run
+        asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
+        saved = Checkpoint.load(checkpoint)
+        assert saved is not None and saved.next_index == {"tcp": 1}
+        # When the same command runs again and resumes it
+        second = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                checkpoint_path=str(checkpoint)))
+    # Then every listener opened, the first shard's too (its port was stored by the
+    # first run, and the resumed run compared only its own shards: no event, no alert)
+    assert second.resumed_shards == 1 and not second.interrupted
+    assert sorted(e.port for e in second.change_events if e.kind.value == "opened") == \
+        sorted(ports)
+    # And the scan reads completed: no shard record is left "running" or "interrupted"
+    assert store.query("SELECT DISTINCT status FROM host_scans FINAL "
+                       "WHERE scan_id = 'resumed-whole'") == [("completed",)]
+    (summary,) = store.report("summary", {}).dicts()
+    assert summary["scan_status"] == "completed"
