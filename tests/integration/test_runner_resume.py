@@ -36,6 +36,23 @@ def _open_ports(store) -> set[int]:  # type: ignore[no-untyped-def]
     return {r["port"] for r in store.report("list", {"history": 1}).dicts()}
 
 
+def _listener_per_shard(stack: contextlib.ExitStack) -> tuple[int, list[int]]:
+    """A banner listener in each 1,000-port shard of [lo, lo + 2999]: (lo, their ports)."""
+    lo = min(loopback.free_port(), 60000)
+    ports = []
+    for offset in (10, 1010, 2010):
+        for shift in range(200):
+            try:
+                lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
+                                                          port=lo + offset + shift))
+            except OSError:
+                continue
+            ports.append(lst.port)
+            break
+    assert len(ports) == 3
+    return lo, ports
+
+
 class StopsAfterFirstShard(EmbeddedRunner):
     """Ctrl-C, delivered exactly when the first shard has finished."""
 
@@ -48,20 +65,7 @@ class StopsAfterFirstShard(EmbeddedRunner):
 def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Path) -> None:
     # Given listeners spread over a 3,000-port range cut into 3 shards of 1,000 ports
     with contextlib.ExitStack() as stack:
-        lo = loopback.free_port()
-        lo = min(lo, 60000)
-        ports = []
-        for offset in (10, 1010, 2010):  # one listener in each 1,000-port shard
-            for shift in range(200):
-                candidate = lo + offset + shift
-                try:
-                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
-                                                              port=candidate))
-                except OSError:
-                    continue
-                ports.append(lst.port)
-                break
-        assert len(ports) == 3
+        lo, ports = _listener_per_shard(stack)
         span = (PortRange(lo, lo + 2999),)
         checkpoint = tmp_path / "scan.checkpoint"
         # When a first run is stopped after its first shard
@@ -209,18 +213,7 @@ def test_the_checkpoint_passes_a_shard_only_once_its_findings_are_stored(
     # (a review of 2026-12-05: saved when a shard's discovery ended, so a kill -9 before
     # the sink's next insert lost its findings, and the resume skipped the shard)
     with contextlib.ExitStack() as stack:
-        lo = min(loopback.free_port(), 60000)
-        ports = []
-        for offset in (10, 1010, 2010):  # one listener in each 1,000-port shard
-            for shift in range(200):
-                try:
-                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
-                                                              port=lo + offset + shift))
-                except OSError:
-                    continue
-                ports.append(lst.port)
-                break
-        assert len(ports) == 3
+        lo, ports = _listener_per_shard(stack)
         plan = _plan((PortRange(lo, lo + 2999),), seed=7, scan_id="stored-first")
         shard_of_port = {p: s.index for s in plan.plans[0].shards() for p in ports
                          if s.ports[0].first <= p <= s.ports[0].last}
@@ -263,18 +256,7 @@ def test_a_resumed_scan_compares_every_shard_and_reads_completed(
     # Given a listener in each of three 1,000-port shards, and a first run of the scan
     # stopped (Ctrl-C) or killed after its first shard, its checkpoint past that shard
     with contextlib.ExitStack() as stack:
-        lo = min(loopback.free_port(), 60000)
-        ports = []
-        for offset in (10, 1010, 2010):
-            for shift in range(200):
-                try:
-                    lst = stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"),
-                                                              port=lo + offset + shift))
-                except OSError:
-                    continue
-                ports.append(lst.port)
-                break
-        assert len(ports) == 3
+        lo, ports = _listener_per_shard(stack)
         plan = _plan((PortRange(lo, lo + 2999),), seed=3, scan_id="resumed-whole")
         checkpoint = tmp_path / "scan.checkpoint"
         runner = _runner(store)
