@@ -3,8 +3,8 @@
 -- over the scan's open ports, CDN-expected and UDP open|filtered count zero; score =
 -- 100 x (1 - exp(-raw / 40))). A scan's open ports are those it saw and those it carried
 -- (ddl.sql carried_history: open in the change log, not covered by a narrower scan), the
--- latter as they were last seen, as the Summary shows them: after a `--ports 22,80` scan
--- the point is the Summary's score, not that of two ports. {target} is the target as
+-- latter as they were last seen by the end of that scan: after a `--ports 22,80` scan
+-- the point is the Summary's score then, not that of two ports. {target} is the target as
 -- written (the sorting key's first column, so only this target's rows are read); {ip}
 -- narrows to one address ('' = all).
 WITH
@@ -49,7 +49,41 @@ WITH
         SELECT target, ip, scan_id, proto, port FROM port_observations
         WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
     ),
-    carried AS (CARRIED_COUNTS(carried_rows, seen))
+    -- each carried port as it was last seen up to the end of the scan that carried it
+    -- (its latest observation then), not as it is now: a later change of the port
+    -- rewrote the points of every earlier scan that carried it (a review). When prune
+    -- removed those observations, as it is now (port_latest, which prune keeps). The
+    -- Summary's now is the latest scan's point, which reads the same rows.
+    carried_then AS (
+        SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id,
+               argMax((o.risk_color, o.is_scored), (o.is_then, o.observed_at)) AS latest
+        FROM (SELECT * FROM carried_rows WHERE (target, ip, scan_id, proto, port) NOT IN (
+                  SELECT target, ip, scan_id, proto, port FROM seen)) AS c
+        INNER JOIN scans AS s
+            ON s.target = c.target AND s.ip = c.ip AND s.scan_id = c.scan_id
+        INNER JOIN (
+            SELECT target, ip, proto, port, observed_at, 1 AS is_then,
+                   toString(risk_color) AS risk_color,
+                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
+            FROM port_observations FINAL
+            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+            UNION ALL
+            SELECT target, ip, proto, port, toDateTime64(0, 3, 'UTC') AS observed_at,
+                   0 AS is_then, toString(risk_color) AS risk_color,
+                   (is_cdn_expected = 0 AND state = 'open') AS is_scored
+            FROM port_latest FINAL
+            WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
+        ) AS o ON o.target = c.target AND o.ip = c.ip AND o.proto = c.proto AND o.port = c.port
+        WHERE o.observed_at <= s.finished_at
+        GROUP BY c.target, c.ip, c.scan_id, c.proto, c.port
+    ),
+    carried AS (
+        SELECT target, ip, scan_id,
+               countIf(latest.2 AND latest.1 = 'red') AS red,
+               countIf(latest.2 AND latest.1 = 'yellow') AS yellow,
+               countIf(latest.2 AND latest.1 = 'green') AS green, count() AS open_ports
+        FROM carried_then GROUP BY target, ip, scan_id
+    )
 SELECT
     scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
     scans.finished_at AS finished_at, scans.status AS status,

@@ -259,6 +259,29 @@ def risk_history(store: Any, t: Target) -> list[float]:
         "risk", web_sql("risk_history"), {"target": t.ip, "org": "", "days": 0}).dicts()]
 
 
+def test_a_narrower_scans_point_keeps_the_colour_its_carried_ports_had_then(
+        store: Any) -> None:
+    # Given a host with SSH and a red MySQL, then a scan of port 22 only (MySQL carried:
+    # its point counts it red)
+    day = timedelta(days=1)
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    recorded(store, DB, "s2", T0 + day,
+             [found(DB, "s2", T0 + day, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)],
+             covered=(PortRange(22, 22),))
+    before = scores(store, DB)
+    assert before == [("s1", 2, 24.0), ("s2", 2, 24.0)]
+    # When a full scan later finds port 3306 serving something green
+    recorded(store, DB, "s3", T0 + 2 * day,
+             [found(DB, "s3", T0 + 2 * day, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+              found(DB, "s3", T0 + 2 * day, 3306, "nginx", "1.24.0", RiskColor.GREEN)])
+    # Then the earlier points stay as they were (before: the narrower scan's point was
+    # recomputed with 3306's colour now, green, and fell to 4.9: a review)
+    after = scores(store, DB)
+    assert after[:2] == before
+    assert after[2] == ("s3", 2, 4.9)
+
+
 def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     # Given a host whose full scan found SSH, nginx on 443 and a red MySQL (nothing listens
     # on 127.0.0.7: the recorder's re-probes of a missing port fail for real)
