@@ -87,16 +87,21 @@ class CertificatePosture:
         return tuple(found)
 
 
+# Debian's bundle holds a root with a non-positive serial (RFC 5280 says positive), and a
+# server may send such a certificate: cryptography warns when it parses one. Neither is
+# portwatch's error to print (a scan printed the warning's two raw lines amid its
+# progress: a review). Filtered for the process, by its text: ``catch_warnings`` around
+# the load was not enough, as it is not thread-safe and the load runs in worker threads.
+warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive",
+                        category=CryptographyDeprecationWarning)
+
+
 @cache
 def _trust_anchors(path: str) -> tuple[x509.Certificate, ...]:
     """The certificates of a PEM bundle, read once per path; () when it is missing or
     unreadable."""
     try:
-        with warnings.catch_warnings():
-            # Debian's bundle holds a root with a non-positive serial (RFC 5280 says
-            # positive); cryptography warns on load. It is the OS's anchor, not a finding.
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
+        return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
     except (OSError, ValueError):
         return ()
 

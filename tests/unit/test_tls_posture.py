@@ -5,6 +5,8 @@ made by a throwaway CA (trustme) and on hand-built suite lists."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from probers.tls.mozilla import AcceptedFacts, assess_profile
 from probers.tls.posture import NO_NAME, assess_chain, expiry
 from probers.tls.suites import TlsVersion as V
+from tests.conftest import REPO
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -451,3 +454,23 @@ def test_an_idn_name_is_checked_in_its_idna_form(ca: trustme.CA, store: str) -> 
     posture = assess_chain(_chain(leaf), name="bücher.example", now=NOW, trust_store=store)
     assert posture is not None
     assert (posture.name_check, posture.is_trusted) == ("match", True)
+
+
+def test_the_system_bundle_loads_without_a_warning_on_stderr() -> None:
+    # Given the OS's CA bundle (Debian's holds a root whose serial is not positive, on
+    # which cryptography warns), loaded the way a scan loads it, with every warning shown
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    code = ("import sys; from probers.tls.posture import _trust_anchors; "
+            f"print(len(_trust_anchors({bundle!r})))")
+    ours = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=True)
+    direct = subprocess.run(
+        [sys.executable, "-W", "always", "-c",
+         "from cryptography import x509; from pathlib import Path; "
+         f"x509.load_pem_x509_certificates(Path({bundle!r}).read_bytes())"],
+        capture_output=True, text=True, timeout=60, check=True)
+    # Then the anchors load and nothing is printed (a scan printed the warning's two raw
+    # lines amid its progress: a review), where loading it bare warns (Debian 12's bundle)
+    assert int(ours.stdout) > 0
+    assert ours.stderr == ""
+    assert "CryptographyDeprecationWarning: Parsed a serial number" in direct.stderr
