@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from probers.discovery.engines import TCP_CHOICES
@@ -272,6 +273,12 @@ class Settings:
                 who = "PORTWATCH_SCOPE_ALLOW"
                 raise SettingsError(message if message.startswith(who)
                                     else f"{who}: {message}") from None
+        if self.nmap_data and not Path(self.nmap_data).is_dir():
+            # a typo here silently turned nmap's service probes and the Internet prior
+            # off for TCP scans (a review); only --udp topN said anything
+            who = f"{self.env_name('nmap_data')}={self.nmap_data[:300]!r}"
+            raise SettingsError(f"{who}: no such directory (nmap's data files, e.g. "
+                                "/usr/share/nmap; unset it for that default)")
         if self.tls_trust_store:
             from probers.tls.posture import trust_store_problem
 

@@ -195,6 +195,10 @@ def test_bad_setting_in_the_environment_is_refused(store_dir: Path) -> None:
     pytest.param({"PORTWATCH_UDP": "0"},
                  "PORTWATCH_UDP='0': bad port spec '0': ports are 1-65535 (or top1000, topN, "
                  "none)", id="udp-port-zero"),
+    # a typo silently turned nmap's probes and the Internet prior off (a review)
+    pytest.param({"PORTWATCH_NMAP_DATA": "/nonexistent"},
+                 "PORTWATCH_NMAP_DATA='/nonexistent': no such directory (nmap's data files, "
+                 "e.g. /usr/share/nmap; unset it for that default)", id="nmap-data"),
 ])
 def test_portwatch_settings_refuses_a_bad_port_spec_in_the_environment(
         env: dict[str, str], message: str) -> None:

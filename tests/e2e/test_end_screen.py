@@ -84,12 +84,15 @@ def test_the_end_screen_leaves_out_an_address_stored_under_another_target(
 
 def test_a_note_holding_control_characters_reaches_the_terminal_escaped(
         tmp_path: Path) -> None:
-    # Given an nmap data directory whose name holds a terminal title and clear-screen
-    # sequence: the scan's note names it (it reached the terminal raw: a review)
+    # Given an nmap data directory (holding none of nmap's files) whose name holds a
+    # terminal title and clear-screen sequence: the scan's note names it (it reached the
+    # terminal raw: a review)
+    data = tmp_path / "nowhere\x1b]0;TITLE\x07\x1b[2J"
+    data.mkdir()
     with loopback.udp_responder() as udp_port:
         result = run_cli("scan", "127.0.0.1", "--ports", "1", "--udp", str(udp_port),
                          store=f"chdb://{tmp_path / 'store'}",
-                         env={"PORTWATCH_NMAP_DATA": "/nowhere\x1b]0;TITLE\x07\x1b[2J"})
+                         env={"PORTWATCH_NMAP_DATA": str(data)})
     assert result.code == 0, result.stderr
     assert "note: " in result.stdout and "\\x1b]0;TITLE\\x07" in result.stdout
     assert "\x1b" not in result.stdout + result.stderr
