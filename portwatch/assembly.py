@@ -33,6 +33,7 @@ from probers.discovery.masscan_run import DEFAULT_NMAP_PAYLOADS
 from probers.discovery.udp import UdpOptions
 from producers.shards import Checkpoint, CheckpointError, ScanPlan, is_scan_id, new_scan_id
 from producers.targets import (
+    MAX_LABEL_CHARS,
     Scope,
     TargetError,
     TargetSpec,
@@ -174,6 +175,9 @@ class Assembly:
         TargetError (one line) before anything is sent. Shared by scan, produce and the
         scheduled scans of watch. ``only_organization``: keep that organization's
         targets only (any case; one organization of a shared inventory)."""
+        for flag, label in (("--org", organization), ("--asset", asset)):
+            if len(label.strip()) > MAX_LABEL_CHARS:  # as an inventory's labels are
+                raise TargetError(f"{flag}: label longer than {MAX_LABEL_CHARS} characters")
         specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)

@@ -47,6 +47,11 @@ SCAN_CASES = [
     pytest.param(["127.0.0.300"], "not an address, CIDR block, range or hostname",
                  id="malformed-address"),
     pytest.param(["127.0.0.9-1"], "the end comes before the start", id="backwards-range"),
+    # as an inventory's labels (5,000 characters were stored: a review)
+    pytest.param(["--org", "o" * 257, "127.0.0.1"], "--org: label longer than 256 characters",
+                 id="org-too-long"),
+    pytest.param(["--asset", "a" * 257, "127.0.0.1"],
+                 "--asset: label longer than 256 characters", id="asset-too-long"),
     pytest.param(["--ports", "0", "127.0.0.1"], "bad port spec '0': ports are 1-65535",
                  id="port-zero"),
     pytest.param(["--ports", "22,http", "127.0.0.1"],
