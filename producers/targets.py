@@ -350,8 +350,15 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
             return [TargetSpec(_target_text(t, f"{where}: targets[{i}]"), organization, asset,
                                f"{where}: targets[{i}]")
                     for i, t in enumerate(targets_list)]
+        if isinstance(targets_list, str) and targets_list.strip():
+            # a CSV column "targets", or YAML's "targets: 10.0.0.1": one target given
+            raise TargetError(f"{where}: 'targets' must be a list of targets; for one "
+                              "target use 'target'")
         if targets_list is not None and not isinstance(targets_list, list):
             raise TargetError(f"{where}: 'targets' must be a list of targets")
+        present = [k for k in _TARGET_KEYS if k in lowered]
+        if present:  # the column is there, this row left it empty
+            raise TargetError(f"{where}: empty {present[0]!r}: give the target")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
     return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset,
                        where)]

@@ -289,6 +289,11 @@ def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
         ("a.csv", "", "is empty"),
         ("a.csv", "target,organization\n", "lists no targets"),
         ("a.csv", "organization,asset\nOrg,web\n", "line 2: no target column"),
+        # the column is there and empty; one target under 'targets' (both said "no
+        # target column" and "must be a list": a review)
+        ("a.csv", "target,org\n,X\n", "line 2: empty 'target': give the target$"),
+        ("a.csv", "targets,org\n127.0.0.1,X\n",
+         "line 2: 'targets' must be a list of targets; for one target use 'target'$"),
         ("a.yaml", "[unclosed", "is not valid YAML"),
         # a key given twice dropped the first block's targets (a review, 2026-12-06)
         ("a.yaml", "Ex:\n  - 127.0.0.3\nEx:\n  - 127.0.0.4\n",
