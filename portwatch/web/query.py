@@ -168,7 +168,9 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
         if name in seen:
             raise BadRequest(f"{name} is given more than once")
         if name not in allowed and name not in CONTROL:
-            accepted = ", ".join((*allowed, *sorted(CONTROL)))
+            # the paging controls, and the sorting ones only where the report sorts
+            controls = sorted(CONTROL if sortable else CONTROL - {"sort", "direction"})
+            accepted = ", ".join((*allowed, *controls))
             raise BadRequest(f"{report} has no parameter {name[:40]!r}; it accepts {accepted}")
         seen[name] = value
     filters: dict[str, Any] = {}

@@ -257,6 +257,9 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/changes?since=1d&to=2020-01-01", "since (1d, counted back from now)"),
     ("/api/v1/list?per_page=5000", "per_page must be between 1 and 1000"),
     ("/api/v1/list?banner=x", "list has no parameter 'banner'"),
+    # the sorting controls are offered only where the report sorts (a review)
+    ("/api/v1/list?banner=x", ", direction, page, per_page, sort"),
+    ("/api/v1/products?banner=x", "it accepts org, target, color, port, product, page, per_page"),
     ("/api/v1/list?port=22&port=80", "port is given more than once"),
     ("/api/v1/list?product=" + "a" * 4097, "product is too long (4097 characters; at most 4096)"),
     ("/api/v1/list?target=%00%1b", "target contains control characters"),
