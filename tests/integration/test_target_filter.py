@@ -238,6 +238,11 @@ def test_any_target_text_is_safe_for_every_report(db: Any, text: str) -> None:
                                               # mapped and compatible forms: stored folded
                                               ("::ffff:127.0.0.1", "127.0.0.1"),
                                               ("::127.0.0.1", "127.0.0.1"),
+                                              # a mapped block is the IPv4 block (it
+                                              # matched nothing: a review)
+                                              ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
+                                              ("::FFFF:127.0.0.9/128", "127.0.0.9/32"),
+                                              ("::ffff:127.0.0.0/90", "::ffc0:0:0/90"),
                                               ("Web-1", "Web-1"), ("web/1", "web/1"),
                                               ("/", "/")])
 def test_normalize_target(text: str, normal: str) -> None:
