@@ -70,33 +70,27 @@ _CARRIED_COUNTS_SQL = (
 # closes nothing and is not the ports scan, so the Summary after it shows them, with what
 # it saw; its point in the score after every scan counted only what it saw (a chart that
 # dipped at every interrupted scan, as if ports had closed: a review, 2026-12-06).
-# ``cut``: an array of the cut scans' (target, ip, scan_id, finished_at), read once by the
-# caller (a CTE is evaluated again wherever it is named, a scalar subquery once); only
-# their hosts' rows are read. Counted by CARRIED_COUNTS with the ports the scan saw left
-# out.
+# ``cut``: a CTE (or table) of the cut scans' target, ip, scan_id, finished_at, read by
+# the hosts' keys. Not a scalar array any more: a constant of 100,000 such scans cost
+# 45-77 s to refresh the risk chart (BENCHMARKS.md, twenty-sixth session). Counted by
+# CARRIED_COUNTS with the ports the scan saw left out.
 _CUT_SCAN_CARRIED_SQL = (
-    "WITH cut AS (SELECT c.1 AS target, c.2 AS ip, c.3 AS scan_id, c.4 AS finished_at "
-    "FROM (SELECT arrayJoin({cut}) AS c)), "
-    "base AS ("
-    "SELECT cut.target AS target, cut.ip AS ip, cut.scan_id AS scan_id, "
+    "WITH cut_base AS ("
+    "SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id, "
     "argMax(h.scan_id, h.finished_at) AS ports_scan_id "
-    "FROM cut INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_scans FINAL "
-    "WHERE {hosts} AND status = 'completed') AS h "
-    "ON h.target = cut.target AND h.ip = cut.ip "
-    "WHERE h.finished_at < cut.finished_at "
-    "GROUP BY cut.target, cut.ip, cut.scan_id) "
-    "SELECT base.target AS target, base.ip AS ip, base.scan_id AS scan_id, "
+    "FROM {cut} AS c INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_scans FINAL "
+    "WHERE (target, ip) IN (SELECT target, ip FROM {cut}) AND status = 'completed') AS h "
+    "ON h.target = c.target AND h.ip = c.ip "
+    "WHERE h.finished_at < c.finished_at "
+    "GROUP BY c.target, c.ip, c.scan_id) "
+    "SELECT b.target AS target, b.ip AS ip, b.scan_id AS scan_id, "
     "o.proto AS proto, o.port AS port "
-    "FROM base INNER JOIN ("
-    "SELECT target, ip, scan_id, proto, port FROM port_observations WHERE {hosts} "
-    "AND (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base) "
-    "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history WHERE {hosts} "
-    "AND (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM base)) AS o "
-    "ON o.target = base.target AND o.ip = base.ip AND o.scan_id = base.ports_scan_id")
-# The cut scans' hosts as a set on the tables' sorting keys, built from the scalar array
-# (has() over the array cost one scan of the array per row: 2.3 s to refresh the risk
-# chart after 2,000 cut scans of 20 days' history, 1.0 s with the set, 0.4 s with no cut).
-_CUT_HOSTS = "(target, ip) IN (SELECT c.1, c.2 FROM (SELECT arrayJoin({cut}) AS c))"
+    "FROM cut_base AS b INNER JOIN ("
+    "SELECT target, ip, scan_id, proto, port FROM port_observations "
+    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM cut_base) "
+    "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history "
+    "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM cut_base)) AS o "
+    "ON o.target = b.target AND o.ip = b.ip AND o.scan_id = b.ports_scan_id")
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is
@@ -130,8 +124,7 @@ def expand_macros(sql: str) -> str:
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
-    sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(
-        cut=m.group(1), hosts=_CUT_HOSTS.format(cut=m.group(1))), sql)
+    sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(cut=m.group(1)), sql)
     sql = _CARRIED_COUNTS.sub(
         lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)
     sql = _ADDRESS_ORDER.sub(lambda m: (f"{_ADDRESS_KIND}, toIPv6OrZero({{c}}), {{c}}"

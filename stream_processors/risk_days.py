@@ -76,6 +76,18 @@ _FORGET = (f"ALTER TABLE risk_dirty DELETE WHERE noted_at <= {_T} AND ("
            f"WHERE (target, ip, scan_id) IN {_NOTED}) OR noted_at < {_T} - toIntervalDay(1))")
 
 
+# Whether a noted scan completed no shard: its ports scan's ports are then computed into
+# the temporary table risk_scores.sql reads (history/risk_cut_ports.sql). FINAL: a shard
+# row written "running" at its start and "completed" at its end is completed.
+_CUT_NOTED = ("SELECT count() > 0 FROM (SELECT target, ip, scan_id FROM host_scans FINAL "
+              f"WHERE (target, ip, scan_id) IN {_NOTED} GROUP BY target, ip, scan_id "
+              "HAVING countIf(status = 'completed') = 0)")
+# Per session (chdb's, or the server's session of this client): two processes refreshing
+# one server's store each have their own; dropped after each refresh.
+_CUT_TABLE = ("CREATE TEMPORARY TABLE IF NOT EXISTS risk_cut_ports (target String, ip String, "
+              "scan_id String, proto String, port UInt16) ENGINE = Memory")
+
+
 def _scores_sql() -> str:
     """The noted scans' rows (history/risk_scores.sql), versioned by the refresh."""
     return (f"INSERT INTO scan_scores ({', '.join(SCAN_SCORE_COLUMNS)}) "
@@ -98,7 +110,14 @@ def refresh_risk_days(store: Any) -> bool:
         now: datetime = store.query("SELECT now64(3, 'UTC')")[0][0]
         params: dict[str, Any] = {"t": upto, "at": max(now, upto + timedelta(milliseconds=1))}
         days: list[date] = sorted(r[0] for r in store.query(_DAYS, params))
-        store.command(_scores_sql(), params)
+        store.command(_CUT_TABLE)
+        try:
+            store.command("TRUNCATE TABLE risk_cut_ports")
+            if store.query(_CUT_NOTED, params)[0][0]:
+                store.command(history_sql("risk_cut_ports"), params)
+            store.command(_scores_sql(), params)
+        finally:
+            store.command("DROP TEMPORARY TABLE IF EXISTS risk_cut_ports")
         store.command(_MOVED, params)
         if days:
             by_day = {**params, "days": days}

@@ -3,7 +3,7 @@
 -- 1 x green over its open ports, CDN-expected and UDP open|filtered count zero) over the
 -- ports it saw and those it carried (ddl.sql carried_history: open in the change log, not
 -- covered by a narrower scan) or left as they were by a scan that completed no shard
--- (CUT_SCAN_CARRIED), the latter as they were last seen (port_latest), as the Summary
+-- (risk_cut_ports), the latter as they were last seen (port_latest), as the Summary
 -- shows them. A scan with no open port scores 0 (it comes from host_scans). Its day
 -- is that of its last shard's end (UTC). Run by stream_processors/risk_days.py.
 WITH
@@ -23,14 +23,9 @@ WITH
         WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
         GROUP BY target, ip, scan_id
     ),
-    -- the noted scans' time bounds and the ones that completed no shard, read once (a
-    -- CTE is evaluated again wherever it is named, a scalar subquery once per query)
-    (SELECT (min(scan_started_at), max(scan_finished_at),
-             groupArrayIf((target, ip, scan_id, scan_finished_at), is_cut))
-     FROM scans) AS scanned,
-    -- the ports the cut ones left as they were, read once too (named twice below)
-    (SELECT groupArray((target, ip, scan_id, proto, port))
-     FROM (CUT_SCAN_CARRIED(scanned.3))) AS cut_ports,
+    -- the noted scans' time bounds, read once (a CTE is evaluated again wherever it is
+    -- named, a scalar subquery once per query)
+    (SELECT (min(scan_started_at), max(scan_finished_at)) FROM scans) AS scanned,
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -48,13 +43,14 @@ WITH
         GROUP BY target, ip, scan_id
     ),
     -- the ports each scan carried (ddl.sql carried_history), and those a scan that
-    -- completed no shard left as they were (CUT_SCAN_CARRIED), as last seen
+    -- completed no shard left as they were, as last seen: risk_cut_ports, a temporary
+    -- table the refresh fills first (history/risk_cut_ports.sql), empty when none
     carried_rows AS (
         SELECT DISTINCT target, ip, scan_id, proto, port FROM (
             SELECT target, ip, scan_id, proto, port FROM carried_history
             WHERE (target, ip, scan_id) IN (SELECT target, ip, scan_id FROM dirty)
             UNION ALL
-            SELECT p.1, p.2, p.3, p.4, p.5 FROM (SELECT arrayJoin(cut_ports) AS p))
+            SELECT target, ip, scan_id, proto, port FROM risk_cut_ports)
     ),
     -- the ports the noted scans saw, in the same bounds as counts
     seen AS (

@@ -16,12 +16,10 @@ WITH
               WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String}))
         GROUP BY target, ip, scan_id
     ),
-    -- the scans that completed no shard, read once (a scalar subquery)
-    (SELECT groupArrayIf((target, ip, scan_id, finished_at), is_cut) FROM scans)
-        AS cut_scans,
-    -- the ports they left as they were, read once too (named twice below)
-    (SELECT groupArray((target, ip, scan_id, proto, port))
-     FROM (CUT_SCAN_CARRIED(cut_scans))) AS cut_ports,
+    -- the scans that completed no shard, and the ports they left as they were (one
+    -- target's rows: evaluated again where named, at no cost worth a scalar)
+    cut AS (SELECT target, ip, scan_id, finished_at FROM scans WHERE is_cut),
+    cut_ports AS (SELECT * FROM (CUT_SCAN_CARRIED(cut))),
     counts AS (
         SELECT target, ip, scan_id,
                countIf(is_scored AND risk_color = 'red') AS red,
@@ -43,7 +41,7 @@ WITH
             SELECT target, ip, scan_id, proto, port FROM carried_history
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})
             UNION ALL
-            SELECT p.1, p.2, p.3, p.4, p.5 FROM (SELECT arrayJoin(cut_ports) AS p))
+            SELECT target, ip, scan_id, proto, port FROM cut_ports)
     ),
     seen AS (
         SELECT target, ip, scan_id, proto, port FROM port_observations
