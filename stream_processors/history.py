@@ -424,12 +424,10 @@ class ChangeRecorder:
                 snapshots[key] = found = []
             found.append(snapshot_of(f))
 
-    def load_stored(self, keys: Iterable[ScanHostKey]) -> None:
-        """Take each (scan, target, ip)'s open ports from the store, in place of what was
-        added: a resumed scan's hosts hold ports an earlier run of the same scan stored
-        (change recovery rebuilds them the same way)."""
-        for key, found in stored_snapshots(self.store, keys).items():
-            self._snapshots[key] = found
+    def add_snapshots(self, key: ScanHostKey, found: Iterable[PortSnapshot]) -> None:
+        """Ports of a (scan, target, ip) rebuilt from the store (``stored_snapshots``):
+        those an earlier run of a resumed scan stored, in shards this run did not scan."""
+        self._snapshots.setdefault(key, []).extend(found)
 
     def forget(self, scan_id: str, target: Target) -> None:
         self._snapshots.pop((scan_id, target.target, target.ip), None)
@@ -759,6 +757,25 @@ def pending_host_scans(store: Store, *, finished_before: datetime,
     keys = {(scan_id, target, ip) for target, ip, scan_id in store.query(
         _PENDING_SQL, {"before": finished_before, "limit": limit})}
     return stored_host_scans(store, keys)
+
+
+def completed_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str
+                    ) -> set[HostKey]:
+    """The hosts of ``began`` whose latest completed scan is another than ``scan_id`` and
+    ended at or after the host's time in ``began`` (a scan that overtook a resumed one)."""
+    out: set[HostKey] = set()
+    hosts = sorted(began)
+    for start in range(0, len(hosts), HOST_BATCH):
+        chunk = hosts[start:start + HOST_BATCH]
+        where, params = _state_filter(chunk, dense=False)
+        for target, ip, (finished_at, done_scan) in store.query(
+                f"SELECT target, ip, max(last_complete) FROM host_latest WHERE {where} "
+                "GROUP BY target, ip", params):
+            at = began.get((target, ip))
+            if at is not None and done_scan and done_scan != scan_id \
+                    and _utc(finished_at) >= at:
+                out.add((target, ip))
+    return out
 
 
 def stored_host_scans(store: Store, keys: Iterable[ScanHostKey]) -> list[HostScan]:

@@ -44,7 +44,9 @@ from stream_processors.history import (
     RECOVER_AFTER,
     ChangeRecorder,
     ReprobeOptions,
+    completed_since,
     stored_host_scans,
+    stored_snapshots,
 )
 from stream_processors.rejects import insert_isolating_sync
 from stream_processors.stages import (
@@ -506,27 +508,45 @@ class EmbeddedRunner:
     def _resumed_rows(self, resumed: dict[str, Shard], now: datetime
                       ) -> tuple[list[HostScan], list[HostScan]]:
         """The shard records of the shards an earlier run of this scan did, for change
-        detection (every shard of a host's scan is compared together, and the ports that
-        run stored are this scan's too: they are taken from the store), and those of them
-        to store as completed: the checkpoint passed them, so their findings are stored,
-        but a run killed outright (SIGKILL) left them "running" (its records are written
-        at its end), and the scan read as interrupted for good, its ports never opened
-        (a review). (earlier records, records to store)"""
+        detection (every shard of a host's scan is compared together; the ports that run
+        stored in those shards are this scan's too, taken from the store, and only
+        those: a shard this run scanned again says what is open there now), and those of
+        them to store as completed: the checkpoint passed them, so their findings are
+        stored, but a run killed outright (SIGKILL) left them "running" (its records are
+        written at its end), and the scan read as interrupted for good, its ports never
+        opened (a review). A host another scan completed since the earlier run began is
+        left as it was: this scan's older ports would replace that scan's as the host's
+        ports now (a review). (earlier records, records to store)"""
         keys = {(s.scan_id, t.target, t.ip) for s in resumed.values() for t in s.targets}
-        stored = {(h.shard_id, h.target.ip): h for h in stored_host_scans(self.store, keys)}
+        rows = stored_host_scans(self.store, keys)
+        stored = {(h.shard_id, h.target.ip): h for h in rows}
+        began: dict[tuple[str, str], datetime] = {}
+        for h in rows:
+            host = (h.target.target, h.target.ip)
+            began[host] = min(began.get(host, h.started_at), h.started_at)
+        scan_id = next(iter(resumed.values())).scan_id
+        overtaken = completed_since(self.store, began, scan_id)
+        snapshots = stored_snapshots(self.store, {k for k in keys if (k[1], k[2]) not in overtaken})
         earlier: list[HostScan] = []
         fixed: list[HostScan] = []
         for shard in resumed.values():
             for row in ShardOutcome(shard, now, now).host_scans("completed"):
+                key = (shard.scan_id, row.target.target, row.target.ip)
+                if (row.target.target, row.target.ip) in overtaken:
+                    continue
+                found = [p for p in snapshots.get(key, ()) if row.covers(p.proto, p.port)]
+                self.changes.add_snapshots(key, found)
                 kept = stored.get((shard.shard_id, row.target.ip))
                 if kept is not None and kept.status == "completed":
                     earlier.append(kept)
                     continue
-                if kept is not None:  # its start, and the target's labels, as stored
+                # as the earlier run would have recorded it: its start, its labels, the
+                # ports it stored in this shard
+                row = replace(row, open_ports=len(found))
+                if kept is not None:
                     row = replace(row, started_at=kept.started_at, target=kept.target)
                 earlier.append(row)
                 fixed.append(row)
-        self.changes.load_stored(keys)
         return earlier, fixed
 
 def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None = None

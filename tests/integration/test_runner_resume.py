@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 from probers.discovery.base import DiscoveryError, Progress
 from probers.discovery.connect import ConnectEngine
 from producers.shards import Checkpoint, ScanPlan
-from schemas.records import OpenPort, PortRange, Shard, Target
+from schemas.records import (
+    Finding,
+    OpenPort,
+    PortRange,
+    RiskColor,
+    ServiceInfo,
+    Shard,
+    Target,
+)
 from stream_processors.stages import make_context
 from stream_processors.transports.embedded import EmbeddedRunner
 from tests import loopback
@@ -277,3 +286,75 @@ def test_a_resumed_scan_compares_every_shard_and_reads_completed(
                        "WHERE scan_id = 'resumed-whole'") == [("completed",)]
     (summary,) = store.report("summary", {}).dicts()
     assert summary["scan_status"] == "completed"
+
+
+def _killed_after_first_shard(store, plan: ScanPlan, checkpoint: Path) -> Checkpoint:  # type: ignore[no-untyped-def]
+    runner = _runner(store)
+    runner.__class__ = KilledBeforeItsEnd
+    asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
+    saved = Checkpoint.load(checkpoint)
+    assert saved is not None and saved.next_index == {"tcp": 1}
+    return saved
+
+
+def _nothing_listens(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _current_ports(store) -> set[int]:  # type: ignore[no-untyped-def]
+    return {r["port"] for r in store.report("list", {}).dicts()}
+
+
+def test_a_resumed_scan_takes_from_the_store_only_the_shards_it_did_not_scan_again(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-own")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, which had also stored a port of a
+        # shard the checkpoint had not passed (in flight when it died; stored here by
+        # hand: the kill's timing cannot be had on demand), closed since
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        second_shard = next(s for s in plan.plans[0].shards() if s.index == 1)
+        gone = next(p for p in range(second_shard.ports[0].first, second_shard.ports[0].last)
+                    if p not in ports and _nothing_listens(p))
+        store.insert_findings([Finding(
+            port=OpenPort(scan_id="resumed-own", target=TARGET, port=gone),
+            service=ServiceInfo(service="ssh", product="OpenSSH", version="9.2p1"),
+            risk_color=RiskColor.GREEN)])
+        # When the scan resumes (and scans that shard again)
+        second = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                checkpoint_path=str(checkpoint)))
+    # Then each listener opened once, and the port the shard's new scan did not find is
+    # not opened (a review: every port the scan ever stored was compared, so it was, and
+    # alerted). (The reports still list it: its observation is the scan's, as when a
+    # scan is interrupted after storing a port that then closes.)
+    opened = [e.port for e in second.change_events if e.kind.value == "opened"]
+    assert set(ports) <= set(opened) and len(opened) == len(set(opened))
+    assert gone not in opened
+    assert not [e for e in second.change_events if e.kind.value == "closed"]
+    assert set(ports) <= _current_ports(store)
+
+
+def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        span = (PortRange(lo, lo + 2999),)
+        plan = _plan(span, seed=5, scan_id="overtaken")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, then a whole scan of the same host
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        asyncio.run(_runner(store).run(_plan(span, seed=6, scan_id="in-between")))
+        assert set(ports) <= _current_ports(store)
+        # When the killed scan resumes
+        asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                       checkpoint_path=str(checkpoint)))
+    # Then every listener is still listed (a review: the resumed scan, completed after
+    # the other, became the host's ports scan with its older ports, and the ports of its
+    # first shard vanished from the Summary and the List)
+    assert set(ports) <= _current_ports(store)
+    (summary,) = store.report("summary", {}).dicts()
+    assert summary["open_ports"] >= len(ports)
