@@ -656,10 +656,17 @@ PING_TIMEOUT = 10.0
 def _ping(location: StoreLocation) -> None:
     """Ask the server's HTTP interface for /ping ("Ok.") within ``PING_TIMEOUT``; an
     error whose reason the caller words as "cannot open the store at HOST:PORT". No
-    credentials are sent, and a TLS server's certificate is the driver's to check."""
+    credentials are sent, and a TLS server's certificate is the driver's to check. Not
+    when a proxy is set for the server (HTTP_PROXY / HTTPS_PROXY, NO_PROXY): the driver
+    goes through it, and so would a ping that could tell (a review)."""
     import http.client
     import ssl
+    import urllib.request
 
+    scheme = "https" if location.scheme == "clickhouses" else "http"
+    if urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(
+            location.host):
+        return  # reached through a proxy (the driver honours HTTP(S)_PROXY): its to judge
     connection = (http.client.HTTPSConnection(location.host, location.port,
                                               timeout=PING_TIMEOUT,
                                               context=ssl._create_unverified_context())

@@ -954,3 +954,19 @@ def test_a_delete_waits_for_its_own_mutation_and_says_what_blocks_it(store: Stor
     left = store.query("SELECT command FROM system.mutations WHERE database = "
                        "currentDatabase() AND table = 'mut_probe' AND NOT is_done")
     assert [str(c) for (c,) in left] == ["(DELETE WHERE throwIf(a = 5, 'not ours') = 0)"]
+
+
+def test_a_server_behind_a_proxy_is_not_pinged_directly(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # Given HTTP_PROXY set (the driver goes through it) and a server address that only
+    # the proxy could reach: a loopback port where nothing listens stands for it
+    with loopback.listen(loopback.silent(hold_seconds=5)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("NO_PROXY", "")
+        monkeypatch.setattr(store_module, "PING_TIMEOUT", 1.0)
+        with pytest.raises(StoreError) as err:
+            Store.from_url("clickhouse://default@127.0.0.1:1/db")
+    # Then the error is the driver's, through the proxy (a silent one: no answer), not
+    # the ping's "connection refused" from going around it (a review)
+    assert "connection refused" not in str(err.value)
+    assert "\n" not in str(err.value)
