@@ -709,22 +709,36 @@ class Store:
     def _say_damaged_parts(self) -> None:
         """One warning when the engine set parts of our tables aside as damaged (a
         truncated file after a full disk or a crash: chdb starts without them, in
-        ``detached/broken-*``): their rows are not read, so reports look empty and the
-        next scan's every port reads as opened. Said each time the store opens; never
-        fatal (what is left stays usable)."""
+        ``detached/broken-*``) and no active part holds their rows (a part a merge had
+        already folded into another is not missing: a review): those rows are not read,
+        so reports look empty and the next scan's every port reads as opened. Said each
+        time the store opens; never fatal (what is left stays usable)."""
         try:
-            rows = self.query(
-                "SELECT table, count() FROM system.detached_parts "
-                "WHERE database = currentDatabase() "
-                "AND (startsWith(reason, 'broken') OR startsWith(reason, 'unexpected')) "
-                "GROUP BY table ORDER BY table")
+            detached = self.query(
+                "SELECT table, partition_id, min_block_number, max_block_number "
+                "FROM system.detached_parts WHERE database = currentDatabase() "
+                "AND (startsWith(reason, 'broken') OR startsWith(reason, 'unexpected'))")
+            if not detached:
+                return
+            active = self.query(
+                "SELECT table, partition_id, min_block_number, max_block_number "
+                "FROM system.parts WHERE database = currentDatabase() AND active")
         except StoreError:
             return  # a server that does not let us read system tables: nothing to say
-        if rows:
-            parts = ", ".join(f"{table} ({count})" for table, count in rows)
+        held: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for table, partition, low, high in active:
+            held.setdefault((table, partition), []).append((low, high))
+        missing: dict[str, int] = {}
+        for table, partition, low, high in detached:
+            spans = held.get((table, partition), [])
+            if low is None or high is None or not any(a <= low and high <= b for a, b in spans):
+                missing[table] = missing.get(table, 0) + 1
+        if missing:
+            parts = ", ".join(f"{table} ({count})" for table, count in sorted(missing.items()))
             log.warning("the store at %s has damaged parts the engine set aside, not read: "
                         "%s; their rows are missing from every report (the files are kept "
-                        "under the tables' detached/ directories)", self.location.where, parts)
+                        "under the tables' detached/ directories: move them away once "
+                        "checked, and this warning stops)", self.location.where, parts)
 
     def _connect(self, clickhouse_connect: Any, location: StoreLocation, *,
                  create: bool) -> None:

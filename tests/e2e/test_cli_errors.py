@@ -459,3 +459,35 @@ def test_a_store_whose_parts_the_engine_set_aside_says_so(tmp_path: Path) -> Non
     assert len(warning) == 1, summary.stderr
     assert "not read" in warning[0] and "host_scans" in warning[0]
     assert "Traceback" not in summary.stderr
+
+
+def test_a_damaged_part_a_merge_already_folded_in_is_not_said_missing(tmp_path: Path
+                                                                     ) -> None:
+    # Given a store scanned twice whose port_latest parts were merged, and the merged-away
+    # (inactive, still on disk) part then cut to nothing: the engine sets it aside
+    from tests import loopback
+
+    store = f"chdb://{tmp_path / 'store'}"
+    env = {"PORTWATCH_SCOPE_ALLOW": "127.0.0.1/32"}
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")) as server:
+        for _ in range(2):
+            scanned = run_cli("scan", "--ports", str(server.port), "--udp", "none", "-q",
+                              "127.0.0.1", store=store, env=env, timeout=120)
+            assert scanned.code == 0, scanned.stderr
+    merge = ("import sys; from stream_processors.store import Store; "
+             f"s = Store.from_url({store!r}); s.command('OPTIMIZE TABLE port_latest FINAL'); "
+             "print('\\n'.join(r[0] for r in s.query(\"SELECT path FROM system.parts WHERE "
+             "database = currentDatabase() AND table = 'port_latest' AND NOT active\")))")
+    merged = subprocess.run([sys.executable, "-c", merge], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, check=True)
+    outdated = [Path(line) for line in merged.stdout.splitlines() if line.strip()]
+    assert outdated, merged.stderr
+    for part in outdated:
+        for f in part.glob("*.bin"):
+            f.write_bytes(b"")
+    # When a report reads it
+    listed = run_cli("report", "list", "--format", "json", store=store, timeout=60)
+    # Then nothing is said missing (the rows are in the merged part), and the port is there
+    assert listed.code == 0, listed.stderr
+    assert "damaged parts" not in listed.stderr
+    assert '"port"' in listed.stdout
