@@ -105,7 +105,8 @@ class Settings:
                                         group="identify")
     banner_wait: float = setting(2.0, "seconds to wait for a first-speaker banner (SSH, SMTP...); "
                                  "a silent port still open: 3x this in all", group="identify")
-    identify_budget: float = setting(10.0, "seconds per port for all identification probes",
+    identify_budget: float = setting(10.0, "seconds per port for all identification probes "
+                                     "(a silent port's late-greeting wait comes on top)",
                                      group="identify")
     snmp_public_community: bool = setting(False, "identify SNMP agents by asking with the "
                                           "'public' community (a credential guess): off "
