@@ -332,7 +332,13 @@ class StoreLocation:
     @property
     def where(self) -> str:
         """The store, as a person names it in a message."""
-        return self.path if self.scheme == "chdb" else f"{self.host}:{self.port}/{self.database}"
+        return self.path if self.scheme == "chdb" else f"{self.address}/{self.database}"
+
+    @property
+    def address(self) -> str:
+        """host:port, an IPv6 address in brackets ([::1]:8123, not ::1:8123)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> StoreLocation:
@@ -804,7 +810,7 @@ class Store:
         except Exception as exc:  # the drivers raise many types; translate to one line
             if _is_lock_error(exc):
                 raise _busy_error(location.path) from exc
-            where = location.path or f"{location.host}:{location.port}"
+            where = location.path or location.address
             raise StoreError(f"cannot open the store at {where}: {_driver_reason(exc)}"
                              ) from exc
 

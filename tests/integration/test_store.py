@@ -221,6 +221,9 @@ def test_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"^cannot open the store at 127\.0\.0\.1:1: ") as err:
         Store.from_url("clickhouse://127.0.0.1:1/db")
     assert "\n" not in str(err.value)
+    # An IPv6 address is named in brackets (it read "::1:1")
+    with pytest.raises(StoreError, match=r"^cannot open the store at \[::1\]:1: "):
+        Store.from_url("clickhouse://[::1]:1/db")
 
 
 def test_a_server_that_accepts_and_never_answers_is_a_store_error(
