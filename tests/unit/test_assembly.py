@@ -101,10 +101,9 @@ CASES: dict[str, Case] = {
     "udp_retries": ("2", lambda a, s: udp_engine(a).retries, 2),
     "udp_concurrency": ("99", lambda a, s: udp_engine(a).concurrency, 99),
     "udp_deadline": ("42", lambda a, s: udp_engine(a).deadline, 42.0),
-    "nmap_data": ("/opt/nmap", lambda a, s: (a.stage_context().fallback.path,
-                                             udp_engine(a).nmap_data,
-                                             masscan_engine(a).nmap_payloads),
-                  ("/opt/nmap", "/opt/nmap", "/opt/nmap/nmap-payloads")),
+    "nmap_data": ("NMAPDIR", lambda a, s: (a.stage_context().fallback.path,
+                                           udp_engine(a).nmap_data,
+                                           masscan_engine(a).nmap_payloads), ()),
     "identify_concurrency": ("5", lambda a, s: (runner(a, s).identify_workers,
                                                 pipeline(a).identify_concurrency), (5, 5)),
     "per_host_connections": ("2", lambda a, s: a.stage_context().per_host_connections, 2),
@@ -180,6 +179,10 @@ def test_each_setting_reaches_its_component(name: str, monkeypatch: pytest.Monke
         raw = str(tmp_path / "alerts.yaml")
         (tmp_path / "alerts.yaml").write_text(ALERTS_FILE)
         (tmp_path / "hook.secret").write_text("s3cret-s3cret-s3cret\n")
+    if raw == "NMAPDIR":  # a directory that exists (a missing one is refused)
+        raw = str(tmp_path / "nmap")
+        (tmp_path / "nmap").mkdir()
+        expected = (raw, raw, f"{raw}/nmap-payloads")
     if raw == "TRUST":
         import trustme
 
