@@ -973,3 +973,21 @@ def test_a_server_behind_a_proxy_is_not_pinged_directly(monkeypatch: pytest.Monk
     # the ping's "connection refused" from going around it (a review)
     assert "connection refused" not in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_readme_lists_every_reports_json_keys_in_order(store: Store) -> None:
+    # Given each report's columns as the engine describes them (its JSON keys)
+    import re
+
+    from schemas import REPORTS
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name in REPORTS:
+        columns = list(store.report(name, {}).columns)
+        # Then the README's list for it is exactly those, in order (a review found them
+        # undocumented; the list must not drift from the SQL)
+        match = re.search(rf"^- \*\*{name}\*\*: (.+?)(?=\n- \*\*|\n\n)", readme,
+                          re.MULTILINE | re.DOTALL)
+        assert match, name
+        listed = [k.strip() for k in match.group(1).replace("\n", " ").split(",")]
+        assert listed == columns, name
