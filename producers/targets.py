@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from schemas.records import PortRange, Target, canonical_address, ipv4_inside
+from schemas.records import PortRange, Target, canonical_address, fold_mapped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -747,17 +747,6 @@ def _refuse_zone(text: str) -> None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
         raise TargetError(f"target {_short(text)!r}: an address with a zone "
                           f"(%{_short(addr.scope_id)}) is not supported: give it without")
-
-
-def fold_mapped(net: IPNetwork) -> IPNetwork:
-    """``::ffff:10.0.0.0/104`` (or ``::10.0.0.0/104``) -> ``10.0.0.0/8``: a network of
-    IPv4-mapped/compatible addresses is judged as the IPv4 network it reaches."""
-    if net.version != 6 or net.prefixlen < 96:
-        return net
-    first = ipv4_inside(net.network_address)
-    if first is None:
-        return net
-    return ipaddress.IPv4Network(f"{first}/{net.prefixlen - 96}", strict=False)
 
 
 # A later target on an address already listed is dropped with one warning line each, at

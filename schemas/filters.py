@@ -88,20 +88,16 @@ def normalize_target(text: str) -> str:
         return normalize_ip(value)
     if not slash or not _looks_like_address(address):
         return value
+    from schemas.records import fold_mapped
+
     try:
         network = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise ValueError(f"target {value[:60]!r} is not a CIDR block (for example "
                          "198.18.0.0/15 or 2001:db8::/32)") from None
-    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 \
-            and network.subnet_of(mapped):
-        # an IPv4-mapped block is the IPv4 block, as a mapped address is its IPv4 address
-        # (the addresses are stored folded: '::ffff:127.0.0.0/104' matched nothing)
-        network_v4 = ipaddress.ip_network(
-            (int(network.network_address) & 0xFFFF_FFFF, network.prefixlen - 96))
-        return str(network_v4)
-    return str(network)
+    # an IPv4-mapped block is the IPv4 block, as a mapped address is its IPv4 address (the
+    # addresses are stored folded: '::ffff:127.0.0.0/104' matched nothing)
+    return str(fold_mapped(network))
 
 
 def _looks_like_address(text: str) -> bool:

@@ -103,6 +103,18 @@ def ipv4_inside(
     return None
 
 
+def fold_mapped(net: ipaddress.IPv4Network | ipaddress.IPv6Network
+                ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``::ffff:10.0.0.0/104`` (or ``::10.0.0.0/104``) -> ``10.0.0.0/8``: a network of
+    IPv4-mapped/compatible addresses is judged as the IPv4 network it reaches."""
+    if net.version != 6 or net.prefixlen < 96:
+        return net
+    first = ipv4_inside(net.network_address)
+    if first is None:
+        return net
+    return ipaddress.IPv4Network(f"{first}/{net.prefixlen - 96}", strict=False)
+
+
 def canonical_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """Parse an address and fold IPv4-mapped/compatible IPv6 to the IPv4 it reaches;
     ValueError when it is not an address."""

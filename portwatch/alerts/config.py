@@ -33,10 +33,10 @@ import yaml
 
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
-from producers.targets import fold_mapped, yaml_problem
+from producers.targets import yaml_problem
 from schemas.bounded import is_digits
 from schemas.durations import parse_seconds
-from schemas.records import ChangeKind, RiskColor, Severity, canonical_address
+from schemas.records import ChangeKind, RiskColor, Severity, canonical_address, fold_mapped
 
 ALERTS_ENV = "PORTWATCH_ALERTS"
 DEFAULT_DIGEST_SECONDS = 300.0
