@@ -88,7 +88,8 @@ from probers.service.http_meta import (
     split_response,
 )
 from probers.service.nmap_engine import tls_client_context
-from probers.tls.jarm import jarm_fingerprint
+from probers.tls.jarm import HELLOS as JARM_HELLOS
+from probers.tls.jarm import build_hello, jarm_fingerprint
 from schemas.records import ServiceInfo
 
 READ_CAP = 16_384  # bytes read from any one answer: endless banners stop here
@@ -419,7 +420,8 @@ async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
             # or a reset keeps the 'S', as a guess the other probes may outbid.
             reply = b""
             with contextlib.suppress(OSError, TimeoutError, EOFError):
-                writer.write(_client_hello())
+                # a ClientHello, any (JARM's first: already built here, stdlib only)
+                writer.write(build_hello(JARM_HELLOS[0], ep.hostname or ep.ip))
                 await writer.drain()
                 reply = await read_bounded(reader, timeout=s.probe_timeout, cap=16, idle=0.2)
             if reply[:1] in (b"\x15", b"\x16") and reply[1:2] == b"\x03":
@@ -448,16 +450,6 @@ async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 # An SSLRequest's lone 'S' whose ClientHello met silence: below the stop confidence, so
 # the probes after it still run and a better answer wins.
 _PG_GUESS = 5
-
-
-def _client_hello() -> bytes:
-    """The first flight of a TLS client (a ClientHello record), made by the ssl module
-    in memory: what a PostgreSQL that answered 'S' expects next."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = tls_client_context().wrap_bio(incoming, outgoing)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 # X.224 Connection Request in a TPKT, carrying RDP_NEG_REQ asking for TLS and CredSSP
