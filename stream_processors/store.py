@@ -672,11 +672,11 @@ def _ping(location: StoreLocation) -> None:
     scheme = "https" if location.scheme == "clickhouses" else "http"
     if urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(
             location.host):
-        return  # reached through a proxy (the driver honours HTTP(S)_PROXY): its to judge
+        return  # reached through a proxy (the driver honours HTTP(S)_PROXY): its call
     connection = (http.client.HTTPSConnection(location.host, location.port,
                                               timeout=PING_TIMEOUT,
                                               context=ssl._create_unverified_context())
-                  if location.scheme == "clickhouses" else
+                  if scheme == "https" else
                   http.client.HTTPConnection(location.host, location.port, timeout=PING_TIMEOUT))
     try:
         connection.request("GET", "/ping")

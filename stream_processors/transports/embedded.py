@@ -549,6 +549,7 @@ class EmbeddedRunner:
                 fixed.append(row)
         return earlier, fixed
 
+
 def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None = None
                       ) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to ``runner.interrupt``, saying what each does through
