@@ -56,7 +56,8 @@ def _when(value: str, flag: str) -> datetime:
 @click.option("--from", "from_", default=None, metavar="WHEN", help="Only changes at or after "
               "this ISO date/time (UTC unless a zone is given).")
 @click.option("--to", "to", default=None, metavar="WHEN", help="Only changes before this time.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(KIND_CHOICES),
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(KIND_CHOICES, case_sensitive=False),
               help="Only this kind of change (repeat for several).")
 @click.option("--severity", **filter_choice(*SEVERITY_CHOICES),
               help="Only changes at least this severe.")

@@ -114,9 +114,10 @@ LIMIT_OPTION: dict[str, Any] = {
 
 def filter_choice(*values: str) -> dict[str, Any]:
     """The type, default and callback of an optional filter among ``values``: its --help
-    lists only real values, and an absent flag reads as '' (no filter), as the report
-    SQL expects."""
-    return {"type": click.Choice(list(values)), "default": None,
+    lists only real values, any case is taken (as text filters ignore case; the value
+    passed on is the listed one), and an absent flag reads as '' (no filter), as the
+    report SQL expects."""
+    return {"type": click.Choice(list(values), case_sensitive=False), "default": None,
             "callback": lambda _ctx, _param, value: value or ""}
 
 

@@ -479,7 +479,7 @@ CREATE TABLE IF NOT EXISTS certificates
     sha256               String,
     name_check           LowCardinality(String),   -- match / mismatch / no name to check
     days_to_expiry       Int32,
-    expiry_warning       LowCardinality(String),   -- expired / expires within 7|14|30 days
+    expiry_warning       LowCardinality(String),   -- expired / expires within 1 day|7|14|30 days
     weak_key             String,
     weak_signature       String,
     observed_at          DateTime64(3, 'UTC')

@@ -536,7 +536,7 @@ class Certificate(Record):
     # Posture (issue 13). Leaf only: "match" / "mismatch" / "no name to check" (bare IP).
     name_check: str = ""
     days_to_expiry: int = 0  # whole days left; negative once expired
-    expiry_warning: str = ""  # "expired" / "expires within 7|14|30 days" / ""
+    expiry_warning: str = ""  # "expired" / "expires within 1 day|7|14|30 days" / ""
     weak_key: str = ""  # "RSA 1024" when under RSA/DSA 2048 or EC 224 bits, else ""
     weak_signature: str = ""  # e.g. "sha1WithRSAEncryption" (MD5 / SHA-1), else ""
 

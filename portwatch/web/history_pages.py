@@ -67,11 +67,12 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
         period = parse_duration(since)
     except ValueError as exc:
         raise BadParam(f"since: {exc}") from exc
-    kinds = [k for k in params.get("kind", []) if k]
+    # named as the CLI takes them: whatever the case (README: filters ignore case)
+    kinds = [k.lower() for k in params.get("kind", []) if k]
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise BadParam(f"kind: {bad[0][:40]!r} is not one of {', '.join(KINDS)}")
-    severity = _one(params, "severity")
+    severity = _one(params, "severity").lower()
     if severity and severity not in SEVERITIES:
         raise BadParam(f"severity: choose one of {', '.join(SEVERITIES)}")
     port_text = _one(params, "port")

@@ -124,10 +124,11 @@ def _int(name: str, value: str, low: int, high: int) -> int:
 
 
 def _choice(name: str, value: str, choices: Iterable[str]) -> str:
+    """``value`` among ``choices``, whatever its case (as the CLI's flags take it)."""
     options = tuple(choices)
-    if value not in options:
+    if value.lower() not in options:
         raise BadRequest(f"{name} must be one of {', '.join(options)}; got {value[:40]!r}")
-    return value
+    return value.lower()
 
 
 def _filter_value(name: str, value: str) -> Any:

@@ -4,7 +4,7 @@ has left, and whether its key or signature is weak.
 Owns: ``assess_chain`` (chain validation with cryptography's X.509 verification API
 against a trust store, the system bundle by default, with a human reason when it fails),
 ``name_check`` ("match" / "mismatch" only when a name exists; "no name to check" for a
-bare IP target), expiry (days left, and the 30 / 14 / 7 days / expired warning), weak keys
+bare IP target), expiry (days left, and the 30 / 14 / 7 / 1 days / expired warning), weak keys
 (RSA or DSA < 2048 bits, EC < 224 bits) and weak signatures (MD5, SHA-1) on every served
 certificate but a self-signed root (whose own signature nobody checks).
 
@@ -49,7 +49,10 @@ from probers.tls.certs import (
 )
 
 SYSTEM_TRUST_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
-EXPIRY_WARNING_DAYS = (7, 14, 30)  # the tightest threshold reached is the warning
+# The tightest threshold reached is the warning; the same days as the change log's
+# cert_expiring thresholds (30 / 14 / 7 / 1), so a certificate hours from expiry does not
+# read "within 7 days" beside a "1d" event (a review).
+EXPIRY_WARNING_DAYS = (1, 7, 14, 30)
 NO_NAME = "no name to check"
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 224
@@ -64,7 +67,7 @@ class CertificatePosture:
     trust_error: str = ""  # why not: "self-signed", "unknown issuer ...", "expired"...
     name_check: str = NO_NAME  # "match" / "mismatch" / "no name to check"
     days_to_expiry: int = 0  # whole days left on the leaf; negative once expired
-    expiry_warning: str = ""  # "expired" / "expires within 7 days" / ... / ""
+    expiry_warning: str = ""  # "expired" / "expires within 1 day" / ... / ""
     weak_keys: tuple[str, ...] = ()  # "leaf: RSA 1024"
     weak_signatures: tuple[str, ...] = ()  # "leaf: sha1WithRSAEncryption"
 
@@ -279,7 +282,7 @@ def expiry(leaf: x509.Certificate, now: datetime) -> tuple[int, str]:
         return days, "expired"
     for limit in EXPIRY_WARNING_DAYS:
         if days < limit:
-            return days, f"expires within {limit} days"
+            return days, f"expires within {limit} day{'' if limit == 1 else 's'}"
     return days, ""
 
 

@@ -94,9 +94,22 @@ SELECT
     certs.subject AS cert_subject, certs.issuer AS cert_issuer, certs.sans AS cert_sans,
     certs.not_after AS cert_not_after, certs.key_type AS cert_key_type,
     certs.key_bits AS cert_key_bits, certs.is_self_signed AS cert_self_signed,
-    certs.is_expired AS cert_expired, certs.is_hostname_match AS cert_hostname_match,
+    -- expired / the expiry warning, from the same count: stored as of the scan, a
+    -- certificate that expired since read "-1 days left", not expired, "within 7 days"
+    -- (a review). The thresholds are probers/tls/posture.py's EXPIRY_WARNING_DAYS;
+    -- cert_days_to_expiry is below (an alias may be named before it is defined).
+    if(isNull(cert_days_to_expiry), certs.is_expired,
+       toUInt8(assumeNotNull(cert_days_to_expiry) < 0)) AS cert_expired,
+    certs.is_hostname_match AS cert_hostname_match,
     certs.not_before AS cert_not_before, certs.signature_algorithm AS cert_signature,
-    certs.name_check AS cert_name_check, certs.expiry_warning AS cert_expiry_warning,
+    certs.name_check AS cert_name_check,
+    if(isNull(cert_days_to_expiry), certs.expiry_warning,
+       multiIf(assumeNotNull(cert_days_to_expiry) < 0, 'expired',
+               assumeNotNull(cert_days_to_expiry) < 1, 'expires within 1 day',
+               assumeNotNull(cert_days_to_expiry) < 7, 'expires within 7 days',
+               assumeNotNull(cert_days_to_expiry) < 14, 'expires within 14 days',
+               assumeNotNull(cert_days_to_expiry) < 30, 'expires within 30 days',
+               '')) AS cert_expiry_warning,
     certs.weak_key AS cert_weak_key, certs.weak_signature AS cert_weak_signature,
     probes.reached_via AS reached_via, probes.is_upgrade_offered AS is_upgrade_offered,
     probes.upgrade_note AS upgrade_note, probes.is_chain_trusted AS cert_trusted,
@@ -112,7 +125,18 @@ SELECT
             -- says so, not "tested": its suites are those it got to
             probes.status = 'completed' AND startsWith(probes.error, 'partial'), 'partial',
             probes.status = 'completed', 'tested', 'could not test') AS outcome,
-    probes.certificate_warnings AS cert_warnings, probes.leaf_sha256 AS cert_sha256,
+    -- the warnings, their expiry entry (first: CertificatePosture.warnings) said again
+    -- from the count above, as the scan would say it today
+    if(isNull(cert_days_to_expiry), probes.certificate_warnings,
+       arrayConcat(
+           multiIf(cert_expiry_warning = '', CAST([], 'Array(String)'),
+                   cert_expiry_warning = 'expired', ['certificate expired'],
+                   [concat('certificate ', cert_expiry_warning, ' (',
+                           toString(assumeNotNull(cert_days_to_expiry)), ' days left)')]),
+           arrayFilter(w -> NOT (w = 'certificate expired'
+                                 OR startsWith(w, 'certificate expires within ')),
+                       probes.certificate_warnings))) AS cert_warnings,
+    probes.leaf_sha256 AS cert_sha256,
     probes.profile AS profile, probes.profile_version AS profile_version,
     probes.profile_reasons AS profile_reasons,
     fingerprints.jarm AS jarm,

@@ -174,6 +174,7 @@ def test_list_filter_by_product_is_the_products_drill_down(web: Served) -> None:
 
 def test_list_filters_by_colour_org_port_target_and_prevalence(web: Served) -> None:
     red = web.api("/api/v1/list?color=red")
+    assert web.api("/api/v1/list?color=RED")["rows"] == red["rows"]  # any case
     assert sorted(r["port"] for r in red["rows"]) == [3306, 5432, 6379]
     org = web.api("/api/v1/list?org=Other+Org")
     assert {r["ip"] for r in org["rows"]} == {"127.0.0.2"} and org["total"] == 4

@@ -47,9 +47,12 @@ def expired_tls() -> TlsResult:
     # a leaf that expired twelve hours ago, on a port scanned two days ago (valid then)
     not_after = (NOW - timedelta(hours=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
     leaf = Certificate(subject="CN=web", issuer="CN=Test CA", not_after=not_after,
-                       key_type="EC", key_bits=256, sha256="ab" * 32, days_to_expiry=1)
+                       key_type="EC", key_bits=256, sha256="ab" * 32, days_to_expiry=1,
+                       expiry_warning="expires within 7 days")
     return TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
-                     certificates=(leaf,), leaf_sha256=leaf.sha256, days_to_expiry=1)
+                     certificates=(leaf,), leaf_sha256=leaf.sha256, days_to_expiry=1,
+                     certificate_warnings=("certificate expires within 7 days (1 days left)",
+                                           "untrusted: unknown issuer CN=Test CA"))
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +86,10 @@ def test_a_certificate_expired_hours_ago_reads_expired_not_zero_days_left(web: S
     assert row["cert_days_left"] == -1
     [cipher] = web.api("/api/v1/ciphers")["rows"]
     assert cipher["cert_days_to_expiry"] == -1
+    # the flag, the warning and the warnings say it from the same count, not the scan's
+    assert (cipher["cert_expired"], cipher["cert_expiry_warning"]) == (1, "expired")
+    assert cipher["cert_warnings"] == ["certificate expired",
+                                       "untrusted: unknown issuer CN=Test CA"]
     assert "certificate expired" in _page(web, "/list?port=443")
     assert "expires in 0 days" not in _page(web, "/list?port=443")
     page = _page(web, "/ciphers")

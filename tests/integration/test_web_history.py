@@ -162,6 +162,9 @@ def test_changes_api_answers_the_page_s_events_as_json(web: Served) -> None:
     red = web.api("/api/v1/changes?kind=opened&severity=high&target=127.0.0.0/31")
     assert [(r["kind"], r["port"], r["severity"], r["after"].split()[0]) for r in red["rows"]] \
         == [("opened", 6379, "high", "redis")]
+    # the kind and the severity in any case, as the CLI takes them
+    assert web.api("/api/v1/changes?kind=OPENED&severity=High&target=127.0.0.0/31"
+                   )["rows"] == red["rows"]
     assert red["filters"] == {"since": "7d", "from": "", "to": "", "kind": ["opened"],
                               "severity": "high", "target": "127.0.0.0/31", "org": "",
                               "port": 0}

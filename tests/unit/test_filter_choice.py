@@ -24,6 +24,13 @@ def test_absent_flag_is_no_filter_and_a_given_one_is_kept() -> None:
     assert runner.invoke(_probe, ["--color", "red"]).output == "'red'\n"
 
 
+def test_any_case_is_taken_and_passed_on_as_listed() -> None:
+    # README: filters ignore case; `--grade WEAK` was refused (a review)
+    runner = CliRunner()
+    assert runner.invoke(_probe, ["--color", "RED"]).output == "'red'\n"
+    assert runner.invoke(_probe, ["--color", "Green"]).output == "'green'\n"
+
+
 def test_value_outside_the_list_is_refused() -> None:
     result = CliRunner().invoke(_probe, ["--color", "blue"])
     assert result.exit_code == 2

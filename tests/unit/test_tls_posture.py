@@ -156,7 +156,10 @@ def test_sha1_signature_is_weak(tmp_path: Path) -> None:
         (29.5, 29, "expires within 30 days"),
         (13.9, 13, "expires within 14 days"),
         (5.5, 5, "expires within 7 days"),
-        (0.2, 0, "expires within 7 days"),
+        (1.0, 1, "expires within 7 days"),
+        # the last day: the change log's "1d" threshold, in the same words
+        (0.99, 0, "expires within 1 day"),
+        (0.2, 0, "expires within 1 day"),
         # floored, as the List's SQL floors it: expired an hour ago is -1, never 0
         (-2.5, -3, "expired"),
         (-0.04, -1, "expired"),
@@ -474,3 +477,15 @@ def test_the_system_bundle_loads_without_a_warning_on_stderr() -> None:
     assert int(ours.stdout) > 0
     assert ours.stderr == ""
     assert "CryptographyDeprecationWarning: Parsed a serial number" in direct.stderr
+
+
+def test_the_ciphers_report_recounts_the_warning_at_the_same_thresholds() -> None:
+    # schemas/reports/ciphers.sql says the warning again at read time: its thresholds
+    # are this module's, in the same words
+    from pathlib import Path
+
+    from probers.tls.posture import EXPIRY_WARNING_DAYS
+    sql = (Path(__file__).parents[2] / "schemas/reports/ciphers.sql").read_text()
+    said = [f"< {limit}, 'expires within {limit} day{'' if limit == 1 else 's'}'"
+            for limit in EXPIRY_WARNING_DAYS]
+    assert [phrase in sql for phrase in said] == [True] * len(said)
