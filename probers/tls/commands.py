@@ -32,9 +32,15 @@ from enum import StrEnum
 
 from probers.tls.certs import describe_chain
 from probers.tls.enumeration import ServerOrderProbe, SuiteEnumeration
-from probers.tls.grading import Grade, SuiteFacts, grade_port, grade_suite
+from probers.tls.grading import Grade, Strength, SuiteFacts, grade_port, grade_suite
 from probers.tls.handshake import HandshakeSpec, full_handshake, tls13_spec
-from probers.tls.hello import HelloOutcome, HelloSpec, OutcomeKind, exchange_hello
+from probers.tls.hello import (
+    WEAK_EC_GROUPS,
+    HelloOutcome,
+    HelloSpec,
+    OutcomeKind,
+    exchange_hello,
+)
 from probers.tls.mozilla import AcceptedFacts, assess_profile
 from probers.tls.posture import CertificatePosture, assess_chain
 from probers.tls.starttls import Upgrade
@@ -161,6 +167,9 @@ class SuitesResult:
     suites: tuple[AcceptedSuite, ...] = ()
     is_server_order: bool | None = None
     chain: tuple[bytes, ...] = ()  # certificates seen on the way (fallback for CERTIFICATE)
+    # An EC group under 224 bits the server took when offered only such groups (with its
+    # accepted ECDHE suites): a group it accepts but never picks when offered modern ones
+    weak_group: AcceptedSuite | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +230,7 @@ class SuitesPlugin(ScanCommandImplementation):
         )
         if has_order:
             suites = tuple(sorted(suites, key=lambda s: s.preference or 1 << 16))
+        weak_group = await self._weak_group(session, suites)
         chain = next(
             (p.outcome.certificates for p in enumeration.picks if p.outcome.certificates), ()
         )
@@ -233,7 +243,27 @@ class SuitesPlugin(ScanCommandImplementation):
             suites=suites,
             is_server_order=order.is_server_order,
             chain=chain,
+            weak_group=weak_group,
         )
+
+    async def _weak_group(self, session: ScanSession, suites: tuple[AcceptedSuite, ...]
+                          ) -> AcceptedSuite | None:
+        """One more hello, with the accepted ECDHE suites and only the curves under 224
+        bits (as sslscan lists every group a server takes, where the enumeration offers
+        modern groups first and sees the one the server picks). Below TLS 1.3 only: TLS
+        1.3 defines no such group. Not asked when a pick already used one."""
+        if self.version is TlsVersion.TLS_1_3:
+            return None
+        ecdhe = tuple(s.code for s in suites if describe(s.code).ephemeral_kind == "EC")
+        if not ecdhe or any(0 < s.kex_bits < 224 for s in suites if s.code in ecdhe):
+            return None
+        spec = HelloSpec(self.version, ecdhe, session.target.server_name,
+                         groups=WEAK_EC_GROUPS)
+        outcome = await session.run(session.raw_hello(spec))
+        if (outcome.kind is OutcomeKind.ACCEPTED and outcome.suite in ecdhe
+                and 0 < outcome.kex_bits < 224):
+            return AcceptedSuite(outcome.suite, outcome.kex_group, outcome.kex_bits)
+        return None  # refused (the usual answer), or a server that ignored the offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +357,12 @@ def fold(
             reached_via=target.upgrade.value,
         )
         return _with_posture(failed, posture, leaf)
-    port_grade = grade_port(versions, graded)
+    weak_groups = [
+        (result.version, describe(g.code), Grade(
+            Strength.WEAK, f"EC group under 224 bits: {g.kex_group} accepted when offered"))
+        for result in suite_results if (g := result.weak_group) is not None
+    ]  # fmt: skip
+    port_grade = grade_port(versions, graded + weak_groups)
     accepted_facts = [
         AcceptedFacts(version, info.iana_name,
                       record.kex_bits if info.ephemeral_kind == "DH" else 0)

@@ -130,6 +130,8 @@ class HelloSpec:
     server_name: str | None = None
     # Detection only: advertise TLS 1.3 too (supported_versions + an x25519 key share).
     advertise_tls13: bool = False
+    # The named groups offered, in order; () = every named curve, the modern ones first
+    groups: tuple[int, ...] = ()
 
 
 def is_ip_literal(name: str) -> bool:
@@ -167,7 +169,7 @@ def build_client_hello(spec: HelloSpec) -> bytes:
         sni = sni_name(spec.server_name or "")
         if sni is not None:
             extensions.append(SNIExtension().create(bytearray(sni)))
-        extensions.append(SupportedGroupsExtension().create(list(_EC_GROUPS)))
+        extensions.append(SupportedGroupsExtension().create(list(spec.groups or _EC_GROUPS)))
         extensions.append(ECPointFormatsExtension().create([0]))
         if version is TlsVersion.TLS_1_2 or spec.advertise_tls13:
             # RFC 5246 7.4.1.4.1: only meaningful (and only safe to send) when offering 1.2.
@@ -299,6 +301,12 @@ def group_bits(name: str) -> int:
         return special[name]
     size = re.match(r"(?:secp|sect|brainpoolP|ffdhe)(\d+)", name)  # secp256r1, ffdhe2048...
     return int(size.group(1)) if size else 0  # unknown or hybrid (e.g. X25519MLKEM768)
+
+
+# The named curves under 224 bits (secp160*, secp192*, sect163*, sect193*), offered alone
+# to ask whether a server accepts one it would never prefer over the modern groups first
+WEAK_EC_GROUPS: tuple[int, ...] = tuple(
+    g for g in _EC_GROUPS if 0 < curve_name_and_bits(g)[1] < 224)
 
 
 def _handle_handshake(
@@ -519,6 +527,7 @@ def detect_spec(server_name: str | None) -> HelloSpec:
 
 __all__ = [
     "DETECT_SUITES",
+    "WEAK_EC_GROUPS",
     "HelloOutcome",
     "HelloSpec",
     "OutcomeKind",

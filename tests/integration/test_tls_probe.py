@@ -100,6 +100,24 @@ def test_tls12_only_server_reports_exactly_its_two_suites(certs: CertFiles) -> N
     assert (result.grade, result.grade_reason) == ("strong", "every accepted suite is strong")
 
 
+def test_a_small_ec_group_the_server_takes_but_never_prefers_makes_the_port_weak(
+        certs: CertFiles) -> None:
+    # Given a TLS 1.2 server whose groups are secp192r1 and P-256: offered the modern
+    # groups first, it picks P-256 (so the suites' own group looks strong)
+    suite = "ECDHE-RSA-AES128-GCM-SHA256"
+    with openssl_server(certs, "-tls1_2", "-groups", "secp192r1:P-256",
+                        "-cipher", f"{suite}:@SECLEVEL=0") as port:
+        result = probe(port)
+    # Then the suite is listed with the group it picked, and the port is weak for the
+    # group it also takes (sslscan lists "TLSv1.2 96 bits secp192r1"; a review)
+    assert result.status is ProbeStatus.COMPLETED, result.error
+    assert [(s.iana_name, s.kex_group, s.strength) for s in result.suites] == [
+        ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "secp256r1", "strong")]
+    assert (result.grade, result.grade_reason) == (
+        "weak", "TLSv1.2 TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (EC group under 224 bits: "
+        "secp192r1 accepted when offered)")
+
+
 def test_a_probe_whose_sockets_are_numbered_above_1024_still_completes(certs: CertFiles) -> None:
     # Given a process already holding over 1,024 descriptors (a long scan with many sockets
     # and stores open), so every new socket is numbered past select()'s FD_SETSIZE
