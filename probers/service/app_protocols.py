@@ -519,6 +519,12 @@ def parse_snmp(data: bytes) -> ServiceInfo | None:
                                    method="probe:snmp-sysdescr", confidence=9)
         return ServiceInfo(service="snmp", method="probe:snmp-get", confidence=8)
     if version == 3 and len(fields) >= 4 and fields[2][0] == 0x04:
+        # An agent answers with a Report (or a Response) in the scoped PDU; our own
+        # discovery request echoed back (a GetRequest) is neither: an echo service on
+        # 161 read as a red SNMP agent (a review, 2026-12-06; nmap says "echo")
+        scoped = _ber_items(fields[3][1]) if fields[3][0] == 0x30 else []
+        if len(scoped) < 3 or scoped[2][0] not in (0xA2, 0xA8):
+            return None
         usm = _ber_items(fields[2][1])
         params = _ber_items(usm[0][1]) if usm and usm[0][0] == 0x30 else []
         engine_id = params[0][1] if params and params[0][0] == 0x04 else b""

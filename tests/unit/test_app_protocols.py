@@ -166,6 +166,13 @@ def test_net_snmp_engine_discovery_and_sysdescr() -> None:
     assert descr is not None and descr.extra_info == "sysDescr: portwatch test agent"
 
 
+def test_our_own_snmp_requests_echoed_back_are_not_an_agent() -> None:
+    # an echo service on 161 answers our request with itself: nmap says "echo", not an
+    # SNMP agent (a review read it red "snmp")
+    assert parse_snmp(snmp_v3_discovery()) is None
+    assert parse_snmp(snmp_v2c_get_sysdescr(b"public")) is None
+
+
 def test_snmp_requests_are_well_formed_ber() -> None:
     v3 = snmp_v3_discovery()
     assert v3[0] == 0x30 and v3[1] == len(v3) - 2 and v3[2:5] == b"\x02\x01\x03"
