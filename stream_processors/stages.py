@@ -81,7 +81,13 @@ class StageContext:
 
 async def identify_stage(port: OpenPort, ctx: StageContext) -> Finding:
     if port.proto is Proto.UDP:
-        return Finding(port=port, service=await _identify_udp(port, ctx))
+        named: ServiceInfo | None = None
+        if port.state is PortState.OPEN_FILTERED and port.reason != TARPIT_REASON:
+            port, named = await _second_look(port, ctx)
+        service = await _identify_udp(port, ctx)
+        if named is not None and not service.is_identified:
+            service = replace(named, banner=port.response)
+        return Finding(port=port, service=service)
     endpoint = Endpoint(port.target.ip, port.port, port.target.hostname)
     async with ctx.host_slot(port.target.ip):
         info = await identify(endpoint, ctx.identify, ctx.fallback)
@@ -108,6 +114,29 @@ def _own_reply_service() -> Callable[[int, bytes], str]:
 # line (nmap -sV's next step), within the identify budget; a tarpit's candidates get
 # none: the match on what they already said is all they are given.
 UDP_PROBE_BUDGET = 3.0
+
+
+async def _second_look(port: OpenPort, ctx: StageContext
+                       ) -> tuple[OpenPort, ServiceInfo | None]:
+    """A port silent to discovery's datagram asked in every protocol we speak
+    (``udp_probes.second_look``): an answer makes it open, with that answer as its
+    reply (then identified as any answering port), and what the answer named when it
+    was its protocol's. Silence leaves it open|filtered. Discovery lists at most
+    ``max_open_filtered`` silent ports per host (a filter's hundreds never reach here),
+    and each costs one wait of at most a second, in one of the host's slots."""
+    from probers.discovery.udp import encode_response
+    from probers.service.udp_probes import SECOND_LOOK_WAIT, second_look
+
+    async with ctx.host_slot(port.target.ip):
+        look = await second_look(
+            port.target.ip, port.port,
+            timeout=min(SECOND_LOOK_WAIT, ctx.identify.probe_timeout),
+            allow_public_community=ctx.identify.snmp_public_community)
+    if look is None:
+        return port, None
+    reply, named = look
+    return replace(port, state=PortState.OPEN, reason="udp-response",
+                   response=encode_response(reply)), named
 
 
 async def _identify_udp(port: OpenPort, ctx: StageContext) -> ServiceInfo:

@@ -275,10 +275,10 @@ def self_signed(directory: Path, common_name: str = "localhost",
 
 @contextlib.contextmanager
 def udp_responder(address: str = "127.0.0.1", port: int = 0,
-                  answer: Callable[[bytes], bytes] | None = None) -> Iterator[int]:
+                  answer: Callable[[bytes], bytes | None] | None = None) -> Iterator[int]:
     """A real UDP service on loopback answering every datagram with ``answer(datagram)``
-    (default: ``pong:`` and the first bytes of what it got); yields its port, always
-    closed on exit."""
+    (default: ``pong:`` and the first bytes of what it got; None: no answer, as a
+    service that cannot parse the request); yields its port, always closed on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((address, port))
     reply = answer or (lambda data: b"pong:" + data[:8])
@@ -291,7 +291,9 @@ def udp_responder(address: str = "127.0.0.1", port: int = 0,
                 data, peer = sock.recvfrom(2048)
             except TimeoutError:
                 continue
-            sock.sendto(reply(data), peer)
+            said = reply(data)
+            if said is not None:
+                sock.sendto(said, peer)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()

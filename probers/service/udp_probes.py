@@ -1,4 +1,5 @@
-"""UDP identification beyond discovery's reply: SNMP engine discovery and sysDescr.
+"""UDP identification beyond discovery's reply: SNMP engine discovery and sysDescr, and
+a second look at a port silent to discovery (``second_look``).
 
 Owns: one bounded datagram exchange per request, and the SNMP identification of an open
 UDP port: an SNMPv3 engine-discovery request first (RFC 3414 4: no community, no user;
@@ -67,4 +68,45 @@ async def identify_snmp(ip: str, port: int, *, allow_public_community: bool = Fa
     return replace(v3, extra_info=extra[:400])
 
 
-__all__ = ["exchange_datagram", "identify_snmp"]
+# Seconds a silent (open|filtered) port is given to answer any of our own requests
+SECOND_LOOK_WAIT = 1.0
+
+
+async def second_look(ip: str, port: int, *, timeout: float = SECOND_LOOK_WAIT,
+                      allow_public_community: bool = False
+                      ) -> tuple[bytes, ServiceInfo | None] | None:
+    """A port silent to discovery's datagram (open|filtered), asked again in every
+    protocol portwatch speaks (DNS version.bind, NTP, NetBIOS-NS, SNMPv3 engine
+    discovery, SSDP, memcached: ``udp_payloads.OWN_PAYLOADS``), one request each, all
+    at once, each from its own socket, for ``timeout`` seconds, as nmap -sV sends its UDP
+    probes to an open|filtered port: a DNS server or an SNMP agent moved off its port
+    answers only a request it can parse. The first answer's bytes and, when one is its
+    protocol's answer, the service it names; our own request sent back is "echo".
+    None: every request met silence (or a port unreachable). At most six datagrams."""
+    from probers.discovery.udp_payloads import OWN_PAYLOADS, own_reply_service
+
+    requests = [(usual, payloads[0].data) for usual, payloads in OWN_PAYLOADS.items()]
+    answers = await asyncio.gather(*(exchange_datagram(ip, port, data, timeout)
+                                     for _, data in requests), return_exceptions=True)
+    replies = [(usual, data, answer) for (usual, data), answer in zip(requests, answers,
+                                                                      strict=True)
+               if isinstance(answer, bytes) and answer]
+    for usual, _data, reply in replies:
+        if usual == 161:
+            snmp = parse_snmp(reply)
+            if snmp is not None and allow_public_community:
+                snmp = await identify_snmp(ip, port, allow_public_community=True,
+                                           timeout=timeout) or snmp
+            if snmp is not None:
+                return reply, snmp
+        elif service := own_reply_service(usual, reply):
+            return reply, ServiceInfo(service=service, method="udp:second-look",
+                                      confidence=8)
+    for _usual, data, reply in replies:
+        if reply == data:
+            return reply, ServiceInfo(service="echo", method="udp:second-look",
+                                      extra_info="our request sent back", confidence=8)
+    return (replies[0][2], None) if replies else None
+
+
+__all__ = ["SECOND_LOOK_WAIT", "exchange_datagram", "identify_snmp", "second_look"]
