@@ -92,8 +92,10 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
               help="Sockets in flight for connect discovery (default 2000, capped by the fd "
                    "limit).")
 @click.option("-t", "--timeout", type=float, default=None,
-              help="Seconds to wait for a port to answer before retrying it (default 1.0).")
-@click.option("--retries", type=int, default=None, help="Retries for ports that timed out (1).")
+              help="Connect engine: seconds to wait for a TCP port to answer before "
+              "retrying it (default 1.0; UDP waits PORTWATCH_UDP_TIMEOUT).")
+@click.option("--retries", type=int, default=None,
+              help="Connect engine: retries for TCP ports that timed out (1).")
 @click.option("--banner-wait", type=float, default=None,
               help="Seconds to wait for a service to speak first (default 2.0); a silent "
               "port that stays open is listened to 3x as long in all.")
