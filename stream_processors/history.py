@@ -301,26 +301,26 @@ class _Rows:
     def _carry_past_a_partly_completed_scan(self, view: HostScanView,
                                             previous: HostState | None) -> None:
         """A scan not compared (not every shard completed) closes nothing; but if one of
-        its shards completed, it is the host's ports scan (ddl.sql latest_host_scans),
-        and the ports the change log holds open that it did not see and that no completed
-        shard of it covered are carried: an interrupted TCP part behind a completed UDP
-        part hides no TCP port (a port the completed part covered and did not see is not
-        shown, as after any completed scan, though nothing is closed until a scan
-        completes whole). A scan with no completed shard writes nothing: its newer rows
-        would displace the ports scan's. The rows' version is when its completed part
-        ended, the time that makes it the ports scan (not its interrupted part's end): the
-        row a merge keeps for a port is then the one of the scan that sorts last there,
-        and it counts only while that scan is the ports scan. One whose completed part
-        ended before the stored state's scan is not the ports scan: nothing to write.
-        (Not recovered after a crash, nor backfilled by layout 15: such a host shows what
-        the scan saw until its next scan.)"""
+        its shards completed, it is the host's ports scan (ddl.sql latest_host_scans), so
+        every port the change log holds open that it did not see is carried: it hides
+        none, the ones its completed part covered included (no re-probe has confirmed
+        their silence, and the change log closes nothing until a scan completes whole: a
+        Ctrl-C in the UDP part, after the TCP part completed, hid a TCP port that had
+        closed, with no event; a review). A scan with no completed shard writes nothing:
+        its newer rows would displace the ports scan's. The rows' version is when its
+        completed part ended, the time that makes it the ports scan (not its interrupted
+        part's end): the row a merge keeps for a port is then the one of the scan that
+        sorts last there, and it counts only while that scan is the ports scan. One whose
+        completed part ended before the stored state's scan is not the ports scan:
+        nothing to write. (Not recovered after a crash, nor backfilled by layout 15: such
+        a host shows what the scan saw until its next scan.)"""
         done = [h for h in view.shards if h.status == "completed"]
         if previous is None or not previous.is_reachable or view.is_completed or not done:
             return
         became = _utc(to_millis(max(h.finished_at for h in done)))
         if (became, view.scan_id) <= (previous.finished_at, previous.scan_id):
             return
-        self._carry(previous, view, became, lambda k: not any(h.covers(*k) for h in done))
+        self._carry(previous, view, became, lambda _key: True)
 
     def _carry(self, state: HostState, view: HostScanView, at: datetime,
                keep: Callable[[PortKey], bool]) -> None:

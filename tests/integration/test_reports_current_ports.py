@@ -402,16 +402,41 @@ def test_an_interrupted_tcp_part_behind_a_completed_udp_part_hides_no_tcp_port(
     # When a rescan's TCP part is interrupted before it saw anything and its UDP part
     # completes without a reply from 161 (so that scan is the host's latest completed one)
     assert partly("s2", T0 + timedelta(days=1), "completed") == []
-    # Then the TCP ports the change log holds open are still the host's ports; 161, which
-    # the completed part covered and did not see, is not shown (nor closed: the scan
-    # did not complete whole)
+    # Then the TCP ports the change log holds open are still the host's ports, and so is
+    # 161, which the completed part covered and did not see: nothing re-probed it and
+    # nothing closed it (the scan did not complete whole), so nothing hides it
     summary, ports, products = reports(store)
-    assert ports == {"127.0.0.7": [22, 443]} and summary["127.0.0.7"]["open_ports"] == 2
+    assert ports == {"127.0.0.7": [22, 161, 443]} and summary["127.0.0.7"]["open_ports"] == 3
     assert products == {"OpenSSH 9.6p1": 1, "nginx 1.24.0": 1}
     # And a later scan interrupted in both parts changes none of it (it carries nothing,
     # which would displace what the completed part's scan carries)
     assert partly("s3", T0 + timedelta(days=2), "interrupted") == []
-    assert reports(store)[1] == {"127.0.0.7": [22, 443]}
+    assert reports(store)[1] == {"127.0.0.7": [22, 161, 443]}
+
+
+def test_an_interrupted_udp_part_behind_a_completed_tcp_part_hides_no_port(
+        store: Any) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host whose full scan found SSH and nginx
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+    # When a rescan's TCP part completes seeing SSH only and its UDP part is interrupted
+    # (Ctrl-C during the UDP top 1,000, which runs after TCP: a review)
+    at = T0 + timedelta(days=1)
+    store.insert_findings([found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
+    shards = [HostScan("s2", DB, at, at + timedelta(minutes=5), 65535, 1,
+                       shard_id="s2:tcp", ports=(PortRange(1, 65535),)),
+              HostScan("s2", DB, at, at + timedelta(minutes=6), 1000, 0,
+                       status="interrupted", shard_id="s2:udp", proto=Proto.UDP,
+                       ports=(PortRange(1, 1000),))]
+    store.insert_host_scans(shards)
+    # Then nothing closes, and 443 is still shown: the change log and the reports agree
+    assert asyncio.run(ChangeRecorder(store).finish(shards)) == []
+    summary, ports, _products = reports(store)
+    assert ports == {"127.0.0.7": [22, 443]} and summary["127.0.0.7"]["open_ports"] == 2
 
 
 def test_an_overlapping_partly_completed_scan_never_displaces_the_ports_scans_rows(
