@@ -10,7 +10,7 @@ Must not touch: the scan pipeline, the store's layout.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -55,7 +55,9 @@ def _when(value: str, flag: str) -> datetime:
               help="Only changes in this last period: 30s, 30m, 12h, 1.5d, 7d, 2w.")
 @click.option("--from", "from_", default=None, metavar="WHEN", help="Only changes at or after "
               "this ISO date/time (UTC unless a zone is given).")
-@click.option("--to", "to", default=None, metavar="WHEN", help="Only changes before this time.")
+@click.option("--to", "to", default=None, metavar="WHEN",
+              help="Only changes before this time (a date alone is its midnight: "
+              "--to 2026-12-07 ends with the 6th).")
 @click.option("--kind", "kinds", multiple=True,
               type=click.Choice(KIND_CHOICES, case_sensitive=False),
               help="Only this kind of change (repeat for several).")
@@ -116,6 +118,11 @@ def changes_command(since: str | None, from_: str | None, to: str | None,
         if first > iso_moment(to):
             fail(f"{'--since' if since else '--from'} starts after --to: no event can match",
                  EXIT_USAGE)
+        if first == iso_moment(to):  # --from D --to D: an empty window, said (a review)
+            day = iso_moment(to).date()
+            fail(f"--from and --to are the same moment: no event can match (--to is "
+                 f"exclusive, a date alone its midnight: --to {day + timedelta(days=1)} "
+                 f"ends with {day})", EXIT_USAGE)
     wanted = min(limit, API_LIMIT) if limit else API_LIMIT  # through a holder: its most
     result, capped = read_store(
         store,

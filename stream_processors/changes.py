@@ -507,8 +507,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
                                            seen_at=now)
         elif not old_port.is_open:
+            # when, as the List's --history says it (UTC, to the second; an ISO text with
+            # microseconds and +00:00 stood beside the reports' times: a review)
             events.append(event(ChangeKind.REOPENED, new,
-                                f"closed {old_port.changed_at.isoformat()}", new.describe()))
+                                f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}",
+                                new.describe()))
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
                                            seen_at=now)
         elif new.is_incomplete:

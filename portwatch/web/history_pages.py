@@ -13,7 +13,7 @@ the shared Jinja environment (autoescape on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -144,6 +144,11 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
     # become 2299: an inverted window would read as an empty one)
     if start and end and iso_moment(start) > iso_moment(end):
         raise BadParam("from is after to: no event can match")
+    if start and end and iso_moment(start) == iso_moment(end):
+        day = iso_moment(end).date()
+        raise BadParam(f"from and to are the same moment: no event can match (to is "
+                       f"exclusive, a date alone its midnight: to={day + timedelta(days=1)} "
+                       f"ends with {day})")
     if end and not start and datetime.now(UTC) - f["period"] > iso_moment(end):
         raise BadParam(f"since ({f['since']}, counted back from now) starts after to: "
                        "no event can match; give from instead")

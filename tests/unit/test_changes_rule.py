@@ -133,7 +133,7 @@ def test_reopened_and_attribute_changes() -> None:
                      risk_color="green")])
     out = detect_changes(prev, now, {})
     assert kinds(out) == [
-        ("reopened", 22, f"closed {T0.isoformat()}", "ssh OpenSSH 9.2p1 (green)"),
+        ("reopened", 22, f"closed {T0:%Y-%m-%d %H:%M:%S}", "ssh OpenSSH 9.2p1 (green)"),
         ("version_changed", 80, "1.22.1", ""),
         ("service_changed", 3306, "mysql", "http"),
         ("product_changed", 3306, "MariaDB 10.11.6", "Apache httpd 2.4"),

@@ -90,5 +90,8 @@ def test_changes_api_query_is_validated(items: list[tuple[str, str]]) -> None:
 def test_changes_api_refuses_from_after_to() -> None:
     with pytest.raises(BadParam, match="from is after to"):
         parse_changes_api_query([("from", "2027-01-01"), ("to", "2026-01-01")])
-    parsed, limit = parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-01")])
-    assert parsed["start"] == parsed["end"] and limit == 1000
+    # the same moment is an empty window: said, with the day's end to give instead
+    with pytest.raises(BadParam, match="same moment.*to=2026-01-02 ends with 2026-01-01"):
+        parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-01")])
+    parsed, limit = parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-02")])
+    assert parsed["end"] - parsed["start"] == timedelta(days=1) and limit == 1000
