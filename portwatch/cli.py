@@ -150,9 +150,23 @@ def _run(argv: Sequence[str] | None) -> int:
         if code is None:
             raise  # a bug: the traceback is what a report needs
         prefix = "" if code == EXIT_INTERRUPTED else "error: "
-        err_console.print(f"portwatch: {prefix}{one_line(exc)}", markup=False)
+        held = _held_by(exc)
+        err_console.print(f"portwatch: {prefix}{printable(held) if held else one_line(exc)}",
+                          markup=False)
         return code
     return 0
+
+
+def _held_by(exc: BaseException) -> str | None:
+    """For a store held by a `serve` or a `watch --serve`: which, and what works
+    meanwhile (the store's own message advised starting one with --serve, to a user
+    whose store that very process held: a review)."""
+    path = getattr(exc, "path", "")
+    if type(exc).__name__ != "StoreBusy" or not isinstance(path, str) or not path:
+        return None
+    from portwatch.store_holder import busy_message
+
+    return busy_message(path)
 
 
 # How the engine and the OS say a write found no room (ClickHouse's code 243 and its

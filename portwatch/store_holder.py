@@ -174,6 +174,19 @@ def find_holder(store_path: str) -> Advert | None:
     return advert
 
 
+def busy_message(store_path: str) -> str | None:
+    """What to say when ``store_path`` is held by a process that advertises itself (a
+    `serve`, a `watch --serve`): which one, and what works meanwhile. None: no live
+    holder advertised (a scan, say), for the store's own message."""
+    holder = find_holder(store_path) if store_path else None
+    if holder is None:
+        return None
+    return (f"the store at {store_path} is held by `portwatch {holder.command}` (pid "
+            f"{holder.pid}, serving {holder.url}): `portwatch report` and the web pages "
+            "read through it; stop it to scan, prune or change this store, or give "
+            "another --store")
+
+
 def _api_filters(filters: Mapping[str, Any]) -> dict[str, str]:
     """CLI filters -> the API's query string names (the same names); neutral ones dropped."""
     return {k: str(v) for k, v in filters.items() if v not in ("", 0, None)}
@@ -279,5 +292,6 @@ def remote_changes(advert: Advert, params: Mapping[str, Any], *, limit: int
             data.get("capped") is True)
 
 
-__all__ = ["ADVERT_FILE", "Advert", "HolderError", "advert_url", "advertise", "find_holder",
+__all__ = ["ADVERT_FILE", "Advert", "HolderError", "advert_url", "advertise", "busy_message",
+           "find_holder",
            "parse_advert", "remote_changes", "remote_report"]

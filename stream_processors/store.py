@@ -287,7 +287,11 @@ class StoreMissing(StoreError):
 
 
 class StoreBusy(StoreError):
-    """Another process holds the embedded store."""
+    """Another process holds the embedded store (``path``: its directory, as given)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class StoreLayoutError(StoreError):
@@ -539,8 +543,7 @@ def _busy_error(path: str) -> StoreBusy:
         "(embedded stores allow one process at a time): wait for it to finish, "
         "use another --store, or run a ClickHouse server; a watcher or a sink started "
         "with `--serve PORT` (`portwatch watch`, `portwatch process`) answers `portwatch "
-        "report` and serves the web reports meanwhile"
-    )
+        "report` and serves the web reports meanwhile", path)
 
 
 def _is_lock_error(exc: BaseException) -> bool:

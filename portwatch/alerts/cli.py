@@ -631,7 +631,9 @@ def accept(where: str | None, note: str, until_text: str | None, accepted_by: st
         fail("accept needs --note \"why\"")
     who = accepted_by or os.environ.get("USER") or _user()
     _check_store_url(store)
-    db = _store(store)
+    # an existing store only: accepted into a mistyped path, the risk kept alerting from
+    # the real store while the operator read "accepted" (a review)
+    db = _store(store, create=False)
     try:
         risk = acc.accept(db, target, proto, port, note=note.strip(), by=who, until=until_moment,
                           now=now)

@@ -27,7 +27,7 @@ def _num(value: float) -> str:
 def colour_bars(totals: ColourTotals) -> Markup:
     """Horizontal bars: open ports that are red, yellow, green, and CDN-expected."""
     bars = (("red", "Red: risky when exposed", totals.red),
-            ("yellow", "Yellow: unidentified", totals.yellow),
+            ("yellow", "Yellow: unknown or TLS issue", totals.yellow),
             ("green", "Green: meant to be public", totals.green),
             ("cdn", "CDN-expected (no risk)", totals.cdn_expected))
     widest = max(1, *(v for _, _, v in bars))

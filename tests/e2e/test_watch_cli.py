@@ -476,8 +476,16 @@ def test_alerts_test_never_prints_an_apprise_urls_path(tmp_path: Path) -> None:
         assert "/hooks" not in result.stdout + result.stderr
 
 
-def test_accept_list_and_remove(tmp_path: Path) -> None:
+def _scanned_store(tmp_path: Path) -> str:
+    """A store with one bounded scan of 127.0.0.1 in it: accept takes an existing store."""
     store = f"chdb://{tmp_path / 'store'}"
+    scanned = run_cli("scan", "127.0.0.1", "--ports", "1", "--udp", "none", "-q", store=store)
+    assert scanned.code == 0, scanned.stderr
+    return store
+
+
+def test_accept_list_and_remove(tmp_path: Path) -> None:
+    store = _scanned_store(tmp_path)
     env = {"USER": "carol"}
     added = run_cli("accept", "127.0.0.1:6379/tcp", "--note", "cache, firewalled",
                     "--until", "2099-01-31", store=store, env=env)
@@ -492,7 +500,8 @@ def test_accept_list_and_remove(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["alerts", "log"], ["accept", "--list"],
-                                  ["accept", "--remove", "127.0.0.1:6379/tcp"]])
+                                  ["accept", "--remove", "127.0.0.1:6379/tcp"],
+                                  ["accept", "127.0.0.1:6379/tcp", "--note", "cache"]])
 def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path,
                                                              args: list[str]) -> None:
     # Given a mistyped store path inside an existing directory of the user's
@@ -514,7 +523,7 @@ def test_alerts_deliver_refuses_a_store_that_does_not_exist(tmp_path: Path) -> N
 
 
 def test_accept_list_prints_a_hostile_note_on_one_line(tmp_path: Path) -> None:
-    store = f"chdb://{tmp_path / 'store'}"
+    store = _scanned_store(tmp_path)
     added = run_cli("accept", "127.0.0.1:6379/tcp", "--note", "line one\nline two \x1b[31mred",
                     "--by", "eve\r\x1b]0;pwned\x07", store=store)
     assert added.code == 0, added.stderr

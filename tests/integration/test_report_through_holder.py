@@ -133,6 +133,19 @@ def test_a_bad_filter_is_one_usage_error_whether_a_holder_answers_or_not(
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_command_that_needs_the_store_names_the_serve_holding_it(scanned: Path) -> None:
+    # Given serve holding the store, when a command that must open it runs
+    with serving(scanned) as proc:
+        result = run_cli("prune", "--older-than", "90d", store=f"chdb://{scanned}")
+    # Then one line names the holder and what works meanwhile (it advised starting a
+    # watcher with --serve, the very thing holding the store: a review)
+    assert result.code == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"held by `portwatch serve` (pid {proc.pid}, serving http://127.0.0.1:" in line
+    assert "`portwatch report` and the web pages read through it" in line
+    assert "--serve PORT" not in line
+
+
 def test_report_through_a_token_server(scanned: Path) -> None:
     # Given serve with a token (the advert carries it)
     with serving(scanned, token="k" * 24):

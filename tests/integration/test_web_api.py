@@ -365,6 +365,8 @@ def test_pages_render_for_every_report_with_charts(web: Served) -> None:
     assert status == 200
     assert 'aria-labelledby="bars-title bars-desc"' in summary  # the SVG chart
     assert "Red: risky when exposed: 2" in summary  # 3306 and 5432
+    # yellow is also a known service with a TLS finding: never called "unidentified"
+    assert "Yellow: unknown or TLS issue" in summary and "unidentified" not in summary
     assert "/list?target=127.0.0.3" in summary  # the drill-down link
     _, _, products = web.get("/products")
     assert "/list?product=nginx&amp;version=1.22.1" in products
