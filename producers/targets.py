@@ -604,6 +604,10 @@ def _read_csv(text: str, file: Path, name: str) -> list[TargetSpec]:
                         raise TargetError(f"{name}: line {reader.line_num}: column "
                                           f"{_one_line(_short(column))!r} appears twice in "
                                           "the header")
+                    if key not in INVENTORY_KEYS:  # said on the header's line, not row 2's
+                        raise TargetError(f"{name}: line {reader.line_num}: unknown column "
+                                          f"{_one_line(_short(column))!r} (known: "
+                                          f"{', '.join(INVENTORY_KEYS)})")
                     seen.add(key)
                 continue
             where = f"{name}: line {reader.line_num}"

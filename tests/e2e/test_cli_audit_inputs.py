@@ -180,7 +180,7 @@ def test_an_unknown_inventory_column_is_refused(tmp_path: Path) -> None:
     inventory.write_text("target,organisation\n127.0.0.1,Org\n")
     result = run_cli("scan", "--inventory", str(inventory), "--udp", "none",
                      store=f"chdb://{tmp_path / 'store'}", timeout=120)
-    assert_one_line(result, "assets.csv: line 2: unknown key 'organisation'", code=2)
+    assert_one_line(result, "assets.csv: line 1: unknown column 'organisation'", code=2)
     assert not (tmp_path / "store").exists()
 
 
