@@ -446,8 +446,9 @@ def alerts() -> None:
 
 
 @alerts.command("log")
-@click.option("--state", **filter_choice("pending", "sent", "failed"),
-              help="Only deliveries in this state.")
+@click.option("--state", **filter_choice("pending", "retrying", "sent", "failed"),
+              help="Only deliveries in this state (retrying: pending after a failed "
+              "attempt; failed: given up for good).")
 @click.option("--rule", default="", help="Only this rule.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, help="At most this many.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
@@ -458,7 +459,7 @@ def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -
 
     \b
     Examples:
-      portwatch alerts log --state failed
+      portwatch alerts log --state retrying
       portwatch alerts log --rule risky-opened --limit 20 -f json
     """
     from portwatch.alerts.log import delivery_log

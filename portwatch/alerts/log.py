@@ -72,7 +72,10 @@ def delivery_log(store: Any, *, state: str = "", rule: str = "", limit: int = 10
     rows = store.query(
         "SELECT rule, channel, event_id, event_json, state, attempts, last_error, created_at, "
         "next_attempt_at, sent_at FROM alert_outbox FINAL "
-        "WHERE ({state:String} = '' OR state = {state:String}) "
+        # 'retrying': pending with a failed attempt (what a dead receiver's deliveries
+        # are until max_attempts: 'failed' alone showed none of them; a review)
+        "WHERE ({state:String} = '' OR state = {state:String} "
+        "OR ({state:String} = 'retrying' AND state = 'pending' AND attempts > 0)) "
         "AND ({rule:String} = '' OR rule = {rule:String}) "
         "ORDER BY created_at DESC, rule, channel, event_id LIMIT {limit:UInt32}",
         {"state": state, "rule": rule, "limit": limit})

@@ -239,6 +239,9 @@ def test_receiver_down_then_back_gets_everything_once(store: Any, tmp_path: Path
         log_lines = [r.line() for r in delivery_log(store)]
         assert len(log_lines) == 2, log_lines
         assert all("attempt 4 failed (cannot reach" in line for line in log_lines), log_lines
+        # which `alerts log --state retrying` lists, and --state failed (given up) not yet
+        assert len(delivery_log(store, state="retrying")) == 2
+        assert delivery_log(store, state="failed") == []
         # ... a pass before the backoff is over sends nothing
         clock.advance(5)
         assert dispatcher.deliver_due().messages == 0

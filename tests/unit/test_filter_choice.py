@@ -42,7 +42,7 @@ def test_value_outside_the_list_is_refused() -> None:
     (["report", "--help"], "--grade [weak|medium|strong]"),
     (["report", "--help"], "--prevalence [very common|somewhat common|less common|rare]"),
     (["report", "changes", "--help"], "--severity [info|low|medium|high|critical]"),
-    (["alerts", "log", "--help"], "--state [pending|sent|failed]"),
+    (["alerts", "log", "--help"], "--state [pending|retrying|sent|failed]"),
 ])
 def test_help_lists_only_real_values(command: list[str], listed: str) -> None:
     result = CliRunner().invoke(cli, command, terminal_width=200)
