@@ -11,7 +11,8 @@ any script: ``lowerUTF8``):
 - it equals the address;
 - it is an IPv4 address prefix of 1-3 octets (``198.18``, ``198.18.0.``): the address
   starts with it, on an octet boundary (``127.0.0`` matches 127.0.0.9, never 127.0.1.1);
-- it is an IPv6 prefix ending in ``:`` (``2001:db8:``);
+- it is an IPv6 prefix ending in ``:`` (``2001:db8:``) that is not itself an address
+  (``::`` and ``fe80::`` are addresses: they match only themselves);
 - it is a CIDR block (``198.18.0.0/15``, ``2001:db8::/32``) holding the address (text
   with a "/" whose first part is neither an address nor a mistyped one is a name: an
   asset may be ``web/1``).
@@ -39,6 +40,7 @@ TARGET_PREDICATE = """({{target:String}} = ''
                                           if(endsWith({{target:String}}, '.'), '', '.'))))
        OR (endsWith({{target:String}}, ':')
            AND empty(replaceRegexpAll(lowerUTF8({{target:String}}), '[0-9a-f:]', ''))
+           AND NOT isIPv6String({{target:String}})
            AND startsWith({a}.ip, lowerUTF8({{target:String}})))
        OR (length(splitByChar('/', {{target:String}})) = 2
            AND ((isIPv4String(splitByChar('/', {{target:String}})[1])

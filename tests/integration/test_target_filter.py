@@ -167,6 +167,7 @@ def test_every_report_with_a_target_filter_is_covered() -> None:
     ("WEB/1", {"eu"}),                        # a "/" after a name: an asset name
     ("198.18.0.0/15", {"mail"}),
     ("::1", {"v6"}),
+    ("::", set()),                            # an address (unspecified): itself, not ::1
     ("::/0", {"v6"}),                         # IPv6 CIDR holds no IPv4 address
     ("198.19", set()),
     ("nobody.example.test", set()),
