@@ -10,7 +10,7 @@ Must not touch: the scan pipeline, the store's layout.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -90,7 +90,12 @@ def changes_command(since: str | None, from_: str | None, to: str | None,
     from portwatch.report_cli import read_store
     from portwatch.store_holder import remote_changes
     from portwatch.web.history_pages import API_LIMIT
-    from stream_processors.change_log import changes_report, iso_moment, parse_duration
+    from stream_processors.change_log import (
+        changes_report,
+        iso_moment,
+        parse_duration,
+        same_moment,
+    )
     from stream_processors.changes import EPOCH
 
     # not given: no filter; given empty (--since '', an unset "$VAR"): an error, never
@@ -119,10 +124,7 @@ def changes_command(since: str | None, from_: str | None, to: str | None,
             fail(f"{'--since' if since else '--from'} starts after --to: no event can match",
                  EXIT_USAGE)
         if first == iso_moment(to):  # --from D --to D: an empty window, said (a review)
-            day = iso_moment(to).date()
-            fail(f"--from and --to are the same moment: no event can match (--to is "
-                 f"exclusive, a date alone its midnight: --to {day + timedelta(days=1)} "
-                 f"ends with {day})", EXIT_USAGE)
+            fail(same_moment("--from", "--to", "--to ", first), EXIT_USAGE)
     wanted = min(limit, API_LIMIT) if limit else API_LIMIT  # through a holder: its most
     result, capped = read_store(
         store,

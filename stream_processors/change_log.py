@@ -10,7 +10,7 @@ Must not touch: the change rule, Kafka, the network.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from stream_processors.changes import EPOCH
 from stream_processors.store import Report, Store
@@ -37,6 +37,17 @@ def iso_moment(text: str) -> datetime:
         raise ValueError("use an ISO date or time, e.g. 2026-12-01 or 2026-12-01T08:00"
                          ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def same_moment(start_flag: str, end_flag: str, to_flag: str, moment: datetime) -> str:
+    """What to say of a window whose two ends are the same ``moment``: the end is
+    exclusive, so a date alone as both ends (``--from D --to D``) holds nothing; the
+    next day's midnight is the end to give (``to_flag``: "--to " or "to=")."""
+    day = moment.date()
+    hint = (f": {to_flag}{day + timedelta(days=1)} ends with {day}"
+            if day < date.max else "")
+    return (f"{start_flag} and {end_flag} are the same moment: no event can match "
+            f"({end_flag} is exclusive, a date alone its midnight{hint})")
 
 
 def parse_when(text: str) -> datetime:

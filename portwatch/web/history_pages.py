@@ -13,7 +13,7 @@ the shared Jinja environment (autoescape on).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -122,7 +122,7 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
     """Query string of /api/v1/changes -> the page's filters, plus ``from``/``to`` (ISO
     times; ``from`` instead of ``since``) and ``limit`` (rows at most, 1 to
     ``API_LIMIT``; ``MAX_EVENTS`` when absent). BadParam says what is wrong."""
-    from stream_processors.change_log import iso_moment
+    from stream_processors.change_log import iso_moment, same_moment
 
     own = {"limit", *set(API_FILTERS) - set(PAGE_FILTERS)}
     params: dict[str, list[str]] = {}
@@ -145,10 +145,7 @@ def parse_changes_api_query(items: list[tuple[str, str]]) -> tuple[dict[str, Any
     if start and end and iso_moment(start) > iso_moment(end):
         raise BadParam("from is after to: no event can match")
     if start and end and iso_moment(start) == iso_moment(end):
-        day = iso_moment(end).date()
-        raise BadParam(f"from and to are the same moment: no event can match (to is "
-                       f"exclusive, a date alone its midnight: to={day + timedelta(days=1)} "
-                       f"ends with {day})")
+        raise BadParam(same_moment("from", "to", "to=", iso_moment(end)))
     if end and not start and datetime.now(UTC) - f["period"] > iso_moment(end):
         raise BadParam(f"since ({f['since']}, counted back from now) starts after to: "
                        "no event can match; give from instead")

@@ -189,8 +189,8 @@ def parse_query(report: str, pairs: Iterable[tuple[str, str]], *,
     if (sort or seen.get("direction")) and not sortable:
         raise BadRequest(f"{report} cannot be sorted; its order is fixed")
     if sort:
-        _choice("sort", sort, LIST_SORTS)
-    _choice("direction", direction, DIRECTIONS)
+        sort = _choice("sort", sort, LIST_SORTS)  # the listed spelling: the SQL's key
+    direction = _choice("direction", direction, DIRECTIONS)
     if sortable and not sort and direction == "desc":
         sort = "target"  # the default order, reversed: what the header then shows
     if sort == "target" and direction == "asc":

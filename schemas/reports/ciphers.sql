@@ -86,6 +86,8 @@ WITH
         WHERE proto = 'tcp'
           AND (target, ip, port) IN (SELECT arrayJoin((SELECT ports FROM page_ports)))
     )
+-- (two helper columns, leaf_days and trust_lapsed, are computed once inside and left out)
+SELECT * EXCEPT (leaf_days, trust_lapsed) FROM (
 SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,
     probes.status AS status, probes.error AS error, probes.versions AS versions,
@@ -94,48 +96,60 @@ SELECT
     certs.subject AS cert_subject, certs.issuer AS cert_issuer, certs.sans AS cert_sans,
     certs.not_after AS cert_not_after, certs.key_type AS cert_key_type,
     certs.key_bits AS cert_key_bits, certs.is_self_signed AS cert_self_signed,
-    -- expired / the expiry warning, from the same count: stored as of the scan, a
-    -- certificate that expired since read "-1 days left", not expired, "within 7 days"
-    -- (a review). The thresholds are probers/tls/posture.py's EXPIRY_WARNING_DAYS;
-    -- cert_days_to_expiry is below (an alias may be named before it is defined).
-    if(isNull(cert_days_to_expiry), certs.is_expired,
-       toUInt8(assumeNotNull(cert_days_to_expiry) < 0)) AS cert_expired,
+    -- expired / the expiry warning, from the leaf's notAfter read now (leaf_days,
+    -- below): stored as of the scan, a certificate that expired since read "-1 days
+    -- left", not expired, "within 7 days" (a review). The thresholds are
+    -- probers/tls/posture.py's EXPIRY_WARNING_DAYS. A notAfter that cannot be read (an
+    -- unparseable leaf) keeps what the scan stored. (An alias may be named before it
+    -- is defined.)
+    if(isNull(leaf_days), certs.is_expired, toUInt8(assumeNotNull(leaf_days) < 0))
+        AS cert_expired,
     certs.is_hostname_match AS cert_hostname_match,
     certs.not_before AS cert_not_before, certs.signature_algorithm AS cert_signature,
     certs.name_check AS cert_name_check,
-    if(isNull(cert_days_to_expiry), certs.expiry_warning,
-       multiIf(assumeNotNull(cert_days_to_expiry) < 0, 'expired',
-               assumeNotNull(cert_days_to_expiry) < 1, 'expires within 1 day',
-               assumeNotNull(cert_days_to_expiry) < 7, 'expires within 7 days',
-               assumeNotNull(cert_days_to_expiry) < 14, 'expires within 14 days',
-               assumeNotNull(cert_days_to_expiry) < 30, 'expires within 30 days',
+    if(isNull(leaf_days), certs.expiry_warning,
+       multiIf(assumeNotNull(leaf_days) < 0, 'expired',
+               assumeNotNull(leaf_days) < 1, 'expires within 1 day',
+               assumeNotNull(leaf_days) < 7, 'expires within 7 days',
+               assumeNotNull(leaf_days) < 14, 'expires within 14 days',
+               assumeNotNull(leaf_days) < 30, 'expires within 30 days',
                '')) AS cert_expiry_warning,
     certs.weak_key AS cert_weak_key, certs.weak_signature AS cert_weak_signature,
     probes.reached_via AS reached_via, probes.is_upgrade_offered AS is_upgrade_offered,
-    probes.upgrade_note AS upgrade_note, probes.is_chain_trusted AS cert_trusted,
-    probes.trust_error AS cert_trust_error,
-    -- counted now from the leaf's notAfter (the stored count is as of the scan)
-    if(probes.leaf_sha256 = '', NULL, coalesce(
-       -- floored: a certificate expired an hour ago has -1 day left, not 0
+    probes.upgrade_note AS upgrade_note,
+    -- a chain trusted at the scan whose leaf has expired since is not trusted now (the
+    -- scan itself would say "expired")
+    (cert_expired = 1 AND certs.is_expired = 0 AND probes.is_chain_trusted = 1)
+        AS trust_lapsed,
+    if(trust_lapsed, 0, probes.is_chain_trusted) AS cert_trusted,
+    if(trust_lapsed, 'expired', probes.trust_error) AS cert_trust_error,
+    -- whole days left on the leaf, counted now; NULL when there is no leaf or its
+    -- notAfter cannot be read (floored: expired an hour ago is -1 day left, not 0)
+    if(probes.leaf_sha256 = '', NULL,
        toInt64(floor((toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(
-              certs.not_after, 3, 'UTC')) - toUnixTimestamp64Milli(now64(3))) / 86400000)),
-       probes.days_to_expiry)) AS cert_days_to_expiry,
+              certs.not_after, 3, 'UTC')) - toUnixTimestamp64Milli(now64(3))) / 86400000)))
+        AS leaf_days,
+    -- (the stored count when notAfter cannot be read)
+    if(probes.leaf_sha256 = '', NULL, coalesce(leaf_days, probes.days_to_expiry))
+        AS cert_days_to_expiry,
     multiIf(probes.status = 'completed' AND probes.is_upgrade_offered = 0, 'no STARTTLS offered',
             -- an enumeration cut short (its budget, a server that stopped answering)
             -- says so, not "tested": its suites are those it got to
             probes.status = 'completed' AND startsWith(probes.error, 'partial'), 'partial',
             probes.status = 'completed', 'tested', 'could not test') AS outcome,
     -- the warnings, their expiry entry (first: CertificatePosture.warnings) said again
-    -- from the count above, as the scan would say it today
-    if(isNull(cert_days_to_expiry), probes.certificate_warnings,
+    -- from the count above, as the scan would say it today (and a trust that lapsed)
+    if(isNull(leaf_days), probes.certificate_warnings,
        arrayConcat(
            multiIf(cert_expiry_warning = '', CAST([], 'Array(String)'),
                    cert_expiry_warning = 'expired', ['certificate expired'],
                    [concat('certificate ', cert_expiry_warning, ' (',
-                           toString(assumeNotNull(cert_days_to_expiry)), ' days left)')]),
+                           toString(assumeNotNull(leaf_days)), ' days left)')]),
            arrayFilter(w -> NOT (w = 'certificate expired'
                                  OR startsWith(w, 'certificate expires within ')),
-                       probes.certificate_warnings))) AS cert_warnings,
+                       probes.certificate_warnings),
+           if(trust_lapsed, ['untrusted: expired'], CAST([], 'Array(String)'))))
+        AS cert_warnings,
     probes.leaf_sha256 AS cert_sha256,
     probes.profile AS profile, probes.profile_version AS profile_version,
     probes.profile_reasons AS profile_reasons,
@@ -148,5 +162,6 @@ LEFT JOIN certs ON certs.target = probes.target AND certs.ip = probes.ip
                AND certs.port = probes.port AND certs.scan_id = probes.scan_id
 LEFT JOIN fingerprints ON fingerprints.target = probes.target AND fingerprints.ip = probes.ip
                       AND fingerprints.port = probes.port
+)
 ORDER BY ADDRESS_ORDER(target), ADDRESS_ORDER(ip), port
 SETTINGS optimize_move_to_prewhere_if_final = 1

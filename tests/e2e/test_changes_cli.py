@@ -133,6 +133,8 @@ def test_list_history_marks_the_closed_port_in_the_table(scanned: dict) -> None:
                                   ("report", "changes", "--since", "7d", "--to", "2020-01-01"),
                                   ("report", "changes", "--from", "2026-12-06", "--to",
                                    "2026-12-06"),
+                                  ("report", "changes", "--from", "9999-12-31", "--to",
+                                   "9999-12-31"),
                                   ("prune", "--older-than", "0d"),
                                   ("prune", "--older-than", "ninety")])
 def test_bad_input_is_one_line_and_exit_2(scanned: dict, args: tuple[str, ...]) -> None:

@@ -209,6 +209,9 @@ def test_summary_products_and_ciphers_answer_with_their_filters(web: Served) -> 
 def test_list_sorts_by_each_allowed_key_both_ways(web: Served) -> None:
     desc = web.api("/api/v1/list?sort=port&direction=desc&per_page=3")
     assert [r["port"] for r in desc["rows"]] == [10059, 10058, 10057]
+    # in any case, as the filters are taken: applied, not read as the default order
+    shouted = web.api("/api/v1/list?sort=Port&direction=DESC&per_page=3")
+    assert [r["port"] for r in shouted["rows"]] == [10059, 10058, 10057]
     asc = web.api("/api/v1/list?sort=port&direction=asc&per_page=3")
     assert [r["port"] for r in asc["rows"]] == [22, 22, 80]
     risky = web.api("/api/v1/list?sort=risk&direction=desc&per_page=3")

@@ -96,6 +96,38 @@ def test_a_certificate_expired_hours_ago_reads_expired_not_zero_days_left(web: S
     assert "expired 1 day ago" in page and "expires in 0 days" not in page
 
 
+def test_the_ciphers_report_recounts_only_a_readable_expiry_and_says_a_lapsed_trust(
+        shared_chdb_path: Path) -> None:
+    # Given a trusted leaf that expired twelve hours ago (trusted when scanned), and a
+    # leaf whose notAfter could not be read (an unparseable certificate)
+    expired = expired_tls()
+    lapsed = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
+                       certificates=expired.certificates, leaf_sha256=expired.leaf_sha256,
+                       days_to_expiry=1, is_chain_trusted=True,
+                       certificate_warnings=("certificate expires within 7 days (1 days left)",))
+    odd = Certificate(subject="unparseable certificate: bad date", sha256="cd" * 32)
+    unreadable = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
+                           certificates=(odd,), leaf_sha256=odd.sha256,
+                           trust_error="unparseable certificate",
+                           certificate_warnings=("untrusted: unparseable certificate",))
+    with scratch_store(shared_chdb_path, "edges_certs") as store:
+        store.insert_findings([finding(WEB, 443, "nginx", tls=lapsed),
+                               finding(WEB, 8443, "nginx", tls=unreadable)])
+        store.insert_host_scans([HostScan("s1", WEB, NOW - timedelta(minutes=1), NOW, 65535, 2)])
+        rows = {r["port"]: r for r in store.report("ciphers").dicts()}
+    # Then the expired leaf is expired now, and its chain no longer trusted, as a scan
+    # today would say
+    now = rows[443]
+    assert (now["cert_expired"], now["cert_expiry_warning"]) == (1, "expired")
+    assert (now["cert_trusted"], now["cert_trust_error"]) == (0, "expired")
+    assert now["cert_warnings"] == ["certificate expired", "untrusted: expired"]
+    # And a notAfter that cannot be read invents no expiry: what the scan stored stays
+    odd_row = rows[8443]
+    assert (odd_row["cert_expired"], odd_row["cert_expiry_warning"]) == (0, "")
+    assert odd_row["cert_warnings"] == ["untrusted: unparseable certificate"]
+    assert odd_row["cert_trust_error"] == "unparseable certificate"
+
+
 def test_the_products_counts_open_the_list_with_the_pages_filters(web: Served) -> None:
     page = _page(web, "/products?target=127.0.0.1&color=green")
     links = {href for href in page.split('href="')[1:] for href in [href.split('"')[0]]

@@ -93,5 +93,9 @@ def test_changes_api_refuses_from_after_to() -> None:
     # the same moment is an empty window: said, with the day's end to give instead
     with pytest.raises(BadParam, match="same moment.*to=2026-01-02 ends with 2026-01-01"):
         parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-01")])
+    # (the last day a date can name has no next one to suggest: said all the same)
+    with pytest.raises(BadParam, match=r"same moment: no event can match \(to is exclusive, "
+                       r"a date alone its midnight\)$"):
+        parse_changes_api_query([("from", "9999-12-31"), ("to", "9999-12-31")])
     parsed, limit = parse_changes_api_query([("from", "2026-01-01"), ("to", "2026-01-02")])
     assert parsed["end"] - parsed["start"] == timedelta(days=1) and limit == 1000
