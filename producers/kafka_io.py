@@ -96,7 +96,16 @@ def default_key(record: Record) -> str | None:
 
 def split_bootstrap(bootstrap: str) -> tuple[str, int]:
     """``"host:port"`` (first entry of a comma list) -> (host, port); ``[v6]:port`` too."""
-    first = bootstrap.split(",")[0].strip()
+    return _host_port(bootstrap.split(",")[0].strip(), bootstrap)
+
+
+def bootstrap_entries(bootstrap: str) -> list[tuple[str, int]]:
+    """Every ``host:port`` of a comma list (blank entries skipped), each checked."""
+    return [_host_port(entry.strip(), bootstrap) for entry in bootstrap.split(",")
+            if entry.strip()] or [split_bootstrap(bootstrap)]
+
+
+def _host_port(first: str, bootstrap: str) -> tuple[str, int]:
     host, sep, port_text = first.rpartition(":")
     if not sep:
         host, port_text = first, "9092"
@@ -123,13 +132,19 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def probe_api_versions(bootstrap: str, timeout: float) -> bool:
-    """One bounded ApiVersions v0 round trip; True when a Kafka broker answered it.
+    """Bounded ApiVersions v0 round trips, one per bootstrap entry in order until one
+    answers; True when a Kafka broker did. Every entry is tried: with only the first,
+    a list naming three brokers failed every pod while that one was down (a rolling
+    restart), though the clients themselves bootstrap from any of them (a review).
 
     Uses a plain socket so that a failed attempt leaves nothing behind (a
     kafka-python client that fails to bootstrap in its constructor keeps its I/O
     thread and sockets alive).
     """
-    host, port = split_bootstrap(bootstrap)
+    return any(_probe_one(host, port, timeout) for host, port in bootstrap_entries(bootstrap))
+
+
+def _probe_one(host: str, port: int, timeout: float) -> bool:
     header = struct.pack(
         ">hhih", _API_VERSIONS_KEY, 0, _PROBE_CORRELATION_ID, len(_PROBE_CLIENT_ID)
     )
@@ -379,6 +394,7 @@ __all__ = [
     "PublishError",
     "TopicSetupError",
     "admin_client",
+    "bootstrap_entries",
     "default_key",
     "ensure_topics",
     "make_consumer",

@@ -142,6 +142,16 @@ def test_consumer_that_does_not_commit_gets_the_records_again(
 
 
 @pytest.mark.kafka
+def test_a_bootstrap_list_whose_first_broker_is_down_still_finds_the_next(
+        kafka_bootstrap: str) -> None:
+    # Given a list naming a loopback port nobody listens on first, then the real broker
+    bootstrap = f"127.0.0.1:{_free_loopback_port()},{kafka_bootstrap}"
+    # Then the probe, and the wait every component starts with, find the broker (only
+    # the first entry was probed: every pod failed while that broker was down)
+    assert probe_api_versions(bootstrap, timeout=2.0) is True
+    wait_for_broker(bootstrap, timeout=20.0)
+
+
 def test_publish_to_a_missing_topic_fails_with_the_topic_named(kafka_bootstrap: str) -> None:
     # Given a producer that waits at most 2 s for metadata, and a topic nobody created
     prod = make_producer(kafka_bootstrap, max_block_ms=2_000)
