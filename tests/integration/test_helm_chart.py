@@ -240,14 +240,14 @@ def test_discover_keeps_exactly_net_raw(helm: str, tmp_path: Path) -> None:
     objects = render(helm, tmp_path)
     ctr = container(objects[("Deployment", f"{BASE}-discover")])
     sc = ctr["securityContext"]
-    # Then the worker is non-root with a read-only root, every capability dropped but NET_RAW
-    assert sc["runAsNonRoot"] is True
+    # Then the worker holds NET_RAW itself (engine auto takes masscan only when the process
+    # can open its answer tap; a non-root worker cannot hold a capability in Kubernetes):
+    # uid 0 with every capability dropped but NET_RAW, a read-only root, no escalation
+    assert (sc["runAsNonRoot"], sc["runAsUser"], sc["runAsGroup"]) == (False, 0, 0)
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["privileged"] is False
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
-    # And no_new_privs is off: masscan's file capability (cap_net_raw+ep) is ignored under
-    # no_new_privs when its parent, the unprivileged worker, holds no capability itself
-    assert sc["allowPrivilegeEscalation"] is True
+    assert sc["allowPrivilegeEscalation"] is False
     assert ctr["args"][ctr["args"].index("--engine") + 1] == "auto"
     assert "--rate" not in ctr["args"]  # portwatch's engine default
     spec = pod_spec(objects[("Deployment", f"{BASE}-discover")])
@@ -270,9 +270,14 @@ def test_net_raw_off_drops_everything_and_uses_connect(helm: str, tmp_path: Path
     assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
     assert ctr["securityContext"]["runAsNonRoot"] is True
+    assert "runAsUser" not in ctr["securityContext"]  # the pod's non-root user
     assert ctr["args"][ctr["args"].index("--engine") + 1] == "connect"
     assert ctr["args"][ctr["args"].index("--rate") + 1] == "300"
     assert deployment["spec"]["replicas"] == 4
+    # and a rate of a million is its digits (it rendered "1e+06", which --rate refuses)
+    fast = render(helm, tmp_path, {"discover": {"rate": 1_000_000}})
+    args = container(fast[("Deployment", f"{BASE}-discover")])["args"]
+    assert args[args.index("--rate") + 1] == "1000000"
 
 
 def test_masscan_without_net_raw_is_refused(helm: str, tmp_path: Path) -> None:
@@ -577,6 +582,9 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     ([{"name": "A_b", "cron": "@hourly", "targets": ["198.18.0.1"]}], "lower-case"),
     ([{"name": "a", "targets": ["198.18.0.1"]}], "cron is required"),
     ([{"name": "a", "cron": "@hourly", "inventory": True}], "needs produce.inventory"),
+    # a name the entry check takes, but a CronJob name (with the release's) over 52
+    ([{"name": "weekly-full-tcp-udp-office-network", "cron": "@weekly",
+       "targets": ["198.18.0.1"]}], "Kubernetes takes at most 52"),
 ])
 def test_bad_schedule_entries_are_refused(helm: str, tmp_path: Path,
                                           schedules: list[dict[str, Any]], words: str) -> None:

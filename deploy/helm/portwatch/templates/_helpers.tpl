@@ -148,11 +148,25 @@ Container security context. Pass (dict "netRaw" bool). Everything is dropped; wi
 container keeps NET_RAW for masscan, whose file capability only takes effect when
 no_new_privs is off (allowPrivilegeEscalation: true); the bounding set still caps it at NET_RAW.
 */}}
+{{- /*
+With netRaw (discovery with masscan): uid 0 holding exactly NET_RAW, no privilege
+escalation. The worker itself must hold the capability: the engine chooser takes masscan
+only when the process can open the raw answer tap (probers/discovery/engines.py), so a
+capability-less worker with a capable masscan binary always fell back to connect() (a
+review). Root here is no more than NET_RAW: every other capability is dropped, the root
+filesystem is read-only and no_new_privs is on.
+*/ -}}
 {{- define "portwatch.containerSecurityContext" -}}
+{{- if .netRaw }}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 0
+{{- else }}
 runAsNonRoot: true
+{{- end }}
 readOnlyRootFilesystem: true
 privileged: false
-allowPrivilegeEscalation: {{ .netRaw }}
+allowPrivilegeEscalation: false
 capabilities:
   drop: ["ALL"]
   {{- if .netRaw }}
