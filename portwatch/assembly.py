@@ -78,6 +78,7 @@ class BrokerOptions:
 
     bootstrap: str
     wait: int
+    replication: int = 1  # of the topics a command creates (existing ones are left alone)
 
 
 @dataclass
@@ -324,7 +325,8 @@ class Assembly:
     # -- the distributed transport --------------------------------------------------------
 
     def broker(self) -> BrokerOptions:
-        return BrokerOptions(self.settings.kafka, self.settings.broker_wait)
+        return BrokerOptions(self.settings.kafka, self.settings.broker_wait,
+                             self.settings.topic_replication)
 
     def topics(self) -> TopicSet:
         prefix = self.settings.topic_prefix

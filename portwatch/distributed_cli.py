@@ -69,7 +69,8 @@ def _topics(assembly: Any) -> TopicSet:
                 fail(f"no Kafka broker answered at {bootstrap} within {wait} s "
                      "(--broker-wait): start one with `make kafka-up`", EXIT_RUNTIME)
             say(f"Kafka broker at {bootstrap} answers")
-        ensure_topics(bootstrap, topics.all, timeout=30)
+        ensure_topics(bootstrap, topics.all, replication_factor=broker.replication,
+                      timeout=30)
     except ValueError as exc:  # a bad bootstrap address
         fail(str(exc), EXIT_USAGE)
     return topics

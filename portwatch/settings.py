@@ -154,6 +154,9 @@ class Settings:
                                "fail at once", group="kafka")
     topic_prefix: str = setting("", "put before every topic and consumer group name: two "
                                 "pipelines on one broker", group="kafka")
+    topic_replication: int = setting(1, "replication factor of the topics portwatch creates "
+                                     "(3 on a cluster of three brokers or more; existing "
+                                     "topics are left as they are)", group="kafka")
     session_timeout: float = setting(10.0, "seconds before a dead worker's partitions move to "
                                      "another", group="kafka")
     max_poll_interval: float = setting(600.0, "seconds a discover worker may spend on one shard "
@@ -352,6 +355,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "batch_size": (1, 100_000, ""),
     "batch_seconds": (0, 3600, "s"),
     "broker_wait": (0, 3600, "s"),
+    "topic_replication": (1, 32, ""),
     "session_timeout": (6, 300, "s"),
     "max_poll_interval": (10, 86_400, "s"),
     "commit_interval": (0.1, 60, "s"),

@@ -253,9 +253,13 @@ def ensure_topics(
                 count = len(described.get("partitions") or ())
                 if name in wanted and count != wanted[name].partitions:
                     log.warning(
-                        "topic %s has %d partitions, schemas.topics says %d (left as is)",
+                        "topic %s has %d partitions, schemas.topics says %d (left as is: "
+                        "host-scans needs as many as findings for more than one sink to "
+                        "get both of a host; grow it with kafka-topics --alter "
+                        "--partitions %d, or run one sink)",
                         name,
                         count,
+                        wanted[name].partitions,
                         wanted[name].partitions,
                     )
     except KafkaError as exc:

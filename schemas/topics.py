@@ -19,7 +19,12 @@ class Topic:
 SHARDS = Topic("portwatch.shards", 8, "discovery work: Shard records, keyed by shard_id")
 OPEN_PORTS = Topic("portwatch.open-ports", 8, "OpenPort events, keyed by host address")
 FINDINGS = Topic("portwatch.findings", 8, "Finding records ready for the sink, keyed by host")
-HOST_SCANS = Topic("portwatch.host-scans", 4, "HostScan records (per-target scan summary)")
+# Co-partitioned with FINDINGS (same count, same key: the host's address): Faust's assignor
+# gives partition n of both to one sink, so each sink gets a host's findings with its host
+# scans. With 4 against 8, two sinks split hosts' records between them (a review): the
+# sink holding the host scan never had its findings.
+HOST_SCANS = Topic("portwatch.host-scans", 8, "HostScan records (per-target scan summary), "
+                   "co-partitioned with findings")
 DEAD_LETTER = Topic("portwatch.dead-letter", 1, "poison messages with the reason")
 CHANGES = Topic("portwatch.changes", 4, "ChangeEvent records (what changed), keyed by host")
 

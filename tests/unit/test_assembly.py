@@ -137,6 +137,7 @@ CASES: dict[str, Case] = {
     "kafka": ("127.0.0.1:19092", lambda a, s: (worker(a).bootstrap, pipeline(a).bootstrap),
               ("127.0.0.1:19092", "127.0.0.1:19092")),
     "broker_wait": ("5", lambda a, s: a.broker().wait, 5),
+    "topic_replication": ("3", lambda a, s: a.broker().replication, 3),
     "topic_prefix": ("team-a.", lambda a, s: (a.topics(), worker(a).group_id),
                      (topic_names("team-a."), "team-a.portwatch-discover")),
     "session_timeout": ("20", lambda a, s: (worker(a).session_timeout_ms,
