@@ -67,7 +67,8 @@ def _topics(assembly: Any) -> TopicSet:
                 wait_for_broker(bootstrap, timeout=wait)
             except KafkaUnavailable:
                 fail(f"no Kafka broker answered at {bootstrap} within {wait} s "
-                     "(--broker-wait): start one with `make kafka-up`", EXIT_RUNTIME)
+                     "(--broker-wait): check --kafka / PORTWATCH_KAFKA (`make kafka-up` "
+                     "starts one on this machine)", EXIT_RUNTIME)
             say(f"Kafka broker at {bootstrap} answers")
         ensure_topics(bootstrap, topics.all, replication_factor=broker.replication,
                       timeout=30)

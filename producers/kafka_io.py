@@ -64,7 +64,8 @@ class KafkaUnavailable(RuntimeError):
     """
 
     def __init__(self, bootstrap: str, reason: str = "") -> None:
-        super().__init__(f"no Kafka broker answers at {bootstrap}: start one with `make kafka-up`")
+        super().__init__(f"no Kafka broker answers at {bootstrap}: check --kafka / "
+                         "PORTWATCH_KAFKA (`make kafka-up` starts one on this machine)")
         self.bootstrap = bootstrap
         self.reason = reason
 

@@ -96,12 +96,13 @@ def test_a_broker_that_never_comes_is_one_line_after_the_wait(command: str,
         f"portwatch: no Kafka broker answers at 127.0.0.1:{port} yet: waiting up to 2 s "
         "(--broker-wait)",
         f"portwatch: error: no Kafka broker answered at 127.0.0.1:{port} within 2 s "
-        "(--broker-wait): start one with `make kafka-up`"]
+        "(--broker-wait): check --kafka / PORTWATCH_KAFKA (`make kafka-up` starts one on "
+        "this machine)"]
     assert waited >= 2
     # And --broker-wait 0 fails at once, with the error it always had
     result = run_cli(command, *args, "--kafka", f"127.0.0.1:{port}", "--broker-wait", "0",
                      timeout=120, env={"PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"})
     assert result.code == 1
     assert result.stderr.splitlines() == [
-        f"portwatch: error: no Kafka broker answers at 127.0.0.1:{port}: start one with "
-        "`make kafka-up`"]
+        f"portwatch: error: no Kafka broker answers at 127.0.0.1:{port}: check --kafka / "
+        "PORTWATCH_KAFKA (`make kafka-up` starts one on this machine)"]

@@ -34,7 +34,7 @@ NAMESPACE = "scans"
 SETTINGS_ENVS = {env for _name, env, _default, _why in Settings.describe()}
 # Settings the chart sets from its own values (addresses; the engine is tied to discover.netRaw).
 FROM_VALUES = {"PORTWATCH_KAFKA", "PORTWATCH_STORE", "PORTWATCH_ENGINE", "PORTWATCH_RATE",
-               "PORTWATCH_SCOPE_ALLOW"}
+               "PORTWATCH_SCOPE_ALLOW", "PORTWATCH_ALERTS"}
 
 Objects = dict[tuple[str, str], dict[str, Any]]
 
@@ -462,6 +462,29 @@ def test_addresses_from_values_reach_every_container(helm: str, tmp_path: Path) 
     assert args[args.index("--store") + 1] == store
 
 
+def test_clickhouse_over_https_and_an_ipv6_host_make_a_store_url_portwatch_reads(
+        helm: str, tmp_path: Path) -> None:
+    from stream_processors.store import StoreLocation
+
+    # Given a ClickHouse server over HTTPS at an IPv6 address
+    objects = render(helm, tmp_path, {"clickhouse": {"host": "fd00::5", "port": 8443,
+                                                     "secure": True}})
+    env = effective_env(objects, container(objects[("Deployment", f"{BASE}-process")]))
+    # Then the URL brackets the address and says HTTPS, and parses as such
+    assert env["PORTWATCH_STORE"] == "clickhouses://portwatch@[fd00::5]:8443/portwatch"
+    location = StoreLocation.parse(env["PORTWATCH_STORE"])
+    assert (location.host, location.port) == ("fd00::5", 8443)
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"clickhouse": {"database": "port-watch"}}, "clickhouse.database \"port-watch\""),
+    ({"settings": {"PORTWATCH_ALERTS": "/tmp/a.yaml"}}, "the chart sets it from alerts.*"),
+])
+def test_values_the_store_or_the_chart_would_refuse_later_are_refused_at_render(
+        helm: str, tmp_path: Path, values: dict[str, Any], words: str) -> None:
+    assert words in render_error(helm, tmp_path, values)
+
+
 def test_clickhouse_password_comes_from_the_chart_secret(helm: str, tmp_path: Path) -> None:
     # Given a password in the values
     password = "s3cret-Only-In-The-Secret"
@@ -729,7 +752,9 @@ def test_web_ingress_routes_its_host_and_serve_accepts_it(helm: str, tmp_path: P
     # And serve answers to the Ingress host and the proxy's name
     args = container(objects[("Deployment", f"{BASE}-web")])["args"]
     assert args[args.index("--port") + 2:] == ["--allowed-host", "ports.example.internal",
-                                               "--allowed-host", "proxy.example.internal"]
+                                               "--allowed-host", "proxy.example.internal",
+                                               # served over HTTPS: the cookie is Secure
+                                               "--cookie-secure"]
 
 
 def test_web_ingress_without_host_is_refused(helm: str, tmp_path: Path) -> None:

@@ -229,7 +229,8 @@ def test_wait_for_broker_on_a_closed_port_raises_the_one_line_hint() -> None:
 
     # Then the error is the one-line hint naming the address
     assert str(raised.value) == (
-        f"no Kafka broker answers at {bootstrap}: start one with `make kafka-up`"
+        f"no Kafka broker answers at {bootstrap}: check --kafka / PORTWATCH_KAFKA "
+        "(`make kafka-up` starts one on this machine)"
     )
 
 

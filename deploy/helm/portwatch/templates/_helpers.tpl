@@ -103,7 +103,12 @@ app.kubernetes.io/component: {{ .component }}
 {{/* clickhouse://user@host:port/database; the password comes from the Secret, never the URL. */}}
 {{- define "portwatch.storeUrl" -}}
 {{- $ch := .Values.clickhouse }}
-{{- printf "clickhouse://%s@%s:%v/%s" $ch.user $ch.host $ch.port $ch.database }}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]{0,63}$" (toString $ch.database)) }}
+{{- fail (printf "clickhouse.database %q: letters, digits and '_' (at most 64, not starting with a digit)" (toString $ch.database)) }}
+{{- end }}
+{{- /* an IPv6 address in brackets (its colons would read as the port's); HTTPS with secure */ -}}
+{{- $host := ternary (printf "[%s]" $ch.host) $ch.host (and (contains ":" $ch.host) (not (hasPrefix "[" $ch.host))) }}
+{{- printf "%s://%s@%s:%v/%s" (ternary "clickhouses" "clickhouse" (eq (toString $ch.secure) "true")) $ch.user $host $ch.port $ch.database }}
 {{- end }}
 
 {{/*
@@ -120,7 +125,7 @@ tied to discover.netRaw); a password here would leak into a ConfigMap.
 {{- if not (regexMatch "^PORTWATCH_[A-Z0-9_]+$" $key) }}
 {{- fail (printf "settings.%s: keys are PORTWATCH_* environment variables (see `portwatch settings`)" $key) }}
 {{- end }}
-{{- $owned := dict "PORTWATCH_KAFKA" "kafka.bootstrapServers" "PORTWATCH_STORE" "clickhouse.*" "PORTWATCH_SCOPE_ALLOW" "scopeAllow" "PORTWATCH_ENGINE" "discover.engine" "PORTWATCH_RATE" "discover.rate" }}
+{{- $owned := dict "PORTWATCH_KAFKA" "kafka.bootstrapServers" "PORTWATCH_STORE" "clickhouse.*" "PORTWATCH_SCOPE_ALLOW" "scopeAllow" "PORTWATCH_ENGINE" "discover.engine" "PORTWATCH_RATE" "discover.rate" "PORTWATCH_ALERTS" "alerts.*" }}
 {{- if hasKey $owned $key }}
 {{- fail (printf "settings.%s: the chart sets it from %s" $key (get $owned $key)) }}
 {{- end }}
