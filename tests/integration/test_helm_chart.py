@@ -485,6 +485,22 @@ def test_values_the_store_or_the_chart_would_refuse_later_are_refused_at_render(
     assert words in render_error(helm, tmp_path, values)
 
 
+def test_extra_volumes_reach_every_pod(helm: str, tmp_path: Path) -> None:
+    # Given a CA bundle for PORTWATCH_TLS_TRUST_STORE (every command checks that file)
+    objects = render(helm, tmp_path, {
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/portwatch/ca",
+                               "readOnly": True}],
+        "settings": {"PORTWATCH_TLS_TRUST_STORE": "/etc/portwatch/ca/ca.pem"}})
+    # Then every workload mounts it, beside its scratch volumes
+    for key in WORKLOADS:
+        spec = pod_spec(objects[key])
+        assert {"name": "ca", "configMap": {"name": "corp-ca"}} in spec["volumes"], key
+        mounts = container(objects[key])["volumeMounts"]
+        assert {"name": "ca", "mountPath": "/etc/portwatch/ca", "readOnly": True} in mounts
+        assert {m["name"] for m in mounts} >= {"work", "tmp", "ca"}
+
+
 def test_clickhouse_password_comes_from_the_chart_secret(helm: str, tmp_path: Path) -> None:
     # Given a password in the values
     password = "s3cret-Only-In-The-Secret"

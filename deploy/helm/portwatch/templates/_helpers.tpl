@@ -194,12 +194,18 @@ capabilities:
   value: "1"
 {{- end }}
 
-{{/* Writable scratch: the working directory (Faust data, masscan's paused.conf) and /tmp. */}}
+{{/* Writable scratch: the working directory (Faust data, masscan's paused.conf) and /tmp;
+then .Values.extraVolumes / extraVolumeMounts, in every pod (a CA bundle for
+PORTWATCH_TLS_TRUST_STORE, nmap's data for PORTWATCH_NMAP_DATA: every command checks the
+settings' files, so every pod mounts them). */}}
 {{- define "portwatch.scratchVolumeMounts" -}}
 - name: work
   mountPath: /var/lib/portwatch
 - name: tmp
   mountPath: /tmp
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "portwatch.scratchVolumes" -}}
@@ -208,6 +214,9 @@ capabilities:
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Pod spec fields every component shares. */}}
