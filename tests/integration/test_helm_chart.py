@@ -485,6 +485,17 @@ def test_values_the_store_or_the_chart_would_refuse_later_are_refused_at_render(
     assert words in render_error(helm, tmp_path, values)
 
 
+def test_process_health_listens_where_the_cluster_answers(helm: str, tmp_path: Path) -> None:
+    def health(values: dict[str, Any]) -> str:
+        args = container(render(helm, tmp_path, values)[("Deployment", f"{BASE}-process")])[
+            "args"]
+        return str(args[args.index("--health") + 1])
+
+    assert health({}) == "0.0.0.0:6066"
+    # an IPv6-only cluster: the address in brackets, as --health reads it
+    assert health({"process": {"healthHost": "::"}}) == "[::]:6066"
+
+
 def test_extra_volumes_reach_every_pod(helm: str, tmp_path: Path) -> None:
     # Given a CA bundle for PORTWATCH_TLS_TRUST_STORE (every command checks that file)
     objects = render(helm, tmp_path, {
