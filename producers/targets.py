@@ -15,6 +15,7 @@ address, a block, a range, a name) and one error type; the scope's fence
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
@@ -649,6 +650,13 @@ class Scope:
     exclude: tuple[IPNetwork, ...] = ()
     allow: tuple[IPNetwork, ...] = ()
     allow_large: bool = False
+    # (version -> merged, sorted ranges) of each: built once, searched per address
+    _excluded: dict[int, _Ranges] = field(init=False, repr=False, compare=False)
+    _allowed: dict[int, _Ranges] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_excluded", {v: _ranges(self.exclude, v) for v in (4, 6)})
+        object.__setattr__(self, "_allowed", {v: _ranges(self.allow, v) for v in (4, 6)})
 
     @classmethod
     def build(cls, exclude: Iterable[str] = (), *, exclude_file: str | None = None,
@@ -683,14 +691,42 @@ class Scope:
         addr = canonical_address(ip)
         if _is_this_host(addr):
             return False  # "this host" (0.0.0.0/8, ::): a connect reaches the scanner itself
-        if any(addr in net for net in self.exclude if net.version == addr.version):
+        if _inside(self._excluded[addr.version], int(addr)):
             return False
         return self.is_allowed(ip)
 
     def is_allowed(self, ip: str) -> bool:
         """Inside the allow-list fence (always true without one)."""
+        if not self.allow:
+            return True
         addr = canonical_address(ip)
-        return not self.allow or any(addr in n for n in self.allow if n.version == addr.version)
+        return _inside(self._allowed[addr.version], int(addr))
+
+
+_Ranges = tuple[list[int], list[int]]
+
+
+def _inside(ranges: _Ranges, value: int) -> bool:
+    """Is ``value`` in one of the merged ranges? A binary search: a scan of a /16 with
+    an exclude file of 4,096 lines spent 84 s testing every address against every line
+    before its first packet (a review)."""
+    starts, ends = ranges
+    at = bisect.bisect_right(starts, value) - 1
+    return at >= 0 and value <= ends[at]
+
+
+def _ranges(nets: tuple[IPNetwork, ...], version: int) -> _Ranges:
+    """The networks of one IP version merged into sorted, disjoint [start, end] ranges."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for start, end in sorted((int(n.network_address), int(n.broadcast_address))
+                             for n in nets if n.version == version):
+        if ends and start <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], end)  # overlapping or adjacent: one range
+        else:
+            starts.append(start)
+            ends.append(end)
+    return starts, ends
 
 
 def _net(text: str, what: str) -> IPNetwork:

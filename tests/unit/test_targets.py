@@ -8,6 +8,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from producers.targets import (
     MAX_ADDRESSES,
@@ -21,7 +23,7 @@ from producers.targets import (
     resolve_hostname,
     resolve_targets,
 )
-from schemas.records import PortRange
+from schemas.records import PortRange, canonical_address
 
 # -- ports ------------------------------------------------------------------------------
 
@@ -649,3 +651,37 @@ def test_an_ipv4_mapped_block_inside_the_fence_is_not_refused_by_the_block_check
     found = resolve_targets([TargetSpec("::ffff:127.0.0.0/126")], scope)
     assert sorted(t.ip for t in found) == ["127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
+
+
+# -- the exclusion and allow-list lookup: merged ranges, searched (not every line tried) ----
+
+_V4 = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
+                st.integers(0, 2**32 - 1), st.integers(8, 32))
+_V6 = st.builds(lambda n, p: ipaddress.ip_network((n, p), strict=False),
+                st.integers(0, 2**128 - 1), st.integers(16, 128))
+_ADDRESSES = st.one_of(st.integers(2**24, 2**32 - 1).map(ipaddress.IPv4Address),
+                       st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address))
+
+
+@given(nets=st.lists(st.one_of(_V4, _V6), max_size=12), near=st.lists(_ADDRESSES, max_size=8))
+def test_the_scope_lookup_agrees_with_testing_every_network(
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        near: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+    # Given networks (overlapping, nested, adjacent, either version) as exclusions, and
+    # the same as a fence, and addresses at and around their edges
+    excluding = Scope(exclude=tuple(nets))
+    fenced = Scope(allow=tuple(nets))
+    probes = list(near)
+    for net in nets:
+        top = 2**32 if net.version == 4 else 2**128
+        for edge in (int(net.network_address), int(net.broadcast_address)):
+            probes += [ipaddress.IPv4Address(v) if net.version == 4 else ipaddress.IPv6Address(v)
+                       for v in (edge - 1, edge, edge + 1) if 2**24 <= v < top]
+    for addr in probes:
+        text = str(addr)
+        if canonical_address(text) != addr:
+            continue  # a mapped address: judged as the IPv4 it reaches (tested above)
+        inside = any(addr in net for net in nets if net.version == addr.version)
+        # Then the search answers as testing every network does
+        assert excluding.permits(text) is not inside, text
+        assert fenced.is_allowed(text) is (inside or not nets), text
