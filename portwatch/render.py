@@ -188,6 +188,16 @@ def _styled(report: str, column: str, value: Any) -> Text:
     return Text(plain)
 
 
+def summary_flags(is_tarpit: Any, scan_status: Any) -> str:
+    """The Summary's flags cell: a host that answers on every port, and a latest scan
+    that did not complete (the web page flags it; the terminal showed a host an
+    interrupted scan never reached as scanned and clean, grade A: a review)."""
+    flags = ["answers on every port"] if is_tarpit else []
+    if scan_status and scan_status != "completed":
+        flags.append(sanitize_text(str(scan_status), 40))  # "interrupted", "error"
+    return "; ".join(flags)
+
+
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
     if report.name == "list":
@@ -205,8 +215,12 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
     for column in wanted:
         table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold")
     index = {c: i for i, c in enumerate(report.columns)}
+    status = index.get("scan_status")
     for row in report.rows:
-        table.add_row(*(_styled(report.name, c, row[index[c]]) for c in wanted))
+        table.add_row(*(
+            Text(summary_flags(row[index[c]], row[status] if status is not None else ""))
+            if c == "is_tarpit" and report.name == "summary"
+            else _styled(report.name, c, row[index[c]]) for c in wanted))
     if not report.rows:
         console.print(Text(f"{report.name}: no rows (nothing stored matches the filters)"))
         return

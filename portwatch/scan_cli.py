@@ -47,9 +47,11 @@ def _host_of(row: dict[str, Any]) -> tuple[str, str]:
 
 def _riskiest_of(db: Any, hosts: set[tuple[str, str]]) -> list[dict[str, Any]]:
     """This scan's hosts, its (target, ip) pairs, among the store's Summary, read riskiest
-    first a page at a time until ``END_SCREEN_HOSTS`` of them are found and the next page
-    scores lower (every tie of the last one kept: the sort decides among them); a large
-    store is read no further than the scan's riskiest need."""
+    first a page at a time until ``END_SCREEN_HOSTS`` of them are found and a page ends
+    no higher than the lowest of them; a large store is read no further than the scan's
+    riskiest need. Among hosts tied at that score, the Summary's own order decides (a
+    65,536-host scan whose hosts all scored 0 read the whole Summary, 33 pages, to keep
+    every tie: a review)."""
     found: list[dict[str, Any]] = []
     offset = 0
     while True:
@@ -60,7 +62,7 @@ def _riskiest_of(db: Any, hosts: set[tuple[str, str]]) -> list[dict[str, Any]]:
             return found
         if len(found) >= END_SCREEN_HOSTS:
             floor = sorted(float(r["risk_score"] or 0) for r in found)[-END_SCREEN_HOSTS]
-            if float(page[-1]["risk_score"] or 0) < floor:
+            if float(page[-1]["risk_score"] or 0) <= floor:
                 return found
 
 
@@ -295,7 +297,7 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     state = ("interrupted" if stats.interrupted else
              "incomplete" if stats.failed_shards else "done")
     out.print(Text(
-        f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts} host(s), "
+        f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts:,} host(s), "
         f"{min(stats.probes_done, stats.planned_probes):,} ports scanned"
         + (f" ({stats.probes_done:,} probes)" if stats.probes_done > stats.planned_probes else "")
         + f", {stats.open_found} open, "
@@ -324,7 +326,7 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         rows = _riskiest_of(db, hosts)
     rows.sort(key=_riskiest_first)
     title = ("Summary" if len(rows) <= END_SCREEN_HOSTS else
-             f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(rows):,} hosts; "
+             f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(hosts):,} hosts; "
              "portwatch report summary lists all)")
     print_end_screen(out, rows[:END_SCREEN_HOSTS], title)
 

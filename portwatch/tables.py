@@ -95,21 +95,25 @@ _COLOR_STYLE = {"red": "bold red", "yellow": "bold yellow", "green": "bold green
 
 def end_screen_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     """One table, one row per scanned host, for the end of a scan."""
-    from portwatch.render import cell_text
+    from portwatch.render import cell_text, summary_flags
 
     table = Table(title=title, header_style="bold", expand=False)
-    shown = [c for c in END_COLUMNS
-             if c[0] != "is_tarpit" or any(r.get("is_tarpit") for r in rows)]
+    flags = [summary_flags(r.get("is_tarpit"), r.get("scan_status")) for r in rows]
+    shown = [c for c in END_COLUMNS if c[0] != "is_tarpit" or any(flags)]
+    # one-word flags whole ("interrupted" was cut to "interrupt…": the other columns give
+    # way); the tarpit's several words wrap
+    one_word = all(len(f.split()) <= 1 for f in flags)
     for column, header, justify, overflow in shown:
         numeric = justify == "right"
         table.add_column(header, justify=justify, overflow=overflow,  # type: ignore[arg-type]
-                         no_wrap=numeric or column in ("ip", "grade"))
-    for row in rows:
+                         no_wrap=numeric or column in ("ip", "grade")
+                         or (column == "is_tarpit" and one_word))
+    for row, flagged in zip(rows, flags, strict=True):
         cells = []
         for column, _header, _justify, _overflow in shown:
             value = row.get(column)
             if column == "is_tarpit":
-                text = "answers on every port" if value else ""
+                text = flagged
             else:
                 text = cell_text("summary", column, value)
             cells.append(Text(text, style=_COLOR_STYLE.get(column, "") if value else ""))

@@ -41,3 +41,19 @@ def test_the_riskiest_of_a_scan_are_found_without_reading_the_whole_store(
     assert [r["ip"] for r in top][:3] == ["127.0.2.30", "127.0.2.29", "127.0.2.28"]
     assert {(r["target"], r["ip"]) for r in found} <= hosts
     assert 20 <= len(found) < 30
+
+
+def test_hosts_tied_at_one_score_are_not_all_read(store: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 30 hosts of this scan, every one with the same score (one green port each)
+    ours = [target(f"127.0.3.{n + 1}") for n in range(30)]
+    for t in ours:
+        store_scan(store, t, [make_finding(t, 22, RiskColor.GREEN, scan_id="tied")],
+                   scan_id="tied")
+    hosts = {(t.target, t.ip) for t in ours}
+    monkeypatch.setattr(scan_cli, "END_SCREEN_PAGE", 7)
+    # When the end screen looks for the riskiest 20
+    found = scan_cli._riskiest_of(store, hosts)
+    # Then it stops once it has 20 and a page ends at their score (all 30 were read)
+    assert 20 <= len(found) < 30
+    assert {(r["target"], r["ip"]) for r in found} <= hosts

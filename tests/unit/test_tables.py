@@ -137,3 +137,24 @@ def test_end_of_scan_flags_a_tarpit() -> None:
     assert "flags" in lines[2]
     flags = [re.split(r"[│┃]", line)[-2].strip() for line in lines[4:-1]]
     assert " ".join(f for f in flags if f) == "answers on every port"
+
+
+def test_end_of_scan_flags_a_host_whose_scan_did_not_complete() -> None:
+    # Given a host an interrupted scan never reached (no port, score 0, grade A)
+    hosts = [{**HOSTS[2], "scan_status": "interrupted"}, {**HOSTS[1], "scan_status": "completed"}]
+    lines = rendered(100, lambda c: print_end_screen(c, hosts, "Summary"))
+    # Then the flags column says so, and only for that host (it read as scanned and clean)
+    assert "flags" in lines[2]
+    flags = [re.split(r"[│┃]", line)[-2].strip() for line in lines[4:-1]]
+    assert [f for f in flags if f] == ["interrupted"]
+
+
+def test_the_summary_report_table_flags_an_interrupted_scan() -> None:
+    from portwatch.render import to_table
+    from stream_processors.store import Report
+
+    columns = ("target", "ip", "asset", "organization", "open_ports", "ports", "risk_score",
+               "grade", "score_parts", "is_tarpit", "scan_status", "scan_note", "last_scanned")
+    row = ("127.1.0.5", "127.1.0.5", "", "", 0, [], 0.0, "A", "", 0, "interrupted", "", None)
+    lines = rendered(200, lambda c: to_table(Report("summary", columns, [row]), c))
+    assert any("interrupted" in line for line in lines)
