@@ -274,16 +274,23 @@ class ShardOutcome:
     # Hosts that refused (RST) a real share of the shard's ports: whatever their count of
     # open ports, they do not answer on every port (``REFUSED_SHARE``)
     refusing: set[str] = field(default_factory=set)
+    # Ports per host a shard that did not complete had probed (0: never reached); None:
+    # unknown, the shard's count is said. A completed shard says its count.
+    probed_per_host: int | None = None
 
     def host_scans(self, status: str = "") -> list[HostScan]:
         finished = self.finished_at or utcnow()
         kept = collections.Counter(p.target.ip for p in self.ports)
         state = status or ("error" if self.error else
                            "interrupted" if self.is_interrupted else "completed")
+        # (an interrupted /16 said every unreached host had its ports scanned: a review)
+        scanned = (self.shard.port_count
+                   if state in ("completed", "running") or self.probed_per_host is None
+                   else min(self.probed_per_host, self.shard.port_count))
         return [
             HostScan(scan_id=self.shard.scan_id, shard_id=self.shard.shard_id, target=t,
                      started_at=self.started_at,
-                     finished_at=finished, ports_scanned=self.shard.port_count,
+                     finished_at=finished, ports_scanned=scanned,
                      open_ports=kept[t.ip], status=state,
                      is_tarpit=t.ip in self.tarpit_notes,
                      note=self.error or self.tarpit_notes.get(t.ip, ""),

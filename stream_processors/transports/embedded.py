@@ -424,6 +424,9 @@ class EmbeddedRunner:
         # 493 ports found twice)
         stats.forget_open(sum(p.open_found for p in attempts)
                           - sum(outcome.open_seen.values()))
+        if outcome.is_interrupted:  # the ports it got to, per host (its probes, shared out)
+            probed = max((p.probes_done for p in attempts), default=0)
+            outcome.probed_per_host = probed // max(1, len(shard.targets))
         if outcome.error:
             stats.errors.append(outcome.error)
             if not outcome.is_interrupted:
@@ -496,8 +499,9 @@ class EmbeddedRunner:
             rows.extend(outcome.host_scans())
         now = utcnow()
         for shard_id, shard in shards_planned.items():
-            if shard_id not in done:
-                rows.extend(ShardOutcome(shard, now, now).host_scans("interrupted"))
+            if shard_id not in done:  # never reached: no port of it probed
+                rows.extend(ShardOutcome(shard, now, now, probed_per_host=0
+                                         ).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
         earlier, completed_now = (await asyncio.to_thread(self._resumed_rows, resumed, now)
                                   if resumed else ([], []))
