@@ -325,7 +325,8 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     else:
         rows = _riskiest_of(db, hosts)
     rows.sort(key=_riskiest_first)
-    title = ("Summary" if len(rows) <= END_SCREEN_HOSTS else
+    # (the scan's hosts decide: the search may stop with exactly 20 of more)
+    title = ("Summary" if len(hosts) <= END_SCREEN_HOSTS else
              f"Summary (the {END_SCREEN_HOSTS} riskiest of this scan's {len(hosts):,} hosts; "
              "portwatch report summary lists all)")
     print_end_screen(out, rows[:END_SCREEN_HOSTS], title)

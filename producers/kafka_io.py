@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from schemas.records import HostScan, Record, Shard
-from schemas.topics import Topic
+from schemas.topics import HOST_SCANS, Topic
 
 # kafka-python 3.0.x calls importlib.resources.read_text/open_text while defining its
 # protocol classes at import time; Python 3.11 flags those as deprecated. The warning
@@ -137,12 +137,15 @@ def probe_api_versions(bootstrap: str, timeout: float) -> bool:
     answers; True when a Kafka broker did. Every entry is tried: with only the first,
     a list naming three brokers failed every pod while that one was down (a rolling
     restart), though the clients themselves bootstrap from any of them (a review).
+    ``timeout`` bounds the whole probe: each entry gets its share of it.
 
     Uses a plain socket so that a failed attempt leaves nothing behind (a
     kafka-python client that fails to bootstrap in its constructor keeps its I/O
     thread and sockets alive).
     """
-    return any(_probe_one(host, port, timeout) for host, port in bootstrap_entries(bootstrap))
+    entries = bootstrap_entries(bootstrap)
+    share = timeout / len(entries)
+    return any(_probe_one(host, port, share) for host, port in entries)
 
 
 def _probe_one(host: str, port: int, timeout: float) -> bool:
@@ -253,15 +256,17 @@ def ensure_topics(
                 name = described.get("name")
                 count = len(described.get("partitions") or ())
                 if name in wanted and count != wanted[name].partitions:
+                    # host-scans: fewer partitions than findings splits a host's
+                    # records between two sinks (schemas/topics.py)
+                    why = (": with more than one sink, grow it with kafka-topics --alter "
+                           f"--partitions {wanted[name].partitions}, or run one sink"
+                           if name.endswith(HOST_SCANS.name) else "")
                     log.warning(
-                        "topic %s has %d partitions, schemas.topics says %d (left as is: "
-                        "host-scans needs as many as findings for more than one sink to "
-                        "get both of a host; grow it with kafka-topics --alter "
-                        "--partitions %d, or run one sink)",
+                        "topic %s has %d partitions, schemas.topics says %d (left as is%s)",
                         name,
                         count,
                         wanted[name].partitions,
-                        wanted[name].partitions,
+                        why,
                     )
     except KafkaError as exc:
         raise TopicSetupError(

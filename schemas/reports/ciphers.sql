@@ -146,9 +146,12 @@ SELECT
                    [concat('certificate ', cert_expiry_warning, ' (',
                            toString(assumeNotNull(leaf_days)), ' days left)')]),
            arrayFilter(w -> NOT (w = 'certificate expired'
-                                 OR startsWith(w, 'certificate expires within ')),
+                                 OR startsWith(w, 'certificate expires within '))
+                            AND w != 'name mismatch',
                        probes.certificate_warnings),
-           if(trust_lapsed, ['untrusted: expired'], CAST([], 'Array(String)'))))
+           -- in the scan's order: untrusted before a name mismatch (worst first)
+           if(trust_lapsed, ['untrusted: expired'], CAST([], 'Array(String)')),
+           arrayFilter(w -> w = 'name mismatch', probes.certificate_warnings)))
         AS cert_warnings,
     probes.leaf_sha256 AS cert_sha256,
     probes.profile AS profile, probes.profile_version AS profile_version,

@@ -280,6 +280,17 @@ def test_net_raw_off_drops_everything_and_uses_connect(helm: str, tmp_path: Path
     assert args[args.index("--rate") + 1] == "1000000"
 
 
+@pytest.mark.parametrize(("values", "words"), [
+    ({"discover": {"rate": "100k"}}, 'discover.rate "100k": a whole number'),
+    ({"discover": {"rate": 2.5}}, "discover.rate 2.5: a whole number"),
+    ({"clickhouse": {"secure": "yes"}}, 'clickhouse.secure "yes": true or false'),
+])
+def test_values_of_the_wrong_kind_are_refused_not_dropped(
+        helm: str, tmp_path: Path, values: dict[str, Any], words: str) -> None:
+    # (a rate of "100k" rendered no --rate at all: masscan ran at its default)
+    assert words in render_error(helm, tmp_path, values)
+
+
 def test_masscan_without_net_raw_is_refused(helm: str, tmp_path: Path) -> None:
     # Given masscan asked for without the capability it needs / When rendered
     stderr = render_error(helm, tmp_path, {"discover": {"netRaw": False, "engine": "masscan"}})

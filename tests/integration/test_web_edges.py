@@ -104,7 +104,8 @@ def test_the_ciphers_report_recounts_only_a_readable_expiry_and_says_a_lapsed_tr
     lapsed = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
                        certificates=expired.certificates, leaf_sha256=expired.leaf_sha256,
                        days_to_expiry=1, is_chain_trusted=True,
-                       certificate_warnings=("certificate expires within 7 days (1 days left)",))
+                       certificate_warnings=("certificate expires within 7 days (1 days left)",
+                                             "weak key: leaf: RSA 1024", "name mismatch"))
     odd = Certificate(subject="unparseable certificate: bad date", sha256="cd" * 32)
     unreadable = TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.3",), grade="strong",
                            certificates=(odd,), leaf_sha256=odd.sha256,
@@ -120,7 +121,9 @@ def test_the_ciphers_report_recounts_only_a_readable_expiry_and_says_a_lapsed_tr
     now = rows[443]
     assert (now["cert_expired"], now["cert_expiry_warning"]) == (1, "expired")
     assert (now["cert_trusted"], now["cert_trust_error"]) == (0, "expired")
-    assert now["cert_warnings"] == ["certificate expired", "untrusted: expired"]
+    # (in the scan's order: expiry, weak key, untrusted, name mismatch)
+    assert now["cert_warnings"] == ["certificate expired", "weak key: leaf: RSA 1024",
+                                    "untrusted: expired", "name mismatch"]
     # And a notAfter that cannot be read invents no expiry: what the scan stored stays
     odd_row = rows[8443]
     assert (odd_row["cert_expired"], odd_row["cert_expiry_warning"]) == (0, "")

@@ -108,6 +108,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- /* an IPv6 address in brackets (its colons would read as the port's); HTTPS with secure */ -}}
 {{- $host := ternary (printf "[%s]" $ch.host) $ch.host (and (contains ":" $ch.host) (not (hasPrefix "[" $ch.host))) }}
+{{- if not (has (toString $ch.secure) (list "true" "false" "<nil>")) }}
+{{- fail (printf "clickhouse.secure %q: true or false" (toString $ch.secure)) }}
+{{- end }}
 {{- printf "%s://%s@%s:%v/%s" (ternary "clickhouses" "clickhouse" (eq (toString $ch.secure) "true")) $ch.user $host $ch.port $ch.database }}
 {{- end }}
 
@@ -150,8 +153,7 @@ checksum/settings: {{ include "portwatch.settingsData" .root | sha256sum }}
 
 {{/*
 Container security context. Pass (dict "netRaw" bool). Everything is dropped; with netRaw the
-container keeps NET_RAW for masscan, whose file capability only takes effect when
-no_new_privs is off (allowPrivilegeEscalation: true); the bounding set still caps it at NET_RAW.
+container keeps NET_RAW (below).
 */}}
 {{- /*
 With netRaw (discovery with masscan): uid 0 holding exactly NET_RAW, no privilege
