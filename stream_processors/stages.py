@@ -9,6 +9,11 @@ topics. A stage never knows which transport feeds it (DESIGN.md).
 Also the discovery stage (shard -> open ports, with tarpit holding), shared by
 the embedded runner and the Kafka discovery workers.
 
+Why one file: these are the rules both transports must apply alike (the per-port
+chain and its failure rule, the shard rule with its retries and tarpit verdicts, the
+stage context both bind); split, a transport could import one half and drift from the
+other. Each stage is a plain function, tested alone.
+
 Must not touch storage or Kafka.
 """
 

@@ -86,9 +86,10 @@ WITH
         WHERE proto = 'tcp'
           AND (target, ip, port) IN (SELECT arrayJoin((SELECT ports FROM page_ports)))
     )
--- (two helper columns, leaf_days and trust_lapsed, are computed once inside and left out)
-SELECT * EXCEPT (leaf_days, trust_lapsed) FROM (
-SELECT
+-- (two helper columns, leaf_days and trust_lapsed, are computed once inside and left out;
+-- the inner SELECT starts on this line: schemas.report_page_sql cuts at the last line that
+-- starts with SELECT)
+SELECT * EXCEPT (leaf_days, trust_lapsed) FROM (SELECT
     probes.target AS target, probes.ip AS ip, probes.port AS port,
     probes.status AS status, probes.error AS error, probes.versions AS versions,
     probes.grade AS grade, probes.grade_reason AS grade_reason,
