@@ -693,14 +693,14 @@ class Scope:
             return False  # "this host" (0.0.0.0/8, ::): a connect reaches the scanner itself
         if _inside(self._excluded[addr.version], int(addr)):
             return False
-        return self.is_allowed(ip)
+        return self._fenced_in(addr)
 
     def is_allowed(self, ip: str) -> bool:
         """Inside the allow-list fence (always true without one)."""
-        if not self.allow:
-            return True
-        addr = canonical_address(ip)
-        return _inside(self._allowed[addr.version], int(addr))
+        return not self.allow or self._fenced_in(canonical_address(ip))
+
+    def _fenced_in(self, addr: IPAddress) -> bool:
+        return not self.allow or _inside(self._allowed[addr.version], int(addr))
 
 
 _Ranges = tuple[list[int], list[int]]
