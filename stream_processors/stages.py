@@ -433,11 +433,13 @@ async def discover_with_retries(
     tarpit_notes: dict[str, str] = {}
     open_seen: dict[str, int] = {}
     refusing: set[str] = set()
+    probed = 0  # the most probes an attempt got to
     for attempt in range(1, max(1, attempts) + 1):
         scope = progress() if progress is not None else contextlib.nullcontext(Progress())
         with scope as attempt_progress:
             outcome = await discover_shard(engine_for(shard), shard, attempt_progress,
                                            tarpit_threshold=tarpit_threshold, stop=stop)
+        probed = max(probed, attempt_progress.probes_done)
         for port in outcome.ports:
             found.setdefault((port.target.ip, port.proto.value, port.port), port)
         tarpit_notes.update(outcome.tarpit_notes)
@@ -472,6 +474,10 @@ async def discover_with_retries(
     outcome.refusing = refusing
     outcome.open_seen = {ip: max(count, union[ip]) for ip, count in open_seen.items()}
     outcome.attempts = attempt
+    if outcome.error or outcome.is_interrupted:
+        # The ports it got to, per host (its probes, shared out): a shard cut by its
+        # deadline or stopped said it had scanned every port of its hosts (a review)
+        outcome.probed_per_host = probed // max(1, len(shard.targets))
     return outcome
 
 

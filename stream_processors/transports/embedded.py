@@ -424,9 +424,6 @@ class EmbeddedRunner:
         # 493 ports found twice)
         stats.forget_open(sum(p.open_found for p in attempts)
                           - sum(outcome.open_seen.values()))
-        if outcome.is_interrupted:  # the ports it got to, per host (its probes, shared out)
-            probed = max((p.probes_done for p in attempts), default=0)
-            outcome.probed_per_host = probed // max(1, len(shard.targets))
         if outcome.error:
             stats.errors.append(outcome.error)
             if not outcome.is_interrupted:

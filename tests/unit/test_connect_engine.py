@@ -22,6 +22,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -441,26 +442,33 @@ def test_deadline_stops_the_sweep_and_says_so() -> None:
     assert fds_after == fds_before
 
 
-@needs_iptables
-def test_a_shard_cut_by_its_deadline_keeps_its_ports_is_an_error_and_is_not_retried() -> None:
-    # Given a listener and 300 ports whose SYNs are dropped, on one loopback address,
-    # under a 1 s shard deadline (shorter than a probe's timeout)
-    host = "127.0.0.1"
+@contextlib.contextmanager
+def a_listener_and_300_dropped(host: str = "127.0.0.1") -> Iterator[tuple[Shard, int]]:
+    """A shard of one listening port and 300 ports whose SYNs are dropped (iptables, while
+    in the block); yields (the shard, the listening port)."""
     with ports_on(host, listening=1, closed=0) as (listening, _):
         port = listening[0]
         first = 40000 if port < 40000 else 20000
         drop = ("OUTPUT", "-o", "lo", "-d", f"{host}/32", "-p", "tcp", "--dport",
                 f"{first}:{first + 299}", "--syn", "-j", "DROP")
-        shard = shard_for(host, ranges=(PortRange(port, port), PortRange(first, first + 299)))
-        made: list[ConnectEngine] = []
-
-        def engine_for(_shard: Shard) -> ConnectEngine:
-            made.append(ConnectEngine(timeout=5.0, retries=0, deadline=1.0))
-            return made[-1]
-
         with iptables_rule(*drop):
-            # When the shard rule both transports use runs it
-            outcome = asyncio.run(discover_with_retries(shard, engine_for, attempts=2))
+            yield shard_for(host, ranges=(PortRange(port, port),
+                                          PortRange(first, first + 299))), port
+
+
+@needs_iptables
+def test_a_shard_cut_by_its_deadline_keeps_its_ports_is_an_error_and_is_not_retried() -> None:
+    # Given a listener and 300 ports whose SYNs are dropped, on one loopback address,
+    # under a 1 s shard deadline (shorter than a probe's timeout)
+    made: list[ConnectEngine] = []
+
+    def engine_for(_shard: Shard) -> ConnectEngine:
+        made.append(ConnectEngine(timeout=5.0, retries=0, deadline=1.0))
+        return made[-1]
+
+    with a_listener_and_300_dropped() as (shard, port):
+        # When the shard rule both transports use runs it
+        outcome = asyncio.run(discover_with_retries(shard, engine_for, attempts=2))
     # Then the open port is kept, the shard is not tried again (no more time), and its
     # host is recorded "error" saying why (before: "completed", ports untested unsaid)
     assert [p.port for p in outcome.ports] == [port]
@@ -469,6 +477,29 @@ def test_a_shard_cut_by_its_deadline_keeps_its_ports_is_an_error_and_is_not_retr
     assert scan.status == "error"
     assert scan.note == ("connect: shard shard-test cut short by its 1s deadline: 300 of "
                          "301 probes not tested")
+    # And says the one port it got to, not the shard's 301 (before: 301, as if every
+    # port had been scanned)
+    assert scan.ports_scanned == 1
+
+
+@needs_iptables
+def test_a_stopped_shard_says_the_ports_it_got_to() -> None:
+    # Given a listener and 300 ports whose SYNs are dropped, on one loopback address
+    async def stopped_midway(shard: Shard) -> Any:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.0, stop.set)
+        return await discover_with_retries(
+            shard, lambda _s: ConnectEngine(timeout=10.0, retries=0), attempts=2, stop=stop)
+
+    with a_listener_and_300_dropped() as (shard, port):
+        # When the shard rule both transports use is stopped (Ctrl-C) a second in, the
+        # listener answered and the dropped probes still waiting
+        outcome = asyncio.run(stopped_midway(shard))
+    # Then its host is recorded "interrupted" with the one port it got to (before: the
+    # embedded runner alone counted them, and no test said so)
+    assert [p.port for p in outcome.ports] == [port]
+    (scan,) = outcome.host_scans()
+    assert (scan.status, scan.ports_scanned) == ("interrupted", 1)
 
 
 @needs_iptables
