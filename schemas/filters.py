@@ -57,9 +57,18 @@ TARGET_PREDICATE = """({{target:String}} = ''
                   {{target:String}}, '::/128'))))"""
 
 
-def target_predicate(alias: str) -> str:
-    """The target filter over relation ``alias`` (columns target, hostname, asset, ip)."""
-    return TARGET_PREDICATE.format(a=alias)
+def target_predicate(alias: str, host: str = "") -> str:
+    """The target filter over relation ``alias`` (columns target, hostname, asset, ip).
+    With ``host``, a joined row of the host's latest labels (latest_host_scans: target
+    '' when the host has no scan stored), the hostname and asset matched are the host's
+    now, as the Summary shows them, and the row's own only without one: a port last seen
+    before an inventory renamed its asset is found under the new name, as its host is."""
+    sql = TARGET_PREDICATE.format(a=alias)
+    if host:
+        for column in ("hostname", "asset"):
+            sql = sql.replace(f"{alias}.{column}",
+                              f"if({host}.target = '', {alias}.{column}, {host}.{column})")
+    return sql
 
 
 def filter_text(name: str, value: str, cap: int) -> str:

@@ -30,9 +30,11 @@ WITH
         -- (ddl.sql latest_host_scans: an interrupted or running rescan closes nothing)
         -- and the host's organization: its latest scan's, as the Summary's (a port
         -- kept the one of the scan that last saw it: after a rescan of some ports under
-        -- another --org, the List and the Summary disagreed). The asset stays the
-        -- port's own, as the target filter reads it (over port_latest).
-        SELECT target, ip, ports_scan_id, ports_seen_after, organization
+        -- another --org, the List and the Summary disagreed). So are its hostname and
+        -- asset, shown and matched by --target (an inventory that renamed an asset hid
+        -- the ports a narrower rescan did not see again from --target <new name>, while
+        -- the Summary counted them: a review)
+        SELECT target, ip, ports_scan_id, ports_seen_after, organization, hostname, asset
         FROM latest_host_scans
     ),
     prevalence AS (
@@ -116,7 +118,7 @@ WITH
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
         -- "current" (schemas._CURRENT), as is_current below
         WHERE ({history:UInt8} = 1 OR IS_CURRENT(f.scan_id, page_scan))
-          AND TARGET_MATCHES(f)
+          AND TARGET_MATCHES(f, page_scan)
           AND ({org:String} = ''
                OR lowerUTF8(if(page_scan.target = '', f.organization, page_scan.organization))
                   = lowerUTF8({org:String}))
@@ -147,9 +149,10 @@ WITH
         FROM accepted_risks FINAL
         WHERE is_removed = 0 AND (until = toDateTime64(0, 3, 'UTC') OR until > now64(3))
     ),
-    -- The page's hosts' organization (latest_scan's, read for them only)
+    -- The page's hosts' organization, hostname and asset (latest_scan's, read for them
+    -- only)
     host_names AS (
-        SELECT target, ip, organization FROM latest_host_scans
+        SELECT target, ip, organization, hostname, asset FROM latest_host_scans
         WHERE (target, ip) IN (SELECT (k.1, k.2)
                                FROM (SELECT arrayJoin((SELECT keys FROM page_keys)) AS k))
     ),
@@ -164,8 +167,8 @@ WITH
 SELECT
     f.target AS target,
     f.ip AS ip,
-    f.hostname AS hostname,
-    f.asset AS asset,
+    if(host_names.target = '', f.hostname, host_names.hostname) AS hostname,
+    if(host_names.target = '', f.asset, host_names.asset) AS asset,
     if(host_names.target = '', f.organization, host_names.organization) AS organization,
     f.port AS port,
     f.proto AS proto,

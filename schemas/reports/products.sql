@@ -7,9 +7,9 @@ WITH
     -- one row per host, kept by a materialized view (ddl.sql host_latest), as in the
     -- List: not a GROUP BY over every scan ever stored, and still there after a prune
     latest_scan AS (
-        -- (its ports scan: the latest completed one, as in the List; its organization:
-        -- its latest scan's, as in the List and the Summary)
-        SELECT target, ip, ports_scan_id, ports_seen_after, organization
+        -- (its ports scan: the latest completed one, as in the List; its organization,
+        -- hostname and asset: its latest scan's, as in the List and the Summary)
+        SELECT target, ip, ports_scan_id, ports_seen_after, organization, hostname, asset
         FROM latest_host_scans
     )
 -- Rows are what the List's filters tell apart: product and version in any case are one
@@ -25,7 +25,7 @@ FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND IS_CURRENT(f.last_scan_id, latest_scan)
-  AND TARGET_MATCHES(f)
+  AND TARGET_MATCHES(f, latest_scan)
   -- (a port whose host scan is not stored yet: its own)
   AND ({org:String} = ''
        OR lowerUTF8(if(latest_scan.target = '', f.organization, latest_scan.organization))

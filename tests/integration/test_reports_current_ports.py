@@ -333,6 +333,37 @@ def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     assert scores(store, DB) == [("s3", 1, 2.5)]
 
 
+def test_a_renamed_asset_finds_every_port_of_its_host_in_every_report(store: Any) -> None:
+    # Given a host scanned as asset "web-1" with SSH and a red MySQL
+    from dataclasses import replace
+
+    day = timedelta(days=1)
+    old = replace(DB, asset="web-1", hostname="web-1.example.test")
+    recorded(store, old, "s1", T0, [found(old, "s1", T0, 22, "OpenSSH", "9.6p1",
+                                          RiskColor.GREEN),
+                                    found(old, "s1", T0, 3306, "MySQL", "8.0.36",
+                                          RiskColor.RED)])
+    # When the inventory renames it "web-01" and a scan of port 22 only sees SSH (MySQL,
+    # not covered, is still open, last seen under the old name)
+    new = replace(DB, asset="web-01", hostname="web-01.example.test")
+    recorded(store, new, "s2", T0 + day, [found(new, "s2", T0 + day, 22, "OpenSSH", "9.6p1",
+                                                RiskColor.GREEN)],
+             covered=(PortRange(22, 22),))
+    # Then --target web-01 finds both ports in the List and Products, as in the Summary
+    # (before: the List and Products matched each port's own asset, and hid MySQL)
+    for name in ("web-01", "WEB-01.example.test"):
+        summary = store.report("summary", {"target": name}).dicts()
+        assert [(r["asset"], r["open_ports"], r["red"]) for r in summary] == [("web-01", 2, 1)]
+        listed = store.report("list", {"target": name}).dicts()
+        assert [(r["port"], r["asset"], r["hostname"]) for r in listed] == [
+            (22, "web-01", "web-01.example.test"), (3306, "web-01", "web-01.example.test")]
+        products = store.report("products", {"target": name}).dicts()
+        assert sorted(r["product"] for r in products) == ["MySQL", "OpenSSH"]
+    # And the old name finds nothing in any of them
+    for report in ("summary", "list", "products"):
+        assert store.report(report, {"target": "web-1"}).dicts() == []
+
+
 def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
     # Given two full scans of a host that find the same ports
     for n in range(2):

@@ -68,6 +68,10 @@ ORG_EXPRESSION = {
         "if(page_scan.target = '', f.organization, page_scan.organization)",
     "schemas/reports/products.sql":
         "if(latest_scan.target = '', f.organization, latest_scan.organization)"}
+# a port's hostname and asset are its host's now, as its organization (a review: an asset
+# renamed in the inventory hid the ports a narrower rescan did not see again)
+HOST_ALIAS = {"schemas/reports/list.sql": "page_scan",
+              "schemas/reports/products.sql": "latest_scan"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -134,11 +138,12 @@ def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str
 
     # Given the SQL file: it names the predicate once, and reads it expanded
     raw = (REPO / path).read_text(encoding="utf-8")
-    assert raw.count(f"TARGET_MATCHES({alias})") == 1
+    host = HOST_ALIAS.get(path, "")
+    assert raw.count(f"TARGET_MATCHES({alias}{', ' + host if host else ''})") == 1
     name = Path(path).stem
     sql = (report_sql(name) if "/reports/" in path else
            history_sql(name) if "/history/" in path else web_sql(name))
-    assert _squash(target_predicate(alias)) in _squash(sql)
+    assert _squash(target_predicate(alias, host)) in _squash(sql)
     # And the organization filter ignores case, in any script, the same way
     org = ORG_EXPRESSION.get(path, f"{ORG_ALIAS.get(path, alias)}.organization")
     assert f"lowerUTF8({org}) = lowerUTF8({{org:String}})" in _squash(sql)
