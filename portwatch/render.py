@@ -61,9 +61,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+UNCONFIRMED = "open|filtered"  # a UDP port that never answered: listed, not scored
+
+
 def _port_chip(item: Sequence[Any]) -> str:
+    """A Summary port as text: ``53/udp:yellow``, with ``,cdn`` for a CDN-expected port
+    and ``,unconfirmed`` for an open|filtered one (both score nothing)."""
     port, proto, color, is_cdn_expected = item[0], item[1], item[2], item[3]
     suffix = ",cdn" if is_cdn_expected else ""
+    if len(item) > 4 and item[4] == UNCONFIRMED:
+        suffix += ",unconfirmed"
     return f"{port}/{proto}:{color}{suffix}"
 
 
@@ -116,8 +123,8 @@ def jsonable(column: str, value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     if column == "ports" and isinstance(value, list | tuple):
-        return [{"port": p[0], "proto": p[1], "color": p[2], "is_cdn_expected": bool(p[3])}
-                for p in value]
+        return [{"port": p[0], "proto": p[1], "color": p[2], "is_cdn_expected": bool(p[3]),
+                 "state": p[4] if len(p) > 4 else "open"} for p in value]
     if column == "suites" and isinstance(value, list | tuple):
         keys = ("tls_version", "iana_name", "openssl_name", "strength", "reason",
                 "kex_group", "kex_bits", "preference")
@@ -174,8 +181,7 @@ def _styled(report: str, column: str, value: Any) -> Text:
             if i:
                 text.append(" ")
             # the colour's word too: colour is never the only signal
-            label = f"{item[0]}/{item[1]}:{item[2]}" + (",cdn" if item[3] else "")
-            text.append(label, style=COLOR_STYLE.get(str(item[2]), ""))
+            text.append(_port_chip(item), style=COLOR_STYLE.get(str(item[2]), ""))
         return text
     if column == "suites" and isinstance(value, list | tuple):
         return Text(suites_summary(value))

@@ -161,7 +161,9 @@ WITH
                countIf(is_scored AND color = 'yellow') AS yellow,
                countIf(is_scored AND color = 'green') AS green,
                countIf(is_cdn_expected = 1) AS cdn_expected,
-               arraySort(groupArray((port, proto, color, is_cdn_expected))) AS port_list,
+               -- the state too: an unconfirmed UDP port (open|filtered) is listed but
+               -- scores nothing, and says so (a review: 13 yellow listed, 12 counted)
+               arraySort(groupArray((port, proto, color, is_cdn_expected, state))) AS port_list,
                countIf(is_accepted) AS accepted,
                arraySort(groupUniqArrayIf(accepted_text, is_accepted)) AS accepted_notes
         FROM ports GROUP BY target, ip

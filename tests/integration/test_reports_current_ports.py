@@ -364,6 +364,30 @@ def test_a_renamed_asset_finds_every_port_of_its_host_in_every_report(store: Any
         assert store.report(report, {"target": "web-1"}).dicts() == []
 
 
+def test_the_summary_says_which_listed_port_scores_nothing_for_want_of_an_answer(
+        store: Any) -> None:
+    # Given a host with SSH and a UDP port that never answered (open|filtered)
+    from dataclasses import replace
+
+    from portwatch.render import cell_text, jsonable
+    from schemas.records import PortState
+
+    silent = found(DB, "s1", T0, 20054, "", "", RiskColor.YELLOW)
+    silent = replace(silent, port=replace(silent.port, proto=Proto.UDP,
+                                          state=PortState.OPEN_FILTERED))
+    scanned(store, DB, "s1", T0, "completed",
+            [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN), silent])
+    # When the Summary is read
+    (row,) = store.report("summary").dicts()
+    # Then both ports are listed, only SSH is scored, and each port says its state, so a
+    # reader can tell the listed yellow port from the counted ones (before: a yellow
+    # port listed and not counted, with nothing to say why)
+    assert (row["open_ports"], row["yellow"], row["green"]) == (2, 0, 1)
+    assert [p["state"] for p in jsonable("ports", row["ports"])] == ["open", "open|filtered"]
+    assert cell_text("summary", "ports", row["ports"]) == (
+        "22/tcp:green 20054/udp:yellow,unconfirmed")
+
+
 def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
     # Given two full scans of a host that find the same ports
     for n in range(2):

@@ -192,8 +192,8 @@ def test_summary_products_and_ciphers_answer_with_their_filters(web: Served) -> 
     assert [r["ip"] for r in summary["rows"]] == ["127.0.0.3", "127.0.0.1"]  # by risk
     web1 = summary["rows"][1]
     assert (web1["red"], web1["yellow"], web1["green"]) == (1, 1, 2)
-    assert {"port": 3306, "proto": "tcp", "color": "red", "is_cdn_expected": False} \
-        in web1["ports"]
+    assert {"port": 3306, "proto": "tcp", "color": "red", "is_cdn_expected": False,
+            "state": "open"} in web1["ports"]
     products = {(r["product"], r["version"]): r for r in web.api("/api/v1/products")["rows"]}
     assert (products[("nginx", "1.22.1")]["instances"],
             products[("nginx", "1.22.1")]["targets"]) == (3, 2)

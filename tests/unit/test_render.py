@@ -32,8 +32,11 @@ LIST = Report(
 SUMMARY = Report(
     name="summary",
     columns=("target", "ip", "ports", "risk_score", "grade", "is_tarpit"),
-    rows=[("127.0.0.1", "127.0.0.1", [(22, "tcp", "green", 0), (443, "tcp", "green", 1),
-                                      (6379, "tcp", "red", 0)], 22.1, "B", 1)],
+    rows=[("127.0.0.1", "127.0.0.1", [(22, "tcp", "green", 0, "open"),
+                                      (443, "tcp", "green", 1, "open"),
+                                      (6379, "tcp", "red", 0, "open"),
+                                      (20054, "udp", "yellow", 0, "open|filtered")],
+           22.1, "B", 1)],
 )
 
 
@@ -71,6 +74,9 @@ def test_sanitize_text_caps_long_values() -> None:
     [
         ("ports", [(22, "tcp", "green", 0), (443, "tcp", "green", 1)],
          "22/tcp:green 443/tcp:green,cdn"),
+        # an open|filtered UDP port is listed, and said to score nothing
+        ("ports", [(53, "udp", "yellow", 0, "open"), (54, "udp", "yellow", 0, "open|filtered")],
+         "53/udp:yellow 54/udp:yellow,unconfirmed"),
         ("versions", ["TLSv1.2", "TLSv1.3"], "TLSv1.2,TLSv1.3"),
         # stored by another writer: escaped like every other cell (the ciphers table)
         ("versions", ["TLSv1.3", "x\x1b[31m\u202e\x00"], "TLSv1.3,x\\x1b[31m\\x202e\\x00"),
@@ -106,9 +112,15 @@ def test_json_keeps_every_column_with_plain_values() -> None:
     assert no_control_characters(out)
     # and the ports are objects, as in the API
     assert json.loads(to_json(SUMMARY))[0]["ports"] == [
-        {"port": 22, "proto": "tcp", "color": "green", "is_cdn_expected": False},
-        {"port": 443, "proto": "tcp", "color": "green", "is_cdn_expected": True},
-        {"port": 6379, "proto": "tcp", "color": "red", "is_cdn_expected": False}]
+        {"port": 22, "proto": "tcp", "color": "green", "is_cdn_expected": False,
+         "state": "open"},
+        {"port": 443, "proto": "tcp", "color": "green", "is_cdn_expected": True,
+         "state": "open"},
+        {"port": 6379, "proto": "tcp", "color": "red", "is_cdn_expected": False,
+         "state": "open"},
+        # listed, not scored: the state says why
+        {"port": 20054, "proto": "udp", "color": "yellow", "is_cdn_expected": False,
+         "state": "open|filtered"}]
 
 
 def test_csv_has_a_header_and_one_line_per_row_carrying_the_stored_values() -> None:
@@ -120,7 +132,8 @@ def test_csv_has_a_header_and_one_line_per_row_carrying_the_stored_values() -> N
     # issue 11, defect 8: CSV carries exactly what is stored (quoted by the csv module)
     assert rows[2][4] == HOSTILE
     summary = list(csv.reader(io.StringIO(to_csv(SUMMARY))))
-    assert summary[1][2] == "22/tcp:green 443/tcp:green,cdn 6379/tcp:red"
+    assert summary[1][2] == ("22/tcp:green 443/tcp:green,cdn 6379/tcp:red "
+                             "20054/udp:yellow,unconfirmed")
     assert summary[1][5] == "1"
 
 
@@ -146,6 +159,7 @@ def test_table_summary_ports_carry_the_colour_word() -> None:
     to_table(SUMMARY, out)
     text = buf.getvalue()
     assert "22/tcp:green" in text and "443/tcp:green,cdn" in text and "6379/tcp:red" in text
+    assert "20054/udp:yellow,unconfirmed" in text
     assert "answers on every port" in text
 
 
