@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from schemas import bounded
 from schemas.bounded import is_digits
-from schemas.filters import is_ip_address, normalize_target
+from schemas.filters import is_control, is_ip_address, normalize_target
 from schemas.records import ChangeKind, Severity
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _one(params: Mapping[str, list[str]], name: str) -> str:
     if len(values) > 1:
         raise BadParam(f"{name}: give it once")
     value = values[0].strip() if values else ""
-    if len(value) > TEXT_CAP or any(not ch.isprintable() for ch in value):
+    if len(value) > TEXT_CAP or any(is_control(ch) for ch in value):
         raise BadParam(f"{name}: not a valid value")
     return value
 
