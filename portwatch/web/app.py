@@ -13,6 +13,7 @@ Must not write to the store or reach any network.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import unicodedata
@@ -53,6 +54,7 @@ from portwatch.web.query import (
 )
 from portwatch.web.service import Page, ReportService
 from schemas import REPORTS
+from schemas.records import RecordError, normalize_ip
 
 log = logging.getLogger("portwatch.web")
 
@@ -165,6 +167,10 @@ def is_served_over_tls(request: Request, *, cookie_secure: bool,
     if cookie_secure or request.url.scheme == "https":
         return True
     client = request.client.host if request.client else ""
+    with contextlib.suppress(RecordError):
+        # a dual-stack socket (--host ::) reports an IPv4 proxy as ::ffff:a.b.c.d: never
+        # equal to the --trusted-proxy given (a review)
+        client = normalize_ip(client)
     if client and client in trusted_proxies:
         proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
         return proto == "https"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from schemas.bounded import is_digits
+from schemas.records import RecordError, normalize_ip
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -42,9 +43,9 @@ class BindError(ValueError):
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+    try:  # ::ffff:127.0.0.1 is loopback too (Python 3.11's ipaddress says it is not)
+        return ipaddress.ip_address(normalize_ip(host.strip("[]"))).is_loopback
+    except (RecordError, ValueError):
         return False  # a name other than localhost may resolve anywhere
 
 
@@ -143,16 +144,17 @@ def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,
 
 
 def parse_trusted_proxies(values: tuple[str, ...]) -> frozenset[str]:
-    """``--trusted-proxy`` addresses, canonical (the form ``request.client`` reports);
-    BindError for anything that is not an address."""
+    """``--trusted-proxy`` addresses, canonical (``normalize_ip``: an IPv4-mapped address
+    is its IPv4 one, as ``is_served_over_tls`` reads the client); BindError for anything
+    that is not an address."""
     proxies = set()
     for value in values:
         for item in value.split(","):
             if not item.strip():
                 continue
             try:
-                proxies.add(str(ipaddress.ip_address(item.strip().strip("[]"))))
-            except ValueError:
+                proxies.add(normalize_ip(item.strip().strip("[]")))
+            except RecordError:
                 raise BindError(f"--trusted-proxy {item.strip()!r} is not an IP address") \
                     from None
     return frozenset(proxies)

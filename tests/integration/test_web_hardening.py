@@ -28,16 +28,19 @@ TOKEN = "t" * 24
 
 
 @contextlib.contextmanager
-def serve(app: Any) -> Iterator[Served]:
-    """The app under the very uvicorn configuration ``portwatch serve`` uses (no proxy
-    headers: uvicorn must not rewrite the scheme itself), in a thread, on loopback."""
+def serve(app: Any, host: str = "127.0.0.1") -> Iterator[Served]:
+    """The app under the very uvicorn configuration and listening socket ``portwatch
+    serve`` uses (no proxy headers: uvicorn must not rewrite the scheme itself), in a
+    thread, on loopback (``host``: 127.0.0.1, or ::ffff:127.0.0.1 for a dual-stack socket
+    that IPv4 clients reach)."""
     import uvicorn
 
-    from portwatch.web.server import uvicorn_config
+    from portwatch.web.server import listen_socket, uvicorn_config
 
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    sock = listen_socket(host, port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         assert thread.is_alive(), "uvicorn did not start"
@@ -107,6 +110,24 @@ def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(db: Store) -> None:
     # Given a server that trusts another address, the same header is ignored
     with serve(_app(db, trusted_proxies=frozenset({"127.0.0.9"}))) as web:
         assert "secure" not in _attributes(_cookie(web, {"X-Forwarded-Proto": "https"}))
+
+
+@pytest.mark.parametrize("given", ["127.0.0.1", "::ffff:127.0.0.1"])
+def test_a_trusted_ipv4_proxy_is_trusted_through_a_dual_stack_socket(db: Store,
+                                                                      given: str) -> None:
+    from portwatch.web.cli import is_loopback, parse_trusted_proxies
+
+    # Given a server on a dual-stack IPv6 socket (as --host :: listens), which sees an
+    # IPv4 client as ::ffff:127.0.0.1, trusting the IPv4 proxy however it was written
+    proxies = parse_trusted_proxies((given,))
+    assert proxies == frozenset({"127.0.0.1"})
+    with serve(_app(db, trusted_proxies=proxies), host="::ffff:127.0.0.1") as web:
+        # Then https forwarded by that proxy marks the cookie Secure (before: never, the
+        # client's mapped form matched no --trusted-proxy)
+        assert "secure" in _attributes(_cookie(web, {"X-Forwarded-Proto": "https"}))
+        assert "secure" not in _attributes(_cookie(web, {"X-Forwarded-Proto": "http"}))
+    # And an IPv4-mapped loopback address is loopback (no token demanded)
+    assert is_loopback("::ffff:127.0.0.1") and not is_loopback("::ffff:198.18.0.1")
 
 
 def _raw_answer(port: int, head: bytes) -> bytes:
