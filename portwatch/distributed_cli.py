@@ -40,6 +40,7 @@ from portwatch.console import (
     settings_from,
     target_options,
 )
+from portwatch.web.cli import beside_serve_options
 from probers.discovery.engines import TCP_CHOICES
 from schemas.topics import TopicSet
 
@@ -309,13 +310,7 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
               type=click.Path(dir_okay=False), callback=refuse_empty(ALERTS_EMPTY),
               help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): an alerts agent "
                    "on the changes topic delivers each change once, whatever the workers.")
-@click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
-              help="--serve also answers to this Host name (as `portwatch serve`).")
-@click.option("--cookie-secure", is_flag=True, envvar="PORTWATCH_WEB_COOKIE_SECURE",
-              help="--serve marks the token cookie Secure (as `portwatch serve`).")
-@click.option("--trusted-proxy", "trusted_proxy", multiple=True, metavar="ADDRESS",
-              envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
-              help="--serve believes X-Forwarded-Proto from this proxy (as `portwatch serve`).")
+@beside_serve_options
 @click.option("--health", "health_at", default="", metavar="[HOST:]PORT",
               help="Answer GET /healthz with 200 on this address while the workers' event "
                    "loop runs: what Kubernetes probes check (the Helm chart sets "
@@ -348,9 +343,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     from portwatch.web.cli import (
         BindError,
         check_bind,
-        parse_allowed_host,
         parse_listen,
-        parse_trusted_proxies,
+        parse_proxy_options,
     )
     from stream_processors.collector import settle_worker
     from stream_processors.sink import StoreSink
@@ -374,8 +368,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         except ValueError as exc:
             fail(f"--health: {exc}", EXIT_USAGE)
     try:
-        allowed = [parse_allowed_host(name) for name in allowed_host]
-        proxies = parse_trusted_proxies(trusted_proxy)
+        allowed, proxies = parse_proxy_options(allowed_host, trusted_proxy)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     assembly = Assembly(settings_from(

@@ -45,6 +45,7 @@ from portwatch.console import (
     settings_from,
 )
 from portwatch.render import sanitize_text
+from portwatch.web.cli import beside_serve_options
 
 ALERTS_OPTION = click.option(
     "--alerts", "alerts_file", envvar="PORTWATCH_ALERTS", default=None, metavar="FILE",
@@ -143,8 +144,11 @@ def warn_conflicting_labels(prepared: Any) -> None:
                    "it (the store allows one process).")
 @click.option("--token", envvar="PORTWATCH_WEB_TOKEN", default="", show_envvar=True,
               help="Token the --serve web reports require off loopback.")
+@beside_serve_options
 def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | None,
-          store: str | None, quiet: bool, serve_at: str, token: str) -> None:
+          store: str | None, quiet: bool, serve_at: str, token: str,
+          allowed_host: tuple[str, ...], cookie_secure: bool,
+          trusted_proxy: tuple[str, ...]) -> None:
     """Rescan on a schedule and alert on what changed (embedded shape).
 
     \b
@@ -171,6 +175,12 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
     if once and show_list:
         fail("give --once (run what is due) or --list (show the plan), not both")
     listen = _listen_or_fail(serve_at, token, once=once or show_list)
+    from portwatch.web.cli import parse_proxy_options
+
+    try:
+        allowed, proxies = parse_proxy_options(allowed_host, trusted_proxy)
+    except ValueError as exc:  # BindError included
+        fail(str(exc), EXIT_USAGE)
     config = load_alerts_or_fail(alerts_file) if alerts_file else None
     _check_store_url(store)
     # bad targets, inventories or ports: exit 2 here, for --list too
@@ -195,7 +205,8 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         if listen is not None:
             from portwatch.web.cli import web_app
 
-            web = (web_app(db, listen[0], token), *listen)
+            web = (web_app(db, listen[0], token, allowed_hosts=allowed,
+                           cookie_secure=cookie_secure, trusted_proxies=proxies), *listen)
         code = asyncio.run(_watch(db, entries, prepare, config, once=once, quiet=quiet,
                                   web=web, token=token))
     finally:

@@ -17,8 +17,8 @@ import ipaddress
 import re
 import secrets
 import sys
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -160,6 +160,34 @@ def parse_trusted_proxies(values: tuple[str, ...]) -> frozenset[str]:
     return frozenset(proxies)
 
 
+def beside_serve_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--allowed-host``, ``--cookie-secure`` and ``--trusted-proxy`` of a command that
+    serves the web reports beside its work (``process --serve``, ``watch --serve``), as
+    ``portwatch serve`` takes them: without them a ``watch --serve`` behind a TLS proxy
+    never set a Secure cookie, and one behind a proxy without a token answered the
+    proxy's Host name with 421 (a review)."""
+    for option in reversed((
+            click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
+                         help="--serve also answers to this Host name (as `portwatch "
+                              "serve`)."),
+            click.option("--cookie-secure", is_flag=True, envvar="PORTWATCH_WEB_COOKIE_SECURE",
+                         help="--serve marks the token cookie Secure (as `portwatch "
+                              "serve`)."),
+            click.option("--trusted-proxy", "trusted_proxy", multiple=True,
+                         metavar="ADDRESS", envvar="PORTWATCH_WEB_TRUSTED_PROXIES",
+                         help="--serve believes X-Forwarded-Proto from this proxy (as "
+                              "`portwatch serve`)."))):
+        command = option(command)
+    return command
+
+
+def parse_proxy_options(allowed_host: Iterable[str], trusted_proxy: Iterable[str]
+                        ) -> tuple[list[str], frozenset[str]]:
+    """``--allowed-host`` and ``--trusted-proxy`` values, parsed: ValueError says why."""
+    return ([parse_allowed_host(name) for name in allowed_host],
+            parse_trusted_proxies(tuple(trusted_proxy)))
+
+
 def listening_line(host: str, port: int, token: str) -> str:
     shown = f"[{host}]" if ":" in host else host
     return (f"serving the reports on http://{shown}:{port}/ "
@@ -214,8 +242,7 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
 
     try:
         check_bind(host, token)
-        allowed = [parse_allowed_host(name) for name in allowed_host]
-        proxies = parse_trusted_proxies(trusted_proxy)
+        allowed, proxies = parse_proxy_options(allowed_host, trusted_proxy)
     except ValueError as exc:  # BindError included
         fail(str(exc), EXIT_USAGE)
     assembly = Assembly(settings_from(store=store))
@@ -244,5 +271,6 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     sys.stderr.flush()
 
 
-__all__ = ["BindError", "accepted_hosts", "check_bind", "host_header_names", "is_loopback",
-           "listening_line", "parse_allowed_host", "parse_listen", "serve", "web_app"]
+__all__ = ["BindError", "accepted_hosts", "beside_serve_options", "check_bind",
+           "host_header_names", "is_loopback", "listening_line", "parse_allowed_host",
+           "parse_listen", "parse_proxy_options", "serve", "web_app"]

@@ -747,18 +747,22 @@ def test_a_running_watch_with_serve_answers_reports_and_the_web(tmp_path: Path) 
         port = loopback.free_port()
         # Given a running watch serving its reports (it holds the embedded store for as
         # long as it runs: every report was refused "in use": a review, 2026-12-06)
+        # (behind a reverse proxy named reports.example.test, as `serve --allowed-host`)
         proc = subprocess.Popen(
             [sys.executable, "-m", "portwatch", "watch", "--schedule", str(sched), "-q",
-             "--serve", str(port)], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PORTWATCH_STORE": store})
+             "--serve", str(port), "--allowed-host", "reports.example.test"], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PORTWATCH_STORE": store})
         try:
             seen = until_first_scan(proc)
             assert any(f"serving the reports on http://127.0.0.1:{port}/" in line
                        for line in seen), seen
-            # When `portwatch report` reads that store, and the web page is asked
+            # When `portwatch report` reads that store, and the web page is asked, through
+            # the proxy's name (before: 421, watch had no --allowed-host: a review)
             listed = run_cli("report", "list", "--format", "json", store=store)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/list",
-                                        timeout=30) as answer:
+            asked = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/list",
+                                           headers={"Host": "reports.example.test"})
+            with urllib.request.urlopen(asked, timeout=30) as answer:
                 api = json.loads(answer.read())
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -779,6 +783,14 @@ def test_watch_serve_is_refused_with_once(tmp_path: Path) -> None:
     result = run_cli("watch", "--schedule", str(sched), "--once", "--serve", "8765",
                      store=f"chdb://{tmp_path / 'store'}")
     assert_refused(result, "--serve is for a running watch")
+
+
+def test_watch_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Path) -> None:
+    sched = schedules(tmp_path, 22)
+    result = run_cli("watch", "--schedule", str(sched), "--serve", "8765",
+                     "--trusted-proxy", "proxy.example.test",
+                     store=f"chdb://{tmp_path / 'store'}")
+    assert_refused(result, "--trusted-proxy 'proxy.example.test' is not an IP address")
 
 
 def test_a_rule_naming_an_organization_no_target_has_is_warned_about(tmp_path: Path) -> None:
