@@ -333,10 +333,16 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
 
     async def scan(entry: Any) -> Any:
         try:
-            return await run_embedded_scan(db, await asyncio.to_thread(prepare, entry),
-                                           quiet=quiet)
+            outcome = await run_embedded_scan(db, await asyncio.to_thread(prepare, entry),
+                                              quiet=quiet)
         finally:
             own_signals()
+        if outcome.stop_signal and not outcome.is_interrupted:
+            # a signal after the scan's last shard, while it was recorded: the runner
+            # took it and the scan completed; the watcher stops as for one between scans
+            # (it was lost before: a review)
+            stopped_by(signal.Signals(outcome.stop_signal))
+        return outcome
 
     async def last_delivery(dispatcher: AlertDispatcher) -> None:
         # The last drain (bounded by `delivery: wait` after a signal); a Ctrl-C or

@@ -40,6 +40,12 @@ class ScanOutcome:
         return bool(getattr(self.stats, "interrupted", False))
 
     @property
+    def stop_signal(self) -> int:
+        """The signal that asked the scan to stop (0: none), one that came after its last
+        shard included: that scan completed, and the watcher must still stop."""
+        return int(getattr(self.stats, "stop_signal", 0) or 0)
+
+    @property
     def failed_shards(self) -> int:
         """Shards whose discovery failed: the run is incomplete (what they found kept)."""
         return int(getattr(self.stats, "failed_shards", 0) or 0)

@@ -82,6 +82,11 @@ class ScanStats:
     resumed_shards: int = 0  # shards a checkpoint said were already done
     # What changed since each host's previous completed scan (alerting reads these).
     change_events: list[ChangeEvent] = field(default_factory=list)
+    # The signal (SIGINT, SIGTERM) that asked the run to stop, 0 = none; set also when it
+    # came after the last shard, while the scan was being recorded: the scan completed
+    # then, and the process running it (watch) must still stop (a review: such a signal
+    # was lost, and the watcher ran on)
+    stop_signal: int = 0
 
     _done_shards: Progress = field(default_factory=Progress)
     _active: list[Progress] = field(default_factory=list)
@@ -227,6 +232,7 @@ class EmbeddedRunner:
         self._unqueued: list[OpenPort] = []
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
+        self.stop_signal = 0  # the first signal that interrupted (install_interrupt)
         self._outcomes: list[ShardOutcome] = []
         # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
         self._dropped: collections.Counter[str] = collections.Counter()
@@ -395,6 +401,8 @@ class EmbeddedRunner:
                 Path(checkpoint_path).unlink(missing_ok=True)  # the scan is complete
             if on_stats is not None:
                 on_stats(stats)
+        # (nothing awaits after this: a signal before the caller's undo() is taken here)
+        stats.stop_signal = self.stop_signal
         return stats
 
     async def _discover_shard(self, shard: Shard, open_q: asyncio.Queue[OpenPort | object],
@@ -557,7 +565,8 @@ def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None 
     ``say``; returns the undo function."""
     loop = asyncio.get_running_loop()
 
-    def interrupt() -> None:
+    def interrupt(sig: signal.Signals) -> None:
+        runner.stop_signal = runner.stop_signal or int(sig)
         runner.interrupt()
         if say is None:
             return
@@ -568,7 +577,7 @@ def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None 
             say("stopping: storing what is left unidentified")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt)
+        loop.add_signal_handler(sig, interrupt, sig)
 
     def undo() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from probers.discovery.connect import ConnectEngine
 from producers.shards import ScanPlan, new_scan_id
@@ -173,3 +174,38 @@ def test_a_second_interrupt_while_discovery_waits_for_the_queue_stores_every_por
     assert sorted(stored) == ports
     cut = [extra for _service, method, extra in stored.values() if method == "unidentified"]
     assert len(cut) >= len(ports) - 4 and all(e.startswith(INCOMPLETE) for e in cut)
+
+
+class SignalWhileRecorded(EmbeddedRunner):
+    """Sends this process a SIGTERM when the scan's hosts are being recorded (its last
+    shard done: the moment a watcher's stop was lost), and lets the loop take it."""
+
+    async def _record_hosts(self, *args: Any, **kwargs: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        await super()._record_hosts(*args, **kwargs)
+
+
+def test_a_signal_while_the_scan_is_recorded_is_kept_and_the_scan_completes(store) -> None:  # type: ignore[no-untyped-def]
+    with loopback.listen(loopback.banner(SSH), addresses=(HOST,)) as ssh:
+        ctx = make_context(banner_wait=1.5, identify_budget=4, use_nmap_probes=False,
+                           tls_enumeration=False)
+        runner = SignalWhileRecorded(store, lambda _shard: ConnectEngine(), ctx,
+                                     identify_workers=4, batch_seconds=0.2)
+        plan = ScanPlan.build(new_scan_id(), 0, [TARGET], (PortRange(ssh.port, ssh.port),), ())
+
+        async def main() -> ScanStats:
+            undo = install_interrupt(runner)
+            try:
+                return await runner.run(plan)
+            finally:
+                undo()
+
+        # When a SIGTERM (a service manager's stop) arrives after the last shard, while
+        # the scan is recorded
+        stats = asyncio.run(main())
+    # Then the scan completed (nothing was cut short) and says the signal came, so the
+    # watcher running it stops (before: the runner took it and nobody read it)
+    assert (stats.interrupted, stats.stop_signal) == (False, signal.SIGTERM)
+    assert store.query("SELECT status FROM host_scans FINAL WHERE scan_id = {s:String}",
+                       {"s": plan.scan_id}) == [("completed",)]

@@ -8,6 +8,7 @@ would); nothing scans.
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ HOURLY = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.1",))
 class Stats:
     scan_id: str
     interrupted: bool = False
+    stop_signal: int = 0
 
 
 def test_a_run_the_ledger_refuses_still_queues_its_alerts_and_sends_them_once(
@@ -173,6 +175,30 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
     # Then the last drain starts no message past `delivery: wait` (before: the runner's
     # own handler never set the CLI's stop event, so it sent the whole backlog first)
     assert (code, drains) == (130, [True])
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("once", [False, True], ids=["watch", "watch-once"])
+def test_a_signal_a_completed_scan_outlived_stops_the_watcher(
+        store: Any, monkeypatch: pytest.MonkeyPatch, once: bool, sig: signal.Signals,
+        code: int) -> None:
+    """A FAKE for one step: the runner's outcome when a signal came after the scan's last
+    shard, while it was recorded (real: tests/integration/
+    test_interrupt_during_identification.py, "recorded"): completed, with the signal.
+    The rest is real: the CLI's watch loop and the store."""
+    from portwatch.alerts import cli, scanning
+
+    async def signalled_at_its_end(db: Any, prepared: Any, *, quiet: bool = True
+                                   ) -> ScanOutcome:
+        return ScanOutcome(Stats("scan-2", stop_signal=int(sig)), [])
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", signalled_at_its_end)
+    # When the scan returns (the watch loop waits for the next entry unless stopped)
+    code_now = asyncio.run(asyncio.wait_for(
+        cli._watch(store, [HOURLY], lambda entry: None, None, once=once, quiet=True), 60))
+    # Then the watcher stops as for a signal between scans: SIGTERM a clean 0, Ctrl-C 130
+    # (before: the signal was lost, and the long-running watcher ran on)
+    assert code_now == code
 
 
 def _refuse_the_outbox(store: Any) -> None:
