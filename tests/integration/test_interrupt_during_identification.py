@@ -68,7 +68,11 @@ def _scan(store, ports: list[int], presses: int = 0) -> ScanStats:  # type: igno
                                        identify_workers=4, batch_seconds=0.2)
     runner.presses = presses
     plan = ScanPlan.build(new_scan_id(), 0, [TARGET], tuple(PortRange(p, p) for p in ports), ())
+    return run_routing_signals(runner, plan)
 
+
+def run_routing_signals(runner: EmbeddedRunner, plan: ScanPlan) -> ScanStats:
+    """``runner.run(plan)`` with SIGINT/SIGTERM routed to it, as ``portwatch scan`` does."""
     async def main() -> ScanStats:
         undo = install_interrupt(runner)
         try:
@@ -193,17 +197,9 @@ def test_a_signal_while_the_scan_is_recorded_is_kept_and_the_scan_completes(stor
         runner = SignalWhileRecorded(store, lambda _shard: ConnectEngine(), ctx,
                                      identify_workers=4, batch_seconds=0.2)
         plan = ScanPlan.build(new_scan_id(), 0, [TARGET], (PortRange(ssh.port, ssh.port),), ())
-
-        async def main() -> ScanStats:
-            undo = install_interrupt(runner)
-            try:
-                return await runner.run(plan)
-            finally:
-                undo()
-
         # When a SIGTERM (a service manager's stop) arrives after the last shard, while
         # the scan is recorded
-        stats = asyncio.run(main())
+        stats = run_routing_signals(runner, plan)
     # Then the scan completed (nothing was cut short) and says the signal came, so the
     # watcher running it stops (before: the runner took it and nobody read it)
     assert (stats.interrupted, stats.stop_signal) == (False, signal.SIGTERM)
