@@ -351,6 +351,14 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         halt = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, halt.set)
+        if watcher.should_stop:
+            # said before it waits: a stalled channel kept a stopping watcher silent for
+            # up to `delivery: wait` and the send in flight, as if hung (a review)
+            queued = await asyncio.to_thread(dispatcher.queued_count)
+            if queued:
+                _say(f"watch: stopping: sending {queued} queued alert(s) for at most "
+                     f"{dispatcher.config.delivery.wait_seconds:g}s (interrupt again to "
+                     "leave them queued for the next run)")
         try:
             report_drain(await asyncio.to_thread(partial(
                 dispatcher.drain, bound_first=watcher.should_stop, halt=halt)))

@@ -156,7 +156,7 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
 
     async def interrupted_by_a_signal(db: Any, prepared: Any, *, quiet: bool = True
                                       ) -> ScanOutcome:
-        return ScanOutcome(Stats("scan-2", interrupted=True), [])
+        return ScanOutcome(Stats("scan-2", interrupted=True), [event()])
 
     monkeypatch.setattr(scanning, "run_embedded_scan", interrupted_by_a_signal)
     drains: list[bool] = []
@@ -168,13 +168,19 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
         return real(self, wait_seconds, bound_first=bound_first, halt=halt)
 
     monkeypatch.setattr(AlertDispatcher, "drain", drain)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
     config = hook_config(tmp_path, "http://127.0.0.1:9/x")
-    # When a signal interrupts the scan (the watcher stops: exit 130)
+    # When a signal interrupts the scan (the watcher stops: exit 130) that found a change
     code = asyncio.run(cli._watch(store, [HOURLY], lambda entry: None, config, once=once,
                                   quiet=True))
     # Then the last drain starts no message past `delivery: wait` (before: the runner's
     # own handler never set the CLI's stop event, so it sent the whole backlog first)
     assert (code, drains) == (130, [True])
+    # And the watcher says what it waits for before it does (before: silent for up to
+    # the wait, as if hung)
+    assert ("watch: stopping: sending 1 queued alert(s) for at most 30s (interrupt again "
+            "to leave them queued for the next run)") in said
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
