@@ -43,7 +43,7 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 TIMEOUT_SECONDS = 60.0
 _ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 # API objects back to the tuples the renderer reads (portwatch.render.jsonable's keys).
-_PORT_KEYS = ("port", "proto", "color", "is_cdn_expected")
+_PORT_KEYS = ("port", "proto", "color", "is_cdn_expected", "state")
 _SUITE_KEYS = ("tls_version", "iana_name", "openssl_name", "strength", "reason", "kex_group",
                "kex_bits", "preference")
 
@@ -239,9 +239,10 @@ def _value(column: str, value: Any) -> Any:
     if column in TIME_COLUMNS and isinstance(value, str) and _ISO_UTC.match(value):
         return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
     if column == "ports" and isinstance(value, list):
-        # jsonable made the UInt8 flag a bool; the store gives 0/1
-        return [(*(item.get(k) for k in _PORT_KEYS[:3]), int(bool(item.get(_PORT_KEYS[3]))))
-                for item in value if isinstance(item, dict)]
+        # jsonable made the UInt8 flag a bool; the store gives 0/1. The state too: an
+        # unconfirmed UDP port read "open" through a holder (a review)
+        return [(*(item.get(k) for k in _PORT_KEYS[:3]), int(bool(item.get(_PORT_KEYS[3]))),
+                 item.get(_PORT_KEYS[4], "open")) for item in value if isinstance(item, dict)]
     if column == "suites" and isinstance(value, list):
         return [tuple(item.get(k) for k in _SUITE_KEYS) for item in value
                 if isinstance(item, dict)]

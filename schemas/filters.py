@@ -78,11 +78,13 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 
 def is_control(ch: str) -> bool:
     """A character no filter value holds: a C0/C1 control, a line or paragraph separator,
-    a bidi embedding, override or isolate. Other characters Python calls unprintable are
-    text a stored name holds: a no-break space pasted from a spreadsheet ("Acme\u00a0Corp"),
-    the zero-width joiner of an emoji; refusing them made such an organization impossible
-    to filter on (a review: its own drill-down links answered 400)."""
-    return unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS
+    a bidi embedding, override or isolate, a lone surrogate (an argument's byte that is
+    not UTF-8, as Python decodes it: the store cannot take it). Other characters Python
+    calls unprintable are text a stored name holds: a no-break space pasted from a
+    spreadsheet ("Acme\u00a0Corp"), the zero-width joiner of an emoji; refusing them
+    made such an organization impossible to filter on (a review: its own drill-down
+    links answered 400)."""
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS
 
 
 def filter_text(name: str, value: str, cap: int) -> str:

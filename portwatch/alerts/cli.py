@@ -177,10 +177,13 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
     listen = _listen_or_fail(serve_at, token, once=once or show_list)
     from portwatch.web.cli import parse_proxy_options
 
-    try:
-        allowed, proxies = parse_proxy_options(allowed_host, trusted_proxy)
-    except ValueError as exc:  # BindError included
-        fail(str(exc), EXIT_USAGE)
+    allowed: list[str] = []
+    proxies: frozenset[str] = frozenset()
+    if listen is not None:  # (read from the environment too: only --serve uses them)
+        try:
+            allowed, proxies = parse_proxy_options(allowed_host, trusted_proxy)
+        except ValueError as exc:  # BindError included
+            fail(str(exc), EXIT_USAGE)
     config = load_alerts_or_fail(alerts_file) if alerts_file else None
     _check_store_url(store)
     # bad targets, inventories or ports: exit 2 here, for --list too

@@ -791,6 +791,12 @@ def test_watch_serve_refuses_a_trusted_proxy_that_is_not_an_address(tmp_path: Pa
                      "--trusted-proxy", "proxy.example.test",
                      store=f"chdb://{tmp_path / 'store'}")
     assert_refused(result, "--trusted-proxy 'proxy.example.test' is not an IP address")
+    # And without --serve they are not read: a bad environment value does not stop
+    # --list (a review: it exited 2)
+    listed = run_cli("watch", "--schedule", str(sched), "--list",
+                     store=f"chdb://{tmp_path / 'store'}",
+                     env={"PORTWATCH_WEB_TRUSTED_PROXIES": "proxy.example.test"})
+    assert listed.code == 0, listed.stderr
 
 
 def test_a_rule_naming_an_organization_no_target_has_is_warned_about(tmp_path: Path) -> None:

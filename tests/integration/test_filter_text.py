@@ -33,7 +33,8 @@ def test_a_stored_name_is_a_filter_value_everywhere(org: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["a\x1bb", "Example\nCorp", "x\x00", "\u202eevil",
-                                 "a\u2028b", "a\u2066b", "a\x9bb"])
+                                 "a\u2028b", "a\u2066b", "a\x9bb",
+                                 "Acme\udcff"])  # a byte of argv that is not UTF-8
 def test_a_control_character_is_refused_everywhere(bad: str) -> None:
     with pytest.raises(ValueError, match="contains control characters"):
         filter_text("the organization", bad, 4096)
@@ -48,7 +49,7 @@ def test_is_control_refuses_exactly_controls_separators_and_bidi_overrides(text:
     import unicodedata
 
     for ch in text:
-        expected = (unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        expected = (unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
                     or 0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069)
         assert is_control(ch) is expected
 

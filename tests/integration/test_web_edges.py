@@ -191,6 +191,21 @@ def test_an_acceptance_shows_on_a_cached_page_without_a_new_scan(db: Any) -> Non
     assert accepted() == [1]
 
 
+def test_through_the_holder_a_summarys_ports_come_back_whole() -> None:
+    from portwatch.render import cell_text, jsonable
+    from portwatch.store_holder import _value
+
+    # Given the Summary's ports as the store gives them: an unconfirmed UDP port among them
+    ports = [(22, "tcp", "green", 0, "open"), (443, "tcp", "green", 1, "open"),
+             (20053, "udp", "yellow", 0, "open|filtered")]
+    # When they travel through the holder's API (JSON objects) and back
+    back = _value("ports", jsonable("ports", ports))
+    # Then they are the same tuples, and print the same (before: the state was dropped,
+    # and the JSON then said the UDP port was "open": a review)
+    assert back == ports
+    assert cell_text("summary", "ports", back) == cell_text("summary", "ports", ports)
+
+
 def test_through_the_holder_only_time_columns_become_times(db: Any) -> None:
     from portwatch.store_holder import TIME_COLUMNS, _value
     from schemas import REPORTS, bind_parameters, report_sql
