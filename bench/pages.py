@@ -53,6 +53,11 @@ PAGES = (
     PageQuery("List, page 1000 (offset 49,950)", "list", {}, offset=49_950),
     PageQuery("List, product drill-down", "list", {"product": "nginx", "version": "1.24.0"}),
     PageQuery("List, history", "list", {"history": 1}),
+    # --target by a host's address, by its asset (its name now: a set of hosts), a prefix
+    PageQuery("List, --target an address", "list", {"target": "127.2.0.77"}),
+    PageQuery("List, --target an asset", "list", {"target": "a000077"}),
+    PageQuery("List, --target a prefix", "list", {"target": "127.2."}),
+    PageQuery("Products, --target a prefix", "products", {"target": "127.2."}),
     PageQuery("Ciphers (first 50)", "ciphers", {}),
     PageQuery("Ciphers, org filter", "ciphers", {"org": "Acme Ltd"}),
 )

@@ -25,7 +25,8 @@ def ddl_statements() -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(";") if s.strip())
 
 
-_TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)(?:, (\w+))?\)")
+_TARGET_MATCHES = re.compile(r"TARGET_MATCHES\((\w+)\)")
+_HOST_TARGET_MATCHES = re.compile(r"HOST_TARGET_MATCHES\((\w+)\)")
 _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
 _CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+), (\w+)\)")
@@ -113,15 +114,14 @@ _CURRENT = ("({h}.ports_scan_id = '' OR {a}.{col} = {h}.ports_scan_id "
 
 def expand_macros(sql: str) -> str:
     """The SQL with each ``TARGET_MATCHES(alias)`` written out as the one target predicate
-    (schemas/filters.py; ``TARGET_MATCHES(alias, host)`` matches the names of ``host``, the
-    joined latest_host_scans row, when there is one): every report filters targets alike,
-    written once. Values are
+    (schemas/filters.py; ``HOST_TARGET_MATCHES(alias)`` matches a port by its host's names
+    now): every report filters targets alike, written once. Values are
     never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
     ``IS_CURRENT(alias.scan_column, host)``, which port is its host's port now (see
     _CURRENT), and ``IS_CARRIED(alias)``, open though the host's ports scan did not see it
     (see _CARRIED): every report decides it alike, written once. ``ADDRESS_ORDER(column)``
     and ``ADDRESS_TEXT(column)`` sort addresses as numbers (see _ADDRESS_ORDER)."""
-    from schemas.filters import target_predicate
+    from schemas.filters import host_target_predicate, target_predicate
 
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
@@ -134,8 +134,8 @@ def expand_macros(sql: str) -> str:
     sql = _ADDRESS_TEXT.sub(
         lambda m: (f"concat(toString({_ADDRESS_KIND}), if({_ADDRESS_KIND} = 2, "
                    "lowerUTF8({c}), hex(toIPv6OrZero({c}))))").format(c=m.group(1)), sql)
-    return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1), m.group(2) or ""),
-                               sql)
+    sql = _HOST_TARGET_MATCHES.sub(lambda m: host_target_predicate(m.group(1)), sql)
+    return _TARGET_MATCHES.sub(lambda m: target_predicate(m.group(1)), sql)
 
 
 @cache

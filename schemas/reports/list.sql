@@ -118,7 +118,7 @@ WITH
         LEFT JOIN latest_scan AS page_scan ON page_scan.target = f.target AND page_scan.ip = f.ip
         -- "current" (schemas._CURRENT), as is_current below
         WHERE ({history:UInt8} = 1 OR IS_CURRENT(f.scan_id, page_scan))
-          AND TARGET_MATCHES(f, page_scan)
+          AND HOST_TARGET_MATCHES(f)
           AND ({org:String} = ''
                OR lowerUTF8(if(page_scan.target = '', f.organization, page_scan.organization))
                   = lowerUTF8({org:String}))

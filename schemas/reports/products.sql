@@ -25,7 +25,7 @@ FROM current_findings AS f
 LEFT JOIN latest_scan ON latest_scan.target = f.target AND latest_scan.ip = f.ip
 WHERE f.product != ''
   AND IS_CURRENT(f.last_scan_id, latest_scan)
-  AND TARGET_MATCHES(f, latest_scan)
+  AND HOST_TARGET_MATCHES(f)
   -- (a port whose host scan is not stored yet: its own)
   AND ({org:String} = ''
        OR lowerUTF8(if(latest_scan.target = '', f.organization, latest_scan.organization))
