@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -440,6 +441,58 @@ def test_resolve_targets_when_exclusions_cover_everything() -> None:
     scope = Scope.build(["127.0.0.0/8"], allow=[])
     with pytest.raises(TargetError, match="nothing to scan: the exclusions cover all 2"):
         resolve_targets([TargetSpec("127.0.0.1-2")], scope)
+
+
+def test_a_block_excluded_whole_is_never_expanded(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from producers import targets
+
+    # A SPY (not a fake: it calls the real expand) records which specs were expanded
+    expanded: list[str] = []
+    real = targets.expand
+
+    def spy(spec: TargetSpec, **kwargs: bool) -> list[Any]:
+        expanded.append(spec.text)
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(targets, "expand", spy)
+    monkeypatch.setattr(targets, "SAY_EXPANSION_FROM", 1000)
+    caplog.set_level(logging.WARNING, logger="producers.targets")
+    # Given a /9 and one more address, under an exclusion of all of it
+    scope = Scope.build(["127.0.0.0/8"], allow=["127.0.0.0/8"], allow_large=True)
+    # When resolved, then nothing is to scan, said with the count, and the /9 was never
+    # expanded (before: a /8 took 5 minutes and 4 GB to get there) nor announced
+    with pytest.raises(TargetError, match="the exclusions cover all 8,388,609 target"):
+        resolve_targets([TargetSpec("127.0.0.0/9"), TargetSpec("127.0.0.1")], scope)
+    assert expanded == ["127.0.0.1"]
+    assert "expanding" not in caplog.text
+    # And a block excluded only in part is expanded, announced from 1,000 addresses on,
+    # and loses exactly its excluded addresses
+    kept = resolve_targets([TargetSpec("127.1.0.0/22")],
+                           Scope.build(["127.1.0.0/23"], allow=["127.0.0.0/8"]))
+    assert [t.ip for t in kept] == [f"127.1.{2 + i // 256}.{i % 256}" for i in range(512)]
+    assert "expanding 1,024 target addresses before anything is sent" in caplog.text
+
+
+@given(st.integers(0, 255), st.integers(24, 32),
+       st.lists(st.tuples(st.integers(0, 255), st.integers(22, 32)), max_size=4))
+def test_excluding_blocks_whole_keeps_what_the_address_rule_keeps(
+        start: int, prefix: int, exclusions: list[tuple[int, int]]) -> None:
+    # Given a block and exclusions (some covering it whole, some in part, some apart)
+    block = f"127.3.{start}.0/{prefix}"
+    excluded = [str(ipaddress.ip_network(f"127.3.{a}.0/{p}", strict=False))
+                for a, p in exclusions]
+    scope = Scope.build(excluded, allow=["127.0.0.0/8"])
+    expected = [str(ip) for ip in ipaddress.ip_network(block, strict=False)
+                if scope.permits(str(ip))]
+    # When resolved, then it keeps exactly what the address-by-address rule keeps
+    if expected:
+        assert [t.ip for t in resolve_targets([TargetSpec(block)], scope)] == expected
+    else:
+        with pytest.raises(TargetError, match="nothing to scan"):
+            resolve_targets([TargetSpec(block)], scope)
 
 
 def test_resolve_targets_total_size_limit_across_specs() -> None:
