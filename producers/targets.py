@@ -206,20 +206,57 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     """One ceiling on the TOTAL number of addresses, checked before any expansion:
     a per-target limit let 100 /9s through, and a /8 took minutes and GBs to expand
     before anything was sent (issue 11, defect 9). Returns the planned total."""
-    total = 0
+    spans: list[tuple[int, int, int]] = []  # (version, first, last) of blocks and ranges
+    others = 0  # addresses and names: one each
     for spec in specs:
         with _said_where(spec):
             count = planned_count(spec)
             _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
-        total += count
-        if total > HARD_MAX_ADDRESSES:
-            raise TargetError(
-                f"the targets cover more than {HARD_MAX_ADDRESSES:,} addresses in all (the "
-                "most one run expands, even with --allow-large): split the work")
+            span = _span(spec)
+        if span is None:
+            others += count
+        else:
+            spans.append(span)
+    # An address is counted once, however many blocks name it (a shared inventory that
+    # lists one /17 under two organizations was refused as two /17s: a review)
+    total = _distinct(spans) + others
+    if total > HARD_MAX_ADDRESSES:
+        raise TargetError(
+            f"the targets cover more than {HARD_MAX_ADDRESSES:,} addresses in all (the "
+            "most one run expands, even with --allow-large): split the work")
     if total > MAX_ADDRESSES and not allow_large:
         raise TargetError(
             f"the targets cover {total:,} addresses in all, more than a /16 "
             f"({MAX_ADDRESSES:,}): {ALLOW_LARGE_HINT}")
+    return total
+
+
+def _span(spec: TargetSpec) -> tuple[int, int, int] | None:
+    """(IP version, first, last) of a block or a range; None for anything else."""
+    block = _block_of(spec)
+    if block is not None:
+        return block.version, int(block.network_address), int(block.broadcast_address)
+    text = spec.text.strip()
+    parsed = _parse_range(text) if "-" in text and "/" not in text else None
+    if parsed is None:
+        return None
+    count, addresses = parsed
+    first = next(iter(addresses))
+    return first.version, int(first), int(first) + count - 1
+
+
+def _distinct(spans: list[tuple[int, int, int]]) -> int:
+    """How many addresses the spans name together (overlaps counted once)."""
+    total = 0
+    last: tuple[int, int] | None = None  # (version, end) of the merged run so far
+    for version, first, end in sorted(spans):
+        if last is not None and last[0] == version and first <= last[1]:
+            if end > last[1]:
+                total += end - last[1]
+                last = (version, end)
+            continue
+        total += end - first + 1
+        last = (version, end)
     return total
 
 

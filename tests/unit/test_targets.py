@@ -495,6 +495,32 @@ def test_excluding_blocks_whole_keeps_what_the_address_rule_keeps(
             resolve_targets([TargetSpec(block)], scope)
 
 
+def test_an_address_named_by_several_blocks_counts_once_toward_the_ceiling() -> None:
+    from producers.targets import check_total
+
+    # Given one /17 listed three times (a shared inventory: once per organization) and a
+    # range inside it
+    specs = [TargetSpec("127.0.0.0/17", organization=org) for org in ("A", "B", "C")]
+    specs.append(TargetSpec("127.0.0.1-127.0.0.9"))
+    # When counted, then it is 32,768 addresses, under the /16 ceiling (before: 98,313,
+    # refused without --allow-large, and said so with a false number)
+    assert check_total(specs, allow_large=False) == 32_768
+    # And two different /16s are still two
+    with pytest.raises(TargetError, match="131,072 addresses in all"):
+        check_total([TargetSpec("127.0.0.0/16"), TargetSpec("127.1.0.0/16"),
+                     TargetSpec("127.1.0.0/17")], allow_large=False)
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=8))
+def test_distinct_counts_the_union_of_spans(spans: list[tuple[int, int]]) -> None:
+    from producers.targets import _distinct
+
+    named: set[int] = set()
+    for first, width in spans:
+        named |= set(range(first, first + width + 1))
+    assert _distinct([(4, first, first + width) for first, width in spans]) == len(named)
+
+
 def test_resolve_targets_total_size_limit_across_specs() -> None:
     # Given two /16s (each allowed alone), when resolved together, then the total is refused
     specs = [TargetSpec("127.0.0.0/16"), TargetSpec("127.1.0.0/16")]
