@@ -394,6 +394,8 @@ def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
             if number > MAX_STDIN_TARGETS:
                 raise TargetError(f"standard input: more than {MAX_STDIN_TARGETS:,} lines of "
                                   "targets; use an inventory file or several runs")
+            if number == 1:
+                raw = raw.removeprefix("\ufeff")  # a BOM, as inventories and exclude files
             line = raw.split("#", 1)[0].strip()
             if len(line) > MAX_TARGET_TEXT:
                 raise TargetError(f"standard input line {number}: {len(line):,} characters is "

@@ -10,6 +10,7 @@ Command modules import this, never ``portwatch.cli`` (which imports them): no cy
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -246,3 +247,29 @@ __all__ = [
     "settings_from",
     "target_options",
 ]
+
+
+class Seconds(click.ParamType):
+    """A number of seconds from 0 to 30 days: click's FloatRange lets nan through (every
+    comparison with it is false), and a deadline of nan or inf never came (a review:
+    ``produce --wait nan`` waited for ever while the pipeline had lag)."""
+
+    name = "seconds"
+    LIMIT = 30 * 86400.0
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{str(value)[:40]!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(number) or not 0 <= number <= self.LIMIT:
+            self.fail(f"{str(value)[:40]!r} is not a number of seconds from 0 to "
+                      f"{self.LIMIT:,.0f} (30 days)", param, ctx)
+        return number
+
+
+SECONDS = Seconds()

@@ -32,6 +32,7 @@ from portwatch.console import (
     EXIT_USAGE,
     KAFKA_OPTION,
     PREFIX_OPTION,
+    SECONDS,
     STORE_OPTION,
     fail,
     one_line,
@@ -93,7 +94,7 @@ def _topics(assembly: Any) -> TopicSet:
               help="Hosts per shard (PORTWATCH_SHARD_HOSTS, default 16).")
 @click.option("--shard-ports", "--ports-per-shard", "ports_per_shard", type=int, default=None,
               help="Ports per shard (PORTWATCH_SHARD_PORTS, default 65535).")
-@click.option("--wait", "wait_seconds", type=click.FloatRange(0), default=0,
+@click.option("--wait", "wait_seconds", type=SECONDS, default=0,
               help="Then wait up to this many seconds until the pipeline has drained.")
 @click.option("--discover-group", default=None, metavar="ID",
               help="The discovery workers' consumer group, when they run with --group "
@@ -207,7 +208,7 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float,
               help="File of addresses/blocks this worker never scans.")
 @click.option("--max-shards", type=click.IntRange(0), default=0,
               help="Exit after this many shards (0: run until stopped).")
-@click.option("--idle-exit", type=click.FloatRange(0), default=0,
+@click.option("--idle-exit", type=SECONDS, default=0,
               help="Exit after this many seconds without a shard, once the broker says "
                    "every shard of the group is committed: a broker outage never counts "
                    "(0: run until stopped).")

@@ -402,6 +402,20 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
                        where)]
 
 
+def _refuse_another_organization(org: object, entry: dict[object, object], where: str
+                                 ) -> None:
+    """An entry listed under organization ``org`` that names another one is refused, as a
+    CSV row whose 'organization' and 'org' disagree is: it was stored under its own, and
+    --only-org of the one it was listed under did not find it (a review)."""
+    for key in ("organization", "org"):
+        value = entry.get(key)
+        if (value not in (None, "") and _is_scalar(value)
+                and str(value).strip().casefold() != str(org).strip().casefold()):
+            raise TargetError(f"{where}: listed under organization "
+                              f"{_one_line(_short(str(org)))!r} but its {key!r} says "
+                              f"{_one_line(_short(str(value)))!r}: give one")
+
+
 def _as_network(value: object) -> IPNetwork | None:
     """An inventory cell as the address or block it names (folded), None for a name."""
     if not isinstance(value, str):
@@ -548,6 +562,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                 for i, entry in enumerate(entries):
                     where = f"{name}: {_one_line(_short(str(org)))}[{i}]"
                     if isinstance(entry, dict):
+                        _refuse_another_organization(org, entry, where)
                         specs.extend(_row_spec({"organization": org, **entry}, where))
                     elif isinstance(entry, str):
                         specs.append(TargetSpec(entry, _label(org, where), where=where))

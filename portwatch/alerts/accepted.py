@@ -71,8 +71,10 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
         raise AcceptError(f"bad target {text[:80]!r}: use TARGET or TARGET:PORT/PROTO")
     if is_ip_address(raw):
         return str(canonical_address(raw)), "tcp", 0
-    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I) or \
-        re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I)
+    # re.ASCII: \d took '٢٠٢٨١' and fullwidth digits as a port (a review)
+    found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5})(?:/(tcp|udp))?)?", raw,
+                         re.I | re.ASCII) or \
+        re.fullmatch(r"([^\[\]:/]+)(?::(\d{1,5})(?:/(tcp|udp))?)?", raw, re.I | re.ASCII)
     if not found:
         raise AcceptError(f"bad target {text[:80]!r}: use TARGET, TARGET:PORT/PROTO or "
                           "[IPv6]:PORT/PROTO")

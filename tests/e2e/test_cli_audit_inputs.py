@@ -147,6 +147,17 @@ def test_a_checkpoint_portwatch_did_not_write_is_refused(tmp_path: Path,
     assert not store.exists()
 
 
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "1e9"])
+def test_a_wait_that_never_ends_is_refused(seconds: str) -> None:
+    # (before: nan and inf passed click's FloatRange, and --wait waited for ever)
+    kafka = f"127.0.0.1:{free_port()}"
+    for args in (["produce", "--wait", seconds, "--kafka", kafka, "127.0.0.1"],
+                 ["discover", "--idle-exit", seconds, "--kafka", kafka]):
+        refused = run_cli(*args, "--broker-wait", "0", timeout=120)
+        assert_one_line(refused, f"{seconds!r} is not a number of seconds from 0 to "
+                                 "2,592,000 (30 days)", code=2)
+
+
 def test_a_scan_id_that_is_no_scan_id_is_refused_by_produce() -> None:
     kafka = f"127.0.0.1:{free_port()}"
     refused = run_cli("produce", "--ports", PORTS, "--udp", "none", "--scan-id", "x\ny",

@@ -417,6 +417,10 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     short = run_cli("serve", "--host", "0.0.0.0", "--token", "short",
                     "--store", f"chdb://{tmp_path / 's'}")
     assert short.code == 2 and "token is too short" in short.stderr
+    # And on loopback a token given is held to the same length (a blank one served)
+    blank = run_cli("serve", "--host", "127.0.0.1", "--token", " ",
+                    "--store", f"chdb://{tmp_path / 's'}")
+    assert blank.code == 2 and "token is too short (1 characters)" in blank.stderr
 
 
 @pytest.mark.parametrize("filters", [{}, {"org": "Example Corp"}, {"color": "red"},

@@ -336,7 +336,10 @@ def test_accept_target_forms(text: str, expected: tuple[str, str, int]) -> None:
 @pytest.mark.parametrize("text", ["", "127.0.0.1:0", "127.0.0.1:70000", "h:80/icmp",
                                   "[nothex]:80", "a b", "::1:80/tcp/x", "256.0.0.1:22/tcp",
                                   "10.0.0:22", "-bad.example", "a..b:80", "x" * 5000,
-                                  " " * 100_000 + "h:99999", "fe80::1%eth0"])
+                                  " " * 100_000 + "h:99999", "fe80::1%eth0",
+                                  # digits of other scripts are no port (a review)
+                                  "127.0.0.1:\u0662\u0660\u0662\u0668\u0661/tcp",
+                                  "127.0.0.1:\uff12\uff12/tcp"])
 def test_bad_accept_targets(text: str) -> None:
     with pytest.raises(AcceptError) as caught:
         parse_target_port(text)

@@ -281,6 +281,32 @@ Solo Org: 127.0.0.3
     ]
 
 
+def test_yaml_entry_naming_another_organization_than_its_own_is_refused(
+        tmp_path: Path) -> None:
+    # Given an entry listed under Org A whose own organization says B (before: stored
+    # under B, and --only-org "Org A" did not find it)
+    path = write(tmp_path, "assets.yml", "Org A:\n  - {target: 127.0.0.1, organization: B}\n")
+    # Then it is refused, as the CSV refuses 'organization' and 'org' that disagree
+    with pytest.raises(TargetError, match=r"assets.yml: Org A\[0\]: listed under "
+                                          r"organization 'Org A' but its 'organization' "
+                                          r"says 'B': give one"):
+        read_inventory(path)
+    # And one that repeats its organization, in another case, is fine
+    path = write(tmp_path, "same.yml", "Org A:\n  - {target: 127.0.0.1, org: org a}\n")
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org A", "")]
+
+
+def test_stdin_targets_may_start_with_a_bom() -> None:
+    import io
+
+    from portwatch.assembly import _expand_stdin
+
+    # Given a target list piped from a file Windows saved with a BOM
+    stream = io.StringIO("\ufeff127.0.0.1\n127.0.0.2 # db\n")
+    # Then the BOM is no part of the first target (before: refused as '\ufeff127.0.0.1')
+    assert _expand_stdin(["-"], stream) == ["127.0.0.1", "127.0.0.2"]
+
+
 def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
     path = write(tmp_path, "assets.yaml", "targets:\n  - {ip: 127.0.0.1, org: O}\n")
     assert read_inventory(path) == [TargetSpec("127.0.0.1", "O", "")]
