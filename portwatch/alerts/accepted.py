@@ -132,6 +132,18 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
     return risk
 
 
+def matches_a_port(store: Any, target: str, proto: str, port: int) -> bool:
+    """Is a port stored that an acceptance of (target, proto, port) covers (port 0: any
+    port of the target), as ActiveAcceptances matches them: the address, or the target as
+    written in any case?"""
+    rows = store.query(
+        "SELECT count() > 0 FROM current_findings "
+        "WHERE (ip = {t:String} OR lowerUTF8(target) = {t:String}) "
+        "AND ({port:UInt16} = 0 OR (proto = {proto:String} AND port = {port:UInt16}))",
+        {"t": target, "proto": proto, "port": port})
+    return bool(rows and rows[0][0])
+
+
 def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> bool:
     """Withdraw an acceptance; False when there was none."""
     rows = store.query(

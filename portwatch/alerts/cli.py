@@ -666,8 +666,14 @@ def accept(where: str | None, note: str, until_text: str | None, accepted_by: st
     try:
         risk = acc.accept(db, target, proto, port, note=note.strip(), by=who, until=until_moment,
                           now=now)
+        matched = acc.matches_a_port(db, target, proto, port)
     finally:
         db.close()
+    if not matched:
+        # a typo accepted in silence left the real finding alerting while its operator
+        # read "accepted" (a review); accepting before the first scan is fine, and said
+        _say(sanitize_text(f"warning: no port stored matches {where} yet (a typo?); the "
+                           "acceptance applies once a scan finds one", 300))
     ident = " ".join(x for x in (risk.service, risk.product, risk.version) if x)
     # (stored text and --by may hold control characters: escaped as in `accept --list`)
     out_console().print(Text(sanitize_text(

@@ -499,6 +499,26 @@ def test_accept_list_and_remove(tmp_path: Path) -> None:
     assert "no accepted risks" in run_cli("accept", "--list", store=store).stdout
 
 
+def test_accept_warns_when_no_stored_port_matches(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.banner(b"SSH-2.0-OpenSSH_9.2p1\r\n")) as ssh:
+        scanned = run_cli("scan", "127.0.0.1", "--ports", str(ssh.port), "--udp", "none", "-q",
+                          store=store)
+        assert scanned.code == 0, scanned.stderr
+    # When the port found, the whole host, a typo'd host and a port never seen are accepted
+    found = run_cli("accept", f"127.0.0.1:{ssh.port}/tcp", "--note", "n", store=store)
+    host = run_cli("accept", "127.0.0.1", "--note", "n", store=store)
+    typo = run_cli("accept", "127.0.0.11", "--note", "n", store=store)
+    unseen = run_cli("accept", "127.0.0.1:1/udp", "--note", "n", store=store)
+    # Then each is recorded, and those that match nothing stored say so (before: a typo
+    # was accepted in silence, and the real finding went on alerting)
+    assert [r.code for r in (found, host, typo, unseen)] == [0, 0, 0, 0]
+    assert "warning" not in found.stderr + host.stderr
+    assert ("warning: no port stored matches 127.0.0.11 yet (a typo?); the acceptance "
+            "applies once a scan finds one") in typo.stderr
+    assert "no port stored matches 127.0.0.1:1/udp yet" in unseen.stderr
+
+
 @pytest.mark.parametrize("args", [["alerts", "log"], ["accept", "--list"],
                                   ["accept", "--remove", "127.0.0.1:6379/tcp"],
                                   ["accept", "127.0.0.1:6379/tcp", "--note", "cache"]])
