@@ -24,6 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -307,7 +308,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
                  once: bool, quiet: bool, web: tuple[Any, str, int] | None = None,
                  token: str = "") -> int:
     from portwatch.alerts.dispatcher import AlertDispatcher
-    from portwatch.alerts.scanning import run_embedded_scan
+    from portwatch.alerts.scanning import ScanOutcome, run_embedded_scan
     from portwatch.alerts.watch import Watcher
 
     dispatcher = AlertDispatcher(db, config) if config is not None else None
@@ -315,6 +316,8 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     loop = asyncio.get_running_loop()
 
     terminated = []  # SIGTERM between scans: a service manager's ordinary stop
+    # when a signal that cut no scan short came, if not while the watcher waited
+    when_stopped: list[str] = []
 
     def stopped_by(sig: signal.Signals) -> None:
         if sig is signal.SIGTERM:
@@ -335,15 +338,22 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             loop.remove_signal_handler(sig)
 
     async def scan(entry: Any) -> Any:
+        prepared = await asyncio.to_thread(prepare, entry)
+        if stop.is_set():
+            # a signal while its targets were read (an inventory, a large block: minutes
+            # for a /8): the scan is not started (it ran in full before: a review); the
+            # run is recorded interrupted, so the next watcher runs it
+            when_stopped.append(f"before {entry.name}'s scan began")
+            return ScanOutcome(SimpleNamespace(interrupted=True, scan_id=""), [])
         try:
-            outcome = await run_embedded_scan(db, await asyncio.to_thread(prepare, entry),
-                                              quiet=quiet)
+            outcome = await run_embedded_scan(db, prepared, quiet=quiet)
         finally:
             own_signals()
         if outcome.stop_signal and not outcome.is_interrupted:
             # a signal after the scan's last shard, while it was recorded: the runner
             # took it and the scan completed; the watcher stops as for one between scans
             # (it was lost before: a review)
+            when_stopped.append(f"as {entry.name}'s scan ended (it completed)")
             stopped_by(signal.Signals(outcome.stop_signal))
         return outcome
 
@@ -376,7 +386,8 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     if once:
         own_signals()
         try:
-            return await _once(watcher, dispatcher, last_delivery, stop, terminated)
+            return await _once(watcher, dispatcher, last_delivery, stop, terminated,
+                               when_stopped)
         finally:
             drop_signals()
     own_signals()
@@ -394,17 +405,18 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # the watcher: should_stop is either)
         await last_delivery(dispatcher)
     _say_unqueued(watcher)
-    if terminated and not watcher.is_stopping:
+    if terminated and (not watcher.is_stopping or when_stopped):
         # Stopped while it waited, by SIGTERM (systemd, a pod's end): nothing was cut
         # short, so a clean stop (130 read as a failed unit); Ctrl-C stays 130
-        _say("watch: stopped (SIGTERM): no scan was running; the next watcher goes on "
+        _say(f"watch: stopped (SIGTERM) {_when(when_stopped)}; the next watcher goes on "
              "from the schedule")
         return 0
     return EXIT_INTERRUPTED if (stop.is_set() or watcher.is_stopping) else 0
 
 
 async def _once(watcher: Any, dispatcher: Any, last_delivery: Callable[[Any], Awaitable[None]],
-                stop: asyncio.Event, terminated: Sequence[signal.Signals]) -> int:
+                stop: asyncio.Event, terminated: Sequence[signal.Signals],
+                when_stopped: Sequence[str] = ()) -> int:
     """``watch --once``: what is due, its delivery, the exit status. A signal between
     scans (the handlers are the caller's) starts no further entry; SIGTERM, with no scan
     cut short, is a clean stop (0), Ctrl-C 130, as for the long-running watch."""
@@ -418,7 +430,8 @@ async def _once(watcher: Any, dispatcher: Any, last_delivery: Callable[[Any], Aw
         _say(f"watch: nothing due; {watcher.status_line()}")
     if dispatcher is not None:
         await last_delivery(dispatcher)
-    if watcher.is_stopping or (stop.is_set() and not terminated):
+    if (watcher.is_stopping and not (terminated and when_stopped)) \
+            or (stop.is_set() and not terminated):
         return EXIT_INTERRUPTED
     if _say_unqueued(watcher):
         return EXIT_RUNTIME
@@ -426,9 +439,13 @@ async def _once(watcher: Any, dispatcher: Any, last_delivery: Callable[[Any], Aw
     if any(r.status == "failed" for r in records):
         return EXIT_RUNTIME
     if terminated:
-        _say("watch: stopped (SIGTERM): no scan was running; what is still due runs at "
+        _say(f"watch: stopped (SIGTERM) {_when(when_stopped)}; what is still due runs at "
              "the next start")
     return 0
+
+
+def _when(when_stopped: Sequence[str]) -> str:
+    return when_stopped[0] if when_stopped else "while no scan was running"
 
 
 def _say_unqueued(watcher: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,12 +200,50 @@ def test_a_signal_a_completed_scan_outlived_stops_the_watcher(
         return ScanOutcome(Stats("scan-2", stop_signal=int(sig)), [])
 
     monkeypatch.setattr(scanning, "run_embedded_scan", signalled_at_its_end)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
     # When the scan returns (the watch loop waits for the next entry unless stopped)
     code_now = asyncio.run(asyncio.wait_for(
         cli._watch(store, [HOURLY], lambda entry: None, None, once=once, quiet=True), 60))
     # Then the watcher stops as for a signal between scans: SIGTERM a clean 0, Ctrl-C 130
-    # (before: the signal was lost, and the long-running watcher ran on)
+    # (before: the signal was lost, and the long-running watcher ran on), saying when
     assert code_now == code
+    if sig is signal.SIGTERM:
+        assert any("watch: stopped (SIGTERM) as hourly's scan ended (it completed)" in line
+                   for line in said), said
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["watch", "watch-once"])
+def test_a_signal_while_the_targets_are_read_starts_no_scan(
+        store: Any, monkeypatch: pytest.MonkeyPatch, once: bool) -> None:
+    """Real: the CLI's watch loop, its signal handlers, a real SIGTERM, the store. The
+    scan function is the guard: it must not be called."""
+    import os
+
+    from portwatch.alerts import cli, scanning
+
+    async def must_not_run(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
+        raise AssertionError("the scan started after the signal")
+
+    def slow_prepare(entry: Any) -> None:
+        # (reading a large inventory or block, in a thread, as watch does) a SIGTERM comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", must_not_run)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
+    # When a SIGTERM comes while the due entry's targets are read
+    code = asyncio.run(asyncio.wait_for(
+        cli._watch(store, [HOURLY], slow_prepare, None, once=once, quiet=True), 60))
+    # Then no scan starts (before: it ran in full, and the watcher said "no scan was
+    # running"), the stop is clean, and it says when it came
+    assert code == 0
+    assert any("watch: stopped (SIGTERM) before hourly's scan began" in line
+               for line in said), said
+    # And the run is recorded interrupted: the next watcher runs it
+    assert store.query("SELECT status FROM watch_runs FINAL WHERE entry = 'hourly'") == [
+        ("interrupted",)]
 
 
 def _refuse_the_outbox(store: Any) -> None:
