@@ -245,6 +245,21 @@ def _span(spec: TargetSpec) -> tuple[int, int, int] | None:
     return first.version, int(first), int(first) + count - 1
 
 
+# IPv6 spans whose addresses are judged as the IPv4 they embed (canonical_address): never
+# judged as a whole
+_EMBEDDING = tuple((int(n.network_address), int(n.broadcast_address)) for n in (
+    ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0/96")))
+
+
+def _judged_whole(span: tuple[int, int, int]) -> bool:
+    """Can a span's addresses be judged together? Not when it holds this host (0.0.0.0/8)
+    or addresses judged as the IPv4 they embed."""
+    version, lo, hi = span
+    if version == 4:
+        return lo > 0x00FFFFFF
+    return not any(lo <= end and start <= hi for start, end in _EMBEDDING)
+
+
 def _distinct(spans: list[tuple[int, int, int]]) -> int:
     """How many addresses the spans name together (overlaps counted once)."""
     total = 0
@@ -754,12 +769,11 @@ class Scope:
     def _fenced_in(self, addr: IPAddress) -> bool:
         return not self.allow or _inside(self._allowed[addr.version], int(addr))
 
-    def excludes_block(self, net: IPNetwork) -> bool:
-        """Every address of ``net`` is excluded, and inside the fence (so none of them
+    def excludes_span(self, version: int, lo: int, hi: int) -> bool:
+        """Every address of [lo, hi] is excluded, and inside the fence (so none of them
         would be refused as outside it): the block need not be expanded at all."""
-        lo, hi = int(net.network_address), int(net.broadcast_address)
-        return (_covers(self._excluded[net.version], lo, hi)
-                and (not self.allow or _covers(self._allowed[net.version], lo, hi)))
+        return (_covers(self._excluded[version], lo, hi)
+                and (not self.allow or _covers(self._allowed[version], lo, hi)))
 
 
 _Ranges = tuple[list[int], list[int]]
@@ -927,12 +941,27 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     """
     scope = scope or Scope.build()
     check_total(specs, allow_large=scope.allow_large)
-    # Blocks excluded whole: nothing of them is expanded (a /8 under --exclude of itself
-    # took 5 minutes and 4 GB to say "nothing to scan": a review)
-    skipped = {i: block for i, block in enumerate(map(_block_of, specs))
-               if block is not None and not _is_this_host(block.network_address)
-               and scope.excludes_block(block)}
-    expanding = sum(planned_count(s) for i, s in enumerate(specs) if i not in skipped)
+    spans = [_span(s) for s in specs]
+    # Blocks and ranges excluded whole: nothing of them is expanded (a /8 under --exclude
+    # of itself took 5 minutes and 4 GB to say "nothing to scan": a review)
+    skipped = {i for i, span in enumerate(spans)
+               if span is not None and _judged_whole(span) and scope.excludes_span(*span)}
+    # A block or range named again (a shared inventory lists it under each organization)
+    # is expanded once: the ceiling counts it once (check_total), and 20 repeats of a /16
+    # were expanded 20 times (a review)
+    seen: set[tuple[int, int, int]] = set()
+    repeats: set[int] = set()
+    for i, span in enumerate(spans):
+        if span is not None and i not in skipped:
+            (repeats.add(i) if span in seen else seen.add(span))
+    expanding = sum(planned_count(s) for i, s in enumerate(specs)
+                    if i not in skipped and i not in repeats)
+    # and blocks that overlap without repeating are bounded too (hostile input: many
+    # ranges over the same addresses)
+    limit = HARD_MAX_ADDRESSES if scope.allow_large else 4 * MAX_ADDRESSES
+    if expanding > limit:
+        raise TargetError(f"the targets name {expanding:,} addresses counting their overlaps, "
+                          f"more than {limit:,}: list each address once")
     if expanding >= SAY_EXPANSION_FROM:
         log.warning("expanding %s target addresses before anything is sent (about 17 s and "
                     "250 MB a million)", f"{expanding:,}")
@@ -945,11 +974,25 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
     for i, spec in enumerate(specs):
         with _said_where(spec):
             _refuse_a_block_outside(spec, scope)
-            if i in skipped:
-                _check_size(spec.text.strip(), skipped[i].num_addresses,
-                            allow_large=scope.allow_large)
-                total += skipped[i].num_addresses
-                excluded += skipped[i].num_addresses
+            span = spans[i]
+            if i in skipped or i in repeats:
+                assert span is not None
+                count = span[2] - span[1] + 1
+                total += count
+                if i in skipped:
+                    excluded += count
+                    continue
+                # as each of its addresses would be: dropped, said if its labels differ
+                first = str(canonical_address(str(ipaddress.ip_address(span[1]) if span[0] == 4
+                                                  else ipaddress.IPv6Address(span[1]))))
+                again = Target(ip=first, target=spec.text.strip(),
+                               organization=spec.organization, asset=spec.asset)
+                kept = out.get(first)
+                if kept is not None and (kept.target, kept.organization, kept.asset) != (
+                        again.target, again.organization, again.asset):
+                    dropped_count += count
+                    if len(dropped) < MAX_DUPLICATE_WARNINGS:
+                        dropped.append((again, kept))
                 continue
             for target in expand(spec, allow_large=scope.allow_large):
                 total += 1

@@ -494,12 +494,56 @@ def test_a_block_excluded_whole_is_never_expanded(monkeypatch: pytest.MonkeyPatc
         resolve_targets([TargetSpec("127.0.0.0/9"), TargetSpec("127.0.0.1")], scope)
     assert expanded == ["127.0.0.1"]
     assert "expanding" not in caplog.text
+    # And so is a range excluded whole (before: only a CIDR block was spared)
+    expanded.clear()
+    with pytest.raises(TargetError, match="the exclusions cover all 1,048,576 target"):
+        resolve_targets([TargetSpec("127.0.0.0-127.15.255.255")], scope)
+    assert expanded == []
     # And a block excluded only in part is expanded, announced from 1,000 addresses on,
     # and loses exactly its excluded addresses
     kept = resolve_targets([TargetSpec("127.1.0.0/22")],
                            Scope.build(["127.1.0.0/23"], allow=["127.0.0.0/8"]))
     assert [t.ip for t in kept] == [f"127.1.{2 + i // 256}.{i % 256}" for i in range(512)]
     assert "expanding 1,024 target addresses before anything is sent" in caplog.text
+
+
+def test_a_block_named_again_is_expanded_once(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from producers import targets
+
+    # A SPY (it calls the real expand) records which specs were expanded
+    expanded: list[str] = []
+    real = targets.expand
+
+    def spy(spec: TargetSpec, **kwargs: bool) -> list[Any]:
+        expanded.append(f"{spec.text} {spec.organization}")
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(targets, "expand", spy)
+    caplog.set_level(logging.WARNING, logger="producers.targets")
+    # Given one /22 listed under 20 organizations, and the same block spelt as a range
+    specs = [TargetSpec("127.4.0.0/22", f"org{i}") for i in range(20)]
+    specs.append(TargetSpec("127.4.0.0-127.4.3.255", "org0"))
+    scope = Scope.build(allow=["127.0.0.0/8"])
+    # When resolved, then it is expanded once (before: 21 times, 21,504 addresses' work)
+    kept = resolve_targets(specs, scope)
+    assert expanded == ["127.4.0.0/22 org0"]
+    # And each address is scanned once, under the first organization, the others said
+    assert len(kept) == 1024 and {t.organization for t in kept} == {"org0"}
+    assert "127.4.0.0/22 (organization org1) is 127.4.0.0, already scanned as 127.4.0.0/22 " \
+           "(organization org0)" in caplog.text
+    assert "more targets resolving to an address already listed" in caplog.text
+
+
+def test_overlapping_blocks_are_bounded_counting_their_overlaps() -> None:
+    # Given hostile input: many different ranges over the same /18 (each a new span)
+    specs = [TargetSpec(f"127.5.0.{i}-127.5.63.255") for i in range(1, 30)]
+    # When resolved, then refused before expanding 474,701 addresses for 16,383
+    with pytest.raises(TargetError, match=r"the targets name 474,701 addresses counting "
+                                          r"their overlaps, more than 262,144"):
+        resolve_targets(specs, Scope.build(allow=["127.0.0.0/8"]))
 
 
 @given(st.integers(0, 255), st.integers(24, 32),
