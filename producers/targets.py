@@ -417,18 +417,24 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
                        where)]
 
 
-def _refuse_another_organization(org: object, entry: dict[object, object], where: str
-                                 ) -> None:
-    """An entry listed under organization ``org`` that names another one is refused, as a
-    CSV row whose 'organization' and 'org' disagree is: it was stored under its own, and
-    --only-org of the one it was listed under did not find it (a review)."""
-    for key in ("organization", "org"):
-        value = entry.get(key)
-        if (value not in (None, "") and _is_scalar(value)
+def _own_organization_dropped(org: object, entry: dict[object, object], where: str
+                              ) -> dict[object, object]:
+    """The entry of a YAML mapping listed under organization ``org``, without its own
+    organization keys (any spelling): one naming another organization is refused, as a
+    CSV row whose 'organization' and 'org' disagree is (it was stored under its own, and
+    --only-org of the one it was listed under did not find it: a review); an empty one
+    no longer blanks the one it is listed under."""
+    kept: dict[object, object] = {}
+    for key, value in entry.items():
+        name = str(key).strip().lower() if key is not None else ""
+        if name not in ("organization", "org"):
+            kept[key] = value
+        elif (value not in (None, "") and _is_scalar(value)
                 and str(value).strip().casefold() != str(org).strip().casefold()):
             raise TargetError(f"{where}: listed under organization "
-                              f"{_one_line(_short(str(org)))!r} but its {key!r} says "
+                              f"{_one_line(_short(str(org)))!r} but its {str(key)!r} says "
                               f"{_one_line(_short(str(value)))!r}: give one")
+    return kept
 
 
 def _as_network(value: object) -> IPNetwork | None:
@@ -577,8 +583,11 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                 for i, entry in enumerate(entries):
                     where = f"{name}: {_one_line(_short(str(org)))}[{i}]"
                     if isinstance(entry, dict):
-                        _refuse_another_organization(org, entry, where)
-                        specs.extend(_row_spec({"organization": org, **entry}, where))
+                        row: dict[str, object] = {"organization": org}
+                        row.update({str(k): v for k, v in
+                                    _own_organization_dropped(org, entry, where).items()
+                                    if k is not None})
+                        specs.extend(_row_spec(row, where))
                     elif isinstance(entry, str):
                         specs.append(TargetSpec(entry, _label(org, where), where=where))
                     elif _is_scalar(entry):  # a number: "quote it"

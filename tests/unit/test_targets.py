@@ -291,9 +291,16 @@ def test_yaml_entry_naming_another_organization_than_its_own_is_refused(
                                           r"organization 'Org A' but its 'organization' "
                                           r"says 'B': give one"):
         read_inventory(path)
-    # And one that repeats its organization, in another case, is fine
-    path = write(tmp_path, "same.yml", "Org A:\n  - {target: 127.0.0.1, org: org a}\n")
-    assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org A", "")]
+    # (whatever the key's spelling)
+    path = write(tmp_path, "caps.yml", "Org A:\n  - {target: 127.0.0.1, Organization: B}\n")
+    with pytest.raises(TargetError, match="but its 'Organization' says 'B': give one"):
+        read_inventory(path)
+    # And one that repeats its organization, in another case, or leaves it empty, is
+    # listed under the organization it is under (an empty one blanked it)
+    path = write(tmp_path, "same.yml", "Org A:\n  - {target: 127.0.0.1, org: org a}\n"
+                                       "  - {target: 127.0.0.2, organization: }\n")
+    assert read_inventory(path) == [TargetSpec("127.0.0.1", "Org A", ""),
+                                    TargetSpec("127.0.0.2", "Org A", "")]
 
 
 def test_stdin_targets_may_start_with_a_bom() -> None:
