@@ -367,7 +367,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         if watcher.should_stop:
             # said before it waits: a stalled channel kept a stopping watcher silent for
             # up to `delivery: wait` and the send in flight, as if hung (a review)
-            queued = await asyncio.to_thread(dispatcher.queued_count)
+            queued = await asyncio.to_thread(dispatcher.sendable_count)
             if queued:
                 _say(f"watch: stopping: sending {queued} queued alert(s) for at most "
                      f"{dispatcher.config.delivery.wait_seconds:g}s (interrupt again to "

@@ -609,6 +609,11 @@ class AlertDispatcher:
         ends = [self._live_claim_end(row, latest.get(row.key), now) for row in rows]
         return [now if end is None else end for end in ends]
 
+    def sendable_count(self) -> int:
+        """Pending deliveries of the file's routes: what a drain may still send (rows of
+        rules or channels the file no longer has are kept, never sent)."""
+        return self._waiting(self.clock())[0]
+
     def queued_count(self) -> int:
         rows = self.store.query("SELECT count() FROM alert_outbox FINAL WHERE state = 'pending'")
         return int(rows[0][0]) if rows else 0

@@ -246,6 +246,25 @@ def test_a_signal_while_the_targets_are_read_starts_no_scan(
         ("interrupted",)]
 
 
+def test_only_deliveries_the_file_still_routes_count_as_sendable(store: Any,
+                                                                tmp_path: Path) -> None:
+    from portwatch.alerts import load_alerts
+    from tests.integration.test_alert_delivery import write_alerts
+
+    # Given an alert queued for channel old-hook, then the file's channel renamed soc-hook
+    old = tmp_path / "old"
+    old.mkdir()
+    before = load_alerts(write_alerts(old, '  old-hook: {webhook: "http://127.0.0.1:9/x", '
+                                           'secret_env: HOOK_SECRET}'),
+                         env={"HOOK_SECRET": SECRET.decode()})
+    assert AlertDispatcher(store, before).submit([event()]) == 1
+    now = AlertDispatcher(store, hook_config(tmp_path, "http://127.0.0.1:9/x"))
+    # Then the row is queued but not sendable: a stopping watcher does not announce it
+    # (before: "sending 1 queued alert(s)", then "kept, never sent": a review)
+    assert (now.queued_count(), now.sendable_count()) == (1, 0)
+    assert AlertDispatcher(store, before).sendable_count() == 1
+
+
 def _refuse_the_outbox(store: Any) -> None:
     """A real store error on the outbox insert (a CHECK constraint ClickHouse enforces)."""
     store.command("ALTER TABLE alert_outbox ADD CONSTRAINT refuse_all CHECK rule = ''")
