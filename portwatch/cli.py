@@ -27,6 +27,7 @@ from portwatch.changes_cli import prune_command, report_with_changes
 from portwatch.console import (
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
+    EXIT_USAGE,
     err_console,
     exit_code_for,
     one_line,
@@ -119,7 +120,27 @@ def _stdout_closed() -> int:
     return 0
 
 
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    """The first argument, or PORTWATCH_* variable, holding bytes that are not UTF-8
+    (Python decodes them as lone surrogates, which no store, file or terminal takes:
+    ``scan --org $'Ac\\xffme'`` scanned, then failed storing, with a traceback: a review)."""
+    def bad(text: str) -> bool:
+        return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+    for number, arg in enumerate(argv, 1):
+        if bad(arg):
+            shown = repr(arg[:60].encode("utf-8", "surrogateescape"))[2:-1]
+            return f"argument {number} ({shown!r})"
+    return next((name for name, value in os.environ.items()
+                 if name.startswith("PORTWATCH_") and bad(value)), None)
+
+
 def _run(argv: Sequence[str] | None) -> int:
+    where = _not_utf8(list(argv) if argv is not None else sys.argv[1:])
+    if where is not None:
+        err_console.print(f"portwatch: error: {where} is not UTF-8 text (a byte of another "
+                          "encoding): write it in UTF-8", markup=False)
+        return EXIT_USAGE
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
                  standalone_mode=False)

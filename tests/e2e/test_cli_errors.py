@@ -491,3 +491,19 @@ def test_a_damaged_part_a_merge_already_folded_in_is_not_said_missing(tmp_path: 
     assert listed.code == 0, listed.stderr
     assert "damaged parts" not in listed.stderr
     assert '"port"' in listed.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["scan", "--org", "Ac\udcffme", "--ports", "1", "--udp", "none", "127.0.0.1"],
+    ["accept", "--note", "x\udcff", "127.0.0.1:22/tcp"],
+    ["report", "summary", "--org", "Ac\udcffme"]])
+def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(
+        tmp_path: Path, args: list[str]) -> None:
+    # Given an argument with a byte of another encoding (Latin-1 \xff: Python reads it as
+    # a lone surrogate), when run
+    result = run_cli(*args, store=f"chdb://{tmp_path / 'store'}")
+    # Then refused in one line naming it, before anything ran: no store was made (before:
+    # scan scanned, then failed storing with a traceback)
+    assert_refused(result, "is not UTF-8 text (a byte of another encoding): write it in UTF-8")
+    assert "\\xff" in result.stderr
+    assert not (tmp_path / "store").exists()
