@@ -130,7 +130,7 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
     for number, arg in enumerate(argv, 1):
         if bad(arg):
             shown = repr(arg[:60].encode("utf-8", "surrogateescape"))[2:-1]
-            return f"argument {number} ({shown!r})"
+            return f"argument {number} ('{shown}')"
     return next((name for name, value in os.environ.items()
                  if name.startswith("PORTWATCH_") and bad(value)), None)
 
