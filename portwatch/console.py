@@ -262,8 +262,12 @@ class Seconds(click.ParamType):
         if isinstance(value, float | int) and not isinstance(value, bool):
             number = float(value)
         else:
+            text = str(value).strip()
             try:
-                number = float(str(value).strip())
+                # ASCII digits only, as every port spec: float() also reads '٣' and '1_0'
+                if not text.isascii() or "_" in text:
+                    raise ValueError(text)
+                number = float(text)
             except ValueError:
                 self.fail(f"{str(value)[:40]!r} is not a number of seconds", param, ctx)
         if not math.isfinite(number) or not 0 <= number <= self.LIMIT:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from portwatch.assembly import Assembly
@@ -145,6 +146,16 @@ def test_a_checkpoint_portwatch_did_not_write_is_refused(tmp_path: Path,
     assert_one_line(result, f"checkpoint {checkpoint} is not a portwatch checkpoint", code=2)
     assert checkpoint.exists()  # the evidence is kept
     assert not store.exists()
+
+
+def test_seconds_are_ascii_numbers() -> None:
+    from portwatch.console import SECONDS
+
+    assert [SECONDS.convert(v, None, None) for v in ("0", " 2.5 ", "1e3", 7)] == [
+        0.0, 2.5, 1000.0, 7.0]
+    for bad in ("\u0663", "\uff11\uff12", "1_000", ""):
+        with pytest.raises(click.BadParameter, match="is not a number of seconds"):
+            SECONDS.convert(bad, None, None)
 
 
 @pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "1e9"])
