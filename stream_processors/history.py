@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -516,7 +516,8 @@ class ChangeRecorder:
         return events
 
     async def recover(self, *, finished_before: datetime, batch: int = RECOVER_BATCH,
-                      held: Container[ScanHostKey] = ()) -> list[ChangeEvent]:
+                      held: Container[ScanHostKey] = (),
+                      hosts: Collection[HostKey] | None = None) -> list[ChangeEvent]:
         """Compute the changes of every host scan stored but never compared (see
         "recovery" below), ``batch`` hosts at a time; their events, as ``finish`` gives.
 
@@ -525,12 +526,14 @@ class ChangeRecorder:
         backlog of old scans reads as "never compared" until the caller's hold releases
         it; it is left to the hold, never computed early from what has arrived so far.
         (A page of held hosts comes back unchanged, which ends the sweep; the next sweep,
-        after the hold has released them, reaches what lies beyond.)"""
+        after the hold has released them, reaches what lies beyond.) ``hosts``: only
+        these hosts' scans (a caller about to compare their next ones)."""
         events: list[ChangeEvent] = []
         done: set[ScanHostKey] = set()
         while True:
             fetched = await asyncio.to_thread(partial(
-                pending_host_scans, self.store, finished_before=finished_before, limit=batch))
+                pending_host_scans, self.store, finished_before=finished_before, limit=batch,
+                hosts=hosts))
             page = {(h.scan_id, h.target.target, h.target.ip) for h in fetched}
             if not page or page <= done:
                 return events  # nothing left, or nothing this round could move: never spin
@@ -673,6 +676,9 @@ WITH behind AS (
         ON s.target = l.target AND s.ip = l.ip
     WHERE l.done_at > toDateTime64(0, 3, 'UTC')
       AND (s.target = '' OR s.finished_at < l.done_at)
+      -- (only these hosts, when asked: a superset of their names, which is safe)
+      AND ({any_host:UInt8} = 1
+           OR (l.target IN {targets:Array(String)} AND l.ip IN {ips:Array(String)}))
 ),
 rows AS (
     -- Their shard rows since their state: every scan in between is compared in turn (a
@@ -749,13 +755,17 @@ def _keys_params(keys: Iterable[ScanHostKey]) -> dict[str, Any]:
 
 
 def pending_host_scans(store: Store, *, finished_before: datetime,
-                       limit: int = RECOVER_BATCH) -> list[HostScan]:
+                       limit: int = RECOVER_BATCH,
+                       hosts: Collection[HostKey] | None = None) -> list[HostScan]:
     """The shard records of host scans whose changes were never computed: each scan of a
     host newer than its state, finished before ``finished_before``, every shard of it
-    completed and every finding it announced stored. (An interrupted scan is never
-    pending: it changes nothing.)"""
+    completed and every finding it announced stored (of ``hosts`` only, when given).
+    (An interrupted scan is never pending: it changes nothing.)"""
     keys = {(scan_id, target, ip) for target, ip, scan_id in store.query(
-        _PENDING_SQL, {"before": finished_before, "limit": limit})}
+        _PENDING_SQL, {"before": finished_before, "limit": limit,
+                       "any_host": int(hosts is None),
+                       "targets": sorted({h[0] for h in hosts or ()}),
+                       "ips": sorted({h[1] for h in hosts or ()})})}
     return stored_host_scans(store, keys)
 
 

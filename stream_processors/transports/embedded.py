@@ -33,7 +33,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from probers.discovery.base import Progress
@@ -302,8 +302,12 @@ class EmbeddedRunner:
         # events come first, delivered with this scan's, and this scan compares with it.
         # Before this scan's "running" rows are stored (recovery compares every completed
         # scan newer than a host's state, finished over RECOVER_AFTER ago).
-        stats.change_events = await self.changes.recover(
-            finished_before=utcnow() - RECOVER_AFTER)
+        # An embedded store is this process's alone: nothing else holds a scan of it, so
+        # what was stored is recovered now (the RECOVER_AFTER margin is for the sinks of a
+        # server store; with it, a run killed at its end and run again at once compared
+        # its next scan first, and the killed one's events were lost: a review).
+        margin = timedelta(0) if self.store.location.scheme == "chdb" else RECOVER_AFTER
+        stats.change_events = await self.changes.recover(finished_before=utcnow() - margin)
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)

@@ -199,3 +199,42 @@ def test_findings_a_successor_replays_without_their_host_scan_do_not_block_recov
     again = asyncio.run(stage.flush())
     assert [e.event_id for e in again] == [e.event_id for e in events]
     assert store.query("SELECT count() FROM changes") == [(1,)]
+
+
+def test_a_dead_sinks_last_scan_is_compared_before_the_hosts_next_one(
+        store) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    from dataclasses import replace
+
+    # (a port that answers RST for the whole test: bound, never listening)
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        port = closed_port.getsockname()[1]
+        # Given a host compared at s0 (SSH), then a scan s1 that found a second port,
+        # stored by a sink that died before comparing it, a minute ago
+        stage = ChangeStage(store, settle=0, max_hold=600)
+        s0 = [scan("s0", 1, NOW - timedelta(hours=2))]
+        f0 = [found("s0", 22, NOW - timedelta(hours=2))]
+        store.insert_findings(f0)
+        store.insert_host_scans(s0)
+        asyncio.run(stage.on_stored(f0, s0))
+        assert [(e.kind, e.port) for e in asyncio.run(stage.flush())] == [
+            (ChangeKind.OPENED, 22)]
+        s1 = [scan("s1", 2, NOW - timedelta(minutes=1))]
+        store.insert_findings([found("s1", 22, s1[0].finished_at),
+                               found("s1", port, s1[0].finished_at)])
+        store.insert_host_scans(s1)
+        # When its successor gets the host's next scan, s2 (the second port gone), within
+        # the sweep's ten minutes
+        successor = ChangeStage(store, settle=0, max_hold=600)
+        successor._next_recovery = float("inf")  # (its start-up sweep is past: say so)
+        f2 = [found("s2", 22)]
+        s2 = [replace(scan("s2", 1), ports=(PortRange(1, 65535),))]
+        store.insert_findings(f2)
+        store.insert_host_scans(s2)
+        asyncio.run(successor.on_stored(f2, s2))
+        events = asyncio.run(successor.flush())
+    # Then s1 is compared first, then s2 against it: the port opened and closed (before:
+    # s2 was compared first, and s1, older than the state, never: no event at all)
+    assert [(e.kind, e.port, e.scan_id) for e in events] == [
+        (ChangeKind.OPENED, port, "s1"), (ChangeKind.CLOSED, port, "s2")]

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -405,7 +406,10 @@ def test_recovery_with_reprobes_off_closes_nothing(store) -> None:  # type: igno
     assert asyncio.run(quiet.recover(finished_before=LATER)) == []
 
 
-def test_an_embedded_scan_delivers_what_a_dead_run_left_then_compares_with_it(store) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("dead_ago", [timedelta(days=1), timedelta(minutes=1)],
+                         ids=["a-day-ago", "a-minute-ago"])
+def test_an_embedded_scan_delivers_what_a_dead_run_left_then_compares_with_it(
+        store, dead_ago: timedelta) -> None:  # type: ignore[no-untyped-def]
     from probers.discovery.connect import ConnectEngine
     from producers.shards import ScanPlan, new_scan_id
     from stream_processors.stages import make_context
@@ -415,13 +419,16 @@ def test_an_embedded_scan_delivers_what_a_dead_run_left_then_compares_with_it(st
     with start_redis() as redis:
         port = redis.port
         # Given a state two days old, and a later scan a dead run stored but never compared
+        # (a minute ago too: an embedded store is the run's alone, so nothing else can be
+        # holding it; it waited ten minutes, and a run made at once lost its events)
+        dead_at = datetime.now(UTC).replace(microsecond=0) - dead_ago
         s0 = [_finding("s0", port, DAY1, version="0.0.0")]
         _store_scan(store, s0, [_host_scan("s0", DAY1, 1, [port])])
         first = ChangeRecorder(store)
         first.add_findings(s0)
         asyncio.run(first.finish([_host_scan("s0", DAY1, 1, [port])]))
-        _store_scan(store, [_finding("dead", port, DAY2, version="0.0.1")],
-                    [_host_scan("dead", DAY2, 1, [port])])
+        _store_scan(store, [_finding("dead", port, dead_at, version="0.0.1")],
+                    [_host_scan("dead", dead_at, 1, [port])])
         # When a real embedded scan of the host runs
         ctx = make_context(banner_wait=1.0, identify_budget=6, use_nmap_probes=False,
                            tls_enumeration=False)
