@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -95,7 +96,9 @@ def _topics(assembly: Any) -> TopicSet:
 @click.option("--shard-ports", "--ports-per-shard", "ports_per_shard", type=int, default=None,
               help="Ports per shard (PORTWATCH_SHARD_PORTS, default 65535).")
 @click.option("--wait", "wait_seconds", type=SECONDS, default=0,
-              help="Then wait up to this many seconds until the pipeline has drained.")
+              help="Then wait up to this many seconds until the pipeline has drained (every "
+                   "record consumed; change events follow within the sink's "
+                   "--change-settle seconds).")
 @click.option("--discover-group", default=None, metavar="ID",
               help="The discovery workers' consumer group, when they run with --group "
                    "(what --wait watches; default: <prefix>portwatch-discover).")
@@ -113,7 +116,8 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
 
     Targets, ports and scope checks are those of `portwatch scan`. With --checkpoint
     an interrupted run resumes at the first shard not acknowledged (its scan id and
-    seed come from the file); a checkpoint of other targets or ports is refused.
+    seed come from the file); a checkpoint of other targets or ports is refused. Once
+    every shard is published the file is removed: the next run is a new scan.
 
     \b
     Example:
@@ -141,6 +145,15 @@ def produce(targets: Sequence[str], ports: str | None, organization: str, asset:
         fail(f"{exc}; rerun with the same --checkpoint to resume", EXIT_RUNTIME)
     finally:
         producer.close(timeout=10)
+    if checkpoint is not None:
+        # Every shard is published: the checkpoint has done its work, and is removed as
+        # `scan` removes its own (kept, it made every later run with it publish nothing,
+        # exit 0: a nightly `produce --checkpoint` scanned once; a review)
+        if result.published == 0 and result.first_index == result.total:
+            say(f"the checkpoint {checkpoint} says every shard of scan {result.scan_id} was "
+                "published already: nothing published; it is removed, so the next run "
+                "starts a new scan")
+        Path(checkpoint).unlink(missing_ok=True)
     click.echo(json.dumps({"scan_id": result.scan_id, "seed": result.seed,
                            "shards": result.total, "published": result.published,
                            "resumed_at": result.first_index}))
