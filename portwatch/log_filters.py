@@ -1,6 +1,6 @@
 """What the libraries portwatch drives may write to a user's terminal or a pod's log.
 
-Owns: four logging filters installed on the command's log handler, and ``mask_urls``.
+Owns: five logging filters installed on the command's log handler, and ``mask_urls``.
 A Kafka broker that goes away makes aiokafka, kafka-python, Faust and mode log the same
 failure many times a second (``Unable connect to node with id 1`` ~70 lines/s while the
 broker is down: 9.8 MB in eleven minutes), with tracebacks for what portwatch already
@@ -137,6 +137,26 @@ class Printable(logging.Filter):
         return True
 
 
+# A library's warning that says nothing wrong: kafka-python's consumer asks for a topic's
+# partitions before its first metadata answer, at every `discover` start, even with the
+# topics in place (a review: it read as a fault). (logger prefix, message prefix)
+KNOWN_NOISE = (("kafka", "No partition metadata for topic"),)
+
+
+class KnownNoise(logging.Filter):
+    """Drops the library records of ``KNOWN_NOISE``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if is_ours(record.name):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: the next filters say it
+            return True
+        return not any(record.name.startswith(logger) and message.startswith(text)
+                       for logger, text in KNOWN_NOISE)
+
+
 class RepeatLimiter(logging.Filter):
     """A library's message (by logger, level and format string) once per ``window``
     seconds; the next one let through says how many were held back meanwhile."""
@@ -189,6 +209,7 @@ def install(*, verbose: bool) -> None:
         if any(isinstance(f, RepeatLimiter) for f in handler.filters):
             continue
         handler.addFilter(SecretsOut())  # first: nothing below sees a token
+        handler.addFilter(KnownNoise())
         handler.addFilter(Printable())
         handler.addFilter(RepeatLimiter())  # it keys on the message as logged
         if not verbose:

@@ -178,3 +178,18 @@ def test_a_credential_in_a_librarys_line_never_survives_masking(
     # (the name as a word, as headers, dict reprs and query strings print it)
     masked = _masked(f"{around} {name}{sep}{scheme}{secret} {around}")
     assert secret not in masked
+
+
+def test_a_librarys_known_noise_is_dropped_and_nothing_else() -> None:
+    from portwatch.log_filters import KnownNoise
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, message, (), None)
+
+    noise = KnownNoise()
+    # kafka-python's warning at every discover start, with the topics in place: dropped
+    assert not noise.filter(record("kafka.cluster",
+                                   "No partition metadata for topic pw-portwatch.shards"))
+    # the same words from us, or another warning of the library's, pass
+    assert noise.filter(record("portwatch.x", "No partition metadata for topic t"))
+    assert noise.filter(record("kafka.conn", "Unable connect to node with id 1"))
