@@ -244,6 +244,9 @@ class Record:
             raise
         except RecursionError:
             raise RecordError(f"{cls.__name__}: record nested too deeply") from None
+        except KeyError as exc:  # said as what it is ("'port'" (KeyError) read as cryptic)
+            raise RecordError(f"{cls.__name__}: malformed record: no "
+                              f"{_clip(str(exc.args[0]) if exc.args else '?')!r} field") from exc
         except Exception as exc:  # noqa: BLE001 - documented: decoders raise RecordError only
             # KeyError, TypeError, ValueError, AttributeError and also OverflowError (a 1e20
             # timestamp, int(inf)) or OSError (platform timestamp limits): all are a bad
