@@ -306,8 +306,11 @@ class EmbeddedRunner:
         # what was stored is recovered now (the RECOVER_AFTER margin is for the sinks of a
         # server store; with it, a run killed at its end and run again at once compared
         # its next scan first, and the killed one's events were lost: a review).
+        # The scan this run resumes is left to it (_resumed_rows compares it with what the
+        # run scans; recovered here first, its events came back twice: a review).
         margin = timedelta(0) if self.store.location.scheme == "chdb" else RECOVER_AFTER
-        stats.change_events = await self.changes.recover(finished_before=utcnow() - margin)
+        stats.change_events = await self.changes.recover(
+            finished_before=utcnow() - margin, held=_OfScan(scan_id))
 
         open_q: asyncio.Queue[OpenPort | object] = asyncio.Queue(self.queue_size)
         sink_q: asyncio.Queue[Finding | object] = asyncio.Queue(self.queue_size)
@@ -561,6 +564,16 @@ class EmbeddedRunner:
                 earlier.append(row)
                 fixed.append(row)
         return earlier, fixed
+
+
+@dataclass(frozen=True)
+class _OfScan:
+    """Every (scan, target, ip) of one scan: what a resumed run holds from recovery."""
+
+    scan_id: str
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and bool(key) and key[0] == self.scan_id
 
 
 def install_interrupt(runner: EmbeddedRunner, say: Callable[[str], None] | None = None

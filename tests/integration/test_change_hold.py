@@ -238,3 +238,50 @@ def test_a_dead_sinks_last_scan_is_compared_before_the_hosts_next_one(
     # s2 was compared first, and s1, older than the state, never: no event at all)
     assert [(e.kind, e.port, e.scan_id) for e in events] == [
         (ChangeKind.OPENED, port, "s1"), (ChangeKind.CLOSED, port, "s2")]
+
+
+def test_a_dead_sinks_scan_is_found_in_a_flush_of_thousands(
+        store) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    from dataclasses import replace
+
+    every_port = (PortRange(1, 65535),)
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        port = closed_port.getsockname()[1]
+        # Given a host "zz-last" compared at s0, and its s1 (one more port) a dead sink
+        # stored a minute ago and never compared
+        z = Target(ip="127.0.0.1", target="zz-last", organization="Org")
+
+        def at(t: Target, scan_id: str, n: int, when: datetime) -> HostScan:
+            return replace(scan(scan_id, n, when), target=t, ports=every_port)
+
+        def on(t: Target, scan_id: str, p: int, when: datetime) -> Finding:
+            f = found(scan_id, p, when)
+            return replace(f, port=replace(f.port, target=t))
+
+        stage = ChangeStage(store, settle=0, max_hold=600)
+        before = NOW - timedelta(hours=2)
+        s0, f0 = [at(z, "s0", 1, before)], [on(z, "s0", 22, before)]
+        store.insert_findings(f0)
+        store.insert_host_scans(s0)
+        asyncio.run(stage.on_stored(f0, s0))
+        asyncio.run(stage.flush())
+        a_minute_ago = NOW - timedelta(minutes=1)
+        store.insert_findings([on(z, "s1", 22, a_minute_ago), on(z, "s1", port, a_minute_ago)])
+        store.insert_host_scans([at(z, "s1", 2, a_minute_ago)])
+        # When its successor releases the host's s2 with 2,100 other hosts in one flush
+        # (all sorting before it: the pending page of 2,000 filled with the released)
+        others = [Target(ip=f"127.1.{i // 250}.{i % 250 + 1}", target=f"h{i:05d}")
+                  for i in range(2100)]
+        s2 = [at(t, "s2", 0, NOW) for t in others] + [at(z, "s2", 1, NOW)]
+        f2 = [on(z, "s2", 22, NOW)]
+        store.insert_findings(f2)
+        store.insert_host_scans(s2)
+        successor = ChangeStage(store, settle=0, max_hold=600)
+        successor._next_recovery = float("inf")  # (its start-up sweep is past: say so)
+        asyncio.run(successor.on_stored(f2, s2))
+        events = asyncio.run(successor.flush())
+    # Then s1 is still compared first (before: lost past the first page)
+    assert [(e.kind, e.port, e.scan_id) for e in events if e.target.target == "zz-last"] == [
+        (ChangeKind.OPENED, port, "s1"), (ChangeKind.CLOSED, port, "s2")]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -554,3 +555,47 @@ def test_a_kept_certificate_is_judged_once_through_the_store(store) -> None:  # 
     # certificate read "judged at b", and it was never said)
     assert [(e.scan_id, e.kind) for e in said if e.kind.value.startswith("cert")] == [
         ("b", ChangeKind.CERT_EXPIRED)]
+
+
+def test_a_run_killed_before_comparing_and_resumed_at_once_says_each_event_once(
+        store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from probers.discovery.connect import ConnectEngine
+    from producers.shards import Checkpoint, ScanPlan
+    from stream_processors.stages import make_context
+    from stream_processors.transports.embedded import EmbeddedRunner
+    from tests import loopback
+
+    class Killed(Exception):
+        pass
+
+    class KilledBeforeComparing(EmbeddedRunner):
+        """A FAKE of kill -9 at one moment: the run's host records are stored, its
+        changes not yet compared (the rest of the run is real)."""
+
+        async def _record_hosts(self, *_args: Any, **_kwargs: Any) -> None:
+            rows = [r for o in self._outcomes for r in o.host_scans()]
+            await asyncio.to_thread(self.store.insert_host_scans, rows)
+            raise Killed
+
+    def runner(cls: type[EmbeddedRunner] = EmbeddedRunner) -> EmbeddedRunner:
+        ctx = make_context(banner_wait=0.5, identify_budget=2, use_nmap_probes=False,
+                           tls_enumeration=False)
+        return cls(store, lambda _s: ConnectEngine(), ctx, identify_workers=4,
+                   shard_ports=1000, batch_seconds=0.2)
+
+    with loopback.listen(loopback.banner(b"hello\r\n")) as listener:
+        plan = ScanPlan.build("killed-at-end", 1, [T], (PortRange(listener.port, listener.port),),
+                              (), ports_per_shard=1000)
+        checkpoint = tmp_path / "resume.checkpoint"
+        # Given a run killed after storing its host records, before comparing them
+        with pytest.raises(Killed):
+            asyncio.run(runner(KilledBeforeComparing).run(plan, checkpoint_path=str(checkpoint)))
+        saved = Checkpoint.load(checkpoint)
+        # When it is resumed at once with its checkpoint
+        stats = asyncio.run(runner().run(plan, start=plan.start(saved),
+                                         checkpoint_path=str(checkpoint)))
+    # Then its one event is said once (before: recovered at start, then read back as a
+    # replay of the resumed scan: twice, with one event id)
+    assert [(e.kind, e.port, e.scan_id) for e in stats.change_events] == [
+        (ChangeKind.OPENED, listener.port, "killed-at-end")]
+    assert store.query("SELECT count() FROM changes FINAL") == [(1,)]
