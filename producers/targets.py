@@ -260,6 +260,16 @@ def _judged_whole(span: tuple[int, int, int]) -> bool:
     return not any(lo <= end and start <= hi for start, end in _EMBEDDING)
 
 
+def _addresses_of(span: tuple[int, int, int]) -> Iterator[str]:
+    """A span's addresses as Target.ip writes them (an IPv4 by its octets: cheap)."""
+    version, lo, hi = span
+    for n in range(lo, hi + 1):
+        if version == 4:
+            yield f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        else:
+            yield str(canonical_address(str(ipaddress.IPv6Address(n))))
+
+
 def _distinct(spans: list[tuple[int, int, int]]) -> int:
     """How many addresses the spans name together (overlaps counted once)."""
     total = 0
@@ -991,17 +1001,18 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
                 if i in skipped:
                     excluded += count
                     continue
-                # as each of its addresses would be: dropped, said if its labels differ
-                first = str(canonical_address(str(ipaddress.ip_address(span[1]) if span[0] == 4
-                                                  else ipaddress.IPv6Address(span[1]))))
-                again = Target(ip=first, target=spec.text.strip(),
-                               organization=spec.organization, asset=spec.asset)
-                kept = out.get(first)
-                if kept is not None and (kept.target, kept.organization, kept.asset) != (
-                        again.target, again.organization, again.asset):
-                    dropped_count += count
-                    if len(dropped) < MAX_DUPLICATE_WARNINGS:
-                        dropped.append((again, kept))
+                # each of its addresses as if expanded: dropped, said if its labels differ
+                # (looked up by its text: no Target is built but for a warning line)
+                labels = (spec.text.strip(), spec.organization, spec.asset)
+                for ip in _addresses_of(span):
+                    kept = out.get(ip)
+                    if kept is not None and (kept.target, kept.organization,
+                                             kept.asset) != labels:
+                        dropped_count += 1
+                        if len(dropped) < MAX_DUPLICATE_WARNINGS:
+                            dropped.append((Target(ip=ip, target=labels[0],
+                                                   organization=spec.organization,
+                                                   asset=spec.asset), kept))
                 continue
             for target in expand(spec, allow_large=scope.allow_large):
                 total += 1
