@@ -21,6 +21,11 @@ Tarpits: open ports are held per host until the host's shard is done; a host
 that answered on more than ``tarpit_threshold`` ports is flagged "answers on
 every port" and only its common ports are identified, keeping only those that
 name a service. Nothing is flooded downstream.
+
+Why one file: the runner's queues, its checkpoint watermark, its Ctrl-C handling and
+the resume of an earlier run's shards are one state machine over one scan (what a
+signal stops, what the watermark may pass, what a resume records); split, each part
+would reach into the others' state.
 """
 
 from __future__ import annotations
