@@ -257,7 +257,12 @@ def _judged_whole(span: tuple[int, int, int]) -> bool:
     version, lo, hi = span
     if version == 4:
         return lo > 0x00FFFFFF
-    return not any(lo <= end and start <= hi for start, end in _EMBEDDING)
+    return not _embeds_ipv4(lo, hi)
+
+
+def _embeds_ipv4(lo: int, hi: int) -> bool:
+    """Does the IPv6 span [lo, hi] hold addresses judged as the IPv4 they embed?"""
+    return any(lo <= end and start <= hi for start, end in _EMBEDDING)
 
 
 def _addresses_of(span: tuple[int, int, int]) -> Iterator[str]:
@@ -272,17 +277,9 @@ def _addresses_of(span: tuple[int, int, int]) -> Iterator[str]:
 
 def _distinct(spans: list[tuple[int, int, int]]) -> int:
     """How many addresses the spans name together (overlaps counted once)."""
-    total = 0
-    last: tuple[int, int] | None = None  # (version, end) of the merged run so far
-    for version, first, end in sorted(spans):
-        if last is not None and last[0] == version and first <= last[1]:
-            if end > last[1]:
-                total += end - last[1]
-                last = (version, end)
-            continue
-        total += end - first + 1
-        last = (version, end)
-    return total
+    return sum(end - start + 1 for version in (4, 6)
+               for start, end in zip(*_merged((lo, hi) for v, lo, hi in spans if v == version),
+                                     strict=True))
 
 
 def looks_like_hostname(text: str) -> bool:
@@ -816,10 +813,16 @@ def _covers(ranges: _Ranges, lo: int, hi: int) -> bool:
 
 def _ranges(nets: tuple[IPNetwork, ...], version: int) -> _Ranges:
     """The networks of one IP version merged into sorted, disjoint [start, end] ranges."""
+    return _merged((int(n.network_address), int(n.broadcast_address))
+                   for n in nets if n.version == version)
+
+
+def _merged(pairs: Iterable[tuple[int, int]]) -> _Ranges:
+    """[start, end] pairs merged into sorted, disjoint ranges (overlapping or adjacent:
+    one range)."""
     starts: list[int] = []
     ends: list[int] = []
-    for start, end in sorted((int(n.network_address), int(n.broadcast_address))
-                             for n in nets if n.version == version):
+    for start, end in sorted(pairs):
         if ends and start <= ends[-1] + 1:
             ends[-1] = max(ends[-1], end)  # overlapping or adjacent: one range
         else:
@@ -932,8 +935,8 @@ def _block_of(spec: TargetSpec) -> IPNetwork | None:
         net = fold_mapped(ipaddress.ip_network(text, strict=False))
     except ValueError:
         return None  # expand says why
-    if net.version == 6 and any(net.overlaps(ipaddress.ip_network(embedded))
-                                for embedded in ("::/96", "::ffff:0:0/96")):
+    if net.version == 6 and _embeds_ipv4(int(net.network_address),
+                                         int(net.broadcast_address)):
         return None
     return net
 
