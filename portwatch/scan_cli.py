@@ -199,9 +199,11 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
 
 async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
                    checkpoint: str | None = None, quiet: bool = False,
-                   scope: Any = None) -> Any:
+                   scope: Any = None, signals: list[int] | None = None) -> Any:
     """Run a scan plan through the embedded transport with the progress view and
-    Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs)."""
+    Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs). The signal that
+    asked the run to stop, if one did, is appended to ``signals``, also when the run
+    then raised (the watcher must still stop)."""
     from stream_processors.transports.embedded import install_interrupt
 
     targets = plan.plans[0].targets if plan.plans else ()
@@ -219,6 +221,8 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
                                     on_stats=view.update)
     finally:
         undo()
+        if signals is not None and runner.stop_signal:
+            signals.append(runner.stop_signal)
 
 
 class ProgressView:

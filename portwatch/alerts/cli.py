@@ -308,7 +308,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
                  once: bool, quiet: bool, web: tuple[Any, str, int] | None = None,
                  token: str = "") -> int:
     from portwatch.alerts.dispatcher import AlertDispatcher
-    from portwatch.alerts.scanning import ScanOutcome, run_embedded_scan
+    from portwatch.alerts.scanning import ScanOutcome, SignalledScanError, run_embedded_scan
     from portwatch.alerts.watch import Watcher
 
     dispatcher = AlertDispatcher(db, config) if config is not None else None
@@ -347,6 +347,12 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             return ScanOutcome(SimpleNamespace(interrupted=True, scan_id=""), [])
         try:
             outcome = await run_embedded_scan(db, prepared, quiet=quiet)
+        except SignalledScanError as exc:
+            # the runner took the signal, then the scan raised: recorded failed by the
+            # watcher, which stops (the signal was lost before, and the watcher ran on)
+            when_stopped.append(f"as {entry.name}'s scan failed")
+            stopped_by(signal.Signals(exc.stop_signal))
+            raise exc.cause from None
         finally:
             own_signals()
         if outcome.stop_signal and not outcome.is_interrupted:

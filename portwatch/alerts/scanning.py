@@ -30,6 +30,16 @@ class PreparedScan:
     scope: Any = None  # the fence the targets were checked against (and the run keeps to)
 
 
+class SignalledScanError(Exception):
+    """A scan that raised after a signal asked it to stop: the watcher records the
+    failure (``cause``) and stops, as for the signal between scans (it ran on before)."""
+
+    def __init__(self, stop_signal: int, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.stop_signal = stop_signal
+        self.cause = cause
+
+
 @dataclass
 class ScanOutcome:
     stats: Any
@@ -111,6 +121,13 @@ async def run_embedded_scan(store: Any, prepared: PreparedScan, *, quiet: bool =
     work = ScanInput(tuple(prepared.targets), tuple(prepared.tcp_ports),
                      tuple(prepared.udp_ports), prepared.scope)
     plan, start = assembly.scan_plan(work, default_seed=random.randrange(2**31))
-    stats = await run_plan(assembly, store, plan, start, quiet=quiet, scope=work.scope)
+    taken: list[int] = []
+    try:
+        stats = await run_plan(assembly, store, plan, start, quiet=quiet, scope=work.scope,
+                               signals=taken)
+    except Exception as exc:
+        if taken:
+            raise SignalledScanError(taken[0], exc) from exc
+        raise
     events = list(getattr(stats, "change_events", []) or [])
     return ScanOutcome(stats, events)

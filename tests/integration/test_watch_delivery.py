@@ -369,3 +369,40 @@ def test_the_alerts_agent_dead_letters_an_event_the_store_never_takes(
         (poison.event_id, True)]
     assert sorted(k[2] for k in outbox_states(store)) == sorted(
         [good.event_id, other.event_id])
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_scan_that_raises_after_taking_a_signal_still_stops_the_watcher(
+        store: Any, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals, code: int) -> None:
+    """A FAKE for one step: the embedded run (``scan_cli.run_plan``) takes the signal and
+    then raises (a disk full as it stores: not a fault to cause here). Real: the scan's
+    preparation, ``run_embedded_scan``, the CLI's watch loop, the store."""
+    from portwatch import scan_cli
+    from portwatch.alerts import cli, scanning
+
+    async def signalled_then_failed(*args: Any, signals: list[int] | None = None,
+                                    **kwargs: Any) -> Any:
+        assert signals is not None
+        signals.append(int(sig))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scan_cli, "run_plan", signalled_then_failed)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
+
+    def prepare(entry: Any) -> Any:
+        return scanning.prepare_scan({"ports": "1"}, targets=["127.0.0.1"])
+
+    # When the watcher's scan takes a signal and then fails
+    got = asyncio.run(asyncio.wait_for(
+        cli._watch(store, [HOURLY], prepare, None, once=False, quiet=True), 60))
+    # Then the failure is said and recorded, and the watcher stops (before: it took
+    # the failure as one entry's, and ran on waiting for the next slot)
+    assert got == code
+    assert any("watch: hourly: scan failed: " in line and "No space left" in line
+               for line in said), said
+    assert [row[0] for row in store.query(
+        "SELECT status FROM watch_runs WHERE entry = 'hourly'")] == ["failed"]
+    if sig is signal.SIGTERM:
+        assert any("watch: stopped (SIGTERM) as hourly's scan failed" in line
+                   for line in said), said
