@@ -278,7 +278,11 @@ class CertificatePlugin(ScanCommandImplementation):
             return CertificateResult(
                 self.command, ProbeStatus.COMPLETED, chain=outcome.certificates
             )
-        detail = outcome.detail or "no certificate sent"
+        if outcome.kind is OutcomeKind.ACCEPTED:
+            # (a handshake cut short after the pick: its detail is the suite's name)
+            detail = outcome.cut_short or "no certificate sent"
+        else:
+            detail = outcome.detail or "no certificate sent"
         return CertificateResult(self.command, ProbeStatus.ERROR, detail)
 
 

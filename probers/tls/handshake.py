@@ -179,15 +179,22 @@ def full_handshake(
             is_tls_answer=True,
         )
     except (SSL.ZeroReturnError, SSL.SysCallError) as exc:
-        chosen = _chosen_tls13_suite(connection)
+        closed = f"connection closed during handshake: {exc}"
+        chosen = _chosen_tls13_suite(connection, closed)
         if chosen is not None:
             # The server's ServerHello was read: it chose this suite, then closed (a reset
             # after the choice is the server's, not a refusal of the offer)
             return chosen
-        return HelloOutcome(OutcomeKind.CLOSED, f"connection closed during handshake: {exc}")
+        return HelloOutcome(OutcomeKind.CLOSED, closed)
     except SSL.Error as exc:
         # An alert from the peer, or our own refusal of its answer (e.g. it picked TLS 1.2
-        # when only 1.3 was offered): either way the offer was not accepted.
+        # when only 1.3 was offered): either way the offer was not accepted. Unless a
+        # TLS 1.3 ServerHello was read first: the suite was chosen, and what failed came
+        # after (OpenSSL refuses a Certificate message over 100 KB: TLS 1.3 went missing
+        # from a port serving a long chain, a review)
+        chosen = _chosen_tls13_suite(connection, _error_text(exc))
+        if chosen is not None:
+            return chosen
         return HelloOutcome(OutcomeKind.ALERT, _error_text(exc), is_tls_answer=True)
     except OSError as exc:
         return HelloOutcome(OutcomeKind.CLOSED, f"socket error: {exc.strerror or exc}")
@@ -195,9 +202,10 @@ def full_handshake(
         sock.close()
 
 
-def _chosen_tls13_suite(connection: SSL.Connection) -> HelloOutcome | None:
+def _chosen_tls13_suite(connection: SSL.Connection, cut_short: str) -> HelloOutcome | None:
     """The TLS 1.3 suite a ServerHello chose on a handshake that did not finish (None
-    when no ServerHello was read, or it chose no TLS 1.3 suite we know)."""
+    when no ServerHello was read, or it chose no TLS 1.3 suite we know); ``cut_short``
+    says what ended it."""
     try:
         version = _VERSION_LABELS.get(connection.get_protocol_version_name())
         cipher = connection.get_cipher_name() or ""
@@ -207,7 +215,7 @@ def _chosen_tls13_suite(connection: SSL.Connection) -> HelloOutcome | None:
     if version is not TlsVersion.TLS_1_3 or not code:
         return None
     return HelloOutcome(OutcomeKind.ACCEPTED, detail=cipher, suite=code, version=version,
-                        is_tls_answer=True)
+                        is_tls_answer=True, cut_short=cut_short)
 
 
 def tls13_spec(server_name: str | None, suites: Sequence[int]) -> HandshakeSpec:

@@ -119,6 +119,9 @@ class HelloOutcome:
     kex_bits: int = 0
     certificates: tuple[bytes, ...] = ()  # DER, leaf first, as the server sent them
     is_tls_answer: bool = False  # a well-formed TLS record came back (for detection)
+    # ACCEPTED from a handshake cut short after the server's pick: what cut it short
+    # (why no certificate came with it)
+    cut_short: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +421,10 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
         while len(pending) >= 4 and not flight.is_done:
             msg_len = int.from_bytes(pending[1:4], "big")
             if 4 + msg_len > MAX_FLIGHT_BYTES:
+                if flight.server_hello is not None:
+                    # (a certificate chain past the bound) the pick is made: keep it
+                    flight.is_done = True
+                    break
                 return HelloOutcome(
                     OutcomeKind.PROTOCOL_ERROR, "oversized handshake message", is_tls_answer=True
                 )
