@@ -55,7 +55,7 @@ _FLAGS = {"target": "--target", "org": "--org", "product": "--product",
 @click.option("--prevalence",
               **filter_choice("very common", "somewhat common", "less common", "rare"),
               help="list: only ports in this prevalence bucket (very common: more than "
-                   "3,000 instances; somewhat: 500-3,000; less: 50-500; rare: under 50).")
+                   "3,000 instances; somewhat: 500-3,000; less: 50-499; rare: under 50).")
 @click.option("--history", is_flag=True, help="list: include ports not seen in the latest scan.")
 @click.option("--grade", **filter_choice("weak", "medium", "strong"),
               help="ciphers: only ports with this TLS grade.")

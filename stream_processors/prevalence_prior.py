@@ -18,7 +18,7 @@ population is the scale the product's buckets were set on (instances counted acr
 whole platform's scans): at 100,000 hosts the buckets fall where an Internet-facing
 estate expects them, web and mail very common, back doors rare.
 
-Buckets (DESIGN.md): > 3000 very common, 500-3000 somewhat common, 50-500 less common,
+Buckets (DESIGN.md): > 3000 very common, 500-3000 somewhat common, 50-499 less common,
 < 50 rare.
 
 Combination. The bucket shown is that of ``max(estate_instances, internet_instances)``,

@@ -97,7 +97,28 @@ def color_for(finding: Finding, cdn: CdnVerdict | None = None) -> tuple[RiskColo
     """
     verdict = cdn or finding.cdn
     if verdict.is_expected_port:
+        color, reason = _service_color(finding)
+        if color is RiskColor.RED:
+            # what answers on the edge's port is a database or a control plane behind
+            # it: exposed through the CDN, not the CDN's own (it read green, no risk)
+            return color, f"{reason}; reached through the {verdict.provider} edge"
         return RiskColor.GREEN, f"expected open on {verdict.provider} edge; no risk"
+    return _service_color(finding)
+
+
+def judge(finding: Finding, verdict: CdnVerdict) -> tuple[CdnVerdict, RiskColor, str]:
+    """The CDN verdict as the score reads it, the colour and its reason. A red service
+    on a port the CDN's edge is expected to leave open (an Elasticsearch or Docker API
+    proxied through Cloudflare: a review, 2026-12-06) is not discounted: the provider
+    stays tagged, the port is scored."""
+    color, reason = color_for(finding, verdict)
+    if color is RiskColor.RED and verdict.is_expected_port:
+        verdict = CdnVerdict(verdict.provider, verdict.source, is_expected_port=False)
+    return verdict, color, reason
+
+
+def _service_color(finding: Finding) -> tuple[RiskColor, str]:
+    """The colour of what answers, with no CDN discount."""
     service = finding.service
     if finding.port.state is PortState.OPEN_FILTERED:
         return RiskColor.YELLOW, "no UDP reply: open|filtered, unconfirmed"
@@ -168,8 +189,8 @@ def tls_concerns(tls: TlsResult, service: str = "") -> list[str]:
 
 def assess(finding: Finding) -> Finding:
     """Risk stage: set the finding's colour and reason."""
-    color, reason = color_for(finding)
-    return finding.with_(risk_color=color, risk_reason=reason)
+    verdict, color, reason = judge(finding, finding.cdn)
+    return finding.with_(cdn=verdict, risk_color=color, risk_reason=reason)
 
 
 @dataclass(frozen=True, slots=True)

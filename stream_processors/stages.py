@@ -223,8 +223,7 @@ def unidentified(port: OpenPort, why: str) -> Finding:
 def judged(finding: Finding) -> Finding:
     """CDN verdict, then risk colour, built in one record: this runs once per finding on
     the hot path (``cdn.classify`` then ``risk.assess`` would copy the record twice)."""
-    verdict = cdn.verdict_for(finding)
-    color, reason = risk.color_for(finding, verdict)
+    verdict, color, reason = risk.judge(finding, cdn.verdict_for(finding))
     return Finding(finding.port, finding.service, finding.tls, verdict, color, reason)
 
 

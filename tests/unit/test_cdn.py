@@ -253,6 +253,35 @@ def test_classify_tags_and_never_drops_and_cdn_ports_score_zero() -> None:
     assert (score.red, score.yellow, score.green) == (1, 0, 0)
 
 
+@pytest.mark.parametrize(("ip", "headers"), [
+    (address_in("cloudflare"), ()),
+    ("127.0.0.1", (("cf-ray", "8a1b2c3d4e5f-LHR"),)),
+], ids=["cdn-range", "cdn-header"])
+def test_a_red_service_on_an_edge_port_is_not_discounted(
+        ip: str, headers: tuple[tuple[str, str], ...]) -> None:
+    # Given, on a CDN's address or behind its headers, an Elasticsearch and a Docker API
+    # on edge ports, and a plain web page on another (what a proxied origin shows)
+    elastic = Finding(port=OpenPort(scan_id="s", target=Target(ip, ip), port=8443),
+                      service=ServiceInfo(service="http", product="Elasticsearch REST API",
+                                          headers=headers))
+    docker = Finding(port=OpenPort(scan_id="s", target=Target(ip, ip), port=8080),
+                     service=ServiceInfo(service="http", product="Docker",
+                                         headers=headers))
+    page = finding(ip, 443, service="https", headers=headers)
+    # When the CDN and risk stages run
+    out = [assess(classify(f)) for f in (elastic, docker, page)]
+    # Then the database and the control plane stay red and are scored (they read green,
+    # "no risk", before: a review), still tagged with the provider; the page is the
+    # edge's, discounted
+    assert [(f.risk_color.value, f.cdn.is_expected_port) for f in out] == [
+        ("red", False), ("red", False), ("green", True)]
+    assert {f.cdn.provider for f in out} == {"cloudflare"}
+    assert out[0].risk_reason.endswith("; reached through the cloudflare edge")
+    assert out[2].risk_reason == "expected open on cloudflare edge; no risk"
+    score = score_findings(out)
+    assert (score.red, score.yellow, score.green) == (2, 0, 0)
+
+
 def test_missing_data_file_warns_with_the_fix(tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="stream_processors.cdn"):

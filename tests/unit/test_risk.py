@@ -251,10 +251,11 @@ EDGE_OTHER_PORT = CdnVerdict(provider="cloudflare", source="range:cloudflare (20
 
 
 def test_cdn_expected_port_scores_zero() -> None:
-    # Given a CDN edge whose expected ports are open (even with a service that is red)
+    # Given a CDN edge whose expected ports are open (even with a service not identified;
+    # a red one is not discounted: tests/unit/test_cdn.py)
     findings = [assess(finding("http", port=80, cdn=EDGE)),
                 assess(finding("https", port=443, is_tls=True, cdn=EDGE)),
-                assess(finding("redis", port=8880, cdn=EDGE))]
+                assess(finding("", port=8880, cdn=EDGE))]
     # When the risk stage colours them and the target is scored
     score = score_findings(findings)
     # Then they are green "no risk", still present, and count zero
