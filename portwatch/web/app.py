@@ -360,7 +360,8 @@ class WebApp:
         history = self.service.risk_history(query.filters, days=90)
         return JSONResponse({
             "colours": {"red": totals.red, "yellow": totals.yellow, "green": totals.green,
-                        "cdn_expected": totals.cdn_expected, "targets": totals.targets},
+                        "cdn_expected": totals.cdn_expected,
+                        "unconfirmed": totals.unconfirmed, "targets": totals.targets},
             "risk_over_time": [{"day": p.day.isoformat(), "average": p.average,
                                 "worst": p.worst, "targets": p.targets} for p in history]})
 

@@ -25,11 +25,13 @@ def _num(value: float) -> str:
 
 
 def colour_bars(totals: ColourTotals) -> Markup:
-    """Horizontal bars: open ports that are red, yellow, green, and CDN-expected."""
+    """Horizontal bars: open ports that are red, yellow, green, CDN-expected, and UDP
+    ports unconfirmed (open|filtered; the bars add up to the open ports)."""
     bars = (("red", "Red: risky when exposed", totals.red),
             ("yellow", "Yellow: unknown or TLS issue", totals.yellow),
             ("green", "Green: meant to be public", totals.green),
-            ("cdn", "CDN-expected (no risk)", totals.cdn_expected))
+            ("cdn", "CDN-expected (no risk)", totals.cdn_expected),
+            ("unconfirmed", "UDP unconfirmed (no risk)", totals.unconfirmed))
     widest = max(1, *(v for _, _, v in bars))
     width, label_w, row_h = 560, 210, 34
     height = row_h * len(bars) + 8

@@ -74,6 +74,11 @@ class ColourTotals:
     green: int
     cdn_expected: int
 
+    @property
+    def unconfirmed(self) -> int:
+        """UDP ports never answered (open|filtered): open, not coloured into the score."""
+        return max(0, self.open_ports - self.red - self.yellow - self.green - self.cdn_expected)
+
 
 @dataclass(frozen=True, slots=True)
 class RiskPoint:

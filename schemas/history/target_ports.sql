@@ -7,7 +7,8 @@
 SELECT
     f.target AS target, f.ip AS ip, f.proto AS proto, f.port AS port, f.service AS service,
     f.product AS product, f.version AS version, f.risk_color AS risk_color,
-    f.is_cdn_expected AS is_cdn_expected, f.first_seen AS first_seen, f.last_seen AS last_seen
+    f.is_cdn_expected AS is_cdn_expected, f.state AS state, f.first_seen AS first_seen,
+    f.last_seen AS last_seen
 FROM current_findings AS f
 INNER JOIN (SELECT ip, ports_scan_id, ports_seen_after FROM latest_host_scans
             WHERE target = {target:String} AND ({ip:String} = '' OR ip = {ip:String})) AS l

@@ -4,6 +4,7 @@ store whose change log the real recorder wrote from two scans."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -290,3 +291,43 @@ def test_a_utf8_query_value_is_read(web: Served) -> None:
 
     status, _h, body = web.get("/api/v1/list?org=%C3%A9")
     assert status == 200 and json.loads(body)["filters"]["org"] == "é"
+
+
+def test_the_target_page_and_the_colour_bars_say_cdn_and_unconfirmed_ports(
+        shared_chdb_path: Path) -> None:
+    from dataclasses import replace
+
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+    from schemas.records import CdnVerdict, PortState, Proto
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host with a red port, a CDN-expected port and a UDP port that never
+    # answered (open|filtered): three open, one of them scored
+    edge = Target(ip="127.0.0.9", target="127.0.0.9", organization="Edge Org")
+    red = _finding("e1", edge, 6379, "Redis", "7.0", RiskColor.RED, NOW)
+    cdn = replace(_finding("e1", edge, 80, "", "", RiskColor.GREEN, NOW),
+                  cdn=CdnVerdict("cloudflare", "header:cf-ray", is_expected_port=True))
+    silent = _finding("e1", edge, 20053, "", "", RiskColor.YELLOW, NOW)
+    silent = replace(silent, service=ServiceInfo(),
+                     port=replace(silent.port, proto=Proto.UDP, state=PortState.OPEN_FILTERED))
+    with scratch_store(shared_chdb_path, "edge_marks") as db:
+        _record(db, ChangeRecorder(db), "e1", edge, NOW, [red, cdn, silent])
+        with serve(create_app(ReportService(db))) as web:
+            body = _page(web, "/target?target=127.0.0.9&ip=127.0.0.9")
+            charts = web.api("/api/v1/summary/charts")
+            summary = _page(web, "/")
+    # Then the target page marks the CDN-expected port and the unconfirmed one (before:
+    # both read as plain green and yellow beside a score that counts neither)
+    ports_now = body[body.index("Ports now"):]
+    ports_now = ports_now[:ports_now.index("</table>")]
+    rows = {m[0]: m[1] for m in re.findall(r'<td class="mono">(\d+/\w+)</td>(.*?)</tr>',
+                                           ports_now)}
+    assert set(rows) == {"80/tcp", "6379/tcp", "20053/udp"}
+    assert ">cdn</span>" in rows["80/tcp"] and "unconfirmed" not in rows["80/tcp"]
+    assert ">unconfirmed</span>" in rows["20053/udp"] and ">cdn<" not in rows["20053/udp"]
+    assert ">cdn<" not in rows["6379/tcp"] and "unconfirmed" not in rows["6379/tcp"]
+    # And the colour bars add up to the open ports, the unconfirmed one a bar of its own
+    assert charts["colours"] == {"red": 1, "yellow": 0, "green": 0, "cdn_expected": 1,
+                                 "unconfirmed": 1, "targets": 1}
+    assert "UDP unconfirmed (no risk): 1" in summary
