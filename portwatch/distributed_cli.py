@@ -438,8 +438,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     # rarer (the records in flight are many and acyclic: stream_processors/collector.py).
     settle_worker()
     try:
-        advert_path = db.location.path if db is not None and db.location.scheme == "chdb" else ""
-        asyncio.run(_serve(apps, sink, role, web, token, advert_path, health))
+        held = db if db is not None and db.location.scheme == "chdb" else None
+        asyncio.run(_serve(apps, sink, role, web, token, held, health))
     finally:
         if db is not None:
             db.close()
@@ -454,7 +454,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
 
 async def _serve(apps: list[Any], sink: Any, role: str,
                  web: tuple[Any, str, int] | None = None, token: str = "",
-                 advert_path: str = "", health: tuple[str, int] | None = None) -> None:
+                 held: Any = None, health: tuple[str, int] | None = None) -> None:
     from portwatch.store_holder import advertise
     from portwatch.web import server as web_server
     from portwatch.web.cli import listening_line
@@ -491,8 +491,8 @@ async def _serve(apps: list[Any], sink: Any, role: str,
             except web_server.ListenError as exc:
                 fail(f"--serve: {exc}", EXIT_RUNTIME)
             say(listening_line(web[1], web[2], token))
-            if advert_path:  # `report` on this chdb store asks this process meanwhile
-                advert.enter_context(advertise(advert_path, web[1], web[2], token,
+            if held is not None:  # `report` on this chdb store asks this process meanwhile
+                advert.enter_context(advertise(held, web[1], web[2], token,
                                                "process --serve"))
         say(f"stream processors running (role {role}); SIGTERM or Ctrl-C stops them")
         sys.stderr.flush()

@@ -97,16 +97,19 @@ def report(name: str, target: str, org: str, product: str, product_version: str,
                                    f"(it filters: {', '.join(takers)})")
     filters = {k: v for k, v in given.items() if k in wanted}
     result = read_store(store, lambda db: db.report(name, filters, limit=limit),
-                        lambda holder: remote_report(holder, name, filters, limit=limit))
+                        lambda holder: remote_report(holder, name, filters, limit=limit),
+                        prior_matters="no_prior" in report_parameters(name))
     render(result, fmt, out_console(soft_wrap=fmt != "table"))
 
 
 def read_store(url: str | None, local: Callable[[Store], T],
-               remote: Callable[[Advert], T]) -> T:
+               remote: Callable[[Advert], T], *, prior_matters: bool = False) -> T:
     """``local`` over the existing store at ``url``; while `serve` / `process --serve`
     holds that chdb store, ``remote`` over its JSON API instead (portwatch/store_holder.py),
     said on stderr. StoreBusy when the holder advertises nothing (a scan, or a sink
-    without --serve): "in use"; StoreMissing when there is no store."""
+    without --serve): "in use"; StoreMissing when there is no store. With
+    ``prior_matters`` (a report whose prevalence may count the Internet prior), a holder
+    whose prior setting differs from this process's is said: its answer follows its own."""
     from portwatch.assembly import Assembly
     from portwatch.console import EXIT_RUNTIME, fail
     from portwatch.store_holder import HolderError, find_holder
@@ -128,6 +131,15 @@ def read_store(url: str | None, local: Callable[[Store], T],
         click.echo(f"portwatch: the store at {path} is held by `portwatch {holder.command}` "
                    f"(pid {holder.pid}); answered through its JSON API at {holder.url}",
                    err=True)
+        if prior_matters and holder.prevalence_prior != assembly.settings.prevalence_prior:
+            # (the holder's store binds its own reader setting: a review found the
+            # asker's PORTWATCH_PREVALENCE_PRIOR silently ignored)
+            counts = holder.prevalence_prior
+            click.echo(f"portwatch: warning: prevalence in this answer "
+                       f"{'counts' if counts else 'leaves out'} the Internet prior, as "
+                       f"`portwatch {holder.command}` is set (PORTWATCH_PREVALENCE_PRIOR="
+                       f"{'true' if counts else 'false'} where it runs), not as this shell "
+                       "is", err=True)
         return answer
     try:
         return local(db)

@@ -60,6 +60,9 @@ class Advert:
     url: str  # http://<address>:<port>
     token: str
     command: str  # "serve" or "process --serve", for the user's message
+    # its reader setting: whether its List counts the Internet prior (an answer follows
+    # the holder's setting, not the asker's: the asker is told when they differ)
+    prevalence_prior: bool = True
 
 
 def advert_url(host: str, port: int) -> str:
@@ -79,12 +82,14 @@ def advert_url(host: str, port: int) -> str:
 
 
 @contextlib.contextmanager
-def advertise(store_path: str, host: str, port: int, token: str,
+def advertise(store: Any, host: str, port: int, token: str,
               command: str) -> Iterator[Path]:
-    """Write the advert for the life of the block (0600: it holds the token)."""
-    path = Path(store_path) / ADVERT_FILE
+    """Write the advert of this process holding the chdb ``store`` for the life of the
+    block (0600: it holds the token)."""
+    path = Path(store.location.path) / ADVERT_FILE
     body = json.dumps({"pid": os.getpid(), "url": advert_url(host, port), "token": token,
-                       "command": command})
+                       "command": command,
+                       "prevalence_prior": not store.default_parameters.get("no_prior")})
     temporary = path.with_name(f"{ADVERT_FILE}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -153,7 +158,8 @@ def parse_advert(raw: bytes) -> Advert | None:
         return None
     if not _is_local_address(address):
         return None
-    return Advert(pid, url, token, command)
+    prior = data.get("prevalence_prior", True)
+    return Advert(pid, url, token, command, prior if isinstance(prior, bool) else True)
 
 
 def _is_alive(pid: int) -> bool:

@@ -260,7 +260,7 @@ async def _serving(db: Any, web: tuple[Any, str, int] | None, token: str
     try:
         with contextlib.ExitStack() as advert:
             if db.location.scheme == "chdb":
-                advert.enter_context(advertise(db.location.path, web[1], web[2], token,
+                advert.enter_context(advertise(db, web[1], web[2], token,
                                                "watch --serve"))
             yield
     finally:

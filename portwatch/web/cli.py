@@ -260,7 +260,7 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
             click.echo(f"portwatch: {listening_line(host, port, token)}; Ctrl-C stops",
                        err=True)
             if db.location.scheme == "chdb":  # `report` on this store asks us meanwhile
-                advert.enter_context(advertise(db.location.path, host, port, token, "serve"))
+                advert.enter_context(advertise(db, host, port, token, "serve"))
 
         try:
             with advert:

@@ -47,9 +47,10 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def serving(store: Path, *args: str, token: str = "") -> Iterator[subprocess.Popen[str]]:
+def serving(store: Path, *args: str, token: str = "",
+            extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     port = loopback.free_port()
-    env = {**os.environ, "PORTWATCH_WEB_TOKEN": token}
+    env = {**os.environ, "PORTWATCH_WEB_TOKEN": token, **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "portwatch", "serve", "--store",
                              f"chdb://{store}", "--port", str(port), *args], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -144,6 +145,29 @@ def test_a_command_that_needs_the_store_names_the_serve_holding_it(scanned: Path
     assert f"held by `portwatch serve` (pid {proc.pid}, serving http://127.0.0.1:" in line
     assert "`portwatch report` and the web pages read through it" in line
     assert "--serve PORT" not in line
+
+
+def test_a_holder_whose_prior_setting_differs_says_its_answer_follows_its_own(
+        scanned: Path) -> None:
+    store = f"chdb://{scanned}"
+    # Given serve holding the store with the Internet prior off (its environment)
+    with serving(scanned, extra_env={"PORTWATCH_PREVALENCE_PRIOR": "false"}):
+        advert = json.loads((scanned / ADVERT_FILE).read_text())
+        # When this shell (the prior on, the default) asks for the List and the changes
+        listed = run_cli("report", "list", "-f", "json", store=store)
+        changes = run_cli("report", "changes", "-f", "json", store=store)
+    # Then the List's answer is the holder's (no prior: estate counts), and the shell is
+    # told so in one more line (before: silently, a review); the changes report, which
+    # counts no prevalence, says nothing more
+    assert advert["prevalence_prior"] is False
+    assert listed.code == 0 and changes.code == 0, (listed.stderr, changes.stderr)
+    assert {r["prevalence_source"] for r in json.loads(listed.stdout)} == {"estate"}
+    assert {r["internet_instances"] for r in json.loads(listed.stdout)} == {0}
+    assert listed.stderr.splitlines()[1:] == [
+        "portwatch: warning: prevalence in this answer leaves out the Internet prior, as "
+        "`portwatch serve` is set (PORTWATCH_PREVALENCE_PRIOR=false where it runs), not as "
+        "this shell is"]
+    assert len(changes.stderr.splitlines()) == 1
 
 
 def test_report_through_a_token_server(scanned: Path) -> None:
