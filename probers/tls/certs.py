@@ -153,14 +153,18 @@ def _signed_by_own_key(cert: x509.Certificate) -> bool:
 @contextlib.contextmanager
 def served_certificate_warnings_ignored() -> Iterator[None]:
     """What cryptography warns about a served certificate (a serial that is not positive,
-    a country name of 12 letters) is a fact about the server, described like the rest:
-    not a warning of ours for the terminal. (``catch_warnings`` is process-wide: the
-    TLS prober describes certificates on the event loop's thread only.)"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        warnings.filterwarnings("ignore", message="Attribute's length must be",
-                                category=UserWarning)
-        yield
+    a country name of 12 letters) or a trust bundle's root is a fact about the server,
+    described like the rest: not a warning of ours for the terminal.
+
+    The filters are the process's, put (back) in front on every entry, never a
+    ``catch_warnings`` block: that saves and restores the one process-wide list, so a
+    block ending in one thread dropped a filter another had just added, and the warning's
+    raw lines reached the terminal amid a scan once in a while (a review). Adding a
+    filter that is there already only moves it to the front."""
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+    warnings.filterwarnings("ignore", message="Attribute's length must be",
+                            category=UserWarning)
+    yield
 
 
 def load_certificate(der: bytes) -> x509.Certificate:

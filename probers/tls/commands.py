@@ -370,8 +370,8 @@ def fold(
     # weak count (the Ciphers report, "weak +suite" changes) agrees with the grade (it
     # read "strong", 0 weak, under a weak grade: a review)
     weakened = {(version.label, info.iana_name): grade for version, info, grade in weak_groups}
-    records = [replace(r, strength=g.strength.value, reason=g.reason)
-               if (g := weakened.get((r.tls_version, r.iana_name))) is not None else r
+    records = [replace(r, strength=weak.strength.value, reason=weak.reason)
+               if (weak := weakened.get((r.tls_version, r.iana_name))) is not None else r
                for r in records]
     port_grade = grade_port(versions, graded + weak_groups)
     accepted_facts = [

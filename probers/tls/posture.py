@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +28,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
@@ -90,21 +88,14 @@ class CertificatePosture:
         return tuple(found)
 
 
-# Debian's bundle holds a root with a non-positive serial (RFC 5280 says positive), and a
-# server may send such a certificate: cryptography warns when it parses one. Neither is
-# portwatch's error to print (a scan printed the warning's two raw lines amid its
-# progress: a review). Filtered for the process, by its text: ``catch_warnings`` around
-# the load was not enough, as it is not thread-safe and the load runs in worker threads.
-warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive",
-                        category=CryptographyDeprecationWarning)
-
-
 @cache
 def _trust_anchors(path: str) -> tuple[x509.Certificate, ...]:
     """The certificates of a PEM bundle, read once per path; () when it is missing or
-    unreadable."""
+    unreadable. (Debian's bundle holds a root with a non-positive serial, which
+    cryptography warns about: not portwatch's error to print, a review.)"""
     try:
-        return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
+        with served_certificate_warnings_ignored():
+            return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
     except (OSError, ValueError):
         return ()
 
@@ -136,8 +127,7 @@ def trust_store_problem(path: str) -> str:
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        with served_certificate_warnings_ignored():
             anchors = x509.load_pem_x509_certificates(raw)
     except ValueError:
         anchors = []
