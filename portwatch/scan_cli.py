@@ -310,7 +310,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
     if stats.change_events:  # what this scan changed (`portwatch report changes`)
         urgent = sum(e.severity.value in ("high", "critical") for e in stats.change_events)
-        out.print(Text(f"changes: {len(stats.change_events)} since the previous scan, "
+        # (a host's first scan has no previous one: its ports are "opened" against none)
+        since = ("(these hosts' first scan: every open port is new)" if not any(
+            e.previous_scan_id for e in stats.change_events) else "since the previous scan")
+        out.print(Text(f"changes: {len(stats.change_events)} {since}, "
                        f"{urgent} high or critical: portwatch report changes"))
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {printable(note)}"))  # notes quote what the network said

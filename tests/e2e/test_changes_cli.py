@@ -53,6 +53,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         ssh_ctx.__exit__(None, None, None)
         holder.close()
     return {"store": store, "ssh": ssh.port, "redis": redis.port, "narrow": narrow.stdout,
+            "first": first.stdout,
             "full": full.stdout, "listed_after_narrow": json.loads(listed.stdout)}
 
 
@@ -95,6 +96,9 @@ def test_the_list_after_the_narrow_scan_still_shows_the_port_it_did_not_cover(
 def test_the_end_of_scan_screen_counts_the_changes(scanned: dict) -> None:
     assert "changes: 1 since the previous scan, 0 high or critical" in scanned["full"]
     assert "changes:" not in scanned["narrow"]  # it covered only ssh, which stayed
+    # the first scan had no previous one to be compared with: it says so (a review)
+    assert "changes: 2 (these hosts' first scan: every open port is new), " in scanned["first"]
+    assert "previous scan" not in scanned["first"]
 
 
 def test_filters_kind_port_severity_since(scanned: dict) -> None:
