@@ -574,6 +574,22 @@ class NmapFallback:
                                                 only_service=only_service)
         return info
 
+    async def match_answer(self, probe_name: str, answer: bytes,
+                           is_tls: bool) -> ServiceInfo | None:
+        """What nmap's match lines of TCP probe ``probe_name`` name in ``answer``, an
+        answer to that probe already read (nothing is sent; None: no hard match, or no
+        database)."""
+        db = await self._load()
+        probe = db.probe("tcp", probe_name) if db is not None else None
+        if probe is None:
+            return None
+        from probers.service.nmap_engine import info_of_match
+
+        outcome = await asyncio.to_thread(db.match_detailed, probe, answer)
+        if outcome.match is None or outcome.match.is_soft:
+            return None
+        return info_of_match(outcome.match, probe_name, tls=is_tls)
+
     async def __call__(self, ep: Endpoint, is_tls: bool, first_data: bytes | None,
                        remaining: float, service: str = "") -> ServiceInfo | None:
         db = await self._load()

@@ -17,6 +17,8 @@ from probers.nmapdata.service_probes import cpe_escape
 from schemas.records import ServiceInfo
 
 BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
+# The method of a product guessed from a Server header no pattern of ours knows
+SERVER_HEADER_GUESS = "http:server-header-guess"
 
 
 def _byte_piece(byte: int) -> str:
@@ -417,10 +419,13 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
     if plain_on_tls:
         return ServiceInfo(service=service, extra_info=extra, is_tls=True,
                            method="http:plain-on-tls", confidence=5, headers=headers)
+    # A Server header none of our patterns knows: its first word split at "/" is a guess
+    # (``SERVER_HEADER_GUESS``: nmap's http lines are asked after, and name it when they
+    # can, e.g. "Python/3.9 aiohttp/3.8.1" is aiohttp 3.8.1, not Python 3.9: a review)
     return ServiceInfo(service=service, product=server.split("/")[0] if server else "",
                        version=server.split("/", 1)[1].split(" ")[0] if "/" in server else "",
                        extra_info=extra, is_tls=is_tls,
-                       method="http:server-header" if server else "http:status-line",
+                       method=SERVER_HEADER_GUESS if server else "http:status-line",
                        confidence=8 if server else 6, headers=headers)
 
 

@@ -64,6 +64,7 @@ from probers.service.app_protocols import (
     smb2_session_setup_request,
 )
 from probers.service.banners import (
+    SERVER_HEADER_GUESS,
     parse_banner,
     parse_foreign_reply,
     parse_http,
@@ -727,7 +728,10 @@ def better_of(ours: ServiceInfo | None, theirs: ServiceInfo | None) -> ServiceIn
         return replace(theirs, extra_info=extra[:300], headers=theirs.headers or ours.headers)
     if ours.product and not theirs.product:
         return ours
-    return theirs if theirs.confidence > ours.confidence else ours
+    if theirs.confidence > ours.confidence:
+        # (the headers ours read stay: the CDN verdict and the pivots read them)
+        return replace(theirs, headers=theirs.headers or ours.headers)
+    return ours
 
 
 async def identify(ep: Endpoint, settings: Settings | None = None,
@@ -810,6 +814,14 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if follow is not None and follow not in sent and (
                 any(k is follow for k, _ in queue) or follow not in ordered):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
+    if best is not None and best.method == SERVER_HEADER_GUESS and best_data:
+        # A product guessed from a Server header none of our patterns knows: nmap's
+        # lines for its GetRequest read the answer already here (no new connection;
+        # sending nmap's probes took the whole budget on every such server) and name it
+        # when they can ("Python/3.9 aiohttp/3.8.1" is aiohttp 3.8.1: a review)
+        read_answer = getattr(fallback, "match_answer", None)
+        if read_answer is not None:
+            best = better_of(best, await read_answer("GetRequest", best_data, best.is_tls))
     # nmap's probes run when ours named nothing for sure, and also when ours named the
     # service but not its product (an RDP negotiation answer names no implementation):
     # then only the probes that can name that service are sent (issue 15).

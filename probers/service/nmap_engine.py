@@ -285,35 +285,7 @@ class _Identifier:
                 confidence=0,
                 tried=tried,
             )
-        extra = [match.info] if match.info else []
-        extra += [
-            f"{label}: {value}"
-            for label, value in (
-                ("host", match.hostname),
-                ("os", match.os),
-                ("device", match.device),
-            )
-            if value
-        ]
-        via = f" via {match.probe}" if match.probe and match.probe != sent_probe else ""
-        kind = "softmatch " if match.is_soft else ""
-        service = match.service
-        if service.startswith("ssl/"):
-            # nmap names a TLS-wrapped service "ssl/<service>" (e.g. a plain request
-            # answered by an HTTPS port): keep the service, flag the TLS.
-            service, tls = service[4:], True
-        return ServiceInfo(
-            service=service,
-            product=match.product,
-            version=match.version,
-            extra_info="; ".join(extra),
-            cpe=" ".join(match.cpes),
-            is_tls=tls,
-            banner=banner,
-            method=f"nmap:{kind}{sent_probe} line {match.line}{via}",
-            confidence=CONFIDENCE_SOFT if match.is_soft else CONFIDENCE_HARD,
-            tried=tried,
-        )
+        return info_of_match(match, sent_probe, tls=tls, banner=banner, tried=tried)
 
     def _note_outcome(self, outcome: MatchOutcome) -> None:
         if outcome.note:
@@ -424,6 +396,42 @@ class _Identifier:
         return await self._probe_loop(False, None, "")
 
 
+
+def info_of_match(match: Match, sent_probe: str, *, tls: bool, banner: str = "",
+                  tried: tuple[str, ...] = ()) -> ServiceInfo:
+    """What one nmap match line names, as a ``ServiceInfo`` (``sent_probe``: the probe
+    whose answer it read)."""
+    extra = [match.info] if match.info else []
+    extra += [
+        f"{label}: {value}"
+        for label, value in (
+            ("host", match.hostname),
+            ("os", match.os),
+            ("device", match.device),
+        )
+        if value
+    ]
+    via = f" via {match.probe}" if match.probe and match.probe != sent_probe else ""
+    kind = "softmatch " if match.is_soft else ""
+    service = match.service
+    if service.startswith("ssl/"):
+        # nmap names a TLS-wrapped service "ssl/<service>" (e.g. a plain request
+        # answered by an HTTPS port): keep the service, flag the TLS.
+        service, tls = service[4:], True
+    return ServiceInfo(
+        service=service,
+        product=match.product,
+        version=match.version,
+        extra_info="; ".join(extra),
+        cpe=" ".join(match.cpes),
+        is_tls=tls,
+        banner=banner,
+        method=f"nmap:{kind}{sent_probe} line {match.line}{via}",
+        confidence=CONFIDENCE_SOFT if match.is_soft else CONFIDENCE_HARD,
+        tried=tried,
+    )
+
+
 def _speaks_tls(info: ServiceInfo) -> bool:
     return info.service == "ssl" and not info.is_tls
 
@@ -516,4 +524,5 @@ async def nmap_identify(
         )
 
 
-__all__ = ["READ_CAP", "nmap_identify", "sanitize_banner", "tls_client_context"]
+__all__ = ["READ_CAP", "info_of_match", "nmap_identify", "sanitize_banner",
+           "tls_client_context"]

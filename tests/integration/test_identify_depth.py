@@ -521,3 +521,34 @@ def test_a_silent_port_says_why_nmaps_probes_named_nothing() -> None:
     assert info.method == "unidentified"
     assert "nmap: no match (budget exhausted, " in info.extra_info
     assert "nmap: TimeoutError" not in info.extra_info
+
+
+@pytest.mark.parametrize(("server_header", "named"), [
+    ("Python/3.9 aiohttp/3.8.1", ("aiohttp", "3.8.1", "cpe:/a:aiohttp:aiohttp:3.8.1")),
+    ("TornadoServer/6.1", ("Tornado httpd", "6.1", "cpe:/a:tornadoweb:tornado:6.1")),
+    ("Apache-Coyote/1.1", ("Apache Tomcat/Coyote JSP engine", "1.1",
+                           "cpe:/a:apache:coyote_http_connector:1.1")),
+    ("Acme-Unknown/2.3", ("Acme-Unknown", "2.3", "")),
+], ids=["aiohttp", "tornado", "coyote", "unknown"])
+def test_a_server_header_ours_does_not_know_is_named_by_nmaps_lines_on_its_answer(
+        server_header: str, named: tuple[str, str, str]) -> None:
+    # Given a real HTTP server whose Server header none of our patterns knows (CDN
+    # headers too), through the stage both transports run, nmap's database loaded
+    from schemas.records import OpenPort, Target
+    from stream_processors.stages import identify_port, make_context
+
+    ctx = make_context(banner_wait=1.0, identify_budget=8, tls_enumeration=False)
+    with loopback.listen(loopback.http_handler(server_header, {"CF-RAY": "8a1b2c-LHR"})) as s:
+        finding = asyncio.run(identify_port(OpenPort(
+            scan_id="s", target=Target("127.0.0.1", "127.0.0.1"), port=s.port), ctx))
+    assert finding is not None
+    info = finding.service
+    # Then nmap's GetRequest lines name it from the answer already read (it was the
+    # header's first word: "Python" 3.9 for aiohttp, a review), with its CPE, sending
+    # nothing more; an unknown header keeps our guess; the CDN headers stay read
+    assert (info.service, info.product, info.version, info.cpe.split(" ")[0]) == (
+        "http", *named)
+    assert info.tried == ("null+http-get",)
+    assert info.method.startswith("nmap:GetRequest line ") if named[2] else (
+        info.method == "http:server-header-guess")
+    assert finding.cdn.provider == "cloudflare"
