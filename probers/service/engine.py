@@ -896,6 +896,12 @@ async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -
     Hostile servers are bounded here: a slow or endless answer stops at the deadline or
     the cap, and whatever arrived is returned (parsers take it from there).
     """
+    return (await _fetch(ep, path, is_tls=is_tls, timeout=timeout))[0]
+
+
+async def _fetch(ep: Endpoint, path: str, *, is_tls: bool, timeout: float
+                 ) -> tuple[bytes, bool]:
+    """``fetch_http``'s answer, and whether it ended (``_read_http_answer``)."""
     host = ep.hostname or (f"[{ep.ip}]" if ":" in ep.ip else ep.ip)
     request = (f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
                "Accept: */*\r\nConnection: close\r\n\r\n").encode()
@@ -907,38 +913,48 @@ async def fetch_http(ep: Endpoint, path: str, *, is_tls: bool, timeout: float) -
             await asyncio.wait_for(writer.drain(), max(0.05, deadline - time.monotonic()))
             return await _read_http_answer(reader, deadline)
     except (TimeoutError, OSError, ssl.SSLError, EOFError):
-        return b""
+        return b"", False
 
 
 FETCH_IDLE = 1.0  # s of silence that ends an answer declaring no end (and not closed)
 
 
-async def _read_http_answer(reader: asyncio.StreamReader, deadline: float) -> bytes:
+async def _read_http_answer(reader: asyncio.StreamReader, deadline: float
+                            ) -> tuple[bytes, bool]:
     """An HTTP answer read to the end it declares (Content-Length, last chunk), to the
     server's close, or, when it declares none and the server holds the connection, to
     FETCH_IDLE of silence; whatever arrived by the deadline otherwise. A body is never cut
-    at a pause when its end is declared (an icon cut there hashed as another one)."""
+    at a pause when its end is declared (an icon cut there hashed as another one).
+    (The bytes, and whether the answer ended: not at the deadline nor at the cap. An
+    endless icon cut at the deadline hashed as another icon every scan: a review.)"""
     buf = bytearray()
     end: DeclaredEnd | None = None
+    ended = False
     while len(buf) < FETCH_CAP:
         left = deadline - time.monotonic()
         if left <= 0:
             break
         waits_for_end = not buf or end is None or end.is_declared
+        wait = left if waits_for_end else min(left, FETCH_IDLE)
         try:
-            chunk = await asyncio.wait_for(reader.read(FETCH_CAP - len(buf)),
-                                           left if waits_for_end else min(left, FETCH_IDLE))
-        except (TimeoutError, ConnectionError, OSError, ssl.SSLError):
+            chunk = await asyncio.wait_for(reader.read(FETCH_CAP - len(buf)), wait)
+        except TimeoutError:
+            ended = wait < left  # a silence of FETCH_IDLE, not the deadline
+            break
+        except (ConnectionError, OSError, ssl.SSLError):
+            ended = True  # the server ended it (a reset after its last byte)
             break
         if not chunk:
+            ended = True
             break
         buf += chunk
         if end is None:
             frame = http_framing(buf)  # (no copy per read: a trickle stays linear)
             end = DeclaredEnd(frame) if frame is not None else None
         if end is not None and end.reached(buf):
+            ended = True
             break
-    return bytes(buf[:FETCH_CAP])
+    return bytes(buf), ended
 
 
 async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: bytes,
@@ -951,8 +967,9 @@ async def _with_http_meta(ep: Endpoint, s: Settings, info: ServiceInfo, answer: 
         left = deadline - time.monotonic()
         if left < 0.1:
             return None
-        return split_response(await fetch_http(ep, path, is_tls=is_tls,
-                                               timeout=min(s.probe_timeout, left)))
+        data, ended = await _fetch(ep, path, is_tls=is_tls, timeout=min(s.probe_timeout, left))
+        response = split_response(data)
+        return response if ended or not response.is_whole else replace(response, is_whole=False)
 
     # The identifying probe's answer when it is whole (it was read up to READ_CAP only:
     # a title or an icon link past that was lost), else the page is fetched again

@@ -552,3 +552,41 @@ def test_a_server_header_ours_does_not_know_is_named_by_nmaps_lines_on_its_answe
     assert info.method.startswith("nmap:GetRequest line ") if named[2] else (
         info.method == "http:server-header-guess")
     assert finding.cdn.provider == "cloudflare"
+
+
+def _endless_icon_site(period: float) -> loopback.Handler:
+    """A web server whose page links an icon it then streams without end (no length, a
+    512-byte piece every ``period`` seconds, bounded at 30 s by the handler itself)."""
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        request = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in request and len(request) < 8192:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            if b" /i.ico " not in request:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: "
+                             b"text/html\r\nContent-Length: %d\r\n\r\n" % len(PACED_PAGE)
+                             + PACED_PAGE)
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/x-icon\r\n\r\n")
+            pieces = random.Random(3)
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                conn.sendall(pieces.randbytes(512))
+                time.sleep(period)
+    return handle
+
+
+def test_an_icon_still_arriving_at_the_deadline_is_not_hashed() -> None:
+    # Given a site whose icon never ends (a piece every 0.2 s: never the idle gap that
+    # ends an answer declaring no length)
+    with loopback.listen(_endless_icon_site(0.2)) as listener:
+        first = _identify("127.0.0.1", listener.port, budget=4.0)
+        second = _identify("127.0.0.1", listener.port, budget=4.0)
+    # Then no hash is kept (before: the bytes the deadline let through were hashed, a
+    # new hash each scan, and each a "product changed" event: a review); the title is
+    assert (first.http_title, first.favicon_mmh3) == ("Paced", None)
+    assert (second.http_title, second.favicon_mmh3) == ("Paced", None)
