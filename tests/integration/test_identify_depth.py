@@ -371,6 +371,17 @@ def test_a_plain_page_quoting_nginxs_tls_refusal_is_a_plain_page() -> None:
         "http", "nginx", "1.24.0", False, "Web server FAQ")
 
 
+def _request_of(conn: socket.socket) -> bytes | None:
+    """A request's head as a test server reads it (None: the client went away)."""
+    request = b""
+    while b"\r\n\r\n" not in request and len(request) < 8192:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        request += chunk
+    return request
+
+
 def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
                 length: bool = True, eol: bytes = b"\r\n", hold: float = 0.0,
                 ) -> loopback.Handler:
@@ -380,13 +391,10 @@ def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
     request's Connection: close), and ``eol`` ends its header lines."""
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
-        request = b""
         with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in request and len(request) < 8192:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            request = _request_of(conn)
+            if request is None:
+                return
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
             lines = [b"HTTP/1.1 200 OK", b"Server: nginx/1.24.0", b"Content-Type: " + kind]
@@ -559,13 +567,10 @@ def _endless_icon_site(period: float) -> loopback.Handler:
     512-byte piece every ``period`` seconds, bounded at 30 s by the handler itself)."""
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
-        request = b""
         with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in request and len(request) < 8192:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
+            request = _request_of(conn)
+            if request is None:
+                return
             if b" /i.ico " not in request:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: "
                              b"text/html\r\nContent-Length: %d\r\n\r\n" % len(PACED_PAGE)
