@@ -354,13 +354,17 @@ def _certificate_cn(writer: asyncio.StreamWriter) -> str:
         from cryptography import x509
         from cryptography.x509.oid import NameOID
 
-        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
-            NameOID.COMMON_NAME)
+        from probers.tls.certs import served_certificate_warnings_ignored
+
+        with served_certificate_warnings_ignored():  # (a serial that is not positive...)
+            names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+                NameOID.COMMON_NAME)
     except (ImportError, ValueError):
         return ""
     value = names[0].value if names else ""
-    text = value if isinstance(value, str) else value.decode("latin-1")
-    return sanitize(text.encode("latin-1", "replace"), 128)
+    # As UTF-8, as every other text is kept ("Москва.example" read "??????.example")
+    raw = value.encode("utf-8", "replace") if isinstance(value, str) else value
+    return sanitize(raw, 128, utf8=True)
 
 
 async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:

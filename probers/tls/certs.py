@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
-from schemas.bounded import text
+from schemas.bounded import ARRAY_CAP, text
 from schemas.records import Certificate
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -201,12 +201,16 @@ def name_text(value: str, cap: int = NAME_CAP) -> str:
 
 
 def _capped_sans(names: Sequence[str], addresses: Sequence[_Address]) -> tuple[str, ...]:
+    """The names, within ``SANS_CAP`` characters and the store's array bound with room for
+    the last entry, "(and N more names)" (the array bound cut that note off after 1,000
+    short names: a review)."""
     kept: list[str] = []
     size = 0
     entries = [f"DNS:{n}" for n in names] + [f"IP:{a}" for a in addresses]
     for entry in entries:
         size += len(entry)
-        if size > SANS_CAP:
+        left = len(entries) - len(kept)
+        if size > SANS_CAP or (len(kept) == ARRAY_CAP - 1 and left > 1):
             kept.append(f"(and {len(entries) - len(kept)} more names)")
             break
         kept.append(name_text(entry))

@@ -595,3 +595,34 @@ def test_an_icon_still_arriving_at_the_deadline_is_not_hashed() -> None:
     # new hash each scan, and each a "product changed" event: a review); the title is
     assert (first.http_title, first.favicon_mmh3) == ("Paced", None)
     assert (second.http_title, second.favicon_mmh3) == ("Paced", None)
+
+
+def test_a_certificates_cn_is_kept_as_utf8_and_its_controls_escaped(tmp_path: object) -> None:
+    import datetime as dt
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.tls_servers import CertFiles, openssl_server
+
+    # Given a TLS server whose certificate's CN is Cyrillic with a bidi override in it
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Москва\u202e.example")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    files = CertFiles(Path(str(tmp_path)) / "cn.pem", Path(str(tmp_path)) / "cn.key")
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    with openssl_server(files) as port:
+        info = _identify("127.0.0.1", port)
+    # Then the hint reads as sent, the control escaped (it read "??????.example": a
+    # review)
+    assert "certificate CN: Москва\\u202e.example" in info.extra_info, info.extra_info

@@ -22,6 +22,7 @@ from probers.tls.certs import (
     hostname_matches,
 )
 from probers.tls.posture import assess_chain
+from schemas.bounded import ARRAY_CAP, texts
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -113,6 +114,23 @@ def test_many_sans_are_capped_and_counted() -> None:
     assert kept == tuple(f"DNS:{n.value}" for n in names[:len(kept)])
     assert sum(map(len, kept)) <= SANS_CAP < sum(map(len, kept)) + len(f"DNS:{names[0].value}")
     assert facts.sans[-1] == f"(and {2000 - len(kept)} more names)"
+
+
+@pytest.mark.parametrize(("count", "kept"), [(1000, 1000), (1001, 999), (3001, 999)])
+def test_many_short_sans_keep_their_count_within_the_stores_array_bound(
+        count: int, kept: int) -> None:
+    # Given a leaf with many short names (within SANS_CAP characters), more than the
+    # store keeps of an array (ARRAY_CAP, 1,000)
+    names = [x509.DNSName(f"h{i}.example") for i in range(count)]
+    der = build("short.test", names).public_bytes(serialization.Encoding.DER)
+    facts = describe_certificate(der, position=0, hostname=None, now=START)
+    stored = texts(facts.sans)
+    # Then what the store keeps still ends with how many names were left out (the array
+    # bound cut that note off: a review), and 1,000 names need none
+    assert len(stored) == min(count, ARRAY_CAP)
+    assert stored[:kept] == [f"DNS:{n.value}" for n in names[:kept]]
+    if kept < count:
+        assert stored[-1] == f"(and {count - kept} more names)"
 
 
 def test_a_long_subject_is_capped() -> None:
