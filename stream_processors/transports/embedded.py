@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from probers.discovery.base import Progress
-from producers.shards import Checkpoint, ScanPlan
+from producers.shards import Checkpoint, CheckpointError, ScanPlan
 from producers.targets import Scope
 from schemas.records import ChangeEvent, Finding, HostScan, OpenPort, Proto, Shard, utcnow
 from stream_processors.history import (
@@ -297,6 +297,7 @@ class EmbeddedRunner:
         """
         scan_id = plan.scan_id
         progress_at = start or plan.start(None)
+        await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = ScanStats(scan_id, len(targets))
@@ -525,6 +526,27 @@ class EmbeddedRunner:
         await asyncio.to_thread(self.store.insert_host_scans, rows + completed_now)
         # after the findings are stored; after what an earlier run left (run() start)
         stats.change_events += await self.changes.finish(rows + earlier)
+
+    def _check_resumable(self, plan: ScanPlan, progress_at: Checkpoint,
+                         checkpoint_path: str | None) -> None:
+        """A checkpoint that passed shards resumes only into the store those shards were
+        stored in: every shard records its hosts as it starts, so the first one passed
+        has rows here. None: another --store, or one made anew after a damaged one, and
+        the shards passed would be recorded scanned and clean, their open ports never
+        seen (a review). Refused (CheckpointError, one line) before anything is sent."""
+        for shard_plan in plan.plans:
+            if progress_at.index(shard_plan.proto) <= 0:
+                continue
+            first = next(iter(shard_plan.shards()), None)
+            if first is None:
+                continue
+            keys = {(first.scan_id, t.target, t.ip) for t in first.targets}
+            if not stored_host_scans(self.store, keys):
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_path or '(given)'} resumes scan {plan.scan_id}, "
+                    "of which this store holds nothing (another --store, or one made anew): "
+                    "the shards it passed were stored elsewhere; remove the checkpoint to "
+                    "scan from the start, or resume into the store it began in")
 
     def _resumed_rows(self, resumed: dict[str, Shard], now: datetime
                       ) -> tuple[list[HostScan], list[HostScan]]:

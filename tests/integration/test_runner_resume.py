@@ -101,6 +101,37 @@ def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Pa
         assert all(lo <= p <= lo + 2999 for p in found)
 
 
+def test_a_checkpoint_resumed_into_another_store_is_refused_before_scanning(
+        store, shared_chdb_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from producers.shards import CheckpointError
+    from tests.conftest import scratch_store
+
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=11, scan_id="moved-store")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a first run, stopped after its first shard, into one store
+        runner = _runner(store)
+        runner.__class__ = StopsAfterFirstShard
+        asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
+        saved = Checkpoint.load(checkpoint)
+        assert saved is not None and saved.next_index == {"tcp": 1}
+        # When the same command resumes it into another store (a store made anew after a
+        # damaged one)
+        other = stack.enter_context(scratch_store(shared_chdb_path, "moved"))
+        with pytest.raises(CheckpointError) as refused:
+            asyncio.run(_runner(other).run(plan, start=plan.start(saved),
+                                           checkpoint_path=str(checkpoint)))
+        # Then it is refused in words before anything is scanned or recorded (the shard
+        # the first run passed read "completed, nothing open" there, its listener never
+        # seen: a review), and the checkpoint is kept
+        assert str(refused.value).startswith(
+            f"checkpoint {checkpoint} resumes scan moved-store, of which this store holds "
+            "nothing (another --store, or one made anew)")
+        assert other.query("SELECT count() FROM host_scans") == [(0,)]
+        assert Checkpoint.load(checkpoint) == saved
+
+
 class FaultInjectingEngine:
     """Named fake for a fault we cannot cause on demand with the connect engine:
     the engine crashes mid-shard on its first attempt (like a killed masscan). With
