@@ -101,6 +101,18 @@ def test_checkpoint_resumes_an_interrupted_scan_without_gaps(store, tmp_path: Pa
         assert all(lo <= p <= lo + 2999 for p in found)
 
 
+def _first_shard_only(store, plan: ScanPlan, checkpoint: Path,  # type: ignore[no-untyped-def]
+                      first_run: type[EmbeddedRunner]) -> Checkpoint:
+    """A first run of ``plan`` into ``store`` ended after its first shard by
+    ``first_run``: its checkpoint, past that shard."""
+    runner = _runner(store)
+    runner.__class__ = first_run
+    asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
+    saved = Checkpoint.load(checkpoint)
+    assert saved is not None and saved.next_index == {"tcp": 1}
+    return saved
+
+
 def test_a_checkpoint_resumed_into_another_store_is_refused_before_scanning(
         store, shared_chdb_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from producers.shards import CheckpointError
@@ -111,11 +123,7 @@ def test_a_checkpoint_resumed_into_another_store_is_refused_before_scanning(
         plan = _plan((PortRange(lo, lo + 2999),), seed=11, scan_id="moved-store")
         checkpoint = tmp_path / "scan.checkpoint"
         # Given a first run, stopped after its first shard, into one store
-        runner = _runner(store)
-        runner.__class__ = StopsAfterFirstShard
-        asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
-        saved = Checkpoint.load(checkpoint)
-        assert saved is not None and saved.next_index == {"tcp": 1}
+        saved = _first_shard_only(store, plan, checkpoint, StopsAfterFirstShard)
         # When the same command resumes it into another store (a store made anew after a
         # damaged one)
         other = stack.enter_context(scratch_store(shared_chdb_path, "moved"))
@@ -299,11 +307,7 @@ def test_a_resumed_scan_compares_every_shard_and_reads_completed(
         lo, ports = _listener_per_shard(stack)
         plan = _plan((PortRange(lo, lo + 2999),), seed=3, scan_id="resumed-whole")
         checkpoint = tmp_path / "scan.checkpoint"
-        runner = _runner(store)
-        runner.__class__ = first_run
-        asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
-        saved = Checkpoint.load(checkpoint)
-        assert saved is not None and saved.next_index == {"tcp": 1}
+        saved = _first_shard_only(store, plan, checkpoint, first_run)
         # When the same command runs again and resumes it
         second = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
                                                 checkpoint_path=str(checkpoint)))
@@ -320,12 +324,7 @@ def test_a_resumed_scan_compares_every_shard_and_reads_completed(
 
 
 def _killed_after_first_shard(store, plan: ScanPlan, checkpoint: Path) -> Checkpoint:  # type: ignore[no-untyped-def]
-    runner = _runner(store)
-    runner.__class__ = KilledBeforeItsEnd
-    asyncio.run(runner.run(plan, checkpoint_path=str(checkpoint)))
-    saved = Checkpoint.load(checkpoint)
-    assert saved is not None and saved.next_index == {"tcp": 1}
-    return saved
+    return _first_shard_only(store, plan, checkpoint, KilledBeforeItsEnd)
 
 
 def _nothing_listens(port: int) -> bool:
