@@ -164,9 +164,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except Exception as exc:
         code = exit_code_for(exc)
         if code is None and _is_disk_full(exc):
+            # (prune rewrites tables: it needs 64 MiB free itself, store.MUTATION_MIN_FREE)
             err_console.print("portwatch: error: no space left on the store's disk: free "
-                              "some (or `portwatch prune` old scans) and run it again; what "
-                              "was stored before is kept", markup=False)
+                              "some (64 MiB free lets `portwatch prune` remove old scans) "
+                              "and run it again; what was stored before is kept", markup=False)
             return EXIT_RUNTIME
         if code is None:
             raise  # a bug: the traceback is what a report needs

@@ -869,6 +869,14 @@ class Store:
                 if found < SCHEMA_VERSION and all(
                         v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
                     upgrade = list(range(found, SCHEMA_VERSION))
+                elif found > SCHEMA_VERSION:
+                    # a newer portwatch wrote it: upgrading keeps its history (a new store
+                    # loses first_seen and the change log: a review)
+                    where = self.location.path or f"{self.location.host}/{self.location.database}"
+                    raise StoreLayoutError(
+                        f"the store at {where} has layout version {found}, written by a "
+                        f"newer portwatch (this one reads {SCHEMA_VERSION}): upgrade "
+                        "portwatch to read it")
                 elif found != SCHEMA_VERSION:
                     where = self.location.path or f"{self.location.host}/{self.location.database}"
                     raise StoreLayoutError(

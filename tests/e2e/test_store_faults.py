@@ -78,12 +78,15 @@ def test_prune_and_scan_on_a_full_disk_fail_in_one_line_and_lose_nothing(
         assert line.startswith(f"portwatch: error: the store at {disk / 'store'} has ")
         assert line.endswith("free some space and run it again (nothing was changed)")
         assert sorted((disk / "store").glob("store/*/*/mutation_*.txt")) == mutations
-        # And a scan fails in one line too, naming the full disk
+        # And a scan fails in one line too, naming the full disk and how much to free
+        # for prune to help (it said "or portwatch prune", refused just above: a review)
         scanned = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
                           store=store)
         assert scanned.code == 1, scanned.stderr
-        line = one_error_line(scanned.stderr)
-        assert "no space left" in line, line
+        assert one_error_line(scanned.stderr) == (
+            "portwatch: error: no space left on the store's disk: free some (64 MiB free lets "
+            "`portwatch prune` remove old scans) and run it again; what was stored before "
+            "is kept")
         # And once space is freed, both work on what was stored before
         filler.unlink()
         assert run_cli("prune", "--older-than", "1s", store=store).code == 0

@@ -692,6 +692,30 @@ def test_a_store_laid_out_by_another_version_is_refused_with_one_line(
     assert "\n" not in message
 
 
+def test_a_store_of_a_newer_portwatch_says_to_upgrade_not_to_start_over(
+        store: Store, shared_chdb_path: Path) -> None:
+    from stream_processors.store import SCHEMA_VERSION
+
+    # Given a store a newer portwatch laid out (its version row one past ours)
+    database = f"newer_{uuid.uuid4().hex[:10]}"
+    made = Store.from_url(f"chdb://{shared_chdb_path}?database={database}")
+    made.command(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION + 1})")
+    made.close()
+    # When this portwatch opens it
+    try:
+        with pytest.raises(StoreError) as err:
+            Store.from_url(f"chdb://{shared_chdb_path}?database={database}")
+    finally:
+        store.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+    # Then it says to upgrade (it said "use a new --store and rescan", which gives up its
+    # history: a review), in one line
+    message = str(err.value)
+    assert message.endswith(f"has layout version {SCHEMA_VERSION + 1}, written by a newer "
+                            f"portwatch (this one reads {SCHEMA_VERSION}): upgrade portwatch "
+                            "to read it"), message
+    assert "\n" not in message
+
+
 def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_history(
         shared_chdb_path: Path) -> None:
     from stream_processors.store import MIGRATIONS
