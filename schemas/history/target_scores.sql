@@ -6,7 +6,9 @@
 -- latter as they were last seen by the end of that scan: after a `--ports 22,80` scan
 -- the point is the Summary's score then, not that of two ports. {target} is the target as
 -- written (the sorting key's first column, so only this target's rows are read); {ip}
--- narrows to one address ('' = all).
+-- narrows to one address ('' = all). A scan `portwatch prune` removed keeps its point from
+-- the risk chart's rows (ddl.sql host_scan_scores, kept by prune): its score, status
+-- "pruned", its port counts no longer known (NULL).
 WITH
     scans AS (
         SELECT target, ip, scan_id, max(finished_at) AS finished_at,
@@ -81,18 +83,39 @@ WITH
                countIf(latest.2 AND latest.1 = 'yellow') AS yellow,
                countIf(latest.2 AND latest.1 = 'green') AS green, count() AS open_ports
         FROM carried_then GROUP BY target, ip, scan_id
+    ),
+    kept AS (
+        SELECT
+            scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
+            scans.finished_at AS finished_at, scans.status AS status,
+            toNullable(toUInt64(counts.open_ports + carried.open_ports)) AS open_ports,
+            toNullable(toUInt64(counts.red + carried.red)) AS red,
+            toNullable(toUInt64(counts.yellow + carried.yellow)) AS yellow,
+            toNullable(toUInt64(counts.green + carried.green)) AS green,
+            toUInt64(10 * (counts.red + carried.red) + 3 * (counts.yellow + carried.yellow)
+                     + counts.green + carried.green) AS raw_score
+        FROM scans
+        LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
+                        AND counts.scan_id = scans.scan_id
+        LEFT JOIN carried ON carried.target = scans.target AND carried.ip = scans.ip
+                         AND carried.scan_id = scans.scan_id
+    ),
+    pruned AS (
+        SELECT target, ip, scan_id, latest.1 AS finished_at, 'pruned' AS status,
+               CAST(NULL AS Nullable(UInt64)) AS open_ports,
+               CAST(NULL AS Nullable(UInt64)) AS red,
+               CAST(NULL AS Nullable(UInt64)) AS yellow,
+               CAST(NULL AS Nullable(UInt64)) AS green,
+               toUInt64(latest.2) AS raw_score
+        FROM (
+            SELECT target, ip, scan_id, max((h.finished_at, h.raw_score)) AS latest
+            FROM host_scan_scores AS h FINAL
+            WHERE h.target = {target:String} AND ({ip:String} = '' OR h.ip = {ip:String})
+              AND h.is_deleted = 0
+              AND (h.target, h.ip, h.scan_id) NOT IN (SELECT target, ip, scan_id FROM scans)
+            GROUP BY target, ip, scan_id)
     )
-SELECT
-    scans.target AS target, scans.ip AS ip, scans.scan_id AS scan_id,
-    scans.finished_at AS finished_at, scans.status AS status,
-    counts.open_ports + carried.open_ports AS open_ports, counts.red + carried.red AS red,
-    counts.yellow + carried.yellow AS yellow, counts.green + carried.green AS green,
-    10 * (counts.red + carried.red) + 3 * (counts.yellow + carried.yellow)
-        + counts.green + carried.green AS raw_score,
-    round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score
-FROM scans
-LEFT JOIN counts ON counts.target = scans.target AND counts.ip = scans.ip
-                AND counts.scan_id = scans.scan_id
-LEFT JOIN carried ON carried.target = scans.target AND carried.ip = scans.ip
-                 AND carried.scan_id = scans.scan_id
+SELECT target, ip, scan_id, finished_at, status, open_ports, red, yellow, green, raw_score,
+       round(100 * (1 - exp(-raw_score / 40)), 1) AS risk_score
+FROM (SELECT * FROM kept UNION ALL SELECT * FROM pruned)
 ORDER BY finished_at, ADDRESS_ORDER(ip)
