@@ -23,6 +23,7 @@ already live elsewhere (``store_rows.py``, ``schemas/``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -487,7 +488,17 @@ def _take_path_lock(path: str, shown: str) -> None:
         if path in _PATH_LOCKS:
             _PATH_LOCKS[path][1] += 1
             return
-        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                # chdb writes where it reads, even for a query: a read-only copy cannot be
+                # opened at all (a bare "Errno 30" said nothing of why: a review)
+                raise StoreError(f"cannot open the store at {shown}: it is on a read-only "
+                                 "file system, and the embedded engine writes in its "
+                                 "directory even to read (copy it somewhere writable)"
+                                 ) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,7 +6,8 @@ writes anything (before: its delete waited for ever, deaf to Ctrl-C, holding the
 and the engine left the delete's file empty, after which the store no longer opened),
 and ``scan`` fails in one line (before: a 74-line traceback). Nothing stored before is
 lost: once space is freed both work. A store an earlier full disk left with an empty
-mutation file opens again."""
+mutation file opens again. A store on a read-only file system (a bind mount in a mount
+namespace of the test's own) is one line saying why it cannot be read."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from stream_processors.store import SCHEMA_VERSION
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -144,3 +146,26 @@ def test_the_engines_errno_reason_is_said() -> None:
             "Permission denied. (CANNOT_OPEN_FILE)\n")
     # (before: only "DB::Exception: " was read, and the one line gave no reason)
     assert engine_reason(said).startswith("Cannot open file /s/status, errno: 13")
+
+
+def test_a_store_on_a_read_only_file_system_says_so_in_one_line(tmp_path: Path) -> None:
+    # Given a store, seen through a read-only bind mount (in a mount namespace of the
+    # test's own: nothing outside sees it)
+    store = tmp_path / "store"
+    made = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
+                   store=f"chdb://{store}")
+    assert made.code == 0, made.stderr
+    view = tmp_path / "view"
+    view.mkdir()
+    script = (f"mount --bind {store} {view} && mount -o remount,bind,ro {view} && "
+              f"{sys.executable} -m portwatch report summary --store chdb://{view}; "
+              'echo "exit=$?" >&2')
+    result = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    # When a report reads it: one line saying why it cannot (chdb writes where it
+    # reads), exit 1 (it was "[Errno 30] Read-only file system: '.../.portwatch.lock'")
+    *said, status = result.stderr.strip().splitlines()
+    assert status == "exit=1", result.stderr
+    assert said == [f"portwatch: error: cannot open the store at {view}: it is on a "
+                    "read-only file system, and the embedded engine writes in its directory "
+                    "even to read (copy it somewhere writable)"]
