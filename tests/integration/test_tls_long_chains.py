@@ -1,10 +1,11 @@
 """A real ``openssl s_server`` serving certificate chains past the prober's bounds: a
 leaf of ~150 KB (3,000 SANs: over OpenSSL's 100 KB limit on a Certificate message, so
 pyOpenSSL refuses it after the server's TLS 1.3 pick) and a chain of ~320 KB (400
-intermediates: past ``MAX_FLIGHT_BYTES``, so the raw hello stops reading after the
-ServerHello). The suites the server picked are still its answers: TLS 1.3 went missing
-with no word, and the 320 KB chain made the whole port "could not test" (a helper
-session's review, 2026-12-06). What could not be read is named ("partial: ...")."""
+intermediates: past ``MAX_FLIGHT_BYTES``, so the raw hello reads past it keeping none
+of it, to the ServerKeyExchange after it). The suites the server picked are still its
+answers: TLS 1.3 went missing with no word, and the 320 KB chain made the whole port
+"could not test" (a helper session's review, 2026-12-06). What could not be read is
+named ("partial: ...")."""
 
 from __future__ import annotations
 
@@ -105,3 +106,26 @@ def test_a_chain_past_the_flight_bound_keeps_every_pick(tmp_path: Path) -> None:
     assert "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" in {
         s.iana_name for s in result.suites if s.tls_version == "TLSv1.2"}
     assert result.error.startswith("partial: certificate: "), result.error
+
+
+def test_the_key_exchange_behind_a_long_chain_is_still_read(tmp_path: Path) -> None:
+    import subprocess
+
+    # Given a TLS 1.2 server of a 1,024-bit DH group and ECDHE, sending ~320 KB of
+    # intermediates (its ServerKeyExchange comes after them)
+    dh = tmp_path / "dh1024.pem"
+    subprocess.run(["openssl", "dhparam", "-out", str(dh), "1024"], check=True,
+                   capture_output=True, timeout=120)
+    leaf = make_cert(tmp_path)
+    with openssl_server(leaf, "-no_tls1_3", "-dhparam", str(dh), "-cert_chain",
+                        str(long_chain(tmp_path)), "-cipher",
+                        "DHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:@SECLEVEL=0"
+                        ) as port:
+        result = probe(port)
+    # Then each suite's key exchange is read past the chain (it read 0 bits, so the
+    # port was "strong": a review), and the small DH group makes the port medium
+    kex = {s.iana_name: (s.kex_group, s.kex_bits) for s in result.suites}
+    assert kex["TLS_DHE_RSA_WITH_AES_128_GCM_SHA256"][1] == 1024, kex
+    assert kex["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"][1] >= 253, kex
+    assert result.grade == "medium", (result.grade, result.grade_reason)
+    assert "DH group under 2048 bits" in result.grade_reason
