@@ -294,6 +294,18 @@ class ProgressView:
                 f"{rate:,.0f} ports/s, ETA {eta}", markup=False)
 
 
+def changes_line(events: Sequence[Any]) -> str:
+    """The end screen's line about a scan's change events. A host's first scan has no
+    previous one: its ports are "opened" against none (it said "since the previous scan"
+    of them: a review)."""
+    urgent = sum(e.severity.value in ("high", "critical") for e in events)
+    first = sum(not e.previous_scan_id for e in events)
+    since = ("(all on hosts scanned for the first time)" if first == len(events) else
+             f"since the previous scan ({first} on hosts scanned for the first time)"
+             if first else "since the previous scan")
+    return f"changes: {len(events)} {since}, {urgent} high or critical: portwatch report changes"
+
+
 def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     from portwatch.tables import print_end_screen
 
@@ -309,12 +321,7 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     if stats.resumed_shards:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
     if stats.change_events:  # what this scan changed (`portwatch report changes`)
-        urgent = sum(e.severity.value in ("high", "critical") for e in stats.change_events)
-        # (a host's first scan has no previous one: its ports are "opened" against none)
-        since = ("(these hosts' first scan: every open port is new)" if not any(
-            e.previous_scan_id for e in stats.change_events) else "since the previous scan")
-        out.print(Text(f"changes: {len(stats.change_events)} {since}, "
-                       f"{urgent} high or critical: portwatch report changes"))
+        out.print(Text(changes_line(stats.change_events)))
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {printable(note)}"))  # notes quote what the network said
     for ip in stats.tarpits:

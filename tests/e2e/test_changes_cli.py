@@ -97,7 +97,7 @@ def test_the_end_of_scan_screen_counts_the_changes(scanned: dict) -> None:
     assert "changes: 1 since the previous scan, 0 high or critical" in scanned["full"]
     assert "changes:" not in scanned["narrow"]  # it covered only ssh, which stayed
     # the first scan had no previous one to be compared with: it says so (a review)
-    assert "changes: 2 (these hosts' first scan: every open port is new), " in scanned["first"]
+    assert "changes: 2 (all on hosts scanned for the first time), " in scanned["first"]
     assert "previous scan" not in scanned["first"]
 
 

@@ -335,7 +335,7 @@ def test_a_scan_of_fewer_ports_hides_none_of_the_others(store: Any) -> None:
     # And a prune past the narrower scan takes the ports it carried with its other rows
     prune(store, timedelta(hours=1), now=T0 + 2 * day + timedelta(hours=2))
     assert store.query("SELECT count() FROM carried_history") == [(0,)]
-    assert scores(store, DB) == [("s3", 1, 2.5)]
+    assert scores(store, DB) == [("s1", None, 25.9), ("s2", None, 4.9), ("s3", 1, 2.5)]
 
 
 def test_a_renamed_asset_finds_every_port_of_its_host_in_every_report(store: Any) -> None:

@@ -207,3 +207,25 @@ def test_the_ciphers_table_says_why_a_port_could_not_be_tested() -> None:
     render(report, "table", out)
     text = buf.getvalue()
     assert "why" in text and "STARTTLS answered 454" in text
+
+
+@pytest.mark.parametrize(("previous", "said"), [
+    (("", ""), "changes: 2 (all on hosts scanned for the first time), 1 high or critical"),
+    (("s0", ""), "changes: 2 since the previous scan (1 on hosts scanned for the first "
+                 "time), 1 high or critical"),
+    (("s0", "s0"), "changes: 2 since the previous scan, 1 high or critical"),
+], ids=["first-scans", "mixed", "rescans"])
+def test_the_end_screen_says_which_changes_had_no_previous_scan(
+        previous: tuple[str, str], said: str) -> None:
+    from portwatch.scan_cli import changes_line
+    from schemas.records import ChangeEvent, ChangeKind, Severity, Target
+
+    # Given a scan's events on two hosts, each with or without a previous scan
+    events = [ChangeEvent(kind=ChangeKind.OPENED, severity=severity,
+                          target=Target(f"127.0.0.{i + 1}", f"127.0.0.{i + 1}"), scan_id="s1",
+                          previous_scan_id=before, port=22)
+              for i, (before, severity) in enumerate(zip(previous, (Severity.HIGH,
+                                                                    Severity.INFO), strict=True))]
+    # Then the end screen's line says so (it said "since the previous scan" of a first
+    # scan, and of a scan where only some hosts were new: reviews)
+    assert changes_line(events) == f"{said}: portwatch report changes"
