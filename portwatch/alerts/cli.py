@@ -439,14 +439,14 @@ async def _once(watcher: Any, dispatcher: Any, last_delivery: Callable[[Any], Aw
     if (watcher.is_stopping and not (terminated and when_stopped)) \
             or (stop.is_set() and not terminated):
         return EXIT_INTERRUPTED
+    if terminated:  # (said before a failure's status too: a review)
+        _say(f"watch: stopped (SIGTERM) {_when(when_stopped)}; what is still due runs at "
+             "the next start")
     if _say_unqueued(watcher):
         return EXIT_RUNTIME
     # a failed scan fails the one-shot run (a CronJob shows it), after delivering
     if any(r.status == "failed" for r in records):
         return EXIT_RUNTIME
-    if terminated:
-        _say(f"watch: stopped (SIGTERM) {_when(when_stopped)}; what is still due runs at "
-             "the next start")
     return 0
 
 

@@ -118,6 +118,11 @@ class SlowFirstLoad:
         self.remaining.append(remaining)
         return ServiceInfo(service="pop3", product="FakePOP", confidence=10, method="fake")
 
+    async def match_answer(self, probe_name: str, answer: bytes,
+                           is_tls: bool) -> ServiceInfo | None:
+        await self.prepare()  # as NmapFallback loads on its first call: no match after
+        return None
+
 
 def test_the_fallbacks_first_load_is_not_the_ports_budget() -> None:
     # Given a POP3 server our banner probe names without a product (nmap is then asked
@@ -384,7 +389,7 @@ def _request_of(conn: socket.socket) -> bytes | None:
 
 def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
                 length: bool = True, eol: bytes = b"\r\n", hold: float = 0.0,
-                ) -> loopback.Handler:
+                server: bytes = b"nginx/1.24.0") -> loopback.Handler:
     """A web server whose icon is sent in two parts with a pause between them, as a slow
     or loaded server does; with ``length`` False it declares no Content-Length, with
     ``hold`` it keeps the connection open that long after answering (ignoring the
@@ -397,7 +402,7 @@ def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
                 return
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
-            lines = [b"HTTP/1.1 200 OK", b"Server: nginx/1.24.0", b"Content-Type: " + kind]
+            lines = [b"HTTP/1.1 200 OK", b"Server: " + server, b"Content-Type: " + kind]
             if length:
                 lines.append(b"Content-Length: " + str(len(body)).encode())
             conn.sendall(eol.join([*lines, b"", b""]) + body[:pause_after])
@@ -626,3 +631,18 @@ def test_a_certificates_cn_is_kept_as_utf8_and_its_controls_escaped(tmp_path: ob
     # Then the hint reads as sent, the control escaped (it read "??????.example": a
     # review)
     assert "certificate CN: Москва\\u202e.example" in info.extra_info, info.extra_info
+
+
+def test_the_first_guess_read_by_nmaps_lines_keeps_the_ports_budget() -> None:
+    # Given a site whose Server header none of our patterns knows (nmap's lines are asked
+    # about the answer) and a fallback whose first load outlasts the port's budget
+    icon = random.Random(5).randbytes(900)
+    handler = _paced_site(PACED_PAGE, icon, pause_after=len(icon), pause=0,
+                          server=b"Acme-Unknown/2.3")
+    with loopback.listen(handler) as listener:
+        info = asyncio.run(identify(Endpoint("127.0.0.1", listener.port),
+                                    Settings(budget=1.0, banner_wait=0.3), SlowFirstLoad()))
+    # Then the page's title and icon are still read in the budget (the first such ports
+    # of a process lost them to the load under load: a review)
+    assert (info.product, info.method) == ("Acme-Unknown", "http:server-header-guess")
+    assert (info.http_title, info.favicon_mmh3) == ("Paced", _shodan_hash(icon))

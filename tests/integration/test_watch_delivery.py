@@ -371,9 +371,14 @@ def test_the_alerts_agent_dead_letters_an_event_the_store_never_takes(
         [good.event_id, other.event_id])
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("sig", "once", "code"), [
+    (signal.SIGTERM, False, 0), (signal.SIGINT, False, 130),
+    # --once: the failed scan fails the one-shot run (a CronJob shows it)
+    (signal.SIGTERM, True, 1), (signal.SIGINT, True, 130)],
+    ids=["sigterm", "ctrl-c", "once-sigterm", "once-ctrl-c"])
 def test_a_scan_that_raises_after_taking_a_signal_still_stops_the_watcher(
-        store: Any, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals, code: int) -> None:
+        store: Any, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals, once: bool,
+        code: int) -> None:
     """A FAKE for one step: the embedded run (``scan_cli.run_plan``) takes the signal and
     then raises (a disk full as it stores: not a fault to cause here). Real: the scan's
     preparation, ``run_embedded_scan``, the CLI's watch loop, the store."""
@@ -395,7 +400,7 @@ def test_a_scan_that_raises_after_taking_a_signal_still_stops_the_watcher(
 
     # When the watcher's scan takes a signal and then fails
     got = asyncio.run(asyncio.wait_for(
-        cli._watch(store, [HOURLY], prepare, None, once=False, quiet=True), 60))
+        cli._watch(store, [HOURLY], prepare, None, once=once, quiet=True), 60))
     # Then the failure is said and recorded, and the watcher stops (before: it took
     # the failure as one entry's, and ran on waiting for the next slot)
     assert got == code
