@@ -181,6 +181,12 @@ def show_settings(ctx: click.Context) -> None:
     for o in extra:
         out.print(Text(f"  {o.flag:22} {o.env:34} of {', '.join(o.commands)}: {o.help}"),
                   soft_wrap=True)
+    # a secret, never a setting (nothing prints it), but one to know of (a review)
+    from stream_processors.store import PASSWORD_ENV
+
+    out.print(Text("[secrets: read from the environment only, never shown]", style="bold"))
+    out.print(Text(f"  {'':22} {PASSWORD_ENV:34} the password of a clickhouse:// --store "
+                   "(a URL carrying one is refused)"), soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,8 @@ def warn_conflicting_labels(prepared: Any) -> None:
                    "asset, ports, udp, exclude, allow_large.")
 @click.option("--once", is_flag=True,
               help="Run what is due, deliver alerts (bounded wait), exit: for cron/CronJob.")
-@click.option("--list", "show_list", is_flag=True, help="Print the next run of each entry.")
+@click.option("--list", "show_list", is_flag=True,
+              help="Print each entry's next run and its last (a failed one says so).")
 @ALERTS_OPTION
 @STORE_OPTION
 @click.option("-q", "--quiet", is_flag=True, help="No progress output from the scans.")
@@ -283,16 +284,18 @@ def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:
 
 
 def _print_plan(store: str | None, entries: Any) -> None:
-    from portwatch.alerts.schedule import last_slots, plan
+    from portwatch.alerts.schedule import last_slots, last_statuses, plan
     from stream_processors.store import StoreMissing
 
+    statuses: dict[str, str] = {}
     try:
         db = _store(store, create=False)
     except StoreMissing:  # nothing has run yet: every entry is due; no store is made
         previous = {}
     else:
         try:
-            previous = last_slots(db, datetime.now(UTC))
+            now = datetime.now(UTC)
+            previous, statuses = last_slots(db, now), last_statuses(db, now)
         finally:
             db.close()
     decisions = plan(entries, previous, datetime.now(UTC))
@@ -301,6 +304,8 @@ def _print_plan(store: str | None, entries: Any) -> None:
         last = previous.get(d.entry.name)
         when = "now (due)" if d.is_due else d.next_run.strftime("%Y-%m-%d %H:%M UTC")
         last_text = last.strftime("%Y-%m-%d %H:%M UTC") if last else "never"
+        if last and statuses.get(d.entry.name) == "failed":
+            last_text += " (failed)"  # (it read as any other run: a review)
         out.print(Text(f"{d.entry.name:24} {d.entry.cron:18} next {when:22} last {last_text}"))
 
 
@@ -604,8 +609,10 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
     finally:
         db.close()
     report_drain(report)
-    # an error with nothing sent is a failure too (the store or the outbox unreadable)
-    if report.failed or (report.errors and (report.retrying or not report.sent)):
+    # an error with nothing sent is a failure too (the store or the outbox unreadable),
+    # and so is anything left queued: a delivery that waits for its retry failed before
+    # (a run before its retry time exited 0 with it undelivered: a review)
+    if report.failed or report.retrying or (report.errors and not report.sent):
         raise PortwatchError("some alerts were not delivered (above)", EXIT_RUNTIME)
     if not report.sent and not report.retrying and not report.errors:
         _say("alerts: nothing queued")

@@ -200,6 +200,15 @@ def last_slots(store: Any, now: datetime | None = None) -> dict[str, datetime]:
     return {str(r[0]): _utc(r[1]) for r in rows}
 
 
+def last_statuses(store: Any, now: datetime) -> dict[str, str]:
+    """The status of each entry's latest run (as ``last_slots`` picks it): "completed",
+    "failed"..."""
+    rows = store.query("SELECT entry, argMax(status, (slot, finished_at)) FROM watch_runs "
+                       "FINAL WHERE status != 'interrupted' AND slot <= "
+                       "{now:DateTime64(3, 'UTC')} GROUP BY entry", {"now": _utc(now)})
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
 def future_slots(store: Any, now: datetime) -> dict[str, datetime]:
     """Entries with a run recorded for a slot after ``now`` (the clock was ahead then)."""
     rows = store.query("SELECT entry, max(slot) FROM watch_runs FINAL "

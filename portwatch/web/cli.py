@@ -226,7 +226,7 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
             port, color...; plus page, per_page, and sort, direction on list)
             /api/v1/changes (the Changes page's filters, from, to, limit)
 
-    Listens on 127.0.0.1 by default. Binding any other address requires a token.
+    Listens on 127.0.0.1 by default. Binding an address off loopback requires a token.
     Answers to the Host names of the address it binds (and loopback names), plus each
     --allowed-host; other Host headers get 421 (DNS rebinding defence). With a token and
     no --allowed-host, any Host is answered: the token guards the pages.

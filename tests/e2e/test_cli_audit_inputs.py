@@ -268,3 +268,16 @@ def test_scan_help_names_the_top_n_udp_form() -> None:
     result = run_cli("scan", "--help", timeout=120)
     assert result.code == 0
     assert "top1000|topN|none|SPEC" in " ".join(result.stdout.split())
+
+
+def test_settings_names_the_password_variable_and_never_shows_it() -> None:
+    # Given the ClickHouse password in the environment
+    listed = run_cli("settings", env={"PORTWATCH_CLICKHOUSE_PASSWORD": "s3cret-Value-42"},
+                     timeout=120)
+    # Then the listing names the variable (it was nowhere: a review), never its value
+    assert listed.code == 0, listed.stderr
+    assert "s3cret-Value-42" not in listed.stdout + listed.stderr
+    [line] = [x for x in listed.stdout.splitlines() if "PORTWATCH_CLICKHOUSE_PASSWORD" in x]
+    assert line.split() == ["PORTWATCH_CLICKHOUSE_PASSWORD", "the", "password", "of", "a",
+                            "clickhouse://", "--store", "(a", "URL", "carrying", "one", "is",
+                            "refused)"]

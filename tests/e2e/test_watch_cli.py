@@ -188,9 +188,12 @@ def test_a_run_whose_engine_cannot_scan_is_recorded_failed_and_the_next_still_ru
                       "(127.0.0.1)" for n in ("a", "b")]
     assert result.stderr.splitlines()[-1] == \
         "portwatch: error: watch: a scheduled scan failed (see above)"
-    # And both failed runs are in the ledger: not due again
+    # And both failed runs are in the ledger: not due again, and the plan says they
+    # failed (they read as any other run: a review)
     plan = run_cli("watch", "--schedule", str(sched), "--list", store=store, env=env)
     assert plan.code == 0 and "now (due)" not in plan.stdout and "last never" not in plan.stdout
+    lines = plan.stdout.splitlines()
+    assert len(lines) == 2 and all(line.endswith(" UTC (failed)") for line in lines), lines
 
 
 def test_watch_list_checks_the_targets_and_makes_no_store(tmp_path: Path) -> None:
@@ -392,7 +395,13 @@ def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
         # When a delivery run retries them for 3 s
         down = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "3s",
                        store=store, env=ENV)
-    # Then it says what is left and why, and exits 1 (a cron job sees it)
+        # and another at once, before their next retry is due (nothing is tried)
+        early = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
+                        store=store, env=ENV)
+    # Then the second exits 1 too, saying what is left (it exited 0: a review)
+    assert early.code == 1, early.stderr
+    assert "2 not delivered yet: kept in the store" in early.stderr
+    # And the first says what is left and why, and exits 1 (a cron job sees it)
     assert down.code == 1, down.stderr
     assert "2 not delivered yet: kept in the store" in down.stderr
     reached = [line for line in down.stderr.splitlines()
