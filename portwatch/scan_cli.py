@@ -325,7 +325,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     for note in [*stats.notes, *stats.errors]:
         out.print(Text(f"note: {printable(note)}"))  # notes quote what the network said
     for ip in stats.tarpits:
-        out.print(Text(f"note: {ip} answers on every port; only identified services kept",
+        # (as the scan note says: the other ports are not tried, so nothing of them is
+        # "identified": the old words read as if they had been, a review)
+        out.print(Text(f"note: {ip} answers on (nearly) every port scanned; only its "
+                       "well-known ports were identified, and the services named there kept",
                        style="yellow"))
     # One table of this scan's hosts (portwatch/tables.py), riskiest first; past
     # END_SCREEN_HOSTS, the riskiest of them (never hosts of other scans in the store).
