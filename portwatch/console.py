@@ -10,6 +10,7 @@ Command modules import this, never ``portwatch.cli`` (which imports them): no cy
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -45,6 +46,28 @@ class PortwatchError(Exception):
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise PortwatchError(message, code)
+
+
+MIN_OPEN_FILES = 256  # sockets in flight, the store engine's files, Kafka's connections
+
+
+def ensure_open_files() -> None:
+    """Before a command that scans: the soft open-files limit raised to the hard one (the
+    engines size their sockets to it), and a limit under ``MIN_OPEN_FILES`` refused in
+    one line. At 90 the store's insert failed at the scan's end in a traceback, and
+    every port found was lost (a review)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (
+                hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        fail(f"the open-files limit is {soft} (ulimit -n): portwatch needs at least "
+             f"{MIN_OPEN_FILES} to scan (sockets and the store's files share it); raise it "
+             "and run it again")
 
 
 # What a message must not carry to a terminal raw: C0 and C1 controls (ESC starts the

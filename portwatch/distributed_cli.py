@@ -248,9 +248,11 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
       portwatch discover --kafka kafka-0:9092,kafka-1:9092 --engine masscan --rate 50000
     """
     from portwatch.assembly import Assembly
+    from portwatch.console import ensure_open_files
     from schemas.records import Shard
     from stream_processors.transports.discover_worker import DiscoveryWorker
 
+    ensure_open_files()
     assembly = Assembly(settings_from(
         concurrency=concurrency, timeout=timeout, retries=retries,
         tarpit_threshold=tarpit_threshold, engine=engine, rate=rate,
@@ -354,6 +356,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
       portwatch process --role sink --store clickhouse://writer@ch.example:8123/portwatch
     """
     from portwatch.assembly import Assembly
+    from portwatch.console import ensure_open_files
     from portwatch.web.cli import (
         BindError,
         check_bind,
@@ -365,6 +368,7 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
     from stream_processors.transports.faust_agents import make_stage
     from stream_processors.transports.faust_app import build_sink_app, build_stages_app
 
+    ensure_open_files()
     listen: tuple[str, int] | None = None
     if serve_at:
         if role == "stages":

@@ -145,7 +145,9 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
       portwatch scan --checkpoint nightly.json 127.0.0.0/24   # rerun to resume
     """
     from portwatch.assembly import Assembly
+    from portwatch.console import ensure_open_files
 
+    ensure_open_files()
     settings = settings_from(
         ports=ports, concurrency=concurrency, timeout=timeout, retries=retries,
         banner_wait=banner_wait, tarpit_threshold=tarpit_threshold, store=store, tls=tls,

@@ -176,6 +176,10 @@ def watch(schedule_file: str, once: bool, show_list: bool, alerts_file: str | No
         fail(str(exc), EXIT_USAGE)
     if once and show_list:
         fail("give --once (run what is due) or --list (show the plan), not both")
+    if not show_list:
+        from portwatch.console import ensure_open_files
+
+        ensure_open_files()
     listen = _listen_or_fail(serve_at, token, once=once or show_list)
     from portwatch.web.cli import parse_proxy_options
 

@@ -174,3 +174,27 @@ def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> No
     assert "Traceback" not in said
     result = run_cli("report", "list", "--format", "json", store=store, timeout=60)
     assert sorted(r["port"] for r in json.loads(result.stdout)) == ports
+
+
+def test_a_low_open_files_limit_is_raised_or_refused_in_one_line(tmp_path: Path) -> None:
+    scan = (f"{sys.executable} -m portwatch scan --ports 1-20 --udp none -q --no-tls "
+            "127.0.0.1 --store chdb://{store}")
+    env = {**os.environ, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"}
+
+    def under(limit: str, store: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", f"ulimit {limit} && "
+                               + scan.format(store=tmp_path / store)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+    # Given a hard open-files limit of 90: a scan is refused in one line, exit 2, before
+    # anything is sent or stored (its insert failed at the end in a traceback, every port
+    # found lost: a review)
+    hard = under("-n 90", "hard")
+    assert hard.returncode == 2, hard.stderr
+    assert one_error_line(hard.stderr) == (
+        "portwatch: error: the open-files limit is 90 (ulimit -n): portwatch needs at least "
+        "256 to scan (sockets and the store's files share it); raise it and run it again")
+    assert not (tmp_path / "hard").exists()
+    # And a soft limit of 90 under a higher hard one is raised: the scan runs
+    soft = under("-S -n 90", "soft")
+    assert soft.returncode == 0, soft.stderr
