@@ -17,8 +17,14 @@ WHERE observed_at >= {since:DateTime64(3)} AND observed_at < {until:DateTime64(3
           >= indexOf(['info', 'low', 'medium', 'high', 'critical'], {min_severity:String}))
   AND ({host:String} = '' OR (c.target = {host:String}
                                AND ({host_ip:String} = '' OR c.ip = {host_ip:String})))
-  AND TARGET_MATCHES(c)
-  AND ({org:String} = '' OR lowerUTF8(c.organization) = lowerUTF8({org:String}))
+  -- a name matches the event's own (as it was then) or its host's now (latest_host_scans,
+  -- as every report's filters: a host an inventory named since was not found by that
+  -- name here, where the List and the Summary found it: a review)
+  AND (TARGET_MATCHES(c) OR HOST_TARGET_MATCHES(c))
+  AND ({org:String} = '' OR lowerUTF8(c.organization) = lowerUTF8({org:String})
+       OR (c.target, c.ip) IN (SELECT target, ip FROM latest_host_scans
+                               WHERE {org:String} != ''
+                                 AND lowerUTF8(organization) = lowerUTF8({org:String})))
   AND ({port:UInt16} = 0 OR port = {port:UInt16})
 ORDER BY observed_at DESC, ADDRESS_ORDER(target), ADDRESS_ORDER(ip), proto, port, kind
 LIMIT {limit:UInt64}

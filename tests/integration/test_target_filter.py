@@ -71,6 +71,9 @@ ORG_EXPRESSION = {
 # a port's hostname and asset are its host's now, as its organization (a review: an asset
 # renamed in the inventory hid the ports a narrower rescan did not see again)
 BY_HOST = {"schemas/reports/list.sql", "schemas/reports/products.sql"}
+# the change log: by the event's own names (as they were then) or by its host's now (a
+# host an inventory named since was found by the List, not by the change log: a review)
+BY_BOTH = {"schemas/history/changes.sql"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -137,14 +140,17 @@ def test_every_report_sql_carries_the_one_target_predicate(path: str, alias: str
 
     # Given the SQL file: it names the predicate once, and reads it expanded
     raw = (REPO / path).read_text(encoding="utf-8")
-    macro, predicate = ((f"HOST_TARGET_MATCHES({alias})", host_target_predicate(alias))
-                        if path in BY_HOST else
-                        (f"TARGET_MATCHES({alias})", target_predicate(alias)))
-    assert raw.count(macro) == 1 and raw.count("TARGET_MATCHES(") == 1
+    by_host = (f"HOST_TARGET_MATCHES({alias})", host_target_predicate(alias))
+    own = (f"TARGET_MATCHES({alias})", target_predicate(alias))
+    macros = ([by_host] if path in BY_HOST else [own, by_host] if path in BY_BOTH
+              else [own])
+    assert raw.count("TARGET_MATCHES(") == len(macros)
     name = Path(path).stem
     sql = (report_sql(name) if "/reports/" in path else
            history_sql(name) if "/history/" in path else web_sql(name))
-    assert _squash(predicate) in _squash(sql)
+    for macro, predicate in macros:
+        assert f" {macro}" in raw or f"({macro}" in raw, macro
+        assert _squash(predicate) in _squash(sql)
     # And the organization filter ignores case, in any script, the same way
     org = ORG_EXPRESSION.get(path, f"{ORG_ALIAS.get(path, alias)}.organization")
     assert f"lowerUTF8({org}) = lowerUTF8({{org:String}})" in _squash(sql)
@@ -272,3 +278,32 @@ def test_malformed_cidr_is_refused_by_the_api_and_the_cli(bad: str, tmp_path: Pa
         assert result.code == 2
         assert result.stderr.strip().splitlines()[-1] == (
             f"portwatch: error: Invalid value for '--target': {message}")
+
+
+def test_the_change_log_finds_a_host_by_the_names_an_inventory_gave_it_since(
+        shared_chdb_path: Path) -> None:
+    # Given a host whose port opened when it had no names, then a later scan of it from
+    # an inventory that names it (asset web-9, organization Acme Corp)
+    bare = Target(ip="127.0.0.90", target="127.0.0.90")
+    named = Target(ip="127.0.0.90", target="127.0.0.90", organization="Acme Corp",
+                   asset="web-9")
+    opened = ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.LOW, target=bare,
+                         scan_id="s-1", port=22, observed_at=NOW - timedelta(hours=2))
+    with scratch_store(shared_chdb_path, "tf_renamed") as store:
+        store.insert_rows("changes", CHANGE_COLUMNS, [_event_row(opened)])
+        store.insert_host_scans([HostScan(scan_id="s-2", target=named,
+                                          started_at=NOW - timedelta(hours=1),
+                                          finished_at=NOW - timedelta(hours=1),
+                                          ports_scanned=1, open_ports=1)])
+        store.compact_page_indexes()
+
+        def found(**filters: Any) -> list[tuple[str, int]]:
+            return [(r["kind"], r["port"]) for r in changes_report(store, **filters).dicts()]
+
+        # Then the change log finds its event by those names too, as the List and the
+        # Summary find the host (it found nothing: a review), and still by its address
+        assert found(target="web-9") == [("opened", 22)]
+        assert found(org="acme corp") == [("opened", 22)]
+        assert found(target="127.0.0.90") == [("opened", 22)]
+        # And a name nobody has finds nothing
+        assert found(target="web-10") == [] and found(org="Acme") == []
