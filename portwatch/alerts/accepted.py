@@ -222,6 +222,24 @@ class ActiveAcceptances:
             _end(store, broken, moment)
         return cls(active)
 
+    def of_port(self, target: str, ip: str, proto: str, port: int,
+                identity: tuple[str, str, str]) -> AcceptedRisk | None:
+        """The acceptance a port shows under, as the List reads it (list.sql): one of the
+        port whose service, product and version are those accepted (or none were
+        noted), else one of its whole host; None: not accepted."""
+        names = {target.lower(), ip}
+        host_wide = None
+        for risk in self.risks:
+            if risk.target not in names:
+                continue
+            if risk.port == 0:
+                host_wide = host_wide or risk
+            elif (risk.port == port and risk.proto == proto and (
+                    not any((risk.service, risk.product, risk.version))
+                    or (risk.service, risk.product, risk.version) == identity)):
+                return risk
+        return host_wide
+
     def covers(self, event: ChangeEvent) -> bool:
         names = {event.target.target.lower(), event.target.ip}
         for risk in self.risks:

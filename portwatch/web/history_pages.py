@@ -232,6 +232,14 @@ def routes(web: WebApp) -> list[BaseRoute]:
                                   "summary")
         ports = store.select("ports", history_sql("target_ports"),
                              {"target": name, "ip": ip}).dicts()
+        # each port's acceptance, as the List shows it (it showed none here: a review)
+        from portwatch.alerts.accepted import ActiveAcceptances
+
+        active = ActiveAcceptances.load(store, datetime.now(UTC).timestamp())
+        for row in ports:
+            row["accepted"] = active.of_port(
+                row["target"], row["ip"], row["proto"], row["port"],
+                (row["service"], row["product"], row["version"])) if active.risks else None
         events = changes_report(store, host=name, host_ip=ip, limit=MAX_EVENTS).dicts()
         scores = store.select("scores", history_sql("target_scores"),
                               {"target": name, "ip": ip}).dicts()

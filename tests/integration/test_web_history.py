@@ -293,7 +293,7 @@ def test_a_utf8_query_value_is_read(web: Served) -> None:
     assert status == 200 and json.loads(body)["filters"]["org"] == "é"
 
 
-def test_the_target_page_and_the_colour_bars_say_cdn_and_unconfirmed_ports(
+def test_the_target_page_and_the_colour_bars_say_cdn_unconfirmed_and_accepted_ports(
         shared_chdb_path: Path) -> None:
     from dataclasses import replace
 
@@ -313,6 +313,11 @@ def test_the_target_page_and_the_colour_bars_say_cdn_and_unconfirmed_ports(
                      port=replace(silent.port, proto=Proto.UDP, state=PortState.OPEN_FILTERED))
     with scratch_store(shared_chdb_path, "edge_marks") as db:
         _record(db, ChangeRecorder(db), "e1", edge, NOW, [red, cdn, silent])
+        # (and the red port accepted, with a note)
+        from portwatch.alerts import accepted as acc
+
+        acc.accept(db, "127.0.0.9", "tcp", 6379, note="isolated lab box", by="soc",
+                   until=None, now=NOW)
         with serve(create_app(ReportService(db))) as web:
             body = _page(web, "/target?target=127.0.0.9&ip=127.0.0.9")
             charts = web.api("/api/v1/summary/charts")
@@ -327,6 +332,11 @@ def test_the_target_page_and_the_colour_bars_say_cdn_and_unconfirmed_ports(
     assert ">cdn</span>" in rows["80/tcp"] and "unconfirmed" not in rows["80/tcp"]
     assert ">unconfirmed</span>" in rows["20053/udp"] and ">cdn<" not in rows["20053/udp"]
     assert ">cdn<" not in rows["6379/tcp"] and "unconfirmed" not in rows["6379/tcp"]
+    # And the accepted port says so, with its note, as the List does (it did not: a
+    # review); the others do not
+    assert ">accepted</span>" in rows["6379/tcp"] and "isolated lab box — soc" in rows[
+        "6379/tcp"]
+    assert "accepted" not in rows["80/tcp"] + rows["20053/udp"]
     # And the colour bars add up to the open ports, the unconfirmed one a bar of its own
     assert charts["colours"] == {"red": 1, "yellow": 0, "green": 0, "cdn_expected": 1,
                                  "unconfirmed": 1, "targets": 1}
