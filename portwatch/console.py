@@ -51,18 +51,23 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 MIN_OPEN_FILES = 256  # sockets in flight, the store engine's files, Kafka's connections
 
 
+RAISED_OPEN_FILES = 1024  # a soft limit under this is raised to it (the usual default)
+
+
 def ensure_open_files() -> None:
-    """Before a command that scans: the soft open-files limit raised to the hard one (the
-    engines size their sockets to it), and a limit under ``MIN_OPEN_FILES`` refused in
-    one line. At 90 the store's insert failed at the scan's end in a traceback, and
-    every port found was lost (a review)."""
+    """Before a command that scans: a soft open-files limit under ``RAISED_OPEN_FILES``
+    raised towards it (as far as the hard limit allows: the engines size their sockets
+    to the soft one, so a usual limit is left as it is), and a limit still under
+    ``MIN_OPEN_FILES`` refused in one line. At 90 the store's insert failed at the scan's
+    end in a traceback, and every port found was lost (a review)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+    if soft != resource.RLIM_INFINITY and soft < RAISED_OPEN_FILES:
+        wanted = (RAISED_OPEN_FILES if hard == resource.RLIM_INFINITY
+                  else min(hard, RAISED_OPEN_FILES))
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (
-                hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
         fail(f"the open-files limit is {soft} (ulimit -n): portwatch needs at least "

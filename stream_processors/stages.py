@@ -574,6 +574,15 @@ class NmapFallback:
                                                 only_service=only_service)
         return info
 
+    async def prepare_answer(self, probe_name: str) -> None:
+        """Load the database and compile TCP probe ``probe_name``'s chain, once per
+        process: the one-time cost ``engine.identify`` keeps out of a port's budget."""
+        db = await self._load()
+        if db is None:
+            return
+        async with self._lock:
+            await asyncio.to_thread(db.warm_probe, "tcp", probe_name)
+
     async def match_answer(self, probe_name: str, answer: bytes,
                            is_tls: bool) -> ServiceInfo | None:
         """What nmap's match lines of TCP probe ``probe_name`` name in ``answer``, an

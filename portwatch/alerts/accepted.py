@@ -185,12 +185,7 @@ class ActiveAcceptances:
         old version coming back is not accepted again: a rollback to the very version
         accepted went unalerted (a review, 2026-12-06)."""
         moment = datetime.fromtimestamp(now, UTC)
-        candidates = [
-            AcceptedRisk(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
-                         _utc(r[5]), None if _utc(r[6]) == EPOCH else _utc(r[6]),
-                         str(r[7]), str(r[8]), str(r[9]))
-            for r in store.query(ACTIVE_ACCEPTED_SQL, {"now": moment})
-        ]
+        candidates = cls.recorded(store, now).risks
         port_specific = [a for a in candidates if a.port]
         current: dict[tuple[str, str, int], tuple[str, str, str]] = {}
         if port_specific:
@@ -221,6 +216,18 @@ class ActiveAcceptances:
         if end_broken and broken:
             _end(store, broken, moment)
         return cls(active)
+
+    @classmethod
+    def recorded(cls, store: Any, now: float) -> ActiveAcceptances:
+        """The acceptances recorded and not ended at ``now``, not judged against what the
+        ports show now (``of_port`` compares a port's identity itself): a page reads
+        these, one target's rows, never every port of the estate as ``load`` does."""
+        moment = datetime.fromtimestamp(now, UTC)
+        return cls([
+            AcceptedRisk(str(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]),
+                         _utc(r[5]), None if _utc(r[6]) == EPOCH else _utc(r[6]),
+                         str(r[7]), str(r[8]), str(r[9]))
+            for r in store.query(ACTIVE_ACCEPTED_SQL, {"now": moment})])
 
     def of_port(self, target: str, ip: str, proto: str, port: int,
                 identity: tuple[str, str, str]) -> AcceptedRisk | None:

@@ -583,9 +583,9 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
 def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
     """Send what is queued in the store now (digest windows closed early).
 
-    Exits 1 when a delivery failed for good, is left for the next run after an error,
-    or nothing could be sent for an error; what is left stays queued either way
-    (`portwatch alerts log`).
+    Exits 1 when a delivery failed for good, is left for the next run after an error
+    (this run's or an earlier one's, its retry not due yet), or nothing could be sent for
+    an error; what is left stays queued either way (`portwatch alerts log`).
 
     \b
     Examples:
@@ -614,9 +614,11 @@ def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -
         db.close()
     report_drain(report)
     # an error with nothing sent is a failure too (the store or the outbox unreadable),
-    # and so is anything left queued: a delivery that waits for its retry failed before
-    # (a run before its retry time exited 0 with it undelivered: a review)
-    if report.failed or report.retrying or (report.errors and not report.sent):
+    # and so is a delivery left queued that failed before, waiting for its retry (a run
+    # before that time exited 0 with it undelivered: a review); rows another worker holds
+    # or has not tried yet are not failures
+    if report.failed or report.failed_before or (
+            report.errors and (report.retrying or not report.sent)):
         raise PortwatchError("some alerts were not delivered (above)", EXIT_RUNTIME)
     if not report.sent and not report.retrying and not report.errors:
         _say("alerts: nothing queued")

@@ -145,6 +145,10 @@ class AlertQueueError(RuntimeError):
 class DeliveryReport:
     sent: int = 0  # (rule, channel, event) deliveries recorded as sent in this pass
     retrying: int = 0
+    # of the rows left queued, those that failed before (a retry waits on each): a drain
+    # that ends with some did not deliver them (rows held by another worker's claim, or
+    # never tried yet, are not counted)
+    failed_before: int = 0
     failed: int = 0
     messages: int = 0  # messages sent, delivered or not
     delivered: int = 0  # of them, those the channel took
@@ -537,7 +541,8 @@ class AlertDispatcher:
             total.errors += report.errors
             total.retrying = report.retrying
             try:
-                waiting, orphaned, channels = self._waiting(started)
+                waiting, orphaned, channels, failed_before = self._waiting(started)
+                total.failed_before = failed_before
                 total.orphaned = orphaned
                 if not waiting:
                     return total
@@ -561,27 +566,31 @@ class AlertDispatcher:
                 total.retrying = waiting
                 return total
 
-    def _waiting(self, due: float) -> tuple[int, int, dict[str, tuple[bool, float | None]]]:
+    def _waiting(self, due: float
+                 ) -> tuple[int, int, dict[str, tuple[bool, float | None]], int]:
         """(pending rows of the file's routes, pending rows of routes the file no longer
-        has: no run sends those, and per channel of the file's routes: whether it has rows
-        due by ``due``, and the earliest next attempt of its rows not due by then)."""
+        has: no run sends those, per channel of the file's routes: whether it has rows
+        due by ``due`` and the earliest next attempt of its rows not due by then, and how
+        many of the file's pending rows failed before)."""
         rows = self.store.query(
             "SELECT channel, routed, count(), countIf(next_attempt_at > {due:DateTime64(3, "
-            "'UTC')}), minIf(next_attempt_at, next_attempt_at > {due:DateTime64(3, 'UTC')}) "
-            "FROM (SELECT channel, next_attempt_at, concat(rule, '\x1f', channel) IN "
-            "{routes:Array(String)} AS routed FROM alert_outbox FINAL "
+            "'UTC')}), minIf(next_attempt_at, next_attempt_at > {due:DateTime64(3, 'UTC')}), "
+            "countIf(attempts > 0) "
+            "FROM (SELECT channel, next_attempt_at, attempts, concat(rule, '\x1f', channel) "
+            "IN {routes:Array(String)} AS routed FROM alert_outbox FINAL "
             "WHERE state = 'pending') GROUP BY channel, routed",
             {"routes": self._routes(), "due": _dt(min(due, 9e9))})
-        waiting = orphaned = 0
+        waiting = orphaned = failed = 0
         channels: dict[str, tuple[bool, float | None]] = {}
-        for channel, routed, count, later, next_at in rows:
+        for channel, routed, count, later, next_at, failed_before in rows:
             if not routed:
                 orphaned += int(count)
                 continue
             waiting += int(count)
+            failed += int(failed_before)
             channels[str(channel)] = (int(count) > int(later),
                                       _seconds(next_at) if int(later) else None)
-        return waiting, orphaned, channels
+        return waiting, orphaned, channels, failed
 
     def _next_change(self, now: float, held: dict[str, float],
                      channels: dict[str, tuple[bool, float | None]],

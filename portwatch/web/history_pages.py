@@ -235,7 +235,7 @@ def routes(web: WebApp) -> list[BaseRoute]:
         # each port's acceptance, as the List shows it (it showed none here: a review)
         from portwatch.alerts.accepted import ActiveAcceptances
 
-        active = ActiveAcceptances.load(store, datetime.now(UTC).timestamp())
+        active = ActiveAcceptances.recorded(store, datetime.now(UTC).timestamp())
         for row in ports:
             row["accepted"] = active.of_port(
                 row["target"], row["ip"], row["proto"], row["port"],

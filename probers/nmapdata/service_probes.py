@@ -870,6 +870,13 @@ class ProbeDB:
         if null is not None:
             self._bounded_chain(null)
 
+    def warm_probe(self, proto: str, name: str) -> None:
+        """Compile probe ``name``'s chain (its lines and its fallbacks'), as ``warm`` does
+        NULL's: before an answer to it is matched, outside any port's budget."""
+        probe = self.probe(proto, name)
+        if probe is not None:
+            self._bounded_chain(probe)
+
     def _bounded_chain(self, probe: Probe) -> list[tuple[MatchRule, Bounded]]:
         key = (probe.proto, probe.name)
         pairs = self._bounded_chains.get(key)

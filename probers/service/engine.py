@@ -825,12 +825,15 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         # when they can ("Python/3.9 aiohttp/3.8.1" is aiohttp 3.8.1: a review)
         read_answer = getattr(fallback, "match_answer", None)
         if read_answer is not None:
-            # (its first call loads nmap's lines and compiles GetRequest's: seconds, once
-            # per process, not this port's time, as for ``prepare`` below: the first such
-            # ports lost their favicon to it under load, a review)
-            began = time.monotonic()
+            prepare_answer = getattr(fallback, "prepare_answer", None)
+            if prepare_answer is not None:
+                # loading nmap's lines and compiling GetRequest's: seconds, once per
+                # process, not this port's time, as for ``prepare`` below (the first such
+                # ports lost their favicon to it under load: a review); the match is
+                began = time.monotonic()
+                await prepare_answer("GetRequest")
+                deadline += time.monotonic() - began
             best = better_of(best, await read_answer("GetRequest", best_data, best.is_tls))
-            deadline += time.monotonic() - began
     # nmap's probes run when ours named nothing for sure, and also when ours named the
     # service but not its product (an RDP negotiation answer names no implementation):
     # then only the probes that can name that service are sent (issue 15).

@@ -55,7 +55,7 @@ def schedules(tmp_path: Path, port: int, cron: str = "0 * * * *") -> Path:
     return path
 
 
-def alerts(tmp_path: Path, url: str, digest: str = "0") -> Path:
+def alerts(tmp_path: Path, url: str, digest: str = "0", retry_base: str = "1s") -> Path:
     path = tmp_path / "alerts.yaml"
     path.write_text(textwrap.dedent(f"""\
         channels:
@@ -65,7 +65,7 @@ def alerts(tmp_path: Path, url: str, digest: str = "0") -> Path:
             when: {{kinds: [opened, reopened], colors: [red]}}
             notify: [hook]
             digest: {digest}
-        delivery: {{retry_base: 1s, wait: 10s}}
+        delivery: {{retry_base: {retry_base}, wait: 10s}}
         """))
     return path
 
@@ -395,13 +395,7 @@ def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
         # When a delivery run retries them for 3 s
         down = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "3s",
                        store=store, env=ENV)
-        # and another at once, before their next retry is due (nothing is tried)
-        early = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
-                        store=store, env=ENV)
-    # Then the second exits 1 too, saying what is left (it exited 0: a review)
-    assert early.code == 1, early.stderr
-    assert "2 not delivered yet: kept in the store" in early.stderr
-    # And the first says what is left and why, and exits 1 (a cron job sees it)
+    # Then it says what is left and why, and exits 1 (a cron job sees it)
     assert down.code == 1, down.stderr
     assert "2 not delivered yet: kept in the store" in down.stderr
     reached = [line for line in down.stderr.splitlines()
@@ -410,6 +404,29 @@ def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
     assert reached[0].endswith(")") and " (x" in reached[0]
     assert "WARNING" not in down.stderr
     assert down.stderr.rstrip().endswith("some alerts were not delivered (above)")
+
+
+def test_alerts_deliver_before_a_failed_deliverys_retry_exits_1(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+    with webhook_receiver(SECRET.encode()) as receiver:
+        receiver.stop()  # the receiver is down
+        # (retries a minute apart: the second run below comes before the next one)
+        rules = alerts(tmp_path, receiver.url, retry_base="60s")
+        # Given two alerts queued for it, and a delivery run whose sends failed
+        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
+                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
+                                text=True, env={**os.environ, **ENV}, timeout=120)
+        assert queued.stdout.strip() == "queued 2", queued.stderr
+        first = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
+                        store=store, env=ENV)
+        assert first.code == 1, first.stderr
+        # When another run comes before their retry is due (nothing is tried)
+        early = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
+                        store=store, env=ENV)
+    # Then it exits 1 too, saying what is left (it exited 0, as if delivered: a review)
+    assert early.code == 1, early.stderr
+    assert "2 not delivered yet: kept in the store" in early.stderr
+    assert "cannot reach" not in early.stderr  # (nothing was sent this time)
 
 
 DAMAGE_OUTBOX = """

@@ -118,10 +118,12 @@ class SlowFirstLoad:
         self.remaining.append(remaining)
         return ServiceInfo(service="pop3", product="FakePOP", confidence=10, method="fake")
 
+    async def prepare_answer(self, probe_name: str) -> None:
+        await self.prepare()  # as NmapFallback loads and compiles on its first call
+
     async def match_answer(self, probe_name: str, answer: bytes,
                            is_tls: bool) -> ServiceInfo | None:
-        await self.prepare()  # as NmapFallback loads on its first call: no match after
-        return None
+        return None  # no match
 
 
 def test_the_fallbacks_first_load_is_not_the_ports_budget() -> None:

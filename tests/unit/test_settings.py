@@ -206,7 +206,8 @@ def test_portwatch_settings_lists_the_options_read_from_the_environment() -> Non
     lines = result.output.splitlines()
     # Then the web options that read PORTWATCH_* variables follow the settings, each with
     # the commands that take it, and no setting's variable is listed twice
-    tail = lines[lines.index("[command options]") + 1:]
+    tail = lines[lines.index("[command options]") + 1:
+                 lines.index("[secrets: read from the environment only, never shown]")]
     assert [ln.split()[:2] for ln in tail] == [
         ["--cookie-secure", "PORTWATCH_WEB_COOKIE_SECURE"],
         ["--token", "PORTWATCH_WEB_TOKEN"],
