@@ -294,14 +294,19 @@ QUEUER = VICTIM.replace('time.sleep(120)  # the digest window (5 m) is still ope
                         'before delivering', 'store.close()')
 
 
-def queue_two_and_schedule(tmp_path: Path, store: str, rules: Path, port: int,
-                           cron: str) -> Path:
-    """Two alerts queued by an earlier run (built here: no change detection yet), and a
-    schedule of one entry scanning ``port`` on 127.0.0.1."""
+def queue_two(tmp_path: Path, store: str, rules: Path) -> None:
+    """Two alerts of ``rules`` queued in ``store`` (QUEUER, as a scan queues them)."""
     queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
                              str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
                             text=True, env={**os.environ, **ENV}, timeout=120)
     assert queued.stdout.strip() == "queued 2", queued.stderr
+
+
+def queue_two_and_schedule(tmp_path: Path, store: str, rules: Path, port: int,
+                           cron: str) -> Path:
+    """Two alerts queued by an earlier run (built here: no change detection yet), and a
+    schedule of one entry scanning ``port`` on 127.0.0.1."""
+    queue_two(tmp_path, store, rules)
     sched = tmp_path / "scan.yaml"
     sched.write_text(f"schedules:\n  - name: now\n    targets: [127.0.0.1]\n"
                      f"    ports: \"{port}\"\n    udp: none\n    cron: '{cron}'\n")
@@ -388,10 +393,7 @@ def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
         receiver.stop()  # the receiver is down
         rules = alerts(tmp_path, receiver.url)
         # Given two alerts queued for it
-        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
-                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
-                                text=True, env={**os.environ, **ENV}, timeout=120)
-        assert queued.stdout.strip() == "queued 2", queued.stderr
+        queue_two(tmp_path, store, rules)
         # When a delivery run retries them for 3 s
         down = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "3s",
                        store=store, env=ENV)
@@ -413,10 +415,7 @@ def test_alerts_deliver_before_a_failed_deliverys_retry_exits_1(tmp_path: Path) 
         # (retries a minute apart: the second run below comes before the next one)
         rules = alerts(tmp_path, receiver.url, retry_base="60s")
         # Given two alerts queued for it, and a delivery run whose sends failed
-        queued = subprocess.run([sys.executable, "-c", QUEUER, store, str(rules),
-                                 str(schedules(tmp_path, 9))], cwd=REPO, capture_output=True,
-                                text=True, env={**os.environ, **ENV}, timeout=120)
-        assert queued.stdout.strip() == "queued 2", queued.stderr
+        queue_two(tmp_path, store, rules)
         first = run_cli("alerts", "deliver", "--alerts", str(rules), "--wait", "0",
                         store=store, env=ENV)
         assert first.code == 1, first.stderr
