@@ -56,6 +56,7 @@ from probers.tls.tlslite_compat import (
 # bytes of ciphertext (RFC 5246 6.2.3); plaintext handshake records are smaller still.
 MAX_FLIGHT_BYTES = 256 * 1024
 MAX_SKIPPED_CERTIFICATE = 4 * 1024 * 1024  # a longer chain is not read past: kex unknown
+KEX_ROOM = 16 * 1024  # after the Certificate: the ServerKeyExchange's (a DH prime's) room
 MAX_RECORD_BYTES = 2**14 + 2048
 MAX_CHAIN_LENGTH = 10
 _EXCERPT_BYTES = 40  # of a non-TLS answer, quoted in the error
@@ -375,10 +376,13 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
     flight = _Flight()
     pending = b""  # handshake bytes not yet forming a whole message
     received = 0  # bytes of the flight kept (bounded by MAX_FLIGHT_BYTES)
-    # Bytes left of a Certificate message past MAX_FLIGHT_BYTES, read and dropped (at most
-    # MAX_SKIPPED_CERTIFICATE): the ServerKeyExchange after it says the key exchange's
-    # size (not read, every DHE/ECDHE suite read strong behind a long chain: a review)
+    # Bytes left of a Certificate message that does not fit the flight's bound, read and
+    # dropped (once a flight, at most MAX_SKIPPED_CERTIFICATE, for an ephemeral key
+    # exchange only): the ServerKeyExchange after it says the key exchange's size (not
+    # read, every DHE/ECDHE suite read strong behind a long chain: a review). After a
+    # Certificate (kept or dropped) the flight may grow KEX_ROOM more, for that message.
     skip = 0
+    skipped = False
     while not flight.is_done:
         try:
             header = _recv_exact(sock, 5, deadline)
@@ -389,7 +393,10 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
         content_type, major, length = header[0], header[1], int.from_bytes(header[3:5], "big")
         if content_type not in _TLS_CONTENT_TYPES or major not in (2, 3):
             raise _NotTls(header + _peek_more(sock, deadline))
-        if length > MAX_RECORD_BYTES or received + max(0, length - skip) > MAX_FLIGHT_BYTES:
+        # (records: the flight's bound and the room of a ServerKeyExchange, which a record
+        # may carry with the end of the Certificate; each message is judged below)
+        if length > MAX_RECORD_BYTES or (
+                received + max(0, length - skip) > MAX_FLIGHT_BYTES + KEX_ROOM):
             if flight.server_hello is not None:
                 break
             return HelloOutcome(
@@ -430,13 +437,17 @@ def _read_flight(sock: socket.socket, spec: HelloSpec, deadline: _Deadline) -> H
         pending += payload
         while len(pending) >= 4 and not flight.is_done:
             msg_len = int.from_bytes(pending[1:4], "big")
-            if 4 + msg_len > MAX_FLIGHT_BYTES:
+            # (the bytes of the flight before this message, and this message whole)
+            room = MAX_FLIGHT_BYTES + (KEX_ROOM if skipped or flight.certificates else 0)
+            if received - len(pending) + 4 + msg_len > room:
                 if (flight.server_hello is not None and pending[0] == HandshakeType.certificate
-                        and 4 + msg_len <= MAX_SKIPPED_CERTIFICATE):
+                        and not skipped and 4 + msg_len <= MAX_SKIPPED_CERTIFICATE
+                        and describe(flight.server_hello.cipher_suite).ephemeral_kind):
                     # (a chain past the bound) read past it, keeping none of it
                     skip = 4 + msg_len - len(pending)
                     received -= len(pending)
                     pending = b""
+                    skipped = True
                     break
                 if flight.server_hello is not None:
                     # (past even that) the pick is made: keep it

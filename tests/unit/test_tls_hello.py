@@ -3,9 +3,12 @@ with tlslite-ng and by feeding the parsers hand-built messages."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from probers.tls.hello import (
+    MAX_FLIGHT_BYTES,
     HelloSpec,
     build_client_hello,
     curve_name_and_bits,
@@ -107,3 +110,65 @@ def test_group_bits(name: str, bits: int) -> None:
 
 def test_unknown_curve_id_is_named_by_number() -> None:
     assert curve_name_and_bits(0x7777) == ("group-0x7777", 0)
+
+
+# -- a first flight past the flight's bound (real sockets: a socketpair) -------------------
+
+
+def _flight_with_chain(suite: int, chain_bytes: int) -> bytes:
+    """A TLS 1.2 ServerHello picking ``suite``, a Certificate message of about
+    ``chain_bytes`` (one entry), a ServerKeyExchange of a 1,024-bit DH group, and
+    ServerHelloDone, in records of 16 KiB."""
+    def handshake(kind: int, body: bytes) -> bytes:
+        return bytes([kind]) + len(body).to_bytes(3, "big") + body
+
+    hello = handshake(2, b"\x03\x03" + b"\x11" * 32 + b"\x00" + suite.to_bytes(2, "big")
+                      + b"\x00")
+    entry = b"\x30" * chain_bytes
+    certificate = handshake(11, (len(entry) + 3).to_bytes(3, "big")
+                            + len(entry).to_bytes(3, "big") + entry)
+    prime = b"\xff" * 128
+    params = (len(prime).to_bytes(2, "big") + prime + b"\x00\x01\x02"
+              + (128).to_bytes(2, "big") + b"\x5a" * 128)
+    key_exchange = handshake(12, params + b"\x04\x01" + (256).to_bytes(2, "big") + b"\x00" * 256)
+    payload = hello + certificate + key_exchange + handshake(14, b"")
+    return b"".join(b"\x16\x03\x03" + len(chunk).to_bytes(2, "big") + chunk
+                    for chunk in (payload[i:i + 16384] for i in range(0, len(payload), 16384)))
+
+
+@pytest.mark.parametrize(("suite", "chain", "kex_bits", "kept_chain"), [
+    (0x009E, 200_000, 1024, True),    # DHE, the chain fits: kept, the group read
+    (0x009E, MAX_FLIGHT_BYTES - 400, 1024, True),  # fits just: the group has its room
+    (0x009E, 300_000, 1024, False),   # past the bound: read past, the group read
+    (0x009E, 5_000_000, 0, False),    # past the skip's bound too: the pick only
+    (0x009C, 300_000, 0, False),      # RSA key exchange: nothing after it matters
+], ids=["fits", "fits-just", "skipped", "too-long", "rsa-not-skipped"])
+def test_the_key_exchange_behind_a_long_chain(suite: int, chain: int, kex_bits: int,
+                                              kept_chain: bool) -> None:
+    import socket
+    import threading
+
+    from probers.tls.hello import OutcomeKind, _Deadline, _read_flight
+
+    # Given a server's first flight with a chain of this size (a DHE or RSA pick)
+    ours, theirs = socket.socketpair()
+    flight = _flight_with_chain(suite, chain)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            theirs.sendall(flight)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        ours.settimeout(5)
+        outcome = _read_flight(ours, HelloSpec(TlsVersion.TLS_1_2, (suite,)), _Deadline(5))
+    finally:
+        ours.close()
+        theirs.close()
+        sender.join(5)
+    # Then the pick is kept, and the DH group is read whenever the chain could be read
+    # past (it read 0 bits, a DHE port graded strong: reviews), the chain kept when it fits
+    assert (outcome.kind, outcome.suite) == (OutcomeKind.ACCEPTED, suite)
+    assert outcome.kex_bits == kex_bits
+    assert bool(outcome.certificates) is kept_chain
