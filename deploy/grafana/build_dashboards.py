@@ -94,9 +94,14 @@ ORDER BY time""")
 
 # Change history (stream_processors/changes.py): the changes table is one row per event
 # (FINAL merges a replayed scan's rows), so these read the change log, not the raw scans.
-# The same target and organization filters as every report (schemas/filters.py).
+# The same target and organization filters as every report (schemas/filters.py), and as
+# the change log's (schemas/history/changes.sql): an event's own organization, or its
+# host's now (an inventory that named a host since).
 CHANGE_FILTERS = """$__timeFilter(observed_at)
-  AND (${org:sqlstring} = '' OR lowerUTF8(c.organization) = lowerUTF8(${org:sqlstring}))
+  AND (${org:sqlstring} = '' OR lowerUTF8(c.organization) = lowerUTF8(${org:sqlstring})
+       OR (c.target, c.ip) IN (SELECT target, ip FROM latest_host_scans
+                               WHERE ${org:sqlstring} != ''
+                                 AND lowerUTF8(organization) = lowerUTF8(${org:sqlstring})))
   AND """ + grafana_sql(target_predicate("c"))
 
 CHANGES_BY_KIND = """SELECT toStartOfDay(observed_at) AS time, toString(kind) AS kind,
