@@ -113,6 +113,18 @@ def listen(handler: Handler, addresses: tuple[str, ...] = ("127.0.0.1",),
 # -- handlers ---------------------------------------------------------------------------
 
 
+def request_head(conn: socket.socket, cap: int = 8192) -> bytes | None:
+    """What a test server reads of a request: up to the end of its head (at most about
+    ``cap`` bytes; the body's start may come with it); None when the client went away."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < cap:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def banner(data: bytes, then_wait: float = 0.5) -> Handler:
     """Send a greeting first (SSH, SMTP, FTP style), then read until the peer leaves."""
     return in_pieces((data, 0.0), then_wait=then_wait)

@@ -27,19 +27,16 @@ from portwatch.alerts.log import delivery_log
 from tests import loopback
 from tests.alert_receivers import webhook_receiver
 from tests.integration.test_alert_delivery import SECRET, event, outbox_states
-from tests.loopback import free_port
+from tests.loopback import free_port, request_head
 
 HANG_BOUND = 8.0  # seconds; each hostile receiver below would hold a send 30 s or more
 
 
 def _read_request(conn: socket.socket) -> None:
     """The request's head and (bounded) body, so the client is never reset mid-write."""
-    data = b""
-    while b"\r\n\r\n" not in data and len(data) < 65536:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return
-        data += chunk
+    data = request_head(conn, 65536)
+    if data is None:
+        return
     head, _, body = data.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import mmh3
 import pytest
@@ -378,15 +378,16 @@ def test_a_plain_page_quoting_nginxs_tls_refusal_is_a_plain_page() -> None:
         "http", "nginx", "1.24.0", False, "Web server FAQ")
 
 
-def _request_of(conn: socket.socket) -> bytes | None:
-    """A request's head as a test server reads it (None: the client went away)."""
-    request = b""
-    while b"\r\n\r\n" not in request and len(request) < 8192:
-        chunk = conn.recv(4096)
-        if not chunk:
-            return None
-        request += chunk
-    return request
+def _answering(answer: Callable[[socket.socket, bytes], None]) -> loopback.Handler:
+    """A test web server's connection handler: it reads the request's head (bounded in
+    time and size; nothing when the client went away) and lets ``answer`` reply to it."""
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with contextlib.suppress(OSError):
+            request = loopback.request_head(conn)
+            if request is not None:
+                answer(conn, request)
+    return handle
 
 
 def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
@@ -396,22 +397,17 @@ def _paced_site(page: bytes, icon: bytes, *, pause_after: int, pause: float,
     or loaded server does; with ``length`` False it declares no Content-Length, with
     ``hold`` it keeps the connection open that long after answering (ignoring the
     request's Connection: close), and ``eol`` ends its header lines."""
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(5)
-        with contextlib.suppress(OSError):
-            request = _request_of(conn)
-            if request is None:
-                return
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
-            body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
-            lines = [b"HTTP/1.1 200 OK", b"Server: " + server, b"Content-Type: " + kind]
-            if length:
-                lines.append(b"Content-Length: " + str(len(body)).encode())
-            conn.sendall(eol.join([*lines, b"", b""]) + body[:pause_after])
-            time.sleep(pause)
-            conn.sendall(body[pause_after:])
-            time.sleep(hold)
-    return handle
+    def answer(conn: socket.socket, request: bytes) -> None:
+        path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+        body, kind = (icon, b"image/x-icon") if path == b"/i.ico" else (page, b"text/html")
+        lines = [b"HTTP/1.1 200 OK", b"Server: " + server, b"Content-Type: " + kind]
+        if length:
+            lines.append(b"Content-Length: " + str(len(body)).encode())
+        conn.sendall(eol.join([*lines, b"", b""]) + body[:pause_after])
+        time.sleep(pause)
+        conn.sendall(body[pause_after:])
+        time.sleep(hold)
+    return _answering(answer)
 
 
 PACED_PAGE = b'<html><head><title>Paced</title><link rel="icon" href="/i.ico"></head></html>'
@@ -572,24 +568,19 @@ def test_a_server_header_ours_does_not_know_is_named_by_nmaps_lines_on_its_answe
 def _endless_icon_site(period: float) -> loopback.Handler:
     """A web server whose page links an icon it then streams without end (no length, a
     512-byte piece every ``period`` seconds, bounded at 30 s by the handler itself)."""
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(5)
-        with contextlib.suppress(OSError):
-            request = _request_of(conn)
-            if request is None:
-                return
-            if b" /i.ico " not in request:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: "
-                             b"text/html\r\nContent-Length: %d\r\n\r\n" % len(PACED_PAGE)
-                             + PACED_PAGE)
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/x-icon\r\n\r\n")
-            pieces = random.Random(3)
-            end = time.monotonic() + 30
-            while time.monotonic() < end:
-                conn.sendall(pieces.randbytes(512))
-                time.sleep(period)
-    return handle
+    def answer(conn: socket.socket, request: bytes) -> None:
+        if b" /i.ico " not in request:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Type: "
+                         b"text/html\r\nContent-Length: %d\r\n\r\n" % len(PACED_PAGE)
+                         + PACED_PAGE)
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/x-icon\r\n\r\n")
+        pieces = random.Random(3)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            conn.sendall(pieces.randbytes(512))
+            time.sleep(period)
+    return _answering(answer)
 
 
 def test_an_icon_still_arriving_at_the_deadline_is_not_hashed() -> None:
