@@ -62,6 +62,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _as_utc(record: Any, *names: str) -> None:
+    """The record's times ``names``, naive, read as UTC (as ``_ts`` reads them). msgspec's
+    fast path keeps a timestamp without a zone naive: the sink compared it with an aware
+    "now" and its agent crashed on a TypeError, losing the valid records of its batch
+    (a review). Every time in a record is aware from here on."""
+    for name in names:
+        value = getattr(record, name)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            object.__setattr__(record, name, value.replace(tzinfo=UTC))
+
+
 def _ts(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -354,6 +365,7 @@ class Shard(Record):
     created_at: datetime = field(default_factory=utcnow)
 
     def __post_init__(self) -> None:
+        _as_utc(self, "created_at")
         if not self.targets:
             raise RecordError("shard without targets")
         if not self.ports:
@@ -409,6 +421,7 @@ class OpenPort(Record):
 
     def __post_init__(self) -> None:
         check_port(self.port)
+        _as_utc(self, "observed_at")
 
     @property
     def key(self) -> str:
@@ -714,6 +727,9 @@ class HostScan(Record):
     proto: Proto = Proto.TCP
     ports: tuple[PortRange, ...] = ()
 
+    def __post_init__(self) -> None:
+        _as_utc(self, "started_at", "finished_at")
+
     def covers(self, proto: Proto, port: int) -> bool:
         """True when this shard probed (proto, port) on its host."""
         return proto == self.proto and any(r.first <= port <= r.last for r in self.ports)
@@ -795,6 +811,7 @@ class ChangeEvent(Record):
     def __post_init__(self) -> None:
         if self.port != 0:
             check_port(self.port)
+        _as_utc(self, "observed_at")
 
     @property
     def key(self) -> str:

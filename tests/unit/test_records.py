@@ -384,3 +384,25 @@ def test_a_favicon_hash_outside_signed_32_bits_is_refused(bad: object) -> None:
         ServiceInfo.from_json(wire)
     with pytest.raises(RecordError, match="favicon_mmh3"):
         ServiceInfo(favicon_mmh3=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("record", [r for r in RECORDS if isinstance(
+    r, Shard | OpenPort | Finding | HostScan | ChangeEvent)], ids=lambda r: type(r).__name__)
+def test_a_timestamp_without_a_zone_is_read_as_utc_on_either_path(record: Record) -> None:
+    # Given a record whose times were written without a zone (a hand-made or foreign
+    # producer's: the fast path kept them naive, and the sink's agent crashed comparing
+    # one with an aware "now", losing the valid records of its batch; a review)
+    raw = record.to_json()
+    naive = re.sub(rb'("(?:observed|created|started|finished)_at":"[^"]+)Z"', rb'\1"', raw)
+    assert naive != raw and naive.startswith(b'{"v":1,')  # the fast path's shape
+    slow = json.loads(naive)
+    del slow["v"]  # the lenient path's shape
+    # When it is read either way, then every time is the same instant, in UTC
+    assert type(record).from_json(naive) == record
+    assert type(record).from_json(json.dumps(slow)) == record
+    times = [getattr(r, name) for r in (type(record).from_json(naive), record)
+             for name in ("created_at", "observed_at", "started_at", "finished_at")
+             if hasattr(r, name)]
+    port = getattr(type(record).from_json(naive), "port", None)
+    times += [port.observed_at] if isinstance(port, OpenPort) else []
+    assert times and all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times)
