@@ -72,6 +72,7 @@ class StageStats:
 class SinkAgentStats:
     messages: int = 0
     poison: int = 0
+    failure: str = ""  # the fault that stopped the agent ("": none)
 
 
 def _origin(event: Any) -> tuple[str, int, int]:
@@ -198,9 +199,11 @@ async def dead_letter_rejected(send_dead: Send, sink: StoreSink, findings_topic:
 
 
 def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_scans_topic: str,
-               buffer: int, within: float, stats: SinkAgentStats) -> Agent:
+               buffer: int, within: float, stats: SinkAgentStats,
+               on_failure: Callable[[BaseException], None] | None = None) -> Agent:
     """The sink agent over the findings and host-scans topics: stores a buffer, then
-    acknowledges it. Stopped mid-write: nothing of the buffer is acknowledged."""
+    acknowledges it. Stopped mid-write, or failing on a fault of its own: nothing of the
+    buffer is acknowledged; a fault is handed to ``on_failure`` (the app stops with it)."""
 
     async def agent(stream: Any) -> None:
         async for events in stream.noack_take(buffer, within=within):
@@ -212,6 +215,19 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
                 # nothing of the buffer is acknowledged, nor dead-lettered: its replay
                 # sends its poison once (before, here and again on the replay)
                 log.warning("%s; %d messages will be replayed", exc, len(events))
+                return
+            except Exception as exc:  # noqa: BLE001 - a fault of ours, not of the data
+                # Neither a data error (bisected and dead-lettered) nor the store's
+                # (retried): a bug. Let through, Faust restarted the agent and acknowledged
+                # later messages of the same partitions past this buffer, whose valid
+                # records were never stored (a review). Nothing of it is acknowledged; the
+                # process stops with the fault, and whoever takes the partitions next
+                # reads the buffer again.
+                stats.failure = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("sink: a buffer of %d messages could not be stored (%s); "
+                          "stopping, nothing of it acknowledged", len(events), stats.failure)
+                if on_failure is not None:
+                    on_failure(exc)
                 return
             pending: list[Awaitable[Any]] = []
             for event, bad in poison:

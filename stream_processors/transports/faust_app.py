@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ def build_sink_app(options: PipelineOptions, sink: StoreSink,
     dead = raw_topic(app, t.dead_letter.name)
     body = sink_agent(sink, sender(dead), findings_topic=t.findings.name,
                       host_scans_topic=t.host_scans.name, buffer=options.sink_buffer,
-                      within=options.sink_within, stats=stats)
+                      within=options.sink_within, stats=stats,
+                      on_failure=lambda exc: mark_failed(app, exc))
     app.agent(source, name="portwatch.sink")(body)
     if changes is not None:
         _bind_changes(app, sink, changes, sender(raw_topic(app, t.changes.name)))
@@ -225,16 +227,27 @@ def remove_empty_tree(root: Path) -> None:
         root.rmdir()
 
 
+# Apps an agent of ours stopped on a fault (``mark_failed``): Faust restarts a crashed
+# agent and never sets the app's ``crash_reason`` for it, so run_apps would not know.
+_FAILED: weakref.WeakKeyDictionary[faust.App, BaseException] = weakref.WeakKeyDictionary()
+
+
+def mark_failed(app: faust.App, exc: BaseException) -> None:
+    """Say that ``app`` must stop on ``exc``: ``run_apps`` stops every app and raises."""
+    _FAILED.setdefault(app, exc)
+
+
 async def _crash_of(app: faust.App) -> BaseException | None:
-    """Resolves with the exception that crashed ``app`` (mode sets ``crash_reason``)."""
+    """Resolves with the exception that crashed ``app`` (mode sets ``crash_reason``; an
+    agent of ours, ``mark_failed``)."""
     while True:
-        reason = getattr(app, "crash_reason", None)
+        reason = getattr(app, "crash_reason", None) or _FAILED.get(app)
         if reason is not None:
-            return reason  # type: ignore[no-any-return]
+            return reason
         if app.should_stop:
             return RuntimeError(f"{app.conf.id} stopped by itself")
         await asyncio.sleep(0.5)
 
 
 __all__ = ["ROLES", "PipelineOptions", "build_sink_app", "build_stages_app", "make_app",
-           "raw_topic", "remove_empty_tree", "run_apps", "sender"]
+           "mark_failed", "raw_topic", "remove_empty_tree", "run_apps", "sender"]

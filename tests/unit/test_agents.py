@@ -265,7 +265,8 @@ def test_stage_agent_identifies_real_ports_and_dead_letters_poison() -> None:
 
 
 def run_sink_agent(sink: StoreSink, dead: Sent, stats: SinkAgentStats,
-                   feed: Callable[[Any], Awaitable[None]]) -> None:
+                   feed: Callable[[Any], Awaitable[None]],
+                   on_failure: Callable[[BaseException], None] | None = None) -> None:
     """The sink agent over a findings topic, in Faust's test context (no broker):
     ``feed(ctx_agent)`` puts the messages and waits for what it needs."""
 
@@ -274,7 +275,7 @@ def run_sink_agent(sink: StoreSink, dead: Sent, stats: SinkAgentStats,
         topic = app.topic("findings", key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
         body = sink_agent(sink, dead, findings_topic="findings", host_scans_topic="host-scans",
-                          buffer=100, within=0.1, stats=stats)
+                          buffer=100, within=0.1, stats=stats, on_failure=on_failure)
         agent = app.agent(topic, name="sink")(body)
         async with agent.test_context() as ctx_agent:
             await feed(ctx_agent)
@@ -302,6 +303,43 @@ def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
     assert envelope["stage"] == "sink" and envelope["line"] == 2
     assert "malformed record" in envelope["reason"]
     assert (sink.stats.findings, stats.poison) == (2, 1)
+
+
+class FaultyChanges:
+    """A named fake: a change stage failing with an error of portwatch's own making (a
+    TypeError, as a naive timestamp once caused in the sink), neither the data's nor the
+    store's. No real record causes one now, which is why it is faked."""
+
+    def storing(self, findings: Any, scans: Any) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    async def on_stored(self, findings: Any, scans: Any) -> None:
+        raise TypeError("can't compare offset-naive and offset-aware datetimes")
+
+
+def test_a_sink_fault_of_its_own_acknowledges_nothing_and_stops_the_app(store: Any) -> None:
+    # Given the sink agent failing with a fault that is neither the data's (bisected,
+    # dead-lettered) nor the store's (retried)
+    dead = Sent()
+    stats = SinkAgentStats()
+    failures: list[BaseException] = []
+    sink = StoreSink(store, changes=FaultyChanges())
+
+    async def feed(ctx_agent: Any) -> None:
+        # When a message of two findings arrives
+        await ctx_agent.put(encode_records([finding("127.0.0.1", 22), finding("127.0.0.1", 80)]),
+                            key=b"127.0.0.1")
+        await _until(lambda: bool(failures))
+
+    run_sink_agent(sink, dead, stats, feed, on_failure=failures.append)
+    # Then the fault is handed on (the app stops with it: Faust restarted the agent and
+    # acknowledged later messages past the lost buffer), nothing was acknowledged nor
+    # dead-lettered: whoever takes the partition next stores the findings
+    assert [type(f) for f in failures] == [TypeError]
+    assert (stats.messages, dead.messages) == (0, [])
+    assert stats.failure.startswith("TypeError: can't compare offset-naive")
 
 
 def test_a_finding_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
@@ -412,3 +450,16 @@ def test_host_slots_bound_each_address_and_are_let_go_when_its_jobs_end() -> Non
     # Then no address had more than two in flight, and none is remembered after
     assert set(peak.values()) == {2}
     assert ctx._host_slots == {}
+
+
+def test_an_app_marked_failed_is_seen_as_crashed_by_the_runner() -> None:
+    # Given an app whose agent stopped on a fault of its own (Faust restarts a crashed
+    # agent and never sets the app's crash_reason: run_apps went on without it)
+    from stream_processors.transports.faust_app import _crash_of, mark_failed
+
+    app = _app()
+    fault = TypeError("a fault of ours")
+    mark_failed(app, fault)
+    mark_failed(app, ValueError("a later one"))
+    # When the runner watches it, then it resolves at once with the first fault
+    assert asyncio.run(asyncio.wait_for(_crash_of(app), 5)) is fault
