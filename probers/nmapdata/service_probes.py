@@ -205,11 +205,21 @@ def compile_pattern(pattern: bytes, flags: str) -> re.Pattern[bytes]:
             re_flags |= re.DOTALL
         else:
             raise re.error(f"unsupported pattern flag {flag!r}")
-    with warnings.catch_warnings():
-        # A FutureWarning about a "possible nested set" is about Python's future
-        # syntax, not about the pattern's meaning today; do not let it escape.
-        warnings.simplefilter("ignore", FutureWarning)
-        return re.compile(pcre_to_python(pattern), re_flags)
+    # A FutureWarning about a "possible nested set" is about Python's future syntax, not
+    # about the pattern's meaning today; do not let it escape (no catch_warnings: see
+    # ``_quiet_set_syntax``)
+    _quiet_set_syntax()
+    return re.compile(pcre_to_python(pattern), re_flags)
+
+
+def _quiet_set_syntax() -> None:
+    """Ignore the re/regex FutureWarning about set syntax ("Possible nested set at
+    position 3"). Put in front of the process's filters on each use, not in a
+    catch_warnings block: that block restores, on exit, the list it saved at entry, so a
+    compile ending in one thread dropped a filter another thread had just added (the TLS
+    prober's, for the trust bundle's warning, whose raw lines then reached the terminal
+    amid a scan; a review). Adding a filter that is there already only moves it."""
+    warnings.filterwarnings("ignore", message="Possible ", category=FutureWarning)
 
 
 # Each line as the ``regex`` module compiles it (None: a line it rejects), compiled on the
@@ -226,10 +236,9 @@ def _bounded(pattern: re.Pattern[bytes]) -> Bounded:
     except KeyError:
         pass
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            compiled: Bounded = regex.compile(pattern.pattern,
-                                              pattern.flags & (re.IGNORECASE | re.DOTALL))
+        _quiet_set_syntax()
+        compiled: Bounded = regex.compile(pattern.pattern,
+                                          pattern.flags & (re.IGNORECASE | re.DOTALL))
     except regex.error:
         compiled = None
     _BOUNDED[key] = compiled  # (two threads may both compile it once: the same result)

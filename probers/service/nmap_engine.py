@@ -65,9 +65,14 @@ def tls_client_context() -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     with contextlib.suppress(ssl.SSLError):
         ctx.set_ciphers("ALL:@SECLEVEL=0")
-    with contextlib.suppress(ValueError, ssl.SSLError), warnings.catch_warnings():
-        # Deprecated as a policy, still what an old server on the Internet speaks.
-        warnings.simplefilter("ignore", DeprecationWarning)
+    # Deprecated as a policy, still what an old server on the Internet speaks. The filter
+    # goes in front of the process's list, not in a catch_warnings block: such a block
+    # puts back, on exit, the list it saved, dropping a filter another thread added
+    # meanwhile (the TLS prober's, around the trust bundle: its warning's raw lines
+    # reached the terminal amid a scan; a review)
+    warnings.filterwarnings("ignore", message=r"ssl\.TLSVersion\.TLSv1 is deprecated",
+                            category=DeprecationWarning)
+    with contextlib.suppress(ValueError, ssl.SSLError):
         ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.options |= getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0)
     return ctx
