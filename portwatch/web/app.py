@@ -43,6 +43,7 @@ from portwatch.web.query import (
     CONTROL,
     DIRECTIONS,
     GRADES,
+    HIDDEN_FILTERS,
     IGNORED,
     LIST_SORTS,
     PAGE_SIZES,
@@ -82,7 +83,8 @@ SORT_LABELS = {"target": "Target", "organization": "Organization", "port": "Port
                "service": "Service", "product": "Product", "risk": "Risk",
                "prevalence": "Prevalence", "first_seen": "First detected",
                "last_seen": "Last seen"}
-FILTER_LABELS = {"org": "Organization", "target": "Target", "color": "Risk colour",
+FILTER_LABELS = {"org": "Organization", "target": "Target", "ip": "Address",
+                 "proto": "Protocol", "color": "Risk colour",
                  "port": "Port", "product": "Product", "version": "Version",
                  "prevalence": "Prevalence", "grade": "TLS grade", "history": "History"}
 COLOR_WORDS = {"red": "red", "yellow": "yellow", "green": "green"}
@@ -143,6 +145,7 @@ def _environment() -> Environment:
     env.globals.update(COLORS=COLORS, PREVALENCE=PREVALENCE, GRADES=GRADES,
                        PAGE_SIZES=PAGE_SIZES, PAGE_PATHS=PAGE_PATHS, PAGE_TITLES=PAGE_TITLES,
                        SORT_LABELS=SORT_LABELS, FILTER_LABELS=FILTER_LABELS,
+                       HIDDEN_FILTERS=HIDDEN_FILTERS,
                        LIST_SORTS=LIST_SORTS, DIRECTIONS=DIRECTIONS)
     return env
 

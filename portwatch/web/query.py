@@ -18,8 +18,13 @@ from typing import Any
 from schemas import REPORTS, report_parameters
 from schemas.bounded import TEXT_CAP, is_digits
 from schemas.filters import filter_text, normalize_target
+from schemas.records import RecordError, normalize_ip
 
 COLORS = ("red", "yellow", "green")
+PROTOS = ("tcp", "udp")
+# Filters a drill-down link carries (one address of a target, one protocol of a port),
+# kept by the filters form as hidden fields rather than asked for
+HIDDEN_FILTERS = ("ip", "proto")
 PREVALENCE = ("very common", "somewhat common", "less common", "rare")
 GRADES = ("weak", "medium", "strong")
 # List sort keys (schemas/reports/list.sql ORDER BY); '' = by target, address, port.
@@ -53,8 +58,8 @@ class BadRequest(ValueError):
 
 def filter_names(report: str) -> tuple[str, ...]:
     """The filters a report takes, in a stable order (its SQL's parameters)."""
-    order = ("org", "target", "color", "port", "product", "version", "prevalence", "grade",
-             "history")
+    order = ("org", "target", "ip", "proto", "color", "port", "product", "version",
+             "prevalence", "grade", "history")
     names = report_parameters(report) - _PAGING
     return tuple(n for n in order if n in names) + tuple(sorted(names - set(order)))
 
@@ -139,6 +144,13 @@ def _filter_value(name: str, value: str) -> Any:
             raise BadRequest(str(exc)) from None
     if name == "port":
         return _int("port", value, 1, 65535)
+    if name == "ip":
+        try:
+            return normalize_ip(value.strip())
+        except RecordError:
+            raise BadRequest(f"ip must be one IP address, not {value[:40]!r}") from None
+    if name == "proto":
+        return _choice("proto", value, PROTOS)
     if name == "color":
         return _choice("color", value, COLORS)
     if name == "prevalence":

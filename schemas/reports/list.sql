@@ -128,6 +128,10 @@ WITH
                OR ({version:String} = '-' AND f.version = '')
                OR lowerUTF8(f.version) = lowerUTF8({version:String}))
           AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
+          -- one address and protocol: the Summary's and the Changes page's drill-downs
+          -- (a target as written names every address it resolved to)
+          AND ({ip:String} = '' OR f.ip = {ip:String})
+          AND ({proto:String} = '' OR f.proto = {proto:String})
           AND ({color:String} = '' OR f.risk_color = {color:String})
           AND ({prevalence:String} = '' OR prevalence_bucket = {prevalence:String})
         ORDER BY sort_number,

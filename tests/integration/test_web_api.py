@@ -32,6 +32,7 @@ from schemas.records import (
     HostScan,
     OpenPort,
     ProbeStatus,
+    Proto,
     RiskColor,
     ServiceInfo,
     Target,
@@ -518,8 +519,53 @@ def test_view_ports_of_one_address_under_two_organizations_lists_only_its_own(
                 listed[query] = web.api(f"/api/v1/list?{query}")["rows"]
     # Then each lists its own organization's port only (before: both linked to
     # /list?target=127.0.0.1, which showed both organizations' ports; a review)
-    assert sorted(listed) == ["target=127.0.0.1&org=Acme%2C+Inc.",
-                              "target=127.0.0.1&org=Gamma"]
+    assert sorted(listed) == ["target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.",
+                              "target=localhost&ip=127.0.0.1&org=Gamma"]
     assert {q: [(r["organization"], r["port"]) for r in rows] for q, rows in listed.items()} == {
-        "target=127.0.0.1&org=Acme%2C+Inc.": [("Acme, Inc.", 22)],
-        "target=127.0.0.1&org=Gamma": [("Gamma", 80)]}
+        "target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.": [("Acme, Inc.", 22)],
+        "target=localhost&ip=127.0.0.1&org=Gamma": [("Gamma", 80)]}
+
+
+def test_the_summary_drills_into_exactly_its_rows_ports(shared_chdb_path: Path) -> None:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+
+    # Given two targets as written that resolved to one address (a range and a name), and
+    # the range's other address; the name's host with 53 open over TCP and UDP
+    ranged = Target(ip="127.0.0.1", target="127.0.0.1-2")
+    named = Target(ip="127.0.0.1", target="localhost")
+    other = Target(ip="127.0.0.2", target="127.0.0.1-2")
+    rows = [finding(ranged, 23005, "http", "nginx", "1", RiskColor.GREEN),
+            finding(named, 23006, "http", "nginx", "1", RiskColor.GREEN),
+            finding(other, 23007, "http", "nginx", "1", RiskColor.GREEN),
+            finding(named, 53, "domain", "", "", RiskColor.YELLOW)]
+    rows.append(Finding(port=OpenPort(scan_id="s1", target=named, port=53, proto=Proto.UDP,
+                                      observed_at=NOW), risk_color=RiskColor.YELLOW))
+    scans = [HostScan(scan_id="s1", target=t, started_at=NOW - timedelta(minutes=1),
+                      finished_at=NOW, ports_scanned=65535, open_ports=n)
+             for t, n in ((ranged, 1), (named, 3), (other, 1))]
+    with scratch_store(shared_chdb_path, "web_drill") as store:
+        store.insert_findings(rows)
+        store.insert_host_scans(scans)
+        with serve(create_app(ReportService(store))) as web:
+            # When each Summary row's "View ports" link is followed
+            status, _, page = web.get("/")
+            assert status == 200
+            links = re.findall(r'href="/list\?([^"]+)" aria-label="Open ports of', page)
+            drilled = sorted(sorted((r["target"], r["ip"], r["port"], r["proto"])
+                                    for r in web.api("/api/v1/list?" + html.unescape(q))["rows"])
+                             for q in links)
+            # Then each lists its own row's ports only (the address alone listed all
+            # three targets' ports of 127.0.0.1 under each; a review)
+            assert drilled == [
+                [("127.0.0.1-2", "127.0.0.1", 23005, "tcp")],
+                [("127.0.0.1-2", "127.0.0.2", 23007, "tcp")],
+                [("localhost", "127.0.0.1", 53, "tcp"), ("localhost", "127.0.0.1", 53, "udp"),
+                 ("localhost", "127.0.0.1", 23006, "tcp")]]
+            # And one protocol of a port is asked for as the Changes page links it
+            udp = web.api("/api/v1/list?target=localhost&ip=127.0.0.1&proto=udp&port=53")
+            assert [(r["port"], r["proto"]) for r in udp["rows"]] == [(53, "udp")]
+            # And a bad address or protocol is a 400 that says why
+            assert web.get("/list?ip=127.0.0.300")[0] == 400
+            status, _, body = web.get("/api/v1/list?proto=sctp")
+            assert status == 400 and "proto must be one of tcp, udp" in body
