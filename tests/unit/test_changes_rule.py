@@ -270,6 +270,37 @@ def test_equal_fingerprints_mean_no_event(before: dict[int, dict[str, str]],
         assert before != after
 
 
+def test_the_fingerprint_covers_each_compared_field_and_the_protocol() -> None:
+    # The fast path hides whatever the fingerprint leaves out: each field the rule
+    # compares changes it (the protocol too: tcp/53 and udp/53 are two ports), and what
+    # the rule does not compare (when, which scan, the certificate's end: is_near_expiry
+    # sends those hosts down the full path) leaves it alone
+    from stream_processors.changes import fingerprint
+
+    base = snap(53, tls_status="completed", tls_versions=("TLSv1.2",), tls_grade="strong",
+                cert_sha256="a" * 64, favicon="1", jarm="2" * 62)
+    digest = fingerprint({base.key: base})
+    compared = {"service": "dns", "product": "BIND", "version": "9", "risk_color": "red",
+                "tls_status": "error", "tls_versions": ("TLSv1.3",),
+                "weak_suites": ("TLS_RSA_WITH_RC4_128_SHA",), "tls_grade": "weak",
+                "cert_sha256": "b" * 64, "is_incomplete": True, "favicon": "2",
+                "jarm": "3" * 62, "port": 54, "proto": Proto.UDP}
+    for name, value in compared.items():
+        changed = base._replace(**{name: value})
+        assert fingerprint({changed.key: changed}) != digest, name
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    for name, value in {"scan_id": "other", "changed_at": later, "first_seen": later,
+                        "seen_at": later, "cert_not_after": later,
+                        "is_cdn_expected": True}.items():
+        same = base._replace(**{name: value})
+        assert fingerprint({same.key: same}) == digest, name
+    # closed ports are not fingerprinted; the order ports come in is not either
+    other = snap(22)
+    assert fingerprint({base.key: base, (Proto.TCP, 99): snap(99, is_open=False)}) == digest
+    assert (fingerprint({base.key: base, other.key: other})
+            == fingerprint({other.key: other, base.key: base}))
+
+
 def test_a_port_whose_identification_did_not_finish_changes_nothing() -> None:
     # Given ssh identified before, When this scan's identification was cut short (Ctrl-C)
     prev = state([snap(22)])
