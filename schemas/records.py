@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import msgspec
 
@@ -195,6 +195,12 @@ T = TypeVar("T", bound="Record")
 class Record:
     """Base: JSON wire form with a schema version."""
 
+    # A key every wire form of the record holds though its field has a default (the
+    # defaults serve records built in code): ``from_json``'s fast path checks it is
+    # there. b"" for none. (A JSON string's quote is escaped inside a value, so only a
+    # key can hold it.)
+    _WIRE_REQUIRED: ClassVar[bytes] = b""
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": SCHEMA_VERSION}
         for name in _field_names(type(self)):
@@ -226,9 +232,14 @@ class Record:
             raise RecordError(f"{cls.__name__}: not text: {exc}") from exc
         if data_bytes.startswith(_VERSION_PREFIX):
             try:
-                return msgspec.json.decode(data_bytes, type=cls)
+                decoded = msgspec.json.decode(data_bytes, type=cls)
             except Exception:  # noqa: BLE001 - the slow path below explains what is wrong
                 pass
+            else:
+                # msgspec fills a missing field from its default (an observation time:
+                # "now"), where the slow path refuses the record: both refuse it
+                if cls._WIRE_REQUIRED in data_bytes:
+                    return decoded
         try:
             data = json.loads(data_bytes)
         except RecursionError:
@@ -418,6 +429,7 @@ class OpenPort(Record):
     observed_at: datetime = field(default_factory=utcnow)
     # UDP: the payload answer discovery already holds, so identify need not ask again.
     response: str = ""
+    _WIRE_REQUIRED: ClassVar[bytes] = b'"observed_at":'
 
     def __post_init__(self) -> None:
         check_port(self.port)
@@ -665,6 +677,7 @@ class Finding(Record):
     cdn: CdnVerdict = NO_CDN
     risk_color: RiskColor = RiskColor.YELLOW
     risk_reason: str = ""
+    _WIRE_REQUIRED: ClassVar[bytes] = b'"observed_at":'  # its port's
 
     @property
     def key(self) -> str:
@@ -807,6 +820,7 @@ class ChangeEvent(Record):
     risk_color: str = ""  # the port's colour the event is about (after; before for closed)
     service: str = ""  # the port's service name, for people reading an alert
     observed_at: datetime = field(default_factory=utcnow)
+    _WIRE_REQUIRED: ClassVar[bytes] = b'"observed_at":'
 
     def __post_init__(self) -> None:
         if self.port != 0:

@@ -406,3 +406,19 @@ def test_a_timestamp_without_a_zone_is_read_as_utc_on_either_path(record: Record
     port = getattr(type(record).from_json(naive), "port", None)
     times += [port.observed_at] if isinstance(port, OpenPort) else []
     assert times and all(t.tzinfo is not None and t.utcoffset() == timedelta(0) for t in times)
+
+
+@pytest.mark.parametrize("record", [r for r in RECORDS if isinstance(
+    r, OpenPort | Finding | ChangeEvent)], ids=lambda r: type(r).__name__)
+def test_a_record_without_its_observation_time_is_refused_on_either_path(
+        record: Record) -> None:
+    # Given a record as written, less its observation time (the fast path filled it with
+    # "now", which the store kept as when the port was seen; the slow path refused it)
+    raw = record.to_json()
+    cut = re.sub(rb'"observed_at":"[^"]+",?', b"", raw).replace(b",}", b"}")
+    assert cut != raw and cut.startswith(b'{"v":1,')
+    # When it is read, then both paths refuse it and say why
+    with pytest.raises(RecordError, match="observed_at"):
+        type(record).from_json(cut)
+    with pytest.raises(RecordError, match="observed_at"):
+        type(record).from_dict({k: v for k, v in json.loads(cut).items() if k != "v"})
