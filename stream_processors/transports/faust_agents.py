@@ -228,7 +228,10 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
                           "stopping, nothing of it acknowledged", len(events), stats.failure)
                 if on_failure is not None:
                     on_failure(exc)
-                return
+                # Parked, not returned: the app's stop cancels it here as it would cancel
+                # a write (an agent that returned mid-stream left Faust's stop waiting on
+                # its stream for ever: the process never exited)
+                await asyncio.Event().wait()
             pending: list[Awaitable[Any]] = []
             for event, bad in poison:
                 stats.poison += len(bad)

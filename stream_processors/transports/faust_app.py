@@ -139,6 +139,12 @@ def build_sink_app(options: PipelineOptions, sink: StoreSink,
     ``changes``, the change events of every host scan out on the changes topic."""
     stats = stats or SinkAgentStats()
     app = make_app(options, "sink")
+    # Stopping (or giving up partitions) does not wait for the messages taken but not
+    # acknowledged: they are replayed by whoever takes the partitions next, and storing
+    # them again changes nothing (every table merges on its key). Waiting, a buffer the
+    # agent could not store (a fault of its own) held the stop for ever: SIGTERM left
+    # the process running, and a stopped app's tasks kept the loop from closing.
+    app.conf.stream_wait_empty = False
     t = options.topics
     source = raw_topic(app, t.findings.name, t.host_scans.name)
     dead = raw_topic(app, t.dead_letter.name)

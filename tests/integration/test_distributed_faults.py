@@ -311,3 +311,56 @@ def test_broker_stopped_and_started_during_a_scan(tmp_path: Path, kafka_bootstra
             assert_scan_complete(pipe, addrs, ports)
     finally:
         broker.ctl("down")  # stops it and deletes its data dir
+
+
+# -- a fault of the sink's own ----------------------------------------------------------
+
+
+def test_a_sink_fault_of_its_own_stops_it_and_the_next_sink_stores_the_batch(
+        kafka_bootstrap: str, store: Any) -> None:
+    import asyncio
+    import uuid
+
+    from producers.kafka_io import ensure_topics
+    from schemas.topics import topic_names
+    from stream_processors.sink import StoreSink
+    from stream_processors.transports.faust_app import (
+        PipelineOptions,
+        build_sink_app,
+        run_apps,
+    )
+    from tests.unit.test_agents import FaultyChanges, finding
+
+    topics = topic_names(f"test-sink-fault-{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, [topics.findings, topics.host_scans, topics.dead_letter],
+                  timeout=30.0)
+    options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0,
+                              sink_within=0.2)
+    producer = make_producer(kafka_bootstrap)
+    try:
+        publish_framed(producer, topics.findings.name,
+                       [finding("127.0.0.1", 22), finding("127.0.0.1", 80)])
+    finally:
+        producer.close()
+
+    async def run(sink: StoreSink, until: Any) -> None:
+        app, _ = build_sink_app(options, sink)
+        stop = asyncio.Event()
+        runner = asyncio.ensure_future(run_apps([app], stop))
+        for _ in range(240):  # bounded: at most ~120 s
+            if runner.done() or until():
+                break
+            await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(runner, 60)
+
+    # Given a sink failing on a fault of its own (a named fake: see FaultyChanges), when
+    # it takes the findings, then its run ends with the fault (it neither goes on nor is
+    # restarted past the batch)
+    with pytest.raises(RuntimeError, match="stream processor crashed: TypeError"):
+        asyncio.run(run(StoreSink(store, changes=FaultyChanges()), lambda: False))
+    assert store.query("SELECT count() FROM port_observations") == [(0,)]
+    # And the next sink of the group reads the batch again and stores it: nothing lost
+    asyncio.run(run(StoreSink(store), lambda: store.query(
+        "SELECT count() FROM port_observations") == [(2,)]))
+    assert sorted(store.query("SELECT port FROM port_observations")) == [(22,), (80,)]

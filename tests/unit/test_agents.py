@@ -306,17 +306,16 @@ def test_sink_agent_stores_findings_and_dead_letters_poison(store: Any) -> None:
 
 
 class FaultyChanges:
-    """A named fake: a change stage failing with an error of portwatch's own making (a
-    TypeError, as a naive timestamp once caused in the sink), neither the data's nor the
-    store's. No real record causes one now, which is why it is faked."""
+    """A named fake: a change stage failing, before the batch is stored, with an error of
+    portwatch's own making (a TypeError, as a naive timestamp once caused in the sink),
+    neither the data's nor the store's. No real record causes one now, which is why it
+    is faked."""
 
     def storing(self, findings: Any, scans: Any) -> Any:
-        from contextlib import nullcontext
-
-        return nullcontext()
+        raise TypeError("can't compare offset-naive and offset-aware datetimes")
 
     async def on_stored(self, findings: Any, scans: Any) -> None:
-        raise TypeError("can't compare offset-naive and offset-aware datetimes")
+        raise AssertionError("never reached: storing failed")
 
 
 def test_a_sink_fault_of_its_own_acknowledges_nothing_and_stops_the_app(store: Any) -> None:
@@ -340,6 +339,7 @@ def test_a_sink_fault_of_its_own_acknowledges_nothing_and_stops_the_app(store: A
     assert [type(f) for f in failures] == [TypeError]
     assert (stats.messages, dead.messages) == (0, [])
     assert stats.failure.startswith("TypeError: can't compare offset-naive")
+    assert store.query("SELECT count() FROM port_observations") == [(0,)]
 
 
 def test_a_finding_too_large_for_kafka_is_dead_lettered_not_sent() -> None:
