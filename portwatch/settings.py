@@ -185,6 +185,10 @@ class Settings:
             raw = os.environ.get(env)
             if raw is not None and raw != "":
                 shown = raw if len(raw) <= 40 else raw[:40] + "..."
+                if f.name == "scope_allow" and not raw.strip():
+                    # blanks read as unset turned the fence off without a word (a review)
+                    raise SettingsError(f"{env}={shown!r} holds no CIDR block: give the "
+                                        "blocks scans may reach, or unset it")
                 kind: type[Any] = type(f.default)
                 try:
                     # int() and float() also read '٣', '1_000' and '+5': numbers as written

@@ -21,10 +21,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from producers.textfiles import FileReadError, describe, read_bounded
 from schemas.records import PortRange, Proto, Shard, Target
 
 DEFAULT_PORTS_PER_SHARD = 65_535  # one whole host sweep per shard by default
 DEFAULT_HOSTS_PER_SHARD = 16
+
+# A checkpoint is a few hundred bytes: a file far larger is not one (and is not read whole)
+MAX_CHECKPOINT_BYTES = 1 << 20
 
 
 def new_scan_id() -> str:
@@ -228,7 +232,10 @@ class Checkpoint:
         """The checkpoint at ``path``, None when there is none; CheckpointError (one
         line) when the file is not a checkpoint."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not os.path.lexists(path):
+                return None
+            # bounded: `--checkpoint /dev/zero` read until memory ran out (a review)
+            data = json.loads(read_bounded(path, MAX_CHECKPOINT_BYTES).decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("next_index"), dict):
                 raise TypeError("not a checkpoint object")
             indexes = {str(k): v for k, v in data["next_index"].items() if k in ("tcp", "udp")}
@@ -246,6 +253,8 @@ class Checkpoint:
             return None
         except IsADirectoryError:
             raise CheckpointError(f"checkpoint {os.fspath(path)} is a directory") from None
+        except FileReadError as exc:
+            raise CheckpointError(describe(exc, f"checkpoint {os.fspath(path)}")) from None
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 UnicodeDecodeError, RecursionError):
             raise CheckpointError(f"checkpoint {os.fspath(path)} is not a portwatch checkpoint: "

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from producers.textfiles import FileReadError, describe, read_bounded
 from schemas.records import PortRange, Target, canonical_address, fold_mapped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -551,14 +552,15 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
     """
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_INVENTORY_BYTES:
-            raise TargetError(f"inventory {str(file)!r} is larger than "
-                              f"{MAX_INVENTORY_BYTES // 2**20} MiB: split it")
+        # bounded whatever the path names: a pipe's or a device's size reads 0, and
+        # `--inventory /dev/zero` grew the scan until the kernel killed it (a review)
+        raw = read_bounded(file, MAX_INVENTORY_BYTES)
         # utf-8-sig: Excel's "CSV UTF-8" starts the file with a BOM, which made the
         # first header 'target' read as '\ufefftarget'
-        text = file.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise TargetError(f"cannot read inventory {str(file)!r}: {exc.strerror}") from None
+        text = raw.decode("utf-8-sig")
+    except FileReadError as exc:
+        hint = ": split it" if str(exc).startswith("larger than") else ""
+        raise TargetError(describe(exc, f"inventory {str(file)!r}") + hint) from None
     except UnicodeDecodeError:
         raise TargetError(f"inventory {str(file)!r} is not UTF-8 text") from None
     specs: list[TargetSpec] = []
@@ -747,14 +749,9 @@ class Scope:
         entries = list(exclude)
         if exclude_file:
             try:
-                with open(exclude_file, "rb") as handle:
-                    raw = handle.read(MAX_INVENTORY_BYTES + 1)
-            except OSError as exc:
-                raise TargetError(f"cannot read exclude file {exclude_file!r}: "
-                                  f"{exc.strerror}") from None
-            if len(raw) > MAX_INVENTORY_BYTES:
-                raise TargetError(f"exclude file {exclude_file!r} is larger than "
-                                  f"{MAX_INVENTORY_BYTES // 2**20} MiB")
+                raw = read_bounded(exclude_file, MAX_INVENTORY_BYTES)
+            except FileReadError as exc:
+                raise TargetError(describe(exc, f"exclude file {exclude_file!r}")) from None
             try:
                 lines = raw.decode("utf-8-sig").splitlines()  # a BOM is no exclusion
             except UnicodeDecodeError:

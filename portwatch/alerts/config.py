@@ -20,9 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import select
 import stat
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,6 +32,7 @@ import yaml
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
 from producers.targets import yaml_problem
+from producers.textfiles import FileReadError, read_bounded
 from schemas.bounded import is_digits
 from schemas.durations import parse_seconds
 from schemas.records import ChangeKind, RiskColor, Severity, canonical_address, fold_mapped
@@ -168,55 +167,21 @@ def load_alerts(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 def read_text_file(name: str, error: type[AlertConfigError]) -> str:
     """A people-written file's text, bounded (MAX_FILE_BYTES) and UTF-8; ``error`` (one
-    line, ``FILE:0: ...``) when it cannot be read, is too large or is not text."""
+    line, ``FILE:0: ...``) when it cannot be read, is too large or is not text. A FIFO
+    with no writer is not waited on for good (it hung `watch` and `alerts test`; a
+    review, 2026-12-06); a pipe (`--alerts <(envsubst < a.yaml)`) is read until its end
+    (``producers.textfiles``)."""
     try:
-        # opened without blocking: a FIFO with no writer hung `watch` and `alerts test`
-        # for good (a review, 2026-12-06); a pipe (`--alerts <(envsubst < a.yaml)`) is
-        # read until its end, for PIPE_WAIT_SECONDS at most
-        with os.fdopen(os.open(name, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISREG(mode):
-                raw = handle.read(MAX_FILE_BYTES + 1)
-            elif stat.S_ISFIFO(mode):
-                piped = _read_pipe(handle.fileno(), MAX_FILE_BYTES + 1)
-                if piped is None:
-                    raise error(name, 0, f"a pipe that did not end within "
-                                         f"{PIPE_WAIT_SECONDS:g} s")
-                raw = piped
-            else:
-                raise error(name, 0, "not a regular file or a pipe")
-    except OSError as exc:
-        raise error(name, 0, f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise error(name, 0, f"larger than {MAX_FILE_BYTES:,} bytes")
+        raw = read_bounded(name, MAX_FILE_BYTES)
+    except FileReadError as exc:
+        reason = str(exc)
+        if reason.startswith("larger than"):
+            reason = f"larger than {MAX_FILE_BYTES:,} bytes"
+        raise error(name, 0, reason) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(name, 0, f"not UTF-8 text ({exc.reason})") from None
-
-
-PIPE_WAIT_SECONDS = 10.0
-
-
-def _read_pipe(fd: int, cap: int) -> bytes | None:
-    """A pipe's bytes until its end (no writer reads as an end at once), at most ``cap``;
-    None when it did not end within PIPE_WAIT_SECONDS."""
-    deadline = time.monotonic() + PIPE_WAIT_SECONDS
-    chunks: list[bytes] = []
-    size = 0
-    while size < cap:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        try:
-            chunk = os.read(fd, min(65536, cap - size))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def compose_yaml(name: str, text: str) -> yaml.Node | None:

@@ -578,9 +578,9 @@ def test_a_fifo_with_no_writer_is_refused_not_waited_on(tmp_path: Path, load: ob
                                                         ) -> None:
     import os
 
-    from portwatch.alerts import config
+    from producers import textfiles
 
-    monkeypatch.setattr(config, "PIPE_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(textfiles, "PIPE_WAIT_SECONDS", 0.5)
     fifo = tmp_path / "alerts.yaml"
     os.mkfifo(fifo)
     with pytest.raises((AlertConfigError, ScheduleError),
