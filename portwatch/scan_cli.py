@@ -274,17 +274,29 @@ class ProgressView:
         # discovery is over; what is left is identification, not "ETA 0s"
         identifying = (stats.probes_done >= total and stats.examined < stats.open_found
                        and not stats.finished)
+        stopped = bool(getattr(stats, "stopping", False))
+        stopping = stopped and not stats.finished
         if self._bar is not None:
             # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying)
             self._bar.update(self._task, total=total, completed=stats.probes_done,
                              open=stats.open_found, rate=rate, examined=stats.examined,
-                             phase="identifying" if identifying else "scanning")
+                             phase="stopping" if stopping else
+                             "identifying" if identifying else "scanning")
             return
         now = time.monotonic()
         if now - self._last_line >= 5 or stats.finished:
             self._last_line = now
             # no rate yet (the first line): the ETA is unknown, not "0s"
             eta = f"{(total - stats.probes_done) / rate:.0f}s" if rate > 0 else "unknown"
+            if stopped:
+                # discovery has stopped: a rate falling and an ETA growing for a scan
+                # that is no longer scanning misled (a review)
+                err_console.print(
+                    f"progress: {'stopping' if stopping else 'stopped'}: "
+                    f"{stats.probes_done:,}/{total:,} ports scanned "
+                    f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "
+                    f"{stats.examined:,} of them identified", markup=False)
+                return
             if identifying:
                 err_console.print(
                     f"progress: ports scanned; identifying: {stats.examined:,}/"

@@ -81,6 +81,9 @@ class ScanStats:
     examined: int = 0  # open ports whose identification ended (named or not)
     stored: int = 0
     interrupted: bool = False
+    # A stop was asked (Ctrl-C, SIGTERM): discovery no longer runs, so the progress
+    # shows no rate or ETA from then on (a growing ETA for a scan that had stopped)
+    stopping: bool = False
     tarpits: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     failed_shards: int = 0  # shards whose every attempt failed: not (all) scanned
@@ -238,6 +241,7 @@ class EmbeddedRunner:
         self._workers: list[asyncio.Task[None]] = []
         self._interrupts = 0
         self.stop_signal = 0  # the first signal that interrupted (install_interrupt)
+        self._stats: ScanStats | None = None  # the run's, told when a stop is asked
         self._outcomes: list[ShardOutcome] = []
         # Per address: tarpit ports dropped for naming no service (issue 11, defect 5).
         self._dropped: collections.Counter[str] = collections.Counter()
@@ -253,6 +257,8 @@ class EmbeddedRunner:
         is stored unidentified)."""
         self._interrupts += 1
         self._stop_discovery.set()
+        if self._stats is not None:
+            self._stats.stopping = True
         if self._interrupts >= 2:
             self._stop_identification.set()
             for worker in self._workers:
@@ -300,7 +306,8 @@ class EmbeddedRunner:
         await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
-        stats = ScanStats(scan_id, len(targets))
+        stats = self._stats = ScanStats(scan_id, len(targets))
+        stats.stopping = self._stop_discovery.is_set()
         stats.planned_probes = plan.probe_count
         self._outcomes = []
         self._dropped.clear()

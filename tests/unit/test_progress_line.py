@@ -54,3 +54,25 @@ def test_the_live_bar_says_when_discovery_is_over_and_identification_goes_on(
     # ETA 0:00:00" for as long as identification took)
     assert "identifying" in shown and "10 open, 3 examined" in shown
     assert "scanning" not in shown.split("identifying")[-1]
+
+
+def test_a_stopped_scan_shows_no_rate_or_eta(capsys: pytest.CaptureFixture[str]) -> None:
+    stats = ScanStats("s", hosts=1, planned_probes=65535)
+    view = ProgressView(enabled=True)
+    view.is_live = False
+    progress = stats.shard_started(65535)
+    progress.probes_done, progress.open_found = 8192, 1
+    stats.started = time.monotonic() - 5
+    # Given a scan asked to stop (Ctrl-C, SIGTERM) after 8,192 of its ports
+    stats.stopping = True
+    # When its progress is shown while it stops, then when it has finished
+    view.update(stats)
+    stats.finished = time.monotonic()
+    view._last_line = 0.0
+    view.update(stats)
+    lines = capsys.readouterr().err.splitlines()
+    # Then neither line shows a rate nor an ETA (they fell and grew while nothing was
+    # being scanned any more: "559 ports/s, ETA 103s" ended a stopped scan; a review)
+    assert lines == [
+        "progress: stopping: 8,192/65,535 ports scanned (13%), 1 open, 0 of them identified",
+        "progress: stopped: 8,192/65,535 ports scanned (13%), 1 open, 0 of them identified"]
