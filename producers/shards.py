@@ -232,8 +232,10 @@ class Checkpoint:
         """The checkpoint at ``path``, None when there is none; CheckpointError (one
         line) when the file is not a checkpoint."""
         try:
-            if not os.path.lexists(path):
+            if not os.path.exists(path):  # a dangling link too: no checkpoint yet
                 return None
+            if os.path.isdir(path):
+                raise IsADirectoryError(path)
             # bounded: `--checkpoint /dev/zero` read until memory ran out (a review)
             data = json.loads(read_bounded(path, MAX_CHECKPOINT_BYTES).decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("next_index"), dict):

@@ -29,27 +29,45 @@ class FileReadError(ValueError):
 
 def read_bounded(path: str | os.PathLike[str], cap: int) -> bytes:
     """The bytes at ``path``: at most ``cap``, FileReadError beyond (or when unreadable,
-    a device, or a pipe that did not end within PIPE_WAIT_SECONDS)."""
+    a directory, a device, or a pipe that did not end within PIPE_WAIT_SECONDS)."""
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if stat.S_ISREG(mode):
-                raw = handle.read(cap + 1)
-            elif stat.S_ISFIFO(mode):
-                piped = _read_pipe(handle.fileno(), cap + 1)
-                if piped is None:
-                    raise FileReadError(f"a pipe that did not end within "
-                                        f"{PIPE_WAIT_SECONDS:g} s")
-                raw = piped
-            elif stat.S_ISDIR(mode):
-                raise FileReadError("a directory, not a file")
-            else:
-                raise FileReadError("not a regular file or a pipe")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise FileReadError(f"{_UNREADABLE}{exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            raw = _read_file(fd, cap + 1)
+        elif stat.S_ISFIFO(mode):
+            piped = _read_pipe(fd, cap + 1)
+            if piped is None:
+                raise FileReadError(f"a pipe that did not end within "
+                                    f"{PIPE_WAIT_SECONDS:g} s")
+            raw = piped
+        elif stat.S_ISDIR(mode):
+            raise FileReadError("a directory, not a file")
+        else:
+            raise FileReadError("not a regular file or a pipe")
+    except OSError as exc:
+        raise FileReadError(f"{_UNREADABLE}{exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(raw) > cap:
         raise FileReadError(f"larger than {_size(cap)}")
     return raw
+
+
+def _read_file(fd: int, cap: int) -> bytes:
+    """A regular file's bytes, at most ``cap``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = os.read(fd, min(1 << 20, cap - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def describe(exc: FileReadError, what: str) -> str:
@@ -72,11 +90,15 @@ def _read_pipe(fd: int, cap: int) -> bytes | None:
     """A pipe's bytes until its end (no writer reads as an end at once), at most ``cap``;
     None when it did not end within PIPE_WAIT_SECONDS."""
     deadline = time.monotonic() + PIPE_WAIT_SECONDS
+    # poll, not select: select refuses a descriptor past 1,023, which a scan holding
+    # many sockets (or a test run) reaches
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     chunks: list[bytes] = []
     size = 0
     while size < cap:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(left * 1000):
             return None
         try:
             chunk = os.read(fd, min(65536, cap - size))

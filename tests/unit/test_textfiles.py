@@ -47,6 +47,30 @@ def test_a_pipe_is_read_to_its_end_and_refused_past_the_cap(tmp_path: Path) -> N
             writer.join(10)
 
 
+def test_a_pipe_past_descriptor_1023_is_read(tmp_path: Path) -> None:
+    import resource
+
+    # Given a process holding many descriptors (a scan's sockets): the pipe's is past
+    # 1,023, which select() refused ("filedescriptor out of range"; a test run found it)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 1100, "cannot hold 1,100 files"
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"127.0.0.1\n"))
+    writer.start()
+    try:
+        # When it is read, then it is, whole
+        assert read_bounded(fifo, 100) == b"127.0.0.1\n"
+    finally:
+        writer.join(10)
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_device_or_a_directory_is_refused_without_reading(tmp_path: Path) -> None:
     # /dev/zero's size reads 0: read whole, it grew a scan until the kernel killed it
     with pytest.raises(FileReadError, match="not a regular file or a pipe"):
@@ -55,6 +79,33 @@ def test_a_device_or_a_directory_is_refused_without_reading(tmp_path: Path) -> N
         read_bounded(tmp_path, 1 << 20)
     with pytest.raises(FileReadError, match="cannot read: No such file"):
         read_bounded(tmp_path / "missing", 10)
+
+
+def test_no_descriptor_is_left_open_whatever_the_path_names(tmp_path: Path) -> None:
+    # (a directory's descriptor leaked on every read: a long-running process re-reading
+    # its files ran out of them; a review)
+    regular = tmp_path / "f"
+    regular.write_bytes(b"z" * 10)
+    before = len(os.listdir("/proc/self/fd"))
+    for path, cap in ((tmp_path, 100), ("/dev/zero", 100), (regular, 5), (regular, 100)):
+        for _ in range(20):
+            try:
+                read_bounded(path, cap)
+            except FileReadError:
+                pass
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_checkpoint_path_keeps_its_meanings(tmp_path: Path) -> None:
+    from producers.shards import Checkpoint, CheckpointError
+
+    # A dangling link is no checkpoint yet (a fresh start), as a missing file is
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    assert Checkpoint.load(tmp_path / "dangling.json") is None
+    assert Checkpoint.load(tmp_path / "missing" / "ck.json") is None
+    # A directory is said to be one
+    with pytest.raises(CheckpointError, match="is a directory"):
+        Checkpoint.load(tmp_path)
 
 
 def test_a_fifo_with_no_writer_is_given_up_on(tmp_path: Path,
