@@ -83,7 +83,8 @@ SORT_LABELS = {"target": "Target", "organization": "Organization", "port": "Port
                "service": "Service", "product": "Product", "risk": "Risk",
                "prevalence": "Prevalence", "first_seen": "First detected",
                "last_seen": "Last seen"}
-FILTER_LABELS = {"org": "Organization", "target": "Target", "ip": "Address",
+FILTER_LABELS = {"org": "Organization", "target": "Target", "exact_target": "Target",
+                 "ip": "Address",
                  "proto": "Protocol", "color": "Risk colour",
                  "port": "Port", "product": "Product", "version": "Version",
                  "prevalence": "Prevalence", "grade": "TLS grade", "history": "History"}

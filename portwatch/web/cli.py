@@ -224,7 +224,7 @@ def serve(store: str | None, host: str, port: int, token: str, allowed_host: tup
     API:    /api/v1/summary  /api/v1/list  /api/v1/products  /api/v1/ciphers
             (`portwatch report`'s filters as parameters: target, org, product, version,
             port, color...; plus page, per_page, and sort, direction on list, and
-            ip, proto on list: one address of a target, one protocol of a port)
+            exact_target, ip, proto on list: one host exactly, one protocol of a port)
             /api/v1/changes (the Changes page's filters, from, to, limit)
 
     Listens on 127.0.0.1 by default. Binding an address off loopback requires a token.

@@ -24,7 +24,7 @@ COLORS = ("red", "yellow", "green")
 PROTOS = ("tcp", "udp")
 # Filters a drill-down link carries (one address of a target, one protocol of a port),
 # kept by the filters form as hidden fields rather than asked for
-HIDDEN_FILTERS = ("ip", "proto")
+HIDDEN_FILTERS = ("exact_target", "ip", "proto")
 PREVALENCE = ("very common", "somewhat common", "less common", "rare")
 GRADES = ("weak", "medium", "strong")
 # List sort keys (schemas/reports/list.sql ORDER BY); '' = by target, address, port.
@@ -58,8 +58,8 @@ class BadRequest(ValueError):
 
 def filter_names(report: str) -> tuple[str, ...]:
     """The filters a report takes, in a stable order (its SQL's parameters)."""
-    order = ("org", "target", "ip", "proto", "color", "port", "product", "version",
-             "prevalence", "grade", "history")
+    order = ("org", "target", "exact_target", "ip", "proto", "color", "port", "product",
+             "version", "prevalence", "grade", "history")
     names = report_parameters(report) - _PAGING
     return tuple(n for n in order if n in names) + tuple(sorted(names - set(order)))
 

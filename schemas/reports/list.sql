@@ -128,8 +128,11 @@ WITH
                OR ({version:String} = '-' AND f.version = '')
                OR lowerUTF8(f.version) = lowerUTF8({version:String}))
           AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
-          -- one address and protocol: the Summary's and the Changes page's drill-downs
-          -- (a target as written names every address it resolved to)
+          -- one host and protocol, exactly: the Summary's and the Changes page's
+          -- drill-downs (the target filter above is a search: a CIDR or an address
+          -- matches other targets' hosts there; a target as written names every address
+          -- it resolved to)
+          AND ({exact_target:String} = '' OR f.target = {exact_target:String})
           AND ({ip:String} = '' OR f.ip = {ip:String})
           AND ({proto:String} = '' OR f.proto = {proto:String})
           AND ({color:String} = '' OR f.risk_color = {color:String})

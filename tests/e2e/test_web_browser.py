@@ -153,11 +153,12 @@ def test_summary_lists_both_targets_and_drills_down_to_list(page: Any,
     shoot(page, "summary")
 
     page.get_by_role("link", name="Open ports of 127.0.0.2").click()
-    page.wait_for_url("**/list?target=127.0.0.2&org=Other+Org")
+    page.wait_for_url("**/list?exact_target=127.0.0.2&ip=127.0.0.2&org=Other+Org")
     rows = column(page, "Target")
     assert len(rows) == len(ports)
     assert all("127.0.0.2" in r for r in rows)
-    assert page.locator(".active-filters").inner_text().count("127.0.0.2") == 1
+    # the row's host exactly: its target as written, at its address
+    assert page.locator(".active-filters").inner_text().count("127.0.0.2") == 2
 
 
 def test_list_shows_every_port_with_words_for_colours(page: Any,

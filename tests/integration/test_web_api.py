@@ -371,7 +371,7 @@ def test_pages_render_for_every_report_with_charts(web: Served) -> None:
     assert "Red: risky when exposed: 2" in summary  # 3306 and 5432
     # yellow is also a known service with a TLS finding: never called "unidentified"
     assert "Yellow: unknown or TLS issue" in summary and "unidentified" not in summary
-    assert "/list?target=127.0.0.3" in summary  # the drill-down link
+    assert "/list?exact_target=127.0.0.3&amp;ip=127.0.0.3" in summary  # the drill-down link
     _, _, products = web.get("/products")
     assert "/list?product=nginx&amp;version=1.22.1" in products
     _, _, ciphers = web.get("/ciphers")
@@ -519,31 +519,34 @@ def test_view_ports_of_one_address_under_two_organizations_lists_only_its_own(
                 listed[query] = web.api(f"/api/v1/list?{query}")["rows"]
     # Then each lists its own organization's port only (before: both linked to
     # /list?target=127.0.0.1, which showed both organizations' ports; a review)
-    assert sorted(listed) == ["target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.",
-                              "target=localhost&ip=127.0.0.1&org=Gamma"]
+    assert sorted(listed) == ["exact_target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.",
+                              "exact_target=localhost&ip=127.0.0.1&org=Gamma"]
     assert {q: [(r["organization"], r["port"]) for r in rows] for q, rows in listed.items()} == {
-        "target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.": [("Acme, Inc.", 22)],
-        "target=localhost&ip=127.0.0.1&org=Gamma": [("Gamma", 80)]}
+        "exact_target=127.0.0.1&ip=127.0.0.1&org=Acme%2C+Inc.": [("Acme, Inc.", 22)],
+        "exact_target=localhost&ip=127.0.0.1&org=Gamma": [("Gamma", 80)]}
 
 
 def test_the_summary_drills_into_exactly_its_rows_ports(shared_chdb_path: Path) -> None:
     from portwatch.web.app import create_app
     from portwatch.web.service import ReportService
 
-    # Given two targets as written that resolved to one address (a range and a name), and
-    # the range's other address; the name's host with 53 open over TCP and UDP
+    # Given targets as written that resolved to one address (a range, a name, a CIDR
+    # block), and the range's other address; the name's host with 53 open over TCP and
+    # UDP
     ranged = Target(ip="127.0.0.1", target="127.0.0.1-2")
     named = Target(ip="127.0.0.1", target="localhost")
     other = Target(ip="127.0.0.2", target="127.0.0.1-2")
+    block = Target(ip="127.0.0.1", target="127.0.0.0/30")
     rows = [finding(ranged, 23005, "http", "nginx", "1", RiskColor.GREEN),
             finding(named, 23006, "http", "nginx", "1", RiskColor.GREEN),
             finding(other, 23007, "http", "nginx", "1", RiskColor.GREEN),
+            finding(block, 23008, "http", "nginx", "1", RiskColor.GREEN),
             finding(named, 53, "domain", "", "", RiskColor.YELLOW)]
     rows.append(Finding(port=OpenPort(scan_id="s1", target=named, port=53, proto=Proto.UDP,
                                       observed_at=NOW), risk_color=RiskColor.YELLOW))
     scans = [HostScan(scan_id="s1", target=t, started_at=NOW - timedelta(minutes=1),
                       finished_at=NOW, ports_scanned=65535, open_ports=n)
-             for t, n in ((ranged, 1), (named, 3), (other, 1))]
+             for t, n in ((ranged, 1), (named, 3), (other, 1), (block, 1))]
     with scratch_store(shared_chdb_path, "web_drill") as store:
         store.insert_findings(rows)
         store.insert_host_scans(scans)
@@ -555,15 +558,18 @@ def test_the_summary_drills_into_exactly_its_rows_ports(shared_chdb_path: Path) 
             drilled = sorted(sorted((r["target"], r["ip"], r["port"], r["proto"])
                                     for r in web.api("/api/v1/list?" + html.unescape(q))["rows"])
                              for q in links)
-            # Then each lists its own row's ports only (the address alone listed all
-            # three targets' ports of 127.0.0.1 under each; a review)
+            # Then each lists its own row's ports only (the address alone listed every
+            # target's ports of 127.0.0.1 under each, and a CIDR target as the search
+            # matched the others' hosts inside it; reviews)
             assert drilled == [
+                [("127.0.0.0/30", "127.0.0.1", 23008, "tcp")],
                 [("127.0.0.1-2", "127.0.0.1", 23005, "tcp")],
                 [("127.0.0.1-2", "127.0.0.2", 23007, "tcp")],
                 [("localhost", "127.0.0.1", 53, "tcp"), ("localhost", "127.0.0.1", 53, "udp"),
                  ("localhost", "127.0.0.1", 23006, "tcp")]]
             # And one protocol of a port is asked for as the Changes page links it
-            udp = web.api("/api/v1/list?target=localhost&ip=127.0.0.1&proto=udp&port=53")
+            udp = web.api("/api/v1/list?exact_target=localhost&ip=127.0.0.1&proto=udp"
+                          "&port=53")
             assert [(r["port"], r["proto"]) for r in udp["rows"]] == [(53, "udp")]
             # And a bad address or protocol is a 400 that says why
             assert web.get("/list?ip=127.0.0.300")[0] == 400

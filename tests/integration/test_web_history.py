@@ -89,8 +89,8 @@ def test_changes_page_groups_by_day_and_kind_and_links_into_the_list(web: Served
     day = body[body.index(f"<h2>{today}</h2>"):body.index(f"<h2>{yesterday}</h2>")]
     assert day.index("<h3>opened") < day.index("<h3>version changed")
     assert "1.22.1" in day and "1.24.0" in day
-    assert ("/list?target=127.0.0.1&amp;ip=127.0.0.1&amp;proto=tcp&amp;port=6379&amp;history=1"
-            in day)
+    assert ("/list?exact_target=127.0.0.1&amp;ip=127.0.0.1&amp;proto=tcp&amp;port=6379"
+            "&amp;history=1" in day)
     assert "4 event(s)" in body  # 80 opened (s1), 80 version, 6379 opened (s2), s3's 80
 
 
