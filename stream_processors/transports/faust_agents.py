@@ -226,11 +226,12 @@ def sink_agent(sink: StoreSink, send_dead: Send, *, findings_topic: str, host_sc
                 stats.failure = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("sink: a buffer of %d messages could not be stored (%s); "
                           "stopping, nothing of it acknowledged", len(events), stats.failure)
-                if on_failure is not None:
-                    on_failure(exc)
-                # Parked, not returned: the app's stop cancels it here as it would cancel
-                # a write (an agent that returned mid-stream left Faust's stop waiting on
-                # its stream for ever: the process never exited)
+                if on_failure is None:
+                    return
+                on_failure(exc)
+                # Parked, not returned: the app's stop (run_apps, told by on_failure)
+                # cancels it here as it would cancel a write (an agent that returned
+                # mid-stream left Faust's stop waiting on its stream for ever)
                 await asyncio.Event().wait()
             pending: list[Awaitable[Any]] = []
             for event, bad in poison:
