@@ -277,10 +277,12 @@ class ProgressView:
         stopped = bool(getattr(stats, "stopping", False))
         stopping = stopped and not stats.finished
         if self._bar is not None:
-            # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying)
-            self._bar.update(self._task, total=total, completed=stats.probes_done,
-                             open=stats.open_found, rate=rate, examined=stats.examined,
-                             phase="stopping" if stopping else
+            # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying;
+            # once stopped, no total: no falling rate, no ETA for what is not scanned)
+            self._bar.update(self._task, total=None if stopped else total,
+                             completed=stats.probes_done, open=stats.open_found,
+                             rate=0.0 if stopped else rate, examined=stats.examined,
+                             phase="stopping" if stopping else "stopped" if stopped else
                              "identifying" if identifying else "scanning")
             return
         now = time.monotonic()
@@ -295,7 +297,7 @@ class ProgressView:
                     f"progress: {'stopping' if stopping else 'stopped'}: "
                     f"{stats.probes_done:,}/{total:,} ports scanned "
                     f"({100 * stats.probes_done / total:.0f}%), {stats.open_found} open, "
-                    f"{stats.examined:,} of them identified", markup=False)
+                    f"{stats.examined:,} examined", markup=False)
                 return
             if identifying:
                 err_console.print(

@@ -74,5 +74,5 @@ def test_a_stopped_scan_shows_no_rate_or_eta(capsys: pytest.CaptureFixture[str])
     # Then neither line shows a rate nor an ETA (they fell and grew while nothing was
     # being scanned any more: "559 ports/s, ETA 103s" ended a stopped scan; a review)
     assert lines == [
-        "progress: stopping: 8,192/65,535 ports scanned (13%), 1 open, 0 of them identified",
-        "progress: stopped: 8,192/65,535 ports scanned (13%), 1 open, 0 of them identified"]
+        "progress: stopping: 8,192/65,535 ports scanned (13%), 1 open, 0 examined",
+        "progress: stopped: 8,192/65,535 ports scanned (13%), 1 open, 0 examined"]
