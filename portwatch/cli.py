@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import click
@@ -163,6 +164,13 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         code = exit_code_for(exc)
+        failed_output = _output_error(exc) if code is None else None
+        if failed_output is not None:
+            # standard output full, closed or gone: said so, not blamed on the store (a
+            # full disk under `report ... > file` told the user to prune scans; a review)
+            err_console.print(f"portwatch: error: cannot write the output: "
+                              f"{failed_output.strerror or failed_output}", markup=False)
+            return EXIT_RUNTIME
         if code is None and _is_disk_full(exc):
             # (prune rewrites tables: it needs 64 MiB free itself, store.MUTATION_MIN_FREE)
             err_console.print("portwatch: error: no space left on the store's disk: free "
@@ -194,6 +202,28 @@ def _held_by(exc: BaseException) -> str | None:
 # How the engine and the OS say a write found no room (ClickHouse's code 243 and its
 # "Cannot reserve" message, ENOSPC).
 _DISK_FULL = ("NOT_ENOUGH_SPACE", "Cannot reserve", "No space left on device")
+
+
+# Where standard output is written: an OSError raised through one of these is the
+# output's, not the store's (the reports, settings and help print through them)
+_OUTPUT_WRITERS = (os.path.join("rich", "console.py"), os.path.join("click", "utils.py"),
+                   os.path.join("portwatch", "render.py"))
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT, errno.EFBIG})
+
+
+def _output_error(exc: BaseException) -> OSError | None:
+    """The OSError (of ``exc`` or one it was raised from) that writing standard output
+    raised, if any: raised through the writers of ``_OUTPUT_WRITERS``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _OUTPUT_ERRNOS:
+            frames = traceback.extract_tb(current.__traceback__)
+            if any(f.filename.endswith(_OUTPUT_WRITERS) for f in frames):
+                return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _is_disk_full(exc: BaseException) -> bool:

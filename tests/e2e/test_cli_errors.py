@@ -507,3 +507,20 @@ def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(
     assert_refused(result, "is not UTF-8 text (a byte of another encoding): write it in UTF-8")
     assert "\\xff" in result.stderr
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "closed"])
+def test_an_output_that_cannot_be_written_is_said_not_blamed_on_the_store(
+        stdout: str, tmp_path: Path) -> None:
+    # Given standard output on a full device, or closed for writing (opened read-only)
+    with open(os.devnull if stdout == "closed" else stdout,
+              "r" if stdout == "closed" else "w") as out:
+        # When the settings (no store opened at all) are printed there
+        done = subprocess.run([sys.executable, "-m", "portwatch", "settings"], stdout=out,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "250"})
+    # Then one line says the output could not be written, exit 1 (it said "no space
+    # left on the store's disk ... prune", or printed a traceback; a review)
+    why = "No space left on device" if stdout == "/dev/full" else "Bad file descriptor"
+    assert done.returncode == 1
+    assert done.stderr == f"portwatch: error: cannot write the output: {why}\n"
