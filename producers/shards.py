@@ -234,8 +234,6 @@ class Checkpoint:
         try:
             if not os.path.exists(path):  # a dangling link too: no checkpoint yet
                 return None
-            if os.path.isdir(path):
-                raise IsADirectoryError(path)
             # bounded: `--checkpoint /dev/zero` read until memory ran out (a review)
             data = json.loads(read_bounded(path, MAX_CHECKPOINT_BYTES).decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("next_index"), dict):
@@ -251,11 +249,9 @@ class Checkpoint:
                 raise ValueError("not a scan id")
             return cls(str(data["scan_id"]), data["seed"], str(data["fingerprint"]),
                        indexes, os.fspath(path))
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError:
-            raise CheckpointError(f"checkpoint {os.fspath(path)} is a directory") from None
         except FileReadError as exc:
+            if exc.kind == "directory":
+                raise CheckpointError(f"checkpoint {os.fspath(path)} is a directory") from None
             raise CheckpointError(describe(exc, f"checkpoint {os.fspath(path)}")) from None
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 UnicodeDecodeError, RecursionError):

@@ -559,7 +559,7 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
         # first header 'target' read as '\ufefftarget'
         text = raw.decode("utf-8-sig")
     except FileReadError as exc:
-        hint = ": split it" if str(exc).startswith("larger than") else ""
+        hint = ": split it" if exc.kind == "too large" else ""
         raise TargetError(describe(exc, f"inventory {str(file)!r}") + hint) from None
     except UnicodeDecodeError:
         raise TargetError(f"inventory {str(file)!r} is not UTF-8 text") from None

@@ -23,8 +23,15 @@ PIPE_WAIT_SECONDS = 10.0
 
 
 class FileReadError(ValueError):
-    """The file cannot be read, is too large or is not a file; the message is the
-    reason alone (the caller names the file its own way)."""
+    """The file cannot be read, is too large or is not a file. The message says why
+    without naming the file (the caller names it its own way); ``kind`` says which, for
+    callers that word one case their own way: "unreadable", "too large", "directory",
+    "not a file" or "pipe timeout"; ``reason`` is the why alone."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(f"cannot read: {reason}" if kind == "unreadable" else reason)
+        self.reason = reason
+        self.kind = kind
 
 
 def read_bounded(path: str | os.PathLike[str], cap: int) -> bytes:
@@ -33,36 +40,45 @@ def read_bounded(path: str | os.PathLike[str], cap: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise FileReadError(f"{_UNREADABLE}{exc.strerror or exc}") from None
+        raise FileReadError(str(exc.strerror or exc), "unreadable") from None
     try:
         mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            raw = _read_file(fd, cap + 1)
-        elif stat.S_ISFIFO(mode):
-            piped = _read_pipe(fd, cap + 1)
-            if piped is None:
-                raise FileReadError(f"a pipe that did not end within "
-                                    f"{PIPE_WAIT_SECONDS:g} s")
-            raw = piped
-        elif stat.S_ISDIR(mode):
-            raise FileReadError("a directory, not a file")
-        else:
-            raise FileReadError("not a regular file or a pipe")
+        if stat.S_ISDIR(mode):
+            raise FileReadError("a directory, not a file", "directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise FileReadError("not a regular file or a pipe", "not a file")
+        raw = _read(fd, cap + 1, pipe=stat.S_ISFIFO(mode))
     except OSError as exc:
-        raise FileReadError(f"{_UNREADABLE}{exc.strerror or exc}") from None
+        raise FileReadError(str(exc.strerror or exc), "unreadable") from None
     finally:
         os.close(fd)
     if len(raw) > cap:
-        raise FileReadError(f"larger than {_size(cap)}")
+        size = f"{cap // 2**20} MiB" if cap % 2**20 == 0 else f"{cap:,} bytes"
+        raise FileReadError(f"larger than {size}", "too large")
     return raw
 
 
-def _read_file(fd: int, cap: int) -> bytes:
-    """A regular file's bytes, at most ``cap``."""
+def _read(fd: int, cap: int, *, pipe: bool) -> bytes:
+    """The bytes of ``fd`` until its end, at most ``cap``. A pipe's (no writer reads as
+    an end at once) are waited for with poll, not select (which refuses a descriptor past
+    1,023, which a scan holding many sockets reaches), until PIPE_WAIT_SECONDS."""
+    poller = None
+    if pipe:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+    deadline = time.monotonic() + PIPE_WAIT_SECONDS
     chunks: list[bytes] = []
     size = 0
     while size < cap:
-        chunk = os.read(fd, min(1 << 20, cap - size))
+        if poller is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise FileReadError(f"a pipe that did not end within "
+                                    f"{PIPE_WAIT_SECONDS:g} s", "pipe timeout")
+        try:
+            chunk = os.read(fd, min(1 << 20, cap - size))
+        except BlockingIOError:
+            continue
         if not chunk:
             break
         chunks.append(chunk)
@@ -73,42 +89,9 @@ def _read_file(fd: int, cap: int) -> bytes:
 def describe(exc: FileReadError, what: str) -> str:
     """One line for ``exc`` about ``what`` ("inventory 'a.csv'"): "cannot read WHAT:
     why" when the file could not be opened or read, "WHAT: why" otherwise."""
-    reason = str(exc)
-    if reason.startswith(_UNREADABLE):
-        return f"cannot read {what}: {reason.removeprefix(_UNREADABLE)}"
-    return f"{what}: {reason}"
-
-
-_UNREADABLE = "cannot read: "
-
-
-def _size(cap: int) -> str:
-    return f"{cap // 2**20} MiB" if cap >= 2**20 and cap % 2**20 == 0 else f"{cap:,} bytes"
-
-
-def _read_pipe(fd: int, cap: int) -> bytes | None:
-    """A pipe's bytes until its end (no writer reads as an end at once), at most ``cap``;
-    None when it did not end within PIPE_WAIT_SECONDS."""
-    deadline = time.monotonic() + PIPE_WAIT_SECONDS
-    # poll, not select: select refuses a descriptor past 1,023, which a scan holding
-    # many sockets (or a test run) reaches
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    chunks: list[bytes] = []
-    size = 0
-    while size < cap:
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            return None
-        try:
-            chunk = os.read(fd, min(65536, cap - size))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+    if exc.kind == "unreadable":
+        return f"cannot read {what}: {exc.reason}"
+    return f"{what}: {exc}"
 
 
 __all__ = ["PIPE_WAIT_SECONDS", "FileReadError", "describe", "read_bounded"]

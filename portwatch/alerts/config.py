@@ -174,10 +174,7 @@ def read_text_file(name: str, error: type[AlertConfigError]) -> str:
     try:
         raw = read_bounded(name, MAX_FILE_BYTES)
     except FileReadError as exc:
-        reason = str(exc)
-        if reason.startswith("larger than"):
-            reason = f"larger than {MAX_FILE_BYTES:,} bytes"
-        raise error(name, 0, reason) from None
+        raise error(name, 0, str(exc)) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
