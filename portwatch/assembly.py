@@ -17,8 +17,9 @@ built components do when they are run.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -382,6 +383,9 @@ MAX_STDIN_TARGETS = 1_000_000
 MAX_TARGET_TEXT = 1_000  # characters of one target line (a hostname is at most 253)
 
 
+STDIN_LINE_CAP = 65_536  # characters of one line of standard input: a target and its comment
+
+
 def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
     """The targets, "-" replaced by the lines of standard input (comments and blank lines
     skipped); TargetError past MAX_STDIN_TARGETS lines or on a line longer than a target."""
@@ -393,10 +397,16 @@ def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
         source = stream if stream is not None else sys.stdin
         if source is None:  # started with standard input closed (`<&-`)
             raise TargetError("'-' reads targets from standard input, which is closed")
-        for number, raw in enumerate(_bounded_lines(source), 1):
+        # each line read at most STDIN_LINE_CAP characters at a time: reading it whole
+        # first (`scan - < /dev/zero`) grew the process until memory ran out (a review)
+        lines = iter(partial(source.readline, STDIN_LINE_CAP + 1), "")
+        for number, raw in enumerate(lines, 1):
             if number > MAX_STDIN_TARGETS:
                 raise TargetError(f"standard input: more than {MAX_STDIN_TARGETS:,} lines of "
                                   "targets; use an inventory file or several runs")
+            if len(raw) > STDIN_LINE_CAP and not raw.endswith("\n"):
+                raise TargetError(f"standard input line {number}: longer than "
+                                  f"{STDIN_LINE_CAP:,} characters, not a target")
             if number == 1:
                 raw = raw.removeprefix("\ufeff")  # a BOM, as inventories and exclude files
             line = raw.split("#", 1)[0].strip()
@@ -406,28 +416,6 @@ def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
             if line:
                 out.append(line)
     return out
-
-
-STDIN_LINE_CAP = 65_536  # characters of one line of standard input: a target and its comment
-
-
-def _bounded_lines(source: Any) -> Iterator[str]:
-    """The lines of ``source``, each read at most STDIN_LINE_CAP characters at a time: a
-    line that long is no target, and reading it whole first (`scan - < /dev/zero`) grew
-    the process until memory ran out (a review). TargetError on such a line."""
-    if not hasattr(source, "readline"):
-        yield from source  # a list of lines (tests, callers in code)
-        return
-    number = 0
-    while True:
-        raw = source.readline(STDIN_LINE_CAP + 1)
-        if not raw:
-            return
-        number += 1
-        if len(raw) > STDIN_LINE_CAP and not raw.endswith("\n"):
-            raise TargetError(f"standard input line {number}: longer than "
-                              f"{STDIN_LINE_CAP:,} characters, not a target")
-        yield raw
 
 
 __all__ = ["Assembly", "BrokerOptions", "ScanInput", "Proto"]
