@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import click
 
@@ -214,30 +214,29 @@ _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT, 
 def _output_error(exc: BaseException) -> OSError | None:
     """The OSError (of ``exc`` or one it was raised from) that writing standard output
     raised, if any: raised through the writers of ``_OUTPUT_WRITERS``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, OSError) and current.errno in _OUTPUT_ERRNOS:
             frames = traceback.extract_tb(current.__traceback__)
             if any(f.filename.endswith(_OUTPUT_WRITERS) for f in frames):
                 return current
-        current = current.__cause__ or current.__context__
     return None
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """The error (or one it was raised from) is a full disk: no bug, the machine's state."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and each error it was raised from (its cause, else its context), once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
-            return True
-        if any(mark in str(current) for mark in _DISK_FULL):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """The error (or one it was raised from) is a full disk: no bug, the machine's state."""
+    return any((isinstance(current, OSError) and current.errno == errno.ENOSPC)
+               or any(mark in str(current) for mark in _DISK_FULL)
+               for current in _chain(exc))
 
 
 if __name__ == "__main__":
