@@ -185,10 +185,6 @@ class Settings:
             raw = os.environ.get(env)
             if raw is not None and raw != "":
                 shown = raw if len(raw) <= 40 else raw[:40] + "..."
-                if f.name == "scope_allow" and not raw.strip():
-                    # blanks read as unset turned the fence off without a word (a review)
-                    raise SettingsError(f"{env}={shown!r} holds no CIDR block: give the "
-                                        "blocks scans may reach, or unset it")
                 kind: type[Any] = type(f.default)
                 try:
                     # int() and float() also read '٣', '1_000' and '+5': numbers as written
@@ -197,7 +193,10 @@ class Settings:
                     pattern = _INT if kind is int else _FLOAT if kind is float else None
                     if pattern is not None and not pattern.fullmatch(raw.strip()):
                         raise ValueError(raw)
-                    values[f.name] = parse_bool(raw) if kind is bool else kind(raw.strip())
+                    # (a value of blanks stays as given, for its own check to judge: read
+                    # as unset, PORTWATCH_SCOPE_ALLOW='  ' turned the fence off; a review)
+                    values[f.name] = (parse_bool(raw) if kind is bool
+                                      else kind(raw.strip() or raw))
                 except ValueError:
                     raise SettingsError(f"{env}={shown!r} is not a valid "
                                         f"{kind.__name__}") from None
