@@ -38,6 +38,7 @@ from portwatch.alerts.config import (
 )
 from portwatch.alerts.owners import owner_is_gone
 from portwatch.settings import parse_bool
+from schemas.bounded import is_digits
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note",
@@ -397,12 +398,12 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
             values["inventory"] = inv_path
         ports = values.get("ports", "1-65535")
         if not _is_port_profile(ports):
-            raise fail(nodes["ports"], f"schedule {name!r}: bad ports {ports!r} (a spec like "
-                                       "22,80,8000-8100, all, or topN)")
+            why = _top_problem(ports) or "a spec like 22,80,8000-8100, all, or topN"
+            raise fail(nodes["ports"], f"schedule {name!r}: bad ports {ports!r} ({why})")
         udp = values.get("udp", "top1000")
         if not _is_port_profile(udp, allow_none=True):
-            raise fail(nodes["udp"], f"schedule {name!r}: bad udp {udp!r} (top1000, none or "
-                                     "a spec)")
+            why = _top_problem(udp) or "top1000, none or a spec"
+            raise fail(nodes["udp"], f"schedule {name!r}: bad udp {udp!r} ({why})")
         try:
             allow_large = parse_bool(values.get("allow_large", "false"))
         except ValueError:
@@ -418,12 +419,28 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
     return out
 
 
+def _top_problem(text: str) -> str:
+    """What is wrong with a ``topN`` profile ("" when it is one, or is not a topN at all):
+    N counts nmap's most often open ports, 1 to 65,535, as ``--udp topN`` takes it (a
+    schedule once took top99999 and scanned whatever nmap-services lists, and top0 failed
+    at its first run, not when the file was read)."""
+    lowered = text.strip().lower()
+    if not lowered.startswith("top"):
+        return ""
+    digits = lowered[3:]
+    if not is_digits(digits, 6) or not 1 <= int(digits) <= 65_535:
+        return "topN needs 1 <= N <= 65,535"
+    return ""
+
+
 def _is_port_profile(text: str, *, allow_none: bool = False) -> bool:
     lowered = text.strip().lower()
     if allow_none and lowered in ("none", "no", "off"):
         return True
-    if re.fullmatch(r"top\d{1,5}", lowered) or lowered in ("all", "-", "*"):
+    if lowered in ("all", "-", "*"):
         return True
+    if lowered.startswith("top"):
+        return not _top_problem(lowered)
     from producers.targets import TargetError, parse_ports
 
     try:
