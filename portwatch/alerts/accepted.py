@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from producers.targets import looks_like_hostname
-from schemas.bounded import timestamp
+from schemas.bounded import TIME_MAX
 from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent, canonical_address
 
@@ -96,9 +96,9 @@ def parse_until(text: str, now: datetime) -> datetime:
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
             day = date.fromisoformat(text.strip())
-            # Through that day; 9999-12-31 has no next day, and the column ends in 2299
-            moment = datetime.combine(min(day, date(2299, 12, 30)), datetime.min.time(),
-                                      UTC) + timedelta(days=1)
+            # Through that day (9999-12-31 has no next day; past the column's end anyway)
+            moment = (TIME_MAX + timedelta(seconds=1) if day >= TIME_MAX.date() else
+                      datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1))
         else:
             moment = datetime.fromisoformat(text.strip())
             # UTC, as every time portwatch prints: 00:00+05:00 read "00:00 UTC"
@@ -108,7 +108,11 @@ def parse_until(text: str, now: datetime) -> datetime:
                           "date-time") from None
     if moment <= now:
         raise AcceptError(f"--until {text[:40]!r} is in the past")
-    return timestamp(moment)  # the column's range: 9999-12-31 means "until 2299"
+    if moment > TIME_MAX:  # once clamped to 2299 in silence: said instead
+        raise AcceptError(f"--until {text[:40]!r} is later than the store keeps (up to "
+                          f"{TIME_MAX:%Y-%m-%d %H:%M:%S} UTC); leave --until out to accept "
+                          "for good")
+    return moment
 
 
 def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str,

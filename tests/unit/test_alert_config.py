@@ -20,6 +20,7 @@ from portwatch.alerts.config import (
     parse_duration,
 )
 from portwatch.alerts.schedule import ScheduleError, load_schedules
+from schemas.bounded import TIME_MAX
 from schemas.records import ChangeKind, Severity
 
 ISSUE_EXAMPLE = """\
@@ -349,13 +350,26 @@ def test_bad_accept_targets(text: str) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("2027-01-31", datetime(2027, 2, 1, tzinfo=UTC)),
     ("2027-01-31T08:00", datetime(2027, 1, 31, 8, tzinfo=UTC)),
-    ("9999-12-31", datetime(2299, 12, 31, tzinfo=UTC)),  # the column's range ends in 2299
-    ("9999-12-31T00:00+00:00", datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ("2299-12-30", datetime(2299, 12, 31, tzinfo=UTC)),  # the column's range ends in 2299
+    ("2299-12-31T23:59:59", datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)),
 ])
 def test_accept_until_forms(text: str, expected: datetime) -> None:
     from portwatch.alerts.accepted import parse_until
 
     assert parse_until(text, datetime(2026, 12, 1, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize("text", ["2299-12-31", "9999-12-31", "9999-12-31T00:00+00:00",
+                                  "2300-01-01T00:00:00"])
+def test_an_until_past_the_stores_range_is_refused_not_clamped(text: str) -> None:
+    """It was stored as 2299-12-31 without a word (a review)."""
+    from portwatch.alerts.accepted import parse_until
+
+    with pytest.raises(AcceptError) as caught:
+        parse_until(text, datetime(2026, 12, 1, tzinfo=UTC))
+    assert str(caught.value) == (
+        f"--until {text!r} is later than the store keeps (up to 2299-12-31 23:59:59 UTC); "
+        "leave --until out to accept for good")
 
 
 @given(st.text(max_size=40))
@@ -367,7 +381,7 @@ def test_accept_until_only_raises_accept_error(text: str) -> None:
     except AcceptError as exc:
         assert "\n" not in str(exc)
     else:
-        assert datetime(2026, 12, 1, tzinfo=UTC) < moment <= datetime(2300, 1, 1, tzinfo=UTC)
+        assert datetime(2026, 12, 1, tzinfo=UTC) < moment <= TIME_MAX
 
 
 @given(st.text(max_size=60))
@@ -416,6 +430,13 @@ schedules:
      "schedule name 'Bad_Name'"),
     ("schedules:\n  - name: a\n    targets: [x]\n    ports: 1-99999\n    cron: \"@daily\"\n", 4,
      "bad ports"),
+    # topN counts nmap's most often open ports: 1 to 65,535, as --udp topN takes it
+    ("schedules:\n  - name: a\n    targets: [x]\n    ports: top99999\n    cron: \"@daily\"\n",
+     4, "bad ports 'top99999' (topN needs 1 <= N <= 65,535)"),
+    ("schedules:\n  - name: a\n    targets: [x]\n    ports: top0\n    cron: \"@daily\"\n",
+     4, "bad ports 'top0' (topN needs 1 <= N <= 65,535)"),
+    ("schedules:\n  - name: a\n    targets: [x]\n    udp: top70000\n    cron: \"@daily\"\n",
+     4, "bad udp 'top70000' (topN needs 1 <= N <= 65,535)"),
     ("schedules:\n  - name: a\n    targets: [x]\n    cron: \"@daily\"\n    every: 1h\n", 5,
      "unknown key 'every'"),
     ("schedules:\n  - name: a\n    inventory: missing.csv\n    cron: \"@daily\"\n", 3,
