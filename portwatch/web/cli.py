@@ -52,7 +52,11 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str) -> None:
     """Loopback: fine without a token. Anything else: a token of 16+ characters. A token
     given is one of 16+ characters on loopback too (' ' served there, "token required":
-    a review)."""
+    a review). First of all, ``host`` must be an address or a name: '' (an unset
+    variable) was told to get a token, and with one it listened on every interface."""
+    problem = host_problem(host)
+    if problem:
+        raise BindError(f"--host {host[:60]!r} {problem}")
     if is_loopback(host) and not token:
         return
     if not token:
@@ -107,16 +111,26 @@ def parse_listen(text: str) -> tuple[str, int]:
     host = host.strip("[]") or DEFAULT_HOST
     if not is_digits(port_text) or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r} is not PORT or HOST:PORT (port 1-65535)")
+    # the host as an address or a name: '999.1.1.1' went on to contact the broker and
+    # failed there, exit 1, instead of as bad input (a review, 2026-12-06)
+    problem = host_problem(host)
+    if problem:
+        raise ValueError(f"{text[:80]!r}: {host[:60]!r} {problem}")
+    return host, int(port_text)
+
+
+def host_problem(host: str) -> str:
+    """Why ``host`` cannot be listened on ("" when it can): an address (an IPv6 one with
+    or without brackets and a link-local zone, fe80::1%eth0) or a host name."""
     from producers.targets import looks_like_hostname
     from schemas.filters import is_ip_address
 
-    # the host as an address or a name: '999.1.1.1' went on to contact the broker and
-    # failed there, exit 1, instead of as bad input (a review, 2026-12-06)
-    address, percent, zone = host.partition("%")  # a link-local zone: fe80::1%eth0
-    if not (is_ip_address(address) and (not percent or looks_like_hostname(zone))) \
-            and not looks_like_hostname(host):
-        raise ValueError(f"{text[:80]!r}: {host[:60]!r} is not an address or a hostname")
-    return host, int(port_text)
+    address, percent, zone = host.strip("[]").partition("%")
+    if is_ip_address(address) and (not percent or looks_like_hostname(zone)):
+        return ""
+    if looks_like_hostname(host):
+        return ""
+    return "is not an address or a hostname (0.0.0.0 listens on every interface)"
 
 
 def web_app(db: Store, host: str, token: str, *, use_cache: bool = True,

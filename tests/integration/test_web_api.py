@@ -422,6 +422,14 @@ def test_serve_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     blank = run_cli("serve", "--host", "127.0.0.1", "--token", " ",
                     "--store", f"chdb://{tmp_path / 's'}")
     assert blank.code == 2 and "token is too short (1 characters)" in blank.stderr
+    # An empty --host (an unset variable) is bad input, not "get a token": with one, it
+    # listened on every interface (a review)
+    for host, token in (("", ""), ("", "t" * 24), ("bad host", "t" * 24)):
+        empty = run_cli("serve", "--host", host, "--token", token,
+                        "--store", f"chdb://{tmp_path / 's'}")
+        assert (empty.code, empty.stderr.strip()) == (
+            2, f"portwatch: error: --host {host!r} is not an address or a hostname (0.0.0.0 "
+               "listens on every interface)")
 
 
 @pytest.mark.parametrize("filters", [{}, {"org": "Example Corp"}, {"color": "red"},
