@@ -34,10 +34,11 @@ from probers.discovery.masscan_run import DEFAULT_NMAP_PAYLOADS
 from probers.discovery.udp import UdpOptions
 from producers.shards import Checkpoint, CheckpointError, ScanPlan, is_scan_id, new_scan_id
 from producers.targets import (
-    MAX_LABEL_CHARS,
     Scope,
     TargetError,
     TargetSpec,
+    fold_label,
+    label_problem,
     parse_ports,
     read_inventory,
     scope_allow_items,
@@ -177,9 +178,11 @@ class Assembly:
         TargetError (one line) before anything is sent. Shared by scan, produce and the
         scheduled scans of watch. ``only_organization``: keep that organization's
         targets only (any case; one organization of a shared inventory)."""
+        organization, asset = fold_label(organization), fold_label(asset)
         for flag, label in (("--org", organization), ("--asset", asset)):
-            if len(label.strip()) > MAX_LABEL_CHARS:  # as an inventory's labels are
-                raise TargetError(f"{flag}: label longer than {MAX_LABEL_CHARS} characters")
+            problem = label_problem(label)  # as an inventory's labels are
+            if problem:
+                raise TargetError(f"{flag}: {problem}")
         specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)

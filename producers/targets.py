@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from producers.textfiles import FileReadError, describe, read_bounded
+from schemas.filters import is_control
 from schemas.records import PortRange, Target, canonical_address, fold_mapped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -458,10 +459,32 @@ def _as_network(value: object) -> IPNetwork | None:
 def _label(value: object, where: str) -> str:
     if not _is_scalar(value):
         raise TargetError(f"{where}: organization and asset must be text")
-    text = str(value).strip()
-    if len(text) > MAX_LABEL_CHARS:
-        raise TargetError(f"{where}: label longer than {MAX_LABEL_CHARS} characters")
+    text = fold_label(str(value))
+    problem = label_problem(text)
+    if problem:
+        raise TargetError(f"{where}: {problem}")
     return text
+
+
+def fold_label(text: str) -> str:
+    """An organization or asset name stripped, and its line breaks and tabs (a
+    spreadsheet cell's, quoted in a CSV) one space each run: a name people can type
+    after ``report --org``, whose filters refuse control characters."""
+    text = text.strip()
+    if any(is_control(ch) or ch == "\t" for ch in text):
+        text = " ".join(text.split())
+    return text
+
+
+def label_problem(text: str) -> str:
+    """Why ``text`` (folded) cannot be an organization or asset name ("" when it can):
+    too long, or holding a control character. An inventory's "Ex\\x00ample" was stored,
+    and no ``report --org`` could name it again."""
+    if len(text) > MAX_LABEL_CHARS:
+        return f"label longer than {MAX_LABEL_CHARS} characters"
+    if any(is_control(ch) for ch in text):
+        return "label contains control characters"
+    return ""
 
 
 def _not_text(value: object, where: str) -> TargetError:

@@ -52,6 +52,8 @@ SCAN_CASES = [
                  id="org-too-long"),
     pytest.param(["--asset", "a" * 257, "127.0.0.1"],
                  "--asset: label longer than 256 characters", id="asset-too-long"),
+    pytest.param(["--org", "Ex\x01ample", "127.0.0.1"],
+                 "--org: label contains control characters", id="org-control-character"),
     pytest.param(["--ports", "0", "127.0.0.1"], "bad port spec '0': ports are 1-65535",
                  id="port-zero"),
     pytest.param(["--ports", "22,http", "127.0.0.1"],

@@ -350,6 +350,13 @@ def test_yaml_inventory_under_a_targets_key(tmp_path: Path) -> None:
         ("a.yaml", "Org:\n  - 42\n", r"Org\[0\]: must be text .*not a number; quote it$"),
         ("a.yaml", "- {target: true}\n", "entry 1: target: a target must be text, not a "
          "true/false$"),
+        # a control character in a label: stored, no `report --org` could name it again
+        ("a.csv", "target,organization,asset\n127.0.0.1,Ex\x00ample,a1\n",
+         r"^a\.csv: line 2: label contains control characters$"),
+        ("a.yaml", "- {target: 127.0.0.1, asset: \"a\\x1b[31m\"}\n",
+         r"^a\.yaml: entry 1: label contains control characters$"),
+        ("a.yaml", "\"Ex\\u202eample\":\n  - 127.0.0.1\n",
+         r"label contains control characters$"),
         # a CSV without its header: its first line is data, not column names
         ("a.csv", "127.0.0.5\n", r"^a\.csv: line 1: no header line naming a target column "
          r"\(target, address, host, hostname, ip, cidr; first line: '127\.0\.0\.5'\)$"),
@@ -639,9 +646,10 @@ def test_a_csv_is_parsed_whole_so_quoted_line_breaks_and_hashes_are_data(
                  '127.0.0.3,5" disk,b\n'
                  "# and one after\n")
     # When read, then every value is what the file holds, and only comments are skipped
+    # (a label's line break is one space: a name `report --org` can be given)
     assert read_inventory(path) == [
-        TargetSpec("127.0.0.1", "multi\nline org", "a"),
-        TargetSpec("127.0.0.2", "Org", "note\n# not a comment"),
+        TargetSpec("127.0.0.1", "multi line org", "a"),
+        TargetSpec("127.0.0.2", "Org", "note # not a comment"),
         TargetSpec("127.0.0.3", '5" disk', "b"),
     ]
 
