@@ -2,6 +2,6 @@
 
 import sys
 
-from portwatch.cli import main
+from portwatch.launch import main
 
 sys.exit(main())

@@ -145,8 +145,11 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
                  standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("portwatch: aborted", markup=False)
+    except click.exceptions.Abort as exc:
+        # click turns a Ctrl-C into Abort: said as the Ctrl-C it was (as below)
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        err_console.print(f"portwatch: {'interrupted' if interrupted else 'aborted'}",
+                          markup=False)
         return EXIT_INTERRUPTED
     except _NO_ARGS_IS_HELP as exc:
         # `portwatch` or `portwatch alerts` alone: the help, as asked, not an error

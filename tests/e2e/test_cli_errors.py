@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -526,3 +528,28 @@ def test_an_output_that_cannot_be_written_is_said_not_blamed_on_the_store(
     why = "No space left on device" if stdout == "/dev/full" else "Bad file descriptor"
     assert done.returncode == 1
     assert done.stderr == f"portwatch: error: cannot write the output: {why}\n"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
+def test_a_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_130(
+        tmp_path: Path, delay: float) -> None:
+    """Ctrl-C while the CLI's modules still load printed an import traceback and ended by
+    the signal (a review): the entry point now catches it there too. The command waits on
+    its standard input (targets from "-"), so whenever the signal lands (importing, or
+    reading), it is the Ctrl-C that ends it. (One sent at once may land before Python
+    handles SIGINT at all: the signal then ends the process, with no output either.)"""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "portwatch", "scan", "-", "--store", f"chdb://{tmp_path}/s"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        env={**os.environ, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"})
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    outcome = (proc.returncode, err.decode().strip(), out)
+    if delay == 0.0 and outcome == (-signal.SIGINT, "", b""):
+        return  # it landed in the interpreter's own start-up: killed by it, quietly
+    assert outcome == (130, "portwatch: interrupted", b"")
