@@ -21,7 +21,10 @@ The rule, in words (ARCHITECTURE.md "Change history" has the why):
   only an ICMP port-unreachable, never silence). A port with no re-probe answer (budget
   spent, probe not run) is not closed: it stays open in the state.
 * A host that had open ports and now shows none, with every re-probe silent (no RST, no
-  ICMP), is ``host_unreachable``: no closure for its ports, its state is kept. The next
+  ICMP), is ``host_unreachable``: no closure for its ports, its state is kept. The
+  re-probes then include the host's other ports (``liveness_candidates``: open ones the
+  scan did not cover, one covered port never open): a narrow scan whose one port is now
+  filtered does not make a host that still answers elsewhere unreachable. The next
   scan in which it answers emits ``host_back`` and is compared with the kept state.
 * For a port open in both: ``service_changed``, ``product_changed``, ``version_changed``
   (only when the product stayed), ``risk_raised`` / ``risk_lowered``, ``tls_changed``
@@ -456,6 +459,47 @@ def closure_candidates(previous: HostState | None, scan: HostScanView) -> list[P
                   if s.is_open and k not in scan.ports and scan.covers(k))
 
 
+# A host a completed scan saw nothing open on: how many of its other ports are asked
+# whether it still answers (``liveness_candidates``).
+LIVENESS_OPEN_PORTS = 3
+
+
+def liveness_candidates(previous: HostState | None, scan: HostScanView) -> list[PortKey]:
+    """When a completed scan saw nothing open on a host whose state has TCP ports, the
+    ports that tell whether the host still answers, re-probed beside the closure
+    candidates: up to ``LIVENESS_OPEN_PORTS`` of its open TCP ports this scan did not
+    cover, and one covered TCP port it never had open (a closed port answers RST).
+
+    Why: a scan of ``--ports 22,23`` whose one open port is now filtered heard nothing
+    from the host, and its silence made the host unreachable, which hid every other port
+    of it from the reports, red ones too, though they still answered (a review). Any
+    answer here (open, or refused) is the host answering. None of these ports' states
+    changes: the uncovered ones are not compared, the closed one was not open."""
+    if previous is None or not scan.is_completed or scan.ports:
+        return []
+    opened = sorted(k for k, s in previous.ports.items()
+                    if s.is_open and k[0] is Proto.TCP and not scan.covers(k))
+    out = opened[:LIVENESS_OPEN_PORTS]
+    if any(s.is_open and k[0] is Proto.TCP for k, s in previous.ports.items()):
+        closed = _a_closed_port(previous, scan)
+        if closed is not None:
+            out.append(closed)
+    return out
+
+
+def _a_closed_port(previous: HostState, scan: HostScanView) -> PortKey | None:
+    """The lowest TCP port this scan covered that the host never had open (the first few
+    of each range looked at: a host's state holds few ports)."""
+    for shard in scan.shards:
+        if shard.proto is not Proto.TCP:
+            continue
+        for r in shard.ports:
+            for port in range(r.first, min(r.last, r.first + 64) + 1):
+                if (Proto.TCP, port) not in previous.ports:
+                    return (Proto.TCP, port)
+    return None
+
+
 def _is_closed(key: PortKey, answer: ProbeAnswer | None) -> bool:
     if answer is None or answer is ProbeAnswer.OPEN:
         return False  # not re-probed (budget) or still open: never closed on a guess
@@ -478,7 +522,8 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     events: list[ChangeEvent] = []
 
     host_answered = bool(scan.ports) or any(
-        reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED) for k in candidates)
+        reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED)
+        for k in [*candidates, *liveness_candidates(previous, scan)])
     # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
     # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
     # UDP shard compared alone took a live host for unreachable and hid its ports.
@@ -640,6 +685,7 @@ __all__ = [
     "fingerprint",
     "host_views",
     "is_near_expiry",
+    "liveness_candidates",
     "parse_not_after",
     "severity_of",
     "snapshot_of",

@@ -59,6 +59,7 @@ from stream_processors.changes import (
     fingerprint,
     host_views,
     is_near_expiry,
+    liveness_candidates,
     parse_not_after,
     snapshot_of,
     to_millis,
@@ -615,7 +616,8 @@ class ChangeRecorder:
         scope = self.reprobe_options.scope
         wanted = [(view.target.ip, proto, port) for view, previous in todo
                   if scope is None or scope.permits(view.target.ip)
-                  for proto, port in closure_candidates(previous, view)]
+                  for proto, port in [*closure_candidates(previous, view),
+                                      *liveness_candidates(previous, view)]]
         if not wanted:
             return {}
         o = self.reprobe_options

@@ -360,3 +360,67 @@ def test_a_certificate_that_comes_back_is_not_alerted_again_for_its_expiry(
     assert [(r[0], r[1]) for r in store.query(
         "SELECT kind, after FROM changes FINAL WHERE kind = 'cert_expiring'")] == [
         ("cert_expiring", "7d")]
+
+
+@contextlib.contextmanager
+def _dropping_syns(port: int):  # type: ignore[no-untyped-def]
+    """A port whose SYNs are dropped, as a firewall filtering it would: a listener that
+    never accepts, its one-slot queue filled by connections of our own (Linux drops a
+    SYN to a full accept queue)."""
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        yield
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_a_narrow_scan_of_a_now_filtered_port_keeps_the_host_and_its_other_ports(
+        store) -> None:  # type: ignore[no-untyped-def]
+    """A review: a completed scan of two ports, the one open before now filtered, the
+    other closed (RST), made the host unreachable, and the reports hid its redis, which
+    still answered on a port that scan did not cover."""
+    import socket
+
+    p_redis, p_filtered, p_closed = servers.free_ports(3)
+    try:
+        redis = servers.start_redis(port=p_redis)
+        redis.__enter__()
+    except servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        # Given a first scan that found redis and a listener
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", p_filtered))
+        listener.listen(16)
+        with listener:
+            first = _scan(store, LOCAL, [p_redis, p_filtered])
+        assert {(k, p) for k, p, _b, _a in _events(first)} == {
+            ("opened", p_redis), ("opened", p_filtered)}
+        # When a scan of only the listener's port and a closed one runs, the listener's
+        # SYNs now dropped
+        with _dropping_syns(p_filtered):
+            second = _scan(store, LOCAL, [p_filtered, p_closed])
+        # Then the host still answered (redis, asked beside the re-probe): the filtered
+        # port is closed, the host is not unreachable, and redis is still listed, red
+        assert second.open_found == 0
+        assert {(k, p) for k, p, _b, _a in _events(second)} == {("closed", p_filtered)}
+        assert store.query("SELECT is_reachable FROM host_state FINAL") == [(1,)]
+        listed = store.report("list", {"color": "red"}).dicts()
+        assert [(r["port"], r["service"]) for r in listed] == [(p_redis, "redis")]
+    finally:
+        redis.__exit__(None, None, None)

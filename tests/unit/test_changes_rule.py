@@ -25,6 +25,7 @@ from stream_processors.changes import (
     ProbeAnswer,
     closure_candidates,
     detect_changes,
+    liveness_candidates,
     severity_of,
 )
 
@@ -541,3 +542,55 @@ def test_a_tls_probe_that_could_not_test_lowers_no_colour() -> None:
                      tls_versions=(), tls_grade="", risk_color="green", product="Caddy")
     day4 = detect_changes(day0.state, view_at([other], T0 + timedelta(days=4), "d4"), {})
     assert ("risk_lowered", 443, "yellow", "green") in kinds(day4)
+
+
+def test_a_narrow_scan_of_a_now_filtered_port_does_not_make_a_live_host_unreachable() -> None:
+    # Given a host with ssh and a red redis, and a completed scan of 22-23 only, in which
+    # 22 no longer answers (filtered) and nothing is open (a review: the host became
+    # host_unreachable and the reports hid redis, though it still answered)
+    prev = state([snap(22), snap(6379, service="redis", product="Redis", risk_color="red")])
+    narrow = view([], covered=((22, 23),))
+    assert liveness_candidates(prev, narrow) == [(Proto.TCP, 6379), (Proto.TCP, 23)]
+    # When redis, not covered, answers the liveness re-probe
+    out = detect_changes(prev, narrow, {(Proto.TCP, 22): ProbeAnswer.SILENT,
+                                        (Proto.TCP, 6379): ProbeAnswer.OPEN})
+    # Then 22 is closed, the host stays reachable, and redis stays open (not compared)
+    assert kinds(out) == [("closed", 22, "ssh OpenSSH 9.2p1 (green)", "closed")]
+    assert out.state is not None and out.state.is_reachable
+    assert set(out.state.open_ports) == {(Proto.TCP, 6379)}
+    # And with only the covered closed port answering RST, the same: the host answers
+    alone = state([snap(22)])
+    rst = detect_changes(alone, narrow, {(Proto.TCP, 22): ProbeAnswer.SILENT,
+                                         (Proto.TCP, 23): ProbeAnswer.REFUSED})
+    assert [e.kind for e in rst.events] == [ChangeKind.CLOSED]
+    assert rst.state is not None and rst.state.is_reachable
+    # But with every one silent, it is unreachable, as before, and its ports are kept
+    dark = detect_changes(prev, narrow, {(Proto.TCP, p): ProbeAnswer.SILENT
+                                         for p in (22, 23, 6379)})
+    assert [e.kind for e in dark.events] == [ChangeKind.HOST_UNREACHABLE]
+    assert dark.state is not None and set(dark.state.open_ports) == {
+        (Proto.TCP, 22), (Proto.TCP, 6379)}
+
+
+def test_an_unreachable_host_answering_on_a_port_the_scan_did_not_cover_is_back() -> None:
+    prev = state([snap(22), snap(443, service="https")], reachable=False)
+    out = detect_changes(prev, view([], covered=((22, 22),)),
+                         {(Proto.TCP, 22): ProbeAnswer.SILENT, (Proto.TCP, 443): ProbeAnswer.OPEN})
+    assert [e.kind for e in out.events] == [ChangeKind.HOST_BACK, ChangeKind.CLOSED]
+    assert out.state is not None and out.state.is_reachable
+
+
+def test_liveness_candidates_are_few_and_only_for_a_host_the_scan_heard_nothing_from() -> None:
+    many = state([snap(p) for p in (22, 25, 80, 443, 8080)]
+                 + [snap(53, proto=Proto.UDP, service="domain")])
+    # at most three uncovered open TCP ports (the UDP one is no evidence), one closed one
+    assert liveness_candidates(many, view([], covered=((20, 22),))) == [
+        (Proto.TCP, 25), (Proto.TCP, 80), (Proto.TCP, 443), (Proto.TCP, 20)]
+    # a scan that saw a port open heard the host: nothing to ask
+    assert liveness_candidates(many, view([snap(22)], covered=((20, 22),))) == []
+    # no previous state, an interrupted scan, or a state with no TCP port open: nothing
+    assert liveness_candidates(None, view([])) == []
+    assert liveness_candidates(many, view([], status="interrupted")) == []
+    assert liveness_candidates(state([snap(53, proto=Proto.UDP)]), view([])) == []
+    # every covered port once open: no closed port to ask
+    assert liveness_candidates(state([snap(22)]), view([], covered=((22, 22),))) == []
