@@ -127,8 +127,8 @@ class Settings:
                                    group="tls")
     # -- shards and the tarpit rule
     tarpit_threshold: int = setting(1000, "open ports per host beyond which it 'answers on every "
-                                    "port' (or over 9 in 10 of the ports scanned, once >= 128)",
-                                    group="shards")
+                                    "port' (or over 9 in 10 of the ports scanned, once >= 128); "
+                                    "65535 turns the rule off", group="shards")
     shard_ports: int = setting(65_535, "ports per shard: a whole host sweep, so tarpits are "
                                "judged whole", group="shards")
     shard_hosts: int = setting(16, "hosts per shard: enough to keep masscan busy, small to retry",

@@ -310,6 +310,7 @@ class ShardOutcome:
 # in a 200-port range are an ordinary (busy) host.
 TARPIT_SHARE = 0.9
 TARPIT_MIN_OPEN = 128
+TARPIT_OFF = 65_535  # the tarpit threshold that turns the rule off
 # A host flagged by the share rule in a narrow range (at most UNFLAG_MAX_PORTS ports) that
 # refused at least this share of them (RST, as counted by an engine that sees refusals:
 # connect) is not a tarpit: a SYN proxy answers every port and refuses none. 200 real
@@ -321,7 +322,12 @@ UNFLAG_MAX_PORTS = 4096
 def tarpit_threshold_for(threshold: int, ports_per_host: int) -> int:
     """The open-port count beyond which a host of a shard scanning ``ports_per_host``
     ports is flagged: ``threshold``, or 9 in 10 of its ports when that is lower (never
-    below TARPIT_MIN_OPEN: ``--ports 22,80,443`` all open is an ordinary host)."""
+    below TARPIT_MIN_OPEN: ``--ports 22,80,443`` all open is an ordinary host). A
+    threshold of ``TARPIT_OFF`` turns the rule off, the share too: a host of 300 real
+    services in a 300-port range was flagged whatever the threshold, and its services
+    dropped, with no way to keep them (a review)."""
+    if threshold >= TARPIT_OFF:
+        return TARPIT_OFF  # no host has more TCP ports than that: never flagged
     share = int(ports_per_host * TARPIT_SHARE)
     return max(1, min(threshold, max(TARPIT_MIN_OPEN, share)))
 

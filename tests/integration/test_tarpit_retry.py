@@ -93,7 +93,9 @@ def test_a_host_answering_on_every_port_of_a_narrow_range_is_a_tarpit() -> None:
 
 @pytest.mark.parametrize(("threshold", "ports", "expected"), [
     (1000, 65_535, 1000), (1000, 1000, 900), (1000, 200, 180), (1000, 100, 128),
-    (1000, 3, 128), (50, 1000, 50), (5000, 65_535, 5000)])
+    (1000, 3, 128), (50, 1000, 50), (5000, 65_535, 5000),
+    # 65,535 turns the rule off, the share too (300 real services in 300 ports: a review)
+    (65_535, 300, 65_535), (65_535, 65_535, 65_535)])
 def test_the_threshold_for_a_shard(threshold: int, ports: int, expected: int) -> None:
     from stream_processors.stages import tarpit_threshold_for
 
