@@ -21,7 +21,8 @@ How the order adapts (measured in ``bench/identify.py`` against ``nmap -sV``):
   an HTTPS port", a Redis or PostgreSQL error) puts that protocol's probe next;
 - probes sent on a guess get a few round trips (``GUESS_TIMEOUT``/``GUESS_RTTS``)
   instead of the full ``probe_timeout``: a service that speaks the protocol
-  answers at once, and a silent one must not cost seconds per guess.
+  answers at once, and a silent one must not cost seconds per guess. A guessed TLS
+  handshake gets ``TLS_GUESS_TIMEOUT`` at least: a server's handshake can be slow.
 
 Shape (sslyze's plugin pattern, STYLE.md): a ``ProbeKind`` enum, one async
 implementation per kind in ``PROBES`` (a test asserts every member has one),
@@ -672,6 +673,11 @@ STOP_CONFIDENCE = 8
 FALLBACK_GRACE = 0.5  # seconds past nmap's own budget before it is cut
 GUESS_TIMEOUT = 0.5  # seconds, at least, for a probe sent on a guess
 GUESS_RTTS = 8  # and at least this many connect times (slow links)
+# ... but a guessed TLS handshake: a server's side of it can take a second whatever the
+# link (an appliance's RSA-4096 or HSM-held key, a loaded server). At 0.5 s a handshake
+# of 0.6 s on an odd port was never known to be TLS, and its certificate and suites never
+# reached the Ciphers report (a review). A silent port pays the second more, once.
+TLS_GUESS_TIMEOUT = 1.5
 
 
 def after_nmap(best: ServiceInfo | None, *, is_tls: bool) -> ProbeKind | None:
@@ -777,8 +783,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         sent.add(kind)
         probe_settings = s
         if is_guess:
+            least = TLS_GUESS_TIMEOUT if kind is ProbeKind.TLS else GUESS_TIMEOUT
             probe_settings = replace(s, probe_timeout=min(
-                s.probe_timeout, max(GUESS_TIMEOUT, GUESS_RTTS * rtt)))
+                s.probe_timeout, max(least, GUESS_RTTS * rtt)))
         try:
             outcome = await asyncio.wait_for(PROBES[kind](ep, probe_settings, hint), remaining)
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:

@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 import struct
 import time
 
 from probers.service.app_protocols import AMQP_HEADER, parse_amqp
-from probers.service.engine import Endpoint, Settings, identify, probe_postgres
+from probers.service.engine import TLS_PORTS, Endpoint, Settings, identify, probe_postgres
 from tests import loopback
 
 # A frame that starts like Connection.Start (type 1, size 4, class 10 method 10) and
@@ -117,3 +119,34 @@ def test_an_s_confirmed_by_a_tls_record_is_postgresql_and_silence_only_a_guess()
                                              Settings(probe_timeout=1.0), "postgresql"))
     assert guessed.info is not None
     assert (guessed.info.service, guessed.info.confidence) == ("postgresql", 5)
+
+
+def _slow_tls_http(context: ssl.SSLContext, delay: float) -> loopback.Handler:
+    """A TLS server that takes ``delay`` seconds to answer a ClientHello (an appliance's
+    slow key), then serves HTTP as nginx; anything not TLS gets the connection closed."""
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with contextlib.suppress(OSError):
+            first = conn.recv(1, socket.MSG_PEEK)
+            time.sleep(delay)
+            if first != b"\x16":  # not a TLS handshake record
+                return
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(4096)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nContent-Length: 0"
+                            b"\r\nConnection: close\r\n\r\n")
+    return handle
+
+
+def test_a_slow_tls_handshake_on_an_odd_port_is_still_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given a TLS server answering its handshake after 0.8 s, on a port no hint names
+    # (the guessed handshake gave up after 0.5 s: the port was "not identified", and
+    # its certificate and suites never reached the Ciphers report; a review)
+    context = loopback.self_signed(tmp_path)
+    with loopback.listen(_slow_tls_http(context, 0.8)) as listener:
+        assert listener.port not in TLS_PORTS
+        info = asyncio.run(identify(Endpoint("127.0.0.1", listener.port),
+                                    Settings(budget=10, jarm=False, http_meta=False)))
+    # Then the guessed handshake waited long enough: the port is HTTPS by nginx
+    assert (info.service, info.product, info.version, info.is_tls) == (
+        "https", "nginx", "1.24.0", True)

@@ -287,8 +287,9 @@ def test_rdp_negotiation_on_3389() -> None:
 
 
 def test_a_silent_port_says_what_was_tried_within_its_budget() -> None:
+    # (a budget for every guess: 1.5 s of it for the TLS handshake's, engine.TLS_GUESS_TIMEOUT)
     with loopback.listen(loopback.silent(hold_seconds=15)) as listener:
-        finding = _process("127.0.0.1", listener.port, identify_budget=4.0,
+        finding = _process("127.0.0.1", listener.port, identify_budget=5.0,
                            use_nmap_probes=False)
     info = finding.service
     assert not info.is_identified
