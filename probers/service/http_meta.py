@@ -26,6 +26,7 @@ HEAD_CAP = 16_384  # bytes of status line + headers looked at; endless headers s
 BODY_CAP = 262_144  # bytes of body kept (a favicon above this is not hashed)
 TITLE_CAP = 256  # characters of title kept
 FIELD_CAP = 256  # characters of a header value kept
+PATH_CAP = 2048  # characters of a same-host path we request (a redirect's, a favicon's)
 TITLE_SCAN = 65_536  # bytes of body searched for <title> / <link rel=icon>
 MAX_CHUNKS = 4_096  # chunks decoded before giving up on a chunked body
 # A chunk-size line: hex, leading zeros and chunk extensions allowed (RFC 9112 7.1.1);
@@ -269,7 +270,10 @@ def same_host_path(location: str, host: str, port: int, *, is_tls: bool,
     path = parts.path or "/"
     if not path.startswith("/"):
         return None
-    return path + (f"?{parts.query}" if parts.query else "")
+    path += f"?{parts.query}" if parts.query else ""
+    # A favicon link read from the page is not capped as a header is: a 200 KB path was
+    # requested, in a 200 KB request line (a review). No page worth a title is there.
+    return path if len(path) <= PATH_CAP else None
 
 
 def favicon_href(body: bytes) -> str:

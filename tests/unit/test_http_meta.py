@@ -90,6 +90,10 @@ def test_redirects_to_another_host_port_or_scheme_are_not_followed() -> None:
     assert same_host_path("https://127.0.0.1/x", "127.0.0.1", 443, is_tls=True) == "/x"
     # Relative to the page that redirected
     assert same_host_path("next", host, port, is_tls=False, base_path="/app/") == "/app/next"
+    # A path too long to be a page is not requested (a favicon link of 200 KB was)
+    assert same_host_path("/" + "a" * 2047, host, port, is_tls=False) == "/" + "a" * 2047
+    assert same_host_path("/" + "a" * 2048, host, port, is_tls=False) is None
+    assert same_host_path("/x?" + "q" * 5000, host, port, is_tls=False) is None
 
 
 def test_favicon_link_of_a_page_is_found_whatever_the_attribute_order() -> None:
@@ -182,10 +186,11 @@ def test_dechunk_never_raises_nor_grows(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300))
+@given(st.text(max_size=300) | st.text(min_size=1900, max_size=2200))
 def test_same_host_path_only_ever_returns_a_path(location: str) -> None:
     path = same_host_path(location, "127.0.0.1", 8080, is_tls=False)
-    assert path is None or (path.startswith("/") and "\r" not in path and "\n" not in path)
+    assert path is None or (path.startswith("/") and "\r" not in path and "\n" not in path
+                            and len(path) <= 2048)
 
 
 # The title rule as the regex first wrote it (correct, but quadratic on a page of
