@@ -13,6 +13,7 @@ from typing import Any
 
 from portwatch.alerts.channels import describe
 from portwatch.alerts.config import mask_urls
+from portwatch.render import jsonable
 from schemas.records import ChangeEvent, RecordError
 
 EPOCH = datetime.fromtimestamp(0, UTC)
@@ -52,12 +53,14 @@ class LogRow:
         return f"{when} {self.rule} -> {self.channel}: {self.event} | {status}"
 
     def as_dict(self) -> dict[str, Any]:
+        """As JSON writes it: times as every ``--format json`` does (``...Z``, README),
+        where they were ``+00:00`` here alone (a review)."""
         return {
             "rule": self.rule, "channel": self.channel, "event_id": self.event_id,
             "event": self.event, "state": self.state, "attempts": self.attempts,
-            "last_error": self.shown_error, "created_at": self.created_at.isoformat(),
-            "next_attempt_at": self.next_attempt_at.isoformat(),
-            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+            "last_error": self.shown_error, "created_at": jsonable("", self.created_at),
+            "next_attempt_at": jsonable("", self.next_attempt_at),
+            "sent_at": jsonable("", self.sent_at) if self.sent_at else None,
         }
 
 

@@ -288,6 +288,10 @@ def test_sigkill_between_event_and_delivery_then_restart_delivers_exactly_once(
         log = run_cli("alerts", "log", "--format", "json", store=store)
         assert [(r["state"], r["attempts"]) for r in json.loads(log.stdout)] == [
             ("sent", 1), ("sent", 1)]
+        # its times as every --format json writes them (they were "+00:00" here alone)
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", r[key])
+                   for r in json.loads(log.stdout)
+                   for key in ("created_at", "next_attempt_at", "sent_at"))
 
 
 QUEUER = VICTIM.replace('time.sleep(120)  # the digest window (5 m) is still open: killed '
