@@ -565,6 +565,10 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             events.append(event(ChangeKind.REOPENED, new,
                                 f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}",
                                 new.describe()))
+            # and what changed since it closed, as for a port that stayed open: a rule on
+            # version_changed missed an upgrade made while the port was down (a review)
+            if not new.is_incomplete:
+                events.extend(_port_events(old_port, new, event))
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
                                            seen_at=now)
         elif new.is_incomplete:

@@ -142,6 +142,30 @@ def test_reopened_and_attribute_changes() -> None:
     ]
 
 
+def test_a_port_reopened_with_another_version_or_service_says_what_changed_too() -> None:
+    # Given ports closed while on nginx 1.22.1 and on a green http, reopened on nginx
+    # 1.24.0 and on a red redis (a rule on version_changed missed the upgrade: a review)
+    prev = state([snap(80, service="http", product="nginx", version="1.22.1", is_open=False,
+                       changed_at=T0),
+                  snap(81, service="http", product="nginx", version="1.22.1", is_open=False,
+                       changed_at=T0)])
+    now = view([snap(80, service="http", product="nginx", version="1.24.0"),
+                snap(81, service="redis", product="Redis", version="7.2.4", risk_color="red")])
+    out = detect_changes(prev, now, {})
+    closed = f"closed {T0:%Y-%m-%d %H:%M:%S}"
+    assert kinds(out) == [
+        ("reopened", 80, closed, "http nginx 1.24.0 (green)"),
+        ("version_changed", 80, "1.22.1", "1.24.0"),
+        ("reopened", 81, closed, "redis Redis 7.2.4 (red)"),
+        ("service_changed", 81, "http", "redis"),
+        ("product_changed", 81, "nginx 1.22.1", "Redis 7.2.4"),
+        ("risk_raised", 81, "green", "red"),
+    ]
+    # And a port reopened as it was says only that
+    same = detect_changes(state([snap(22, is_open=False, changed_at=T0)]), view([snap(22)]), {})
+    assert [e.kind for e in same.events] == [ChangeKind.REOPENED]
+
+
 def test_tls_and_certificate_changes() -> None:
     tls = {"tls_status": "completed", "tls_versions": ("TLSv1.2", "TLSv1.3"),
            "tls_grade": "strong", "cert_sha256": "a" * 64,
