@@ -380,10 +380,13 @@ async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         reason = exc.reason or str(exc)
         if any(r in reason for r in _NOT_TLS_REASONS):
             return Outcome(ProbeKind.TLS, error=f"not TLS ({reason})")
-        # A TLS alert or a refused version: it speaks TLS, we could not finish.
+        # A TLS alert or a refused version: it speaks TLS, we could not finish. The method
+        # says an alert only when the peer sent one (junk after a record header read
+        # "tls:alert" too: a review)
+        method = "tls:alert" if "ALERT" in reason.upper() else "tls:handshake-error"
         return Outcome(ProbeKind.TLS, ServiceInfo(service="ssl", is_tls=True,
                                                   extra_info=f"handshake failed: {reason}",
-                                                  method="tls:alert", confidence=5),
+                                                  method=method, confidence=5),
                        is_tls=True)
     hint = f"certificate CN: {cn}" if cn else ""
     if info is not None and info.service not in ("ssl", ""):

@@ -12,7 +12,14 @@ import struct
 import time
 
 from probers.service.app_protocols import AMQP_HEADER, parse_amqp
-from probers.service.engine import TLS_PORTS, Endpoint, Settings, identify, probe_postgres
+from probers.service.engine import (
+    TLS_PORTS,
+    Endpoint,
+    Settings,
+    identify,
+    probe_postgres,
+    probe_tls,
+)
 from tests import loopback
 
 # A frame that starts like Connection.Start (type 1, size 4, class 10 method 10) and
@@ -150,3 +157,31 @@ def test_a_slow_tls_handshake_on_an_odd_port_is_still_tls(tmp_path) -> None:  # 
     # Then the guessed handshake waited long enough: the port is HTTPS by nginx
     assert (info.service, info.product, info.version, info.is_tls) == (
         "https", "nginx", "1.24.0", True)
+
+
+def test_a_tls_handshake_broken_by_junk_is_not_called_an_alert() -> None:
+    # Given a server answering a ClientHello with a handshake record whose message is
+    # junk (a ServerHelloDone-like 0x0e with a bad length), and one sending a real alert
+    def junk(conn: socket.socket) -> None:
+        conn.settimeout(3)
+        conn.recv(4096)
+        conn.sendall(b"\x16\x03\x03\x00\x06\x0e\x00\x00\x02\xff\xff")
+        time.sleep(1)
+
+    def alert(conn: socket.socket) -> None:
+        conn.settimeout(3)
+        conn.recv(4096)
+        conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28")  # fatal handshake_failure
+        time.sleep(1)
+
+    methods = {}
+    for name, handler in (("junk", junk), ("alert", alert)):
+        with loopback.listen(handler) as listener:
+            outcome = asyncio.run(probe_tls(Endpoint("127.0.0.1", listener.port),
+                                            Settings(probe_timeout=2), ""))
+        assert outcome.info is not None and outcome.info.service == "ssl"
+        methods[name] = (outcome.info.method, outcome.info.extra_info)
+    # Then only the alert is said to be one ("tls:alert" named both: a review)
+    assert methods == {
+        "junk": ("tls:handshake-error", "handshake failed: UNEXPECTED_MESSAGE"),
+        "alert": ("tls:alert", "handshake failed: SSLV3_ALERT_HANDSHAKE_FAILURE")}
