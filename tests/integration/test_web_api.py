@@ -329,6 +329,7 @@ def test_a_page_past_the_last_says_so_and_links_the_last(web: Served, path: str)
     # "run portwatch scan first" over a store that has rows
     assert status == 200
     assert "Page 1,000,000 is past the last page: <a href=" in body
+    assert body.count("is past the last page") == 1  # the table says it; the pager not again
     assert "Showing" not in body and "portwatch scan</code> first" not in body
     last = re.search(r'go to page ([\d,]+)</a> of ([\d,]+) rows', body)
     assert last is not None and int(last.group(1).replace(",", "")) >= 1
