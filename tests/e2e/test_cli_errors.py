@@ -530,6 +530,10 @@ def test_an_output_that_cannot_be_written_is_said_not_blamed_on_the_store(
     assert done.stderr == f"portwatch: error: cannot write the output: {why}\n"
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
 def test_a_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_130(
         tmp_path: Path, delay: float) -> None:
@@ -541,7 +545,10 @@ def test_a_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_130(
     proc = subprocess.Popen(
         [sys.executable, "-m", "portwatch", "scan", "-", "--store", f"chdb://{tmp_path}/s"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-        env={**os.environ, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"})
+        env={**os.environ, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"},
+        # Ctrl-C as a terminal delivers it: a run started in the background (nohup, a CI
+        # runner) hands its children SIGINT ignored, and Python then keeps it ignored
+        preexec_fn=_sigint_default)  # noqa: PLW1509 - one call, no threads of its own
     try:
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
