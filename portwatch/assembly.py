@@ -37,11 +37,11 @@ from producers.targets import (
     Scope,
     TargetError,
     TargetSpec,
-    fold_label,
-    label_problem,
+    label_text,
     parse_ports,
     read_inventory,
     scope_allow_items,
+    top_count,
 )
 from producers.targets import resolve_targets as _resolve_targets
 from schemas.records import PortRange, Proto, Shard, Target
@@ -150,13 +150,12 @@ class Assembly:
         if text in ("none", "no", "off", ""):
             return ()
         if text.startswith("top"):
-            digits = text[3:] or "1000"
             shown = self.settings.udp[:40] + ("..." if len(self.settings.udp) > 40 else "")
-            if not (digits.isascii() and digits.isdigit()) or len(digits) > 6 \
-                    or not 1 <= int(digits) <= 65_535:
-                raise TargetError(f"bad --udp {shown!r}: topN needs 1 <= N <= 65,535 (or use "
-                                  "none or a port spec)")
-            count = int(digits)
+            try:
+                count = top_count(text, bare=1000)
+            except TargetError as exc:
+                raise TargetError(f"bad --udp {shown!r}: {exc} (or use none or a port "
+                                  "spec)") from None
             try:
                 ports = sorted(udp_top_ports(count, self.settings.nmap_data or None))
             except EngineUnavailable as exc:
@@ -178,11 +177,8 @@ class Assembly:
         TargetError (one line) before anything is sent. Shared by scan, produce and the
         scheduled scans of watch. ``only_organization``: keep that organization's
         targets only (any case; one organization of a shared inventory)."""
-        organization, asset = fold_label(organization), fold_label(asset)
-        for flag, label in (("--org", organization), ("--asset", asset)):
-            problem = label_problem(label)  # as an inventory's labels are
-            if problem:
-                raise TargetError(f"{flag}: {problem}")
+        # as an inventory's labels are
+        organization, asset = label_text(organization, "--org"), label_text(asset, "--asset")
         specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
         if inventory:
             specs += read_inventory(inventory)

@@ -239,7 +239,7 @@ class Settings:
         refuses PORTWATCH_PORTS=0 or PORTWATCH_UDP=top0 in one line, not only scan. A
         flag's error keeps scan's wording (``portwatch.assembly``); topN is checked for
         its range only here (its ports are read from nmap-services when scanning)."""
-        from producers.targets import TargetError, parse_ports
+        from producers.targets import TOP_N_PROBLEM, TargetError, parse_ports, top_count
 
         who = sources.get("ports")
         try:
@@ -251,13 +251,13 @@ class Settings:
         if text in ("none", "no", "off", ""):
             return
         if text.startswith("top"):
-            digits = text[3:] or "1000"
-            if not (digits.isascii() and digits.isdigit()) or len(digits) > 6 \
-                    or not 1 <= int(digits) <= 65_535:
-                problem = "topN needs 1 <= N <= 65,535 (or use none or a port spec)"
+            try:
+                top_count(text, bare=1000)
+            except TargetError:
+                problem = f"{TOP_N_PROBLEM} (or use none or a port spec)"
                 shown = self.udp[:40] + ("..." if len(self.udp) > 40 else "")
                 raise SettingsError(f"{who}: {problem}" if who
-                                    else f"bad --udp {shown!r}: {problem}")
+                                    else f"bad --udp {shown!r}: {problem}") from None
             return
         try:
             parse_ports(text)

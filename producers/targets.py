@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from producers.textfiles import FileReadError, describe, read_bounded
+from schemas.bounded import is_digits
 from schemas.filters import is_control
 from schemas.records import PortRange, Target, canonical_address, fold_mapped
 
@@ -89,6 +90,20 @@ def _one_line(text: str) -> str:
 
 # A port spec longer than this is not something a person typed: refuse before splitting.
 MAX_PORT_SPEC_CHARS = 100_000
+
+
+TOP_N_PROBLEM = "topN needs 1 <= N <= 65,535"
+
+
+def top_count(text: str, *, bare: int | None = None) -> int:
+    """N of a ``topN`` port profile (``text`` stripped, lowercase, starting with "top"):
+    nmap's N most often open ports, 1 to 65,535; ``bare`` is what "top" alone means, when
+    it means one. TargetError(TOP_N_PROBLEM) otherwise. The one check of --udp,
+    PORTWATCH_UDP and a schedule's ports and udp."""
+    digits = text[3:] or ("" if bare is None else str(bare))
+    if not is_digits(digits, 6) or not 1 <= int(digits) <= 65_535:
+        raise TargetError(TOP_N_PROBLEM)
+    return int(digits)
 
 
 def parse_ports(spec: str) -> tuple[PortRange, ...]:
@@ -459,32 +474,23 @@ def _as_network(value: object) -> IPNetwork | None:
 def _label(value: object, where: str) -> str:
     if not _is_scalar(value):
         raise TargetError(f"{where}: organization and asset must be text")
-    text = fold_label(str(value))
-    problem = label_problem(text)
-    if problem:
-        raise TargetError(f"{where}: {problem}")
-    return text
+    return label_text(str(value), where)
 
 
-def fold_label(text: str) -> str:
-    """An organization or asset name stripped, and its line breaks and tabs (a
-    spreadsheet cell's, quoted in a CSV) one space each run: a name people can type
-    after ``report --org``, whose filters refuse control characters."""
+def label_text(text: str, where: str) -> str:
+    """An organization or asset name (an inventory's, ``--org``'s, ``--asset``'s) as
+    stored: stripped, its line breaks and tabs (a spreadsheet cell's, quoted in a CSV) one
+    space each run, so ``report --org``, whose filters refuse control characters, can
+    name it. TargetError ("WHERE: ...") when it is too long or holds another control
+    character: an inventory's "Ex\\x00ample" was stored, and no report could name it."""
     text = text.strip()
-    if any(is_control(ch) or ch == "\t" for ch in text):
-        text = " ".join(text.split())
-    return text
-
-
-def label_problem(text: str) -> str:
-    """Why ``text`` (folded) cannot be an organization or asset name ("" when it can):
-    too long, or holding a control character. An inventory's "Ex\\x00ample" was stored,
-    and no ``report --org`` could name it again."""
-    if len(text) > MAX_LABEL_CHARS:
-        return f"label longer than {MAX_LABEL_CHARS} characters"
     if any(is_control(ch) for ch in text):
-        return "label contains control characters"
-    return ""
+        text = " ".join(text.split())
+    if len(text) > MAX_LABEL_CHARS:
+        raise TargetError(f"{where}: label longer than {MAX_LABEL_CHARS} characters")
+    if any(is_control(ch) for ch in text):
+        raise TargetError(f"{where}: label contains control characters")
+    return text
 
 
 def _not_text(value: object, where: str) -> TargetError:

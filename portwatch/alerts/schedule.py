@@ -38,7 +38,6 @@ from portwatch.alerts.config import (
 )
 from portwatch.alerts.owners import owner_is_gone
 from portwatch.settings import parse_bool
-from schemas.bounded import is_digits
 
 MAX_MISSED_COUNTED = 10_000
 RUN_COLUMNS = ("entry", "slot", "started_at", "finished_at", "scan_id", "status", "note",
@@ -424,12 +423,15 @@ def _top_problem(text: str) -> str:
     N counts nmap's most often open ports, 1 to 65,535, as ``--udp topN`` takes it (a
     schedule once took top99999 and scanned whatever nmap-services lists, and top0 failed
     at its first run, not when the file was read)."""
+    from producers.targets import TargetError, top_count
+
     lowered = text.strip().lower()
     if not lowered.startswith("top"):
         return ""
-    digits = lowered[3:]
-    if not is_digits(digits, 6) or not 1 <= int(digits) <= 65_535:
-        return "topN needs 1 <= N <= 65,535"
+    try:
+        top_count(lowered)
+    except TargetError as exc:
+        return str(exc)
     return ""
 
 
