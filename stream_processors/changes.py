@@ -28,8 +28,11 @@ The rule, in words (ARCHITECTURE.md "Change history" has the why):
   scan in which it answers emits ``host_back`` and is compared with the kept state.
 * For a port open in both: ``service_changed``, ``product_changed``, ``version_changed``
   (only when the product stayed), ``risk_raised`` / ``risk_lowered``, ``tls_changed``
-  (versions added/removed, weak suites newly offered, grade change; only when both TLS
-  probes completed), ``cert_changed`` (leaf sha256).
+  (versions added/removed, weak suites offered or no longer offered, grade change, TLS
+  no longer offered at all, medium when it weakened; only when both TLS probes completed
+  in full: a probe cut part-way keeps the last full result), ``cert_changed`` (leaf
+  sha256). A compared field that moved with no event (a first favicon) still moves the
+  port's state.
 * ``cert_expiring``: the leaf's days left crossed into a tighter bucket of
   ``EXPIRY_THRESHOLDS`` (30/14/7/1) since the previous scan of the same certificate (a new
   certificate starts with no bucket); one event names the tightest threshold crossed, so a
@@ -88,6 +91,12 @@ def to_millis(at: datetime) -> datetime:
     # host scans
     return at - timedelta(microseconds=sub_milli) if sub_milli else at
 _LOOSEST = timedelta(days=max(EXPIRY_THRESHOLDS))
+# A TLS probe that completed only partly (the server stopped answering part-way through
+# the enumeration: a per-address connection limit): its suites and grade are a subset,
+# so it is not compared, as one that could not test (a cut enumeration alerted "grade
+# weak->strong", then "weak +..." at the next full one: a review). Its snapshot's status.
+PARTIAL_PREFIX = "partial:"  # probers.tls.commands: the error of such a probe
+TLS_PARTIAL = "partial"
 # stages.unidentified() reasons that mean "not finished", not "nothing answered"
 INCOMPLETE = ("interrupted", "identification error")
 
@@ -162,13 +171,16 @@ def snapshot_of(finding: Finding) -> PortSnapshot:
         if c.chain_position == 0:  # the leaf
             sha, not_after = text(c.sha256), parse_not_after(text(c.not_after))
             break
+    status = tls.status._value_  # ``_value_``: the same str, without the enum property
+    if tls.status is ProbeStatus.COMPLETED and tls.error.startswith(PARTIAL_PREFIX):
+        status = TLS_PARTIAL
     versions = tls.versions if probed else ()
     suites = tls.suites if probed else ()
     jarm = text(s.jarm, JARM_CAP)
     return PortSnapshot(
         p.proto, p.port, True, text(s.service), text(s.product), text(s.version),
         # ``_value_``, not ``value``: the same str, without the enum property (0.2 us)
-        finding.risk_color._value_, finding.cdn.is_expected_port, tls.status._value_,
+        finding.risk_color._value_, finding.cdn.is_expected_port, status,
         tuple(sorted(set(texts(versions)))) if versions else (),
         tuple(sorted({text(c.iana_name) for c in suites if text(c.strength) == "weak"}))
         if suites else (),
@@ -287,24 +299,41 @@ def _expiry_bucket(not_after: datetime, at: datetime) -> int | None:
 
 
 def _tls_delta(before: PortSnapshot, after: PortSnapshot) -> tuple[str, bool] | None:
-    """Text of what changed in TLS and whether it weakened; None: nothing comparable."""
+    """Text of what changed in TLS and whether it weakened; None: nothing comparable.
+
+    A weak suite no longer offered is said as one newly offered is (else the state kept
+    it, and its return was no change: a review). A port that stops offering TLS at all
+    (a mail server no longer offering STARTTLS: completed, nothing offered) weakened; one
+    that offers it again did not, whatever grade it comes back with (the empty grade of
+    "nothing offered" ranked as "strong", so losing STARTTLS was low and getting it back
+    medium: a review)."""
     done = ProbeStatus.COMPLETED.value
     if before.tls_status != done or after.tls_status != done:
-        return None  # "could not test" is not a change of the server
+        return None  # "could not test" (or only partly) is not a change of the server
     parts: list[str] = []
     weakened = False
     added = sorted(set(after.tls_versions) - set(before.tls_versions))
     removed = sorted(set(before.tls_versions) - set(after.tls_versions))
+    gone = bool(before.tls_versions) and not after.tls_versions
+    if gone:
+        parts.append("TLS no longer offered")
+        weakened = True
     if added or removed:
         parts.append(" ".join([*(f"+{v}" for v in added), *(f"-{v}" for v in removed)]))
-        weakened |= any(v in LEGACY_TLS_VERSIONS for v in added)
+        # legacy versions added to a port that offered TLS before; a port offering TLS
+        # again after plaintext only is better off, not weaker
+        weakened |= bool(before.tls_versions) and any(v in LEGACY_TLS_VERSIONS for v in added)
     new_weak = sorted(set(after.weak_suites) - set(before.weak_suites))
-    if new_weak:
-        parts.append("weak +" + " +".join(new_weak))
-        weakened = True
+    old_weak = sorted(set(before.weak_suites) - set(after.weak_suites))
+    if new_weak or old_weak:
+        parts.append(" ".join(["weak", *(f"+{w}" for w in new_weak),
+                               *(f"-{w}" for w in old_weak)]))
+        weakened |= bool(new_weak)
     if before.tls_grade != after.tls_grade:
         parts.append(f"grade {before.tls_grade or '-'}->{after.tls_grade or '-'}")
-        weakened |= _GRADE_RANK.get(after.tls_grade, 0) > _GRADE_RANK.get(before.tls_grade, 0)
+        if before.tls_grade and after.tls_grade:  # "" is nothing offered, not a grade
+            weakened |= _GRADE_RANK.get(after.tls_grade, 0) > _GRADE_RANK.get(
+                before.tls_grade, 0)
     return ("; ".join(parts), weakened) if parts else None
 
 
@@ -347,6 +376,9 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     return out
 
 
+_NOT_LEARNT = (ProbeStatus.ERROR.value, TLS_PARTIAL)
+
+
 def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
     """``new`` as the port's next state, keeping what this scan could not learn: the last
     completed TLS result (a probe that errored alongside a version bump made the error the
@@ -358,7 +390,7 @@ def _keep_known(old: PortSnapshot, new: PortSnapshot) -> PortSnapshot:
     # speaks TLS, and keeping its last result would keep the host off the fast path
     not_run = (new.tls_status == ProbeStatus.NOT_SCHEDULED.value
                and new.service == old.service)
-    if (new.tls_status == ProbeStatus.ERROR.value or not_run) and old.tls_status == done:
+    if (new.tls_status in _NOT_LEARNT or not_run) and old.tls_status == done:
         new = new._replace(tls_status=old.tls_status, tls_versions=old.tls_versions,
                            weak_suites=old.weak_suites, tls_grade=old.tls_grade,
                            cert_sha256=new.cert_sha256 or old.cert_sha256,
@@ -576,8 +608,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
             changed = _port_events(old_port, new, event)
-            if changed:
-                events.extend(changed)
+            events.extend(changed)
+            # Written when something compared moved, said or not (a weak suite removed
+            # and back, a favicon first seen): a state left behind compared the next scan
+            # with the past, and kept the host off the fast path for good
+            if changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port):
                 next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
                     seen_at=now)
@@ -586,7 +621,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                 # or a threshold crossed since it was last judged would never be said
                 new = next_ports[key]
             # else: the stored snapshot stays (nothing compared changed; a TLS probe that
-            # could not test this time keeps the last completed result to compare with)
+            # could not test, or only partly, keeps the last completed result)
         # A certificate's thresholds are judged against when *this port's* certificate
         # was last judged, not the host's last scan: a --ports 22 scan, or days
         # unreachable, in between hid the crossing (no cert_expiring, no cert_expired)

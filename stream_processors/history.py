@@ -39,6 +39,7 @@ from schemas.records import (
     Finding,
     HostScan,
     PortRange,
+    ProbeStatus,
     Proto,
     RecordError,
     Severity,
@@ -47,7 +48,9 @@ from schemas.records import (
 from stream_processors.changes import (
     EPOCH,
     INCOMPLETE,
+    PARTIAL_PREFIX,
     TEXT_CAP,
+    TLS_PARTIAL,
     HostScanView,
     HostState,
     PortKey,
@@ -751,9 +754,10 @@ SELECT o.scan_id, o.target, o.ip, o.proto, o.port, o.service, o.product, o.versi
        if(o.proto = 'tcp', p.versions, []) AS versions,
        if(o.proto = 'tcp', c.sha256, '') AS leaf_sha256,
        if(o.proto = 'tcp', c.not_after, '') AS leaf_not_after,
-       if(o.proto = 'tcp', w.weak, []) AS weak
+       if(o.proto = 'tcp', w.weak, []) AS weak,
+       if(o.proto = 'tcp', p.error, '') AS tls_error
 FROM (SELECT * FROM port_observations FINAL WHERE {_KEYS_FILTER}) AS o
-LEFT JOIN (SELECT scan_id, target, ip, port, versions FROM tls_probes FINAL
+LEFT JOIN (SELECT scan_id, target, ip, port, versions, error FROM tls_probes FINAL
            WHERE {_KEYS_FILTER}) AS p
     ON p.scan_id = o.scan_id AND p.target = o.target AND p.ip = o.ip AND p.port = o.port
 LEFT JOIN (SELECT scan_id, target, ip, port, sha256, not_after FROM certificates FINAL
@@ -846,11 +850,13 @@ def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]
         return out
     for (scan_id, target, ip, proto, port, service, product, version, color, cdn, tls_status,
          grade, method, extra_info, favicon, jarm, observed_at, versions, sha, not_after,
-         weak) in store.query(_SNAPSHOT_SQL, _keys_params(keys)):
+         weak, tls_error) in store.query(_SNAPSHOT_SQL, _keys_params(keys)):
         key = (scan_id, target, ip)
         if key not in keys or proto not in _PROTO:
             continue
         seen = _utc(observed_at)
+        if tls_status == ProbeStatus.COMPLETED.value and tls_error.startswith(PARTIAL_PREFIX):
+            tls_status = TLS_PARTIAL  # as snapshot_of says it
         out.setdefault(key, []).append(PortSnapshot(
             _PROTO[proto], int(port), True, service, product, version, color, bool(cdn),
             tls_status, tuple(sorted(set(versions))), tuple(sorted(weak)), grade, sha,

@@ -618,3 +618,84 @@ def test_liveness_candidates_are_few_and_only_for_a_host_the_scan_heard_nothing_
     assert liveness_candidates(state([snap(53, proto=Proto.UDP)]), view([])) == []
     # every covered port once open: no closed port to ask
     assert liveness_candidates(state([snap(22)]), view([], covered=((22, 22),))) == []
+
+
+MAIL_TLS = {"service": "pop3", "product": "Dovecot", "version": "", "risk_color": "yellow",
+            "tls_status": "completed", "tls_versions": ("TLSv1.2",), "tls_grade": "medium"}
+NO_UPGRADE = {**MAIL_TLS, "tls_versions": (), "tls_grade": ""}  # "no STARTTLS offered"
+
+
+def test_a_port_that_stops_offering_tls_weakened_and_getting_it_back_did_not() -> None:
+    # Given a POP3 port offering STLS, When the next scan finds no upgrade offered
+    lost = detect_changes(state([snap(110, **MAIL_TLS)]), view([snap(110, **NO_UPGRADE)]), {})
+    # Then a medium tls_changed that names it (the empty grade ranked as "strong": low)
+    assert kinds(lost) == [("tls_changed", 110, "",
+                            "TLS no longer offered; -TLSv1.2; grade medium->-")]
+    assert [e.severity for e in lost.events] == [Severity.MEDIUM]
+    # And the upgrade coming back, even with a legacy version, is low, not a weakening
+    assert lost.state is not None
+    back = detect_changes(lost.state, view([snap(110, **{**MAIL_TLS, "tls_versions": (
+        "TLSv1.0", "TLSv1.2")})], scan_id="s2"), {})
+    assert kinds(back) == [("tls_changed", 110, "", "+TLSv1.0 +TLSv1.2; grade -->medium")]
+    assert [e.severity for e in back.events] == [Severity.LOW]
+
+
+def test_weak_suites_removed_are_said_and_their_return_is_said_again() -> None:
+    rc4 = ("TLS_RSA_WITH_RC4_128_SHA",)
+    weak = {"tls_status": "completed", "tls_versions": ("TLSv1.0",), "tls_grade": "weak"}
+    # Given a TLS 1.0 port (weak for that alone) that also offered RC4
+    first = state([snap(443, **weak, weak_suites=rc4)])
+    # When RC4 is removed (the grade stays weak), Then that is said, low
+    fixed = detect_changes(first, view([snap(443, **weak)]), {})
+    assert kinds(fixed) == [("tls_changed", 443, "", "weak -TLS_RSA_WITH_RC4_128_SHA")]
+    assert [e.severity for e in fixed.events] == [Severity.LOW]
+    # And the state moved: RC4 enabled again is a medium tls_changed (it was compared with
+    # the stale state, which still had RC4, and said nothing)
+    assert fixed.state is not None
+    again = detect_changes(fixed.state, view([snap(443, **weak, weak_suites=rc4)],
+                                             scan_id="s2"), {})
+    assert kinds(again) == [("tls_changed", 443, "", "weak +TLS_RSA_WITH_RC4_128_SHA")]
+    assert [e.severity for e in again.events] == [Severity.MEDIUM]
+
+
+def test_a_compared_field_that_moved_without_an_event_moves_the_state() -> None:
+    from stream_processors.changes import fingerprint
+
+    # Given a web port whose favicon was never fetched, When a scan first gets one
+    prev = state([snap(80, service="http", product="nginx")])
+    now = view([snap(80, service="http", product="nginx", favicon="-1234")])
+    out = detect_changes(prev, now, {})
+    # Then no event (there was nothing to compare with), but the state has the favicon:
+    # the next identical scan matches it and takes the fast path
+    assert kinds(out) == []
+    assert out.state is not None
+    assert out.state.ports[(Proto.TCP, 80)].favicon == "-1234"
+    assert fingerprint(out.state.ports) == fingerprint(now.ports)
+
+
+def test_a_partly_completed_tls_probe_is_not_compared() -> None:
+    from schemas.records import CipherSuite, OpenPort, ProbeStatus, TlsResult
+    from stream_processors.changes import snapshot_of
+
+    # Given a full result (TLS 1.2, two anonymous suites: weak)
+    full = {"tls_status": "completed", "tls_versions": ("TLSv1.2",), "tls_grade": "weak",
+            "weak_suites": ("TLS_ECDH_anon_WITH_AES_128_CBC_SHA",), "risk_color": "red",
+            "service": "https", "product": "", "version": ""}
+    prev = state([snap(443, **full)])
+    # When the server stopped answering part-way through the next enumeration: the probe
+    # completed with what it found ("partial: ..."), one strong suite
+    port = OpenPort(scan_id="s1", target=T, port=443)
+    cut = Finding(port=port, service=ServiceInfo(service="https", is_tls=True),
+                  tls=TlsResult(status=ProbeStatus.COMPLETED, versions=("TLSv1.2",),
+                                suites=(CipherSuite("TLSv1.2", "TLS_AES_128_GCM_SHA256",
+                                                    strength="strong"),),
+                                grade="strong", error="partial: TLSv1.2: timed out"))
+    partial = snapshot_of(cut)._replace(risk_color="green")
+    assert partial.tls_status == "partial"
+    out = detect_changes(prev, view([partial]), {})
+    # Then nothing is said (no "grade weak->strong", no risk_lowered), the full result stays
+    assert kinds(out) == []
+    assert out.state is not None and out.state.ports[(Proto.TCP, 443)].weak_suites == (
+        "TLS_ECDH_anon_WITH_AES_128_CBC_SHA",)
+    # And the next full result, the same as the first, says nothing either
+    assert kinds(detect_changes(out.state, view([snap(443, **full)], scan_id="s2"), {})) == []
