@@ -166,6 +166,21 @@ def _text_filter(what: str, *, is_target: bool = False
     return check
 
 
+def exact_filter(what: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A click callback for a filter matched exactly as stored (a product, a version: any
+    character, blanks too, as the web API takes them), refused only when longer than
+    anything stored, as the API refuses it (a direct report answered "no rows", the same
+    report through a running `serve` an error: a review)."""
+    def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+        from schemas.bounded import TEXT_CAP
+
+        if len(value) > TEXT_CAP:
+            raise click.BadParameter(f"{what} is too long ({len(value)} characters; at "
+                                     f"most {TEXT_CAP})")
+        return value
+    return check
+
+
 # The reports' --target (the four and `report changes`): what schemas/filters.py matches
 TARGET_FILTER_OPTION = click.option(
     "--target", default="", callback=_text_filter("the target", is_target=True),

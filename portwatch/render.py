@@ -39,6 +39,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "changes": ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
                 "after", "organization", "asset"),
 }
+# Never folded in a terminal table: a part of a number reads as another number
+WHOLE_NUMBERS = frozenset({"port", "open_ports", "risk_score", "instances", "targets",
+                           "cert_days_to_expiry"})
 HEADERS = {"ip": "address", "risk_color": "risk", "cdn_provider": "CDN",
            "first_seen": "first detected", "last_seen": "last seen", "is_tarpit": "flags",
            "score_parts": "score parts", "open_ports": "open", "risk_score": "score",
@@ -218,9 +221,15 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
             wanted.insert(wanted.index("port") + 1 if "port" in wanted else 0, "status")
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)
-    for column in wanted:
-        table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold")
     index = {c: i for i, c in enumerate(report.columns)}
+    for column in wanted:
+        # words fold where they must; a number never: port 20022 printed as "2002" over
+        # "2" at 80 columns, read as another port (a review). Its column is as wide as
+        # its widest number, the other columns give way.
+        whole = max((len(str(row[index[column]])) for row in report.rows), default=0) \
+            if column in WHOLE_NUMBERS else None
+        table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold",
+                         min_width=whole)
     status = index.get("scan_status")
     for row in report.rows:
         table.add_row(*(

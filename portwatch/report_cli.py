@@ -19,6 +19,7 @@ from portwatch.console import (
     ORG_FILTER_OPTION,
     STORE_OPTION,
     TARGET_FILTER_OPTION,
+    exact_filter,
     filter_choice,
     out_console,
     settings_from,
@@ -42,8 +43,10 @@ _FLAGS = {"target": "--target", "org": "--org", "product": "--product",
 @click.argument("name", type=click.Choice(REPORTS), metavar="{" + "|".join(REPORTS) + "}")
 @TARGET_FILTER_OPTION
 @ORG_FILTER_OPTION
-@click.option("--product", default="", help="Only this product (list: the Products drill-down).")
+@click.option("--product", default="", callback=exact_filter("the product"),
+              help="Only this product (list: the Products drill-down).")
 @click.option("--product-version", "product_version", default="", metavar="VERSION",
+              callback=exact_filter("the version"),
               help="list: only this version (any case), of --product when given; '-': the "
                    "ports that gave no version. Not --version: that is portwatch's own "
                    "(`portwatch --version`).")

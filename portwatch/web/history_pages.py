@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from schemas import bounded
 from schemas.bounded import is_digits
-from schemas.filters import is_control, is_ip_address, normalize_target
+from schemas.filters import filter_text, is_ip_address, normalize_target
 from schemas.records import ChangeKind, Severity
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def _one(params: Mapping[str, list[str]], name: str) -> str:
     values = params.get(name, [])
     if len(values) > 1:
         raise BadParam(f"{name}: give it once")
-    value = values[0].strip() if values else ""
-    if len(value) > TEXT_CAP or any(is_control(ch) for ch in value):
-        raise BadParam(f"{name}: not a valid value")
-    return value
+    try:  # tabs and line breaks folded, other controls refused, as every filter
+        return filter_text(name, values[0], TEXT_CAP) if values else ""
+    except ValueError:
+        raise BadParam(f"{name}: not a valid value") from None
 
 
 def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:

@@ -303,6 +303,11 @@ def test_malformed_nmap_data_is_one_line_naming_the_file(tmp_path: Path,
         (["list", "--color", "purple"], "Invalid value for '--color'"),
         (["list", "--port", "70000"], "Invalid value for '--port'"),
         (["list", "--format", "xml"], "Invalid value for '-f' / '--format'"),
+        # as the API through a running `serve` refuses it (directly: "no rows"; a review)
+        (["list", "--product", "n" * 5000],
+         "Invalid value for '--product': the product is too long (5000 characters; at "
+         "most 4096)"),
+        (["list", "--product-version", "1" * 4097], "the version is too long"),
     ],
 )
 def test_bad_report_arguments_are_refused(store_dir: Path, args: list[str], message: str) -> None:

@@ -158,3 +158,15 @@ def test_the_summary_report_table_flags_an_interrupted_scan() -> None:
     row = ("127.1.0.5", "127.1.0.5", "", "", 0, [], 0.0, "A", "", 0, "interrupted", "", None)
     lines = rendered(200, lambda c: to_table(Report("summary", columns, [row]), c))
     assert any("interrupted" in line for line in lines)
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_a_narrow_terminal_never_splits_a_port_number(width: int) -> None:
+    # Given List rows on a five-digit port, When the terminal is too narrow for the table
+    rows = [(*row[:5], 20022, *row[6:]) for row in LIST.rows]
+    lines = rendered(width, lambda c: to_table(Report("list", COLUMNS, rows), c))
+    # Then each row's first line has the port whole, and no line holds a piece of it (port
+    # 20022 was "2002" over "2" at 80 columns: another port)
+    cells = [cell.strip() for line in lines for cell in re.split("[│┃]", line)]
+    assert cells.count("20022") == 3
+    assert not {"2002", "200"} & set(cells)
