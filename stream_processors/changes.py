@@ -65,6 +65,7 @@ from schemas.records import (
     ChangeKind,
     Finding,
     HostScan,
+    PortState,
     ProbeStatus,
     Proto,
     RiskColor,
@@ -135,6 +136,10 @@ class PortSnapshot(NamedTuple):
     # When this snapshot was last written to the state (port_state.updated_at): the time
     # its certificate was last judged, for "crossed a threshold since" (EPOCH: not yet)
     seen_at: datetime = EPOCH
+    # A UDP port that sent nothing back (open|filtered): its opening is info and says so
+    # (the Summary scores it nothing; a medium "opened" fired ">= medium" rules on it: a
+    # review). This scan's word only: not compared, not kept in the state.
+    is_unconfirmed: bool = False
 
     @property
     def key(self) -> PortKey:
@@ -142,7 +147,8 @@ class PortSnapshot(NamedTuple):
 
     def describe(self) -> str:
         words = " ".join(w for w in (self.service, self.product, self.version) if w)
-        return f"{words or 'unidentified'} ({self.risk_color})"
+        said = f"{words or 'unidentified'} ({self.risk_color})"
+        return f"{said}, open|filtered: no UDP reply" if self.is_unconfirmed else said
 
 
 def parse_not_after(value: str) -> datetime:
@@ -190,6 +196,7 @@ def snapshot_of(finding: Finding) -> PortSnapshot:
         "" if s.favicon_mmh3 is None else str(s.favicon_mmh3),
         # all zeros: no TLS answer to any of the ten hellos, i.e. nothing to compare
         jarm if jarm.strip("0") else "",
+        EPOCH, p.state is PortState.OPEN_FILTERED,
     )
 
 
@@ -278,10 +285,14 @@ SEVERITY_RULES: dict[tuple[ChangeKind, str], Severity] = {
 EXPIRY_SEVERITY = {30: Severity.LOW, 14: Severity.MEDIUM, 7: Severity.HIGH, 1: Severity.HIGH}
 
 
-def severity_of(kind: ChangeKind, color: str = "", *, is_cdn_expected: bool = False) -> Severity:
+def severity_of(kind: ChangeKind, color: str = "", *, is_cdn_expected: bool = False,
+                is_unconfirmed: bool = False) -> Severity:
     """The severity rule: by kind, refined by the port's colour; a CDN-expected port is
-    listed but carries no risk (DESIGN.md "CDN"), so its opening is info."""
+    listed but carries no risk (DESIGN.md "CDN"), so its opening is info, as is the
+    opening of a UDP port that never answered (open|filtered: scored nothing)."""
     if is_cdn_expected and kind in (ChangeKind.OPENED, ChangeKind.REOPENED, ChangeKind.CLOSED):
+        return Severity.INFO
+    if is_unconfirmed and kind in (ChangeKind.OPENED, ChangeKind.REOPENED):
         return Severity.INFO
     return SEVERITY_RULES.get((kind, color), SEVERITY_RULES[(kind, "")])
 
@@ -470,7 +481,8 @@ class _EventFactory:
         return ChangeEvent(
             kind=kind,
             severity=severity or severity_of(
-                kind, color, is_cdn_expected=port.is_cdn_expected if port else False),
+                kind, color, is_cdn_expected=port.is_cdn_expected if port else False,
+                is_unconfirmed=port.is_unconfirmed if port else False),
             target=self.target, scan_id=self.scan_id, previous_scan_id=self.previous_scan_id,
             proto=port.proto if port is not None else Proto.TCP,
             port=port.port if port is not None else 0,
@@ -590,7 +602,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         if old_port is None:
             events.append(event(ChangeKind.OPENED, new, "", new.describe()))
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
-                                           seen_at=now)
+                                           seen_at=now, is_unconfirmed=False)
         elif not old_port.is_open:
             # when, as the List's --history says it (UTC, to the second; an ISO text with
             # microseconds and +00:00 stood beside the reports' times: a review)
@@ -602,7 +614,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             if not new.is_incomplete:
                 events.extend(_port_events(old_port, new, event))
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
-                                           seen_at=now)
+                                           seen_at=now, is_unconfirmed=False)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         else:
@@ -615,7 +627,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             if changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port):
                 next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
-                    seen_at=now)
+                    seen_at=now, is_unconfirmed=False)
                 # The row is written now (port_state's version is the scan's time): a
                 # certificate kept from before is judged now too, from its known expiry,
                 # or a threshold crossed since it was last judged would never be said

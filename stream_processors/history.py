@@ -39,6 +39,7 @@ from schemas.records import (
     Finding,
     HostScan,
     PortRange,
+    PortState,
     ProbeStatus,
     Proto,
     RecordError,
@@ -749,7 +750,7 @@ _HOST_SCAN_SQL = (
 _SNAPSHOT_SQL = f"""
 SELECT o.scan_id, o.target, o.ip, o.proto, o.port, o.service, o.product, o.version,
        o.risk_color, o.is_cdn_expected, o.tls_status, o.tls_grade, o.method, o.extra_info,
-       o.favicon_mmh3, o.jarm, o.observed_at,
+       o.favicon_mmh3, o.jarm, o.observed_at, o.state,
        -- TLS is probed on TCP only; the TLS tables carry no protocol
        if(o.proto = 'tcp', p.versions, []) AS versions,
        if(o.proto = 'tcp', c.sha256, '') AS leaf_sha256,
@@ -849,8 +850,8 @@ def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]
     if not keys:
         return out
     for (scan_id, target, ip, proto, port, service, product, version, color, cdn, tls_status,
-         grade, method, extra_info, favicon, jarm, observed_at, versions, sha, not_after,
-         weak, tls_error) in store.query(_SNAPSHOT_SQL, _keys_params(keys)):
+         grade, method, extra_info, favicon, jarm, observed_at, state, versions, sha,
+         not_after, weak, tls_error) in store.query(_SNAPSHOT_SQL, _keys_params(keys)):
         key = (scan_id, target, ip)
         if key not in keys or proto not in _PROTO:
             continue
@@ -862,5 +863,6 @@ def stored_snapshots(store: Store, keys: Iterable[ScanHostKey]
             tls_status, tuple(sorted(set(versions))), tuple(sorted(weak)), grade, sha,
             parse_not_after(not_after), scan_id, seen, seen,
             method == "unidentified" and extra_info.startswith(INCOMPLETE),
-            "" if favicon is None else str(favicon), jarm if jarm.strip("0") else ""))
+            "" if favicon is None else str(favicon), jarm if jarm.strip("0") else "",
+            EPOCH, state == PortState.OPEN_FILTERED.value))
     return out

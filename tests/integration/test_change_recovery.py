@@ -30,6 +30,7 @@ from schemas.records import (
     HostScan,
     OpenPort,
     PortRange,
+    PortState,
     ProbeStatus,
     Proto,
     RiskColor,
@@ -373,7 +374,9 @@ def findings(draw: st.DrawFn) -> Finding:
     ) if proto is Proto.TCP else TlsResult()
     return Finding(
         port=OpenPort(scan_id=f"p{n}", target=target, port=draw(st.integers(1, 65535)),
-                      proto=proto, observed_at=DAY1),
+                      proto=proto, observed_at=DAY1,
+                      state=draw(st.sampled_from(list(PortState))) if proto is Proto.UDP
+                      else PortState.OPEN),
         service=ServiceInfo(
             service=draw(_texts), product=draw(_texts), version=draw(_texts),
             extra_info=draw(_texts), method=draw(st.sampled_from(["unidentified", "banner:ssh"])),

@@ -699,3 +699,24 @@ def test_a_partly_completed_tls_probe_is_not_compared() -> None:
         "TLS_ECDH_anon_WITH_AES_128_CBC_SHA",)
     # And the next full result, the same as the first, says nothing either
     assert kinds(detect_changes(out.state, view([snap(443, **full)], scan_id="s2"), {})) == []
+
+
+def test_a_udp_port_that_never_answered_opens_as_info_and_says_so() -> None:
+    from schemas.records import OpenPort, PortState
+    from stream_processors.changes import snapshot_of
+
+    # Given a UDP port with no reply (open|filtered) and one that answered, both yellow
+    silent = snapshot_of(Finding(port=OpenPort(scan_id="s1", target=T, port=20161,
+                                               proto=Proto.UDP, state=PortState.OPEN_FILTERED)))
+    answered = snapshot_of(Finding(port=OpenPort(scan_id="s1", target=T, port=20053,
+                                                 proto=Proto.UDP)))
+    assert silent.is_unconfirmed and not answered.is_unconfirmed
+    out = detect_changes(None, view([silent, answered]), {})
+    # Then the silent one's opening is info and its text says it is unconfirmed (the
+    # Summary scores it nothing; a medium "opened" fired ">= medium" alert rules)
+    assert [(e.port, e.severity, e.after) for e in out.events] == [
+        (20053, Severity.MEDIUM, "unidentified (yellow)"),
+        (20161, Severity.INFO, "unidentified (yellow), open|filtered: no UDP reply")]
+    # And the state keeps no word of it: what port_state stores and reads back
+    assert out.state is not None
+    assert not any(s.is_unconfirmed for s in out.state.ports.values())
