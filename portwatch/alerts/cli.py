@@ -294,7 +294,10 @@ def _print_plan(store: str | None, entries: Any) -> None:
     statuses: dict[str, str] = {}
     try:
         db = _store(store, create=False)
-    except StoreMissing:  # nothing has run yet: every entry is due; no store is made
+    except StoreMissing as exc:  # nothing has run yet: every entry is due; no store is made
+        # said, so a mistyped --store is not read as "nothing ever ran" (a review)
+        _say(f"{str(exc).partition(': scan')[0]} yet: nothing has run, every entry is due "
+             "(the first run makes it; a typo in --store?)")
         previous = {}
     else:
         try:
@@ -510,7 +513,8 @@ def alerts() -> None:
               help="Only deliveries in this state (retrying: pending after a failed "
               "attempt; failed: given up for good).")
 @click.option("--rule", default="", help="Only this rule.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, help="At most this many.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="At most this many, newest first (when more are stored, stderr says so).")
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               help="Output format.")
 @STORE_OPTION
@@ -527,9 +531,14 @@ def alerts_log(state: str, rule: str, limit: int, fmt: str, store: str | None) -
     _check_store_url(store)
     db = _store(store, create=False)
     try:
-        rows = delivery_log(db, state=state, rule=rule, limit=limit)
+        rows = delivery_log(db, state=state, rule=rule, limit=limit + 1)
     finally:
         db.close()
+    if len(rows) > limit:
+        # the newest ``limit`` only: said, as `report changes` says its cut (a failed
+        # receiver's hundred and first delivery was out of sight: a review)
+        rows = rows[:limit]
+        _say(f"the newest {limit:,} deliveries shown; more are stored (--limit)")
     out = out_console(soft_wrap=True)  # one line per delivery, in any width
     if fmt == "json":
         out.print_json(json.dumps([r.as_dict() for r in rows]))
@@ -577,10 +586,13 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
 
 @alerts.command("deliver")
 @ALERTS_OPTION
-@click.option("--wait", "wait_text", default="", metavar="DURATION",
+@click.option("--wait", "wait_text", default=None, metavar="DURATION",
+              callback=refuse_empty("give a duration (0: no retry wait), or leave --wait out "
+                                    "for the file's delivery wait"),
               help="Retry failures for at most this long (default: the file's delivery wait).")
 @STORE_OPTION
-def alerts_deliver(alerts_file: str | None, wait_text: str, store: str | None) -> None:
+def alerts_deliver(alerts_file: str | None, wait_text: str | None, store: str | None
+                   ) -> None:
     """Send what is queued in the store now (digest windows closed early).
 
     Exits 1 when a delivery failed for good, is left for the next run after an error

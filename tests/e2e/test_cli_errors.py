@@ -166,6 +166,10 @@ def test_an_empty_store_flag_is_refused_not_read_as_the_default(tmp_path: Path) 
     (["alerts", "deliver", "--alerts", ""], "'--alerts': empty: give the alerts file"),
     (["accept", "127.0.0.1:80", "--note", "x", "--until", ""],
      "'--until': empty: give a date, or leave --until out for no expiry"),
+    # an unset "$WAIT" used the file's wait without a word (a review)
+    (["alerts", "deliver", "--alerts", "alerts.yaml", "--wait", ""],
+     "'--wait': empty: give a duration (0: no retry wait), or leave --wait out for the "
+     "file's delivery wait"),
 ])
 def test_an_empty_alerts_file_or_expiry_is_refused(store_dir: Path, args: list[str],
                                                     message: str) -> None:

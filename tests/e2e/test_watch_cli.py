@@ -211,6 +211,10 @@ def test_watch_list_checks_the_targets_and_makes_no_store(tmp_path: Path) -> Non
     assert listed.code == 0, listed.stderr
     assert "loopback-hourly" in listed.stdout and "now (due)" in listed.stdout
     assert not store.exists()
+    # and says there is no store there yet (a mistyped --store read as "never ran")
+    assert listed.stderr.strip() == (
+        f"portwatch: no store at {store} yet: nothing has run, every entry is due (the "
+        "first run makes it; a typo in --store?)")
     both = run_cli("watch", "--schedule", str(good), "--list", "--once",
                    store=f"chdb://{store}")
     assert_refused(both, "give --once (run what is due) or --list (show the plan), not both")
@@ -292,6 +296,12 @@ def test_sigkill_between_event_and_delivery_then_restart_delivers_exactly_once(
         assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", r[key])
                    for r in json.loads(log.stdout)
                    for key in ("created_at", "next_attempt_at", "sent_at"))
+        assert log.stderr == ""
+        # and a --limit that leaves deliveries out says so (it cut them without a word)
+        one = run_cli("alerts", "log", "--limit", "1", store=store)
+        assert one.code == 0 and one.stdout.count("sent") == 1, one.stdout
+        assert one.stderr.strip() == (
+            "portwatch: the newest 1 deliveries shown; more are stored (--limit)")
 
 
 QUEUER = VICTIM.replace('time.sleep(120)  # the digest window (5 m) is still open: killed '
