@@ -376,8 +376,12 @@ def fold(
     port_grade = grade_port(versions, graded + weak_groups)
     accepted_facts = [
         AcceptedFacts(version, info.iana_name,
-                      record.kex_bits if info.ephemeral_kind == "DH" else 0)
+                      record.kex_bits if info.ephemeral_kind == "DH" else 0,
+                      record.kex_group)
         for record, (version, info, _grade) in zip(records, graded, strict=True)
+    ] + [  # a small EC group taken when offered alone is a group it accepts
+        AcceptedFacts(result.version, describe(g.code).iana_name, 0, g.kex_group)
+        for result in suite_results if (g := result.weak_group) is not None
     ]  # fmt: skip
     verdict = assess_profile(
         versions, accepted_facts, (leaf.key_type, leaf.key_bits) if leaf and leaf.key_type else None

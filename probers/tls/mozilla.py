@@ -8,9 +8,11 @@ stricter one (or "old", for a non-compliant port).
 
 A port complies with a profile when every protocol version it accepts is one the profile
 allows, every suite it accepts is in the profile's list (TLS 1.3 suites included), its
-finite-field DH groups are at least the profile's size, and its leaf key is one the
-profile accepts (modern: ECDSA P-256 or P-384; intermediate: ECDSA or RSA >= 2048; old:
-RSA >= 2048 or ECDSA). Compliance is judged on what the server *accepts*; ordering and
+finite-field DH groups are at least the profile's size, every named elliptic curve it
+took for a key exchange is one the guidelines list (X25519, P-256, P-384, in every
+profile; other groups, X448 or a post-quantum hybrid, are not judged), and its leaf key is
+one the profile accepts (modern: ECDSA; intermediate and old: ECDSA or RSA >= 2048; an
+ECDSA key on P-256 or P-384 only). Compliance is judged on what the server *accepts*; ordering and
 the guidelines' HSTS / OCSP / lifespan advice are out of scope.
 
 Must not touch: the network, records (``commands.fold`` copies the verdict onto them).
@@ -18,6 +20,7 @@ Must not touch: the network, records (``commands.fold`` copies the verdict onto 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +48,18 @@ _OLD_EXTRA = frozenset({
     "TLS_RSA_WITH_AES_128_CBC_SHA", "TLS_RSA_WITH_AES_256_CBC_SHA",
     "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
 })  # fmt: skip
+
+
+# The guidelines' tls_curves and certificate_curves, the same in all three profiles, as
+# OpenSSL and cryptography name them (prime256v1 is secp256r1)
+_GROUPS = frozenset({"x25519", "secp256r1", "prime256v1", "secp384r1"})
+_CERT_CURVES = frozenset({"secp256r1", "prime256v1", "secp384r1"})
+_NAMED_CURVE = re.compile(r"(?:secp|sect|prime|brainpool)\w*$", re.IGNORECASE)
+
+
+def _curve_outside(group: str, allowed: frozenset[str]) -> bool:
+    """A named elliptic curve the guidelines do not list ("" and other groups: no)."""
+    return bool(_NAMED_CURVE.match(group)) and group.lower() not in allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,7 @@ class AcceptedFacts:
     version: TlsVersion
     iana_name: str
     dh_bits: int = 0  # finite-field DH prime size; 0 = not DHE or unknown
+    ec_group: str = ""  # the named group of its key exchange, as the handshake said it
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +118,9 @@ def deviations(
     weak_dh = [s.dh_bits for s in suites if 0 < s.dh_bits < profile.min_dh_bits]
     if weak_dh:
         found.append(f"DH group of {min(weak_dh)} bits (< {profile.min_dh_bits})")
+    curves = sorted({s.ec_group for s in suites if _curve_outside(s.ec_group, _GROUPS)})
+    if curves:  # secp192r1 taken stood beside "intermediate" (a review)
+        found.append(f"EC group {', '.join(curves)} accepted (wants X25519, P-256 or P-384)")
     if leaf_key is not None:
         kind, bits = leaf_key
         family = "EC" if kind.startswith("EC") else "RSA" if kind == "RSA" else kind
@@ -110,6 +129,9 @@ def deviations(
                          f"{' or '.join(profile.leaf_keys)})")  # fmt: skip
         elif family == "RSA" and bits < profile.min_rsa_bits:
             found.append(f"RSA {bits}-bit certificate key (< {profile.min_rsa_bits})")
+        elif family == "EC" and _curve_outside(kind.removeprefix("EC").strip(), _CERT_CURVES):
+            # a P-521 key was "modern" (a review)
+            found.append(f"{kind} certificate key (wants P-256 or P-384)")
     return found
 
 

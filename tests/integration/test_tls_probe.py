@@ -118,6 +118,9 @@ def test_a_small_ec_group_the_server_takes_but_never_prefers_makes_the_port_weak
     assert (result.grade, result.grade_reason) == (
         "weak", "TLSv1.2 TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (EC group under 224 bits: "
         "secp192r1 accepted when offered)")
+    # and it meets no Mozilla profile (it read "intermediate" beside "weak": a review)
+    assert (result.profile, result.profile_reasons) == ("non-compliant", (
+        "EC group secp192r1 accepted (wants X25519, P-256 or P-384)",))
 
 
 def test_a_probe_whose_sockets_are_numbered_above_1024_still_completes(certs: CertFiles) -> None:

@@ -224,6 +224,34 @@ def test_non_compliant_lists_what_breaks_old() -> None:
     )
 
 
+def test_an_ec_group_the_guidelines_do_not_list_is_no_profile() -> None:
+    # Given an intermediate-looking port that also took secp192r1 when offered it alone
+    ecdhe = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+    suites = [AcceptedFacts(V.TLS_1_2, ecdhe, 0, "x25519"),
+              AcceptedFacts(V.TLS_1_2, ecdhe, 0, "secp192r1")]
+    verdict = assess_profile([V.TLS_1_2], suites, ("RSA", 2048))
+    # Then no profile (it read "intermediate" beside a weak grade for that group: a review)
+    assert verdict is not None
+    assert verdict.profile == "non-compliant"
+    assert verdict.reasons == ("EC group secp192r1 accepted (wants X25519, P-256 or P-384)",)
+    # And the listed groups, OpenSSL's names included, and groups that are not named
+    # curves (a post-quantum hybrid) are no deviation
+    for group in ("x25519", "prime256v1", "secp256r1", "secp384r1", "X25519MLKEM768", ""):
+        fine = assess_profile([V.TLS_1_2], [AcceptedFacts(V.TLS_1_2, ecdhe, 0, group)],
+                              ("RSA", 2048))
+        assert fine is not None and fine.profile == "intermediate", group
+
+
+def test_an_ecdsa_key_on_another_curve_is_not_modern() -> None:
+    # A P-521 certificate was "meets modern" (the guidelines: P-256 or P-384)
+    verdict = assess_profile([V.TLS_1_3], TLS13, ("EC secp521r1", 521))
+    assert verdict is not None
+    assert verdict.profile == "non-compliant"
+    assert verdict.reasons == ("EC secp521r1 certificate key (wants P-256 or P-384)",)
+    p384 = assess_profile([V.TLS_1_3], TLS13, ("EC secp384r1", 384))
+    assert p384 is not None and p384.profile == "modern"
+
+
 def test_no_suites_no_verdict() -> None:
     assert assess_profile([], [], None) is None
 
