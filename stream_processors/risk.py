@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from schemas import data_path
-from schemas.records import CdnVerdict, Finding, PortState, RiskColor, TlsResult
+from schemas.records import CdnVerdict, Finding, PortState, RiskColor, ServiceInfo, TlsResult
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,25 @@ def judge(finding: Finding, verdict: CdnVerdict) -> tuple[CdnVerdict, RiskColor,
 
 
 def _service_color(finding: Finding) -> tuple[RiskColor, str]:
-    """The colour of what answers, with no CDN discount."""
-    service = finding.service
+    """The colour of what answers, with no CDN discount. Weak TLS and a bad certificate
+    raise it (issues: "weak suites raise the port's colour"; 13: certificate posture and
+    mail without STARTTLS do too), a raise never lowers red, and the reason names them
+    whatever the colour (a POP3 port without STLS, yellow already, read only "mail
+    access in clear text unless STLS is enforced": a review)."""
     if finding.port.state is PortState.OPEN_FILTERED:
         return RiskColor.YELLOW, "no UDP reply: open|filtered, unconfirmed"
+    color, reason, name = _catalogued(finding.service)
+    concerns = tls_concerns(finding.tls, name)
+    if not concerns:
+        return color, reason
+    raised = RiskColor.YELLOW if color is RiskColor.GREEN else color
+    return raised, f"{reason}; {'; '.join(concerns)}"
+
+
+def _catalogued(service: ServiceInfo) -> tuple[RiskColor, str, str]:
+    """The catalogue's colour and reason for what answers, and the service's name."""
     if not service.service:
-        return RiskColor.YELLOW, "service not identified"
+        return RiskColor.YELLOW, "service not identified", ""
     name = _base_service(service.service)
     catalogue = load_catalogue()
     # An HTTP API that is a database or a control plane is coloured as what it is (an
@@ -137,15 +150,8 @@ def _service_color(finding: Finding) -> tuple[RiskColor, str]:
     if entry is None and service.is_tls and name in ("http", "www"):
         entry = catalogue.get("https")
     if entry is None:
-        return RiskColor.YELLOW, f"service {name!r} not catalogued"
-    color, reason = entry.color, entry.reason
-    # Weak TLS and a bad certificate raise the colour (issues: "weak suites raise the
-    # port's colour"; 13: certificate posture and mail without STARTTLS do too). A raise
-    # never lowers red.
-    concerns = tls_concerns(finding.tls, name)
-    if concerns and color is RiskColor.GREEN:
-        return RiskColor.YELLOW, f"{reason}; {'; '.join(concerns)}"
-    return color, reason
+        return RiskColor.YELLOW, f"service {name!r} not catalogued", name
+    return entry.color, entry.reason, name
 
 
 # Services whose clients send credentials or mail: offering no STARTTLS leaves them in

@@ -57,8 +57,15 @@ CASES = [
     ("smtp", TlsResult(status=ProbeStatus.COMPLETED, is_upgrade_offered=False,
                        reached_via="starttls-smtp"),
      RiskColor.YELLOW, "no STARTTLS offered: smtp in clear text"),
-    # red stays red, whatever TLS says
-    ("mysql", _with(is_chain_trusted=False, trust_error="self-signed"), RiskColor.RED, ""),
+    # red stays red, whatever TLS says; and the reason names the concern whatever the
+    # colour (a POP3 port without STLS, yellow already, did not say so: a review)
+    ("mysql", _with(is_chain_trusted=False, trust_error="self-signed"), RiskColor.RED,
+     "untrusted certificate: self-signed"),
+    ("pop3", TlsResult(status=ProbeStatus.COMPLETED, is_upgrade_offered=False,
+                       reached_via="starttls-pop3"),
+     RiskColor.YELLOW, "no STARTTLS offered: pop3 in clear text"),
+    ("", _with(grade="weak", grade_reason="EC group under 224 bits: secp192r1 accepted"),
+     RiskColor.YELLOW, "weak TLS: EC group under 224 bits: secp192r1 accepted"),
     # "could not test" raises nothing: it is not a finding about the certificate
     ("smtp", TlsResult(status=ProbeStatus.ERROR, error="could not test: timeout"),
      RiskColor.GREEN, ""),
