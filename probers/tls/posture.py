@@ -45,6 +45,7 @@ from probers.tls.certs import (
     name_text,
     served_certificate_warnings_ignored,
 )
+from probers.tls.hello import MAX_CHAIN_LENGTH
 
 SYSTEM_TRUST_STORE = Path("/etc/ssl/certs/ca-certificates.crt")
 # The tightest threshold reached is the warning; the same days as the change log's
@@ -148,6 +149,9 @@ def _server_policy(store: Store, now: datetime) -> PolicyBuilder:
         .store(store)
         .time(now)
         .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=leaf_policy)
+        # as many intermediates as a kept chain can hold (cryptography's default of 8
+        # called a trusted chain of 9 "unknown issuer", naming one it was served: a review)
+        .max_chain_depth(MAX_CHAIN_LENGTH)
     )
 
 
@@ -225,6 +229,9 @@ def _why_untrusted(chain: Sequence[x509.Certificate], message: str, now: datetim
             return f"unknown issuer: root {_common_name(top.subject)!r} is not trusted"
         if len(chain) == 1 and _has_ca_issuers(leaf):
             return f"incomplete chain: issuer {_common_name(leaf.issuer)!r} not served"
+        if len(chain) >= MAX_CHAIN_LENGTH:  # the rest of a longer chain was not read
+            return (f"unknown issuer: {_common_name(top.issuer)!r} (not among the first "
+                    f"{MAX_CHAIN_LENGTH} certificates served)")
         return f"unknown issuer: {_common_name(top.issuer)!r}"
     return message[:200] or "untrusted"
 

@@ -54,6 +54,46 @@ def test_valid_chain_for_a_hostname(ca: trustme.CA, store: str) -> None:
     assert posture.warnings == ()
 
 
+def _common_name(name: x509.Name) -> str:
+    from probers.tls.posture import _common_name as named
+
+    return named(name)
+
+
+def _deep(ca: trustme.CA, intermediates: int) -> list[bytes]:
+    issuer = ca
+    for _ in range(intermediates):
+        issuer = issuer.create_child_ca()
+    return _chain(issuer.issue_cert("deep.example.test"))
+
+
+def test_a_trusted_chain_of_nine_intermediates_is_trusted(ca: trustme.CA, store: str) -> None:
+    # Given a leaf and 9 intermediates up to a trusted root (10 certificates: as many as
+    # the probers keep); `openssl s_client -CAfile` verifies it
+    chain = _deep(ca, 9)
+    assert len(chain) == 10
+    posture = assess_chain(chain, name="deep.example.test", now=NOW, trust_store=store)
+    # Then it is trusted (cryptography's default depth of 8 called it "unknown issuer",
+    # naming an intermediate the server sent: a review)
+    assert posture is not None
+    assert (posture.is_trusted, posture.trust_error) == (True, "")
+
+
+def test_a_chain_cut_at_what_the_probers_keep_says_so(tmp_path: Path) -> None:
+    # Given the first 10 certificates of a longer chain (what the probers keep)
+    root = trustme.CA(path_length=14)
+    root.cert_pem.write_to_path(str(tmp_path / "root.pem"))
+    chain = _deep(root, 12)[:10]
+    posture = assess_chain(chain, name="deep.example.test", now=NOW,
+                           trust_store=str(tmp_path / "root.pem"))
+    # Then untrusted, and the reason says its issuer was not among what was read
+    assert posture is not None and not posture.is_trusted
+    issuer = _common_name(x509.load_der_x509_certificate(chain[-1]).issuer)
+    assert issuer  # trustme names its CAs by organization: the name the reason uses
+    assert posture.trust_error == (
+        f"unknown issuer: {issuer!r} (not among the first 10 certificates served)")
+
+
 def test_ip_target_has_no_name_to_check(ca: trustme.CA, store: str) -> None:
     # Given a leaf for a name, served on a bare IP target
     leaf = ca.issue_cert("mail.example.test")
