@@ -223,13 +223,12 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
                   header_style="bold", expand=False)
     index = {c: i for i, c in enumerate(report.columns)}
     for column in wanted:
-        # words fold where they must; a number never: port 20022 printed as "2002" over
-        # "2" at 80 columns, read as another port (a review). Its column is as wide as
-        # its widest number, the other columns give way.
-        whole = max((len(str(row[index[column]])) for row in report.rows), default=0) \
-            if column in WHOLE_NUMBERS else None
+        # words fold where they must; a number not: port 20022 printed as "2002" over
+        # "2" at 80 columns, read as another port (a review). Not wrapped, its column
+        # is the last to give way (a minimum width instead pushed the table past the
+        # terminal's edge, which cut its last column: a review)
         table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold",
-                         min_width=whole)
+                         no_wrap=column in WHOLE_NUMBERS)
     status = index.get("scan_status")
     for row in report.rows:
         table.add_row(*(

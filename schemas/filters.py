@@ -111,7 +111,8 @@ def filter_text(name: str, value: str, cap: int) -> str:
         # (producers.targets.label_text): `scan --org "$ORG"` took a tab the same
         # `report --org "$ORG"` refused (a review)
         value = " ".join(value.split())
-        if any(is_control(ch) for ch in value):
+        if any(is_control(ch) for ch in value) or not value:
+            # (a lone tab folded to "", which is no filter: the whole estate)
             raise ValueError(f"{name} contains control characters")
     return value.strip()
 

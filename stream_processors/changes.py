@@ -331,15 +331,16 @@ def _tls_delta(before: PortSnapshot, after: PortSnapshot) -> tuple[str, bool] | 
         weakened = True
     if added or removed:
         parts.append(" ".join([*(f"+{v}" for v in added), *(f"-{v}" for v in removed)]))
-        # legacy versions added to a port that offered TLS before; a port offering TLS
-        # again after plaintext only is better off, not weaker
+        # legacy versions (or weak suites, below) added to a port that offered TLS
+        # before; a port offering TLS again after plaintext only is better off, not
+        # weaker, whatever it offers
         weakened |= bool(before.tls_versions) and any(v in LEGACY_TLS_VERSIONS for v in added)
     new_weak = sorted(set(after.weak_suites) - set(before.weak_suites))
     old_weak = sorted(set(before.weak_suites) - set(after.weak_suites))
     if new_weak or old_weak:
         parts.append(" ".join(["weak", *(f"+{w}" for w in new_weak),
                                *(f"-{w}" for w in old_weak)]))
-        weakened |= bool(new_weak)
+        weakened |= bool(before.tls_versions) and bool(new_weak)
     if before.tls_grade != after.tls_grade:
         parts.append(f"grade {before.tls_grade or '-'}->{after.tls_grade or '-'}")
         if before.tls_grade and after.tls_grade:  # "" is nothing offered, not a grade

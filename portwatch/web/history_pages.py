@@ -46,8 +46,10 @@ def _one(params: Mapping[str, list[str]], name: str) -> str:
     values = params.get(name, [])
     if len(values) > 1:
         raise BadParam(f"{name}: give it once")
+    if not values or not values[0].strip():
+        return ""  # a blank form field: no filter, as the reports' API reads it
     try:  # tabs and line breaks folded, other controls refused, as every filter
-        return filter_text(name, values[0], TEXT_CAP) if values else ""
+        return filter_text(name, values[0], TEXT_CAP)
     except ValueError:
         raise BadParam(f"{name}: not a valid value") from None
 

@@ -54,12 +54,15 @@ _OLD_EXTRA = frozenset({
 # OpenSSL and cryptography name them (prime256v1 is secp256r1)
 _GROUPS = frozenset({"x25519", "secp256r1", "prime256v1", "secp384r1"})
 _CERT_CURVES = frozenset({"secp256r1", "prime256v1", "secp384r1"})
-_NAMED_CURVE = re.compile(r"(?:secp|sect|prime|brainpool)\w*$", re.IGNORECASE)
+# a named elliptic curve alone (secp192r1, sect163k1, prime256v1, brainpoolP256r1), not a
+# hybrid that embeds one (SecP256r1MLKEM768)
+_NAMED_CURVE = re.compile(r"sec[pt]\d+[rk]\d|prime\d+v\d|brainpoolp\d+[rt]1(?:tls13)?",
+                          re.IGNORECASE)
 
 
 def _curve_outside(group: str, allowed: frozenset[str]) -> bool:
     """A named elliptic curve the guidelines do not list ("" and other groups: no)."""
-    return bool(_NAMED_CURVE.match(group)) and group.lower() not in allowed
+    return bool(_NAMED_CURVE.fullmatch(group)) and group.lower() not in allowed
 
 
 @dataclass(frozen=True, slots=True)

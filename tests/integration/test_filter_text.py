@@ -32,6 +32,16 @@ def test_a_stored_name_is_a_filter_value_everywhere(org: str) -> None:
     assert parse_changes_query([("org", org)])["org"] == org
 
 
+@pytest.mark.parametrize("blank", ["\t", "\n\r", " \t "])
+def test_a_typed_value_of_tabs_alone_is_refused_not_read_as_no_filter(blank: str) -> None:
+    # `report --org $'\t'` folded to "", which is no filter: every row (a review). (A
+    # web form's blank field is no filter, as ever: the API skips blank values.)
+    with pytest.raises(ValueError, match="contains control characters"):
+        filter_text("the organization", blank, 4096)
+    assert "org" not in parse_query("list", [("org", blank)]).filters
+    assert parse_changes_query([("org", blank)])["org"] == ""
+
+
 @pytest.mark.parametrize(("typed", "stored"), [
     ("Tab\tOrg\nTwo", "Tab Org Two"), ("Example\r\nCorp ", "Example Corp"),
     ("a\u2028b", "a b"), ("x\x0b\x0cy", "x y")])

@@ -638,6 +638,12 @@ def test_a_port_that_stops_offering_tls_weakened_and_getting_it_back_did_not() -
         "TLSv1.0", "TLSv1.2")})], scan_id="s2"), {})
     assert kinds(back) == [("tls_changed", 110, "", "+TLSv1.0 +TLSv1.2; grade -->medium")]
     assert [e.severity for e in back.events] == [Severity.LOW]
+    # and so is coming back with a weak suite: plaintext before, anything is better
+    rc4 = detect_changes(lost.state, view([snap(110, **{
+        **MAIL_TLS, "tls_grade": "weak", "weak_suites": ("TLS_RSA_WITH_RC4_128_SHA",)})],
+        scan_id="s2"), {})
+    assert [(e.after, e.severity) for e in rc4.events] == [
+        ("+TLSv1.2; weak +TLS_RSA_WITH_RC4_128_SHA; grade -->weak", Severity.LOW)]
 
 
 def test_weak_suites_removed_are_said_and_their_return_is_said_again() -> None:

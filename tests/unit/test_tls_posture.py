@@ -270,13 +270,18 @@ def test_an_ec_group_the_guidelines_do_not_list_is_no_profile() -> None:
     suites = [AcceptedFacts(V.TLS_1_2, ecdhe, 0, "x25519"),
               AcceptedFacts(V.TLS_1_2, ecdhe, 0, "secp192r1")]
     verdict = assess_profile([V.TLS_1_2], suites, ("RSA", 2048))
+    for curve in ("sect163k1", "brainpoolP256r1", "prime192v1", "secp521r1"):
+        other = assess_profile([V.TLS_1_2], [AcceptedFacts(V.TLS_1_2, ecdhe, 0, curve)],
+                               ("RSA", 2048))
+        assert other is not None and other.profile == "non-compliant", curve
     # Then no profile (it read "intermediate" beside a weak grade for that group: a review)
     assert verdict is not None
     assert verdict.profile == "non-compliant"
     assert verdict.reasons == ("EC group secp192r1 accepted (wants X25519, P-256 or P-384)",)
     # And the listed groups, OpenSSL's names included, and groups that are not named
     # curves (a post-quantum hybrid) are no deviation
-    for group in ("x25519", "prime256v1", "secp256r1", "secp384r1", "X25519MLKEM768", ""):
+    for group in ("x25519", "prime256v1", "secp256r1", "secp384r1", "X25519MLKEM768",
+                  "SecP256r1MLKEM768", "x448", ""):
         fine = assess_profile([V.TLS_1_2], [AcceptedFacts(V.TLS_1_2, ecdhe, 0, group)],
                               ("RSA", 2048))
         assert fine is not None and fine.profile == "intermediate", group
