@@ -119,6 +119,13 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
         "HAVING max(finished_at) < {cutoff:DateTime64(3)}", {"cutoff": cutoff})]
     if not ended:
         return cutoff
+    # The score rows of every scan first (a stopped scan's are computed only at a later
+    # scan's end or a web start: pruned before that, its point in the history was lost
+    # for good, the change log still naming what it saw: a review). An error here stops
+    # the prune before anything is deleted.
+    from stream_processors.risk_days import refresh_risk_days
+
+    refresh_risk_days(store)
     for table, column, keep in _PRUNED:
         # A mutation, waited for so the command's exit means done (or failed, said). The
         # time bound holds for every row of these scans; it spares the parts (monthly

@@ -551,7 +551,8 @@ class EmbeddedRunner:
             if not stored_host_scans(self.store, keys):
                 raise CheckpointError(
                     f"checkpoint {checkpoint_path or '(given)'} resumes scan {plan.scan_id}, "
-                    "of which this store holds nothing (another --store, or one made anew): "
+                    "of which this store holds nothing (another --store, one made anew, or "
+                    "a `portwatch prune` since, which removes unfinished old scans): "
                     "the shards it passed were stored elsewhere; remove the checkpoint to "
                     "scan from the start, or resume into the store it began in")
 

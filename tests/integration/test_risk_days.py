@@ -219,3 +219,25 @@ def test_a_target_filter_shows_the_whole_history_of_the_hosts_it_names_now(
     assert [(p.day, p.worst) for p in service.risk_history({"target": "new.example.test"})] \
         == [((NOW - DAY).date(), 22.1), (NOW.date(), 2.5)]
     assert service.risk_history({"target": "old.example.test"}) == []
+
+
+def test_prune_computes_the_score_rows_of_scans_not_refreshed_before_deleting_them(
+        store: Any) -> None:
+    from schemas import history_sql
+    from stream_processors.change_log import prune
+
+    # Given two scans of a host never refreshed (stopped scans: their rows are computed
+    # at a later scan's end or a web start), the older one seeing a red port
+    older, newer = MIDDAY - 3 * DAY, MIDDAY - 2 * DAY
+    scanned(store, WEB, "s1", older, (RiskColor.RED,))
+    scanned(store, WEB, "s2", newer, (RiskColor.GREEN,))
+    # When the raw rows of scans older than a day are pruned (the newer one is kept: the
+    # host's latest)
+    prune(store, DAY)
+    assert store.query("SELECT DISTINCT scan_id FROM port_observations") == [("s2",)]
+    # Then the older scan keeps its point in the host's score after every scan (its raw
+    # rows went before its row was computed, and its point was lost: a review)
+    scores = store.select("scores", history_sql("target_scores"),
+                          {"target": WEB.target, "ip": WEB.ip}).dicts()
+    assert [(r["scan_id"], r["risk_score"]) for r in scores] == [("s1", 22.1), ("s2", 2.5)]
+    assert chart(store) == [(older.date(), 22.1, 22.1, 1), (newer.date(), 2.5, 2.5, 1)]

@@ -135,7 +135,8 @@ def test_a_checkpoint_resumed_into_another_store_is_refused_before_scanning(
         # seen: a review), and the checkpoint is kept
         assert str(refused.value).startswith(
             f"checkpoint {checkpoint} resumes scan moved-store, of which this store holds "
-            "nothing (another --store, or one made anew)")
+            "nothing (another --store, one made anew, or a `portwatch prune` since, "
+            "which removes unfinished old scans)")
         assert other.query("SELECT count() FROM host_scans") == [(0,)]
         assert Checkpoint.load(checkpoint) == saved
 
