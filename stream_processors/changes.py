@@ -612,12 +612,24 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                                 new.describe()))
             # and what changed since it closed, as for a port that stayed open: a rule on
             # version_changed missed an upgrade made while the port was down (a review)
-            if not new.is_incomplete:
+            if not new.is_incomplete and not old_port.is_incomplete:
                 events.extend(_port_events(old_port, new, event))
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
                                            seen_at=now, is_unconfirmed=False)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
+        elif old_port.is_incomplete:
+            # The baseline never learnt what answers (the first scan's identification
+            # was cut short): the first complete one replaces it, and only a colour
+            # raised is news (a port opened "unidentified" is redis, red). Compared, it
+            # said service '' -> ssh, product '' -> OpenSSH, yellow -> green (a review).
+            if _COLOR_RANK.get(new.risk_color, 1) > _COLOR_RANK.get(old_port.risk_color, 1):
+                events.append(event(ChangeKind.RISK_RAISED, new, old_port.risk_color,
+                                    new.risk_color))
+            next_ports[key] = new._replace(
+                changed_at=old_port.changed_at, first_seen=old_port.first_seen,
+                seen_at=now, is_unconfirmed=False)
+            new = next_ports[key]
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
             changed = _port_events(old_port, new, event)

@@ -336,6 +336,32 @@ def test_a_port_whose_identification_did_not_finish_changes_nothing() -> None:
     assert out.state is not None and out.state.ports[(Proto.TCP, 22)].service == "ssh"
 
 
+def test_a_first_identification_cut_short_is_replaced_by_the_next_without_events() -> None:
+    # Given a port whose first scan opened it but whose identification was cut short
+    cut = snap(22, service="", product="", version="", risk_color="yellow", is_incomplete=True)
+    first = detect_changes(None, view([cut], scan_id="s0"), {})
+    assert kinds(first) == [("opened", 22, "", "unidentified (yellow)")]
+    assert first.state is not None
+    # When the next scan identifies it (ssh, green)
+    out = detect_changes(first.state, view([snap(22)]), {})
+    # Then nothing is said (service '' -> ssh, product, yellow -> green were invented: a
+    # review), and the identified snapshot is the state, first seen as before
+    assert kinds(out) == []
+    assert out.state is not None
+    now = out.state.ports[(Proto.TCP, 22)]
+    assert (now.service, now.product, now.is_incomplete) == ("ssh", "OpenSSH", False)
+    assert now.first_seen == first.state.ports[(Proto.TCP, 22)].first_seen
+    # But a port that turns out red says so: its colour raised is news
+    red = detect_changes(first.state, view([snap(22, service="redis", product="Redis",
+                                                 risk_color="red")]), {})
+    assert kinds(red) == [("risk_raised", 22, "yellow", "red")]
+    assert [e.severity for e in red.events] == [Severity.HIGH]
+    # And a port reopened after a cut-short identification says only that it reopened
+    closed = first.state.ports[(Proto.TCP, 22)]._replace(is_open=False, changed_at=T0)
+    back = detect_changes(state([closed]), view([snap(22)]), {})
+    assert [k[0] for k in kinds(back)] == ["reopened"]
+
+
 def test_snapshot_marks_interrupted_identification() -> None:
     from schemas.records import OpenPort
     from stream_processors.changes import snapshot_of
