@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -104,8 +105,9 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
 @click.option("--tarpit-threshold", type=int, default=None,
               help="Open ports per host beyond which it 'answers on every port' (1000).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Record progress in FILE after every shard; run the same command with the "
-                   "same FILE to resume an interrupted scan where it stopped.")
+              help="Record progress in FILE after every shard (a block of hosts and ports: "
+                   "a small scan is one); run the same command with the same FILE to resume "
+                   "an interrupted scan from its last completed shard.")
 @click.option("--seed", type=int, default=None,
               help="Seed of the pseudo-random shard and port order (default: random).")
 @click.option("--tls/--no-tls", "tls", default=None,
@@ -189,7 +191,14 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
     """The scan's exit: 130 when interrupted, 1 when a shard's discovery failed (what
     it found is kept, the rest of it was not scanned: "done" would be a lie), else 0."""
     if stats.interrupted:
-        raise PortwatchError(f"scan interrupted: {stats.stored} findings kept", EXIT_INTERRUPTED)
+        resumable = ""
+        if checkpoint and not Path(checkpoint).exists():
+            # a small scan is one shard: nothing was passed, so nothing resumes (the rerun
+            # started over without a word: a review)
+            resumable = (f"; no shard had completed, so {checkpoint} holds nothing to "
+                         "resume: the same command scans from the start")
+        raise PortwatchError(f"scan interrupted: {stats.stored} findings kept{resumable}",
+                             EXIT_INTERRUPTED)
     if stats.failed_shards:
         raise PortwatchError(
             f"scan incomplete: discovery failed on {stats.failed_shards} shard(s) "

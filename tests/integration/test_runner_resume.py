@@ -389,3 +389,31 @@ def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
     assert set(ports) <= _current_ports(store)
     (summary,) = store.report("summary", {}).dicts()
     assert summary["open_ports"] >= len(ports)
+
+
+def test_an_interrupted_scan_with_no_shard_passed_says_its_checkpoint_resumes_nothing(
+        tmp_path: Path) -> None:
+    import types
+
+    import pytest
+
+    from portwatch.console import EXIT_INTERRUPTED, PortwatchError
+    from portwatch.scan_cli import raise_for_outcome
+
+    # Given a scan of one shard (a host or a few) stopped before its shard completed: no
+    # checkpoint file was written
+    stats = types.SimpleNamespace(interrupted=True, stored=3, failed_shards=0, errors=[])
+    missing = tmp_path / "cp.json"
+    with pytest.raises(PortwatchError) as stopped:
+        raise_for_outcome(stats, str(missing))
+    # Then the exit says the rerun starts over (it did, without a word: a review)
+    assert stopped.value.code == EXIT_INTERRUPTED
+    assert str(stopped.value) == (
+        f"scan interrupted: 3 findings kept; no shard had completed, so {missing} holds "
+        "nothing to resume: the same command scans from the start")
+    # And with a checkpoint written, or none asked for, the plain message
+    missing.write_text("{}")
+    for checkpoint in (str(missing), None):
+        with pytest.raises(PortwatchError) as plain:
+            raise_for_outcome(stats, checkpoint)
+        assert str(plain.value) == "scan interrupted: 3 findings kept"
