@@ -91,7 +91,6 @@ END_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("is_tarpit", "flags", "left", "ellipsis"),
 )
 _COLOR_STYLE = {"red": "bold red", "yellow": "bold yellow", "green": "bold green"}
-SHORT_TARGET = len("255.255.255.255/32")
 
 
 def end_screen_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
@@ -104,15 +103,11 @@ def end_screen_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     # one-word flags whole ("interrupted" was cut to "interrupt…": the other columns give
     # way); the tarpit's several words wrap
     one_word = all(len(f.split()) <= 1 for f in flags)
-    # targets as short as an IPv4 block whole: "127.0.0.0/28" cut to "127.0.0.0…" read as
-    # another address (a review); longer names still end in an ellipsis
-    short_targets = all(len(str(r.get("target", ""))) <= SHORT_TARGET for r in rows)
     for column, header, justify, overflow in shown:
         numeric = justify == "right"
         table.add_column(header, justify=justify, overflow=overflow,  # type: ignore[arg-type]
                          no_wrap=numeric or column in ("ip", "grade")
-                         or (column == "is_tarpit" and one_word)
-                         or (column == "target" and short_targets))
+                         or (column == "is_tarpit" and one_word))
     for row, flagged in zip(rows, flags, strict=True):
         cells = []
         for column, _header, _justify, _overflow in shown:

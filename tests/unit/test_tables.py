@@ -173,15 +173,3 @@ def test_a_narrow_terminal_never_splits_a_port_number(width: int) -> None:
     # And the table still fits: every line ends on its right border (a minimum width for
     # the number pushed it past the edge, and the terminal cut its last column)
     assert all(line[-1] in "┓┃┩│┘" for line in lines[1:] if line)
-
-
-@pytest.mark.parametrize("width", [100, 140])
-def test_end_of_scan_keeps_a_block_target_whole_beside_the_flags(width: int) -> None:
-    # Given a host scanned as a /28 block whose scan did not complete (the flags column)
-    hosts = [{**HOSTS[2], "target": "127.0.0.0/28", "organization": "Example Corporation "
-              "International Holdings", "scan_status": "interrupted"}]
-    lines = rendered(width, lambda c: print_end_screen(c, hosts, "Summary"))
-    # Then the block is whole ("127.0.0.0…" read as another address: a review)
-    cells = [cell.strip() for line in lines for cell in re.split("[│┃]", line)]
-    assert "127.0.0.0/28" in cells
-    assert max(len(line) for line in lines) <= min(width, END_SCREEN_WIDTH)
