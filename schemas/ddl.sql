@@ -558,7 +558,10 @@ CREATE TABLE IF NOT EXISTS port_state
     first_seen      DateTime64(3, 'UTC'),
     updated_at      DateTime64(3, 'UTC'),
     favicon         String,                   -- Shodan favicon hash as text, '' none
-    jarm            String                    -- JARM TLS fingerprint, '' not tested
+    jarm            String,                   -- JARM TLS fingerprint, '' not tested
+    -- 1: its identification never finished (Ctrl-C, an error): the next full one takes
+    -- its place with no service/product event (layout 21)
+    is_incomplete   UInt8 DEFAULT 0
 )
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (target, ip, proto, port);

@@ -614,8 +614,15 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # version_changed missed an upgrade made while the port was down (a review)
             if not new.is_incomplete and not old_port.is_incomplete:
                 events.extend(_port_events(old_port, new, event))
-            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
-                                           seen_at=now, is_unconfirmed=False)
+            # Reopened with its identification cut short: what it was last identified as
+            # stays the state, open again (the cut-short snapshot replaced it, and the
+            # next full scan took an upgrade made while it was down for a first
+            # identification, said nothing: a review)
+            kept = (old_port._replace(scan_id=new.scan_id)
+                    if new.is_incomplete and not old_port.is_incomplete else new)
+            next_ports[key] = kept._replace(is_open=True, changed_at=now,
+                                            first_seen=old_port.first_seen, seen_at=now,
+                                            is_unconfirmed=False)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         elif old_port.is_incomplete:

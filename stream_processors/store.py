@@ -66,7 +66,7 @@ MUTATION_POLL = 0.1
 # Free bytes a chdb store's disk must have before a mutation starts: on a full disk the
 # engine writes the mutation's file empty, and the store no longer opens.
 MUTATION_MIN_FREE = 64 * 2**20
-SCHEMA_VERSION = 20  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 21  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _ddl_statement(name: str) -> str:
@@ -167,6 +167,9 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # rows read 1, as before); the view that fills port_latest is replaced.
     19: ("DROP VIEW IF EXISTS port_latest_mv",
          _ddl_statement("port_latest_mv")),
+    # 20 -> 21: the change state says which ports' identification never finished (older
+    # rows: finished, as they were read before)
+    20: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS is_incomplete UInt8 DEFAULT 0",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

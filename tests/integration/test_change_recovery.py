@@ -604,3 +604,30 @@ def test_a_run_killed_before_comparing_and_resumed_at_once_says_each_event_once(
     assert [(e.kind, e.port, e.scan_id) for e in stats.change_events] == [
         (ChangeKind.OPENED, listener.port, "killed-at-end")]
     assert store.query("SELECT count() FROM changes FINAL") == [(1,)]
+
+
+def test_a_first_identification_cut_short_is_replaced_by_the_next_run_without_events(
+        store) -> None:  # type: ignore[no-untyped-def]
+    from stream_processors.stages import unidentified
+
+    # Given a port whose first scan opened it with its identification cut short (a
+    # double Ctrl-C), compared and stored by one run
+    port = free_port()
+    cut = unidentified(OpenPort(scan_id="c1", target=T, port=port, observed_at=DAY1),
+                       "interrupted during identification")
+    _compared(store, [cut], [_host_scan("c1", DAY1, 1, [port])])
+    assert store.query("SELECT kind, after FROM changes FINAL") == [
+        ("opened", "unidentified (yellow)")]
+    # When the next run (a new recorder: its state read from the store) compares a scan
+    # that identified it
+    found = [_finding("c2", port, DAY2)]
+    scans = [_host_scan("c2", DAY2, 1, [port])]
+    _store_scan(store, found, scans)
+    recorder = ChangeRecorder(store)
+    recorder.add_findings(found)
+    events = asyncio.run(recorder.finish(scans))
+    # Then nothing is said (port_state did not keep "incomplete": service '' -> http,
+    # product '' -> nginx and risk_lowered were said across runs: a review)
+    assert events == []
+    assert store.query("SELECT service, is_incomplete FROM port_state FINAL") == [
+        ("http", 0)]

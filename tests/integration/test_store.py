@@ -755,10 +755,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         old.command(f"DROP TABLE {table}")
     old.command("ALTER TABLE watch_runs DROP COLUMN owner")  # (layout 18)
     old.command("ALTER TABLE port_observations DROP COLUMN tls_reachable")  # (layout 19)
+    old.command("ALTER TABLE port_state DROP COLUMN is_incomplete")  # (layout 20)
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 20 and set(range(9, 20)) <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 21 and set(range(9, 21)) <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -793,6 +794,10 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         assert db.query("SELECT count() FROM watch_claims") == [(0,)]
         assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
                         "AND table = 'watch_runs' AND name = 'owner'") == [("owner",)]
+        # and the change state says which ports' identification never finished (layout 20)
+        assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                        "AND table = 'port_state' AND name = 'is_incomplete'") == [
+            ("is_incomplete",)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "

@@ -362,6 +362,23 @@ def test_a_first_identification_cut_short_is_replaced_by_the_next_without_events
     assert [k[0] for k in kinds(back)] == ["reopened"]
 
 
+def test_a_port_reopened_with_its_identification_cut_short_keeps_what_it_was() -> None:
+    # Given OpenSSH 7.4 that closed
+    old = snap(22, version="7.4", is_open=False, changed_at=T0)
+    # When it reopens with its identification cut short, then a full scan finds 9.6
+    cut = snap(22, service="", product="", version="", risk_color="yellow", is_incomplete=True)
+    reopened = detect_changes(state([old]), view([cut]), {})
+    assert [k[0] for k in kinds(reopened)] == ["reopened"]
+    assert reopened.state is not None
+    kept = reopened.state.ports[(Proto.TCP, 22)]
+    assert (kept.is_open, kept.service, kept.version, kept.is_incomplete) == (
+        True, "ssh", "7.4", False)
+    later = detect_changes(reopened.state, view([snap(22, version="9.6")], scan_id="s2"), {})
+    # Then the upgrade made while it was down is said (the cut-short snapshot was the
+    # state, and the full scan read as a first identification: silence; a review)
+    assert kinds(later) == [("version_changed", 22, "7.4", "9.6")]
+
+
 def test_snapshot_marks_interrupted_identification() -> None:
     from schemas.records import OpenPort
     from stream_processors.changes import snapshot_of
