@@ -605,24 +605,30 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
                                            seen_at=now, is_unconfirmed=False)
         elif not old_port.is_open:
+            closed_at = f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}"
+            if new.is_incomplete and not old_port.is_incomplete:
+                # Reopened with its identification cut short: what it was last identified
+                # as stays the state, open again, and the event says so, coloured as it
+                # (the cut-short snapshot replaced it: a red port's reopening was a
+                # medium "unidentified", and the next full scan a first identification
+                # that hid an upgrade made while it was down; a review). Its certificate
+                # is judged from when it last was, not from now (a threshold crossed
+                # while it was down was never said)
+                kept = old_port._replace(is_open=True, scan_id=new.scan_id, changed_at=now)
+                events.append(event(ChangeKind.REOPENED, kept, closed_at,
+                                    f"{kept.describe()}, as last identified (its "
+                                    "identification was cut short)"))
+                next_ports[key] = kept
+                continue
             # when, as the List's --history says it (UTC, to the second; an ISO text with
             # microseconds and +00:00 stood beside the reports' times: a review)
-            events.append(event(ChangeKind.REOPENED, new,
-                                f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}",
-                                new.describe()))
+            events.append(event(ChangeKind.REOPENED, new, closed_at, new.describe()))
             # and what changed since it closed, as for a port that stayed open: a rule on
             # version_changed missed an upgrade made while the port was down (a review)
             if not new.is_incomplete and not old_port.is_incomplete:
                 events.extend(_port_events(old_port, new, event))
-            # Reopened with its identification cut short: what it was last identified as
-            # stays the state, open again (the cut-short snapshot replaced it, and the
-            # next full scan took an upgrade made while it was down for a first
-            # identification, said nothing: a review)
-            kept = (old_port._replace(scan_id=new.scan_id)
-                    if new.is_incomplete and not old_port.is_incomplete else new)
-            next_ports[key] = kept._replace(is_open=True, changed_at=now,
-                                            first_seen=old_port.first_seen, seen_at=now,
-                                            is_unconfirmed=False)
+            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
+                                           seen_at=now, is_unconfirmed=False)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         elif old_port.is_incomplete:

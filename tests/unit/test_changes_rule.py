@@ -379,6 +379,38 @@ def test_a_port_reopened_with_its_identification_cut_short_keeps_what_it_was() -
     assert kinds(later) == [("version_changed", 22, "7.4", "9.6")]
 
 
+def test_a_red_port_reopened_cut_short_is_said_as_red() -> None:
+    # Given redis (red) that closed, When it reopens with its identification cut short
+    old = snap(6379, service="redis", product="Redis", version="7.2", risk_color="red",
+               is_open=False, changed_at=T0)
+    cut = snap(6379, service="", product="", version="", risk_color="yellow",
+               is_incomplete=True)
+    out = detect_changes(state([old]), view([cut]), {})
+    # Then its reopening is high, named as last identified (a medium "unidentified
+    # (yellow)", and no risk_raised after: a review)
+    assert [(e.kind, e.severity, e.after) for e in out.events] == [(
+        ChangeKind.REOPENED, Severity.HIGH,
+        "redis Redis 7.2 (red), as last identified (its identification was cut short)")]
+
+
+def test_a_threshold_crossed_while_a_port_was_down_is_said_after_a_cut_short_reopening(
+        ) -> None:
+    # Given a TLS port last judged at T0 (35 days left), closed, then reopened cut short
+    # at T0 + 5 days (30 days left: the 30-day threshold crossed while it was down)
+    not_after = T0 + timedelta(days=35)
+    old = tls_port("c" * 64, not_after, is_open=False, changed_at=T0, seen_at=T0)
+    cut = snap(443, service="", product="", version="", risk_color="yellow",
+               is_incomplete=True)
+    back = detect_changes(state([old]), view_at([cut], T0 + timedelta(days=5), "r"), {})
+    assert [e.kind for e in back.events] == [ChangeKind.REOPENED]
+    # When the next full scan sees the same certificate
+    assert back.state is not None
+    full = detect_changes(back.state, view_at([tls_port("c" * 64, not_after)],
+                                              T0 + timedelta(days=6), "f"), {})
+    # Then the crossing is said (it was judged from the reopening: never said; a review)
+    assert [(k[0], k[3]) for k in kinds(full)] == [("cert_expiring", "30d")]
+
+
 def test_snapshot_marks_interrupted_identification() -> None:
     from schemas.records import OpenPort
     from stream_processors.changes import snapshot_of
