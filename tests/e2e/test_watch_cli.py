@@ -633,7 +633,7 @@ def test_entries_labelling_one_address_differently_are_said(tmp_path: Path) -> N
                      store=f"chdb://{tmp_path / 'store'}", env=ENV)
     # Then one warning names the address and both labellings (each run relabels it)
     assert result.code == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "label" in line]
+    warnings = [line for line in result.stderr.splitlines() if "warning: " in line]
     assert warnings == [
         "portwatch: warning: schedule entries label 127.0.0.1 differently (web: organization "
         "'Org A', asset '(none)'; db: organization 'Org B', asset 'lo'): each run relabels "
