@@ -106,15 +106,18 @@ def filter_text(name: str, value: str, cap: int) -> str:
     refuse alike (the CLI read such a value as "no rows", the API refused it)."""
     if len(value) > cap:
         raise ValueError(f"{name} is too long ({len(value)} characters; at most {cap})")
-    if any(is_control(ch) for ch in value):
-        # tabs and line breaks one space each run, as a label is stored
-        # (producers.targets.label_text): `scan --org "$ORG"` took a tab the same
-        # `report --org "$ORG"` refused (a review)
-        value = " ".join(value.split())
-        if any(is_control(ch) for ch in value) or not value:
-            # (a lone tab folded to "", which is no filter: the whole estate)
-            raise ValueError(f"{name} contains control characters")
-    return value.strip()
+    had_control = any(is_control(ch) for ch in value)
+    # Stripped, then tabs and line breaks inside one space each run, in the order a label
+    # is stored (producers.targets.label_text): `scan --org "$ORG"` took a tab the same
+    # `report --org "$ORG"` refused, and an edge tab folded the double space inside a
+    # name the label kept (a review)
+    text = value.strip()
+    if any(is_control(ch) for ch in text):
+        text = " ".join(text.split())
+    if any(is_control(ch) for ch in text) or (had_control and not text):
+        # (a lone tab stripped to "", which is no filter: the whole estate)
+        raise ValueError(f"{name} contains control characters")
+    return text
 
 
 def normalize_target(text: str) -> str:

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from schemas import bounded
 from schemas.bounded import is_digits
 from schemas.filters import filter_text, is_ip_address, normalize_target
-from schemas.records import ChangeKind, Severity
+from schemas.records import ChangeKind, Severity, normalize_ip
 
 if TYPE_CHECKING:
     from portwatch.web.app import WebApp
@@ -70,7 +70,7 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     except ValueError as exc:
         raise BadParam(f"since: {exc}") from exc
     # named as the CLI takes them: whatever the case (README: filters ignore case)
-    kinds = [k.lower() for k in params.get("kind", []) if k]
+    kinds = [k.strip().lower() for k in params.get("kind", []) if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise BadParam(f"kind: {bad[0][:40]!r} is not one of {', '.join(KINDS)}")
@@ -78,8 +78,9 @@ def parse_changes_query(items: list[tuple[str, str]]) -> dict[str, Any]:
     if severity and severity not in SEVERITIES:
         raise BadParam(f"severity: choose one of {', '.join(SEVERITIES)}")
     port_text = _one(params, "port")
-    if port_text and (not is_digits(port_text) or not 0 < int(port_text) < 65536):
-        raise BadParam("port: a number from 1 to 65535")
+    if port_text and (not is_digits(port_text) or not 0 <= int(port_text) < 65536):
+        # 0 is any, as the CLI's --port 0 and the filters this API answers with say
+        raise BadParam("port: a number from 1 to 65535 (0: any)")
     target_text = _one(params, "target")  # its own BadParam names it: not twice
     try:
         target = normalize_target(target_text)
@@ -227,6 +228,8 @@ def routes(web: WebApp) -> list[BaseRoute]:
             name, ip = _one(params, "target"), _one(params, "ip")
             if ip and not is_ip_address(ip):
                 raise BadParam(f"ip: {ip[:40]!r} is not an IP address")
+            if ip:  # as stored and as the List reads it: ::ffff:127.0.0.1 is 127.0.0.1
+                ip = normalize_ip(ip)  # ("Never scanned" for the mapped form: a review)
         except BadParam as exc:
             return web.error_page(400, str(exc), "summary")
         if not name:

@@ -143,7 +143,7 @@ def _filter_value(name: str, value: str) -> Any:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     if name == "port":
-        return _int("port", value, 1, 65535)
+        return _int("port", value, 0, 65535)  # 0: any, as --port 0
     if name == "ip":
         try:
             return normalize_ip(value.strip())

@@ -44,7 +44,9 @@ def test_a_typed_value_of_tabs_alone_is_refused_not_read_as_no_filter(blank: str
 
 @pytest.mark.parametrize(("typed", "stored"), [
     ("Tab\tOrg\nTwo", "Tab Org Two"), ("Example\r\nCorp ", "Example Corp"),
-    ("a\u2028b", "a b"), ("x\x0b\x0cy", "x y")])
+    ("a\u2028b", "a b"), ("x\x0b\x0cy", "x y"),
+    # an edge tab only: the double space inside stays, as the label keeps it
+    ("Two  Space Org\t", "Two  Space Org"), ("\nTwo  Space Org", "Two  Space Org")])
 def test_tabs_and_line_breaks_fold_as_a_label_is_stored(typed: str, stored: str) -> None:
     # `scan --org "$ORG"` stores a tab or a line break as one space (label_text): the same
     # "$ORG" given to `report --org` was refused (a review); it now names the label

@@ -243,6 +243,21 @@ def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
     assert body.index(">s1<") < body.index(">s2<")
     status, _h, _b = web.get("/target")
     assert status == 400
+    # and the IPv4-mapped form of the address is the address, as the List reads it (the
+    # page said "Never scanned": a review)
+    mapped = _page(web, "/target?target=127.0.0.1&ip=%3A%3Affff%3A127.0.0.1")
+    assert "Ports now (2)" in mapped and "Changes (3)" in mapped
+
+
+def test_changes_take_port_0_as_any_and_a_blank_kind_as_none(web: Served) -> None:
+    import json
+
+    # the API answers with port 0 (any) in its filters: sent back, it was a 400 (a review)
+    _s, _h, every = web.get("/api/v1/changes?since=3650d")
+    status, _h, body = web.get("/api/v1/changes?since=3650d&port=0&kind=%09")
+    assert status == 200
+    assert json.loads(body)["rows"] == json.loads(every)["rows"] != []
+    assert json.loads(every)["filters"]["port"] == 0
 
 
 def test_summary_links_to_the_target_page(web: Served) -> None:
@@ -342,3 +357,22 @@ def test_the_target_page_and_the_colour_bars_say_cdn_unconfirmed_and_accepted_po
     assert charts["colours"] == {"red": 1, "yellow": 0, "green": 0, "cdn_expected": 1,
                                  "unconfirmed": 1, "targets": 1}
     assert "UDP unconfirmed (no risk): 1" in summary
+
+
+@pytest.mark.parametrize("path", ["/changes?since=3650d&org=EXAMPLE%20corp",
+                                  "/list?org=example%20CORP"])
+def test_the_organization_in_effect_is_the_one_the_select_shows(web: Served, path: str) -> None:
+    import re
+
+    # Given a filter naming an organization in another case (filters ignore case)
+    body = _page(web, path)
+    # Then its option is the selected one (the select said "any" while the page was
+    # filtered, and a resubmitted form dropped the filter: a review)
+    assert re.findall(r'<option value="([^"]*)" selected>', body.split('name="org"')[1]
+                      .split("</select>")[0]) == ["Example Corp"]
+
+
+def test_an_organization_typed_that_is_not_listed_stays_selected(web: Served) -> None:
+    body = _page(web, "/changes?since=3650d&org=Nobody%20Inc")
+    select = body.split('name="org"')[1].split("</select>")[0]
+    assert '<option value="Nobody Inc" selected>Nobody Inc</option>' in select
