@@ -173,10 +173,12 @@ def exact_filter(what: str) -> Callable[[click.Context, click.Parameter, str], s
     report through a running `serve` an error: a review)."""
     def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         from schemas.bounded import TEXT_CAP
+        from schemas.filters import check_length
 
-        if len(value) > TEXT_CAP:
-            raise click.BadParameter(f"{what} is too long ({len(value)} characters; at "
-                                     f"most {TEXT_CAP})")
+        try:
+            check_length(what, value, TEXT_CAP)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
         return value
     return check
 

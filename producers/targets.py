@@ -31,7 +31,7 @@ import yaml
 
 from producers.textfiles import FileReadError, describe, read_bounded
 from schemas.bounded import is_digits
-from schemas.filters import is_control
+from schemas.filters import fold_controls, is_control
 from schemas.records import PortRange, Target, canonical_address, fold_mapped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -483,9 +483,7 @@ def label_text(text: str, where: str) -> str:
     space each run, so ``report --org``, whose filters refuse control characters, can
     name it. TargetError ("WHERE: ...") when it is too long or holds another control
     character: an inventory's "Ex\\x00ample" was stored, and no report could name it."""
-    text = text.strip()
-    if any(is_control(ch) for ch in text):
-        text = " ".join(text.split())
+    text = fold_controls(text)
     if len(text) > MAX_LABEL_CHARS:
         raise TargetError(f"{where}: label longer than {MAX_LABEL_CHARS} characters")
     if any(is_control(ch) for ch in text):

@@ -99,22 +99,36 @@ def is_control(ch: str) -> bool:
     return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS
 
 
+def fold_controls(text: str) -> str:
+    """``text`` stripped, then its tabs and line breaks inside (a spreadsheet cell's, an
+    unquoted "$ORG") one space each run, when it holds a control character: how a label
+    is stored (``producers.targets.label_text``) and how a filter that names one is read
+    (``filter_text``). One function, so the two cannot drift (a filter folded before it
+    stripped, and an edge tab folded away the double space a stored name kept: a
+    review). Other control characters are left for the caller to refuse."""
+    text = text.strip()
+    if any(is_control(ch) for ch in text):
+        text = " ".join(text.split())
+    return text
+
+
+def check_length(name: str, value: str, cap: int) -> None:
+    """ValueError, one line, when ``value`` is longer than ``cap`` characters: what the
+    CLI's filters and the web API say alike."""
+    if len(value) > cap:
+        raise ValueError(f"{name} is too long ({len(value)} characters; at most {cap})")
+
+
 def filter_text(name: str, value: str, cap: int) -> str:
     """A filter value people type (a target, an organization), stripped, its tabs and
     line breaks folded: ValueError, one line, when longer than ``cap`` or holding other
     control characters. The CLI and the web API
     refuse alike (the CLI read such a value as "no rows", the API refused it)."""
-    if len(value) > cap:
-        raise ValueError(f"{name} is too long ({len(value)} characters; at most {cap})")
-    had_control = any(is_control(ch) for ch in value)
-    # Stripped, then tabs and line breaks inside one space each run, in the order a label
-    # is stored (producers.targets.label_text): `scan --org "$ORG"` took a tab the same
-    # `report --org "$ORG"` refused, and an edge tab folded the double space inside a
-    # name the label kept (a review)
-    text = value.strip()
-    if any(is_control(ch) for ch in text):
-        text = " ".join(text.split())
-    if any(is_control(ch) for ch in text) or (had_control and not text):
+    check_length(name, value, cap)
+    # folded as a label is stored: `scan --org "$ORG"` took a tab the same
+    # `report --org "$ORG"` refused (a review)
+    text = fold_controls(value)
+    if any(is_control(ch) for ch in text) or (not text and any(map(is_control, value))):
         # (a lone tab stripped to "", which is no filter: the whole estate)
         raise ValueError(f"{name} contains control characters")
     return text

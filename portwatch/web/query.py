@@ -17,7 +17,7 @@ from typing import Any
 
 from schemas import REPORTS, report_parameters
 from schemas.bounded import TEXT_CAP, is_digits
-from schemas.filters import filter_text, normalize_target
+from schemas.filters import check_length, filter_text, normalize_target
 from schemas.records import RecordError, normalize_ip
 
 COLORS = ("red", "yellow", "green")
@@ -107,12 +107,10 @@ class ReportQuery:
 
 
 def _text(name: str, value: str) -> str:
-    if name in ANY_CHARACTER:
-        if len(value) > MAX_TEXT:
-            raise BadRequest(f"{name} is too long ({len(value)} characters; at most "
-                             f"{MAX_TEXT})")
-        return value  # exactly as stored, blanks too: what the Products page links to
     try:
+        if name in ANY_CHARACTER:
+            check_length(name, value, MAX_TEXT)
+            return value  # exactly as stored, blanks too: what the Products page links to
         return filter_text(name, value, MAX_TEXT)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
