@@ -603,7 +603,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         if old_port is None:
             events.append(event(ChangeKind.OPENED, new, "", new.describe()))
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
-                                           seen_at=now, is_unconfirmed=False)
+                                           seen_at=now)
         elif not old_port.is_open:
             closed_at = f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}"
             if new.is_incomplete and not old_port.is_incomplete:
@@ -628,7 +628,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             if not new.is_incomplete and not old_port.is_incomplete:
                 events.extend(_port_events(old_port, new, event))
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
-                                           seen_at=now, is_unconfirmed=False)
+                                           seen_at=now)
         elif new.is_incomplete:
             continue  # attributes unknown this time: the stored snapshot stays
         elif old_port.is_incomplete:
@@ -641,7 +641,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                                     new.risk_color))
             next_ports[key] = new._replace(
                 changed_at=old_port.changed_at, first_seen=old_port.first_seen,
-                seen_at=now, is_unconfirmed=False)
+                seen_at=now)
             new = next_ports[key]
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
@@ -653,7 +653,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             if changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port):
                 next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
-                    seen_at=now, is_unconfirmed=False)
+                    seen_at=now)
                 # The row is written now (port_state's version is the scan's time): a
                 # certificate kept from before is judged now too, from its known expiry,
                 # or a threshold crossed since it was last judged would never be said
@@ -673,6 +673,11 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # once expired and said (an appliance's long-expired certificate would
             # rewrite its row at every scan: port_state grows with change, not scans)
             next_ports[key] = next_ports[key]._replace(seen_at=now)
+    # The state keeps no word of an unconfirmed port (port_state has none: what a later
+    # call reads back), whichever branch wrote it
+    for key, s in next_ports.items():
+        if s.is_unconfirmed:
+            next_ports[key] = s._replace(is_unconfirmed=False)
     state = HostState(scan.target, scan.scan_id, now, True, next_ports)
     return ChangeOutcome(events, state)
 
