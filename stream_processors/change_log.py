@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from stream_processors.changes import EPOCH
+from stream_processors.risk_days import refresh_risk_days
 from stream_processors.store import Report, Store
 
 MAX_DURATION = timedelta(days=36_500)  # 100 years, whatever the unit
@@ -123,8 +124,6 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     # scan's end or a web start: pruned before that, its point in the history was lost
     # for good, the change log still naming what it saw: a review). An error here stops
     # the prune before anything is deleted.
-    from stream_processors.risk_days import refresh_risk_days
-
     refresh_risk_days(store)
     for table, column, keep in _PRUNED:
         # A mutation, waited for so the command's exit means done (or failed, said). The

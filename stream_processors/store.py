@@ -287,7 +287,13 @@ class UnknownStoreScheme(StoreUrlError):
 
 
 class StoreMissing(StoreError):
-    """Opened for reading only, and no store exists there."""
+    """Opened for reading only, and no store exists there (``where``: the path or server
+    it looked at, as the message names it)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"no store at {where}: scan something first (`portwatch scan "
+                         "TARGET`) or give the --store it was written to")
+        self.where = where
 
 
 class StoreBusy(StoreError):
@@ -773,9 +779,7 @@ class Store:
                     raise StoreUrlError(f"the store path {location.path} is a file, not a "
                                         "store directory: give another --store")
                 if not create and not (Path(location.path) / "metadata").is_dir():
-                    raise StoreMissing(
-                        f"no store at {location.path}: scan something first "
-                        "(`portwatch scan TARGET`) or give the --store it was written to")
+                    raise StoreMissing(location.path)
                 _refuse_a_foreign_directory(location.path)
                 Path(location.path).mkdir(parents=True, exist_ok=True)
                 resolved = str(Path(location.path).resolve())
@@ -799,9 +803,7 @@ class Store:
                             _refuse_lost_findings(
                                 bootstrap, f"`{location.database}`.schema_version",
                                 location.path)
-                        raise StoreMissing(
-                            f"no store at {location.path} (database {location.database}): "
-                            "scan something first or give the --store it was written to")
+                        raise StoreMissing(f"{location.path} (database {location.database})")
                 bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{location.database}`")
                 self._client = clickhouse_connect.get_client(
                     interface="chdb", path=location.path, database=location.database
@@ -867,8 +869,7 @@ class Store:
             if "findings" not in existing and "schema_version" in existing:
                 _refuse_lost_findings(self._client, "schema_version", self.location.where)
             if "findings" not in existing and not create:
-                raise StoreMissing(f"no store at {self.location.where}: scan something first "
-                                   "or give the --store it was written to")
+                raise StoreMissing(self.location.where)
             upgrade: list[int] = []  # layouts to step through, oldest first
             found = 0
             if "findings" in existing and "schema_version" in existing:

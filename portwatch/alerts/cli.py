@@ -296,7 +296,7 @@ def _print_plan(store: str | None, entries: Any) -> None:
         db = _store(store, create=False)
     except StoreMissing as exc:  # nothing has run yet: every entry is due; no store is made
         # said, so a mistyped --store is not read as "nothing ever ran" (a review)
-        _say(f"{str(exc).partition(': scan')[0]} yet: nothing has run, every entry is due "
+        _say(f"no store at {exc.where} yet: nothing has run, every entry is due "
              "(the first run makes it; a typo in --store?)")
         previous = {}
     else:
