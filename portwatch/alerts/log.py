@@ -39,6 +39,12 @@ class LogRow:
         channel's whole URL, token included."""
         return mask_urls(self.last_error)
 
+    @property
+    def shown_state(self) -> str:
+        """The state as ``--state`` names it: a pending delivery with a failed attempt
+        is 'retrying' (it said 'pending' to `alerts log --state retrying`; a review)."""
+        return "retrying" if self.state == "pending" and self.attempts else self.state
+
     def line(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
         if self.state == "sent" and self.sent_at is not None:
@@ -46,7 +52,7 @@ class LogRow:
         elif self.state == "failed":
             status = f"FAILED after {self.attempts} attempt(s): {self.shown_error}"
         elif self.attempts:
-            status = (f"pending: attempt {self.attempts} failed ({self.shown_error}); next "
+            status = (f"retrying: attempt {self.attempts} failed ({self.shown_error}); next "
                       f"try {self.next_attempt_at:%Y-%m-%d %H:%M:%S}")
         else:
             status = "queued: not sent yet (sent by the next delivery pass or run)"
@@ -57,7 +63,7 @@ class LogRow:
         where they were ``+00:00`` here alone (a review)."""
         return {
             "rule": self.rule, "channel": self.channel, "event_id": self.event_id,
-            "event": self.event, "state": self.state, "attempts": self.attempts,
+            "event": self.event, "state": self.shown_state, "attempts": self.attempts,
             "last_error": self.shown_error, "created_at": jsonable("", self.created_at),
             "next_attempt_at": jsonable("", self.next_attempt_at),
             "sent_at": jsonable("", self.sent_at) if self.sent_at else None,
