@@ -54,11 +54,11 @@ ALERTS_OPTION = click.option(
     help="Alert rules and channels (alerts.yaml); also PORTWATCH_ALERTS.")
 
 
-def load_alerts_or_fail(path: str) -> Any:
+def load_alerts_or_fail(path: str, *, need_rules: bool = True) -> Any:
     from portwatch.alerts.config import AlertConfigError, load_alerts
 
     try:
-        return load_alerts(path)
+        return load_alerts(path, need_rules=need_rules)
     except AlertConfigError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -565,7 +565,8 @@ def alerts_test(alerts_file: str | None, only_channel: str) -> None:
 
     if not alerts_file:
         fail("alerts test needs --alerts FILE (or PORTWATCH_ALERTS)")
-    config = load_alerts_or_fail(alerts_file)
+    # channels are tested before any rule is written: a file of channels alone will do
+    config = load_alerts_or_fail(alerts_file, need_rules=False)
     names = [only_channel] if only_channel else sorted(config.channels)
     if only_channel and only_channel not in config.channels:
         fail(f"no channel {only_channel!r} in {alerts_file}")

@@ -156,13 +156,15 @@ class AlertConfig:
 # -- loading ----------------------------------------------------------------------------
 
 
-def load_alerts(path: str | os.PathLike[str], env: Mapping[str, str] | None = None,
-                ) -> AlertConfig:
-    """Read and validate an alerts file; raises AlertConfigError (one line, FILE:LINE)."""
+def load_alerts(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                need_rules: bool = True) -> AlertConfig:
+    """Read and validate an alerts file; raises AlertConfigError (one line, FILE:LINE).
+    Without ``need_rules`` (`alerts test`: checking channels before writing any rule) a
+    file of channels alone is read, with no rules; rules it has are still checked."""
     name = str(path)
     environ = os.environ if env is None else env
     root = compose_yaml(name, read_text_file(name, AlertConfigError))
-    return _Parser(name, environ).config(root)
+    return _Parser(name, environ).config(root, need_rules=need_rules)
 
 
 def read_text_file(name: str, error: type[AlertConfigError]) -> str:
@@ -322,20 +324,21 @@ class _Parser:
 
     # -- the file -----------------------------------------------------------------------
 
-    def config(self, root: yaml.Node | None) -> AlertConfig:
+    def config(self, root: yaml.Node | None, *, need_rules: bool = True) -> AlertConfig:
         if root is None:
-            raise AlertConfigError(self.path, 0, "empty file: needs channels: and rules:")
+            raise AlertConfigError(self.path, 0, "empty file: needs channels: and rules:"
+                                   if need_rules else "empty file: needs channels:")
         top = self.mapping(root, "the file")
         self.only(top, ("channels", "rules", "delivery"), "the file")
         if "channels" not in top:
             raise self.fail(root, "no channels: section")
-        if "rules" not in top:
+        if "rules" not in top and need_rules:
             raise self.fail(root, "no rules: section")
         # delivery first: a channel's timeout is checked against its claim_lease
         self.options = self.delivery(top["delivery"][1]) if "delivery" in top \
             else DeliveryOptions()
         channels = self.channels(top["channels"][1])
-        rules = self.rules(top["rules"][1], channels)
+        rules = self.rules(top["rules"][1], channels) if "rules" in top else ()
         return AlertConfig(self.path, channels, rules, self.options)
 
     def channels(self, node: yaml.Node) -> dict[str, Channel]:

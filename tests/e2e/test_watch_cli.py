@@ -495,6 +495,25 @@ def test_alerts_test_reports_each_channel(tmp_path: Path) -> None:
     assert "hook: FAILED: cannot reach" in down.stdout
 
 
+def test_alerts_test_needs_channels_only(tmp_path: Path) -> None:
+    # Given a file of channels alone (a team checks its webhook before writing rules)
+    with webhook_receiver(SECRET.encode()) as receiver:
+        only = tmp_path / "channels.yaml"
+        only.write_text(textwrap.dedent(f"""\
+            channels:
+              hook: {{webhook: "{receiver.url}", secret_env: HOOK_SECRET}}
+            """))
+        # When it is tested, then the channel is (it said "no rules: section")
+        ok = run_cli("alerts", "test", "--alerts", str(only), env=ENV)
+        assert ok.code == 0, ok.stderr
+        assert ok.stdout.startswith("hook: ok")
+        assert [d.payload["test"] for d in receiver.accepted] == [True]
+    # but a file the watcher reads still needs its rules
+    watch = run_cli("alerts", "deliver", "--alerts", str(only), "--wait", "0",
+                    store=f"chdb://{tmp_path / 'store'}", env=ENV)
+    assert watch.code == 2 and "no rules: section" in watch.stderr, watch.stderr
+
+
 def test_alerts_test_never_prints_an_apprise_urls_path(tmp_path: Path) -> None:
     # Given an apprise json:// channel whose path holds its token
     rules = tmp_path / "alerts.yaml"
