@@ -167,16 +167,19 @@ def prune_command(older_than: str, store: str | None) -> None:
         fail(f"--older-than: {exc}", EXIT_USAGE)
     db = _open(store)
     try:
-        cutoff = prune(db, period)
+        cutoff, scans = prune(db, period)
         if cutoff > EPOCH:
             prune_alert_history(db, cutoff)
     finally:
         db.close()
-    out_console().print(f"pruned the raw rows of scans that ended before "
-                        f"{cutoff:%Y-%m-%d %H:%M:%S} UTC (each host's latest scan and each "
-                        "TLS port's latest probe kept), and the alert deliveries that "
-                        "ended, their claims and the scheduled runs before then (pending "
-                        "deliveries and each entry's latest run kept)",
+    before = f"before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+    scans_part = (f"pruned the raw rows of {scans:,} scan{'s' if scans != 1 else ''} that "
+                  f"ended {before} (each host's latest scan and each TLS port's latest "
+                  "probe kept)" if scans else
+                  f"no scan ended {before}: no scan's raw rows to prune")
+    out_console().print(f"{scans_part}; pruned the alert deliveries that ended, their "
+                        "claims and the scheduled runs before then (pending deliveries "
+                        "and each entry's latest run kept)",
                         markup=False, highlight=False)
 
 

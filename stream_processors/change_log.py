@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
 from stream_processors.changes import EPOCH
 from stream_processors.risk_days import refresh_risk_days
@@ -101,7 +102,14 @@ _PRUNED = (("port_observations", "observed_at", _KEEP_HOST_SCAN),
            ("carried_history", "finished_at", _KEEP_HOST_SCAN))
 
 
-def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> datetime:
+class Pruned(NamedTuple):
+    """What ``prune`` did: its cutoff, and how many scans' raw rows it deleted."""
+
+    cutoff: datetime
+    scans: int
+
+
+def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -> Pruned:
     """Delete the raw rows (ports, TLS, certificates, host scans, the ports each scan
     carried) of the scans that ended before the cutoff: whole scans, never a scan cut in
     two (its ports are observed before it ends), and never the rows the reports still
@@ -109,17 +117,17 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     (first_seen), ``changes`` (the log), ``host_latest``, ``port_latest``, ``tls_latest``,
     ``host_state``/``port_state``, ``ports_carried`` or prevalence: those are kept by
     views or the writer and do not depend on the raw rows once written. Returns the
-    cutoff."""
+    cutoff and the number of scans it pruned (the command says it: a review)."""
     cutoff = (now or datetime.now(UTC)) - older_than
     if cutoff <= EPOCH:
         # Nothing is observed before 1970 (observations carry our clock), and the engine
         # takes no DateTime64 parameter at or before it: nothing to delete.
-        return cutoff
+        return Pruned(cutoff, 0)
     ended = [str(r[0]) for r in store.query(
         "SELECT scan_id FROM host_scans GROUP BY scan_id "
         "HAVING max(finished_at) < {cutoff:DateTime64(3)}", {"cutoff": cutoff})]
     if not ended:
-        return cutoff
+        return Pruned(cutoff, 0)
     # The score rows of every scan first (a stopped scan's are computed only at a later
     # scan's end or a web start: pruned before that, its point in the history was lost
     # for good, the change log still naming what it saw: a review). An error here stops
@@ -132,4 +140,4 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
         store.mutate(table, f"ALTER TABLE {table} DELETE WHERE {column} < "
                      f"{{cutoff:DateTime64(3)}} AND scan_id IN {{ended:Array(String)}} "
                      f"AND {keep}", {"cutoff": cutoff, "ended": ended})
-    return cutoff
+    return Pruned(cutoff, len(ended))

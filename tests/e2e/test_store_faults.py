@@ -91,7 +91,11 @@ def test_prune_and_scan_on_a_full_disk_fail_in_one_line_and_lose_nothing(
             "is kept")
         # And once space is freed, both work on what was stored before
         filler.unlink()
-        assert run_cli("prune", "--older-than", "1s", store=store).code == 0
+        done = run_cli("prune", "--older-than", "1s", store=store)
+        assert done.code == 0, done.stderr
+        # (it says how many scans it pruned: the one scan above)
+        assert done.stdout.startswith("pruned the raw rows of 1 scan that ended before "), \
+            done.stdout
         again = run_cli("scan", "127.0.0.1", "--ports", "9", "--udp", "none", "-q",
                         store=store)
         assert again.code == 0, again.stderr

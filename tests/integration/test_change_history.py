@@ -230,8 +230,9 @@ def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> No
         recorder.add_findings(found)
         asyncio.run(recorder.finish([shard]))
     # When observations older than 90 days are pruned
-    prune(store, dt.timedelta(days=90), now=now)
-    # Then the old raw rows are gone, the recent ones stay
+    pruned = prune(store, dt.timedelta(days=90), now=now)
+    # Then the old raw rows are gone (one scan, said), the recent ones stay
+    assert pruned == (now - dt.timedelta(days=90), 1)
     assert store.query("SELECT scan_id FROM port_observations FINAL") == [("new",)]
     assert store.query("SELECT scan_id FROM host_scans FINAL") == [("new",)]
     # And first_seen, the change log and the List are untouched
