@@ -344,7 +344,9 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         + f", {stats.open_found} open, "
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
     if stats.resumed_shards:
-        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+        again = (f"; {stats.rescanned_shards} of them scanned again (a later scan "
+                 "completed their hosts since)" if stats.rescanned_shards else "")
+        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before{again}"))
     if stats.change_events:  # what this scan changed (`portwatch report changes`)
         out.print(Text(changes_line(stats.change_events)))
     for note in [*stats.notes, *stats.errors]:

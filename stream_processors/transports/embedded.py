@@ -48,6 +48,7 @@ from schemas.records import ChangeEvent, Finding, HostScan, OpenPort, Proto, Sha
 from stream_processors.history import (
     RECOVER_AFTER,
     ChangeRecorder,
+    HostKey,
     ReprobeOptions,
     completed_since,
     stored_host_scans,
@@ -88,6 +89,9 @@ class ScanStats:
     errors: list[str] = field(default_factory=list)
     failed_shards: int = 0  # shards whose every attempt failed: not (all) scanned
     resumed_shards: int = 0  # shards a checkpoint said were already done
+    # of those, the shards scanned again: a scan completed some of their hosts after
+    # the earlier run began, so what that run stored there is older than the host's now
+    rescanned_shards: int = 0
     # What changed since each host's previous completed scan (alerting reads these).
     change_events: list[ChangeEvent] = field(default_factory=list)
     # The signal (SIGINT, SIGTERM) that asked the run to stop, 0 = none; set also when it
@@ -304,6 +308,7 @@ class EmbeddedRunner:
         scan_id = plan.scan_id
         progress_at = start or plan.start(None)
         await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
+        overtaken = await asyncio.to_thread(self._overtaken, plan, progress_at)
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = self._stats = ScanStats(scan_id, len(targets))
@@ -338,9 +343,12 @@ class EmbeddedRunner:
                     for shard in shard_plan.shards():
                         if shard.index < resume_from:
                             stats.resumed_shards += 1
-                            stats.planned_probes -= shard.probe_count
-                            resumed[shard.shard_id] = shard
-                            continue
+                            if any((t.target, t.ip) in overtaken for t in shard.targets):
+                                stats.rescanned_shards += 1  # scanned again, below
+                            else:
+                                stats.planned_probes -= shard.probe_count
+                                resumed[shard.shard_id] = shard
+                                continue
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
@@ -556,6 +564,24 @@ class EmbeddedRunner:
                     "the shards it passed were stored elsewhere; remove the checkpoint to "
                     "scan from the start, or resume into the store it began in")
 
+    def _overtaken(self, plan: ScanPlan, progress_at: Checkpoint) -> set[HostKey]:
+        """The hosts of the shards a checkpoint passed that another scan completed after
+        the earlier run began. Their shards are scanned again: what that run stored
+        there is older than the host's ports now. Left as they were, the resumed scan
+        ended later than that scan, read as the host's latest, and read "interrupted"
+        for good (the shards passed were never recorded as completed), and the ports it
+        showed were partly older than that scan's (a review)."""
+        keys = {(s.scan_id, t.target, t.ip) for shard_plan in plan.plans
+                for s in shard_plan.shards() if s.index < progress_at.index(shard_plan.proto)
+                for t in s.targets}
+        if not keys:
+            return set()
+        began: dict[HostKey, datetime] = {}
+        for h in stored_host_scans(self.store, keys):
+            host = (h.target.target, h.target.ip)
+            began[host] = min(began.get(host, h.started_at), h.started_at)
+        return completed_since(self.store, began, plan.scan_id)
+
     def _resumed_rows(self, resumed: dict[str, Shard], now: datetime
                       ) -> tuple[list[HostScan], list[HostScan]]:
         """The shard records of the shards an earlier run of this scan did, for change
@@ -565,26 +591,17 @@ class EmbeddedRunner:
         them to store as completed: the checkpoint passed them, so their findings are
         stored, but a run killed outright (SIGKILL) left them "running" (its records are
         written at its end), and the scan read as interrupted for good, its ports never
-        opened (a review). A host another scan completed since the earlier run began is
-        left as it was: this scan's older ports would replace that scan's as the host's
-        ports now (a review). (earlier records, records to store)"""
+        opened (a review). (A host another scan completed since the earlier run began is
+        in none of them: its shards were scanned again, ``_overtaken``.) (earlier
+        records, records to store)"""
         keys = {(s.scan_id, t.target, t.ip) for s in resumed.values() for t in s.targets}
-        rows = stored_host_scans(self.store, keys)
-        stored = {(h.shard_id, h.target.ip): h for h in rows}
-        began: dict[tuple[str, str], datetime] = {}
-        for h in rows:
-            host = (h.target.target, h.target.ip)
-            began[host] = min(began.get(host, h.started_at), h.started_at)
-        scan_id = next(iter(resumed.values())).scan_id
-        overtaken = completed_since(self.store, began, scan_id)
-        snapshots = stored_snapshots(self.store, {k for k in keys if (k[1], k[2]) not in overtaken})
+        stored = {(h.shard_id, h.target.ip): h for h in stored_host_scans(self.store, keys)}
+        snapshots = stored_snapshots(self.store, keys)
         earlier: list[HostScan] = []
         fixed: list[HostScan] = []
         for shard in resumed.values():
             for row in ShardOutcome(shard, now, now).host_scans("completed"):
                 key = (shard.scan_id, row.target.target, row.target.ip)
-                if (row.target.target, row.target.ip) in overtaken:
-                    continue
                 found = [p for p in snapshots.get(key, ()) if row.covers(p.proto, p.port)]
                 self.changes.add_snapshots(key, found)
                 kept = stored.get((shard.shard_id, row.target.ip))

@@ -381,14 +381,21 @@ def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
         asyncio.run(_runner(store).run(_plan(span, seed=6, scan_id="in-between")))
         assert set(ports) <= _current_ports(store)
         # When the killed scan resumes
-        asyncio.run(_runner(store).run(plan, start=plan.start(saved),
-                                       checkpoint_path=str(checkpoint)))
-    # Then every listener is still listed (a review: the resumed scan, completed after
-    # the other, became the host's ports scan with its older ports, and the ports of its
-    # first shard vanished from the Summary and the List)
+        resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                 checkpoint_path=str(checkpoint)))
+    # Then the shard the killed run did is scanned again (what it stored there is older
+    # than the scan in between), every listener is still listed (a review: the resumed
+    # scan, completed after the other, became the host's ports scan with its older
+    # ports, and the ports of its first shard vanished from the Summary and the List),
+    # and the host's latest scan reads completed (it read "interrupted" for good: the
+    # passed shard's row stayed "running"; a review)
+    assert (resumed.resumed_shards, resumed.rescanned_shards) == (1, 1)
+    assert not resumed.interrupted and not resumed.errors
     assert set(ports) <= _current_ports(store)
     (summary,) = store.report("summary", {}).dicts()
     assert summary["open_ports"] >= len(ports)
+    assert summary["scan_status"] == "completed"
+    assert not checkpoint.exists()  # the scan is complete
 
 
 def test_an_interrupted_scan_with_no_shard_passed_says_its_checkpoint_resumes_nothing(
