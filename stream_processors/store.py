@@ -69,6 +69,20 @@ MUTATION_MIN_FREE = 64 * 2**20
 SCHEMA_VERSION = 21  # layout of schemas/ddl.sql; bump with every change there
 
 
+def _incomplete_backfill() -> str:
+    from stream_processors.changes import INCOMPLETE
+    from stream_processors.history import PORT_STATE_COLUMNS
+
+    kept = [c for c in PORT_STATE_COLUMNS if c not in ("updated_at", "is_incomplete")]
+    reasons = " OR ".join(f"startsWith(extra_info, '{r}')" for r in INCOMPLETE)
+    return (f"INSERT INTO port_state ({', '.join([*kept, 'updated_at', 'is_incomplete'])}) "
+            f"SELECT {', '.join(kept)}, updated_at + toIntervalMillisecond(1), 1 "
+            "FROM port_state FINAL WHERE is_incomplete = 0 "
+            "AND (target, ip, proto, port, scan_id) IN (SELECT target, ip, proto, port, "
+            "scan_id FROM port_observations WHERE method = 'unidentified' "
+            f"AND ({reasons}))")
+
+
 def _ddl_statement(name: str) -> str:
     """The statement of schemas/ddl.sql that creates the table or view ``name`` (a
     migration step that replaces a view runs the DDL's own text, never a copy of it)."""
@@ -167,9 +181,13 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # rows read 1, as before); the view that fills port_latest is replaced.
     19: ("DROP VIEW IF EXISTS port_latest_mv",
          _ddl_statement("port_latest_mv")),
-    # 20 -> 21: the change state says which ports' identification never finished (older
-    # rows: finished, as they were read before)
-    20: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS is_incomplete UInt8 DEFAULT 0",),
+    # 20 -> 21: the change state says which ports' identification never finished. Older
+    # rows are marked from the observation of the scan they hold (what the rule reads a
+    # stored snapshot by, changes.INCOMPLETE): left at 0, a port cut short before the
+    # upgrade gave its service and product events at its next full scan (a review). A
+    # millisecond later than the row it replaces, so it wins however parts merge.
+    20: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS is_incomplete UInt8 DEFAULT 0",
+         lambda ops: ops.command(_incomplete_backfill())),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

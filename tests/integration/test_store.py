@@ -812,6 +812,70 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
         db.close()
 
 
+def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
+        shared_chdb_path: Path) -> None:
+    import asyncio
+
+    from stream_processors.changes import PortSnapshot
+    from stream_processors.history import ChangeRecorder, load_ports
+    from stream_processors.stages import judged, unidentified
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"chdb://{shared_chdb_path}?database={database}"
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+
+    def scan(db: Store, scan_id: str, when: datetime, found: list[Finding]) -> list[Any]:
+        shard = HostScan(scan_id, local, when, when, 2, len(found), shard_id=f"{scan_id}:0",
+                         ports=(PortRange(22, 22), PortRange(80, 80)))
+        db.insert_findings(found)
+        db.insert_host_scans([shard])
+        recorder = ChangeRecorder(db)
+        recorder.add_findings(found)
+        return asyncio.run(recorder.finish([shard]))
+
+    def port(scan_id: str, number: int, when: datetime) -> OpenPort:
+        return OpenPort(scan_id=scan_id, target=local, port=number, observed_at=when)
+
+    def ssh(scan_id: str, when: datetime) -> Finding:
+        return judged(Finding(port=port(scan_id, 22, when), service=ServiceInfo(
+            service="ssh", product="OpenSSH", version="9.2p1")))
+
+    def http(scan_id: str, when: datetime) -> Finding:
+        return judged(Finding(port=port(scan_id, 80, when), service=ServiceInfo(
+            service="http", product="nginx")))
+
+    try:
+        # Given a store of layout 20 whose first scan's identification of port 22 was cut
+        # short by a second Ctrl-C (stored unidentified), port 80 identified
+        old = Store.from_url(url)
+        scan(old, "s1", T0, [unidentified(port("s1", 22, T0), "interrupted during "
+                                          "identification"), http("s1", T0)])
+        old.command("ALTER TABLE port_state DROP COLUMN is_incomplete")
+        old.command("TRUNCATE TABLE schema_version")
+        old.command("INSERT INTO schema_version VALUES (20)")
+        old.close()
+        # When this portwatch opens it
+        db = Store.from_url(url)
+        try:
+            # Then the change state knows port 22's identification never finished, port
+            # 80's did, and each port still has one row
+            assert db.query("SELECT port, is_incomplete FROM port_state FINAL "
+                            "ORDER BY port") == [(22, 1), (80, 0)]
+            ports = load_ports(db, [("127.0.0.1", "127.0.0.1")], dense=False)
+            states = {p.port: p for p in ports[("127.0.0.1", "127.0.0.1")].values()}
+            assert isinstance(states[22], PortSnapshot) and states[22].is_incomplete
+            # And its next full identification gives no service or product event (it
+            # gave both: the flag was 0 on every row of an upgraded store; a review)
+            later = T0 + timedelta(days=1)
+            events = scan(db, "s2", later, [ssh("s2", later), http("s2", later)])
+            assert [(e.kind.value, e.port) for e in events] == []
+        finally:
+            db.close()
+    finally:
+        with Store.from_url(url) as cleanup:
+            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+
+
 @pytest.mark.parametrize(("name", "first"), [
     ("summary", ("target", "ip", "hostname", "asset", "organization", "open_ports")),
     ("list", ("target", "ip", "hostname", "asset", "organization", "port", "proto")),
