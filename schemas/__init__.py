@@ -67,18 +67,22 @@ _CARRIED_COUNTS_SQL = (
 # ``CUT_SCAN_CARRIED(cut)``: the ports a scan that completed no shard (interrupted,
 # killed while running) leaves as they were, as (target, ip, scan_id, proto, port) rows of
 # that scan: those of the host's ports scan when it ended (its latest scan with a
-# completed shard before it: the ports that scan saw and those it carried). Such a scan
-# closes nothing and is not the ports scan, so the Summary after it shows them, with what
-# it saw; its point in the score after every scan counted only what it saw (a chart that
-# dipped at every interrupted scan, as if ports had closed: a review, 2026-12-06).
-# ``cut``: a CTE (or table) of the cut scans' target, ip, scan_id, finished_at, read by
-# the hosts' keys. Not a scalar array any more: a constant of 100,000 such scans cost
-# 45-77 s to refresh the risk chart (BENCHMARKS.md, twenty-sixth session). Counted by
-# CARRIED_COUNTS with the ports the scan saw left out.
+# completed shard before it: the ports that scan saw and those it carried), and those any
+# scan of the host saw after that one ended, up to the cut scan's end (what an earlier
+# cut scan saw: the Summary's ports_seen_after). Such a scan closes nothing and is not the
+# ports scan, so the Summary after it shows them, with what it saw; its point in the score
+# after every scan counted only what it saw (a chart that dipped at every interrupted
+# scan, as if ports had closed: a review, 2026-12-06), then not what an earlier cut scan
+# had seen (a second stopped scan's point fell below the Summary beside it: a review,
+# 2026-12-07). ``cut``: a CTE (or table) of the cut scans' target, ip, scan_id,
+# finished_at, read by the hosts' keys. Not a scalar array any more: a constant of
+# 100,000 such scans cost 45-77 s to refresh the risk chart (BENCHMARKS.md,
+# twenty-sixth session). Counted by CARRIED_COUNTS with the ports the scan saw left out.
 _CUT_SCAN_CARRIED_SQL = (
     "WITH cut_base AS ("
     "SELECT c.target AS target, c.ip AS ip, c.scan_id AS scan_id, "
-    "argMax(h.scan_id, h.finished_at) AS ports_scan_id "
+    "argMax(h.scan_id, h.finished_at) AS ports_scan_id, "
+    "max(h.finished_at) AS ports_finished_at, any(c.finished_at) AS cut_finished_at "
     "FROM {cut} AS c INNER JOIN (SELECT target, ip, scan_id, finished_at FROM host_scans FINAL "
     "WHERE (target, ip) IN (SELECT target, ip FROM {cut}) AND status = 'completed') AS h "
     "ON h.target = c.target AND h.ip = c.ip "
@@ -91,7 +95,18 @@ _CUT_SCAN_CARRIED_SQL = (
     "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM cut_base) "
     "UNION ALL SELECT target, ip, scan_id, proto, port FROM carried_history "
     "WHERE (target, ip, scan_id) IN (SELECT target, ip, ports_scan_id FROM cut_base)) AS o "
-    "ON o.target = b.target AND o.ip = b.ip AND o.scan_id = b.ports_scan_id")
+    "ON o.target = b.target AND o.ip = b.ip AND o.scan_id = b.ports_scan_id "
+    # seen since the ports scan ended, by the cut scan's end; the time bounds of all the
+    # cut scans read only the partitions (months) in between
+    "UNION ALL SELECT b.target AS target, b.ip AS ip, b.scan_id AS scan_id, "
+    "a.proto AS proto, a.port AS port "
+    "FROM cut_base AS b INNER JOIN ("
+    "SELECT target, ip, proto, port, observed_at FROM port_observations "
+    "WHERE (target, ip) IN (SELECT target, ip FROM cut_base) "
+    "AND observed_at > (SELECT min(ports_finished_at) FROM cut_base) "
+    "AND observed_at <= (SELECT max(cut_finished_at) FROM cut_base)) AS a "
+    "ON a.target = b.target AND a.ip = b.ip "
+    "WHERE a.observed_at > b.ports_finished_at AND a.observed_at <= b.cut_finished_at")
 # A port of ``alias`` (port_latest or current_findings) that the host's ports scan did not
 # see and the change state holds open (ddl.sql ports_carried): only rows whose scan is the
 # host's ports scan count. With no row carried (most stores, most days) the first term is

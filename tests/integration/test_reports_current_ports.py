@@ -644,3 +644,29 @@ def test_a_scan_cut_short_scores_what_the_summary_shows_after_it(store: Any) -> 
     recorded(store, DB, "s3", later,
              [found(DB, "s3", later, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)])
     assert scores(store, DB)[-1] == ("s3", 1, reports(store)[0]["127.0.0.7"]["risk_score"])
+
+
+def test_a_second_scan_cut_short_scores_what_the_first_one_saw_too(store: Any) -> None:
+    # Given a completed scan that found SSH, nginx and a red MySQL
+    day = timedelta(days=1)
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 3306, "MySQL", "8.0.36", RiskColor.RED)])
+    # And a day later a scan killed while it ran, which saw a new Jetty, then another a
+    # day after that, killed before it reached Jetty's port (it saw SSH alone)
+    for scan_id, at, jetty in (("s2", T0 + day, True), ("s3", T0 + 2 * day, False)):
+        seen = [found(DB, scan_id, at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)]
+        if jetty:
+            seen.append(found(DB, scan_id, at, 8080, "Jetty", "9.4", RiskColor.YELLOW))
+        store.insert_findings(seen)
+        began = at - timedelta(minutes=1)  # (a "running" row is written as a shard starts)
+        store.insert_host_scans([HostScan(scan_id, DB, began, began, 0, 0, status="running")])
+    # Then the Summary shows the four ports (Jetty: seen since the completed scan), and
+    # the second stopped scan's point is that score too, in both charts (before: Jetty
+    # left out, a dip as if it had closed, beside the Summary's 31.3)
+    summary, ports, _products = reports(store)
+    db = summary["127.0.0.7"]
+    assert ports["127.0.0.7"] == [22, 443, 3306, 8080] and db["open_ports"] == 4
+    assert db["risk_score"] == 31.3
+    assert scores(store, DB) == [("s1", 3, 25.9), ("s2", 4, 31.3), ("s3", 4, 31.3)]
+    assert risk_history(store, DB) == [25.9, 31.3, 31.3]
