@@ -343,6 +343,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         + (f" ({stats.probes_done:,} probes)" if stats.probes_done > stats.planned_probes else "")
         + f", {stats.open_found} open, "
         f"{stats.identified} identified, {stats.stored} findings stored", style="bold"))
+    if stats.stop_signal and not stats.interrupted:
+        # the stop came once every shard was discovered, and identification ended
+        out.print(Text("the stop asked for came after every port was scanned: nothing "
+                       "was cut short, the scan is complete"))
     if stats.resumed_shards:
         again = (f"; {stats.rescanned_shards} of them scanned again (a later scan "
                  "completed their hosts since)" if stats.rescanned_shards else "")

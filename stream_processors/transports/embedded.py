@@ -405,19 +405,29 @@ class EmbeddedRunner:
             # What identification did not finish or reach is kept, unidentified.
             for finding in kept:
                 await sink_q.put(finding)
-            for port in in_flight.values():
+            cut = list(in_flight.values())
+            for port in cut:
                 await sink_q.put(unidentified(port, "interrupted during identification"))
             while not open_q.empty():
                 item = open_q.get_nowait()
                 if isinstance(item, OpenPort):
+                    cut.append(item)
                     await sink_q.put(unidentified(item, "interrupted before identification"))
             for port in self._unqueued:
+                cut.append(port)
                 await sink_q.put(unidentified(port, "interrupted before identification"))
             self._unqueued.clear()
             await sink_q.put(_DONE)
             await sink_task
             report_task.cancel()
-            stats.interrupted = stats.interrupted or self._stop_discovery.is_set()
+            # Interrupted: a shard's discovery was cut short or never reached, or a port's
+            # identification was. A stop that came once every shard was discovered, and
+            # let identification finish, stopped nothing: the scan is complete, and says
+            # so (it exited 130 and read "interrupted" beside hosts stored "completed", or
+            # 0, depending on when in that window the Ctrl-C came: a review). The signal
+            # is still kept (stop_signal): watch stops after this scan.
+            reached = {o.shard.shard_id for o in self._outcomes if not o.is_interrupted}
+            stats.interrupted = bool(cut) or any(s not in reached for s in planned)
             stats.finished = time.monotonic()
             await self._record_hosts(planned, stats, resumed)
             # The scan's rows are all in: merge the pages' indexes once, here, rather

@@ -176,6 +176,49 @@ def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> No
     assert sorted(r["port"] for r in json.loads(result.stdout)) == ports
 
 
+def test_one_ctrl_c_after_discovery_cuts_nothing_and_the_scan_completes(
+        tmp_path: Path) -> None:
+    # Given 4 ports of a loopback host that accept and never speak: identification
+    # takes its whole budget on each, after discovery has ended
+    store = f"chdb://{tmp_path / 'store'}"
+    with contextlib.ExitStack() as stack:
+        ports = sorted(stack.enter_context(loopback.listen(loopback.silent(30),
+                                                           addresses=(MUTE_HOST,))).port
+                       for _ in range(4))
+        env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
+               "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "scan", "--ports",
+             ",".join(map(str, ports)), "--udp", "none", "--no-tls", "--no-nmap-probes",
+             MUTE_HOST], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        assert proc.stderr is not None
+        lines: list[str] = []
+        try:
+            # When discovery has ended, one Ctrl-C
+            for line in iter(proc.stderr.readline, ""):  # bounded: the scan ends itself
+                lines.append(line)
+                if "identifying:" in line:
+                    break
+            proc.send_signal(signal.SIGINT)
+            out, rest = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    said = "".join(lines) + rest
+    # Then identification finishes, and the scan, which the stop cut nothing of, says
+    # it is done and exits 0 (it exited 130 "interrupted" beside hosts stored
+    # "completed": a review), saying why
+    assert "interrupt again to store them unidentified now" in said, said
+    assert proc.returncode == 0, said
+    assert " done in " in out and "nothing was cut short, the scan is complete" in out, out
+    assert "Traceback" not in said
+    result = run_cli("report", "summary", "--format", "json", store=store, timeout=60)
+    [host] = json.loads(result.stdout)
+    assert (host["scan_status"], host["open_ports"]) == ("completed", 4)
+
+
 def test_a_low_open_files_limit_is_raised_or_refused_in_one_line(tmp_path: Path) -> None:
     scan = (f"{sys.executable} -m portwatch scan --ports 1-20 --udp none -q --no-tls "
             "127.0.0.1 --store chdb://{store}")
