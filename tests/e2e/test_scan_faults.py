@@ -133,14 +133,18 @@ def test_processes_racing_for_one_store_get_it_or_the_busy_line(tmp_path: Path) 
         + [json.dumps({"busy": True, "opened": False}, sort_keys=True)] * 3)
 
 
-def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> None:
-    # Given 30 ports of a loopback host that accept and never speak: identification
-    # takes its whole budget on each, long after discovery has ended
+def ctrl_c_after_discovery(tmp_path: Path, ports_wanted: int, presses: int
+                           ) -> tuple[int, str, str, str, list[int]]:
+    """A scan of ``ports_wanted`` ports of a loopback host that accept and never speak
+    (identification takes its whole budget on each, long after discovery has ended),
+    sent ``presses`` Ctrl-C once discovery has ended (the progress line says
+    identification is what is left, not "ETA 0s"). (exit code, stdout, stderr, store,
+    ports)"""
     store = f"chdb://{tmp_path / 'store'}"
     with contextlib.ExitStack() as stack:
         ports = sorted(stack.enter_context(loopback.listen(loopback.silent(30),
                                                            addresses=(MUTE_HOST,))).port
-                       for _ in range(30))
+                       for _ in range(ports_wanted))
         env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
                "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"}
         proc = subprocess.Popen(
@@ -151,26 +155,30 @@ def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> No
         assert proc.stderr is not None
         lines: list[str] = []
         try:
-            # When discovery has ended (the progress line says identification is what
-            # is left, not "ETA 0s"), Ctrl-C, then Ctrl-C again
             for line in iter(proc.stderr.readline, ""):  # bounded: the scan ends itself
                 lines.append(line)
                 if "identifying:" in line:
                     break
-            proc.send_signal(signal.SIGINT)
-            lines.append(proc.stderr.readline())
-            proc.send_signal(signal.SIGINT)
-            _out, rest = proc.communicate(timeout=120)
+            for press in range(presses):
+                if press:
+                    lines.append(proc.stderr.readline())  # what the one before said
+                proc.send_signal(signal.SIGINT)
+            out, rest = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    said = "".join(lines) + rest
+    return proc.returncode, out, "".join(lines) + rest, store, ports
+
+
+def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> None:
+    # When discovery of 30 mute ports has ended, Ctrl-C, then Ctrl-C again
+    code, _out, said, store, ports = ctrl_c_after_discovery(tmp_path, 30, presses=2)
     # Then each says what it does, the scan exits 130, and every port is stored
     assert "progress: ports scanned; identifying: " in said, said
     assert "interrupt again to store them unidentified now" in said, said
     assert "stopping: storing what is left unidentified" in said, said
-    assert proc.returncode == 130, said
+    assert code == 130, said
     assert "Traceback" not in said
     result = run_cli("report", "list", "--format", "json", store=store, timeout=60)
     assert sorted(r["port"] for r in json.loads(result.stdout)) == ports
@@ -178,40 +186,13 @@ def test_two_ctrl_c_say_what_each_does_and_keep_every_port(tmp_path: Path) -> No
 
 def test_one_ctrl_c_after_discovery_cuts_nothing_and_the_scan_completes(
         tmp_path: Path) -> None:
-    # Given 4 ports of a loopback host that accept and never speak: identification
-    # takes its whole budget on each, after discovery has ended
-    store = f"chdb://{tmp_path / 'store'}"
-    with contextlib.ExitStack() as stack:
-        ports = sorted(stack.enter_context(loopback.listen(loopback.silent(30),
-                                                           addresses=(MUTE_HOST,))).port
-                       for _ in range(4))
-        env = {**os.environ, "PORTWATCH_STORE": store, "COLUMNS": "250",
-               "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "portwatch", "scan", "--ports",
-             ",".join(map(str, ports)), "--udp", "none", "--no-tls", "--no-nmap-probes",
-             MUTE_HOST], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        assert proc.stderr is not None
-        lines: list[str] = []
-        try:
-            # When discovery has ended, one Ctrl-C
-            for line in iter(proc.stderr.readline, ""):  # bounded: the scan ends itself
-                lines.append(line)
-                if "identifying:" in line:
-                    break
-            proc.send_signal(signal.SIGINT)
-            out, rest = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    said = "".join(lines) + rest
+    # When discovery of 4 mute ports has ended, one Ctrl-C
+    code, out, said, store, _ports = ctrl_c_after_discovery(tmp_path, 4, presses=1)
     # Then identification finishes, and the scan, which the stop cut nothing of, says
     # it is done and exits 0 (it exited 130 "interrupted" beside hosts stored
     # "completed": a review), saying why
     assert "interrupt again to store them unidentified now" in said, said
-    assert proc.returncode == 0, said
+    assert code == 0, said
     assert " done in " in out and "nothing was cut short, the scan is complete" in out, out
     assert "Traceback" not in said
     result = run_cli("report", "summary", "--format", "json", store=store, timeout=60)
