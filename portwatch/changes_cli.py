@@ -168,19 +168,24 @@ def prune_command(older_than: str, store: str | None) -> None:
     db = _open(store)
     try:
         cutoff, scans = prune(db, period)
-        if cutoff > EPOCH:
-            prune_alert_history(db, cutoff)
+        deliveries, runs = prune_alert_history(db, cutoff) if cutoff > EPOCH else (0, 0)
     finally:
         db.close()
     before = f"before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
-    scans_part = (f"pruned the raw rows of {scans:,} scan{'s' if scans != 1 else ''} that "
-                  f"ended {before} (each host's latest scan and each TLS port's latest "
-                  "probe kept)" if scans else
-                  f"no scan ended {before}: no scan's raw rows to prune")
-    out_console().print(f"{scans_part}; pruned the alert deliveries that ended, their "
-                        "claims and the scheduled runs before then (pending deliveries "
-                        "and each entry's latest run kept)",
-                        markup=False, highlight=False)
+    said = [f"pruned the raw rows of {_count(scans, 'scan')} that ended {before} (each "
+            "host's latest scan and each TLS port's latest probe kept)" if scans else
+            f"no scan ended {before}: no scan's raw rows to prune"]
+    if deliveries or runs:
+        said.append(f"pruned {_count(deliveries, 'alert delivery', 'alert deliveries')} "
+                    f"that ended (with their claims) and {_count(runs, 'scheduled run')} "
+                    "before then (pending deliveries and each entry's latest run kept)")
+    else:
+        said.append("no alert delivery or scheduled run to prune")
+    out_console().print("; ".join(said), markup=False, highlight=False)
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 class _ReportWithChanges(click.Command):

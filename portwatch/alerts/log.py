@@ -124,11 +124,21 @@ _PRUNE_ALERTS = (
 )
 
 
-def prune_alert_history(store: Any, cutoff: datetime) -> None:
+def prune_alert_history(store: Any, cutoff: datetime) -> tuple[int, int]:
     """Delete the deliveries that ended, the claims (of deliveries and of watch slots) and
     the scheduled runs older than ``cutoff``; never a pending delivery, its claims, or
     an entry's latest run. A change event replayed after its delivery was pruned (a
-    Kafka topic kept longer than the cutoff) is alerted again."""
+    Kafka topic kept longer than the cutoff) is alerted again. Returns how many
+    deliveries and scheduled runs it deleted (the command says so; it said it pruned
+    them when there were none: a review)."""
+    counted = {}
+    for table in ("alert_outbox", "watch_runs"):
+        where = dict(_PRUNE_ALERTS)[table]
+        key = "(rule, channel, event_id)" if table == "alert_outbox" else "(entry, slot)"
+        counted[table] = int(store.query(
+            f"SELECT uniqExact{key} FROM {table} FINAL WHERE {where}",
+            {"cutoff": cutoff})[0][0])
     for table, where in _PRUNE_ALERTS:
         store.command(f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 1",
                       {"cutoff": cutoff})
+    return counted["alert_outbox"], counted["watch_runs"]

@@ -927,8 +927,10 @@ def test_prune_takes_ended_deliveries_old_claims_and_runs_never_pending_ones(
         for entry, when in (("nightly", start - 40 * day), ("nightly", start - 39 * day),
                             ("hourly", start - day)) for m in (0, 1)])
     # When what ended more than 30 days ago is pruned
-    prune_alert_history(store, start - 30 * day)
-    # Then only the pending delivery and its claim are left of the alerting
+    pruned = prune_alert_history(store, start - 30 * day)
+    # Then only the pending delivery and its claim are left of the alerting: three
+    # deliveries and one run went, and it says so
+    assert pruned == (3, 1)
     assert {(k[2][-4:], v[0]) for k, v in outbox_states(store).items()} == {
         (event(6382).event_id[-4:], "pending")}
     assert store.query("SELECT DISTINCT event_id FROM alert_claims") == [
