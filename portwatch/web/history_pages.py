@@ -248,6 +248,14 @@ def routes(web: WebApp) -> list[BaseRoute]:
         events = changes_report(store, host=name, host_ip=ip, limit=MAX_EVENTS).dicts()
         scores = store.select("scores", history_sql("target_scores"),
                               {"target": name, "ip": ip}).dicts()
+        if not (ports or events or scores):
+            # nothing of it stored: a mistyped or stale link, not a clean host (it was a
+            # page saying "No open port in its latest scan" above "Never scanned": a
+            # review)
+            shown = f"{name} ({ip})" if ip and ip != name else name
+            return web.error_page(404, f"no target {shown[:120]} in the store: never "
+                                  "scanned, or scanned under another name (open it from "
+                                  "the Summary)", "summary")
         return web.render("target.html", active="summary", page_title=f"Target {name}",
                           name=name, ip=ip, ports=ports, events=events, scores=scores)
 

@@ -249,6 +249,17 @@ def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
     assert "Ports now (2)" in mapped and "Changes (3)" in mapped
 
 
+@pytest.mark.parametrize("query", ["target=nope&ip=127.0.0.99", "target=127.0.0.1&ip=127.0.0.99",
+                                   "target=nope"])
+def test_target_page_of_nothing_stored_is_a_404(web: Served, query: str) -> None:
+    # a mistyped or stale link: it was a 200 page saying "No open port in its latest
+    # scan" above "Never scanned", as if a clean host (a review)
+    status, _h, body = web.get(f"/target?{query}")
+    assert status == 404, body
+    assert "in the store: never scanned, or scanned under another name" in body
+    assert "No open port in its latest scan" not in body
+
+
 def test_changes_take_port_0_as_any_and_a_blank_kind_as_none(web: Served) -> None:
     import json
 
