@@ -348,9 +348,10 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
         out.print(Text("the stop asked for came after every port was scanned: nothing "
                        "was cut short, the scan is complete"))
     if stats.resumed_shards:
-        again = (f"; {stats.rescanned_shards} of them scanned again (a later scan "
-                 "completed their hosts since)" if stats.rescanned_shards else "")
-        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before{again}"))
+        out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+    if stats.overtaken_hosts:
+        out.print(Text(f"left out: {stats.overtaken_hosts:,} host(s) another scan completed "
+                       "since this one began (their ports now are that scan's)"))
     if stats.change_events:  # what this scan changed (`portwatch report changes`)
         out.print(Text(changes_line(stats.change_events)))
     for note in [*stats.notes, *stats.errors]:

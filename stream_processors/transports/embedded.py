@@ -89,9 +89,9 @@ class ScanStats:
     errors: list[str] = field(default_factory=list)
     failed_shards: int = 0  # shards whose every attempt failed: not (all) scanned
     resumed_shards: int = 0  # shards a checkpoint said were already done
-    # of those, the shards scanned again: a scan completed some of their hosts after
-    # the earlier run began, so what that run stored there is older than the host's now
-    rescanned_shards: int = 0
+    # hosts a resumed scan left out: another scan completed them after the earlier run
+    # began (``EmbeddedRunner._overtaken``)
+    overtaken_hosts: int = 0
     # What changed since each host's previous completed scan (alerting reads these).
     change_events: list[ChangeEvent] = field(default_factory=list)
     # The signal (SIGINT, SIGTERM) that asked the run to stop, 0 = none; set also when it
@@ -314,6 +314,7 @@ class EmbeddedRunner:
         stats = self._stats = ScanStats(scan_id, len(targets))
         stats.stopping = self._stop_discovery.is_set()
         stats.planned_probes = plan.probe_count
+        stats.overtaken_hosts = len(overtaken)
         self._outcomes = []
         self._dropped.clear()
         # What an earlier run stored and died before comparing (kill -9 at its end): its
@@ -343,12 +344,19 @@ class EmbeddedRunner:
                     for shard in shard_plan.shards():
                         if shard.index < resume_from:
                             stats.resumed_shards += 1
-                            if any((t.target, t.ip) in overtaken for t in shard.targets):
-                                stats.rescanned_shards += 1  # scanned again, below
-                            else:
-                                stats.planned_probes -= shard.probe_count
-                                resumed[shard.shard_id] = shard
+                            stats.planned_probes -= shard.probe_count
+                            resumed[shard.shard_id] = shard
+                            continue
+                        if overtaken:
+                            left = tuple(t for t in shard.targets
+                                         if (t.target, t.ip) not in overtaken)
+                            stats.planned_probes -= shard.port_count * (
+                                len(shard.targets) - len(left))
+                            if not left:  # nothing of it to scan: passed as done
+                                mark.discovered(shard.proto, shard.index, (), True)
+                                mark.advance()
                                 continue
+                            shard = replace(shard, targets=left)
                         planned[shard.shard_id] = shard
                         if self._stop_discovery.is_set():
                             continue  # recorded as interrupted, never as a silent gap
@@ -429,7 +437,7 @@ class EmbeddedRunner:
             reached = {o.shard.shard_id for o in self._outcomes if not o.is_interrupted}
             stats.interrupted = bool(cut) or any(s not in reached for s in planned)
             stats.finished = time.monotonic()
-            await self._record_hosts(planned, stats, resumed)
+            await self._record_hosts(planned, stats, resumed, overtaken)
             # The scan's rows are all in: merge the pages' indexes once, here, rather
             # than at every page read (Store.compact_page_indexes). Not after Ctrl-C:
             # the user asked to stop, and the next scan's end merges what this left.
@@ -531,10 +539,11 @@ class EmbeddedRunner:
                 deadline = time.monotonic() + self.batch_seconds
 
     async def _record_hosts(self, shards_planned: dict[str, Shard], stats: ScanStats,
-                            resumed: dict[str, Shard]) -> None:
+                            resumed: dict[str, Shard], overtaken: set[HostKey]) -> None:
         """One HostScan per (host, shard): finished shards as they ended, shards an
         interrupt never reached as "interrupted", so a partial scan never reads complete.
-        ``resumed``: the shards an earlier run of this scan did (see ``_resumed_rows``)."""
+        ``resumed``: the shards an earlier run of this scan did, ``overtaken`` the hosts
+        this run leaves out (see ``_resumed_rows``)."""
         rows = []
         done = set()
         for outcome in self._outcomes:
@@ -546,8 +555,9 @@ class EmbeddedRunner:
                 rows.extend(ShardOutcome(shard, now, now, probed_per_host=0
                                          ).host_scans("interrupted"))
         rows = note_dropped(rows, self._dropped)
-        earlier, completed_now = (await asyncio.to_thread(self._resumed_rows, resumed, now)
-                                  if resumed else ([], []))
+        earlier, completed_now = (
+            await asyncio.to_thread(self._resumed_rows, resumed, overtaken, now)
+            if resumed else ([], []))
         await asyncio.to_thread(self.store.insert_host_scans, rows + completed_now)
         # after the findings are stored; after what an earlier run left (run() start)
         stats.change_events += await self.changes.finish(rows + earlier)
@@ -575,25 +585,26 @@ class EmbeddedRunner:
                     "scan from the start, or resume into the store it began in")
 
     def _overtaken(self, plan: ScanPlan, progress_at: Checkpoint) -> set[HostKey]:
-        """The hosts of the shards a checkpoint passed that another scan completed after
-        the earlier run began. Their shards are scanned again: what that run stored
-        there is older than the host's ports now. Left as they were, the resumed scan
-        ended later than that scan, read as the host's latest, and read "interrupted"
-        for good (the shards passed were never recorded as completed), and the ports it
-        showed were partly older than that scan's (a review)."""
-        keys = {(s.scan_id, t.target, t.ip) for shard_plan in plan.plans
-                for s in shard_plan.shards() if s.index < progress_at.index(shard_plan.proto)
-                for t in s.targets}
-        if not keys:
-            return set()
+        """The hosts of a resumed scan that another scan completed after the earlier run
+        began: the resumed run leaves them out, and leaves what the earlier run recorded
+        of them as it was. Their latest scan stays that other one, whose ports are newer
+        than anything this scan saw or would see of them. Scanned on, the resumed scan
+        ended later than that scan and read as the host's latest: "interrupted" for good
+        (its passed shards' rows stayed "running"), with the ports of the earlier run
+        beside the new ones (a review); its shards scanned again, a port the earlier
+        run had stored read open after it had closed (a review of that fix)."""
+        if not any(progress_at.index(p.proto) > 0 for p in plan.plans):
+            return set()  # a scan from the start: nothing of it stored yet
+        keys = {(plan.scan_id, t.target, t.ip) for shard_plan in plan.plans
+                for t in shard_plan.targets}
         began: dict[HostKey, datetime] = {}
         for h in stored_host_scans(self.store, keys):
             host = (h.target.target, h.target.ip)
             began[host] = min(began.get(host, h.started_at), h.started_at)
         return completed_since(self.store, began, plan.scan_id)
 
-    def _resumed_rows(self, resumed: dict[str, Shard], now: datetime
-                      ) -> tuple[list[HostScan], list[HostScan]]:
+    def _resumed_rows(self, resumed: dict[str, Shard], overtaken: set[HostKey],
+                      now: datetime) -> tuple[list[HostScan], list[HostScan]]:
         """The shard records of the shards an earlier run of this scan did, for change
         detection (every shard of a host's scan is compared together; the ports that run
         stored in those shards are this scan's too, taken from the store, and only
@@ -601,10 +612,11 @@ class EmbeddedRunner:
         them to store as completed: the checkpoint passed them, so their findings are
         stored, but a run killed outright (SIGKILL) left them "running" (its records are
         written at its end), and the scan read as interrupted for good, its ports never
-        opened (a review). (A host another scan completed since the earlier run began is
-        in none of them: its shards were scanned again, ``_overtaken``.) (earlier
-        records, records to store)"""
-        keys = {(s.scan_id, t.target, t.ip) for s in resumed.values() for t in s.targets}
+        opened (a review). A host another scan completed since the earlier run began
+        (``overtaken``) is left as it was: this scan's older ports would replace that
+        scan's as the host's ports now (a review). (earlier records, records to store)"""
+        keys = {(s.scan_id, t.target, t.ip) for s in resumed.values() for t in s.targets
+                if (t.target, t.ip) not in overtaken}
         stored = {(h.shard_id, h.target.ip): h for h in stored_host_scans(self.store, keys)}
         snapshots = stored_snapshots(self.store, keys)
         earlier: list[HostScan] = []
@@ -612,6 +624,8 @@ class EmbeddedRunner:
         for shard in resumed.values():
             for row in ShardOutcome(shard, now, now).host_scans("completed"):
                 key = (shard.scan_id, row.target.target, row.target.ip)
+                if key not in keys:
+                    continue
                 found = [p for p in snapshots.get(key, ()) if row.covers(p.proto, p.port)]
                 self.changes.add_snapshots(key, found)
                 kept = stored.get((shard.shard_id, row.target.ip))

@@ -45,8 +45,10 @@ def _open_ports(store) -> set[int]:  # type: ignore[no-untyped-def]
     return {r["port"] for r in store.report("list", {"history": 1}).dicts()}
 
 
-def _listener_per_shard(stack: contextlib.ExitStack) -> tuple[int, list[int]]:
-    """A banner listener in each 1,000-port shard of [lo, lo + 2999]: (lo, their ports)."""
+def _listener_per_shard(stack: contextlib.ExitStack, listeners: dict[int, Any] | None = None
+                        ) -> tuple[int, list[int]]:
+    """A banner listener in each 1,000-port shard of [lo, lo + 2999]: (lo, their ports);
+    each listener by its port into ``listeners`` when given (to close one)."""
     lo = min(loopback.free_port(), 60000)
     ports = []
     for offset in (10, 1010, 2010):
@@ -57,6 +59,8 @@ def _listener_per_shard(stack: contextlib.ExitStack) -> tuple[int, list[int]]:
             except OSError:
                 continue
             ports.append(lst.port)
+            if listeners is not None:
+                listeners[lst.port] = lst
             break
     assert len(ports) == 3
     return lo, ports
@@ -371,30 +375,42 @@ def test_a_resumed_scan_takes_from_the_store_only_the_shards_it_did_not_scan_aga
 
 def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
         store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    listeners: dict[int, Any] = {}
     with contextlib.ExitStack() as stack:
-        lo, ports = _listener_per_shard(stack)
+        lo, ports = _listener_per_shard(stack, listeners)
         span = (PortRange(lo, lo + 2999),)
         plan = _plan(span, seed=5, scan_id="overtaken")
         checkpoint = tmp_path / "scan.checkpoint"
-        # Given a run killed after its first shard, then a whole scan of the same host
+        # Given a run killed after its first shard, which stored that shard's port
         saved = _killed_after_first_shard(store, plan, checkpoint)
-        asyncio.run(_runner(store).run(_plan(span, seed=6, scan_id="in-between")))
-        assert set(ports) <= _current_ports(store)
-        # When the killed scan resumes
-        resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
-                                                 checkpoint_path=str(checkpoint)))
-    # Then the shard the killed run did is scanned again (what it stored there is older
-    # than the scan in between), every listener is still listed (a review: the resumed
-    # scan, completed after the other, became the host's ports scan with its older
-    # ports, and the ports of its first shard vanished from the Summary and the List),
-    # and the host's latest scan reads completed (it read "interrupted" for good: the
-    # passed shard's row stayed "running"; a review)
-    assert (resumed.resumed_shards, resumed.rescanned_shards) == (1, 1)
+        first = next(s for s in plan.plans[0].shards() if s.index == 0)
+        [gone] = [p for p in ports if first.ports[0].first <= p <= first.ports[0].last]
+        assert gone in _current_ports(store)
+        # and a port of it that closes, then a whole scan of the same host (it found
+        # every listener but that one)
+        with socket.socket() as holder:  # bound, not listening: closed, and kept so
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listeners[gone].close()
+            holder.bind(("127.0.0.1", gone))
+            asyncio.run(_runner(store).run(_plan(span, seed=6, scan_id="in-between")))
+            assert _current_ports(store) == set(ports) - {gone}
+            # When the killed scan resumes
+            resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                     checkpoint_path=str(checkpoint)))
+    # Then it leaves the host out: the scan in between is newer than anything the
+    # killed run saw of it. Its ports stay that scan's (a review: the resumed scan,
+    # completed after the other, became the host's ports scan with its older ports, and
+    # the ports of its first shard vanished from the Summary and the List; then, its
+    # shards scanned again, the closed port the killed run had stored read open), and
+    # its latest scan reads completed (it read "interrupted" for good: the passed
+    # shard's row stayed "running"; a review)
+    assert (resumed.resumed_shards, resumed.overtaken_hosts) == (1, 1)
+    assert resumed.probes_done == 0 and resumed.change_events == []
     assert not resumed.interrupted and not resumed.errors
-    assert set(ports) <= _current_ports(store)
+    assert _current_ports(store) == set(ports) - {gone}
     (summary,) = store.report("summary", {}).dicts()
-    assert summary["open_ports"] >= len(ports)
-    assert summary["scan_status"] == "completed"
+    assert (summary["open_ports"], summary["scan_status"]) == (len(ports) - 1, "completed")
+    assert store.query("SELECT scan_id FROM latest_host_scans") == [("in-between",)]
     assert not checkpoint.exists()  # the scan is complete
 
 
