@@ -8,6 +8,7 @@ import contextlib
 import socket
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
