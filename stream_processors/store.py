@@ -74,13 +74,18 @@ def _incomplete_backfill() -> str:
     from stream_processors.history import PORT_STATE_COLUMNS
 
     kept = [c for c in PORT_STATE_COLUMNS if c not in ("updated_at", "is_incomplete")]
-    reasons = " OR ".join(f"startsWith(extra_info, '{r}')" for r in INCOMPLETE)
+    key = "target, ip, proto, port, scan_id"
+    cut = ("method = 'unidentified' AND ("
+           + " OR ".join(f"startsWith(extra_info, '{r}')" for r in INCOMPLETE) + ")")
+    # the scan's *latest* observation of the port was cut short: a resumed scan holds
+    # the killed run's cut-short one and the full identification after it under one
+    # scan id (any cut-short observation marked a port identified since: a review)
     return (f"INSERT INTO port_state ({', '.join([*kept, 'updated_at', 'is_incomplete'])}) "
             f"SELECT {', '.join(kept)}, updated_at + toIntervalMillisecond(1), 1 "
-            "FROM port_state FINAL WHERE is_incomplete = 0 "
-            "AND (target, ip, proto, port, scan_id) IN (SELECT target, ip, proto, port, "
-            "scan_id FROM port_observations WHERE method = 'unidentified' "
-            f"AND ({reasons}))")
+            f"FROM port_state FINAL WHERE is_incomplete = 0 AND ({key}) IN ("
+            f"SELECT {key} FROM port_observations WHERE ({key}) IN ("
+            f"SELECT {key} FROM port_observations WHERE {cut}) "
+            f"GROUP BY {key} HAVING argMax({cut}, observed_at))")
 
 
 def _ddl_statement(name: str) -> str:

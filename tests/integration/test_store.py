@@ -826,7 +826,7 @@ def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
 
     def scan(db: Store, scan_id: str, when: datetime, found: list[Finding]) -> list[Any]:
         shard = HostScan(scan_id, local, when, when, 2, len(found), shard_id=f"{scan_id}:0",
-                         ports=(PortRange(22, 22), PortRange(80, 80)))
+                         ports=(PortRange(22, 22), PortRange(80, 80), PortRange(8080, 8080)))
         db.insert_findings(found)
         db.insert_host_scans([shard])
         recorder = ChangeRecorder(db)
@@ -840,16 +840,21 @@ def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
         return judged(Finding(port=port(scan_id, 22, when), service=ServiceInfo(
             service="ssh", product="OpenSSH", version="9.2p1")))
 
-    def http(scan_id: str, when: datetime) -> Finding:
-        return judged(Finding(port=port(scan_id, 80, when), service=ServiceInfo(
+    def http(scan_id: str, when: datetime, number: int = 80) -> Finding:
+        return judged(Finding(port=port(scan_id, number, when), service=ServiceInfo(
             service="http", product="nginx")))
 
     try:
         # Given a store of layout 20 whose first scan's identification of port 22 was cut
-        # short by a second Ctrl-C (stored unidentified), port 80 identified
+        # short by a second Ctrl-C (stored unidentified), port 80 identified, and port
+        # 8080 cut short by a killed run of the scan, then identified by its resumed run
+        # (both observations under the one scan id)
         old = Store.from_url(url)
+        old.insert_findings([unidentified(port("s1", 8080, T0 - timedelta(minutes=1)),
+                                          "interrupted before identification")])
         scan(old, "s1", T0, [unidentified(port("s1", 22, T0), "interrupted during "
-                                          "identification"), http("s1", T0)])
+                                          "identification"), http("s1", T0),
+                             http("s1", T0, 8080)])
         old.command("ALTER TABLE port_state DROP COLUMN is_incomplete")
         old.command("TRUNCATE TABLE schema_version")
         old.command("INSERT INTO schema_version VALUES (20)")
@@ -858,16 +863,19 @@ def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
         db = Store.from_url(url)
         try:
             # Then the change state knows port 22's identification never finished, port
-            # 80's did, and each port still has one row
+            # 80's and 8080's did (8080's latest observation is the full one: it was
+            # marked by the earlier one, and its next version change went unsaid; a
+            # review), and each port still has one row
             assert db.query("SELECT port, is_incomplete FROM port_state FINAL "
-                            "ORDER BY port") == [(22, 1), (80, 0)]
+                            "ORDER BY port") == [(22, 1), (80, 0), (8080, 0)]
             ports = load_ports(db, [("127.0.0.1", "127.0.0.1")], dense=False)
             states = {p.port: p for p in ports[("127.0.0.1", "127.0.0.1")].values()}
             assert isinstance(states[22], PortSnapshot) and states[22].is_incomplete
             # And its next full identification gives no service or product event (it
             # gave both: the flag was 0 on every row of an upgraded store; a review)
             later = T0 + timedelta(days=1)
-            events = scan(db, "s2", later, [ssh("s2", later), http("s2", later)])
+            events = scan(db, "s2", later, [ssh("s2", later), http("s2", later),
+                                            http("s2", later, 8080)])
             assert [(e.kind.value, e.port) for e in events] == []
         finally:
             db.close()
