@@ -174,7 +174,8 @@ def prune_command(older_than: str, store: str | None) -> None:
     before = f"before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
     said = [f"pruned the raw rows of {_count(scans, 'scan')} that ended {before} (each "
             "host's latest scan and each TLS port's latest probe kept)" if scans else
-            f"no scan ended {before}: no scan's raw rows to prune"]
+            f"no scan to prune {before} (each host's latest scan and its latest "
+            "completed one are kept)"]
     if deliveries or runs:
         said.append(f"pruned {_count(deliveries, 'alert delivery', 'alert deliveries')} "
                     f"that ended (with their claims) and {_count(runs, 'scheduled run')} "

@@ -117,7 +117,8 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     (first_seen), ``changes`` (the log), ``host_latest``, ``port_latest``, ``tls_latest``,
     ``host_state``/``port_state``, ``ports_carried`` or prevalence: those are kept by
     views or the writer and do not depend on the raw rows once written. Returns the
-    cutoff and the number of scans it pruned (the command says it: a review)."""
+    cutoff and the number of scans whose rows it deleted (the command says it: a
+    review)."""
     cutoff = (now or datetime.now(UTC)) - older_than
     if cutoff <= EPOCH:
         # Nothing is observed before 1970 (observations carry our clock), and the engine
@@ -133,6 +134,13 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
     # for good, the change log still naming what it saw: a review). An error here stops
     # the prune before anything is deleted.
     refresh_risk_days(store)
+    # the scans of which something goes: a scan the reports still read (each host's
+    # latest one, and its latest completed one) is kept whole, and not counted (every
+    # scan that ended was, so a prune that deleted nothing said it pruned: a review)
+    pruned = int(store.query(
+        "SELECT uniqExact(scan_id) FROM host_scans WHERE finished_at < "
+        "{cutoff:DateTime64(3)} AND scan_id IN {ended:Array(String)} AND "
+        f"{_KEEP_HOST_SCAN}", {"cutoff": cutoff, "ended": ended})[0][0])
     for table, column, keep in _PRUNED:
         # A mutation, waited for so the command's exit means done (or failed, said). The
         # time bound holds for every row of these scans; it spares the parts (monthly
@@ -140,4 +148,4 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None) -
         store.mutate(table, f"ALTER TABLE {table} DELETE WHERE {column} < "
                      f"{{cutoff:DateTime64(3)}} AND scan_id IN {{ended:Array(String)}} "
                      f"AND {keep}", {"cutoff": cutoff, "ended": ended})
-    return Pruned(cutoff, len(ended))
+    return Pruned(cutoff, pruned)

@@ -168,8 +168,8 @@ def test_prune_before_1970_deletes_nothing_and_says_so(scanned: dict, period: st
     # Then it is not an error: the cutoff (about 36,500 days ago) is printed and no
     # observation is deleted
     assert result.code == 0, result.stderr
-    printed = re.search(r"no scan ended before (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC: "
-                        r"no scan's raw rows to prune", result.stdout)
+    printed = re.search(r"no scan to prune before (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC "
+                        r"\(each host's latest scan", result.stdout)
     assert printed is not None, result.stdout
     cutoff = datetime.strptime(printed[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     days = int(period[:-1]) * (7 if period.endswith("w") else 1)
@@ -181,7 +181,7 @@ def test_prune_before_1970_deletes_nothing_and_says_so(scanned: dict, period: st
 def test_prune_command_keeps_the_change_log(scanned: dict) -> None:
     result = run_cli("prune", "--older-than", "90d", store=scanned["store"])
     assert result.code == 0, result.stderr
-    assert result.stdout.startswith("no scan ended before "), result.stdout
+    assert result.stdout.startswith("no scan to prune before "), result.stdout
     # (nor any alert delivery: said so, not "pruned the alert deliveries"; a review)
     assert result.stdout.rstrip().endswith("; no alert delivery or scheduled run to prune")
     assert len(changes(scanned["store"])) == 3

@@ -233,6 +233,8 @@ def test_prune_keeps_first_seen_the_change_log_and_the_latest_state(store) -> No
     pruned = prune(store, dt.timedelta(days=90), now=now)
     # Then the old raw rows are gone (one scan, said), the recent ones stay
     assert pruned == (now - dt.timedelta(days=90), 1)
+    # (and again: nothing left to prune, none counted; the host's latest scan is kept)
+    assert prune(store, dt.timedelta(days=0, seconds=1), now=now).scans == 0
     assert store.query("SELECT scan_id FROM port_observations FINAL") == [("new",)]
     assert store.query("SELECT scan_id FROM host_scans FINAL") == [("new",)]
     # And first_seen, the change log and the List are untouched
