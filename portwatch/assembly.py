@@ -180,6 +180,13 @@ class Assembly:
         # as an inventory's labels are
         organization, asset = label_text(organization, "--org"), label_text(asset, "--asset")
         specs = [TargetSpec(t, organization, asset) for t in _expand_stdin(targets)]
+        if inventory and not specs and (organization or asset):
+            # they label the arguments only: with an inventory alone they did nothing,
+            # without a word (a review)
+            raise TargetError("--org and --asset label the targets given as arguments; an "
+                              "inventory's targets carry their own (its organization and "
+                              "asset columns): set them there, or give --only-org to scan "
+                              "one organization of it")
         if inventory:
             specs += read_inventory(inventory)
         if not specs:

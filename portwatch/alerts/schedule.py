@@ -409,6 +409,11 @@ def _parse(path: str, root: yaml.Node | None) -> list[ScheduleEntry]:
             raise fail(nodes["allow_large"], f"schedule {name!r}: allow_large is true or "
                                              f"false, not {values['allow_large'][:40]!r}"
                        ) from None
+        if inventory and values.get("asset") and not values.get("targets"):
+            # it labels the entry's targets; with an inventory alone it did nothing
+            raise fail(nodes["asset"], f"schedule {name!r}: asset labels the entry's "
+                                       "targets; an inventory's targets carry their own "
+                                       "(its asset column)")
         out.append(ScheduleEntry(
             name=name, cron=cron, targets=values.get("targets", ()), inventory=inventory and
             values["inventory"], organization=values.get("organization", ""),

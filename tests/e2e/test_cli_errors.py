@@ -252,6 +252,20 @@ def test_bad_inventory_is_refused(tmp_path: Path, store_dir: Path) -> None:
     assert not store_dir.exists()
 
 
+@pytest.mark.parametrize("label", [["--org", "Foo"], ["--asset", "Bar"]])
+def test_labels_with_an_inventory_alone_are_refused(tmp_path: Path, store_dir: Path,
+                                                    label: list[str]) -> None:
+    # --org/--asset label the targets given as arguments: with an inventory alone they
+    # did nothing, and the hosts were stored unlabelled, without a word (a review)
+    inventory = tmp_path / "assets.csv"
+    inventory.write_text("target\n127.0.0.1\n")
+    result = run_cli("scan", "--inventory", str(inventory), *label,
+                     store=f"chdb://{store_dir}", timeout=60)
+    assert_refused(result, "--org and --asset label the targets given as arguments; an "
+                           "inventory's targets carry their own")
+    assert not store_dir.exists()
+
+
 @pytest.mark.parametrize(("name", "content", "flag", "message"), [
     pytest.param("assets.yaml", b"- " + b"1" * 5000 + b"\n", "--inventory",
                  "a number too long to be a target (over 4,300 digits)", id="inventory-huge-int"),

@@ -441,6 +441,9 @@ schedules:
      "unknown key 'every'"),
     ("schedules:\n  - name: a\n    inventory: missing.csv\n    cron: \"@daily\"\n", 3,
      "inventory 'missing.csv' not found"),
+    # an asset labels the entry's targets: with an inventory alone it did nothing
+    ("schedules:\n  - name: a\n    inventory: schedules.yaml\n    asset: web\n"
+     "    cron: \"@daily\"\n", 4, "schedule 'a': asset labels the entry's targets"),
     ("schedules: [\n", 2, "invalid YAML"),
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"0 0 31 2 *\"\n", 4,
      "bad cron expression '0 0 31 2 *' (five fields: minute hour day month weekday, or "
