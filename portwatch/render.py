@@ -213,12 +213,11 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
         from portwatch.tables import list_columns, with_prevalence_source
 
         report = with_prevalence_source(report)
-        wanted = list(list_columns(report, console.width, HEADERS))
-    if report.name == "list" and "is_current" in report.columns and "status" in report.columns:
         # --history: ports no longer seen are marked closed, with when, in the table too
-        current = report.columns.index("is_current")
-        if any(not row[current] for row in report.rows):
-            wanted.insert(wanted.index("port") + 1 if "port" in wanted else 0, "status")
+        current = (report.columns.index("is_current") if "is_current" in report.columns
+                   else None)
+        closed = current is not None and any(not row[current] for row in report.rows)
+        wanted = list(list_columns(report, console.width, HEADERS, with_status=closed))
     table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
                   header_style="bold", expand=False)
     index = {c: i for i, c in enumerate(report.columns)}

@@ -1,7 +1,7 @@
 """Terminal tables that adapt to the width: which List columns fit, and the end-of-scan table.
 
 Owns: the choice of optional List columns (organization, asset, risk reason: added in that
-order while the table still fits the console), and the one end-of-scan table for all hosts
+order while the table still fits the console, unless empty in every row), and the one end-of-scan table for all hosts
 (at most ``END_SCREEN_WIDTH`` columns; long words end in an ellipsis instead of being broken
 mid-word). The text of each cell comes from ``portwatch.render.cell_text`` (escaped).
 
@@ -46,19 +46,27 @@ def table_width(report: Report, columns: Sequence[str], headers: dict[str, str])
                        for c in columns)
 
 
-def list_columns(report: Report, width: int, headers: dict[str, str]) -> tuple[str, ...]:
-    """The List's base columns, plus each optional one (in order) while the table fits."""
+def list_columns(report: Report, width: int, headers: dict[str, str], *,
+                 with_status: bool = False) -> tuple[str, ...]:
+    """The List's base columns (and ``status``: `--history` with a closed port), plus
+    each optional one (in order) while the table fits, the status counted (it was added
+    after the choice, and pushed a table that fitted past the edge: a review)."""
     chosen = [c for c in LIST_BASE if c in report.columns]
+    if with_status and "status" in report.columns:
+        chosen.append("status")
     for column in LIST_OPTIONAL:
         if column not in report.columns:
             continue
+        index = report.columns.index(column)
+        if not any(row[index] for row in report.rows):
+            continue  # empty in every row (no organization given): it would say nothing
         trial = [*chosen, column]
         if table_width(report, trial, headers) <= width:
             chosen = trial
     # organization and asset read best beside the target; the reason beside the risk
-    order = ("target", "ip", "organization", "asset", "port", "proto", "service", "product",
-             "version", "risk_color", "risk_reason", "prevalence", "cdn_provider",
-             "first_seen", "last_seen")
+    order = ("target", "ip", "organization", "asset", "port", "status", "proto", "service",
+             "product", "version", "risk_color", "risk_reason", "prevalence",
+             "cdn_provider", "first_seen", "last_seen")
     return tuple(c for c in order if c in chosen)
 
 

@@ -91,6 +91,32 @@ def test_optional_list_columns_by_width(width: int, optional: tuple[str, ...]) -
         assert table_width(LIST, chosen, HEADERS) <= width
 
 
+def test_list_skips_an_optional_column_empty_in_every_row() -> None:
+    # Given a List with no organization anywhere (none given at the scan)
+    blank = Report("list", COLUMNS, [(*row[:4], "", *row[5:]) for row in LIST.rows])
+    # Then a wide terminal shows the asset and reason, not an empty organization column
+    chosen = list_columns(blank, 250, HEADERS)
+    assert "organization" not in chosen and {"asset", "risk_reason"} <= set(chosen)
+
+
+@pytest.mark.parametrize("width", [210, 250])
+def test_list_history_counts_its_status_column_when_choosing(width: int) -> None:
+    # Given `--history` with a closed port (its status column shown)
+    columns = (*COLUMNS, "is_current", "status")
+    history = Report("list", columns, [
+        (*row, index != 2, "open" if index != 2 else "closed 2026-11-29 08:15")
+        for index, row in enumerate(LIST.rows)])
+    # Then the table, status column and all, still fits a terminal its base columns fit
+    # (the status was added after the optional columns were chosen: a word split, dates
+    # wrapped; a review), the status beside the port
+    lines = rendered(width, lambda c: to_table(history, c))
+    assert max(len(line) for line in lines) <= width
+    assert "closed 2026-11-29 08:15" in "\n".join(lines)
+    chosen = list_columns(history, width, HEADERS, with_status=True)
+    assert chosen[chosen.index("port") + 1] == "status"
+    assert table_width(history, chosen, HEADERS) <= width
+
+
 END_AT_100 = """\
                                               Summary
 ┏━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━┳━━━━━━┳━━━━━┳━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
