@@ -1,9 +1,10 @@
 """Terminal tables that adapt to the width: which List columns fit, and the end-of-scan table.
 
 Owns: the choice of optional List columns (organization, asset, risk reason: added in that
-order while the table still fits the console, unless empty in every row), and the one end-of-scan table for all hosts
-(at most ``END_SCREEN_WIDTH`` columns; long words end in an ellipsis instead of being broken
-mid-word). The text of each cell comes from ``portwatch.render.cell_text`` (escaped).
+order while the table still fits the console, unless empty in every row), and the one
+end-of-scan table for all hosts (at most ``END_SCREEN_WIDTH`` columns; long words end in
+an ellipsis instead of being broken mid-word). The text of each cell comes from
+``portwatch.render.cell_text`` (escaped).
 
 Must not touch: the store (it renders the reports it is given), JSON or CSV output (they
 keep every column whatever the width).
