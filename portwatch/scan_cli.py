@@ -163,14 +163,19 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     plan, start = assembly.scan_plan(work, checkpoint_path=checkpoint, seed=seed,
                                      default_seed=random.randrange(2**31))
     alerts = assembly.alert_config()  # a bad rules file is refused before anything scans
-    db = assembly.open_store()
+    # Refused before the store is opened, not after (a refused scan left an empty store
+    # at --store, which a later report on that path read as "nothing found": a review):
+    # an engine that cannot scan these targets, and a checkpoint that passed shards
+    # when no store exists there to hold them
+    decided = _engine_for(assembly, plan)
+    db = _open_for(assembly, plan, start, checkpoint)
     try:
         if alerts is not None:
             from portwatch.alerts.cli import warn_unknown_organizations
 
             warn_unknown_organizations(alerts, work.targets, db)
         stats = asyncio.run(run_plan(assembly, db, plan, start, checkpoint=checkpoint,
-                                     quiet=quiet, scope=work.scope))
+                                     quiet=quiet, scope=work.scope, engine=decided))
         if not quiet:
             _end_screen(db, stats, work.targets)
         if alerts is not None:
@@ -185,6 +190,29 @@ def scan(targets: Sequence[str], ports: str | None, organization: str, asset: st
     finally:
         db.close()
     raise_for_outcome(stats, checkpoint)
+
+
+def _engine_for(assembly: Any, plan: Any) -> tuple[str, str]:
+    """(engine, note) for the plan's TCP targets; EngineUnavailable (exit 2) when the
+    engine asked for cannot scan them."""
+    tcp = any(p.proto.value == "tcp" for p in plan.plans)
+    return assembly.decide_engine(plan.plans[0].targets) if tcp else ("", "")
+
+
+def _open_for(assembly: Any, plan: Any, start: Any, checkpoint: str | None) -> Any:
+    """The store; only one that exists when the checkpoint passed shards (they were
+    stored there: CheckpointError, exit 2, names where it looked)."""
+    from producers.shards import CheckpointError
+    from stream_processors.store import StoreMissing
+
+    resuming = any(start.index(p.proto) > 0 for p in plan.plans)
+    try:
+        return assembly.open_store(create=not resuming)
+    except StoreMissing as exc:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} resumes scan {plan.scan_id}, but there is no store at "
+            f"{exc.where}: the shards it passed were stored elsewhere; remove the checkpoint "
+            "to scan from the start, or resume into the store it began in") from None
 
 
 def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
@@ -210,16 +238,15 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
 
 async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
                    checkpoint: str | None = None, quiet: bool = False,
-                   scope: Any = None, signals: list[int] | None = None) -> Any:
+                   scope: Any = None, signals: list[int] | None = None,
+                   engine: tuple[str, str] | None = None) -> Any:
     """Run a scan plan through the embedded transport with the progress view and
     Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs). The signal that
     asked the run to stop, if one did, is appended to ``signals``, also when the run
     then raised (the watcher must still stop)."""
     from stream_processors.transports.embedded import install_interrupt
 
-    targets = plan.plans[0].targets if plan.plans else ()
-    tcp = any(p.proto.value == "tcp" for p in plan.plans)
-    engine_name, note = assembly.decide_engine(targets) if tcp else ("", "")
+    engine_name, note = engine if engine is not None else _engine_for(assembly, plan)
     if note and not quiet:
         say(note)
     runner = assembly.embedded_runner(db, engine=engine_name or None,

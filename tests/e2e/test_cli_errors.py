@@ -252,6 +252,31 @@ def test_bad_inventory_is_refused(tmp_path: Path, store_dir: Path) -> None:
     assert not store_dir.exists()
 
 
+def test_a_refused_scan_leaves_no_store_behind(tmp_path: Path, store_dir: Path) -> None:
+    from portwatch.assembly import Assembly
+    from portwatch.settings import Settings
+    from schemas.records import Proto
+
+    # masscan cannot scan loopback: refused, and no store made at --store (an empty one
+    # was, which a report on that path then read as "nothing found": a review)
+    masscan = run_cli("scan", "--ports", "9", "--udp", "none", "-q", "127.0.0.1",
+                      store=f"chdb://{store_dir}", env={"PORTWATCH_ENGINE": "masscan"},
+                      timeout=60)
+    assert_refused(masscan, "masscan cannot scan loopback (127.0.0.1)")
+    assert not store_dir.exists()
+    # and a checkpoint that passed shards, resumed with a --store that does not exist
+    checkpoint = tmp_path / "cp.json"
+    assembly = Assembly(Settings.from_env(ports="9", udp="none", store=f"chdb://{store_dir}"))
+    plan, start = assembly.scan_plan(assembly.scan_input(["127.0.0.1"]),
+                                     checkpoint_path=str(checkpoint), seed=5)
+    start.advanced(Proto.TCP, 1).save(checkpoint)
+    resumed = run_cli("scan", "--ports", "9", "--udp", "none", "-q", "--checkpoint",
+                      str(checkpoint), "127.0.0.1", store=f"chdb://{store_dir}", timeout=60)
+    assert_refused(resumed, f"checkpoint {checkpoint} resumes scan {plan.scan_id}, but "
+                            f"there is no store at {store_dir}")
+    assert not store_dir.exists() and checkpoint.exists()
+
+
 @pytest.mark.parametrize("label", [["--org", "Foo"], ["--asset", "Bar"]])
 def test_labels_with_an_inventory_alone_are_refused(tmp_path: Path, store_dir: Path,
                                                     label: list[str]) -> None:
