@@ -124,28 +124,18 @@ def alert_agent(dispatcher: Dispatcher, send_dead: Send, *, buffer: int = 200,
     return agent
 
 
-# Where the alerts group starts the first time alerting runs: at the newest change. From
-# the oldest kept instead, turning alerts on for a running pipeline first sent every
-# change the topic still held, days of them, "opened" beside its later "closed" (a review),
-# where the embedded shape alerts a run's own changes only. Once the group has committed
-# offsets it resumes where it left off: a restart still alerts what came meanwhile.
-ALERTS_OFFSET_RESET = "latest"
-
-
 def build_alerts_app(options: Any, dispatcher: Dispatcher, *,
                      delivery_interval: float = 5.0, stats: AlertAgentStats | None = None,
-                     group_suffix: str = "", offset_reset: str = ALERTS_OFFSET_RESET,
-                     ) -> tuple[faust.App, AlertAgentStats]:
+                     group_suffix: str = "") -> tuple[faust.App, AlertAgentStats]:
     """The alerts app (``options`` is ``faust_app.PipelineOptions``): changes in, alerts out.
 
     ``group_suffix`` names a separate consumer group (tests use it to make two workers
-    both see every event: the worst case for duplicates); ``offset_reset`` where a new
-    group starts (``ALERTS_OFFSET_RESET``; tests that publish first take "earliest").
+    both see every event: the worst case for duplicates).
     """
     from stream_processors.transports.faust_app import make_app, raw_topic, sender
 
     counters = stats if stats is not None else AlertAgentStats()
-    app = make_app(options, "alerts" + group_suffix, offset_reset=offset_reset)
+    app = make_app(options, "alerts" + group_suffix)
     source = raw_topic(app, options.topics.changes.name)
     dead = raw_topic(app, options.topics.dead_letter.name)
     body = alert_agent(dispatcher, sender(dead), stats=counters)

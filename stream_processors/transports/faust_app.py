@@ -79,12 +79,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h}" for h in hosts)
 
 
-def make_app(options: PipelineOptions, role: str, *,
-             offset_reset: str = "earliest") -> faust.App:
-    """The Faust app of one role. ``offset_reset``: where a consumer group with no
-    committed offset starts (a group's first run; after that it resumes where it left
-    off whatever this says): the pipeline's own roles at the oldest record still kept,
-    so nothing produced before they first ran is lost."""
+def make_app(options: PipelineOptions, role: str) -> faust.App:
     # Faust creates its data directory even with in-memory tables; its default is
     # "<app id>-data" in the working directory, which littered checkouts and would fail
     # in a container with a read-only working directory. Nothing in it outlives a run:
@@ -100,7 +95,7 @@ def make_app(options: PipelineOptions, role: str, *,
         autodiscover=False,
         producer_acks=-1,
         producer_linger=0.005,
-        consumer_auto_offset_reset=offset_reset,
+        consumer_auto_offset_reset="earliest",
         broker_commit_interval=options.commit_interval,
         broker_session_timeout=options.session_timeout,
         broker_heartbeat_interval=max(0.5, options.session_timeout / 4),

@@ -79,11 +79,9 @@ def test_two_workers_seeing_every_event_deliver_each_once(
     sent = events()
     with webhook_receiver(SECRET) as receiver:
         config = red_alerts(tmp_path, receiver.url)
-        # Given two alert workers in separate groups: both will see every event (from
-        # the oldest: published before they start)
+        # Given two alert workers in separate groups: both will see every event
         apps = [build_alerts_app(options, AlertDispatcher(store, config),
-                                 delivery_interval=1.0, group_suffix=f"-{n}",
-                                 offset_reset="earliest")
+                                 delivery_interval=1.0, group_suffix=f"-{n}")
                 for n in range(2)]
         producer = make_producer(kafka_bootstrap)
         try:
@@ -113,58 +111,6 @@ def test_two_workers_seeing_every_event_deliver_each_once(
         delivered = sorted(e["event_id"] for e in receiver.events())
         assert delivered == sorted(e.event_id for e in sent)
         assert receiver.rejected == []
-
-
-def test_a_new_alerts_group_does_not_alert_the_changes_already_on_the_topic(
-        kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
-    from stream_processors.transports.faust_app import make_app
-
-    topics = topic_names(f"test-alerts-new-{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, [topics.changes, topics.dead_letter], timeout=30.0)
-    options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0)
-    # Given ten changes already on the topic, made before alerting was turned on
-    producer = make_producer(kafka_bootstrap)
-    try:
-        publish(producer, topics.changes.name, events())
-    finally:
-        producer.close()
-    with webhook_receiver(SECRET) as receiver:
-        # When the alerts agent runs for the first time (its group has no offset yet)
-        app, stats = build_alerts_app(options, AlertDispatcher(store, red_alerts(
-            tmp_path, receiver.url)), delivery_interval=0.5)
-
-        assigned: list[int] = []
-
-        def held() -> int:
-            """Partitions the app's consumer holds (0 before its thread has started)."""
-            from faust.exceptions import ConsumerNotStarted
-
-            try:
-                return len(app.consumer.assignment())
-            except ConsumerNotStarted:
-                return 0
-
-        async def run() -> None:
-            stop = asyncio.Event()
-            runner = asyncio.ensure_future(run_apps([app], stop))
-            for _ in range(240):  # bounded: ~120 s to join the group
-                if runner.done() or held():
-                    break
-                await asyncio.sleep(0.5)
-            assigned.append(held())
-            await asyncio.sleep(6)  # what it would fetch, and several delivery ticks
-            stop.set()
-            await asyncio.wait_for(runner, 60)
-
-        asyncio.run(run())
-    # Then it starts at the newest change: nothing of the backlog is consumed or sent
-    # (every change the topic still held was alerted, days of them: a review), where
-    # the pipeline's other roles still start from the oldest record kept
-    assert assigned[0] > 0  # it joined and held the topic's partitions
-    assert (stats.events, stats.delivery_passes > 0) == (0, True)
-    assert receiver.events() == []
-    assert app.conf.consumer_auto_offset_reset == "latest"
-    assert make_app(options, "sink").conf.consumer_auto_offset_reset == "earliest"
 
 
 def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
