@@ -813,6 +813,49 @@ def completed_since(store: Store, began: Mapping[HostKey, datetime], scan_id: st
     return out
 
 
+def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
+                  wanted: Mapping[Proto, Sequence[PortRange]]
+                  ) -> tuple[set[HostKey], set[HostKey]]:
+    """(covered, touched): the hosts of ``began`` that another scan completed at or after
+    the host's time in ``began`` *over every port of* ``wanted`` (per protocol: one scan
+    whose completed shards together covered them all), and those another scan completed
+    since over fewer ports (``--ports 22``, TCP only, a scan stopped part-way)."""
+    candidates = sorted(completed_since(store, began, scan_id))
+    if not candidates:
+        return set(), set()
+    keys: set[ScanHostKey] = set()
+    for start in range(0, len(candidates), HOST_BATCH):
+        chunk = candidates[start:start + HOST_BATCH]
+        where, params = _state_filter(chunk, dense=False)
+        for target, ip, other, last in store.query(
+                f"SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
+                "AND status = 'completed' AND scan_id != {scan:String} "
+                "GROUP BY target, ip, scan_id", {**params, "scan": scan_id}):
+            at = began.get((target, ip))
+            if at is not None and _utc(last) >= at:
+                keys.add((str(other), str(target), str(ip)))
+    covered: dict[tuple[ScanHostKey, Proto], list[PortRange]] = {}
+    for row in stored_host_scans(store, keys):
+        if row.status == "completed":
+            key = ((row.scan_id, row.target.target, row.target.ip), row.proto)
+            covered.setdefault(key, []).extend(row.ports)
+    whole = {(target, ip) for other, target, ip in keys
+             if all(_within(ranges, covered.get(((other, target, ip), proto), ()))
+                    for proto, ranges in wanted.items())}
+    return whole, set(candidates) - whole
+
+
+def _within(wanted: Sequence[PortRange], have: Sequence[PortRange]) -> bool:
+    """Every port of ``wanted`` is in some range of ``have``."""
+    merged: list[list[int]] = []
+    for r in sorted(have, key=lambda r: r.first):
+        if merged and r.first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], r.last)
+        else:
+            merged.append([r.first, r.last])
+    return all(any(lo <= r.first and r.last <= hi for lo, hi in merged) for r in wanted)
+
+
 def stored_host_scans(store: Store, keys: Iterable[ScanHostKey]) -> list[HostScan]:
     """Every stored shard record of each (scan, target, ip), in host and time order."""
     keys = set(keys)

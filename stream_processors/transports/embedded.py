@@ -50,7 +50,7 @@ from stream_processors.history import (
     ChangeRecorder,
     HostKey,
     ReprobeOptions,
-    completed_since,
+    covered_since,
     stored_host_scans,
     stored_snapshots,
 )
@@ -308,7 +308,8 @@ class EmbeddedRunner:
         scan_id = plan.scan_id
         progress_at = start or plan.start(None)
         await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
-        overtaken = await asyncio.to_thread(self._overtaken, plan, progress_at)
+        overtaken = await asyncio.to_thread(self._overtaken, plan, progress_at,
+                                            checkpoint_path)
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = self._stats = ScanStats(scan_id, len(targets))
@@ -584,9 +585,11 @@ class EmbeddedRunner:
                     "the shards it passed were stored elsewhere; remove the checkpoint to "
                     "scan from the start, or resume into the store it began in")
 
-    def _overtaken(self, plan: ScanPlan, progress_at: Checkpoint) -> set[HostKey]:
+    def _overtaken(self, plan: ScanPlan, progress_at: Checkpoint,
+                   checkpoint_path: str | None) -> set[HostKey]:
         """The hosts of a resumed scan that another scan completed after the earlier run
-        began: the resumed run leaves them out, and leaves what the earlier run recorded
+        began, over every port this one scans there (``covered_since``: not a narrower
+        scan): the resumed run leaves them out, and leaves what the earlier run recorded
         of them as it was. Their latest scan stays that other one, whose ports are newer
         than anything this scan saw or would see of them. Scanned on, the resumed scan
         ended later than that scan and read as the host's latest: "interrupted" for good
@@ -601,7 +604,23 @@ class EmbeddedRunner:
         for h in stored_host_scans(self.store, keys):
             host = (h.target.target, h.target.ip)
             began[host] = min(began.get(host, h.started_at), h.started_at)
-        return completed_since(self.store, began, plan.scan_id)
+        # every port this scan covers on a host (each plan's hosts get all its ports)
+        wanted = {p.proto: p.ports for p in plan.plans}
+        covered, touched = covered_since(self.store, began, plan.scan_id, wanted)
+        if touched:
+            # What the earlier run stored of them is older than that scan's ports, and
+            # no later scan looked at the rest: neither left out (the rest of the range
+            # never scanned), nor resumed (that scan's newer ports vanished from the
+            # List under the resumed scan's older ones), nor scanned again (a port the
+            # earlier run stored, closed since, read open): refused, before anything
+            # is sent (reviews)
+            host = min(touched)
+            raise CheckpointError(
+                f"{checkpoint_path or 'the checkpoint'} resumes scan {plan.scan_id}, but "
+                f"{len(touched):,} of its hosts (e.g. {host[1]}) were scanned since by a "
+                "narrower scan, so what it stored of them is out of date: remove the "
+                "checkpoint and scan from the start")
+        return covered
 
     def _resumed_rows(self, resumed: dict[str, Shard], overtaken: set[HostKey],
                       now: datetime) -> tuple[list[HostScan], list[HostScan]]:

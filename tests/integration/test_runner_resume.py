@@ -415,6 +415,37 @@ def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
     assert not checkpoint.exists()  # the scan is complete
 
 
+def test_a_narrower_scan_before_the_resume_refuses_the_resume(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from producers.shards import CheckpointError
+
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        span = (PortRange(lo, lo + 2999),)
+        plan = _plan(span, seed=5, scan_id="narrowed")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, then a completed scan of that
+        # shard's ports only (narrower than the killed scan)
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        first = next(s for s in plan.plans[0].shards() if s.index == 0)
+        asyncio.run(_runner(store).run(_plan(first.ports, seed=6, scan_id="narrow")))
+        shown = _current_ports(store)
+        rows = store.query("SELECT count() FROM host_scans")
+        # When the killed scan resumes
+        with pytest.raises(CheckpointError) as refused:
+            asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                           checkpoint_path=str(checkpoint)))
+    # Then it is refused before anything is sent or stored, saying why and what to do:
+    # left out, the rest of the host's range was never scanned; resumed, the narrow
+    # scan's newer port vanished from the List (reviews)
+    assert str(refused.value) == (
+        f"{checkpoint} resumes scan narrowed, but 1 of its hosts (e.g. 127.0.0.1) were "
+        "scanned since by a narrower scan, so what it stored of them is out of date: "
+        "remove the checkpoint and scan from the start")
+    assert store.query("SELECT count() FROM host_scans") == rows
+    assert _current_ports(store) == shown and Checkpoint.load(checkpoint) == saved
+
+
 def test_an_interrupted_scan_with_no_shard_passed_says_its_checkpoint_resumes_nothing(
         tmp_path: Path) -> None:
     import types
