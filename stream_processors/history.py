@@ -818,11 +818,14 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
                   ) -> tuple[set[HostKey], set[HostKey]]:
     """(covered, touched): the hosts of ``began`` that another scan completed at or after
     the host's time in ``began`` *over every port of* ``wanted`` (per protocol: one scan
-    whose completed shards together covered them all), and those another scan completed
-    since over fewer ports (``--ports 22``, TCP only, a scan stopped part-way)."""
+    whose completed shards together covered them all), and the others another scan
+    looked at since: completed over fewer ports (``--ports 22``, TCP only, a scan
+    stopped part-way), or seeing a port without completing (a scan stopped during its
+    discovery: what it saw is the host's now, in the Summary; a review)."""
     candidates = sorted(completed_since(store, began, scan_id))
+    seen = _seen_since(store, began, scan_id)
     if not candidates:
-        return set(), set()
+        return set(), seen
     keys: set[ScanHostKey] = set()
     for start in range(0, len(candidates), HOST_BATCH):
         chunk = candidates[start:start + HOST_BATCH]
@@ -842,7 +845,29 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
     whole = {(target, ip) for other, target, ip in keys
              if all(_within(ranges, covered.get(((other, target, ip), proto), ()))
                     for proto, ranges in wanted.items())}
-    return whole, set(candidates) - whole
+    return whole, (set(candidates) | seen) - whole
+
+
+def _seen_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str
+                ) -> set[HostKey]:
+    """The hosts of ``began`` with a port observed by another scan at or after the
+    host's time in ``began``."""
+    hosts = sorted(began)
+    out: set[HostKey] = set()
+    if not hosts:
+        return out
+    since = min(began.values())
+    for start in range(0, len(hosts), HOST_BATCH):
+        chunk = hosts[start:start + HOST_BATCH]
+        where, params = _state_filter(chunk, dense=False)
+        for target, ip, last in store.query(
+                f"SELECT target, ip, max(observed_at) FROM port_observations WHERE {where} "
+                "AND scan_id != {scan:String} AND observed_at >= {since:DateTime64(3)} "
+                "GROUP BY target, ip", {**params, "scan": scan_id, "since": since}):
+            at = began.get((target, ip))
+            if at is not None and _utc(last) >= at:
+                out.add((str(target), str(ip)))
+    return out
 
 
 def _within(wanted: Sequence[PortRange], have: Sequence[PortRange]) -> bool:

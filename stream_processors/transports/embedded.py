@@ -617,8 +617,9 @@ class EmbeddedRunner:
             host = min(touched)
             raise CheckpointError(
                 f"{checkpoint_path or 'the checkpoint'} resumes scan {plan.scan_id}, but "
-                f"{len(touched):,} of its hosts (e.g. {host[1]}) were scanned since by a "
-                "narrower scan, so what it stored of them is out of date: remove the "
+                f"another scan looked at {len(touched):,} of its hosts since (e.g. "
+                f"{host[1]}) without covering all its ports (a narrower scan, or one "
+                "stopped part-way), so what it stored of them is out of date: remove the "
                 "checkpoint and scan from the start")
         return covered
 

@@ -439,11 +439,41 @@ def test_a_narrower_scan_before_the_resume_refuses_the_resume(
     # left out, the rest of the host's range was never scanned; resumed, the narrow
     # scan's newer port vanished from the List (reviews)
     assert str(refused.value) == (
-        f"{checkpoint} resumes scan narrowed, but 1 of its hosts (e.g. 127.0.0.1) were "
-        "scanned since by a narrower scan, so what it stored of them is out of date: "
-        "remove the checkpoint and scan from the start")
+        f"{checkpoint} resumes scan narrowed, but another scan looked at 1 of its hosts "
+        "since (e.g. 127.0.0.1) without covering all its ports (a narrower scan, or one "
+        "stopped part-way), so what it stored of them is out of date: remove the "
+        "checkpoint and scan from the start")
     assert store.query("SELECT count() FROM host_scans") == rows
     assert _current_ports(store) == shown and Checkpoint.load(checkpoint) == saved
+
+
+def test_a_scan_stopped_during_discovery_that_saw_a_port_refuses_the_resume(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from producers.shards import CheckpointError
+    from schemas.records import HostScan, utcnow
+
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="seen-since")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, then another scan of the host stopped
+        # during its discovery (no shard completed: stored by hand, as such a scan leaves
+        # it), which saw a port: the Summary shows it now
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        now = utcnow()
+        store.insert_findings([Finding(
+            port=OpenPort(scan_id="stopped", target=TARGET, port=ports[1], observed_at=now),
+            service=ServiceInfo(service="http"), risk_color=RiskColor.GREEN)])
+        store.insert_host_scans([HostScan("stopped", TARGET, now, now, 0, 0,
+                                          status="running")])
+        # When the killed scan resumes
+        with pytest.raises(CheckpointError) as refused:
+            asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                           checkpoint_path=str(checkpoint)))
+    # Then it is refused (resumed, its older "nothing there" hid that port from the List
+    # and the Summary, with no event: a review)
+    assert "another scan looked at 1 of its hosts since" in str(refused.value)
+    assert ports[1] in _current_ports(store)
 
 
 def test_an_interrupted_scan_with_no_shard_passed_says_its_checkpoint_resumes_nothing(
