@@ -394,7 +394,10 @@ def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
             listeners[gone].close()
             holder.bind(("127.0.0.1", gone))
             asyncio.run(_runner(store).run(_plan(span, seed=6, scan_id="in-between")))
-            assert _current_ports(store) == set(ports) - {gone}
+            # (the span is in the ephemeral range: another process's listener may show
+            # up too, so the listeners are checked, not the whole set)
+            now_open = _current_ports(store)
+            assert set(ports) - {gone} <= now_open and gone not in now_open
             # When the killed scan resumes
             resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
                                                      checkpoint_path=str(checkpoint)))
@@ -408,9 +411,9 @@ def test_a_host_scanned_again_before_the_resume_keeps_that_scans_ports(
     assert (resumed.resumed_shards, resumed.overtaken_hosts) == (1, 1)
     assert resumed.probes_done == 0 and resumed.change_events == []
     assert not resumed.interrupted and not resumed.errors
-    assert _current_ports(store) == set(ports) - {gone}
+    assert set(ports) - {gone} <= _current_ports(store) == now_open
     (summary,) = store.report("summary", {}).dicts()
-    assert (summary["open_ports"], summary["scan_status"]) == (len(ports) - 1, "completed")
+    assert (summary["open_ports"], summary["scan_status"]) == (len(now_open), "completed")
     assert store.query("SELECT scan_id FROM latest_host_scans") == [("in-between",)]
     assert not checkpoint.exists()  # the scan is complete
 
