@@ -25,7 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -794,23 +803,18 @@ def pending_host_scans(store: Store, *, finished_before: datetime,
     return stored_host_scans(store, keys)
 
 
-def completed_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str
-                    ) -> set[HostKey]:
-    """The hosts of ``began`` whose latest completed scan is another than ``scan_id`` and
-    ended at or after the host's time in ``began`` (a scan that overtook a resumed one)."""
-    out: set[HostKey] = set()
+def _since_began(store: Store, began: Mapping[HostKey, datetime], sql: str,
+                 parameters: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (target, ip, ..., a time last), read a batch of ``began``'s
+    hosts at a time (``{where}`` binds their names), whose time is at or after their
+    host's in ``began``."""
     hosts = sorted(began)
     for start in range(0, len(hosts), HOST_BATCH):
-        chunk = hosts[start:start + HOST_BATCH]
-        where, params = _state_filter(chunk, dense=False)
-        for target, ip, (finished_at, done_scan) in store.query(
-                f"SELECT target, ip, max(last_complete) FROM host_latest WHERE {where} "
-                "GROUP BY target, ip", params):
-            at = began.get((target, ip))
-            if at is not None and done_scan and done_scan != scan_id \
-                    and _utc(finished_at) >= at:
-                out.add((target, ip))
-    return out
+        where, params = _state_filter(hosts[start:start + HOST_BATCH], dense=False)
+        for row in store.query(sql.replace("{where}", where), {**params, **parameters}):
+            at = began.get((row[0], row[1]))
+            if at is not None and _utc(row[-1]) >= at:
+                yield row
 
 
 def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
@@ -822,21 +826,24 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
     looked at since: completed over fewer ports (``--ports 22``, TCP only, a scan
     stopped part-way), or seeing a port without completing (a scan stopped during its
     discovery: what it saw is the host's now, in the Summary; a review)."""
-    candidates = sorted(completed_since(store, began, scan_id))
-    seen = _seen_since(store, began, scan_id)
+    # the hosts whose latest completed scan is another, ended since (one row per host)
+    candidates = sorted((str(r[0]), str(r[1])) for r in _since_began(
+        store, began, "SELECT target, ip, tupleElement(max(last_complete), 2) AS done, "
+        "tupleElement(max(last_complete), 1) FROM host_latest WHERE {where} "
+        "GROUP BY target, ip HAVING done != '' AND done != {scan:String}",
+        {"scan": scan_id}))
+    seen = {(str(r[0]), str(r[1])) for r in _since_began(
+        store, began, "SELECT target, ip, max(observed_at) FROM port_observations "
+        "WHERE {where} AND scan_id != {scan:String} AND observed_at >= {since:DateTime64(3)} "
+        "GROUP BY target, ip", {"scan": scan_id, "since": min(began.values(), default=EPOCH)})}
     if not candidates:
         return set(), seen
-    keys: set[ScanHostKey] = set()
-    for start in range(0, len(candidates), HOST_BATCH):
-        chunk = candidates[start:start + HOST_BATCH]
-        where, params = _state_filter(chunk, dense=False)
-        for target, ip, other, last in store.query(
-                f"SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
-                "AND status = 'completed' AND scan_id != {scan:String} "
-                "GROUP BY target, ip, scan_id", {**params, "scan": scan_id}):
-            at = began.get((target, ip))
-            if at is not None and _utc(last) >= at:
-                keys.add((str(other), str(target), str(ip)))
+    # their other completed scans ended since, and what those scans' shards covered
+    keys = {(str(other), str(target), str(ip)) for target, ip, other, _ in _since_began(
+        store, {h: began[h] for h in candidates},
+        "SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
+        "AND status = 'completed' AND scan_id != {scan:String} GROUP BY target, ip, scan_id",
+        {"scan": scan_id})}
     covered: dict[tuple[ScanHostKey, Proto], list[PortRange]] = {}
     for row in stored_host_scans(store, keys):
         if row.status == "completed":
@@ -846,28 +853,6 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
              if all(_within(ranges, covered.get(((other, target, ip), proto), ()))
                     for proto, ranges in wanted.items())}
     return whole, (set(candidates) | seen) - whole
-
-
-def _seen_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str
-                ) -> set[HostKey]:
-    """The hosts of ``began`` with a port observed by another scan at or after the
-    host's time in ``began``."""
-    hosts = sorted(began)
-    out: set[HostKey] = set()
-    if not hosts:
-        return out
-    since = min(began.values())
-    for start in range(0, len(hosts), HOST_BATCH):
-        chunk = hosts[start:start + HOST_BATCH]
-        where, params = _state_filter(chunk, dense=False)
-        for target, ip, last in store.query(
-                f"SELECT target, ip, max(observed_at) FROM port_observations WHERE {where} "
-                "AND scan_id != {scan:String} AND observed_at >= {since:DateTime64(3)} "
-                "GROUP BY target, ip", {**params, "scan": scan_id, "since": since}):
-            at = began.get((target, ip))
-            if at is not None and _utc(last) >= at:
-                out.add((str(target), str(ip)))
-    return out
 
 
 def _within(wanted: Sequence[PortRange], have: Sequence[PortRange]) -> bool:
