@@ -131,14 +131,12 @@ def prune_alert_history(store: Any, cutoff: datetime) -> tuple[int, int]:
     Kafka topic kept longer than the cutoff) is alerted again. Returns how many
     deliveries and scheduled runs it deleted (the command says so; it said it pruned
     them when there were none: a review)."""
-    counted = {}
-    for table in ("alert_outbox", "watch_runs"):
-        where = dict(_PRUNE_ALERTS)[table]
-        key = "(rule, channel, event_id)" if table == "alert_outbox" else "(entry, slot)"
-        counted[table] = int(store.query(
-            f"SELECT uniqExact{key} FROM {table} FINAL WHERE {where}",
-            {"cutoff": cutoff})[0][0])
-    for table, where in _PRUNE_ALERTS:
-        store.command(f"ALTER TABLE {table} DELETE WHERE {where} SETTINGS mutations_sync = 1",
-                      {"cutoff": cutoff})
-    return counted["alert_outbox"], counted["watch_runs"]
+    where = dict(_PRUNE_ALERTS)
+    deliveries, runs = (int(store.query(
+        f"SELECT uniqExact({key}) FROM {table} FINAL WHERE {where[table]}",
+        {"cutoff": cutoff})[0][0]) for table, key in (
+            ("alert_outbox", "rule, channel, event_id"), ("watch_runs", "entry, slot")))
+    for table, condition in _PRUNE_ALERTS:
+        store.command(f"ALTER TABLE {table} DELETE WHERE {condition} "
+                      "SETTINGS mutations_sync = 1", {"cutoff": cutoff})
+    return deliveries, runs
