@@ -205,7 +205,9 @@ def test_closed_port_is_an_error_not_an_empty_answer(own_db: ProbeDB) -> None:
 
 
 def test_unidentified_port_says_what_was_tried(own_db: ProbeDB) -> None:
-    info = _identify(own_db, _silent, budget=3.0, null_wait=0.2, probe_wait=0.2)
+    # (waits of 0.5 s: a probe's wait bounds its connect too, and a 0.2 s connect to the
+    # test's own server, on the same event loop, timed out once on a loaded CI machine)
+    info = _identify(own_db, _silent, budget=3.0, null_wait=0.5, probe_wait=0.5)
     assert not info.is_identified
     assert info.method == "nmap:no match"
     assert info.tried == ("NULL", "Ping", "Middle")
