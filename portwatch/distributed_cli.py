@@ -429,7 +429,9 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         from portwatch.alerts.dispatcher import AlertDispatcher
         from stream_processors.transports.faust_alerts import build_alerts_app
 
-        alerts_app, alert_stats = build_alerts_app(options, AlertDispatcher(db, alerts))
+        dispatcher = AlertDispatcher(db, alerts)
+        _begin_alerting(dispatcher, assembly, options)
+        alerts_app, alert_stats = build_alerts_app(options, dispatcher)
         apps.append(alerts_app)
         report["alerts"] = alert_stats
     web: tuple[Any, str, int] | None = None
@@ -454,6 +456,27 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         s = sink.stats
         say(f"sink stopped: {s.findings} findings and {s.host_scans} host scans stored in "
             f"{s.batches} batches")
+
+
+def _begin_alerting(dispatcher: Any, assembly: Any, options: Any) -> None:
+    """When this pipeline's alerts began (``AlertDispatcher.begin_alerting``), said in
+    one line: the first start of its alerts group (no position committed on the changes
+    topic) begins now, so the changes the topic still keeps are not sent as a flood."""
+    from portwatch.alerts.dispatcher import EPOCH, AlertQueueError
+    from producers.kafka_io import has_committed_positions
+
+    group, topic = options.app_id("alerts"), options.topics.changes.name
+    try:
+        fresh = not has_committed_positions(assembly.broker().bootstrap, group, topic)
+        began = dispatcher.begin_alerting(group, fresh=fresh)
+    except AlertQueueError as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    except Exception as exc:  # noqa: BLE001 - Kafka's and the store's drivers raise many types
+        fail(f"alerts: cannot tell when alerting began for {group} "
+             f"({type(exc).__name__}: {one_line(exc)})", EXIT_RUNTIME)
+    if began > EPOCH:
+        say(f"alerts: changes observed since {began:%Y-%m-%d %H:%M:%S} UTC are alerted "
+            f"(when {group} first started; older ones are in `portwatch report changes`)")
 
 
 async def _serve(apps: list[Any], sink: Any, role: str,

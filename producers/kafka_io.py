@@ -220,6 +220,26 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> AbstractContextManage
     return _admin(bootstrap, timeout)
 
 
+def has_committed_positions(bootstrap: str, group: str, topic: str,
+                            timeout: float = 10.0) -> bool:
+    """Whether consumer group ``group`` holds a committed position on ``topic``: it has
+    consumed that topic before (the broker keeps a group's positions for its
+    ``offsets.retention.minutes``, 7 days by default, after the group's last member
+    left). A broker that cannot say yet (its offsets topic is still being created, as
+    on a new cluster: "coordinator not available") is asked again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with _admin(bootstrap, timeout) as admin:
+        while True:
+            try:
+                found = admin.list_group_offsets({group: None}).get(group, {})
+                break
+            except Exception as exc:  # noqa: BLE001 - kafka-python's errors: retriable or not
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    return any(tp.topic == topic and meta.offset >= 0 for tp, meta in found.items())
+
+
 def ensure_topics(
     bootstrap: str,
     topics: Iterable[Topic],
@@ -407,6 +427,7 @@ __all__ = [
     "bootstrap_entries",
     "default_key",
     "ensure_topics",
+    "has_committed_positions",
     "make_consumer",
     "make_producer",
     "probe_api_versions",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,29 @@ def run_agent_body(tmp_path: Path, body: Any, messages: list[bytes],
     asyncio.run(run())
 
 
+def run_until(apps: list[Any], done: Callable[[], bool],
+              meanwhile: Callable[[], None] | None = None) -> None:
+    """Run ``apps`` on the real broker until ``done()`` (bounded: ~120 s, then the test
+    asserts on what arrived), then a delivery tick and a commit more; ``meanwhile`` is
+    called (in a thread) once they started."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.ensure_future(run_apps(apps, stop))
+        if meanwhile is not None:
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(meanwhile)
+        for _ in range(240):
+            if done() or runner.done():
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.wait_for(runner, 60)
+
+    asyncio.run(run())
+
+
 def test_two_workers_seeing_every_event_deliver_each_once(
         kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
     topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
@@ -91,25 +115,81 @@ def test_two_workers_seeing_every_event_deliver_each_once(
         finally:
             producer.close()
 
-        async def run() -> None:
-            stop = asyncio.Event()
-            runner = asyncio.ensure_future(run_apps([app for app, _ in apps], stop))
-            for _ in range(240):  # bounded: at most ~120 s, then assert on what arrived
-                if all(stats.events == 10 and stats.dead_letters == 1 for _, stats in apps) \
-                        and len(receiver.events()) >= 10:
-                    break
-                if runner.done():
-                    break
-                await asyncio.sleep(0.5)
-            await asyncio.sleep(1.5)  # one more delivery tick of each worker
-            stop.set()
-            await asyncio.wait_for(runner, 60)
-
-        asyncio.run(run())
+        run_until([app for app, _ in apps], lambda: all(
+            stats.events == 10 and stats.dead_letters == 1 for _, stats in apps)
+            and len(receiver.events()) >= 10)
         # Then both workers consumed everything, and each event was delivered once
         assert [(s.events, s.dead_letters) for _, s in apps] == [(10, 1), (10, 1)]
         delivered = sorted(e["event_id"] for e in receiver.events())
         assert delivered == sorted(e.event_id for e in sent)
+        assert receiver.rejected == []
+
+
+def test_alerts_turned_on_for_a_running_pipeline_send_only_what_comes_after(
+        kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
+    from portwatch.assembly import Assembly
+    from portwatch.distributed_cli import _begin_alerting
+    from portwatch.settings import Settings
+    from producers.kafka_io import has_committed_positions
+
+    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, [topics.changes, topics.dead_letter], timeout=30.0)
+    options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0,
+                              commit_interval=0.5)
+    assembly = Assembly(Settings.from_env(kafka=kafka_bootstrap))
+    t = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp")
+
+    def changes(ports: range) -> list[ChangeEvent]:
+        return [ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t,
+                            scan_id=f"scan-{ports.start}", port=port, risk_color="red",
+                            service="redis", observed_at=datetime.now(UTC))
+                for port in ports]
+
+    def send(events: list[ChangeEvent]) -> None:
+        producer = make_producer(kafka_bootstrap)
+        try:
+            publish(producer, topics.changes.name, events)
+        finally:
+            producer.close()
+
+    def run_worker(dispatcher: AlertDispatcher, want_events: int, want_delivered: int,
+                   receiver: Any, late: list[ChangeEvent] | None = None) -> Any:
+        app, stats = build_alerts_app(options, dispatcher, delivery_interval=1.0)
+        run_until([app], lambda: stats.events >= want_events
+                  and len(receiver.events()) >= want_delivered,
+                  meanwhile=(lambda: send(late)) if late else None)
+        return stats
+
+    group = options.app_id("alerts")
+    with webhook_receiver(SECRET) as receiver:
+        config = red_alerts(tmp_path, receiver.url)
+        # Given a pipeline that ran without alerts: five changes wait in the topic
+        backlog = changes(range(6300, 6305))
+        send(backlog)
+        # When alerts are turned on (the first start of the alerts group) and two more
+        # changes come while it runs
+        assert not has_committed_positions(kafka_bootstrap, group, topics.changes.name)
+        first = AlertDispatcher(store, config)
+        _begin_alerting(first, assembly, options)
+        began = first.began
+        after = changes(range(6400, 6402))
+        stats = run_worker(first, 7, 2, receiver, late=after)
+        # Then the group read all seven, and only the two new ones went out
+        assert stats.events == 7
+        assert sorted(e["event_id"] for e in receiver.events()) == \
+            sorted(e.event_id for e in after)
+        # And after a restart, with a change that came while the worker was down, the
+        # mark is the first one and that change is alerted (nothing lost meanwhile)
+        assert has_committed_positions(kafka_bootstrap, group, topics.changes.name)
+        meanwhile = changes(range(6500, 6501))
+        send(meanwhile)
+        restarted = AlertDispatcher(store, config)
+        _begin_alerting(restarted, assembly, options)
+        assert restarted.began == began
+        stats = run_worker(restarted, 1, 3, receiver)
+        assert stats.events == 1
+        assert sorted(e["event_id"] for e in receiver.events()) == \
+            sorted(e.event_id for e in [*after, *meanwhile])
         assert receiver.rejected == []
 
 

@@ -458,3 +458,51 @@ def test_produce_waits_on_the_discover_workers_own_group(kafka_bootstrap: str,
                                   store=pipe.store).stdout)
     assert summary["shards"] == 2
     assert [(r["port"], r["proto"]) for r in rows] == [(udp_port, "udp")]
+
+
+def test_alerts_turned_on_begin_with_the_workers_first_start(kafka_bootstrap: str,
+                                                             tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from producers.kafka_io import ensure_topics, make_producer, publish
+    from schemas.records import ChangeEvent, ChangeKind, Severity, Target
+    from tests.alert_receivers import webhook_receiver
+
+    secret = "pipeline-secret-0123"
+
+    def opened(port: int) -> ChangeEvent:
+        return ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.HIGH,
+                           target=Target(ip="127.0.0.1", target="127.0.0.1"),
+                           scan_id=f"scan-{port}", port=port, risk_color="red",
+                           service="redis", observed_at=datetime.now(UTC))
+
+    def send(events: list[ChangeEvent]) -> None:
+        producer = make_producer(kafka_bootstrap)
+        try:
+            publish(producer, pipe.topics.changes.name, events)
+        finally:
+            producer.close()
+
+    with pipeline_of(kafka_bootstrap, tmp_path) as pipe, \
+            webhook_receiver(secret.encode()) as receiver:
+        ensure_topics(kafka_bootstrap, pipe.topics.all, timeout=30.0)
+        rules = tmp_path / "alerts.yaml"
+        rules.write_text(f'channels:\n  hook: {{webhook: "{receiver.url}", secret_env: S}}\n'
+                         "rules:\n  - name: red\n    when: {colors: [red]}\n"
+                         "    notify: [hook]\n    digest: 0\n")
+        # Given a pipeline whose changes topic holds two changes made without alerts
+        send([opened(6301), opened(6302)])
+        # When its sink starts with alerts, and a change comes after
+        worker = pipe.process("--role", "sink", "--alerts", str(rules), env={"S": secret})
+        now = opened(6401)
+        send([now])
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while not receiver.events() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(3)  # a few delivery ticks more: the older two must not follow
+        pipe.stop(worker)
+        # Then the worker said from when it alerts, and only the later change went out
+        assert re.search(r"alerts: changes observed since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
+                         rf"are alerted \(when {re.escape(pipe.prefix)}portwatch-alerts first "
+                         "started", worker.text()), worker.text()[-2000:]
+        assert [e["event_id"] for e in receiver.events()] == [now.event_id]
