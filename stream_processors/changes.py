@@ -349,6 +349,17 @@ def _tls_delta(before: PortSnapshot, after: PortSnapshot) -> tuple[str, bool] | 
     return ("; ".join(parts), weakened) if parts else None
 
 
+def _tls_summary(s: PortSnapshot) -> str:
+    """What a port offered in TLS, as a tls_changed event's ``before`` (its ``after`` is
+    what changed, ``_tls_delta``): versions, weak suites if any, grade."""
+    if not s.tls_versions:
+        return "TLS not offered"
+    parts = [" ".join(s.tls_versions)]
+    if s.weak_suites:
+        parts.append(" ".join(["weak", *s.weak_suites]))
+    return "; ".join([*parts, f"grade {s.tls_grade or '-'}"])
+
+
 def _port_events(before: PortSnapshot, after: PortSnapshot,
                  event: _EventFactory) -> list[ChangeEvent]:
     out: list[ChangeEvent] = []
@@ -381,7 +392,7 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     tls = _tls_delta(before, after)
     if tls is not None:
         text, weakened = tls
-        out.append(event(ChangeKind.TLS_CHANGED, after, "", text,
+        out.append(event(ChangeKind.TLS_CHANGED, after, _tls_summary(before), text,
                          severity=Severity.MEDIUM if weakened else None))
     if before.cert_sha256 and after.cert_sha256 and before.cert_sha256 != after.cert_sha256:
         out.append(event(ChangeKind.CERT_CHANGED, after, before.cert_sha256, after.cert_sha256))

@@ -177,7 +177,7 @@ def test_tls_and_certificate_changes() -> None:
                              "cert_not_after": T1 + timedelta(days=5)})])
     out = detect_changes(prev, now, {})
     assert kinds(out) == [
-        ("tls_changed", 443, "",
+        ("tls_changed", 443, "TLSv1.2 TLSv1.3; grade strong",
          "+TLSv1.0 -TLSv1.3; weak +TLS_RSA_WITH_RC4_128_SHA; grade strong->weak"),
         ("cert_changed", 443, "a" * 64, "b" * 64),
         ("cert_expiring", 443, (T1 + timedelta(days=5)).isoformat(), "7d"),
@@ -704,14 +704,15 @@ def test_a_port_that_stops_offering_tls_weakened_and_getting_it_back_did_not() -
     # Given a POP3 port offering STLS, When the next scan finds no upgrade offered
     lost = detect_changes(state([snap(110, **MAIL_TLS)]), view([snap(110, **NO_UPGRADE)]), {})
     # Then a medium tls_changed that names it (the empty grade ranked as "strong": low)
-    assert kinds(lost) == [("tls_changed", 110, "",
+    assert kinds(lost) == [("tls_changed", 110, "TLSv1.2; grade medium",
                             "TLS no longer offered; -TLSv1.2; grade medium->-")]
     assert [e.severity for e in lost.events] == [Severity.MEDIUM]
     # And the upgrade coming back, even with a legacy version, is low, not a weakening
     assert lost.state is not None
     back = detect_changes(lost.state, view([snap(110, **{**MAIL_TLS, "tls_versions": (
         "TLSv1.0", "TLSv1.2")})], scan_id="s2"), {})
-    assert kinds(back) == [("tls_changed", 110, "", "+TLSv1.0 +TLSv1.2; grade -->medium")]
+    assert kinds(back) == [("tls_changed", 110, "TLS not offered",
+                            "+TLSv1.0 +TLSv1.2; grade -->medium")]
     assert [e.severity for e in back.events] == [Severity.LOW]
     # and so is coming back with a weak suite: plaintext before, anything is better
     rc4 = detect_changes(lost.state, view([snap(110, **{
@@ -728,14 +729,17 @@ def test_weak_suites_removed_are_said_and_their_return_is_said_again() -> None:
     first = state([snap(443, **weak, weak_suites=rc4)])
     # When RC4 is removed (the grade stays weak), Then that is said, low
     fixed = detect_changes(first, view([snap(443, **weak)]), {})
-    assert kinds(fixed) == [("tls_changed", 443, "", "weak -TLS_RSA_WITH_RC4_128_SHA")]
+    assert kinds(fixed) == [("tls_changed", 443,
+                             "TLSv1.0; weak TLS_RSA_WITH_RC4_128_SHA; grade weak",
+                             "weak -TLS_RSA_WITH_RC4_128_SHA")]
     assert [e.severity for e in fixed.events] == [Severity.LOW]
     # And the state moved: RC4 enabled again is a medium tls_changed (it was compared with
     # the stale state, which still had RC4, and said nothing)
     assert fixed.state is not None
     again = detect_changes(fixed.state, view([snap(443, **weak, weak_suites=rc4)],
                                              scan_id="s2"), {})
-    assert kinds(again) == [("tls_changed", 443, "", "weak +TLS_RSA_WITH_RC4_128_SHA")]
+    assert kinds(again) == [("tls_changed", 443, "TLSv1.0; grade weak",
+                             "weak +TLS_RSA_WITH_RC4_128_SHA")]
     assert [e.severity for e in again.events] == [Severity.MEDIUM]
 
 
