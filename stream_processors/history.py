@@ -823,36 +823,55 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
     """(covered, touched): the hosts of ``began`` that another scan completed at or after
     the host's time in ``began`` *over every port of* ``wanted`` (per protocol: one scan
     whose completed shards together covered them all), and the others another scan
-    looked at since: completed over fewer ports (``--ports 22``, TCP only, a scan
-    stopped part-way), or seeing a port without completing (a scan stopped during its
-    discovery: what it saw is the host's now, in the Summary; a review)."""
-    # the hosts whose latest completed scan is another, ended since (one row per host)
-    candidates = sorted((str(r[0]), str(r[1])) for r in _since_began(
+    looked at since: one whose completed shards covered some of ``wanted``'s ports only
+    (``--ports 22``, TCP only), or one with a shard not completed there that saw a port
+    (a scan stopped during its discovery or part-way: what it saw is the host's now, in
+    the Summary, and the resumed scan's end would hide it; a review). A scan that
+    completed there over none of ``wanted``'s ports touched nothing of this scan's (it
+    refused such a resume before)."""
+    # the hosts another scan completed a shard of since, or saw a port of since
+    done = {(str(r[0]), str(r[1])) for r in _since_began(
         store, began, "SELECT target, ip, tupleElement(max(last_complete), 2) AS done, "
         "tupleElement(max(last_complete), 1) FROM host_latest WHERE {where} "
         "GROUP BY target, ip HAVING done != '' AND done != {scan:String}",
-        {"scan": scan_id}))
-    seen = {(str(r[0]), str(r[1])) for r in _since_began(
-        store, began, "SELECT target, ip, max(observed_at) FROM port_observations "
-        "WHERE {where} AND scan_id != {scan:String} AND observed_at >= {since:DateTime64(3)} "
-        "GROUP BY target, ip", {"scan": scan_id, "since": min(began.values(), default=EPOCH)})}
-    if not candidates:
-        return set(), seen
-    # their other completed scans ended since, and what those scans' shards covered
-    keys = {(str(other), str(target), str(ip)) for target, ip, other, _ in _since_began(
-        store, {h: began[h] for h in candidates},
-        "SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
-        "AND status = 'completed' AND scan_id != {scan:String} GROUP BY target, ip, scan_id",
         {"scan": scan_id})}
+    saw = {(str(r[2]), str(r[0]), str(r[1])) for r in _since_began(
+        store, began, "SELECT target, ip, scan_id, max(observed_at) FROM port_observations "
+        "WHERE {where} AND scan_id != {scan:String} AND observed_at >= {since:DateTime64(3)} "
+        "GROUP BY target, ip, scan_id",
+        {"scan": scan_id, "since": min(began.values(), default=EPOCH)})}
+    hosts = done | {(target, ip) for _, target, ip in saw}
+    if not hosts:
+        return set(), set()
+    # every other scan of them since, and what each one's shards covered there
+    keys = {(str(other), str(target), str(ip)) for target, ip, other, _ in _since_began(
+        store, {h: began[h] for h in hosts},
+        "SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
+        "AND scan_id != {scan:String} GROUP BY target, ip, scan_id", {"scan": scan_id})}
     covered: dict[tuple[ScanHostKey, Proto], list[PortRange]] = {}
+    unfinished: set[ScanHostKey] = set(saw - keys)  # seen, with no record of it yet
     for row in stored_host_scans(store, keys):
+        key = (row.scan_id, row.target.target, row.target.ip)
         if row.status == "completed":
-            key = ((row.scan_id, row.target.target, row.target.ip), row.proto)
-            covered.setdefault(key, []).extend(row.ports)
-    whole = {(target, ip) for other, target, ip in keys
-             if all(_within(ranges, covered.get(((other, target, ip), proto), ()))
-                    for proto, ranges in wanted.items())}
-    return whole, (set(candidates) | seen) - whole
+            covered.setdefault((key, row.proto), []).extend(row.ports)
+        else:
+            unfinished.add(key)
+    whole: set[HostKey] = set()
+    touched: set[HostKey] = set()
+    for key in keys | unfinished:
+        host = (key[1], key[2])
+        have = {proto: covered.get((key, proto), []) for proto in wanted}
+        if all(_within(ranges, have[proto]) for proto, ranges in wanted.items()):
+            whole.add(host)
+        elif (key in unfinished and key in saw) or any(
+                _overlaps(ranges, have[proto]) for proto, ranges in wanted.items()):
+            touched.add(host)
+    return whole, touched - whole
+
+
+def _overlaps(wanted: Sequence[PortRange], have: Sequence[PortRange]) -> bool:
+    """Some port of ``wanted`` is in some range of ``have``."""
+    return any(a.first <= b.last and b.first <= a.last for a in wanted for b in have)
 
 
 def _within(wanted: Sequence[PortRange], have: Sequence[PortRange]) -> bool:

@@ -450,6 +450,42 @@ def test_a_narrower_scan_before_the_resume_refuses_the_resume(
     assert _current_ports(store) == shown and Checkpoint.load(checkpoint) == saved
 
 
+def test_a_scan_of_other_ports_before_the_resume_lets_it_resume(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-apart")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, then a completed scan of the host's
+        # ports outside the killed scan's range only, which found one open
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        other = next(p for p in range(max(lo - 300, 1024), lo)
+                     if _nothing_listens(p) and _binds(p))
+        stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"), port=other))
+        asyncio.run(_runner(store).run(_plan((PortRange(other, other),), seed=6,
+                                             scan_id="apart")))
+        assert other in _current_ports(store)
+        # When the killed scan resumes
+        resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                 checkpoint_path=str(checkpoint)))
+    # Then it is not refused (that scan looked at none of its ports: it refused before),
+    # scans the rest of its range, and leaves that scan's port shown beside its own
+    assert (resumed.resumed_shards, resumed.overtaken_hosts) == (1, 0)
+    assert not resumed.interrupted and not resumed.errors
+    assert set(ports) | {other} <= _current_ports(store)
+    assert store.query("SELECT scan_id FROM latest_host_scans") == [("resumed-apart",)]
+    assert not checkpoint.exists()  # the scan is complete
+
+
+def _binds(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_a_scan_stopped_during_discovery_that_saw_a_port_refuses_the_resume(
         store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from producers.shards import CheckpointError
