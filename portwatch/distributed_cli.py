@@ -429,9 +429,8 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
         from portwatch.alerts.dispatcher import AlertDispatcher
         from stream_processors.transports.faust_alerts import build_alerts_app
 
-        dispatcher = AlertDispatcher(db, alerts)
-        _begin_alerting(dispatcher, assembly, options)
-        alerts_app, alert_stats = build_alerts_app(options, dispatcher)
+        _alerts_from_now(assembly, options)
+        alerts_app, alert_stats = build_alerts_app(options, AlertDispatcher(db, alerts))
         apps.append(alerts_app)
         report["alerts"] = alert_stats
     web: tuple[Any, str, int] | None = None
@@ -458,25 +457,23 @@ def process(role: str, store: str | None, identify_concurrency: int | None,
             f"{s.batches} batches")
 
 
-def _begin_alerting(dispatcher: Any, assembly: Any, options: Any) -> None:
-    """When this pipeline's alerts began (``AlertDispatcher.begin_alerting``), said in
-    one line: the first start of its alerts group (no position committed on the changes
-    topic) begins now, so the changes the topic still keeps are not sent as a flood."""
-    from portwatch.alerts.dispatcher import EPOCH, AlertQueueError
-    from producers.kafka_io import has_committed_positions
+def _alerts_from_now(assembly: Any, options: Any) -> None:
+    """The alerts group's first start reads the changes topic from its end
+    (``start_group_at_end``): turning alerts on for a pipeline that ran without them
+    does not send the changes the topic still keeps as one flood of old news. A group
+    with positions goes on from them, so what came while it was down is alerted."""
+    from producers.kafka_io import start_group_at_end
 
     group, topic = options.app_id("alerts"), options.topics.changes.name
     try:
-        fresh = not has_committed_positions(assembly.broker().bootstrap, group, topic)
-        began = dispatcher.begin_alerting(group, fresh=fresh)
-    except AlertQueueError as exc:
-        fail(str(exc), EXIT_RUNTIME)
-    except Exception as exc:  # noqa: BLE001 - Kafka's and the store's drivers raise many types
-        fail(f"alerts: cannot tell when alerting began for {group} "
-             f"({type(exc).__name__}: {one_line(exc)})", EXIT_RUNTIME)
-    if began > EPOCH:
-        say(f"alerts: changes observed since {began:%Y-%m-%d %H:%M:%S} UTC are alerted "
-            f"(when {group} first started; older ones are in `portwatch report changes`)")
+        passed = start_group_at_end(assembly.broker().bootstrap, group, topic)
+    except Exception as exc:  # noqa: BLE001 - kafka-python raises many types
+        fail(f"alerts: cannot read where {group} stands on {topic}: {one_line(exc)}",
+             EXIT_RUNTIME)
+    if passed is not None:
+        say(f"alerts: {group} starts at the end of {topic}: the {passed:,} change "
+            "record(s) already there are not alerted (`portwatch report changes` lists "
+            "them); from now on every change is")
 
 
 async def _serve(apps: list[Any], sink: Any, role: str,

@@ -40,8 +40,9 @@ from schemas.topics import HOST_SCANS, Topic
 # import only (pytest runs with warnings as errors).
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import OffsetSpec
+    from kafka.errors import KafkaError, NoError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -220,24 +221,36 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> AbstractContextManage
     return _admin(bootstrap, timeout)
 
 
-def has_committed_positions(bootstrap: str, group: str, topic: str,
-                            timeout: float = 10.0) -> bool:
-    """Whether consumer group ``group`` holds a committed position on ``topic``: it has
-    consumed that topic before (the broker keeps a group's positions for its
-    ``offsets.retention.minutes``, 7 days by default, after the group's last member
-    left). A broker that cannot say yet (its offsets topic is still being created, as
-    on a new cluster: "coordinator not available") is asked again until ``timeout``."""
+def start_group_at_end(bootstrap: str, group: str, topic: str,
+                       timeout: float = 10.0) -> int | None:
+    """Commit ``topic``'s end, on every partition, as consumer group ``group``'s position
+    when the group holds none there (it never read the topic, or the broker forgot its
+    positions: ``offsets.retention.minutes``, 7 days by default, after its last member
+    left), so it reads what comes next. Returns how many records it passes over; None
+    when the group had positions (left as they were) or another member joined it
+    meanwhile (the broker refuses a reset of an active group: that member started it).
+    A broker that cannot say yet (its offsets topic is still being created, on a new
+    cluster: "coordinator not available") is asked again until ``timeout``."""
     deadline = time.monotonic() + timeout
     with _admin(bootstrap, timeout) as admin:
         while True:
             try:
-                found = admin.list_group_offsets({group: None}).get(group, {})
+                held = admin.list_group_offsets({group: None}).get(group, {})
                 break
             except Exception as exc:  # noqa: BLE001 - kafka-python's errors: retriable or not
                 if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-    return any(tp.topic == topic and meta.offset >= 0 for tp, meta in found.items())
+        if any(tp.topic == topic and meta.offset >= 0 for tp, meta in held.items()):
+            return None
+        (described,) = admin.describe_topics([topic])
+        partitions = [TopicPartition(topic, p["partition_index"])
+                      for p in described["partitions"]]
+        first = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
+        done = admin.reset_group_offsets(group, {tp: OffsetSpec.LATEST for tp in partitions})
+    if any(r["error"] is not NoError for r in done.values()):
+        return None
+    return sum(max(0, int(done[tp]["offset"]) - int(first[tp].offset)) for tp in partitions)
 
 
 def ensure_topics(
@@ -427,11 +440,11 @@ __all__ = [
     "bootstrap_entries",
     "default_key",
     "ensure_topics",
-    "has_committed_positions",
     "make_consumer",
     "make_producer",
     "probe_api_versions",
     "publish",
     "split_bootstrap",
+    "start_group_at_end",
     "wait_for_broker",
 ]

@@ -732,20 +732,6 @@ ENGINE = MergeTree
 ORDER BY (rule, channel, event_id, attempt)
 SETTINGS non_replicated_deduplication_window = 100000;
 
--- When alerting began for a consumer of change events (the distributed alerts agent's
--- Kafka group): changes observed before it are not alerted, so turning alerts on for a
--- pipeline that ran without them does not send the changes its topic still keeps. One
--- row per name: inserted with the insert deduplication token (name), so the first
--- worker's row is the only one that lands, and every worker and restart reads it.
-CREATE TABLE IF NOT EXISTS alert_marks
-(
-    name        String,
-    began_at    DateTime64(3, 'UTC')
-)
-ENGINE = MergeTree
-ORDER BY name
-SETTINGS non_replicated_deduplication_window = 100000;
-
 -- Accepted risks: TARGET (port 0 = every port of it) or TARGET:PORT/PROTO, with who,
 -- when, why and until when (1970 = no expiry). service/product/version are the port's
 -- identification when it was accepted: the acceptance ends when they change.

@@ -66,7 +66,7 @@ MUTATION_POLL = 0.1
 # Free bytes a chdb store's disk must have before a mutation starts: on a full disk the
 # engine writes the mutation's file empty, and the store no longer opens.
 MUTATION_MIN_FREE = 64 * 2**20
-SCHEMA_VERSION = 22  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 21  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _incomplete_backfill() -> str:
@@ -193,10 +193,6 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # millisecond later than the row it replaces, so it wins however parts merge.
     20: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS is_incomplete UInt8 DEFAULT 0",
          lambda ops: ops.command(_incomplete_backfill())),
-    # 21 -> 22: alert_marks (when the distributed alerts agent's group began alerting),
-    # new and empty: the DDL makes it. A pipeline already alerting gets its mark at its
-    # next start; nothing it kept in the topic before that is alerted again.
-    21: (),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

@@ -50,7 +50,6 @@ OUTBOX_COLUMNS = ("rule", "channel", "event_id", "event_json", "state", "attempt
                   "last_error", "created_at", "next_attempt_at", "sent_at", "revision",
                   "delivery_id")
 CLAIM_COLUMNS = ("rule", "channel", "event_id", "attempt", "owner", "claimed_at")
-MARK_COLUMNS = ("name", "began_at")
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 EPOCH = datetime.fromtimestamp(0, UTC)
 TEXT_CAP = 1000  # characters of before/after/service kept from a (hostile) event
@@ -177,34 +176,6 @@ class AlertDispatcher:
         # gets nothing for an hour, not the next message of its queue at every tick
         self._channel_holds: dict[str, float] = {}
         self.rules = {rule.name: rule for rule in config.rules}
-        # Changes observed before this are not queued (``begin_alerting``): EPOCH, all
-        self.began = EPOCH
-
-    # -- when alerting began ------------------------------------------------------------
-
-    def begin_alerting(self, name: str, *, fresh: bool) -> datetime:
-        """Alert only the changes observed since alerting began for ``name`` (a consumer
-        of change events: the distributed alerts agent's group), and return when.
-
-        The first call for a name records it in the store: now (the store server's
-        clock) when the consumer is ``fresh`` (it has never read its source: what the
-        source still holds predates alerting, and would arrive as one flood of old
-        news), else the epoch (a consumer that alerted before marks existed: what it
-        has not read yet came while it was away, and is alerted as before). Every later
-        call, from any worker or restart, reads that first mark: the row is inserted
-        with a deduplication token, so of two workers starting at once one lands."""
-        for _ in range(2):
-            rows = self.store.query(
-                "SELECT min(began_at), count() FROM alert_marks WHERE name = {name:String}",
-                {"name": name})
-            if rows and rows[0][1]:
-                self.began = _dt(_seconds(rows[0][0]))
-                return self.began
-            began = _dt(self.clock()) if fresh else EPOCH
-            self.store.insert_rows("alert_marks", MARK_COLUMNS, [[name, began]],
-                                   dedup_token=f"alert_marks:{name}")
-        raise AlertQueueError(f"alerts: the store kept no mark of when alerting began for "
-                              f"{name}")
 
     # -- submit -------------------------------------------------------------------------
 
@@ -238,14 +209,6 @@ class AlertDispatcher:
     def _submit(self, events: list[ChangeEvent]) -> int:
         if not events:
             return 0
-        if self.began > EPOCH:
-            early = sum(1 for e in events if e.observed_at < self.began)
-            if early:
-                log.info("alerts: %d change event(s) observed before alerting began "
-                         "(%s) not alerted", early, f"{self.began:%Y-%m-%d %H:%M:%S} UTC")
-                events = [e for e in events if e.observed_at >= self.began]
-                if not events:
-                    return 0
         now = self.clock()
         acceptances = ActiveAcceptances.load(self.store, now, end_broken=True)
         prevalence = self._prevalence({(e.proto.value, e.port) for e in events if e.port})

@@ -16,7 +16,8 @@ sink's group would be handed findings partitions it cannot store.
 Faust settings, with the reason: ``store="memory://"`` (no tables); the web
 server off (nothing to serve); ``producer_acks=-1`` (a finding is acknowledged by
 all in-sync replicas before its open port is acked); earliest offset reset (a new
-group starts at the beginning of what it has to process); commit interval and
+group starts at the beginning of what it has to process; the alerts group's first
+start is moved to the changes topic's end before, by the CLI: ``start_group_at_end``); commit interval and
 session timeout from ``PipelineOptions`` (a restarted worker takes its partitions
 back after the session timeout, not Faust's 60 s default).
 

@@ -127,22 +127,20 @@ def test_two_workers_seeing_every_event_deliver_each_once(
 
 def test_alerts_turned_on_for_a_running_pipeline_send_only_what_comes_after(
         kafka_bootstrap: str, store: Any, tmp_path: Path) -> None:
-    from portwatch.assembly import Assembly
-    from portwatch.distributed_cli import _begin_alerting
-    from portwatch.settings import Settings
-    from producers.kafka_io import has_committed_positions
+    from producers.kafka_io import start_group_at_end
 
     topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
     ensure_topics(kafka_bootstrap, [topics.changes, topics.dead_letter], timeout=30.0)
     options = PipelineOptions(bootstrap=kafka_bootstrap, topics=topics, session_timeout=6.0,
                               commit_interval=0.5)
-    assembly = Assembly(Settings.from_env(kafka=kafka_bootstrap))
     t = Target(ip="127.0.0.1", target="127.0.0.1", organization="Example Corp")
 
     def changes(ports: range) -> list[ChangeEvent]:
+        # observed long ago (a scanner's clock far behind, a backlog of host scans
+        # compared late): when a change was observed does not decide, where it is does
         return [ChangeEvent(kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t,
                             scan_id=f"scan-{ports.start}", port=port, risk_color="red",
-                            service="redis", observed_at=datetime.now(UTC))
+                            service="redis", observed_at=datetime(2026, 1, 1, tzinfo=UTC))
                 for port in ports]
 
     def send(events: list[ChangeEvent]) -> None:
@@ -152,9 +150,10 @@ def test_alerts_turned_on_for_a_running_pipeline_send_only_what_comes_after(
         finally:
             producer.close()
 
-    def run_worker(dispatcher: AlertDispatcher, want_events: int, want_delivered: int,
-                   receiver: Any, late: list[ChangeEvent] | None = None) -> Any:
-        app, stats = build_alerts_app(options, dispatcher, delivery_interval=1.0)
+    def run_worker(want_events: int, want_delivered: int, receiver: Any,
+                   late: list[ChangeEvent] | None = None) -> Any:
+        app, stats = build_alerts_app(options, AlertDispatcher(store, config),
+                                      delivery_interval=1.0)
         run_until([app], lambda: stats.events >= want_events
                   and len(receiver.events()) >= want_delivered,
                   meanwhile=(lambda: send(late)) if late else None)
@@ -164,33 +163,53 @@ def test_alerts_turned_on_for_a_running_pipeline_send_only_what_comes_after(
     with webhook_receiver(SECRET) as receiver:
         config = red_alerts(tmp_path, receiver.url)
         # Given a pipeline that ran without alerts: five changes wait in the topic
-        backlog = changes(range(6300, 6305))
-        send(backlog)
-        # When alerts are turned on (the first start of the alerts group) and two more
-        # changes come while it runs
-        assert not has_committed_positions(kafka_bootstrap, group, topics.changes.name)
-        first = AlertDispatcher(store, config)
-        _begin_alerting(first, assembly, options)
-        began = first.began
+        send(changes(range(6300, 6305)))
+        # When alerts are turned on (the first start of the alerts group: it starts at
+        # the topic's end) and two more changes come while it runs
+        assert start_group_at_end(kafka_bootstrap, group, topics.changes.name) == 5
         after = changes(range(6400, 6402))
-        stats = run_worker(first, 7, 2, receiver, late=after)
-        # Then the group read all seven, and only the two new ones went out
-        assert stats.events == 7
+        stats = run_worker(2, 2, receiver, late=after)
+        # Then the group read only the two new ones, and they went out
+        assert stats.events == 2
         assert sorted(e["event_id"] for e in receiver.events()) == \
             sorted(e.event_id for e in after)
         # And after a restart, with a change that came while the worker was down, the
-        # mark is the first one and that change is alerted (nothing lost meanwhile)
-        assert has_committed_positions(kafka_bootstrap, group, topics.changes.name)
+        # group goes on from its positions and that change is alerted (nothing lost)
         meanwhile = changes(range(6500, 6501))
         send(meanwhile)
-        restarted = AlertDispatcher(store, config)
-        _begin_alerting(restarted, assembly, options)
-        assert restarted.began == began
-        stats = run_worker(restarted, 1, 3, receiver)
+        assert start_group_at_end(kafka_bootstrap, group, topics.changes.name) is None
+        stats = run_worker(1, 3, receiver)
         assert stats.events == 1
         assert sorted(e["event_id"] for e in receiver.events()) == \
             sorted(e.event_id for e in [*after, *meanwhile])
         assert receiver.rejected == []
+
+
+def test_a_group_another_worker_started_meanwhile_is_left_as_it_is(
+        kafka_bootstrap: str) -> None:
+    from kafka import KafkaConsumer
+
+    from producers.kafka_io import start_group_at_end
+
+    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, [topics.changes], timeout=30.0)
+    group = f"{topics.prefix}portwatch-alerts"
+    # Given a member that joined the group and has committed nothing yet
+    member = KafkaConsumer(topics.changes.name, bootstrap_servers=kafka_bootstrap,
+                           group_id=group, enable_auto_commit=False,
+                           auto_offset_reset="earliest", session_timeout_ms=6000)
+    try:
+        for _ in range(40):
+            member.poll(timeout_ms=250)
+            if member.assignment():
+                break
+        assert member.assignment()
+        # When another worker's first start would move it to the end
+        passed = start_group_at_end(kafka_bootstrap, group, topics.changes.name)
+    finally:
+        member.close()
+    # Then the broker refuses to reset an active group, and it is left as it is
+    assert passed is None
 
 
 def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,

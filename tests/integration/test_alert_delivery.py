@@ -218,38 +218,6 @@ def test_several_workers_deliver_each_event_once(store: Any, tmp_path: Path) -> 
         assert set(outbox_states(store).values()) == {("sent", 1)}
 
 
-def test_changes_observed_before_alerting_began_are_not_queued(store: Any,
-                                                             tmp_path: Path) -> None:
-    config = hook_config(tmp_path, "http://127.0.0.1:9/hook")
-    clock = Clock(T0 + 600)
-    # Given a new alerts group (it never read its topic) that begins at T0 + 10 min
-    first = AlertDispatcher(store, config, clock=clock)
-    began = first.begin_alerting("pw-alerts", fresh=True)
-    assert began == datetime.fromtimestamp(T0 + 600, UTC)
-    old, new = event(6379), replace(event(6380), observed_at=began)
-    # When the topic's backlog (observed at T0) and a change observed since arrive
-    queued = first.submit([old, new])
-    # Then only the later change is queued
-    assert queued == 1
-    assert {key[2] for key in outbox_states(store)} == {new.event_id}
-    # And a second worker, or a restart, an hour later (its group has read the topic
-    # by then) keeps that first mark: nothing observed since it is lost, nothing older
-    # is let in
-    clock.advance(3600)
-    later = AlertDispatcher(store, config, clock=clock)
-    assert later.begin_alerting("pw-alerts", fresh=False) == began
-    assert later.submit([old, replace(event(6381), observed_at=began + timedelta(minutes=5))]) == 1
-    assert len(outbox_states(store)) == 2
-    # And a group that alerted before marks existed (not fresh) alerts all it reads,
-    # under its own name, as before
-    legacy = AlertDispatcher(store, config, clock=clock)
-    assert legacy.begin_alerting("pw-old-alerts", fresh=False) == \
-        datetime.fromtimestamp(0, UTC)
-    assert legacy.submit([old]) == 1
-    assert store.query("SELECT name, count() FROM alert_marks GROUP BY name ORDER BY name") \
-        == [("pw-alerts", 1), ("pw-old-alerts", 1)]
-
-
 # -- failures, backoff, digests ----------------------------------------------------------
 
 

@@ -501,8 +501,19 @@ def test_alerts_turned_on_begin_with_the_workers_first_start(kafka_bootstrap: st
             time.sleep(0.3)
         time.sleep(3)  # a few delivery ticks more: the older two must not follow
         pipe.stop(worker)
-        # Then the worker said from when it alerts, and only the later change went out
-        assert re.search(r"alerts: changes observed since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
-                         rf"are alerted \(when {re.escape(pipe.prefix)}portwatch-alerts first "
-                         "started", worker.text()), worker.text()[-2000:]
+        # Then the worker said where its alerts start, and only the later change went out
+        assert (f"alerts: {pipe.prefix}portwatch-alerts starts at the end of "
+                f"{pipe.topics.changes.name}: the 2 change record(s) already there are not "
+                "alerted (`portwatch report changes` lists them); from now on every change "
+                "is") in worker.text(), worker.text()[-2000:]
         assert [e["event_id"] for e in receiver.events()] == [now.event_id]
+        # And a restart goes on from where the group stood: nothing is said or skipped
+        again = pipe.process("--role", "sink", "--alerts", str(rules), env={"S": secret})
+        later = opened(6402)
+        send([later])
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while len(receiver.events()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        pipe.stop(again)
+        assert "starts at the end of" not in again.text()
+        assert [e["event_id"] for e in receiver.events()] == [now.event_id, later.event_id]
