@@ -477,6 +477,41 @@ def test_a_scan_of_other_ports_before_the_resume_lets_it_resume(
     assert not checkpoint.exists()  # the scan is complete
 
 
+def test_a_scan_whose_stored_coverage_was_cut_short_refuses_the_resume(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from producers.shards import CheckpointError
+
+    with contextlib.ExitStack() as stack:
+        listeners: dict[int, Any] = {}
+        lo, ports = _listener_per_shard(stack, listeners)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-cut")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a run killed after its first shard, which stored its port as open
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        first = next(s for s in plan.plans[0].shards() if s.index == 0)
+        mine = next(p for p in ports if first.ports[0].first <= p <= first.ports[0].last)
+        assert mine in _current_ports(store)
+        # then that port closed, and a completed scan of 1,000 other ports and that one
+        # (1,001 ranges in one shard: the store keeps the first 1,000 of its coverage,
+        # so the stored record reads as "other ports only") found it closed
+        listeners[mine].close()
+        others = tuple(PortRange(p, p) for p in range(lo - 2000, lo, 2))
+        asyncio.run(_runner(store).run(ScanPlan.build(
+            "cut", 6, [TARGET], (*others, PortRange(mine, mine)), (),
+            ports_per_shard=2000)))
+        assert store.query("SELECT length(cover_first), ports_scanned FROM host_scans "
+                           "FINAL WHERE scan_id = 'cut'") == [(1000, 1001)]
+        assert mine not in _current_ports(store)
+        # When the killed scan resumes
+        with pytest.raises(CheckpointError) as refused:
+            asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                           checkpoint_path=str(checkpoint)))
+    # Then it is refused: what that scan covered beyond its first 1,000 ranges is
+    # unknown (let through, the resume showed the closed port open again, "opened")
+    assert "another scan looked at 1 of its hosts since" in str(refused.value)
+    assert mine not in _current_ports(store)
+
+
 def _binds(port: int) -> bool:
     with socket.socket() as sock:
         try:
