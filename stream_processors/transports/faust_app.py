@@ -17,9 +17,9 @@ Faust settings, with the reason: ``store="memory://"`` (no tables); the web
 server off (nothing to serve); ``producer_acks=-1`` (a finding is acknowledged by
 all in-sync replicas before its open port is acked); earliest offset reset (a new
 group starts at the beginning of what it has to process; the alerts group's first
-start is moved to the changes topic's end before, by the CLI: ``start_group_at_end``); commit interval and
-session timeout from ``PipelineOptions`` (a restarted worker takes its partitions
-back after the session timeout, not Faust's 60 s default).
+start is moved to the changes topic's end before, by the CLI: ``start_group_at_end``);
+commit interval and session timeout from ``PipelineOptions`` (a restarted worker takes
+its partitions back after the session timeout, not Faust's 60 s default).
 
 Must not touch: the stage logic, the store, Kafka topic creation (the CLI ensures
 the topics exist before it starts an app).
