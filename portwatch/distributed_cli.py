@@ -325,7 +325,9 @@ def discover(group: str | None, concurrency: int | None, timeout: float | None,
 @click.option("--alerts", "alerts_file", default=None, metavar="FILE",
               type=click.Path(dir_okay=False), callback=refuse_empty(ALERTS_EMPTY),
               help="Alert rules and channels (alerts.yaml, PORTWATCH_ALERTS): an alerts agent "
-                   "on the changes topic delivers each change once, whatever the workers.")
+                   "on the changes topic delivers each change once, whatever the workers. "
+                   "Its first start begins at the topic's end: changes already there are "
+                   "not alerted.")
 @beside_serve_options
 @click.option("--health", "health_at", default="", metavar="[HOST:]PORT",
               help="Answer GET /healthz with 200 on this address while the workers' event "
