@@ -852,15 +852,15 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
     unfinished: set[ScanHostKey] = set(saw - keys)  # seen, with no record of it yet
     # a record whose coverage the store kept only in part (its first ARRAY_CAP ranges:
     # `--udp top2000`, a long --ports list): what else it covered is unknown, so it may
-    # have looked at this scan's ports (a review: read as "other ports only", the resume
-    # went ahead and showed open a port that scan had found closed)
-    cut: set[ScanHostKey] = set()
+    # have looked at this scan's ports of that protocol (a review: read as "other ports
+    # only", the resume went ahead and showed open a port that scan had found closed)
+    cut: set[tuple[ScanHostKey, Proto]] = set()
     for row in stored_host_scans(store, keys):
         key = (row.scan_id, row.target.target, row.target.ip)
         if row.status == "completed":
             covered.setdefault((key, row.proto), []).extend(row.ports)
             if sum(r.last - r.first + 1 for r in row.ports) < row.ports_scanned:
-                cut.add(key)
+                cut.add((key, row.proto))
         else:
             unfinished.add(key)
     whole: set[HostKey] = set()
@@ -870,8 +870,9 @@ def covered_since(store: Store, began: Mapping[HostKey, datetime], scan_id: str,
         have = {proto: covered.get((key, proto), []) for proto in wanted}
         if all(_within(ranges, have[proto]) for proto, ranges in wanted.items()):
             whole.add(host)
-        elif (key in unfinished and key in saw) or key in cut or any(
-                _overlaps(ranges, have[proto]) for proto, ranges in wanted.items()):
+        elif (key in unfinished and key in saw) or any(
+                (key, proto) in cut or _overlaps(ranges, have[proto])
+                for proto, ranges in wanted.items()):
             touched.add(host)
     return whole, touched - whole
 

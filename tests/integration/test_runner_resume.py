@@ -512,6 +512,35 @@ def test_a_scan_whose_stored_coverage_was_cut_short_refuses_the_resume(
     assert mine not in _current_ports(store)
 
 
+def test_a_cut_coverage_of_another_protocol_lets_the_resume_through(
+        store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from schemas.records import HostScan, Proto, utcnow
+
+    with contextlib.ExitStack() as stack:
+        lo, ports = _listener_per_shard(stack)
+        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-tcp")
+        checkpoint = tmp_path / "scan.checkpoint"
+        # Given a TCP-only run killed after its first shard, then a completed scan of
+        # 1,001 UDP ports (its stored UDP coverage cut to 1,000 ranges: `--udp top2000`
+        # is one) and no TCP port of the killed scan's
+        saved = _killed_after_first_shard(store, plan, checkpoint)
+        udp = tuple(PortRange(p, p) for p in range(40000, 42002, 2))
+        now = utcnow()  # (stored by hand: the connect engine scans no UDP)
+        store.insert_host_scans([HostScan("udp-cut", TARGET, now, now, len(udp), 0,
+                                          proto=Proto.UDP, ports=udp)])
+        assert store.query("SELECT length(cover_first), ports_scanned FROM host_scans "
+                           "FINAL WHERE scan_id = 'udp-cut' AND proto = 'udp'") == [
+            (1000, 1001)]
+        # When the killed scan resumes
+        resumed = asyncio.run(_runner(store).run(plan, start=plan.start(saved),
+                                                 checkpoint_path=str(checkpoint)))
+    # Then it goes through: a cut UDP record stands for unknown UDP ports only (it
+    # refused a TCP-only resume: a review)
+    assert (resumed.resumed_shards, resumed.overtaken_hosts) == (1, 0)
+    assert not resumed.interrupted and not resumed.errors
+    assert set(ports) <= _current_ports(store)
+
+
 def _binds(port: int) -> bool:
     with socket.socket() as sock:
         try:
