@@ -566,9 +566,12 @@ def _is_closed(key: PortKey, answer: ProbeAnswer | None) -> bool:
 
 def detect_changes(previous: HostState | None, scan: HostScanView,
                    reprobes: Mapping[PortKey, ProbeAnswer],
-                   alerted: ExpiryAlerts = frozenset()) -> ChangeOutcome:
+                   alerted: ExpiryAlerts = frozenset(),
+                   sighted: Mapping[PortKey, PortSnapshot] | None = None) -> ChangeOutcome:
     """Compare this scan of a host with its previous completed state (module docstring).
-    ``alerted``: the expiry events already said for its certificates (``ExpiryAlerts``)."""
+    ``alerted``: the expiry events already said for its certificates (``ExpiryAlerts``).
+    ``sighted``: ports scans of the host that did not complete saw open since that state
+    (the recorder's ``stopped_sightings``), which this scan neither saw nor looked at."""
     if not scan.is_completed:
         return ChangeOutcome([], None)  # an interrupted scan closes nothing, opens nothing
     now = scan.finished_at  # computed once: a property over the shards
@@ -684,6 +687,26 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # once expired and said (an appliance's long-expired certificate would
             # rewrite its row at every scan: port_state grows with change, not scans)
             next_ports[key] = next_ports[key]._replace(seen_at=now)
+    # Open ports only a stopped scan saw since the state, which this scan did not look
+    # at: open from now, said now (the Summary showed them after that scan; dropped,
+    # they vanished from it at a narrower completed scan, with no event: a review).
+    # What this scan looked at is its own to say: seen, compared above; unseen, it had
+    # the last look.
+    for key, new in sorted((sighted or {}).items()):
+        if key in scan.ports or scan.covers(key):
+            continue
+        old_port = next_ports.get(key)
+        if old_port is not None and old_port.is_open:
+            continue  # open in the state already: this scan carries it
+        seen = f"{new.describe()}, seen by scan {new.scan_id}, stopped before its end"
+        if old_port is None:
+            events.append(event(ChangeKind.OPENED, new, "", seen))
+            next_ports[key] = new._replace(changed_at=now, seen_at=now)
+        else:
+            events.append(event(ChangeKind.REOPENED, new,
+                                f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}", seen))
+            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
+                                           seen_at=now)
     # The state keeps no word of an unconfirmed port (port_state has none: what a later
     # call reads back), whichever branch wrote it
     for key, s in next_ports.items():

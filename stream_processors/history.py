@@ -423,6 +423,75 @@ def expiry_alerts(store: Store, views: Sequence[HostScanView]
     return out
 
 
+# -- ports only stopped scans saw -------------------------------------------------------------
+
+_STOPPED_SQL = (
+    "SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
+    "AND status != 'completed' AND finished_at > {since:DateTime64(3, 'UTC')} "
+    "GROUP BY target, ip, scan_id")
+
+
+def stopped_sightings(store: Store, views: Sequence[HostScanView],
+                      host_rows: Mapping[HostKey, HostRow]
+                      ) -> dict[ScanHostKey, dict[PortKey, PortSnapshot]]:
+    """For each completed view, the open ports that scans of its host which did not
+    complete there (stopped during discovery or part-way, still running) saw after the
+    host's previous state (its stored one, or the call's earlier view of it) and up to
+    the view's end, that the view neither saw nor covered; the latest sighting of each.
+    The Summary showed them after those scans (what a scan sees is open, even one cut
+    short); the view's rule opens them (``detect_changes``'s ``sighted``), or a narrower
+    completed scan made them vanish with no event (a review). One read of the hosts'
+    shard records (most calls find none: no further read), then the ports of the
+    stopped scans found."""
+    done = sorted((v for v in views if v.is_completed),
+                  key=lambda v: (v.target.target, v.target.ip, v.finished_at))
+    if not done:
+        return {}
+    windows: list[tuple[HostScanView, datetime]] = []
+    last: dict[HostKey, datetime] = {}
+    for v in done:
+        host = (v.target.target, v.target.ip)
+        row = host_rows.get(host)
+        since = last.get(host, row.finished_at if row is not None else EPOCH)
+        windows.append((v, since))
+        last[host] = v.finished_at
+    own = {(v.scan_id, v.target.target, v.target.ip) for v in views}
+    earliest = min(since for _, since in windows)
+    firsts: dict[HostKey, datetime] = {}  # the earliest window of each host
+    for v, since in windows:
+        host = (v.target.target, v.target.ip)
+        firsts[host] = min(firsts.get(host, since), since)
+    hosts = sorted(firsts)
+    stopped: dict[HostKey, list[tuple[datetime, str]]] = {}
+    for start in range(0, len(hosts), DENSE_BATCH):
+        chunk = hosts[start:start + DENSE_BATCH]
+        where, params = _state_filter(chunk, dense=True)
+        for target, ip, scan_id, finished_at in store.query(
+                _STOPPED_SQL.replace("{where}", where), {**params, "since": earliest}):
+            host, end = (str(target), str(ip)), _utc(finished_at)
+            if (host in firsts and end > firsts[host]
+                    and (str(scan_id), *host) not in own):
+                stopped.setdefault(host, []).append((end, str(scan_id)))
+    if not stopped:
+        return {}
+    snapshots = stored_snapshots(store, {(scan_id, *host) for host, scans in stopped.items()
+                                         for _, scan_id in scans})
+    out: dict[ScanHostKey, dict[PortKey, PortSnapshot]] = {}
+    for v, since in windows:
+        host = (v.target.target, v.target.ip)
+        seen: dict[PortKey, PortSnapshot] = {}
+        for end, scan_id in sorted(stopped.get(host, ())):
+            if not since < end <= v.finished_at:
+                continue
+            for snap in sorted(snapshots.get((scan_id, *host), ()), key=lambda s: s.changed_at):
+                key = (snap.proto, snap.port)
+                if key not in v.ports and not v.covers(key):
+                    seen[key] = snap  # the later sighting wins
+        if seen:
+            out[(v.scan_id, *host)] = seen
+    return out
+
+
 # -- the recorder both transports use ---------------------------------------------------------
 
 
@@ -494,6 +563,7 @@ class ChangeRecorder:
         views = _not_from_the_future(views)
         keys = [(v.target.target, v.target.ip) for v in views]
         host_rows = await asyncio.to_thread(load_host_rows, self.store, keys)
+        sighted = await asyncio.to_thread(stopped_sightings, self.store, views, host_rows)
         repeated = {k for k, n in _counts(keys).items() if n > 1}
         # The fast path: a host whose new scan has the fingerprint of its stored state, and
         # no certificate near expiry, gets no event from the rule; only its scan moves.
@@ -503,6 +573,7 @@ class ChangeRecorder:
             row = host_rows.get(key)
             if (row is not None and key not in repeated and row.is_reachable
                     and view.is_completed and view.finished_at > row.finished_at
+                    and (view.scan_id, *key) not in sighted
                     and row.fingerprint == fingerprint(view.ports)
                     and not is_near_expiry(view.ports, view.finished_at)):
                 fast.append((view, row))
@@ -539,7 +610,7 @@ class ChangeRecorder:
                 key = (view.target.target, view.target.ip)
                 (later if key in seen else wave).append(view)
                 seen.add(key)
-            events.extend(await self._wave(wave, states, rows, expiry_said))
+            events.extend(await self._wave(wave, states, rows, expiry_said, sighted))
             pending = later
         if self.publish is not None and events:
             await self.publish(events)
@@ -584,12 +655,14 @@ class ChangeRecorder:
                 return events
 
     async def _wave(self, views: Sequence[HostScanView], states: dict[HostKey, HostState],
-                    rows: _Rows, expiry_said: dict[HostKey, set[ExpiryEntry]]
+                    rows: _Rows, expiry_said: dict[HostKey, set[ExpiryEntry]],
+                    sighted: Mapping[ScanHostKey, Mapping[PortKey, PortSnapshot]]
                     ) -> list[ChangeEvent]:
         """One wave's events; its rows are added to ``rows`` (the caller writes them). A
         replay in a wave reads events stored by an earlier call: one call never holds the
         same scan of a host twice (host_views groups by scan). ``expiry_said``: the
-        certificate expiry events of the call's earlier waves (not stored yet), added to."""
+        certificate expiry events of the call's earlier waves (not stored yet), added to.
+        ``sighted``: ``stopped_sightings`` of the call's views."""
         todo: list[tuple[HostScanView, HostState | None]] = []
         replays: list[HostScanView] = []
         for view in views:
@@ -612,7 +685,8 @@ class ChangeRecorder:
             host_answers = per_ip.get(view.target.ip, {})
             key = (view.target.target, view.target.ip)
             said = alerted.get(key, set()) | expiry_said.get(key, set())
-            outcome = detect_changes(previous, view, host_answers, said)
+            outcome = detect_changes(previous, view, host_answers, said,
+                                     sighted.get((view.scan_id, *key)))
             for e in outcome.events:  # a later wave of this call (a backlog) knows them
                 if e.kind in (ChangeKind.CERT_EXPIRING, ChangeKind.CERT_EXPIRED):
                     expiry_said.setdefault(key, set()).update(_expiry_entries(

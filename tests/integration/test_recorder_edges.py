@@ -228,3 +228,46 @@ def test_a_tarpits_noted_host_scan_is_compared_once_and_never_recovered(store: A
     assert pending_host_scans(store, finished_before=datetime.now(UTC)) == []
     stage._next_recovery = float("-inf")  # the next sweep, now
     assert asyncio.run(stage.flush(now=time.monotonic() + 2)) == []
+
+
+def _current(store: Any) -> set[int]:
+    return {r["port"] for r in store.report("list", {}).dicts()}
+
+
+def test_a_port_only_a_stopped_scan_saw_outlives_a_narrower_completed_scan(
+        store: Any) -> None:
+    a, b, c, d = (NOW - timedelta(hours=h) for h in (4, 3, 2, 1))
+    narrow = {"ports": (PortRange(20022, 20022),), "ports_scanned": 1}
+    # Given a completed scan that saw 20022, then a scan stopped part-way that also saw
+    # 20080 (the Summary shows it: what a scan cut short sees is open)
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    assert record(store, [found("b", 20022, b), found("b", 20080, b)],
+                  [replace(host_scan("b", 2, b), status="interrupted")]) == []
+    assert _current(store) == {20022, 20080}
+    # When a completed scan of 20022 only follows
+    events = record(store, [found("c", 20022, c)], [replace(host_scan("c", 1, c), **narrow)])
+    # Then 20080 is opened by it, saying which scan saw it, and stays shown (it vanished
+    # with no event: the narrower scan became the host's ports scan, and nothing
+    # carried a port the change log had never held)
+    assert [(e.kind, e.port, e.after, e.scan_id, e.previous_scan_id) for e in events] == [
+        (ChangeKind.OPENED, 20080,
+         "http nginx 1.0 (green), seen by scan b, stopped before its end", "c", "a")]
+    assert _current(store) == {20022, 20080}
+    # And another narrow scan keeps it, saying nothing again
+    assert record(store, [found("d", 20022, d)],
+                  [replace(host_scan("d", 1, d), **narrow)]) == []
+    assert _current(store) == {20022, 20080}
+    (summary,) = store.report("summary", {}).dicts()
+    assert summary["open_ports"] == 2
+
+
+def test_a_completed_scan_that_looked_at_a_stopped_scans_port_has_the_last_word(
+        store: Any) -> None:
+    a, b, c = (NOW - timedelta(hours=h) for h in (3, 2, 1))
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    record(store, [found("b", 20080, b)], [replace(host_scan("b", 1, b), status="interrupted")])
+    # When a completed scan that covered 20080 did not see it
+    events = record(store, [found("c", 20022, c)], [host_scan("c", 1, c)])
+    # Then nothing opened, and it is not shown: the later look wins
+    assert events == []
+    assert _current(store) == {20022}

@@ -805,3 +805,28 @@ def test_a_udp_port_that_never_answered_opens_as_info_and_says_so() -> None:
     # And the state keeps no word of it: what port_state stores and reads back
     assert out.state is not None
     assert not any(s.is_unconfirmed for s in out.state.ports.values())
+
+
+def test_ports_a_stopped_scan_saw_open_where_this_scan_did_not_look() -> None:
+    redis = snap(6379, service="redis", product="Redis", version="7.0", risk_color="red",
+                 scan_id="cut", changed_at=T0, first_seen=T0)
+    closed = snap(8080, service="http", product="nginx", version="1.2", is_open=False,
+                  changed_at=T0)
+    prev = state([snap(22), closed])
+    sighted = {redis.key: redis, closed.key: closed._replace(is_open=True, scan_id="cut"),
+               (Proto.TCP, 22): snap(22, version="9.9", scan_id="cut"),
+               (Proto.TCP, 443): snap(443, scan_id="cut")}
+    # Given a stopped scan that saw redis (never seen), 8080 (closed in the state), 22
+    # (open there) and 443; When a completed scan of 22 and 443 only saw 22
+    out = detect_changes(prev, view([snap(22)], covered=((22, 22), (443, 443))), {}, (),
+                         sighted)
+    # Then redis opens and 8080 reopens, both naming that scan; 22 stays this scan's, and
+    # 443, which this scan looked at and found closed, is not opened
+    assert kinds(out) == [
+        ("opened", 6379, "", "redis Redis 7.0 (red), seen by scan cut, stopped before its end"),
+        ("reopened", 8080, f"closed {T0:%Y-%m-%d %H:%M:%S}",
+         "http nginx 1.2 (green), seen by scan cut, stopped before its end")]
+    assert [e.severity for e in out.events] == [Severity.HIGH, Severity.LOW]
+    assert out.state is not None
+    assert {k[1]: (s.is_open, s.version) for k, s in out.state.ports.items()} == {
+        22: (True, "9.2p1"), 6379: (True, "7.0"), 8080: (True, "1.2")}
