@@ -570,8 +570,8 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                    sighted: Mapping[PortKey, PortSnapshot] | None = None) -> ChangeOutcome:
     """Compare this scan of a host with its previous completed state (module docstring).
     ``alerted``: the expiry events already said for its certificates (``ExpiryAlerts``).
-    ``sighted``: ports scans of the host that did not complete saw open since that state
-    (the recorder's ``stopped_sightings``), which this scan neither saw nor looked at."""
+    ``sighted``: ports that scans of the host which did not complete saw open since that
+    state (the recorder's ``stopped_sightings``)."""
     if not scan.is_completed:
         return ChangeOutcome([], None)  # an interrupted scan closes nothing, opens nothing
     now = scan.finished_at  # computed once: a property over the shards
@@ -579,43 +579,23 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     before_ports: dict[PortKey, PortSnapshot] = dict(previous.ports) if previous else {}
     candidates = closure_candidates(previous, scan)
     events: list[ChangeEvent] = []
-
-    host_answered = bool(scan.ports) or any(
-        reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED)
-        for k in [*candidates, *liveness_candidates(previous, scan)])
-    # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
-    # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
-    # UDP shard compared alone took a live host for unreachable and hid its ports.
-    # A candidate the re-probe did not answer for (its budget ran out) is no evidence
-    # either way: it neither makes nor unmakes the outage.
-    answered = [reprobes[k] for k in candidates if k[0] is Proto.TCP and k in reprobes]
-    is_silent = bool(answered) and all(a is ProbeAnswer.SILENT for a in answered)
-    if previous is not None and is_silent and not host_answered:
-        if previous.is_reachable:
-            events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
-        # Its ports are kept as they were: no closure while it does not answer.
-        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
-                                             is_reachable=False))
-    if previous is not None and not previous.is_reachable and not host_answered:
-        # Still nothing answered, and no TCP evidence either way (every re-probe cut by
-        # the budget, or only UDP looked at): it stays unreachable, saying nothing (it
-        # used to turn reachable silently, and the next silent scan alerted again)
-        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now))
-    if previous is not None and not previous.is_reachable and host_answered:
-        events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
-
-    next_ports = dict(before_ports)
-    for key in candidates:
-        old = before_ports[key]
-        if _is_closed(key, reprobes.get(key)):
-            events.append(event(ChangeKind.CLOSED, old, old.describe(), "closed"))
-            next_ports[key] = old._replace(is_open=False, changed_at=now)
     host_at = previous.finished_at if previous else None
-    for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
-        new = scan.ports[key]
+    next_ports = dict(before_ports)
+    # Open ports only a scan that did not complete saw since the state, which this scan
+    # neither saw nor looked at, and the state does not hold open: this scan opens them,
+    # as if it had seen them, saying which scan did (the Summary showed them after that
+    # scan; dropped, they vanished from it at a narrower completed scan, with no event:
+    # a review). What this scan looked at is its own to say: it had the last look.
+    extra = {k: p for k, p in (sighted or {}).items()
+             if k not in scan.ports and not scan.covers(k)
+             and not (k in before_ports and before_ports[k].is_open)}
+
+    def compare(key: PortKey, new: PortSnapshot, note: str = "") -> None:
+        """One port this scan (or, with ``note``, a stopped scan) saw open, against the
+        state: its events, and its next snapshot in ``next_ports``."""
         old_port = before_ports.get(key)
         if old_port is None:
-            events.append(event(ChangeKind.OPENED, new, "", new.describe()))
+            events.append(event(ChangeKind.OPENED, new, "", new.describe() + note))
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
                                            seen_at=now)
         elif not old_port.is_open:
@@ -631,12 +611,12 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
                 kept = old_port._replace(is_open=True, scan_id=new.scan_id, changed_at=now)
                 events.append(event(ChangeKind.REOPENED, kept, closed_at,
                                     f"{kept.describe()}, as last identified (its "
-                                    "identification was cut short)"))
+                                    f"identification was cut short){note}"))
                 next_ports[key] = kept
-                continue
+                return
             # when, as the List's --history says it (UTC, to the second; an ISO text with
             # microseconds and +00:00 stood beside the reports' times: a review)
-            events.append(event(ChangeKind.REOPENED, new, closed_at, new.describe()))
+            events.append(event(ChangeKind.REOPENED, new, closed_at, new.describe() + note))
             # and what changed since it closed, as for a port that stayed open: a rule on
             # version_changed missed an upgrade made while the port was down (a review)
             if not new.is_incomplete and not old_port.is_incomplete:
@@ -644,7 +624,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
                                            seen_at=now)
         elif new.is_incomplete:
-            continue  # attributes unknown this time: the stored snapshot stays
+            return  # attributes unknown this time: the stored snapshot stays
         elif old_port.is_incomplete:
             # The baseline never learnt what answers (the first scan's identification
             # was cut short): the first complete one replaces it, and only a colour
@@ -687,32 +667,56 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # once expired and said (an appliance's long-expired certificate would
             # rewrite its row at every scan: port_state grows with change, not scans)
             next_ports[key] = next_ports[key]._replace(seen_at=now)
-    # Open ports only a stopped scan saw since the state, which this scan did not look
-    # at: open from now, said now (the Summary showed them after that scan; dropped,
-    # they vanished from it at a narrower completed scan, with no event: a review).
-    # What this scan looked at is its own to say: seen, compared above; unseen, it had
-    # the last look.
-    for key, new in sorted((sighted or {}).items()):
-        if key in scan.ports or scan.covers(key):
-            continue
-        old_port = next_ports.get(key)
-        if old_port is not None and old_port.is_open:
-            continue  # open in the state already: this scan carries it
-        seen = f"{new.describe()}, seen by scan {new.scan_id}, stopped before its end"
-        if old_port is None:
-            events.append(event(ChangeKind.OPENED, new, "", seen))
-            next_ports[key] = new._replace(changed_at=now, seen_at=now)
-        else:
-            events.append(event(ChangeKind.REOPENED, new,
-                                f"closed {old_port.changed_at:%Y-%m-%d %H:%M:%S}", seen))
-            next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
-                                           seen_at=now)
-    # The state keeps no word of an unconfirmed port (port_state has none: what a later
-    # call reads back), whichever branch wrote it
-    for key, s in next_ports.items():
-        if s.is_unconfirmed:
-            next_ports[key] = s._replace(is_unconfirmed=False)
-    state = HostState(scan.target, scan.scan_id, now, True, next_ports)
+
+    def compare_sighted() -> None:
+        for key in sorted(extra):
+            seen = extra[key]
+            compare(key, seen, f", seen by scan {seen.scan_id}, which did not complete")
+
+    def settled() -> dict[PortKey, PortSnapshot]:
+        # The state keeps no word of an unconfirmed port (port_state has none: what a
+        # later call reads back), whichever branch wrote it
+        return {k: p._replace(is_unconfirmed=False) if p.is_unconfirmed else p
+                for k, p in next_ports.items()}
+
+    host_answered = bool(scan.ports) or any(
+        reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED)
+        for k in [*candidates, *liveness_candidates(previous, scan)])
+    # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
+    # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
+    # UDP shard compared alone took a live host for unreachable and hid its ports.
+    # A candidate the re-probe did not answer for (its budget ran out) is no evidence
+    # either way: it neither makes nor unmakes the outage.
+    answered = [reprobes[k] for k in candidates if k[0] is Proto.TCP and k in reprobes]
+    is_silent = bool(answered) and all(a is ProbeAnswer.SILENT for a in answered)
+    if previous is not None and is_silent and not host_answered:
+        if previous.is_reachable:
+            events.append(event(ChangeKind.HOST_UNREACHABLE, None, "reachable", "unreachable"))
+        # Its ports are kept as they were: no closure while it does not answer. What a
+        # stopped scan saw before is opened all the same (the state moves past it: it
+        # was lost for good, with no event; a review)
+        compare_sighted()
+        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
+                                             is_reachable=False, ports=settled()))
+    if previous is not None and not previous.is_reachable and not host_answered:
+        # Still nothing answered, and no TCP evidence either way (every re-probe cut by
+        # the budget, or only UDP looked at): it stays unreachable, saying nothing (it
+        # used to turn reachable silently, and the next silent scan alerted again)
+        compare_sighted()
+        return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
+                                             ports=settled()))
+    if previous is not None and not previous.is_reachable and host_answered:
+        events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
+
+    for key in candidates:
+        old = before_ports[key]
+        if _is_closed(key, reprobes.get(key)):
+            events.append(event(ChangeKind.CLOSED, old, old.describe(), "closed"))
+            next_ports[key] = old._replace(is_open=False, changed_at=now)
+    for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
+        compare(key, scan.ports[key])
+    compare_sighted()
+    state = HostState(scan.target, scan.scan_id, now, True, settled())
     return ChangeOutcome(events, state)
 
 

@@ -425,68 +425,94 @@ def expiry_alerts(store: Store, views: Sequence[HostScanView]
 
 # -- ports only stopped scans saw -------------------------------------------------------------
 
-_STOPPED_SQL = (
-    "SELECT target, ip, scan_id, max(finished_at) FROM host_scans WHERE {where} "
-    "AND status != 'completed' AND finished_at > {since:DateTime64(3, 'UTC')} "
+# Other scans' observations of the hosts since their states: most calls find none.
+_SINCE_SQL = (
+    "SELECT target, ip, scan_id, max(observed_at) FROM port_observations WHERE {where} "
+    "AND observed_at > {since:DateTime64(3, 'UTC')} AND scan_id NOT IN {own:Array(String)} "
     "GROUP BY target, ip, scan_id")
 
 
 def stopped_sightings(store: Store, views: Sequence[HostScanView],
                       host_rows: Mapping[HostKey, HostRow]
                       ) -> dict[ScanHostKey, dict[PortKey, PortSnapshot]]:
-    """For each completed view, the open ports that scans of its host which did not
-    complete there (stopped during discovery or part-way, still running) saw after the
-    host's previous state (its stored one, or the call's earlier view of it) and up to
-    the view's end, that the view neither saw nor covered; the latest sighting of each.
-    The Summary showed them after those scans (what a scan sees is open, even one cut
-    short); the view's rule opens them (``detect_changes``'s ``sighted``), or a narrower
-    completed scan made them vanish with no event (a review). One read of the hosts'
-    shard records (most calls find none: no further read), then the ports of the
-    stopped scans found."""
-    done = sorted((v for v in views if v.is_completed),
-                  key=lambda v: (v.target.target, v.target.ip, v.finished_at))
-    if not done:
-        return {}
+    """For each completed view the rule will compare, the open ports that scans of its
+    host which did not complete there (stopped during discovery or part-way, killed,
+    still running) saw after the host's previous state (its stored one, or the call's
+    earlier view of it) and up to the view's end, and that no completed shard of such a
+    scan looked at later without seeing; the latest sighting of each. The Summary showed
+    them after those scans (what a scan sees is open, even one cut short); the view's
+    rule opens those it did not look at itself (``detect_changes``'s ``sighted``), where
+    a narrower completed scan made them vanish with no event (a review). Judged by when
+    each port was seen, as the reports do (a killed scan's only record is dated its
+    shard's start). One read of the hosts' observations by other scans since their
+    states (most calls find none: nothing more is read)."""
     windows: list[tuple[HostScanView, datetime]] = []
     last: dict[HostKey, datetime] = {}
-    for v in done:
+    for v in sorted((v for v in views if v.is_completed),
+                    key=lambda v: (v.target.target, v.target.ip, v.finished_at)):
         host = (v.target.target, v.target.ip)
         row = host_rows.get(host)
         since = last.get(host, row.finished_at if row is not None else EPOCH)
+        if v.finished_at <= since:
+            continue  # older than the state (or a replay): the rule does not compare it
         windows.append((v, since))
         last[host] = v.finished_at
-    own = {(v.scan_id, v.target.target, v.target.ip) for v in views}
-    earliest = min(since for _, since in windows)
-    firsts: dict[HostKey, datetime] = {}  # the earliest window of each host
+    if not windows:
+        return {}
+    own = sorted({v.scan_id for v, _ in windows})
+    firsts: dict[HostKey, datetime] = {}
     for v, since in windows:
         host = (v.target.target, v.target.ip)
         firsts[host] = min(firsts.get(host, since), since)
     hosts = sorted(firsts)
-    stopped: dict[HostKey, list[tuple[datetime, str]]] = {}
+    earliest = min(firsts.values())
+    keys: set[ScanHostKey] = set()
     for start in range(0, len(hosts), DENSE_BATCH):
         chunk = hosts[start:start + DENSE_BATCH]
         where, params = _state_filter(chunk, dense=True)
-        for target, ip, scan_id, finished_at in store.query(
-                _STOPPED_SQL.replace("{where}", where), {**params, "since": earliest}):
-            host, end = (str(target), str(ip)), _utc(finished_at)
-            if (host in firsts and end > firsts[host]
-                    and (str(scan_id), *host) not in own):
-                stopped.setdefault(host, []).append((end, str(scan_id)))
+        for target, ip, scan_id, seen_at in store.query(
+                _SINCE_SQL.replace("{where}", where),
+                {**params, "since": earliest, "own": own}):
+            host = (str(target), str(ip))
+            if host in firsts and _utc(seen_at) > firsts[host]:
+                keys.add((str(scan_id), *host))
+    if not keys:
+        return {}
+    # which of those scans did not complete there, and what their completed shards
+    # looked at, and when
+    records: dict[ScanHostKey, list[HostScan]] = {}
+    for h in stored_host_scans(store, keys):
+        records.setdefault((h.scan_id, h.target.target, h.target.ip), []).append(h)
+    stopped = {k for k in keys
+               if not records.get(k) or any(h.status != "completed" for h in records[k])}
     if not stopped:
         return {}
-    snapshots = stored_snapshots(store, {(scan_id, *host) for host, scans in stopped.items()
-                                         for _, scan_id in scans})
+    snapshots = stored_snapshots(store, stopped)
+    by_host: dict[HostKey, list[ScanHostKey]] = {}
+    for scan_key in stopped:
+        by_host.setdefault((scan_key[1], scan_key[2]), []).append(scan_key)
     out: dict[ScanHostKey, dict[PortKey, PortSnapshot]] = {}
     for v, since in windows:
         host = (v.target.target, v.target.ip)
+        # (time, 0, sighting) and (time, 1, a completed shard's look), in time order
+        steps: list[tuple[datetime, int, Any]] = []
+        for scan_key in by_host.get(host, ()):
+            found = snapshots.get(scan_key, [])
+            saw = {(p.proto, p.port) for p in found}
+            steps.extend((p.changed_at, 0, p) for p in found)
+            steps.extend((h.finished_at, 1, (h, saw)) for h in records.get(scan_key, ())
+                         if h.status == "completed")
         seen: dict[PortKey, PortSnapshot] = {}
-        for end, scan_id in sorted(stopped.get(host, ())):
-            if not since < end <= v.finished_at:
+        for at, kind, item in sorted(steps, key=lambda step: (step[0], step[1])):
+            if not since < at <= v.finished_at:
                 continue
-            for snap in sorted(snapshots.get((scan_id, *host), ()), key=lambda s: s.changed_at):
-                key = (snap.proto, snap.port)
-                if key not in v.ports and not v.covers(key):
-                    seen[key] = snap  # the later sighting wins
+            if kind == 0:
+                seen[(item.proto, item.port)] = item  # the later sighting wins
+            else:
+                shard, saw = item
+                for gone in [k for k in seen if k not in saw and shard.covers(k[0], k[1])]:
+                    del seen[gone]  # a later look that did not find it
+        seen = {k: p for k, p in seen.items() if k not in v.ports and not v.covers(k)}
         if seen:
             out[(v.scan_id, *host)] = seen
     return out

@@ -251,7 +251,7 @@ def test_a_port_only_a_stopped_scan_saw_outlives_a_narrower_completed_scan(
     # carried a port the change log had never held)
     assert [(e.kind, e.port, e.after, e.scan_id, e.previous_scan_id) for e in events] == [
         (ChangeKind.OPENED, 20080,
-         "http nginx 1.0 (green), seen by scan b, stopped before its end", "c", "a")]
+         "http nginx 1.0 (green), seen by scan b, which did not complete", "c", "a")]
     assert _current(store) == {20022, 20080}
     # And another narrow scan keeps it, saying nothing again
     assert record(store, [found("d", 20022, d)],
@@ -269,5 +269,69 @@ def test_a_completed_scan_that_looked_at_a_stopped_scans_port_has_the_last_word(
     # When a completed scan that covered 20080 did not see it
     events = record(store, [found("c", 20022, c)], [host_scan("c", 1, c)])
     # Then nothing opened, and it is not shown: the later look wins
+    assert events == []
+    assert _current(store) == {20022}
+
+
+def _narrow(scan_id: str, when: datetime, *ports: int) -> HostScan:
+    return replace(host_scan(scan_id, len(ports), when),
+                   ports=tuple(PortRange(p, p) for p in ports), ports_scanned=len(ports))
+
+
+def test_a_stopped_scans_later_completed_shard_that_did_not_find_the_port_wins(
+        store: Any) -> None:
+    a, s1, p2, c = (NOW - timedelta(hours=h) for h in (4, 3, 2, 1))
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    record(store, [found("s1", 20080, s1)], [replace(host_scan("s1", 1, s1),
+                                                     status="interrupted")])
+    # Given a later scan whose TCP shard completed over 20080 without finding it, and
+    # whose UDP shard was interrupted (the scan did not complete)
+    record(store, [found("p2", 20022, p2)],
+           [host_scan("p2", 1, p2),
+            replace(host_scan("p2", 0, p2, shard="udp", proto=Proto.UDP), status="interrupted",
+                    ports=(PortRange(53, 53),), ports_scanned=1)])
+    assert _current(store) == {20022}
+    # When a narrow completed scan follows, Then 20080 is not opened: the later look wins
+    assert record(store, [found("c", 20022, c)], [_narrow("c", c, 20022)]) == []
+    assert _current(store) == {20022}
+
+
+def test_a_killed_scans_sighting_counts_by_when_it_was_seen(store: Any) -> None:
+    k, a, c = (NOW - timedelta(hours=h) for h in (5, 4, 1))
+    # Given a scan killed while running (its only record, "running", dated its shard's
+    # start, before the completed scan below ended), which saw 20080 after that scan
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    seen = a + timedelta(minutes=30)
+    record(store, [found("k", 20080, seen)], [replace(host_scan("k", 1, k), status="running")])
+    assert _current(store) == {20022, 20080}
+    # When a narrow completed scan follows, Then it opens 20080
+    events = record(store, [found("c", 20022, c)], [_narrow("c", c, 20022)])
+    assert [(e.kind, e.port) for e in events] == [(ChangeKind.OPENED, 20080)]
+    assert _current(store) == {20022, 20080}
+
+
+def test_a_stopped_scan_compared_in_the_same_call_still_counts(store: Any) -> None:
+    a, s, c = (NOW - timedelta(hours=h) for h in (3, 2, 1))
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    # Given a stopped scan and a narrow completed one reaching the recorder together
+    # (one flush of the sink)
+    events = record(store, [found("s", 20080, s), found("c", 20022, c)],
+                    [replace(host_scan("s", 1, s), status="interrupted"),
+                     _narrow("c", c, 20022)])
+    # Then the stopped scan's port is opened by the completed one
+    assert [(e.kind, e.port, e.scan_id) for e in events] == [(ChangeKind.OPENED, 20080, "c")]
+    assert _current(store) == {20022, 20080}
+
+
+def test_a_late_older_record_in_the_call_does_not_widen_the_window(store: Any) -> None:
+    old, a, s, c1, c2 = (NOW - timedelta(hours=h) for h in (6, 5, 3, 2, 1))
+    record(store, [found("a", 20022, a)], [host_scan("a", 1, a)])
+    record(store, [found("s", 20080, s)], [replace(host_scan("s", 1, s), status="interrupted")])
+    # Given a wide completed scan that looked at 20080 after the stopped scan saw it
+    record(store, [found("c1", 20022, c1)], [host_scan("c1", 1, c1)])
+    # When a late record older than the state and a narrow completed scan come together
+    events = record(store, [found("old", 20022, old), found("c2", 20022, c2)],
+                    [host_scan("old", 1, old), _narrow("c2", c2, 20022)])
+    # Then nothing opens: the stopped scan's sighting is older than the state
     assert events == []
     assert _current(store) == {20022}

@@ -823,10 +823,46 @@ def test_ports_a_stopped_scan_saw_open_where_this_scan_did_not_look() -> None:
     # Then redis opens and 8080 reopens, both naming that scan; 22 stays this scan's, and
     # 443, which this scan looked at and found closed, is not opened
     assert kinds(out) == [
-        ("opened", 6379, "", "redis Redis 7.0 (red), seen by scan cut, stopped before its end"),
+        ("opened", 6379, "", "redis Redis 7.0 (red), seen by scan cut, which did not complete"),
         ("reopened", 8080, f"closed {T0:%Y-%m-%d %H:%M:%S}",
-         "http nginx 1.2 (green), seen by scan cut, stopped before its end")]
+         "http nginx 1.2 (green), seen by scan cut, which did not complete")]
     assert [e.severity for e in out.events] == [Severity.HIGH, Severity.LOW]
     assert out.state is not None
     assert {k[1]: (s.is_open, s.version) for k, s in out.state.ports.items()} == {
         22: (True, "9.2p1"), 6379: (True, "7.0"), 8080: (True, "1.2")}
+
+
+def test_a_stopped_scans_sighting_reopens_by_the_usual_rules() -> None:
+    redis = {"service": "redis", "product": "Redis", "version": "7.0", "risk_color": "red"}
+    prev = state([snap(22), snap(6379, **redis, is_open=False, changed_at=T0)])
+    note = ", seen by scan cut, which did not complete"
+    # Given redis closed in the state; When a stopped scan saw it with its
+    # identification cut short, Then it reopens as last identified (red, high)
+    cut = snap(6379, service="", product="", version="", risk_color="yellow",
+               is_incomplete=True, scan_id="cut")
+    out = detect_changes(prev, view([snap(22)], covered=((22, 22),)), {}, (), {cut.key: cut})
+    assert kinds(out) == [("reopened", 6379, f"closed {T0:%Y-%m-%d %H:%M:%S}",
+                           "redis Redis 7.0 (red), as last identified (its identification "
+                           f"was cut short){note}")]
+    assert [e.severity for e in out.events] == [Severity.HIGH]
+    # And when it saw it upgraded, the upgrade is said too
+    newer = snap(6379, **{**redis, "version": "7.2"}, scan_id="cut")
+    out = detect_changes(prev, view([snap(22)], covered=((22, 22),)), {}, (),
+                         {newer.key: newer})
+    assert kinds(out) == [
+        ("reopened", 6379, f"closed {T0:%Y-%m-%d %H:%M:%S}", f"redis Redis 7.2 (red){note}"),
+        ("version_changed", 6379, "7.0", "7.2")]
+
+
+def test_a_stopped_scans_sighting_is_opened_when_the_host_stops_answering() -> None:
+    # Given a host with 22 open, and a stopped scan that saw 8080 since
+    web = snap(8080, service="http", product="nginx", version="1.2", scan_id="cut")
+    # When a completed scan of 22 hears nothing, and the re-probe neither
+    out = detect_changes(state([snap(22)]), view([], covered=((22, 22),)),
+                         {(Proto.TCP, 22): ProbeAnswer.SILENT}, (), {web.key: web})
+    # Then the host is unreachable, and 8080 is opened all the same (the state moves
+    # past the stopped scan: it was lost for good)
+    assert [(e.kind.value, e.port) for e in out.events] == [("host_unreachable", 0),
+                                                            ("opened", 8080)]
+    assert out.state is not None and not out.state.is_reachable
+    assert {k[1]: p.is_open for k, p in out.state.ports.items()} == {22: True, 8080: True}
