@@ -308,7 +308,10 @@ class _Rows:
         self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
                            int(state.is_reachable), fingerprint(state.open_ports)])
         if not state.is_reachable:
-            return  # its ports are kept as they were (the reports show none: it is down)
+            # its ports are kept as they were (the reports show none: it is down), but
+            # for those a stopped scan saw, opened now (detect_changes)
+            self._port_rows(state, previous, finished_at)
+            return
         # Open in the state, not seen by this scan, and either not covered by it or
         # answering the re-probe: the reports still count them while this scan is the
         # host's ports scan, and its score point counts them (ddl.sql carried_history).
@@ -318,8 +321,12 @@ class _Rows:
         answers = reprobes or {}
         self._carry(state, view, finished_at,
                     lambda k: not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN)
-        # Only the ports whose snapshot this scan replaced (opened, closed, changed): an
-        # unchanged port keeps its row, so port_state grows with churn, not with scans.
+        self._port_rows(state, previous, finished_at)
+
+    def _port_rows(self, state: HostState, previous: HostState | None,
+                   finished_at: datetime) -> None:
+        """Only the ports whose snapshot this scan replaced (opened, closed, changed): an
+        unchanged port keeps its row, so port_state grows with churn, not with scans."""
         if previous is None:
             self.ports.extend(_port_row(state.target, s, finished_at)
                               for s in state.ports.values())

@@ -858,7 +858,8 @@ def test_a_stopped_scans_sighting_is_opened_when_the_host_stops_answering() -> N
     # Given a host with 22 open, and a stopped scan that saw 8080 since
     web = snap(8080, service="http", product="nginx", version="1.2", scan_id="cut")
     # When a completed scan of 22 hears nothing, and the re-probe neither
-    out = detect_changes(state([snap(22)]), view([], covered=((22, 22),)),
+    prev = state([snap(22)])
+    out = detect_changes(prev, view([], covered=((22, 22),)),
                          {(Proto.TCP, 22): ProbeAnswer.SILENT}, (), {web.key: web})
     # Then the host is unreachable, and 8080 is opened all the same (the state moves
     # past the stopped scan: it was lost for good)
@@ -866,3 +867,10 @@ def test_a_stopped_scans_sighting_is_opened_when_the_host_stops_answering() -> N
                                                             ("opened", 8080)]
     assert out.state is not None and not out.state.is_reachable
     assert {k[1]: p.is_open for k, p in out.state.ports.items()} == {22: True, 8080: True}
+    # And its change state is written for 8080 only (a down host's ports stay as they
+    # were; without the row, the next call read a state without 8080)
+    from stream_processors.history import _Rows
+
+    rows = _Rows()
+    rows.add(view([], covered=((22, 22),)), prev, out.events, out.state)
+    assert [(r[2], r[3]) for r in rows.ports] == [("tcp", 8080)]
