@@ -520,7 +520,9 @@ def closure_candidates(previous: HostState | None, scan: HostScanView) -> list[P
 LIVENESS_OPEN_PORTS = 3
 
 
-def liveness_candidates(previous: HostState | None, scan: HostScanView) -> list[PortKey]:
+def liveness_candidates(previous: HostState | None, scan: HostScanView,
+                        sighted: Mapping[PortKey, PortSnapshot] | None = None
+                        ) -> list[PortKey]:
     """When a completed scan saw nothing open on a host whose state has TCP ports, the
     ports that tell whether the host still answers, re-probed beside the closure
     candidates: up to ``LIVENESS_OPEN_PORTS`` of its open TCP ports this scan did not
@@ -533,10 +535,17 @@ def liveness_candidates(previous: HostState | None, scan: HostScanView) -> list[
     changes: the uncovered ones are not compared, the closed one was not open."""
     if previous is None or not scan.is_completed or scan.ports:
         return []
+    # The TCP ports a stopped scan saw open since (``sighted``: detect_changes's) first:
+    # the latest word that the host answered, which the scan is about to open (left out,
+    # a host whose only answering port a stopped scan had seen went "unreachable", and
+    # the port vanished beside its "opened" event: a review)
+    seen = sorted(k for k in (sighted or {})
+                  if k[0] is Proto.TCP and not scan.covers(k)
+                  and not (k in previous.ports and previous.ports[k].is_open))
     opened = sorted(k for k, s in previous.ports.items()
                     if s.is_open and k[0] is Proto.TCP and not scan.covers(k))
-    out = opened[:LIVENESS_OPEN_PORTS]
-    if any(s.is_open and k[0] is Proto.TCP for k, s in previous.ports.items()):
+    out = [*seen, *opened][:LIVENESS_OPEN_PORTS]
+    if seen or any(s.is_open and k[0] is Proto.TCP for k, s in previous.ports.items()):
         closed = _a_closed_port(previous, scan)
         if closed is not None:
             out.append(closed)
@@ -681,7 +690,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
 
     host_answered = bool(scan.ports) or any(
         reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED)
-        for k in [*candidates, *liveness_candidates(previous, scan)])
+        for k in [*candidates, *liveness_candidates(previous, scan, extra)])
     # Unreachable only on evidence: every TCP candidate was re-probed and none answered.
     # UDP silence is none (DNS, NTP and SNMP never answer the empty datagram): a late
     # UDP shard compared alone took a live host for unreachable and hid its ports.

@@ -432,10 +432,21 @@ def expiry_alerts(store: Store, views: Sequence[HostScanView]
 
 # -- ports only stopped scans saw -------------------------------------------------------------
 
-# Other scans' observations of the hosts since their states: most calls find none.
+# How long before one of its shards another shard of the same scan may have started
+SCAN_SPAN = timedelta(days=7)
+
+# Other scans' observations of the hosts since their states: most calls find none. The
+# call's own scans are left out by the engine, unless one of them did not complete on
+# some host (its observations there may be another view's sightings: the caller drops
+# only its compared (scan, host) pairs; left out by scan id alone, a scan that completed
+# one host and was stopped on another hid what it saw there: a review). ``began``: the
+# earliest shard start of the call's own scans, less SCAN_SPAN.
 _SINCE_SQL = (
     "SELECT target, ip, scan_id, max(observed_at) FROM port_observations WHERE {where} "
-    "AND observed_at > {since:DateTime64(3, 'UTC')} AND scan_id NOT IN {own:Array(String)} "
+    "AND observed_at > {since:DateTime64(3, 'UTC')} "
+    "AND (scan_id NOT IN {own:Array(String)} OR scan_id IN ("
+    "SELECT DISTINCT scan_id FROM host_scans WHERE scan_id IN {own:Array(String)} "
+    "AND status != 'completed' AND finished_at >= {began:DateTime64(3, 'UTC')})) "
     "GROUP BY target, ip, scan_id")
 
 
@@ -467,6 +478,10 @@ def stopped_sightings(store: Store, views: Sequence[HostScanView],
     if not windows:
         return {}
     own = sorted({v.scan_id for v, _ in windows})
+    compared = {(v.scan_id, v.target.target, v.target.ip) for v, _ in windows}
+    # (a week before: another host's shard of the same scan may have started earlier)
+    began = min((h.started_at for v, _ in windows for h in v.shards),
+                default=EPOCH + SCAN_SPAN) - SCAN_SPAN
     firsts: dict[HostKey, datetime] = {}
     for v, since in windows:
         host = (v.target.target, v.target.ip)
@@ -479,10 +494,11 @@ def stopped_sightings(store: Store, views: Sequence[HostScanView],
         where, params = _state_filter(chunk, dense=True)
         for target, ip, scan_id, seen_at in store.query(
                 _SINCE_SQL.replace("{where}", where),
-                {**params, "since": earliest, "own": own}):
+                {**params, "since": earliest, "own": own, "began": began}):
             host = (str(target), str(ip))
-            if host in firsts and _utc(seen_at) > firsts[host]:
-                keys.add((str(scan_id), *host))
+            key = (str(scan_id), *host)
+            if host in firsts and _utc(seen_at) > firsts[host] and key not in compared:
+                keys.add(key)
     if not keys:
         return {}
     # which of those scans did not complete there, and what their completed shards
@@ -707,7 +723,7 @@ class ChangeRecorder:
             todo.append((view, previous))
         events = (await asyncio.to_thread(stored_events, self.store, replays)
                   if replays else [])
-        answers = await self._reprobe(todo)
+        answers = await self._reprobe(todo, sighted)
         per_ip: dict[str, dict[PortKey, ProbeAnswer]] = {}
         for (a_ip, proto, port), answer in answers.items():
             per_ip.setdefault(a_ip, {})[(proto, port)] = answer
@@ -730,7 +746,8 @@ class ChangeRecorder:
             events.extend(outcome.events)
         return events
 
-    async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]]
+    async def _reprobe(self, todo: Sequence[tuple[HostScanView, HostState | None]],
+                       sighted: Mapping[ScanHostKey, Mapping[PortKey, PortSnapshot]]
                        ) -> Mapping[tuple[str, Proto, int], ProbeAnswer]:
         if not self.reprobe_options.enabled:
             return {}
@@ -738,7 +755,9 @@ class ChangeRecorder:
         wanted = [(view.target.ip, proto, port) for view, previous in todo
                   if scope is None or scope.permits(view.target.ip)
                   for proto, port in [*closure_candidates(previous, view),
-                                      *liveness_candidates(previous, view)]]
+                                      *liveness_candidates(previous, view, sighted.get(
+                                          (view.scan_id, view.target.target,
+                                           view.target.ip)))]]
         if not wanted:
             return {}
         o = self.reprobe_options

@@ -335,3 +335,27 @@ def test_a_late_older_record_in_the_call_does_not_widen_the_window(store: Any) -
     # Then nothing opens: the stopped scan's sighting is older than the state
     assert events == []
     assert _current(store) == {20022}
+
+
+def test_a_scan_that_completed_one_host_and_stopped_on_another_still_counts_there(
+        store: Any) -> None:
+    other = Target(ip="127.0.0.3", target="127.0.0.3", organization="Org")
+    a, x, y = (NOW - timedelta(hours=h) for h in (3, 2, 1))
+
+    def on(target: Target, f: Finding) -> Finding:
+        return replace(f, port=replace(f.port, target=target))
+
+    record(store, [found("a", 20022, a), on(other, found("a", 20022, a))],
+           [host_scan("a", 1, a), replace(host_scan("a", 1, a), target=other)])
+    # Given a scan that completed the first host and was stopped on the second, where it
+    # saw 20080, and a narrow completed scan of the second, reaching the recorder together
+    events = record(
+        store, [found("x", 20022, x), on(other, found("x", 20080, x)),
+                on(other, found("y", 20022, y))],
+        [host_scan("x", 1, x), replace(host_scan("x", 1, x), target=other, status="interrupted"),
+         replace(_narrow("y", y, 20022), target=other)])
+    # Then the narrow scan opens 20080 on the second host
+    assert [(e.kind, e.target.ip, e.port, e.scan_id) for e in events] == [
+        (ChangeKind.OPENED, "127.0.0.3", 20080, "y")]
+    assert {(r["ip"], r["port"]) for r in store.report("list", {}).dicts()} == {
+        ("127.0.0.1", 20022), ("127.0.0.3", 20022), ("127.0.0.3", 20080)}

@@ -874,3 +874,22 @@ def test_a_stopped_scans_sighting_is_opened_when_the_host_stops_answering() -> N
     rows = _Rows()
     rows.add(view([], covered=((22, 22),)), prev, out.events, out.state)
     assert [(r[2], r[3]) for r in rows.ports] == [("tcp", 8080)]
+
+
+def test_a_port_a_stopped_scan_saw_is_asked_whether_the_host_answers() -> None:
+    web = snap(20080, service="http", product="nginx", version="1.2", scan_id="cut")
+    narrow = view([], covered=((59000, 59000),))
+    for prev in (state([snap(59000)]), state([snap(59000)], reachable=False)):
+        # Given a host whose one port 59000 went silent, and a stopped scan that saw
+        # 20080 since; When a completed scan of 59000 only hears nothing, Then 20080 is
+        # re-probed first to tell whether the host answers
+        assert liveness_candidates(prev, narrow, {web.key: web})[0] == web.key
+        # and, answering, it is opened on a host that answers (not "unreachable", which
+        # hid the port beside its "opened" event: a review)
+        out = detect_changes(prev, narrow, {web.key: ProbeAnswer.OPEN,
+                                            (Proto.TCP, 59000): ProbeAnswer.SILENT},
+                             (), {web.key: web})
+        back = [] if prev.is_reachable else [("host_back", 0)]
+        assert [(e.kind.value, e.port) for e in out.events] == [
+            *back, ("closed", 59000), ("opened", 20080)]
+        assert out.state is not None and out.state.is_reachable
