@@ -535,16 +535,18 @@ def liveness_candidates(previous: HostState | None, scan: HostScanView,
     changes: the uncovered ones are not compared, the closed one was not open."""
     if previous is None or not scan.is_completed or scan.ports:
         return []
-    # The TCP ports a stopped scan saw open since (``sighted``: detect_changes's) first:
-    # the latest word that the host answered, which the scan is about to open (left out,
-    # a host whose only answering port a stopped scan had seen went "unreachable", and
-    # the port vanished beside its "opened" event: a review)
+    # And as many of the TCP ports a stopped scan saw open since (``sighted``:
+    # detect_changes's), which the scan is about to open: the latest word that the host
+    # answered (left out, a host whose only answering port a stopped scan had seen went
+    # "unreachable", and the port vanished beside its "opened" event: a review); beside
+    # the state's, never instead of them (three silent sightings crowded out a port
+    # that answered: a review)
     seen = sorted(k for k in (sighted or {})
                   if k[0] is Proto.TCP and not scan.covers(k)
                   and not (k in previous.ports and previous.ports[k].is_open))
     opened = sorted(k for k, s in previous.ports.items()
                     if s.is_open and k[0] is Proto.TCP and not scan.covers(k))
-    out = [*seen, *opened][:LIVENESS_OPEN_PORTS]
+    out = [*opened[:LIVENESS_OPEN_PORTS], *seen[:LIVENESS_OPEN_PORTS]]
     if seen or any(s.is_open and k[0] is Proto.TCP for k, s in previous.ports.items()):
         closed = _a_closed_port(previous, scan)
         if closed is not None:

@@ -893,3 +893,15 @@ def test_a_port_a_stopped_scan_saw_is_asked_whether_the_host_answers() -> None:
         assert [(e.kind.value, e.port) for e in out.events] == [
             *back, ("closed", 59000), ("opened", 20080)]
         assert out.state is not None and out.state.is_reachable
+
+
+def test_ports_a_stopped_scan_saw_are_asked_beside_the_states_never_instead() -> None:
+    # Given a host with 20080 open (not looked at by the next scan) and 59000, and a
+    # stopped scan that saw three more ports since
+    prev = state([snap(20080), snap(59000)])
+    sighted = {(Proto.TCP, p): snap(p, scan_id="cut") for p in (59001, 59002, 59003)}
+    # When a completed scan of 59000 only hears nothing, Then 20080 is asked too (three
+    # silent sightings took every place, and a live host went "unreachable": a review)
+    asked = liveness_candidates(prev, view([], covered=((59000, 59000),)), sighted)
+    assert asked == [(Proto.TCP, 20080), (Proto.TCP, 59001), (Proto.TCP, 59002),
+                     (Proto.TCP, 59003)]
