@@ -518,6 +518,10 @@ def closure_candidates(previous: HostState | None, scan: HostScanView) -> list[P
 # A host a completed scan saw nothing open on: how many of its other ports are asked
 # whether it still answers (``liveness_candidates``).
 LIVENESS_OPEN_PORTS = 3
+# And how many of the TCP ports a stopped scan saw open since: all of them, within
+# reason (the one that still answers may be any: the three lowest, silent, made a host
+# whose fourth answered "unreachable": a review). The re-probe's own budget bounds a call.
+LIVENESS_SIGHTED = 64
 
 
 def liveness_candidates(previous: HostState | None, scan: HostScanView,
@@ -540,13 +544,13 @@ def liveness_candidates(previous: HostState | None, scan: HostScanView,
     # answered (left out, a host whose only answering port a stopped scan had seen went
     # "unreachable", and the port vanished beside its "opened" event: a review); beside
     # the state's, never instead of them (three silent sightings crowded out a port
-    # that answered: a review)
+    # that answered: a review), up to LIVENESS_SIGHTED
     seen = sorted(k for k in (sighted or {})
                   if k[0] is Proto.TCP and not scan.covers(k)
                   and not (k in previous.ports and previous.ports[k].is_open))
     opened = sorted(k for k, s in previous.ports.items()
                     if s.is_open and k[0] is Proto.TCP and not scan.covers(k))
-    out = [*opened[:LIVENESS_OPEN_PORTS], *seen[:LIVENESS_OPEN_PORTS]]
+    out = [*opened[:LIVENESS_OPEN_PORTS], *seen[:LIVENESS_SIGHTED]]
     if seen or any(s.is_open and k[0] is Proto.TCP for k, s in previous.ports.items()):
         closed = _a_closed_port(previous, scan)
         if closed is not None:

@@ -905,3 +905,19 @@ def test_ports_a_stopped_scan_saw_are_asked_beside_the_states_never_instead() ->
     asked = liveness_candidates(prev, view([], covered=((59000, 59000),)), sighted)
     assert asked == [(Proto.TCP, 20080), (Proto.TCP, 59001), (Proto.TCP, 59002),
                      (Proto.TCP, 59003)]
+
+
+def test_every_port_a_stopped_scan_saw_is_asked_not_the_lowest_three() -> None:
+    # Given a host whose one port 59000 went silent, and a stopped scan that saw four
+    # ports since, of which only the highest still answers
+    prev = state([snap(59000)])
+    sighted = {(Proto.TCP, p): snap(p, scan_id="cut") for p in (59001, 59002, 59003, 59100)}
+    narrow = view([], covered=((59000, 59000),))
+    assert liveness_candidates(prev, narrow, sighted) == sorted(sighted)
+    # When a completed scan of 59000 only hears nothing, Then the host answers (59100),
+    # and is not "unreachable" (only the lowest three were asked: a review)
+    answers = {k: ProbeAnswer.SILENT for k in [(Proto.TCP, 59000), *sorted(sighted)[:3]]}
+    out = detect_changes(prev, narrow, {**answers, (Proto.TCP, 59100): ProbeAnswer.OPEN},
+                         (), sighted)
+    assert "host_unreachable" not in [e.kind.value for e in out.events]
+    assert out.state is not None and out.state.is_reachable
