@@ -333,6 +333,18 @@ def _killed_after_first_shard(store, plan: ScanPlan, checkpoint: Path) -> Checkp
     return _first_shard_only(store, plan, checkpoint, KilledBeforeItsEnd)
 
 
+def _killed_scan(stack: contextlib.ExitStack, store: Any, tmp_path: Path, scan_id: str,
+                 listeners: dict[int, Any] | None = None
+                 ) -> tuple[int, list[int], ScanPlan, Path, Checkpoint]:
+    """A listener in each shard of [lo, lo + 2999] (``_listener_per_shard``) and a run of
+    ``scan_id`` over them killed after its first shard: (lo, ports, plan, checkpoint,
+    the checkpoint it saved)."""
+    lo, ports = _listener_per_shard(stack, listeners)
+    plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id=scan_id)
+    checkpoint = tmp_path / "scan.checkpoint"
+    return lo, ports, plan, checkpoint, _killed_after_first_shard(store, plan, checkpoint)
+
+
 def _nothing_listens(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -423,13 +435,9 @@ def test_a_narrower_scan_before_the_resume_refuses_the_resume(
     from producers.shards import CheckpointError
 
     with contextlib.ExitStack() as stack:
-        lo, ports = _listener_per_shard(stack)
-        span = (PortRange(lo, lo + 2999),)
-        plan = _plan(span, seed=5, scan_id="narrowed")
-        checkpoint = tmp_path / "scan.checkpoint"
         # Given a run killed after its first shard, then a completed scan of that
         # shard's ports only (narrower than the killed scan)
-        saved = _killed_after_first_shard(store, plan, checkpoint)
+        lo, ports, plan, checkpoint, saved = _killed_scan(stack, store, tmp_path, "narrowed")
         first = next(s for s in plan.plans[0].shards() if s.index == 0)
         asyncio.run(_runner(store).run(_plan(first.ports, seed=6, scan_id="narrow")))
         shown = _current_ports(store)
@@ -453,12 +461,10 @@ def test_a_narrower_scan_before_the_resume_refuses_the_resume(
 def test_a_scan_of_other_ports_before_the_resume_lets_it_resume(
         store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with contextlib.ExitStack() as stack:
-        lo, ports = _listener_per_shard(stack)
-        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-apart")
-        checkpoint = tmp_path / "scan.checkpoint"
         # Given a run killed after its first shard, then a completed scan of the host's
         # ports outside the killed scan's range only, which found one open
-        saved = _killed_after_first_shard(store, plan, checkpoint)
+        lo, ports, plan, checkpoint, saved = _killed_scan(stack, store, tmp_path,
+                                                          "resumed-apart")
         other = next(p for p in range(max(lo - 300, 1024), lo)
                      if _nothing_listens(p) and _binds(p))
         stack.enter_context(loopback.listen(loopback.banner(b"hello\r\n"), port=other))
@@ -483,11 +489,9 @@ def test_a_scan_whose_stored_coverage_was_cut_short_refuses_the_resume(
 
     with contextlib.ExitStack() as stack:
         listeners: dict[int, Any] = {}
-        lo, ports = _listener_per_shard(stack, listeners)
-        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-cut")
-        checkpoint = tmp_path / "scan.checkpoint"
         # Given a run killed after its first shard, which stored its port as open
-        saved = _killed_after_first_shard(store, plan, checkpoint)
+        lo, ports, plan, checkpoint, saved = _killed_scan(stack, store, tmp_path,
+                                                          "resumed-cut", listeners)
         first = next(s for s in plan.plans[0].shards() if s.index == 0)
         mine = next(p for p in ports if first.ports[0].first <= p <= first.ports[0].last)
         assert mine in _current_ports(store)
@@ -517,13 +521,11 @@ def test_a_cut_coverage_of_another_protocol_lets_the_resume_through(
     from schemas.records import HostScan, Proto, utcnow
 
     with contextlib.ExitStack() as stack:
-        lo, ports = _listener_per_shard(stack)
-        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="resumed-tcp")
-        checkpoint = tmp_path / "scan.checkpoint"
         # Given a TCP-only run killed after its first shard, then a completed scan of
         # 1,001 UDP ports (its stored UDP coverage cut to 1,000 ranges: `--udp top2000`
         # is one) and no TCP port of the killed scan's
-        saved = _killed_after_first_shard(store, plan, checkpoint)
+        lo, ports, plan, checkpoint, saved = _killed_scan(stack, store, tmp_path,
+                                                          "resumed-tcp")
         udp = tuple(PortRange(p, p) for p in range(40000, 42002, 2))
         now = utcnow()  # (stored by hand: the connect engine scans no UDP)
         store.insert_host_scans([HostScan("udp-cut", TARGET, now, now, len(udp), 0,
@@ -556,13 +558,11 @@ def test_a_scan_stopped_during_discovery_that_saw_a_port_refuses_the_resume(
     from schemas.records import HostScan, utcnow
 
     with contextlib.ExitStack() as stack:
-        lo, ports = _listener_per_shard(stack)
-        plan = _plan((PortRange(lo, lo + 2999),), seed=5, scan_id="seen-since")
-        checkpoint = tmp_path / "scan.checkpoint"
         # Given a run killed after its first shard, then another scan of the host stopped
         # during its discovery (no shard completed: stored by hand, as such a scan leaves
         # it), which saw a port: the Summary shows it now
-        saved = _killed_after_first_shard(store, plan, checkpoint)
+        lo, ports, plan, checkpoint, saved = _killed_scan(stack, store, tmp_path,
+                                                          "seen-since")
         now = utcnow()
         store.insert_findings([Finding(
             port=OpenPort(scan_id="stopped", target=TARGET, port=ports[1], observed_at=now),
