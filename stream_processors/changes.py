@@ -524,6 +524,17 @@ LIVENESS_OPEN_PORTS = 3
 LIVENESS_SIGHTED = 64
 
 
+def to_open(previous: HostState | None, scan: HostScanView,
+            sighted: Mapping[PortKey, PortSnapshot] | None) -> dict[PortKey, PortSnapshot]:
+    """The ports of ``sighted`` (seen open since the state by scans that did not
+    complete) that ``scan`` opens: neither seen nor looked at by it, not open in the
+    state."""
+    held = previous.ports if previous is not None else {}
+    return {k: p for k, p in (sighted or {}).items()
+            if k not in scan.ports and not scan.covers(k)
+            and not (k in held and held[k].is_open)}
+
+
 def liveness_candidates(previous: HostState | None, scan: HostScanView,
                         sighted: Mapping[PortKey, PortSnapshot] | None = None
                         ) -> list[PortKey]:
@@ -539,15 +550,13 @@ def liveness_candidates(previous: HostState | None, scan: HostScanView,
     changes: the uncovered ones are not compared, the closed one was not open."""
     if previous is None or not scan.is_completed or scan.ports:
         return []
-    # And as many of the TCP ports a stopped scan saw open since (``sighted``:
-    # detect_changes's), which the scan is about to open: the latest word that the host
-    # answered (left out, a host whose only answering port a stopped scan had seen went
-    # "unreachable", and the port vanished beside its "opened" event: a review); beside
-    # the state's, never instead of them (three silent sightings crowded out a port
-    # that answered: a review), up to LIVENESS_SIGHTED
-    seen = sorted(k for k in (sighted or {})
-                  if k[0] is Proto.TCP and not scan.covers(k)
-                  and not (k in previous.ports and previous.ports[k].is_open))
+    # And as many of the TCP ports a stopped scan saw open since, which the scan is
+    # about to open (``to_open``): the latest word that the host answered (left out, a
+    # host whose only answering port a stopped scan had seen went "unreachable", and the
+    # port vanished beside its "opened" event: a review); beside the state's, never
+    # instead of them (three silent sightings crowded out a port that answered: a
+    # review), up to LIVENESS_SIGHTED
+    seen = sorted(k for k in to_open(previous, scan, sighted) if k[0] is Proto.TCP)
     opened = sorted(k for k, s in previous.ports.items()
                     if s.is_open and k[0] is Proto.TCP and not scan.covers(k))
     out = [*opened[:LIVENESS_OPEN_PORTS], *seen[:LIVENESS_SIGHTED]]
@@ -601,9 +610,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     # as if it had seen them, saying which scan did (the Summary showed them after that
     # scan; dropped, they vanished from it at a narrower completed scan, with no event:
     # a review). What this scan looked at is its own to say: it had the last look.
-    extra = {k: p for k, p in (sighted or {}).items()
-             if k not in scan.ports and not scan.covers(k)
-             and not (k in before_ports and before_ports[k].is_open)}
+    extra = to_open(previous, scan, sighted)
 
     def compare(key: PortKey, new: PortSnapshot, note: str = "") -> None:
         """One port this scan (or, with ``note``, a stopped scan) saw open, against the
@@ -824,4 +831,5 @@ __all__ = [
     "parse_not_after",
     "severity_of",
     "snapshot_of",
+    "to_open",
 ]

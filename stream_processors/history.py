@@ -76,6 +76,7 @@ from stream_processors.changes import (
     parse_not_after,
     snapshot_of,
     to_millis,
+    to_open,
 )
 from stream_processors.collector import collector_paused
 from stream_processors.store import Store
@@ -479,13 +480,11 @@ def stopped_sightings(store: Store, views: Sequence[HostScanView],
         return {}
     own = sorted({v.scan_id for v, _ in windows})
     compared = {(v.scan_id, v.target.target, v.target.ip) for v, _ in windows}
-    # (a week before: another host's shard of the same scan may have started earlier)
     began = min((h.started_at for v, _ in windows for h in v.shards),
                 default=EPOCH + SCAN_SPAN) - SCAN_SPAN
-    firsts: dict[HostKey, datetime] = {}
+    firsts: dict[HostKey, datetime] = {}  # each host's first window starts earliest
     for v, since in windows:
-        host = (v.target.target, v.target.ip)
-        firsts[host] = min(firsts.get(host, since), since)
+        firsts.setdefault((v.target.target, v.target.ip), since)
     hosts = sorted(firsts)
     earliest = min(firsts.values())
     keys: set[ScanHostKey] = set()
@@ -535,7 +534,7 @@ def stopped_sightings(store: Store, views: Sequence[HostScanView],
                 shard, saw = item
                 for gone in [k for k in seen if k not in saw and shard.covers(k[0], k[1])]:
                     del seen[gone]  # a later look that did not find it
-        seen = {k: p for k, p in seen.items() if k not in v.ports and not v.covers(k)}
+        seen = to_open(None, v, seen)  # (the state is the rule's to hold against them)
         if seen:
             out[(v.scan_id, *host)] = seen
     return out
