@@ -98,10 +98,10 @@ def listen(handler: Handler, addresses: tuple[str, ...] = ("127.0.0.1",),
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
+            listener._socks.append(s)  # closed by listener.close() even if bind fails
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, port))
             s.listen(128)
-            listener._socks.append(s)
             t = threading.Thread(target=_serve, args=(listener, s, handler), daemon=True)
             t.start()
             listener._threads.append(t)
@@ -292,7 +292,11 @@ def udp_responder(address: str = "127.0.0.1", port: int = 0,
     (default: ``pong:`` and the first bytes of what it got; None: no answer, as a
     service that cannot parse the request); yields its port, always closed on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, port))
+    try:
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
     reply = answer or (lambda data: b"pong:" + data[:8])
     sock.settimeout(0.2)
     stop = threading.Event()

@@ -82,9 +82,9 @@ def saturated(addrs: tuple[str, ...]) -> Iterator[int]:
     try:
         for addr in addrs:
             server = socket.socket()
+            socks.append(server)  # closed below even if bind fails
             server.bind((addr, port))
             server.listen(0)
-            socks.append(server)
             for _ in range(3):  # fill the queue; these are never accepted
                 filler = socket.socket()
                 filler.setblocking(False)
