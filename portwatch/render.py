@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -208,7 +209,10 @@ def summary_flags(is_tarpit: Any, scan_status: Any) -> str:
 
 
 def to_table(report: Report, console: Console, *, title: str = "") -> None:
+    from portwatch.tables import fit_columns, print_records
+
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
+    every = wanted  # what one block per row shows, when no table fits
     if report.name == "list":
         from portwatch.tables import list_columns, with_prevalence_source
 
@@ -218,25 +222,39 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
                    else None)
         closed = current is not None and any(not row[current] for row in report.rows)
         wanted = list(list_columns(report, console.width, HEADERS, with_status=closed))
-    table = Table(title=title or f"{report.name.capitalize()} report", show_lines=False,
-                  header_style="bold", expand=False)
+        every = list(list_columns(report, sys.maxsize, HEADERS, with_status=closed))
+    if not report.rows:
+        console.print(Text(f"{report.name}: no rows (nothing stored matches the filters)"))
+        return
     index = {c: i for i, c in enumerate(report.columns)}
-    for column in wanted:
+    status = index.get("scan_status")
+    cells = {c: [Text(summary_flags(row[index[c]], row[status] if status is not None else ""))
+                 if c == "is_tarpit" and report.name == "summary"
+                 else _styled(report.name, c, row[index[c]]) for row in report.rows]
+             for c in every}
+    title = title or f"{report.name.capitalize()} report"
+    # a terminal too narrow for every column: what says nothing goes, then what matters
+    # least, named under the table (at 80 columns every header and address folded
+    # mid-word, "tar/get", "127./0.0./1"); past that, one block per row
+    plain = {c: [t.plain for t in v] for c, v in cells.items()}
+    fitted = fit_columns(report.name, wanted, plain, HEADERS, console.width,
+                         whole=WHOLE_NUMBERS)
+    if fitted.records:
+        shown = [c for c in every if any(v.strip() for v in plain[c])]
+        print_records(console, title, shown, HEADERS,
+                      [[cells[c][i] for c in shown] for i in range(len(report.rows))])
+        return
+    table = Table(title=title, show_lines=False, header_style="bold", expand=False,
+                  caption=fitted.caption(console.width, HEADERS) or None)
+    for column in fitted.columns:
         # words fold where they must; a number not: port 20022 printed as "2002" over
         # "2" at 80 columns, read as another port (a review). Not wrapped, its column
         # is the last to give way (a minimum width instead pushed the table past the
         # terminal's edge, which cut its last column: a review)
         table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold",
                          no_wrap=column in WHOLE_NUMBERS)
-    status = index.get("scan_status")
-    for row in report.rows:
-        table.add_row(*(
-            Text(summary_flags(row[index[c]], row[status] if status is not None else ""))
-            if c == "is_tarpit" and report.name == "summary"
-            else _styled(report.name, c, row[index[c]]) for c in wanted))
-    if not report.rows:
-        console.print(Text(f"{report.name}: no rows (nothing stored matches the filters)"))
-        return
+    for i in range(len(report.rows)):
+        table.add_row(*(cells[c][i] for c in fitted.columns))
     console.print(table)
 
 

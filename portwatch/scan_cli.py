@@ -263,8 +263,15 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
             signals.append(runner.stop_signal)
 
 
+# The live bar's parts by terminal width: all of them from the first; the phase, share,
+# ports, open and examined counts and ETA from the second; below it, the phase, share,
+# ports, open count and time left.
+PROGRESS_FULL_WIDTH, PROGRESS_MID_WIDTH = 110, 75
+
+
 class ProgressView:
-    """A live bar on a terminal; a plain line every 5 s otherwise (CI logs)."""
+    """A live bar on a terminal (its parts as the width allows); a plain line every 5 s
+    otherwise (CI logs)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -283,15 +290,26 @@ class ProgressView:
                 TimeRemainingColumn,
             )
 
-            self._bar = Progress(
-                TextColumn("[bold]{task.fields[phase]}"), BarColumn(), TaskProgressColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
-                TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
-                           "examined"),
-                TextColumn("{task.fields[rate]:,.0f} ports/s"),
-                TextColumn("ETA"), TimeRemainingColumn(),
-                console=err_console, transient=False,
-            )
+            phase = TextColumn("[bold]{task.fields[phase]}")
+            ports = TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports")
+            found = TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
+                               "examined")
+            # what fits the terminal: every part was cut with an ellipsis at 80 columns
+            # ("identifyi… 10… 101/101 por…"); the bar and the rate give way first
+            if err_console.width >= PROGRESS_FULL_WIDTH:
+                columns: tuple[Any, ...] = (
+                    phase, BarColumn(), TaskProgressColumn(), ports, found,
+                    TextColumn("{task.fields[rate]:,.0f} ports/s"), TextColumn("ETA"),
+                    TimeRemainingColumn())
+            elif err_console.width >= PROGRESS_MID_WIDTH:
+                columns = (phase, TaskProgressColumn(), ports, found, TextColumn("ETA"),
+                           TimeRemainingColumn())
+            else:
+                columns = (phase, TaskProgressColumn(),
+                           TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                           TextColumn("[bold]{task.fields[open]}[/] open"),
+                           TimeRemainingColumn())
+            self._bar = Progress(*columns, console=err_console, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0,
                                             phase="scanning", examined=0)

@@ -1,10 +1,12 @@
 """Terminal tables that adapt to the width: which List columns fit, and the end-of-scan table.
 
 Owns: the choice of optional List columns (organization, asset, risk reason: added in that
-order while the table still fits the console, unless empty in every row), and the one
-end-of-scan table for all hosts (at most ``END_SCREEN_WIDTH`` columns; long words end in
-an ellipsis instead of being broken mid-word). The text of each cell comes from
-``portwatch.render.cell_text`` (escaped).
+order while the table still fits the console, unless empty in every row), what a table too
+wide for the terminal gives up (``fit_columns``: first what says nothing, then, named under
+the table, the columns of ``NARROW_DROP``; past that one block per row, ``print_records``),
+and the one end-of-scan table for all hosts (at most ``END_SCREEN_WIDTH`` columns; long
+words end in an ellipsis instead of being broken mid-word). The text of each cell comes
+from ``portwatch.render.cell_text`` (escaped).
 
 Must not touch: the store (it renders the reports it is given), JSON or CSV output (they
 keep every column whatever the width).
@@ -12,7 +14,8 @@ keep every column whatever the width).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -83,6 +86,106 @@ def with_prevalence_source(report: Report) -> Report:
     return Report(report.name, report.columns, rows)
 
 
+# -- a table narrower than its text -------------------------------------------------------------
+
+# A word longer than this folds (a hostname, a certificate subject); a shorter one stays
+# whole. An address folds only past an IPv4 address's length.
+WORD_CAP, ADDRESS_CAP = 12, 15
+# Per table, what a terminal too narrow for every column gives up, first to last, once the
+# columns that say nothing are gone (empty in every row; an address equal to the target in
+# every row). The caption under the table names what was left out.
+NARROW_DROP: dict[str, tuple[str, ...]] = {
+    "summary": ("score_parts", "last_scanned", "asset", "scan_note", "organization", "ip"),
+    "list": ("last_seen", "cdn_provider", "prevalence", "risk_reason", "asset",
+             "organization", "ip", "first_seen"),
+    "products": ("services", "colors"),
+    "ciphers": ("jarm", "profile", "cert_warnings", "reached_via", "cert_subject", "ip",
+                "error", "suites"),
+    "changes": ("asset", "organization", "ip", "proto", "severity"),
+    "end": ("organization", "green", "yellow", "ip"),
+}
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The columns a terminal table shows (in their order), the columns it left out that
+    had something to say (named under the table), and whether no table fits at all (then
+    one block per row, every column)."""
+
+    columns: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+    records: bool = False
+
+    def caption(self, width: int, headers: Mapping[str, str]) -> str:
+        if not self.dropped:
+            return ""
+        names = ", ".join(headers.get(c, c.replace("_", " ")) for c in self.dropped)
+        return f"not shown at {width} columns: {names} (--format json has every column)"
+
+
+def readable_width(header: str, cells: Sequence[str], *, whole: bool = False,
+                   cap: int = WORD_CAP) -> int:
+    """The narrowest a column reads at: its header's longest word, and each cell's longest
+    word up to ``cap`` (longer ones fold), or each whole cell for a number (``whole``)."""
+    def longest_word(text: str) -> int:
+        return max((len(w) for w in text.split()), default=0)
+
+    widest = max((len(c) if whole else min(longest_word(c), cap) for c in cells), default=0)
+    return max(longest_word(header), widest)
+
+
+def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence[str]],
+                headers: Mapping[str, str], width: int, *,
+                whole: frozenset[str] = frozenset()) -> Fitted:
+    """Which of ``columns`` (their ``cells`` as printed, per column) a terminal ``width``
+    wide shows. All of them when they fit unfolded. Otherwise, first the ones that say
+    nothing go (empty in every row; ``ip`` equal to ``target`` in every row); then, while
+    the rest cannot all be shown at their readable width (``readable_width``), those of
+    ``NARROW_DROP[table]`` in its order. When even that does not fit: ``records``, with
+    every column but those that say nothing."""
+    def header(c: str) -> str:
+        return headers.get(c, c.replace("_", " "))
+
+    def needs(chosen: Sequence[str], unfolded: bool) -> int:
+        return _EDGE + sum(_PER_COLUMN + (
+            max(len(header(c)), max((len(line) for cell in cells[c]
+                                     for line in cell.splitlines()), default=0))
+            if unfolded else
+            readable_width(header(c), cells[c], whole=c in whole,
+                           cap=ADDRESS_CAP if c == "ip" else WORD_CAP)) for c in chosen)
+
+    if needs(columns, unfolded=True) <= width:
+        return Fitted(tuple(columns))
+    target = cells.get("target")
+    chosen = [c for c in columns if any(v.strip() for v in cells[c])
+              and not (c == "ip" and target is not None and list(cells[c]) == list(target))]
+    dropped: list[str] = []
+    for column in NARROW_DROP.get(table, ()):
+        if needs(chosen, unfolded=False) <= width:
+            break
+        if column in chosen:
+            chosen.remove(column)
+            dropped.append(column)
+    if needs(chosen, unfolded=False) > width:
+        return Fitted(tuple(c for c in columns if c in chosen or c in dropped), records=True)
+    return Fitted(tuple(chosen), tuple(dropped))
+
+
+def print_records(console: Console, title: str, columns: Sequence[str],
+                  headers: Mapping[str, str], rows: Sequence[Sequence[Text]]) -> None:
+    """One block per row, a column's header beside its value (psql's expanded display):
+    for a terminal too narrow for any readable table of these columns."""
+    console.print(Text(title, style="italic"))
+    for number, row in enumerate(rows, 1):
+        block = Table.grid(padding=(0, 1))
+        block.add_column(style="bold", no_wrap=True)
+        block.add_column(overflow="fold")
+        for column, cell in zip(columns, row, strict=True):
+            block.add_row(headers.get(column, column.replace("_", " ")), cell)
+        console.print(Text(f"-- {number} --", style="dim"))
+        console.print(block)
+
+
 # -- end of a scan ------------------------------------------------------------------------------
 
 # (column, header, justify, overflow): numbers never wrap; names wrap at spaces and end in an
@@ -100,43 +203,72 @@ END_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("is_tarpit", "flags", "left", "ellipsis"),
 )
 _COLOR_STYLE = {"red": "bold red", "yellow": "bold yellow", "green": "bold green"}
+_END_HEADERS = {column: header for column, header, _j, _o in END_COLUMNS}
+# never folded: the counts, the score and the grade
+_END_WHOLE = frozenset(c for c, _h, justify, _o in END_COLUMNS if justify != "left")
 
 
-def end_screen_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
-    """One table, one row per scanned host, for the end of a scan."""
-    from portwatch.render import cell_text, summary_flags
-
-    table = Table(title=title, header_style="bold", expand=False)
-    flags = [summary_flags(r.get("is_tarpit"), r.get("scan_status")) for r in rows]
-    shown = [c for c in END_COLUMNS if c[0] != "is_tarpit" or any(flags)]
+def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
+                     width: int = END_SCREEN_WIDTH) -> Table | None:
+    """One table, one row per scanned host, for the end of a scan, ``width`` columns at
+    most (what it leaves out named under it: ``fit_columns``); None when no table of
+    these hosts reads at that width (``print_end_screen`` then prints one block each)."""
+    fitted, cells = _end_screen_cells(rows, width)
+    if fitted.records:
+        return None
+    table = Table(title=title, header_style="bold", expand=False,
+                  caption=fitted.caption(width, _END_HEADERS) or None)
+    shown = [c for c in END_COLUMNS if c[0] in fitted.columns]
     # one-word flags whole ("interrupted" was cut to "interrupt…": the other columns give
     # way); the tarpit's several words wrap
-    one_word = all(len(f.split()) <= 1 for f in flags)
+    one_word = all(len(t.plain.split()) <= 1 for t in cells.get("is_tarpit", ()))
     for column, header, justify, overflow in shown:
         numeric = justify == "right"
         table.add_column(header, justify=justify, overflow=overflow,  # type: ignore[arg-type]
                          no_wrap=numeric or column in ("ip", "grade")
                          or (column == "is_tarpit" and one_word))
-    for row, flagged in zip(rows, flags, strict=True):
-        cells = []
-        for column, _header, _justify, _overflow in shown:
-            value = row.get(column)
-            if column == "is_tarpit":
-                text = flagged
-            else:
-                text = cell_text("summary", column, value)
-            cells.append(Text(text, style=_COLOR_STYLE.get(column, "") if value else ""))
-        table.add_row(*cells)
+    for i in range(len(rows)):
+        table.add_row(*(cells[column][i] for column, _h, _j, _o in shown))
     return table
 
 
+def _end_screen_cells(rows: Sequence[dict[str, Any]], width: int
+                      ) -> tuple[Fitted, dict[str, list[Text]]]:
+    """The end screen's cells by column (flags only when a host has one), and which of
+    those columns fit ``width``."""
+    from portwatch.render import cell_text, summary_flags
+
+    flags = [summary_flags(r.get("is_tarpit"), r.get("scan_status")) for r in rows]
+    cells: dict[str, list[Text]] = {}
+    for column, _header, _justify, _overflow in END_COLUMNS:
+        if column == "is_tarpit":
+            if any(flags):
+                cells[column] = [Text(f) for f in flags]
+            continue
+        cells[column] = [Text(cell_text("summary", column, r.get(column)),
+                              style=_COLOR_STYLE.get(column, "") if r.get(column) else "")
+                         for r in rows]
+    fitted = fit_columns("end", list(cells), {c: [t.plain for t in v] for c, v in cells.items()},
+                         _END_HEADERS, width, whole=_END_WHOLE)
+    return fitted, cells
+
+
 def print_end_screen(console: Console, rows: Sequence[dict[str, Any]], title: str) -> None:
-    """The end-of-scan table, at most ``END_SCREEN_WIDTH`` columns wide."""
+    """The end-of-scan table, at most ``END_SCREEN_WIDTH`` columns wide (one block per
+    host on a terminal too narrow for any table of them)."""
     if not rows:
         console.print(Text("summary: no host in the store for this scan"))
         return
-    console.print(end_screen_table(rows, title), width=min(console.width, END_SCREEN_WIDTH))
+    width = min(console.width, END_SCREEN_WIDTH)
+    table = end_screen_table(rows, title, width)
+    if table is not None:
+        console.print(table, width=width)
+        return
+    fitted, cells = _end_screen_cells(rows, width)
+    print_records(console, title, fitted.columns, _END_HEADERS,
+                  [[cells[c][i] for c in fitted.columns] for i in range(len(rows))])
 
 
-__all__ = ["END_SCREEN_WIDTH", "LIST_BASE", "LIST_OPTIONAL", "end_screen_table",
+__all__ = ["END_SCREEN_WIDTH", "LIST_BASE", "LIST_OPTIONAL", "NARROW_DROP", "Fitted",
+           "end_screen_table", "fit_columns", "print_records", "readable_width",
            "list_columns", "print_end_screen", "table_width", "with_prevalence_source"]

@@ -76,3 +76,35 @@ def test_a_stopped_scan_shows_no_rate_or_eta(capsys: pytest.CaptureFixture[str])
     assert lines == [
         "progress: stopping: 8,192/65,535 ports scanned (13%), 1 open, 0 examined",
         "progress: stopped: 8,192/65,535 ports scanned (13%), 1 open, 0 examined"]
+
+
+@pytest.mark.parametrize(("width", "parts"), [
+    (50, ("identifying", "100%", "65,535/65,535", "1234 open", "0:00:00")),
+    (80, ("identifying", "100%", "65,535/65,535 ports", "1234 open, 1,000 examined",
+          "ETA 0:00:00")),
+    (200, ("identifying", "━", "100%", "65,535/65,535 ports", "1234 open, 1,000 examined",
+           "ports/s", "ETA 0:00:00"))])
+def test_the_live_bar_shows_whole_parts_at_any_width(
+        monkeypatch: pytest.MonkeyPatch, width: int, parts: tuple[str, ...]) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from portwatch import scan_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(scan_cli, "err_console",
+                        Console(file=screen, force_terminal=True, width=width))
+    stats = ScanStats("s", hosts=1, planned_probes=65535)
+    progress = stats.shard_started(65535)
+    progress.probes_done, progress.open_found = 65535, 1234
+    stats.examined = 1000
+    with ProgressView(enabled=True) as view:
+        view.update(stats)
+    line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).strip().splitlines()[-1]
+    # Then what the width allows is there whole, in order, and nothing is cut (at 80
+    # columns every part ended in an ellipsis: "identifyi… 10… 101/101 por…")
+    assert "…" not in line and len(line) <= width
+    assert re.search(".*".join(map(re.escape, parts)), line), line
+    assert ("ports/s" in line) == (width >= scan_cli.PROGRESS_FULL_WIDTH)

@@ -16,8 +16,15 @@ from datetime import datetime
 import pytest
 from rich.console import Console
 
-from portwatch.render import HEADERS, to_table
-from portwatch.tables import END_SCREEN_WIDTH, list_columns, print_end_screen, table_width
+from portwatch.render import HEADERS, WHOLE_NUMBERS, to_table
+from portwatch.tables import (
+    END_SCREEN_WIDTH,
+    Fitted,
+    fit_columns,
+    list_columns,
+    print_end_screen,
+    table_width,
+)
 from stream_processors.store import Report
 
 WHEN = datetime(2026, 11, 30, 8, 15, 0)
@@ -148,7 +155,7 @@ def test_end_of_scan_on_a_narrow_terminal_breaks_no_word() -> None:
     words |= {"target", "address", "organization", "open", "red", "yellow", "green", "score",
               "grade", "Summary"}
     for line in lines:
-        if line.lstrip()[:1] in "┏┡└":  # rules, not cells
+        if line[:1] not in "│┃":  # rules, the title and the caption: not cells
             continue
         for cell in re.split(r"[│┃]", line):
             for word in cell.split():
@@ -171,7 +178,7 @@ def test_end_of_scan_flags_a_host_whose_scan_did_not_complete() -> None:
     lines = rendered(100, lambda c: print_end_screen(c, hosts, "Summary"))
     # Then the flags column says so, and only for that host (it read as scanned and clean)
     assert "flags" in lines[2]
-    flags = [re.split(r"[│┃]", line)[-2].strip() for line in lines[4:-1]]
+    flags = [re.split(r"[│┃]", line)[-2].strip() for line in lines[4:] if line[:1] == "│"]
     assert [f for f in flags if f] == ["interrupted"]
 
 
@@ -191,11 +198,100 @@ def test_a_narrow_terminal_never_splits_a_port_number(width: int) -> None:
     # Given List rows on a five-digit port, When the terminal is too narrow for the table
     rows = [(*row[:5], 20022, *row[6:]) for row in LIST.rows]
     lines = rendered(width, lambda c: to_table(Report("list", COLUMNS, rows), c))
-    # Then each row's first line has the port whole, and no line holds a piece of it (port
-    # 20022 was "2002" over "2" at 80 columns: another port)
+    # Then each row's port is whole, in a table's cell or a block's line, and no line
+    # holds a piece of it (port 20022 was "2002" over "2" at 80 columns: another port)
     cells = [cell.strip() for line in lines for cell in re.split("[│┃]", line)]
-    assert cells.count("20022") == 3
+    assert cells.count("20022") + lines.count("port           20022") == 3
     assert not {"2002", "200"} & set(cells)
-    # And the table still fits: every line ends on its right border (a minimum width for
-    # the number pushed it past the edge, and the terminal cut its last column)
-    assert all(line[-1] in "┓┃┩│┘" for line in lines[1:] if line)
+    # And nothing is past the terminal's edge (a minimum width for the number pushed the
+    # table past it, and the terminal cut its last column)
+    assert max(len(line) for line in lines) <= width
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert all(line[-1] in "┓┃┩│┘" for line in table)
+
+
+def _headers(lines: list[str]) -> list[str]:
+    """A table's header cells, their folded lines joined."""
+    rows = [re.split("┃", line)[1:-1] for line in lines if line.startswith("┃")]
+    return [" ".join(part.strip() for part in column if part.strip())
+            for column in zip(*rows, strict=True)]
+
+
+def test_an_80_column_list_leaves_out_whole_columns_and_names_them() -> None:
+    lines = rendered(80, lambda c: to_table(LIST, c))
+    # Then no header is cut mid-word (at 80 columns every one was: "tar/get", "addr/ess")
+    assert _headers(lines) == ["target", "port", "proto", "service", "product", "version",
+                               "risk"]
+    # And what was left out is said under the table, in the order it was given up, the
+    # columns empty in every row not among them (the CDN)
+    caption = " ".join(line.strip() for line in lines[lines.index(max(
+        (line for line in lines if line.startswith("└")), key=len)) + 1:])
+    assert caption == ("not shown at 80 columns: last seen, prevalence, address, first "
+                       "detected (--format json has every column)")
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_a_list_too_wide_for_any_table_is_one_block_per_row() -> None:
+    lines = rendered(40, lambda c: to_table(LIST, c))
+    # Then each row is a block, its non-empty columns one line each, every value whole
+    assert lines[:3] == ["List report", "-- 1 --", "target         ns1.example.test"]
+    assert lines.count("-- 3 --") == 1
+    third = lines[lines.index("-- 3 --") + 1:]
+    assert third[:4] == ["target         db.example.test", "address        198.18.0.7",
+                         "organization   Other Org", "asset          db-1"]
+    assert "risk reason    a cache exposed to the" in third
+    # the CDN column is empty in every row: not a line of any block
+    assert not any(line.startswith("CDN") for line in lines)
+    assert max(len(line) for line in lines) <= 40
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_the_end_screen_on_a_narrow_terminal_keeps_the_target(width: int) -> None:
+    # Given hosts scanned by address, no organization (at 60 columns the target column
+    # was squeezed to nothing: the table showed scores of no one)
+    hosts = [{**HOSTS[2], "open_ports": 2, "green": 2, "risk_score": 2.5},
+             {**HOSTS[2], "target": "127.0.0.2", "ip": "127.0.0.2"}]
+    lines = rendered(width, lambda c: print_end_screen(c, hosts, "Summary"))
+    # Then the table has each target whole, and leaves out the address that repeats it
+    # and the empty organization, naming neither (they said nothing)
+    assert _headers(lines) == ["target", "open", "red", "yellow", "green", "score", "grade"]
+    targets = [re.split("│", line)[1].strip() for line in lines if line.startswith("│")]
+    assert targets == ["127.0.0.1", "127.0.0.2"]
+    assert not any("not shown" in line for line in lines)
+
+
+def test_the_end_screen_gives_up_counts_before_the_target() -> None:
+    lines = rendered(60, lambda c: print_end_screen(c, HOSTS, "Summary"))
+    assert _headers(lines) == ["target", "address", "open", "red", "score", "grade"]
+    caption = " ".join(line.strip() for line in lines[-2:])
+    assert caption == ("not shown at 60 columns: organization, green, yellow (--format json "
+                       "has every column)")
+    assert max(len(line) for line in lines) <= 60
+
+
+def test_the_end_screen_narrower_than_any_table_is_one_block_per_host() -> None:
+    lines = rendered(30, lambda c: print_end_screen(c, HOSTS, "Summary"))
+    assert lines[:3] == ["Summary", "-- 1 --", "target       db.example.test"]
+    assert "organization Other Org" in lines and "score        29.5" in lines
+    assert max(len(line) for line in lines) <= 30
+
+
+def test_fit_columns_gives_up_what_says_nothing_first_then_in_order() -> None:
+    cells = {"target": ["a.example.test"], "ip": ["198.18.0.1"], "asset": [""],
+             "score_parts": ["10x0 red + 1x1 green = 1 -> 2.5"], "last_scanned":
+             ["2026-11-30 08:15:00"], "open_ports": ["12345678901234567890"]}
+    columns = list(cells)
+
+    def fit(width: int) -> Fitted:
+        return fit_columns("summary", columns, cells, HEADERS, width, whole=WHOLE_NUMBERS)
+
+    # wide enough for every cell unfolded: everything, the empty asset too
+    assert fit(200) == Fitted(tuple(columns))
+    # narrower: the empty asset goes unnamed, then score parts, last scanned, the address
+    assert fit(75) == Fitted(("target", "ip", "score_parts", "last_scanned", "open_ports"))
+    assert fit(70) == Fitted(("target", "ip", "last_scanned", "open_ports"), ("score_parts",))
+    assert fit(60) == Fitted(("target", "ip", "open_ports"), ("score_parts", "last_scanned"))
+    assert fit(50) == Fitted(("target", "open_ports"), ("score_parts", "last_scanned", "ip"))
+    # a number never folds: narrower than the target and it, no table at all
+    assert fit(35) == Fitted(
+        ("target", "ip", "score_parts", "last_scanned", "open_ports"), records=True)
