@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.records import HostScan, Record, Shard
@@ -231,26 +232,59 @@ def start_group_at_end(bootstrap: str, group: str, topic: str,
     meanwhile (the broker refuses a reset of an active group: that member started it).
     A broker that cannot say yet (its offsets topic is still being created, on a new
     cluster: "coordinator not available") is asked again until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    with _admin(bootstrap, timeout) as admin:
-        while True:
-            try:
-                held = admin.list_group_offsets({group: None}).get(group, {})
-                break
-            except Exception as exc:  # noqa: BLE001 - kafka-python's errors: retriable or not
-                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        if any(tp.topic == topic and meta.offset >= 0 for tp, meta in held.items()):
+    start = GroupStart.read(bootstrap, group, topic, timeout)
+    return None if start is None else start.commit()
+
+
+@dataclass(frozen=True)
+class GroupStart:
+    """A group's first start at a topic's end, in two steps: ``read`` takes the topic's
+    end *before* it asks whether the group has positions, and ``commit`` commits that
+    end, not the end at commit time. So of two workers starting together, the second
+    never passes over a change published after the first one's start: either it saw the
+    first one's positions (and leaves them), or the end it read came before them (and it
+    commits no later). At worst a record published in the milliseconds before the first
+    start is read too; none after it is passed over."""
+
+    bootstrap: str
+    group: str
+    ends: dict[TopicPartition, int]
+    firsts: dict[TopicPartition, int]
+    timeout: float
+
+    @classmethod
+    def read(cls, bootstrap: str, group: str, topic: str,
+             timeout: float = 10.0) -> GroupStart | None:
+        """The topic's end, when ``group`` holds no position on it (None when it does)."""
+        deadline = time.monotonic() + timeout
+        with _admin(bootstrap, timeout) as admin:
+            (described,) = admin.describe_topics([topic])
+            partitions = [TopicPartition(topic, p["partition_index"])
+                          for p in described["partitions"]]
+            ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+            while True:
+                try:
+                    held = admin.list_group_offsets({group: None}).get(group, {})
+                    break
+                except Exception as exc:  # noqa: BLE001 - kafka-python's errors
+                    if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            if any(tp.topic == topic and meta.offset >= 0 for tp, meta in held.items()):
+                return None
+            firsts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST
+                                                   for tp in partitions})
+        return cls(bootstrap, group, {tp: int(ends[tp].offset) for tp in partitions},
+                   {tp: int(firsts[tp].offset) for tp in partitions}, timeout)
+
+    def commit(self) -> int | None:
+        """Commit the end ``read`` saw; how many records that passes over, or None when
+        the broker refused (a member joined the group meanwhile: it started it)."""
+        with _admin(self.bootstrap, self.timeout) as admin:
+            done = admin.reset_group_offsets(self.group, dict(self.ends))
+        if any(r["error"] is not NoError for r in done.values()):
             return None
-        (described,) = admin.describe_topics([topic])
-        partitions = [TopicPartition(topic, p["partition_index"])
-                      for p in described["partitions"]]
-        first = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
-        done = admin.reset_group_offsets(group, {tp: OffsetSpec.LATEST for tp in partitions})
-    if any(r["error"] is not NoError for r in done.values()):
-        return None
-    return sum(max(0, int(done[tp]["offset"]) - int(first[tp].offset)) for tp in partitions)
+        return sum(max(0, int(done[tp]["offset"]) - self.firsts[tp]) for tp in self.ends)
 
 
 def ensure_topics(
@@ -433,6 +467,7 @@ def make_consumer(
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
+    "GroupStart",
     "KafkaUnavailable",
     "PublishError",
     "TopicSetupError",

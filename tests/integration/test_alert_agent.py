@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from portwatch.alerts import AlertDispatcher, load_alerts
-from producers.kafka_io import ensure_topics, make_producer, publish
+from producers.kafka_io import admin_client, ensure_topics, make_producer, publish
 from schemas.records import ChangeEvent, ChangeKind, Severity, Target
 from schemas.topics import topic_names
 from stream_processors.transports.faust_alerts import build_alerts_app
@@ -210,6 +210,42 @@ def test_a_group_another_worker_started_meanwhile_is_left_as_it_is(
         member.close()
     # Then the broker refuses to reset an active group, and it is left as it is
     assert passed is None
+
+
+def test_two_workers_starting_together_pass_over_no_change_published_between(
+        kafka_bootstrap: str) -> None:
+    from producers.kafka_io import GroupStart, start_group_at_end
+
+    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka_bootstrap, [topics.changes], timeout=30.0)
+    group, topic = f"{topics.prefix}portwatch-alerts", topics.changes.name
+    t = Target(ip="127.0.0.1", target="127.0.0.1")
+
+    def send(port: int) -> None:
+        producer = make_producer(kafka_bootstrap)
+        try:
+            publish(producer, topic, [ChangeEvent(
+                kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t, scan_id="s",
+                port=port, risk_color="red", observed_at=datetime(2026, 1, 1, tzinfo=UTC))])
+        finally:
+            producer.close()
+
+    # Given three changes the topic kept from before alerts were on
+    for port in (7000, 7001, 7002):
+        send(port)
+    # When worker B has read the topic's end and found the group without positions...
+    second = GroupStart.read(kafka_bootstrap, group, topic)
+    assert second is not None and sum(second.ends.values()) == 3
+    # ... worker A starts the group at the end, and a change is published at once...
+    assert start_group_at_end(kafka_bootstrap, group, topic) == 3
+    send(7003)
+    # ... and only then does B commit its start
+    assert second.commit() == 3
+    # Then the group stands before the new change: it is read, not passed over (B
+    # committed the end at its commit, past the change, and the change was never alerted)
+    with admin_client(kafka_bootstrap) as admin:
+        held = admin.list_group_offsets({group: None})[group]
+    assert sum(meta.offset for tp, meta in held.items() if tp.topic == topic) == 3
 
 
 def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
