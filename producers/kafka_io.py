@@ -29,7 +29,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 from schemas.records import HostScan, Record, Shard
@@ -42,8 +41,7 @@ from schemas.topics import HOST_SCANS, Topic
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-    from kafka.admin import OffsetSpec
-    from kafka.errors import KafkaError, NoError, TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -223,68 +221,75 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> AbstractContextManage
 
 
 def start_group_at_end(bootstrap: str, group: str, topic: str,
-                       timeout: float = 10.0) -> int | None:
-    """Commit ``topic``'s end, on every partition, as consumer group ``group``'s position
-    when the group holds none there (it never read the topic, or the broker forgot its
-    positions: ``offsets.retention.minutes``, 7 days by default, after its last member
-    left), so it reads what comes next. Returns how many records it passes over; None
-    when the group had positions (left as they were) or another member joined it
-    meanwhile (the broker refuses a reset of an active group: that member started it).
-    A broker that cannot say yet (its offsets topic is still being created, on a new
-    cluster: "coordinator not available") is asked again until ``timeout``."""
-    start = GroupStart.read(bootstrap, group, topic, timeout)
-    return None if start is None else start.commit()
+                       timeout: float = 30.0) -> int | None:
+    """Commit ``topic``'s end as consumer group ``group``'s position on every partition
+    where it holds none (it never read the topic, or the broker forgot its positions:
+    ``offsets.retention.minutes``, 7 days by default, after its last member left), so
+    it reads what comes next. Returns how many records it passed over; None when the
+    group had positions on every partition, or has members (they started it).
 
-
-@dataclass(frozen=True)
-class GroupStart:
-    """A group's first start at a topic's end, in two steps: ``read`` takes the topic's
-    end *before* it asks whether the group has positions, and ``commit`` commits that
-    end, not the end at commit time. So of two workers starting together, the second
-    never passes over a change published after the first one's start: either it saw the
-    first one's positions (and leaves them), or the end it read came before them (and it
-    commits no later). At worst a record published in the milliseconds before the first
-    start is read too; none after it is passed over."""
-
-    bootstrap: str
-    group: str
-    ends: dict[TopicPartition, int]
-    firsts: dict[TopicPartition, int]
-    timeout: float
-
-    @classmethod
-    def read(cls, bootstrap: str, group: str, topic: str,
-             timeout: float = 10.0) -> GroupStart | None:
-        """The topic's end, when ``group`` holds no position on it (None when it does)."""
-        deadline = time.monotonic() + timeout
-        with _admin(bootstrap, timeout) as admin:
-            (described,) = admin.describe_topics([topic])
-            partitions = [TopicPartition(topic, p["partition_index"])
-                          for p in described["partitions"]]
-            ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
-            while True:
-                try:
-                    held = admin.list_group_offsets({group: None}).get(group, {})
-                    break
-                except Exception as exc:  # noqa: BLE001 - kafka-python's errors
-                    if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-            if any(tp.topic == topic and meta.offset >= 0 for tp, meta in held.items()):
-                return None
-            firsts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST
-                                                   for tp in partitions})
-        return cls(bootstrap, group, {tp: int(ends[tp].offset) for tp in partitions},
-                   {tp: int(firsts[tp].offset) for tp in partitions}, timeout)
-
-    def commit(self) -> int | None:
-        """Commit the end ``read`` saw; how many records that passes over, or None when
-        the broker refused (a member joined the group meanwhile: it started it)."""
-        with _admin(self.bootstrap, self.timeout) as admin:
-            done = admin.reset_group_offsets(self.group, dict(self.ends))
-        if any(r["error"] is not NoError for r in done.values()):
+    The decision is taken as a member of the group (``_start_as_member``): commits are
+    fenced by the group's generation, so of two workers starting together only the one
+    holding a partition decides its start, and the other finds that position and keeps
+    it. (Two admin resets were last-writer-wins: a second one, begun before the first
+    landed, moved the group past a change published in between: a review.) A broker
+    that cannot say yet (its offsets topic is still being created, on a new cluster:
+    "coordinator not available") is asked again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with _admin(bootstrap, timeout) as admin:
+        while True:
+            try:
+                held = admin.list_group_offsets({group: None}).get(group, {})
+                break
+            except Exception as exc:  # noqa: BLE001 - kafka-python's errors: retriable or not
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        (described,) = admin.describe_topics([topic])
+        partitions = {TopicPartition(topic, p["partition_index"])
+                      for p in described["partitions"]}
+        if partitions <= {tp for tp, meta in held.items() if meta.offset >= 0}:
             return None
-        return sum(max(0, int(done[tp]["offset"]) - self.firsts[tp]) for tp in self.ends)
+        if admin.describe_groups([group]).get(group, {}).get("members"):
+            return None  # a worker is in it: it started the group, or is starting it
+    return _start_as_member(bootstrap, group, topic, deadline)
+
+
+def _start_as_member(bootstrap: str, group: str, topic: str, deadline: float) -> int | None:
+    """Join ``group`` on ``topic`` and commit, as its member, the end of each partition
+    it is given that has no position; leave. A commit a rebalance refused (another
+    worker joined meanwhile) is decided again on the next assignment, where that
+    worker's commit, if it came first, is found and kept."""
+    from kafka import KafkaConsumer
+    from kafka.errors import CommitFailedError, RebalanceInProgressError
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             client_id="portwatch-group-start", enable_auto_commit=False,
+                             auto_offset_reset="latest", session_timeout_ms=10_000,
+                             heartbeat_interval_ms=1_000)
+    try:
+        consumer.subscribe([topic])
+        while True:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"could not join consumer group {group} on {topic} "
+                                       "in time to start it")
+            consumer.poll(timeout_ms=200)  # joins; nothing is read: positions are at the end
+            mine = consumer.assignment()
+            if not mine:
+                continue
+            consumer.pause(*mine)
+            todo = [tp for tp in sorted(mine) if consumer.committed(tp) is None]
+            if not todo:
+                return None
+            ends, firsts = consumer.end_offsets(todo), consumer.beginning_offsets(todo)
+            try:
+                consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in todo})
+            except (CommitFailedError, RebalanceInProgressError):
+                continue  # the group is rebalancing: decide on the next assignment
+            return sum(max(0, int(ends[tp]) - int(firsts[tp])) for tp in todo)
+    finally:
+        consumer.close(autocommit=False)
 
 
 def ensure_topics(
@@ -467,7 +472,6 @@ def make_consumer(
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
-    "GroupStart",
     "KafkaUnavailable",
     "PublishError",
     "TopicSetupError",

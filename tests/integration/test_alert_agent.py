@@ -10,6 +10,7 @@ the outbox key's and the claims' doing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka.admin import OffsetSpec
 
 from portwatch.alerts import AlertDispatcher, load_alerts
 from producers.kafka_io import admin_client, ensure_topics, make_producer, publish
@@ -212,40 +214,57 @@ def test_a_group_another_worker_started_meanwhile_is_left_as_it_is(
     assert passed is None
 
 
-def test_two_workers_starting_together_pass_over_no_change_published_between(
+def test_workers_starting_together_each_start_a_partition_once_and_pass_over_only_that(
         kafka_bootstrap: str) -> None:
-    from producers.kafka_io import GroupStart, start_group_at_end
+    import random
+    import threading
+
+    from kafka import KafkaProducer
+
+    from producers.kafka_io import start_group_at_end
 
     topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
     ensure_topics(kafka_bootstrap, [topics.changes], timeout=30.0)
-    group, topic = f"{topics.prefix}portwatch-alerts", topics.changes.name
-    t = Target(ip="127.0.0.1", target="127.0.0.1")
+    topic = topics.changes.name
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    rng = random.Random(16)
+    try:
+        for trial in range(8):
+            group = f"{topics.prefix}alerts-{trial}"
+            for n in range(3):
+                producer.send(topic, f"old-{n}".encode(), partition=n % 3)
+            producer.flush()
+            passed: list[int | None] = []
 
-    def send(port: int) -> None:
-        producer = make_producer(kafka_bootstrap)
-        try:
-            publish(producer, topic, [ChangeEvent(
-                kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t, scan_id="s",
-                port=port, risk_color="red", observed_at=datetime(2026, 1, 1, tzinfo=UTC))])
-        finally:
-            producer.close()
+            def start(pause: float, group: str = group,
+                      passed: list[int | None] = passed) -> None:
+                time.sleep(pause)
+                passed.append(start_group_at_end(kafka_bootstrap, group, topic))
 
-    # Given three changes the topic kept from before alerts were on
-    for port in (7000, 7001, 7002):
-        send(port)
-    # When worker B has read the topic's end and found the group without positions...
-    second = GroupStart.read(kafka_bootstrap, group, topic)
-    assert second is not None and sum(second.ends.values()) == 3
-    # ... worker A starts the group at the end, and a change is published at once...
-    assert start_group_at_end(kafka_bootstrap, group, topic) == 3
-    send(7003)
-    # ... and only then does B commit its start
-    assert second.commit() == 3
-    # Then the group stands before the new change: it is read, not passed over (B
-    # committed the end at its commit, past the change, and the change was never alerted)
-    with admin_client(kafka_bootstrap) as admin:
-        held = admin.list_group_offsets({group: None})[group]
-    assert sum(meta.offset for tp, meta in held.items() if tp.topic == topic) == 3
+            # When two workers start the group within milliseconds while changes come
+            workers = [threading.Thread(target=start, args=(rng.uniform(0, 0.02),))
+                       for _ in range(2)]
+            for w in workers:
+                w.start()
+            for n in range(4):
+                time.sleep(rng.uniform(0, 0.05))
+                producer.send(topic, f"new-{trial}-{n}".encode(), partition=n % 3)
+                producer.flush()
+            for w in workers:
+                w.join(timeout=60)
+            # Then each partition was started once: what the workers said they passed
+            # over is exactly where the group now stands (two admin resets each said
+            # they had started it, and the later one moved it past a change published
+            # after the first: a review)
+            with admin_client(kafka_bootstrap) as admin:
+                held = admin.list_group_offsets({group: None})[group]
+                firsts = admin.list_partition_offsets(
+                    {tp: OffsetSpec.EARLIEST for tp in held})
+            stands = sum(meta.offset - firsts[tp].offset for tp, meta in held.items())
+            assert len(passed) == 2 and any(p is not None for p in passed), passed
+            assert sum(p or 0 for p in passed) == stands, (trial, passed, stands)
+    finally:
+        producer.close()
 
 
 def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
