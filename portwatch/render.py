@@ -213,6 +213,7 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
 
     wanted = [c for c in TABLE_COLUMNS.get(report.name, report.columns) if c in report.columns]
     every = wanted  # what one block per row shows, when no table fits
+    left_out: list[str] = []
     if report.name == "list":
         from portwatch.tables import list_columns, with_prevalence_source
 
@@ -223,6 +224,8 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
         closed = current is not None and any(not row[current] for row in report.rows)
         wanted = list(list_columns(report, console.width, HEADERS, with_status=closed))
         every = list(list_columns(report, sys.maxsize, HEADERS, with_status=closed))
+        # the optional columns that did not fit (not empty: those are never chosen)
+        left_out = [c for c in every if c not in wanted]
     if not report.rows:
         console.print(Text(f"{report.name}: no rows (nothing stored matches the filters)"))
         return
@@ -238,7 +241,7 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
     # mid-word, "tar/get", "127./0.0./1"); past that, one block per row
     plain = {c: [t.plain for t in v] for c, v in cells.items()}
     fitted = fit_columns(report.name, wanted, plain, HEADERS, console.width,
-                         whole=WHOLE_NUMBERS)
+                         whole=WHOLE_NUMBERS, left_out=left_out)
     if fitted.records:
         shown = [c for c in every if any(v.strip() for v in plain[c])]
         print_records(console, title, shown, HEADERS,
@@ -252,7 +255,7 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
         # is the last to give way (a minimum width instead pushed the table past the
         # terminal's edge, which cut its last column: a review)
         table.add_column(HEADERS.get(column, column.replace("_", " ")), overflow="fold",
-                         no_wrap=column in WHOLE_NUMBERS)
+                         no_wrap=column in WHOLE_NUMBERS, width=fitted.width_of(column))
     for i in range(len(report.rows)):
         table.add_row(*(cells[c][i] for c in fitted.columns))
     console.print(table)

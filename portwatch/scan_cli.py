@@ -263,10 +263,32 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
             signals.append(runner.stop_signal)
 
 
-# The live bar's parts by terminal width: all of them from the first; the phase, share,
-# ports, open and examined counts and ETA from the second; below it, the phase, share,
-# ports, open count and time left.
-PROGRESS_FULL_WIDTH, PROGRESS_MID_WIDTH = 110, 75
+PROGRESS_BAR = 20  # the live bar's bar, in columns
+
+
+def progress_tier(width: int, *, phase: str, done: int, total: int | None, found: int,
+                  examined: int, rate: float, remaining: float | None) -> int:
+    """Which of the live bar's tiers (0: everything; 1: no bar, no rate; 2: the counts,
+    no "examined"; 3: the phase, share and open count) fits ``width`` with these
+    values: their text, as the bar's columns print it, one space between columns."""
+    if remaining is None:
+        left = "-:--:--"
+    else:  # as rich's TimeRemainingColumn prints it
+        minutes, seconds = divmod(int(remaining), 60)
+        left = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+    share = "100%" if total is None else f"{100 * done / max(total, 1):.0f}%"
+    of = f"{done:,}/{total or 0:,}"
+    texts = (
+        (phase, "x" * PROGRESS_BAR, share, f"{of} ports", f"{found} open, {examined:,} "
+         "examined", f"{rate:,.0f} ports/s", "ETA", left),
+        (phase, share, f"{of} ports", f"{found} open, {examined:,} examined", "ETA", left),
+        (phase, share, of, f"{found} open", left),
+        (phase, share, f"{found} open"))
+    for tier, parts in enumerate(texts):
+        # (two columns to spare: rich's own estimate of the time left may be longer)
+        if sum(map(len, parts)) + len(parts) - 1 + 2 < width:
+            return tier
+    return len(texts) - 1
 
 
 class ProgressView:
@@ -279,6 +301,7 @@ class ProgressView:
         self._last_line = 0.0
         self._bar: Any = None
         self._task: Any = None
+        self._tiers: tuple[tuple[Any, ...], ...] = ()
 
     def __enter__(self) -> ProgressView:
         if self.is_live:
@@ -291,24 +314,22 @@ class ProgressView:
             )
 
             phase = TextColumn("[bold]{task.fields[phase]}")
+            share = TaskProgressColumn()
             ports = TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports")
             found = TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
                                "examined")
-            # what fits the terminal: every part was cut with an ellipsis at 80 columns
-            # ("identifyi… 10… 101/101 por…"); the bar and the rate give way first
-            if err_console.width >= PROGRESS_FULL_WIDTH:
-                columns: tuple[Any, ...] = (
-                    phase, BarColumn(), TaskProgressColumn(), ports, found,
-                    TextColumn("{task.fields[rate]:,.0f} ports/s"), TextColumn("ETA"),
-                    TimeRemainingColumn())
-            elif err_console.width >= PROGRESS_MID_WIDTH:
-                columns = (phase, TaskProgressColumn(), ports, found, TextColumn("ETA"),
-                           TimeRemainingColumn())
-            else:
-                columns = (phase, TaskProgressColumn(),
-                           TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
-                           TextColumn("[bold]{task.fields[open]}[/] open"),
-                           TimeRemainingColumn())
+            eta = (TextColumn("ETA"), TimeRemainingColumn())
+            # richest first; ``update`` shows the richest whose text fits the terminal
+            # (every part was cut with an ellipsis at 80 columns: "identifyi… 10…
+            # 101/101 por…"; fixed widths still cut ten-digit counts: a review)
+            self._tiers = (
+                (phase, BarColumn(bar_width=PROGRESS_BAR), share, ports, found,
+                 TextColumn("{task.fields[rate]:,.0f} ports/s"), *eta),
+                (phase, share, ports, found, *eta),
+                (phase, share, TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                 TextColumn("[bold]{task.fields[open]}[/] open"), TimeRemainingColumn()),
+                (phase, share, TextColumn("[bold]{task.fields[open]}[/] open")))
+            columns = self._tiers[0]
             self._bar = Progress(*columns, console=err_console, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0,
@@ -333,11 +354,19 @@ class ProgressView:
         if self._bar is not None:
             # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying;
             # once stopped, no total: no falling rate, no ETA for what is not scanned)
+            phase = ("stopping" if stopping else "stopped" if stopped else
+                     "identifying" if identifying else "scanning")
+            remaining = (None if stopped or rate <= 0 else
+                         max(0.0, total - stats.probes_done) / rate)
+            tier = progress_tier(err_console.width, phase=phase, done=stats.probes_done,
+                                 total=None if stopped else total, found=stats.open_found,
+                                 examined=stats.examined, rate=0.0 if stopped else rate,
+                                 remaining=remaining)
+            self._bar.columns = self._tiers[tier]
             self._bar.update(self._task, total=None if stopped else total,
                              completed=stats.probes_done, open=stats.open_found,
                              rate=0.0 if stopped else rate, examined=stats.examined,
-                             phase="stopping" if stopping else "stopped" if stopped else
-                             "identifying" if identifying else "scanning")
+                             phase=phase)
             return
         now = time.monotonic()
         if now - self._last_line >= 5 or stats.finished:

@@ -14,10 +14,11 @@ keep every column whatever the width).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -89,32 +90,39 @@ def with_prevalence_source(report: Report) -> Report:
 # -- a table narrower than its text -------------------------------------------------------------
 
 # A word longer than this folds (a hostname, a certificate subject); a shorter one stays
-# whole. An address folds only past an IPv4 address's length.
+# whole. A target or an address folds only past an IPv4 address's length.
 WORD_CAP, ADDRESS_CAP = 12, 15
+_CAPS = {"ip": ADDRESS_CAP, "target": ADDRESS_CAP}
 # Per table, what a terminal too narrow for every column gives up, first to last, once the
 # columns that say nothing are gone (empty in every row; an address equal to the target in
 # every row). The caption under the table names what was left out.
 NARROW_DROP: dict[str, tuple[str, ...]] = {
     "summary": ("score_parts", "last_scanned", "asset", "scan_note", "organization", "ip"),
-    "list": ("last_seen", "cdn_provider", "prevalence", "risk_reason", "asset",
-             "organization", "ip", "first_seen"),
+    "list": ("risk_reason", "asset", "organization", "last_seen", "cdn_provider",
+             "prevalence", "ip", "first_seen"),
     "products": ("services", "colors"),
     "ciphers": ("jarm", "profile", "cert_warnings", "reached_via", "cert_subject", "ip",
                 "error", "suites"),
     "changes": ("asset", "organization", "ip", "proto", "severity"),
     "end": ("organization", "green", "yellow", "ip"),
 }
+# A block's value goes under its label, not beside it, when beside it would leave it
+# fewer columns than this.
+_BESIDE_AT_LEAST = 16
 
 
 @dataclass(frozen=True)
 class Fitted:
     """The columns a terminal table shows (in their order), the columns it left out that
-    had something to say (named under the table), and whether no table fits at all (then
-    one block per row, every column)."""
+    had something to say (named under the table), whether no table fits at all (then one
+    block per row, every column), and, when the table is narrower than its text, each
+    shown column's width (at least its readable width: rich, left to share the room
+    itself, squeezed a column it had no minimum for to nothing)."""
 
     columns: tuple[str, ...]
     dropped: tuple[str, ...] = ()
     records: bool = False
+    widths: tuple[int, ...] = ()
 
     def caption(self, width: int, headers: Mapping[str, str]) -> str:
         if not self.dropped:
@@ -122,68 +130,119 @@ class Fitted:
         names = ", ".join(headers.get(c, c.replace("_", " ")) for c in self.dropped)
         return f"not shown at {width} columns: {names} (--format json has every column)"
 
+    def width_of(self, column: str) -> int | None:
+        return self.widths[self.columns.index(column)] if self.widths else None
+
+
+def _longest_word(text: str) -> int:
+    return max((cell_len(w) for w in text.split()), default=0)
+
 
 def readable_width(header: str, cells: Sequence[str], *, whole: bool = False,
                    cap: int = WORD_CAP) -> int:
     """The narrowest a column reads at: its header's longest word, and each cell's longest
-    word up to ``cap`` (longer ones fold), or each whole cell for a number (``whole``)."""
-    def longest_word(text: str) -> int:
-        return max((len(w) for w in text.split()), default=0)
+    word up to ``cap`` (longer ones fold); for a number (``whole``: never wrapped, its
+    header neither), each whole cell and the whole header."""
+    if whole:
+        return max([cell_len(header), *(cell_len(line) for c in cells
+                                        for line in c.splitlines())])
+    widest = max((min(_longest_word(c), cap) for c in cells), default=0)
+    return max(_longest_word(header), widest)
 
-    widest = max((len(c) if whole else min(longest_word(c), cap) for c in cells), default=0)
-    return max(longest_word(header), widest)
+
+def _natural_cells_width(header: str, cells: Sequence[str]) -> int:
+    return max([cell_len(header), *(cell_len(line) for c in cells for line in c.splitlines())])
+
+
+def _share(room: int, low: Sequence[int], high: Sequence[int]) -> tuple[int, ...]:
+    """Widths from ``low`` up, the ``room`` left handed out a column at a time to those
+    still under ``high``."""
+    widths = list(low)
+    spare = room - sum(widths)
+    while spare > 0:
+        grew = False
+        for i, most in enumerate(high):
+            if spare and widths[i] < most:
+                widths[i] += 1
+                spare -= 1
+                grew = True
+        if not grew:
+            break
+    return tuple(widths)
 
 
 def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence[str]],
                 headers: Mapping[str, str], width: int, *,
-                whole: frozenset[str] = frozenset()) -> Fitted:
+                whole: frozenset[str] = frozenset(),
+                left_out: Sequence[str] = ()) -> Fitted:
     """Which of ``columns`` (their ``cells`` as printed, per column) a terminal ``width``
-    wide shows. All of them when they fit unfolded. Otherwise, first the ones that say
-    nothing go (empty in every row; ``ip`` equal to ``target`` in every row); then, while
-    the rest cannot all be shown at their readable width (``readable_width``), those of
-    ``NARROW_DROP[table]`` in its order. When even that does not fit: ``records``, with
-    every column but those that say nothing."""
+    wide shows, and how wide. All of them, as rich lays them out, when they fit unfolded
+    and nothing was ``left_out`` before (the List's optional columns that did not fit:
+    named first). Otherwise, first the ones that say nothing go (empty in every row;
+    ``ip`` equal to ``target`` in every row); then, while the rest cannot all be shown
+    at their readable width (``readable_width``), those of ``NARROW_DROP[table]`` in its
+    order; the room left is shared out up to each column's unfolded width. When even
+    that does not fit: ``records``, with every column but those that say nothing."""
     def header(c: str) -> str:
         return headers.get(c, c.replace("_", " "))
 
-    def needs(chosen: Sequence[str], unfolded: bool) -> int:
-        return _EDGE + sum(_PER_COLUMN + (
-            max(len(header(c)), max((len(line) for cell in cells[c]
-                                     for line in cell.splitlines()), default=0))
-            if unfolded else
-            readable_width(header(c), cells[c], whole=c in whole,
-                           cap=ADDRESS_CAP if c == "ip" else WORD_CAP)) for c in chosen)
+    def readable(c: str) -> int:
+        return readable_width(header(c), cells[c], whole=c in whole, cap=_CAPS.get(c, WORD_CAP))
 
-    if needs(columns, unfolded=True) <= width:
-        return Fitted(tuple(columns))
+    def needs(chosen: Sequence[str], each: Callable[[str], int]) -> int:
+        return _EDGE + sum(_PER_COLUMN + each(c) for c in chosen)
+
+    def natural(c: str) -> int:
+        return _natural_cells_width(header(c), cells[c])
+
+    if needs(columns, natural) <= width:
+        return Fitted(tuple(columns), tuple(left_out))
     target = cells.get("target")
     chosen = [c for c in columns if any(v.strip() for v in cells[c])
               and not (c == "ip" and target is not None and list(cells[c]) == list(target))]
-    dropped: list[str] = []
+    dropped = list(left_out)
     for column in NARROW_DROP.get(table, ()):
-        if needs(chosen, unfolded=False) <= width:
+        if needs(chosen, readable) <= width:
             break
         if column in chosen:
             chosen.remove(column)
             dropped.append(column)
-    if needs(chosen, unfolded=False) > width:
-        return Fitted(tuple(c for c in columns if c in chosen or c in dropped), records=True)
-    return Fitted(tuple(chosen), tuple(dropped))
+    if needs(chosen, readable) > width:
+        every = [c for c in columns if c in chosen or c in dropped]
+        return Fitted(tuple(every), records=True)
+    # a column given up before a wider one went may fit again (green and yellow went,
+    # then an IPv6 address, and left room for both)
+    for column in reversed(dropped[len(left_out):]):
+        trial = [c for c in columns if c in chosen or c == column]
+        if needs(trial, readable) <= width:
+            chosen = trial
+            dropped.remove(column)
+    room = width - needs(chosen, lambda _c: 0)
+    widths = _share(room, [readable(c) for c in chosen], [natural(c) for c in chosen])
+    return Fitted(tuple(chosen), tuple(dropped), widths=widths)
 
 
 def print_records(console: Console, title: str, columns: Sequence[str],
                   headers: Mapping[str, str], rows: Sequence[Sequence[Text]]) -> None:
-    """One block per row, a column's header beside its value (psql's expanded display):
-    for a terminal too narrow for any readable table of these columns."""
-    console.print(Text(title, style="italic"))
+    """One block per row, a column's header beside its value (psql's expanded display),
+    or above it when beside it would leave the value too few columns: for a terminal too
+    narrow for any readable table of these columns."""
+    labels = [headers.get(column, column.replace("_", " ")) for column in columns]
+    beside = console.width - max(map(cell_len, labels), default=0) - 1 >= _BESIDE_AT_LEAST
+    console.print(Text(title, style="italic"), overflow="fold")
     for number, row in enumerate(rows, 1):
-        block = Table.grid(padding=(0, 1))
-        block.add_column(style="bold", no_wrap=True)
-        block.add_column(overflow="fold")
-        for column, cell in zip(columns, row, strict=True):
-            block.add_row(headers.get(column, column.replace("_", " ")), cell)
         console.print(Text(f"-- {number} --", style="dim"))
-        console.print(block)
+        if beside:
+            block = Table.grid(padding=(0, 1))
+            block.add_column(style="bold", no_wrap=True)
+            block.add_column(overflow="fold")
+            for label, cell in zip(labels, row, strict=True):
+                block.add_row(label, cell)
+            console.print(block)
+            continue
+        for label, cell in zip(labels, row, strict=True):
+            console.print(Text(label, style="bold"), overflow="fold")
+            console.print(Text("  ").append_text(cell), overflow="fold")
 
 
 # -- end of a scan ------------------------------------------------------------------------------
@@ -204,8 +263,9 @@ END_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 )
 _COLOR_STYLE = {"red": "bold red", "yellow": "bold yellow", "green": "bold green"}
 _END_HEADERS = {column: header for column, header, _j, _o in END_COLUMNS}
-# never folded: the counts, the score and the grade
-_END_WHOLE = frozenset(c for c, _h, justify, _o in END_COLUMNS if justify != "left")
+# never folded or cut: the counts, the score, the grade and the address (a table too
+# narrow for an IPv6 address leaves the column out, named)
+_END_WHOLE = frozenset({"ip", *(c for c, _h, justify, _o in END_COLUMNS if justify != "left")})
 
 
 def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
@@ -226,7 +286,8 @@ def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
         numeric = justify == "right"
         table.add_column(header, justify=justify, overflow=overflow,  # type: ignore[arg-type]
                          no_wrap=numeric or column in ("ip", "grade")
-                         or (column == "is_tarpit" and one_word))
+                         or (column == "is_tarpit" and one_word),
+                         width=fitted.width_of(column))
     for i in range(len(rows)):
         table.add_row(*(cells[column][i] for column, _h, _j, _o in shown))
     return table

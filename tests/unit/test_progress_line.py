@@ -78,14 +78,20 @@ def test_a_stopped_scan_shows_no_rate_or_eta(capsys: pytest.CaptureFixture[str])
         "progress: stopped: 8,192/65,535 ports scanned (13%), 1 open, 0 examined"]
 
 
-@pytest.mark.parametrize(("width", "parts"), [
-    (50, ("identifying", "100%", "65,535/65,535", "1234 open", "0:00:00")),
-    (80, ("identifying", "100%", "65,535/65,535 ports", "1234 open, 1,000 examined",
-          "ETA 0:00:00")),
-    (200, ("identifying", "━", "100%", "65,535/65,535 ports", "1234 open, 1,000 examined",
-           "ports/s", "ETA 0:00:00"))])
+@pytest.mark.parametrize(("width", "total", "parts"), [
+    (50, 65535, ("identifying", "100%", "1234 open")),
+    (60, 65535, ("identifying", "100%", "65,535/65,535", "1234 open", "0:00:00")),
+    (80, 65535, ("identifying", "100%", "65,535/65,535 ports", "1234 open, 1,000 examined",
+                 "ETA 0:00:00")),
+    # a /24's every port: ten-digit counts take the room of "examined" (they were cut
+    # with an ellipsis at 80 columns: a review)
+    (80, 16_776_960, ("identifying", "100%", "16,776,960/16,776,960", "1234 open",
+                      "0:00:00")),
+    (200, 65535, ("identifying", "━", "100%", "65,535/65,535 ports",
+                  "1234 open, 1,000 examined", "ports/s", "ETA 0:00:00"))])
 def test_the_live_bar_shows_whole_parts_at_any_width(
-        monkeypatch: pytest.MonkeyPatch, width: int, parts: tuple[str, ...]) -> None:
+        monkeypatch: pytest.MonkeyPatch, width: int, total: int,
+        parts: tuple[str, ...]) -> None:
     import io
     import re
 
@@ -96,9 +102,9 @@ def test_the_live_bar_shows_whole_parts_at_any_width(
     screen = io.StringIO()
     monkeypatch.setattr(scan_cli, "err_console",
                         Console(file=screen, force_terminal=True, width=width))
-    stats = ScanStats("s", hosts=1, planned_probes=65535)
-    progress = stats.shard_started(65535)
-    progress.probes_done, progress.open_found = 65535, 1234
+    stats = ScanStats("s", hosts=1, planned_probes=total)
+    progress = stats.shard_started(total)
+    progress.probes_done, progress.open_found = total, 1234
     stats.examined = 1000
     with ProgressView(enabled=True) as view:
         view.update(stats)
@@ -107,4 +113,5 @@ def test_the_live_bar_shows_whole_parts_at_any_width(
     # columns every part ended in an ellipsis: "identifyi… 10… 101/101 por…")
     assert "…" not in line and len(line) <= width
     assert re.search(".*".join(map(re.escape, parts)), line), line
-    assert ("ports/s" in line) == (width >= scan_cli.PROGRESS_FULL_WIDTH)
+    assert ("ports/s" in line) == ("ports/s" in parts)
+    assert ("examined" in line) == any("examined" in p for p in parts)

@@ -14,6 +14,9 @@ import re
 from datetime import datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.cells import cell_len
 from rich.console import Console
 
 from portwatch.render import HEADERS, WHOLE_NUMBERS, to_table
@@ -126,16 +129,16 @@ def test_list_history_counts_its_status_column_when_choosing(width: int) -> None
 
 END_AT_100 = """\
                                               Summary
-┏━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━┳━━━━━━┳━━━━━┳━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
-┃ target           ┃ address     ┃ organization      ┃ open ┃ red ┃ yellow ┃ green ┃ score ┃ grade ┃
-┡━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━╇━━━━━━╇━━━━━╇━━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━┩
-│ db.example.test  │ 198.18.0.7  │ Other Org         │    3 │   1 │      1 │     1 │  29.5 │   C   │
-│ a-very-long-hos… │ 198.18.0.53 │ Example           │    2 │   0 │      0 │     2 │   4.9 │   A   │
-│                  │             │ Corporation       │      │     │        │       │       │       │
-│                  │             │ International     │      │     │        │       │       │       │
-│                  │             │ Holdings          │      │     │        │       │       │       │
-│ 127.0.0.1        │ 127.0.0.1   │                   │    0 │   0 │      0 │     0 │   0.0 │   A   │
-└──────────────────┴─────────────┴───────────────────┴──────┴─────┴────────┴───────┴───────┴───────┘"""
+┏━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━┳━━━━━━┳━━━━━┳━━━━━━━━┳━━━━━━━┳━━━━━━━┳━━━━━━━┓
+┃ target             ┃ address     ┃ organization    ┃ open ┃ red ┃ yellow ┃ green ┃ score ┃ grade ┃
+┡━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━╇━━━━━━╇━━━━━╇━━━━━━━━╇━━━━━━━╇━━━━━━━╇━━━━━━━┩
+│ db.example.test    │ 198.18.0.7  │ Other Org       │    3 │   1 │      1 │     1 │  29.5 │   C   │
+│ a-very-long-hostn… │ 198.18.0.53 │ Example         │    2 │   0 │      0 │     2 │   4.9 │   A   │
+│                    │             │ Corporation     │      │     │        │       │       │       │
+│                    │             │ International   │      │     │        │       │       │       │
+│                    │             │ Holdings        │      │     │        │       │       │       │
+│ 127.0.0.1          │ 127.0.0.1   │                 │    0 │   0 │      0 │     0 │   0.0 │   A   │
+└────────────────────┴─────────────┴─────────────────┴──────┴─────┴────────┴───────┴───────┴───────┘"""
 
 
 @pytest.mark.parametrize("width", [100, 250])
@@ -222,12 +225,13 @@ def test_an_80_column_list_leaves_out_whole_columns_and_names_them() -> None:
     # Then no header is cut mid-word (at 80 columns every one was: "tar/get", "addr/ess")
     assert _headers(lines) == ["target", "port", "proto", "service", "product", "version",
                                "risk"]
-    # And what was left out is said under the table, in the order it was given up, the
-    # columns empty in every row not among them (the CDN)
+    # And what was left out is said under the table, in the order it was given up (the
+    # optional columns first: they were left out silently, a review), the columns empty
+    # in every row not among them (the CDN)
     caption = " ".join(line.strip() for line in lines[lines.index(max(
         (line for line in lines if line.startswith("└")), key=len)) + 1:])
-    assert caption == ("not shown at 80 columns: last seen, prevalence, address, first "
-                       "detected (--format json has every column)")
+    assert caption == ("not shown at 80 columns: organization, asset, risk reason, last seen, "
+                       "prevalence, address, first detected (--format json has every column)")
     assert max(len(line) for line in lines) <= 80
 
 
@@ -262,10 +266,11 @@ def test_the_end_screen_on_a_narrow_terminal_keeps_the_target(width: int) -> Non
 
 def test_the_end_screen_gives_up_counts_before_the_target() -> None:
     lines = rendered(60, lambda c: print_end_screen(c, HOSTS, "Summary"))
-    assert _headers(lines) == ["target", "address", "open", "red", "score", "grade"]
+    # (yellow, given up before the address, fits again once the address is gone)
+    assert _headers(lines) == ["target", "open", "red", "yellow", "score", "grade"]
     caption = " ".join(line.strip() for line in lines[-2:])
-    assert caption == ("not shown at 60 columns: organization, green, yellow (--format json "
-                       "has every column)")
+    assert caption == ("not shown at 60 columns: organization, green, address "
+                       "(--format json has every column)")
     assert max(len(line) for line in lines) <= 60
 
 
@@ -288,10 +293,85 @@ def test_fit_columns_gives_up_what_says_nothing_first_then_in_order() -> None:
     # wide enough for every cell unfolded: everything, the empty asset too
     assert fit(200) == Fitted(tuple(columns))
     # narrower: the empty asset goes unnamed, then score parts, last scanned, the address
-    assert fit(75) == Fitted(("target", "ip", "score_parts", "last_scanned", "open_ports"))
-    assert fit(70) == Fitted(("target", "ip", "last_scanned", "open_ports"), ("score_parts",))
-    assert fit(60) == Fitted(("target", "ip", "open_ports"), ("score_parts", "last_scanned"))
-    assert fit(50) == Fitted(("target", "open_ports"), ("score_parts", "last_scanned", "ip"))
+    def shown(width: int) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+        fitted = fit(width)
+        return fitted.columns, fitted.dropped, fitted.records
+
+    assert shown(75) == (("target", "ip", "score_parts", "last_scanned", "open_ports"), (),
+                         False)
+    assert shown(70) == (("target", "ip", "last_scanned", "open_ports"), ("score_parts",),
+                         False)
+    assert shown(60) == (("target", "ip", "open_ports"), ("score_parts", "last_scanned"),
+                         False)
+    # (score parts, given up first, fits again once the address is gone)
+    assert shown(50) == (("target", "score_parts", "open_ports"), ("last_scanned", "ip"),
+                         False)
     # a number never folds: narrower than the target and it, no table at all
-    assert fit(35) == Fitted(
-        ("target", "ip", "score_parts", "last_scanned", "open_ports"), records=True)
+    assert shown(40) == (("target", "ip", "score_parts", "last_scanned", "open_ports"), (),
+                         True)
+    # And each shown column is at least its readable width (the target whole up to an
+    # IPv4 address's length, the number whole), the room left shared out up to each
+    # column's unfolded width, the table exactly as wide as the terminal
+    assert fit(75).widths == (14, 10, 5, 10, 20)
+    assert fit(80).widths == (14, 10, 8, 12, 20)
+
+
+def test_the_end_screen_leaves_out_an_ipv6_address_rather_than_squeeze_the_target() -> None:
+    # Given a host named by a hostname, at an IPv6 address longer than half the screen
+    hosts = [{**HOSTS[0], "target": "mail.example.test",
+              "ip": "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", "organization": ""}]
+    lines = rendered(80, lambda c: print_end_screen(c, hosts, "Summary"))
+    # Then the target and every number are whole, and the address is named as left out
+    # (rich squeezed the target to nothing and cut the score to "29…": a review)
+    assert _headers(lines) == ["target", "open", "red", "yellow", "green", "score", "grade"]
+    cells = [cell.strip() for cell in re.split("│", lines[4])[1:-1]]
+    assert cells == ["mail.example.test", "3", "1", "1", "1", "29.5", "C"]
+    assert "not shown at 80 columns: address" in lines[-1]
+
+
+_WORDS = ("nginx", "Example", "Corporation", "International", "漢字テスト", "x" * 30, "a")
+_TARGETS = ("127.0.0.1", "192.168.100.200", "host.example.test", "fe80::1",
+            "a-very-long-hostname.example.test")
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(20, 250), rows=st.lists(st.tuples(
+    st.sampled_from(_TARGETS), st.sampled_from(_TARGETS), st.integers(0, 65535),
+    st.lists(st.sampled_from(_WORDS), max_size=5).map(" ".join),
+    st.lists(st.sampled_from(_WORDS), max_size=3).map(" ".join)), min_size=1, max_size=4))
+def test_a_changes_table_at_any_width_cuts_no_header_number_or_short_address(
+        width: int, rows: list[tuple[str, str, int, str, str]]) -> None:
+    columns = ("observed_at", "severity", "kind", "target", "ip", "port", "proto", "before",
+               "after", "organization", "asset")
+    report = Report("changes", columns, [
+        (WHEN, "high", "opened", target, ip, port, "tcp", "", after, org, "")
+        for target, ip, port, after, org in rows])
+    lines = rendered(width, lambda c: to_table(report, c))
+    assert max(cell_len(line) for line in lines) <= width
+    if not lines[1].startswith("┏"):
+        return  # one block per row: the values are lines of their own
+    # Then every header is whole, every port is whole in its row's first line, and a
+    # target or address no longer than an IPv4 address is whole
+    names = {HEADERS.get(c, c.replace("_", " ")) for c in columns}
+    assert set(_headers(lines)) <= names
+    shown = _headers(lines)
+    body = [re.split("│", line)[1:-1] for line in lines if line.startswith("│")]
+    first_lines = [cells for cells in body if cells[shown.index("kind")].strip()]
+    assert [int(cells[shown.index("port")]) for cells in first_lines] == [r[2] for r in rows]
+    for column in ("target", "address"):
+        if column in shown:
+            values = [cells[shown.index(column)].strip() for cells in first_lines]
+            for value, row in zip(values, rows, strict=True):
+                expected = row[0] if column == "target" else row[1]
+                if len(expected) <= 15:
+                    assert value == expected
+
+
+def test_blocks_on_a_very_narrow_terminal_put_each_value_under_its_label() -> None:
+    lines = rendered(12, lambda c: to_table(LIST, c))
+    # Then no value is lost (at 15 columns and less every value was blank: a review)
+    text = "".join(line.strip() for line in lines)
+    for value in ("ns1.example.test", "198.18.0.53", "ExampleCorp", "6379", "7.0.15",
+                  "acacheexposedtotheInternet"):
+        assert value in text.replace(" ", "")
+    assert max(cell_len(line) for line in lines) <= 12
