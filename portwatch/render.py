@@ -248,7 +248,7 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
                       [[cells[c][i] for c in shown] for i in range(len(report.rows))])
         return
     table = Table(title=title, show_lines=False, header_style="bold", expand=False,
-                  caption=fitted.caption(console.width, HEADERS) or None)
+                  caption=fitted.caption(HEADERS, console.width) or None)
     for column in fitted.columns:
         # words fold where they must; a number not: port 20022 printed as "2002" over
         # "2" at 80 columns, read as another port (a review). Not wrapped, its column

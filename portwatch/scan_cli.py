@@ -266,29 +266,44 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
 PROGRESS_BAR = 20  # the live bar's bar, in columns
 
 
-def progress_tier(width: int, *, phase: str, done: int, total: int | None, found: int,
-                  examined: int, rate: float, remaining: float | None) -> int:
-    """Which of the live bar's tiers (0: everything; 1: no bar, no rate; 2: the counts,
-    no "examined"; 3: the phase, share and open count) fits ``width`` with these
-    values: their text, as the bar's columns print it, one space between columns."""
+# The live bar's tiers, richest first, by the names of their parts; ``progress_tier``
+# picks the richest whose text fits. A stopped scan's bar has no rate and no time left.
+RUNNING_TIERS = (("phase", "bar", "share", "ports", "found", "rate", "eta", "left"),
+                 ("phase", "share", "ports", "found", "eta", "left"),
+                 ("phase", "share", "of", "open", "left"),
+                 ("phase", "share", "open"),
+                 ("share", "open"),
+                 ("open",))
+STOPPED_TIERS = (("phase", "share", "ports", "found"),
+                 ("phase", "share", "of", "open"),
+                 ("phase", "share", "open"),
+                 ("share", "open"),
+                 ("open",))
+
+
+def progress_texts(*, phase: str, done: int, total: int, found: int, examined: int,
+                   rate: float, remaining: float | None) -> dict[str, str]:
+    """Each part of the live bar as its rich column prints it."""
     if remaining is None:
         left = "-:--:--"
     else:  # as rich's TimeRemainingColumn prints it
         minutes, seconds = divmod(int(remaining), 60)
         left = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-    share = "100%" if total is None else f"{100 * done / max(total, 1):.0f}%"
-    of = f"{done:,}/{total or 0:,}"
-    texts = (
-        (phase, "x" * PROGRESS_BAR, share, f"{of} ports", f"{found} open, {examined:,} "
-         "examined", f"{rate:,.0f} ports/s", "ETA", left),
-        (phase, share, f"{of} ports", f"{found} open, {examined:,} examined", "ETA", left),
-        (phase, share, of, f"{found} open", left),
-        (phase, share, f"{found} open"))
-    for tier, parts in enumerate(texts):
-        # (two columns to spare: rich's own estimate of the time left may be longer)
-        if sum(map(len, parts)) + len(parts) - 1 + 2 < width:
+    return {"phase": phase, "bar": "x" * PROGRESS_BAR,
+            "share": f"{100 * min(done, total) / max(total, 1):>3.0f}%",
+            "ports": f"{done:,}/{total:,} ports", "of": f"{done:,}/{total:,}",
+            "found": f"{found} open, {examined:,} examined", "open": f"{found} open",
+            "rate": f"{rate:,.0f} ports/s", "eta": "ETA", "left": left}
+
+
+def progress_tier(width: int, tiers: tuple[tuple[str, ...], ...],
+                  texts: dict[str, str]) -> int:
+    """The richest of ``tiers`` whose parts (``texts``), one space apart, fit ``width``
+    (the last when none does)."""
+    for tier, parts in enumerate(tiers):
+        if sum(len(texts[p]) for p in parts) + len(parts) - 1 < width:
             return tier
-    return len(texts) - 1
+    return len(tiers) - 1
 
 
 class ProgressView:
@@ -301,7 +316,7 @@ class ProgressView:
         self._last_line = 0.0
         self._bar: Any = None
         self._task: Any = None
-        self._tiers: tuple[tuple[Any, ...], ...] = ()
+        self._parts: dict[str, Any] = {}
 
     def __enter__(self) -> ProgressView:
         if self.is_live:
@@ -313,23 +328,22 @@ class ProgressView:
                 TimeRemainingColumn,
             )
 
-            phase = TextColumn("[bold]{task.fields[phase]}")
-            share = TaskProgressColumn()
-            ports = TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports")
-            found = TextColumn("[bold]{task.fields[open]}[/] open, {task.fields[examined]:,} "
-                               "examined")
-            eta = (TextColumn("ETA"), TimeRemainingColumn())
-            # richest first; ``update`` shows the richest whose text fits the terminal
-            # (every part was cut with an ellipsis at 80 columns: "identifyi… 10…
-            # 101/101 por…"; fixed widths still cut ten-digit counts: a review)
-            self._tiers = (
-                (phase, BarColumn(bar_width=PROGRESS_BAR), share, ports, found,
-                 TextColumn("{task.fields[rate]:,.0f} ports/s"), *eta),
-                (phase, share, ports, found, *eta),
-                (phase, share, TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
-                 TextColumn("[bold]{task.fields[open]}[/] open"), TimeRemainingColumn()),
-                (phase, share, TextColumn("[bold]{task.fields[open]}[/] open")))
-            columns = self._tiers[0]
+            # every part was cut with an ellipsis at 80 columns ("identifyi… 10… 101/101
+            # por…"); fixed widths still cut ten-digit counts: each frame shows the
+            # richest tier whose text fits (``_show``)
+            self._parts = {
+                "phase": TextColumn("[bold]{task.fields[phase]}"),
+                "bar": BarColumn(bar_width=PROGRESS_BAR), "share": TaskProgressColumn(),
+                "ports": TextColumn("{task.completed:,.0f}/{task.total:,.0f} ports"),
+                "of": TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                "found": TextColumn("[bold]{task.fields[open]}[/] open, "
+                                    "{task.fields[examined]:,} examined"),
+                "open": TextColumn("[bold]{task.fields[open]}[/] open"),
+                "rate": TextColumn("{task.fields[rate]:,.0f} ports/s"),
+                "eta": TextColumn("ETA"), "left": TimeRemainingColumn()}
+            columns = self._columns(RUNNING_TIERS, progress_texts(
+                phase="scanning", done=0, total=1, found=0, examined=0, rate=0.0,
+                remaining=None))
             self._bar = Progress(*columns, console=err_console, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0,
@@ -339,6 +353,13 @@ class ProgressView:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+    def _columns(self, tiers: tuple[tuple[str, ...], ...], texts: dict[str, str]
+                 ) -> tuple[Any, ...]:
+        """The rich columns of the richest of ``tiers`` that fits the terminal."""
+        # (one column to spare: rich's estimate of the time left moves between frames)
+        tier = progress_tier(err_console.width - 1, tiers, texts)
+        return tuple(self._parts[name] for name in tiers[tier])
 
     def update(self, stats: Any) -> None:
         if not self.enabled:
@@ -353,20 +374,19 @@ class ProgressView:
         stopping = stopped and not stats.finished
         if self._bar is not None:
             # (the bar said "scanning 100% ... ETA 0:00:00" for a minute of identifying;
-            # once stopped, no total: no falling rate, no ETA for what is not scanned)
+            # once stopped, its tiers have no rate and no ETA for what is not scanned:
+            # an update with no total kept rich's, and its ETA, a review)
             phase = ("stopping" if stopping else "stopped" if stopped else
                      "identifying" if identifying else "scanning")
-            remaining = (None if stopped or rate <= 0 else
-                         max(0.0, total - stats.probes_done) / rate)
-            tier = progress_tier(err_console.width, phase=phase, done=stats.probes_done,
-                                 total=None if stopped else total, found=stats.open_found,
-                                 examined=stats.examined, rate=0.0 if stopped else rate,
-                                 remaining=remaining)
-            self._bar.columns = self._tiers[tier]
-            self._bar.update(self._task, total=None if stopped else total,
-                             completed=stats.probes_done, open=stats.open_found,
-                             rate=0.0 if stopped else rate, examined=stats.examined,
-                             phase=phase)
+            self._bar.update(self._task, total=total, completed=stats.probes_done,
+                             open=stats.open_found, rate=0.0 if stopped else rate,
+                             examined=stats.examined, phase=phase)
+            task = self._bar.tasks[0]
+            self._bar.columns = self._columns(
+                STOPPED_TIERS if stopped else RUNNING_TIERS, progress_texts(
+                    phase=phase, done=stats.probes_done, total=total,
+                    found=stats.open_found, examined=stats.examined, rate=rate,
+                    remaining=task.time_remaining))
             return
         now = time.monotonic()
         if now - self._last_line >= 5 or stats.finished:

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -96,7 +97,7 @@ _CAPS = {"ip": ADDRESS_CAP, "target": ADDRESS_CAP}
 # Per table, what a terminal too narrow for every column gives up, first to last, once the
 # columns that say nothing are gone (empty in every row; an address equal to the target in
 # every row). The caption under the table names what was left out.
-NARROW_DROP: dict[str, tuple[str, ...]] = {
+NARROW_DROP: dict[str, tuple[str | tuple[str, ...], ...]] = {
     "summary": ("score_parts", "last_scanned", "asset", "scan_note", "organization", "ip"),
     "list": ("risk_reason", "asset", "organization", "last_seen", "cdn_provider",
              "prevalence", "ip", "first_seen"),
@@ -104,7 +105,8 @@ NARROW_DROP: dict[str, tuple[str, ...]] = {
     "ciphers": ("jarm", "profile", "cert_warnings", "reached_via", "cert_subject", "ip",
                 "error", "suites"),
     "changes": ("asset", "organization", "ip", "proto", "severity"),
-    "end": ("organization", "green", "yellow", "ip"),
+    # (a tuple goes, and comes back, as one: red and green without yellow misread)
+    "end": ("organization", ("green", "yellow"), "ip"),
 }
 # A block's value goes under its label, not beside it, when beside it would leave it
 # fewer columns than this.
@@ -124,11 +126,15 @@ class Fitted:
     records: bool = False
     widths: tuple[int, ...] = ()
 
-    def caption(self, width: int, headers: Mapping[str, str]) -> str:
+    def caption(self, headers: Mapping[str, str], width: int | None = None,
+                whole: str = "--format json has every column") -> str:
+        """The line under the table naming what it left out (``width``: the terminal's,
+        when that is what decided)."""
         if not self.dropped:
             return ""
         names = ", ".join(headers.get(c, c.replace("_", " ")) for c in self.dropped)
-        return f"not shown at {width} columns: {names} (--format json has every column)"
+        at = f" at {width} columns" if width is not None else ""
+        return f"not shown{at}: {names} ({whole})"
 
     def width_of(self, column: str) -> int | None:
         return self.widths[self.columns.index(column)] if self.widths else None
@@ -200,23 +206,30 @@ def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence
     target = cells.get("target")
     chosen = [c for c in columns if any(v.strip() for v in cells[c])
               and not (c == "ip" and target is not None and list(cells[c]) == list(target))]
-    dropped = list(left_out)
-    for column in NARROW_DROP.get(table, ()):
+    given_up: list[tuple[str, ...]] = []
+    for entry in NARROW_DROP.get(table, ()):
         if needs(chosen, readable) <= width:
             break
-        if column in chosen:
-            chosen.remove(column)
-            dropped.append(column)
+        unit = tuple(c for c in ((entry,) if isinstance(entry, str) else entry)
+                     if c in chosen)
+        if unit:
+            chosen = [c for c in chosen if c not in unit]
+            given_up.append(unit)
     if needs(chosen, readable) > width:
-        every = [c for c in columns if c in chosen or c in dropped]
+        every = [c for c in columns if c in chosen or any(c in u for u in given_up)]
         return Fitted(tuple(every), records=True)
-    # a column given up before a wider one went may fit again (green and yellow went,
-    # then an IPv6 address, and left room for both)
-    for column in reversed(dropped[len(left_out):]):
-        trial = [c for c in columns if c in chosen or c == column]
-        if needs(trial, readable) <= width:
-            chosen = trial
-            dropped.remove(column)
+    # what was given up before the last one (the one whose going made the room: an IPv6
+    # address after green and yellow) may fit again: most needed first, and none past
+    # one that does not fit (green came back while yellow stayed out: a review)
+    for rank, unit in enumerate(reversed(given_up)):
+        trial = [c for c in columns if c in chosen or c in unit]
+        if needs(trial, readable) > width:
+            if rank == 0:
+                continue
+            break
+        chosen = trial
+        given_up.remove(unit)
+    dropped = [*left_out, *(c for unit in given_up for c in unit)]
     room = width - needs(chosen, lambda _c: 0)
     widths = _share(room, [readable(c) for c in chosen], [natural(c) for c in chosen])
     return Fitted(tuple(chosen), tuple(dropped), widths=widths)
@@ -242,7 +255,10 @@ def print_records(console: Console, title: str, columns: Sequence[str],
             continue
         for label, cell in zip(labels, row, strict=True):
             console.print(Text(label, style="bold"), overflow="fold")
-            console.print(Text("  ").append_text(cell), overflow="fold")
+            # every line of the value indented, not only its first (a review)
+            value = cell.copy()
+            value.overflow = "fold"
+            console.print(Padding(value, (0, 0, 0, 2)))
 
 
 # -- end of a scan ------------------------------------------------------------------------------
@@ -250,7 +266,7 @@ def print_records(console: Console, title: str, columns: Sequence[str],
 # (column, header, justify, overflow): numbers never wrap; names wrap at spaces and end in an
 # ellipsis only when one word is longer than the column.
 END_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("target", "target", "left", "ellipsis"),
+    ("target", "target", "left", "fold"),  # cut, two long names read the same: folded
     ("ip", "address", "left", "ellipsis"),
     ("organization", "organization", "left", "ellipsis"),
     ("open_ports", "open", "right", "ellipsis"),
@@ -277,7 +293,8 @@ def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
     if fitted.records:
         return None
     table = Table(title=title, header_style="bold", expand=False,
-                  caption=fitted.caption(width, _END_HEADERS) or None)
+                  caption=fitted.caption(_END_HEADERS, whole="portwatch report summary "
+                                         "--format json has every column") or None)
     shown = [c for c in END_COLUMNS if c[0] in fitted.columns]
     # one-word flags whole ("interrupted" was cut to "interrupt…": the other columns give
     # way); the tarpit's several words wrap

@@ -115,3 +115,32 @@ def test_the_live_bar_shows_whole_parts_at_any_width(
     assert re.search(".*".join(map(re.escape, parts)), line), line
     assert ("ports/s" in line) == ("ports/s" in parts)
     assert ("examined" in line) == any("examined" in p for p in parts)
+
+
+@pytest.mark.parametrize("width", [46, 50, 64, 74, 120])
+def test_a_stopped_scans_live_bar_has_no_eta_and_cuts_nothing(
+        monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from portwatch import scan_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(scan_cli, "err_console",
+                        Console(file=screen, force_terminal=True, width=width))
+    stats = ScanStats("s", hosts=256, planned_probes=256_000)
+    progress = stats.shard_started(256_000)
+    progress.probes_done = 200_000
+    stats.stopping = True  # Ctrl-C: discovery stops here
+    with ProgressView(enabled=True) as view:
+        view.update(stats)
+    line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).strip().splitlines()[-1]
+    # Then it says it is stopping and how far it got, with no time left and no rate
+    # (an update without a total kept rich's, which printed an ETA cut to "0:00…": a
+    # review), and nothing is cut
+    assert line.startswith("stopping") and "78%" in line, line
+    assert "ETA" not in line and "ports/s" not in line and "…" not in line
+    assert "200,000/256,000" in line
+    assert ("examined" in line) == (width >= 64)
