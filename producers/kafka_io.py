@@ -41,7 +41,8 @@ from schemas.topics import HOST_SCANS, Topic
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.admin import OffsetSpec
+    from kafka.errors import KafkaError, NoError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +221,51 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> AbstractContextManage
     return _admin(bootstrap, timeout)
 
 
+def start_lock_group(group: str) -> str:
+    """The consumer group whose holder of partition 0 may start ``group``
+    (``start_group_at_end``): a lock no member of ``group`` itself ever joins."""
+    return f"{group}.start-lock"
+
+
 def start_group_at_end(bootstrap: str, group: str, topic: str,
                        timeout: float = 30.0) -> int | None:
     """Commit ``topic``'s end as consumer group ``group``'s position on every partition
     where it holds none (it never read the topic, or the broker forgot its positions:
     ``offsets.retention.minutes``, 7 days by default, after its last member left), so
     it reads what comes next. Returns how many records it passed over; None when the
-    group had positions on every partition, or has members (they started it).
+    group had positions everywhere, or has members (the broker refuses the reset of an
+    active group: they started it).
 
-    The decision is taken as a member of the group (``_start_as_member``): commits are
-    fenced by the group's generation, so of two workers starting together only the one
-    holding a partition decides its start, and the other finds that position and keeps
-    it. (Two admin resets were last-writer-wins: a second one, begun before the first
-    landed, moved the group past a change published in between: a review.) A broker
-    that cannot say yet (its offsets topic is still being created, on a new cluster:
+    Workers starting together take turns (``_start_lock``): the one holding the lock
+    reads the group's positions and commits the end where there are none; the next one
+    then finds those positions and keeps them. (Two unlocked resets were
+    last-writer-wins: the later one, begun before the first landed, moved the group past
+    a change published in between; joining ``group`` itself to decide as its member
+    clashed with the alerts agents' own assignment protocol, and a start-up member that
+    died unseen left another worker's agent never joining: reviews.) A broker that
+    cannot say yet (its offsets topic is still being created, on a new cluster:
     "coordinator not available") is asked again until ``timeout``."""
     deadline = time.monotonic() + timeout
-    with _admin(bootstrap, timeout) as admin:
+    if _positions(bootstrap, group, topic, deadline)[1] == set():
+        return None  # the common restart: nothing to decide, no lock to wait for
+    with _start_lock(bootstrap, group, topic, deadline):
+        partitions, missing = _positions(bootstrap, group, topic, deadline)
+        if not missing:
+            return None
+        with _admin(bootstrap, timeout) as admin:
+            ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in missing})
+            firsts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in missing})
+            done = admin.reset_group_offsets(group, {tp: int(ends[tp].offset)
+                                                     for tp in missing})
+    if any(r["error"] is not NoError for r in done.values()):
+        return None
+    return sum(max(0, int(done[tp]["offset"]) - int(firsts[tp].offset)) for tp in missing)
+
+
+def _positions(bootstrap: str, group: str, topic: str, deadline: float
+               ) -> tuple[set[Any], set[Any]]:
+    """``topic``'s partitions, and those of them where ``group`` holds no position."""
+    with _admin(bootstrap, max(1.0, deadline - time.monotonic())) as admin:
         while True:
             try:
                 held = admin.list_group_offsets({group: None}).get(group, {})
@@ -246,50 +275,34 @@ def start_group_at_end(bootstrap: str, group: str, topic: str,
                     raise
                 time.sleep(0.5)
         (described,) = admin.describe_topics([topic])
-        partitions = {TopicPartition(topic, p["partition_index"])
-                      for p in described["partitions"]}
-        if partitions <= {tp for tp, meta in held.items() if meta.offset >= 0}:
-            return None
-        if admin.describe_groups([group]).get(group, {}).get("members"):
-            return None  # a worker is in it: it started the group, or is starting it
-    return _start_as_member(bootstrap, group, topic, deadline)
+    partitions = {TopicPartition(topic, p["partition_index"]) for p in described["partitions"]}
+    return partitions, partitions - {tp for tp, meta in held.items() if meta.offset >= 0}
 
 
-def _start_as_member(bootstrap: str, group: str, topic: str, deadline: float) -> int | None:
-    """Join ``group`` on ``topic`` and commit, as its member, the end of each partition
-    it is given that has no position; leave. A commit a rebalance refused (another
-    worker joined meanwhile) is decided again on the next assignment, where that
-    worker's commit, if it came first, is found and kept."""
-    from kafka import KafkaConsumer
-    from kafka.errors import CommitFailedError, RebalanceInProgressError
-    from kafka.structs import OffsetAndMetadata
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             client_id="portwatch-group-start", enable_auto_commit=False,
-                             auto_offset_reset="latest", session_timeout_ms=10_000,
-                             heartbeat_interval_ms=1_000)
+@contextlib.contextmanager
+def _start_lock(bootstrap: str, group: str, topic: str, deadline: float) -> Iterator[None]:
+    """Hold ``start_lock_group(group)``'s partition 0 of ``topic``: the broker gives it
+    to one member at a time, and moves it to another only when its holder polls again
+    or leaves (which the holder does not do inside the ``with``), or dies (after its
+    session, 10 s)."""
+    lock = KafkaConsumer(bootstrap_servers=bootstrap, group_id=start_lock_group(group),
+                         client_id="portwatch-group-start", enable_auto_commit=False,
+                         auto_offset_reset="latest", session_timeout_ms=10_000,
+                         heartbeat_interval_ms=1_000)
     try:
-        consumer.subscribe([topic])
-        while True:
+        lock.subscribe([topic])
+        first = TopicPartition(topic, 0)
+        while first not in lock.assignment():
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"could not join consumer group {group} on {topic} "
-                                       "in time to start it")
-            consumer.poll(timeout_ms=200)  # joins; nothing is read: positions are at the end
-            mine = consumer.assignment()
-            if not mine:
-                continue
-            consumer.pause(*mine)
-            todo = [tp for tp in sorted(mine) if consumer.committed(tp) is None]
-            if not todo:
-                return None
-            ends, firsts = consumer.end_offsets(todo), consumer.beginning_offsets(todo)
-            try:
-                consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in todo})
-            except (CommitFailedError, RebalanceInProgressError):
-                continue  # the group is rebalancing: decide on the next assignment
-            return sum(max(0, int(ends[tp]) - int(firsts[tp])) for tp in todo)
+                raise RuntimeError(f"another worker is starting consumer group {group} "
+                                   f"and has not finished in time ({start_lock_group(group)} "
+                                   "is held); try again")
+            lock.poll(timeout_ms=200)  # joins, waits its turn; nothing is read
+            if lock.assignment():
+                lock.pause(*lock.assignment())
+        yield
     finally:
-        consumer.close(autocommit=False)
+        lock.close(autocommit=False)
 
 
 def ensure_topics(
@@ -485,5 +498,6 @@ __all__ = [
     "publish",
     "split_bootstrap",
     "start_group_at_end",
+    "start_lock_group",
     "wait_for_broker",
 ]
