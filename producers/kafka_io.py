@@ -221,51 +221,18 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> AbstractContextManage
     return _admin(bootstrap, timeout)
 
 
-def start_lock_group(group: str) -> str:
-    """The consumer group whose holder of partition 0 may start ``group``
-    (``start_group_at_end``): a lock no member of ``group`` itself ever joins."""
-    return f"{group}.start-lock"
-
-
 def start_group_at_end(bootstrap: str, group: str, topic: str,
-                       timeout: float = 30.0) -> int | None:
-    """Commit ``topic``'s end as consumer group ``group``'s position on every partition
-    where it holds none (it never read the topic, or the broker forgot its positions:
-    ``offsets.retention.minutes``, 7 days by default, after its last member left), so
-    it reads what comes next. Returns how many records it passed over; None when the
-    group had positions everywhere, or has members (the broker refuses the reset of an
-    active group: they started it).
-
-    Workers starting together take turns (``_start_lock``): the one holding the lock
-    reads the group's positions and commits the end where there are none; the next one
-    then finds those positions and keeps them. (Two unlocked resets were
-    last-writer-wins: the later one, begun before the first landed, moved the group past
-    a change published in between; joining ``group`` itself to decide as its member
-    clashed with the alerts agents' own assignment protocol, and a start-up member that
-    died unseen left another worker's agent never joining: reviews.) A broker that
-    cannot say yet (its offsets topic is still being created, on a new cluster:
-    "coordinator not available") is asked again until ``timeout``."""
+                       timeout: float = 10.0) -> int | None:
+    """Commit ``topic``'s end, on every partition, as consumer group ``group``'s position
+    when the group holds none there (it never read the topic, or the broker forgot its
+    positions: ``offsets.retention.minutes``, 7 days by default, after its last member
+    left), so it reads what comes next. Returns how many records it passes over; None
+    when the group had positions (left as they were) or another member joined it
+    meanwhile (the broker refuses a reset of an active group: that member started it).
+    A broker that cannot say yet (its offsets topic is still being created, on a new
+    cluster: "coordinator not available") is asked again until ``timeout``."""
     deadline = time.monotonic() + timeout
-    if _positions(bootstrap, group, topic, deadline)[1] == set():
-        return None  # the common restart: nothing to decide, no lock to wait for
-    with _start_lock(bootstrap, group, topic, deadline):
-        partitions, missing = _positions(bootstrap, group, topic, deadline)
-        if not missing:
-            return None
-        with _admin(bootstrap, timeout) as admin:
-            ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in missing})
-            firsts = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in missing})
-            done = admin.reset_group_offsets(group, {tp: int(ends[tp].offset)
-                                                     for tp in missing})
-    if any(r["error"] is not NoError for r in done.values()):
-        return None
-    return sum(max(0, int(done[tp]["offset"]) - int(firsts[tp].offset)) for tp in missing)
-
-
-def _positions(bootstrap: str, group: str, topic: str, deadline: float
-               ) -> tuple[set[Any], set[Any]]:
-    """``topic``'s partitions, and those of them where ``group`` holds no position."""
-    with _admin(bootstrap, max(1.0, deadline - time.monotonic())) as admin:
+    with _admin(bootstrap, timeout) as admin:
         while True:
             try:
                 held = admin.list_group_offsets({group: None}).get(group, {})
@@ -274,35 +241,16 @@ def _positions(bootstrap: str, group: str, topic: str, deadline: float
                 if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+        if any(tp.topic == topic and meta.offset >= 0 for tp, meta in held.items()):
+            return None
         (described,) = admin.describe_topics([topic])
-    partitions = {TopicPartition(topic, p["partition_index"]) for p in described["partitions"]}
-    return partitions, partitions - {tp for tp, meta in held.items() if meta.offset >= 0}
-
-
-@contextlib.contextmanager
-def _start_lock(bootstrap: str, group: str, topic: str, deadline: float) -> Iterator[None]:
-    """Hold ``start_lock_group(group)``'s partition 0 of ``topic``: the broker gives it
-    to one member at a time, and moves it to another only when its holder polls again
-    or leaves (which the holder does not do inside the ``with``), or dies (after its
-    session, 10 s)."""
-    lock = KafkaConsumer(bootstrap_servers=bootstrap, group_id=start_lock_group(group),
-                         client_id="portwatch-group-start", enable_auto_commit=False,
-                         auto_offset_reset="latest", session_timeout_ms=10_000,
-                         heartbeat_interval_ms=1_000)
-    try:
-        lock.subscribe([topic])
-        first = TopicPartition(topic, 0)
-        while first not in lock.assignment():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"another worker is starting consumer group {group} "
-                                   f"and has not finished in time ({start_lock_group(group)} "
-                                   "is held); try again")
-            lock.poll(timeout_ms=200)  # joins, waits its turn; nothing is read
-            if lock.assignment():
-                lock.pause(*lock.assignment())
-        yield
-    finally:
-        lock.close(autocommit=False)
+        partitions = [TopicPartition(topic, p["partition_index"])
+                      for p in described["partitions"]]
+        first = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in partitions})
+        done = admin.reset_group_offsets(group, {tp: OffsetSpec.LATEST for tp in partitions})
+    if any(r["error"] is not NoError for r in done.values()):
+        return None
+    return sum(max(0, int(done[tp]["offset"]) - int(first[tp].offset)) for tp in partitions)
 
 
 def ensure_topics(
@@ -498,6 +446,5 @@ __all__ = [
     "publish",
     "split_bootstrap",
     "start_group_at_end",
-    "start_lock_group",
     "wait_for_broker",
 ]

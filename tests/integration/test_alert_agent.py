@@ -10,7 +10,6 @@ the outbox key's and the claims' doing.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import TopicPartition
-from kafka.admin import OffsetSpec
 
 from portwatch.alerts import AlertDispatcher, load_alerts
-from producers.kafka_io import admin_client, ensure_topics, make_producer, publish
+from producers.kafka_io import ensure_topics, make_producer, publish
 from schemas.records import ChangeEvent, ChangeKind, Severity, Target
 from schemas.topics import topic_names
 from stream_processors.transports.faust_alerts import build_alerts_app
@@ -213,123 +210,6 @@ def test_a_group_another_worker_started_meanwhile_is_left_as_it_is(
         member.close()
     # Then the broker refuses to reset an active group, and it is left as it is
     assert passed is None
-
-
-def test_workers_starting_together_each_start_a_partition_once_and_pass_over_only_that(
-        kafka_bootstrap: str) -> None:
-    import random
-    import threading
-
-    from kafka import KafkaProducer
-
-    from producers.kafka_io import start_group_at_end
-
-    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, [topics.changes], timeout=30.0)
-    topic = topics.changes.name
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
-    rng = random.Random(16)
-    try:
-        for trial in range(8):
-            group = f"{topics.prefix}alerts-{trial}"
-            for n in range(3):
-                producer.send(topic, f"old-{n}".encode(), partition=n % 3)
-            producer.flush()
-            passed: list[int | None] = []
-
-            def start(pause: float, group: str = group,
-                      passed: list[int | None] = passed) -> None:
-                time.sleep(pause)
-                passed.append(start_group_at_end(kafka_bootstrap, group, topic))
-
-            # When two workers start the group within milliseconds while changes come
-            workers = [threading.Thread(target=start, args=(rng.uniform(0, 0.02),))
-                       for _ in range(2)]
-            for w in workers:
-                w.start()
-            for n in range(4):
-                time.sleep(rng.uniform(0, 0.05))
-                producer.send(topic, f"new-{trial}-{n}".encode(), partition=n % 3)
-                producer.flush()
-            for w in workers:
-                w.join(timeout=60)
-            # Then each partition was started once: what the workers said they passed
-            # over is exactly where the group now stands (two admin resets each said
-            # they had started it, and the later one moved it past a change published
-            # after the first: a review)
-            with admin_client(kafka_bootstrap) as admin:
-                held = admin.list_group_offsets({group: None})[group]
-                partitions = {TopicPartition(topic, p["partition_index"])
-                              for p in admin.describe_topics([topic])[0]["partitions"]}
-                firsts = admin.list_partition_offsets(
-                    {tp: OffsetSpec.EARLIEST for tp in partitions})
-            # every partition has a position (a start that left one without sent that
-            # partition's backlog: a review), and exactly one worker started the group
-            assert set(held) == partitions and all(m.offset >= 0 for m in held.values())
-            stands = sum(meta.offset - firsts[tp].offset for tp, meta in held.items())
-            assert len(passed) == 2 and passed.count(None) == 1, passed
-            assert sum(p or 0 for p in passed) == stands, (trial, passed, stands)
-            # at least the old changes are passed over, and at most what came meanwhile
-            assert 3 * (trial + 1) + 4 * trial <= stands <= 3 * (trial + 1) + 4 * (trial + 1)
-    finally:
-        producer.close()
-
-
-def test_a_start_waits_for_the_worker_starting_the_group_then_keeps_its_positions(
-        kafka_bootstrap: str) -> None:
-    import threading
-
-    from kafka import KafkaConsumer
-
-    from producers.kafka_io import start_group_at_end, start_lock_group
-
-    topics = topic_names(f"test-alerts-{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka_bootstrap, [topics.changes], timeout=30.0)
-    group, topic = f"{topics.prefix}portwatch-alerts", topics.changes.name
-    t = Target(ip="127.0.0.1", target="127.0.0.1")
-    producer = make_producer(kafka_bootstrap)
-
-    def send(port: int) -> None:
-        publish(producer, topic, [ChangeEvent(
-            kind=ChangeKind.OPENED, severity=Severity.HIGH, target=t, scan_id="s", port=port,
-            risk_color="red", observed_at=datetime(2026, 1, 1, tzinfo=UTC))])
-
-    try:
-        for port in (7000, 7001, 7002):
-            send(port)
-        # Given worker A in the middle of starting the group: it holds the start lock
-        lock = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
-                             group_id=start_lock_group(group), enable_auto_commit=False,
-                             session_timeout_ms=10_000)
-        for _ in range(60):
-            lock.poll(timeout_ms=200)
-            if TopicPartition(topic, 0) in lock.assignment():
-                break
-        assert TopicPartition(topic, 0) in lock.assignment()
-        # When worker B starts meanwhile
-        passed: list[int | None] = []
-        second = threading.Thread(target=lambda: passed.append(
-            start_group_at_end(kafka_bootstrap, group, topic)))
-        second.start()
-        second.join(timeout=3)
-        # Then B waits for its turn, deciding nothing
-        assert second.is_alive() and passed == []
-        # And when A commits the end as it stood at its start, a change comes, and A
-        # lets the lock go...
-        with admin_client(kafka_bootstrap) as admin:
-            admin.reset_group_offsets(group, {TopicPartition(topic, p["partition_index"]):
-                                              OffsetSpec.LATEST for p in admin.describe_topics(
-                                                  [topic])[0]["partitions"]})
-        send(7003)
-        lock.close(autocommit=False)
-        second.join(timeout=30)
-        # ... B finds A's positions and keeps them: the change after A's start is read
-        assert passed == [None]
-        with admin_client(kafka_bootstrap) as admin:
-            held = admin.list_group_offsets({group: None})[group]
-        assert sum(meta.offset for meta in held.values()) == 3
-    finally:
-        producer.close()
 
 
 def test_agent_queues_delivers_and_dead_letters_without_a_broker(store: Any,
