@@ -267,7 +267,8 @@ PROGRESS_BAR = 20  # the live bar's bar, in columns
 
 
 # The live bar's tiers, richest first, by the names of their parts; ``progress_tier``
-# picks the richest whose text fits. A stopped scan's bar has no rate and no time left.
+# picks the richest whose text fits. Past discovery (identifying, stopped, done) the bar
+# has no rate and no time left.
 RUNNING_TIERS = (("phase", "bar", "share", "ports", "found", "rate", "eta", "left"),
                  ("phase", "share", "ports", "found", "eta", "left"),
                  ("phase", "share", "of", "open", "left"),
@@ -341,9 +342,7 @@ class ProgressView:
                 "open": TextColumn("[bold]{task.fields[open]}[/] open"),
                 "rate": TextColumn("{task.fields[rate]:,.0f} ports/s"),
                 "eta": TextColumn("ETA"), "left": TimeRemainingColumn()}
-            columns = self._columns(RUNNING_TIERS, progress_texts(
-                phase="scanning", done=0, total=1, found=0, examined=0, rate=0.0,
-                remaining=None))
+            columns = (self._parts["phase"],)  # no count before the first update's
             self._bar = Progress(*columns, console=err_console, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("scan", total=1, open=0, rate=0.0,
@@ -377,13 +376,17 @@ class ProgressView:
             # once stopped, its tiers have no rate and no ETA for what is not scanned:
             # an update with no total kept rich's, and its ETA, a review)
             phase = ("stopping" if stopping else "stopped" if stopped else
-                     "identifying" if identifying else "scanning")
+                     "identifying" if identifying else
+                     "done" if stats.finished else "scanning")
             self._bar.update(self._task, total=total, completed=stats.probes_done,
                              open=stats.open_found, rate=0.0 if stopped else rate,
                              examined=stats.examined, phase=phase)
             task = self._bar.tasks[0]
+            # identifying or done, as stopped: no rate falling, no "ETA 0:00:00" (a
+            # review)
+            discovering = not (stopped or identifying or stats.finished)
             self._bar.columns = self._columns(
-                STOPPED_TIERS if stopped else RUNNING_TIERS, progress_texts(
+                RUNNING_TIERS if discovering else STOPPED_TIERS, progress_texts(
                     phase=phase, done=stats.probes_done, total=total,
                     found=stats.open_found, examined=stats.examined, rate=rate,
                     remaining=task.time_remaining))

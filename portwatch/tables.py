@@ -206,12 +206,18 @@ def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence
     target = cells.get("target")
     chosen = [c for c in columns if any(v.strip() for v in cells[c])
               and not (c == "ip" and target is not None and list(cells[c]) == list(target))]
+    # the address is a host's name where its target is not (a range scan's hosts all
+    # have the target 10.20.30.0/24): never given up when one target has several
+    # addresses (rows that all read the same: a review)
+    address = cells.get("ip")
+    named = set(zip(target, address, strict=True)) if target and address else set()
+    keep = {"ip"} if len({t for t, _ in named}) < len(named) else set()
     given_up: list[tuple[str, ...]] = []
     for entry in NARROW_DROP.get(table, ()):
         if needs(chosen, readable) <= width:
             break
         unit = tuple(c for c in ((entry,) if isinstance(entry, str) else entry)
-                     if c in chosen)
+                     if c in chosen and c not in keep)
         if unit:
             chosen = [c for c in chosen if c not in unit]
             given_up.append(unit)
@@ -258,7 +264,7 @@ def print_records(console: Console, title: str, columns: Sequence[str],
             # every line of the value indented, not only its first (a review)
             value = cell.copy()
             value.overflow = "fold"
-            console.print(Padding(value, (0, 0, 0, 2)))
+            console.print(Padding(value, (0, 0, 0, min(2, max(0, console.width - 1)))))
 
 
 # -- end of a scan ------------------------------------------------------------------------------

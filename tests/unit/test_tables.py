@@ -394,3 +394,22 @@ def test_a_blocks_long_value_is_indented_on_every_line() -> None:
     assert all(line.startswith("  ") for line in value), value
     assert [line.strip() for line in value] == ["public DNS", "service"]
     assert lines[at + 3] == "prevalence"
+
+
+@pytest.mark.parametrize("width", [57, 60, 66, 72])
+def test_a_range_scans_hosts_keep_their_addresses_on_a_narrow_end_screen(width: int) -> None:
+    # Given four hosts of one range target (the target says nothing to tell them apart)
+    hosts = [{**HOSTS[2], "target": "10.20.30.0/24", "ip": f"10.20.30.{n}"}
+             for n in range(1, 5)]
+    lines = rendered(width, lambda c: print_end_screen(c, hosts, "Summary"))
+    # Then every host's address is shown (the rows all read the same: a review), in
+    # a table or in blocks
+    text = "\n".join(lines)
+    for n in range(1, 5):
+        assert f"10.20.30.{n}" in text
+    assert "address" not in " ".join(lines[-2:]).split("not shown")[-1]
+
+
+def test_blocks_keep_their_values_on_a_two_column_terminal() -> None:
+    lines = rendered(2, lambda c: to_table(LIST, c))
+    assert "6379" in "".join(line.strip() for line in lines)
