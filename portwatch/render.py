@@ -241,11 +241,10 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
     # mid-word, "tar/get", "127./0.0./1"); past that, one block per row
     plain = {c: [t.plain for t in v] for c, v in cells.items()}
     fitted = fit_columns(report.name, wanted, plain, HEADERS, console.width,
-                         whole=WHOLE_NUMBERS, left_out=left_out)
+                         whole=WHOLE_NUMBERS, left_out=left_out, blocks=every)
     if fitted.records:
-        shown = [c for c in every if any(v.strip() for v in plain[c])]
-        print_records(console, title, shown, HEADERS,
-                      [[cells[c][i] for c in shown] for i in range(len(report.rows))])
+        print_records(console, title, fitted.columns, HEADERS,
+                      [[cells[c][i] for c in fitted.columns] for i in range(len(report.rows))])
         return
     table = Table(title=title, show_lines=False, header_style="bold", expand=False,
                   caption=fitted.caption(HEADERS, console.width) or None)

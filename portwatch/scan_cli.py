@@ -331,7 +331,7 @@ class ProgressView:
 
             # every part was cut with an ellipsis at 80 columns ("identifyi… 10… 101/101
             # por…"); fixed widths still cut ten-digit counts: each frame shows the
-            # richest tier whose text fits (``_show``)
+            # richest tier whose text fits (``update``)
             self._parts = {
                 "phase": TextColumn("[bold]{task.fields[phase]}"),
                 "bar": BarColumn(bar_width=PROGRESS_BAR), "share": TaskProgressColumn(),

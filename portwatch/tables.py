@@ -4,9 +4,9 @@ Owns: the choice of optional List columns (organization, asset, risk reason: add
 order while the table still fits the console, unless empty in every row), what a table too
 wide for the terminal gives up (``fit_columns``: first what says nothing, then, named under
 the table, the columns of ``NARROW_DROP``; past that one block per row, ``print_records``),
-and the one end-of-scan table for all hosts (at most ``END_SCREEN_WIDTH`` columns; long
-words end in an ellipsis instead of being broken mid-word). The text of each cell comes
-from ``portwatch.render.cell_text`` (escaped).
+and the one end-of-scan table for all hosts (at most ``END_SCREEN_WIDTH`` columns; a long
+target folds, an organization's too long word ends in an ellipsis). The text of each cell
+comes from ``portwatch.render.cell_text`` (escaped).
 
 Must not touch: the store (it renders the reports it is given), JSON or CSV output (they
 keep every column whatever the width).
@@ -150,8 +150,7 @@ def readable_width(header: str, cells: Sequence[str], *, whole: bool = False,
     word up to ``cap`` (longer ones fold); for a number (``whole``: never wrapped, its
     header neither), each whole cell and the whole header."""
     if whole:
-        return max([cell_len(header), *(cell_len(line) for c in cells
-                                        for line in c.splitlines())])
+        return _natural_cells_width(header, cells)
     widest = max((min(_longest_word(c), cap) for c in cells), default=0)
     return max(_longest_word(header), widest)
 
@@ -180,7 +179,8 @@ def _share(room: int, low: Sequence[int], high: Sequence[int]) -> tuple[int, ...
 def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence[str]],
                 headers: Mapping[str, str], width: int, *,
                 whole: frozenset[str] = frozenset(),
-                left_out: Sequence[str] = ()) -> Fitted:
+                left_out: Sequence[str] = (),
+                blocks: Sequence[str] | None = None) -> Fitted:
     """Which of ``columns`` (their ``cells`` as printed, per column) a terminal ``width``
     wide shows, and how wide. All of them, as rich lays them out, when they fit unfolded
     and nothing was ``left_out`` before (the List's optional columns that did not fit:
@@ -188,7 +188,8 @@ def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence
     ``ip`` equal to ``target`` in every row); then, while the rest cannot all be shown
     at their readable width (``readable_width``), those of ``NARROW_DROP[table]`` in its
     order; the room left is shared out up to each column's unfolded width. When even
-    that does not fit: ``records``, with every column but those that say nothing."""
+    that does not fit: ``records``, with every column of ``blocks`` (default
+    ``columns``) but those that say nothing."""
     def header(c: str) -> str:
         return headers.get(c, c.replace("_", " "))
 
@@ -204,10 +205,14 @@ def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence
     if needs(columns, natural) <= width:
         return Fitted(tuple(columns), tuple(left_out))
     target = cells.get("target")
-    chosen = [c for c in columns if any(v.strip() for v in cells[c])
-              and not (c == "ip" and target is not None and list(cells[c]) == list(target))]
+
+    def says_something(c: str) -> bool:
+        return (any(v.strip() for v in cells[c])
+                and not (c == "ip" and target is not None and list(cells[c]) == list(target)))
+
+    chosen = [c for c in columns if says_something(c)]
     # the address is a host's name where its target is not (a range scan's hosts all
-    # have the target 10.20.30.0/24): never given up when one target has several
+    # have the target 198.18.30.0/24): never given up when one target has several
     # addresses (rows that all read the same: a review)
     address = cells.get("ip")
     named = set(zip(target, address, strict=True)) if target and address else set()
@@ -222,8 +227,8 @@ def fit_columns(table: str, columns: Sequence[str], cells: Mapping[str, Sequence
             chosen = [c for c in chosen if c not in unit]
             given_up.append(unit)
     if needs(chosen, readable) > width:
-        every = [c for c in columns if c in chosen or any(c in u for u in given_up)]
-        return Fitted(tuple(every), records=True)
+        return Fitted(tuple(c for c in (columns if blocks is None else blocks)
+                            if says_something(c)), records=True)
     # what was given up before the last one (the one whose going made the room: an IPv6
     # address after green and yellow) may fit again: most needed first, and none past
     # one that does not fit (green came back while yellow stayed out: a review)
@@ -296,8 +301,11 @@ def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
     most (what it leaves out named under it: ``fit_columns``); None when no table of
     these hosts reads at that width (``print_end_screen`` then prints one block each)."""
     fitted, cells = _end_screen_cells(rows, width)
-    if fitted.records:
-        return None
+    return None if fitted.records else _end_table(title, fitted, cells, len(rows))
+
+
+def _end_table(title: str, fitted: Fitted, cells: Mapping[str, Sequence[Text]],
+               count: int) -> Table:
     table = Table(title=title, header_style="bold", expand=False,
                   caption=fitted.caption(_END_HEADERS, whole="portwatch report summary "
                                          "--format json has every column") or None)
@@ -311,7 +319,7 @@ def end_screen_table(rows: Sequence[dict[str, Any]], title: str,
                          no_wrap=numeric or column in ("ip", "grade")
                          or (column == "is_tarpit" and one_word),
                          width=fitted.width_of(column))
-    for i in range(len(rows)):
+    for i in range(count):
         table.add_row(*(cells[column][i] for column, _h, _j, _o in shown))
     return table
 
@@ -344,13 +352,12 @@ def print_end_screen(console: Console, rows: Sequence[dict[str, Any]], title: st
         console.print(Text("summary: no host in the store for this scan"))
         return
     width = min(console.width, END_SCREEN_WIDTH)
-    table = end_screen_table(rows, title, width)
-    if table is not None:
-        console.print(table, width=width)
-        return
     fitted, cells = _end_screen_cells(rows, width)
-    print_records(console, title, fitted.columns, _END_HEADERS,
-                  [[cells[c][i] for c in fitted.columns] for i in range(len(rows))])
+    if fitted.records:
+        print_records(console, title, fitted.columns, _END_HEADERS,
+                      [[cells[c][i] for c in fitted.columns] for i in range(len(rows))])
+        return
+    console.print(_end_table(title, fitted, cells, len(rows)), width=width)
 
 
 __all__ = ["END_SCREEN_WIDTH", "LIST_BASE", "LIST_OPTIONAL", "NARROW_DROP", "Fitted",

@@ -338,7 +338,7 @@ def test_the_end_screen_leaves_out_an_ipv6_address_rather_than_squeeze_the_targe
 
 
 _WORDS = ("nginx", "Example", "Corporation", "International", "漢字テスト", "x" * 30, "a")
-_TARGETS = ("127.0.0.1", "192.168.100.200", "host.example.test", "fe80::1",
+_TARGETS = ("127.0.0.1", "198.19.255.254", "host.example.test", "fe80::1",
             "a-very-long-hostname.example.test")
 
 
@@ -399,14 +399,14 @@ def test_a_blocks_long_value_is_indented_on_every_line() -> None:
 @pytest.mark.parametrize("width", [57, 60, 66, 72])
 def test_a_range_scans_hosts_keep_their_addresses_on_a_narrow_end_screen(width: int) -> None:
     # Given four hosts of one range target (the target says nothing to tell them apart)
-    hosts = [{**HOSTS[2], "target": "10.20.30.0/24", "ip": f"10.20.30.{n}"}
+    hosts = [{**HOSTS[2], "target": "198.18.30.0/24", "ip": f"198.18.30.{n}"}
              for n in range(1, 5)]
     lines = rendered(width, lambda c: print_end_screen(c, hosts, "Summary"))
     # Then every host's address is shown (the rows all read the same: a review), in
     # a table or in blocks
     text = "\n".join(lines)
     for n in range(1, 5):
-        assert f"10.20.30.{n}" in text
+        assert f"198.18.30.{n}" in text
     assert "address" not in " ".join(lines[-2:]).split("not shown")[-1]
 
 
