@@ -31,6 +31,16 @@ _IS_CARRIED = re.compile(r"IS_CARRIED\((\w+)\)")
 _IS_CURRENT = re.compile(r"IS_CURRENT\((\w+)\.(\w+), (\w+)\)")
 _CARRIED_COUNTS = re.compile(r"CARRIED_COUNTS\((\w+), (\w+)\)")
 _CUT_SCAN_CARRIED = re.compile(r"CUT_SCAN_CARRIED\(([\w.]+)\)")
+_ACCEPTED_FOR = re.compile(r"ACCEPTED_FOR\((\w+), (\w+)\)")
+# ``ACCEPTED_FOR(acceptance, port)``: the port acceptance joined as ``acceptance`` holds
+# for ``port``'s identification, as stream_processors/acceptances.is_in_force judges it:
+# none was noted when it was accepted, the port is not named now (a scan that could not
+# name it judges nothing), or service, product and version are those accepted.
+_ACCEPTED_FOR_SQL = (
+    "({a}.target != '' AND (({a}.service = '' AND {a}.product = '' AND {a}.version = '') "
+    "OR ({p}.service = '' AND {p}.product = '' AND {p}.version = '') "
+    "OR ({a}.service = {p}.service AND {a}.product = {p}.product "
+    "AND {a}.version = {p}.version)))")
 # ``ADDRESS_ORDER(column)``: sort keys putting addresses in numeric order (127.0.0.2
 # before 127.0.0.10), IPv4 before IPv6 as the scan's end screen does
 # (scan_cli._riskiest_first), names after them (as text sorted them: digits first), in
@@ -129,13 +139,16 @@ def expand_macros(sql: str) -> str:
     never formatted in: the predicate binds ``{target:String}`` like the rest. Likewise
     ``IS_CURRENT(alias.scan_column, host)``, which port is its host's port now (see
     _CURRENT), and ``IS_CARRIED(alias)``, open though the host's ports scan did not see it
-    (see _CARRIED): every report decides it alike, written once. ``ADDRESS_ORDER(column)``
+    (see _CARRIED): every report decides it alike, written once; so is
+    ``ACCEPTED_FOR(acceptance, port)`` (see _ACCEPTED_FOR). ``ADDRESS_ORDER(column)``
     and ``ADDRESS_TEXT(column)`` sort addresses as numbers (see _ADDRESS_ORDER)."""
     from schemas.filters import host_target_predicate, target_predicate
 
     sql = _IS_CURRENT.sub(lambda m: _CURRENT.format(a=m.group(1), col=m.group(2),
                                                     h=m.group(3)), sql)
     sql = _IS_CARRIED.sub(lambda m: _CARRIED.format(a=m.group(1)), sql)
+    sql = _ACCEPTED_FOR.sub(lambda m: _ACCEPTED_FOR_SQL.format(a=m.group(1), p=m.group(2)),
+                            sql)
     sql = _CUT_SCAN_CARRIED.sub(lambda m: _CUT_SCAN_CARRIED_SQL.format(cut=m.group(1)), sql)
     sql = _CARRIED_COUNTS.sub(
         lambda m: _CARRIED_COUNTS_SQL.format(rows=m.group(1), seen=m.group(2)), sql)

@@ -7,7 +7,9 @@ accepted. Whole-target acceptances (no port) end only by expiry or removal.
 ``ActiveAcceptances.covers(event)`` is what the dispatcher asks before alerting.
 
 Must not touch: delivery, the network. Report SQL reads the same table through
-``ACTIVE_ACCEPTED_SQL``.
+``ACTIVE_ACCEPTED_SQL``; the row layout, the rule a port's identity is judged by
+(``is_in_force``) and the ends the change recorder writes when a scan renames a port
+are ``stream_processors/acceptances.py``'s.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ from producers.targets import looks_like_hostname
 from schemas.bounded import TIME_MAX
 from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent, canonical_address
+from stream_processors.acceptances import COLUMNS, EPOCH, end_row, is_in_force, revision
 
-COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
-           "service", "product", "version", "is_removed", "revision")
-EPOCH = datetime.fromtimestamp(0, UTC)
 NOTE_CAP = 500
 
 # Active acceptances with the current identification of their port (empty when the port
@@ -132,7 +132,7 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
                         service, product, version)
     store.insert_rows("accepted_risks", COLUMNS, [[
         target, proto, port, risk.note, risk.accepted_by, now, until or EPOCH, service, product,
-        version, 0, _revision(now)]])
+        version, 0, revision(now)]])
     return risk
 
 
@@ -157,21 +157,14 @@ def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> boo
     if not rows or not int(rows[0][0]):
         return False
     store.insert_rows("accepted_risks", COLUMNS, [[
-        target, proto, port, "", "", now, EPOCH, "", "", "", 1, _revision(now) + 1]])
+        target, proto, port, "", "", now, EPOCH, "", "", "", 1, revision(now) + 1]])
     return True
-
-
-def _revision(at: datetime) -> int:
-    """A row's version: twice the milliseconds, an acceptance even, its end odd (an end
-    and an acceptance of the same millisecond: the end is the later)."""
-    return int(at.timestamp() * 1000) * 2
 
 
 def _end(store: Any, risks: list[AcceptedRisk], now: datetime) -> None:
     """Removal rows for ``risks``, each after its own acceptance whatever the clock."""
     store.insert_rows("accepted_risks", COLUMNS, [
-        [r.target, r.proto, r.port, "", "", now, EPOCH, "", "", "", 1,
-         _revision(max(now, r.accepted_at)) + 1] for r in risks])
+        end_row(r.target, r.proto, r.port, r.accepted_at, now) for r in risks])
 
 
 def list_active(store: Any, now: datetime) -> list[AcceptedRisk]:
@@ -209,11 +202,10 @@ class ActiveAcceptances:
         active, broken = [], []
         for risk in candidates:
             now_identity = current.get((risk.target, risk.proto, risk.port))
-            snapshot = (risk.service, risk.product, risk.version)
             # (a port no scan could name this time changed nothing: one scan that failed
             # to identify it ended the acceptance for good)
-            if risk.port and now_identity is not None and any(snapshot) and \
-                    any(now_identity) and now_identity != snapshot:
+            if risk.port and now_identity is not None and not is_in_force(
+                    (risk.service, risk.product, risk.version), now_identity):
                 broken.append(risk)  # the service changed since it was accepted: alert again
                 continue
             active.append(risk)
@@ -236,20 +228,21 @@ class ActiveAcceptances:
     def of_port(self, target: str, ip: str, proto: str, port: int,
                 identity: tuple[str, str, str]) -> AcceptedRisk | None:
         """The acceptance a port shows under, as the List reads it (list.sql): one of the
-        port whose service, product and version are those accepted (or none were
-        noted), else one of its whole host; None: not accepted."""
-        names = {target.lower(), ip}
-        host_wide = None
+        port still in force for ``identity`` (``is_in_force``), by the target's name
+        before its address, else one of its whole host; None: not accepted."""
+        names = (target.lower(), ip)
+        by_port: dict[str, AcceptedRisk] = {}
+        host_wide: dict[str, AcceptedRisk] = {}
         for risk in self.risks:
             if risk.target not in names:
                 continue
             if risk.port == 0:
-                host_wide = host_wide or risk
-            elif (risk.port == port and risk.proto == proto and (
-                    not any((risk.service, risk.product, risk.version))
-                    or (risk.service, risk.product, risk.version) == identity)):
-                return risk
-        return host_wide
+                host_wide.setdefault(risk.target, risk)
+            elif risk.port == port and risk.proto == proto and is_in_force(
+                    (risk.service, risk.product, risk.version), identity):
+                by_port[risk.target] = risk
+        return next((found[name] for found in (by_port, host_wide) for name in names
+                     if name in found), None)
 
     def covers(self, event: ChangeEvent) -> bool:
         names = {event.target.target.lower(), event.target.ip}

@@ -654,8 +654,9 @@ def accept(where: str | None, note: str, until_text: str | None, accepted_by: st
            show_list: bool, remove: bool, store: str | None) -> None:
     """Accept a known risk: it stops alerting and shows as accepted in the reports.
 
-    It comes back when the acceptance expires (--until) or when the service, product or
-    version on the port changes.
+    It alerts again once the acceptance expires (--until), or for good once a completed
+    scan finds another service, product or version on the port (a scan that cannot name
+    the port changes nothing).
 
     \b
     Examples:

@@ -150,7 +150,8 @@ WITH
         SELECT groupArray((target, ip, proto, port)) AS keys FROM page
     ),
     -- Accepted risks (`portwatch accept`) still in force; a port's acceptance also ends
-    -- when its service/product/version differ from what was accepted (checked below).
+    -- when its service/product/version differ from what was accepted (ACCEPTED_FOR
+    -- below; a scan that renames the port ends it in the store, acceptances.py).
     accepted AS (
         SELECT target, proto, port, note, accepted_by, until, service, product, version
         FROM accepted_risks FINAL
@@ -226,16 +227,18 @@ SELECT
     f.last_seen AS last_seen,
     -- without --history every page row is current (phase 1 kept only those)
     ({history:UInt8} = 0 OR IS_CURRENT(f.last_scan_id, history_scan)) AS is_current,
-    (acc_port.target != ''
-     AND ((acc_port.service = '' AND acc_port.product = '' AND acc_port.version = '')
-          OR (acc_port.service = f.service AND acc_port.product = f.product
-              AND acc_port.version = f.version))) AS is_port_accepted,
+    -- a port's acceptance by its target's name first, then by its address (each holds
+    -- or not on its own: one ANY join over both spellings took either, a stale one too)
+    ACCEPTED_FOR(acc_name, f) AS is_name_accepted,
+    (is_name_accepted OR ACCEPTED_FOR(acc_ip, f)) AS is_port_accepted,
     (is_port_accepted OR acc_host.target != '') AS is_accepted,
-    if(is_port_accepted, acc_port.note, acc_host.note) AS accepted_note,
-    if(is_port_accepted, acc_port.accepted_by, acc_host.accepted_by) AS accepted_by,
+    multiIf(is_name_accepted, acc_name.note, is_port_accepted, acc_ip.note, acc_host.note)
+        AS accepted_note,
+    multiIf(is_name_accepted, acc_name.accepted_by, is_port_accepted, acc_ip.accepted_by,
+            acc_host.accepted_by) AS accepted_by,
     -- NULL: no acceptance, or one with no expiry (stored as 1970: not "expired in 1970")
-    nullIf(if(is_port_accepted, acc_port.until, acc_host.until),
-           toDateTime64(0, 3, 'UTC')) AS accepted_until,
+    nullIf(multiIf(is_name_accepted, acc_name.until, is_port_accepted, acc_ip.until,
+                   acc_host.until), toDateTime64(0, 3, 'UTC')) AS accepted_until,
     if(is_current, 'open',
        if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
           'not seen in the latest scan',
@@ -246,9 +249,11 @@ LEFT JOIN (SELECT * FROM latest_scan WHERE {history:UInt8} = 1) AS history_scan
 -- (nmap_prior before prevalence: ClickHouse's analyzer resolves the other order wrongly)
 LEFT JOIN nmap_prior ON nmap_prior.proto = f.proto AND nmap_prior.port = f.port
 LEFT JOIN prevalence ON prevalence.proto = f.proto AND prevalence.port = f.port
-LEFT ANY JOIN accepted AS acc_port
-    ON (acc_port.target = f.ip OR acc_port.target = lowerUTF8(f.target))
-   AND acc_port.proto = f.proto AND acc_port.port = f.port
+LEFT ANY JOIN accepted AS acc_name
+    ON acc_name.target = lowerUTF8(f.target) AND acc_name.proto = f.proto
+   AND acc_name.port = f.port
+LEFT ANY JOIN accepted AS acc_ip
+    ON acc_ip.target = f.ip AND acc_ip.proto = f.proto AND acc_ip.port = f.port
 LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
     ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
 LEFT JOIN host_names ON host_names.target = f.target AND host_names.ip = f.ip

@@ -129,26 +129,28 @@ WITH
                f.risk_color AS color, f.is_cdn_expected AS is_cdn_expected,
                f.state AS state, f.product AS product,
                (f.is_cdn_expected = 0 AND f.state = 'open') AS is_scored,
-               (acc_port.target != ''
-                AND ((acc_port.service = '' AND acc_port.product = ''
-                      AND acc_port.version = '')
-                     OR (acc_port.service = f.service AND acc_port.product = f.product
-                         AND acc_port.version = f.version))) AS is_port_accepted,
+               ACCEPTED_FOR(acc_name, f) AS is_name_accepted,
+               (is_name_accepted OR ACCEPTED_FOR(acc_ip, f)) AS is_port_accepted,
                (is_port_accepted OR acc_host.target != '') AS is_accepted,
-               if(is_port_accepted,
-                  format('{}/{}: {} (by {})', toString(f.port), f.proto, acc_port.note,
-                         acc_port.accepted_by),
-                  format('all ports: {} (by {})', acc_host.note,
-                         acc_host.accepted_by)) AS accepted_text
+               multiIf(is_name_accepted,
+                       format('{}/{}: {} (by {})', toString(f.port), f.proto, acc_name.note,
+                              acc_name.accepted_by),
+                       is_port_accepted,
+                       format('{}/{}: {} (by {})', toString(f.port), f.proto, acc_ip.note,
+                              acc_ip.accepted_by),
+                       format('all ports: {} (by {})', acc_host.note,
+                              acc_host.accepted_by)) AS accepted_text
         -- (the host set inside the read, not after the joins: only the page's ports are
         -- read and joined)
         FROM (SELECT * FROM port_latest FINAL
               WHERE (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts)))) AS f
         INNER JOIN (SELECT * FROM scans WHERE (target, ip) IN (SELECT arrayJoin((SELECT hosts FROM page_hosts))))
             AS page_scans ON page_scans.target = f.target AND page_scans.ip = f.ip
-        LEFT ANY JOIN accepted AS acc_port
-            ON (acc_port.target = f.ip OR acc_port.target = lowerUTF8(f.target))
-           AND acc_port.proto = f.proto AND acc_port.port = f.port
+        LEFT ANY JOIN accepted AS acc_name
+            ON acc_name.target = lowerUTF8(f.target) AND acc_name.proto = f.proto
+           AND acc_name.port = f.port
+        LEFT ANY JOIN accepted AS acc_ip
+            ON acc_ip.target = f.ip AND acc_ip.proto = f.proto AND acc_ip.port = f.port
         LEFT ANY JOIN (SELECT * FROM accepted WHERE port = 0) AS acc_host
             ON (acc_host.target = f.ip OR acc_host.target = lowerUTF8(f.target))
         -- (port by port: the same ports as phase 1's groups, but for scans that overlap)

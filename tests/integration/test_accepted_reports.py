@@ -91,3 +91,34 @@ def test_accepted_ports_show_in_list_summary_and_web_until_the_version_changes(
     assert rows[("127.0.0.1", 6379)]["is_accepted"] == 0
     assert rows[("127.0.0.9", 23)]["is_accepted"] == 1
     assert [r.port for r in acc.list_active(store, NOW)] == [0]
+
+
+def test_a_port_accepted_under_both_spellings_shows_the_one_that_holds(store: Any) -> None:
+    named = Target(ip="127.0.0.1", target="Cache.Example", organization="Example Corp")
+
+    def seen(version: str, scan_id: str, when: datetime) -> None:
+        store.insert_findings([finding(named, 6379, "redis", "Redis key-value store",
+                                       version, scan_id, when)])
+        store.insert_host_scans([HostScan(scan_id=scan_id, target=named, started_at=when,
+                                          finished_at=when, ports_scanned=65535,
+                                          open_ports=1)])
+
+    # Given 7.0.15 accepted by address, and 7.2.4 seen since (stored, never compared:
+    # a stopped scan's sighting ends nothing) and accepted by the target's name
+    seen("7.0.15", "s1", NOW - timedelta(hours=2))
+    acc.accept(store, "127.0.0.1", "tcp", 6379, note="by address", by="alice", until=None,
+               now=NOW - timedelta(hours=1))
+    seen("7.2.4", "s2", NOW - timedelta(minutes=30))
+    acc.accept(store, "cache.example", "tcp", 6379, note="by name", by="bob", until=None,
+               now=NOW)
+    # Then the List and the Summary show the acceptance that holds (one join over both
+    # spellings took either: the stale one said "not accepted")
+    [row] = [r for r in store.report("list", {}).dicts() if r["port"] == 6379]
+    assert (row["is_accepted"], row["accepted_note"], row["accepted_by"]) == (
+        1, "by name", "bob")
+    [host] = store.report("summary", {}).dicts()
+    assert (host["accepted"], host["accepted_notes"]) == (1, ["6379/tcp: by name (by bob)"])
+    # And so does the per-target page's reading of it
+    found = acc.ActiveAcceptances.recorded(store, NOW.timestamp()).of_port(
+        "Cache.Example", "127.0.0.1", "tcp", 6379, ("redis", "Redis key-value store", "7.2.4"))
+    assert found is not None and found.note == "by name"
