@@ -170,11 +170,15 @@ def exact_filter(what: str) -> Callable[[click.Context, click.Parameter, str], s
     """A click callback for a filter matched exactly as stored (a product, a version: any
     character, blanks too, as the web API takes them), refused only when longer than
     anything stored, as the API refuses it (a direct report answered "no rows", the same
-    report through a running `serve` an error: a review)."""
+    report through a running `serve` an error: a review), or when blank: the API reads a
+    blank as no filter (a web form's empty field), so `--product ' '` matched nothing
+    directly and everything through a running `serve` (a review)."""
     def check(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
         from schemas.bounded import TEXT_CAP
         from schemas.filters import check_length
 
+        if value and not value.strip():
+            raise click.BadParameter(f"{what} is blank: leave the option out for any")
         try:
             check_length(what, value, TEXT_CAP)
         except ValueError as exc:

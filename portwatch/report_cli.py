@@ -48,7 +48,7 @@ _FLAGS = {"target": "--target", "org": "--org", "product": "--product",
 @click.option("--product-version", "product_version", default="", metavar="VERSION",
               callback=exact_filter("the version"),
               help="list: only this version (any case), of --product when given; '-': the "
-                   "ports that gave no version. Not --version: that is portwatch's own "
+                   "ports that gave no version (or '-'). Not --version: that is portwatch's own "
                    "(`portwatch --version`).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Only this port (0: any).")

@@ -245,7 +245,10 @@ def routes(web: WebApp) -> list[BaseRoute]:
             row["accepted"] = active.of_port(
                 row["target"], row["ip"], row["proto"], row["port"],
                 (row["service"], row["product"], row["version"])) if active.risks else None
-        events = changes_report(store, host=name, host_ip=ip, limit=MAX_EVENTS).dicts()
+        # one more than shown: 1,000 of 1,100 events read "Changes (1000)" (a review)
+        events = changes_report(store, host=name, host_ip=ip, limit=MAX_EVENTS + 1).dicts()
+        capped = len(events) > MAX_EVENTS
+        events = events[:MAX_EVENTS]
         scores = store.select("scores", history_sql("target_scores"),
                               {"target": name, "ip": ip}).dicts()
         if not (ports or events or scores):
@@ -257,7 +260,8 @@ def routes(web: WebApp) -> list[BaseRoute]:
                                   "scanned, or scanned under another name (open it from "
                                   "the Summary)", "summary")
         return web.render("target.html", active="summary", page_title=f"Target {name}",
-                          name=name, ip=ip, ports=ports, events=events, scores=scores)
+                          name=name, ip=ip, ports=ports, events=events, scores=scores,
+                          capped=capped)
 
     return [Route("/changes", changes, methods=["GET", "HEAD"]),
             Route("/target", target, methods=["GET", "HEAD"])]

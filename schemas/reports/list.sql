@@ -123,7 +123,8 @@ WITH
                OR lowerUTF8(if(page_scan.target = '', f.organization, page_scan.organization))
                   = lowerUTF8({org:String}))
           AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
-          -- '-' is the version of a product that gave none (the Products page's link)
+          -- '-' is the version of a product that gave none (the Products page's link),
+          -- or gave '-' itself (one Products row: products.sql)
           AND ({version:String} = ''
                OR ({version:String} = '-' AND f.version = '')
                OR lowerUTF8(f.version) = lowerUTF8({version:String}))

@@ -13,10 +13,12 @@ WITH
         FROM latest_host_scans
     )
 -- Rows are what the List's filters tell apart: product and version in any case are one
--- row (shown as their first spelling), so each row's drill-down lists its ports only.
+-- row (shown as their first spelling), so each row's drill-down lists its ports only. A
+-- version of "-" is no version, as the drill-down's "-" reads it ("Server: Acme/-" and
+-- "Server: Acme" were two rows of one instance whose links each listed both: a review).
 SELECT
     min(f.product) AS product,
-    min(f.version) AS version,
+    min(if(f.version = '-', '', f.version)) AS version,
     arrayStringConcat(arraySort(groupUniqArray(f.service)), ',') AS services,
     count() AS instances,
     uniqExact(f.ip) AS targets,
@@ -33,6 +35,6 @@ WHERE f.product != ''
   AND ({product:String} = '' OR lowerUTF8(f.product) = lowerUTF8({product:String}))
   AND ({port:UInt16} = 0 OR f.port = {port:UInt16})
   AND ({color:String} = '' OR f.risk_color = {color:String})
-GROUP BY lowerUTF8(f.product), lowerUTF8(f.version)
+GROUP BY lowerUTF8(f.product), if(f.version = '-', '', lowerUTF8(f.version))
 ORDER BY instances DESC, product, version
 LIMIT {limit:UInt64} OFFSET {offset:UInt64}

@@ -351,6 +351,12 @@ def test_malformed_nmap_data_is_one_line_naming_the_file(tmp_path: Path,
          "Invalid value for '--product': the product is too long (5000 characters; at "
          "most 4096)"),
         (["list", "--product-version", "1" * 4097], "the version is too long"),
+        # the API reads a blank as no filter: directly it matched nothing, through a
+        # running `serve` everything (a review)
+        (["list", "--product", "  "],
+         "Invalid value for '--product': the product is blank: leave the option out for "
+         "any"),
+        (["list", "--product-version", "\t"], "the version is blank"),
     ],
 )
 def test_bad_report_arguments_are_refused(store_dir: Path, args: list[str], message: str) -> None:

@@ -249,6 +249,28 @@ def test_target_page_has_ports_events_and_a_score_per_scan(web: Served) -> None:
     assert "Ports now (2)" in mapped and "Changes (3)" in mapped
 
 
+def test_target_page_says_when_it_shows_only_the_newest_events(
+        shared_chdb_path: Path) -> None:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host whose first scan opened 1,001 ports (1,001 events)
+    busy = Target(ip="127.0.0.7", target="127.0.0.7", organization="Busy Org")
+    found = [_finding("b1", busy, port, "", "", RiskColor.YELLOW, NOW)
+             for port in range(20000, 21001)]
+    with scratch_store(shared_chdb_path, "busy_target") as db:
+        _record(db, ChangeRecorder(db), "b1", busy, NOW, found)
+        with serve(create_app(ReportService(db))) as web:
+            body = _page(web, "/target?target=127.0.0.7&ip=127.0.0.7")
+    # Then its page shows the newest 1,000 and says there are more (it read "Changes
+    # (1000)", as if that were all: a review)
+    assert "Ports now (1001)" in body
+    assert "Changes (the newest 1,000)" in body
+    assert "More than 1,000 events, the newest 1,000 shown" in body
+    assert body.count("<td>opened</td>") == 1000
+
+
 @pytest.mark.parametrize("query", ["target=nope&ip=127.0.0.99", "target=127.0.0.1&ip=127.0.0.99",
                                    "target=nope"])
 def test_target_page_of_nothing_stored_is_a_404(web: Served, query: str) -> None:

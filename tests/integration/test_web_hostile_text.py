@@ -41,6 +41,8 @@ PRODUCTS = {  # port -> (product, version) as hostile servers sent them
     8081: ("Jetty", "9.4"),
     8082: ("jetty", "9.4"),  # another spelling: the same Products row as 8081
     8083: ("é" * 4096, "1"),  # the longest text stored: a 24 kB link (h11 took 16 KiB)
+    8084: ("Acme", ""),  # "Server: Acme"
+    8085: ("Acme", "-"),  # "Server: Acme/-": no version either, the same Products row
 }
 # what a page must never carry as it is
 HIDDEN = ("\u202e", "\x1b", "\x00")
@@ -88,13 +90,14 @@ def test_every_products_link_finds_the_ports_it_counts(web: Served) -> None:
     _, _, body = web.get("/products")
     links = re.findall(r'<a class="count-link" href="/list\?([^"]+)" aria-label="(\d+) open '
                        r"ports running", body)
-    # one link per product and version in any case: five rows, " Jetty " (no version)
-    # among them, and Jetty 9.4 counting both spellings
-    assert sorted(int(n) for _, n in links) == [1, 1, 1, 1, 2]
+    # one link per product and version in any case: six rows, " Jetty " (no version)
+    # among them, Jetty 9.4 counting both spellings, and Acme with no version counting
+    # the one whose version was "-" (two rows of 1 whose links each found 2: a review)
+    assert sorted(int(n) for _, n in links) == [1, 1, 1, 1, 2, 2]
     for query, instances in links:
         data = web.api("/api/v1/list?" + html.unescape(query))
         assert data["total"] == int(instances), query
     # and the version-less " Jetty " row's link is "-": its port only, not 9.4's too
-    [jetty] = [q for q, _ in links if "version=-" in q]
+    [jetty] = [q for q, _ in links if "version=-" in q and "Jetty" in q]
     rows = web.api("/api/v1/list?" + html.unescape(jetty))["rows"]
     assert [(r["port"], r["version"]) for r in rows] == [(8080, "")]
