@@ -149,6 +149,13 @@ def _catalogued(service: ServiceInfo) -> tuple[RiskColor, str, str]:
         entry = catalogue.get(name)
     if entry is None and service.is_tls and name in ("http", "www"):
         entry = catalogue.get("https")
+    elif entry is not None and service.service.lower().startswith(("ssl/", "tls/")):
+        # implicit TLS (nmap's tunnel prefix): the catalogue's TLS form of the service,
+        # where it has one (ssl/imap read "mail access in clear text unless STARTTLS is
+        # enforced", yellow, on a port that speaks nothing but TLS: a review)
+        tls_name = f"{name}s"
+        if tls_name in catalogue:
+            name, entry = tls_name, catalogue[tls_name]
     if entry is None:
         return RiskColor.YELLOW, f"service {name!r} not catalogued", name
     return entry.color, entry.reason, name

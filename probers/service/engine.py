@@ -228,6 +228,11 @@ def _http_request(ep: Endpoint) -> bytes:
 # Handshake failures that mean "the peer does not speak TLS at all".
 _NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF", "RECORD_LAYER_FAILURE",
                     "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
+# What an echo service's answer to a ClientHello fails with (our own ClientHello back,
+# where the ServerHello belongs); a TLS server sending a broken handshake message fails
+# alike, so the peer is asked once more, in plain text (``_echoes``).
+_ECHO_SUSPECT = "UNEXPECTED_MESSAGE"
+_ECHO_PROBE = b"portwatch: is this an echo service?\r\n"
 
 
 # -- probes ------------------------------------------------------------------------------
@@ -368,6 +373,19 @@ def _certificate_cn(writer: asyncio.StreamWriter) -> str:
     return sanitize(raw, 128, utf8=True)
 
 
+async def _echoes(ep: Endpoint, s: Settings) -> bool:
+    """Does the peer send back a line of plain text it is sent (RFC 862's echo)?"""
+    try:
+        async with _connect(ep, s.probe_timeout) as (reader, writer):
+            writer.write(_ECHO_PROBE)
+            await writer.drain()
+            data = await read_bounded(reader, timeout=s.probe_timeout, cap=len(_ECHO_PROBE),
+                                      is_complete=lambda got: len(got) >= len(_ECHO_PROBE))
+    except (OSError, TimeoutError):
+        return False
+    return data == _ECHO_PROBE
+
+
 async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     started = time.monotonic()
     try:
@@ -380,6 +398,10 @@ async def probe_tls(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
         reason = exc.reason or str(exc)
         if any(r in reason for r in _NOT_TLS_REASONS):
             return Outcome(ProbeKind.TLS, error=f"not TLS ({reason})")
+        # (an echo service read "ssl", "handshake failed: UNEXPECTED_MESSAGE", where nmap
+        # says echo: a review)
+        if _ECHO_SUSPECT in reason and await _echoes(ep, s):
+            return Outcome(ProbeKind.TLS, error="not TLS (it sends back what it gets)")
         # A TLS alert or a refused version: it speaks TLS, we could not finish. The method
         # says an alert only when the peer sent one (junk after a record header read
         # "tls:alert" too: a review)

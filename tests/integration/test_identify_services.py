@@ -352,3 +352,19 @@ def test_hostile_peers_on_a_kafka_port_name_nothing_and_stay_bounded(handler: ob
     assert outcome.kind is engine.ProbeKind.KAFKA
     assert outcome.info is None
     assert len(outcome.data) <= engine.KAFKA_FRAME_CAP + 4
+
+
+def _echo(conn: socket.socket) -> None:
+    """An echo service (RFC 862): every byte back, until the peer leaves."""
+    while data := conn.recv(4096):
+        conn.sendall(data)
+
+
+def test_an_echo_service_is_not_taken_for_tls() -> None:
+    # Given a service that sends back what it gets (our ClientHello too: it read "ssl",
+    # "handshake failed: UNEXPECTED_MESSAGE", where nmap says echo; a review)
+    with loopback.listen(_echo) as listener:
+        info = _identify("127.0.0.1", listener.port)
+    # Then it is not a TLS port, and it is named as `nmap -sV` names it
+    assert not info.is_tls
+    assert info.service == "echo"

@@ -151,6 +151,12 @@ def test_grade_bands(score: float, grade: str) -> None:
         ("telnet", False, 23, RiskColor.RED),
         ("ms-wbt-server", False, 3389, RiskColor.RED),
         ("imap", False, 143, RiskColor.YELLOW),
+        # implicit TLS is the catalogue's TLS form (not "clear text unless STARTTLS")
+        ("ssl/imap", True, 993, RiskColor.GREEN),
+        ("ssl/pop3", True, 995, RiskColor.GREEN),
+        ("imap", True, 143, RiskColor.YELLOW),  # STARTTLS offered, not enforced
+        ("tls/ftp", True, 990, RiskColor.YELLOW),  # not ftp's "clear-text credentials"
+        ("ssl/domain", True, 853, RiskColor.GREEN),  # no TLS form catalogued: the service's
         ("redis", False, 22, RiskColor.RED),  # the service decides, not the port number
         ("ssh", False, 6379, RiskColor.GREEN),
         ("gopher-plus-plus", False, 7070, RiskColor.YELLOW),  # not catalogued
