@@ -7,7 +7,8 @@ NTLMSSP challenge's target info and OS version when the server sends it), SNMP (
 engine discovery, which needs no community; v2c ``GET sysDescr.0`` with the conventional
 read community only when the user allows it), and the JSON version documents of
 Elasticsearch/OpenSearch (``/``) and Kubernetes (``/version``); and, where nmap knows
-nothing, a Kafka broker's ApiVersions answer.
+nothing, a Kafka broker's ApiVersions answer and memcached's ``version`` (nmap's lines
+name Memcached without one).
 
 Every answer is hostile: lengths are checked against what arrived, counts and nesting
 are capped, text is sanitized before it reaches a record, and no parser raises on any
@@ -610,9 +611,30 @@ def parse_kafka_api_versions(data: bytes, correlation_id: int = KAFKA_CORRELATIO
                        method="probe:kafka-apiversions", confidence=10)
 
 
-__all__ = ["AMQP_HEADER", "MQTT_DISCONNECT", "is_kubernetes_status", "is_whole_kafka_frame",
-           "kafka_api_versions_request", "mqtt_packets", "parse_kafka_api_versions",
-           "mqtt_request", "parse_amqp", "parse_kubernetes_version", "parse_mqtt",
-           "parse_search_refusal", "parse_search_root", "parse_smb2_negotiate", "parse_snmp",
-           "parse_ntlm_challenge", "smb2_negotiate_request", "smb2_session_setup_request",
-           "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]
+# -- memcached ------------------------------------------------------------------------------
+
+# The text protocol's ``version`` command (memcached protocol.txt, "General-purpose
+# commands"): "VERSION <version>\r\n", on a server that asks no authentication. A
+# SASL-only server answers ERROR-class lines: named by nmap's probes, without a version.
+MEMCACHED_VERSION_REQUEST = b"version\r\n"
+_MEMCACHED_VERSION = re.compile(rb"VERSION (\d{1,4}(?:\.\d{1,6}){1,3}[0-9A-Za-z.+~-]{0,24})\r\n")
+
+
+def parse_memcached_version(data: bytes) -> ServiceInfo | None:
+    """memcached's answer to ``version``; None for anything else."""
+    found = _MEMCACHED_VERSION.match(data)
+    if found is None:
+        return None
+    version = found.group(1).decode("ascii")
+    return ServiceInfo(service="memcached", product="Memcached", version=version,
+                       cpe=_cpe("memcached", "memcached", version),
+                       method="probe:memcached-version", confidence=10)
+
+
+__all__ = ["AMQP_HEADER", "MEMCACHED_VERSION_REQUEST", "MQTT_DISCONNECT",
+           "is_kubernetes_status", "is_whole_kafka_frame", "kafka_api_versions_request",
+           "mqtt_packets", "mqtt_request", "parse_amqp", "parse_kafka_api_versions",
+           "parse_kubernetes_version", "parse_memcached_version", "parse_mqtt",
+           "parse_ntlm_challenge", "parse_search_refusal", "parse_search_root",
+           "parse_smb2_negotiate", "parse_snmp", "smb2_negotiate_request",
+           "smb2_session_setup_request", "snmp_v2c_get_sysdescr", "snmp_v3_discovery"]

@@ -48,6 +48,7 @@ from enum import StrEnum
 from probers.service.app_protocols import (
     AMQP_HEADER,
     KAFKA_FRAME_CAP,
+    MEMCACHED_VERSION_REQUEST,
     MQTT_DISCONNECT,
     is_kubernetes_status,
     is_whole_kafka_frame,
@@ -56,6 +57,7 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kafka_api_versions,
     parse_kubernetes_version,
+    parse_memcached_version,
     parse_mqtt,
     parse_ntlm_challenge,
     parse_search_refusal,
@@ -119,6 +121,7 @@ class ProbeKind(StrEnum):
     K8S_VERSION = "kubernetes-version"  # GET /version inside TLS, after a k8s Status answer
     KAFKA = "kafka-apiversions"  # ApiVersions v0: the protocol nmap does not know
     KAFKA_TLS = "kafka-apiversions-tls"  # the same inside TLS (an SSL listener)
+    MEMCACHED = "memcached-version"  # version: nmap's lines name Memcached without one
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,6 +440,14 @@ async def probe_redis(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
 _PG_FUTURE_STARTUP = (9).to_bytes(4, "big") + (0xFFFF_0000).to_bytes(4, "big") + b"\x00"
 
 
+async def probe_memcached(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
+    async with _connect(ep, s.probe_timeout) as (reader, writer):
+        writer.write(MEMCACHED_VERSION_REQUEST)
+        await writer.drain()
+        data = await read_bounded(reader, timeout=s.probe_timeout, until=b"\r\n", cap=256)
+    return Outcome(ProbeKind.MEMCACHED, parse_memcached_version(data), data)
+
+
 async def probe_postgres(ep: Endpoint, s: Settings, port_hint: str) -> Outcome:
     async with _connect(ep, s.probe_timeout) as (reader, writer):
         # SSLRequest: int32 length 8, int32 code 80877103 (PostgreSQL protocol, 54.2.10)
@@ -650,6 +661,7 @@ PROBES: dict[ProbeKind, ProbeImpl] = {
     ProbeKind.K8S_VERSION: probe_kubernetes,
     ProbeKind.KAFKA: probe_kafka,
     ProbeKind.KAFKA_TLS: probe_kafka_tls,
+    ProbeKind.MEMCACHED: probe_memcached,
 }
 
 # -- plan --------------------------------------------------------------------------------
@@ -664,13 +676,14 @@ PORT_HINTS: dict[int, str] = {21: "ftp", 25: "smtp", 587: "smtp", 2525: "smtp", 
                               445: "microsoft-ds",
                               # Kafka: the default listener, the usual second (TLS or
                               # external) ones, KRaft's controller, Confluent's images
-                              9092: "kafka", 9093: "kafka", 9094: "kafka", 29092: "kafka"}
+                              9092: "kafka", 9093: "kafka", 9094: "kafka", 29092: "kafka",
+                              11211: "memcached"}
 HINT_FIRST: dict[str, ProbeKind] = {"redis": ProbeKind.REDIS_INFO,
                                     "postgresql": ProbeKind.POSTGRES_SSL,
                                     "ms-wbt-server": ProbeKind.RDP,
                                     "mqtt": ProbeKind.MQTT, "secure-mqtt": ProbeKind.MQTT_TLS,
                                     "amqp": ProbeKind.AMQP, "microsoft-ds": ProbeKind.SMB,
-                                    "kafka": ProbeKind.KAFKA}
+                                    "kafka": ProbeKind.KAFKA, "memcached": ProbeKind.MEMCACHED}
 # NULL already sends GET / when the port is silent, so HTTP_GET runs only where it
 # goes first (HTTP ports); the rest follow in order of how often they name a port.
 # Redis before PostgreSQL: PostgreSQL closes at once on "INFO", while Redis waits for
@@ -687,6 +700,8 @@ FOLLOW_UP: dict[str, ProbeKind] = {"ssl": ProbeKind.TLS, "https": ProbeKind.TLS,
 # ours can name: asked after nmap, as nmap runs its version scripts after its probes.
 AFTER_NMAP: dict[str, ProbeKind] = {"mqtt": ProbeKind.MQTT, "amqp": ProbeKind.AMQP,
                                     "microsoft-ds": ProbeKind.SMB}
+# ... and services nmap names with a product but no version that one of ours can date
+VERSION_AFTER_NMAP: dict[str, ProbeKind] = {"memcached": ProbeKind.MEMCACHED}
 # ... and the one to send instead when that service was found inside TLS
 INSIDE_TLS: dict[ProbeKind, ProbeKind] = {ProbeKind.MQTT: ProbeKind.MQTT_TLS}
 # A probe planned first by a port hint, then its twin across TLS: MQTT's secure port may
@@ -706,11 +721,14 @@ TLS_GUESS_TIMEOUT = 1.5
 
 
 def after_nmap(best: ServiceInfo | None, *, is_tls: bool) -> ProbeKind | None:
-    """Our probe that can name the product of a service found without one (None: none
-    can); its TLS variant when the port spoke TLS."""
-    if best is None or best.product:
+    """Our probe that can name the product of a service found without one, or date one
+    found without a version (None: none can); its TLS variant when the port spoke TLS."""
+    if best is None:
         return None
-    after = AFTER_NMAP.get(best.service)
+    if best.product:
+        after = None if best.version else VERSION_AFTER_NMAP.get(best.service)
+    else:
+        after = AFTER_NMAP.get(best.service)
     if after is not None and (best.is_tls or is_tls):
         return INSIDE_TLS.get(after, after)
     return after
@@ -763,6 +781,9 @@ def better_of(ours: ServiceInfo | None, theirs: ServiceInfo | None) -> ServiceIn
         return replace(theirs, extra_info=extra[:300], headers=theirs.headers or ours.headers)
     if ours.product and not theirs.product:
         return ours
+    if (theirs.version and not ours.version
+            and theirs.product.casefold() == ours.product.casefold()):
+        return replace(theirs, headers=theirs.headers or ours.headers)  # the same, dated
     if theirs.confidence > ours.confidence:
         # (the headers ours read stay: the CDN verdict and the pivots read them)
         return replace(theirs, headers=theirs.headers or ours.headers)

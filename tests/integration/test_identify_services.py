@@ -368,3 +368,18 @@ def test_an_echo_service_is_not_taken_for_tls() -> None:
     # Then it is not a TLS port, and it is named as `nmap -sV` names it
     assert not info.is_tls
     assert info.service == "echo"
+
+
+def test_memcached_on_any_port_is_dated_as_memcached_says() -> None:
+    # Given a real memcached on a port no hint knows (nmap's lines named it Memcached
+    # with no version: a review)
+    truth = subprocess.run([servers.require_binary("memcached", "/usr/bin/memcached"), "-V"],
+                           capture_output=True, text=True, check=True).stdout.split()[1]
+    with daemons.start_memcached() as server:
+        info = _identify("127.0.0.1", server.port, budget=20)
+    # Then our version request after nmap's probes dates it, as `memcached -V` says
+    assert (info.service, info.product, info.version) == ("memcached", "Memcached", truth)
+    assert info.cpe == f"cpe:/a:memcached:memcached:{truth}"
+    assert "memcached-version" in info.tried
+    # and on its own port the request goes first
+    assert engine.plan(11211)[0] is engine.ProbeKind.MEMCACHED

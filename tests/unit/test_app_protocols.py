@@ -20,6 +20,7 @@ from probers.service.app_protocols import (
     parse_amqp,
     parse_kafka_api_versions,
     parse_kubernetes_version,
+    parse_memcached_version,
     parse_mqtt,
     parse_ntlm_challenge,
     parse_search_refusal,
@@ -254,7 +255,8 @@ def test_the_ntlm_challenge_names_the_smb_server() -> None:
 
 
 _PARSERS = (parse_mqtt, parse_amqp, parse_snmp, parse_smb2_negotiate, parse_search_root,
-            parse_search_refusal, parse_kubernetes_version, parse_kafka_api_versions)
+            parse_search_refusal, parse_kubernetes_version, parse_kafka_api_versions,
+            parse_memcached_version)
 
 
 @settings(max_examples=300, deadline=None)
@@ -274,6 +276,7 @@ def test_ntlm_challenge_parser_never_raises(data: bytes) -> None:
     st.binary(max_size=300).map(lambda b: MOSQUITTO[:8] + b),
     st.binary(max_size=600).map(lambda b: RABBITMQ[:40] + b),
     st.binary(max_size=600).map(lambda b: KAFKA_BROKER[:14] + b),
+    st.binary(max_size=80).map(lambda b: b"VERSION 1." + b),
     st.integers(0, len(KAFKA_BROKER) - 1).map(
         lambda n: KAFKA_BROKER[:n] + bytes([KAFKA_BROKER[n] ^ 0x80]) + KAFKA_BROKER[n + 1:]),
     st.integers(0, len(RABBITMQ)).map(lambda n: RABBITMQ[:n] + RABBITMQ[n + 1:]),
@@ -359,3 +362,14 @@ def test_the_kafka_request_is_api_versions_v0_with_our_correlation_id() -> None:
     assert is_whole_kafka_frame(KAFKA_BROKER) and not is_whole_kafka_frame(KAFKA_BROKER[:-1])
     # a size no answer takes ends the read at once (the parser then refuses it)
     assert is_whole_kafka_frame(struct.pack(">i", 2**31 - 1))
+
+
+def test_memcached_dates_itself_on_version() -> None:
+    info = parse_memcached_version(b"VERSION 1.6.18\r\n")
+    assert info is not None
+    assert (info.service, info.product, info.version, info.cpe, info.confidence) == (
+        "memcached", "Memcached", "1.6.18", "cpe:/a:memcached:memcached:1.6.18", 10)
+    # a SASL-only server's refusal, an unfinished line, a version that is not one
+    for answer in (b"ERROR\r\n", b"CLIENT_ERROR unauthenticated\r\n", b"VERSION 1.6.18",
+                   b"VERSION <script>\r\n", b"VERSION 1.6.18\x1b[31m\r\n"):
+        assert parse_memcached_version(answer) is None, answer

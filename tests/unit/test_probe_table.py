@@ -34,11 +34,13 @@ def test_every_probe_kind_has_an_implementation() -> None:
 def test_every_probe_kind_can_be_reached_by_the_plan() -> None:
     # By the default order, by a port hint, by an answer asking for it (follow-ups,
     # Kubernetes' Status answer), or after nmap named the service without a product
-    hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 8883, 5672, 445, 9092)}
+    hinted = {plan(p)[0] for p in (80, 443, 3389, 5432, 6379, 1883, 8883, 5672, 445, 9092,
+                                   11211)}
     # (a hinted probe's twin, sent second: plaintext MQTT after TLS, Kafka's TLS after plain)
     twins = set(engine.TWIN_AFTER.values())
     reachable = (set(DEFAULT_ORDER) | hinted | twins | set(FOLLOW_UP.values())
-                 | set(engine.AFTER_NMAP.values()) | {ProbeKind.K8S_VERSION})
+                 | set(engine.AFTER_NMAP.values()) | set(engine.VERSION_AFTER_NMAP.values())
+                 | {ProbeKind.K8S_VERSION})
     assert reachable == set(ProbeKind)
     assert {plan(1883)[0], plan(8883)[0], plan(5672)[0], plan(445)[0], plan(9092)[0]} == {
         ProbeKind.MQTT, ProbeKind.MQTT_TLS, ProbeKind.AMQP, ProbeKind.SMB, ProbeKind.KAFKA}
