@@ -1,16 +1,24 @@
 """Accepted risks' rows: the columns of ``accepted_risks``, their versions, the one rule
-of when a port's new identification ends its acceptance, and the ends the change
-recorder writes.
+of when a port's identification ends its acceptance, and what the change recorder
+writes when a compared scan names an accepted port.
 
 Owns: the row layout both writers share (``portwatch accept``, in
 ``portwatch/alerts/accepted.py``, adds, removes and judges acceptances; the change
-recorder, ``history.py``, ends one when a compared scan finds another service, product
-or version on its port) and ``ends_acceptance``, the rule both apply.
+recorder, ``history.py``, hands every completed comparison's ports to
+``judge_acceptances``) and the rule both apply (``ends_acceptance``, ``is_in_force``).
 
-Why here: the recorder runs in both shapes (the embedded scan, the distributed sink),
-with or without alerting. An acceptance ended only by the alerting path outlived a
-change no alert rule was asked about, and came back in force when the port rolled
-back to the version accepted (a review).
+The rule: a port acceptance notes the port's service, product and version when it is
+made (none when the port was not named yet: the first completed scan that names it
+notes them). A completed scan that names the port otherwise ends it, for good: the old
+version coming back is not accepted again. A scan that cannot name the port (a busy
+server that said nothing) judges nothing; an interrupted scan, or one that did not cover
+the port, is not compared, so it judges nothing either.
+
+Why here, in the recorder: it runs in both shapes (the embedded scan, the distributed
+sink), alerting or not. Ended by the alerting path alone, an acceptance outlived a
+change no alert rule was asked about and came back in force when the port rolled back;
+and that path judged by whatever the store showed, an interrupted scan's rows included
+(two reviews).
 
 Must not touch: delivery, the network, the rest of the change history.
 """
@@ -19,25 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
+
+from schemas.records import Proto
+from stream_processors.changes import HostScanView
 
 COLUMNS = ("target", "proto", "port", "note", "accepted_by", "accepted_at", "until",
            "service", "product", "version", "is_removed", "revision")
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 Identity = tuple[str, str, str]  # a port's (service, product, version)
-
-
-class Renamed(NamedTuple):
-    """A port whose identification a compared scan changed (named before or not)."""
-
-    target: str
-    ip: str
-    proto: str
-    port: int
-    before: Identity
-    after: Identity
-    at: datetime  # when the scan that found ``after`` finished
 
 
 def revision(at: datetime) -> int:
@@ -54,48 +53,76 @@ def end_row(target: str, proto: str, port: int, accepted_at: datetime,
             revision(max(now, accepted_at)) + 1]
 
 
-def ends_acceptance(accepted: Identity, before: Identity, after: Identity) -> bool:
-    """Does a port that went from ``before`` to ``after`` end an acceptance recorded
-    with ``accepted`` (empty: the port was not named when it was accepted)?
-
-    A port no scan could name (``after`` empty: a busy server that said nothing) is not
-    judged: one such scan once ended an acceptance for good. An acceptance recorded
-    before its port was named ends at the first change between two names."""
-    if not any(after):
-        return False
-    if any(accepted):
-        return after != accepted
-    return any(before) and before != after
+def ends_acceptance(accepted: Identity, named: Identity) -> bool:
+    """Does a completed scan that named the port ``named`` end an acceptance that noted
+    ``accepted``? (Nothing noted: the scan notes it instead, see ``judge_acceptances``.)"""
+    return any(accepted) and any(named) and named != accepted
 
 
 def is_in_force(accepted: Identity, now: Identity) -> bool:
-    """A port acceptance still holds for a port named ``now``: as ``ends_acceptance``
-    judges it, the report SQL's ``is_port_accepted`` (list.sql, summary.sql) included."""
+    """A port acceptance still holds for a port shown as ``now`` (what the store's
+    latest row says, an interrupted scan's included): nothing noted, the port not named
+    now, or named as noted. The report SQL's ``ACCEPTED_FOR`` (schemas/__init__.py) is
+    the same rule."""
     return not any(accepted) or not any(now) or accepted == now
 
 
-def end_renamed(store: Any, renamed: Sequence[Renamed], now: datetime) -> int:
-    """End every acceptance in force that ``renamed`` breaks (``ends_acceptance``), by
-    either spelling of its host (the address, the target in lower case), and only by a
-    scan that finished after it was accepted; the number ended."""
-    if not renamed or not store.query(
-            "SELECT count() > 0 FROM accepted_risks WHERE is_removed = 0")[0][0]:
-        return 0  # (most stores accept nothing: 0.8 ms, where the read below takes 3.5)
-    by_port: dict[tuple[str, str, int], list[Renamed]] = {}
-    for r in renamed:
-        for name in {r.ip, r.target.lower()}:
-            by_port.setdefault((name, r.proto, r.port), []).append(r)
-    rows = store.query(
-        "SELECT target, proto, port, accepted_at, service, product, version "
-        "FROM accepted_risks FINAL WHERE is_removed = 0 AND port > 0 "
-        "AND target IN {names:Array(String)}",
-        {"names": sorted({name for name, _, _ in by_port})})
-    ended = []
-    for target, proto, port, accepted_at, service, product, version in rows:
-        accepted_at = accepted_at if accepted_at.tzinfo else accepted_at.replace(tzinfo=UTC)
-        accepted = (str(service), str(product), str(version))
-        if any(r.at > accepted_at and ends_acceptance(accepted, r.before, r.after)
-               for r in by_port.get((str(target), str(proto), int(port)), ())):
-            ended.append(end_row(str(target), str(proto), int(port), accepted_at, now))
-    store.insert_rows("accepted_risks", COLUMNS, ended)
-    return len(ended)
+_ACTIVE_PORTS_SQL = (
+    "SELECT target, proto, port, note, accepted_by, accepted_at, until, service, product, "
+    "version, revision FROM accepted_risks FINAL WHERE is_removed = 0 AND port > 0 "
+    "AND (until = toDateTime64(0, 3, 'UTC') OR until > {now:DateTime64(3, 'UTC')})")
+
+
+def judge_acceptances(store: Any, compared: Sequence[HostScanView], now: datetime) -> int:
+    """Judge every port acceptance in force on the ports the completed scans
+    ``compared`` named (by either spelling of the host: its address, its target in lower
+    case), by a scan that finished after the acceptance: one that noted nothing notes
+    the name (a row that replaces it), one named otherwise ends. The number of rows
+    written."""
+    if not compared or not store.query(
+            "SELECT count() > 0 FROM accepted_risks WHERE is_removed = 0 AND port > 0")[0][0]:
+        return 0  # (most stores accept nothing: one 0.8 ms question per call)
+    by_name: dict[str, list[tuple[Any, ...]]] = {}
+    for row in store.query(_ACTIVE_PORTS_SQL, {"now": now}):
+        by_name.setdefault(str(row[0]), []).append(row)
+    written: dict[tuple[str, str, int], list[Any]] = {}
+    noted: dict[tuple[str, str, int], Identity] = {}  # as this call left it
+    for view in sorted(compared, key=lambda v: v.finished_at):  # a later scan's word last
+        for name in {view.target.ip, view.target.target.lower()}:
+            for row in by_name.get(name, ()):
+                (target, proto, port, note, by, accepted_at, until,
+                 service, product, version, was) = row
+                key = (str(target), str(proto), int(port))
+                named = _named(view, key[1], key[2])
+                accepted_at = _aware(accepted_at)
+                if named is None or view.finished_at <= accepted_at:
+                    continue
+                accepted = noted.get(key, (str(service), str(product), str(version)))
+                if written.get(key, [None] * 11)[10] == 1:
+                    continue  # ended by an earlier scan of this call
+                if not any(accepted):
+                    noted[key] = named
+                    written[key] = [*key, note, by, accepted_at, _aware(until), *named, 0,
+                                    max(revision(now), int(was) + 2)]
+                elif ends_acceptance(accepted, named):
+                    end = end_row(*key, accepted_at, now)
+                    end[11] = max(end[11], int(was) + 1, written.get(key, end)[11] + 1)
+                    written[key] = end
+    store.insert_rows("accepted_risks", COLUMNS, list(written.values()))
+    return len(written)
+
+
+def _named(view: HostScanView, proto: str, port: int) -> tuple[str, str, str] | None:
+    """The port as ``view``'s scan named it; None: not seen open, cut short or unnamed."""
+    try:
+        seen = view.ports.get((Proto(proto), port))
+    except ValueError:
+        return None
+    if seen is None or not seen.is_open or seen.is_incomplete:
+        return None
+    named = (seen.service, seen.product, seen.version)
+    return named if any(named) else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

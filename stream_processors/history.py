@@ -55,7 +55,7 @@ from schemas.records import (
     Severity,
     Target,
 )
-from stream_processors.acceptances import Renamed, end_renamed
+from stream_processors.acceptances import judge_acceptances
 from stream_processors.changes import (
     EPOCH,
     INCOMPLETE,
@@ -298,8 +298,9 @@ class _Rows:
     hosts: list[list[Any]] = field(default_factory=list)
     ports: list[list[Any]] = field(default_factory=list)
     carried: list[list[Any]] = field(default_factory=list)
-    # Ports this call named otherwise: their acceptances may end (acceptances.py)
-    renamed: list[Renamed] = field(default_factory=list)
+    # The completed scans this call compared: what they named judges the acceptances of
+    # their ports (acceptances.py)
+    compared: list[HostScanView] = field(default_factory=list)
 
     def add(self, view: HostScanView, previous: HostState | None,
             events: Sequence[ChangeEvent], state: HostState | None,
@@ -309,6 +310,7 @@ class _Rows:
             self._carry_past_a_partly_completed_scan(view, previous)
             return
         finished_at = view.finished_at
+        self.compared.append(view)
         self.hosts.append([state.target.target, state.target.ip, view.scan_id, finished_at,
                            int(state.is_reachable), fingerprint(state.open_ports)])
         if not state.is_reachable:
@@ -335,18 +337,8 @@ class _Rows:
             self.ports.extend(_port_row(state.target, s, finished_at)
                               for s in state.ports.values())
             return
-        replaced = [(k, s) for k, s in state.ports.items() if previous.ports.get(k) is not s]
-        self.ports.extend(_port_row(state.target, s, finished_at) for _, s in replaced)
-        t = state.target
-        for k, s in replaced:
-            was = previous.ports.get(k)
-            if was is None or s.is_incomplete or not s.is_open:
-                continue
-            before, after = (was.service, was.product, was.version), \
-                (s.service, s.product, s.version)
-            if before != after:
-                self.renamed.append(Renamed(t.target, t.ip, k[0].value, k[1], before, after,
-                                            finished_at))
+        self.ports.extend(_port_row(state.target, s, finished_at)
+                          for k, s in state.ports.items() if previous.ports.get(k) is not s)
 
 
     def _carry_past_a_partly_completed_scan(self, view: HostScanView,
@@ -384,6 +376,8 @@ class _Rows:
 
     def add_unchanged(self, fast: Iterable[tuple[HostScanView, HostRow]]) -> None:
         """Hosts whose scan matches their stored fingerprint: only their scan moves."""
+        fast = list(fast)
+        self.compared.extend(view for view, _ in fast)
         self.hosts.extend([view.target.target, view.target.ip, view.scan_id,
                            view.finished_at, 1, row.fingerprint] for view, row in fast)
 
@@ -392,9 +386,9 @@ def write_rows(store: Store, rows: _Rows) -> None:
     """Events and carried ports first, then the states: a crash in between recomputes the
     same rows against the old states on replay, and the tables' keys merge them (once the
     host's state names this scan, a replay reads its events back and computes nothing).
-    Before all, the acceptances a renamed port ends: recomputed after a crash, the same
-    change ends nothing more."""
-    end_renamed(store, rows.renamed, datetime.now(UTC))
+    Before all, what the compared scans named does to their ports' acceptances: judged
+    again after a crash, the same scans write the same verdicts."""
+    judge_acceptances(store, rows.compared, datetime.now(UTC))
     store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
     store.insert_rows("carried_history", CARRIED_COLUMNS, rows.carried)  # none: no insert
     store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)

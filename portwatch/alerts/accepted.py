@@ -15,7 +15,7 @@ are ``stream_processors/acceptances.py``'s.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from producers.targets import looks_like_hostname
 from schemas.bounded import TIME_MAX
 from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent, canonical_address
-from stream_processors.acceptances import COLUMNS, EPOCH, end_row, is_in_force, revision
+from stream_processors.acceptances import COLUMNS, EPOCH, is_in_force, revision
 
 NOTE_CAP = 500
 
@@ -161,12 +161,6 @@ def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> boo
     return True
 
 
-def _end(store: Any, risks: list[AcceptedRisk], now: datetime) -> None:
-    """Removal rows for ``risks``, each after its own acceptance whatever the clock."""
-    store.insert_rows("accepted_risks", COLUMNS, [
-        end_row(r.target, r.proto, r.port, r.accepted_at, now) for r in risks])
-
-
 def list_active(store: Any, now: datetime) -> list[AcceptedRisk]:
     return ActiveAcceptances.load(store, now.timestamp()).risks
 
@@ -174,44 +168,39 @@ def list_active(store: Any, now: datetime) -> list[AcceptedRisk]:
 @dataclass
 class ActiveAcceptances:
     risks: list[AcceptedRisk]
+    # What each port of the acceptances' hosts shows now, by (target in lower case,
+    # address, proto, port): a port acceptance is judged on the row of the port an event
+    # is about, as the reports judge each row (list.sql: once per spelling)
+    shown: dict[tuple[str, str, str, int], tuple[str, str, str]] = field(
+        default_factory=dict)
 
     @classmethod
-    def load(cls, store: Any, now: float, *, end_broken: bool = False) -> ActiveAcceptances:
-        """The acceptances in force at ``now``. ``end_broken``: one whose port's service,
-        product or version changed is ended in the store (the alerting path), so that the
-        old version coming back is not accepted again: a rollback to the very version
-        accepted went unalerted (a review, 2026-12-06)."""
-        moment = datetime.fromtimestamp(now, UTC)
-        candidates = cls.recorded(store, now).risks
-        port_specific = [a for a in candidates if a.port]
-        current: dict[tuple[str, str, int], tuple[str, str, str]] = {}
-        if port_specific:
-            names = sorted({a.target for a in port_specific})
-            rows = store.query(
-                "SELECT target, ip, proto, port, service, product, version "
-                "FROM current_findings WHERE target IN {names:Array(String)} "
-                "OR ip IN {names:Array(String)} ORDER BY last_seen", {"names": names})
-            # the newest row of each address, then of each spelling over it: an
-            # acceptance of 127.0.0.1 is judged on what 127.0.0.1 shows, not on a stale
-            # row of `localhost` (a review, 2026-12-06)
-            for by_target in (False, True):
-                for target, ip, proto, port, service, product, version in rows:
-                    key = str(target).lower() if by_target else str(ip)
-                    current[(key, str(proto), int(port))] = (
-                        str(service), str(product), str(version))
-        active, broken = [], []
-        for risk in candidates:
-            now_identity = current.get((risk.target, risk.proto, risk.port))
-            # (a port no scan could name this time changed nothing: one scan that failed
-            # to identify it ended the acceptance for good)
-            if risk.port and now_identity is not None and not is_in_force(
-                    (risk.service, risk.product, risk.version), now_identity):
-                broken.append(risk)  # the service changed since it was accepted: alert again
-                continue
-            active.append(risk)
-        if end_broken and broken:
-            _end(store, broken, moment)
-        return cls(active)
+    def load(cls, store: Any, now: float) -> ActiveAcceptances:
+        """The acceptances in force at ``now``: recorded, not ended, not expired, and for
+        a port, in force on one of its rows at least (``is_in_force``: a port named
+        otherwise since its last completed scan, which the recorder ends at the next
+        one, shows as not accepted meanwhile). Judging only: the ends are written by the
+        change recorder (stream_processors/acceptances.py) after completed scans; this
+        path once ended them on an interrupted scan's rows (a review)."""
+        recorded = cls.recorded(store, now).risks
+        names = sorted({a.target for a in recorded if a.port})
+        shown: dict[tuple[str, str, str, int], tuple[str, str, str]] = {}
+        if names:
+            for target, ip, proto, port, service, product, version in store.query(
+                    "SELECT target, ip, proto, port, service, product, version "
+                    "FROM current_findings WHERE lowerUTF8(target) IN {names:Array(String)} "
+                    "OR ip IN {names:Array(String)} ORDER BY last_seen", {"names": names}):
+                shown[(str(target).lower(), str(ip), str(proto), int(port))] = (
+                    str(service), str(product), str(version))  # the newest row last
+        found = cls([], shown)
+        found.risks = [r for r in recorded if not r.port or found._holds_somewhere(r)]
+        return found
+
+    def _holds_somewhere(self, risk: AcceptedRisk) -> bool:
+        noted = (risk.service, risk.product, risk.version)
+        rows = [identity for (target, ip, proto, port), identity in self.shown.items()
+                if risk.target in (target, ip) and (proto, port) == (risk.proto, risk.port)]
+        return not rows or any(is_in_force(noted, identity) for identity in rows)
 
     @classmethod
     def recorded(cls, store: Any, now: float) -> ActiveAcceptances:
@@ -245,12 +234,18 @@ class ActiveAcceptances:
                      if name in found), None)
 
     def covers(self, event: ChangeEvent) -> bool:
-        names = {event.target.target.lower(), event.target.ip}
+        """Is ``event``'s port (or host) accepted, judged on the row it is about?"""
+        target, ip = event.target.target.lower(), event.target.ip
         for risk in self.risks:
-            if risk.target not in names:
+            if risk.target not in (target, ip):
                 continue
-            if risk.port == 0 or (risk.port == event.port and risk.proto == event.proto.value):
+            if risk.port == 0:
                 return True
+            if (risk.port, risk.proto) == (event.port, event.proto.value):
+                shown = self.shown.get((target, ip, risk.proto, risk.port))
+                if shown is None or is_in_force((risk.service, risk.product, risk.version),
+                                                shown):
+                    return True
         return False
 
 

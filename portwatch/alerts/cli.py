@@ -655,8 +655,9 @@ def accept(where: str | None, note: str, until_text: str | None, accepted_by: st
     """Accept a known risk: it stops alerting and shows as accepted in the reports.
 
     It alerts again once the acceptance expires (--until), or for good once a completed
-    scan finds another service, product or version on the port (a scan that cannot name
-    the port changes nothing).
+    scan finds another service, product or version on the port than it had when
+    accepted (or, accepted before it was scanned, than the first scan found). An
+    interrupted scan, or one that cannot name the port, changes nothing.
 
     \b
     Examples:

@@ -210,7 +210,7 @@ class AlertDispatcher:
         if not events:
             return 0
         now = self.clock()
-        acceptances = ActiveAcceptances.load(self.store, now, end_broken=True)
+        acceptances = ActiveAcceptances.load(self.store, now)
         prevalence = self._prevalence({(e.proto.value, e.port) for e in events if e.port})
         wanted: dict[Key, ChangeEvent] = {}
         for event in events:

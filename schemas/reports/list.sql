@@ -230,15 +230,16 @@ SELECT
     ({history:UInt8} = 0 OR IS_CURRENT(f.last_scan_id, history_scan)) AS is_current,
     -- a port's acceptance by its target's name first, then by its address (each holds
     -- or not on its own: one ANY join over both spellings took either, a stale one too)
-    ACCEPTED_FOR(acc_name, f) AS is_name_accepted,
-    (is_name_accepted OR ACCEPTED_FOR(acc_ip, f)) AS is_port_accepted,
+    -- (the name's verdict written out each time, not aliased: an alias is a column of
+    -- the List's output)
+    (ACCEPTED_FOR(acc_name, f) OR ACCEPTED_FOR(acc_ip, f)) AS is_port_accepted,
     (is_port_accepted OR acc_host.target != '') AS is_accepted,
-    multiIf(is_name_accepted, acc_name.note, is_port_accepted, acc_ip.note, acc_host.note)
-        AS accepted_note,
-    multiIf(is_name_accepted, acc_name.accepted_by, is_port_accepted, acc_ip.accepted_by,
-            acc_host.accepted_by) AS accepted_by,
+    multiIf(ACCEPTED_FOR(acc_name, f), acc_name.note, is_port_accepted, acc_ip.note,
+            acc_host.note) AS accepted_note,
+    multiIf(ACCEPTED_FOR(acc_name, f), acc_name.accepted_by, is_port_accepted,
+            acc_ip.accepted_by, acc_host.accepted_by) AS accepted_by,
     -- NULL: no acceptance, or one with no expiry (stored as 1970: not "expired in 1970")
-    nullIf(multiIf(is_name_accepted, acc_name.until, is_port_accepted, acc_ip.until,
+    nullIf(multiIf(ACCEPTED_FOR(acc_name, f), acc_name.until, is_port_accepted, acc_ip.until,
                    acc_host.until), toDateTime64(0, 3, 'UTC')) AS accepted_until,
     if(is_current, 'open',
        if(closed.closed_at IS NULL OR closed.closed_at = toDateTime64(0, 3, 'UTC'),
