@@ -23,7 +23,7 @@ from producers.targets import looks_like_hostname
 from schemas.bounded import TIME_MAX
 from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent, canonical_address
-from stream_processors.acceptances import COLUMNS, EPOCH, is_in_force, revision
+from stream_processors.acceptances import COLUMNS, EPOCH, is_in_force, merge_ended, revision
 
 NOTE_CAP = 500
 
@@ -117,15 +117,27 @@ def parse_until(text: str, now: datetime) -> datetime:
 
 def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str,
            until: datetime | None, now: datetime) -> AcceptedRisk:
-    """Record an acceptance, with the port's current identification (if it has one)."""
+    """Record an acceptance, with the port's identification as shown now: its latest
+    row, its own spelling's first (in any case, as everything else matches a target); a
+    row no scan could name (an interrupted scan's) gives way to the change state's, the
+    name its last completed scan gave. Noted empty (never named), the first completed
+    scan that names the port notes it."""
     service = product = version = ""
     if port:
+        where = ("(lowerUTF8(target) = {t:String} OR ip = {t:String}) "
+                 "AND proto = {proto:String} AND port = {port:UInt16}")
+        params = {"t": target, "proto": proto, "port": port}
+        # (an inventory's `Web-1` read no row, so nothing was noted and the next
+        # version was taken as the accepted one, unalerted: a review)
         rows = store.query(
-            "SELECT service, product, version FROM current_findings "
-            "WHERE (target = {t:String} OR ip = {t:String}) AND proto = {proto:String} "
-            "AND port = {port:UInt16} ORDER BY target = {t:String} DESC, last_seen DESC "
-            "LIMIT 1",  # its own spelling's row first, as ActiveAcceptances judges it
-            {"t": target, "proto": proto, "port": port})
+            f"SELECT service, product, version FROM current_findings WHERE {where} "
+            "ORDER BY lowerUTF8(target) = {t:String} DESC, last_seen DESC LIMIT 1", params)
+        if not rows or not any(rows[0]):
+            rows = store.query(
+                f"SELECT service, product, version FROM port_state FINAL WHERE {where} "
+                "AND is_open = 1 AND is_incomplete = 0 AND (service != '' OR product != '' "
+                "OR version != '') ORDER BY lowerUTF8(target) = {t:String} DESC, "
+                "updated_at DESC LIMIT 1", params) or rows
         if rows:
             service, product, version = (str(v) for v in rows[0])
     risk = AcceptedRisk(target, proto, port, note[:NOTE_CAP], by[:100], now, until,
@@ -158,6 +170,7 @@ def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> boo
         return False
     store.insert_rows("accepted_risks", COLUMNS, [[
         target, proto, port, "", "", now, EPOCH, "", "", "", 1, revision(now) + 1]])
+    merge_ended(store)
     return True
 
 

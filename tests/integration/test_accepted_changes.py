@@ -67,8 +67,10 @@ def test_a_version_change_ends_the_acceptance_so_a_rollback_alerts(store: Any) -
     second = _scanned(store, port, b"SSH-2.0-OpenSSH_9.0p1")
     assert {(e.kind, e.before, e.after) for e in second.change_events} == {
         (ChangeKind.VERSION_CHANGED, "8.9p1", "9.0p1")}
-    # Then the acceptance has ended in the store, everywhere
+    # Then the acceptance has ended in the store, everywhere, and its row is merged away
+    # (the recorder's screen counted it on every later comparison: a review)
     assert _views(store, port) == (0, 0, False)
+    assert store.query("SELECT count() FROM accepted_risks WHERE is_removed = 0")[0][0] == 0
     # And the version accepted coming back does not bring it back: its change alerts
     third = _scanned(store, port, b"SSH-2.0-OpenSSH_8.9p1")
     assert _views(store, port) == (0, 0, False)
@@ -118,13 +120,15 @@ def test_an_acceptance_made_before_the_port_was_seen_ends_at_its_first_change(
 
 
 def _interrupted_sighting(store: Any, port: int, version: str) -> None:
-    """The rows a scan stopped before its end leaves: the port's finding, and a host scan
-    that did not complete (the runner cannot be stopped at that point on cue)."""
+    """The rows a scan stopped before its end leaves: the port's finding (not named when
+    ``version`` is empty), and a host scan that did not complete (the runner cannot be
+    stopped at that point on cue)."""
     when = datetime.now(UTC)
+    named = ServiceInfo(service="ssh", product="OpenSSH", version=version) if version \
+        else ServiceInfo(method="unidentified", extra_info="interrupted")
     store.insert_findings([Finding(
         port=OpenPort(scan_id="cut", target=LOCAL, port=port, observed_at=when),
-        service=ServiceInfo(service="ssh", product="OpenSSH", version=version),
-        risk_color=RiskColor.GREEN)])
+        service=named, risk_color=RiskColor.GREEN)])
     store.insert_host_scans([HostScan("cut", LOCAL, when, when, 10, 1, status="interrupted")])
 
 
@@ -184,3 +188,27 @@ def test_alerting_judges_an_acceptance_on_the_row_its_event_is_about(store: Any)
     # back as accepted: a review)
     assert _alerted(store, localhost_closed.change_events, ChangeKind.CLOSED)
     assert not _alerted(store, address_closed.change_events, ChangeKind.CLOSED)
+
+
+def test_an_acceptance_notes_the_name_in_any_case_and_past_an_unnamed_row(
+        store: Any) -> None:
+    # Given a target written with capitals (an inventory's `LocalHost`) and a port on it
+    # whose latest row an interrupted scan left unnamed
+    port, other = loopback.free_port(), loopback.free_port()
+    capitals = Target(ip="127.0.0.1", target="LocalHost", organization="Example")
+    _scanned(store, port, b"SSH-2.0-OpenSSH_8.9p1", capitals)
+    _scanned(store, other, b"SSH-2.0-OpenSSH_8.9p1")
+    _interrupted_sighting(store, other, "")
+    # When both are accepted (as `portwatch accept` writes them: in lower case)
+    named = acc.accept(store, "localhost", "tcp", port, note="n", by="alice", until=None,
+                       now=datetime.now(UTC))
+    unnamed = acc.accept(store, "127.0.0.1", "tcp", other, note="n", by="alice",
+                         until=None, now=datetime.now(UTC))
+    # Then each notes the name its last completed scan gave (nothing was noted, so the
+    # next version was taken as the accepted one, unalerted: a review)
+    assert (named.product, named.version) == ("OpenSSH", "8.9p1")
+    assert (unnamed.product, unnamed.version) == ("OpenSSH", "8.9p1")
+    # And another version ends the first and alerts
+    second = _scanned(store, port, b"SSH-2.0-OpenSSH_9.0p1", capitals)
+    assert _alerted(store, second.change_events, ChangeKind.VERSION_CHANGED)
+    assert _views(store, port, capitals) == (0, 0, False)
