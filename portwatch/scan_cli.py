@@ -225,6 +225,15 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
             # started over without a word: a review)
             resumable = (f"; no shard had completed, so {checkpoint} holds nothing to "
                          "resume: the same command scans from the start")
+        if getattr(stats, "scanned_whole", False):
+            # every port was scanned and the hosts compared: only names are missing (it
+            # said "interrupted" beside hosts stored completed, whose changes counted: a
+            # review)
+            raise PortwatchError(
+                f"scan interrupted during identification: every port was scanned and "
+                f"compared; {stats.cut_short} open port(s) left unnamed (not judged "
+                f"until a scan names them); {stats.stored} findings kept",
+                EXIT_INTERRUPTED)
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept{resumable}",
                              EXIT_INTERRUPTED)
     if stats.failed_shards:
@@ -432,7 +441,9 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
     from portwatch.tables import print_end_screen
 
     out = out_console()
-    state = ("interrupted" if stats.interrupted else
+    state = ("interrupted during identification"
+             if stats.interrupted and getattr(stats, "scanned_whole", False) else
+             "interrupted" if stats.interrupted else
              "incomplete" if stats.failed_shards else "done")
     out.print(Text(
         f"scan {stats.scan_id} {state} in {stats.elapsed:.1f}s: {stats.hosts:,} host(s), "

@@ -82,6 +82,11 @@ class ScanStats:
     examined: int = 0  # open ports whose identification ended (named or not)
     stored: int = 0
     interrupted: bool = False
+    # Of an interrupted scan: every shard's discovery had completed (only identification
+    # was cut: its hosts are recorded completed and compared), and how many open ports
+    # were left unnamed by the stop (kept; not judged until a scan names them)
+    scanned_whole: bool = False
+    cut_short: int = 0
     # A stop was asked (Ctrl-C, SIGTERM): discovery no longer runs, so the progress
     # shows no rate or ETA from then on (a growing ETA for a scan that had stopped)
     stopping: bool = False
@@ -437,6 +442,8 @@ class EmbeddedRunner:
             # is still kept (stop_signal): watch stops after this scan.
             reached = {o.shard.shard_id for o in self._outcomes if not o.is_interrupted}
             stats.interrupted = bool(cut) or any(s not in reached for s in planned)
+            stats.scanned_whole = all(s in reached for s in planned)
+            stats.cut_short = len(cut)
             stats.finished = time.monotonic()
             await self._record_hosts(planned, stats, resumed, overtaken)
             # The scan's rows are all in: merge the pages' indexes once, here, rather

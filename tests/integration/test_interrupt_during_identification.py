@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from probers.discovery.connect import ConnectEngine
 from producers.shards import ScanPlan, new_scan_id
 from schemas.records import ChangeKind, Finding, OpenPort, PortRange, Target
@@ -140,6 +142,19 @@ def test_two_ctrl_c_during_identification_keep_ports_incomplete_and_change_nothi
     # attributes are not compared: no invented service change, nothing closed
     assert _status(store, second.scan_id) == ["completed"]
     assert second.change_events == []
+    # And the exit says so: scanned whole and compared, two ports left unnamed (it read
+    # "scan interrupted" beside a host stored completed: a review)
+    from portwatch.console import EXIT_INTERRUPTED, PortwatchError
+    from portwatch.scan_cli import raise_for_outcome
+
+    assert (second.scanned_whole, second.cut_short) == (True, 2)
+    with pytest.raises(PortwatchError) as stopped:
+        raise_for_outcome(second, None)
+    assert stopped.value.code == EXIT_INTERRUPTED
+    assert str(stopped.value) == (
+        "scan interrupted during identification: every port was scanned and compared; 2 "
+        f"open port(s) left unnamed (not judged until a scan names them); {second.stored} "
+        "findings kept")
 
 
 class TwoInterruptsOnceIdentifying(EmbeddedRunner):
