@@ -120,7 +120,8 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
     """Record an acceptance, with the port's identification as shown now: its latest
     row, its own spelling's first (in any case, as everything else matches a target); a
     row no scan could name (an interrupted scan's) gives way to the change state's, the
-    name its last completed scan gave. Noted empty (never named), the first completed
+    name its last completed scan gave (closed since, too: a port that reopened in an
+    interrupted scan noted nothing, a review). Noted empty (never named), the first completed
     scan that names the port notes it."""
     service = product = version = ""
     if port:
@@ -135,9 +136,9 @@ def accept(store: Any, target: str, proto: str, port: int, *, note: str, by: str
         if not rows or not any(rows[0]):
             rows = store.query(
                 f"SELECT service, product, version FROM port_state FINAL WHERE {where} "
-                "AND is_open = 1 AND is_incomplete = 0 AND (service != '' OR product != '' "
+                "AND is_incomplete = 0 AND (service != '' OR product != '' "
                 "OR version != '') ORDER BY lowerUTF8(target) = {t:String} DESC, "
-                "updated_at DESC LIMIT 1", params) or rows
+                "updated_at DESC LIMIT 1", params) or rows  # (closed since: its last name)
         if rows:
             service, product, version = (str(v) for v in rows[0])
     risk = AcceptedRisk(target, proto, port, note[:NOTE_CAP], by[:100], now, until,

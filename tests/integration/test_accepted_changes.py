@@ -7,10 +7,13 @@ says the same."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from portwatch.alerts import accepted as acc
 from schemas.records import (
@@ -212,3 +215,46 @@ def test_an_acceptance_notes_the_name_in_any_case_and_past_an_unnamed_row(
     second = _scanned(store, port, b"SSH-2.0-OpenSSH_9.0p1", capitals)
     assert _alerted(store, second.change_events, ChangeKind.VERSION_CHANGED)
     assert _views(store, port, capitals) == (0, 0, False)
+
+
+def test_a_port_closed_since_its_last_name_is_accepted_under_that_name(store: Any) -> None:
+    # Given a port named 8.9p1, closed by a completed scan, then seen again unnamed by
+    # an interrupted one
+    port = loopback.free_port()
+    _scanned(store, port, b"SSH-2.0-OpenSSH_8.9p1")
+    _scan(store, LOCAL, [port])  # nothing listens: closed
+    _interrupted_sighting(store, port, "")
+    # When it is accepted / Then its last name is noted (nothing was: a review), so the
+    # next version ends it and alerts
+    risk = acc.accept(store, "127.0.0.1", "tcp", port, note="n", by="alice", until=None,
+                      now=datetime.now(UTC))
+    assert (risk.product, risk.version) == ("OpenSSH", "8.9p1")
+    back = _scanned(store, port, b"SSH-2.0-OpenSSH_9.0p1")
+    assert _alerted(store, back.change_events, ChangeKind.VERSION_CHANGED)
+
+
+def test_a_refused_merge_costs_speed_not_the_scan(store: Any,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # Given an acceptance, and an engine that refuses to merge its table (merges
+    # stopped: OPTIMIZE is cancelled, as on a server without the right to run it)
+    port = loopback.free_port()
+    _scanned(store, port, b"SSH-2.0-OpenSSH_8.9p1")
+    _accept(store, port, "jump host")
+    store.command("SYSTEM STOP MERGES accepted_risks")
+    try:
+        # When a scan names the port otherwise
+        with caplog.at_level(logging.WARNING, "stream_processors.acceptances"):
+            second = _scanned(store, port, b"SSH-2.0-OpenSSH_9.0p1")
+        # Then the scan stores its change and ends the acceptance (it failed before its
+        # changes were stored: a review), and one warning says the merge was refused
+        assert [e.kind for e in second.change_events] == [ChangeKind.VERSION_CHANGED]
+        assert _views(store, port) == (0, 0, False)
+        assert [r.message.split(":")[0] for r in caplog.records] == [
+            "could not merge accepted_risks (acceptances stay correct; comparing scans "
+            "reads them until a merge)"]
+        # And a removal still succeeds
+        _accept(store, port, "again")
+        assert acc.remove(store, "127.0.0.1", "tcp", port, datetime.now(UTC))
+        assert acc.list_active(store, datetime.now(UTC)) == []
+    finally:
+        store.command("SYSTEM START MERGES accepted_risks")
