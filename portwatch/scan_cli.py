@@ -232,7 +232,8 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
             raise PortwatchError(
                 f"scan interrupted during identification: every port was scanned and "
                 f"compared; {stats.cut_short} open port(s) left unnamed (not judged "
-                f"until a scan names them); {stats.stored} findings kept",
+                f"until a scan names them: the same command scans again); "
+                f"{stats.stored} findings kept",
                 EXIT_INTERRUPTED)
         raise PortwatchError(f"scan interrupted: {stats.stored} findings kept{resumable}",
                              EXIT_INTERRUPTED)

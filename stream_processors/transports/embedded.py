@@ -451,8 +451,12 @@ class EmbeddedRunner:
             # the user asked to stop, and the next scan's end merges what this left.
             if not stats.interrupted:
                 await asyncio.to_thread(self.store.compact_page_indexes)
-            if checkpoint_path is not None and not stats.interrupted and not stats.errors:
-                Path(checkpoint_path).unlink(missing_ok=True)  # the scan is complete
+            # complete, or every shard discovered (only names were cut): nothing is left
+            # to resume (a kept checkpoint made the rerun scan nothing and say "done",
+            # the cut ports still unnamed: a review)
+            if (checkpoint_path is not None and not stats.errors
+                    and (not stats.interrupted or stats.scanned_whole)):
+                Path(checkpoint_path).unlink(missing_ok=True)
             if on_stats is not None:
                 on_stats(stats)
         # (nothing awaits after this: a signal before the caller's undo() is taken here)
