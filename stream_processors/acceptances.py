@@ -70,15 +70,14 @@ def is_in_force(accepted: Identity, now: Identity) -> bool:
     return not any(accepted) or not any(now) or accepted == now
 
 
-# The screen before the read below: no FINAL (the read's cost, 3 ms), so an ended row's
-# acceptance still counts until merged (``merge_ended``); an expired one does not.
-_ANY_IN_FORCE_SQL = (
-    "SELECT count() > 0 FROM accepted_risks WHERE is_removed = 0 AND port > 0 "
-    "AND (until = toDateTime64(0, 3, 'UTC') OR until > {now:DateTime64(3, 'UTC')})")
+# Port acceptances not removed, not expired: the screen counts them without FINAL (the
+# read's cost, 3 ms), so an ended one still counts until merged (``merge_ended``)
+_IN_FORCE = ("is_removed = 0 AND port > 0 AND (until = toDateTime64(0, 3, 'UTC') "
+             "OR until > {now:DateTime64(3, 'UTC')})")
+_ANY_IN_FORCE_SQL = f"SELECT count() > 0 FROM accepted_risks WHERE {_IN_FORCE}"
 _ACTIVE_PORTS_SQL = (
     "SELECT target, proto, port, note, accepted_by, accepted_at, until, service, product, "
-    "version, revision FROM accepted_risks FINAL WHERE is_removed = 0 AND port > 0 "
-    "AND (until = toDateTime64(0, 3, 'UTC') OR until > {now:DateTime64(3, 'UTC')})")
+    f"version, is_removed, revision FROM accepted_risks FINAL WHERE {_IN_FORCE}")  # COLUMNS
 
 
 def judge_acceptances(store: Any, compared: Sequence[HostScanView], now: datetime) -> int:
@@ -92,28 +91,22 @@ def judge_acceptances(store: Any, compared: Sequence[HostScanView], now: datetim
     by_name: dict[str, list[tuple[Any, ...]]] = {}
     for row in store.query(_ACTIVE_PORTS_SQL, {"now": now}):
         by_name.setdefault(str(row[0]), []).append(row)
-    written: dict[tuple[str, str, int], list[Any]] = {}
-    noted: dict[tuple[str, str, int], Identity] = {}  # as this call left it
+    written: dict[tuple[str, str, int], list[Any]] = {}  # each key's row, as it ends up
     for view in sorted(compared, key=lambda v: v.finished_at):  # a later scan's word last
         for name in {view.target.ip, view.target.target.lower()}:
             for row in by_name.get(name, ()):
-                (target, proto, port, note, by, accepted_at, until,
-                 service, product, version, was) = row
-                key = (str(target), str(proto), int(port))
+                key = (str(row[0]), str(row[1]), int(row[2]))
+                latest = written.get(key) or [*key, *row[3:]]  # (this call's, or as read)
+                accepted_at = _aware(latest[5])
                 named = _named(view, key[1], key[2])
-                accepted_at = _aware(accepted_at)
-                if named is None or view.finished_at <= accepted_at:
-                    continue
-                accepted = noted.get(key, (str(service), str(product), str(version)))
-                if written.get(key, [None] * 11)[10] == 1:
-                    continue  # ended by an earlier scan of this call
-                if not any(accepted):
-                    noted[key] = named
-                    written[key] = [*key, note, by, accepted_at, _aware(until), *named, 0,
-                                    max(revision(now), int(was) + 2)]
-                elif ends_acceptance(accepted, named):
+                if latest[10] or named is None or view.finished_at <= accepted_at:
+                    continue  # ended by an earlier scan of this call, or nothing to judge
+                if not any(latest[7:10]):  # nothing noted: this name is
+                    written[key] = [*latest[:6], _aware(latest[6]), *named, 0,
+                                    max(revision(now), int(latest[11]) + 2)]
+                elif ends_acceptance(tuple(latest[7:10]), named):
                     end = end_row(*key, accepted_at, now)
-                    end[11] = max(end[11], int(was) + 1, written.get(key, end)[11] + 1)
+                    end[11] = max(end[11], int(latest[11]) + 1)
                     written[key] = end
     store.insert_rows("accepted_risks", COLUMNS, list(written.values()))
     if any(row[10] for row in written.values()):

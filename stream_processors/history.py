@@ -374,9 +374,8 @@ class _Rows:
             [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, at]
             for k, s in state.ports.items() if s.is_open and k not in view.ports and keep(k))
 
-    def add_unchanged(self, fast: Iterable[tuple[HostScanView, HostRow]]) -> None:
+    def add_unchanged(self, fast: Sequence[tuple[HostScanView, HostRow]]) -> None:
         """Hosts whose scan matches their stored fingerprint: only their scan moves."""
-        fast = list(fast)
         self.compared.extend(view for view, _ in fast)
         self.hosts.extend([view.target.target, view.target.ip, view.scan_id,
                            view.finished_at, 1, row.fingerprint] for view, row in fast)

@@ -23,7 +23,14 @@ from producers.targets import looks_like_hostname
 from schemas.bounded import TIME_MAX
 from schemas.filters import is_ip_address
 from schemas.records import ChangeEvent, canonical_address
-from stream_processors.acceptances import COLUMNS, EPOCH, is_in_force, merge_ended, revision
+from stream_processors.acceptances import (
+    COLUMNS,
+    EPOCH,
+    end_row,
+    is_in_force,
+    merge_ended,
+    revision,
+)
 
 NOTE_CAP = 500
 
@@ -169,8 +176,7 @@ def remove(store: Any, target: str, proto: str, port: int, now: datetime) -> boo
         {"t": target, "proto": proto, "port": port})
     if not rows or not int(rows[0][0]):
         return False
-    store.insert_rows("accepted_risks", COLUMNS, [[
-        target, proto, port, "", "", now, EPOCH, "", "", "", 1, revision(now) + 1]])
+    store.insert_rows("accepted_risks", COLUMNS, [end_row(target, proto, port, now, now)])
     merge_ended(store)
     return True
 
