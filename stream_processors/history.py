@@ -298,6 +298,9 @@ class _Rows:
     hosts: list[list[Any]] = field(default_factory=list)
     ports: list[list[Any]] = field(default_factory=list)
     carried: list[list[Any]] = field(default_factory=list)
+    # (target, ip, proto, port, scan_id) a scan no longer carries: it carried them when
+    # part of it was handled earlier, and its later part closed them (see ``add``)
+    uncarried: list[tuple[str, str, str, int, str]] = field(default_factory=list)
     # The completed scans this call compared: what they named judges the acceptances of
     # their ports (acceptances.py)
     compared: list[HostScanView] = field(default_factory=list)
@@ -325,8 +328,19 @@ class _Rows:
         # re-probe budget) is not: the change log does not close it on a guess, and the
         # reports do not show it on one either.
         answers = reprobes or {}
-        self._carry(state, view, finished_at,
-                    lambda k: not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN)
+        carried = self._carry(
+            state, view, finished_at,
+            lambda k: not view.covers(k) or answers.get(k) is ProbeAnswer.OPEN)
+        if previous is not None and (previous.scan_id == view.scan_id or len(view.shards) > 1):
+            # Part of this scan was handled before (a shard the distributed hold compared
+            # on its own, a cut scan's completed part that carried every port): what that
+            # part carried and this comparison no longer does (it closed it, or left it
+            # unconfirmed) must stop counting as the host's, in the reports and in this
+            # scan's score (the first part's row kept a closed port open: a review)
+            self.uncarried.extend(
+                (state.target.target, state.target.ip, k[0].value, k[1], view.scan_id)
+                for k, s in previous.ports.items()
+                if s.is_open and k not in view.ports and k not in carried)
         self._port_rows(state, previous, finished_at)
 
     def _port_rows(self, state: HostState, previous: HostState | None,
@@ -366,13 +380,15 @@ class _Rows:
         self._carry(previous, view, became, lambda _key: True)
 
     def _carry(self, state: HostState, view: HostScanView, at: datetime,
-               keep: Callable[[PortKey], bool]) -> None:
+               keep: Callable[[PortKey], bool]) -> set[PortKey]:
         """The ports ``state`` holds open that ``view`` did not see and ``keep`` keeps, as
         ``carried_history`` rows of ``view``'s scan, versioned ``at`` (its view keeps
-        each port's latest in ``ports_carried``, what the reports read)."""
-        self.carried.extend(
-            [state.target.target, state.target.ip, k[0].value, k[1], view.scan_id, at]
-            for k, s in state.ports.items() if s.is_open and k not in view.ports and keep(k))
+        each port's latest in ``ports_carried``, what the reports read); returned."""
+        kept = {k for k, s in state.ports.items()
+                if s.is_open and k not in view.ports and keep(k)}
+        self.carried.extend([state.target.target, state.target.ip, k[0].value, k[1],
+                             view.scan_id, at] for k in kept)
+        return kept
 
     def add_unchanged(self, fast: Sequence[tuple[HostScanView, HostRow]]) -> None:
         """Hosts whose scan matches their stored fingerprint: only their scan moves."""
@@ -389,9 +405,30 @@ def write_rows(store: Store, rows: _Rows) -> None:
     again after a crash, the same scans write the same verdicts."""
     judge_acceptances(store, rows.compared, datetime.now(UTC))
     store.insert_rows("changes", CHANGE_COLUMNS, rows.changes)
+    if rows.uncarried:
+        gone = set(rows.uncarried)  # carried by an earlier wave of this call: not written
+        rows.carried = [r for r in rows.carried if (r[0], r[1], r[2], r[3], r[4]) not in gone]
+        uncarry(store, rows.uncarried)
     store.insert_rows("carried_history", CARRIED_COLUMNS, rows.carried)  # none: no insert
     store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
     store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
+
+
+_UNCARRY = ("WHERE (target, ip, proto, port, scan_id) IN "
+            "{keys:Array(Tuple(String, String, String, UInt16, String))}")
+
+
+def uncarry(store: Store, keys: Sequence[tuple[str, str, str, int, str]]) -> None:
+    """Withdraw ports their scan carried (``_Rows.uncarried``) from ``carried_history``
+    and ``ports_carried`` (lightweight deletes: a row a scan carried has no newer
+    version that could say "no longer"; rare, a scan handled in parts), and note their
+    scans for the risk chart's rows (risk_days: its point counted them)."""
+    for table in ("carried_history", "ports_carried"):
+        store.command(f"DELETE FROM {table} " + _UNCARRY, {"keys": list(keys)})
+    scans = sorted({(t, ip, scan_id) for t, ip, _proto, _port, scan_id in keys})
+    now = datetime.now(UTC)
+    store.insert_rows("risk_dirty", ("target", "ip", "scan_id", "noted_at"),
+                      [[t, ip, scan_id, now] for t, ip, scan_id in scans])
 
 
 # -- certificate expiry already said ----------------------------------------------------------

@@ -393,6 +393,85 @@ def test_the_summary_says_which_listed_port_scores_nothing_for_want_of_an_answer
         "22/tcp:green 20054/udp:yellow,unconfirmed")
 
 
+def _shard(scan_id: str, at: datetime, minutes: int, first: int, last: int, seen: int,
+           status: str = "completed") -> HostScan:
+    return HostScan(scan_id, DB, at, at + timedelta(minutes=minutes), last - first + 1, seen,
+                    status=status, shard_id=f"{scan_id}:tcp:{first}",
+                    ports=(PortRange(first, last),))
+
+
+def test_a_port_a_late_shard_closes_is_no_longer_carried_by_its_scan(store: Any) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host whose full scan found SSH and nginx on 443 (nothing listens on
+    # 127.0.0.7: the re-probe of a missing port fails for real)
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+    # When a rescan's shards reach the change recorder apart (the distributed sink's
+    # hold settles between them, or a killed worker's shard comes back late): first the
+    # one of ports 1-100, seeing SSH (443 not covered yet: carried, still shown) ...
+    at = T0 + timedelta(days=1)
+    first = _shard("s2", at, 5, 1, 100, 1)
+    ssh = found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)
+    store.insert_findings([ssh])
+    store.insert_host_scans([first])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings([ssh])
+    assert asyncio.run(recorder.finish([first])) == []
+    assert reports(store)[1] == {"127.0.0.7": [22, 443]}
+    # ... then the late one of ports 101-65535, which sees nothing
+    late = _shard("s2", at, 9, 101, 65535, 0)
+    store.insert_host_scans([late])
+    events = asyncio.run(ChangeRecorder(store).finish([late]))
+    # Then 443 is closed, and every report agrees: it is no longer the host's (before,
+    # the first part's carried row kept it open in the Summary, the List, Products and
+    # the score after the scan: a review of the distributed shape)
+    assert [(e.kind.value, e.port) for e in events] == [("closed", 443)]
+    summary, ports, products = reports(store)
+    assert ports == {"127.0.0.7": [22]} and summary["127.0.0.7"]["open_ports"] == 1
+    assert products == {"OpenSSH 9.6p1": 1}
+    assert target_ports(store, DB) == [22]
+    assert scores(store, DB) == [("s1", 2, 4.9), ("s2", 1, 2.5)]
+    assert risk_history(store, DB) == [4.9, 2.5]
+    # (the late part carries SSH, which the first part saw: counted once, as seen)
+    assert store.query("SELECT port FROM carried_history") == [(22,)]
+
+
+def test_a_resumed_scan_that_closes_a_port_it_carried_when_cut_carries_it_no_more(
+        store: Any) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder
+
+    # Given a host whose full scan found SSH and nginx on 443
+    recorded(store, DB, "s1", T0, [found(DB, "s1", T0, 22, "OpenSSH", "9.6p1", RiskColor.GREEN),
+                                   found(DB, "s1", T0, 443, "nginx", "1.24.0", RiskColor.GREEN)])
+    # And a rescan cut after its first shard (SSH seen; 443 carried: it hides nothing)
+    at = T0 + timedelta(days=1)
+    ssh = found(DB, "s2", at, 22, "OpenSSH", "9.6p1", RiskColor.GREEN)
+    first = _shard("s2", at, 5, 1, 100, 1)
+    cut = _shard("s2", at, 6, 101, 65535, 0, status="interrupted")
+    store.insert_findings([ssh])
+    store.insert_host_scans([first, cut])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings([ssh])
+    assert asyncio.run(recorder.finish([first, cut])) == []
+    assert reports(store)[1] == {"127.0.0.7": [22, 443]}
+    # When the same scan is resumed and its second shard completes seeing nothing
+    done = _shard("s2", at, 30, 101, 65535, 0)
+    store.insert_host_scans([done])
+    recorder = ChangeRecorder(store)
+    recorder.add_findings([ssh])
+    events = asyncio.run(recorder.finish([first, done]))
+    # Then 443 is closed, and shown closed everywhere
+    assert [(e.kind.value, e.port) for e in events] == [("closed", 443)]
+    summary, ports, _products = reports(store)
+    assert ports == {"127.0.0.7": [22]} and summary["127.0.0.7"]["open_ports"] == 1
+    assert scores(store, DB) == [("s1", 2, 4.9), ("s2", 1, 2.5)]
+
+
 def test_a_scan_that_sees_every_open_port_carries_none(store: Any) -> None:
     # Given two full scans of a host that find the same ports
     for n in range(2):
