@@ -749,20 +749,42 @@ class HostScan(Record):
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any]) -> Self:
+        # Bounded as our writers make them (a shard covers at most one protocol's 65,535
+        # ports: Shard.__post_init__), refused otherwise: a forged "bogus" status became
+        # the host's latest scan in the Summary, and negative counts a compared scan (a
+        # review of the distributed shape)
+        status = str(data.get("status", "completed"))
+        if status not in HOST_SCAN_STATUSES:
+            raise RecordError(f"HostScan: unknown status {_clip(repr(status))}")
+        ports = tuple(PortRange.from_dict(p) for p in data.get("ports", ()))
+        if sum(len(r) for r in ports) > 65_535:
+            raise RecordError("HostScan: its port ranges cover more than a protocol has")
         return cls(
             scan_id=str(data["scan_id"]),
             target=Target.from_dict(data["target"]),
             started_at=_ts(data["started_at"]),
             finished_at=_ts(data["finished_at"]),
-            ports_scanned=int(data["ports_scanned"]),
-            open_ports=int(data["open_ports"]),
-            status=str(data.get("status", "completed")),
+            ports_scanned=_port_count(data["ports_scanned"], "ports_scanned"),
+            open_ports=_port_count(data["open_ports"], "open_ports"),
+            status=status,
             is_tarpit=bool(data.get("is_tarpit", False)),
             note=str(data.get("note", "")),
             shard_id=str(data.get("shard_id", "")),
             proto=Proto(data.get("proto", "tcp")),
-            ports=tuple(PortRange.from_dict(p) for p in data.get("ports", ())),
+            ports=ports,
         )
+
+
+# What a host-scan record's shard did: "running" is written when a shard starts (a scan
+# killed outright leaves it), the others when it ends.
+HOST_SCAN_STATUSES = frozenset({"completed", "interrupted", "error", "running"})
+
+
+def _port_count(value: Any, name: str) -> int:
+    """A count of one shard's ports, 0-65,535, from the wire (a bool is no count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65_535:
+        raise RecordError(f"HostScan: {name} out of range: {_clip(repr(value))}")
+    return value
 
 
 class ChangeKind(StrEnum):

@@ -277,6 +277,19 @@ def test_malformed_open_port_is_a_record_error(data: dict[str, Any], message: st
         (Finding, json.dumps({"port": with_(good_port(), "port", 0)}).encode(),
          "port out of range: 0"),
         (HostScan, json.dumps({"scan_id": "s"}).encode(), "HostScan: malformed record"),
+        # forged or corrupt host-scan records (a "bogus" status became the host's latest
+        # scan; negative counts, a compared scan: a review of the distributed shape)
+        (HostScan, json.dumps({**RECORDS[16].to_dict(), "status": "bogus"}).encode(),
+         "HostScan: unknown status 'bogus'"),
+        (HostScan, json.dumps({**RECORDS[16].to_dict(), "ports_scanned": 2**70}).encode(),
+         "HostScan: ports_scanned out of range: 1180591620717411303424"),
+        (HostScan, json.dumps({**RECORDS[16].to_dict(), "open_ports": -5}).encode(),
+         "HostScan: open_ports out of range: -5"),
+        (HostScan, json.dumps({**RECORDS[16].to_dict(), "open_ports": True}).encode(),
+         "HostScan: open_ports out of range: True"),
+        (HostScan, json.dumps({**RECORDS[16].to_dict(),
+                               "ports": [{"first": 1, "last": 65535}] * 2}).encode(),
+         "HostScan: its port ranges cover more than a protocol has"),
         (TlsResult, json.dumps({"status": "maybe"}).encode(), "TlsResult: malformed record"),
     ],
 )
