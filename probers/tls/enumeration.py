@@ -6,7 +6,12 @@ that an offer the server answered by closing silently is split in halves and eac
 offered again (a server that picks a suite it cannot serve, a DHE suite without DH
 parameters, then closes, hid every other suite of that offer: three TLS 1.2 suites nmap
 finds on dovecot), at most ``MAX_SPLITS`` times, ``SPLITS_BEFORE_A_PICK`` before the
-server has accepted anything of the version) and
+server has accepted anything of the version; once the server has accepted a suite, an
+offer it closed on is made once more before its suites are retired, and a server that
+closed on suites is offered one it accepted before at the end: a server that drops
+connections (a load balancer with a dead backend, a rate limit) accepts what it closed
+on, or closes on what it accepted, and the list is said to be incomplete, not complete
+with most suites missing: a review) and
 ``ServerOrderProbe`` (the server's preference order, and whether it honours the client's
 order instead). Each asks for the next offer and is told the outcome; neither knows how
 an offer travels, so both are unit-tested against plain functions standing in for a
@@ -56,24 +61,42 @@ class SuiteEnumeration:
         self.attempts = 0
         self._splits: list[tuple[int, ...]] = []  # halves of a closed offer, next
         self._splits_left = MAX_SPLITS
+        self._closed_on: set[tuple[int, ...]] = set()  # offers closed on once, made again
+        self._retired_closed = False  # suites retired because the server closed on them
+        self._check: tuple[int, ...] = ()  # the last offer: a suite accepted before
 
     def next_offer(self) -> tuple[int, ...] | None:
-        if self.failure or self.version_refused or not self._remaining:
+        if self.failure or self.version_refused or self._check:
             return None
         while self._splits:
             offer = tuple(c for c in self._splits.pop(0) if c in self._remaining)
             if offer:
                 return offer
-        return tuple(self._remaining[: self._window])
+        if self._remaining:
+            return tuple(self._remaining[: self._window])
+        if self._retired_closed and self.picks:
+            self._check = (self.picks[0].code,)
+            return self._check
+        return None
 
     def record(self, offered: tuple[int, ...], outcome: HelloOutcome) -> None:
         self.attempts += 1
+        if self._check and offered == self._check:
+            if outcome.kind is not OutcomeKind.ACCEPTED or outcome.suite != offered[0]:
+                self.failure = (f"the server no longer accepts suite 0x{offered[0]:04x} "
+                                f"({outcome.detail or outcome.kind.value}): it drops "
+                                "connections, so the suites it closed on are unknown")
+            return
         if outcome.kind is OutcomeKind.ACCEPTED:
             if outcome.suite not in offered or outcome.suite not in self._remaining:
                 self.failure = f"server picked suite 0x{outcome.suite:04x}, not in the offer"
                 return
             self.picks.append(Pick(outcome.suite, offered, outcome))
             self._remaining.remove(outcome.suite)
+            if offered in self._closed_on:
+                self.failure = ("the server accepted an offer it had closed the connection "
+                                "on: it drops connections, so the suites it closed on are "
+                                "unknown")
         elif outcome.kind is OutcomeKind.WRONG_VERSION:
             self.version_refused = outcome.detail
         elif (outcome.kind is OutcomeKind.CLOSED and len(offered) > 1
@@ -81,9 +104,14 @@ class SuiteEnumeration:
             self._splits_left -= 1
             half = len(offered) // 2
             self._splits[:0] = [offered[:half], offered[half:]]
+        elif (outcome.kind is OutcomeKind.CLOSED and self.picks
+              and offered not in self._closed_on):
+            self._closed_on.add(offered)
+            self._splits.insert(0, offered)  # once more, before its suites are retired
         elif outcome.kind.is_refusal:
             offered_set = set(offered)
             self._remaining = [code for code in self._remaining if code not in offered_set]
+            self._retired_closed |= outcome.kind is OutcomeKind.CLOSED
         else:
             self.failure = outcome.detail or outcome.kind.value
 

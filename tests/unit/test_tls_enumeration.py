@@ -159,3 +159,47 @@ def test_a_server_that_closes_on_everything_costs_a_few_offers_more() -> None:
     # refusing us must not cost a connection per suite): 4 windows and 4 splits' halves
     enumeration, _order, offers = run(list(range(200)), client_order(set()))
     assert enumeration.accepted == () and len(offers) == 4 + 2 * 4
+
+
+def test_a_server_that_drops_every_other_connection_is_said_to_drop_them() -> None:
+    # Given a server in client order behind a balancer whose second backend is dead:
+    # every other connection closes with no answer
+    calls = 0
+    serve = client_order(set(range(0, 200, 3)))
+
+    def dropping(offered: tuple[int, ...]) -> HelloOutcome:
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 0:
+            return HelloOutcome(OutcomeKind.CLOSED, "connection closed without an answer")
+        return serve(offered)
+
+    enumeration, _order, _offers = run(CANDIDATES, dropping)
+    # Then what it found is real, and the list is said to be incomplete (before: most
+    # suites retired by the drops, and the list called complete)
+    assert set(enumeration.accepted) <= set(range(0, 200, 3))
+    assert "drops connections" in enumeration.failure
+
+
+def test_a_server_that_closes_everything_after_a_few_connections_is_said_to_drop_them() -> None:
+    calls = 0
+    serve = server_order(list(range(0, 200, 3)))
+
+    def limited(offered: tuple[int, ...]) -> HelloOutcome:
+        nonlocal calls
+        calls += 1
+        if calls > 10:
+            return HelloOutcome(OutcomeKind.CLOSED, "connection closed without an answer")
+        return serve(offered)
+
+    enumeration, _order, offers = run(CANDIDATES, limited)
+    assert len(enumeration.accepted) == 10
+    assert enumeration.failure.startswith("the server no longer accepts suite 0x0003")
+    assert len(offers) < 100  # bounded: 16 splits, one retry per retired offer, one check
+
+
+def test_a_server_that_closes_on_one_suite_every_time_stays_complete() -> None:
+    # The dovecot case, with every other suite in the window retired by a close too
+    enumeration, _order, offers = run(list(range(100)), picks_then_closes([3, 10, 99], {3}))
+    assert sorted(enumeration.accepted) == [10, 99]
+    assert enumeration.failure == ""
