@@ -37,6 +37,7 @@ from producers.targets import (
     Scope,
     TargetError,
     TargetSpec,
+    file_paths,
     label_text,
     parse_ports,
     read_inventory,
@@ -135,7 +136,8 @@ class Assembly:
 
     # -- what to scan ---------------------------------------------------------------------
 
-    def scope(self, exclude: Sequence[str] = (), *, exclude_file: str | None = None,
+    def scope(self, exclude: Sequence[str] = (), *,
+              exclude_file: str | Sequence[str] | None = None,
               allow_large: bool = False) -> Scope:
         allow = scope_allow_items(self.settings.scope_allow)  # ' , ' is refused
         return Scope.build(exclude, exclude_file=exclude_file, allow=allow,
@@ -170,8 +172,9 @@ class Assembly:
             raise TargetError(f"--udp: {exc} (or top1000, topN, none)") from None
 
     def scan_input(self, targets: Sequence[str], *, organization: str = "", asset: str = "",
-                   inventory: str | None = None, exclude: Sequence[str] = (),
-                   exclude_file: str | None = None, allow_large: bool = False,
+                   inventory: str | Sequence[str] | None = None,
+                   exclude: Sequence[str] = (),
+                   exclude_file: str | Sequence[str] | None = None, allow_large: bool = False,
                    only_organization: str = "") -> ScanInput:
         """Targets (arguments, "-" for stdin, inventory), scope and port specs resolved;
         TargetError (one line) before anything is sent. Shared by scan, produce and the
@@ -187,8 +190,8 @@ class Assembly:
                               "inventory's targets carry their own (its organization and "
                               "asset columns): set them there, or give --only-org to scan "
                               "one organization of it")
-        if inventory:
-            specs += read_inventory(inventory)
+        for path in file_paths(inventory):  # each file's targets (one repeated: once)
+            specs += read_inventory(path)
         if not specs:
             raise TargetError("no targets: give TARGET... or --inventory FILE (see --help)")
         if only_organization:
@@ -348,7 +351,8 @@ class Assembly:
 
     def worker_options(self, topics: TopicSet, *, group: str | None = None,
                        max_shards: int = 0, idle_exit: float = 0.0,
-                       exclude: Sequence[str] = (), exclude_file: str | None = None,
+                       exclude: Sequence[str] = (),
+                       exclude_file: str | Sequence[str] | None = None,
                        scope: Scope | None = None) -> WorkerOptions:
         """A discover worker's options; ``scope``: one the command already built (and so
         checked before it contacted the broker), else built from ``exclude``."""
@@ -413,6 +417,11 @@ def _expand_stdin(targets: Sequence[str], stream: Any = None) -> list[str]:
             if len(raw) > STDIN_LINE_CAP and not raw.endswith("\n"):
                 raise TargetError(f"standard input line {number}: longer than "
                                   f"{STDIN_LINE_CAP:,} characters, not a target")
+            try:  # bytes that are not UTF-8 arrive as lone surrogates (surrogateescape)
+                raw.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TargetError(f"standard input line {number} is not UTF-8 text (as "
+                                  "inventories and exclude files must be)") from None
             if number == 1:
                 raw = raw.removeprefix("\ufeff")  # a BOM, as inventories and exclude files
             line = raw.split("#", 1)[0].strip()

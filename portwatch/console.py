@@ -244,16 +244,17 @@ _TARGET_OPTIONS = (
                  help="Organization the command-line targets belong to."),
     click.option("--asset", default="", metavar="NAME",
                  help="Asset name for the command-line targets."),
-    click.option("-i", "--inventory", type=click.Path(dir_okay=False), default=None,
+    click.option("-i", "--inventory", type=click.Path(dir_okay=False), multiple=True,
                  metavar="FILE", help="CSV (target,organization,asset) or YAML inventory of "
-                 "targets."),
+                 "targets (repeatable: every file's targets are scanned)."),
     click.option("--only-org", "only_organization", default="", metavar="NAME",
                  help="Scan only the targets of this organization (any case): one "
                       "organization of a shared inventory."),
     click.option("--exclude", multiple=True, metavar="CIDR",
                  help="Never scan this address or block (repeatable)."),
-    click.option("--exclude-file", type=click.Path(dir_okay=False), default=None,
-                 metavar="FILE", help="File of addresses/blocks never to scan, one per line."),
+    click.option("--exclude-file", type=click.Path(dir_okay=False), multiple=True,
+                 metavar="FILE", help="File of addresses/blocks never to scan, one per line "
+                 "(repeatable)."),
     click.option("--allow-large", is_flag=True,
                  help="Allow targets larger than a /16 (65,536 addresses)."),
 )

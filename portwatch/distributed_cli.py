@@ -107,7 +107,7 @@ def _topics(assembly: Any) -> TopicSet:
 @PREFIX_OPTION
 def produce(targets: Sequence[str], ports: str | None, organization: str, asset: str,
             only_organization: str,
-            inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
+            inventory: Sequence[str], exclude: Sequence[str], exclude_file: Sequence[str],
             allow_large: bool, scan_id: str | None, seed: int | None, checkpoint: str | None,
             hosts_per_shard: int | None, ports_per_shard: int | None, wait_seconds: float,
             discover_group: str | None, udp: str | None, kafka: str | None,
@@ -231,7 +231,7 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float,
 def discover(group: str | None, concurrency: int | None, timeout: float | None,
              retries: int | None, tarpit_threshold: int | None, engine: str | None,
              rate: int | None, shard_attempts: int | None, session_timeout: float | None,
-             exclude: Sequence[str], exclude_file: str | None, max_shards: int,
+             exclude: Sequence[str], exclude_file: Sequence[str], max_shards: int,
              idle_exit: float, kafka: str | None, broker_wait: int | None,
              topic_prefix: str | None) -> None:
     """Run a discovery worker: take shards, scan them, publish open ports.

@@ -123,7 +123,7 @@ def _riskiest_first(row: dict[str, Any]) -> tuple[float, int, int, str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no end screen.")
 def scan(targets: Sequence[str], ports: str | None, organization: str, asset: str,
          only_organization: str,
-         inventory: str | None, exclude: Sequence[str], exclude_file: str | None,
+         inventory: Sequence[str], exclude: Sequence[str], exclude_file: Sequence[str],
          allow_large: bool, store: str | None, udp: str | None, engine: str | None,
          rate: int | None, udp_rate: float | None, concurrency: int | None,
          timeout: float | None, retries: int | None, banner_wait: float | None,

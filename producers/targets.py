@@ -223,20 +223,21 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
     """One ceiling on the TOTAL number of addresses, checked before any expansion:
     a per-target limit let 100 /9s through, and a /8 took minutes and GBs to expand
     before anything was sent (issue 11, defect 9). Returns the planned total."""
-    spans: list[tuple[int, int, int]] = []  # (version, first, last) of blocks and ranges
-    others = 0  # addresses and names: one each
+    spans: list[tuple[int, int, int]] = []  # (version, first, last) of what has addresses
+    names: set[str] = set()  # host names: one address each, a name counted once
     for spec in specs:
         with _said_where(spec):
             count = planned_count(spec)
             _check_size(_short(spec.text.strip()), count, allow_large=allow_large)
-            span = _span(spec)
+            span = _span(spec) or _address_span(spec)
         if span is None:
-            others += count
+            names.add(spec.text.strip().lower())
         else:
             spans.append(span)
-    # An address is counted once, however many blocks name it (a shared inventory that
-    # lists one /17 under two organizations was refused as two /17s: a review)
-    total = _distinct(spans) + others
+    # An address is counted once, however many blocks or lines name it (a shared
+    # inventory that lists one /17 under two organizations was refused as two /17s, and
+    # 70,000 lines of one address as 70,000 addresses: reviews)
+    total = _distinct(spans) + len(names)
     if total > HARD_MAX_ADDRESSES:
         raise TargetError(
             f"the targets cover more than {HARD_MAX_ADDRESSES:,} addresses in all (the "
@@ -246,6 +247,15 @@ def check_total(specs: Sequence[TargetSpec], *, allow_large: bool) -> int:
             f"the targets cover {total:,} addresses in all, more than a /16 "
             f"({MAX_ADDRESSES:,}): {ALLOW_LARGE_HINT}")
     return total
+
+
+def _address_span(spec: TargetSpec) -> tuple[int, int, int] | None:
+    """(IP version, n, n) of an address; None for anything else."""
+    try:
+        address = ipaddress.ip_address(spec.text.strip())
+    except ValueError:
+        return None
+    return address.version, int(address), int(address)
 
 
 def _span(spec: TargetSpec) -> tuple[int, int, int] | None:
@@ -755,6 +765,27 @@ def scope_allow_items(text: str) -> list[str]:
 # -- scope ------------------------------------------------------------------------------
 
 
+def file_paths(paths: str | Sequence[str] | None) -> tuple[str, ...]:
+    """One path, several (an option given again), or none, as a tuple; a file named
+    twice is read once."""
+    if not paths:
+        return ()
+    return (paths,) if isinstance(paths, str) else tuple(dict.fromkeys(paths))
+
+
+def _exclusions(path: str) -> list[str]:
+    """The addresses and blocks an exclude file lists (comments and blank lines out)."""
+    try:
+        raw = read_bounded(path, MAX_INVENTORY_BYTES)
+    except FileReadError as exc:
+        raise TargetError(describe(exc, f"exclude file {path!r}")) from None
+    try:
+        lines = raw.decode("utf-8-sig").splitlines()  # a BOM is no exclusion
+    except UnicodeDecodeError:
+        raise TargetError(f"exclude file {path!r} is not UTF-8 text") from None
+    return [ln.split("#", 1)[0].strip() for ln in lines]
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """What may be scanned: exclusions always win; an allow-list, when given, is a fence."""
@@ -771,19 +802,14 @@ class Scope:
         object.__setattr__(self, "_allowed", {v: _ranges(self.allow, v) for v in (4, 6)})
 
     @classmethod
-    def build(cls, exclude: Iterable[str] = (), *, exclude_file: str | None = None,
+    def build(cls, exclude: Iterable[str] = (), *,
+              exclude_file: str | Sequence[str] | None = None,
               allow: Iterable[str] | None = None, allow_large: bool = False) -> Scope:
+        """``exclude_file``: one file or several (``--exclude-file`` repeated: every
+        file's exclusions hold; before, only the last one's did)."""
         entries = list(exclude)
-        if exclude_file:
-            try:
-                raw = read_bounded(exclude_file, MAX_INVENTORY_BYTES)
-            except FileReadError as exc:
-                raise TargetError(describe(exc, f"exclude file {exclude_file!r}")) from None
-            try:
-                lines = raw.decode("utf-8-sig").splitlines()  # a BOM is no exclusion
-            except UnicodeDecodeError:
-                raise TargetError(f"exclude file {exclude_file!r} is not UTF-8 text") from None
-            entries += [ln.split("#", 1)[0].strip() for ln in lines]
+        for path in file_paths(exclude_file):
+            entries += _exclusions(path)
         allow_list = (list(allow) if allow is not None
                       else scope_allow_items(os.environ.get(SCOPE_ALLOW_ENV, "")))
         # An exclusion also excludes the IPv4 its mapped/compatible addresses reach; an

@@ -197,6 +197,25 @@ def test_a_bom_inventory_and_exclude_file_are_read(tmp_path: Path) -> None:
                     code=2)
 
 
+def test_every_exclude_file_and_inventory_given_is_read(tmp_path: Path) -> None:
+    # Given two inventories (one target each) and two exclude files, the first one
+    # excluding the first inventory's target, the second the other's
+    first, second = tmp_path / "a.csv", tmp_path / "b.yaml"
+    first.write_text("target,organization,asset\n127.0.0.12,Org X,x-1\n")
+    second.write_text("- {target: 127.0.0.13, organization: Org Y}\n")
+    ex1, ex2 = tmp_path / "ex1.txt", tmp_path / "ex2.txt"
+    ex1.write_text("127.0.0.12\n")
+    ex2.write_text("127.0.0.13\n")
+    # When scanned with both of each, then both inventories' targets were read and both
+    # files' exclusions hold: nothing is left to scan (before: click kept only the last
+    # file of each, and the address the first exclude file named was scanned)
+    result = run_cli("scan", "--inventory", str(first), "--inventory", str(second),
+                     "--exclude-file", str(ex1), "--exclude-file", str(ex2), "--udp", "none",
+                     store=f"chdb://{tmp_path / 'store'}", timeout=120)
+    assert_one_line(result, "nothing to scan: the exclusions cover all 2 target addresses",
+                    code=2)
+
+
 def test_an_unknown_inventory_column_is_refused(tmp_path: Path) -> None:
     inventory = tmp_path / "assets.csv"
     inventory.write_text("target,organisation\n127.0.0.1,Org\n")

@@ -595,6 +595,21 @@ def test_an_address_named_by_several_blocks_counts_once_toward_the_ceiling() -> 
                      TargetSpec("127.1.0.0/17")], allow_large=False)
 
 
+def test_an_address_or_name_listed_again_counts_once_toward_the_ceiling() -> None:
+    from producers.targets import check_total
+
+    # Given 70,000 lines of one address (a generated list, an inventory's repeats), a
+    # /16 with a named host inside it under another organization, and a name twice
+    # Then each address and name counts once (before: 70,000 and 65,537 addresses, both
+    # refused without --allow-large, with a false number: a review)
+    assert check_total([TargetSpec("127.0.0.12")] * 70_000, allow_large=False) == 1
+    assert check_total([TargetSpec("127.0.0.0/16", organization="A"),
+                        TargetSpec("127.0.0.12", organization="B")], allow_large=False) == 65_536
+    assert check_total([TargetSpec("127.0.0.0/24"), TargetSpec(" 127.0.0.12"),
+                        TargetSpec("::1"), TargetSpec("::1"), TargetSpec("db.example.test"),
+                        TargetSpec("DB.example.test")], allow_large=False) == 258
+
+
 @given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 60)), max_size=8))
 def test_distinct_counts_the_union_of_spans(spans: list[tuple[int, int]]) -> None:
     from producers.targets import _distinct

@@ -142,6 +142,12 @@ def test_every_reader_of_peoples_files_is_bounded(tmp_path: Path,
         _expand_stdin(["-"], io.StringIO("1" * 1_000_000))
     assert _expand_stdin(["-"], io.StringIO("127.0.0.1  # web\n\n::1\n")) == ["127.0.0.1",
                                                                              "::1"]
+    # and bytes that are not UTF-8 (binary junk piped in) are said to be that, as for the
+    # files (before: 'bad CIDR block "IWd\\udcef..."': a review)
+    junk = io.TextIOWrapper(io.BytesIO(b"127.0.0.1\nIWd\xef\xf5/\x00\n"), encoding="utf-8",
+                            errors="surrogateescape")
+    with pytest.raises(TargetError, match="^standard input line 2 is not UTF-8 text"):
+        _expand_stdin(["-"], junk)
     # and closed (`scan - <&-`): said, not a TypeError's traceback
     monkeypatch.setattr("sys.stdin", None)
     with pytest.raises(TargetError, match="standard input, which is closed"):
