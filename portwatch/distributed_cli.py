@@ -217,8 +217,8 @@ def _wait_drained(bootstrap: str, topics: TopicSet, timeout: float,
               help="Seconds before a dead worker's shards move to another (default 10).")
 @click.option("--exclude", multiple=True, metavar="CIDR",
               help="Never scan this address or block, whatever a shard says (repeatable).")
-@click.option("--exclude-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="File of addresses/blocks this worker never scans.")
+@click.option("--exclude-file", type=click.Path(dir_okay=False), multiple=True, metavar="FILE",
+              help="File of addresses/blocks this worker never scans (repeatable).")
 @click.option("--max-shards", type=click.IntRange(0), default=0,
               help="Exit after this many shards (0: run until stopped).")
 @click.option("--idle-exit", type=SECONDS, default=0,
