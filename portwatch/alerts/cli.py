@@ -331,9 +331,20 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     # when a signal that cut no scan short came, if not while the watcher waited
     when_stopped: list[str] = []
 
+    # A second signal before the last delivery: it is the "interrupt again" that leaves
+    # what is queued for the next run (it was taken as the first again, and the watcher
+    # sent on for as long as the delivery wait allowed: a review)
+    leave_queued = threading.Event()
+
     def stopped_by(sig: signal.Signals) -> None:
         if sig is signal.SIGTERM:
             terminated.append(sig)
+        if stop.is_set():
+            leave_queued.set()
+        elif dispatcher is not None and not watcher.should_stop:
+            # said at once: an alert send in flight holds the stop up to its timeout
+            _say("watch: stopping after the alert send in flight, if any (interrupt "
+                 "again to leave queued alerts for the next run)")
         stop.set()
 
     def own_signals() -> None:
@@ -379,17 +390,20 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # The last drain (bounded by `delivery: wait` after a signal); a Ctrl-C or
         # SIGTERM during it ends it after the send in flight: the rest stays queued for
         # the next watcher or `portwatch alerts deliver`
-        halt = threading.Event()
+        halt = leave_queued
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, halt.set)
         if watcher.should_stop:
             # said before it waits: a stalled channel kept a stopping watcher silent for
             # up to `delivery: wait` and the send in flight, as if hung (a review)
             queued = await asyncio.to_thread(dispatcher.sendable_count)
-            if queued:
-                _say(f"watch: stopping: sending {queued} queued alert(s) for at most "
-                     f"{dispatcher.config.delivery.wait_seconds:g}s (interrupt again to "
-                     "leave them queued for the next run)")
+            if queued and halt.is_set():
+                _say(f"watch: stopping: {queued} queued alert(s) left for the next run "
+                     "(or `portwatch alerts deliver`)")
+            elif queued:
+                _say(f"watch: stopping: sending {queued} queued alert(s), starting none "
+                     f"after {dispatcher.config.delivery.wait_seconds:g}s (interrupt again "
+                     "to leave them queued for the next run)")
         try:
             report_drain(await asyncio.to_thread(partial(
                 dispatcher.drain, bound_first=watcher.should_stop, halt=halt)))

@@ -180,8 +180,57 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
     assert (code, drains) == (130, [True])
     # And the watcher says what it waits for before it does (before: silent for up to
     # the wait, as if hung)
-    assert ("watch: stopping: sending 1 queued alert(s) for at most 30s (interrupt again "
-            "to leave them queued for the next run)") in said
+    assert ("watch: stopping: sending 1 queued alert(s), starting none after 30s (interrupt "
+            "again to leave them queued for the next run)") in said
+
+
+def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAKE for one step: the scan (it returns the two events a scan would find). Real:
+    the CLI's watch loop and its signal handlers, two real SIGINTs, the dispatcher, a
+    signed webhook receiver that holds its answer, the store."""
+    import os
+    import threading
+
+    from portwatch.alerts import cli, scanning
+
+    async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
+        return ScanOutcome(Stats("scan-2"), [event(6379), event(5432, service="postgresql")])
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", found_two)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
+    with webhook_receiver(SECRET) as receiver:
+        receiver.hold = threading.Event()
+        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
+
+        def interrupt_twice_during_the_first_send() -> None:
+            deadline = time.monotonic() + 30
+            while not receiver.accepted and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for _ in range(2):  # Ctrl-C, then Ctrl-C again, while that send is held
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.3)
+            assert receiver.hold is not None
+            receiver.hold.set()  # the send in flight ends
+
+        user = threading.Thread(target=interrupt_twice_during_the_first_send, daemon=True)
+        user.start()
+        # When the watcher sends the first alert and is interrupted twice meanwhile
+        code = asyncio.run(asyncio.wait_for(
+            cli._watch(store, [HOURLY], lambda entry: None, config, once=False, quiet=True),
+            60))
+        user.join(5)
+    # Then it stops at once after the send in flight: the second Ctrl-C leaves the other
+    # alert queued for the next run (before: it was taken as the first again, and the
+    # watcher went on sending for the delivery wait), and both were said as they came
+    assert code == 130
+    assert len(receiver.accepted) == 1
+    assert sorted(outbox_states(store).values()) == [("pending", 0), ("sent", 1)]
+    assert said.index("watch: stopping after the alert send in flight, if any (interrupt "
+                      "again to leave queued alerts for the next run)") < said.index(
+        "watch: stopping: 1 queued alert(s) left for the next run (or `portwatch alerts "
+        "deliver`)")
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
