@@ -408,7 +408,7 @@ def write_rows(store: Store, rows: _Rows) -> None:
     if rows.uncarried:
         gone = set(rows.uncarried)  # carried by an earlier wave of this call: not written
         rows.carried = [r for r in rows.carried if (r[0], r[1], r[2], r[3], r[4]) not in gone]
-        uncarry(store, rows.uncarried)
+        uncarry(store, rows.uncarried)  # (by an earlier call: withdrawn)
     store.insert_rows("carried_history", CARRIED_COLUMNS, rows.carried)  # none: no insert
     store.insert_rows("host_state", HOST_STATE_COLUMNS, rows.hosts)
     store.insert_rows("port_state", PORT_STATE_COLUMNS, rows.ports)
@@ -421,8 +421,15 @@ _UNCARRY = ("WHERE (target, ip, proto, port, scan_id) IN "
 def uncarry(store: Store, keys: Sequence[tuple[str, str, str, int, str]]) -> None:
     """Withdraw ports their scan carried (``_Rows.uncarried``) from ``carried_history``
     and ``ports_carried`` (lightweight deletes: a row a scan carried has no newer
-    version that could say "no longer"; rare, a scan handled in parts), and note their
-    scans for the risk chart's rows (risk_days: its point counted them)."""
+    version that could say "no longer"), and note their scans for the risk chart's rows
+    (risk_days: its point counted them). Most such keys were never carried (a scan of
+    TCP and UDP closing a port is a candidate): they are looked up first, one read, and
+    the deletes (a first one costs a process ~250 ms) run only for rows there are."""
+    keys = [tuple(row) for row in store.query(
+        "SELECT DISTINCT target, ip, proto, port, scan_id FROM carried_history " + _UNCARRY,
+        {"keys": list(keys)})]
+    if not keys:
+        return
     for table in ("carried_history", "ports_carried"):
         store.command(f"DELETE FROM {table} " + _UNCARRY, {"keys": list(keys)})
     scans = sorted({(t, ip, scan_id) for t, ip, _proto, _port, scan_id in keys})
