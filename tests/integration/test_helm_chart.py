@@ -434,11 +434,56 @@ def test_values_file_documents_every_setting() -> None:
 
 
 @pytest.mark.parametrize("key", ["PORTWATCH_CLICKHOUSE_PASSWORD", "TIMEOUT", "PORTWATCH_KAFKA",
-                                 "PORTWATCH_ENGINE"])
+                                 "PORTWATCH_ENGINE", "PORTWATCH_SHARD_PORT"])
 def test_settings_refuses_secrets_foreign_and_owned_keys(helm: str, tmp_path: Path,
                                                          key: str) -> None:
     stderr = render_error(helm, tmp_path, {"settings": {key: "x"}})
     assert f"settings.{key}" in stderr
+
+
+def test_the_charts_known_settings_are_the_ones_portwatch_reads() -> None:
+    # (a misspelt key was put in the ConfigMap and ignored by every process: a review)
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    listed = re.search(r'define "portwatch.knownSettings" -}}\n(.*?)\n', helpers)
+    assert listed is not None
+    web = {"PORTWATCH_WEB_COOKIE_SECURE", "PORTWATCH_WEB_TRUSTED_PROXIES"}
+    assert set(listed.group(1).split()) == SETTINGS_ENVS | web
+
+
+@pytest.mark.parametrize("release", ["pw.prod", "1pw"])
+def test_a_release_name_kubernetes_refuses_for_a_service_is_refused(
+        helm: str, tmp_path: Path, release: str) -> None:
+    proc = _run(helm, "template", release, str(CHART), tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert f'the name "{release}-portwatch"' in proc.stderr
+    assert "Kubernetes refuses it as a Service name" in proc.stderr
+
+
+def test_alerts_web_token_or_password_changes_roll_the_pods(helm: str, tmp_path: Path) -> None:
+    # (each is read once at a process's start: a `helm upgrade` changing only one of them
+    # left every pod on the old one: a review)
+    def checksums(values: dict[str, Any]) -> dict[tuple[str, str], str]:
+        out = {}
+        for key, obj in render(helm, tmp_path, values).items():
+            if key[0] in ("Deployment", "CronJob"):
+                template = (obj["spec"]["jobTemplate"]["spec"]["template"]
+                            if key[0] == "CronJob" else obj["spec"]["template"])
+                out[key] = str(template["metadata"]["annotations"]["checksum/config"])
+        return out
+
+    alerts = {"enabled": True, "config": ALERTS_CONFIG,
+              "secretEnv": {"PORTWATCH_HOOK_SECRET": "a" * 32}}
+    base = {"alerts": alerts, "web": {"token": "t" * 20}, "clickhouse": {"password": "one"}}
+    before = checksums(base)
+    rule = {**ALERTS_CONFIG["rules"][0], "when": {"colors": ["red", "yellow"]}}
+    for changed in ({**base, "alerts": {**alerts, "config": {**ALERTS_CONFIG, "rules": [rule]}}},
+                    {**base, "alerts": {**alerts, "secretEnv": {"PORTWATCH_HOOK_SECRET":
+                                                                "b" * 32}}},
+                    {**base, "web": {"token": "u" * 20}},
+                    {**base, "clickhouse": {"password": "two"}}):
+        after = checksums(changed)
+        assert set(after) == set(before) and all(after[k] != before[k] for k in before)
+    assert checksums(base) == before  # and the same values give the same pods
 
 
 def test_settings_change_rolls_the_pods(helm: str, tmp_path: Path) -> None:
@@ -634,6 +679,18 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     assert volumes["inventory"]["configMap"]["name"] == f"{BASE}-inventory"
 
 
+def test_a_schedule_entry_with_one_target_or_exclusion_as_a_plain_value(
+        helm: str, tmp_path: Path) -> None:
+    # Given an entry as `watch` takes it: `targets: 198.18.0.1`, `exclude: 198.18.0.2`
+    # (the chart failed: "range can't iterate over 198.18.0.1": a review)
+    objects = render(helm, tmp_path, {"schedules": [
+        {"name": "one", "cron": "@hourly", "targets": "198.18.0.1", "exclude": "198.18.0.2",
+         "ports": "22"}]})
+    # Then its producer gets them as a list of one
+    args = expanded_args(objects, container(objects[("CronJob", f"{BASE}-schedule-one")]))
+    assert args[5:] == ["--ports", "22", "--exclude", "198.18.0.2", "--", "198.18.0.1"]
+
+
 @pytest.mark.parametrize(("schedules", "words"), [
     ([{"name": "a", "cron": "@hourly", "targets": ["198.18.0.1"]},
       {"name": "a", "cron": "@daily", "targets": ["198.18.0.2"]}], "used twice"),
@@ -643,6 +700,9 @@ def test_one_producer_cronjob_per_schedule_entry_from_the_watch_file(helm: str,
     ([{"name": "A_b", "cron": "@hourly", "targets": ["198.18.0.1"]}], "lower-case"),
     ([{"name": "a", "targets": ["198.18.0.1"]}], "cron is required"),
     ([{"name": "a", "cron": "@hourly", "inventory": True}], "needs produce.inventory"),
+    # (watch refuses it; the chart dropped the asset without a word: a review)
+    ([{"name": "a", "cron": "@hourly", "inventory": True, "asset": "edge"}],
+     "an inventory's targets carry their own"),
     # a name the entry check takes, but a CronJob name (with the release's) over 52
     ([{"name": "weekly-full-tcp-udp-office-network", "cron": "@weekly",
        "targets": ["198.18.0.1"]}], "Kubernetes takes at most 52"),
@@ -987,8 +1047,13 @@ def _reference_errors(objects: Objects) -> list[str]:
     "web": {"existingSecret": "web", "ingress": {"enabled": True, "host": "h.example",
                                                  "tlsSecretName": "ports-tls"}},
     "alerts": {"enabled": True, "config": ALERTS_CONFIG,
-               "existingSecret": "soc-alert-secrets"}}],
-    ids=["defaults", "everything-on", "existing-secrets"])
+               "existingSecret": "soc-alert-secrets"}}, {
+    # the default producer off, a schedule entry with the chart's inventory (its
+    # ConfigMap was not rendered, and every run stuck on FailedMount: a review)
+    "produce": {"enabled": False, "inventory": INVENTORY},
+    "schedules": [{"name": "nightly", "inventory": True, "ports": "1-65535",
+                   "cron": "30 2 * * *"}]}],
+    ids=["defaults", "everything-on", "existing-secrets", "schedules-only"])
 def test_every_reference_in_the_render_resolves(helm: str, tmp_path: Path,
                                                 values: dict[str, Any] | None) -> None:
     # Given the chart rendered with defaults, with every component on, and with secrets

@@ -9,6 +9,16 @@ scratch volumes (the root filesystem is read-only), pod security context.
 
 {{/* Release-scoped base name; component names add a suffix, so keep room for it (63 - 9). */}}
 {{- define "portwatch.fullname" -}}
+{{- $full := include "portwatch.fullnameText" . }}
+{{- /* every object's name starts with it, the Service's too: a DNS-1035 label (a release
+named "pw.prod" or "1pw" rendered, and the API server refused its Service) */ -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $full) }}
+{{- fail (printf "the name %q (the release's, or fullnameOverride) must start with a letter and hold only lower-case letters, digits and '-': Kubernetes refuses it as a Service name" $full) }}
+{{- end }}
+{{- $full }}
+{{- end }}
+
+{{- define "portwatch.fullnameText" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
 {{- else }}
@@ -124,6 +134,7 @@ tied to discover.netRaw); a password here would leak into a ConfigMap.
 {{- if .Values.scopeAllow }}
 {{- $_ := set $data "PORTWATCH_SCOPE_ALLOW" .Values.scopeAllow }}
 {{- end }}
+{{- $known := include "portwatch.knownSettings" . | splitList " " }}
 {{- range $key, $value := .Values.settings }}
 {{- if not (regexMatch "^PORTWATCH_[A-Z0-9_]+$" $key) }}
 {{- fail (printf "settings.%s: keys are PORTWATCH_* environment variables (see `portwatch settings`)" $key) }}
@@ -135,14 +146,31 @@ tied to discover.netRaw); a password here would leak into a ConfigMap.
 {{- if regexMatch "PASSWORD|SECRET|TOKEN" $key }}
 {{- fail (printf "settings.%s: secrets do not go in the ConfigMap; use clickhouse.existingSecret" $key) }}
 {{- end }}
+{{- if not (has $key $known) }}
+{{- fail (printf "settings.%s: not a portwatch setting (see `portwatch settings`): a misspelt key would be ignored" $key) }}
+{{- end }}
 {{- $_ := set $data $key (toString $value) }}
 {{- end }}
 {{- toYaml $data }}
 {{- end }}
 
-{{/* Pod annotations: a settings change rolls the pods (env is read once at start). */}}
+{{/*
+The PORTWATCH_* variables portwatch reads (`portwatch settings`, and the web's two): what
+settings: may hold. tests/integration/test_helm_chart.py checks it against the code.
+*/}}
+{{- define "portwatch.knownSettings" -}}
+PORTWATCH_ALERTS PORTWATCH_BANNER_WAIT PORTWATCH_BATCH_SECONDS PORTWATCH_BATCH_SIZE PORTWATCH_BROKER_WAIT PORTWATCH_CHANGE_SETTLE PORTWATCH_COMMIT_INTERVAL PORTWATCH_CONCURRENCY PORTWATCH_ENGINE PORTWATCH_IDENTIFY_BUDGET PORTWATCH_IDENTIFY_CONCURRENCY PORTWATCH_KAFKA PORTWATCH_MASSCAN_ADAPTER PORTWATCH_MASSCAN_ADAPTER_IP PORTWATCH_MASSCAN_BINARY PORTWATCH_MASSCAN_PASSES PORTWATCH_MASSCAN_ROUTER_MAC PORTWATCH_MAX_POLL_INTERVAL PORTWATCH_NMAP_DATA PORTWATCH_NMAP_PROBES PORTWATCH_PER_HOST_CONNECTIONS PORTWATCH_PORTS PORTWATCH_PREVALENCE_PRIOR PORTWATCH_RATE PORTWATCH_RETRIES PORTWATCH_SCOPE_ALLOW PORTWATCH_SESSION_TIMEOUT PORTWATCH_SHARD_ATTEMPTS PORTWATCH_SHARD_HOSTS PORTWATCH_SHARD_PORTS PORTWATCH_SINK_BUFFER PORTWATCH_SNMP_PUBLIC_COMMUNITY PORTWATCH_STORE PORTWATCH_TARPIT_THRESHOLD PORTWATCH_TIMEOUT PORTWATCH_TLS PORTWATCH_TLS_BUDGET PORTWATCH_TLS_TIMEOUT PORTWATCH_TLS_TRUST_STORE PORTWATCH_TOPIC_PREFIX PORTWATCH_TOPIC_REPLICATION PORTWATCH_UDP PORTWATCH_UDP_CONCURRENCY PORTWATCH_UDP_DEADLINE PORTWATCH_UDP_RATE PORTWATCH_UDP_RETRIES PORTWATCH_UDP_TIMEOUT PORTWATCH_WEB_COOKIE_SECURE PORTWATCH_WEB_TRUSTED_PROXIES
+{{- end }}
+
+{{/*
+Pod annotations: a change of what a process reads once at its start rolls the pods: the
+settings (env), and the alert rules, their secrets, the web token and the ClickHouse
+password given in values (a `helm upgrade` changing only those left every pod on the old
+ones: a review). Secrets named by existingSecret are the operator's to roll.
+*/}}
 {{- define "portwatch.podAnnotations" -}}
 checksum/settings: {{ include "portwatch.settingsData" .root | sha256sum }}
+checksum/config: {{ list .root.Values.alerts .root.Values.web.token .root.Values.clickhouse.password | toJson | sha256sum }}
 {{- with .root.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
