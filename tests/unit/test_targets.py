@@ -605,6 +605,13 @@ def test_an_address_or_name_listed_again_counts_once_toward_the_ceiling() -> Non
     assert check_total([TargetSpec("127.0.0.12")] * 70_000, allow_large=False) == 1
     assert check_total([TargetSpec("127.0.0.0/16", organization="A"),
                         TargetSpec("127.0.0.12", organization="B")], allow_large=False) == 65_536
+    # And an address counts once in any of the forms it is scanned as, a name with or
+    # without its final dot (a second review)
+    for form in ("[127.0.0.5]", "::ffff:127.0.0.5", "::ffff:7f00:5", "::127.0.0.5"):
+        assert check_total([TargetSpec("127.0.0.0/16"), TargetSpec(form)],
+                           allow_large=False) == 65_536, form
+    assert check_total([TargetSpec("db.example.test"), TargetSpec("db.example.test.")],
+                       allow_large=False) == 1
     assert check_total([TargetSpec("127.0.0.0/24"), TargetSpec(" 127.0.0.12"),
                         TargetSpec("::1"), TargetSpec("::1"), TargetSpec("db.example.test"),
                         TargetSpec("DB.example.test")], allow_large=False) == 258
@@ -864,3 +871,20 @@ def test_the_scope_lookup_agrees_with_testing_every_network(
         # Then the search answers as testing every network does
         assert excluding.permits(text) is not inside, text
         assert fenced.is_allowed(text) is (inside or not nets), text
+
+
+def test_a_name_listed_again_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given 70,000 lines of one name (the ceiling counts it once) and a resolver that
+    # counts its calls (a FAKE: no name may be looked up for real here)
+    import socket
+
+    calls: list[str] = []
+
+    def getaddrinfo(name: str, *_args: object, **_kw: object) -> list[tuple[object, ...]]:
+        calls.append(name)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.9", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    targets = resolve_targets([TargetSpec("db.example.test", organization="A")] * 70_000)
+    # Then it is looked up once (before: once per line, 85 s at 1 ms a lookup: a review)
+    assert [t.ip for t in targets] == ["127.0.0.9"] and calls == ["db.example.test"]
