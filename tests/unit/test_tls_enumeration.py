@@ -203,3 +203,29 @@ def test_a_server_that_closes_on_one_suite_every_time_stays_complete() -> None:
     enumeration, _order, offers = run(list(range(100)), picks_then_closes([3, 10, 99], {3}))
     assert sorted(enumeration.accepted) == [10, 99]
     assert enumeration.failure == ""
+
+
+def test_a_server_dropping_a_share_of_connections_at_random_is_not_called_complete() -> None:
+    # Given a server that serves 99 of 300 suites in its own order and drops 30 % of its
+    # connections at random (a balancer with a dead backend in three), 300 enumerations
+    # of seeded randomness
+    import random
+
+    supported = list(range(5, 300, 3))
+    false_complete = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        serve = server_order(supported)
+
+        def dropping(offered: tuple[int, ...], rng: random.Random = rng,
+                     serve: Chooser = serve) -> HelloOutcome:
+            if rng.random() < 0.3:
+                return HelloOutcome(OutcomeKind.CLOSED, "connection closed without an answer")
+            return serve(offered)
+
+        enumeration, _order, _offers = run(list(range(1, 301)), dropping)
+        assert set(enumeration.accepted) <= set(supported)
+        false_complete += not enumeration.failure and len(enumeration.accepted) < 99
+    # Then none is called complete with suites missing (before the end checks offered the
+    # suites retired by a close again: ~7 in 1,000, a review; before any check, most)
+    assert false_complete == 0
