@@ -9,6 +9,7 @@ Must not touch: the change rule, Kafka, the network.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
@@ -38,7 +39,16 @@ def iso_moment(text: str) -> datetime:
     except ValueError:
         raise ValueError("use an ISO date or time, e.g. 2026-12-01 or 2026-12-01T08:00"
                          ) from None
+    # digits past the microsecond (`date -Ins` writes nine) are dropped by fromisoformat:
+    # a moment after .291 read as .291 itself (a review); it is the next microsecond
+    finer = _BEYOND_MICROSECONDS.search(text)
+    if finer and finer.group(1).strip("0") and parsed < datetime.max.replace(
+            tzinfo=parsed.tzinfo):
+        parsed += timedelta(microseconds=1)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+_BEYOND_MICROSECONDS = re.compile(r"[.,]\d{6}(\d+)")
 
 
 def same_moment(start_flag: str, end_flag: str, to_flag: str, moment: datetime) -> str:

@@ -335,16 +335,22 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     # what is queued for the next run (it was taken as the first again, and the watcher
     # sent on for as long as the delivery wait allowed: a review)
     leave_queued = threading.Event()
+    taken: list[int] = []  # signals a scan's runner took (the watcher stops after it)
+
+    def say_stopping() -> None:
+        # said at once (-q too): an alert send in flight holds the stop up to its timeout
+        if dispatcher is not None and not stop.is_set() and not taken:
+            _say("watch: stopping after the alert send in flight, if any (interrupt "
+                 "again to leave queued alerts for the next run)")
 
     def stopped_by(sig: signal.Signals) -> None:
         if sig is signal.SIGTERM:
             terminated.append(sig)
-        if stop.is_set():
+        if stop.is_set() or taken:
+            # a second signal: the first stopped the watcher, or cut a scan short (then
+            # it was taken as the first again: a second review)
             leave_queued.set()
-        elif dispatcher is not None and not watcher.should_stop:
-            # said at once: an alert send in flight holds the stop up to its timeout
-            _say("watch: stopping after the alert send in flight, if any (interrupt "
-                 "again to leave queued alerts for the next run)")
+        say_stopping()
         stop.set()
 
     def own_signals() -> None:
@@ -384,6 +390,10 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
             # (it was lost before: a review)
             when_stopped.append(f"as {entry.name}'s scan ended (it completed)")
             stopped_by(signal.Signals(outcome.stop_signal))
+        elif outcome.stop_signal:
+            say_stopping()  # the scan it cut short said so only without -q
+        if outcome.stop_signal:
+            taken.append(outcome.stop_signal)
         return outcome
 
     async def last_delivery(dispatcher: AlertDispatcher) -> None:
@@ -391,8 +401,17 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         # SIGTERM during it ends it after the send in flight: the rest stays queued for
         # the next watcher or `portwatch alerts deliver`
         halt = leave_queued
+
+        def halted(sig: signal.Signals) -> None:
+            if sig is signal.SIGTERM:
+                terminated.append(sig)  # (a --once run's stop by SIGTERM is a clean 0)
+            if not halt.is_set():
+                _say("watch: stopping after the alert send in flight; what is left stays "
+                     "queued for the next run")
+            halt.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, halt.set)
+            loop.add_signal_handler(sig, halted, sig)
         if watcher.should_stop:
             # said before it waits: a stalled channel kept a stopping watcher silent for
             # up to `delivery: wait` and the send in flight, as if hung (a review)

@@ -184,13 +184,36 @@ def test_a_signal_during_a_scan_bounds_the_last_drain(
             "again to leave them queued for the next run)") in said
 
 
+def signals_during_the_first_send(receiver: Any, *signals: signal.Signals,
+                                  settle: float = 0.0) -> Any:
+    """A thread (started) that waits until ``receiver`` holds its first message, then
+    sends this process ``signals`` (after ``settle`` seconds, 0.3 s apart), then lets the
+    receiver answer: a user's Ctrl-C (or a pod's SIGTERM) while an alert is in flight."""
+    import os
+    import threading
+
+    receiver.hold = threading.Event()
+
+    def user() -> None:
+        deadline = time.monotonic() + 30
+        while not receiver.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle)
+        for sig in signals:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.3)
+        receiver.hold.set()  # the send in flight ends
+
+    thread = threading.Thread(target=user, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
         store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A FAKE for one step: the scan (it returns the two events a scan would find). Real:
     the CLI's watch loop and its signal handlers, two real SIGINTs, the dispatcher, a
     signed webhook receiver that holds its answer, the store."""
-    import os
-    import threading
 
     from portwatch.alerts import cli, scanning
 
@@ -201,21 +224,9 @@ def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
     said: list[str] = []
     monkeypatch.setattr(cli, "_say", said.append)
     with webhook_receiver(SECRET) as receiver:
-        receiver.hold = threading.Event()
         config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
-
-        def interrupt_twice_during_the_first_send() -> None:
-            deadline = time.monotonic() + 30
-            while not receiver.accepted and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for _ in range(2):  # Ctrl-C, then Ctrl-C again, while that send is held
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.3)
-            assert receiver.hold is not None
-            receiver.hold.set()  # the send in flight ends
-
-        user = threading.Thread(target=interrupt_twice_during_the_first_send, daemon=True)
-        user.start()
+        # (Ctrl-C, then Ctrl-C again, while that send is held)
+        user = signals_during_the_first_send(receiver, signal.SIGINT, signal.SIGINT)
         # When the watcher sends the first alert and is interrupted twice meanwhile
         code = asyncio.run(asyncio.wait_for(
             cli._watch(store, [HOURLY], lambda entry: None, config, once=False, quiet=True),
@@ -231,6 +242,75 @@ def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
                       "again to leave queued alerts for the next run)") < said.index(
         "watch: stopping: 1 queued alert(s) left for the next run (or `portwatch alerts "
         "deliver`)")
+
+
+def test_a_ctrl_c_after_one_that_cut_a_scan_short_is_the_second(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAKE for one step: the embedded runner's answer to a Ctrl-C during a scan (an
+    interrupted outcome with the signal it took; real: test_interrupt_during_
+    identification.py). Real: the CLI's watch loop and its handlers, a real SIGINT, the
+    dispatcher, a webhook receiver holding its answer, the store."""
+    from portwatch.alerts import cli, scanning
+
+    with webhook_receiver(SECRET) as receiver:
+        async def cut_by_ctrl_c(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
+            # (cut short while the watcher's delivery pass sends the first alert)
+            while not receiver.accepted:
+                await asyncio.sleep(0.05)
+            return ScanOutcome(Stats("scan-2", interrupted=True,
+                                     stop_signal=int(signal.SIGINT)), [])
+
+        monkeypatch.setattr(scanning, "run_embedded_scan", cut_by_ctrl_c)
+        said: list[str] = []
+        monkeypatch.setattr(cli, "_say", said.append)
+        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
+        # Given two alerts queued before the watcher starts (its first pass sends one)
+        AlertDispatcher(store, config).submit([event(6379), event(5432, service="postgresql")])
+        # When a Ctrl-C comes while it is in flight, after the scan was cut short by one
+        user = signals_during_the_first_send(receiver, signal.SIGINT, settle=0.5)
+        code = asyncio.run(asyncio.wait_for(
+            cli._watch(store, [HOURLY], lambda entry: None, config, once=False, quiet=True),
+            60))
+        user.join(5)
+    # Then that Ctrl-C is the second: the other alert stays queued (before: taken as the
+    # first, and the last drain sent it: a second review), and the first was said at
+    # once though the scan was quiet
+    assert code == 130
+    assert len(receiver.accepted) == 1
+    assert sorted(outbox_states(store).values()) == [("pending", 0), ("sent", 1)]
+    assert said.count("watch: stopping after the alert send in flight, if any (interrupt "
+                      "again to leave queued alerts for the next run)") == 1
+    assert ("watch: stopping: 1 queued alert(s) left for the next run (or `portwatch alerts "
+            "deliver`)") in said
+
+
+def test_sigterm_during_the_last_delivery_of_watch_once_is_a_clean_stop(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAKE for one step: the scan (it returns the two events a scan would find). Real:
+    the CLI, a real SIGTERM, the dispatcher, a receiver holding its answer, the store."""
+
+    from portwatch.alerts import cli, scanning
+
+    async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
+        return ScanOutcome(Stats("scan-2"), [event(6379), event(5432, service="postgresql")])
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", found_two)
+    said: list[str] = []
+    monkeypatch.setattr(cli, "_say", said.append)
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
+        user = signals_during_the_first_send(receiver, signal.SIGTERM)
+        code = asyncio.run(asyncio.wait_for(
+            cli._watch(store, [HOURLY], lambda entry: None, config, once=True, quiet=True),
+            60))
+        user.join(5)
+    # Then the send in flight ends, the rest stays queued, the stop is said at once, and
+    # it is a clean stop: no scan was cut short (before: 130, a CronJob's failed pod)
+    assert code == 0
+    assert len(receiver.accepted) == 1
+    assert sorted(outbox_states(store).values()) == [("pending", 0), ("sent", 1)]
+    assert ("watch: stopping after the alert send in flight; what is left stays queued for "
+            "the next run") in said
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])

@@ -61,3 +61,18 @@ def test_a_moment_between_two_milliseconds_is_the_next_one() -> None:
                                                              tzinfo=UTC)
     assert parse_when("2026-12-07T20:42:00.999999+01:00") == datetime(2026, 12, 7, 19, 42, 1,
                                                                       tzinfo=UTC)
+
+
+def test_digits_past_the_microsecond_make_a_later_moment() -> None:
+    # (fromisoformat drops them: .2910001 read as .291 itself, before --from's rounding
+    # could see it: a second review); `date -Ins` writes nine, with a comma
+    from stream_processors.change_log import iso_moment
+
+    assert parse_when("2026-12-07T21:17:49.2910001") == datetime(2026, 12, 7, 21, 17, 49, 292000,
+                                                                 tzinfo=UTC)
+    assert parse_when("2026-12-07T21:17:49,291000123+00:00") == datetime(
+        2026, 12, 7, 21, 17, 49, 292000, tzinfo=UTC)
+    assert parse_when("2026-12-07T21:17:49.2910000") == datetime(2026, 12, 7, 21, 17, 49, 291000,
+                                                                 tzinfo=UTC)
+    # and such a moment is not the same as the millisecond before it (a window of both)
+    assert iso_moment("2026-12-07T21:17:49.291Z") < iso_moment("2026-12-07T21:17:49.2910001Z")
