@@ -201,6 +201,10 @@ class Record:
     # key can hold it.)
     _WIRE_REQUIRED: ClassVar[bytes] = b""
 
+    def _check_wire(self) -> None:
+        """Bounds a record from the wire must keep beyond its types (both decoding paths
+        run it; records built in code are not held to it). RecordError when not."""
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": SCHEMA_VERSION}
         for name in _field_names(type(self)):
@@ -239,6 +243,7 @@ class Record:
                 # msgspec fills a missing field from its default (an observation time:
                 # "now"), where the slow path refuses the record: both refuse it
                 if cls._WIRE_REQUIRED in data_bytes:
+                    decoded._check_wire()
                     return decoded
         try:
             data = json.loads(data_bytes)
@@ -261,7 +266,9 @@ class Record:
             raise RecordError(f"{cls.__name__}: unsupported schema version "
                               f"{_clip(repr(version))}")
         try:
-            return cls._decode(data)
+            record = cls._decode(data)
+            record._check_wire()
+            return record
         except RecordError:
             raise
         except RecursionError:
@@ -747,18 +754,21 @@ class HostScan(Record):
         """True when this shard probed (proto, port) on its host."""
         return proto == self.proto and any(r.first <= port <= r.last for r in self.ports)
 
-    @classmethod
-    def _decode(cls, data: Mapping[str, Any]) -> Self:
+    def _check_wire(self) -> None:
         # Bounded as our writers make them (a shard covers at most one protocol's 65,535
         # ports: Shard.__post_init__), refused otherwise: a forged "bogus" status became
         # the host's latest scan in the Summary, and negative counts a compared scan (a
-        # review of the distributed shape)
-        status = str(data.get("status", "completed"))
-        if status not in HOST_SCAN_STATUSES:
-            raise RecordError(f"HostScan: unknown status {_clip(repr(status))}")
-        ports = tuple(PortRange.from_dict(p) for p in data.get("ports", ()))
-        if sum(len(r) for r in ports) > 65_535:
+        # review of the distributed shape; the compact form our writers use skipped the
+        # check at first: a second review)
+        if self.status not in HOST_SCAN_STATUSES:
+            raise RecordError(f"HostScan: unknown status {_clip(repr(self.status))}")
+        _port_count(self.ports_scanned, "ports_scanned")
+        _port_count(self.open_ports, "open_ports")
+        if sum(len(r) for r in self.ports) > 65_535:
             raise RecordError("HostScan: its port ranges cover more than a protocol has")
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any]) -> Self:
         return cls(
             scan_id=str(data["scan_id"]),
             target=Target.from_dict(data["target"]),
@@ -766,12 +776,12 @@ class HostScan(Record):
             finished_at=_ts(data["finished_at"]),
             ports_scanned=_port_count(data["ports_scanned"], "ports_scanned"),
             open_ports=_port_count(data["open_ports"], "open_ports"),
-            status=status,
+            status=str(data.get("status", "completed")),
             is_tarpit=bool(data.get("is_tarpit", False)),
             note=str(data.get("note", "")),
             shard_id=str(data.get("shard_id", "")),
             proto=Proto(data.get("proto", "tcp")),
-            ports=ports,
+            ports=tuple(PortRange.from_dict(p) for p in data.get("ports", ())),
         )
 
 
