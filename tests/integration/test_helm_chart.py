@@ -459,31 +459,59 @@ def test_a_release_name_kubernetes_refuses_for_a_service_is_refused(
     assert "Kubernetes refuses it as a Service name" in proc.stderr
 
 
-def test_alerts_web_token_or_password_changes_roll_the_pods(helm: str, tmp_path: Path) -> None:
+def test_a_name_override_kubernetes_refuses_as_a_label_is_refused(helm: str,
+                                                                  tmp_path: Path) -> None:
+    stderr = render_error(helm, tmp_path, {"fullnameOverride": "pw",
+                                           "nameOverride": "port watch"})
+    assert 'nameOverride "port watch": a label value' in stderr
+
+
+def test_a_long_name_cut_to_size_loses_every_trailing_hyphen(helm: str, tmp_path: Path) -> None:
+    # ("a" * 52 + "--x" cut to 54 ended in '-' after one was trimmed, and was refused as
+    # the user's name: a second review)
+    objects = render(helm, tmp_path, {"fullnameOverride": "a" * 52 + "--x",
+                                      "produce": {"enabled": False}})
+    assert ("ServiceAccount", "a" * 52) in objects
+
+
+def test_alerts_web_token_or_password_changes_roll_the_pods_that_read_them(
+        helm: str, tmp_path: Path) -> None:
     # (each is read once at a process's start: a `helm upgrade` changing only one of them
     # left every pod on the old one: a review)
-    def checksums(values: dict[str, Any]) -> dict[tuple[str, str], str]:
+    def checksums(values: dict[str, Any]) -> dict[str, str]:
         out = {}
-        for key, obj in render(helm, tmp_path, values).items():
-            if key[0] in ("Deployment", "CronJob"):
-                template = (obj["spec"]["jobTemplate"]["spec"]["template"]
-                            if key[0] == "CronJob" else obj["spec"]["template"])
-                out[key] = str(template["metadata"]["annotations"]["checksum/config"])
+        for (kind, name), obj in render(helm, tmp_path, values).items():
+            if kind == "Deployment":
+                annotations = obj["spec"]["template"]["metadata"]["annotations"]
+                out[name.removeprefix(f"{BASE}-")] = str(annotations.get("checksum/config"))
         return out
 
     alerts = {"enabled": True, "config": ALERTS_CONFIG,
               "secretEnv": {"PORTWATCH_HOOK_SECRET": "a" * 32}}
     base = {"alerts": alerts, "web": {"token": "t" * 20}, "clickhouse": {"password": "one"}}
     before = checksums(base)
+    assert before["discover"] == "None"  # it reads none of them
     rule = {**ALERTS_CONFIG["rules"][0], "when": {"colors": ["red", "yellow"]}}
-    for changed in ({**base, "alerts": {**alerts, "config": {**ALERTS_CONFIG, "rules": [rule]}}},
-                    {**base, "alerts": {**alerts, "secretEnv": {"PORTWATCH_HOOK_SECRET":
-                                                                "b" * 32}}},
-                    {**base, "web": {"token": "u" * 20}},
-                    {**base, "clickhouse": {"password": "two"}}):
+    # Then each change rolls the pods that read it, and only those (a second review:
+    # discovery workers rolled, and rebalanced their shards, for an alert rule)
+    for changed, rolled in (
+            ({**base, "alerts": {**alerts, "config": {**ALERTS_CONFIG, "rules": [rule]}}},
+             {"process"}),
+            ({**base, "alerts": {**alerts, "secretEnv": {"PORTWATCH_HOOK_SECRET": "b" * 32}}},
+             {"process"}),
+            ({**base, "web": {"token": "u" * 20}}, {"web"}),
+            ({**base, "clickhouse": {"password": "two"}}, {"process", "web"})):
         after = checksums(changed)
-        assert set(after) == set(before) and all(after[k] != before[k] for k in before)
+        assert {name for name in before if after[name] != before[name]} == rolled
     assert checksums(base) == before  # and the same values give the same pods
+    # And no annotation is a plain digest of a secret (anyone who may list pods reads it:
+    # a SHA-256 of the password let them test guesses at it offline; a second review)
+    import hashlib
+    import json
+    plain = {hashlib.sha256(json.dumps(x, separators=(",", ":")).encode()).hexdigest()
+             for x in (["one"], "one", [alerts, "t" * 20, "one"])}
+    plain |= {hashlib.sha256(b"one").hexdigest()}
+    assert not plain & set(before.values())
 
 
 def test_settings_change_rolls_the_pods(helm: str, tmp_path: Path) -> None:

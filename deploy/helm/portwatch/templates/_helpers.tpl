@@ -4,7 +4,13 @@ scratch volumes (the root filesystem is read-only), pod security context.
 */}}
 
 {{- define "portwatch.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- $name := regexReplaceAll "[-_.]+$" (default .Chart.Name .Values.nameOverride | trunc 63) "" }}
+{{- /* a label value on every object (nameOverride rendered "port watch", which the API
+server refuses: a review) */ -}}
+{{- if not (regexMatch "^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$" $name) }}
+{{- fail (printf "nameOverride %q: a label value (letters, digits, '-', '_' and '.', a letter or digit at each end)" $name) }}
+{{- end }}
+{{- $name }}
 {{- end }}
 
 {{/* Release-scoped base name; component names add a suffix, so keep room for it (63 - 9). */}}
@@ -18,17 +24,21 @@ named "pw.prod" or "1pw" rendered, and the API server refused its Service) */ -}
 {{- $full }}
 {{- end }}
 
+{{- /* cut to 54 and every trailing '-' dropped (one only, and "a...a--x" cut to "a...a-"
+was refused as the user's name: a review) */ -}}
 {{- define "portwatch.fullnameText" -}}
+{{- $full := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- $full = .Release.Name }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- $full = printf "%s-%s" .Release.Name $name }}
 {{- end }}
 {{- end }}
+{{- regexReplaceAll "-+$" ($full | trunc 54) "" }}
 {{- end }}
 
 {{- define "portwatch.chart" -}}
@@ -164,18 +174,46 @@ PORTWATCH_ALERTS PORTWATCH_BANNER_WAIT PORTWATCH_BATCH_SECONDS PORTWATCH_BATCH_S
 
 {{/*
 Pod annotations: a change of what a process reads once at its start rolls the pods: the
-settings (env), and the alert rules, their secrets, the web token and the ClickHouse
-password given in values (a `helm upgrade` changing only those left every pod on the old
-ones: a review). Secrets named by existingSecret are the operator's to roll.
+settings (env) every pod; and ("config": a list of "alerts", "token", "password") what
+that component reads of the alert rules and their secrets, the web token and the
+ClickHouse password given in values (a `helm upgrade` changing only those left every pod
+on the old ones: a review). Secrets named by existingSecret are the operator's to roll.
 */}}
 {{- define "portwatch.podAnnotations" -}}
 checksum/settings: {{ include "portwatch.settingsData" .root | sha256sum }}
-checksum/config: {{ list .root.Values.alerts .root.Values.web.token .root.Values.clickhouse.password | toJson | sha256sum }}
+{{- with .config }}
+checksum/config: {{ include "portwatch.configDigest" (dict "root" $.root "parts" .) | sha256sum }}
+{{- end }}
 {{- with .root.Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}
 {{- with .extra }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+What checksum/config digests: the alert rules as given (no secret in them), and the
+secrets a component reads, stretched first by scrypt (sprig's derivePassword: ~0.2 s of
+CPU, once per component and render, only when a secret is given), since anyone who may
+list pods reads the annotation: a plain SHA-256 of a password let them test guesses at it
+offline at once (a review).
+*/}}
+{{- define "portwatch.configDigest" -}}
+{{- $v := .root.Values }}
+{{- $secrets := list }}
+{{- if has "alerts" .parts }}
+{{- (omit $v.alerts "secretEnv") | toJson }}
+{{- range $key := keys (default dict $v.alerts.secretEnv) | sortAlpha }}
+{{- $key }}
+{{- $secrets = append $secrets (get $v.alerts.secretEnv $key | toString) }}
+{{- end }}
+{{- end }}
+{{- if has "token" .parts }}{{ $secrets = append $secrets (toString $v.web.token) }}{{ end }}
+{{- if has "password" .parts }}{{ $secrets = append $secrets (toString $v.clickhouse.password) }}{{ end }}
+{{- $joined := join "\u0000" $secrets }}
+{{- if $joined | replace "\u0000" "" }}
+{{- derivePassword 1 "maximum" $joined "portwatch" "pod-annotation" }}
 {{- end }}
 {{- end }}
 
