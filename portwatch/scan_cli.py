@@ -249,11 +249,14 @@ def raise_for_outcome(stats: Any, checkpoint: str | None) -> None:
 async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
                    checkpoint: str | None = None, quiet: bool = False,
                    scope: Any = None, signals: list[int] | None = None,
-                   engine: tuple[str, str] | None = None) -> Any:
+                   engine: tuple[str, str] | None = None,
+                   say_interrupts: bool = False) -> Any:
     """Run a scan plan through the embedded transport with the progress view and
     Ctrl-C handling of ``portwatch scan`` (also what ``watch`` runs). The signal that
     asked the run to stop, if one did, is appended to ``signals``, also when the run
-    then raised (the watcher must still stop)."""
+    then raised (the watcher must still stop). ``say_interrupts``: what a Ctrl-C does is
+    said even when ``quiet`` (watch -q: a watcher silent for the scan's identification
+    after a Ctrl-C was pressed again, which stored the ports unidentified: a review)."""
     from stream_processors.transports.embedded import install_interrupt
 
     engine_name, note = engine if engine is not None else _engine_for(assembly, plan)
@@ -262,7 +265,7 @@ async def run_plan(assembly: Any, db: Any, plan: Any, start: Any, *,
     runner = assembly.embedded_runner(db, engine=engine_name or None,
                                       say=None if quiet else say, scope=scope)
     view = ProgressView(enabled=not quiet)
-    undo = install_interrupt(runner, None if quiet else say)
+    undo = install_interrupt(runner, say if say_interrupts or not quiet else None)
     try:
         with view:
             return await runner.run(plan, start=start, checkpoint_path=checkpoint,

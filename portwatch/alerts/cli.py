@@ -344,9 +344,10 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
                  "again to leave queued alerts for the next run)")
 
     def stopped_by(sig: signal.Signals) -> None:
-        if sig is signal.SIGTERM:
-            terminated.append(sig)
-        if stop.is_set() or taken:
+        first = not stop.is_set() and not taken
+        if sig is signal.SIGTERM and first:
+            terminated.append(sig)  # (after a Ctrl-C, a SIGTERM leaves it 130)
+        if not first:
             # a second signal: the first stopped the watcher, or cut a scan short (then
             # it was taken as the first again: a second review)
             leave_queued.set()
@@ -403,8 +404,10 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         halt = leave_queued
 
         def halted(sig: signal.Signals) -> None:
-            if sig is signal.SIGTERM:
-                terminated.append(sig)  # (a --once run's stop by SIGTERM is a clean 0)
+            if sig is signal.SIGTERM and not (halt.is_set() or stop.is_set() or taken):
+                # the first stop, by SIGTERM: a clean 0 (after a Ctrl-C it stays 130: a
+                # third review)
+                terminated.append(sig)
             if not halt.is_set():
                 _say("watch: stopping after the alert send in flight; what is left stays "
                      "queued for the next run")

@@ -124,7 +124,7 @@ async def run_embedded_scan(store: Any, prepared: PreparedScan, *, quiet: bool =
     taken: list[int] = []
     try:
         stats = await run_plan(assembly, store, plan, start, quiet=quiet, scope=work.scope,
-                               signals=taken)
+                               signals=taken, say_interrupts=True)
     except Exception as exc:
         if taken:
             raise SignalledScanError(taken[0], exc) from exc

@@ -401,6 +401,39 @@ def test_ctrl_c_ends_the_last_delivery_and_keeps_what_is_left(tmp_path: Path,
         log.stdout
 
 
+def test_a_quiet_watcher_says_what_a_ctrl_c_during_a_scan_does(tmp_path: Path) -> None:
+    import time
+
+    # Given a quiet watcher scanning a port that never speaks (identification takes its
+    # banner wait and probes: seconds)
+    store = f"chdb://{tmp_path / 'store'}"
+    with loopback.listen(loopback.silent()) as listener:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "portwatch", "watch", "--schedule",
+             str(schedules(tmp_path, listener.port)), "-q", "--once"], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ENV, "PORTWATCH_STORE": store})
+        assert proc.stderr is not None
+        try:
+            for _ in range(20):  # bounded: the lines before its scan starts
+                line = proc.stderr.readline()
+                if not line or "scanning" in line:
+                    break
+            time.sleep(1.5)  # (in the scan by now)
+            # When a Ctrl-C comes during the scan
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    # Then it says what the Ctrl-C does, as a scan would, though quiet (before: nothing
+    # until the scan's identification ended, and a second Ctrl-C pressed meanwhile stored
+    # the ports unidentified: a third review)
+    assert "stopping: no new ports are scanned" in rest, rest
+    assert proc.returncode == 130, rest
+
+
 def test_alerts_deliver_exits_1_when_a_receiver_is_down(tmp_path: Path) -> None:
     store = f"chdb://{tmp_path / 'store'}"
     with webhook_receiver(SECRET.encode()) as receiver:

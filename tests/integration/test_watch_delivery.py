@@ -313,6 +313,29 @@ def test_sigterm_during_the_last_delivery_of_watch_once_is_a_clean_stop(
             "the next run") in said
 
 
+def test_a_sigterm_after_a_ctrl_c_during_the_last_delivery_stays_130(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the test above (the same FAKE scan), with a Ctrl-C first, then a SIGTERM."""
+    from portwatch.alerts import cli, scanning
+
+    async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
+        return ScanOutcome(Stats("scan-2"), [event(6379), event(5432, service="postgresql")])
+
+    monkeypatch.setattr(scanning, "run_embedded_scan", found_two)
+    monkeypatch.setattr(cli, "_say", lambda _line: None)
+    with webhook_receiver(SECRET) as receiver:
+        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
+        user = signals_during_the_first_send(receiver, signal.SIGINT, signal.SIGTERM)
+        code = asyncio.run(asyncio.wait_for(
+            cli._watch(store, [HOURLY], lambda entry: None, config, once=True, quiet=True),
+            60))
+        user.join(5)
+    # Then the user's Ctrl-C decides: 130 (before: the SIGTERM made it a clean 0: a third
+    # review), and what was not sent stays queued
+    assert code == 130
+    assert sorted(outbox_states(store).values()) == [("pending", 0), ("sent", 1)]
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
 @pytest.mark.parametrize("once", [False, True], ids=["watch", "watch-once"])
 def test_a_signal_a_completed_scan_outlived_stops_the_watcher(
