@@ -168,6 +168,15 @@ class MasscanEngine:
         by_ip = {t.ip: t for t in shard.targets}
         n_ports = shard.port_count
         progress.add_total(shard.probe_count)
+        down = [t.ip for path, targets in groups.items() if path.unreachable for t in targets]
+        if down:  # no ARP answer: nothing to send them (masscan would wait for one forever)
+            groups = {p: ts for p, ts in groups.items() if not p.unreachable}
+            progress.probes_done += n_ports * len(down)
+            progress.notes.append(
+                f"masscan: {len(down)} host(s) on the local link answered no ARP request "
+                f"(down: none of their ports was probed), e.g. {down[0]}")
+            if not groups:
+                return
         plan = []
         for path, targets in groups.items():
             probes = n_ports * len(targets)

@@ -19,7 +19,8 @@ target from ``ip -j route get <target>``:
   itself; its MAC comes from the neighbour table (``ip -j neigh``). An unresolved
   on-link next hop is resolved by the kernel first (one empty UDP datagram to the
   discard port of that target, then the neighbour table is read again); if it is
-  still unknown, masscan is told ``--router-ip`` and ARPs for it itself.
+  still unknown the target is down (``unreachable``: as nmap, no ARP answer, no
+  host); an unresolved gateway is left to masscan (``--router-ip``: it ARPs itself).
 Targets whose paths differ are scanned by separate masscan runs.
 Routes of type local/loopback are refused: masscan cannot scan loopback or the
 machine's own addresses.
@@ -59,6 +60,10 @@ class MasscanPath:
     # adapter_ip is one of this machine's own addresses: the kernel RSTs the
     # SYN-ACKs it receives there, so masscan is told --noreset (see the engine)
     local_source: bool = False
+    # an on-link target that answered no ARP request: down, never given to masscan
+    # (1.3.2 ARPs for its --router-ip forever and sends nothing: the whole shard failed
+    # at its deadline on every attempt, live hosts of it included: a review)
+    unreachable: bool = False
 
     def argv(self) -> list[str]:
         out = ["--adapter", self.adapter, "--adapter-ip", self.adapter_ip]
@@ -174,7 +179,8 @@ def resolve_path(
                 break
     if mac:
         return MasscanPath(dev, src, router_mac=mac, local_source=local)
-    return MasscanPath(dev, src, router_ip=next_hop, local_source=local)
+    return MasscanPath(dev, src, router_ip=next_hop, local_source=local,
+                       unreachable=next_hop == ip)
 
 
 def _is_local_address(ip: str) -> bool:

@@ -141,6 +141,27 @@ def test_a_retry_pass_resends_only_the_ports_that_stayed_silent() -> None:
     ]
 
 
+def test_a_down_host_on_the_link_is_not_scanned_and_fails_nothing() -> None:
+    _require_masscan()
+    # Given a live namespace host and an address on its link that nobody answers ARP for
+    with netns.test_host(INDEX, tcp_banners={22: b"SSH-2.0-x\r\n"}) as host:
+        down = host.address.rsplit(".", 1)[0] + ".77"
+        # Then the down address has no path masscan could take (it would ARP forever)
+        assert resolve_path(down).unreachable
+        engine = MasscanEngine(rate=30_000)
+        # When both are scanned in one shard
+        found, progress, _ = _scan(engine, _shard([host.address, down], (PortRange(1, 1000),)))
+    # Then the live host's port is found, the shard does not fail (before: masscan was
+    # told --router-ip of the down host, ARPed for it forever, and the shard failed at
+    # its deadline on every attempt, the live host's results with it: a review), and
+    # the down host is said, its probes counted done
+    assert [(o.target.ip, o.port) for o in found] == [(host.address, 22)]
+    assert progress.errors == 0
+    assert any(n.startswith("masscan: 1 host(s) on the local link answered no ARP request")
+               for n in progress.notes), progress.notes
+    assert progress.probes_done == progress.probes_total == 2_000 + progress.retries
+
+
 def test_a_masscan_that_will_not_exit_is_killed_at_the_deadline_and_results_are_kept() -> None:
     _require_masscan()
     # Given masscan told to wait 60 s after sending (it stays alive, like a 1.3.2
