@@ -217,13 +217,18 @@ class MasscanEngine:
                         f"masscan: shard deadline {total_deadline:.0f}s reached "
                         f"before pass {pass_no + 1}/{self.passes}"
                     )
+                base_done = progress.probes_done
+
+                def sent(percent: float) -> None:
+                    progress.probes_done = base_done + int(probes * percent / 100)
+
                 run = MasscanRun(
                     argv, deadline=min(per_pass, remaining), wait=wait,
                     all_answered=tap.expect(expect) if tap is not None and expect else None,
+                    on_percent=sent,
                 )
                 runs.append(run)
                 self.current_run = run
-                base_done = progress.probes_done
                 async for d in run.stream():
                     if tap is not None:
                         tap.mark(d.ip, d.port)

@@ -19,7 +19,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +150,12 @@ class RunOutcome:
     def failure(self) -> str:
         tail = " | ".join(self.stderr_tail[-3:])
         if self.killed == "deadline":
+            # with what masscan said went wrong, if it did ("[-] CONF: bad MAC address",
+            # then it idles: only "deadline" was said, twice: a review)
+            said = [line for line in self.stderr_tail if line.startswith("[-]")][-2:]
             return (f"masscan did not finish within its deadline ({self.percent_done:.1f}% "
-                    f"done after {self.elapsed:.1f}s)")
+                    f"done after {self.elapsed:.1f}s)"
+                    + (": " + " | ".join(said) if said else ""))
         if self.killed == "cancelled":
             return "masscan run cancelled"
         rc = self.returncode
@@ -189,11 +193,15 @@ class MasscanRun:
         deadline: float,
         wait: float,
         all_answered: asyncio.Event | None = None,
+        on_percent: Callable[[float], None] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.deadline = deadline
         self.wait = wait
         self.all_answered = all_answered
+        # told each new "% done" masscan reports (the scan's progress moves with it: it
+        # read 0 % for a whole pass, then jumped: a review)
+        self.on_percent = on_percent
         self._reaper: asyncio.Future[int] | None = None
         self.outcome = RunOutcome()
         self.pid: int | None = None
@@ -309,6 +317,8 @@ class MasscanRun:
                 m = _STATUS.search(text)
                 if m:
                     pct = min(float(m.group(1)), 100.0)
+                    if pct > self.outcome.percent_done and self.on_percent is not None:
+                        self.on_percent(pct)
                     self.outcome.percent_done = max(self.outcome.percent_done, pct)
                     if pct >= 100.0 and self._done_at is None:
                         self._done_at = time.monotonic()

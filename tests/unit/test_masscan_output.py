@@ -100,3 +100,37 @@ def test_the_guard_leaves_a_missing_program_to_fail_as_before() -> None:
 
     assert dies_with_us(["/nonexistent/masscan", "-p1"]) == ["/nonexistent/masscan", "-p1"]
     assert dies_with_us(["sleep", "1"]) == [SETPRIV, "--pdeathsig", "KILL", "--", "sleep", "1"]
+
+
+STATUS_THEN_IDLE = r"""#!/bin/sh
+printf 'Starting masscan 1.3.2\n' >&2
+printf 'rate:  1.00-kpps, 10.00%% done,   0:00:09 remaining, found=0\r' >&2
+sleep 0.2
+printf 'rate:  1.00-kpps, 50.00%% done,   0:00:05 remaining, found=0\r' >&2
+sleep 0.2
+printf '[-] CONF: bad MAC address: router-mac = zz:zz\n' >&2
+sleep 30
+"""
+
+
+def test_each_percent_done_is_told_and_a_deadline_says_what_masscan_said(
+        tmp_path: Path) -> None:
+    # Given a (fake) masscan that reports 10 %, then 50 %, then an error, then idles
+    script = tmp_path / "masscan"
+    script.write_text(STATUS_THEN_IDLE)
+    script.chmod(0o755)
+    told: list[float] = []
+    run = MasscanRun([str(script)], deadline=1.5, wait=1, on_percent=told.append)
+
+    async def read() -> list[Discovery]:
+        return [d async for d in run.stream()]
+
+    assert asyncio.run(read()) == []
+    # Then each new percentage was told as it came (the scan's progress read 0 % for a
+    # whole pass: a review), and the deadline's message carries masscan's own error
+    # (only "did not finish within its deadline" was said, twice: a review)
+    assert told == [10.0, 50.0]
+    assert run.outcome.killed == "deadline"
+    failure = run.outcome.failure()
+    assert failure.startswith("masscan did not finish within its deadline (50.0% done")
+    assert failure.endswith(": [-] CONF: bad MAC address: router-mac = zz:zz")
