@@ -15,6 +15,7 @@ Must not touch: the network, the store, any component (it only describes them).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -31,6 +32,7 @@ class SettingsError(ValueError):
 
 
 _INT = re.compile(r"-?[0-9]{1,18}")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}")
 _FLOAT = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?|-?(nan|inf)",
                     re.IGNORECASE)
 
@@ -280,6 +282,20 @@ class Settings:
                 who = "PORTWATCH_SCOPE_ALLOW"
                 raise SettingsError(message if message.startswith(who)
                                     else f"{who}: {message}") from None
+        if self.masscan_adapter_ip:
+            # masscan's own settings: a bad one failed every shard ("masscan engine
+            # failed: AddressValueError", retried, exit 1) or hung masscan ("bad MAC
+            # address", then idle until the deadline: a review)
+            try:
+                ipaddress.IPv4Address(self.masscan_adapter_ip)
+            except ValueError:
+                who = f"{self.env_name('masscan_adapter_ip')}={self.masscan_adapter_ip[:60]!r}"
+                raise SettingsError(f"{who}: not an IPv4 address (the source address "
+                                    "masscan sends from)") from None
+        if self.masscan_router_mac and not _MAC.fullmatch(self.masscan_router_mac):
+            who = f"{self.env_name('masscan_router_mac')}={self.masscan_router_mac[:60]!r}"
+            raise SettingsError(f"{who}: not a MAC address (six hex pairs, e.g. "
+                                "02:00:00:00:00:01)")
         if self.nmap_data and not Path(self.nmap_data).is_dir():
             # a typo here silently turned nmap's service probes and the Internet prior
             # off for TCP scans (a review); only --udp topN said anything

@@ -212,6 +212,13 @@ def test_bad_setting_in_the_environment_is_refused(store_dir: Path) -> None:
     pytest.param({"PORTWATCH_NMAP_DATA": "/nonexistent"},
                  "PORTWATCH_NMAP_DATA='/nonexistent': no such directory (nmap's data files, "
                  "e.g. /usr/share/nmap; unset it for that default)", id="nmap-data"),
+    # masscan's: every shard failed and was retried, or masscan hung (a review)
+    pytest.param({"PORTWATCH_MASSCAN_ADAPTER_IP": "notanip"},
+                 "PORTWATCH_MASSCAN_ADAPTER_IP='notanip': not an IPv4 address (the source "
+                 "address masscan sends from)", id="masscan-adapter-ip"),
+    pytest.param({"PORTWATCH_MASSCAN_ROUTER_MAC": "zz:zz"},
+                 "PORTWATCH_MASSCAN_ROUTER_MAC='zz:zz': not a MAC address (six hex pairs, "
+                 "e.g. 02:00:00:00:00:01)", id="masscan-router-mac"),
 ])
 def test_portwatch_settings_refuses_a_bad_port_spec_in_the_environment(
         env: dict[str, str], message: str) -> None:
