@@ -343,9 +343,18 @@ def end_wait(probes: int, rate: int) -> int:
     return 10
 
 
+# The fastest rate a pass's deadline assumes masscan reaches. A --rate above what the
+# machine or link can send (10,000,000 asked, ~60,000 sent to 16 veth hosts) sized a
+# deadline every pass overran at 80-90 % done: the shard failed on every attempt (a
+# review). The discovery bench reached 175-300k packets/s on a veth (BENCHMARKS.md).
+PLANNED_RATE_CAP = 50_000
+
+
 def pass_deadline(probes: int, rate: int, wait: float) -> float:
-    """Seconds one pass may take: send time (+50% for masscan's rate ramp), start, wait, margin."""
-    return STARTUP_SECONDS + 1.5 * probes / rate + wait + KILL_GRACE + DEADLINE_MARGIN
+    """Seconds one pass may take: send time (+50% for masscan's rate ramp) at ``rate``,
+    or at ``PLANNED_RATE_CAP`` when faster, start, wait, margin."""
+    planned = min(rate, PLANNED_RATE_CAP)
+    return STARTUP_SECONDS + 1.5 * probes / planned + wait + KILL_GRACE + DEADLINE_MARGIN
 
 
 __all__ = [

@@ -4,6 +4,8 @@ themselves are tested against namespace hosts in tests/integration)."""
 
 from __future__ import annotations
 
+import math
+
 from probers.discovery.masscan import MAX_RANGES_PER_RUN, MasscanEngine
 from probers.discovery.masscan_path import MasscanPath
 from probers.discovery.tap import CLOSED, OPEN, AnswerTap
@@ -92,3 +94,17 @@ def test_source_port_is_stable_per_shard_and_above_the_ephemeral_range() -> None
     # pinned: 61000 + (seed x 7919 + index x 104729) mod 4500, whatever the process
     assert MasscanEngine._source_port(_shard()) == 61620
     assert MasscanEngine._source_port(_shard(seed=1, index=0)) == 64419
+
+
+def test_a_pass_deadline_assumes_no_rate_above_what_masscan_can_send() -> None:
+    from probers.discovery.masscan_run import PLANNED_RATE_CAP, pass_deadline
+
+    # A --rate of 10,000,000 for 16 hosts x 40,000 ports (a review: masscan sent ~60,000
+    # a second, and every pass was killed at 80-90 % done) is planned at the cap: time
+    # for the 640,000 probes at 50,000 a second and more
+    assert PLANNED_RATE_CAP == 50_000
+    assert pass_deadline(640_000, 10_000_000, 1) == pass_deadline(640_000, 50_000, 1)
+    assert pass_deadline(640_000, 10_000_000, 1) > 1.5 * 640_000 / 50_000
+    # and the default rate (10,000) plans its send time as before: 1.5 x probes / rate
+    assert math.isclose(pass_deadline(65_535, 10_000, 1) - pass_deadline(0, 10_000, 1),
+                        1.5 * 65_535 / 10_000)
