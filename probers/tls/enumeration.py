@@ -77,6 +77,9 @@ class SuiteEnumeration:
         self._tries_left = 0  # of the first window
         self._check: tuple[int, ...] = ()  # the check in flight
         self._checked_pick = False
+        # it refused an offer of this version with an alert: it speaks the version, so a
+        # close there was a drop (one close on the check lost a version: a fourth review)
+        self._alerted = False
 
     def next_offer(self) -> tuple[int, ...] | None:
         if self.failure or self.version_refused:
@@ -96,7 +99,7 @@ class SuiteEnumeration:
             # server that closes on a version it does not speak costs one connection)
             retired, w = self._retired_closed, self._window
             self._check_windows = [tuple(retired[i:i + w]) for i in range(0, len(retired), w)]
-            self._tries_left = UNION_CHECKS if self.picks else 1
+            self._tries_left = self._tries()
         if self._check_windows:
             self._check = self._check_windows[0]
         elif self.picks and not self._checked_pick:
@@ -135,6 +138,7 @@ class SuiteEnumeration:
         elif outcome.kind.is_refusal:
             offered_set = set(offered)
             self._remaining = [code for code in self._remaining if code not in offered_set]
+            self._alerted |= outcome.kind is OutcomeKind.ALERT
             if outcome.kind is OutcomeKind.CLOSED:
                 self._retired_closed += [c for c in offered if c not in self._retired_closed]
         else:
@@ -156,12 +160,17 @@ class SuiteEnumeration:
                             "closed on are unknown")
         elif outcome.kind is OutcomeKind.CLOSED and self._tries_left > 1:
             self._tries_left -= 1  # closed again: as a refusal would be; once more
-        elif outcome.kind is OutcomeKind.CLOSED and not self.picks:
+        elif outcome.kind is OutcomeKind.CLOSED and not (self.picks or self._alerted):
             self._check_windows = []  # it closes on this version: it does not speak it
         else:  # closed every time, or refused otherwise: this window is refused
             assert self._check_windows is not None
             self._check_windows.pop(0)
-            self._tries_left = UNION_CHECKS if self.picks else 1
+            self._tries_left = self._tries()
+
+    def _tries(self) -> int:
+        """Offers of each window at the end: once only for a version the server never
+        answered but by closing (it may not speak it: one connection more)."""
+        return UNION_CHECKS if self.picks or self._alerted else 1
 
     @property
     def accepted(self) -> tuple[int, ...]:

@@ -275,3 +275,23 @@ def test_a_version_whose_first_hellos_were_all_dropped_is_offered_again() -> Non
     # Then the version is not lost in silence: what the check found, said to be partial
     # (before: the version vanished and the result was complete: a third review)
     assert enumeration.accepted and "drops connections" in enumeration.failure
+
+
+def test_a_version_that_refused_with_alerts_is_checked_as_often_as_one_with_picks() -> None:
+    # Given a server that speaks the version (it refuses most offers with an alert) and
+    # serves suite 150, whose offers its balancer dropped the first 7 times
+    drops = 0
+
+    def serve(offered: tuple[int, ...]) -> HelloOutcome:
+        nonlocal drops
+        if 150 not in offered:
+            return HelloOutcome(OutcomeKind.ALERT, "handshake_failure")
+        drops += 1
+        if drops <= 7:
+            return HelloOutcome(OutcomeKind.CLOSED, "connection closed without an answer")
+        return HelloOutcome(OutcomeKind.ACCEPTED, suite=150)
+
+    enumeration, _order, _offers = run(CANDIDATES, serve)
+    # Then the check finds 150 and says the list is incomplete (before: one close on the
+    # check ended it, and the version vanished from a complete result: a fourth review)
+    assert enumeration.accepted == (150,) and "drops connections" in enumeration.failure
