@@ -173,8 +173,8 @@ class MasscanEngine:
             groups = {p: ts for p, ts in groups.items() if not p.unreachable}
             progress.probes_done += n_ports * len(down)
             progress.notes.append(
-                f"masscan: {len(down)} host(s) on the local link answered no ARP request "
-                f"(down: none of their ports was probed), e.g. {down[0]}")
+                f"masscan: {len(down)} host(s) not probed: they, or the gateway to them, "
+                f"answered no ARP request (down), e.g. {down[0]}")
             if not groups:
                 return
         plan = []

@@ -20,7 +20,8 @@ target from ``ip -j route get <target>``:
   on-link next hop is resolved by the kernel first (one empty UDP datagram to the
   discard port of that target, then the neighbour table is read again); if it is
   still unknown the target is down (``unreachable``: as nmap, no ARP answer, no
-  host); an unresolved gateway is left to masscan (``--router-ip``: it ARPs itself).
+  host); a gateway's MAC the same way (the datagram to the target makes the kernel ARP
+  for it), and a gateway that answers none makes its targets unreachable.
 Targets whose paths differ are scanned by separate masscan runs.
 Routes of type local/loopback are refused: masscan cannot scan loopback or the
 machine's own addresses.
@@ -60,7 +61,7 @@ class MasscanPath:
     # adapter_ip is one of this machine's own addresses: the kernel RSTs the
     # SYN-ACKs it receives there, so masscan is told --noreset (see the engine)
     local_source: bool = False
-    # an on-link target that answered no ARP request: down, never given to masscan
+    # a target (or its gateway) that answered no ARP request: down, never given to masscan
     # (1.3.2 ARPs for its --router-ip forever and sends nothing: the whole shard failed
     # at its deadline on every attempt, live hosts of it included: a review)
     unreachable: bool = False
@@ -170,7 +171,9 @@ def resolve_path(
         return MasscanPath(dev, src, router_mac=router_mac, local_source=local)
     next_hop = str(route.get("gateway") or ip)
     mac = _neighbour_mac(next_hop, dev)
-    if not mac and next_hop == ip:
+    if not mac:
+        # the kernel resolves the next hop (the target, or its gateway) for a datagram
+        # to the target: nothing is sent to an address that is not a target
         _nudge_neighbour(ip)
         for _ in range(20):
             time.sleep(0.05)
@@ -179,8 +182,9 @@ def resolve_path(
                 break
     if mac:
         return MasscanPath(dev, src, router_mac=mac, local_source=local)
-    return MasscanPath(dev, src, router_ip=next_hop, local_source=local,
-                       unreachable=next_hop == ip)
+    # no ARP answer from the target, or from its gateway (masscan would ARP for it
+    # forever: a dead gateway failed the shard, the live on-link hosts with it: a review)
+    return MasscanPath(dev, src, router_ip=next_hop, local_source=local, unreachable=True)
 
 
 def _is_local_address(ip: str) -> bool:

@@ -157,9 +157,32 @@ def test_a_down_host_on_the_link_is_not_scanned_and_fails_nothing() -> None:
     # the down host is said, its probes counted done
     assert [(o.target.ip, o.port) for o in found] == [(host.address, 22)]
     assert progress.errors == 0
-    assert any(n.startswith("masscan: 1 host(s) on the local link answered no ARP request")
-               for n in progress.notes), progress.notes
+    assert any(n.startswith("masscan: 1 host(s) not probed: they, or the gateway to them, "
+                            "answered no ARP request") for n in progress.notes), progress.notes
     assert progress.probes_done == progress.probes_total == 2_000 + progress.retries
+
+
+def test_a_target_behind_a_dead_gateway_is_not_scanned_and_fails_nothing() -> None:
+    _require_masscan()
+    # Given a live namespace host and a block routed through a gateway on its link that
+    # nobody answers ARP for (a route of this test, removed after it)
+    with netns.test_host(INDEX, tcp_banners={22: b"SSH-2.0-x\r\n"}) as host:
+        prefix = host.address.rsplit(".", 1)[0]
+        block, gateway = f"{prefix}.192/26", f"{prefix}.9"
+        subprocess.run(["ip", "route", "add", block, "via", gateway, "dev", host.host_ifname],
+                       check=True)
+        try:
+            engine = MasscanEngine(rate=30_000)
+            found, progress, _ = _scan(
+                engine, _shard([f"{prefix}.193", host.address], (PortRange(1, 100),)))
+        finally:
+            subprocess.run(["ip", "route", "del", block], check=False)
+    # Then the live host is scanned and the shard does not fail (before: masscan ARPed
+    # for the gateway forever and the shard failed at its deadline, the live host's
+    # ports with it: a review), and the one behind the dead gateway is said
+    assert [(o.target.ip, o.port) for o in found] == [(host.address, 22)]
+    assert progress.errors == 0
+    assert any(f"e.g. {prefix}.193" in n for n in progress.notes), progress.notes
 
 
 def test_a_masscan_that_will_not_exit_is_killed_at_the_deadline_and_results_are_kept() -> None:
