@@ -337,14 +337,18 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
     leave_queued = threading.Event()
     taken: list[int] = []  # signals a scan's runner took (the watcher stops after it)
 
+    def is_first_signal() -> bool:
+        """No signal stopped the watcher, cut a scan short or ended a delivery yet."""
+        return not (stop.is_set() or taken or leave_queued.is_set())
+
     def say_stopping() -> None:
         # said at once (-q too): an alert send in flight holds the stop up to its timeout
-        if dispatcher is not None and not stop.is_set() and not taken:
+        if dispatcher is not None and is_first_signal():
             _say("watch: stopping after the alert send in flight, if any (interrupt "
                  "again to leave queued alerts for the next run)")
 
     def stopped_by(sig: signal.Signals) -> None:
-        first = not stop.is_set() and not taken
+        first = is_first_signal()
         if sig is signal.SIGTERM and first:
             terminated.append(sig)  # (after a Ctrl-C, a SIGTERM leaves it 130)
         if not first:
@@ -404,7 +408,7 @@ async def _watch(db: Any, entries: Any, prepare: Callable[[Any], Any], config: A
         halt = leave_queued
 
         def halted(sig: signal.Signals) -> None:
-            if sig is signal.SIGTERM and not (halt.is_set() or stop.is_set() or taken):
+            if sig is signal.SIGTERM and is_first_signal():
                 # the first stop, by SIGTERM: a clean 0 (after a Ctrl-C it stays 130: a
                 # third review)
                 terminated.append(sig)

@@ -43,7 +43,7 @@ MAX_SPLITS = 16  # closed offers split again per version: bounded connections
 SPLITS_BEFORE_A_PICK = 4
 # Offers of each window of the suites retired by a close, at the end (see
 # SuiteEnumeration): a server dropping 30 % of its connections at random still passes for
-# complete in ~2 of 10,000 enumerations of a small server, 11 at 50 % (from 15 and 133
+# complete in ~2 of 10,000 enumerations of a small server, 9 at 50 % (from 15 and 133
 # with 3 offers of the first window only: a third review's model, bench-free)
 UNION_CHECKS = 5
 

@@ -209,12 +209,14 @@ def signals_during_the_first_send(receiver: Any, *signals: signal.Signals,
     return thread
 
 
-def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
-        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A FAKE for one step: the scan (it returns the two events a scan would find). Real:
-    the CLI's watch loop and its signal handlers, two real SIGINTs, the dispatcher, a
-    signed webhook receiver that holds its answer, the store."""
-
+def watched_with_signals_in_flight(store: Any, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch, *signals: signal.Signals,
+                                   once: bool) -> tuple[int, Any, list[str]]:
+    """``watch`` (``--once``) whose scan finds two red ports, its first alert held by a
+    signed webhook receiver while ``signals`` come: (exit code, receiver, lines said).
+    A FAKE for one step: the scan (it returns the two events a scan would find). Real:
+    the CLI's watch loop and its signal handlers, real signals, the dispatcher, the
+    receiver, the store."""
     from portwatch.alerts import cli, scanning
 
     async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
@@ -225,13 +227,20 @@ def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
     monkeypatch.setattr(cli, "_say", said.append)
     with webhook_receiver(SECRET) as receiver:
         config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
-        # (Ctrl-C, then Ctrl-C again, while that send is held)
-        user = signals_during_the_first_send(receiver, signal.SIGINT, signal.SIGINT)
-        # When the watcher sends the first alert and is interrupted twice meanwhile
+        user = signals_during_the_first_send(receiver, *signals)
         code = asyncio.run(asyncio.wait_for(
-            cli._watch(store, [HOURLY], lambda entry: None, config, once=False, quiet=True),
+            cli._watch(store, [HOURLY], lambda entry: None, config, once=once, quiet=True),
             60))
         user.join(5)
+    return code, receiver, said
+
+
+def test_a_second_ctrl_c_while_an_alert_is_in_flight_leaves_the_rest_queued(
+        store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # When the watcher sends the first alert and is interrupted twice meanwhile (Ctrl-C,
+    # then Ctrl-C again, while that send is held)
+    code, receiver, said = watched_with_signals_in_flight(
+        store, tmp_path, monkeypatch, signal.SIGINT, signal.SIGINT, once=False)
     # Then it stops at once after the send in flight: the second Ctrl-C leaves the other
     # alert queued for the next run (before: it was taken as the first again, and the
     # watcher went on sending for the delivery wait), and both were said as they came
@@ -286,24 +295,8 @@ def test_a_ctrl_c_after_one_that_cut_a_scan_short_is_the_second(
 
 def test_sigterm_during_the_last_delivery_of_watch_once_is_a_clean_stop(
         store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A FAKE for one step: the scan (it returns the two events a scan would find). Real:
-    the CLI, a real SIGTERM, the dispatcher, a receiver holding its answer, the store."""
-
-    from portwatch.alerts import cli, scanning
-
-    async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
-        return ScanOutcome(Stats("scan-2"), [event(6379), event(5432, service="postgresql")])
-
-    monkeypatch.setattr(scanning, "run_embedded_scan", found_two)
-    said: list[str] = []
-    monkeypatch.setattr(cli, "_say", said.append)
-    with webhook_receiver(SECRET) as receiver:
-        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
-        user = signals_during_the_first_send(receiver, signal.SIGTERM)
-        code = asyncio.run(asyncio.wait_for(
-            cli._watch(store, [HOURLY], lambda entry: None, config, once=True, quiet=True),
-            60))
-        user.join(5)
+    code, receiver, said = watched_with_signals_in_flight(
+        store, tmp_path, monkeypatch, signal.SIGTERM, once=True)
     # Then the send in flight ends, the rest stays queued, the stop is said at once, and
     # it is a clean stop: no scan was cut short (before: 130, a CronJob's failed pod)
     assert code == 0
@@ -315,21 +308,8 @@ def test_sigterm_during_the_last_delivery_of_watch_once_is_a_clean_stop(
 
 def test_a_sigterm_after_a_ctrl_c_during_the_last_delivery_stays_130(
         store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As the test above (the same FAKE scan), with a Ctrl-C first, then a SIGTERM."""
-    from portwatch.alerts import cli, scanning
-
-    async def found_two(db: Any, prepared: Any, *, quiet: bool = True) -> ScanOutcome:
-        return ScanOutcome(Stats("scan-2"), [event(6379), event(5432, service="postgresql")])
-
-    monkeypatch.setattr(scanning, "run_embedded_scan", found_two)
-    monkeypatch.setattr(cli, "_say", lambda _line: None)
-    with webhook_receiver(SECRET) as receiver:
-        config = hook_config(tmp_path, receiver.url, delivery="{max_events_per_message: 1}")
-        user = signals_during_the_first_send(receiver, signal.SIGINT, signal.SIGTERM)
-        code = asyncio.run(asyncio.wait_for(
-            cli._watch(store, [HOURLY], lambda entry: None, config, once=True, quiet=True),
-            60))
-        user.join(5)
+    code, _receiver, _said = watched_with_signals_in_flight(
+        store, tmp_path, monkeypatch, signal.SIGINT, signal.SIGTERM, once=True)
     # Then the user's Ctrl-C decides: 130 (before: the SIGTERM made it a clean 0: a third
     # review), and what was not sent stays queued
     assert code == 130
