@@ -286,16 +286,30 @@ class Settings:
             # masscan's own settings: a bad one failed every shard ("masscan engine
             # failed: AddressValueError", retried, exit 1) or hung masscan ("bad MAC
             # address", then idle until the deadline: a review)
+            who = f"{self.env_name('masscan_adapter_ip')}={self.masscan_adapter_ip[:60]!r}"
             try:
-                ipaddress.IPv4Address(self.masscan_adapter_ip)
+                source = ipaddress.IPv4Address(self.masscan_adapter_ip)
             except ValueError:
-                who = f"{self.env_name('masscan_adapter_ip')}={self.masscan_adapter_ip[:60]!r}"
                 raise SettingsError(f"{who}: not an IPv4 address (the source address "
                                     "masscan sends from)") from None
-        if self.masscan_router_mac and not _MAC.fullmatch(self.masscan_router_mac):
+            if (source.is_unspecified or source.is_multicast
+                    or source == ipaddress.IPv4Address("255.255.255.255")):
+                # answers to 0.0.0.0 or a group address never come back: every probe
+                # "lost", every port closed, and nothing said
+                raise SettingsError(f"{who}: not one host's address (the source address "
+                                    "masscan sends from; answers come back to it)")
+        if self.masscan_router_mac:
             who = f"{self.env_name('masscan_router_mac')}={self.masscan_router_mac[:60]!r}"
-            raise SettingsError(f"{who}: not a MAC address (six hex pairs, e.g. "
-                                "02:00:00:00:00:01)")
+            if not _MAC.fullmatch(self.masscan_router_mac):
+                raise SettingsError(f"{who}: not a MAC address (six hex pairs, e.g. "
+                                    "02:00:00:00:00:01)")
+            # the first octet's low bit marks a group address (ff:ff:... is broadcast):
+            # masscan would flood the segment with every probe instead of one router
+            if (int(self.masscan_router_mac[:2], 16) & 1
+                    or int(re.sub("[:-]", "", self.masscan_router_mac), 16) == 0):
+                raise SettingsError(f"{who}: not one device's MAC address (a broadcast, "
+                                    "multicast or all-zero address; the next hop's own "
+                                    "MAC, e.g. 02:00:00:00:00:01)")
         if self.nmap_data and not Path(self.nmap_data).is_dir():
             # a typo here silently turned nmap's service probes and the Internet prior
             # off for TCP scans (a review); only --udp topN said anything

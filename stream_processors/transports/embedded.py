@@ -154,6 +154,11 @@ class ScanStats:
         done.errors += progress.errors
         done.notes.extend(progress.notes)
 
+    def count_again(self, probes: int) -> None:
+        """A failed attempt's ``probes`` are sent again by its retry: the total grows by
+        them, so the bar ends at 100 % (it read 150 % after a masscan retried at 50 %)."""
+        self._extra_probes += max(0, probes)
+
     def forget_open(self, count: int) -> None:
         """Take back ``count`` open ports counted twice (a shard's retried attempts)."""
         if count > 0:
@@ -474,6 +479,8 @@ class EmbeddedRunner:
 
         @contextlib.contextmanager
         def attempt_progress() -> Iterator[Progress]:
+            if attempts:  # a retry sends the shard again: what the failed attempt sent
+                stats.count_again(attempts[-1].probes_done)  # is counted on top
             progress = stats.shard_started(shard.probe_count)
             attempts.append(progress)
             try:

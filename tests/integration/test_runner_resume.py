@@ -184,6 +184,9 @@ def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
     assert stats.errors == []
     # (and counted once: the retry found the first attempt's port again; before: 3 open)
     assert stats.open_found == 2
+    # and the progress ends at 100 %: the retry's probes are added to the total, not
+    # counted past it (before: 3/2 probes, "150 %")
+    assert stats.probes_done == stats.probes_total > 2
 
 
 def test_a_retry_that_misses_what_the_dead_attempt_found_counts_the_union(store) -> None:  # type: ignore[no-untyped-def]

@@ -147,6 +147,44 @@ def test_bad_flags_are_one_line_errors(overrides: dict[str, object], message: st
         Settings.from_env(**overrides)
 
 
+@pytest.mark.parametrize(("env", "raw", "message"), [
+    # masscan sends from this address: answers to 0.0.0.0 or a group never come back
+    ("PORTWATCH_MASSCAN_ADAPTER_IP", "0.0.0.0", "PORTWATCH_MASSCAN_ADAPTER_IP='0.0.0.0': not "
+     "one host's address (the source address masscan sends from; answers come back to it)"),
+    ("PORTWATCH_MASSCAN_ADAPTER_IP", "255.255.255.255", "PORTWATCH_MASSCAN_ADAPTER_IP="
+     "'255.255.255.255': not one host's address (the source address masscan sends from; "
+     "answers come back to it)"),
+    ("PORTWATCH_MASSCAN_ADAPTER_IP", "224.0.0.1", "PORTWATCH_MASSCAN_ADAPTER_IP='224.0.0.1': "
+     "not one host's address (the source address masscan sends from; answers come back to "
+     "it)"),
+    # masscan sends every probe to this MAC: a group address floods the segment
+    *[("PORTWATCH_MASSCAN_ROUTER_MAC", mac, f"PORTWATCH_MASSCAN_ROUTER_MAC='{mac}': not one "
+       "device's MAC address (a broadcast, multicast or all-zero address; the next hop's own "
+       "MAC, e.g. 02:00:00:00:00:01)")
+      for mac in ("ff:ff:ff:ff:ff:ff", "01:00:5E:00:00:01", "33-33-00-00-00-01",
+                  "00:00:00:00:00:00")],
+])
+def test_masscan_refuses_addresses_that_are_not_one_device(
+        monkeypatch: pytest.MonkeyPatch, env: str, raw: str, message: str) -> None:
+    monkeypatch.setenv(env, raw)
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env().validate()
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("env", "raw"), [
+    ("PORTWATCH_MASSCAN_ADAPTER_IP", "198.18.0.1"),
+    ("PORTWATCH_MASSCAN_ROUTER_MAC", "02:00:00:00:00:01"),
+    ("PORTWATCH_MASSCAN_ROUTER_MAC", "00-1A-2b-3c-4d-5e"),
+])
+def test_masscan_takes_one_devices_addresses(monkeypatch: pytest.MonkeyPatch, env: str,
+                                             raw: str) -> None:
+    monkeypatch.setenv(env, raw)
+    settings = Settings.from_env()
+    settings.validate()
+    assert getattr(settings, env.removeprefix("PORTWATCH_").lower()) == raw
+
+
 def test_settings_are_immutable() -> None:
     settings = Settings.from_env()
     with pytest.raises(AttributeError):
