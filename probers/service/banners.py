@@ -19,6 +19,11 @@ from schemas.records import ServiceInfo
 BANNER_EXCERPT = 512  # characters of sanitized banner kept on a ServiceInfo
 # The method of a product guessed from a Server header no pattern of ours knows
 SERVER_HEADER_GUESS = "http:server-header-guess"
+# ... and from an SSH greeting's software no pattern of ours knows
+SSH_SOFTWARE_GUESS = "banner:ssh-guess"
+# which nmap probe's match lines read the answer a guess came from (engine.identify asks
+# them after, with no new connection)
+GUESS_READ_BY: dict[str, str] = {SERVER_HEADER_GUESS: "GetRequest", SSH_SOFTWARE_GUESS: "NULL"}
 
 
 def _byte_piece(byte: int) -> str:
@@ -130,6 +135,9 @@ _SSH_SOFTWARE: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
     (re.compile(r"^Cisco-([\w.]+)", re.A), "Cisco SSH", "cisco", "ssh"),
 )
 
+# name, then a version after "_", "/" or "-" (an optional "v"): the whole token otherwise
+_SSH_GUESS = re.compile(r"(.+?)[_/-]v?(\d[\w.-]*)", re.A)
+
 
 def parse_ssh(data: bytes) -> ServiceInfo | None:
     m = _SSH.match(data)
@@ -145,8 +153,13 @@ def parse_ssh(data: bytes) -> ServiceInfo | None:
             return ServiceInfo(service="ssh", product=product, version=version, extra_info=extra,
                                cpe=_cpe(vendor, cpe_name, version), method="banner:ssh",
                                confidence=10)
-    return ServiceInfo(service="ssh", product=software.split("_")[0], extra_info=extra,
-                       method="banner:ssh", confidence=8)
+    # Software none of ours knows: nmap's ssh lines read the greeting after
+    # (``SSH_SOFTWARE_GUESS``); till then, name and version as the token spells them
+    # ("Sun_SSH_1.1.4" was product "Sun", no version; "mod_sftp/1.3.8" was "mod": a review)
+    guess = _SSH_GUESS.match(software)
+    product, version = (guess.group(1), guess.group(2)) if guess else (software, "")
+    return ServiceInfo(service="ssh", product=product, version=version, extra_info=extra,
+                       method=SSH_SOFTWARE_GUESS, confidence=8)
 
 
 # -- SMTP / FTP / POP3 / IMAP (line-based greetings) -------------------------------------
@@ -398,7 +411,11 @@ def parse_http(data: bytes, *, is_tls: bool = False) -> ServiceInfo | None:
         m = pattern.match(server)
         if m:
             version = (m.group(1) or "") if m.groups() else ""
-            rest = server[m.end():].strip(" ()")
+            # "Apache/2.4.57 (Debian) OpenSSL/3.0.11": the rest as sent ("Debian)
+            # OpenSSL/3.0.11" lost its bracket: a review), bar one comment alone
+            rest = server[m.end():].strip()
+            if rest[:1] == "(" and rest.find(")") == len(rest) - 1:
+                rest = rest[1:-1].strip()
             if rest:
                 extra += f"; {rest}"
             if product in _PROXY_PRODUCTS and not is_tls:

@@ -67,7 +67,7 @@ from probers.service.app_protocols import (
     smb2_session_setup_request,
 )
 from probers.service.banners import (
-    SERVER_HEADER_GUESS,
+    GUESS_READ_BY,
     parse_banner,
     parse_foreign_reply,
     parse_http,
@@ -871,11 +871,13 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if follow is not None and follow not in sent and (
                 any(k is follow for k, _ in queue) or follow not in ordered):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
-    if best is not None and best.method == SERVER_HEADER_GUESS and best_data:
-        # A product guessed from a Server header none of our patterns knows: nmap's
-        # lines for its GetRequest read the answer already here (no new connection;
-        # sending nmap's probes took the whole budget on every such server) and name it
-        # when they can ("Python/3.9 aiohttp/3.8.1" is aiohttp 3.8.1: a review)
+    guessed_by = GUESS_READ_BY.get(best.method) if best is not None else None
+    if best is not None and guessed_by is not None and best_data:
+        # A product guessed from a Server header or an SSH greeting none of our patterns
+        # knows: nmap's lines for its GetRequest (or NULL) read the answer already here
+        # (no new connection; sending nmap's probes took the whole budget on every such
+        # server) and name it when they can ("Python/3.9 aiohttp/3.8.1" is aiohttp
+        # 3.8.1, "SSH-2.0-ROSSSH" MikroTik RouterOS sshd: reviews)
         read_answer = getattr(fallback, "match_answer", None)
         if read_answer is not None:
             prepare_answer = getattr(fallback, "prepare_answer", None)
@@ -884,9 +886,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
                 # process, not this port's time, as for ``prepare`` below (the first such
                 # ports lost their favicon to it under load: a review); the match is
                 began = time.monotonic()
-                await prepare_answer("GetRequest")
+                await prepare_answer(guessed_by)
                 deadline += time.monotonic() - began
-            best = better_of(best, await read_answer("GetRequest", best_data, best.is_tls))
+            best = better_of(best, await read_answer(guessed_by, best_data, best.is_tls))
     # nmap's probes run when ours named nothing for sure, and also when ours named the
     # service but not its product (an RDP negotiation answer names no implementation):
     # then only the probes that can name that service are sent (issue 15).

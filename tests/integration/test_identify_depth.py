@@ -566,6 +566,34 @@ def test_a_server_header_ours_does_not_know_is_named_by_nmaps_lines_on_its_answe
     assert finding.cdn.provider == "cloudflare"
 
 
+@pytest.mark.parametrize(("greeting", "named"), [
+    (b"SSH-2.0-ROSSSH\r\n", ("MikroTik RouterOS sshd", "")),
+    (b"SSH-2.0-mod_sftp/1.3.8\r\n", ("ProFTPD mod_sftp", "1.3.8")),
+    (b"SSH-2.0-Sun_SSH_1.1.4\r\n", ("SunSSH", "1.1.4")),
+    (b"SSH-2.0-Acme_Unknown_SSH_7.1\r\n", ("Acme_Unknown_SSH", "7.1")),
+], ids=["routeros", "mod_sftp", "sunssh", "unknown"])
+def test_an_ssh_greeting_ours_does_not_know_is_named_by_nmaps_lines_on_it(
+        greeting: bytes, named: tuple[str, str]) -> None:
+    # Given a real server greeting with SSH software none of our patterns knows, through
+    # the stage both transports run, nmap's database loaded
+    from schemas.records import OpenPort, Target
+    from stream_processors.stages import identify_port, make_context
+
+    ctx = make_context(banner_wait=1.0, identify_budget=8, tls_enumeration=False)
+    with loopback.listen(loopback.banner(greeting)) as s:
+        finding = asyncio.run(identify_port(OpenPort(
+            scan_id="s", target=Target("127.0.0.1", "127.0.0.1"), port=s.port), ctx))
+    assert finding is not None
+    info = finding.service
+    # Then nmap's NULL lines name it from the greeting already read, sending nothing
+    # more (it was "Sun", "mod", "ROSSSH": the token's first piece, and nmap never asked:
+    # a review); a greeting nmap does not know keeps our guess
+    assert (info.service, info.product, info.version) == ("ssh", *named)
+    assert info.tried == ("null",)
+    assert info.method.startswith("nmap:NULL line ") if named[0] != "Acme_Unknown_SSH" else (
+        info.method == "banner:ssh-guess")
+
+
 def _endless_icon_site(period: float) -> loopback.Handler:
     """A web server whose page links an icon it then streams without end (no length, a
     512-byte piece every ``period`` seconds, bounded at 30 s by the handler itself)."""

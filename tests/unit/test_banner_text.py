@@ -105,7 +105,8 @@ def test_hostile_ssh_banner_reads_utf8_and_escapes_terminal_controls() -> None:
         assert info is not None
         assert (info.service, info.product, info.version, info.extra_info, info.cpe,
                 info.method, info.confidence) == (
-            "ssh", "Ünïcødé", "", "protocol 2.0; \\x1b[31mred\\x1b[0m", "", "banner:ssh", 8)
+            "ssh", "Ünïcødé_💥", "", "protocol 2.0; \\x1b[31mred\\x1b[0m", "",
+            "banner:ssh-guess", 8)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,7 @@ def test_hostile_ssh_banner_reads_utf8_and_escapes_terminal_controls() -> None:
         (b"SSH-2.0-nul\x00nul \x00\x00\r\n", "nul\\x00nul", "protocol 2.0; \\x00\\x00"),
         (b"SSH-2.0-csi\x9b2J \x9b31mred\r\n", "csi\\x9b2J", "protocol 2.0; \\x9b31mred"),
         ("SSH-2.0-c1\x9c x\x9b2J\r\n".encode(), "c1\\u009c", "protocol 2.0; x\\u009b2J"),
-        (b"SSH-2.0-caf\xe9_1 \xff\xfeboom\r\n", "caf\\xe9", "protocol 2.0; \\xff\\xfeboom"),
+        (b"SSH-2.0-caf\xe9_x \xff\xfeboom\r\n", "caf\\xe9_x", "protocol 2.0; \\xff\\xfeboom"),
         (b"SSH-2.0-x \t\x07bell\t \r\n", "x", "protocol 2.0; \\x07bell"),
     ],
 )
@@ -219,8 +220,8 @@ def test_http_extra_info_stays_within_the_excerpt() -> None:
     # Then extra_info is cut at the excerpt, with an ellipsis
     assert info is not None
     assert (info.product, info.version) == ("nginx", "1.0")
-    assert info.extra_info == ("status 200; X-Powered-By: " + "p" * 253 + "...; "
-                               + "r" * 225 + "...")
+    assert info.extra_info == ("status 200; X-Powered-By: " + "p" * 253 + "...; ("
+                               + "r" * 224 + "...")
     assert len(info.extra_info) == BANNER_EXCERPT
 
 

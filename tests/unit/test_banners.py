@@ -86,7 +86,13 @@ def test_sanitize_caps_and_says_so() -> None:
          "cpe:/a:libssh:libssh:0.10.6", 10),
         (b"SSH-1.99-Cisco-1.25\r\n", "Cisco SSH", "1.25", "protocol 1.99",
          "cpe:/a:cisco:ssh:1.25", 10),
-        (b"SSH-2.0-AsyncSSH_2.14\r\n", "AsyncSSH", "", "protocol 2.0", "", 8),  # unknown software
+        # software none of ours knows: guessed from the token (nmap's lines read the
+        # greeting after: engine.identify), the version after "_", "/" or "-"
+        (b"SSH-2.0-AsyncSSH_2.14\r\n", "AsyncSSH", "2.14", "protocol 2.0", "", 8),
+        (b"SSH-2.0-Sun_SSH_1.1.4\r\n", "Sun_SSH", "1.1.4", "protocol 2.0", "", 8),
+        (b"SSH-2.0-mod_sftp/1.3.8\r\n", "mod_sftp", "1.3.8", "protocol 2.0", "", 8),
+        (b"SSH-2.0-ROSSSH\r\n", "ROSSSH", "", "protocol 2.0", "", 8),
+        (b"SSH-2.0-WeOnlyDo 2.4.3\r\n", "WeOnlyDo", "", "protocol 2.0; 2.4.3", "", 8),
     ],
 )
 def test_parse_ssh(banner: bytes, product: str, version: str, extra: str, cpe: str,
@@ -95,7 +101,8 @@ def test_parse_ssh(banner: bytes, product: str, version: str, extra: str, cpe: s
     assert info is not None
     assert (info.service, info.product, info.version, info.extra_info, info.cpe,
             info.method, info.confidence) == (
-        "ssh", product, version, extra, cpe, "banner:ssh", confidence)
+        "ssh", product, version, extra, cpe,
+        "banner:ssh" if confidence == 10 else "banner:ssh-guess", confidence)
 
 
 @pytest.mark.parametrize("banner", [b"", b"SSH-", b"HTTP/1.1 200 OK\r\n", b"ssh-2.0-x\r\n",
@@ -319,6 +326,13 @@ def test_parse_http_details_and_headers() -> None:
                             ("x-powered-by", "PHP/8.2.7"))
     apache = parse_http(b"HTTP/1.0 403 Forbidden\r\nServer: Apache/2.4.57 (Debian)\r\n\r\n")
     assert apache is not None and apache.extra_info == "status 403; Debian"
+    # modules after the comment: the rest as sent (it lost its bracket: "Debian)
+    # OpenSSL/3.0.11", a review)
+    for server, rest in [("Apache/2.4.57 (Debian) OpenSSL/3.0.11", "(Debian) OpenSSL/3.0.11"),
+                         ("Apache/2.4.6 (CentOS) PHP/5.4.16", "(CentOS) PHP/5.4.16"),
+                         ("Apache/2.4.6 (Red Hat) (x)", "(Red Hat) (x)")]:
+        modules = parse_http(f"HTTP/1.1 200 OK\r\nServer: {server}\r\n\r\n".encode())
+        assert modules is not None and modules.extra_info == f"status 200; {rest}"
 
 
 def test_parse_http_unknown_or_missing_server() -> None:
