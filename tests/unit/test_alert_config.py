@@ -349,6 +349,10 @@ def test_bad_accept_targets(text: str) -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("2027-01-31", datetime(2027, 2, 1, tzinfo=UTC)),
+    # the same day in ISO's basic form: through it too (it ended at its start, a day
+    # early, and today's date was "in the past": a review)
+    ("20270131", datetime(2027, 2, 1, tzinfo=UTC)),
+    ("20261201", datetime(2026, 12, 2, tzinfo=UTC)),
     ("2027-01-31T08:00", datetime(2027, 1, 31, 8, tzinfo=UTC)),
     ("2299-12-30", datetime(2299, 12, 31, tzinfo=UTC)),  # the column's range ends in 2299
     ("2299-12-31T23:59:59", datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)),
@@ -357,6 +361,17 @@ def test_accept_until_forms(text: str, expected: datetime) -> None:
     from portwatch.alerts.accepted import parse_until
 
     assert parse_until(text, datetime(2026, 12, 1, tzinfo=UTC)) == expected
+
+
+@pytest.mark.parametrize("text", ["2027-W05", "2027-W05-7", "2027w05"])
+def test_an_until_of_a_week_is_refused(text: str) -> None:
+    """A week was read as its Monday's midnight: no one day (a review)."""
+    from portwatch.alerts.accepted import parse_until
+
+    with pytest.raises(AcceptError) as caught:
+        parse_until(text, datetime(2026, 12, 1, tzinfo=UTC))
+    assert str(caught.value) == (f"bad --until {text!r}: use a date like 2027-01-31 or an "
+                                 "ISO date-time")
 
 
 @pytest.mark.parametrize("text", ["2299-12-31", "9999-12-31", "9999-12-31T00:00+00:00",
