@@ -322,6 +322,9 @@ class WebApp:
 
     def api(self, request: Request) -> JSONResponse:
         report = request.path_params["report"]
+        if report not in REPORTS:  # no such endpoint: a 404 as elsewhere, with the choice
+            return JSONResponse({"error": f"unknown report {report[:40]!r}: choose one of "
+                                          f"{', '.join(REPORTS)}"}, status_code=404)
         try:
             query = parse_query(report, request.query_params.multi_items(), is_api=True)
         except BadRequest as exc:
@@ -418,12 +421,17 @@ def create_app(service: ReportService, *, token: str = "",
     ]
     routes += history_pages.routes(web)  # /changes, /target
     allowed = (LOOPBACK_HOSTS | extra_hosts) if loopback_only or extra_hosts else frozenset()
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(Guard, token=token, allowed_hosts=allowed,
                                cookie_secure=cookie_secure, trusted_proxies=trusted_proxies)],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
+    # /list/ is no page (a 404), not a redirect: Starlette's built an absolute http://
+    # URL from the request's Host, which sent a browser behind a TLS proxy to plain http
+    # (its Secure cookie unsent) and echoed any Host in token mode (a review)
+    app.router.redirect_slashes = False
+    return app
 
 
 __all__ = ["Markup", "create_app", "is_served_over_tls", "jsonable", "with_security_headers"]

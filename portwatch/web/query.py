@@ -118,9 +118,13 @@ def _text(name: str, value: str) -> str:
 
 def _int(name: str, value: str, low: int, high: int) -> int:
     # ASCII digits only: int() also takes '٨٠', '1_0', '+5' and fullwidth digits
-    if not is_digits(value.strip()):
+    digits = value.strip()
+    if not is_digits(digits, max_digits=4300):  # (int's own limit)
         raise BadRequest(f"{name} must be a whole number, not {value[:40]!r}")
-    number = int(value)
+    if len(digits.lstrip("0")) > 18:  # a number, too large for any (a review)
+        raise BadRequest(f"{name} must be between {low} and {high}, not {digits[:40]}"
+                         + ("..." if len(digits) > 40 else ""))
+    number = int(digits)
     if not low <= number <= high:
         raise BadRequest(f"{name} must be between {low} and {high}, not {number}")
     return number

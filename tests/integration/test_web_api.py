@@ -273,7 +273,11 @@ def test_pagination_covers_every_row_once(web: Served) -> None:
     ("/api/v1/summary/charts?page=999", "the summary charts take filters only, not page"),
     ("/api/v1/summary/charts?direction=desc", "take filters only, not direction"),
     ("/api/v1/ciphers?grade=excellent", "grade must be one of weak, medium, strong"),
-    ("/api/v1/nosuch", "unknown report 'nosuch'"),
+    # a number past any bound is out of range, not "not a whole number" (a review)
+    ("/api/v1/list?page=99999999999999999999",
+     "page must be between 1 and 1000000, not 99999999999999999999"),
+    ("/api/v1/list?port=123456789012345678901", "port must be between 0 and 65535, not "
+     "123456789012345678901"),
 ])
 def test_bad_values_are_a_400_with_the_reason(web: Served, query: str, message: str) -> None:
     status, headers, body = web.get(query)
@@ -478,6 +482,19 @@ def test_download_is_exactly_the_page_rows(web: Served, fmt: str) -> None:
     assert [(r["ip"], int(r["port"])) for r in rows] == [(r["ip"], r["port"])
                                                           for r in api["rows"]]
     assert len(rows) == 25
+
+
+def test_what_is_not_there_is_a_404_never_a_redirect(web: Served) -> None:
+    # An unknown report's endpoint is missing, as any other (it was a 400: a review)
+    status, headers, body = web.get("/api/v1/nosuch")
+    assert status == 404 and headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"] == ("unknown report 'nosuch': choose one of summary, "
+                                         "list, products, ciphers")
+    # and a trailing slash names no page: Starlette redirected to http://<any Host>/list,
+    # down from the TLS proxy in front (a review)
+    for path in ("/list/?org=x", "/api/v1/list/", "/download/list.csv/"):
+        status, headers, _ = web.get(path, headers={"X-Forwarded-Proto": "https"})
+        assert (status, headers.get("location")) == (404, None), path
 
 
 def test_download_refuses_what_the_page_refuses(web: Served) -> None:
