@@ -1,6 +1,6 @@
 """What the libraries portwatch drives may write to a user's terminal or a pod's log.
 
-Owns: five logging filters installed on the command's log handler, and ``mask_urls``.
+Owns: six logging filters installed on the command's log handler, and ``mask_urls``.
 A Kafka broker that goes away makes aiokafka, kafka-python, Faust and mode log the same
 failure many times a second (``Unable connect to node with id 1`` ~70 lines/s while the
 broker is down: 9.8 MB in eleven minutes), with tracebacks for what portwatch already
@@ -157,6 +157,35 @@ class KnownNoise(logging.Filter):
                        for logger, text in KNOWN_NOISE)
 
 
+# A library's error that is a wait it retries on its own: aiokafka asks a broker just
+# started for the group's coordinator before the broker has one, and logs an ERROR each
+# time until it has (every `process` and `alerts` start on a new cluster: it read as a
+# fault, with nothing wrong). Written as a warning that says so; a coordinator that never
+# comes still shows, once a minute (RepeatLimiter). (logger prefix, message prefix, why)
+RETRIED_ERRORS = (
+    ("aiokafka", "Group Coordinator Request failed: [Error 15]",
+     "retried: the broker has no coordinator for the consumer group yet"),
+)
+
+
+class Retried(logging.Filter):
+    """The library ERROR records of ``RETRIED_ERRORS`` as warnings, saying they are
+    retried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or is_ours(record.name):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: the next filters say it
+            return True
+        for logger, text, why in RETRIED_ERRORS:
+            if record.name.startswith(logger) and message.startswith(text):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.msg, record.args = f"{message} ({why})", None
+        return True
+
+
 class RepeatLimiter(logging.Filter):
     """A library's message (by logger, level and format string) once per ``window``
     seconds; the next one let through says how many were held back meanwhile."""
@@ -210,6 +239,7 @@ def install(*, verbose: bool) -> None:
             continue
         handler.addFilter(SecretsOut())  # first: nothing below sees a token
         handler.addFilter(KnownNoise())
+        handler.addFilter(Retried())
         handler.addFilter(Printable())
         handler.addFilter(RepeatLimiter())  # it keys on the message as logged
         if not verbose:

@@ -193,3 +193,34 @@ def test_a_librarys_known_noise_is_dropped_and_nothing_else() -> None:
     # the same words from us, or another warning of the library's, pass
     assert noise.filter(record("portwatch.x", "No partition metadata for topic t"))
     assert noise.filter(record("kafka.conn", "Unable connect to node with id 1"))
+
+
+def test_a_librarys_retried_error_reads_as_a_warning_that_says_so() -> None:
+    import aiokafka.errors
+
+    from portwatch.log_filters import Retried
+
+    def record(name: str, level: int, message: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, message, args, None)
+
+    retried = Retried()
+    # aiokafka's ERROR while a new broker has no group coordinator yet (it retries)
+    first = record("aiokafka.consumer.group_coordinator", logging.ERROR,
+                   "Group Coordinator Request failed: %s",
+                   aiokafka.errors.CoordinatorNotAvailableError())
+    assert retried.filter(first)
+    assert (first.levelno, first.levelname, first.getMessage()) == (
+        logging.WARNING, "WARNING", "Group Coordinator Request failed: [Error 15] "
+        "GroupCoordinatorNotAvailableError (retried: the broker has no coordinator for the "
+        "consumer group yet)")
+    # another of its errors, the same words from us, or at another level: untouched
+    for name, level, error in [
+            ("aiokafka.consumer.group_coordinator", logging.ERROR,
+             aiokafka.errors.GroupAuthorizationFailedError()),
+            ("portwatch.x", logging.ERROR, aiokafka.errors.CoordinatorNotAvailableError()),
+            ("aiokafka.consumer.group_coordinator", logging.CRITICAL,
+             aiokafka.errors.CoordinatorNotAvailableError())]:
+        other = record(name, level, "Group Coordinator Request failed: %s", error)
+        assert retried.filter(other)
+        assert (other.levelno, other.getMessage()) == (
+            level, f"Group Coordinator Request failed: {error}")
