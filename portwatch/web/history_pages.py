@@ -165,6 +165,25 @@ def _events(store: Store, f: Mapping[str, Any], limit: int) -> list[Row]:
                           port=f["port"], limit=limit).dicts()
 
 
+def _window_organizations(store: Store, f: Mapping[str, Any], current: list[str]
+                          ) -> list[str]:
+    """The Changes page's organizations to choose from: the estate's now and those of
+    the events in the page's window (a host moved to another organization, or no longer
+    scanned, left its events' one out of the list: a review). The change log is
+    partitioned by month: the window's months are read, not the whole log."""
+    since = f.get("start") or datetime.now(UTC) - f["period"]
+    rows = store.query(
+        "SELECT DISTINCT toString(organization) FROM changes "
+        "WHERE observed_at >= {since:DateTime64(3, 'UTC')} "
+        "AND observed_at < {until:DateTime64(3, 'UTC')} AND organization != '' "
+        "ORDER BY 1 LIMIT 1000",
+        {"since": since, "until": f.get("end") or datetime(2200, 1, 1, tzinfo=UTC)})
+    chosen = {o.casefold(): o for o in current}
+    for (organization,) in rows:
+        chosen.setdefault(str(organization).casefold(), str(organization))
+    return sorted(chosen.values(), key=str.casefold)
+
+
 def api_route(web: WebApp) -> Route:
     """``/api/v1/changes``: the Changes page's events as JSON (the keys of ``portwatch
     report changes -f json``), for what polls portwatch (a SIEM, a script). Ahead of the
@@ -212,7 +231,8 @@ def routes(web: WebApp) -> list[BaseRoute]:
         return web.render("changes.html", active="changes", page_title="Changes", f=f,
                           groups=timeline(rows), total=len(rows), capped=capped,
                           kinds=KINDS, severities=SEVERITIES,
-                          organizations=web.service.organizations())
+                          organizations=_window_organizations(
+                              store, f, web.service.organizations()))
 
     def target(request: Request) -> HTMLResponse:
         from schemas import history_sql

@@ -409,3 +409,33 @@ def test_an_organization_typed_that_is_not_listed_stays_selected(web: Served) ->
     body = _page(web, "/changes?since=3650d&org=Nobody%20Inc")
     select = body.split('name="org"')[1].split("</select>")[0]
     assert '<option value="Nobody Inc" selected>Nobody Inc</option>' in select
+
+
+def test_the_changes_page_offers_the_organizations_of_its_windows_events(
+        shared_chdb_path: Path) -> None:
+    from portwatch.web.app import create_app
+    from portwatch.web.service import ReportService
+    from stream_processors.history import ChangeRecorder
+
+    # Given web-1 scanned ten days ago under Old Org (its port opened then), and today
+    # under New Org (nothing changed: no event of New Org)
+    old = Target(ip="127.0.0.1", target="127.0.0.1", organization="Old Org", asset="web-1")
+    new = Target(ip="127.0.0.1", target="127.0.0.1", organization="New Org", asset="web-1")
+    then, today = NOW - timedelta(days=10), NOW
+    with scratch_store(shared_chdb_path, "who") as db:
+        recorder = ChangeRecorder(db)
+        _record(db, recorder, "s1", old, then,
+                [_finding("s1", old, 80, "nginx", "1.24.0", RiskColor.GREEN, then)])
+        _record(db, recorder, "s2", new, today,
+                [_finding("s2", new, 80, "nginx", "1.24.0", RiskColor.GREEN, today)])
+        with serve(create_app(ReportService(db, use_cache=False))) as served:
+            pages = {since: _page(served, f"/changes?since={since}")
+                     for since in ("30d", "7d")}
+    options = {since: re.findall(r'<option value="([^"]+)"',
+                                 body.split('name="org"')[1].split("</select>")[0])
+               for since, body in pages.items()}
+    # Then a window holding Old Org's event offers it beside the estate's organization now
+    # (only New Org was offered, and Old Org's events could be filtered by URL alone: a
+    # review); a window without it offers the estate's alone
+    assert options == {"30d": ["New Org", "Old Org"], "7d": ["New Org"]}
+    assert "1 event(s)" in pages["30d"]
