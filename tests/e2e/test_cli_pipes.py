@@ -93,3 +93,23 @@ def test_a_pipe_closed_before_the_first_write_exits_0_quietly(args: list[str]) -
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    (["report", "list", "--port", "99999"], 2),
+    (["report", "summary", "--store", "chdb:///nonexistent/portwatch-store"], 2),
+], ids=["usage-error", "no-such-store"])
+def test_an_error_whose_reader_of_stderr_is_gone_keeps_its_exit_code(
+        args: list[str], code: int) -> None:
+    # Given a command that fails, its stderr a pipe whose reader has gone (`2>&1 | true`)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "portwatch", *args],
+                              stdout=subprocess.PIPE, stderr=write_end, timeout=120, cwd=REPO)
+    finally:
+        os.close(write_end)
+    # Then it still fails with its code: the line is lost, not the failure (it exited 0,
+    # taken for a reader of stdout that had seen enough: a review)
+    assert proc.returncode == code
+    assert proc.stdout == b""

@@ -49,3 +49,15 @@ def test_help_lists_only_real_values(command: list[str], listed: str) -> None:
     assert result.exit_code == 0, result.output
     assert listed in result.output
     assert "[|" not in result.output
+
+
+def test_a_bad_choice_is_echoed_as_typed_on_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    from portwatch.cli import main
+
+    # Given a value with two blanks inside (a choice has one), when refused
+    assert main(["report", "list", "--prevalence", "very  common"]) == 2
+    err = capfd.readouterr().err
+    # Then the line quotes it as typed: squeezed, it read "'very common' is not one of
+    # 'very common', ..." (a review); and it is one line
+    assert "'very  common' is not one of 'very common'" in err
+    assert err.count("\n") == 1 and err.startswith("portwatch: error: ")
