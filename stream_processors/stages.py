@@ -580,27 +580,30 @@ class NmapFallback:
                                                 only_service=only_service)
         return info
 
-    async def prepare_answer(self, probe_name: str) -> None:
-        """Load the database and compile TCP probe ``probe_name``'s chain, once per
-        process: the one-time cost ``engine.identify`` keeps out of a port's budget."""
+    async def prepare_answer(self, probe_name: str, service: str = "") -> None:
+        """Load the database and compile TCP probe ``probe_name``'s chain (its lines
+        naming ``service`` only, when given), once per process: the one-time cost
+        ``engine.identify`` keeps out of a port's budget."""
         db = await self._load()
         if db is None:
             return
         async with self._lock:
-            await asyncio.to_thread(db.warm_probe, "tcp", probe_name)
+            await asyncio.to_thread(db.warm_probe, "tcp", probe_name, service)
 
-    async def match_answer(self, probe_name: str, answer: bytes,
-                           is_tls: bool) -> ServiceInfo | None:
-        """What nmap's match lines of TCP probe ``probe_name`` name in ``answer``, an
-        answer to that probe already read (nothing is sent; None: no hard match, or no
-        database)."""
+    async def match_answer(self, probe_name: str, answer: bytes, is_tls: bool,
+                           service: str = "") -> ServiceInfo | None:
+        """What nmap's match lines of TCP probe ``probe_name`` (those naming ``service``,
+        when given) name in ``answer``, an answer to that probe already read (nothing is
+        sent; None: no hard match, or no database)."""
         db = await self._load()
         probe = db.probe("tcp", probe_name) if db is not None else None
-        if probe is None:
+        if db is None or probe is None:
             return None
         from probers.service.nmap_engine import info_of_match
 
-        outcome = await asyncio.to_thread(db.match_detailed, probe, answer)
+        outcome = await asyncio.to_thread(
+            db.match_detailed, probe, answer,
+            rules=db.service_rules(probe, service) if service else None)
         if outcome.match is None or outcome.match.is_soft:
             return None
         return info_of_match(outcome.match, probe_name, tls=is_tls)

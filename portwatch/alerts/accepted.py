@@ -99,25 +99,25 @@ def parse_target_port(text: str) -> tuple[str, str, int]:
 
 
 def _day_of(text: str) -> date | None:
-    """The day ``text`` names when it is a date alone (2027-01-31 or 20270131); a week
-    (2027-W05, read as its Monday) is refused: "until week 5" is no one day."""
+    """The day ``text`` names when it is a date alone (2027-01-31 or 20270131)."""
     try:
-        day = date.fromisoformat(text)
+        return date.fromisoformat(text)
     except ValueError:
         return None
-    if "W" in text.upper():
-        raise ValueError(text)
-    return day
 
 
 def parse_until(text: str, now: datetime) -> datetime:
     """``2027-01-31`` (through that day, UTC) or an ISO date-time; must be in the future."""
     try:
+        if "W" in text.upper():
+            # an ISO week (2027-W05, 2027-W05T10:00): read as its Monday by Python, and
+            # "until week 5" is no one day (a review)
+            raise ValueError(text)
         day = _day_of(text.strip())
         if day is not None:
             # Through that day (9999-12-31 has no next day; past the column's end anyway),
-            # however ISO writes it: 20270131 and 2027-W05-7 ended at its start, a day
-            # early (datetime reads a date as its midnight: a review)
+            # however ISO writes it: 20270131 ended at its start, a day early (datetime
+            # reads a date as its midnight: a review)
             moment = (TIME_MAX + timedelta(seconds=1) if day >= TIME_MAX.date() else
                       datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=1))
         else:

@@ -22,8 +22,9 @@ SERVER_HEADER_GUESS = "http:server-header-guess"
 # ... and from an SSH greeting's software no pattern of ours knows
 SSH_SOFTWARE_GUESS = "banner:ssh-guess"
 # which nmap probe's match lines read the answer a guess came from (engine.identify asks
-# them after, with no new connection)
-GUESS_READ_BY: dict[str, str] = {SERVER_HEADER_GUESS: "GetRequest", SSH_SOFTWARE_GUESS: "NULL"}
+# them after, with no new connection), and the service they must name ('': any)
+GUESS_READ_BY: dict[str, tuple[str, str]] = {SERVER_HEADER_GUESS: ("GetRequest", ""),
+                                             SSH_SOFTWARE_GUESS: ("NULL", "ssh")}
 
 
 def _byte_piece(byte: int) -> str:

@@ -871,8 +871,9 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
         if follow is not None and follow not in sent and (
                 any(k is follow for k, _ in queue) or follow not in ordered):
             queue = [(follow, False)] + [(k, g) for k, g in queue if k is not follow]
-    guessed_by = GUESS_READ_BY.get(best.method) if best is not None else None
-    if best is not None and guessed_by is not None and best_data:
+    read_by = GUESS_READ_BY.get(best.method) if best is not None else None
+    if best is not None and read_by is not None and best_data:
+        guessed_by, guessed_service = read_by
         # A product guessed from a Server header or an SSH greeting none of our patterns
         # knows: nmap's lines for its GetRequest (or NULL) read the answer already here
         # (no new connection; sending nmap's probes took the whole budget on every such
@@ -886,9 +887,10 @@ async def identify(ep: Endpoint, settings: Settings | None = None,
                 # process, not this port's time, as for ``prepare`` below (the first such
                 # ports lost their favicon to it under load: a review); the match is
                 began = time.monotonic()
-                await prepare_answer(guessed_by)
+                await prepare_answer(guessed_by, guessed_service)
                 deadline += time.monotonic() - began
-            best = better_of(best, await read_answer(guessed_by, best_data, best.is_tls))
+            best = better_of(best, await read_answer(guessed_by, best_data, best.is_tls,
+                                                     guessed_service))
     # nmap's probes run when ours named nothing for sure, and also when ours named the
     # service but not its product (an RDP negotiation answer names no implementation):
     # then only the probes that can name that service are sent (issue 15).

@@ -154,10 +154,14 @@ class ScanStats:
         done.errors += progress.errors
         done.notes.extend(progress.notes)
 
-    def count_again(self, probes: int) -> None:
-        """A failed attempt's ``probes`` are sent again by its retry: the total grows by
-        them, so the bar ends at 100 % (it read 150 % after a masscan retried at 50 %)."""
-        self._extra_probes += max(0, probes)
+    def count_again(self, failed: Progress, expected: int) -> None:
+        """A ``failed`` attempt's probes are sent again by its retry: the total grows by
+        what it sent, so the bar ends at 100 % (it read 150 % after a masscan retried at
+        50 %). Less what ``shard_finished`` already added: the passes past the first it
+        had counted into its own total (``expected``: the shard's planned probes; a
+        retry after half a second pass ended at 82 %: a review)."""
+        self._extra_probes += max(0, failed.probes_done
+                                  - max(0, failed.probes_total - expected))
 
     def forget_open(self, count: int) -> None:
         """Take back ``count`` open ports counted twice (a shard's retried attempts)."""
@@ -480,7 +484,7 @@ class EmbeddedRunner:
         @contextlib.contextmanager
         def attempt_progress() -> Iterator[Progress]:
             if attempts:  # a retry sends the shard again: what the failed attempt sent
-                stats.count_again(attempts[-1].probes_done)  # is counted on top
+                stats.count_again(attempts[-1], shard.probe_count)  # is counted on top
             progress = stats.shard_started(shard.probe_count)
             attempts.append(progress)
             try:

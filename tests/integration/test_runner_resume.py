@@ -189,6 +189,46 @@ def test_a_shard_whose_engine_crashes_is_retried_not_lost(store) -> None:
     assert stats.probes_done == stats.probes_total > 2
 
 
+class DiesInItsSecondPass:
+    """Named fake for a fault we cannot cause on demand: a masscan-like engine (the
+    progress masscan.py keeps: a second pass adds its probes to the total as it starts)
+    whose first attempt dies halfway through its second pass (``in_second_pass``) or
+    halfway through its first; the retry completes in one pass. Sends nothing."""
+
+    name = "dies-in-its-second-pass"
+
+    def __init__(self, *, in_second_pass: bool) -> None:
+        self.attempts = 0
+        self.in_second_pass = in_second_pass
+
+    async def scan(self, shard: Shard, progress: Progress) -> AsyncGenerator[OpenPort, None]:
+        self.attempts += 1
+        planned = shard.probe_count
+        progress.add_total(planned)
+        if self.attempts == 1:
+            if self.in_second_pass:
+                progress.probes_done = planned
+                progress.add_total(planned // 2)  # the second pass, announced
+                progress.probes_done += planned // 4
+            else:
+                progress.probes_done = planned // 2
+            raise DiscoveryError("masscan died (injected)")
+        progress.probes_done = planned
+        for _ in ():
+            yield _
+
+
+@pytest.mark.parametrize("in_second_pass", [False, True], ids=["first-pass", "second-pass"])
+def test_a_retried_shards_progress_ends_at_100_percent(store, in_second_pass: bool) -> None:  # type: ignore[no-untyped-def]
+    # Given an engine whose first attempt dies partway and whose retry completes
+    engine = DiesInItsSecondPass(in_second_pass=in_second_pass)
+    stats = asyncio.run(_runner(store, engine).run(_plan((PortRange(20100, 20199),))))
+    # Then the bar ends at 100 %: what the dead attempt sent is added to the total once
+    # (it read 150 %, then 82 % after a death in the second pass: reviews)
+    assert (engine.attempts, stats.errors) == (2, [])
+    assert stats.probes_done == stats.probes_total == 100 + (125 if in_second_pass else 50)
+
+
 def test_a_retry_that_misses_what_the_dead_attempt_found_counts_the_union(store) -> None:  # type: ignore[no-untyped-def]
     # Given two listeners, a first attempt that finds one then dies, and a retry that
     # finds only the other

@@ -363,7 +363,8 @@ def test_accept_until_forms(text: str, expected: datetime) -> None:
     assert parse_until(text, datetime(2026, 12, 1, tzinfo=UTC)) == expected
 
 
-@pytest.mark.parametrize("text", ["2027-W05", "2027-W05-7", "2027w05"])
+@pytest.mark.parametrize("text", ["2027-W05", "2027-W05-7", "2027w05", "2027-W05T00:00",
+                                  "2027-W05-1T10:00+02:00"])
 def test_an_until_of_a_week_is_refused(text: str) -> None:
     """A week was read as its Monday's midnight: no one day (a review)."""
     from portwatch.alerts.accepted import parse_until
