@@ -177,7 +177,9 @@ async def _identify_udp(port: OpenPort, ctx: StageContext) -> ServiceInfo:
         budget = (0.0 if port.reason == TARPIT_REASON
                   else min(UDP_PROBE_BUDGET, ctx.identify.budget))
         async with ctx.host_slot(ip):
-            found = await ctx.nmap_udp.udp(ip, port.port, reply, budget, only_service=own)
+            found = await ctx.nmap_udp.udp(
+                ip, port.port, reply, budget, only_service=own,
+                allow_snmp_community=ctx.identify.snmp_public_community)
     if found is not None and found.is_identified:
         return replace(found, banner=port.response)
     if own:
@@ -561,11 +563,13 @@ class NmapFallback:
             return self._db
 
     async def udp(self, ip: str, port: int, reply: bytes | None, budget: float, *,
-                  only_service: str = "") -> ServiceInfo | None:
+                  only_service: str = "", allow_snmp_community: bool = False
+                  ) -> ServiceInfo | None:
         """nmap's UDP identification of ``ip:port``: its match lines on ``reply`` (what
         discovery got), then its UDP probes for ``budget`` seconds (0: none sent);
         ``only_service``: the service is known, only the probes that can name it (none:
-        nothing is sent)."""
+        nothing is sent); ``allow_snmp_community``: its probes asking with an SNMP
+        community too (snmp_public_community)."""
         db = await self._load()
         if db is None:
             return None
@@ -577,7 +581,8 @@ class NmapFallback:
         info: ServiceInfo = await nmap_identify(ip, port, "udp", db, budget=budget,
                                                 max_rarity=self.max_rarity,
                                                 first_response=reply,
-                                                only_service=only_service)
+                                                only_service=only_service,
+                                                allow_snmp_community=allow_snmp_community)
         return info
 
     async def prepare_answer(self, probe_name: str, service: str = "") -> None:

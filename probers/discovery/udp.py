@@ -120,6 +120,7 @@ from probers.discovery.base import (
 )
 from probers.discovery.udp_payloads import GENERIC_PAYLOAD, UdpPayload, own_payloads
 from probers.discovery.udp_payloads import own_service_hint as _own_service_hint
+from probers.service.app_protocols import carries_snmp_community, snmp_v3_discovery
 from schemas.records import OpenPort, PortState, Proto, Shard, Target
 
 __all__ = [
@@ -562,6 +563,12 @@ class UdpEngine:
         if own:
             return own[:cap]
         nmap = self._nmap_payload_table().get(port)
+        if nmap and not self.options.snmp_public_community:
+            # nmap-payloads' "SNMP PUBLIC WALK" (161, 260, 3401) asks with "public": a
+            # credential guess, so engine discovery instead, as on 161 (a review)
+            nmap = [p for p in nmap if not carries_snmp_community(p)]
+            if not nmap:
+                return (UdpPayload("snmp:v3-engine-discovery", snmp_v3_discovery()),)
         if nmap:
             unique = list(dict.fromkeys(nmap))
             return tuple(UdpPayload(f"nmap-payloads:{port}:{i}", d) for i, d in enumerate(unique))[

@@ -36,6 +36,7 @@ from probers.nmapdata.service_probes import (
     Probe,
     ProbeDB,
 )
+from probers.service.app_protocols import carries_snmp_community
 from probers.service.banners import sanitize as sanitize_banner
 from schemas.records import ServiceInfo
 
@@ -113,9 +114,11 @@ class _Identifier:
         match_budget: float,
         only_service: str = "",
         answer_rtts: int = ANSWER_RTTS,
+        allow_snmp_community: bool = False,
     ) -> None:
         self.ip = ip
         self.answer_rtts = answer_rtts
+        self.allow_snmp_community = allow_snmp_community
         # Our own probe already named the service but not its product: only the
         # probes that can name an implementation of that service are worth sending.
         self.only_service = only_service
@@ -343,6 +346,10 @@ class _Identifier:
         self, tls: bool, ssl_ctx: ssl.SSLContext | None, label: str
     ) -> ServiceInfo:
         candidates = self.db.probes_for_port(self.proto, self.port, tls, self.max_rarity)
+        if not self.allow_snmp_community:
+            # SNMPv1public asks with the "public" community: a credential guess, only
+            # when the user allows it (snmp_public_community; a review)
+            candidates = [p for p in candidates if not carries_snmp_community(p.payload)]
         if self.only_service:
             # A probe can name the service through its own match lines or through its
             # fallbacks' (NULL's included): xrdp is named by NULL's lines matching the
@@ -457,6 +464,7 @@ async def nmap_identify(
     upgrade_tls: bool = True,
     only_service: str = "",
     answer_rtts: int = ANSWER_RTTS,
+    allow_snmp_community: bool = False,
 ) -> ServiceInfo:
     """Identify the service on ``ip:port/proto`` the way ``nmap -sV`` does, within ``budget`` s.
 
@@ -469,7 +477,8 @@ async def nmap_identify(
     already known (our own probe named it without a product): send only the probes
     that can name that service, as nmap does after a soft match. ``answer_rtts``: a
     probe's answer is awaited for this many connect times (at least ``ANSWER_FLOOR``,
-    at most its wait cap); 0 waits the full cap as nmap does.
+    at most its wait cap); 0 waits the full cap as nmap does. ``allow_snmp_community``:
+    send the probes that ask with an SNMP community ("public": a credential guess).
 
     Never raises for network conditions: failures come back in ``method``.
     """
@@ -493,6 +502,7 @@ async def nmap_identify(
         match_budget=match_budget,
         only_service=only_service,
         answer_rtts=answer_rtts,
+        allow_snmp_community=allow_snmp_community,
     )
     # Every step is bounded; this outer limit only catches the sum of rounding.
     hard_limit = budget + match_budget + 2.0

@@ -373,3 +373,35 @@ def test_memcached_dates_itself_on_version() -> None:
     for answer in (b"ERROR\r\n", b"CLIENT_ERROR unauthenticated\r\n", b"VERSION 1.6.18",
                    b"VERSION <script>\r\n", b"VERSION 1.6.18\x1b[31m\r\n"):
         assert parse_memcached_version(answer) is None, answer
+
+
+def test_an_snmp_message_with_a_community_is_known_as_one() -> None:
+    from probers.discovery.udp_payloads import snmp_get_sysdescr
+    from probers.service.app_protocols import (
+        carries_snmp_community,
+        snmp_v2c_get_sysdescr,
+        snmp_v3_discovery,
+    )
+
+    # v1 and v2c ask with a community ("public", or any other): a credential guess
+    assert carries_snmp_community(snmp_get_sysdescr(0))
+    assert carries_snmp_community(snmp_get_sysdescr(1, b"private"))
+    assert carries_snmp_community(snmp_v2c_get_sysdescr(b"public"))
+    # nmap-payloads' "SNMP PUBLIC WALK" as its file spells it (a long-form length)
+    assert carries_snmp_community(b"0\x82\x00/\x02\x01\x00\x04\x06public\xa1\x82\x00\x20")
+    # v3 engine discovery asks with none; an empty community is none; not SNMP at all
+    assert not carries_snmp_community(snmp_v3_discovery())
+    assert not carries_snmp_community(b"0\x0b\x02\x01\x01\x04\x00\xa0\x04\x02\x02\x00\x00")
+    for other in (b"", b"\x00", b"GET / HTTP/1.0\r\n\r\n", b"0", b"0\x85", b"0\x03\x02\x01"):
+        assert not carries_snmp_community(other)
+
+
+@given(st.binary(max_size=64))
+@example(b"0\x84\xff\xff\xff\xff\x02\x01\x00\x04\x84\xff\xff\xff\xff")
+def test_the_community_check_reads_any_bytes(data: bytes) -> None:
+    from probers.service.app_protocols import carries_snmp_community
+
+    assert carries_snmp_community(data) in (True, False)
+    # and says yes only where a version 0 or 1 and a community follow a SEQUENCE
+    if carries_snmp_community(data):
+        assert data[0] == 0x30 and b"\x02\x01" in data and data.count(b"\x04") >= 1

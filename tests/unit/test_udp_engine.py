@@ -284,6 +284,35 @@ def test_well_known_ports_get_portwatchs_own_payloads() -> None:
     assert engine.payloads_for(40_000) == (GENERIC_PAYLOAD,)
 
 
+def test_nmaps_snmp_walk_is_sent_only_when_the_public_community_is_allowed() -> None:
+    from probers.nmapdata import NmapDataUnavailable
+    from probers.nmapdata.payloads import udp_payloads
+    from probers.service.app_protocols import carries_snmp_community
+
+    try:
+        table = udp_payloads()
+    except NmapDataUnavailable as exc:
+        pytest.skip(f"nmap-common not installed: {exc}")
+    # Given nmap-payloads' "SNMP PUBLIC WALK" beside its SNMPv3 payload on 260 and 3401
+    # (3401 is in the top 1,000)
+    for port in (260, 3401):
+        assert sorted(map(carries_snmp_community, table[port])) == [False, True]
+    # When the engine picks their payloads with its defaults / Then its v3 one alone, no
+    # community (a default --udp top1000 scan asked "public" on 3401: a review)
+    engine = UdpEngine()
+    for port in (260, 3401):
+        assert [p.data for p in engine.payloads_for(port)] == [
+            d for d in table[port] if not carries_snmp_community(d)]
+    # And with the user's leave, nmap's walk too
+    allowed = UdpEngine(snmp_public_community=True)
+    assert [p.data for p in allowed.payloads_for(3401)] == list(dict.fromkeys(table[3401]))[:3]
+    # A port whose every nmap payload asks with a community gets engine discovery: the
+    # rule on a table of that shape (nmap's own file has none today)
+    engine._nmap_payloads = {3401: [d for d in table[3401] if carries_snmp_community(d)]}
+    assert [(p.name, p.data) for p in engine.payloads_for(3401)] == [
+        ("snmp:v3-engine-discovery", snmp_v3_discovery())]
+
+
 def test_other_ports_get_nmap_payloads_when_installed() -> None:
     from probers.nmapdata import NmapDataUnavailable
     from probers.nmapdata.payloads import udp_payloads
