@@ -5,49 +5,27 @@ socket on loopback that answers every datagram with junk, so every probe is trie
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 
 from probers.service.app_protocols import carries_snmp_community
 from stream_processors.stages import UDP_PROBE_BUDGET, NmapFallback
+from tests import loopback
 
 
-@contextmanager
-def junk_answering_recorder() -> Iterator[tuple[int, list[bytes]]]:
-    """A UDP socket on 127.0.0.1 that keeps every datagram and answers each with junk:
-    (its port, the datagrams so far)."""
-    got: list[bytes] = []
-    stop = threading.Event()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(0.1)
-
-        def serve() -> None:
-            while not stop.is_set():
-                try:
-                    data, peer = sock.recvfrom(65_535)
-                except TimeoutError:
-                    continue
-                got.append(data)
-                sock.sendto(b"\x01\x02junkjunk", peer)
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            yield sock.getsockname()[1], got
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+def _keep_and_answer_junk(got: list[bytes]) -> Callable[[bytes], bytes]:
+    def answer(datagram: bytes) -> bytes:
+        got.append(datagram)
+        return b"\x01\x02junkjunk"
+    return answer
 
 
 @pytest.mark.parametrize("allowed", [False, True], ids=["default", "allowed"])
 def test_nmaps_udp_probes_ask_with_a_community_only_when_allowed(allowed: bool) -> None:
     # Given a port that answers anything with junk (nothing names it: every probe is sent)
-    with junk_answering_recorder() as (port, got):
+    got: list[bytes] = []
+    with loopback.udp_responder(answer=_keep_and_answer_junk(got)) as port:
         # When nmap's UDP probes identify it, as the identify stage asks them
         info = asyncio.run(NmapFallback().udp("127.0.0.1", port, b"\x01\x02junkjunk",
                                               UDP_PROBE_BUDGET, allow_snmp_community=allowed))
