@@ -5,6 +5,11 @@ MySQL/MariaDB, Redis, PostgreSQL, POP3, IMAP, NNTP, VNC, telnet, RDP), the readi
 answers to a probe meant for another protocol (which probe to send next), and the
 sanitizing of untrusted bytes for storage and display. Pure functions over recorded bytes:
 no sockets here (probers/service/engine.py sends and reads).
+
+Why one file: every recogniser here reads hostile bytes through the same few helpers
+(``_text``'s sanitizing and caps, ``_cpe``, the product tables' ASCII-only patterns) and
+``parse_banner`` dispatches across all of them; one module keeps those rules in one place
+and lets one hypothesis test feed every parser the same junk.
 """
 
 from __future__ import annotations
