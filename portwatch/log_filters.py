@@ -92,9 +92,42 @@ class SecretsOut(logging.Filter):
         return True
 
 
+# Pieces of the channel URLs loaded (their path segments and query values): libraries
+# quote them outside any URL (apprise's ntfy plugin: "Failed to send ntfy notification to
+# topic 'topicSECRET7'", and its payload at -vv), and an ntfy topic is its password (a
+# review). Bounded: a few per channel.
+_URL_PIECES: set[str] = set()
+MIN_PIECE = 6  # shorter pieces ("hook", "api") would cut ordinary words out of every line
+MAX_PIECES = 4096
+
+
+def keep_url_pieces_secret(url: str) -> None:
+    """Mask the path segments and query values of channel ``url`` wherever a record or
+    an error quotes them (``mask_pieces``)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    pieces = [unquote(seg) for seg in parts.path.split("/")]
+    pieces += [value for _key, value in parse_qsl(parts.query, keep_blank_values=False)]
+    for piece in pieces:
+        if len(piece) >= MIN_PIECE and len(_URL_PIECES) < MAX_PIECES:
+            _URL_PIECES.add(piece)
+
+
+def mask_pieces(text: str) -> str:
+    """``text`` with every secret URL piece (``keep_url_pieces_secret``) cut to "…"."""
+    for piece in sorted((p for p in _URL_PIECES if p in text), key=len, reverse=True):
+        text = text.replace(piece, "…")
+    return text
+
+
 def _masked(text: str) -> str:
     text = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
     text = _RETRY_URL.sub(lambda m: f"{m.group(1)}/…", text)
+    text = mask_pieces(text)
     return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}…", text)
 
 

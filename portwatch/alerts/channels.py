@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from portwatch.alerts.config import (
     AppriseChannel,
@@ -39,6 +40,7 @@ from portwatch.alerts.config import (
     mask_urls,
     send_seconds,
 )
+from portwatch.log_filters import mask_pieces
 from schemas.records import ChangeEvent
 
 SIGNATURE_HEADER = "X-Portwatch-Signature"
@@ -181,7 +183,8 @@ def send(channel: Channel, rule: str, events: Sequence[ChangeEvent], *,
     ``scheme://host:port/…`` (a library's or a receiver's text may quote the URL)."""
     result = _send(channel, rule, events, is_test, send_seconds(channel, timeout), clock,
                    delivery)
-    return result if result.is_ok else replace(result, error=mask_urls(result.error))
+    return result if result.is_ok else replace(result,
+                                               error=mask_pieces(mask_urls(result.error)))
 
 
 def _send(channel: Channel, rule: str, events: Sequence[ChangeEvent], is_test: bool,
@@ -359,7 +362,7 @@ def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEve
 
     def run() -> None:
         try:
-            outcome.append(_apprise_notify(channel, rule, events, is_test))
+            outcome.append(_apprise_notify(channel, rule, events, is_test, timeout))
         except Exception as exc:  # noqa: BLE001 - reported as the send's result
             outcome.append(SendResult(False, f"{channel.display}: {type(exc).__name__}"))
         finally:
@@ -375,7 +378,7 @@ def _send_apprise(channel: AppriseChannel, rule: str, events: Sequence[ChangeEve
 
 
 def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeEvent],
-                    is_test: bool) -> SendResult:
+                    is_test: bool, timeout: float) -> SendResult:
     import apprise as apprise_module
 
     apprise: Any = apprise_module  # untyped library: calls go through Any
@@ -387,6 +390,14 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
     plugin = apprise.Apprise.instantiate(channel.url, suppress_exceptions=True)
     if plugin is None:
         return SendResult(False, f"apprise refused the URL of channel {channel.name}")
+    # The send's time (the channel's timeout:) is the plugin's socket's too, unless its
+    # URL says rto=/cto=: apprise's own 4 s read timeout gave up on a receiver the
+    # channel waited 30 s for, and each retry sent it another copy (a review)
+    asked = {key for key, _ in parse_qsl(urlsplit(channel.url).query)}
+    if "rto" not in asked:
+        plugin.socket_read_timeout = timeout
+    if "cto" not in asked:
+        plugin.socket_connect_timeout = timeout
     # the message alone: apprise's default format puts its own time and level first
     with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
         # As plain text: apprise then escapes it into each service's markup (HTML for
@@ -398,4 +409,5 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
     if is_ok:
         return SendResult(True)
     reason = lines[-1] if lines else "apprise reported a failure"
-    return SendResult(False, f"{channel.display}: {_clean(reason)}")
+    # (its error may quote the URL's path: an ntfy topic, a token; a review)
+    return SendResult(False, f"{channel.display}: {_clean(mask_pieces(mask_urls(reason)))}")

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from portwatch.log_filters import keep_url_pieces_secret
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
 from producers.targets import yaml_problem
@@ -183,10 +184,38 @@ def read_text_file(name: str, error: type[AlertConfigError]) -> str:
         raise error(name, 0, f"not UTF-8 text ({exc.reason})") from None
 
 
+# Values a file may hold once its aliases are expanded: a file of 500 KB whose rules
+# repeat an alias of a 50,000-entry list (`ports: *p` in 3,000 rules) took minutes and
+# gigabytes to read before any error (a review). Far above any real file's.
+MAX_EXPANDED_NODES = 200_000
+
+
+def _check_expanded_size(name: str, root: yaml.Node | None) -> None:
+    """Refuse a node tree that expands (each alias counted where it is used, as the
+    parser walks it) to more than ``MAX_EXPANDED_NODES``; also ends a recursive alias."""
+    stack = [root] if root is not None else []
+    seen = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_EXPANDED_NODES:
+            raise AlertConfigError(name, node.start_mark.line + 1, (
+                f"the file holds more than {MAX_EXPANDED_NODES:,} values once its YAML "
+                "aliases are expanded (an alias of a long list repeated, or an alias "
+                "inside itself): write the lists out, or shorter"))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+
+
 def compose_yaml(name: str, text: str) -> yaml.Node | None:
-    """The YAML node tree (with line marks); a syntax error becomes one FILE:LINE line."""
+    """The YAML node tree (with line marks); a syntax error becomes one FILE:LINE line,
+    and so does a tree too large once its aliases are expanded."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line, problem = yaml_problem(exc)
         raise AlertConfigError(name, line, f"invalid YAML: {problem}") from None
@@ -198,6 +227,8 @@ def compose_yaml(name: str, text: str) -> yaml.Node | None:
         raise AlertConfigError(name, 0, f"invalid YAML: {exc}") from None
     except RecursionError:  # '[[[[...' a thousand deep: the composer recurses per level
         raise AlertConfigError(name, 1, "invalid YAML: nested too deeply") from None
+    _check_expanded_size(name, root)
+    return root
 
 
 def parse_duration(text: str) -> float:
@@ -350,6 +381,11 @@ class _Parser:
         return out
 
     def channel(self, name: str, key_node: yaml.Node, node: yaml.Node) -> Channel:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
+            # as a rule's: printed by `alerts test`, `alerts log` and the scan's end
+            # (control characters reached the terminal raw: a review)
+            raise self.fail(key_node, f"channel name {name[:60]!r}: use "
+                                      "letters, digits, - _ . : (at most 100)")
         what = f"channel {name!r}"
         items = self.mapping(node, what)
         self.only(items, ("webhook", "secret_env", "secret_file", "apprise", "timeout"), what)
@@ -364,6 +400,7 @@ class _Parser:
         if "webhook" in items:
             url_node = items["webhook"][1]
             url = self.expand_env(self.scalar(url_node, f"{what} webhook"), url_node, what)
+            keep_url_pieces_secret(url)
             problem = webhook_url_problem(url)
             if problem:
                 raise self.fail(url_node, f"{what}: webhook {problem}")
@@ -371,6 +408,7 @@ class _Parser:
             return WebhookChannel(name, url, secret, timeout)
         url_node = items["apprise"][1]
         url = self.expand_env(self.scalar(url_node, f"{what} apprise"), url_node, what)
+        keep_url_pieces_secret(url)
         display = check_apprise_url(
             url, lambda message: self.fail(url_node, f"{what}: {message}"))
         return AppriseChannel(name, url, display, timeout)

@@ -380,3 +380,45 @@ def test_an_apprise_failure_reason_is_apprises_message_alone() -> None:
     reason = result.error.split(": ", 1)[1]
     assert not reason[:4].isdigit() and "WARNING" not in reason, result.error
     assert "500" in reason, result.error
+
+
+def late(seconds: float) -> Callable[[socket.socket], None]:
+    """Answers 200 ``seconds`` after the request: a slow receiver, not a hostile one."""
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        time.sleep(seconds)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    return handle
+
+
+def apprise_channel(tmp_path: Path, url: str, timeout: str) -> Any:
+    """An apprise channel as the alerts file loads it (its URL's pieces kept secret)."""
+    path = tmp_path / "alerts.yaml"
+    path.write_text(f"channels:\n  ch: {{apprise: \"{url}\", timeout: {timeout}}}\n"
+                    "rules:\n  - name: r\n    notify: [ch]\n")
+    return load_alerts(path, env={}).channels["ch"]
+
+
+def test_an_apprise_channels_timeout_is_its_sockets_too(tmp_path: Path) -> None:
+    # Given a receiver that answers after 5 s, and an apprise channel that waits 8 s
+    with hostile(late(5.0)) as url:
+        port = url.split(":")[2].split("/")[0]
+        channel = apprise_channel(tmp_path, f"json://127.0.0.1:{port}/hook", "8s")
+        result = send(channel, "r", [event()], timeout=10)
+    # Then the message is sent: apprise's own 4 s read timeout gave up on it, and each
+    # retry sent the receiver another copy (a review)
+    assert (result.is_ok, result.error) == (True, "")
+
+
+def test_an_ntfy_topic_never_reaches_an_error(tmp_path: Path) -> None:
+    # Given an ntfy channel (its topic is its password) whose server answers 500
+    with hostile(answer("500 Internal Server Error")) as url:
+        port = url.split(":")[2].split("/")[0]
+        channel = apprise_channel(tmp_path, f"ntfy://127.0.0.1:{port}/topicSECRET7", "5s")
+        result = send(channel, "r", [event()], timeout=5)
+    # Then apprise's reason is kept, without the topic it quotes (it read "Failed to
+    # send ntfy notification to topic 'topicSECRET7'": a review)
+    assert not result.is_ok
+    assert "topicSECRET7" not in result.error and "ntfy" in result.error, result.error
+    assert result.error.startswith(f"ntfy://127.0.0.1:{port}/…: "), result.error

@@ -218,6 +218,20 @@ BAD_FILES = [
     ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n  - name: r\n"
      "    when: {targets: [\"10.0.0.5:8080\"]}\n    notify: [a]\n", 5,
      "rule 'r': '10.0.0.5:8080' is not an address, CIDR block, hostname or asset name"),
+    # a channel's name is printed by `alerts test`, `alerts log` and the scan's end: its
+    # control characters reached the terminal raw (a review)
+    ("channels:\n  \"evil\\e]0;PWNED\\a\": {apprise: \"json://127.0.0.1/x\"}\nrules:\n"
+     "  - name: r\n    notify: [a]\n", 2,
+     "channel name 'evil\\x1b]0;PWNED\\x07': use letters, digits, - _ . : (at most 100)"),
+    # an alias of a long list repeated: minutes and gigabytes to read (a review)
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules:\n"
+     "  - {name: r0, notify: [a], when: {ports: &p [" + ", ".join(["1"] * 5000) + "]}}\n"
+     + "".join(f"  - {{name: r{i}, notify: [a], when: {{ports: *p}}}}\n"
+               for i in range(1, 60)), 4,
+     "the file holds more than 200,000 values once its YAML aliases are expanded"),
+    # and an alias inside itself (a list that holds itself) ends too
+    ("channels:\n  a: {apprise: \"json://127.0.0.1/x\"}\nrules: &r [*r]\n", 3,
+     "once its YAML aliases are expanded"),
 ]
 
 
@@ -495,6 +509,11 @@ schedules:
     ("schedules: []\n", 1, "schedules: no entries (a list of entries with name, cron and "
      "targets or inventory)"),
     ("schedules: {name: a}\n", 1, "schedules must be a list of entries"),
+    # the same bound on aliases as the alerts file's
+    ("schedules:\n  - {name: a, cron: \"@daily\", targets: &t ["
+     + ", ".join(["127.0.0.1"] * 5000) + "]}\n"
+     + "".join(f"  - {{name: a{i}, cron: \"@daily\", targets: *t}}\n" for i in range(60)), 2,
+     "the file holds more than 200,000 values once its YAML aliases are expanded"),
     ("schedules:\n  - name: a\n    targets: [127.0.0.1]\n    cron: \"@daily\"\n"
      "    allow_large: maybe\n", 5, "schedule 'a': allow_large is true or false, not 'maybe'"),
 ])

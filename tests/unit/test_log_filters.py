@@ -224,3 +224,20 @@ def test_a_librarys_retried_error_reads_as_a_warning_that_says_so() -> None:
         assert retried.filter(other)
         assert (other.levelno, other.getMessage()) == (
             level, f"Group Coordinator Request failed: {error}")
+
+
+def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them() -> None:
+    from portwatch.log_filters import SecretsOut, keep_url_pieces_secret, mask_pieces
+
+    # Given an ntfy channel loaded (its topic is its password) and a webhook's token
+    keep_url_pieces_secret("ntfy://127.0.0.1:8080/topicSECRET7?mode=private")
+    keep_url_pieces_secret("https://127.0.0.1/hooks/T0/B0/XXXXtokenXXXX?sig=abcdef123")
+    # When apprise quotes them outside any URL, at -vv or in its error
+    record = logging.LogRecord("apprise", logging.DEBUG, __file__, 1,
+                               "ntfy Payload: %s", ({"topic": "topicSECRET7"},), None)
+    assert SecretsOut().filter(record)
+    # Then they read "…" (it said "Failed to send ntfy notification to topic
+    # 'topicSECRET7'" in errors and logs: a review); short pieces and words stay
+    assert record.getMessage() == "ntfy Payload: {'topic': '…'}"
+    assert mask_pieces("token XXXXtokenXXXX, sig abcdef123, priority high, T0 B0 hooks") == (
+        "token …, sig …, priority high, T0 B0 hooks")
