@@ -99,11 +99,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except BrokenPipeError:  # raised outside click (the help of `portwatch` alone)
-        return _stdout_closed()
+        return _stdout_closed() if _stdout_is_broken() else EXIT_RUNTIME
     except SystemExit as exc:
         if isinstance(exc.__context__, BrokenPipeError):
-            return _stdout_closed()
+            return _stdout_closed() if _stdout_is_broken() else EXIT_RUNTIME
         raise
+
+
+def _stdout_is_broken() -> bool:
+    """Is stdout a pipe whose reader has gone (POLLERR), or already pointed at the null
+    device (rich's answer to its broken pipe)? A broken pipe that was not stdout's (a
+    write to stderr outside its console) is no reader that has seen enough: never a
+    silent success (a review)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & select.POLLERR for _fd, events in poller.poll(0)):
+            return True
+        now, null = os.fstat(fd), os.stat(os.devnull)
+        return (now.st_rdev, now.st_ino) == (null.st_rdev, null.st_ino)
+    except (AttributeError, OSError, ValueError):
+        return True  # not a file we can ask: as before, the reader is taken to be gone
 
 
 def _stdout_closed() -> int:
@@ -144,7 +163,7 @@ def _say(text: str) -> None:
     review)."""
     try:
         err_console.print(text, markup=False)
-    except BrokenPipeError:
+    except OSError:  # (its console already takes a broken pipe and a full disk quietly)
         pass
     except SystemExit as exc:
         if not isinstance(exc.__context__, BrokenPipeError):

@@ -25,8 +25,25 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+class _StderrConsole(Console):
+    """stderr's console. A reader of stderr that has gone (``2>&1 | head``) or a full
+    disk behind it (``2>/dev/full``) loses the lines that follow, never the command: rich
+    exits 1 on a broken pipe, which ``portwatch.cli.main`` took for a closed stdout, and a
+    scan whose stderr broke at its first note stored nothing and exited 0 (a review)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError:  # ENOSPC, EIO: as a broken pipe
+            self.quiet = True
+            del self._buffer[:]
+
+
 # soft_wrap: an error stays on one line whatever the terminal width
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console: Console = _StderrConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def out_console(*, soft_wrap: bool = False) -> Console:

@@ -473,7 +473,7 @@ def _ber_header(data: bytes, at: int) -> tuple[int, int, int] | None:
     if first < 0x80:
         return tag, first, at + 2
     size = first & 0x7F
-    if not 1 <= size <= 4 or at + 2 + size > len(data):
+    if not 1 <= size <= 8 or at + 2 + size > len(data):
         return None
     return tag, int.from_bytes(data[at + 2:at + 2 + size], "big"), at + 2 + size
 
@@ -482,18 +482,19 @@ def carries_snmp_community(payload: bytes) -> bool:
     """An SNMPv1/v2c message with a community (``SEQUENCE { INTEGER version 0|1,
     OCTET STRING community, ... }``): a credential guess, sent only when the user allows
     it (nmap-payloads' "SNMP PUBLIC WALK" on 161, 260 and 3401, and nmap's SNMPv1public
-    probe, asked "public" on a default scan: a review). Read from the header on, as
-    written (a message longer or shorter than its outer length says is still one)."""
+    probe, asked "public" on a default scan: a review). Read from the header on, as an
+    agent reads it: a message longer or shorter than its outer length says, lengths in
+    long form, a version in more bytes than it needs (net-snmp answers all of them)."""
     outer = _ber_header(payload, 0)
     if outer is None or outer[0] != 0x30:
         return False
     version = _ber_header(payload, outer[2])
-    if version is None or version[0] != 0x02 or version[1] != 1:
+    if version is None or version[0] != 0x02 or not 1 <= version[1] <= 8:
         return False
-    at = version[2] + 1
-    if at > len(payload) or payload[version[2]] not in (0, 1):
+    end = version[2] + version[1]
+    if end > len(payload) or int.from_bytes(payload[version[2]:end], "big") not in (0, 1):
         return False
-    community = _ber_header(payload, at)
+    community = _ber_header(payload, end)
     return community is not None and community[0] == 0x04 and community[1] > 0
 
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,21 +96,57 @@ def test_a_pipe_closed_before_the_first_write_exits_0_quietly(args: list[str]) -
     assert proc.stderr == ""
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    (["report", "list", "--port", "99999"], 2),
-    (["report", "summary", "--store", "chdb:///nonexistent/portwatch-store"], 2),
+@contextlib.contextmanager
+def unwritable_stderr(kind: str) -> Iterator[int]:
+    """A file descriptor for stderr that takes no line: a pipe whose reader has gone
+    (``2>&1 | true``), or a full disk (``2>/dev/full``, ENOSPC on every write)."""
+    if kind == "gone-reader":
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            yield write_end
+        finally:
+            os.close(write_end)
+    else:
+        with open("/dev/full", "wb") as full:
+            yield full.fileno()
+
+
+@pytest.mark.parametrize("stderr", ["gone-reader", "full-disk"])
+@pytest.mark.parametrize("args", [
+    ["report", "list", "--port", "99999"],
+    ["report", "summary", "--store", "chdb:///nonexistent/portwatch-store"],
 ], ids=["usage-error", "no-such-store"])
-def test_an_error_whose_reader_of_stderr_is_gone_keeps_its_exit_code(
-        args: list[str], code: int) -> None:
-    # Given a command that fails, its stderr a pipe whose reader has gone (`2>&1 | true`)
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
+def test_an_error_whose_stderr_takes_no_line_keeps_its_exit_code(
+        args: list[str], stderr: str) -> None:
+    # Given a command that fails, its stderr unwritable
+    with unwritable_stderr(stderr) as fd:
         proc = subprocess.run([sys.executable, "-m", "portwatch", *args],
-                              stdout=subprocess.PIPE, stderr=write_end, timeout=120, cwd=REPO)
-    finally:
-        os.close(write_end)
-    # Then it still fails with its code: the line is lost, not the failure (it exited 0,
-    # taken for a reader of stdout that had seen enough: a review)
-    assert proc.returncode == code
+                              stdout=subprocess.PIPE, stderr=fd, timeout=120, cwd=REPO)
+    # Then it still fails with its code (2): the line is lost, not the failure (it exited
+    # 0, taken for a reader of stdout that had seen enough; or 1, the write error's, with
+    # a traceback nobody could read: reviews)
+    assert proc.returncode == 2
     assert proc.stdout == b""
+
+
+def test_a_scan_whose_reader_of_stderr_is_gone_still_scans_and_stores(
+        tmp_path: Path) -> None:
+    from tests import loopback
+    from tests.conftest import query_store
+
+    store = f"chdb://{tmp_path / 'store'}"
+    # Given a listener, and a scan whose stderr's reader has gone (its notes and progress
+    # have nowhere to go), its stdout a file
+    with loopback.listen(loopback.banner(b"hello\r\n")) as server, \
+            open(tmp_path / "out.txt", "wb") as out, unwritable_stderr("gone-reader") as fd:
+        proc = subprocess.run(
+            [sys.executable, "-m", "portwatch", "scan", "-p", str(server.port), "-u",
+             "none", "--store", store, "127.0.0.1"], stdout=out, stderr=fd,
+            timeout=300, cwd=REPO,
+            env={**os.environ, "PORTWATCH_SCOPE_ALLOW": "127.0.0.0/8,::1/128"})
+    # Then the scan ran and stored its port, and said so by its exit code (it stopped at
+    # its first note, stored nothing and exited 0: a review)
+    assert proc.returncode == 0
+    assert query_store(store, "SELECT port FROM port_observations") == [(server.port,)]
+    assert (tmp_path / "out.txt").read_bytes() != b""

@@ -389,6 +389,13 @@ def test_an_snmp_message_with_a_community_is_known_as_one() -> None:
     assert carries_snmp_community(snmp_v2c_get_sysdescr(b"public"))
     # nmap-payloads' "SNMP PUBLIC WALK" as its file spells it (a long-form length)
     assert carries_snmp_community(b"0\x82\x00/\x02\x01\x00\x04\x06public\xa1\x82\x00\x20")
+    # and as an agent reads it: a version in more bytes than it needs, lengths in long
+    # form up to eight bytes (net-snmp answers each: a review)
+    pdu = snmp_get_sysdescr(1)[5 + 2 + 6:]  # after SEQUENCE, version and community
+    for version in (b"\x02\x02\x00\x01", b"\x02\x04\x00\x00\x00\x01", b"\x02\x81\x02\x00\x01"):
+        body = version + b"\x04\x06public" + pdu
+        for outer in (bytes([0x30, len(body)]), b"\x30\x85" + len(body).to_bytes(5, "big")):
+            assert carries_snmp_community(outer + body), (outer + body)[:16]
     # v3 engine discovery asks with none; an empty community is none; not SNMP at all
     assert not carries_snmp_community(snmp_v3_discovery())
     assert not carries_snmp_community(b"0\x0b\x02\x01\x01\x04\x00\xa0\x04\x02\x02\x00\x00")
@@ -402,6 +409,6 @@ def test_the_community_check_reads_any_bytes(data: bytes) -> None:
     from probers.service.app_protocols import carries_snmp_community
 
     assert carries_snmp_community(data) in (True, False)
-    # and says yes only where a version 0 or 1 and a community follow a SEQUENCE
+    # and says yes only where an INTEGER and an OCTET STRING follow a SEQUENCE
     if carries_snmp_community(data):
-        assert data[0] == 0x30 and b"\x02\x01" in data and data.count(b"\x04") >= 1
+        assert data[0] == 0x30 and b"\x02" in data[1:] and b"\x04" in data[3:]
