@@ -103,6 +103,8 @@ class Watcher:
     # slots this watcher ran (completed or failed), whatever the ledger says: a run whose
     # ledger row could not be written is not run again by this process at once
     _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
+    # when each entry's last run in this process ended (what the catch-up line blames)
+    _ended: dict[str, datetime] = field(default_factory=dict, repr=False)
     _started: datetime | None = field(default=None, repr=False)
     _warned_future: set[str] = field(default_factory=set, repr=False)
     # this watcher's id on the slots it claims (ddl.sql watch_claims)
@@ -217,10 +219,21 @@ class Watcher:
 
     def catch_up_line(self, decision: Decision, last: datetime) -> str:
         """Says why slots were missed: portwatch was down, or (the first missed slot came
-        after this watcher started) the other entries' scans took that long."""
-        busy = next_slot(decision.entry, last) >= (self._started or self.clock())
-        why = "while other entries were scanning" if busy else \
-            "while portwatch was not running"
+        after this watcher started) the entry's own previous run, the other entries'
+        scans, or both, took that long (it blamed other entries for a lone entry's own
+        long scan: a review)."""
+        entry = decision.entry
+        first_missed = next_slot(entry, last)
+        ended = self._ended.get(entry.name)
+        if first_missed < (self._started or self.clock()):
+            why = "while portwatch was not running"
+        elif ended is None or ended <= first_missed:
+            why = "while other entries were scanning"
+        elif ended >= previous_slot(entry, decision.slot - timedelta(seconds=1)):
+            # (past the last missed slot too)
+            why = "while its previous run was still scanning"
+        else:
+            why = "while its previous run, then other entries, were scanning"
         return (f"watch: {decision.entry.name} missed {decision.missed} run(s) {why}; "
                 "catching up with one run now")
 
@@ -298,6 +311,7 @@ class Watcher:
         """The run in the ledger; False (said in one line) when the store refused it."""
         if record.status != "interrupted":
             self._ran[record.entry] = record.slot
+        self._ended[record.entry] = record.finished
         try:
             record_run(self.store, record.entry, record.slot, record.started, record.finished,
                        record.scan_id, record.status, note, self.owner)

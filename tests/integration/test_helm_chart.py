@@ -719,6 +719,31 @@ def test_a_schedule_entry_with_one_target_or_exclusion_as_a_plain_value(
     assert args[5:] == ["--ports", "22", "--exclude", "198.18.0.2", "--", "198.18.0.1"]
 
 
+def test_a_schedule_entry_with_targets_and_an_inventory_scans_both(
+        helm: str, tmp_path: Path) -> None:
+    from portwatch.alerts.schedule import load_schedules
+    from portwatch.distributed_cli import produce
+
+    # Given an entry `watch` takes: targets and an inventory, an organization and an asset
+    # (the chart refused it, "give targets or inventory, not both": a review)
+    entry = {"name": "both", "cron": "@hourly", "targets": ["198.18.0.1"], "inventory": True,
+             "organization": "Example Corp", "asset": "edge", "ports": "22"}
+    (tmp_path / "true").write_text("Example Corp: [198.18.0.12]\n")
+    (tmp_path / "schedules.yaml").write_text(yaml.safe_dump({"schedules": [entry]}))
+    (watched,) = load_schedules(tmp_path / "schedules.yaml")
+    objects = render(helm, tmp_path, {"schedules": [entry], "produce": {"inventory": INVENTORY}})
+    # Then its producer gets both, as watch scans them: the inventory narrowed to the
+    # organization, the asset labelling the targets
+    args = expanded_args(objects, container(objects[("CronJob", f"{BASE}-schedule-both")]))
+    assert args[5:] == ["--ports", "22", "--inventory",
+                        "/etc/portwatch/inventory/inventory.yaml", "--only-org",
+                        "Example Corp", "--asset", "edge", "--", "198.18.0.1"]
+    assert (watched.targets, watched.asset) == (("198.18.0.1",), "edge")
+    with produce.make_context("produce", list(args[1:])) as ctx:
+        assert (ctx.params["only_organization"], ctx.params["asset"],
+                ctx.params["organization"]) == ("Example Corp", "edge", "")
+
+
 @pytest.mark.parametrize(("schedules", "words"), [
     ([{"name": "a", "cron": "@hourly", "targets": ["198.18.0.1"]},
       {"name": "a", "cron": "@daily", "targets": ["198.18.0.2"]}], "used twice"),

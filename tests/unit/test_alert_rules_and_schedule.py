@@ -161,6 +161,37 @@ def test_overlapping_entries_never_scan_the_same_target_at_once(store: Any) -> N
         "up with one run now" in lines
 
 
+@pytest.mark.parametrize(("minutes", "hourly_minutes", "why"), [
+    (45, 5, "while its previous run was still scanning"),
+    (25, 40, "while its previous run, then other entries, were scanning"),
+], ids=["own-run", "own-run-then-others"])
+def test_the_catch_up_line_says_whose_scan_took_the_missed_slots(
+        store: Any, minutes: int, hourly_minutes: int, why: str) -> None:
+    # Given an every-20 entry whose own scan takes ``minutes`` of the injected clock, and
+    # an hourly one that takes ``hourly_minutes`` (both due at 11:00; every-20 first)
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    ran_before(store, "every-20", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
+    every20 = ScheduleEntry("every-20", "*/20 * * * *", targets=("127.0.0.1",))
+    hourly = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.2",))
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        now[0] += timedelta(minutes=minutes if entry is every20 else hourly_minutes)
+        return ScanOutcome(Stats(f"scan-{entry.name}"), [])
+
+    lines: list[str] = []
+    watcher = Watcher(store, [hourly, every20], scan, None, clock=lambda: now[0],
+                      say=lines.append)
+    asyncio.run(watcher.run_once())
+    # When every-20 comes round again with slots missed during the runs
+    asyncio.run(watcher.run_once())
+    # Then the line blames its own long run (alone: 11:20 and 11:40 passed while it
+    # scanned to 11:45), or its run and then hourly's (11:20 while it scanned to 11:25,
+    # 11:40 while hourly did), never other entries alone (a review)
+    said = [line for line in lines if "missed" in line]
+    assert len(said) == 1 and f" {why}; catching up with one run now" in said[0], lines
+
+
 def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     calls: list[str] = []
