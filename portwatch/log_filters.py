@@ -81,15 +81,21 @@ class SecretsOut(logging.Filter):
                 text = record.getMessage()
             except Exception:  # noqa: BLE001 - a library's bad format: left as it is
                 return True
-            masked = _masked(text)
+            delivering = record.name.startswith(DELIVERY_LOGGERS)
+            masked = _masked(text, pieces=delivering)
             if masked != text:
                 record.msg, record.args = masked, None
             if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
                 # the traceback quotes the same URLs: formatted here, masked, and kept
                 # as the record's text (the formatter then uses it as it is)
                 record.exc_text = _masked(logging.Formatter().formatException(
-                    record.exc_info))
+                    record.exc_info), pieces=delivering)
         return True
+
+
+# The libraries that send alerts: only their records quote a channel URL's pieces (a
+# webhook's /hooks/portwatch would otherwise cut "portwatch" out of Kafka's lines too)
+DELIVERY_LOGGERS = ("apprise", "urllib3", "requests")
 
 
 # Pieces of the channel URLs loaded (their path segments and query values): libraries
@@ -124,10 +130,11 @@ def mask_pieces(text: str) -> str:
     return text
 
 
-def _masked(text: str) -> str:
+def _masked(text: str, *, pieces: bool = True) -> str:
     text = _REQUEST_LINE.sub(lambda m: f'"{m.group(1)} /…', mask_urls(text))
     text = _RETRY_URL.sub(lambda m: f"{m.group(1)}/…", text)
-    text = mask_pieces(text)
+    if pieces:
+        text = mask_pieces(text)
     return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}…", text)
 
 
@@ -140,7 +147,8 @@ class OneLine(logging.Filter):
             exc = record.exc_info[1]
             try:
                 if exc is not None:
-                    first = _masked((str(exc).strip().splitlines() or [""])[0])[:200]
+                    first = _masked((str(exc).strip().splitlines() or [""])[0],
+                                    pieces=record.name.startswith(DELIVERY_LOGGERS))[:200]
                     record.msg = f"{record.getMessage()} ({type(exc).__name__}" \
                                  f"{': ' + first if first else ''})"
                     record.args = None

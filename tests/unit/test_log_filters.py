@@ -241,3 +241,10 @@ def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them() -> None:
     assert record.getMessage() == "ntfy Payload: {'topic': '…'}"
     assert mask_pieces("token XXXXtokenXXXX, sig abcdef123, priority high, T0 B0 hooks") == (
         "token …, sig …, priority high, T0 B0 hooks")
+    # And only the sending libraries' records are searched for them: a webhook's
+    # /hooks/portwatch does not cut "portwatch" out of Kafka's lines
+    keep_url_pieces_secret("https://soc.example/hooks/portwatch")
+    kafka = logging.LogRecord("aiokafka.consumer", logging.WARNING, __file__, 1,
+                              "group portwatch-process rebalanced", (), None)
+    assert SecretsOut().filter(kafka) and kafka.getMessage() == (
+        "group portwatch-process rebalanced")
