@@ -107,19 +107,31 @@ MIN_PIECE = 6  # shorter pieces ("hook", "api") would cut ordinary words out of 
 MAX_PIECES = 4096
 
 
-def keep_url_pieces_secret(url: str) -> None:
+def _is_secret_like(piece: str) -> bool:
+    """A piece worth cutting: long enough, and not a plain lower-case word ("hooks",
+    "portwatch", "services" are path words; a token or a topic has digits, capitals or
+    length)."""
+    return len(piece) >= MIN_PIECE and not (
+        piece.isalpha() and piece.islower() and len(piece) < 16)
+
+
+def keep_url_pieces_secret(url: str, *, host_too: bool = False) -> None:
     """Mask the path segments and query values of channel ``url`` wherever a record or
-    an error quotes them (``mask_pieces``)."""
+    an error quotes them (``mask_pieces``); with ``host_too``, its host when that is no
+    host name (no dot: apprise's ``ntfy://TOPIC``, ``discord://ID/TOKEN``)."""
     from urllib.parse import parse_qsl, unquote, urlsplit
 
     try:
         parts = urlsplit(url)
+        host = parts.hostname or ""
     except ValueError:
         return
     pieces = [unquote(seg) for seg in parts.path.split("/")]
     pieces += [value for _key, value in parse_qsl(parts.query, keep_blank_values=False)]
+    if host_too and "." not in host and ":" not in host and host != "localhost":
+        pieces.append(unquote(parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]))
     for piece in pieces:
-        if len(piece) >= MIN_PIECE and len(_URL_PIECES) < MAX_PIECES:
+        if _is_secret_like(piece) and len(_URL_PIECES) < MAX_PIECES:
             _URL_PIECES.add(piece)
 
 

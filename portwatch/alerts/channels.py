@@ -393,7 +393,7 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
     # The send's time (the channel's timeout:) is the plugin's socket's too, unless its
     # URL says rto=/cto=: apprise's own 4 s read timeout gave up on a receiver the
     # channel waited 30 s for, and each retry sent it another copy (a review)
-    asked = {key for key, _ in parse_qsl(urlsplit(channel.url).query)}
+    asked = {key.lower() for key, _ in parse_qsl(urlsplit(channel.url).query)}  # (any case)
     if "rto" not in asked:
         plugin.socket_read_timeout = timeout
     if "cto" not in asked:

@@ -279,7 +279,9 @@ def _prepare(entry: Any, store: str | None, schedule_file: str) -> Any:
         return prepare_scan(
             {"ports": entry.ports, "udp": entry.udp, "store": store},
             targets=entry.targets, inventory=entry.inventory or None,
-            organization=entry.organization if not entry.inventory else "",
+            # an entry's organization labels its own targets, and narrows its inventory
+            # to that organization (with both, it dropped the entry's targets: a review)
+            organization=entry.organization if entry.targets or not entry.inventory else "",
             asset=entry.asset, exclude=entry.exclude,
             only_organization=entry.organization if entry.inventory else "",
             allow_large=entry.allow_large)

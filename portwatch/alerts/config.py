@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from portwatch.log_filters import keep_url_pieces_secret
+from portwatch.log_filters import keep_url_pieces_secret, mask_pieces
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
 from producers.targets import yaml_problem
@@ -408,9 +408,10 @@ class _Parser:
             return WebhookChannel(name, url, secret, timeout)
         url_node = items["apprise"][1]
         url = self.expand_env(self.scalar(url_node, f"{what} apprise"), url_node, what)
-        keep_url_pieces_secret(url)
-        display = check_apprise_url(
-            url, lambda message: self.fail(url_node, f"{what}: {message}"))
+        # (a dotless host of an apprise URL is a topic or a token: ntfy://TOPIC)
+        keep_url_pieces_secret(url, host_too=True)
+        display = mask_pieces(check_apprise_url(
+            url, lambda message: self.fail(url_node, f"{what}: {message}")))
         return AppriseChannel(name, url, display, timeout)
 
     def secret(self, items: Mapping[str, tuple[yaml.Node, yaml.Node]], node: yaml.Node,

@@ -227,6 +227,10 @@ class Watcher:
         ended = self._ended.get(entry.name)
         if first_missed < (self._started or self.clock()):
             why = "while portwatch was not running"
+        elif (ended is None or ended <= first_missed) and len(self.entries) == 1:
+            # no run of its own, no other entry: the watcher itself was held (a machine
+            # asleep, a store that did not answer; a review)
+            why = "while this watcher could not run it"
         elif ended is None or ended <= first_missed:
             why = "while other entries were scanning"
         elif ended >= previous_slot(entry, decision.slot - timedelta(seconds=1)):

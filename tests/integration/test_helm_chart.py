@@ -737,11 +737,25 @@ def test_a_schedule_entry_with_targets_and_an_inventory_scans_both(
     args = expanded_args(objects, container(objects[("CronJob", f"{BASE}-schedule-both")]))
     assert args[5:] == ["--ports", "22", "--inventory",
                         "/etc/portwatch/inventory/inventory.yaml", "--only-org",
-                        "Example Corp", "--asset", "edge", "--", "198.18.0.1"]
+                        "Example Corp", "--org", "Example Corp", "--asset", "edge", "--",
+                        "198.18.0.1"]
     assert (watched.targets, watched.asset) == (("198.18.0.1",), "edge")
     with produce.make_context("produce", list(args[1:])) as ctx:
         assert (ctx.params["only_organization"], ctx.params["asset"],
-                ctx.params["organization"]) == ("Example Corp", "edge", "")
+                ctx.params["organization"]) == ("Example Corp", "edge", "Example Corp")
+    # and the targets it resolves keep the entry's own beside the inventory's (the
+    # organization narrows the inventory and labels the targets: --only-org alone dropped
+    # them, a review)
+    from portwatch.assembly import Assembly
+    from portwatch.settings import Settings
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("Example Corp: [198.18.0.12]\nOther: [198.18.0.13]\n")
+    work = Assembly(Settings.from_env(ports="22", udp="none")).scan_input(
+        ["198.18.0.1"], organization="Example Corp", asset="edge", inventory=str(inventory),
+        only_organization="Example Corp")
+    assert sorted((t.ip, t.organization, t.asset) for t in work.targets) == [
+        ("198.18.0.1", "Example Corp", "edge"), ("198.18.0.12", "Example Corp", "")]
 
 
 @pytest.mark.parametrize(("schedules", "words"), [

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,6 +191,28 @@ def test_the_catch_up_line_says_whose_scan_took_the_missed_slots(
     # 11:40 while hourly did), never other entries alone (a review)
     said = [line for line in lines if "missed" in line]
     assert len(said) == 1 and f" {why}; catching up with one run now" in said[0], lines
+
+
+def test_a_lone_entrys_catch_up_line_blames_no_other_entry(store: Any) -> None:
+    # Given one every-20 entry that ran at 11:00 in this watcher, then a clock that jumps
+    # two hours (a machine asleep)
+    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
+    ran_before(store, "lone", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
+    lone = ScheduleEntry("lone", "*/20 * * * *", targets=("127.0.0.1",))
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        now[0] += timedelta(minutes=1)
+        return ScanOutcome(Stats("s"), [])
+
+    lines: list[str] = []
+    watcher = Watcher(store, [lone], scan, None, clock=lambda: now[0], say=lines.append)
+    asyncio.run(watcher.run_once())
+    now[0] = datetime(2026, 12, 1, 13, 5, tzinfo=UTC)
+    asyncio.run(watcher.run_once())
+    # Then the catch-up line names no other entry (there is none: a review)
+    said = [line for line in lines if "missed" in line]
+    assert said == ["watch: lone missed 5 run(s) while this watcher could not run it; "
+                    "catching up with one run now"]
 
 
 def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:
@@ -503,3 +526,25 @@ def test_unknown_organizations_are_those_no_known_one_spells_in_any_case() -> No
     assert unknown_organizations(config, [" ACME ", "Initech"]) == [
         ("a", "globex"), ("b", "acme corp")]
     assert unknown_organizations(config, ["Acme Corp", "acme", "GLOBEX"]) == []
+
+
+def test_an_entry_with_targets_and_an_inventory_scans_both_under_its_organization(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from portwatch.alerts.cli import _prepare
+    from portwatch.alerts.schedule import load_schedules
+
+    monkeypatch.setenv("PORTWATCH_SCOPE_ALLOW", "127.0.0.0/8")
+    # Given an entry with its own target and asset, an inventory, and an organization
+    (tmp_path / "inv.yaml").write_text("Inv: [127.0.0.17]\nOther: [127.0.0.18]\n")
+    (tmp_path / "s.yaml").write_text(
+        "schedules:\n  - {name: both, cron: '@hourly', targets: [127.0.0.16], "
+        f"inventory: {tmp_path / 'inv.yaml'}, organization: Inv, asset: web, ports: '22', "
+        "udp: none}\n")
+    (entry,) = load_schedules(tmp_path / "s.yaml")
+    # When watch prepares its scan
+    prepared = _prepare(entry, f"chdb://{tmp_path / 'store'}", str(tmp_path / "s.yaml"))
+    # Then the entry's target is scanned, labelled, beside its organization's part of the
+    # inventory (the organization narrowed every target, and the entry's own, unlabelled,
+    # was dropped without a word: a review)
+    assert sorted((t.ip, t.organization, t.asset) for t in prepared.targets) == [
+        ("127.0.0.16", "Inv", "web"), ("127.0.0.17", "Inv", "")]

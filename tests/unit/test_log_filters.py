@@ -248,3 +248,16 @@ def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them() -> None:
                               "group portwatch-process rebalanced", (), None)
     assert SecretsOut().filter(kafka) and kafka.getMessage() == (
         "group portwatch-process rebalanced")
+
+
+def test_an_apprise_urls_dotless_host_is_a_secret_a_plain_word_is_not() -> None:
+    from portwatch.log_filters import keep_url_pieces_secret, mask_pieces
+
+    # Given apprise's ntfy.sh form (the host is the topic) and a webhook on a named host
+    keep_url_pieces_secret("ntfy://hostTopic9", host_too=True)
+    keep_url_pieces_secret("json://alerts.example:8080/hooks/portwatch", host_too=True)
+    # Then the topic is cut wherever quoted; a host name and plain path words are not
+    # (the topic leaked from the display and apprise's errors: a review; "portwatch" was
+    # cut out of apprise's own lines at -vv)
+    assert mask_pieces("topic 'hostTopic9' on alerts.example, hooks portwatch") == (
+        "topic '…' on alerts.example, hooks portwatch")
