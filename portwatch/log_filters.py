@@ -107,32 +107,35 @@ MIN_PIECE = 6  # shorter pieces ("hook", "api") would cut ordinary words out of 
 MAX_PIECES = 4096
 
 
-def _is_secret_like(piece: str) -> bool:
-    """A piece worth cutting: long enough, and not a plain lower-case word ("hooks",
-    "portwatch", "services" are path words; a token or a topic has digits, capitals or
-    length)."""
-    return len(piece) >= MIN_PIECE and not (
-        piece.isalpha() and piece.islower() and len(piece) < 16)
+def _is_plain_word(piece: str) -> bool:
+    """A plain lower-case path word ("hooks", "portwatch", "services"): a webhook's path
+    names its route with them; a token has digits, capitals or length."""
+    return piece.isalpha() and piece.islower() and len(piece) < 16
 
 
-def keep_url_pieces_secret(url: str, *, host_too: bool = False) -> None:
+def keep_secret(piece: str) -> None:
+    """Mask ``piece`` (a topic, a token) wherever a record or an error quotes it."""
+    if len(piece) >= MIN_PIECE and len(_URL_PIECES) < MAX_PIECES:
+        _URL_PIECES.add(piece)
+
+
+def keep_url_pieces_secret(url: str, *, words_too: bool = True) -> None:
     """Mask the path segments and query values of channel ``url`` wherever a record or
-    an error quotes them (``mask_pieces``); with ``host_too``, its host when that is no
-    host name (no dot: apprise's ``ntfy://TOPIC``, ``discord://ID/TOKEN``)."""
+    an error quotes them (``mask_pieces``). ``words_too``: plain lower-case words of
+    its path as well (an apprise URL's path is its topics and tokens: "mysecrettopic";
+    a webhook's names its route: "/hooks/portwatch" would cut "portwatch" everywhere)."""
     from urllib.parse import parse_qsl, unquote, urlsplit
 
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
     except ValueError:
         return
-    pieces = [unquote(seg) for seg in parts.path.split("/")]
-    pieces += [value for _key, value in parse_qsl(parts.query, keep_blank_values=False)]
-    if host_too and "." not in host and ":" not in host and host != "localhost":
-        pieces.append(unquote(parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]))
-    for piece in pieces:
-        if _is_secret_like(piece) and len(_URL_PIECES) < MAX_PIECES:
-            _URL_PIECES.add(piece)
+    for segment in parts.path.split("/"):
+        piece = unquote(segment)
+        if words_too or not _is_plain_word(piece):
+            keep_secret(piece)
+    for _key, value in parse_qsl(parts.query, keep_blank_values=False):
+        keep_secret(value)
 
 
 def mask_pieces(text: str) -> str:

@@ -31,7 +31,6 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from portwatch.alerts.config import (
     AppriseChannel,
@@ -393,10 +392,11 @@ def _apprise_notify(channel: AppriseChannel, rule: str, events: Sequence[ChangeE
     # The send's time (the channel's timeout:) is the plugin's socket's too, unless its
     # URL says rto=/cto=: apprise's own 4 s read timeout gave up on a receiver the
     # channel waited 30 s for, and each retry sent it another copy (a review)
-    asked = {key.lower() for key, _ in parse_qsl(urlsplit(channel.url).query)}  # (any case)
-    if "rto" not in asked:
+    # (apprise's own parse says what the URL set, in any case or separator; one it could
+    # not read left its default, which the channel's time then replaces)
+    if "socket_read_timeout" not in vars(plugin):
         plugin.socket_read_timeout = timeout
-    if "cto" not in asked:
+    if "socket_connect_timeout" not in vars(plugin):
         plugin.socket_connect_timeout = timeout
     # the message alone: apprise's default format puts its own time and level first
     with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from portwatch.log_filters import keep_url_pieces_secret, mask_pieces
+from portwatch.log_filters import keep_secret, keep_url_pieces_secret, mask_pieces
 from portwatch.log_filters import mask_urls as _mask_urls
 from portwatch.log_filters import url_display as _url_display
 from producers.targets import yaml_problem
@@ -400,7 +400,7 @@ class _Parser:
         if "webhook" in items:
             url_node = items["webhook"][1]
             url = self.expand_env(self.scalar(url_node, f"{what} webhook"), url_node, what)
-            keep_url_pieces_secret(url)
+            keep_url_pieces_secret(url, words_too=False)
             problem = webhook_url_problem(url)
             if problem:
                 raise self.fail(url_node, f"{what}: webhook {problem}")
@@ -408,8 +408,7 @@ class _Parser:
             return WebhookChannel(name, url, secret, timeout)
         url_node = items["apprise"][1]
         url = self.expand_env(self.scalar(url_node, f"{what} apprise"), url_node, what)
-        # (a dotless host of an apprise URL is a topic or a token: ntfy://TOPIC)
-        keep_url_pieces_secret(url, host_too=True)
+        keep_url_pieces_secret(url)
         display = mask_pieces(check_apprise_url(
             url, lambda message: self.fail(url_node, f"{what}: {message}")))
         return AppriseChannel(name, url, display, timeout)
@@ -687,6 +686,11 @@ def check_apprise_url(url: str, fail: Any) -> str:
     plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if plugin is None:
         raise fail(f"apprise cannot use this {scheme}:// URL (check its form)")
+    # the topics apprise will send to, however the URL spells them (ntfy://TOPIC's host
+    # is its topic, and a topic is its password: a review)
+    for topic in getattr(plugin, "topics", None) or ():
+        if isinstance(topic, str):
+            keep_secret(topic)
     try:  # apprise's privacy form masks a token in the host part (slack://T...7/...)
         return url_display(str(plugin.url(privacy=True)))
     except Exception:  # noqa: BLE001 - display only; never let it leak the URL instead

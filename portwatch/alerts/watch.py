@@ -23,6 +23,7 @@ the outbox tables (the dispatcher's).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -55,6 +56,8 @@ from schemas.records import ChangeEvent
 log = logging.getLogger(__name__)
 
 ScanFunction = Callable[[ScheduleEntry], Awaitable[ScanOutcome]]
+CATCH_UP_SPANS_KEPT = 512  # runs remembered for the catch-up line's reason
+CATCH_UP_SLOTS_JUDGED = 1000  # missed slots looked at for it (a minutely entry, a day off)
 Clock = Callable[[], datetime]
 DELIVERY_TICK_SECONDS = 5.0  # how often a running watcher looks for due deliveries
 # The longest single wait between two looks at the wall clock. The wait runs on the
@@ -103,8 +106,9 @@ class Watcher:
     # slots this watcher ran (completed or failed), whatever the ledger says: a run whose
     # ledger row could not be written is not run again by this process at once
     _ran: dict[str, datetime] = field(default_factory=dict, repr=False)
-    # when each entry's last run in this process ended (what the catch-up line blames)
-    _ended: dict[str, datetime] = field(default_factory=dict, repr=False)
+    # (entry, started, ended) of this process's latest runs: what the catch-up line blames
+    _spans: collections.deque[tuple[str, datetime, datetime]] = field(
+        default_factory=lambda: collections.deque(maxlen=CATCH_UP_SPANS_KEPT), repr=False)
     _started: datetime | None = field(default=None, repr=False)
     _warned_future: set[str] = field(default_factory=set, repr=False)
     # this watcher's id on the slots it claims (ddl.sql watch_claims)
@@ -219,25 +223,31 @@ class Watcher:
 
     def catch_up_line(self, decision: Decision, last: datetime) -> str:
         """Says why slots were missed: portwatch was down, or (the first missed slot came
-        after this watcher started) the entry's own previous run, the other entries'
-        scans, or both, took that long (it blamed other entries for a lone entry's own
-        long scan: a review)."""
+        after this watcher started) what each missed slot fell into, in order: the
+        entry's own previous run, other entries' runs, or no run at all (the watcher was
+        held: a machine asleep, a store that did not answer). It blamed "other entries"
+        for a lone entry's own long scan, and for a sleep (reviews)."""
         entry = decision.entry
         first_missed = next_slot(entry, last)
-        ended = self._ended.get(entry.name)
         if first_missed < (self._started or self.clock()):
             why = "while portwatch was not running"
-        elif (ended is None or ended <= first_missed) and len(self.entries) == 1:
-            # no run of its own, no other entry: the watcher itself was held (a machine
-            # asleep, a store that did not answer; a review)
-            why = "while this watcher could not run it"
-        elif ended is None or ended <= first_missed:
-            why = "while other entries were scanning"
-        elif ended >= previous_slot(entry, decision.slot - timedelta(seconds=1)):
-            # (past the last missed slot too)
-            why = "while its previous run was still scanning"
         else:
-            why = "while its previous run, then other entries, were scanning"
+            said = {"own": "its previous run was still scanning",
+                    "other": "other entries were scanning",
+                    "idle": "this watcher could not run it"}
+            causes: list[str] = []
+            slot = first_missed
+            for _ in range(CATCH_UP_SLOTS_JUDGED):
+                if slot >= decision.slot:
+                    break
+                covering = [name for name, began, ended in self._spans
+                            if began <= slot < ended]
+                cause = ("own" if entry.name in covering else
+                         "other" if covering else "idle")
+                if cause not in causes:
+                    causes.append(cause)
+                slot = next_slot(entry, slot)
+            why = "while " + ", then ".join(said[c] for c in causes or ["idle"])
         return (f"watch: {decision.entry.name} missed {decision.missed} run(s) {why}; "
                 "catching up with one run now")
 
@@ -315,7 +325,7 @@ class Watcher:
         """The run in the ledger; False (said in one line) when the store refused it."""
         if record.status != "interrupted":
             self._ran[record.entry] = record.slot
-        self._ended[record.entry] = record.finished
+        self._spans.append((record.entry, record.started, record.finished))
         try:
             record_run(self.store, record.entry, record.slot, record.started, record.finished,
                        record.scan_id, record.status, note, self.owner)

@@ -411,12 +411,14 @@ def test_an_apprise_channels_timeout_is_its_sockets_too(tmp_path: Path) -> None:
     assert (result.is_ok, result.error) == (True, "")
 
 
-def test_an_apprise_urls_own_read_timeout_is_kept_in_any_case(tmp_path: Path) -> None:
-    # Given the same slow receiver, and a URL that asks apprise for 2 s itself (RTO=:
-    # apprise reads its keys in any case; the upper-case one was overridden: a review)
+@pytest.mark.parametrize("query", ["RTO=2", "format=text;rto=2"], ids=["upper", "semicolon"])
+def test_an_apprise_urls_own_read_timeout_is_kept(tmp_path: Path, query: str) -> None:
+    # Given the same slow receiver, and a URL that asks apprise for 2 s itself, spelled
+    # as apprise reads it (keys in any case, ';' between them; both were overridden by the
+    # channel's 8 s: reviews)
     with hostile(late(5.0)) as url:
         port = url.split(":")[2].split("/")[0]
-        channel = apprise_channel(tmp_path, f"json://127.0.0.1:{port}/hook?RTO=2", "8s")
+        channel = apprise_channel(tmp_path, f"json://127.0.0.1:{port}/hook?{query}", "8s")
         result = send(channel, "r", [event()], timeout=10)
     # Then apprise gives up at its own 2 s: a failure, before the receiver answers
     assert not result.is_ok and "within" not in result.error, result.error
@@ -426,15 +428,18 @@ def test_an_ntfy_topic_never_reaches_an_error(tmp_path: Path) -> None:
     # Given an ntfy channel (its topic is its password) whose server answers 500
     with hostile(answer("500 Internal Server Error")) as url:
         port = url.split(":")[2].split("/")[0]
-        channel = apprise_channel(tmp_path, f"ntfy://127.0.0.1:{port}/topicSECRET7", "5s")
+        channel = apprise_channel(tmp_path, f"ntfy://127.0.0.1:{port}/failsecrettopic", "5s")
         result = send(channel, "r", [event()], timeout=5)
     # Then apprise's reason is kept, without the topic it quotes (it read "Failed to
     # send ntfy notification to topic 'topicSECRET7'": a review)
     assert not result.is_ok
-    assert "topicSECRET7" not in result.error and "ntfy" in result.error, result.error
+    assert "failsecrettopic" not in result.error and "ntfy" in result.error, result.error
     assert result.error.startswith(f"ntfy://127.0.0.1:{port}/…: "), result.error
-    # and apprise's ntfy.sh form, whose host is the topic, shows none of it
+    # and apprise's ntfy.sh form, whose host is the topic (any spelling), shows none of
+    # it; a receiver's own host name stays in view
     cloud = tmp_path / "cloud.yaml"
-    cloud.write_text('channels: {phone: {apprise: "ntfy://cloudTopic42"}}\n')
-    assert load_alerts(cloud, env={}, need_rules=False).channels["phone"].display == (
-        "ntfys://…/…")
+    cloud.write_text('channels:\n  phone: {apprise: "ntfy://cloudsecrettopic"}\n'
+                     '  relay: {apprise: "json://alert-relay:8080/hooks"}\n')
+    channels = load_alerts(cloud, env={}, need_rules=False).channels
+    assert (channels["phone"].display, channels["relay"].display) == (
+        "ntfys://…/…", "json://alert-relay:8080/…")

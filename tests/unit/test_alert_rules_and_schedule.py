@@ -164,7 +164,7 @@ def test_overlapping_entries_never_scan_the_same_target_at_once(store: Any) -> N
 
 @pytest.mark.parametrize(("minutes", "hourly_minutes", "why"), [
     (45, 5, "while its previous run was still scanning"),
-    (25, 40, "while its previous run, then other entries, were scanning"),
+    (25, 40, "while its previous run was still scanning, then other entries were scanning"),
 ], ids=["own-run", "own-run-then-others"])
 def test_the_catch_up_line_says_whose_scan_took_the_missed_slots(
         store: Any, minutes: int, hourly_minutes: int, why: str) -> None:
@@ -193,26 +193,36 @@ def test_the_catch_up_line_says_whose_scan_took_the_missed_slots(
     assert len(said) == 1 and f" {why}; catching up with one run now" in said[0], lines
 
 
-def test_a_lone_entrys_catch_up_line_blames_no_other_entry(store: Any) -> None:
-    # Given one every-20 entry that ran at 11:00 in this watcher, then a clock that jumps
-    # two hours (a machine asleep)
+@pytest.mark.parametrize(("minutes", "others", "why"), [
+    (1, False, "while this watcher could not run it"),
+    (25, False, "while its previous run was still scanning, then this watcher could not "
+                "run it"),
+    (1, True, "while this watcher could not run it"),
+], ids=["asleep", "own-run-then-asleep", "asleep-beside-an-entry-not-due"])
+def test_a_catch_up_line_blames_no_entry_that_did_not_run(
+        store: Any, minutes: int, others: bool, why: str) -> None:
+    # Given an every-20 entry that ran at 11:00 in this watcher (``minutes`` long), maybe
+    # beside a daily entry not due, then a clock that jumps to 13:05 (a machine asleep)
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     ran_before(store, "lone", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
+    ran_before(store, "daily", datetime(2026, 12, 1, 3, 0, tzinfo=UTC))
     lone = ScheduleEntry("lone", "*/20 * * * *", targets=("127.0.0.1",))
+    daily = ScheduleEntry("daily", "0 3 * * *", targets=("127.0.0.2",))
 
     async def scan(entry: ScheduleEntry) -> ScanOutcome:
-        now[0] += timedelta(minutes=1)
+        now[0] += timedelta(minutes=minutes)
         return ScanOutcome(Stats("s"), [])
 
     lines: list[str] = []
-    watcher = Watcher(store, [lone], scan, None, clock=lambda: now[0], say=lines.append)
+    watcher = Watcher(store, [lone, daily] if others else [lone], scan, None,
+                      clock=lambda: now[0], say=lines.append)
     asyncio.run(watcher.run_once())
     now[0] = datetime(2026, 12, 1, 13, 5, tzinfo=UTC)
     asyncio.run(watcher.run_once())
-    # Then the catch-up line names no other entry (there is none: a review)
+    # Then the line blames what each missed slot fell into: no other entry ran (it said
+    # "other entries were scanning" with none, or none running: reviews)
     said = [line for line in lines if "missed" in line]
-    assert said == ["watch: lone missed 5 run(s) while this watcher could not run it; "
-                    "catching up with one run now"]
+    assert said == [f"watch: lone missed 5 run(s) {why}; catching up with one run now"]
 
 
 def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:

@@ -226,7 +226,23 @@ def test_a_librarys_retried_error_reads_as_a_warning_that_says_so() -> None:
             level, f"Group Coordinator Request failed: {error}")
 
 
-def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them() -> None:
+@pytest.fixture
+def no_url_pieces() -> Iterator[None]:
+    """The process's secret URL pieces emptied for the test, and put back after (they are
+    kept as channels load: another test's must not decide this one's)."""
+    from portwatch import log_filters
+
+    saved = set(log_filters._URL_PIECES)
+    log_filters._URL_PIECES.clear()
+    try:
+        yield
+    finally:
+        log_filters._URL_PIECES.clear()
+        log_filters._URL_PIECES.update(saved)
+
+
+def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them(
+        no_url_pieces: None) -> None:
     from portwatch.log_filters import SecretsOut, keep_url_pieces_secret, mask_pieces
 
     # Given an ntfy channel loaded (its topic is its password) and a webhook's token
@@ -243,21 +259,22 @@ def test_a_channel_urls_pieces_are_cut_wherever_a_library_quotes_them() -> None:
         "token …, sig …, priority high, T0 B0 hooks")
     # And only the sending libraries' records are searched for them: a webhook's
     # /hooks/portwatch does not cut "portwatch" out of Kafka's lines
-    keep_url_pieces_secret("https://soc.example/hooks/portwatch")
+    keep_url_pieces_secret("https://soc.example/hooks/portwatch")  # (as an apprise URL)
     kafka = logging.LogRecord("aiokafka.consumer", logging.WARNING, __file__, 1,
                               "group portwatch-process rebalanced", (), None)
     assert SecretsOut().filter(kafka) and kafka.getMessage() == (
         "group portwatch-process rebalanced")
 
 
-def test_an_apprise_urls_dotless_host_is_a_secret_a_plain_word_is_not() -> None:
+def test_an_apprise_urls_path_words_are_secret_a_webhooks_route_words_are_not(
+        no_url_pieces: None) -> None:
     from portwatch.log_filters import keep_url_pieces_secret, mask_pieces
 
-    # Given apprise's ntfy.sh form (the host is the topic) and a webhook on a named host
-    keep_url_pieces_secret("ntfy://hostTopic9", host_too=True)
-    keep_url_pieces_secret("json://alerts.example:8080/hooks/portwatch", host_too=True)
-    # Then the topic is cut wherever quoted; a host name and plain path words are not
-    # (the topic leaked from the display and apprise's errors: a review; "portwatch" was
-    # cut out of apprise's own lines at -vv)
-    assert mask_pieces("topic 'hostTopic9' on alerts.example, hooks portwatch") == (
-        "topic '…' on alerts.example, hooks portwatch")
+    # Given an apprise URL whose path is a lower-case topic, and a webhook's route
+    keep_url_pieces_secret("ntfy://ntfy-server/mysecrettopic")
+    keep_url_pieces_secret("https://alerts.example:8080/hooks/portwatch", words_too=False)
+    # Then the topic is cut wherever quoted (a lower-case topic leaked: a review); the
+    # hosts and the webhook's route words are not (over-masking hid the receiver's name)
+    assert mask_pieces("topic 'mysecrettopic' on ntfy-server, alerts.example, hooks "
+                       "portwatch") == ("topic '…' on ntfy-server, alerts.example, hooks "
+                                        "portwatch")
