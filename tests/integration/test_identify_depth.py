@@ -118,11 +118,11 @@ class SlowFirstLoad:
         self.remaining.append(remaining)
         return ServiceInfo(service="pop3", product="FakePOP", confidence=10, method="fake")
 
-    async def prepare_answer(self, probe_name: str) -> None:
+    async def prepare_answer(self, probe_name: str, service: str = "") -> None:
         await self.prepare()  # as NmapFallback loads and compiles on its first call
 
-    async def match_answer(self, probe_name: str, answer: bytes,
-                           is_tls: bool) -> ServiceInfo | None:
+    async def match_answer(self, probe_name: str, answer: bytes, is_tls: bool,
+                           service: str = "") -> ServiceInfo | None:
         return None  # no match
 
 
