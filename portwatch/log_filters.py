@@ -113,9 +113,11 @@ def _is_plain_word(piece: str) -> bool:
     return piece.isalpha() and piece.islower() and len(piece) < 16
 
 
-def keep_secret(piece: str) -> None:
-    """Mask ``piece`` (a topic, a token) wherever a record or an error quotes it."""
-    if len(piece) >= MIN_PIECE and len(_URL_PIECES) < MAX_PIECES:
+def keep_secret(piece: str, *, any_length: bool = False) -> None:
+    """Mask ``piece`` (a token; with ``any_length``, a topic however short) wherever a
+    record or an error quotes it as a word of its own."""
+    if (piece and (any_length or len(piece) >= MIN_PIECE)
+            and len(_URL_PIECES) < MAX_PIECES):
         _URL_PIECES.add(piece)
 
 
@@ -139,9 +141,11 @@ def keep_url_pieces_secret(url: str, *, words_too: bool = True) -> None:
 
 
 def mask_pieces(text: str) -> str:
-    """``text`` with every secret URL piece (``keep_url_pieces_secret``) cut to "…"."""
+    """``text`` with every secret URL piece (``keep_url_pieces_secret``, ``keep_secret``)
+    cut to "…" where it stands as a word of its own (a topic "ops" is cut from "topic
+    'ops'", not from "Oops" or "ops2")."""
     for piece in sorted((p for p in _URL_PIECES if p in text), key=len, reverse=True):
-        text = text.replace(piece, "…")
+        text = re.sub(rf"(?<![\w-]){re.escape(piece)}(?![\w-])", "…", text)
     return text
 
 

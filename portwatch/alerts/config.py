@@ -690,7 +690,7 @@ def check_apprise_url(url: str, fail: Any) -> str:
     # is its topic, and a topic is its password: a review)
     for topic in getattr(plugin, "topics", None) or ():
         if isinstance(topic, str):
-            keep_secret(topic)
+            keep_secret(topic, any_length=True)  # ("ops" is a topic too: a review)
     try:  # apprise's privacy form masks a token in the host part (slack://T...7/...)
         return url_display(str(plugin.url(privacy=True)))
     except Exception:  # noqa: BLE001 - display only; never let it leak the URL instead

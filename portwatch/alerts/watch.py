@@ -37,6 +37,7 @@ from portwatch.alerts.owners import owner_id
 from portwatch.alerts.scanning import ScanOutcome
 from portwatch.alerts.schedule import (
     HEARTBEAT_SECONDS,
+    MAX_MISSED_COUNTED,
     Decision,
     ScheduleEntry,
     claim_slot,
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 
 ScanFunction = Callable[[ScheduleEntry], Awaitable[ScanOutcome]]
 CATCH_UP_SPANS_KEPT = 512  # runs remembered for the catch-up line's reason
-CATCH_UP_SLOTS_JUDGED = 1000  # missed slots looked at for it (a minutely entry, a day off)
 Clock = Callable[[], datetime]
 DELIVERY_TICK_SECONDS = 5.0  # how often a running watcher looks for due deliveries
 # The longest single wait between two looks at the wall clock. The wait runs on the
@@ -222,32 +222,33 @@ class Watcher:
         return None
 
     def catch_up_line(self, decision: Decision, last: datetime) -> str:
-        """Says why slots were missed: portwatch was down, or (the first missed slot came
-        after this watcher started) what each missed slot fell into, in order: the
-        entry's own previous run, other entries' runs, or no run at all (the watcher was
-        held: a machine asleep, a store that did not answer). It blamed "other entries"
-        for a lone entry's own long scan, and for a sleep (reviews)."""
+        """Says why slots were missed: what each missed slot fell into, in order: before
+        this watcher started (portwatch was not running), the entry's own previous run,
+        other entries' runs, or no run at all (the watcher was held: a machine asleep, a
+        store that did not answer). It blamed "other entries" for a lone entry's own long
+        scan and for a sleep, and downtime for slots missed after the start (reviews)."""
         entry = decision.entry
-        first_missed = next_slot(entry, last)
-        if first_missed < (self._started or self.clock()):
-            why = "while portwatch was not running"
-        else:
-            said = {"own": "its previous run was still scanning",
-                    "other": "other entries were scanning",
-                    "idle": "this watcher could not run it"}
-            causes: list[str] = []
-            slot = first_missed
-            for _ in range(CATCH_UP_SLOTS_JUDGED):
-                if slot >= decision.slot:
-                    break
-                covering = [name for name, began, ended in self._spans
-                            if began <= slot < ended]
-                cause = ("own" if entry.name in covering else
-                         "other" if covering else "idle")
-                if cause not in causes:
-                    causes.append(cause)
-                slot = next_slot(entry, slot)
-            why = "while " + ", then ".join(said[c] for c in causes or ["idle"])
+        started = self._started or self.clock()
+        said = {"down": "portwatch was not running",
+                "own": "its previous run was still scanning",
+                "other": "other entries were scanning",
+                "idle": "this watcher could not run it"}
+        spans = sorted(self._spans, key=lambda span: span[1])  # one at a time: no overlap
+        causes: list[str] = []
+        at = 0  # the first span that may still cover a slot (slots come in order)
+        slot = next_slot(entry, last)
+        for _ in range(MAX_MISSED_COUNTED):
+            if slot >= decision.slot:
+                break
+            while at < len(spans) and spans[at][2] <= slot:
+                at += 1
+            covering = spans[at] if at < len(spans) and spans[at][1] <= slot else None
+            cause = ("down" if slot < started else "idle" if covering is None else
+                     "own" if covering[0] == entry.name else "other")
+            if cause not in causes:
+                causes.append(cause)
+            slot = next_slot(entry, slot)
+        why = "while " + ", then ".join(said[c] for c in causes or ["idle"])
         return (f"watch: {decision.entry.name} missed {decision.missed} run(s) {why}; "
                 "catching up with one run now")
 

@@ -225,6 +225,51 @@ def test_a_catch_up_line_blames_no_entry_that_did_not_run(
     assert said == [f"watch: lone missed 5 run(s) {why}; catching up with one run now"]
 
 
+def test_a_catch_up_line_names_downtime_then_other_entries_and_judges_every_slot(
+        store: Any) -> None:
+    # Given b (every 20) last run at 10:40 and a (hourly) at 10:00, a watcher that starts
+    # at 11:05 and runs a for 65 minutes first; and m (every minute) beside an hourly one,
+    # both run at 00:00, then a jump to 17:00 (asleep) and the hourly's 30-minute run
+    def watched(entries: list[ScheduleEntry], start: datetime, long: dict[str, int],
+                jump: datetime | None = None) -> list[str]:
+        now = [start]
+
+        async def scan(entry: ScheduleEntry) -> ScanOutcome:
+            now[0] += timedelta(minutes=long.get(entry.name, 1))
+            return ScanOutcome(Stats("s"), [])
+
+        lines: list[str] = []
+        watcher = Watcher(store, entries, scan, None, clock=lambda: now[0],
+                          say=lines.append)
+        asyncio.run(watcher.run_once())
+        if jump is not None:
+            now[0] = jump
+            asyncio.run(watcher.run_once())
+        return [line for line in lines if "missed" in line]
+
+    ran_before(store, "a", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
+    ran_before(store, "b", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
+    first = watched([ScheduleEntry("a", "0 * * * *", targets=("127.0.0.1",)),
+                     ScheduleEntry("b", "*/20 * * * *", targets=("127.0.0.2",))],
+                    datetime(2026, 12, 1, 11, 5, tzinfo=UTC), {"a": 65})
+    ran_before(store, "m", datetime(2026, 12, 2, 0, 0, tzinfo=UTC))
+    ran_before(store, "h", datetime(2026, 12, 2, 0, 0, tzinfo=UTC))
+    second = watched([ScheduleEntry("h", "0 * * * *", targets=("127.0.0.3",)),
+                      ScheduleEntry("m", "* * * * *", targets=("127.0.0.4",))],
+                     datetime(2026, 12, 2, 0, 0, 30, tzinfo=UTC), {"h": 30},
+                     jump=datetime(2026, 12, 2, 17, 0, tzinfo=UTC))
+    # Then b's 11:00 fell before the start, 11:20 and 11:40 into a's run (the line said
+    # "not running" for all: a review)
+    assert first == ["watch: b missed 3 run(s) while portwatch was not running, then other "
+                     "entries were scanning; catching up with one run now"]
+    # And m's 1,000-odd sleeping slots do not hide the last ones, in h's run (a review)
+    assert second == [
+        "watch: h missed 16 run(s) while this watcher could not run it; catching up with "
+        "one run now",
+        "watch: m missed 1049 run(s) while this watcher could not run it, then other "
+        "entries were scanning; catching up with one run now"]
+
+
 def test_an_interrupted_run_stops_the_watcher_and_is_run_again_next_time(store: Any) -> None:
     now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     calls: list[str] = []

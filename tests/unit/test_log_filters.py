@@ -278,3 +278,15 @@ def test_an_apprise_urls_path_words_are_secret_a_webhooks_route_words_are_not(
     assert mask_pieces("topic 'mysecrettopic' on ntfy-server, alerts.example, hooks "
                        "portwatch") == ("topic '…' on ntfy-server, alerts.example, hooks "
                                         "portwatch")
+
+
+def test_a_short_topic_is_cut_where_it_stands_alone(no_url_pieces: None) -> None:
+    from portwatch.log_filters import keep_secret, mask_pieces
+
+    # Given topics apprise reads from channel URLs, however short ("ops", "t1")
+    keep_secret("ops", any_length=True)
+    keep_secret("t1", any_length=True)
+    # Then each is cut where it is quoted as a word (topics under 6 characters leaked:
+    # a review), never out of another word or a host
+    assert mask_pieces("topic 'ops' and t1: Oops, ops2, t10, ntfys://ops/…") == (
+        "topic '…' and …: Oops, ops2, t10, ntfys://…/…")
