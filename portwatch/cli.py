@@ -30,10 +30,9 @@ from portwatch.console import (
     EXIT_INTERRUPTED,
     EXIT_RUNTIME,
     EXIT_USAGE,
-    err_console,
     exit_code_for,
     one_line,
-    printable,
+    say,
 )
 from portwatch.distributed_cli import discover, process, produce
 from portwatch.report_cli import report, show_settings
@@ -156,20 +155,6 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
                  if name.startswith("PORTWATCH_") and bad(value)), None)
 
 
-def _say(text: str) -> None:
-    """An error line on stderr. A reader of stderr that has gone (``2>&1 | true``) loses
-    the line, never the exit code: rich turns the broken pipe into SystemExit(1), which
-    ``main`` took for a closed stdout, exit 0, for a usage error or a missing store (a
-    review)."""
-    try:
-        err_console.print(text, markup=False)
-    except OSError:  # (its console already takes a broken pipe and a full disk quietly)
-        pass
-    except SystemExit as exc:
-        if not isinstance(exc.__context__, BrokenPipeError):
-            raise
-
-
 def _one_line_message(message: str) -> str:
     """click's message on one line (its choice lists span several), the user's value as
     typed: a split and join squeezed 'very  common' into 'very common', which the same
@@ -180,8 +165,8 @@ def _one_line_message(message: str) -> str:
 def _run(argv: Sequence[str] | None) -> int:
     where = _not_utf8(list(argv) if argv is not None else sys.argv[1:])
     if where is not None:
-        _say(f"portwatch: error: {where} is not UTF-8 text (a byte of another encoding): "
-             "write it in UTF-8")
+        say(f"error: {where} is not UTF-8 text (a byte of another encoding): write it in "
+            "UTF-8")
         return EXIT_USAGE
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="portwatch",
@@ -189,7 +174,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except click.exceptions.Abort as exc:
         # click turns a Ctrl-C into Abort: said as the Ctrl-C it was (as below)
         interrupted = isinstance(exc.__context__, KeyboardInterrupt)
-        _say(f"portwatch: {'interrupted' if interrupted else 'aborted'}")
+        say("interrupted" if interrupted else "aborted")
         return EXIT_INTERRUPTED
     except _NO_ARGS_IS_HELP as exc:
         # `portwatch` or `portwatch alerts` alone: the help, as asked, not an error
@@ -197,10 +182,10 @@ def _run(argv: Sequence[str] | None) -> int:
         click.echo(ctx.get_help() if ctx is not None else str(exc))
         return 0
     except click.ClickException as exc:  # usage errors too: their exit_code is 2, EXIT_USAGE
-        _say(f"portwatch: error: {printable(_one_line_message(exc.format_message()))}")
+        say(f"error: {_one_line_message(exc.format_message())}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _say("portwatch: interrupted")
+        say("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:
         code = exit_code_for(exc)
@@ -208,20 +193,19 @@ def _run(argv: Sequence[str] | None) -> int:
         if failed_output is not None:
             # standard output full, closed or gone: said so, not blamed on the store (a
             # full disk under `report ... > file` told the user to prune scans; a review)
-            _say(f"portwatch: error: cannot write the output: "
-                 f"{failed_output.strerror or failed_output}")
+            say(f"error: cannot write the output: {failed_output.strerror or failed_output}")
             return EXIT_RUNTIME
         if code is None and _is_disk_full(exc):
             # (prune rewrites tables: it needs 64 MiB free itself, store.MUTATION_MIN_FREE)
-            _say("portwatch: error: no space left on the store's disk: free some (64 MiB "
-                 "free lets `portwatch prune` remove old scans) and run it again; what was "
-                 "stored before is kept")
+            say("error: no space left on the store's disk: free some (64 MiB free lets "
+                "`portwatch prune` remove old scans) and run it again; what was stored "
+                "before is kept")
             return EXIT_RUNTIME
         if code is None:
             raise  # a bug: the traceback is what a report needs
         prefix = "" if code == EXIT_INTERRUPTED else "error: "
         held = _held_by(exc)
-        _say(f"portwatch: {prefix}{printable(held) if held else one_line(exc)}")
+        say(f"{prefix}{held or one_line(exc)}")
         return code
     return 0
 
