@@ -45,6 +45,8 @@ MAX_FILE_BYTES = 1_000_000  # an alerts file is written by people: anything larg
 SECRET_CAP = 4096  # bytes of a webhook secret file: a longer one is not a secret
 PREVALENCE_BUCKETS = ("very common", "somewhat common", "less common", "rare")
 
+# A rule's or a channel's name: printed by `alerts test`, `alerts log` and a scan's end
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -381,7 +383,7 @@ class _Parser:
         return out
 
     def channel(self, name: str, key_node: yaml.Node, node: yaml.Node) -> Channel:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
+        if not NAME.fullmatch(name):
             # as a rule's: printed by `alerts test`, `alerts log` and the scan's end
             # (control characters reached the terminal raw: a review)
             raise self.fail(key_node, f"channel name {name[:60]!r}: use "
@@ -530,7 +532,7 @@ class _Parser:
         if "name" not in items:
             raise self.fail(node, "rule without a name:")
         name = self.scalar(items["name"][1], "rule name").strip()
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", name):
+        if not NAME.fullmatch(name):
             raise self.fail(items["name"][1], f"rule name {name!r}: use letters, digits, "
                                               "- _ . : (at most 100)")
         what = f"rule {name!r}"
