@@ -465,15 +465,16 @@ def snmp_v3_discovery(message_id: int = 0x5057) -> bytes:
     return _ber(0x30, b"\x02\x01\x03" + global_data + usm + scoped)
 
 
-def _ber_header(data: bytes, at: int) -> tuple[int, int, int] | None:
-    """(tag, length, start of the value) of the BER element at ``at``; None when cut."""
+def _ber_header(data: bytes, at: int, *, max_size: int = 8) -> tuple[int, int, int] | None:
+    """(tag, length, start of the value) of the BER element at ``at``; None when cut, or
+    its length takes more than ``max_size`` bytes."""
     if at + 2 > len(data):
         return None
     tag, first = data[at], data[at + 1]
     if first < 0x80:
         return tag, first, at + 2
     size = first & 0x7F
-    if not 1 <= size <= 8 or at + 2 + size > len(data):
+    if not 1 <= size <= max_size or at + 2 + size > len(data):
         return None
     return tag, int.from_bytes(data[at + 2:at + 2 + size], "big"), at + 2 + size
 
@@ -502,21 +503,15 @@ def _ber_items(data: bytes) -> list[tuple[int, bytes]]:
     """The TLV items directly inside ``data``; stops at the first malformed one."""
     items: list[tuple[int, bytes]] = []
     pos = 0
-    while pos + 2 <= len(data) and len(items) < 32:
-        tag, first = data[pos], data[pos + 1]
-        pos += 2
-        if first & 0x80:
-            count = first & 0x7F
-            if count == 0 or count > 3 or pos + count > len(data):
-                break
-            length = int.from_bytes(data[pos:pos + count], "big")
-            pos += count
-        else:
-            length = first
-        if pos + length > len(data):
+    while len(items) < 32:
+        header = _ber_header(data, pos, max_size=3)
+        if header is None:
             break
-        items.append((tag, data[pos:pos + length]))
-        pos += length
+        tag, length, start = header
+        if start + length > len(data):
+            break
+        items.append((tag, data[start:start + length]))
+        pos = start + length
     return items
 
 
