@@ -563,12 +563,8 @@ class UdpEngine:
         if own:
             return own[:cap]
         nmap = self._nmap_payload_table().get(port)
-        if nmap and not self.options.snmp_public_community:
-            # nmap-payloads' "SNMP PUBLIC WALK" (161, 260, 3401) asks with "public": a
-            # credential guess, so engine discovery instead, as on 161 (a review)
-            nmap = [p for p in nmap if not carries_snmp_community(p)]
-            if not nmap:
-                return (UdpPayload("snmp:v3-engine-discovery", snmp_v3_discovery()),)
+        if nmap is not None and not nmap:  # every payload of nmap's asked with a community
+            return (UdpPayload("snmp:v3-engine-discovery", snmp_v3_discovery()),)
         if nmap:
             unique = list(dict.fromkeys(nmap))
             return tuple(UdpPayload(f"nmap-payloads:{port}:{i}", d) for i, d in enumerate(unique))[
@@ -593,6 +589,12 @@ class UdpEngine:
                         )
                 except ImportError as exc:  # pragma: no cover - package is part of portwatch
                     self._nmap_note = f"udp: nmap-payloads reader missing ({exc})"
+            if not self.options.snmp_public_community:
+                # nmap-payloads' "SNMP PUBLIC WALK" (161, 260, 3401) asks with "public": a
+                # credential guess, left out (a port left with none gets engine discovery,
+                # as 161 does: ``payloads_for``; a review)
+                table = {port: [d for d in data if not carries_snmp_community(d)]
+                         for port, data in table.items()}
             self._nmap_payloads = table
         return self._nmap_payloads
 

@@ -308,9 +308,14 @@ def test_nmaps_snmp_walk_is_sent_only_when_the_public_community_is_allowed() -> 
     assert [p.data for p in allowed.payloads_for(3401)] == list(dict.fromkeys(table[3401]))[:3]
     # A port whose every nmap payload asks with a community gets engine discovery: the
     # rule on a table of that shape (nmap's own file has none today)
-    engine._nmap_payloads = {3401: [d for d in table[3401] if carries_snmp_community(d)]}
-    assert [(p.name, p.data) for p in engine.payloads_for(3401)] == [
-        ("snmp:v3-engine-discovery", snmp_v3_discovery())]
+    import probers.nmapdata.payloads as payloads_module
+
+    walk_only = {3401: [d for d in table[3401] if carries_snmp_community(d)]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(payloads_module, "udp_payloads", lambda _path=None: walk_only)
+        engine = UdpEngine()
+        assert [(p.name, p.data) for p in engine.payloads_for(3401)] == [
+            ("snmp:v3-engine-discovery", snmp_v3_discovery())]
 
 
 def test_other_ports_get_nmap_payloads_when_installed() -> None:
