@@ -162,6 +162,30 @@ def test_overlapping_entries_never_scan_the_same_target_at_once(store: Any) -> N
         "up with one run now" in lines
 
 
+def catch_up_lines(store: Any, entries: list[ScheduleEntry], start: datetime,
+                   minutes: dict[str, int], jump: datetime | None = None,
+                   passes: int = 2) -> list[str]:
+    """The catch-up lines of a real ``Watcher`` over ``entries``, on an injected clock
+    from ``start``: each scan takes its entry's ``minutes`` (1 by default); ``passes`` of
+    what is due, with the clock set to ``jump`` before the second when given."""
+    now = [start]
+
+    async def scan(entry: ScheduleEntry) -> ScanOutcome:
+        now[0] += timedelta(minutes=minutes.get(entry.name, 1))
+        return ScanOutcome(Stats(f"scan-{entry.name}"), [])
+
+    lines: list[str] = []
+    watcher = Watcher(store, entries, scan, None, clock=lambda: now[0], say=lines.append)
+    for done in range(passes):
+        if done and jump is not None:
+            now[0] = jump
+        asyncio.run(watcher.run_once())
+    return [line for line in lines if "missed" in line]
+
+
+EVERY_20 = ScheduleEntry("every-20", "*/20 * * * *", targets=("127.0.0.1",))
+
+
 @pytest.mark.parametrize(("minutes", "hourly_minutes", "why"), [
     (45, 5, "while its previous run was still scanning"),
     (25, 40, "while its previous run was still scanning, then other entries were scanning"),
@@ -170,27 +194,16 @@ def test_the_catch_up_line_says_whose_scan_took_the_missed_slots(
         store: Any, minutes: int, hourly_minutes: int, why: str) -> None:
     # Given an every-20 entry whose own scan takes ``minutes`` of the injected clock, and
     # an hourly one that takes ``hourly_minutes`` (both due at 11:00; every-20 first)
-    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     ran_before(store, "hourly", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
     ran_before(store, "every-20", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
-    every20 = ScheduleEntry("every-20", "*/20 * * * *", targets=("127.0.0.1",))
     hourly = ScheduleEntry("hourly", "0 * * * *", targets=("127.0.0.2",))
-
-    async def scan(entry: ScheduleEntry) -> ScanOutcome:
-        now[0] += timedelta(minutes=minutes if entry is every20 else hourly_minutes)
-        return ScanOutcome(Stats(f"scan-{entry.name}"), [])
-
-    lines: list[str] = []
-    watcher = Watcher(store, [hourly, every20], scan, None, clock=lambda: now[0],
-                      say=lines.append)
-    asyncio.run(watcher.run_once())
     # When every-20 comes round again with slots missed during the runs
-    asyncio.run(watcher.run_once())
+    said = catch_up_lines(store, [hourly, EVERY_20], datetime(2026, 12, 1, 11, 0, tzinfo=UTC),
+                          {"every-20": minutes, "hourly": hourly_minutes})
     # Then the line blames its own long run (alone: 11:20 and 11:40 passed while it
     # scanned to 11:45), or its run and then hourly's (11:20 while it scanned to 11:25,
     # 11:40 while hourly did), never other entries alone (a review)
-    said = [line for line in lines if "missed" in line]
-    assert len(said) == 1 and f" {why}; catching up with one run now" in said[0], lines
+    assert len(said) == 1 and f" {why}; catching up with one run now" in said[0], said
 
 
 @pytest.mark.parametrize(("minutes", "others", "why"), [
@@ -203,25 +216,15 @@ def test_a_catch_up_line_blames_no_entry_that_did_not_run(
         store: Any, minutes: int, others: bool, why: str) -> None:
     # Given an every-20 entry that ran at 11:00 in this watcher (``minutes`` long), maybe
     # beside a daily entry not due, then a clock that jumps to 13:05 (a machine asleep)
-    now = [datetime(2026, 12, 1, 11, 0, tzinfo=UTC)]
     ran_before(store, "lone", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
     ran_before(store, "daily", datetime(2026, 12, 1, 3, 0, tzinfo=UTC))
     lone = ScheduleEntry("lone", "*/20 * * * *", targets=("127.0.0.1",))
     daily = ScheduleEntry("daily", "0 3 * * *", targets=("127.0.0.2",))
-
-    async def scan(entry: ScheduleEntry) -> ScanOutcome:
-        now[0] += timedelta(minutes=minutes)
-        return ScanOutcome(Stats("s"), [])
-
-    lines: list[str] = []
-    watcher = Watcher(store, [lone, daily] if others else [lone], scan, None,
-                      clock=lambda: now[0], say=lines.append)
-    asyncio.run(watcher.run_once())
-    now[0] = datetime(2026, 12, 1, 13, 5, tzinfo=UTC)
-    asyncio.run(watcher.run_once())
+    said = catch_up_lines(store, [lone, daily] if others else [lone],
+                          datetime(2026, 12, 1, 11, 0, tzinfo=UTC), {"lone": minutes},
+                          jump=datetime(2026, 12, 1, 13, 5, tzinfo=UTC))
     # Then the line blames what each missed slot fell into: no other entry ran (it said
     # "other entries were scanning" with none, or none running: reviews)
-    said = [line for line in lines if "missed" in line]
     assert said == [f"watch: lone missed 5 run(s) {why}; catching up with one run now"]
 
 
@@ -230,34 +233,17 @@ def test_a_catch_up_line_names_downtime_then_other_entries_and_judges_every_slot
     # Given b (every 20) last run at 10:40 and a (hourly) at 10:00, a watcher that starts
     # at 11:05 and runs a for 65 minutes first; and m (every minute) beside an hourly one,
     # both run at 00:00, then a jump to 17:00 (asleep) and the hourly's 30-minute run
-    def watched(entries: list[ScheduleEntry], start: datetime, long: dict[str, int],
-                jump: datetime | None = None) -> list[str]:
-        now = [start]
-
-        async def scan(entry: ScheduleEntry) -> ScanOutcome:
-            now[0] += timedelta(minutes=long.get(entry.name, 1))
-            return ScanOutcome(Stats("s"), [])
-
-        lines: list[str] = []
-        watcher = Watcher(store, entries, scan, None, clock=lambda: now[0],
-                          say=lines.append)
-        asyncio.run(watcher.run_once())
-        if jump is not None:
-            now[0] = jump
-            asyncio.run(watcher.run_once())
-        return [line for line in lines if "missed" in line]
-
     ran_before(store, "a", datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
     ran_before(store, "b", datetime(2026, 12, 1, 10, 40, tzinfo=UTC))
-    first = watched([ScheduleEntry("a", "0 * * * *", targets=("127.0.0.1",)),
-                     ScheduleEntry("b", "*/20 * * * *", targets=("127.0.0.2",))],
-                    datetime(2026, 12, 1, 11, 5, tzinfo=UTC), {"a": 65})
+    first = catch_up_lines(store, [ScheduleEntry("a", "0 * * * *", targets=("127.0.0.1",)),
+                                   ScheduleEntry("b", "*/20 * * * *", targets=("127.0.0.2",))],
+                           datetime(2026, 12, 1, 11, 5, tzinfo=UTC), {"a": 65}, passes=1)
     ran_before(store, "m", datetime(2026, 12, 2, 0, 0, tzinfo=UTC))
     ran_before(store, "h", datetime(2026, 12, 2, 0, 0, tzinfo=UTC))
-    second = watched([ScheduleEntry("h", "0 * * * *", targets=("127.0.0.3",)),
-                      ScheduleEntry("m", "* * * * *", targets=("127.0.0.4",))],
-                     datetime(2026, 12, 2, 0, 0, 30, tzinfo=UTC), {"h": 30},
-                     jump=datetime(2026, 12, 2, 17, 0, tzinfo=UTC))
+    second = catch_up_lines(store, [ScheduleEntry("h", "0 * * * *", targets=("127.0.0.3",)),
+                                    ScheduleEntry("m", "* * * * *", targets=("127.0.0.4",))],
+                            datetime(2026, 12, 2, 0, 0, 30, tzinfo=UTC), {"h": 30},
+                            jump=datetime(2026, 12, 2, 17, 0, tzinfo=UTC))
     # Then b's 11:00 fell before the start, 11:20 and 11:40 into a's run (the line said
     # "not running" for all: a review)
     assert first == ["watch: b missed 3 run(s) while portwatch was not running, then other "
