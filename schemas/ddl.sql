@@ -561,7 +561,11 @@ CREATE TABLE IF NOT EXISTS port_state
     jarm            String,                   -- JARM TLS fingerprint, '' not tested
     -- 1: its identification never finished (Ctrl-C, an error): the next full one takes
     -- its place with no service/product event (layout 21)
-    is_incomplete   UInt8 DEFAULT 0
+    is_incomplete   UInt8 DEFAULT 0,
+    -- a UDP port's last word: 1 it answered, 2 it sent nothing back (open|filtered,
+    -- unconfirmed: scored nothing); 0 TCP, or a row written before layout 22 (unknown:
+    -- its next scan says nothing of it). A change between 1 and 2 is a risk event.
+    udp_reply       UInt8 DEFAULT 0
 )
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (target, ip, proto, port);

@@ -138,8 +138,12 @@ class PortSnapshot(NamedTuple):
     seen_at: datetime = EPOCH
     # A UDP port that sent nothing back (open|filtered): its opening is info and says so
     # (the Summary scores it nothing; a medium "opened" fired ">= medium" rules on it: a
-    # review). This scan's word only: not compared, not kept in the state.
+    # review). Kept in the state (port_state.udp_reply): a port that starts answering,
+    # or stops, moves the score, and says so (``_reply_event``).
     is_unconfirmed: bool = False
+    # A UDP port's state row written before layout 22, which did not keep its last word:
+    # whether it answered is unknown, so its next scan says nothing of it and writes it.
+    is_reply_unknown: bool = False
 
     @property
     def key(self) -> PortKey:
@@ -397,6 +401,24 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     if before.cert_sha256 and after.cert_sha256 and before.cert_sha256 != after.cert_sha256:
         out.append(event(ChangeKind.CERT_CHANGED, after, before.cert_sha256, after.cert_sha256))
     return out
+
+
+def _reply_event(before: PortSnapshot, after: PortSnapshot,
+                 event: _EventFactory) -> list[ChangeEvent]:
+    """A UDP port that starts answering (risk_raised: it scores now) or stops (risk_lowered:
+    open|filtered scores nothing) with its colour unchanged, when its last word is known
+    (a moved colour is said by ``_port_events`` already)."""
+    if (after.proto is not Proto.UDP or before.is_reply_unknown
+            or before.is_unconfirmed == after.is_unconfirmed
+            or before.risk_color != after.risk_color):
+        return []
+    kind = ChangeKind.RISK_LOWERED if after.is_unconfirmed else ChangeKind.RISK_RAISED
+    return [event(kind, after, _reply_said(before), _reply_said(after))]
+
+
+def _reply_said(port: PortSnapshot) -> str:
+    return (f"{port.risk_color}, open|filtered: no UDP reply" if port.is_unconfirmed
+            else f"{port.risk_color}, answers")
 
 
 _NOT_LEARNT = (ProbeStatus.ERROR.value, TLS_PARTIAL)
@@ -662,11 +684,15 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
             changed = _port_events(old_port, new, event)
+            changed.extend(_reply_event(old_port, new, event))
             events.extend(changed)
             # Written when something compared moved, said or not (a weak suite removed
-            # and back, a favicon first seen): a state left behind compared the next scan
-            # with the past, and kept the host off the fast path for good
-            if changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port):
+            # and back, a favicon first seen, a UDP port's first known word): a state
+            # left behind compared the next scan with the past, and kept the host off
+            # the fast path for good
+            if (changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port)
+                    or old_port.is_reply_unknown
+                    or old_port.is_unconfirmed != new.is_unconfirmed):
                 next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
                     seen_at=now)
@@ -695,12 +721,6 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             seen = extra[key]
             compare(key, seen, f", seen by scan {seen.scan_id}, which did not complete")
 
-    def settled() -> dict[PortKey, PortSnapshot]:
-        # The state keeps no word of an unconfirmed port (port_state has none: what a
-        # later call reads back), whichever branch wrote it
-        return {k: p._replace(is_unconfirmed=False) if p.is_unconfirmed else p
-                for k, p in next_ports.items()}
-
     host_answered = bool(scan.ports) or any(
         reprobes.get(k) in (ProbeAnswer.OPEN, ProbeAnswer.REFUSED)
         for k in [*candidates, *liveness_candidates(previous, scan, extra)])
@@ -719,14 +739,14 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         # was lost for good, with no event; a review)
         compare_sighted()
         return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
-                                             is_reachable=False, ports=settled()))
+                                             is_reachable=False, ports=next_ports))
     if previous is not None and not previous.is_reachable and not host_answered:
         # Still nothing answered, and no TCP evidence either way (every re-probe cut by
         # the budget, or only UDP looked at): it stays unreachable, saying nothing (it
         # used to turn reachable silently, and the next silent scan alerted again)
         compare_sighted()
         return ChangeOutcome(events, replace(previous, scan_id=scan.scan_id, finished_at=now,
-                                             ports=settled()))
+                                             ports=next_ports))
     if previous is not None and not previous.is_reachable and host_answered:
         events.append(event(ChangeKind.HOST_BACK, None, "unreachable", "reachable"))
 
@@ -738,7 +758,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
     for key in sorted(scan.ports):  # (Proto, port): Proto is a str enum, so this sorts
         compare(key, scan.ports[key])
     compare_sighted()
-    state = HostState(scan.target, scan.scan_id, now, True, settled())
+    state = HostState(scan.target, scan.scan_id, now, True, next_ports)
     return ChangeOutcome(events, state)
 
 
@@ -763,7 +783,14 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
     udp: list[tuple[Any, ...]] = []
     for s in ports.values():
         if s.is_open:
-            (tcp if s.proto == "tcp" else udp).append(_FINGERPRINTED(s))
+            if s.proto == "tcp":
+                tcp.append(_FINGERPRINTED(s))
+            # a UDP port's silence only when it is silent: the digests of every other
+            # host stay as they were before the state kept it (layout 22)
+            elif s.is_unconfirmed:
+                udp.append((*_FINGERPRINTED(s), True))
+            else:
+                udp.append(_FINGERPRINTED(s))
     tcp.sort()
     udp.sort()
     return hashlib.blake2b(marshal.dumps((tcp, udp), 2), digest_size=16).hexdigest()

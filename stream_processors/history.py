@@ -95,7 +95,7 @@ PORT_STATE_COLUMNS = (
     "target", "ip", "proto", "port", "is_open", "service", "product", "version", "risk_color",
     "is_cdn_expected", "tls_status", "tls_versions", "weak_suites", "tls_grade", "cert_sha256",
     "cert_not_after", "scan_id", "changed_at", "first_seen", "updated_at", "favicon", "jarm",
-    "is_incomplete",
+    "is_incomplete", "udp_reply",
 )
 HOST_BATCH = 2_000  # hosts per state query binding their names: bounded parameter size
 DENSE_BATCH = 50_000  # hosts per key-range query (two bound values whatever its size)
@@ -137,7 +137,14 @@ def _port_row(target: Target, s: PortSnapshot, updated_at: datetime) -> list[Any
             s.product, s.version, s.risk_color, int(s.is_cdn_expected), s.tls_status,
             list(s.tls_versions), list(s.weak_suites), s.tls_grade, s.cert_sha256,
             s.cert_not_after, s.scan_id, s.changed_at, s.first_seen, updated_at,
-            s.favicon[:16], s.jarm[:62], int(s.is_incomplete)]
+            s.favicon[:16], s.jarm[:62], int(s.is_incomplete), udp_reply(s)]
+
+
+def udp_reply(s: PortSnapshot) -> int:
+    """port_state.udp_reply of a snapshot: 0 TCP or unknown, 1 answered, 2 no reply."""
+    if s.proto is not Proto.UDP or s.is_reply_unknown:
+        return 0
+    return 2 if s.is_unconfirmed else 1
 
 
 _AWARE: dict[datetime, datetime] = {}  # naive time read back -> the same time in UTC
@@ -235,7 +242,7 @@ def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
                                params):
             (target, ip, proto_text, port, is_open, service, product, version, color, cdn,
              tls_status, versions, weak, grade, sha, not_after, scan_id, changed_at,
-             first_seen, updated, favicon, jarm, incomplete) = row
+             first_seen, updated, favicon, jarm, incomplete, reply) = row
             key = (target, ip)
             if key not in wanted:
                 continue  # a neighbour inside the key range, not asked for
@@ -244,7 +251,8 @@ def load_ports(store: Store, keys: Sequence[HostKey], *, dense: bool = True
                 proto, port, bool(is_open), service, product, version, color, bool(cdn),
                 tls_status, tuple(versions), tuple(weak), grade, sha, _utc(not_after),
                 scan_id, _utc(changed_at), _utc(first_seen), bool(incomplete),
-                favicon=favicon, jarm=jarm, seen_at=_utc(updated))
+                favicon=favicon, jarm=jarm, seen_at=_utc(updated), is_unconfirmed=reply == 2,
+                is_reply_unknown=reply == 0 and proto is Proto.UDP)
     return ports
 
 

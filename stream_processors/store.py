@@ -66,14 +66,16 @@ MUTATION_POLL = 0.1
 # Free bytes a chdb store's disk must have before a mutation starts: on a full disk the
 # engine writes the mutation's file empty, and the store no longer opens.
 MUTATION_MIN_FREE = 64 * 2**20
-SCHEMA_VERSION = 21  # layout of schemas/ddl.sql; bump with every change there
+SCHEMA_VERSION = 22  # layout of schemas/ddl.sql; bump with every change there
 
 
 def _incomplete_backfill() -> str:
     from stream_processors.changes import INCOMPLETE
     from stream_processors.history import PORT_STATE_COLUMNS
 
-    kept = [c for c in PORT_STATE_COLUMNS if c not in ("updated_at", "is_incomplete")]
+    # (the columns of layout 21: a later one, udp_reply, does not exist yet at this step)
+    kept = [c for c in PORT_STATE_COLUMNS
+            if c not in ("updated_at", "is_incomplete", "udp_reply")]
     key = "target, ip, proto, port, scan_id"
     cut = ("method = 'unidentified' AND ("
            + " OR ".join(f"startsWith(extra_info, '{r}')" for r in INCOMPLETE) + ")")
@@ -193,6 +195,10 @@ MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     # millisecond later than the row it replaces, so it wins however parts merge.
     20: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS is_incomplete UInt8 DEFAULT 0",
          lambda ops: ops.command(_incomplete_backfill())),
+    # 21 -> 22: the change state keeps a UDP port's last word (answered, or no reply).
+    # Older rows read 0, unknown: the next scan of such a port writes it, saying nothing
+    # (an upgrade raises no event).
+    21: ("ALTER TABLE port_state ADD COLUMN IF NOT EXISTS udp_reply UInt8 DEFAULT 0",),
 }
 
 # Steps that must run before the DDL on a store of that layout: a column a view of the

@@ -185,3 +185,35 @@ def test_prune_command_keeps_the_change_log(scanned: dict) -> None:
     # (nor any alert delivery: said so, not "pruned the alert deliveries"; a review)
     assert result.stdout.rstrip().endswith("; no alert delivery or scheduled run to prune")
     assert len(changes(scanned["store"])) == 3
+
+
+def test_a_udp_service_that_falls_silent_and_answers_again(tmp_path: Path) -> None:
+    store = f"chdb://{tmp_path / 'store'}"
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        closed_port = gone.getsockname()[1]  # a port unreachable: silence means something
+
+    def scan(port: int) -> None:
+        done = run_cli("scan", "127.0.0.1", "--ports", "1", "--udp", f"{port},{closed_port}",
+                       store=store, env=FAST)
+        assert done.code == 0, done.stderr
+
+    # Given a real UDP service on loopback answering every datagram, scanned
+    with loopback.udp_responder() as port:
+        scan(port)
+    # When its socket stays bound but nothing answers (open|filtered: no ICMP either),
+    # then the service answers again, each state scanned
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", port))
+        scan(port)
+    with loopback.udp_responder(port=port):
+        scan(port)
+    # Then the change log says its risk was lowered (unconfirmed: the Summary scores it
+    # nothing), then raised (it scores again), before and after saying why
+    said = [(e["kind"], e["severity"], e["before"], e["after"])
+            for e in changes(store) if e["proto"] == "udp"]
+    assert sorted(said) == sorted([
+        ("opened", "medium", "", "unidentified (yellow)"),
+        ("risk_lowered", "info", "yellow, answers", "yellow, open|filtered: no UDP reply"),
+        ("risk_raised", "medium", "yellow, open|filtered: no UDP reply", "yellow, answers")])

@@ -756,10 +756,11 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
     old.command("ALTER TABLE watch_runs DROP COLUMN owner")  # (layout 18)
     old.command("ALTER TABLE port_observations DROP COLUMN tls_reachable")  # (layout 19)
     old.command("ALTER TABLE port_state DROP COLUMN is_incomplete")  # (layout 20)
+    old.command("ALTER TABLE port_state DROP COLUMN udp_reply")  # (layout 21)
     old.command("TRUNCATE TABLE schema_version")
     old.command("INSERT INTO schema_version VALUES (9)")
     old.close()
-    assert SCHEMA_VERSION == 21 and set(range(9, 21)) <= set(MIGRATIONS)
+    assert SCHEMA_VERSION == 22 and set(range(9, 22)) <= set(MIGRATIONS)
     # When this portwatch opens it
     db = Store.from_url(url)
     try:
@@ -796,8 +797,8 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
                         "AND table = 'watch_runs' AND name = 'owner'") == [("owner",)]
         # and the change state says which ports' identification never finished (layout 20)
         assert db.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
-                        "AND table = 'port_state' AND name = 'is_incomplete'") == [
-            ("is_incomplete",)]
+                        "AND table = 'port_state' AND name IN ('is_incomplete', 'udp_reply') "
+                        "ORDER BY name") == [("is_incomplete",), ("udp_reply",)]
         db.insert_host_scans([HostScan("s2", Target(ip="127.0.0.1", target="127.0.0.1"),
                                        T0, T0, 1, 0, ports=(PortRange(22, 22),))])
         assert db.query("SELECT proto, cover_first, cover_last FROM host_scans "
@@ -810,6 +811,14 @@ def test_a_store_of_the_previous_layout_is_upgraded_in_place_and_keeps_its_histo
             ("s3", "s2")]
     finally:
         db.close()
+
+
+def as_layout(old: Store, layout: int, undo: str) -> None:
+    """``old`` as a store of ``layout`` left it (``undo`` takes out what came after), closed."""
+    old.command(undo)
+    old.command("TRUNCATE TABLE schema_version")
+    old.command(f"INSERT INTO schema_version VALUES ({layout})")
+    old.close()
 
 
 def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
@@ -855,10 +864,7 @@ def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
         scan(old, "s1", T0, [unidentified(port("s1", 22, T0), "interrupted during "
                                           "identification"), http("s1", T0),
                              http("s1", T0, 8080)])
-        old.command("ALTER TABLE port_state DROP COLUMN is_incomplete")
-        old.command("TRUNCATE TABLE schema_version")
-        old.command("INSERT INTO schema_version VALUES (20)")
-        old.close()
+        as_layout(old, 20, "ALTER TABLE port_state DROP COLUMN is_incomplete")
         # When this portwatch opens it
         db = Store.from_url(url)
         try:
@@ -877,6 +883,68 @@ def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
             events = scan(db, "s2", later, [ssh("s2", later), http("s2", later),
                                             http("s2", later, 8080)])
             assert [(e.kind.value, e.port) for e in events] == []
+        finally:
+            db.close()
+    finally:
+        with Store.from_url(url) as cleanup:
+            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+
+
+def test_a_layout_21_store_says_nothing_of_udp_replies_until_it_knows_them(
+        shared_chdb_path: Path) -> None:
+    import asyncio
+
+    from stream_processors.history import ChangeRecorder, load_ports
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"chdb://{shared_chdb_path}?database={database}"
+    local = Target(ip="127.0.0.1", target="127.0.0.1")
+
+    def scan(db: Store, scan_id: str, when: datetime, silent: bool) -> list[Any]:
+        # one UDP port, 20161: answering, or open|filtered (nothing came back)
+        found = [Finding(port=OpenPort(
+            scan_id=scan_id, target=local, port=20161, proto=Proto.UDP, observed_at=when,
+            state=PortState.OPEN_FILTERED if silent else PortState.OPEN))]
+        shard = HostScan(scan_id, local, when, when, 1, 1, shard_id=f"{scan_id}:udp",
+                         proto=Proto.UDP, ports=(PortRange(20161, 20161),))
+        db.insert_findings(found)
+        db.insert_host_scans([shard])
+        recorder = ChangeRecorder(db)
+        recorder.add_findings(found)
+        return [(e.kind.value, e.port, e.before, e.after)
+                for e in asyncio.run(recorder.finish([shard]))]
+
+    def reply(db: Store) -> list[tuple[Any, ...]]:
+        return db.query("SELECT port, udp_reply FROM port_state FINAL")
+
+    try:
+        # Given a store of layout 21 whose UDP port answered (port_state kept no word of it)
+        old = Store.from_url(url)
+        assert [k for k, *_ in scan(old, "s1", T0, silent=False)] == ["opened"]
+        as_layout(old, 21, "ALTER TABLE port_state DROP COLUMN udp_reply")
+        # When this portwatch opens it
+        db = Store.from_url(url)
+        try:
+            # Then the port's word reads unknown
+            assert reply(db) == [(20161, 0)]
+            (state,) = load_ports(db, [("127.0.0.1", "127.0.0.1")], dense=False)[
+                ("127.0.0.1", "127.0.0.1")].values()
+            assert state.is_reply_unknown and not state.is_unconfirmed
+            # And a silent next scan says nothing (unknown: no risk_lowered after an
+            # upgrade), and stores its word: no reply
+            day = timedelta(days=1)
+            assert scan(db, "s2", T0 + day, silent=True) == []
+            assert reply(db) == [(20161, 2)]
+            # And when it answers again, its risk is raised, once
+            assert scan(db, "s3", T0 + 2 * day, silent=False) == [
+                ("risk_raised", 20161, "yellow, open|filtered: no UDP reply",
+                 "yellow, answers")]
+            assert reply(db) == [(20161, 1)]
+            assert scan(db, "s4", T0 + 3 * day, silent=False) == []
+            # and when it falls silent, lowered
+            assert scan(db, "s5", T0 + 4 * day, silent=True) == [
+                ("risk_lowered", 20161, "yellow, answers",
+                 "yellow, open|filtered: no UDP reply")]
         finally:
             db.close()
     finally:

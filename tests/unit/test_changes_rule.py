@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from stream_processors.changes import (
     ProbeAnswer,
     closure_candidates,
     detect_changes,
+    fingerprint,
     liveness_candidates,
     severity_of,
 )
@@ -802,9 +804,67 @@ def test_a_udp_port_that_never_answered_opens_as_info_and_says_so() -> None:
     assert [(e.port, e.severity, e.after) for e in out.events] == [
         (20053, Severity.MEDIUM, "unidentified (yellow)"),
         (20161, Severity.INFO, "unidentified (yellow), open|filtered: no UDP reply")]
-    # And the state keeps no word of it: what port_state stores and reads back
+    # And the state keeps each one's word (port_state.udp_reply), for the next scan
     assert out.state is not None
-    assert not any(s.is_unconfirmed for s in out.state.ports.values())
+    assert {k[1]: s.is_unconfirmed for k, s in out.state.ports.items()} == {
+        20053: False, 20161: True}
+
+
+def udp(port: int, *, silent: bool, **kw: object) -> PortSnapshot:
+    fields: dict[str, object] = {"proto": Proto.UDP, "service": "", "product": "",
+                                 "version": "", "risk_color": "yellow",
+                                 "is_unconfirmed": silent}
+    fields.update(kw)
+    return snap(port, **fields)
+
+
+def test_a_udp_port_that_starts_answering_or_stops_raises_or_lowers_its_risk() -> None:
+    udp_view = partial(view_at, proto=Proto.UDP)
+    # Given a UDP port that sent nothing back (open|filtered: the Summary scores it
+    # nothing) and one that answered, both yellow
+    prev = state([udp(20161, silent=True), udp(20053, silent=False)])
+    # When the next scan hears the first and not the second
+    out = detect_changes(prev, udp_view([udp(20161, silent=False), udp(20053, silent=True)],
+                                        T1, "s1"), {})
+    # Then the first's risk is raised (it scores now: medium, as a yellow raise) and the
+    # second's lowered (info), each saying why; nothing else
+    assert [(k, p, b, a) for k, p, b, a in kinds(out)] == [
+        ("risk_lowered", 20053, "yellow, answers", "yellow, open|filtered: no UDP reply"),
+        ("risk_raised", 20161, "yellow, open|filtered: no UDP reply", "yellow, answers")]
+    assert [e.severity for e in out.events] == [Severity.INFO, Severity.MEDIUM]
+    # and the state has each one's new word, so the same scan again says nothing
+    assert out.state is not None
+    again = detect_changes(out.state, udp_view([udp(20161, silent=False),
+                                                udp(20053, silent=True)],
+                                               T1 + timedelta(days=1), "s2"), {})
+    assert kinds(again) == []
+    # and the fast path sees the move too: the digests differ, then match again
+    assert fingerprint(prev.ports) != fingerprint(out.state.ports)
+    assert fingerprint(out.state.ports) == fingerprint(
+        {p.key: p for p in (udp(20161, silent=False), udp(20053, silent=True))})
+
+
+def test_a_udp_port_whose_last_word_is_unknown_says_nothing_of_it() -> None:
+    # Given a state row written before port_state kept a UDP port's word (layout 21)
+    prev = state([udp(20161, silent=False, is_reply_unknown=True)])
+    # When the port is silent now
+    out = detect_changes(prev, view_at([udp(20161, silent=True)], T1, "s1", proto=Proto.UDP),
+                         {})
+    # Then nothing is said (an upgrade raises no event), and its word is written
+    assert kinds(out) == []
+    assert out.state is not None
+    kept = out.state.ports[(Proto.UDP, 20161)]
+    assert kept.is_unconfirmed and not kept.is_reply_unknown
+
+
+def test_a_udp_colour_change_with_its_reply_is_one_risk_event() -> None:
+    # Given a silent UDP port (yellow), When it answers as SNMP (red)
+    prev = state([udp(20161, silent=True)])
+    out = detect_changes(prev, view_at([udp(20161, silent=False, service="snmp",
+                                            risk_color="red")], T1, "s1", proto=Proto.UDP), {})
+    # Then one risk_raised, by colour (the service change is said too), not a second one
+    assert kinds(out) == [("service_changed", 20161, "", "snmp"),
+                          ("risk_raised", 20161, "yellow", "red")]
 
 
 def test_ports_a_stopped_scan_saw_open_where_this_scan_did_not_look() -> None:
