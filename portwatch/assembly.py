@@ -45,6 +45,7 @@ from producers.targets import (
     top_count,
 )
 from producers.targets import resolve_targets as _resolve_targets
+from schemas.filters import fold_controls
 from schemas.records import PortRange, Proto, Shard, Target
 from schemas.topics import TopicSet, topic_names
 
@@ -195,8 +196,9 @@ class Assembly:
         if not specs:
             raise TargetError("no targets: give TARGET... or --inventory FILE (see --help)")
         if only_organization:
-            wanted = only_organization.strip().lower()
-            specs = [s for s in specs if s.organization.strip().lower() == wanted]
+            # folded as labels are stored (a tab or a line break inside: one space)
+            wanted = fold_controls(only_organization).lower()
+            specs = [s for s in specs if s.organization.lower() == wanted]
             if not specs:
                 raise TargetError(f"no target of organization {only_organization[:80]!r}")
         tcp_ports = parse_ports(self.settings.ports)

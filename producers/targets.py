@@ -22,6 +22,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class TargetSpec:
     # Where an inventory wrote it ("assets.csv: line 3"), said with its errors; not part
     # of what the target is.
     where: str = field(default="", compare=False)
+    # The host name an inventory row gave beside its address (a CMDB export's hostname
+    # and ip): the address is scanned, the name kept as its hostname (never resolved)
+    hostname: str = ""
 
 
 # -- ports ------------------------------------------------------------------------------
@@ -363,7 +367,7 @@ def expand(spec: TargetSpec, *, allow_large: bool = False) -> list[Target]:
         raise TargetError("empty target")
 
     def make(ip: IPAddress | str, hostname: str = "") -> Target:
-        return Target(ip=str(ip), target=text, hostname=hostname,
+        return Target(ip=str(ip), target=text, hostname=hostname or spec.hostname,
                       organization=spec.organization, asset=spec.asset)
 
     _refuse_zone(text)
@@ -417,12 +421,15 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
                           f"{', '.join(INVENTORY_KEYS)})")
     # One value per meaning: a row with two different addresses (target and ip), or two
     # organizations or assets, lost one of them silently. A name beside an address (a
-    # CMDB export's hostname and ip) is not two targets: the first key names it, as ever
+    # CMDB export's hostname and ip) is not two targets: the address is scanned and the
+    # name kept as its hostname (the first key won: the name was resolved and another
+    # host scanned under the row's labels, the address never; a review)
     addresses = {k: _as_network(lowered[k]) for k in _TARGET_KEYS
                  if lowered.get(k) not in (None, "")}
     if len({n for n in addresses.values() if n is not None}) > 1:
         names = " and ".join(repr(k) for k, n in addresses.items() if n is not None)
         raise TargetError(f"{where}: {names} name different addresses: give one")
+    hostname = _row_hostname(lowered, addresses, where)
     for keys in (("organization", "org"), ("asset", "name")):
         given = {k: str(lowered[k]).strip().casefold() for k in keys
                  if lowered.get(k) not in (None, "") and _is_scalar(lowered[k])}
@@ -432,7 +439,8 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     organization = _label(lowered.get("organization") or lowered.get("org") or "", where)
     asset = _label(lowered.get("asset") or lowered.get("name") or "", where)
     # (0 or false is a target given wrongly, not none given: refused by _target_text)
-    key = next((k for k in _TARGET_KEYS if lowered.get(k) not in (None, "")), None)
+    key = next((k for k in _TARGET_KEYS if lowered.get(k) not in (None, "")
+                and (not hostname or addresses.get(k) is not None)), None)
     if key is not None and lowered.get("targets") not in (None, "", []):
         raise TargetError(f"{where}: {key!r} and 'targets' both given: give one")
     if key is None:
@@ -452,7 +460,28 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
             raise TargetError(f"{where}: empty {present[0]!r}: give the target")
         raise TargetError(f"{where}: no target column (one of {', '.join(_TARGET_KEYS)})")
     return [TargetSpec(_target_text(lowered[key], f"{where}: {key}"), organization, asset,
-                       where)]
+                       where, hostname)]
+
+
+def _row_hostname(lowered: dict[str, object], addresses: dict[str, IPNetwork | None],
+                  where: str) -> str:
+    """The host name a row gives beside an address (its non-address target cells), or ""
+    when it gives no address, or no name. Two different names are refused, as two
+    addresses are; a name that is not a host name is refused (it would be stored as one)."""
+    if not any(n is not None for n in addresses.values()):
+        return ""
+    names = {k: lowered[k] for k, n in addresses.items() if n is None}
+    if not names:
+        return ""
+    texts = {k: _target_text(v, f"{where}: {k}").rstrip(".").lower() for k, v in names.items()}
+    if len(set(texts.values())) > 1:
+        keys = " and ".join(repr(k) for k in texts)
+        raise TargetError(f"{where}: {keys} name different hosts: give one")
+    key, name = next(iter(texts.items()))
+    if not looks_like_hostname(name):
+        raise TargetError(f"{where}: {key}: not a host name: "
+                          f"{_one_line(_short(name))!r}")
+    return name
 
 
 def _own_organization_dropped(org: object, entry: dict[object, object], where: str
@@ -505,19 +534,37 @@ def label_text(text: str, where: str) -> str:
     return text
 
 
+class _Typed(str):
+    """A plain YAML scalar that YAML 1.1 reads as another type, kept as written: a label
+    is its text ("asset: 010" was stored "8", "1.10" "1.1", "12:30" "750", "0x1F" "31",
+    and "off" or "0" blanked the label; a review), a target is told to quote it."""
+
+
+class _Number(_Typed):
+    pass
+
+
+class _TrueFalse(_Typed):
+    pass
+
+
+class _Date(_Typed):
+    pass
+
+
 def _not_text(value: object, where: str) -> TargetError:
     """The error for a target YAML read as something else than text: a number (an
     unquoted ``2130706437`` or ``10.0``) is told to be quoted."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, _Number):
         return TargetError(f"{where}: must be text (an address, range, CIDR or hostname), "
                            "not a number; quote it")
-    kind = {"dict": "mapping", "NoneType": "null", "bool": "true/false"}.get(
-        type(value).__name__, type(value).__name__)
+    kind = {"dict": "mapping", "NoneType": "null", "_TrueFalse": "true/false",
+            "_Date": "date; quote it"}.get(type(value).__name__, type(value).__name__)
     return TargetError(f"{where}: a target must be text, not a {kind}")
 
 
 def _target_text(value: object, where: str) -> str:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or isinstance(value, _Typed):
         raise _not_text(value, where)
     text = str(value).strip()
     if len(text) > MAX_TARGET_CHARS:
@@ -534,8 +581,9 @@ MAX_TARGET_CHARS = 512
 
 
 def _is_scalar(value: object) -> bool:
-    """Labels may be numbers in YAML (``asset: 42``); targets must be text."""
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
+    """Labels may be numbers in YAML (``asset: 42``, kept as written); targets must be
+    text."""
+    return isinstance(value, str)
 
 
 def yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
@@ -578,6 +626,15 @@ class _UniqueKeys(yaml.SafeLoader):
                     f"{str(key)[:80]!r} given twice", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_as_written(self, node: yaml.ScalarNode) -> _Typed:
+        kinds: dict[str, type[_Typed]] = {"tag:yaml.org,2002:bool": _TrueFalse,
+                                          "tag:yaml.org,2002:timestamp": _Date}
+        return kinds.get(node.tag, _Number)(str(self.construct_scalar(node)))
+
+
+for _tag in ("int", "float", "bool", "timestamp"):
+    _UniqueKeys.add_constructor(f"tag:yaml.org,2002:{_tag}", _UniqueKeys.construct_as_written)
+
 
 def _check_count(specs: list[TargetSpec], file: Path) -> None:
     if len(specs) > MAX_INVENTORY_ENTRIES:
@@ -612,17 +669,31 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
         except yaml.YAMLError as exc:
             raise TargetError(f"inventory {str(file)!r} is not valid YAML: "
                               f"{_yaml_problem(exc)}") from None
-        except ValueError:  # PyYAML's int() of a number of more than 4,300 digits
-            raise TargetError(f"inventory {str(file)!r}: a number too long to be a target "
-                              "(over 4,300 digits)") from None
+        except ValueError:  # a value an explicit tag gave that PyYAML cannot convert
+            raise TargetError(f"inventory {str(file)!r}: a value YAML cannot read") from None
         except RecursionError:
             raise TargetError(f"inventory {str(file)!r}: YAML nested too deeply") from None
         if isinstance(data, dict) and "targets" in data:
+            # one {organization, asset, targets} entry, as inside a list (only its list
+            # was read: the organization and any organization beside it were dropped; a
+            # review); beside other organizations' names, refused
+            others = [k for k in data if str(k).strip().lower() not in INVENTORY_KEYS]
+            if others:
+                raise TargetError(
+                    f"{name}: 'targets' beside organization "
+                    f"{_one_line(_short(str(others[0])))!r}: give one mapping of "
+                    "organization -> targets, or one {organization, asset, targets} entry")
             if not isinstance(data["targets"], list):
                 raise TargetError(f"{name}: 'targets' must be a list of targets")
-            data = data["targets"]
+            # alone: the list of entries itself (mappings with their own labels allowed)
+            data = data["targets"] if len(data) == 1 else [data]
         if isinstance(data, dict):
             for org, entries in data.items():
+                if org is None or (isinstance(org, str) and not org.strip()):
+                    # (its mapped entries were stored with no organization, its plain
+                    # ones refused: a review)
+                    raise TargetError(f"{name}: an organization with no name (a null or "
+                                      "empty key): name it, or list its targets without one")
                 if isinstance(entries, str | dict):
                     entries = [entries]  # "Org: 127.0.0.1": one target, not its characters
                 elif entries is None:
@@ -639,9 +710,8 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                                     if k is not None})
                         specs.extend(_row_spec(row, where))
                     elif isinstance(entry, str):
-                        specs.append(TargetSpec(entry, _label(org, where), where=where))
-                    elif _is_scalar(entry):  # a number: "quote it"
-                        raise _not_text(entry, where)
+                        specs.append(TargetSpec(_target_text(entry, where), _label(org, where),
+                                                where=where))
                     else:
                         raise TargetError(f"{where} is not a target")
                     _check_count(specs, file)
@@ -650,9 +720,8 @@ def read_inventory(path: str | os.PathLike[str]) -> list[TargetSpec]:
                 if isinstance(entry, dict):
                     specs.extend(_row_spec(entry, f"{name}: entry {i + 1}"))
                 elif isinstance(entry, str):
-                    specs.append(TargetSpec(entry, where=f"{name}: entry {i + 1}"))
-                elif _is_scalar(entry):  # a number: "quote it"
-                    raise _not_text(entry, f"{name}: entry {i + 1}")
+                    specs.append(TargetSpec(_target_text(entry, f"{name}: entry {i + 1}"),
+                                            where=f"{name}: entry {i + 1}"))
                 else:
                     raise TargetError(f"{name}: entry {i + 1} is not a target")
                 _check_count(specs, file)
@@ -673,11 +742,17 @@ def _csv_comments_blanked(text: str) -> str:
     field is data even when it starts with '#', and '5" disk' opens nothing."""
     out: list[str] = []
     quoted = False
-    for line in text.split("\n"):
-        out.append("" if not quoted and line.startswith("#") else line)
+    # every line ending the csv module reads as one (a file saved with CR alone read as
+    # one line, its first a comment: "is empty"; a review), each kept as it was
+    pieces = re.split(r"(\r\n|\r|\n)", text)
+    for line, ending in zip(pieces[::2], [*pieces[1::2], ""], strict=True):
+        if not quoted and line.startswith("#"):
+            out.append(ending)  # (its quotes open nothing: it is no field)
+            continue
+        out.append(line + ending)
         if '"' in line:
             quoted = _still_quoted(line, quoted)
-    return "\n".join(out)
+    return "".join(out)
 
 
 def _still_quoted(line: str, quoted: bool) -> bool:

@@ -109,7 +109,8 @@ def test_produce_refuses_a_huge_shard_before_connecting() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("Org: 5\n", "Org: expected a list of targets"),
+    ("Org: 5\n", "Org[0]: must be text (an address, range, CIDR or hostname), not a number; "
+     "quote it"),
     ("targets: 5\n", "'targets' must be a list"),
     ("Org:\n  - [1, 2]\n", "is not a target"),
     ("- {target: [127.0.0.1]}\n", "a target must be text"),

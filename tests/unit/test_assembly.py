@@ -260,6 +260,17 @@ def test_only_org_keeps_one_organization_of_a_shared_inventory(tmp_path: Any) ->
         a.scan_input([], inventory=str(inventory), only_organization="Nobody")
 
 
+def test_only_org_names_a_label_as_it_was_stored(tmp_path: Any) -> None:
+    a = Assembly(Settings.from_env(ports="22", udp="none"))
+    inventory = tmp_path / "inventory.csv"
+    # Given an organization whose spreadsheet cell held a tab (stored as one space)
+    inventory.write_text('target,organization\n127.0.0.1,"Multi\tTab  Org"\n')
+    # Then --only-org with the same tab finds it, as `report --org` does (it was refused:
+    # no target of organization; a review)
+    work = a.scan_input([], inventory=str(inventory), only_organization="Multi\tTab  Org")
+    assert [(t.ip, t.organization) for t in work.targets] == [("127.0.0.1", "Multi Tab Org")]
+
+
 @pytest.mark.parametrize(("udp", "hosts", "ports"), [
     ("", 16, 65_535),         # the top 1,000: TCP's shard size, plan unchanged
     ("1-65535", 1, 65_535),   # every UDP port: one host per shard fits 600 s at 500/s

@@ -676,6 +676,18 @@ def test_a_csv_is_parsed_whole_so_quoted_line_breaks_and_hashes_are_data(
     ]
 
 
+@pytest.mark.parametrize("text", [
+    # lines ended by CR alone, as old Mac spreadsheets save them
+    "# a comment\rtarget,organization\r127.0.0.1,Acme\r# after\r",
+    # a comment holding a quote that would open a field, were it a row
+    'target,organization\n# fields: target,"organization\n# second comment\n127.0.0.1,Acme\n',
+])
+def test_csv_comments_are_comments_whatever_their_line_ending_or_quotes(
+        tmp_path: Path, text: str) -> None:
+    # (the first read "is empty", the second took its next comment for a target; a review)
+    assert read_inventory(write(tmp_path, "a.csv", text)) == [TargetSpec("127.0.0.1", "Acme")]
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
@@ -755,11 +767,61 @@ def test_an_inventory_row_may_repeat_the_same_value_under_two_keys(tmp_path: Pat
     assert (spec.text, spec.organization) == ("127.0.0.5", "A")
 
 
-def test_a_cmdb_row_with_a_host_name_and_its_address_still_loads(tmp_path: Path) -> None:
-    # (a name beside an address is one target, named by the first key, as before)
-    [spec] = read_inventory(write(tmp_path, "assets.csv",
-                                  "hostname,ip,organization\nlocalhost,127.0.0.1,Acme\n"))
-    assert (spec.text, spec.organization) == ("localhost", "Acme")
+@pytest.mark.parametrize("header", ["hostname,ip,organization", "ip,hostname,organization",
+                                    "target,ip,organization", "host,address,organization"])
+def test_a_cmdb_row_with_a_host_name_and_its_address_scans_the_address(
+        tmp_path: Path, header: str) -> None:
+    # Given a CMDB export's row: a host name, the address it has there, in either order
+    first, second, _ = header.split(",")
+    values = {"hostname": "LocalHost.", "host": "localhost", "target": "localhost",
+              "ip": "127.0.0.5", "address": "127.0.0.5"}
+    row = f"{values[first]},{values[second]},Acme"
+    [spec] = read_inventory(write(tmp_path, "assets.csv", f"{header}\n{row}\n"))
+    # Then the address is scanned and the name kept as its hostname, never resolved (the
+    # first column won: the name's DNS answer was scanned, the address never; a review)
+    assert (spec.text, spec.hostname, spec.organization) == ("127.0.0.5", "localhost", "Acme")
+    [target] = expand(spec)
+    assert (target.ip, target.hostname, target.organization) == (
+        "127.0.0.5", "localhost", "Acme")
+
+
+@pytest.mark.parametrize(("row", "words"), [
+    ("hostname,host,ip\na.example,b.example,127.0.0.5\n",
+     r"line 2: 'host' and 'hostname' name different hosts: give one$"),
+    ("hostname,ip\nweb server 1,127.0.0.5\n",
+     r"line 2: hostname: not a host name: 'web server 1'$")])
+def test_a_row_with_two_names_or_a_bad_name_beside_its_address_is_refused(
+        tmp_path: Path, row: str, words: str) -> None:
+    with pytest.raises(TargetError, match=words):
+        read_inventory(write(tmp_path, "assets.csv", row))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # one {organization, asset, targets} entry at the top (only its list was read)
+    ("organization: Example Corp\nasset: web-1\ntargets:\n  - 127.0.0.1\n",
+     [TargetSpec("127.0.0.1", "Example Corp", "web-1")]),
+    # YAML 1.1 would read these labels as numbers, dates or false: kept as written
+    ("0x1F:\n  - {target: 127.0.0.1, asset: 010}\n  - {target: 127.0.0.2, asset: 1.10}\n"
+     "  - {target: 127.0.0.3, asset: 12:30}\n  - {target: 127.0.0.4, asset: off}\n"
+     "  - {target: 127.0.0.5, asset: 0}\n  - {target: 127.0.0.6, asset: 2026-01-02}\n",
+     [TargetSpec(f"127.0.0.{i}", "0x1F", a)
+      for i, a in enumerate(["010", "1.10", "12:30", "off", "0", "2026-01-02"], 1)]),
+])
+def test_yaml_inventories_keep_what_was_written(tmp_path: Path, text: str,
+                                                expected: list[TargetSpec]) -> None:
+    assert read_inventory(write(tmp_path, "assets.yaml", text)) == expected
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("targets:\n  - 127.0.0.3\nExample Corp:\n  - 127.0.0.1\n",
+     r"'targets' beside organization 'Example Corp': give one mapping"),
+    ("~:\n  - {target: 127.0.0.1, asset: a}\n", "an organization with no name"),
+    ("- {target: 2026-01-02}\n", "entry 1: target: a target must be text, not a date"),
+])
+def test_yaml_inventories_that_would_lose_targets_or_labels_are_refused(
+        tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(TargetError, match=words):
+        read_inventory(write(tmp_path, "assets.yaml", text))
 
 
 @pytest.mark.parametrize("target", ["0.0.0.0", "::", "::ffff:0.0.0.0", "0.1.2.3", "[::]"])
