@@ -20,7 +20,9 @@ SELECT
     min(f.product) AS product,
     min(if(f.version = '-', '', f.version)) AS version,
     arrayStringConcat(arraySort(groupUniqArray(f.service)), ',') AS services,
-    count() AS instances,
+    -- one open port once, however many targets name its address (a CIDR beside the
+    -- address itself counted it twice: a review)
+    uniqExact(f.ip, f.proto, f.port) AS instances,
     uniqExact(f.ip) AS targets,
     arrayStringConcat(arraySort(groupUniqArray(f.risk_color)), ',') AS colors
 FROM current_findings AS f
