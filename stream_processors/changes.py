@@ -341,16 +341,32 @@ def _tls_delta(before: PortSnapshot, after: PortSnapshot) -> tuple[str, bool] | 
         weakened |= bool(before.tls_versions) and any(v in LEGACY_TLS_VERSIONS for v in added)
     new_weak = sorted(set(after.weak_suites) - set(before.weak_suites))
     old_weak = sorted(set(before.weak_suites) - set(after.weak_suites))
-    if new_weak or old_weak:
-        parts.append(" ".join(["weak", *(f"+{w}" for w in new_weak),
-                               *(f"-{w}" for w in old_weak)]))
-        weakened |= bool(before.tls_versions) and bool(new_weak)
+    weak = [*(f"+{w}" for w in new_weak), *(f"-{w}" for w in old_weak)]
+    weakened |= bool(before.tls_versions) and bool(new_weak)
+    grade: list[str] = []
     if before.tls_grade != after.tls_grade:
-        parts.append(f"grade {before.tls_grade or '-'}->{after.tls_grade or '-'}")
+        grade.append(f"grade {before.tls_grade or '-'}->{after.tls_grade or '-'}")
         if before.tls_grade and after.tls_grade:  # "" is nothing offered, not a grade
             weakened |= _GRADE_RANK.get(after.tls_grade, 0) > _GRADE_RANK.get(
                 before.tls_grade, 0)
-    return ("; ".join(parts), weakened) if parts else None
+    return (_with_weak(parts, weak, grade), weakened) if parts or weak or grade else None
+
+
+def _with_weak(head: list[str], weak: Sequence[str], tail: list[str]) -> str:
+    """``head``, the weak suites, ``tail``, joined by "; ", in TEXT_CAP characters: the
+    suites are listed while they fit, the rest counted ("and 12 more"). Cut at the cap,
+    an enumeration of 40 weak suites lost the grade change after them (a review)."""
+    if not weak:
+        return "; ".join([*head, *tail])
+    room = TEXT_CAP - len("; ".join([*head, "", *tail]))
+    said = "weak"
+    for i, word in enumerate(weak):
+        left = len(weak) - i - 1
+        if len(said) + 1 + len(word) + (len(f" and {left} more") if left else 0) > room:
+            said = f"{said} and {len(weak) - i} more"
+            break
+        said += f" {word}"
+    return "; ".join([*head, said, *tail])
 
 
 def _tls_summary(s: PortSnapshot) -> str:
@@ -358,10 +374,7 @@ def _tls_summary(s: PortSnapshot) -> str:
     what changed, ``_tls_delta``): versions, weak suites if any, grade."""
     if not s.tls_versions:
         return "TLS not offered"
-    parts = [" ".join(s.tls_versions)]
-    if s.weak_suites:
-        parts.append(" ".join(["weak", *s.weak_suites]))
-    return "; ".join([*parts, f"grade {s.tls_grade or '-'}"])
+    return _with_weak([" ".join(s.tls_versions)], s.weak_suites, [f"grade {s.tls_grade or '-'}"])
 
 
 def _port_events(before: PortSnapshot, after: PortSnapshot,

@@ -981,3 +981,32 @@ def test_every_port_a_stopped_scan_saw_is_asked_not_the_lowest_three() -> None:
                          (), sighted)
     assert "host_unreachable" not in [e.kind.value for e in out.events]
     assert out.state is not None and out.state.is_reachable
+
+
+def test_a_tls_change_of_many_weak_suites_keeps_its_grade_in_the_cap() -> None:
+    from stream_processors.changes import TEXT_CAP
+
+    # Given a TLS port, medium, then the same with forty weak suites offered, graded weak
+    suites = tuple(f"TLS_ECDH_anon_WITH_CIPHER_NUMBER_{n:02d}_SHA" for n in range(40))
+    before = snap(443, service="https", tls_status="completed",
+                  tls_versions=("TLSv1.2", "TLSv1.3"), tls_grade="medium")
+    after = before._replace(weak_suites=suites, tls_grade="weak")
+    out = detect_changes(state([before]), view([after]), {})
+    [tls] = [e for e in out.events if e.kind is ChangeKind.TLS_CHANGED]
+    # Then the grade change is said, within the cap, after as many suites as fit and a
+    # count of the rest (cut at the cap, the grade was lost; a review)
+    assert tls.after.endswith("; grade medium->weak") and len(tls.after) <= TEXT_CAP
+    listed = tls.after.split("; ")[0].split()
+    more = int(listed[-2])
+    assert listed[:2] == ["weak", f"+{suites[0]}"] and listed[-3:] == ["and", str(more), "more"]
+    assert len(listed) - 4 + more == 40
+    assert tls.severity is Severity.MEDIUM
+    # And back: before (what it offered) keeps its grade too
+    back = detect_changes(out.state, view([before], scan_id="s2"), {})
+    [tls] = [e for e in back.events if e.kind is ChangeKind.TLS_CHANGED]
+    assert tls.before.endswith("; grade weak") and len(tls.before) <= TEXT_CAP
+    assert tls.after.endswith("; grade weak->medium") and len(tls.after) <= TEXT_CAP
+    # And a short change reads as it always did
+    few = detect_changes(state([before]), view([before._replace(weak_suites=suites[:2])]), {})
+    assert [e.after for e in few.events if e.kind is ChangeKind.TLS_CHANGED] == [
+        f"weak +{suites[0]} +{suites[1]}"]
