@@ -215,9 +215,9 @@ def to_table(report: Report, console: Console, *, title: str = "") -> None:
     every = wanted  # what one block per row shows, when no table fits
     left_out: list[str] = []
     if report.name == "list":
-        from portwatch.tables import list_columns, with_prevalence_source
+        from portwatch.tables import list_columns, with_cdn_verdict, with_prevalence_source
 
-        report = with_prevalence_source(report)
+        report = with_cdn_verdict(with_prevalence_source(report))
         # --history: ports no longer seen are marked closed, with when, in the table too
         current = (report.columns.index("is_current") if "is_current" in report.columns
                    else None)

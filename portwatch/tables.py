@@ -76,6 +76,20 @@ def list_columns(report: Report, width: int, headers: dict[str, str], *,
     return tuple(c for c in order if c in chosen)
 
 
+def with_cdn_verdict(report: Report) -> Report:
+    """The List for a terminal: the CDN cell says when the port is one the CDN's edge is
+    expected to leave open, e.g. "cloudflare · expected", as the web List does (the
+    table said the provider alone: a discounted port and a scored one read the same;
+    a review)."""
+    if "cdn_provider" not in report.columns or "is_cdn_expected" not in report.columns:
+        return report
+    cdn, expected = report.columns.index("cdn_provider"), report.columns.index(
+        "is_cdn_expected")
+    rows = [(*row[:cdn], f"{row[cdn]} · expected" if row[cdn] and row[expected] else row[cdn],
+             *row[cdn + 1:]) for row in report.rows]
+    return Report(report.name, report.columns, rows)
+
+
 def with_prevalence_source(report: Report) -> Report:
     """The List for a terminal: the prevalence bucket says which count decided it,
     e.g. "very common (Internet)" (stream_processors/prevalence_prior.py)."""

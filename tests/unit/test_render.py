@@ -163,6 +163,23 @@ def test_table_summary_ports_carry_the_colour_word() -> None:
     assert "answers on every port" in text
 
 
+def test_the_list_table_says_which_cdn_ports_are_expected_open() -> None:
+    # Given two ports tagged with one CDN: one its edge is expected to leave open
+    # (discounted, not scored), one not (scored)
+    columns = ("target", "ip", "port", "service", "risk_color", "cdn_provider",
+               "is_cdn_expected")
+    listed = Report("list", columns, [
+        ("127.0.0.1", "127.0.0.1", 443, "https", "green", "cloudflare", 1),
+        ("127.0.0.1", "127.0.0.1", 20004, "http", "green", "cloudflare", 0)])
+    out, buf = console()
+    to_table(listed, out)
+    rows = {line.split()[5]: line for line in buf.getvalue().splitlines()
+            if "127.0.0.1" in line}
+    # Then the table says so, as the web List does (both read "cloudflare": a review)
+    assert "cloudflare · expected" in rows["443"]
+    assert "cloudflare" in rows["20004"] and "expected" not in rows["20004"]
+
+
 def test_empty_report_says_so() -> None:
     out, buf = console()
     to_table(Report("list", LIST.columns, []), out)
