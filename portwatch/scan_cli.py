@@ -461,6 +461,9 @@ def _end_screen(db: Any, stats: Any, targets: Any) -> None:
                        "was cut short, the scan is complete"))
     if stats.resumed_shards:
         out.print(Text(f"resumed: {stats.resumed_shards} shard(s) were done before"))
+    if stats.finished_hosts:
+        out.print(Text(f"left out: {stats.finished_hosts:,} host(s) an earlier run of this "
+                       "scan completed (their changes are recorded)"))
     if stats.overtaken_hosts:
         out.print(Text(f"left out: {stats.overtaken_hosts:,} host(s) another scan completed "
                        "since this one began (their ports now are that scan's)"))

@@ -51,6 +51,7 @@ from stream_processors.history import (
     HostKey,
     ReprobeOptions,
     covered_since,
+    load_host_rows,
     stored_host_scans,
     stored_snapshots,
 )
@@ -97,6 +98,9 @@ class ScanStats:
     # hosts a resumed scan left out: another scan completed them after the earlier run
     # began (``EmbeddedRunner._overtaken``)
     overtaken_hosts: int = 0
+    # hosts a resumed scan left out that an earlier run of it completed and compared
+    # (their change state names this scan: ``EmbeddedRunner._finished_before``)
+    finished_hosts: int = 0
     # What changed since each host's previous completed scan (alerting reads these).
     change_events: list[ChangeEvent] = field(default_factory=list)
     # The signal (SIGINT, SIGTERM) that asked the run to stop, 0 = none; set also when it
@@ -324,12 +328,17 @@ class EmbeddedRunner:
         await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
         overtaken = await asyncio.to_thread(self._overtaken, plan, progress_at,
                                             checkpoint_path)
+        finished = (await asyncio.to_thread(self._finished_before, plan)
+                    if start is not None or checkpoint_path is not None else set())
+        finished -= overtaken
+        overtaken |= finished
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = self._stats = ScanStats(scan_id, len(targets))
         stats.stopping = self._stop_discovery.is_set()
         stats.planned_probes = plan.probe_count
-        stats.overtaken_hosts = len(overtaken)
+        stats.overtaken_hosts = len(overtaken) - len(finished)
+        stats.finished_hosts = len(finished)
         self._outcomes = []
         self._dropped.clear()
         # What an earlier run stored and died before comparing (kill -9 at its end): its
@@ -644,6 +653,18 @@ class EmbeddedRunner:
                 "stopped part-way), so what it stored of them is out of date: remove the "
                 "checkpoint and scan from the start")
         return covered
+
+    def _finished_before(self, plan: ScanPlan) -> set[HostKey]:
+        """The hosts of a resumed scan that an earlier run of it completed and compared:
+        their change state names this scan. Left out as overtaken hosts are (what that
+        run recorded of them stands): scanned again, the host was compared with itself,
+        "closed" by one run of the scan and "reopened" by the next under one scan id (a
+        checkpoint copied before a run that completed, then reused; a review), and a
+        resume after a failed shard scanned again the hosts of every completed shard
+        after it."""
+        keys = sorted({(t.target, t.ip) for p in plan.plans for t in p.targets})
+        return {k for k, row in load_host_rows(self.store, keys).items()
+                if row.scan_id == plan.scan_id}
 
     def _resumed_rows(self, resumed: dict[str, Shard], overtaken: set[HostKey],
                       now: datetime) -> tuple[list[HostScan], list[HostScan]]:
