@@ -283,6 +283,16 @@ def test_a_store_path_that_is_a_file_is_bad_input_everywhere(tmp_path: Path,
     assert path.read_text() == "not a store\n"
 
 
+def test_a_store_path_under_a_file_is_bad_input(tmp_path: Path) -> None:
+    # (it was "[Errno 20] Not a directory", exit 1: a review)
+    path = tmp_path / "afile"
+    path.write_text("not a store\n")
+    result = run_cli("scan", "--ports", "1", "--udp", "none", "-q", "127.0.0.1",
+                     store=f"chdb://{path}/sub", timeout=120)
+    assert_one_line(result, f"the store path '{path}/sub' cannot be a store directory: a "
+                    "part of it is a file; give another --store", code=2)
+
+
 def test_scan_help_names_the_top_n_udp_form() -> None:
     result = run_cli("scan", "--help", timeout=120)
     assert result.code == 0

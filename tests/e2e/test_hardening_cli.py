@@ -8,15 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import socket
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from schemas.records import Finding, OpenPort, ServiceInfo, Target
-from stream_processors.store import Store
 from tests import loopback
 from tests.conftest import run_cli
 from tests.e2e.test_cli_errors import assert_refused
@@ -133,13 +131,18 @@ BANNER = "=cmd|' /C calc'!A0 " + "x" * 500 + "\x1b[31m"
 def test_json_and_csv_carry_exactly_what_is_stored(tmp_path: Path) -> None:
     # Given a finding stored with a product holding rich emoji and markup codes, and a
     # 500+ character banner that starts with a spreadsheet formula
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
     store = f"chdb://{tmp_path / 'store'}"
-    port = OpenPort(scan_id="s1", target=Target("127.0.0.1", "127.0.0.1"), port=8080,
-                    observed_at=datetime(2026, 1, 2, tzinfo=UTC))
-    finding = Finding(port=port, service=ServiceInfo(service="http", product=SERVER,
-                                                     banner=BANNER))
-    with Store.from_url(store) as db:
-        db.insert_findings([finding])
+    # (stored by a process of its own: chdb allows one path per process, and a test
+    # module before this one in the worker may hold the shared test path)
+    seeded = subprocess.run([sys.executable, "-c", _SEED_HOSTILE, store, SERVER, BANNER],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert seeded.returncode == 0, seeded.stderr
     # When the List is rendered as JSON
     as_json = run_cli("report", "list", "--format", "json", store=store)
     assert as_json.code == 0, as_json.stderr
@@ -156,6 +159,20 @@ def test_json_and_csv_carry_exactly_what_is_stored(tmp_path: Path) -> None:
     assert cells["banner"] == "'" + BANNER
     assert cells["product"] == SERVER
     assert cells["port"] == "8080"
+
+
+_SEED_HOSTILE = """
+import sys
+from datetime import UTC, datetime
+from schemas.records import Finding, OpenPort, ServiceInfo, Target
+from stream_processors.store import Store
+
+port = OpenPort(scan_id="s1", target=Target("127.0.0.1", "127.0.0.1"), port=8080,
+                observed_at=datetime(2026, 1, 2, tzinfo=UTC))
+with Store.from_url(sys.argv[1]) as db:
+    db.insert_findings([Finding(port=port, service=ServiceInfo(
+        service="http", product=sys.argv[2], banner=sys.argv[3]))])
+"""
 
 
 _SEED_UNCOMPARED = """

@@ -121,6 +121,7 @@ def rows(store: Store, report: str, **filters: Any) -> list[dict[str, Any]]:
         ("chdb://localhost/tmp/s", StoreLocation("chdb", path="/tmp/s")),  # as file://
         ("chdb://LocalHost/tmp/s", StoreLocation("chdb", path="/tmp/s")),
         ("chdb:///tmp/with%20space", StoreLocation("chdb", path="/tmp/with space")),
+        ("chdb:///tmp/st%231", StoreLocation("chdb", path="/tmp/st#1")),
         ("chdb://~/pw-store", StoreLocation("chdb", path=os.path.expanduser("~/pw-store"))),
         ("clickhouse://127.0.0.1",
          StoreLocation("clickhouse", host="127.0.0.1", port=8123, username="default",
@@ -161,6 +162,16 @@ def test_store_url_parsing(url: str, expected: StoreLocation) -> None:
         ("chdb:///tmp/s?database=x;DROP", StoreError, "store URL 'chdb:///tmp/s?database=x;DROP"
          "': database 'x;DROP' must be letters"),
         ("chdb:///tmp/s?database=1st", StoreError, "store URL"),
+        # what a URL says beyond its path is refused, not dropped (a review: "st#1" opened
+        # "st", "?databse=x" the default database)
+        ("chdb:///tmp/st#1", StoreError, "store URL 'chdb:///tmp/st#1': a '#' ends the path "
+         "there; write it %23 if the path holds one"),
+        ("chdb:///tmp/st?databse=x", StoreError, "store URL 'chdb:///tmp/st?databse=x': "
+         "unknown parameter 'databse' (known: database)"),
+        ("clickhouse://127.0.0.1/db?secure=1", StoreError, "store URL 'clickhouse://127.0.0.1/"
+         "db?secure=1': unknown parameter 'secure' (known: none: the database is the path)"),
+        ("chdb:///tmp/%00x", StoreError, "store URL 'chdb:///tmp/%00x': a NUL byte cannot be "
+         "in a path"),
         ("clickhouse://[::1/db", StoreError, "store URL 'clickhouse://[::1/db' is not a URL"),
         ("clickhouse://127.0.0.1/" + "d" * 70, StoreError, "store URL"),
     ],
@@ -178,7 +189,8 @@ def test_unopenable_chdb_path_is_a_store_error(tmp_path: Path) -> None:
     # Given a store path below a regular file (the directory cannot be made; chdb is
     # never reached, so this process still holds only its one chdb path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StoreError, match=r"^cannot open the store at .*file/store: ") as err:
+    with pytest.raises(StoreError, match=r"^the store path '.*file/store' cannot be a store "
+                       r"directory: a part of it is a file; give another --store$") as err:
         Store.from_url(f"chdb://{tmp_path / 'file' / 'store'}")
     assert not isinstance(err.value, StoreBusy)
     assert "\n" not in str(err.value)
@@ -921,6 +933,9 @@ def test_a_layout_21_store_says_nothing_of_udp_replies_until_it_knows_them(
         # Given a store of layout 21 whose UDP port answered (port_state kept no word of it)
         old = Store.from_url(url)
         assert [k for k, *_ in scan(old, "s1", T0, silent=False)] == ["opened"]
+        # (its host's digest as layout 21 made it: no UDP port's word in it)
+        old.command("ALTER TABLE host_state UPDATE fingerprint = concat('21:', fingerprint) "
+                    "WHERE 1", settings={"mutations_sync": 1})
         as_layout(old, 21, "ALTER TABLE port_state DROP COLUMN udp_reply")
         # When this portwatch opens it
         db = Store.from_url(url)
@@ -930,21 +945,22 @@ def test_a_layout_21_store_says_nothing_of_udp_replies_until_it_knows_them(
             (state,) = load_ports(db, [("127.0.0.1", "127.0.0.1")], dense=False)[
                 ("127.0.0.1", "127.0.0.1")].values()
             assert state.is_reply_unknown and not state.is_unconfirmed
-            # And a silent next scan says nothing (unknown: no risk_lowered after an
-            # upgrade), and stores its word: no reply
+            # And its next scan, answering still, says nothing and stores its word (the
+            # host's digest moved with layout 22: it was on the fast path, its word
+            # unknown for good, and its first silence went unsaid; a review)
             day = timedelta(days=1)
-            assert scan(db, "s2", T0 + day, silent=True) == []
-            assert reply(db) == [(20161, 2)]
-            # And when it answers again, its risk is raised, once
-            assert scan(db, "s3", T0 + 2 * day, silent=False) == [
-                ("risk_raised", 20161, "yellow, open|filtered: no UDP reply",
-                 "yellow, answers")]
+            assert scan(db, "s2", T0 + day, silent=False) == []
             assert reply(db) == [(20161, 1)]
-            assert scan(db, "s4", T0 + 3 * day, silent=False) == []
-            # and when it falls silent, lowered
-            assert scan(db, "s5", T0 + 4 * day, silent=True) == [
+            # And when it falls silent, its risk is lowered, once
+            assert scan(db, "s3", T0 + 2 * day, silent=True) == [
                 ("risk_lowered", 20161, "yellow, answers",
                  "yellow, open|filtered: no UDP reply")]
+            assert reply(db) == [(20161, 2)]
+            assert scan(db, "s4", T0 + 3 * day, silent=True) == []
+            # and when it answers again, raised
+            assert scan(db, "s5", T0 + 4 * day, silent=False) == [
+                ("risk_raised", 20161, "yellow, open|filtered: no UDP reply",
+                 "yellow, answers")]
         finally:
             db.close()
     finally:
@@ -1160,3 +1176,46 @@ def test_the_readme_lists_every_reports_json_keys_in_order(store: Store) -> None
         assert match, name
         listed = [k.strip() for k in match.group(1).replace("\n", " ").split(",")]
         assert listed == columns, name
+
+
+def test_a_server_that_answers_its_ping_and_then_nothing_is_given_up_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+
+    # Given a loopback HTTP server that says "Ok." to /ping and never answers a statement
+    # (a fake ClickHouse: a server that hangs mid-statement cannot be made on demand)
+    release = threading.Event()
+
+    class Hangs(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            if self.path == "/ping":
+                self.send_response(200)
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"Ok.\n")
+                return
+            release.wait(30)
+
+        do_POST = do_GET  # noqa: N815
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hangs)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(store_module, "STATEMENT_TIMEOUT", 1)
+    try:
+        # When the store is opened on it
+        with pytest.raises(StoreError) as err:
+            Store.from_url(f"clickhouse://127.0.0.1:{server.server_address[1]}/db")
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    # Then it gives up after the statement timeout, in one line (it waited the driver's
+    # 300 s on every command: a review)
+    assert str(err.value).startswith(
+        f"cannot open the store at 127.0.0.1:{server.server_address[1]}: "), err.value
+    assert "timed out" in str(err.value).lower() and "\n" not in str(err.value)
