@@ -424,7 +424,7 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
     # CMDB export's hostname and ip) is not two targets: the address is scanned and the
     # name kept as its hostname (the first key won: the name was resolved and another
     # host scanned under the row's labels, the address never; a review)
-    addresses = {k: _as_network(lowered[k]) for k in _TARGET_KEYS
+    addresses = {k: _address_form(lowered[k]) for k in _TARGET_KEYS
                  if lowered.get(k) not in (None, "")}
     if len({n for n in addresses.values() if n is not None}) > 1:
         names = " and ".join(repr(k) for k, n in addresses.items() if n is not None)
@@ -463,7 +463,22 @@ def _row_spec(row: dict[str, object], where: str) -> list[TargetSpec]:
                        where, hostname)]
 
 
-def _row_hostname(lowered: dict[str, object], addresses: dict[str, IPNetwork | None],
+def _address_form(value: object) -> object | None:
+    """An inventory cell as the addresses it names, comparable (a block folded, a range as
+    its span), None for a name: a range beside an address was taken for a host name (a
+    review)."""
+    network = _as_network(value)
+    if network is not None or not isinstance(value, str):
+        return network
+    if "-" not in value:
+        return None
+    try:
+        return _span(TargetSpec(value))
+    except TargetError:  # a range written wrongly: an address all the same, refused later
+        return ("bad range", value.strip())
+
+
+def _row_hostname(lowered: dict[str, object], addresses: dict[str, object | None],
                   where: str) -> str:
     """The host name a row gives beside an address (its non-address target cells), or ""
     when it gives no address, or no name. Two different names are refused, as two
@@ -478,6 +493,11 @@ def _row_hostname(lowered: dict[str, object], addresses: dict[str, IPNetwork | N
         keys = " and ".join(repr(k) for k in texts)
         raise TargetError(f"{where}: {keys} name different hosts: give one")
     key, name = next(iter(texts.items()))
+    address = next(a for a in addresses.values() if a is not None)
+    if not isinstance(address, ipaddress.IPv4Network | ipaddress.IPv6Network) or (
+            address.num_addresses > 1):
+        raise TargetError(f"{where}: {key!r} beside a block or range names no one host: give "
+                          "one address, or leave the name out")
     if not looks_like_hostname(name):
         raise TargetError(f"{where}: {key}: not a host name: "
                           f"{_one_line(_short(name))!r}")
@@ -1029,9 +1049,19 @@ def _labels(target: Target, other: Target) -> str:
     """``localhost (asset web-2)``: what the user wrote, and the labels that differ."""
     parts = [f"{name} {_one_line(_short(value))}" for name, value, theirs in (
         ("organization", target.organization, other.organization),
-        ("asset", target.asset, other.asset)) if value and value != theirs]
+        ("asset", target.asset, other.asset),
+        # (a name's own address carries the name: said only when it is another one)
+        ("hostname", "" if target.hostname == target.target.rstrip(".").lower()
+         else target.hostname, other.hostname)) if value and value != theirs]
     text = _one_line(_short(target.target))
     return f"{text} ({', '.join(parts)})" if parts else text
+
+
+def _labelled(target: Target) -> tuple[str, str, str, str]:
+    """What a duplicate of an address must repeat to be dropped without a word: how it
+    was written and its labels (an inventory's host name among them: a second name of
+    one address was dropped silently; a review)."""
+    return (target.target, target.organization, target.asset, target.hostname)
 
 
 def _duplicate_warning(dropped: Target, kept: Target) -> str:
@@ -1082,10 +1112,10 @@ def _outside(address: str, spec: TargetSpec, scope: Scope) -> TargetError:
 
 def _first_of_each(specs: Sequence[TargetSpec]) -> list[TargetSpec]:
     """``specs`` without the identical repeats (same text and labels), in order."""
-    written: set[tuple[str, str, str]] = set()
+    written: set[tuple[str, str, str, str]] = set()
     out = []
     for spec in specs:
-        key = (spec.text.strip(), spec.organization, spec.asset)
+        key = (spec.text.strip(), spec.organization, spec.asset, spec.hostname)
         if key not in written:
             written.add(key)
             out.append(spec)
@@ -1171,8 +1201,7 @@ def resolve_targets(specs: Sequence[TargetSpec], scope: Scope | None = None) -> 
                     this_host += is_this_host(target.ip)
                     continue
                 kept = out.setdefault(target.ip, target)
-                if kept is not target and (kept.target, kept.organization, kept.asset) != (
-                        target.target, target.organization, target.asset):
+                if kept is not target and _labelled(kept) != _labelled(target):
                     dropped_count += 1
                     if len(dropped) < MAX_DUPLICATE_WARNINGS:
                         dropped.append((target, kept))

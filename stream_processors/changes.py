@@ -416,14 +416,21 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
     return out
 
 
+_RISK_KINDS = (ChangeKind.RISK_RAISED, ChangeKind.RISK_LOWERED)
+
+
+def _fell_silent(before: PortSnapshot, after: PortSnapshot) -> bool:
+    return (after.proto is Proto.UDP and after.is_unconfirmed
+            and not before.is_unconfirmed)
+
+
 def _reply_event(before: PortSnapshot, after: PortSnapshot,
                  event: _EventFactory) -> list[ChangeEvent]:
     """A UDP port that starts answering (risk_raised: it scores now) or stops (risk_lowered:
-    open|filtered scores nothing) with its colour unchanged, when its last word is known
-    (a moved colour is said by ``_port_events`` already)."""
+    open|filtered scores nothing), when its last word is known; its colours said with
+    it (a silent port is yellow: the colours alone may point the other way)."""
     if (after.proto is not Proto.UDP or before.is_reply_unknown
-            or before.is_unconfirmed == after.is_unconfirmed
-            or before.risk_color != after.risk_color):
+            or before.is_unconfirmed == after.is_unconfirmed):
         return []
     kind = ChangeKind.RISK_LOWERED if after.is_unconfirmed else ChangeKind.RISK_RAISED
     return [event(kind, after, _reply_said(before), _reply_said(after))]
@@ -696,8 +703,18 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             new = next_ports[key]
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
+            if _fell_silent(old_port, new):
+                # what answered is unknown now, not changed: its identification stays (a
+                # DNS server falling silent said service 'domain' -> '', medium)
+                new = new._replace(service=old_port.service, product=old_port.product,
+                                   version=old_port.version)
             changed = _port_events(old_port, new, event)
-            changed.extend(_reply_event(old_port, new, event))
+            replied = _reply_event(old_port, new, event)
+            if replied:
+                # the direction is the reply's, whatever the colours: a silent port is
+                # yellow, and a green DNS server falling silent read as risk_raised
+                # green -> yellow (a review)
+                changed = [e for e in changed if e.kind not in _RISK_KINDS] + replied
             events.extend(changed)
             # Written when something compared moved, said or not (a weak suite removed
             # and back, a favicon first seen, a UDP port's first known word): a state
@@ -798,12 +815,12 @@ def fingerprint(ports: Mapping[PortKey, PortSnapshot]) -> str:
         if s.is_open:
             if s.proto == "tcp":
                 tcp.append(_FINGERPRINTED(s))
-            # a UDP port's silence only when it is silent: the digests of every other
-            # host stay as they were before the state kept it (layout 22)
-            elif s.is_unconfirmed:
-                udp.append((*_FINGERPRINTED(s), True))
             else:
-                udp.append(_FINGERPRINTED(s))
+                # whether it answered: a host with UDP ports leaves the fast path once
+                # after layout 22, and its ports' word is written (with the flag only
+                # when silent, a host whose UDP ports all answered kept its digest, its
+                # word unknown for good, and its first silence went unsaid: a review)
+                udp.append((*_FINGERPRINTED(s), s.is_unconfirmed))
     tcp.sort()
     udp.sort()
     return hashlib.blake2b(marshal.dumps((tcp, udp), 2), digest_size=16).hexdigest()

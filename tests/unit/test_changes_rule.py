@@ -862,9 +862,35 @@ def test_a_udp_colour_change_with_its_reply_is_one_risk_event() -> None:
     prev = state([udp(20161, silent=True)])
     out = detect_changes(prev, view_at([udp(20161, silent=False, service="snmp",
                                             risk_color="red")], T1, "s1", proto=Proto.UDP), {})
-    # Then one risk_raised, by colour (the service change is said too), not a second one
+    # Then one risk_raised, saying the colours and the reply (the service change is said
+    # too), not a second one
     assert kinds(out) == [("service_changed", 20161, "", "snmp"),
-                          ("risk_raised", 20161, "yellow", "red")]
+                          ("risk_raised", 20161, "yellow, open|filtered: no UDP reply",
+                           "red, answers")]
+    assert out.events[1].severity is Severity.HIGH
+
+
+def test_a_green_udp_service_falling_silent_is_lowered_and_keeps_its_name() -> None:
+    # Given a DNS server that answered (green, named), When it falls silent (yellow)
+    dns = udp(20053, silent=False, service="domain", product="BIND", version="9.18",
+              risk_color="green")
+    out = detect_changes(state([dns]), view_at([udp(20053, silent=True)], T1, "s1",
+                                               proto=Proto.UDP), {})
+    # Then its risk is lowered (it scores nothing now), not "raised green -> yellow", and
+    # nothing says its service changed: unknown now, kept in the state
+    assert kinds(out) == [("risk_lowered", 20053, "green, answers",
+                           "yellow, open|filtered: no UDP reply")]
+    assert out.events[0].severity is Severity.INFO
+    assert out.state is not None
+    kept = out.state.ports[(Proto.UDP, 20053)]
+    assert (kept.service, kept.product, kept.version, kept.is_unconfirmed) == (
+        "domain", "BIND", "9.18", True)
+    # And when it answers again as before, its risk is raised, and nothing else is said
+    back = detect_changes(out.state, view_at([dns], T1 + timedelta(days=1), "s2",
+                                             proto=Proto.UDP), {})
+    assert kinds(back) == [("risk_raised", 20053, "yellow, open|filtered: no UDP reply",
+                            "green, answers")]
+    assert back.events[0].severity is Severity.MEDIUM
 
 
 def test_ports_a_stopped_scan_saw_open_where_this_scan_did_not_look() -> None:

@@ -786,6 +786,14 @@ def test_a_cmdb_row_with_a_host_name_and_its_address_scans_the_address(
 
 
 @pytest.mark.parametrize(("row", "words"), [
+    # a range beside an address is two addresses, not a host name (it scanned one of the
+    # range's addresses, named after the range; a review)
+    ("target,ip\n127.0.0.1-3,127.0.0.1\n",
+     r"line 2: 'target' and 'ip' name different addresses: give one$"),
+    ("hostname,ip\nweb1,127.0.0.1-3\n",
+     r"line 2: 'hostname' beside a block or range names no one host: give one address"),
+    ("hostname,ip\nweb1,127.0.0.0/30\n",
+     r"line 2: 'hostname' beside a block or range names no one host"),
     ("hostname,host,ip\na.example,b.example,127.0.0.5\n",
      r"line 2: 'host' and 'hostname' name different hosts: give one$"),
     ("hostname,ip\nweb server 1,127.0.0.5\n",
@@ -794,6 +802,22 @@ def test_a_row_with_two_names_or_a_bad_name_beside_its_address_is_refused(
         tmp_path: Path, row: str, words: str) -> None:
     with pytest.raises(TargetError, match=words):
         read_inventory(write(tmp_path, "assets.csv", row))
+
+
+def test_a_second_host_name_of_one_address_is_said(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # Given an inventory naming one address twice, by two host names
+    specs = read_inventory(write(tmp_path, "assets.csv",
+                                 "hostname,ip,organization\nweb1,127.0.0.5,Acme\n"
+                                 "web2,127.0.0.5,Acme\n"))
+    # Then it is scanned once, under the first, and the second name is said (it was
+    # dropped without a word: a review)
+    with caplog.at_level("WARNING"):
+        [target] = resolve_targets(specs, Scope.build(allow=["127.0.0.0/8"]))
+    assert (target.ip, target.hostname) == ("127.0.0.5", "web1")
+    assert [r.getMessage() for r in caplog.records] == [
+        "127.0.0.5 (hostname web2) is 127.0.0.5, already scanned as 127.0.0.5 (hostname "
+        "web1): scanned once, under the first"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
