@@ -419,9 +419,8 @@ def _port_events(before: PortSnapshot, after: PortSnapshot,
 _RISK_KINDS = (ChangeKind.RISK_RAISED, ChangeKind.RISK_LOWERED)
 
 
-def _fell_silent(before: PortSnapshot, after: PortSnapshot) -> bool:
-    return (after.proto is Proto.UDP and after.is_unconfirmed
-            and not before.is_unconfirmed)
+def _is_silent_udp(port: PortSnapshot) -> bool:
+    return port.proto is Proto.UDP and port.is_unconfirmed
 
 
 def _reply_event(before: PortSnapshot, after: PortSnapshot,
@@ -658,6 +657,13 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         """One port this scan (or, with ``note``, a stopped scan) saw open, against the
         state: its events, and its next snapshot in ``next_ports``."""
         old_port = before_ports.get(key)
+        if old_port is not None and _is_silent_udp(new) and not old_port.is_incomplete:
+            # What answers is unknown now, not changed: the last identification stays,
+            # while it is silent and when it reopens silent (a DNS server falling silent
+            # said service 'domain' -> '', medium; kept only at the first silent scan,
+            # the second said it a scan late: reviews)
+            new = new._replace(service=old_port.service, product=old_port.product,
+                               version=old_port.version)
         if old_port is None:
             events.append(event(ChangeKind.OPENED, new, "", new.describe() + note))
             next_ports[key] = new._replace(changed_at=now, first_seen=new.first_seen,
@@ -684,7 +690,12 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # and what changed since it closed, as for a port that stayed open: a rule on
             # version_changed missed an upgrade made while the port was down (a review)
             if not new.is_incomplete and not old_port.is_incomplete:
-                events.extend(_port_events(old_port, new, event))
+                moved = _port_events(old_port, new, event)
+                if _reply_event(old_port, new, event):
+                    # a UDP port back with the other word: its colour moved with the
+                    # word (silent is yellow), which the reopened text says already
+                    moved = [e for e in moved if e.kind not in _RISK_KINDS]
+                events.extend(moved)
             next_ports[key] = new._replace(changed_at=now, first_seen=old_port.first_seen,
                                            seen_at=now)
         elif new.is_incomplete:
@@ -703,11 +714,6 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             new = next_ports[key]
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
-            if _fell_silent(old_port, new):
-                # what answered is unknown now, not changed: its identification stays (a
-                # DNS server falling silent said service 'domain' -> '', medium)
-                new = new._replace(service=old_port.service, product=old_port.product,
-                                   version=old_port.version)
             changed = _port_events(old_port, new, event)
             replied = _reply_event(old_port, new, event)
             if replied:

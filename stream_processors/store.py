@@ -405,6 +405,8 @@ class StoreLocation:
         if parts.fragment or url.rstrip().endswith("#"):
             raise StoreUrlError(f"store URL {shown!r}: a '#' ends the path there; write it "
                                 "%23 if the path holds one")
+        if len(query.get("database", ())) > 1:
+            raise StoreUrlError(f"store URL {shown!r}: 'database' given twice: give one")
         unknown = sorted(set(query) - ({"database"} if scheme == "chdb" else set()))
         if unknown:
             known = "database" if scheme == "chdb" else "none: the database is the path"
@@ -677,18 +679,39 @@ def _refuse_a_lost_database(location: StoreLocation) -> None:
             "use a new --store and rescan")
 
 
-def _lost_objects(existing: set[str]) -> list[str]:
-    """The tables and views of the DDL a store of this layout lacks: their definition
-    files lost (deleted, a bad restore). Made again empty by the DDL, the next scan
-    silently restarted what they held (a review: port_latest, accepted_risks,
-    host_state)."""
+# The layout that first made each table and view of the DDL made after layout 9 (the
+# oldest one upgraded): a store of an older layout lacks them, and the DDL makes them.
+# Every other one is in every store portwatch upgrades. (A new table or view goes here
+# with its layout: a test checks every DDL name is here or in layout 9's list.)
+FIRST_LAYOUT = {
+    "port_latest": 10, "port_latest_mv": 10, "ports_carried": 15, "carried_history": 16,
+    "ports_carried_mv": 16, "scan_scores": 17, "host_scan_scores": 17,
+    "host_scan_scores_mv": 17, "risk_days": 17, "risk_dirty": 17, "risk_dirty_mv": 17,
+    "risk_dirty_observations_mv": 17, "risk_dirty_carried_mv": 17, "watch_claims": 18,
+}
+OLDEST_LAYOUT = 9
+
+
+def ddl_names() -> list[str]:
+    """The tables and views schemas/ddl.sql makes, in its order."""
     names = []
     for statement in ddl_statements():
         found = re.match(r"CREATE (?:TABLE|(?:MATERIALIZED )?VIEW) IF NOT EXISTS (\w+)",
                          statement)
-        if found and found.group(1) not in existing:
+        if found:
             names.append(found.group(1))
     return names
+
+
+def _lost_objects(existing: set[str], layout: int) -> list[str]:
+    """The tables and views a store of ``layout`` lacks: their definition files lost
+    (deleted, a bad restore). Made again empty by the DDL, the next scan silently
+    restarted what they held (a review: port_latest, accepted_risks, host_state), and an
+    upgrade first (a store of an older layout: another review). Those a later layout
+    made are not lost (made by its step; strictly later, as two changes once landed
+    within one layout and its stores of that time lacked them)."""
+    return [n for n in ddl_names() if n not in existing and (
+        layout == SCHEMA_VERSION or FIRST_LAYOUT.get(n, OLDEST_LAYOUT) < layout)]
 
 
 def _drop_unwritten_mutations(path: str) -> None:
@@ -983,7 +1006,7 @@ class Store:
                         f"the store at {where} has layout version {found or 'unknown'}, this "
                         f"portwatch needs {SCHEMA_VERSION}: use a new --store (or another "
                         "database) and rescan")
-            lost = _lost_objects(existing) if found == SCHEMA_VERSION and not is_new else []
+            lost = _lost_objects(existing, found) if not is_new else []
             if lost:
                 where = self.location.path or f"{self.location.host}/{self.location.database}"
                 shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3

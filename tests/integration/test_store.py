@@ -50,6 +50,7 @@ from stream_processors.store import (
     Store,
     StoreBusy,
     StoreError,
+    StoreLayoutError,
     StoreLocation,
     UnknownStoreScheme,
 )
@@ -170,6 +171,8 @@ def test_store_url_parsing(url: str, expected: StoreLocation) -> None:
          "unknown parameter 'databse' (known: database)"),
         ("clickhouse://127.0.0.1/db?secure=1", StoreError, "store URL 'clickhouse://127.0.0.1/"
          "db?secure=1': unknown parameter 'secure' (known: none: the database is the path)"),
+        ("chdb:///tmp/s?database=a&database=b", StoreError, "store URL "
+         "'chdb:///tmp/s?database=a&database=b': 'database' given twice: give one"),
         ("chdb:///tmp/%00x", StoreError, "store URL 'chdb:///tmp/%00x': a NUL byte cannot be "
          "in a path"),
         ("clickhouse://[::1/db", StoreError, "store URL 'clickhouse://[::1/db' is not a URL"),
@@ -833,6 +836,25 @@ def as_layout(old: Store, layout: int, undo: str) -> None:
     old.close()
 
 
+def test_an_older_store_that_lost_a_table_is_refused_not_upgraded(
+        shared_chdb_path: Path) -> None:
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"chdb://{shared_chdb_path}?database={database}"
+    try:
+        # Given a store of layout 21 that lost its acceptances table (its file deleted)
+        old = Store.from_url(url)
+        old.command("DROP TABLE accepted_risks")
+        as_layout(old, 21, "ALTER TABLE port_state DROP COLUMN udp_reply")
+        # When this portwatch opens it, Then it is refused as damaged, not upgraded with
+        # the table made again empty (the acceptances were silently gone: a review)
+        with pytest.raises(StoreLayoutError, match=r"is damaged: it has layout 21 but no "
+                                                   r"accepted_risks"):
+            Store.from_url(url)
+    finally:
+        with scratch_store(shared_chdb_path) as cleanup:  # (that one no longer opens)
+            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+
+
 def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
         shared_chdb_path: Path) -> None:
     import asyncio
@@ -1112,9 +1134,11 @@ def test_an_engine_error_in_a_statement_or_an_upgrade_is_one_line(store: Store) 
         store.command("ALTER TABLE findings DELETE WHERE no_such_column = 1")
     assert str(refused.value).startswith(f"the store at {store.location.where} refused")
     assert "\n" not in str(refused.value)
-    # An upgrade step the engine refuses (a table it fills is detached): the same
+    # An upgrade step the engine refuses (a table it fills is detached; at layout 17,
+    # whose stores of one time lacked it: not refused as damage before the upgrade): the
+    # same
     store.command("TRUNCATE TABLE schema_version")
-    store.command("INSERT INTO schema_version VALUES (18)")
+    store.command("INSERT INTO schema_version VALUES (17)")
     store.command("DETACH TABLE host_scan_scores")
     try:
         with pytest.raises(StoreError) as failed:

@@ -885,9 +885,16 @@ def test_a_green_udp_service_falling_silent_is_lowered_and_keeps_its_name() -> N
     kept = out.state.ports[(Proto.UDP, 20053)]
     assert (kept.service, kept.product, kept.version, kept.is_unconfirmed) == (
         "domain", "BIND", "9.18", True)
+    # And the next silent scan says nothing either (it said service 'domain' -> '' a
+    # scan late: a review)
+    still = detect_changes(out.state, view_at([udp(20053, silent=True)],
+                                              T1 + timedelta(hours=12), "s1b",
+                                              proto=Proto.UDP), {})
+    assert kinds(still) == []
+    assert still.state is not None and still.state.ports[(Proto.UDP, 20053)].service == "domain"
     # And when it answers again as before, its risk is raised, and nothing else is said
-    back = detect_changes(out.state, view_at([dns], T1 + timedelta(days=1), "s2",
-                                             proto=Proto.UDP), {})
+    back = detect_changes(still.state, view_at([dns], T1 + timedelta(days=1), "s2",
+                                               proto=Proto.UDP), {})
     assert kinds(back) == [("risk_raised", 20053, "yellow, open|filtered: no UDP reply",
                             "green, answers")]
     assert back.events[0].severity is Severity.MEDIUM
@@ -1036,3 +1043,14 @@ def test_a_tls_change_of_many_weak_suites_keeps_its_grade_in_the_cap() -> None:
     few = detect_changes(state([before]), view([before._replace(weak_suites=suites[:2])]), {})
     assert [e.after for e in few.events if e.kind is ChangeKind.TLS_CHANGED] == [
         f"weak +{suites[0]} +{suites[1]}"]
+
+
+def test_a_udp_port_that_reopens_silent_keeps_what_it_was_identified_as() -> None:
+    # Given a DNS server that closed (the kernel refused its port), When it reopens silent
+    dns = udp(20053, silent=False, service="domain", product="BIND", risk_color="green")
+    closed = dns._replace(is_open=False, changed_at=T0)
+    out = detect_changes(state([closed]), view_at([udp(20053, silent=True)], T1, "s1",
+                                                  proto=Proto.UDP), {})
+    # Then it is reopened, as what it was, silent; no service change is said
+    assert [k for k, *_ in kinds(out)] == ["reopened"]
+    assert out.events[0].after == "domain BIND (yellow), open|filtered: no UDP reply"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 
 from schemas import ddl_statements
-from stream_processors.store import MIGRATIONS, SCHEMA_VERSION
+from stream_processors.store import FIRST_LAYOUT, MIGRATIONS, SCHEMA_VERSION, ddl_names
 
 # layout -> sha256 of its DDL statements (joined as below)
 DDL_FINGERPRINTS = {
@@ -34,3 +34,21 @@ def test_the_ddl_is_the_one_its_layout_number_names() -> None:
 
 def test_every_layout_since_the_oldest_upgradable_has_its_step() -> None:
     assert set(range(min(MIGRATIONS), SCHEMA_VERSION)) == set(MIGRATIONS)
+
+
+# The tables and views of layout 9, the oldest one upgraded: a store of any layout has
+# them, so one that lacks them is damaged (store._lost_objects)
+LAYOUT_9 = {
+    "port_observations", "findings", "findings_mv", "current_findings", "port_prevalence",
+    "port_prevalence_mv", "internet_prior", "host_scans", "host_latest", "host_latest_mv",
+    "latest_host_scans", "tls_probes", "tls_latest", "tls_latest_mv", "latest_tls_probes",
+    "tls_ciphers", "certificates", "changes", "host_state", "port_state", "schema_version",
+    "alert_outbox", "alert_claims", "accepted_risks", "watch_runs",
+}
+
+
+def test_every_table_and_view_says_which_layout_made_it() -> None:
+    # a new one without its layout would make every older store read as damaged
+    assert set(ddl_names()) == LAYOUT_9 | set(FIRST_LAYOUT)
+    assert not LAYOUT_9 & set(FIRST_LAYOUT)
+    assert all(9 < layout <= SCHEMA_VERSION for layout in FIRST_LAYOUT.values())
