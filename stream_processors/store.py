@@ -692,14 +692,14 @@ FIRST_LAYOUT = {
 OLDEST_LAYOUT = 9
 
 
-def ddl_names() -> list[str]:
-    """The tables and views schemas/ddl.sql makes, in its order."""
+def ddl_names(*, tables_only: bool = False) -> list[str]:
+    """The tables (and views) schemas/ddl.sql makes, in its order."""
     names = []
     for statement in ddl_statements():
-        found = re.match(r"CREATE (?:TABLE|(?:MATERIALIZED )?VIEW) IF NOT EXISTS (\w+)",
+        found = re.match(r"CREATE (TABLE|(?:MATERIALIZED )?VIEW) IF NOT EXISTS (\w+)",
                          statement)
-        if found:
-            names.append(found.group(1))
+        if found and (found.group(1) == "TABLE" or not tables_only):
+            names.append(found.group(2))
     return names
 
 
@@ -707,11 +707,15 @@ def _lost_objects(existing: set[str], layout: int) -> list[str]:
     """The tables and views a store of ``layout`` lacks: their definition files lost
     (deleted, a bad restore). Made again empty by the DDL, the next scan silently
     restarted what they held (a review: port_latest, accepted_risks, host_state), and an
-    upgrade first (a store of an older layout: another review). Those a later layout
-    made are not lost (made by its step; strictly later, as two changes once landed
-    within one layout and its stores of that time lacked them)."""
-    return [n for n in ddl_names() if n not in existing and (
-        layout == SCHEMA_VERSION or FIRST_LAYOUT.get(n, OLDEST_LAYOUT) < layout)]
+    upgrade first (a store of an older layout: another review). Before an upgrade, its
+    tables only: a step drops a view and makes it again, and an upgrade cut short in
+    between is finished by the next open (a review); and only those its layout had
+    (strictly older: two changes once landed within one layout, whose stores of that
+    time lacked them)."""
+    if layout == SCHEMA_VERSION:
+        return [n for n in ddl_names() if n not in existing]
+    return [n for n in ddl_names(tables_only=True) if n not in existing
+            and FIRST_LAYOUT.get(n, OLDEST_LAYOUT) < layout]
 
 
 def _drop_unwritten_mutations(path: str) -> None:

@@ -855,6 +855,27 @@ def test_an_older_store_that_lost_a_table_is_refused_not_upgraded(
             cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
 
 
+def test_an_upgrade_cut_short_between_a_views_drop_and_its_making_goes_on(
+        shared_chdb_path: Path) -> None:
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"chdb://{shared_chdb_path}?database={database}"
+    try:
+        # Given a store of layout 19 whose upgrade died just after its step dropped the
+        # view it makes again (port_latest_mv)
+        old = Store.from_url(url)
+        old.command("DROP VIEW port_latest_mv")
+        as_layout(old, 19, "ALTER TABLE port_state DROP COLUMN udp_reply")
+        # When this portwatch opens it, Then the upgrade goes on (it was refused as
+        # damaged: a review), and the view is there again
+        with Store.from_url(url) as db:
+            assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+            assert db.query("SELECT count() FROM system.tables WHERE database = "
+                            "currentDatabase() AND name = 'port_latest_mv'") == [(1,)]
+    finally:
+        with scratch_store(shared_chdb_path) as cleanup:
+            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+
+
 def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
         shared_chdb_path: Path) -> None:
     import asyncio
