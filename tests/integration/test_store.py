@@ -13,6 +13,7 @@ another path runs in a subprocess. The addresses below are data, never scanned.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -836,44 +837,44 @@ def as_layout(old: Store, layout: int, undo: str) -> None:
     old.close()
 
 
-def test_an_older_store_that_lost_a_table_is_refused_not_upgraded(
-        shared_chdb_path: Path) -> None:
+@contextlib.contextmanager
+def old_store(shared_chdb_path: Path, layout: int, lost: str) -> Iterator[str]:
+    """The URL of a store of ``layout`` that lost what ``lost`` drops; dropped after (by
+    another database of the path: this one may no longer open)."""
     database = f"t_{uuid.uuid4().hex[:12]}"
     url = f"chdb://{shared_chdb_path}?database={database}"
     try:
-        # Given a store of layout 21 that lost its acceptances table (its file deleted)
         old = Store.from_url(url)
-        old.command("DROP TABLE accepted_risks")
-        as_layout(old, 21, "ALTER TABLE port_state DROP COLUMN udp_reply")
+        old.command(lost)
+        as_layout(old, layout, "ALTER TABLE port_state DROP COLUMN udp_reply")
+        yield url
+    finally:
+        with scratch_store(shared_chdb_path) as cleanup:
+            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+
+
+def test_an_older_store_that_lost_a_table_is_refused_not_upgraded(
+        shared_chdb_path: Path) -> None:
+    # Given a store of layout 21 that lost its acceptances table (its file deleted)
+    with old_store(shared_chdb_path, 21, "DROP TABLE accepted_risks") as url:
         # When this portwatch opens it, Then it is refused as damaged, not upgraded with
         # the table made again empty (the acceptances were silently gone: a review)
         with pytest.raises(StoreLayoutError, match=r"is damaged: it has layout 21 but no "
                                                    r"accepted_risks"):
             Store.from_url(url)
-    finally:
-        with scratch_store(shared_chdb_path) as cleanup:  # (that one no longer opens)
-            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
 
 
 def test_an_upgrade_cut_short_between_a_views_drop_and_its_making_goes_on(
         shared_chdb_path: Path) -> None:
-    database = f"t_{uuid.uuid4().hex[:12]}"
-    url = f"chdb://{shared_chdb_path}?database={database}"
-    try:
-        # Given a store of layout 19 whose upgrade died just after its step dropped the
-        # view it makes again (port_latest_mv)
-        old = Store.from_url(url)
-        old.command("DROP VIEW port_latest_mv")
-        as_layout(old, 19, "ALTER TABLE port_state DROP COLUMN udp_reply")
+    # Given a store of layout 19 whose upgrade died just after its step dropped the view
+    # it makes again (port_latest_mv)
+    with old_store(shared_chdb_path, 19, "DROP VIEW port_latest_mv") as url, \
+            Store.from_url(url) as db:
         # When this portwatch opens it, Then the upgrade goes on (it was refused as
         # damaged: a review), and the view is there again
-        with Store.from_url(url) as db:
-            assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
-            assert db.query("SELECT count() FROM system.tables WHERE database = "
-                            "currentDatabase() AND name = 'port_latest_mv'") == [(1,)]
-    finally:
-        with scratch_store(shared_chdb_path) as cleanup:
-            cleanup.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+        assert db.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert db.query("SELECT count() FROM system.tables WHERE database = "
+                        "currentDatabase() AND name = 'port_latest_mv'") == [(1,)]
 
 
 def test_a_layout_20_store_learns_which_ports_were_cut_short_before_the_upgrade(
