@@ -76,30 +76,30 @@ def list_columns(report: Report, width: int, headers: dict[str, str], *,
     return tuple(c for c in order if c in chosen)
 
 
+def _said_with(report: Report, column: str, other: str,
+               say: Callable[[Any, Any], Any]) -> Report:
+    """``report`` with each ``column`` cell replaced by ``say(cell, other's cell)``."""
+    if column not in report.columns or other not in report.columns:
+        return report
+    at, by = report.columns.index(column), report.columns.index(other)
+    rows = [(*row[:at], say(row[at], row[by]), *row[at + 1:]) for row in report.rows]
+    return Report(report.name, report.columns, rows)
+
+
 def with_cdn_verdict(report: Report) -> Report:
     """The List for a terminal: the CDN cell says when the port is one the CDN's edge is
     expected to leave open, e.g. "cloudflare · expected", as the web List does (the
     table said the provider alone: a discounted port and a scored one read the same;
     a review)."""
-    if "cdn_provider" not in report.columns or "is_cdn_expected" not in report.columns:
-        return report
-    cdn, expected = report.columns.index("cdn_provider"), report.columns.index(
-        "is_cdn_expected")
-    rows = [(*row[:cdn], f"{row[cdn]} · expected" if row[cdn] and row[expected] else row[cdn],
-             *row[cdn + 1:]) for row in report.rows]
-    return Report(report.name, report.columns, rows)
+    return _said_with(report, "cdn_provider", "is_cdn_expected",
+                      lambda cdn, expected: f"{cdn} · expected" if cdn and expected else cdn)
 
 
 def with_prevalence_source(report: Report) -> Report:
     """The List for a terminal: the prevalence bucket says which count decided it,
     e.g. "very common (Internet)" (stream_processors/prevalence_prior.py)."""
-    if "prevalence" not in report.columns or "prevalence_source" not in report.columns:
-        return report
-    bucket, source = report.columns.index("prevalence"), report.columns.index(
-        "prevalence_source")
-    rows = [(*row[:bucket], f"{row[bucket]} ({row[source]})" if row[source] else row[bucket],
-             *row[bucket + 1:]) for row in report.rows]
-    return Report(report.name, report.columns, rows)
+    return _said_with(report, "prevalence", "prevalence_source",
+                      lambda bucket, source: f"{bucket} ({source})" if source else bucket)
 
 
 # -- a table narrower than its text -------------------------------------------------------------

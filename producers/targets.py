@@ -557,29 +557,29 @@ def label_text(text: str, where: str) -> str:
 class _Typed(str):
     """A plain YAML scalar that YAML 1.1 reads as another type, kept as written: a label
     is its text ("asset: 010" was stored "8", "1.10" "1.1", "12:30" "750", "0x1F" "31",
-    and "off" or "0" blanked the label; a review), a target is told to quote it."""
+    and "off" or "0" blanked the label; a review), a target is told to quote it. What
+    YAML would have read it as is ``kind``, as a target's error says it."""
 
-
-class _Number(_Typed):
-    pass
+    kind = "number"
 
 
 class _TrueFalse(_Typed):
-    pass
+    kind = "true/false"
 
 
 class _Date(_Typed):
-    pass
+    kind = "date; quote it"
 
 
 def _not_text(value: object, where: str) -> TargetError:
     """The error for a target YAML read as something else than text: a number (an
     unquoted ``2130706437`` or ``10.0``) is told to be quoted."""
-    if isinstance(value, _Number):
+    if isinstance(value, _Typed) and value.kind == "number":
         return TargetError(f"{where}: must be text (an address, range, CIDR or hostname), "
                            "not a number; quote it")
-    kind = {"dict": "mapping", "NoneType": "null", "_TrueFalse": "true/false",
-            "_Date": "date; quote it"}.get(type(value).__name__, type(value).__name__)
+    kind = value.kind if isinstance(value, _Typed) else {
+        "dict": "mapping", "NoneType": "null"}.get(type(value).__name__,
+                                                   type(value).__name__)
     return TargetError(f"{where}: a target must be text, not a {kind}")
 
 
@@ -649,7 +649,7 @@ class _UniqueKeys(yaml.SafeLoader):
     def construct_as_written(self, node: yaml.ScalarNode) -> _Typed:
         kinds: dict[str, type[_Typed]] = {"tag:yaml.org,2002:bool": _TrueFalse,
                                           "tag:yaml.org,2002:timestamp": _Date}
-        return kinds.get(node.tag, _Number)(str(self.construct_scalar(node)))
+        return kinds.get(node.tag, _Typed)(str(self.construct_scalar(node)))
 
 
 for _tag in ("int", "float", "bool", "timestamp"):

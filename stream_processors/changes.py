@@ -423,16 +423,20 @@ def _is_silent_udp(port: PortSnapshot) -> bool:
     return port.proto is Proto.UDP and port.is_unconfirmed
 
 
+def _reply_moved(before: PortSnapshot, after: PortSnapshot) -> bool:
+    """A UDP port that started answering or stopped, its last word known."""
+    return (after.proto is Proto.UDP and not before.is_reply_unknown
+            and before.is_unconfirmed != after.is_unconfirmed)
+
+
 def _reply_event(before: PortSnapshot, after: PortSnapshot,
-                 event: _EventFactory) -> list[ChangeEvent]:
-    """A UDP port that starts answering (risk_raised: it scores now) or stops (risk_lowered:
-    open|filtered scores nothing), when its last word is known; its colours said with
-    it (a silent port is yellow: the colours alone may point the other way)."""
-    if (after.proto is not Proto.UDP or before.is_reply_unknown
-            or before.is_unconfirmed == after.is_unconfirmed):
-        return []
+                 event: _EventFactory) -> ChangeEvent:
+    """The event of a port whose reply moved (``_reply_moved``): risk_raised when it
+    answers (it scores now), risk_lowered when it stopped (open|filtered scores nothing);
+    its colours said with it (a silent port is yellow: the colours alone may point the
+    other way)."""
     kind = ChangeKind.RISK_LOWERED if after.is_unconfirmed else ChangeKind.RISK_RAISED
-    return [event(kind, after, _reply_said(before), _reply_said(after))]
+    return event(kind, after, _reply_said(before), _reply_said(after))
 
 
 def _reply_said(port: PortSnapshot) -> str:
@@ -691,7 +695,7 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
             # version_changed missed an upgrade made while the port was down (a review)
             if not new.is_incomplete and not old_port.is_incomplete:
                 moved = _port_events(old_port, new, event)
-                if _reply_event(old_port, new, event):
+                if _reply_moved(old_port, new):
                     # a UDP port back with the other word: its colour moved with the
                     # word (silent is yellow), which the reopened text says already
                     moved = [e for e in moved if e.kind not in _RISK_KINDS]
@@ -715,20 +719,19 @@ def detect_changes(previous: HostState | None, scan: HostScanView,
         else:
             new = _keep_known(old_port, new)  # what this scan could not learn, as before
             changed = _port_events(old_port, new, event)
-            replied = _reply_event(old_port, new, event)
-            if replied:
+            if _reply_moved(old_port, new):
                 # the direction is the reply's, whatever the colours: a silent port is
                 # yellow, and a green DNS server falling silent read as risk_raised
                 # green -> yellow (a review)
-                changed = [e for e in changed if e.kind not in _RISK_KINDS] + replied
+                changed = [e for e in changed if e.kind not in _RISK_KINDS]
+                changed.append(_reply_event(old_port, new, event))
             events.extend(changed)
             # Written when something compared moved, said or not (a weak suite removed
             # and back, a favicon first seen, a UDP port's first known word): a state
             # left behind compared the next scan with the past, and kept the host off
             # the fast path for good
             if (changed or _FINGERPRINTED(new) != _FINGERPRINTED(old_port)
-                    or old_port.is_reply_unknown
-                    or old_port.is_unconfirmed != new.is_unconfirmed):
+                    or old_port.is_reply_unknown):
                 next_ports[key] = new._replace(
                     changed_at=old_port.changed_at, first_seen=old_port.first_seen,
                     seen_at=now)

@@ -93,11 +93,15 @@ def _incomplete_backfill() -> str:
             f"GROUP BY {key} HAVING argMax({cut}, observed_at))")
 
 
+# A statement of schemas/ddl.sql that makes a table or a view: (TABLE or VIEW, its name)
+_DDL_OBJECT = re.compile(r"CREATE (TABLE|(?:MATERIALIZED )?VIEW) IF NOT EXISTS (\w+)\b")
+
+
 def _ddl_statement(name: str) -> str:
     """The statement of schemas/ddl.sql that creates the table or view ``name`` (a
     migration step that replaces a view runs the DDL's own text, never a copy of it)."""
-    (statement,) = [s for s in ddl_statements() if re.match(
-        rf"CREATE (TABLE|(MATERIALIZED )?VIEW) IF NOT EXISTS {name}\b", s)]
+    (statement,) = [s for s in ddl_statements()
+                    if (found := _DDL_OBJECT.match(s)) and found.group(2) == name]
     return statement
 
 
@@ -694,13 +698,8 @@ OLDEST_LAYOUT = 9
 
 def ddl_names(*, tables_only: bool = False) -> list[str]:
     """The tables (and views) schemas/ddl.sql makes, in its order."""
-    names = []
-    for statement in ddl_statements():
-        found = re.match(r"CREATE (TABLE|(?:MATERIALIZED )?VIEW) IF NOT EXISTS (\w+)",
-                         statement)
-        if found and (found.group(1) == "TABLE" or not tables_only):
-            names.append(found.group(2))
-    return names
+    found = [_DDL_OBJECT.match(s) for s in ddl_statements()]
+    return [m.group(2) for m in found if m and (m.group(1) == "TABLE" or not tables_only)]
 
 
 def _lost_objects(existing: set[str], layout: int) -> list[str]:
@@ -1012,7 +1011,7 @@ class Store:
                         "database) and rescan")
             lost = _lost_objects(existing, found) if not is_new else []
             if lost:
-                where = self.location.path or f"{self.location.host}/{self.location.database}"
+                where = self.location.where
                 shown = ", ".join(lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3
                                                else "")
                 raise StoreLayoutError(

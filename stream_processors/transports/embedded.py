@@ -328,17 +328,17 @@ class EmbeddedRunner:
         await asyncio.to_thread(self._check_resumable, plan, progress_at, checkpoint_path)
         overtaken = await asyncio.to_thread(self._overtaken, plan, progress_at,
                                             checkpoint_path)
-        finished = (await asyncio.to_thread(self._finished_before, plan)
-                    if start is not None or checkpoint_path is not None else set())
-        finished -= overtaken
-        overtaken |= finished
+        # (a scan from its start is a new scan: no state names it, nothing to read)
+        finished = (await asyncio.to_thread(self._finished_before, plan) - overtaken
+                    if _resumes(plan, progress_at) else set())
         mark = _Watermark(progress_at, checkpoint_path)
         targets = plan.plans[0].targets if plan.plans else ()
         stats = self._stats = ScanStats(scan_id, len(targets))
         stats.stopping = self._stop_discovery.is_set()
         stats.planned_probes = plan.probe_count
-        stats.overtaken_hosts = len(overtaken) - len(finished)
+        stats.overtaken_hosts = len(overtaken)
         stats.finished_hosts = len(finished)
+        overtaken |= finished  # left out alike
         self._outcomes = []
         self._dropped.clear()
         # What an earlier run stored and died before comparing (kill -9 at its end): its
@@ -627,7 +627,7 @@ class EmbeddedRunner:
         (its passed shards' rows stayed "running"), with the ports of the earlier run
         beside the new ones (a review); its shards scanned again, a port the earlier
         run had stored read open after it had closed (a review of that fix)."""
-        if not any(progress_at.index(p.proto) > 0 for p in plan.plans):
+        if not _resumes(plan, progress_at):
             return set()  # a scan from the start: nothing of it stored yet
         keys = {(plan.scan_id, t.target, t.ip) for shard_plan in plan.plans
                 for t in shard_plan.targets}
@@ -703,6 +703,12 @@ class EmbeddedRunner:
                 earlier.append(row)
                 fixed.append(row)
         return earlier, fixed
+
+
+def _resumes(plan: ScanPlan, progress_at: Checkpoint) -> bool:
+    """Does ``progress_at`` resume ``plan`` past some shard (an earlier run stored them)?
+    A checkpoint is written only once a shard is passed: none passed is a new scan."""
+    return any(progress_at.index(p.proto) > 0 for p in plan.plans)
 
 
 @dataclass(frozen=True)
