@@ -767,7 +767,10 @@ def _csv_comments_blanked(text: str) -> str:
     pieces = re.split(r"(\r\n|\r|\n)", text)
     for line, ending in zip(pieces[::2], [*pieces[1::2], ""], strict=True):
         if not quoted and line.startswith("#"):
-            out.append(ending)  # (its quotes open nothing: it is no field)
+            # (its quotes open nothing: it is no field) Its "\n" after a line ended by
+            # "\r" alone would read as one "\r\n" with it: one line less (a property test)
+            out.append("\r\n" if ending == "\n" and out and out[-1].endswith("\r")
+                       else ending)
             continue
         out.append(line + ending)
         if '"' in line:

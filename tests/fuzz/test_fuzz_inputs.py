@@ -92,7 +92,7 @@ json_like = st.recursive(
     | st.text(alphabet=TARGET_ALPHABET, max_size=20),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(["target", "targets", "organization", "asset", "Org",
-                                       "ip", "name", "x"]) | st.text(max_size=5),
+                                       "ip", "name", "hostname", "x"]) | st.text(max_size=5),
                       children, max_size=4),
     max_leaves=20)
 
@@ -114,6 +114,21 @@ def test_yaml_inventories_of_any_shape(data: Any) -> None:
     specs = _read(".yaml", yaml.safe_dump(data).encode())
     for spec in specs or []:
         assert isinstance(spec.text, str) and isinstance(spec.organization, str)
+
+
+@given(text=st.text(alphabet='#",\r\nab1', max_size=60))
+@example(text='# a\rtarget\r127.0.0.1\r')
+@example(text='\r#\n')  # a blanked comment's LF after a lone CR: one CRLF, a line lost
+def test_csv_comment_blanking_keeps_every_line_and_every_data_line(text: str) -> None:
+    from producers.targets import _csv_comments_blanked
+
+    blanked = _csv_comments_blanked(text)
+    # as many line endings (the reader's line numbers stay the file's), and every line is
+    # either as written or a comment line made blank
+    ends = re.compile(r"\r\n|\r|\n")
+    assert len(ends.findall(blanked)) == len(ends.findall(text))
+    for was, now in zip(ends.split(text), ends.split(blanked), strict=True):
+        assert now == was or (was.startswith("#") and now == "")
 
 
 @given(body=st.binary(max_size=400))
